@@ -1,0 +1,3 @@
+//! One module per `orch` subcommand.
+
+pub mod validate;

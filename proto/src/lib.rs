@@ -1,0 +1,15 @@
+//! `orch-api`: the one source of truth for orch's resource model.
+//!
+//! - [`pb`]: the `orch.v1` gRPC services and messages, generated from `proto/orch/v1/*.proto`.
+//! - [`manifest`]: the YAML manifest model, parsing and validation (shared by the CLI and
+//!   the controller).
+//! - [`image_ref`]: the image references the agent accepts.
+
+pub mod image_ref;
+pub mod manifest;
+
+/// Generated `orch.v1` code (tonic + prost).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("orch.v1");
+}

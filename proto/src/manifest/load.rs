@@ -1,0 +1,155 @@
+//! From YAML text (possibly several documents) to validated services, with each
+//! problem located by source, document and field path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::model::ServiceManifest;
+use super::validate::validate_service;
+use crate::pb;
+
+/// A problem in a manifest: where it is and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file name the user gave, or `-` for standard input.
+    pub source_name: String,
+    /// 1-based index of the YAML document in the source.
+    pub document: usize,
+    /// Dotted field path (`spec.ports[0].containerPort`); empty when the document as a
+    /// whole is at fault (YAML syntax).
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}: ", self.source_name, self.document)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// One validated service and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDocument {
+    pub source_name: String,
+    pub document: usize,
+    /// The manifest as written (kept to show and to re-serialise).
+    pub manifest: ServiceManifest,
+    /// The checked service, defaults applied and quantities parsed.
+    pub service: pb::Service,
+}
+
+/// Parses and validates every document of one source. Empty documents (only comments,
+/// or a trailing `---`) are skipped. Returns every problem found, not just the first.
+pub fn load_services(source_name: &str, text: &str) -> Result<Vec<ServiceDocument>, Vec<ManifestError>> {
+    let mut services = Vec::new();
+    let mut errors = Vec::new();
+    let error = |document: usize, path: String, message: String| ManifestError {
+        source_name: source_name.to_owned(),
+        document,
+        path,
+        message,
+    };
+    for (index, deserializer) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = index + 1;
+        // A document is read once as a generic value, so that a syntax error is told
+        // apart from a schema error and empty documents can be skipped.
+        let value = match serde_yaml::Value::deserialize(deserializer) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(error(document, String::new(), format!("invalid YAML: {e}")));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        if let Some(message) = kind_mismatch(&value) {
+            errors.push(error(document, message.0.to_owned(), message.1));
+            continue;
+        }
+        let manifest: ServiceManifest = match serde_path_to_error::deserialize(value) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                errors.push(error(document, path, e.into_inner().to_string()));
+                continue;
+            }
+        };
+        match validate_service(&manifest) {
+            Ok(service) => services.push(ServiceDocument {
+                source_name: source_name.to_owned(),
+                document,
+                manifest,
+                service,
+            }),
+            Err(field_errors) => {
+                errors.extend(field_errors.into_iter().map(|fe| error(document, fe.path, fe.message)));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(services)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks `apiVersion` and `kind` before the schema, so a manifest of another kind is
+/// told so instead of getting a list of unknown fields.
+fn kind_mismatch(value: &serde_yaml::Value) -> Option<(&'static str, String)> {
+    let serde_yaml::Value::Mapping(map) = value else {
+        return Some(("", format!("expected a mapping with apiVersion, kind, metadata and spec, got {}", describe(value))));
+    };
+    let get = |key: &str| map.get(serde_yaml::Value::String(key.to_owned()));
+    match get("kind") {
+        None => return Some(("kind", "is required: expected \"Service\"".to_owned())),
+        Some(serde_yaml::Value::String(kind)) if kind == "Service" => {}
+        Some(other) => return Some(("kind", format!("unknown kind {}: expected \"Service\"", describe(other)))),
+    }
+    match get("apiVersion") {
+        None => Some(("apiVersion", format!("is required: expected {:?}", super::model::API_VERSION))),
+        Some(serde_yaml::Value::String(v)) if v == super::model::API_VERSION => None,
+        Some(other) => Some(("apiVersion", format!("must be {:?}, got {}", super::model::API_VERSION, describe(other)))),
+    }
+}
+
+fn describe(value: &serde_yaml::Value) -> String {
+    match value {
+        serde_yaml::Value::Null => "null".to_owned(),
+        serde_yaml::Value::Bool(b) => format!("boolean {b}"),
+        serde_yaml::Value::Number(n) => format!("number {n}"),
+        serde_yaml::Value::String(s) => format!("{s:?}"),
+        serde_yaml::Value::Sequence(_) => "a list".to_owned(),
+        serde_yaml::Value::Mapping(_) => "a mapping".to_owned(),
+        serde_yaml::Value::Tagged(t) => format!("tagged value {}", t.tag),
+    }
+}
+
+/// Reports services defined more than once across the given documents (an apply of
+/// several files must name each service once).
+pub fn check_unique_names(documents: &[ServiceDocument]) -> Vec<ManifestError> {
+    let mut first_seen: BTreeMap<&str, &ServiceDocument> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for doc in documents {
+        if let Some(first) = first_seen.insert(&doc.service.name, doc) {
+            errors.push(ManifestError {
+                source_name: doc.source_name.clone(),
+                document: doc.document,
+                path: "metadata.name".to_owned(),
+                message: format!(
+                    "service {:?} is already defined in {} document {}",
+                    doc.service.name, first.source_name, first.document
+                ),
+            });
+        }
+    }
+    errors
+}

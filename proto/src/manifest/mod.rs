@@ -1,0 +1,16 @@
+//! The manifest model (`apiVersion: orch/v1`, `kind: Service`), its parsing and its
+//! validation. `orch validate`, `orch apply` and the controller's Apply all go through
+//! [`load_services`], so a manifest is judged the same everywhere.
+
+mod load;
+pub mod model;
+pub mod names;
+pub mod quantity;
+mod validate;
+
+pub use load::{check_unique_names, load_services, ManifestError, ServiceDocument};
+pub use model::{ServiceManifest, API_VERSION};
+pub use validate::{
+    probe_defaults, resolve_update, validate_service, FieldError, ProbeDefaults, DEFAULT_UPDATE_PERCENT,
+    MAX_REPLICAS, NODE_PORT_RANGE,
+};

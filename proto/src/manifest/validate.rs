@@ -1,0 +1,467 @@
+//! Semantic validation: from the user's [`ServiceManifest`] to the checked wire type
+//! [`pb::Service`], with every problem reported at its field path. Pure: no IO.
+
+use std::collections::BTreeMap;
+
+use super::model::{self, IntOrString, ServiceManifest, API_VERSION};
+use super::names::{check_dns_label, check_env_name, check_label_key, check_label_value, check_port_name};
+use super::quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
+use crate::image_ref::ImageRef;
+use crate::pb;
+
+/// Largest replica count a manifest may ask for.
+pub const MAX_REPLICAS: i64 = 10_000;
+/// Node ports, as Kubernetes' default `--service-node-port-range`.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30_000..=32_767;
+/// Largest cpu a replica may request or be limited to: 1024 cores.
+pub const MAX_CPU_MILLIS: u64 = 1_024_000;
+/// Largest memory a replica may request or be limited to: 16 TiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
+/// Smallest memory limit: below this the container cannot even start its init.
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 4 << 20;
+/// Largest pids limit: the kernel's `pid_max` ceiling.
+pub const MAX_PIDS: i64 = 4_194_304;
+/// Longest probe delay, period or timeout, in seconds.
+pub const MAX_PROBE_SECONDS: i64 = 3_600;
+/// Largest probe success or failure threshold.
+pub const MAX_PROBE_THRESHOLD: i64 = 1_000;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path from the document root, e.g. `spec.ports[1].containerPort`.
+    pub path: String,
+    pub message: String,
+}
+
+/// Kubernetes' probe defaults, applied to unset fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeDefaults {
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+pub const fn probe_defaults() -> ProbeDefaults {
+    ProbeDefaults {
+        initial_delay_seconds: 0,
+        period_seconds: 10,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold: 3,
+    }
+}
+
+/// Default `update.maxSurge` and `update.maxUnavailable`: 25%, as Kubernetes.
+pub const DEFAULT_UPDATE_PERCENT: u32 = 25;
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), message: message.into() });
+    }
+
+    /// Checks `lo <= value <= hi`, reporting with the path; returns the value as u32.
+    fn range(&mut self, path: &str, value: i64, lo: i64, hi: i64) -> u32 {
+        if value < lo || value > hi {
+            self.push(path, format!("must be between {lo} and {hi}, got {value}"));
+            return 0;
+        }
+        u32::try_from(value).unwrap_or(0)
+    }
+
+    fn no_nul(&mut self, path: &str, value: &str) {
+        if value.contains('\0') {
+            self.push(path, "must not contain a NUL character");
+        }
+    }
+}
+
+/// Validates one service manifest and returns the checked service, or every problem.
+pub fn validate_service(manifest: &ServiceManifest) -> Result<pb::Service, Vec<FieldError>> {
+    let mut errors = Errors(Vec::new());
+    if manifest.api_version != API_VERSION {
+        errors.push("apiVersion", format!("must be {API_VERSION:?}, got {:?}", manifest.api_version));
+    }
+    if manifest.kind != "Service" {
+        errors.push("kind", format!("must be \"Service\", got {:?}", manifest.kind));
+    }
+    if let Err(expected) = check_dns_label(&manifest.metadata.name) {
+        errors.push("metadata.name", format!("must be {expected}"));
+    }
+    check_labels(&mut errors, "metadata.labels", &manifest.metadata.labels);
+    let spec = validate_spec(&mut errors, &manifest.spec);
+    if errors.0.is_empty() {
+        Ok(pb::Service {
+            name: manifest.metadata.name.clone(),
+            labels: manifest.metadata.labels.clone().into_iter().collect(),
+            spec: Some(spec),
+            ..Default::default()
+        })
+    } else {
+        Err(errors.0)
+    }
+}
+
+fn check_labels(errors: &mut Errors, path: &str, labels: &BTreeMap<String, String>) {
+    for (key, value) in labels {
+        if let Err(expected) = check_label_key(key) {
+            errors.push(format!("{path}.{key}"), format!("key must be {expected}"));
+        }
+        if let Err(expected) = check_label_value(value) {
+            errors.push(format!("{path}.{key}"), format!("must be {expected}"));
+        }
+    }
+}
+
+fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceSpec {
+    let replicas = errors.range("spec.replicas", spec.replicas.unwrap_or(1), 0, MAX_REPLICAS);
+    if let Err(e) = ImageRef::parse(&spec.image) {
+        errors.push("spec.image", e.to_string());
+    }
+    for (i, word) in spec.command.iter().enumerate() {
+        errors.no_nul(&format!("spec.command[{i}]"), word);
+    }
+    if spec.command.first().is_some_and(String::is_empty) {
+        errors.push("spec.command[0]", "the program must not be empty");
+    }
+    for (i, word) in spec.args.iter().enumerate() {
+        errors.no_nul(&format!("spec.args[{i}]"), word);
+    }
+    let env = validate_env(errors, &spec.env);
+    let resources = validate_resources(errors, spec.resources.as_ref());
+    let ports = validate_ports(errors, &spec.ports);
+    let probes = spec.probes.as_ref().map(|probes| pb::Probes {
+        liveness: probes.liveness.as_ref().map(|p| validate_probe(errors, "liveness", p, &ports)),
+        readiness: probes.readiness.as_ref().map(|p| validate_probe(errors, "readiness", p, &ports)),
+        startup: probes.startup.as_ref().map(|p| validate_probe(errors, "startup", p, &ports)),
+    });
+    check_labels(errors, "spec.nodeSelector", &spec.node_selector);
+    let update = validate_update(errors, spec.update.as_ref());
+    let restart_policy = match spec.restart_policy.unwrap_or_default() {
+        model::RestartPolicy::Always => pb::RestartPolicy::Always,
+        model::RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
+        model::RestartPolicy::Never => pb::RestartPolicy::Never,
+    };
+    pb::ServiceSpec {
+        replicas,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env,
+        resources: Some(resources),
+        ports,
+        probes,
+        restart_policy: restart_policy.into(),
+        node_selector: spec.node_selector.clone().into_iter().collect(),
+        update: Some(update),
+    }
+}
+
+fn validate_env(errors: &mut Errors, env: &[model::EnvVar]) -> Vec<pb::EnvVar> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, var) in env.iter().enumerate() {
+        let path = format!("spec.env[{i}].name");
+        if let Err(expected) = check_env_name(&var.name) {
+            errors.push(&path, format!("must be {expected}"));
+        }
+        if let Some(first) = seen.insert(&var.name, i) {
+            errors.push(&path, format!("duplicate variable {:?}, already set by spec.env[{first}]", var.name));
+        }
+        errors.no_nul(&format!("spec.env[{i}].value"), &var.value);
+    }
+    env.iter().map(|v| pb::EnvVar { name: v.name.clone(), value: v.value.clone() }).collect()
+}
+
+fn cpu(errors: &mut Errors, path: &str, raw: Option<&model::RawQuantity>) -> u64 {
+    let Some(raw) = raw else { return 0 };
+    match parse_cpu_millis(&raw.0) {
+        Ok(0) => {
+            errors.push(path, "must be more than 0 (omit it for no value)");
+            0
+        }
+        Ok(millis) if millis > MAX_CPU_MILLIS => {
+            errors.push(path, format!("must be at most {} cores, got {}", MAX_CPU_MILLIS / 1000, raw.0));
+            0
+        }
+        Ok(millis) => millis,
+        Err(e) => {
+            errors.push(path, e.to_string());
+            0
+        }
+    }
+}
+
+fn memory(errors: &mut Errors, path: &str, raw: Option<&model::RawQuantity>) -> u64 {
+    let Some(raw) = raw else { return 0 };
+    match parse_memory_bytes(&raw.0) {
+        Ok(0) => {
+            errors.push(path, "must be more than 0 (omit it for no value)");
+            0
+        }
+        Ok(bytes) if bytes > MAX_MEMORY_BYTES => {
+            errors.push(path, format!("must be at most {}, got {}", format_memory_bytes(MAX_MEMORY_BYTES), raw.0));
+            0
+        }
+        Ok(bytes) => bytes,
+        Err(e) => {
+            errors.push(path, e.to_string());
+            0
+        }
+    }
+}
+
+fn validate_resources(errors: &mut Errors, resources: Option<&model::Resources>) -> pb::Resources {
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let mut req = pb::ResourceList {
+        cpu_millis: cpu(errors, "spec.resources.requests.cpu", requests.and_then(|r| r.cpu.as_ref())),
+        memory_bytes: memory(errors, "spec.resources.requests.memory", requests.and_then(|r| r.memory.as_ref())),
+        pids: 0,
+    };
+    let lim = pb::ResourceList {
+        cpu_millis: cpu(errors, "spec.resources.limits.cpu", limits.and_then(|l| l.cpu.as_ref())),
+        memory_bytes: memory(errors, "spec.resources.limits.memory", limits.and_then(|l| l.memory.as_ref())),
+        pids: limits
+            .and_then(|l| l.pids)
+            .map_or(0, |p| u64::from(errors.range("spec.resources.limits.pids", p, 1, MAX_PIDS))),
+    };
+    if lim.memory_bytes != 0 && lim.memory_bytes < MIN_MEMORY_LIMIT_BYTES {
+        errors.push(
+            "spec.resources.limits.memory",
+            format!("must be at least {}, got {}", format_memory_bytes(MIN_MEMORY_LIMIT_BYTES), format_memory_bytes(lim.memory_bytes)),
+        );
+    }
+    // As Kubernetes: a limit without a request requests the limit.
+    if req.cpu_millis == 0 {
+        req.cpu_millis = lim.cpu_millis;
+    } else if lim.cpu_millis != 0 && req.cpu_millis > lim.cpu_millis {
+        errors.push(
+            "spec.resources.requests.cpu",
+            format!("must not exceed limits.cpu ({}), got {}", format_cpu_millis(lim.cpu_millis), format_cpu_millis(req.cpu_millis)),
+        );
+    }
+    if req.memory_bytes == 0 {
+        req.memory_bytes = lim.memory_bytes;
+    } else if lim.memory_bytes != 0 && req.memory_bytes > lim.memory_bytes {
+        errors.push(
+            "spec.resources.requests.memory",
+            format!(
+                "must not exceed limits.memory ({}), got {}",
+                format_memory_bytes(lim.memory_bytes),
+                format_memory_bytes(req.memory_bytes)
+            ),
+        );
+    }
+    pb::Resources { requests: Some(req), limits: Some(lim) }
+}
+
+fn validate_ports(errors: &mut Errors, ports: &[model::Port]) -> Vec<pb::ServicePort> {
+    let mut out = Vec::with_capacity(ports.len());
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut container: BTreeMap<(i64, bool), usize> = BTreeMap::new();
+    let mut service: BTreeMap<(i64, bool), usize> = BTreeMap::new();
+    let mut node: BTreeMap<(i64, bool), usize> = BTreeMap::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = |field: &str| format!("spec.ports[{i}].{field}");
+        let udp = port.protocol == Some(model::Protocol::Udp);
+        match &port.name {
+            Some(name) => {
+                if let Err(expected) = check_port_name(name) {
+                    errors.push(at("name"), format!("must be {expected}"));
+                }
+                if let Some(first) = names.insert(name, i) {
+                    errors.push(at("name"), format!("duplicate port name {name:?}, already used by spec.ports[{first}]"));
+                }
+            }
+            None if ports.len() > 1 => errors.push(at("name"), "is required when a service has more than one port"),
+            None => {}
+        }
+        let container_port = errors.range(&at("containerPort"), port.container_port, 1, 65_535);
+        if let Some(first) = container.insert((port.container_port, udp), i) {
+            errors.push(at("containerPort"), format!("duplicate port {}, already used by spec.ports[{first}]", port.container_port));
+        }
+        let service_value = port.service_port.unwrap_or(port.container_port);
+        let service_port = errors.range(&at("servicePort"), service_value, 1, 65_535);
+        if let Some(first) = service.insert((service_value, udp), i) {
+            errors.push(at("servicePort"), format!("duplicate port {service_value}, already used by spec.ports[{first}]"));
+        }
+        let node_port = match port.node_port {
+            Some(value) => {
+                if let Some(first) = node.insert((value, udp), i) {
+                    errors.push(at("nodePort"), format!("duplicate port {value}, already used by spec.ports[{first}]"));
+                }
+                errors.range(&at("nodePort"), value, *NODE_PORT_RANGE.start(), *NODE_PORT_RANGE.end())
+            }
+            None => 0,
+        };
+        out.push(pb::ServicePort {
+            name: port.name.clone().unwrap_or_default(),
+            container_port,
+            service_port,
+            node_port,
+            protocol: if udp { pb::Protocol::Udp } else { pb::Protocol::Tcp }.into(),
+        });
+    }
+    out
+}
+
+fn validate_probe(errors: &mut Errors, kind: &str, probe: &model::Probe, ports: &[pb::ServicePort]) -> pb::Probe {
+    let base = format!("spec.probes.{kind}");
+    let defaults = probe_defaults();
+    let handlers = [probe.exec.is_some(), probe.http_get.is_some(), probe.tcp_socket.is_some()];
+    let handler = match handlers.iter().filter(|set| **set).count() {
+        1 => probe_handler(errors, &base, probe, ports),
+        0 => {
+            errors.push(&base, "must set exactly one of exec, httpGet or tcpSocket, got none");
+            None
+        }
+        _ => {
+            errors.push(&base, "must set exactly one of exec, httpGet or tcpSocket, got several");
+            None
+        }
+    };
+    let mut timing = |field: &str, value: Option<i64>, default: u32, lo: i64, hi: i64| match value {
+        Some(v) => errors.range(&format!("{base}.{field}"), v, lo, hi),
+        None => default,
+    };
+    let initial_delay_seconds =
+        timing("initialDelaySeconds", probe.initial_delay_seconds, defaults.initial_delay_seconds, 0, MAX_PROBE_SECONDS);
+    let period_seconds = timing("periodSeconds", probe.period_seconds, defaults.period_seconds, 1, MAX_PROBE_SECONDS);
+    let timeout_seconds = timing("timeoutSeconds", probe.timeout_seconds, defaults.timeout_seconds, 1, MAX_PROBE_SECONDS);
+    let success_threshold =
+        timing("successThreshold", probe.success_threshold, defaults.success_threshold, 1, MAX_PROBE_THRESHOLD);
+    let failure_threshold =
+        timing("failureThreshold", probe.failure_threshold, defaults.failure_threshold, 1, MAX_PROBE_THRESHOLD);
+    if kind != "readiness" && success_threshold > 1 {
+        errors.push(format!("{base}.successThreshold"), format!("must be 1 for a {kind} probe, got {success_threshold}"));
+    }
+    pb::Probe { handler, initial_delay_seconds, period_seconds, timeout_seconds, success_threshold, failure_threshold }
+}
+
+fn probe_handler(errors: &mut Errors, base: &str, probe: &model::Probe, ports: &[pb::ServicePort]) -> Option<pb::probe::Handler> {
+    if let Some(exec) = &probe.exec {
+        if exec.command.is_empty() || exec.command[0].is_empty() {
+            errors.push(format!("{base}.exec.command"), "must name a program to run");
+        }
+        for (i, word) in exec.command.iter().enumerate() {
+            errors.no_nul(&format!("{base}.exec.command[{i}]"), word);
+        }
+        return Some(pb::probe::Handler::Exec(pb::ExecAction { command: exec.command.clone() }));
+    }
+    if let Some(http) = &probe.http_get {
+        let path = http.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(format!("{base}.httpGet.path"), format!("must be an absolute URL path such as /healthz, got {path:?}"));
+        }
+        for (i, header) in http.http_headers.iter().enumerate() {
+            let token = !header.name.is_empty()
+                && header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                errors.push(format!("{base}.httpGet.httpHeaders[{i}].name"), format!("must be an HTTP header name, got {:?}", header.name));
+            }
+            if header.value.contains(['\r', '\n', '\0']) {
+                errors.push(format!("{base}.httpGet.httpHeaders[{i}].value"), "must not contain line breaks or NUL");
+            }
+        }
+        let port = resolve_port(errors, &format!("{base}.httpGet.port"), &http.port, ports);
+        let http_headers = http.http_headers.iter().map(|h| pb::EnvVar { name: h.name.clone(), value: h.value.clone() }).collect();
+        return Some(pb::probe::Handler::HttpGet(pb::HttpGetAction { path, port, http_headers }));
+    }
+    let tcp = probe.tcp_socket.as_ref()?;
+    let port = resolve_port(errors, &format!("{base}.tcpSocket.port"), &tcp.port, ports);
+    Some(pb::probe::Handler::TcpSocket(pb::TcpSocketAction { port }))
+}
+
+/// A probe port: a number, or the name of one of the service's ports.
+fn resolve_port(errors: &mut Errors, path: &str, port: &IntOrString, ports: &[pb::ServicePort]) -> u32 {
+    match port {
+        IntOrString::Int(n) => errors.range(path, *n, 1, 65_535),
+        IntOrString::Str(name) => match ports.iter().find(|p| !p.name.is_empty() && &p.name == name) {
+            Some(p) => p.container_port,
+            None => {
+                let known: Vec<&str> = ports.iter().map(|p| p.name.as_str()).filter(|n| !n.is_empty()).collect();
+                errors.push(path, format!("names no port of spec.ports: got {name:?}, known names are {known:?}"));
+                0
+            }
+        },
+    }
+}
+
+fn validate_update(errors: &mut Errors, update: Option<&model::UpdateStrategy>) -> pb::UpdateStrategy {
+    let default = pb::IntOrPercent { value: DEFAULT_UPDATE_PERCENT, percent: true };
+    let mut field = |name: &str, raw: Option<&IntOrString>| -> pb::IntOrPercent {
+        let path = format!("spec.update.{name}");
+        match raw {
+            None => default,
+            Some(IntOrString::Int(n)) => pb::IntOrPercent { value: errors.range(&path, *n, 0, MAX_REPLICAS), percent: false },
+            Some(IntOrString::Str(text)) => match text.strip_suffix('%').map(str::parse::<i64>) {
+                Some(Ok(p)) => pb::IntOrPercent { value: errors.range(&path, p, 0, 100), percent: true },
+                _ => {
+                    errors.push(&path, format!("must be a count such as 1 or a percentage such as 25%, got {text:?}"));
+                    default
+                }
+            },
+        }
+    };
+    let max_surge = field("maxSurge", update.and_then(|u| u.max_surge.as_ref()));
+    let max_unavailable = field("maxUnavailable", update.and_then(|u| u.max_unavailable.as_ref()));
+    if max_surge.value == 0 && max_unavailable.value == 0 {
+        errors.push("spec.update", "maxSurge and maxUnavailable must not both be 0: the update could never make progress");
+    }
+    pb::UpdateStrategy { max_surge: Some(max_surge), max_unavailable: Some(max_unavailable) }
+}
+
+/// Resolves a rolling update's bounds against a replica count, as Kubernetes does:
+/// surge rounds up, unavailability rounds down, and if both come out 0 one replica may
+/// be unavailable so that the update progresses. Returns `(max_surge, max_unavailable)`.
+pub fn resolve_update(update: &pb::UpdateStrategy, replicas: u32) -> (u32, u32) {
+    let resolve = |v: Option<&pb::IntOrPercent>, round_up: bool| -> u32 {
+        let v = v.copied().unwrap_or(pb::IntOrPercent { value: DEFAULT_UPDATE_PERCENT, percent: true });
+        if !v.percent {
+            return v.value;
+        }
+        let scaled = u64::from(v.value) * u64::from(replicas);
+        let result = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+        u32::try_from(result).unwrap_or(u32::MAX)
+    };
+    let surge = resolve(update.max_surge.as_ref(), true);
+    let unavailable = resolve(update.max_unavailable.as_ref(), false);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn percent(value: u32) -> Option<pb::IntOrPercent> {
+        Some(pb::IntOrPercent { value, percent: true })
+    }
+
+    fn count(value: u32) -> Option<pb::IntOrPercent> {
+        Some(pb::IntOrPercent { value, percent: false })
+    }
+
+    #[test]
+    fn resolve_update_table() {
+        let table = [
+            (percent(25), percent(25), 3, (1, 0)),
+            (percent(25), percent(25), 4, (1, 1)),
+            (percent(25), percent(25), 10, (3, 2)),
+            (count(2), count(0), 5, (2, 0)),
+            (percent(0), percent(10), 3, (0, 1)),
+            (percent(25), percent(25), 0, (0, 1)),
+        ];
+        for (max_surge, max_unavailable, replicas, want) in table {
+            let update = pb::UpdateStrategy { max_surge, max_unavailable };
+            assert_eq!(resolve_update(&update, replicas), want, "{update:?} x {replicas}");
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Manifests in, errors out: every invalid manifest names its document and field path.
+
+use orch_api::manifest::{check_unique_names, load_services, ManifestError};
+use orch_api::pb;
+
+const VALID: &str = r#"
+apiVersion: orch/v1
+kind: Service
+metadata:
+  name: web
+spec:
+  image: 127.0.0.1:5000/orch/demo-web:1.0
+  ports:
+    - name: http
+      containerPort: 80
+"#;
+
+/// `VALID` with one line replaced (or appended under `spec:` when `from` is empty).
+fn variant(from: &str, to: &str) -> String {
+    if from.is_empty() {
+        return format!("{VALID}{to}\n");
+    }
+    assert!(VALID.contains(from), "test bug: {from:?} not in the base manifest");
+    VALID.replacen(from, to, 1)
+}
+
+fn errors_of(text: &str) -> Vec<ManifestError> {
+    match load_services("test.yaml", text) {
+        Ok(docs) => panic!("expected errors, got {} valid service(s) from:\n{text}", docs.len()),
+        Err(errors) => errors,
+    }
+}
+
+#[test]
+fn the_example_webapp_manifest_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/webapp.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/webapp.yaml is in the repository");
+    let docs = load_services("webapp.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(docs.len(), 1);
+    let service = &docs[0].service;
+    assert_eq!(service.name, "webapp");
+    let spec = service.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, 3);
+    let probes = spec.probes.as_ref().expect("probes");
+    let liveness = probes.liveness.as_ref().expect("liveness");
+    assert!(matches!(liveness.handler, Some(pb::probe::Handler::HttpGet(ref h)) if h.port == 80 && h.path == "/"));
+    assert!(probes.readiness.is_some());
+    assert_eq!(spec.ports[0].node_port, 30080);
+    let limits = spec.resources.as_ref().and_then(|r| r.limits).expect("limits");
+    assert_eq!(limits.memory_bytes, 64 << 20);
+    assert_eq!(limits.cpu_millis, 250);
+}
+
+#[test]
+fn defaults_are_kubernetes_defaults() {
+    let docs = load_services("test.yaml", &variant("", "  probes:\n    liveness:\n      tcpSocket:\n        port: http")).expect("valid");
+    let spec = docs[0].service.spec.clone().expect("spec");
+    assert_eq!(spec.replicas, 1);
+    assert_eq!(spec.restart_policy(), pb::RestartPolicy::Always);
+    assert_eq!(spec.ports[0].service_port, 80, "servicePort defaults to containerPort");
+    assert_eq!(spec.ports[0].protocol(), pb::Protocol::Tcp);
+    let probe = spec.probes.and_then(|p| p.liveness).expect("liveness");
+    assert_eq!(
+        (probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds, probe.success_threshold, probe.failure_threshold),
+        (0, 10, 1, 1, 3)
+    );
+    let update = spec.update.expect("update");
+    assert_eq!(update.max_surge, Some(pb::IntOrPercent { value: 25, percent: true }));
+}
+
+#[test]
+fn limits_alone_become_requests() {
+    let docs = load_services("t", &variant("", "  resources:\n    limits:\n      cpu: 1.5\n      memory: 1Gi")).expect("valid");
+    let resources = docs[0].service.spec.clone().and_then(|s| s.resources).expect("resources");
+    assert_eq!(resources.requests.map(|r| (r.cpu_millis, r.memory_bytes)), Some((1500, 1 << 30)));
+}
+
+/// The table the foundation issue asks for: each invalid manifest and the field path
+/// (and a piece of the message) its error must carry.
+#[test]
+fn invalid_manifests_name_their_field() {
+    let table: Vec<(&str, String, &str, &str)> = vec![
+        ("unknown field", variant("", "  replica: 3"), "spec.replica", "unknown field `replica`"),
+        ("wrong type", variant("", "  replicas: three"), "spec.replicas", "invalid type"),
+        ("negative replicas", variant("", "  replicas: -1"), "spec.replicas", "between 0 and 10000, got -1"),
+        ("absurd replicas", variant("", "  replicas: 99999999"), "spec.replicas", "between 0 and 10000"),
+        ("name not a DNS label", variant("name: web", "name: Web_App"), "metadata.name", "DNS label"),
+        ("bad memory quantity", variant("", "  resources:\n    limits:\n      memory: 64MB"), "spec.resources.limits.memory", "unknown suffix \"MB\""),
+        ("negative cpu", variant("", "  resources:\n    requests:\n      cpu: -1"), "spec.resources.requests.cpu", "negative"),
+        ("request over limit", variant("", "  resources:\n    requests:\n      cpu: 2\n    limits:\n      cpu: 1"), "spec.resources.requests.cpu", "must not exceed limits.cpu"),
+        ("duplicate container port", variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: b, containerPort: 80}").replace("  ports:\n    - name: http\n      containerPort: 80\n", ""), "spec.ports[1].containerPort", "duplicate port 80"),
+        ("duplicate port name", variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: a, containerPort: 81}").replace("  ports:\n    - name: http\n      containerPort: 80\n", ""), "spec.ports[1].name", "duplicate port name"),
+        ("port out of range", variant("containerPort: 80", "containerPort: 70000"), "spec.ports[0].containerPort", "between 1 and 65535"),
+        ("nodePort out of range", variant("containerPort: 80", "containerPort: 80\n      nodePort: 80"), "spec.ports[0].nodePort", "between 30000 and 32767"),
+        ("probe without handler", variant("", "  probes:\n    liveness:\n      periodSeconds: 5"), "spec.probes.liveness", "exactly one of exec, httpGet or tcpSocket"),
+        ("probe with unknown port name", variant("", "  probes:\n    readiness:\n      httpGet: {port: admin}"), "spec.probes.readiness.httpGet.port", "names no port"),
+        ("liveness successThreshold", variant("", "  probes:\n    liveness:\n      tcpSocket: {port: 80}\n      successThreshold: 2"), "spec.probes.liveness.successThreshold", "must be 1"),
+        ("zero period", variant("", "  probes:\n    startup:\n      exec: {command: [\"true\"]}\n      periodSeconds: 0"), "spec.probes.startup.periodSeconds", "between 1 and 3600"),
+        ("bad restart policy", variant("", "  restartPolicy: Sometimes"), "spec.restartPolicy", "unknown variant `Sometimes`"),
+        ("bad image", variant("image: 127.0.0.1:5000/orch/demo-web:1.0", "image: Not An Image"), "spec.image", "not an image reference"),
+        ("missing image", variant("  image: 127.0.0.1:5000/orch/demo-web:1.0\n", ""), "spec", "missing field `image`"),
+        ("bad label", variant("name: web", "name: web\n  labels:\n    app: \"has space\""), "metadata.labels.app", "label value"),
+        ("duplicate env", variant("", "  env:\n    - {name: A, value: x}\n    - {name: A, value: y}"), "spec.env[1].name", "duplicate variable"),
+        ("update cannot progress", variant("", "  update: {maxSurge: 0, maxUnavailable: 0}"), "spec.update", "must not both be 0"),
+        ("bad percentage", variant("", "  update: {maxSurge: 150%}"), "spec.update.maxSurge", "between 0 and 100"),
+        ("wrong kind", variant("kind: Service", "kind: Deployment"), "kind", "unknown kind \"Deployment\""),
+        ("wrong apiVersion", variant("apiVersion: orch/v1", "apiVersion: apps/v1"), "apiVersion", "must be \"orch/v1\""),
+        ("pids zero", variant("", "  resources:\n    limits:\n      pids: 0"), "spec.resources.limits.pids", "between 1 and 4194304"),
+    ];
+    for (what, text, path, message) in &table {
+        let errors = errors_of(text);
+        assert!(
+            errors.iter().any(|e| e.path == *path && e.message.contains(message) && e.document == 1 && e.source_name == "test.yaml"),
+            "{what}: expected an error at {path} containing {message:?}, got {errors:#?}"
+        );
+    }
+    assert!(table.len() >= 12);
+}
+
+#[test]
+fn errors_display_file_document_path_and_message() {
+    let text = format!("{VALID}---\n{}", variant("", "  replicas: -4"));
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].to_string(), "test.yaml: document 2: spec.replicas: must be between 0 and 10000, got -4");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = variant("", "  replicas: -1\n  restartPolicy: Never\n  nodeSelector: {\"bad key!\": x}")
+        .replace("containerPort: 80", "containerPort: 0");
+    let errors = errors_of(&text);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"spec.replicas"), "{paths:?}");
+    assert!(paths.contains(&"spec.ports[0].containerPort"), "{paths:?}");
+    assert!(paths.contains(&"spec.nodeSelector.bad key!"), "{paths:?}");
+}
+
+#[test]
+fn multi_document_files_skip_empty_documents() {
+    let second = VALID.replace("name: web", "name: api");
+    let text = format!("---\n# only a comment\n---\n{VALID}---\n{second}---\n");
+    let docs = load_services("multi.yaml", &text).expect("valid");
+    let names: Vec<&str> = docs.iter().map(|d| d.service.name.as_str()).collect();
+    assert_eq!(names, ["web", "api"]);
+    assert_eq!(docs[1].document, 3);
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_document() {
+    let text = format!("{VALID}---\nspec: [unclosed\n");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].document, 2);
+    assert!(errors[0].message.starts_with("invalid YAML"), "{errors:?}");
+}
+
+#[test]
+fn non_mapping_documents_are_rejected() {
+    for text in ["- a\n- b\n", "just text\n", "42\n"] {
+        let errors = errors_of(text);
+        assert_eq!(errors[0].document, 1);
+        assert!(errors[0].message.contains("expected a mapping"), "{errors:?}");
+    }
+}
+
+#[test]
+fn the_same_service_twice_is_rejected() {
+    let mut docs = load_services("a.yaml", VALID).expect("valid");
+    docs.extend(load_services("b.yaml", VALID).expect("valid"));
+    let errors = check_unique_names(&docs);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].to_string(), "b.yaml: document 1: metadata.name: service \"web\" is already defined in a.yaml document 1");
+}
+
+/// Garbage never panics the loader.
+#[test]
+fn arbitrary_input_never_panics() {
+    let samples = [
+        "", "---", "\0\0\0", "{", "apiVersion: orch/v1\nkind: Service\nmetadata: 3\nspec: []", "kind: [1,2]",
+        "a: &a [*a]", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec: {image: x, ports: [{containerPort: 99999999999999999999}]}",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec: {image: x, resources: {limits: {memory: 1e400}}}",
+        "!!binary aGVsbG8=", "? [a]\n: b",
+    ];
+    for sample in samples {
+        let _ = load_services("fuzz", sample);
+    }
+    // Every prefix of a valid manifest as well.
+    for end in 0..VALID.len() {
+        let _ = load_services("fuzz", &VALID[..end]);
+    }
+}
