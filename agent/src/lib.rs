@@ -1,1 +1,1 @@
-
+//! `orch-agent`: container runtime, images, networking, probes and supervision (to come).

@@ -1,0 +1,557 @@
+//! The embedded backend: a redb file, one revision per change, a change log for watches
+//! that resume from a revision, and an in-process broadcast for live events.
+//!
+//! Invariants:
+//! - every change (put or delete) gets exactly one revision, `previous + 1`, and one
+//!   entry in the `log` table, committed in the same transaction;
+//! - writers are serialised by `write_lock`, which also covers the broadcast, so live
+//!   events leave in revision order; a watcher that lags re-reads the log;
+//! - the log keeps the last `retention` revisions; older ones are compacted away and a
+//!   watch from before them fails with [`StoreError::Compacted`];
+//! - leases live in memory with their deadline and in the `leases` table with their TTL;
+//!   a reopened store restarts every lease's countdown (as etcd does on leader change).
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::broadcast;
+
+use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Lease id → TTL in milliseconds.
+const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
+
+const META_REVISION: &str = "revision";
+const META_OLDEST: &str = "oldest";
+const META_NEXT_LEASE: &str = "next_lease";
+
+/// Revisions the change log keeps for watches that resume.
+pub const DEFAULT_LOG_RETENTION: i64 = 100_000;
+
+/// How often expired leases are looked for.
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    /// Held across a write transaction's commit and its broadcast.
+    write_lock: Mutex<()>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    leases: Mutex<HashMap<LeaseId, LeaseDeadline>>,
+    retention: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LeaseDeadline {
+    ttl: Duration,
+    expires: Instant,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file. Must run inside a tokio runtime: it starts
+    /// the lease sweeper, which ends when the store is dropped.
+    pub async fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_retention(path, DEFAULT_LOG_RETENTION).await
+    }
+
+    pub async fn open_with_retention(path: &Path, retention: i64) -> Result<EmbeddedStore, StoreError> {
+        let path = path.to_path_buf();
+        let inner = tokio::task::spawn_blocking(move || Inner::open(path, retention.max(1)))
+            .await
+            .map_err(|e| StoreError::Embedded { path: String::new(), message: format!("open task failed: {e}") })??;
+        let inner = Arc::new(inner);
+        tokio::spawn(sweep_leases(Arc::downgrade(&inner)));
+        Ok(EmbeddedStore { inner })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let path = inner.path.display().to_string();
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| StoreError::Embedded { path, message: format!("store task failed: {e}") })?
+    }
+}
+
+/// Turns any redb error into a [`StoreError`] naming the file and the step.
+fn fail<'p, E: Display>(path: &'p Path, step: &'static str) -> impl FnOnce(E) -> StoreError + 'p {
+    move |e| StoreError::Embedded { path: path.display().to_string(), message: format!("{step}: {e}") }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves no broken invariant behind (the data
+    // they guard is rewritten whole), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Inner {
+    fn open(path: PathBuf, retention: i64) -> Result<Inner, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(fail(&path, "create the parent directory"))?;
+        }
+        let db = Database::create(&path).map_err(fail(&path, "open"))?;
+        let txn = db.begin_write().map_err(fail(&path, "begin"))?;
+        let mut ttls = Vec::new();
+        {
+            txn.open_table(KV).map_err(fail(&path, "open table kv"))?;
+            txn.open_table(LOG).map_err(fail(&path, "open table log"))?;
+            let mut meta = txn.open_table(META).map_err(fail(&path, "open table meta"))?;
+            if meta.get(META_OLDEST).map_err(fail(&path, "read"))?.is_none() {
+                meta.insert(META_OLDEST, 1).map_err(fail(&path, "write"))?;
+            }
+            let leases = txn.open_table(LEASES).map_err(fail(&path, "open table leases"))?;
+            for entry in leases.iter().map_err(fail(&path, "read leases"))? {
+                let (id, ttl) = entry.map_err(fail(&path, "read leases"))?;
+                ttls.push((id.value(), Duration::from_millis(ttl.value())));
+            }
+        }
+        txn.commit().map_err(fail(&path, "commit"))?;
+        let now = Instant::now();
+        let leases = ttls.into_iter().map(|(id, ttl)| (id, LeaseDeadline { ttl, expires: now + ttl })).collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Inner { path, db, write_lock: Mutex::new(()), events, leases: Mutex::new(leases), retention })
+    }
+
+    /// Runs `work` in one write transaction; its changes get consecutive revisions, are
+    /// logged, committed, then broadcast in order.
+    fn write<T>(&self, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let _serial = lock(&self.write_lock);
+        let txn = self.db.begin_write().map_err(fail(&self.path, "begin"))?;
+        let revision = read_meta(&txn, &self.path, META_REVISION)?.unwrap_or(0);
+        let mut changes = Changes { txn: &txn, path: &self.path, revision, events: Vec::new() };
+        let result = work(&mut changes)?;
+        let Changes { revision, events, .. } = changes;
+        if !events.is_empty() {
+            let mut meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+            meta.insert(META_REVISION, revision).map_err(fail(&self.path, "write revision"))?;
+            let oldest_kept = revision - self.retention + 1;
+            let oldest = meta.get(META_OLDEST).map_err(fail(&self.path, "read"))?.map_or(1, |v| v.value());
+            if oldest_kept > oldest {
+                let mut log = txn.open_table(LOG).map_err(fail(&self.path, "open table log"))?;
+                log.retain_in(..oldest_kept, |_, _| false).map_err(fail(&self.path, "compact the log"))?;
+                meta.insert(META_OLDEST, oldest_kept).map_err(fail(&self.path, "write"))?;
+            }
+        }
+        txn.commit().map_err(fail(&self.path, "commit"))?;
+        for event in events {
+            // No receiver is fine: nobody is watching.
+            let _ = self.events.send(Arc::new(event));
+        }
+        Ok(result)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let txn = self.db.begin_read().map_err(fail(&self.path, "begin"))?;
+        let kv = txn.open_table(KV).map_err(fail(&self.path, "open table kv"))?;
+        let record = kv.get(key).map_err(fail(&self.path, "read"))?;
+        record.map(|r| decode_record(key, r.value(), &self.path)).transpose()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let txn = self.db.begin_read().map_err(fail(&self.path, "begin"))?;
+        let kv = txn.open_table(KV).map_err(fail(&self.path, "open table kv"))?;
+        let meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+        let revision = meta.get(META_REVISION).map_err(fail(&self.path, "read"))?.map_or(0, |v| v.value());
+        let mut items = Vec::new();
+        for entry in kv.range::<&str>(prefix..).map_err(fail(&self.path, "list"))? {
+            let (key, record) = entry.map_err(fail(&self.path, "list"))?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            items.push(decode_record(key.value(), record.value(), &self.path)?);
+        }
+        Ok(Listing { items, revision })
+    }
+
+    /// Every logged change from `from` on, and the current revision.
+    fn read_log(&self, prefix: &str, from: Revision) -> Result<(Vec<WatchEvent>, Revision), StoreError> {
+        let txn = self.db.begin_read().map_err(fail(&self.path, "begin"))?;
+        let meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+        let revision = meta.get(META_REVISION).map_err(fail(&self.path, "read"))?.map_or(0, |v| v.value());
+        let oldest = meta.get(META_OLDEST).map_err(fail(&self.path, "read"))?.map_or(1, |v| v.value());
+        if from < oldest && from <= revision {
+            return Err(StoreError::Compacted { prefix: prefix.to_owned(), requested: from, oldest });
+        }
+        let log = txn.open_table(LOG).map_err(fail(&self.path, "open table log"))?;
+        let mut events = Vec::new();
+        for entry in log.range(from..).map_err(fail(&self.path, "read the log"))? {
+            let (_, bytes) = entry.map_err(fail(&self.path, "read the log"))?;
+            events.push(decode_event(bytes.value(), &self.path)?);
+        }
+        Ok((events, revision))
+    }
+
+    fn current_revision(&self) -> Result<Revision, StoreError> {
+        let txn = self.db.begin_read().map_err(fail(&self.path, "begin"))?;
+        let meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+        Ok(meta.get(META_REVISION).map_err(fail(&self.path, "read"))?.map_or(0, |v| v.value()))
+    }
+
+    fn lease_exists(&self, lease: LeaseId) -> bool {
+        lock(&self.leases).contains_key(&lease)
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let _serial = lock(&self.write_lock);
+        let txn = self.db.begin_write().map_err(fail(&self.path, "begin"))?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+            let id = meta.get(META_NEXT_LEASE).map_err(fail(&self.path, "read"))?.map_or(1, |v| v.value());
+            meta.insert(META_NEXT_LEASE, id + 1).map_err(fail(&self.path, "write"))?;
+            let mut leases = txn.open_table(LEASES).map_err(fail(&self.path, "open table leases"))?;
+            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            leases.insert(id, millis).map_err(fail(&self.path, "write lease"))?;
+            id
+        };
+        txn.commit().map_err(fail(&self.path, "commit"))?;
+        lock(&self.leases).insert(id, LeaseDeadline { ttl, expires: Instant::now() + ttl });
+        Ok(id)
+    }
+
+    /// Removes the lease and deletes its keys, in one transaction.
+    fn end_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.write(|changes| {
+            let mut leases = changes.txn.open_table(LEASES).map_err(fail(changes.path, "open table leases"))?;
+            leases.remove(lease).map_err(fail(changes.path, "remove lease"))?;
+            drop(leases);
+            let attached: Vec<String> = {
+                let kv = changes.txn.open_table(KV).map_err(fail(changes.path, "open table kv"))?;
+                let mut keys = Vec::new();
+                for entry in kv.iter().map_err(fail(changes.path, "scan"))? {
+                    let (key, record) = entry.map_err(fail(changes.path, "scan"))?;
+                    if decode_record(key.value(), record.value(), changes.path)?.lease == lease {
+                        keys.push(key.value().to_owned());
+                    }
+                }
+                keys
+            };
+            for key in attached {
+                changes.delete(&key)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn take_expired(&self) -> Vec<LeaseId> {
+        let now = Instant::now();
+        let mut leases = lock(&self.leases);
+        let expired: Vec<LeaseId> = leases.iter().filter(|(_, d)| d.expires <= now).map(|(id, _)| *id).collect();
+        for id in &expired {
+            leases.remove(id);
+        }
+        expired
+    }
+}
+
+/// The changes of one write transaction.
+struct Changes<'a> {
+    txn: &'a WriteTransaction,
+    path: &'a Path,
+    revision: Revision,
+    events: Vec<WatchEvent>,
+}
+
+impl Changes<'_> {
+    fn current(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let kv = self.txn.open_table(KV).map_err(fail(self.path, "open table kv"))?;
+        let record = kv.get(key).map_err(fail(self.path, "read"))?;
+        record.map(|r| decode_record(key, r.value(), self.path)).transpose()
+    }
+
+    fn put(&mut self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<Revision, StoreError> {
+        let create_revision = self.current(key)?.map(|kv| kv.create_revision);
+        self.revision += 1;
+        let kv = KeyValue {
+            key: key.to_owned(),
+            value,
+            create_revision: create_revision.unwrap_or(self.revision),
+            mod_revision: self.revision,
+            lease,
+        };
+        let record = encode_record(&kv);
+        self.txn
+            .open_table(KV)
+            .map_err(fail(self.path, "open table kv"))?
+            .insert(key, record.as_slice())
+            .map_err(fail(self.path, "write"))?;
+        let event = WatchEvent::Put(kv);
+        self.log(&event)?;
+        self.events.push(event);
+        Ok(self.revision)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<Revision, StoreError> {
+        self.revision += 1;
+        self.txn
+            .open_table(KV)
+            .map_err(fail(self.path, "open table kv"))?
+            .remove(key)
+            .map_err(fail(self.path, "delete"))?;
+        let event = WatchEvent::Delete { key: key.to_owned(), revision: self.revision };
+        self.log(&event)?;
+        self.events.push(event);
+        Ok(self.revision)
+    }
+
+    fn log(&self, event: &WatchEvent) -> Result<(), StoreError> {
+        let bytes = encode_event(event);
+        self.txn
+            .open_table(LOG)
+            .map_err(fail(self.path, "open table log"))?
+            .insert(event.revision(), bytes.as_slice())
+            .map_err(fail(self.path, "write the log"))?;
+        Ok(())
+    }
+
+    fn check(&self, key: &str, expect: Expect) -> Result<Option<KeyValue>, StoreError> {
+        let current = self.current(key)?;
+        let holds = match expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Revision(r) => current.as_ref().is_some_and(|kv| kv.mod_revision == r),
+        };
+        if holds {
+            Ok(current)
+        } else {
+            Err(StoreError::Conflict { key: key.to_owned(), expected: expect, found: current.map(|kv| kv.mod_revision) })
+        }
+    }
+}
+
+fn read_meta(txn: &WriteTransaction, path: &Path, name: &str) -> Result<Option<i64>, StoreError> {
+    let meta = txn.open_table(META).map_err(fail(path, "open table meta"))?;
+    let value = meta.get(name).map_err(fail(path, "read"))?.map(|v| v.value());
+    Ok(value)
+}
+
+// Record: create_revision, mod_revision, lease (i64 little-endian each), then the value.
+fn encode_record(kv: &KeyValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + kv.value.len());
+    out.extend_from_slice(&kv.create_revision.to_le_bytes());
+    out.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    out.extend_from_slice(&kv.lease.to_le_bytes());
+    out.extend_from_slice(&kv.value);
+    out
+}
+
+fn decode_record(key: &str, bytes: &[u8], path: &Path) -> Result<KeyValue, StoreError> {
+    let field = |i: usize| -> Result<i64, StoreError> {
+        bytes
+            .get(i * 8..i * 8 + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_le_bytes)
+            .ok_or_else(|| StoreError::Embedded { path: path.display().to_string(), message: format!("corrupt record for {key}") })
+    };
+    Ok(KeyValue {
+        key: key.to_owned(),
+        create_revision: field(0)?,
+        mod_revision: field(1)?,
+        lease: field(2)?,
+        value: bytes[24..].to_vec(),
+    })
+}
+
+// Log entry: a tag (0 put, 1 delete), the key length (u32 LE), the key, then for a put
+// the record and for a delete the revision.
+fn encode_event(event: &WatchEvent) -> Vec<u8> {
+    let key = event.key().as_bytes();
+    let mut out = Vec::with_capacity(5 + key.len() + 32);
+    out.push(u8::from(matches!(event, WatchEvent::Delete { .. })));
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(key);
+    match event {
+        WatchEvent::Put(kv) => out.extend_from_slice(&encode_record(kv)),
+        WatchEvent::Delete { revision, .. } => out.extend_from_slice(&revision.to_le_bytes()),
+    }
+    out
+}
+
+fn decode_event(bytes: &[u8], path: &Path) -> Result<WatchEvent, StoreError> {
+    let corrupt = || StoreError::Embedded { path: path.display().to_string(), message: "corrupt log entry".to_owned() };
+    let (&tag, rest) = bytes.split_first().ok_or_else(corrupt)?;
+    let len_bytes = rest.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).ok_or_else(corrupt)?;
+    let len = usize::try_from(u32::from_le_bytes(len_bytes)).map_err(|_| corrupt())?;
+    let key = rest.get(4..4 + len).ok_or_else(corrupt)?;
+    let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
+    let tail = rest.get(4 + len..).ok_or_else(corrupt)?;
+    match tag {
+        0 => Ok(WatchEvent::Put(decode_record(key, tail, path)?)),
+        1 => {
+            let revision = <[u8; 8]>::try_from(tail).map_err(|_| corrupt())?;
+            Ok(WatchEvent::Delete { key: key.to_owned(), revision: i64::from_le_bytes(revision) })
+        }
+        _ => Err(corrupt()),
+    }
+}
+
+async fn sweep_leases(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(LEASE_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let expired = inner.take_expired();
+        if expired.is_empty() {
+            continue;
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            for lease in expired {
+                if let Err(e) = inner.end_lease(lease) {
+                    tracing::error!(lease, error = %e, "cannot delete the keys of an expired lease");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "lease sweep task failed");
+        }
+    }
+}
+
+/// Feeds one watch: catch up from the log, then follow the broadcast; on lag, catch up
+/// again. `next` is the next revision to deliver (or skip, if another prefix).
+async fn run_watch(
+    inner: Arc<Inner>,
+    prefix: String,
+    mut next: Revision,
+    mut live: broadcast::Receiver<Arc<WatchEvent>>,
+    out: tokio::sync::mpsc::Sender<Result<WatchEvent, StoreError>>,
+) {
+    loop {
+        let catch_up = {
+            let inner = Arc::clone(&inner);
+            let prefix = prefix.clone();
+            tokio::task::spawn_blocking(move || inner.read_log(&prefix, next)).await
+        };
+        let events = match catch_up {
+            Ok(Ok((events, current))) => {
+                next = next.max(current + 1);
+                events
+            }
+            Ok(Err(e)) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out
+                    .send(Err(StoreError::Embedded { path: inner.path.display().to_string(), message: format!("watch task failed: {e}") }))
+                    .await;
+                return;
+            }
+        };
+        for event in events {
+            if event.key().starts_with(&prefix) && out.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let received = tokio::select! {
+                () = out.closed() => return,
+                received = live.recv() => received,
+            };
+            match received {
+                Ok(event) if event.revision() < next => {}
+                Ok(event) if event.revision() == next => {
+                    next += 1;
+                    if event.key().starts_with(&prefix) && out.send(Ok((*event).clone())).await.is_err() {
+                        return;
+                    }
+                }
+                // A gap (only after a lag) or a lag: the log has what was missed.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.get(&key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| inner.list(&prefix)).await
+    }
+
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError> {
+        if let Some(lease) = lease {
+            if !self.inner.lease_exists(lease) {
+                return Err(StoreError::LeaseNotFound(lease));
+            }
+        }
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            inner.write(|changes| {
+                changes.check(&key, expect)?;
+                changes.put(&key, value, lease.unwrap_or(0))
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            inner.write(|changes| match changes.check(&key, expect)? {
+                Some(_) => changes.delete(&key).map(Some),
+                None => Ok(None),
+            })
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+        // Subscribe before reading the log, so nothing falls between the two.
+        let live = self.inner.events.subscribe();
+        let next = if from_revision > 0 {
+            from_revision
+        } else {
+            self.blocking(Inner::current_revision).await? + 1
+        };
+        let (sender, stream) = WatchStream::channel();
+        tokio::spawn(run_watch(Arc::clone(&self.inner), prefix.to_owned(), next, live, sender));
+        Ok(stream)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.blocking(move |inner| inner.grant_lease(ttl)).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut leases = lock(&self.inner.leases);
+        let deadline = leases.get_mut(&lease).ok_or(StoreError::LeaseNotFound(lease))?;
+        deadline.expires = Instant::now() + deadline.ttl;
+        Ok(())
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        if lock(&self.inner.leases).remove(&lease).is_none() {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
+        self.blocking(move |inner| inner.end_lease(lease)).await
+    }
+}

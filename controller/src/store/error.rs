@@ -1,0 +1,27 @@
+use super::{Expect, LeaseId, Revision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("conflict on {key}: expected {expected}, found {}", found.map_or("no key".to_owned(), |r| format!("revision {r}")))]
+    Conflict { key: String, expected: Expect, found: Option<Revision> },
+
+    #[error("cannot watch {prefix} from revision {requested}: compacted, the oldest revision kept is {oldest}")]
+    Compacted { prefix: String, requested: Revision, oldest: Revision },
+
+    #[error("lease {0} not found (expired or revoked)")]
+    LeaseNotFound(LeaseId),
+
+    #[error("embedded store {path}: {message}")]
+    Embedded { path: String, message: String },
+
+    /// The etcd error is part of the message (not a `source`), so that error chains
+    /// print it once.
+    #[error("etcd at {endpoints}: {error}")]
+    Etcd { endpoints: String, error: etcd_client::Error },
+
+    #[error("etcd at {endpoints}: {message}")]
+    EtcdProtocol { endpoints: String, message: String },
+
+    #[error("invalid store address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+}

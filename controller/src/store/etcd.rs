@@ -1,0 +1,221 @@
+//! The etcd backend: `etcd-client` against a real etcd server. A compare-and-swap is a
+//! `Txn` comparing the key's `mod_revision` (or `version == 0` for "absent").
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+
+use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
+
+/// How long to wait for an etcd endpoint to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one etcd request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    endpoints: String,
+}
+
+impl EtcdStore {
+    /// Connects and checks that etcd answers, so a wrong address fails here, by name.
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
+        let named = endpoints.join(",");
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|error| StoreError::Etcd { endpoints: named.clone(), error })?;
+        let store = EtcdStore { client, endpoints: named };
+        store.client.clone().status().await.map_err(|e| store.fail(e))?;
+        Ok(store)
+    }
+
+    fn fail(&self, error: etcd_client::Error) -> StoreError {
+        StoreError::Etcd { endpoints: self.endpoints.clone(), error }
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> StoreError {
+        StoreError::EtcdProtocol { endpoints: self.endpoints.clone(), message: message.into() }
+    }
+
+    fn convert(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+        Ok(KeyValue {
+            key: kv.key_str().map_err(|e| self.protocol(format!("non-UTF-8 key: {e}")))?.to_owned(),
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+    }
+
+    fn compare(key: &str, expect: Expect) -> Option<Compare> {
+        match expect {
+            Expect::Any => None,
+            Expect::Absent => Some(Compare::version(key, CompareOp::Equal, 0)),
+            Expect::Revision(r) => Some(Compare::mod_revision(key, CompareOp::Equal, r)),
+        }
+    }
+
+    /// The conflict error for a failed compare, from the `or_else` get's answer.
+    fn conflict(&self, key: &str, expect: Expect, responses: Vec<TxnOpResponse>) -> StoreError {
+        let found = responses.into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        });
+        StoreError::Conflict { key: key.to_owned(), expected: expect, found }
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, etcd_client::ResponseHeader::revision)
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let response = self.client.clone().get(key, None).await.map_err(|e| self.fail(e))?;
+        response.kvs().first().map(|kv| self.convert(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let items = response.kvs().iter().map(|kv| self.convert(kv)).collect::<Result<_, _>>()?;
+        Ok(Listing { items, revision: header_revision(response.header()) })
+    }
+
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError> {
+        let options = lease.map(|id| PutOptions::new().with_lease(id));
+        let result = match Self::compare(key, expect) {
+            None => self.client.clone().put(key, value, options).await.map(|r| header_revision(r.header())),
+            Some(compare) => {
+                let txn = Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::put(key, value, options)])
+                    .or_else([TxnOp::get(key, None)]);
+                match self.client.clone().txn(txn).await {
+                    Ok(r) if r.succeeded() => Ok(header_revision(r.header())),
+                    Ok(r) => return Err(self.conflict(key, expect, r.op_responses())),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        result.map_err(|e| match lease {
+            Some(id) if e.to_string().contains("requested lease not found") => StoreError::LeaseNotFound(id),
+            _ => self.fail(e),
+        })
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
+        match Self::compare(key, expect) {
+            None => {
+                let r = self.client.clone().delete(key, None).await.map_err(|e| self.fail(e))?;
+                Ok((r.deleted() > 0).then(|| header_revision(r.header())))
+            }
+            Some(compare) => {
+                let txn = Txn::new()
+                    .when([compare])
+                    .and_then([TxnOp::delete(key, None::<DeleteOptions>)])
+                    .or_else([TxnOp::get(key, None)]);
+                let r = self.client.clone().txn(txn).await.map_err(|e| self.fail(e))?;
+                if !r.succeeded() {
+                    return Err(self.conflict(key, expect, r.op_responses()));
+                }
+                let deleted = r.op_responses().into_iter().any(|op| matches!(op, TxnOpResponse::Delete(d) if d.deleted() > 0));
+                Ok(deleted.then(|| header_revision(r.header())))
+            }
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+        let mut options = WatchOptions::new().with_prefix();
+        if from_revision > 0 {
+            options = options.with_start_revision(from_revision);
+        }
+        let mut etcd_stream = self.client.clone().watch(prefix, Some(options)).await.map_err(|e| self.fail(e))?;
+        let (sender, stream) = WatchStream::channel();
+        let store = self.clone();
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = sender.closed() => return,
+                    message = etcd_stream.message() => message,
+                };
+                let response = match message {
+                    Ok(Some(response)) => response,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = sender.send(Err(store.fail(e))).await;
+                        return;
+                    }
+                };
+                if response.canceled() {
+                    let error = if response.compact_revision() > 0 {
+                        StoreError::Compacted { prefix: prefix.clone(), requested: from_revision, oldest: response.compact_revision() }
+                    } else {
+                        store.protocol(format!("watch on {prefix} cancelled: {}", response.cancel_reason()))
+                    };
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let converted = match event.event_type() {
+                        EventType::Put => store.convert(kv).map(WatchEvent::Put),
+                        EventType::Delete => store.convert(kv).map(|kv| WatchEvent::Delete { key: kv.key, revision: kv.mod_revision }),
+                    };
+                    if sender.send(converted).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(stream)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
+        let response = self.client.clone().lease_grant(seconds, None).await.map_err(|e| self.fail(e))?;
+        Ok(response.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let not_found = |e: etcd_client::Error| match e {
+            etcd_client::Error::LeaseKeepAliveError(_) => StoreError::LeaseNotFound(lease),
+            other => self.fail(other),
+        };
+        let (mut keeper, mut responses) = self.client.clone().lease_keep_alive(lease).await.map_err(not_found)?;
+        keeper.keep_alive().await.map_err(not_found)?;
+        match responses.message().await.map_err(not_found)? {
+            Some(response) if response.ttl() > 0 => Ok(()),
+            _ => Err(StoreError::LeaseNotFound(lease)),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("requested lease not found") => Err(StoreError::LeaseNotFound(lease)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}

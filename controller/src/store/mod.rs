@@ -1,0 +1,21 @@
+//! The store: one trait, two backends (see ARCHITECTURE.md, "Store").
+//!
+//! - [`EmbeddedStore`]: a redb file with an in-process watch broadcast and a monotonic
+//!   revision (the k3s/kine idea). The default, for a single node.
+//! - [`EtcdStore`]: a real etcd server through `etcd-client`, for clusters.
+//!
+//! Both pass the same conformance suite (`controller/tests/store_conformance.rs`).
+//! Every write that depends on a read is a compare-and-swap ([`Expect`]); watches resume
+//! from a revision and never skip or repeat an event.
+
+mod config;
+mod embedded;
+mod error;
+mod etcd;
+mod types;
+
+pub use config::{open_store, StoreConfig};
+pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
+pub use error::StoreError;
+pub use etcd::EtcdStore;
+pub use types::{Expect, KeyValue, LeaseId, Listing, Revision, Store, WatchEvent, WatchStream};

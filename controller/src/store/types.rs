@@ -1,0 +1,137 @@
+//! The store contract, shared by both backends.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::StoreError;
+
+/// A store-wide, monotonically increasing version. Every change gets its own.
+pub type Revision = i64;
+
+/// A lease: keys attached to it are deleted when it is revoked or expires.
+pub type LeaseId = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key.
+    pub create_revision: Revision,
+    /// Revision of the last write to the key: what [`Expect::Revision`] compares.
+    pub mod_revision: Revision,
+    /// The key's lease, 0 for none.
+    pub lease: LeaseId,
+}
+
+/// Condition for a write: the compare half of a compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// The key must not exist (create).
+    Absent,
+    /// The key's `mod_revision` must be this (update what was read).
+    Revision(Revision),
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Any => f.write_str("any"),
+            Expect::Absent => f.write_str("absent"),
+            Expect::Revision(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// A consistent snapshot of a prefix: the keys, in key order, as of `revision`.
+/// A watch from `revision + 1` continues exactly where the listing ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub items: Vec<KeyValue>,
+    pub revision: Revision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, revision: Revision },
+}
+
+impl WatchEvent {
+    pub fn revision(&self) -> Revision {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            WatchEvent::Put(kv) => &kv.key,
+            WatchEvent::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The events of one watch, in revision order. Ends with an error (e.g.
+/// [`StoreError::Compacted`]) or when the store goes away; dropping it cancels the watch.
+#[derive(Debug)]
+pub struct WatchStream {
+    receiver: mpsc::Receiver<Result<WatchEvent, StoreError>>,
+}
+
+impl WatchStream {
+    pub(crate) fn channel() -> (mpsc::Sender<Result<WatchEvent, StoreError>>, WatchStream) {
+        let (sender, receiver) = mpsc::channel(256);
+        (sender, WatchStream { receiver })
+    }
+
+    /// The next event; `None` when the watch has ended.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+        self.receiver.recv().await
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+
+    /// Every key starting with `prefix`, in key order, as one consistent snapshot.
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
+
+    /// Writes `value` at `key` if `expect` holds, attached to `lease` if given.
+    /// Returns the revision of the write.
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError>;
+
+    /// Writes `value` at `key` if `expect` holds. Returns the revision of the write.
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
+        self.put_with_lease(key, value, expect, None).await
+    }
+
+    /// Deletes `key` if `expect` holds. Returns the revision of the delete, or `None`
+    /// when the key did not exist and `expect` was [`Expect::Any`].
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError>;
+
+    /// Changes under `prefix` from `from_revision` on (inclusive); 0 means "from now".
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError>;
+
+    /// A lease that expires `ttl` after its last keep-alive (rounded up to whole seconds
+    /// on etcd, which also enforces its own minimum).
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+
+    /// Restarts the lease's countdown. [`StoreError::LeaseNotFound`] once it expired.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// Ends the lease now, deleting its keys.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+}

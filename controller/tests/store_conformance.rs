@@ -1,0 +1,346 @@
+//! One conformance suite, run against both store backends: the embedded redb store and
+//! a real etcd server (started on loopback by `deploy/test.sh`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::unique_prefix;
+use orch_controller::store::{Expect, Store, StoreError, WatchEvent, WatchStream};
+
+/// Generous bound for anything that waits on the store; never a measure of speed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn next_event(watch: &mut WatchStream) -> WatchEvent {
+    match tokio::time::timeout(PATIENCE, watch.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(e))) => panic!("watch failed: {e}"),
+        Ok(None) => panic!("watch ended"),
+        Err(_) => panic!("no watch event within {PATIENCE:?}"),
+    }
+}
+
+/// Nothing more arrives on the watch once a marker written after everything else does.
+async fn expect_marker_next(store: &dyn Store, watch: &mut WatchStream, marker_key: &str) {
+    let revision = store.put(marker_key, b"marker".to_vec(), Expect::Any).await.expect("put marker");
+    let event = next_event(watch).await;
+    assert_eq!((event.key(), event.revision()), (marker_key, revision), "an unexpected event came before the marker");
+}
+
+async fn put_get_and_revisions(store: Arc<dyn Store>, prefix: &str) {
+    let key = format!("{prefix}a");
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    let r1 = store.put(&key, b"one".to_vec(), Expect::Any).await.expect("put");
+    let r2 = store.put(&key, b"two".to_vec(), Expect::Any).await.expect("put");
+    assert!(r2 > r1, "revisions increase: {r1} then {r2}");
+    let kv = store.get(&key).await.expect("get").expect("present");
+    assert_eq!(kv.value, b"two");
+    assert_eq!(kv.create_revision, r1, "an update keeps the create revision");
+    assert_eq!(kv.mod_revision, r2);
+    assert_eq!(kv.lease, 0);
+    let deleted = store.delete(&key, Expect::Any).await.expect("delete");
+    assert!(deleted.is_some_and(|r| r > r2));
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    assert_eq!(store.delete(&key, Expect::Any).await.expect("delete of a missing key"), None);
+}
+
+async fn compare_and_swap_conflicts(store: Arc<dyn Store>, prefix: &str) {
+    let key = format!("{prefix}cas");
+    let created = store.put(&key, b"v1".to_vec(), Expect::Absent).await.expect("create");
+    match store.put(&key, b"again".to_vec(), Expect::Absent).await {
+        Err(StoreError::Conflict { found: Some(found), .. }) => assert_eq!(found, created),
+        other => panic!("second create must conflict, got {other:?}"),
+    }
+    let updated = store.put(&key, b"v2".to_vec(), Expect::Revision(created)).await.expect("update at the read revision");
+    match store.put(&key, b"stale".to_vec(), Expect::Revision(created)).await {
+        Err(StoreError::Conflict { found: Some(found), expected, .. }) => {
+            assert_eq!(found, updated);
+            assert_eq!(expected, Expect::Revision(created));
+        }
+        other => panic!("a stale update must conflict, got {other:?}"),
+    }
+    assert!(matches!(store.delete(&key, Expect::Revision(created)).await, Err(StoreError::Conflict { .. })));
+    assert_eq!(store.get(&key).await.expect("get").map(|kv| kv.value), Some(b"v2".to_vec()), "failed writes change nothing");
+    assert!(store.delete(&key, Expect::Revision(updated)).await.expect("delete at the read revision").is_some());
+    match store.put(&key, b"x".to_vec(), Expect::Revision(updated)).await {
+        Err(StoreError::Conflict { found: None, .. }) => {}
+        other => panic!("an update of a deleted key must conflict, got {other:?}"),
+    }
+}
+
+/// Read-modify-write from several tasks at once: with CAS and retry, no increment is lost.
+async fn concurrent_increments_lose_nothing(store: Arc<dyn Store>, prefix: &str) {
+    const TASKS: u64 = 4;
+    const EACH: u64 = 15;
+    let key = format!("{prefix}counter");
+    store.put(&key, b"0".to_vec(), Expect::Absent).await.expect("create counter");
+    let mut handles = Vec::new();
+    for _ in 0..TASKS {
+        let store = Arc::clone(&store);
+        let key = key.clone();
+        handles.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            for _ in 0..EACH {
+                loop {
+                    let kv = store.get(&key).await.expect("get").expect("counter exists");
+                    let n: u64 = String::from_utf8_lossy(&kv.value).parse().expect("a number");
+                    match store.put(&key, (n + 1).to_string().into_bytes(), Expect::Revision(kv.mod_revision)).await {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("put: {e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("task");
+    }
+    let kv = store.get(&key).await.expect("get").expect("counter exists");
+    assert_eq!(String::from_utf8_lossy(&kv.value), (TASKS * EACH).to_string());
+}
+
+async fn list_is_a_consistent_snapshot(store: Arc<dyn Store>, prefix: &str) {
+    let other = format!("{prefix}other/");
+    let mine = format!("{prefix}mine/");
+    for name in ["c", "a", "b"] {
+        store.put(&format!("{mine}{name}"), name.as_bytes().to_vec(), Expect::Absent).await.expect("put");
+    }
+    store.put(&format!("{other}x"), b"x".to_vec(), Expect::Absent).await.expect("put");
+    // A key sharing the text prefix without the slash is not under the prefix either.
+    store.put(&format!("{prefix}mine-not"), b"n".to_vec(), Expect::Absent).await.expect("put");
+    let listing = store.list(&mine).await.expect("list");
+    let keys: Vec<String> = listing.items.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, [format!("{mine}a"), format!("{mine}b"), format!("{mine}c")], "only the prefix, in key order");
+    assert!(listing.items.iter().all(|kv| kv.mod_revision <= listing.revision));
+
+    // list + watch from revision + 1: exactly the changes after the snapshot.
+    let mut watch = store.watch(&mine, listing.revision + 1).await.expect("watch");
+    let r = store.put(&format!("{mine}d"), b"d".to_vec(), Expect::Absent).await.expect("put");
+    let event = next_event(&mut watch).await;
+    assert_eq!((event.key().to_owned(), event.revision()), (format!("{mine}d"), r));
+    expect_marker_next(store.as_ref(), &mut watch, &format!("{mine}zz-marker")).await;
+}
+
+async fn watch_from_a_revision_misses_and_repeats_nothing(store: Arc<dyn Store>, prefix: &str) {
+    let watched = format!("{prefix}w/");
+    let noise = format!("{prefix}noise/");
+    let mut revisions = Vec::new();
+    for i in 0..10 {
+        revisions.push(store.put(&format!("{watched}k{i:02}"), vec![i], Expect::Any).await.expect("put"));
+        store.put(&format!("{noise}n{i}"), vec![i], Expect::Any).await.expect("put noise");
+    }
+    // From the 5th write: the past from the history, then live writes, in order.
+    let mut watch = store.watch(&watched, revisions[4]).await.expect("watch");
+    let writer = {
+        let store = Arc::clone(&store);
+        let watched = watched.clone();
+        let noise = noise.clone();
+        tokio::spawn(async move {
+            let mut live = Vec::new();
+            for i in 10..40u8 {
+                live.push(store.put(&format!("{watched}k{i:02}"), vec![i], Expect::Any).await.expect("put"));
+                store.put(&format!("{noise}n{i}"), vec![i], Expect::Any).await.expect("put noise");
+            }
+            let deleted = store.delete(&format!("{watched}k00"), Expect::Any).await.expect("delete").expect("existed");
+            live.push(deleted);
+            live
+        })
+    };
+    let live = writer.await.expect("writer");
+    let expected: Vec<i64> = revisions[4..].iter().copied().chain(live.iter().copied()).collect();
+    let mut seen = Vec::new();
+    for _ in 0..expected.len() {
+        let event = next_event(&mut watch).await;
+        assert!(event.key().starts_with(&watched), "event from outside the prefix: {event:?}");
+        seen.push(event.revision());
+        if let WatchEvent::Put(kv) = &event {
+            let index: u8 = kv.key[watched.len() + 1..].parse().expect("index");
+            assert_eq!(kv.value, vec![index]);
+        }
+    }
+    assert_eq!(seen, expected, "every change once, in revision order");
+    let last = next_event_after_marker(store.as_ref(), &mut watch, &watched).await;
+    assert!(matches!(last, WatchEvent::Put(_)));
+}
+
+async fn next_event_after_marker(store: &dyn Store, watch: &mut WatchStream, prefix: &str) -> WatchEvent {
+    let marker = format!("{prefix}zz-marker");
+    let revision = store.put(&marker, b"m".to_vec(), Expect::Any).await.expect("put marker");
+    let event = next_event(watch).await;
+    assert_eq!((event.key(), event.revision()), (marker.as_str(), revision), "the delete was the last change before the marker");
+    event
+}
+
+async fn watch_reports_deletes(store: Arc<dyn Store>, prefix: &str) {
+    let key = format!("{prefix}gone");
+    store.put(&key, b"x".to_vec(), Expect::Any).await.expect("put");
+    let mut watch = store.watch(prefix, 0).await.expect("watch from now");
+    let deleted = store.delete(&key, Expect::Any).await.expect("delete").expect("existed");
+    assert_eq!(next_event(&mut watch).await, WatchEvent::Delete { key, revision: deleted });
+}
+
+async fn lease_expiry_deletes_its_keys(store: Arc<dyn Store>, prefix: &str) {
+    let lease = store.grant_lease(Duration::from_secs(2)).await.expect("grant");
+    let key = format!("{prefix}leased");
+    let plain = format!("{prefix}plain");
+    store.put_with_lease(&key, b"alive".to_vec(), Expect::Absent, Some(lease)).await.expect("put with lease");
+    store.put(&plain, b"stays".to_vec(), Expect::Absent).await.expect("put");
+    assert_eq!(store.get(&key).await.expect("get").map(|kv| kv.lease), Some(lease));
+    let mut watch = store.watch(&key, 0).await.expect("watch");
+    // No keep-alive: the lease expires and takes the key with it, as a delete event.
+    let event = next_event(&mut watch).await;
+    assert!(matches!(&event, WatchEvent::Delete { key: k, .. } if *k == key), "{event:?}");
+    assert_eq!(store.get(&key).await.expect("get"), None);
+    assert!(store.get(&plain).await.expect("get").is_some(), "keys without the lease stay");
+    let kept = store.keep_alive(lease).await;
+    assert!(matches!(kept, Err(StoreError::LeaseNotFound(id)) if id == lease), "{kept:?}");
+    assert!(matches!(
+        store.put_with_lease(&key, b"late".to_vec(), Expect::Any, Some(lease)).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
+}
+
+async fn keep_alive_holds_a_lease(store: Arc<dyn Store>, prefix: &str) {
+    let lease = store.grant_lease(Duration::from_secs(2)).await.expect("grant");
+    let key = format!("{prefix}kept");
+    store.put_with_lease(&key, b"v".to_vec(), Expect::Absent, Some(lease)).await.expect("put");
+    // Keep it alive for well past its TTL; the key must stay throughout.
+    for _ in 0..12 {
+        store.keep_alive(lease).await.expect("keep alive");
+        assert!(store.get(&key).await.expect("get").is_some(), "a kept-alive lease must not expire");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    store.revoke_lease(lease).await.expect("revoke");
+    assert_eq!(store.get(&key).await.expect("get"), None, "revoking deletes the lease's keys at once");
+    assert!(matches!(store.revoke_lease(lease).await, Err(StoreError::LeaseNotFound(_))));
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let store = super::common::embedded().await;
+                    super::$test(store.store.clone(), &super::unique_prefix(stringify!($test))).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let store = super::common::etcd().await;
+                    super::$test(store.store.clone(), &super::unique_prefix(stringify!($test))).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    put_get_and_revisions,
+    compare_and_swap_conflicts,
+    concurrent_increments_lose_nothing,
+    list_is_a_consistent_snapshot,
+    watch_from_a_revision_misses_and_repeats_nothing,
+    watch_reports_deletes,
+    lease_expiry_deletes_its_keys,
+    keep_alive_holds_a_lease,
+);
+
+// ---------------------------------------------------------------------------------------
+// Embedded-only: durability across restarts and compaction of the change log.
+// ---------------------------------------------------------------------------------------
+
+mod embedded_only {
+    use super::*;
+    use orch_controller::store::EmbeddedStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_keeps_data_revisions_and_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested/dir/store.redb");
+        let (revision, lease) = {
+            let store = EmbeddedStore::open(&path).await.expect("open");
+            store.put("/orch/services/web", b"spec".to_vec(), Expect::Absent).await.expect("put");
+            let lease = store.grant_lease(Duration::from_secs(60)).await.expect("grant");
+            store.put_with_lease("/orch/nodes/n1", b"n1".to_vec(), Expect::Absent, Some(lease)).await.expect("put");
+            (store.put("/orch/services/api", b"spec2".to_vec(), Expect::Absent).await.expect("put"), lease)
+        };
+        // The file lock is released once the store and its tasks are gone.
+        let store = {
+            let mut attempt = 0;
+            loop {
+                match EmbeddedStore::open(&path).await {
+                    Ok(store) => break store,
+                    Err(e) if attempt < 100 => {
+                        attempt += 1;
+                        tracing_sleep(&e).await;
+                    }
+                    Err(e) => panic!("reopen: {e}"),
+                }
+            }
+        };
+        let listing = store.list("/orch/services/").await.expect("list");
+        assert_eq!(listing.items.len(), 2);
+        assert_eq!(listing.revision, revision, "the revision survives a restart");
+        assert_eq!(store.get("/orch/services/web").await.expect("get").map(|kv| kv.value), Some(b"spec".to_vec()));
+        let next = store.put("/orch/x", vec![], Expect::Any).await.expect("put");
+        assert_eq!(next, revision + 1, "revisions continue, never restart");
+        store.keep_alive(lease).await.expect("a lease survives a restart");
+        assert_eq!(store.get("/orch/nodes/n1").await.expect("get").map(|kv| kv.lease), Some(lease));
+        // The history survives too: a watch from the first revision replays it.
+        let mut watch = store.watch("/orch/services/", 1).await.expect("watch");
+        assert_eq!(next_event(&mut watch).await.key(), "/orch/services/web");
+    }
+
+    async fn tracing_sleep(_error: &StoreError) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_open_of_the_same_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.redb");
+        let _first = EmbeddedStore::open(&path).await.expect("open");
+        let err = EmbeddedStore::open(&path).await.err().expect("a second open must fail");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_from_a_compacted_revision_fails_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open_with_retention(&dir.path().join("s.redb"), 5).await.expect("open");
+        for i in 0..20u8 {
+            store.put("/k", vec![i], Expect::Any).await.expect("put");
+        }
+        let mut watch = store.watch("/", 2).await.expect("watch");
+        match tokio::time::timeout(PATIENCE, watch.next()).await {
+            Ok(Some(Err(StoreError::Compacted { requested: 2, oldest: 16, .. }))) => {}
+            other => panic!("expected a compaction error, got {other:?}"),
+        }
+        // Within the retained window the history is there.
+        let mut watch = store.watch("/", 16).await.expect("watch");
+        assert_eq!(next_event(&mut watch).await.revision(), 16);
+    }
+
+    /// A watcher that falls behind the live broadcast catches up from the log, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_watcher_still_sees_every_event_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).await.expect("open"));
+        let mut watch = store.watch("/slow/", 0).await.expect("watch");
+        let mut written = Vec::new();
+        // More than the broadcast buffer (1024) plus the watch channel (256) hold.
+        for i in 0..1600u32 {
+            written.push(store.put(&format!("/slow/{i}"), vec![], Expect::Any).await.expect("put"));
+        }
+        for want in written {
+            assert_eq!(next_event(&mut watch).await.revision(), want);
+        }
+    }
+}

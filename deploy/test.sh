@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The test command: installs everything the tests need (Debian packages included), starts
+# the real services they use on loopback (etcd), runs every test, and cleans up.
+#
+#   sudo bash deploy/test.sh            # everything
+#   sudo bash deploy/test.sh -p orch    # extra arguments go to `cargo test`
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+require_root "deploy/test.sh"
+require_rust
+
+# What the tests use for real: etcd for the store suite, protoc for the build, and the
+# tools later suites (runtime, images, network) drive.
+TEST_PACKAGES=(etcd-server curl iproute2 busybox-static)
+install_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+
+workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
+etcd_pid=""
+cleanup() {
+    if [ -n "$etcd_pid" ] && kill -0 "$etcd_pid" 2>/dev/null; then
+        kill "$etcd_pid" 2>/dev/null || true
+        wait "$etcd_pid" 2>/dev/null || true
+    fi
+    rm -rf "$workdir"
+}
+trap cleanup EXIT INT TERM
+
+# Two free loopback ports for etcd (client, peer).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+client_port="$(free_port)"
+peer_port="$(free_port)"
+while [ "$peer_port" = "$client_port" ]; do peer_port="$(free_port)"; done
+
+step "starting etcd on 127.0.0.1:$client_port"
+etcd --name orch-test --data-dir "$workdir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "orch-test=http://127.0.0.1:$peer_port" --log-level warn >"$workdir/etcd.log" 2>&1 &
+etcd_pid=$!
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' && break
+    kill -0 "$etcd_pid" 2>/dev/null || { cat "$workdir/etcd.log" >&2; die "etcd exited during start-up"; }
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' || { cat "$workdir/etcd.log" >&2; die "etcd did not become healthy on 127.0.0.1:$client_port"; }
+export ORCH_TEST_ETCD="http://127.0.0.1:$client_port"
+
+cd "$ORCH_ROOT"
+step "cargo build --workspace --release"
+cargo build --workspace --release
+step "cargo test --workspace"
+cargo test --workspace --no-fail-fast "$@"
