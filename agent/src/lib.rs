@@ -1,1 +1,8 @@
-//! `orch-agent`: container runtime, images, networking, probes and supervision (to come).
+//! `orch-agent`: the node agent. It runs containers itself with Linux namespaces and
+//! cgroups (no runc underneath).
+//!
+//! - [`cgroups`]: v1 and v2 cgroups, detected at start.
+//! - [`runtime`]: the container start path (re-exec'd shim and init), supervision
+//!   primitives and re-adoption.
+
+pub mod cgroups;

@@ -1,0 +1,127 @@
+//! The handful of file operations cgroups need, each error naming its path.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::CgroupError;
+
+pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write { path: path.to_owned(), value: value.to_owned(), source })
+}
+
+pub fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read { path: path.to_owned(), source })
+}
+
+pub fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    let text = read(path)?;
+    text.trim().parse().map_err(|_| CgroupError::Parse { path: path.to_owned(), content: text })
+}
+
+/// `key value` lines (memory.events, memory.oom_control, cpu.stat): the value of `key`.
+pub fn read_keyed(path: &Path, key: &str) -> Result<u64, CgroupError> {
+    let text = read(path)?;
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| CgroupError::Parse { path: path.to_owned(), content: text.clone() })
+}
+
+pub fn mkdir_all(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError::Create { path: path.to_owned(), source })
+}
+
+pub fn pids(procs_file: &Path) -> Result<Vec<i32>, CgroupError> {
+    match std::fs::read_to_string(procs_file) {
+        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(CgroupError::Read { path: procs_file.to_owned(), source }),
+    }
+}
+
+/// How long [`remove_dir`] waits for exiting processes to leave the cgroup.
+const EMPTY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Removes a cgroup directory; a missing one is fine. Exiting processes can keep it
+/// busy for a moment, so `EBUSY` is retried until it empties (bounded).
+pub fn remove_dir(path: &Path) -> Result<(), CgroupError> {
+    let start = Instant::now();
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && start.elapsed() < EMPTY_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                let pids = pids(&path.join("cgroup.procs")).unwrap_or_default();
+                return Err(CgroupError::Busy { path: path.to_owned(), pids });
+            }
+            Err(source) => return Err(CgroupError::Remove { path: path.to_owned(), source }),
+        }
+    }
+}
+
+/// Removes the parent cgroup if nothing else lives in it.
+pub fn remove_parent_if_empty(path: &Path) {
+    let _ = std::fs::remove_dir(path);
+}
+
+/// Kills every process in `procs_file`, repeatedly until none is left (bounded).
+pub fn kill_all(procs_file: &Path) -> Result<(), CgroupError> {
+    let start = Instant::now();
+    loop {
+        let pids = pids(procs_file)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > EMPTY_PATIENCE {
+            return Err(CgroupError::Busy { path: procs_file.parent().map(Path::to_owned).unwrap_or_default(), pids });
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Checks a cgroup name relative to a hierarchy: `orch/web-1`, never `..` or absolute.
+pub fn check_name(name: &str) -> Result<PathBuf, CgroupError> {
+    let ok = !name.is_empty()
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    if ok {
+        Ok(PathBuf::from(name))
+    } else {
+        Err(CgroupError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("orch/web-1").is_ok());
+        assert!(check_name("orch-test.x_1").is_ok());
+        for bad in ["", "/abs", "a//b", "../x", "a/..", "sp ace", "a/"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keyed_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory.events");
+        std::fs::write(&path, "low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n").expect("write");
+        assert_eq!(read_keyed(&path, "oom_kill").ok(), Some(2));
+        assert!(matches!(read_keyed(&path, "absent"), Err(CgroupError::Parse { .. })));
+    }
+}

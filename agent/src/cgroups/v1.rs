@@ -1,0 +1,142 @@
+//! cgroup v1 (legacy and hybrid layouts): one directory per controller hierarchy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{cpu_quota_micros, cpu_shares, fs, CgroupError, CgroupStats, ContainerCgroup, Limits, CPU_PERIOD_MICROS};
+
+#[derive(Debug, Clone)]
+pub struct V1Cgroup {
+    /// Controller → its hierarchy's mount point.
+    mounts: BTreeMap<String, PathBuf>,
+    relative: PathBuf,
+}
+
+impl V1Cgroup {
+    pub fn new(mounts: BTreeMap<String, PathBuf>, relative: PathBuf) -> V1Cgroup {
+        V1Cgroup { mounts, relative }
+    }
+
+    fn dir(&self, controller: &str) -> Option<PathBuf> {
+        self.mounts.get(controller).map(|mount| mount.join(&self.relative))
+    }
+
+    fn required(&self, controller: &str) -> Result<PathBuf, CgroupError> {
+        self.dir(controller)
+            .ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
+    }
+
+    /// Distinct directories (co-mounted controllers share one).
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.mounts.values().map(|m| m.join(&self.relative)).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// A new cpuset cgroup starts with no CPUs and no memory nodes; each level from the
+    /// hierarchy root down inherits its parent's.
+    fn prepare_cpuset(&self, mount: &Path) -> Result<(), CgroupError> {
+        let mut parent = mount.to_owned();
+        for component in self.relative.components() {
+            let child = parent.join(component);
+            fs::mkdir_all(&child)?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if fs::read(&child.join(file))?.trim().is_empty() {
+                    let inherited = fs::read(&parent.join(file))?;
+                    fs::write(&child.join(file), inherited.trim())?;
+                }
+            }
+            parent = child;
+        }
+        Ok(())
+    }
+}
+
+impl ContainerCgroup for V1Cgroup {
+    fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            fs::mkdir_all(&dir)?;
+        }
+        if let Some(mount) = self.mounts.get("cpuset") {
+            self.prepare_cpuset(mount)?;
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            let dir = self.required("memory")?;
+            fs::write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+            // Memory plus swap capped at the same value: no swapping past the limit.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                fs::write(&memsw, &bytes.to_string())?;
+            }
+        }
+        if let Some(millis) = limits.cpu_limit_millis {
+            let dir = self.required("cpu")?;
+            fs::write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_MICROS.to_string())?;
+            fs::write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_micros(millis).to_string())?;
+        }
+        if let Some(millis) = limits.cpu_request_millis {
+            fs::write(&self.required("cpu")?.join("cpu.shares"), &cpu_shares(millis).to_string())?;
+        }
+        if let Some(pids) = limits.pids {
+            fs::write(&self.required("pids")?.join("pids.max"), &pids.to_string())?;
+        }
+        if let Some(cpus) = &limits.cpuset {
+            fs::write(&self.required("cpuset")?.join("cpuset.cpus"), cpus)?;
+        }
+        Ok(())
+    }
+
+    fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            fs::write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        Ok(CgroupStats {
+            memory_bytes: fs::read_u64(&self.required("memory")?.join("memory.usage_in_bytes"))?,
+            cpu_usage_nanos: fs::read_u64(&self.required("cpuacct")?.join("cpuacct.usage"))?,
+            pids: fs::read_u64(&self.required("pids")?.join("pids.current"))?,
+        })
+    }
+
+    fn oom_kill_count(&self) -> Result<u64, CgroupError> {
+        fs::read_keyed(&self.required("memory")?.join("memory.oom_control"), "oom_kill")
+    }
+
+    fn processes(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut all = Vec::new();
+        for dir in self.dirs() {
+            all.extend(fs::pids(&dir.join("cgroup.procs"))?);
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+
+    fn destroy(&self) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            if dir.exists() {
+                fs::kill_all(&dir.join("cgroup.procs"))?;
+            }
+        }
+        let mut first_error = None;
+        for dir in self.dirs() {
+            if let Err(e) = fs::remove_dir(&dir) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+            for mount in self.mounts.values() {
+                fs::remove_parent_if_empty(&mount.join(parent));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        self.dirs()
+    }
+}
