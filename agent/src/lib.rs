@@ -6,3 +6,4 @@
 //!   primitives and re-adoption.
 
 pub mod cgroups;
+pub mod runtime;

@@ -1,8 +1,42 @@
-//! `orch-agent`: the thin binary over the `orch_agent` library.
+//! `orch-agent`: the thin binary over the `orch_agent` library. One file per subcommand
+//! in `commands/`.
+
+mod commands;
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use orch_agent::runtime::{init, INIT_SUBCOMMAND};
+
+#[derive(Debug, Parser)]
+#[command(name = "orch-agent", version, about = "orch node agent: runs containers with namespaces and cgroups")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one container in the foreground (a debug command, like `runc run`).
+    Run(commands::run::RunArgs),
+}
+
 fn main() -> ExitCode {
-    eprintln!("error: orch-agent {} has no commands yet: the runtime arrives with the agent runtime issue", env!("CARGO_PKG_VERSION"));
-    ExitCode::FAILURE
+    // The container start path re-executes this binary; it must stay single-threaded,
+    // so it is dispatched before anything else (no tokio, no clap).
+    if std::env::args_os().nth(1).is_some_and(|a| a == INIT_SUBCOMMAND) {
+        init::shim_main();
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("orch-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let code = match cli.command {
+        Command::Run(args) => runtime.block_on(commands::run::run(args)),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(125))
 }

@@ -1,0 +1,3 @@
+//! One module per `orch-agent` subcommand.
+
+pub mod run;

@@ -1,0 +1,160 @@
+//! `orch-agent run`: one container in the foreground, the way `runc run` uses
+//! libcontainer. Streams the container's output, exits with its code (128+N when killed
+//! by signal N), and removes every kernel object it made, on Ctrl-C too.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use nix::sys::signal::Signal;
+use orch_api::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
+use tokio::signal::unix::{signal, SignalKind};
+
+use orch_agent::cgroups::Limits;
+use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetMode {
+    /// Only a loopback interface.
+    None,
+    /// A veth on the node bridge (arrives with node networking).
+    Bridge,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A directory to use as the read-only root (an overlay keeps it unchanged).
+    #[arg(long, value_name = "DIR", conflicts_with = "image", required_unless_present = "image")]
+    pub rootfs: Option<PathBuf>,
+    /// An image reference (arrives with the images issue).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Container name (a DNS label); generated when absent.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Hostname inside the container; the name by default.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Memory limit, e.g. 64Mi.
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory: Option<String>,
+    /// CPU limit, e.g. 0.5 or 500m.
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPUs to run on, e.g. 0-1.
+    #[arg(long, value_name = "LIST")]
+    pub cpuset: Option<String>,
+    /// Environment variable, repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    #[arg(long, value_enum, default_value = "none")]
+    pub net: NetMode,
+    /// Seconds between SIGTERM and SIGKILL when stopping on a signal.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: u64,
+    /// Where container directories and state live.
+    #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent")]
+    pub state_dir: PathBuf,
+    /// Parent of the container's cgroup in every hierarchy.
+    #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
+    pub cgroup_parent: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs the container; returns the process exit code.
+pub async fn run(args: RunArgs) -> i32 {
+    match run_container(args).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("orch-agent: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+fn bad_flag(flag: &str, reason: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Start { message: format!("--{flag}: {reason}"), code: CODE_RUNTIME }
+}
+
+fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
+    let memory_bytes = args.memory.as_deref().map(parse_memory_bytes).transpose().map_err(|e| bad_flag("memory", e))?;
+    let cpu_limit_millis = args.cpus.as_deref().map(parse_cpu_millis).transpose().map_err(|e| bad_flag("cpus", e))?;
+    if memory_bytes == Some(0) || cpu_limit_millis == Some(0) || args.pids == Some(0) {
+        return Err(bad_flag("memory, --cpus and --pids", "must be more than 0"));
+    }
+    if let Some(cpus) = &args.cpuset {
+        if cpus.is_empty() || !cpus.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-') {
+            return Err(bad_flag("cpuset", format!("{cpus:?} is not a CPU list such as 0-1,3")));
+        }
+    }
+    Ok(Limits {
+        memory_bytes,
+        cpu_limit_millis,
+        cpu_request_millis: cpu_limit_millis,
+        pids: args.pids,
+        cpuset: args.cpuset.clone(),
+    })
+}
+
+async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
+    let limits = limits(&args)?;
+    for entry in &args.env {
+        if !entry.contains('=') || entry.starts_with('=') {
+            return Err(bad_flag("env", format!("{entry:?} is not KEY=VALUE")));
+        }
+    }
+    if args.image.is_some() {
+        return Err(bad_flag("image", "image references are not supported yet (they arrive with the images issue); use --rootfs DIR"));
+    }
+    if args.net == NetMode::Bridge {
+        return Err(bad_flag("net", "bridge networking arrives with node networking; use --net none"));
+    }
+    let rootfs = args.rootfs.clone().unwrap_or_default();
+    let id = args.name.clone().unwrap_or_else(generated_name);
+    let init_exe = std::env::current_exe().map_err(RuntimeError::io("cannot find the agent binary", "/proc/self/exe"))?;
+    let runtime = Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe })?;
+    let spec = ContainerSpec {
+        id,
+        layers: vec![rootfs],
+        hostname: args.hostname.clone(),
+        args: args.command.clone(),
+        env: args.env.clone(),
+        cwd: args.workdir.clone(),
+        limits,
+        stdio: Stdio::Inherit,
+    };
+    // Listen before starting, so a Ctrl-C during the start is not lost.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RuntimeError::io("cannot handle", "SIGINT"))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(RuntimeError::io("cannot handle", "SIGTERM"))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(RuntimeError::io("cannot handle", "SIGHUP"))?;
+    let container = runtime.start(&spec).await?;
+    let grace = Duration::from_secs(args.stop_timeout);
+    let exit = tokio::select! {
+        exit = container.wait() => exit,
+        _ = interrupt.recv() => container.stop(Signal::SIGINT, grace).await,
+        _ = terminate.recv() => container.stop(Signal::SIGTERM, grace).await,
+        _ = hangup.recv() => container.stop(Signal::SIGHUP, grace).await,
+    };
+    if exit.oom_killed {
+        eprintln!("orch-agent: container {} was OOMKilled (memory limit reached)", container.id());
+    }
+    let id = container.id().to_owned();
+    if let Err(e) = container.remove() {
+        eprintln!("orch-agent: cleaning up container {id}: {e}");
+        return Ok(CODE_RUNTIME);
+    }
+    Ok(exit.code)
+}
+
+fn generated_name() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("run-{}-{nanos:08x}", std::process::id())
+}

@@ -1,0 +1,400 @@
+//! The agent side of a container: start it through the shim, then wait, signal, stop,
+//! read stats, re-adopt after an agent restart, and remove every trace of it.
+#![allow(unsafe_code)]
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+
+use super::config::{container_env, ContainerSpec, InitConfig, Stdio, DEFAULT_CAPABILITIES};
+use super::init::SYNC_FD;
+use super::pidfd::PidFd;
+use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord};
+use super::sync::{receive, send, SyncMessage};
+use super::{procfs, RuntimeError, CODE_RUNTIME, INIT_SUBCOMMAND};
+use crate::cgroups::{CgroupLayout, CgroupStats, ContainerCgroup};
+
+/// How long the start handshake may take before the start is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Per-container directories and state files live under `<state_dir>/containers/`.
+    pub state_dir: PathBuf,
+    /// Cgroups are created as `<cgroup_parent>/<id>` in each hierarchy.
+    pub cgroup_parent: String,
+    /// The binary re-executed as the shim: normally the agent itself.
+    pub init_exe: PathBuf,
+}
+
+pub struct Runtime {
+    config: RuntimeConfig,
+    cgroups: CgroupLayout,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerExit {
+    /// The exit code, or 128 + N when killed by signal N.
+    pub code: i32,
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    pub finished_unix_ms: i64,
+}
+
+pub struct Container {
+    id: String,
+    dirs: ContainerDirs,
+    cgroup: Box<dyn ContainerCgroup>,
+    /// `None` when the shim was already gone at re-adoption.
+    shim: Option<PidFd>,
+    /// The agent's own child (true) or a re-adopted one (false): only a child can be
+    /// reaped; an adopted container's end is read from the shim's exit record.
+    is_child: bool,
+    init: Option<PidFd>,
+    state: ContainerState,
+    exit: Mutex<Option<ContainerExit>>,
+}
+
+impl Runtime {
+    /// Detects this machine's cgroup layout.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        Ok(Runtime { config, cgroups: CgroupLayout::detect()? })
+    }
+
+    pub fn cgroup_layout(&self) -> &CgroupLayout {
+        &self.cgroups
+    }
+
+    fn cgroup_name(&self, id: &str) -> String {
+        format!("{}/{id}", self.config.cgroup_parent)
+    }
+
+    /// Starts a container: returns once its command has been exec'd, or with the
+    /// reason it could not be, having removed everything it made.
+    pub async fn start(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
+        check_spec(spec)?;
+        let dirs = ContainerDirs::new(&self.config.state_dir, &spec.id);
+        let containers = dirs.root.parent().map(Path::to_owned).unwrap_or_default();
+        std::fs::create_dir_all(&containers).map_err(RuntimeError::io("cannot create", &containers))?;
+        match std::fs::create_dir(&dirs.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(RuntimeError::NameInUse(spec.id.clone())),
+            Err(e) => return Err(RuntimeError::Io { what: "cannot create", path: dirs.root.clone(), source: e }),
+        }
+        let cgroup_name = self.cgroup_name(&spec.id);
+        let cgroup = match self.cgroups.container(&cgroup_name) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dirs.root);
+                return Err(e.into());
+            }
+        };
+        match self.start_in(spec, &dirs, cgroup.as_ref(), &cgroup_name).await {
+            Ok((shim, init, state)) => Ok(Container {
+                id: spec.id.clone(),
+                dirs,
+                cgroup,
+                shim: Some(shim),
+                is_child: true,
+                init: Some(init),
+                state,
+                exit: Mutex::new(None),
+            }),
+            Err(e) => {
+                let _ = cgroup.destroy();
+                let _ = std::fs::remove_dir_all(&dirs.root);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_in(
+        &self,
+        spec: &ContainerSpec,
+        dirs: &ContainerDirs,
+        cgroup: &dyn ContainerCgroup,
+        cgroup_name: &str,
+    ) -> Result<(PidFd, PidFd, ContainerState), RuntimeError> {
+        for dir in [dirs.upper(), dirs.work(), dirs.merged()] {
+            std::fs::create_dir(&dir).map_err(RuntimeError::io("cannot create", &dir))?;
+        }
+        cgroup.create(&spec.limits)?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
+        let init_config = InitConfig {
+            id: spec.id.clone(),
+            hostname: hostname.clone(),
+            layers: spec.layers.clone(),
+            upper: dirs.upper(),
+            work: dirs.work(),
+            merged: dirs.merged(),
+            args: spec.args.clone(),
+            env: container_env(&spec.env, &hostname),
+            cwd: spec.cwd.clone().unwrap_or_else(|| "/".to_owned()),
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            exit_status_path: dirs.exit(),
+        };
+
+        let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
+        let mut command = std::process::Command::new(&self.config.init_exe);
+        command.arg(INIT_SUBCOMMAND).env_clear().stdin(std::process::Stdio::null());
+        match &spec.stdio {
+            Stdio::Inherit => {}
+            Stdio::LogFile(path) => {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(RuntimeError::io("cannot open the log file", path))?;
+                let log_err = log.try_clone().map_err(RuntimeError::io("cannot open the log file", path))?;
+                command.stdout(log).stderr(log_err);
+            }
+        }
+        let child_fd = child_end.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and calls only dup2,
+        // which is async-signal-safe; `child_fd` stays open in the parent until spawn
+        // returns, so it is valid in the child.
+        unsafe {
+            command.pre_exec(move || {
+                if nix::libc::dup2(child_fd, SYNC_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn { exe: self.config.init_exe.clone(), source })?;
+        drop(child_end);
+        let shim_pid = i32::try_from(child.id()).map_err(|_| RuntimeError::Protocol("shim PID out of range".into()))?;
+        // The shim is our unreaped child: its PID cannot be reused before we reap it.
+        let shim = PidFd::open(shim_pid).map_err(RuntimeError::sys("pidfd_open"))?;
+
+        let handshake = tokio::task::spawn_blocking(move || -> Result<(UnixStream, i32), RuntimeError> {
+            sync.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(RuntimeError::io("sync socket", ""))?;
+            send(&mut sync, &SyncMessage::Config(init_config)).map_err(RuntimeError::io("cannot send the config to the shim", ""))?;
+            let (mut init_pid, mut unshared) = (None, false);
+            while init_pid.is_none() || !unshared {
+                match receive(&mut sync) {
+                    Ok(Some(SyncMessage::InitPid { pid })) => init_pid = Some(pid),
+                    Ok(Some(SyncMessage::Unshared)) => unshared = true,
+                    Ok(Some(SyncMessage::Error { message, code })) => return Err(RuntimeError::Start { message, code }),
+                    Ok(other) => return Err(RuntimeError::Protocol(format!("unexpected {other:?} during start"))),
+                    Err(e) => return Err(RuntimeError::Protocol(format!("reading from the shim: {e}"))),
+                }
+            }
+            Ok((sync, init_pid.unwrap_or_default()))
+        });
+        let (mut sync, init_pid) = match join(handshake).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(abandon(&shim, e).await),
+        };
+        let init = match PidFd::open(init_pid) {
+            Ok(init) => init,
+            Err(errno) => return Err(abandon(&shim, RuntimeError::sys("pidfd_open of the container init")(errno)).await),
+        };
+        if let Err(e) = cgroup.add_process(init_pid) {
+            return Err(abandon(&shim, e.into()).await);
+        }
+        let started = tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            send(&mut sync, &SyncMessage::Go).map_err(RuntimeError::io("cannot signal the container init", ""))?;
+            match receive(&mut sync) {
+                Ok(None) => Ok(()),
+                Ok(Some(SyncMessage::Error { message, code })) => Err(RuntimeError::Start { message, code }),
+                Ok(Some(other)) => Err(RuntimeError::Protocol(format!("unexpected {other:?} after go"))),
+                Err(e) => Err(RuntimeError::Protocol(format!("reading from the container init: {e}"))),
+            }
+        });
+        if let Err(e) = join(started).await {
+            return Err(abandon(&shim, e).await);
+        }
+        let state = ContainerState {
+            id: spec.id.clone(),
+            shim_pid,
+            shim_start_ticks: procfs::start_ticks(shim_pid).unwrap_or_default(),
+            init_pid,
+            init_start_ticks: procfs::start_ticks(init_pid).unwrap_or_default(),
+            cgroup: cgroup_name.to_owned(),
+            created_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = write_json(&dirs.state(), &state) {
+            return Err(abandon(&shim, e).await);
+        }
+        Ok((shim, init, state))
+    }
+
+    /// Re-adopts a container a previous agent started, from its state file. A live one
+    /// keeps running untouched (same host PIDs); one whose shim is gone resolves
+    /// [`Container::wait`] at once with the recorded exit.
+    pub fn adopt(&self, id: &str) -> Result<Container, RuntimeError> {
+        let dirs = ContainerDirs::new(&self.config.state_dir, id);
+        let state: ContainerState = read_json(&dirs.state())?;
+        let cgroup = self.cgroups.container(&state.cgroup)?;
+        let shim = if procfs::is_same_process(state.shim_pid, state.shim_start_ticks) {
+            PidFd::open(state.shim_pid).ok()
+        } else {
+            None
+        };
+        let init = if shim.is_some() && procfs::is_same_process(state.init_pid, state.init_start_ticks) {
+            PidFd::open(state.init_pid).ok()
+        } else {
+            None
+        };
+        Ok(Container {
+            id: id.to_owned(),
+            dirs,
+            cgroup,
+            shim,
+            is_child: false,
+            init,
+            state,
+            exit: Mutex::new(None),
+        })
+    }
+
+    /// Names of the containers with a state directory on this node.
+    pub fn container_ids(&self) -> Vec<String> {
+        let dir = self.config.state_dir.join("containers");
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut ids: Vec<String> =
+            entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn check_spec(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    orch_api::manifest::names::check_dns_label(&spec.id).map_err(|_| RuntimeError::InvalidName(spec.id.clone()))?;
+    if spec.args.is_empty() || spec.args[0].is_empty() {
+        return Err(RuntimeError::EmptyCommand);
+    }
+    if spec.layers.is_empty() {
+        return Err(RuntimeError::Rootfs { path: PathBuf::new(), reason: "no rootfs or image layers given".into() });
+    }
+    for layer in &spec.layers {
+        let text = layer.display().to_string();
+        if text.contains([':', ',']) {
+            return Err(RuntimeError::Rootfs { path: layer.clone(), reason: "overlayfs cannot take paths with ':' or ','".into() });
+        }
+        match std::fs::metadata(layer) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(RuntimeError::Rootfs { path: layer.clone(), reason: "not a directory".into() }),
+            Err(e) => return Err(RuntimeError::Rootfs { path: layer.clone(), reason: e.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+async fn join<T>(task: tokio::task::JoinHandle<Result<T, RuntimeError>>) -> Result<T, RuntimeError> {
+    task.await.map_err(|e| RuntimeError::Protocol(format!("start task failed: {e}")))?
+}
+
+/// A start that failed part-way: make sure the shim (and with it the container init)
+/// is gone and reaped, then hand back the error.
+async fn abandon(shim: &PidFd, error: RuntimeError) -> RuntimeError {
+    let _ = shim.signal(Signal::SIGKILL);
+    shim.exited().await;
+    let _ = shim.try_reap();
+    error
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The container's PID 1 as the host sees it.
+    pub fn host_pid(&self) -> i32 {
+        self.state.init_pid
+    }
+
+    pub fn state(&self) -> &ContainerState {
+        &self.state
+    }
+
+    pub fn cgroup_paths(&self) -> Vec<PathBuf> {
+        self.cgroup.paths()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dirs.root
+    }
+
+    /// Waits for the container to end (learned from the shim's pidfd, no polling).
+    pub async fn wait(&self) -> ContainerExit {
+        if let Some(exit) = *self.lock_exit() {
+            return exit;
+        }
+        let record = match &self.shim {
+            Some(shim) => {
+                shim.exited().await;
+                let reaped = if self.is_child { shim.try_reap().ok().flatten() } else { None };
+                match reaped {
+                    Some(WaitStatus::Exited(_, code)) => Some(ExitRecord { code, signal: None, finished_unix_ms: now_unix_ms() }),
+                    Some(WaitStatus::Signaled(_, signal, _)) => {
+                        Some(ExitRecord { code: 128 + signal as i32, signal: Some(signal as i32), finished_unix_ms: now_unix_ms() })
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        // The shim's own record knows the signal that ended the init; prefer it.
+        let recorded: Option<ExitRecord> = read_json(&self.dirs.exit()).ok();
+        let record = recorded.or(record).unwrap_or(ExitRecord { code: CODE_RUNTIME, signal: None, finished_unix_ms: now_unix_ms() });
+        let exit = ContainerExit {
+            code: record.code,
+            signal: record.signal,
+            oom_killed: self.cgroup.oom_kill_count().unwrap_or(0) > 0,
+            finished_unix_ms: record.finished_unix_ms,
+        };
+        *self.lock_exit() = Some(exit);
+        exit
+    }
+
+    fn lock_exit(&self) -> std::sync::MutexGuard<'_, Option<ContainerExit>> {
+        self.exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `signal` to the container's init, which forwards it to the command.
+    pub fn signal(&self, signal: Signal) -> Result<(), RuntimeError> {
+        let init = self.init.as_ref().ok_or_else(|| RuntimeError::NotRunning(self.id.clone()))?;
+        match init.signal(signal) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => Err(RuntimeError::NotRunning(self.id.clone())),
+            Err(errno) => Err(RuntimeError::Syscall { syscall: "pidfd_send_signal", errno }),
+        }
+    }
+
+    /// SIGTERM (or `signal`), then SIGKILL if it is still running after `grace`.
+    pub async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit {
+        if self.signal(signal).is_ok() && tokio::time::timeout(grace, self.wait()).await.is_ok() {
+            return self.wait().await;
+        }
+        let _ = self.signal(Signal::SIGKILL);
+        self.wait().await
+    }
+
+    pub fn stats(&self) -> Result<CgroupStats, RuntimeError> {
+        Ok(self.cgroup.stats()?)
+    }
+
+    /// Removes the cgroup and every directory of an ended container. Call after
+    /// [`Container::wait`]; processes still in the cgroup are killed.
+    pub fn remove(self) -> Result<(), RuntimeError> {
+        let cgroup = self.cgroup.destroy();
+        let dirs = match std::fs::remove_dir_all(&self.dirs.root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io { what: "cannot remove", path: self.dirs.root.clone(), source: e }),
+            _ => Ok(()),
+        };
+        cgroup?;
+        dirs
+    }
+}

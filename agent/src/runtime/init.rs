@@ -1,0 +1,249 @@
+//! The re-exec'd side of a container start: `orch-agent __init`.
+//!
+//! The agent spawns its own binary with the sync socket as fd 3. That fresh,
+//! single-threaded process is the **shim**: it reads the config, starts a session,
+//! unshares a PID namespace and forks the container's **init** (PID 1 inside), then
+//! waits for it and records how it ended, so the container outlives an agent restart.
+//! The init unshares mount, UTS, IPC and network namespaces, waits for the agent to put
+//! it in its cgroup, builds the root filesystem, and forks the **command**, which drops
+//! capabilities, sets no_new_privs and execs. The init stays as PID 1: it reaps zombies
+//! and forwards SIGTERM, SIGINT and friends to the command, and exits with its status.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::config::InitConfig;
+use super::state::{now_unix_ms, write_json, ExitRecord};
+use super::sync::{receive, send, SyncMessage};
+use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
+
+/// The descriptor the agent passes the sync socket on.
+pub const SYNC_FD: i32 = 3;
+
+/// Signals the container's init passes on to the command.
+const FORWARDED: [Signal; 7] =
+    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+
+/// Entry point of `orch-agent __init`. Never returns. Must run before any thread starts.
+pub fn shim_main() -> ! {
+    // SAFETY: the agent dup2'd its end of a fresh socket pair onto fd 3 just before exec
+    // and nothing in this new process has touched fd 3; this takes sole ownership.
+    let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
+    // The command must not inherit the socket: its exec closing it tells the agent the
+    // exec succeeded.
+    let _ = nix::fcntl::fcntl(&sync, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+
+    let config = match receive(&mut sync) {
+        Ok(Some(SyncMessage::Config(config))) => config,
+        other => fail(&mut sync, &format!("expected the container config, got {other:?}"), CODE_RUNTIME),
+    };
+    // A session of its own: the terminal's Ctrl-C reaches the agent, which decides.
+    let _ = nix::unistd::setsid();
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        fail(&mut sync, &format!("unshare(CLONE_NEWPID): {e}"), CODE_RUNTIME);
+    }
+    // SAFETY: this process is single-threaded (fresh exec, no threads started), so the
+    // child may run arbitrary code after fork.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => init_main(&config, sync),
+        Ok(ForkResult::Parent { child }) => {
+            let sent = send(&mut sync, &SyncMessage::InitPid { pid: child.as_raw() });
+            drop(sync);
+            if sent.is_err() {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            let record = wait_for(child);
+            let _ = write_json(&config.exit_status_path, &record);
+            std::process::exit(record.code)
+        }
+        Err(e) => fail(&mut sync, &format!("fork the container init: {e}"), CODE_RUNTIME),
+    }
+}
+
+/// Reports an error to the agent and exits with `code`.
+fn fail(sync: &mut UnixStream, message: &str, code: i32) -> ! {
+    let _ = send(sync, &SyncMessage::Error { message: message.to_owned(), code });
+    std::process::exit(code)
+}
+
+/// Waits for `child` and turns its end into an exit record (128 + N for signal N).
+fn wait_for(child: Pid) -> ExitRecord {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return ExitRecord { code, signal: None, finished_unix_ms: now_unix_ms() };
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return ExitRecord { code: 128 + signal as i32, signal: Some(signal as i32), finished_unix_ms: now_unix_ms() };
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return ExitRecord { code: CODE_RUNTIME, signal: None, finished_unix_ms: now_unix_ms() },
+        }
+    }
+}
+
+/// The container's PID 1.
+fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
+    // If the shim dies, so does the container: nobody would be left to report it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
+    if let Err(e) = unshare(namespaces) {
+        fail(&mut sync, &format!("unshare(mount, uts, ipc, net): {e}"), CODE_RUNTIME);
+    }
+    if send(&mut sync, &SyncMessage::Unshared).is_err() {
+        std::process::exit(CODE_RUNTIME);
+    }
+    // The agent now moves us into the cgroup (and, later, wires the network).
+    match receive(&mut sync) {
+        Ok(Some(SyncMessage::Go)) => {}
+        other => fail(&mut sync, &format!("expected go from the agent, got {other:?}"), CODE_RUNTIME),
+    }
+    if let Err(rootfs::SetupError(message)) = rootfs::setup(config) {
+        fail(&mut sync, &message, CODE_RUNTIME);
+    }
+    if let Err(e) = nix::unistd::sethostname(&config.hostname) {
+        fail(&mut sync, &format!("sethostname({:?}): {e}", config.hostname), CODE_RUNTIME);
+    }
+    if let Err(e) = loopback_up() {
+        fail(&mut sync, &format!("bring up lo: {e}"), CODE_RUNTIME);
+    }
+    // The init must survive the OOM killer; the command gets the default back.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+
+    let mut blocked = SigSet::empty();
+    blocked.add(Signal::SIGCHLD);
+    for signal in FORWARDED {
+        blocked.add(signal);
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None) {
+        fail(&mut sync, &format!("sigprocmask: {e}"), CODE_RUNTIME);
+    }
+    // SAFETY: the init is single-threaded (it is a fork of the single-threaded shim).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => command_main(config, sync),
+        Ok(ForkResult::Parent { child }) => {
+            drop(sync);
+            supervise(child, &blocked)
+        }
+        Err(e) => fail(&mut sync, &format!("fork the command: {e}"), CODE_RUNTIME),
+    }
+}
+
+/// PID 1's loop: forward signals to the command, reap every zombie, and exit with the
+/// command's status when it ends (the kernel then kills whatever is left).
+fn supervise(command: Pid, signals: &SigSet) -> ! {
+    loop {
+        let Ok(signal) = signals.wait() else { continue };
+        if signal != Signal::SIGCHLD {
+            let _ = kill(command, signal);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == command => std::process::exit(code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => std::process::exit(128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The command: last preparations, then exec. Errors go to the agent over the socket.
+fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
+    if let Err(e) = std::env::set_current_dir(&config.cwd) {
+        fail(&mut sync, &format!("chdir to the working directory {:?}: {e}", config.cwd), CODE_RUNTIME);
+    }
+    let program = match resolve_program(config) {
+        Ok(path) => path,
+        Err((message, code)) => fail(&mut sync, &message, code),
+    };
+    if let Err(message) = drop_privileges(&config.capabilities) {
+        fail(&mut sync, &message, CODE_RUNTIME);
+    }
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = config.args.iter().map(|a| to_c(a)).collect();
+    let envp: Vec<CString> = config.env.iter().map(|e| to_c(e)).collect();
+    let path = to_c(&program);
+    let error = match nix::unistd::execve(&path, &argv, &envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let code = if error == Errno::ENOENT { CODE_NOT_FOUND } else { CODE_CANNOT_INVOKE };
+    fail(&mut sync, &format!("exec {program}: {error}"), code)
+}
+
+/// Finds the program: a path as given, or the first executable match in the
+/// container's PATH.
+fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
+    let program = config.args.first().map(String::as_str).unwrap_or_default();
+    if program.contains('/') {
+        return match std::fs::metadata(program) {
+            Ok(meta) if meta.is_file() => Ok(program.to_owned()),
+            Ok(_) => Err((format!("exec {program}: not a regular file"), CODE_CANNOT_INVOKE)),
+            Err(e) => Err((format!("exec {program}: {e}"), CODE_NOT_FOUND)),
+        };
+    }
+    let path = config.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(super::config::DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    Err((format!("exec {program}: executable file not found in $PATH ({path})"), CODE_NOT_FOUND))
+}
+
+/// Keeps only `keep` in every capability set (bounding first, while CAP_SETPCAP is
+/// still effective) and sets no_new_privs.
+fn drop_privileges(keep: &[String]) -> Result<(), String> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let keep: CapsHashSet = keep.iter().filter_map(|name| name.parse::<Capability>().ok()).collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &keep).map_err(|e| format!("set {set:?} capabilities: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))
+}
+
+/// `ip link set lo up` in the container's fresh network namespace.
+fn loopback_up() -> Result<(), Errno> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value for it.
+    let mut request: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as nix::libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into `request`, a
+    // valid ifreq that outlives the call.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the union's flags member is what SIOCGIFFLAGS just filled in.
+    unsafe {
+        request.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as nix::libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS only reads `request`.
+    if unsafe { nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS, &request) } < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

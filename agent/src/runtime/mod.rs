@@ -1,0 +1,30 @@
+//! The container runtime: namespaces, overlay rootfs, cgroups, and the supervision
+//! primitives the agent builds on (start, wait, signal, stop, stats, re-adopt, remove).
+//!
+//! The start path re-executes the agent binary (`orch-agent __init`, see [`init`]) as a
+//! fresh single-threaded process; nothing forks inside the multi-threaded agent.
+
+mod config;
+mod container;
+mod error;
+pub mod init;
+mod pidfd;
+mod procfs;
+mod rootfs;
+mod state;
+mod sync;
+
+pub use config::{container_env, ContainerSpec, Stdio, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+pub use container::{Container, ContainerExit, Runtime, RuntimeConfig};
+pub use error::RuntimeError;
+pub use state::{ContainerState, ExitRecord};
+
+/// The hidden subcommand that runs [`init::shim_main`].
+pub const INIT_SUBCOMMAND: &str = "__init";
+
+/// Exit code for a failure of the runtime itself (as Docker and runc).
+pub const CODE_RUNTIME: i32 = 125;
+/// Exit code when the command exists but cannot be invoked.
+pub const CODE_CANNOT_INVOKE: i32 = 126;
+/// Exit code when the command is not found.
+pub const CODE_NOT_FOUND: i32 = 127;

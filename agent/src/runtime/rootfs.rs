@@ -1,0 +1,152 @@
+//! The container's filesystem, set up by its init inside the new mount namespace:
+//! overlayfs root, /proc, a minimal /dev, read-only /sys, pivot_root, masked paths.
+//! Every mount lives only in the container's mount namespace, so the kernel removes
+//! them all when the container's last process exits; none appears on the host.
+
+use std::fs;
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::config::InitConfig;
+
+/// Paths hidden from the container (as Docker): files get /dev/null, directories an
+/// empty read-only tmpfs.
+const MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths the container may read but not write.
+const READ_ONLY: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Device nodes bind-mounted from the host into the container's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A failed setup step: what was being done and the error, for the agent to report.
+pub struct SetupError(pub String);
+
+fn step<T, E: std::fmt::Display>(result: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, SetupError> {
+    result.map_err(|e| SetupError(format!("{}: {e}", what())))
+}
+
+fn mount_at(source: &str, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), SetupError> {
+    step(mount(Some(source), target, fstype, flags, data), || {
+        format!("mount {} on {} ({})", fstype.unwrap_or("bind"), target.display(), data.unwrap_or(""))
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), SetupError> {
+    step(fs::create_dir_all(path), || format!("mkdir {}", path.display()))
+}
+
+/// Builds the root under `merged` and pivots into it. Runs as the container's PID 1,
+/// single-threaded, inside fresh mount and PID namespaces.
+pub fn setup(config: &InitConfig) -> Result<(), SetupError> {
+    // Nothing we mount may propagate back to the host.
+    step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
+        "make / private".to_owned()
+    })?;
+    let merged = &config.merged;
+    let lower: Vec<String> = config.layers.iter().map(|l| l.display().to_string()).collect();
+    let options =
+        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
+    mount_at("overlay", merged, Some("overlay"), MsFlags::empty(), Some(&options))?;
+
+    let proc_dir = merged.join("proc");
+    mkdir(&proc_dir)?;
+    mount_at("proc", &proc_dir, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, None)?;
+
+    setup_dev(&merged.join("dev"))?;
+
+    let sys_dir = merged.join("sys");
+    mkdir(&sys_dir)?;
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_at("sysfs", &sys_dir, Some("sysfs"), ro, None)?;
+
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
+    // leaves only the container's tree (the runc way, no put_old directory needed).
+    step(std::env::set_current_dir(merged), || format!("chdir {}", merged.display()))?;
+    step(nix::unistd::pivot_root(".", "."), || format!("pivot_root into {}", merged.display()))?;
+    step(umount2(".", MntFlags::MNT_DETACH), || "detach the old root".to_owned())?;
+    step(std::env::set_current_dir("/"), || "chdir /".to_owned())?;
+
+    for path in MASKED {
+        mask(Path::new(path))?;
+    }
+    for path in READ_ONLY {
+        read_only(Path::new(path))?;
+    }
+    Ok(())
+}
+
+fn setup_dev(dev: &Path) -> Result<(), SetupError> {
+    mkdir(dev)?;
+    mount_at("tmpfs", dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        step(fs::File::create(&target), || format!("create {}", target.display()))?;
+        let host = format!("/dev/{name}");
+        mount_at(&host, &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    mount_at(
+        "devpts",
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    mount_at(
+        "shm",
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = dev.join(link);
+        step(std::os::unix::fs::symlink(target, &path), || format!("symlink {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn mask(path: &Path) -> Result<(), SetupError> {
+    match fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.is_dir() => mount_at("tmpfs", path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0")),
+        Ok(_) => mount_at("/dev/null", path, None, MsFlags::MS_BIND, None),
+    }
+}
+
+fn read_only(path: &Path) -> Result<(), SetupError> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    mount_at(&path.display().to_string(), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mount_at(
+        &path.display().to_string(),
+        path,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
+}
