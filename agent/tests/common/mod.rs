@@ -1,0 +1,146 @@
+//! Harness for the runtime tests: root check, a busybox rootfs, a private state
+//! directory and cgroup parent per test, and leak checks. Everything a test made is
+//! removed when its `Sandbox` drops, including after a panic.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use orch_agent::cgroups::CgroupLayout;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_orch-agent");
+
+/// These tests create namespaces, mounts and cgroups: they need root, and say so.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates namespaces, overlay mounts and cgroups and must run as root (CI does): run `sudo bash deploy/test.sh`"
+    );
+}
+
+/// Debian's busybox-static, which `deploy/test.sh` installs.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A read-only busybox root: /bin/busybox and a symlink per applet.
+pub fn busybox_rootfs(dir: &Path) {
+    assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: install busybox-static (deploy/test.sh does)");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("create bin");
+    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
+    let list = Command::new(BUSYBOX).arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink applet");
+        }
+    }
+    for dir_name in ["etc", "tmp", "root", "mnt"] {
+        std::fs::create_dir_all(dir.join(dir_name)).expect("create dir");
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+}
+
+/// One test's private corner: a rootfs, a state directory and a cgroup parent.
+pub struct Sandbox {
+    pub name: String,
+    pub root: tempfile::TempDir,
+    pub cgroup_parent: String,
+}
+
+impl Sandbox {
+    pub fn new(test: &str) -> Sandbox {
+        require_root();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = tempfile::Builder::new().prefix(&format!("orch-rt-{test}-")).tempdir().expect("tempdir");
+        busybox_rootfs(&root.path().join("rootfs"));
+        Sandbox {
+            name: test.to_owned(),
+            root,
+            cgroup_parent: format!("orch-test-{}-{n}-{test}", std::process::id()),
+        }
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.path().join("rootfs")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// `orch-agent run` with this sandbox's rootfs, state and cgroup parent.
+    pub fn run_command(&self, container: &str, flags: &[&str], command: &[&str]) -> Command {
+        let mut cmd = Command::new(AGENT);
+        cmd.arg("run")
+            .arg("--rootfs")
+            .arg(self.rootfs())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .arg("--name")
+            .arg(container)
+            .args(flags)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a container to completion.
+    pub fn run(&self, container: &str, flags: &[&str], command: &[&str]) -> Output {
+        self.run_command(container, flags, command).output().expect("spawn orch-agent run")
+    }
+
+    pub fn cgroup_paths(&self, container: &str) -> Vec<PathBuf> {
+        let layout = CgroupLayout::detect().expect("cgroup layout");
+        layout.container(&format!("{}/{container}", self.cgroup_parent)).expect("cgroup").paths()
+    }
+
+    /// Nothing of `container` is left: state, overlay dirs, cgroups, mounts.
+    pub fn assert_clean(&self, container: &str) {
+        let dir = self.state_dir().join("containers").join(container);
+        assert!(!dir.exists(), "container directory {} left behind", dir.display());
+        for path in self.cgroup_paths(container) {
+            assert!(!path.exists(), "cgroup {} left behind", path.display());
+            let parent = path.parent().expect("parent");
+            assert!(!parent.exists(), "cgroup parent {} left behind", parent.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = self.root.path().display().to_string();
+        assert!(!mounts.contains(&root), "a mount under {root} is visible on the host:\n{mounts}");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // After a failed test: kill and remove whatever is left in our cgroups.
+        let Ok(layout) = CgroupLayout::detect() else { return };
+        let containers = self.state_dir().join("containers");
+        if let Ok(entries) = std::fs::read_dir(&containers) {
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if let Ok(cgroup) = layout.container(&format!("{}/{id}", self.cgroup_parent)) {
+                    let _ = cgroup.destroy();
+                }
+            }
+        }
+        if let Ok(cgroup) = layout.container(&format!("{}/x", self.cgroup_parent)) {
+            for path in cgroup.paths() {
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        }
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
