@@ -1,0 +1,142 @@
+//! Supervision primitives through the library, as the agent will use them: start, wait,
+//! signal, stop with a grace period, stats, and re-adoption by a new runtime.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Sandbox, AGENT};
+use nix::sys::signal::Signal;
+use orch_agent::cgroups::Limits;
+use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Stdio};
+
+fn runtime(sandbox: &Sandbox) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        state_dir: sandbox.state_dir(),
+        cgroup_parent: sandbox.cgroup_parent.clone(),
+        init_exe: PathBuf::from(AGENT),
+    })
+    .expect("runtime")
+}
+
+fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
+    ContainerSpec {
+        id: id.to_owned(),
+        layers: vec![sandbox.rootfs()],
+        hostname: None,
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![],
+        cwd: None,
+        limits: Limits { memory_bytes: Some(64 << 20), pids: Some(32), ..Limits::default() },
+        stdio: Stdio::LogFile(sandbox.root.path().join(format!("{id}.log"))),
+    }
+}
+
+/// Waits (bounded) until the container's log holds `text`.
+async fn wait_for_log(sandbox: &Sandbox, id: &str, text: &str) {
+    let path = sandbox.root.path().join(format!("{id}.log"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::fs::read_to_string(&path).unwrap_or_default().contains(text) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text:?} never appeared in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn stats_signal_and_wait() {
+    let sandbox = Sandbox::new("stats");
+    let runtime = runtime(&sandbox);
+    let container = runtime.start(&spec(&sandbox, "stats", "trap 'echo got-usr1' USR1; echo ready; while true; do sleep 0.05; done")).await.expect("start");
+    wait_for_log(&sandbox, "stats", "ready").await;
+    let stats = container.stats().expect("stats");
+    assert!(stats.pids >= 2, "init and the shell: {stats:?}");
+    assert!(stats.memory_bytes > 0, "{stats:?}");
+    container.signal(Signal::SIGUSR1).expect("signal");
+    wait_for_log(&sandbox, "stats", "got-usr1").await;
+    let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert_eq!(exit.code, 143);
+    assert!(!exit.oom_killed);
+    assert!(matches!(container.signal(Signal::SIGTERM), Err(_)), "a stopped container cannot be signalled");
+    container.remove().expect("remove");
+    sandbox.assert_clean("stats");
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_after_the_grace_period() {
+    let sandbox = Sandbox::new("grace");
+    let runtime = runtime(&sandbox);
+    let container = runtime.start(&spec(&sandbox, "grace", "trap '' TERM; echo ready; while true; do sleep 0.05; done")).await.expect("start");
+    wait_for_log(&sandbox, "grace", "ready").await;
+    let exit = container.stop(Signal::SIGTERM, Duration::from_millis(300)).await;
+    assert_eq!((exit.code, exit.signal), (137, Some(9)), "SIGTERM ignored, so SIGKILL: {exit:?}");
+    container.remove().expect("remove");
+    sandbox.assert_clean("grace");
+}
+
+#[tokio::test]
+async fn a_new_runtime_adopts_a_live_container_with_the_same_pid() {
+    let sandbox = Sandbox::new("adopt");
+    let first = runtime(&sandbox);
+    let container = first.start(&spec(&sandbox, "adopted", "echo ready; exec sleep 1000")).await.expect("start");
+    wait_for_log(&sandbox, "adopted", "ready").await;
+    let host_pid = container.host_pid();
+    // The old agent goes away without stopping anything.
+    drop(container);
+    drop(first);
+
+    let second = runtime(&sandbox);
+    assert_eq!(second.container_ids(), ["adopted"]);
+    let adopted = second.adopt("adopted").expect("adopt");
+    assert_eq!(adopted.host_pid(), host_pid, "the same process, not a restart");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(host_pid), None).is_ok(), "still running");
+    let exit = adopted.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert_eq!(exit.code, 143, "the exit comes from the shim's record: {exit:?}");
+    adopted.remove().expect("remove");
+    sandbox.assert_clean("adopted");
+}
+
+#[tokio::test]
+async fn a_recycled_pid_is_never_mistaken_for_the_container() {
+    let sandbox = Sandbox::new("recycled");
+    let runtime = runtime(&sandbox);
+    let container = runtime.start(&spec(&sandbox, "recycled", "echo ready; exec sleep 1000")).await.expect("start");
+    wait_for_log(&sandbox, "recycled", "ready").await;
+    let state_path = sandbox.state_dir().join("containers/recycled/state.json");
+    let original = std::fs::read_to_string(&state_path).expect("state");
+    // Same PIDs, other start times: as if both PIDs now belonged to other processes.
+    let mut state: serde_json::Value = serde_json::from_str(&original).expect("json");
+    state["shim_start_ticks"] = serde_json::json!(1);
+    state["init_start_ticks"] = serde_json::json!(1);
+    std::fs::write(&state_path, state.to_string()).expect("write");
+    let impostor = runtime.adopt("recycled").expect("adopt");
+    assert!(impostor.signal(Signal::SIGKILL).is_err(), "must not signal a process it cannot prove is the container");
+    std::fs::write(&state_path, original).expect("restore");
+    drop(impostor);
+    let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert_eq!(exit.code, 143);
+    container.remove().expect("remove");
+    sandbox.assert_clean("recycled");
+}
+
+#[tokio::test]
+async fn a_failed_start_leaves_nothing() {
+    let sandbox = Sandbox::new("failstart");
+    let runtime = runtime(&sandbox);
+    let mut bad = spec(&sandbox, "failed", "true");
+    bad.args = vec!["/no/such/binary".into()];
+    let err = runtime.start(&bad).await.err().expect("start must fail");
+    assert_eq!(err.exit_code(), 127, "{err}");
+    sandbox.assert_clean("failed");
+    let mut bad_cwd = spec(&sandbox, "badcwd", "true");
+    bad_cwd.cwd = Some("/does/not/exist".into());
+    let err = runtime.start(&bad_cwd).await.err().expect("start must fail");
+    assert!(err.to_string().contains("/does/not/exist"), "{err}");
+    sandbox.assert_clean("badcwd");
+    let mut bad_name = spec(&sandbox, "Bad_Name", "true");
+    bad_name.id = "Bad_Name".into();
+    assert!(runtime.start(&bad_name).await.is_err());
+}
