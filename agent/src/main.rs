@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         init::shim_main();
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("orch-agent: cannot start the async runtime: {e}");

@@ -26,9 +26,16 @@ impl V1Cgroup {
             .ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
     }
 
-    /// Distinct directories (co-mounted controllers share one).
+    /// Distinct directories (co-mounted controllers share one). The cpuset hierarchy
+    /// is only joined by containers pinned to CPUs (each hierarchy joined costs a
+    /// migration at start), so its directory counts only once created.
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self.mounts.values().map(|m| m.join(&self.relative)).collect();
+        let mut dirs: Vec<PathBuf> = self
+            .mounts
+            .iter()
+            .filter(|(controller, mount)| *controller != "cpuset" || mount.join(&self.relative).exists())
+            .map(|(_, mount)| mount.join(&self.relative))
+            .collect();
         dirs.sort();
         dirs.dedup();
         dirs
@@ -55,10 +62,13 @@ impl V1Cgroup {
 
 impl ContainerCgroup for V1Cgroup {
     fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
-        for dir in self.dirs() {
-            fs::mkdir_all(&dir)?;
+        for (controller, mount) in &self.mounts {
+            if controller != "cpuset" {
+                fs::mkdir_all(&mount.join(&self.relative))?;
+            }
         }
-        if let Some(mount) = self.mounts.get("cpuset") {
+        if limits.cpuset.is_some() {
+            let mount = self.mounts.get("cpuset").ok_or_else(|| CgroupError::NoHierarchy("the v1 cpuset controller is not mounted".into()))?;
             self.prepare_cpuset(mount)?;
         }
         if let Some(bytes) = limits.memory_bytes {
@@ -130,6 +140,7 @@ impl ContainerCgroup for V1Cgroup {
         }
         if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
             for mount in self.mounts.values() {
+                // Also the cpuset parent, which a pinned container may have created.
                 fs::remove_parent_if_empty(&mount.join(parent));
             }
         }

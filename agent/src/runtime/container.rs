@@ -1,10 +1,8 @@
 //! The agent side of a container: start it through the shim, then wait, signal, stop,
 //! read stats, re-adopt after an agent restart, and remove every trace of it.
-#![allow(unsafe_code)]
 
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,7 +11,6 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
 use super::config::{container_env, ContainerSpec, InitConfig, Stdio, DEFAULT_CAPABILITIES};
-use super::init::SYNC_FD;
 use super::pidfd::PidFd;
 use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
@@ -144,7 +141,9 @@ impl Runtime {
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
         let mut command = std::process::Command::new(&self.config.init_exe);
-        command.arg(INIT_SUBCOMMAND).env_clear().stdin(std::process::Stdio::null());
+        // The sync socket is the shim's standard input: no pre-exec hook, so std spawns
+        // with posix_spawn instead of forking this multi-threaded process.
+        command.arg(INIT_SUBCOMMAND).env_clear().stdin(OwnedFd::from(child_end));
         match &spec.stdio {
             Stdio::Inherit => {}
             Stdio::LogFile(path) => {
@@ -157,22 +156,11 @@ impl Runtime {
                 command.stdout(log).stderr(log_err);
             }
         }
-        let child_fd = child_end.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and calls only dup2,
-        // which is async-signal-safe; `child_fd` stays open in the parent until spawn
-        // returns, so it is valid in the child.
-        unsafe {
-            command.pre_exec(move || {
-                if nix::libc::dup2(child_fd, SYNC_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let child = command
             .spawn()
             .map_err(|source| RuntimeError::Spawn { exe: self.config.init_exe.clone(), source })?;
-        drop(child_end);
+        // The command's copy of the socket went to the shim; ours closed with it.
+        drop(command);
         let shim_pid = i32::try_from(child.id()).map_err(|_| RuntimeError::Protocol("shim PID out of range".into()))?;
         // The shim is our unreaped child: its PID cannot be reused before we reap it.
         let shim = PidFd::open(shim_pid).map_err(RuntimeError::sys("pidfd_open"))?;

@@ -1,13 +1,15 @@
 //! The re-exec'd side of a container start: `orch-agent __init`.
 //!
-//! The agent spawns its own binary with the sync socket as fd 3. That fresh,
+//! The agent spawns its own binary with the sync socket as its standard input (so the
+//! spawn needs no pre-exec hook and std can use posix_spawn). That fresh,
 //! single-threaded process is the **shim**: it reads the config, starts a session,
 //! unshares a PID namespace and forks the container's **init** (PID 1 inside), then
 //! waits for it and records how it ended, so the container outlives an agent restart.
 //! The init unshares mount, UTS, IPC and network namespaces, waits for the agent to put
-//! it in its cgroup, builds the root filesystem, and forks the **command**, which drops
-//! capabilities, sets no_new_privs and execs. The init stays as PID 1: it reaps zombies
-//! and forwards SIGTERM, SIGINT and friends to the command, and exits with its status.
+//! it in its cgroup (then unshares a cgroup namespace), builds the root filesystem, and
+//! forks the **command**, which drops capabilities, sets no_new_privs and execs. The
+//! init stays as PID 1: it reaps zombies and forwards SIGTERM, SIGINT and friends to
+//! the command, and exits with its status.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -26,21 +28,19 @@ use super::state::{now_unix_ms, write_json, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
 use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
 
-/// The descriptor the agent passes the sync socket on.
-pub const SYNC_FD: i32 = 3;
-
 /// Signals the container's init passes on to the command.
 const FORWARDED: [Signal; 7] =
     [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
 /// Entry point of `orch-agent __init`. Never returns. Must run before any thread starts.
 pub fn shim_main() -> ! {
-    // SAFETY: the agent dup2'd its end of a fresh socket pair onto fd 3 just before exec
-    // and nothing in this new process has touched fd 3; this takes sole ownership.
-    let mut sync = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
-    // The command must not inherit the socket: its exec closing it tells the agent the
-    // exec succeeded.
-    let _ = nix::fcntl::fcntl(&sync, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let mut sync = match take_sync_socket() {
+        Ok(sync) => sync,
+        Err(e) => {
+            eprintln!("orch-agent __init: {e} (this command is started by the agent, not by hand)");
+            std::process::exit(CODE_RUNTIME)
+        }
+    };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 
     let config = match receive(&mut sync) {
@@ -68,6 +68,27 @@ pub fn shim_main() -> ! {
         }
         Err(e) => fail(&mut sync, &format!("fork the container init: {e}"), CODE_RUNTIME),
     }
+}
+
+/// Moves the sync socket off standard input to a close-on-exec descriptor (the
+/// command's exec closing it tells the agent the exec succeeded) and puts /dev/null on
+/// standard input instead.
+fn take_sync_socket() -> Result<UnixStream, String> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on fd 0 only creates a new descriptor; it reads
+    // and writes no memory of ours.
+    let raw = unsafe { nix::libc::fcntl(0, nix::libc::F_DUPFD_CLOEXEC, 3) };
+    if raw < 0 {
+        return Err(format!("cannot take the sync socket from standard input: {}", Errno::last()));
+    }
+    // SAFETY: `raw` was just returned by fcntl and nothing else owns it.
+    let sync = unsafe { UnixStream::from_raw_fd(raw) };
+    sync.peer_addr().map_err(|_| "standard input is not the agent's sync socket".to_owned())?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    // SAFETY: dup2 between two descriptors we hold; `null` stays open across the call.
+    if unsafe { nix::libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(format!("cannot put /dev/null on standard input: {}", Errno::last()));
+    }
+    Ok(sync)
 }
 
 /// Reports an error to the agent and exits with `code`.
@@ -107,6 +128,10 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     match receive(&mut sync) {
         Ok(Some(SyncMessage::Go)) => {}
         other => fail(&mut sync, &format!("expected go from the agent, got {other:?}"), CODE_RUNTIME),
+    }
+    // Now inside its cgroup: a cgroup namespace makes that the container's cgroup root.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut sync, &format!("unshare(cgroup): {e}"), CODE_RUNTIME);
     }
     if let Err(rootfs::SetupError(message)) = rootfs::setup(config) {
         fail(&mut sync, &message, CODE_RUNTIME);

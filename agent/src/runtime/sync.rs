@@ -1,5 +1,5 @@
 //! The sync socket between the agent and a starting container: length-prefixed JSON
-//! messages over a Unix socket pair (fd 3 in the re-exec'd process). Unbuffered, so
+//! messages over a Unix socket pair (standard input of the re-exec'd process). Unbuffered, so
 //! the shim and the container's init, which share the descriptor across fork, never
 //! read each other's bytes.
 //!
