@@ -212,3 +212,65 @@ fn two_containers_with_one_name_are_refused() {
     assert_eq!(first.wait().expect("wait").code(), Some(143));
     sandbox.assert_clean("same");
 }
+
+#[test]
+fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sandbox = Sandbox::new("userns");
+    // The mapped root must be able to reach the container's directories.
+    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let passwd_before = std::fs::read_to_string(sandbox.rootfs().join("etc/passwd")).expect("passwd");
+    let mut child = sandbox
+        .run_command(
+            "userns",
+            &["--userns", "200000:65536"],
+            &["sh", "-c", "id -u; cat /proc/self/uid_map; echo extra >> /etc/passwd && echo wrote-existing; touch /created; echo ready; exec sleep 1000"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().expect("a line").expect("read");
+    assert_eq!(next(), "0", "root inside");
+    assert_eq!(next().split_whitespace().collect::<Vec<_>>(), ["0", "200000", "65536"]);
+    assert_eq!(next(), "wrote-existing", "root-owned image files are root's inside (idmapped layers)");
+    assert_eq!(next(), "ready");
+
+    // From the host, the container's processes hold the unprivileged id.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sandbox.state_dir().join("containers/userns/state.json")).expect("state file"),
+    )
+    .expect("json");
+    let init_pid = state["init_pid"].as_i64().expect("init_pid");
+    let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children")).expect("children");
+    let command_pid: i64 = children.split_whitespace().next().expect("the command").parse().expect("pid");
+    for pid in [init_pid, command_pid] {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uids = status.lines().find_map(|l| l.strip_prefix("Uid:")).expect("Uid line");
+        assert!(uids.split_whitespace().all(|u| u == "200000"), "pid {pid} has host uids {uids}");
+    }
+    let created = sandbox.state_dir().join("containers/userns/upper/created");
+    assert_eq!(std::fs::metadata(&created).expect("created file").uid(), 200_000, "files it creates belong to the mapped id");
+    // The layer views were mounted for the start only; none is left on the host.
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!host_mounts.contains(&sandbox.root.path().display().to_string()), "an idmapped layer stayed mounted on the host");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM)
+        .expect("signal");
+    assert_eq!(child.wait().expect("wait").code(), Some(143));
+    assert_eq!(std::fs::read_to_string(sandbox.rootfs().join("etc/passwd")).expect("passwd"), passwd_before, "the image is unchanged");
+    sandbox.assert_clean("userns");
+}
+
+#[test]
+fn a_user_namespace_refuses_an_unreachable_state_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("userns-private");
+    // A private (0700) ancestor keeps the mapped root out: said clearly, nothing left.
+    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let out = sandbox.run("private", &["--userns"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("searchable by others"), "{}", stderr(&out));
+    sandbox.assert_clean("private");
+}

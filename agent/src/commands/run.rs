@@ -11,7 +11,7 @@ use orch_api::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::cgroups::Limits;
-use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME};
+use orch_agent::runtime::{ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
@@ -55,6 +55,10 @@ pub struct RunArgs {
     pub workdir: Option<String>,
     #[arg(long, value_enum, default_value = "none")]
     pub net: NetMode,
+    /// Run in a user namespace: root inside is HOST_ID on the host (default
+    /// 100000:65536), so a process that escapes holds no privilege there.
+    #[arg(long, value_name = "HOST_ID[:SIZE]", num_args = 0..=1, default_missing_value = "100000:65536")]
+    pub userns: Option<String>,
     /// Seconds between SIGTERM and SIGKILL when stopping on a signal.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -104,8 +108,23 @@ fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
     })
 }
 
+fn id_range(text: &str) -> Result<IdRange, RuntimeError> {
+    let (host, size) = text.split_once(':').unwrap_or((text, ""));
+    let host_id = host.parse::<u32>().map_err(|_| bad_flag("userns", format!("{host:?} is not a host id")))?;
+    let size = if size.is_empty() {
+        DEFAULT_ID_RANGE.size
+    } else {
+        size.parse::<u32>().map_err(|_| bad_flag("userns", format!("{size:?} is not a range size")))?
+    };
+    if host_id == 0 || size == 0 {
+        return Err(bad_flag("userns", "the host id and the size must be more than 0 (root must not map to root)"));
+    }
+    Ok(IdRange { host_id, size })
+}
+
 async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
     let limits = limits(&args)?;
+    let user_namespace = args.userns.as_deref().map(id_range).transpose()?;
     for entry in &args.env {
         if !entry.contains('=') || entry.starts_with('=') {
             return Err(bad_flag("env", format!("{entry:?} is not KEY=VALUE")));
@@ -130,6 +149,7 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         cwd: args.workdir.clone(),
         limits,
         stdio: Stdio::Inherit,
+        user_namespace,
     };
     // Listen before starting, so a Ctrl-C during the start is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RuntimeError::io("cannot handle", "SIGINT"))?;

@@ -32,7 +32,21 @@ pub struct ContainerSpec {
     pub cwd: Option<String>,
     pub limits: Limits,
     pub stdio: Stdio,
+    /// Run in a user namespace: root inside is `host_id` outside.
+    pub user_namespace: Option<IdRange>,
 }
+
+/// A user namespace's mapping: container ids `0..size` are host ids
+/// `host_id..host_id + size`, for users and groups alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_id: u32,
+    pub size: u32,
+}
+
+/// The range `--userns` uses unless told otherwise: above the ids Debian hands to
+/// users, 65536 wide (as /etc/subuid ranges are).
+pub const DEFAULT_ID_RANGE: IdRange = IdRange { host_id: 100_000, size: 65_536 };
 
 /// PATH inside a container unless the spec sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -72,6 +86,8 @@ pub struct InitConfig {
     pub capabilities: Vec<String>,
     /// Where the shim records the container's exit, for an agent that restarts.
     pub exit_status_path: PathBuf,
+    /// Create a user namespace (the agent writes its maps and idmaps `layers`).
+    pub user_namespace: bool,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

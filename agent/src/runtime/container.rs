@@ -10,7 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::config::{container_env, ContainerSpec, InitConfig, Stdio, DEFAULT_CAPABILITIES};
+use super::config::{container_env, ContainerSpec, IdRange, InitConfig, Stdio, DEFAULT_CAPABILITIES};
+use super::idmap;
 use super::pidfd::PidFd;
 use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
@@ -107,7 +108,7 @@ impl Runtime {
             }),
             Err(e) => {
                 let _ = cgroup.destroy();
-                let _ = std::fs::remove_dir_all(&dirs.root);
+                let _ = remove_container_dir(&dirs);
                 Err(e)
             }
         }
@@ -123,12 +124,33 @@ impl Runtime {
         for dir in [dirs.upper(), dirs.work(), dirs.merged()] {
             std::fs::create_dir(&dir).map_err(RuntimeError::io("cannot create", &dir))?;
         }
+        // With a user namespace the container reads its layers through idmapped mounts
+        // (root-owned files stay root's inside) and writes an upper layer owned by its
+        // mapped root: the per-container chown the runtime needs.
+        let layers = match spec.user_namespace {
+            None => spec.layers.clone(),
+            Some(range) => {
+                check_searchable(&dirs.root)?;
+                let owner = Some(nix::unistd::Uid::from_raw(range.host_id));
+                let group = Some(nix::unistd::Gid::from_raw(range.host_id));
+                for dir in [dirs.upper(), dirs.work()] {
+                    nix::unistd::chown(&dir, owner, group).map_err(RuntimeError::sys("chown of the upper layer"))?;
+                }
+                let mut views = Vec::with_capacity(spec.layers.len());
+                for i in 0..spec.layers.len() {
+                    let view = dirs.idmapped_layer(i);
+                    std::fs::create_dir_all(&view).map_err(RuntimeError::io("cannot create", &view))?;
+                    views.push(view);
+                }
+                views
+            }
+        };
         cgroup.create(&spec.limits)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
         let init_config = InitConfig {
             id: spec.id.clone(),
             hostname: hostname.clone(),
-            layers: spec.layers.clone(),
+            layers,
             upper: dirs.upper(),
             work: dirs.work(),
             merged: dirs.merged(),
@@ -137,6 +159,7 @@ impl Runtime {
             cwd: spec.cwd.clone().unwrap_or_else(|| "/".to_owned()),
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             exit_status_path: dirs.exit(),
+            user_namespace: spec.user_namespace.is_some(),
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -165,12 +188,20 @@ impl Runtime {
         // The shim is our unreaped child: its PID cannot be reused before we reap it.
         let shim = PidFd::open(shim_pid).map_err(RuntimeError::sys("pidfd_open"))?;
 
+        let user_namespace = spec.user_namespace.map(|range| (range, spec.layers.clone(), dirs.clone()));
         let handshake = tokio::task::spawn_blocking(move || -> Result<(UnixStream, i32), RuntimeError> {
             sync.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(RuntimeError::io("sync socket", ""))?;
             send(&mut sync, &SyncMessage::Config(init_config)).map_err(RuntimeError::io("cannot send the config to the shim", ""))?;
             let (mut init_pid, mut unshared) = (None, false);
             while init_pid.is_none() || !unshared {
                 match receive(&mut sync) {
+                    Ok(Some(SyncMessage::UsernsCreated)) => {
+                        let Some((range, layers, dirs)) = &user_namespace else {
+                            return Err(RuntimeError::Protocol("the shim made a user namespace nobody asked for".into()));
+                        };
+                        map_user_namespace(shim_pid, *range, layers, dirs)?;
+                        send(&mut sync, &SyncMessage::IdsMapped).map_err(RuntimeError::io("cannot answer the shim", ""))?;
+                    }
                     Ok(Some(SyncMessage::InitPid { pid })) => init_pid = Some(pid),
                     Ok(Some(SyncMessage::Unshared)) => unshared = true,
                     Ok(Some(SyncMessage::Error { message, code })) => return Err(RuntimeError::Start { message, code }),
@@ -182,13 +213,20 @@ impl Runtime {
         });
         let (mut sync, init_pid) = match join(handshake).await {
             Ok(pair) => pair,
-            Err(e) => return Err(abandon(&shim, e).await),
+            Err(e) => {
+                unmount_idmapped_layers(dirs);
+                return Err(abandon(&shim, e).await);
+            }
         };
         let init = match PidFd::open(init_pid) {
             Ok(init) => init,
-            Err(errno) => return Err(abandon(&shim, RuntimeError::sys("pidfd_open of the container init")(errno)).await),
+            Err(errno) => {
+                unmount_idmapped_layers(dirs);
+                return Err(abandon(&shim, RuntimeError::sys("pidfd_open of the container init")(errno)).await);
+            }
         };
         if let Err(e) = cgroup.add_process(init_pid) {
+            unmount_idmapped_layers(dirs);
             return Err(abandon(&shim, e.into()).await);
         }
         let started = tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
@@ -200,7 +238,13 @@ impl Runtime {
                 Err(e) => Err(RuntimeError::Protocol(format!("reading from the container init: {e}"))),
             }
         });
-        if let Err(e) = join(started).await {
+        let started = join(started).await;
+        // The init copied the idmapped layers into its own mount namespace (or failed):
+        // the agent's copies go, so nothing stays mounted on the host.
+        if spec.user_namespace.is_some() {
+            unmount_idmapped_layers(dirs);
+        }
+        if let Err(e) = started {
             return Err(abandon(&shim, e).await);
         }
         let state = ContainerState {
@@ -258,7 +302,70 @@ impl Runtime {
     }
 }
 
+/// Maps the shim's new user namespace and mounts the idmapped views of the layers.
+fn map_user_namespace(shim_pid: i32, range: IdRange, layers: &[PathBuf], dirs: &ContainerDirs) -> Result<(), RuntimeError> {
+    idmap::write_id_maps(shim_pid, range)?;
+    for (i, layer) in layers.iter().enumerate() {
+        idmap::mount_idmapped(layer, &dirs.idmapped_layer(i), shim_pid)?;
+    }
+    Ok(())
+}
+
+/// A user-namespaced container's root maps to an unprivileged host id, which must be
+/// able to reach its directories: every ancestor must be searchable by others.
+fn check_searchable(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor).map_err(RuntimeError::io("cannot inspect", ancestor))?;
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(RuntimeError::Start {
+                message: format!(
+                    "--userns needs every directory above the container's to be searchable by others, but {} is {:o}; use a state directory like /var/lib/orch/agent",
+                    ancestor.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+                code: super::CODE_RUNTIME,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn unmount_idmapped_layers(dirs: &ContainerDirs) {
+    for view in dirs.idmapped_layers() {
+        idmap::unmount(&view);
+    }
+}
+
+/// Removes a container's directory. Idmapped layer views are unmounted and removed
+/// one by one first (never recursively: if one were still mounted, a recursive delete
+/// would reach into the image), then the rest goes.
+fn remove_container_dir(dirs: &ContainerDirs) -> Result<(), RuntimeError> {
+    for view in dirs.idmapped_layers() {
+        idmap::unmount(&view);
+        match std::fs::remove_dir(&view) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RuntimeError::Io { what: "cannot remove the layer view", path: view, source }),
+        }
+    }
+    match std::fs::remove_dir_all(&dirs.root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::Io { what: "cannot remove", path: dirs.root.clone(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_spec(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    if let Some(range) = spec.user_namespace {
+        if range.host_id == 0 || range.size == 0 || range.host_id.checked_add(range.size).is_none() {
+            return Err(RuntimeError::Start {
+                message: format!("user namespace range {}:{} must map to non-root host ids", range.host_id, range.size),
+                code: super::CODE_RUNTIME,
+            });
+        }
+    }
     orch_api::manifest::names::check_dns_label(&spec.id).map_err(|_| RuntimeError::InvalidName(spec.id.clone()))?;
     if spec.args.is_empty() || spec.args[0].is_empty() {
         return Err(RuntimeError::EmptyCommand);
@@ -378,10 +485,7 @@ impl Container {
     /// [`Container::wait`]; processes still in the cgroup are killed.
     pub fn remove(self) -> Result<(), RuntimeError> {
         let cgroup = self.cgroup.destroy();
-        let dirs = match std::fs::remove_dir_all(&self.dirs.root) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io { what: "cannot remove", path: self.dirs.root.clone(), source: e }),
-            _ => Ok(()),
-        };
+        let dirs = remove_container_dir(&self.dirs);
         cgroup?;
         dirs
     }

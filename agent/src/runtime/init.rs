@@ -5,8 +5,9 @@
 //! single-threaded process is the **shim**: it reads the config, starts a session,
 //! unshares a PID namespace and forks the container's **init** (PID 1 inside), then
 //! waits for it and records how it ended, so the container outlives an agent restart.
-//! The init unshares mount, UTS, IPC and network namespaces, waits for the agent to put
-//! it in its cgroup (then unshares a cgroup namespace), builds the root filesystem, and
+//! With `--userns` the shim first unshares a user namespace, which the agent maps.
+//! The init unshares UTS, IPC and network namespaces, waits for the agent to put it in
+//! its cgroup, unshares mount and cgroup namespaces, builds the root filesystem, and
 //! forks the **command**, which drops capabilities, sets no_new_privs and execs. The
 //! init stays as PID 1: it reaps zombies and forwards SIGTERM, SIGINT and friends to
 //! the command, and exits with its status.
@@ -49,6 +50,19 @@ pub fn shim_main() -> ! {
     };
     // A session of its own: the terminal's Ctrl-C reaches the agent, which decides.
     let _ = nix::unistd::setsid();
+    if config.user_namespace {
+        // The user namespace comes first so that it owns every other namespace.
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+            fail(&mut sync, &format!("unshare(CLONE_NEWUSER): {e}"), CODE_RUNTIME);
+        }
+        if send(&mut sync, &SyncMessage::UsernsCreated).is_err() {
+            std::process::exit(CODE_RUNTIME);
+        }
+        match receive(&mut sync) {
+            Ok(Some(SyncMessage::IdsMapped)) => {}
+            other => fail(&mut sync, &format!("expected the id maps from the agent, got {other:?}"), CODE_RUNTIME),
+        }
+    }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         fail(&mut sync, &format!("unshare(CLONE_NEWPID): {e}"), CODE_RUNTIME);
     }
@@ -117,9 +131,9 @@ fn wait_for(child: Pid) -> ExitRecord {
 fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     // If the shim dies, so does the container: nobody would be left to report it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
+    let namespaces = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
     if let Err(e) = unshare(namespaces) {
-        fail(&mut sync, &format!("unshare(mount, uts, ipc, net): {e}"), CODE_RUNTIME);
+        fail(&mut sync, &format!("unshare(uts, ipc, net): {e}"), CODE_RUNTIME);
     }
     if send(&mut sync, &SyncMessage::Unshared).is_err() {
         std::process::exit(CODE_RUNTIME);
@@ -130,8 +144,17 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
         other => fail(&mut sync, &format!("expected go from the agent, got {other:?}"), CODE_RUNTIME),
     }
     // Now inside its cgroup: a cgroup namespace makes that the container's cgroup root.
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP) {
-        fail(&mut sync, &format!("unshare(cgroup): {e}"), CODE_RUNTIME);
+    // The mount namespace is taken only now, so it copies the idmapped layers the agent
+    // mounted for a user namespace.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP) {
+        fail(&mut sync, &format!("unshare(mount, cgroup): {e}"), CODE_RUNTIME);
+    }
+    // In a user namespace, mount as its root: overlayfs and the new proc and sysfs are
+    // then owned by it, and the command inherits the ids.
+    if config.user_namespace {
+        if let Err(e) = become_namespace_root() {
+            fail(&mut sync, &e, CODE_RUNTIME);
+        }
     }
     if let Err(rootfs::SetupError(message)) = rootfs::setup(config) {
         fail(&mut sync, &message, CODE_RUNTIME);
@@ -229,6 +252,15 @@ fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
         }
     }
     Err((format!("exec {program}: executable file not found in $PATH ({path})"), CODE_NOT_FOUND))
+}
+
+/// In a user namespace the init starts with the host's (unmapped) ids; it takes the
+/// namespace's root, which the agent mapped to an unprivileged host id.
+fn become_namespace_root() -> Result<(), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    setgroups(&[]).map_err(|e| format!("setgroups([]): {e}"))?;
+    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|e| format!("setresgid(0): {e}"))?;
+    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|e| format!("setresuid(0): {e}"))
 }
 
 /// Keeps only `keep` in every capability set (bounding first, while CAP_SETPCAP is

@@ -7,6 +7,7 @@
 mod config;
 mod container;
 mod error;
+mod idmap;
 pub mod init;
 mod pidfd;
 mod procfs;
@@ -14,7 +15,7 @@ mod rootfs;
 mod state;
 mod sync;
 
-pub use config::{container_env, ContainerSpec, Stdio, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+pub use config::{container_env, ContainerSpec, IdRange, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
 pub use container::{Container, ContainerExit, Runtime, RuntimeConfig};
 pub use error::RuntimeError;
 pub use state::{ContainerState, ExitRecord};

@@ -72,6 +72,15 @@ impl ContainerDirs {
     pub fn exit(&self) -> PathBuf {
         self.root.join(EXIT_FILE)
     }
+    /// Where layer `i` is mounted idmapped for a user-namespaced container.
+    pub fn idmapped_layer(&self, i: usize) -> PathBuf {
+        self.root.join("layers").join(i.to_string())
+    }
+    /// The idmapped layer views that exist on disk.
+    pub fn idmapped_layers(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("layers")) else { return Vec::new() };
+        entries.flatten().map(|e| e.path()).collect()
+    }
 }
 
 pub fn now_unix_ms() -> i64 {

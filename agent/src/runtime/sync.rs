@@ -3,7 +3,8 @@
 //! the shim and the container's init, which share the descriptor across fork, never
 //! read each other's bytes.
 //!
-//! agent → shim: `Config`; shim → agent: `InitPid`; init → agent: `Unshared`;
+//! agent → shim: `Config`; with a user namespace, shim → agent: `UsernsCreated` and
+//! agent → shim: `IdsMapped`; shim → agent: `InitPid`; init → agent: `Unshared`;
 //! agent → init: `Go`; init or the command → agent: `Error`. The agent then reads until
 //! end of file: every copy of the socket is closed once the command's `execve` succeeds.
 
@@ -17,6 +18,8 @@ use super::config::InitConfig;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncMessage {
     Config(InitConfig),
+    UsernsCreated,
+    IdsMapped,
     InitPid { pid: i32 },
     Unshared,
     Go,
