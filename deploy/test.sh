@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs everything the tests need (Debian packages included), starts
-# the real services they use on loopback (etcd), runs every test, and cleans up.
+# the real services they use on loopback (etcd, a registry), runs every test, and cleans up.
 #
 #   sudo bash deploy/test.sh            # everything
 #   sudo bash deploy/test.sh -p orch    # extra arguments go to `cargo test`
@@ -9,18 +9,21 @@ source "$(dirname "$0")/lib/common.sh"
 require_root "deploy/test.sh"
 require_rust
 
-# What the tests use for real: etcd for the store suite, protoc for the build, and the
-# tools later suites (runtime, images, network) drive.
-TEST_PACKAGES=(etcd-server curl iproute2 busybox-static)
+# What the tests use for real: etcd for the store suite, a registry and skopeo for the
+# image suite, busybox for container root filesystems, protoc for the build.
+TEST_PACKAGES=(etcd-server docker-registry skopeo curl iproute2 busybox-static python3)
 install_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""
+registry_pid=""
 cleanup() {
-    if [ -n "$etcd_pid" ] && kill -0 "$etcd_pid" 2>/dev/null; then
-        kill "$etcd_pid" 2>/dev/null || true
-        wait "$etcd_pid" 2>/dev/null || true
-    fi
+    for pid in "$etcd_pid" "$registry_pid"; do
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     rm -rf "$workdir"
 }
 trap cleanup EXIT INT TERM
@@ -44,6 +47,32 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' || { cat "$workdir/etcd.log" >&2; die "etcd did not become healthy on 127.0.0.1:$client_port"; }
 export ORCH_TEST_ETCD="http://127.0.0.1:$client_port"
+
+registry_port="$(free_port)"
+step "starting docker-registry on 127.0.0.1:$registry_port"
+mkdir -p "$workdir/registry"
+cat > "$workdir/registry/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $workdir/registry/storage
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$registry_port
+YAML
+docker-registry serve "$workdir/registry/config.yml" >"$workdir/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null 2>&1 && break
+    kill -0 "$registry_pid" 2>/dev/null || { cat "$workdir/registry.log" >&2; die "docker-registry exited during start-up"; }
+    sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null || { cat "$workdir/registry.log" >&2; die "docker-registry did not answer on 127.0.0.1:$registry_port"; }
+export ORCH_TEST_REGISTRY="127.0.0.1:$registry_port"
+export ORCH_TEST_REGISTRY_DIR="$workdir/registry/storage"
 
 cd "$ORCH_ROOT"
 step "cargo build --workspace --release"

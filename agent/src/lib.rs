@@ -6,4 +6,5 @@
 //!   primitives and re-adoption.
 
 pub mod cgroups;
+pub mod images;
 pub mod runtime;

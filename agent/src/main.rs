@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run one container in the foreground (a debug command, like `runc run`).
     Run(commands::run::RunArgs),
+    /// Pull, list and prune the node's images.
+    Images(commands::images::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,8 +37,8 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let code = match cli.command {
-        Command::Run(args) => runtime.block_on(commands::run::run(args)),
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(125))
+    match cli.command {
+        Command::Run(args) => ExitCode::from(u8::try_from(runtime.block_on(commands::run::run(args))).unwrap_or(125)),
+        Command::Images(args) => runtime.block_on(commands::images::run(args)),
+    }
 }

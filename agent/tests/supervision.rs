@@ -31,6 +31,8 @@ fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
         limits: Limits { memory_bytes: Some(64 << 20), pids: Some(32), ..Limits::default() },
         stdio: Stdio::LogFile(sandbox.root.path().join(format!("{id}.log"))),
         user_namespace: None,
+        user: None,
+        image: None,
     }
 }
 

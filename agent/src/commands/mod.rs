@@ -1,3 +1,4 @@
 //! One module per `orch-agent` subcommand.
 
+pub mod images;
 pub mod run;

@@ -11,6 +11,7 @@ use orch_api::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::cgroups::Limits;
+use orch_agent::images::{resolve_process, ImageStore};
 use orch_agent::runtime::{ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,9 +27,16 @@ pub struct RunArgs {
     /// A directory to use as the read-only root (an overlay keeps it unchanged).
     #[arg(long, value_name = "DIR", conflicts_with = "image", required_unless_present = "image")]
     pub rootfs: Option<PathBuf>,
-    /// An image reference (arrives with the images issue).
+    /// An image: oci:PATH[:TAG], oci-archive:PATH[:TAG] or HOST[:PORT]/REPO[:TAG|@DIGEST].
+    /// Its Entrypoint, Cmd, Env, WorkingDir and User are the defaults.
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
+    /// Replace the image's Entrypoint (the command after `--` replaces its Cmd).
+    #[arg(long, value_name = "PROGRAM", requires = "image")]
+    pub entrypoint: Option<String>,
+    /// A registry (HOST:PORT) to reach over plain HTTP besides loopback ones; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "ORCH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
     /// Container name (a DNS label); generated when absent.
     #[arg(long)]
     pub name: Option<String>,
@@ -68,8 +76,8 @@ pub struct RunArgs {
     /// Parent of the container's cgroup in every hierarchy.
     #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
     pub cgroup_parent: String,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (with --image: replaces the image's Cmd).
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -130,26 +138,34 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
             return Err(bad_flag("env", format!("{entry:?} is not KEY=VALUE")));
         }
     }
-    if args.image.is_some() {
-        return Err(bad_flag("image", "image references are not supported yet (they arrive with the images issue); use --rootfs DIR"));
-    }
     if args.net == NetMode::Bridge {
         return Err(bad_flag("net", "bridge networking arrives with node networking; use --net none"));
     }
-    let rootfs = args.rootfs.clone().unwrap_or_default();
     let id = args.name.clone().unwrap_or_else(generated_name);
+    let process = match (&args.rootfs, &args.image) {
+        (Some(rootfs), _) => {
+            if args.command.is_empty() {
+                return Err(bad_flag("rootfs", "a command is needed after `--` (a plain rootfs has no defaults)"));
+            }
+            Process { layers: vec![rootfs.clone()], args: args.command.clone(), env: args.env.clone(), cwd: None, user: None, image: None }
+        }
+        (None, Some(reference)) => image_process(&args, reference).await?,
+        (None, None) => return Err(bad_flag("rootfs", "give --rootfs DIR or --image REF")),
+    };
     let init_exe = std::env::current_exe().map_err(RuntimeError::io("cannot find the agent binary", "/proc/self/exe"))?;
     let runtime = Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe })?;
     let spec = ContainerSpec {
         id,
-        layers: vec![rootfs],
+        layers: process.layers,
         hostname: args.hostname.clone(),
-        args: args.command.clone(),
-        env: args.env.clone(),
-        cwd: args.workdir.clone(),
+        args: process.args,
+        env: process.env,
+        cwd: args.workdir.clone().or(process.cwd),
         limits,
         stdio: Stdio::Inherit,
         user_namespace,
+        user: process.user,
+        image: process.image,
     };
     // Listen before starting, so a Ctrl-C during the start is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RuntimeError::io("cannot handle", "SIGINT"))?;
@@ -172,6 +188,35 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         return Ok(CODE_RUNTIME);
     }
     Ok(exit.code)
+}
+
+/// What to run and from which layers.
+struct Process {
+    layers: Vec<PathBuf>,
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: Option<String>,
+    user: Option<(u32, u32)>,
+    image: Option<String>,
+}
+
+/// Pulls the image (or finds it in the node's store) and applies its defaults, the way
+/// `docker run IMAGE CMD` does: CMD replaces Cmd, --entrypoint replaces Entrypoint.
+async fn image_process(args: &RunArgs, reference: &str) -> Result<Process, RuntimeError> {
+    let image_error = |e: orch_agent::images::ImageError| bad_flag("image", e);
+    let store = ImageStore::open(&args.state_dir.join("images"), args.insecure_registries.clone()).map_err(image_error)?;
+    let (record, _) = store.pull(reference).await.map_err(image_error)?;
+    let layers = store.lower_dirs(&record).map_err(image_error)?;
+    let entrypoint: Vec<String> = args.entrypoint.iter().cloned().collect();
+    let resolved = resolve_process(&record.defaults, &entrypoint, &args.command, &args.env).map_err(|e| bad_flag("image", e))?;
+    Ok(Process {
+        layers,
+        args: resolved.args,
+        env: resolved.env,
+        cwd: resolved.cwd,
+        user: resolved.user,
+        image: Some(record.manifest_digest),
+    })
 }
 
 fn generated_name() -> String {

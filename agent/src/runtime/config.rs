@@ -34,6 +34,10 @@ pub struct ContainerSpec {
     pub stdio: Stdio,
     /// Run in a user namespace: root inside is `host_id` outside.
     pub user_namespace: Option<IdRange>,
+    /// Numeric uid and gid the command runs as; root when unset.
+    pub user: Option<(u32, u32)>,
+    /// The image's manifest digest, recorded so image pruning keeps it.
+    pub image: Option<String>,
 }
 
 /// A user namespace's mapping: container ids `0..size` are host ids
@@ -88,6 +92,8 @@ pub struct InitConfig {
     pub exit_status_path: PathBuf,
     /// Create a user namespace (the agent writes its maps and idmaps `layers`).
     pub user_namespace: bool,
+    /// uid and gid of the command; root when unset.
+    pub user: Option<(u32, u32)>,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

@@ -160,6 +160,7 @@ impl Runtime {
             capabilities: DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
             exit_status_path: dirs.exit(),
             user_namespace: spec.user_namespace.is_some(),
+            user: spec.user,
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -255,6 +256,7 @@ impl Runtime {
             init_start_ticks: procfs::start_ticks(init_pid).unwrap_or_default(),
             cgroup: cgroup_name.to_owned(),
             created_unix_ms: now_unix_ms(),
+            image: spec.image.clone(),
         };
         if let Err(e) = write_json(&dirs.state(), &state) {
             return Err(abandon(&shim, e).await);
@@ -289,6 +291,15 @@ impl Runtime {
             state,
             exit: Mutex::new(None),
         })
+    }
+
+    /// Manifest digests of the images the containers on this node were started from.
+    pub fn images_in_use(&self) -> std::collections::BTreeSet<String> {
+        self.container_ids()
+            .iter()
+            .filter_map(|id| read_json::<ContainerState>(&ContainerDirs::new(&self.config.state_dir, id).state()).ok())
+            .filter_map(|state| state.image)
+            .collect()
     }
 
     /// Names of the containers with a state directory on this node.

@@ -221,6 +221,11 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     if let Err(message) = drop_privileges(&config.capabilities) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
+    if let Some((uid, gid)) = config.user {
+        if let Err(message) = switch_user(uid, gid) {
+            fail(&mut sync, &message, CODE_RUNTIME);
+        }
+    }
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = config.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = config.env.iter().map(|e| to_c(e)).collect();
@@ -261,6 +266,17 @@ fn become_namespace_root() -> Result<(), String> {
     setgroups(&[]).map_err(|e| format!("setgroups([]): {e}"))?;
     setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|e| format!("setresgid(0): {e}"))?;
     setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|e| format!("setresuid(0): {e}"))
+}
+
+/// Runs the command as `uid:gid` (no supplementary groups). Leaving uid 0 clears the
+/// effective and permitted capabilities, as for any non-root process.
+fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let gid = Gid::from_raw(gid);
+    let uid = Uid::from_raw(uid);
+    setgroups(&[gid]).map_err(|e| format!("setgroups([{gid}]): {e}"))?;
+    setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))
 }
 
 /// Keeps only `keep` in every capability set (bounding first, while CAP_SETPCAP is

@@ -18,7 +18,7 @@ mod sync;
 pub use config::{container_env, ContainerSpec, IdRange, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
 pub use container::{Container, ContainerExit, Runtime, RuntimeConfig};
 pub use error::RuntimeError;
-pub use state::{ContainerState, ExitRecord};
+pub use state::{now_unix_ms, ContainerState, ExitRecord};
 
 /// The hidden subcommand that runs [`init::shim_main`].
 pub const INIT_SUBCOMMAND: &str = "__init";

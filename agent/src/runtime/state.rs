@@ -22,6 +22,9 @@ pub struct ContainerState {
     /// The cgroup, relative to each hierarchy's root.
     pub cgroup: String,
     pub created_unix_ms: i64,
+    /// The image's manifest digest, when started from an image.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// How a container ended, as the shim saw its init end.

@@ -1,0 +1,17 @@
+//! Images: references, a content-addressed store with verified blobs and layers
+//! unpacked once, pulls from OCI layouts, archives and registries, and the run
+//! defaults an image carries.
+
+mod defaults;
+mod digest;
+mod error;
+mod source;
+mod store;
+mod unpack;
+
+pub use defaults::{resolve_process, ImageDefaults, ResolvedProcess};
+pub use digest::Digest;
+pub use error::ImageError;
+pub use source::is_plain_http;
+pub use store::{ImageRecord, ImageStore, PruneReport, PullReport};
+pub use unpack::{unpack_layer, UnpackStats};

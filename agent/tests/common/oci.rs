@@ -1,0 +1,172 @@
+//! Builds OCI image layouts for tests: layers from entry lists (whiteouts, raw unsafe
+//! paths included), config, manifest, index — and pushes them with skopeo.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest as _, Sha256};
+
+pub enum Entry {
+    Dir(&'static str),
+    File(&'static str, &'static [u8]),
+    Symlink(&'static str, &'static str),
+    HardLink(&'static str, &'static str),
+    CharDevice(&'static str),
+    /// A regular file whose header path is written byte for byte, unchecked.
+    RawPath(&'static str, &'static [u8]),
+}
+
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
+}
+
+/// A gzip-compressed layer tar of `entries`.
+pub fn layer(entries: &[Entry]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for entry in entries {
+        match entry {
+            Entry::Dir(path) => {
+                let mut h = header(tar::EntryType::Directory, 0, 0o755);
+                builder.append_data(&mut h, path, std::io::empty()).expect("dir");
+            }
+            Entry::File(path, data) => {
+                let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
+                builder.append_data(&mut h, path, *data).expect("file");
+            }
+            Entry::Symlink(path, target) => {
+                let mut h = header(tar::EntryType::Symlink, 0, 0o777);
+                builder.append_link(&mut h, path, target).expect("symlink");
+            }
+            Entry::HardLink(path, target) => {
+                let mut h = header(tar::EntryType::Link, 0, 0o644);
+                let name = target.as_bytes();
+                h.as_old_mut().linkname[..name.len()].copy_from_slice(name);
+                let path_bytes = path.as_bytes();
+                h.as_old_mut().name[..path_bytes.len()].copy_from_slice(path_bytes);
+                h.set_cksum();
+                builder.append(&h, std::io::empty()).expect("hard link");
+            }
+            Entry::CharDevice(path) => {
+                let mut h = header(tar::EntryType::Char, 0, 0o644);
+                h.set_device_major(1).expect("major");
+                h.set_device_minor(3).expect("minor");
+                builder.append_data(&mut h, path, std::io::empty()).expect("char device");
+            }
+            Entry::RawPath(path, data) => {
+                let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
+                let bytes = path.as_bytes();
+                h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+                h.set_cksum();
+                builder.append(&h, *data).expect("raw entry");
+            }
+        }
+    }
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+/// A layer with busybox and its applets, so containers from the image can run.
+pub fn busybox_layer() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    super::busybox_rootfs(dir.path());
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir.path()).expect("append rootfs");
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let digest = sha256(bytes);
+    let path = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    std::fs::write(path, bytes).expect("write blob");
+    (digest, bytes.len())
+}
+
+/// Writes an OCI image layout at `dir` with `layers` (bottom first) and `cmd`,
+/// tagged `tag`. Returns the manifest digest.
+pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> String {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
+    let mut layer_descriptors = Vec::new();
+    for layer in layers {
+        let (digest, size) = put_blob(dir, layer);
+        layer_descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
+    }
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            let mut raw = Vec::new();
+            std::io::copy(&mut flate2::read::GzDecoder::new(l.as_slice()), &mut raw).expect("gunzip");
+            sha256(&raw)
+        })
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let (config_digest, config_size) = put_blob(dir, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": layer_descriptors
+    });
+    let (manifest_digest, manifest_size) = put_blob(dir, manifest.to_string().as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }]});
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    manifest_digest
+}
+
+/// Packs a layout directory as an `oci-archive:` tar.
+pub fn archive_layout(layout: &Path, archive: &Path) {
+    let file = std::fs::File::create(archive).expect("create archive");
+    let mut builder = tar::Builder::new(file);
+    builder.append_dir_all(".", layout).expect("append layout");
+    builder.into_inner().expect("finish").flush().expect("flush");
+}
+
+/// The registry `deploy/test.sh` started on loopback.
+pub const REGISTRY_ENV: &str = "ORCH_TEST_REGISTRY";
+pub const REGISTRY_DIR_ENV: &str = "ORCH_TEST_REGISTRY_DIR";
+
+pub fn registry() -> (String, PathBuf) {
+    let address = std::env::var(REGISTRY_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{REGISTRY_ENV} is not set: these tests pull from a real registry. Run `bash deploy/test.sh`, which \
+             installs docker-registry and starts it on loopback (and sets {REGISTRY_ENV} and {REGISTRY_DIR_ENV})"
+        )
+    });
+    let dir = std::env::var(REGISTRY_DIR_ENV).unwrap_or_else(|_| panic!("{REGISTRY_DIR_ENV} is not set (see deploy/test.sh)"));
+    (address, PathBuf::from(dir))
+}
+
+/// `skopeo copy oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG` over plain HTTP.
+pub fn push(layout: &Path, tag: &str, registry: &str, repository: &str) {
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{registry}/{repository}:{tag}"))
+        .status()
+        .expect("skopeo (deploy/test.sh installs it)");
+    assert!(status.success(), "skopeo push to {registry}/{repository}:{tag} failed");
+}
+
+/// Where the registry keeps a blob's bytes (distribution's filesystem driver layout).
+pub fn registry_blob_path(storage: &Path, digest: &str) -> PathBuf {
+    let hex = &digest["sha256:".len()..];
+    storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+}

@@ -1,0 +1,302 @@
+//! Images for real: OCI layouts and archives on disk, and a real registry (Debian's
+//! docker-registry, started on loopback by `deploy/test.sh`) that skopeo pushes to.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::oci::{self, Entry};
+use common::{Sandbox, AGENT};
+use nix::sys::signal::Signal;
+use orch_agent::cgroups::Limits;
+use orch_agent::images::{resolve_process, ImageError, ImageStore};
+use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Stdio};
+
+fn store(sandbox: &Sandbox) -> ImageStore {
+    ImageStore::open(&sandbox.state_dir().join("images"), vec![]).expect("image store")
+}
+
+fn unique_repository(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("orch-test/{test}-{}-{nanos}", std::process::id())
+}
+
+/// Runs `script` in a container from the image's layers; returns (exit code, output).
+async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, script: &str) -> (i32, String) {
+    let record = store.get(reference).expect("pulled");
+    let process = resolve_process(&record.defaults, &[], &["sh".into(), "-c".into(), script.into()], &[]).expect("process");
+    let runtime = Runtime::new(RuntimeConfig {
+        state_dir: sandbox.state_dir(),
+        cgroup_parent: sandbox.cgroup_parent.clone(),
+        init_exe: PathBuf::from(AGENT),
+    })
+    .expect("runtime");
+    let log = sandbox.root.path().join(format!("{id}.log"));
+    let spec = ContainerSpec {
+        id: id.to_owned(),
+        layers: store.lower_dirs(&record).expect("layers"),
+        hostname: None,
+        args: process.args,
+        env: process.env,
+        cwd: process.cwd,
+        limits: Limits::default(),
+        stdio: Stdio::LogFile(log.clone()),
+        user_namespace: None,
+        user: process.user,
+        image: Some(record.manifest_digest.clone()),
+    };
+    let container = runtime.start(&spec).await.expect("start");
+    let exit = container.wait().await;
+    container.remove().expect("remove");
+    (exit.code, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_by_tag_and_by_digest_from_a_registry_and_run_it() {
+    let sandbox = Sandbox::new("img-registry");
+    let (registry, _) = oci::registry();
+    let layout = sandbox.root.path().join("layout");
+    let manifest = oci::write_layout(&layout, "v1", &[oci::busybox_layer(), oci::layer(&[Entry::File("hello.txt", b"hello from a layer\n")])], &["cat", "/hello.txt"]);
+    let repository = unique_repository("pull");
+    oci::push(&layout, "v1", &registry, &repository);
+
+    let images = store(&sandbox);
+    let by_tag = format!("{registry}/{repository}:v1");
+    let (record, report) = images.pull(&by_tag).await.expect("pull by tag");
+    assert_eq!(record.manifest_digest, manifest);
+    assert_eq!(record.layers.len(), 2);
+    assert_eq!((report.blobs_fetched, report.layers_unpacked), (3, 2), "config and two layers: {report:?}");
+    assert_eq!(record.defaults.cmd, ["cat", "/hello.txt"]);
+
+    let by_digest = format!("{registry}/{repository}@{manifest}");
+    let (pinned, _) = images.pull(&by_digest).await.expect("pull by digest");
+    assert_eq!(pinned.manifest_digest, manifest);
+
+    // The image's Cmd and Env are the defaults.
+    let (code, output) = run_in_image(&sandbox, &images, &by_tag, "from-registry", "cat /hello.txt; echo $FROM_IMAGE").await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(output, "hello from a layer\nyes\n");
+    sandbox.assert_clean("from-registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pull_downloads_no_layer_and_concurrent_pulls_fetch_once() {
+    let sandbox = Sandbox::new("img-cache");
+    let (registry, _) = oci::registry();
+    let layout = sandbox.root.path().join("layout");
+    oci::write_layout(&layout, "v1", &[oci::layer(&[Entry::File("a", b"a")]), oci::layer(&[Entry::File("b", b"b")])], &["true"]);
+    let repository = unique_repository("cache");
+    oci::push(&layout, "v1", &registry, &repository);
+    let reference = format!("{registry}/{repository}:v1");
+
+    let images = std::sync::Arc::new(store(&sandbox));
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            let images = std::sync::Arc::clone(&images);
+            let reference = reference.clone();
+            tokio::spawn(async move { images.pull(&reference).await.expect("pull").1 })
+        })
+        .collect();
+    let mut fetched = 0;
+    let mut unpacked = 0;
+    for pull in pulls {
+        let report = pull.await.expect("task");
+        fetched += report.blobs_fetched;
+        unpacked += report.layers_unpacked;
+    }
+    assert_eq!((fetched, unpacked), (3, 2), "four concurrent pulls fetch each blob and unpack each layer once");
+
+    let (_, again) = images.pull(&reference).await.expect("pull again");
+    assert_eq!(again.blobs_fetched, 0, "no blob re-downloaded: {again:?}");
+    assert_eq!((again.layers_cached, again.layers_unpacked), (2, 0), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let sandbox = Sandbox::new("img-corrupt");
+    let (registry, storage) = oci::registry();
+    let layout = sandbox.root.path().join("layout");
+    // Unique content, so no other test shares this blob in the registry.
+    let marker = format!("corrupt-me {:?}", std::time::SystemTime::now());
+    let data: &'static [u8] = Box::leak(marker.into_bytes().into_boxed_slice());
+    let layer = oci::layer(&[Entry::File("victim", data)]);
+    let layer_digest = oci::sha256(&layer);
+    oci::write_layout(&layout, "v1", &[layer.clone()], &["true"]);
+    let repository = unique_repository("corrupt");
+    oci::push(&layout, "v1", &registry, &repository);
+
+    // Flip bytes of the layer as the registry stores it: it serves them unchecked.
+    let blob = oci::registry_blob_path(&storage, &layer_digest);
+    let mut bytes = std::fs::read(&blob).expect("registry blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    bytes[10] ^= 0xff;
+    std::fs::write(&blob, &bytes).expect("tamper");
+
+    let images = store(&sandbox);
+    let reference = format!("{registry}/{repository}:v1");
+    let err = images.pull(&reference).await.expect_err("a corrupted blob must be refused");
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&layer_digest), "the error names the blob: {err}");
+    let hex = &layer_digest["sha256:".len()..];
+    assert!(!images.root().join("blobs/sha256").join(hex).exists(), "the bad blob was stored");
+    assert!(!images.root().join("layers/sha256").join(hex).exists(), "the bad layer was unpacked");
+    assert!(images.get(&reference).is_err(), "no image record for a failed pull");
+    assert_eq!(std::fs::read_dir(images.root().join("tmp")).expect("tmp").count(), 0, "scratch files left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_cached_blob_is_fetched_again_not_used() {
+    let sandbox = Sandbox::new("img-recache");
+    let layout = sandbox.root.path().join("layout");
+    let config_layer = oci::layer(&[Entry::File("f", b"data")]);
+    oci::write_layout(&layout, "v1", &[config_layer.clone()], &["true"]);
+    let images = store(&sandbox);
+    let reference = format!("oci:{}:v1", layout.display());
+    let (record, _) = images.pull(&reference).await.expect("pull");
+    // Truncate the stored config blob; the next pull must notice and fetch it again.
+    let config = images.root().join("blobs/sha256").join(&record.config_digest["sha256:".len()..]);
+    let bytes = std::fs::read(&config).expect("config blob");
+    std::fs::write(&config, &bytes[..bytes.len() / 2]).expect("truncate");
+    let (_, report) = images.pull(&reference).await.expect("pull again");
+    assert_eq!(report.blobs_refetched, 1, "{report:?}");
+    assert_eq!(std::fs::read(&config).expect("config blob"), bytes, "the blob is whole again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whiteouts_and_opaque_directories_give_the_right_tree() {
+    let sandbox = Sandbox::new("img-whiteout");
+    let layout = sandbox.root.path().join("layout");
+    let base = oci::layer(&[
+        Entry::Dir("a"),
+        Entry::File("a/x", b"x"),
+        Entry::File("a/y", b"y"),
+        Entry::Dir("b"),
+        Entry::File("b/old", b"old"),
+        Entry::File("c", b"c"),
+        Entry::Symlink("link", "/a/y"),
+    ]);
+    let top = oci::layer(&[
+        Entry::File("a/.wh.x", b""),
+        Entry::Dir("b"),
+        Entry::File("b/.wh..wh..opq", b""),
+        Entry::File("b/new", b"new"),
+        Entry::File(".wh.c", b""),
+        Entry::File("d", b"d"),
+    ]);
+    oci::write_layout(&layout, "v1", &[oci::busybox_layer(), base, top], &["true"]);
+    let images = store(&sandbox);
+    let reference = format!("oci:{}:v1", layout.display());
+    images.pull(&reference).await.expect("pull");
+    let (code, output) =
+        run_in_image(&sandbox, &images, &reference, "whiteouts", "ls /a | tr '\\n' ' '; echo; ls /b | tr '\\n' ' '; echo; test -e /c && echo c-exists; cat /link /d").await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(output, "y \nnew \nyd", "a/x whited out, b opaque, c removed, symlink and new file present");
+    sandbox.assert_clean("whiteouts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_layers_and_archives_are_rejected() {
+    let sandbox = Sandbox::new("img-unsafe");
+    let images = store(&sandbox);
+    let cases: [(&str, Vec<Entry>, &str); 5] = [
+        ("dotdot", vec![Entry::RawPath("../evil", b"x")], "leaves the layer root"),
+        ("deep-dotdot", vec![Entry::RawPath("a/../../evil", b"x")], "leaves the layer root"),
+        ("device", vec![Entry::CharDevice("dev/mem")], "device nodes are not allowed"),
+        ("hardlink-out", vec![Entry::HardLink("passwd", "../../etc/passwd")], "leaves the layer root"),
+        ("through-symlink", vec![Entry::Symlink("etc", "/etc"), Entry::File("etc/evil", b"x")], "is a symlink"),
+    ];
+    for (name, entries, reason) in cases {
+        let layout = sandbox.root.path().join(name);
+        oci::write_layout(&layout, "v1", &[oci::layer(&entries)], &["true"]);
+        let err = images.pull(&format!("oci:{}:v1", layout.display())).await.expect_err(name);
+        assert!(matches!(err, ImageError::UnsafeEntry { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(reason), "{name}: {err}");
+    }
+    assert!(!std::path::Path::new("/etc/evil").exists());
+    assert!(!sandbox.state_dir().join("images/evil").exists() && !sandbox.state_dir().join("evil").exists());
+    assert_eq!(std::fs::read_dir(images.root().join("layers/sha256")).expect("layers").count(), 0, "no unsafe layer kept");
+    assert_eq!(std::fs::read_dir(images.root().join("tmp")).expect("tmp").count(), 0, "scratch left");
+
+    // An oci-archive whose own tar escapes its root is refused before anything is read.
+    let archive_path = sandbox.root.path().join("evil-archive.tar");
+    std::fs::write(&archive_path, {
+        let mut raw = Vec::new();
+        std::io::copy(&mut flate2::read::GzDecoder::new(oci::layer(&[Entry::RawPath("../outside", b"x")]).as_slice()), &mut raw).expect("gunzip");
+        raw
+    })
+    .expect("write archive");
+    let err = images.pull(&format!("oci-archive:{}:v1", archive_path.display())).await.expect_err("archive with ../");
+    assert!(err.to_string().contains("../outside") && err.to_string().contains("leaves the layer root"), "{err}");
+    assert!(!images.root().join("outside").exists() && !images.root().join("tmp/outside").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_work_like_layouts() {
+    let sandbox = Sandbox::new("img-archive");
+    let layout = sandbox.root.path().join("layout");
+    let manifest = oci::write_layout(&layout, "v2", &[oci::layer(&[Entry::File("f", b"1")])], &["true"]);
+    let archive = sandbox.root.path().join("image.tar");
+    oci::archive_layout(&layout, &archive);
+    let images = store(&sandbox);
+    let (record, _) = images.pull(&format!("oci-archive:{}:v2", archive.display())).await.expect("pull archive");
+    assert_eq!(record.manifest_digest, manifest);
+    let err = images.pull(&format!("oci-archive:{}:nope", archive.display())).await.expect_err("unknown tag");
+    assert!(err.to_string().contains("no manifest tagged \"nope\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_the_images_containers_use() {
+    let sandbox = Sandbox::new("img-prune");
+    let images = store(&sandbox);
+    let used_layout = sandbox.root.path().join("used");
+    let unused_layout = sandbox.root.path().join("unused");
+    oci::write_layout(&used_layout, "v1", &[oci::busybox_layer()], &["sleep", "1000"]);
+    oci::write_layout(&unused_layout, "v1", &[oci::layer(&[Entry::File("only-here", b"x")])], &["true"]);
+    let used = format!("oci:{}:v1", used_layout.display());
+    let unused = format!("oci:{}:v1", unused_layout.display());
+    let (used_record, _) = images.pull(&used).await.expect("pull");
+    images.pull(&unused).await.expect("pull");
+
+    let runtime = Runtime::new(RuntimeConfig {
+        state_dir: sandbox.state_dir(),
+        cgroup_parent: sandbox.cgroup_parent.clone(),
+        init_exe: PathBuf::from(AGENT),
+    })
+    .expect("runtime");
+    let process = resolve_process(&used_record.defaults, &[], &[], &[]).expect("process");
+    let container = runtime
+        .start(&ContainerSpec {
+            id: "user".into(),
+            layers: images.lower_dirs(&used_record).expect("layers"),
+            hostname: None,
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            limits: Limits::default(),
+            stdio: Stdio::LogFile(sandbox.root.path().join("user.log")),
+            user_namespace: None,
+            user: None,
+            image: Some(used_record.manifest_digest.clone()),
+        })
+        .await
+        .expect("start");
+    assert_eq!(runtime.images_in_use(), BTreeSet::from([used_record.manifest_digest.clone()]));
+
+    let report = images.prune(&runtime.images_in_use()).expect("prune");
+    assert_eq!(report.images_removed, vec![unused.clone()]);
+    assert_eq!((report.layers_removed, report.blobs_removed), (1, 3), "{report:?}");
+    assert!(images.get(&used).is_ok() && images.get(&unused).is_err());
+    for dir in images.lower_dirs(&used_record).expect("layers") {
+        assert!(dir.exists(), "a layer of the running container was removed");
+    }
+
+    let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert_eq!(exit.code, 143);
+    container.remove().expect("remove");
+    let report = images.prune(&runtime.images_in_use()).expect("prune");
+    assert_eq!(report.images_removed, vec![used]);
+    sandbox.assert_clean("user");
+}
