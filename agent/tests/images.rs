@@ -186,7 +186,8 @@ async fn whiteouts_and_opaque_directories_give_the_right_tree() {
         Entry::File(".wh.c", b""),
         Entry::File("d", b"d"),
     ]);
-    oci::write_layout(&layout, "v1", &[oci::busybox_layer(), base, top], &["true"]);
+    // The middle layer goes uncompressed: plain tar layers are unpacked too.
+    oci::write_layout(&layout, "v1", &[oci::busybox_layer(), oci::uncompressed(&base), top], &["true"]);
     let images = store(&sandbox);
     let reference = format!("oci:{}:v1", layout.display());
     images.pull(&reference).await.expect("pull");

@@ -72,6 +72,13 @@ pub fn layer(entries: &[Entry]) -> Vec<u8> {
     builder.into_inner().expect("tar").finish().expect("gzip")
 }
 
+/// The same layer without compression.
+pub fn uncompressed(gzipped_layer: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    std::io::copy(&mut flate2::read::GzDecoder::new(gzipped_layer), &mut raw).expect("gunzip");
+    raw
+}
+
 /// A layer with busybox and its applets, so containers from the image can run.
 pub fn busybox_layer() -> Vec<u8> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -97,14 +104,19 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 /// tagged `tag`. Returns the manifest digest.
 pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
+    let gzipped = |l: &[u8]| l.starts_with(&[0x1f, 0x8b]);
     let mut layer_descriptors = Vec::new();
     for layer in layers {
         let (digest, size) = put_blob(dir, layer);
-        layer_descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}));
+        let media_type = if gzipped(layer) { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
+        layer_descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
     }
     let diff_ids: Vec<String> = layers
         .iter()
         .map(|l| {
+            if !gzipped(l) {
+                return sha256(l);
+            }
             let mut raw = Vec::new();
             std::io::copy(&mut flate2::read::GzDecoder::new(l.as_slice()), &mut raw).expect("gunzip");
             sha256(&raw)
