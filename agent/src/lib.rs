@@ -7,4 +7,5 @@
 
 pub mod cgroups;
 pub mod images;
+pub mod net;
 pub mod runtime;

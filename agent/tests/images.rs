@@ -46,6 +46,7 @@ async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id
         user_namespace: None,
         user: process.user,
         image: Some(record.manifest_digest.clone()),
+        mounts: vec![],
     };
     let container = runtime.start(&spec).await.expect("start");
     let exit = container.wait().await;
@@ -281,6 +282,7 @@ async fn prune_keeps_the_images_containers_use() {
             user_namespace: None,
             user: None,
             image: Some(used_record.manifest_digest.clone()),
+            mounts: vec![],
         })
         .await
         .expect("start");

@@ -33,6 +33,7 @@ fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
         user_namespace: None,
         user: None,
         image: None,
+        mounts: vec![],
     }
 }
 

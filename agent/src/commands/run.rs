@@ -12,13 +12,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::cgroups::Limits;
 use orch_agent::images::{resolve_process, ImageStore};
+use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
+use orch_agent::runtime::BindMount;
 use orch_agent::runtime::{ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
     /// Only a loopback interface.
     None,
-    /// A veth on the node bridge (arrives with node networking).
+    /// A veth on the node bridge with an address from the node's subnet.
     Bridge,
 }
 
@@ -63,6 +65,16 @@ pub struct RunArgs {
     pub workdir: Option<String>,
     #[arg(long, value_enum, default_value = "none")]
     pub net: NetMode,
+    /// With --net bridge: the node bridge (created, with its balancer namespace, if
+    /// missing; removed again on exit when this run created it).
+    #[arg(long, default_value = "orch0")]
+    pub bridge: String,
+    /// With --net bridge: the node's pod subnet.
+    #[arg(long, default_value = "10.88.1.0/24")]
+    pub pod_subnet: String,
+    /// With --net bridge: the service VIP range, routed to the balancer namespace.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cidr: String,
     /// Run in a user namespace: root inside is HOST_ID on the host (default
     /// 100000:65536), so a process that escapes holds no privilege there.
     #[arg(long, value_name = "HOST_ID[:SIZE]", num_args = 0..=1, default_missing_value = "100000:65536")]
@@ -138,9 +150,6 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
             return Err(bad_flag("env", format!("{entry:?} is not KEY=VALUE")));
         }
     }
-    if args.net == NetMode::Bridge {
-        return Err(bad_flag("net", "bridge networking arrives with node networking; use --net none"));
-    }
     let id = args.name.clone().unwrap_or_else(generated_name);
     let process = match (&args.rootfs, &args.image) {
         (Some(rootfs), _) => {
@@ -154,10 +163,26 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
     };
     let init_exe = std::env::current_exe().map_err(RuntimeError::io("cannot find the agent binary", "/proc/self/exe"))?;
     let runtime = Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe })?;
+    let network = match args.net {
+        NetMode::None => None,
+        NetMode::Bridge => Some(node_network(&args).await?),
+    };
+    let hostname = args.hostname.clone().unwrap_or_else(|| id.clone());
+    let files_dir = args.state_dir.join("network/files").join(&id);
+    let mut mounts = Vec::new();
+    if let Some(network) = &network {
+        match network.prepare(&id, &hostname, &files_dir) {
+            Ok((_, files)) => mounts = files.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+            Err(e) => {
+                release_network(network, &id, &files_dir).await;
+                return Err(bad_flag("net", e));
+            }
+        }
+    }
     let spec = ContainerSpec {
         id,
         layers: process.layers,
-        hostname: args.hostname.clone(),
+        hostname: Some(hostname),
         args: process.args,
         env: process.env,
         cwd: args.workdir.clone().or(process.cwd),
@@ -166,12 +191,27 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         user_namespace,
         user: process.user,
         image: process.image,
+        mounts,
     };
+    let exit = run_to_end(&args, &runtime, &spec, network.as_ref()).await;
+    if let Some(network) = network {
+        release_network(&network, &spec.id, &files_dir).await;
+        if network.created_bridge() {
+            if let Err(e) = network.teardown(true).await {
+                eprintln!("orch-agent: removing the node network: {e}");
+            }
+        }
+    }
+    exit
+}
+
+/// Starts the container, waits for it (forwarding Ctrl-C and friends), removes it.
+async fn run_to_end(args: &RunArgs, runtime: &Runtime, spec: &ContainerSpec, network: Option<&NodeNetwork>) -> Result<i32, RuntimeError> {
     // Listen before starting, so a Ctrl-C during the start is not lost.
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RuntimeError::io("cannot handle", "SIGINT"))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RuntimeError::io("cannot handle", "SIGTERM"))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RuntimeError::io("cannot handle", "SIGHUP"))?;
-    let container = runtime.start(&spec).await?;
+    let container = runtime.start_with_network(spec, network.map(|n| n as &dyn orch_agent::runtime::ContainerNetwork)).await?;
     let grace = Duration::from_secs(args.stop_timeout);
     let exit = tokio::select! {
         exit = container.wait() => exit,
@@ -188,6 +228,29 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         return Ok(CODE_RUNTIME);
     }
     Ok(exit.code)
+}
+
+async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
+    let subnet = Subnet::parse(&args.pod_subnet).map_err(|e| bad_flag("pod-subnet", e))?;
+    let service_cidr = Subnet::parse(&args.service_cidr).map_err(|e| bad_flag("service-cidr", e))?;
+    NodeNetwork::setup(NodeNetworkConfig {
+        bridge: args.bridge.clone(),
+        subnet,
+        service_cidr,
+        state_dir: args.state_dir.clone(),
+        node_address: None,
+        strategy: Strategy::RoundRobin,
+    })
+    .await
+    .map_err(|e| bad_flag("net", e))
+}
+
+/// Frees the container's address and its generated files.
+async fn release_network(network: &NodeNetwork, id: &str, files: &std::path::Path) {
+    if let Err(e) = network.detach(id).await {
+        eprintln!("orch-agent: releasing the network of {id}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(files);
 }
 
 /// What to run and from which layers.

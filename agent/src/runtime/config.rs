@@ -38,6 +38,15 @@ pub struct ContainerSpec {
     pub user: Option<(u32, u32)>,
     /// The image's manifest digest, recorded so image pruning keeps it.
     pub image: Option<String>,
+    /// Host files bind-mounted into the container (resolv.conf, hosts, …).
+    pub mounts: Vec<BindMount>,
+}
+
+/// A host file or directory bind-mounted at an absolute path inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: String,
 }
 
 /// A user namespace's mapping: container ids `0..size` are host ids
@@ -94,6 +103,7 @@ pub struct InitConfig {
     pub user_namespace: bool,
     /// uid and gid of the command; root when unset.
     pub user: Option<(u32, u32)>,
+    pub mounts: Vec<BindMount>,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

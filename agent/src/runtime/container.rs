@@ -36,6 +36,13 @@ pub struct Runtime {
     cgroups: CgroupLayout,
 }
 
+/// Wires a starting container to a network. Called once the container's network
+/// namespace exists (its init is `pid`) and before its command runs.
+#[async_trait::async_trait]
+pub trait ContainerNetwork: Send + Sync {
+    async fn attach(&self, container: &str, pid: i32) -> Result<(), String>;
+}
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContainerExit {
@@ -78,6 +85,11 @@ impl Runtime {
     /// Starts a container: returns once its command has been exec'd, or with the
     /// reason it could not be, having removed everything it made.
     pub async fn start(&self, spec: &ContainerSpec) -> Result<Container, RuntimeError> {
+        self.start_with_network(spec, None).await
+    }
+
+    /// [`Runtime::start`], wiring the container with `network` before its command runs.
+    pub async fn start_with_network(&self, spec: &ContainerSpec, network: Option<&dyn ContainerNetwork>) -> Result<Container, RuntimeError> {
         check_spec(spec)?;
         let dirs = ContainerDirs::new(&self.config.state_dir, &spec.id);
         let containers = dirs.root.parent().map(Path::to_owned).unwrap_or_default();
@@ -95,7 +107,7 @@ impl Runtime {
                 return Err(e.into());
             }
         };
-        match self.start_in(spec, &dirs, cgroup.as_ref(), &cgroup_name).await {
+        match self.start_in(spec, &dirs, cgroup.as_ref(), &cgroup_name, network).await {
             Ok((shim, init, state)) => Ok(Container {
                 id: spec.id.clone(),
                 dirs,
@@ -120,6 +132,7 @@ impl Runtime {
         dirs: &ContainerDirs,
         cgroup: &dyn ContainerCgroup,
         cgroup_name: &str,
+        network: Option<&dyn ContainerNetwork>,
     ) -> Result<(PidFd, PidFd, ContainerState), RuntimeError> {
         for dir in [dirs.upper(), dirs.work(), dirs.merged()] {
             std::fs::create_dir(&dir).map_err(RuntimeError::io("cannot create", &dir))?;
@@ -161,6 +174,7 @@ impl Runtime {
             exit_status_path: dirs.exit(),
             user_namespace: spec.user_namespace.is_some(),
             user: spec.user,
+            mounts: spec.mounts.clone(),
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -229,6 +243,12 @@ impl Runtime {
         if let Err(e) = cgroup.add_process(init_pid) {
             unmount_idmapped_layers(dirs);
             return Err(abandon(&shim, e.into()).await);
+        }
+        if let Some(network) = network {
+            if let Err(message) = network.attach(&spec.id, init_pid).await {
+                unmount_idmapped_layers(dirs);
+                return Err(abandon(&shim, RuntimeError::Start { message: format!("network: {message}"), code: CODE_RUNTIME }).await);
+            }
         }
         let started = tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
             send(&mut sync, &SyncMessage::Go).map_err(RuntimeError::io("cannot signal the container init", ""))?;
@@ -369,6 +389,20 @@ fn remove_container_dir(dirs: &ContainerDirs) -> Result<(), RuntimeError> {
 }
 
 fn check_spec(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    for bind in &spec.mounts {
+        let target = Path::new(&bind.target);
+        let normal = target.is_absolute() && target.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !normal || bind.target.contains([':', ',']) {
+            return Err(RuntimeError::Start { message: format!("mount target {:?} must be an absolute path without ..", bind.target), code: CODE_RUNTIME });
+        }
+        if !bind.source.exists() {
+            return Err(RuntimeError::Io {
+                what: "mount source",
+                path: bind.source.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    }
     if let Some(range) = spec.user_namespace {
         if range.host_id == 0 || range.size == 0 || range.host_id.checked_add(range.size).is_none() {
             return Err(RuntimeError::Start {

@@ -15,8 +15,8 @@ mod rootfs;
 mod state;
 mod sync;
 
-pub use config::{container_env, ContainerSpec, IdRange, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
-pub use container::{Container, ContainerExit, Runtime, RuntimeConfig};
+pub use config::{container_env, BindMount, ContainerSpec, IdRange, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
+pub use container::{Container, ContainerExit, ContainerNetwork, Runtime, RuntimeConfig};
 pub use error::RuntimeError;
 pub use state::{now_unix_ms, ContainerState, ExitRecord};
 

@@ -62,6 +62,19 @@ pub fn setup(config: &InitConfig) -> Result<(), SetupError> {
         format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
     mount_at("overlay", merged, Some("overlay"), MsFlags::empty(), Some(&options))?;
 
+    for bind in &config.mounts {
+        let target = merged.join(bind.target.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            mkdir(parent)?;
+        }
+        if bind.source.is_dir() {
+            mkdir(&target)?;
+        } else if fs::symlink_metadata(&target).is_err() {
+            step(fs::File::create(&target), || format!("create {}", target.display()))?;
+        }
+        mount_at(&bind.source.display().to_string(), &target, None, MsFlags::MS_BIND, None)?;
+    }
+
     let proc_dir = merged.join("proc");
     mkdir(&proc_dir)?;
     mount_at("proc", &proc_dir, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, None)?;

@@ -1,0 +1,172 @@
+//! The node's balancer: a network namespace on the bridge that holds every service VIP,
+//! a listener per service port (and node port), and the DNS responder; converged to a
+//! service table by [`Balancer::apply`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use super::dns;
+use super::link;
+use super::netns::Netns;
+use super::proxy::{self, Backends, Strategy};
+use super::sockets::NsSockets;
+use super::table::{desired, plan_listeners, ListenKey, ServiceEndpoints};
+use super::NetError;
+
+struct Listener {
+    backends: Arc<Backends>,
+    task: JoinHandle<()>,
+}
+
+pub struct Balancer {
+    netns: Netns,
+    netns_name: String,
+    handle: rtnetlink::Handle,
+    sockets: Arc<NsSockets>,
+    /// Where node ports listen (the node's own address; all addresses when unset).
+    node_address: Option<Ipv4Addr>,
+    strategy: Strategy,
+    state: tokio::sync::Mutex<BalancerState>,
+    names: dns::Names,
+    dns_task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct BalancerState {
+    vips: BTreeSet<Ipv4Addr>,
+    listeners: BTreeMap<ListenKey, Listener>,
+}
+
+/// What the balancer holds, for inspect.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BalancerView {
+    pub netns: String,
+    pub vips: Vec<Ipv4Addr>,
+    pub listeners: Vec<(ListenKey, Vec<SocketAddrV4>)>,
+    pub names: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Balancer {
+    /// Starts the balancer in `netns` (already wired to the bridge at `dns_address`).
+    pub async fn start(
+        netns: Netns,
+        netns_name: &str,
+        dns_address: Ipv4Addr,
+        node_address: Option<Ipv4Addr>,
+        strategy: Strategy,
+    ) -> Result<Balancer, NetError> {
+        let handle = netns.netlink()?;
+        let sockets = Arc::new(NsSockets::start(&netns)?);
+        let names: dns::Names = Arc::new(RwLock::new(BTreeMap::new()));
+        let dns_addr = SocketAddrV4::new(dns_address, 53);
+        let udp = sockets
+            .udp_socket(dns_addr)
+            .await
+            .map_err(|source| NetError::Listen { address: format!("udp {dns_addr} in {netns_name}"), source })?;
+        let dns_task = tokio::spawn(dns::serve(udp, Arc::clone(&names)));
+        Ok(Balancer {
+            netns,
+            netns_name: netns_name.to_owned(),
+            handle,
+            sockets,
+            node_address,
+            strategy,
+            state: tokio::sync::Mutex::new(BalancerState::default()),
+            names,
+            dns_task,
+        })
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Converges VIPs, listeners, endpoints and DNS names to `table`. Listeners that
+    /// stay keep running; their endpoint sets are swapped, so established connections
+    /// are untouched.
+    pub async fn apply(&self, table: &[ServiceEndpoints]) -> Result<(), NetError> {
+        let want = desired(table);
+        for skipped in &want.skipped {
+            tracing::warn!(port = %skipped, "UDP service ports are not balanced yet");
+        }
+        let mut state = self.state.lock().await;
+        let lo = link::require_index(&self.handle, "lo").await?;
+        for vip in want.vips.difference(&state.vips.clone()) {
+            link::add_address(&self.handle, lo, *vip, 32).await?;
+            state.vips.insert(*vip);
+        }
+        let plan = plan_listeners(&state.listeners.keys().copied().collect(), &want);
+        for key in &plan.open {
+            let endpoints = want.listeners.get(key).cloned().unwrap_or_default();
+            let backends = Arc::new(Backends::new(self.strategy, endpoints));
+            let task = match key {
+                ListenKey::Vip(address) => {
+                    let listener = self
+                        .sockets
+                        .tcp_listener(*address)
+                        .await
+                        .map_err(|source| NetError::Listen { address: format!("{address} in {}", self.netns_name), source })?;
+                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), Some(Arc::clone(&self.sockets))))
+                }
+                ListenKey::NodePort(port) => {
+                    let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), *port);
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
+                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), None))
+                }
+            };
+            state.listeners.insert(*key, Listener { backends, task });
+        }
+        for key in &plan.close {
+            if let Some(listener) = state.listeners.remove(key) {
+                listener.task.abort();
+            }
+        }
+        for (key, endpoints) in &want.listeners {
+            if let Some(listener) = state.listeners.get(key) {
+                listener.backends.set(endpoints.clone());
+            }
+        }
+        for vip in state.vips.clone().difference(&want.vips) {
+            link::delete_address(&self.handle, lo, *vip, 32).await?;
+            state.vips.remove(vip);
+        }
+        *self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) = want.names;
+        Ok(())
+    }
+
+    pub async fn view(&self) -> BalancerView {
+        let state = self.state.lock().await;
+        BalancerView {
+            netns: self.netns_name.clone(),
+            vips: state.vips.iter().copied().collect(),
+            listeners: state.listeners.iter().map(|(k, l)| (*k, l.backends.endpoints())).collect(),
+            names: self.names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        }
+    }
+
+    /// Stops every listener and the DNS responder.
+    pub async fn stop(&self) {
+        let mut state = self.state.lock().await;
+        for (_, listener) in std::mem::take(&mut state.listeners) {
+            listener.task.abort();
+        }
+        self.dns_task.abort();
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.dns_task.abort();
+        if let Ok(mut state) = self.state.try_lock() {
+            for (_, listener) in std::mem::take(&mut state.listeners) {
+                listener.task.abort();
+            }
+        }
+    }
+}

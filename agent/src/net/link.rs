@@ -1,0 +1,145 @@
+//! The rtnetlink operations the node network is built from, each idempotent where the
+//! agent repairs state at start (an existing bridge, address or route is fine).
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::NetError;
+
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+const ESRCH: i32 = 3;
+
+fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+pub async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(NetError::netlink(format!("look up {name}"))(e)),
+    }
+}
+
+pub async fn require_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    index_of(handle, name).await?.ok_or_else(|| NetError::NoSuchLink(name.to_owned()))
+}
+
+/// The bridge `name`, created if missing, and up.
+pub async fn ensure_bridge(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    if index_of(handle, name).await?.is_none() {
+        match handle.link().add(LinkBridge::new(name).build()).execute().await {
+            Ok(()) => {}
+            Err(e) if errno_of(&e) == Some(EEXIST) => {}
+            Err(e) => return Err(NetError::netlink(format!("create bridge {name}"))(e)),
+        }
+    }
+    let index = require_index(handle, name).await?;
+    set_up(handle, index, name).await?;
+    Ok(index)
+}
+
+pub async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("set {name} up")))
+}
+
+/// Adds `address/prefix` to the link; an address already there is fine.
+pub async fn add_address(handle: &Handle, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    match handle.address().add(index, address.into(), prefix).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno_of(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(NetError::netlink(format!("add {address}/{prefix}"))(e)),
+    }
+}
+
+/// Removes `address/prefix` from the link; a missing one is fine.
+pub async fn delete_address(handle: &Handle, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    let mut addresses = handle.address().get().set_link_index_filter(index).set_address_filter(address.into()).execute();
+    while let Some(message) = addresses.try_next().await.map_err(NetError::netlink(format!("list addresses for {address}")))? {
+        if message.header.prefix_len == prefix {
+            match handle.address().del(message).execute().await {
+                Ok(()) => {}
+                Err(e) if errno_of(&e) == Some(ENODEV) => {}
+                Err(e) => return Err(NetError::netlink(format!("delete {address}/{prefix}"))(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ip route replace DEST/PREFIX via GATEWAY`.
+pub async fn replace_route(handle: &Handle, destination: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix).gateway(gateway).build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("route {destination}/{prefix} via {gateway}")))
+}
+
+/// `ip route del DEST/PREFIX`; a missing route is fine.
+pub async fn delete_route(handle: &Handle, destination: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix).build();
+    match handle.route().del(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno_of(&e) == Some(ESRCH) => Ok(()),
+        Err(e) => Err(NetError::netlink(format!("delete route {destination}/{prefix}"))(e)),
+    }
+}
+
+/// A veth pair: `host` stays here, attached to the bridge `bridge_index` and up;
+/// `peer` moves into the namespace `netns_fd` as `peer_name`.
+pub async fn add_veth_into(
+    handle: &Handle,
+    host: &str,
+    bridge_index: u32,
+    netns_fd: i32,
+    peer_name: &str,
+) -> Result<(), NetError> {
+    // A temporary peer name, unique per host end, avoids clashes before the move.
+    let temporary = format!("{host}p");
+    handle
+        .link()
+        .add(LinkVeth::new(host, &temporary).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("create veth {host}")))?;
+    let peer_index = require_index(handle, &temporary).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(netns_fd).name(peer_name.to_owned()).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("move {temporary} into the container as {peer_name}")))?;
+    let host_index = require_index(handle, host).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("attach {host} to the bridge")))
+}
+
+/// Deletes the link `name`; a missing one is fine.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetError> {
+    let Some(index) = index_of(handle, name).await? else { return Ok(()) };
+    match handle.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
+        Err(e) => Err(NetError::netlink(format!("delete {name}"))(e)),
+    }
+}

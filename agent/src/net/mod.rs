@@ -1,0 +1,24 @@
+//! Node networking: the bridge (vSwitch), a veth per container, IPAM, routes to other
+//! nodes' pods, and the load-balancer namespace with every service VIP, an L4 balancer
+//! per service port and DNS for service names. Built with rtnetlink; sockets that must
+//! live in another namespace are made by a thread that entered it.
+
+mod balancer;
+mod dns;
+mod error;
+pub mod ipam;
+mod link;
+pub mod names;
+pub mod netns;
+mod node;
+mod proxy;
+mod sockets;
+pub mod table;
+
+pub use balancer::{Balancer, BalancerView};
+pub use error::NetError;
+pub use ipam::{Ipam, Subnet};
+pub use netns::Netns;
+pub use node::{Attachment, NetworkView, NodeNetwork, NodeNetworkConfig, PeerRoute};
+pub use proxy::Strategy;
+pub use table::{PortMapping, Protocol, ServiceEndpoints};

@@ -1,0 +1,243 @@
+//! A node's network, built for real with rtnetlink and repaired at every start:
+//!
+//! - bridge `orch0` (configurable) holding the pod subnet's gateway (.1), forwarding on;
+//! - a veth per container: host end on the bridge, peer in the container as `eth0` with
+//!   an address from the node's IPAM and a default route via the gateway;
+//! - the balancer namespace on the bridge at .2, holding every VIP; the node routes the
+//!   service range to it;
+//! - routes to other nodes' pod subnets via their node addresses (host-gw).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::balancer::{Balancer, BalancerView};
+use super::ipam::{Ipam, Subnet};
+use super::link;
+use super::names;
+use super::netns::Netns;
+use super::proxy::Strategy;
+use super::table::{ServiceEndpoints, DNS_DOMAIN};
+use super::NetError;
+
+#[derive(Debug, Clone)]
+pub struct NodeNetworkConfig {
+    pub bridge: String,
+    /// This node's pod subnet.
+    pub subnet: Subnet,
+    /// The service VIP range, routed to the balancer namespace.
+    pub service_cidr: Subnet,
+    /// IPAM state lives under `<state_dir>/network/`.
+    pub state_dir: PathBuf,
+    /// Where node ports are published; all addresses when unset.
+    pub node_address: Option<Ipv4Addr>,
+    pub strategy: Strategy,
+}
+
+/// A container's place on the node network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// The host end of the container's veth.
+    pub veth: String,
+    pub nameserver: Ipv4Addr,
+}
+
+/// A route to another node's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PeerRoute {
+    pub subnet_network: Ipv4Addr,
+    pub prefix: u8,
+    pub via: Ipv4Addr,
+}
+
+/// Everything the node network holds, for `inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkView {
+    pub bridge: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub balancer_address: Ipv4Addr,
+    pub service_cidr: String,
+    pub containers: Vec<(String, Ipv4Addr, String)>,
+    pub routes: Vec<PeerRoute>,
+    pub balancer: BalancerView,
+}
+
+pub struct NodeNetwork {
+    config: NodeNetworkConfig,
+    ipam: Ipam,
+    handle: rtnetlink::Handle,
+    bridge_index: u32,
+    balancer: Balancer,
+    routes: tokio::sync::Mutex<BTreeSet<PeerRoute>>,
+    created_bridge: bool,
+}
+
+#[async_trait::async_trait]
+impl crate::runtime::ContainerNetwork for NodeNetwork {
+    async fn attach(&self, container: &str, pid: i32) -> Result<(), String> {
+        NodeNetwork::attach(self, container, pid).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl NodeNetwork {
+    /// Sets the node network up, or repairs it: idempotent.
+    pub async fn setup(config: NodeNetworkConfig) -> Result<NodeNetwork, NetError> {
+        names::check(&config.bridge)?;
+        let lb_veth = names::lb_veth(&config.bridge)?;
+        let node = Netns::current()?;
+        let handle = node.netlink()?;
+        let subnet = config.subnet;
+        let created_bridge = link::index_of(&handle, &config.bridge).await?.is_none();
+        let bridge_index = link::ensure_bridge(&handle, &config.bridge).await?;
+        link::add_address(&handle, bridge_index, subnet.gateway(), subnet.prefix).await?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+
+        // The balancer namespace, wired to the bridge at .2.
+        let lb_name = names::lb_netns(&config.bridge);
+        let lb = Netns::create_named(&lb_name)?;
+        let lb_handle = lb.netlink()?;
+        let lo = link::require_index(&lb_handle, "lo").await?;
+        link::set_up(&lb_handle, lo, "lo").await?;
+        if link::index_of(&handle, &lb_veth).await?.is_none() {
+            link::delete_link(&lb_handle, "eth0").await?;
+            link::add_veth_into(&handle, &lb_veth, bridge_index, lb.raw_fd(), "eth0").await?;
+        }
+        let eth0 = link::require_index(&lb_handle, "eth0").await?;
+        link::add_address(&lb_handle, eth0, subnet.lb_address(), subnet.prefix).await?;
+        link::set_up(&lb_handle, eth0, "eth0").await?;
+        link::replace_route(&lb_handle, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
+        link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
+        drop(lb_handle);
+
+        let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, config.strategy).await?;
+        let ipam = Ipam::new(&config.state_dir.join("network").join(format!("{}.json", config.bridge)), subnet);
+        Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
+    }
+
+    /// Whether this setup created the bridge (rather than repairing an existing one).
+    pub fn created_bridge(&self) -> bool {
+        self.created_bridge
+    }
+
+    pub fn config(&self) -> &NodeNetworkConfig {
+        &self.config
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Reserves the container's address (idempotent) and writes the files it gets
+    /// bind-mounted: /etc/resolv.conf, /etc/hosts, /etc/hostname. Returns
+    /// `(host file, container path)` pairs.
+    pub fn prepare(&self, container: &str, hostname: &str, dir: &Path) -> Result<(Ipv4Addr, Vec<(PathBuf, String)>), NetError> {
+        let ip = self.ipam.allocate(container)?;
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(NetError::io("cannot create", &etc))?;
+        let files = [
+            ("resolv.conf", format!("nameserver {}\nsearch {DNS_DOMAIN}\noptions ndots:1\n", self.config.subnet.lb_address())),
+            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n")),
+            ("hostname", format!("{hostname}\n")),
+        ];
+        let mut mounts = Vec::new();
+        for (name, content) in files {
+            let path = etc.join(name);
+            std::fs::write(&path, content).map_err(NetError::io("cannot write", &path))?;
+            mounts.push((path, format!("/etc/{name}")));
+        }
+        Ok((ip, mounts))
+    }
+
+    /// Wires the container whose init is `pid` (its network namespace) to the bridge.
+    pub async fn attach(&self, container: &str, pid: i32) -> Result<Attachment, NetError> {
+        let subnet = self.config.subnet;
+        let ip = self.ipam.allocate(container)?;
+        let veth = names::container_veth(&self.config.bridge, container);
+        link::delete_link(&self.handle, &veth).await?;
+        let target = Netns::of_pid(pid)?;
+        link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
+        let inner = target.netlink()?;
+        let eth0 = link::require_index(&inner, "eth0").await?;
+        link::add_address(&inner, eth0, ip, subnet.prefix).await?;
+        link::set_up(&inner, eth0, "eth0").await?;
+        link::replace_route(&inner, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
+        Ok(Attachment { ip, prefix: subnet.prefix, gateway: subnet.gateway(), veth, nameserver: subnet.lb_address() })
+    }
+
+    /// Removes the container's veth (gone already if its namespace died) and frees its
+    /// address.
+    pub async fn detach(&self, container: &str) -> Result<(), NetError> {
+        link::delete_link(&self.handle, &names::container_veth(&self.config.bridge, container)).await?;
+        self.ipam.release(container)?;
+        Ok(())
+    }
+
+    /// Converges the routes to other nodes' pod subnets.
+    pub async fn set_peer_routes(&self, wanted: &[PeerRoute]) -> Result<(), NetError> {
+        let mut routes = self.routes.lock().await;
+        let wanted: BTreeSet<PeerRoute> = wanted.iter().copied().collect();
+        for route in &wanted {
+            link::replace_route(&self.handle, route.subnet_network, route.prefix, route.via).await?;
+        }
+        for stale in routes.difference(&wanted) {
+            link::delete_route(&self.handle, stale.subnet_network, stale.prefix).await?;
+        }
+        *routes = wanted;
+        Ok(())
+    }
+
+    /// Converges the balancer to the service table.
+    pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), NetError> {
+        self.balancer.apply(table).await
+    }
+
+    pub async fn view(&self) -> Result<NetworkView, NetError> {
+        let subnet = self.config.subnet;
+        let containers = self
+            .ipam
+            .allocations()?
+            .into_iter()
+            .map(|(ip, owner)| {
+                let veth = names::container_veth(&self.config.bridge, &owner);
+                (owner, ip, veth)
+            })
+            .collect();
+        Ok(NetworkView {
+            bridge: self.config.bridge.clone(),
+            subnet: subnet.to_string(),
+            gateway: subnet.gateway(),
+            balancer_address: subnet.lb_address(),
+            service_cidr: self.config.service_cidr.to_string(),
+            containers,
+            routes: self.routes.lock().await.iter().copied().collect(),
+            balancer: self.balancer.view().await,
+        })
+    }
+
+    /// Removes everything the node network made: listeners, the balancer namespace and
+    /// its veth, peer routes, the service route and the bridge. With `forget`, the IPAM
+    /// state goes too.
+    pub async fn teardown(self, forget: bool) -> Result<(), NetError> {
+        self.balancer.stop().await;
+        let routes: Vec<PeerRoute> = self.routes.lock().await.iter().copied().collect();
+        for route in routes {
+            link::delete_route(&self.handle, route.subnet_network, route.prefix).await?;
+        }
+        link::delete_route(&self.handle, self.config.service_cidr.network, self.config.service_cidr.prefix).await?;
+        link::delete_link(&self.handle, &names::lb_veth(&self.config.bridge)?).await?;
+        drop(self.balancer);
+        Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
+        link::delete_link(&self.handle, &self.config.bridge).await?;
+        if forget {
+            let path = self.config.state_dir.join("network").join(format!("{}.json", self.config.bridge));
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The desired service table a node converges to (from the controller, or a test), and
+//! the pure decisions derived from it: which VIPs the balancer namespace holds, which
+//! listeners exist, which endpoints each one spreads over, and what DNS answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub name: String,
+    pub protocol: Protocol,
+    pub service_port: u16,
+    /// The container port the endpoints listen on.
+    pub target_port: u16,
+    /// Published on the node's own address too.
+    pub node_port: Option<u16>,
+}
+
+/// One service: its VIP, its ports, and the addresses of its READY replicas (on any node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoints {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub ports: Vec<PortMapping>,
+    pub ready: Vec<Ipv4Addr>,
+}
+
+/// Where a balancer listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ListenKey {
+    /// VIP:port inside the balancer namespace.
+    Vip(SocketAddrV4),
+    /// A node port on the node's own address.
+    NodePort(u16),
+}
+
+/// Everything the node's balancer should be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredBalancer {
+    pub vips: BTreeSet<Ipv4Addr>,
+    /// Each listener and the endpoints it spreads connections over.
+    pub listeners: BTreeMap<ListenKey, Vec<SocketAddrV4>>,
+    /// DNS: `<service>` and `<service>.orch` → VIP.
+    pub names: BTreeMap<String, Ipv4Addr>,
+    /// Ports this node cannot balance (UDP), for the log.
+    pub skipped: Vec<String>,
+}
+
+/// The search domain services answer under.
+pub const DNS_DOMAIN: &str = "orch";
+
+pub fn desired(table: &[ServiceEndpoints]) -> DesiredBalancer {
+    let mut out = DesiredBalancer::default();
+    for service in table {
+        out.vips.insert(service.vip);
+        out.names.insert(service.name.clone(), service.vip);
+        out.names.insert(format!("{}.{DNS_DOMAIN}", service.name), service.vip);
+        for port in &service.ports {
+            if port.protocol == Protocol::Udp {
+                out.skipped.push(format!("{}/{} (UDP)", service.name, port.name));
+                continue;
+            }
+            let endpoints: Vec<SocketAddrV4> = service.ready.iter().map(|ip| SocketAddrV4::new(*ip, port.target_port)).collect();
+            out.listeners.insert(ListenKey::Vip(SocketAddrV4::new(service.vip, port.service_port)), endpoints.clone());
+            if let Some(node_port) = port.node_port {
+                out.listeners.insert(ListenKey::NodePort(node_port), endpoints);
+            }
+        }
+    }
+    out
+}
+
+/// What to change to get from the listeners that exist to the desired ones. Existing
+/// listeners are kept (their endpoints are swapped in place, so established connections
+/// are untouched).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerPlan {
+    pub open: Vec<ListenKey>,
+    pub close: Vec<ListenKey>,
+}
+
+pub fn plan_listeners(current: &BTreeSet<ListenKey>, desired: &DesiredBalancer) -> ListenerPlan {
+    ListenerPlan {
+        open: desired.listeners.keys().filter(|k| !current.contains(k)).copied().collect(),
+        close: current.iter().filter(|k| !desired.listeners.contains_key(k)).copied().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> Ipv4Addr {
+        text.parse().expect("ip")
+    }
+
+    fn web() -> ServiceEndpoints {
+        ServiceEndpoints {
+            name: "web".into(),
+            vip: ip("10.96.0.10"),
+            ports: vec![
+                PortMapping { name: "http".into(), protocol: Protocol::Tcp, service_port: 80, target_port: 8080, node_port: Some(30080) },
+                PortMapping { name: "dns".into(), protocol: Protocol::Udp, service_port: 53, target_port: 53, node_port: None },
+            ],
+            ready: vec![ip("10.88.1.3"), ip("10.88.2.3")],
+        }
+    }
+
+    #[test]
+    fn desired_from_a_table() {
+        let d = desired(&[web()]);
+        assert_eq!(d.vips, BTreeSet::from([ip("10.96.0.10")]));
+        let endpoints = vec![SocketAddrV4::new(ip("10.88.1.3"), 8080), SocketAddrV4::new(ip("10.88.2.3"), 8080)];
+        assert_eq!(d.listeners.get(&ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.10"), 80))), Some(&endpoints));
+        assert_eq!(d.listeners.get(&ListenKey::NodePort(30080)), Some(&endpoints));
+        assert_eq!(d.listeners.len(), 2, "UDP is not balanced");
+        assert_eq!(d.skipped, ["web/dns (UDP)"]);
+        assert_eq!(d.names.get("web.orch"), Some(&ip("10.96.0.10")));
+        assert_eq!(d.names.get("web"), Some(&ip("10.96.0.10")));
+    }
+
+    #[test]
+    fn plan_opens_and_closes_only_the_difference() {
+        let vip80 = ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.10"), 80));
+        let stale = ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.99"), 80));
+        let current = BTreeSet::from([vip80, stale]);
+        let plan = plan_listeners(&current, &desired(&[web()]));
+        assert_eq!(plan.open, vec![ListenKey::NodePort(30080)]);
+        assert_eq!(plan.close, vec![stale]);
+        assert_eq!(plan_listeners(&BTreeSet::new(), &desired(&[])), ListenerPlan::default());
+    }
+}
