@@ -2,6 +2,10 @@
 //! connections), connect — moving on to the next endpoint when a connect fails, so a
 //! dying replica costs no client request — then copy bytes both ways. Endpoint sets are
 //! swapped in place; connections already established keep their endpoint.
+//!
+//! An endpoint whose connect fails is set aside for [`EJECTION`] (passive health
+//! checking, as Envoy's outlier detection): later connections try it last, so a dead
+//! replica costs one slow connect, not one per connection, until readiness removes it.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -16,6 +20,9 @@ use super::sockets::NsSockets;
 /// How long one endpoint gets to accept a connection before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an endpoint that refused a connection is tried last.
+pub const EJECTION: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
     #[default]
@@ -29,6 +36,7 @@ pub struct Backends {
     endpoints: RwLock<Vec<SocketAddrV4>>,
     next: AtomicUsize,
     active: Mutex<HashMap<SocketAddrV4, usize>>,
+    ejected: Mutex<HashMap<SocketAddrV4, std::time::Instant>>,
     strategy: Strategy,
 }
 
@@ -45,8 +53,26 @@ impl Backends {
         self.endpoints.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// The order to try endpoints in for the next connection.
+    /// The order to try endpoints in for the next connection: by strategy, with
+    /// recently failed endpoints moved to the end.
     pub fn order(&self) -> Vec<SocketAddrV4> {
+        let mut order = self.strategy_order();
+        let now = std::time::Instant::now();
+        let mut ejected = self.ejected.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ejected.retain(|_, until| *until > now);
+        if !ejected.is_empty() {
+            // Stable: healthy first, in strategy order.
+            order.sort_by_key(|e| ejected.contains_key(e));
+        }
+        order
+    }
+
+    fn failed(&self, endpoint: SocketAddrV4) {
+        let until = std::time::Instant::now() + EJECTION;
+        self.ejected.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(endpoint, until);
+    }
+
+    fn strategy_order(&self) -> Vec<SocketAddrV4> {
         let endpoints = self.endpoints();
         if endpoints.is_empty() {
             return endpoints;
@@ -100,7 +126,10 @@ async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<A
                 backends.disconnected(endpoint);
                 return;
             }
-            Err(e) => tracing::debug!(%endpoint, error = %e, "endpoint refused a connection; trying the next"),
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "endpoint refused a connection; trying the next");
+                backends.failed(endpoint);
+            }
         }
     }
     tracing::debug!("no endpoint reachable; closing the client connection");
@@ -139,6 +168,19 @@ mod tests {
         assert_eq!(backends.order().len(), 3, "the rest follow, for retries");
         backends.set(vec![]);
         assert!(backends.order().is_empty());
+    }
+
+    #[test]
+    fn a_failed_endpoint_is_tried_last_for_a_while() {
+        let backends = Backends::new(Strategy::RoundRobin, vec![ep(1), ep(2), ep(3)]);
+        backends.failed(ep(2));
+        for _ in 0..6 {
+            let order = backends.order();
+            assert_eq!(order.len(), 3, "still tried, as a last resort");
+            assert_eq!(order[2], ep(2), "{order:?}");
+        }
+        backends.ejected.lock().expect("lock").insert(ep(2), std::time::Instant::now());
+        assert!((0..3).any(|_| backends.order()[0] == ep(2)), "back in rotation once the ejection ends");
     }
 
     #[test]

@@ -1,0 +1,285 @@
+//! Node networking for real, as root: a bridge per test (own name and subnet), real
+//! containers on it, the balancer namespace with VIPs, DNS, node ports, IPAM across an
+//! agent restart, and teardown that leaves nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Sandbox, AGENT};
+use nix::sys::signal::Signal;
+use orch_agent::cgroups::Limits;
+use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
+use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Stdio};
+
+/// One test's network corner: bridge name, pod subnet, service range, node port.
+struct NetLab {
+    sandbox: Sandbox,
+    bridge: String,
+    subnet: Subnet,
+    services: Subnet,
+    node_port: u16,
+    runtime: Runtime,
+}
+
+impl NetLab {
+    fn new(test: &str) -> NetLab {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let k = (pid.wrapping_mul(7) + n * 31) % 200 + 20;
+        let sandbox = Sandbox::new(test);
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: sandbox.state_dir(),
+            cgroup_parent: sandbox.cgroup_parent.clone(),
+            init_exe: PathBuf::from(AGENT),
+        })
+        .expect("runtime");
+        NetLab {
+            bridge: format!("ot{:x}{n}", pid % 0xfffff),
+            subnet: Subnet::parse(&format!("10.210.{k}.0/24")).expect("subnet"),
+            services: Subnet::parse(&format!("10.211.{k}.0/24")).expect("subnet"),
+            node_port: u16::try_from(31000 + k * 4 + n % 4).expect("port"),
+            sandbox,
+            runtime,
+        }
+    }
+
+    async fn network(&self) -> NodeNetwork {
+        NodeNetwork::setup(NodeNetworkConfig {
+            bridge: self.bridge.clone(),
+            subnet: self.subnet,
+            service_cidr: self.services,
+            state_dir: self.sandbox.state_dir(),
+            node_address: Some(self.subnet.gateway()),
+            strategy: Strategy::RoundRobin,
+        })
+        .await
+        .expect("node network setup")
+    }
+
+    fn vip(&self) -> Ipv4Addr {
+        self.services.nth(10)
+    }
+
+    /// A container on the bridge running `script`, with resolv.conf and hosts mounted.
+    async fn container(&self, network: &NodeNetwork, id: &str, script: &str) -> Container {
+        let files = self.sandbox.root.path().join("files").join(id);
+        let (_, mounts) = network.prepare(id, id, &files).expect("prepare");
+        let spec = ContainerSpec {
+            id: id.to_owned(),
+            layers: vec![self.sandbox.rootfs()],
+            hostname: None,
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![],
+            cwd: None,
+            limits: Limits { pids: Some(64), ..Limits::default() },
+            stdio: Stdio::LogFile(self.sandbox.root.path().join(format!("{id}.log"))),
+            user_namespace: None,
+            user: None,
+            image: None,
+            mounts: mounts.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+        };
+        self.runtime.start_with_network(&spec, Some(network)).await.expect("start with network")
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.sandbox.root.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Nothing of this lab is left on the machine.
+    fn assert_no_network_left(&self) {
+        let links = std::process::Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(!links.contains(&format!(" {}:", self.bridge)) && !links.contains(&format!(" {}l@", self.bridge)), "links left:\n{links}");
+        let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+        assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&format!("{}-lb", self.bridge)), "balancer namespace left");
+        let routes = std::process::Command::new("ip").args(["route", "show"]).output().expect("ip route");
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert!(!routes.contains(&self.services.to_string()) && !routes.contains(&self.subnet.to_string()), "routes left:\n{routes}");
+    }
+}
+
+impl Drop for NetLab {
+    /// After a failed test: remove what `teardown` would have.
+    fn drop(&mut self) {
+        let ip = |args: &[&str]| {
+            let _ = std::process::Command::new("ip").args(args).stderr(std::process::Stdio::null()).status();
+        };
+        ip(&["link", "del", &self.bridge]);
+        ip(&["link", "del", &format!("{}l", self.bridge)]);
+        ip(&["netns", "del", &format!("{}-lb", self.bridge)]);
+        ip(&["route", "del", &self.services.to_string()]);
+    }
+}
+
+/// The script of a backend: serve its hostname over HTTP on port 80.
+const SERVE_HOSTNAME: &str = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
+
+/// One HTTP/1.0 GET; the body.
+fn http_get(address: SocketAddrV4) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address.into(), Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_owned());
+    body.ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))
+}
+
+/// Waits (bounded) until `address` answers HTTP.
+fn wait_for_http(address: SocketAddrV4) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(address).is_err() {
+        assert!(Instant::now() < deadline, "{address} never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn web(lab: &NetLab, ready: Vec<Ipv4Addr>) -> Vec<ServiceEndpoints> {
+    vec![ServiceEndpoints {
+        name: "web".into(),
+        vip: lab.vip(),
+        ports: vec![PortMapping { name: "http".into(), protocol: Protocol::Tcp, service_port: 80, target_port: 80, node_port: Some(lab.node_port) }],
+        ready,
+    }]
+}
+
+async fn stop(container: Container) {
+    container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
+    container.remove().expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_reach_each_other_and_services_by_name() {
+    let lab = NetLab::new("net-reach");
+    let network = lab.network().await;
+    let server = lab.container(&network, "server", SERVE_HOSTNAME).await;
+    let server_ip = network.view().await.expect("view").containers.iter().find(|c| c.0 == "server").expect("server attached").1;
+    network.apply_services(&web(&lab, vec![server_ip])).await.expect("apply");
+    // (busybox wget crashes on a refused connection, so the server is up first.)
+    wait_for_http(SocketAddrV4::new(server_ip, 80));
+    let script = format!(
+        "wget -qO- http://{server_ip}/; \
+         echo via-vip; wget -qO- http://{vip}/; echo via-dns; wget -qO- http://web/; wget -qO- http://web.orch/; \
+         (nslookup nope.orch {dns} >/dev/null 2>&1) 2>/dev/null || echo nxdomain",
+        vip = lab.vip(),
+        dns = lab.subnet.lb_address()
+    );
+    let client = lab.container(&network, "client", &script).await;
+    let exit = client.wait().await;
+    client.remove().expect("remove");
+    let output = lab.log("client");
+    assert_eq!(exit.code, 0, "{output}");
+    assert_eq!(output.lines().collect::<Vec<_>>(), ["server", "via-vip", "server", "via-dns", "server", "server", "nxdomain"], "{output}");
+    stop(server).await;
+    network.detach("server").await.expect("detach");
+    network.detach("client").await.expect("detach");
+    network.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+    lab.sandbox.assert_clean("server");
+    lab.sandbox.assert_clean("client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_spreads_load_evenly_and_loses_no_request_when_backends_go() {
+    let lab = NetLab::new("net-balance");
+    let network = lab.network().await;
+    let mut backends = Vec::new();
+    let mut ips = Vec::new();
+    for i in 0..3 {
+        let id = format!("backend-{i}");
+        backends.push(lab.container(&network, &id, SERVE_HOSTNAME).await);
+        let view = network.view().await.expect("view");
+        let ip = view.containers.iter().find(|c| c.0 == id).expect("attached").1;
+        wait_for_http(SocketAddrV4::new(ip, 80));
+        ips.push(ip);
+    }
+    network.apply_services(&web(&lab, ips.clone())).await.expect("apply");
+    let vip = SocketAddrV4::new(lab.vip(), 80);
+
+    // 300 requests through the VIP, from the node: each backend within ±20% of 100.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let load = tokio::task::spawn_blocking(move || {
+        for _ in 0..300 {
+            *counts.entry(http_get(vip).expect("request through the VIP")).or_default() += 1;
+        }
+        counts
+    });
+    let counts = load.await.expect("load");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (backend, count) in &counts {
+        assert!((80..=120).contains(count), "{backend} got {count} of 300: {counts:?}");
+    }
+
+    // The node port forwards into the same balancer.
+    let node_port = SocketAddrV4::new(lab.subnet.gateway(), lab.node_port);
+    assert!(http_get(node_port).expect("node port").starts_with("backend-"));
+
+    // Mid-load (between two requests, so none is in flight): backend-2 leaves the
+    // table, and backend-1 dies without leaving it — connects to it fail and the
+    // balancer moves on. No request may fail.
+    let table_without_2 = web(&lab, ips[..2].to_vec());
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let load = tokio::task::spawn_blocking(move || {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for i in 0..200 {
+            if i == 50 {
+                let _ = paused_tx.send(());
+                let _ = resume_rx.recv();
+            }
+            match http_get(vip) {
+                Ok(body) => *seen.entry(body).or_default() += 1,
+                Err(e) => failures.push(format!("request {i}: {e}")),
+            }
+        }
+        (seen, failures)
+    });
+    tokio::task::spawn_blocking(move || paused_rx.recv()).await.expect("join").expect("paused");
+    network.apply_services(&table_without_2).await.expect("apply without backend-2");
+    let dead = backends.remove(1);
+    stop(dead).await;
+    resume_tx.send(()).expect("resume");
+    let (seen, failures) = load.await.expect("load");
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend-0"], "only the live, listed backend answers");
+
+    for backend in backends {
+        stop(backend).await;
+    }
+    for i in 0..3 {
+        network.detach(&format!("backend-{i}")).await.expect("detach");
+    }
+    let view = network.view().await.expect("view");
+    assert!(view.containers.is_empty(), "addresses released: {:?}", view.containers);
+    network.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipam_survives_an_agent_restart_without_reusing_an_address() {
+    let lab = NetLab::new("net-ipam");
+    let first = lab.network().await;
+    let running = lab.container(&first, "long-lived", SERVE_HOSTNAME).await;
+    let held = first.view().await.expect("view").containers[0].1;
+    wait_for_http(SocketAddrV4::new(held, 80));
+    // The agent goes away without tearing anything down, and comes back.
+    drop(first);
+    let second = lab.network().await;
+    assert!(!second.created_bridge(), "the second setup repairs, it does not recreate");
+    let (fresh, _) = second.prepare("newcomer", "newcomer", &lab.sandbox.root.path().join("files/newcomer")).expect("prepare");
+    assert_ne!(fresh, held, "an address in use is never handed out again");
+    assert_eq!(http_get(SocketAddrV4::new(held, 80)).expect("still reachable"), "long-lived", "the running container kept its network");
+    stop(running).await;
+    second.detach("long-lived").await.expect("detach");
+    second.detach("newcomer").await.expect("detach");
+    second.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+}
