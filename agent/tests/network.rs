@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
-use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
+use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
 use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Stdio};
 
 /// One test's network corner: bridge name, pod subnet, service range, node port.
@@ -58,6 +58,7 @@ impl NetLab {
             state_dir: self.sandbox.state_dir(),
             node_address: Some(self.subnet.gateway()),
             strategy: Strategy::RoundRobin,
+            node_netns: None,
         })
         .await
         .expect("node network setup")
@@ -282,4 +283,118 @@ async fn ipam_survives_an_agent_restart_without_reusing_an_address() {
     second.detach("newcomer").await.expect("detach");
     second.teardown(true).await.expect("teardown");
     lab.assert_no_network_left();
+}
+
+/// Two "VMs" for the two-node test: network namespaces on a test bridge with their own
+/// addresses in a subnet this test made. Removed on drop, after a panic too.
+struct TwoNodes {
+    prefix: String,
+    k: u32,
+}
+
+impl TwoNodes {
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn new(prefix: &str, k: u32) -> TwoNodes {
+        let nodes = TwoNodes { prefix: prefix.to_owned(), k };
+        let switch = format!("{prefix}t");
+        Self::ip(&["link", "add", &switch, "type", "bridge"]);
+        Self::ip(&["link", "set", &switch, "up"]);
+        Self::ip(&["addr", "add", &format!("10.212.{k}.1/24"), "dev", &switch]);
+        for (x, n) in [("a", 2), ("b", 3)] {
+            let ns = nodes.netns(x);
+            let (outside, inside) = (format!("{prefix}u{x}"), format!("{prefix}v{x}"));
+            Self::ip(&["netns", "add", &ns]);
+            Self::ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside]);
+            Self::ip(&["link", "set", &inside, "netns", &ns]);
+            Self::ip(&["link", "set", &outside, "master", &switch, "up"]);
+            Self::ip(&["-n", &ns, "addr", "add", &format!("10.212.{k}.{n}/24"), "dev", &inside]);
+            Self::ip(&["-n", &ns, "link", "set", &inside, "up"]);
+            Self::ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        nodes
+    }
+
+    fn netns(&self, x: &str) -> String {
+        format!("{}n{x}", self.prefix)
+    }
+
+    fn address(&self, x: &str) -> Ipv4Addr {
+        Ipv4Addr::new(10, 212, u8::try_from(self.k).expect("k"), if x == "a" { 2 } else { 3 })
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        for x in ["a", "b"] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns(x)]).stderr(std::process::Stdio::null()).status();
+        }
+        let _ = std::process::Command::new("ip").args(["link", "del", &format!("{}t", self.prefix)]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_route_pod_and_vip_traffic_across() {
+    let lab = NetLab::new("net-2node");
+    let k = u32::from(lab.subnet.network.octets()[2]);
+    let nodes = TwoNodes::new(&lab.bridge, k);
+    let pods_b = Subnet::parse(&format!("10.213.{k}.0/24")).expect("subnet");
+    let node_network = |x: &'static str, subnet: Subnet| NodeNetworkConfig {
+        bridge: format!("{}{}", lab.bridge, x.to_uppercase()),
+        subnet,
+        service_cidr: lab.services,
+        state_dir: lab.sandbox.state_dir(),
+        node_address: Some(nodes.address(x)),
+        strategy: Strategy::RoundRobin,
+        node_netns: Some(orch_agent::net::Netns::named_path(&nodes.netns(x))),
+    };
+    let a = NodeNetwork::setup(node_network("a", lab.subnet)).await.expect("node a");
+    let b = NodeNetwork::setup(node_network("b", pods_b)).await.expect("node b");
+    a.set_peer_routes(&[PeerRoute { subnet_network: pods_b.network, prefix: 24, via: nodes.address("b") }]).await.expect("routes a");
+    b.set_peer_routes(&[PeerRoute { subnet_network: lab.subnet.network, prefix: 24, via: nodes.address("a") }]).await.expect("routes b");
+
+    let server = lab.container(&a, "server", SERVE_HOSTNAME).await;
+    let server_ip = a.view().await.expect("view").containers[0].1;
+    for node in [&a, &b] {
+        node.apply_services(&web(&lab, vec![server_ip])).await.expect("apply");
+    }
+    let script = format!(
+        "(for i in $(seq 100); do wget -qO- http://{server_ip}/ 2>/dev/null && break; sleep 0.1; done) 2>/dev/null; \
+         wget -qO- http://{vip}/; wget -qO- http://web/; wget -qO- http://{b}:{port}/",
+        vip = lab.vip(),
+        b = nodes.address("b"),
+        port = lab.node_port
+    );
+    let client = lab.container(&b, "client", &script).await;
+    let exit = client.wait().await;
+    client.remove().expect("remove");
+    let output = lab.log("client");
+    assert_eq!(exit.code, 0, "{output}");
+    assert_eq!(output.lines().collect::<Vec<_>>(), ["server", "server", "server", "server"], "pod IP, VIP, DNS name and node port from the other node: {output}");
+    // From outside both nodes: node A's node port reaches the pod on A, node B's too.
+    for x in ["a", "b"] {
+        let body = tokio::task::spawn_blocking({
+            let address = SocketAddrV4::new(nodes.address(x), lab.node_port);
+            move || http_get(address)
+        })
+        .await
+        .expect("join")
+        .expect("node port");
+        assert_eq!(body, "server", "node port of node {x}");
+    }
+
+    stop(server).await;
+    a.detach("server").await.expect("detach");
+    b.detach("client").await.expect("detach");
+    a.teardown(true).await.expect("teardown a");
+    b.teardown(true).await.expect("teardown b");
+    drop(nodes);
+    lab.assert_no_network_left();
+    for x in ["A", "B"] {
+        let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+        assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&format!("{}{x}-lb", lab.bridge)), "balancer namespace of node {x} left");
+    }
 }

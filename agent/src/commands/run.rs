@@ -240,6 +240,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         state_dir: args.state_dir.clone(),
         node_address: None,
         strategy: Strategy::RoundRobin,
+        node_netns: None,
     })
     .await
     .map_err(|e| bad_flag("net", e))

@@ -29,6 +29,8 @@ pub struct Balancer {
     sockets: Arc<NsSockets>,
     /// Where node ports listen (the node's own address; all addresses when unset).
     node_address: Option<Ipv4Addr>,
+    /// Sockets in the node's namespace, when it is not this thread's.
+    node_sockets: Option<Arc<NsSockets>>,
     strategy: Strategy,
     state: tokio::sync::Mutex<BalancerState>,
     names: dns::Names,
@@ -57,10 +59,12 @@ impl Balancer {
         netns_name: &str,
         dns_address: Ipv4Addr,
         node_address: Option<Ipv4Addr>,
+        node_netns: Option<Netns>,
         strategy: Strategy,
     ) -> Result<Balancer, NetError> {
         let handle = netns.netlink()?;
         let sockets = Arc::new(NsSockets::start(&netns)?);
+        let node_sockets = node_netns.map(|ns| NsSockets::start(&ns).map(Arc::new)).transpose()?;
         let names: dns::Names = Arc::new(RwLock::new(BTreeMap::new()));
         let dns_addr = SocketAddrV4::new(dns_address, 53);
         let udp = sockets
@@ -74,6 +78,7 @@ impl Balancer {
             handle,
             sockets,
             node_address,
+            node_sockets,
             strategy,
             state: tokio::sync::Mutex::new(BalancerState::default()),
             names,
@@ -114,10 +119,12 @@ impl Balancer {
                 }
                 ListenKey::NodePort(port) => {
                     let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), *port);
-                    let listener = tokio::net::TcpListener::bind(address)
-                        .await
-                        .map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
-                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), None))
+                    let listener = match &self.node_sockets {
+                        Some(sockets) => sockets.tcp_listener(address).await,
+                        None => tokio::net::TcpListener::bind(address).await,
+                    };
+                    let listener = listener.map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
+                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), self.node_sockets.clone()))
                 }
             };
             state.listeners.insert(*key, Listener { backends, task });

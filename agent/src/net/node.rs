@@ -34,6 +34,9 @@ pub struct NodeNetworkConfig {
     /// Where node ports are published; all addresses when unset.
     pub node_address: Option<Ipv4Addr>,
     pub strategy: Strategy,
+    /// The node's network namespace; the agent's own when unset. (The lab and the
+    /// tests run several nodes' networks from one process.)
+    pub node_netns: Option<PathBuf>,
 }
 
 /// A container's place on the node network.
@@ -90,7 +93,10 @@ impl NodeNetwork {
     pub async fn setup(config: NodeNetworkConfig) -> Result<NodeNetwork, NetError> {
         names::check(&config.bridge)?;
         let lb_veth = names::lb_veth(&config.bridge)?;
-        let node = Netns::current()?;
+        let node = match &config.node_netns {
+            Some(path) => Netns::open(path)?,
+            None => Netns::current()?,
+        };
         let handle = node.netlink()?;
         let subnet = config.subnet;
         let created_bridge = link::index_of(&handle, &config.bridge).await?.is_none();
@@ -115,7 +121,11 @@ impl NodeNetwork {
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
 
-        let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, config.strategy).await?;
+        let node_sockets = match &config.node_netns {
+            Some(_) => Some(node),
+            None => None,
+        };
+        let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy).await?;
         let ipam = Ipam::new(&config.state_dir.join("network").join(format!("{}.json", config.bridge)), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }
