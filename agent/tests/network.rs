@@ -398,3 +398,65 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&format!("{}{x}-lb", lab.bridge)), "balancer namespace of node {x} left");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_established_connection_survives_an_endpoint_change() {
+    let lab = NetLab::new("net-keep");
+    let network = lab.network().await;
+    let echo = lab.container(&network, "echo", "exec nc -ll -p 7000 -e cat").await;
+    let echo_ip = network.view().await.expect("view").containers[0].1;
+    let table = |ready: Vec<Ipv4Addr>| {
+        vec![ServiceEndpoints {
+            name: "echo".into(),
+            vip: lab.vip(),
+            ports: vec![PortMapping { name: "echo".into(), protocol: Protocol::Tcp, service_port: 7000, target_port: 7000, node_port: None }],
+            ready,
+        }]
+    };
+    network.apply_services(&table(vec![echo_ip])).await.expect("apply");
+    let vip = SocketAddrV4::new(lab.vip(), 7000);
+    let roundtrip = |stream: &mut TcpStream, line: &str| -> String {
+        stream.write_all(format!("{line}\n").as_bytes()).expect("write");
+        let mut buffer = vec![0u8; line.len() + 1];
+        stream.read_exact(&mut buffer).expect("read the echo");
+        String::from_utf8_lossy(&buffer).trim().to_owned()
+    };
+    let mut stream = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)) {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+                stream.write_all(b"hello\n").expect("write");
+                let mut buffer = [0u8; 6];
+                if stream.read_exact(&mut buffer).is_ok() {
+                    return stream;
+                }
+            }
+            assert!(Instant::now() < deadline, "the echo service never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("connect");
+    // The endpoint leaves the service: new connections have nowhere to go, but this one
+    // was established and keeps working.
+    network.apply_services(&table(vec![])).await.expect("apply without endpoints");
+    assert_eq!(roundtrip(&mut stream, "still-here"), "still-here");
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut fresh = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect("the listener stays");
+        fresh.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let _ = fresh.write_all(b"x\n");
+        let mut buffer = [0u8; 1];
+        matches!(fresh.read(&mut buffer), Ok(0) | Err(_))
+    })
+    .await
+    .expect("join");
+    assert!(refused, "a new connection with no endpoint is closed");
+    network.apply_services(&table(vec![echo_ip])).await.expect("apply again");
+    assert_eq!(roundtrip(&mut stream, "and-after"), "and-after");
+    drop(stream);
+    stop(echo).await;
+    network.detach("echo").await.expect("detach");
+    network.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+}
