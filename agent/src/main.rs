@@ -21,6 +21,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Pull, list and prune the node's images.
     Images(commands::images::ImagesArgs),
+    /// The node network by hand (bridge, balancer, routes).
+    Net(commands::net::NetArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +42,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => ExitCode::from(u8::try_from(runtime.block_on(commands::run::run(args))).unwrap_or(125)),
         Command::Images(args) => runtime.block_on(commands::images::run(args)),
+        Command::Net(args) => runtime.block_on(commands::net::run(args)),
     }
 }

@@ -1,4 +1,5 @@
 //! One module per `orch-agent` subcommand.
 
 pub mod images;
+pub mod net;
 pub mod run;
