@@ -182,6 +182,25 @@ fn exit_codes_follow_container_conventions_and_leave_nothing() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("/nonexistent/rootfs"), "{}", stderr(&out));
     sandbox.assert_clean("norootfs");
+
+    // A cgroup that cannot be made: a parent that escapes the hierarchy, and CPUs the
+    // machine does not have.
+    let out = std::process::Command::new(common::AGENT)
+        .args(["run", "--rootfs"])
+        .arg(sandbox.rootfs())
+        .arg("--state-dir")
+        .arg(sandbox.state_dir())
+        .args(["--cgroup-parent", "../escape", "--name", "badcgroup", "--", "true"])
+        .output()
+        .expect("spawn");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("invalid cgroup name \"../escape/badcgroup\""), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!sandbox.state_dir().join("containers/badcgroup").exists());
+    let out = sandbox.run("nocpus", &["--cpuset", "4000-4001"], &["true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("cpuset.cpus"), "the error names the cgroup file: {}", stderr(&out));
+    sandbox.assert_clean("nocpus");
 }
 
 #[test]
