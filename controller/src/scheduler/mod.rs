@@ -1,0 +1,157 @@
+//! The scheduler: a pure function from an immutable view of the cluster and the pending
+//! replicas to a plan of bindings (Nomad's split: something else commits the plan, by
+//! compare-and-swap). No IO, no async, so it is table-tested and benchmarked in-process.
+//!
+//! Filters: node ready, requests fit what is left of allocatable, node selector, node
+//! port conflicts. Scores: fewest replicas of the same service on the node first
+//! (spread), then least allocated; ties go to the node name, so plans are deterministic.
+
+mod view;
+
+pub use view::{ClusterView, NodeView, PendingReplica, Resources};
+
+use std::collections::BTreeMap;
+
+/// What the scheduler decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `(replica id, node name)`.
+    pub bindings: Vec<(String, String)>,
+    /// `(replica id, why it fits nowhere)`, e.g. "0/3 nodes: 2 insufficient memory, 1 node
+    /// selector mismatch".
+    pub unschedulable: Vec<(String, String)>,
+}
+
+/// Why a node was filtered out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rejection {
+    NotReady,
+    SelectorMismatch,
+    NodePortConflict,
+    InsufficientCpu,
+    InsufficientMemory,
+}
+
+impl Rejection {
+    fn describe(self) -> &'static str {
+        match self {
+            Rejection::NotReady => "not ready",
+            Rejection::SelectorMismatch => "node selector mismatch",
+            Rejection::NodePortConflict => "node port in use",
+            Rejection::InsufficientCpu => "insufficient cpu",
+            Rejection::InsufficientMemory => "insufficient memory",
+        }
+    }
+}
+
+/// Working state for one scheduling pass: the view plus what this plan has added.
+struct Working<'a> {
+    nodes: &'a [NodeView],
+    allocated: Vec<Resources>,
+    ports: Vec<Vec<u16>>,
+    /// service → replicas per node (by node index), created on first use.
+    spread: BTreeMap<&'a str, Vec<u32>>,
+}
+
+impl<'a> Working<'a> {
+    fn new(view: &'a ClusterView) -> Working<'a> {
+        Working {
+            nodes: &view.nodes,
+            allocated: view.nodes.iter().map(|n| n.allocated).collect(),
+            ports: view.nodes.iter().map(|n| n.node_ports.iter().copied().collect()).collect(),
+            spread: BTreeMap::new(),
+        }
+    }
+
+    fn spread_of(&mut self, service: &'a str) -> &mut Vec<u32> {
+        let nodes = self.nodes;
+        self.spread
+            .entry(service)
+            .or_insert_with(|| nodes.iter().map(|n| n.replicas_by_service.get(service).copied().unwrap_or(0)).collect())
+    }
+
+    fn check(&self, index: usize, replica: &PendingReplica, selector_ok: bool) -> Result<(), Rejection> {
+        let node = &self.nodes[index];
+        if !node.ready {
+            return Err(Rejection::NotReady);
+        }
+        if !selector_ok {
+            return Err(Rejection::SelectorMismatch);
+        }
+        if replica.node_ports.iter().any(|p| self.ports[index].contains(p)) {
+            return Err(Rejection::NodePortConflict);
+        }
+        let allocated = self.allocated[index];
+        if allocated.cpu_millis + replica.requests.cpu_millis > node.allocatable.cpu_millis {
+            return Err(Rejection::InsufficientCpu);
+        }
+        if allocated.memory_bytes + replica.requests.memory_bytes > node.allocatable.memory_bytes {
+            return Err(Rejection::InsufficientMemory);
+        }
+        Ok(())
+    }
+
+    /// Allocation after placing `requests` on node `index`, as the larger of the cpu and
+    /// memory fractions, in parts per million (integers keep the order total).
+    fn load_after(&self, index: usize, requests: Resources) -> u64 {
+        let node = &self.nodes[index];
+        let fraction = |used: u64, total: u64| if total == 0 { 1_000_000 } else { used.saturating_mul(1_000_000) / total };
+        let allocated = self.allocated[index];
+        fraction(allocated.cpu_millis + requests.cpu_millis, node.allocatable.cpu_millis)
+            .max(fraction(allocated.memory_bytes + requests.memory_bytes, node.allocatable.memory_bytes))
+    }
+}
+
+/// Places `pending` replicas, in order, onto the nodes of `view`.
+pub fn schedule(view: &ClusterView, pending: &[PendingReplica]) -> Plan {
+    let mut working = Working::new(view);
+    let mut plan = Plan::default();
+    // Selector results per distinct selector: every replica of a service shares one.
+    let mut selector_cache: BTreeMap<&BTreeMap<String, String>, Vec<bool>> = BTreeMap::new();
+    for replica in pending {
+        let selector_ok = selector_cache
+            .entry(&replica.node_selector)
+            .or_insert_with(|| view.nodes.iter().map(|n| n.matches(&replica.node_selector)).collect())
+            .clone();
+        let mut best: Option<(u32, u64, usize)> = None;
+        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+        let spread = working.spread_of(&replica.service).clone();
+        for index in 0..view.nodes.len() {
+            match working.check(index, replica, selector_ok[index]) {
+                Err(why) => *rejections.entry(why).or_default() += 1,
+                Ok(()) => {
+                    let score = (spread[index], working.load_after(index, replica.requests), index);
+                    let better = match best {
+                        None => true,
+                        Some((s, l, i)) => (score.0, score.1, &view.nodes[score.2].name) < (s, l, &view.nodes[i].name),
+                    };
+                    if better {
+                        best = Some(score);
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, _, index)) => {
+                working.allocated[index].cpu_millis += replica.requests.cpu_millis;
+                working.allocated[index].memory_bytes += replica.requests.memory_bytes;
+                working.ports[index].extend(&replica.node_ports);
+                working.spread_of(&replica.service)[index] += 1;
+                plan.bindings.push((replica.id.clone(), view.nodes[index].name.clone()));
+            }
+            None => {
+                let reasons: Vec<String> = rejections.iter().map(|(why, count)| format!("{count} {}", why.describe())).collect();
+                let reason = if view.nodes.is_empty() {
+                    "0/0 nodes: no node has registered".to_owned()
+                } else {
+                    format!("0/{} nodes: {}", view.nodes.len(), reasons.join(", "))
+                };
+                plan.unschedulable.push((replica.id.clone(), reason));
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests;
