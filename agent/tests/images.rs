@@ -50,7 +50,7 @@ async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id
     };
     let container = runtime.start(&spec).await.expect("start");
     let exit = container.wait().await;
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
     (exit.code, std::fs::read_to_string(log).unwrap_or_default())
 }
 
@@ -298,7 +298,7 @@ async fn prune_keeps_the_images_containers_use() {
 
     let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 143);
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
     let report = images.prune(&runtime.images_in_use()).expect("prune");
     assert_eq!(report.images_removed, vec![used]);
     sandbox.assert_clean("user");

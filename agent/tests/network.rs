@@ -79,7 +79,7 @@ impl NetLab {
             args: vec!["sh".into(), "-c".into(), script.into()],
             env: vec![],
             cwd: None,
-            limits: Limits { pids: Some(64), ..Limits::default() },
+            limits: Limits::default(),
             stdio: Stdio::LogFile(self.sandbox.root.path().join(format!("{id}.log"))),
             user_namespace: None,
             user: None,
@@ -125,7 +125,7 @@ const SERVE_HOSTNAME: &str = "mkdir -p /www; hostname > /www/index.html; exec ht
 /// One HTTP/1.0 GET; the body.
 fn http_get(address: SocketAddrV4) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address.into(), Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -153,7 +153,7 @@ fn web(lab: &NetLab, ready: Vec<Ipv4Addr>) -> Vec<ServiceEndpoints> {
 
 async fn stop(container: Container) {
     container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,7 @@ async fn containers_reach_each_other_and_services_by_name() {
     );
     let client = lab.container(&network, "client", &script).await;
     let exit = client.wait().await;
-    client.remove().expect("remove");
+    client.remove().await.expect("remove");
     let output = lab.log("client");
     assert_eq!(exit.code, 0, "{output}");
     assert_eq!(output.lines().collect::<Vec<_>>(), ["server", "via-vip", "server", "via-dns", "server", "server", "nxdomain"], "{output}");
@@ -207,7 +207,7 @@ async fn the_balancer_spreads_load_evenly_and_loses_no_request_when_backends_go(
     // A container sends 300 requests to the VIP: each backend within ±20% of 100.
     let client = lab.container(&network, "client", &format!("for i in $(seq 300); do wget -qO- http://{}/; done", lab.vip())).await;
     let exit = client.wait().await;
-    client.remove().expect("remove");
+    client.remove().await.expect("remove");
     assert_eq!(exit.code, 0, "{}", lab.log("client"));
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for line in lab.log("client").lines() {
@@ -238,11 +238,12 @@ async fn the_balancer_spreads_load_evenly_and_loses_no_request_when_backends_go(
                 let _ = paused_tx.send(());
                 let _ = resume_rx.recv();
             }
+            let started = Instant::now();
             match http_get(vip) {
                 // Only the answers after the change tell which backends are still used.
                 Ok(body) if i >= 50 => *seen.entry(body).or_default() += 1,
                 Ok(_) => {}
-                Err(e) => failures.push(format!("request {i}: {e}")),
+                Err(e) => failures.push(format!("request {i}: {e} after {:?}", started.elapsed())),
             }
         }
         (seen, failures)
@@ -374,7 +375,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
     );
     let client = lab.container(&b, "client", &script).await;
     let exit = client.wait().await;
-    client.remove().expect("remove");
+    client.remove().await.expect("remove");
     let output = lab.log("client");
     assert_eq!(exit.code, 0, "{output}");
     assert_eq!(output.lines().collect::<Vec<_>>(), ["server", "server", "server", "server"], "pod IP, VIP, DNS name and node port from the other node: {output}");

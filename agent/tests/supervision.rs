@@ -65,7 +65,7 @@ async fn stats_signal_and_wait() {
     assert_eq!(exit.code, 143);
     assert!(!exit.oom_killed);
     assert!(matches!(container.signal(Signal::SIGTERM), Err(_)), "a stopped container cannot be signalled");
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
     sandbox.assert_clean("stats");
 }
 
@@ -77,7 +77,7 @@ async fn stop_escalates_to_sigkill_after_the_grace_period() {
     wait_for_log(&sandbox, "grace", "ready").await;
     let exit = container.stop(Signal::SIGTERM, Duration::from_millis(300)).await;
     assert_eq!((exit.code, exit.signal), (137, Some(9)), "SIGTERM ignored, so SIGKILL: {exit:?}");
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
     sandbox.assert_clean("grace");
 }
 
@@ -99,7 +99,7 @@ async fn a_new_runtime_adopts_a_live_container_with_the_same_pid() {
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(host_pid), None).is_ok(), "still running");
     let exit = adopted.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 143, "the exit comes from the shim's record: {exit:?}");
-    adopted.remove().expect("remove");
+    adopted.remove().await.expect("remove");
     sandbox.assert_clean("adopted");
 }
 
@@ -122,7 +122,7 @@ async fn a_recycled_pid_is_never_mistaken_for_the_container() {
     drop(impostor);
     let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
     assert_eq!(exit.code, 143);
-    container.remove().expect("remove");
+    container.remove().await.expect("remove");
     sandbox.assert_clean("recycled");
 }
 

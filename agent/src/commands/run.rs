@@ -223,7 +223,7 @@ async fn run_to_end(args: &RunArgs, runtime: &Runtime, spec: &ContainerSpec, net
         eprintln!("orch-agent: container {} was OOMKilled (memory limit reached)", container.id());
     }
     let id = container.id().to_owned();
-    if let Err(e) = container.remove() {
+    if let Err(e) = container.remove().await {
         eprintln!("orch-agent: cleaning up container {id}: {e}");
         return Ok(CODE_RUNTIME);
     }

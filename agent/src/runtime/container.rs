@@ -527,11 +527,17 @@ impl Container {
     }
 
     /// Removes the cgroup and every directory of an ended container. Call after
-    /// [`Container::wait`]; processes still in the cgroup are killed.
-    pub fn remove(self) -> Result<(), RuntimeError> {
-        let cgroup = self.cgroup.destroy();
-        let dirs = remove_container_dir(&self.dirs);
-        cgroup?;
-        dirs
+    /// [`Container::wait`]; processes still in the cgroup are killed. The work blocks
+    /// (cgroup removal waits for exiting processes), so it runs off the async workers.
+    pub async fn remove(self) -> Result<(), RuntimeError> {
+        let Container { cgroup, dirs, .. } = self;
+        tokio::task::spawn_blocking(move || {
+            let destroyed = cgroup.destroy();
+            let removed = remove_container_dir(&dirs);
+            destroyed?;
+            removed
+        })
+        .await
+        .map_err(|e| RuntimeError::Protocol(format!("remove task failed: {e}")))?
     }
 }
