@@ -238,6 +238,19 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// The key-prefix wrapper keeps every promise of the store it wraps.
+        mod prefixed_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let inner = orch_controller::store::EmbeddedStore::open(&dir.path().join("s.redb")).await.expect("open");
+                    let store: std::sync::Arc<dyn orch_controller::store::Store> =
+                        std::sync::Arc::new(orch_controller::store::PrefixedStore::new(inner, "/cluster-a"));
+                    super::$test(store, &super::unique_prefix(stringify!($test))).await;
+                }
+            )*
+        }
     };
 }
 

@@ -12,10 +12,12 @@ mod config;
 mod embedded;
 mod error;
 mod etcd;
+mod prefixed;
 mod types;
 
 pub use config::{open_store, StoreConfig};
 pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
 pub use error::StoreError;
 pub use etcd::EtcdStore;
+pub use prefixed::PrefixedStore;
 pub use types::{Expect, KeyValue, LeaseId, Listing, Revision, Store, WatchEvent, WatchStream};

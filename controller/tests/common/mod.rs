@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use orch_controller::store::{EmbeddedStore, EtcdStore, Store};
+use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store};
 
 /// The etcd server the test command (`deploy/test.sh`) started on loopback.
 pub const ETCD_ENV: &str = "ORCH_TEST_ETCD";
@@ -32,6 +32,10 @@ pub async fn embedded() -> TestStore {
 }
 
 pub async fn etcd() -> TestStore {
+    TestStore { store: Arc::new(connect_etcd().await), dir: None }
+}
+
+async fn connect_etcd() -> EtcdStore {
     let endpoint = std::env::var(ETCD_ENV).unwrap_or_else(|_| {
         panic!(
             "{ETCD_ENV} is not set: these tests run against a real etcd server. Run `bash deploy/test.sh`, \
@@ -39,10 +43,16 @@ pub async fn etcd() -> TestStore {
              {ETCD_ENV}=http://127.0.0.1:PORT"
         )
     });
-    let store = EtcdStore::connect(&[endpoint.clone()])
+    EtcdStore::connect(&[endpoint.clone()])
         .await
-        .unwrap_or_else(|e| panic!("cannot reach the test etcd at {endpoint} ({ETCD_ENV}): {e}"));
-    TestStore { store: Arc::new(store), dir: None }
+        .unwrap_or_else(|e| panic!("cannot reach the test etcd at {endpoint} ({ETCD_ENV}): {e}"))
+}
+
+/// An etcd store whose keys live under a prefix of their own (for tests that use the
+/// fixed `/orch/...` keys).
+pub async fn etcd_namespaced(test: &str) -> TestStore {
+    let store = connect_etcd().await;
+    TestStore { store: Arc::new(PrefixedStore::new(store, &unique_prefix(test))), dir: None }
 }
 
 /// Polls `condition` until it holds or `limit` passes; panics with `what` on timeout.

@@ -1,0 +1,9 @@
+//! `orch.v1.Api`, the CLI's API: a thin gRPC layer ([`rpc`]) over plain functions on the
+//! store ([`services`]), which hold the logic and are tested without gRPC.
+
+pub mod rpc;
+pub mod services;
+mod vip;
+
+pub use services::{ApiError, ServiceApi};
+pub use vip::next_free_vip;

@@ -1,0 +1,94 @@
+//! The gRPC face of [`ServiceApi`]: translation only, no logic.
+
+use orch_api::pb;
+use orch_api::pb::api_server::Api;
+use tonic::{Request, Response, Status};
+
+use super::services::{ApiError, ApplyOutcome, ServiceApi};
+
+pub struct ApiRpc {
+    api: ServiceApi,
+}
+
+impl ApiRpc {
+    pub fn new(api: ServiceApi) -> ApiRpc {
+        ApiRpc { api }
+    }
+
+    pub fn into_server(self) -> pb::api_server::ApiServer<ApiRpc> {
+        pb::api_server::ApiServer::new(self)
+    }
+}
+
+fn status(error: ApiError) -> Status {
+    match error {
+        ApiError::Invalid(_) | ApiError::BadRequest(_) => Status::invalid_argument(error.to_string()),
+        ApiError::NotFound(_) => Status::not_found(error.to_string()),
+        ApiError::VipsExhausted(_) => Status::resource_exhausted(error.to_string()),
+        ApiError::Contended(_) => Status::aborted(error.to_string()),
+        ApiError::Store(_) => Status::unavailable(error.to_string()),
+        ApiError::Decode(_) => Status::internal(error.to_string()),
+    }
+}
+
+fn optional(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+#[tonic::async_trait]
+impl Api for ApiRpc {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let sources: Vec<(String, String)> = request.into_inner().sources.into_iter().map(|s| (s.name, s.content)).collect();
+        let results = self.api.apply(&sources).await.map_err(status)?;
+        Ok(Response::new(pb::ApplyResponse {
+            results: results
+                .into_iter()
+                .map(|(service, outcome)| pb::ApplyResult {
+                    service,
+                    outcome: match outcome {
+                        ApplyOutcome::Created => pb::ApplyOutcome::Created,
+                        ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
+                        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
+                    }
+                    .into(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_service(&self, request: Request<pb::GetServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        self.api.get(&request.into_inner().name).await.map(Response::new).map_err(status)
+    }
+
+    async fn list_services(&self, _: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self.api.list().await.map_err(status)?;
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn delete_service(&self, request: Request<pb::DeleteServiceRequest>) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        self.api.delete(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteServiceResponse {}))
+    }
+
+    async fn scale_service(&self, request: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        let request = request.into_inner();
+        self.api.scale(&request.name, request.replicas).await.map(Response::new).map_err(status)
+    }
+
+    async fn list_replicas(&self, request: Request<pb::ListReplicasRequest>) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        let request = request.into_inner();
+        let replicas = self.api.list_replicas(optional(&request.service)).await.map_err(status)?;
+        Ok(Response::new(pb::ListReplicasResponse { replicas }))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self.api.list_nodes().await.map_err(status)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn list_events(&self, request: Request<pb::ListEventsRequest>) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let request = request.into_inner();
+        let events = self.api.list_events(optional(&request.object)).await.map_err(status)?;
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+}

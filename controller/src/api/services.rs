@@ -1,0 +1,239 @@
+//! Services in the store: apply (created / configured / unchanged), get, list, delete,
+//! scale — and the read-only listings the CLI shows. Every write that depends on a read
+//! is a compare-and-swap; rejected input changes nothing.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use orch_api::manifest::{check_unique_names, load_services, MAX_REPLICAS};
+use orch_api::pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::vip::next_free_vip;
+use crate::keys;
+use crate::store::{Expect, Store, StoreError};
+
+/// How often a compare-and-swap is retried before the caller is told to try again.
+const CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid manifest:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("service {0:?} not found")]
+    NotFound(String),
+    #[error("the service range {0} has no free VIP left")]
+    VipsExhausted(String),
+    #[error("too much contention on {0}; try again")]
+    Contended(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Decode(#[from] keys::DecodeError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// The part of a spec that makes replicas different (everything but the count and the
+/// update strategy), hashed: replicas whose hash differs from the service's are rolled.
+pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
+    let mut template = spec.clone();
+    template.replicas = 0;
+    template.update = None;
+    hex::encode(&Sha256::digest(template.encode_to_vec())[..5])
+}
+
+#[derive(Clone)]
+pub struct ServiceApi {
+    store: Arc<dyn Store>,
+    service_network: Ipv4Addr,
+    service_prefix: u8,
+}
+
+impl ServiceApi {
+    pub fn new(store: Arc<dyn Store>, service_network: Ipv4Addr, service_prefix: u8) -> ServiceApi {
+        ServiceApi { store, service_network, service_prefix }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Validates every document of every source first (any problem rejects the whole
+    /// apply, untouched), then writes each service.
+    pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<(String, ApplyOutcome)>, ApiError> {
+        let mut documents = Vec::new();
+        let mut problems = Vec::new();
+        for (name, text) in sources {
+            match load_services(name, text) {
+                Ok(docs) => documents.extend(docs),
+                Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+            }
+        }
+        problems.extend(check_unique_names(&documents).iter().map(ToString::to_string));
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+        if documents.is_empty() {
+            return Err(ApiError::BadRequest("no services in the given manifests".into()));
+        }
+        let mut results = Vec::new();
+        for document in documents {
+            let outcome = self.apply_one(document.service).await?;
+            results.push(outcome);
+        }
+        Ok(results)
+    }
+
+    async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
+        let key = keys::service(&wanted.name);
+        for _ in 0..CAS_ATTEMPTS {
+            match self.store.get(&key).await? {
+                None => {
+                    let vip = self.claim_vip(&wanted.name).await?;
+                    let mut service = wanted.clone();
+                    service.generation = 1;
+                    service.vip = vip.to_string();
+                    service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+                    match self.store.put(&key, keys::encode(&service), Expect::Absent).await {
+                        Ok(_) => return Ok((service.name, ApplyOutcome::Created)),
+                        Err(StoreError::Conflict { .. }) => {
+                            self.release_vip(vip).await?;
+                        }
+                        Err(e) => {
+                            self.release_vip(vip).await?;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Some(kv) => {
+                    let current: pb::Service = keys::decode(&key, &kv.value)?;
+                    if current.spec == wanted.spec && current.labels == wanted.labels {
+                        return Ok((current.name, ApplyOutcome::Unchanged));
+                    }
+                    let mut service = current.clone();
+                    service.spec = wanted.spec.clone();
+                    service.labels = wanted.labels.clone();
+                    service.generation += 1;
+                    service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+                    match self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await {
+                        Ok(_) => return Ok((service.name, ApplyOutcome::Configured)),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(ApiError::Contended(key))
+    }
+
+    /// Claims the next free VIP by creating its key; a concurrent claim moves on.
+    async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let used: BTreeSet<Ipv4Addr> = self
+                .store
+                .list(keys::VIPS)
+                .await?
+                .items
+                .iter()
+                .filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok())
+                .collect();
+            let Some(vip) = next_free_vip(self.service_network, self.service_prefix, &used) else {
+                return Err(ApiError::VipsExhausted(format!("{}/{}", self.service_network, self.service_prefix)));
+            };
+            match self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await {
+                Ok(_) => return Ok(vip),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Contended(keys::VIPS.to_owned()))
+    }
+
+    async fn release_vip(&self, vip: Ipv4Addr) -> Result<(), ApiError> {
+        self.store.delete(&keys::vip(vip), Expect::Any).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &str) -> Result<pb::Service, ApiError> {
+        let key = keys::service(name);
+        let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::NotFound(name.to_owned()))?;
+        Ok(keys::decode(&key, &kv.value)?)
+    }
+
+    pub async fn list(&self) -> Result<Vec<pb::Service>, ApiError> {
+        let listing = self.store.list(keys::SERVICES).await?;
+        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+    }
+
+    /// Removes the service and frees its VIP; its replicas go through reconciliation.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let key = keys::service(name);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
+            let service: pb::Service = keys::decode(&key, &kv.value)?;
+            match self.store.delete(&key, Expect::Revision(kv.mod_revision)).await {
+                Ok(_) => {
+                    if let Ok(vip) = service.vip.parse() {
+                        self.release_vip(vip).await?;
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Contended(key))
+    }
+
+    /// Changes only the replica count.
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<pb::Service, ApiError> {
+        if i64::from(replicas) > MAX_REPLICAS {
+            return Err(ApiError::BadRequest(format!("replicas: must be between 0 and {MAX_REPLICAS}, got {replicas}")));
+        }
+        let key = keys::service(name);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
+            let mut service: pb::Service = keys::decode(&key, &kv.value)?;
+            let Some(spec) = service.spec.as_mut() else { return Err(ApiError::BadRequest(format!("service {name:?} has no spec"))) };
+            if spec.replicas == replicas {
+                return Ok(service);
+            }
+            spec.replicas = replicas;
+            service.generation += 1;
+            match self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await {
+                Ok(_) => return Ok(service),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Contended(key))
+    }
+
+    pub async fn list_replicas(&self, service: Option<&str>) -> Result<Vec<pb::Replica>, ApiError> {
+        let prefix = service.map_or_else(|| keys::REPLICAS.to_owned(), keys::replicas_of);
+        let listing = self.store.list(&prefix).await?;
+        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ApiError> {
+        let listing = self.store.list(keys::NODES).await?;
+        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+    }
+
+    pub async fn list_events(&self, object: Option<&str>) -> Result<Vec<pb::Event>, ApiError> {
+        let listing = self.store.list(keys::EVENTS).await?;
+        let events: Result<Vec<pb::Event>, ApiError> =
+            listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect();
+        Ok(events?.into_iter().filter(|e| object.is_none_or(|o| e.object == o)).collect())
+    }
+}

@@ -1,0 +1,146 @@
+//! The services API on both store backends, directly and through real gRPC on loopback.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use orch_api::pb;
+use orch_controller::api::services::{spec_hash, ApplyOutcome};
+use orch_controller::api::{ApiError, ServiceApi};
+
+const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  image: busybox\n  ports: [{name: http, containerPort: 80}]\n";
+const API: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  image: busybox\n";
+
+fn source(text: &str) -> Vec<(String, String)> {
+    vec![("test.yaml".to_owned(), text.to_owned())]
+}
+
+fn service_api(store: &common::TestStore) -> ServiceApi {
+    ServiceApi::new(store.store.clone(), Ipv4Addr::new(10, 96, 0, 0), 16)
+}
+
+async fn apply_reapply_configure_and_vips(api: ServiceApi) {
+    let created = api.apply(&source(&format!("{WEB}---\n{API}"))).await.expect("apply");
+    assert_eq!(created, vec![("web".to_owned(), ApplyOutcome::Created), ("api".to_owned(), ApplyOutcome::Created)]);
+    let web = api.get("web").await.expect("get");
+    let other = api.get("api").await.expect("get");
+    assert_eq!(web.generation, 1);
+    assert_ne!(web.vip, other.vip, "every service its own VIP");
+    assert!(web.vip.starts_with("10.96."), "{}", web.vip);
+    assert_eq!(web.spec_hash, spec_hash(web.spec.as_ref().expect("spec")));
+
+    assert_eq!(api.apply(&source(WEB)).await.expect("re-apply"), vec![("web".to_owned(), ApplyOutcome::Unchanged)]);
+    assert_eq!(api.get("web").await.expect("get").generation, 1, "unchanged keeps the generation");
+
+    let changed = WEB.replace("image: busybox", "image: busybox:2");
+    assert_eq!(api.apply(&source(&changed)).await.expect("apply"), vec![("web".to_owned(), ApplyOutcome::Configured)]);
+    let configured = api.get("web").await.expect("get");
+    assert_eq!(configured.generation, 2);
+    assert_eq!(configured.vip, web.vip, "the VIP stays");
+    assert_ne!(configured.spec_hash, web.spec_hash, "a template change changes the hash");
+    let names: Vec<String> = api.list().await.expect("list").into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["api", "web"]);
+}
+
+async fn invalid_input_changes_nothing(api: ServiceApi) {
+    api.apply(&source(API)).await.expect("apply");
+    let before = api.store().list("/orch/").await.expect("list");
+    let bad = format!("{WEB}---\n{}", API.replace("image: busybox", "image: busybox\n  replicas: -1"));
+    match api.apply(&source(&bad)).await {
+        Err(ApiError::Invalid(problems)) => {
+            assert_eq!(problems, ["test.yaml: document 2: spec.replicas: must be between 0 and 10000, got -1"]);
+        }
+        other => panic!("expected the manifest to be rejected, got {other:?}"),
+    }
+    let after = api.store().list("/orch/").await.expect("list");
+    assert_eq!(after.items, before.items, "a rejected apply writes nothing, not even the valid document");
+    assert!(matches!(api.get("web").await, Err(ApiError::NotFound(_))));
+}
+
+async fn scale_changes_only_the_count(api: ServiceApi) {
+    api.apply(&source(WEB)).await.expect("apply");
+    let before = api.get("web").await.expect("get");
+    let scaled = api.scale("web", 5).await.expect("scale");
+    assert_eq!(scaled.spec.as_ref().map(|s| s.replicas), Some(5));
+    assert_eq!(scaled.generation, before.generation + 1);
+    assert_eq!(scaled.spec_hash, before.spec_hash, "the template did not change");
+    let mut expected = before.spec.clone().expect("spec");
+    expected.replicas = 5;
+    assert_eq!(api.get("web").await.expect("get").spec, Some(expected));
+    assert!(matches!(api.scale("nope", 1).await, Err(ApiError::NotFound(_))));
+    assert!(matches!(api.scale("web", 100_000).await, Err(ApiError::BadRequest(_))));
+}
+
+async fn delete_frees_the_name_and_the_vip(api: ServiceApi) {
+    api.apply(&source(WEB)).await.expect("apply");
+    let vip = api.get("web").await.expect("get").vip;
+    api.delete("web").await.expect("delete");
+    assert!(matches!(api.get("web").await, Err(ApiError::NotFound(_))));
+    assert!(matches!(api.delete("web").await, Err(ApiError::NotFound(_))));
+    assert!(api.store().get(&format!("/orch/ipam/vips/{vip}")).await.expect("get").is_none(), "VIP released");
+    api.apply(&source(WEB)).await.expect("apply again");
+    assert_eq!(api.get("web").await.expect("get").generation, 1, "a new service, from scratch");
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let store = super::common::embedded().await;
+                    super::$test(super::service_api(&store)).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let store = super::common::etcd_namespaced(stringify!($test)).await;
+                    super::$test(super::service_api(&store)).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(apply_reapply_configure_and_vips, invalid_input_changes_nothing, scale_changes_only_the_count, delete_frees_the_name_and_the_vip);
+
+/// The same through real gRPC on loopback, as the CLI will call it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_api_answers_and_maps_errors() {
+    use orch_api::pb::api_client::ApiClient;
+    use orch_controller::api::rpc::ApiRpc;
+
+    let store = common::embedded().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ApiRpc::new(service_api(&store)).into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = ApiClient::connect(format!("http://{address}")).await.expect("connect");
+    let applied = client
+        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: WEB.into() }] })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into() }]);
+    let bad = client
+        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }] })
+        .await
+        .expect_err("invalid");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("bad.yaml: document 1: spec.ports[0].containerPort"), "{}", bad.message());
+    let missing = client.get_service(pb::GetServiceRequest { name: "nope".into() }).await.expect_err("missing");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let scaled = client.scale_service(pb::ScaleServiceRequest { name: "web".into(), replicas: 4 }).await.expect("scale").into_inner();
+    assert_eq!(scaled.spec.map(|s| s.replicas), Some(4));
+    let listed = client.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.services.len(), 1);
+    client.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
+    assert!(client.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner().services.is_empty());
+    server.abort();
+}
