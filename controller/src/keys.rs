@@ -9,6 +9,10 @@ pub const REPLICAS: &str = "/orch/replicas/";
 pub const NODES: &str = "/orch/nodes/";
 pub const EVENTS: &str = "/orch/events/";
 pub const VIPS: &str = "/orch/ipam/vips/";
+/// Node index → node name: node n owns the n-th /24 of the pod network.
+pub const NODE_SUBNETS: &str = "/orch/ipam/nodes/";
+/// One key per live node, attached to the lease its heartbeats keep alive.
+pub const NODES_ALIVE: &str = "/orch/alive/nodes/";
 
 pub fn service(name: &str) -> String {
     format!("{SERVICES}{name}")
@@ -16,6 +20,18 @@ pub fn service(name: &str) -> String {
 
 pub fn replicas_of(service: &str) -> String {
     format!("{REPLICAS}{service}/")
+}
+
+pub fn node(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+pub fn node_alive(name: &str) -> String {
+    format!("{NODES_ALIVE}{name}")
+}
+
+pub fn node_subnet(index: u8) -> String {
+    format!("{NODE_SUBNETS}{index}")
 }
 
 pub fn vip(address: std::net::Ipv4Addr) -> String {

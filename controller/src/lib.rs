@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod keys;
+pub mod nodes;
 pub mod scheduler;
 pub mod store;

@@ -226,8 +226,11 @@ impl ServiceApi {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ApiError> {
-        let listing = self.store.list(keys::NODES).await?;
-        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+        crate::nodes::list_nodes(self.store.as_ref()).await.map_err(|e| match e {
+            crate::nodes::NodeError::Store(e) => ApiError::Store(e),
+            crate::nodes::NodeError::Decode(e) => ApiError::Decode(e),
+            other => ApiError::BadRequest(other.to_string()),
+        })
     }
 
     pub async fn list_events(&self, object: Option<&str>) -> Result<Vec<pb::Event>, ApiError> {

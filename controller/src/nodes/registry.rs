@@ -1,0 +1,129 @@
+//! Nodes in the store: registration (a pod subnet per node, claimed by CAS, kept across
+//! re-registrations), and liveness as a lease the node's heartbeats keep alive — the node
+//! is Ready while its lease key exists.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_api::pb;
+
+use super::cidr::{next_free_index, node_subnet};
+use crate::keys;
+use crate::store::{Expect, LeaseId, Store, StoreError};
+
+const CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid node: {0}")]
+    Invalid(String),
+    #[error("node {0:?} is not registered")]
+    Unknown(String),
+    #[error("the cluster pod network has no free /24 left")]
+    Exhausted,
+    #[error("too much contention on {0}; try again")]
+    Contended(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Decode(#[from] keys::DecodeError),
+}
+
+#[derive(Clone)]
+pub struct NodeRegistry {
+    store: Arc<dyn Store>,
+    cluster_network: Ipv4Addr,
+    lease_ttl: Duration,
+}
+
+impl NodeRegistry {
+    pub fn new(store: Arc<dyn Store>, cluster_network: Ipv4Addr, lease_ttl: Duration) -> NodeRegistry {
+        NodeRegistry { store, cluster_network, lease_ttl }
+    }
+
+    /// Registers (or re-registers) a node: the same name keeps its pod subnet. Returns
+    /// the node record and the lease its heartbeats must keep alive.
+    pub async fn register(&self, info: pb::NodeInfo) -> Result<(pb::Node, LeaseId), NodeError> {
+        orch_api::manifest::names::check_dns_label(&info.name).map_err(|e| NodeError::Invalid(format!("name: must be {e}")))?;
+        if info.address.parse::<Ipv4Addr>().is_err() {
+            return Err(NodeError::Invalid(format!("address: {:?} is not an IPv4 address", info.address)));
+        }
+        let key = keys::node(&info.name);
+        for _ in 0..CAS_ATTEMPTS {
+            let existing = self.store.get(&key).await?;
+            let (pod_cidr, expect) = match &existing {
+                Some(kv) => {
+                    let node: pb::Node = keys::decode(&key, &kv.value)?;
+                    (node.pod_cidr, Expect::Revision(kv.mod_revision))
+                }
+                None => (self.claim_subnet(&info.name).await?, Expect::Absent),
+            };
+            let node = pb::Node { info: Some(info.clone()), ready: true, pod_cidr, allocated: None };
+            match self.store.put(&key, keys::encode(&node), expect).await {
+                Ok(_) => {
+                    let lease = self.store.grant_lease(self.lease_ttl).await?;
+                    self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
+                    return Ok((node, lease));
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NodeError::Contended(key))
+    }
+
+    async fn claim_subnet(&self, node: &str) -> Result<String, NodeError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let listing = self.store.list(keys::NODE_SUBNETS).await?;
+            if let Some(kv) = listing.items.iter().find(|kv| kv.value == node.as_bytes()) {
+                let index: u8 = kv.key[keys::NODE_SUBNETS.len()..].parse().unwrap_or(0);
+                return Ok(node_subnet(self.cluster_network, index));
+            }
+            let used: BTreeSet<u8> = listing.items.iter().filter_map(|kv| kv.key[keys::NODE_SUBNETS.len()..].parse().ok()).collect();
+            let index = next_free_index(&used).ok_or(NodeError::Exhausted)?;
+            match self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await {
+                Ok(_) => return Ok(node_subnet(self.cluster_network, index)),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(NodeError::Contended(keys::NODE_SUBNETS.to_owned()))
+    }
+
+    /// A heartbeat: keeps the node's lease alive. An expired lease (the node was gone
+    /// too long) is replaced, making the node Ready again.
+    pub async fn heartbeat(&self, node: &str, lease: LeaseId) -> Result<LeaseId, NodeError> {
+        if self.store.get(&keys::node(node)).await?.is_none() {
+            return Err(NodeError::Unknown(node.to_owned()));
+        }
+        match self.store.keep_alive(lease).await {
+            Ok(()) if self.store.get(&keys::node_alive(node)).await?.is_some() => Ok(lease),
+            Ok(()) | Err(StoreError::LeaseNotFound(_)) => {
+                let lease = self.store.grant_lease(self.lease_ttl).await?;
+                self.store.put_with_lease(&keys::node_alive(node), Vec::new(), Expect::Any, Some(lease)).await?;
+                Ok(lease)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<pb::Node>, NodeError> {
+        list_nodes(self.store.as_ref()).await
+    }
+}
+
+/// Every registered node, Ready while its lease is alive.
+pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
+    let alive: BTreeSet<String> =
+        store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
+    let listing = store.list(keys::NODES).await?;
+    let mut nodes = Vec::new();
+    for kv in listing.items {
+        let mut node: pb::Node = keys::decode(&kv.key, &kv.value)?;
+        node.ready = node.info.as_ref().is_some_and(|i| alive.contains(&i.name));
+        nodes.push(node);
+    }
+    Ok(nodes)
+}

@@ -1,0 +1,113 @@
+//! Node registration and liveness on both store backends, and over gRPC.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::wait_until;
+use orch_api::pb;
+use orch_controller::nodes::{NodeError, NodeRegistry};
+
+fn info(name: &str, address: &str) -> pb::NodeInfo {
+    pb::NodeInfo { name: name.into(), address: address.into(), capacity: None, labels: Default::default() }
+}
+
+fn registry(store: &common::TestStore, ttl: Duration) -> NodeRegistry {
+    NodeRegistry::new(store.store.clone(), Ipv4Addr::new(10, 88, 0, 0), ttl)
+}
+
+async fn subnets_are_distinct_and_kept_across_registrations(store: common::TestStore) {
+    let nodes = registry(&store, Duration::from_secs(30));
+    let (a, _) = nodes.register(info("node-a", "192.0.2.10")).await.expect("register a");
+    let (b, _) = nodes.register(info("node-b", "192.0.2.11")).await.expect("register b");
+    assert_eq!((a.pod_cidr.as_str(), b.pod_cidr.as_str()), ("10.88.1.0/24", "10.88.2.0/24"));
+    let (again, _) = nodes.register(info("node-a", "192.0.2.12")).await.expect("re-register");
+    assert_eq!(again.pod_cidr, a.pod_cidr, "a node keeps its subnet");
+    assert_eq!(again.info.map(|i| i.address), Some("192.0.2.12".to_owned()), "its address is updated");
+    for (bad, why) in [(info("Node_A", "192.0.2.1"), "name"), (info("node-c", "not-an-ip"), "address")] {
+        match nodes.register(bad).await {
+            Err(NodeError::Invalid(message)) => assert!(message.starts_with(why), "{message}"),
+            other => panic!("expected {why} to be rejected, got {other:?}"),
+        }
+    }
+    let listed: Vec<(String, bool)> = nodes.list().await.expect("list").into_iter().map(|n| (n.info.map(|i| i.name).unwrap_or_default(), n.ready)).collect();
+    assert_eq!(listed, [("node-a".to_owned(), true), ("node-b".to_owned(), true)]);
+}
+
+async fn a_node_without_heartbeats_turns_not_ready_and_back(store: common::TestStore) {
+    let nodes = registry(&store, Duration::from_secs(2));
+    let (_, lease) = nodes.register(info("quiet", "192.0.2.20")).await.expect("register");
+    let ready = || async { nodes.list().await.expect("list").first().is_some_and(|n| n.ready) };
+    assert!(ready().await);
+    wait_until("the node's lease to expire", Duration::from_secs(30), || async { !ready().await }).await;
+    let renewed = nodes.heartbeat("quiet", lease).await.expect("heartbeat after expiry");
+    assert_ne!(renewed, lease, "a new lease replaces the expired one");
+    assert!(ready().await, "a heartbeat makes it Ready again");
+    assert!(matches!(nodes.heartbeat("stranger", renewed).await, Err(NodeError::Unknown(_))));
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::common::embedded().await).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::common::etcd_namespaced(stringify!($test)).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_without_heartbeats_turns_not_ready_and_back);
+
+/// An agent over gRPC: registers, then heartbeats on its session keep it Ready past
+/// its lease's TTL; a session from an unregistered node is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_over_the_session_keep_a_node_ready() {
+    use orch_api::pb::nodes_client::NodesClient;
+    use orch_controller::nodes::rpc::NodesRpc;
+
+    let store = common::embedded().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let nodes = registry(&store, Duration::from_secs(2));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodesRpc::new(nodes.clone(), "10.96.0.0/16".into()).into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = NodesClient::connect(format!("http://{address}")).await.expect("connect");
+    let registered = client
+        .register(pb::RegisterRequest { node: Some(info("worker-1", "192.0.2.30")) })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!((registered.pod_cidr.as_str(), registered.service_cidr.as_str()), ("10.88.1.0/24", "10.96.0.0/16"));
+
+    let (beats, outgoing) = tokio::sync::mpsc::channel(4);
+    let _session = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.expect("session");
+    let heartbeat = |node: &str| pb::AgentMessage { node: node.into(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
+    // Six seconds of heartbeats every 500 ms: three times the lease's TTL.
+    for _ in 0..12 {
+        beats.send(heartbeat("worker-1")).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(nodes.list().await.expect("list")[0].ready, "heartbeats keep the node Ready");
+    }
+
+    let (stranger_beats, stranger_out) = tokio::sync::mpsc::channel(4);
+    let mut refused = client.session(tokio_stream::wrappers::ReceiverStream::new(stranger_out)).await.expect("session").into_inner();
+    stranger_beats.send(heartbeat("stranger")).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(10), refused.message()).await.expect("an answer");
+    assert_eq!(answer.expect_err("refused").code(), tonic::Code::FailedPrecondition);
+    server.abort();
+}
