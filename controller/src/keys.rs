@@ -50,6 +50,11 @@ pub fn decode<T: Message + Default>(key: &str, bytes: &[u8]) -> Result<T, Decode
     T::decode(bytes).map_err(|source| DecodeError { key: key.to_owned(), source })
 }
 
+/// Every record of a listing, decoded.
+pub fn decode_all<T: Message + Default>(items: &[crate::store::KeyValue]) -> Result<Vec<T>, DecodeError> {
+    items.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+}
+
 pub fn encode<T: Message>(message: &T) -> Vec<u8> {
     message.encode_to_vec()
 }

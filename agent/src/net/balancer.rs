@@ -22,6 +22,13 @@ struct Listener {
     task: JoinHandle<()>,
 }
 
+/// A listener stops accepting when dropped; connections it relayed are their own tasks.
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub struct Balancer {
     netns: Netns,
     netns_name: String,
@@ -130,9 +137,7 @@ impl Balancer {
             state.listeners.insert(*key, Listener { backends, task });
         }
         for key in &plan.close {
-            if let Some(listener) = state.listeners.remove(key) {
-                listener.task.abort();
-            }
+            state.listeners.remove(key);
         }
         for (key, endpoints) in &want.listeners {
             if let Some(listener) = state.listeners.get(key) {
@@ -159,21 +164,14 @@ impl Balancer {
 
     /// Stops every listener and the DNS responder.
     pub async fn stop(&self) {
-        let mut state = self.state.lock().await;
-        for (_, listener) in std::mem::take(&mut state.listeners) {
-            listener.task.abort();
-        }
+        self.state.lock().await.listeners.clear();
         self.dns_task.abort();
     }
 }
 
 impl Drop for Balancer {
+    /// The listeners go with the state; the DNS responder is aborted here.
     fn drop(&mut self) {
         self.dns_task.abort();
-        if let Ok(mut state) = self.state.try_lock() {
-            for (_, listener) in std::mem::take(&mut state.listeners) {
-                listener.task.abort();
-            }
-        }
     }
 }

@@ -152,7 +152,7 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     // In a user namespace, mount as its root: overlayfs and the new proc and sysfs are
     // then owned by it, and the command inherits the ids.
     if config.user_namespace {
-        if let Err(e) = become_namespace_root() {
+        if let Err(e) = switch_user(0, 0) {
             fail(&mut sync, &e, CODE_RUNTIME);
         }
     }
@@ -259,17 +259,10 @@ fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
     Err((format!("exec {program}: executable file not found in $PATH ({path})"), CODE_NOT_FOUND))
 }
 
-/// In a user namespace the init starts with the host's (unmapped) ids; it takes the
-/// namespace's root, which the agent mapped to an unprivileged host id.
-fn become_namespace_root() -> Result<(), String> {
-    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    setgroups(&[]).map_err(|e| format!("setgroups([]): {e}"))?;
-    setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(|e| format!("setresgid(0): {e}"))?;
-    setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(|e| format!("setresuid(0): {e}"))
-}
-
-/// Runs the command as `uid:gid` (no supplementary groups). Leaving uid 0 clears the
-/// effective and permitted capabilities, as for any non-root process.
+/// Takes `uid:gid` (supplementary groups: just `gid`). The command runs as its image's
+/// user this way; in a user namespace the init, which starts with the host's unmapped
+/// ids, takes the namespace's root (0:0, mapped to an unprivileged host id). Leaving
+/// uid 0 clears the effective and permitted capabilities, as for any non-root process.
 fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     let gid = Gid::from_raw(gid);

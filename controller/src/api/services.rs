@@ -172,7 +172,7 @@ impl ServiceApi {
 
     pub async fn list(&self) -> Result<Vec<pb::Service>, ApiError> {
         let listing = self.store.list(keys::SERVICES).await?;
-        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+        Ok(keys::decode_all(&listing.items)?)
     }
 
     /// Removes the service and frees its VIP; its replicas go through reconciliation.
@@ -222,7 +222,7 @@ impl ServiceApi {
     pub async fn list_replicas(&self, service: Option<&str>) -> Result<Vec<pb::Replica>, ApiError> {
         let prefix = service.map_or_else(|| keys::REPLICAS.to_owned(), keys::replicas_of);
         let listing = self.store.list(&prefix).await?;
-        listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect()
+        Ok(keys::decode_all(&listing.items)?)
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ApiError> {
@@ -236,7 +236,7 @@ impl ServiceApi {
     pub async fn list_events(&self, object: Option<&str>) -> Result<Vec<pb::Event>, ApiError> {
         let listing = self.store.list(keys::EVENTS).await?;
         let events: Result<Vec<pb::Event>, ApiError> =
-            listing.items.iter().map(|kv| keys::decode(&kv.key, &kv.value).map_err(ApiError::from)).collect();
+            Ok(keys::decode_all(&listing.items)?);
         Ok(events?.into_iter().filter(|e| object.is_none_or(|o| e.object == o)).collect())
     }
 }

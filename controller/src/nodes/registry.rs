@@ -118,12 +118,9 @@ impl NodeRegistry {
 pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
     let alive: BTreeSet<String> =
         store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
-    let listing = store.list(keys::NODES).await?;
-    let mut nodes = Vec::new();
-    for kv in listing.items {
-        let mut node: pb::Node = keys::decode(&kv.key, &kv.value)?;
+    let mut nodes: Vec<pb::Node> = keys::decode_all(&store.list(keys::NODES).await?.items)?;
+    for node in &mut nodes {
         node.ready = node.info.as_ref().is_some_and(|i| alive.contains(&i.name));
-        nodes.push(node);
     }
     Ok(nodes)
 }
