@@ -6,6 +6,7 @@
 #   sudo bash deploy/test.sh -p orch    # extra arguments go to `cargo test`
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/etcd.sh"
 require_root "deploy/test.sh"
 require_rust
 
@@ -28,25 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Two free loopback ports for etcd (client, peer).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-client_port="$(free_port)"
-peer_port="$(free_port)"
-while [ "$peer_port" = "$client_port" ]; do peer_port="$(free_port)"; done
-
-step "starting etcd on 127.0.0.1:$client_port"
-etcd --name orch-test --data-dir "$workdir/etcd" \
-    --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "orch-test=http://127.0.0.1:$peer_port" --log-level warn >"$workdir/etcd.log" 2>&1 &
-etcd_pid=$!
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' && break
-    kill -0 "$etcd_pid" 2>/dev/null || { cat "$workdir/etcd.log" >&2; die "etcd exited during start-up"; }
-    sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' || { cat "$workdir/etcd.log" >&2; die "etcd did not become healthy on 127.0.0.1:$client_port"; }
-export ORCH_TEST_ETCD="http://127.0.0.1:$client_port"
+start_etcd "$workdir/etcd"
+etcd_pid="$ETCD_PID"
 
 registry_port="$(free_port)"
 step "starting docker-registry on 127.0.0.1:$registry_port"

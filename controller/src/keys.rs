@@ -13,6 +13,14 @@ pub const VIPS: &str = "/orch/ipam/vips/";
 pub const NODE_SUBNETS: &str = "/orch/ipam/nodes/";
 /// One key per live node, attached to the lease its heartbeats keep alive.
 pub const NODES_ALIVE: &str = "/orch/alive/nodes/";
+/// `status/<node>/<replica id>`: a replica as its node last reported it (agents write,
+/// through their session; only the node a replica is bound to counts).
+pub const STATUS: &str = "/orch/status/";
+/// `endpoints/<service>`: the service's VIP, ports and ready replica addresses, kept by
+/// the endpoints reconciler and sent to every agent.
+pub const ENDPOINTS: &str = "/orch/endpoints/";
+/// Held, on a lease, by the controller that runs the reconcilers.
+pub const LEADER: &str = "/orch/leader";
 
 pub fn service(name: &str) -> String {
     format!("{SERVICES}{name}")
@@ -20,6 +28,22 @@ pub fn service(name: &str) -> String {
 
 pub fn replicas_of(service: &str) -> String {
     format!("{REPLICAS}{service}/")
+}
+
+pub fn replica(service: &str, id: &str) -> String {
+    format!("{REPLICAS}{service}/{id}")
+}
+
+pub fn status_of_node(node: &str) -> String {
+    format!("{STATUS}{node}/")
+}
+
+pub fn status(node: &str, replica: &str) -> String {
+    format!("{STATUS}{node}/{replica}")
+}
+
+pub fn endpoints(service: &str) -> String {
+    format!("{ENDPOINTS}{service}")
 }
 
 pub fn node(name: &str) -> String {

@@ -1,8 +1,14 @@
-//! `orch-controller`: the cluster's brain — the API over the store, the scheduler, and
-//! (to come) agent sessions and reconcilers.
+//! `orch-controller`: the cluster's brain — the API over the store, agent sessions, the
+//! scheduler, the reconcilers and leader election. [`server::Controller`] runs them all.
 
 pub mod api;
+pub mod election;
+pub mod events;
 pub mod keys;
 pub mod nodes;
+pub mod reconcile;
 pub mod scheduler;
+pub mod server;
+pub mod state;
 pub mod store;
+pub mod testing;

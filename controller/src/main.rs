@@ -1,13 +1,13 @@
-//! `orch-controller`: the thin binary over the `orch_controller` library. Serves
-//! `orch.v1.Api` over gRPC on the configured store.
+//! `orch-controller`: the thin binary over the `orch_controller` library: serves
+//! `orch.v1.Api` and `orch.v1.Nodes`, and runs the reconcilers while it leads.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use orch_controller::api::{rpc::ApiRpc, ServiceApi};
-use orch_controller::nodes::{rpc::NodesRpc, NodeRegistry};
+use orch_controller::server::{Controller, ControllerConfig};
 use orch_controller::store::{open_store, StoreConfig};
 
 #[derive(Debug, Parser)]
@@ -26,13 +26,30 @@ struct Args {
     #[arg(long, default_value = "10.88.0.0/16")]
     cluster_cidr: String,
     /// A node whose heartbeats stop for this long is NotReady.
-    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
-    node_lease: std::time::Duration,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_lease: Duration,
+    /// A NotReady node's replicas are replaced elsewhere after this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_grace: Duration,
+    /// The leadership lease: a dead leader is replaced within about this.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    leader_lease: Duration,
+    /// How long events are kept.
+    #[arg(long, default_value = "3600s", value_parser = parse_duration)]
+    event_ttl: Duration,
+    /// This controller's name in leader election (default: hostname and PID).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
-fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+/// "10s", "500ms" or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 10s or 500ms");
+    if let Some(millis) = text.strip_suffix("ms") {
+        return millis.parse::<u64>().map(Duration::from_millis).map_err(|_| bad());
+    }
     let seconds = text.strip_suffix('s').unwrap_or(text);
-    seconds.parse::<u64>().map(std::time::Duration::from_secs).map_err(|_| format!("{text:?} is not a duration in seconds such as 10s"))
+    seconds.parse::<u64>().map(Duration::from_secs).map_err(|_| bad())
 }
 
 #[tokio::main]
@@ -60,21 +77,40 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    let (network, prefix) = parse_cidr(&args.service_cidr).context("--service-cidr")?;
+    let (service_network, service_prefix) = parse_cidr(&args.service_cidr).context("--service-cidr")?;
+    let (cluster_network, cluster_prefix) = parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
+    anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16 (node n gets its n-th /24)", args.cluster_cidr);
+    anyhow::ensure!(args.leader_lease >= Duration::from_secs(2), "--leader-lease: must be at least 2s (etcd's minimum lease)");
+    anyhow::ensure!(args.node_lease >= Duration::from_secs(2), "--node-lease: must be at least 2s (etcd's minimum lease)");
     let config = StoreConfig::parse(&args.store)?;
     let store = open_store(&config).await?;
-    let (cluster, cluster_prefix) = parse_cidr(&args.cluster_cidr).map_err(|e| anyhow::anyhow!("{e}").context("--cluster-cidr"))?;
-    anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16 (node n gets its n-th /24)", args.cluster_cidr);
-    let api = ServiceApi::new(store.clone(), network, prefix);
-    let nodes = NodesRpc::new(NodeRegistry::new(store, cluster, args.node_lease), args.service_cidr.clone());
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "controller".into());
+        format!("{host}-{}", std::process::id())
+    });
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, store = %args.store, "serving orch.v1.Api and orch.v1.Nodes (plain text: for loopback development)");
-    tonic::transport::Server::builder()
-        .add_service(ApiRpc::new(api).into_server())
-        .add_service(nodes.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("the gRPC server failed")
+    tracing::info!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes (plain text: for loopback development)");
+    let mut controller = Controller::start(
+        store,
+        ControllerConfig {
+            service_network,
+            service_prefix,
+            cluster_network,
+            node_lease: args.node_lease,
+            node_grace: args.node_grace,
+            leader_lease: args.leader_lease,
+            event_ttl: args.event_ttl,
+            identity,
+        },
+        listener,
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        served = controller.serve() => served.context("the gRPC server failed")?,
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("stopping: handing leadership over");
+    controller.stop().await;
+    Ok(())
 }

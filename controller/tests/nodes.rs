@@ -75,17 +75,14 @@ on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_over_the_session_keep_a_node_ready() {
     use orch_api::pb::nodes_client::NodesClient;
-    use orch_controller::nodes::rpc::NodesRpc;
+    use orch_controller::server::{Controller, ControllerConfig};
 
     let store = common::embedded().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let nodes = registry(&store, Duration::from_secs(2));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NodesRpc::new(nodes.clone(), "10.96.0.0/16".into()).into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let config = ControllerConfig { node_lease: Duration::from_secs(2), ..ControllerConfig::default() };
+    let controller = Controller::start(store.store.clone(), config, listener);
     let mut client = NodesClient::connect(format!("http://{address}")).await.expect("connect");
     let registered = client
         .register(pb::RegisterRequest { node: Some(info("worker-1", "192.0.2.30")) })
@@ -109,5 +106,5 @@ async fn heartbeats_over_the_session_keep_a_node_ready() {
     stranger_beats.send(heartbeat("stranger")).await.expect("send");
     let answer = tokio::time::timeout(Duration::from_secs(10), refused.message()).await.expect("an answer");
     assert_eq!(answer.expect_err("refused").code(), tonic::Code::FailedPrecondition);
-    server.abort();
+    controller.stop().await;
 }

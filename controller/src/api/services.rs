@@ -219,10 +219,27 @@ impl ServiceApi {
         Err(ApiError::Contended(key))
     }
 
+    /// Replica records with the status their node last reported (a Pending replica
+    /// carries the scheduler's reason instead).
     pub async fn list_replicas(&self, service: Option<&str>) -> Result<Vec<pb::Replica>, ApiError> {
         let prefix = service.map_or_else(|| keys::REPLICAS.to_owned(), keys::replicas_of);
         let listing = self.store.list(&prefix).await?;
-        Ok(keys::decode_all(&listing.items)?)
+        let mut replicas: Vec<pb::Replica> = keys::decode_all(&listing.items)?;
+        let statuses = self.store.list(keys::STATUS).await?;
+        let mut reported: std::collections::BTreeMap<String, pb::Replica> = std::collections::BTreeMap::new();
+        for kv in &statuses.items {
+            let status: pb::Replica = keys::decode(&kv.key, &kv.value)?;
+            reported.insert(kv.key.clone(), status);
+        }
+        for replica in &mut replicas {
+            if replica.node.is_empty() {
+                continue;
+            }
+            if let Some(status) = reported.remove(&keys::status(&replica.node, &replica.id)) {
+                replica.status = status.status;
+            }
+        }
+        Ok(replicas)
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ApiError> {

@@ -1,10 +1,14 @@
 //! `orch.v1.Nodes`, for agents: registration (pod subnet, cluster config) and the
-//! session stream. So far the session carries heartbeats upward (the node's liveness
-//! lease); the desired set, endpoints and routes downward come with the reconcilers.
+//! session stream — downwards the node's desired set with a generation whenever it
+//! changes (replicas, endpoints, routes), upwards heartbeats (the node's liveness lease)
+//! and status reports (written under `/orch/status/<node>/`).
 
 mod cidr;
+pub mod desired;
 mod registry;
 pub mod rpc;
+mod status;
 
 pub use cidr::{next_free_index, node_subnet};
 pub use registry::{list_nodes, NodeError, NodeRegistry};
+pub use status::{status_writes, StatusWrite};

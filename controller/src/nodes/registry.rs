@@ -114,13 +114,25 @@ impl NodeRegistry {
     }
 }
 
-/// Every registered node, Ready while its lease is alive.
+/// Every registered node, Ready while its lease is alive, with what the replicas bound
+/// to it request.
 pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
     let alive: BTreeSet<String> =
         store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
     let mut nodes: Vec<pb::Node> = keys::decode_all(&store.list(keys::NODES).await?.items)?;
+    let replicas: Vec<pb::Replica> = keys::decode_all(&store.list(keys::REPLICAS).await?.items)?;
     for node in &mut nodes {
-        node.ready = node.info.as_ref().is_some_and(|i| alive.contains(&i.name));
+        let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
+        node.ready = alive.contains(&name);
+        let mut allocated = pb::ResourceList::default();
+        for replica in replicas.iter().filter(|r| r.node == name) {
+            if let Some(requests) = replica.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()) {
+                allocated.cpu_millis += requests.cpu_millis;
+                allocated.memory_bytes += requests.memory_bytes;
+                allocated.pids += requests.pids;
+            }
+        }
+        node.allocated = Some(allocated);
     }
     Ok(nodes)
 }

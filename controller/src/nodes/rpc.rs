@@ -1,27 +1,46 @@
-//! The gRPC face of [`NodeRegistry`]: translation only.
+//! The gRPC face of the node registry and of agent sessions.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use orch_api::pb;
 use orch_api::pb::nodes_server::Nodes;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::desired::{desired_set, stamp};
 use super::registry::{NodeError, NodeRegistry};
-use crate::store::LeaseId;
+use super::status::{status_writes, StatusWrite};
+use crate::events::EventLog;
+use crate::keys;
+use crate::state::ClusterState;
+use crate::store::{Expect, LeaseId, Store, StoreError};
 
 pub struct NodesRpc {
     registry: NodeRegistry,
+    store: Arc<dyn Store>,
     service_cidr: String,
+    state: watch::Receiver<Arc<ClusterState>>,
+    events: EventLog,
     /// Each registered node's liveness lease.
     leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+    /// Closed (its sender dropped) when the controller stops: every session ends, so that
+    /// agents reconnect to whoever serves next.
+    stopping: watch::Receiver<()>,
 }
 
 impl NodesRpc {
-    pub fn new(registry: NodeRegistry, service_cidr: String) -> NodesRpc {
-        NodesRpc { registry, service_cidr, leases: Arc::default() }
+    pub fn new(
+        registry: NodeRegistry,
+        store: Arc<dyn Store>,
+        service_cidr: String,
+        state: watch::Receiver<Arc<ClusterState>>,
+        events: EventLog,
+        stopping: watch::Receiver<()>,
+    ) -> NodesRpc {
+        NodesRpc { registry, store, service_cidr, state, events, leases: Arc::default(), stopping }
     }
 
     pub fn into_server(self) -> pb::nodes_server::NodesServer<NodesRpc> {
@@ -40,7 +59,84 @@ fn status(error: NodeError) -> Status {
     }
 }
 
+/// Status writes of one report in flight at once.
+const STATUS_WRITES: usize = 16;
+
 type ControllerStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// One agent's session, once it has said who it is.
+struct Session {
+    node: String,
+    registry: NodeRegistry,
+    store: Arc<dyn Store>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    events: EventLog,
+    leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+}
+
+impl Session {
+    fn lease(&self) -> Option<LeaseId> {
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&self.node).copied()
+    }
+
+    async fn heartbeat(&self) -> Result<(), Status> {
+        let lease = self.lease().ok_or_else(|| Status::failed_precondition(format!("node {:?} must register first", self.node)))?;
+        let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
+        Ok(())
+    }
+
+    async fn report(&self, report: pb::StatusReport) -> Result<(), StoreError> {
+        for event in report.events.iter().cloned() {
+            self.events.emit(&event.kind, event.object, event.message);
+        }
+        let state = self.state.borrow().clone();
+        let writes = status_writes(&state, &self.node, &report);
+        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
+            .map(|write| async move {
+                match write {
+                    StatusWrite::Put { key, replica } => self.store.put(&key, keys::encode(&replica), Expect::Any).await.map(|_| ()),
+                    StatusWrite::Delete { key, revision } => self.store.delete(&key, Expect::Revision(revision)).await.map(|_| ()),
+                }
+            })
+            .buffer_unordered(STATUS_WRITES)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the node's desired set now and whenever it changes, until the agent goes.
+    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing) {
+        let mut last: Option<pb::DesiredSet> = None;
+        let mut seen_version = None;
+        loop {
+            let current = state.borrow_and_update().clone();
+            if current.synced() && seen_version != Some(current.content_version) {
+                seen_version = Some(current.content_version);
+                let wanted = desired_set(&current, &node);
+                if last.as_ref() != Some(&wanted) {
+                    let generation = u64::try_from(current.revision).unwrap_or(0);
+                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(stamp(wanted.clone(), generation))) };
+                    if outgoing.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    last = Some(wanted);
+                }
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                () = outgoing.closed() => return,
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Nodes for NodesRpc {
@@ -48,7 +144,8 @@ impl Nodes for NodesRpc {
         let info = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node: required"))?;
         let name = info.name.clone();
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
-        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name, lease);
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
+        self.events.emit("Registered", format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
         Ok(Response::new(pb::RegisterResponse { pod_cidr: node.pod_cidr, service_cidr: self.service_cidr.clone() }))
     }
 
@@ -56,31 +153,58 @@ impl Nodes for NodesRpc {
 
     async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let mut incoming = request.into_inner();
-        let registry = self.registry.clone();
-        let leases = Arc::clone(&self.leases);
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
+        let (outgoing, receiver) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
+        let mut session = Session {
+            node: String::new(),
+            registry: self.registry.clone(),
+            store: Arc::clone(&self.store),
+            state: self.state.clone(),
+            events: self.events.clone(),
+            leases: Arc::clone(&self.leases),
+        };
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            let mut sender_task: Option<tokio::task::JoinHandle<()>> = None;
             loop {
-                let message = match incoming.message().await {
-                    Ok(Some(message)) => message,
-                    Ok(None) | Err(_) => return,
-                };
-                if let Some(pb::agent_message::Body::Heartbeat(_)) = message.body {
-                    let lease = leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&message.node).copied();
-                    let Some(lease) = lease else {
-                        let _ = sender.send(Err(Status::failed_precondition(format!("node {:?} must register first", message.node)))).await;
-                        return;
-                    };
-                    match registry.heartbeat(&message.node, lease).await {
-                        Ok(renewed) => {
-                            leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(message.node.clone(), renewed);
-                        }
-                        Err(e) => {
-                            let _ = sender.send(Err(status(e))).await;
-                            return;
-                        }
+                let message = tokio::select! {
+                    message = incoming.message() => match message {
+                        Ok(Some(message)) => message,
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = stopping.changed() => {
+                        let _ = outgoing.send(Err(Status::unavailable("the controller is stopping; reconnect"))).await;
+                        break;
                     }
+                };
+                if session.node.is_empty() {
+                    session.node = message.node.clone();
+                    if session.lease().is_none() {
+                        let _ = outgoing.send(Err(Status::failed_precondition(format!("node {:?} must register first", message.node)))).await;
+                        break;
+                    }
+                    sender_task = Some(tokio::spawn(Session::send_desired(session.state.clone(), session.node.clone(), outgoing.clone())));
+                } else if message.node != session.node {
+                    let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", session.node, message.node)))).await;
+                    break;
                 }
+                let result = match message.body {
+                    Some(pb::agent_message::Body::Heartbeat(_)) => session.heartbeat().await,
+                    Some(pb::agent_message::Body::Status(report)) => {
+                        // The next report carries the full set again: log and go on.
+                        if let Err(error) = session.report(report).await {
+                            tracing::warn!(node = %session.node, %error, "recording a status report");
+                        }
+                        Ok(())
+                    }
+                    None => Ok(()),
+                };
+                if let Err(error) = result {
+                    let _ = outgoing.send(Err(error)).await;
+                    break;
+                }
+            }
+            if let Some(task) = sender_task {
+                task.abort();
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))

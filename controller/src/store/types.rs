@@ -94,6 +94,11 @@ impl WatchStream {
     pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
         self.receiver.recv().await
     }
+
+    /// The next event if one is already queued.
+    pub fn try_next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 #[async_trait]

@@ -67,3 +67,9 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A fresh connection to the test etcd, under the given key prefix (several stores on
+/// one prefix act as several controllers on one cluster).
+pub async fn etcd_at(prefix: &str) -> TestStore {
+    TestStore { store: Arc::new(PrefixedStore::new(connect_etcd().await, prefix)), dir: None }
+}

@@ -1,0 +1,194 @@
+//! Apply → every replica bound, and → every replica reported Running, through the real
+//! gRPC API with fake agents over real gRPC, on a real etcd (`ORCH_TEST_ETCD`) and on the
+//! embedded store; beside it, the pure scheduler placing the same replicas on the same
+//! nodes, as the peer the end-to-end rate is a ratio of. Prints bindings per second.
+//!
+//!   sudo bash deploy/bench/controller.sh [REPLICAS] [NODES]     (starts etcd itself)
+//!   ORCH_TEST_ETCD=http://127.0.0.1:2379 cargo bench -p orch-controller --bench apply_to_bound
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch_api::pb;
+use orch_api::pb::api_client::ApiClient;
+use orch_controller::scheduler::{schedule, ClusterView, NodeView, PendingReplica, Resources};
+use orch_controller::server::{Controller, ControllerConfig};
+use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store};
+use orch_controller::testing::{FakeAgent, FakeAgentConfig};
+use tonic::transport::Channel;
+
+const SERVICES: usize = 10;
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn manifest(replicas: usize) -> String {
+    let per_service = replicas / SERVICES;
+    (0..SERVICES)
+        .map(|s| {
+            format!(
+                "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: svc-{s}}}\nspec:\n  replicas: {per_service}\n  image: busybox\n  \
+                 resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+struct Run {
+    bound: Duration,
+    running: Duration,
+}
+
+async fn count(api: &mut ApiClient<Channel>) -> Result<(usize, usize), tonic::Status> {
+    let replicas = api.list_replicas(pb::ListReplicasRequest { service: String::new() }).await?.into_inner().replicas;
+    let bound = replicas.iter().filter(|r| !r.node.is_empty()).count();
+    let running = replicas.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.phase() == pb::ReplicaPhase::Running)).count();
+    Ok((bound, running))
+}
+
+async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let controller = Controller::start(store, ControllerConfig::default(), listener);
+    let agents: Vec<FakeAgent> = (0..nodes)
+        .map(|i| {
+            let mut config = FakeAgentConfig::new(&format!("node-{i:03}"), &format!("192.0.2.{}", 1 + i % 250));
+            config.heartbeat = Duration::from_secs(1);
+            FakeAgent::start(address, config)
+        })
+        .collect();
+    let mut api = ApiClient::new(Channel::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?.connect_lazy());
+    let start = Instant::now();
+    loop {
+        let listed = api.list_nodes(pb::ListNodesRequest {}).await.map_err(|e| e.to_string())?.into_inner().nodes;
+        if listed.len() == nodes && listed.iter().all(|n| n.ready) && controller.is_leader() {
+            break;
+        }
+        if start.elapsed() > LIMIT {
+            return Err(format!("only {} of {nodes} nodes registered", listed.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }] };
+    let start = Instant::now();
+    api.apply(request).await.map_err(|e| e.to_string())?;
+    let mut bound_at = None;
+    loop {
+        let (bound, running) = count(&mut api).await.map_err(|e| e.to_string())?;
+        if bound == replicas && bound_at.is_none() {
+            bound_at = Some(start.elapsed());
+        }
+        if running == replicas {
+            let running_at = start.elapsed();
+            controller.stop().await;
+            drop(agents);
+            return Ok(Run { bound: bound_at.unwrap_or(running_at), running: running_at });
+        }
+        if start.elapsed() > LIMIT {
+            let on_agents: usize = agents.iter().map(|a| a.running().len()).sum();
+            let sets: u64 = agents.iter().map(FakeAgent::desired_sets).sum();
+            return Err(format!("after {LIMIT:?}: {bound} bound, {running} running of {replicas}; the agents run {on_agents} after {sets} desired sets"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The peer: the pure scheduler alone on the same replicas and nodes.
+fn pure_scheduler(replicas: usize, nodes: usize) -> Duration {
+    let view = ClusterView {
+        nodes: (0..nodes)
+            .map(|i| NodeView {
+                name: format!("node-{i:03}"),
+                ready: true,
+                allocatable: Resources { cpu_millis: 64_000, memory_bytes: 256 << 30 },
+                ..NodeView::default()
+            })
+            .collect(),
+    };
+    let pending: Vec<PendingReplica> = (0..replicas)
+        .map(|r| PendingReplica {
+            id: format!("svc-{}-{r}", r % SERVICES),
+            service: format!("svc-{}", r % SERVICES),
+            requests: Resources { cpu_millis: 100, memory_bytes: 64 << 20 },
+            ..PendingReplica::default()
+        })
+        .collect();
+    let start = Instant::now();
+    let plan = schedule(&view, &pending);
+    assert_eq!(plan.bindings.len(), replicas);
+    start.elapsed()
+}
+
+fn report(name: &str, run: &Run, replicas: usize, pure: Duration) {
+    let rate = |d: Duration| replicas as f64 / d.as_secs_f64();
+    println!(
+        "{name:>8}: apply → {replicas} bound in {:.0} ms = {:.0} bindings/s; → all Running in {:.0} ms = {:.0} replicas/s; \
+         ratio to the pure scheduler: {:.4}",
+        run.bound.as_secs_f64() * 1000.0,
+        rate(run.bound),
+        run.running.as_secs_f64() * 1000.0,
+        rate(run.running),
+        rate(run.bound) / rate(pure),
+    );
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let replicas = env_number("ORCH_BENCH_REPLICAS", 2000).max(SERVICES) / SERVICES * SERVICES;
+    let nodes = env_number("ORCH_BENCH_NODES", 100).max(1);
+    let pure = pure_scheduler(replicas, nodes);
+    println!(
+        "pure scheduler: {replicas} replicas over {nodes} nodes in {:.1} ms = {:.0} bindings/s",
+        pure.as_secs_f64() * 1000.0,
+        replicas as f64 / pure.as_secs_f64()
+    );
+    let Ok(endpoint) = std::env::var("ORCH_TEST_ETCD") else {
+        eprintln!("ORCH_TEST_ETCD is not set: run `sudo bash deploy/bench/controller.sh`, which starts etcd on loopback");
+        return std::process::ExitCode::FAILURE;
+    };
+    let etcd = match EtcdStore::connect(&[endpoint.clone()]).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("cannot reach etcd at {endpoint}: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let prefix = format!("/bench/{}-{}/", std::process::id(), orch_controller::events::now_unix_ms());
+    match run(Arc::new(PrefixedStore::new(etcd, &prefix)), replicas, nodes).await {
+        Ok(result) => report("etcd", &result, replicas, pure),
+        Err(error) => {
+            eprintln!("etcd run failed: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("temporary directory: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let embedded = match EmbeddedStore::open(&dir.path().join("bench.redb")).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("embedded store: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match run(Arc::new(embedded), replicas, nodes).await {
+        Ok(result) => report("embedded", &result, replicas, pure),
+        Err(error) => {
+            eprintln!("embedded run failed: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}

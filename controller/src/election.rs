@@ -1,0 +1,146 @@
+//! Leader election over the store: whoever creates `/orch/leader` on its own lease leads,
+//! and keeps leading while it renews the lease. Every controller serves the API; only the
+//! leader runs the reconcilers.
+//!
+//! Never two leaders: a leader steps down on its own when it has not renewed within
+//! `renew_deadline` (two thirds of the TTL, counted from when the last successful renewal
+//! was *sent*), which is before the store can expire its lease and let another in — the
+//! client-go `RenewDeadline < LeaseDuration` rule. A leader that dies is replaced within
+//! one TTL plus one retry period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::keys;
+use crate::store::{Expect, LeaseId, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    /// Who this controller is (written in the leader key).
+    pub identity: String,
+    /// The leadership lease's TTL.
+    pub ttl: Duration,
+}
+
+impl ElectionConfig {
+    fn renew_deadline(&self) -> Duration {
+        self.ttl * 2 / 3
+    }
+
+    fn retry_period(&self) -> Duration {
+        (self.ttl / 4).max(Duration::from_millis(100))
+    }
+}
+
+/// A running candidate; `is_leader` tells whether it leads right now. Dropping it stops
+/// campaigning without giving leadership up (as a crash would); [`Candidate::resign`]
+/// hands it over at once.
+pub struct Candidate {
+    leader: watch::Receiver<bool>,
+    lease: Arc<std::sync::Mutex<Option<LeaseId>>>,
+    store: Arc<dyn Store>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Candidate {
+    pub fn spawn(store: Arc<dyn Store>, config: ElectionConfig) -> Candidate {
+        let (sender, leader) = watch::channel(false);
+        let lease = Arc::new(std::sync::Mutex::new(None));
+        let task = tokio::spawn(campaign(Arc::clone(&store), config, sender, Arc::clone(&lease)));
+        Candidate { leader, lease, store, task }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.leader.clone()
+    }
+
+    /// Stops campaigning and, if leading, revokes the lease so another takes over now.
+    pub async fn resign(self) {
+        self.task.abort();
+        let lease = self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(lease) = lease {
+            if let Err(error) = self.store.revoke_lease(lease).await {
+                tracing::debug!(%error, "revoking the leadership lease");
+            }
+        }
+    }
+}
+
+async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: watch::Sender<bool>, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
+    loop {
+        match try_lead(store.as_ref(), &config, &leader, &held).await {
+            Ok(()) => {}
+            Err(error) => tracing::warn!(%error, "leader election"),
+        }
+        leader.send_replace(false);
+        tokio::time::sleep(config.retry_period()).await;
+    }
+}
+
+/// One attempt: returns when this candidate is not (or no longer) the leader.
+async fn try_lead(
+    store: &dyn Store,
+    config: &ElectionConfig,
+    leader: &watch::Sender<bool>,
+    held: &std::sync::Mutex<Option<LeaseId>>,
+) -> Result<(), StoreError> {
+    // Someone leads (possibly this controller before a restart: its key expires like
+    // anyone else's).
+    if store.get(keys::LEADER).await?.is_some() {
+        return Ok(());
+    }
+    let sent = Instant::now();
+    let lease = store.grant_lease(config.ttl).await?;
+    match store.put_with_lease(keys::LEADER, config.identity.as_bytes().to_vec(), Expect::Absent, Some(lease)).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            let _ = store.revoke_lease(lease).await;
+            return Ok(());
+        }
+        Err(e) => {
+            let _ = store.revoke_lease(lease).await;
+            return Err(e);
+        }
+    }
+    *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease);
+    tracing::info!(identity = %config.identity, "leading: running the reconcilers");
+    leader.send_replace(true);
+    let mut valid_until = sent + config.renew_deadline();
+    loop {
+        tokio::time::sleep(config.retry_period()).await;
+        let sent = Instant::now();
+        let renewed = tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await;
+        match renewed {
+            Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "lost leadership: the lease could not be renewed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!("lost leadership: no renewal within the renew deadline");
+                break;
+            }
+        }
+        if Instant::now() >= valid_until {
+            tracing::warn!("lost leadership: renewal came too late");
+            break;
+        }
+    }
+    leader.send_replace(false);
+    held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let _ = store.revoke_lease(lease).await;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Events: what happened to which object, kept for a while (`/orch/events/`, on a lease
+//! so they expire by themselves) and listable through the API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use orch_api::pb;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::keys;
+use crate::store::{Expect, LeaseId, Store, StoreError};
+
+/// How long one lease is shared by new events: events live between `ttl - SHARE` and
+/// `ttl`, and the store holds one lease per window instead of one per event.
+const SHARE: Duration = Duration::from_secs(60);
+
+/// Events waiting to be written in the background; beyond this they are dropped (and
+/// counted in the log) rather than slowing the reconcilers down.
+const BACKLOG: usize = 4096;
+/// Background writes in flight at once.
+const WRITERS: usize = 16;
+
+#[derive(Clone)]
+pub struct EventLog {
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    lease: Arc<Mutex<Option<(LeaseId, Instant)>>>,
+    sequence: Arc<AtomicU64>,
+    backlog: tokio::sync::mpsc::Sender<pb::Event>,
+}
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl EventLog {
+    /// Needs a tokio runtime: it starts the background writer, which ends with the last
+    /// clone.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> EventLog {
+        let (backlog, mut queued) = tokio::sync::mpsc::channel::<pb::Event>(BACKLOG);
+        let log = EventLog { store, ttl, lease: Arc::default(), sequence: Arc::default(), backlog };
+        let writer = EventLog { backlog: tokio::sync::mpsc::channel(1).0, ..log.clone() };
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let events = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
+            events
+                .for_each_concurrent(WRITERS, |event| {
+                    let writer = writer.clone();
+                    async move {
+                        if let Err(error) = writer.record(event).await {
+                            tracing::warn!(%error, "recording an event");
+                        }
+                    }
+                })
+                .await;
+        });
+        log
+    }
+
+    async fn lease(&self) -> Result<LeaseId, StoreError> {
+        let mut current = self.lease.lock().await;
+        if let Some((lease, granted)) = *current {
+            if granted.elapsed() < SHARE.min(self.ttl / 2) {
+                return Ok(lease);
+            }
+        }
+        let lease = self.store.grant_lease(self.ttl).await?;
+        *current = Some((lease, Instant::now()));
+        Ok(lease)
+    }
+
+    pub async fn record(&self, mut event: pb::Event) -> Result<(), StoreError> {
+        if event.timestamp_unix_ms == 0 {
+            event.timestamp_unix_ms = now_unix_ms();
+        }
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}{:013}-{:08}-{}", keys::EVENTS, event.timestamp_unix_ms, sequence, std::process::id());
+        let lease = self.lease().await?;
+        match self.store.put_with_lease(&key, keys::encode(&event), Expect::Any, Some(lease)).await {
+            Err(StoreError::LeaseNotFound(_)) => {
+                // The shared lease ended early (a store restart): take a new one.
+                *self.lease.lock().await = None;
+                let lease = self.lease().await?;
+                self.store.put_with_lease(&key, keys::encode(&event), Expect::Any, Some(lease)).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Records in the background, never holding the caller up; failures are logged.
+    pub fn emit(&self, kind: &str, object: String, message: String) {
+        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.to_owned(), object, message };
+        if self.backlog.try_send(event).is_err() {
+            tracing::warn!(kind, "event backlog full (or closed): dropping an event");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! What one node should run, as a pure function of the cluster state: the replicas bound
+//! to it (each with the template it was created from), every service's endpoints, and
+//! routes to the other nodes' pod subnets.
+
+use orch_api::pb;
+
+use crate::state::ClusterState;
+
+/// The node's desired set, generation 0: the session stamps the generation when the set
+/// differs from the last one it sent.
+pub fn desired_set(state: &ClusterState, node: &str) -> pb::DesiredSet {
+    let replicas = state
+        .replicas_on(node)
+        .map(|r| {
+            let mut replica = r.value.clone();
+            let spec = replica.spec.take();
+            replica.status = None;
+            pb::DesiredReplica { replica: Some(replica), spec }
+        })
+        .collect();
+    let endpoints = state.endpoints.values().map(|e| e.value.clone()).collect();
+    let routes = state
+        .nodes
+        .iter()
+        .filter(|(name, _)| name.as_str() != node)
+        .filter_map(|(name, n)| {
+            let address = n.value.info.as_ref().map(|i| i.address.clone())?;
+            Some(pb::NodeRoute { node: name.clone(), pod_cidr: n.value.pod_cidr.clone(), via: address })
+        })
+        .collect();
+    pb::DesiredSet { generation: 0, replicas, endpoints, routes }
+}
+
+/// Stamps `generation` on the set and on each of its replicas.
+pub fn stamp(mut set: pb::DesiredSet, generation: u64) -> pb::DesiredSet {
+    set.generation = generation;
+    for desired in &mut set.replicas {
+        if let Some(replica) = desired.replica.as_mut() {
+            replica.node_generation = generation;
+        }
+    }
+    set
+}

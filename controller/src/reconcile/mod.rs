@@ -1,0 +1,252 @@
+//! The reconcilers' decisions, as one pure function of the cluster state: what to write
+//! so that the store converges to what the services ask for. Level-triggered and
+//! idempotent (kube-rs style): `plan` is never told why it runs, and planning again on
+//! the state its own actions produce yields nothing new.
+//!
+//! One pass, in order:
+//! 1. node lifecycle — replicas on lost nodes (NotReady past the grace) and replicas of
+//!    deleted services are deleted;
+//! 2. services → replica records — counts and rolling updates ([`rollout::decide`]);
+//! 3. binding — every unbound replica (old and new) goes through [`scheduler::schedule`];
+//!    new replicas are created already bound;
+//! 4. endpoints — each service's ready replica addresses;
+//! 5. garbage — status records of replicas that are gone or bound elsewhere.
+//!
+//! [`runner`] carries the plan out with compare-and-swap writes; a conflict just means
+//! the next pass sees newer state.
+
+pub mod rollout;
+pub mod runner;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use orch_api::manifest::resolve_update;
+use orch_api::pb;
+
+use crate::keys;
+use crate::scheduler::{self, ClusterView, NodeView, PendingReplica, Resources};
+use crate::state::{ClusterState, Versioned};
+use crate::store::{Expect, Revision};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Creates a replica record (bound when the scheduler found it a node).
+    CreateReplica { key: String, replica: pb::Replica },
+    /// Rewrites a replica record read at `revision` (a binding or a pending reason).
+    UpdateReplica { key: String, revision: Revision, replica: pb::Replica },
+    PutEndpoints { key: String, expect: Expect, endpoints: pb::ServiceEndpoints },
+    /// Deletes a record read at `revision`: replica, endpoints or status.
+    Delete { key: String, revision: Revision },
+}
+
+/// An event to record along with the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    pub kind: &'static str,
+    pub object: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub events: Vec<EventDraft>,
+}
+
+impl Plan {
+    fn event(&mut self, kind: &'static str, object: String, message: String) {
+        self.events.push(EventDraft { kind, object, message });
+    }
+}
+
+fn requests_of(spec: Option<&pb::ServiceSpec>) -> Resources {
+    let requests = spec.and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref());
+    Resources { cpu_millis: requests.map_or(0, |r| r.cpu_millis), memory_bytes: requests.map_or(0, |r| r.memory_bytes) }
+}
+
+fn pending_status(reason: &str) -> pb::ReplicaStatus {
+    pb::ReplicaStatus { phase: pb::ReplicaPhase::Pending.into(), reason: reason.to_owned(), ..Default::default() }
+}
+
+/// `lost_nodes`: nodes NotReady for longer than the grace period. `new_id` names a new
+/// replica of the given service.
+pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dyn FnMut(&str) -> String) -> Plan {
+    let mut plan = Plan::default();
+    let mut deleted: BTreeSet<&str> = BTreeSet::new();
+
+    // 1. Node lifecycle and deleted services.
+    for (key, replica) in &state.replicas {
+        let r = &replica.value;
+        let reason = if !state.services.contains_key(&r.service) {
+            Some(("Deleted", format!("service {} was deleted", r.service)))
+        } else if !r.node.is_empty() && (lost_nodes.contains(&r.node) || !state.nodes.contains_key(&r.node)) {
+            Some(("Rescheduled", format!("node {} is lost; a new replica replaces this one", r.node)))
+        } else {
+            None
+        };
+        if let Some((kind, message)) = reason {
+            plan.actions.push(Action::Delete { key: key.clone(), revision: replica.mod_revision });
+            plan.event(kind, format!("replica/{}", r.id), message);
+            deleted.insert(key);
+        }
+    }
+
+    // 2. Counts and rollouts, per service.
+    let mut new_replicas: Vec<pb::Replica> = Vec::new();
+    for (name, service) in &state.services {
+        let Some(spec) = service.value.spec.as_ref() else { continue };
+        let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
+        let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
+        let facts: Vec<rollout::Member> = members
+            .iter()
+            .map(|m| rollout::Member {
+                current: m.value.spec_hash == service.value.spec_hash,
+                bound: !m.value.node.is_empty(),
+                ready: state.is_ready(&m.value),
+                crowd: crowd(&m.value.node),
+                id: m.value.id.clone(),
+            })
+            .collect();
+        let (surge, unavailable) = resolve_update(&spec.update.unwrap_or_default(), spec.replicas);
+        let decision = rollout::decide(spec.replicas, surge, unavailable, &facts);
+        for &index in &decision.delete {
+            let member = members[index];
+            let why = if facts[index].current { "scaled down" } else { "replaced by the new template" };
+            plan.actions.push(Action::Delete { key: member.key.clone(), revision: member.mod_revision });
+            plan.event("Killing", format!("replica/{}", member.value.id), format!("{why} (service {name})"));
+            deleted.insert(member.key.as_str());
+        }
+        for _ in 0..decision.create {
+            let id = new_id(name);
+            new_replicas.push(pb::Replica {
+                id,
+                service: name.clone(),
+                node: String::new(),
+                spec_hash: service.value.spec_hash.clone(),
+                node_generation: 0,
+                status: Some(pending_status("")),
+                spec: Some(spec.clone()),
+            });
+        }
+    }
+
+    // 3. Binding.
+    let surviving: Vec<&Versioned<pb::Replica>> = state.replicas.values().filter(|r| !deleted.contains(r.key.as_str())).collect();
+    let view = cluster_view(state, lost_nodes, &surviving);
+    let unbound: Vec<&Versioned<pb::Replica>> = surviving.iter().copied().filter(|r| r.value.node.is_empty()).collect();
+    let pending: Vec<PendingReplica> = unbound
+        .iter()
+        .map(|r| &r.value)
+        .chain(new_replicas.iter())
+        .map(|r| PendingReplica {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            requests: requests_of(r.spec.as_ref()),
+            node_selector: r.spec.as_ref().map(|s| s.node_selector.clone().into_iter().collect()).unwrap_or_default(),
+            // Node ports are served by every node's balancer (kube-proxy style), not bound
+            // by the replica, so they never keep two replicas off one node.
+            node_ports: Vec::new(),
+        })
+        .collect();
+    let placement = scheduler::schedule(&view, &pending);
+    let bindings: BTreeMap<&str, &str> = placement.bindings.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect();
+    let reasons: BTreeMap<&str, &str> = placement.unschedulable.iter().map(|(r, why)| (r.as_str(), why.as_str())).collect();
+    for existing in &unbound {
+        let r = &existing.value;
+        let mut replica = r.clone();
+        if let Some(node) = bindings.get(r.id.as_str()) {
+            replica.node = (*node).to_owned();
+            replica.status = Some(pending_status(""));
+            plan.event("Scheduled", format!("replica/{}", r.id), format!("assigned to node {node}"));
+        } else if let Some(reason) = reasons.get(r.id.as_str()) {
+            if r.status.as_ref().is_some_and(|s| s.reason == *reason) {
+                continue;
+            }
+            replica.status = Some(pending_status(reason));
+            plan.event("FailedScheduling", format!("replica/{}", r.id), (*reason).to_owned());
+        } else {
+            continue;
+        }
+        plan.actions.push(Action::UpdateReplica { key: existing.key.clone(), revision: existing.mod_revision, replica });
+    }
+    for mut replica in new_replicas {
+        if let Some(node) = bindings.get(replica.id.as_str()) {
+            replica.node = (*node).to_owned();
+            plan.event("Scheduled", format!("replica/{}", replica.id), format!("assigned to node {node}"));
+        } else if let Some(reason) = reasons.get(replica.id.as_str()) {
+            replica.status = Some(pending_status(reason));
+            plan.event("FailedScheduling", format!("replica/{}", replica.id), (*reason).to_owned());
+        }
+        plan.actions.push(Action::CreateReplica { key: keys::replica(&replica.service, &replica.id), replica });
+    }
+
+    // 4. Endpoints.
+    for (name, service) in &state.services {
+        let mut ready_ips: Vec<String> = surviving
+            .iter()
+            .filter(|r| r.value.service == *name && state.is_ready(&r.value))
+            .filter_map(|r| state.status_of(&r.value))
+            .filter(|s| s.phase() == pb::ReplicaPhase::Running && !s.ip.is_empty())
+            .map(|s| s.ip.clone())
+            .collect();
+        ready_ips.sort();
+        ready_ips.dedup();
+        let wanted = pb::ServiceEndpoints {
+            service: name.clone(),
+            vip: service.value.vip.clone(),
+            ports: service.value.spec.as_ref().map(|s| s.ports.clone()).unwrap_or_default(),
+            ready_ips,
+        };
+        let existing = state.endpoints.get(name);
+        if existing.map(|e| &e.value) != Some(&wanted) {
+            let expect = existing.map_or(Expect::Absent, |e| Expect::Revision(e.mod_revision));
+            plan.actions.push(Action::PutEndpoints { key: keys::endpoints(name), expect, endpoints: wanted });
+        }
+    }
+    for (name, endpoints) in &state.endpoints {
+        if !state.services.contains_key(name) {
+            plan.actions.push(Action::Delete { key: endpoints.key.clone(), revision: endpoints.mod_revision });
+        }
+    }
+
+    // 5. Status records nobody should read any more.
+    let bound_to: BTreeMap<&str, &str> = state.replicas.values().map(|r| (r.value.id.as_str(), r.value.node.as_str())).collect();
+    for ((node, id), status) in &state.statuses {
+        if bound_to.get(id.as_str()) != Some(&node.as_str()) {
+            plan.actions.push(Action::Delete { key: status.key.clone(), revision: status.mod_revision });
+        }
+    }
+    plan
+}
+
+/// The scheduler's input: ready nodes that are not lost, with what the surviving
+/// replicas already take.
+pub fn cluster_view(state: &ClusterState, lost_nodes: &BTreeSet<String>, replicas: &[&Versioned<pb::Replica>]) -> ClusterView {
+    let mut nodes: BTreeMap<&str, NodeView> = BTreeMap::new();
+    for (name, node) in &state.nodes {
+        let info = node.value.info.clone().unwrap_or_default();
+        let capacity = info.capacity.unwrap_or_default();
+        nodes.insert(
+            name,
+            NodeView {
+                name: name.clone(),
+                ready: state.alive.contains(name) && !lost_nodes.contains(name),
+                labels: info.labels.into_iter().collect(),
+                allocatable: Resources { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
+                ..NodeView::default()
+            },
+        );
+    }
+    for replica in replicas {
+        let r = &replica.value;
+        let Some(node) = nodes.get_mut(r.node.as_str()) else { continue };
+        let requests = requests_of(r.spec.as_ref());
+        node.allocated.cpu_millis += requests.cpu_millis;
+        node.allocated.memory_bytes += requests.memory_bytes;
+        *node.replicas_by_service.entry(r.service.clone()).or_default() += 1;
+    }
+    ClusterView { nodes: nodes.into_values().collect() }
+}
+
+#[cfg(test)]
+mod tests;

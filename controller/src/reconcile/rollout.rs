@@ -1,0 +1,183 @@
+//! How many replicas of one service to create and which to delete, given what exists:
+//! scaling, and rolling updates by spec hash bounded by maxSurge / maxUnavailable and
+//! gated on readiness (the Deployment controller's arithmetic). Pure.
+
+/// What the decision needs to know about one existing replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Runs the service's current template (spec hash).
+    pub current: bool,
+    pub bound: bool,
+    pub ready: bool,
+    /// Replicas of the same service on its node (scale-down takes from crowded nodes).
+    pub crowd: u32,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// New replicas (current template) to create.
+    pub create: u32,
+    /// Indexes into the members to delete.
+    pub delete: Vec<usize>,
+}
+
+/// Deletion preference: unbound first, then not ready, then the most crowded node, then
+/// the newest-looking id (highest) — so repeated runs choose the same victims.
+fn victims(members: &[Member], mut candidates: Vec<usize>, count: usize) -> Vec<usize> {
+    candidates.sort_by(|&a, &b| {
+        let (a, b) = (&members[a], &members[b]);
+        (a.bound, a.ready, std::cmp::Reverse(a.crowd), std::cmp::Reverse(&a.id)).cmp(&(
+            b.bound,
+            b.ready,
+            std::cmp::Reverse(b.crowd),
+            std::cmp::Reverse(&b.id),
+        ))
+    });
+    candidates.truncate(count);
+    candidates
+}
+
+pub fn decide(desired: u32, max_surge: u32, max_unavailable: u32, members: &[Member]) -> Decision {
+    let desired = desired as usize;
+    let new: Vec<usize> = (0..members.len()).filter(|&i| members[i].current).collect();
+    let old: Vec<usize> = (0..members.len()).filter(|&i| !members[i].current).collect();
+    let mut decision = Decision::default();
+
+    if new.len() > desired {
+        decision.delete.extend(victims(members, new.clone(), new.len() - desired));
+    }
+    if old.is_empty() {
+        decision.create = u32::try_from(desired.saturating_sub(new.len())).unwrap_or(u32::MAX);
+        return decision;
+    }
+
+    // Rolling: never more than desired + maxSurge replicas in all...
+    let total = new.len() + old.len();
+    let room = (desired + max_surge as usize).saturating_sub(total);
+    decision.create = u32::try_from(desired.saturating_sub(new.len()).min(room)).unwrap_or(u32::MAX);
+
+    // ...and never fewer than desired - maxUnavailable ready ones. Old replicas that are
+    // not ready add nothing to availability, so they may always go.
+    let (old_ready, old_unready): (Vec<usize>, Vec<usize>) = old.iter().partition(|&&i| members[i].ready);
+    decision.delete.extend(&old_unready);
+    let new_ready = new.iter().filter(|&&i| members[i].ready && !decision.delete.contains(&i)).count();
+    let min_available = desired.saturating_sub(max_unavailable as usize);
+    let removable = (new_ready + old_ready.len()).saturating_sub(min_available).min(old_ready.len());
+    decision.delete.extend(victims(members, old_ready, removable));
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, current: bool, ready: bool) -> Member {
+        Member { current, bound: true, ready, crowd: 1, id: id.into() }
+    }
+
+    /// (desired, surge, unavailable, members, expected creates, expected deleted ids)
+    #[test]
+    fn decisions() {
+        let cases: Vec<(&str, u32, u32, u32, Vec<Member>, u32, Vec<&str>)> = vec![
+            ("fresh service", 3, 1, 0, vec![], 3, vec![]),
+            ("steady", 2, 1, 0, vec![member("a", true, true), member("b", true, false)], 0, vec![]),
+            ("scale up", 3, 1, 0, vec![member("a", true, true)], 2, vec![]),
+            (
+                "scale down takes not-ready first",
+                1,
+                1,
+                0,
+                vec![member("a", true, true), member("b", true, false), member("c", true, true)],
+                0,
+                vec!["b", "c"],
+            ),
+            (
+                "scale down takes unbound first",
+                2,
+                1,
+                0,
+                vec![member("a", true, true), Member { bound: false, ..member("z", true, false) }, member("c", true, true)],
+                0,
+                vec!["z"],
+            ),
+            (
+                "rollout starts with the surge",
+                3,
+                1,
+                0,
+                vec![member("a", false, true), member("b", false, true), member("c", false, true)],
+                1,
+                vec![],
+            ),
+            (
+                "a new replica not yet ready holds old ones back",
+                3,
+                1,
+                0,
+                vec![member("a", false, true), member("b", false, true), member("c", false, true), member("n", true, false)],
+                0,
+                vec![],
+            ),
+            (
+                "a ready new replica lets one old go",
+                3,
+                1,
+                0,
+                vec![member("a", false, true), member("b", false, true), member("c", false, true), member("n", true, true)],
+                0,
+                vec!["c"],
+            ),
+            (
+                "maxUnavailable without surge deletes before creating",
+                3,
+                0,
+                1,
+                vec![member("a", false, true), member("b", false, true), member("c", false, true)],
+                0,
+                vec!["c"],
+            ),
+            ("old replicas that are not ready always go", 2, 1, 0, vec![member("a", false, false), member("b", false, true)], 1, vec!["a"]),
+            ("scaled to zero mid-rollout", 0, 0, 0, vec![member("a", false, true), member("n", true, true)], 0, vec!["n", "a"]),
+        ];
+        for (name, desired, surge, unavailable, members, creates, deleted) in cases {
+            let decision = decide(desired, surge, unavailable, &members);
+            let ids: Vec<&str> = decision.delete.iter().map(|&i| members[i].id.as_str()).collect();
+            assert_eq!((decision.create, ids), (creates, deleted), "{name}");
+        }
+    }
+
+    /// Simulates a whole rollout: every pass applies the decision, then new replicas
+    /// become ready; the count never leaves [desired - unavailable, desired + surge].
+    #[test]
+    fn a_rollout_converges_within_its_bounds() {
+        for (desired, surge, unavailable) in [(3u32, 1u32, 0u32), (3, 0, 1), (10, 3, 2), (1, 1, 0), (4, 2, 2)] {
+            let mut members: Vec<Member> = (0..desired).map(|i| member(&format!("old{i:02}"), false, true)).collect();
+            let mut next = 0;
+            for pass in 0..100 {
+                let decision = decide(desired, surge, unavailable, &members);
+                if decision.create == 0 && decision.delete.is_empty() {
+                    assert!(members.iter().all(|m| m.current && m.ready), "pass {pass}: stuck with {members:?}");
+                    assert_eq!(members.len(), desired as usize);
+                    break;
+                }
+                let mut delete = decision.delete.clone();
+                delete.sort_unstable();
+                for i in delete.into_iter().rev() {
+                    members.remove(i);
+                }
+                let ready = members.iter().filter(|m| m.ready).count() as u32;
+                assert!(ready + unavailable >= desired, "pass {pass}: only {ready} ready");
+                for _ in 0..decision.create {
+                    next += 1;
+                    members.push(member(&format!("new{next:02}"), true, false));
+                }
+                assert!(members.len() as u32 <= desired + surge, "pass {pass}: {} replicas", members.len());
+                for m in &mut members {
+                    m.ready = true;
+                }
+            }
+            assert!(members.iter().all(|m| m.current), "({desired}, {surge}, {unavailable}) did not finish");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Runs the reconcilers while this controller leads: plan on the latest state, carry the
+//! plan out with compare-and-swap writes, wait until the state shows those writes, plan
+//! again. A conflict or error only means the next pass sees newer state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{plan, Action, EventDraft};
+use crate::events::EventLog;
+use crate::keys;
+use crate::state::ClusterState;
+use crate::store::{Expect, Revision, Store, StoreError};
+
+/// Writes in flight at once while carrying out a plan.
+const CONCURRENT_WRITES: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// How long a node may be NotReady before its replicas are replaced elsewhere.
+    pub node_grace: Duration,
+    /// How often to plan even when nothing changed (node grace timers).
+    pub resync: Duration,
+}
+
+/// When each node was first seen NotReady: the node lifecycle's only memory, rebuilt
+/// from scratch by a new leader (which then waits a full grace — the safe side).
+#[derive(Debug, Default)]
+pub struct NodeTracker {
+    not_ready_since: BTreeMap<String, Instant>,
+}
+
+impl NodeTracker {
+    /// The nodes lost at `now`, and the NotReady / Ready transitions seen.
+    pub fn observe(&mut self, state: &ClusterState, now: Instant, grace: Duration) -> (BTreeSet<String>, Vec<EventDraft>) {
+        let mut events = Vec::new();
+        let mut lost = BTreeSet::new();
+        self.not_ready_since.retain(|name, _| state.nodes.contains_key(name));
+        for name in state.nodes.keys() {
+            if state.alive.contains(name) {
+                if self.not_ready_since.remove(name).is_some() {
+                    events.push(EventDraft { kind: "NodeReady", object: format!("node/{name}"), message: "heartbeats are back".into() });
+                }
+                continue;
+            }
+            let since = *self.not_ready_since.entry(name.clone()).or_insert_with(|| {
+                events.push(EventDraft {
+                    kind: "NodeNotReady",
+                    object: format!("node/{name}"),
+                    message: format!("no heartbeat within its lease; its replicas move after {grace:?}"),
+                });
+                now
+            });
+            if now.duration_since(since) >= grace {
+                lost.insert(name.clone());
+            }
+        }
+        (lost, events)
+    }
+}
+
+/// A replica name: the service's name and five hex digits no other replica has.
+fn new_replica_id(service: &str, taken: &BTreeSet<String>) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let seed = format!("{service}/{}/{}/{}", std::process::id(), crate::events::now_unix_ms(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let digest = Sha256::digest(seed.as_bytes());
+        let id = format!("{service}-{}", &hex::encode(&digest[..3])[..5]);
+        if !taken.contains(&id) {
+            return id;
+        }
+    }
+}
+
+/// Carries out one action; the revision it wrote, if it did.
+async fn execute(store: &dyn Store, action: Action) -> Result<Option<Revision>, StoreError> {
+    match action {
+        Action::CreateReplica { key, replica } => store.put(&key, keys::encode(&replica), Expect::Absent).await.map(Some),
+        Action::UpdateReplica { key, revision, replica } => store.put(&key, keys::encode(&replica), Expect::Revision(revision)).await.map(Some),
+        Action::PutEndpoints { key, expect, endpoints } => store.put(&key, keys::encode(&endpoints), expect).await.map(Some),
+        Action::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
+    }
+}
+
+/// Runs until the state or leadership channel closes. `settled` receives the revision
+/// of each state on which a whole pass found nothing to do.
+pub async fn run(
+    store: Arc<dyn Store>,
+    mut state: watch::Receiver<Arc<ClusterState>>,
+    mut leader: watch::Receiver<bool>,
+    events: EventLog,
+    config: ReconcilerConfig,
+    settled: watch::Sender<Revision>,
+) {
+    let mut tracker = NodeTracker::default();
+    let mut min_revision: Revision = 0;
+    let mut leading = false;
+    loop {
+        if !*leader.borrow_and_update() {
+            if leading {
+                tracing::info!("no longer leading: reconcilers paused");
+            }
+            leading = false;
+            if leader.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !leading {
+            // A new leader first catches up with everything the previous one wrote.
+            leading = true;
+            tracker = NodeTracker::default();
+            match store.list(keys::LEADER).await {
+                Ok(listing) => min_revision = listing.revision,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the store's revision");
+                    leading = false;
+                    tokio::time::sleep(config.resync).await;
+                    continue;
+                }
+            }
+        }
+        let current = tokio::select! {
+            caught_up = state.wait_for(|s| s.synced() && s.revision >= min_revision) => match caught_up {
+                Ok(current) => current.clone(),
+                Err(_) => return,
+            },
+            changed = leader.changed() => {
+                if changed.is_err() { return; }
+                continue;
+            }
+        };
+        let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace);
+        let mut taken: BTreeSet<String> = current.replicas.values().map(|r| r.value.id.clone()).collect();
+        let plan = plan(&current, &lost, &mut |service| {
+            let id = new_replica_id(service, &taken);
+            taken.insert(id.clone());
+            id
+        });
+        for event in node_events.into_iter().chain(plan.events) {
+            events.emit(event.kind, event.object, event.message);
+        }
+        if plan.actions.is_empty() {
+            settled.send_replace(current.revision);
+            state.mark_unchanged();
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = leader.changed() => {}
+                () = tokio::time::sleep(config.resync) => {}
+            }
+            continue;
+        }
+        let count = plan.actions.len();
+        let leader_now = leader.clone();
+        let written: Vec<Result<Option<Revision>, StoreError>> = futures::stream::iter(plan.actions)
+            .map(|action| {
+                let store = Arc::clone(&store);
+                let leader_now = leader_now.clone();
+                async move {
+                    if !*leader_now.borrow() {
+                        return Ok(None);
+                    }
+                    execute(store.as_ref(), action).await
+                }
+            })
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut conflicts = 0;
+        for result in &written {
+            match result {
+                Ok(Some(revision)) => min_revision = min_revision.max(*revision),
+                Ok(None) => {}
+                Err(StoreError::Conflict { .. }) => conflicts += 1,
+                Err(error) => tracing::warn!(%error, "reconciler write failed"),
+            }
+        }
+        tracing::debug!(count, conflicts, revision = min_revision, "plan carried out");
+        if written.iter().all(Result::is_err) {
+            // Nothing went through: do not spin on a failing store.
+            tokio::time::sleep(config.resync).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orch_api::pb;
+
+    use super::*;
+    use crate::state::Versioned;
+
+    #[test]
+    fn a_node_is_lost_only_after_the_grace() {
+        let mut state = ClusterState { revision: 1, ..ClusterState::default() };
+        state.nodes.insert("n1".into(), Versioned { key: keys::node("n1"), value: pb::Node::default(), mod_revision: 1 });
+        let grace = Duration::from_secs(5);
+        let start = Instant::now();
+        let mut tracker = NodeTracker::default();
+        let (lost, events) = tracker.observe(&state, start, grace);
+        assert!(lost.is_empty());
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeNotReady"]);
+        let (lost, events) = tracker.observe(&state, start + Duration::from_secs(4), grace);
+        assert!(lost.is_empty() && events.is_empty(), "within the grace, nothing more");
+        let (lost, _) = tracker.observe(&state, start + grace, grace);
+        assert_eq!(lost, BTreeSet::from(["n1".to_owned()]));
+        state.alive.insert("n1".into());
+        let (lost, events) = tracker.observe(&state, start + grace * 2, grace);
+        assert!(lost.is_empty());
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeReady"]);
+        state.alive.remove("n1");
+        let (lost, _) = tracker.observe(&state, start + grace * 2 + Duration::from_secs(1), grace);
+        assert!(lost.is_empty(), "the grace starts again from the new NotReady");
+    }
+
+    #[test]
+    fn replica_ids_are_the_service_name_and_five_hex_digits() {
+        let taken = BTreeSet::new();
+        let id = new_replica_id("web", &taken);
+        assert!(id.starts_with("web-") && id.len() == 9 && id[4..].chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+}

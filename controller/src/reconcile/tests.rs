@@ -1,0 +1,265 @@
+use std::collections::BTreeSet;
+
+use orch_api::pb;
+
+use super::*;
+use crate::state::{ClusterState, Versioned};
+
+fn service(name: &str, replicas: u32, hash: &str) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        spec: Some(pb::ServiceSpec {
+            replicas,
+            image: format!("registry.example/{hash}"),
+            resources: Some(pb::Resources {
+                requests: Some(pb::ResourceList { cpu_millis: 100, memory_bytes: 64 << 20, pids: 0 }),
+                limits: None,
+            }),
+            ports: vec![pb::ServicePort { name: "http".into(), container_port: 80, service_port: 80, node_port: 30080, protocol: 0 }],
+            ..Default::default()
+        }),
+        generation: 1,
+        vip: "10.96.0.1".into(),
+        spec_hash: hash.into(),
+        labels: Default::default(),
+    }
+}
+
+fn node(name: &str, cpu_millis: u64) -> pb::Node {
+    pb::Node {
+        info: Some(pb::NodeInfo {
+            name: name.into(),
+            address: "192.0.2.1".into(),
+            capacity: Some(pb::ResourceList { cpu_millis, memory_bytes: 8 << 30, pids: 0 }),
+            labels: Default::default(),
+        }),
+        ready: true,
+        pod_cidr: "10.88.1.0/24".into(),
+        allocated: None,
+    }
+}
+
+/// A tiny in-memory store: applies plans the way the runner would, with revisions.
+struct World {
+    state: ClusterState,
+    next_id: u32,
+}
+
+impl World {
+    fn new(nodes: &[&str]) -> World {
+        let mut world = World { state: ClusterState { revision: 1, ..ClusterState::default() }, next_id: 0 };
+        for name in nodes {
+            world.put_node(name, 4000);
+        }
+        world
+    }
+
+    fn bump(&mut self) -> Revision {
+        self.state.revision += 1;
+        self.state.revision
+    }
+
+    fn put_node(&mut self, name: &str, cpu_millis: u64) {
+        let revision = self.bump();
+        self.state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: node(name, cpu_millis), mod_revision: revision });
+        self.state.alive.insert(name.into());
+    }
+
+    fn put_service(&mut self, service: pb::Service) {
+        let revision = self.bump();
+        self.state.services.insert(service.name.clone(), Versioned { key: keys::service(&service.name), value: service, mod_revision: revision });
+    }
+
+    /// The node reports the replica running and ready (or not).
+    fn report(&mut self, id: &str, ready: bool) {
+        let replica = self.state.replicas.values().find(|r| r.value.id == id).expect("replica exists").value.clone();
+        let revision = self.bump();
+        let ip = format!("10.88.1.{}", 10 + self.state.statuses.len());
+        let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ip, ..Default::default() };
+        let reported = pb::Replica { status: Some(status), ..replica.clone() };
+        self.state.statuses.insert(
+            (replica.node.clone(), id.to_owned()),
+            Versioned { key: keys::status(&replica.node, id), value: reported, mod_revision: revision },
+        );
+    }
+
+    fn plan(&mut self, lost: &[&str]) -> Plan {
+        let lost: BTreeSet<String> = lost.iter().map(|s| (*s).to_owned()).collect();
+        let mut counter = self.next_id;
+        let plan = plan(&self.state, &lost, &mut |service| {
+            counter += 1;
+            format!("{service}-{counter:05}")
+        });
+        self.next_id = counter;
+        plan
+    }
+
+    fn apply(&mut self, plan: &Plan) {
+        for action in &plan.actions {
+            let revision = self.bump();
+            match action {
+                Action::CreateReplica { key, replica } => {
+                    assert!(!self.state.replicas.contains_key(key), "{key} created twice");
+                    self.state.replicas.insert(key.clone(), Versioned { key: key.clone(), value: replica.clone(), mod_revision: revision });
+                }
+                Action::UpdateReplica { key, revision: expected, replica } => {
+                    let existing = self.state.replicas.get_mut(key).expect("updated replica exists");
+                    assert_eq!(existing.mod_revision, *expected, "CAS on {key}");
+                    *existing = Versioned { key: key.clone(), value: replica.clone(), mod_revision: revision };
+                }
+                Action::PutEndpoints { key, endpoints, .. } => {
+                    self.state.endpoints.insert(endpoints.service.clone(), Versioned { key: key.clone(), value: endpoints.clone(), mod_revision: revision });
+                }
+                Action::Delete { key, .. } => {
+                    self.state.replicas.remove(key);
+                    self.state.endpoints.retain(|_, e| e.key != *key);
+                    self.state.statuses.retain(|_, s| s.key != *key);
+                }
+            }
+        }
+    }
+
+    /// Plans and applies until nothing is left to do; returns the passes it took.
+    fn converge(&mut self, lost: &[&str]) -> usize {
+        for pass in 1..20 {
+            let plan = self.plan(lost);
+            if plan.actions.is_empty() {
+                return pass;
+            }
+            self.apply(&plan);
+        }
+        panic!("no convergence: {:?}", self.plan(lost));
+    }
+
+    fn placement(&self) -> Vec<(String, String)> {
+        self.state.replicas.values().map(|r| (r.value.id.clone(), r.value.node.clone())).collect()
+    }
+
+    fn report_all_ready(&mut self) {
+        let ids: Vec<String> = self.state.replicas.values().filter(|r| !r.value.node.is_empty()).map(|r| r.value.id.clone()).collect();
+        for id in ids {
+            self.report(&id, true);
+        }
+    }
+}
+
+#[test]
+fn a_new_service_gets_its_replicas_bound_and_spread() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    let nodes: BTreeSet<String> = world.placement().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(nodes, BTreeSet::from(["n1".to_owned(), "n2".to_owned(), "n3".to_owned()]), "one replica per node");
+    assert!(world.plan(&[]).actions.is_empty(), "planning again changes nothing");
+}
+
+#[test]
+fn endpoints_hold_ready_replicas_on_live_nodes_only() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 2, "h1"));
+    world.converge(&[]);
+    let ids: Vec<String> = world.placement().into_iter().map(|(id, _)| id).collect();
+    world.report(&ids[0], true);
+    world.report(&ids[1], false);
+    world.converge(&[]);
+    let ready = |world: &World| world.state.endpoints["web"].value.ready_ips.clone();
+    assert_eq!(ready(&world).len(), 1, "only the ready replica");
+    assert_eq!(world.state.endpoints["web"].value.vip, "10.96.0.1");
+    let node_of_ready = world.placement()[0].1.clone();
+    world.state.alive.remove(&node_of_ready);
+    world.converge(&[]);
+    assert!(ready(&world).is_empty(), "a NotReady node's replicas leave the endpoints");
+}
+
+#[test]
+fn replicas_of_a_lost_node_are_replaced_elsewhere() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 2, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    let before = world.placement();
+    world.state.alive.remove("n1");
+    world.converge(&[]);
+    assert_eq!(world.placement(), before, "NotReady within the grace: nothing moves");
+    let plan = world.plan(&["n1"]);
+    assert!(plan.events.iter().any(|e| e.kind == "Rescheduled"), "{:?}", plan.events);
+    world.apply(&plan);
+    world.converge(&["n1"]);
+    let after = world.placement();
+    assert_eq!(after.len(), 2, "no duplicates, none missing: {after:?}");
+    assert!(after.iter().all(|(_, n)| n == "n2"), "{after:?}");
+    assert!(world.state.statuses.keys().all(|(n, _)| n != "n1"), "the lost node's status records are gone");
+}
+
+#[test]
+fn deleting_a_service_deletes_its_replicas_and_endpoints() {
+    let mut world = World::new(&["n1"]);
+    world.put_service(service("web", 2, "h1"));
+    world.put_service(service("api", 1, "h2"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.state.services.remove("web");
+    world.converge(&[]);
+    let services: BTreeSet<String> = world.state.replicas.values().map(|r| r.value.service.clone()).collect();
+    assert_eq!(services, BTreeSet::from(["api".to_owned()]));
+    assert!(!world.state.endpoints.contains_key("web"));
+    assert!(world.state.statuses.values().all(|s| s.value.service == "api"));
+}
+
+#[test]
+fn an_unschedulable_replica_stays_pending_with_its_reason_written_once() {
+    let mut world = World::new(&[]);
+    world.put_node("small", 50);
+    world.put_service(service("web", 1, "h1"));
+    world.converge(&[]);
+    let replica = world.state.replicas.values().next().expect("a replica").value.clone();
+    assert_eq!(replica.node, "");
+    assert_eq!(replica.status.map(|s| s.reason), Some("0/1 nodes: 1 insufficient cpu".to_owned()));
+    assert!(world.plan(&[]).events.is_empty(), "the same reason is not reported again");
+    world.put_node("big", 4000);
+    world.converge(&[]);
+    assert_eq!(world.placement(), [(replica.id, "big".to_owned())]);
+}
+
+#[test]
+fn a_new_template_rolls_replicas_over_as_they_become_ready() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.put_service(service("web", 3, "h2"));
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 30, "the rollout does not finish: {:?}", world.placement());
+        let plan = world.plan(&[]);
+        world.apply(&plan);
+        let all: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
+        assert!(all.len() <= 4, "maxSurge 25% of 3 rounds up to 1: {} replicas", all.len());
+        let ready = all.iter().filter(|r| world.state.is_ready(r)).count();
+        assert!(ready >= 3, "maxUnavailable 25% of 3 rounds down to 0: {ready} ready");
+        if all.len() == 3 && all.iter().all(|r| r.spec_hash == "h2") && plan.actions.is_empty() {
+            break;
+        }
+        world.report_all_ready();
+    }
+}
+
+#[test]
+fn scaling_keeps_existing_replicas() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 2, "h1"));
+    world.converge(&[]);
+    let first: BTreeSet<String> = world.placement().into_iter().map(|(id, _)| id).collect();
+    world.put_service(service("web", 4, "h1"));
+    world.converge(&[]);
+    let scaled: BTreeSet<String> = world.placement().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(scaled.len(), 4);
+    assert!(first.is_subset(&scaled), "scaling up keeps the replicas that run");
+    world.put_service(service("web", 1, "h1"));
+    world.converge(&[]);
+    assert_eq!(world.placement().len(), 1);
+}

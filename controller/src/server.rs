@@ -1,0 +1,162 @@
+//! One controller: the cluster-state watcher, the leader election, the reconcilers
+//! (while leading) and the gRPC server for `orch.v1.Api` and `orch.v1.Nodes` — the
+//! whole of `orch-controller`, startable in-process (tests, benchmarks, `orch up`).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{rpc::ApiRpc, ServiceApi};
+use crate::election::{Candidate, ElectionConfig};
+use crate::events::EventLog;
+use crate::nodes::{rpc::NodesRpc, NodeRegistry};
+use crate::reconcile::runner::{self, ReconcilerConfig};
+use crate::state::StateWatcher;
+use crate::store::{Revision, Store};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The service VIP range.
+    pub service_network: Ipv4Addr,
+    pub service_prefix: u8,
+    /// The cluster pod network, a /16: node n gets its n-th /24.
+    pub cluster_network: Ipv4Addr,
+    /// A node whose heartbeats stop for this long is NotReady.
+    pub node_lease: Duration,
+    /// A NotReady node's replicas move elsewhere after this.
+    pub node_grace: Duration,
+    /// The leadership lease's TTL: a dead leader is replaced within about this.
+    pub leader_lease: Duration,
+    /// How long events are kept.
+    pub event_ttl: Duration,
+    /// This controller's name in the leader key.
+    pub identity: String,
+}
+
+impl ControllerConfig {
+    pub fn service_cidr(&self) -> String {
+        format!("{}/{}", self.service_network, self.service_prefix)
+    }
+}
+
+impl Default for ControllerConfig {
+    fn default() -> ControllerConfig {
+        ControllerConfig {
+            service_network: Ipv4Addr::new(10, 96, 0, 0),
+            service_prefix: 16,
+            cluster_network: Ipv4Addr::new(10, 88, 0, 0),
+            node_lease: Duration::from_secs(5),
+            node_grace: Duration::from_secs(5),
+            leader_lease: Duration::from_secs(3),
+            event_ttl: Duration::from_secs(3600),
+            identity: format!("controller-{}", std::process::id()),
+        }
+    }
+}
+
+/// A running controller. [`Controller::stop`] shuts it down cleanly (handing leadership
+/// over at once); dropping it or [`Controller::crash`] stops it the way a killed process
+/// stops — its leadership lease simply expires.
+pub struct Controller {
+    candidate: Option<Candidate>,
+    watcher: StateWatcher,
+    reconciler: JoinHandle<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// Dropped to end every agent session.
+    stopping: Option<watch::Sender<()>>,
+    settled: watch::Receiver<Revision>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.reconciler.abort();
+        self.stopping.take();
+        self.server.abort();
+    }
+}
+
+impl Controller {
+    pub fn start(store: Arc<dyn Store>, config: ControllerConfig, listener: TcpListener) -> Controller {
+        let watcher = StateWatcher::spawn(Arc::clone(&store));
+        let events = EventLog::new(Arc::clone(&store), config.event_ttl);
+        let candidate = Candidate::spawn(Arc::clone(&store), ElectionConfig { identity: config.identity.clone(), ttl: config.leader_lease });
+        let (settled_sender, settled) = watch::channel(0);
+        let reconciler = tokio::spawn(runner::run(
+            Arc::clone(&store),
+            watcher.subscribe(),
+            candidate.subscribe(),
+            events.clone(),
+            ReconcilerConfig { node_grace: config.node_grace, resync: Duration::from_millis(250) },
+            settled_sender,
+        ));
+        let (stopping, sessions_stop) = watch::channel(());
+        let api = ServiceApi::new(Arc::clone(&store), config.service_network, config.service_prefix);
+        let nodes = NodesRpc::new(
+            NodeRegistry::new(Arc::clone(&store), config.cluster_network, config.node_lease),
+            Arc::clone(&store),
+            config.service_cidr(),
+            watcher.subscribe(),
+            events,
+            sessions_stop,
+        );
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ApiRpc::new(api).into_server())
+                .add_service(nodes.into_server())
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        Controller { candidate: Some(candidate), watcher, reconciler, server, shutdown: Some(shutdown), stopping: Some(stopping), settled }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.candidate.as_ref().is_some_and(Candidate::is_leader)
+    }
+
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.candidate.as_ref().map_or_else(|| watch::channel(false).1, Candidate::subscribe)
+    }
+
+    /// The revision of the latest state on which the reconcilers (while leading) found
+    /// nothing left to do.
+    pub fn settled(&self) -> watch::Receiver<Revision> {
+        self.settled.clone()
+    }
+
+    pub fn state(&self) -> &StateWatcher {
+        &self.watcher
+    }
+
+    /// Serves until the gRPC server fails or `stop` is called elsewhere.
+    pub async fn serve(&mut self) -> Result<(), tonic::transport::Error> {
+        match (&mut self.server).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Stops serving, pauses the reconcilers and resigns leadership.
+    pub async fn stop(mut self) {
+        self.reconciler.abort();
+        self.stopping.take();
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        if let Some(candidate) = self.candidate.take() {
+            candidate.resign().await;
+        }
+    }
+
+    /// Stops everything at once, resigning nothing (a killed controller).
+    pub fn crash(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,246 @@
+//! The controller's picture of the cluster: every record under `/orch/` (but events and
+//! IPAM), decoded, as of one store revision. One task keeps it current with a list
+//! followed by a watch from the listing's revision (re-listing when the watch ends), and
+//! publishes each new picture on a `tokio::sync::watch` channel — so reconcilers and
+//! agent sessions always see a whole, consistent state and skip the intermediate ones
+//! they were too slow to see (level-triggered: they never need every event).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_api::pb;
+use tokio::sync::watch;
+
+use crate::keys;
+use crate::store::{KeyValue, Revision, Store, WatchEvent};
+
+/// The shortest time between two published pictures while writes keep coming.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A record and the revision a compare-and-swap on it must name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub key: String,
+    pub value: T,
+    pub mod_revision: Revision,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    /// The store revision this picture is complete up to; 0 before the first listing.
+    pub revision: Revision,
+    /// Service name → service.
+    pub services: BTreeMap<String, Versioned<pb::Service>>,
+    /// Store key (`/orch/replicas/<service>/<id>`) → replica record.
+    pub replicas: BTreeMap<String, Versioned<pb::Replica>>,
+    /// (node, replica id) → the replica as that node reported it.
+    pub statuses: BTreeMap<(String, String), Versioned<pb::Replica>>,
+    /// Node name → node record.
+    pub nodes: BTreeMap<String, Versioned<pb::Node>>,
+    /// Nodes whose liveness lease is alive.
+    pub alive: BTreeSet<String>,
+    /// Service name → its endpoints record.
+    pub endpoints: BTreeMap<String, Versioned<pb::ServiceEndpoints>>,
+    /// Node name → keys of the replicas bound to it (an index over `replicas`).
+    pub by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Bumped on every change to the records above (not on changes to keys the picture
+    /// ignores, such as events): consumers skip recomputing when it did not move.
+    pub content_version: u64,
+}
+
+impl ClusterState {
+    /// Whether the first listing has been loaded.
+    pub fn synced(&self) -> bool {
+        self.revision > 0
+    }
+
+    /// What the node the replica is bound to last reported about it.
+    pub fn status_of(&self, replica: &pb::Replica) -> Option<&pb::ReplicaStatus> {
+        if replica.node.is_empty() {
+            return None;
+        }
+        self.statuses.get(&(replica.node.clone(), replica.id.clone())).and_then(|s| s.value.status.as_ref())
+    }
+
+    /// Ready: its node is alive and reports it ready.
+    pub fn is_ready(&self, replica: &pb::Replica) -> bool {
+        self.alive.contains(&replica.node) && self.status_of(replica).is_some_and(|s| s.ready)
+    }
+
+    pub fn replicas_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Versioned<pb::Replica>> + 'a {
+        let prefix = keys::replicas_of(service);
+        self.replicas.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+    }
+
+    pub fn replicas_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Versioned<pb::Replica>> + 'a {
+        self.by_node.get(node).into_iter().flatten().filter_map(|key| self.replicas.get(key))
+    }
+
+    fn unindex(&mut self, key: &str) {
+        if let Some(old) = self.replicas.get(key) {
+            if let Some(keys) = self.by_node.get_mut(&old.value.node) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_node.remove(&old.value.node);
+                }
+            }
+        }
+    }
+
+    /// Applies one change; returns whether it concerned this picture.
+    fn apply(&mut self, event: &WatchEvent) -> bool {
+        match event {
+            WatchEvent::Put(kv) => self.put(kv),
+            WatchEvent::Delete { key, .. } => self.remove(key),
+        }
+    }
+
+    fn put(&mut self, kv: &KeyValue) -> bool {
+        fn decoded<T: prost::Message + Default>(kv: &KeyValue) -> Option<Versioned<T>> {
+            match keys::decode::<T>(&kv.key, &kv.value) {
+                Ok(value) => Some(Versioned { key: kv.key.clone(), value, mod_revision: kv.mod_revision }),
+                Err(error) => {
+                    tracing::warn!(%error, "ignoring a corrupt record");
+                    None
+                }
+            }
+        }
+        let key = kv.key.as_str();
+        if let Some(name) = key.strip_prefix(keys::SERVICES) {
+            decoded(kv).map(|v| self.services.insert(name.to_owned(), v)).is_some()
+        } else if key.starts_with(keys::REPLICAS) {
+            let Some(replica) = decoded::<pb::Replica>(kv) else { return false };
+            self.unindex(key);
+            if !replica.value.node.is_empty() {
+                self.by_node.entry(replica.value.node.clone()).or_default().insert(key.to_owned());
+            }
+            self.replicas.insert(key.to_owned(), replica);
+            true
+        } else if let Some(rest) = key.strip_prefix(keys::STATUS) {
+            let Some((node, id)) = rest.split_once('/') else { return false };
+            decoded(kv).map(|v| self.statuses.insert((node.to_owned(), id.to_owned()), v)).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::NODES) {
+            decoded(kv).map(|v| self.nodes.insert(name.to_owned(), v)).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
+            self.alive.insert(name.to_owned());
+            true
+        } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
+            decoded(kv).map(|v| self.endpoints.insert(name.to_owned(), v)).is_some()
+        } else {
+            false
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        if let Some(name) = key.strip_prefix(keys::SERVICES) {
+            self.services.remove(name).is_some()
+        } else if key.starts_with(keys::REPLICAS) {
+            self.unindex(key);
+            self.replicas.remove(key).is_some()
+        } else if let Some(rest) = key.strip_prefix(keys::STATUS) {
+            let Some((node, id)) = rest.split_once('/') else { return false };
+            self.statuses.remove(&(node.to_owned(), id.to_owned())).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::NODES) {
+            self.nodes.remove(name).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
+            self.alive.remove(name)
+        } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
+            self.endpoints.remove(name).is_some()
+        } else {
+            false
+        }
+    }
+}
+
+/// Keeps a [`ClusterState`] current; dropping it stops the task.
+pub struct StateWatcher {
+    receiver: watch::Receiver<Arc<ClusterState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StateWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StateWatcher {
+    pub fn spawn(store: Arc<dyn Store>) -> StateWatcher {
+        let (sender, receiver) = watch::channel(Arc::new(ClusterState::default()));
+        let task = tokio::spawn(follow(store, sender));
+        StateWatcher { receiver, task }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.receiver.clone()
+    }
+
+    pub fn current(&self) -> Arc<ClusterState> {
+        self.receiver.borrow().clone()
+    }
+}
+
+/// Waits until the picture has caught up with `revision`.
+pub async fn wait_for_revision(receiver: &mut watch::Receiver<Arc<ClusterState>>, revision: Revision) -> Option<Arc<ClusterState>> {
+    receiver.wait_for(|state| state.revision >= revision).await.ok().map(|state| state.clone())
+}
+
+async fn follow(store: Arc<dyn Store>, sender: watch::Sender<Arc<ClusterState>>) {
+    loop {
+        match follow_once(store.as_ref(), &sender).await {
+            Ok(()) => return, // nobody listens any more
+            Err(error) => {
+                tracing::warn!(%error, "cluster state watch ended; listing again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>>) -> Result<(), String> {
+    let listing = store.list(keys::ROOT).await.map_err(|e| e.to_string())?;
+    let mut state = ClusterState { revision: listing.revision, ..ClusterState::default() };
+    for kv in &listing.items {
+        state.put(kv);
+    }
+    if sender.send(Arc::new(state.clone())).is_err() {
+        return Ok(());
+    }
+    let mut stream = store.watch(keys::ROOT, listing.revision + 1).await.map_err(|e| e.to_string())?;
+    let mut last_publish = tokio::time::Instant::now();
+    loop {
+        let Some(first) = stream.next().await else { return Err("the watch ended".into()) };
+        let first = first.map_err(|e| e.to_string())?;
+        state.revision = state.revision.max(first.revision());
+        let mut changed = state.apply(&first);
+        // Take whatever else is already queued — and, when the last picture went out less
+        // than PUBLISH_INTERVAL ago, whatever arrives until then — and publish once: under
+        // a burst of writes consumers see at most one picture per interval instead of one
+        // per write. Changes to keys the picture ignores (events, IPAM) advance the
+        // revision only, so that whoever waits for a revision sees it reached.
+        let publish_at = last_publish + PUBLISH_INTERVAL;
+        loop {
+            let next = match stream.try_next() {
+                Some(next) => next,
+                None if tokio::time::Instant::now() < publish_at => match tokio::time::timeout_at(publish_at, stream.next()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => return Err("the watch ended".into()),
+                    Err(_) => break,
+                },
+                None => break,
+            };
+            let event = next.map_err(|e| e.to_string())?;
+            state.revision = state.revision.max(event.revision());
+            changed |= state.apply(&event);
+        }
+        if sender.is_closed() {
+            return Ok(());
+        }
+        if changed {
+            state.content_version += 1;
+        }
+        sender.send_replace(Arc::new(state.clone()));
+        last_publish = tokio::time::Instant::now();
+    }
+}

@@ -1,0 +1,192 @@
+//! A fake agent, for the controller's tests and benchmarks: it speaks `orch.v1.Nodes` over
+//! real gRPC exactly as an agent does (register, session, heartbeats, status reports) but
+//! "runs" its desired set by declaring every replica Running and ready at once.
+//! Not for production use: the real agent lives in `orch-agent`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use orch_api::pb;
+use orch_api::pb::nodes_client::NodesClient;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Replica id → replica, as the agent "runs" it.
+    running: BTreeMap<String, pb::Replica>,
+    generation: u64,
+    desired_sets: u64,
+    endpoints: Vec<pb::ServiceEndpoints>,
+    routes: Vec<pb::NodeRoute>,
+    sessions: u64,
+    /// Replica id → last octet of its address, kept while it runs.
+    addresses: BTreeMap<String, u32>,
+}
+
+pub struct FakeAgent {
+    pub name: String,
+    seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeAgentConfig {
+    pub name: String,
+    pub address: String,
+    pub capacity: pb::ResourceList,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat: Duration,
+}
+
+impl FakeAgentConfig {
+    pub fn new(name: &str, address: &str) -> FakeAgentConfig {
+        FakeAgentConfig {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            capacity: pb::ResourceList { cpu_millis: 64_000, memory_bytes: 256 << 30, pids: 0 },
+            labels: BTreeMap::new(),
+            heartbeat: Duration::from_millis(200),
+        }
+    }
+}
+
+impl FakeAgent {
+    /// Connects to the controller at `controller` (reconnecting whenever the session ends).
+    pub fn start(controller: SocketAddr, config: FakeAgentConfig) -> FakeAgent {
+        FakeAgent::start_running(controller, config, Vec::new())
+    }
+
+    /// As [`FakeAgent::start`], for a node that still runs `replicas` from before (a
+    /// node coming back after a partition).
+    pub fn start_running(controller: SocketAddr, config: FakeAgentConfig, replicas: Vec<pb::Replica>) -> FakeAgent {
+        let seen = Arc::new(Mutex::new(Seen {
+            running: replicas.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            ..Seen::default()
+        }));
+        let name = config.name.clone();
+        let task = tokio::spawn(run(controller, config, Arc::clone(&seen)));
+        FakeAgent { name, seen, task }
+    }
+
+    /// Stops it the way a dead node stops: no goodbye, heartbeats just end.
+    pub fn kill(self) -> Vec<pb::Replica> {
+        self.task.abort();
+        lock(&self.seen).running.values().cloned().collect()
+    }
+
+    pub fn running(&self) -> Vec<String> {
+        lock(&self.seen).running.keys().cloned().collect()
+    }
+
+    pub fn generation(&self) -> u64 {
+        lock(&self.seen).generation
+    }
+
+    pub fn desired_sets(&self) -> u64 {
+        lock(&self.seen).desired_sets
+    }
+
+    pub fn sessions(&self) -> u64 {
+        lock(&self.seen).sessions
+    }
+
+    pub fn endpoints(&self) -> Vec<pb::ServiceEndpoints> {
+        lock(&self.seen).endpoints.clone()
+    }
+
+    pub fn routes(&self) -> Vec<pb::NodeRoute> {
+        lock(&self.seen).routes.clone()
+    }
+}
+
+async fn run(controller: SocketAddr, config: FakeAgentConfig, seen: Arc<Mutex<Seen>>) {
+    loop {
+        if let Err(error) = session(controller, &config, &seen).await {
+            tracing::debug!(node = %config.name, %error, "fake agent session ended");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn report(config: &FakeAgentConfig, seen: &mut Seen, pod_prefix: &str) -> pb::AgentMessage {
+    let running: Vec<String> = seen.running.keys().cloned().collect();
+    seen.addresses.retain(|id, _| running.contains(id));
+    for id in &running {
+        if !seen.addresses.contains_key(id) {
+            let free = (10..250).find(|octet| !seen.addresses.values().any(|used| used == octet)).unwrap_or(250);
+            seen.addresses.insert(id.clone(), free);
+        }
+    }
+    let replicas = seen
+        .running
+        .values()
+        .map(|replica| {
+            let octet = seen.addresses.get(&replica.id).copied().unwrap_or(250);
+            let mut replica = replica.clone();
+            replica.status = Some(pb::ReplicaStatus {
+                phase: pb::ReplicaPhase::Running.into(),
+                ready: true,
+                ip: format!("{pod_prefix}{octet}"),
+                host_pid: 1000 + octet,
+                ..Default::default()
+            });
+            replica
+        })
+        .collect();
+    pb::AgentMessage {
+        node: config.name.clone(),
+        body: Some(pb::agent_message::Body::Status(pb::StatusReport { observed_generation: seen.generation, replicas, events: vec![] })),
+    }
+}
+
+async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<Seen>) -> Result<(), String> {
+    let mut client = NodesClient::connect(format!("http://{controller}")).await.map_err(|e| e.to_string())?;
+    let info = pb::NodeInfo {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        capacity: Some(config.capacity),
+        labels: config.labels.clone().into_iter().collect(),
+    };
+    let registered = client.register(pb::RegisterRequest { node: Some(info) }).await.map_err(|e| e.to_string())?.into_inner();
+    // "10.88.3.0/24" → "10.88.3."
+    let pod_prefix = registered.pod_cidr.rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap_or_default();
+    let (upward, outgoing) = mpsc::channel(16);
+    let heartbeat = || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
+    upward.send(heartbeat()).await.map_err(|e| e.to_string())?;
+    let first_report = report(config, &mut lock(seen), &pod_prefix);
+    upward.send(first_report).await.map_err(|e| e.to_string())?;
+    let mut downward = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| e.to_string())?.into_inner();
+    lock(seen).sessions += 1;
+    let mut ticker = tokio::time::interval(config.heartbeat);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => upward.send(heartbeat()).await.map_err(|e| e.to_string())?,
+            message = downward.message() => {
+                let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
+                let Some(pb::controller_message::Body::Desired(desired)) = message.body else { continue };
+                let report = {
+                    let mut seen = lock(seen);
+                    seen.generation = desired.generation;
+                    seen.desired_sets += 1;
+                    seen.running = desired.replicas.into_iter().filter_map(|d| d.replica).map(|r| (r.id.clone(), r)).collect();
+                    seen.endpoints = desired.endpoints;
+                    seen.routes = desired.routes;
+                    report(config, &mut seen, &pod_prefix)
+                };
+                upward.send(report).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
