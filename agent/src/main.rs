@@ -6,7 +6,7 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use orch_agent::runtime::{init, INIT_SUBCOMMAND};
+use orch_agent::runtime::{exec, init, INIT_SUBCOMMAND};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-agent", version, about = "orch node agent: runs containers with namespaces and cgroups")]
@@ -30,6 +30,9 @@ fn main() -> ExitCode {
     // so it is dispatched before anything else (no tokio, no clap).
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_SUBCOMMAND) {
         init::shim_main();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == exec::EXEC_SUBCOMMAND) {
+        exec::exec_main();
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -116,27 +116,31 @@ async fn try_lead(
         }
     }
     *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease);
-    tracing::info!(identity = %config.identity, "leading: running the reconcilers");
-    leader.send_replace(true);
     let mut valid_until = sent + config.renew_deadline();
-    loop {
-        tokio::time::sleep(config.retry_period()).await;
-        let sent = Instant::now();
-        let renewed = tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await;
-        match renewed {
-            Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "lost leadership: the lease could not be renewed");
-                break;
-            }
-            Err(_) => {
+    if Instant::now() < valid_until {
+        tracing::info!(identity = %config.identity, "leading: running the reconcilers");
+        leader.send_replace(true);
+        loop {
+            // Sleep until the next renewal, but never past the deadline.
+            tokio::time::sleep_until((Instant::now() + config.retry_period()).min(valid_until)).await;
+            if Instant::now() >= valid_until {
                 tracing::warn!("lost leadership: no renewal within the renew deadline");
                 break;
             }
-        }
-        if Instant::now() >= valid_until {
-            tracing::warn!("lost leadership: renewal came too late");
-            break;
+            let sent = Instant::now();
+            match tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await {
+                Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
+                Ok(Err(StoreError::LeaseNotFound(_))) => {
+                    tracing::warn!("lost leadership: the lease is gone");
+                    break;
+                }
+                // A transient error: try again until the deadline.
+                Ok(Err(error)) => tracing::warn!(%error, "renewing the leadership lease"),
+                Err(_) => {
+                    tracing::warn!("lost leadership: no renewal within the renew deadline");
+                    break;
+                }
+            }
         }
     }
     leader.send_replace(false);

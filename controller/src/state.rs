@@ -17,6 +17,9 @@ use crate::store::{KeyValue, Revision, Store, WatchEvent};
 
 /// The shortest time between two published pictures while writes keep coming.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+/// After this long without a change, check whether the store's revision moved on
+/// elsewhere (see `confirm_revision`).
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 /// A record and the revision a compare-and-swap on it must name.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,8 +190,10 @@ pub async fn wait_for_revision(receiver: &mut watch::Receiver<Arc<ClusterState>>
 }
 
 async fn follow(store: Arc<dyn Store>, sender: watch::Sender<Arc<ClusterState>>) {
+    // Carried across re-lists, so that a consumer never sees a version again.
+    let mut version = 0;
     loop {
-        match follow_once(store.as_ref(), &sender).await {
+        match follow_once(store.as_ref(), &sender, &mut version).await {
             Ok(()) => return, // nobody listens any more
             Err(error) => {
                 tracing::warn!(%error, "cluster state watch ended; listing again");
@@ -198,9 +203,31 @@ async fn follow(store: Arc<dyn Store>, sender: watch::Sender<Arc<ClusterState>>)
     }
 }
 
-async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>>) -> Result<(), String> {
+/// The store's current revision if this picture is complete up to it: a fresh listing
+/// holds exactly the records the picture holds, at the same revisions (so every change
+/// between the picture's revision and the listing's was to keys the picture ignores).
+async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Revision> {
+    let listing = store.list(keys::ROOT).await.ok()?;
+    if listing.revision <= state.revision {
+        return None;
+    }
+    let mut fresh = ClusterState::default();
+    for kv in &listing.items {
+        fresh.put(kv);
+    }
+    let same = fresh.services == state.services
+        && fresh.replicas == state.replicas
+        && fresh.statuses == state.statuses
+        && fresh.nodes == state.nodes
+        && fresh.alive == state.alive
+        && fresh.endpoints == state.endpoints;
+    same.then_some(listing.revision)
+}
+
+async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>>, version: &mut u64) -> Result<(), String> {
     let listing = store.list(keys::ROOT).await.map_err(|e| e.to_string())?;
-    let mut state = ClusterState { revision: listing.revision, ..ClusterState::default() };
+    *version += 1;
+    let mut state = ClusterState { revision: listing.revision, content_version: *version, ..ClusterState::default() };
     for kv in &listing.items {
         state.put(kv);
     }
@@ -210,7 +237,21 @@ async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>
     let mut stream = store.watch(keys::ROOT, listing.revision + 1).await.map_err(|e| e.to_string())?;
     let mut last_publish = tokio::time::Instant::now();
     loop {
-        let Some(first) = stream.next().await else { return Err("the watch ended".into()) };
+        let first = match tokio::time::timeout(IDLE_CHECK, stream.next()).await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Err("the watch ended".into()),
+            Err(_) => {
+                // Quiet for a while: the store's revision may have moved on through keys
+                // outside this prefix (a shared etcd). Whoever waits for it is told.
+                if let Some(revision) = confirm_revision(store, &state).await {
+                    if revision > state.revision {
+                        state.revision = revision;
+                        sender.send_replace(Arc::new(state.clone()));
+                    }
+                }
+                continue;
+            }
+        };
         let first = first.map_err(|e| e.to_string())?;
         state.revision = state.revision.max(first.revision());
         let mut changed = state.apply(&first);
@@ -238,7 +279,8 @@ async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>
             return Ok(());
         }
         if changed {
-            state.content_version += 1;
+            *version += 1;
+            state.content_version = *version;
         }
         sender.send_replace(Arc::new(state.clone()));
         last_publish = tokio::time::Instant::now();

@@ -263,7 +263,7 @@ fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
 /// user this way; in a user namespace the init, which starts with the host's unmapped
 /// ids, takes the namespace's root (0:0, mapped to an unprivileged host id). Leaving
 /// uid 0 clears the effective and permitted capabilities, as for any non-root process.
-fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
+pub(crate) fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     let gid = Gid::from_raw(gid);
     let uid = Uid::from_raw(uid);
@@ -274,7 +274,7 @@ fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
 
 /// Keeps only `keep` in every capability set (bounding first, while CAP_SETPCAP is
 /// still effective) and sets no_new_privs.
-fn drop_privileges(keep: &[String]) -> Result<(), String> {
+pub(crate) fn drop_privileges(keep: &[String]) -> Result<(), String> {
     use caps::{CapSet, Capability, CapsHashSet};
     let keep: CapsHashSet = keep.iter().filter_map(|name| name.parse::<Capability>().ok()).collect();
     for cap in caps::all() {

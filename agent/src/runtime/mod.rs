@@ -7,6 +7,7 @@
 mod config;
 mod container;
 mod error;
+pub mod exec;
 mod idmap;
 pub mod init;
 mod pidfd;

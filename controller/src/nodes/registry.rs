@@ -93,12 +93,13 @@ impl NodeRegistry {
     }
 
     /// A heartbeat: keeps the node's lease alive. An expired lease (the node was gone
-    /// too long) is replaced, making the node Ready again.
+    /// too long) is replaced, making the node Ready again; so is lease 0 (none known).
     pub async fn heartbeat(&self, node: &str, lease: LeaseId) -> Result<LeaseId, NodeError> {
         if self.store.get(&keys::node(node)).await?.is_none() {
             return Err(NodeError::Unknown(node.to_owned()));
         }
-        match self.store.keep_alive(lease).await {
+        let renewed = if lease == 0 { Err(StoreError::LeaseNotFound(0)) } else { self.store.keep_alive(lease).await };
+        match renewed {
             Ok(()) if self.store.get(&keys::node_alive(node)).await?.is_some() => Ok(lease),
             Ok(()) | Err(StoreError::LeaseNotFound(_)) => {
                 let lease = self.store.grant_lease(self.lease_ttl).await?;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use orch_api::pb;
@@ -66,6 +67,7 @@ type ControllerStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, 
 type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
 /// One agent's session, once it has said who it is.
+#[derive(Clone)]
 struct Session {
     node: String,
     registry: NodeRegistry,
@@ -76,40 +78,65 @@ struct Session {
 }
 
 impl Session {
-    fn lease(&self) -> Option<LeaseId> {
+    fn known_lease(&self) -> Option<LeaseId> {
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&self.node).copied()
     }
 
+    /// Renews the node's liveness lease. The lease may have been granted by another
+    /// controller (the agent registered there before a failover): it is found through
+    /// the node's alive key, and replaced when it is gone.
     async fn heartbeat(&self) -> Result<(), Status> {
-        let lease = self.lease().ok_or_else(|| Status::failed_precondition(format!("node {:?} must register first", self.node)))?;
+        let lease = match self.known_lease() {
+            Some(lease) => lease,
+            None => {
+                let alive = self.store.get(&keys::node_alive(&self.node)).await.map_err(|e| status(NodeError::Store(e)))?;
+                alive.map_or(0, |kv| kv.lease)
+            }
+        };
         let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
         Ok(())
     }
 
-    async fn report(&self, report: pb::StatusReport) -> Result<(), StoreError> {
-        for event in report.events.iter().cloned() {
-            self.events.emit(&event.kind, event.object, event.message);
-        }
-        let state = self.state.borrow().clone();
-        let writes = status_writes(&state, &self.node, &report);
-        let results: Vec<Result<(), StoreError>> = futures::stream::iter(writes)
-            .map(|write| async move {
-                match write {
-                    StatusWrite::Put { key, replica } => self.store.put(&key, keys::encode(&replica), Expect::Any).await.map(|_| ()),
-                    StatusWrite::Delete { key, revision } => self.store.delete(&key, Expect::Revision(revision)).await.map(|_| ()),
+    /// Writes the latest report of the node, one at a time, off the receive loop (so
+    /// heartbeats never queue behind slow writes). Before comparing with the cached
+    /// state it waits for that state to include this session's own last writes, so a
+    /// change is never skipped because the cache still showed it.
+    async fn write_statuses(self, mut reports: watch::Receiver<Option<pb::StatusReport>>) {
+        let mut state = self.state.clone();
+        let mut written: crate::store::Revision = 0;
+        while reports.changed().await.is_ok() {
+            let Some(report) = reports.borrow_and_update().clone() else { continue };
+            let caught_up = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.revision >= written))
+                .await
+                .map(|result| result.map(|current| current.clone()));
+            let current = match caught_up {
+                Ok(Ok(current)) => current,
+                Ok(Err(_)) => return,
+                Err(_) => self.state.borrow().clone(),
+            };
+            let writes = status_writes(&current, &self.node, &report);
+            let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(writes)
+                .map(|write| {
+                    let store = Arc::clone(&self.store);
+                    async move {
+                        match write {
+                            StatusWrite::Put { key, replica } => store.put(&key, keys::encode(&replica), Expect::Any).await.map(Some),
+                            StatusWrite::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
+                        }
+                    }
+                })
+                .buffer_unordered(STATUS_WRITES)
+                .collect()
+                .await;
+            for result in results {
+                match result {
+                    Ok(revision) => written = written.max(revision.unwrap_or(0)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(error) => tracing::warn!(node = %self.node, %error, "recording a status report"),
                 }
-            })
-            .buffer_unordered(STATUS_WRITES)
-            .collect()
-            .await;
-        for result in results {
-            match result {
-                Ok(()) | Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 
     /// Sends the node's desired set now and whenever it changes, until the agent goes.
@@ -164,7 +191,8 @@ impl Nodes for NodesRpc {
         };
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let mut sender_task: Option<tokio::task::JoinHandle<()>> = None;
+            let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            let (reports, latest_report) = watch::channel::<Option<pb::StatusReport>>(None);
             loop {
                 let message = tokio::select! {
                     message = incoming.message() => match message {
@@ -178,32 +206,41 @@ impl Nodes for NodesRpc {
                 };
                 if session.node.is_empty() {
                     session.node = message.node.clone();
-                    if session.lease().is_none() {
-                        let _ = outgoing.send(Err(Status::failed_precondition(format!("node {:?} must register first", message.node)))).await;
-                        break;
+                    match session.store.get(&keys::node(&session.node)).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            let _ = outgoing.send(Err(Status::failed_precondition(format!("node {:?} must register first", message.node)))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = outgoing.send(Err(status(NodeError::Store(e)))).await;
+                            break;
+                        }
                     }
-                    sender_task = Some(tokio::spawn(Session::send_desired(session.state.clone(), session.node.clone(), outgoing.clone())));
+                    tasks.push(tokio::spawn(Session::send_desired(session.state.clone(), session.node.clone(), outgoing.clone())));
+                    tasks.push(tokio::spawn(session.clone().write_statuses(latest_report.clone())));
                 } else if message.node != session.node {
                     let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", session.node, message.node)))).await;
                     break;
                 }
-                let result = match message.body {
-                    Some(pb::agent_message::Body::Heartbeat(_)) => session.heartbeat().await,
-                    Some(pb::agent_message::Body::Status(report)) => {
-                        // The next report carries the full set again: log and go on.
-                        if let Err(error) = session.report(report).await {
-                            tracing::warn!(node = %session.node, %error, "recording a status report");
+                match message.body {
+                    Some(pb::agent_message::Body::Heartbeat(_)) => {
+                        if let Err(error) = session.heartbeat().await {
+                            let _ = outgoing.send(Err(error)).await;
+                            break;
                         }
-                        Ok(())
                     }
-                    None => Ok(()),
-                };
-                if let Err(error) = result {
-                    let _ = outgoing.send(Err(error)).await;
-                    break;
+                    Some(pb::agent_message::Body::Status(mut report)) => {
+                        for event in std::mem::take(&mut report.events) {
+                            session.events.emit(&event.kind, event.object, event.message);
+                        }
+                        // Each report is the node's full set: only the latest matters.
+                        reports.send_replace(Some(report));
+                    }
+                    None => {}
                 }
             }
-            if let Some(task) = sender_task {
+            for task in tasks {
                 task.abort();
             }
         });

@@ -63,6 +63,11 @@ impl NodeTracker {
         }
         (lost, events)
     }
+
+    /// Whether some node is NotReady and still within its grace (a timer is running).
+    pub fn pending(&self) -> bool {
+        !self.not_ready_since.is_empty()
+    }
 }
 
 /// A replica name: the service's name and five hex digits no other replica has.
@@ -101,6 +106,9 @@ pub async fn run(
     let mut tracker = NodeTracker::default();
     let mut min_revision: Revision = 0;
     let mut leading = false;
+    // The content version of the last state a pass found nothing to do on: until the
+    // content moves (or a grace timer runs), planning again would find nothing either.
+    let mut idle_at: Option<u64> = None;
     loop {
         if !*leader.borrow_and_update() {
             if leading {
@@ -116,6 +124,7 @@ pub async fn run(
             // A new leader first catches up with everything the previous one wrote.
             leading = true;
             tracker = NodeTracker::default();
+            idle_at = None;
             match store.list(keys::LEADER).await {
                 Ok(listing) => min_revision = listing.revision,
                 Err(error) => {
@@ -136,6 +145,14 @@ pub async fn run(
                 continue;
             }
         };
+        if idle_at == Some(current.content_version) && !tracker.pending() {
+            settled.send_replace(current.revision);
+            tokio::select! {
+                _ = state.changed() => {}
+                _ = leader.changed() => {}
+            }
+            continue;
+        }
         let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace);
         let mut taken: BTreeSet<String> = current.replicas.values().map(|r| r.value.id.clone()).collect();
         let plan = plan(&current, &lost, &mut |service| {
@@ -147,8 +164,8 @@ pub async fn run(
             events.emit(event.kind, event.object, event.message);
         }
         if plan.actions.is_empty() {
+            idle_at = Some(current.content_version);
             settled.send_replace(current.revision);
-            state.mark_unchanged();
             tokio::select! {
                 _ = state.changed() => {}
                 _ = leader.changed() => {}
@@ -172,13 +189,25 @@ pub async fn run(
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
+        idle_at = None;
         let mut conflicts = 0;
+        let mut failed = false;
         for result in &written {
             match result {
                 Ok(Some(revision)) => min_revision = min_revision.max(*revision),
                 Ok(None) => {}
                 Err(StoreError::Conflict { .. }) => conflicts += 1,
-                Err(error) => tracing::warn!(%error, "reconciler write failed"),
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(%error, "reconciler write failed");
+                }
+            }
+        }
+        if failed {
+            // A write that failed on our side may still have committed: plan next on a
+            // state that includes everything the store has now, so it is not made twice.
+            if let Ok(listing) = store.list(keys::LEADER).await {
+                min_revision = min_revision.max(listing.revision);
             }
         }
         tracing::debug!(count, conflicts, revision = min_revision, "plan carried out");

@@ -55,6 +55,23 @@ pub struct ServiceSpec {
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_backoff: Option<RestartBackoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+/// Delays between restarts on the node: the first is immediate, then `initialMillis`
+/// doubling up to `maxSeconds`; a run lasting `resetAfterSeconds` starts over.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestartBackoff {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_millis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_after_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

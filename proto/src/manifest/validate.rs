@@ -80,6 +80,14 @@ impl Errors {
     }
 }
 
+/// Restart back-off defaults: first restart immediate, then 250 ms doubling up to 30 s;
+/// a run of 30 s starts over. (Kubernetes: 10 s doubling to 5 min, reset after 10 min.)
+pub const DEFAULT_BACKOFF_INITIAL_MILLIS: i64 = 250;
+pub const DEFAULT_BACKOFF_MAX_SECONDS: i64 = 30;
+pub const DEFAULT_BACKOFF_RESET_SECONDS: i64 = 30;
+/// Between SIGTERM and SIGKILL (Kubernetes' default too).
+pub const DEFAULT_GRACE_SECONDS: i64 = 10;
+
 /// Validates one service manifest and returns the checked service, or every problem.
 pub fn validate_service(manifest: &ServiceManifest) -> Result<pb::Service, Vec<FieldError>> {
     let mut errors = Errors(Vec::new());
@@ -146,7 +154,22 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
         model::RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
         model::RestartPolicy::Never => pb::RestartPolicy::Never,
     };
+    let backoff = spec.restart_backoff.clone().unwrap_or_default();
+    let restart_backoff = pb::RestartBackoff {
+        initial_millis: errors.range("spec.restartBackoff.initialMillis", backoff.initial_millis.unwrap_or(DEFAULT_BACKOFF_INITIAL_MILLIS), 1, 600_000),
+        max_seconds: errors.range("spec.restartBackoff.maxSeconds", backoff.max_seconds.unwrap_or(DEFAULT_BACKOFF_MAX_SECONDS), 1, 3600),
+        reset_after_seconds: errors.range(
+            "spec.restartBackoff.resetAfterSeconds",
+            backoff.reset_after_seconds.unwrap_or(DEFAULT_BACKOFF_RESET_SECONDS),
+            1,
+            86_400,
+        ),
+    };
+    let termination_grace_seconds =
+        errors.range("spec.terminationGracePeriodSeconds", spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS), 0, 3600);
     pb::ServiceSpec {
+        restart_backoff: Some(restart_backoff),
+        termination_grace_seconds,
         replicas,
         image: spec.image.clone(),
         command: spec.command.clone(),

@@ -1,0 +1,181 @@
+//! Health probes: the pure bookkeeping (thresholds turn single results into a state) and
+//! the three checks — exec inside the container (through `orch-agent __exec`), HTTP GET
+//! to the container's address (hyper), TCP connect — each bounded by its timeout.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orch_api::pb;
+
+use crate::runtime::exec::{ExecRequest, EXEC_SUBCOMMAND};
+
+/// A probe's verdict from consecutive results, as Kubernetes counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeTracker {
+    successes: u32,
+    failures: u32,
+    /// `None` until a threshold is first reached.
+    healthy: Option<bool>,
+}
+
+impl ProbeTracker {
+    /// Records one result; returns the new verdict when it changed.
+    pub fn observe(&mut self, ok: bool, success_threshold: u32, failure_threshold: u32) -> Option<bool> {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        let verdict = if self.successes >= success_threshold.max(1) {
+            Some(true)
+        } else if self.failures >= failure_threshold.max(1) {
+            Some(false)
+        } else {
+            None
+        };
+        match verdict {
+            Some(v) if self.healthy != Some(v) => {
+                self.healthy = Some(v);
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn healthy(&self) -> Option<bool> {
+        self.healthy
+    }
+}
+
+/// Where a probe runs: the container's address and what entering it takes.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub ip: Option<Ipv4Addr>,
+    /// The agent binary (`__exec` helper) and the container's init and cgroups.
+    pub helper: PathBuf,
+    pub exec: ExecRequest,
+}
+
+/// Runs the probe once: `Ok` on success, `Err(why)` otherwise.
+pub async fn check(probe: &pb::Probe, target: &ProbeTarget) -> Result<(), String> {
+    let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
+    let attempt = async {
+        match &probe.handler {
+            Some(pb::probe::Handler::Exec(exec)) => check_exec(&exec.command, target).await,
+            Some(pb::probe::Handler::HttpGet(http)) => check_http(http, target).await,
+            Some(pb::probe::Handler::TcpSocket(tcp)) => check_tcp(tcp.port, target).await,
+            None => Err("the probe has no handler".to_owned()),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+fn address(target: &ProbeTarget, port: u32) -> Result<SocketAddr, String> {
+    let ip = target.ip.ok_or("the replica has no address")?;
+    let port = u16::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+    Ok(SocketAddr::from((ip, port)))
+}
+
+async fn check_tcp(port: u32, target: &ProbeTarget) -> Result<(), String> {
+    let address = address(target, port)?;
+    tokio::net::TcpStream::connect(address).await.map(|_| ()).map_err(|e| format!("tcp connect {address}: {e}"))
+}
+
+async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+
+    let address = address(target, http.port)?;
+    let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("http GET {address}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("http GET {address}: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, address.to_string()).header("user-agent", "orch-probe/1");
+    for header in &http.http_headers {
+        request = request.header(header.name.as_str(), header.value.as_str());
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| format!("http GET {address}{path}: {e}"))?;
+    let result = sender.send_request(request).await;
+    driver.abort();
+    let response = result.map_err(|e| format!("http GET {address}{path}: {e}"))?;
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("http GET {address}{path}: status {}", status.as_u16()))
+    }
+}
+
+async fn check_exec(command: &[String], target: &ProbeTarget) -> Result<(), String> {
+    let mut request = target.exec.clone();
+    request.command = command.to_vec();
+    let output = tokio::process::Command::new(&target.helper)
+        .arg(EXEC_SUBCOMMAND)
+        .args(request.to_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("exec {command:?}: cannot start the helper: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let code = output.status.code().map_or_else(|| "a signal".to_owned(), |c| format!("exit code {c}"));
+        Err(format!("exec {command:?}: {code}{}", if stderr.trim().is_empty() { String::new() } else { format!(" ({})", stderr.trim()) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_decide() {
+        // (results, success threshold, failure threshold, verdict changes)
+        let table: [(&[bool], u32, u32, &[Option<bool>]); 4] = [
+            (&[true], 1, 3, &[Some(true)]),
+            (&[false, false, false], 1, 3, &[None, None, Some(false)]),
+            (&[false, true, false, false, false], 1, 3, &[None, Some(true), None, None, Some(false)]),
+            (&[true, true, false, true, true], 2, 1, &[None, Some(true), Some(false), None, Some(true)]),
+        ];
+        for (results, success, failure, expected) in table {
+            let mut tracker = ProbeTracker::default();
+            let seen: Vec<Option<bool>> = results.iter().map(|&ok| tracker.observe(ok, success, failure)).collect();
+            assert_eq!(seen, expected, "{results:?} with thresholds {success}/{failure}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_against_a_loopback_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = u32::from(listener.local_addr().expect("address").port());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buffer[..n]).to_string();
+                let status = if request.starts_with("GET /ok ") { "200 OK" } else { "503 Service Unavailable" };
+                let _ = stream.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let target = ProbeTarget { ip: Some(Ipv4Addr::LOCALHOST), helper: PathBuf::new(), exec: ExecRequest::default() };
+        let probe = |handler| pb::Probe { handler: Some(handler), timeout_seconds: 2, ..Default::default() };
+        let http = |path: &str| pb::probe::Handler::HttpGet(pb::HttpGetAction { path: path.into(), port, http_headers: vec![] });
+        assert_eq!(check(&probe(http("/ok")), &target).await, Ok(()));
+        let failed = check(&probe(http("/down")), &target).await.expect_err("503 fails");
+        assert!(failed.contains("status 503"), "{failed}");
+        assert_eq!(check(&probe(pb::probe::Handler::TcpSocket(pb::TcpSocketAction { port })), &target).await, Ok(()));
+    }
+}

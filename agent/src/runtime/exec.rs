@@ -1,0 +1,206 @@
+//! `orch-agent __exec`: runs a command inside a running container — exec probes and
+//! `orch exec`. Like `nsenter`, in a fresh single-threaded process (re-executed agent
+//! binary, dispatched before any thread starts): join the container's cgroups, enter
+//! its namespaces (user first when it has its own, mount last, then its root), fork so
+//! the child is inside the PID namespace, drop to the container's capabilities and
+//! user, exec. The helper waits and exits with the command's status (128+N for signal
+//! N); the command dies with the helper (PDEATHSIG), so a timed-out probe leaves
+//! nothing behind.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+
+/// The hidden subcommand that runs [`exec_main`].
+pub const EXEC_SUBCOMMAND: &str = "__exec";
+
+/// What to run where, as passed on the helper's command line:
+/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] [--env K=V]… [--cwd DIR] -- CMD…`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub pid: i32,
+    /// The container's cgroup directories (one per hierarchy).
+    pub cgroups: Vec<String>,
+    pub user: Option<(u32, u32)>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    pub command: Vec<String>,
+}
+
+impl ExecRequest {
+    /// The helper's arguments after the subcommand.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec!["--pid".to_owned(), self.pid.to_string()];
+        for cgroup in &self.cgroups {
+            args.extend(["--cgroup".to_owned(), cgroup.clone()]);
+        }
+        if let Some((uid, gid)) = self.user {
+            args.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
+        }
+        for entry in &self.env {
+            args.extend(["--env".to_owned(), entry.clone()]);
+        }
+        if let Some(cwd) = &self.cwd {
+            args.extend(["--cwd".to_owned(), cwd.clone()]);
+        }
+        args.push("--".to_owned());
+        args.extend(self.command.iter().cloned());
+        args
+    }
+
+    pub fn parse(args: &[String]) -> Result<ExecRequest, String> {
+        let mut request = ExecRequest::default();
+        let mut iter = args.iter();
+        while let Some(flag) = iter.next() {
+            if flag == "--" {
+                request.command = iter.cloned().collect();
+                break;
+            }
+            let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--pid" => request.pid = value.parse().map_err(|_| format!("--pid {value:?}: not a process id"))?,
+                "--cgroup" => request.cgroups.push(value.clone()),
+                "--user" => {
+                    let (uid, gid) = value.split_once(':').ok_or_else(|| format!("--user {value:?}: expected UID:GID"))?;
+                    let uid = uid.parse().map_err(|_| format!("--user {value:?}: bad uid"))?;
+                    let gid = gid.parse().map_err(|_| format!("--user {value:?}: bad gid"))?;
+                    request.user = Some((uid, gid));
+                }
+                "--env" => request.env.push(value.clone()),
+                "--cwd" => request.cwd = Some(value.clone()),
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        if request.pid <= 0 {
+            return Err("--pid is required".into());
+        }
+        if request.command.first().is_none_or(String::is_empty) {
+            return Err("a command is needed after --".into());
+        }
+        Ok(request)
+    }
+}
+
+fn die(message: &str, code: i32) -> ! {
+    eprintln!("orch-agent exec: {message}");
+    std::process::exit(code)
+}
+
+/// Entry point of `orch-agent __exec`. Never returns. Must run before any thread starts.
+pub fn exec_main() -> ! {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let request = ExecRequest::parse(&args).unwrap_or_else(|e| die(&e, CODE_RUNTIME));
+    let pid = request.pid;
+    for cgroup in &request.cgroups {
+        let procs = std::path::Path::new(cgroup).join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            die(&format!("join cgroup {}: {e}", procs.display()), CODE_RUNTIME);
+        }
+    }
+    // Everything is opened before the first setns: /proc changes meaning afterwards.
+    let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).unwrap_or_else(|e| die(&format!("open /proc/{pid}/{what}: {e}"), CODE_RUNTIME));
+    let own_user = std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()).unwrap_or(0);
+    let their_user = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino()).unwrap_or(0);
+    let user = (own_user != their_user).then(|| open("ns/user"));
+    let namespaces = [
+        (open("ns/ipc"), CloneFlags::CLONE_NEWIPC),
+        (open("ns/uts"), CloneFlags::CLONE_NEWUTS),
+        (open("ns/net"), CloneFlags::CLONE_NEWNET),
+        (open("ns/pid"), CloneFlags::CLONE_NEWPID),
+        (open("ns/cgroup"), CloneFlags::CLONE_NEWCGROUP),
+        (open("ns/mnt"), CloneFlags::CLONE_NEWNS),
+    ];
+    let root = open("root");
+    if let Some(user) = &user {
+        if let Err(e) = setns(user, CloneFlags::CLONE_NEWUSER) {
+            die(&format!("setns(user) of {pid}: {e}"), CODE_RUNTIME);
+        }
+    }
+    for (fd, kind) in &namespaces {
+        if let Err(e) = setns(fd, *kind) {
+            die(&format!("setns({kind:?}) of {pid}: {e}"), CODE_RUNTIME);
+        }
+    }
+    // The container's root is where its init pivoted to, not the namespace's first mount.
+    if let Err(e) = nix::unistd::fchdir(&root).and_then(|()| nix::unistd::chroot(".")) {
+        die(&format!("enter the root of {pid}: {e}"), CODE_RUNTIME);
+    }
+    // SAFETY: this process is single-threaded (dispatched before any thread starts), so
+    // the child may run arbitrary code after fork.
+    match unsafe { fork() } {
+        Err(e) => die(&format!("fork: {e}"), CODE_RUNTIME),
+        Ok(ForkResult::Child) => command_main(&request),
+        Ok(ForkResult::Parent { child }) => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
+            }
+        },
+    }
+}
+
+fn command_main(request: &ExecRequest) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let cwd = request.cwd.as_deref().unwrap_or("/");
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        die(&format!("chdir {cwd}: {e}"), CODE_RUNTIME);
+    }
+    let keep: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    if let Err(message) = super::init::drop_privileges(&keep) {
+        die(&message, CODE_RUNTIME);
+    }
+    if let Some((uid, gid)) = request.user {
+        if let Err(message) = super::init::switch_user(uid, gid) {
+            die(&message, CODE_RUNTIME);
+        }
+    }
+    let program = request.command[0].clone();
+    let path = request.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH).to_owned();
+    let resolved = if program.contains('/') {
+        program.clone()
+    } else {
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("{d}/{program}"))
+            .find(|candidate| std::fs::metadata(candidate).is_ok_and(|m| m.is_file()))
+            .unwrap_or_else(|| die(&format!("exec {program}: executable file not found in $PATH ({path})"), CODE_NOT_FOUND))
+    };
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = request.command.iter().map(|a| to_c(a)).collect();
+    let envp: Vec<CString> = request.env.iter().map(|e| to_c(e)).collect();
+    let error = match nix::unistd::execve(&to_c(&resolved), &argv, &envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let code = if error == nix::errno::Errno::ENOENT { CODE_NOT_FOUND } else { CODE_CANNOT_INVOKE };
+    die(&format!("exec {resolved}: {error}"), code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let request = ExecRequest {
+            pid: 42,
+            cgroups: vec!["/sys/fs/cgroup/memory/orch/web-1".into()],
+            user: Some((1000, 1000)),
+            env: vec!["PATH=/bin".into(), "A=b c".into()],
+            cwd: Some("/srv".into()),
+            command: vec!["sh".into(), "-c".into(), "echo --pid".into()],
+        };
+        assert_eq!(ExecRequest::parse(&request.to_args()), Ok(request));
+        assert!(ExecRequest::parse(&["--pid".into(), "1".into()]).is_err(), "no command");
+        assert!(ExecRequest::parse(&["--pid".into(), "x".into(), "--".into(), "sh".into()]).is_err());
+    }
+}
