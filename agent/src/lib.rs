@@ -8,4 +8,5 @@
 pub mod cgroups;
 pub mod images;
 pub mod net;
+pub mod node;
 pub mod runtime;

@@ -23,6 +23,10 @@ enum Command {
     Images(commands::images::ImagesArgs),
     /// The node network by hand (bridge, balancer, routes).
     Net(commands::net::NetArgs),
+    /// The node agent: register with the controller, run the replicas it asks for.
+    Serve(commands::serve::ServeArgs),
+    /// Stop every container of this node's agent and remove its network and records.
+    Teardown(commands::serve::TeardownArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,19 @@ fn main() -> ExitCode {
         exec::exec_main();
     }
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .init();
+        return match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime.block_on(commands::serve::serve(args)),
+            Err(e) => {
+                eprintln!("orch-agent: cannot start the async runtime: {e}");
+                ExitCode::from(125)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -46,5 +63,7 @@ fn main() -> ExitCode {
         Command::Run(args) => ExitCode::from(u8::try_from(runtime.block_on(commands::run::run(args))).unwrap_or(125)),
         Command::Images(args) => runtime.block_on(commands::images::run(args)),
         Command::Net(args) => runtime.block_on(commands::net::run(args)),
+        Command::Teardown(args) => runtime.block_on(commands::serve::teardown(args)),
+        Command::Serve(_) => ExitCode::SUCCESS,
     }
 }

@@ -3,3 +3,4 @@
 pub mod images;
 pub mod net;
 pub mod run;
+pub mod serve;

@@ -1,0 +1,218 @@
+//! `orch-agent serve`: the node agent daemon (see `orch_agent::node`), and
+//! `orch-agent teardown`: remove everything an agent made on this node.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use orch_api::pb;
+use tokio::signal::unix::{signal, SignalKind};
+
+use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
+use orch_agent::node::{Agent, AgentConfig, Shutdown};
+use orch_agent::runtime::{Runtime, RuntimeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The controller's gRPC address.
+    #[arg(long, env = "ORCH_CONTROLLER", default_value = "127.0.0.1:7100")]
+    pub controller: String,
+    /// This node's name (a DNS label); the hostname by default.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// This node's address: other nodes reach its pods through it and node ports listen on it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: Ipv4Addr,
+    /// Where container directories, images, logs and replica records live.
+    #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent")]
+    pub state_dir: PathBuf,
+    /// Parent of every container's cgroup in every hierarchy.
+    #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
+    pub cgroup_parent: String,
+    /// The node bridge (at most 12 characters: the balancer's names derive from it).
+    #[arg(long, default_value = "orch0")]
+    pub bridge: String,
+    /// CPU the scheduler may hand out, in millicores; all of this machine's by default.
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// Memory the scheduler may hand out, e.g. 4Gi; all of this machine's by default.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// A node label KEY=VALUE (for nodeSelector); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A registry (HOST:PORT) to reach over plain HTTP besides loopback ones; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "ORCH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Between heartbeats (the controller's node lease must be several of these).
+    #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
+    pub heartbeat_ms: u64,
+    /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
+    /// leaving the containers running for the next agent.
+    #[arg(long)]
+    pub drain_on_exit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent")]
+    pub state_dir: PathBuf,
+    #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
+    pub cgroup_parent: String,
+    #[arg(long, default_value = "orch0")]
+    pub bridge: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
+}
+
+fn machine_capacity() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned())))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024);
+    (cpus * 1000, memory)
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
+    let name = args.name.clone().unwrap_or_else(hostname);
+    orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: must be {e}"))?;
+    let (cpus, memory) = machine_capacity();
+    let memory = match &args.memory {
+        Some(text) => orch_api::manifest::quantity::parse_memory_bytes(text).map_err(|e| anyhow::anyhow!("--memory {text:?}: {e}"))?,
+        None => memory,
+    };
+    let mut labels = BTreeMap::new();
+    for label in &args.labels {
+        let (key, value) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
+    anyhow::ensure!(args.heartbeat_ms >= 100, "--heartbeat-ms: at least 100");
+    Ok(AgentConfig {
+        name,
+        address: args.address,
+        controller,
+        state_dir: args.state_dir.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        bridge: args.bridge.clone(),
+        capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(cpus), memory_bytes: memory, pids: 0 },
+        labels,
+        insecure_registries: args.insecure_registries.clone(),
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
+    })
+}
+
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    match serve_inner(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("orch-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tracing::info!(node = %config.name, controller = %config.controller, state = %config.state_dir.display(), "orch-agent starting");
+    let agent = tokio::select! {
+        agent = Agent::start(config) => agent?,
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
+    let how = if args.drain_on_exit { Shutdown::Drain } else { Shutdown::Leave };
+    agent
+        .run(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            how
+        })
+        .await;
+    Ok(())
+}
+
+/// Stops and removes every container the agent's state dir knows, frees their
+/// addresses, and removes the node network and the agent's records.
+pub async fn teardown(args: TeardownArgs) -> ExitCode {
+    let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("orch-agent"));
+    let runtime = match Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe: helper }) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("orch-agent teardown: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for id in runtime.container_ids() {
+        match runtime.adopt(&id) {
+            Ok(container) => {
+                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2)).await;
+                if let Err(e) = container.remove().await {
+                    eprintln!("orch-agent teardown: container {id}: {e}");
+                    failed = true;
+                }
+            }
+            Err(e) => {
+                eprintln!("orch-agent teardown: container {id}: {e}");
+                let _ = std::fs::remove_dir_all(args.state_dir.join("containers").join(&id));
+            }
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Registration {
+        pod_cidr: String,
+        service_cidr: String,
+    }
+    let registration: Option<Registration> =
+        std::fs::read(args.state_dir.join("node.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if let Some(registration) = registration {
+        match (Subnet::parse(&registration.pod_cidr), Subnet::parse(&registration.service_cidr)) {
+            (Ok(subnet), Ok(service_cidr)) => {
+                let network = NodeNetwork::setup(NodeNetworkConfig {
+                    bridge: args.bridge.clone(),
+                    subnet,
+                    service_cidr,
+                    state_dir: args.state_dir.clone(),
+                    node_address: None,
+                    strategy: Strategy::RoundRobin,
+                    node_netns: None,
+                })
+                .await;
+                match network {
+                    Ok(network) => {
+                        if let Err(e) = network.teardown(true).await {
+                            eprintln!("orch-agent teardown: node network: {e}");
+                            failed = true;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("orch-agent teardown: node network: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            _ => eprintln!("orch-agent teardown: {}: unreadable subnets", args.state_dir.join("node.json").display()),
+        }
+    }
+    for dir in ["replicas", "logs", "network/files"] {
+        let _ = std::fs::remove_dir_all(args.state_dir.join(dir));
+    }
+    let _ = std::fs::remove_file(args.state_dir.join("node.json"));
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

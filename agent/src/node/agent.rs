@@ -1,0 +1,377 @@
+//! The node agent daemon: registers with the controller, sets the node network up,
+//! re-adopts what a previous agent left running, then keeps one session open —
+//! converging the node to every desired set it receives (start what is missing, stop
+//! what is no longer wanted, balancer table, routes to other nodes) and reporting
+//! replica status upward. Static stability: when the controller is unreachable the
+//! replicas keep running and restarting; the agent reconnects with back-off.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_api::pb;
+use orch_api::pb::nodes_client::NodesClient;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::replica::{load_records, spawn, NodeContext, ReplicaHandle, StatusBoard};
+use crate::images::ImageStore;
+use crate::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
+use crate::runtime::{Runtime, RuntimeConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    /// The node's address: other nodes route to its pods through it; node ports listen on it.
+    pub address: Ipv4Addr,
+    /// The controller's gRPC address (`http://HOST:PORT`).
+    pub controller: String,
+    pub state_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub bridge: String,
+    pub capacity: pb::ResourceList,
+    pub labels: BTreeMap<String, String>,
+    pub insecure_registries: Vec<String>,
+    pub heartbeat: Duration,
+    /// The agent binary (re-executed for containers and exec probes).
+    pub helper: PathBuf,
+}
+
+/// What registration said, kept so that a restarted agent can set its network up and
+/// adopt its replicas while the controller is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Registration {
+    pod_cidr: String,
+    service_cidr: String,
+}
+
+impl AgentConfig {
+    fn registration_path(&self) -> PathBuf {
+        self.state_dir.join("node.json")
+    }
+
+    fn node_info(&self) -> pb::NodeInfo {
+        pb::NodeInfo {
+            name: self.name.clone(),
+            address: self.address.to_string(),
+            capacity: Some(self.capacity),
+            labels: self.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+async fn register(config: &AgentConfig) -> Result<Registration, String> {
+    let mut client = NodesClient::connect(config.controller.clone()).await.map_err(|e| format!("controller {}: {e}", config.controller))?;
+    let response = client
+        .register(pb::RegisterRequest { node: Some(config.node_info()) })
+        .await
+        .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
+        .into_inner();
+    Ok(Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr })
+}
+
+/// The first registration: from the controller, else (restarting while it is away) from
+/// the last one saved. Retries until one of them is there.
+async fn first_registration(config: &AgentConfig) -> Registration {
+    let saved: Option<Registration> = std::fs::read(config.registration_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match register(config).await {
+            Ok(registration) => {
+                if let Ok(bytes) = serde_json::to_vec(&registration) {
+                    let _ = std::fs::create_dir_all(&config.state_dir);
+                    let _ = std::fs::write(config.registration_path(), bytes);
+                }
+                return registration;
+            }
+            Err(error) => {
+                if let Some(saved) = &saved {
+                    tracing::warn!(%error, "controller unreachable: using the last registration");
+                    return saved.clone();
+                }
+                tracing::warn!(%error, "cannot register yet; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How the agent ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Leave every container running (an agent upgrade or restart): the next agent adopts.
+    Leave,
+    /// Stop every replica and remove the node network (`orch up` ending).
+    Drain,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    ctx: Arc<NodeContext>,
+    replicas: BTreeMap<String, ReplicaHandle>,
+    terminating: Vec<ReplicaHandle>,
+    generation: u64,
+}
+
+impl Agent {
+    /// Registers (or falls back on the saved registration), sets the node network up and
+    /// re-adopts the replicas a previous agent left.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let registration = first_registration(&config).await;
+        let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Setup(format!("pod subnet from the controller: {e}")))?;
+        let service_cidr =
+            Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Setup(format!("service range from the controller: {e}")))?;
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: config.state_dir.clone(),
+            cgroup_parent: config.cgroup_parent.clone(),
+            init_exe: config.helper.clone(),
+        })
+        .map_err(|e| AgentError::Setup(format!("runtime: {e}")))?;
+        let images = ImageStore::open(&config.state_dir.join("images"), config.insecure_registries.clone())
+            .map_err(|e| AgentError::Setup(format!("image store: {e}")))?;
+        let network = NodeNetwork::setup(NodeNetworkConfig {
+            bridge: config.bridge.clone(),
+            subnet,
+            service_cidr,
+            state_dir: config.state_dir.clone(),
+            node_address: Some(config.address),
+            strategy: Strategy::RoundRobin,
+            node_netns: None,
+        })
+        .await
+        .map_err(|e| AgentError::Setup(format!("node network: {e}")))?;
+        let ctx = Arc::new(NodeContext {
+            node: config.name.clone(),
+            runtime,
+            images,
+            network,
+            state_dir: config.state_dir.clone(),
+            helper: config.helper.clone(),
+            board: StatusBoard::default(),
+        });
+        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0 };
+        agent.adopt().await;
+        Ok(agent)
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    /// Resumes supervising every replica with a record; removes containers without one
+    /// (a start interrupted by the previous agent's death).
+    async fn adopt(&mut self) {
+        let records = load_records(&self.ctx.records_dir());
+        for record in records {
+            let container = self.ctx.runtime.adopt(&record.id).ok();
+            tracing::info!(replica = %record.id, running = container.is_some(), "re-adopting");
+            let id = record.id.clone();
+            self.replicas.insert(id, spawn(Arc::clone(&self.ctx), record, container));
+        }
+        for id in self.ctx.runtime.container_ids() {
+            if self.replicas.contains_key(&id) {
+                continue;
+            }
+            if let Ok(container) = self.ctx.runtime.adopt(&id) {
+                tracing::warn!(container = %id, "removing a container no replica owns");
+                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
+                let _ = container.remove().await;
+            }
+            let _ = self.ctx.network.detach(&id).await;
+        }
+    }
+
+    /// Converges the node to a desired set.
+    async fn converge(&mut self, set: pb::DesiredSet) {
+        self.generation = set.generation;
+        let mut wanted: BTreeMap<String, pb::Replica> = BTreeMap::new();
+        for desired in set.replicas {
+            let Some(mut replica) = desired.replica else { continue };
+            replica.spec = desired.spec;
+            wanted.insert(replica.id.clone(), replica);
+        }
+        let unwanted: Vec<String> = self.replicas.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+        for id in unwanted {
+            if let Some(handle) = self.replicas.remove(&id) {
+                tracing::info!(replica = %id, "no longer wanted: stopping");
+                handle.stop();
+                self.terminating.push(handle);
+            }
+        }
+        for (id, mut replica) in wanted {
+            if self.replicas.contains_key(&id) {
+                continue;
+            }
+            replica.status = Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Pending.into(), ..Default::default() });
+            self.replicas.insert(id, spawn(Arc::clone(&self.ctx), replica, None));
+        }
+        self.terminating.retain(|handle| !handle.is_finished());
+        let table: Vec<ServiceEndpoints> = set.endpoints.iter().filter_map(endpoints_of).collect();
+        if let Err(error) = self.ctx.network.apply_services(&table).await {
+            tracing::warn!(%error, "applying the service table");
+        }
+        let routes: Vec<PeerRoute> = set.routes.iter().filter_map(route_of).collect();
+        if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
+            tracing::warn!(%error, "setting routes to the other nodes");
+        }
+    }
+
+    fn report(&self) -> pb::AgentMessage {
+        pb::AgentMessage {
+            node: self.config.name.clone(),
+            body: Some(pb::agent_message::Body::Status(pb::StatusReport {
+                observed_generation: self.generation,
+                replicas: self.ctx.board.snapshot(),
+                events: self.ctx.board.take_events(),
+            })),
+        }
+    }
+
+    /// Serves until `shutdown` resolves: sessions with the controller, reconnecting
+    /// with back-off whenever one ends.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = Shutdown>) {
+        tokio::pin!(shutdown);
+        let mut delay = Duration::from_millis(100);
+        let how = loop {
+            tokio::select! {
+                how = &mut shutdown => break how,
+                result = self.session() => {
+                    match result {
+                        Ok(()) => delay = Duration::from_millis(100),
+                        Err(error) => tracing::warn!(%error, "controller session ended"),
+                    }
+                }
+            }
+            tokio::select! {
+                how = &mut shutdown => break how,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        self.shut_down(how).await;
+    }
+
+    async fn session(&mut self) -> Result<(), String> {
+        let registration = register(&self.config).await?;
+        if let Ok(bytes) = serde_json::to_vec(&registration) {
+            let _ = std::fs::write(self.config.registration_path(), bytes);
+        }
+        let mut client = NodesClient::connect(self.config.controller.clone()).await.map_err(|e| e.to_string())?;
+        let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
+        let heartbeat = pb::AgentMessage { node: self.config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
+        upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;
+        upward.send(self.report()).await.map_err(|e| e.to_string())?;
+        let mut downward = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .map_err(|e| format!("session: {}", e.message()))?
+            .into_inner();
+        tracing::info!(controller = %self.config.controller, "session open");
+        let mut beats = tokio::time::interval(self.config.heartbeat);
+        // A full report now and then even when nothing changed, in case one was lost.
+        let mut refresh = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = beats.tick() => upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?,
+                _ = refresh.tick() => upward.send(self.report()).await.map_err(|e| e.to_string())?,
+                () = self.ctx.board.changed() => {
+                    // Let a burst of changes settle into one report.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    upward.send(self.report()).await.map_err(|e| e.to_string())?;
+                }
+                message = downward.message() => {
+                    let message = message.map_err(|e| format!("session: {}", e.message()))?.ok_or("the controller ended the session")?;
+                    if let Some(pb::controller_message::Body::Desired(set)) = message.body {
+                        self.converge(set).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn shut_down(mut self, how: Shutdown) {
+        match how {
+            Shutdown::Leave => {
+                tracing::info!("stopping; the containers keep running for the next agent");
+                for (_, handle) in std::mem::take(&mut self.replicas) {
+                    handle.abandon();
+                }
+            }
+            Shutdown::Drain => {
+                tracing::info!("draining: stopping every replica");
+                for (_, handle) in std::mem::take(&mut self.replicas) {
+                    handle.stop();
+                    self.terminating.push(handle);
+                }
+                for handle in std::mem::take(&mut self.terminating) {
+                    handle.finished().await;
+                }
+                let ctx = self.ctx;
+                match Arc::try_unwrap(ctx) {
+                    Ok(ctx) => {
+                        if let Err(error) = ctx.network.teardown(true).await {
+                            tracing::warn!(%error, "removing the node network");
+                        }
+                    }
+                    Err(_) => tracing::warn!("the node network is still in use; not removed"),
+                }
+            }
+        }
+    }
+}
+
+/// A service from the controller as the balancer wants it; malformed entries are skipped.
+fn endpoints_of(service: &pb::ServiceEndpoints) -> Option<ServiceEndpoints> {
+    let vip = service.vip.parse().ok()?;
+    let ports = service
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(PortMapping {
+                name: p.name.clone(),
+                protocol: if p.protocol() == pb::Protocol::Udp { Protocol::Udp } else { Protocol::Tcp },
+                service_port: u16::try_from(p.service_port).ok()?,
+                target_port: u16::try_from(p.container_port).ok()?,
+                node_port: u16::try_from(p.node_port).ok().filter(|&n| n != 0),
+            })
+        })
+        .collect();
+    let ready = service.ready_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    Some(ServiceEndpoints { name: service.service.clone(), vip, ports, ready })
+}
+
+fn route_of(route: &pb::NodeRoute) -> Option<PeerRoute> {
+    let subnet = Subnet::parse(&route.pod_cidr).ok()?;
+    Some(PeerRoute { subnet_network: subnet.network, prefix: subnet.prefix, via: route.via.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controller_records_convert_and_bad_ones_are_skipped() {
+        let service = pb::ServiceEndpoints {
+            service: "web".into(),
+            vip: "10.96.0.7".into(),
+            ports: vec![pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 30080, protocol: 0 }],
+            ready_ips: vec!["10.88.1.5".into(), "junk".into()],
+        };
+        let converted = endpoints_of(&service).expect("converts");
+        assert_eq!(converted.vip, Ipv4Addr::new(10, 96, 0, 7));
+        assert_eq!(converted.ready, [Ipv4Addr::new(10, 88, 1, 5)]);
+        assert_eq!((converted.ports[0].target_port, converted.ports[0].node_port), (8080, Some(30080)));
+        assert!(endpoints_of(&pb::ServiceEndpoints { vip: "nope".into(), ..service }).is_none());
+        let route = pb::NodeRoute { node: "n2".into(), pod_cidr: "10.88.2.0/24".into(), via: "192.0.2.2".into() };
+        assert_eq!(route_of(&route), Some(PeerRoute { subnet_network: Ipv4Addr::new(10, 88, 2, 0), prefix: 24, via: Ipv4Addr::new(192, 0, 2, 2) }));
+    }
+}

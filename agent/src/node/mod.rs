@@ -1,0 +1,10 @@
+//! The node agent proper: the daemon that talks to the controller ([`agent`]), one
+//! supervisor per replica ([`replica`]: start, pidfd wait, probes, restart policy,
+//! crash evidence, cleanup), probes ([`probe`]) and restart back-off ([`backoff`]).
+
+pub mod agent;
+pub mod backoff;
+pub mod probe;
+pub mod replica;
+
+pub use agent::{Agent, AgentConfig, AgentError, Shutdown};
