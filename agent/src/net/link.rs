@@ -55,6 +55,24 @@ pub async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetEr
         .map_err(NetError::netlink(format!("set {name} up")))
 }
 
+/// Sets the link's MAC address.
+pub async fn set_mac(handle: &Handle, index: u32, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("set the MAC address of {name}")))
+}
+
+/// A container interface's MAC address derived from its IPv4 address (Docker's
+/// `02:42:a:b:c:d`): a replica restarted with the same address keeps the same MAC, so
+/// neighbours' ARP caches stay right and traffic resumes at once.
+pub fn mac_for(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// Adds `address/prefix` to the link; an address already there is fine.
 pub async fn add_address(handle: &Handle, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
     match handle.address().add(index, address.into(), prefix).execute().await {
@@ -141,5 +159,16 @@ pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetError> {
         Ok(()) => Ok(()),
         Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
         Err(e) => Err(NetError::netlink(format!("delete {name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_addresses() {
+        assert_eq!(mac_for(Ipv4Addr::new(10, 88, 1, 7)), [0x02, 0x42, 10, 88, 1, 7]);
+        assert_eq!(mac_for(Ipv4Addr::new(10, 88, 1, 7))[0] & 0x01, 0, "unicast");
     }
 }

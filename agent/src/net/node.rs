@@ -174,6 +174,7 @@ impl NodeNetwork {
         link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
         let inner = target.netlink()?;
         let eth0 = link::require_index(&inner, "eth0").await?;
+        link::set_mac(&inner, eth0, "eth0", link::mac_for(ip)).await?;
         link::add_address(&inner, eth0, ip, subnet.prefix).await?;
         link::set_up(&inner, eth0, "eth0").await?;
         link::replace_route(&inner, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;

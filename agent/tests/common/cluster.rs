@@ -1,0 +1,243 @@
+//! A one-node cluster for the daemon tests and the heal benchmark: a controller
+//! in-process (embedded store, real gRPC on loopback) and `orch-agent serve` as a process
+//! on a bridge, subnets and cgroup parent of its own.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch_api::pb;
+use orch_api::pb::api_client::ApiClient;
+use orch_controller::server::{Controller, ControllerConfig};
+use orch_controller::store::{EmbeddedStore, Store};
+use tonic::transport::Channel;
+
+use super::{oci, require_root, AGENT};
+
+pub const LIMIT: Duration = Duration::from_secs(90);
+
+/// One node's worth of everything a test makes, removed on drop (after a panic too).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn Store>,
+    controller: Option<Controller>,
+    address: SocketAddr,
+    pub api: ApiClient<Channel>,
+    agent: Option<Child>,
+    bridge: String,
+    cgroup_parent: String,
+    pub image: String,
+    service_cidr: String,
+}
+
+impl Cluster {
+    pub async fn start(test: &str) -> Cluster {
+        require_root();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let k = u8::try_from((pid % 8) * 2 + n % 2).expect("small");
+        let dir = tempfile::Builder::new().prefix(&format!("orch-daemon-{test}-")).tempdir().expect("tempdir");
+        let layout = dir.path().join("image");
+        oci::write_layout(&layout, "1.0", &[oci::busybox_layer()], &["sh"]);
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).await.expect("embedded store"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let config = ControllerConfig {
+            service_network: Ipv4Addr::new(10, 231, 10 + k, 0),
+            service_prefix: 24,
+            cluster_network: Ipv4Addr::new(10, 220 + k, 0, 0),
+            node_lease: Duration::from_secs(3),
+            node_grace: Duration::from_secs(3),
+            leader_lease: Duration::from_secs(2),
+            ..ControllerConfig::default()
+        };
+        let service_cidr = config.service_cidr();
+        let controller = Controller::start(Arc::clone(&store), config, listener);
+        let api = ApiClient::new(Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy());
+        let mut cluster = Cluster {
+            image: format!("oci:{}:1.0", layout.display()),
+            dir,
+            store,
+            controller: Some(controller),
+            address,
+            api,
+            agent: None,
+            bridge: format!("od{:x}{n}", pid % 0xffff),
+            cgroup_parent: format!("orch-test-{pid}-{n}-{test}"),
+            service_cidr,
+        };
+        cluster.start_agent();
+        cluster.wait_node_ready().await;
+        cluster
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).expect("agent log");
+        let child = Command::new(AGENT)
+            .args(["serve", "--controller", &self.address.to_string(), "--name", "node-1", "--address", "127.0.0.1"])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn orch-agent serve");
+        self.agent = Some(child);
+    }
+
+    /// `kill -9` of the agent: no goodbye.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub async fn wait_node_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            let nodes = self.api.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+            if nodes.iter().any(|n| n.ready) {
+                return;
+            }
+            assert!(start.elapsed() < LIMIT, "the agent never registered; its log:\n{}", self.agent_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn apply(&mut self, text: &str) {
+        let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "test.yaml".into(), content: text.into() }] };
+        self.api.apply(request).await.expect("apply");
+    }
+
+    pub async fn replicas(&mut self, service: &str) -> Vec<pb::Replica> {
+        self.api.list_replicas(pb::ListReplicasRequest { service: service.into() }).await.expect("list replicas").into_inner().replicas
+    }
+
+    pub async fn events_of(&mut self, object: &str) -> Vec<pb::Event> {
+        self.api.list_events(pb::ListEventsRequest { object: object.into() }).await.expect("events").into_inner().events
+    }
+
+    /// Waits until `condition` holds for the service's replicas; returns them.
+    pub async fn wait_replicas(&mut self, service: &str, what: &str, condition: impl Fn(&[pb::Replica]) -> bool) -> Vec<pb::Replica> {
+        let start = Instant::now();
+        loop {
+            let replicas = self.replicas(service).await;
+            if condition(&replicas) {
+                return replicas;
+            }
+            assert!(start.elapsed() < LIMIT, "timed out waiting for {what}: {replicas:#?}\nagent log:\n{}", self.agent_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn endpoints(&self, service: &str) -> Vec<String> {
+        match self.store.get(&format!("/orch/endpoints/{service}")).await.expect("store") {
+            Some(kv) => {
+                let endpoints: pb::ServiceEndpoints = orch_controller::keys::decode(&kv.key, &kv.value).expect("decode");
+                endpoints.ready_ips
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs a command inside a replica's container, the way exec probes do.
+    pub fn exec(&self, host_pid: u32, command: &[&str]) {
+        let status = Command::new(AGENT)
+            .args(["__exec", "--pid", &host_pid.to_string(), "--env", "PATH=/bin", "--"])
+            .args(command)
+            .status()
+            .expect("run orch-agent __exec");
+        assert!(status.success(), "{command:?} in PID {host_pid}: {status}");
+    }
+
+    /// Nothing of the node's replicas is left: containers, records, logs, addresses,
+    /// cgroups, veths.
+    pub fn assert_node_empty(&self) {
+        let state = self.state_dir();
+        let containers: Vec<_> = std::fs::read_dir(state.join("containers")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+        let records: Vec<_> = std::fs::read_dir(state.join("replicas")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(records.is_empty(), "replica records left: {records:?}");
+        let ipam = std::fs::read_to_string(state.join("network").join(format!("{}.json", self.bridge))).unwrap_or_default();
+        assert!(!ipam.contains("web") && !ipam.contains("crash"), "addresses still allocated: {ipam}");
+        let layout = orch_agent::cgroups::CgroupLayout::detect().expect("cgroups");
+        let probe = layout.container(&format!("{}/probe", self.cgroup_parent)).expect("cgroup paths");
+        for path in probe.paths() {
+            let parent = path.parent().expect("parent");
+            let children: Vec<_> = std::fs::read_dir(parent).map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect()).unwrap_or_default();
+            assert!(children.is_empty(), "cgroups left under {}: {children:?}", parent.display());
+        }
+        let links = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        let veths: Vec<&str> = links.lines().filter(|l| !l.contains(&format!("{}l@", self.bridge))).collect();
+        assert!(veths.is_empty(), "veths left on the bridge: {veths:?}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let _ = Command::new(AGENT)
+            .arg("teardown")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let ip = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        ip(&["link", "del", &self.bridge]);
+        ip(&["netns", "del", &format!("{}-lb", self.bridge)]);
+        ip(&["route", "del", &self.service_cidr]);
+        let layout = orch_agent::cgroups::CgroupLayout::detect();
+        if let Ok(layout) = layout {
+            if let Ok(cgroup) = layout.container(&format!("{}/x", self.cgroup_parent)) {
+                for path in cgroup.paths() {
+                    if let Some(parent) = path.parent() {
+                        let _ = std::fs::remove_dir(parent);
+                    }
+                }
+            }
+        }
+        if let Some(controller) = self.controller.take() {
+            controller.crash();
+        }
+    }
+}
+
+
+pub fn running_ready(replica: &pb::Replica) -> bool {
+    replica.status.as_ref().is_some_and(|s| s.phase() == pb::ReplicaPhase::Running && s.ready && s.host_pid > 0)
+}
+
+pub fn status(replica: &pb::Replica) -> pb::ReplicaStatus {
+    replica.status.clone().unwrap_or_default()
+}
+
+/// One HTTP/1.0 GET; the body.
+pub fn http_get(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_owned()).ok_or_else(|| std::io::Error::other(format!("not HTTP: {response:?}")))
+}
