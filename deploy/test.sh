@@ -11,8 +11,9 @@ require_root "deploy/test.sh"
 require_rust
 
 # What the tests use for real: etcd for the store suite, a registry and skopeo for the
-# image suite, busybox for container root filesystems, protoc for the build.
-TEST_PACKAGES=(etcd-server docker-registry skopeo curl iproute2 busybox-static python3)
+# image suite, busybox for container root filesystems, protoc for the build, graphviz to
+# check that `orch topology -o dot` is valid DOT.
+TEST_PACKAGES=(etcd-server docker-registry skopeo curl iproute2 busybox-static python3 graphviz)
 install_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"

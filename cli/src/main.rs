@@ -1,28 +1,71 @@
-//! `orch`: the command line. One file per subcommand under `commands/`.
+//! `orch`: the command line. One file per subcommand under `commands/`. The same binary
+//! is the agent's helper in `orch up` (it re-executes itself as the container shim and
+//! the exec helper), so those hidden subcommands are dispatched before anything else.
 
+mod client;
 mod commands;
+mod output;
 mod sources;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use orch_agent::runtime::{exec, init, INIT_SUBCOMMAND};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch", version, about = "orch: a small, fast container orchestrator")]
 struct Cli {
+    /// The controller (HOST:PORT); else ORCH_SERVER, the config file
+    /// (~/.config/orch/config: `server = HOST:PORT`), 127.0.0.1:7100.
+    #[arg(long, global = true, env = "ORCH_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a controller and a local agent in this process (the quick start).
+    Up(commands::up::UpArgs),
+    /// Create or update services from manifests.
+    Apply(commands::apply::ApplyArgs),
+    /// List services, replicas, nodes or events.
+    Get(commands::get::GetArgs),
+    /// Show one service, replica or node in detail, with its events.
+    Describe(commands::describe::DescribeArgs),
+    /// Delete services (by name or by manifest).
+    Delete(commands::apply::DeleteArgs),
+    /// Change a service's replica count.
+    Scale(commands::apply::ScaleArgs),
+    /// Follow a rolling update.
+    Rollout(commands::apply::RolloutArgs),
+    /// Print a replica's (or every replica of a service's) output.
+    Logs(commands::node::LogsArgs),
+    /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
+    Exec(commands::node::ExecArgs),
+    /// CPU and memory in use, per node or per replica.
+    Top {
+        kind: commands::node::TopKind,
+    },
+    /// Draw the live cluster: nodes, bridges, veths, addresses, balancers, links.
+    Topology(commands::node::TopologyArgs),
     /// Check manifests without applying them: exit 0 when valid, 1 with every problem.
     Validate(commands::validate::ValidateArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completion {
+        shell: clap_complete::Shell,
+    },
     /// Print the version of this client.
     Version,
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == INIT_SUBCOMMAND) {
+        init::shim_main();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == exec::EXEC_SUBCOMMAND) {
+        exec::exec_main();
+    }
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Validate(args) => commands::validate::run(&args),
@@ -30,6 +73,11 @@ fn main() -> ExitCode {
             println!("orch {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        command => run_async(cli.server.as_deref(), command),
     };
     match outcome {
         Ok(code) => code,
@@ -38,4 +86,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_async(server: Option<&str>, command: Command) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let server = client::resolve_server(server);
+    runtime.block_on(async move {
+        if let Command::Up(args) = command {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            commands::up::run(args).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let api = client::connect(&server).await?;
+        match command {
+            Command::Apply(args) => commands::apply::apply(api, &args).await?,
+            Command::Get(args) => commands::get::run(api, &args).await?,
+            Command::Describe(args) => commands::describe::run(api, &args).await?,
+            Command::Delete(args) => commands::apply::delete(api, &args).await?,
+            Command::Scale(args) => commands::apply::scale(api, &args).await?,
+            Command::Rollout(args) => commands::apply::rollout(api, &args).await?,
+            Command::Logs(args) => commands::node::logs(api, &args).await?,
+            Command::Exec(args) => {
+                let code = commands::node::exec(api, &args).await?;
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            }
+            Command::Top { kind } => commands::node::top(api, kind).await?,
+            Command::Topology(args) => commands::node::topology(api, &args).await?,
+            Command::Up(_) | Command::Validate(_) | Command::Version | Command::Completion { .. } => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -158,6 +158,7 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
         address: config.address.clone(),
         capacity: Some(config.capacity),
         labels: config.labels.clone().into_iter().collect(),
+        api_port: 0,
     };
     let registered = client.register(pb::RegisterRequest { node: Some(info) }).await.map_err(|e| e.to_string())?.into_inner();
     // "10.88.3.0/24" → "10.88.3."

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Between heartbeats (the controller's node lease must be several of these).
     #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
+    /// Where the node API (logs, exec, stats, inspect for the controller) listens;
+    /// ADDRESS:7101 by default, `none` for no API.
+    #[arg(long, value_name = "HOST:PORT|none")]
+    pub api_listen: Option<String>,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
     /// leaving the containers running for the next agent.
     #[arg(long)]
@@ -95,6 +99,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     }
     let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
     anyhow::ensure!(args.heartbeat_ms >= 100, "--heartbeat-ms: at least 100");
+    let api_listen = match args.api_listen.as_deref() {
+        Some("none") => None,
+        Some(text) => Some(text.parse().map_err(|_| anyhow::anyhow!("--api-listen {text:?}: expected HOST:PORT or none"))?),
+        None => Some(std::net::SocketAddr::from((args.address, 7101))),
+    };
     Ok(AgentConfig {
         name,
         address: args.address,
@@ -107,6 +116,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         insecure_registries: args.insecure_registries.clone(),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
+        api_listen,
     })
 }
 

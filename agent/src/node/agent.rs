@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The agent binary (re-executed for containers and exec probes).
     pub helper: PathBuf,
+    /// Where `orch.v1.Node` (logs, exec, stats, inspect) listens; none when unset.
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// What registration said, kept so that a restarted agent can set its network up and
@@ -64,6 +66,7 @@ impl AgentConfig {
             address: self.address.to_string(),
             capacity: Some(self.capacity),
             labels: self.labels.clone().into_iter().collect(),
+            api_port: self.api_listen.map_or(0, |a| u32::from(a.port())),
         }
     }
 }
@@ -120,12 +123,23 @@ pub struct Agent {
     replicas: BTreeMap<String, ReplicaHandle>,
     terminating: Vec<ReplicaHandle>,
     generation: u64,
+    api: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
     /// Registers (or falls back on the saved registration), sets the node network up and
     /// re-adopts the replicas a previous agent left.
-    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+    pub async fn start(mut config: AgentConfig) -> Result<Agent, AgentError> {
+        // Bound first, so that a port 0 becomes the real one the controller is told.
+        let api_listener = match config.api_listen {
+            Some(address) => {
+                let listener =
+                    tokio::net::TcpListener::bind(address).await.map_err(|e| AgentError::Setup(format!("node API: cannot listen on {address}: {e}")))?;
+                config.api_listen = listener.local_addr().ok();
+                Some(listener)
+            }
+            None => None,
+        };
         let registration = first_registration(&config).await;
         let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Setup(format!("pod subnet from the controller: {e}")))?;
         let service_cidr =
@@ -157,8 +171,21 @@ impl Agent {
             state_dir: config.state_dir.clone(),
             helper: config.helper.clone(),
             board: StatusBoard::default(),
+            running: super::api::RunningTable::default(),
         });
-        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0 };
+        let api = match api_listener {
+            Some(listener) => {
+                let server = super::api::NodeApi::new(Arc::clone(&ctx), config.cgroup_parent.clone(), config.address.to_string()).into_server();
+                Some(tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    if let Err(error) = tonic::transport::Server::builder().add_service(server).serve_with_incoming(incoming).await {
+                        tracing::warn!(%error, "the node API stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
+        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0, api };
         agent.adopt().await;
         Ok(agent)
     }
@@ -299,6 +326,10 @@ impl Agent {
     }
 
     async fn shut_down(mut self, how: Shutdown) {
+        if let Some(api) = self.api.take() {
+            api.abort();
+            let _ = api.await;
+        }
         match how {
             Shutdown::Leave => {
                 tracing::info!("stopping; the containers keep running for the next agent");

@@ -3,6 +3,7 @@
 //! crash evidence, cleanup), probes ([`probe`]) and restart back-off ([`backoff`]).
 
 pub mod agent;
+pub mod api;
 pub mod backoff;
 pub mod probe;
 pub mod replica;

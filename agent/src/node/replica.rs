@@ -44,6 +44,8 @@ pub struct NodeContext {
     /// The agent binary: the `__exec` helper of exec probes.
     pub helper: PathBuf,
     pub board: StatusBoard,
+    /// Replicas whose container runs now (for exec and stats).
+    pub running: super::api::RunningTable,
 }
 
 impl NodeContext {
@@ -245,7 +247,11 @@ impl Supervisor {
         let spec = self.spec();
         let backoff = Backoff::from_spec(spec.restart_backoff.as_ref());
         let policy = spec.restart_policy();
+        // Exits in a row (the crash back-off) and failed starts in a row (image pulls,
+        // start errors) are counted apart: a replica that finally starts after its image
+        // arrived gets its first restart at once, like any other.
         let mut in_a_row: u32 = 0;
+        let mut failed_starts: u32 = 0;
         if adopted.is_none() {
             self.set_phase(pb::ReplicaPhase::Starting, false, "");
         }
@@ -254,7 +260,7 @@ impl Supervisor {
                 break;
             }
             if let Err(reason) = self.prepare().await {
-                self.start_failed(&reason, &backoff, &mut in_a_row).await;
+                self.start_failed(&reason, &backoff, &mut failed_starts).await;
                 continue;
             }
             let was_adopted = adopted.is_some();
@@ -263,11 +269,12 @@ impl Supervisor {
                 None => match self.start().await {
                     Ok(container) => container,
                     Err(reason) => {
-                        self.start_failed(&reason, &backoff, &mut in_a_row).await;
+                        self.start_failed(&reason, &backoff, &mut failed_starts).await;
                         continue;
                     }
                 },
             };
+            failed_starts = 0;
             let started = Instant::now();
             let ended = self.supervise(&container, was_adopted).await;
             match ended {
@@ -413,6 +420,7 @@ impl Supervisor {
         } else {
             self.ctx.board.event("Started", self.object(), format!("host PID {}", container.host_pid()));
         }
+        self.ctx.running.set(&self.record.id, super::api::RunningReplica { service: self.record.service.clone(), exec: target.exec.clone() });
         let (events, mut probe_events) = mpsc::channel(8);
         let probing = tokio::spawn(run_probes(probes, target, events));
         let mut stopping = self.stopping.clone();
@@ -450,6 +458,7 @@ impl Supervisor {
             }
         };
         probing.abort();
+        self.ctx.running.remove(&self.record.id);
         ended
     }
 

@@ -1,6 +1,7 @@
 //! `orch.v1.Api`, the CLI's API: a thin gRPC layer ([`rpc`]) over plain functions on the
 //! store ([`services`]), which hold the logic and are tested without gRPC.
 
+mod proxy;
 pub mod rpc;
 pub mod services;
 mod vip;

@@ -86,6 +86,26 @@ impl Api for ApiRpc {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    type LogsStream = super::proxy::LogStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        self.api.logs(request.into_inner()).await.map(Response::new)
+    }
+
+    type ExecStream = super::proxy::ExecStream;
+
+    async fn exec(&self, request: Request<tonic::Streaming<pb::ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        self.api.exec(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn top(&self, _: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
+        self.api.top().await.map(Response::new)
+    }
+
+    async fn topology(&self, _: Request<pb::TopologyRequest>) -> Result<Response<pb::TopologyResponse>, Status> {
+        self.api.topology().await.map(Response::new)
+    }
+
     async fn list_events(&self, request: Request<pb::ListEventsRequest>) -> Result<Response<pb::ListEventsResponse>, Status> {
         let request = request.into_inner();
         let events = self.api.list_events(optional(&request.object)).await.map_err(status)?;

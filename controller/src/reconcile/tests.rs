@@ -32,6 +32,7 @@ fn node(name: &str, cpu_millis: u64) -> pb::Node {
             address: "192.0.2.1".into(),
             capacity: Some(pb::ResourceList { cpu_millis, memory_bytes: 8 << 30, pids: 0 }),
             labels: Default::default(),
+            api_port: 0,
         }),
         ready: true,
         pod_cidr: "10.88.1.0/24".into(),

@@ -1,0 +1,294 @@
+//! `orch.v1.NodeAgent`: what the controller asks an agent directly — a replica's logs
+//! (following them), exec in a replica (through `orch-agent __exec`, streams both
+//! ways), usage from the cgroups, and the node's wiring for `orch topology`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::Stream;
+use orch_api::pb;
+use orch_api::pb::node_agent_server::NodeAgent;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::replica::NodeContext;
+use crate::runtime::exec::{ExecRequest, EXEC_SUBCOMMAND};
+
+/// What the API needs of a running replica, kept current by its supervisor.
+#[derive(Debug, Clone, Default)]
+pub struct RunningReplica {
+    pub service: String,
+    pub exec: ExecRequest,
+}
+
+/// Replica id → its running container, for exec and stats.
+#[derive(Debug, Default)]
+pub struct RunningTable {
+    replicas: Mutex<BTreeMap<String, RunningReplica>>,
+}
+
+impl RunningTable {
+    pub fn set(&self, id: &str, running: RunningReplica) {
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), running);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    pub fn get(&self, id: &str) -> Option<RunningReplica> {
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, RunningReplica> {
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+pub struct NodeApi {
+    ctx: Arc<NodeContext>,
+    cgroup_parent: String,
+    address: String,
+}
+
+impl NodeApi {
+    pub fn new(ctx: Arc<NodeContext>, cgroup_parent: String, address: String) -> NodeApi {
+        NodeApi { ctx, cgroup_parent, address }
+    }
+
+    pub fn into_server(self) -> pb::node_agent_server::NodeAgentServer<NodeApi> {
+        pb::node_agent_server::NodeAgentServer::new(self)
+    }
+
+    fn usage(&self, id: &str) -> Option<crate::cgroups::CgroupStats> {
+        let cgroup = self.ctx.runtime.cgroup_layout().container(&format!("{}/{id}", self.cgroup_parent)).ok()?;
+        cgroup.stats().ok()
+    }
+}
+
+/// The last `lines` lines of `bytes` (all of them for 0).
+pub fn tail(bytes: &[u8], lines: usize) -> &[u8] {
+    if lines == 0 {
+        return bytes;
+    }
+    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut seen = 0;
+    for (i, byte) in trimmed.iter().enumerate().rev() {
+        if *byte == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return &bytes[i + 1..];
+            }
+        }
+    }
+    bytes
+}
+
+type Chunks = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
+
+fn valid_id(id: &str) -> Result<(), Status> {
+    orch_api::manifest::names::check_dns_label(id).map_err(|_| Status::invalid_argument(format!("{id:?} is not a replica name")))
+}
+
+#[tonic::async_trait]
+impl NodeAgent for NodeApi {
+    type LogsStream = Chunks;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Chunks>, Status> {
+        let request = request.into_inner();
+        valid_id(&request.replica)?;
+        let mut path: PathBuf = self.ctx.log_path(&request.replica);
+        if request.previous {
+            path = path.with_extension("log.1");
+        }
+        let mut file = std::fs::File::open(&path).map_err(|_| {
+            Status::not_found(format!("replica {} has no {}log on node {}", request.replica, if request.previous { "previous " } else { "" }, self.ctx.node))
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
+        let first = tail(&bytes, request.tail_lines as usize).to_vec();
+        let mut offset = bytes.len() as u64;
+        let (sender, receiver) = mpsc::channel(16);
+        let replica = request.replica.clone();
+        let record = self.ctx.record_path(&request.replica);
+        tokio::spawn(async move {
+            if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: first })).await.is_err() || !request.follow {
+                return;
+            }
+            // Follow: new bytes as they come, until the replica is gone or the reader.
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if sender.is_closed() || !record.exists() {
+                    return;
+                }
+                let length = std::fs::metadata(&path).map_or(0, |m| m.len());
+                if length < offset {
+                    offset = 0; // rotated
+                }
+                if length == offset {
+                    continue;
+                }
+                let Ok(mut file) = std::fs::File::open(&path) else { continue };
+                if file.seek(SeekFrom::Start(offset)).is_err() {
+                    continue;
+                }
+                let mut fresh = Vec::new();
+                if file.take(1 << 20).read_to_end(&mut fresh).is_err() {
+                    continue;
+                }
+                offset += fresh.len() as u64;
+                if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: fresh })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(&self, request: Request<Streaming<pb::ExecInput>>) -> Result<Response<ExecStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or_else(|| Status::invalid_argument("exec: no start message"))?;
+        let Some(pb::exec_input::Body::Start(start)) = first.body else { return Err(Status::invalid_argument("exec: the first message must be start")) };
+        valid_id(&start.replica)?;
+        if start.command.first().is_none_or(String::is_empty) {
+            return Err(Status::invalid_argument("exec: a command is needed"));
+        }
+        let running = self
+            .ctx
+            .running
+            .get(&start.replica)
+            .ok_or_else(|| Status::failed_precondition(format!("replica {} is not running on node {}", start.replica, self.ctx.node)))?;
+        let mut exec = running.exec;
+        exec.command = start.command;
+        let mut child = tokio::process::Command::new(&self.ctx.helper)
+            .arg(EXEC_SUBCOMMAND)
+            .args(exec.to_args())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Status::internal(format!("exec helper: {e}")))?;
+        let (sender, receiver) = mpsc::channel::<Result<pb::ExecOutput, Status>>(16);
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = input.message().await {
+                match message.body {
+                    Some(pb::exec_input::Body::Stdin(bytes)) => {
+                        if let Some(pipe) = stdin.as_mut() {
+                            if pipe.write_all(&bytes).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Some(pb::exec_input::Body::StdinClosed(_)) => stdin = None,
+                    _ => {}
+                }
+            }
+        });
+        let pump = |mut pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>, sender: mpsc::Sender<Result<pb::ExecOutput, Status>>, is_err: bool| async move {
+            let mut buffer = vec![0u8; 16 << 10];
+            loop {
+                match pipe.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let data = buffer[..n].to_vec();
+                        let body = if is_err { pb::exec_output::Body::Stderr(data) } else { pb::exec_output::Body::Stdout(data) };
+                        if sender.send(Ok(pb::ExecOutput { body: Some(body) })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::spawn(async move {
+            let out = stdout.take().map(|p| tokio::spawn(pump(Box::new(p), sender.clone(), false)));
+            let err = stderr.take().map(|p| tokio::spawn(pump(Box::new(p), sender.clone(), true)));
+            let status = child.wait().await;
+            for task in [out, err].into_iter().flatten() {
+                let _ = task.await;
+            }
+            let code = status.ok().and_then(|s| s.code()).unwrap_or(crate::runtime::CODE_RUNTIME);
+            let _ = sender.send(Ok(pb::ExecOutput { body: Some(pb::exec_output::Body::ExitCode(code)) })).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let running = self.ctx.running.all();
+        let before: BTreeMap<String, u64> = running.keys().filter_map(|id| Some((id.clone(), self.usage(id)?.cpu_usage_nanos))).collect();
+        let interval = Duration::from_millis(250);
+        tokio::time::sleep(interval).await;
+        let mut replicas = Vec::new();
+        for (id, replica) in running {
+            let Some(now) = self.usage(&id) else { continue };
+            let spent = now.cpu_usage_nanos.saturating_sub(before.get(&id).copied().unwrap_or(now.cpu_usage_nanos));
+            replicas.push(pb::ReplicaUsage {
+                replica: id,
+                service: replica.service,
+                node: self.ctx.node.clone(),
+                cpu_usage_nanos: now.cpu_usage_nanos,
+                cpu_millis: spent * 1000 / u64::try_from(interval.as_nanos()).unwrap_or(1),
+                memory_bytes: now.memory_bytes,
+                pids: now.pids,
+            });
+        }
+        Ok(Response::new(pb::StatsResponse { replicas }))
+    }
+
+    async fn inspect(&self, _: Request<pb::InspectRequest>) -> Result<Response<pb::NodeInspect>, Status> {
+        let view = self.ctx.network.view().await.map_err(|e| Status::internal(format!("network view: {e}")))?;
+        let running = self.ctx.running.all();
+        let containers = view
+            .containers
+            .iter()
+            .map(|(owner, ip, veth)| pb::ContainerLink {
+                replica: owner.clone(),
+                ip: ip.to_string(),
+                veth: veth.clone(),
+                host_pid: running.get(owner).map_or(0, |r| u32::try_from(r.exec.pid).unwrap_or(0)),
+            })
+            .collect();
+        let routes = view
+            .routes
+            .iter()
+            .map(|r| pb::NodeRoute { node: String::new(), pod_cidr: format!("{}/{}", r.subnet_network, r.prefix), via: r.via.to_string() })
+            .collect();
+        Ok(Response::new(pb::NodeInspect {
+            node: self.ctx.node.clone(),
+            address: self.address.clone(),
+            bridge: view.bridge,
+            subnet: view.subnet,
+            gateway: view.gateway.to_string(),
+            balancer_namespace: view.balancer.netns,
+            balancer_address: view.balancer_address.to_string(),
+            vips: view.balancer.vips.iter().map(ToString::to_string).collect(),
+            containers,
+            routes,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails() {
+        let text = b"a\nb\nc\n";
+        assert_eq!(tail(text, 2), b"b\nc\n");
+        assert_eq!(tail(text, 0), text);
+        assert_eq!(tail(text, 5), text);
+        assert_eq!(tail(b"a\nb", 1), b"b");
+    }
+}

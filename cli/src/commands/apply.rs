@@ -1,0 +1,189 @@
+//! `orch apply -f FILE|DIR|- [--wait [--timeout 120s]]`, `orch delete`, `orch scale`,
+//! `orch rollout status`: the write side, and waiting for it to take effect.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use orch_api::pb;
+use orch_api::pb::api_client::ApiClient;
+use tonic::transport::Channel;
+
+use crate::client::explain;
+use crate::sources::read_sources;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A manifest file, a directory of *.yaml / *.yml files, or - for standard input.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE|DIR|-")]
+    pub files: Vec<PathBuf>,
+    /// Show progress until every replica of the applied services is ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value = "120", value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Validates locally (the controller runs the same checks), applies, prints outcomes.
+pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    let sources = read_sources(files)?;
+    let mut problems = Vec::new();
+    let mut documents = Vec::new();
+    for source in &sources {
+        match orch_api::manifest::load_services(&source.name, &source.text) {
+            Ok(docs) => documents.extend(docs),
+            Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
+        }
+    }
+    problems.extend(orch_api::manifest::check_unique_names(&documents).iter().map(ToString::to_string));
+    if !problems.is_empty() {
+        anyhow::bail!("invalid manifest, nothing was applied:\n{}", problems.join("\n"));
+    }
+    let request = pb::ApplyRequest { sources: sources.into_iter().map(|s| pb::ManifestSource { name: s.name, content: s.text }).collect() };
+    let results = api.apply(request).await.map_err(explain)?.into_inner().results;
+    let mut names = Vec::new();
+    for result in results {
+        let outcome = match result.outcome() {
+            pb::ApplyOutcome::Created => "created",
+            pb::ApplyOutcome::Configured => "configured",
+            pb::ApplyOutcome::Unchanged => "unchanged",
+        };
+        println!("service/{} {outcome}", result.service);
+        names.push(result.service);
+    }
+    Ok(names)
+}
+
+/// Waits until each service has its desired count of ready replicas, all on its current
+/// template; prints progress lines as counts change.
+pub async fn wait_ready(api: &mut ApiClient<Channel>, services: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let mut lines = Vec::new();
+        let mut done = true;
+        for name in services {
+            let service = api.get_service(pb::GetServiceRequest { name: name.clone() }).await.map_err(explain)?.into_inner();
+            let desired = service.spec.as_ref().map_or(0, |s| s.replicas);
+            let replicas = api.list_replicas(pb::ListReplicasRequest { service: name.clone() }).await.map_err(explain)?.into_inner().replicas;
+            let current: Vec<&pb::Replica> = replicas.iter().filter(|r| r.spec_hash == service.spec_hash).collect();
+            let ready = current.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).count();
+            let old = replicas.len() - current.len();
+            let pending: Vec<String> = replicas
+                .iter()
+                .filter_map(|r| r.status.as_ref().filter(|s| !s.reason.is_empty()).map(|s| format!("{}: {}", r.id, s.reason)))
+                .collect();
+            let mut line = format!("service/{name}: {ready}/{desired} ready");
+            if old > 0 {
+                line.push_str(&format!(", {old} old replica(s) still running"));
+            }
+            if let Some(reason) = pending.first() {
+                line.push_str(&format!(" ({reason})"));
+            }
+            lines.push(line);
+            done &= ready == desired as usize && old == 0 && replicas.len() == desired as usize;
+        }
+        let text = lines.join("\n");
+        if text != last {
+            println!("{text}");
+            last = text;
+        }
+        if done {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("timed out after {}s waiting for {} to be ready", timeout.as_secs(), services.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn apply(mut api: ApiClient<Channel>, args: &ApplyArgs) -> anyhow::Result<()> {
+    let names = apply_sources(&mut api, &args.files).await?;
+    if args.wait {
+        wait_ready(&mut api, &names, Duration::from_secs(args.timeout)).await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Delete the services these manifests describe.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "name"])]
+    pub files: Vec<PathBuf>,
+    /// `service`
+    #[arg(required_unless_present = "files")]
+    pub kind: Option<String>,
+    #[arg(required_unless_present = "files")]
+    pub name: Option<String>,
+}
+
+pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
+    let names = if args.files.is_empty() {
+        match args.kind.as_deref() {
+            Some("service" | "services" | "svc") => vec![args.name.clone().unwrap_or_default()],
+            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services (`orch delete service NAME`)"),
+            None => Vec::new(),
+        }
+    } else {
+        let mut names = Vec::new();
+        for source in read_sources(&args.files)? {
+            let documents = orch_api::manifest::load_services(&source.name, &source.text)
+                .map_err(|errors| anyhow::anyhow!("invalid manifest:\n{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+            names.extend(documents.into_iter().map(|d| d.service.name));
+        }
+        names
+    };
+    for name in names {
+        api.delete_service(pb::DeleteServiceRequest { name: name.clone() }).await.map_err(explain)?;
+        println!("service/{name} deleted");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// `service`
+    pub kind: String,
+    pub name: String,
+    #[arg(long)]
+    pub replicas: u32,
+}
+
+pub async fn scale(mut api: ApiClient<Channel>, args: &ScaleArgs) -> anyhow::Result<()> {
+    if !matches!(args.kind.as_str(), "service" | "services" | "svc") {
+        anyhow::bail!("unknown resource {:?}: orch scales services (`orch scale service NAME --replicas N`)", args.kind);
+    }
+    api.scale_service(pb::ScaleServiceRequest { name: args.name.clone(), replicas: args.replicas }).await.map_err(explain)?;
+    println!("service/{} scaled to {}", args.name, args.replicas);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait until the service's replicas all run its current template and are ready.
+    Status {
+        /// `service`
+        kind: String,
+        name: String,
+        #[arg(long, default_value = "300", value_name = "SECONDS")]
+        timeout: u64,
+    },
+}
+
+pub async fn rollout(mut api: ApiClient<Channel>, args: &RolloutArgs) -> anyhow::Result<()> {
+    let RolloutCommand::Status { kind, name, timeout } = &args.command;
+    if !matches!(kind.as_str(), "service" | "services" | "svc") {
+        anyhow::bail!("unknown resource {kind:?}: `orch rollout status service NAME`");
+    }
+    wait_ready(&mut api, std::slice::from_ref(name), Duration::from_secs(*timeout)).await?;
+    println!("service/{name} successfully rolled out");
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `orch describe service|replica|node NAME`: spec, status, endpoints, events and the
+//! last crash (exit code or signal, OOMKilled, when, its last output lines).
+
+use clap::{Args, ValueEnum};
+use orch_api::pb;
+use orch_api::pb::api_client::ApiClient;
+use tonic::transport::Channel;
+
+use crate::client::explain;
+use crate::output::{self, age, mebibytes};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "services", alias = "svc")]
+    Service,
+    #[value(alias = "replicas")]
+    Replica,
+    #[value(alias = "nodes", alias = "no")]
+    Node,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    pub kind: Kind,
+    pub name: String,
+}
+
+fn events_for(events: &[pb::Event], objects: &[String]) -> String {
+    let mut mine: Vec<&pb::Event> = events.iter().filter(|e| objects.contains(&e.object)).collect();
+    mine.sort_by_key(|e| e.timestamp_unix_ms);
+    if mine.is_empty() {
+        return "Events: <none>\n".into();
+    }
+    let mut out = String::from("Events:\n");
+    for e in mine.iter().rev().take(20).rev() {
+        out.push_str(&format!("  {:>5}  {:<16} {:<22} {}\n", age(e.timestamp_unix_ms), e.kind, e.object, e.message));
+    }
+    out
+}
+
+fn last_crash(status: &pb::ReplicaStatus) -> String {
+    let Some(code) = status.exit_code else { return "Last exit: <none>\n".into() };
+    let mut out = format!(
+        "Last exit:   code {code}{}{} ({} ago)\n",
+        if code > 128 { format!(" (signal {})", code - 128) } else { String::new() },
+        if status.oom_killed { ", OOMKilled" } else { "" },
+        age(status.finished_unix_ms)
+    );
+    if !status.last_output.is_empty() {
+        out.push_str("Last output:\n");
+        for line in status.last_output.lines() {
+            out.push_str(&format!("  | {line}\n"));
+        }
+    }
+    out
+}
+
+pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Result<()> {
+    let events = api.list_events(pb::ListEventsRequest { object: String::new() }).await.map_err(explain)?.into_inner().events;
+    let replicas = api.list_replicas(pb::ListReplicasRequest { service: String::new() }).await.map_err(explain)?.into_inner().replicas;
+    let name = &args.name;
+    let text = match args.kind {
+        Kind::Service => {
+            let service = api.get_service(pb::GetServiceRequest { name: name.clone() }).await.map_err(explain)?.into_inner();
+            let out = output::service(&service, &replicas);
+            let spec = service.spec.clone().unwrap_or_default();
+            let mine: Vec<&pb::Replica> = replicas.iter().filter(|r| r.service == *name).collect();
+            let mut text = format!(
+                "Name:        {}\nGeneration:  {}\nSpec hash:   {}\nImage:       {}\nReplicas:    {} desired, {} ready\nVIP:         {}\n",
+                service.name, service.generation, service.spec_hash, spec.image, out.replicas, out.ready_replicas, service.vip
+            );
+            if !service.labels.is_empty() {
+                let labels: Vec<String> = service.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                text.push_str(&format!("Labels:      {}\n", labels.join(", ")));
+            }
+            text.push_str("Ports:\n");
+            for p in &out.ports {
+                text.push_str(&format!(
+                    "  {:<10} {} → container {}{}\n",
+                    p.name,
+                    p.service_port,
+                    p.container_port,
+                    if p.node_port > 0 { format!(", node port {}", p.node_port) } else { String::new() }
+                ));
+            }
+            let ready: Vec<String> = mine.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).map(|r| r.status.clone().unwrap_or_default().ip).collect();
+            text.push_str(&format!("Endpoints:   {}\n", if ready.is_empty() { "<none>".into() } else { ready.join(", ") }));
+            text.push_str("Replicas:\n");
+            for r in &mine {
+                let o = output::replica(r);
+                text.push_str(&format!("  {:<22} {:<11} ready={:<5} restarts={:<3} node={} ip={}\n", o.name, o.phase, o.ready, o.restarts, o.node, o.ip));
+            }
+            let mut objects = vec![format!("service/{name}")];
+            objects.extend(mine.iter().map(|r| format!("replica/{}", r.id)));
+            text + &events_for(&events, &objects)
+        }
+        Kind::Replica => {
+            let replica = replicas.iter().find(|r| r.id == *name).ok_or_else(|| anyhow::anyhow!("replica {name:?} not found"))?;
+            let status = replica.status.clone().unwrap_or_default();
+            let o = output::replica(replica);
+            let mut text = format!(
+                "Name:        {}\nService:     {}\nNode:        {}\nPhase:       {}\nReady:       {}\nRestarts:    {}\nIP:          {}\nHost PID:    {}\nStarted:     {} ago\nSpec hash:   {}\n",
+                o.name,
+                o.service,
+                if o.node.is_empty() { "<none>" } else { &o.node },
+                o.phase,
+                o.ready,
+                o.restarts,
+                o.ip,
+                o.host_pid,
+                age(status.started_unix_ms),
+                replica.spec_hash
+            );
+            if !o.reason.is_empty() {
+                text.push_str(&format!("Reason:      {}\n", o.reason));
+            }
+            text.push_str(&last_crash(&status));
+            text + &events_for(&events, &[format!("replica/{name}")])
+        }
+        Kind::Node => {
+            let nodes = api.list_nodes(pb::ListNodesRequest {}).await.map_err(explain)?.into_inner().nodes;
+            let node = nodes.iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == *name)).ok_or_else(|| anyhow::anyhow!("node {name:?} not found"))?;
+            let o = output::node(node);
+            let mut text = format!(
+                "Name:        {}\nAddress:     {}\nStatus:      {}\nPod CIDR:    {}\nCPU:         {}m of {}m allocated\nMemory:      {} of {} allocated\n",
+                o.name,
+                o.address,
+                if o.ready { "Ready" } else { "NotReady" },
+                o.pod_cidr,
+                o.allocated.cpu_millis,
+                o.capacity.cpu_millis,
+                mebibytes(o.allocated.memory_bytes),
+                mebibytes(o.capacity.memory_bytes)
+            );
+            let labels = node.info.as_ref().map(|i| i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()).unwrap_or_default();
+            if !labels.is_empty() {
+                text.push_str(&format!("Labels:      {}\n", labels.join(", ")));
+            }
+            text.push_str("Replicas:\n");
+            for r in replicas.iter().filter(|r| r.node == *name) {
+                let o = output::replica(r);
+                text.push_str(&format!("  {:<22} {:<11} ready={:<5} restarts={} ip={}\n", o.name, o.phase, o.ready, o.restarts, o.ip));
+            }
+            text + &events_for(&events, &[format!("node/{name}")])
+        }
+    };
+    print!("{text}");
+    Ok(())
+}

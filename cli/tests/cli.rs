@@ -1,0 +1,292 @@
+//! The CLI as a user runs it, as root: `orch up` (a controller and a real agent in one
+//! process, on a bridge, subnets and cgroup parent of this test's own) and every command
+//! against it — both output formats, the errors and exit codes — then Ctrl-C, a restart
+//! that brings the services back, and nothing left behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct Up {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    server: String,
+    bridge: String,
+    cgroup_parent: String,
+    service_cidr: String,
+    node_port: u16,
+}
+
+impl Up {
+    fn new() -> Up {
+        assert!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run the tests as root (`sudo bash deploy/test.sh`)");
+        let pid = std::process::id();
+        let k = pid % 200 + 20;
+        let dir = tempfile::Builder::new().prefix("orch-cli-").tempdir().expect("tempdir");
+        let built = Command::new("bash")
+            .arg(format!("{ROOT}/deploy/images/build-demo.sh"))
+            .arg("--out")
+            .arg(dir.path().join("image"))
+            .output()
+            .expect("run build-demo.sh");
+        assert!(built.status.success(), "build-demo.sh: {}", text(&built.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
+        Up {
+            server: format!("127.0.0.1:{port}"),
+            bridge: format!("oc{:x}", pid % 0xfffff),
+            cgroup_parent: format!("orch-test-{pid}-cli"),
+            service_cidr: format!("10.212.{k}.0/24"),
+            node_port: u16::try_from(31000 + k).expect("port"),
+            dir,
+            child: None,
+        }
+    }
+
+    fn manifest(&self, replicas: u32, greeting: &str) -> PathBuf {
+        let path = self.dir.path().join("web.yaml");
+        let text = format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  image: oci:{}:1.0\n  \
+             env: [{{name: GREETING, value: {greeting}}}]\n  \
+             ports: [{{name: http, containerPort: 80, servicePort: 80, nodePort: {}}}]\n  \
+             probes: {{readiness: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}}}\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n",
+            self.dir.path().join("image").display(),
+            self.node_port
+        );
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    }
+
+    fn start(&mut self, files: &[&Path]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("up.log")).expect("log");
+        let mut command = Command::new(ORCH);
+        command
+            .arg("up")
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--listen", &self.server, "--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent, "--name", "cli-node"])
+            .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &format!("10.{}.0.0/16", 200 + std::process::id() % 20)]);
+        for file in files {
+            command.arg("-f").arg(file);
+        }
+        let child = command.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("spawn orch up");
+        self.child = Some(child);
+    }
+
+    /// Ctrl-C, and wait for it to finish cleaning up.
+    fn interrupt(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(status.success(), "orch up exited with {status}:\n{}", self.log());
+                return;
+            }
+            assert!(start.elapsed() < LIMIT, "orch up did not stop:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn orch(&self, args: &[&str]) -> Output {
+        Command::new(ORCH).arg("--server").arg(&self.server).args(args).stdin(Stdio::null()).output().expect("run orch")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.orch(args);
+        assert!(out.status.success(), "orch {args:?} failed: {}\n{}", text(&out.stderr), self.log());
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("valid JSON")
+    }
+
+    fn wait(&self, what: &str, condition: impl Fn(&Up) -> bool) {
+        let start = Instant::now();
+        while !condition(self) {
+            assert!(start.elapsed() < LIMIT, "timed out waiting for {what}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ready_replicas(&self) -> u64 {
+        let out = self.orch(&["get", "services", "web", "-o", "json"]);
+        if !out.status.success() {
+            return 0;
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v[0]["readyReplicas"].as_u64()).unwrap_or(0)
+    }
+
+    fn assert_nothing_left(&self) {
+        let links = text(&Command::new("ip").args(["-o", "link", "show"]).output().expect("ip").stdout);
+        assert!(!links.contains(&self.bridge), "links left:\n{links}");
+        let namespaces = text(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout);
+        assert!(!namespaces.contains(&self.bridge), "namespaces left:\n{namespaces}");
+        let routes = text(&Command::new("ip").args(["route", "show"]).output().expect("ip").stdout);
+        assert!(!routes.contains(&self.service_cidr), "routes left:\n{routes}");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
+            let parent = hierarchy.path().join(&self.cgroup_parent);
+            assert!(!parent.exists(), "cgroup {} left", parent.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(&self.dir.path().display().to_string()), "mounts left:\n{mounts}");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let agent = Path::new(ORCH).with_file_name("orch-agent");
+            let _ = Command::new(agent)
+                .arg("teardown")
+                .arg("--state-dir")
+                .arg(self.dir.path().join("state/agent"))
+                .args(["--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent])
+                .status();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "del", &format!("{}-lb", self.bridge)]).stderr(Stdio::null()).status();
+    }
+}
+
+fn http_get(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn the_cli_against_orch_up() {
+    let mut up = Up::new();
+    let manifest = up.manifest(2, "one");
+    up.start(&[&manifest]);
+    up.wait("2 ready replicas", |u| u.ready_replicas() == 2);
+
+    // The node port answers from every replica's page.
+    let response = http_get(SocketAddr::from(([127, 0, 0, 1], up.node_port))).expect("node port answers");
+    assert!(response.contains("Hello from web-"), "{response}");
+
+    // apply: unchanged, then configured (a new template) with --wait.
+    assert_eq!(up.ok(&["apply", "-f", manifest.to_str().expect("path")]).trim(), "service/web unchanged");
+    let changed = up.manifest(2, "two");
+    let out = up.ok(&["apply", "-f", changed.to_str().expect("path"), "--wait", "--timeout", "120"]);
+    assert!(out.starts_with("service/web configured\n") && out.contains("service/web: 2/2 ready"), "{out}");
+
+    // get, in every format.
+    let services = up.json(&["get", "services"]);
+    assert_eq!(services[0]["name"], "web");
+    assert_eq!(services[0]["replicas"], 2);
+    assert_eq!(services[0]["readyReplicas"], 2);
+    assert!(services[0]["vip"].as_str().is_some_and(|v| v.starts_with(&up.service_cidr[..8])), "{services}");
+    assert_eq!(services[0]["ports"][0], serde_json::json!({"name": "http", "containerPort": 80, "servicePort": 80, "nodePort": up.node_port}));
+    let replicas = up.json(&["get", "replicas"]);
+    let first = &replicas[0];
+    for field in ["name", "service", "node", "phase", "ready", "restarts", "ip", "hostPid", "reason"] {
+        assert!(first.get(field).is_some(), "replica field {field} missing: {first}");
+    }
+    assert_eq!((first["phase"].as_str(), first["node"].as_str()), (Some("Running"), Some("cli-node")));
+    let nodes = up.json(&["get", "nodes"]);
+    for field in ["name", "address", "ready", "podCidr", "capacity", "allocated"] {
+        assert!(nodes[0].get(field).is_some(), "node field {field} missing: {nodes}");
+    }
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&up.ok(&["get", "replicas", "-o", "yaml"])).expect("valid YAML");
+    assert_eq!(yaml.as_sequence().map(Vec::len), Some(2));
+    let table = up.ok(&["get", "replicas", "-o", "wide"]);
+    assert!(table.starts_with("NAME") && table.contains("HOST PID") && table.contains("Running"), "{table}");
+    assert!(up.ok(&["get", "events"]).contains("Scheduled"));
+    assert!(up.ok(&["get", "nodes"]).contains("cli-node"));
+
+    // describe.
+    let replica = first["name"].as_str().expect("name").to_owned();
+    assert!(up.ok(&["describe", "service", "web"]).contains("Endpoints:"));
+    assert!(up.ok(&["describe", "node", "cli-node"]).contains("Pod CIDR:"));
+    let pid = first["hostPid"].as_i64().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    up.wait("the killed replica to be back", |u| {
+        u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().any(|r| r["name"] == replica.as_str() && r["restarts"] == 1 && r["ready"] == true))
+    });
+    let described = up.ok(&["describe", "replica", &replica]);
+    assert!(described.contains("Last exit:   code 137 (signal 9)") && described.contains("Restarted"), "{described}");
+
+    // logs, exec, top, topology.
+    let logs = up.ok(&["logs", &replica, "--tail", "3"]);
+    assert!(logs.contains("response:200") && logs.lines().count() <= 3, "{logs}");
+    let service_logs = up.ok(&["logs", "web", "--tail", "2"]);
+    assert!(service_logs.lines().all(|l| l.starts_with("[web-")), "{service_logs}");
+    assert_eq!(up.ok(&["exec", &replica, "--", "cat", "/etc/hostname"]).trim(), replica);
+    assert_eq!(up.orch(&["exec", &replica, "--", "sh", "-c", "exit 3"]).status.code(), Some(3), "the command's exit code");
+    let mut piped = Command::new(ORCH)
+        .args(["--server", &up.server, "exec", "-i", &replica, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orch exec -i");
+    piped.stdin.take().expect("stdin").write_all(b"hello through stdin\n").expect("write");
+    let echoed = piped.wait_with_output().expect("wait");
+    assert_eq!(text(&echoed.stdout), "hello through stdin\n");
+    assert!(up.ok(&["top", "replicas"]).contains(&replica));
+    assert!(up.ok(&["top", "nodes"]).contains("cli-node"));
+    let dot = up.ok(&["topology", "-o", "dot"]);
+    for r in replicas.as_array().expect("replicas") {
+        assert!(dot.contains(r["name"].as_str().expect("name")), "the topology names every replica:\n{dot}");
+    }
+    let parsed = Command::new("dot").arg("-Tcanon").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut parsed = parsed.expect("Graphviz's dot (deploy/test.sh installs graphviz)");
+    parsed.stdin.take().expect("stdin").write_all(dot.as_bytes()).expect("write");
+    let parsed = parsed.wait_with_output().expect("dot");
+    assert!(parsed.status.success(), "not valid DOT: {}\n{dot}", text(&parsed.stderr));
+
+    // scale and rollout status.
+    assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");
+    assert!(up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]).contains("successfully rolled out"));
+
+    // Errors: one clear line, exit 1.
+    let unreachable = Command::new(ORCH).args(["--server", "127.0.0.1:1", "get", "services"]).output().expect("run");
+    assert_eq!(unreachable.status.code(), Some(1));
+    let message = text(&unreachable.stderr);
+    assert!(message.starts_with("error: cannot reach the orch controller at 127.0.0.1:1") && message.lines().count() == 1, "{message}");
+    let unknown = up.orch(&["describe", "service", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(text(&unknown.stderr).trim(), "error: service \"nope\" not found");
+    let bad = up.dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: orch/v1\nkind: Service\nmetadata: {name: bad}\nspec: {replicas: -1, image: busybox}\n").expect("write");
+    let invalid = up.orch(&["apply", "-f", bad.to_str().expect("path")]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(text(&invalid.stderr).contains("bad.yaml: document 1: spec.replicas: must be between 0 and 10000, got -1"), "{}", text(&invalid.stderr));
+    assert!(up.orch(&["get", "services", "bad"]).status.code() == Some(1), "nothing was applied");
+    assert!(up.ok(&["completion", "bash"]).contains("orch"));
+
+    // Ctrl-C stops everything; a new `orch up` brings the service back from the store.
+    up.interrupt();
+    up.assert_nothing_left();
+    up.start(&[]);
+    up.wait("the 3 replicas back after a restart of orch up", |u| u.ready_replicas() == 3);
+
+    // delete by manifest; then nothing left at all.
+    assert_eq!(up.ok(&["delete", "-f", changed.to_str().expect("path")]).trim(), "service/web deleted");
+    up.wait("the replicas to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(Vec::is_empty));
+    up.interrupt();
+    up.assert_nothing_left();
+}
