@@ -258,6 +258,59 @@ fn the_cli_against_orch_up() {
     let parsed = parsed.wait_with_output().expect("dot");
     assert!(parsed.status.success(), "not valid DOT: {}\n{dot}", text(&parsed.stderr));
 
+    let svg = up.ok(&["topology", "-o", "svg"]);
+    assert!(svg.contains("<svg"), "{svg}");
+    let mut follow = Command::new(ORCH)
+        .args(["--server", &up.server, "logs", "-f", "--tail", "1", &replica])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orch logs -f");
+    let mut followed = String::new();
+    let mut out = follow.stdout.take().expect("stdout");
+    let mut buffer = [0u8; 4096];
+    // The readiness probe hits the page every second: httpd logs each request.
+    while followed.matches("response:200").count() < 3 {
+        let n = out.read(&mut buffer).expect("read the followed log");
+        assert!(n > 0, "logs -f ended: {followed}");
+        followed.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    // get -w prints the table, then rows as they change.
+    let mut watch = Command::new(ORCH).args(["--server", &up.server, "get", "services", "-w"]).stdout(Stdio::piped()).spawn().expect("get -w");
+    let mut watched = String::new();
+    let mut out = watch.stdout.take().expect("stdout");
+    let row = |text: &str, ready: &str| text.lines().any(|l| l.starts_with("web ") && l.contains(&format!(" {ready} ")));
+    while !row(&watched, "2/2") {
+        let n = out.read(&mut buffer).expect("read get -w");
+        assert!(n > 0, "get -w ended: {watched}");
+        watched.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    up.ok(&["scale", "service", "web", "--replicas", "1"]);
+    while !row(&watched, "1/1") {
+        let n = out.read(&mut buffer).expect("read get -w");
+        assert!(n > 0, "get -w ended: {watched}");
+        watched.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(watched.matches("NAME").count(), 1, "the header once: {watched}");
+
+    // apply from standard input, delete by name.
+    let mut stdin_apply = Command::new(ORCH)
+        .args(["--server", &up.server, "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("apply -f -");
+    let other = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{replicas: 0, image: 'oci:{}:1.0'}}\n", up.dir.path().join("image").display());
+    stdin_apply.stdin.take().expect("stdin").write_all(other.as_bytes()).expect("write");
+    let applied = stdin_apply.wait_with_output().expect("wait");
+    assert_eq!(text(&applied.stdout).trim(), "service/other created");
+    assert_eq!(up.ok(&["delete", "service", "other"]).trim(), "service/other deleted");
+    assert_eq!(up.orch(&["get", "services", "other"]).status.code(), Some(1));
+
     // scale and rollout status.
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");
     assert!(up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]).contains("successfully rolled out"));
