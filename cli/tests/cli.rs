@@ -246,6 +246,18 @@ fn the_cli_against_orch_up() {
     piped.stdin.take().expect("stdin").write_all(b"hello through stdin\n").expect("write");
     let echoed = piped.wait_with_output().expect("wait");
     assert_eq!(text(&echoed.stdout), "hello through stdin\n");
+    // -it: an interactive shell on a pseudo-terminal (it echoes and prompts).
+    let mut shell = Command::new(ORCH)
+        .args(["--server", &up.server, "exec", "-it", &replica, "--", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("orch exec -it");
+    shell.stdin.take().expect("stdin").write_all(b"tty; echo $((6*7))\nexit 5\n").expect("write");
+    let session = shell.wait_with_output().expect("wait");
+    let session_text = text(&session.stdout);
+    assert!(session_text.contains("/dev/pts/") && session_text.contains("42"), "{session_text}");
+    assert_eq!(session.status.code(), Some(5), "{session_text}");
     assert!(up.ok(&["top", "replicas"]).contains(&replica));
     assert!(up.ok(&["top", "nodes"]).contains("cli-node"));
     let dot = up.ok(&["topology", "-o", "dot"]);

@@ -168,6 +168,10 @@ impl NodeAgent for NodeApi {
             .ok_or_else(|| Status::failed_precondition(format!("replica {} is not running on node {}", start.replica, self.ctx.node)))?;
         let mut exec = running.exec;
         exec.command = start.command;
+        exec.tty = start.tty;
+        if exec.tty && !exec.env.iter().any(|e| e.starts_with("TERM=")) {
+            exec.env.push("TERM=xterm".into());
+        }
         let mut child = tokio::process::Command::new(&self.ctx.helper)
             .arg(EXEC_SUBCOMMAND)
             .args(exec.to_args())

@@ -394,6 +394,7 @@ impl Supervisor {
                 user: prepared.spec.user,
                 env: container_env(&prepared.spec.env, &self.record.id),
                 cwd: prepared.spec.cwd.clone(),
+                tty: false,
                 command: Vec::new(),
             },
         };

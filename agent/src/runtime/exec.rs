@@ -31,6 +31,9 @@ pub struct ExecRequest {
     pub user: Option<(u32, u32)>,
     pub env: Vec<String>,
     pub cwd: Option<String>,
+    /// Give the command a pseudo-terminal (an interactive shell), relayed over the
+    /// helper's stdin and stdout.
+    pub tty: bool,
     pub command: Vec<String>,
 }
 
@@ -49,6 +52,9 @@ impl ExecRequest {
         }
         if let Some(cwd) = &self.cwd {
             args.extend(["--cwd".to_owned(), cwd.clone()]);
+        }
+        if self.tty {
+            args.extend(["--tty".to_owned(), "true".to_owned()]);
         }
         args.push("--".to_owned());
         args.extend(self.command.iter().cloned());
@@ -75,6 +81,7 @@ impl ExecRequest {
                 }
                 "--env" => request.env.push(value.clone()),
                 "--cwd" => request.cwd = Some(value.clone()),
+                "--tty" => request.tty = value == "true",
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -132,19 +139,101 @@ pub fn exec_main() -> ! {
     if let Err(e) = nix::unistd::fchdir(&root).and_then(|()| nix::unistd::chroot(".")) {
         die(&format!("enter the root of {pid}: {e}"), CODE_RUNTIME);
     }
+    let pty = if request.tty {
+        Some(nix::pty::openpty(None, None).unwrap_or_else(|e| die(&format!("openpty: {e}"), CODE_RUNTIME)))
+    } else {
+        None
+    };
     // SAFETY: this process is single-threaded (dispatched before any thread starts), so
     // the child may run arbitrary code after fork.
     match unsafe { fork() } {
         Err(e) => die(&format!("fork: {e}"), CODE_RUNTIME),
-        Ok(ForkResult::Child) => command_main(&request),
-        Ok(ForkResult::Parent { child }) => loop {
+        Ok(ForkResult::Child) => {
+            if let Some(pty) = pty {
+                drop(pty.master);
+                attach_terminal(pty.slave);
+            }
+            command_main(&request)
+        }
+        Ok(ForkResult::Parent { child }) if pty.is_some() => {
+            let Some(pty) = pty else { die("no pty", CODE_RUNTIME) };
+            drop(pty.slave);
+            relay_terminal(&pty.master);
+            wait_and_exit(child)
+        }
+        Ok(ForkResult::Parent { child }) => wait_and_exit(child),
+    }
+}
+
+/// Makes the pty's slave the controlling terminal and standard streams of this process.
+fn attach_terminal(slave: std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = nix::unistd::setsid() {
+        die(&format!("setsid: {e}"), CODE_RUNTIME);
+    }
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); `slave` is an open
+    // terminal descriptor for the whole call.
+    let result = unsafe { nix::libc::ioctl(slave.as_raw_fd(), nix::libc::TIOCSCTTY, 0) };
+    if result != 0 {
+        die(&format!("ioctl(TIOCSCTTY): {}", std::io::Error::last_os_error()), CODE_RUNTIME);
+    }
+    for target in 0..=2 {
+        // SAFETY: duplicating an open descriptor onto a standard stream number.
+        if unsafe { nix::libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            die(&format!("dup2: {}", std::io::Error::last_os_error()), CODE_RUNTIME);
+        }
+    }
+}
+
+/// Copies this process's stdin to the pty and the pty to its stdout until the command
+/// side closes.
+fn relay_terminal(master: &std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsFd, BorrowedFd};
+    // SAFETY: descriptor 0 stays open for the life of this process.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let mut stdin_open = true;
+    let mut buffer = [0u8; 8192];
+    loop {
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let stdin_ready = stdin_open && fds.get(1).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
+        if master_ready {
+            match nix::unistd::read(master, &mut buffer) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), &buffer[..n]);
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
+            }
+        }
+        if stdin_ready {
+            match nix::unistd::read(stdin, &mut buffer) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    let _ = nix::unistd::write(master, &buffer[..n]);
+                }
+            }
+        }
+    }
+}
+
+fn wait_and_exit(child: nix::unistd::Pid) -> ! {
+    loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
             }
-        },
     }
 }
 
@@ -197,6 +286,7 @@ mod tests {
             user: Some((1000, 1000)),
             env: vec!["PATH=/bin".into(), "A=b c".into()],
             cwd: Some("/srv".into()),
+            tty: true,
             command: vec!["sh".into(), "-c".into(), "echo --pid".into()],
         };
         assert_eq!(ExecRequest::parse(&request.to_args()), Ok(request));

@@ -75,7 +75,7 @@ pub struct ExecArgs {
     /// Pass standard input to the command.
     #[arg(short = 'i', long)]
     pub stdin: bool,
-    /// Accepted for kubectl's `-it`; output is not a terminal (no pty).
+    /// Give the command a terminal (with -i: an interactive shell, `orch exec -it R -- sh`).
     #[arg(short = 't', long)]
     pub tty: bool,
     /// The command and its arguments.
@@ -87,8 +87,12 @@ pub struct ExecArgs {
 pub async fn exec(mut api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Result<i32> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ExecInput>(16);
     sender
-        .send(pb::ExecInput { body: Some(pb::exec_input::Body::Start(pb::ExecStart { replica: args.replica.clone(), command: args.command.clone() })) })
+        .send(pb::ExecInput {
+            body: Some(pb::exec_input::Body::Start(pb::ExecStart { replica: args.replica.clone(), command: args.command.clone(), tty: args.tty })),
+        })
         .await?;
+    // With a terminal on both ends, ours goes raw (keys pass through, the remote echoes).
+    let _raw = if args.tty && args.stdin { RawTerminal::enter() } else { None };
     if args.stdin {
         let sender = sender.clone();
         tokio::spawn(async move {
@@ -127,6 +131,29 @@ pub async fn exec(mut api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Resul
         }
     }
     anyhow::bail!("the exec stream ended without an exit code")
+}
+
+/// The local terminal in raw mode until dropped.
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.saved);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
