@@ -91,7 +91,7 @@ impl Controller {
             watcher.subscribe(),
             candidate.subscribe(),
             events.clone(),
-            ReconcilerConfig { node_grace: config.node_grace, resync: Duration::from_millis(250) },
+            ReconcilerConfig { node_grace: config.node_grace, warmup: config.node_lease + config.node_grace, resync: Duration::from_millis(250) },
             settled_sender,
         ));
         let (stopping, sessions_stop) = watch::channel(());

@@ -282,7 +282,9 @@ impl Agent {
                 how = &mut shutdown => break how,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            // Capped well under a node lease: a controller that restarts finds its agents
+            // back before their nodes turn NotReady.
+            delay = (delay * 2).min(Duration::from_secs(1));
         };
         self.shut_down(how).await;
     }

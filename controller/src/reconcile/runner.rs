@@ -25,20 +25,34 @@ const CONCURRENT_WRITES: usize = 256;
 pub struct ReconcilerConfig {
     /// How long a node may be NotReady before its replicas are replaced elsewhere.
     pub node_grace: Duration,
+    /// How long a new leader waits before it moves any replica (node lease + grace).
+    pub warmup: Duration,
     /// How often to plan even when nothing changed (node grace timers).
     pub resync: Duration,
 }
 
 /// When each node was first seen NotReady: the node lifecycle's only memory, rebuilt
-/// from scratch by a new leader (which then waits a full grace — the safe side).
-#[derive(Debug, Default)]
+/// from scratch by a new leader. Two guards keep a controller problem from looking like
+/// node failures (Kubernetes' node lifecycle controller has both):
+/// - warm-up: a new leader moves nothing before it has led for a whole node lease plus
+///   the grace — agents whose sessions ended with the old leader need that long to
+///   reconnect and heartbeat;
+/// - full disruption: when every node is NotReady at once, nothing moves (there is
+///   nowhere to go, and a network or controller fault is likelier than all nodes dying).
+#[derive(Debug)]
 pub struct NodeTracker {
     not_ready_since: BTreeMap<String, Instant>,
+    leading_since: Instant,
+    disrupted: bool,
 }
 
 impl NodeTracker {
+    pub fn new(leading_since: Instant) -> NodeTracker {
+        NodeTracker { not_ready_since: BTreeMap::new(), leading_since, disrupted: false }
+    }
+
     /// The nodes lost at `now`, and the NotReady / Ready transitions seen.
-    pub fn observe(&mut self, state: &ClusterState, now: Instant, grace: Duration) -> (BTreeSet<String>, Vec<EventDraft>) {
+    pub fn observe(&mut self, state: &ClusterState, now: Instant, grace: Duration, warmup: Duration) -> (BTreeSet<String>, Vec<EventDraft>) {
         let mut events = Vec::new();
         let mut lost = BTreeSet::new();
         self.not_ready_since.retain(|name, _| state.nodes.contains_key(name));
@@ -60,6 +74,23 @@ impl NodeTracker {
             if now.duration_since(since) >= grace {
                 lost.insert(name.clone());
             }
+        }
+        if now.duration_since(self.leading_since) < warmup {
+            lost.clear();
+        }
+        let everything_down = !state.nodes.is_empty() && self.not_ready_since.len() == state.nodes.len();
+        if everything_down && !lost.is_empty() {
+            if !self.disrupted {
+                events.push(EventDraft {
+                    kind: "FullDisruption",
+                    object: "cluster".into(),
+                    message: "no node is Ready: replicas stay where they are until one is".into(),
+                });
+            }
+            self.disrupted = true;
+            lost.clear();
+        } else if !everything_down {
+            self.disrupted = false;
         }
         (lost, events)
     }
@@ -103,7 +134,7 @@ pub async fn run(
     config: ReconcilerConfig,
     settled: watch::Sender<Revision>,
 ) {
-    let mut tracker = NodeTracker::default();
+    let mut tracker = NodeTracker::new(Instant::now());
     let mut min_revision: Revision = 0;
     let mut leading = false;
     // The content version of the last state a pass found nothing to do on: until the
@@ -123,7 +154,7 @@ pub async fn run(
         if !leading {
             // A new leader first catches up with everything the previous one wrote.
             leading = true;
-            tracker = NodeTracker::default();
+            tracker = NodeTracker::new(Instant::now());
             idle_at = None;
             match store.list(keys::LEADER).await {
                 Ok(listing) => min_revision = listing.revision,
@@ -153,7 +184,7 @@ pub async fn run(
             }
             continue;
         }
-        let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace);
+        let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace, config.warmup);
         let mut taken: BTreeSet<String> = current.replicas.values().map(|r| r.value.id.clone()).collect();
         let plan = plan(&current, &lost, &mut |service| {
             let id = new_replica_id(service, &taken);
@@ -225,27 +256,57 @@ mod tests {
     use super::*;
     use crate::state::Versioned;
 
+    fn node(state: &mut ClusterState, name: &str, alive: bool) {
+        state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: pb::Node::default(), mod_revision: 1 });
+        if alive {
+            state.alive.insert(name.into());
+        }
+    }
+
     #[test]
     fn a_node_is_lost_only_after_the_grace() {
         let mut state = ClusterState { revision: 1, ..ClusterState::default() };
-        state.nodes.insert("n1".into(), Versioned { key: keys::node("n1"), value: pb::Node::default(), mod_revision: 1 });
+        node(&mut state, "n1", false);
+        node(&mut state, "n2", true);
         let grace = Duration::from_secs(5);
         let start = Instant::now();
-        let mut tracker = NodeTracker::default();
-        let (lost, events) = tracker.observe(&state, start, grace);
+        let mut tracker = NodeTracker::new(start);
+        let (lost, events) = tracker.observe(&state, start, grace, Duration::ZERO);
         assert!(lost.is_empty());
         assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeNotReady"]);
-        let (lost, events) = tracker.observe(&state, start + Duration::from_secs(4), grace);
+        let (lost, events) = tracker.observe(&state, start + Duration::from_secs(4), grace, Duration::ZERO);
         assert!(lost.is_empty() && events.is_empty(), "within the grace, nothing more");
-        let (lost, _) = tracker.observe(&state, start + grace, grace);
+        let (lost, _) = tracker.observe(&state, start + grace, grace, Duration::ZERO);
         assert_eq!(lost, BTreeSet::from(["n1".to_owned()]));
         state.alive.insert("n1".into());
-        let (lost, events) = tracker.observe(&state, start + grace * 2, grace);
+        let (lost, events) = tracker.observe(&state, start + grace * 2, grace, Duration::ZERO);
         assert!(lost.is_empty());
         assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeReady"]);
         state.alive.remove("n1");
-        let (lost, _) = tracker.observe(&state, start + grace * 2 + Duration::from_secs(1), grace);
+        let (lost, _) = tracker.observe(&state, start + grace * 2 + Duration::from_secs(1), grace, Duration::ZERO);
         assert!(lost.is_empty(), "the grace starts again from the new NotReady");
+    }
+
+    #[test]
+    fn a_new_leader_warms_up_and_full_disruption_moves_nothing() {
+        let mut state = ClusterState { revision: 1, ..ClusterState::default() };
+        node(&mut state, "n1", false);
+        node(&mut state, "n2", true);
+        let grace = Duration::from_secs(1);
+        let warmup = Duration::from_secs(6);
+        let start = Instant::now();
+        let mut tracker = NodeTracker::new(start);
+        tracker.observe(&state, start, grace, warmup);
+        let (lost, _) = tracker.observe(&state, start + Duration::from_secs(3), grace, warmup);
+        assert!(lost.is_empty(), "still warming up");
+        let (lost, _) = tracker.observe(&state, start + warmup, grace, warmup);
+        assert_eq!(lost, BTreeSet::from(["n1".to_owned()]));
+        state.alive.remove("n2");
+        let (lost, events) = tracker.observe(&state, start + warmup, grace, warmup);
+        assert!(lost.is_empty(), "every node down: nothing moves");
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeNotReady", "FullDisruption"]);
+        let (lost, events) = tracker.observe(&state, start + warmup + grace, grace, warmup);
+        assert!(lost.is_empty() && events.is_empty(), "still nothing, said once");
     }
 
     #[test]

@@ -1,0 +1,270 @@
+//! End to end on a 3-node lab (`deploy/lab.sh`: each node a network namespace with its
+//! own agent process, a real etcd, a controller), as root, through the `orch` CLI the
+//! way a user drives it: apply → spread and ready; 300 requests over the node ports are
+//! answered by every replica; `kill -9` of a replica loses no request; a killed node's
+//! replicas run elsewhere; a partitioned node that heals leaves no duplicates; a
+//! controller restart restarts nothing; delete leaves nothing on any node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+const LIMIT: Duration = Duration::from_secs(120);
+const NODE_PORT: u16 = 30080;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    name: String,
+    net: u32,
+    up: bool,
+}
+
+impl Lab {
+    fn up(nodes: u32) -> Lab {
+        assert!(nix::unistd::geteuid().is_root(), "the lab creates namespaces, bridges and cgroups: run the tests as root (`sudo bash deploy/test.sh`)");
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new().prefix("orch-e2e-").tempdir().expect("tempdir");
+        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false };
+        let out = lab.script(&["up", &nodes.to_string()]);
+        lab.up = true;
+        assert!(out.status.success(), "lab.sh up: {}\n{}", text(&out.stderr), lab.logs());
+        lab
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(format!("{ROOT}/deploy/lab.sh"))
+            .args(args)
+            .env("ORCH_LAB_NAME", &self.name)
+            .env("ORCH_LAB_NET", self.net.to_string())
+            .env("ORCH_LAB_DIR", self.dir.path().join("lab"))
+            .env("ORCH_CONFIG", self.config())
+            .env("ORCH_BIN", PathBuf::from(ORCH).parent().expect("target dir"))
+            .output()
+            .expect("run deploy/lab.sh")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("orch-config")
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path().join("lab")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let content = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = content.lines().rev().take(15).collect();
+                all.push_str(&format!("--- {}\n{}\n", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            }
+        }
+        all
+    }
+
+    /// `orch` with the lab's config file only (no --server): the script wrote it.
+    fn orch(&self, args: &[&str]) -> Output {
+        Command::new(ORCH).args(args).env("ORCH_CONFIG", self.config()).env_remove("ORCH_SERVER").stdin(Stdio::null()).output().expect("run orch")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.orch(args);
+        assert!(out.status.success(), "orch {args:?}: {}\n{}", text(&out.stderr), self.logs());
+        text(&out.stdout)
+    }
+
+    fn replicas(&self) -> Vec<serde_json::Value> {
+        let out = self.orch(&["get", "replicas", "-o", "json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
+    }
+
+    fn wait(&self, what: &str, condition: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let replicas = self.replicas();
+            if condition(&replicas) {
+                return replicas;
+            }
+            assert!(start.elapsed() < LIMIT, "timed out waiting for {what}: {replicas:#?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn node_address(&self, k: u32) -> SocketAddr {
+        SocketAddr::from(([10, 250, u8::try_from(self.net).expect("octet"), u8::try_from(10 + k).expect("octet")], NODE_PORT))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.script(&["down"]);
+        }
+    }
+}
+
+fn http_get(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: e2e\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let start = response.find("Hello from ").ok_or_else(|| std::io::Error::other(format!("unexpected answer: {response:?}")))?;
+    Ok(response[start + "Hello from ".len()..].split('<').next().unwrap_or("").to_owned())
+}
+
+fn all_running(count: usize) -> impl Fn(&[serde_json::Value]) -> bool {
+    move |replicas| replicas.len() == count && replicas.iter().all(|r| r["phase"] == "Running" && r["ready"] == true)
+}
+
+/// Requests spread over `nodes`' node ports, counted by the replica that answered; a
+/// failed request panics with `what`.
+fn load(lab: &Lab, nodes: &[u32], requests: usize, what: &str) -> BTreeMap<String, usize> {
+    let mut answered = BTreeMap::new();
+    for i in 0..requests {
+        let address = lab.node_address(nodes[i % nodes.len()]);
+        match http_get(address) {
+            Ok(replica) => *answered.entry(replica).or_default() += 1,
+            Err(error) => panic!("{what}: request {i} to {address} failed: {error}\n{}", lab.logs()),
+        }
+    }
+    answered
+}
+
+#[test]
+fn three_nodes_end_to_end() {
+    let lab = Lab::up(3);
+    let image = lab.dir.path().join("image");
+    let built = Command::new("bash").arg(format!("{ROOT}/deploy/images/build-demo.sh")).arg("--out").arg(&image).output().expect("build-demo.sh");
+    assert!(built.status.success(), "build-demo.sh: {}", text(&built.stderr));
+    let manifest = lab.dir.path().join("webapp.yaml");
+    let webapp = std::fs::read_to_string(format!("{ROOT}/manifests/webapp.yaml")).expect("manifests/webapp.yaml");
+    let webapp = webapp.replace("oci:/var/lib/orch/images/demo-web:1.0", &format!("oci:{}:1.0", image.display()));
+    std::fs::write(&manifest, webapp).expect("write manifest");
+
+    // Apply → spread over the three nodes, ready.
+    lab.ok(&["apply", "-f", manifest.to_str().expect("path"), "--wait", "--timeout", "120"]);
+    let replicas = lab.wait("3 ready replicas", all_running(3));
+    let nodes: BTreeSet<&str> = replicas.iter().filter_map(|r| r["node"].as_str()).collect();
+    assert_eq!(nodes.len(), 3, "one replica per node: {replicas:#?}");
+
+    // 300 requests over every node's node port: every replica answers.
+    let answered = load(&lab, &[1, 2, 3], 300, "steady state");
+    assert_eq!(answered.len(), 3, "every replica answers: {answered:?}");
+
+    // kill -9 a replica while requests flow: replaced, and no request lost.
+    let victim = replicas[0].clone();
+    let pid = victim["hostPid"].as_i64().expect("pid");
+    let flow = {
+        let lab_addresses: Vec<SocketAddr> = (1..=3).map(|k| lab.node_address(k)).collect();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            for i in 0..400 {
+                if let Err(error) = http_get(lab_addresses[i % 3]) {
+                    failures.push(format!("request {i}: {error}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            failures
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    let name = victim["name"].as_str().expect("name").to_owned();
+    lab.wait("the killed replica back", |r| all_running(3)(r) && r.iter().any(|x| x["name"] == name.as_str() && x["restarts"] == 1));
+    let failures = flow.join().expect("load thread");
+    assert!(failures.is_empty(), "requests lost while a replica was replaced: {failures:?}");
+
+    // A controller restart restarts nothing.
+    let before: BTreeMap<String, (serde_json::Value, serde_json::Value)> =
+        lab.replicas().iter().map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone()))).collect();
+    let restarted = lab.script(&["restart-controller"]);
+    assert!(restarted.status.success(), "{}", text(&restarted.stderr));
+    // "Nothing restarts" is an absence: watch for the whole window in which the new
+    // leader could act on stale liveness — its warm-up, the lab's node lease (2 s) plus
+    // grace (1 s) — and check at the end.
+    std::thread::sleep(Duration::from_secs(4));
+    let after: BTreeMap<String, (serde_json::Value, serde_json::Value)> =
+        lab.wait("3 ready after the controller restart", all_running(3)).iter().map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone()))).collect();
+    assert_eq!(after, before, "same replicas, same host PIDs, no restarts");
+
+    // kill-node: its replica runs elsewhere, the service keeps answering.
+    let on_three: Vec<String> = lab.replicas().iter().filter(|r| r["node"] == "node3").filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
+    assert!(lab.script(&["kill-node", "3"]).status.success());
+    let moved = lab.wait("node3's replica to run elsewhere", |r| all_running(3)(r) && r.iter().all(|x| x["node"] != "node3"));
+    assert!(moved.iter().all(|r| !on_three.contains(&r["name"].as_str().unwrap_or("").to_owned())), "replaced by new replicas");
+    let answered = load(&lab, &[1, 2], 60, "after node3 died");
+    assert_eq!(answered.len(), 3, "{answered:?}");
+
+    // Partition node2, then heal: its replica moves, comes back stale, and is stopped.
+    assert!(lab.script(&["partition", "2"]).status.success());
+    lab.wait("node2's replica to move to node1", |r| all_running(3)(r) && r.iter().all(|x| x["node"] == "node1"));
+    assert!(lab.script(&["heal", "2"]).status.success());
+    let start = Instant::now();
+    loop {
+        let nodes = lab.ok(&["get", "nodes"]);
+        if nodes.lines().any(|l| l.starts_with("node2 ") && l.contains(" Ready ")) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "node2 did not come back: {nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let node2_records = lab.dir.path().join("lab/node2/replicas");
+    let start = Instant::now();
+    while std::fs::read_dir(&node2_records).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(start.elapsed() < LIMIT, "node2 kept its stale replica\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let healed = lab.wait("3 replicas, no duplicates", all_running(3));
+    assert_eq!(healed.len(), 3);
+
+    // Delete: nothing left on any live node.
+    lab.ok(&["delete", "service", "webapp"]);
+    lab.wait("no replicas", |r| r.is_empty());
+    for k in [1u32, 2] {
+        let start = Instant::now();
+        let state = lab.dir.path().join(format!("lab/node{k}"));
+        loop {
+            let containers = std::fs::read_dir(state.join("containers")).map(|d| d.count()).unwrap_or(0);
+            let records = std::fs::read_dir(state.join("replicas")).map(|d| d.count()).unwrap_or(0);
+            if containers == 0 && records == 0 {
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "node{k} keeps {containers} containers, {records} records");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ns = format!("{}-n{k}", lab.name);
+        let links = text(&Command::new("ip").args(["-n", &ns, "-o", "link", "show"]).output().expect("ip").stdout);
+        let veths: Vec<&str> = links.lines().filter(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with('v'))).collect();
+        assert!(veths.is_empty(), "container veths left on node{k}: {veths:?}");
+        let ipam = std::fs::read_to_string(state.join(format!("network/{}b{k}.json", lab.name))).unwrap_or_default();
+        assert!(!ipam.contains("webapp"), "addresses left on node{k}: {ipam}");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
+            let parent = hierarchy.path().join(format!("{}-node{k}", lab.name));
+            let children = std::fs::read_dir(&parent).map(|d| d.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0);
+            assert_eq!(children, 0, "cgroups left under {}", parent.display());
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&lab.dir.path().display().to_string()), "mounts left");
+
+    // And the lab itself goes without a trace.
+    let down = lab.script(&["down"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    let links = text(&Command::new("ip").args(["-o", "link", "show"]).output().expect("ip").stdout);
+    assert!(!links.contains(&format!("{}br", lab.name)) && !links.contains(&format!("{}v1", lab.name)), "{links}");
+    let namespaces = text(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout);
+    assert!(!namespaces.contains(&lab.name), "{namespaces}");
+    assert!(!lab.config().exists(), "the CLI config the lab wrote is removed");
+}

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# A cluster on one machine: each "VM" is a network namespace with its own address on a
+# lab bridge (a private subnet this script creates), running its own orch-agent with its
+# own state dir and cgroup subtree; a real etcd on loopback and one controller (two with
+# ORCH_LAB_CONTROLLERS=2) listening on the lab bridge.
+#
+#   sudo bash deploy/lab.sh up N          # N nodes (1-9)
+#   sudo bash deploy/lab.sh status        # each node's name, address, agent PID, state
+#   sudo bash deploy/lab.sh kill-node K   # agent and containers die as with a dead VM
+#   sudo bash deploy/lab.sh partition K   # cut node K's link
+#   sudo bash deploy/lab.sh heal K        # restore it
+#   sudo bash deploy/lab.sh restart-controller [C]   # SIGTERM controller C (1), start it again
+#   sudo bash deploy/lab.sh down          # remove everything the lab made
+#
+# After `up`, `orch` on the host talks to the lab's controller with no flags: the script
+# writes the CLI config (~/.config/orch/config, or $ORCH_CONFIG), and removes it on down.
+#
+# Settings (environment): ORCH_LAB_NAME (prefix of every name, default olab; at most 5
+# characters), ORCH_LAB_NET (the lab subnet's third octet in 10.250.X.0/24, default 0),
+# ORCH_LAB_DIR (state, default /var/lib/orch/lab-$ORCH_LAB_NAME), ORCH_BIN (where the
+# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2).
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+source "$(dirname "$0")/lib/etcd.sh"
+require_root "deploy/lab.sh"
+
+name="${ORCH_LAB_NAME:-olab}"
+[[ "$name" =~ ^[a-z][a-z0-9]{0,4}$ ]] || die "ORCH_LAB_NAME=$name: 1-5 lower-case letters and digits, starting with a letter"
+net="${ORCH_LAB_NET:-0}"
+[[ "$net" =~ ^[0-9]+$ ]] && [ "$net" -le 255 ] || die "ORCH_LAB_NET=$net: a number 0-255"
+dir="${ORCH_LAB_DIR:-/var/lib/orch/lab-$name}"
+bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
+controllers="${ORCH_LAB_CONTROLLERS:-1}"
+bridge="${name}br"
+prefix="10.250.$net"
+host_address="$prefix.1"
+config="${ORCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/orch/config}"
+
+node_ns() { echo "${name}-n$1"; }
+node_veth() { echo "${name}v$1"; }
+node_address() { echo "$prefix.$((10 + $1))"; }
+controller_address() { echo "$host_address:$((7100 + 10 * ($1 - 1)))"; }
+pid_of() { [ -f "$dir/$1.pid" ] && cat "$dir/$1.pid" || true; }
+alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+# Starts a program in the background with its log and PID file.
+launch() {
+    local what="$1"; shift
+    "$@" >>"$dir/$what.log" 2>&1 &
+    echo $! >"$dir/$what.pid"
+}
+
+wait_for() {
+    local what="$1" check="$2"
+    for _ in $(seq 1 200); do
+        eval "$check" && return 0
+        sleep 0.1
+    done
+    die "$what did not come up (logs in $dir)"
+}
+
+start_agent() {
+    local k="$1"
+    launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve \
+        --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
+        --state-dir "$dir/node$k" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
+        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500
+}
+
+start_controller() {
+    local c="$1"
+    launch "controller$c" "$bin/orch-controller" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
+        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s
+}
+
+cmd_restart_controller() {
+    local c="${1:-1}"
+    [ -f "$dir/store" ] || die "no lab named $name is up"
+    if alive "controller$c"; then
+        local pid; pid="$(pid_of "controller$c")"
+        kill "$pid"
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    start_controller "$c"
+    wait_for "controller $c" "$bin/orch --server $(controller_address "$c") get nodes >/dev/null 2>&1"
+    echo "controller$c restarted (PID $(pid_of "controller$c"))"
+}
+
+cmd_up() {
+    local n="${1:?usage: lab.sh up N}"
+    [[ "$n" =~ ^[1-9]$ ]] || die "up N: N must be 1-9"
+    [ -e "/run/netns/$(node_ns 1)" ] && die "a lab named $name is up already (lab.sh down first, or ORCH_LAB_NAME)"
+    for binary in orch orch-agent orch-controller; do
+        [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release first (or set ORCH_BIN)"
+    done
+    command -v etcd >/dev/null || install_packages etcd-server
+    command -v nsenter >/dev/null || install_packages util-linux
+    mkdir -p "$dir"
+    echo "$n" >"$dir/nodes"
+
+    step "lab bridge $bridge at $host_address/24"
+    ip link add "$bridge" type bridge
+    ip addr add "$host_address/24" dev "$bridge"
+    ip link set "$bridge" up
+    for k in $(seq 1 "$n"); do
+        local ns veth
+        ns="$(node_ns "$k")"; veth="$(node_veth "$k")"
+        ip netns add "$ns"
+        ip link add "$veth" type veth peer name "${veth}p"
+        ip link set "${veth}p" netns "$ns"
+        ip -n "$ns" link set "${veth}p" name eth0
+        ip -n "$ns" addr add "$(node_address "$k")/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        ip -n "$ns" route add default via "$host_address"
+        ip link set "$veth" master "$bridge" up
+    done
+
+    start_etcd "$dir/etcd"
+    echo "$ETCD_PID" >"$dir/etcd.pid"
+    echo "$ORCH_TEST_ETCD" >"$dir/etcd.url"
+    local store="etcd://${ORCH_TEST_ETCD#http://}"
+    echo "$store" >"$dir/store"
+    for c in $(seq 1 "$controllers"); do
+        step "controller $c on $(controller_address "$c") ($store)"
+        start_controller "$c"
+    done
+    wait_for "the controller" "$bin/orch --server $(controller_address 1) get nodes >/dev/null 2>&1"
+    for k in $(seq 1 "$n"); do
+        step "node$k: $(node_ns "$k") at $(node_address "$k")"
+        start_agent "$k"
+    done
+    wait_for "$n ready nodes" "[ \"\$($bin/orch --server $(controller_address 1) get nodes -o json 2>/dev/null | grep -c '\"ready\": true')\" = $n ]"
+    mkdir -p "$(dirname "$config")"
+    if [ ! -e "$config" ] || grep -q "written by deploy/lab.sh" "$config"; then
+        printf '# written by deploy/lab.sh (%s); removed by lab.sh down\nserver = %s\n' "$name" "$(controller_address 1)" >"$config"
+        echo "$config" >"$dir/config"
+    else
+        echo "note: $config exists and is not the lab's; use --server $(controller_address 1)" >&2
+    fi
+    cmd_status
+}
+
+cmd_status() {
+    [ -f "$dir/nodes" ] || die "no lab named $name is up"
+    printf '%-8s %-14s %-9s %s\n' NODE ADDRESS AGENT STATE
+    for k in $(seq 1 "$(cat "$dir/nodes")"); do
+        local state="running" pid
+        pid="$(pid_of "agent$k")"
+        alive "agent$k" || state="dead"
+        if [ "$(cat "/sys/class/net/$(node_veth "$k")/operstate" 2>/dev/null)" = "down" ]; then
+            [ "$state" = running ] && state="partitioned" || state="$state, partitioned"
+        fi
+        printf '%-8s %-14s %-9s %s\n' "node$k" "$(node_address "$k")" "${pid:--}" "$state"
+    done
+    for c in $(seq 1 "$controllers"); do
+        alive "controller$c" && echo "controller$c: $(controller_address "$c") (PID $(pid_of "controller$c"))" || echo "controller$c: dead"
+    done
+}
+
+# Every process of node K: its agent, the shims (in the node's network namespace) and
+# the containers (in its cgroup subtree).
+kill_node_processes() {
+    local k="$1"
+    alive "agent$k" && kill -9 "$(pid_of "agent$k")" 2>/dev/null || true
+    for pid in $(ip netns pids "$(node_ns "$k")" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    for procs in /sys/fs/cgroup/*/"${name}-node$k"/*/cgroup.procs /sys/fs/cgroup/"${name}-node$k"/*/cgroup.procs; do
+        [ -f "$procs" ] || continue
+        for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null || true; done
+    done
+}
+
+cmd_kill_node() {
+    local k="${1:?usage: lab.sh kill-node K}"
+    [ -e "/run/netns/$(node_ns "$k")" ] || die "node$k is not in the lab"
+    kill_node_processes "$k"
+    ip link set "$(node_veth "$k")" down
+    echo "node$k killed (agent and containers gone, link down)"
+}
+
+cmd_partition() {
+    local k="${1:?usage: lab.sh partition K}"
+    ip link set "$(node_veth "$k")" down || die "node$k is not in the lab"
+    echo "node$k partitioned"
+}
+
+cmd_heal() {
+    local k="${1:?usage: lab.sh heal K}"
+    ip link set "$(node_veth "$k")" up || die "node$k is not in the lab"
+    echo "node$k healed"
+}
+
+cmd_down() {
+    local n=0
+    [ -f "$dir/nodes" ] && n="$(cat "$dir/nodes")"
+    for k in $(seq 1 "$n"); do
+        kill_node_processes "$k"
+        if [ -e "/run/netns/$(node_ns "$k")" ]; then
+            nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" teardown --state-dir "$dir/node$k" \
+                --bridge "${name}b$k" --cgroup-parent "${name}-node$k" >/dev/null 2>&1 || true
+        fi
+        for hierarchy in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+            [ -d "$hierarchy${name}-node$k" ] && find "$hierarchy${name}-node$k" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        done
+        ip netns del "${name}b$k-lb" 2>/dev/null || true
+        ip netns del "$(node_ns "$k")" 2>/dev/null || true
+        ip link del "$(node_veth "$k")" 2>/dev/null || true
+    done
+    for c in 1 2; do
+        alive "controller$c" && { kill "$(pid_of "controller$c")"; sleep 0.2; kill -9 "$(pid_of "controller$c")" 2>/dev/null || true; } || true
+    done
+    alive etcd && { kill "$(pid_of etcd)"; sleep 0.5; } || true
+    ip link del "$bridge" 2>/dev/null || true
+    if [ -f "$dir/config" ]; then rm -f "$(cat "$dir/config")"; fi
+    rm -rf "$dir"
+    echo "lab $name removed"
+}
+
+case "${1:-}" in
+    up) cmd_up "${2:-}" ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    kill-node) cmd_kill_node "${2:-}" ;;
+    partition) cmd_partition "${2:-}" ;;
+    heal) cmd_heal "${2:-}" ;;
+    restart-controller) cmd_restart_controller "${2:-1}" ;;
+    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C]" ;;
+esac
