@@ -15,6 +15,9 @@
 # After `up`, `orch` on the host talks to the lab's controller with no flags: the script
 # writes the CLI config (~/.config/orch/config, or $ORCH_CONFIG), and removes it on down.
 #
+# Everything speaks mutual TLS: `up` makes the lab's CA and certificates in its state
+# directory (orch-controller init) and the CLI config points at the CLI's certificate.
+#
 # Settings (environment): ORCH_LAB_NAME (prefix of every name, default olab; at most 5
 # characters), ORCH_LAB_NET (the lab subnet's third octet in 10.250.X.0/24, default 0),
 # ORCH_LAB_DIR (state, default /var/lib/orch/lab-$ORCH_LAB_NAME), ORCH_BIN (where the
@@ -59,9 +62,12 @@ wait_for() {
     die "$what did not come up (logs in $dir)"
 }
 
+# Everyone speaks mutual TLS with certificates from the lab's own CA.
+orch_cli() { "$bin/orch" --tls-dir "$dir/pki" "$@"; }
+
 start_agent() {
     local k="$1"
-    launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve \
+    launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500
@@ -69,7 +75,7 @@ start_agent() {
 
 start_controller() {
     local c="$1"
-    launch "controller$c" "$bin/orch-controller" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
+    launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
         --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s
 }
 
@@ -82,7 +88,7 @@ cmd_restart_controller() {
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
     start_controller "$c"
-    wait_for "controller $c" "$bin/orch --server $(controller_address "$c") get nodes >/dev/null 2>&1"
+    wait_for "controller $c" "orch_cli --server $(controller_address "$c") get nodes >/dev/null 2>&1"
     echo "controller$c restarted (PID $(pid_of "controller$c"))"
 }
 
@@ -116,6 +122,13 @@ cmd_up() {
         ip link set "$veth" master "$bridge" up
     done
 
+    step "cluster CA and certificates in $dir/pki"
+    local node_args=()
+    for k in $(seq 1 "$n"); do node_args+=(--node "node$k=$(node_address "$k")"); done
+    local controller_names=()
+    for c in $(seq 1 "$controllers"); do controller_names+=(--controller-name "$host_address"); done
+    "$bin/orch-controller" --tls-dir "$dir/pki" init "${controller_names[@]}" "${node_args[@]}" >/dev/null
+
     start_etcd "$dir/etcd"
     echo "$ETCD_PID" >"$dir/etcd.pid"
     echo "$ORCH_TEST_ETCD" >"$dir/etcd.url"
@@ -125,15 +138,16 @@ cmd_up() {
         step "controller $c on $(controller_address "$c") ($store)"
         start_controller "$c"
     done
-    wait_for "the controller" "$bin/orch --server $(controller_address 1) get nodes >/dev/null 2>&1"
+    wait_for "the controller" "orch_cli --server $(controller_address 1) get nodes >/dev/null 2>&1"
     for k in $(seq 1 "$n"); do
         step "node$k: $(node_ns "$k") at $(node_address "$k")"
         start_agent "$k"
     done
-    wait_for "$n ready nodes" "[ \"\$($bin/orch --server $(controller_address 1) get nodes -o json 2>/dev/null | grep -c '\"ready\": true')\" = $n ]"
+    wait_for "$n ready nodes" "[ \"\$(orch_cli --server $(controller_address 1) get nodes -o json 2>/dev/null | grep -c '\"ready\": true')\" = $n ]"
     mkdir -p "$(dirname "$config")"
     if [ ! -e "$config" ] || grep -q "written by deploy/lab.sh" "$config"; then
-        printf '# written by deploy/lab.sh (%s); removed by lab.sh down\nserver = %s\n' "$name" "$(controller_address 1)" >"$config"
+        printf '# written by deploy/lab.sh (%s); removed by lab.sh down\nserver = %s\nca = %s\ncert = %s\nkey = %s\n' \
+            "$name" "$(controller_address 1)" "$dir/pki/ca.pem" "$dir/pki/admin.pem" "$dir/pki/admin.key" >"$config"
         echo "$config" >"$dir/config"
     else
         echo "note: $config exists and is not the lab's; use --server $(controller_address 1)" >&2

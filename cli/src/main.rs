@@ -19,6 +19,10 @@ struct Cli {
     /// (~/.config/orch/config: `server = HOST:PORT`), 127.0.0.1:7100.
     #[arg(long, global = true, env = "ORCH_SERVER")]
     server: Option<String>,
+    /// Mutual TLS with the CLI's certificate from this directory (ca.pem, admin.pem,
+    /// admin.key); else the config file's `ca`, `cert`, `key` lines; else plain text.
+    #[arg(long, global = true, env = "ORCH_TLS_DIR")]
+    tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        command => run_async(cli.server.as_deref(), command),
+        command => run_async(cli.server.as_deref(), cli.tls_dir.as_deref(), command),
     };
     match outcome {
         Ok(code) => code,
@@ -88,7 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(server: Option<&str>, command: Command) -> anyhow::Result<ExitCode> {
+fn run_async(server: Option<&str>, tls_dir: Option<&std::path::Path>, command: Command) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let server = client::resolve_server(server);
     runtime.block_on(async move {
@@ -100,7 +104,7 @@ fn run_async(server: Option<&str>, command: Command) -> anyhow::Result<ExitCode>
             commands::up::run(args).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        let api = client::connect(&server).await?;
+        let api = client::connect(&server, client::resolve_tls(tls_dir)?).await?;
         match command {
             Command::Apply(args) => commands::apply::apply(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,

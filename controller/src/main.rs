@@ -7,12 +7,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use orch_controller::server::{Controller, ControllerConfig};
+use orch_controller::server::{Controller, ControllerConfig, ControllerTls};
 use orch_controller::store::{open_store, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-controller", version, about = "orch controller: desired state, scheduling, reconciliation")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// Serve (and call agents) over mutual TLS with the certificates in this directory
+    /// (`orch-controller init` makes them). Without it the controller listens in plain
+    /// text, on loopback only.
+    #[arg(long, env = "ORCH_TLS_DIR", global = true)]
+    tls_dir: Option<std::path::PathBuf>,
     /// Where desired state lives: embedded:PATH (a redb file) or etcd://HOST:PORT[,HOST:PORT...]
     #[arg(long, env = "ORCH_STORE", default_value = "embedded:/var/lib/orch/controller.redb")]
     store: String,
@@ -40,6 +47,34 @@ struct Args {
     /// This controller's name in leader election (default: hostname and PID).
     #[arg(long)]
     identity: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Create the cluster's CA and certificates (controller, one per node, the CLI's
+    /// `admin`) in --tls-dir; an existing CA is reused, so this also adds nodes.
+    Init {
+        /// A name or address agents and the CLI use to reach the controller; repeatable.
+        #[arg(long = "controller-name", value_name = "NAME|IP")]
+        controller_names: Vec<String>,
+        /// A node and its address, NAME=IP; repeatable.
+        #[arg(long = "node", value_name = "NAME=IP")]
+        nodes: Vec<String>,
+    },
+}
+
+fn init(args: &Args, controller_names: &[String], nodes: &[String]) -> anyhow::Result<()> {
+    let dir = args.tls_dir.clone().context("init needs --tls-dir DIR (where the certificates go)")?;
+    let mut pairs = Vec::new();
+    for node in nodes {
+        let (name, address) = node.split_once('=').with_context(|| format!("--node {node:?}: expected NAME=IP"))?;
+        orch_api::manifest::names::check_dns_label(name).map_err(|e| anyhow::anyhow!("--node {node:?}: the name must be {e}"))?;
+        pairs.push((name.to_owned(), address.to_owned()));
+    }
+    for path in orch_api::tls::init(&dir, controller_names, &pairs)? {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// "10s", "500ms" or a bare number of seconds.
@@ -77,6 +112,20 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(Sub::Init { controller_names, nodes }) = &args.command {
+        return init(args, controller_names, nodes);
+    }
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
+        None => {
+            anyhow::ensure!(
+                args.listen.ip().is_loopback(),
+                "--listen {}: plain text is for loopback only; give --tls-dir (orch-controller init --tls-dir DIR makes the certificates)",
+                args.listen
+            );
+            None
+        }
+    };
     let (service_network, service_prefix) = parse_cidr(&args.service_cidr).context("--service-cidr")?;
     let (cluster_network, cluster_prefix) = parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
     anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16 (node n gets its n-th /24)", args.cluster_cidr);
@@ -89,7 +138,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         format!("{host}-{}", std::process::id())
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes (plain text: for loopback development)");
+    if tls.is_some() {
+        tracing::info!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
+    } else {
+        tracing::warn!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes in PLAIN TEXT: for loopback development only");
+    }
     let mut controller = Controller::start(
         store,
         ControllerConfig {
@@ -101,6 +154,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             leader_lease: args.leader_lease,
             event_ttl: args.event_ttl,
             identity,
+            tls,
         },
         listener,
     );

@@ -35,6 +35,23 @@ pub struct ControllerConfig {
     pub event_ttl: Duration,
     /// This controller's name in the leader key.
     pub identity: String,
+    /// Mutual TLS for the gRPC server and for calls to agents; plain text when unset
+    /// (loopback development only).
+    pub tls: Option<ControllerTls>,
+}
+
+/// The controller's TLS: how it serves, and how it calls the agents' node API.
+#[derive(Debug, Clone)]
+pub struct ControllerTls {
+    pub server: tonic::transport::ServerTlsConfig,
+    pub nodes: tonic::transport::ClientTlsConfig,
+}
+
+impl ControllerTls {
+    /// From a PKI directory made by `orch-controller init`.
+    pub fn load(dir: &std::path::Path) -> Result<ControllerTls, orch_api::tls::TlsError> {
+        Ok(ControllerTls { server: orch_api::tls::server_config(dir, "controller")?, nodes: orch_api::tls::client_config(dir, "controller")? })
+    }
 }
 
 impl ControllerConfig {
@@ -54,6 +71,7 @@ impl Default for ControllerConfig {
             leader_lease: Duration::from_secs(3),
             event_ttl: Duration::from_secs(3600),
             identity: format!("controller-{}", std::process::id()),
+            tls: None,
         }
     }
 }
@@ -95,7 +113,10 @@ impl Controller {
             settled_sender,
         ));
         let (stopping, sessions_stop) = watch::channel(());
-        let api = ServiceApi::new(Arc::clone(&store), config.service_network, config.service_prefix);
+        let mut api = ServiceApi::new(Arc::clone(&store), config.service_network, config.service_prefix);
+        if let Some(tls) = &config.tls {
+            api = api.with_node_tls(tls.nodes.clone());
+        }
         let nodes = NodesRpc::new(
             NodeRegistry::new(Arc::clone(&store), config.cluster_network, config.node_lease),
             Arc::clone(&store),
@@ -105,14 +126,20 @@ impl Controller {
             sessions_stop,
         );
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
+        let tls = config.tls.clone();
+        let server = tokio::spawn(async move {
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls.server)?;
+            }
+            builder
                 .add_service(ApiRpc::new(api).into_server())
                 .add_service(nodes.into_server())
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
-                }),
-        );
+                })
+                .await
+        });
         Controller { candidate: Some(candidate), watcher, reconciler, server, shutdown: Some(shutdown), stopping: Some(stopping), settled }
     }
 

@@ -48,6 +48,8 @@ pub struct FakeAgentConfig {
     pub capacity: pb::ResourceList,
     pub labels: BTreeMap<String, String>,
     pub heartbeat: Duration,
+    /// Mutual TLS towards the controller (`https`), plain text when unset.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl FakeAgentConfig {
@@ -58,6 +60,7 @@ impl FakeAgentConfig {
             capacity: pb::ResourceList { cpu_millis: 64_000, memory_bytes: 256 << 30, pids: 0 },
             labels: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
+            tls: None,
         }
     }
 }
@@ -152,7 +155,12 @@ fn report(config: &FakeAgentConfig, seen: &mut Seen, pod_prefix: &str) -> pb::Ag
 }
 
 async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<Seen>) -> Result<(), String> {
-    let mut client = NodesClient::connect(format!("http://{controller}")).await.map_err(|e| e.to_string())?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{controller}")).map_err(|e| e.to_string())?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+    }
+    let mut client = NodesClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
     let info = pb::NodeInfo {
         name: config.name.clone(),
         address: config.address.clone(),

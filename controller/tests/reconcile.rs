@@ -245,6 +245,7 @@ async fn an_unschedulable_replica_stays_pending_with_a_reason(store: common::Tes
     let mut small = FakeAgentConfig::new("small", "192.0.2.9");
     small.capacity = pb::ResourceList { cpu_millis: 50, memory_bytes: 1 << 30, pids: 0 };
     let _agent = FakeAgent::start(cluster.address, small);
+    cluster.wait_nodes(1).await;
     cluster.apply(&manifest("web", 1, "busybox")).await;
     let start = std::time::Instant::now();
     let reason = loop {

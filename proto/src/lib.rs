@@ -4,9 +4,12 @@
 //! - [`manifest`]: the YAML manifest model, parsing and validation (shared by the CLI and
 //!   the controller).
 //! - [`image_ref`]: the image references the agent accepts.
+//! - [`tls`]: the cluster's certificates (`orch-controller init`) and the mutual-TLS
+//!   configurations the controller, agents and CLI build from them.
 
 pub mod image_ref;
 pub mod manifest;
+pub mod tls;
 
 /// Generated `orch.v1` code (tonic + prost).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// ADDRESS:7101 by default, `none` for no API.
     #[arg(long, value_name = "HOST:PORT|none")]
     pub api_listen: Option<String>,
+    /// Mutual TLS with the certificates in this directory (ca.pem, node-NAME.pem and
+    /// node-NAME.key, from `orch-controller init`); plain text (loopback only) without.
+    #[arg(long, env = "ORCH_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
     /// leaving the containers running for the next agent.
     #[arg(long)]
@@ -104,6 +108,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         Some(text) => Some(text.parse().map_err(|_| anyhow::anyhow!("--api-listen {text:?}: expected HOST:PORT or none"))?),
         None => Some(std::net::SocketAddr::from((args.address, 7101))),
     };
+    if args.tls_dir.is_none() {
+        anyhow::ensure!(
+            api_listen.is_none_or(|a: std::net::SocketAddr| a.ip().is_loopback()),
+            "--api-listen on {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates) or --api-listen none",
+            args.address
+        );
+    }
     Ok(AgentConfig {
         name,
         address: args.address,
@@ -117,6 +128,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
         api_listen,
+        tls_dir: args.tls_dir.clone(),
     })
 }
 

@@ -43,8 +43,29 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The agent binary (re-executed for containers and exec probes).
     pub helper: PathBuf,
-    /// Where `orch.v1.Node` (logs, exec, stats, inspect) listens; none when unset.
+    /// Where `orch.v1.NodeAgent` (logs, exec, stats, inspect) listens; none when unset.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Mutual TLS with the certificates in this directory (`ca.pem`, `node-<name>.pem`
+    /// and `.key`): towards the controller and for the node API. Plain text when unset.
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The controller, over TLS when configured.
+    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, String> {
+        let address = self.controller.split_once("://").map_or(self.controller.as_str(), |(_, rest)| rest);
+        let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| format!("controller {address}: {e}"))?;
+        if let Some(dir) = &self.tls_dir {
+            let tls = orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("controller {address}: {e}"))?;
+        }
+        endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+            .map_err(|e| format!("controller {address}: {e}"))
+    }
 }
 
 /// What registration said, kept so that a restarted agent can set its network up and
@@ -72,7 +93,7 @@ impl AgentConfig {
 }
 
 async fn register(config: &AgentConfig) -> Result<Registration, String> {
-    let mut client = NodesClient::connect(config.controller.clone()).await.map_err(|e| format!("controller {}: {e}", config.controller))?;
+    let mut client = NodesClient::new(config.controller_channel().await?);
     let response = client
         .register(pb::RegisterRequest { node: Some(config.node_info()) })
         .await
@@ -176,9 +197,14 @@ impl Agent {
         let api = match api_listener {
             Some(listener) => {
                 let server = super::api::NodeApi::new(Arc::clone(&ctx), config.cgroup_parent.clone(), config.address.to_string()).into_server();
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(dir) = &config.tls_dir {
+                    let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::Setup(format!("node API: {e}")))?;
+                    builder = builder.tls_config(tls).map_err(|e| AgentError::Setup(format!("node API: {e}")))?;
+                }
                 Some(tokio::spawn(async move {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                    if let Err(error) = tonic::transport::Server::builder().add_service(server).serve_with_incoming(incoming).await {
+                    if let Err(error) = builder.add_service(server).serve_with_incoming(incoming).await {
                         tracing::warn!(%error, "the node API stopped");
                     }
                 }))
@@ -294,7 +320,7 @@ impl Agent {
         if let Ok(bytes) = serde_json::to_vec(&registration) {
             let _ = std::fs::write(self.config.registration_path(), bytes);
         }
-        let mut client = NodesClient::connect(self.config.controller.clone()).await.map_err(|e| e.to_string())?;
+        let mut client = NodesClient::new(self.config.controller_channel().await?);
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
         let heartbeat = pb::AgentMessage { node: self.config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
         upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;

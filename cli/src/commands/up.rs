@@ -74,6 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (service_network, service_prefix) = cidr(&args.service_cidr, "--service-cidr")?;
     let (cluster_network, cluster_prefix) = cidr(&args.cluster_cidr, "--cluster-cidr")?;
     anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16", args.cluster_cidr);
+    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen {}: orch up serves in plain text, so on loopback only", args.listen);
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -85,7 +86,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), ..ControllerConfig::default() },
         listener,
     );
-    eprintln!("orch: controller on {} (store {})", args.listen, args.state_dir.join("controller.redb").display());
+    eprintln!("orch: controller on {} (store {}; plain text, for this machine only)", args.listen, args.state_dir.join("controller.redb").display());
 
     let name = args.name.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into()));
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("node name {name:?} must be {e}; give --name"))?;
@@ -103,6 +104,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         helper: std::env::current_exe().context("cannot find the orch binary")?,
         // On loopback next to the controller, on a free port (registered as it is).
         api_listen: Some(SocketAddr::new(args.listen.ip(), 0)),
+        tls_dir: None,
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);
@@ -112,7 +114,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Shutdown::Drain
     }));
 
-    let mut api = crate::client::connect(&args.listen.to_string()).await?;
+    let mut api = crate::client::connect(&args.listen.to_string(), None).await?;
     let outcome = async {
         if args.files.is_empty() {
             return Ok::<(), anyhow::Error>(());

@@ -27,8 +27,12 @@ impl ServiceApi {
         if info.api_port == 0 {
             return Err(Status::failed_precondition(format!("node {name} serves no node API (its agent runs with --api-listen none)")));
         }
-        let channel = Channel::from_shared(format!("http://{}:{}", info.address, info.api_port))
-            .map_err(|e| unavailable(name, e))?
+        let scheme = if self.node_tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{}:{}", info.address, info.api_port)).map_err(|e| unavailable(name, e))?;
+        if let Some(tls) = &self.node_tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| unavailable(name, e))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .connect()
             .await

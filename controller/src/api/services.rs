@@ -57,11 +57,18 @@ pub struct ServiceApi {
     store: Arc<dyn Store>,
     service_network: Ipv4Addr,
     service_prefix: u8,
+    /// How to call the agents' node API (mutual TLS), plain text when unset.
+    pub(crate) node_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ServiceApi {
     pub fn new(store: Arc<dyn Store>, service_network: Ipv4Addr, service_prefix: u8) -> ServiceApi {
-        ServiceApi { store, service_network, service_prefix }
+        ServiceApi { store, service_network, service_prefix, node_tls: None }
+    }
+
+    pub fn with_node_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> ServiceApi {
+        self.node_tls = Some(tls);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
