@@ -135,12 +135,7 @@ async fn replicas_heal_from_kills_and_failing_probes() {
         cluster.api.delete_service(pb::DeleteServiceRequest { name: service.into() }).await.expect("delete");
     }
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
-    let start = Instant::now();
-    while std::fs::read_dir(cluster.state_dir().join("replicas")).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(start.elapsed() < LIMIT, "the agent did not remove its replicas\n{}", cluster.agent_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cluster.assert_node_empty();
+    cluster.wait_node_empty().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,10 +167,5 @@ async fn an_agent_restart_disturbs_nothing() {
 
     cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
-    let start = Instant::now();
-    while std::fs::read_dir(cluster.state_dir().join("replicas")).map(|d| d.count()).unwrap_or(0) > 0 {
-        assert!(start.elapsed() < LIMIT, "the agent did not remove its replicas\n{}", cluster.agent_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cluster.assert_node_empty();
+    cluster.wait_node_empty().await;
 }

@@ -47,26 +47,6 @@ async fn a_node_without_heartbeats_turns_not_ready_and_back(store: common::TestS
     assert!(matches!(nodes.heartbeat("stranger", renewed).await, Err(NodeError::Unknown(_))));
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::common::embedded().await).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::common::etcd_namespaced(stringify!($test)).await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_without_heartbeats_turns_not_ready_and_back);
 

@@ -262,26 +262,6 @@ async fn an_unschedulable_replica_stays_pending_with_a_reason(store: common::Tes
     assert!(events.iter().any(|e| e.kind == "FailedScheduling" && e.message == reason), "{events:#?}");
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::common::embedded().await).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::common::etcd_namespaced(stringify!($test)).await).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     apply_scale_roll_and_delete,

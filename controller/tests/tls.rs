@@ -64,7 +64,7 @@ async fn only_holders_of_cluster_certificates_get_in() {
     let mut worker = FakeAgentConfig::new("worker", "127.0.0.1");
     worker.tls = Some(orch_api::tls::client_config(&pki, "node-worker").expect("node cert"));
     let _agent = FakeAgent::start(address, worker);
-    let mut api = client(address, Some(admin.clone())).await.expect("admin client");
+    let api = client(address, Some(admin.clone())).await.expect("admin client");
     wait_until("the agent to register over TLS", Duration::from_secs(30), || {
         let mut api = api.clone();
         async move { api.list_nodes(pb::ListNodesRequest {}).await.is_ok_and(|r| r.into_inner().nodes.iter().any(|n| n.ready)) }

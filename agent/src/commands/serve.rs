@@ -78,23 +78,14 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
 }
 
-fn machine_capacity() -> (u64, u64) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned())))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
-    (cpus * 1000, memory)
-}
 
 fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     let name = args.name.clone().unwrap_or_else(hostname);
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: must be {e}"))?;
-    let (cpus, memory) = machine_capacity();
+    let machine = orch_agent::node::machine_capacity();
     let memory = match &args.memory {
         Some(text) => orch_api::manifest::quantity::parse_memory_bytes(text).map_err(|e| anyhow::anyhow!("--memory {text:?}: {e}"))?,
-        None => memory,
+        None => machine.memory_bytes,
     };
     let mut labels = BTreeMap::new();
     for label in &args.labels {
@@ -122,7 +113,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         state_dir: args.state_dir.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
         bridge: args.bridge.clone(),
-        capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(cpus), memory_bytes: memory, pids: 0 },
+        capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },
         labels,
         insecure_registries: args.insecure_registries.clone(),
         heartbeat: Duration::from_millis(args.heartbeat_ms),

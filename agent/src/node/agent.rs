@@ -388,6 +388,18 @@ impl Agent {
     }
 }
 
+/// What this machine has: all its CPUs (millicores) and memory (bytes), from
+/// `/proc/meminfo`; what a node offers the scheduler unless told otherwise.
+pub fn machine_capacity() -> pb::ResourceList {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned())))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024);
+    pb::ResourceList { cpu_millis: cpus * 1000, memory_bytes: memory, pids: 0 }
+}
+
 /// A service from the controller as the balancer wants it; malformed entries are skipped.
 fn endpoints_of(service: &pb::ServiceEndpoints) -> Option<ServiceEndpoints> {
     let vip = service.vip.parse().ok()?;

@@ -166,6 +166,16 @@ impl Cluster {
         assert!(status.success(), "{command:?} in PID {host_pid}: {status}");
     }
 
+    /// Waits until the agent removed every replica record, then checks the node is empty.
+    pub async fn wait_node_empty(&self) {
+        let start = Instant::now();
+        while std::fs::read_dir(self.state_dir().join("replicas")).map(|d| d.count()).unwrap_or(0) > 0 {
+            assert!(start.elapsed() < LIMIT, "the agent did not remove its replicas\n{}", self.agent_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.assert_node_empty();
+    }
+
     /// Nothing of the node's replicas is left: containers, records, logs, addresses,
     /// cgroups, veths.
     pub fn assert_node_empty(&self) {

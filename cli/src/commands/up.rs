@@ -59,15 +59,6 @@ fn cidr(text: &str, flag: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((address, prefix))
 }
 
-fn machine_capacity() -> pb::ResourceList {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned())))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
-    pb::ResourceList { cpu_millis: cpus * 1000, memory_bytes: memory, pids: 0 }
-}
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
@@ -97,7 +88,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.join("agent"),
         cgroup_parent: args.cgroup_parent.clone(),
         bridge: args.bridge.clone(),
-        capacity: machine_capacity(),
+        capacity: orch_agent::node::machine_capacity(),
         labels: Default::default(),
         insecure_registries: Vec::new(),
         heartbeat: Duration::from_secs(1),

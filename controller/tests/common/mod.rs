@@ -73,3 +73,27 @@ where
 pub async fn etcd_at(prefix: &str) -> TestStore {
     TestStore { store: Arc::new(PrefixedStore::new(connect_etcd().await, prefix)), dir: None }
 }
+
+/// One test function per store backend: `embedded::NAME` and `etcd::NAME` each call
+/// `NAME(store)` with a fresh store (etcd under a prefix of its own).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::common::embedded().await).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::common::etcd_namespaced(stringify!($test)).await).await;
+                }
+            )*
+        }
+    };
+}
