@@ -44,7 +44,12 @@ node_veth() { echo "${name}v$1"; }
 node_address() { echo "$prefix.$((10 + $1))"; }
 controller_address() { echo "$host_address:$((7100 + 10 * ($1 - 1)))"; }
 pid_of() { [ -f "$dir/$1.pid" ] && cat "$dir/$1.pid" || true; }
-alive() { local pid; pid="$(pid_of "$1")"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# Alive and still the program the lab started (a PID file may outlive a reboot).
+alive() {
+    local pid; pid="$(pid_of "$1")"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$dir"
+}
+node_number() { [[ "${1:-}" =~ ^[1-9]$ ]] || die "node number must be 1-9, got '${1:-}'"; }
 
 # Starts a program in the background with its log and PID file.
 launch() {
@@ -176,7 +181,7 @@ cmd_status() {
 # the containers (in its cgroup subtree).
 kill_node_processes() {
     local k="$1"
-    alive "agent$k" && kill -9 "$(pid_of "agent$k")" 2>/dev/null || true
+    if alive "agent$k"; then kill -9 "$(pid_of "agent$k")" 2>/dev/null || true; fi
     for pid in $(ip netns pids "$(node_ns "$k")" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     for procs in /sys/fs/cgroup/*/"${name}-node$k"/*/cgroup.procs /sys/fs/cgroup/"${name}-node$k"/*/cgroup.procs; do
         [ -f "$procs" ] || continue
@@ -185,7 +190,7 @@ kill_node_processes() {
 }
 
 cmd_kill_node() {
-    local k="${1:?usage: lab.sh kill-node K}"
+    local k="${1:?usage: lab.sh kill-node K}"; node_number "$k"
     [ -e "/run/netns/$(node_ns "$k")" ] || die "node$k is not in the lab"
     kill_node_processes "$k"
     ip link set "$(node_veth "$k")" down
@@ -193,13 +198,13 @@ cmd_kill_node() {
 }
 
 cmd_partition() {
-    local k="${1:?usage: lab.sh partition K}"
+    local k="${1:?usage: lab.sh partition K}"; node_number "$k"
     ip link set "$(node_veth "$k")" down || die "node$k is not in the lab"
     echo "node$k partitioned"
 }
 
 cmd_heal() {
-    local k="${1:?usage: lab.sh heal K}"
+    local k="${1:?usage: lab.sh heal K}"; node_number "$k"
     ip link set "$(node_veth "$k")" up || die "node$k is not in the lab"
     echo "node$k healed"
 }

@@ -92,14 +92,18 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         let (key, value) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected KEY=VALUE"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
     anyhow::ensure!(args.heartbeat_ms >= 100, "--heartbeat-ms: at least 100");
+    let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
     let api_listen = match args.api_listen.as_deref() {
         Some("none") => None,
         Some(text) => Some(text.parse().map_err(|_| anyhow::anyhow!("--api-listen {text:?}: expected HOST:PORT or none"))?),
         None => Some(std::net::SocketAddr::from((args.address, 7101))),
     };
     if args.tls_dir.is_none() {
+        let host = controller.split_once("://").map_or(controller.as_str(), |(_, rest)| rest);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        anyhow::ensure!(loopback, "--controller {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)", args.controller);
         anyhow::ensure!(
             api_listen.is_none_or(|a: std::net::SocketAddr| a.ip().is_loopback()),
             "--api-listen on {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates) or --api-listen none",
@@ -177,9 +181,12 @@ pub async fn teardown(args: TeardownArgs) -> ExitCode {
                     failed = true;
                 }
             }
-            Err(e) => {
-                eprintln!("orch-agent teardown: container {id}: {e}");
-                let _ = std::fs::remove_dir_all(args.state_dir.join("containers").join(&id));
+            Err(_) => {
+                // Never finished starting: its cgroup and directory are all there is.
+                if let Err(e) = runtime.discard(&id) {
+                    eprintln!("orch-agent teardown: container {id}: {e}");
+                    failed = true;
+                }
             }
         }
     }
@@ -222,7 +229,10 @@ pub async fn teardown(args: TeardownArgs) -> ExitCode {
     for dir in ["replicas", "logs", "network/files"] {
         let _ = std::fs::remove_dir_all(args.state_dir.join(dir));
     }
-    let _ = std::fs::remove_file(args.state_dir.join("node.json"));
+    if !failed {
+        // Kept after a failure, so that teardown can be run again.
+        let _ = std::fs::remove_file(args.state_dir.join("node.json"));
+    }
     if failed {
         ExitCode::FAILURE
     } else {

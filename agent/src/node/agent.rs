@@ -196,7 +196,7 @@ impl Agent {
         });
         let api = match api_listener {
             Some(listener) => {
-                let server = super::api::NodeApi::new(Arc::clone(&ctx), config.cgroup_parent.clone(), config.address.to_string()).into_server();
+                let server = super::api::NodeApi::new(&ctx, config.cgroup_parent.clone(), config.address.to_string()).into_server();
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(dir) = &config.tls_dir {
                     let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::Setup(format!("node API: {e}")))?;
@@ -225,7 +225,19 @@ impl Agent {
     async fn adopt(&mut self) {
         let records = load_records(&self.ctx.records_dir());
         for record in records {
-            let container = self.ctx.runtime.adopt(&record.id).ok();
+            let container = match self.ctx.runtime.adopt(&record.id) {
+                Ok(container) => Some(container),
+                Err(error) => {
+                    // A start the previous agent did not finish: clear it so it can start again.
+                    if self.ctx.runtime.container_ids().contains(&record.id) {
+                        tracing::warn!(replica = %record.id, %error, "discarding a half-started container");
+                        if let Err(error) = self.ctx.runtime.discard(&record.id) {
+                            tracing::warn!(replica = %record.id, %error, "discarding a half-started container");
+                        }
+                    }
+                    None
+                }
+            };
             tracing::info!(replica = %record.id, running = container.is_some(), "re-adopting");
             let id = record.id.clone();
             self.replicas.insert(id, spawn(Arc::clone(&self.ctx), record, container));
@@ -234,10 +246,15 @@ impl Agent {
             if self.replicas.contains_key(&id) {
                 continue;
             }
-            if let Ok(container) = self.ctx.runtime.adopt(&id) {
-                tracing::warn!(container = %id, "removing a container no replica owns");
-                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
-                let _ = container.remove().await;
+            tracing::warn!(container = %id, "removing a container no replica owns");
+            match self.ctx.runtime.adopt(&id) {
+                Ok(container) => {
+                    container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
+                    let _ = container.remove().await;
+                }
+                Err(_) => {
+                    let _ = self.ctx.runtime.discard(&id);
+                }
             }
             let _ = self.ctx.network.detach(&id).await;
         }

@@ -50,23 +50,29 @@ impl RunningTable {
     }
 }
 
+/// Holds the node context weakly: open API streams must not keep a draining agent from
+/// taking its network down.
 pub struct NodeApi {
-    ctx: Arc<NodeContext>,
+    ctx: std::sync::Weak<NodeContext>,
     cgroup_parent: String,
     address: String,
 }
 
 impl NodeApi {
-    pub fn new(ctx: Arc<NodeContext>, cgroup_parent: String, address: String) -> NodeApi {
-        NodeApi { ctx, cgroup_parent, address }
+    pub fn new(ctx: &Arc<NodeContext>, cgroup_parent: String, address: String) -> NodeApi {
+        NodeApi { ctx: Arc::downgrade(ctx), cgroup_parent, address }
+    }
+
+    fn context(&self) -> Result<Arc<NodeContext>, Status> {
+        self.ctx.upgrade().ok_or_else(|| Status::unavailable("the agent is stopping"))
     }
 
     pub fn into_server(self) -> pb::node_agent_server::NodeAgentServer<NodeApi> {
         pb::node_agent_server::NodeAgentServer::new(self)
     }
 
-    fn usage(&self, id: &str) -> Option<crate::cgroups::CgroupStats> {
-        let cgroup = self.ctx.runtime.cgroup_layout().container(&format!("{}/{id}", self.cgroup_parent)).ok()?;
+    fn usage(&self, ctx: &NodeContext, id: &str) -> Option<crate::cgroups::CgroupStats> {
+        let cgroup = ctx.runtime.cgroup_layout().container(&format!("{}/{id}", self.cgroup_parent)).ok()?;
         cgroup.stats().ok()
     }
 }
@@ -103,12 +109,13 @@ impl NodeAgent for NodeApi {
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Chunks>, Status> {
         let request = request.into_inner();
         valid_id(&request.replica)?;
-        let mut path: PathBuf = self.ctx.log_path(&request.replica);
+        let ctx = self.context()?;
+        let mut path: PathBuf = ctx.log_path(&request.replica);
         if request.previous {
             path = path.with_extension("log.1");
         }
         let mut file = std::fs::File::open(&path).map_err(|_| {
-            Status::not_found(format!("replica {} has no {}log on node {}", request.replica, if request.previous { "previous " } else { "" }, self.ctx.node))
+            Status::not_found(format!("replica {} has no {}log on node {}", request.replica, if request.previous { "previous " } else { "" }, ctx.node))
         })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
@@ -116,7 +123,8 @@ impl NodeAgent for NodeApi {
         let mut offset = bytes.len() as u64;
         let (sender, receiver) = mpsc::channel(16);
         let replica = request.replica.clone();
-        let record = self.ctx.record_path(&request.replica);
+        let record = ctx.record_path(&request.replica);
+        drop(ctx);
         tokio::spawn(async move {
             if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: first })).await.is_err() || !request.follow {
                 return;
@@ -161,18 +169,18 @@ impl NodeAgent for NodeApi {
         if start.command.first().is_none_or(String::is_empty) {
             return Err(Status::invalid_argument("exec: a command is needed"));
         }
-        let running = self
-            .ctx
+        let ctx = self.context()?;
+        let running = ctx
             .running
             .get(&start.replica)
-            .ok_or_else(|| Status::failed_precondition(format!("replica {} is not running on node {}", start.replica, self.ctx.node)))?;
+            .ok_or_else(|| Status::failed_precondition(format!("replica {} is not running on node {}", start.replica, ctx.node)))?;
         let mut exec = running.exec;
         exec.command = start.command;
         exec.tty = start.tty;
         if exec.tty && !exec.env.iter().any(|e| e.starts_with("TERM=")) {
             exec.env.push("TERM=xterm".into());
         }
-        let mut child = tokio::process::Command::new(&self.ctx.helper)
+        let mut child = tokio::process::Command::new(&ctx.helper)
             .arg(EXEC_SUBCOMMAND)
             .args(exec.to_args())
             .stdin(std::process::Stdio::piped())
@@ -218,7 +226,14 @@ impl NodeAgent for NodeApi {
         tokio::spawn(async move {
             let out = stdout.take().map(|p| tokio::spawn(pump(Box::new(p), sender.clone(), false)));
             let err = stderr.take().map(|p| tokio::spawn(pump(Box::new(p), sender.clone(), true)));
-            let status = child.wait().await;
+            // The client going away ends the command (a shell would wait forever).
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = sender.closed() => {
+                    let _ = child.kill().await;
+                    child.wait().await
+                }
+            };
             for task in [out, err].into_iter().flatten() {
                 let _ = task.await;
             }
@@ -229,18 +244,19 @@ impl NodeAgent for NodeApi {
     }
 
     async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
-        let running = self.ctx.running.all();
-        let before: BTreeMap<String, u64> = running.keys().filter_map(|id| Some((id.clone(), self.usage(id)?.cpu_usage_nanos))).collect();
+        let ctx = self.context()?;
+        let running = ctx.running.all();
+        let before: BTreeMap<String, u64> = running.keys().filter_map(|id| Some((id.clone(), self.usage(&ctx, id)?.cpu_usage_nanos))).collect();
         let interval = Duration::from_millis(250);
         tokio::time::sleep(interval).await;
         let mut replicas = Vec::new();
         for (id, replica) in running {
-            let Some(now) = self.usage(&id) else { continue };
+            let Some(now) = self.usage(&ctx, &id) else { continue };
             let spent = now.cpu_usage_nanos.saturating_sub(before.get(&id).copied().unwrap_or(now.cpu_usage_nanos));
             replicas.push(pb::ReplicaUsage {
                 replica: id,
                 service: replica.service,
-                node: self.ctx.node.clone(),
+                node: ctx.node.clone(),
                 cpu_usage_nanos: now.cpu_usage_nanos,
                 cpu_millis: spent * 1000 / u64::try_from(interval.as_nanos()).unwrap_or(1),
                 memory_bytes: now.memory_bytes,
@@ -251,8 +267,9 @@ impl NodeAgent for NodeApi {
     }
 
     async fn inspect(&self, _: Request<pb::InspectRequest>) -> Result<Response<pb::NodeInspect>, Status> {
-        let view = self.ctx.network.view().await.map_err(|e| Status::internal(format!("network view: {e}")))?;
-        let running = self.ctx.running.all();
+        let ctx = self.context()?;
+        let view = ctx.network.view().await.map_err(|e| Status::internal(format!("network view: {e}")))?;
+        let running = ctx.running.all();
         let containers = view
             .containers
             .iter()
@@ -269,7 +286,7 @@ impl NodeAgent for NodeApi {
             .map(|r| pb::NodeRoute { node: String::new(), pod_cidr: format!("{}/{}", r.subnet_network, r.prefix), via: r.via.to_string() })
             .collect();
         Ok(Response::new(pb::NodeInspect {
-            node: self.ctx.node.clone(),
+            node: ctx.node.clone(),
             address: self.address.clone(),
             bridge: view.bridge,
             subnet: view.subnet,

@@ -96,7 +96,14 @@ async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<()
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("http GET {address}: {e}"))?;
-    let driver = tokio::spawn(connection);
+    /// Aborts the connection task however this function ends (a timeout drops it).
+    struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _driver = AbortOnDrop(tokio::spawn(connection));
     let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
     let mut request = hyper::Request::get(path).header(hyper::header::HOST, address.to_string()).header("user-agent", "orch-probe/1");
     for header in &http.http_headers {
@@ -104,7 +111,6 @@ async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<()
     }
     let request = request.body(Empty::<Bytes>::new()).map_err(|e| format!("http GET {address}{path}: {e}"))?;
     let result = sender.send_request(request).await;
-    driver.abort();
     let response = result.map_err(|e| format!("http GET {address}{path}: {e}"))?;
     let status = response.status();
     if status.is_success() || status.is_redirection() {

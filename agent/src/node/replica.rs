@@ -252,14 +252,24 @@ impl Supervisor {
         // arrived gets its first restart at once, like any other.
         let mut in_a_row: u32 = 0;
         let mut failed_starts: u32 = 0;
-        if adopted.is_none() {
+        let finished = self.record.status.as_ref().is_some_and(|s| matches!(s.phase(), pb::ReplicaPhase::Succeeded | pb::ReplicaPhase::Failed));
+        if finished && adopted.is_none() {
+            // It ended for good before an agent restart: its policy said no restart.
+            self.publish();
+            let _ = self.stopping.wait_for(|stop| *stop).await;
+        } else if adopted.is_none() {
             self.set_phase(pb::ReplicaPhase::Starting, false, "");
         }
         loop {
             if self.stop_requested() {
                 break;
             }
-            if let Err(reason) = self.prepare().await {
+            let mut stopping = self.stopping.clone();
+            let prepared = tokio::select! {
+                prepared = self.prepare() => prepared,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => break,
+            };
+            if let Err(reason) = prepared {
                 self.start_failed(&reason, &backoff, &mut failed_starts).await;
                 continue;
             }
@@ -315,6 +325,14 @@ impl Supervisor {
                         break;
                     }
                 }
+            }
+        }
+        if let Some(container) = adopted.take() {
+            // Stopped before the adopted container could be supervised.
+            let grace = Duration::from_secs(u64::from(spec.termination_grace_seconds));
+            container.stop(Signal::SIGTERM, grace).await;
+            if let Err(error) = container.remove().await {
+                tracing::warn!(replica = %self.record.id, %error, "removing the container");
             }
         }
         self.clean_up().await;

@@ -313,6 +313,17 @@ impl Runtime {
         })
     }
 
+    /// Removes whatever a start that never finished left for `id` (no state file, so
+    /// nothing to adopt): kills what is in its cgroup, removes the cgroup and the
+    /// container directory. Blocking; call off the async workers.
+    pub fn discard(&self, id: &str) -> Result<(), RuntimeError> {
+        let dirs = ContainerDirs::new(&self.config.state_dir, id);
+        let destroyed = self.cgroups.container(&self.cgroup_name(id)).map_err(RuntimeError::from).and_then(|c| c.destroy().map_err(RuntimeError::from));
+        let removed = remove_container_dir(&dirs);
+        destroyed?;
+        removed
+    }
+
     /// Manifest digests of the images the containers on this node were started from.
     pub fn images_in_use(&self) -> std::collections::BTreeSet<String> {
         self.container_ids()

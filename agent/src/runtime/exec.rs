@@ -149,6 +149,12 @@ pub fn exec_main() -> ! {
     match unsafe { fork() } {
         Err(e) => die(&format!("fork: {e}"), CODE_RUNTIME),
         Ok(ForkResult::Child) => {
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            // The helper is outside this PID namespace, so it reads as parent 0; anything
+            // else means it died (and the child was re-parented) before the signal was armed.
+            if nix::unistd::getppid().as_raw() != 0 {
+                std::process::exit(CODE_RUNTIME);
+            }
             if let Some(pty) = pty {
                 drop(pty.master);
                 attach_terminal(pty.slave);
