@@ -185,7 +185,7 @@ pub async fn top(mut api: ApiClient<Channel>, kind: TopKind) -> anyhow::Result<(
                     let cpu: u64 = used.iter().map(|r| r.cpu_millis).sum();
                     let memory: u64 = used.iter().map(|r| r.memory_bytes).sum();
                     let capacity = info.capacity.unwrap_or_default();
-                    let percent = |used: u64, total: u64| if total == 0 { "-".to_owned() } else { format!("{}%", used * 100 / total) };
+                    let percent = |used: u64, total: u64| (used * 100).checked_div(total).map_or_else(|| "-".to_owned(), |p| format!("{p}%"));
                     vec![
                         info.name.clone(),
                         format!("{cpu}m"),

@@ -10,6 +10,7 @@ use crate::state::ClusterState;
 use crate::store::Revision;
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per changed replica
 pub enum StatusWrite {
     Put { key: String, replica: pb::Replica },
     Delete { key: String, revision: Revision },
