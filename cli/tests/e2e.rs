@@ -163,16 +163,35 @@ fn three_nodes_end_to_end() {
     let answered = load(&lab, &[1, 2, 3], 300, "steady state");
     assert_eq!(answered.len(), 3, "every replica answers: {answered:?}");
 
-    // kill -9 a replica while requests flow: replaced, and no request lost.
+    // kill -9 a replica while requests flow through the node ports and, from inside
+    // node1 (a thread that entered its network namespace), through the VIP: replaced,
+    // and no request lost.
     let victim = replicas[0].clone();
     let pid = victim["hostPid"].as_i64().expect("pid");
+    let services: serde_json::Value = serde_json::from_str(&lab.ok(&["get", "services", "-o", "json"])).expect("json");
+    let vip: std::net::Ipv4Addr = services[0]["vip"].as_str().expect("vip").parse().expect("vip address");
     let flow = {
         let lab_addresses: Vec<SocketAddr> = (1..=3).map(|k| lab.node_address(k)).collect();
         std::thread::spawn(move || {
             let mut failures = Vec::new();
             for i in 0..400 {
                 if let Err(error) = http_get(lab_addresses[i % 3]) {
-                    failures.push(format!("request {i}: {error}"));
+                    failures.push(format!("node port request {i}: {error}"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            failures
+        })
+    };
+    let through_vip = {
+        let netns = format!("/run/netns/{}-n1", lab.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&netns).expect("node1's namespace");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter node1's network namespace (this thread only)");
+            let mut failures = Vec::new();
+            for i in 0..400 {
+                if let Err(error) = http_get(SocketAddr::from((vip, 80))) {
+                    failures.push(format!("VIP request {i}: {error}"));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -183,7 +202,8 @@ fn three_nodes_end_to_end() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
     let name = victim["name"].as_str().expect("name").to_owned();
     lab.wait("the killed replica back", |r| all_running(3)(r) && r.iter().any(|x| x["name"] == name.as_str() && x["restarts"] == 1));
-    let failures = flow.join().expect("load thread");
+    let mut failures = flow.join().expect("load thread");
+    failures.extend(through_vip.join().expect("VIP load thread"));
     assert!(failures.is_empty(), "requests lost while a replica was replaced: {failures:?}");
 
     // A controller restart restarts nothing.
