@@ -249,6 +249,14 @@ fn three_nodes_end_to_end() {
     let healed = lab.wait("3 replicas, no duplicates", all_running(3));
     assert_eq!(healed.len(), 3);
 
+    // The controller reaches the agents' node API over mutual TLS (only its certificate
+    // is admitted there): logs, exec, top, topology.
+    let one = healed[0]["name"].as_str().expect("name").to_owned();
+    assert!(lab.ok(&["logs", &one, "--tail", "1"]).lines().count() <= 1);
+    assert_eq!(lab.ok(&["exec", &one, "--", "hostname"]).trim(), one);
+    assert!(lab.ok(&["top", "replicas"]).contains(&one));
+    assert!(lab.ok(&["topology"]).contains(&one));
+
     // Delete: nothing left on any live node.
     lab.ok(&["delete", "service", "webapp"]);
     lab.wait("no replicas", |r| r.is_empty());

@@ -1,6 +1,7 @@
 //! Mutual TLS between machines: certificates from `orch_api::tls::init`, a controller
 //! serving over TLS, an agent (fake, over real gRPC) with its node certificate admitted,
-//! and clients without a certificate, with one from another CA, or in plain text refused.
+//! and clients without a certificate, with one from another CA, or in plain text refused;
+//! a node's certificate neither drives the API nor speaks for another node.
 
 mod common;
 
@@ -90,5 +91,17 @@ async fn only_holders_of_cluster_certificates_get_in() {
         Err(_) => false,
     };
     assert!(!registered, "an agent without a valid certificate cannot register");
+    // Certificates carry roles: a node's certificate cannot use the CLI's API, nor
+    // register as another node.
+    let as_node = orch_api::tls::client_config(&pki, "node-worker").expect("node cert");
+    let mut node_api = client(address, Some(as_node.clone())).await.expect("connect as a node");
+    let denied = node_api.list_nodes(pb::ListNodesRequest {}).await.expect_err("a node cert is not admin");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}")).expect("uri").tls_config(as_node).expect("tls").connect().await.expect("connect");
+    let impersonation = pb::nodes_client::NodesClient::new(channel)
+        .register(pb::RegisterRequest { node: Some(pb::NodeInfo { name: "late".into(), address: "127.0.0.1".into(), ..Default::default() }) })
+        .await
+        .expect_err("node-worker's certificate cannot register node late");
+    assert_eq!(impersonation.code(), tonic::Code::PermissionDenied, "{impersonation:?}");
     controller.stop().await;
 }

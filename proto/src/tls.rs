@@ -122,6 +122,35 @@ pub fn client_config(dir: &Path, name: &str) -> Result<ClientTlsConfig, TlsError
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&dir.join("ca.pem"))?)).identity(identity(dir, name)?))
 }
 
+/// The common name the CLI's certificate carries: the only one the Api accepts.
+pub const ADMIN: &str = "admin";
+/// The common name of the controller's certificate: the only caller of an agent's node API.
+pub const CONTROLLER: &str = "orch-controller";
+
+/// The subject common name of a DER certificate (a peer's, as TLS verified it).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = certificate.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(name)
+}
+
+/// Who called, by certificate: `None` for plain text (loopback only), else the common
+/// name of the verified client certificate (empty when it has none).
+pub fn peer_name<T>(request: &tonic::Request<T>) -> Option<String> {
+    let certificates = request.peer_certs()?;
+    Some(certificates.first().and_then(|c| common_name(c)).unwrap_or_default())
+}
+
+/// An interceptor admitting plain-text callers (loopback) and TLS callers whose
+/// certificate is one of `allowed`.
+pub fn require_peer(request: tonic::Request<()>, allowed: &[&str]) -> Result<tonic::Request<()>, tonic::Status> {
+    match peer_name(&request) {
+        None => Ok(request),
+        Some(name) if allowed.contains(&name.as_str()) => Ok(request),
+        Some(name) => Err(tonic::Status::permission_denied(format!("certificate {name:?} may not call this service (allowed: {})", allowed.join(", ")))),
+    }
+}
+
 /// A client configuration from explicit files (the CLI's config: ca, cert, key).
 pub fn client_config_from(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTlsConfig, TlsError> {
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?)))

@@ -67,8 +67,14 @@ impl NodeApi {
         self.ctx.upgrade().ok_or_else(|| Status::unavailable("the agent is stopping"))
     }
 
-    pub fn into_server(self) -> pb::node_agent_server::NodeAgentServer<NodeApi> {
-        pb::node_agent_server::NodeAgentServer::new(self)
+    /// The service, admitting over TLS only the controller's certificate.
+    pub fn into_server(
+        self,
+    ) -> tonic::service::interceptor::InterceptedService<pb::node_agent_server::NodeAgentServer<NodeApi>, fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>> {
+        fn controller_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+            orch_api::tls::require_peer(request, &[orch_api::tls::CONTROLLER])
+        }
+        pb::node_agent_server::NodeAgentServer::with_interceptor(self, controller_only)
     }
 
     fn usage(&self, ctx: &NodeContext, id: &str) -> Option<crate::cgroups::CgroupStats> {

@@ -15,9 +15,20 @@ impl ApiRpc {
         ApiRpc { api }
     }
 
-    pub fn into_server(self) -> pb::api_server::ApiServer<ApiRpc> {
-        pb::api_server::ApiServer::new(self)
+    /// The service, admitting over TLS only the CLI's (`admin`) and controllers'
+    /// certificates: a node's certificate cannot drive the cluster.
+    pub fn into_server(self) -> tonic::service::interceptor::InterceptedService<pb::api_server::ApiServer<ApiRpc>, AdminOnly> {
+        pb::api_server::ApiServer::with_interceptor(self, admin_only)
     }
+}
+
+pub type AdminOnly = fn(Request<()>) -> Result<Request<()>, Status>;
+
+fn admin_only(request: Request<()>) -> Result<Request<()>, Status> {
+    orch_api::tls::require_peer(request, &[orch_api::tls::ADMIN, orch_api::tls::CONTROLLER])
+}
+
+impl ApiRpc {
 }
 
 fn status(error: ApiError) -> Status {

@@ -63,6 +63,15 @@ fn status(error: NodeError) -> Status {
 /// Status writes of one report in flight at once.
 const STATUS_WRITES: usize = 16;
 
+/// Over TLS a node speaks only for itself: its certificate's common name is its name.
+fn check_node_identity(peer: Option<&str>, node: &str) -> Result<(), Status> {
+    match peer {
+        None => Ok(()),
+        Some(name) if name == node => Ok(()),
+        Some(name) => Err(Status::permission_denied(format!("certificate {name:?} may not act as node {node:?}"))),
+    }
+}
+
 type ControllerStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
 type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
@@ -168,7 +177,9 @@ impl Session {
 #[tonic::async_trait]
 impl Nodes for NodesRpc {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = orch_api::tls::peer_name(&request);
         let info = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node: required"))?;
+        check_node_identity(peer.as_deref(), &info.name)?;
         let name = info.name.clone();
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
@@ -179,6 +190,7 @@ impl Nodes for NodesRpc {
     type SessionStream = ControllerStream;
 
     async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = orch_api::tls::peer_name(&request);
         let mut incoming = request.into_inner();
         let (outgoing, receiver) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
         let mut session = Session {
@@ -205,6 +217,10 @@ impl Nodes for NodesRpc {
                     }
                 };
                 if session.node.is_empty() {
+                    if let Err(status) = check_node_identity(peer.as_deref(), &message.node) {
+                        let _ = outgoing.send(Err(status)).await;
+                        break;
+                    }
                     session.node = message.node.clone();
                     match session.store.get(&keys::node(&session.node)).await {
                         Ok(Some(_)) => {}
