@@ -168,6 +168,16 @@ impl Drop for Up {
     }
 }
 
+/// Reads a running command's output into `text` until `done` holds for it.
+fn read_until(out: &mut impl Read, text: &mut String, what: &str, done: impl Fn(&str) -> bool) {
+    let mut buffer = [0u8; 4096];
+    while !done(text) {
+        let n = out.read(&mut buffer).expect("read the command's output");
+        assert!(n > 0, "{what} ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+}
+
 fn http_get(address: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -279,13 +289,8 @@ fn the_cli_against_orch_up() {
         .expect("orch logs -f");
     let mut followed = String::new();
     let mut out = follow.stdout.take().expect("stdout");
-    let mut buffer = [0u8; 4096];
     // The readiness probe hits the page every second: httpd logs each request.
-    while followed.matches("response:200").count() < 3 {
-        let n = out.read(&mut buffer).expect("read the followed log");
-        assert!(n > 0, "logs -f ended: {followed}");
-        followed.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    read_until(&mut out, &mut followed, "logs -f", |text| text.matches("response:200").count() >= 3);
     let _ = follow.kill();
     let _ = follow.wait();
 
@@ -294,17 +299,9 @@ fn the_cli_against_orch_up() {
     let mut watched = String::new();
     let mut out = watch.stdout.take().expect("stdout");
     let row = |text: &str, ready: &str| text.lines().any(|l| l.starts_with("web ") && l.contains(&format!(" {ready} ")));
-    while !row(&watched, "2/2") {
-        let n = out.read(&mut buffer).expect("read get -w");
-        assert!(n > 0, "get -w ended: {watched}");
-        watched.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    read_until(&mut out, &mut watched, "get -w", |text| row(text, "2/2"));
     up.ok(&["scale", "service", "web", "--replicas", "1"]);
-    while !row(&watched, "1/1") {
-        let n = out.read(&mut buffer).expect("read get -w");
-        assert!(n > 0, "get -w ended: {watched}");
-        watched.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    read_until(&mut out, &mut watched, "get -w", |text| row(text, "1/1"));
     let _ = watch.kill();
     let _ = watch.wait();
     assert_eq!(watched.matches("NAME").count(), 1, "the header once: {watched}");

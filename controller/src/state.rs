@@ -207,6 +207,11 @@ async fn follow(store: Arc<dyn Store>, sender: watch::Sender<Arc<ClusterState>>)
 /// holds exactly the records the picture holds, at the same revisions (so every change
 /// between the picture's revision and the listing's was to keys the picture ignores).
 async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Revision> {
+    // A one-key listing says the store's revision cheaply: only when it moved is the
+    // whole prefix worth listing.
+    if store.list(keys::LEADER).await.ok()?.revision <= state.revision {
+        return None;
+    }
     let listing = store.list(keys::ROOT).await.ok()?;
     if listing.revision <= state.revision {
         return None;

@@ -12,7 +12,7 @@ use orch_api::pb;
 use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
-use orch_agent::node::{Agent, AgentConfig, Shutdown};
+use orch_agent::node::{Agent, AgentConfig, Registration, Shutdown};
 use orch_agent::runtime::{Runtime, RuntimeConfig};
 
 #[derive(Debug, Args)]
@@ -26,15 +26,8 @@ pub struct ServeArgs {
     /// This node's address: other nodes reach its pods through it and node ports listen on it.
     #[arg(long, default_value = "127.0.0.1")]
     pub address: Ipv4Addr,
-    /// Where container directories, images, logs and replica records live.
-    #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent")]
-    pub state_dir: PathBuf,
-    /// Parent of every container's cgroup in every hierarchy.
-    #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
-    pub cgroup_parent: String,
-    /// The node bridge (at most 12 characters: the balancer's names derive from it).
-    #[arg(long, default_value = "orch0")]
-    pub bridge: String,
+    #[command(flatten)]
+    pub node: NodeDirs,
     /// CPU the scheduler may hand out, in millicores; all of this machine's by default.
     #[arg(long)]
     pub cpu_millis: Option<u64>,
@@ -64,14 +57,24 @@ pub struct ServeArgs {
     pub drain_on_exit: bool,
 }
 
+/// Where one agent keeps its things on the node: `serve` and `teardown` share them.
 #[derive(Debug, Args)]
-pub struct TeardownArgs {
+pub struct NodeDirs {
+    /// Where container directories, images, logs and replica records live.
     #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent")]
     pub state_dir: PathBuf,
+    /// Parent of every container's cgroup in every hierarchy.
     #[arg(long, env = "ORCH_CGROUP_PARENT", default_value = "orch")]
     pub cgroup_parent: String,
+    /// The node bridge (at most 12 characters: the balancer's names derive from it).
     #[arg(long, default_value = "orch0")]
     pub bridge: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    #[command(flatten)]
+    pub node: NodeDirs,
 }
 
 fn hostname() -> String {
@@ -114,9 +117,9 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         name,
         address: args.address,
         controller,
-        state_dir: args.state_dir.clone(),
-        cgroup_parent: args.cgroup_parent.clone(),
-        bridge: args.bridge.clone(),
+        state_dir: args.node.state_dir.clone(),
+        cgroup_parent: args.node.cgroup_parent.clone(),
+        bridge: args.node.bridge.clone(),
         capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },
         labels,
         insecure_registries: args.insecure_registries.clone(),
@@ -163,6 +166,7 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
 /// Stops and removes every container the agent's state dir knows, frees their
 /// addresses, and removes the node network and the agent's records.
 pub async fn teardown(args: TeardownArgs) -> ExitCode {
+    let args = args.node;
     let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("orch-agent"));
     let runtime = match Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe: helper }) {
         Ok(runtime) => runtime,
@@ -190,14 +194,7 @@ pub async fn teardown(args: TeardownArgs) -> ExitCode {
             }
         }
     }
-    #[derive(serde::Deserialize)]
-    struct Registration {
-        pod_cidr: String,
-        service_cidr: String,
-    }
-    let registration: Option<Registration> =
-        std::fs::read(args.state_dir.join("node.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    if let Some(registration) = registration {
+    if let Some(registration) = Registration::load(&args.state_dir) {
         match (Subnet::parse(&registration.pod_cidr), Subnet::parse(&registration.service_cidr)) {
             (Ok(subnet), Ok(service_cidr)) => {
                 let network = NodeNetwork::setup(NodeNetworkConfig {
@@ -231,7 +228,7 @@ pub async fn teardown(args: TeardownArgs) -> ExitCode {
     }
     if !failed {
         // Kept after a failure, so that teardown can be run again.
-        let _ = std::fs::remove_file(args.state_dir.join("node.json"));
+        Registration::forget(&args.state_dir);
     }
     if failed {
         ExitCode::FAILURE

@@ -70,17 +70,35 @@ impl AgentConfig {
 
 /// What registration said, kept so that a restarted agent can set its network up and
 /// adopt its replicas while the controller is away.
+/// Saved as `<state>/node.json`; `orch-agent teardown` reads it too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Registration {
-    pod_cidr: String,
-    service_cidr: String,
+pub struct Registration {
+    pub pod_cidr: String,
+    pub service_cidr: String,
+}
+
+impl Registration {
+    fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("node.json")
+    }
+
+    pub fn load(state_dir: &std::path::Path) -> Option<Registration> {
+        std::fs::read(Registration::path(state_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    fn save(&self, state_dir: &std::path::Path) {
+        if let Ok(bytes) = serde_json::to_vec(self) {
+            let _ = std::fs::create_dir_all(state_dir);
+            let _ = std::fs::write(Registration::path(state_dir), bytes);
+        }
+    }
+
+    pub fn forget(state_dir: &std::path::Path) {
+        let _ = std::fs::remove_file(Registration::path(state_dir));
+    }
 }
 
 impl AgentConfig {
-    fn registration_path(&self) -> PathBuf {
-        self.state_dir.join("node.json")
-    }
-
     fn node_info(&self) -> pb::NodeInfo {
         pb::NodeInfo {
             name: self.name.clone(),
@@ -92,30 +110,30 @@ impl AgentConfig {
     }
 }
 
-async fn register(config: &AgentConfig) -> Result<Registration, String> {
-    let mut client = NodesClient::new(config.controller_channel().await?);
+/// Registers through `client` and saves what the controller said.
+async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, String> {
     let response = client
         .register(pb::RegisterRequest { node: Some(config.node_info()) })
         .await
         .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
         .into_inner();
-    Ok(Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr })
+    let registration = Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr };
+    registration.save(&config.state_dir);
+    Ok(registration)
 }
 
 /// The first registration: from the controller, else (restarting while it is away) from
 /// the last one saved. Retries until one of them is there.
 async fn first_registration(config: &AgentConfig) -> Registration {
-    let saved: Option<Registration> = std::fs::read(config.registration_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let saved = Registration::load(&config.state_dir);
     let mut delay = Duration::from_millis(200);
     loop {
-        match register(config).await {
-            Ok(registration) => {
-                if let Ok(bytes) = serde_json::to_vec(&registration) {
-                    let _ = std::fs::create_dir_all(&config.state_dir);
-                    let _ = std::fs::write(config.registration_path(), bytes);
-                }
-                return registration;
-            }
+        let attempt = match config.controller_channel().await {
+            Ok(channel) => register(config, &mut NodesClient::new(channel)).await,
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(registration) => return registration,
             Err(error) => {
                 if let Some(saved) = &saved {
                     tracing::warn!(%error, "controller unreachable: using the last registration");
@@ -333,11 +351,8 @@ impl Agent {
     }
 
     async fn session(&mut self) -> Result<(), String> {
-        let registration = register(&self.config).await?;
-        if let Ok(bytes) = serde_json::to_vec(&registration) {
-            let _ = std::fs::write(self.config.registration_path(), bytes);
-        }
         let mut client = NodesClient::new(self.config.controller_channel().await?);
+        register(&self.config, &mut client).await?;
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
         let heartbeat = pb::AgentMessage { node: self.config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
         upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;

@@ -8,4 +8,4 @@ pub mod backoff;
 pub mod probe;
 pub mod replica;
 
-pub use agent::{machine_capacity, Agent, AgentConfig, AgentError, Shutdown};
+pub use agent::{machine_capacity, Agent, AgentConfig, AgentError, Registration, Shutdown};

@@ -33,7 +33,6 @@ pub async fn logs(mut api: ApiClient<Channel>, args: &LogsArgs) -> anyhow::Resul
     let mut stream = api.logs(request).await.map_err(explain)?.into_inner();
     // Partial lines per replica, so that prefixes land at line starts.
     let mut pending: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut replicas = std::collections::BTreeSet::new();
     let prefix_lines = |replica: &str, data: &[u8], many: bool| -> Vec<u8> {
         if !many {
             return data.to_vec();
@@ -45,24 +44,20 @@ pub async fn logs(mut api: ApiClient<Channel>, args: &LogsArgs) -> anyhow::Resul
         }
         out
     };
-    let many = api
-        .list_replicas(pb::ListReplicasRequest { service: args.name.clone() })
-        .await
-        .map(|r| r.into_inner().replicas.len() > 1)
-        .unwrap_or(false);
+    // A service's logs (chunks naming replicas other than the name asked for) get prefixes.
+    let many = |replica: &str| replica != args.name;
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.message().await.map_err(explain)? {
-        replicas.insert(chunk.replica.clone());
         let buffer = pending.entry(chunk.replica.clone()).or_default();
         buffer.extend_from_slice(&chunk.data);
         let complete = buffer.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let lines: Vec<u8> = buffer.drain(..complete).collect();
-        stdout.write_all(&prefix_lines(&chunk.replica, &lines, many))?;
+        stdout.write_all(&prefix_lines(&chunk.replica, &lines, many(&chunk.replica)))?;
         stdout.flush()?;
     }
     for (replica, rest) in pending {
         if !rest.is_empty() {
-            stdout.write_all(&prefix_lines(&replica, &rest, many))?;
+            stdout.write_all(&prefix_lines(&replica, &rest, many(&replica)))?;
             stdout.write_all(b"\n")?;
         }
     }

@@ -20,8 +20,13 @@ fn unavailable(node: &str, error: impl std::fmt::Display) -> Status {
 }
 
 impl ServiceApi {
-    async fn node_client(&self, name: &str) -> Result<NodeClient<Channel>, Status> {
-        let nodes = self.list_nodes().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    async fn nodes(&self) -> Result<Vec<pb::Node>, Status> {
+        self.list_nodes().await.map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// A client of the node API of the node named `name`, among `nodes` (one listing
+    /// serves every node a request reaches).
+    async fn node_client(&self, nodes: &[pb::Node], name: &str) -> Result<NodeClient<Channel>, Status> {
         let node = nodes.iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == name)).ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
         let info = node.info.clone().unwrap_or_default();
         if info.api_port == 0 {
@@ -53,9 +58,10 @@ impl ServiceApi {
 
     pub async fn logs(&self, request: pb::LogsRequest) -> Result<LogStream, Status> {
         let replicas = self.replicas_named(&request.replica).await?;
+        let nodes = self.nodes().await?;
         let mut streams = Vec::new();
         for replica in replicas.iter().filter(|r| !r.node.is_empty()) {
-            let mut client = self.node_client(&replica.node).await?;
+            let mut client = self.node_client(&nodes, &replica.node).await?;
             let one = pb::LogsRequest { replica: replica.id.clone(), ..request.clone() };
             streams.push(client.logs(one).await?.into_inner());
         }
@@ -73,17 +79,17 @@ impl ServiceApi {
         if replica.node.is_empty() {
             return Err(Status::failed_precondition(format!("replica {} is not on a node yet", replica.id)));
         }
-        let mut client = self.node_client(&replica.node).await?;
+        let mut client = self.node_client(&self.nodes().await?, &replica.node).await?;
         let forwarded = futures::stream::once(async move { first }).chain(input.filter_map(|m| async move { m.ok() }));
         Ok(Box::pin(client.exec(forwarded).await?.into_inner()))
     }
 
     pub async fn top(&self) -> Result<pb::TopResponse, Status> {
-        let nodes = self.list_nodes().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let nodes = self.nodes().await?;
         let mut replicas = Vec::new();
         for node in nodes.iter().filter(|n| n.ready) {
             let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
-            match self.node_client(&name).await {
+            match self.node_client(&nodes, &name).await {
                 Ok(mut client) => match client.stats(pb::StatsRequest {}).await {
                     Ok(stats) => replicas.extend(stats.into_inner().replicas),
                     Err(error) => tracing::warn!(node = %name, %error, "stats"),
@@ -95,11 +101,11 @@ impl ServiceApi {
     }
 
     pub async fn topology(&self) -> Result<pb::TopologyResponse, Status> {
-        let nodes = self.list_nodes().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let nodes = self.nodes().await?;
         let mut inspected = Vec::new();
         for node in nodes.iter().filter(|n| n.ready) {
             let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
-            let mut client = self.node_client(&name).await?;
+            let mut client = self.node_client(&nodes, &name).await?;
             inspected.push(client.inspect(pb::InspectRequest {}).await?.into_inner());
         }
         let services = self.list().await.map_err(|e| Status::unavailable(e.to_string()))?;
