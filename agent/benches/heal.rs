@@ -55,8 +55,7 @@ async fn main() {
         let address: SocketAddr = format!("{}:80", before.ip).parse().expect("replica address");
         let killed_at = Instant::now();
         let killed_ms = now_ms();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(before.host_pid).expect("pid")), nix::sys::signal::Signal::SIGKILL)
-            .expect("kill -9");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(before.host_pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
         // The observer: a TCP connect every 2 ms until the replacement serves.
         let observer = tokio::task::spawn_blocking(move || loop {
             std::thread::sleep(Duration::from_millis(2));

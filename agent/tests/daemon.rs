@@ -38,7 +38,6 @@ spec:
     )
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_heal_from_kills_and_failing_probes() {
     let mut cluster = Cluster::start("heal").await;
@@ -64,9 +63,7 @@ async fn replicas_heal_from_kills_and_failing_probes() {
     let sick = replicas[1].clone();
     cluster.exec(status(&sick).host_pid, &["touch", "/tmp/sick"]);
     cluster
-        .wait_replicas("web", "the replica failing liveness to restart", |r| {
-            r.iter().any(|x| x.id == sick.id && running_ready(x) && status(x).restarts == 1)
-        })
+        .wait_replicas("web", "the replica failing liveness to restart", |r| r.iter().any(|x| x.id == sick.id && running_ready(x) && status(x).restarts == 1))
         .await;
     let events = cluster.events_of(&format!("replica/{}", sick.id)).await;
     assert!(events.iter().any(|e| e.kind == "Unhealthy" && e.message.contains("liveness")), "{events:#?}");
@@ -120,8 +117,7 @@ async fn replicas_heal_from_kills_and_failing_probes() {
         let events = cluster.events_of(&format!("replica/{}", looping[0].id)).await;
         let mut restarted: Vec<&pb::Event> = events.iter().filter(|e| e.kind == "Restarted").collect();
         restarted.sort_by_key(|e| e.timestamp_unix_ms);
-        let delays: Vec<u64> =
-            restarted.iter().filter_map(|e| e.message.split("back-off of ").nth(1)?.split(' ').next()?.parse().ok()).collect();
+        let delays: Vec<u64> = restarted.iter().filter_map(|e| e.message.split("back-off of ").nth(1)?.split(' ').next()?.parse().ok()).collect();
         if delays.len() >= 6 {
             break delays;
         }
@@ -156,8 +152,7 @@ async fn an_agent_restart_disturbs_nothing() {
     cluster.start_agent();
     let after = cluster
         .wait_replicas("web", "the new agent to adopt one replica and restart the other", |r| {
-            r.iter().any(|x| x.id == killed.id && running_ready(x) && status(x).restarts == 1)
-                && r.iter().any(|x| x.id == kept.id && running_ready(x))
+            r.iter().any(|x| x.id == killed.id && running_ready(x) && status(x).restarts == 1) && r.iter().any(|x| x.id == kept.id && running_ready(x))
         })
         .await;
     let adopted = after.iter().find(|r| r.id == kept.id).map(status).expect("kept replica");

@@ -27,12 +27,8 @@ fn unique_repository(test: &str) -> String {
 async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, script: &str) -> (i32, String) {
     let record = store.get(reference).expect("pulled");
     let process = resolve_process(&record.defaults, &[], &["sh".into(), "-c".into(), script.into()], &[]).expect("process");
-    let runtime = Runtime::new(RuntimeConfig {
-        state_dir: sandbox.state_dir(),
-        cgroup_parent: sandbox.cgroup_parent.clone(),
-        init_exe: PathBuf::from(AGENT),
-    })
-    .expect("runtime");
+    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+        .expect("runtime");
     let log = sandbox.root.path().join(format!("{id}.log"));
     let spec = ContainerSpec {
         id: id.to_owned(),
@@ -59,7 +55,8 @@ async fn pull_by_tag_and_by_digest_from_a_registry_and_run_it() {
     let sandbox = Sandbox::new("img-registry");
     let (registry, _) = oci::registry();
     let layout = sandbox.root.path().join("layout");
-    let manifest = oci::write_layout(&layout, "v1", &[oci::busybox_layer(), oci::layer(&[Entry::File("hello.txt", b"hello from a layer\n")])], &["cat", "/hello.txt"]);
+    let manifest =
+        oci::write_layout(&layout, "v1", &[oci::busybox_layer(), oci::layer(&[Entry::File("hello.txt", b"hello from a layer\n")])], &["cat", "/hello.txt"]);
     let repository = unique_repository("pull");
     oci::push(&layout, "v1", &registry, &repository);
 
@@ -192,8 +189,14 @@ async fn whiteouts_and_opaque_directories_give_the_right_tree() {
     let images = store(&sandbox);
     let reference = format!("oci:{}:v1", layout.display());
     images.pull(&reference).await.expect("pull");
-    let (code, output) =
-        run_in_image(&sandbox, &images, &reference, "whiteouts", "ls /a | tr '\\n' ' '; echo; ls /b | tr '\\n' ' '; echo; test -e /c && echo c-exists; cat /link /d").await;
+    let (code, output) = run_in_image(
+        &sandbox,
+        &images,
+        &reference,
+        "whiteouts",
+        "ls /a | tr '\\n' ' '; echo; ls /b | tr '\\n' ' '; echo; test -e /c && echo c-exists; cat /link /d",
+    )
+    .await;
     assert_eq!(code, 0, "{output}");
     assert_eq!(output, "y \nnew \nyd", "a/x whited out, b opaque, c removed, symlink and new file present");
     sandbox.assert_clean("whiteouts");
@@ -262,12 +265,8 @@ async fn prune_keeps_the_images_containers_use() {
     let (used_record, _) = images.pull(&used).await.expect("pull");
     images.pull(&unused).await.expect("pull");
 
-    let runtime = Runtime::new(RuntimeConfig {
-        state_dir: sandbox.state_dir(),
-        cgroup_parent: sandbox.cgroup_parent.clone(),
-        init_exe: PathBuf::from(AGENT),
-    })
-    .expect("runtime");
+    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+        .expect("runtime");
     let process = resolve_process(&used_record.defaults, &[], &[], &[]).expect("process");
     let container = runtime
         .start(&ContainerSpec {

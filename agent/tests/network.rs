@@ -34,12 +34,9 @@ impl NetLab {
         let pid = std::process::id();
         let k = (pid.wrapping_mul(7) + n * 31) % 200 + 20;
         let sandbox = Sandbox::new(test);
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: sandbox.state_dir(),
-            cgroup_parent: sandbox.cgroup_parent.clone(),
-            init_exe: PathBuf::from(AGENT),
-        })
-        .expect("runtime");
+        let runtime =
+            Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+                .expect("runtime");
         NetLab {
             bridge: format!("ot{:x}{n}", pid % 0xfffff),
             subnet: Subnet::parse(&format!("10.210.{k}.0/24")).expect("subnet"),
@@ -378,7 +375,11 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
     client.remove().await.expect("remove");
     let output = lab.log("client");
     assert_eq!(exit.code, 0, "{output}");
-    assert_eq!(output.lines().collect::<Vec<_>>(), ["server", "server", "server", "server"], "pod IP, VIP, DNS name and node port from the other node: {output}");
+    assert_eq!(
+        output.lines().collect::<Vec<_>>(),
+        ["server", "server", "server", "server"],
+        "pod IP, VIP, DNS name and node port from the other node: {output}"
+    );
     // From outside both nodes: node A's node port reaches the pod on A, node B's too.
     for x in ["a", "b"] {
         let body = tokio::task::spawn_blocking({

@@ -74,18 +74,15 @@ fn mounts_stay_inside_and_ctrl_c_stops_and_cleans_up() {
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let root = sandbox.root.path().display().to_string();
     assert!(!host_mounts.contains(&root), "a container mount is visible on the host");
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sandbox.state_dir().join("containers/mounts/state.json")).expect("state file"),
-    )
-    .expect("json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sandbox.state_dir().join("containers/mounts/state.json")).expect("state file")).expect("json");
     let init_pid = state["init_pid"].as_i64().expect("init_pid");
     let inside = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).expect("container mountinfo");
     assert!(inside.lines().any(|l| l.contains(" / / ") && l.contains("overlay")), "/ is an overlay inside:\n{inside}");
     assert!(sandbox.cgroup_paths("mounts").iter().all(|p| p.exists()), "cgroups exist while it runs");
 
     // Ctrl-C: SIGINT goes to the command (sleep dies of it: 128 + 2).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGINT)
-        .expect("signal");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGINT).expect("signal");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(130));
     sandbox.assert_clean("mounts");
@@ -131,8 +128,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
     }
     // The host still forks and runs processes.
     assert!(std::process::Command::new("true").status().expect("host fork").success());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("signal");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(143), "the command ends by the forwarded SIGTERM");
     sandbox.assert_clean("bomb");
@@ -141,7 +137,11 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
 #[test]
 fn cap_sys_admin_operations_fail() {
     let sandbox = Sandbox::new("caps");
-    let out = sandbox.run("caps", &[], &["sh", "-c", "mount -t tmpfs none /mnt && echo mounted; hostname other && echo renamed; grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status"]);
+    let out = sandbox.run(
+        "caps",
+        &[],
+        &["sh", "-c", "mount -t tmpfs none /mnt && echo mounted; hostname other && echo renamed; grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status"],
+    );
     let text = stdout(&out);
     assert!(!text.contains("mounted"), "mount needs CAP_SYS_ADMIN: {text}");
     assert!(!text.contains("renamed"), "sethostname needs CAP_SYS_ADMIN: {text}");
@@ -215,19 +215,14 @@ fn environment_and_working_directory_are_applied() {
 #[test]
 fn two_containers_with_one_name_are_refused() {
     let sandbox = Sandbox::new("dupname");
-    let mut first = sandbox
-        .run_command("same", &[], &["sh", "-c", "echo ready; exec sleep 1000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut first = sandbox.run_command("same", &[], &["sh", "-c", "echo ready; exec sleep 1000"]).stdout(Stdio::piped()).spawn().expect("spawn");
     let mut lines = BufReader::new(first.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().expect("line").expect("read"), "ready");
     let out = sandbox.run("same", &[], &["true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     // The refused start must not have disturbed the first container.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("signal");
     assert_eq!(first.wait().expect("wait").code(), Some(143));
     sandbox.assert_clean("same");
 }
@@ -257,10 +252,8 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
     assert_eq!(next(), "ready");
 
     // From the host, the container's processes hold the unprivileged id.
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(sandbox.state_dir().join("containers/userns/state.json")).expect("state file"),
-    )
-    .expect("json");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sandbox.state_dir().join("containers/userns/state.json")).expect("state file")).expect("json");
     let init_pid = state["init_pid"].as_i64().expect("init_pid");
     let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children")).expect("children");
     let command_pid: i64 = children.split_whitespace().next().expect("the command").parse().expect("pid");
@@ -275,8 +268,7 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!host_mounts.contains(&sandbox.root.path().display().to_string()), "an idmapped layer stayed mounted on the host");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("signal");
     assert_eq!(child.wait().expect("wait").code(), Some(143));
     assert_eq!(std::fs::read_to_string(sandbox.rootfs().join("etc/passwd")).expect("passwd"), passwd_before, "the image is unchanged");
     sandbox.assert_clean("userns");

@@ -12,12 +12,8 @@ use orch_agent::cgroups::Limits;
 use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Stdio};
 
 fn runtime(sandbox: &Sandbox) -> Runtime {
-    Runtime::new(RuntimeConfig {
-        state_dir: sandbox.state_dir(),
-        cgroup_parent: sandbox.cgroup_parent.clone(),
-        init_exe: PathBuf::from(AGENT),
-    })
-    .expect("runtime")
+    Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+        .expect("runtime")
 }
 
 fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {

@@ -69,11 +69,9 @@ pub async fn connect(server: &str, tls: Option<tonic::transport::ClientTlsConfig
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS for {server}: {e}"))?;
     }
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|_| anyhow::anyhow!("cannot reach the orch controller at {server} (is it running? `orch up` starts one; --server or ORCH_SERVER point elsewhere)"))?;
+    let channel = endpoint.connect_timeout(std::time::Duration::from_secs(3)).connect().await.map_err(|_| {
+        anyhow::anyhow!("cannot reach the orch controller at {server} (is it running? `orch up` starts one; --server or ORCH_SERVER point elsewhere)")
+    })?;
     Ok(ApiClient::new(channel))
 }
 

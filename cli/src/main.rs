@@ -48,17 +48,13 @@ enum Command {
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
     Exec(commands::node::ExecArgs),
     /// CPU and memory in use, per node or per replica.
-    Top {
-        kind: commands::node::TopKind,
-    },
+    Top { kind: commands::node::TopKind },
     /// Draw the live cluster: nodes, bridges, veths, addresses, balancers, links.
     Topology(commands::node::TopologyArgs),
     /// Check manifests without applying them: exit 0 when valid, 1 with every problem.
     Validate(commands::validate::ValidateArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
-    Completion {
-        shell: clap_complete::Shell,
-    },
+    Completion { shell: clap_complete::Shell },
     /// Print the version of this client.
     Version,
 }

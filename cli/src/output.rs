@@ -202,7 +202,14 @@ mod tests {
             id: "web-12345".into(),
             service: "web".into(),
             node: "n1".into(),
-            status: Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready: true, restarts: 2, ip: "10.88.1.5".into(), host_pid: 42, ..Default::default() }),
+            status: Some(pb::ReplicaStatus {
+                phase: pb::ReplicaPhase::Running.into(),
+                ready: true,
+                restarts: 2,
+                ip: "10.88.1.5".into(),
+                host_pid: 42,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let json = serde_json::to_value(replica(&r)).expect("json");

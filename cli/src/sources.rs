@@ -18,9 +18,7 @@ pub fn read_sources(args: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
     for arg in args {
         if arg.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read manifests from standard input (is it UTF-8 text?)")?;
+            std::io::stdin().read_to_string(&mut text).context("cannot read manifests from standard input (is it UTF-8 text?)")?;
             sources.push(Source { name: "-".to_owned(), text });
             continue;
         }

@@ -282,11 +282,8 @@ fn the_cli_against_orch_up() {
 
     let svg = up.ok(&["topology", "-o", "svg"]);
     assert!(svg.contains("<svg"), "{svg}");
-    let mut follow = Command::new(ORCH)
-        .args(["--server", &up.server, "logs", "-f", "--tail", "1", &replica])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("orch logs -f");
+    let mut follow =
+        Command::new(ORCH).args(["--server", &up.server, "logs", "-f", "--tail", "1", &replica]).stdout(Stdio::piped()).spawn().expect("orch logs -f");
     let mut followed = String::new();
     let mut out = follow.stdout.take().expect("stdout");
     // The readiness probe hits the page every second: httpd logs each request.
@@ -307,13 +304,12 @@ fn the_cli_against_orch_up() {
     assert_eq!(watched.matches("NAME").count(), 1, "the header once: {watched}");
 
     // apply from standard input, delete by name.
-    let mut stdin_apply = Command::new(ORCH)
-        .args(["--server", &up.server, "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("apply -f -");
-    let other = format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{replicas: 0, image: 'oci:{}:1.0'}}\n", up.dir.path().join("image").display());
+    let mut stdin_apply =
+        Command::new(ORCH).args(["--server", &up.server, "apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("apply -f -");
+    let other = format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{replicas: 0, image: 'oci:{}:1.0'}}\n",
+        up.dir.path().join("image").display()
+    );
     stdin_apply.stdin.take().expect("stdin").write_all(other.as_bytes()).expect("write");
     let applied = stdin_apply.wait_with_output().expect("wait");
     assert_eq!(text(&applied.stdout).trim(), "service/other created");

@@ -227,8 +227,11 @@ fn three_nodes_end_to_end() {
     // leader could act on stale liveness — its warm-up, the lab's node lease (2 s) plus
     // grace (1 s) — and check at the end.
     std::thread::sleep(Duration::from_secs(4));
-    let after: BTreeMap<String, (serde_json::Value, serde_json::Value)> =
-        lab.wait("3 ready after the controller restart", all_running(3)).iter().map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone()))).collect();
+    let after: BTreeMap<String, (serde_json::Value, serde_json::Value)> = lab
+        .wait("3 ready after the controller restart", all_running(3))
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone())))
+        .collect();
     assert_eq!(after, before, "same replicas, same host PIDs, no restarts");
 
     // kill-node: its replica runs elsewhere, the service keeps answering.

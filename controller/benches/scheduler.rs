@@ -82,7 +82,10 @@ fn main() {
     }
     let orch_rate = bindings as f64 / best_orch;
     let peer_rate = pending.len() as f64 / best_peer;
-    println!("scheduler: {bindings} replicas over {NODES} nodes in {:.1} ms = {orch_rate:.0} bindings/s (filters + spread + least-allocated)", best_orch * 1000.0);
+    println!(
+        "scheduler: {bindings} replicas over {NODES} nodes in {:.1} ms = {orch_rate:.0} bindings/s (filters + spread + least-allocated)",
+        best_orch * 1000.0
+    );
     println!("first-fit baseline: {:.1} ms = {peer_rate:.0} bindings/s (no scoring)", best_peer * 1000.0);
     println!("ratio scheduler/first-fit: {:.2}; aim: over 10000 bindings/s ({})", orch_rate / peer_rate, if orch_rate > 10_000.0 { "met" } else { "not met" });
 }

@@ -74,10 +74,7 @@ impl FakeAgent {
     /// As [`FakeAgent::start`], for a node that still runs `replicas` from before (a
     /// node coming back after a partition).
     pub fn start_running(controller: SocketAddr, config: FakeAgentConfig, replicas: Vec<pb::Replica>) -> FakeAgent {
-        let seen = Arc::new(Mutex::new(Seen {
-            running: replicas.into_iter().map(|r| (r.id.clone(), r)).collect(),
-            ..Seen::default()
-        }));
+        let seen = Arc::new(Mutex::new(Seen { running: replicas.into_iter().map(|r| (r.id.clone(), r)).collect(), ..Seen::default() }));
         let name = config.name.clone();
         let task = tokio::spawn(run(controller, config, Arc::clone(&seen)));
         FakeAgent { name, seen, task }

@@ -8,7 +8,8 @@ use orch_api::pb;
 use orch_controller::api::services::{spec_hash, ApplyOutcome};
 use orch_controller::api::{ApiError, ServiceApi};
 
-const WEB: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  image: busybox\n  ports: [{name: http, containerPort: 80}]\n";
+const WEB: &str =
+    "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  image: busybox\n  ports: [{name: http, containerPort: 80}]\n";
 const API: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  image: busybox\n";
 
 fn source(text: &str) -> Vec<(String, String)> {
@@ -129,7 +130,9 @@ async fn the_grpc_api_answers_and_maps_errors() {
         .into_inner();
     assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into() }]);
     let bad = client
-        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }] })
+        .apply(pb::ApplyRequest {
+            sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }],
+        })
         .await
         .expect_err("invalid");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);

@@ -158,14 +158,13 @@ async fn events_are_listed_then_expire(store: common::TestStore) {
     let log = EventLog::new(store.store.clone(), Duration::from_secs(2));
     let event = pb::Event { timestamp_unix_ms: 0, kind: "Started".into(), object: "replica/web-12345".into(), message: "container started".into() };
     log.record(event.clone()).await.expect("record an event");
-    let listed: Vec<pb::Event> = orch_controller::keys::decode_all(&store.store.list(orch_controller::keys::EVENTS).await.expect("list").items).expect("decode");
+    let listed: Vec<pb::Event> =
+        orch_controller::keys::decode_all(&store.store.list(orch_controller::keys::EVENTS).await.expect("list").items).expect("decode");
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].kind.as_str(), listed[0].object.as_str()), ("Started", "replica/web-12345"));
     assert!(listed[0].timestamp_unix_ms > 0, "stamped when recorded");
-    wait_until("the event to expire with its TTL", LIMIT, || async {
-        store.store.list(orch_controller::keys::EVENTS).await.expect("list").items.is_empty()
-    })
-    .await;
+    wait_until("the event to expire with its TTL", LIMIT, || async { store.store.list(orch_controller::keys::EVENTS).await.expect("list").items.is_empty() })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,6 @@ async fn a_node_without_heartbeats_turns_not_ready_and_back(store: common::TestS
     assert!(matches!(nodes.heartbeat("stranger", renewed).await, Err(NodeError::Unknown(_))));
 }
 
-
 on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_without_heartbeats_turns_not_ready_and_back);
 
 /// An agent over gRPC: registers, then heartbeats on its session keep it Ready past
@@ -64,11 +63,7 @@ async fn heartbeats_over_the_session_keep_a_node_ready() {
     let config = ControllerConfig { node_lease: Duration::from_secs(2), ..ControllerConfig::default() };
     let controller = Controller::start(store.store.clone(), config, listener);
     let mut client = NodesClient::connect(format!("http://{address}")).await.expect("connect");
-    let registered = client
-        .register(pb::RegisterRequest { node: Some(info("worker-1", "192.0.2.30")) })
-        .await
-        .expect("register")
-        .into_inner();
+    let registered = client.register(pb::RegisterRequest { node: Some(info("worker-1", "192.0.2.30")) }).await.expect("register").into_inner();
     assert_eq!((registered.pod_cidr.as_str(), registered.service_cidr.as_str()), ("10.88.1.0/24", "10.96.0.0/16"));
 
     let (beats, outgoing) = tokio::sync::mpsc::channel(4);

@@ -107,9 +107,7 @@ impl Cluster {
         loop {
             let replicas = self.replicas(service).await;
             let running = |r: &pb::Replica| {
-                !r.node.is_empty()
-                    && r.status.as_ref().is_some_and(|s| s.phase() == pb::ReplicaPhase::Running && s.ready && !s.ip.is_empty())
-                    && also(r)
+                !r.node.is_empty() && r.status.as_ref().is_some_and(|s| s.phase() == pb::ReplicaPhase::Running && s.ready && !s.ip.is_empty()) && also(r)
             };
             if replicas.len() == count && replicas.iter().all(running) {
                 return replicas;
@@ -212,11 +210,7 @@ async fn a_lost_node_is_replaced_and_its_stale_replicas_stopped_when_it_returns(
     wait_until("the returning node to drop its stale replica", LIMIT, || async { returned.sessions() > 0 && returned.running().is_empty() }).await;
     cluster.wait_settled().await;
     let now = cluster.wait_running("web", 2, None).await;
-    assert_eq!(
-        now.iter().map(|r| &r.id).collect::<BTreeSet<_>>(),
-        after.iter().map(|r| &r.id).collect::<BTreeSet<_>>(),
-        "no duplicates once the node is back"
-    );
+    assert_eq!(now.iter().map(|r| &r.id).collect::<BTreeSet<_>>(), after.iter().map(|r| &r.id).collect::<BTreeSet<_>>(), "no duplicates once the node is back");
     assert_eq!(steady.running().len(), 2);
     let statuses = store.store.list("/orch/status/flaky/").await.expect("list").items;
     assert!(statuses.is_empty(), "no status kept for the stale replica: {statuses:?}");
@@ -261,7 +255,6 @@ async fn an_unschedulable_replica_stays_pending_with_a_reason(store: common::Tes
     let events = cluster.events().await;
     assert!(events.iter().any(|e| e.kind == "FailedScheduling" && e.message == reason), "{events:#?}");
 }
-
 
 on_both_stores!(
     apply_scale_roll_and_delete,

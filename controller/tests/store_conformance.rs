@@ -197,10 +197,7 @@ async fn lease_expiry_deletes_its_keys(store: Arc<dyn Store>, prefix: &str) {
     assert!(store.get(&plain).await.expect("get").is_some(), "keys without the lease stay");
     let kept = store.keep_alive(lease).await;
     assert!(matches!(kept, Err(StoreError::LeaseNotFound(id)) if id == lease), "{kept:?}");
-    assert!(matches!(
-        store.put_with_lease(&key, b"late".to_vec(), Expect::Any, Some(lease)).await,
-        Err(StoreError::LeaseNotFound(_))
-    ));
+    assert!(matches!(store.put_with_lease(&key, b"late".to_vec(), Expect::Any, Some(lease)).await, Err(StoreError::LeaseNotFound(_))));
 }
 
 async fn keep_alive_holds_a_lease(store: Arc<dyn Store>, prefix: &str) {

@@ -97,7 +97,8 @@ async fn only_holders_of_cluster_certificates_get_in() {
     let mut node_api = client(address, Some(as_node.clone())).await.expect("connect as a node");
     let denied = node_api.list_nodes(pb::ListNodesRequest {}).await.expect_err("a node cert is not admin");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}")).expect("uri").tls_config(as_node).expect("tls").connect().await.expect("connect");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{address}")).expect("uri").tls_config(as_node).expect("tls").connect().await.expect("connect");
     let impersonation = pb::nodes_client::NodesClient::new(channel)
         .register(pb::RegisterRequest { node: Some(pb::NodeInfo { name: "late".into(), address: "127.0.0.1".into(), ..Default::default() }) })
         .await

@@ -50,10 +50,8 @@ impl ImageRef {
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageRef::OciLayout { path, tag } => write!(f, "oci:{path}")
-                .and_then(|()| tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))),
-            ImageRef::OciArchive { path, tag } => write!(f, "oci-archive:{path}")
-                .and_then(|()| tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))),
+            ImageRef::OciLayout { path, tag } => write!(f, "oci:{path}").and_then(|()| tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))),
+            ImageRef::OciArchive { path, tag } => write!(f, "oci-archive:{path}").and_then(|()| tag.as_ref().map_or(Ok(()), |t| write!(f, ":{t}"))),
             ImageRef::Registry { registry, repository, tag, digest } => {
                 write!(f, "{registry}/{repository}")?;
                 if let Some(tag) = tag {
@@ -101,9 +99,7 @@ fn parse_registry(text: &str) -> Result<ImageRef, String> {
         check_tag(tag)?;
     }
     let (registry, repository) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            (first.to_owned(), rest.to_owned())
-        }
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first.to_owned(), rest.to_owned()),
         _ => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
     };
     check_host(&registry)?;
@@ -129,9 +125,7 @@ fn check_digest(digest: &str) -> Result<(), String> {
         Some(("sha256", hex)) => hex.len() == 64,
         Some(("sha512", hex)) => hex.len() == 128,
         _ => false,
-    } && digest
-        .split_once(':')
-        .is_some_and(|(_, hex)| hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    } && digest.split_once(':').is_some_and(|(_, hex)| hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
     if ok {
         Ok(())
     } else {
@@ -168,9 +162,7 @@ fn check_repository(repository: &str) -> Result<(), String> {
     if !repository.is_empty() && repository.len() <= 255 && repository.split('/').all(component_ok) {
         Ok(())
     } else {
-        Err(format!(
-            "repository {repository:?} must be '/'-separated lowercase components of letters, digits, '.', '_' or '-'"
-        ))
+        Err(format!("repository {repository:?} must be '/'-separated lowercase components of letters, digits, '.', '_' or '-'"))
     }
 }
 
@@ -179,12 +171,7 @@ mod tests {
     use super::*;
 
     fn registry(registry: &str, repository: &str, tag: Option<&str>, digest: Option<&str>) -> ImageRef {
-        ImageRef::Registry {
-            registry: registry.into(),
-            repository: repository.into(),
-            tag: tag.map(Into::into),
-            digest: digest.map(Into::into),
-        }
+        ImageRef::Registry { registry: registry.into(), repository: repository.into(), tag: tag.map(Into::into), digest: digest.map(Into::into) }
     }
 
     #[test]
@@ -203,10 +190,7 @@ mod tests {
             assert_eq!(ImageRef::parse(text), Ok(want.clone()), "{text}");
             assert_eq!(ImageRef::parse(&want.to_string()), Ok(want), "round trip of {text}");
         }
-        assert_eq!(
-            ImageRef::parse(&format!("reg.local:5000/app@{d}")),
-            Ok(registry("reg.local:5000", "app", None, Some(&d)))
-        );
+        assert_eq!(ImageRef::parse(&format!("reg.local:5000/app@{d}")), Ok(registry("reg.local:5000", "app", None, Some(&d))));
     }
 
     #[test]

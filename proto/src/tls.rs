@@ -24,7 +24,10 @@ pub enum TlsError {
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|e| TlsError::File {
         path: path.display().to_string(),
-        message: format!("{e} (orch-controller init --dir {} makes the cluster's certificates)", path.parent().map_or_else(String::new, |p| p.display().to_string())),
+        message: format!(
+            "{e} (orch-controller init --dir {} makes the cluster's certificates)",
+            path.parent().map_or_else(String::new, |p| p.display().to_string())
+        ),
     })
 }
 
@@ -51,11 +54,8 @@ fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, common_name: &str,
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, common_name);
     params.distinguished_name = subject;
-    params.extended_key_usages = if server {
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
-    } else {
-        vec![ExtendedKeyUsagePurpose::ClientAuth]
-    };
+    params.extended_key_usages =
+        if server { vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth] } else { vec![ExtendedKeyUsagePurpose::ClientAuth] };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let key = KeyPair::generate().map_err(generate(file))?;
     let cert = params.signed_by(&key, issuer).map_err(generate(file))?;

@@ -60,10 +60,7 @@ fn defaults_are_kubernetes_defaults() {
     assert_eq!(spec.ports[0].service_port, 80, "servicePort defaults to containerPort");
     assert_eq!(spec.ports[0].protocol(), pb::Protocol::Tcp);
     let probe = spec.probes.and_then(|p| p.liveness).expect("liveness");
-    assert_eq!(
-        (probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds, probe.success_threshold, probe.failure_threshold),
-        (0, 10, 1, 1, 3)
-    );
+    assert_eq!((probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds, probe.success_threshold, probe.failure_threshold), (0, 10, 1, 1, 3));
     let update = spec.update.expect("update");
     assert_eq!(update.max_surge, Some(pb::IntOrPercent { value: 25, percent: true }));
 }
@@ -87,15 +84,52 @@ fn invalid_manifests_name_their_field() {
         ("name not a DNS label", variant("name: web", "name: Web_App"), "metadata.name", "DNS label"),
         ("bad memory quantity", variant("", "  resources:\n    limits:\n      memory: 64MB"), "spec.resources.limits.memory", "unknown suffix \"MB\""),
         ("negative cpu", variant("", "  resources:\n    requests:\n      cpu: -1"), "spec.resources.requests.cpu", "negative"),
-        ("request over limit", variant("", "  resources:\n    requests:\n      cpu: 2\n    limits:\n      cpu: 1"), "spec.resources.requests.cpu", "must not exceed limits.cpu"),
-        ("duplicate container port", variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: b, containerPort: 80}").replace("  ports:\n    - name: http\n      containerPort: 80\n", ""), "spec.ports[1].containerPort", "duplicate port 80"),
-        ("duplicate port name", variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: a, containerPort: 81}").replace("  ports:\n    - name: http\n      containerPort: 80\n", ""), "spec.ports[1].name", "duplicate port name"),
+        (
+            "request over limit",
+            variant("", "  resources:\n    requests:\n      cpu: 2\n    limits:\n      cpu: 1"),
+            "spec.resources.requests.cpu",
+            "must not exceed limits.cpu",
+        ),
+        (
+            "duplicate container port",
+            variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: b, containerPort: 80}")
+                .replace("  ports:\n    - name: http\n      containerPort: 80\n", ""),
+            "spec.ports[1].containerPort",
+            "duplicate port 80",
+        ),
+        (
+            "duplicate port name",
+            variant("", "  ports:\n    - {name: a, containerPort: 80}\n    - {name: a, containerPort: 81}")
+                .replace("  ports:\n    - name: http\n      containerPort: 80\n", ""),
+            "spec.ports[1].name",
+            "duplicate port name",
+        ),
         ("port out of range", variant("containerPort: 80", "containerPort: 70000"), "spec.ports[0].containerPort", "between 1 and 65535"),
         ("nodePort out of range", variant("containerPort: 80", "containerPort: 80\n      nodePort: 80"), "spec.ports[0].nodePort", "between 30000 and 32767"),
-        ("probe without handler", variant("", "  probes:\n    liveness:\n      periodSeconds: 5"), "spec.probes.liveness", "exactly one of exec, httpGet or tcpSocket"),
-        ("probe with unknown port name", variant("", "  probes:\n    readiness:\n      httpGet: {port: admin}"), "spec.probes.readiness.httpGet.port", "names no port"),
-        ("liveness successThreshold", variant("", "  probes:\n    liveness:\n      tcpSocket: {port: 80}\n      successThreshold: 2"), "spec.probes.liveness.successThreshold", "must be 1"),
-        ("zero period", variant("", "  probes:\n    startup:\n      exec: {command: [\"true\"]}\n      periodSeconds: 0"), "spec.probes.startup.periodSeconds", "between 1 and 3600"),
+        (
+            "probe without handler",
+            variant("", "  probes:\n    liveness:\n      periodSeconds: 5"),
+            "spec.probes.liveness",
+            "exactly one of exec, httpGet or tcpSocket",
+        ),
+        (
+            "probe with unknown port name",
+            variant("", "  probes:\n    readiness:\n      httpGet: {port: admin}"),
+            "spec.probes.readiness.httpGet.port",
+            "names no port",
+        ),
+        (
+            "liveness successThreshold",
+            variant("", "  probes:\n    liveness:\n      tcpSocket: {port: 80}\n      successThreshold: 2"),
+            "spec.probes.liveness.successThreshold",
+            "must be 1",
+        ),
+        (
+            "zero period",
+            variant("", "  probes:\n    startup:\n      exec: {command: [\"true\"]}\n      periodSeconds: 0"),
+            "spec.probes.startup.periodSeconds",
+            "between 1 and 3600",
+        ),
         ("bad restart policy", variant("", "  restartPolicy: Sometimes"), "spec.restartPolicy", "unknown variant `Sometimes`"),
         ("bad image", variant("image: 127.0.0.1:5000/orch/demo-web:1.0", "image: Not An Image"), "spec.image", "not an image reference"),
         ("missing image", variant("  image: 127.0.0.1:5000/orch/demo-web:1.0\n", ""), "spec", "missing field `image`"),
@@ -127,8 +161,7 @@ fn errors_display_file_document_path_and_message() {
 
 #[test]
 fn every_problem_is_reported_not_just_the_first() {
-    let text = variant("", "  replicas: -1\n  restartPolicy: Never\n  nodeSelector: {\"bad key!\": x}")
-        .replace("containerPort: 80", "containerPort: 0");
+    let text = variant("", "  replicas: -1\n  restartPolicy: Never\n  nodeSelector: {\"bad key!\": x}").replace("containerPort: 80", "containerPort: 0");
     let errors = errors_of(&text);
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     assert!(paths.contains(&"spec.replicas"), "{paths:?}");
@@ -177,10 +210,17 @@ fn the_same_service_twice_is_rejected() {
 #[test]
 fn arbitrary_input_never_panics() {
     let samples = [
-        "", "---", "\0\0\0", "{", "apiVersion: orch/v1\nkind: Service\nmetadata: 3\nspec: []", "kind: [1,2]",
-        "a: &a [*a]", "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec: {image: x, ports: [{containerPort: 99999999999999999999}]}",
+        "",
+        "---",
+        "\0\0\0",
+        "{",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: 3\nspec: []",
+        "kind: [1,2]",
+        "a: &a [*a]",
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec: {image: x, ports: [{containerPort: 99999999999999999999}]}",
         "apiVersion: orch/v1\nkind: Service\nmetadata: {name: x}\nspec: {image: x, resources: {limits: {memory: 1e400}}}",
-        "!!binary aGVsbG8=", "? [a]\n: b",
+        "!!binary aGVsbG8=",
+        "? [a]\n: b",
     ];
     for sample in samples {
         let _ = load_services("fuzz", sample);

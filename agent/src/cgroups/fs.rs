@@ -90,12 +90,9 @@ pub fn kill_all(procs_file: &Path) -> Result<(), CgroupError> {
 /// Checks a cgroup name relative to a hierarchy: `orch/web-1`, never `..` or absolute.
 pub fn check_name(name: &str) -> Result<PathBuf, CgroupError> {
     let ok = !name.is_empty()
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        });
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
     if ok {
         Ok(PathBuf::from(name))
     } else {

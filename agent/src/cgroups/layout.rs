@@ -35,10 +35,7 @@ impl CgroupLayout {
     /// Chooses v2 when a cgroup2 mount offers the memory and pids controllers (a
     /// unified system), else v1 when its controllers are mounted (a legacy or hybrid
     /// system, whose cgroup2 mount carries no controllers).
-    pub fn from_mountinfo(
-        mountinfo: &str,
-        controllers_of: impl Fn(&Path) -> Option<String>,
-    ) -> Result<CgroupLayout, CgroupError> {
+    pub fn from_mountinfo(mountinfo: &str, controllers_of: impl Fn(&Path) -> Option<String>) -> Result<CgroupLayout, CgroupError> {
         let mut v1 = BTreeMap::new();
         let mut v2_roots = Vec::new();
         for line in mountinfo.lines() {
@@ -70,9 +67,7 @@ impl CgroupLayout {
         if missing.is_empty() {
             return Ok(CgroupLayout::V1 { mounts: v1 });
         }
-        Err(CgroupError::NoHierarchy(format!(
-            "no cgroup2 mount offers memory and pids, and the v1 controllers {missing:?} are not mounted"
-        )))
+        Err(CgroupError::NoHierarchy(format!("no cgroup2 mount offers memory and pids, and the v1 controllers {missing:?} are not mounted")))
     }
 
     pub fn version(&self) -> CgroupVersion {

@@ -22,8 +22,7 @@ impl V1Cgroup {
     }
 
     fn required(&self, controller: &str) -> Result<PathBuf, CgroupError> {
-        self.dir(controller)
-            .ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
+        self.dir(controller).ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
     }
 
     /// Distinct directories (co-mounted controllers share one). The cpuset hierarchy

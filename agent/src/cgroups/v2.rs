@@ -26,8 +26,7 @@ impl V2Cgroup {
     /// container's parent, so the container's directory gets their files.
     fn enable_controllers(&self) -> Result<(), CgroupError> {
         let offered = fs::read(&self.root.join("cgroup.controllers"))?;
-        let enable: Vec<String> =
-            WANTED.iter().filter(|c| offered.split_whitespace().any(|o| o == **c)).map(|c| format!("+{c}")).collect();
+        let enable: Vec<String> = WANTED.iter().filter(|c| offered.split_whitespace().any(|o| o == **c)).map(|c| format!("+{c}")).collect();
         let mut ancestor = self.root.clone();
         let parents: Vec<_> = self.relative.parent().map(|p| p.components().collect()).unwrap_or_default();
         for depth in 0..=parents.len() {
@@ -138,13 +137,8 @@ mod tests {
     fn create_enables_controllers_and_writes_limits() {
         let root = fake_root();
         let cgroup = V2Cgroup::new(root.path().to_owned(), "orch/web-1".into());
-        let limits = Limits {
-            memory_bytes: Some(64 << 20),
-            cpu_limit_millis: Some(500),
-            cpu_request_millis: Some(250),
-            pids: Some(64),
-            cpuset: Some("0-1".into()),
-        };
+        let limits =
+            Limits { memory_bytes: Some(64 << 20), cpu_limit_millis: Some(500), cpu_request_millis: Some(250), pids: Some(64), cpuset: Some("0-1".into()) };
         cgroup.create(&limits).expect("create");
         let dir = root.path().join("orch/web-1");
         assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());
@@ -180,10 +174,7 @@ mod tests {
         std::fs::write(dir.join("pids.current"), "3\n").expect("write");
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n").expect("write");
         std::fs::write(dir.join("cgroup.procs"), "101\n102\n").expect("write");
-        assert_eq!(
-            cgroup.stats().expect("stats"),
-            CgroupStats { memory_bytes: 1 << 20, cpu_usage_nanos: 2_500_000, pids: 3 }
-        );
+        assert_eq!(cgroup.stats().expect("stats"), CgroupStats { memory_bytes: 1 << 20, cpu_usage_nanos: 2_500_000, pids: 3 });
         assert_eq!(cgroup.oom_kill_count().expect("oom"), 1);
         assert_eq!(cgroup.processes().expect("procs"), vec![101, 102]);
     }

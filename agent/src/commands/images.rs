@@ -61,11 +61,7 @@ async fn run_images(args: ImagesArgs) -> anyhow::Result<()> {
             }
         }
         ImagesCommand::Prune => {
-            let runtime = Runtime::new(RuntimeConfig {
-                state_dir: args.state_dir.clone(),
-                cgroup_parent: "orch".into(),
-                init_exe: std::env::current_exe()?,
-            })?;
+            let runtime = Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: "orch".into(), init_exe: std::env::current_exe()? })?;
             let report = store.prune(&runtime.images_in_use())?;
             for image in &report.images_removed {
                 println!("removed {image}");

@@ -119,23 +119,14 @@ fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
             return Err(bad_flag("cpuset", format!("{cpus:?} is not a CPU list such as 0-1,3")));
         }
     }
-    Ok(Limits {
-        memory_bytes,
-        cpu_limit_millis,
-        cpu_request_millis: cpu_limit_millis,
-        pids: args.pids,
-        cpuset: args.cpuset.clone(),
-    })
+    Ok(Limits { memory_bytes, cpu_limit_millis, cpu_request_millis: cpu_limit_millis, pids: args.pids, cpuset: args.cpuset.clone() })
 }
 
 fn id_range(text: &str) -> Result<IdRange, RuntimeError> {
     let (host, size) = text.split_once(':').unwrap_or((text, ""));
     let host_id = host.parse::<u32>().map_err(|_| bad_flag("userns", format!("{host:?} is not a host id")))?;
-    let size = if size.is_empty() {
-        DEFAULT_ID_RANGE.size
-    } else {
-        size.parse::<u32>().map_err(|_| bad_flag("userns", format!("{size:?} is not a range size")))?
-    };
+    let size =
+        if size.is_empty() { DEFAULT_ID_RANGE.size } else { size.parse::<u32>().map_err(|_| bad_flag("userns", format!("{size:?} is not a range size")))? };
     if host_id == 0 || size == 0 {
         return Err(bad_flag("userns", "the host id and the size must be more than 0 (root must not map to root)"));
     }
@@ -273,14 +264,7 @@ async fn image_process(args: &RunArgs, reference: &str) -> Result<Process, Runti
     let layers = store.lower_dirs(&record).map_err(image_error)?;
     let entrypoint: Vec<String> = args.entrypoint.iter().cloned().collect();
     let resolved = resolve_process(&record.defaults, &entrypoint, &args.command, &args.env).map_err(|e| bad_flag("image", e))?;
-    Ok(Process {
-        layers,
-        args: resolved.args,
-        env: resolved.env,
-        cwd: resolved.cwd,
-        user: resolved.user,
-        image: Some(record.manifest_digest),
-    })
+    Ok(Process { layers, args: resolved.args, env: resolved.env, cwd: resolved.cwd, user: resolved.user, image: Some(record.manifest_digest) })
 }
 
 fn generated_name() -> String {

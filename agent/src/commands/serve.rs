@@ -81,7 +81,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
 }
 
-
 fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     let name = args.name.clone().unwrap_or_else(hostname);
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: must be {e}"))?;
@@ -106,7 +105,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         let host = controller.split_once("://").map_or(controller.as_str(), |(_, rest)| rest);
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
         let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        anyhow::ensure!(loopback, "--controller {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)", args.controller);
+        anyhow::ensure!(
+            loopback,
+            "--controller {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)",
+            args.controller
+        );
         anyhow::ensure!(
             api_listen.is_none_or(|a: std::net::SocketAddr| a.ip().is_loopback()),
             "--api-listen on {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates) or --api-listen none",

@@ -38,12 +38,7 @@ pub struct ResolvedProcess {
 
 /// Kubernetes' rules: `command` replaces the image's Entrypoint, `args` its Cmd; with a
 /// command and no args the Cmd is dropped. Env entries override the image's by name.
-pub fn resolve_process(
-    defaults: &ImageDefaults,
-    command: &[String],
-    args: &[String],
-    env: &[String],
-) -> Result<ResolvedProcess, String> {
+pub fn resolve_process(defaults: &ImageDefaults, command: &[String], args: &[String], env: &[String]) -> Result<ResolvedProcess, String> {
     let argv: Vec<String> = match (command.is_empty(), args.is_empty()) {
         (true, true) => defaults.entrypoint.iter().chain(&defaults.cmd).cloned().collect(),
         (true, false) => defaults.entrypoint.iter().chain(args).cloned().collect(),
@@ -71,7 +66,13 @@ fn parse_user(user: &str) -> Result<Option<(u32, u32)>, String> {
         }
     }
     let uid = if u == "root" { 0 } else { u.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric users (uid[:gid]) are supported"))? };
-    let gid = if g.is_empty() { uid } else if g == "root" { 0 } else { g.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric groups are supported"))? };
+    let gid = if g.is_empty() {
+        uid
+    } else if g == "root" {
+        0
+    } else {
+        g.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric groups are supported"))?
+    };
     Ok(Some((uid, gid)))
 }
 

@@ -81,7 +81,6 @@ impl<W: Write> HashingWriter<W> {
     pub fn digest(&self) -> Digest {
         Digest { hex: hex::encode(self.hasher.clone().finalize()) }
     }
-
 }
 
 impl<W: Write> Write for HashingWriter<W> {

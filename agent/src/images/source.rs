@@ -31,19 +31,12 @@ impl Source {
     /// by the store (they are unpacked to a scratch layout first).
     pub fn for_reference(reference: &ImageRef, trusted: &[String]) -> Result<Source, ImageError> {
         match reference {
-            ImageRef::OciLayout { path, tag } => {
-                Ok(Source::Layout { dir: PathBuf::from(path), name: reference.to_string(), tag: tag.clone() })
+            ImageRef::OciLayout { path, tag } => Ok(Source::Layout { dir: PathBuf::from(path), name: reference.to_string(), tag: tag.clone() }),
+            ImageRef::OciArchive { .. } => {
+                Err(ImageError::Layout { source_name: reference.to_string(), message: "archives are unpacked by the store before they are read".into() })
             }
-            ImageRef::OciArchive { .. } => Err(ImageError::Layout {
-                source_name: reference.to_string(),
-                message: "archives are unpacked by the store before they are read".into(),
-            }),
             ImageRef::Registry { registry, repository, tag, digest } => {
-                let protocol = if is_plain_http(registry, trusted) {
-                    ClientProtocol::HttpsExcept(vec![registry.clone()])
-                } else {
-                    ClientProtocol::Https
-                };
+                let protocol = if is_plain_http(registry, trusted) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
                 // TLS to registries is rustls with the ring provider (the process-wide
                 // default; installing it again is a no-op).
                 let _ = rustls::crypto::ring::default_provider().install_default();
@@ -56,11 +49,7 @@ impl Source {
                 let reference = match (tag, digest) {
                     (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(registry.clone(), repository.clone(), tag.clone(), digest.clone()),
                     (None, Some(digest)) => oci_client::Reference::with_digest(registry.clone(), repository.clone(), digest.clone()),
-                    (tag, None) => oci_client::Reference::with_tag(
-                        registry.clone(),
-                        repository.clone(),
-                        tag.clone().unwrap_or_else(|| "latest".to_owned()),
-                    ),
+                    (tag, None) => oci_client::Reference::with_tag(registry.clone(), repository.clone(), tag.clone().unwrap_or_else(|| "latest".to_owned())),
                 };
                 Ok(Source::Registry { client: Box::new(oci_client::Client::new(config)), reference, registry: registry.clone() })
             }
@@ -91,9 +80,7 @@ impl Source {
                 let index_path = dir.join("index.json");
                 let index = oci_spec::image::ImageIndex::from_file(&index_path)
                     .map_err(|e| Self::layout_error(name, format!("cannot read {}: {e}", index_path.display())))?;
-                let tags = |d: &oci_spec::image::Descriptor| {
-                    d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned()
-                };
+                let tags = |d: &oci_spec::image::Descriptor| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).cloned();
                 let chosen = match tag {
                     Some(tag) => index.manifests().iter().find(|d| tags(d).as_deref() == Some(tag.as_str())),
                     None if index.manifests().len() == 1 => index.manifests().first(),
@@ -116,10 +103,7 @@ impl Source {
             }
             Source::Registry { client, reference, .. } => {
                 let accepted = [OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
-                let (bytes, _) = client
-                    .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accepted)
-                    .await
-                    .map_err(|e| self.registry_error(e))?;
+                let (bytes, _) = client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accepted).await.map_err(|e| self.registry_error(e))?;
                 let digest = Digest::of(&bytes);
                 if let Some(pinned) = reference.digest() {
                     let pinned = Digest::parse(pinned)?;
@@ -137,12 +121,7 @@ impl Source {
             Source::Registry { client, reference, .. } => {
                 let accepted = [OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE];
                 let pinned = reference.clone_with_digest(digest.to_string());
-                client
-                    .pull_manifest_raw(&pinned, &RegistryAuth::Anonymous, &accepted)
-                    .await
-                    .map_err(|e| self.registry_error(e))?
-                    .0
-                    .to_vec()
+                client.pull_manifest_raw(&pinned, &RegistryAuth::Anonymous, &accepted).await.map_err(|e| self.registry_error(e))?.0.to_vec()
             }
         };
         digest.verify(&bytes)?;
@@ -159,8 +138,7 @@ impl Source {
         match self {
             Source::Layout { dir, name, .. } => {
                 let path = dir.join("blobs/sha256").join(digest.hex());
-                std::fs::copy(&path, dest)
-                    .map_err(|e| Self::layout_error(name, format!("blob {digest}: cannot copy {}: {e}", path.display())))?;
+                std::fs::copy(&path, dest).map_err(|e| Self::layout_error(name, format!("blob {digest}: cannot copy {}: {e}", path.display())))?;
                 Ok(())
             }
             Source::Registry { client, reference, .. } => {

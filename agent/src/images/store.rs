@@ -105,29 +105,20 @@ impl ImageStore {
         let normalized = ImageRef::parse(reference)?.to_string();
         let path = self.ref_path(&normalized);
         let text = std::fs::read(&path).map_err(|_| ImageError::NotFound(normalized.clone()))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| ImageError::Config { reference: normalized, message: format!("corrupt record {}: {e}", path.display()) })
+        serde_json::from_slice(&text).map_err(|e| ImageError::Config { reference: normalized, message: format!("corrupt record {}: {e}", path.display()) })
     }
 
     pub fn list(&self) -> Vec<ImageRecord> {
         let Ok(entries) = std::fs::read_dir(self.root.join("refs")) else { return Vec::new() };
-        let mut records: Vec<ImageRecord> = entries
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-            .collect();
+        let mut records: Vec<ImageRecord> =
+            entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()).filter_map(|bytes| serde_json::from_slice(&bytes).ok()).collect();
         records.sort_by(|a, b| a.reference.cmp(&b.reference));
         records
     }
 
     /// Overlay lower directories for an image, top layer first.
     pub fn lower_dirs(&self, record: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
-        record
-            .layers
-            .iter()
-            .rev()
-            .map(|d| Digest::parse(d).map(|d| self.layer_path(&d)))
-            .collect()
+        record.layers.iter().rev().map(|d| Digest::parse(d).map(|d| self.layer_path(&d))).collect()
     }
 
     /// Pulls `reference` (or finds it complete in the store) and returns its record.
@@ -294,10 +285,7 @@ impl ImageStore {
                 report.images_removed.push(record.reference);
             }
         }
-        for (dir, live, counter) in [
-            ("blobs/sha256", &live_blobs, &mut report.blobs_removed),
-            ("layers/sha256", &live_layers, &mut report.layers_removed),
-        ] {
+        for (dir, live, counter) in [("blobs/sha256", &live_blobs, &mut report.blobs_removed), ("layers/sha256", &live_layers, &mut report.layers_removed)] {
             let Ok(entries) = std::fs::read_dir(self.root.join(dir)) else { continue };
             for entry in entries.flatten() {
                 let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
@@ -324,8 +312,7 @@ fn pick_platform(bytes: &[u8]) -> Result<Option<Digest>, String> {
         manifests: Option<serde_json::Value>,
     }
     let probe: Probe = serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not JSON: {e}"))?;
-    let is_index = probe.manifests.is_some()
-        || probe.media_type.as_deref().is_some_and(|m| m.contains("index") || m.contains("manifest.list"));
+    let is_index = probe.manifests.is_some() || probe.media_type.as_deref().is_some_and(|m| m.contains("index") || m.contains("manifest.list"));
     if !is_index {
         return Ok(None);
     }
@@ -335,9 +322,8 @@ fn pick_platform(bytes: &[u8]) -> Result<Option<Digest>, String> {
         "aarch64" => "arm64",
         other => other,
     };
-    let matches = |d: &&oci_spec::image::Descriptor| {
-        d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == want_arch)
-    };
+    let matches =
+        |d: &&oci_spec::image::Descriptor| d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == want_arch);
     let chosen = index.manifests().iter().find(matches).ok_or_else(|| format!("the index has no linux/{want_arch} image"))?;
     Digest::parse(&chosen.digest().to_string()).map(Some).map_err(|e| e.to_string())
 }

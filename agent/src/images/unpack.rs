@@ -52,11 +52,8 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
     for entry in archive.entries().map_err(|e| layer_error(format!("not a tar archive: {e}")))? {
         let mut entry = entry.map_err(|e| layer_error(format!("corrupt tar stream: {e}")))?;
         let raw_path = entry.path().map_err(|e| layer_error(format!("bad entry path: {e}")))?.into_owned();
-        let unsafe_entry = |reason: &str| ImageError::UnsafeEntry {
-            digest: digest.to_owned(),
-            entry: raw_path.display().to_string(),
-            reason: reason.to_owned(),
-        };
+        let unsafe_entry =
+            |reason: &str| ImageError::UnsafeEntry { digest: digest.to_owned(), entry: raw_path.display().to_string(), reason: reason.to_owned() };
         let Some(relative) = normalize(&raw_path).map_err(|reason| unsafe_entry(reason))? else { continue };
         stats.entries += 1;
         let parent_rel = relative.parent().map(Path::to_owned).unwrap_or_default();
@@ -93,8 +90,8 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
                 let link_parent = ensure_real_dirs(dest, link_rel.parent().unwrap_or(Path::new("")))
                     .map_err(|reason| unsafe_entry(&format!("hard link target: {reason}")))?;
                 let source = link_parent.join(link_rel.file_name().unwrap_or_default());
-                let meta = std::fs::symlink_metadata(&source)
-                    .map_err(|_| unsafe_entry(&format!("hard link to {} which is not in this layer", link.display())))?;
+                let meta =
+                    std::fs::symlink_metadata(&source).map_err(|_| unsafe_entry(&format!("hard link to {} which is not in this layer", link.display())))?;
                 if meta.is_dir() {
                     return Err(unsafe_entry("hard link to a directory"));
                 }

@@ -74,10 +74,7 @@ impl Balancer {
         let node_sockets = node_netns.map(|ns| NsSockets::start(&ns).map(Arc::new)).transpose()?;
         let names: dns::Names = Arc::new(RwLock::new(BTreeMap::new()));
         let dns_addr = SocketAddrV4::new(dns_address, 53);
-        let udp = sockets
-            .udp_socket(dns_addr)
-            .await
-            .map_err(|source| NetError::Listen { address: format!("udp {dns_addr} in {netns_name}"), source })?;
+        let udp = sockets.udp_socket(dns_addr).await.map_err(|source| NetError::Listen { address: format!("udp {dns_addr} in {netns_name}"), source })?;
         let dns_task = tokio::spawn(dns::serve(udp, Arc::clone(&names)));
         Ok(Balancer {
             netns,

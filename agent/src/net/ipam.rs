@@ -141,8 +141,8 @@ impl Ipam {
             .truncate(false)
             .open(&self.path)
             .map_err(NetError::io("cannot open", &self.path))?;
-        let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| NetError::Syscall { syscall: "flock", errno })?;
+        let mut locked =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| NetError::Syscall { syscall: "flock", errno })?;
         let mut text = String::new();
         locked.read_to_string(&mut text).map_err(NetError::io("cannot read", &self.path))?;
         let mut state: IpamState = if text.trim().is_empty() {

@@ -47,12 +47,7 @@ pub async fn ensure_bridge(handle: &Handle, name: &str) -> Result<u32, NetError>
 }
 
 pub async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!("set {name} up")))
+    handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(NetError::netlink(format!("set {name} up")))
 }
 
 /// Sets the link's MAC address.
@@ -100,13 +95,7 @@ pub async fn delete_address(handle: &Handle, index: u32, address: Ipv4Addr, pref
 /// `ip route replace DEST/PREFIX via GATEWAY`.
 pub async fn replace_route(handle: &Handle, destination: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix).gateway(gateway).build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!("route {destination}/{prefix} via {gateway}")))
+    handle.route().add(route).replace().execute().await.map_err(NetError::netlink(format!("route {destination}/{prefix} via {gateway}")))
 }
 
 /// `ip route del DEST/PREFIX`; a missing route is fine.
@@ -121,21 +110,10 @@ pub async fn delete_route(handle: &Handle, destination: Ipv4Addr, prefix: u8) ->
 
 /// A veth pair: `host` stays here, attached to the bridge `bridge_index` and up;
 /// `peer` moves into the namespace `netns_fd` as `peer_name`.
-pub async fn add_veth_into(
-    handle: &Handle,
-    host: &str,
-    bridge_index: u32,
-    netns_fd: i32,
-    peer_name: &str,
-) -> Result<(), NetError> {
+pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns_fd: i32, peer_name: &str) -> Result<(), NetError> {
     // A temporary peer name, unique per host end, avoids clashes before the move.
     let temporary = format!("{host}p");
-    handle
-        .link()
-        .add(LinkVeth::new(host, &temporary).build())
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!("create veth {host}")))?;
+    handle.link().add(LinkVeth::new(host, &temporary).build()).execute().await.map_err(NetError::netlink(format!("create veth {host}")))?;
     let peer_index = require_index(handle, &temporary).await?;
     handle
         .link()

@@ -60,11 +60,7 @@ impl AgentConfig {
             let tls = orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|e| e.to_string())?;
             endpoint = endpoint.tls_config(tls).map_err(|e| format!("controller {address}: {e}"))?;
         }
-        endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .map_err(|e| format!("controller {address}: {e}"))
+        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|e| format!("controller {address}: {e}"))
     }
 }
 
@@ -181,14 +177,10 @@ impl Agent {
         };
         let registration = first_registration(&config).await;
         let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Setup(format!("pod subnet from the controller: {e}")))?;
-        let service_cidr =
-            Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Setup(format!("service range from the controller: {e}")))?;
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: config.state_dir.clone(),
-            cgroup_parent: config.cgroup_parent.clone(),
-            init_exe: config.helper.clone(),
-        })
-        .map_err(|e| AgentError::Setup(format!("runtime: {e}")))?;
+        let service_cidr = Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Setup(format!("service range from the controller: {e}")))?;
+        let runtime =
+            Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })
+                .map_err(|e| AgentError::Setup(format!("runtime: {e}")))?;
         let images = ImageStore::open(&config.state_dir.join("images"), config.insecure_registries.clone())
             .map_err(|e| AgentError::Setup(format!("image store: {e}")))?;
         let network = NodeNetwork::setup(NodeNetworkConfig {
@@ -357,11 +349,8 @@ impl Agent {
         let heartbeat = pb::AgentMessage { node: self.config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
         upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;
         upward.send(self.report()).await.map_err(|e| e.to_string())?;
-        let mut downward = client
-            .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-            .await
-            .map_err(|e| format!("session: {}", e.message()))?
-            .into_inner();
+        let mut downward =
+            client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| format!("session: {}", e.message()))?.into_inner();
         tracing::info!(controller = %self.config.controller, "session open");
         let mut beats = tokio::time::interval(self.config.heartbeat);
         // A full report now and then even when nothing changed, in case one was lost.

@@ -70,7 +70,10 @@ impl NodeApi {
     /// The service, admitting over TLS only the controller's certificate.
     pub fn into_server(
         self,
-    ) -> tonic::service::interceptor::InterceptedService<pb::node_agent_server::NodeAgentServer<NodeApi>, fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>> {
+    ) -> tonic::service::interceptor::InterceptedService<
+        pb::node_agent_server::NodeAgentServer<NodeApi>,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>,
+    > {
         fn controller_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
             orch_api::tls::require_peer(request, &[orch_api::tls::CONTROLLER])
         }

@@ -93,9 +93,8 @@ async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<()
 
     let address = address(target, http.port)?;
     let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("http GET {address}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http GET {address}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("http GET {address}: {e}"))?;
     /// Aborts the connection task however this function ends (a timeout drops it).
     struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
     impl Drop for AbortOnDrop {

@@ -314,11 +314,7 @@ impl Supervisor {
                     self.status_mut().restarts += 1;
                     let restarts = self.status_mut().restarts;
                     let cause = why.unwrap_or_else(|| describe_exit(&exit));
-                    self.ctx.board.event(
-                        "Restarted",
-                        self.object(),
-                        format!("{cause}; restart {restarts} after a back-off of {} ms", delay.as_millis()),
-                    );
+                    self.ctx.board.event("Restarted", self.object(), format!("{cause}; restart {restarts} after a back-off of {} ms", delay.as_millis()));
                     let reason = if delay.is_zero() { String::new() } else { format!("CrashLoopBackOff: restarting in {} ms", delay.as_millis()) };
                     self.set_phase(pb::ReplicaPhase::Starting, false, &reason);
                     if self.sleep_or_stop(delay).await {
@@ -419,11 +415,7 @@ impl Supervisor {
         let ip = prepared.ip.to_string();
         // Ready at once when nothing has to say so first.
         // An adopted container keeps the readiness it had until a probe says otherwise.
-        let mut ready = if adopted {
-            self.record.status.as_ref().is_some_and(|s| s.ready)
-        } else {
-            probes.readiness.is_none() && probes.startup.is_none()
-        };
+        let mut ready = if adopted { self.record.status.as_ref().is_some_and(|s| s.ready) } else { probes.readiness.is_none() && probes.startup.is_none() };
         {
             let status = self.status_mut();
             status.host_pid = u32::try_from(container.host_pid()).unwrap_or(0);
@@ -642,10 +634,7 @@ mod tests {
             limits: Some(pb::ResourceList { cpu_millis: 250, memory_bytes: 64 << 20, pids: 64 }),
         };
         let limits = limits_of(&resources);
-        assert_eq!(
-            (limits.memory_bytes, limits.cpu_limit_millis, limits.cpu_request_millis, limits.pids),
-            (Some(64 << 20), Some(250), Some(50), Some(64))
-        );
+        assert_eq!((limits.memory_bytes, limits.cpu_limit_millis, limits.cpu_request_millis, limits.pids), (Some(64 << 20), Some(250), Some(50), Some(64)));
         assert_eq!(limits_of(&pb::Resources::default()).memory_bytes, None);
     }
 }

@@ -108,16 +108,9 @@ impl Runtime {
             }
         };
         match self.start_in(spec, &dirs, cgroup.as_ref(), &cgroup_name, network).await {
-            Ok((shim, init, state)) => Ok(Container {
-                id: spec.id.clone(),
-                dirs,
-                cgroup,
-                shim: Some(shim),
-                is_child: true,
-                init: Some(init),
-                state,
-                exit: Mutex::new(None),
-            }),
+            Ok((shim, init, state)) => {
+                Ok(Container { id: spec.id.clone(), dirs, cgroup, shim: Some(shim), is_child: true, init: Some(init), state, exit: Mutex::new(None) })
+            }
             Err(e) => {
                 let _ = cgroup.destroy();
                 let _ = remove_container_dir(&dirs);
@@ -185,18 +178,12 @@ impl Runtime {
         match &spec.stdio {
             Stdio::Inherit => {}
             Stdio::LogFile(path) => {
-                let log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(RuntimeError::io("cannot open the log file", path))?;
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(RuntimeError::io("cannot open the log file", path))?;
                 let log_err = log.try_clone().map_err(RuntimeError::io("cannot open the log file", path))?;
                 command.stdout(log).stderr(log_err);
             }
         }
-        let child = command
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn { exe: self.config.init_exe.clone(), source })?;
+        let child = command.spawn().map_err(|source| RuntimeError::Spawn { exe: self.config.init_exe.clone(), source })?;
         // The command's copy of the socket went to the shim; ours closed with it.
         drop(command);
         let shim_pid = i32::try_from(child.id()).map_err(|_| RuntimeError::Protocol("shim PID out of range".into()))?;
@@ -291,26 +278,9 @@ impl Runtime {
         let dirs = ContainerDirs::new(&self.config.state_dir, id);
         let state: ContainerState = read_json(&dirs.state())?;
         let cgroup = self.cgroups.container(&state.cgroup)?;
-        let shim = if procfs::is_same_process(state.shim_pid, state.shim_start_ticks) {
-            PidFd::open(state.shim_pid).ok()
-        } else {
-            None
-        };
-        let init = if shim.is_some() && procfs::is_same_process(state.init_pid, state.init_start_ticks) {
-            PidFd::open(state.init_pid).ok()
-        } else {
-            None
-        };
-        Ok(Container {
-            id: id.to_owned(),
-            dirs,
-            cgroup,
-            shim,
-            is_child: false,
-            init,
-            state,
-            exit: Mutex::new(None),
-        })
+        let shim = if procfs::is_same_process(state.shim_pid, state.shim_start_ticks) { PidFd::open(state.shim_pid).ok() } else { None };
+        let init = if shim.is_some() && procfs::is_same_process(state.init_pid, state.init_start_ticks) { PidFd::open(state.init_pid).ok() } else { None };
+        Ok(Container { id: id.to_owned(), dirs, cgroup, shim, is_child: false, init, state, exit: Mutex::new(None) })
     }
 
     /// Removes whatever a start that never finished left for `id` (no state file, so
@@ -337,8 +307,7 @@ impl Runtime {
     pub fn container_ids(&self) -> Vec<String> {
         let dir = self.config.state_dir.join("containers");
         let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut ids: Vec<String> =
-            entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+        let mut ids: Vec<String> = entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
         ids.sort();
         ids
     }
@@ -392,9 +361,7 @@ fn remove_container_dir(dirs: &ContainerDirs) -> Result<(), RuntimeError> {
         }
     }
     match std::fs::remove_dir_all(&dirs.root) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(RuntimeError::Io { what: "cannot remove", path: dirs.root.clone(), source: e })
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::Io { what: "cannot remove", path: dirs.root.clone(), source: e }),
         _ => Ok(()),
     }
 }
@@ -407,11 +374,7 @@ fn check_spec(spec: &ContainerSpec) -> Result<(), RuntimeError> {
             return Err(RuntimeError::Start { message: format!("mount target {:?} must be an absolute path without ..", bind.target), code: CODE_RUNTIME });
         }
         if !bind.source.exists() {
-            return Err(RuntimeError::Io {
-                what: "mount source",
-                path: bind.source.clone(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
+            return Err(RuntimeError::Io { what: "mount source", path: bind.source.clone(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
         }
     }
     if let Some(range) = spec.user_namespace {

@@ -139,11 +139,7 @@ pub fn exec_main() -> ! {
     if let Err(e) = nix::unistd::fchdir(&root).and_then(|()| nix::unistd::chroot(".")) {
         die(&format!("enter the root of {pid}: {e}"), CODE_RUNTIME);
     }
-    let pty = if request.tty {
-        Some(nix::pty::openpty(None, None).unwrap_or_else(|e| die(&format!("openpty: {e}"), CODE_RUNTIME)))
-    } else {
-        None
-    };
+    let pty = if request.tty { Some(nix::pty::openpty(None, None).unwrap_or_else(|e| die(&format!("openpty: {e}"), CODE_RUNTIME))) } else { None };
     // SAFETY: this process is single-threaded (dispatched before any thread starts), so
     // the child may run arbitrary code after fork.
     match unsafe { fork() } {
@@ -234,12 +230,12 @@ fn relay_terminal(master: &std::os::fd::OwnedFd) {
 
 fn wait_and_exit(child: nix::unistd::Pid) -> ! {
     loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-                Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
-            }
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
+        }
     }
 }
 

@@ -39,8 +39,7 @@ pub fn write_id_maps(pid: i32, range: IdRange) -> Result<(), RuntimeError> {
 }
 
 fn c_path(path: &Path) -> Result<CString, RuntimeError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| RuntimeError::Rootfs { path: path.to_owned(), reason: "path contains a NUL byte".into() })
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| RuntimeError::Rootfs { path: path.to_owned(), reason: "path contains a NUL byte".into() })
 }
 
 /// Mounts an idmapped view of `source` at `target` (an existing directory), mapped
@@ -52,25 +51,13 @@ pub fn mount_idmapped(source: &Path, target: &Path, pid: i32) -> Result<(), Runt
     let userns_path = format!("/proc/{pid}/ns/user");
     let userns = std::fs::File::open(&userns_path).map_err(RuntimeError::io("cannot open", userns_path))?;
     // SAFETY: open_tree reads the NUL-terminated path and returns a new descriptor or -1.
-    let raw = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_open_tree,
-            nix::libc::AT_FDCWD,
-            source_c.as_ptr(),
-            OPEN_TREE_CLONE | nix::libc::O_CLOEXEC as u32,
-        )
-    };
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_open_tree, nix::libc::AT_FDCWD, source_c.as_ptr(), OPEN_TREE_CLONE | nix::libc::O_CLOEXEC as u32) };
     if raw < 0 {
         return Err(RuntimeError::Syscall { syscall: "open_tree", errno: Errno::last() });
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).map_err(|_| RuntimeError::sys("open_tree")(Errno::EBADF))?) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or_default(),
-    };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or_default() };
     let empty = c"";
     // SAFETY: mount_setattr reads `attr` (a valid, live mount_attr of the size passed)
     // and the empty path; it writes nothing of ours.
@@ -89,14 +76,7 @@ pub fn mount_idmapped(source: &Path, target: &Path, pid: i32) -> Result<(), Runt
     }
     // SAFETY: move_mount reads two NUL-terminated paths and two descriptors we hold.
     let rc = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            nix::libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
+        nix::libc::syscall(nix::libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), nix::libc::AT_FDCWD, target_c.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
     };
     if rc < 0 {
         return Err(RuntimeError::Syscall { syscall: "move_mount", errno: Errno::last() });

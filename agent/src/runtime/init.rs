@@ -30,8 +30,7 @@ use super::sync::{receive, send, SyncMessage};
 use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
 
 /// Signals the container's init passes on to the command.
-const FORWARDED: [Signal; 7] =
-    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+const FORWARDED: [Signal; 7] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
 /// Entry point of `orch-agent __init`. Never returns. Must run before any thread starts.
 pub fn shim_main() -> ! {

@@ -55,13 +55,7 @@ impl PidFd {
         // SAFETY: the arguments are a descriptor we own, a signal number, a null siginfo
         // (allowed: the kernel fills it in) and zero flags.
         let rc = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_pidfd_send_signal,
-                self.fd.get_ref().as_raw_fd(),
-                signal as i32,
-                std::ptr::null::<nix::libc::siginfo_t>(),
-                0,
-            )
+            nix::libc::syscall(nix::libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), signal as i32, std::ptr::null::<nix::libc::siginfo_t>(), 0)
         };
         if rc < 0 {
             Err(Errno::last())

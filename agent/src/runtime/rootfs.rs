@@ -40,9 +40,7 @@ fn step<T, E: std::fmt::Display>(result: Result<T, E>, what: impl FnOnce() -> St
 }
 
 fn mount_at(source: &str, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), SetupError> {
-    step(mount(Some(source), target, fstype, flags, data), || {
-        format!("mount {} on {} ({})", fstype.unwrap_or("bind"), target.display(), data.unwrap_or(""))
-    })
+    step(mount(Some(source), target, fstype, flags, data), || format!("mount {} on {} ({})", fstype.unwrap_or("bind"), target.display(), data.unwrap_or("")))
 }
 
 fn mkdir(path: &Path) -> Result<(), SetupError> {
@@ -53,13 +51,10 @@ fn mkdir(path: &Path) -> Result<(), SetupError> {
 /// single-threaded, inside fresh mount and PID namespaces.
 pub fn setup(config: &InitConfig) -> Result<(), SetupError> {
     // Nothing we mount may propagate back to the host.
-    step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
-        "make / private".to_owned()
-    })?;
+    step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || "make / private".to_owned())?;
     let merged = &config.merged;
     let lower: Vec<String> = config.layers.iter().map(|l| l.display().to_string()).collect();
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
     mount_at("overlay", merged, Some("overlay"), MsFlags::empty(), Some(&options))?;
 
     for bind in &config.mounts {
@@ -113,29 +108,13 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;
-    mount_at(
-        "devpts",
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
+    mount_at("devpts", &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
-    mount_at(
-        "shm",
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )?;
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
+    mount_at("shm", &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=65536k"))?;
+    for (link, target) in
+        [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+    {
         let path = dev.join(link);
         step(std::os::unix::fs::symlink(target, &path), || format!("symlink {}", path.display()))?;
     }
@@ -155,11 +134,5 @@ fn read_only(path: &Path) -> Result<(), SetupError> {
         return Ok(());
     }
     mount_at(&path.display().to_string(), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-    mount_at(
-        &path.display().to_string(),
-        path,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None,
-    )
+    mount_at(&path.display().to_string(), path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
 }

@@ -37,8 +37,7 @@ pub struct ExitRecord {
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
-    let text = serde_json::to_vec_pretty(value)
-        .map_err(|e| RuntimeError::State { path: path.to_owned(), reason: e.to_string() })?;
+    let text = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::State { path: path.to_owned(), reason: e.to_string() })?;
     // Write then rename, so a reader never sees half a file.
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(RuntimeError::io("cannot write", &tmp))?;
@@ -87,7 +86,5 @@ impl ContainerDirs {
 }
 
 pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -190,7 +190,8 @@ impl Cluster {
         let probe = layout.container(&format!("{}/probe", self.cgroup_parent)).expect("cgroup paths");
         for path in probe.paths() {
             let parent = path.parent().expect("parent");
-            let children: Vec<_> = std::fs::read_dir(parent).map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect()).unwrap_or_default();
+            let children: Vec<_> =
+                std::fs::read_dir(parent).map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect()).unwrap_or_default();
             assert!(children.is_empty(), "cgroups left under {}: {children:?}", parent.display());
         }
         let links = Command::new("ip").args(["-o", "link", "show", "master", &self.bridge]).output().expect("ip link");
@@ -232,7 +233,6 @@ impl Drop for Cluster {
         }
     }
 }
-
 
 pub fn running_ready(replica: &pb::Replica) -> bool {
     replica.status.as_ref().is_some_and(|s| s.phase() == pb::ReplicaPhase::Running && s.ready && s.host_pid > 0)

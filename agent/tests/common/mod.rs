@@ -58,11 +58,7 @@ impl Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let root = tempfile::Builder::new().prefix(&format!("orch-rt-{test}-")).tempdir().expect("tempdir");
         busybox_rootfs(&root.path().join("rootfs"));
-        Sandbox {
-            name: test.to_owned(),
-            root,
-            cgroup_parent: format!("orch-test-{}-{n}-{test}", std::process::id()),
-        }
+        Sandbox { name: test.to_owned(), root, cgroup_parent: format!("orch-test-{}-{n}-{test}", std::process::id()) }
     }
 
     pub fn rootfs(&self) -> PathBuf {

@@ -70,10 +70,8 @@ pub async fn wait_ready(api: &mut ApiClient<Channel>, services: &[String], timeo
             let current: Vec<&pb::Replica> = replicas.iter().filter(|r| r.spec_hash == service.spec_hash).collect();
             let ready = current.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).count();
             let old = replicas.len() - current.len();
-            let pending: Vec<String> = replicas
-                .iter()
-                .filter_map(|r| r.status.as_ref().filter(|s| !s.reason.is_empty()).map(|s| format!("{}: {}", r.id, s.reason)))
-                .collect();
+            let pending: Vec<String> =
+                replicas.iter().filter_map(|r| r.status.as_ref().filter(|s| !s.reason.is_empty()).map(|s| format!("{}: {}", r.id, s.reason))).collect();
             let mut line = format!("service/{name}: {ready}/{desired} ready");
             if old > 0 {
                 line.push_str(&format!(", {old} old replica(s) still running"));

@@ -83,7 +83,8 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                     if p.node_port > 0 { format!(", node port {}", p.node_port) } else { String::new() }
                 ));
             }
-            let ready: Vec<String> = mine.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).map(|r| r.status.clone().unwrap_or_default().ip).collect();
+            let ready: Vec<String> =
+                mine.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).map(|r| r.status.clone().unwrap_or_default().ip).collect();
             text.push_str(&format!("Endpoints:   {}\n", if ready.is_empty() { "<none>".into() } else { ready.join(", ") }));
             text.push_str("Replicas:\n");
             for r in &mine {

@@ -64,7 +64,8 @@ async fn render(api: &mut ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
                     row
                 })
                 .collect();
-            let header = if args.output == Format::Wide { vec!["NAME", "READY", "VIP", "PORTS", "IMAGE", "GENERATION"] } else { vec!["NAME", "READY", "VIP", "PORTS"] };
+            let header =
+                if args.output == Format::Wide { vec!["NAME", "READY", "VIP", "PORTS", "IMAGE", "GENERATION"] } else { vec!["NAME", "READY", "VIP", "PORTS"] };
             (header, rows, machine(args.output, &out)?)
         }
         Kind::Replicas => {
@@ -122,7 +123,11 @@ async fn render(api: &mut ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
                     row
                 })
                 .collect();
-            let header = if args.output == Format::Wide { vec!["NAME", "STATUS", "ADDRESS", "POD CIDR", "CPU", "MEMORY"] } else { vec!["NAME", "STATUS", "ADDRESS", "POD CIDR"] };
+            let header = if args.output == Format::Wide {
+                vec!["NAME", "STATUS", "ADDRESS", "POD CIDR", "CPU", "MEMORY"]
+            } else {
+                vec!["NAME", "STATUS", "ADDRESS", "POD CIDR"]
+            };
             (header, rows, machine(args.output, &out)?)
         }
         Kind::Events => {

@@ -166,7 +166,9 @@ pub async fn top(mut api: ApiClient<Channel>, kind: TopKind) -> anyhow::Result<(
             let rows: Vec<Vec<String>> = top
                 .replicas
                 .iter()
-                .map(|r| vec![r.replica.clone(), r.service.clone(), r.node.clone(), format!("{}m", r.cpu_millis), mebibytes(r.memory_bytes), r.pids.to_string()])
+                .map(|r| {
+                    vec![r.replica.clone(), r.service.clone(), r.node.clone(), format!("{}m", r.cpu_millis), mebibytes(r.memory_bytes), r.pids.to_string()]
+                })
                 .collect();
             table(&["NAME", "SERVICE", "NODE", "CPU", "MEMORY", "PIDS"], &rows)
         }
@@ -221,17 +223,21 @@ fn id(text: &str) -> String {
 /// The cluster as Graphviz DOT: a cluster box per node with its bridge, each container's
 /// veth and address, the balancer namespace with its VIPs; node-to-node links.
 pub fn dot(topology: &pb::TopologyResponse) -> String {
-    let mut out = String::from("digraph orch {\n  graph [rankdir=LR, fontname=\"Helvetica\", compound=true];\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontsize=9];\n");
+    let mut out = String::from(
+        "digraph orch {\n  graph [rankdir=LR, fontname=\"Helvetica\", compound=true];\n  node [fontname=\"Helvetica\", fontsize=10];\n  edge [fontsize=9];\n",
+    );
     let vip_owner: BTreeMap<String, String> = topology.services.iter().map(|s| (s.vip.clone(), s.name.clone())).collect();
     for node in &topology.nodes {
         let n = id(&node.node);
-        out.push_str(&format!("  subgraph cluster_{n} {{\n    label={};\n    style=rounded; color=\"#555555\";\n", quote(&format!("node {} ({})", node.node, node.address))));
+        out.push_str(&format!(
+            "  subgraph cluster_{n} {{\n    label={};\n    style=rounded; color=\"#555555\";\n",
+            quote(&format!("node {} ({})", node.node, node.address))
+        ));
         out.push_str(&format!(
             "    {n}_bridge [shape=box, style=filled, fillcolor=\"#dde8f5\", label={}];\n",
             quote(&format!("bridge {}\\n{} gw {}", node.bridge, node.subnet, node.gateway))
         ));
-        let vips: Vec<String> =
-            node.vips.iter().map(|v| format!("{v}{}", vip_owner.get(v).map(|s| format!(" ({s})")).unwrap_or_default())).collect();
+        let vips: Vec<String> = node.vips.iter().map(|v| format!("{v}{}", vip_owner.get(v).map(|s| format!(" ({s})")).unwrap_or_default())).collect();
         out.push_str(&format!(
             "    {n}_lb [shape=box3d, style=filled, fillcolor=\"#f5ecd7\", label={}];\n    {n}_lb -> {n}_bridge [dir=both, label={}];\n",
             quote(&format!("load balancer netns {}\\n{}\\n{}", node.balancer_namespace, node.balancer_address, vips.join("\\n"))),

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use orch_api::pb;
 use orch_agent::node::{Agent, AgentConfig, Shutdown};
+use orch_api::pb;
 use orch_controller::server::{Controller, ControllerConfig};
 use orch_controller::store::EmbeddedStore;
 use tokio::signal::unix::{signal, SignalKind};
@@ -59,7 +59,6 @@ fn cidr(text: &str, flag: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((address, prefix))
 }
 
-
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
     let (service_network, service_prefix) = cidr(&args.service_cidr, "--service-cidr")?;
@@ -71,7 +70,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
 
     let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (is another orch up running?)", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (is another orch up running?)", args.listen))?;
     let controller = Controller::start(
         Arc::new(store),
         ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), ..ControllerConfig::default() },
@@ -79,7 +79,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     eprintln!("orch: controller on {} (store {}; plain text, for this machine only)", args.listen, args.state_dir.join("controller.redb").display());
 
-    let name = args.name.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into()));
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into()));
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("node name {name:?} must be {e}; give --name"))?;
     let agent = Agent::start(AgentConfig {
         name: name.clone(),

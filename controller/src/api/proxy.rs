@@ -27,7 +27,8 @@ impl ServiceApi {
     /// A client of the node API of the node named `name`, among `nodes` (one listing
     /// serves every node a request reaches).
     async fn node_client(&self, nodes: &[pb::Node], name: &str) -> Result<NodeClient<Channel>, Status> {
-        let node = nodes.iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == name)).ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
+        let node =
+            nodes.iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == name)).ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
         let info = node.info.clone().unwrap_or_default();
         if info.api_port == 0 {
             return Err(Status::failed_precondition(format!("node {name} serves no node API (its agent runs with --api-listen none)")));

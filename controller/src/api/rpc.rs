@@ -28,8 +28,7 @@ fn admin_only(request: Request<()>) -> Result<Request<()>, Status> {
     orch_api::tls::require_peer(request, &[orch_api::tls::ADMIN, orch_api::tls::CONTROLLER])
 }
 
-impl ApiRpc {
-}
+impl ApiRpc {}
 
 fn status(error: ApiError) -> Status {
     match error {

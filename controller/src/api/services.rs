@@ -146,14 +146,7 @@ impl ServiceApi {
     /// Claims the next free VIP by creating its key; a concurrent claim moves on.
     async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
         for _ in 0..CAS_ATTEMPTS {
-            let used: BTreeSet<Ipv4Addr> = self
-                .store
-                .list(keys::VIPS)
-                .await?
-                .items
-                .iter()
-                .filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok())
-                .collect();
+            let used: BTreeSet<Ipv4Addr> = self.store.list(keys::VIPS).await?.items.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
             let Some(vip) = next_free_vip(self.service_network, self.service_prefix, &used) else {
                 return Err(ApiError::VipsExhausted(format!("{}/{}", self.service_network, self.service_prefix)));
             };
@@ -259,8 +252,7 @@ impl ServiceApi {
 
     pub async fn list_events(&self, object: Option<&str>) -> Result<Vec<pb::Event>, ApiError> {
         let listing = self.store.list(keys::EVENTS).await?;
-        let events: Result<Vec<pb::Event>, ApiError> =
-            Ok(keys::decode_all(&listing.items)?);
+        let events: Result<Vec<pb::Event>, ApiError> = Ok(keys::decode_all(&listing.items)?);
         Ok(events?.into_iter().filter(|e| object.is_none_or(|o| e.object == o)).collect())
     }
 }

@@ -10,9 +10,7 @@ use std::net::Ipv4Addr;
 pub fn next_free_vip(network: Ipv4Addr, prefix: u8, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let base = u32::from(network) & (u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0));
     let size = 1u64 << (32 - u32::from(prefix));
-    (10..size.saturating_sub(1))
-        .map(|offset| Ipv4Addr::from(base + u32::try_from(offset).unwrap_or(0)))
-        .find(|candidate| !used.contains(candidate))
+    (10..size.saturating_sub(1)).map(|offset| Ipv4Addr::from(base + u32::try_from(offset).unwrap_or(0))).find(|candidate| !used.contains(candidate))
 }
 
 #[cfg(test)]

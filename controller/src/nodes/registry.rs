@@ -118,8 +118,7 @@ impl NodeRegistry {
 /// Every registered node, Ready while its lease is alive, with what the replicas bound
 /// to it request.
 pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
-    let alive: BTreeSet<String> =
-        store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
+    let alive: BTreeSet<String> = store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
     let mut nodes: Vec<pb::Node> = keys::decode_all(&store.list(keys::NODES).await?.items)?;
     let replicas: Vec<pb::Replica> = keys::decode_all(&store.list(keys::REPLICAS).await?.items)?;
     for node in &mut nodes {

@@ -65,10 +65,7 @@ mod tests {
     }
 
     fn running(id: &str, node: &str, ready: bool) -> pb::Replica {
-        pb::Replica {
-            status: Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ..Default::default() }),
-            ..replica(id, node)
-        }
+        pb::Replica { status: Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ..Default::default() }), ..replica(id, node) }
     }
 
     #[test]
@@ -80,12 +77,11 @@ mod tests {
         }
         let unchanged = running("web-a", "n1", true);
         state.statuses.insert(("n1".into(), "web-a".into()), Versioned { key: keys::status("n1", "web-a"), value: unchanged.clone(), mod_revision: 3 });
-        state.statuses.insert(("n1".into(), "web-x".into()), Versioned { key: keys::status("n1", "web-x"), value: running("web-x", "n1", true), mod_revision: 4 });
-        let report = pb::StatusReport {
-            observed_generation: 7,
-            replicas: vec![unchanged, running("web-b", "n1", false), running("web-c", "n1", true)],
-            events: vec![],
-        };
+        state
+            .statuses
+            .insert(("n1".into(), "web-x".into()), Versioned { key: keys::status("n1", "web-x"), value: running("web-x", "n1", true), mod_revision: 4 });
+        let report =
+            pb::StatusReport { observed_generation: 7, replicas: vec![unchanged, running("web-b", "n1", false), running("web-c", "n1", true)], events: vec![] };
         let writes = status_writes(&state, "n1", &report);
         assert_eq!(
             writes,

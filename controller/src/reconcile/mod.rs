@@ -31,12 +31,26 @@ use crate::store::{Expect, Revision};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Creates a replica record (bound when the scheduler found it a node).
-    CreateReplica { key: String, replica: pb::Replica },
+    CreateReplica {
+        key: String,
+        replica: pb::Replica,
+    },
     /// Rewrites a replica record read at `revision` (a binding or a pending reason).
-    UpdateReplica { key: String, revision: Revision, replica: pb::Replica },
-    PutEndpoints { key: String, expect: Expect, endpoints: pb::ServiceEndpoints },
+    UpdateReplica {
+        key: String,
+        revision: Revision,
+        replica: pb::Replica,
+    },
+    PutEndpoints {
+        key: String,
+        expect: Expect,
+        endpoints: pb::ServiceEndpoints,
+    },
     /// Deletes a record read at `revision`: replica, endpoints or status.
-    Delete { key: String, revision: Revision },
+    Delete {
+        key: String,
+        revision: Revision,
+    },
 }
 
 /// An event to record along with the plan.

@@ -27,12 +27,7 @@ pub struct Decision {
 fn victims(members: &[Member], mut candidates: Vec<usize>, count: usize) -> Vec<usize> {
     candidates.sort_by(|&a, &b| {
         let (a, b) = (&members[a], &members[b]);
-        (a.bound, a.ready, std::cmp::Reverse(a.crowd), std::cmp::Reverse(&a.id)).cmp(&(
-            b.bound,
-            b.ready,
-            std::cmp::Reverse(b.crowd),
-            std::cmp::Reverse(&b.id),
-        ))
+        (a.bound, a.ready, std::cmp::Reverse(a.crowd), std::cmp::Reverse(&a.id)).cmp(&(b.bound, b.ready, std::cmp::Reverse(b.crowd), std::cmp::Reverse(&b.id)))
     });
     candidates.truncate(count);
     candidates
@@ -83,15 +78,7 @@ mod tests {
             ("fresh service", 3, 1, 0, vec![], 3, vec![]),
             ("steady", 2, 1, 0, vec![member("a", true, true), member("b", true, false)], 0, vec![]),
             ("scale up", 3, 1, 0, vec![member("a", true, true)], 2, vec![]),
-            (
-                "scale down takes not-ready first",
-                1,
-                1,
-                0,
-                vec![member("a", true, true), member("b", true, false), member("c", true, true)],
-                0,
-                vec!["b", "c"],
-            ),
+            ("scale down takes not-ready first", 1, 1, 0, vec![member("a", true, true), member("b", true, false), member("c", true, true)], 0, vec!["b", "c"]),
             (
                 "scale down takes unbound first",
                 2,
@@ -101,15 +88,7 @@ mod tests {
                 0,
                 vec!["z"],
             ),
-            (
-                "rollout starts with the surge",
-                3,
-                1,
-                0,
-                vec![member("a", false, true), member("b", false, true), member("c", false, true)],
-                1,
-                vec![],
-            ),
+            ("rollout starts with the surge", 3, 1, 0, vec![member("a", false, true), member("b", false, true), member("c", false, true)], 1, vec![]),
             (
                 "a new replica not yet ready holds old ones back",
                 3,

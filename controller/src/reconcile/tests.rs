@@ -11,10 +11,7 @@ fn service(name: &str, replicas: u32, hash: &str) -> pb::Service {
         spec: Some(pb::ServiceSpec {
             replicas,
             image: format!("registry.example/{hash}"),
-            resources: Some(pb::Resources {
-                requests: Some(pb::ResourceList { cpu_millis: 100, memory_bytes: 64 << 20, pids: 0 }),
-                limits: None,
-            }),
+            resources: Some(pb::Resources { requests: Some(pb::ResourceList { cpu_millis: 100, memory_bytes: 64 << 20, pids: 0 }), limits: None }),
             ports: vec![pb::ServicePort { name: "http".into(), container_port: 80, service_port: 80, node_port: 30080, protocol: 0 }],
             ..Default::default()
         }),
@@ -78,10 +75,9 @@ impl World {
         let ip = format!("10.88.1.{}", 10 + self.state.statuses.len());
         let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ip, ..Default::default() };
         let reported = pb::Replica { status: Some(status), ..replica.clone() };
-        self.state.statuses.insert(
-            (replica.node.clone(), id.to_owned()),
-            Versioned { key: keys::status(&replica.node, id), value: reported, mod_revision: revision },
-        );
+        self.state
+            .statuses
+            .insert((replica.node.clone(), id.to_owned()), Versioned { key: keys::status(&replica.node, id), value: reported, mod_revision: revision });
     }
 
     fn plan(&mut self, lost: &[&str]) -> Plan {

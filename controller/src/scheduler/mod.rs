@@ -65,9 +65,7 @@ impl<'a> Working<'a> {
 
     fn spread_of(&mut self, service: &'a str) -> &mut Vec<u32> {
         let nodes = self.nodes;
-        self.spread
-            .entry(service)
-            .or_insert_with(|| nodes.iter().map(|n| n.replicas_by_service.get(service).copied().unwrap_or(0)).collect())
+        self.spread.entry(service).or_insert_with(|| nodes.iter().map(|n| n.replicas_by_service.get(service).copied().unwrap_or(0)).collect())
     }
 
     fn check(&self, index: usize, replica: &PendingReplica, selector_ok: bool) -> Result<(), Rejection> {
@@ -109,10 +107,8 @@ pub fn schedule(view: &ClusterView, pending: &[PendingReplica]) -> Plan {
     // Selector results per distinct selector: every replica of a service shares one.
     let mut selector_cache: BTreeMap<&BTreeMap<String, String>, Vec<bool>> = BTreeMap::new();
     for replica in pending {
-        let selector_ok = selector_cache
-            .entry(&replica.node_selector)
-            .or_insert_with(|| view.nodes.iter().map(|n| n.matches(&replica.node_selector)).collect())
-            .clone();
+        let selector_ok =
+            selector_cache.entry(&replica.node_selector).or_insert_with(|| view.nodes.iter().map(|n| n.matches(&replica.node_selector)).collect()).clone();
         let mut best: Option<(u32, u64, usize)> = None;
         let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
         let spread = working.spread_of(&replica.service).clone();

@@ -7,12 +7,7 @@ use super::*;
 const GI: u64 = 1 << 30;
 
 fn node(name: &str, cpu: u64, memory_gi: u64) -> NodeView {
-    NodeView {
-        name: name.into(),
-        ready: true,
-        allocatable: Resources { cpu_millis: cpu, memory_bytes: memory_gi * GI },
-        ..NodeView::default()
-    }
+    NodeView { name: name.into(), ready: true, allocatable: Resources { cpu_millis: cpu, memory_bytes: memory_gi * GI }, ..NodeView::default() }
 }
 
 fn replica(id: &str, service: &str, cpu: u64, memory_gi: u64) -> PendingReplica {
@@ -78,10 +73,7 @@ fn fit_selectors_ports_and_readiness_filter_with_reasons() {
     wants_port.node_selector.insert("disk".into(), "ssd".into());
     let plan = schedule(&view, &[wants_ssd, wants_port]);
     assert_eq!(bound(&plan), [("web-0", "ssd")], "web fits only ssd (ports has its node port); db needs 2Gi nowhere free");
-    assert_eq!(
-        plan.unschedulable,
-        vec![("db-0".to_owned(), "0/4 nodes: 1 not ready, 1 node selector mismatch, 2 insufficient memory".to_owned())]
-    );
+    assert_eq!(plan.unschedulable, vec![("db-0".to_owned(), "0/4 nodes: 1 not ready, 1 node selector mismatch, 2 insufficient memory".to_owned())]);
 }
 
 #[test]

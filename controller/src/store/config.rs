@@ -23,9 +23,7 @@ impl StoreConfig {
         if let Some(list) = address.strip_prefix("etcd://") {
             let mut endpoints = Vec::new();
             for endpoint in list.split(',') {
-                let (host, port) = endpoint
-                    .rsplit_once(':')
-                    .ok_or_else(|| invalid(&format!("endpoint {endpoint:?} must be HOST:PORT")))?;
+                let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| invalid(&format!("endpoint {endpoint:?} must be HOST:PORT")))?;
                 if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
                     return Err(invalid(&format!("endpoint {endpoint:?} must be HOST:PORT with a port 1-65535")));
                 }
@@ -55,10 +53,7 @@ mod tests {
             ("embedded:/var/lib/orch/c.redb", StoreConfig::Embedded { path: "/var/lib/orch/c.redb".into() }),
             ("embedded:rel.redb", StoreConfig::Embedded { path: "rel.redb".into() }),
             ("etcd://127.0.0.1:2379", StoreConfig::Etcd { endpoints: vec!["http://127.0.0.1:2379".into()] }),
-            (
-                "etcd://a:1,b:2",
-                StoreConfig::Etcd { endpoints: vec!["http://a:1".into(), "http://b:2".into()] },
-            ),
+            ("etcd://a:1,b:2", StoreConfig::Etcd { endpoints: vec!["http://a:1".into(), "http://b:2".into()] }),
         ];
         for (text, want) in ok {
             assert_eq!(StoreConfig::parse(text).ok(), Some(want), "{text}");

@@ -76,15 +76,10 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { inner })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
         let path = inner.path.display().to_string();
-        tokio::task::spawn_blocking(move || work(&inner))
-            .await
-            .map_err(|e| StoreError::Embedded { path, message: format!("store task failed: {e}") })?
+        tokio::task::spawn_blocking(move || work(&inner)).await.map_err(|e| StoreError::Embedded { path, message: format!("store task failed: {e}") })?
     }
 }
 
@@ -276,19 +271,9 @@ impl Changes<'_> {
     fn put(&mut self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<Revision, StoreError> {
         let create_revision = self.current(key)?.map(|kv| kv.create_revision);
         self.revision += 1;
-        let kv = KeyValue {
-            key: key.to_owned(),
-            value,
-            create_revision: create_revision.unwrap_or(self.revision),
-            mod_revision: self.revision,
-            lease,
-        };
+        let kv = KeyValue { key: key.to_owned(), value, create_revision: create_revision.unwrap_or(self.revision), mod_revision: self.revision, lease };
         let record = encode_record(&kv);
-        self.txn
-            .open_table(KV)
-            .map_err(fail(self.path, "open table kv"))?
-            .insert(key, record.as_slice())
-            .map_err(fail(self.path, "write"))?;
+        self.txn.open_table(KV).map_err(fail(self.path, "open table kv"))?.insert(key, record.as_slice()).map_err(fail(self.path, "write"))?;
         let event = WatchEvent::Put(kv);
         self.log(&event)?;
         self.events.push(event);
@@ -297,11 +282,7 @@ impl Changes<'_> {
 
     fn delete(&mut self, key: &str) -> Result<Revision, StoreError> {
         self.revision += 1;
-        self.txn
-            .open_table(KV)
-            .map_err(fail(self.path, "open table kv"))?
-            .remove(key)
-            .map_err(fail(self.path, "delete"))?;
+        self.txn.open_table(KV).map_err(fail(self.path, "open table kv"))?.remove(key).map_err(fail(self.path, "delete"))?;
         let event = WatchEvent::Delete { key: key.to_owned(), revision: self.revision };
         self.log(&event)?;
         self.events.push(event);
@@ -357,13 +338,7 @@ fn decode_record(key: &str, bytes: &[u8], path: &Path) -> Result<KeyValue, Store
             .map(i64::from_le_bytes)
             .ok_or_else(|| StoreError::Embedded { path: path.display().to_string(), message: format!("corrupt record for {key}") })
     };
-    Ok(KeyValue {
-        key: key.to_owned(),
-        create_revision: field(0)?,
-        mod_revision: field(1)?,
-        lease: field(2)?,
-        value: bytes[24..].to_vec(),
-    })
+    Ok(KeyValue { key: key.to_owned(), create_revision: field(0)?, mod_revision: field(1)?, lease: field(2)?, value: bytes[24..].to_vec() })
 }
 
 // Log entry: a tag (0 put, 1 delete), the key length (u32 LE), the key, then for a put
@@ -447,9 +422,7 @@ async fn run_watch(
                 return;
             }
             Err(e) => {
-                let _ = out
-                    .send(Err(StoreError::Embedded { path: inner.path.display().to_string(), message: format!("watch task failed: {e}") }))
-                    .await;
+                let _ = out.send(Err(StoreError::Embedded { path: inner.path.display().to_string(), message: format!("watch task failed: {e}") })).await;
                 return;
             }
         };
@@ -491,13 +464,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |inner| inner.list(&prefix)).await
     }
 
-    async fn put_with_lease(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError> {
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         if let Some(lease) = lease {
             if !self.inner.lease_exists(lease) {
                 return Err(StoreError::LeaseNotFound(lease));
@@ -527,11 +494,7 @@ impl Store for EmbeddedStore {
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
         // Subscribe before reading the log, so nothing falls between the two.
         let live = self.inner.events.subscribe();
-        let next = if from_revision > 0 {
-            from_revision
-        } else {
-            self.blocking(Inner::current_revision).await? + 1
-        };
+        let next = if from_revision > 0 { from_revision } else { self.blocking(Inner::current_revision).await? + 1 };
         let (sender, stream) = WatchStream::channel();
         tokio::spawn(run_watch(Arc::clone(&self.inner), prefix.to_owned(), next, live, sender));
         Ok(stream)

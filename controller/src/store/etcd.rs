@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
 use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
 
@@ -30,9 +27,7 @@ impl EtcdStore {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|error| StoreError::Etcd { endpoints: named.clone(), error })?;
+        let client = Client::connect(endpoints, Some(options)).await.map_err(|error| StoreError::Etcd { endpoints: named.clone(), error })?;
         let store = EtcdStore { client, endpoints: named };
         store.client.clone().status().await.map_err(|e| store.fail(e))?;
         Ok(store)
@@ -86,31 +81,17 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.fail(e))?;
+        let response = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| self.fail(e))?;
         let items = response.kvs().iter().map(|kv| self.convert(kv)).collect::<Result<_, _>>()?;
         Ok(Listing { items, revision: header_revision(response.header()) })
     }
 
-    async fn put_with_lease(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError> {
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let options = lease.map(|id| PutOptions::new().with_lease(id));
         let result = match Self::compare(key, expect) {
             None => self.client.clone().put(key, value, options).await.map(|r| header_revision(r.header())),
             Some(compare) => {
-                let txn = Txn::new()
-                    .when([compare])
-                    .and_then([TxnOp::put(key, value, options)])
-                    .or_else([TxnOp::get(key, None)]);
+                let txn = Txn::new().when([compare]).and_then([TxnOp::put(key, value, options)]).or_else([TxnOp::get(key, None)]);
                 match self.client.clone().txn(txn).await {
                     Ok(r) if r.succeeded() => Ok(header_revision(r.header())),
                     Ok(r) => return Err(self.conflict(key, expect, r.op_responses())),
@@ -131,10 +112,7 @@ impl Store for EtcdStore {
                 Ok((r.deleted() > 0).then(|| header_revision(r.header())))
             }
             Some(compare) => {
-                let txn = Txn::new()
-                    .when([compare])
-                    .and_then([TxnOp::delete(key, None::<DeleteOptions>)])
-                    .or_else([TxnOp::get(key, None)]);
+                let txn = Txn::new().when([compare]).and_then([TxnOp::delete(key, None::<DeleteOptions>)]).or_else([TxnOp::get(key, None)]);
                 let r = self.client.clone().txn(txn).await.map_err(|e| self.fail(e))?;
                 if !r.succeeded() {
                     return Err(self.conflict(key, expect, r.op_responses()));

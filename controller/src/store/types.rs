@@ -110,13 +110,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `value` at `key` if `expect` holds, attached to `lease` if given.
     /// Returns the revision of the write.
-    async fn put_with_lease(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expect: Expect,
-        lease: Option<LeaseId>,
-    ) -> Result<Revision, StoreError>;
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError>;
 
     /// Writes `value` at `key` if `expect` holds. Returns the revision of the write.
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {

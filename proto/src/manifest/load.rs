@@ -51,12 +51,7 @@ pub struct ServiceDocument {
 pub fn load_services(source_name: &str, text: &str) -> Result<Vec<ServiceDocument>, Vec<ManifestError>> {
     let mut services = Vec::new();
     let mut errors = Vec::new();
-    let error = |document: usize, path: String, message: String| ManifestError {
-        source_name: source_name.to_owned(),
-        document,
-        path,
-        message,
-    };
+    let error = |document: usize, path: String, message: String| ManifestError { source_name: source_name.to_owned(), document, path, message };
     for (index, deserializer) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
         // A document is read once as a generic value, so that a syntax error is told
@@ -84,12 +79,7 @@ pub fn load_services(source_name: &str, text: &str) -> Result<Vec<ServiceDocumen
             }
         };
         match validate_service(&manifest) {
-            Ok(service) => services.push(ServiceDocument {
-                source_name: source_name.to_owned(),
-                document,
-                manifest,
-                service,
-            }),
+            Ok(service) => services.push(ServiceDocument { source_name: source_name.to_owned(), document, manifest, service }),
             Err(field_errors) => {
                 errors.extend(field_errors.into_iter().map(|fe| error(document, fe.path, fe.message)));
             }
@@ -144,10 +134,7 @@ pub fn check_unique_names(documents: &[ServiceDocument]) -> Vec<ManifestError> {
                 source_name: doc.source_name.clone(),
                 document: doc.document,
                 path: "metadata.name".to_owned(),
-                message: format!(
-                    "service {:?} is already defined in {} document {}",
-                    doc.service.name, first.source_name, first.document
-                ),
+                message: format!("service {:?} is already defined in {} document {}", doc.service.name, first.source_name, first.document),
             });
         }
     }

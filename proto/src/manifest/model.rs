@@ -253,9 +253,7 @@ impl<'de> Deserialize<'de> for IntOrString {
                 Ok(IntOrString::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrString, E> {
-                i64::try_from(v)
-                    .map(IntOrString::Int)
-                    .map_err(|_| E::custom(format!("integer {v} is too large")))
+                i64::try_from(v).map(IntOrString::Int).map_err(|_| E::custom(format!("integer {v} is too large")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrString, E> {
                 Ok(IntOrString::Str(v.to_owned()))

@@ -28,17 +28,13 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        let prefix_ok = !prefix.is_empty()
-            && prefix.len() <= 253
-            && prefix.split('.').all(|part| check_dns_label(part).is_ok());
+        let prefix_ok = !prefix.is_empty() && prefix.len() <= 253 && prefix.split('.').all(|part| check_dns_label(part).is_ok());
         if !prefix_ok {
             return Err(format!("a label key prefix that is a DNS subdomain, got {key:?}"));
         }
     }
     if name.is_empty() || !is_label_name(name) {
-        return Err(format!(
-            "a label key: 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got {key:?}"
-        ));
+        return Err(format!("a label key: 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got {key:?}"));
     }
     Ok(())
 }
@@ -48,9 +44,7 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
     if value.is_empty() || is_label_name(value) {
         Ok(())
     } else {
-        Err(format!(
-            "a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got {value:?}"
-        ))
+        Err(format!("a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got {value:?}"))
     }
 }
 
@@ -76,9 +70,7 @@ pub fn check_port_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "a port name: 1-15 lowercase letters, digits or '-', with at least one letter, got {name:?}"
-        ))
+        Err(format!("a port name: 1-15 lowercase letters, digits or '-', with at least one letter, got {name:?}"))
     }
 }
 
@@ -90,9 +82,7 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "an environment variable name: a letter or '_' first, then letters, digits, '_', '.' or '-', got {name:?}"
-        ))
+        Err(format!("an environment variable name: a letter or '_' first, then letters, digits, '_', '.' or '-', got {name:?}"))
     }
 }
 

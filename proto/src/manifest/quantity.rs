@@ -29,13 +29,7 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, QuantityError> {
     let multiplier = match suffix {
         "" => 1000,
         "m" => 1,
-        other => {
-            return Err(QuantityError::UnknownSuffix {
-                text: text.to_owned(),
-                suffix: other.to_owned(),
-                expected: CPU_EXPECTED,
-            })
-        }
+        other => return Err(QuantityError::UnknownSuffix { text: text.to_owned(), suffix: other.to_owned(), expected: CPU_EXPECTED }),
     };
     scale(text, number, multiplier, "1m", CPU_EXPECTED)
 }
@@ -57,13 +51,7 @@ pub fn parse_memory_bytes(text: &str) -> Result<u64, QuantityError> {
         "Ti" => 1 << 40,
         "Pi" => 1 << 50,
         "Ei" => 1 << 60,
-        other => {
-            return Err(QuantityError::UnknownSuffix {
-                text: text.to_owned(),
-                suffix: other.to_owned(),
-                expected: MEMORY_EXPECTED,
-            })
-        }
+        other => return Err(QuantityError::UnknownSuffix { text: text.to_owned(), suffix: other.to_owned(), expected: MEMORY_EXPECTED }),
     };
     scale(text, number, multiplier, "1 byte", MEMORY_EXPECTED)
 }
@@ -104,9 +92,7 @@ fn split_suffix<'a>(text: &'a str, expected: &'static str) -> Result<(&'a str, &
         return Err(QuantityError::Negative(text.to_owned()));
     }
     let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    let split = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
+    let split = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
     let (number, suffix) = unsigned.split_at(split);
     let dots = number.matches('.').count();
     let digits = number.len() - dots;
@@ -117,26 +103,16 @@ fn split_suffix<'a>(text: &'a str, expected: &'static str) -> Result<(&'a str, &
 }
 
 /// `number × multiplier`, exact in integers: `"1.5" × 1024 = 1536`.
-fn scale(
-    text: &str,
-    number: &str,
-    multiplier: u128,
-    smallest: &'static str,
-    expected: &'static str,
-) -> Result<u64, QuantityError> {
+fn scale(text: &str, number: &str, multiplier: u128, smallest: &'static str, expected: &'static str) -> Result<u64, QuantityError> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits: String = format!("{whole}{fraction}");
     // 39 digits overflow u128; anything that long is absurd anyway.
     if digits.len() > 30 {
         return Err(QuantityError::TooLarge(text.to_owned()));
     }
-    let mantissa: u128 = digits
-        .parse()
-        .map_err(|_| QuantityError::Malformed { text: text.to_owned(), expected })?;
+    let mantissa: u128 = digits.parse().map_err(|_| QuantityError::Malformed { text: text.to_owned(), expected })?;
     let divisor = 10u128.pow(u32::try_from(fraction.len()).map_err(|_| QuantityError::TooLarge(text.to_owned()))?);
-    let scaled = mantissa
-        .checked_mul(multiplier)
-        .ok_or_else(|| QuantityError::TooLarge(text.to_owned()))?;
+    let scaled = mantissa.checked_mul(multiplier).ok_or_else(|| QuantityError::TooLarge(text.to_owned()))?;
     if scaled % divisor != 0 {
         return Err(QuantityError::TooPrecise(text.to_owned(), smallest));
     }

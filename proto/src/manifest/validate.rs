@@ -45,13 +45,7 @@ pub struct ProbeDefaults {
 }
 
 pub const fn probe_defaults() -> ProbeDefaults {
-    ProbeDefaults {
-        initial_delay_seconds: 0,
-        period_seconds: 10,
-        timeout_seconds: 1,
-        success_threshold: 1,
-        failure_threshold: 3,
-    }
+    ProbeDefaults { initial_delay_seconds: 0, period_seconds: 10, timeout_seconds: 1, success_threshold: 1, failure_threshold: 3 }
 }
 
 /// Default `update.maxSurge` and `update.maxUnavailable`: 25%, as Kubernetes.
@@ -248,9 +242,7 @@ fn validate_resources(errors: &mut Errors, resources: Option<&model::Resources>)
     let lim = pb::ResourceList {
         cpu_millis: cpu(errors, "spec.resources.limits.cpu", limits.and_then(|l| l.cpu.as_ref())),
         memory_bytes: memory(errors, "spec.resources.limits.memory", limits.and_then(|l| l.memory.as_ref())),
-        pids: limits
-            .and_then(|l| l.pids)
-            .map_or(0, |p| u64::from(errors.range("spec.resources.limits.pids", p, 1, MAX_PIDS))),
+        pids: limits.and_then(|l| l.pids).map_or(0, |p| u64::from(errors.range("spec.resources.limits.pids", p, 1, MAX_PIDS))),
     };
     if lim.memory_bytes != 0 && lim.memory_bytes < MIN_MEMORY_LIMIT_BYTES {
         errors.push(
@@ -272,11 +264,7 @@ fn validate_resources(errors: &mut Errors, resources: Option<&model::Resources>)
     } else if lim.memory_bytes != 0 && req.memory_bytes > lim.memory_bytes {
         errors.push(
             "spec.resources.requests.memory",
-            format!(
-                "must not exceed limits.memory ({}), got {}",
-                format_memory_bytes(lim.memory_bytes),
-                format_memory_bytes(req.memory_bytes)
-            ),
+            format!("must not exceed limits.memory ({}), got {}", format_memory_bytes(lim.memory_bytes), format_memory_bytes(req.memory_bytes)),
         );
     }
     pb::Resources { requests: Some(req), limits: Some(lim) }
@@ -351,14 +339,11 @@ fn validate_probe(errors: &mut Errors, kind: &str, probe: &model::Probe, ports: 
         Some(v) => errors.range(&format!("{base}.{field}"), v, lo, hi),
         None => default,
     };
-    let initial_delay_seconds =
-        timing("initialDelaySeconds", probe.initial_delay_seconds, defaults.initial_delay_seconds, 0, MAX_PROBE_SECONDS);
+    let initial_delay_seconds = timing("initialDelaySeconds", probe.initial_delay_seconds, defaults.initial_delay_seconds, 0, MAX_PROBE_SECONDS);
     let period_seconds = timing("periodSeconds", probe.period_seconds, defaults.period_seconds, 1, MAX_PROBE_SECONDS);
     let timeout_seconds = timing("timeoutSeconds", probe.timeout_seconds, defaults.timeout_seconds, 1, MAX_PROBE_SECONDS);
-    let success_threshold =
-        timing("successThreshold", probe.success_threshold, defaults.success_threshold, 1, MAX_PROBE_THRESHOLD);
-    let failure_threshold =
-        timing("failureThreshold", probe.failure_threshold, defaults.failure_threshold, 1, MAX_PROBE_THRESHOLD);
+    let success_threshold = timing("successThreshold", probe.success_threshold, defaults.success_threshold, 1, MAX_PROBE_THRESHOLD);
+    let failure_threshold = timing("failureThreshold", probe.failure_threshold, defaults.failure_threshold, 1, MAX_PROBE_THRESHOLD);
     if kind != "readiness" && success_threshold > 1 {
         errors.push(format!("{base}.successThreshold"), format!("must be 1 for a {kind} probe, got {success_threshold}"));
     }
@@ -381,8 +366,7 @@ fn probe_handler(errors: &mut Errors, base: &str, probe: &model::Probe, ports: &
             errors.push(format!("{base}.httpGet.path"), format!("must be an absolute URL path such as /healthz, got {path:?}"));
         }
         for (i, header) in http.http_headers.iter().enumerate() {
-            let token = !header.name.is_empty()
-                && header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let token = !header.name.is_empty() && header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token {
                 errors.push(format!("{base}.httpGet.httpHeaders[{i}].name"), format!("must be an HTTP header name, got {:?}", header.name));
             }
