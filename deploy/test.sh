@@ -60,7 +60,22 @@ export ORCH_TEST_REGISTRY="127.0.0.1:$registry_port"
 export ORCH_TEST_REGISTRY_DIR="$workdir/registry/storage"
 
 cd "$ORCH_ROOT"
+# Hygiene first: a formatting or lint failure fails the run before the long tests.
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
 step "cargo build --workspace --release"
 cargo build --workspace --release
 step "cargo test --workspace"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --release --no-fail-fast "$@" || status=$?
+[ "$status" -eq 0 ] || exit "$status"
+
+# The fresh-machine check (a clean Debian 12 root, the README's first command in it)
+# takes 15–30 minutes: on request only (ORCH_FRESH_CHECK=1), and by hand whenever the
+# dependencies or the scripts change.
+if [ "${ORCH_FRESH_CHECK:-}" = 1 ]; then
+    step "deploy/fresh-check.sh (ORCH_FRESH_CHECK=1)"
+    bash deploy/fresh-check.sh
+fi

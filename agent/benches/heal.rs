@@ -7,9 +7,10 @@
 //! starts at 10 s, Swarm after its 5 s restart delay. Aim: under 100 ms to running.
 //!
 //!   sudo bash deploy/bench/heal.sh [KILLS]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failure is the point
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports, clippy::expect_used, clippy::unwrap_used)]
+#[allow(unused_imports)]
 mod common;
 
 use std::net::{SocketAddr, TcpStream};

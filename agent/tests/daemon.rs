@@ -3,6 +3,7 @@
 //! bridge of the test's own. Replicas heal from `kill -9` and failing liveness probes,
 //! leave the endpoints while not ready, back off when crash-looping, survive `kill -9`
 //! of the agent, and leave nothing behind when deleted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

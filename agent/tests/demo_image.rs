@@ -1,5 +1,6 @@
 //! `deploy/images/build-demo.sh`: the demo image builds as an OCI layout, pushes to a
 //! real registry, pulls back, and serves a page naming the container's hostname.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

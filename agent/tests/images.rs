@@ -1,5 +1,6 @@
 //! Images for real: OCI layouts and archives on disk, and a real registry (Debian's
 //! docker-registry, started on loopback by `deploy/test.sh`) that skopeo pushes to.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 
@@ -121,7 +122,7 @@ async fn a_blob_that_does_not_match_its_digest_is_refused() {
     let data: &'static [u8] = Box::leak(marker.into_bytes().into_boxed_slice());
     let layer = oci::layer(&[Entry::File("victim", data)]);
     let layer_digest = oci::sha256(&layer);
-    oci::write_layout(&layout, "v1", &[layer.clone()], &["true"]);
+    oci::write_layout(&layout, "v1", std::slice::from_ref(&layer), &["true"]);
     let repository = unique_repository("corrupt");
     oci::push(&layout, "v1", &registry, &repository);
 
@@ -150,7 +151,7 @@ async fn a_corrupted_cached_blob_is_fetched_again_not_used() {
     let sandbox = Sandbox::new("img-recache");
     let layout = sandbox.root.path().join("layout");
     let config_layer = oci::layer(&[Entry::File("f", b"data")]);
-    oci::write_layout(&layout, "v1", &[config_layer.clone()], &["true"]);
+    oci::write_layout(&layout, "v1", std::slice::from_ref(&config_layer), &["true"]);
     let images = store(&sandbox);
     let reference = format!("oci:{}:v1", layout.display());
     let (record, _) = images.pull(&reference).await.expect("pull");

@@ -1,6 +1,7 @@
 //! Node networking for real, as root: a bridge per test (own name and subnet), real
 //! containers on it, the balancer namespace with VIPs, DNS, node ports, IPAM across an
 //! agent restart, and teardown that leaves nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The container runtime for real, as root: `orch-agent run` in namespaces and cgroups.
 //! Each test has its own rootfs, state directory and cgroup parent, so they run in
 //! parallel, and each checks that nothing is left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 
@@ -156,6 +157,7 @@ fn cap_sys_admin_operations_fail() {
 }
 
 #[test]
+#[allow(clippy::type_complexity)] // a table
 fn exit_codes_follow_container_conventions_and_leave_nothing() {
     let sandbox = Sandbox::new("codes");
     let cases: [(&str, &[&str], &[&str], i32, &str); 6] = [

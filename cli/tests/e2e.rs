@@ -4,6 +4,7 @@
 //! answered by every replica; `kill -9` of a replica loses no request; a killed node's
 //! replicas run elsewhere; a partitioned node that heals leaves no duplicates; a
 //! controller restart restarts nothing; delete leaves nothing on any node.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -1,4 +1,5 @@
 //! `orch validate` as a user runs it: the real binary, real files, exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

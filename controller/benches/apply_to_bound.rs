@@ -5,6 +5,7 @@
 //!
 //!   sudo bash deploy/bench/controller.sh [REPLICAS] [NODES]     (starts etcd itself)
 //!   ORCH_TEST_ETCD=http://127.0.0.1:2379 cargo bench -p orch-controller --bench apply_to_bound
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,7 +155,7 @@ async fn main() -> std::process::ExitCode {
         eprintln!("ORCH_TEST_ETCD is not set: run `sudo bash deploy/bench/controller.sh`, which starts etcd on loopback");
         return std::process::ExitCode::FAILURE;
     };
-    let etcd = match EtcdStore::connect(&[endpoint.clone()]).await {
+    let etcd = match EtcdStore::connect(std::slice::from_ref(&endpoint)).await {
         Ok(store) => store,
         Err(error) => {
             eprintln!("cannot reach etcd at {endpoint}: {error}");

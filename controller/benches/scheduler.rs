@@ -4,6 +4,7 @@
 //! hundreds of pods per second).
 //!
 //!   cargo bench -p orch-controller --bench scheduler
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,4 +1,5 @@
 //! The services API on both store backends, directly and through real gRPC on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

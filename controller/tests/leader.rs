@@ -1,6 +1,7 @@
 //! Several controllers on one etcd: exactly one leads at a time, including when the
 //! leader is cut off from etcd (it steps down before its lease can expire), and a dead
 //! leader is replaced within a few seconds. Events expire with their TTL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Node registration and liveness on both store backends, and over gRPC.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

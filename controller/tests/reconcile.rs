@@ -2,6 +2,7 @@
 //! backends: apply → replicas bound and reported; scale; rolling update; delete; a node
 //! whose lease expires has its replicas replaced, and when it returns its stale replicas
 //! are stopped; a restarted controller converges with no duplicates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

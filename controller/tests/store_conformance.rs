@@ -1,5 +1,6 @@
 //! One conformance suite, run against both store backends: the embedded redb store and
 //! a real etcd server (started on loopback by `deploy/test.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! serving over TLS, an agent (fake, over real gRPC) with its node certificate admitted,
 //! and clients without a certificate, with one from another CA, or in plain text refused;
 //! a node's certificate neither drives the API nor speaks for another node.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 

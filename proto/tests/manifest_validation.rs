@@ -1,4 +1,5 @@
 //! Manifests in, errors out: every invalid manifest names its document and field path.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use orch_api::manifest::{check_unique_names, load_services, ManifestError};
 use orch_api::pb;

@@ -60,10 +60,8 @@ pub fn resolve_process(defaults: &ImageDefaults, command: &[String], args: &[Str
 /// `uid`, `uid:gid` or `root`; user names need the image's /etc/passwd and are refused.
 fn parse_user(user: &str) -> Result<Option<(u32, u32)>, String> {
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    if u == "root" || u == "0" {
-        if g.is_empty() || g == "0" || g == "root" {
-            return Ok(None);
-        }
+    if (u == "root" || u == "0") && (g.is_empty() || g == "0" || g == "root") {
+        return Ok(None);
     }
     let uid = if u == "root" { 0 } else { u.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric users (uid[:gid]) are supported"))? };
     let gid = if g.is_empty() {

@@ -96,7 +96,7 @@ impl Source {
                         },
                     ));
                 };
-                let digest = Digest::parse(&descriptor.digest().to_string())?;
+                let digest = Digest::parse(descriptor.digest().as_ref())?;
                 let bytes = self.layout_blob(dir, name, &digest)?;
                 digest.verify(&bytes)?;
                 Ok((bytes, digest))

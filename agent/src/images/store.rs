@@ -165,14 +165,14 @@ impl ImageStore {
         let manifest = oci_spec::image::ImageManifest::from_reader(manifest_bytes.as_slice())
             .map_err(|e| config_error(format!("manifest {manifest_digest} is not an image manifest: {e}")))?;
 
-        let config_digest = Digest::parse(&manifest.config().digest().to_string())?;
+        let config_digest = Digest::parse(manifest.config().digest().as_ref())?;
         let config_path = self.ensure_blob(source, &config_digest, Some(manifest.config().size()), report).await?;
         let config = oci_spec::image::ImageConfiguration::from_file(&config_path)
             .map_err(|e| config_error(format!("config {config_digest} is not an image config: {e}")))?;
 
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for descriptor in manifest.layers() {
-            let digest = Digest::parse(&descriptor.digest().to_string())?;
+            let digest = Digest::parse(descriptor.digest().as_ref())?;
             self.ensure_layer(source, &digest, descriptor.size(), report).await?;
             layers.push(digest.to_string());
         }
@@ -325,5 +325,5 @@ fn pick_platform(bytes: &[u8]) -> Result<Option<Digest>, String> {
     let matches =
         |d: &&oci_spec::image::Descriptor| d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == want_arch);
     let chosen = index.manifests().iter().find(matches).ok_or_else(|| format!("the index has no linux/{want_arch} image"))?;
-    Digest::parse(&chosen.digest().to_string()).map(Some).map_err(|e| e.to_string())
+    Digest::parse(chosen.digest().as_ref()).map(Some).map_err(|e| e.to_string())
 }

@@ -54,7 +54,7 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
         let raw_path = entry.path().map_err(|e| layer_error(format!("bad entry path: {e}")))?.into_owned();
         let unsafe_entry =
             |reason: &str| ImageError::UnsafeEntry { digest: digest.to_owned(), entry: raw_path.display().to_string(), reason: reason.to_owned() };
-        let Some(relative) = normalize(&raw_path).map_err(|reason| unsafe_entry(reason))? else { continue };
+        let Some(relative) = normalize(&raw_path).map_err(&unsafe_entry)? else { continue };
         stats.entries += 1;
         let parent_rel = relative.parent().map(Path::to_owned).unwrap_or_default();
         let name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -121,10 +121,7 @@ impl NodeNetwork {
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
 
-        let node_sockets = match &config.node_netns {
-            Some(_) => Some(node),
-            None => None,
-        };
+        let node_sockets = config.node_netns.as_ref().map(|_| node);
         let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy).await?;
         let ipam = Ipam::new(&config.state_dir.join("network").join(format!("{}.json", config.bridge)), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })

@@ -50,6 +50,9 @@ impl RunningTable {
     }
 }
 
+/// The interceptor that checks who calls the node API.
+pub type PeerCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
+
 /// Holds the node context weakly: open API streams must not keep a draining agent from
 /// taking its network down.
 pub struct NodeApi {
@@ -67,13 +70,9 @@ impl NodeApi {
         self.ctx.upgrade().ok_or_else(|| Status::unavailable("the agent is stopping"))
     }
 
-    /// The service, admitting over TLS only the controller's certificate.
-    pub fn into_server(
-        self,
-    ) -> tonic::service::interceptor::InterceptedService<
-        pb::node_agent_server::NodeAgentServer<NodeApi>,
-        fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>,
-    > {
+    /// The service, admitting over TLS only the controller's certificate (plain text only
+    /// reaches it behind `--insecure-api-listen`).
+    pub fn into_server(self) -> tonic::service::interceptor::InterceptedService<pb::node_agent_server::NodeAgentServer<NodeApi>, PeerCheck> {
         fn controller_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
             orch_api::tls::require_peer(request, &[orch_api::tls::CONTROLLER])
         }

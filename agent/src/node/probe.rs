@@ -146,6 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table
     fn thresholds_decide() {
         // (results, success threshold, failure threshold, verdict changes)
         let table: [(&[bool], u32, u32, &[Option<bool>]); 4] = [

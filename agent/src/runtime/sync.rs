@@ -16,6 +16,7 @@ use super::config::InitConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a handful per container start, serialized at once
 pub enum SyncMessage {
     Config(InitConfig),
     UsernsCreated,

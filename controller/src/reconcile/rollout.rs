@@ -73,6 +73,7 @@ mod tests {
 
     /// (desired, surge, unavailable, members, expected creates, expected deleted ids)
     #[test]
+    #[allow(clippy::type_complexity)] // a table
     fn decisions() {
         let cases: Vec<(&str, u32, u32, u32, Vec<Member>, u32, Vec<&str>)> = vec![
             ("fresh service", 3, 1, 0, vec![], 3, vec![]),

@@ -58,7 +58,7 @@ impl<'a> Working<'a> {
         Working {
             nodes: &view.nodes,
             allocated: view.nodes.iter().map(|n| n.allocated).collect(),
-            ports: view.nodes.iter().map(|n| n.node_ports.iter().copied().collect()).collect(),
+            ports: view.nodes.iter().map(|n| n.node_ports.to_vec()).collect(),
             spread: BTreeMap::new(),
         }
     }
@@ -93,7 +93,7 @@ impl<'a> Working<'a> {
     /// memory fractions, in parts per million (integers keep the order total).
     fn load_after(&self, index: usize, requests: Resources) -> u64 {
         let node = &self.nodes[index];
-        let fraction = |used: u64, total: u64| if total == 0 { 1_000_000 } else { used.saturating_mul(1_000_000) / total };
+        let fraction = |used: u64, total: u64| used.saturating_mul(1_000_000).checked_div(total).unwrap_or(1_000_000);
         let allocated = self.allocated[index];
         fraction(allocated.cpu_millis + requests.cpu_millis, node.allocatable.cpu_millis)
             .max(fraction(allocated.memory_bytes + requests.memory_bytes, node.allocatable.memory_bytes))

@@ -43,7 +43,7 @@ async fn connect_etcd() -> EtcdStore {
              {ETCD_ENV}=http://127.0.0.1:PORT"
         )
     });
-    EtcdStore::connect(&[endpoint.clone()]).await.unwrap_or_else(|e| panic!("cannot reach the test etcd at {endpoint} ({ETCD_ENV}): {e}"))
+    EtcdStore::connect(std::slice::from_ref(&endpoint)).await.unwrap_or_else(|e| panic!("cannot reach the test etcd at {endpoint} ({ETCD_ENV}): {e}"))
 }
 
 /// An etcd store whose keys live under a prefix of their own (for tests that use the

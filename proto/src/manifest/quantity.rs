@@ -58,9 +58,9 @@ pub fn parse_memory_bytes(text: &str) -> Result<u64, QuantityError> {
 
 /// Millicores as a person writes them: `2`, `1.5`, `250m`.
 pub fn format_cpu_millis(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
-    } else if millis % 100 == 0 {
+    } else if millis.is_multiple_of(100) {
         format!("{}.{}", millis / 1000, (millis % 1000) / 100)
     } else {
         format!("{millis}m")
@@ -75,7 +75,7 @@ pub fn format_memory_bytes(bytes: u64) -> String {
     }
     for (suffix, shift) in UNITS {
         let unit = 1u64 << shift;
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }
