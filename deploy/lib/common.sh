@@ -28,13 +28,29 @@ install_packages() {
 }
 
 # The build needs a Rust toolchain (rustup, 1.88 or newer); Debian 12's own cargo is too old.
+# Under sudo, root usually has no toolchain of its own: the invoking user's rustup
+# (~SUDO_USER/.cargo/bin) is found and used read-only, with root's own CARGO_HOME for
+# downloads, so nothing in that user's home ends up owned by root.
 require_rust() {
-    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain 1.88 or newer with rustup (https://rustup.rs), then run this again"
+    if ! command -v cargo >/dev/null && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        local user_home
+        user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
+        if [ -n "$user_home" ] && [ -x "$user_home/.cargo/bin/cargo" ]; then
+            step "using $SUDO_USER's Rust toolchain ($user_home/.cargo/bin, read-only)"
+            export PATH="$user_home/.cargo/bin:$PATH"
+            export RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
+            export CARGO_HOME="${CARGO_HOME:-/root/.cargo}"
+            mkdir -p "$CARGO_HOME"
+        fi
+    fi
+    command -v cargo >/dev/null || die "cargo not found for root${SUDO_USER:+ or $SUDO_USER}: install a Rust toolchain 1.88 or newer with rustup (https://rustup.rs) — as root, or as your user and run this with sudo from that user — then run this again"
     local version
-    version="$(rustc --version | awk '{print $2}')"
+    version="$(rustc --version | awk '{print $2}')" || die "rustc does not run: check the toolchain (rustup show)"
     local minor="${version#1.}"; minor="${minor%%.*}"
-    [ "${minor:-0}" -ge 88 ] || die "rustc $version is too old: orch needs 1.88 or newer (rustup update)"
+    [ "${minor:-0}" -ge 88 ] || die "rustc $version is too old: orch needs 1.88 or newer (rustup update stable)"
 }
 
-# Packages the build itself needs.
-BUILD_PACKAGES=(protobuf-compiler gcc libc6-dev pkg-config)
+# Packages the build itself needs: protoc and the well-known .proto files it imports
+# (etcd-client's build script includes google/protobuf/descriptor.proto, which Debian
+# ships in libprotobuf-dev), a C toolchain for -sys crates, and CA roots for crates.io.
+BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev gcc libc6-dev pkg-config ca-certificates)
