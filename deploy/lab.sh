@@ -13,7 +13,8 @@
 #   sudo bash deploy/lab.sh down          # remove everything the lab made
 #
 # After `up`, `orch` on the host talks to the lab's controller with no flags: the script
-# writes the CLI config (~/.config/orch/config, or $ORCH_CONFIG), and removes it on down.
+# writes the CLI config (~/.config/orch/config.toml, or $ORCH_CONFIG: a context named after
+# the lab, with every controller as a server), and removes it on down.
 #
 # Everything speaks mutual TLS: `up` makes the lab's CA and certificates in its state
 # directory (orch-controller init) and the CLI config points at the CLI's certificate.
@@ -37,7 +38,7 @@ controllers="${ORCH_LAB_CONTROLLERS:-1}"
 bridge="${name}br"
 prefix="10.250.$net"
 host_address="$prefix.1"
-config="${ORCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/orch/config}"
+config="${ORCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/orch/config.toml}"
 
 node_ns() { echo "${name}-n$1"; }
 node_veth() { echo "${name}v$1"; }
@@ -151,8 +152,10 @@ cmd_up() {
     wait_for "$n ready nodes" "[ \"\$(orch_cli --server $(controller_address 1) get nodes -o json 2>/dev/null | grep -c '\"ready\": true')\" = $n ]"
     mkdir -p "$(dirname "$config")"
     if [ ! -e "$config" ] || grep -q "written by deploy/lab.sh" "$config"; then
-        printf '# written by deploy/lab.sh (%s); removed by lab.sh down\nserver = %s\nca = %s\ncert = %s\nkey = %s\n' \
-            "$name" "$(controller_address 1)" "$dir/pki/ca.pem" "$dir/pki/admin.pem" "$dir/pki/admin.key" >"$config"
+        local servers="" c
+        for c in $(seq 1 "$controllers"); do servers+="${servers:+, }\"$(controller_address "$c")\""; done
+        printf '# written by deploy/lab.sh (%s); removed by lab.sh down\ncurrent-context = "%s"\n\n[contexts.%s]\nservers = [%s]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
+            "$name" "$name" "$name" "$servers" "$dir/pki/ca.pem" "$dir/pki/admin.pem" "$dir/pki/admin.key" >"$config"
         echo "$config" >"$dir/config"
     else
         echo "note: $config exists and is not the lab's; use --server $(controller_address 1)" >&2

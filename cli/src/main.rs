@@ -15,14 +15,19 @@ use orch_agent::runtime::{exec, init, INIT_SUBCOMMAND};
 #[derive(Debug, Parser)]
 #[command(name = "orch", version, about = "orch: a small, fast container orchestrator")]
 struct Cli {
-    /// The controller (HOST:PORT); else ORCH_SERVER, the config file
-    /// (~/.config/orch/config: `server = HOST:PORT`), 127.0.0.1:7100.
+    /// The controller: HOST:PORT, several separated by commas (tried in order), or
+    /// http://HOST:PORT for one started with --insecure-listen; else ORCH_SERVER, the
+    /// config file's current context (~/.config/orch/config.toml), 127.0.0.1:7100.
     #[arg(long, global = true, env = "ORCH_SERVER")]
     server: Option<String>,
-    /// Mutual TLS with the CLI's certificate from this directory (ca.pem, admin.pem,
-    /// admin.key); else the config file's `ca`, `cert`, `key` lines; else plain text.
+    /// The PKI directory: the CLI's credential (ca.pem, admin.pem, admin.key) and, for
+    /// `orch up`, where the cluster's certificates are made on the first start; else the
+    /// context's ca, cert and key; else /etc/orch/pki.
     #[arg(long, global = true, env = "ORCH_TLS_DIR")]
     tls_dir: Option<std::path::PathBuf>,
+    /// A context of the config file other than its current-context.
+    #[arg(long, global = true, env = "ORCH_CONTEXT")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "orch", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        command => run_async(cli.server.as_deref(), cli.tls_dir.as_deref(), command),
+        command => run_async(&cli.server, &cli.tls_dir, &cli.context, command),
     };
     match outcome {
         Ok(code) => code,
@@ -88,19 +93,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_async(server: Option<&str>, tls_dir: Option<&std::path::Path>, command: Command) -> anyhow::Result<ExitCode> {
+fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, context: &Option<String>, command: Command) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let server = client::resolve_server(server);
     runtime.block_on(async move {
         if let Command::Up(args) = command {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
                 .with_writer(std::io::stderr)
                 .init();
-            commands::up::run(args).await?;
+            let pki = tls_dir.clone().unwrap_or_else(|| client::DEFAULT_PKI_DIR.into());
+            commands::up::run(args, &pki).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        let api = client::connect(&server, client::resolve_tls(tls_dir)?).await?;
+        let target = client::target(server.as_deref(), tls_dir.as_deref(), context.as_deref())?;
+        let api = client::connect(&target).await?;
         match command {
             Command::Apply(args) => commands::apply::apply(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,

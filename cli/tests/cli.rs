@@ -2,11 +2,13 @@
 //! process, on a bridge, subnets and cgroup parent of this test's own) and every command
 //! against it — both output formats, the errors and exit codes — then Ctrl-C, a restart
 //! that brings the services back, and nothing left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
@@ -24,14 +26,19 @@ struct Up {
     bridge: String,
     cgroup_parent: String,
     service_cidr: String,
+    cluster_cidr: String,
     node_port: u16,
 }
 
 impl Up {
     fn new() -> Up {
         assert!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run the tests as root (`sudo bash deploy/test.sh`)");
+        // Several instances per test process: names, subnets and ports of their own.
+        static INSTANCES: AtomicU32 = AtomicU32::new(0);
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 2, "Up::new: at most two instances per test process (subnets are laid out for two)");
         let pid = std::process::id();
-        let k = pid % 200 + 20;
+        let k = (pid % 100) * 2 + n + 20;
         let dir = tempfile::Builder::new().prefix("orch-cli-").tempdir().expect("tempdir");
         let built = Command::new("bash")
             .arg(format!("{ROOT}/deploy/images/build-demo.sh"))
@@ -43,13 +50,26 @@ impl Up {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
         Up {
             server: format!("127.0.0.1:{port}"),
-            bridge: format!("oc{:x}", pid % 0xfffff),
-            cgroup_parent: format!("orch-test-{pid}-cli"),
+            bridge: format!("oc{:x}n{n}", pid % 0xfffff),
+            cgroup_parent: format!("orch-test-{pid}-cli{n}"),
             service_cidr: format!("10.212.{k}.0/24"),
+            cluster_cidr: format!("10.{}.0.0/16", 200 + (pid % 10) * 2 + n),
             node_port: u16::try_from(31000 + k).expect("port"),
             dir,
             child: None,
         }
+    }
+
+    /// The PKI `orch up` makes on its first start (the CLI's credential is in it).
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// `orch` as root runs it against this instance: its server and its credential.
+    fn command(&self) -> Command {
+        let mut command = Command::new(ORCH);
+        command.arg("--server").arg(&self.server).arg("--tls-dir").arg(self.pki());
+        command
     }
 
     fn manifest(&self, replicas: u32, greeting: &str) -> PathBuf {
@@ -68,13 +88,13 @@ impl Up {
 
     fn start(&mut self, files: &[&Path]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("up.log")).expect("log");
-        let mut command = Command::new(ORCH);
+        let mut command = self.command();
         command
             .arg("up")
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["--listen", &self.server, "--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent, "--name", "cli-node"])
-            .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &format!("10.{}.0.0/16", 200 + std::process::id() % 20)]);
+            .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &self.cluster_cidr]);
         for file in files {
             command.arg("-f").arg(file);
         }
@@ -103,7 +123,7 @@ impl Up {
     }
 
     fn orch(&self, args: &[&str]) -> Output {
-        Command::new(ORCH).arg("--server").arg(&self.server).args(args).stdin(Stdio::null()).output().expect("run orch")
+        self.command().args(args).stdin(Stdio::null()).output().expect("run orch")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -247,22 +267,12 @@ fn the_cli_against_orch_up() {
     assert!(service_logs.lines().all(|l| l.starts_with("[web-")), "{service_logs}");
     assert_eq!(up.ok(&["exec", &replica, "--", "cat", "/etc/hostname"]).trim(), replica);
     assert_eq!(up.orch(&["exec", &replica, "--", "sh", "-c", "exit 3"]).status.code(), Some(3), "the command's exit code");
-    let mut piped = Command::new(ORCH)
-        .args(["--server", &up.server, "exec", "-i", &replica, "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("orch exec -i");
+    let mut piped = up.command().args(["exec", "-i", &replica, "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("orch exec -i");
     piped.stdin.take().expect("stdin").write_all(b"hello through stdin\n").expect("write");
     let echoed = piped.wait_with_output().expect("wait");
     assert_eq!(text(&echoed.stdout), "hello through stdin\n");
     // -it: an interactive shell on a pseudo-terminal (it echoes and prompts).
-    let mut shell = Command::new(ORCH)
-        .args(["--server", &up.server, "exec", "-it", &replica, "--", "sh"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("orch exec -it");
+    let mut shell = up.command().args(["exec", "-it", &replica, "--", "sh"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("orch exec -it");
     shell.stdin.take().expect("stdin").write_all(b"tty; echo $((6*7))\nexit 5\n").expect("write");
     let session = shell.wait_with_output().expect("wait");
     let session_text = text(&session.stdout);
@@ -282,8 +292,7 @@ fn the_cli_against_orch_up() {
 
     let svg = up.ok(&["topology", "-o", "svg"]);
     assert!(svg.contains("<svg"), "{svg}");
-    let mut follow =
-        Command::new(ORCH).args(["--server", &up.server, "logs", "-f", "--tail", "1", &replica]).stdout(Stdio::piped()).spawn().expect("orch logs -f");
+    let mut follow = up.command().args(["logs", "-f", "--tail", "1", &replica]).stdout(Stdio::piped()).spawn().expect("orch logs -f");
     let mut followed = String::new();
     let mut out = follow.stdout.take().expect("stdout");
     // The readiness probe hits the page every second: httpd logs each request.
@@ -292,7 +301,7 @@ fn the_cli_against_orch_up() {
     let _ = follow.wait();
 
     // get -w prints the table, then rows as they change.
-    let mut watch = Command::new(ORCH).args(["--server", &up.server, "get", "services", "-w"]).stdout(Stdio::piped()).spawn().expect("get -w");
+    let mut watch = up.command().args(["get", "services", "-w"]).stdout(Stdio::piped()).spawn().expect("get -w");
     let mut watched = String::new();
     let mut out = watch.stdout.take().expect("stdout");
     let row = |text: &str, ready: &str| text.lines().any(|l| l.starts_with("web ") && l.contains(&format!(" {ready} ")));
@@ -304,8 +313,7 @@ fn the_cli_against_orch_up() {
     assert_eq!(watched.matches("NAME").count(), 1, "the header once: {watched}");
 
     // apply from standard input, delete by name.
-    let mut stdin_apply =
-        Command::new(ORCH).args(["--server", &up.server, "apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("apply -f -");
+    let mut stdin_apply = up.command().args(["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("apply -f -");
     let other = format!(
         "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{replicas: 0, image: 'oci:{}:1.0'}}\n",
         up.dir.path().join("image").display()
@@ -321,7 +329,7 @@ fn the_cli_against_orch_up() {
     assert!(up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]).contains("successfully rolled out"));
 
     // Errors: one clear line, exit 1.
-    let unreachable = Command::new(ORCH).args(["--server", "127.0.0.1:1", "get", "services"]).output().expect("run");
+    let unreachable = Command::new(ORCH).args(["--server", "127.0.0.1:1", "get", "services"]).arg("--tls-dir").arg(up.pki()).output().expect("run");
     assert_eq!(unreachable.status.code(), Some(1));
     let message = text(&unreachable.stderr);
     assert!(message.starts_with("error: cannot reach the orch controller at 127.0.0.1:1") && message.lines().count() == 1, "{message}");
@@ -344,6 +352,146 @@ fn the_cli_against_orch_up() {
 
     // delete by manifest; then nothing left at all.
     assert_eq!(up.ok(&["delete", "-f", changed.to_str().expect("path")]).trim(), "service/web deleted");
+    up.wait("the replicas to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(Vec::is_empty));
+    up.interrupt();
+    up.assert_nothing_left();
+}
+
+/// Runs `program args` as the unprivileged user `nobody` (setpriv: uid, gid and no
+/// supplementary groups), with an environment of its own (no ORCH_* from the tests).
+fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+/// The one line a refused caller gets, and exit 1.
+fn assert_refused(what: &str, out: &Output) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{what}: exit 1 expected; stdout: {} stderr: {stderr}", text(&out.stdout));
+    assert!(stderr.starts_with("error: permission denied: ") && stderr.lines().count() == 1, "{what}: one `permission denied` line expected, got: {stderr}");
+}
+
+/// The TCP ports a process listens on (from `ss`).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let out = Command::new("ss").args(["-Hltnp"]).output().expect("ss (iproute2)");
+    text(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .filter_map(|line| line.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut up = Up::new();
+    let manifest = up.manifest(1, "door");
+    up.start(&[&manifest]);
+    up.wait("1 ready replica", |u| u.ready_replicas() == 1);
+    let replica = up.json(&["get", "replicas"])[0]["name"].as_str().expect("replica name").to_owned();
+    let services_before = up.json(&["get", "services"]);
+
+    // The PKI orch up made: root's (the admin credential also the `orch` group's, where
+    // that group exists), nothing for other users.
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&up.pki()) & 0o007, 0, "the PKI directory is closed to other users");
+    assert_eq!(mode(&up.pki().join("admin.key")) & 0o037, 0, "admin.key");
+    for key in ["ca.key", "controller.key", "node-cli-node.key"] {
+        assert_eq!(mode(&up.pki().join(key)), 0o600, "{key}");
+    }
+
+    // What nobody has: a 0755 copy of the binaries, a manifest it can read, and a PKI
+    // of its own (its own CA, and the cluster's public CA certificate to trust the
+    // server with) — so that the server's refusal is tested, not only the file modes.
+    let public = tempfile::Builder::new().prefix("orch-nobody-").tempdir().expect("tempdir");
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let orch = public.path().join("orch");
+    std::fs::copy(ORCH, &orch).expect("copy orch");
+    let controller_binary = public.path().join("orch-controller");
+    std::fs::copy(Path::new(ORCH).with_file_name("orch-controller"), &controller_binary).expect("copy orch-controller");
+    for binary in [&orch, &controller_binary] {
+        std::fs::set_permissions(binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let scaled = public.path().join("scaled.yaml");
+    std::fs::write(&scaled, std::fs::read_to_string(up.manifest(3, "door")).expect("manifest")).expect("write");
+    std::fs::set_permissions(&scaled, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let own = public.path().join("pki");
+    let made = as_nobody(&controller_binary, &["--tls-dir", own.to_str().expect("path"), "init"]);
+    assert!(made.status.success(), "nobody makes a PKI of its own: {}", text(&made.stderr));
+    std::fs::copy(up.pki().join("ca.pem"), own.join("ca.pem")).expect("the cluster's CA certificate is public");
+
+    let server = up.server.clone();
+    let pki = up.pki();
+    let (pki, own, scaled) = (pki.to_str().expect("path"), own.to_str().expect("path"), scaled.to_str().expect("path"));
+    let attempts: Vec<Vec<&str>> = vec![
+        vec!["get", "services"],
+        vec!["apply", "-f", scaled],
+        vec!["scale", "service", "web", "--replicas", "3"],
+        vec!["exec", &replica, "--", "id"],
+        vec!["logs", &replica],
+        vec!["delete", "service", "web"],
+    ];
+    for attempt in &attempts {
+        // With the cluster's credential, which nobody cannot read.
+        let mut args = vec!["--server", &server, "--tls-dir", pki];
+        args.extend(attempt);
+        assert_refused(&format!("nobody: orch {attempt:?} with root's credential"), &as_nobody(&orch, &args));
+        // With a certificate of its own: the controller refuses it.
+        let mut args = vec!["--server", &server, "--tls-dir", own];
+        args.extend(attempt);
+        assert_refused(&format!("nobody: orch {attempt:?} with its own certificate"), &as_nobody(&orch, &args));
+    }
+    // In plain text, and with no flags at all (the defaults: /etc/orch/pki, which nobody
+    // may not read when it exists).
+    let plain = format!("http://{server}");
+    assert_refused("nobody: plain text", &as_nobody(&orch, &["--server", &plain, "get", "services"]));
+    let defaults = as_nobody(&orch, &["--server", &server, "get", "services"]);
+    assert_eq!(defaults.status.code(), Some(1), "nobody with the defaults: {}", text(&defaults.stderr));
+
+    // The node API, called directly: it takes neither nobody's certificate nor plain text…
+    let pid = up.child.as_ref().expect("orch up runs").id();
+    let ports = listening_ports(pid);
+    let api_port = ports.iter().copied().find(|p| format!("127.0.0.1:{p}") != server && *p != up.node_port).expect("the node API's port");
+    let node_api = format!("127.0.0.1:{api_port}");
+    assert_refused("nobody: the node API with its own certificate", &as_nobody(&orch, &["--server", &node_api, "--tls-dir", own, "get", "services"]));
+    assert_refused("nobody: the node API in plain text", &as_nobody(&orch, &["--server", &format!("http://{node_api}"), "get", "services"]));
+    // …nor the CLI's own admin certificate: only the controller's.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let denied = runtime.block_on(async {
+        let tls = orch_api::tls::client_config(&up.pki(), "admin").expect("admin credential");
+        let channel =
+            tonic::transport::Channel::from_shared(format!("https://{node_api}")).expect("url").tls_config(tls).expect("tls").connect().await.expect("connect");
+        let mut client = orch_api::pb::node_agent_client::NodeAgentClient::new(channel);
+        client.inspect(orch_api::pb::InspectRequest::default()).await.expect_err("the admin certificate calls the node API")
+    });
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+    // Nothing changed; root's CLI, with no more than its credential, still works.
+    assert_eq!(up.json(&["get", "services"]), services_before, "nobody changed nothing");
+    let replicas = up.json(&["get", "replicas"]);
+    assert_eq!(replicas.as_array().map(Vec::len), Some(1));
+    assert_eq!(replicas[0]["restarts"], 0);
+    assert!(up.ok(&["exec", &replica, "--", "id"]).contains("uid=0(root)"));
+    assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "2"]).trim(), "service/web scaled to 2");
+    up.wait("2 ready replicas", |u| u.ready_replicas() == 2);
+
+    // A controller binary without a PKI refuses plain text unless told so explicitly.
+    let refused = Command::new(Path::new(ORCH).with_file_name("orch-controller"))
+        .args(["--store", &format!("embedded:{}", up.dir.path().join("x.redb").display()), "--listen", "127.0.0.1:1"])
+        .output()
+        .expect("orch-controller");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("no --tls-dir"), "{}", text(&refused.stderr));
+
+    assert_eq!(up.ok(&["delete", "service", "web"]).trim(), "service/web deleted");
     up.wait("the replicas to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(Vec::is_empty));
     up.interrupt();
     up.assert_nothing_left();

@@ -16,16 +16,20 @@ struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
     /// Serve (and call agents) over mutual TLS with the certificates in this directory
-    /// (`orch-controller init` makes them). Without it the controller listens in plain
-    /// text, on loopback only.
+    /// (`orch-controller init` makes them). Required, unless --insecure-listen.
     #[arg(long, env = "ORCH_TLS_DIR", global = true)]
     tls_dir: Option<std::path::PathBuf>,
     /// Where desired state lives: embedded:PATH (a redb file) or etcd://HOST:PORT[,HOST:PORT...]
     #[arg(long, env = "ORCH_STORE", default_value = "embedded:/var/lib/orch/controller.redb")]
     store: String,
-    /// Address the gRPC API listens on.
+    /// Address the gRPC API listens on (mutual TLS).
     #[arg(long, env = "ORCH_LISTEN", default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// Listen on this loopback address in PLAIN TEXT instead, with no certificates:
+    /// every local user can then drive the cluster (tests and development only; said on
+    /// every start).
+    #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with_all = ["listen", "tls_dir"])]
+    insecure_listen: Option<SocketAddr>,
     /// The service VIP range.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: String,
@@ -115,16 +119,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Sub::Init { controller_names, nodes }) = &args.command {
         return init(args, controller_names, nodes);
     }
-    let tls = match &args.tls_dir {
-        Some(dir) => Some(ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
-        None => {
-            anyhow::ensure!(
-                args.listen.ip().is_loopback(),
-                "--listen {}: plain text is for loopback only; give --tls-dir (orch-controller init --tls-dir DIR makes the certificates)",
-                args.listen
-            );
-            None
+    let (listen, tls) = match (&args.tls_dir, args.insecure_listen) {
+        (_, Some(listen)) => {
+            anyhow::ensure!(listen.ip().is_loopback(), "--insecure-listen {listen}: plain text is for loopback only");
+            (listen, None)
         }
+        (Some(dir), None) => (args.listen, Some(ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))?)),
+        (None, None) => anyhow::bail!(
+            "no --tls-dir: the controller serves mutual TLS only (orch-controller --tls-dir DIR init makes the certificates); --insecure-listen 127.0.0.1:PORT serves plain text on loopback for tests"
+        ),
     };
     let (service_network, service_prefix) = parse_cidr(&args.service_cidr).context("--service-cidr")?;
     let (cluster_network, cluster_prefix) = parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
@@ -137,11 +140,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "controller".into());
         format!("{host}-{}", std::process::id())
     });
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     if tls.is_some() {
-        tracing::info!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
+        tracing::info!(%listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
     } else {
-        tracing::warn!(listen = %args.listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes in PLAIN TEXT: for loopback development only");
+        tracing::warn!(%listen, store = %args.store, %identity, "--insecure-listen: serving orch.v1.Api and orch.v1.Nodes in PLAIN TEXT; every local user can drive this controller");
     }
     let mut controller = Controller::start(
         store,

@@ -17,26 +17,86 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// A credential this user may not read: the PKI is root's (and the `orch` group's).
+    #[error("cannot read {path}: only root and members of the `{group}` group may use orch's credentials")]
+    PermissionDenied { path: String, group: &'static str },
     #[error("certificate {what}: {message}")]
     Generate { what: String, message: String },
 }
 
+/// The group whose members may drive orch besides root: `init` makes the CLI's
+/// credential (`admin.pem`/`.key`) and the PKI directory readable by it when it exists.
+pub const ADMIN_GROUP: &str = "orch";
+
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|e| TlsError::File {
-        path: path.display().to_string(),
-        message: format!(
-            "{e} (orch-controller init --dir {} makes the cluster's certificates)",
-            path.parent().map_or_else(String::new, |p| p.display().to_string())
-        ),
+    std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return TlsError::PermissionDenied { path: path.display().to_string(), group: ADMIN_GROUP };
+        }
+        TlsError::File {
+            path: path.display().to_string(),
+            message: format!(
+                "{e} (orch-controller --tls-dir {} init makes the cluster's certificates)",
+                path.parent().map_or_else(String::new, |p| p.display().to_string())
+            ),
+        }
     })
 }
 
-fn write(path: &Path, content: &str, secret: bool) -> Result<(), TlsError> {
+/// Who may read a PKI file: its owner only, or also the admin group (the CLI's credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readers {
+    Everyone,
+    Owner,
+    AdminGroup,
+}
+
+fn write(path: &Path, content: &str, readers: Readers) -> Result<(), TlsError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let fail = |e: std::io::Error| TlsError::File { path: path.display().to_string(), message: e.to_string() };
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(if secret { 0o600 } else { 0o644 }).open(path).map_err(fail)?;
-    file.write_all(content.as_bytes()).map_err(fail)
+    // A new file under a temporary name, so a secret is never readable in between.
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(fail)?;
+    file.write_all(content.as_bytes()).map_err(fail)?;
+    // The admin group reads the CLI's credential when it exists and this process may
+    // hand the file to it (root may; anyone else keeps the file to itself).
+    let group = if readers == Readers::AdminGroup { admin_group_id() } else { None };
+    let shared = group.is_some_and(|gid| std::os::unix::fs::fchown(&file, None, Some(gid)).is_ok());
+    let mode = match readers {
+        Readers::Everyone => 0o644,
+        Readers::AdminGroup if shared => 0o640,
+        _ => 0o600,
+    };
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)
+}
+
+/// The gid of [`ADMIN_GROUP`] from `/etc/group`, when the group exists.
+fn admin_group_id() -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    group_id(&text, ADMIN_GROUP)
+}
+
+fn group_id(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.trim().parse().ok()
+    })
+}
+
+/// The PKI directory: created if missing, and in any case owned by its owner only
+/// (0700), or 0750 with the admin group when that group exists (its members read the
+/// CLI's credential; every other key stays 0600).
+fn prepare_dir(dir: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| TlsError::File { path: dir.display().to_string(), message: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let shared = admin_group_id().is_some_and(|gid| std::os::unix::fs::chown(dir, None, Some(gid)).is_ok());
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if shared { 0o750 } else { 0o700 })).map_err(fail)
 }
 
 fn generate(what: &str) -> impl Fn(rcgen::Error) -> TlsError + '_ {
@@ -50,6 +110,7 @@ pub fn identity_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A leaf certificate signed by the CA, for `names` (DNS names or IP addresses).
 fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, common_name: &str, names: &[String], server: bool) -> Result<(), TlsError> {
+    let readers = if file == "admin" { Readers::AdminGroup } else { Readers::Owner };
     let mut params = CertificateParams::new(names.to_vec()).map_err(generate(file))?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, common_name);
@@ -60,15 +121,30 @@ fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, common_name: &str,
     let key = KeyPair::generate().map_err(generate(file))?;
     let cert = params.signed_by(&key, issuer).map_err(generate(file))?;
     let (cert_path, key_path) = identity_paths(dir, file);
-    write(&cert_path, &cert.pem(), false)?;
-    write(&key_path, &key.serialize_pem(), true)
+    write(&cert_path, &cert.pem(), if readers == Readers::AdminGroup { readers } else { Readers::Everyone })?;
+    write(&key_path, &key.serialize_pem(), readers)
 }
 
 /// Creates the cluster CA (unless `dir` has one: then it is reused) and certificates
 /// for the controller (`controller_names`: the names and addresses agents and the CLI
-/// dial), each node (`(name, address)`) and the CLI (`admin`). Returns the files written.
+/// dial), each node (`(name, address)`) and the CLI (`admin`), replacing those that
+/// exist. Returns the files written.
 pub fn init(dir: &Path, controller_names: &[String], nodes: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
-    std::fs::create_dir_all(dir).map_err(|e| TlsError::File { path: dir.display().to_string(), message: e.to_string() })?;
+    make(dir, controller_names, nodes, true)
+}
+
+/// As [`init`], but keeps every certificate that is already there and makes only the
+/// missing ones: what `orch up` does at every start (the first one makes the PKI).
+pub fn ensure(dir: &Path, controller_names: &[String], nodes: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
+    make(dir, controller_names, nodes, false)
+}
+
+fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], replace: bool) -> Result<Vec<PathBuf>, TlsError> {
+    prepare_dir(dir)?;
+    let missing = |file: &str| {
+        let (cert, key) = identity_paths(dir, file);
+        replace || !cert.exists() || !key.exists()
+    };
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let issuer = if ca_cert.exists() {
         let key = KeyPair::from_pem(&read(&ca_key)?).map_err(generate("ca"))?;
@@ -82,8 +158,8 @@ pub fn init(dir: &Path, controller_names: &[String], nodes: &[(String, String)])
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(generate("ca"))?;
         let cert = params.self_signed(&key).map_err(generate("ca"))?;
-        write(&ca_cert, &cert.pem(), false)?;
-        write(&ca_key, &key.serialize_pem(), true)?;
+        write(&ca_cert, &cert.pem(), Readers::Everyone)?;
+        write(&ca_key, &key.serialize_pem(), Readers::Owner)?;
         Issuer::new(params, key)
     };
     let mut written = vec![ca_cert];
@@ -93,23 +169,27 @@ pub fn init(dir: &Path, controller_names: &[String], nodes: &[(String, String)])
             names.push(default.to_owned());
         }
     }
-    leaf(dir, &issuer, "controller", "orch-controller", &names, true)?;
-    written.push(identity_paths(dir, "controller").0);
+    let mut leaves = vec![("controller".to_owned(), CONTROLLER.to_owned(), names, true)];
     for (name, address) in nodes {
         if address.parse::<IpAddr>().is_err() {
             return Err(TlsError::Generate { what: format!("node-{name}"), message: format!("{address:?} is not an IP address") });
         }
-        leaf(dir, &issuer, &format!("node-{name}"), name, &[name.clone(), address.clone()], true)?;
-        written.push(identity_paths(dir, &format!("node-{name}")).0);
+        leaves.push((format!("node-{name}"), name.clone(), vec![name.clone(), address.clone()], true));
     }
-    leaf(dir, &issuer, "admin", "admin", &["admin".to_owned()], false)?;
-    written.push(identity_paths(dir, "admin").0);
+    leaves.push(("admin".to_owned(), ADMIN.to_owned(), vec![ADMIN.to_owned()], false));
+    for (file, common_name, names, server) in leaves {
+        if missing(&file) {
+            leaf(dir, &issuer, &file, &common_name, &names, server)?;
+            written.push(identity_paths(dir, &file).0);
+        }
+    }
     Ok(written)
 }
 
 fn identity(dir: &Path, name: &str) -> Result<Identity, TlsError> {
     let (cert, key) = identity_paths(dir, name);
-    Ok(Identity::from_pem(read(&cert)?, read(&key)?))
+    let key = read(&key)?;
+    Ok(Identity::from_pem(read(&cert)?, key))
 }
 
 /// Serving as `name` (controller, node-X), accepting only clients the CA signed.
@@ -119,7 +199,8 @@ pub fn server_config(dir: &Path, name: &str) -> Result<ServerTlsConfig, TlsError
 
 /// Calling as `name`, trusting only servers the CA signed.
 pub fn client_config(dir: &Path, name: &str) -> Result<ClientTlsConfig, TlsError> {
-    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&dir.join("ca.pem"))?)).identity(identity(dir, name)?))
+    let identity = identity(dir, name)?;
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&dir.join("ca.pem"))?)).identity(identity))
 }
 
 /// The common name the CLI's certificate carries: the only one the Api accepts.
@@ -153,5 +234,21 @@ pub fn require_peer(request: tonic::Request<()>, allowed: &[&str]) -> Result<ton
 
 /// A client configuration from explicit files (the CLI's config: ca, cert, key).
 pub fn client_config_from(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTlsConfig, TlsError> {
-    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, read(key)?)))
+    // The key first: when it cannot be read, that is the file to name.
+    let key = read(key)?;
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)).identity(Identity::from_pem(read(cert)?, key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_from_etc_group() {
+        let text = "root:x:0:\norchestra:x:5:\norch:x:1234:alice,bob\n";
+        assert_eq!(group_id(text, "orch"), Some(1234));
+        assert_eq!(group_id(text, "root"), Some(0));
+        assert_eq!(group_id(text, "nope"), None);
+        assert_eq!(group_id("orch:x:notanumber:\n", "orch"), None);
+    }
 }

@@ -43,12 +43,19 @@ pub struct ServeArgs {
     /// Between heartbeats (the controller's node lease must be several of these).
     #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
-    /// Where the node API (logs, exec, stats, inspect for the controller) listens;
-    /// ADDRESS:7101 by default, `none` for no API.
+    /// Where the node API (logs, exec, stats, inspect for the controller) listens, over
+    /// mutual TLS (only the controller's certificate may call it); ADDRESS:7101 by
+    /// default, `none` for no API.
     #[arg(long, value_name = "HOST:PORT|none")]
     pub api_listen: Option<String>,
+    /// Serve the node API on this loopback address in PLAIN TEXT instead: every local
+    /// user could then exec into containers (tests only; said on every start).
+    #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with = "api_listen")]
+    pub insecure_api_listen: Option<std::net::SocketAddr>,
     /// Mutual TLS with the certificates in this directory (ca.pem, node-NAME.pem and
-    /// node-NAME.key, from `orch-controller init`); plain text (loopback only) without.
+    /// node-NAME.key, from `orch-controller init`) towards the controller and for the
+    /// node API. Without it the controller must be on loopback (plain text) and the node
+    /// API needs --insecure-api-listen or --api-listen none.
     #[arg(long, env = "ORCH_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
@@ -96,10 +103,16 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     }
     anyhow::ensure!(args.heartbeat_ms >= 100, "--heartbeat-ms: at least 100");
     let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
-    let api_listen = match args.api_listen.as_deref() {
-        Some("none") => None,
-        Some(text) => Some(text.parse().map_err(|_| anyhow::anyhow!("--api-listen {text:?}: expected HOST:PORT or none"))?),
-        None => Some(std::net::SocketAddr::from((args.address, 7101))),
+    let api_listen = match (args.api_listen.as_deref(), args.insecure_api_listen) {
+        (_, Some(address)) => {
+            anyhow::ensure!(address.ip().is_loopback(), "--insecure-api-listen {address}: plain text is for loopback only");
+            anyhow::ensure!(args.tls_dir.is_none(), "--insecure-api-listen with --tls-dir: give one (the node API is either mutual TLS or plain text)");
+            tracing::warn!(%address, "--insecure-api-listen: the node API serves PLAIN TEXT; every local user can exec into this node's containers");
+            Some(address)
+        }
+        (Some("none"), None) => None,
+        (Some(text), None) => Some(text.parse().map_err(|_| anyhow::anyhow!("--api-listen {text:?}: expected HOST:PORT or none"))?),
+        (None, None) => Some(std::net::SocketAddr::from((args.address, 7101))),
     };
     if args.tls_dir.is_none() {
         let host = controller.split_once("://").map_or(controller.as_str(), |(_, rest)| rest);
@@ -111,9 +124,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
             args.controller
         );
         anyhow::ensure!(
-            api_listen.is_none_or(|a: std::net::SocketAddr| a.ip().is_loopback()),
-            "--api-listen on {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates) or --api-listen none",
-            args.address
+            api_listen.is_none() || args.insecure_api_listen.is_some(),
+            "the node API serves mutual TLS only: give --tls-dir (orch-controller init makes the certificates), --api-listen none, or --insecure-api-listen 127.0.0.1:PORT for tests"
         );
     }
     Ok(AgentConfig {

@@ -86,7 +86,7 @@ impl Cluster {
             .args(["serve", "--controller", &self.address.to_string(), "--name", "node-1", "--address", "127.0.0.1"])
             .arg("--state-dir")
             .arg(self.state_dir())
-            .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--api-listen", "127.0.0.1:0"])
+            .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

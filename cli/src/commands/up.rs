@@ -5,7 +5,7 @@
 //! services back.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,12 @@ use anyhow::Context;
 use clap::Args;
 use orch_agent::node::{Agent, AgentConfig, Shutdown};
 use orch_api::pb;
-use orch_controller::server::{Controller, ControllerConfig};
+use orch_controller::server::{Controller, ControllerConfig, ControllerTls};
 use orch_controller::store::EmbeddedStore;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::apply::{apply_sources, wait_ready};
+use crate::client::{Credentials, Target};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -27,9 +28,15 @@ pub struct UpArgs {
     /// Where the store and the agent's state live.
     #[arg(long, env = "ORCH_STATE_DIR", default_value = "/var/lib/orch")]
     pub state_dir: PathBuf,
-    /// The controller's address (the CLI's default server).
+    /// The controller's address (the CLI's default server), over mutual TLS with the
+    /// PKI in --tls-dir (default /etc/orch/pki, made on the first start).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
+    /// Serve the controller on this loopback address and the node API on loopback in
+    /// PLAIN TEXT instead, with no PKI: any local user can then drive orch (test
+    /// harnesses only; said on every start). The CLI calls it as http://ADDRESS.
+    #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with = "listen")]
+    pub insecure_listen: Option<SocketAddr>,
     /// This node's name; the hostname by default.
     #[arg(long)]
     pub name: Option<String>,
@@ -59,35 +66,69 @@ fn cidr(text: &str, flag: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((address, prefix))
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+/// The front door: mutual TLS from the PKI directory (made or completed here: the CA,
+/// the controller's certificate, this node's, and the CLI's `admin`), or plain text on
+/// loopback when asked for with --insecure-listen.
+enum Door {
+    Tls(PathBuf),
+    Plain,
+}
+
+pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
     let (service_network, service_prefix) = cidr(&args.service_cidr, "--service-cidr")?;
     let (cluster_network, cluster_prefix) = cidr(&args.cluster_cidr, "--cluster-cidr")?;
     anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16", args.cluster_cidr);
-    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen {}: orch up serves in plain text, so on loopback only", args.listen);
-    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-
-    let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (is another orch up running?)", args.listen))?;
-    let controller = Controller::start(
-        Arc::new(store),
-        ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), ..ControllerConfig::default() },
-        listener,
-    );
-    eprintln!("orch: controller on {} (store {}; plain text, for this machine only)", args.listen, args.state_dir.join("controller.redb").display());
-
     let name = args
         .name
         .clone()
         .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into()));
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("node name {name:?} must be {e}; give --name"))?;
+    let (listen, door) = match args.insecure_listen {
+        Some(listen) => {
+            anyhow::ensure!(listen.ip().is_loopback(), "--insecure-listen {listen}: plain text is for loopback only");
+            anyhow::ensure!(
+                args.address.is_loopback(),
+                "--insecure-listen: the node API would serve plain text on --address {}; use a loopback address",
+                args.address
+            );
+            (listen, Door::Plain)
+        }
+        None => {
+            let controller_names = vec![args.listen.ip().to_string()];
+            orch_api::tls::ensure(pki, &controller_names, &[(name.clone(), args.address.to_string())])
+                .with_context(|| format!("the PKI in {}", pki.display()))?;
+            (args.listen, Door::Tls(pki.to_owned()))
+        }
+    };
+    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+
+    let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (is another orch up running?)"))?;
+    let tls = match &door {
+        Door::Tls(dir) => Some(ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
+        Door::Plain => None,
+    };
+    let controller = Controller::start(
+        Arc::new(store),
+        ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), tls, ..ControllerConfig::default() },
+        listener,
+    );
+    let store_path = args.state_dir.join("controller.redb");
+    match &door {
+        Door::Tls(dir) => eprintln!("orch: controller on {listen} (store {}; mutual TLS, credentials in {})", store_path.display(), dir.display()),
+        Door::Plain => eprintln!(
+            "orch: WARNING: controller on {listen} and the node API in PLAIN TEXT (--insecure-listen): every local user can drive orch (store {})",
+            store_path.display()
+        ),
+    }
+
     let agent = Agent::start(AgentConfig {
         name: name.clone(),
         address: args.address,
-        controller: format!("http://{}", args.listen),
+        controller: listen.to_string(),
         state_dir: args.state_dir.join("agent"),
         cgroup_parent: args.cgroup_parent.clone(),
         bridge: args.bridge.clone(),
@@ -96,9 +137,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         insecure_registries: Vec::new(),
         heartbeat: Duration::from_secs(1),
         helper: std::env::current_exe().context("cannot find the orch binary")?,
-        // On loopback next to the controller, on a free port (registered as it is).
-        api_listen: Some(SocketAddr::new(args.listen.ip(), 0)),
-        tls_dir: None,
+        // On the node's address (where the controller dials it), on a free port
+        // (registered as it is); only the controller's certificate may call it.
+        api_listen: Some(SocketAddr::new(args.address.into(), 0)),
+        tls_dir: match &door {
+            Door::Tls(dir) => Some(dir.clone()),
+            Door::Plain => None,
+        },
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);
@@ -108,7 +153,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Shutdown::Drain
     }));
 
-    let mut api = crate::client::connect(&args.listen.to_string(), None).await?;
+    let target = match &door {
+        Door::Tls(dir) => Target { servers: vec![listen.to_string()], credentials: Credentials::from_dir(dir) },
+        Door::Plain => Target { servers: vec![format!("http://{listen}")], credentials: Credentials::from_dir(pki) },
+    };
+    let mut api = crate::client::connect(&target).await?;
     let outcome = async {
         if args.files.is_empty() {
             return Ok::<(), anyhow::Error>(());
