@@ -9,7 +9,10 @@
 # answers. Then it stops orch up (Ctrl-C), unmounts everything under the root and only
 # then deletes it.
 #
-#   sudo bash deploy/fresh-check.sh [--keep] [--timeout MINUTES]
+#   sudo bash deploy/fresh-check.sh [--tests] [--keep] [--timeout MINUTES]
+#
+# --tests then also runs the second command, `bash deploy/test.sh`, in the same root
+# (another 30–40 minutes): proof that the test command installs all it needs too.
 #
 # Run it whenever Cargo.toml, Cargo.lock or anything under deploy/ changes; CI runs it
 # when ORCH_FRESH_CHECK=1. It takes 15–30 minutes on 2 cores (a clean release build), and
@@ -21,12 +24,14 @@ require_root "deploy/fresh-check.sh"
 require_rust
 
 keep=0
+tests=0
 timeout_minutes=60
 while [ $# -gt 0 ]; do
     case "$1" in
         --keep) keep=1; shift ;;
+        --tests) tests=1; shift ;;
         --timeout) timeout_minutes="${2:?--timeout needs minutes}"; shift 2 ;;
-        *) die "unknown argument $1 (expected --keep or --timeout MINUTES)" ;;
+        *) die "unknown argument $1 (expected --tests, --keep or --timeout MINUTES)" ;;
     esac
 done
 
@@ -103,6 +108,10 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
 fi
 echo "orch-fresh" > "$root/etc/hostname"
+# As in any chroot: packages do not start their daemons (etcd-server would start one on
+# 127.0.0.1:2379); the scripts start what they need themselves.
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
 
 # The root is a mount point of its own, as / is on a real machine; what is bound in
 # does not propagate back to the host when it is unmounted.
@@ -124,11 +133,19 @@ git -C "$ORCH_ROOT" ls-files -z --cached --others --exclude-standard \
     | tar -C "$ORCH_ROOT" --null --ignore-failed-read -T - -cf - 2>/dev/null \
     | tar -C "$root/root/orch" -xf -
 
+# in_root [NAME=VALUE…] SCRIPT: becomes `bash SCRIPT` in the checkout in the new root
+# (exec: call it in a subshell or in the background, whose PID is then the script's),
+# with a clean environment (plus the NAME=VALUEs) and the toolchain on PATH.
+in_root() {
+    local script="${*: -1}"
+    exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+        PATH=/opt/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo "${@:1:$#-1}" \
+        bash -c "cd /root/orch && exec bash $script"
+}
+
 step "running the README's first command in the chroot: bash deploy/quickstart.sh (log: $log)"
-chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
-    PATH=/opt/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo \
-    bash -c 'cd /root/orch && exec bash deploy/quickstart.sh' >>"$log" 2>&1 </dev/null &
+in_root deploy/quickstart.sh >>"$log" 2>&1 </dev/null &
 orch_pid=$!   # quickstart execs orch up: this PID becomes it
 
 deadline=$((SECONDS + timeout_minutes * 60))
@@ -153,5 +170,11 @@ wait "$orch_pid" || die "orch up exited with status $? after Ctrl-C (log: $log)"
 orch_pid=""
 grep -q 'orch: stopped' "$log" || die "orch up did not report a clean stop (log: $log)"
 ip link show orch0 >/dev/null 2>&1 && die "orch up left the bridge orch0 behind"
+if [ "$tests" = 1 ]; then
+    step "running the README's second command in the chroot: bash deploy/test.sh (log: $log)"
+    (in_root CI=true deploy/test.sh) >>"$log" 2>&1 </dev/null \
+        || { grep -E '^test .* FAILED|^error|panicked' "$log" | tail -20 >&2; die "deploy/test.sh failed in the new root (log: $log)"; }
+    step "deploy/test.sh passed in the new root: $(grep -E '^test result' "$log" | awk '{p+=$4; f+=$6} END {print p " passed, " f " failed"}')"
+fi
 rm -f "$log"
 echo "fresh-check: passed in $((SECONDS - started)) s (a clean Debian 12 root: install, build, orch up, webapp answering, clean stop)"

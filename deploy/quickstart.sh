@@ -17,5 +17,5 @@ cargo build --workspace --release
 step "building the demo image orch/demo-web:1.0 (oci:/var/lib/orch/images/demo-web:1.0)"
 bash deploy/images/build-demo.sh
 step "orch up -f manifests/webapp.yaml (Ctrl-C to stop)"
-echo "in another terminal:  curl http://127.0.0.1:30080/   ./target/release/orch get replicas -w" >&2
+echo "in another terminal:  curl http://127.0.0.1:30080/   sudo ./target/release/orch get replicas -w" >&2
 exec ./target/release/orch up -f manifests/webapp.yaml

@@ -65,9 +65,9 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
-step "cargo build --workspace --release"
-cargo build --workspace --release
-step "cargo test --workspace"
+# One release build serves the tests and the binaries the lab runs (cargo test builds
+# every binary the integration tests use into target/release).
+step "cargo test --workspace --release"
 status=0
 cargo test --workspace --release --no-fail-fast "$@" || status=$?
 [ "$status" -eq 0 ] || exit "$status"

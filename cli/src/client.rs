@@ -240,72 +240,59 @@ fn refusal(server: &str, error: &(dyn std::error::Error + 'static)) -> Option<an
     None
 }
 
-/// Whether the server refuses this client's certificate, found by a TLS handshake of our
-/// own (rustls, blocking, at most a few seconds) and one read after it: in TLS 1.3 the
-/// client's handshake completes before the server has judged its certificate, and a
-/// refusal arrives as an alert just after — which a gRPC call that raced it reports
-/// only as "operation was canceled". Run only after a call failed that way.
+/// A TLS handshake of our own with `server` (rustls, blocking, a few seconds at most),
+/// then one read: what the server said, as lowercase text, or `None` when it said
+/// nothing wrong. Run only to explain a call that failed vaguely: in TLS 1.3 a client's
+/// handshake completes before the server has judged its certificate, and a refusal
+/// arrives as an alert just after — which a gRPC call that raced it reports only as
+/// "operation was canceled".
+fn handshake_error(
+    server: &str,
+    roots: rustls::RootCertStore,
+    identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> Option<String> {
+    use std::io::{Read, Write};
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).ok()?,
+        None => builder.with_no_client_auth(),
+    };
+    let address = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(|c| c == '[' || c == ']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+    let socket = std::net::ToSocketAddrs::to_socket_addrs(address).ok()?.next()?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
+    let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
+    let mut byte = [0u8; 1];
+    stream.flush().and_then(|()| stream.read_exact(&mut byte)).err().map(|e| e.to_string().to_lowercase())
+}
+
+/// Whether the server refuses this client's certificate (it answers with an alert).
 fn server_refuses(server: &str, credentials: &Credentials) -> bool {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::io::{Read, Write};
-    let probe = || -> Option<bool> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let identity = || -> Option<(rustls::RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
         let (ca, cert, key) = credential_files(credentials).ok()?;
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_file_iter(&ca).ok()? {
             roots.add(certificate.ok()?).ok()?;
         }
         let chain = CertificateDer::pem_file_iter(&cert).ok()?.collect::<Result<Vec<_>, _>>().ok()?;
-        let key = PrivateKeyDer::from_pem_file(&key).ok()?;
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .ok()?;
-        let address = server.split_once("://").map_or(server, |(_, rest)| rest);
-        let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(|c| c == '[' || c == ']');
-        let name = ServerName::try_from(host.to_owned()).ok()?;
-        let socket = std::net::ToSocketAddrs::to_socket_addrs(address).ok()?.next()?;
-        let mut tcp = std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2)).ok()?;
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
-        let mut stream = rustls::Stream::new(&mut connection, &mut tcp);
-        stream.flush().ok()?;
-        let mut byte = [0u8; 1];
-        match stream.read_exact(&mut byte) {
-            Err(error) => Some(error.to_string().to_lowercase().contains("received fatal alert")),
-            Ok(()) => Some(false),
-        }
+        Some((roots, chain, PrivateKeyDer::from_pem_file(&key).ok()?))
     };
-    probe().unwrap_or(false)
+    let Some((roots, chain, key)) = identity() else { return false };
+    handshake_error(server, roots, Some((chain, key))).is_some_and(|e| e.contains("received fatal alert"))
 }
 
-/// Whether the server answers a TLS ClientHello with a TLS handshake record: what a
-/// plain-text call that failed vaguely ran into. Run only after such a failure.
+/// Whether the server speaks TLS (a handshake that trusts nothing fails on its
+/// certificate): what a plain-text call that failed vaguely ran into.
 fn speaks_tls(server: &str) -> bool {
-    use std::io::{Read, Write};
-    let probe = || -> Option<bool> {
-        let address = server.split_once("://").map_or(server, |(_, rest)| rest);
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("orch-probe").ok()?;
-        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
-        let mut hello = Vec::new();
-        connection.write_tls(&mut hello).ok()?;
-        let socket = std::net::ToSocketAddrs::to_socket_addrs(address).ok()?.next()?;
-        let mut tcp = std::net::TcpStream::connect_timeout(&socket, std::time::Duration::from_secs(2)).ok()?;
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-        tcp.write_all(&hello).ok()?;
-        let mut first = [0u8; 1];
-        tcp.read_exact(&mut first).ok()?;
-        // 0x16: a TLS handshake record (the ServerHello).
-        Some(first[0] == 0x16)
-    };
-    probe().unwrap_or(false)
+    handshake_error(server, rustls::RootCertStore::empty(), None).is_some_and(|e| e.contains("invalid peer certificate"))
 }
 
 /// Connects to the first server that answers and checks that it admits this client
