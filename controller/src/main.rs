@@ -65,6 +65,14 @@ enum Sub {
         #[arg(long = "node", value_name = "NAME=IP")]
         nodes: Vec<String>,
     },
+    /// Re-issue every certificate in --tls-dir (same names, roles and addresses; new keys
+    /// and a new lifetime) with the same CA; then hand each machine its new files and
+    /// restart its controller or agent.
+    Renew {
+        /// How long the new certificates are valid.
+        #[arg(long, default_value_t = orch_api::tls::LEAF_VALIDITY_DAYS)]
+        days: u32,
+    },
 }
 
 fn init(args: &Args, controller_names: &[String], nodes: &[String]) -> anyhow::Result<()> {
@@ -116,8 +124,17 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    if let Some(Sub::Init { controller_names, nodes }) = &args.command {
-        return init(args, controller_names, nodes);
+    match &args.command {
+        Some(Sub::Init { controller_names, nodes }) => return init(args, controller_names, nodes),
+        Some(Sub::Renew { days }) => {
+            anyhow::ensure!(*days >= 1, "--days: at least 1");
+            let dir = args.tls_dir.clone().context("renew needs --tls-dir DIR (the PKI to renew)")?;
+            for path in orch_api::tls::renew(&dir, *days)? {
+                println!("{}", path.display());
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let (listen, tls) = match (&args.tls_dir, args.insecure_listen) {
         (_, Some(listen)) => {

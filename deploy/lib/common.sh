@@ -39,7 +39,7 @@ require_rust() {
             step "using $SUDO_USER's Rust toolchain ($user_home/.cargo/bin, read-only)"
             export PATH="$user_home/.cargo/bin:$PATH"
             export RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
-            export CARGO_HOME="${CARGO_HOME:-/root/.cargo}"
+            export CARGO_HOME="${CARGO_HOME:-$(getent passwd root | cut -d: -f6)/.cargo}"
             mkdir -p "$CARGO_HOME"
         fi
     fi

@@ -108,15 +108,78 @@ pub fn identity_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
 }
 
-/// A leaf certificate signed by the CA, for `names` (DNS names or IP addresses).
-fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, common_name: &str, names: &[String], server: bool) -> Result<(), TlsError> {
-    let readers = if file == "admin" { Readers::AdminGroup } else { Readers::Owner };
+/// What a certificate may do. Carried in its subject's organizational unit
+/// (`orch:admin`, `orch:controller`, `orch:node`), which only `init` sets: a node's
+/// name is its common name and can never make it an admin or a controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The CLI: drives `orch.v1.Api`.
+    Admin,
+    /// A controller: serves the API and calls the agents' node API.
+    Controller,
+    /// An agent: registers and holds a session as the node its common name names.
+    Node,
+}
+
+impl Role {
+    fn unit(self) -> &'static str {
+        match self {
+            Role::Admin => "orch:admin",
+            Role::Controller => "orch:controller",
+            Role::Node => "orch:node",
+        }
+    }
+
+    fn from_unit(unit: &str) -> Option<Role> {
+        [Role::Admin, Role::Controller, Role::Node].into_iter().find(|role| role.unit() == unit)
+    }
+}
+
+/// Names no node may have: they are (or were, before roles) the names of roles.
+pub const RESERVED_NODE_NAMES: [&str; 4] = ["admin", "controller", "orch-controller", "ca"];
+
+/// How long a leaf certificate is valid by default (`renew` re-issues it); the CA: ten years.
+pub const LEAF_VALIDITY_DAYS: u32 = 365;
+const CA_VALIDITY_DAYS: u32 = 3650;
+
+/// The civil date `days` days after 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (i32::try_from(year).unwrap_or(i32::MAX), u8::try_from(month).unwrap_or(1), u8::try_from(day).unwrap_or(1))
+}
+
+/// Valid from yesterday (clocks differ a little) for `days` days.
+fn set_validity(params: &mut CertificateParams, days: u32) {
+    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0));
+    let (y, m, d) = civil_from_days(today - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_from_days(today + i64::from(days));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// A leaf certificate signed by the CA, for `names` (DNS names or IP addresses), valid
+/// for `days`.
+fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, role: Role, common_name: &str, names: &[String], days: u32) -> Result<(), TlsError> {
+    let readers = if role == Role::Admin { Readers::AdminGroup } else { Readers::Owner };
     let mut params = CertificateParams::new(names.to_vec()).map_err(generate(file))?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, common_name);
+    subject.push(DnType::OrganizationalUnitName, role.unit());
     params.distinguished_name = subject;
-    params.extended_key_usages =
-        if server { vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth] } else { vec![ExtendedKeyUsagePurpose::ClientAuth] };
+    set_validity(&mut params, days);
+    params.extended_key_usages = if role == Role::Admin {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+    };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let key = KeyPair::generate().map_err(generate(file))?;
     let cert = params.signed_by(&key, issuer).map_err(generate(file))?;
@@ -133,8 +196,62 @@ pub fn init(dir: &Path, controller_names: &[String], nodes: &[(String, String)])
     make(dir, controller_names, nodes, true)
 }
 
-/// As [`init`], but keeps every certificate that is already there and makes only the
-/// missing ones: what `orch up` does at every start (the first one makes the PKI).
+/// Re-issues every leaf certificate in `dir` (each `*.pem` but `ca.pem`) with the same
+/// role, names and addresses, a new key and a new lifetime of `days`; the CA stays, so
+/// nothing else needs to change. Returns the files written.
+pub fn renew(dir: &Path, days: u32) -> Result<Vec<PathBuf>, TlsError> {
+    let issuer = load_issuer(dir)?;
+    let entries = std::fs::read_dir(dir).map_err(|e| TlsError::File { path: dir.display().to_string(), message: e.to_string() })?;
+    let mut files: Vec<String> =
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".pem").map(str::to_owned)).filter(|name| name != "ca").collect();
+    files.sort();
+    let mut written = Vec::new();
+    for file in files {
+        let (path, _) = identity_paths(dir, &file);
+        let pem = read(&path)?;
+        let bad = |message: &str| TlsError::Generate { what: file.clone(), message: message.to_owned() };
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(&e.to_string()))?;
+        let certificate = block.parse_x509().map_err(|e| bad(&e.to_string()))?;
+        let (common_name, role) =
+            subject_identity(&certificate).ok_or_else(|| bad("no orch role in the subject (made before roles existed: run init again)"))?;
+        let mut names = Vec::new();
+        if let Ok(Some(extension)) = certificate.subject_alternative_name() {
+            for name in &extension.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => names.push((*dns).to_owned()),
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                        4 => names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).map_err(|_| bad("address"))?).to_string()),
+                        16 => names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).map_err(|_| bad("address"))?).to_string()),
+                        _ => return Err(bad("an IP address of odd length")),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        leaf(dir, &issuer, &file, role, &common_name, &names, days)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Whether the certificate at `path` carries an orch role and stays valid for 30 more days.
+fn leaf_is_current(path: &Path) -> bool {
+    let Ok(pem) = std::fs::read(path) else { return false };
+    let Ok((_, block)) = x509_parser::pem::parse_x509_pem(&pem) else { return false };
+    let Ok(certificate) = block.parse_x509() else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    subject_identity(&certificate).is_some() && certificate.validity().not_after.timestamp() > now + 30 * 86_400
+}
+
+/// The CA of a PKI directory, to sign with.
+fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let key = KeyPair::from_pem(&read(&dir.join("ca.key"))?).map_err(generate("ca"))?;
+    Issuer::from_ca_cert_pem(&read(&dir.join("ca.pem"))?, key).map_err(generate("ca"))
+}
+
+/// As [`init`], but keeps every certificate that is already there and current, and
+/// makes the missing ones and those that carry no role or expire within 30 days: what
+/// `orch up` does at every start (the first one makes the PKI; later ones rotate it).
 pub fn ensure(dir: &Path, controller_names: &[String], nodes: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
     make(dir, controller_names, nodes, false)
 }
@@ -143,18 +260,26 @@ fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], rep
     prepare_dir(dir)?;
     let missing = |file: &str| {
         let (cert, key) = identity_paths(dir, file);
-        replace || !cert.exists() || !key.exists()
+        replace || !key.exists() || !leaf_is_current(&cert)
     };
+    for (name, _) in nodes {
+        if RESERVED_NODE_NAMES.contains(&name.as_str()) {
+            return Err(TlsError::Generate {
+                what: format!("node-{name}"),
+                message: format!("{name:?} is reserved (a role's name); give the node another name"),
+            });
+        }
+    }
     let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let issuer = if ca_cert.exists() {
-        let key = KeyPair::from_pem(&read(&ca_key)?).map_err(generate("ca"))?;
-        Issuer::from_ca_cert_pem(&read(&ca_cert)?, key).map_err(generate("ca"))?
+        load_issuer(dir)?
     } else {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate("ca"))?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::CommonName, "orch cluster CA");
         params.distinguished_name = subject;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        set_validity(&mut params, CA_VALIDITY_DAYS);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().map_err(generate("ca"))?;
         let cert = params.self_signed(&key).map_err(generate("ca"))?;
@@ -169,17 +294,17 @@ fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], rep
             names.push(default.to_owned());
         }
     }
-    let mut leaves = vec![("controller".to_owned(), CONTROLLER.to_owned(), names, true)];
+    let mut leaves = vec![("controller".to_owned(), Role::Controller, CONTROLLER.to_owned(), names)];
     for (name, address) in nodes {
         if address.parse::<IpAddr>().is_err() {
             return Err(TlsError::Generate { what: format!("node-{name}"), message: format!("{address:?} is not an IP address") });
         }
-        leaves.push((format!("node-{name}"), name.clone(), vec![name.clone(), address.clone()], true));
+        leaves.push((format!("node-{name}"), Role::Node, name.clone(), vec![name.clone(), address.clone()]));
     }
-    leaves.push(("admin".to_owned(), ADMIN.to_owned(), vec![ADMIN.to_owned()], false));
-    for (file, common_name, names, server) in leaves {
+    leaves.push(("admin".to_owned(), Role::Admin, ADMIN.to_owned(), vec![ADMIN.to_owned()]));
+    for (file, role, common_name, names) in leaves {
         if missing(&file) {
-            leaf(dir, &issuer, &file, &common_name, &names, server)?;
+            leaf(dir, &issuer, &file, role, &common_name, &names, LEAF_VALIDITY_DAYS)?;
             written.push(identity_paths(dir, &file).0);
         }
     }
@@ -203,32 +328,49 @@ pub fn client_config(dir: &Path, name: &str) -> Result<ClientTlsConfig, TlsError
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&dir.join("ca.pem"))?)).identity(identity))
 }
 
-/// The common name the CLI's certificate carries: the only one the Api accepts.
+/// The common name of the CLI's certificate (and its files' name in a PKI directory).
 pub const ADMIN: &str = "admin";
-/// The common name of the controller's certificate: the only caller of an agent's node API.
+/// The common name of the controller's certificate.
 pub const CONTROLLER: &str = "orch-controller";
 
-/// The subject common name of a DER certificate (a peer's, as TLS verified it).
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    let name = certificate.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-    Some(name)
+/// Who a verified certificate names: its common name and its role.
+fn subject_identity(certificate: &x509_parser::certificate::X509Certificate<'_>) -> Option<(String, Role)> {
+    let subject = certificate.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let role = subject.iter_organizational_unit().find_map(|unit| Role::from_unit(unit.as_str().ok()?))?;
+    Some((name, role))
 }
 
-/// Who called, by certificate: `None` for plain text (loopback only), else the common
-/// name of the verified client certificate (empty when it has none).
-pub fn peer_name<T>(request: &tonic::Request<T>) -> Option<String> {
+/// Who called over TLS, from the certificate the handshake verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// `None`: a certificate the CA signed that carries no orch role (it gets nothing).
+    pub role: Option<Role>,
+}
+
+/// Who called: `None` for plain text (only behind --insecure-listen, on loopback), else
+/// the verified client certificate's name and role.
+pub fn peer<T>(request: &tonic::Request<T>) -> Option<Peer> {
     let certificates = request.peer_certs()?;
-    Some(certificates.first().and_then(|c| common_name(c)).unwrap_or_default())
+    let parsed = certificates.first().and_then(|der| {
+        let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+        let name = certificate.subject().iter_common_name().next().and_then(|n| n.as_str().ok()).unwrap_or_default().to_owned();
+        Some(Peer { role: subject_identity(&certificate).map(|(_, role)| role), name })
+    });
+    Some(parsed.unwrap_or(Peer { name: String::new(), role: None }))
 }
 
-/// An interceptor admitting plain-text callers (loopback) and TLS callers whose
-/// certificate is one of `allowed`.
-pub fn require_peer(request: tonic::Request<()>, allowed: &[&str]) -> Result<tonic::Request<()>, tonic::Status> {
-    match peer_name(&request) {
+/// An interceptor admitting plain-text callers (behind --insecure-listen) and TLS callers
+/// whose certificate carries one of the `allowed` roles.
+pub fn require_role(request: tonic::Request<()>, allowed: &[Role]) -> Result<tonic::Request<()>, tonic::Status> {
+    match peer(&request) {
         None => Ok(request),
-        Some(name) if allowed.contains(&name.as_str()) => Ok(request),
-        Some(name) => Err(tonic::Status::permission_denied(format!("certificate {name:?} may not call this service (allowed: {})", allowed.join(", ")))),
+        Some(Peer { role: Some(role), .. }) if allowed.contains(&role) => Ok(request),
+        Some(Peer { name, role }) => {
+            let role = role.map_or("no role", Role::unit);
+            Err(tonic::Status::permission_denied(format!("certificate {name:?} ({role}) may not call this service")))
+        }
     }
 }
 
@@ -242,6 +384,23 @@ pub fn client_config_from(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_787), (2026, 11, 30));
+        assert_eq!(civil_from_days(20_787 + 365), (2027, 11, 30));
+    }
+
+    #[test]
+    fn roles_round_trip_through_the_unit() {
+        for role in [Role::Admin, Role::Controller, Role::Node] {
+            assert_eq!(Role::from_unit(role.unit()), Some(role));
+        }
+        assert_eq!(Role::from_unit("admin"), None, "a bare name is not a role");
+    }
 
     #[test]
     fn group_ids_from_etc_group() {

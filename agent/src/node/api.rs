@@ -74,7 +74,7 @@ impl NodeApi {
     /// reaches it behind `--insecure-api-listen`).
     pub fn into_server(self) -> tonic::service::interceptor::InterceptedService<pb::node_agent_server::NodeAgentServer<NodeApi>, PeerCheck> {
         fn controller_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-            orch_api::tls::require_peer(request, &[orch_api::tls::CONTROLLER])
+            orch_api::tls::require_role(request, &[orch_api::tls::Role::Controller])
         }
         pb::node_agent_server::NodeAgentServer::with_interceptor(self, controller_only)
     }

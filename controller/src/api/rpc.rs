@@ -25,7 +25,7 @@ impl ApiRpc {
 pub type AdminOnly = fn(Request<()>) -> Result<Request<()>, Status>;
 
 fn admin_only(request: Request<()>) -> Result<Request<()>, Status> {
-    orch_api::tls::require_peer(request, &[orch_api::tls::ADMIN, orch_api::tls::CONTROLLER])
+    orch_api::tls::require_role(request, &[orch_api::tls::Role::Admin, orch_api::tls::Role::Controller])
 }
 
 impl ApiRpc {}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use orch_api::pb;
 use orch_api::pb::nodes_server::Nodes;
+use orch_api::tls::{Peer, Role};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -64,11 +65,12 @@ fn status(error: NodeError) -> Status {
 const STATUS_WRITES: usize = 16;
 
 /// Over TLS a node speaks only for itself: its certificate's common name is its name.
-fn check_node_identity(peer: Option<&str>, node: &str) -> Result<(), Status> {
+/// Over TLS, only a node's certificate (role node) with that node's name acts as it.
+fn check_node_identity(peer: Option<&Peer>, node: &str) -> Result<(), Status> {
     match peer {
         None => Ok(()),
-        Some(name) if name == node => Ok(()),
-        Some(name) => Err(Status::permission_denied(format!("certificate {name:?} may not act as node {node:?}"))),
+        Some(Peer { name, role: Some(Role::Node) }) if name == node => Ok(()),
+        Some(Peer { name, .. }) => Err(Status::permission_denied(format!("certificate {name:?} may not act as node {node:?}"))),
     }
 }
 
@@ -177,9 +179,9 @@ impl Session {
 #[tonic::async_trait]
 impl Nodes for NodesRpc {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let peer = orch_api::tls::peer_name(&request);
+        let peer = orch_api::tls::peer(&request);
         let info = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node: required"))?;
-        check_node_identity(peer.as_deref(), &info.name)?;
+        check_node_identity(peer.as_ref(), &info.name)?;
         let name = info.name.clone();
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
@@ -190,7 +192,7 @@ impl Nodes for NodesRpc {
     type SessionStream = ControllerStream;
 
     async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
-        let peer = orch_api::tls::peer_name(&request);
+        let peer = orch_api::tls::peer(&request);
         let mut incoming = request.into_inner();
         let (outgoing, receiver) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
         let mut session = Session {
@@ -217,7 +219,7 @@ impl Nodes for NodesRpc {
                     }
                 };
                 if session.node.is_empty() {
-                    if let Err(status) = check_node_identity(peer.as_deref(), &message.node) {
+                    if let Err(status) = check_node_identity(peer.as_ref(), &message.node) {
                         let _ = outgoing.send(Err(status)).await;
                         break;
                     }
