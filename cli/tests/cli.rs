@@ -483,6 +483,36 @@ fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "2"]).trim(), "service/web scaled to 2");
     up.wait("2 ready replicas", |u| u.ready_replicas() == 2);
 
+    // A member of the `orch` group may drive orch (the README's way to give a user
+    // access): with the group present, the PKI hands the CLI's credential to it, and
+    // nobody with that group as a supplementary group gets in.
+    struct GroupGuard(bool);
+    impl Drop for GroupGuard {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = Command::new("groupdel").arg(orch_api::tls::ADMIN_GROUP).status();
+            }
+        }
+    }
+    let group_exists = || Command::new("getent").args(["group", orch_api::tls::ADMIN_GROUP]).output().expect("getent").status.success();
+    let _group = GroupGuard(!group_exists() && Command::new("groupadd").args(["--system", orch_api::tls::ADMIN_GROUP]).status().expect("groupadd").success());
+    assert!(group_exists(), "the orch group exists");
+    orch_api::tls::ensure(&up.pki(), &[], &[]).expect("the PKI hands the CLI's credential to the group");
+    assert_eq!(mode(&up.pki().join("admin.key")), 0o640, "admin.key: the group reads it");
+    assert_eq!(mode(&up.pki()), 0o750, "the PKI directory: the group enters it");
+    assert_eq!(mode(&up.pki().join("ca.key")), 0o600, "every other key stays root's");
+    std::fs::set_permissions(up.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("let others reach the PKI directory");
+    let member = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", &format!("--groups={}", orch_api::tls::ADMIN_GROUP), "--"])
+        .arg(&orch)
+        .args(["--server", &server, "--tls-dir", pki, "get", "services"])
+        .env_clear()
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("setpriv");
+    std::fs::set_permissions(up.dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod back");
+    assert!(member.status.success() && text(&member.stdout).contains("web"), "a member of the orch group: {}", text(&member.stderr));
+
     // A controller binary without a PKI refuses plain text unless told so explicitly.
     let refused = Command::new(Path::new(ORCH).with_file_name("orch-controller"))
         .args(["--store", &format!("embedded:{}", up.dir.path().join("x.redb").display()), "--listen", "127.0.0.1:1"])

@@ -1,7 +1,8 @@
-//! Transport security between machines: a cluster CA and certificates made by
-//! `orch-controller init` (rcgen), and the tonic/rustls configurations built from them.
-//! Everything is mutual: the controller only accepts agents and clients whose
-//! certificate the cluster CA signed, and agents only talk to a controller it signed.
+//! Transport security — the front door — on every connection, between machines and on
+//! loopback alike: a cluster CA and certificates made by `orch-controller init` or
+//! `orch up` (rcgen), and the tonic/rustls configurations built from them. Everything
+//! is mutual: the controller only accepts agents and clients whose certificate the
+//! cluster CA signed, and agents only talk to a controller it signed.
 //!
 //! Layout of a PKI directory: `ca.pem` + `ca.key`, `controller.pem/.key` (server and
 //! client: it calls the agents' node API), `node-<name>.pem/.key` (one per node; server
@@ -72,6 +73,19 @@ fn write(path: &Path, content: &str, readers: Readers) -> Result<(), TlsError> {
     file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&temporary, path).map_err(fail)
+}
+
+/// Hands an existing CLI credential to the admin group, when that group exists (made
+/// after the credential, say): 0640 with that group. Best effort, as in `write`.
+fn share_admin_credential(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(gid) = admin_group_id() else { return };
+    let (cert, key) = identity_paths(dir, ADMIN);
+    for path in [cert, key] {
+        if std::os::unix::fs::chown(&path, None, Some(gid)).is_ok() {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640));
+        }
+    }
 }
 
 /// The gid of [`ADMIN_GROUP`] from `/etc/group`, when the group exists.
@@ -308,6 +322,7 @@ fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], rep
             written.push(identity_paths(dir, &file).0);
         }
     }
+    share_admin_credential(dir);
     Ok(written)
 }
 
