@@ -99,6 +99,7 @@ started=$SECONDS
 step "building a minimal Debian 12 root in $root (mmdebstrap --variant=minbase)"
 mmdebstrap --quiet --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$log" 2>&1 \
     || { tail -20 "$log" >&2; die "mmdebstrap failed (log: $log)"; }
+chmod 755 "$root"   # mktemp made it 0700; / is 0755 (user-namespaced containers need to traverse it)
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # Certificate authorities this machine's administrator added (a proxy's, say) are part
 # of its provisioning, not of orch's install steps: the new root trusts them too, once

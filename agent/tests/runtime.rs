@@ -75,8 +75,15 @@ fn mounts_stay_inside_and_ctrl_c_stops_and_cleans_up() {
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let root = sandbox.root.path().display().to_string();
     assert!(!host_mounts.contains(&root), "a container mount is visible on the host");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sandbox.state_dir().join("containers/mounts/state.json")).expect("state file")).expect("json");
+    // The agent records the container's PIDs once it said go, which can be just after
+    // the command's first output: wait for the record.
+    let state_file = sandbox.state_dir().join("containers/mounts/state.json");
+    let started = std::time::Instant::now();
+    while !state_file.exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no {} after 30 s", state_file.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).expect("state file")).expect("json");
     let init_pid = state["init_pid"].as_i64().expect("init_pid");
     let inside = std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).expect("container mountinfo");
     assert!(inside.lines().any(|l| l.contains(" / / ") && l.contains("overlay")), "/ is an overlay inside:\n{inside}");
