@@ -267,6 +267,18 @@ fn the_cli_against_orch_up() {
     assert!(service_logs.lines().all(|l| l.starts_with("[web-")), "{service_logs}");
     assert_eq!(up.ok(&["exec", &replica, "--", "cat", "/etc/hostname"]).trim(), replica);
     assert_eq!(up.orch(&["exec", &replica, "--", "sh", "-c", "exit 3"]).status.code(), Some(3), "the command's exit code");
+    // The container's environment reaches the command, and never a command line on the
+    // host (every user reads /proc/*/cmdline): look while an exec runs.
+    let mut running = up.command().args(["exec", &replica, "--", "sh", "-c", "echo \"$GREETING\"; exec sleep 5"]).stdout(Stdio::piped()).spawn().expect("exec");
+    let mut greeting = String::new();
+    read_until(running.stdout.as_mut().expect("stdout"), &mut greeting, "exec", |t| t.ends_with('\n'));
+    assert_eq!(greeting.trim(), "two", "the replica's environment");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("GREETING=two"), "the environment on a command line: {}", entry.path().display());
+    }
+    let _ = running.kill();
+    let _ = running.wait();
     let mut piped = up.command().args(["exec", "-i", &replica, "--", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("orch exec -i");
     piped.stdin.take().expect("stdin").write_all(b"hello through stdin\n").expect("write");
     let echoed = piped.wait_with_output().expect("wait");

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::replica::NodeContext;
-use crate::runtime::exec::{ExecRequest, EXEC_SUBCOMMAND};
+use crate::runtime::exec::ExecRequest;
 
 /// What the API needs of a running replica, kept current by its supervisor.
 #[derive(Debug, Clone, Default)]
@@ -188,9 +188,8 @@ impl NodeAgent for NodeApi {
         if exec.tty && !exec.env.iter().any(|e| e.starts_with("TERM=")) {
             exec.env.push("TERM=xterm".into());
         }
-        let mut child = tokio::process::Command::new(&ctx.helper)
-            .arg(EXEC_SUBCOMMAND)
-            .args(exec.to_args())
+        let mut child = exec
+            .helper_command(&ctx.helper)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orch_api::pb;
 
-use crate::runtime::exec::{ExecRequest, EXEC_SUBCOMMAND};
+use crate::runtime::exec::ExecRequest;
 
 /// A probe's verdict from consecutive results, as Kubernetes counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,9 +122,8 @@ async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<()
 async fn check_exec(command: &[String], target: &ProbeTarget) -> Result<(), String> {
     let mut request = target.exec.clone();
     request.command = command.to_vec();
-    let output = tokio::process::Command::new(&target.helper)
-        .arg(EXEC_SUBCOMMAND)
-        .args(request.to_args())
+    let output = request
+        .helper_command(&target.helper)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -21,8 +21,10 @@ use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_CAPABILITI
 /// The hidden subcommand that runs [`exec_main`].
 pub const EXEC_SUBCOMMAND: &str = "__exec";
 
-/// What to run where, as passed on the helper's command line:
-/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] [--env K=V]… [--cwd DIR] -- CMD…`.
+/// What to run where, as passed on the helper's command line —
+/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] [--cwd DIR] [--tty true] -- CMD…` —
+/// and, for `env`, as the helper's own environment: never on argv, which every host user
+/// reads in `/proc/PID/cmdline`, while `/proc/PID/environ` is the process owner's only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecRequest {
     pub pid: i32,
@@ -47,9 +49,6 @@ impl ExecRequest {
         if let Some((uid, gid)) = self.user {
             args.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
         }
-        for entry in &self.env {
-            args.extend(["--env".to_owned(), entry.clone()]);
-        }
         if let Some(cwd) = &self.cwd {
             args.extend(["--cwd".to_owned(), cwd.clone()]);
         }
@@ -61,6 +60,17 @@ impl ExecRequest {
         args
     }
 
+    /// The helper process for this request: its arguments, and the container's
+    /// environment (`K=V` entries) as the helper's whole environment.
+    pub fn helper_command(&self, helper: &std::path::Path) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(helper);
+        command.arg(EXEC_SUBCOMMAND).args(self.to_args()).env_clear();
+        command.envs(self.env.iter().filter_map(|entry| entry.split_once('=')));
+        command
+    }
+
+    /// The request from the helper's arguments (everything but `env`, which
+    /// [`exec_main`] takes from its own environment).
     pub fn parse(args: &[String]) -> Result<ExecRequest, String> {
         let mut request = ExecRequest::default();
         let mut iter = args.iter();
@@ -79,7 +89,6 @@ impl ExecRequest {
                     let gid = gid.parse().map_err(|_| format!("--user {value:?}: bad gid"))?;
                     request.user = Some((uid, gid));
                 }
-                "--env" => request.env.push(value.clone()),
                 "--cwd" => request.cwd = Some(value.clone()),
                 "--tty" => request.tty = value == "true",
                 other => return Err(format!("unknown flag {other}")),
@@ -103,7 +112,9 @@ fn die(message: &str, code: i32) -> ! {
 /// Entry point of `orch-agent __exec`. Never returns. Must run before any thread starts.
 pub fn exec_main() -> ! {
     let args: Vec<String> = std::env::args().skip(2).collect();
-    let request = ExecRequest::parse(&args).unwrap_or_else(|e| die(&e, CODE_RUNTIME));
+    let mut request = ExecRequest::parse(&args).unwrap_or_else(|e| die(&e, CODE_RUNTIME));
+    // The container's environment is this process's own (see `helper_command`).
+    request.env = std::env::vars_os().map(|(key, value)| format!("{}={}", key.to_string_lossy(), value.to_string_lossy())).collect();
     let pid = request.pid;
     for cgroup in &request.cgroups {
         let procs = std::path::Path::new(cgroup).join("cgroup.procs");
@@ -286,12 +297,17 @@ mod tests {
             pid: 42,
             cgroups: vec!["/sys/fs/cgroup/memory/orch/web-1".into()],
             user: Some((1000, 1000)),
-            env: vec!["PATH=/bin".into(), "A=b c".into()],
+            env: vec!["PATH=/bin".into(), "SECRET=b c".into()],
             cwd: Some("/srv".into()),
             tty: true,
             command: vec!["sh".into(), "-c".into(), "echo --pid".into()],
         };
-        assert_eq!(ExecRequest::parse(&request.to_args()), Ok(request));
+        let args = request.to_args();
+        assert!(!args.iter().any(|a| a.contains("SECRET")), "the environment is never on argv: {args:?}");
+        assert_eq!(ExecRequest::parse(&args), Ok(ExecRequest { env: Vec::new(), ..request.clone() }));
+        let command = request.helper_command(std::path::Path::new("/helper"));
+        let envs: Vec<_> = command.as_std().get_envs().map(|(k, v)| (k.to_owned(), v.map(std::ffi::OsStr::to_owned))).collect();
+        assert_eq!(envs, vec![("PATH".into(), Some("/bin".into())), ("SECRET".into(), Some("b c".into()))], "it is the helper's environment");
         assert!(ExecRequest::parse(&["--pid".into(), "1".into()]).is_err(), "no command");
         assert!(ExecRequest::parse(&["--pid".into(), "x".into(), "--".into(), "sh".into()]).is_err());
     }

@@ -159,8 +159,10 @@ impl Cluster {
     /// Runs a command inside a replica's container, the way exec probes do.
     pub fn exec(&self, host_pid: u32, command: &[&str]) {
         let status = Command::new(AGENT)
-            .args(["__exec", "--pid", &host_pid.to_string(), "--env", "PATH=/bin", "--"])
+            .args(["__exec", "--pid", &host_pid.to_string(), "--"])
             .args(command)
+            .env_clear()
+            .env("PATH", "/bin")
             .status()
             .expect("run orch-agent __exec");
         assert!(status.success(), "{command:?} in PID {host_pid}: {status}");
