@@ -34,6 +34,9 @@ fn the_container_has_its_own_hostname() {
     assert_eq!(stdout(&out).trim(), "boxy");
     let out = sandbox.run("default-name", &[], &["hostname"]);
     assert_eq!(stdout(&out).trim(), "default-name", "the hostname defaults to the container name");
+    // Its PID 1 is orch's init, by name only: no host path of the agent binary.
+    let out = sandbox.run("pid1", &[], &["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"]);
+    assert_eq!(stdout(&out).trim(), "orch-init __init", "{}", stderr(&out));
     assert_eq!(nix::unistd::gethostname().expect("gethostname"), host_before, "the host's hostname is untouched");
     sandbox.assert_clean("hostname");
     sandbox.assert_clean("default-name");
@@ -107,9 +110,11 @@ fn a_memory_hog_is_oom_killed_and_reported() {
 
 #[test]
 fn a_fork_bomb_stops_at_the_pids_limit() {
+    // The bomb goes off in a subshell: the command itself forks once, before the limit
+    // is reached, and then is `sleep` (a shell whose own fork failed would exit 2).
     let sandbox = Sandbox::new("forkbomb");
     let mut child = sandbox
-        .run_command("bomb", &["--pids", "24", "--stop-timeout", "1"], &["sh", "-c", "echo ready; bomb() { bomb | bomb & }; bomb; exec sleep 1000"])
+        .run_command("bomb", &["--pids", "24", "--stop-timeout", "1"], &["sh", "-c", "echo ready; (bomb() { bomb | bomb & }; bomb) & exec sleep 1000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -15,7 +15,7 @@ use super::idmap;
 use super::pidfd::PidFd;
 use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
-use super::{procfs, RuntimeError, CODE_RUNTIME, INIT_SUBCOMMAND};
+use super::{procfs, RuntimeError, CODE_RUNTIME, INIT_NAME, INIT_SUBCOMMAND};
 use crate::cgroups::{CgroupLayout, CgroupStats, ContainerCgroup};
 
 /// How long the start handshake may take before the start is abandoned.
@@ -175,6 +175,9 @@ impl Runtime {
         // The sync socket is the shim's standard input: no pre-exec hook, so std spawns
         // with posix_spawn instead of forking this multi-threaded process.
         command.arg(INIT_SUBCOMMAND).env_clear().stdin(OwnedFd::from(child_end));
+        // The container's PID 1 (forked from the shim) shows this name in /proc/1/cmdline,
+        // not the agent's path on the host.
+        std::os::unix::process::CommandExt::arg0(&mut command, INIT_NAME);
         match &spec.stdio {
             Stdio::Inherit => {}
             Stdio::LogFile(path) => {

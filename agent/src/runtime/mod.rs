@@ -23,6 +23,9 @@ pub use state::{now_unix_ms, ContainerState, ExitRecord};
 
 /// The hidden subcommand that runs [`init::shim_main`].
 pub const INIT_SUBCOMMAND: &str = "__init";
+/// The name the shim and the container's init carry as argv[0]: what a container sees
+/// of its PID 1 (`orch-init __init`), instead of the agent binary's host path.
+pub const INIT_NAME: &str = "orch-init";
 
 /// Exit code for a failure of the runtime itself (as Docker and runc).
 pub const CODE_RUNTIME: i32 = 125;
