@@ -12,7 +12,9 @@
 #   sudo bash deploy/fresh-check.sh [--tests] [--keep] [--timeout MINUTES]
 #
 # --tests then also runs the second command, `bash deploy/test.sh`, in the same root
-# (another 30–40 minutes): proof that the test command installs all it needs too.
+# (another 20–30 minutes): proof that the test command installs all it needs too. One
+# test is left out there, by name and said so: the kernel gives a chrooted process no
+# user namespaces.
 #
 # Run it whenever Cargo.toml, Cargo.lock or anything under deploy/ changes; CI runs it
 # when ORCH_FRESH_CHECK=1. It takes 15–30 minutes on 2 cores (a clean release build), and
@@ -172,8 +174,12 @@ orch_pid=""
 grep -q 'orch: stopped' "$log" || die "orch up did not report a clean stop (log: $log)"
 ip link show orch0 >/dev/null 2>&1 && die "orch up left the bridge orch0 behind"
 if [ "$tests" = 1 ]; then
-    step "running the README's second command in the chroot: bash deploy/test.sh (log: $log)"
-    (in_root CI=true deploy/test.sh) >>"$log" 2>&1 </dev/null \
+    # The kernel refuses CLONE_NEWUSER to a chrooted process (unshare(2): EPERM when the
+    # caller's root is not its mount namespace's root), so the one test that starts a
+    # user-namespaced container cannot pass here; it runs in CI and the README's command.
+    userns_test=a_user_namespace_maps_root_to_an_unprivileged_host_id
+    step "running the README's second command in the chroot: bash deploy/test.sh, all but $userns_test (no user namespaces in a chroot) (log: $log)"
+    (in_root CI=true "deploy/test.sh -- --skip $userns_test") >>"$log" 2>&1 </dev/null \
         || { grep -E '^test .* FAILED|^error|panicked' "$log" | tail -20 >&2; die "deploy/test.sh failed in the new root (log: $log)"; }
     step "deploy/test.sh passed in the new root: $(grep -E '^test result' "$log" | awk '{p+=$4; f+=$6} END {print p " passed, " f " failed"}')"
 fi
