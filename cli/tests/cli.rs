@@ -372,8 +372,14 @@ fn the_cli_against_orch_up() {
 /// Runs `program args` as the unprivileged user `nobody` (setpriv: uid, gid and no
 /// supplementary groups), with an environment of its own (no ORCH_* from the tests).
 fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    as_nobody_in("", program, args)
+}
+
+/// As [`as_nobody`], with `group` as its one supplementary group (none when empty).
+fn as_nobody_in(group: &str, program: &Path, args: &[&str]) -> Output {
+    let groups = if group.is_empty() { "--clear-groups".to_owned() } else { format!("--groups={group}") };
     Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(["--reuid=nobody", "--regid=nogroup", &groups, "--"])
         .arg(program)
         .args(args)
         .env_clear()
@@ -514,14 +520,7 @@ fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
     assert_eq!(mode(&up.pki()), 0o750, "the PKI directory: the group enters it");
     assert_eq!(mode(&up.pki().join("ca.key")), 0o600, "every other key stays root's");
     std::fs::set_permissions(up.dir.path(), std::fs::Permissions::from_mode(0o711)).expect("let others reach the PKI directory");
-    let member = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", &format!("--groups={}", orch_api::tls::ADMIN_GROUP), "--"])
-        .arg(&orch)
-        .args(["--server", &server, "--tls-dir", pki, "get", "services"])
-        .env_clear()
-        .env("HOME", "/nonexistent")
-        .output()
-        .expect("setpriv");
+    let member = as_nobody_in(orch_api::tls::ADMIN_GROUP, &orch, &["--server", &server, "--tls-dir", pki, "get", "services"]);
     std::fs::set_permissions(up.dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod back");
     assert!(member.status.success() && text(&member.stdout).contains("web"), "a member of the orch group: {}", text(&member.stderr));
 

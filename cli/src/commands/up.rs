@@ -66,14 +66,6 @@ fn cidr(text: &str, flag: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((address, prefix))
 }
 
-/// The front door: mutual TLS from the PKI directory (made or completed here: the CA,
-/// the controller's certificate, this node's, and the CLI's `admin`), or plain text on
-/// loopback when asked for with --insecure-listen.
-enum Door {
-    Tls(PathBuf),
-    Plain,
-}
-
 pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
     let (service_network, service_prefix) = cidr(&args.service_cidr, "--service-cidr")?;
@@ -84,7 +76,10 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into()));
     orch_api::manifest::names::check_dns_label(&name).map_err(|e| anyhow::anyhow!("node name {name:?} must be {e}; give --name"))?;
-    let (listen, door) = match args.insecure_listen {
+    // The front door: mutual TLS from the PKI directory (made or completed here: the CA,
+    // the controller's certificate, this node's, the CLI's `admin`), or plain text on
+    // loopback when asked for with --insecure-listen (`tls_dir` None).
+    let (listen, tls_dir) = match args.insecure_listen {
         Some(listen) => {
             anyhow::ensure!(listen.ip().is_loopback(), "--insecure-listen {listen}: plain text is for loopback only");
             anyhow::ensure!(
@@ -92,13 +87,13 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
                 "--insecure-listen: the node API would serve plain text on --address {}; use a loopback address",
                 args.address
             );
-            (listen, Door::Plain)
+            (listen, None)
         }
         None => {
             let controller_names = vec![args.listen.ip().to_string()];
             orch_api::tls::ensure(pki, &controller_names, &[(name.clone(), args.address.to_string())])
                 .with_context(|| format!("the PKI in {}", pki.display()))?;
-            (args.listen, Door::Tls(pki.to_owned()))
+            (args.listen, Some(pki))
         }
     };
     std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
@@ -107,19 +102,16 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
 
     let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (is another orch up running?)"))?;
-    let tls = match &door {
-        Door::Tls(dir) => Some(ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))?),
-        Door::Plain => None,
-    };
+    let tls = tls_dir.map(|dir| ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))).transpose()?;
     let controller = Controller::start(
         Arc::new(store),
         ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), tls, ..ControllerConfig::default() },
         listener,
     );
     let store_path = args.state_dir.join("controller.redb");
-    match &door {
-        Door::Tls(dir) => eprintln!("orch: controller on {listen} (store {}; mutual TLS, credentials in {})", store_path.display(), dir.display()),
-        Door::Plain => eprintln!(
+    match tls_dir {
+        Some(dir) => eprintln!("orch: controller on {listen} (store {}; mutual TLS, credentials in {})", store_path.display(), dir.display()),
+        None => eprintln!(
             "orch: WARNING: controller on {listen} and the node API in PLAIN TEXT (--insecure-listen): every local user can drive orch (store {})",
             store_path.display()
         ),
@@ -140,10 +132,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         // On the node's address (where the controller dials it), on a free port
         // (registered as it is); only the controller's certificate may call it.
         api_listen: Some(SocketAddr::new(args.address.into(), 0)),
-        tls_dir: match &door {
-            Door::Tls(dir) => Some(dir.clone()),
-            Door::Plain => None,
-        },
+        tls_dir: tls_dir.map(Path::to_path_buf),
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);
@@ -153,10 +142,8 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         Shutdown::Drain
     }));
 
-    let target = match &door {
-        Door::Tls(dir) => Target { servers: vec![listen.to_string()], credentials: Credentials::from_dir(dir) },
-        Door::Plain => Target { servers: vec![format!("http://{listen}")], credentials: Credentials::from_dir(pki) },
-    };
+    let server = if tls_dir.is_some() { listen.to_string() } else { format!("http://{listen}") };
+    let target = Target { servers: vec![server], credentials: Credentials::from_dir(pki) };
     let mut api = crate::client::connect(&target).await?;
     let outcome = async {
         if args.files.is_empty() {
