@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one container in the foreground (a debug command, like `runc run`).
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Pull, list and prune the node's images.
     Images(commands::images::ImagesArgs),
     /// The node network by hand (bridge, balancer, routes).
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => ExitCode::from(u8::try_from(runtime.block_on(commands::run::run(args))).unwrap_or(125)),
+        Command::Run(args) => ExitCode::from(u8::try_from(runtime.block_on(commands::run::run(*args))).unwrap_or(125)),
         Command::Images(args) => runtime.block_on(commands::images::run(args)),
         Command::Net(args) => runtime.block_on(commands::net::run(args)),
         Command::Teardown(args) => runtime.block_on(commands::serve::teardown(args)),

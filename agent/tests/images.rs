@@ -13,7 +13,7 @@ use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::images::{resolve_process, ImageError, ImageStore};
-use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Stdio};
+use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 fn store(sandbox: &Sandbox) -> ImageStore {
     ImageStore::open(&sandbox.state_dir().join("images"), vec![]).expect("image store")
@@ -44,6 +44,7 @@ async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id
         user: process.user,
         image: Some(record.manifest_digest.clone()),
         mounts: vec![],
+        security: Security::default(),
     };
     let container = runtime.start(&spec).await.expect("start");
     let exit = container.wait().await;
@@ -283,6 +284,7 @@ async fn prune_keeps_the_images_containers_use() {
             user: None,
             image: Some(used_record.manifest_digest.clone()),
             mounts: vec![],
+            security: Security::default(),
         })
         .await
         .expect("start");

@@ -16,7 +16,7 @@ use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
-use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Stdio};
+use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 /// One test's network corner: bridge name, pod subnet, service range, node port.
 struct NetLab {
@@ -83,6 +83,7 @@ impl NetLab {
             user: None,
             image: None,
             mounts: mounts.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+            security: Security::default(),
         };
         self.runtime.start_with_network(&spec, Some(network)).await.expect("start with network")
     }

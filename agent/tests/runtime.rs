@@ -245,8 +245,9 @@ fn two_containers_with_one_name_are_refused() {
 fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let sandbox = Sandbox::new("userns");
-    // The mapped root must be able to reach the container's directories.
-    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A private sandbox (like /var/lib/orch, 0700): the mapped root reaches its
+    // container's directory through the init's working directory, never by walking.
+    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let passwd_before = std::fs::read_to_string(sandbox.rootfs().join("etc/passwd")).expect("passwd");
     let mut child = sandbox
         .run_command(
@@ -264,6 +265,8 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
     assert_eq!(next().split_whitespace().collect::<Vec<_>>(), ["0", "200000", "65536"]);
     assert_eq!(next(), "wrote-existing", "root-owned image files are root's inside (idmapped layers)");
     assert_eq!(next(), "ready");
+    let dir = std::fs::metadata(sandbox.state_dir().join("containers/userns")).expect("container directory");
+    assert_eq!((dir.uid(), dir.gid(), dir.permissions().mode() & 0o777), (200_000, 0, 0o770), "the mapped root's directory, no other user's");
 
     // From the host, the container's processes hold the unprivileged id.
     let state: serde_json::Value =
@@ -289,13 +292,155 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
 }
 
 #[test]
-fn a_user_namespace_refuses_an_unreachable_state_directory() {
-    use std::os::unix::fs::PermissionsExt;
-    let sandbox = Sandbox::new("userns-private");
-    // A private (0700) ancestor keeps the mapped root out: said clearly, nothing left.
-    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let out = sandbox.run("private", &["--userns"], &["true"]);
+fn devices_outside_the_allowlist_can_be_neither_made_nor_opened() {
+    let sandbox = Sandbox::new("devices");
+    // Nodes an image ships: a disk and a copy of /dev/null. Neither opens (the root is
+    // nodev), and a new node of a device outside the list cannot even be made.
+    let rootfs = sandbox.rootfs();
+    let node = |name: &str, kind: nix::sys::stat::SFlag, major: u64, minor: u64| {
+        nix::sys::stat::mknod(&rootfs.join(name), kind, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(major, minor))
+            .expect("mknod in the rootfs");
+    };
+    node("image-disk", nix::sys::stat::SFlag::S_IFBLK, 7, 0);
+    node("image-null", nix::sys::stat::SFlag::S_IFCHR, 1, 3);
+    let script = "grep CapEff /proc/self/status; \
+        mknod /tmp/loop b 7 0 && echo made-loop; mknod /dev/mem2 c 1 1 && echo made-mem; \
+        head -c 1 /image-disk >/dev/null && echo read-disk; echo x > /image-null && echo wrote-image-null; \
+        echo x > /dev/null && echo null-ok; head -c 8 /dev/urandom | wc -c; head -c 4 /dev/zero | wc -c; \
+        echo x > /dev/full || echo full-is-full; test -c /dev/pts/ptmx && echo ptmx-ok";
+    let out = sandbox.run("devices", &[], &["sh", "-c", script]);
+    let (text, errors) = (stdout(&out), stderr(&out));
+    let effective = text.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff");
+    const CAP_MKNOD: u64 = 27;
+    assert_ne!(
+        u64::from_str_radix(effective.trim(), 16).expect("hex") & (1 << CAP_MKNOD),
+        0,
+        "the container keeps CAP_MKNOD (Docker's default): the allowlist is what refuses"
+    );
+    assert!(!text.contains("made-loop") && !text.contains("made-mem"), "{text}");
+    assert_eq!(errors.matches("Operation not permitted").count(), 2, "both mknods fail with EPERM: {errors}");
+    assert!(!text.contains("read-disk") && !text.contains("wrote-image-null"), "an image's device node opened: {text}");
+    assert!(text.contains("null-ok") && text.contains("8\n4\n") && text.contains("full-is-full") && text.contains("ptmx-ok"), "{text}\n{errors}");
+    sandbox.assert_clean("devices");
+}
+
+#[test]
+fn a_device_program_guards_a_cgroup_v2_directory() {
+    // On these hybrid machines containers use the v1 devices controller; the v2 path
+    // (a BPF_CGROUP_DEVICE program) is tried on the unified mount, for real.
+    use orch_agent::cgroups::{ContainerCgroup, Limits, V2Cgroup, DEFAULT_DEVICES};
+    common::require_root();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let unified = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .expect("no cgroup2 mount on this machine: the v2 device program needs one (Debian mounts it at /sys/fs/cgroup/unified or /sys/fs/cgroup)");
+    let scratch = tempfile::Builder::new().prefix("orch-rt-devv2-").tempdir().expect("tempdir");
+    let name = format!("orch-test-{}-devv2/c", std::process::id());
+    let cgroup = V2Cgroup::new(unified, name.into());
+    cgroup.create(&Limits { devices: Some(DEFAULT_DEVICES.to_vec()), ..Limits::default() }).expect("create the cgroup and attach the program");
+    let script = "read go; mknod \"$1/loop\" b 7 0 && echo made-loop; head -c 1 /dev/loop0 > /dev/null && echo read-loop0; \
+        echo x > /dev/null && echo null-ok; head -c 4 /dev/zero | wc -c";
+    let mut child = std::process::Command::new(common::BUSYBOX)
+        .args(["sh", "-c", script, "sh"])
+        .arg(scratch.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let joined = cgroup.add_process(i32::try_from(child.id()).expect("pid"));
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"go\n").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    let destroyed = cgroup.destroy();
+    joined.expect("join the cgroup");
+    destroyed.expect("remove the cgroup");
+    let (text, errors) = (stdout(&out), stderr(&out));
+    assert!(!text.contains("made-loop") && !text.contains("read-loop0"), "a device outside the list was made or opened: {text}");
+    assert_eq!(errors.matches("Operation not permitted").count(), 2, "both refusals are EPERM: {errors}");
+    assert!(text.contains("null-ok") && text.contains('4'), "{text}\n{errors}");
+    // The same steps outside the cgroup succeed: the program is what refused them.
+    let control = std::process::Command::new(common::BUSYBOX).args(["mknod"]).arg(scratch.path().join("loop")).args(["b", "7", "0"]).output().expect("mknod");
+    assert!(control.status.success(), "{}", stderr(&control));
+    assert!(!cgroup.paths()[0].exists(), "the test cgroup is gone");
+}
+
+#[test]
+fn the_default_seccomp_filter_refuses_what_docker_refuses() {
+    let sandbox = Sandbox::new("seccomp");
+    // unshare(CLONE_NEWUSER) needs no capability, so only the filter refuses it.
+    let script = "grep -E '^Seccomp:' /proc/self/status; unshare -U true && echo made-userns; swapon /dev/null; echo swapon=$?";
+    let out = sandbox.run("filtered", &["--cap-add", "SYS_ADMIN"], &["sh", "-c", script]);
+    let (text, errors) = (stdout(&out), stderr(&out));
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(text.contains("made-userns"), "CAP_SYS_ADMIN brings unshare back, as in Docker: {text}\n{errors}");
+    assert!(errors.contains("swapon: /dev/null: Operation not permitted"), "swapon stays out even with CAP_SYS_ADMIN: {errors}");
+    let out = sandbox.run("default", &[], &["sh", "-c", script]);
+    assert!(!stdout(&out).contains("made-userns") && stderr(&out).contains("unshare(0x10000000): Operation not permitted"), "{}", stderr(&out));
+    // Unconfined: the same calls reach the kernel, which answers for itself.
+    let out = sandbox.run("unconfined", &["--seccomp", "unconfined", "--cap-add", "SYS_ADMIN"], &["sh", "-c", script]);
+    assert!(stdout(&out).contains("Seccomp:\t0") && stdout(&out).contains("made-userns"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("swapon: /dev/null: Invalid argument"), "the kernel, not the filter, refuses: {}", stderr(&out));
+    for name in ["filtered", "default", "unconfined"] {
+        sandbox.assert_clean(name);
+    }
+}
+
+#[test]
+fn user_group_capabilities_and_a_read_only_root_are_applied() {
+    let sandbox = Sandbox::new("secctx");
+    let script =
+        "id; touch /new-file && echo root-writable; echo x > /tmp/t && echo tmp-writable; echo x > /dev/shm/s && echo shm-ok; grep CapBnd /proc/self/status";
+    let out = sandbox.run("strict", &["--user", "1000:2000", "--read-only", "--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE"], &["sh", "-c", script]);
+    let (text, errors) = (stdout(&out), stderr(&out));
+    assert!(text.contains("uid=1000 gid=2000"), "{text}");
+    assert!(!text.contains("root-writable") && !text.contains("tmp-writable") && errors.contains("Read-only file system"), "{text}\n{errors}");
+    assert!(text.contains("shm-ok"), "/dev/shm stays writable: {text}\n{errors}");
+    let bounding = text.lines().find_map(|l| l.strip_prefix("CapBnd:")).expect("CapBnd");
+    const CAP_NET_BIND_SERVICE: u64 = 10;
+    assert_eq!(u64::from_str_radix(bounding.trim(), 16).expect("hex"), 1 << CAP_NET_BIND_SERVICE, "only the added capability: {text}");
+    // Root with NET_ADMIN added may change its interfaces; by default it may not.
+    let up = "ip link set lo mtu 1400 && echo changed";
+    assert!(stdout(&sandbox.run("netadmin", &["--cap-add", "NET_ADMIN"], &["sh", "-c", up])).contains("changed"));
+    assert!(!stdout(&sandbox.run("plain", &[], &["sh", "-c", up])).contains("changed"));
+    let out = sandbox.run("badcap", &["--cap-add", "FLY"], &["true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("searchable by others"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("\"FLY\" is not a Linux capability"), "{}", stderr(&out));
+    for name in ["strict", "netadmin", "plain", "badcap"] {
+        sandbox.assert_clean(name);
+    }
+}
+
+#[test]
+fn the_state_tree_is_out_of_other_users_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("private");
+    // The sandbox is opened to others so that only the state directory's own modes count.
+    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut child = sandbox.run_command("private", &[], &["sh", "-c", "echo ready; exec sleep 1000"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("line").expect("read"), "ready");
+    let state = sandbox.state_dir();
+    assert_eq!(std::fs::metadata(&state).expect("state").permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(state.join("containers/private")).expect("container").permissions().mode() & 0o777, 0o700);
+    let as_nobody = |script: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", script])
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let probe = format!(
+        "cat {rootfs}/etc/passwd >/dev/null && echo rootfs-readable; ls {state} && echo listed; cat {state}/containers/private/state.json && echo read-state; ls {state}/containers/private/upper && echo read-upper",
+        rootfs = sandbox.rootfs().display(),
+        state = state.display()
+    );
+    let out = as_nobody(&probe);
+    let text = stdout(&out);
+    assert!(text.contains("rootfs-readable"), "the probe reaches the sandbox (else it proves nothing): {text}\n{}", stderr(&out));
+    assert!(!text.contains("listed") && !text.contains("read-state") && !text.contains("read-upper"), "another user reads the state tree: {text}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("signal");
+    assert_eq!(child.wait().expect("wait").code(), Some(143));
     sandbox.assert_clean("private");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
-use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Stdio};
+use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 fn runtime(sandbox: &Sandbox) -> Runtime {
     Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
@@ -31,6 +31,7 @@ fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
         user: None,
         image: None,
         mounts: vec![],
+        security: Security::default(),
     }
 }
 

@@ -214,6 +214,14 @@ fn the_cli_against_orch_up() {
     up.start(&[&manifest]);
     up.wait("2 ready replicas", |u| u.ready_replicas() == 2);
 
+    // What orch up keeps on disk is root's alone.
+    let mode = |path: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).expect("metadata").permissions()) & 0o777;
+    let state = up.dir.path().join("state");
+    assert_eq!((mode(&state), mode(&state.join("controller.redb")), mode(&state.join("agent"))), (0o700, 0o600, 0o700));
+    for log in std::fs::read_dir(state.join("agent/logs")).expect("logs").flatten() {
+        assert_eq!(mode(&log.path()), 0o600, "{}", log.path().display());
+    }
+
     // The node port answers from every replica's page.
     let response = http_get(SocketAddr::from(([127, 0, 0, 1], up.node_port))).expect("node port answers");
     assert!(response.contains("Hello from web-"), "{response}");
@@ -267,6 +275,12 @@ fn the_cli_against_orch_up() {
     assert!(service_logs.lines().all(|l| l.starts_with("[web-")), "{service_logs}");
     assert_eq!(up.ok(&["exec", &replica, "--", "cat", "/etc/hostname"]).trim(), replica);
     assert_eq!(up.orch(&["exec", &replica, "--", "sh", "-c", "exit 3"]).status.code(), Some(3), "the command's exit code");
+    // An exec'd command is confined as the replica's own: same seccomp filter, same
+    // capability bounding set.
+    let confined = up.ok(&["exec", &replica, "--", "sh", "-c", "grep -E '^(Seccomp|CapBnd):' /proc/self/status; grep CapBnd /proc/2/status"]);
+    assert!(confined.contains("Seccomp:\t2"), "{confined}");
+    let bounding: Vec<&str> = confined.lines().filter(|l| l.starts_with("CapBnd:")).collect();
+    assert!(bounding.len() == 2 && bounding[0] == bounding[1], "exec and the replica's command (PID 2) differ: {confined}");
     // The container's environment reaches the command, and never a command line on the
     // host (every user reads /proc/*/cmdline): look while an exec runs.
     let mut running = up.command().args(["exec", &replica, "--", "sh", "-c", "echo \"$GREETING\"; exec sleep 5"]).stdout(Stdio::piped()).spawn().expect("exec");
@@ -335,6 +349,33 @@ fn the_cli_against_orch_up() {
     assert_eq!(text(&applied.stdout).trim(), "service/other created");
     assert_eq!(up.ok(&["delete", "service", "other"]).trim(), "service/other deleted");
     assert_eq!(up.orch(&["get", "services", "other"]).status.code(), Some(1));
+
+    // A securityContext reaches the replica: its user and group, a read-only root, no
+    // capabilities, and a user namespace (root inside is an unprivileged host id).
+    let locked = up.dir.path().join("locked.yaml");
+    let locked_text = format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: locked}}\nspec:\n  image: 'oci:{}:1.0'\n  command: [sh, -c, 'exec sleep 1000']\n  \
+         securityContext: {{runAsUser: 1000, runAsGroup: 3000, readOnlyRootFilesystem: true, userNamespace: true, capabilities: {{drop: [ALL]}}}}\n",
+        up.dir.path().join("image").display()
+    );
+    std::fs::write(&locked, locked_text).expect("write");
+    up.ok(&["apply", "-f", locked.to_str().expect("path"), "--wait", "--timeout", "120"]);
+    let locked_replica =
+        up.json(&["get", "replicas"]).as_array().and_then(|all| all.iter().find(|r| r["service"] == "locked").cloned()).expect("a locked replica");
+    let name = locked_replica["name"].as_str().expect("name");
+    let inside = up.orch(&["exec", name, "--", "sh", "-c", "id; cat /proc/self/uid_map; grep -E '^(CapEff|Seccomp):' /proc/self/status; touch /x"]);
+    let (said, complained) = (text(&inside.stdout), text(&inside.stderr));
+    assert!(said.contains("uid=1000 gid=3000"), "{said}");
+    assert_eq!(said.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["0", "100000", "65536"]), "{said}");
+    assert!(said.contains("CapEff:\t0000000000000000") && said.contains("Seccomp:\t2"), "{said}");
+    assert!(complained.contains("Read-only file system"), "{complained}");
+    let host_pid = locked_replica["hostPid"].as_i64().expect("hostPid");
+    let children = std::fs::read_to_string(format!("/proc/{host_pid}/task/{host_pid}/children")).expect("the init's children");
+    let command = children.split_whitespace().next().expect("the command");
+    let status = std::fs::read_to_string(format!("/proc/{command}/status")).expect("status");
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().skip(1).all(|u| u == "101000")), "on the host: {status}");
+    assert_eq!(up.ok(&["delete", "service", "locked"]).trim(), "service/locked deleted");
+    up.wait("the locked replica to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().all(|r| r["service"] != "locked")));
 
     // scale and rollout status.
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");

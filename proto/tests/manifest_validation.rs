@@ -67,6 +67,22 @@ fn defaults_are_kubernetes_defaults() {
 }
 
 #[test]
+fn a_security_context_is_carried_with_kubernetes_names() {
+    let text = variant(
+        "",
+        "  securityContext:\n    runAsUser: 1000\n    runAsGroup: 2000\n    readOnlyRootFilesystem: true\n    capabilities:\n      add: [NET_ADMIN]\n      drop: [ALL]\n    seccompProfile: {type: Unconfined}\n    userNamespace: true",
+    );
+    let docs = load_services("t", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    let context = docs[0].service.spec.clone().and_then(|s| s.security_context).expect("securityContext");
+    assert_eq!((context.run_as_user, context.run_as_group), (Some(1000), Some(2000)));
+    assert!(context.read_only_root_filesystem && context.user_namespace);
+    assert_eq!((&context.capabilities_add[..], &context.capabilities_drop[..]), (&["NET_ADMIN".to_owned()][..], &["ALL".to_owned()][..]));
+    assert_eq!(context.seccomp_profile(), pb::SeccompProfileType::Unconfined);
+    let plain = load_services("t", VALID).expect("valid");
+    assert_eq!(plain[0].service.spec.clone().and_then(|s| s.security_context), None, "no securityContext: orch's defaults");
+}
+
+#[test]
 fn limits_alone_become_requests() {
     let docs = load_services("t", &variant("", "  resources:\n    limits:\n      cpu: 1.5\n      memory: 1Gi")).expect("valid");
     let resources = docs[0].service.spec.clone().and_then(|s| s.resources).expect("resources");
@@ -141,6 +157,21 @@ fn invalid_manifests_name_their_field() {
         ("wrong kind", variant("kind: Service", "kind: Deployment"), "kind", "unknown kind \"Deployment\""),
         ("wrong apiVersion", variant("apiVersion: orch/v1", "apiVersion: apps/v1"), "apiVersion", "must be \"orch/v1\""),
         ("pids zero", variant("", "  resources:\n    limits:\n      pids: 0"), "spec.resources.limits.pids", "between 1 and 4194304"),
+        ("negative uid", variant("", "  securityContext:\n    runAsUser: -1"), "spec.securityContext.runAsUser", "between 0 and 4294967294"),
+        ("uid too large", variant("", "  securityContext:\n    runAsGroup: 4294967295"), "spec.securityContext.runAsGroup", "between 0 and"),
+        (
+            "unknown capability",
+            variant("", "  securityContext:\n    capabilities:\n      add: [NET_ADMIN, FLY]"),
+            "spec.securityContext.capabilities.add[1]",
+            "\"FLY\" is not a Linux capability",
+        ),
+        (
+            "bad seccomp profile",
+            variant("", "  securityContext:\n    seccompProfile: {type: Localhost}"),
+            "spec.securityContext.seccompProfile.type",
+            "RuntimeDefault or Unconfined",
+        ),
+        ("privileged is not a field", variant("", "  securityContext:\n    privileged: true"), "spec.securityContext.privileged", "unknown field `privileged`"),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);

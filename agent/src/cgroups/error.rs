@@ -14,6 +14,8 @@ pub enum CgroupError {
     Remove { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path} still has processes {pids:?} after they were killed")]
     Busy { path: PathBuf, pids: Vec<i32> },
+    #[error("cannot restrict the devices of cgroup {path}: {reason}")]
+    Devices { path: PathBuf, reason: String },
     #[error("no usable cgroup hierarchy: {0}")]
     NoHierarchy(String),
     #[error("invalid cgroup name {0:?}: expected letters, digits, '-', '_' or '.' separated by '/'")]

@@ -12,8 +12,9 @@ pub enum CgroupVersion {
 }
 
 /// The v1 controllers a container's cgroup spans; `cpuset` is used when mounted.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "cpuset"];
-const V1_REQUIRED: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "devices"];
+/// `devices` is required: without it a container could open any device node.
+const V1_REQUIRED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 const V2_REQUIRED: [&str; 2] = ["memory", "pids"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +123,7 @@ mod tests {
 41 35 0:36 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 42 35 0:37 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 43 35 0:38 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+44 35 0:39 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 ";
 
     const UNIFIED: &str = "\
@@ -132,6 +134,7 @@ mod tests {
 38 35 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
 41 35 0:36 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 42 35 0:37 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+43 35 0:38 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 ";
 
     #[test]
@@ -140,7 +143,8 @@ mod tests {
         let CgroupLayout::V1 { mounts } = layout else { panic!("expected v1") };
         assert_eq!(mounts["memory"], PathBuf::from("/sys/fs/cgroup/memory"));
         assert_eq!(mounts["cpuset"], PathBuf::from("/sys/fs/cgroup/cpuset"));
-        assert_eq!(mounts.len(), 5);
+        assert_eq!(mounts["devices"], PathBuf::from("/sys/fs/cgroup/devices"));
+        assert_eq!(mounts.len(), 6);
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! chosen by [`CgroupLayout::detect`] at start. File writes are small and central, so
 //! they are written here rather than taken from a crate.
 
+mod devices;
 mod error;
 mod fs;
 mod layout;
 mod v1;
 mod v2;
 
+pub use devices::{DeviceKind, DeviceRule, DEFAULT_DEVICES};
 pub use error::CgroupError;
 pub use layout::{CgroupLayout, CgroupVersion};
 pub use v1::V1Cgroup;
@@ -27,6 +29,9 @@ pub struct Limits {
     pub pids: Option<u64>,
     /// CPUs the container may run on, in the kernel's list format (`0-1,3`).
     pub cpuset: Option<String>,
+    /// The only devices the container may create, read or write; `None` leaves every
+    /// device usable (the runtime always sets [`DEFAULT_DEVICES`]).
+    pub devices: Option<Vec<DeviceRule>>,
 }
 
 /// Usage counters read from the cgroup.

@@ -93,6 +93,14 @@ impl ContainerCgroup for V1Cgroup {
         if let Some(cpus) = &limits.cpuset {
             fs::write(&self.required("cpuset")?.join("cpuset.cpus"), cpus)?;
         }
+        if let Some(devices) = &limits.devices {
+            // Deny everything, then allow the list: a new cgroup starts from its parent's.
+            let dir = self.required("devices")?;
+            fs::write(&dir.join("devices.deny"), "a")?;
+            for rule in devices {
+                fs::write(&dir.join("devices.allow"), &rule.v1_entry())?;
+            }
+        }
         Ok(())
     }
 

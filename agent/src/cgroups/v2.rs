@@ -70,6 +70,9 @@ impl ContainerCgroup for V2Cgroup {
         if let Some(cpus) = &limits.cpuset {
             fs::write(&dir.join("cpuset.cpus"), cpus)?;
         }
+        if let Some(devices) = &limits.devices {
+            super::devices::attach_program(&dir, devices)?;
+        }
         Ok(())
     }
 
@@ -137,8 +140,14 @@ mod tests {
     fn create_enables_controllers_and_writes_limits() {
         let root = fake_root();
         let cgroup = V2Cgroup::new(root.path().to_owned(), "orch/web-1".into());
-        let limits =
-            Limits { memory_bytes: Some(64 << 20), cpu_limit_millis: Some(500), cpu_request_millis: Some(250), pids: Some(64), cpuset: Some("0-1".into()) };
+        let limits = Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_limit_millis: Some(500),
+            cpu_request_millis: Some(250),
+            pids: Some(64),
+            cpuset: Some("0-1".into()),
+            devices: None,
+        };
         cgroup.create(&limits).expect("create");
         let dir = root.path().join("orch/web-1");
         assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());

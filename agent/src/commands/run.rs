@@ -14,7 +14,9 @@ use orch_agent::cgroups::Limits;
 use orch_agent::images::{resolve_process, ImageStore};
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
 use orch_agent::runtime::BindMount;
-use orch_agent::runtime::{ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE};
+use orch_agent::runtime::{
+    capability_set, ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, SeccompProfile, Security, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
@@ -22,6 +24,12 @@ pub enum NetMode {
     None,
     /// A veth on the node bridge with an address from the node's subnet.
     Bridge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    RuntimeDefault,
+    Unconfined,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +87,21 @@ pub struct RunArgs {
     /// 100000:65536), so a process that escapes holds no privilege there.
     #[arg(long, value_name = "HOST_ID[:SIZE]", num_args = 0..=1, default_missing_value = "100000:65536")]
     pub userns: Option<String>,
+    /// Run the command as UID:GID (numeric), instead of the image's user or root.
+    #[arg(long, value_name = "UID:GID")]
+    pub user: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// A capability to keep besides Docker's default set (NET_ADMIN, ALL…); repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// A capability to drop from the set (MKNOD, ALL…); repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// The seccomp filter: Docker's default profile, or none.
+    #[arg(long, value_enum, default_value = "runtime-default")]
+    pub seccomp: SeccompMode,
     /// Seconds between SIGTERM and SIGKILL when stopping on a signal.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
@@ -119,7 +142,7 @@ fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
             return Err(bad_flag("cpuset", format!("{cpus:?} is not a CPU list such as 0-1,3")));
         }
     }
-    Ok(Limits { memory_bytes, cpu_limit_millis, cpu_request_millis: cpu_limit_millis, pids: args.pids, cpuset: args.cpuset.clone() })
+    Ok(Limits { memory_bytes, cpu_limit_millis, cpu_request_millis: cpu_limit_millis, pids: args.pids, cpuset: args.cpuset.clone(), devices: None })
 }
 
 fn id_range(text: &str) -> Result<IdRange, RuntimeError> {
@@ -133,8 +156,25 @@ fn id_range(text: &str) -> Result<IdRange, RuntimeError> {
     Ok(IdRange { host_id, size })
 }
 
+fn security(args: &RunArgs) -> Result<Security, RuntimeError> {
+    let capabilities = capability_set(&args.cap_add, &args.cap_drop).map_err(|e| bad_flag("cap-add and --cap-drop", e))?;
+    let seccomp = match args.seccomp {
+        SeccompMode::RuntimeDefault => SeccompProfile::RuntimeDefault,
+        SeccompMode::Unconfined => SeccompProfile::Unconfined,
+    };
+    Ok(Security { capabilities, seccomp, read_only_root: args.read_only })
+}
+
+fn user(text: &str) -> Result<(u32, u32), RuntimeError> {
+    let (uid, gid) = text.split_once(':').ok_or_else(|| bad_flag("user", format!("{text:?} is not UID:GID")))?;
+    let id = |part: &str| part.parse::<u32>().map_err(|_| bad_flag("user", format!("{part:?} in {text:?} is not a numeric id")));
+    Ok((id(uid)?, id(gid)?))
+}
+
 async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
     let limits = limits(&args)?;
+    let security = security(&args)?;
+    let run_as = args.user.as_deref().map(user).transpose()?;
     let user_namespace = args.userns.as_deref().map(id_range).transpose()?;
     for entry in &args.env {
         if !entry.contains('=') || entry.starts_with('=') {
@@ -180,9 +220,10 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         limits,
         stdio: Stdio::Inherit,
         user_namespace,
-        user: process.user,
+        user: run_as.or(process.user),
         image: process.image,
         mounts,
+        security,
     };
     let exit = run_to_end(&args, &runtime, &spec, network.as_ref()).await;
     if let Some(network) = network {

@@ -27,7 +27,10 @@ use crate::cgroups::Limits;
 use crate::images::{resolve_process, ImageStore};
 use crate::net::NodeNetwork;
 use crate::runtime::exec::ExecRequest;
-use crate::runtime::{container_env, now_unix_ms, BindMount, Container, ContainerExit, ContainerSpec, Runtime, Stdio};
+use crate::runtime::{
+    capability_set, container_env, now_unix_ms, BindMount, Container, ContainerExit, ContainerSpec, IdRange, Runtime, SeccompProfile, Security, Stdio,
+    DEFAULT_ID_RANGE,
+};
 
 /// Lines of the previous run's output kept as crash evidence.
 const EVIDENCE_LINES: usize = 50;
@@ -359,6 +362,7 @@ impl Supervisor {
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env).map_err(|e| format!("image {}: {e}", spec.image))?;
         let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.files_dir(&id)).map_err(|e| format!("network: {e}"))?;
         let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
+        let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         let log = self.ctx.log_path(&id);
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -373,10 +377,11 @@ impl Supervisor {
                 cwd: process.cwd,
                 limits,
                 stdio: Stdio::LogFile(log),
-                user_namespace: None,
-                user: process.user,
+                user_namespace: confinement.user_namespace,
+                user: confinement.user,
                 image: Some(image.manifest_digest),
                 mounts: files.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+                security: confinement.security,
             },
             ip,
         });
@@ -406,6 +411,8 @@ impl Supervisor {
                 pid: container.host_pid(),
                 cgroups: container.cgroup_paths().iter().map(|p| p.display().to_string()).collect(),
                 user: prepared.spec.user,
+                capabilities: prepared.spec.security.capabilities.clone(),
+                seccomp: prepared.spec.security.seccomp,
                 env: container_env(&prepared.spec.env, &self.record.id),
                 cwd: prepared.spec.cwd.clone(),
                 tty: false,
@@ -521,6 +528,39 @@ fn describe_exit(exit: &ContainerExit) -> String {
     }
 }
 
+/// What a securityContext asks of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Confinement {
+    user: Option<(u32, u32)>,
+    user_namespace: Option<IdRange>,
+    security: Security,
+}
+
+/// The runtime's view of a (validated) securityContext over the image's user:
+/// `runAsUser` and `runAsGroup` replace the image's uid and gid one by one (an unset gid
+/// is the image's, else root's), capabilities are added to and dropped from Docker's
+/// default set, and `userNamespace` maps the container's ids to the node's range.
+fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<(u32, u32)>) -> Result<Confinement, String> {
+    let Some(context) = context else { return Ok(Confinement { user: image_user, user_namespace: None, security: Security::default() }) };
+    let user = match (context.run_as_user, context.run_as_group) {
+        (None, None) => image_user,
+        (uid, gid) => Some((uid.or(image_user.map(|u| u.0)).unwrap_or(0), gid.or(image_user.map(|u| u.1)).unwrap_or(0))),
+    };
+    let seccomp = match context.seccomp_profile() {
+        pb::SeccompProfileType::RuntimeDefault => SeccompProfile::RuntimeDefault,
+        pb::SeccompProfileType::Unconfined => SeccompProfile::Unconfined,
+    };
+    Ok(Confinement {
+        user,
+        user_namespace: context.user_namespace.then_some(DEFAULT_ID_RANGE),
+        security: Security {
+            capabilities: capability_set(&context.capabilities_add, &context.capabilities_drop)?,
+            seccomp,
+            read_only_root: context.read_only_root_filesystem,
+        },
+    })
+}
+
 fn limits_of(resources: &pb::Resources) -> Limits {
     let limits = resources.limits.unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
@@ -530,7 +570,7 @@ fn limits_of(resources: &pb::Resources) -> Limits {
         cpu_limit_millis: some(limits.cpu_millis),
         cpu_request_millis: some(requests.cpu_millis).or(some(limits.cpu_millis)),
         pids: some(limits.pids),
-        cpuset: None,
+        ..Limits::default()
     }
 }
 
@@ -611,6 +651,35 @@ async fn probe_until_verdict(probe: &pb::Probe, target: &ProbeTarget, until_succ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_security_context_over_the_image_user() {
+        assert_eq!(confinement_of(None, Some((5, 6))), Ok(Confinement { user: Some((5, 6)), user_namespace: None, security: Security::default() }));
+        let context = |uid: Option<u32>, gid: Option<u32>| pb::SecurityContext { run_as_user: uid, run_as_group: gid, ..Default::default() };
+        let cases = [
+            (context(None, None), Some((5, 6)), Some((5, 6))),
+            (context(Some(1000), None), Some((5, 6)), Some((1000, 6))),
+            (context(Some(1000), None), None, Some((1000, 0))),
+            (context(None, Some(2000)), None, Some((0, 2000))),
+            (context(Some(1), Some(2)), Some((5, 6)), Some((1, 2))),
+        ];
+        for (context, image, user) in cases {
+            assert_eq!(confinement_of(Some(&context), image).map(|c| c.user), Ok(user), "{context:?} over {image:?}");
+        }
+        let strict = pb::SecurityContext {
+            read_only_root_filesystem: true,
+            capabilities_drop: vec!["ALL".into()],
+            capabilities_add: vec!["NET_BIND_SERVICE".into()],
+            seccomp_profile: pb::SeccompProfileType::Unconfined.into(),
+            user_namespace: true,
+            ..Default::default()
+        };
+        let confinement = confinement_of(Some(&strict), None).expect("valid");
+        assert_eq!(confinement.security.capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(confinement.security.seccomp, SeccompProfile::Unconfined);
+        assert!(confinement.security.read_only_root);
+        assert_eq!(confinement.user_namespace, Some(DEFAULT_ID_RANGE));
+    }
 
     #[test]
     fn the_tail_starts_at_the_run() {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::seccomp::SeccompProfile;
 use crate::cgroups::Limits;
 
 /// Where a container's output goes.
@@ -40,6 +41,52 @@ pub struct ContainerSpec {
     pub image: Option<String>,
     /// Host files bind-mounted into the container (resolv.conf, hosts, …).
     pub mounts: Vec<BindMount>,
+    /// What its processes may do: capabilities, seccomp filter, read-only root.
+    pub security: Security,
+}
+
+/// What a container's processes may do. The default is Docker's: its default
+/// capabilities, its default seccomp profile, a writable root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// Capabilities its processes keep (`CAP_CHOWN`, …); every other one is dropped
+    /// from every set, the bounding set included.
+    pub capabilities: Vec<String>,
+    pub seccomp: SeccompProfile,
+    /// The root filesystem is mounted read-only (volumes and /dev, /dev/shm stay writable).
+    pub read_only_root: bool,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security { capabilities: DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(), seccomp: SeccompProfile::default(), read_only_root: false }
+    }
+}
+
+/// Kubernetes' `capabilities: {add, drop}` applied to [`DEFAULT_CAPABILITIES`]: names
+/// with or without `CAP_`, any case; `ALL` in `drop` starts from nothing, `ALL` in
+/// `add` adds every capability; a drop wins over an add. The result is sorted.
+pub fn capability_set(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    use caps::Capability;
+    let is_all = |name: &String| name.eq_ignore_ascii_case("ALL");
+    let parse = |name: &String| -> Result<Capability, String> {
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+        full.parse::<Capability>().map_err(|_| format!("{name:?} is not a Linux capability"))
+    };
+    let mut set: std::collections::BTreeSet<String> =
+        if drop.iter().any(is_all) { std::collections::BTreeSet::new() } else { DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect() };
+    for name in add {
+        if is_all(name) {
+            set.extend(caps::all().into_iter().map(|c| c.to_string()));
+        } else {
+            set.insert(parse(name)?.to_string());
+        }
+    }
+    for name in drop.iter().filter(|n| !is_all(n)) {
+        set.remove(&parse(name)?.to_string());
+    }
+    Ok(set.into_iter().collect())
 }
 
 /// A host file or directory bind-mounted at an absolute path inside the container.
@@ -88,6 +135,10 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
 pub struct InitConfig {
     pub id: String,
     pub hostname: String,
+    /// The container's own directory: the init's working directory while it builds
+    /// the root, so the paths below may be relative to it (a user-namespaced init
+    /// cannot walk the private state tree above it).
+    pub dir: PathBuf,
     /// Overlay lower directories, top first.
     pub layers: Vec<PathBuf>,
     pub upper: PathBuf,
@@ -96,7 +147,7 @@ pub struct InitConfig {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
-    pub capabilities: Vec<String>,
+    pub security: Security,
     /// Where the shim records the container's exit, for an agent that restarts.
     pub exit_status_path: PathBuf,
     /// Create a user namespace (the agent writes its maps and idmaps `layers`).
@@ -120,6 +171,23 @@ pub fn container_env(spec_env: &[String], hostname: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_add_and_drop_as_kubernetes_does() {
+        let set = |add: &[&str], drop: &[&str]| {
+            let own = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+            capability_set(&own(add), &own(drop))
+        };
+        let defaults = set(&[], &[]).expect("defaults");
+        assert_eq!(defaults.len(), DEFAULT_CAPABILITIES.len());
+        let with_admin = set(&["NET_ADMIN", "cap_sys_time"], &["MKNOD"]).expect("valid");
+        assert!(with_admin.contains(&"CAP_NET_ADMIN".to_owned()) && with_admin.contains(&"CAP_SYS_TIME".to_owned()));
+        assert!(!with_admin.contains(&"CAP_MKNOD".to_owned()));
+        assert_eq!(set(&["NET_BIND_SERVICE"], &["ALL"]), Ok(vec!["CAP_NET_BIND_SERVICE".to_owned()]));
+        assert_eq!(set(&["CHOWN"], &["CHOWN"]).map(|s| s.contains(&"CAP_CHOWN".to_owned())), Ok(false), "a drop wins");
+        assert!(set(&["ALL"], &[]).expect("all").contains(&"CAP_SYS_ADMIN".to_owned()));
+        assert!(set(&["FLY"], &[]).expect_err("unknown").contains("\"FLY\""));
+    }
 
     #[test]
     fn spec_env_overrides_defaults() {

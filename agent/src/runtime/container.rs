@@ -2,6 +2,7 @@
 //! read stats, re-adopt after an agent restart, and remove every trace of it.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -10,13 +11,13 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::config::{container_env, ContainerSpec, IdRange, InitConfig, Stdio, DEFAULT_CAPABILITIES};
+use super::config::{container_env, ContainerSpec, IdRange, InitConfig, Stdio};
 use super::idmap;
 use super::pidfd::PidFd;
-use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord};
+use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord, MERGED, UPPER, WORK};
 use super::sync::{receive, send, SyncMessage};
 use super::{procfs, RuntimeError, CODE_RUNTIME, INIT_NAME, INIT_SUBCOMMAND};
-use crate::cgroups::{CgroupLayout, CgroupStats, ContainerCgroup};
+use crate::cgroups::{CgroupLayout, CgroupStats, ContainerCgroup, Limits, DEFAULT_DEVICES};
 
 /// How long the start handshake may take before the start is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,9 +70,14 @@ pub struct Container {
 }
 
 impl Runtime {
-    /// Detects this machine's cgroup layout.
+    /// Detects this machine's cgroup layout and makes the state directory root's alone
+    /// (0700: container directories, layers and logs below it are out of every other
+    /// host user's reach).
     pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        Ok(Runtime { config, cgroups: CgroupLayout::detect()? })
+        let cgroups = CgroupLayout::detect()?;
+        private_dir_all(&config.state_dir)?;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(RuntimeError::io("cannot chmod", &config.state_dir))?;
+        Ok(Runtime { config, cgroups })
     }
 
     pub fn cgroup_layout(&self) -> &CgroupLayout {
@@ -93,8 +99,8 @@ impl Runtime {
         check_spec(spec)?;
         let dirs = ContainerDirs::new(&self.config.state_dir, &spec.id);
         let containers = dirs.root.parent().map(Path::to_owned).unwrap_or_default();
-        std::fs::create_dir_all(&containers).map_err(RuntimeError::io("cannot create", &containers))?;
-        match std::fs::create_dir(&dirs.root) {
+        private_dir_all(&containers)?;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dirs.root) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(RuntimeError::NameInUse(spec.id.clone())),
             Err(e) => return Err(RuntimeError::Io { what: "cannot create", path: dirs.root.clone(), source: e }),
@@ -136,8 +142,13 @@ impl Runtime {
         let layers = match spec.user_namespace {
             None => spec.layers.clone(),
             Some(range) => {
-                check_searchable(&dirs.root)?;
+                // The container's directory belongs to its mapped root (group root, for
+                // the shim, which keeps the host's uid 0 but no capability over it):
+                // the init reaches everything below it through its working directory,
+                // and no other host user reaches anything.
                 let owner = Some(nix::unistd::Uid::from_raw(range.host_id));
+                nix::unistd::chown(&dirs.root, owner, Some(nix::unistd::Gid::from_raw(0))).map_err(RuntimeError::sys("chown of the container directory"))?;
+                std::fs::set_permissions(&dirs.root, std::fs::Permissions::from_mode(0o770)).map_err(RuntimeError::io("cannot chmod", &dirs.root))?;
                 let group = Some(nix::unistd::Gid::from_raw(range.host_id));
                 for dir in [dirs.upper(), dirs.work()] {
                     nix::unistd::chown(&dir, owner, group).map_err(RuntimeError::sys("chown of the upper layer"))?;
@@ -146,24 +157,27 @@ impl Runtime {
                 for i in 0..spec.layers.len() {
                     let view = dirs.idmapped_layer(i);
                     std::fs::create_dir_all(&view).map_err(RuntimeError::io("cannot create", &view))?;
-                    views.push(view);
+                    views.push(view.strip_prefix(&dirs.root).map(Path::to_owned).unwrap_or(view));
                 }
                 views
             }
         };
-        cgroup.create(&spec.limits)?;
+        // Every container gets the device allowlist, whatever its caller asked for.
+        let limits = Limits { devices: Some(DEFAULT_DEVICES.to_vec()), ..spec.limits.clone() };
+        cgroup.create(&limits)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
         let init_config = InitConfig {
             id: spec.id.clone(),
             hostname: hostname.clone(),
+            dir: dirs.root.clone(),
             layers,
-            upper: dirs.upper(),
-            work: dirs.work(),
-            merged: dirs.merged(),
+            upper: PathBuf::from(UPPER),
+            work: PathBuf::from(WORK),
+            merged: PathBuf::from(MERGED),
             args: spec.args.clone(),
             env: container_env(&spec.env, &hostname),
             cwd: spec.cwd.clone().unwrap_or_else(|| "/".to_owned()),
-            capabilities: DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+            security: spec.security.clone(),
             exit_status_path: dirs.exit(),
             user_namespace: spec.user_namespace.is_some(),
             user: spec.user,
@@ -181,7 +195,8 @@ impl Runtime {
         match &spec.stdio {
             Stdio::Inherit => {}
             Stdio::LogFile(path) => {
-                let log = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(RuntimeError::io("cannot open the log file", path))?;
+                let log =
+                    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(RuntimeError::io("cannot open the log file", path))?;
                 let log_err = log.try_clone().map_err(RuntimeError::io("cannot open the log file", path))?;
                 command.stdout(log).stderr(log_err);
             }
@@ -325,24 +340,9 @@ fn map_user_namespace(shim_pid: i32, range: IdRange, layers: &[PathBuf], dirs: &
     Ok(())
 }
 
-/// A user-namespaced container's root maps to an unprivileged host id, which must be
-/// able to reach its directories: every ancestor must be searchable by others.
-fn check_searchable(dir: &Path) -> Result<(), RuntimeError> {
-    use std::os::unix::fs::PermissionsExt;
-    for ancestor in dir.ancestors().skip(1) {
-        let meta = std::fs::metadata(ancestor).map_err(RuntimeError::io("cannot inspect", ancestor))?;
-        if meta.permissions().mode() & 0o001 == 0 {
-            return Err(RuntimeError::Start {
-                message: format!(
-                    "--userns needs every directory above the container's to be searchable by others, but {} is {:o}; use a state directory like /var/lib/orch/agent",
-                    ancestor.display(),
-                    meta.permissions().mode() & 0o777
-                ),
-                code: super::CODE_RUNTIME,
-            });
-        }
-    }
-    Ok(())
+/// Creates `dir` and its missing parents readable by root only.
+fn private_dir_all(dir: &Path) -> Result<(), RuntimeError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(RuntimeError::io("cannot create", dir))
 }
 
 fn unmount_idmapped_layers(dirs: &ContainerDirs) {

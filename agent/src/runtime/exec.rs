@@ -16,13 +16,15 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+use super::seccomp::SeccompProfile;
+use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_PATH};
 
 /// The hidden subcommand that runs [`exec_main`].
 pub const EXEC_SUBCOMMAND: &str = "__exec";
 
 /// What to run where, as passed on the helper's command line —
-/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] [--cwd DIR] [--tty true] -- CMD…` —
+/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] --caps CAP,… --seccomp PROFILE
+/// [--cwd DIR] [--tty true] -- CMD…` —
 /// and, for `env`, as the helper's own environment: never on argv, which every host user
 /// reads in `/proc/PID/cmdline`, while `/proc/PID/environ` is the process owner's only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub struct ExecRequest {
     /// The container's cgroup directories (one per hierarchy).
     pub cgroups: Vec<String>,
     pub user: Option<(u32, u32)>,
+    /// The container's capabilities and seccomp profile: the command gets the same.
+    pub capabilities: Vec<String>,
+    pub seccomp: SeccompProfile,
     pub env: Vec<String>,
     pub cwd: Option<String>,
     /// Give the command a pseudo-terminal (an interactive shell), relayed over the
@@ -49,6 +54,12 @@ impl ExecRequest {
         if let Some((uid, gid)) = self.user {
             args.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
         }
+        args.extend(["--caps".to_owned(), self.capabilities.join(",")]);
+        let seccomp = match self.seccomp {
+            SeccompProfile::RuntimeDefault => "runtime-default",
+            SeccompProfile::Unconfined => "unconfined",
+        };
+        args.extend(["--seccomp".to_owned(), seccomp.to_owned()]);
         if let Some(cwd) = &self.cwd {
             args.extend(["--cwd".to_owned(), cwd.clone()]);
         }
@@ -88,6 +99,14 @@ impl ExecRequest {
                     let uid = uid.parse().map_err(|_| format!("--user {value:?}: bad uid"))?;
                     let gid = gid.parse().map_err(|_| format!("--user {value:?}: bad gid"))?;
                     request.user = Some((uid, gid));
+                }
+                "--caps" => request.capabilities = value.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect(),
+                "--seccomp" => {
+                    request.seccomp = match value.as_str() {
+                        "runtime-default" => SeccompProfile::RuntimeDefault,
+                        "unconfined" => SeccompProfile::Unconfined,
+                        other => return Err(format!("--seccomp {other:?}: expected runtime-default or unconfined")),
+                    }
                 }
                 "--cwd" => request.cwd = Some(value.clone()),
                 "--tty" => request.tty = value == "true",
@@ -256,14 +275,8 @@ fn command_main(request: &ExecRequest) -> ! {
     if let Err(e) = std::env::set_current_dir(cwd) {
         die(&format!("chdir {cwd}: {e}"), CODE_RUNTIME);
     }
-    let keep: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
-    if let Err(message) = super::init::drop_privileges(&keep) {
+    if let Err(message) = super::init::drop_privileges(&request.capabilities, request.user) {
         die(&message, CODE_RUNTIME);
-    }
-    if let Some((uid, gid)) = request.user {
-        if let Err(message) = super::init::switch_user(uid, gid) {
-            die(&message, CODE_RUNTIME);
-        }
     }
     let program = request.command[0].clone();
     let path = request.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH).to_owned();
@@ -279,7 +292,11 @@ fn command_main(request: &ExecRequest) -> ! {
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = request.command.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = request.env.iter().map(|e| to_c(e)).collect();
-    let error = match nix::unistd::execve(&to_c(&resolved), &argv, &envp) {
+    let path = to_c(&resolved);
+    if let Err(message) = super::init::confine(request.seccomp, &request.capabilities) {
+        die(&message, CODE_RUNTIME);
+    }
+    let error = match nix::unistd::execve(&path, &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
@@ -297,6 +314,8 @@ mod tests {
             pid: 42,
             cgroups: vec!["/sys/fs/cgroup/memory/orch/web-1".into()],
             user: Some((1000, 1000)),
+            capabilities: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
+            seccomp: SeccompProfile::Unconfined,
             env: vec!["PATH=/bin".into(), "SECRET=b c".into()],
             cwd: Some("/srv".into()),
             tty: true,

@@ -8,9 +8,10 @@
 //! With `--userns` the shim first unshares a user namespace, which the agent maps.
 //! The init unshares UTS, IPC and network namespaces, waits for the agent to put it in
 //! its cgroup, unshares mount and cgroup namespaces, builds the root filesystem, and
-//! forks the **command**, which drops capabilities, sets no_new_privs and execs. The
-//! init stays as PID 1: it reaps zombies and forwards SIGTERM, SIGINT and friends to
-//! the command, and exits with its status.
+//! forks the **command**, which drops capabilities, sets no_new_privs, installs the
+//! seccomp filter and execs. The init stays as PID 1 with CAP_KILL only: it reaps
+//! zombies and forwards SIGTERM, SIGINT and friends to the command, and exits with its
+//! status.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -25,6 +26,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::config::InitConfig;
+use super::seccomp::{self, SeccompProfile};
 use super::state::{now_unix_ms, write_json, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
 use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
@@ -148,6 +150,16 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP) {
         fail(&mut sync, &format!("unshare(mount, cgroup): {e}"), CODE_RUNTIME);
     }
+    // Still with the host's uid: the container's directory becomes the working
+    // directory (the overlay's paths are relative to it) and the bind sources are
+    // opened, so a user-namespaced init never walks the private state tree.
+    if let Err(e) = std::env::set_current_dir(&config.dir) {
+        fail(&mut sync, &format!("chdir {}: {e}", config.dir.display()), CODE_RUNTIME);
+    }
+    let sources = match rootfs::open_sources(config) {
+        Ok(sources) => sources,
+        Err(rootfs::SetupError(message)) => fail(&mut sync, &message, CODE_RUNTIME),
+    };
     // In a user namespace, mount as its root: overlayfs and the new proc and sysfs are
     // then owned by it, and the command inherits the ids.
     if config.user_namespace {
@@ -155,9 +167,10 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
             fail(&mut sync, &e, CODE_RUNTIME);
         }
     }
-    if let Err(rootfs::SetupError(message)) = rootfs::setup(config) {
+    if let Err(rootfs::SetupError(message)) = rootfs::setup(config, &sources) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
+    drop(sources);
     if let Err(e) = nix::unistd::sethostname(&config.hostname) {
         fail(&mut sync, &format!("sethostname({:?}): {e}", config.hostname), CODE_RUNTIME);
     }
@@ -180,6 +193,9 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
         Ok(ForkResult::Child) => command_main(config, sync),
         Ok(ForkResult::Parent { child }) => {
             drop(sync);
+            // PID 1 only forwards signals and reaps from here on: it keeps CAP_KILL (the
+            // command may run as another user) and nothing else.
+            let _ = drop_privileges(&["CAP_KILL".to_owned()], None);
             supervise(child, &blocked)
         }
         Err(e) => fail(&mut sync, &format!("fork the command: {e}"), CODE_RUNTIME),
@@ -217,18 +233,16 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
         Ok(path) => path,
         Err((message, code)) => fail(&mut sync, &message, code),
     };
-    if let Err(message) = drop_privileges(&config.capabilities) {
+    if let Err(message) = drop_privileges(&config.security.capabilities, config.user) {
         fail(&mut sync, &message, CODE_RUNTIME);
-    }
-    if let Some((uid, gid)) = config.user {
-        if let Err(message) = switch_user(uid, gid) {
-            fail(&mut sync, &message, CODE_RUNTIME);
-        }
     }
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = config.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = config.env.iter().map(|e| to_c(e)).collect();
     let path = to_c(&program);
+    if let Err(message) = confine(config.security.seccomp, &config.security.capabilities) {
+        fail(&mut sync, &message, CODE_RUNTIME);
+    }
     let error = match nix::unistd::execve(&path, &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
@@ -271,9 +285,11 @@ pub(crate) fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))
 }
 
-/// Keeps only `keep` in every capability set (bounding first, while CAP_SETPCAP is
-/// still effective) and sets no_new_privs.
-pub(crate) fn drop_privileges(keep: &[String]) -> Result<(), String> {
+/// Becomes `user` (when given) keeping only `keep` of the capabilities, and sets
+/// no_new_privs. The bounding set is cut first (while CAP_SETPCAP is still effective),
+/// then the ids change (while CAP_SETUID and CAP_SETGID are), then the other sets are
+/// cut to `keep`: a non-root user ends with none effective, as for any non-root process.
+pub(crate) fn drop_privileges(keep: &[String], user: Option<(u32, u32)>) -> Result<(), String> {
     use caps::{CapSet, Capability, CapsHashSet};
     let keep: CapsHashSet = keep.iter().filter_map(|name| name.parse::<Capability>().ok()).collect();
     for cap in caps::all() {
@@ -281,11 +297,28 @@ pub(crate) fn drop_privileges(keep: &[String]) -> Result<(), String> {
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
         }
     }
+    if let Some((uid, gid)) = user {
+        switch_user(uid, gid)?;
+    }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| format!("read the permitted capabilities: {e}"))?;
+    let kept: CapsHashSet = keep.intersection(&permitted).copied().collect();
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::set(None, set, &keep).map_err(|e| format!("set {set:?} capabilities: {e}"))?;
+        caps::set(None, set, &kept).map_err(|e| format!("set {set:?} capabilities: {e}"))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))
+}
+
+/// Installs the seccomp filter of `profile` for a process keeping `capabilities`: the
+/// last step before exec (no_new_privs is already set).
+pub(crate) fn confine(profile: SeccompProfile, capabilities: &[String]) -> Result<(), String> {
+    match profile {
+        SeccompProfile::Unconfined => Ok(()),
+        SeccompProfile::RuntimeDefault => {
+            let programs = seccomp::default_filters(capabilities).map_err(|e| e.to_string())?;
+            seccomp::install(&programs).map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// `ip link set lo up` in the container's fresh network namespace.

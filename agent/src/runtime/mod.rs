@@ -13,12 +13,14 @@ pub mod init;
 mod pidfd;
 mod procfs;
 mod rootfs;
+pub mod seccomp;
 mod state;
 mod sync;
 
-pub use config::{container_env, BindMount, ContainerSpec, IdRange, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
+pub use config::{capability_set, container_env, BindMount, ContainerSpec, IdRange, Security, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
 pub use container::{Container, ContainerExit, ContainerNetwork, Runtime, RuntimeConfig};
 pub use error::RuntimeError;
+pub use seccomp::SeccompProfile;
 pub use state::{now_unix_ms, ContainerState, ExitRecord};
 
 /// The hidden subcommand that runs [`init::shim_main`].

@@ -1,5 +1,8 @@
 //! The container's filesystem, set up by its init inside the new mount namespace:
 //! overlayfs root, /proc, a minimal /dev, read-only /sys, pivot_root, masked paths.
+//! Device nodes work only where they are bind-mounted from the host's allowlisted ones
+//! and in /dev/pts: the root, /dev, /dev/shm, /proc and /sys are all `nodev`, so a node
+//! an image ships or a process makes opens nothing.
 //! Every mount lives only in the container's mount namespace, so the kernel removes
 //! them all when the container's last process exits; none appears on the host.
 
@@ -47,27 +50,44 @@ fn mkdir(path: &Path) -> Result<(), SetupError> {
     step(fs::create_dir_all(path), || format!("mkdir {}", path.display()))
 }
 
+/// Opens the bind mounts' sources (`O_PATH`), in the init's own mount namespace and
+/// before it changes credentials: a user-namespaced init then mounts them through
+/// `/proc/self/fd/N` without walking the private directories above them.
+pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    config
+        .mounts
+        .iter()
+        .map(|bind| step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&bind.source), || format!("open {}", bind.source.display())))
+        .collect()
+}
+
 /// Builds the root under `merged` and pivots into it. Runs as the container's PID 1,
-/// single-threaded, inside fresh mount and PID namespaces.
-pub fn setup(config: &InitConfig) -> Result<(), SetupError> {
+/// single-threaded, inside fresh mount and PID namespaces, with the container's
+/// directory as its working directory; `sources` are [`open_sources`]'s.
+pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError> {
     // Nothing we mount may propagate back to the host.
     step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || "make / private".to_owned())?;
     let merged = &config.merged;
     let lower: Vec<String> = config.layers.iter().map(|l| l.display().to_string()).collect();
     let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
-    mount_at("overlay", merged, Some("overlay"), MsFlags::empty(), Some(&options))?;
+    mount_at("overlay", merged, Some("overlay"), MsFlags::MS_NODEV, Some(&options))?;
 
-    for bind in &config.mounts {
+    for (bind, source) in config.mounts.iter().zip(sources) {
         let target = merged.join(bind.target.trim_start_matches('/'));
         if let Some(parent) = target.parent() {
             mkdir(parent)?;
         }
-        if bind.source.is_dir() {
+        let is_dir = step(source.metadata(), || format!("stat {}", bind.source.display()))?.is_dir();
+        if is_dir {
             mkdir(&target)?;
         } else if fs::symlink_metadata(&target).is_err() {
             step(fs::File::create(&target), || format!("create {}", target.display()))?;
         }
-        mount_at(&bind.source.display().to_string(), &target, None, MsFlags::MS_BIND, None)?;
+        let via_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(source));
+        step(mount(Some(via_fd.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>), || {
+            format!("bind {} on {}", bind.source.display(), target.display())
+        })?;
     }
 
     let proc_dir = merged.join("proc");
@@ -94,12 +114,20 @@ pub fn setup(config: &InitConfig) -> Result<(), SetupError> {
     for path in READ_ONLY {
         read_only(Path::new(path))?;
     }
+    if config.security.read_only_root {
+        // The root mount only: /dev, /dev/shm, /proc and the bind mounts keep their flags.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+        step(mount(None::<&str>, "/", None::<&str>, flags, None::<&str>), || "remount / read-only".to_owned())?;
+    }
     Ok(())
 }
 
 fn setup_dev(dev: &Path) -> Result<(), SetupError> {
     mkdir(dev)?;
-    mount_at("tmpfs", dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    // nodev: the allowlisted nodes below are bind mounts of the host's, which keep their
+    // own mount's flags; a node created here opens nothing.
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
+    mount_at("tmpfs", dev, Some("tmpfs"), flags, Some("mode=755,size=65536k"))?;
     for name in DEVICES {
         let target = dev.join(name);
         step(fs::File::create(&target), || format!("create {}", target.display()))?;

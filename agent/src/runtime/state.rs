@@ -9,6 +9,10 @@ use super::RuntimeError;
 
 pub const STATE_FILE: &str = "state.json";
 pub const EXIT_FILE: &str = "exit.json";
+/// The overlay's directories, inside the container's directory.
+pub const UPPER: &str = "upper";
+pub const WORK: &str = "work";
+pub const MERGED: &str = "merged";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerState {
@@ -60,13 +64,13 @@ impl ContainerDirs {
         ContainerDirs { root: state_dir.join("containers").join(id) }
     }
     pub fn upper(&self) -> PathBuf {
-        self.root.join("upper")
+        self.root.join(UPPER)
     }
     pub fn work(&self) -> PathBuf {
-        self.root.join("work")
+        self.root.join(WORK)
     }
     pub fn merged(&self) -> PathBuf {
-        self.root.join("merged")
+        self.root.join(MERGED)
     }
     pub fn state(&self) -> PathBuf {
         self.root.join(STATE_FILE)

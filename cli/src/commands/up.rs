@@ -5,6 +5,7 @@
 //! services back.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +97,13 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
             (args.listen, Some(pki))
         }
     };
-    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    // Root's alone: the store, container directories, layers and logs live below.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.state_dir)
+        .and_then(|()| std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700)))
+        .with_context(|| format!("cannot create {} (mode 0700)", args.state_dir.display()))?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 

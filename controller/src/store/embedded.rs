@@ -97,9 +97,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     fn open(path: PathBuf, retention: i64) -> Result<Inner, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(fail(&path, "create the parent directory"))?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(fail(&path, "create the parent directory"))?;
         }
         let db = Database::create(&path).map_err(fail(&path, "open"))?;
+        // The store holds the cluster's whole state: root's alone, whatever the umask.
+        std::fs::set_permissions(&path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).map_err(fail(&path, "chmod 0600"))?;
         let txn = db.begin_write().map_err(fail(&path, "begin"))?;
         let mut ttls = Vec::new();
         {

@@ -161,7 +161,9 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     };
     let termination_grace_seconds =
         errors.range("spec.terminationGracePeriodSeconds", spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS), 0, 3600);
+    let security_context = spec.security_context.as_ref().map(|context| validate_security(errors, context));
     pb::ServiceSpec {
+        security_context,
         restart_backoff: Some(restart_backoff),
         termination_grace_seconds,
         replicas,
@@ -175,6 +177,95 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
         restart_policy: restart_policy.into(),
         node_selector: spec.node_selector.clone().into_iter().collect(),
         update: Some(update),
+    }
+}
+
+/// Linux's capabilities, as `capabilities.add` and `.drop` name them (without `CAP_`).
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Largest uid or gid a securityContext may name (below the kernel's invalid id).
+pub const MAX_ID: i64 = 4_294_967_294;
+
+fn validate_security(errors: &mut Errors, context: &model::SecurityContext) -> pb::SecurityContext {
+    let mut id = |path: &str, value: Option<i64>| {
+        value.map(|v| {
+            if !(0..=MAX_ID).contains(&v) {
+                errors.push(path, format!("must be between 0 and {MAX_ID}, got {v}"));
+            }
+            u32::try_from(v).unwrap_or(0)
+        })
+    };
+    let run_as_user = id("spec.securityContext.runAsUser", context.run_as_user);
+    let run_as_group = id("spec.securityContext.runAsGroup", context.run_as_group);
+    let capabilities = context.capabilities.clone().unwrap_or_default();
+    for (list, names) in [("add", &capabilities.add), ("drop", &capabilities.drop)] {
+        for (i, name) in names.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+            if bare != "ALL" && !CAPABILITIES.contains(&bare) {
+                errors
+                    .push(format!("spec.securityContext.capabilities.{list}[{i}]"), format!("{name:?} is not a Linux capability (such as NET_ADMIN, or ALL)"));
+            }
+        }
+    }
+    let seccomp_profile = match context.seccomp_profile.as_ref().map(|p| p.kind.as_str()) {
+        None | Some("RuntimeDefault") => pb::SeccompProfileType::RuntimeDefault,
+        Some("Unconfined") => pb::SeccompProfileType::Unconfined,
+        Some(other) => {
+            errors.push("spec.securityContext.seccompProfile.type", format!("must be RuntimeDefault or Unconfined, got {other:?}"));
+            pb::SeccompProfileType::RuntimeDefault
+        }
+    };
+    pb::SecurityContext {
+        run_as_user,
+        run_as_group,
+        read_only_root_filesystem: context.read_only_root_filesystem.unwrap_or(false),
+        capabilities_add: capabilities.add,
+        capabilities_drop: capabilities.drop,
+        seccomp_profile: seccomp_profile.into(),
+        user_namespace: context.user_namespace.unwrap_or(false),
     }
 }
 
