@@ -10,3 +10,6 @@ pub mod images;
 pub mod net;
 pub mod node;
 pub mod runtime;
+pub mod state_dir;
+
+pub use state_dir::StateDir;

@@ -165,3 +165,28 @@ async fn an_agent_restart_disturbs_nothing() {
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
     cluster.wait_node_empty().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teardown_after_a_killed_agent_leaves_nothing() {
+    let mut cluster = Cluster::start("teardown").await;
+    let image = cluster.image.clone();
+    cluster.apply(&web_manifest(&image, 2)).await;
+    let replicas = cluster.wait_replicas("web", "2 running, ready replicas", |r| r.len() == 2 && r.iter().all(running_ready)).await;
+    cluster.kill_agent();
+    let out = std::process::Command::new(common::AGENT)
+        .arg("teardown")
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .args(["--cgroup-parent", &cluster.cgroup_parent, "--bridge", &cluster.bridge])
+        .output()
+        .expect("orch-agent teardown");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for replica in &replicas {
+        assert!(!std::path::Path::new(&format!("/proc/{}", status(replica).host_pid)).exists(), "{} still runs", replica.id);
+    }
+    cluster.assert_node_empty();
+    let link = std::process::Command::new("ip").args(["link", "show", &cluster.bridge]).output().expect("ip link");
+    assert!(!link.status.success(), "the bridge {} is still there", cluster.bridge);
+    assert!(!std::path::Path::new(&format!("/run/netns/{}-lb", cluster.bridge)).exists(), "the balancer namespace is still there");
+    assert!(!cluster.state_dir().join("node.json").exists() && !cluster.state_dir().join("logs").exists(), "records left");
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use orch_agent::images::ImageStore;
 use orch_agent::runtime::{Runtime, RuntimeConfig};
+use orch_agent::StateDir;
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
@@ -40,7 +41,7 @@ pub async fn run(args: ImagesArgs) -> ExitCode {
 }
 
 async fn run_images(args: ImagesArgs) -> anyhow::Result<()> {
-    let store = ImageStore::open(&args.state_dir.join("images"), args.insecure_registries.clone())?;
+    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), args.insecure_registries.clone())?;
     match args.command {
         ImagesCommand::Pull { reference } => {
             let (record, report) = store.pull(&reference).await?;

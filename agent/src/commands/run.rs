@@ -17,6 +17,7 @@ use orch_agent::runtime::BindMount;
 use orch_agent::runtime::{
     capability_set, ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, SeccompProfile, Security, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE,
 };
+use orch_agent::StateDir;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
@@ -199,7 +200,7 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         NetMode::Bridge => Some(node_network(&args).await?),
     };
     let hostname = args.hostname.clone().unwrap_or_else(|| id.clone());
-    let files_dir = args.state_dir.join("network/files").join(&id);
+    let files_dir = StateDir::new(&args.state_dir).files(&id);
     let mut mounts = Vec::new();
     if let Some(network) = &network {
         match network.prepare(&id, &hostname, &files_dir) {
@@ -300,7 +301,7 @@ struct Process {
 /// `docker run IMAGE CMD` does: CMD replaces Cmd, --entrypoint replaces Entrypoint.
 async fn image_process(args: &RunArgs, reference: &str) -> Result<Process, RuntimeError> {
     let image_error = |e: orch_agent::images::ImageError| bad_flag("image", e);
-    let store = ImageStore::open(&args.state_dir.join("images"), args.insecure_registries.clone()).map_err(image_error)?;
+    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), args.insecure_registries.clone()).map_err(image_error)?;
     let (record, _) = store.pull(reference).await.map_err(image_error)?;
     let layers = store.lower_dirs(&record).map_err(image_error)?;
     let entrypoint: Vec<String> = args.entrypoint.iter().cloned().collect();

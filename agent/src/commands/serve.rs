@@ -11,9 +11,8 @@ use clap::Args;
 use orch_api::pb;
 use tokio::signal::unix::{signal, SignalKind};
 
-use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
-use orch_agent::node::{Agent, AgentConfig, Registration, Shutdown};
-use orch_agent::runtime::{Runtime, RuntimeConfig};
+use orch_agent::node::teardown::Leftovers;
+use orch_agent::node::{Agent, AgentConfig, Shutdown};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -183,71 +182,14 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn teardown(args: TeardownArgs) -> ExitCode {
     let args = args.node;
     let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("orch-agent"));
-    let runtime = match Runtime::new(RuntimeConfig { state_dir: args.state_dir.clone(), cgroup_parent: args.cgroup_parent.clone(), init_exe: helper }) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("orch-agent teardown: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut failed = false;
-    for id in runtime.container_ids() {
-        match runtime.adopt(&id) {
-            Ok(container) => {
-                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2)).await;
-                if let Err(e) = container.remove().await {
-                    eprintln!("orch-agent teardown: container {id}: {e}");
-                    failed = true;
-                }
+    let leftovers = Leftovers { state_dir: args.state_dir.clone(), bridge: args.bridge.clone(), cgroup_parent: args.cgroup_parent.clone(), helper };
+    match orch_agent::node::teardown::teardown(&leftovers).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failures) => {
+            for failure in failures {
+                eprintln!("orch-agent teardown: {failure}");
             }
-            Err(_) => {
-                // Never finished starting: its cgroup and directory are all there is.
-                if let Err(e) = runtime.discard(&id) {
-                    eprintln!("orch-agent teardown: container {id}: {e}");
-                    failed = true;
-                }
-            }
+            ExitCode::FAILURE
         }
-    }
-    if let Some(registration) = Registration::load(&args.state_dir) {
-        match (Subnet::parse(&registration.pod_cidr), Subnet::parse(&registration.service_cidr)) {
-            (Ok(subnet), Ok(service_cidr)) => {
-                let network = NodeNetwork::setup(NodeNetworkConfig {
-                    bridge: args.bridge.clone(),
-                    subnet,
-                    service_cidr,
-                    state_dir: args.state_dir.clone(),
-                    node_address: None,
-                    strategy: Strategy::RoundRobin,
-                    node_netns: None,
-                })
-                .await;
-                match network {
-                    Ok(network) => {
-                        if let Err(e) = network.teardown(true).await {
-                            eprintln!("orch-agent teardown: node network: {e}");
-                            failed = true;
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("orch-agent teardown: node network: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            _ => eprintln!("orch-agent teardown: {}: unreadable subnets", args.state_dir.join("node.json").display()),
-        }
-    }
-    for dir in ["replicas", "logs", "network/files"] {
-        let _ = std::fs::remove_dir_all(args.state_dir.join(dir));
-    }
-    if !failed {
-        // Kept after a failure, so that teardown can be run again.
-        Registration::forget(&args.state_dir);
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     }
 }

@@ -123,7 +123,7 @@ impl NodeNetwork {
 
         let node_sockets = config.node_netns.as_ref().map(|_| node);
         let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy).await?;
-        let ipam = Ipam::new(&config.state_dir.join("network").join(format!("{}.json", config.bridge)), subnet);
+        let ipam = Ipam::new(&crate::StateDir::new(&config.state_dir).addresses(&config.bridge), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }
 
@@ -228,6 +228,23 @@ impl NodeNetwork {
         })
     }
 
+    /// Removes what a node network on `bridge` left behind after its agent is gone — the
+    /// service route (when its range is known), the balancer's veth and namespace, the
+    /// bridge and the address allocations — without setting anything up first
+    /// (`orch-agent teardown`). Whatever is already missing is fine.
+    pub async fn remove_leftovers(bridge: &str, service_cidr: Option<Subnet>, state_dir: &std::path::Path) -> Result<(), NetError> {
+        names::check(bridge)?;
+        let handle = Netns::current()?.netlink()?;
+        if let Some(cidr) = service_cidr {
+            link::delete_route(&handle, cidr.network, cidr.prefix).await?;
+        }
+        link::delete_link(&handle, &names::lb_veth(bridge)?).await?;
+        Netns::delete_named(&names::lb_netns(bridge))?;
+        link::delete_link(&handle, bridge).await?;
+        let _ = std::fs::remove_file(crate::StateDir::new(state_dir).addresses(bridge));
+        Ok(())
+    }
+
     /// Removes everything the node network made: listeners, the balancer namespace and
     /// its veth, peer routes, the service route and the bridge. With `forget`, the IPAM
     /// state goes too.
@@ -243,7 +260,7 @@ impl NodeNetwork {
         Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
         link::delete_link(&self.handle, &self.config.bridge).await?;
         if forget {
-            let path = self.config.state_dir.join("network").join(format!("{}.json", self.config.bridge));
+            let path = crate::StateDir::new(&self.config.state_dir).addresses(&self.config.bridge);
             let _ = std::fs::remove_file(path);
         }
         Ok(())

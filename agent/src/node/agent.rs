@@ -16,10 +16,14 @@ use orch_api::pb::nodes_client::NodesClient;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::replica::{load_records, spawn, NodeContext, ReplicaHandle, StatusBoard};
+use super::board::{RunningTable, StatusBoard};
+use super::context::NodeContext;
+use super::convert::{endpoints_of, route_of};
+use super::replica::{load_records, spawn, ReplicaHandle};
 use crate::images::ImageStore;
-use crate::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
+use crate::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, ServiceEndpoints, Strategy, Subnet};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::StateDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -75,7 +79,7 @@ pub struct Registration {
 
 impl Registration {
     fn path(state_dir: &std::path::Path) -> PathBuf {
-        state_dir.join("node.json")
+        StateDir::new(state_dir).registration()
     }
 
     pub fn load(state_dir: &std::path::Path) -> Option<Registration> {
@@ -181,8 +185,8 @@ impl Agent {
         let runtime =
             Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })
                 .map_err(|e| AgentError::Setup(format!("runtime: {e}")))?;
-        let images = ImageStore::open(&config.state_dir.join("images"), config.insecure_registries.clone())
-            .map_err(|e| AgentError::Setup(format!("image store: {e}")))?;
+        let state = StateDir::new(&config.state_dir);
+        let images = ImageStore::open(&state.images(), config.insecure_registries.clone()).map_err(|e| AgentError::Setup(format!("image store: {e}")))?;
         let network = NodeNetwork::setup(NodeNetworkConfig {
             bridge: config.bridge.clone(),
             subnet,
@@ -199,10 +203,10 @@ impl Agent {
             runtime,
             images,
             network,
-            state_dir: config.state_dir.clone(),
+            state,
             helper: config.helper.clone(),
             board: StatusBoard::default(),
-            running: super::api::RunningTable::default(),
+            running: RunningTable::default(),
         });
         let api = match api_listener {
             Some(listener) => {
@@ -233,7 +237,7 @@ impl Agent {
     /// Resumes supervising every replica with a record; removes containers without one
     /// (a start interrupted by the previous agent's death).
     async fn adopt(&mut self) {
-        let records = load_records(&self.ctx.records_dir());
+        let records = load_records(&self.ctx.state.records());
         for record in records {
             let container = match self.ctx.runtime.adopt(&record.id) {
                 Ok(container) => Some(container),
@@ -419,51 +423,4 @@ pub fn machine_capacity() -> pb::ResourceList {
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024);
     pb::ResourceList { cpu_millis: cpus * 1000, memory_bytes: memory, pids: 0 }
-}
-
-/// A service from the controller as the balancer wants it; malformed entries are skipped.
-fn endpoints_of(service: &pb::ServiceEndpoints) -> Option<ServiceEndpoints> {
-    let vip = service.vip.parse().ok()?;
-    let ports = service
-        .ports
-        .iter()
-        .filter_map(|p| {
-            Some(PortMapping {
-                name: p.name.clone(),
-                protocol: if p.protocol() == pb::Protocol::Udp { Protocol::Udp } else { Protocol::Tcp },
-                service_port: u16::try_from(p.service_port).ok()?,
-                target_port: u16::try_from(p.container_port).ok()?,
-                node_port: u16::try_from(p.node_port).ok().filter(|&n| n != 0),
-            })
-        })
-        .collect();
-    let ready = service.ready_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-    Some(ServiceEndpoints { name: service.service.clone(), vip, ports, ready })
-}
-
-fn route_of(route: &pb::NodeRoute) -> Option<PeerRoute> {
-    let subnet = Subnet::parse(&route.pod_cidr).ok()?;
-    Some(PeerRoute { subnet_network: subnet.network, prefix: subnet.prefix, via: route.via.parse().ok()? })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn controller_records_convert_and_bad_ones_are_skipped() {
-        let service = pb::ServiceEndpoints {
-            service: "web".into(),
-            vip: "10.96.0.7".into(),
-            ports: vec![pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 30080, protocol: 0 }],
-            ready_ips: vec!["10.88.1.5".into(), "junk".into()],
-        };
-        let converted = endpoints_of(&service).expect("converts");
-        assert_eq!(converted.vip, Ipv4Addr::new(10, 96, 0, 7));
-        assert_eq!(converted.ready, [Ipv4Addr::new(10, 88, 1, 5)]);
-        assert_eq!((converted.ports[0].target_port, converted.ports[0].node_port), (8080, Some(30080)));
-        assert!(endpoints_of(&pb::ServiceEndpoints { vip: "nope".into(), ..service }).is_none());
-        let route = pb::NodeRoute { node: "n2".into(), pod_cidr: "10.88.2.0/24".into(), via: "192.0.2.2".into() };
-        assert_eq!(route_of(&route), Some(PeerRoute { subnet_network: Ipv4Addr::new(10, 88, 2, 0), prefix: 24, via: Ipv4Addr::new(192, 0, 2, 2) }));
-    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -16,39 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::replica::NodeContext;
-use crate::runtime::exec::ExecRequest;
-
-/// What the API needs of a running replica, kept current by its supervisor.
-#[derive(Debug, Clone, Default)]
-pub struct RunningReplica {
-    pub service: String,
-    pub exec: ExecRequest,
-}
-
-/// Replica id → its running container, for exec and stats.
-#[derive(Debug, Default)]
-pub struct RunningTable {
-    replicas: Mutex<BTreeMap<String, RunningReplica>>,
-}
-
-impl RunningTable {
-    pub fn set(&self, id: &str, running: RunningReplica) {
-        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), running);
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
-    }
-
-    pub fn get(&self, id: &str) -> Option<RunningReplica> {
-        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
-    }
-
-    pub fn all(&self) -> BTreeMap<String, RunningReplica> {
-        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
+use super::context::NodeContext;
+use super::logs::tail;
 
 /// The interceptor that checks who calls the node API.
 pub type PeerCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
@@ -85,24 +54,6 @@ impl NodeApi {
     }
 }
 
-/// The last `lines` lines of `bytes` (all of them for 0).
-pub fn tail(bytes: &[u8], lines: usize) -> &[u8] {
-    if lines == 0 {
-        return bytes;
-    }
-    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let mut seen = 0;
-    for (i, byte) in trimmed.iter().enumerate().rev() {
-        if *byte == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return &bytes[i + 1..];
-            }
-        }
-    }
-    bytes
-}
-
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecOutput, Status>> + Send>>;
 
@@ -118,10 +69,7 @@ impl NodeAgent for NodeApi {
         let request = request.into_inner();
         valid_id(&request.replica)?;
         let ctx = self.context()?;
-        let mut path: PathBuf = ctx.log_path(&request.replica);
-        if request.previous {
-            path = path.with_extension("log.1");
-        }
+        let path: PathBuf = if request.previous { ctx.state.rotated_log(&request.replica) } else { ctx.state.log(&request.replica) };
         let mut file = std::fs::File::open(&path).map_err(|_| {
             Status::not_found(format!("replica {} has no {}log on node {}", request.replica, if request.previous { "previous " } else { "" }, ctx.node))
         })?;
@@ -131,7 +79,7 @@ impl NodeAgent for NodeApi {
         let mut offset = bytes.len() as u64;
         let (sender, receiver) = mpsc::channel(16);
         let replica = request.replica.clone();
-        let record = ctx.record_path(&request.replica);
+        let record = ctx.state.record(&request.replica);
         drop(ctx);
         tokio::spawn(async move {
             if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: first })).await.is_err() || !request.follow {
@@ -304,19 +252,5 @@ impl NodeAgent for NodeApi {
             containers,
             routes,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tails() {
-        let text = b"a\nb\nc\n";
-        assert_eq!(tail(text, 2), b"b\nc\n");
-        assert_eq!(tail(text, 0), text);
-        assert_eq!(tail(text, 5), text);
-        assert_eq!(tail(b"a\nb", 1), b"b");
     }
 }

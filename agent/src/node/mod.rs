@@ -5,7 +5,13 @@
 pub mod agent;
 pub mod api;
 pub mod backoff;
+pub mod board;
+pub mod context;
+pub mod convert;
+pub mod lifecycle;
+pub mod logs;
 pub mod probe;
 pub mod replica;
+pub mod teardown;
 
 pub use agent::{machine_capacity, Agent, AgentConfig, AgentError, Registration, Shutdown};

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use orch_api::pb;
+use tokio::sync::mpsc;
 
 use crate::runtime::exec::ExecRequest;
 
@@ -137,6 +138,75 @@ async fn check_exec(command: &[String], target: &ProbeTarget) -> Result<(), Stri
         let stderr = String::from_utf8_lossy(&output.stderr);
         let code = output.status.code().map_or_else(|| "a signal".to_owned(), |c| format!("exit code {c}"));
         Err(format!("exec {command:?}: {code}{}", if stderr.trim().is_empty() { String::new() } else { format!(" ({})", stderr.trim()) }))
+    }
+}
+
+/// What the probes of a running container report to its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeEvent {
+    /// The startup probe succeeded.
+    Started,
+    /// The readiness verdict changed, with the last failure.
+    Ready(bool, String),
+    /// A startup or liveness probe failed for good.
+    Unhealthy(String),
+}
+
+/// The startup probe first (when there is one), then liveness and readiness side by side.
+pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, events: mpsc::Sender<ProbeEvent>) {
+    if let Some(startup) = &probes.startup {
+        match probe_until_verdict(startup, &target, true).await {
+            Ok(()) => {
+                let _ = events.send(ProbeEvent::Started).await;
+            }
+            Err(why) => {
+                let _ = events.send(ProbeEvent::Unhealthy(format!("startup probe failed: {why}"))).await;
+                return;
+            }
+        }
+    }
+    let liveness = async {
+        if let Some(liveness) = &probes.liveness {
+            if let Err(why) = probe_until_verdict(liveness, &target, false).await {
+                let _ = events.send(ProbeEvent::Unhealthy(format!("liveness probe failed: {why}"))).await;
+            }
+        }
+    };
+    let readiness = async {
+        let Some(readiness) = &probes.readiness else { return };
+        tokio::time::sleep(Duration::from_secs(u64::from(readiness.initial_delay_seconds))).await;
+        let mut tracker = ProbeTracker::default();
+        let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(readiness.period_seconds.max(1))));
+        loop {
+            ticks.tick().await;
+            let result = check(readiness, &target).await;
+            let why = result.as_ref().err().cloned().unwrap_or_default();
+            if let Some(verdict) = tracker.observe(result.is_ok(), readiness.success_threshold, readiness.failure_threshold) {
+                if events.send(ProbeEvent::Ready(verdict, why)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::join!(liveness, readiness);
+}
+
+/// Probes every period. A startup probe (`until_success`) returns at its first success;
+/// a liveness probe runs until it fails `failure_threshold` times in a row. `Err` carries
+/// the last failure.
+async fn probe_until_verdict(probe: &pb::Probe, target: &ProbeTarget, until_success: bool) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
+    let mut tracker = ProbeTracker::default();
+    let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(probe.period_seconds.max(1))));
+    loop {
+        ticks.tick().await;
+        let result = check(probe, target).await;
+        let success_threshold = if until_success { 1 } else { probe.success_threshold };
+        match (tracker.observe(result.is_ok(), success_threshold, probe.failure_threshold), &result) {
+            (Some(true), _) if until_success => return Ok(()),
+            (Some(false), Err(why)) => return Err(why.clone()),
+            _ => {}
+        }
     }
 }
 

@@ -323,7 +323,7 @@ impl Runtime {
 
     /// Names of the containers with a state directory on this node.
     pub fn container_ids(&self) -> Vec<String> {
-        let dir = self.config.state_dir.join("containers");
+        let dir = crate::StateDir::new(&self.config.state_dir).containers();
         let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
         let mut ids: Vec<String> = entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
         ids.sort();

@@ -61,7 +61,7 @@ pub struct ContainerDirs {
 
 impl ContainerDirs {
     pub fn new(state_dir: &Path, id: &str) -> ContainerDirs {
-        ContainerDirs { root: state_dir.join("containers").join(id) }
+        ContainerDirs { root: crate::StateDir::new(state_dir).containers().join(id) }
     }
     pub fn upper(&self) -> PathBuf {
         self.root.join(UPPER)

@@ -28,8 +28,8 @@ pub struct Cluster {
     address: SocketAddr,
     pub api: ApiClient<Channel>,
     agent: Option<Child>,
-    bridge: String,
-    cgroup_parent: String,
+    pub bridge: String,
+    pub cgroup_parent: String,
     pub image: String,
     service_cidr: String,
 }

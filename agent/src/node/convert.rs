@@ -1,0 +1,143 @@
+//! The agent's protobuf edge: what the controller's records mean for the node — a
+//! replica's limits and confinement, the balancer's service table, routes to other
+//! nodes. Pure functions, table-tested.
+
+use orch_api::pb;
+
+use crate::cgroups::Limits;
+use crate::net::{PeerRoute, PortMapping, Protocol, ServiceEndpoints, Subnet};
+use crate::runtime::{capability_set, IdRange, SeccompProfile, Security, DEFAULT_ID_RANGE};
+
+/// What a securityContext asks of the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    pub user: Option<(u32, u32)>,
+    pub user_namespace: Option<IdRange>,
+    pub security: Security,
+}
+
+/// The runtime's view of a (validated) securityContext over the image's user:
+/// `runAsUser` and `runAsGroup` replace the image's uid and gid one by one (an unset gid
+/// is the image's, else root's), capabilities are added to and dropped from Docker's
+/// default set, and `userNamespace` maps the container's ids to the node's range.
+pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<(u32, u32)>) -> Result<Confinement, String> {
+    let Some(context) = context else { return Ok(Confinement { user: image_user, user_namespace: None, security: Security::default() }) };
+    let user = match (context.run_as_user, context.run_as_group) {
+        (None, None) => image_user,
+        (uid, gid) => Some((uid.or(image_user.map(|u| u.0)).unwrap_or(0), gid.or(image_user.map(|u| u.1)).unwrap_or(0))),
+    };
+    let seccomp = match context.seccomp_profile() {
+        pb::SeccompProfileType::RuntimeDefault => SeccompProfile::RuntimeDefault,
+        pb::SeccompProfileType::Unconfined => SeccompProfile::Unconfined,
+    };
+    Ok(Confinement {
+        user,
+        user_namespace: context.user_namespace.then_some(DEFAULT_ID_RANGE),
+        security: Security {
+            capabilities: capability_set(&context.capabilities_add, &context.capabilities_drop)?,
+            seccomp,
+            read_only_root: context.read_only_root_filesystem,
+        },
+    })
+}
+
+pub fn limits_of(resources: &pb::Resources) -> Limits {
+    let limits = resources.limits.unwrap_or_default();
+    let requests = resources.requests.unwrap_or_default();
+    let some = |v: u64| (v > 0).then_some(v);
+    Limits {
+        memory_bytes: some(limits.memory_bytes),
+        cpu_limit_millis: some(limits.cpu_millis),
+        cpu_request_millis: some(requests.cpu_millis).or(some(limits.cpu_millis)),
+        pids: some(limits.pids),
+        ..Limits::default()
+    }
+}
+
+/// A service from the controller as the balancer wants it; malformed entries are skipped.
+pub fn endpoints_of(service: &pb::ServiceEndpoints) -> Option<ServiceEndpoints> {
+    let vip = service.vip.parse().ok()?;
+    let ports = service
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(PortMapping {
+                name: p.name.clone(),
+                protocol: if p.protocol() == pb::Protocol::Udp { Protocol::Udp } else { Protocol::Tcp },
+                service_port: u16::try_from(p.service_port).ok()?,
+                target_port: u16::try_from(p.container_port).ok()?,
+                node_port: u16::try_from(p.node_port).ok().filter(|&n| n != 0),
+            })
+        })
+        .collect();
+    let ready = service.ready_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    Some(ServiceEndpoints { name: service.service.clone(), vip, ports, ready })
+}
+
+pub fn route_of(route: &pb::NodeRoute) -> Option<PeerRoute> {
+    let subnet = Subnet::parse(&route.pod_cidr).ok()?;
+    Some(PeerRoute { subnet_network: subnet.network, prefix: subnet.prefix, via: route.via.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn a_security_context_over_the_image_user() {
+        assert_eq!(confinement_of(None, Some((5, 6))), Ok(Confinement { user: Some((5, 6)), user_namespace: None, security: Security::default() }));
+        let context = |uid: Option<u32>, gid: Option<u32>| pb::SecurityContext { run_as_user: uid, run_as_group: gid, ..Default::default() };
+        let cases = [
+            (context(None, None), Some((5, 6)), Some((5, 6))),
+            (context(Some(1000), None), Some((5, 6)), Some((1000, 6))),
+            (context(Some(1000), None), None, Some((1000, 0))),
+            (context(None, Some(2000)), None, Some((0, 2000))),
+            (context(Some(1), Some(2)), Some((5, 6)), Some((1, 2))),
+        ];
+        for (context, image, user) in cases {
+            assert_eq!(confinement_of(Some(&context), image).map(|c| c.user), Ok(user), "{context:?} over {image:?}");
+        }
+        let strict = pb::SecurityContext {
+            read_only_root_filesystem: true,
+            capabilities_drop: vec!["ALL".into()],
+            capabilities_add: vec!["NET_BIND_SERVICE".into()],
+            seccomp_profile: pb::SeccompProfileType::Unconfined.into(),
+            user_namespace: true,
+            ..Default::default()
+        };
+        let confinement = confinement_of(Some(&strict), None).expect("valid");
+        assert_eq!(confinement.security.capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(confinement.security.seccomp, SeccompProfile::Unconfined);
+        assert!(confinement.security.read_only_root);
+        assert_eq!(confinement.user_namespace, Some(DEFAULT_ID_RANGE));
+    }
+
+    #[test]
+    fn limits_come_from_the_spec() {
+        let resources = pb::Resources {
+            requests: Some(pb::ResourceList { cpu_millis: 50, memory_bytes: 0, pids: 0 }),
+            limits: Some(pb::ResourceList { cpu_millis: 250, memory_bytes: 64 << 20, pids: 64 }),
+        };
+        let limits = limits_of(&resources);
+        assert_eq!((limits.memory_bytes, limits.cpu_limit_millis, limits.cpu_request_millis, limits.pids), (Some(64 << 20), Some(250), Some(50), Some(64)));
+        assert_eq!(limits_of(&pb::Resources::default()).memory_bytes, None);
+    }
+    #[test]
+    fn controller_records_convert_and_bad_ones_are_skipped() {
+        let service = pb::ServiceEndpoints {
+            service: "web".into(),
+            vip: "10.96.0.7".into(),
+            ports: vec![pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 30080, protocol: 0 }],
+            ready_ips: vec!["10.88.1.5".into(), "junk".into()],
+        };
+        let converted = endpoints_of(&service).expect("converts");
+        assert_eq!(converted.vip, Ipv4Addr::new(10, 96, 0, 7));
+        assert_eq!(converted.ready, [Ipv4Addr::new(10, 88, 1, 5)]);
+        assert_eq!((converted.ports[0].target_port, converted.ports[0].node_port), (8080, Some(30080)));
+        assert!(endpoints_of(&pb::ServiceEndpoints { vip: "nope".into(), ..service }).is_none());
+        let route = pb::NodeRoute { node: "n2".into(), pod_cidr: "10.88.2.0/24".into(), via: "192.0.2.2".into() };
+        assert_eq!(route_of(&route), Some(PeerRoute { subnet_network: Ipv4Addr::new(10, 88, 2, 0), prefix: 24, via: Ipv4Addr::new(192, 0, 2, 2) }));
+    }
+}
