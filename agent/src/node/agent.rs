@@ -5,147 +5,24 @@
 //! replica status upward. Static stability: when the controller is unreachable the
 //! replicas keep running and restarting; the agent reconnects with back-off.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api::pb;
-use orch_api::pb::nodes_client::NodesClient;
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::board::{RunningTable, StatusBoard};
+use super::config::{AgentConfig, AgentError};
 use super::context::NodeContext;
+use super::convergence;
 use super::convert::{endpoints_of, route_of};
+use super::registration::first_registration;
 use super::replica::{load_records, spawn, ReplicaHandle};
+use super::session::Session;
 use crate::images::ImageStore;
 use crate::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, ServiceEndpoints, Strategy, Subnet};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::StateDir;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Setup(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub name: String,
-    /// The node's address: other nodes route to its pods through it; node ports listen on it.
-    pub address: Ipv4Addr,
-    /// The controller's gRPC address (`http://HOST:PORT`).
-    pub controller: String,
-    pub state_dir: PathBuf,
-    pub cgroup_parent: String,
-    pub bridge: String,
-    pub capacity: pb::ResourceList,
-    pub labels: BTreeMap<String, String>,
-    pub insecure_registries: Vec<String>,
-    pub heartbeat: Duration,
-    /// The agent binary (re-executed for containers and exec probes).
-    pub helper: PathBuf,
-    /// Where `orch.v1.NodeAgent` (logs, exec, stats, inspect) listens; none when unset.
-    pub api_listen: Option<std::net::SocketAddr>,
-    /// Mutual TLS with the certificates in this directory (`ca.pem`, `node-<name>.pem`
-    /// and `.key`): towards the controller and for the node API. Plain text when unset.
-    pub tls_dir: Option<PathBuf>,
-}
-
-impl AgentConfig {
-    /// The controller, over TLS when configured.
-    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, String> {
-        let address = self.controller.split_once("://").map_or(self.controller.as_str(), |(_, rest)| rest);
-        let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| format!("controller {address}: {e}"))?;
-        if let Some(dir) = &self.tls_dir {
-            let tls = orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| format!("controller {address}: {e}"))?;
-        }
-        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|e| format!("controller {address}: {e}"))
-    }
-}
-
-/// What registration said, kept so that a restarted agent can set its network up and
-/// adopt its replicas while the controller is away.
-/// Saved as `<state>/node.json`; `orch-agent teardown` reads it too.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registration {
-    pub pod_cidr: String,
-    pub service_cidr: String,
-}
-
-impl Registration {
-    fn path(state_dir: &std::path::Path) -> PathBuf {
-        StateDir::new(state_dir).registration()
-    }
-
-    pub fn load(state_dir: &std::path::Path) -> Option<Registration> {
-        std::fs::read(Registration::path(state_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
-    }
-
-    fn save(&self, state_dir: &std::path::Path) {
-        if let Ok(bytes) = serde_json::to_vec(self) {
-            let _ = std::fs::create_dir_all(state_dir);
-            let _ = std::fs::write(Registration::path(state_dir), bytes);
-        }
-    }
-
-    pub fn forget(state_dir: &std::path::Path) {
-        let _ = std::fs::remove_file(Registration::path(state_dir));
-    }
-}
-
-impl AgentConfig {
-    fn node_info(&self) -> pb::NodeInfo {
-        pb::NodeInfo {
-            name: self.name.clone(),
-            address: self.address.to_string(),
-            capacity: Some(self.capacity),
-            labels: self.labels.clone().into_iter().collect(),
-            api_port: self.api_listen.map_or(0, |a| u32::from(a.port())),
-        }
-    }
-}
-
-/// Registers through `client` and saves what the controller said.
-async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, String> {
-    let response = client
-        .register(pb::RegisterRequest { node: Some(config.node_info()) })
-        .await
-        .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
-        .into_inner();
-    let registration = Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr };
-    registration.save(&config.state_dir);
-    Ok(registration)
-}
-
-/// The first registration: from the controller, else (restarting while it is away) from
-/// the last one saved. Retries until one of them is there.
-async fn first_registration(config: &AgentConfig) -> Registration {
-    let saved = Registration::load(&config.state_dir);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = match config.controller_channel().await {
-            Ok(channel) => register(config, &mut NodesClient::new(channel)).await,
-            Err(error) => Err(error),
-        };
-        match attempt {
-            Ok(registration) => return registration,
-            Err(error) => {
-                if let Some(saved) = &saved {
-                    tracing::warn!(%error, "controller unreachable: using the last registration");
-                    return saved.clone();
-                }
-                tracing::warn!(%error, "cannot register yet; retrying");
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
 
 /// How the agent ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,21 +49,19 @@ impl Agent {
         // Bound first, so that a port 0 becomes the real one the controller is told.
         let api_listener = match config.api_listen {
             Some(address) => {
-                let listener =
-                    tokio::net::TcpListener::bind(address).await.map_err(|e| AgentError::Setup(format!("node API: cannot listen on {address}: {e}")))?;
+                let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| AgentError::Listen { address, source })?;
                 config.api_listen = listener.local_addr().ok();
                 Some(listener)
             }
             None => None,
         };
         let registration = first_registration(&config).await;
-        let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Setup(format!("pod subnet from the controller: {e}")))?;
-        let service_cidr = Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Setup(format!("service range from the controller: {e}")))?;
+        let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Registration { what: "pod subnet", reason: e.to_string() })?;
+        let service_cidr = Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Registration { what: "service range", reason: e.to_string() })?;
         let runtime =
-            Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })
-                .map_err(|e| AgentError::Setup(format!("runtime: {e}")))?;
+            Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })?;
         let state = StateDir::new(&config.state_dir);
-        let images = ImageStore::open(&state.images(), config.insecure_registries.clone()).map_err(|e| AgentError::Setup(format!("image store: {e}")))?;
+        let images = ImageStore::open(&state.images(), config.insecure_registries.clone())?;
         let network = NodeNetwork::setup(NodeNetworkConfig {
             bridge: config.bridge.clone(),
             subnet,
@@ -196,8 +71,7 @@ impl Agent {
             strategy: Strategy::RoundRobin,
             node_netns: None,
         })
-        .await
-        .map_err(|e| AgentError::Setup(format!("node network: {e}")))?;
+        .await?;
         let ctx = Arc::new(NodeContext {
             node: config.name.clone(),
             runtime,
@@ -213,8 +87,8 @@ impl Agent {
                 let server = super::api::NodeApi::new(&ctx, config.cgroup_parent.clone(), config.address.to_string()).into_server();
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(dir) = &config.tls_dir {
-                    let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::Setup(format!("node API: {e}")))?;
-                    builder = builder.tls_config(tls).map_err(|e| AgentError::Setup(format!("node API: {e}")))?;
+                    let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::NodeApi(e.to_string()))?;
+                    builder = builder.tls_config(tls).map_err(|e| AgentError::NodeApi(e.to_string()))?;
                 }
                 Some(tokio::spawn(async move {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -277,26 +151,17 @@ impl Agent {
     /// Converges the node to a desired set.
     async fn converge(&mut self, set: pb::DesiredSet) {
         self.generation = set.generation;
-        let mut wanted: BTreeMap<String, pb::Replica> = BTreeMap::new();
-        for desired in set.replicas {
-            let Some(mut replica) = desired.replica else { continue };
-            replica.spec = desired.spec;
-            wanted.insert(replica.id.clone(), replica);
-        }
-        let unwanted: Vec<String> = self.replicas.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
-        for id in unwanted {
+        let supervised: BTreeSet<String> = self.replicas.keys().cloned().collect();
+        let plan = convergence::plan(&set, &supervised);
+        for id in plan.stop {
             if let Some(handle) = self.replicas.remove(&id) {
                 tracing::info!(replica = %id, "no longer wanted: stopping");
                 handle.stop();
                 self.terminating.push(handle);
             }
         }
-        for (id, mut replica) in wanted {
-            if self.replicas.contains_key(&id) {
-                continue;
-            }
-            replica.status = Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Pending.into(), ..Default::default() });
-            self.replicas.insert(id, spawn(Arc::clone(&self.ctx), replica, None));
+        for replica in plan.start {
+            self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
         self.terminating.retain(|handle| !handle.is_finished());
         let table: Vec<ServiceEndpoints> = set.endpoints.iter().filter_map(endpoints_of).collect();
@@ -306,17 +171,6 @@ impl Agent {
         let routes: Vec<PeerRoute> = set.routes.iter().filter_map(route_of).collect();
         if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
             tracing::warn!(%error, "setting routes to the other nodes");
-        }
-    }
-
-    fn report(&self) -> pb::AgentMessage {
-        pb::AgentMessage {
-            node: self.config.name.clone(),
-            body: Some(pb::agent_message::Body::Status(pb::StatusReport {
-                observed_generation: self.generation,
-                replicas: self.ctx.board.snapshot(),
-                events: self.ctx.board.take_events(),
-            })),
         }
     }
 
@@ -347,34 +201,10 @@ impl Agent {
     }
 
     async fn session(&mut self) -> Result<(), String> {
-        let mut client = NodesClient::new(self.config.controller_channel().await?);
-        register(&self.config, &mut client).await?;
-        let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
-        let heartbeat = pb::AgentMessage { node: self.config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
-        upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;
-        upward.send(self.report()).await.map_err(|e| e.to_string())?;
-        let mut downward =
-            client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| format!("session: {}", e.message()))?.into_inner();
-        tracing::info!(controller = %self.config.controller, "session open");
-        let mut beats = tokio::time::interval(self.config.heartbeat);
-        // A full report now and then even when nothing changed, in case one was lost.
-        let mut refresh = tokio::time::interval(Duration::from_secs(10));
+        let mut session = Session::open(&self.config, &self.ctx.board, self.generation).await?;
         loop {
-            tokio::select! {
-                _ = beats.tick() => upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?,
-                _ = refresh.tick() => upward.send(self.report()).await.map_err(|e| e.to_string())?,
-                () = self.ctx.board.changed() => {
-                    // Let a burst of changes settle into one report.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    upward.send(self.report()).await.map_err(|e| e.to_string())?;
-                }
-                message = downward.message() => {
-                    let message = message.map_err(|e| format!("session: {}", e.message()))?.ok_or("the controller ended the session")?;
-                    if let Some(pb::controller_message::Body::Desired(set)) = message.body {
-                        self.converge(set).await;
-                    }
-                }
-            }
+            let set = session.next_desired(&self.ctx.board, self.generation).await?;
+            self.converge(set).await;
         }
     }
 
@@ -411,16 +241,4 @@ impl Agent {
             }
         }
     }
-}
-
-/// What this machine has: all its CPUs (millicores) and memory (bytes), from
-/// `/proc/meminfo`; what a node offers the scheduler unless told otherwise.
-pub fn machine_capacity() -> pb::ResourceList {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned())))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
-    pb::ResourceList { cpu_millis: cpus * 1000, memory_bytes: memory, pids: 0 }
 }

@@ -1,17 +1,35 @@
-//! The node agent proper: the daemon that talks to the controller ([`agent`]), one
-//! supervisor per replica ([`replica`]: start, pidfd wait, probes, restart policy,
-//! crash evidence, cleanup), probes ([`probe`]) and restart back-off ([`backoff`]).
+//! The node agent proper.
+//!
+//! - The daemon ([`agent`]): [`registration`], then [`session`]s with the controller,
+//!   each desired set turned into a [`convergence`] plan (a pure diff); [`teardown`]
+//!   removes what a dead agent left without setting anything up.
+//! - One supervisor per replica: [`lifecycle`] decides (a pure state machine: phase,
+//!   readiness, restart policy and back-off, events), [`replica`] acts (image, start,
+//!   pidfd wait, [`probe`]s, stop, crash evidence, cleanup). The supervisor decides, the
+//!   task acts.
+//! - Shared: the [`board`] (status and events going up, the running table for exec and
+//!   stats), the [`context`], the [`logs`], the node [`api`] the controller calls.
+//! - [`convert`] turns the controller's records into what the node runs (limits,
+//!   confinement, the balancer table, routes).
 
 pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod board;
+pub mod capacity;
+pub mod config;
 pub mod context;
+pub mod convergence;
 pub mod convert;
 pub mod lifecycle;
 pub mod logs;
 pub mod probe;
+pub mod registration;
 pub mod replica;
+pub mod session;
 pub mod teardown;
 
-pub use agent::{machine_capacity, Agent, AgentConfig, AgentError, Registration, Shutdown};
+pub use agent::{Agent, Shutdown};
+pub use capacity::machine_capacity;
+pub use config::{AgentConfig, AgentError};
+pub use registration::Registration;

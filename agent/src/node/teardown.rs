@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::agent::Registration;
+use super::registration::Registration;
 use crate::net::{NodeNetwork, Subnet};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::StateDir;

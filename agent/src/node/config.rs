@@ -1,0 +1,74 @@
+//! How an agent is configured, and why it may fail to start.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orch_api::pb;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("node API: cannot listen on {address}: {source}")]
+    Listen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("node API: {0}")]
+    NodeApi(String),
+    #[error("{what} from the controller: {reason}")]
+    Registration { what: &'static str, reason: String },
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("image store: {0}")]
+    Images(#[from] crate::images::ImageError),
+    #[error("node network: {0}")]
+    Network(#[from] crate::net::NetError),
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    /// The node's address: other nodes route to its pods through it; node ports listen on it.
+    pub address: Ipv4Addr,
+    /// The controller's gRPC address (`http://HOST:PORT`).
+    pub controller: String,
+    pub state_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub bridge: String,
+    pub capacity: pb::ResourceList,
+    pub labels: BTreeMap<String, String>,
+    pub insecure_registries: Vec<String>,
+    pub heartbeat: Duration,
+    /// The agent binary (re-executed for containers and exec probes).
+    pub helper: PathBuf,
+    /// Where `orch.v1.NodeAgent` (logs, exec, stats, inspect) listens; none when unset.
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// Mutual TLS with the certificates in this directory (`ca.pem`, `node-<name>.pem`
+    /// and `.key`): towards the controller and for the node API. Plain text when unset.
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The controller, over TLS when configured.
+    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, String> {
+        let address = self.controller.split_once("://").map_or(self.controller.as_str(), |(_, rest)| rest);
+        let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| format!("controller {address}: {e}"))?;
+        if let Some(dir) = &self.tls_dir {
+            let tls = orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("controller {address}: {e}"))?;
+        }
+        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|e| format!("controller {address}: {e}"))
+    }
+}
+
+impl AgentConfig {
+    pub fn node_info(&self) -> pb::NodeInfo {
+        pb::NodeInfo {
+            name: self.name.clone(),
+            address: self.address.to_string(),
+            capacity: Some(self.capacity),
+            labels: self.labels.clone().into_iter().collect(),
+            api_port: self.api_listen.map_or(0, |a| u32::from(a.port())),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Registration with the controller: the node's pod subnet and the service range, saved
+//! as `<state>/node.json` so that a restarted agent can set its network up and adopt its
+//! replicas while the controller is away.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orch_api::pb;
+use orch_api::pb::nodes_client::NodesClient;
+use serde::{Deserialize, Serialize};
+
+use super::config::AgentConfig;
+use crate::StateDir;
+
+/// What registration said, kept so that a restarted agent can set its network up and
+/// adopt its replicas while the controller is away.
+/// Saved as `<state>/node.json`; `orch-agent teardown` reads it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub pod_cidr: String,
+    pub service_cidr: String,
+}
+
+impl Registration {
+    fn path(state_dir: &std::path::Path) -> PathBuf {
+        StateDir::new(state_dir).registration()
+    }
+
+    pub fn load(state_dir: &std::path::Path) -> Option<Registration> {
+        std::fs::read(Registration::path(state_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    fn save(&self, state_dir: &std::path::Path) {
+        if let Ok(bytes) = serde_json::to_vec(self) {
+            let _ = std::fs::create_dir_all(state_dir);
+            let _ = std::fs::write(Registration::path(state_dir), bytes);
+        }
+    }
+
+    pub fn forget(state_dir: &std::path::Path) {
+        let _ = std::fs::remove_file(Registration::path(state_dir));
+    }
+}
+
+/// Registers through `client` and saves what the controller said.
+pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, String> {
+    let response = client
+        .register(pb::RegisterRequest { node: Some(config.node_info()) })
+        .await
+        .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
+        .into_inner();
+    let registration = Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr };
+    registration.save(&config.state_dir);
+    Ok(registration)
+}
+
+/// The first registration: from the controller, else (restarting while it is away) from
+/// the last one saved. Retries until one of them is there.
+pub async fn first_registration(config: &AgentConfig) -> Registration {
+    let saved = Registration::load(&config.state_dir);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = match config.controller_channel().await {
+            Ok(channel) => register(config, &mut NodesClient::new(channel)).await,
+            Err(error) => Err(error),
+        };
+        match attempt {
+            Ok(registration) => return registration,
+            Err(error) => {
+                if let Some(saved) = &saved {
+                    tracing::warn!(%error, "controller unreachable: using the last registration");
+                    return saved.clone();
+                }
+                tracing::warn!(%error, "cannot register yet; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

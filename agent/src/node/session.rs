@@ -1,0 +1,81 @@
+//! One session with the controller: registration again (the controller may be new),
+//! then a stream each way — heartbeats every `--heartbeat-ms` and a status report
+//! whenever the board changes (and every 10 s, in case one was lost) go up; desired sets
+//! come down, one at a time, to whoever asks for the next.
+
+use std::time::Duration;
+
+use orch_api::pb;
+use orch_api::pb::nodes_client::NodesClient;
+use tokio::sync::mpsc;
+use tokio::time::Interval;
+
+use super::board::StatusBoard;
+use super::config::AgentConfig;
+use super::registration::register;
+
+pub struct Session {
+    node: String,
+    upward: mpsc::Sender<pb::AgentMessage>,
+    downward: tonic::Streaming<pb::ControllerMessage>,
+    heartbeat: pb::AgentMessage,
+    beats: Interval,
+    refresh: Interval,
+}
+
+/// What the node reports: every replica's status and the events since the last report.
+fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        node: node.to_owned(),
+        body: Some(pb::agent_message::Body::Status(pb::StatusReport {
+            observed_generation: generation,
+            replicas: board.snapshot(),
+            events: board.take_events(),
+        })),
+    }
+}
+
+impl Session {
+    /// Registers and opens the session, with a heartbeat and a full report first.
+    pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, String> {
+        let mut client = NodesClient::new(config.controller_channel().await?);
+        register(config, &mut client).await?;
+        let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
+        let heartbeat = pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
+        upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;
+        upward.send(report(&config.name, board, generation)).await.map_err(|e| e.to_string())?;
+        let downward =
+            client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| format!("session: {}", e.message()))?.into_inner();
+        tracing::info!(controller = %config.controller, "session open");
+        Ok(Session {
+            node: config.name.clone(),
+            upward,
+            downward,
+            heartbeat,
+            beats: tokio::time::interval(config.heartbeat),
+            refresh: tokio::time::interval(Duration::from_secs(10)),
+        })
+    }
+
+    /// Keeps the session going (heartbeats, reports of `board` at `generation`) until
+    /// the controller sends the next desired set; an error when the session ends.
+    pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, String> {
+        loop {
+            tokio::select! {
+                _ = self.beats.tick() => self.upward.send(self.heartbeat.clone()).await.map_err(|e| e.to_string())?,
+                _ = self.refresh.tick() => self.upward.send(report(&self.node, board, generation)).await.map_err(|e| e.to_string())?,
+                () = board.changed() => {
+                    // Let a burst of changes settle into one report.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.upward.send(report(&self.node, board, generation)).await.map_err(|e| e.to_string())?;
+                }
+                message = self.downward.message() => {
+                    let message = message.map_err(|e| format!("session: {}", e.message()))?.ok_or("the controller ended the session")?;
+                    if let Some(pb::controller_message::Body::Desired(set)) = message.body {
+                        return Ok(set);
+                    }
+                }
+            }
+        }
+    }
+}
