@@ -43,19 +43,19 @@ enum Command {
     /// Show one service, replica or node in detail, with its events.
     Describe(commands::describe::DescribeArgs),
     /// Delete services (by name or by manifest).
-    Delete(commands::apply::DeleteArgs),
+    Delete(commands::delete::DeleteArgs),
     /// Change a service's replica count.
-    Scale(commands::apply::ScaleArgs),
+    Scale(commands::scale::ScaleArgs),
     /// Follow a rolling update.
-    Rollout(commands::apply::RolloutArgs),
+    Rollout(commands::rollout::RolloutArgs),
     /// Print a replica's (or every replica of a service's) output.
-    Logs(commands::node::LogsArgs),
+    Logs(commands::logs::LogsArgs),
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
-    Exec(commands::node::ExecArgs),
+    Exec(commands::exec::ExecArgs),
     /// CPU and memory in use, per node or per replica.
-    Top { kind: commands::node::TopKind },
+    Top { kind: commands::top::TopKind },
     /// Draw the live cluster: nodes, bridges, veths, addresses, balancers, links.
-    Topology(commands::node::TopologyArgs),
+    Topology(commands::topology::TopologyArgs),
     /// Check manifests without applying them: exit 0 when valid, 1 with every problem.
     Validate(commands::validate::ValidateArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -111,16 +111,16 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Apply(args) => commands::apply::apply(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,
             Command::Describe(args) => commands::describe::run(api, &args).await?,
-            Command::Delete(args) => commands::apply::delete(api, &args).await?,
-            Command::Scale(args) => commands::apply::scale(api, &args).await?,
-            Command::Rollout(args) => commands::apply::rollout(api, &args).await?,
-            Command::Logs(args) => commands::node::logs(api, &args).await?,
+            Command::Delete(args) => commands::delete::delete(api, &args).await?,
+            Command::Scale(args) => commands::scale::scale(api, &args).await?,
+            Command::Rollout(args) => commands::rollout::rollout(api, &args).await?,
+            Command::Logs(args) => commands::logs::logs(api, &args).await?,
             Command::Exec(args) => {
-                let code = commands::node::exec(api, &args).await?;
+                let code = commands::exec::exec(api, &args).await?;
                 return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
             }
-            Command::Top { kind } => commands::node::top(api, kind).await?,
-            Command::Topology(args) => commands::node::topology(api, &args).await?,
+            Command::Top { kind } => commands::top::top(api, kind).await?,
+            Command::Topology(args) => commands::topology::topology(api, &args).await?,
             Command::Up(_) | Command::Validate(_) | Command::Version | Command::Completion { .. } => {}
         }
         Ok(ExitCode::SUCCESS)

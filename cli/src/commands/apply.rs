@@ -1,10 +1,10 @@
-//! `orch apply -f FILE|DIR|- [--wait [--timeout 120s]]`, `orch delete`, `orch scale`,
-//! `orch rollout status`: the write side, and waiting for it to take effect.
+//! `orch apply -f FILE|DIR|- [--wait [--timeout 120s]]`: the write side, and waiting
+//! for it to take effect (`wait_ready`, which `orch rollout status` uses too).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use tonic::transport::Channel;
@@ -102,86 +102,5 @@ pub async fn apply(mut api: ApiClient<Channel>, args: &ApplyArgs) -> anyhow::Res
     if args.wait {
         wait_ready(&mut api, &names, Duration::from_secs(args.timeout)).await?;
     }
-    Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// Delete the services these manifests describe.
-    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "name"])]
-    pub files: Vec<PathBuf>,
-    /// `service`
-    #[arg(required_unless_present = "files")]
-    pub kind: Option<String>,
-    #[arg(required_unless_present = "files")]
-    pub name: Option<String>,
-}
-
-pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
-    let names = if args.files.is_empty() {
-        match args.kind.as_deref() {
-            Some("service" | "services" | "svc") => vec![args.name.clone().unwrap_or_default()],
-            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services (`orch delete service NAME`)"),
-            None => Vec::new(),
-        }
-    } else {
-        let mut names = Vec::new();
-        for source in read_sources(&args.files)? {
-            let documents = orch_api::manifest::load_services(&source.name, &source.text)
-                .map_err(|errors| anyhow::anyhow!("invalid manifest:\n{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
-            names.extend(documents.into_iter().map(|d| d.service.name));
-        }
-        names
-    };
-    for name in names {
-        api.delete_service(pb::DeleteServiceRequest { name: name.clone() }).await.map_err(explain)?;
-        println!("service/{name} deleted");
-    }
-    Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct ScaleArgs {
-    /// `service`
-    pub kind: String,
-    pub name: String,
-    #[arg(long)]
-    pub replicas: u32,
-}
-
-pub async fn scale(mut api: ApiClient<Channel>, args: &ScaleArgs) -> anyhow::Result<()> {
-    if !matches!(args.kind.as_str(), "service" | "services" | "svc") {
-        anyhow::bail!("unknown resource {:?}: orch scales services (`orch scale service NAME --replicas N`)", args.kind);
-    }
-    api.scale_service(pb::ScaleServiceRequest { name: args.name.clone(), replicas: args.replicas }).await.map_err(explain)?;
-    println!("service/{} scaled to {}", args.name, args.replicas);
-    Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct RolloutArgs {
-    #[command(subcommand)]
-    pub command: RolloutCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RolloutCommand {
-    /// Wait until the service's replicas all run its current template and are ready.
-    Status {
-        /// `service`
-        kind: String,
-        name: String,
-        #[arg(long, default_value = "300", value_name = "SECONDS")]
-        timeout: u64,
-    },
-}
-
-pub async fn rollout(mut api: ApiClient<Channel>, args: &RolloutArgs) -> anyhow::Result<()> {
-    let RolloutCommand::Status { kind, name, timeout } = &args.command;
-    if !matches!(kind.as_str(), "service" | "services" | "svc") {
-        anyhow::bail!("unknown resource {kind:?}: `orch rollout status service NAME`");
-    }
-    wait_ready(&mut api, std::slice::from_ref(name), Duration::from_secs(*timeout)).await?;
-    println!("service/{name} successfully rolled out");
     Ok(())
 }

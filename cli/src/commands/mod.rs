@@ -1,8 +1,14 @@
-//! One module per `orch` subcommand (apply also holds delete, scale and rollout).
+//! One module per `orch` subcommand.
 
 pub mod apply;
+pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
-pub mod node;
+pub mod logs;
+pub mod rollout;
+pub mod scale;
+pub mod top;
+pub mod topology;
 pub mod up;
 pub mod validate;
