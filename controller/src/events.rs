@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use orch_api::events::EventKind;
 use orch_api::pb;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -90,8 +91,18 @@ impl EventLog {
     }
 
     /// Records in the background, never holding the caller up; failures are logged.
-    pub fn emit(&self, kind: &str, object: String, message: String) {
-        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.to_owned(), object, message };
+    pub fn emit(&self, kind: EventKind, object: String, message: String) {
+        self.push(pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message });
+    }
+
+    /// Records an event an agent reported, under the kind it named (stamped now, as
+    /// the controller's own).
+    pub fn emit_reported(&self, event: pb::Event) {
+        self.push(pb::Event { timestamp_unix_ms: now_unix_ms(), ..event });
+    }
+
+    fn push(&self, event: pb::Event) {
+        let kind = event.kind.clone();
         if self.backlog.try_send(event).is_err() {
             tracing::warn!(kind, "event backlog full (or closed): dropping an event");
         }

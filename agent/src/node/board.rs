@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
+use orch_api::events::EventKind;
 use orch_api::pb;
 use tokio::sync::Notify;
 
@@ -32,9 +33,9 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
-    pub fn event(&self, kind: &str, object: String, message: String) {
-        tracing::info!(kind, %object, %message, "event");
-        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.to_owned(), object, message };
+    pub fn event(&self, kind: EventKind, object: String, message: String) {
+        tracing::info!(kind = kind.as_str(), %object, %message, "event");
+        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message };
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
         self.changed.notify_one();
     }

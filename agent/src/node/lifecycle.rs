@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use orch_api::events::EventKind;
 use orch_api::pb;
 use tokio::time::Instant;
 
@@ -44,7 +45,7 @@ pub enum Effect {
     /// Publish the status as it is (a finished replica after an agent restart).
     Publish,
     /// Report an event about this replica.
-    Event { kind: &'static str, message: String },
+    Event { kind: EventKind, message: String },
     /// Resolve the image and reserve the address, then report [`Input::Prepared`].
     Prepare,
     /// Start the container (or take over the adopted one), then report [`Input::Started`].
@@ -184,7 +185,7 @@ impl Lifecycle {
                 self.state = State::Running { ready: now_ready };
                 let mut effects = Vec::new();
                 if !now_ready {
-                    effects.push(Effect::Event { kind: "Unhealthy", message: format!("readiness probe failed: {why}") });
+                    effects.push(Effect::Event { kind: EventKind::Unhealthy, message: format!("readiness probe failed: {why}") });
                 }
                 effects.push(phase(pb::ReplicaPhase::Running, now_ready, if now_ready { "" } else { "readiness probe failing" }));
                 effects
@@ -193,7 +194,7 @@ impl Lifecycle {
                 self.state = State::Restarting;
                 self.restart_reason = Some(why.clone());
                 vec![
-                    Effect::Event { kind: "Unhealthy", message: format!("{why}; restarting the container") },
+                    Effect::Event { kind: EventKind::Unhealthy, message: format!("{why}; restarting the container") },
                     phase(pb::ReplicaPhase::Running, false, &why),
                     Effect::Kill { signal: Signal::SIGTERM, grace: self.grace },
                 ]
@@ -220,7 +221,7 @@ impl Lifecycle {
         self.failed_starts = self.failed_starts.saturating_add(1);
         self.state = State::BackingOff;
         vec![
-            Effect::Event { kind: "Failed", message: format!("{reason}; retrying in {} ms", delay.as_millis()) },
+            Effect::Event { kind: EventKind::Failed, message: format!("{reason}; retrying in {} ms", delay.as_millis()) },
             phase(pb::ReplicaPhase::Starting, false, &reason),
             Effect::Wait(delay),
         ]
@@ -244,7 +245,7 @@ impl Lifecycle {
         self.state = State::BackingOff;
         effects.extend([
             Effect::CountRestart,
-            Effect::Event { kind: "Restarted", message: format!("{cause}; restart {} after a back-off of {} ms", self.restarts, delay.as_millis()) },
+            Effect::Event { kind: EventKind::Restarted, message: format!("{cause}; restart {} after a back-off of {} ms", self.restarts, delay.as_millis()) },
             phase(pb::ReplicaPhase::Starting, false, &reason),
             Effect::Wait(delay),
         ]);
@@ -388,7 +389,7 @@ mod tests {
         assert_eq!(phases(&lifecycle.on(Input::Ready(true, String::new()), now)), [(pb::ReplicaPhase::Running, true)]);
         assert_eq!(lifecycle.on(Input::Ready(true, String::new()), now), [], "no change, nothing published");
         let down = lifecycle.on(Input::Ready(false, "connection refused".into()), now);
-        assert_eq!(down[0], Effect::Event { kind: "Unhealthy", message: "readiness probe failed: connection refused".into() });
+        assert_eq!(down[0], Effect::Event { kind: EventKind::Unhealthy, message: "readiness probe failed: connection refused".into() });
         assert_eq!(down[1], phase(pb::ReplicaPhase::Running, false, "readiness probe failing"));
         assert_eq!(lifecycle.state(), State::Running { ready: false });
     }
@@ -408,7 +409,7 @@ mod tests {
         assert_eq!(lifecycle.state(), State::BackingOff, "a probe kill counts as a failure under OnFailure");
         assert!(effects
             .iter()
-            .any(|e| matches!(e, Effect::Event { kind: "Restarted", message } if message.starts_with("startup probe failed: timeout; restart 1"))));
+            .any(|e| matches!(e, Effect::Event { kind: EventKind::Restarted, message } if message.starts_with("startup probe failed: timeout; restart 1"))));
     }
 
     #[test]
@@ -418,7 +419,9 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..3 {
             let effects = lifecycle.on(Input::Prepared(Err("ImagePullBackOff: no such image".into())), now);
-            assert!(matches!(&effects[0], Effect::Event { kind: "Failed", message } if message.starts_with("ImagePullBackOff: no such image; retrying in")));
+            assert!(
+                matches!(&effects[0], Effect::Event { kind: EventKind::Failed, message } if message.starts_with("ImagePullBackOff: no such image; retrying in"))
+            );
             delays.extend(waits(&effects));
             lifecycle.on(Input::Woke, now);
         }

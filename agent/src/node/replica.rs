@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;
+use orch_api::events::EventKind;
 use orch_api::pb;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -361,9 +362,9 @@ impl Supervisor {
         status.reason = String::new();
         self.publish();
         if adopted {
-            self.ctx.board.event("Adopted", self.object(), format!("still running as host PID {host_pid}"));
+            self.ctx.board.event(EventKind::Adopted, self.object(), format!("still running as host PID {host_pid}"));
         } else {
-            self.ctx.board.event("Started", self.object(), format!("host PID {host_pid}"));
+            self.ctx.board.event(EventKind::Started, self.object(), format!("host PID {host_pid}"));
         }
         self.ctx.running.set(&self.record.id, RunningReplica { service: self.record.service.clone(), exec });
         let (sender, events) = mpsc::channel(8);
@@ -390,13 +391,13 @@ impl Supervisor {
         status.ready = false;
         status.host_pid = 0;
         if exit.oom_killed {
-            self.ctx.board.event("OOMKilled", self.object(), "the memory limit was reached".into());
+            self.ctx.board.event(EventKind::OOMKilled, self.object(), "the memory limit was reached".into());
         }
         let message = match why {
             Some(why) => format!("{}; stopped because {why}", describe_exit(exit)),
             None => describe_exit(exit),
         };
-        self.ctx.board.event("Exited", self.object(), message);
+        self.ctx.board.event(EventKind::Exited, self.object(), message);
         self.publish();
     }
 
@@ -419,7 +420,7 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(self.ctx.state.files(&id));
         logs::remove(&self.ctx.state, &id);
         let _ = std::fs::remove_file(self.ctx.state.record(&id));
-        self.ctx.board.event("Stopped", self.object(), "removed from the node".into());
+        self.ctx.board.event(EventKind::Stopped, self.object(), "removed from the node".into());
         self.ctx.board.remove(&id);
     }
 }

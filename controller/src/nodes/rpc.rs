@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use orch_api::events::EventKind;
 use orch_api::pb;
 use orch_api::pb::nodes_server::Nodes;
 use orch_api::tls::{Peer, Role};
@@ -185,7 +186,7 @@ impl Nodes for NodesRpc {
         let name = info.name.clone();
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
-        self.events.emit("Registered", format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
+        self.events.emit(EventKind::Registered, format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
         Ok(Response::new(pb::RegisterResponse { pod_cidr: node.pod_cidr, service_cidr: self.service_cidr.clone() }))
     }
 
@@ -250,7 +251,7 @@ impl Nodes for NodesRpc {
                     }
                     Some(pb::agent_message::Body::Status(mut report)) => {
                         for event in std::mem::take(&mut report.events) {
-                            session.events.emit(&event.kind, event.object, event.message);
+                            session.events.emit_reported(event);
                         }
                         // Each report is the node's full set: only the latest matters.
                         reports.send_replace(Some(report));

@@ -20,6 +20,7 @@ pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use orch_api::events::EventKind;
 use orch_api::manifest::resolve_update;
 use orch_api::pb;
 
@@ -56,7 +57,7 @@ pub enum Action {
 /// An event to record along with the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDraft {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub object: String,
     pub message: String,
 }
@@ -68,7 +69,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn event(&mut self, kind: &'static str, object: String, message: String) {
+    fn event(&mut self, kind: EventKind, object: String, message: String) {
         self.events.push(EventDraft { kind, object, message });
     }
 }
@@ -92,9 +93,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     for (key, replica) in &state.replicas {
         let r = &replica.value;
         let reason = if !state.services.contains_key(&r.service) {
-            Some(("Deleted", format!("service {} was deleted", r.service)))
+            Some((EventKind::Deleted, format!("service {} was deleted", r.service)))
         } else if !r.node.is_empty() && (lost_nodes.contains(&r.node) || !state.nodes.contains_key(&r.node)) {
-            Some(("Rescheduled", format!("node {} is lost; a new replica replaces this one", r.node)))
+            Some((EventKind::Rescheduled, format!("node {} is lost; a new replica replaces this one", r.node)))
         } else {
             None
         };
@@ -127,7 +128,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             let member = members[index];
             let why = if facts[index].current { "scaled down" } else { "replaced by the new template" };
             plan.actions.push(Action::Delete { key: member.key.clone(), revision: member.mod_revision });
-            plan.event("Killing", format!("replica/{}", member.value.id), format!("{why} (service {name})"));
+            plan.event(EventKind::Killing, format!("replica/{}", member.value.id), format!("{why} (service {name})"));
             deleted.insert(member.key.as_str());
         }
         for _ in 0..decision.create {
@@ -171,13 +172,13 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         if let Some(node) = bindings.get(r.id.as_str()) {
             replica.node = (*node).to_owned();
             replica.status = Some(pending_status(""));
-            plan.event("Scheduled", format!("replica/{}", r.id), format!("assigned to node {node}"));
+            plan.event(EventKind::Scheduled, format!("replica/{}", r.id), format!("assigned to node {node}"));
         } else if let Some(reason) = reasons.get(r.id.as_str()) {
             if r.status.as_ref().is_some_and(|s| s.reason == *reason) {
                 continue;
             }
             replica.status = Some(pending_status(reason));
-            plan.event("FailedScheduling", format!("replica/{}", r.id), (*reason).to_owned());
+            plan.event(EventKind::FailedScheduling, format!("replica/{}", r.id), (*reason).to_owned());
         } else {
             continue;
         }
@@ -186,10 +187,10 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     for mut replica in new_replicas {
         if let Some(node) = bindings.get(replica.id.as_str()) {
             replica.node = (*node).to_owned();
-            plan.event("Scheduled", format!("replica/{}", replica.id), format!("assigned to node {node}"));
+            plan.event(EventKind::Scheduled, format!("replica/{}", replica.id), format!("assigned to node {node}"));
         } else if let Some(reason) = reasons.get(replica.id.as_str()) {
             replica.status = Some(pending_status(reason));
-            plan.event("FailedScheduling", format!("replica/{}", replica.id), (*reason).to_owned());
+            plan.event(EventKind::FailedScheduling, format!("replica/{}", replica.id), (*reason).to_owned());
         }
         plan.actions.push(Action::CreateReplica { key: keys::replica(&replica.service, &replica.id), replica });
     }

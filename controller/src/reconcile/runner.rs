@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use orch_api::events::EventKind;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -59,13 +60,13 @@ impl NodeTracker {
         for name in state.nodes.keys() {
             if state.alive.contains(name) {
                 if self.not_ready_since.remove(name).is_some() {
-                    events.push(EventDraft { kind: "NodeReady", object: format!("node/{name}"), message: "heartbeats are back".into() });
+                    events.push(EventDraft { kind: EventKind::NodeReady, object: format!("node/{name}"), message: "heartbeats are back".into() });
                 }
                 continue;
             }
             let since = *self.not_ready_since.entry(name.clone()).or_insert_with(|| {
                 events.push(EventDraft {
-                    kind: "NodeNotReady",
+                    kind: EventKind::NodeNotReady,
                     object: format!("node/{name}"),
                     message: format!("no heartbeat within its lease; its replicas move after {grace:?}"),
                 });
@@ -82,7 +83,7 @@ impl NodeTracker {
         if everything_down && !lost.is_empty() {
             if !self.disrupted {
                 events.push(EventDraft {
-                    kind: "FullDisruption",
+                    kind: EventKind::FullDisruption,
                     object: "cluster".into(),
                     message: "no node is Ready: replicas stay where they are until one is".into(),
                 });
@@ -273,7 +274,7 @@ mod tests {
         let mut tracker = NodeTracker::new(start);
         let (lost, events) = tracker.observe(&state, start, grace, Duration::ZERO);
         assert!(lost.is_empty());
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeNotReady"]);
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::NodeNotReady]);
         let (lost, events) = tracker.observe(&state, start + Duration::from_secs(4), grace, Duration::ZERO);
         assert!(lost.is_empty() && events.is_empty(), "within the grace, nothing more");
         let (lost, _) = tracker.observe(&state, start + grace, grace, Duration::ZERO);
@@ -281,7 +282,7 @@ mod tests {
         state.alive.insert("n1".into());
         let (lost, events) = tracker.observe(&state, start + grace * 2, grace, Duration::ZERO);
         assert!(lost.is_empty());
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeReady"]);
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::NodeReady]);
         state.alive.remove("n1");
         let (lost, _) = tracker.observe(&state, start + grace * 2 + Duration::from_secs(1), grace, Duration::ZERO);
         assert!(lost.is_empty(), "the grace starts again from the new NotReady");
@@ -304,7 +305,7 @@ mod tests {
         state.alive.remove("n2");
         let (lost, events) = tracker.observe(&state, start + warmup, grace, warmup);
         assert!(lost.is_empty(), "every node down: nothing moves");
-        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), ["NodeNotReady", "FullDisruption"]);
+        assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::NodeNotReady, EventKind::FullDisruption]);
         let (lost, events) = tracker.observe(&state, start + warmup + grace, grace, warmup);
         assert!(lost.is_empty() && events.is_empty(), "still nothing, said once");
     }

@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 
+use orch_api::events::EventKind;
 use orch_api::pb;
 
 use super::*;
@@ -180,7 +181,7 @@ fn replicas_of_a_lost_node_are_replaced_elsewhere() {
     world.converge(&[]);
     assert_eq!(world.placement(), before, "NotReady within the grace: nothing moves");
     let plan = world.plan(&["n1"]);
-    assert!(plan.events.iter().any(|e| e.kind == "Rescheduled"), "{:?}", plan.events);
+    assert!(plan.events.iter().any(|e| e.kind == EventKind::Rescheduled), "{:?}", plan.events);
     world.apply(&plan);
     world.converge(&["n1"]);
     let after = world.placement();
