@@ -13,11 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::vip::next_free_vip;
 use crate::keys;
-use crate::store::{Expect, Store, StoreError};
-
-/// How often a compare-and-swap is retried before the caller is told to try again.
-const CAS_ATTEMPTS: usize = 16;
-
+use crate::store::{retry_on_conflict, Expect, MaybeConflict, Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid manifest:\n{}", .0.join("\n"))]
@@ -34,6 +30,12 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Decode(#[from] keys::DecodeError),
+}
+
+impl MaybeConflict for ApiError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, ApiError::Store(e) if e.is_conflict())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,60 +105,46 @@ impl ServiceApi {
 
     async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
-        for _ in 0..CAS_ATTEMPTS {
-            match self.store.get(&key).await? {
-                None => {
-                    let vip = self.claim_vip(&wanted.name).await?;
-                    let mut service = wanted.clone();
-                    service.generation = 1;
-                    service.vip = vip.to_string();
-                    service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
-                    match self.store.put(&key, keys::encode(&service), Expect::Absent).await {
-                        Ok(_) => return Ok((service.name, ApplyOutcome::Created)),
-                        Err(StoreError::Conflict { .. }) => {
-                            self.release_vip(vip).await?;
-                        }
-                        Err(e) => {
-                            self.release_vip(vip).await?;
-                            return Err(e.into());
-                        }
-                    }
+        let attempt = || async {
+            let Some(kv) = self.store.get(&key).await? else {
+                let vip = self.claim_vip(&wanted.name).await?;
+                let mut service = wanted.clone();
+                service.generation = 1;
+                service.vip = vip.to_string();
+                service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+                if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
+                    // Lost the name to another apply (or failed): the address goes back.
+                    self.release_vip(vip).await?;
+                    return Err(ApiError::Store(e));
                 }
-                Some(kv) => {
-                    let current: pb::Service = keys::decode(&key, &kv.value)?;
-                    if current.spec == wanted.spec && current.labels == wanted.labels {
-                        return Ok((current.name, ApplyOutcome::Unchanged));
-                    }
-                    let mut service = current.clone();
-                    service.spec = wanted.spec.clone();
-                    service.labels = wanted.labels.clone();
-                    service.generation += 1;
-                    service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
-                    match self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await {
-                        Ok(_) => return Ok((service.name, ApplyOutcome::Configured)),
-                        Err(StoreError::Conflict { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                return Ok((service.name, ApplyOutcome::Created));
+            };
+            let current: pb::Service = keys::decode(&key, &kv.value)?;
+            if current.spec == wanted.spec && current.labels == wanted.labels {
+                return Ok((current.name, ApplyOutcome::Unchanged));
             }
-        }
-        Err(ApiError::Contended(key))
+            let mut service = current;
+            service.spec = wanted.spec.clone();
+            service.labels = wanted.labels.clone();
+            service.generation += 1;
+            service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+            self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
+            Ok::<_, ApiError>((service.name, ApplyOutcome::Configured))
+        };
+        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
     }
 
     /// Claims the next free VIP by creating its key; a concurrent claim moves on.
     async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
-        for _ in 0..CAS_ATTEMPTS {
+        let attempt = || async {
             let used: BTreeSet<Ipv4Addr> = self.store.list(keys::VIPS).await?.items.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
             let Some(vip) = next_free_vip(self.service_network, self.service_prefix, &used) else {
                 return Err(ApiError::VipsExhausted(format!("{}/{}", self.service_network, self.service_prefix)));
             };
-            match self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await {
-                Ok(_) => return Ok(vip),
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::Contended(keys::VIPS.to_owned()))
+            self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await?;
+            Ok::<_, ApiError>(vip)
+        };
+        retry_on_conflict(attempt).await?.ok_or_else(|| ApiError::Contended(keys::VIPS.to_owned()))
     }
 
     async fn release_vip(&self, vip: Ipv4Addr) -> Result<(), ApiError> {
@@ -178,21 +166,16 @@ impl ServiceApi {
     /// Removes the service and frees its VIP; its replicas go through reconciliation.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let key = keys::service(name);
-        for _ in 0..CAS_ATTEMPTS {
+        let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
             let service: pb::Service = keys::decode(&key, &kv.value)?;
-            match self.store.delete(&key, Expect::Revision(kv.mod_revision)).await {
-                Ok(_) => {
-                    if let Ok(vip) = service.vip.parse() {
-                        self.release_vip(vip).await?;
-                    }
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
+            self.store.delete(&key, Expect::Revision(kv.mod_revision)).await?;
+            if let Ok(vip) = service.vip.parse() {
+                self.release_vip(vip).await?;
             }
-        }
-        Err(ApiError::Contended(key))
+            Ok::<_, ApiError>(())
+        };
+        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
     }
 
     /// Changes only the replica count.
@@ -201,7 +184,7 @@ impl ServiceApi {
             return Err(ApiError::BadRequest(format!("replicas: must be between 0 and {MAX_REPLICAS}, got {replicas}")));
         }
         let key = keys::service(name);
-        for _ in 0..CAS_ATTEMPTS {
+        let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
             let mut service: pb::Service = keys::decode(&key, &kv.value)?;
             let Some(spec) = service.spec.as_mut() else { return Err(ApiError::BadRequest(format!("service {name:?} has no spec"))) };
@@ -210,13 +193,10 @@ impl ServiceApi {
             }
             spec.replicas = replicas;
             service.generation += 1;
-            match self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await {
-                Ok(_) => return Ok(service),
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::Contended(key))
+            self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
+            Ok::<_, ApiError>(service)
+        };
+        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
     }
 
     /// Replica records with the status their node last reported (a Pending replica

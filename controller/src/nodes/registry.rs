@@ -11,9 +11,7 @@ use orch_api::pb;
 
 use super::cidr::{next_free_index, node_subnet};
 use crate::keys;
-use crate::store::{Expect, LeaseId, Store, StoreError};
-
-const CAS_ATTEMPTS: usize = 16;
+use crate::store::{retry_on_conflict, Expect, LeaseId, MaybeConflict, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -29,6 +27,12 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Decode(#[from] keys::DecodeError),
+}
+
+impl MaybeConflict for NodeError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, NodeError::Store(e) if e.is_conflict())
+    }
 }
 
 #[derive(Clone)]
@@ -51,9 +55,8 @@ impl NodeRegistry {
             return Err(NodeError::Invalid(format!("address: {:?} is not an IPv4 address", info.address)));
         }
         let key = keys::node(&info.name);
-        for _ in 0..CAS_ATTEMPTS {
-            let existing = self.store.get(&key).await?;
-            let (pod_cidr, expect) = match &existing {
+        let attempt = || async {
+            let (pod_cidr, expect) = match self.store.get(&key).await? {
                 Some(kv) => {
                     let node: pb::Node = keys::decode(&key, &kv.value)?;
                     (node.pod_cidr, Expect::Revision(kv.mod_revision))
@@ -61,21 +64,16 @@ impl NodeRegistry {
                 None => (self.claim_subnet(&info.name).await?, Expect::Absent),
             };
             let node = pb::Node { info: Some(info.clone()), ready: true, pod_cidr, allocated: None };
-            match self.store.put(&key, keys::encode(&node), expect).await {
-                Ok(_) => {
-                    let lease = self.store.grant_lease(self.lease_ttl).await?;
-                    self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
-                    return Ok((node, lease));
-                }
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(NodeError::Contended(key))
+            self.store.put(&key, keys::encode(&node), expect).await?;
+            let lease = self.store.grant_lease(self.lease_ttl).await?;
+            self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
+            Ok::<_, NodeError>((node, lease))
+        };
+        retry_on_conflict(attempt).await?.ok_or(NodeError::Contended(key.clone()))
     }
 
     async fn claim_subnet(&self, node: &str) -> Result<String, NodeError> {
-        for _ in 0..CAS_ATTEMPTS {
+        let attempt = || async {
             let listing = self.store.list(keys::NODE_SUBNETS).await?;
             if let Some(kv) = listing.items.iter().find(|kv| kv.value == node.as_bytes()) {
                 let index: u8 = kv.key[keys::NODE_SUBNETS.len()..].parse().unwrap_or(0);
@@ -83,13 +81,10 @@ impl NodeRegistry {
             }
             let used: BTreeSet<u8> = listing.items.iter().filter_map(|kv| kv.key[keys::NODE_SUBNETS.len()..].parse().ok()).collect();
             let index = next_free_index(&used).ok_or(NodeError::Exhausted)?;
-            match self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await {
-                Ok(_) => return Ok(node_subnet(self.cluster_network, index)),
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(NodeError::Contended(keys::NODE_SUBNETS.to_owned()))
+            self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await?;
+            Ok::<_, NodeError>(node_subnet(self.cluster_network, index))
+        };
+        retry_on_conflict(attempt).await?.ok_or_else(|| NodeError::Contended(keys::NODE_SUBNETS.to_owned()))
     }
 
     /// A heartbeat: keeps the node's lease alive. An expired lease (the node was gone

@@ -8,6 +8,7 @@
 //! Every write that depends on a read is a compare-and-swap ([`Expect`]); watches resume
 //! from a revision and never skip or repeat an event.
 
+mod cas;
 mod config;
 mod embedded;
 mod error;
@@ -15,6 +16,7 @@ mod etcd;
 mod prefixed;
 mod types;
 
+pub use cas::{retry_on_conflict, MaybeConflict, CAS_ATTEMPTS};
 pub use config::{open_store, StoreConfig};
 pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
 pub use error::StoreError;
