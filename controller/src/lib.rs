@@ -11,4 +11,5 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
