@@ -7,6 +7,7 @@ mod cidr;
 pub mod desired;
 mod registry;
 pub mod rpc;
+mod session;
 mod status;
 
 pub use cidr::{next_free_index, node_subnet};

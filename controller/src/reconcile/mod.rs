@@ -21,9 +21,9 @@ pub mod runner;
 use std::collections::{BTreeMap, BTreeSet};
 
 use orch_api::events::EventKind;
-use orch_api::manifest::resolve_update;
 use orch_api::pb;
 
+use self::rollout::resolve_update;
 use crate::keys;
 use crate::scheduler::{self, ClusterView, NodeView, PendingReplica, Resources};
 use crate::state::{ClusterState, Versioned};

@@ -2,6 +2,30 @@
 //! scaling, and rolling updates by spec hash bounded by maxSurge / maxUnavailable and
 //! gated on readiness (the Deployment controller's arithmetic). Pure.
 
+use orch_api::pb;
+
+/// Resolves a rolling update's bounds against a replica count, as Kubernetes does:
+/// surge rounds up, unavailability rounds down, and if both come out 0 one replica may
+/// be unavailable so that the update progresses. Returns `(max_surge, max_unavailable)`.
+pub fn resolve_update(update: &pb::UpdateStrategy, replicas: u32) -> (u32, u32) {
+    let resolve = |v: Option<&pb::IntOrPercent>, round_up: bool| -> u32 {
+        let v = v.copied().unwrap_or(pb::IntOrPercent { value: orch_api::manifest::DEFAULT_UPDATE_PERCENT, percent: true });
+        if !v.percent {
+            return v.value;
+        }
+        let scaled = u64::from(v.value) * u64::from(replicas);
+        let result = if round_up { scaled.div_ceil(100) } else { scaled / 100 };
+        u32::try_from(result).unwrap_or(u32::MAX)
+    };
+    let surge = resolve(update.max_surge.as_ref(), true);
+    let unavailable = resolve(update.max_unavailable.as_ref(), false);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
+}
+
 /// What the decision needs to know about one existing replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -66,6 +90,30 @@ pub fn decide(desired: u32, max_surge: u32, max_unavailable: u32, members: &[Mem
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn percent(value: u32) -> Option<pb::IntOrPercent> {
+        Some(pb::IntOrPercent { value, percent: true })
+    }
+
+    fn count(value: u32) -> Option<pb::IntOrPercent> {
+        Some(pb::IntOrPercent { value, percent: false })
+    }
+
+    #[test]
+    fn resolve_update_table() {
+        let table = [
+            (percent(25), percent(25), 3, (1, 0)),
+            (percent(25), percent(25), 4, (1, 1)),
+            (percent(25), percent(25), 10, (3, 2)),
+            (count(2), count(0), 5, (2, 0)),
+            (percent(0), percent(10), 3, (0, 1)),
+            (percent(25), percent(25), 0, (0, 1)),
+        ];
+        for (max_surge, max_unavailable, replicas, want) in table {
+            let update = pb::UpdateStrategy { max_surge, max_unavailable };
+            assert_eq!(resolve_update(&update, replicas), want, "{update:?} x {replicas}");
+        }
+    }
 
     fn member(id: &str, current: bool, ready: bool) -> Member {
         Member { current, bound: true, ready, crowd: 1, id: id.into() }

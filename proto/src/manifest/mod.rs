@@ -11,6 +11,6 @@ mod validate;
 pub use load::{check_unique_names, load_services, ManifestError, ServiceDocument};
 pub use model::{ServiceManifest, API_VERSION};
 pub use validate::{
-    probe_defaults, resolve_update, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS,
-    DEFAULT_BACKOFF_RESET_SECONDS, DEFAULT_GRACE_SECONDS, DEFAULT_UPDATE_PERCENT, MAX_REPLICAS, NODE_PORT_RANGE,
+    probe_defaults, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS, DEFAULT_BACKOFF_RESET_SECONDS,
+    DEFAULT_GRACE_SECONDS, DEFAULT_UPDATE_PERCENT, MAX_REPLICAS, NODE_PORT_RANGE,
 };

@@ -1,0 +1,189 @@
+//! One agent's session with the controller: who it is, its heartbeats (the node's
+//! liveness lease), its status reports (written to `/orch/status/<node>/…` off the
+//! receive loop) and its desired set (sent whenever it changes).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use orch_api::pb;
+use orch_api::tls::Peer;
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::desired::{desired_set, stamp};
+use super::registry::{NodeError, NodeRegistry};
+use super::rpc::{check_node_identity, status};
+use super::status::{status_writes, StatusWrite};
+use crate::events::EventLog;
+use crate::keys;
+use crate::state::ClusterState;
+use crate::store::{Expect, LeaseId, Store, StoreError};
+
+/// Status writes of one report in flight at once.
+const STATUS_WRITES: usize = 16;
+
+type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// One agent's session, once it has said who it is.
+#[derive(Clone)]
+pub(super) struct Session {
+    pub(super) node: String,
+    pub(super) registry: NodeRegistry,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) state: watch::Receiver<Arc<ClusterState>>,
+    pub(super) events: EventLog,
+    pub(super) leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+}
+
+impl Session {
+    fn known_lease(&self) -> Option<LeaseId> {
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&self.node).copied()
+    }
+
+    /// Serves one agent's stream until it ends, the agent misbehaves or the controller
+    /// stops: the first message names the node (checked against its certificate), then
+    /// heartbeats renew its lease and status reports are written (the latest one wins);
+    /// the desired set goes down whenever it changes.
+    pub(super) async fn serve(mut self, peer: Option<Peer>, mut incoming: Streaming<pb::AgentMessage>, outgoing: Outgoing, mut stopping: watch::Receiver<()>) {
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let (reports, latest_report) = watch::channel::<Option<pb::StatusReport>>(None);
+        loop {
+            let message = tokio::select! {
+                message = incoming.message() => match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) | Err(_) => break,
+                },
+                _ = stopping.changed() => {
+                    let _ = outgoing.send(Err(Status::unavailable("the controller is stopping; reconnect"))).await;
+                    break;
+                }
+            };
+            if self.node.is_empty() {
+                if let Err(status) = check_node_identity(peer.as_ref(), &message.node) {
+                    let _ = outgoing.send(Err(status)).await;
+                    break;
+                }
+                self.node = message.node.clone();
+                match self.store.get(&keys::node(&self.node)).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let _ = outgoing.send(Err(Status::failed_precondition(format!("node {:?} must register first", message.node)))).await;
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = outgoing.send(Err(status(NodeError::Store(e)))).await;
+                        break;
+                    }
+                }
+                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone())));
+                tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
+            } else if message.node != self.node {
+                let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", self.node, message.node)))).await;
+                break;
+            }
+            match message.body {
+                Some(pb::agent_message::Body::Heartbeat(_)) => {
+                    if let Err(error) = self.heartbeat().await {
+                        let _ = outgoing.send(Err(error)).await;
+                        break;
+                    }
+                }
+                Some(pb::agent_message::Body::Status(mut report)) => {
+                    for event in std::mem::take(&mut report.events) {
+                        self.events.emit_reported(event);
+                    }
+                    // Each report is the node's full set: only the latest matters.
+                    reports.send_replace(Some(report));
+                }
+                None => {}
+            }
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+
+    /// Renews the node's liveness lease. The lease may have been granted by another
+    /// controller (the agent registered there before a failover): it is found through
+    /// the node's alive key, and replaced when it is gone.
+    async fn heartbeat(&self) -> Result<(), Status> {
+        let lease = match self.known_lease() {
+            Some(lease) => lease,
+            None => {
+                let alive = self.store.get(&keys::node_alive(&self.node)).await.map_err(|e| status(NodeError::Store(e)))?;
+                alive.map_or(0, |kv| kv.lease)
+            }
+        };
+        let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
+        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
+        Ok(())
+    }
+
+    /// Writes the latest report of the node, one at a time, off the receive loop (so
+    /// heartbeats never queue behind slow writes). Before comparing with the cached
+    /// state it waits for that state to include this session's own last writes, so a
+    /// change is never skipped because the cache still showed it.
+    async fn write_statuses(self, mut reports: watch::Receiver<Option<pb::StatusReport>>) {
+        let mut state = self.state.clone();
+        let mut written: crate::store::Revision = 0;
+        while reports.changed().await.is_ok() {
+            let Some(report) = reports.borrow_and_update().clone() else { continue };
+            let caught_up = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.revision >= written))
+                .await
+                .map(|result| result.map(|current| current.clone()));
+            let current = match caught_up {
+                Ok(Ok(current)) => current,
+                Ok(Err(_)) => return,
+                Err(_) => self.state.borrow().clone(),
+            };
+            let writes = status_writes(&current, &self.node, &report);
+            let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(writes)
+                .map(|write| {
+                    let store = Arc::clone(&self.store);
+                    async move {
+                        match write {
+                            StatusWrite::Put { key, replica } => store.put(&key, keys::encode(&replica), Expect::Any).await.map(Some),
+                            StatusWrite::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
+                        }
+                    }
+                })
+                .buffer_unordered(STATUS_WRITES)
+                .collect()
+                .await;
+            for result in results {
+                match result {
+                    Ok(revision) => written = written.max(revision.unwrap_or(0)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(error) => tracing::warn!(node = %self.node, %error, "recording a status report"),
+                }
+            }
+        }
+    }
+
+    /// Sends the node's desired set now and whenever it changes, until the agent goes.
+    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing) {
+        let mut last: Option<pb::DesiredSet> = None;
+        let mut seen_version = None;
+        loop {
+            let current = state.borrow_and_update().clone();
+            if current.synced() && seen_version != Some(current.content_version) {
+                seen_version = Some(current.content_version);
+                let wanted = desired_set(&current, &node);
+                if last.as_ref() != Some(&wanted) {
+                    let generation = u64::try_from(current.revision).unwrap_or(0);
+                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(stamp(wanted.clone(), generation))) };
+                    if outgoing.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    last = Some(wanted);
+                }
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                () = outgoing.closed() => return,
+            }
+        }
+    }
+}
