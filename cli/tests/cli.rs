@@ -396,6 +396,9 @@ fn the_cli_against_orch_up() {
     assert!(text(&invalid.stderr).contains("bad.yaml: document 1: spec.replicas: must be between 0 and 10000, got -1"), "{}", text(&invalid.stderr));
     assert!(up.orch(&["get", "services", "bad"]).status.code() == Some(1), "nothing was applied");
     assert!(up.ok(&["completion", "bash"]).contains("orch"));
+    let bad_range = Command::new(ORCH).args(["up", "--cluster-cidr", "10.88.0.0/24"]).output().expect("run");
+    assert_eq!(bad_range.status.code(), Some(2));
+    assert!(text(&bad_range.stderr).contains("\"10.88.0.0/24\": the prefix must be /16"), "{}", text(&bad_range.stderr));
 
     // Ctrl-C stops everything; a new `orch up` brings the service back from the store.
     up.interrupt();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use orch_api::cidr::{parse_cluster_network, parse_service_range, Ipv4Cidr};
 use orch_controller::server::{Controller, ControllerConfig, ControllerTls};
 use orch_controller::store::{open_store, StoreConfig};
 
@@ -31,11 +32,11 @@ struct Args {
     #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with_all = ["listen", "tls_dir"])]
     insecure_listen: Option<SocketAddr>,
     /// The service VIP range.
-    #[arg(long, default_value = "10.96.0.0/16")]
-    service_cidr: String,
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_range)]
+    service_cidr: Ipv4Cidr,
     /// The cluster pod network (a /16): node n gets its n-th /24.
-    #[arg(long, default_value = "10.88.0.0/16")]
-    cluster_cidr: String,
+    #[arg(long, default_value = "10.88.0.0/16", value_parser = parse_cluster_network)]
+    cluster_cidr: Ipv4Cidr,
     /// A node whose heartbeats stop for this long is NotReady.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     node_lease: Duration,
@@ -115,14 +116,6 @@ async fn main() -> ExitCode {
     }
 }
 
-fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    let (address, prefix) = text.split_once('/').with_context(|| format!("{text:?}: expected A.B.C.D/N"))?;
-    let address = address.parse().with_context(|| format!("{text:?}: bad address"))?;
-    let prefix: u8 = prefix.parse().with_context(|| format!("{text:?}: bad prefix"))?;
-    anyhow::ensure!((8..=28).contains(&prefix), "{text:?}: the prefix must be between 8 and 28");
-    Ok((address, prefix))
-}
-
 async fn run(args: &Args) -> anyhow::Result<()> {
     match &args.command {
         Some(Sub::Init { controller_names, nodes }) => return init(args, controller_names, nodes),
@@ -146,9 +139,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             "no --tls-dir: the controller serves mutual TLS only (orch-controller --tls-dir DIR init makes the certificates); --insecure-listen 127.0.0.1:PORT serves plain text on loopback for tests"
         ),
     };
-    let (service_network, service_prefix) = parse_cidr(&args.service_cidr).context("--service-cidr")?;
-    let (cluster_network, cluster_prefix) = parse_cidr(&args.cluster_cidr).context("--cluster-cidr")?;
-    anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16 (node n gets its n-th /24)", args.cluster_cidr);
+    let (service_network, service_prefix) = (args.service_cidr.network(), args.service_cidr.prefix());
+    let cluster_network = args.cluster_cidr.network();
     anyhow::ensure!(args.leader_lease >= Duration::from_secs(2), "--leader-lease: must be at least 2s (etcd's minimum lease)");
     anyhow::ensure!(args.node_lease >= Duration::from_secs(2), "--node-lease: must be at least 2s (etcd's minimum lease)");
     let config = StoreConfig::parse(&args.store)?;

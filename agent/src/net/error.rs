@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("invalid subnet {0:?}: expected A.B.C.D/N with N between 8 and 30")]
+    #[error("invalid subnet {0}")]
     InvalidSubnet(String),
     #[error("subnet {0} has no free address left")]
     Exhausted(String),

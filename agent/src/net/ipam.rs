@@ -13,6 +13,7 @@ use std::io::{Read, Seek, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use orch_api::cidr::Ipv4Cidr;
 use serde::{Deserialize, Serialize};
 
 use super::NetError;
@@ -25,16 +26,11 @@ pub struct Subnet {
 }
 
 impl Subnet {
+    /// A node's subnet from its text: any [`Ipv4Cidr`] from /8 to /30 (room for the
+    /// gateway, the balancer and at least one pod).
     pub fn parse(text: &str) -> Result<Subnet, NetError> {
-        let invalid = || NetError::InvalidSubnet(text.to_owned());
-        let (address, prefix) = text.split_once('/').ok_or_else(invalid)?;
-        let address: Ipv4Addr = address.parse().map_err(|_| invalid())?;
-        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-        if !(8..=30).contains(&prefix) {
-            return Err(invalid());
-        }
-        let mask = u32::MAX << (32 - u32::from(prefix));
-        Ok(Subnet { network: Ipv4Addr::from(u32::from(address) & mask), prefix })
+        let cidr = Ipv4Cidr::parse_with_prefix(text, 8, 30).map_err(|e| NetError::InvalidSubnet(e.to_string()))?;
+        Ok(Subnet::from(cidr))
     }
 
     fn mask(&self) -> u32 {
@@ -70,6 +66,12 @@ impl Subnet {
 
     fn is_reserved(&self, address: Ipv4Addr) -> bool {
         address == self.network || address == self.gateway() || address == self.lb_address() || address == self.broadcast()
+    }
+}
+
+impl From<Ipv4Cidr> for Subnet {
+    fn from(cidr: Ipv4Cidr) -> Subnet {
+        Subnet { network: cidr.network(), prefix: cidr.prefix() }
     }
 }
 

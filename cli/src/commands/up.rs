@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use orch_agent::node::{Agent, AgentConfig, Shutdown};
+use orch_api::cidr::{parse_cluster_network, parse_service_range, Ipv4Cidr};
 use orch_api::pb;
 use orch_controller::server::{Controller, ControllerConfig, ControllerTls};
 use orch_controller::store::EmbeddedStore;
@@ -50,28 +51,22 @@ pub struct UpArgs {
     /// Parent of the containers' cgroups.
     #[arg(long, default_value = "orch")]
     pub cgroup_parent: String,
-    #[arg(long, default_value = "10.96.0.0/16")]
-    pub service_cidr: String,
-    #[arg(long, default_value = "10.88.0.0/16")]
-    pub cluster_cidr: String,
+    /// The service VIP range.
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_range)]
+    pub service_cidr: Ipv4Cidr,
+    /// The cluster pod network (a /16): this node gets its first /24.
+    #[arg(long, default_value = "10.88.0.0/16", value_parser = parse_cluster_network)]
+    pub cluster_cidr: Ipv4Cidr,
     /// Give up waiting for the services to be ready after this many seconds (they keep
     /// starting; `orch get replicas` shows why).
     #[arg(long, default_value = "120", value_name = "SECONDS")]
     pub timeout: u64,
 }
 
-fn cidr(text: &str, flag: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (address, prefix) = text.split_once('/').with_context(|| format!("{flag} {text:?}: expected A.B.C.D/N"))?;
-    let address: Ipv4Addr = address.parse().with_context(|| format!("{flag} {text:?}: bad address"))?;
-    let prefix: u8 = prefix.parse().with_context(|| format!("{flag} {text:?}: bad prefix"))?;
-    Ok((address, prefix))
-}
-
 pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
-    let (service_network, service_prefix) = cidr(&args.service_cidr, "--service-cidr")?;
-    let (cluster_network, cluster_prefix) = cidr(&args.cluster_cidr, "--cluster-cidr")?;
-    anyhow::ensure!(cluster_prefix == 16, "--cluster-cidr {}: must be a /16", args.cluster_cidr);
+    let (service_network, service_prefix) = (args.service_cidr.network(), args.service_cidr.prefix());
+    let cluster_network = args.cluster_cidr.network();
     let name = args
         .name
         .clone()

@@ -1,0 +1,146 @@
+//! `Ipv4Cidr`: an IPv4 network and prefix length (`10.96.0.0/16`), the one CIDR type of
+//! the controller, the agents and the CLI. Parsing masks the host bits off
+//! (`10.88.1.7/24` is `10.88.1.0/24`); what range of prefixes a flag accepts is the
+//! caller's rule ([`Ipv4Cidr::parse_with_prefix`]).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?}: expected A.B.C.D/N")]
+    Syntax(String),
+    #[error("{0:?}: not an IPv4 address")]
+    Address(String),
+    #[error("{text:?}: the prefix must be {rule}")]
+    Prefix { text: String, rule: String },
+}
+
+impl Ipv4Cidr {
+    /// The network of `address` under `prefix` (host bits cleared); `prefix` at most 32.
+    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Ipv4Cidr, CidrError> {
+        if prefix > 32 {
+            return Err(CidrError::Prefix { text: format!("{address}/{prefix}"), rule: prefix_rule(0, 32) });
+        }
+        Ok(Ipv4Cidr { network: Ipv4Addr::from(u32::from(address) & mask(prefix)), prefix })
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// `text` as a CIDR whose prefix is within `min..=max` (each flag's own rule), the
+    /// error naming the text as written.
+    pub fn parse_with_prefix(text: &str, min: u8, max: u8) -> Result<Ipv4Cidr, CidrError> {
+        let cidr: Ipv4Cidr = text.parse()?;
+        if (min..=max).contains(&cidr.prefix) {
+            Ok(cidr)
+        } else {
+            Err(CidrError::Prefix { text: text.to_owned(), rule: prefix_rule(min, max) })
+        }
+    }
+
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        u32::from(address) & mask(self.prefix) == u32::from(self.network)
+    }
+
+    /// How many addresses it spans.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix))
+    }
+
+    /// The n-th address (0 is the network address); `None` past the end.
+    pub fn nth(&self, n: u64) -> Option<Ipv4Addr> {
+        (n < self.size()).then(|| Ipv4Addr::from(u32::from(self.network).wrapping_add(u32::try_from(n).unwrap_or(u32::MAX))))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !mask(self.prefix))
+    }
+}
+
+/// The service VIP range a cluster takes (`--service-cidr`): /8 to /28.
+pub fn parse_service_range(text: &str) -> Result<Ipv4Cidr, CidrError> {
+    Ipv4Cidr::parse_with_prefix(text, 8, 28)
+}
+
+/// The cluster's pod network (`--cluster-cidr`): a /16, node n getting its n-th /24.
+pub fn parse_cluster_network(text: &str) -> Result<Ipv4Cidr, CidrError> {
+    Ipv4Cidr::parse_with_prefix(text, 16, 16)
+}
+
+fn prefix_rule(min: u8, max: u8) -> String {
+    if min == max {
+        format!("/{min}")
+    } else {
+        format!("between {min} and {max}")
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Ipv4Cidr, CidrError> {
+        let (address, prefix) = text.split_once('/').ok_or_else(|| CidrError::Syntax(text.to_owned()))?;
+        let address: Ipv4Addr = address.parse().map_err(|_| CidrError::Address(text.to_owned()))?;
+        let prefix: u8 = prefix.parse().map_err(|_| CidrError::Syntax(text.to_owned()))?;
+        if prefix > 32 {
+            return Err(CidrError::Prefix { text: text.to_owned(), rule: prefix_rule(0, 32) });
+        }
+        Ipv4Cidr::new(address, prefix)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing_masks_and_says_what_is_wrong() {
+        let cidr: Ipv4Cidr = "10.88.1.7/24".parse().expect("valid");
+        assert_eq!((cidr.network(), cidr.prefix(), cidr.to_string()), (Ipv4Addr::new(10, 88, 1, 0), 24, "10.88.1.0/24".to_owned()));
+        assert!(cidr.contains(Ipv4Addr::new(10, 88, 1, 200)) && !cidr.contains(Ipv4Addr::new(10, 88, 2, 1)));
+        assert_eq!((cidr.size(), cidr.broadcast(), cidr.nth(2)), (256, Ipv4Addr::new(10, 88, 1, 255), Some(Ipv4Addr::new(10, 88, 1, 2))));
+        assert_eq!(cidr.nth(256), None);
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().map(|c| c.size()), Ok(1 << 32));
+        for (bad, message) in
+            [("10.0.0.0", "expected A.B.C.D/N"), ("10.0.0/8", "not an IPv4 address"), ("10.0.0.0/x", "expected"), ("10.0.0.0/33", "between 0 and 32")]
+        {
+            let error = bad.parse::<Ipv4Cidr>().expect_err(bad).to_string();
+            assert!(error.contains(message) && error.contains(bad), "{bad}: {error}");
+        }
+        assert_eq!(parse_cluster_network("10.88.0.0/16").map(|c| c.prefix()), Ok(16));
+        assert_eq!(parse_cluster_network("10.88.0.0/24").map_err(|e| e.to_string()), Err("\"10.88.0.0/24\": the prefix must be /16".to_owned()));
+        assert!(parse_service_range("10.96.0.0/30").is_err());
+        assert_eq!(
+            Ipv4Cidr::parse_with_prefix("10.0.0.0/4", 8, 28).map_err(|e| e.to_string()),
+            Err("\"10.0.0.0/4\": the prefix must be between 8 and 28".to_owned()),
+            "the text as written, not its network"
+        );
+    }
+}
