@@ -25,14 +25,16 @@ impl V1Cgroup {
         self.dir(controller).ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
     }
 
-    /// Distinct directories (co-mounted controllers share one). The cpuset hierarchy
-    /// is only joined by containers pinned to CPUs (each hierarchy joined costs a
-    /// migration at start), so its directory counts only once created.
+    /// Distinct directories (co-mounted controllers share one). Two count only once
+    /// created: cpuset, joined only by containers pinned to CPUs (each hierarchy joined
+    /// costs a migration at start), and devices, which a container started by an agent
+    /// older than the device allowlist does not have (it is adopted as it is, and gets
+    /// the allowlist at its next start).
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .mounts
             .iter()
-            .filter(|(controller, mount)| *controller != "cpuset" || mount.join(&self.relative).exists())
+            .filter(|(controller, mount)| !matches!(controller.as_str(), "cpuset" | "devices") || mount.join(&self.relative).exists())
             .map(|(_, mount)| mount.join(&self.relative))
             .collect();
         dirs.sort();
@@ -156,5 +158,24 @@ impl ContainerCgroup for V1Cgroup {
 
     fn paths(&self) -> Vec<PathBuf> {
         self.dirs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_cpuset_count_only_once_created() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mounts: BTreeMap<String, PathBuf> = ["memory", "cpu", "devices", "cpuset"].iter().map(|c| ((*c).to_owned(), root.path().join(c))).collect();
+        let cgroup = V1Cgroup::new(mounts, "orch/old".into());
+        // A container from before the device allowlist: memory and cpu only.
+        for controller in ["memory", "cpu"] {
+            std::fs::create_dir_all(root.path().join(controller).join("orch/old")).expect("mkdir");
+        }
+        assert_eq!(cgroup.paths(), vec![root.path().join("cpu/orch/old"), root.path().join("memory/orch/old")]);
+        std::fs::create_dir_all(root.path().join("devices/orch/old")).expect("mkdir");
+        assert!(cgroup.paths().contains(&root.path().join("devices/orch/old")), "a devices cgroup, once there, is joined");
     }
 }
