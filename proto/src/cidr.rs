@@ -1,7 +1,8 @@
 //! `Ipv4Cidr`: an IPv4 network and prefix length (`10.96.0.0/16`), the one CIDR type of
 //! the controller, the agents and the CLI. Parsing masks the host bits off
 //! (`10.88.1.7/24` is `10.88.1.0/24`); what range of prefixes a flag accepts is the
-//! caller's rule ([`Ipv4Cidr::parse_with_prefix`]).
+//! caller's rule ([`Ipv4Cidr::parse_with_prefix`]). Address arithmetic on a node's pod
+//! subnet (gateway, balancer, allocation) is the agent's `Subnet`, built from one.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -49,24 +50,6 @@ impl Ipv4Cidr {
         } else {
             Err(CidrError::Prefix { text: text.to_owned(), rule: prefix_rule(min, max) })
         }
-    }
-
-    pub fn contains(&self, address: Ipv4Addr) -> bool {
-        u32::from(address) & mask(self.prefix) == u32::from(self.network)
-    }
-
-    /// How many addresses it spans.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    /// The n-th address (0 is the network address); `None` past the end.
-    pub fn nth(&self, n: u64) -> Option<Ipv4Addr> {
-        (n < self.size()).then(|| Ipv4Addr::from(u32::from(self.network).wrapping_add(u32::try_from(n).unwrap_or(u32::MAX))))
-    }
-
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) | !mask(self.prefix))
     }
 }
 
@@ -124,10 +107,7 @@ mod tests {
     fn parsing_masks_and_says_what_is_wrong() {
         let cidr: Ipv4Cidr = "10.88.1.7/24".parse().expect("valid");
         assert_eq!((cidr.network(), cidr.prefix(), cidr.to_string()), (Ipv4Addr::new(10, 88, 1, 0), 24, "10.88.1.0/24".to_owned()));
-        assert!(cidr.contains(Ipv4Addr::new(10, 88, 1, 200)) && !cidr.contains(Ipv4Addr::new(10, 88, 2, 1)));
-        assert_eq!((cidr.size(), cidr.broadcast(), cidr.nth(2)), (256, Ipv4Addr::new(10, 88, 1, 255), Some(Ipv4Addr::new(10, 88, 1, 2))));
-        assert_eq!(cidr.nth(256), None);
-        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().map(|c| c.size()), Ok(1 << 32));
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().map(|c| c.prefix()), Ok(0));
         for (bad, message) in
             [("10.0.0.0", "expected A.B.C.D/N"), ("10.0.0/8", "not an IPv4 address"), ("10.0.0.0/x", "expected"), ("10.0.0.0/33", "between 0 and 32")]
         {

@@ -56,8 +56,8 @@ pub enum Effect {
     Kill { signal: Signal, grace: Duration },
     /// Keep the crash evidence of the run that ended (exit, OOMKilled, last output).
     RecordExit { exit: ContainerExit, why: Option<String> },
-    /// One more restart in the status.
-    CountRestart,
+    /// The restart count the status now shows.
+    Restarts(u32),
     /// Remove the container (its cgroup, directory and mounts).
     RemoveContainer,
     /// Report [`Input::Woke`] after this long (a stop cuts it short).
@@ -244,7 +244,7 @@ impl Lifecycle {
         let reason = if delay.is_zero() { String::new() } else { format!("CrashLoopBackOff: restarting in {} ms", delay.as_millis()) };
         self.state = State::BackingOff;
         effects.extend([
-            Effect::CountRestart,
+            Effect::Restarts(self.restarts),
             Effect::Event { kind: EventKind::Restarted, message: format!("{cause}; restart {} after a back-off of {} ms", self.restarts, delay.as_millis()) },
             phase(pb::ReplicaPhase::Starting, false, &reason),
             Effect::Wait(delay),
@@ -335,7 +335,7 @@ mod tests {
         for _ in 0..6 {
             now += Duration::from_millis(10);
             let effects = lifecycle.on(Input::Exited(exit(1)), now);
-            assert!(effects.contains(&Effect::CountRestart) && effects.contains(&Effect::RemoveContainer), "{effects:?}");
+            assert!(effects.iter().any(|e| matches!(e, Effect::Restarts(_))) && effects.contains(&Effect::RemoveContainer), "{effects:?}");
             delays.extend(waits(&effects));
             assert_eq!(lifecycle.on(Input::Woke, now), [Effect::Prepare]);
             lifecycle.on(Input::Prepared(Ok(())), now);

@@ -245,7 +245,7 @@ impl Supervisor {
                 return Some(Input::Exited(exit));
             }
             Effect::RecordExit { exit, why } => self.record_exit(&exit, why.as_deref()),
-            Effect::CountRestart => self.status_mut().restarts += 1,
+            Effect::Restarts(count) => self.status_mut().restarts = count,
             Effect::RemoveContainer => {
                 if let Some(container) = self.container.take() {
                     if let Err(error) = container.remove().await {
