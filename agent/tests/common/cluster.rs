@@ -40,7 +40,9 @@ impl Cluster {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let k = u8::try_from((pid % 8) * 2 + n % 2).expect("small");
+        // Every cluster of this process gets its own service range and pod network
+        // (daemon.rs starts three at once); other processes differ by PID.
+        let k = u8::try_from((pid % 8) * 4 + n % 4).expect("small");
         let dir = tempfile::Builder::new().prefix(&format!("orch-daemon-{test}-")).tempdir().expect("tempdir");
         let layout = dir.path().join("image");
         oci::write_layout(&layout, "1.0", &[oci::busybox_layer()], &["sh"]);
