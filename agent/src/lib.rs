@@ -11,5 +11,7 @@ pub mod net;
 pub mod node;
 pub mod runtime;
 pub mod state_dir;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use state_dir::StateDir;

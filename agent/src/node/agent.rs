@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use orch_api::pb;
 
-use super::board::{RunningTable, StatusBoard};
+use super::backends::RealProbeChecks;
 use super::config::{AgentConfig, AgentError};
-use super::context::NodeContext;
+use super::context::{Backends, NodeContext};
 use super::convergence;
 use super::convert::{endpoints_of, route_of};
 use super::registration::first_registration;
@@ -72,19 +72,11 @@ impl Agent {
             node_netns: None,
         })
         .await?;
-        let ctx = Arc::new(NodeContext {
-            node: config.name.clone(),
-            runtime,
-            images,
-            network,
-            state,
-            helper: config.helper.clone(),
-            board: StatusBoard::default(),
-            running: RunningTable::default(),
-        });
+        let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };
+        let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()));
         let api = match api_listener {
             Some(listener) => {
-                let server = super::api::NodeApi::new(&ctx, config.cgroup_parent.clone(), config.address.to_string()).into_server();
+                let server = super::api::NodeApi::new(&ctx, config.address.to_string()).into_server();
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(dir) = &config.tls_dir {
                     let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::NodeApi(e.to_string()))?;
@@ -99,9 +91,17 @@ impl Agent {
             }
             None => None,
         };
-        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0, api };
-        agent.adopt().await;
+        let mut agent = Agent::resume(config, ctx).await;
+        agent.api = api;
         Ok(agent)
+    }
+
+    /// An agent on a context already built (the real one, or fakes in tests): re-adopts
+    /// what a previous agent left in the context's state directory and runtime.
+    pub async fn resume(config: AgentConfig, ctx: Arc<NodeContext>) -> Agent {
+        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0, api: None };
+        agent.adopt().await;
+        agent
     }
 
     pub fn context(&self) -> &Arc<NodeContext> {
@@ -149,7 +149,7 @@ impl Agent {
     }
 
     /// Converges the node to a desired set.
-    async fn converge(&mut self, set: pb::DesiredSet) {
+    pub async fn converge(&mut self, set: pb::DesiredSet) {
         self.generation = set.generation;
         let supervised: BTreeSet<String> = self.replicas.keys().cloned().collect();
         let plan = convergence::plan(&set, &supervised);
@@ -208,7 +208,8 @@ impl Agent {
         }
     }
 
-    async fn shut_down(mut self, how: Shutdown) {
+    /// Ends the agent: leaves the containers to the next agent, or drains the node.
+    pub async fn shut_down(mut self, how: Shutdown) {
         if let Some(api) = self.api.take() {
             api.abort();
             let _ = api.await;
@@ -232,7 +233,7 @@ impl Agent {
                 let ctx = self.ctx;
                 match Arc::try_unwrap(ctx) {
                     Ok(ctx) => {
-                        if let Err(error) = ctx.network.teardown(true).await {
+                        if let Err(error) = ctx.network.teardown().await {
                             tracing::warn!(%error, "removing the node network");
                         }
                     }

@@ -26,13 +26,12 @@ pub type PeerCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status
 /// taking its network down.
 pub struct NodeApi {
     ctx: std::sync::Weak<NodeContext>,
-    cgroup_parent: String,
     address: String,
 }
 
 impl NodeApi {
-    pub fn new(ctx: &Arc<NodeContext>, cgroup_parent: String, address: String) -> NodeApi {
-        NodeApi { ctx: Arc::downgrade(ctx), cgroup_parent, address }
+    pub fn new(ctx: &Arc<NodeContext>, address: String) -> NodeApi {
+        NodeApi { ctx: Arc::downgrade(ctx), address }
     }
 
     fn context(&self) -> Result<Arc<NodeContext>, Status> {
@@ -46,11 +45,6 @@ impl NodeApi {
             orch_api::tls::require_role(request, &[orch_api::tls::Role::Controller])
         }
         pb::node_agent_server::NodeAgentServer::with_interceptor(self, controller_only)
-    }
-
-    fn usage(&self, ctx: &NodeContext, id: &str) -> Option<crate::cgroups::CgroupStats> {
-        let cgroup = ctx.runtime.cgroup_layout().container(&format!("{}/{id}", self.cgroup_parent)).ok()?;
-        cgroup.stats().ok()
     }
 }
 
@@ -201,12 +195,12 @@ impl NodeAgent for NodeApi {
     async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let ctx = self.context()?;
         let running = ctx.running.all();
-        let before: BTreeMap<String, u64> = running.keys().filter_map(|id| Some((id.clone(), self.usage(&ctx, id)?.cpu_usage_nanos))).collect();
+        let before: BTreeMap<String, u64> = running.keys().filter_map(|id| Some((id.clone(), ctx.runtime.usage(id)?.cpu_usage_nanos))).collect();
         let interval = Duration::from_millis(250);
         tokio::time::sleep(interval).await;
         let mut replicas = Vec::new();
         for (id, replica) in running {
-            let Some(now) = self.usage(&ctx, &id) else { continue };
+            let Some(now) = ctx.runtime.usage(&id) else { continue };
             let spent = now.cpu_usage_nanos.saturating_sub(before.get(&id).copied().unwrap_or(now.cpu_usage_nanos));
             replicas.push(pb::ReplicaUsage {
                 replica: id,

@@ -1,22 +1,48 @@
 //! What every supervisor on the node shares.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::backends::{Containers, Images, PodNetwork, ProbeChecks};
 use super::board::{RunningTable, StatusBoard};
-use crate::images::ImageStore;
-use crate::net::NodeNetwork;
-use crate::runtime::Runtime;
 use crate::StateDir;
 
 pub struct NodeContext {
     pub node: String,
-    pub runtime: Runtime,
-    pub images: ImageStore,
-    pub network: NodeNetwork,
+    pub runtime: Box<dyn Containers>,
+    pub images: Box<dyn Images>,
+    pub network: Box<dyn PodNetwork>,
+    pub probes: Arc<dyn ProbeChecks>,
     pub state: StateDir,
     /// The agent binary: the `__exec` helper of exec probes and `orch exec`.
     pub helper: PathBuf,
     pub board: StatusBoard,
     /// Replicas whose container runs now (for exec and stats).
     pub running: RunningTable,
+}
+
+impl NodeContext {
+    /// A context on `backends`, with an empty board and running table.
+    pub fn new(node: String, backends: Backends, state: StateDir, helper: PathBuf) -> NodeContext {
+        NodeContext {
+            node,
+            runtime: backends.containers,
+            images: backends.images,
+            network: backends.network,
+            probes: backends.probes,
+            state,
+            helper,
+            board: StatusBoard::default(),
+            running: RunningTable::default(),
+        }
+    }
+}
+
+/// What a node runs on: the real runtime, image store, node network and probe checks, or
+/// the fakes of [`crate::testing`].
+pub struct Backends {
+    pub containers: Box<dyn Containers>,
+    pub images: Box<dyn Images>,
+    pub network: Box<dyn PodNetwork>,
+    pub probes: Arc<dyn ProbeChecks>,
 }

@@ -9,11 +9,14 @@
 //!   task acts.
 //! - Shared: the [`board`] (status and events going up, the running table for exec and
 //!   stats), the [`context`], the [`logs`], the node [`api`] the controller calls.
+//! - The [`backends`] the node layer runs on (containers, images, pod network, probe
+//!   checks) are small traits: the real ones here, fakes in [`crate::testing`].
 //! - [`convert`] turns the controller's records into what the node runs (limits,
 //!   confinement, the balancer table, routes).
 
 pub mod agent;
 pub mod api;
+pub mod backends;
 pub mod backoff;
 pub mod board;
 pub mod capacity;
@@ -28,6 +31,9 @@ pub mod registration;
 pub mod replica;
 pub mod session;
 pub mod teardown;
+
+#[cfg(test)]
+mod tests;
 
 pub use agent::{Agent, Shutdown};
 pub use capacity::machine_capacity;

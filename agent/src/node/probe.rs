@@ -4,11 +4,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api::pb;
 use tokio::sync::mpsc;
 
+use super::backends::ProbeChecks;
 use crate::runtime::exec::ExecRequest;
 
 /// A probe's verdict from consecutive results, as Kubernetes counts them.
@@ -153,9 +155,11 @@ pub enum ProbeEvent {
 }
 
 /// The startup probe first (when there is one), then liveness and readiness side by side.
-pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, events: mpsc::Sender<ProbeEvent>) {
+/// Each attempt is one `checks.check`.
+pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn ProbeChecks>, events: mpsc::Sender<ProbeEvent>) {
+    let checks = checks.as_ref();
     if let Some(startup) = &probes.startup {
-        match probe_until_verdict(startup, &target, true).await {
+        match probe_until_verdict(startup, &target, checks, true).await {
             Ok(()) => {
                 let _ = events.send(ProbeEvent::Started).await;
             }
@@ -167,7 +171,7 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, events: mpsc::S
     }
     let liveness = async {
         if let Some(liveness) = &probes.liveness {
-            if let Err(why) = probe_until_verdict(liveness, &target, false).await {
+            if let Err(why) = probe_until_verdict(liveness, &target, checks, false).await {
                 let _ = events.send(ProbeEvent::Unhealthy(format!("liveness probe failed: {why}"))).await;
             }
         }
@@ -179,7 +183,7 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, events: mpsc::S
         let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(readiness.period_seconds.max(1))));
         loop {
             ticks.tick().await;
-            let result = check(readiness, &target).await;
+            let result = checks.check(readiness, &target).await;
             let why = result.as_ref().err().cloned().unwrap_or_default();
             if let Some(verdict) = tracker.observe(result.is_ok(), readiness.success_threshold, readiness.failure_threshold) {
                 if events.send(ProbeEvent::Ready(verdict, why)).await.is_err() {
@@ -194,13 +198,13 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, events: mpsc::S
 /// Probes every period. A startup probe (`until_success`) returns at its first success;
 /// a liveness probe runs until it fails `failure_threshold` times in a row. `Err` carries
 /// the last failure.
-async fn probe_until_verdict(probe: &pb::Probe, target: &ProbeTarget, until_success: bool) -> Result<(), String> {
+async fn probe_until_verdict(probe: &pb::Probe, target: &ProbeTarget, checks: &dyn ProbeChecks, until_success: bool) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
     let mut tracker = ProbeTracker::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(probe.period_seconds.max(1))));
     loop {
         ticks.tick().await;
-        let result = check(probe, target).await;
+        let result = checks.check(probe, target).await;
         let success_threshold = if until_success { 1 } else { probe.success_threshold };
         match (tracker.observe(result.is_ok(), success_threshold, probe.failure_threshold), &result) {
             (Some(true), _) if until_success => return Ok(()),

@@ -21,6 +21,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::backends::RunningContainer;
 use super::board::RunningReplica;
 use super::context::NodeContext;
 use super::convert::{confinement_of, limits_of};
@@ -29,7 +30,7 @@ use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
 use crate::images::resolve_process;
 use crate::runtime::exec::ExecRequest;
-use crate::runtime::{container_env, now_unix_ms, BindMount, Container, ContainerExit, ContainerSpec, Stdio};
+use crate::runtime::{container_env, now_unix_ms, BindMount, ContainerExit, ContainerSpec, Stdio};
 
 /// Lines of the previous run's output kept as crash evidence.
 const EVIDENCE_LINES: usize = 50;
@@ -62,7 +63,7 @@ impl ReplicaHandle {
 
 /// Starts supervising `record` (a replica with its template); `adopted` is its container
 /// from a previous agent, if it still has one.
-pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Container>) -> ReplicaHandle {
+pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn RunningContainer>>) -> ReplicaHandle {
     let (stop, stopping) = watch::channel(false);
     let supervisor = Supervisor { ctx, record, stopping, prepared: None, log_offset: 0, adopted, container: None, probes: None };
     let task = tokio::spawn(supervisor.run());
@@ -106,9 +107,9 @@ struct Supervisor {
     /// Where the current run's output starts in the log file.
     log_offset: u64,
     /// The previous agent's container, until it is taken over (or removed).
-    adopted: Option<Container>,
+    adopted: Option<Box<dyn RunningContainer>>,
     /// The container of the current run.
-    container: Option<Container>,
+    container: Option<Box<dyn RunningContainer>>,
     probes: Option<Probing>,
 }
 
@@ -291,11 +292,11 @@ impl Supervisor {
         let spec = self.spec();
         let id = self.record.id.clone();
         let images = &self.ctx.images;
-        let image = match images.get(&spec.image) {
-            Ok(image) => image,
-            Err(_) => images.pull(&spec.image).await.map(|(image, _)| image).map_err(|e| format!("ImagePullBackOff: {e}"))?,
+        let image = match images.local(&spec.image) {
+            Some(image) => image,
+            None => images.pull(&spec.image).await.map_err(|e| format!("ImagePullBackOff: {e}"))?,
         };
-        let layers = images.lower_dirs(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
+        let layers = images.layers(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
         let env: Vec<String> = spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env).map_err(|e| format!("image {}: {e}", spec.image))?;
         let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
@@ -324,11 +325,11 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn start(&mut self) -> Result<Container, String> {
+    async fn start(&mut self) -> Result<Box<dyn RunningContainer>, String> {
         let Some(prepared) = &self.prepared else { return Err("not prepared".into()) };
         self.log_offset = logs::start_run(&self.ctx.state, &self.record.id);
-        let network: &dyn crate::runtime::ContainerNetwork = &self.ctx.network;
-        self.ctx.runtime.start_with_network(&prepared.spec, Some(network)).await.map_err(|e| format!("start: {e}"))
+        let network: &dyn crate::runtime::ContainerNetwork = self.ctx.network.as_ref();
+        self.ctx.runtime.start(&prepared.spec, network).await.map_err(|e| format!("start: {e}"))
     }
 
     /// The container runs: its PID and address in the status, the Started (or Adopted)
@@ -368,7 +369,7 @@ impl Supervisor {
         }
         self.ctx.running.set(&self.record.id, RunningReplica { service: self.record.service.clone(), exec });
         let (sender, events) = mpsc::channel(8);
-        let task = tokio::spawn(run_probes(spec.probes.clone().unwrap_or_default(), target, sender));
+        let task = tokio::spawn(run_probes(spec.probes.clone().unwrap_or_default(), target, Arc::clone(&self.ctx.probes), sender));
         self.probes = Some(Probing { task, events });
     }
 

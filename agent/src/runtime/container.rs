@@ -84,7 +84,8 @@ impl Runtime {
         &self.cgroups
     }
 
-    fn cgroup_name(&self, id: &str) -> String {
+    /// The cgroup of container `id`, below the configured parent.
+    pub(crate) fn cgroup_name(&self, id: &str) -> String {
         format!("{}/{id}", self.config.cgroup_parent)
     }
 

@@ -1,0 +1,197 @@
+//! What the node layer runs on, as four small traits: [`Containers`] (start, adopt,
+//! discard, usage) and the [`RunningContainer`]s they hand out, [`Images`] (local
+//! record, pull, layers), the [`PodNetwork`] (a replica's address and wiring, the
+//! balancer table, routes to other nodes) and the [`ProbeChecks`] (one probe attempt).
+//!
+//! The real ones are the runtime, the image store, the node network and the probe
+//! checks of [`probe`](super::probe), implemented here; the fakes of
+//! [`crate::testing`] stand in for them in the node layer's tests without root.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use orch_api::pb;
+
+use super::probe::ProbeTarget;
+use crate::cgroups::CgroupStats;
+use crate::images::{ImageError, ImageRecord, ImageStore};
+use crate::net::{NetError, NetworkView, NodeNetwork, PeerRoute, ServiceEndpoints};
+use crate::runtime::{Container, ContainerExit, ContainerNetwork, ContainerSpec, Runtime, RuntimeError};
+
+/// Why a backend refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] NetError),
+    /// A failure a test scripted into a fake.
+    #[cfg(any(test, feature = "testing"))]
+    #[error("{0}")]
+    Scripted(String),
+}
+
+/// Runs containers.
+#[async_trait]
+pub trait Containers: Send + Sync {
+    /// Starts `spec`, wired by `network` before its command runs.
+    async fn start(&self, spec: &ContainerSpec, network: &dyn ContainerNetwork) -> Result<Box<dyn RunningContainer>, BackendError>;
+    /// Takes over a container a previous agent started.
+    fn adopt(&self, id: &str) -> Result<Box<dyn RunningContainer>, BackendError>;
+    /// Removes what is left of a container that cannot be adopted.
+    fn discard(&self, id: &str) -> Result<(), BackendError>;
+    /// Every container this node has, running or not.
+    fn container_ids(&self) -> Vec<String>;
+    /// A container's cgroup usage, by replica id.
+    fn usage(&self, id: &str) -> Option<CgroupStats>;
+}
+
+/// One container, from start (or adoption) to removal.
+#[async_trait]
+pub trait RunningContainer: Send + Sync {
+    /// Its PID 1 as the host sees it.
+    fn host_pid(&self) -> i32;
+    fn cgroup_paths(&self) -> Vec<PathBuf>;
+    /// Resolves when it ends (at once if it has).
+    async fn wait(&self) -> ContainerExit;
+    /// `signal`, then SIGKILL after `grace`.
+    async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit;
+    /// Removes everything of an ended container.
+    async fn remove(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// The node's images.
+#[async_trait]
+pub trait Images: Send + Sync {
+    /// The image when it is on the node already.
+    fn local(&self, reference: &str) -> Option<ImageRecord>;
+    async fn pull(&self, reference: &str) -> Result<ImageRecord, BackendError>;
+    /// Its unpacked layers, lowest first.
+    fn layers(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, BackendError>;
+}
+
+/// The node's pod network. As a [`ContainerNetwork`] it wires a starting container.
+#[async_trait]
+pub trait PodNetwork: ContainerNetwork {
+    /// Reserves the replica's address and writes its `/etc` files into `dir`; returns the
+    /// address and the files to bind (host path, path in the container).
+    fn prepare(&self, replica: &str, hostname: &str, dir: &Path) -> Result<(Ipv4Addr, Vec<(PathBuf, String)>), BackendError>;
+    /// Unwires the replica and frees its address.
+    async fn detach(&self, replica: &str) -> Result<(), BackendError>;
+    /// Replaces the balancer's table.
+    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError>;
+    /// Replaces the routes to other nodes' pods.
+    async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError>;
+    async fn view(&self) -> Result<NetworkView, BackendError>;
+    /// Removes the node network and forgets its addresses (a drained node).
+    async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// One attempt of a probe: `Err(why)` when it fails.
+#[async_trait]
+pub trait ProbeChecks: Send + Sync {
+    async fn check(&self, probe: &pb::Probe, target: &ProbeTarget) -> Result<(), String>;
+}
+
+#[async_trait]
+impl Containers for Runtime {
+    async fn start(&self, spec: &ContainerSpec, network: &dyn ContainerNetwork) -> Result<Box<dyn RunningContainer>, BackendError> {
+        Ok(Box::new(self.start_with_network(spec, Some(network)).await?))
+    }
+
+    fn adopt(&self, id: &str) -> Result<Box<dyn RunningContainer>, BackendError> {
+        Ok(Box::new(Runtime::adopt(self, id)?))
+    }
+
+    fn discard(&self, id: &str) -> Result<(), BackendError> {
+        Ok(Runtime::discard(self, id)?)
+    }
+
+    fn container_ids(&self) -> Vec<String> {
+        Runtime::container_ids(self)
+    }
+
+    fn usage(&self, id: &str) -> Option<CgroupStats> {
+        self.cgroup_layout().container(&self.cgroup_name(id)).ok()?.stats().ok()
+    }
+}
+
+#[async_trait]
+impl RunningContainer for Container {
+    fn host_pid(&self) -> i32 {
+        Container::host_pid(self)
+    }
+
+    fn cgroup_paths(&self) -> Vec<PathBuf> {
+        Container::cgroup_paths(self)
+    }
+
+    async fn wait(&self) -> ContainerExit {
+        Container::wait(self).await
+    }
+
+    async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit {
+        Container::stop(self, signal, grace).await
+    }
+
+    async fn remove(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(Container::remove(*self).await?)
+    }
+}
+
+#[async_trait]
+impl Images for ImageStore {
+    fn local(&self, reference: &str) -> Option<ImageRecord> {
+        self.get(reference).ok()
+    }
+
+    async fn pull(&self, reference: &str) -> Result<ImageRecord, BackendError> {
+        Ok(ImageStore::pull(self, reference).await.map(|(image, _)| image)?)
+    }
+
+    fn layers(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, BackendError> {
+        Ok(self.lower_dirs(image)?)
+    }
+}
+
+#[async_trait]
+impl PodNetwork for NodeNetwork {
+    fn prepare(&self, replica: &str, hostname: &str, dir: &Path) -> Result<(Ipv4Addr, Vec<(PathBuf, String)>), BackendError> {
+        Ok(NodeNetwork::prepare(self, replica, hostname, dir)?)
+    }
+
+    async fn detach(&self, replica: &str) -> Result<(), BackendError> {
+        Ok(NodeNetwork::detach(self, replica).await?)
+    }
+
+    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError> {
+        Ok(NodeNetwork::apply_services(self, table).await?)
+    }
+
+    async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError> {
+        Ok(NodeNetwork::set_peer_routes(self, routes).await?)
+    }
+
+    async fn view(&self) -> Result<NetworkView, BackendError> {
+        Ok(NodeNetwork::view(self).await?)
+    }
+
+    async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(NodeNetwork::teardown(*self, true).await?)
+    }
+}
+
+/// The real checks: exec through the `__exec` helper, HTTP GET, TCP connect.
+pub struct RealProbeChecks;
+
+#[async_trait]
+impl ProbeChecks for RealProbeChecks {
+    async fn check(&self, probe: &pb::Probe, target: &ProbeTarget) -> Result<(), String> {
+        super::probe::check(probe, target).await
+    }
+}

@@ -1,0 +1,249 @@
+//! The node layer on fakes ([`crate::testing`]): convergence, adoption by a new agent,
+//! crash-loop back-off, probe verdicts — the daemon and the supervisors as they run, on
+//! paused tokio time, without root. The same paths on real containers are the root tests
+//! of `tests/daemon.rs`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_api::events::EventKind;
+use orch_api::pb;
+
+use super::context::NodeContext;
+use super::{Agent, AgentConfig, Shutdown};
+use crate::testing::{fake_node, Behaviour, Fakes};
+
+fn config(dir: &Path) -> AgentConfig {
+    AgentConfig {
+        name: "fake".into(),
+        address: Ipv4Addr::LOCALHOST,
+        controller: "http://127.0.0.1:9".into(),
+        state_dir: dir.to_owned(),
+        cgroup_parent: "orch-fake".into(),
+        bridge: "fake0".into(),
+        capacity: pb::ResourceList::default(),
+        labels: Default::default(),
+        insecure_registries: Vec::new(),
+        heartbeat: Duration::from_secs(1),
+        helper: "/nonexistent/orch-agent".into(),
+        api_listen: None,
+        tls_dir: None,
+    }
+}
+
+fn desired(id: &str, image: &str, policy: pb::RestartPolicy, probes: Option<pb::Probes>) -> pb::DesiredReplica {
+    pb::DesiredReplica {
+        replica: Some(pb::Replica { id: id.into(), service: "web".into(), node: "fake".into(), ..Default::default() }),
+        spec: Some(pb::ServiceSpec {
+            image: image.into(),
+            restart_policy: policy.into(),
+            restart_backoff: Some(pb::RestartBackoff { initial_millis: 100, max_seconds: 1, reset_after_seconds: 10 }),
+            termination_grace_seconds: 5,
+            probes,
+            ..Default::default()
+        }),
+    }
+}
+
+fn set(generation: u64, replicas: Vec<pb::DesiredReplica>) -> pb::DesiredSet {
+    pb::DesiredSet { generation, replicas, ..Default::default() }
+}
+
+fn replica(ctx: &NodeContext, id: &str) -> Option<pb::Replica> {
+    ctx.board.snapshot().into_iter().find(|r| r.id == id)
+}
+
+fn status(ctx: &NodeContext, id: &str) -> pb::ReplicaStatus {
+    replica(ctx, id).and_then(|r| r.status).unwrap_or_default()
+}
+
+fn running(ctx: &NodeContext, id: &str) -> bool {
+    status(ctx, id).phase() == pb::ReplicaPhase::Running
+}
+
+/// Waits (in paused time: as long as the node needs, in no real time) until `holds`.
+async fn eventually(what: &str, mut holds: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if holds() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened within 50 s of node time: {what}");
+}
+
+fn events(ctx: &NodeContext, kind: EventKind) -> Vec<pb::Event> {
+    ctx.board.take_events().into_iter().filter(|e| e.kind == kind.as_str()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn convergence_starts_what_is_missing_stops_what_is_unwanted_and_replaces_the_tables() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+
+    let always = pb::RestartPolicy::Always;
+    let mut first = set(1, vec![desired("web-a", "web:1", always, None), desired("web-b", "web:1", always, None)]);
+    first.endpoints = vec![pb::ServiceEndpoints {
+        service: "web".into(),
+        vip: "10.96.0.10".into(),
+        ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
+        ready_ips: vec!["10.0.0.2".into()],
+    }];
+    first.routes = vec![pb::NodeRoute { node: "other".into(), pod_cidr: "10.0.1.0/24".into(), via: "192.0.2.7".into() }];
+    agent.converge(first.clone()).await;
+    eventually("both replicas run", || running(&ctx, "web-a") && running(&ctx, "web-b")).await;
+    let (a, b) = (status(&ctx, "web-a"), status(&ctx, "web-b"));
+    assert!(a.ready && b.ready, "no probe: ready as soon as it runs");
+    assert_ne!(a.ip, b.ip, "each replica its own address");
+    assert_eq!(Some(a.host_pid as i32), fakes.runtime.host_pid("web-a"));
+    assert_eq!(fakes.images.pulls(), 1, "the image is pulled once for both");
+    assert!(dir.path().join("replicas/web-a.pb").exists(), "the record a next agent resumes from");
+    let services = fakes.network.services();
+    assert_eq!((services.len(), services[0].vip, services[0].ready.clone()), (1, Ipv4Addr::new(10, 96, 0, 10), vec![Ipv4Addr::new(10, 0, 0, 2)]));
+    assert_eq!(fakes.network.routes().len(), 1);
+
+    agent.converge(first.clone()).await;
+    assert_eq!((fakes.runtime.starts("web-a").len(), fakes.runtime.starts("web-b").len()), (1, 1), "the same set again starts nothing");
+
+    agent.converge(set(2, vec![desired("web-b", "web:1", always, None)])).await;
+    eventually("web-a is gone from the node", || replica(&ctx, "web-a").is_none()).await;
+    assert!(!fakes.runtime.containers().contains("web-a"), "its container removed");
+    assert!(!fakes.network.addresses().contains_key("web-a"), "its address freed");
+    assert!(!dir.path().join("replicas/web-a.pb").exists(), "its record removed");
+    assert!(running(&ctx, "web-b"), "the other replica untouched");
+    assert!(fakes.network.services().is_empty() && fakes.network.routes().is_empty(), "the tables are replaced whole");
+
+    drop(ctx); // the node network goes only once nothing else holds the context
+    agent.shut_down(Shutdown::Drain).await;
+    assert!(fakes.runtime.containers().is_empty(), "a drain stops every replica");
+    assert!(fakes.network.torn_down(), "a drain removes the node network");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_agent_adopts_the_running_counts_the_dead_and_removes_the_unowned() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let always = pb::RestartPolicy::Always;
+    let old = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&old)).await;
+    agent.converge(set(1, vec![desired("web-a", "web:1", always, None), desired("web-b", "web:1", always, None)])).await;
+    eventually("both replicas run", || running(&old, "web-a") && running(&old, "web-b")).await;
+    fakes.runtime.kill("web-a", 1);
+    eventually("web-a restarted once", || running(&old, "web-a") && status(&old, "web-a").restarts == 1).await;
+    let pid_a = status(&old, "web-a").host_pid;
+    agent.shut_down(Shutdown::Leave).await;
+    assert_eq!(fakes.runtime.containers().len(), 2, "leaving keeps the containers running");
+
+    // While no agent runs: web-b dies, and a container nobody owns is found.
+    fakes.runtime.kill("web-b", 3);
+    fakes.runtime.leave_running("stray");
+
+    let new = fake_node("fake", &fakes, dir.path());
+    let agent = Agent::resume(config(dir.path()), Arc::clone(&new)).await;
+    eventually("web-a is taken over", || running(&new, "web-a")).await;
+    let a = status(&new, "web-a");
+    assert_eq!((a.host_pid, a.restarts, a.ready), (pid_a, 1, true), "same process, restart count carried, readiness kept");
+    assert_eq!(fakes.runtime.starts("web-a").len(), 2, "adoption starts nothing");
+    let adopted = events(&new, EventKind::Adopted);
+    assert!(adopted.iter().any(|e| e.object == "replica/web-a"), "{adopted:?}");
+
+    eventually("web-b restarted by the new agent", || running(&new, "web-b") && status(&new, "web-b").restarts == 1).await;
+    assert_eq!(fakes.runtime.starts("web-b").len(), 2);
+    assert_eq!(status(&new, "web-b").exit_code, Some(3), "the exit it had while no agent ran is its last exit");
+    assert!(!fakes.runtime.containers().contains("stray"), "a container without a record is removed");
+    agent.shut_down(Shutdown::Drain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_backs_off_doubling_to_the_cap_and_a_finished_job_stays_finished() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    fakes.runtime.behave("crash:1", Behaviour::Exit { after: Duration::from_millis(10), code: 1 });
+    fakes.runtime.behave("job:1", Behaviour::Exit { after: Duration::from_millis(10), code: 0 });
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    agent
+        .converge(set(1, vec![desired("crash-a", "crash:1", pb::RestartPolicy::Always, None), desired("job-a", "job:1", pb::RestartPolicy::OnFailure, None)]))
+        .await;
+    eventually("eight starts", || fakes.runtime.starts("crash-a").len() >= 8).await;
+    let starts = fakes.runtime.starts("crash-a");
+    let gaps: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]).as_millis()).take(7).collect();
+    // Each run lasts 10 ms; the first restart is immediate, then 100 ms doubling to 1 s.
+    assert_eq!(gaps, [10, 110, 210, 410, 810, 1010, 1010], "starts at {starts:?}");
+    eventually("the restarts are counted", || status(&ctx, "crash-a").restarts >= 7).await;
+    let restarted = events(&ctx, EventKind::Restarted);
+    assert!(restarted.iter().any(|e| e.message.contains("exited with code 1")), "{restarted:?}");
+
+    eventually("the job succeeded", || status(&ctx, "job-a").phase() == pb::ReplicaPhase::Succeeded).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fakes.runtime.starts("job-a").len(), 1, "OnFailure: exit 0 is not restarted");
+    assert_eq!(status(&ctx, "job-a").restarts, 0);
+    agent.shut_down(Shutdown::Drain).await;
+    assert!(fakes.runtime.containers().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_backs_off_and_an_image_that_cannot_be_pulled_says_so() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    fakes.runtime.behave("broken:1", Behaviour::Refuse("exec /bin/serve: no such file".into()));
+    fakes.images.unpullable("missing:1");
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let always = pb::RestartPolicy::Always;
+    agent.converge(set(1, vec![desired("broken-a", "broken:1", always, None), desired("missing-a", "missing:1", always, None)])).await;
+    eventually("three failed starts", || fakes.runtime.starts("broken-a").len() >= 3).await;
+    let broken = status(&ctx, "broken-a");
+    assert_eq!(broken.phase(), pb::ReplicaPhase::Starting);
+    assert!(broken.reason.contains("no such file"), "{broken:?}");
+    eventually("the pull failure is the reason", || status(&ctx, "missing-a").reason.starts_with("ImagePullBackOff: missing:1")).await;
+    assert!(fakes.runtime.starts("missing-a").is_empty(), "nothing starts without its image");
+    agent.shut_down(Shutdown::Drain).await;
+    assert!(fakes.network.addresses().is_empty(), "every address freed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_follows_the_probe_and_a_failed_liveness_probe_restarts() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let probe = |failures: u32| pb::Probe {
+        handler: Some(pb::probe::Handler::TcpSocket(pb::TcpSocketAction { port: 8080 })),
+        period_seconds: 1,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold: failures,
+        initial_delay_seconds: 0,
+    };
+    let ready_only = pb::Probes { readiness: Some(probe(1)), ..Default::default() };
+    let live = pb::Probes { liveness: Some(probe(3)), ..Default::default() };
+    let always = pb::RestartPolicy::Always;
+    agent.converge(set(1, vec![desired("web-a", "web:1", always, Some(ready_only)), desired("live-a", "web:1", always, Some(live))])).await;
+
+    eventually("web-a runs", || running(&ctx, "web-a")).await;
+    eventually("web-a turns ready", || status(&ctx, "web-a").ready).await;
+    let ip: Ipv4Addr = status(&ctx, "web-a").ip.parse().expect("an address");
+    fakes.probes.set_healthy(ip, false);
+    eventually("web-a turns unready", || !status(&ctx, "web-a").ready).await;
+    assert_eq!(status(&ctx, "web-a").reason, "readiness probe failing");
+    let unhealthy = events(&ctx, EventKind::Unhealthy);
+    assert!(unhealthy.iter().any(|e| e.object == "replica/web-a" && e.message.contains("scripted failure")), "{unhealthy:?}");
+    fakes.probes.set_healthy(ip, true);
+    eventually("web-a is ready again", || status(&ctx, "web-a").ready).await;
+    assert_eq!((fakes.runtime.starts("web-a").len(), status(&ctx, "web-a").restarts), (1, 0), "readiness never restarts");
+
+    eventually("live-a runs", || running(&ctx, "live-a")).await;
+    let live_ip: Ipv4Addr = status(&ctx, "live-a").ip.parse().expect("an address");
+    fakes.probes.set_healthy(live_ip, false);
+    eventually("live-a restarted by its liveness probe", || fakes.runtime.starts("live-a").len() == 2).await;
+    fakes.probes.set_healthy(live_ip, true);
+    eventually("live-a runs again", || running(&ctx, "live-a") && status(&ctx, "live-a").restarts == 1).await;
+    let exit = status(&ctx, "live-a");
+    assert_eq!(exit.exit_code, Some(143), "stopped with SIGTERM: {exit:?}");
+    agent.shut_down(Shutdown::Drain).await;
+}
