@@ -55,8 +55,9 @@ impl ControllerTls {
 }
 
 impl ControllerConfig {
-    pub fn service_cidr(&self) -> String {
-        format!("{}/{}", self.service_network, self.service_prefix)
+    /// The service range; the network and prefix were checked when parsed.
+    pub fn service_cidr(&self) -> Result<orch_api::cidr::Ipv4Cidr, orch_api::cidr::CidrError> {
+        orch_api::cidr::Ipv4Cidr::new(self.service_network, self.service_prefix)
     }
 }
 

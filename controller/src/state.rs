@@ -38,7 +38,7 @@ pub struct ClusterState {
     /// Store key (`/orch/replicas/<service>/<id>`) → replica record.
     pub replicas: BTreeMap<String, Versioned<pb::Replica>>,
     /// (node, replica id) → the replica as that node reported it.
-    pub statuses: BTreeMap<(String, String), Versioned<pb::Replica>>,
+    pub statuses: BTreeMap<(String, String), Versioned<pb::ReplicaReport>>,
     /// Node name → node record.
     pub nodes: BTreeMap<String, Versioned<pb::Node>>,
     /// Nodes whose liveness lease is alive.

@@ -134,15 +134,15 @@ fn report(config: &FakeAgentConfig, seen: &mut Seen, pod_prefix: &str) -> pb::Ag
         .values()
         .map(|replica| {
             let octet = seen.addresses.get(&replica.id).copied().unwrap_or(250);
-            let mut replica = replica.clone();
-            replica.status = Some(pb::ReplicaStatus {
+            let mut report = pb::ReplicaReport::from(replica);
+            report.status = Some(pb::ReplicaStatus {
                 phase: pb::ReplicaPhase::Running.into(),
                 ready: true,
                 ip: format!("{pod_prefix}{octet}"),
                 host_pid: 1000 + octet,
                 ..Default::default()
             });
-            replica
+            report
         })
         .collect();
     pb::AgentMessage {

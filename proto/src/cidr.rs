@@ -22,6 +22,8 @@ pub enum CidrError {
     Address(String),
     #[error("{text:?}: the prefix must be {rule}")]
     Prefix { text: String, rule: String },
+    #[error("{0:?}: host bits are set")]
+    HostBits(String),
 }
 
 impl Ipv4Cidr {
@@ -99,6 +101,38 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
+impl From<Ipv4Cidr> for crate::pb::Ipv4Cidr {
+    fn from(cidr: Ipv4Cidr) -> crate::pb::Ipv4Cidr {
+        crate::pb::Ipv4Cidr { network: u32::from(cidr.network), prefix: u32::from(cidr.prefix) }
+    }
+}
+
+impl TryFrom<&crate::pb::Ipv4Cidr> for Ipv4Cidr {
+    type Error = CidrError;
+
+    /// A CIDR from the wire: the prefix at most 32 and no host bit set (a peer that
+    /// sends `10.88.1.7/24` is wrong, not rounded).
+    fn try_from(wire: &crate::pb::Ipv4Cidr) -> Result<Ipv4Cidr, CidrError> {
+        let address = Ipv4Addr::from(wire.network);
+        let text = format!("{address}/{}", wire.prefix);
+        let prefix = u8::try_from(wire.prefix).ok().filter(|p| *p <= 32).ok_or_else(|| CidrError::Prefix { text: text.clone(), rule: prefix_rule(0, 32) })?;
+        let cidr = Ipv4Cidr::new(address, prefix)?;
+        if cidr.network != address {
+            return Err(CidrError::HostBits(text));
+        }
+        Ok(cidr)
+    }
+}
+
+/// A CIDR a record or message carries twice, typed and as text (for peers of earlier
+/// builds, which know only the text): the typed one when it is set.
+pub fn from_wire(typed: Option<&crate::pb::Ipv4Cidr>, text: &str) -> Result<Ipv4Cidr, CidrError> {
+    match typed {
+        Some(typed) => Ipv4Cidr::try_from(typed),
+        None => text.parse(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +151,14 @@ mod tests {
         assert_eq!(parse_cluster_network("10.88.0.0/16").map(|c| c.prefix()), Ok(16));
         assert_eq!(parse_cluster_network("10.88.0.0/24").map_err(|e| e.to_string()), Err("\"10.88.0.0/24\": the prefix must be /16".to_owned()));
         assert!(parse_service_range("10.96.0.0/30").is_err());
+        let wire = crate::pb::Ipv4Cidr::from(cidr);
+        assert_eq!((wire.network, wire.prefix), (0x0a58_0100, 24));
+        assert_eq!(Ipv4Cidr::try_from(&wire), Ok(cidr), "there and back");
+        assert_eq!(from_wire(Some(&wire), "garbage"), Ok(cidr), "typed first");
+        assert_eq!(from_wire(None, "10.88.1.0/24"), Ok(cidr), "the text of an earlier build");
+        let host_bits = crate::pb::Ipv4Cidr { network: 0x0a58_0107, prefix: 24 };
+        assert_eq!(Ipv4Cidr::try_from(&host_bits).map_err(|e| e.to_string()), Err("\"10.88.1.7/24\": host bits are set".to_owned()));
+        assert!(Ipv4Cidr::try_from(&crate::pb::Ipv4Cidr { network: 0, prefix: 33 }).is_err());
         assert_eq!(
             Ipv4Cidr::parse_with_prefix("10.0.0.0/4", 8, 28).map_err(|e| e.to_string()),
             Err("\"10.0.0.0/4\": the prefix must be between 8 and 28".to_owned()),

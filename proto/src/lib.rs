@@ -20,3 +20,44 @@ pub mod tls;
 pub mod pb {
     tonic::include_proto!("orch.v1");
 }
+
+/// What a node reports of a replica: its identity and status, without the template.
+impl From<&pb::Replica> for pb::ReplicaReport {
+    fn from(replica: &pb::Replica) -> pb::ReplicaReport {
+        pb::ReplicaReport {
+            id: replica.id.clone(),
+            service: replica.service.clone(),
+            node: replica.node.clone(),
+            spec_hash: replica.spec_hash.clone(),
+            status: replica.status.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::pb;
+
+    #[test]
+    fn a_report_and_a_replica_without_its_template_read_each_other() {
+        let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready: true, restarts: 2, ip: "10.88.1.5".into(), ..Default::default() };
+        let replica = pb::Replica {
+            id: "web-1".into(),
+            service: "web".into(),
+            node: "n1".into(),
+            spec_hash: "abc".into(),
+            status: Some(status),
+            spec: Some(pb::ServiceSpec { image: "web:1".into(), ..Default::default() }),
+        };
+        let report = pb::ReplicaReport::from(&replica);
+        // An earlier build stored and sent statuses as Replicas (template blanked).
+        let stored_before = pb::Replica { spec: None, ..replica.clone() }.encode_to_vec();
+        assert_eq!(pb::ReplicaReport::decode(stored_before.as_slice()), Ok(report.clone()));
+        // And an earlier controller reads a report as a Replica.
+        assert_eq!(pb::Replica::decode(report.encode_to_vec().as_slice()), Ok(pb::Replica { spec: None, ..replica.clone() }));
+        // A full replica (its template included) still reads as its report.
+        assert_eq!(pb::ReplicaReport::decode(replica.encode_to_vec().as_slice()), Ok(report));
+    }
+}

@@ -15,7 +15,7 @@ use super::backends::RealProbeChecks;
 use super::config::{AgentConfig, AgentError};
 use super::context::{Backends, NodeContext};
 use super::convergence;
-use super::convert::{endpoints_of, route_of};
+use super::convert::usable;
 use super::registration::first_registration;
 use super::replica::{load_records, spawn, ReplicaHandle};
 use super::session::Session;
@@ -164,11 +164,11 @@ impl Agent {
             self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
         self.terminating.retain(|handle| !handle.is_finished());
-        let table: Vec<ServiceEndpoints> = set.endpoints.iter().filter_map(endpoints_of).collect();
+        let table: Vec<ServiceEndpoints> = usable(&set.endpoints);
         if let Err(error) = self.ctx.network.apply_services(&table).await {
             tracing::warn!(%error, "applying the service table");
         }
-        let routes: Vec<PeerRoute> = set.routes.iter().filter_map(route_of).collect();
+        let routes: Vec<PeerRoute> = usable(&set.routes);
         if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
             tracing::warn!(%error, "setting routes to the other nodes");
         }

@@ -229,11 +229,7 @@ impl NodeAgent for NodeApi {
                 host_pid: running.get(owner).map_or(0, |r| u32::try_from(r.exec.pid).unwrap_or(0)),
             })
             .collect();
-        let routes = view
-            .routes
-            .iter()
-            .map(|r| pb::NodeRoute { node: String::new(), pod_cidr: format!("{}/{}", r.subnet_network, r.prefix), via: r.via.to_string() })
-            .collect();
+        let routes = view.routes.iter().map(pb::NodeRoute::from).collect();
         Ok(Response::new(pb::NodeInspect {
             node: ctx.node.clone(),
             address: self.address.clone(),

@@ -17,13 +17,13 @@ use crate::runtime::now_unix_ms;
 /// report.
 #[derive(Default)]
 pub struct StatusBoard {
-    replicas: Mutex<BTreeMap<String, pb::Replica>>,
+    replicas: Mutex<BTreeMap<String, pb::ReplicaReport>>,
     events: Mutex<Vec<pb::Event>>,
     changed: Notify,
 }
 
 impl StatusBoard {
-    pub fn set(&self, replica: &pb::Replica) {
+    pub fn set(&self, replica: &pb::ReplicaReport) {
         self.replicas.lock().unwrap_or_else(PoisonError::into_inner).insert(replica.id.clone(), replica.clone());
         self.changed.notify_one();
     }
@@ -40,7 +40,7 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
-    pub fn snapshot(&self) -> Vec<pb::Replica> {
+    pub fn snapshot(&self) -> Vec<pb::ReplicaReport> {
         self.replicas.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 

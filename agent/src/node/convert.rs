@@ -5,7 +5,7 @@
 use orch_api::pb;
 
 use crate::cgroups::Limits;
-use crate::net::{PeerRoute, PortMapping, Protocol, ServiceEndpoints, Subnet};
+use crate::net::{PeerRoute, PortMapping, Protocol, ServiceEndpoints};
 use crate::runtime::{capability_set, IdRange, SeccompProfile, Security, DEFAULT_ID_RANGE};
 
 /// What a securityContext asks of the runtime.
@@ -54,29 +54,82 @@ pub fn limits_of(resources: &pb::Resources) -> Limits {
     }
 }
 
-/// A service from the controller as the balancer wants it; malformed entries are skipped.
-pub fn endpoints_of(service: &pb::ServiceEndpoints) -> Option<ServiceEndpoints> {
-    let vip = service.vip.parse().ok()?;
-    let ports = service
-        .ports
-        .iter()
-        .filter_map(|p| {
-            Some(PortMapping {
-                name: p.name.clone(),
-                protocol: if p.protocol() == pb::Protocol::Udp { Protocol::Udp } else { Protocol::Tcp },
-                service_port: u16::try_from(p.service_port).ok()?,
-                target_port: u16::try_from(p.container_port).ok()?,
-                node_port: u16::try_from(p.node_port).ok().filter(|&n| n != 0),
-            })
-        })
-        .collect();
-    let ready = service.ready_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-    Some(ServiceEndpoints { name: service.service.clone(), vip, ports, ready })
+/// Why a record from the controller cannot be used: the record and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("service {service}: vip {value:?} is not an IPv4 address")]
+    Vip { service: String, value: String },
+    #[error("route to node {node}: pod subnet: {reason}")]
+    RouteSubnet { node: String, reason: String },
+    #[error("route to node {node}: via {value:?} is not an IPv4 address")]
+    RouteVia { node: String, value: String },
 }
 
-pub fn route_of(route: &pb::NodeRoute) -> Option<PeerRoute> {
-    let subnet = Subnet::parse(&route.pod_cidr).ok()?;
-    Some(PeerRoute { subnet_network: subnet.network, prefix: subnet.prefix, via: route.via.parse().ok()? })
+/// A service from the controller as the balancer wants it. A port out of range or a
+/// ready address that is not one is left out (the rest of the service still serves).
+impl TryFrom<&pb::ServiceEndpoints> for ServiceEndpoints {
+    type Error = ConvertError;
+
+    fn try_from(service: &pb::ServiceEndpoints) -> Result<ServiceEndpoints, ConvertError> {
+        let vip = service.vip.parse().map_err(|_| ConvertError::Vip { service: service.service.clone(), value: service.vip.clone() })?;
+        let ports = service
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(PortMapping {
+                    name: p.name.clone(),
+                    protocol: if p.protocol() == pb::Protocol::Udp { Protocol::Udp } else { Protocol::Tcp },
+                    service_port: u16::try_from(p.service_port).ok()?,
+                    target_port: u16::try_from(p.container_port).ok()?,
+                    node_port: u16::try_from(p.node_port).ok().filter(|&n| n != 0),
+                })
+            })
+            .collect();
+        let ready = service.ready_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        Ok(ServiceEndpoints { name: service.service.clone(), vip, ports, ready })
+    }
+}
+
+/// A route to another node's pods: its typed subnet, or the text an earlier controller
+/// sends.
+impl TryFrom<&pb::NodeRoute> for PeerRoute {
+    type Error = ConvertError;
+
+    fn try_from(route: &pb::NodeRoute) -> Result<PeerRoute, ConvertError> {
+        let subnet = orch_api::cidr::from_wire(route.pod_subnet.as_ref(), &route.pod_cidr)
+            .map_err(|e| ConvertError::RouteSubnet { node: route.node.clone(), reason: e.to_string() })?;
+        let via = route.via.parse().map_err(|_| ConvertError::RouteVia { node: route.node.clone(), value: route.via.clone() })?;
+        Ok(PeerRoute { subnet_network: subnet.network(), prefix: subnet.prefix(), via })
+    }
+}
+
+impl From<&PeerRoute> for pb::NodeRoute {
+    fn from(route: &PeerRoute) -> pb::NodeRoute {
+        let subnet = orch_api::cidr::Ipv4Cidr::new(route.subnet_network, route.prefix).ok();
+        pb::NodeRoute {
+            node: String::new(),
+            pod_cidr: format!("{}/{}", route.subnet_network, route.prefix),
+            via: route.via.to_string(),
+            pod_subnet: subnet.map(Into::into),
+        }
+    }
+}
+
+/// Converts every record that can be, warning about each that cannot.
+pub fn usable<'a, W: 'a, T>(records: impl IntoIterator<Item = &'a W>) -> Vec<T>
+where
+    T: TryFrom<&'a W, Error = ConvertError>,
+{
+    records
+        .into_iter()
+        .filter_map(|record| match T::try_from(record) {
+            Ok(converted) => Some(converted),
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a record from the controller");
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -132,12 +185,21 @@ mod tests {
             ports: vec![pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 30080, protocol: 0 }],
             ready_ips: vec!["10.88.1.5".into(), "junk".into()],
         };
-        let converted = endpoints_of(&service).expect("converts");
+        let converted = ServiceEndpoints::try_from(&service).expect("converts");
         assert_eq!(converted.vip, Ipv4Addr::new(10, 96, 0, 7));
         assert_eq!(converted.ready, [Ipv4Addr::new(10, 88, 1, 5)]);
         assert_eq!((converted.ports[0].target_port, converted.ports[0].node_port), (8080, Some(30080)));
-        assert!(endpoints_of(&pb::ServiceEndpoints { vip: "nope".into(), ..service }).is_none());
-        let route = pb::NodeRoute { node: "n2".into(), pod_cidr: "10.88.2.0/24".into(), via: "192.0.2.2".into() };
-        assert_eq!(route_of(&route), Some(PeerRoute { subnet_network: Ipv4Addr::new(10, 88, 2, 0), prefix: 24, via: Ipv4Addr::new(192, 0, 2, 2) }));
+        let bad_vip = ServiceEndpoints::try_from(&pb::ServiceEndpoints { vip: "nope".into(), ..service.clone() });
+        assert_eq!(bad_vip.map_err(|e| e.to_string()), Err("service web: vip \"nope\" is not an IPv4 address".to_owned()));
+        let expected = PeerRoute { subnet_network: Ipv4Addr::new(10, 88, 2, 0), prefix: 24, via: Ipv4Addr::new(192, 0, 2, 2) };
+        let from_text = pb::NodeRoute { node: "n2".into(), pod_cidr: "10.88.2.0/24".into(), via: "192.0.2.2".into(), pod_subnet: None };
+        assert_eq!(PeerRoute::try_from(&from_text), Ok(expected), "an earlier controller's text");
+        let typed = pb::NodeRoute::from(&expected);
+        assert_eq!(typed.pod_subnet, Some(pb::Ipv4Cidr { network: 0x0a58_0200, prefix: 24 }));
+        assert_eq!(PeerRoute::try_from(&pb::NodeRoute { pod_cidr: String::new(), ..typed }), Ok(expected), "the typed subnet first");
+        let broken = pb::NodeRoute { pod_cidr: "10.88.2.0".into(), ..from_text };
+        assert!(PeerRoute::try_from(&broken).is_err_and(|e| e.to_string().starts_with("route to node n2: pod subnet:")));
+        let services: Vec<ServiceEndpoints> = usable(&[service.clone(), pb::ServiceEndpoints { vip: "nope".into(), ..service }]);
+        assert_eq!(services.len(), 1, "the broken record is left out, the good one kept");
     }
 }

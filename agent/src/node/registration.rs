@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orch_api::cidr::from_wire;
 use orch_api::pb;
 use orch_api::pb::nodes_client::NodesClient;
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,11 @@ pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::tran
         .await
         .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
         .into_inner();
-    let registration = Registration { pod_cidr: response.pod_cidr, service_cidr: response.service_cidr };
+    let controller = &config.controller;
+    let pod_subnet = from_wire(response.pod_subnet.as_ref(), &response.pod_cidr).map_err(|e| format!("controller {controller}: pod subnet: {e}"))?;
+    let service_range =
+        from_wire(response.service_range.as_ref(), &response.service_cidr).map_err(|e| format!("controller {controller}: service range: {e}"))?;
+    let registration = Registration { pod_cidr: pod_subnet.to_string(), service_cidr: service_range.to_string() };
     registration.save(&config.state_dir);
     Ok(registration)
 }

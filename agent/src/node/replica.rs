@@ -267,7 +267,7 @@ impl Supervisor {
 
     /// Publishes the status (board + record file).
     fn publish(&self) {
-        self.ctx.board.set(&self.public_view());
+        self.ctx.board.set(&self.report());
         let path = self.ctx.state.record(&self.record.id);
         let write = std::fs::create_dir_all(self.ctx.state.records()).and_then(|()| {
             let temporary = path.with_extension("pb.tmp");
@@ -279,9 +279,9 @@ impl Supervisor {
         }
     }
 
-    /// The replica as reported upward: without its template.
-    fn public_view(&self) -> pb::Replica {
-        pb::Replica { spec: None, ..self.record.clone() }
+    /// The replica as reported upward: who it is and its status.
+    fn report(&self) -> pb::ReplicaReport {
+        pb::ReplicaReport::from(&self.record)
     }
 
     /// Resolves the image and reserves the address, once.

@@ -51,7 +51,7 @@ fn set(generation: u64, replicas: Vec<pb::DesiredReplica>) -> pb::DesiredSet {
     pb::DesiredSet { generation, replicas, ..Default::default() }
 }
 
-fn replica(ctx: &NodeContext, id: &str) -> Option<pb::Replica> {
+fn replica(ctx: &NodeContext, id: &str) -> Option<pb::ReplicaReport> {
     ctx.board.snapshot().into_iter().find(|r| r.id == id)
 }
 
@@ -93,7 +93,7 @@ async fn convergence_starts_what_is_missing_stops_what_is_unwanted_and_replaces_
         ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
         ready_ips: vec!["10.0.0.2".into()],
     }];
-    first.routes = vec![pb::NodeRoute { node: "other".into(), pod_cidr: "10.0.1.0/24".into(), via: "192.0.2.7".into() }];
+    first.routes = vec![pb::NodeRoute { node: "other".into(), pod_cidr: "10.0.1.0/24".into(), via: "192.0.2.7".into(), pod_subnet: None }];
     agent.converge(first.clone()).await;
     eventually("both replicas run", || running(&ctx, "web-a") && running(&ctx, "web-b")).await;
     let (a, b) = (status(&ctx, "web-a"), status(&ctx, "web-b"));

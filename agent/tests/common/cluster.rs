@@ -58,7 +58,7 @@ impl Cluster {
             leader_lease: Duration::from_secs(2),
             ..ControllerConfig::default()
         };
-        let service_cidr = config.service_cidr();
+        let service_cidr = config.service_cidr().expect("the test's service range").to_string();
         let controller = Controller::start(Arc::clone(&store), config, listener);
         let api = ApiClient::new(Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy());
         let mut cluster = Cluster {

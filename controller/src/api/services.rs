@@ -206,9 +206,9 @@ impl ServiceApi {
         let listing = self.store.list(&prefix).await?;
         let mut replicas: Vec<pb::Replica> = keys::decode_all(&listing.items)?;
         let statuses = self.store.list(keys::STATUS).await?;
-        let mut reported: std::collections::BTreeMap<String, pb::Replica> = std::collections::BTreeMap::new();
+        let mut reported: std::collections::BTreeMap<String, pb::ReplicaReport> = std::collections::BTreeMap::new();
         for kv in &statuses.items {
-            let status: pb::Replica = keys::decode(&kv.key, &kv.value)?;
+            let status: pb::ReplicaReport = keys::decode(&kv.key, &kv.value)?;
             reported.insert(kv.key.clone(), status);
         }
         for replica in &mut replicas {

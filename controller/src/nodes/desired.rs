@@ -25,19 +25,15 @@ pub fn desired_set(state: &ClusterState, node: &str) -> pb::DesiredSet {
         .filter(|(name, _)| name.as_str() != node)
         .filter_map(|(name, n)| {
             let address = n.value.info.as_ref().map(|i| i.address.clone())?;
-            Some(pb::NodeRoute { node: name.clone(), pod_cidr: n.value.pod_cidr.clone(), via: address })
+            let subnet = orch_api::cidr::from_wire(n.value.pod_subnet.as_ref(), &n.value.pod_cidr).ok()?;
+            Some(pb::NodeRoute { node: name.clone(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
         })
         .collect();
     pb::DesiredSet { generation: 0, replicas, endpoints, routes }
 }
 
-/// Stamps `generation` on the set and on each of its replicas.
+/// Stamps `generation` on the set.
 pub fn stamp(mut set: pb::DesiredSet, generation: u64) -> pb::DesiredSet {
     set.generation = generation;
-    for desired in &mut set.replicas {
-        if let Some(replica) = desired.replica.as_mut() {
-            replica.node_generation = generation;
-        }
-    }
     set
 }

@@ -56,14 +56,17 @@ impl NodeRegistry {
         }
         let key = keys::node(&info.name);
         let attempt = || async {
-            let (pod_cidr, expect) = match self.store.get(&key).await? {
+            let (pod_cidr, stored_subnet, expect) = match self.store.get(&key).await? {
                 Some(kv) => {
                     let node: pb::Node = keys::decode(&key, &kv.value)?;
-                    (node.pod_cidr, Expect::Revision(kv.mod_revision))
+                    (node.pod_cidr, node.pod_subnet, Expect::Revision(kv.mod_revision))
                 }
-                None => (self.claim_subnet(&info.name).await?, Expect::Absent),
+                None => (self.claim_subnet(&info.name).await?, None, Expect::Absent),
             };
-            let node = pb::Node { info: Some(info.clone()), ready: true, pod_cidr, allocated: None };
+            let pod_subnet =
+                orch_api::cidr::from_wire(stored_subnet.as_ref(), &pod_cidr).map_err(|e| NodeError::Invalid(format!("pod subnet of {}: {e}", info.name)))?;
+            let node =
+                pb::Node { info: Some(info.clone()), ready: true, pod_cidr: pod_subnet.to_string(), allocated: None, pod_subnet: Some(pod_subnet.into()) };
             self.store.put(&key, keys::encode(&node), expect).await?;
             let lease = self.store.grant_lease(self.lease_ttl).await?;
             self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
+use orch_api::cidr::{CidrError, Ipv4Cidr};
 use orch_api::events::EventKind;
 use orch_api::pb;
 use orch_api::pb::nodes_server::Nodes;
@@ -22,7 +23,8 @@ use crate::store::{LeaseId, Store};
 pub struct NodesRpc {
     registry: NodeRegistry,
     store: Arc<dyn Store>,
-    service_cidr: String,
+    /// Checked when the flag was parsed; an error here is the embedder's.
+    service_range: Result<Ipv4Cidr, CidrError>,
     state: watch::Receiver<Arc<ClusterState>>,
     events: EventLog,
     /// Each registered node's liveness lease.
@@ -36,12 +38,12 @@ impl NodesRpc {
     pub fn new(
         registry: NodeRegistry,
         store: Arc<dyn Store>,
-        service_cidr: String,
+        service_range: Result<Ipv4Cidr, CidrError>,
         state: watch::Receiver<Arc<ClusterState>>,
         events: EventLog,
         stopping: watch::Receiver<()>,
     ) -> NodesRpc {
-        NodesRpc { registry, store, service_cidr, state, events, leases: Arc::default(), stopping }
+        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping }
     }
 
     pub fn into_server(self) -> pb::nodes_server::NodesServer<NodesRpc> {
@@ -82,7 +84,13 @@ impl Nodes for NodesRpc {
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
         self.events.emit(EventKind::Registered, format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
-        Ok(Response::new(pb::RegisterResponse { pod_cidr: node.pod_cidr, service_cidr: self.service_cidr.clone() }))
+        let service_range = self.service_range.clone().map_err(|e| Status::internal(format!("the controller's service range: {e}")))?;
+        Ok(Response::new(pb::RegisterResponse {
+            pod_cidr: node.pod_cidr,
+            service_cidr: service_range.to_string(),
+            pod_subnet: node.pod_subnet,
+            service_range: Some(service_range.into()),
+        }))
     }
 
     type SessionStream = ControllerStream;

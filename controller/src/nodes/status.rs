@@ -12,7 +12,7 @@ use crate::store::Revision;
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // short-lived, one per changed replica
 pub enum StatusWrite {
-    Put { key: String, replica: pb::Replica },
+    Put { key: String, replica: pb::ReplicaReport },
     Delete { key: String, revision: Revision },
 }
 
@@ -28,16 +28,7 @@ pub fn status_writes(state: &ClusterState, node: &str, report: &pb::StatusReport
             continue;
         }
         reported.insert(replica.id.clone());
-        let stored = pb::Replica {
-            id: replica.id.clone(),
-            service: replica.service.clone(),
-            node: node.to_owned(),
-            spec_hash: replica.spec_hash.clone(),
-            // Not kept: it moves with every desired set, the status does not.
-            node_generation: 0,
-            status: replica.status.clone(),
-            spec: None,
-        };
+        let stored = pb::ReplicaReport { node: node.to_owned(), ..replica.clone() };
         let current = state.statuses.get(&(node.to_owned(), replica.id.clone())).map(|s| &s.value);
         if current != Some(&stored) {
             writes.push(StatusWrite::Put { key: keys::status(node, &replica.id), replica: stored });
@@ -64,8 +55,9 @@ mod tests {
         pb::Replica { id: id.into(), service: "web".into(), node: node.into(), ..Default::default() }
     }
 
-    fn running(id: &str, node: &str, ready: bool) -> pb::Replica {
-        pb::Replica { status: Some(pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ..Default::default() }), ..replica(id, node) }
+    fn running(id: &str, node: &str, ready: bool) -> pb::ReplicaReport {
+        let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ..Default::default() };
+        pb::ReplicaReport { status: Some(status), ..pb::ReplicaReport::from(&replica(id, node)) }
     }
 
     #[test]

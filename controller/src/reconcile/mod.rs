@@ -138,7 +138,6 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 service: name.clone(),
                 node: String::new(),
                 spec_hash: service.value.spec_hash.clone(),
-                node_generation: 0,
                 status: Some(pending_status("")),
                 spec: Some(spec.clone()),
             });

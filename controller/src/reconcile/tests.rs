@@ -35,6 +35,7 @@ fn node(name: &str, cpu_millis: u64) -> pb::Node {
         ready: true,
         pod_cidr: "10.88.1.0/24".into(),
         allocated: None,
+        pod_subnet: None,
     }
 }
 
@@ -75,7 +76,7 @@ impl World {
         let revision = self.bump();
         let ip = format!("10.88.1.{}", 10 + self.state.statuses.len());
         let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ip, ..Default::default() };
-        let reported = pb::Replica { status: Some(status), ..replica.clone() };
+        let reported = pb::ReplicaReport { status: Some(status), ..pb::ReplicaReport::from(&replica) };
         self.state
             .statuses
             .insert((replica.node.clone(), id.to_owned()), Versioned { key: keys::status(&replica.node, id), value: reported, mod_revision: revision });
