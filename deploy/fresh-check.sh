@@ -170,10 +170,7 @@ esac
 step "webapp ready ${ready_after}s after the start and answering on 127.0.0.1:30080: $page"
 
 step "stopping orch up (Ctrl-C)"
-kill -INT "$orch_pid"
-for _ in $(seq 1 600); do kill -0 "$orch_pid" 2>/dev/null || break; sleep 0.2; done
-kill -0 "$orch_pid" 2>/dev/null && die "orch up did not stop within 120 s after Ctrl-C (log: $log)"
-wait "$orch_pid" || die "orch up exited with status $? after Ctrl-C (log: $log)"
+interrupt_and_wait "$orch_pid" 120 "orch up (log: $log)"
 orch_pid=""
 grep -q 'orch: stopped' "$log" || die "orch up did not report a clean stop (log: $log)"
 ip link show orch0 >/dev/null 2>&1 && die "orch up left the bridge orch0 behind"

@@ -17,7 +17,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 require_root "deploy/upgrade-check.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 jq git
+install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 jq git curl
 
 old_rev="${1:-HEAD~1}"
 cd "$ORCH_ROOT"
@@ -129,7 +129,7 @@ $after"
 step "the node port answers from every replica; exec works"
 declare -A answered=()
 for _ in $(seq 1 30); do
-    page="$(busybox wget -q -T 5 -O - "http://127.0.0.1:$node_port/")" || die "the node port 127.0.0.1:$node_port did not answer"
+    page="$(curl -fsS --max-time 5 "http://127.0.0.1:$node_port/")" || die "the node port 127.0.0.1:$node_port did not answer"
     [ -n "$page" ] || die "the node port answered nothing"
     answered["$page"]=1
 done
@@ -139,10 +139,7 @@ hostname="$(cli exec "$replica" -- hostname)" || die "orch exec $replica failed"
 [ "$hostname" = "$replica" ] || die "orch exec $replica -- hostname said $hostname"
 
 step "this build: Ctrl-C drains the node"
-kill -INT "$up_pid"
-for _ in $(seq 1 600); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$up_pid" 2>/dev/null && die "orch up did not stop within 60 s of SIGINT"
-wait "$up_pid" || die "orch up exited with an error after SIGINT"
+interrupt_and_wait "$up_pid" 60 "this build's orch up"
 up_pid=""
 while IFS=: read -r _ pid _; do
     kill -0 "$pid" 2>/dev/null && die "host PID $pid still runs after the drain"

@@ -54,3 +54,14 @@ require_rust() {
 # (etcd-client's build script includes google/protobuf/descriptor.proto, which Debian
 # ships in libprotobuf-dev), a C toolchain for -sys crates, and CA roots for crates.io.
 BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev gcc libc6-dev pkg-config ca-certificates)
+
+# interrupt_and_wait PID SECONDS WHAT: Ctrl-C (SIGINT) to PID, a child of this shell, then
+# waits up to SECONDS for it to end; fails naming WHAT when it does not end in time or
+# ends with an error.
+interrupt_and_wait() {
+    local pid="$1" seconds="$2" what="$3"
+    kill -INT "$pid"
+    for _ in $(seq 1 $((seconds * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "$what did not stop within $seconds s of Ctrl-C"
+    wait "$pid" || die "$what exited with status $? after Ctrl-C"
+}

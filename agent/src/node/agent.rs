@@ -12,7 +12,7 @@ use std::time::Duration;
 use orch_api::pb;
 
 use super::backends::RealProbeChecks;
-use super::config::{AgentConfig, AgentError};
+use super::config::{AgentConfig, AgentError, LinkError};
 use super::context::{Backends, NodeContext};
 use super::convergence;
 use super::convert::usable;
@@ -200,7 +200,7 @@ impl Agent {
         self.shut_down(how).await;
     }
 
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self) -> Result<(), LinkError> {
         let mut session = Session::open(&self.config, &self.ctx.board, self.generation).await?;
         loop {
             let set = session.next_desired(&self.ctx.board, self.generation).await?;

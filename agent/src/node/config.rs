@@ -24,6 +24,25 @@ pub enum AgentError {
     Network(#[from] crate::net::NetError),
 }
 
+/// Why the link to the controller failed (the agent retries with back-off).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("controller {controller}: {reason}")]
+    Endpoint { controller: String, reason: String },
+    #[error("controller {controller}: TLS: {source}")]
+    Tls { controller: String, source: orch_api::tls::TlsError },
+    #[error("controller {controller}: {source}")]
+    Connect { controller: String, source: tonic::transport::Error },
+    #[error("controller {controller}: {call}: {}", status.message())]
+    Call { controller: String, call: &'static str, status: tonic::Status },
+    #[error("controller {controller}: {what}: {source}")]
+    Registration { controller: String, what: &'static str, source: orch_api::cidr::CidrError },
+    #[error("the controller ended the session")]
+    Ended,
+    #[error("the session's upward stream closed")]
+    UpwardClosed,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub name: String,
@@ -49,15 +68,18 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// The controller, over TLS when configured.
-    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, String> {
+    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, LinkError> {
         let address = self.controller.split_once("://").map_or(self.controller.as_str(), |(_, rest)| rest);
+        let controller = || address.to_owned();
         let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}")).map_err(|e| format!("controller {address}: {e}"))?;
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| LinkError::Endpoint { controller: controller(), reason: e.to_string() })?;
         if let Some(dir) = &self.tls_dir {
-            let tls = orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(tls).map_err(|e| format!("controller {address}: {e}"))?;
+            let tls =
+                orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|source| LinkError::Tls { controller: controller(), source })?;
+            endpoint = endpoint.tls_config(tls).map_err(|source| LinkError::Connect { controller: controller(), source })?;
         }
-        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|e| format!("controller {address}: {e}"))
+        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|source| LinkError::Connect { controller: controller(), source })
     }
 }
 

@@ -37,5 +37,5 @@ mod tests;
 
 pub use agent::{Agent, Shutdown};
 pub use capacity::machine_capacity;
-pub use config::{AgentConfig, AgentError};
+pub use config::{AgentConfig, AgentError, LinkError};
 pub use registration::Registration;

@@ -10,7 +10,7 @@ use orch_api::pb;
 use orch_api::pb::nodes_client::NodesClient;
 use serde::{Deserialize, Serialize};
 
-use super::config::AgentConfig;
+use super::config::{AgentConfig, LinkError};
 use crate::StateDir;
 
 /// What registration said, kept so that a restarted agent can set its network up and
@@ -44,16 +44,23 @@ impl Registration {
 }
 
 /// Registers through `client` and saves what the controller said.
-pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, String> {
+pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, LinkError> {
+    let controller = || config.controller.clone();
     let response = client
         .register(pb::RegisterRequest { node: Some(config.node_info()) })
         .await
-        .map_err(|e| format!("controller {}: register: {}", config.controller, e.message()))?
+        .map_err(|status| LinkError::Call { controller: controller(), call: "register", status })?
         .into_inner();
-    let controller = &config.controller;
-    let pod_subnet = from_wire(response.pod_subnet.as_ref(), &response.pod_cidr).map_err(|e| format!("controller {controller}: pod subnet: {e}"))?;
-    let service_range =
-        from_wire(response.service_range.as_ref(), &response.service_cidr).map_err(|e| format!("controller {controller}: service range: {e}"))?;
+    let pod_subnet = from_wire(response.pod_subnet.as_ref(), &response.pod_cidr).map_err(|source| LinkError::Registration {
+        controller: controller(),
+        what: "pod subnet",
+        source,
+    })?;
+    let service_range = from_wire(response.service_range.as_ref(), &response.service_cidr).map_err(|source| LinkError::Registration {
+        controller: controller(),
+        what: "service range",
+        source,
+    })?;
     let registration = Registration { pod_cidr: pod_subnet.to_string(), service_cidr: service_range.to_string() };
     registration.save(&config.state_dir);
     Ok(registration)

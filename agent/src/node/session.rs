@@ -11,11 +11,12 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use super::board::StatusBoard;
-use super::config::AgentConfig;
+use super::config::{AgentConfig, LinkError};
 use super::registration::register;
 
 pub struct Session {
     node: String,
+    controller: String,
     upward: mpsc::Sender<pb::AgentMessage>,
     downward: tonic::Streaming<pb::ControllerMessage>,
     heartbeat: pb::AgentMessage,
@@ -37,18 +38,22 @@ fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage 
 
 impl Session {
     /// Registers and opens the session, with a heartbeat and a full report first.
-    pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, String> {
+    pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, LinkError> {
         let mut client = NodesClient::new(config.controller_channel().await?);
         register(config, &mut client).await?;
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
         let heartbeat = pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
-        upward.send(heartbeat.clone()).await.map_err(|e| e.to_string())?;
-        upward.send(report(&config.name, board, generation)).await.map_err(|e| e.to_string())?;
-        let downward =
-            client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| format!("session: {}", e.message()))?.into_inner();
+        upward.send(heartbeat.clone()).await.map_err(|_| LinkError::UpwardClosed)?;
+        upward.send(report(&config.name, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?;
+        let downward = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .map_err(|status| LinkError::Call { controller: config.controller.clone(), call: "session", status })?
+            .into_inner();
         tracing::info!(controller = %config.controller, "session open");
         Ok(Session {
             node: config.name.clone(),
+            controller: config.controller.clone(),
             upward,
             downward,
             heartbeat,
@@ -59,18 +64,18 @@ impl Session {
 
     /// Keeps the session going (heartbeats, reports of `board` at `generation`) until
     /// the controller sends the next desired set; an error when the session ends.
-    pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, String> {
+    pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, LinkError> {
         loop {
             tokio::select! {
-                _ = self.beats.tick() => self.upward.send(self.heartbeat.clone()).await.map_err(|e| e.to_string())?,
-                _ = self.refresh.tick() => self.upward.send(report(&self.node, board, generation)).await.map_err(|e| e.to_string())?,
+                _ = self.beats.tick() => self.upward.send(self.heartbeat.clone()).await.map_err(|_| LinkError::UpwardClosed)?,
+                _ = self.refresh.tick() => self.upward.send(report(&self.node, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?,
                 () = board.changed() => {
                     // Let a burst of changes settle into one report.
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    self.upward.send(report(&self.node, board, generation)).await.map_err(|e| e.to_string())?;
+                    self.upward.send(report(&self.node, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?;
                 }
                 message = self.downward.message() => {
-                    let message = message.map_err(|e| format!("session: {}", e.message()))?.ok_or("the controller ended the session")?;
+                    let message = message.map_err(|status| LinkError::Call { controller: self.controller.clone(), call: "session", status })?.ok_or(LinkError::Ended)?;
                     if let Some(pb::controller_message::Body::Desired(set)) = message.body {
                         return Ok(set);
                     }
