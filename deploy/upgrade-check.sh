@@ -2,8 +2,9 @@
 # An upgrade that restarts nothing. The older build's `orch up` runs the demo service
 # (3 replicas, a node port) on a bridge, cgroup parent and address ranges of this
 # script's own; it dies with kill -9 (a crash, or its binary being replaced), and this
-# build's `orch up` starts on the same state directory. Passes when every replica is
-# adopted — same host PID, same restart count —, the node port answers from every
+# build's `orch up` starts on the same state directory (one replica has crashed and
+# been restarted before, so a restart count must carry over). Passes when every
+# replica is adopted — same host PID, same restart count —, the node port answers from every
 # replica, `orch exec` works, and the drain at the end leaves no bridge, namespace,
 # cgroup or process behind.
 #
@@ -104,8 +105,17 @@ replicas() {
     jq -r '.[] | "\(.name):\(.hostPid):\(.restarts)"' <<< "$json" | sort
 }
 
-step "old build: orch up"
+step "old build: orch up; one replica crashes (kill -9) and is restarted"
 orch_up "$old_bin" "$work/old.log"
+victim_pid="$(replicas | head -n 1 | cut -d: -f2)"
+kill -9 "$victim_pid"
+restarted=""
+for _ in $(seq 1 600); do
+    restarted="$(cli get replicas -o json | jq '[.[] | select(.restarts == 1 and .phase == "Running" and .ready == true)] | length')" || true
+    [ "$restarted" = 1 ] && break
+    sleep 0.1
+done
+[ "$restarted" = 1 ] || die "the replica killed under the old build (host PID $victim_pid) was not back within 60 s"
 before="$(replicas)"
 echo "$before" | sed 's/^/    /' >&2
 
