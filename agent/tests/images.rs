@@ -12,7 +12,7 @@ use common::oci::{self, Entry};
 use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
-use orch_agent::images::{resolve_process, ImageError, ImageStore};
+use orch_agent::images::{resolve_process, ImageAccounts, ImageError, ImageStore};
 use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 fn store(sandbox: &Sandbox) -> ImageStore {
@@ -27,7 +27,8 @@ fn unique_repository(test: &str) -> String {
 /// Runs `script` in a container from the image's layers; returns (exit code, output).
 async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, script: &str) -> (i32, String) {
     let record = store.get(reference).expect("pulled");
-    let process = resolve_process(&record.defaults, &[], &["sh".into(), "-c".into(), script.into()], &[]).expect("process");
+    let accounts = ImageAccounts::read(&store.lower_dirs(&record).expect("layers"));
+    let process = resolve_process(&record.defaults, &[], &["sh".into(), "-c".into(), script.into()], &[], &accounts).expect("process");
     let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
         .expect("runtime");
     let log = sandbox.root.path().join(format!("{id}.log"));
@@ -204,14 +205,70 @@ async fn whiteouts_and_opaque_directories_give_the_right_tree() {
     sandbox.assert_clean("whiteouts");
 }
 
+/// Images built from root filesystems carry device nodes and FIFOs: they are left out
+/// (never made on the node), and the rest of the image runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_and_fifos_in_a_layer_are_skipped() {
+    let sandbox = Sandbox::new("img-devices");
+    let layout = sandbox.root.path().join("layout");
+    let specials = oci::layer(&[
+        Entry::Dir("dev"),
+        Entry::CharDevice("dev/console"),
+        Entry::CharDevice("dev/mem"),
+        Entry::BlockDevice("dev/sda"),
+        Entry::Fifo("run/initctl"),
+        Entry::File("etc/kept", b"kept"),
+    ]);
+    oci::write_layout(&layout, "v1", &[oci::busybox_layer(), specials], &["true"]);
+    let images = store(&sandbox);
+    let reference = format!("oci:{}:v1", layout.display());
+    let (record, _) = images.pull(&reference).await.expect("an image with device nodes pulls");
+    let top = images.lower_dirs(&record).expect("layers").into_iter().next().expect("the top layer, first");
+    for special in ["dev/console", "dev/mem", "dev/sda", "run/initctl"] {
+        assert!(std::fs::symlink_metadata(top.join(special)).is_err(), "{special} was made in the layer");
+    }
+    let (code, output) = run_in_image(&sandbox, &images, &reference, "specials", "cat /etc/kept; test -p /run/initctl || printf ' no-fifo'").await;
+    assert_eq!((code, output.as_str()), (0, "kept no-fifo"), "the rest of the layer is there");
+    sandbox.assert_clean("specials");
+}
+
+/// `USER app` and `USER app:web` from the image's own /etc/passwd and /etc/group, as
+/// official images name their users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_image_user_runs_as_the_image_says() {
+    let sandbox = Sandbox::new("img-user");
+    let images = store(&sandbox);
+    let accounts = || {
+        oci::layer(&[
+            Entry::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n"),
+            Entry::File("etc/group", b"root:x:0:\napp:x:2345:\nweb:x:3456:app\n"),
+        ])
+    };
+    for (tag, user, ids) in [("named", "app", "1234 2345"), ("grouped", "app:web", "1234 3456")] {
+        let layout = sandbox.root.path().join(tag);
+        oci::write_layout_as(&layout, "v1", &[oci::busybox_layer(), accounts()], &["true"], Some(user));
+        let reference = format!("oci:{}:v1", layout.display());
+        images.pull(&reference).await.expect("pull");
+        let (code, output) = run_in_image(&sandbox, &images, &reference, tag, "printf '%s %s' $(id -u) $(id -g)").await;
+        assert_eq!((code, output.as_str()), (0, ids), "USER {user}");
+    }
+    let layout = sandbox.root.path().join("unknown");
+    oci::write_layout_as(&layout, "v1", &[oci::busybox_layer(), accounts()], &["true"], Some("nobody"));
+    let reference = format!("oci:{}:v1", layout.display());
+    let (record, _) = images.pull(&reference).await.expect("pull");
+    let layers = images.lower_dirs(&record).expect("layers");
+    let refused = resolve_process(&record.defaults, &[], &[], &[], &ImageAccounts::read(&layers)).expect_err("an unknown user");
+    assert!(refused.contains("no user \"nobody\" in the image's /etc/passwd"), "{refused}");
+    sandbox.assert_clean("img-user");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_layers_and_archives_are_rejected() {
     let sandbox = Sandbox::new("img-unsafe");
     let images = store(&sandbox);
-    let cases: [(&str, Vec<Entry>, &str); 5] = [
+    let cases: [(&str, Vec<Entry>, &str); 4] = [
         ("dotdot", vec![Entry::RawPath("../evil", b"x")], "leaves the layer root"),
         ("deep-dotdot", vec![Entry::RawPath("a/../../evil", b"x")], "leaves the layer root"),
-        ("device", vec![Entry::CharDevice("dev/mem")], "device nodes are not allowed"),
         ("hardlink-out", vec![Entry::HardLink("passwd", "../../etc/passwd")], "leaves the layer root"),
         ("through-symlink", vec![Entry::Symlink("etc", "/etc"), Entry::File("etc/evil", b"x")], "is a symlink"),
     ];
@@ -269,7 +326,7 @@ async fn prune_keeps_the_images_containers_use() {
 
     let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
         .expect("runtime");
-    let process = resolve_process(&used_record.defaults, &[], &[], &[]).expect("process");
+    let process = resolve_process(&used_record.defaults, &[], &[], &[], &ImageAccounts::default()).expect("process");
     let container = runtime
         .start(&ContainerSpec {
             id: "user".into(),

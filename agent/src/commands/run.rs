@@ -11,7 +11,7 @@ use orch_api::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::cgroups::Limits;
-use orch_agent::images::{resolve_process, ImageStore};
+use orch_agent::images::{resolve_process, ImageAccounts, ImageStore};
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
 use orch_agent::runtime::BindMount;
 use orch_agent::runtime::{
@@ -305,7 +305,8 @@ async fn image_process(args: &RunArgs, reference: &str) -> Result<Process, Runti
     let (record, _) = store.pull(reference).await.map_err(image_error)?;
     let layers = store.lower_dirs(&record).map_err(image_error)?;
     let entrypoint: Vec<String> = args.entrypoint.iter().cloned().collect();
-    let resolved = resolve_process(&record.defaults, &entrypoint, &args.command, &args.env).map_err(|e| bad_flag("image", e))?;
+    let accounts = ImageAccounts::read(&layers);
+    let resolved = resolve_process(&record.defaults, &entrypoint, &args.command, &args.env, &accounts).map_err(|e| bad_flag("image", e))?;
     Ok(Process { layers, args: resolved.args, env: resolved.env, cwd: resolved.cwd, user: resolved.user, image: Some(record.manifest_digest) })
 }
 

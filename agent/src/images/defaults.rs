@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::users::{resolve_user, ImageAccounts};
+
 /// The run defaults from an image's config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageDefaults {
@@ -38,7 +40,14 @@ pub struct ResolvedProcess {
 
 /// Kubernetes' rules: `command` replaces the image's Entrypoint, `args` its Cmd; with a
 /// command and no args the Cmd is dropped. Env entries override the image's by name.
-pub fn resolve_process(defaults: &ImageDefaults, command: &[String], args: &[String], env: &[String]) -> Result<ResolvedProcess, String> {
+/// The image's `USER` is resolved against its own `accounts` (names allowed).
+pub fn resolve_process(
+    defaults: &ImageDefaults,
+    command: &[String],
+    args: &[String],
+    env: &[String],
+    accounts: &ImageAccounts,
+) -> Result<ResolvedProcess, String> {
     let argv: Vec<String> = match (command.is_empty(), args.is_empty()) {
         (true, true) => defaults.entrypoint.iter().chain(&defaults.cmd).cloned().collect(),
         (true, false) => defaults.entrypoint.iter().chain(args).cloned().collect(),
@@ -53,25 +62,8 @@ pub fn resolve_process(defaults: &ImageDefaults, command: &[String], args: &[Str
         merged.retain(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) != name);
         merged.push(entry.clone());
     }
-    let user = defaults.user.as_deref().map(parse_user).transpose()?.flatten();
+    let user = defaults.user.as_deref().map(|user| resolve_user(user, accounts)).transpose()?.flatten();
     Ok(ResolvedProcess { args: argv, env: merged, cwd: defaults.working_dir.clone(), user })
-}
-
-/// `uid`, `uid:gid` or `root`; user names need the image's /etc/passwd and are refused.
-fn parse_user(user: &str) -> Result<Option<(u32, u32)>, String> {
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    if (u == "root" || u == "0") && (g.is_empty() || g == "0" || g == "root") {
-        return Ok(None);
-    }
-    let uid = if u == "root" { 0 } else { u.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric users (uid[:gid]) are supported"))? };
-    let gid = if g.is_empty() {
-        uid
-    } else if g == "root" {
-        0
-    } else {
-        g.parse::<u32>().map_err(|_| format!("image user {user:?}: only numeric groups are supported"))?
-    };
-    Ok(Some((uid, gid)))
 }
 
 #[cfg(test)]
@@ -92,12 +84,12 @@ mod tests {
             (&["/bin/sh"], &["-c", "x"], &["/bin/sh", "-c", "x"]),
         ];
         for (command, args, want) in table {
-            let got = resolve_process(&image, &v(command), &v(args), &[]).expect("resolves");
+            let got = resolve_process(&image, &v(command), &v(args), &[], &ImageAccounts::default()).expect("resolves");
             assert_eq!(got.args, v(want), "command {command:?} args {args:?}");
         }
         let empty = ImageDefaults::default();
-        assert!(resolve_process(&empty, &[], &[], &[]).is_err());
-        assert_eq!(resolve_process(&empty, &[], &v(&["true"]), &[]).map(|p| p.args), Ok(v(&["true"])));
+        assert!(resolve_process(&empty, &[], &[], &[], &ImageAccounts::default()).is_err());
+        assert_eq!(resolve_process(&empty, &[], &v(&["true"]), &[], &ImageAccounts::default()).map(|p| p.args), Ok(v(&["true"])));
     }
 
     #[test]
@@ -109,12 +101,13 @@ mod tests {
             user: Some("1000:100".into()),
             ..Default::default()
         };
-        let got = resolve_process(&image, &[], &[], &v(&["A=2", "B=3"])).expect("resolves");
+        let got = resolve_process(&image, &[], &[], &v(&["A=2", "B=3"]), &ImageAccounts::default()).expect("resolves");
         assert_eq!(got.env, v(&["PATH=/bin", "A=2", "B=3"]));
         assert_eq!(got.cwd.as_deref(), Some("/srv"));
         assert_eq!(got.user, Some((1000, 100)));
-        for (user, want) in [("root", Ok(None)), ("0:0", Ok(None)), ("33", Ok(Some((33, 33)))), ("www-data", Err(()))] {
-            assert_eq!(parse_user(user).map_err(|_| ()), want, "{user}");
-        }
+        let named = ImageDefaults { user: Some("www-data".into()), ..image.clone() };
+        assert!(resolve_process(&named, &[], &[], &[], &ImageAccounts::default()).is_err(), "a name the image does not know");
+        let accounts = ImageAccounts { passwd: "www-data:x:33:33::/var/www:/bin/false\n".into(), group: String::new() };
+        assert_eq!(resolve_process(&named, &[], &[], &[], &accounts).map(|p| p.user), Ok(Some((33, 33))));
     }
 }

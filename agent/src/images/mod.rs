@@ -1,6 +1,6 @@
 //! Images: references, a content-addressed store with verified blobs and layers
 //! unpacked once, pulls from OCI layouts, archives and registries, and the run
-//! defaults an image carries.
+//! defaults an image carries (its `USER` by name from its own accounts).
 
 mod defaults;
 mod digest;
@@ -8,6 +8,7 @@ mod error;
 mod source;
 mod store;
 mod unpack;
+mod users;
 
 pub use defaults::{resolve_process, ImageDefaults, ResolvedProcess};
 pub use digest::Digest;
@@ -15,3 +16,4 @@ pub use error::ImageError;
 pub use source::is_plain_http;
 pub use store::{ImageRecord, ImageStore, PruneReport, PullReport};
 pub use unpack::{unpack_layer, UnpackStats};
+pub use users::{resolve_user, ImageAccounts};

@@ -4,8 +4,11 @@
 //! the layer directories as lowerdirs gives the image's tree.
 //!
 //! Layers are untrusted: an entry whose path leaves the root (`..`), that would be
-//! written through a symlink, a hard link to outside the layer, and device nodes are
-//! rejected with the entry named. Symlink targets are stored as they are: they are
+//! written through a symlink or a hard link to outside the layer is rejected with the
+//! entry named. Device nodes and FIFOs, which images built from root filesystems carry
+//! (`dev/console`, `dev/null`…), are skipped with a debug line, as containerd does for
+//! devices it may not create: a container gets its own `/dev`, and nothing an image
+//! ships can be a device on the node. Symlink targets are stored as they are: they are
 //! resolved inside the container's root, and unpacking never follows them.
 #![allow(unsafe_code)]
 
@@ -28,6 +31,8 @@ pub struct UnpackStats {
     pub entries: usize,
     pub whiteouts: usize,
     pub opaque_dirs: usize,
+    /// Device nodes and FIFOs left out.
+    pub skipped: usize,
 }
 
 /// Unpacks the layer read from `reader` into `dest` (an empty directory). `digest`
@@ -77,7 +82,10 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
         }
         let target = parent.join(&name);
         match entry.header().entry_type() {
-            EntryType::Char | EntryType::Block => return Err(unsafe_entry("device nodes are not allowed in image layers")),
+            kind @ (EntryType::Char | EntryType::Block | EntryType::Fifo) => {
+                tracing::debug!(layer = digest, entry = %raw_path.display(), ?kind, "skipping a device node or FIFO");
+                stats.skipped += 1;
+            }
             EntryType::Link => {
                 let link = entry
                     .link_name()
@@ -104,7 +112,7 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
                 }
                 entry.unpack(&target).map_err(|e| unsafe_entry(&format!("cannot create: {e}")))?;
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::Symlink | EntryType::Fifo => {
+            EntryType::Regular | EntryType::Continuous | EntryType::Symlink => {
                 if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
                     remove_any(&target);
                 }

@@ -28,7 +28,7 @@ use super::convert::{confinement_of, limits_of};
 use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State};
 use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
-use crate::images::resolve_process;
+use crate::images::{resolve_process, ImageAccounts};
 use crate::runtime::exec::ExecRequest;
 use crate::runtime::{container_env, now_unix_ms, BindMount, ContainerExit, ContainerSpec, Stdio};
 
@@ -298,7 +298,8 @@ impl Supervisor {
         };
         let layers = images.layers(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
         let env: Vec<String> = spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
-        let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env).map_err(|e| format!("image {}: {e}", spec.image))?;
+        let accounts = ImageAccounts::read(&layers);
+        let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
         let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
         let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
         let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;

@@ -13,6 +13,8 @@ pub enum Entry {
     Symlink(&'static str, &'static str),
     HardLink(&'static str, &'static str),
     CharDevice(&'static str),
+    BlockDevice(&'static str),
+    Fifo(&'static str),
     /// A regular file whose header path is written byte for byte, unchecked.
     RawPath(&'static str, &'static [u8]),
 }
@@ -60,6 +62,16 @@ pub fn layer(entries: &[Entry]) -> Vec<u8> {
                 h.set_device_minor(3).expect("minor");
                 builder.append_data(&mut h, path, std::io::empty()).expect("char device");
             }
+            Entry::BlockDevice(path) => {
+                let mut h = header(tar::EntryType::Block, 0, 0o660);
+                h.set_device_major(8).expect("major");
+                h.set_device_minor(0).expect("minor");
+                builder.append_data(&mut h, path, std::io::empty()).expect("block device");
+            }
+            Entry::Fifo(path) => {
+                let mut h = header(tar::EntryType::Fifo, 0, 0o644);
+                builder.append_data(&mut h, path, std::io::empty()).expect("fifo");
+            }
             Entry::RawPath(path, data) => {
                 let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
                 let bytes = path.as_bytes();
@@ -103,6 +115,11 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
 /// Writes an OCI image layout at `dir` with `layers` (bottom first) and `cmd`,
 /// tagged `tag`. Returns the manifest digest.
 pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> String {
+    write_layout_as(dir, tag, layers, cmd, None)
+}
+
+/// [`write_layout`] with the image's `USER` set to `user`.
+pub fn write_layout_as(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str], user: Option<&str>) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
     let gzipped = |l: &[u8]| l.starts_with(&[0x1f, 0x8b]);
     let mut layer_descriptors = Vec::new();
@@ -124,7 +141,7 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> 
         .collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/"},
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/", "User": user.unwrap_or_default()},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
     let (config_digest, config_size) = put_blob(dir, config.to_string().as_bytes());
