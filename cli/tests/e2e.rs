@@ -137,6 +137,19 @@ fn answered_during_kill(address: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// When a killed container's init (host PID `pid`) is a zombie or gone: the kernel has
+/// then ended every process of its PID namespace, so none holds a socket any more.
+fn wait_until_dead(pid: i32) -> Instant {
+    for _ in 0..5000 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()));
+        if matches!(state, None | Some('Z' | 'X')) {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("host PID {pid} still runs 5 s after kill -9");
+}
+
 /// One request of a load stream: when it ran and how it went.
 struct TimedRequest {
     what: String,
@@ -205,9 +218,10 @@ fn three_nodes_end_to_end() {
 
     // kill -9 a replica while requests flow through the node ports and, from inside
     // node1 (a thread that entered its network namespace), through the VIP: replaced,
-    // and no request lost. The one request a stream may have in flight on the killed
-    // process at the instant of the kill dies with it (no L4 balancer can answer it);
-    // every request that began after the kill is answered.
+    // and no request lost. A request a stream has on the killed process while it dies
+    // (from the kill until the container's init is a zombie: its namespace's processes,
+    // and so their sockets, are gone) dies with it — no L4 balancer can answer it —;
+    // every request that began after that is answered.
     let victim = replicas[0].clone();
     let pid = victim["hostPid"].as_i64().expect("pid");
     let services: serde_json::Value = serde_json::from_str(&lab.ok(&["get", "services", "-o", "json"])).expect("json");
@@ -227,12 +241,12 @@ fn three_nodes_end_to_end() {
     std::thread::sleep(Duration::from_millis(300));
     let killing = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
-    let killed = Instant::now();
+    let dead = wait_until_dead(i32::try_from(pid).expect("pid"));
     let name = victim["name"].as_str().expect("name").to_owned();
     lab.wait("the killed replica back", |r| all_running(3)(r) && r.iter().any(|x| x["name"] == name.as_str() && x["restarts"] == 1));
     let mut requests = flow.join().expect("load thread");
     requests.extend(through_vip.join().expect("VIP load thread"));
-    let in_flight_at_the_kill = |r: &TimedRequest| r.began <= killed && r.ended >= killing;
+    let in_flight_at_the_kill = |r: &TimedRequest| r.began <= dead && r.ended >= killing;
     let lost: Vec<String> = requests.iter().filter(|r| r.outcome.is_err() && !in_flight_at_the_kill(r)).map(TimedRequest::describe).collect();
     assert!(lost.is_empty(), "requests lost while a replica was replaced: {lost:?}\n{}", lab.logs());
     let answered = requests.iter().filter(|r| r.outcome.is_ok()).count();
