@@ -275,7 +275,6 @@ pub struct FakePodNetwork {
 #[derive(Default)]
 struct NetworkState {
     addresses: BTreeMap<String, Ipv4Addr>,
-    attached: BTreeSet<String>,
     services: Vec<ServiceEndpoints>,
     routes: Vec<PeerRoute>,
     torn_down: bool,
@@ -303,12 +302,12 @@ impl FakePodNetwork {
 #[async_trait]
 impl ContainerNetwork for FakePodNetwork {
     async fn attach(&self, container: &str, _pid: i32) -> Result<(), String> {
-        let mut state = lock(&self.state);
-        if !state.addresses.contains_key(container) {
-            return Err(format!("{container} has no address"));
+        // As the real network: a container is wired only with the address it was prepared with.
+        if lock(&self.state).addresses.contains_key(container) {
+            Ok(())
+        } else {
+            Err(format!("{container} has no address"))
         }
-        state.attached.insert(container.to_owned());
-        Ok(())
     }
 }
 
@@ -327,9 +326,7 @@ impl PodNetwork for FakePodNetwork {
     }
 
     async fn detach(&self, replica: &str) -> Result<(), BackendError> {
-        let mut state = lock(&self.state);
-        state.addresses.remove(replica);
-        state.attached.remove(replica);
+        lock(&self.state).addresses.remove(replica);
         Ok(())
     }
 

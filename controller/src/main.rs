@@ -139,7 +139,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             "no --tls-dir: the controller serves mutual TLS only (orch-controller --tls-dir DIR init makes the certificates); --insecure-listen 127.0.0.1:PORT serves plain text on loopback for tests"
         ),
     };
-    let (service_network, service_prefix) = (args.service_cidr.network(), args.service_cidr.prefix());
     let cluster_network = args.cluster_cidr.network();
     anyhow::ensure!(args.leader_lease >= Duration::from_secs(2), "--leader-lease: must be at least 2s (etcd's minimum lease)");
     anyhow::ensure!(args.node_lease >= Duration::from_secs(2), "--node-lease: must be at least 2s (etcd's minimum lease)");
@@ -158,8 +157,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut controller = Controller::start(
         store,
         ControllerConfig {
-            service_network,
-            service_prefix,
+            service_range: args.service_cidr,
             cluster_network,
             node_lease: args.node_lease,
             node_grace: args.node_grace,

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orch_api::cidr::{Ipv4Cidr, DEFAULT_SERVICE_RANGE};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -21,8 +22,7 @@ use crate::store::{Revision, Store};
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     /// The service VIP range.
-    pub service_network: Ipv4Addr,
-    pub service_prefix: u8,
+    pub service_range: Ipv4Cidr,
     /// The cluster pod network, a /16: node n gets its n-th /24.
     pub cluster_network: Ipv4Addr,
     /// A node whose heartbeats stop for this long is NotReady.
@@ -54,18 +54,10 @@ impl ControllerTls {
     }
 }
 
-impl ControllerConfig {
-    /// The service range; the network and prefix were checked when parsed.
-    pub fn service_cidr(&self) -> Result<orch_api::cidr::Ipv4Cidr, orch_api::cidr::CidrError> {
-        orch_api::cidr::Ipv4Cidr::new(self.service_network, self.service_prefix)
-    }
-}
-
 impl Default for ControllerConfig {
     fn default() -> ControllerConfig {
         ControllerConfig {
-            service_network: Ipv4Addr::new(10, 96, 0, 0),
-            service_prefix: 16,
+            service_range: DEFAULT_SERVICE_RANGE,
             cluster_network: Ipv4Addr::new(10, 88, 0, 0),
             node_lease: Duration::from_secs(5),
             node_grace: Duration::from_secs(5),
@@ -114,14 +106,14 @@ impl Controller {
             settled_sender,
         ));
         let (stopping, sessions_stop) = watch::channel(());
-        let mut api = ServiceApi::new(Arc::clone(&store), config.service_network, config.service_prefix);
+        let mut api = ServiceApi::new(Arc::clone(&store), config.service_range);
         if let Some(tls) = &config.tls {
             api = api.with_node_tls(tls.nodes.clone());
         }
         let nodes = NodesRpc::new(
             NodeRegistry::new(Arc::clone(&store), config.cluster_network, config.node_lease),
             Arc::clone(&store),
-            config.service_cidr(),
+            config.service_range,
             watcher.subscribe(),
             events,
             sessions_stop,

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
-
 use orch_api::pb;
 use orch_controller::api::services::{spec_hash, ApplyOutcome};
 use orch_controller::api::{ApiError, ServiceApi};
@@ -18,7 +16,7 @@ fn source(text: &str) -> Vec<(String, String)> {
 }
 
 fn service_api(store: &common::TestStore) -> ServiceApi {
-    ServiceApi::new(store.store.clone(), Ipv4Addr::new(10, 96, 0, 0), 16)
+    ServiceApi::new(store.store.clone(), orch_api::cidr::DEFAULT_SERVICE_RANGE)
 }
 
 async fn apply_reapply_configure_and_vips(api: ServiceApi) {

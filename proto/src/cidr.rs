@@ -55,6 +55,9 @@ impl Ipv4Cidr {
     }
 }
 
+/// The service range when none is given: 10.96.0.0/16, as Kubernetes'.
+pub const DEFAULT_SERVICE_RANGE: Ipv4Cidr = Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix: 16 };
+
 /// The service VIP range a cluster takes (`--service-cidr`): /8 to /28.
 pub fn parse_service_range(text: &str) -> Result<Ipv4Cidr, CidrError> {
     Ipv4Cidr::parse_with_prefix(text, 8, 28)
@@ -151,6 +154,7 @@ mod tests {
         assert_eq!(parse_cluster_network("10.88.0.0/16").map(|c| c.prefix()), Ok(16));
         assert_eq!(parse_cluster_network("10.88.0.0/24").map_err(|e| e.to_string()), Err("\"10.88.0.0/24\": the prefix must be /16".to_owned()));
         assert!(parse_service_range("10.96.0.0/30").is_err());
+        assert_eq!(parse_service_range("10.96.0.0/16"), Ok(DEFAULT_SERVICE_RANGE), "the flags' default text");
         let wire = crate::pb::Ipv4Cidr::from(cidr);
         assert_eq!((wire.network, wire.prefix), (0x0a58_0100, 24));
         assert_eq!(Ipv4Cidr::try_from(&wire), Ok(cidr), "there and back");

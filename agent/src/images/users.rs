@@ -3,7 +3,7 @@
 //! image, never on the node. Parsing is pure; [`ImageAccounts::read`] finds the files
 //! in the unpacked layers (the topmost layer that has them, a whiteout hiding them).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The image's `/etc/passwd` and `/etc/group` (empty when it has none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,7 +52,7 @@ fn layered_file(layers: &[PathBuf], relative: &str) -> Option<String> {
             return None;
         }
         if meta.is_file() {
-            return std::fs::read_to_string(Path::new(&path)).ok();
+            return std::fs::read_to_string(&path).ok();
         }
         return None;
     }

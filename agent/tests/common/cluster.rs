@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orch_api::cidr::Ipv4Cidr;
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use orch_controller::server::{Controller, ControllerConfig};
@@ -50,15 +51,14 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let config = ControllerConfig {
-            service_network: Ipv4Addr::new(10, 231, 10 + k, 0),
-            service_prefix: 24,
+            service_range: Ipv4Cidr::new(Ipv4Addr::new(10, 231, 10 + k, 0), 24).expect("the test's service range"),
             cluster_network: Ipv4Addr::new(10, 220 + k, 0, 0),
             node_lease: Duration::from_secs(3),
             node_grace: Duration::from_secs(3),
             leader_lease: Duration::from_secs(2),
             ..ControllerConfig::default()
         };
-        let service_cidr = config.service_cidr().expect("the test's service range").to_string();
+        let service_cidr = config.service_range.to_string();
         let controller = Controller::start(Arc::clone(&store), config, listener);
         let api = ApiClient::new(Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy());
         let mut cluster = Cluster {

@@ -65,7 +65,6 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
-    let (service_network, service_prefix) = (args.service_cidr.network(), args.service_cidr.prefix());
     let cluster_network = args.cluster_cidr.network();
     let name = args
         .name
@@ -107,7 +106,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     let tls = tls_dir.map(|dir| ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))).transpose()?;
     let controller = Controller::start(
         Arc::new(store),
-        ControllerConfig { service_network, service_prefix, cluster_network, identity: "orch-up".into(), tls, ..ControllerConfig::default() },
+        ControllerConfig { service_range: args.service_cidr, cluster_network, identity: "orch-up".into(), tls, ..ControllerConfig::default() },
         listener,
     );
     let store_path = args.state_dir.join("controller.redb");

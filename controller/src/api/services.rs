@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use orch_api::cidr::Ipv4Cidr;
 use orch_api::manifest::{check_unique_names, load_services, MAX_REPLICAS};
 use orch_api::pb;
 use prost::Message;
@@ -57,15 +58,14 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
 #[derive(Clone)]
 pub struct ServiceApi {
     store: Arc<dyn Store>,
-    service_network: Ipv4Addr,
-    service_prefix: u8,
+    service_range: Ipv4Cidr,
     /// How to call the agents' node API (mutual TLS), plain text when unset.
     pub(crate) node_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ServiceApi {
-    pub fn new(store: Arc<dyn Store>, service_network: Ipv4Addr, service_prefix: u8) -> ServiceApi {
-        ServiceApi { store, service_network, service_prefix, node_tls: None }
+    pub fn new(store: Arc<dyn Store>, service_range: Ipv4Cidr) -> ServiceApi {
+        ServiceApi { store, service_range, node_tls: None }
     }
 
     pub fn with_node_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> ServiceApi {
@@ -138,8 +138,8 @@ impl ServiceApi {
     async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
         let attempt = || async {
             let used: BTreeSet<Ipv4Addr> = self.store.list(keys::VIPS).await?.items.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
-            let Some(vip) = next_free_vip(self.service_network, self.service_prefix, &used) else {
-                return Err(ApiError::VipsExhausted(format!("{}/{}", self.service_network, self.service_prefix)));
+            let Some(vip) = next_free_vip(self.service_range.network(), self.service_range.prefix(), &used) else {
+                return Err(ApiError::VipsExhausted(self.service_range.to_string()));
             };
             self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await?;
             Ok::<_, ApiError>(vip)

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use orch_api::cidr::{CidrError, Ipv4Cidr};
+use orch_api::cidr::Ipv4Cidr;
 use orch_api::events::EventKind;
 use orch_api::pb;
 use orch_api::pb::nodes_server::Nodes;
@@ -23,8 +23,7 @@ use crate::store::{LeaseId, Store};
 pub struct NodesRpc {
     registry: NodeRegistry,
     store: Arc<dyn Store>,
-    /// Checked when the flag was parsed; an error here is the embedder's.
-    service_range: Result<Ipv4Cidr, CidrError>,
+    service_range: Ipv4Cidr,
     state: watch::Receiver<Arc<ClusterState>>,
     events: EventLog,
     /// Each registered node's liveness lease.
@@ -38,7 +37,7 @@ impl NodesRpc {
     pub fn new(
         registry: NodeRegistry,
         store: Arc<dyn Store>,
-        service_range: Result<Ipv4Cidr, CidrError>,
+        service_range: Ipv4Cidr,
         state: watch::Receiver<Arc<ClusterState>>,
         events: EventLog,
         stopping: watch::Receiver<()>,
@@ -84,7 +83,7 @@ impl Nodes for NodesRpc {
         let (node, lease) = self.registry.register(info).await.map_err(status)?;
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
         self.events.emit(EventKind::Registered, format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
-        let service_range = self.service_range.clone().map_err(|e| Status::internal(format!("the controller's service range: {e}")))?;
+        let service_range = self.service_range;
         Ok(Response::new(pb::RegisterResponse {
             pod_cidr: node.pod_cidr,
             service_cidr: service_range.to_string(),
