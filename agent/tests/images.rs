@@ -13,6 +13,7 @@ use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::images::{resolve_process, ImageAccounts, ImageError, ImageStore};
+use orch_agent::runtime::exec::ExecRequest;
 use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 fn store(sandbox: &Sandbox) -> ImageStore {
@@ -233,7 +234,8 @@ async fn device_nodes_and_fifos_in_a_layer_are_skipped() {
 }
 
 /// `USER app` and `USER app:web` from the image's own /etc/passwd and /etc/group, as
-/// official images name their users.
+/// official images name their users: the ids, and the supplementary groups that list
+/// the user (none with an explicit group), for the command and for an exec alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_image_user_runs_as_the_image_says() {
     let sandbox = Sandbox::new("img-user");
@@ -241,17 +243,59 @@ async fn a_named_image_user_runs_as_the_image_says() {
     let accounts = || {
         oci::layer(&[
             Entry::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n"),
-            Entry::File("etc/group", b"root:x:0:\napp:x:2345:\nweb:x:3456:app\n"),
+            Entry::File("etc/group", b"root:x:0:\napp:x:2345:\nweb:x:3456:app\nops:x:4567:other,app\nelse:x:5678:other\n"),
         ])
     };
-    for (tag, user, ids) in [("named", "app", "1234 2345"), ("grouped", "app:web", "1234 3456")] {
+    let ids = "printf '%s %s %s' $(id -u) $(id -g) \"$(id -G)\"";
+    for (tag, user, want) in
+        [("named", "app", "1234 2345 2345 3456 4567"), ("grouped", "app:web", "1234 3456 3456"), ("numeric", "1234", "1234 2345 2345 3456 4567")]
+    {
         let layout = sandbox.root.path().join(tag);
         oci::write_layout_as(&layout, "v1", &[oci::busybox_layer(), accounts()], &["true"], Some(user));
         let reference = format!("oci:{}:v1", layout.display());
         images.pull(&reference).await.expect("pull");
-        let (code, output) = run_in_image(&sandbox, &images, &reference, tag, "printf '%s %s' $(id -u) $(id -g)").await;
-        assert_eq!((code, output.as_str()), (0, ids), "USER {user}");
+        let (code, output) = run_in_image(&sandbox, &images, &reference, tag, ids).await;
+        assert_eq!((code, output.as_str()), (0, want), "USER {user}");
     }
+
+    // An exec into the container runs as its user too, groups included.
+    let reference = format!("oci:{}:v1", sandbox.root.path().join("named").display());
+    let record = images.get(&reference).expect("pulled");
+    let layers = images.lower_dirs(&record).expect("layers");
+    let process = resolve_process(&record.defaults, &[], &["sleep".into(), "1000".into()], &[], &ImageAccounts::read(&layers)).expect("process");
+    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+        .expect("runtime");
+    let spec = ContainerSpec {
+        id: "user-exec".into(),
+        layers,
+        hostname: None,
+        args: process.args,
+        env: process.env,
+        cwd: process.cwd,
+        limits: Limits::default(),
+        stdio: Stdio::LogFile(sandbox.root.path().join("user-exec.log")),
+        user_namespace: None,
+        user: process.user,
+        image: Some(record.manifest_digest.clone()),
+        mounts: vec![],
+        security: Security::default(),
+    };
+    let container = runtime.start(&spec).await.expect("start");
+    let exec = ExecRequest {
+        pid: container.host_pid(),
+        cgroups: container.cgroup_paths().iter().map(|p| p.display().to_string()).collect(),
+        user: spec.user.clone(),
+        capabilities: spec.security.capabilities.clone(),
+        seccomp: spec.security.seccomp,
+        env: spec.env.clone(),
+        command: vec!["sh".into(), "-c".into(), ids.into()],
+        ..ExecRequest::default()
+    };
+    let output = exec.helper_command(std::path::Path::new(AGENT)).output().await.expect("run the exec helper");
+    container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
+    container.remove().await.expect("remove");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "1234 2345 2345 3456 4567", "exec: {}", String::from_utf8_lossy(&output.stderr));
+
     let layout = sandbox.root.path().join("unknown");
     oci::write_layout_as(&layout, "v1", &[oci::busybox_layer(), accounts()], &["true"], Some("nobody"));
     let reference = format!("oci:{}:v1", layout.display());

@@ -15,7 +15,7 @@ use orch_agent::images::{resolve_process, ImageAccounts, ImageStore};
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
 use orch_agent::runtime::BindMount;
 use orch_agent::runtime::{
-    capability_set, ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, SeccompProfile, Security, Stdio, CODE_RUNTIME, DEFAULT_ID_RANGE,
+    capability_set, ContainerSpec, IdRange, Runtime, RuntimeConfig, RuntimeError, SeccompProfile, Security, Stdio, User, CODE_RUNTIME, DEFAULT_ID_RANGE,
 };
 use orch_agent::StateDir;
 
@@ -166,10 +166,10 @@ fn security(args: &RunArgs) -> Result<Security, RuntimeError> {
     Ok(Security { capabilities, seccomp, read_only_root: args.read_only })
 }
 
-fn user(text: &str) -> Result<(u32, u32), RuntimeError> {
+fn user(text: &str) -> Result<User, RuntimeError> {
     let (uid, gid) = text.split_once(':').ok_or_else(|| bad_flag("user", format!("{text:?} is not UID:GID")))?;
     let id = |part: &str| part.parse::<u32>().map_err(|_| bad_flag("user", format!("{part:?} in {text:?} is not a numeric id")));
-    Ok((id(uid)?, id(gid)?))
+    Ok(User::ids(id(uid)?, id(gid)?))
 }
 
 async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
@@ -293,7 +293,7 @@ struct Process {
     args: Vec<String>,
     env: Vec<String>,
     cwd: Option<String>,
-    user: Option<(u32, u32)>,
+    user: Option<User>,
     image: Option<String>,
 }
 

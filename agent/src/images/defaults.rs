@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::users::{resolve_user, ImageAccounts};
+use crate::runtime::User;
 
 /// The run defaults from an image's config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +35,8 @@ pub struct ResolvedProcess {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: Option<String>,
-    /// Numeric uid and gid; `None` runs as root.
-    pub user: Option<(u32, u32)>,
+    /// Numeric ids and supplementary groups; `None` runs as root.
+    pub user: Option<User>,
 }
 
 /// Kubernetes' rules: `command` replaces the image's Entrypoint, `args` its Cmd; with a
@@ -104,10 +105,10 @@ mod tests {
         let got = resolve_process(&image, &[], &[], &v(&["A=2", "B=3"]), &ImageAccounts::default()).expect("resolves");
         assert_eq!(got.env, v(&["PATH=/bin", "A=2", "B=3"]));
         assert_eq!(got.cwd.as_deref(), Some("/srv"));
-        assert_eq!(got.user, Some((1000, 100)));
+        assert_eq!(got.user, Some(User::ids(1000, 100)));
         let named = ImageDefaults { user: Some("www-data".into()), ..image.clone() };
         assert!(resolve_process(&named, &[], &[], &[], &ImageAccounts::default()).is_err(), "a name the image does not know");
         let accounts = ImageAccounts { passwd: "www-data:x:33:33::/var/www:/bin/false\n".into(), group: String::new() };
-        assert_eq!(resolve_process(&named, &[], &[], &[], &accounts).map(|p| p.user), Ok(Some((33, 33))));
+        assert_eq!(resolve_process(&named, &[], &[], &[], &accounts).map(|p| p.user), Ok(Some(User::ids(33, 33))));
     }
 }

@@ -6,25 +6,31 @@ use orch_api::pb;
 
 use crate::cgroups::Limits;
 use crate::net::{PeerRoute, PortMapping, Protocol, ServiceEndpoints};
-use crate::runtime::{capability_set, IdRange, SeccompProfile, Security, DEFAULT_ID_RANGE};
+use crate::runtime::{capability_set, IdRange, SeccompProfile, Security, User, DEFAULT_ID_RANGE};
 
 /// What a securityContext asks of the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confinement {
-    pub user: Option<(u32, u32)>,
+    pub user: Option<User>,
     pub user_namespace: Option<IdRange>,
     pub security: Security,
 }
 
 /// The runtime's view of a (validated) securityContext over the image's user:
 /// `runAsUser` and `runAsGroup` replace the image's uid and gid one by one (an unset gid
-/// is the image's, else root's), capabilities are added to and dropped from Docker's
+/// is the image's, else root's; the image user's supplementary groups stay only while
+/// the uid is the image's), capabilities are added to and dropped from Docker's
 /// default set, and `userNamespace` maps the container's ids to the node's range.
-pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<(u32, u32)>) -> Result<Confinement, String> {
+pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<User>) -> Result<Confinement, String> {
     let Some(context) = context else { return Ok(Confinement { user: image_user, user_namespace: None, security: Security::default() }) };
     let user = match (context.run_as_user, context.run_as_group) {
         (None, None) => image_user,
-        (uid, gid) => Some((uid.or(image_user.map(|u| u.0)).unwrap_or(0), gid.or(image_user.map(|u| u.1)).unwrap_or(0))),
+        (uid, gid) => {
+            let image = image_user.unwrap_or(User::ids(0, 0));
+            let uid = uid.unwrap_or(image.uid);
+            let groups = if uid == image.uid { image.groups } else { Vec::new() };
+            Some(User { uid, gid: gid.unwrap_or(image.gid), groups })
+        }
     };
     let seccomp = match context.seccomp_profile() {
         pb::SeccompProfileType::RuntimeDefault => SeccompProfile::RuntimeDefault,
@@ -140,17 +146,21 @@ mod tests {
 
     #[test]
     fn a_security_context_over_the_image_user() {
-        assert_eq!(confinement_of(None, Some((5, 6))), Ok(Confinement { user: Some((5, 6)), user_namespace: None, security: Security::default() }));
+        let image = Some(User { uid: 5, gid: 6, groups: vec![7] });
+        assert_eq!(confinement_of(None, image.clone()), Ok(Confinement { user: image.clone(), user_namespace: None, security: Security::default() }));
         let context = |uid: Option<u32>, gid: Option<u32>| pb::SecurityContext { run_as_user: uid, run_as_group: gid, ..Default::default() };
+        let user = |uid, gid, groups: &[u32]| Some(User { uid, gid, groups: groups.to_vec() });
         let cases = [
-            (context(None, None), Some((5, 6)), Some((5, 6))),
-            (context(Some(1000), None), Some((5, 6)), Some((1000, 6))),
-            (context(Some(1000), None), None, Some((1000, 0))),
-            (context(None, Some(2000)), None, Some((0, 2000))),
-            (context(Some(1), Some(2)), Some((5, 6)), Some((1, 2))),
+            (context(None, None), image.clone(), image.clone()),
+            (context(Some(1000), None), image.clone(), user(1000, 6, &[])),
+            (context(Some(5), None), image.clone(), user(5, 6, &[7])),
+            (context(None, Some(8)), image.clone(), user(5, 8, &[7])),
+            (context(Some(1000), None), None, user(1000, 0, &[])),
+            (context(None, Some(2000)), None, user(0, 2000, &[])),
+            (context(Some(1), Some(2)), image.clone(), user(1, 2, &[])),
         ];
         for (context, image, user) in cases {
-            assert_eq!(confinement_of(Some(&context), image).map(|c| c.user), Ok(user), "{context:?} over {image:?}");
+            assert_eq!(confinement_of(Some(&context), image.clone()).map(|c| c.user), Ok(user), "{context:?} over {image:?}");
         }
         let strict = pb::SecurityContext {
             read_only_root_filesystem: true,

@@ -342,7 +342,7 @@ impl Supervisor {
         let exec = ExecRequest {
             pid: host_pid,
             cgroups: container.cgroup_paths().iter().map(|p| p.display().to_string()).collect(),
-            user: prepared.spec.user,
+            user: prepared.spec.user.clone(),
             capabilities: prepared.spec.security.capabilities.clone(),
             seccomp: prepared.spec.security.seccomp,
             env: container_env(&prepared.spec.env, &self.record.id),

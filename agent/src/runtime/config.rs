@@ -35,14 +35,46 @@ pub struct ContainerSpec {
     pub stdio: Stdio,
     /// Run in a user namespace: root inside is `host_id` outside.
     pub user_namespace: Option<IdRange>,
-    /// Numeric uid and gid the command runs as; root when unset.
-    pub user: Option<(u32, u32)>,
+    /// Who the command runs as; root (with no supplementary groups) when unset.
+    pub user: Option<User>,
     /// The image's manifest digest, recorded so image pruning keeps it.
     pub image: Option<String>,
     /// Host files bind-mounted into the container (resolv.conf, hosts, …).
     pub mounts: Vec<BindMount>,
     /// What its processes may do: capabilities, seccomp filter, read-only root.
     pub security: Security,
+}
+
+/// Who a container's command runs as: numeric ids, resolved from the image's names
+/// before the container starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub uid: u32,
+    /// The primary group (the real, effective and saved gid).
+    pub gid: u32,
+    /// Supplementary groups besides `gid`: those the image's /etc/group lists the user
+    /// in (as runc and Docker set them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
+}
+
+impl User {
+    /// A user with no supplementary groups.
+    pub fn ids(uid: u32, gid: u32) -> User {
+        User { uid, gid, groups: Vec::new() }
+    }
+
+    /// The process's group list for setgroups(2): the primary group first, then the
+    /// supplementary ones, each once.
+    pub fn group_list(&self) -> Vec<u32> {
+        let mut list = vec![self.gid];
+        for gid in &self.groups {
+            if !list.contains(gid) {
+                list.push(*gid);
+            }
+        }
+        list
+    }
 }
 
 /// What a container's processes may do. The default is Docker's: its default
@@ -152,8 +184,8 @@ pub struct InitConfig {
     pub exit_status_path: PathBuf,
     /// Create a user namespace (the agent writes its maps and idmaps `layers`).
     pub user_namespace: bool,
-    /// uid and gid of the command; root when unset.
-    pub user: Option<(u32, u32)>,
+    /// Who the command runs as; root when unset.
+    pub user: Option<User>,
     pub mounts: Vec<BindMount>,
 }
 

@@ -181,7 +181,7 @@ impl Runtime {
             security: spec.security.clone(),
             exit_status_path: dirs.exit(),
             user_namespace: spec.user_namespace.is_some(),
-            user: spec.user,
+            user: spec.user.clone(),
             mounts: spec.mounts.clone(),
         };
 

@@ -16,6 +16,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
+use super::config::User;
 use super::seccomp::SeccompProfile;
 use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_PATH};
 
@@ -23,7 +24,7 @@ use super::{CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME, DEFAULT_PATH};
 pub const EXEC_SUBCOMMAND: &str = "__exec";
 
 /// What to run where, as passed on the helper's command line —
-/// `__exec --pid P [--cgroup DIR]… [--user UID:GID] --caps CAP,… --seccomp PROFILE
+/// `__exec --pid P [--cgroup DIR]… [--user UID:GID[:GROUP,…]] --caps CAP,… --seccomp PROFILE
 /// [--cwd DIR] [--tty true] -- CMD…` —
 /// and, for `env`, as the helper's own environment: never on argv, which every host user
 /// reads in `/proc/PID/cmdline`, while `/proc/PID/environ` is the process owner's only.
@@ -32,7 +33,7 @@ pub struct ExecRequest {
     pub pid: i32,
     /// The container's cgroup directories (one per hierarchy).
     pub cgroups: Vec<String>,
-    pub user: Option<(u32, u32)>,
+    pub user: Option<User>,
     /// The container's capabilities and seccomp profile: the command gets the same.
     pub capabilities: Vec<String>,
     pub seccomp: SeccompProfile,
@@ -51,8 +52,10 @@ impl ExecRequest {
         for cgroup in &self.cgroups {
             args.extend(["--cgroup".to_owned(), cgroup.clone()]);
         }
-        if let Some((uid, gid)) = self.user {
-            args.extend(["--user".to_owned(), format!("{uid}:{gid}")]);
+        if let Some(user) = &self.user {
+            let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+            let ids = if groups.is_empty() { format!("{}:{}", user.uid, user.gid) } else { format!("{}:{}:{}", user.uid, user.gid, groups.join(",")) };
+            args.extend(["--user".to_owned(), ids]);
         }
         args.extend(["--caps".to_owned(), self.capabilities.join(",")]);
         let seccomp = match self.seccomp {
@@ -94,12 +97,7 @@ impl ExecRequest {
             match flag.as_str() {
                 "--pid" => request.pid = value.parse().map_err(|_| format!("--pid {value:?}: not a process id"))?,
                 "--cgroup" => request.cgroups.push(value.clone()),
-                "--user" => {
-                    let (uid, gid) = value.split_once(':').ok_or_else(|| format!("--user {value:?}: expected UID:GID"))?;
-                    let uid = uid.parse().map_err(|_| format!("--user {value:?}: bad uid"))?;
-                    let gid = gid.parse().map_err(|_| format!("--user {value:?}: bad gid"))?;
-                    request.user = Some((uid, gid));
-                }
+                "--user" => request.user = Some(parse_user(value)?),
                 "--caps" => request.capabilities = value.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect(),
                 "--seccomp" => {
                     request.seccomp = match value.as_str() {
@@ -275,7 +273,7 @@ fn command_main(request: &ExecRequest) -> ! {
     if let Err(e) = std::env::set_current_dir(cwd) {
         die(&format!("chdir {cwd}: {e}"), CODE_RUNTIME);
     }
-    if let Err(message) = super::init::drop_privileges(&request.capabilities, request.user) {
+    if let Err(message) = super::init::drop_privileges(&request.capabilities, request.user.as_ref()) {
         die(&message, CODE_RUNTIME);
     }
     let program = request.command[0].clone();
@@ -304,6 +302,20 @@ fn command_main(request: &ExecRequest) -> ! {
     die(&format!("exec {resolved}: {error}"), code)
 }
 
+/// `UID:GID[:GROUP,…]`, as [`ExecRequest::to_args`] writes it.
+fn parse_user(value: &str) -> Result<User, String> {
+    let mut parts = value.splitn(3, ':');
+    let mut id = |what: &str| -> Result<u32, String> {
+        parts.next().and_then(|part| part.parse().ok()).ok_or_else(|| format!("--user {value:?}: bad {what} (expected UID:GID[:GROUP,…])"))
+    };
+    let (uid, gid) = (id("uid")?, id("gid")?);
+    let groups = match parts.next() {
+        None => Vec::new(),
+        Some(list) => list.split(',').map(|g| g.parse().map_err(|_| format!("--user {value:?}: bad group {g:?}"))).collect::<Result<_, _>>()?,
+    };
+    Ok(User { uid, gid, groups })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,7 +325,7 @@ mod tests {
         let request = ExecRequest {
             pid: 42,
             cgroups: vec!["/sys/fs/cgroup/memory/orch/web-1".into()],
-            user: Some((1000, 1000)),
+            user: Some(User { uid: 1000, gid: 1000, groups: vec![27, 100] }),
             capabilities: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
             seccomp: SeccompProfile::Unconfined,
             env: vec!["PATH=/bin".into(), "SECRET=b c".into()],
@@ -327,6 +339,11 @@ mod tests {
         let command = request.helper_command(std::path::Path::new("/helper"));
         let envs: Vec<_> = command.as_std().get_envs().map(|(k, v)| (k.to_owned(), v.map(std::ffi::OsStr::to_owned))).collect();
         assert_eq!(envs, vec![("PATH".into(), Some("/bin".into())), ("SECRET".into(), Some("b c".into()))], "it is the helper's environment");
+        let without_groups = ExecRequest { user: Some(User::ids(5, 6)), ..request.clone() };
+        assert_eq!(ExecRequest::parse(&without_groups.to_args()).map(|r| r.user), Ok(without_groups.user));
+        for bad in ["5", "5:x", "5:6:", "5:6:1,y"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
         assert!(ExecRequest::parse(&["--pid".into(), "1".into()]).is_err(), "no command");
         assert!(ExecRequest::parse(&["--pid".into(), "x".into(), "--".into(), "sh".into()]).is_err());
     }

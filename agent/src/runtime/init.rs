@@ -25,7 +25,7 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::config::InitConfig;
+use super::config::{InitConfig, User};
 use super::seccomp::{self, SeccompProfile};
 use super::state::{now_unix_ms, write_json, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
@@ -163,7 +163,7 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     // In a user namespace, mount as its root: overlayfs and the new proc and sysfs are
     // then owned by it, and the command inherits the ids.
     if config.user_namespace {
-        if let Err(e) = switch_user(0, 0) {
+        if let Err(e) = switch_user(&User::ids(0, 0)) {
             fail(&mut sync, &e, CODE_RUNTIME);
         }
     }
@@ -233,7 +233,7 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
         Ok(path) => path,
         Err((message, code)) => fail(&mut sync, &message, code),
     };
-    if let Err(message) = drop_privileges(&config.security.capabilities, config.user) {
+    if let Err(message) = drop_privileges(&config.security.capabilities, config.user.as_ref()) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
@@ -272,15 +272,16 @@ fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
     Err((format!("exec {program}: executable file not found in $PATH ({path})"), CODE_NOT_FOUND))
 }
 
-/// Takes `uid:gid` (supplementary groups: just `gid`). The command runs as its image's
-/// user this way; in a user namespace the init, which starts with the host's unmapped
+/// Takes `user`'s uid, gid and group list (its primary group and supplementary ones).
+/// The command runs as its image's user this way; in a user namespace the init, which starts with the host's unmapped
 /// ids, takes the namespace's root (0:0, mapped to an unprivileged host id). Leaving
 /// uid 0 clears the effective and permitted capabilities, as for any non-root process.
-pub(crate) fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
+pub(crate) fn switch_user(user: &User) -> Result<(), String> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    let gid = Gid::from_raw(gid);
-    let uid = Uid::from_raw(uid);
-    setgroups(&[gid]).map_err(|e| format!("setgroups([{gid}]): {e}"))?;
+    let groups: Vec<Gid> = user.group_list().into_iter().map(Gid::from_raw).collect();
+    let gid = Gid::from_raw(user.gid);
+    let uid = Uid::from_raw(user.uid);
+    setgroups(&groups).map_err(|e| format!("setgroups({:?}): {e}", user.group_list()))?;
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid({gid}): {e}"))?;
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid({uid}): {e}"))
 }
@@ -289,7 +290,7 @@ pub(crate) fn switch_user(uid: u32, gid: u32) -> Result<(), String> {
 /// no_new_privs. The bounding set is cut first (while CAP_SETPCAP is still effective),
 /// then the ids change (while CAP_SETUID and CAP_SETGID are), then the other sets are
 /// cut to `keep`: a non-root user ends with none effective, as for any non-root process.
-pub(crate) fn drop_privileges(keep: &[String], user: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn drop_privileges(keep: &[String], user: Option<&User>) -> Result<(), String> {
     use caps::{CapSet, Capability, CapsHashSet};
     let keep: CapsHashSet = keep.iter().filter_map(|name| name.parse::<Capability>().ok()).collect();
     for cap in caps::all() {
@@ -297,8 +298,8 @@ pub(crate) fn drop_privileges(keep: &[String], user: Option<(u32, u32)>) -> Resu
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
         }
     }
-    if let Some((uid, gid)) = user {
-        switch_user(uid, gid)?;
+    if let Some(user) = user {
+        switch_user(user)?;
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
     let permitted = caps::read(None, CapSet::Permitted).map_err(|e| format!("read the permitted capabilities: {e}"))?;

@@ -17,7 +17,9 @@ pub mod seccomp;
 mod state;
 mod sync;
 
-pub use config::{capability_set, container_env, BindMount, ContainerSpec, IdRange, Security, Stdio, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH};
+pub use config::{
+    capability_set, container_env, BindMount, ContainerSpec, IdRange, Security, Stdio, User, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH,
+};
 pub use container::{Container, ContainerExit, ContainerNetwork, Runtime, RuntimeConfig};
 pub use error::RuntimeError;
 pub use seccomp::SeccompProfile;
