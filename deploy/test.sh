@@ -7,20 +7,23 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/etcd.sh"
+source "$(dirname "$0")/lib/registry.sh"
 require_root "deploy/test.sh"
 require_rust
 
-# What the tests use for real: etcd for the store suite, a registry and skopeo for the
-# image suite, busybox for container root filesystems, protoc for the build, graphviz to
-# check that `orch topology -o dot` is valid DOT.
-TEST_PACKAGES=(etcd-server docker-registry skopeo curl iproute2 busybox-static python3 graphviz)
+# What the tests use for real: etcd for the store suite, registries and skopeo for the
+# image suite (apache2-utils' htpasswd for the one that requires a password), busybox
+# for container root filesystems, protoc for the build, graphviz to check that
+# `orch topology -o dot` is valid DOT.
+TEST_PACKAGES=(etcd-server docker-registry apache2-utils skopeo curl iproute2 busybox-static python3 graphviz)
 install_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""
 registry_pid=""
+auth_registry_pid=""
 cleanup() {
-    for pid in "$etcd_pid" "$registry_pid"; do
+    for pid in "$etcd_pid" "$registry_pid" "$auth_registry_pid"; do
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
@@ -33,31 +36,19 @@ trap cleanup EXIT INT TERM
 start_etcd "$workdir/etcd"
 etcd_pid="$ETCD_PID"
 
-registry_port="$(free_port)"
-step "starting docker-registry on 127.0.0.1:$registry_port"
-mkdir -p "$workdir/registry"
-cat > "$workdir/registry/config.yml" <<YAML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $workdir/registry/storage
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$registry_port
-YAML
-docker-registry serve "$workdir/registry/config.yml" >"$workdir/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null 2>&1 && break
-    kill -0 "$registry_pid" 2>/dev/null || { cat "$workdir/registry.log" >&2; die "docker-registry exited during start-up"; }
-    sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null || { cat "$workdir/registry.log" >&2; die "docker-registry did not answer on 127.0.0.1:$registry_port"; }
-export ORCH_TEST_REGISTRY="127.0.0.1:$registry_port"
+start_registry "$workdir/registry" "127.0.0.1:$(free_port)"
+registry_pid="$REGISTRY_PID"
+export ORCH_TEST_REGISTRY="$REGISTRY_ADDRESS"
 export ORCH_TEST_REGISTRY_DIR="$workdir/registry/storage"
+
+# A second registry that requires a user and password (htpasswd, bcrypt): pulls with
+# credentials from a registry config, and a clear refusal without them.
+auth_password="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+htpasswd -Bbn orch-test "$auth_password" >"$workdir/htpasswd" 2>/dev/null
+start_registry "$workdir/auth-registry" "127.0.0.1:$(free_port)" "$workdir/htpasswd"
+auth_registry_pid="$REGISTRY_PID"
+export ORCH_TEST_AUTH_REGISTRY="$REGISTRY_ADDRESS"
+export ORCH_TEST_AUTH_REGISTRY_CREDENTIALS="orch-test:$auth_password"
 
 cd "$ORCH_ROOT"
 # Hygiene first: a formatting or lint failure fails the run before the long tests.

@@ -12,12 +12,12 @@ use common::oci::{self, Entry};
 use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
-use orch_agent::images::{resolve_process, ImageAccounts, ImageError, ImageStore};
+use orch_agent::images::{resolve_process, ImageAccounts, ImageError, ImageStore, RegistrySettings};
 use orch_agent::runtime::exec::ExecRequest;
 use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 fn store(sandbox: &Sandbox) -> ImageStore {
-    ImageStore::open(&sandbox.state_dir().join("images"), vec![]).expect("image store")
+    ImageStore::open(&sandbox.state_dir().join("images"), RegistrySettings::default()).expect("image store")
 }
 
 fn unique_repository(test: &str) -> String {
@@ -405,4 +405,99 @@ async fn prune_keeps_the_images_containers_use() {
     let report = images.prune(&runtime.images_in_use()).expect("prune");
     assert_eq!(report.images_removed, vec![used]);
     sandbox.assert_clean("user");
+}
+
+/// Docker's formats as registries serve them: a schema 2 manifest (skopeo converts on
+/// push), and an OCI index and a Docker manifest list from which linux/amd64 is picked
+/// whatever its place in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_manifests_and_multi_platform_lists_pull() {
+    let sandbox = Sandbox::new("img-formats");
+    let (registry, _) = oci::registry();
+    let images = store(&sandbox);
+
+    let layout = sandbox.root.path().join("single");
+    oci::write_layout(&layout, "v1", &[oci::busybox_layer(), oci::layer(&[Entry::File("which", b"docker-format")])], &["cat", "/which"]);
+    let repository = unique_repository("v2s2");
+    oci::push_as(&layout, "v1", &registry, &repository, &["--format", "v2s2"]);
+    let reference = format!("{registry}/{repository}:v1");
+    let (record, _) = images.pull(&reference).await.expect("a Docker schema 2 manifest pulls");
+    let manifest = std::fs::read(images.root().join("blobs/sha256").join(&record.manifest_digest["sha256:".len()..])).expect("the manifest blob");
+    let media_type = serde_json::from_slice::<serde_json::Value>(&manifest).expect("json")["mediaType"].clone();
+    assert_eq!(media_type, "application/vnd.docker.distribution.manifest.v2+json", "skopeo pushed Docker's format");
+    let (code, output) = run_in_image(&sandbox, &images, &reference, "v2s2", "cat /which").await;
+    assert_eq!((code, output.as_str()), (0, "docker-format"));
+
+    let layout = sandbox.root.path().join("multi");
+    let arch = |name: &'static str, content: &'static [u8]| (name, vec![oci::busybox_layer(), oci::layer(&[Entry::File("arch", content)])]);
+    let (_, manifests) =
+        oci::write_multi_platform_layout(&layout, "v1", &[arch("arm64", b"arm64"), arch("amd64", b"amd64"), arch("s390x", b"s390x")], &["true"]);
+    for (format, flags) in [("oci-index", vec!["--all"]), ("manifest-list", vec!["--all", "--format", "v2s2"])] {
+        let repository = unique_repository(format);
+        oci::push_as(&layout, "v1", &registry, &repository, &flags);
+        let reference = format!("{registry}/{repository}:v1");
+        let raw = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .expect("skopeo");
+        let served = serde_json::from_slice::<serde_json::Value>(&raw.stdout).expect("the registry's manifest")["mediaType"].clone();
+        let want = if format == "oci-index" { "application/vnd.oci.image.index.v1+json" } else { "application/vnd.docker.distribution.manifest.list.v2+json" };
+        assert_eq!(served, want, "the registry serves a {format}");
+        let (record, _) = images.pull(&reference).await.unwrap_or_else(|e| panic!("{format}: {e}"));
+        if format == "oci-index" {
+            assert_eq!(record.manifest_digest, manifests[1], "the amd64 entry, second in the index");
+        }
+        let (code, output) = run_in_image(&sandbox, &images, &reference, format, "cat /arch").await;
+        assert_eq!((code, output.as_str()), (0, "amd64"), "{format}");
+    }
+    let only_arm = sandbox.root.path().join("arm");
+    oci::write_multi_platform_layout(&only_arm, "v1", &[arch("arm64", b"arm64")], &["true"]);
+    let repository = unique_repository("arm-only");
+    oci::push_as(&only_arm, "v1", &registry, &repository, &["--all"]);
+    let refused = images.pull(&format!("{registry}/{repository}:v1")).await.expect_err("no amd64 image");
+    assert!(refused.to_string().contains("the index has no linux/amd64 image"), "{refused}");
+    sandbox.assert_clean("img-formats");
+}
+
+/// A registry behind htpasswd: refused clearly without credentials, pulled with them
+/// from a root-only registry config, and the config itself refused when others may
+/// read it or the password is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_requires_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("img-auth");
+    let (registry, credentials) = oci::auth_registry();
+    let (user, password) = credentials.split_once(':').expect("USER:PASSWORD");
+    let layout = sandbox.root.path().join("layout");
+    oci::write_layout(&layout, "v1", &[oci::layer(&[Entry::File("secret-image", b"1")])], &["true"]);
+    let repository = unique_repository("auth");
+    oci::push_as(&layout, "v1", &registry, &repository, &["--dest-creds", &credentials]);
+    let reference = format!("{registry}/{repository}:v1");
+
+    let anonymous = store(&sandbox);
+    let refused = anonymous.pull(&reference).await.expect_err("no credentials").to_string();
+    assert!(
+        refused.contains(&format!("registry {registry}: requires credentials, and the registry config has none for it (auths.\"{registry}\"")),
+        "{refused}"
+    );
+
+    let config = sandbox.root.path().join("registries.json");
+    let write_config = |password: &str, mode: u32| {
+        let text = serde_json::json!({"auths": {registry.clone(): {"username": user, "password": password}}});
+        std::fs::write(&config, text.to_string()).expect("write the registry config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let settings = RegistrySettings { path: Some(config.clone()), required: true };
+    let with_config = ImageStore::open(&sandbox.state_dir().join("images-auth"), settings).expect("image store");
+    write_config("wrong", 0o600);
+    let refused = with_config.pull(&reference).await.expect_err("a wrong password").to_string();
+    assert!(refused.contains(&format!("refused the credentials for {registry} in {}", config.display())), "{refused}");
+    write_config(password, 0o644);
+    let refused = with_config.pull(&reference).await.expect_err("a config others may read").to_string();
+    assert!(refused.contains("chmod 600") && refused.contains(&config.display().to_string()), "{refused}");
+    assert!(!refused.contains(password), "the password is never in an error: {refused}");
+    write_config(password, 0o600);
+    let (record, report) = with_config.pull(&reference).await.expect("pull with credentials (read again for each pull: no restart)");
+    assert_eq!((record.layers.len(), report.layers_unpacked), (1, 1));
 }

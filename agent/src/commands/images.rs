@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use orch_agent::images::ImageStore;
+use orch_agent::images::{ImageStore, RegistrySettings};
 use orch_agent::runtime::{Runtime, RuntimeConfig};
 use orch_agent::StateDir;
 
@@ -13,9 +13,10 @@ pub struct ImagesArgs {
     /// The agent's state directory (images live in its `images/`).
     #[arg(long, env = "ORCH_AGENT_STATE_DIR", default_value = "/var/lib/orch/agent", global = true)]
     pub state_dir: PathBuf,
-    /// A registry (HOST:PORT) to reach over plain HTTP besides loopback ones; repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "ORCH_INSECURE_REGISTRIES", value_delimiter = ',', global = true)]
-    pub insecure_registries: Vec<String>,
+    /// Registry credentials (Docker's auth.json shape) and plain-HTTP registries, in a
+    /// file only root may read [default: /etc/orch/registries.json when it exists].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub registry_config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: ImagesCommand,
 }
@@ -41,7 +42,7 @@ pub async fn run(args: ImagesArgs) -> ExitCode {
 }
 
 async fn run_images(args: ImagesArgs) -> anyhow::Result<()> {
-    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), args.insecure_registries.clone())?;
+    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), RegistrySettings::from_flag(args.registry_config.clone()))?;
     match args.command {
         ImagesCommand::Pull { reference } => {
             let (record, report) = store.pull(&reference).await?;

@@ -11,7 +11,7 @@ use orch_api::manifest::quantity::{parse_cpu_millis, parse_memory_bytes};
 use tokio::signal::unix::{signal, SignalKind};
 
 use orch_agent::cgroups::Limits;
-use orch_agent::images::{resolve_process, ImageAccounts, ImageStore};
+use orch_agent::images::{resolve_process, ImageAccounts, ImageStore, RegistrySettings};
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, Strategy, Subnet};
 use orch_agent::runtime::BindMount;
 use orch_agent::runtime::{
@@ -45,9 +45,10 @@ pub struct RunArgs {
     /// Replace the image's Entrypoint (the command after `--` replaces its Cmd).
     #[arg(long, value_name = "PROGRAM", requires = "image")]
     pub entrypoint: Option<String>,
-    /// A registry (HOST:PORT) to reach over plain HTTP besides loopback ones; repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "ORCH_INSECURE_REGISTRIES", value_delimiter = ',')]
-    pub insecure_registries: Vec<String>,
+    /// Registry credentials (Docker's auth.json shape) and plain-HTTP registries, in a
+    /// file only root may read [default: /etc/orch/registries.json when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
     /// Container name (a DNS label); generated when absent.
     #[arg(long)]
     pub name: Option<String>,
@@ -301,7 +302,7 @@ struct Process {
 /// `docker run IMAGE CMD` does: CMD replaces Cmd, --entrypoint replaces Entrypoint.
 async fn image_process(args: &RunArgs, reference: &str) -> Result<Process, RuntimeError> {
     let image_error = |e: orch_agent::images::ImageError| bad_flag("image", e);
-    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), args.insecure_registries.clone()).map_err(image_error)?;
+    let store = ImageStore::open(&StateDir::new(&args.state_dir).images(), RegistrySettings::from_flag(args.registry_config.clone())).map_err(image_error)?;
     let (record, _) = store.pull(reference).await.map_err(image_error)?;
     let layers = store.lower_dirs(&record).map_err(image_error)?;
     let entrypoint: Vec<String> = args.entrypoint.iter().cloned().collect();

@@ -11,6 +11,7 @@ use clap::Args;
 use orch_api::pb;
 use tokio::signal::unix::{signal, SignalKind};
 
+use orch_agent::images::RegistrySettings;
 use orch_agent::node::teardown::Leftovers;
 use orch_agent::node::{Agent, AgentConfig, Shutdown};
 
@@ -36,9 +37,10 @@ pub struct ServeArgs {
     /// A node label KEY=VALUE (for nodeSelector); repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// A registry (HOST:PORT) to reach over plain HTTP besides loopback ones; repeatable.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT", env = "ORCH_INSECURE_REGISTRIES", value_delimiter = ',')]
-    pub insecure_registries: Vec<String>,
+    /// Registry credentials (Docker's auth.json shape) and plain-HTTP registries, in a
+    /// file only root may read [default: /etc/orch/registries.json when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
     /// Between heartbeats (the controller's node lease must be several of these).
     #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
@@ -136,7 +138,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         bridge: args.node.bridge.clone(),
         capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },
         labels,
-        insecure_registries: args.insecure_registries.clone(),
+        registries: RegistrySettings::from_flag(args.registry_config.clone()),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
         api_listen,

@@ -22,6 +22,8 @@ pub enum ImageError {
     Config { reference: String, message: String },
     #[error("image {0} is not in the local store; pull it first")]
     NotFound(String),
+    #[error("{0}")]
+    RegistryConfig(#[from] super::registries::RegistryConfigError),
 }
 
 impl ImageError {

@@ -5,6 +5,7 @@
 mod defaults;
 mod digest;
 mod error;
+mod registries;
 mod source;
 mod store;
 mod unpack;
@@ -13,6 +14,7 @@ mod users;
 pub use defaults::{resolve_process, ImageDefaults, ResolvedProcess};
 pub use digest::Digest;
 pub use error::ImageError;
+pub use registries::{Credentials, RegistryConfig, RegistryConfigError, RegistrySettings, DEFAULT_REGISTRY_CONFIG};
 pub use source::is_plain_http;
 pub use store::{ImageRecord, ImageStore, PruneReport, PullReport};
 pub use unpack::{unpack_layer, UnpackStats};

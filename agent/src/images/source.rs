@@ -10,14 +10,26 @@ use oci_client::secrets::RegistryAuth;
 use orch_api::image_ref::ImageRef;
 
 use super::digest::Digest;
+use super::registries::RegistryConfig;
 use super::ImageError;
 
 /// The annotation naming a manifest's tag in an OCI layout's index.json.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 pub enum Source {
-    Layout { dir: PathBuf, name: String, tag: Option<String> },
-    Registry { client: Box<oci_client::Client>, reference: oci_client::Reference, registry: String },
+    Layout {
+        dir: PathBuf,
+        name: String,
+        tag: Option<String>,
+    },
+    Registry {
+        client: Box<oci_client::Client>,
+        reference: oci_client::Reference,
+        registry: String,
+        auth: RegistryAuth,
+        /// The registry config the settings came from (named in errors).
+        config_path: Option<PathBuf>,
+    },
 }
 
 /// Registries reached over plain HTTP: loopback always, others when trusted.
@@ -27,20 +39,22 @@ pub fn is_plain_http(registry: &str, trusted: &[String]) -> bool {
 }
 
 impl Source {
-    /// The source for a layout directory or a registry reference; archives are opened
-    /// by the store (they are unpacked to a scratch layout first).
-    pub fn for_reference(reference: &ImageRef, trusted: &[String]) -> Result<Source, ImageError> {
+    /// The source for a layout directory or a registry reference (with the node's
+    /// registry settings, read from `config_path`); archives are opened by the store
+    /// (they are unpacked to a scratch layout first).
+    pub fn for_reference(reference: &ImageRef, config: &RegistryConfig, config_path: Option<&Path>) -> Result<Source, ImageError> {
         match reference {
             ImageRef::OciLayout { path, tag } => Ok(Source::Layout { dir: PathBuf::from(path), name: reference.to_string(), tag: tag.clone() }),
             ImageRef::OciArchive { .. } => {
                 Err(ImageError::Layout { source_name: reference.to_string(), message: "archives are unpacked by the store before they are read".into() })
             }
             ImageRef::Registry { registry, repository, tag, digest } => {
-                let protocol = if is_plain_http(registry, trusted) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
+                let protocol =
+                    if is_plain_http(registry, &config.insecure) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
                 // TLS to registries is rustls with the ring provider (the process-wide
                 // default; installing it again is a no-op).
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                let config = ClientConfig {
+                let client_config = ClientConfig {
                     protocol,
                     connect_timeout: Some(std::time::Duration::from_secs(10)),
                     read_timeout: Some(std::time::Duration::from_secs(60)),
@@ -51,7 +65,12 @@ impl Source {
                     (None, Some(digest)) => oci_client::Reference::with_digest(registry.clone(), repository.clone(), digest.clone()),
                     (tag, None) => oci_client::Reference::with_tag(registry.clone(), repository.clone(), tag.clone().unwrap_or_else(|| "latest".to_owned())),
                 };
-                Ok(Source::Registry { client: Box::new(oci_client::Client::new(config)), reference, registry: registry.clone() })
+                let auth = match config.credentials(registry) {
+                    Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+                    None => RegistryAuth::Anonymous,
+                };
+                let config_path = config_path.map(Path::to_owned);
+                Ok(Source::Registry { client: Box::new(oci_client::Client::new(client_config)), reference, registry: registry.clone(), auth, config_path })
             }
         }
     }
@@ -61,14 +80,25 @@ impl Source {
     }
 
     fn registry_error(&self, error: oci_client::errors::OciDistributionError) -> ImageError {
-        let registry = match self {
-            Source::Registry { registry, .. } => registry.clone(),
-            Source::Layout { name, .. } => name.clone(),
+        use oci_client::errors::OciDistributionError as E;
+        let (registry, anonymous, config) = match self {
+            Source::Registry { registry, auth, config_path, .. } => (
+                registry.clone(),
+                matches!(auth, RegistryAuth::Anonymous),
+                config_path.as_ref().map_or_else(|| "the registry config".to_owned(), |p| p.display().to_string()),
+            ),
+            Source::Layout { name, .. } => (name.clone(), true, String::new()),
         };
         match error {
-            oci_client::errors::OciDistributionError::DigestError(e) => {
-                ImageError::DigestMismatch { digest: String::from("(from the registry)"), detail: e.to_string() }
-            }
+            E::DigestError(e) => ImageError::DigestMismatch { digest: String::from("(from the registry)"), detail: e.to_string() },
+            E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => ImageError::Registry {
+                message: if anonymous {
+                    format!("requires credentials, and {config} has none for it (auths.{registry:?}; {error})")
+                } else {
+                    format!("refused the credentials for {registry} in {config} ({error})")
+                },
+                registry,
+            },
             other => ImageError::Registry { registry, message: other.to_string() },
         }
     }
@@ -101,9 +131,9 @@ impl Source {
                 digest.verify(&bytes)?;
                 Ok((bytes, digest))
             }
-            Source::Registry { client, reference, .. } => {
+            Source::Registry { client, reference, auth, .. } => {
                 let accepted = [OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
-                let (bytes, _) = client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accepted).await.map_err(|e| self.registry_error(e))?;
+                let (bytes, _) = client.pull_manifest_raw(reference, auth, &accepted).await.map_err(|e| self.registry_error(e))?;
                 let digest = Digest::of(&bytes);
                 if let Some(pinned) = reference.digest() {
                     let pinned = Digest::parse(pinned)?;
@@ -118,10 +148,10 @@ impl Source {
     pub async fn manifest(&self, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let bytes = match self {
             Source::Layout { dir, name, .. } => self.layout_blob(dir, name, digest)?,
-            Source::Registry { client, reference, .. } => {
+            Source::Registry { client, reference, auth, .. } => {
                 let accepted = [OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE];
                 let pinned = reference.clone_with_digest(digest.to_string());
-                client.pull_manifest_raw(&pinned, &RegistryAuth::Anonymous, &accepted).await.map_err(|e| self.registry_error(e))?.0.to_vec()
+                client.pull_manifest_raw(&pinned, auth, &accepted).await.map_err(|e| self.registry_error(e))?.0.to_vec()
             }
         };
         digest.verify(&bytes)?;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::defaults::ImageDefaults;
 use super::digest::Digest;
+use super::registries::{RegistryConfig, RegistrySettings};
 use super::source::Source;
 use super::unpack::unpack_layer;
 use super::ImageError;
@@ -58,18 +59,18 @@ pub struct PruneReport {
 
 pub struct ImageStore {
     root: PathBuf,
-    /// Registries (HOST:PORT) reached over plain HTTP besides loopback ones.
-    trusted_plain_http: Vec<String>,
+    /// Credentials and plain-HTTP registries, read for every pull from a registry.
+    registries: RegistrySettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ImageStore {
-    pub fn open(root: &Path, trusted_plain_http: Vec<String>) -> Result<ImageStore, ImageError> {
+    pub fn open(root: &Path, registries: RegistrySettings) -> Result<ImageStore, ImageError> {
         for dir in ["blobs/sha256", "layers/sha256", "refs", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(ImageError::io("cannot create", &path))?;
         }
-        Ok(ImageStore { root: root.to_owned(), trusted_plain_http, locks: Mutex::new(HashMap::new()) })
+        Ok(ImageStore { root: root.to_owned(), registries, locks: Mutex::new(HashMap::new()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -145,7 +146,13 @@ impl ImageStore {
                 let source = Source::Layout { dir: dir.clone(), name: normalized.clone(), tag: tag.clone() };
                 (source, Some(dir))
             }
-            other => (Source::for_reference(other, &self.trusted_plain_http)?, None),
+            other => {
+                let config = match other {
+                    ImageRef::Registry { .. } => self.registries.load()?,
+                    _ => RegistryConfig::default(),
+                };
+                (Source::for_reference(other, &config, self.registries.path.as_deref())?, None)
+            }
         };
         let result = self.pull_from(&source, &normalized, &mut report).await;
         if let Some(dir) = scratch_layout {

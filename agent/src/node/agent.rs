@@ -55,13 +55,16 @@ impl Agent {
             }
             None => None,
         };
+        // A registry config that cannot be used stops the agent here, naming the file,
+        // rather than failing every pull later.
+        config.registries.load().map_err(crate::images::ImageError::from)?;
         let registration = first_registration(&config).await;
         let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Registration { what: "pod subnet", reason: e.to_string() })?;
         let service_cidr = Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Registration { what: "service range", reason: e.to_string() })?;
         let runtime =
             Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })?;
         let state = StateDir::new(&config.state_dir);
-        let images = ImageStore::open(&state.images(), config.insecure_registries.clone())?;
+        let images = ImageStore::open(&state.images(), config.registries.clone())?;
         let network = NodeNetwork::setup(NodeNetworkConfig {
             bridge: config.bridge.clone(),
             subnet,

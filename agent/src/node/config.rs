@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use orch_api::pb;
 
+use crate::images::RegistrySettings;
+
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -55,7 +57,8 @@ pub struct AgentConfig {
     pub bridge: String,
     pub capacity: pb::ResourceList,
     pub labels: BTreeMap<String, String>,
-    pub insecure_registries: Vec<String>,
+    /// Registry credentials and plain-HTTP registries (`--registry-config`).
+    pub registries: RegistrySettings,
     pub heartbeat: Duration,
     /// The agent binary (re-executed for containers and exec probes).
     pub helper: PathBuf,

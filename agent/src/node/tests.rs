@@ -25,7 +25,7 @@ fn config(dir: &Path) -> AgentConfig {
         bridge: "fake0".into(),
         capacity: pb::ResourceList::default(),
         labels: Default::default(),
-        insecure_registries: Vec::new(),
+        registries: crate::images::RegistrySettings::default(),
         heartbeat: Duration::from_secs(1),
         helper: "/nonexistent/orch-agent".into(),
         api_listen: None,

@@ -120,6 +120,35 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> 
 
 /// [`write_layout`] with the image's `USER` set to `user`.
 pub fn write_layout_as(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str], user: Option<&str>) -> String {
+    write_layout_for(dir, tag, layers, cmd, user, "amd64")
+}
+
+/// An OCI index tagged `tag` in the layout at `dir`, with one linux image per
+/// `(architecture, layers)`, in that order. Returns the index's digest and each image's
+/// manifest digest.
+pub fn write_multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, Vec<Vec<u8>>)], cmd: &[&str]) -> (String, Vec<String>) {
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for (architecture, layers) in images {
+        let digest = write_layout_for(dir, &format!("{tag}-{architecture}"), layers, cmd, None, architecture);
+        let size = std::fs::metadata(dir.join("blobs/sha256").join(&digest["sha256:".len()..])).expect("manifest blob").len();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+            "platform": {"architecture": architecture, "os": "linux"}
+        }));
+        digests.push(digest);
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let (index_digest, index_size) = put_blob(dir, index.to_string().as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest, "size": index_size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }]});
+    std::fs::write(dir.join("index.json"), top.to_string()).expect("index");
+    (index_digest, digests)
+}
+
+fn write_layout_for(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str], user: Option<&str>, architecture: &str) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
     let gzipped = |l: &[u8]| l.starts_with(&[0x1f, 0x8b]);
     let mut layer_descriptors = Vec::new();
@@ -140,7 +169,7 @@ pub fn write_layout_as(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str], 
         })
         .collect();
     let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
+        "architecture": architecture, "os": "linux",
         "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/", "User": user.unwrap_or_default()},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
@@ -183,10 +212,25 @@ pub fn registry() -> (String, PathBuf) {
     (address, PathBuf::from(dir))
 }
 
+/// The registry `deploy/test.sh` started on loopback behind htpasswd, and its
+/// `USER:PASSWORD`.
+pub fn auth_registry() -> (String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `bash deploy/test.sh`, which starts a registry that requires a password"))
+    };
+    (var("ORCH_TEST_AUTH_REGISTRY"), var("ORCH_TEST_AUTH_REGISTRY_CREDENTIALS"))
+}
+
 /// `skopeo copy oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG` over plain HTTP.
 pub fn push(layout: &Path, tag: &str, registry: &str, repository: &str) {
+    push_as(layout, tag, registry, repository, &[]);
+}
+
+/// [`push`] with more skopeo flags (`--dest-creds U:P`, `--format v2s2`, `--all`).
+pub fn push_as(layout: &Path, tag: &str, registry: &str, repository: &str, flags: &[&str]) {
     let status = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(flags)
         .arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{registry}/{repository}:{tag}"))
         .status()

@@ -30,6 +30,10 @@ pub struct UpArgs {
     /// Where the store and the agent's state live.
     #[arg(long, env = "ORCH_STATE_DIR", default_value = "/var/lib/orch")]
     pub state_dir: PathBuf,
+    /// Registry credentials (Docker's auth.json shape) and plain-HTTP registries, in a
+    /// file only root may read [default: /etc/orch/registries.json when it exists].
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
     /// The controller's address (the CLI's default server), over mutual TLS with the
     /// PKI in --tls-dir (default /etc/orch/pki, made on the first start).
     #[arg(long, default_value = "127.0.0.1:7100")]
@@ -127,7 +131,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         bridge: args.bridge.clone(),
         capacity: orch_agent::node::machine_capacity(),
         labels: Default::default(),
-        insecure_registries: Vec::new(),
+        registries: orch_agent::images::RegistrySettings::from_flag(args.registry_config.clone()),
         heartbeat: Duration::from_secs(1),
         helper: std::env::current_exe().context("cannot find the orch binary")?,
         // On the node's address (where the controller dials it), on a free port
