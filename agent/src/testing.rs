@@ -65,6 +65,8 @@ struct RuntimeState {
     behaviours: BTreeMap<String, Behaviour>,
     containers: BTreeMap<String, Arc<FakeProcess>>,
     starts: BTreeMap<String, Vec<Instant>>,
+    /// The image (manifest digest) of each start, by container.
+    images: BTreeMap<String, Vec<String>>,
     next_pid: i32,
 }
 
@@ -101,6 +103,11 @@ impl FakeRuntime {
         lock(&self.state).starts.get(id).cloned().unwrap_or_default()
     }
 
+    /// The image (manifest digest) each start of `id` ran, in order.
+    pub fn images_started(&self, id: &str) -> Vec<String> {
+        lock(&self.state).images.get(id).cloned().unwrap_or_default()
+    }
+
     /// Containers that exist (running or ended, not removed).
     pub fn containers(&self) -> BTreeSet<String> {
         lock(&self.state).containers.keys().cloned().collect()
@@ -127,6 +134,7 @@ impl Containers for FakeRuntime {
         let process = {
             let mut state = lock(&self.state);
             state.starts.entry(spec.id.clone()).or_default().push(Instant::now());
+            state.images.entry(spec.id.clone()).or_default().push(image.clone());
             let behaviour = state.behaviours.get(&image).cloned().unwrap_or(Behaviour::Serve);
             if let Behaviour::Refuse(why) = behaviour {
                 return Err(BackendError::Scripted(why));
@@ -218,12 +226,20 @@ pub struct FakeImages {
 struct ImagesState {
     local: BTreeMap<String, ImageRecord>,
     unpullable: BTreeSet<String>,
+    /// How often each reference's tag moved in the registry.
+    moves: BTreeMap<String, u32>,
     pulls: usize,
 }
 
 impl FakeImages {
     pub fn unpullable(&self, reference: &str) {
         lock(&self.state).unpullable.insert(reference.to_owned());
+    }
+
+    /// The registry's tag now names another image: the next pull gets a new digest
+    /// (`REFERENCE@vN`); what the node holds stays as it is.
+    pub fn move_tag(&self, reference: &str) {
+        *lock(&self.state).moves.entry(reference.to_owned()).or_default() += 1;
     }
 
     /// How many pulls reached the registry.
@@ -255,7 +271,10 @@ impl Images for FakeImages {
         if state.unpullable.contains(reference) {
             return Err(BackendError::Scripted(format!("{reference}: manifest unknown")));
         }
-        let image = record(reference);
+        let mut image = record(reference);
+        if let Some(moves) = state.moves.get(reference) {
+            image.manifest_digest = format!("{reference}@v{moves}");
+        }
         state.local.insert(reference.to_owned(), image.clone());
         Ok(image)
     }

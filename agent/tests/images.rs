@@ -501,3 +501,33 @@ async fn a_registry_that_requires_credentials() {
     let (record, report) = with_config.pull(&reference).await.expect("pull with credentials (read again for each pull: no restart)");
     assert_eq!((record.layers.len(), report.layers_unpacked), (1, 1));
 }
+
+/// A tag moved in the registry: the node's record stays what it pulled (what
+/// `IfNotPresent` runs) until a pull (what `Always` does before every start) resolves
+/// the tag again and gets the new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_tag_is_a_new_image_on_the_next_pull() {
+    let sandbox = Sandbox::new("img-moved");
+    let (registry, _) = oci::registry();
+    let images = store(&sandbox);
+    let repository = unique_repository("moved");
+    let reference = format!("{registry}/{repository}:latest");
+    let mut digests = Vec::new();
+    let busybox = oci::busybox_layer(); // one blob for both (a new one would carry other mtimes)
+    for (version, content) in [("one", b"first" as &[u8]), ("two", b"second")] {
+        let layout = sandbox.root.path().join(version);
+        digests.push(oci::write_layout(&layout, "latest", &[busybox.clone(), oci::layer(&[Entry::File("version", content)])], &["true"]));
+        oci::push(&layout, "latest", &registry, &repository);
+        if version == "one" {
+            let (record, _) = images.pull(&reference).await.expect("pull the first");
+            assert_eq!(record.manifest_digest, digests[0]);
+        }
+    }
+    assert_eq!(images.get(&reference).expect("on the node").manifest_digest, digests[0], "the node keeps what it pulled");
+    let (record, report) = images.pull(&reference).await.expect("pull again");
+    assert_eq!(record.manifest_digest, digests[1], "the tag now names the second image");
+    assert_eq!((report.layers_cached, report.layers_unpacked), (1, 1), "the shared busybox layer is not fetched again");
+    let (code, output) = run_in_image(&sandbox, &images, &reference, "moved", "cat /version").await;
+    assert_eq!((code, output.as_str()), (0, "second"));
+    sandbox.assert_clean("img-moved");
+}

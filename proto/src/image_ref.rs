@@ -27,6 +27,24 @@ pub struct ImageRefError {
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 impl ImageRef {
+    /// The reference may name different images over time: no digest, and no tag or
+    /// `:latest`. Kubernetes pulls such images before every start by default.
+    pub fn floats(&self) -> bool {
+        match self {
+            ImageRef::OciLayout { tag, .. } | ImageRef::OciArchive { tag, .. } => tag.as_deref().is_none_or(|t| t == "latest"),
+            ImageRef::Registry { tag, digest, .. } => digest.is_none() && tag.as_deref().is_none_or(|t| t == "latest"),
+        }
+    }
+
+    /// The pull policy a service gets when its manifest names none.
+    pub fn default_pull_policy(&self) -> crate::pb::ImagePullPolicy {
+        if self.floats() {
+            crate::pb::ImagePullPolicy::Always
+        } else {
+            crate::pb::ImagePullPolicy::IfNotPresent
+        }
+    }
+
     pub fn parse(text: &str) -> Result<ImageRef, ImageRefError> {
         let fail = |reason: &str| ImageRefError { reference: text.to_owned(), reason: reason.to_owned() };
         if text.is_empty() {

@@ -67,6 +67,32 @@ fn defaults_are_kubernetes_defaults() {
 }
 
 #[test]
+fn the_image_pull_policy_defaults_by_tag_as_kubernetes_does() {
+    let policy = |image: &str, policy: &str| {
+        let text = variant("  image: 127.0.0.1:5000/orch/demo-web:1.0", &format!("  image: '{image}'{policy}"));
+        load_services("test.yaml", &text).unwrap_or_else(|e| panic!("{image}: {e:?}"))[0].service.spec.as_ref().expect("spec").image_pull_policy()
+    };
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for (image, want) in [
+        ("127.0.0.1:5000/orch/demo-web:1.0", pb::ImagePullPolicy::IfNotPresent),
+        ("127.0.0.1:5000/orch/demo-web:latest", pb::ImagePullPolicy::Always),
+        ("127.0.0.1:5000/orch/demo-web", pb::ImagePullPolicy::Always),
+        ("busybox", pb::ImagePullPolicy::Always),
+        (&format!("busybox@{digest}"), pb::ImagePullPolicy::IfNotPresent),
+        (&format!("busybox:latest@{digest}"), pb::ImagePullPolicy::IfNotPresent),
+        ("oci:/images/web:2", pb::ImagePullPolicy::IfNotPresent),
+        ("oci:/images/web", pb::ImagePullPolicy::Always),
+    ] {
+        assert_eq!(policy(image, ""), want, "{image}");
+    }
+    assert_eq!(policy("busybox", "\n  imagePullPolicy: IfNotPresent"), pb::ImagePullPolicy::IfNotPresent);
+    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Always"), pb::ImagePullPolicy::Always);
+    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Never"), pb::ImagePullPolicy::Never);
+    let errors = errors_of(&variant("", "  imagePullPolicy: Sometimes"));
+    assert!(errors.iter().any(|e| e.path == "spec.imagePullPolicy" && e.message.contains("unknown variant `Sometimes`")), "{errors:?}");
+}
+
+#[test]
 fn a_security_context_is_carried_with_kubernetes_names() {
     let text = variant(
         "",

@@ -47,6 +47,18 @@ pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<
     })
 }
 
+/// The service's image pull policy; a record from before the field gets the default
+/// for its reference (Kubernetes': `Always` for no tag or `:latest`, else
+/// `IfNotPresent`).
+pub fn pull_policy(spec: &pb::ServiceSpec) -> pb::ImagePullPolicy {
+    match spec.image_pull_policy() {
+        pb::ImagePullPolicy::Unspecified => {
+            orch_api::image_ref::ImageRef::parse(&spec.image).map_or(pb::ImagePullPolicy::IfNotPresent, |image| image.default_pull_policy())
+        }
+        set => set,
+    }
+}
+
 pub fn limits_of(resources: &pb::Resources) -> Limits {
     let limits = resources.limits.unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
@@ -143,6 +155,21 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn an_unset_pull_policy_is_the_default_for_the_reference() {
+        let spec = |image: &str, policy: pb::ImagePullPolicy| pb::ServiceSpec { image: image.into(), image_pull_policy: policy.into(), ..Default::default() };
+        for (image, set, want) in [
+            ("busybox", pb::ImagePullPolicy::Unspecified, pb::ImagePullPolicy::Always),
+            ("busybox:1", pb::ImagePullPolicy::Unspecified, pb::ImagePullPolicy::IfNotPresent),
+            ("busybox:latest", pb::ImagePullPolicy::Unspecified, pb::ImagePullPolicy::Always),
+            ("busybox", pb::ImagePullPolicy::Never, pb::ImagePullPolicy::Never),
+            ("busybox:1", pb::ImagePullPolicy::Always, pb::ImagePullPolicy::Always),
+            ("not a reference", pb::ImagePullPolicy::Unspecified, pb::ImagePullPolicy::IfNotPresent),
+        ] {
+            assert_eq!(pull_policy(&spec(image, set)), want, "{image} {set:?}");
+        }
+    }
 
     #[test]
     fn a_security_context_over_the_image_user() {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::backends::RunningContainer;
 use super::board::RunningReplica;
 use super::context::NodeContext;
-use super::convert::{confinement_of, limits_of};
+use super::convert::{confinement_of, limits_of, pull_policy};
 use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State};
 use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
@@ -284,23 +284,40 @@ impl Supervisor {
         pb::ReplicaReport::from(&self.record)
     }
 
-    /// Resolves the image and reserves the address, once.
+    /// Resolves the image (before every start under `imagePullPolicy: Always`, so a
+    /// moved tag is pulled; once otherwise) and reserves the address (once).
     async fn prepare(&mut self) -> Result<(), String> {
-        if self.prepared.is_some() {
+        let spec = self.spec();
+        // An adopted container runs already: its image is here, and an agent restart
+        // with the registry out of reach must not disturb it.
+        let policy = if self.adopted.is_some() { pb::ImagePullPolicy::IfNotPresent } else { pull_policy(&spec) };
+        if self.prepared.is_some() && policy != pb::ImagePullPolicy::Always {
             return Ok(());
         }
-        let spec = self.spec();
         let id = self.record.id.clone();
         let images = &self.ctx.images;
-        let image = match images.local(&spec.image) {
-            Some(image) => image,
-            None => images.pull(&spec.image).await.map_err(|e| format!("ImagePullBackOff: {e}"))?,
+        let image = match (policy, images.local(&spec.image)) {
+            (pb::ImagePullPolicy::Never, Some(image)) => image,
+            (pb::ImagePullPolicy::Never, None) => {
+                return Err(format!("ErrImageNeverPull: image {} is not on this node, and imagePullPolicy is Never", spec.image));
+            }
+            (pb::ImagePullPolicy::Always, _) | (_, None) => images.pull(&spec.image).await.map_err(|e| format!("ImagePullBackOff: {e}"))?,
+            (_, Some(image)) => image,
         };
+        if self.prepared.as_ref().is_some_and(|p| p.spec.image.as_deref() == Some(image.manifest_digest.as_str())) {
+            return Ok(());
+        }
         let layers = images.layers(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
         let env: Vec<String> = spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
         let accounts = ImageAccounts::read(&layers);
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
-        let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
+        let (ip, mounts) = match &self.prepared {
+            Some(prepared) => (prepared.ip, prepared.spec.mounts.clone()),
+            None => {
+                let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
+                (ip, files.into_iter().map(|(source, target)| BindMount { source, target }).collect())
+            }
+        };
         let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
         let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         let logs = self.ctx.state.logs();
@@ -318,7 +335,7 @@ impl Supervisor {
                 user_namespace: confinement.user_namespace,
                 user: confinement.user,
                 image: Some(image.manifest_digest),
-                mounts: files.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+                mounts,
                 security: confinement.security,
             },
             ip,

@@ -206,6 +206,54 @@ async fn a_start_that_fails_backs_off_and_an_image_that_cannot_be_pulled_says_so
     assert!(fakes.network.addresses().is_empty(), "every address freed");
 }
 
+/// `imagePullPolicy`: under Always every start resolves the tag again (a moved tag is
+/// pulled and run), under IfNotPresent the node keeps what it has, under Never a missing
+/// image is a clear reason and nothing is pulled.
+#[tokio::test(start_paused = true)]
+async fn a_moved_tag_is_pulled_again_under_always_only() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let with_policy = |id: &str, image: &str, policy: pb::ImagePullPolicy| {
+        let mut replica = desired(id, image, pb::RestartPolicy::Always, None);
+        if let Some(spec) = replica.spec.as_mut() {
+            spec.image_pull_policy = policy.into();
+        }
+        replica
+    };
+    agent
+        .converge(set(
+            1,
+            vec![
+                with_policy("floating-a", "app:latest", pb::ImagePullPolicy::Unspecified),
+                with_policy("always-a", "app:2", pb::ImagePullPolicy::Always),
+                with_policy("pinned-a", "app:1", pb::ImagePullPolicy::IfNotPresent),
+                with_policy("never-a", "absent:1", pb::ImagePullPolicy::Never),
+            ],
+        ))
+        .await;
+    eventually("three replicas run", || ["floating-a", "always-a", "pinned-a"].iter().all(|id| running(&ctx, id))).await;
+    eventually("never-a says why it cannot start", || status(&ctx, "never-a").reason.starts_with("ErrImageNeverPull: image absent:1 is not on this node"))
+        .await;
+    assert_eq!(fakes.images.pulls(), 3, "one pull each, none for Never");
+
+    for reference in ["app:latest", "app:2", "app:1"] {
+        fakes.images.move_tag(reference);
+    }
+    for id in ["floating-a", "always-a", "pinned-a"] {
+        fakes.runtime.kill(id, 1);
+    }
+    eventually("each restarted", || ["floating-a", "always-a", "pinned-a"].iter().all(|id| fakes.runtime.starts(id).len() == 2 && running(&ctx, id))).await;
+    assert_eq!(fakes.runtime.images_started("floating-a"), ["app:latest", "app:latest@v1"], ":latest defaults to Always");
+    assert_eq!(fakes.runtime.images_started("always-a"), ["app:2", "app:2@v1"]);
+    assert_eq!(fakes.runtime.images_started("pinned-a"), ["app:1", "app:1"], "IfNotPresent keeps the node's image");
+    assert_eq!(fakes.images.pulls(), 5, "the two Always replicas pulled again");
+    assert!(fakes.runtime.starts("never-a").is_empty());
+    agent.shut_down(Shutdown::Drain).await;
+    assert!(fakes.network.addresses().is_empty(), "every address freed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn readiness_follows_the_probe_and_a_failed_liveness_probe_restarts() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -61,6 +61,16 @@ pub struct ServiceSpec {
     pub termination_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+/// When a node pulls the image (Kubernetes' names and default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ImagePullPolicy {
+    IfNotPresent,
+    Always,
+    Never,
 }
 
 /// What the replica's processes may do, with Kubernetes' names.
