@@ -190,3 +190,40 @@ async fn teardown_after_a_killed_agent_leaves_nothing() {
     assert!(!std::path::Path::new(&format!("/run/netns/{}-lb", cluster.bridge)).exists(), "the balancer namespace is still there");
     assert!(!cluster.state_dir().join("node.json").exists() && !cluster.state_dir().join("logs").exists(), "records left");
 }
+
+/// A 500 MB image pulled from the registry while the node heartbeats every 300 ms
+/// against a 3 s lease: the download, the verification and the unpack run off the
+/// agent's async workers, so the node is Ready at every look and no NodeNotReady is
+/// recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_flowing_during_a_500_mb_pull() {
+    let mut cluster = Cluster::start("bigpull").await;
+    let (registry, _) = common::oci::registry();
+    let layout = cluster.dir.path().join("large");
+    common::oci::write_layout_with_large_layer(&layout, "v1", &[common::oci::busybox_layer()], 500 << 20, &["sleep", "1000"]);
+    let repository = format!("orch-test/large-{}", std::process::id());
+    common::oci::push(&layout, "v1", &registry, &repository);
+    std::fs::remove_dir_all(&layout).expect("the layout is in the registry now");
+    cluster.apply(&format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: large}}\nspec:\n  image: {registry}/{repository}:v1\n")).await;
+    let start = Instant::now();
+    let mut looks = 0;
+    loop {
+        let nodes = cluster.api.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+        assert!(nodes.len() == 1 && nodes[0].ready, "the node turned NotReady during the pull (look {looks}); agent log:\n{}", cluster.agent_log());
+        looks += 1;
+        if cluster.replicas("large").await.iter().any(running_ready) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT * 3, "the 500 MB image never ran; agent log:\n{}", cluster.agent_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let not_ready: Vec<_> = cluster.events_of("node/node-1").await.into_iter().filter(|e| e.kind == "NodeNotReady").collect();
+    assert!(not_ready.is_empty(), "{not_ready:?}");
+    eprintln!("the node was Ready at all {looks} looks during the pull");
+    let large = cluster.state_dir().join("images/layers/sha256");
+    let unpacked = std::fs::read_dir(&large).expect("layers").flatten().any(|e| e.path().join("large.bin").metadata().is_ok_and(|m| m.len() == 500 << 20));
+    assert!(unpacked, "the 500 MB file is in an unpacked layer");
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "large".into() }).await.expect("delete");
+    cluster.wait_replicas("large", "the replica gone", |r| r.is_empty()).await;
+    cluster.wait_node_empty().await;
+}

@@ -168,7 +168,8 @@ impl Source {
         match self {
             Source::Layout { dir, name, .. } => {
                 let path = dir.join("blobs/sha256").join(digest.hex());
-                std::fs::copy(&path, dest).map_err(|e| Self::layout_error(name, format!("blob {digest}: cannot copy {}: {e}", path.display())))?;
+                // tokio's copy runs on the blocking pool: a large layer holds no worker.
+                tokio::fs::copy(&path, dest).await.map_err(|e| Self::layout_error(name, format!("blob {digest}: cannot copy {}: {e}", path.display())))?;
                 Ok(())
             }
             Source::Registry { client, reference, .. } => {

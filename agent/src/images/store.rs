@@ -216,7 +216,7 @@ impl ImageStore {
         let _held = lock.lock().await;
         let path = self.blob_path(digest);
         if path.exists() {
-            match digest.verify_file(&path, size) {
+            match verify_off_the_workers(digest, &path, size).await {
                 Ok(()) => {
                     report.blobs_cached += 1;
                     return Ok(path);
@@ -229,7 +229,10 @@ impl ImageStore {
             }
         }
         let tmp = self.scratch("blob");
-        let fetched = source.fetch_blob(digest, &tmp).await.and_then(|()| digest.verify_file(&tmp, size));
+        let fetched = match source.fetch_blob(digest, &tmp).await {
+            Ok(()) => verify_off_the_workers(digest, &tmp, size).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = fetched {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -307,6 +310,16 @@ impl ImageStore {
         }
         Ok(report)
     }
+}
+
+/// Hashes a stored blob on tokio's blocking pool: a layer of hundreds of megabytes must
+/// not hold an async worker (heartbeats and the node API run there) for seconds.
+async fn verify_off_the_workers(digest: &Digest, path: &Path, size: Option<u64>) -> Result<(), ImageError> {
+    let (digest, path) = (digest.clone(), path.to_owned());
+    let name = digest.to_string();
+    tokio::task::spawn_blocking(move || digest.verify_file(&path, size))
+        .await
+        .map_err(|e| ImageError::Layer { digest: name, message: format!("verification task failed: {e}") })?
 }
 
 /// For an index (or Docker manifest list), the digest of this machine's platform's

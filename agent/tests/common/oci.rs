@@ -148,26 +148,55 @@ pub fn write_multi_platform_layout(dir: &Path, tag: &str, images: &[(&str, Vec<V
     (index_digest, digests)
 }
 
+/// A layer blob already in a layout: its descriptor fields and its diff id.
+struct StoredLayer {
+    digest: String,
+    size: u64,
+    media_type: &'static str,
+    diff_id: String,
+}
+
+fn store_layer(dir: &Path, layer: &[u8]) -> StoredLayer {
+    let (digest, size) = put_blob(dir, layer);
+    if !layer.starts_with(&[0x1f, 0x8b]) {
+        return StoredLayer { diff_id: digest.clone(), digest, size: size as u64, media_type: "application/vnd.oci.image.layer.v1.tar" };
+    }
+    let mut raw = Vec::new();
+    std::io::copy(&mut flate2::read::GzDecoder::new(layer), &mut raw).expect("gunzip");
+    StoredLayer { digest, size: size as u64, media_type: "application/vnd.oci.image.layer.v1.tar+gzip", diff_id: sha256(&raw) }
+}
+
 fn write_layout_for(dir: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str], user: Option<&str>, architecture: &str) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
-    let gzipped = |l: &[u8]| l.starts_with(&[0x1f, 0x8b]);
-    let mut layer_descriptors = Vec::new();
-    for layer in layers {
-        let (digest, size) = put_blob(dir, layer);
-        let media_type = if gzipped(layer) { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
-        layer_descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
+    let stored: Vec<StoredLayer> = layers.iter().map(|layer| store_layer(dir, layer)).collect();
+    finish_layout(dir, tag, &stored, cmd, user, architecture)
+}
+
+/// A layout whose image is `base` (bottom first) and on top an uncompressed layer
+/// holding one file of `large_bytes`, streamed to disk (never held in memory).
+pub fn write_layout_with_large_layer(dir: &Path, tag: &str, base: &[Vec<u8>], large_bytes: u64, cmd: &[&str]) -> String {
+    use std::io::Read;
+    std::fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
+    let mut stored: Vec<StoredLayer> = base.iter().map(|layer| store_layer(dir, layer)).collect();
+    let scratch = dir.join("large-layer.tar");
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&scratch).expect("create the large layer"));
+        let mut builder = tar::Builder::new(file);
+        let mut file_header = header(tar::EntryType::Regular, large_bytes, 0o644);
+        builder.append_data(&mut file_header, "large.bin", std::io::repeat(0x5a).take(large_bytes)).expect("write the large file");
+        builder.into_inner().expect("finish the tar").flush().expect("flush");
     }
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| {
-            if !gzipped(l) {
-                return sha256(l);
-            }
-            let mut raw = Vec::new();
-            std::io::copy(&mut flate2::read::GzDecoder::new(l.as_slice()), &mut raw).expect("gunzip");
-            sha256(&raw)
-        })
-        .collect();
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut std::fs::File::open(&scratch).expect("open the large layer"), &mut hasher).expect("hash the large layer");
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    std::fs::rename(&scratch, dir.join("blobs/sha256").join(&digest["sha256:".len()..])).expect("store the large layer");
+    stored.push(StoredLayer { diff_id: digest.clone(), digest, size, media_type: "application/vnd.oci.image.layer.v1.tar" });
+    finish_layout(dir, tag, &stored, cmd, None, "amd64")
+}
+
+fn finish_layout(dir: &Path, tag: &str, layers: &[StoredLayer], cmd: &[&str], user: Option<&str>, architecture: &str) -> String {
+    let layer_descriptors: Vec<_> = layers.iter().map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect();
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
     let config = serde_json::json!({
         "architecture": architecture, "os": "linux",
         "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/", "User": user.unwrap_or_default()},
