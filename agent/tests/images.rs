@@ -531,3 +531,38 @@ async fn a_moved_tag_is_a_new_image_on_the_next_pull() {
     assert_eq!((code, output.as_str()), (0, "second"));
     sandbox.assert_clean("img-moved");
 }
+
+/// Mirrors (k3s' shape): a reference's registry is reached through its mirror endpoints
+/// first, then itself — so one manifest names one registry everywhere while each node
+/// says where that registry really is. Only loopback is dialled: port 1 refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_serves_the_registry_a_reference_names() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("img-mirror");
+    let (registry, _) = oci::registry();
+    let layout = sandbox.root.path().join("layout");
+    let manifest = oci::write_layout(&layout, "v1", &[oci::layer(&[Entry::File("mirrored", b"1")])], &["true"]);
+    let repository = unique_repository("mirror");
+    oci::push(&layout, "v1", &registry, &repository);
+    let config = sandbox.root.path().join("registries.json");
+    let images = ImageStore::open(&sandbox.state_dir().join("images-mirror"), RegistrySettings { path: Some(config.clone()), required: true }).expect("store");
+    let write_config = |mirrors: serde_json::Value| {
+        std::fs::write(&config, serde_json::json!({ "mirrors": mirrors }).to_string()).expect("write");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+
+    // The reference names a registry nobody serves; its mirror has the image.
+    write_config(serde_json::json!({"127.0.0.1:1": {"endpoint": [format!("http://{registry}")]}}));
+    let (record, _) = images.pull(&format!("127.0.0.1:1/{repository}:v1")).await.expect("pulled through the mirror");
+    assert_eq!((record.manifest_digest.as_str(), record.reference.as_str()), (manifest.as_str(), format!("127.0.0.1:1/{repository}:v1").as_str()));
+
+    // A dead mirror: the registry itself still serves.
+    write_config(serde_json::json!({registry.clone(): {"endpoint": ["127.0.0.1:1"]}}));
+    let (record, _) = images.pull(&format!("{registry}/{repository}:v1")).await.expect("the registry after its dead mirror");
+    assert_eq!(record.manifest_digest, manifest);
+
+    // Nothing answers: every endpoint is named.
+    write_config(serde_json::json!({"127.0.0.1:1": {"endpoint": ["127.0.0.1:2"]}}));
+    let refused = images.pull(&format!("127.0.0.1:1/{repository}:v1")).await.expect_err("no endpoint").to_string();
+    assert!(refused.contains("no endpoint served") && refused.contains("127.0.0.1:2: ") && refused.contains("127.0.0.1:1: "), "{refused}");
+}

@@ -1,5 +1,6 @@
-//! The node's registry settings: credentials in Docker's `auth.json` shape and the
-//! registries reached over plain HTTP, from one root-only file
+//! The node's registry settings: credentials in Docker's `auth.json` shape, the
+//! registries reached over plain HTTP, and mirrors (k3s' `registries.yaml` shape: where
+//! a registry that references name is really reached), from one root-only file
 //! (`--registry-config`, `/etc/orch/registries.json` by default):
 //!
 //! ```json
@@ -8,9 +9,13 @@
 //!     "registry.example:5000": { "auth": "base64(user:password)" },
 //!     "10.0.0.5:5000": { "username": "ci", "password": "…" }
 //!   },
-//!   "insecure": ["10.0.0.5:5000"]
+//!   "insecure": ["10.0.0.5:5000"],
+//!   "mirrors": { "127.0.0.1:5000": { "endpoint": ["10.0.0.5:5000"] } }
 //! }
 //! ```
+//!
+//! A mirror's endpoints are tried in order, then the registry itself; credentials and
+//! the insecure list apply to the endpoint actually reached.
 //!
 //! The file holds secrets, so it is read only when root owns it and no one else may
 //! read it (mode 0600 or tighter), as ssh treats its keys. It is read again for every
@@ -46,12 +51,13 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The parsed settings: credentials by registry (HOST[:PORT]) and the registries
-/// reached over plain HTTP besides loopback ones.
+/// The parsed settings: credentials by registry (HOST[:PORT]), the registries reached
+/// over plain HTTP besides loopback ones, and mirror endpoints by registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryConfig {
     pub auths: BTreeMap<String, Credentials>,
     pub insecure: Vec<String>,
+    pub mirrors: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +67,14 @@ struct FileShape {
     auths: BTreeMap<String, AuthEntry>,
     #[serde(default)]
     insecure: Vec<String>,
+    #[serde(default)]
+    mirrors: BTreeMap<String, MirrorEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorEntry {
+    endpoint: Vec<String>,
 }
 
 /// One `auths` entry as Docker, podman and skopeo write it.
@@ -105,12 +119,37 @@ impl RegistryConfig {
             }
             auths.insert(registry_key(&key), credentials);
         }
+        let host_port = |text: &str| !text.is_empty() && !text.contains('/') && !text.contains(char::is_whitespace);
         for registry in &shape.insecure {
-            if registry.is_empty() || registry.contains('/') {
+            if !host_port(registry) {
                 return Err(error(format!("insecure: {registry:?} is not HOST[:PORT]")));
             }
         }
-        Ok(RegistryConfig { auths, insecure: shape.insecure })
+        let mut insecure = shape.insecure;
+        let mut mirrors = BTreeMap::new();
+        for (registry, entry) in shape.mirrors {
+            let mut endpoints = Vec::new();
+            for endpoint in entry.endpoint {
+                // k3s writes endpoints as URLs: http:// means plain HTTP to that one.
+                let (bare, plain) = match (endpoint.strip_prefix("http://"), endpoint.strip_prefix("https://")) {
+                    (Some(bare), _) => (bare.trim_end_matches('/'), true),
+                    (None, Some(bare)) => (bare.trim_end_matches('/'), false),
+                    (None, None) => (endpoint.as_str(), false),
+                };
+                if !host_port(bare) {
+                    return Err(error(format!("mirrors.{registry:?}.endpoint: {endpoint:?} is not HOST[:PORT] or http(s)://HOST[:PORT]")));
+                }
+                if plain && !insecure.iter().any(|i| i == bare) {
+                    insecure.push(bare.to_owned());
+                }
+                endpoints.push(bare.to_owned());
+            }
+            if endpoints.is_empty() {
+                return Err(error(format!("mirrors.{registry:?}.endpoint: no endpoints")));
+            }
+            mirrors.insert(registry_key(&registry), endpoints);
+        }
+        Ok(RegistryConfig { auths, insecure, mirrors })
     }
 
     /// Reads `path` when it is root's and private. A missing file is an empty config
@@ -138,6 +177,15 @@ impl RegistryConfig {
 
     pub fn credentials(&self, registry: &str) -> Option<&Credentials> {
         self.auths.get(&registry_key(registry))
+    }
+
+    /// Where a pull from `registry` goes, in order: its mirror endpoints, then itself.
+    pub fn endpoints(&self, registry: &str) -> Vec<String> {
+        let mut endpoints = self.mirrors.get(&registry_key(registry)).cloned().unwrap_or_default();
+        if !endpoints.iter().any(|e| e == registry) {
+            endpoints.push(registry.to_owned());
+        }
+        endpoints
     }
 }
 
@@ -192,6 +240,22 @@ mod tests {
         assert_eq!(config.insecure, ["10.0.0.5:5000"]);
         assert!(!format!("{config:?}").contains("secret") && !format!("{config:?}").contains("pa:ss"), "Debug hides passwords");
         assert_eq!(parse("{}"), Ok(RegistryConfig::default()));
+    }
+
+    #[test]
+    fn mirrors_come_first_and_an_http_endpoint_is_plain() {
+        let config = parse(r#"{"mirrors": {"127.0.0.1:5000": {"endpoint": ["http://10.250.0.1:5000/", "mirror.example"]}}}"#).expect("valid");
+        assert_eq!(config.endpoints("127.0.0.1:5000"), ["10.250.0.1:5000", "mirror.example", "127.0.0.1:5000"]);
+        assert_eq!(config.endpoints("docker.io"), ["docker.io"]);
+        assert_eq!(config.insecure, ["10.250.0.1:5000"], "http:// is plain HTTP to that endpoint only");
+        for (text, says) in [
+            (r#"{"mirrors": {"r": {"endpoint": []}}}"#, "no endpoints"),
+            (r#"{"mirrors": {"r": {"endpoint": ["ftp://x/y"]}}}"#, "is not HOST[:PORT]"),
+            (r#"{"mirrors": {"r": {"endpoints": ["x"]}}}"#, "unknown field"),
+        ] {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.contains(says), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -146,19 +146,36 @@ impl ImageStore {
                 let source = Source::Layout { dir: dir.clone(), name: normalized.clone(), tag: tag.clone() };
                 (source, Some(dir))
             }
-            other => {
-                let config = match other {
-                    ImageRef::Registry { .. } => self.registries.load()?,
-                    _ => RegistryConfig::default(),
-                };
-                (Source::for_reference(other, &config, self.registries.path.as_deref())?, None)
-            }
+            ImageRef::Registry { registry, .. } => return self.pull_through_endpoints(&parsed, registry, &normalized).await,
+            other => (Source::for_reference(other, None, &RegistryConfig::default(), None)?, None),
         };
         let result = self.pull_from(&source, &normalized, &mut report).await;
         if let Some(dir) = scratch_layout {
             let _ = std::fs::remove_dir_all(dir);
         }
         result.map(|record| (record, report))
+    }
+
+    /// A registry image from the first of the registry's endpoints (its mirrors, then
+    /// itself) that serves it whole. One endpoint's failure is returned as it is;
+    /// several failures are listed together.
+    async fn pull_through_endpoints(&self, parsed: &ImageRef, registry: &str, normalized: &str) -> Result<(ImageRecord, PullReport), ImageError> {
+        let config = self.registries.load()?;
+        let endpoints = config.endpoints(registry);
+        let mut failures = Vec::new();
+        for endpoint in &endpoints {
+            let mut report = PullReport::default();
+            let source = Source::for_reference(parsed, Some(endpoint), &config, self.registries.path.as_deref())?;
+            match self.pull_from(&source, normalized, &mut report).await {
+                Ok(record) => return Ok((record, report)),
+                Err(error) if endpoints.len() == 1 => return Err(error),
+                Err(error) => {
+                    tracing::info!(%registry, %endpoint, %error, "pull through this endpoint failed; trying the next");
+                    failures.push(format!("{endpoint}: {error}"));
+                }
+            }
+        }
+        Err(ImageError::Registry { registry: registry.to_owned(), message: format!("no endpoint served {normalized}: {}", failures.join("; ")) })
     }
 
     async fn pull_from(&self, source: &Source, reference: &str, report: &mut PullReport) -> Result<ImageRecord, ImageError> {
