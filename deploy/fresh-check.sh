@@ -18,7 +18,7 @@
 #
 # Run it whenever Cargo.toml, Cargo.lock or anything under deploy/ changes; CI runs it
 # when ORCH_FRESH_CHECK=1. It takes 15–30 minutes on 2 cores (a clean release build), and
-# uses the default bridge (orch0) and ports (7100, 30080), so it refuses to start while
+# uses the default bridge (orch0) and ports (5000, 7100, 30080), so it refuses to start while
 # another `orch up` or something else holds them.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
@@ -40,9 +40,9 @@ done
 # The new root shares this machine's kernel: the bridge, the ports and the cgroups are the
 # host's. Refuse rather than fight over them.
 ip link show orch0 >/dev/null 2>&1 && die "the bridge orch0 exists: another orch up (or a crashed one) uses it; stop it (or: orch-agent teardown) first"
-for port in 7100 30080; do
+for port in 5000 7100 30080; do
     if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
-        die "127.0.0.1:$port is in use (another orch up?); stop it first"
+        die "127.0.0.1:$port is in use (another orch up, or a registry on 5000?); stop it first"
     fi
 done
 pgrep -f 'orch up' >/dev/null && die "an orch up is running (pgrep -f 'orch up'); stop it first"
@@ -153,7 +153,7 @@ in_root() {
 
 step "running the README's first command in the new root: bash deploy/quickstart.sh (log: $log)"
 in_root deploy/quickstart.sh >>"$log" 2>&1 </dev/null &
-orch_pid=$!   # quickstart execs orch up: this PID becomes it
+orch_pid=$!   # quickstart execs orch up: this PID becomes it (its registry stops after it)
 
 deadline=$((SECONDS + timeout_minutes * 60))
 until grep -q 'service/webapp answers on' "$log"; do
@@ -174,6 +174,8 @@ interrupt_and_wait "$orch_pid" 120 "orch up (log: $log)"
 orch_pid=""
 grep -q 'orch: stopped' "$log" || die "orch up did not report a clean stop (log: $log)"
 ip link show orch0 >/dev/null 2>&1 && die "orch up left the bridge orch0 behind"
+for _ in $(seq 1 50); do ss -Hltn "sport = :5000" 2>/dev/null | grep -q . || break; sleep 0.2; done
+ss -Hltn "sport = :5000" 2>/dev/null | grep -q . && die "the quickstart's registry still listens on 127.0.0.1:5000 after orch up stopped"
 if [ "$tests" = 1 ]; then
     step "running the README's second command in the new root: bash deploy/test.sh (log: $log)"
     (in_root CI=true deploy/test.sh) >>"$log" 2>&1 </dev/null \

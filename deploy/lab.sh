@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A cluster on one machine: each "VM" is a network namespace with its own address on a
 # lab bridge (a private subnet this script creates), running its own orch-agent with its
-# own state dir and cgroup subtree; a real etcd on loopback and one controller (two with
-# ORCH_LAB_CONTROLLERS=2) listening on the lab bridge.
+# own state dir and cgroup subtree; a real etcd on loopback, one controller (two with
+# ORCH_LAB_CONTROLLERS=2) listening on the lab bridge, and a registry (Debian's
+# docker-registry) on the lab bridge at port 5000 holding the demo image. Every agent's
+# registry config (root-only, in the lab's directory) maps 127.0.0.1:5000, the registry
+# manifests/webapp.yaml names, to that one, as a real cluster's nodes would map it to the
+# machine that runs it.
 #
 #   sudo bash deploy/lab.sh up N          # N nodes (1-9)
 #   sudo bash deploy/lab.sh status        # each node's name, address, agent PID, state
@@ -26,6 +30,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/etcd.sh"
+source "$(dirname "$0")/lib/registry.sh"
 require_root "deploy/lab.sh"
 
 name="${ORCH_LAB_NAME:-olab}"
@@ -38,6 +43,7 @@ controllers="${ORCH_LAB_CONTROLLERS:-1}"
 bridge="${name}br"
 prefix="10.250.$net"
 host_address="$prefix.1"
+registry_address="$host_address:5000"
 config="${ORCH_CONFIG:-${XDG_CONFIG_HOME:-$HOME/.config}/orch/config.toml}"
 
 node_ns() { echo "${name}-n$1"; }
@@ -76,7 +82,7 @@ start_agent() {
     launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
-        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500
+        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json"
 }
 
 start_controller() {
@@ -105,8 +111,7 @@ cmd_up() {
     for binary in orch orch-agent orch-controller; do
         [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release first (or set ORCH_BIN)"
     done
-    command -v etcd >/dev/null || install_packages etcd-server
-    command -v nsenter >/dev/null || install_packages util-linux
+    install_registry etcd-server util-linux skopeo busybox-static
     mkdir -p "$dir"
     echo "$n" >"$dir/nodes"
 
@@ -134,6 +139,12 @@ cmd_up() {
     local controller_names=()
     for c in $(seq 1 "$controllers"); do controller_names+=(--controller-name "$host_address"); done
     "$bin/orch-controller" --tls-dir "$dir/pki" init "${controller_names[@]}" "${node_args[@]}" >/dev/null
+
+    step "registry on $registry_address with the demo image"
+    start_registry "$dir/registry" "$registry_address"
+    echo "$REGISTRY_PID" >"$dir/registry.pid"
+    bash "$ORCH_ROOT/deploy/images/build-demo.sh" --out "$dir/demo-web" --push "$registry_address" >/dev/null
+    (umask 077; printf '{"mirrors": {"127.0.0.1:5000": {"endpoint": ["http://%s"]}}}\n' "$registry_address" >"$dir/registries.json")
 
     start_etcd "$dir/etcd"
     echo "$ETCD_PID" >"$dir/etcd.pid"
@@ -232,6 +243,7 @@ cmd_down() {
         alive "controller$c" && { kill "$(pid_of "controller$c")"; sleep 0.2; kill -9 "$(pid_of "controller$c")" 2>/dev/null || true; } || true
     done
     alive etcd && { kill "$(pid_of etcd)"; sleep 0.5; } || true
+    alive registry && { kill "$(pid_of registry)"; sleep 0.2; } || true
     ip link del "$bridge" 2>/dev/null || true
     if [ -f "$dir/config" ]; then rm -f "$(cat "$dir/config")"; fi
     rm -rf "$dir"

@@ -11,12 +11,12 @@ source "$(dirname "$0")/lib/registry.sh"
 require_root "deploy/test.sh"
 require_rust
 
-# What the tests use for real: etcd for the store suite, registries and skopeo for the
-# image suite (apache2-utils' htpasswd for the one that requires a password), busybox
-# for container root filesystems, protoc for the build, graphviz to check that
-# `orch topology -o dot` is valid DOT.
-TEST_PACKAGES=(etcd-server docker-registry apache2-utils skopeo curl iproute2 busybox-static python3 graphviz)
-install_packages "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+# What the tests use for real: etcd for the store suite, registries (docker-registry,
+# through install_registry) and skopeo for the image suite (apache2-utils' htpasswd for
+# the one that requires a password), busybox for container root filesystems, protoc for
+# the build, graphviz to check that `orch topology -o dot` is valid DOT.
+TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 busybox-static python3 graphviz)
+install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""

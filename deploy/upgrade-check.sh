@@ -75,9 +75,10 @@ cp "$ORCH_ROOT/target/upgrade-check/release/orch" "$old_bin"
 
 step "building the demo image"
 bash "$ORCH_ROOT/deploy/images/build-demo.sh" --out "$work/image" >/dev/null
-sed -e "s|oci:/var/lib/orch/images/demo-web:1.0|oci:$work/image:1.0|" -e "s|nodePort: 30080|nodePort: $node_port|" \
+sed -e "s|127.0.0.1:5000/orch/demo-web:1.0|oci:$work/image:1.0|" -e "s|nodePort: 30080|nodePort: $node_port|" \
     "$ORCH_ROOT/manifests/webapp.yaml" > "$work/webapp.yaml"
 grep -q "nodePort: $node_port" "$work/webapp.yaml" || die "manifests/webapp.yaml has no nodePort 30080 to move"
+grep -q "oci:$work/image:1.0" "$work/webapp.yaml" || die "manifests/webapp.yaml does not name 127.0.0.1:5000/orch/demo-web:1.0 to replace"
 
 # orch_up BINARY LOG: starts `orch up` in the background; returns once the service is
 # ready and answering ("answers on"), or fails after 180 s.
