@@ -111,7 +111,7 @@ cmd_up() {
     for binary in orch orch-agent orch-controller; do
         [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release first (or set ORCH_BIN)"
     done
-    install_registry etcd-server util-linux skopeo busybox-static
+    install_registry etcd-server util-linux nftables skopeo busybox-static
     mkdir -p "$dir"
     echo "$n" >"$dir/nodes"
 

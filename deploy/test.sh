@@ -15,7 +15,7 @@ require_rust
 # through install_registry) and skopeo for the image suite (apache2-utils' htpasswd for
 # the one that requires a password), busybox for container root filesystems, protoc for
 # the build, graphviz to check that `orch topology -o dot` is valid DOT.
-TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 busybox-static python3 graphviz)
+TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 nftables busybox-static python3 graphviz)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
+use orch_agent::net::egress;
 use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
 use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
@@ -53,6 +54,7 @@ impl NetLab {
             bridge: self.bridge.clone(),
             subnet: self.subnet,
             service_cidr: self.services,
+            cluster_cidr: self.subnet.supernet(16),
             state_dir: self.sandbox.state_dir(),
             node_address: Some(self.subnet.gateway()),
             strategy: Strategy::RoundRobin,
@@ -350,6 +352,8 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         bridge: format!("{}{}", lab.bridge, x.to_uppercase()),
         subnet,
         service_cidr: lab.services,
+        // Both nodes' pods (10.210.k.0/24 and 10.213.k.0/24): pod to pod is not masqueraded.
+        cluster_cidr: Subnet::parse("10.208.0.0/12").expect("cluster"),
         state_dir: lab.sandbox.state_dir(),
         node_address: Some(nodes.address(x)),
         strategy: Strategy::RoundRobin,
@@ -467,4 +471,109 @@ async fn an_established_connection_survives_an_endpoint_change() {
     network.detach("echo").await.expect("detach");
     network.teardown(true).await.expect("teardown");
     lab.assert_no_network_left();
+}
+
+/// A node namespace whose "uplink" is a veth into an "outside" namespace that has an
+/// address of the documentation ranges (203.0.113.10, a TCP server telling each client
+/// its source address) and no route back to the pod network: only the node's
+/// masquerade brings answers home. Removed on drop, after a panic too.
+struct Outside {
+    node: String,
+    outside: String,
+    server: Option<std::process::Child>,
+}
+
+impl Outside {
+    const NODE_UPLINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+    fn new(prefix: &str) -> Outside {
+        let mut this = Outside { node: format!("{prefix}n"), outside: format!("{prefix}o"), server: None };
+        let (up, peer) = (format!("{prefix}up"), format!("{prefix}op"));
+        for args in [
+            vec!["netns", "add", &this.node],
+            vec!["netns", "add", &this.outside],
+            vec!["link", "add", &up, "netns", &this.node, "type", "veth", "peer", "name", &peer, "netns", &this.outside],
+            vec!["-n", &this.node, "addr", "add", "198.51.100.1/24", "dev", &up],
+            vec!["-n", &this.node, "link", "set", &up, "up"],
+            vec!["-n", &this.node, "link", "set", "lo", "up"],
+            vec!["-n", &this.node, "route", "add", "default", "via", "198.51.100.254"],
+            vec!["-n", &this.outside, "addr", "add", "198.51.100.254/24", "dev", &peer],
+            vec!["-n", &this.outside, "link", "set", &peer, "up"],
+            vec!["-n", &this.outside, "addr", "add", "203.0.113.10/32", "dev", "lo"],
+            vec!["-n", &this.outside, "link", "set", "lo", "up"],
+        ] {
+            TwoNodes::ip(&args);
+        }
+        let script = "import socket\n\
+                      s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                      s.bind(('203.0.113.10', 8080)); s.listen(16); print('ready', flush=True)\n\
+                      while True:\n    c, a = s.accept(); c.sendall((a[0] + '\\n').encode()); c.close()\n";
+        let mut server = std::process::Command::new("ip")
+            .args(["netns", "exec", &this.outside, "python3", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (deploy/test.sh installs it)");
+        let mut ready = String::new();
+        let mut stdout = std::io::BufReader::new(server.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut stdout, &mut ready).expect("the server's first line");
+        this.server = Some(server);
+        assert_eq!(ready.trim(), "ready", "the outside server did not start");
+        this
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        for ns in [&self.node, &self.outside] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
+        }
+    }
+}
+
+/// Egress: a container reaches an address outside the cluster, which sees the node's
+/// uplink address (masquerade); with orch's nftables table gone, the same connection
+/// gets no answer (the outside has no route to pods). Teardown removes the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_reach_the_outside_through_masquerade() {
+    let lab = NetLab::new("net-egress");
+    let outside = Outside::new(&lab.bridge);
+    let node_netns = orch_agent::net::Netns::named_path(&outside.node);
+    let network = NodeNetwork::setup(NodeNetworkConfig {
+        bridge: lab.bridge.clone(),
+        subnet: lab.subnet,
+        service_cidr: lab.services,
+        cluster_cidr: lab.subnet.supernet(16),
+        state_dir: lab.sandbox.state_dir(),
+        node_address: Some(Outside::NODE_UPLINK),
+        strategy: Strategy::RoundRobin,
+        node_netns: Some(node_netns.clone()),
+    })
+    .await
+    .expect("node network setup");
+    assert!(egress::present(&lab.bridge, Some(&node_netns)).expect("nft list"), "the egress table is there");
+
+    let ask = format!("for i in $(seq 50); do echo | nc -w 2 {} 8080 && exit 0; sleep 0.1; done; exit 1", Outside::SERVER);
+    let client = lab.container(&network, "egress-yes", &ask).await;
+    let exit = client.wait().await;
+    client.remove().await.expect("remove");
+    network.detach("egress-yes").await.expect("detach");
+    assert_eq!((exit.code, lab.log("egress-yes").trim()), (0, "198.51.100.1"), "the outside saw the node's address, not the pod's");
+
+    egress::remove(&lab.bridge, Some(&node_netns)).expect("remove the table");
+    let once = format!("echo | nc -w 2 {} 8080; echo \"exit $?\"", Outside::SERVER);
+    let client = lab.container(&network, "egress-no", &once).await;
+    client.wait().await;
+    client.remove().await.expect("remove");
+    network.detach("egress-no").await.expect("detach");
+    let output = lab.log("egress-no");
+    assert!(!output.contains("198.51.100") && !output.contains("exit 0"), "without masquerade no answer comes home: {output}");
+
+    network.apply_services(&[]).await.expect("apply");
+    network.teardown(true).await.expect("teardown");
+    assert!(!egress::present(&lab.bridge, Some(&node_netns)).expect("nft list"), "teardown removed the egress table");
 }

@@ -167,6 +167,8 @@ impl Up {
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         assert!(!mounts.contains(&self.dir.path().display().to_string()), "mounts left:\n{mounts}");
+        let tables = text(&Command::new("nft").args(["list", "tables"]).output().expect("nft (deploy/test.sh installs nftables)").stdout);
+        assert!(!tables.contains(&format!("orch_{}", self.bridge)), "the egress table is left:\n{tables}");
     }
 }
 
@@ -185,6 +187,7 @@ impl Drop for Up {
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-lb", self.bridge)]).stderr(Stdio::null()).status();
+        let _ = Command::new("nft").args(["delete", "table", "ip", &format!("orch_{}", self.bridge)]).stderr(Stdio::null()).status();
     }
 }
 

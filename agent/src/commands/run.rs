@@ -271,6 +271,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         bridge: args.bridge.clone(),
         subnet,
         service_cidr,
+        cluster_cidr: subnet.supernet(16),
         state_dir: args.state_dir.clone(),
         node_address: None,
         strategy: Strategy::RoundRobin,

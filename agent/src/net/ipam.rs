@@ -64,6 +64,14 @@ impl Subnet {
         self.nth(self.size() - 1)
     }
 
+    /// The subnet of `prefix` bits holding this one (itself when it is no longer): the
+    /// cluster's /16 around a node's /24 when no controller says otherwise.
+    pub fn supernet(&self, prefix: u8) -> Subnet {
+        let prefix = prefix.min(self.prefix);
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+        Subnet { network: Ipv4Addr::from(u32::from(self.network) & mask), prefix }
+    }
+
     fn is_reserved(&self, address: Ipv4Addr) -> bool {
         address == self.network || address == self.gateway() || address == self.lb_address() || address == self.broadcast()
     }

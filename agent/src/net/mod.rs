@@ -1,10 +1,12 @@
 //! Node networking: the bridge (vSwitch), a veth per container, IPAM, routes to other
 //! nodes' pods, and the load-balancer namespace with every service VIP, an L4 balancer
-//! per service port and DNS for service names. Built with rtnetlink; sockets that must
+//! per service port and DNS for service names; masquerade for traffic leaving the
+//! cluster (`egress`, nftables). Built with rtnetlink; sockets that must
 //! live in another namespace are made by a thread that entered it.
 
 mod balancer;
 mod dns;
+pub mod egress;
 mod error;
 pub mod ipam;
 mod link;

@@ -5,7 +5,8 @@
 //!   an address from the node's IPAM and a default route via the gateway;
 //! - the balancer namespace on the bridge at .2, holding every VIP; the node routes the
 //!   service range to it;
-//! - routes to other nodes' pod subnets via their node addresses (host-gw).
+//! - routes to other nodes' pod subnets via their node addresses (host-gw);
+//! - masquerade for pod traffic leaving the cluster (an nftables table of its own).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::balancer::{Balancer, BalancerView};
+use super::egress;
 use super::ipam::{Ipam, Subnet};
 use super::link;
 use super::names;
@@ -29,6 +31,8 @@ pub struct NodeNetworkConfig {
     pub subnet: Subnet,
     /// The service VIP range, routed to the balancer namespace.
     pub service_cidr: Subnet,
+    /// The whole cluster's pod network (every node's subnet): not masqueraded.
+    pub cluster_cidr: Subnet,
     /// IPAM state lives under `<state_dir>/network/`.
     pub state_dir: PathBuf,
     /// Where node ports are published; all addresses when unset.
@@ -103,6 +107,8 @@ impl NodeNetwork {
         let bridge_index = link::ensure_bridge(&handle, &config.bridge).await?;
         link::add_address(&handle, bridge_index, subnet.gateway(), subnet.prefix).await?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
+        egress::Egress { bridge: config.bridge.clone(), pod_subnet: subnet, cluster: config.cluster_cidr, services: config.service_cidr }
+            .apply(config.node_netns.as_deref())?;
 
         // The balancer namespace, wired to the bridge at .2.
         let lb_name = names::lb_netns(&config.bridge);
@@ -230,7 +236,7 @@ impl NodeNetwork {
 
     /// Removes what a node network on `bridge` left behind after its agent is gone — the
     /// service route (when its range is known), the balancer's veth and namespace, the
-    /// bridge and the address allocations — without setting anything up first
+    /// bridge, the egress table and the address allocations — without setting anything up first
     /// (`orch-agent teardown`). Whatever is already missing is fine.
     pub async fn remove_leftovers(bridge: &str, service_cidr: Option<Subnet>, state_dir: &std::path::Path) -> Result<(), NetError> {
         names::check(bridge)?;
@@ -242,11 +248,11 @@ impl NodeNetwork {
         Netns::delete_named(&names::lb_netns(bridge))?;
         link::delete_link(&handle, bridge).await?;
         let _ = std::fs::remove_file(crate::StateDir::new(state_dir).addresses(bridge));
-        Ok(())
+        egress::remove(bridge, None)
     }
 
     /// Removes everything the node network made: listeners, the balancer namespace and
-    /// its veth, peer routes, the service route and the bridge. With `forget`, the IPAM
+    /// its veth, peer routes, the service route, the bridge and the egress table. With `forget`, the IPAM
     /// state goes too.
     pub async fn teardown(self, forget: bool) -> Result<(), NetError> {
         self.balancer.stop().await;
@@ -259,6 +265,7 @@ impl NodeNetwork {
         drop(self.balancer);
         Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
         link::delete_link(&self.handle, &self.config.bridge).await?;
+        egress::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
         if forget {
             let path = crate::StateDir::new(&self.config.state_dir).addresses(&self.config.bridge);
             let _ = std::fs::remove_file(path);

@@ -61,6 +61,10 @@ impl Agent {
         let registration = first_registration(&config).await;
         let subnet = Subnet::parse(&registration.pod_cidr).map_err(|e| AgentError::Registration { what: "pod subnet", reason: e.to_string() })?;
         let service_cidr = Subnet::parse(&registration.service_cidr).map_err(|e| AgentError::Registration { what: "service range", reason: e.to_string() })?;
+        let cluster_cidr = match &registration.cluster_cidr {
+            Some(text) => Subnet::parse(text).map_err(|e| AgentError::Registration { what: "cluster network", reason: e.to_string() })?,
+            None => subnet.supernet(16),
+        };
         let runtime =
             Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })?;
         let state = StateDir::new(&config.state_dir);
@@ -69,6 +73,7 @@ impl Agent {
             bridge: config.bridge.clone(),
             subnet,
             service_cidr,
+            cluster_cidr,
             state_dir: config.state_dir.clone(),
             node_address: Some(config.address),
             strategy: Strategy::RoundRobin,

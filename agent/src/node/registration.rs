@@ -20,6 +20,10 @@ use crate::StateDir;
 pub struct Registration {
     pub pod_cidr: String,
     pub service_cidr: String,
+    /// The cluster's pod network; absent from controllers (and node.json files) of
+    /// earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
 }
 
 impl Registration {
@@ -61,7 +65,13 @@ pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::tran
         what: "service range",
         source,
     })?;
-    let registration = Registration { pod_cidr: pod_subnet.to_string(), service_cidr: service_range.to_string() };
+    let cluster_network = response.cluster_network.as_ref().map(orch_api::cidr::Ipv4Cidr::try_from).transpose().map_err(|source| LinkError::Registration {
+        controller: controller(),
+        what: "cluster network",
+        source,
+    })?;
+    let registration =
+        Registration { pod_cidr: pod_subnet.to_string(), service_cidr: service_range.to_string(), cluster_cidr: cluster_network.map(|cidr| cidr.to_string()) };
     registration.save(&config.state_dir);
     Ok(registration)
 }

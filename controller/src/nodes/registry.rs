@@ -47,6 +47,11 @@ impl NodeRegistry {
         NodeRegistry { store, cluster_network, lease_ttl }
     }
 
+    /// The cluster's pod network: the /16 every node's /24 comes from.
+    pub fn cluster_network(&self) -> orch_api::cidr::Ipv4Cidr {
+        orch_api::cidr::Ipv4Cidr::cluster_network(self.cluster_network)
+    }
+
     /// Registers (or re-registers) a node: the same name keeps its pod subnet. Returns
     /// the node record and the lease its heartbeats must keep alive.
     pub async fn register(&self, info: pb::NodeInfo) -> Result<(pb::Node, LeaseId), NodeError> {

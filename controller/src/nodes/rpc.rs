@@ -89,6 +89,7 @@ impl Nodes for NodesRpc {
             service_cidr: service_range.to_string(),
             pod_subnet: node.pod_subnet,
             service_range: Some(service_range.into()),
+            cluster_network: Some(self.registry.cluster_network().into()),
         }))
     }
 
