@@ -26,7 +26,9 @@
 # Settings (environment): ORCH_LAB_NAME (prefix of every name, default olab; at most 5
 # characters), ORCH_LAB_NET (the lab subnet's third octet in 10.250.X.0/24, default 0),
 # ORCH_LAB_DIR (state, default /var/lib/orch/lab-$ORCH_LAB_NAME), ORCH_BIN (where the
-# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2).
+# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2),
+# ORCH_LAB_UPSTREAM_DNS (where the nodes relay outside names; default none: the lab's
+# nodes have no way out, and a lab never asks the machine's resolver).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/etcd.sh"
@@ -82,7 +84,8 @@ start_agent() {
     launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
-        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json"
+        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json" \
+        --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}"
 }
 
 start_controller() {

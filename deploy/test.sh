@@ -13,9 +13,11 @@ require_rust
 
 # What the tests use for real: etcd for the store suite, registries (docker-registry,
 # through install_registry) and skopeo for the image suite (apache2-utils' htpasswd for
-# the one that requires a password), busybox for container root filesystems, protoc for
-# the build, graphviz to check that `orch topology -o dot` is valid DOT.
-TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 nftables busybox-static python3 graphviz)
+# the one that requires a password), busybox for container root filesystems, nftables
+# (egress), dnsmasq-base (the DNS server of the egress tests' "outside"; not the dnsmasq
+# package, whose service would start on the host), protoc for the build, graphviz to
+# check that `orch topology -o dot` is valid DOT.
+TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 nftables dnsmasq-base busybox-static python3 graphviz)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"

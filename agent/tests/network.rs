@@ -55,6 +55,7 @@ impl NetLab {
             subnet: self.subnet,
             service_cidr: self.services,
             cluster_cidr: self.subnet.supernet(16),
+            upstream_dns: Vec::new(),
             state_dir: self.sandbox.state_dir(),
             node_address: Some(self.subnet.gateway()),
             strategy: Strategy::RoundRobin,
@@ -354,6 +355,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         service_cidr: lab.services,
         // Both nodes' pods (10.210.k.0/24 and 10.213.k.0/24): pod to pod is not masqueraded.
         cluster_cidr: Subnet::parse("10.208.0.0/12").expect("cluster"),
+        upstream_dns: Vec::new(),
         state_dir: lab.sandbox.state_dir(),
         node_address: Some(nodes.address(x)),
         strategy: Strategy::RoundRobin,
@@ -478,17 +480,26 @@ async fn an_established_connection_survives_an_endpoint_change() {
 /// its source address) and no route back to the pod network: only the node's
 /// masquerade brings answers home. Removed on drop, after a panic too.
 struct Outside {
+    prefix: String,
     node: String,
     outside: String,
     server: Option<std::process::Child>,
+    dns: Option<std::process::Child>,
 }
 
 impl Outside {
+    fn dns_pid_file(prefix: &str) -> PathBuf {
+        PathBuf::from(format!("/run/orch-test-dnsmasq-{prefix}.pid"))
+    }
+
     const NODE_UPLINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
     const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    /// The outside's DNS server (Debian's dnsmasq-base, started here): `outside.test`
+    /// is [`Self::SERVER`].
+    const DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
 
     fn new(prefix: &str) -> Outside {
-        let mut this = Outside { node: format!("{prefix}n"), outside: format!("{prefix}o"), server: None };
+        let mut this = Outside { prefix: prefix.to_owned(), node: format!("{prefix}n"), outside: format!("{prefix}o"), server: None, dns: None };
         let (up, peer) = (format!("{prefix}up"), format!("{prefix}op"));
         for args in [
             vec!["netns", "add", &this.node],
@@ -501,6 +512,7 @@ impl Outside {
             vec!["-n", &this.outside, "addr", "add", "198.51.100.254/24", "dev", &peer],
             vec!["-n", &this.outside, "link", "set", &peer, "up"],
             vec!["-n", &this.outside, "addr", "add", "203.0.113.10/32", "dev", "lo"],
+            vec!["-n", &this.outside, "addr", "add", "203.0.113.53/32", "dev", "lo"],
             vec!["-n", &this.outside, "link", "set", "lo", "up"],
         ] {
             TwoNodes::ip(&args);
@@ -519,25 +531,36 @@ impl Outside {
         std::io::BufRead::read_line(&mut stdout, &mut ready).expect("the server's first line");
         this.server = Some(server);
         assert_eq!(ready.trim(), "ready", "the outside server did not start");
+        let dns = std::process::Command::new("ip")
+            .args(["netns", "exec", &this.outside, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+            .args(["--bind-interfaces", "--listen-address=203.0.113.53", "--address=/outside.test/203.0.113.10", "--user=root", "--group=root"])
+            .arg(format!("--pid-file={}", Self::dns_pid_file(prefix).display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (deploy/test.sh installs dnsmasq-base)");
+        this.dns = Some(dns);
         this
     }
 }
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
+        for mut child in [self.server.take(), self.dns.take()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for ns in [&self.node, &self.outside] {
             let _ = std::process::Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
         }
+        let _ = std::fs::remove_file(Self::dns_pid_file(&self.prefix));
     }
 }
 
-/// Egress: a container reaches an address outside the cluster, which sees the node's
-/// uplink address (masquerade); with orch's nftables table gone, the same connection
-/// gets no answer (the outside has no route to pods). Teardown removes the table.
+/// Egress and outside names: a container resolves a name only the outside's DNS server
+/// knows (through the node's DNS server, over UDP; and over TCP) and reaches it by name
+/// and by address; the outside sees the node's uplink address (masquerade). With orch's
+/// nftables table gone, the same connection gets no answer (the outside has no route to
+/// pods). Teardown removes the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_reach_the_outside_through_masquerade() {
     let lab = NetLab::new("net-egress");
@@ -548,6 +571,7 @@ async fn containers_reach_the_outside_through_masquerade() {
         subnet: lab.subnet,
         service_cidr: lab.services,
         cluster_cidr: lab.subnet.supernet(16),
+        upstream_dns: vec![std::net::SocketAddr::from((Outside::DNS, 53))],
         state_dir: lab.sandbox.state_dir(),
         node_address: Some(Outside::NODE_UPLINK),
         strategy: Strategy::RoundRobin,
@@ -557,12 +581,38 @@ async fn containers_reach_the_outside_through_masquerade() {
     .expect("node network setup");
     assert!(egress::present(&lab.bridge, Some(&node_netns)).expect("nft list"), "the egress table is there");
 
-    let ask = format!("for i in $(seq 50); do echo | nc -w 2 {} 8080 && exit 0; sleep 0.1; done; exit 1", Outside::SERVER);
+    let ask = format!(
+        "for i in $(seq 50); do nslookup outside.test >/tmp/answer 2>&1 && break; sleep 0.1; done; grep -c 'Address.*{server}' /tmp/answer; \
+         echo | nc -w 2 outside.test 8080 && echo | nc -w 2 {server} 8080",
+        server = Outside::SERVER
+    );
     let client = lab.container(&network, "egress-yes", &ask).await;
     let exit = client.wait().await;
     client.remove().await.expect("remove");
     network.detach("egress-yes").await.expect("detach");
-    assert_eq!((exit.code, lab.log("egress-yes").trim()), (0, "198.51.100.1"), "the outside saw the node's address, not the pod's");
+    assert_eq!(
+        (exit.code, lab.log("egress-yes").lines().collect::<Vec<_>>()),
+        (0, vec!["1", "198.51.100.1", "198.51.100.1"]),
+        "outside.test resolved to {}; reached by name and by address, seeing the node's address, not the pod's",
+        Outside::SERVER
+    );
+
+    // DNS over TCP, from the node to the node's DNS server (the balancer's address),
+    // relayed over TCP to the outside's.
+    let over_tcp = "import socket, struct, sys\n\
+                    q = b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07outside\\x04test\\x00\\x00\\x01\\x00\\x01'\n\
+                    s = socket.create_connection((sys.argv[1], 53), timeout=5); s.sendall(struct.pack('!H', len(q)) + q)\n\
+                    n = struct.unpack('!H', s.recv(2))[0]; r = b''\n\
+                    while len(r) < n: r += s.recv(n - len(r))\n\
+                    print(r.hex())\n";
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &outside.node, "python3", "-c", over_tcp, &lab.subnet.lb_address().to_string()])
+        .output()
+        .expect("python3");
+    let reply = hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let reply = hickory_proto::op::Message::from_vec(&reply).expect("a DNS message");
+    let addresses: Vec<String> = reply.answers.iter().map(|a| a.data.to_string()).collect();
+    assert_eq!((reply.metadata.id, addresses), (0x1234, vec![Outside::SERVER.to_string()]), "over TCP");
 
     egress::remove(&lab.bridge, Some(&node_netns)).expect("remove the table");
     let once = format!("echo | nc -w 2 {} 8080; echo \"exit $?\"", Outside::SERVER);

@@ -94,7 +94,9 @@ impl Up {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["--listen", &self.server, "--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent, "--name", "cli-node"])
-            .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &self.cluster_cidr]);
+            .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &self.cluster_cidr])
+            // Tests never ask the machine's own resolver.
+            .args(["--upstream-dns", "none"]);
         for file in files {
             command.arg("-f").arg(file);
         }

@@ -82,6 +82,7 @@ async fn run_net(args: NetArgs) -> anyhow::Result<()> {
         subnet: Subnet::parse(&pod_subnet).context("--pod-subnet")?,
         service_cidr: Subnet::parse(&service_cidr).context("--service-cidr")?,
         cluster_cidr: Subnet::parse(&pod_subnet).context("--pod-subnet")?.supernet(16),
+        upstream_dns: Vec::new(),
         state_dir,
         node_address,
         strategy: match strategy {

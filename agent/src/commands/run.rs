@@ -272,6 +272,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         subnet,
         service_cidr,
         cluster_cidr: subnet.supernet(16),
+        upstream_dns: Vec::new(),
         state_dir: args.state_dir.clone(),
         node_address: None,
         strategy: Strategy::RoundRobin,

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// file only root may read [default: /etc/orch/registries.json when it exists].
     #[arg(long, value_name = "PATH")]
     pub registry_config: Option<PathBuf>,
+    /// Where containers' DNS queries for names outside the cluster go: `none`, or
+    /// IP[:PORT],… [default: the node's resolvers, from /etc/resolv.conf].
+    #[arg(long, value_name = "ADDRESSES|none")]
+    pub upstream_dns: Option<String>,
     /// Between heartbeats (the controller's node lease must be several of these).
     #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
@@ -139,6 +143,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },
         labels,
         registries: RegistrySettings::from_flag(args.registry_config.clone()),
+        upstream_dns: orch_agent::net::upstream_dns(args.upstream_dns.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
         api_listen,

@@ -41,7 +41,8 @@ pub struct Balancer {
     strategy: Strategy,
     state: tokio::sync::Mutex<BalancerState>,
     names: dns::Names,
-    dns_task: JoinHandle<()>,
+    /// The DNS server over UDP and over TCP.
+    dns_tasks: [JoinHandle<()>; 2],
 }
 
 #[derive(Default)]
@@ -60,7 +61,8 @@ pub struct BalancerView {
 }
 
 impl Balancer {
-    /// Starts the balancer in `netns` (already wired to the bridge at `dns_address`).
+    /// Starts the balancer in `netns` (already wired to the bridge at `dns_address`);
+    /// its DNS server relays names outside the cluster to `upstream_dns` (none: NXDOMAIN).
     pub async fn start(
         netns: Netns,
         netns_name: &str,
@@ -68,6 +70,7 @@ impl Balancer {
         node_address: Option<Ipv4Addr>,
         node_netns: Option<Netns>,
         strategy: Strategy,
+        upstream_dns: Vec<std::net::SocketAddr>,
     ) -> Result<Balancer, NetError> {
         let handle = netns.netlink()?;
         let sockets = Arc::new(NsSockets::start(&netns)?);
@@ -75,7 +78,9 @@ impl Balancer {
         let names: dns::Names = Arc::new(RwLock::new(BTreeMap::new()));
         let dns_addr = SocketAddrV4::new(dns_address, 53);
         let udp = sockets.udp_socket(dns_addr).await.map_err(|source| NetError::Listen { address: format!("udp {dns_addr} in {netns_name}"), source })?;
-        let dns_task = tokio::spawn(dns::serve(udp, Arc::clone(&names)));
+        let tcp = sockets.tcp_listener(dns_addr).await.map_err(|source| NetError::Listen { address: format!("tcp {dns_addr} in {netns_name}"), source })?;
+        let upstream = (!upstream_dns.is_empty()).then(|| Arc::new(dns::Upstream { servers: upstream_dns, sockets: Arc::clone(&sockets) }));
+        let dns_tasks = [tokio::spawn(dns::serve(udp, Arc::clone(&names), upstream.clone())), tokio::spawn(dns::serve_tcp(tcp, Arc::clone(&names), upstream))];
         Ok(Balancer {
             netns,
             netns_name: netns_name.to_owned(),
@@ -86,7 +91,7 @@ impl Balancer {
             strategy,
             state: tokio::sync::Mutex::new(BalancerState::default()),
             names,
-            dns_task,
+            dns_tasks,
         })
     }
 
@@ -162,13 +167,13 @@ impl Balancer {
     /// Stops every listener and the DNS responder.
     pub async fn stop(&self) {
         self.state.lock().await.listeners.clear();
-        self.dns_task.abort();
+        self.dns_tasks.iter().for_each(JoinHandle::abort);
     }
 }
 
 impl Drop for Balancer {
-    /// The listeners go with the state; the DNS responder is aborted here.
+    /// The listeners go with the state; the DNS server is aborted here.
     fn drop(&mut self) {
-        self.dns_task.abort();
+        self.dns_tasks.iter().for_each(JoinHandle::abort);
     }
 }

@@ -18,6 +18,7 @@ mod sockets;
 pub mod table;
 
 pub use balancer::{Balancer, BalancerView};
+pub use dns::upstream_dns;
 pub use error::NetError;
 pub use ipam::{Ipam, Subnet};
 pub use netns::Netns;

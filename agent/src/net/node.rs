@@ -33,6 +33,8 @@ pub struct NodeNetworkConfig {
     pub service_cidr: Subnet,
     /// The whole cluster's pod network (every node's subnet): not masqueraded.
     pub cluster_cidr: Subnet,
+    /// Where the DNS server relays names outside the cluster; none: NXDOMAIN for them.
+    pub upstream_dns: Vec<std::net::SocketAddr>,
     /// IPAM state lives under `<state_dir>/network/`.
     pub state_dir: PathBuf,
     /// Where node ports are published; all addresses when unset.
@@ -128,7 +130,8 @@ impl NodeNetwork {
         drop(lb_handle);
 
         let node_sockets = config.node_netns.as_ref().map(|_| node);
-        let balancer = Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy).await?;
+        let balancer =
+            Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy, config.upstream_dns.clone()).await?;
         let ipam = Ipam::new(&crate::StateDir::new(&config.state_dir).addresses(&config.bridge), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }

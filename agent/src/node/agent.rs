@@ -74,6 +74,7 @@ impl Agent {
             subnet,
             service_cidr,
             cluster_cidr,
+            upstream_dns: config.upstream_dns.clone(),
             state_dir: config.state_dir.clone(),
             node_address: Some(config.address),
             strategy: Strategy::RoundRobin,

@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Registry credentials and plain-HTTP registries (`--registry-config`).
     pub registries: RegistrySettings,
+    /// Where containers' DNS queries for names outside the cluster go (`--upstream-dns`).
+    pub upstream_dns: Vec<std::net::SocketAddr>,
     pub heartbeat: Duration,
     /// The agent binary (re-executed for containers and exec probes).
     pub helper: PathBuf,

@@ -26,6 +26,7 @@ fn config(dir: &Path) -> AgentConfig {
         capacity: pb::ResourceList::default(),
         labels: Default::default(),
         registries: crate::images::RegistrySettings::default(),
+        upstream_dns: Vec::new(),
         heartbeat: Duration::from_secs(1),
         helper: "/nonexistent/orch-agent".into(),
         api_listen: None,

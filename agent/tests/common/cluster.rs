@@ -89,6 +89,7 @@ impl Cluster {
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
+            .args(["--upstream-dns", "none"]) // tests never ask the machine's own resolver
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

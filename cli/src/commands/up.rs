@@ -34,6 +34,10 @@ pub struct UpArgs {
     /// file only root may read [default: /etc/orch/registries.json when it exists].
     #[arg(long, value_name = "PATH")]
     pub registry_config: Option<PathBuf>,
+    /// Where containers' DNS queries for names outside the cluster go: `none`, or
+    /// IP[:PORT],… [default: the node's resolvers, from /etc/resolv.conf].
+    #[arg(long, value_name = "ADDRESSES|none")]
+    pub upstream_dns: Option<String>,
     /// The controller's address (the CLI's default server), over mutual TLS with the
     /// PKI in --tls-dir (default /etc/orch/pki, made on the first start).
     #[arg(long, default_value = "127.0.0.1:7100")]
@@ -132,6 +136,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         capacity: orch_agent::node::machine_capacity(),
         labels: Default::default(),
         registries: orch_agent::images::RegistrySettings::from_flag(args.registry_config.clone()),
+        upstream_dns: orch_agent::net::upstream_dns(args.upstream_dns.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
         heartbeat: Duration::from_secs(1),
         helper: std::env::current_exe().context("cannot find the orch binary")?,
         // On the node's address (where the controller dials it), on a free port
