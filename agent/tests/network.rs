@@ -627,3 +627,121 @@ async fn containers_reach_the_outside_through_masquerade() {
     network.teardown(true).await.expect("teardown");
     assert!(!egress::present(&lab.bridge, Some(&node_netns)).expect("nft list"), "teardown removed the egress table");
 }
+
+/// A UDP backend on the node's bridge: a network namespace of the test's own with an
+/// address from the node's IPAM, running a UDP echo (python3) on :7001 and a DNS server
+/// (dnsmasq-base) on :5353 that knows `backend.test`. Removed on drop, after a panic too.
+struct UdpBackend {
+    netns: String,
+    veth: String,
+    children: Vec<std::process::Child>,
+}
+
+impl UdpBackend {
+    fn new(lab: &NetLab, ip: Ipv4Addr) -> UdpBackend {
+        let mut this = UdpBackend { netns: format!("{}u", lab.bridge), veth: format!("{}e", lab.bridge), children: Vec::new() };
+        let (netns, veth, peer) = (this.netns.clone(), this.veth.clone(), format!("{}f", lab.bridge));
+        let address = format!("{ip}/{}", lab.subnet.prefix);
+        let gateway = lab.subnet.gateway().to_string();
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["link", "add", &veth, "type", "veth", "peer", "name", &peer, "netns", &netns],
+            vec!["link", "set", &veth, "master", &lab.bridge, "up"],
+            vec!["-n", &netns, "addr", "add", &address, "dev", &peer],
+            vec!["-n", &netns, "link", "set", &peer, "up"],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+            vec!["-n", &netns, "route", "add", "default", "via", &gateway],
+        ] {
+            TwoNodes::ip(&args);
+        }
+        let echo = "import socket\n\
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7001))\n\
+                    while True:\n    d, a = s.recvfrom(2048); s.sendto(b'echo:' + d, a)\n";
+        this.children.push(std::process::Command::new("ip").args(["netns", "exec", &netns, "python3", "-c", echo]).spawn().expect("python3"));
+        this.children.push(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=5353"])
+                .args(["--bind-interfaces", &format!("--listen-address={ip}"), "--address=/backend.test/192.0.2.7", "--user=root", "--group=root"])
+                .arg(format!("--pid-file=/run/orch-test-dnsmasq-{netns}.pid"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("dnsmasq (deploy/test.sh installs dnsmasq-base)"),
+        );
+        this
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.veth]).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).stderr(std::process::Stdio::null()).status();
+        let _ = std::fs::remove_file(format!("/run/orch-test-dnsmasq-{}.pid", self.netns));
+    }
+}
+
+/// Sends `datagram` to `to` until a reply comes (the backend may still be starting);
+/// bounded: 100 tries of 100 ms.
+async fn udp_ask(to: SocketAddrV4, datagram: Vec<u8>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let mut buffer = vec![0u8; 2048];
+        for _ in 0..100 {
+            socket.send_to(&datagram, to).expect("send");
+            if let Ok((length, _)) = socket.recv_from(&mut buffer) {
+                return buffer[..length].to_vec();
+            }
+        }
+        panic!("no UDP reply from {to} in 10 s");
+    })
+    .await
+    .expect("join")
+}
+
+/// UDP services: an echo and a DNS server behind one VIP (ports 7001 and 53), the echo
+/// on a node port as well; answers come back from the address the client asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_services_balance_through_the_vip_and_a_node_port() {
+    let lab = NetLab::new("net-udp");
+    let network = lab.network().await;
+    let (backend_ip, _) = network.prepare("udp-backend", "udp-backend", &lab.sandbox.root.path().join("files/udp-backend")).expect("an address");
+    let backend = UdpBackend::new(&lab, backend_ip);
+    let udp = |name: &str, service_port: u16, target_port: u16, node_port: Option<u16>| PortMapping {
+        name: name.into(),
+        protocol: Protocol::Udp,
+        service_port,
+        target_port,
+        node_port,
+    };
+    let table = vec![ServiceEndpoints {
+        name: "udp".into(),
+        vip: lab.vip(),
+        ports: vec![udp("echo", 7001, 7001, Some(lab.node_port)), udp("dns", 53, 5353, None)],
+        ready: vec![backend_ip],
+    }];
+    network.apply_services(&table).await.expect("apply");
+
+    assert_eq!(udp_ask(SocketAddrV4::new(lab.vip(), 7001), b"through the VIP".to_vec()).await, b"echo:through the VIP");
+    assert_eq!(udp_ask(SocketAddrV4::new(lab.subnet.gateway(), lab.node_port), b"through a node port".to_vec()).await, b"echo:through a node port");
+    let mut query = hickory_proto::op::Message::query();
+    query.metadata.id = 99;
+    query.metadata.recursion_desired = true;
+    query.add_query(hickory_proto::op::Query::query(hickory_proto::rr::Name::from_ascii("backend.test.").expect("name"), hickory_proto::rr::RecordType::A));
+    let reply = udp_ask(SocketAddrV4::new(lab.vip(), 53), query.to_vec().expect("encode")).await;
+    let reply = hickory_proto::op::Message::from_vec(&reply).expect("a DNS reply");
+    assert_eq!(
+        (reply.metadata.id, reply.answers.iter().map(|a| a.data.to_string()).collect::<Vec<_>>()),
+        (99, vec!["192.0.2.7".to_owned()]),
+        "the DNS server behind the VIP answered"
+    );
+
+    drop(backend);
+    network.apply_services(&[]).await.expect("apply");
+    network.detach("udp-backend").await.expect("release");
+    network.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+}

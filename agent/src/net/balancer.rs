@@ -15,6 +15,7 @@ use super::netns::Netns;
 use super::proxy::{self, Backends, Strategy};
 use super::sockets::NsSockets;
 use super::table::{desired, plan_listeners, ListenKey, ServiceEndpoints};
+use super::udp;
 use super::NetError;
 
 struct Listener {
@@ -104,9 +105,6 @@ impl Balancer {
     /// are untouched.
     pub async fn apply(&self, table: &[ServiceEndpoints]) -> Result<(), NetError> {
         let want = desired(table);
-        for skipped in &want.skipped {
-            tracing::warn!(port = %skipped, "UDP service ports are not balanced yet");
-        }
         let mut state = self.state.lock().await;
         let lo = link::require_index(&self.handle, "lo").await?;
         for vip in want.vips.difference(&state.vips.clone()) {
@@ -134,6 +132,23 @@ impl Balancer {
                     };
                     let listener = listener.map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
                     tokio::spawn(proxy::serve(listener, Arc::clone(&backends), self.node_sockets.clone()))
+                }
+                ListenKey::UdpVip(address) => {
+                    let socket = self
+                        .sockets
+                        .udp_socket(*address)
+                        .await
+                        .map_err(|source| NetError::Listen { address: format!("udp {address} in {}", self.netns_name), source })?;
+                    tokio::spawn(udp::serve(socket, Arc::clone(&backends), Some(Arc::clone(&self.sockets))))
+                }
+                ListenKey::UdpNodePort(port) => {
+                    let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), *port);
+                    let socket = match &self.node_sockets {
+                        Some(sockets) => sockets.udp_socket(address).await,
+                        None => tokio::net::UdpSocket::bind(address).await,
+                    };
+                    let socket = socket.map_err(|source| NetError::Listen { address: format!("udp node port {address}"), source })?;
+                    tokio::spawn(udp::serve(socket, Arc::clone(&backends), self.node_sockets.clone()))
                 }
             };
             state.listeners.insert(*key, Listener { backends, task });

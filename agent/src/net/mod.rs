@@ -16,6 +16,7 @@ mod node;
 mod proxy;
 mod sockets;
 pub mod table;
+mod udp;
 
 pub use balancer::{Balancer, BalancerView};
 pub use dns::upstream_dns;

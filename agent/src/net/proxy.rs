@@ -93,11 +93,11 @@ impl Backends {
         }
     }
 
-    fn connected(&self, endpoint: SocketAddrV4) {
+    pub(super) fn connected(&self, endpoint: SocketAddrV4) {
         *self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(endpoint).or_default() += 1;
     }
 
-    fn disconnected(&self, endpoint: SocketAddrV4) {
+    pub(super) fn disconnected(&self, endpoint: SocketAddrV4) {
         let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = active.get_mut(&endpoint) {
             *count = count.saturating_sub(1);

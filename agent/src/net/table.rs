@@ -36,10 +36,14 @@ pub struct ServiceEndpoints {
 /// Where a balancer listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ListenKey {
-    /// VIP:port inside the balancer namespace.
+    /// VIP:port (TCP) inside the balancer namespace.
     Vip(SocketAddrV4),
-    /// A node port on the node's own address.
+    /// A TCP node port on the node's own address.
     NodePort(u16),
+    /// VIP:port (UDP) inside the balancer namespace.
+    UdpVip(SocketAddrV4),
+    /// A UDP node port on the node's own address.
+    UdpNodePort(u16),
 }
 
 /// Everything the node's balancer should be.
@@ -50,8 +54,6 @@ pub struct DesiredBalancer {
     pub listeners: BTreeMap<ListenKey, Vec<SocketAddrV4>>,
     /// DNS: `<service>` and `<service>.orch` → VIP.
     pub names: BTreeMap<String, Ipv4Addr>,
-    /// Ports this node cannot balance (UDP), for the log.
-    pub skipped: Vec<String>,
 }
 
 /// The search domain services answer under.
@@ -64,14 +66,15 @@ pub fn desired(table: &[ServiceEndpoints]) -> DesiredBalancer {
         out.names.insert(service.name.clone(), service.vip);
         out.names.insert(format!("{}.{DNS_DOMAIN}", service.name), service.vip);
         for port in &service.ports {
-            if port.protocol == Protocol::Udp {
-                out.skipped.push(format!("{}/{} (UDP)", service.name, port.name));
-                continue;
-            }
             let endpoints: Vec<SocketAddrV4> = service.ready.iter().map(|ip| SocketAddrV4::new(*ip, port.target_port)).collect();
-            out.listeners.insert(ListenKey::Vip(SocketAddrV4::new(service.vip, port.service_port)), endpoints.clone());
-            if let Some(node_port) = port.node_port {
-                out.listeners.insert(ListenKey::NodePort(node_port), endpoints);
+            let vip = SocketAddrV4::new(service.vip, port.service_port);
+            let (on_vip, on_node) = match port.protocol {
+                Protocol::Tcp => (ListenKey::Vip(vip), port.node_port.map(ListenKey::NodePort)),
+                Protocol::Udp => (ListenKey::UdpVip(vip), port.node_port.map(ListenKey::UdpNodePort)),
+            };
+            out.listeners.insert(on_vip, endpoints.clone());
+            if let Some(on_node) = on_node {
+                out.listeners.insert(on_node, endpoints);
             }
         }
     }
@@ -108,7 +111,7 @@ mod tests {
             vip: ip("10.96.0.10"),
             ports: vec![
                 PortMapping { name: "http".into(), protocol: Protocol::Tcp, service_port: 80, target_port: 8080, node_port: Some(30080) },
-                PortMapping { name: "dns".into(), protocol: Protocol::Udp, service_port: 53, target_port: 53, node_port: None },
+                PortMapping { name: "dns".into(), protocol: Protocol::Udp, service_port: 53, target_port: 5353, node_port: Some(30053) },
             ],
             ready: vec![ip("10.88.1.3"), ip("10.88.2.3")],
         }
@@ -121,8 +124,10 @@ mod tests {
         let endpoints = vec![SocketAddrV4::new(ip("10.88.1.3"), 8080), SocketAddrV4::new(ip("10.88.2.3"), 8080)];
         assert_eq!(d.listeners.get(&ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.10"), 80))), Some(&endpoints));
         assert_eq!(d.listeners.get(&ListenKey::NodePort(30080)), Some(&endpoints));
-        assert_eq!(d.listeners.len(), 2, "UDP is not balanced");
-        assert_eq!(d.skipped, ["web/dns (UDP)"]);
+        let dns = vec![SocketAddrV4::new(ip("10.88.1.3"), 5353), SocketAddrV4::new(ip("10.88.2.3"), 5353)];
+        assert_eq!(d.listeners.get(&ListenKey::UdpVip(SocketAddrV4::new(ip("10.96.0.10"), 53))), Some(&dns));
+        assert_eq!(d.listeners.get(&ListenKey::UdpNodePort(30053)), Some(&dns));
+        assert_eq!(d.listeners.len(), 4, "TCP and UDP, each on the VIP and a node port");
         assert_eq!(d.names.get("web.orch"), Some(&ip("10.96.0.10")));
         assert_eq!(d.names.get("web"), Some(&ip("10.96.0.10")));
     }
@@ -133,7 +138,7 @@ mod tests {
         let stale = ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.99"), 80));
         let current = BTreeSet::from([vip80, stale]);
         let plan = plan_listeners(&current, &desired(&[web()]));
-        assert_eq!(plan.open, vec![ListenKey::NodePort(30080)]);
+        assert_eq!(plan.open, vec![ListenKey::NodePort(30080), ListenKey::UdpVip(SocketAddrV4::new(ip("10.96.0.10"), 53)), ListenKey::UdpNodePort(30053)]);
         assert_eq!(plan.close, vec![stale]);
         assert_eq!(plan_listeners(&BTreeSet::new(), &desired(&[])), ListenerPlan::default());
     }
