@@ -53,6 +53,18 @@ fn the_example_webapp_manifest_is_valid() {
 }
 
 #[test]
+fn the_example_stack_manifest_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/stack.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/stack.yaml is in the repository");
+    let docs = load_services("stack.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    let services: Vec<(&str, &str)> = docs.iter().map(|d| (d.service.name.as_str(), d.service.spec.as_ref().map_or("", |s| s.image.as_str()))).collect();
+    assert_eq!(services, [("cache", "127.0.0.1:5000/orch/stack-cache:1.0"), ("web", "127.0.0.1:5000/orch/stack-web:1.0")]);
+    let web = docs[1].service.spec.as_ref().expect("spec");
+    assert_eq!((web.ports[0].service_port, web.ports[0].node_port), (80, 30081));
+    assert_eq!(web.image_pull_policy(), pb::ImagePullPolicy::IfNotPresent);
+}
+
+#[test]
 fn defaults_are_kubernetes_defaults() {
     let docs = load_services("test.yaml", &variant("", "  probes:\n    liveness:\n      tcpSocket:\n        port: http")).expect("valid");
     let spec = docs[0].service.spec.clone().expect("spec");
