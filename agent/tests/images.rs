@@ -25,33 +25,42 @@ fn unique_repository(test: &str) -> String {
     format!("orch-test/{test}-{}-{nanos}", std::process::id())
 }
 
-/// Runs `script` in a container from the image's layers; returns (exit code, output).
-async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, script: &str) -> (i32, String) {
+/// A container spec from the image's layers and defaults, running `args` (the image's
+/// Cmd replaced, as `docker run IMAGE ARGS`) with its output in `<id>.log`.
+fn spec_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, args: &[&str]) -> ContainerSpec {
     let record = store.get(reference).expect("pulled");
-    let accounts = ImageAccounts::read(&store.lower_dirs(&record).expect("layers"));
-    let process = resolve_process(&record.defaults, &[], &["sh".into(), "-c".into(), script.into()], &[], &accounts).expect("process");
-    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
-        .expect("runtime");
-    let log = sandbox.root.path().join(format!("{id}.log"));
-    let spec = ContainerSpec {
+    let layers = store.lower_dirs(&record).expect("layers");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let process = resolve_process(&record.defaults, &[], &args, &[], &ImageAccounts::read(&layers)).expect("process");
+    ContainerSpec {
         id: id.to_owned(),
-        layers: store.lower_dirs(&record).expect("layers"),
+        layers,
         hostname: None,
         args: process.args,
         env: process.env,
         cwd: process.cwd,
         limits: Limits::default(),
-        stdio: Stdio::LogFile(log.clone()),
+        stdio: Stdio::LogFile(sandbox.root.path().join(format!("{id}.log"))),
         user_namespace: None,
         user: process.user,
-        image: Some(record.manifest_digest.clone()),
+        image: Some(record.manifest_digest),
         mounts: vec![],
         security: Security::default(),
-    };
-    let container = runtime.start(&spec).await.expect("start");
+    }
+}
+
+fn runtime(sandbox: &Sandbox) -> Runtime {
+    Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
+        .expect("runtime")
+}
+
+/// Runs `script` in a container from the image's layers; returns (exit code, output).
+async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &str, script: &str) -> (i32, String) {
+    let spec = spec_in_image(sandbox, store, reference, id, &["sh", "-c", script]);
+    let container = runtime(sandbox).start(&spec).await.expect("start");
     let exit = container.wait().await;
     container.remove().await.expect("remove");
-    (exit.code, std::fs::read_to_string(log).unwrap_or_default())
+    (exit.code, std::fs::read_to_string(sandbox.root.path().join(format!("{id}.log"))).unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,26 +269,8 @@ async fn a_named_image_user_runs_as_the_image_says() {
 
     // An exec into the container runs as its user too, groups included.
     let reference = format!("oci:{}:v1", sandbox.root.path().join("named").display());
-    let record = images.get(&reference).expect("pulled");
-    let layers = images.lower_dirs(&record).expect("layers");
-    let process = resolve_process(&record.defaults, &[], &["sleep".into(), "1000".into()], &[], &ImageAccounts::read(&layers)).expect("process");
-    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
-        .expect("runtime");
-    let spec = ContainerSpec {
-        id: "user-exec".into(),
-        layers,
-        hostname: None,
-        args: process.args,
-        env: process.env,
-        cwd: process.cwd,
-        limits: Limits::default(),
-        stdio: Stdio::LogFile(sandbox.root.path().join("user-exec.log")),
-        user_namespace: None,
-        user: process.user,
-        image: Some(record.manifest_digest.clone()),
-        mounts: vec![],
-        security: Security::default(),
-    };
+    let spec = spec_in_image(&sandbox, &images, &reference, "user-exec", &["sleep", "1000"]);
+    let runtime = runtime(&sandbox);
     let container = runtime.start(&spec).await.expect("start");
     let exec = ExecRequest {
         pid: container.host_pid(),
@@ -368,27 +359,8 @@ async fn prune_keeps_the_images_containers_use() {
     let (used_record, _) = images.pull(&used).await.expect("pull");
     images.pull(&unused).await.expect("pull");
 
-    let runtime = Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: PathBuf::from(AGENT) })
-        .expect("runtime");
-    let process = resolve_process(&used_record.defaults, &[], &[], &[], &ImageAccounts::default()).expect("process");
-    let container = runtime
-        .start(&ContainerSpec {
-            id: "user".into(),
-            layers: images.lower_dirs(&used_record).expect("layers"),
-            hostname: None,
-            args: process.args,
-            env: process.env,
-            cwd: process.cwd,
-            limits: Limits::default(),
-            stdio: Stdio::LogFile(sandbox.root.path().join("user.log")),
-            user_namespace: None,
-            user: None,
-            image: Some(used_record.manifest_digest.clone()),
-            mounts: vec![],
-            security: Security::default(),
-        })
-        .await
-        .expect("start");
+    let runtime = runtime(&sandbox);
+    let container = runtime.start(&spec_in_image(&sandbox, &images, &used, "user", &[])).await.expect("start");
     assert_eq!(runtime.images_in_use(), BTreeSet::from([used_record.manifest_digest.clone()]));
 
     let report = images.prune(&runtime.images_in_use()).expect("prune");

@@ -583,8 +583,11 @@ async fn containers_reach_the_outside_through_masquerade() {
 
     let ask = format!(
         "for i in $(seq 50); do nslookup outside.test >/tmp/answer 2>&1 && break; sleep 0.1; done; grep -c 'Address.*{server}' /tmp/answer; \
-         echo | nc -w 2 outside.test 8080 && echo | nc -w 2 {server} 8080",
-        server = Outside::SERVER
+         {{ echo | nc -w 2 outside.test 8080 && echo | nc -w 2 {server} 8080; }} 2>/dev/null; \
+         printf '\\000\\036\\022\\064\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\007outside\\004test\\000\\000\\001\\000\\001' 2>/dev/null \
+           | nc -w 3 {dns} 53 | od -An -tx1 | tr -d ' \\n' | grep -o 'cb00710a'",
+        server = Outside::SERVER,
+        dns = lab.subnet.lb_address()
     );
     let client = lab.container(&network, "egress-yes", &ask).await;
     let exit = client.wait().await;
@@ -592,8 +595,8 @@ async fn containers_reach_the_outside_through_masquerade() {
     network.detach("egress-yes").await.expect("detach");
     assert_eq!(
         (exit.code, lab.log("egress-yes").lines().collect::<Vec<_>>()),
-        (0, vec!["1", "198.51.100.1", "198.51.100.1"]),
-        "outside.test resolved to {}; reached by name and by address, seeing the node's address, not the pod's",
+        (0, vec!["1", "198.51.100.1", "198.51.100.1", "cb00710a"]),
+        "outside.test resolved to {} over UDP and TCP (its bytes in the TCP answer); reached by name and by address, seeing the node's address, not the pod's",
         Outside::SERVER
     );
 
