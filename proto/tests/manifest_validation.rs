@@ -61,7 +61,7 @@ fn the_example_stack_manifest_is_valid() {
     assert_eq!(services, [("cache", "127.0.0.1:5000/orch/stack-cache:1.0"), ("web", "127.0.0.1:5000/orch/stack-web:1.0")]);
     let web = docs[1].service.spec.as_ref().expect("spec");
     assert_eq!((web.ports[0].service_port, web.ports[0].node_port), (80, 30081));
-    assert_eq!(web.image_pull_policy(), pb::ImagePullPolicy::IfNotPresent);
+    assert_eq!(web.image_pull_policy(), pb::ImagePullPolicy::Unspecified, "unset: the node's default for a tagged image");
 }
 
 #[test]
@@ -79,11 +79,19 @@ fn defaults_are_kubernetes_defaults() {
 }
 
 #[test]
-fn the_image_pull_policy_defaults_by_tag_as_kubernetes_does() {
+fn the_image_pull_policy_is_kept_as_written_and_defaults_by_tag_as_kubernetes_does() {
     let policy = |image: &str, policy: &str| {
         let text = variant("  image: 127.0.0.1:5000/orch/demo-web:1.0", &format!("  image: '{image}'{policy}"));
         load_services("test.yaml", &text).unwrap_or_else(|e| panic!("{image}: {e:?}"))[0].service.spec.as_ref().expect("spec").image_pull_policy()
     };
+    // Unset is stored unset: the same manifest stays the same spec across upgrades.
+    assert_eq!(policy("busybox", ""), pb::ImagePullPolicy::Unspecified);
+    assert_eq!(policy("busybox", "\n  imagePullPolicy: IfNotPresent"), pb::ImagePullPolicy::IfNotPresent);
+    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Always"), pb::ImagePullPolicy::Always);
+    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Never"), pb::ImagePullPolicy::Never);
+    let errors = errors_of(&variant("", "  imagePullPolicy: Sometimes"));
+    assert!(errors.iter().any(|e| e.path == "spec.imagePullPolicy" && e.message.contains("unknown variant `Sometimes`")), "{errors:?}");
+    // The default the node applies to an unset policy.
     let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     for (image, want) in [
         ("127.0.0.1:5000/orch/demo-web:1.0", pb::ImagePullPolicy::IfNotPresent),
@@ -95,13 +103,8 @@ fn the_image_pull_policy_defaults_by_tag_as_kubernetes_does() {
         ("oci:/images/web:2", pb::ImagePullPolicy::IfNotPresent),
         ("oci:/images/web", pb::ImagePullPolicy::Always),
     ] {
-        assert_eq!(policy(image, ""), want, "{image}");
+        assert_eq!(orch_api::image_ref::ImageRef::parse(image).expect("a reference").default_pull_policy(), want, "{image}");
     }
-    assert_eq!(policy("busybox", "\n  imagePullPolicy: IfNotPresent"), pb::ImagePullPolicy::IfNotPresent);
-    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Always"), pb::ImagePullPolicy::Always);
-    assert_eq!(policy("busybox:1", "\n  imagePullPolicy: Never"), pb::ImagePullPolicy::Never);
-    let errors = errors_of(&variant("", "  imagePullPolicy: Sometimes"));
-    assert!(errors.iter().any(|e| e.path == "spec.imagePullPolicy" && e.message.contains("unknown variant `Sometimes`")), "{errors:?}");
 }
 
 #[test]

@@ -47,8 +47,8 @@ pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<
     })
 }
 
-/// The service's image pull policy; a record from before the field gets the default
-/// for its reference (Kubernetes': `Always` for no tag or `:latest`, else
+/// The service's image pull policy; an unset one (the manifest names none, or a record
+/// from before the field) gets the default for its reference (Kubernetes': `Always` for no tag or `:latest`, else
 /// `IfNotPresent`).
 pub fn pull_policy(spec: &pb::ServiceSpec) -> pb::ImagePullPolicy {
     match spec.image_pull_policy() {

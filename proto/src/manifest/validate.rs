@@ -121,12 +121,13 @@ fn check_labels(errors: &mut Errors, path: &str, labels: &BTreeMap<String, Strin
 
 fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceSpec {
     let replicas = errors.range("spec.replicas", spec.replicas.unwrap_or(1), 0, MAX_REPLICAS);
-    let image_pull_policy = match (spec.image_pull_policy, ImageRef::parse(&spec.image)) {
-        (Some(model::ImagePullPolicy::IfNotPresent), _) => pb::ImagePullPolicy::IfNotPresent,
-        (Some(model::ImagePullPolicy::Always), _) => pb::ImagePullPolicy::Always,
-        (Some(model::ImagePullPolicy::Never), _) => pb::ImagePullPolicy::Never,
-        (None, Ok(image)) => image.default_pull_policy(),
-        (None, Err(_)) => pb::ImagePullPolicy::Unspecified,
+    // Unset stays unset (the node applies Kubernetes' default for the reference): a
+    // manifest applied again after an upgrade is the same spec, so nothing rolls.
+    let image_pull_policy = match spec.image_pull_policy {
+        Some(model::ImagePullPolicy::IfNotPresent) => pb::ImagePullPolicy::IfNotPresent,
+        Some(model::ImagePullPolicy::Always) => pb::ImagePullPolicy::Always,
+        Some(model::ImagePullPolicy::Never) => pb::ImagePullPolicy::Never,
+        None => pb::ImagePullPolicy::Unspecified,
     };
     if let Err(e) = ImageRef::parse(&spec.image) {
         errors.push("spec.image", e.to_string());
