@@ -39,18 +39,16 @@ pub fn is_plain_http(registry: &str, trusted: &[String]) -> bool {
 }
 
 impl Source {
-    /// The source for a layout directory or a registry reference, reached at
-    /// `endpoint` (a mirror's; the reference's own registry when `None`) with the node's
-    /// registry settings, read from `config_path`. Archives are opened by the store
-    /// (they are unpacked to a scratch layout first).
-    pub fn for_reference(reference: &ImageRef, endpoint: Option<&str>, config: &RegistryConfig, config_path: Option<&Path>) -> Result<Source, ImageError> {
+    /// The source for a registry reference, reached at `endpoint` (a mirror's, or the
+    /// reference's own registry) with the node's registry settings, read from
+    /// `config_path`. Layouts are [`Source::Layout`]; archives are unpacked to one first.
+    pub fn for_registry(reference: &ImageRef, endpoint: &str, config: &RegistryConfig, config_path: Option<&Path>) -> Result<Source, ImageError> {
         match reference {
-            ImageRef::OciLayout { path, tag } => Ok(Source::Layout { dir: PathBuf::from(path), name: reference.to_string(), tag: tag.clone() }),
-            ImageRef::OciArchive { .. } => {
-                Err(ImageError::Layout { source_name: reference.to_string(), message: "archives are unpacked by the store before they are read".into() })
+            ImageRef::OciLayout { .. } | ImageRef::OciArchive { .. } => {
+                Err(ImageError::Layout { source_name: reference.to_string(), message: "not a registry reference".into() })
             }
-            ImageRef::Registry { registry, repository, tag, digest } => {
-                let registry = &endpoint.map_or_else(|| registry.clone(), str::to_owned);
+            ImageRef::Registry { repository, tag, digest, .. } => {
+                let registry = &endpoint.to_owned();
                 let protocol =
                     if is_plain_http(registry, &config.insecure) { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https };
                 // TLS to registries is rustls with the ring provider (the process-wide

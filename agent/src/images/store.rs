@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::defaults::ImageDefaults;
 use super::digest::Digest;
-use super::registries::{RegistryConfig, RegistrySettings};
+use super::registries::RegistrySettings;
 use super::source::Source;
 use super::unpack::unpack_layer;
 use super::ImageError;
@@ -147,7 +147,7 @@ impl ImageStore {
                 (source, Some(dir))
             }
             ImageRef::Registry { registry, .. } => return self.pull_through_endpoints(&parsed, registry, &normalized).await,
-            other => (Source::for_reference(other, None, &RegistryConfig::default(), None)?, None),
+            ImageRef::OciLayout { path, tag } => (Source::Layout { dir: PathBuf::from(path), name: normalized.clone(), tag: tag.clone() }, None),
         };
         let result = self.pull_from(&source, &normalized, &mut report).await;
         if let Some(dir) = scratch_layout {
@@ -165,7 +165,7 @@ impl ImageStore {
         let mut failures = Vec::new();
         for endpoint in &endpoints {
             let mut report = PullReport::default();
-            let source = Source::for_reference(parsed, Some(endpoint), &config, self.registries.path.as_deref())?;
+            let source = Source::for_registry(parsed, endpoint, &config, self.registries.path.as_deref())?;
             match self.pull_from(&source, normalized, &mut report).await {
                 Ok(record) => return Ok((record, report)),
                 Err(error) if endpoints.len() == 1 => return Err(error),
