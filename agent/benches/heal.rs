@@ -95,6 +95,6 @@ async fn main() {
         running / 5_000.0,
         if running < 100.0 { "met" } else { "not met" }
     );
-    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into(), purge_volumes: false }).await.expect("delete");
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
 }

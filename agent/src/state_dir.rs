@@ -9,7 +9,11 @@
 //! logs/<id>.log[.1]         each replica's output (and the rotated previous one)
 //! network/<bridge>.json     the node's address allocations
 //! network/files/<id>/       resolv.conf, hosts and hostname bound into a replica
+//! empty-dirs/<id>/<volume>/  each replica's emptyDir volumes (a tmpfs for Memory)
 //! ```
+//!
+//! Local volumes outlive replicas and the state directory: they live in the agent's
+//! `--volumes-dir` (`/var/lib/orch/volumes/<service>/<volume>/<slot>`).
 
 use std::path::{Path, PathBuf};
 
@@ -78,10 +82,19 @@ impl StateDir {
         self.files_root().join(replica)
     }
 
+    pub fn empty_dirs_root(&self) -> PathBuf {
+        self.root.join("empty-dirs")
+    }
+
+    /// A replica's emptyDir volumes, one directory each.
+    pub fn empty_dirs(&self, replica: &str) -> PathBuf {
+        self.empty_dirs_root().join(replica)
+    }
+
     /// What `orch-agent teardown` removes besides containers and the network: records,
-    /// logs and generated files (the image store stays).
-    pub fn replica_state(&self) -> [PathBuf; 3] {
-        [self.records(), self.logs(), self.files_root()]
+    /// logs, generated files and emptyDir volumes, once unmounted (the image store stays).
+    pub fn replica_state(&self) -> [PathBuf; 4] {
+        [self.records(), self.logs(), self.files_root(), self.empty_dirs_root()]
     }
 }
 
@@ -98,5 +111,6 @@ mod tests {
         assert_eq!(dir.addresses("orch0"), Path::new("/s/network/orch0.json"));
         assert_eq!(dir.files("web-1"), Path::new("/s/network/files/web-1"));
         assert_eq!(dir.registration(), Path::new("/s/node.json"));
+        assert_eq!(dir.empty_dirs("web-1"), Path::new("/s/empty-dirs/web-1"));
     }
 }

@@ -129,7 +129,7 @@ async fn replicas_heal_from_kills_and_failing_probes() {
 
     // Delete: nothing left on the node.
     for service in ["web", "crash"] {
-        cluster.api.delete_service(pb::DeleteServiceRequest { name: service.into() }).await.expect("delete");
+        cluster.api.delete_service(pb::DeleteServiceRequest { name: service.into(), purge_volumes: false }).await.expect("delete");
     }
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
     cluster.wait_node_empty().await;
@@ -161,7 +161,7 @@ async fn an_agent_restart_disturbs_nothing() {
     assert_eq!(adopted.restarts, 0, "no restart counted for the adopted replica");
     assert_eq!(after.len(), 2);
 
-    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into(), purge_volumes: false }).await.expect("delete");
     cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
     cluster.wait_node_empty().await;
 }
@@ -223,7 +223,7 @@ async fn heartbeats_keep_flowing_during_a_500_mb_pull() {
     let large = cluster.state_dir().join("images/layers/sha256");
     let unpacked = std::fs::read_dir(&large).expect("layers").flatten().any(|e| e.path().join("large.bin").metadata().is_ok_and(|m| m.len() == 500 << 20));
     assert!(unpacked, "the 500 MB file is in an unpacked layer");
-    cluster.api.delete_service(pb::DeleteServiceRequest { name: "large".into() }).await.expect("delete");
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "large".into(), purge_volumes: false }).await.expect("delete");
     cluster.wait_replicas("large", "the replica gone", |r| r.is_empty()).await;
     cluster.wait_node_empty().await;
 }

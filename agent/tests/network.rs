@@ -85,7 +85,7 @@ impl NetLab {
             user_namespace: None,
             user: None,
             image: None,
-            mounts: mounts.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+            mounts: mounts.into_iter().map(|(source, target)| BindMount::new(source, target)).collect(),
             security: Security::default(),
         };
         self.runtime.start_with_network(&spec, Some(network)).await.expect("start with network")

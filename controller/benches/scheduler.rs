@@ -38,6 +38,7 @@ fn pending() -> Vec<PendingReplica> {
                 requests: Resources { cpu_millis: 100, memory_bytes: 128 << 20 },
                 node_selector: if s % 10 == 0 { BTreeMap::from([("zone".to_owned(), "z1".to_owned())]) } else { BTreeMap::new() },
                 node_ports: Vec::new(),
+                pinned_node: None,
             })
         })
         .collect()

@@ -19,6 +19,10 @@ pub const STATUS: &str = "/orch/status/";
 /// `endpoints/<service>`: the service's VIP, ports and ready replica addresses, kept by
 /// the endpoints reconciler and sent to every agent.
 pub const ENDPOINTS: &str = "/orch/endpoints/";
+/// `volumes/claims/<service>/<slot>`: the node holding a slot's local volumes.
+pub const VOLUME_CLAIMS: &str = "/orch/volumes/claims/";
+/// `volumes/purged/<service>`: a service deleted with its volumes, for the nodes to act on.
+pub const VOLUME_PURGES: &str = "/orch/volumes/purged/";
 /// Held, on a lease, by the controller that runs the reconcilers.
 pub const LEADER: &str = "/orch/leader";
 
@@ -44,6 +48,18 @@ pub fn status(node: &str, replica: &str) -> String {
 
 pub fn endpoints(service: &str) -> String {
     format!("{ENDPOINTS}{service}")
+}
+
+pub fn volume_claims_of(service: &str) -> String {
+    format!("{VOLUME_CLAIMS}{service}/")
+}
+
+pub fn volume_claim(service: &str, slot: u32) -> String {
+    format!("{VOLUME_CLAIMS}{service}/{slot}")
+}
+
+pub fn volume_purge(service: &str) -> String {
+    format!("{VOLUME_PURGES}{service}")
 }
 
 pub fn node(name: &str) -> String {

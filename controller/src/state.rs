@@ -45,6 +45,10 @@ pub struct ClusterState {
     pub alive: BTreeSet<String>,
     /// Service name → its endpoints record.
     pub endpoints: BTreeMap<String, Versioned<pb::ServiceEndpoints>>,
+    /// (service, slot) → the node holding that slot's local volumes.
+    pub claims: BTreeMap<(String, u32), Versioned<pb::VolumeClaim>>,
+    /// Services deleted with their volumes.
+    pub purges: BTreeMap<String, Versioned<pb::PurgedVolumes>>,
     /// Node name → keys of the replicas bound to it (an index over `replicas`).
     pub by_node: BTreeMap<String, BTreeSet<String>>,
     /// Bumped on every change to the records above (not on changes to keys the picture
@@ -130,6 +134,10 @@ impl ClusterState {
             true
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             decoded(kv).map(|v| self.endpoints.insert(name.to_owned(), v)).is_some()
+        } else if key.starts_with(keys::VOLUME_CLAIMS) {
+            decoded::<pb::VolumeClaim>(kv).map(|v| self.claims.insert((v.value.service.clone(), v.value.slot), v)).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
+            decoded(kv).map(|v| self.purges.insert(name.to_owned(), v)).is_some()
         } else {
             false
         }
@@ -150,6 +158,12 @@ impl ClusterState {
             self.alive.remove(name)
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             self.endpoints.remove(name).is_some()
+        } else if let Some(rest) = key.strip_prefix(keys::VOLUME_CLAIMS) {
+            let Some((service, slot)) = rest.split_once('/') else { return false };
+            let Ok(slot) = slot.parse::<u32>() else { return false };
+            self.claims.remove(&(service.to_owned(), slot)).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
+            self.purges.remove(name).is_some()
         } else {
             false
         }
@@ -225,7 +239,9 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.statuses == state.statuses
         && fresh.nodes == state.nodes
         && fresh.alive == state.alive
-        && fresh.endpoints == state.endpoints;
+        && fresh.endpoints == state.endpoints
+        && fresh.claims == state.claims
+        && fresh.purges == state.purges;
     same.then_some(listing.revision)
 }
 

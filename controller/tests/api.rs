@@ -74,12 +74,31 @@ async fn scale_changes_only_the_count(api: ServiceApi) {
 async fn delete_frees_the_name_and_the_vip(api: ServiceApi) {
     api.apply(&source(WEB)).await.expect("apply");
     let vip = api.get("web").await.expect("get").vip;
-    api.delete("web").await.expect("delete");
+    assert_eq!(api.delete("web", false).await.expect("delete"), [], "no local volumes kept");
     assert!(matches!(api.get("web").await, Err(ApiError::NotFound(_))));
-    assert!(matches!(api.delete("web").await, Err(ApiError::NotFound(_))));
+    assert!(matches!(api.delete("web", false).await, Err(ApiError::NotFound(_))));
+    assert!(matches!(api.delete("web", true).await, Err(ApiError::NotFound(_))), "nothing to purge either");
     assert!(api.store().get(&format!("/orch/ipam/vips/{vip}")).await.expect("get").is_none(), "VIP released");
     api.apply(&source(WEB)).await.expect("apply again");
     assert_eq!(api.get("web").await.expect("get").generation, 1, "a new service, from scratch");
+}
+
+async fn delete_keeps_local_volumes_unless_purged(api: ServiceApi) {
+    use orch_controller::store::Expect;
+    api.apply(&source(WEB)).await.expect("apply");
+    let claim = pb::VolumeClaim { service: "web".into(), slot: 0, node: "n1".into() };
+    let claim_key = orch_controller::keys::volume_claim("web", 0);
+    let purge_key = orch_controller::keys::volume_purge("web");
+    api.store().put(&claim_key, orch_controller::keys::encode(&claim), Expect::Absent).await.expect("a claim");
+    assert_eq!(api.delete("web", false).await.expect("delete"), [claim], "the kept volumes are named");
+    assert!(api.store().get(&claim_key).await.expect("get").is_some(), "the claim stays");
+    // Purged after the service is gone: the nodes are told, the claim goes.
+    assert_eq!(api.delete("web", true).await.expect("purge"), []);
+    assert!(api.store().get(&claim_key).await.expect("get").is_none());
+    assert!(api.store().get(&purge_key).await.expect("get").is_some(), "the purge record for the nodes");
+    // A service of the name again: the nodes stop purging.
+    api.apply(&source(WEB)).await.expect("apply again");
+    assert!(api.store().get(&purge_key).await.expect("get").is_none());
 }
 
 macro_rules! on_both_stores {
@@ -105,7 +124,13 @@ macro_rules! on_both_stores {
     };
 }
 
-on_both_stores!(apply_reapply_configure_and_vips, invalid_input_changes_nothing, scale_changes_only_the_count, delete_frees_the_name_and_the_vip);
+on_both_stores!(
+    apply_reapply_configure_and_vips,
+    invalid_input_changes_nothing,
+    scale_changes_only_the_count,
+    delete_frees_the_name_and_the_vip,
+    delete_keeps_local_volumes_unless_purged
+);
 
 /// The same through real gRPC on loopback, as the CLI will call it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +167,7 @@ async fn the_grpc_api_answers_and_maps_errors() {
     assert_eq!(scaled.spec.map(|s| s.replicas), Some(4));
     let listed = client.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner();
     assert_eq!(listed.services.len(), 1);
-    client.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
+    client.delete_service(pb::DeleteServiceRequest { name: "web".into(), purge_volumes: false }).await.expect("delete");
     assert!(client.list_services(pb::ListServicesRequest {}).await.expect("list").into_inner().services.is_empty());
     server.abort();
 }

@@ -171,7 +171,7 @@ async fn apply_scale_roll_and_delete(store: common::TestStore) {
     assert!(rolled.iter().all(|r| !two_ids.contains(&r.id)), "new replicas replace the old");
 
     // Delete: nothing left anywhere.
-    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into() }).await.expect("delete");
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "web".into(), purge_volumes: false }).await.expect("delete");
     wait_until("the replicas to be gone from the store and the agents", LIMIT, || async {
         running_everywhere(&agent_refs).is_empty() && agents.iter().all(|a| a.endpoints().is_empty())
     })

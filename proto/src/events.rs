@@ -22,6 +22,9 @@ pub enum EventKind {
     NodeNotReady,
     /// No node is Ready: nothing is moved until one is.
     FullDisruption,
+    /// A slot's local volume data stayed on a lost node; its new replica starts empty
+    /// elsewhere.
+    DataLeftBehind,
     // The agents'.
     /// A replica's container started.
     Started,
@@ -38,10 +41,12 @@ pub enum EventKind {
     Failed,
     /// A replica was removed from its node.
     Stopped,
+    /// A deleted service's local volumes were removed from a node (delete with purge).
+    VolumesPurged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -51,6 +56,7 @@ impl EventKind {
         EventKind::NodeReady,
         EventKind::NodeNotReady,
         EventKind::FullDisruption,
+        EventKind::DataLeftBehind,
         EventKind::Started,
         EventKind::Adopted,
         EventKind::Exited,
@@ -59,6 +65,7 @@ impl EventKind {
         EventKind::Unhealthy,
         EventKind::Failed,
         EventKind::Stopped,
+        EventKind::VolumesPurged,
     ];
 
     /// The name on the wire and on screen.
@@ -73,6 +80,7 @@ impl EventKind {
             EventKind::NodeReady => "NodeReady",
             EventKind::NodeNotReady => "NodeNotReady",
             EventKind::FullDisruption => "FullDisruption",
+            EventKind::DataLeftBehind => "DataLeftBehind",
             EventKind::Started => "Started",
             EventKind::Adopted => "Adopted",
             EventKind::Exited => "Exited",
@@ -81,6 +89,7 @@ impl EventKind {
             EventKind::Unhealthy => "Unhealthy",
             EventKind::Failed => "Failed",
             EventKind::Stopped => "Stopped",
+            EventKind::VolumesPurged => "VolumesPurged",
         }
     }
 

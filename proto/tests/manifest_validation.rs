@@ -62,6 +62,9 @@ fn the_example_stack_manifest_is_valid() {
     let web = docs[1].service.spec.as_ref().expect("spec");
     assert_eq!((web.ports[0].service_port, web.ports[0].node_port), (80, 30081));
     assert_eq!(web.image_pull_policy(), pb::ImagePullPolicy::Unspecified, "unset: the node's default for a tagged image");
+    let cache = docs[0].service.spec.as_ref().expect("spec");
+    assert!(orch_api::manifest::has_local_volumes(cache), "the cache keeps its data in a local volume");
+    assert_eq!(cache.volume_mounts[0].mount_path, "/data");
 }
 
 #[test]
@@ -213,6 +216,59 @@ fn invalid_manifests_name_their_field() {
             "RuntimeDefault or Unconfined",
         ),
         ("privileged is not a field", variant("", "  securityContext:\n    privileged: true"), "spec.securityContext.privileged", "unknown field `privileged`"),
+        ("volume without source", variant("", "  volumes: [{name: data}]"), "spec.volumes[0]", "exactly one of emptyDir, hostPath, local; got 0"),
+        ("volume with two sources", variant("", "  volumes: [{name: data, local: {}, emptyDir: {}}]"), "spec.volumes[0]", "got 2"),
+        ("volume name", variant("", "  volumes: [{name: Data_1, local: {}}]"), "spec.volumes[0].name", "DNS label"),
+        ("duplicate volume", variant("", "  volumes: [{name: d, local: {}}, {name: d, emptyDir: {}}]"), "spec.volumes[1].name", "duplicate volume \"d\""),
+        ("emptyDir medium", variant("", "  volumes: [{name: d, emptyDir: {medium: Disk}}]"), "spec.volumes[0].emptyDir.medium", "must be \"Memory\""),
+        ("emptyDir size", variant("", "  volumes: [{name: d, emptyDir: {sizeLimit: 10MB}}]"), "spec.volumes[0].emptyDir.sizeLimit", "unknown suffix"),
+        ("relative hostPath", variant("", "  volumes: [{name: d, hostPath: {path: srv}}]"), "spec.volumes[0].hostPath.path", "absolute path"),
+        ("hostPath with ..", variant("", "  volumes: [{name: d, hostPath: {path: /srv/../etc}}]"), "spec.volumes[0].hostPath.path", ". or .. components"),
+        (
+            "hostPath into orch's state",
+            variant("", "  volumes: [{name: d, hostPath: {path: /var/lib/orch/agent}}]"),
+            "spec.volumes[0].hostPath.path",
+            "overlaps orch's own state (/var/lib/orch)",
+        ),
+        ("hostPath over orch's PKI", variant("", "  volumes: [{name: d, hostPath: {path: /etc}}]"), "spec.volumes[0].hostPath.path", "(/etc/orch)"),
+        ("hostPath type", variant("", "  volumes: [{name: d, hostPath: {path: /srv, type: Socket}}]"), "spec.volumes[0].hostPath.type", "one of Directory"),
+        ("mount of no volume", variant("", "  volumeMounts: [{name: nope, mountPath: /data}]"), "spec.volumeMounts[0].name", "no volume named \"nope\""),
+        (
+            "relative mountPath",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: data}]"),
+            "spec.volumeMounts[0].mountPath",
+            "absolute path",
+        ),
+        (
+            "mount on the root",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /}]"),
+            "spec.volumeMounts[0].mountPath",
+            "must not be /",
+        ),
+        (
+            "mount on /proc",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /proc/x}]"),
+            "spec.volumeMounts[0].mountPath",
+            "under /proc",
+        ),
+        (
+            "two mounts on one path",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /data}, {name: d, mountPath: /data/}]"),
+            "spec.volumeMounts[1].mountPath",
+            "already mounted by spec.volumeMounts[0]",
+        ),
+        (
+            "subPath escaping",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /x, subPath: ../up}]"),
+            "spec.volumeMounts[0].subPath",
+            ".. components",
+        ),
+        (
+            "absolute subPath",
+            variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /x, subPath: /etc}]"),
+            "spec.volumeMounts[0].subPath",
+            "relative path",
+        ),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);
@@ -222,6 +278,37 @@ fn invalid_manifests_name_their_field() {
         );
     }
     assert!(table.len() >= 12);
+}
+
+#[test]
+fn volumes_are_carried_with_kubernetes_names() {
+    let text = variant(
+        "",
+        "  volumes:\n    - {name: scratch, emptyDir: {}}\n    - {name: fast, emptyDir: {medium: Memory, sizeLimit: 16Mi}}\n    - {name: data, local: {}}\n    \
+         - {name: logs, hostPath: {path: /srv/logs, type: DirectoryOrCreate}}\n  volumeMounts:\n    - {name: data, mountPath: /data, subPath: redis/}\n    \
+         - {name: logs, mountPath: /logs, readOnly: true}",
+    );
+    let docs = load_services("test.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    let spec = docs[0].service.spec.clone().expect("spec");
+    use pb::volume::Source;
+    let sources: Vec<(&str, Option<Source>)> = spec.volumes.iter().map(|v| (v.name.as_str(), v.source.clone())).collect();
+    assert_eq!(
+        sources,
+        [
+            ("scratch", Some(Source::EmptyDir(pb::EmptyDirVolume { memory: false, size_limit_bytes: 0 }))),
+            ("fast", Some(Source::EmptyDir(pb::EmptyDirVolume { memory: true, size_limit_bytes: 16 << 20 }))),
+            ("data", Some(Source::Local(pb::LocalVolume {}))),
+            ("logs", Some(Source::HostPath(pb::HostPathVolume { path: "/srv/logs".into(), r#type: pb::HostPathType::DirectoryOrCreate.into() }))),
+        ]
+    );
+    assert_eq!(
+        spec.volume_mounts,
+        [
+            pb::VolumeMount { name: "data".into(), mount_path: "/data".into(), read_only: false, sub_path: "redis".into() },
+            pb::VolumeMount { name: "logs".into(), mount_path: "/logs".into(), read_only: true, sub_path: String::new() },
+        ]
+    );
+    assert!(orch_api::manifest::has_local_volumes(&spec));
 }
 
 #[test]

@@ -205,7 +205,7 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
     let mut mounts = Vec::new();
     if let Some(network) = &network {
         match network.prepare(&id, &hostname, &files_dir) {
-            Ok((_, files)) => mounts = files.into_iter().map(|(source, target)| BindMount { source, target }).collect(),
+            Ok((_, files)) => mounts = files.into_iter().map(|(source, target)| BindMount::new(source, target)).collect(),
             Err(e) => {
                 release_network(network, &id, &files_dir).await;
                 return Err(bad_flag("net", e));

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// IP[:PORT],… [default: the node's resolvers, from /etc/resolv.conf].
     #[arg(long, value_name = "ADDRESSES|none")]
     pub upstream_dns: Option<String>,
+    /// Where replicas' local volumes live (`<dir>/<service>/<volume>/<slot>`); they
+    /// outlive replicas, services and `teardown`.
+    #[arg(long, env = "ORCH_VOLUMES_DIR", default_value = "/var/lib/orch/volumes")]
+    pub volumes_dir: PathBuf,
     /// Between heartbeats (the controller's node lease must be several of these).
     #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
@@ -138,6 +142,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         address: args.address,
         controller,
         state_dir: args.node.state_dir.clone(),
+        volumes_dir: args.volumes_dir.clone(),
         cgroup_parent: args.node.cgroup_parent.clone(),
         bridge: args.node.bridge.clone(),
         capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },

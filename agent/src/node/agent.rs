@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use orch_api::events::EventKind;
 use orch_api::pb;
 
 use super::backends::RealProbeChecks;
@@ -82,7 +83,10 @@ impl Agent {
         })
         .await?;
         let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };
-        let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()));
+        let mut reserved = vec![config.state_dir.clone(), config.volumes_dir.clone()];
+        reserved.extend(config.tls_dir.clone());
+        let volumes = super::volumes::VolumeDirs { local_root: config.volumes_dir.clone(), reserved };
+        let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()).with_volumes(volumes));
         let api = match api_listener {
             Some(listener) => {
                 let server = super::api::NodeApi::new(&ctx, config.address.to_string()).into_server();
@@ -180,6 +184,43 @@ impl Agent {
         let routes: Vec<PeerRoute> = usable(&set.routes);
         if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
             tracing::warn!(%error, "setting routes to the other nodes");
+        }
+        self.purge_volumes(&set.purged_services);
+    }
+
+    /// Removes the local volumes of services deleted with `--purge-volumes`, once no
+    /// replica of theirs runs here: after the ones stopping now are gone. Every set
+    /// lists the purged services again, so a purge interrupted by a restart is finished
+    /// by the next agent.
+    fn purge_volumes(&mut self, services: &[String]) {
+        for service in services {
+            if self.replicas.values().any(|handle| handle.service == *service) {
+                continue;
+            }
+            let (stopping, others): (Vec<ReplicaHandle>, Vec<ReplicaHandle>) =
+                std::mem::take(&mut self.terminating).into_iter().partition(|h| h.service == *service);
+            self.terminating = others;
+            let root = self.ctx.volumes.local_root.clone();
+            let service = service.clone();
+            let ctx = Arc::clone(&self.ctx);
+            tokio::spawn(async move {
+                for handle in stopping {
+                    handle.finished().await;
+                }
+                let purged = tokio::task::spawn_blocking({
+                    let service = service.clone();
+                    move || super::volumes::purge(&root, &service)
+                })
+                .await;
+                match purged {
+                    Ok(Ok(true)) => {
+                        ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into())
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(error)) => tracing::warn!(%service, %error, "purging local volumes"),
+                    Err(error) => tracing::warn!(%service, %error, "purging local volumes"),
+                }
+            });
         }
     }
 

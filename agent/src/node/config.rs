@@ -53,6 +53,8 @@ pub struct AgentConfig {
     /// The controller's gRPC address (`http://HOST:PORT`).
     pub controller: String,
     pub state_dir: PathBuf,
+    /// Local volumes: `<volumes_dir>/<service>/<volume>/<slot>`.
+    pub volumes_dir: PathBuf,
     pub cgroup_parent: String,
     pub bridge: String,
     pub capacity: pb::ResourceList,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::backends::{Containers, Images, PodNetwork, ProbeChecks};
 use super::board::{RunningTable, StatusBoard};
+use super::volumes::{VolumeDirs, VolumeLocks};
 use crate::StateDir;
 
 pub struct NodeContext {
@@ -19,12 +20,21 @@ pub struct NodeContext {
     pub board: StatusBoard,
     /// Replicas whose container runs now (for exec and stats).
     pub running: RunningTable,
+    /// Where local volumes live and what no hostPath may overlap.
+    pub volumes: VolumeDirs,
+    /// Local volume directories held by the replica using them.
+    pub volume_locks: VolumeLocks,
 }
 
 impl NodeContext {
     /// A context on `backends`, with an empty board and running table.
+    /// Local volumes go under `<state>/local-volumes` until [`NodeContext::with_volumes`]
+    /// says otherwise.
     pub fn new(node: String, backends: Backends, state: StateDir, helper: PathBuf) -> NodeContext {
+        let volumes = VolumeDirs { local_root: state.root().join("local-volumes"), reserved: vec![state.root().to_owned()] };
         NodeContext {
+            volumes,
+            volume_locks: VolumeLocks::default(),
             node,
             runtime: backends.containers,
             images: backends.images,
@@ -35,6 +45,10 @@ impl NodeContext {
             board: StatusBoard::default(),
             running: RunningTable::default(),
         }
+    }
+
+    pub fn with_volumes(self, volumes: VolumeDirs) -> NodeContext {
+        NodeContext { volumes, ..self }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod registration;
 pub mod replica;
 pub mod session;
 pub mod teardown;
+pub mod volumes;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@ use super::convert::{confinement_of, limits_of, pull_policy};
 use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State};
 use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
+use super::volumes::{self, HeldVolumes};
 use crate::images::{resolve_process, ImageAccounts};
 use crate::runtime::exec::ExecRequest;
 use crate::runtime::{container_env, now_unix_ms, BindMount, ContainerExit, ContainerSpec, Stdio};
@@ -38,6 +39,8 @@ const EVIDENCE_LINES: usize = 50;
 /// A running supervisor. `stop` asks it to stop the replica and clean up; the task ends
 /// when everything is gone.
 pub struct ReplicaHandle {
+    /// The service the replica belongs to.
+    pub service: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -65,9 +68,10 @@ impl ReplicaHandle {
 /// from a previous agent, if it still has one.
 pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn RunningContainer>>) -> ReplicaHandle {
     let (stop, stopping) = watch::channel(false);
-    let supervisor = Supervisor { ctx, record, stopping, prepared: None, log_offset: 0, adopted, container: None, probes: None };
+    let service = record.service.clone();
+    let supervisor = Supervisor { ctx, record, stopping, prepared: None, log_offset: 0, adopted, container: None, probes: None, held: Vec::new() };
     let task = tokio::spawn(supervisor.run());
-    ReplicaHandle { stop, task }
+    ReplicaHandle { service, stop, task }
 }
 
 /// Reads the records a previous agent left.
@@ -111,6 +115,8 @@ struct Supervisor {
     /// The container of the current run.
     container: Option<Box<dyn RunningContainer>>,
     probes: Option<Probing>,
+    /// The local volume directories this replica holds, until it is cleaned up.
+    held: HeldVolumes,
 }
 
 impl Supervisor {
@@ -311,14 +317,15 @@ impl Supervisor {
         let env: Vec<String> = spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
         let accounts = ImageAccounts::read(&layers);
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
+        let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
         let (ip, mounts) = match &self.prepared {
             Some(prepared) => (prepared.ip, prepared.spec.mounts.clone()),
             None => {
+                let volume_mounts = self.provision_volumes(&spec, limits.memory_bytes).await?;
                 let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
-                (ip, files.into_iter().map(|(source, target)| BindMount { source, target }).collect())
+                (ip, files.into_iter().map(|(source, target)| BindMount::new(source, target)).chain(volume_mounts).collect())
             }
         };
-        let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
         let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         let logs = self.ctx.state.logs();
         std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
@@ -341,6 +348,32 @@ impl Supervisor {
             ip,
         });
         Ok(())
+    }
+
+    /// Makes the replica's volumes exist (once: emptyDirs and a tmpfs keep their
+    /// contents across restarts), holding its local volume directories first — a
+    /// replica of the same slot still stopping on this node keeps them until it is gone.
+    async fn provision_volumes(&mut self, spec: &pb::ServiceSpec, memory_limit: Option<u64>) -> Result<Vec<BindMount>, String> {
+        let id = self.record.id.clone();
+        let plan = volumes::plan(&self.record, spec, &self.ctx.state.empty_dirs(&id), memory_limit, &self.ctx.volumes)?;
+        if self.held.is_empty() && !plan.exclusive.is_empty() {
+            self.held = match self.ctx.volume_locks.try_hold(&plan.exclusive) {
+                Some(held) => held,
+                None => {
+                    let slot = self.record.slot.unwrap_or_default();
+                    self.status_mut().reason = format!("waiting for the replica before it in slot {slot} to release its local volumes on this node");
+                    self.publish();
+                    self.ctx.volume_locks.hold(&plan.exclusive).await
+                }
+            };
+        }
+        let dirs = self.ctx.volumes.clone();
+        let provisions = plan.provisions.clone();
+        tokio::task::spawn_blocking(move || provisions.iter().try_for_each(|p| volumes::provision(p, &dirs)))
+            .await
+            .map_err(|e| format!("volumes: {e}"))?
+            .map_err(|e| format!("volumes: {e}"))?;
+        Ok(plan.mounts)
     }
 
     async fn start(&mut self) -> Result<Box<dyn RunningContainer>, String> {
@@ -437,6 +470,13 @@ impl Supervisor {
             tracing::warn!(replica = %id, %error, "releasing the replica's network");
         }
         let _ = std::fs::remove_dir_all(self.ctx.state.files(&id));
+        let empty_dirs = self.ctx.state.empty_dirs(&id);
+        match tokio::task::spawn_blocking(move || volumes::release(&empty_dirs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(replica = %id, %error, "removing the replica's emptyDir volumes"),
+            Err(error) => tracing::warn!(replica = %id, %error, "removing the replica's emptyDir volumes"),
+        }
+        self.held.clear();
         logs::remove(&self.ctx.state, &id);
         let _ = std::fs::remove_file(self.ctx.state.record(&id));
         self.ctx.board.event(EventKind::Stopped, self.object(), "removed from the node".into());

@@ -1,6 +1,6 @@
 //! `orch-agent teardown` as a library function: stops and removes every container an
 //! agent's state directory knows, removes the node network it left and the replicas'
-//! records, logs and generated files. Nothing is set up in order to be torn down.
+//! records, logs, generated files and emptyDir volumes (local volumes stay). Nothing is set up in order to be torn down.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +49,7 @@ pub async fn teardown(leftovers: &Leftovers) -> Result<(), Vec<String>> {
             failures.push(format!("node network: {e}"));
         }
     }
+    failures.extend(super::volumes::release_all(&state.empty_dirs_root()).into_iter().map(|e| format!("emptyDir volumes: {e}")));
     for dir in state.replica_state() {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -21,6 +21,7 @@ fn config(dir: &Path) -> AgentConfig {
         address: Ipv4Addr::LOCALHOST,
         controller: "http://127.0.0.1:9".into(),
         state_dir: dir.to_owned(),
+        volumes_dir: dir.join("volumes"),
         cgroup_parent: "orch-fake".into(),
         bridge: "fake0".into(),
         capacity: pb::ResourceList::default(),

@@ -121,11 +121,26 @@ pub fn capability_set(add: &[String], drop: &[String]) -> Result<Vec<String>, St
     Ok(set.into_iter().collect())
 }
 
-/// A host file or directory bind-mounted at an absolute path inside the container.
+/// A host file or directory bind-mounted at an absolute path inside the container,
+/// always `nosuid,nodev`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
     pub source: PathBuf,
     pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// A relative path inside `source` to mount instead (a volume's `subPath`): walked
+    /// by the init one component at a time, missing directories created, a symlink on
+    /// the way refused — so a container cannot point it outside the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+impl BindMount {
+    /// A writable bind of a whole file or directory.
+    pub fn new(source: PathBuf, target: String) -> BindMount {
+        BindMount { source, target, read_only: false, sub_path: None }
+    }
 }
 
 /// A user namespace's mapping: container ids `0..size` are host ids

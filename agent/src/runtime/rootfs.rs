@@ -3,6 +3,7 @@
 //! Device nodes work only where they are bind-mounted from the host's allowlisted ones
 //! and in /dev/pts: the root, /dev, /dev/shm, /proc and /sys are all `nodev`, so a node
 //! an image ships or a process makes opens nothing.
+//! Bind mounts (generated files, volumes) are `nosuid,nodev`, read-only when asked.
 //! Every mount lives only in the container's mount namespace, so the kernel removes
 //! them all when the container's last process exits; none appears on the host.
 
@@ -52,14 +53,120 @@ fn mkdir(path: &Path) -> Result<(), SetupError> {
 
 /// Opens the bind mounts' sources (`O_PATH`), in the init's own mount namespace and
 /// before it changes credentials: a user-namespaced init then mounts them through
-/// `/proc/self/fd/N` without walking the private directories above them.
+/// `/proc/self/fd/N` without walking the private directories above them. A mount with a
+/// `sub_path` gets the path inside its source, walked by [`open_beneath`].
 pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
     config
         .mounts
         .iter()
-        .map(|bind| step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&bind.source), || format!("open {}", bind.source.display())))
+        .map(|bind| {
+            let root =
+                step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&bind.source), || format!("open {}", bind.source.display()))?;
+            match bind.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                None => Ok(root),
+                Some(sub_path) => step(open_beneath(root, sub_path), || format!("subPath {sub_path:?} in {}", bind.source.display())),
+            }
+        })
         .collect()
+}
+
+/// Walks `sub_path` from `root` one component at a time: a missing component is made a
+/// directory (mode 0777, as a volume's root), a symlink or `..` anywhere is refused, so
+/// the result is always inside `root` whatever a container left there.
+fn open_beneath(root: fs::File, sub_path: &str) -> Result<fs::File, String> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+    let mut current = root;
+    for part in sub_path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err("a .. component".to_owned());
+        }
+        // The umask would narrow the mode: the init is single-threaded, so set and restore.
+        let mask = nix::sys::stat::umask(Mode::empty());
+        let made = mkdirat(&current, part, Mode::from_bits_truncate(0o777));
+        nix::sys::stat::umask(mask);
+        match made {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(format!("mkdir {part}: {e}")),
+        }
+        let fd = openat(&current, part, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| format!("open {part}: {e}"))?;
+        let next = fs::File::from(fd);
+        let kind = SFlag::from_bits_truncate(fstat(&next).map_err(|e| format!("stat {part}: {e}"))?.st_mode & SFlag::S_IFMT.bits());
+        if kind == SFlag::S_IFLNK {
+            return Err(format!("{part} is a symbolic link"));
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+/// Binds `source` (an `O_PATH` file) on `target`, then remounts it `nosuid,nodev`
+/// (read-only when asked), keeping the flags the source's own mount has — a user
+/// namespace may not clear those.
+fn bind_confined(source: &fs::File, target: &Path, read_only: bool, what: &str) -> Result<(), SetupError> {
+    let via_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(source));
+    step(mount(Some(via_fd.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {what} on {}", target.display()))?;
+    let existing = step(nix::sys::statvfs::fstatvfs(source), || format!("statfs {what}"))?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    use nix::sys::statvfs::FsFlags;
+    for (has, flag) in [
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if existing.contains(has) {
+            flags |= flag;
+        }
+    }
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    step(mount(None::<&str>, target, None::<&str>, flags, None::<&str>), || {
+        format!("remount {what} on {} nosuid,nodev{}", target.display(), if read_only { ",ro" } else { "" })
+    })
+}
+
+/// `path` (absolute in the container) as a host path under `root`, its symlinks
+/// followed as the container would see them: an absolute link restarts at `root`, `..`
+/// stops at it (filepath-securejoin's rule). Nothing runs in the container yet, so no
+/// process can swap a component while this walks.
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<std::path::PathBuf, String> {
+    use std::collections::VecDeque;
+    use std::path::PathBuf;
+    let mut resolved = PathBuf::new();
+    let mut pending: VecDeque<std::ffi::OsString> = Path::new(path).iter().map(std::ffi::OsStr::to_os_string).collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == "/" || part == "." || part.is_empty() {
+            continue;
+        }
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let host = root.join(&candidate);
+        match fs::symlink_metadata(&host) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err("too many levels of symbolic links".to_owned());
+                }
+                let link = fs::read_link(&host).map_err(|e| format!("readlink {}: {e}", host.display()))?;
+                if link.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                for component in link.iter().collect::<Vec<_>>().into_iter().rev() {
+                    pending.push_front(component.to_os_string());
+                }
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(root.join(resolved))
 }
 
 /// Builds the root under `merged` and pivots into it. Runs as the container's PID 1,
@@ -74,7 +181,8 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
     mount_at("overlay", merged, Some("overlay"), MsFlags::MS_NODEV, Some(&options))?;
 
     for (bind, source) in config.mounts.iter().zip(sources) {
-        let target = merged.join(bind.target.trim_start_matches('/'));
+        // The image's own symlinks resolve inside the root, never on the host.
+        let target = step(resolve_in_root(merged, &bind.target), || format!("mount target {}", bind.target))?;
         if let Some(parent) = target.parent() {
             mkdir(parent)?;
         }
@@ -84,10 +192,7 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
         } else if fs::symlink_metadata(&target).is_err() {
             step(fs::File::create(&target), || format!("create {}", target.display()))?;
         }
-        let via_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(source));
-        step(mount(Some(via_fd.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>), || {
-            format!("bind {} on {}", bind.source.display(), target.display())
-        })?;
+        bind_confined(source, &target, bind.read_only, &bind.source.display().to_string())?;
     }
 
     let proc_dir = merged.join("proc");
@@ -163,4 +268,24 @@ fn read_only(path: &Path) -> Result<(), SetupError> {
     }
     mount_at(&path.display().to_string(), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
     mount_at(&path.display().to_string(), path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).expect("etc");
+        std::os::unix::fs::symlink("/etc", root.join("data")).expect("absolute link");
+        std::os::unix::fs::symlink("../../../../etc/x", root.join("up")).expect("escaping link");
+        std::os::unix::fs::symlink("loop", root.join("loop")).expect("loop");
+        assert_eq!(resolve_in_root(root, "/data/conf"), Ok(root.join("etc/conf")));
+        assert_eq!(resolve_in_root(root, "/up"), Ok(root.join("etc/x")));
+        assert_eq!(resolve_in_root(root, "/../../var/x"), Ok(root.join("var/x")));
+        assert_eq!(resolve_in_root(root, "/plain/new"), Ok(root.join("plain/new")));
+        assert!(resolve_in_root(root, "/loop").is_err());
+    }
 }

@@ -82,12 +82,19 @@ impl Cluster {
         self.dir.path().join("agent")
     }
 
+    /// Where the agent keeps local volumes.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.dir.path().join("volumes")
+    }
+
     pub fn start_agent(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).expect("agent log");
         let child = Command::new(AGENT)
             .args(["serve", "--controller", &self.address.to_string(), "--name", "node-1", "--address", "127.0.0.1"])
             .arg("--state-dir")
             .arg(self.state_dir())
+            .arg("--volumes-dir")
+            .arg(self.volumes_dir())
             .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
             .args(["--upstream-dns", "none"]) // tests never ask the machine's own resolver
             .env("RUST_LOG", "info")
@@ -161,14 +168,20 @@ impl Cluster {
 
     /// Runs a command inside a replica's container, the way exec probes do.
     pub fn exec(&self, host_pid: u32, command: &[&str]) {
-        let status = Command::new(AGENT)
+        let output = self.exec_output(host_pid, command);
+        assert!(output.status.success(), "{command:?} in PID {host_pid}: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// [`Cluster::exec`], its output whatever its exit.
+    pub fn exec_output(&self, host_pid: u32, command: &[&str]) -> std::process::Output {
+        Command::new(AGENT)
             .args(["__exec", "--pid", &host_pid.to_string(), "--"])
             .args(command)
             .env_clear()
             .env("PATH", "/bin")
-            .status()
-            .expect("run orch-agent __exec");
-        assert!(status.success(), "{command:?} in PID {host_pid}: {status}");
+            .stdin(Stdio::null())
+            .output()
+            .expect("run orch-agent __exec")
     }
 
     /// Waits until the agent removed every replica record, then checks the node is empty.
@@ -189,6 +202,12 @@ impl Cluster {
         assert!(containers.is_empty(), "containers left: {containers:?}");
         let records: Vec<_> = std::fs::read_dir(state.join("replicas")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
         assert!(records.is_empty(), "replica records left: {records:?}");
+        let empty_dirs: Vec<_> = std::fs::read_dir(state.join("empty-dirs")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+        assert!(empty_dirs.is_empty(), "emptyDir volumes left: {empty_dirs:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = self.dir.path().display().to_string();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
+        assert!(left.is_empty(), "mounts left under {root}: {left:#?}");
         let ipam = std::fs::read_to_string(state.join("network").join(format!("{}.json", self.bridge))).unwrap_or_default();
         assert!(!ipam.contains("web") && !ipam.contains("crash"), "addresses still allocated: {ipam}");
         let layout = orch_agent::cgroups::CgroupLayout::detect().expect("cgroups");

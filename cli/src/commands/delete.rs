@@ -1,4 +1,4 @@
-//! `orch delete -f FILE|DIR|- | service NAME`.
+//! `orch delete -f FILE|DIR|- | service NAME [--purge-volumes]`.
 
 use std::path::PathBuf;
 
@@ -20,6 +20,10 @@ pub struct DeleteArgs {
     pub kind: Option<String>,
     #[arg(required_unless_present = "files")]
     pub name: Option<String>,
+    /// Also remove the services' local volumes from every node (their data is lost);
+    /// without it they stay, and a service applied again under the name finds them.
+    #[arg(long)]
+    pub purge_volumes: bool,
 }
 
 pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
@@ -39,8 +43,20 @@ pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::R
         names
     };
     for name in names {
-        api.delete_service(pb::DeleteServiceRequest { name: name.clone() }).await.map_err(explain)?;
-        println!("service/{name} deleted");
+        let response = api.delete_service(pb::DeleteServiceRequest { name: name.clone(), purge_volumes: args.purge_volumes }).await.map_err(explain)?;
+        let kept = response.into_inner().kept_volumes;
+        if args.purge_volumes {
+            println!("service/{name} deleted; its local volumes are being removed from every node");
+        } else if kept.is_empty() {
+            println!("service/{name} deleted");
+        } else {
+            let mut places: Vec<String> = kept.iter().map(|c| format!("slot {} on node {}", c.slot, c.node)).collect();
+            places.sort();
+            println!(
+                "service/{name} deleted; its local volumes stay ({}): applying it again reuses them, `orch delete service {name} --purge-volumes` removes them",
+                places.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -55,6 +55,33 @@ fn last_crash(status: &pb::ReplicaStatus) -> String {
     out
 }
 
+/// A service's volumes and where its containers mount them.
+fn volumes_text(spec: &pb::ServiceSpec) -> String {
+    use pb::volume::Source;
+    if spec.volumes.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("Volumes:\n");
+    for volume in &spec.volumes {
+        let what = match &volume.source {
+            Some(Source::EmptyDir(empty)) => {
+                let size = if empty.size_limit_bytes > 0 { format!(", at most {}", mebibytes(empty.size_limit_bytes)) } else { String::new() };
+                format!("emptyDir ({}{size})", if empty.memory { "tmpfs" } else { "node disk" })
+            }
+            Some(Source::HostPath(host)) => format!("hostPath {} ({:?})", host.path, host.r#type()),
+            Some(Source::Local(_)) => "local (one per slot, kept on its node)".to_owned(),
+            None => "<unknown>".to_owned(),
+        };
+        text.push_str(&format!("  {:<12} {what}\n", volume.name));
+    }
+    text.push_str("Mounts:\n");
+    for mount in &spec.volume_mounts {
+        let sub = if mount.sub_path.is_empty() { String::new() } else { format!(" (subPath {})", mount.sub_path) };
+        text.push_str(&format!("  {:<20} ← {}{sub}{}\n", mount.mount_path, mount.name, if mount.read_only { ", read-only" } else { "" }));
+    }
+    text
+}
+
 pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Result<()> {
     let events = api.list_events(pb::ListEventsRequest { object: String::new() }).await.map_err(explain)?.into_inner().events;
     let replicas = api.list_replicas(pb::ListReplicasRequest { service: String::new() }).await.map_err(explain)?.into_inner().replicas;
@@ -83,13 +110,15 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                     if p.node_port > 0 { format!(", node port {}", p.node_port) } else { String::new() }
                 ));
             }
+            text.push_str(&volumes_text(&spec));
             let ready: Vec<String> =
                 mine.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).map(|r| r.status.clone().unwrap_or_default().ip).collect();
             text.push_str(&format!("Endpoints:   {}\n", if ready.is_empty() { "<none>".into() } else { ready.join(", ") }));
             text.push_str("Replicas:\n");
             for r in &mine {
                 let o = output::replica(r);
-                text.push_str(&format!("  {:<22} {:<11} ready={:<5} restarts={:<3} node={} ip={}\n", o.name, o.phase, o.ready, o.restarts, o.node, o.ip));
+                let slot = r.slot.map_or(String::new(), |n| format!(" slot={n}"));
+                text.push_str(&format!("  {:<22} {:<11} ready={:<5} restarts={:<3} node={} ip={}{slot}\n", o.name, o.phase, o.ready, o.restarts, o.node, o.ip));
             }
             let mut objects = vec![format!("service/{name}")];
             objects.extend(mine.iter().map(|r| format!("replica/{}", r.id)));
@@ -112,6 +141,9 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 age(status.started_unix_ms),
                 replica.spec_hash
             );
+            if let Some(slot) = replica.slot {
+                text.push_str(&format!("Slot:        {slot}\n"));
+            }
             if !o.reason.is_empty() {
                 text.push_str(&format!("Reason:      {}\n", o.reason));
             }

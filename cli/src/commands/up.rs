@@ -131,6 +131,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         address: args.address,
         controller: listen.to_string(),
         state_dir: args.state_dir.join("agent"),
+        volumes_dir: args.state_dir.join("volumes"),
         cgroup_parent: args.cgroup_parent.clone(),
         bridge: args.bridge.clone(),
         capacity: orch_agent::node::machine_capacity(),

@@ -76,8 +76,9 @@ impl Api for ApiRpc {
     }
 
     async fn delete_service(&self, request: Request<pb::DeleteServiceRequest>) -> Result<Response<pb::DeleteServiceResponse>, Status> {
-        self.api.delete(&request.into_inner().name).await.map_err(status)?;
-        Ok(Response::new(pb::DeleteServiceResponse {}))
+        let request = request.into_inner();
+        let kept_volumes = self.api.delete(&request.name, request.purge_volumes).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteServiceResponse { kept_volumes }))
     }
 
     async fn scale_service(&self, request: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::Service>, Status> {

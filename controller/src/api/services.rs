@@ -117,6 +117,9 @@ impl ServiceApi {
                     self.release_vip(vip).await?;
                     return Err(ApiError::Store(e));
                 }
+                // A service of this name deleted with its volumes earlier: the nodes stop
+                // purging, the new one's volumes stay.
+                self.store.delete(&keys::volume_purge(&service.name), Expect::Any).await?;
                 return Ok((service.name, ApplyOutcome::Created));
             };
             let current: pb::Service = keys::decode(&key, &kv.value)?;
@@ -164,7 +167,10 @@ impl ServiceApi {
     }
 
     /// Removes the service and frees its VIP; its replicas go through reconciliation.
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+    /// Deletes the service (its replicas follow) and frees its VIP. Its local volumes
+    /// stay on their nodes — returned as the claims that keep them — unless
+    /// `purge_volumes`: then every node removes them and the claims go.
+    pub async fn delete(&self, name: &str, purge_volumes: bool) -> Result<Vec<pb::VolumeClaim>, ApiError> {
         let key = keys::service(name);
         let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
@@ -175,7 +181,25 @@ impl ServiceApi {
             }
             Ok::<_, ApiError>(())
         };
-        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
+        // A service deleted earlier without its volumes may be purged now.
+        let deleted = match retry_on_conflict(attempt).await.and_then(|done| done.ok_or(ApiError::Contended(key.clone()))) {
+            Ok(()) => true,
+            Err(ApiError::NotFound(_)) if purge_volumes => false,
+            Err(error) => return Err(error),
+        };
+        let claims = self.store.list(&keys::volume_claims_of(name)).await?;
+        if !purge_volumes {
+            return Ok(keys::decode_all(&claims.items)?);
+        }
+        if !deleted && claims.items.is_empty() {
+            return Err(ApiError::NotFound(name.to_owned()));
+        }
+        let purge = pb::PurgedVolumes { service: name.to_owned(), unix_ms: crate::events::now_unix_ms() };
+        self.store.put(&keys::volume_purge(name), keys::encode(&purge), Expect::Any).await?;
+        for claim in &claims.items {
+            self.store.delete(&claim.key, Expect::Revision(claim.mod_revision)).await?;
+        }
+        Ok(Vec::new())
     }
 
     /// Changes only the replica count.

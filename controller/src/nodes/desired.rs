@@ -1,6 +1,7 @@
 //! What one node should run, as a pure function of the cluster state: the replicas bound
 //! to it (each with the template it was created from), every service's endpoints, and
-//! routes to the other nodes' pod subnets.
+//! routes to the other nodes' pod subnets, and the services whose local volumes are to
+//! be purged.
 
 use orch_api::pb;
 
@@ -29,7 +30,8 @@ pub fn desired_set(state: &ClusterState, node: &str) -> pb::DesiredSet {
             Some(pb::NodeRoute { node: name.clone(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
         })
         .collect();
-    pb::DesiredSet { generation: 0, replicas, endpoints, routes }
+    let purged_services = state.purges.keys().cloned().collect();
+    pb::DesiredSet { generation: 0, replicas, endpoints, routes, purged_services }
 }
 
 /// Stamps `generation` on the set.

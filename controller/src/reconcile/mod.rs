@@ -8,7 +8,10 @@
 //!    deleted services are deleted;
 //! 2. services → replica records — counts and rolling updates ([`rollout::decide`]);
 //! 3. binding — every unbound replica (old and new) goes through [`scheduler::schedule`];
-//!    new replicas are created already bound;
+//!    new replicas are created already bound, each with the lowest slot its service
+//!    does not use; a replica with local volumes is pinned to the node holding its
+//!    slot's claim unless that node is lost (then the data stays behind, an event says
+//!    so, and the claim moves with the new binding);
 //! 4. endpoints — each service's ready replica addresses;
 //! 5. garbage — status records of replicas that are gone or bound elsewhere.
 //!
@@ -46,6 +49,12 @@ pub enum Action {
         key: String,
         expect: Expect,
         endpoints: pb::ServiceEndpoints,
+    },
+    /// Records which node holds a slot's local volumes.
+    PutClaim {
+        key: String,
+        expect: Expect,
+        claim: pb::VolumeClaim,
     },
     /// Deletes a record read at `revision`: replica, endpoints or status.
     Delete {
@@ -122,7 +131,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 id: m.value.id.clone(),
             })
             .collect();
-        let (surge, unavailable) = resolve_update(&spec.update.unwrap_or_default(), spec.replicas);
+        // A slot's local volumes belong to one replica at a time: no surge, one by one.
+        let (surge, unavailable) =
+            if orch_api::manifest::has_local_volumes(spec) { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
         let decision = rollout::decide(spec.replicas, surge, unavailable, &facts);
         for &index in &decision.delete {
             let member = members[index];
@@ -131,8 +142,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             plan.event(EventKind::Killing, format!("replica/{}", member.value.id), format!("{why} (service {name})"));
             deleted.insert(member.key.as_str());
         }
+        let mut taken: BTreeSet<u32> = members.iter().enumerate().filter(|(i, _)| !decision.delete.contains(i)).filter_map(|(_, m)| m.value.slot).collect();
         for _ in 0..decision.create {
             let id = new_id(name);
+            let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or_default();
+            taken.insert(slot);
             new_replicas.push(pb::Replica {
                 id,
                 service: name.clone(),
@@ -140,6 +154,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 spec_hash: service.value.spec_hash.clone(),
                 status: Some(pending_status("")),
                 spec: Some(spec.clone()),
+                slot: Some(slot),
             });
         }
     }
@@ -148,6 +163,12 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     let surviving: Vec<&Versioned<pb::Replica>> = state.replicas.values().filter(|r| !deleted.contains(r.key.as_str())).collect();
     let view = cluster_view(state, lost_nodes, &surviving);
     let unbound: Vec<&Versioned<pb::Replica>> = surviving.iter().copied().filter(|r| r.value.node.is_empty()).collect();
+    let usable_node = |node: &str| state.nodes.contains_key(node) && !lost_nodes.contains(node);
+    // The claim of a replica with local volumes, if it has a slot.
+    let claim_of = |r: &pb::Replica| -> Option<Option<&Versioned<pb::VolumeClaim>>> {
+        let slot = r.slot.filter(|_| r.spec.as_ref().is_some_and(orch_api::manifest::has_local_volumes))?;
+        Some(state.claims.get(&(r.service.clone(), slot)))
+    };
     let pending: Vec<PendingReplica> = unbound
         .iter()
         .map(|r| &r.value)
@@ -160,17 +181,43 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             // Node ports are served by every node's balancer (kube-proxy style), not bound
             // by the replica, so they never keep two replicas off one node.
             node_ports: Vec::new(),
+            pinned_node: claim_of(r).flatten().map(|c| c.value.node.clone()).filter(|node| usable_node(node)),
         })
         .collect();
     let placement = scheduler::schedule(&view, &pending);
     let bindings: BTreeMap<&str, &str> = placement.bindings.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect();
     let reasons: BTreeMap<&str, &str> = placement.unschedulable.iter().map(|(r, why)| (r.as_str(), why.as_str())).collect();
+    // A replica with local volumes bound to a node that holds no claim for its slot: the
+    // node holds it from now on (the data of a lost node stays behind).
+    let claim_binding = |plan: &mut Plan, r: &pb::Replica, node: &str| {
+        let Some(claim) = claim_of(r) else { return };
+        let slot = r.slot.unwrap_or_default();
+        if claim.is_some_and(|c| c.value.node == node) {
+            return;
+        }
+        if let Some(old) = claim {
+            plan.event(
+                EventKind::DataLeftBehind,
+                format!("replica/{}", r.id),
+                format!(
+                    "the local volumes of slot {slot} stayed on node {}, which is lost; this replica starts with empty ones on node {node}",
+                    old.value.node
+                ),
+            );
+        }
+        plan.actions.push(Action::PutClaim {
+            key: keys::volume_claim(&r.service, slot),
+            expect: claim.map_or(Expect::Absent, |c| Expect::Revision(c.mod_revision)),
+            claim: pb::VolumeClaim { service: r.service.clone(), slot, node: node.to_owned() },
+        });
+    };
     for existing in &unbound {
         let r = &existing.value;
         let mut replica = r.clone();
         if let Some(node) = bindings.get(r.id.as_str()) {
             replica.node = (*node).to_owned();
             replica.status = Some(pending_status(""));
+            claim_binding(&mut plan, r, node);
             plan.event(EventKind::Scheduled, format!("replica/{}", r.id), format!("assigned to node {node}"));
         } else if let Some(reason) = reasons.get(r.id.as_str()) {
             if r.status.as_ref().is_some_and(|s| s.reason == *reason) {
@@ -185,6 +232,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     }
     for mut replica in new_replicas {
         if let Some(node) = bindings.get(replica.id.as_str()) {
+            claim_binding(&mut plan, &replica, node);
             replica.node = (*node).to_owned();
             plan.event(EventKind::Scheduled, format!("replica/{}", replica.id), format!("assigned to node {node}"));
         } else if let Some(reason) = reasons.get(replica.id.as_str()) {
@@ -192,6 +240,25 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             plan.event(EventKind::FailedScheduling, format!("replica/{}", replica.id), (*reason).to_owned());
         }
         plan.actions.push(Action::CreateReplica { key: keys::replica(&replica.service, &replica.id), replica });
+    }
+    // A bound replica whose claim was never written (the write failed while the binding
+    // landed): its node holds the slot.
+    let mut claimed: BTreeSet<String> =
+        plan.actions.iter().filter_map(|a| if let Action::PutClaim { key, .. } = a { Some(key.clone()) } else { None }).collect();
+    for existing in &surviving {
+        let r = &existing.value;
+        if r.node.is_empty() || claim_of(r) != Some(None) {
+            continue;
+        }
+        let slot = r.slot.unwrap_or_default();
+        let key = keys::volume_claim(&r.service, slot);
+        if claimed.insert(key.clone()) {
+            plan.actions.push(Action::PutClaim {
+                key,
+                expect: Expect::Absent,
+                claim: pb::VolumeClaim { service: r.service.clone(), slot, node: r.node.clone() },
+            });
+        }
     }
 
     // 4. Endpoints.

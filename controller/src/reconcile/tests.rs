@@ -109,6 +109,16 @@ impl World {
                 Action::PutEndpoints { key, endpoints, .. } => {
                     self.state.endpoints.insert(endpoints.service.clone(), Versioned { key: key.clone(), value: endpoints.clone(), mod_revision: revision });
                 }
+                Action::PutClaim { key, expect, claim } => {
+                    let slot = (claim.service.clone(), claim.slot);
+                    let existing = self.state.claims.get(&slot).map(|c| c.mod_revision);
+                    match expect {
+                        Expect::Absent => assert_eq!(existing, None, "CAS on {key}"),
+                        Expect::Revision(r) => assert_eq!(existing, Some(*r), "CAS on {key}"),
+                        Expect::Any => {}
+                    }
+                    self.state.claims.insert(slot, Versioned { key: key.clone(), value: claim.clone(), mod_revision: revision });
+                }
                 Action::Delete { key, .. } => {
                     self.state.replicas.remove(key);
                     self.state.endpoints.retain(|_, e| e.key != *key);
@@ -261,4 +271,115 @@ fn scaling_keeps_existing_replicas() {
     world.put_service(service("web", 1, "h1"));
     world.converge(&[]);
     assert_eq!(world.placement().len(), 1);
+}
+
+fn with_local_volume(mut service: pb::Service) -> pb::Service {
+    if let Some(spec) = service.spec.as_mut() {
+        spec.volumes = vec![pb::Volume { name: "data".into(), source: Some(pb::volume::Source::Local(pb::LocalVolume {})) }];
+        spec.update = Some(pb::UpdateStrategy {
+            max_surge: Some(pb::IntOrPercent { value: 1, percent: false }),
+            max_unavailable: Some(pb::IntOrPercent { value: 0, percent: false }),
+        });
+    }
+    service
+}
+
+/// (slot, node) pairs.
+type Slots = BTreeSet<(u32, String)>;
+
+/// (slot, node) of every replica, and (slot, node) of every claim.
+fn slots(world: &World) -> (Slots, Slots) {
+    let replicas = world.state.replicas.values().map(|r| (r.value.slot.expect("a slot"), r.value.node.clone())).collect();
+    let claims = world.state.claims.values().map(|c| (c.value.slot, c.value.node.clone())).collect();
+    (replicas, claims)
+}
+
+#[test]
+fn replicas_get_the_lowest_free_slots() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    let mut numbers: Vec<u32> = world.state.replicas.values().filter_map(|r| r.value.slot).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [0, 1, 2]);
+    assert!(world.state.claims.is_empty(), "no local volumes, no claims");
+    // Scale down to 1 and up to 3 again: the freed slots are taken again.
+    world.put_service(service("web", 1, "h1"));
+    world.converge(&[]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    let mut numbers: Vec<u32> = world.state.replicas.values().filter_map(|r| r.value.slot).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [0, 1, 2]);
+}
+
+#[test]
+fn local_volumes_pin_each_slot_to_its_node_through_a_rollout() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(with_local_volume(service("db", 2, "h1")));
+    world.converge(&[]);
+    let (replicas, claims) = slots(&world);
+    assert_eq!(replicas, claims, "every slot claimed where its replica runs");
+    assert_eq!(claims.len(), 2);
+    world.report_all_ready();
+    world.converge(&[]);
+
+    // A new template rolls one slot at a time without surge (the manifest's maxSurge 1 is
+    // overridden), and each replacement lands on its slot's node.
+    world.put_service(with_local_volume(service("db", 2, "h2")));
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 30, "the rollout does not finish: {:?}", world.placement());
+        let plan = world.plan(&[]);
+        world.apply(&plan);
+        let (replicas, _) = slots(&world);
+        assert!(world.state.replicas.len() <= 2, "no surge: {:?}", world.placement());
+        assert!(replicas.is_subset(&claims), "a replica is never off its slot's node: {replicas:?} vs {claims:?}");
+        if world.state.replicas.values().all(|r| r.value.spec_hash == "h2") && world.state.replicas.len() == 2 && plan.actions.is_empty() {
+            break;
+        }
+        world.report_all_ready();
+    }
+    assert_eq!(slots(&world).1, claims, "the claims never moved");
+
+    // The service deleted and applied again: its slots go back to their nodes.
+    world.state.services.remove("db");
+    world.converge(&[]);
+    world.put_service(with_local_volume(service("db", 2, "h3")));
+    world.converge(&[]);
+    assert_eq!(slots(&world).0, claims, "a new service of the name finds its data");
+
+    // A slot's node lost: its replacement goes elsewhere, the event says the data stayed.
+    let (lost_slot, lost_node) = claims.iter().next().cloned().expect("a claim");
+    world.state.alive.remove(&lost_node);
+    let plan = world.plan(&[lost_node.as_str()]);
+    world.apply(&plan);
+    let mut events = plan.events;
+    for _ in 0..5 {
+        let plan = world.plan(&[lost_node.as_str()]);
+        world.apply(&plan);
+        events.extend(plan.events);
+    }
+    let left = events.iter().find(|e| e.kind == EventKind::DataLeftBehind).expect("a DataLeftBehind event");
+    assert!(left.message.contains(&format!("slot {lost_slot} stayed on node {lost_node}")), "{}", left.message);
+    let (replicas, claims) = slots(&world);
+    assert_eq!(replicas, claims, "the claim moved with the new binding");
+    assert!(replicas.iter().all(|(_, node)| *node != lost_node));
+}
+
+#[test]
+fn a_slot_whose_node_is_not_ready_yet_waits_for_it() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(with_local_volume(service("db", 1, "h1")));
+    world.converge(&[]);
+    let node = world.placement()[0].1.clone();
+    world.state.services.remove("db");
+    world.converge(&[]);
+    world.state.alive.remove(&node);
+    world.put_service(with_local_volume(service("db", 1, "h1")));
+    world.converge(&[]);
+    let replica = world.state.replicas.values().next().expect("a replica").value.clone();
+    assert_eq!(replica.node, "", "not bound away from its data while the node is only NotReady");
+    assert_eq!(replica.status.map(|s| s.reason), Some("0/2 nodes: 1 without its slot's local volumes, 1 not ready".to_owned()));
 }

@@ -2,7 +2,7 @@
 //! replicas to a plan of bindings (Nomad's split: something else commits the plan, by
 //! compare-and-swap). No IO, no async, so it is table-tested and benchmarked in-process.
 //!
-//! Filters: node ready, requests fit what is left of allocatable, node selector, node
+//! Filters: the node holding the replica's local volumes if it has any, node ready, requests fit what is left of allocatable, node selector, node
 //! port conflicts. Scores: fewest replicas of the same service on the node first
 //! (spread), then least allocated; ties go to the node name, so plans are deterministic.
 
@@ -25,6 +25,7 @@ pub struct Plan {
 /// Why a node was filtered out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Rejection {
+    LocalDataElsewhere,
     NotReady,
     SelectorMismatch,
     NodePortConflict,
@@ -35,6 +36,7 @@ enum Rejection {
 impl Rejection {
     fn describe(self) -> &'static str {
         match self {
+            Rejection::LocalDataElsewhere => "without its slot's local volumes",
             Rejection::NotReady => "not ready",
             Rejection::SelectorMismatch => "node selector mismatch",
             Rejection::NodePortConflict => "node port in use",
@@ -70,6 +72,9 @@ impl<'a> Working<'a> {
 
     fn check(&self, index: usize, replica: &PendingReplica, selector_ok: bool) -> Result<(), Rejection> {
         let node = &self.nodes[index];
+        if replica.pinned_node.as_ref().is_some_and(|pinned| *pinned != node.name) {
+            return Err(Rejection::LocalDataElsewhere);
+        }
         if !node.ready {
             return Err(Rejection::NotReady);
         }

@@ -106,3 +106,14 @@ fn memory_is_checked_too() {
     let plan = schedule(&view, &[replica("m-0", "m", 10, 2)]);
     assert_eq!(plan.unschedulable, vec![("m-0".to_owned(), "0/1 nodes: 1 insufficient memory".to_owned())]);
 }
+
+#[test]
+fn a_replica_with_local_data_goes_to_its_node_only() {
+    let view = ClusterView { nodes: vec![node("a", 4000, 8), node("b", 4000, 8), NodeView { ready: false, ..node("c", 4000, 8) }] };
+    let pinned = |id: &str, to: &str| PendingReplica { pinned_node: Some(to.into()), ..replica(id, "db", 100, 1) };
+    // Spread would pick a for the second replica of db; its data is on b.
+    let plan = schedule(&view, &[pinned("db-0", "b"), pinned("db-1", "b")]);
+    assert_eq!(bound(&plan), [("db-0", "b"), ("db-1", "b")]);
+    let stuck = schedule(&view, &[pinned("db-2", "c")]);
+    assert_eq!(stuck.unschedulable, [("db-2".to_owned(), "0/3 nodes: 2 without its slot's local volumes, 1 not ready".to_owned())]);
+}

@@ -41,4 +41,6 @@ pub struct PendingReplica {
     pub requests: Resources,
     pub node_selector: BTreeMap<String, String>,
     pub node_ports: Vec<u16>,
+    /// The only node it may go to: the one holding its slot's local volumes.
+    pub pinned_node: Option<String>,
 }

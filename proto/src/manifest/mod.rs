@@ -7,6 +7,7 @@ pub mod model;
 pub mod names;
 pub mod quantity;
 mod validate;
+mod volumes;
 
 pub use load::{check_unique_names, load_services, ManifestError, ServiceDocument};
 pub use model::{ServiceManifest, API_VERSION};
@@ -14,3 +15,4 @@ pub use validate::{
     probe_defaults, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS, DEFAULT_BACKOFF_RESET_SECONDS,
     DEFAULT_GRACE_SECONDS, DEFAULT_UPDATE_PERCENT, MAX_REPLICAS, NODE_PORT_RANGE,
 };
+pub use volumes::{has_local_volumes, paths_overlap, RESERVED_HOST_PATHS};

@@ -51,10 +51,10 @@ pub const fn probe_defaults() -> ProbeDefaults {
 /// Default `update.maxSurge` and `update.maxUnavailable`: 25%, as Kubernetes.
 pub const DEFAULT_UPDATE_PERCENT: u32 = 25;
 
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError { path: path.into(), message: message.into() });
     }
 
@@ -170,7 +170,10 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     let termination_grace_seconds =
         errors.range("spec.terminationGracePeriodSeconds", spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS), 0, 3600);
     let security_context = spec.security_context.as_ref().map(|context| validate_security(errors, context));
+    let (volumes, volume_mounts) = super::volumes::validate_volumes(errors, &spec.volumes, &spec.volume_mounts, &mut memory);
     pb::ServiceSpec {
+        volumes,
+        volume_mounts,
         security_context,
         restart_backoff: Some(restart_backoff),
         termination_grace_seconds,
