@@ -8,8 +8,9 @@
 #   sudo bash deploy/install.sh agent --controller 10.0.0.1:7100 --name node1 --address 10.0.0.11 --pki DIR
 #
 # --pki DIR holds what `orch-controller --tls-dir DIR init --controller-name 10.0.0.1
-# --node node1=10.0.0.11 ...` made: a controller needs ca.pem and controller.pem/.key,
-# an agent ca.pem and node-NAME.pem/.key (copy only those to each machine).
+# --node node1=10.0.0.11 ...` made: a controller needs ca.pem, controller.pem/.key and
+# secrets.key (the same on every controller), an agent ca.pem and node-NAME.pem/.key
+# (copy only those to each machine; never secrets.key to an agent).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 require_root "deploy/install.sh"
@@ -57,6 +58,8 @@ case "$role" in
         listen="${listen:-0.0.0.0:7100}"
         install -m 755 "$bin/orch-controller" "$bin/orch" /usr/local/bin/
         copy_pki ca.pem controller.pem controller.key
+        # The key that seals Secrets: every controller the same, no agent ever.
+        if [ -f "$pki/secrets.key" ]; then copy_pki secrets.key; fi
         [ -f "$pki/admin.pem" ] && copy_pki admin.pem admin.key
         printf 'ORCH_STORE=%s\nORCH_LISTEN=%s\n' "$store" "$listen" >/etc/orch/controller.env
         install -m 644 "$units/orch-controller.service" /etc/systemd/system/

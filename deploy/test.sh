@@ -17,7 +17,7 @@ require_rust
 # (egress), dnsmasq-base (the DNS server of the egress tests' "outside"; not the dnsmasq
 # package, whose service would start on the host), protoc for the build, graphviz to
 # check that `orch topology -o dot` is valid DOT.
-TEST_PACKAGES=(etcd-server apache2-utils skopeo curl iproute2 nftables dnsmasq-base busybox-static python3 graphviz)
+TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables dnsmasq-base busybox-static python3 graphviz)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"

@@ -27,11 +27,13 @@ spec:
   restartBackoff: {{initialMillis: 100}}
   volumes:
     - {{name: scratch, emptyDir: {{}}}}
+    - {{name: capped, emptyDir: {{sizeLimit: 1Mi}}}}
     - {{name: fast, emptyDir: {{medium: Memory, sizeLimit: 1Mi}}}}
     - {{name: data, local: {{}}}}
     - {{name: host, hostPath: {{path: {host}, type: DirectoryOrCreate}}}}
   volumeMounts:
     - {{name: scratch, mountPath: /scratch}}
+    - {{name: capped, mountPath: /capped}}
     - {{name: fast, mountPath: /fast}}
     - {{name: data, mountPath: /data}}
     - {{name: data, mountPath: /sub, subPath: nested/dir}}
@@ -84,6 +86,15 @@ async fn volumes_keep_data_where_kubernetes_does() {
     let healed = cluster.wait_replicas("db", "the killed replica back", |r| one_running(r) && status(&r[0]).restarts == 1).await;
     let pid = status(&healed[0]).host_pid;
     cluster.exec(pid, &["sh", "-c", "test -f /scratch/a && test -f /fast/e && test -f /data/b && test -f /data/nested/dir/c"]);
+
+    // An on-disk emptyDir over its sizeLimit: evicted, as the kubelet does — an event, and
+    // the container restarts with that volume empty (the others keep their files).
+    cluster.exec(pid, &["sh", "-c", "echo keep > /capped/small && dd if=/dev/zero of=/capped/big bs=1024 count=2048 2>/dev/null"]);
+    let evicted = cluster.wait_replicas("db", "the replica evicted and back", |r| one_running(r) && status(&r[0]).restarts == 2).await;
+    let events = cluster.events_of(&format!("replica/{}", replica.id)).await;
+    let event = events.iter().find(|e| e.kind == "Evicted").unwrap_or_else(|| panic!("an Evicted event: {events:#?}"));
+    assert!(event.message.contains("emptyDir capped uses") && event.message.contains("over its sizeLimit of 1048576"), "{}", event.message);
+    cluster.exec(status(&evicted[0]).host_pid, &["sh", "-c", "test ! -e /capped/big && test ! -e /capped/small && test -f /scratch/a && test -f /data/b"]);
 
     // Delete keeps the local volume (and says so); no emptyDir, no mount stays.
     let response = cluster.api.delete_service(pb::DeleteServiceRequest { name: "db".into(), purge_volumes: false }).await.expect("delete").into_inner();
@@ -143,4 +154,143 @@ async fn volumes_keep_data_where_kubernetes_does() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     cluster.wait_node_empty().await;
+}
+
+const SECRET: &str = "s3cr3t-never-on-disk";
+
+fn site_manifest(image: &str, page: &str) -> String {
+    format!(
+        r#"apiVersion: orch/v1
+kind: Config
+metadata: {{name: site}}
+data:
+  index.html: "{page}"
+---
+apiVersion: orch/v1
+kind: Secret
+metadata: {{name: db}}
+data:
+  password: {SECRET}
+---
+apiVersion: orch/v1
+kind: Service
+metadata: {{name: site}}
+spec:
+  replicas: 2
+  image: {image}
+  command: [sh, -c, 'echo "$PW" > /dev/shm/pw-seen; exec httpd -f -p 8080 -h /www']
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}
+  env: [{{name: PW, valueFrom: {{secretKey: {{name: db, key: password}}}}}}]
+  ports: [{{name: http, containerPort: 8080, servicePort: 80}}]
+  probes:
+    readiness: {{tcpSocket: {{port: http}}, periodSeconds: 1}}
+  terminationGracePeriodSeconds: 1
+  volumes:
+    - {{name: www, config: {{name: site}}}}
+    - {{name: creds, secret: {{name: db, items: [{{key: password, path: db/pw}}]}}}}
+  volumeMounts:
+    - {{name: www, mountPath: /www}}
+    - {{name: creds, mountPath: /run/secrets}}
+"#
+    )
+}
+
+/// Every regular file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if meta.is_file() && std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_and_secrets_reach_the_container_and_no_disk() {
+    let mut cluster = Cluster::start("cfg").await;
+    let image = cluster.image.clone();
+    cluster.apply(&site_manifest(&image, "page one")).await;
+    let replicas = cluster.wait_replicas("site", "two ready replicas", |r| r.len() == 2 && r.iter().all(running_ready)).await;
+    let pid = status(&replicas[0]).host_pid;
+
+    // The config as files (0444), the secret as a file (0400, the container's user's) and
+    // as the environment.
+    let check = |command: &str| {
+        let out = cluster.exec_as(pid, Some("1000:1000"), &["sh", "-c", command]);
+        assert!(out.status.success(), "{command}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(check("cat /www/index.html"), "page one");
+    assert_eq!(check("stat -c '%a %u' /www/index.html"), "444 1000");
+    assert_eq!(check("stat -c '%a %u:%g' /run/secrets/db/pw"), "400 1000:1000");
+    assert_eq!(check("cat /run/secrets/db/pw"), SECRET);
+    assert_eq!(check("cat /dev/shm/pw-seen"), SECRET, "valueFrom.secretKey reached the command's environment");
+    let refused = cluster.exec_output(pid, &["sh", "-c", "echo x > /www/index.html"]);
+    assert!(!refused.status.success(), "a config volume is read-only");
+    let other = cluster.exec_as(pid, Some("1001:1001"), &["cat", "/run/secrets/db/pw"]);
+    assert!(!other.status.success(), "another user of the container reads the secret");
+
+    // On the node the files live on a tmpfs only; no file on its disk holds the secret.
+    let run_root = format!("/run/orch/{}", cluster.bridge);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(mounts.lines().any(|l| l.split(' ').nth(1) == Some(run_root.as_str()) && l.split(' ').nth(2) == Some("tmpfs")), "{run_root} is a tmpfs:\n{mounts}");
+    let on_disk = files_holding(cluster.dir.path(), SECRET.as_bytes());
+    assert!(on_disk.is_empty(), "the secret is on the node's disk: {on_disk:?}");
+
+    // A new page rolls the service; requests through the VIP keep being answered.
+    let vip: std::net::Ipv4Addr =
+        cluster.api.get_service(pb::GetServiceRequest { name: "site".into() }).await.expect("get").into_inner().vip.parse().expect("vip");
+    let address = std::net::SocketAddr::from((vip, 80));
+    let start = Instant::now();
+    while common::cluster::http_get(address).map_or(true, |body| body != "page one") {
+        assert!(start.elapsed() < LIMIT, "the VIP never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            let (mut answers, mut failures) = (std::collections::BTreeMap::<String, u32>::new(), Vec::new());
+            let begun = Instant::now();
+            // Bounded in count and time.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || begun.elapsed() > LIMIT {
+                    break;
+                }
+                match common::cluster::http_get(address) {
+                    Ok(body) => *answers.entry(body).or_default() += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (answers, failures)
+        }
+    });
+    cluster.apply(&site_manifest(&image, "page two")).await;
+    let old: Vec<String> = replicas.iter().map(|r| r.id.clone()).collect();
+    cluster.wait_replicas("site", "the rollout to the new page", |r| r.len() == 2 && r.iter().all(|x| running_ready(x) && !old.contains(&x.id))).await;
+    let start = Instant::now();
+    while common::cluster::http_get(address).map_or(true, |body| body != "page two") {
+        assert!(start.elapsed() < LIMIT, "the VIP never answered with the new page");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answers, failures) = load.join().expect("the load thread");
+    assert!(failures.is_empty(), "requests lost during the rollout: {failures:?} (answers {answers:?})");
+    assert!(answers.contains_key("page one") && answers.contains_key("page two"), "{answers:?}");
+    let events = cluster.events_of("").await;
+    assert!(!events.iter().any(|e| e.message.contains(SECRET)), "an event carries the secret");
+    assert!(!cluster.agent_log().contains(SECRET), "the agent's log carries the secret");
+
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "site".into(), purge_volumes: false }).await.expect("delete");
+    cluster.wait_replicas("site", "the replicas gone", |r| r.is_empty()).await;
+    cluster.wait_node_empty().await;
+    let left: Vec<_> = std::fs::read_dir(&run_root).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "config and secret files left in {run_root}: {left:?}");
 }

@@ -36,13 +36,15 @@ struct Cli {
 enum Command {
     /// Run a controller and a local agent in this process (the quick start).
     Up(commands::up::UpArgs),
-    /// Create or update services from manifests.
+    /// Create or update services, configs and secrets from manifests.
     Apply(commands::apply::ApplyArgs),
-    /// List services, replicas, nodes or events.
+    /// Create or update a config or a secret from files and literals.
+    Create(commands::create::CreateArgs),
+    /// List services, replicas, nodes, events, configs or secrets.
     Get(commands::get::GetArgs),
-    /// Show one service, replica or node in detail, with its events.
+    /// Show one service, replica, node, config or secret in detail.
     Describe(commands::describe::DescribeArgs),
-    /// Delete services (by name or by manifest).
+    /// Delete services (by name or by manifest), configs or secrets.
     Delete(commands::delete::DeleteArgs),
     /// Change a service's replica count.
     Scale(commands::scale::ScaleArgs),
@@ -109,6 +111,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
         let api = client::connect(&target).await?;
         match command {
             Command::Apply(args) => commands::apply::apply(api, &args).await?,
+            Command::Create(args) => commands::create::create(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,
             Command::Describe(args) => commands::describe::run(api, &args).await?,
             Command::Delete(args) => commands::delete::delete(api, &args).await?,

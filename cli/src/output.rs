@@ -138,6 +138,33 @@ pub fn event(e: &pb::Event) -> EventOut {
     EventOut { time_unix_ms: e.timestamp_unix_ms, kind: e.kind.clone(), object: e.object.clone(), message: e.message.clone() }
 }
 
+/// A Config or a Secret as listings show it: a Secret's keys with their sizes, never
+/// its values; a Config's values as text (base64 when not UTF-8).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigOut {
+    pub name: String,
+    pub generation: u64,
+    /// Key → size in bytes.
+    pub keys: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<std::collections::BTreeMap<String, String>>,
+    pub used_by: Vec<String>,
+}
+
+pub fn config(info: &pb::ConfigInfo) -> ConfigOut {
+    use base64::Engine;
+    let data = info.data.as_ref().filter(|_| info.kind() == pb::ConfigKind::Config).map(|data| {
+        data.data
+            .iter()
+            .map(|(k, v)| {
+                (k.clone(), String::from_utf8(v.clone()).unwrap_or_else(|_| format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(v))))
+            })
+            .collect()
+    });
+    ConfigOut { name: info.name.clone(), generation: info.generation, keys: info.sizes.clone().into_iter().collect(), data, used_by: info.used_by.clone() }
+}
+
 pub fn render<T: Serialize>(format: Format, items: &[T]) -> anyhow::Result<String> {
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(items)? + "\n",

@@ -355,6 +355,28 @@ fn the_cli_against_orch_up() {
     assert_eq!(up.ok(&["delete", "service", "other"]).trim(), "service/other deleted");
     assert_eq!(up.orch(&["get", "services", "other"]).status.code(), Some(1));
 
+    // Configs and secrets from the command line: made from literals and files, listed and
+    // described with their keys and sizes (a secret's value is never printed), sealed in
+    // the store, deleted.
+    let key_file = up.dir.path().join("tls.key");
+    std::fs::write(&key_file, "-----BEGIN KEY-----\n").expect("write");
+    let created = up.ok(&["create", "secret", "creds", "--from-literal", "password=p4ss-w0rd-x", "--from-file", &format!("tls.key={}", key_file.display())]);
+    assert_eq!(created.trim(), "secret/creds created");
+    assert_eq!(up.ok(&["create", "config", "site", "--from-literal", "greeting=hello"]).trim(), "config/site created");
+    assert_eq!(up.ok(&["create", "config", "site", "--from-literal", "greeting=hello"]).trim(), "config/site unchanged");
+    let listed = up.ok(&["get", "secrets", "-o", "yaml"]);
+    assert!(listed.contains("password: 11") && listed.contains("tls.key: 20") && !listed.contains("p4ss-w0rd-x"), "{listed}");
+    let described = up.ok(&["describe", "secret", "creds"]);
+    assert!(described.contains("password (11 bytes)") && !described.contains("p4ss-w0rd-x"), "{described}");
+    assert_eq!(up.json(&["get", "configs"])[0]["data"]["greeting"], "hello");
+    assert!(up.ok(&["get", "secrets"]).contains("creds"));
+    let store = std::fs::read(up.dir.path().join("state/controller.redb")).expect("the store file");
+    assert!(!store.windows(11).any(|w| w == b"p4ss-w0rd-x"), "the store file holds the secret in clear");
+    assert_eq!(mode(&up.pki().join("secrets.key")), 0o600, "orch up made the secrets key, private");
+    assert_eq!(up.ok(&["delete", "secret", "creds"]).trim(), "secret/creds deleted");
+    assert_eq!(up.ok(&["delete", "config", "site"]).trim(), "config/site deleted");
+    assert_eq!(up.orch(&["describe", "secret", "creds"]).status.code(), Some(1));
+
     // A securityContext reaches the replica: its user and group, a read-only root, no
     // capabilities, and a user namespace (root inside is an unprivileged host id).
     let locked = up.dir.path().join("locked.yaml");

@@ -19,6 +19,10 @@ pub const STATUS: &str = "/orch/status/";
 /// `endpoints/<service>`: the service's VIP, ports and ready replica addresses, kept by
 /// the endpoints reconciler and sent to every agent.
 pub const ENDPOINTS: &str = "/orch/endpoints/";
+/// `configs/<name>`: a Config, its data in clear.
+pub const CONFIGS: &str = "/orch/configs/";
+/// `secrets/<name>`: a Secret, its data sealed with the cluster's secrets key.
+pub const SECRETS: &str = "/orch/secrets/";
 /// `volumes/claims/<service>/<slot>`: the node holding a slot's local volumes.
 pub const VOLUME_CLAIMS: &str = "/orch/volumes/claims/";
 /// `volumes/purged/<service>`: a service deleted with its volumes, for the nodes to act on.
@@ -48,6 +52,17 @@ pub fn status(node: &str, replica: &str) -> String {
 
 pub fn endpoints(service: &str) -> String {
     format!("{ENDPOINTS}{service}")
+}
+
+pub fn configs_of(kind: orch_api::pb::ConfigKind) -> &'static str {
+    match kind {
+        orch_api::pb::ConfigKind::Config => CONFIGS,
+        orch_api::pb::ConfigKind::Secret => SECRETS,
+    }
+}
+
+pub fn config(kind: orch_api::pb::ConfigKind, name: &str) -> String {
+    format!("{}{name}", configs_of(kind))
 }
 
 pub fn volume_claims_of(service: &str) -> String {

@@ -52,6 +52,10 @@ struct Args {
     /// This controller's name in leader election (default: hostname and PID).
     #[arg(long)]
     identity: Option<String>,
+    /// The key that seals Secrets in the store (every controller of a cluster needs the
+    /// same file) [default: secrets.key in --tls-dir, which `init` writes].
+    #[arg(long, env = "ORCH_SECRETS_KEY", value_name = "PATH")]
+    secrets_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -148,6 +152,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "controller".into());
         format!("{host}-{}", std::process::id())
     });
+    let secrets_path = args.secrets_key.clone().or_else(|| args.tls_dir.as_ref().map(|dir| dir.join(orch_api::secrets::SECRETS_KEY_FILE)));
+    let secrets = match secrets_path {
+        // Named by the flag: it must load. Beside the PKI: a cluster made before secrets
+        // existed has none yet, and runs without Secrets until `init` writes it.
+        Some(path) if args.secrets_key.is_some() || path.exists() => {
+            Some(std::sync::Arc::new(orch_api::secrets::SecretsKey::load(&path).with_context(|| format!("--secrets-key {}", path.display()))?))
+        }
+        _ => {
+            tracing::warn!("no secrets key (--secrets-key, or secrets.key in --tls-dir): Secrets are refused");
+            None
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     if tls.is_some() {
         tracing::info!(%listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
@@ -165,6 +181,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             event_ttl: args.event_ttl,
             identity,
             tls,
+            secrets,
         },
         listener,
     );

@@ -38,6 +38,9 @@ pub struct ControllerConfig {
     /// Mutual TLS for the gRPC server and for calls to agents; plain text when unset
     /// (loopback development only).
     pub tls: Option<ControllerTls>,
+    /// Seals Secrets in the store and opens them for the nodes; without it Secrets are
+    /// refused.
+    pub secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
 }
 
 /// The controller's TLS: how it serves, and how it calls the agents' node API.
@@ -65,6 +68,7 @@ impl Default for ControllerConfig {
             event_ttl: Duration::from_secs(3600),
             identity: format!("controller-{}", std::process::id()),
             tls: None,
+            secrets: None,
         }
     }
 }
@@ -106,7 +110,7 @@ impl Controller {
             settled_sender,
         ));
         let (stopping, sessions_stop) = watch::channel(());
-        let mut api = ServiceApi::new(Arc::clone(&store), config.service_range);
+        let mut api = ServiceApi::new(Arc::clone(&store), config.service_range).with_secrets(config.secrets.clone());
         if let Some(tls) = &config.tls {
             api = api.with_node_tls(tls.nodes.clone());
         }
@@ -117,7 +121,8 @@ impl Controller {
             watcher.subscribe(),
             events,
             sessions_stop,
-        );
+        )
+        .with_secrets(config.secrets.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let tls = config.tls.clone();
         let server = tokio::spawn(async move {

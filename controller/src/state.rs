@@ -47,6 +47,8 @@ pub struct ClusterState {
     pub endpoints: BTreeMap<String, Versioned<pb::ServiceEndpoints>>,
     /// (service, slot) → the node holding that slot's local volumes.
     pub claims: BTreeMap<(String, u32), Versioned<pb::VolumeClaim>>,
+    /// (kind, name) → a Config or a Secret (sealed), as stored.
+    pub configs: BTreeMap<(i32, String), Versioned<pb::StoredConfig>>,
     /// Services deleted with their volumes.
     pub purges: BTreeMap<String, Versioned<pb::PurgedVolumes>>,
     /// Node name → keys of the replicas bound to it (an index over `replicas`).
@@ -134,6 +136,8 @@ impl ClusterState {
             true
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             decoded(kv).map(|v| self.endpoints.insert(name.to_owned(), v)).is_some()
+        } else if key.starts_with(keys::CONFIGS) || key.starts_with(keys::SECRETS) {
+            decoded::<pb::StoredConfig>(kv).map(|v| self.configs.insert((v.value.kind, v.value.name.clone()), v)).is_some()
         } else if key.starts_with(keys::VOLUME_CLAIMS) {
             decoded::<pb::VolumeClaim>(kv).map(|v| self.claims.insert((v.value.service.clone(), v.value.slot), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
@@ -158,6 +162,10 @@ impl ClusterState {
             self.alive.remove(name)
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             self.endpoints.remove(name).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::CONFIGS) {
+            self.configs.remove(&(pb::ConfigKind::Config.into(), name.to_owned())).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::SECRETS) {
+            self.configs.remove(&(pb::ConfigKind::Secret.into(), name.to_owned())).is_some()
         } else if let Some(rest) = key.strip_prefix(keys::VOLUME_CLAIMS) {
             let Some((service, slot)) = rest.split_once('/') else { return false };
             let Ok(slot) = slot.parse::<u32>() else { return false };
@@ -241,6 +249,7 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.alive == state.alive
         && fresh.endpoints == state.endpoints
         && fresh.claims == state.claims
+        && fresh.configs == state.configs
         && fresh.purges == state.purges;
     same.then_some(listing.revision)
 }

@@ -5,23 +5,114 @@ mod common;
 
 use orch_api::pb;
 use orch_controller::api::services::{spec_hash, ApplyOutcome};
-use orch_controller::api::{ApiError, ServiceApi};
+use orch_controller::api::{ApiError, Applied, ServiceApi};
 
 const WEB: &str =
     "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  image: busybox\n  ports: [{name: http, containerPort: 80}]\n";
 const API: &str = "apiVersion: orch/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  image: busybox\n";
+
+fn applied(name: &str, outcome: ApplyOutcome) -> Applied {
+    Applied { kind: "service", name: name.to_owned(), outcome }
+}
 
 fn source(text: &str) -> Vec<(String, String)> {
     vec![("test.yaml".to_owned(), text.to_owned())]
 }
 
 fn service_api(store: &common::TestStore) -> ServiceApi {
-    ServiceApi::new(store.store.clone(), orch_api::cidr::DEFAULT_SERVICE_RANGE)
+    let key = orch_api::secrets::SecretsKey::generate().expect("a secrets key");
+    ServiceApi::new(store.store.clone(), orch_api::cidr::DEFAULT_SERVICE_RANGE).with_secrets(Some(std::sync::Arc::new(key)))
+}
+
+/// The clear text the secret of [`CONFIGS`] holds: never in the store.
+const SECRET_VALUE: &str = "correct-horse-battery-staple";
+
+const CONFIGS: &str = "apiVersion: orch/v1\nkind: Config\nmetadata: {name: site}\ndata:\n  index.html: hello\n---\n\
+apiVersion: orch/v1\nkind: Secret\nmetadata: {name: db}\ndata:\n  password: correct-horse-battery-staple\n---\n\
+apiVersion: orch/v1\nkind: Service\nmetadata: {name: app}\nspec:\n  image: busybox\n  \
+env: [{name: PW, valueFrom: {secretKey: {name: db, key: password}}}]\n  \
+volumes: [{name: site, config: {name: site}}]\n  volumeMounts: [{name: site, mountPath: /www}]\n";
+
+async fn configs_and_secrets_roll_the_services_using_them(api: ServiceApi) {
+    let applied = api.apply(&source(CONFIGS)).await.expect("apply");
+    let kinds: Vec<(&str, &str, ApplyOutcome)> = applied.iter().map(|a| (a.kind, a.name.as_str(), a.outcome)).collect();
+    assert_eq!(kinds, [("config", "site", ApplyOutcome::Created), ("secret", "db", ApplyOutcome::Created), ("service", "app", ApplyOutcome::Created)]);
+    let app = api.get("app").await.expect("get");
+    let generations: std::collections::BTreeMap<String, u64> = app.config_generations.clone().into_iter().collect();
+    assert_eq!(generations, [("config/site".to_owned(), 1), ("secret/db".to_owned(), 1)].into_iter().collect());
+
+    // The store holds the secret sealed: no clear text in its record or anywhere else.
+    let listing = api.store().list("/orch/").await.expect("list");
+    for kv in &listing.items {
+        assert!(!kv.value.windows(SECRET_VALUE.len()).any(|w| w == SECRET_VALUE.as_bytes()), "{} holds the secret in clear", kv.key);
+    }
+    let secrets = api.list_configs(pb::ConfigKind::Secret).await.expect("list secrets");
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].data, None, "a listing never carries a secret's values");
+    assert_eq!(secrets[0].sizes.get("password"), Some(&(SECRET_VALUE.len() as u64)));
+    assert_eq!(secrets[0].used_by, ["app"]);
+    let configs = api.list_configs(pb::ConfigKind::Config).await.expect("list configs");
+    assert_eq!(configs[0].data.as_ref().and_then(|d| d.data.get("index.html")).map(Vec::as_slice), Some(b"hello".as_slice()));
+
+    // The same again: nothing changes. A new secret value: the service rolls.
+    assert!(api.apply(&source(CONFIGS)).await.expect("re-apply").iter().all(|a| a.outcome == ApplyOutcome::Unchanged));
+    let changed = CONFIGS.replace(SECRET_VALUE, "another-value");
+    let outcomes: Vec<ApplyOutcome> = api.apply(&source(&changed)).await.expect("apply").iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, [ApplyOutcome::Unchanged, ApplyOutcome::Configured, ApplyOutcome::Unchanged], "the service's spec did not change");
+    let rolled = api.get("app").await.expect("get");
+    assert_eq!(rolled.generation, app.generation + 1);
+    assert_ne!(rolled.spec_hash, app.spec_hash, "a new template: the replicas roll");
+    assert_eq!(rolled.config_generations.get("secret/db"), Some(&2));
+
+    // A service using none keeps its plain spec hash (nothing rolls after an upgrade).
+    api.apply(&source(API)).await.expect("apply");
+    let plain = api.get("api").await.expect("get");
+    assert_eq!(plain.spec_hash, spec_hash(plain.spec.as_ref().expect("spec")));
+
+    api.delete_config(pb::ConfigKind::Secret, "db").await.expect("delete");
+    assert!(matches!(api.delete_config(pb::ConfigKind::Secret, "db").await, Err(ApiError::ConfigNotFound(what)) if what == "secret/db"));
+}
+
+async fn secrets_are_refused_without_a_key(store: &common::TestStore) {
+    let api = ServiceApi::new(store.store.clone(), orch_api::cidr::DEFAULT_SERVICE_RANGE);
+    assert!(matches!(api.apply(&source(CONFIGS)).await, Err(ApiError::NoSecretsKey)));
+    assert!(api.store().list("/orch/").await.expect("list").items.is_empty(), "nothing was applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_nothing_is_applied() {
+    secrets_are_refused_without_a_key(&common::embedded().await).await;
+}
+
+/// The raw bytes on disk and in etcd, read around orch: no secret in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_clear_in_the_redb_file_or_in_etcd() {
+    let embedded = common::embedded().await;
+    service_api(&embedded).apply(&source(CONFIGS)).await.expect("apply");
+    let file = embedded.dir.as_ref().expect("dir").path().join("store.redb");
+    let bytes = std::fs::read(&file).expect("read the redb file");
+    assert!(bytes.windows(5).any(|w| w == b"hello"), "the config is there in clear: the search works");
+    assert!(!bytes.windows(SECRET_VALUE.len()).any(|w| w == SECRET_VALUE.as_bytes()), "the secret is in {} in clear", file.display());
+
+    let prefix = common::unique_prefix("raw-secret");
+    let etcd = common::etcd_at(&prefix).await;
+    service_api(&etcd).apply(&source(CONFIGS)).await.expect("apply");
+    let endpoint = std::env::var(common::ETCD_ENV).expect("the test etcd");
+    let out = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &endpoint, "get", "--prefix", &prefix])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("run etcdctl (Debian's etcd-client; deploy/test.sh installs it)");
+    assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{prefix}orch/secrets/db")) || text.contains("/orch/secrets/db"), "etcdctl shows the record:\n{text}");
+    assert!(out.stdout.windows(5).any(|w| w == b"hello"), "the config is there in clear: the search works");
+    assert!(!out.stdout.windows(SECRET_VALUE.len()).any(|w| w == SECRET_VALUE.as_bytes()), "etcd holds the secret in clear");
 }
 
 async fn apply_reapply_configure_and_vips(api: ServiceApi) {
     let created = api.apply(&source(&format!("{WEB}---\n{API}"))).await.expect("apply");
-    assert_eq!(created, vec![("web".to_owned(), ApplyOutcome::Created), ("api".to_owned(), ApplyOutcome::Created)]);
+    assert_eq!(created, vec![applied("web", ApplyOutcome::Created), applied("api", ApplyOutcome::Created)]);
     let web = api.get("web").await.expect("get");
     let other = api.get("api").await.expect("get");
     assert_eq!(web.generation, 1);
@@ -29,11 +120,11 @@ async fn apply_reapply_configure_and_vips(api: ServiceApi) {
     assert!(web.vip.starts_with("10.96."), "{}", web.vip);
     assert_eq!(web.spec_hash, spec_hash(web.spec.as_ref().expect("spec")));
 
-    assert_eq!(api.apply(&source(WEB)).await.expect("re-apply"), vec![("web".to_owned(), ApplyOutcome::Unchanged)]);
+    assert_eq!(api.apply(&source(WEB)).await.expect("re-apply"), vec![applied("web", ApplyOutcome::Unchanged)]);
     assert_eq!(api.get("web").await.expect("get").generation, 1, "unchanged keeps the generation");
 
     let changed = WEB.replace("image: busybox", "image: busybox:2");
-    assert_eq!(api.apply(&source(&changed)).await.expect("apply"), vec![("web".to_owned(), ApplyOutcome::Configured)]);
+    assert_eq!(api.apply(&source(&changed)).await.expect("apply"), vec![applied("web", ApplyOutcome::Configured)]);
     let configured = api.get("web").await.expect("get");
     assert_eq!(configured.generation, 2);
     assert_eq!(configured.vip, web.vip, "the VIP stays");
@@ -129,7 +220,8 @@ on_both_stores!(
     invalid_input_changes_nothing,
     scale_changes_only_the_count,
     delete_frees_the_name_and_the_vip,
-    delete_keeps_local_volumes_unless_purged
+    delete_keeps_local_volumes_unless_purged,
+    configs_and_secrets_roll_the_services_using_them
 );
 
 /// The same through real gRPC on loopback, as the CLI will call it.
@@ -152,7 +244,7 @@ async fn the_grpc_api_answers_and_maps_errors() {
         .await
         .expect("apply")
         .into_inner();
-    assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into() }]);
+    assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into(), kind: "service".into() }]);
     let bad = client
         .apply(pb::ApplyRequest {
             sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }],

@@ -41,13 +41,18 @@ async fn only_holders_of_cluster_certificates_get_in() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
     let written = orch_api::tls::init(&pki, &["127.0.0.1".to_owned()], &[("worker".to_owned(), "127.0.0.1".to_owned())]).expect("init");
-    assert_eq!(written.len(), 4, "ca, controller, node-worker, admin: {written:?}");
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(pki.join("ca.key")).expect("key").permissions());
-    assert_eq!(key_mode & 0o077, 0, "private keys are for root only");
-    // A second init reuses the CA (adds a node) and the first node's cert still verifies.
+    assert_eq!(written.len(), 5, "ca, controller, node-worker, admin, secrets.key: {written:?}");
+    for key in ["ca.key", "secrets.key"] {
+        let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(pki.join(key)).expect("key").permissions());
+        assert_eq!(key_mode & 0o077, 0, "{key} is for root only");
+    }
+    // A second init reuses the CA (adds a node) and the first node's cert still verifies;
+    // the secrets key is never replaced (every sealed Secret would be lost).
     let ca_before = std::fs::read(pki.join("ca.pem")).expect("ca");
+    let secrets_before = std::fs::read(pki.join("secrets.key")).expect("secrets key");
     orch_api::tls::init(&pki, &["127.0.0.1".to_owned()], &[("late".to_owned(), "127.0.0.1".to_owned())]).expect("add a node");
     assert_eq!(std::fs::read(pki.join("ca.pem")).expect("ca"), ca_before, "the CA is kept");
+    assert_eq!(std::fs::read(pki.join("secrets.key")).expect("secrets key"), secrets_before, "the secrets key is kept");
 
     let store = common::embedded().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -43,10 +43,12 @@ pub enum EventKind {
     Stopped,
     /// A deleted service's local volumes were removed from a node (delete with purge).
     VolumesPurged,
+    /// An on-disk emptyDir outgrew its sizeLimit: the container restarts with it empty.
+    Evicted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -66,6 +68,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::Stopped,
         EventKind::VolumesPurged,
+        EventKind::Evicted,
     ];
 
     /// The name on the wire and on screen.
@@ -90,6 +93,7 @@ impl EventKind {
             EventKind::Failed => "Failed",
             EventKind::Stopped => "Stopped",
             EventKind::VolumesPurged => "VolumesPurged",
+            EventKind::Evicted => "Evicted",
         }
     }
 

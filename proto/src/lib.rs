@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod events;
 pub mod image_ref;
 pub mod manifest;
+pub mod secrets;
 pub mod tls;
 
 /// Generated `orch.v1` code (tonic + prost).

@@ -322,6 +322,11 @@ fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], rep
             written.push(identity_paths(dir, &file).0);
         }
     }
+    // The secrets key: made once, never replaced (a new one would lose every Secret).
+    if !dir.join(crate::secrets::SECRETS_KEY_FILE).exists() {
+        let path = crate::secrets::ensure_key_file(dir).map_err(|e| TlsError::File { path: dir.display().to_string(), message: e.to_string() })?;
+        written.push(path);
+    }
     share_admin_credential(dir);
     Ok(written)
 }

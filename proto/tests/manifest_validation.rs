@@ -65,6 +65,10 @@ fn the_example_stack_manifest_is_valid() {
     let cache = docs[0].service.spec.as_ref().expect("spec");
     assert!(orch_api::manifest::has_local_volumes(cache), "the cache keeps its data in a local volume");
     assert_eq!(cache.volume_mounts[0].mount_path, "/data");
+    let manifests = orch_api::manifest::load_manifests("stack.yaml", &text).expect("valid");
+    assert_eq!(manifests.configs.iter().map(|c| c.content.name.as_str()).collect::<Vec<_>>(), ["web-conf"]);
+    let refs: Vec<(pb::ConfigKind, String)> = orch_api::manifest::config_refs(web).into_iter().collect();
+    assert_eq!(refs, [(pb::ConfigKind::Config, "web-conf".to_owned())], "the front's server configuration comes from a Config");
 }
 
 #[test]
@@ -216,7 +220,12 @@ fn invalid_manifests_name_their_field() {
             "RuntimeDefault or Unconfined",
         ),
         ("privileged is not a field", variant("", "  securityContext:\n    privileged: true"), "spec.securityContext.privileged", "unknown field `privileged`"),
-        ("volume without source", variant("", "  volumes: [{name: data}]"), "spec.volumes[0]", "exactly one of emptyDir, hostPath, local; got 0"),
+        (
+            "volume without source",
+            variant("", "  volumes: [{name: data}]"),
+            "spec.volumes[0]",
+            "exactly one of emptyDir, hostPath, local, config, secret; got 0",
+        ),
         ("volume with two sources", variant("", "  volumes: [{name: data, local: {}, emptyDir: {}}]"), "spec.volumes[0]", "got 2"),
         ("volume name", variant("", "  volumes: [{name: Data_1, local: {}}]"), "spec.volumes[0].name", "DNS label"),
         ("duplicate volume", variant("", "  volumes: [{name: d, local: {}}, {name: d, emptyDir: {}}]"), "spec.volumes[1].name", "duplicate volume \"d\""),
@@ -264,6 +273,31 @@ fn invalid_manifests_name_their_field() {
             ".. components",
         ),
         (
+            "valueFrom and value",
+            variant("", "  env: [{name: A, value: x, valueFrom: {configKey: {name: c, key: k}}}]"),
+            "spec.env[0]",
+            "both value and valueFrom",
+        ),
+        ("valueFrom of nothing", variant("", "  env: [{name: A, valueFrom: {}}]"), "spec.env[0].valueFrom", "exactly one of configKey, secretKey"),
+        (
+            "valueFrom bad key",
+            variant("", "  env: [{name: A, valueFrom: {secretKey: {name: db, key: 'a b'}}}]"),
+            "spec.env[0].valueFrom.secretKey.key",
+            "letters, digits",
+        ),
+        (
+            "config volume item path",
+            variant("", "  volumes: [{name: c, config: {name: site, items: [{key: a, path: ../x}]}}]"),
+            "spec.volumes[0].config.items[0].path",
+            "relative path",
+        ),
+        (
+            "secret volume mode",
+            variant("", "  volumes: [{name: c, secret: {name: db, defaultMode: 644}}]"),
+            "spec.volumes[0].secret.defaultMode",
+            "as a string, e.g. \"0400\"",
+        ),
+        (
             "absolute subPath",
             variant("", "  volumes: [{name: d, local: {}}]\n  volumeMounts: [{name: d, mountPath: /x, subPath: /etc}]"),
             "spec.volumeMounts[0].subPath",
@@ -309,6 +343,54 @@ fn volumes_are_carried_with_kubernetes_names() {
         ]
     );
     assert!(orch_api::manifest::has_local_volumes(&spec));
+}
+
+#[test]
+fn configs_and_secrets_are_documents_of_their_own() {
+    use orch_api::manifest::load_manifests;
+    let text = "apiVersion: orch/v1\nkind: Config\nmetadata: {name: site}\ndata: {index.html: hi}\nbinaryData: {logo.png: AAEC}\n---\n\
+                apiVersion: orch/v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: hunter2}\n---\n"
+        .to_owned()
+        + &variant("", "  env: [{name: PW, valueFrom: {secretKey: {name: db, key: password}}}]\n  volumes: [{name: www, config: {name: site, defaultMode: \"0440\", items: [{key: index.html, path: i/index.html, mode: 256}]}}]");
+    let manifests = load_manifests("test.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    type Content<'a> = (pb::ConfigKind, &'a str, Vec<(&'a str, &'a [u8])>);
+    let configs: Vec<Content<'_>> = manifests
+        .configs
+        .iter()
+        .map(|c| (c.content.kind, c.content.name.as_str(), c.content.data.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect()))
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            (pb::ConfigKind::Config, "site", vec![("index.html", b"hi".as_slice()), ("logo.png", [0u8, 1, 2].as_slice())]),
+            (pb::ConfigKind::Secret, "db", vec![("password", b"hunter2".as_slice())]),
+        ]
+    );
+    assert!(!format!("{:?}", manifests.configs).contains("hunter2"), "a secret's value never reaches a debug line");
+    let spec = manifests.services[0].service.spec.clone().expect("spec");
+    assert_eq!(spec.env[0].value_from, Some(pb::KeyRef { kind: pb::ConfigKind::Secret.into(), name: "db".into(), key: "password".into() }));
+    let Some(pb::volume::Source::Config(volume)) = &spec.volumes[0].source else { panic!("a config volume: {:?}", spec.volumes) };
+    assert_eq!((volume.default_mode, volume.items[0].mode), (Some(0o440), Some(0o400)));
+    let refs: Vec<(pb::ConfigKind, String)> = orch_api::manifest::config_refs(&spec).into_iter().collect();
+    assert_eq!(refs, [(pb::ConfigKind::Config, "site".to_owned()), (pb::ConfigKind::Secret, "db".to_owned())]);
+    // load_services leaves Configs and Secrets out.
+    assert_eq!(orch_api::manifest::load_services("test.yaml", &text).expect("valid").len(), 1);
+
+    let bad = |doc: &str| errors_of(&format!("apiVersion: orch/v1\n{doc}"));
+    let table = [
+        ("kind: Config\nmetadata: {name: c}\ndata: {'a b': x}", "data.a b", "letters, digits"),
+        ("kind: Config\nmetadata: {name: c}\nbinaryData: {k: '%%%'}", "binaryData.k", "must be base64"),
+        ("kind: Secret\nmetadata: {name: c}\ndata: {k: x}\nbinaryData: {k: eA==}", "binaryData.k", "also in data"),
+        ("kind: Secret\nmetadata: {name: C}\ndata: {k: x}", "metadata.name", "DNS label"),
+        ("kind: Secret\nmetadata: {name: c}\nspec: {}", "spec", "unknown field `spec`"),
+        ("kind: ConfigMap\nmetadata: {name: c}", "kind", "expected \"Service\", \"Config\" or \"Secret\""),
+    ];
+    for (doc, path, message) in table {
+        let errors = bad(doc);
+        assert!(errors.iter().any(|e| e.path == path && e.message.contains(message)), "{doc}: expected {path}: {message}, got {errors:#?}");
+    }
+    let big = format!("kind: Config\nmetadata: {{name: c}}\ndata: {{k: {}}}", "x".repeat(orch_api::manifest::MAX_CONFIG_BYTES + 1));
+    assert!(bad(&big).iter().any(|e| e.path == "data" && e.message.contains("1 MiB")));
 }
 
 #[test]

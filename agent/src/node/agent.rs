@@ -85,7 +85,10 @@ impl Agent {
         let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };
         let mut reserved = vec![config.state_dir.clone(), config.volumes_dir.clone()];
         reserved.extend(config.tls_dir.clone());
-        let volumes = super::volumes::VolumeDirs { local_root: config.volumes_dir.clone(), reserved };
+        let run_root = super::volumes::run_root_for(&config.bridge);
+        super::volumes::mount_run_root(&run_root).map_err(AgentError::Volumes)?;
+        reserved.push(run_root.clone());
+        let volumes = super::volumes::VolumeDirs { local_root: config.volumes_dir.clone(), reserved, run_root };
         let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()).with_volumes(volumes));
         let api = match api_listener {
             Some(listener) => {
@@ -164,6 +167,7 @@ impl Agent {
     /// Converges the node to a desired set.
     pub async fn converge(&mut self, set: pb::DesiredSet) {
         self.generation = set.generation;
+        self.ctx.configs.replace(&set.configs);
         let supervised: BTreeSet<String> = self.replicas.keys().cloned().collect();
         let plan = convergence::plan(&set, &supervised);
         for id in plan.stop {

@@ -24,6 +24,8 @@ pub enum AgentError {
     Images(#[from] crate::images::ImageError),
     #[error("node network: {0}")]
     Network(#[from] crate::net::NetError),
+    #[error("volumes: {0}")]
+    Volumes(String),
 }
 
 /// Why the link to the controller failed (the agent retries with back-off).

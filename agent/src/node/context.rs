@@ -24,6 +24,26 @@ pub struct NodeContext {
     pub volumes: VolumeDirs,
     /// Local volume directories held by the replica using them.
     pub volume_locks: VolumeLocks,
+    /// The Configs and Secrets of the latest desired set (in memory only).
+    pub configs: ConfigCache,
+}
+
+/// The Configs and Secrets the controller sent for this node's replicas.
+#[derive(Default)]
+pub struct ConfigCache {
+    configs: std::sync::Mutex<std::collections::HashMap<(i32, String), orch_api::pb::ConfigData>>,
+}
+
+impl ConfigCache {
+    /// Replaces the cache with a desired set's.
+    pub fn replace(&self, configs: &[orch_api::pb::NodeConfig]) {
+        let fresh = configs.iter().map(|c| ((c.kind, c.name.clone()), c.data.clone().unwrap_or_default())).collect();
+        *self.configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
+
+    pub fn get(&self, kind: orch_api::pb::ConfigKind, name: &str) -> Option<orch_api::pb::ConfigData> {
+        self.configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&(kind.into(), name.to_owned())).cloned()
+    }
 }
 
 impl NodeContext {
@@ -31,10 +51,12 @@ impl NodeContext {
     /// Local volumes go under `<state>/local-volumes` until [`NodeContext::with_volumes`]
     /// says otherwise.
     pub fn new(node: String, backends: Backends, state: StateDir, helper: PathBuf) -> NodeContext {
-        let volumes = VolumeDirs { local_root: state.root().join("local-volumes"), reserved: vec![state.root().to_owned()] };
+        let volumes =
+            VolumeDirs { local_root: state.root().join("local-volumes"), reserved: vec![state.root().to_owned()], run_root: state.root().join("run") };
         NodeContext {
             volumes,
             volume_locks: VolumeLocks::default(),
+            configs: ConfigCache::default(),
             node,
             runtime: backends.containers,
             images: backends.images,

@@ -59,6 +59,23 @@ pub fn pull_policy(spec: &pb::ServiceSpec) -> pb::ImagePullPolicy {
     }
 }
 
+/// The container's `NAME=value` list: values as written, or one key of a Config or
+/// Secret the node was sent (text without NUL; a Secret's value is never in an error).
+pub fn env_of(vars: &[pb::EnvVar], configs: &dyn Fn(pb::ConfigKind, &str) -> Option<pb::ConfigData>) -> Result<Vec<String>, String> {
+    vars.iter()
+        .map(|var| {
+            let Some(from) = &var.value_from else { return Ok(format!("{}={}", var.name, var.value)) };
+            let what = orch_api::manifest::object_name(from.kind(), &from.name);
+            let data = configs(from.kind(), &from.name).ok_or_else(|| format!("env {}: {what} not found", var.name))?;
+            let bytes = data.data.get(&from.key).ok_or_else(|| format!("env {}: {what} has no key {:?}", var.name, from.key))?;
+            match std::str::from_utf8(bytes) {
+                Ok(text) if !text.contains('\0') => Ok(format!("{}={text}", var.name)),
+                _ => Err(format!("env {}: key {:?} of {what} is not text without NUL (mount it as a file instead)", var.name, from.key)),
+            }
+        })
+        .collect()
+}
+
 pub fn limits_of(resources: &pb::Resources) -> Limits {
     let limits = resources.limits.unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
@@ -202,6 +219,28 @@ mod tests {
         assert_eq!(confinement.security.seccomp, SeccompProfile::Unconfined);
         assert!(confinement.security.read_only_root);
         assert_eq!(confinement.user_namespace, Some(DEFAULT_ID_RANGE));
+    }
+
+    #[test]
+    fn env_from_configs_and_secrets() {
+        let configs = |kind: pb::ConfigKind, name: &str| {
+            (name == "db").then(|| pb::ConfigData {
+                data: [("user".to_owned(), b"app".to_vec()), ("bin".to_owned(), vec![0, 1]), ("password".to_owned(), b"hunter2".to_vec())]
+                    .into_iter()
+                    .filter(|(k, _)| kind == pb::ConfigKind::Secret || k != "password")
+                    .collect(),
+            })
+        };
+        let from = |kind: pb::ConfigKind, name: &str, key: &str| Some(pb::KeyRef { kind: kind.into(), name: name.into(), key: key.into() });
+        let var = |name: &str, value: &str, value_from| pb::EnvVar { name: name.into(), value: value.into(), value_from };
+        let vars =
+            [var("A", "1", None), var("USER", "", from(pb::ConfigKind::Config, "db", "user")), var("PW", "", from(pb::ConfigKind::Secret, "db", "password"))];
+        assert_eq!(env_of(&vars, &configs), Ok(vec!["A=1".to_owned(), "USER=app".to_owned(), "PW=hunter2".to_owned()]));
+        let missing = [var("PW", "", from(pb::ConfigKind::Config, "db", "password"))];
+        assert_eq!(env_of(&missing, &configs), Err("env PW: config/db has no key \"password\"".to_owned()));
+        assert!(env_of(&[var("X", "", from(pb::ConfigKind::Secret, "nope", "k"))], &configs).is_err_and(|e| e == "env X: secret/nope not found"));
+        let binary = env_of(&[var("B", "", from(pb::ConfigKind::Secret, "db", "bin"))], &configs);
+        assert!(binary.is_err_and(|e| e.contains("not text without NUL") && !e.contains("hunter2")));
     }
 
     #[test]

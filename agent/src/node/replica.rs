@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::backends::RunningContainer;
 use super::board::RunningReplica;
 use super::context::NodeContext;
-use super::convert::{confinement_of, limits_of, pull_policy};
+use super::convert::{confinement_of, env_of, limits_of, pull_policy};
 use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State};
 use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
@@ -35,6 +35,10 @@ use crate::runtime::{container_env, now_unix_ms, BindMount, ContainerExit, Conta
 
 /// Lines of the previous run's output kept as crash evidence.
 const EVIDENCE_LINES: usize = 50;
+/// How often an on-disk emptyDir with a sizeLimit is measured while its replica runs.
+const EMPTY_DIR_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// What an eviction's reason starts with.
+const EVICTED: &str = "Evicted:";
 
 /// A running supervisor. `stop` asks it to stop the replica and clean up; the task ends
 /// when everything is gone.
@@ -69,9 +73,40 @@ impl ReplicaHandle {
 pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn RunningContainer>>) -> ReplicaHandle {
     let (stop, stopping) = watch::channel(false);
     let service = record.service.clone();
-    let supervisor = Supervisor { ctx, record, stopping, prepared: None, log_offset: 0, adopted, container: None, probes: None, held: Vec::new() };
+    let supervisor = Supervisor {
+        ctx,
+        record,
+        stopping,
+        prepared: None,
+        log_offset: 0,
+        adopted,
+        container: None,
+        probes: None,
+        held: Vec::new(),
+        size_limited: Vec::new(),
+        evicted: false,
+    };
     let task = tokio::spawn(supervisor.run());
     ReplicaHandle { service, stop, task }
+}
+
+/// Measures the size-limited emptyDirs of a running replica; the first one over its
+/// limit evicts it (an `Evicted` event, then a restart with the emptyDirs empty, as the
+/// kubelet's eviction brings a new pod).
+async fn watch_usage(ctx: Arc<NodeContext>, object: String, limited: Vec<(String, std::path::PathBuf, u64)>, events: mpsc::Sender<ProbeEvent>) {
+    loop {
+        tokio::time::sleep(EMPTY_DIR_CHECK).await;
+        let dirs = limited.clone();
+        let Ok(usages) = tokio::task::spawn_blocking(move || dirs.iter().map(|(_, dir, _)| volumes::disk_usage(dir)).collect::<Vec<u64>>()).await else {
+            return;
+        };
+        if let Some(((name, _, limit), used)) = limited.iter().zip(usages).find(|((_, _, limit), used)| used > limit) {
+            let why = format!("{EVICTED} emptyDir {name} uses {used} bytes, over its sizeLimit of {limit}");
+            ctx.board.event(EventKind::Evicted, object, why.clone());
+            let _ = events.send(ProbeEvent::Unhealthy(why)).await;
+            return;
+        }
+    }
 }
 
 /// Reads the records a previous agent left.
@@ -100,6 +135,8 @@ struct Prepared {
 /// The probes of the current run and what they report.
 struct Probing {
     task: tokio::task::JoinHandle<()>,
+    /// Measures the size-limited emptyDirs, when there are any.
+    usage: Option<tokio::task::JoinHandle<()>>,
     events: mpsc::Receiver<ProbeEvent>,
 }
 
@@ -117,6 +154,10 @@ struct Supervisor {
     probes: Option<Probing>,
     /// The local volume directories this replica holds, until it is cleaned up.
     held: HeldVolumes,
+    /// On-disk emptyDirs with a sizeLimit: `(volume, directory, limit)`.
+    size_limited: Vec<(String, std::path::PathBuf, u64)>,
+    /// Evicted for an emptyDir over its limit: they start empty on the next start.
+    evicted: bool,
 }
 
 impl Supervisor {
@@ -201,7 +242,10 @@ impl Supervisor {
             Some(event) = probe => match event {
                 ProbeEvent::Started => Input::ProbeStarted,
                 ProbeEvent::Ready(ready, why) => Input::Ready(ready, why),
-                ProbeEvent::Unhealthy(why) => Input::Unhealthy(why),
+                ProbeEvent::Unhealthy(why) => {
+                    self.evicted |= why.starts_with(EVICTED);
+                    Input::Unhealthy(why)
+                }
             },
         };
         if matches!(input, Input::Exited(_)) {
@@ -314,19 +358,23 @@ impl Supervisor {
             return Ok(());
         }
         let layers = images.layers(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
-        let env: Vec<String> = spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
+        let env = env_of(&spec.env, &|kind, name| self.ctx.configs.get(kind, name))?;
         let accounts = ImageAccounts::read(&layers);
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
         let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
+        let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
+        // Config and Secret files belong to the container's user, as the node sees it.
+        let user = confinement.user.clone().unwrap_or(crate::runtime::User::ids(0, 0));
+        let shift = confinement.user_namespace.map_or(0, |range| range.host_id);
+        let owner = (user.uid.saturating_add(shift), user.gid.saturating_add(shift));
         let (ip, mounts) = match &self.prepared {
             Some(prepared) => (prepared.ip, prepared.spec.mounts.clone()),
             None => {
-                let volume_mounts = self.provision_volumes(&spec, limits.memory_bytes).await?;
+                let volume_mounts = self.provision_volumes(&spec, limits.memory_bytes, owner).await?;
                 let (ip, files) = self.ctx.network.prepare(&id, &id, &self.ctx.state.files(&id)).map_err(|e| format!("network: {e}"))?;
                 (ip, files.into_iter().map(|(source, target)| BindMount::new(source, target)).chain(volume_mounts).collect())
             }
         };
-        let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         let logs = self.ctx.state.logs();
         std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
         self.prepared = Some(Prepared {
@@ -353,9 +401,14 @@ impl Supervisor {
     /// Makes the replica's volumes exist (once: emptyDirs and a tmpfs keep their
     /// contents across restarts), holding its local volume directories first — a
     /// replica of the same slot still stopping on this node keeps them until it is gone.
-    async fn provision_volumes(&mut self, spec: &pb::ServiceSpec, memory_limit: Option<u64>) -> Result<Vec<BindMount>, String> {
+    async fn provision_volumes(&mut self, spec: &pb::ServiceSpec, memory_limit: Option<u64>, owner: (u32, u32)) -> Result<Vec<BindMount>, String> {
         let id = self.record.id.clone();
-        let plan = volumes::plan(&self.record, spec, &self.ctx.state.empty_dirs(&id), memory_limit, &self.ctx.volumes)?;
+        let plan = {
+            let configs = |kind: pb::ConfigKind, name: &str| self.ctx.configs.get(kind, name);
+            let inputs = volumes::PlanInputs { memory_limit, owner, configs: &configs };
+            volumes::plan(&self.record, spec, &self.ctx.state.empty_dirs(&id), &inputs, &self.ctx.volumes)?
+        };
+        self.size_limited = volumes::size_limited(&plan, &spec.volumes);
         if self.held.is_empty() && !plan.exclusive.is_empty() {
             self.held = match self.ctx.volume_locks.try_hold(&plan.exclusive) {
                 Some(held) => held,
@@ -377,6 +430,12 @@ impl Supervisor {
     }
 
     async fn start(&mut self) -> Result<Box<dyn RunningContainer>, String> {
+        if std::mem::take(&mut self.evicted) {
+            // As the kubelet's replacement pod would, the next run starts with them empty.
+            let dirs: Vec<std::path::PathBuf> = self.size_limited.iter().map(|(_, dir, _)| dir.clone()).collect();
+            let emptied = tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| volumes::empty(dir))).await;
+            emptied.map_err(|e| format!("volumes: {e}"))?.map_err(|e| format!("volumes: {e}"))?;
+        }
         let Some(prepared) = &self.prepared else { return Err("not prepared".into()) };
         self.log_offset = logs::start_run(&self.ctx.state, &self.record.id);
         let network: &dyn crate::runtime::ContainerNetwork = self.ctx.network.as_ref();
@@ -420,14 +479,19 @@ impl Supervisor {
         }
         self.ctx.running.set(&self.record.id, RunningReplica { service: self.record.service.clone(), exec });
         let (sender, events) = mpsc::channel(8);
+        let usage =
+            (!self.size_limited.is_empty()).then(|| tokio::spawn(watch_usage(Arc::clone(&self.ctx), self.object(), self.size_limited.clone(), sender.clone())));
         let task = tokio::spawn(run_probes(spec.probes.clone().unwrap_or_default(), target, Arc::clone(&self.ctx.probes), sender));
-        self.probes = Some(Probing { task, events });
+        self.probes = Some(Probing { task, usage, events });
     }
 
     /// The run ended: its probes stop and it leaves the running table.
     fn end_run(&mut self) {
         if let Some(probing) = self.probes.take() {
             probing.task.abort();
+            if let Some(usage) = probing.usage {
+                usage.abort();
+            }
         }
         self.ctx.running.remove(&self.record.id);
     }
@@ -471,6 +535,7 @@ impl Supervisor {
         }
         let _ = std::fs::remove_dir_all(self.ctx.state.files(&id));
         let empty_dirs = self.ctx.state.empty_dirs(&id);
+        let _ = std::fs::remove_dir_all(self.ctx.volumes.run_root.join(&id));
         match tokio::task::spawn_blocking(move || volumes::release(&empty_dirs)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(replica = %id, %error, "removing the replica's emptyDir volumes"),

@@ -50,6 +50,9 @@ pub async fn teardown(leftovers: &Leftovers) -> Result<(), Vec<String>> {
         }
     }
     failures.extend(super::volumes::release_all(&state.empty_dirs_root()).into_iter().map(|e| format!("emptyDir volumes: {e}")));
+    if let Err(e) = super::volumes::unmount_run_root(&super::volumes::run_root_for(&leftovers.bridge)) {
+        failures.push(format!("config and secret files: {e}"));
+    }
     for dir in state.replica_state() {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -11,6 +11,11 @@
 //!   service; two replicas of one slot on this node never hold it at once
 //!   ([`VolumeLocks`]).
 //!
+//! - `config` / `secret`: each key (or each item) a file of the given mode (0444 for a
+//!   Config, 0400 for a Secret by default, owned by the container's user) under
+//!   `<run dir>/<replica>/<volume>` — the run dir a tmpfs the agent mounts (0700), so a
+//!   Secret's values are only ever in memory on the node — mounted read-only.
+//!
 //! The container's init binds each mount `nosuid,nodev` (`ro` when asked), walking a
 //! `subPath` without following symlinks (see `runtime::rootfs`).
 
@@ -30,20 +35,52 @@ pub struct VolumeDirs {
     pub local_root: PathBuf,
     /// The agent's own directories (state, local volumes, PKI), besides orch's defaults.
     pub reserved: Vec<PathBuf>,
+    /// A tmpfs for Config and Secret files: `<run_root>/<replica>/<volume>/…`.
+    pub run_root: PathBuf,
+}
+
+/// A file a Config or Secret volume holds: its path in the volume, content, mode.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VolumeFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for VolumeFile {
+    // A Secret's value never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VolumeFile({}, {} bytes, {:o})", self.path, self.content.len(), self.mode)
+    }
 }
 
 /// What one volume is on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provision {
-    EmptyDir { dir: PathBuf, memory: bool, size_bytes: Option<u64> },
-    HostPath { path: PathBuf, kind: pb::HostPathType },
-    Local { dir: PathBuf },
+    EmptyDir {
+        dir: PathBuf,
+        memory: bool,
+        size_bytes: Option<u64>,
+    },
+    HostPath {
+        path: PathBuf,
+        kind: pb::HostPathType,
+    },
+    Local {
+        dir: PathBuf,
+    },
+    /// A Config's or Secret's files, owned by `owner` (uid, gid on the node).
+    Files {
+        dir: PathBuf,
+        files: Vec<VolumeFile>,
+        owner: (u32, u32),
+    },
 }
 
 impl Provision {
     fn host_path(&self) -> &Path {
         match self {
-            Provision::EmptyDir { dir, .. } | Provision::Local { dir } => dir,
+            Provision::EmptyDir { dir, .. } | Provision::Local { dir } | Provision::Files { dir, .. } => dir,
             Provision::HostPath { path, .. } => path,
         }
     }
@@ -64,11 +101,42 @@ fn reserved_overlap(path: &Path, dirs: &VolumeDirs) -> Option<String> {
     dirs.reserved.iter().cloned().chain(defaults).find(|r| orch_api::manifest::paths_overlap(path, r)).map(|r| r.display().to_string())
 }
 
-/// The replica's volumes on this node. `empty_dirs` is the replica's emptyDir directory,
-/// `memory_limit` the container's (a Memory emptyDir without a size limit gets it).
-pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, memory_limit: Option<u64>, dirs: &VolumeDirs) -> Result<VolumePlan, String> {
+/// What a replica's volumes depend on besides its spec: the container's memory limit (a
+/// Memory emptyDir without a size limit gets it), who owns Config and Secret files on
+/// the node, and the Configs and Secrets the node was sent.
+pub struct PlanInputs<'a> {
+    pub memory_limit: Option<u64>,
+    pub owner: (u32, u32),
+    pub configs: &'a dyn Fn(pb::ConfigKind, &str) -> Option<pb::ConfigData>,
+}
+
+/// The files of a Config or Secret volume: every key, or the items named.
+fn config_files(kind: pb::ConfigKind, source: &pb::ConfigVolume, inputs: &PlanInputs<'_>) -> Result<Vec<VolumeFile>, String> {
+    let what = orch_api::manifest::object_name(kind, &source.name);
+    let data = (inputs.configs)(kind, &source.name)
+        .ok_or_else(|| format!("{what} not found (apply it, or create it with `orch create {}`)", orch_api::manifest::kind_name(kind)))?;
+    let default_mode = source.default_mode.unwrap_or(if kind == pb::ConfigKind::Secret { 0o400 } else { 0o444 });
+    if source.items.is_empty() {
+        let mut files: Vec<VolumeFile> = data.data.into_iter().map(|(key, content)| VolumeFile { path: key, content, mode: default_mode }).collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        return Ok(files);
+    }
+    source
+        .items
+        .iter()
+        .map(|item| {
+            let content = data.data.get(&item.key).ok_or_else(|| format!("{what} has no key {:?}", item.key))?;
+            Ok(VolumeFile { path: item.path.clone(), content: content.clone(), mode: item.mode.unwrap_or(default_mode) })
+        })
+        .collect()
+}
+
+/// The replica's volumes on this node. `empty_dirs` is the replica's emptyDir directory.
+pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, inputs: &PlanInputs<'_>, dirs: &VolumeDirs) -> Result<VolumePlan, String> {
+    let memory_limit = inputs.memory_limit;
     let mut plan = VolumePlan::default();
     let mut by_name: HashMap<&str, PathBuf> = HashMap::new();
+    let mut read_only: Vec<&str> = Vec::new();
     for volume in &spec.volumes {
         let provision = match &volume.source {
             Some(pb::volume::Source::EmptyDir(empty)) => Provision::EmptyDir {
@@ -89,6 +157,12 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, mem
                 plan.exclusive.push(dir.clone());
                 Provision::Local { dir }
             }
+            Some(pb::volume::Source::Config(source)) | Some(pb::volume::Source::Secret(source)) => {
+                let kind = if matches!(volume.source, Some(pb::volume::Source::Secret(_))) { pb::ConfigKind::Secret } else { pb::ConfigKind::Config };
+                read_only.push(&volume.name);
+                let files = config_files(kind, source, inputs).map_err(|e| format!("volume {}: {e}", volume.name))?;
+                Provision::Files { dir: dirs.run_root.join(&record.id).join(&volume.name), files, owner: inputs.owner }
+            }
             None => return Err(format!("volume {}: no source (a record from a newer controller?)", volume.name)),
         };
         by_name.insert(&volume.name, provision.host_path().to_owned());
@@ -99,7 +173,8 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, mem
         plan.mounts.push(BindMount {
             source: source.clone(),
             target: mount.mount_path.clone(),
-            read_only: mount.read_only,
+            // A Config's or Secret's files are the controller's: always read-only.
+            read_only: mount.read_only || read_only.contains(&mount.name.as_str()),
             sub_path: Some(mount.sub_path.clone()).filter(|p| !p.is_empty()),
         });
     }
@@ -136,6 +211,7 @@ pub fn provision(provision: &Provision, dirs: &VolumeDirs) -> Result<(), String>
             Ok(())
         }
         Provision::Local { dir } => make_dir(dir, 0o777),
+        Provision::Files { dir, files, owner } => write_files(dir, files, *owner),
         Provision::HostPath { path, kind } => {
             match kind {
                 pb::HostPathType::DirectoryOrCreate => make_dir(path, 0o755)?,
@@ -161,6 +237,88 @@ pub fn provision(provision: &Provision, dirs: &VolumeDirs) -> Result<(), String>
             }
         }
     }
+}
+
+/// Writes a Config's or Secret's files (again: the content may have moved on), owned by
+/// the container's user, under a directory it may only read.
+fn write_files(dir: &Path, files: &[VolumeFile], (uid, gid): (u32, u32)) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_dir_all(dir);
+    make_dir(dir, 0o755)?;
+    for file in files {
+        let path = dir.join(&file.path);
+        if let Some(parent) = path.parent() {
+            make_dir(parent, 0o755)?;
+        }
+        let mut handle =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        handle.write_all(&file.content).map_err(|e| format!("write {}: {e}", path.display()))?;
+        std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+        handle.set_permissions(std::fs::Permissions::from_mode(file.mode)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Mounts the tmpfs that holds Config and Secret files (0700, `nosuid,nodev`), unless it
+/// is mounted already (a restarted agent keeps its replicas' files).
+pub fn mount_run_root(run_root: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(run_root).map_err(|e| format!("mkdir {}: {e}", run_root.display()))?;
+    if is_mount_point(run_root) {
+        return Ok(());
+    }
+    let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+    nix::mount::mount(Some("tmpfs"), run_root, Some("tmpfs"), flags, Some("mode=0700,size=64m"))
+        .map_err(|e| format!("mount tmpfs on {}: {e}", run_root.display()))
+}
+
+/// Unmounts and removes the run tmpfs (teardown).
+pub fn unmount_run_root(run_root: &Path) -> Result<(), String> {
+    if is_mount_point(run_root) {
+        nix::mount::umount2(run_root, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("umount {}: {e}", run_root.display()))?;
+    }
+    match std::fs::remove_dir_all(run_root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("remove {}: {e}", run_root.display())),
+        _ => Ok(()),
+    }
+}
+
+/// The run tmpfs of the agent on `bridge` (one per agent on a machine).
+pub fn run_root_for(bridge: &str) -> PathBuf {
+    Path::new("/run/orch").join(bridge)
+}
+
+/// The on-disk emptyDirs with a size limit: `(volume, directory, limit)`.
+pub fn size_limited(plan: &VolumePlan, names: &[pb::Volume]) -> Vec<(String, PathBuf, u64)> {
+    plan.provisions
+        .iter()
+        .zip(names)
+        .filter_map(|(provision, volume)| match provision {
+            Provision::EmptyDir { dir, memory: false, size_bytes: Some(limit) } => Some((volume.name.clone(), dir.clone(), *limit)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The disk space a directory tree takes (allocated blocks, as du counts), symlinks not
+/// followed. Blocking.
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) if meta.is_dir() => meta.blocks() * 512 + disk_usage(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Empties an emptyDir for the container's next start (after an eviction). Blocking.
+pub fn empty(dir: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    make_dir(dir, 0o777)
 }
 
 /// Unmounts and removes a replica's emptyDir volumes (`<state>/empty-dirs/<replica>`).
@@ -232,7 +390,15 @@ mod tests {
     use super::*;
 
     fn dirs() -> VolumeDirs {
-        VolumeDirs { local_root: "/v".into(), reserved: vec!["/s".into()] }
+        VolumeDirs { local_root: "/v".into(), reserved: vec!["/s".into()], run_root: "/r".into() }
+    }
+
+    fn no_configs(_: pb::ConfigKind, _: &str) -> Option<pb::ConfigData> {
+        None
+    }
+
+    fn inputs(memory_limit: Option<u64>) -> PlanInputs<'static> {
+        PlanInputs { memory_limit, owner: (0, 0), configs: &no_configs }
     }
 
     fn volume(name: &str, source: pb::volume::Source) -> pb::Volume {
@@ -256,7 +422,7 @@ mod tests {
             ..Default::default()
         };
         let record = pb::Replica { id: "db-1".into(), service: "db".into(), slot: Some(2), ..Default::default() };
-        let plan = plan(&record, &spec, Path::new("/s/empty-dirs/db-1"), Some(64 << 20), &dirs()).expect("valid");
+        let plan = plan(&record, &spec, Path::new("/s/empty-dirs/db-1"), &inputs(Some(64 << 20)), &dirs()).expect("valid");
         assert_eq!(
             plan.provisions,
             [
@@ -280,7 +446,7 @@ mod tests {
     fn refused_volumes() {
         let with = |volumes: Vec<pb::Volume>, slot: Option<u32>| {
             let spec = pb::ServiceSpec { volumes, ..Default::default() };
-            plan(&pb::Replica { service: "db".into(), slot, ..Default::default() }, &spec, Path::new("/e"), None, &dirs())
+            plan(&pb::Replica { service: "db".into(), slot, ..Default::default() }, &spec, Path::new("/e"), &inputs(None), &dirs())
         };
         let host = |path: &str| volume("h", pb::volume::Source::HostPath(pb::HostPathVolume { path: path.into(), r#type: 0 }));
         assert!(with(vec![host("/s/replicas")], None).is_err_and(|e| e.contains("overlaps orch's own state (/s)")));
@@ -288,7 +454,55 @@ mod tests {
         assert!(with(vec![host("/etc/orch/pki")], None).is_err_and(|e| e.contains("/etc/orch")));
         assert!(with(vec![volume("d", pb::volume::Source::Local(pb::LocalVolume {}))], None).is_err_and(|e| e.contains("slot")));
         let missing = pb::ServiceSpec { volume_mounts: vec![mount("nope", "/x", false, "")], ..Default::default() };
-        assert!(plan(&pb::Replica::default(), &missing, Path::new("/e"), None, &dirs()).is_err_and(|e| e.contains("no volume named nope")));
+        assert!(plan(&pb::Replica::default(), &missing, Path::new("/e"), &inputs(None), &dirs()).is_err_and(|e| e.contains("no volume named nope")));
+    }
+
+    #[test]
+    fn configs_and_secrets_as_read_only_files() {
+        let data = |pairs: &[(&str, &str)]| pb::ConfigData { data: pairs.iter().map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec())).collect() };
+        let configs = |kind: pb::ConfigKind, name: &str| match (kind, name) {
+            (pb::ConfigKind::Config, "web") => Some(data(&[("nginx.conf", "server {}"), ("mime.types", "x")])),
+            (pb::ConfigKind::Secret, "db") => Some(data(&[("password", "hunter2")])),
+            _ => None,
+        };
+        let inputs = PlanInputs { memory_limit: None, owner: (33, 34), configs: &configs };
+        let source = |name: &str, items: Vec<pb::KeyToPath>| pb::ConfigVolume { name: name.into(), items, default_mode: None };
+        let spec = pb::ServiceSpec {
+            volumes: vec![
+                volume("conf", pb::volume::Source::Config(source("web", vec![]))),
+                volume(
+                    "pw",
+                    pb::volume::Source::Secret(source("db", vec![pb::KeyToPath { key: "password".into(), path: "db/pass".into(), mode: Some(0o440) }])),
+                ),
+            ],
+            volume_mounts: vec![mount("conf", "/etc/nginx", false, ""), mount("pw", "/run/pw", false, "")],
+            ..Default::default()
+        };
+        let record = pb::Replica { id: "web-1".into(), service: "web".into(), ..Default::default() };
+        let plan = plan(&record, &spec, Path::new("/e"), &inputs, &dirs()).expect("valid");
+        let files = |content: &[(&str, &str, u32)]| {
+            content.iter().map(|(p, c, m)| VolumeFile { path: (*p).into(), content: c.as_bytes().to_vec(), mode: *m }).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            plan.provisions,
+            [
+                Provision::Files {
+                    dir: "/r/web-1/conf".into(),
+                    files: files(&[("mime.types", "x", 0o444), ("nginx.conf", "server {}", 0o444)]),
+                    owner: (33, 34)
+                },
+                Provision::Files { dir: "/r/web-1/pw".into(), files: files(&[("db/pass", "hunter2", 0o440)]), owner: (33, 34) },
+            ]
+        );
+        assert!(plan.mounts.iter().all(|m| m.read_only), "config and secret files are read-only: {:?}", plan.mounts);
+        assert!(!format!("{:?}", plan.provisions).contains("hunter2"), "a secret never reaches a debug line");
+        let missing = pb::ServiceSpec { volumes: vec![volume("x", pb::volume::Source::Secret(source("nope", vec![])))], ..Default::default() };
+        assert!(super::plan(&record, &missing, Path::new("/e"), &inputs, &dirs()).is_err_and(|e| e.contains("secret/nope not found")));
+        let no_key = pb::ServiceSpec {
+            volumes: vec![volume("x", pb::volume::Source::Config(source("web", vec![pb::KeyToPath { key: "k".into(), path: "k".into(), mode: None }])))],
+            ..Default::default()
+        };
+        assert!(super::plan(&record, &no_key, Path::new("/e"), &inputs, &dirs()).is_err_and(|e| e.contains("config/web has no key \"k\"")));
     }
 
     #[tokio::test]

@@ -56,6 +56,7 @@ impl Cluster {
             node_lease: Duration::from_secs(3),
             node_grace: Duration::from_secs(3),
             leader_lease: Duration::from_secs(2),
+            secrets: Some(Arc::new(orch_api::secrets::SecretsKey::generate().expect("a secrets key"))),
             ..ControllerConfig::default()
         };
         let service_cidr = config.service_range.to_string();
@@ -174,8 +175,16 @@ impl Cluster {
 
     /// [`Cluster::exec`], its output whatever its exit.
     pub fn exec_output(&self, host_pid: u32, command: &[&str]) -> std::process::Output {
+        self.exec_as(host_pid, None, command)
+    }
+
+    /// A command in the container as `user` (`UID:GID`), root (without capabilities)
+    /// when none; its output whatever its exit.
+    pub fn exec_as(&self, host_pid: u32, user: Option<&str>, command: &[&str]) -> std::process::Output {
         Command::new(AGENT)
-            .args(["__exec", "--pid", &host_pid.to_string(), "--"])
+            .args(["__exec", "--pid", &host_pid.to_string()])
+            .args(user.map(|u| ["--user", u]).into_iter().flatten())
+            .arg("--")
             .args(command)
             .env_clear()
             .env("PATH", "/bin")

@@ -30,13 +30,18 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> a
     let sources = read_sources(files)?;
     let mut problems = Vec::new();
     let mut documents = Vec::new();
+    let mut configs = Vec::new();
     for source in &sources {
-        match orch_api::manifest::load_services(&source.name, &source.text) {
-            Ok(docs) => documents.extend(docs),
+        match orch_api::manifest::load_manifests(&source.name, &source.text) {
+            Ok(manifests) => {
+                documents.extend(manifests.services);
+                configs.extend(manifests.configs);
+            }
             Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
         }
     }
     problems.extend(orch_api::manifest::check_unique_names(&documents).iter().map(ToString::to_string));
+    problems.extend(orch_api::manifest::check_unique_configs(&configs).iter().map(ToString::to_string));
     if !problems.is_empty() {
         anyhow::bail!("invalid manifest, nothing was applied:\n{}", problems.join("\n"));
     }
@@ -49,8 +54,11 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> a
             pb::ApplyOutcome::Configured => "configured",
             pb::ApplyOutcome::Unchanged => "unchanged",
         };
-        println!("service/{} {outcome}", result.service);
-        names.push(result.service);
+        let kind = if result.kind.is_empty() { "service" } else { result.kind.as_str() };
+        println!("{kind}/{} {outcome}", result.service);
+        if kind == "service" {
+            names.push(result.service);
+        }
     }
     Ok(names)
 }

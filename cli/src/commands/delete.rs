@@ -15,7 +15,7 @@ pub struct DeleteArgs {
     /// Delete the services these manifests describe.
     #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "name"])]
     pub files: Vec<PathBuf>,
-    /// `service`
+    /// `service`, `config` or `secret`
     #[arg(required_unless_present = "files")]
     pub kind: Option<String>,
     #[arg(required_unless_present = "files")]
@@ -27,21 +27,35 @@ pub struct DeleteArgs {
 }
 
 pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
+    let mut configs: Vec<(pb::ConfigKind, String)> = Vec::new();
     let names = if args.files.is_empty() {
         match args.kind.as_deref() {
             Some("service" | "services" | "svc") => vec![args.name.clone().unwrap_or_default()],
-            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services (`orch delete service NAME`)"),
+            Some("config" | "configs" | "cm") => {
+                configs.push((pb::ConfigKind::Config, args.name.clone().unwrap_or_default()));
+                Vec::new()
+            }
+            Some("secret" | "secrets") => {
+                configs.push((pb::ConfigKind::Secret, args.name.clone().unwrap_or_default()));
+                Vec::new()
+            }
+            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services, configs and secrets (`orch delete service NAME`)"),
             None => Vec::new(),
         }
     } else {
         let mut names = Vec::new();
         for source in read_sources(&args.files)? {
-            let documents = orch_api::manifest::load_services(&source.name, &source.text)
+            let manifests = orch_api::manifest::load_manifests(&source.name, &source.text)
                 .map_err(|errors| anyhow::anyhow!("invalid manifest:\n{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
-            names.extend(documents.into_iter().map(|d| d.service.name));
+            names.extend(manifests.services.into_iter().map(|d| d.service.name));
+            configs.extend(manifests.configs.into_iter().map(|d| (d.content.kind, d.content.name)));
         }
         names
     };
+    for (kind, name) in configs {
+        api.delete_config(pb::DeleteConfigRequest { kind: kind.into(), name: name.clone() }).await.map_err(explain)?;
+        println!("{} deleted", orch_api::manifest::object_name(kind, &name));
+    }
     for name in names {
         let response = api.delete_service(pb::DeleteServiceRequest { name: name.clone(), purge_volumes: args.purge_volumes }).await.map_err(explain)?;
         let kept = response.into_inner().kept_volumes;

@@ -1,4 +1,4 @@
-//! `orch describe service|replica|node NAME`: spec, status, endpoints, events and the
+//! `orch describe service|replica|node|config|secret NAME`: spec, status, endpoints, events and the
 //! last crash (exit code or signal, OOMKilled, when, its last output lines).
 
 use clap::{Args, ValueEnum};
@@ -17,6 +17,10 @@ pub enum Kind {
     Replica,
     #[value(alias = "nodes", alias = "no")]
     Node,
+    #[value(alias = "configs", alias = "cm")]
+    Config,
+    #[value(alias = "secrets")]
+    Secret,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +74,8 @@ fn volumes_text(spec: &pb::ServiceSpec) -> String {
             }
             Some(Source::HostPath(host)) => format!("hostPath {} ({:?})", host.path, host.r#type()),
             Some(Source::Local(_)) => "local (one per slot, kept on its node)".to_owned(),
+            Some(Source::Config(source)) => format!("config {} (files, read-only)", source.name),
+            Some(Source::Secret(source)) => format!("secret {} (files on a tmpfs, read-only)", source.name),
             None => "<unknown>".to_owned(),
         };
         text.push_str(&format!("  {:<12} {what}\n", volume.name));
@@ -111,6 +117,15 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 ));
             }
             text.push_str(&volumes_text(&spec));
+            if !service.config_generations.is_empty() {
+                let mut used: Vec<String> = service
+                    .config_generations
+                    .iter()
+                    .map(|(object, generation)| if *generation == 0 { format!("{object} (missing)") } else { format!("{object} (generation {generation})") })
+                    .collect();
+                used.sort();
+                text.push_str(&format!("Configs:     {}\n", used.join(", ")));
+            }
             let ready: Vec<String> =
                 mine.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).map(|r| r.status.clone().unwrap_or_default().ip).collect();
             text.push_str(&format!("Endpoints:   {}\n", if ready.is_empty() { "<none>".into() } else { ready.join(", ") }));
@@ -149,6 +164,26 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
             }
             text.push_str(&last_crash(&status));
             text + &events_for(&events, &[format!("replica/{name}")])
+        }
+        Kind::Config | Kind::Secret => {
+            let kind = if args.kind == Kind::Config { pb::ConfigKind::Config } else { pb::ConfigKind::Secret };
+            let configs = api.list_configs(pb::ListConfigsRequest { kind: kind.into() }).await.map_err(explain)?.into_inner().configs;
+            let what = orch_api::manifest::kind_name(kind);
+            let info = configs.iter().find(|c| c.name == *name).ok_or_else(|| anyhow::anyhow!("{what} {name:?} not found"))?;
+            let out = output::config(info);
+            let mut text = format!(
+                "Name:        {}\nKind:        {what}\nGeneration:  {}\nUsed by:     {}\nData:\n",
+                out.name,
+                out.generation,
+                if out.used_by.is_empty() { "<none>".to_owned() } else { out.used_by.join(", ") }
+            );
+            for (key, size) in &out.keys {
+                match out.data.as_ref().and_then(|d| d.get(key)) {
+                    Some(value) if value.len() <= 200 && !value.contains('\n') => text.push_str(&format!("  {key} ({size} bytes): {value}\n")),
+                    _ => text.push_str(&format!("  {key} ({size} bytes)\n")),
+                }
+            }
+            text
         }
         Kind::Node => {
             let nodes = api.list_nodes(pb::ListNodesRequest {}).await.map_err(explain)?.into_inner().nodes;

@@ -1,4 +1,4 @@
-//! `orch get services|replicas|nodes|events [NAME] [-o wide|json|yaml] [-w]`.
+//! `orch get services|replicas|nodes|events|configs|secrets [NAME] [-o wide|json|yaml] [-w]`.
 
 use std::time::Duration;
 
@@ -20,6 +20,10 @@ pub enum Kind {
     Nodes,
     #[value(alias = "event", alias = "ev")]
     Events,
+    #[value(alias = "config", alias = "cm")]
+    Configs,
+    #[value(alias = "secret")]
+    Secrets,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +143,19 @@ async fn render(api: &mut ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
             let out: Vec<output::EventOut> = events.iter().map(output::event).collect();
             let rows = out.iter().map(|e| vec![age(e.time_unix_ms), e.kind.clone(), e.object.clone(), e.message.clone()]).collect();
             (vec!["AGE", "KIND", "OBJECT", "MESSAGE"], rows, machine(args.output, &out)?)
+        }
+        Kind::Configs | Kind::Secrets => {
+            let kind = if args.kind == Kind::Configs { pb::ConfigKind::Config } else { pb::ConfigKind::Secret };
+            let mut configs = api.list_configs(pb::ListConfigsRequest { kind: kind.into() }).await.map_err(explain)?.into_inner().configs;
+            if !name.is_empty() {
+                configs.retain(|c| c.name == name);
+                if configs.is_empty() {
+                    anyhow::bail!("{} {name:?} not found", orch_api::manifest::kind_name(kind));
+                }
+            }
+            let out: Vec<output::ConfigOut> = configs.iter().map(output::config).collect();
+            let rows = out.iter().map(|c| vec![c.name.clone(), c.keys.len().to_string(), c.generation.to_string(), c.used_by.join(",")]).collect();
+            (vec!["NAME", "KEYS", "GENERATION", "USED BY"], rows, machine(args.output, &out)?)
         }
     };
     match machine {

@@ -112,9 +112,21 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (is another orch up running?)"))?;
     let tls = tls_dir.map(|dir| ControllerTls::load(dir).with_context(|| format!("--tls-dir {}", dir.display()))).transpose()?;
+    // Secrets are sealed with the key beside the PKI (`tls::ensure` made it), or, in
+    // plain text, with one in the state directory.
+    let key_dir = tls_dir.unwrap_or(&args.state_dir);
+    let key_path = orch_api::secrets::ensure_key_file(key_dir).with_context(|| format!("the secrets key in {}", key_dir.display()))?;
+    let secrets = Arc::new(orch_api::secrets::SecretsKey::load(&key_path).with_context(|| format!("{}", key_path.display()))?);
     let controller = Controller::start(
         Arc::new(store),
-        ControllerConfig { service_range: args.service_cidr, cluster_network, identity: "orch-up".into(), tls, ..ControllerConfig::default() },
+        ControllerConfig {
+            service_range: args.service_cidr,
+            cluster_network,
+            identity: "orch-up".into(),
+            tls,
+            secrets: Some(secrets),
+            ..ControllerConfig::default()
+        },
         listener,
     );
     let store_path = args.state_dir.join("controller.redb");

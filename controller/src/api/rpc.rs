@@ -4,7 +4,7 @@ use orch_api::pb;
 use orch_api::pb::api_server::Api;
 use tonic::{Request, Response, Status};
 
-use super::services::{ApiError, ApplyOutcome, ServiceApi};
+use super::services::{ApiError, Applied, ApplyOutcome, ServiceApi};
 
 pub struct ApiRpc {
     api: ServiceApi,
@@ -37,7 +37,9 @@ fn status(error: ApiError) -> Status {
         ApiError::VipsExhausted(_) => Status::resource_exhausted(error.to_string()),
         ApiError::Contended(_) => Status::aborted(error.to_string()),
         ApiError::Store(_) => Status::unavailable(error.to_string()),
-        ApiError::Decode(_) => Status::internal(error.to_string()),
+        ApiError::Decode(_) | ApiError::Secrets(_) => Status::internal(error.to_string()),
+        ApiError::ConfigNotFound(_) => Status::not_found(error.to_string()),
+        ApiError::NoSecretsKey => Status::failed_precondition(error.to_string()),
     }
 }
 
@@ -53,8 +55,9 @@ impl Api for ApiRpc {
         Ok(Response::new(pb::ApplyResponse {
             results: results
                 .into_iter()
-                .map(|(service, outcome)| pb::ApplyResult {
-                    service,
+                .map(|Applied { kind, name, outcome }| pb::ApplyResult {
+                    service: name,
+                    kind: kind.to_owned(),
                     outcome: match outcome {
                         ApplyOutcome::Created => pb::ApplyOutcome::Created,
                         ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
@@ -64,6 +67,17 @@ impl Api for ApiRpc {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_configs(&self, request: Request<pb::ListConfigsRequest>) -> Result<Response<pb::ListConfigsResponse>, Status> {
+        let configs = self.api.list_configs(request.into_inner().kind()).await.map_err(status)?;
+        Ok(Response::new(pb::ListConfigsResponse { configs }))
+    }
+
+    async fn delete_config(&self, request: Request<pb::DeleteConfigRequest>) -> Result<Response<pb::DeleteConfigResponse>, Status> {
+        let request = request.into_inner();
+        self.api.delete_config(request.kind(), &request.name).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteConfigResponse {}))
     }
 
     async fn get_service(&self, request: Request<pb::GetServiceRequest>) -> Result<Response<pb::Service>, Status> {

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use orch_api::cidr::Ipv4Cidr;
-use orch_api::manifest::{check_unique_names, load_services, MAX_REPLICAS};
+use orch_api::manifest::{check_unique_configs, check_unique_names, load_manifests, MAX_REPLICAS};
 use orch_api::pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -31,12 +31,27 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Decode(#[from] keys::DecodeError),
+    #[error("{0} not found")]
+    ConfigNotFound(String),
+    #[error("secrets need the cluster's secrets key, and this controller has none: `orch-controller init` writes secrets.key into --tls-dir (every controller needs the same file), or give --secrets-key")]
+    NoSecretsKey,
+    #[error("secrets: {0}")]
+    Secrets(#[from] orch_api::secrets::SecretsError),
 }
 
 impl MaybeConflict for ApiError {
     fn is_conflict(&self) -> bool {
         matches!(self, ApiError::Store(e) if e.is_conflict())
     }
+}
+
+/// What one document of an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// `service`, `config` or `secret`.
+    pub kind: &'static str,
+    pub name: String,
+    pub outcome: ApplyOutcome,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +70,43 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
     hex::encode(&Sha256::digest(template.encode_to_vec())[..5])
 }
 
+/// The spec hash with the generation of every Config and Secret the template uses: a
+/// changed one makes a new template, and the service rolls. A template that uses none
+/// keeps [`spec_hash`] (so nothing rolls after an upgrade).
+pub fn template_hash(spec: &pb::ServiceSpec, config_generations: &std::collections::BTreeMap<String, u64>) -> String {
+    let base = spec_hash(spec);
+    if config_generations.is_empty() {
+        return base;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(base.as_bytes());
+    for (object, generation) in config_generations {
+        hasher.update(format!(";{object}={generation}").as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..5])
+}
+
 #[derive(Clone)]
 pub struct ServiceApi {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     service_range: Ipv4Cidr,
+    /// Seals and opens Secrets; none: Secrets are refused.
+    secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
     /// How to call the agents' node API (mutual TLS), plain text when unset.
     pub(crate) node_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ServiceApi {
     pub fn new(store: Arc<dyn Store>, service_range: Ipv4Cidr) -> ServiceApi {
-        ServiceApi { store, service_range, node_tls: None }
+        ServiceApi { store, service_range, node_tls: None, secrets: None }
+    }
+
+    pub fn with_secrets(self, secrets: Option<Arc<orch_api::secrets::SecretsKey>>) -> ServiceApi {
+        ServiceApi { secrets, ..self }
+    }
+
+    pub(crate) fn secrets_key(&self) -> Result<&orch_api::secrets::SecretsKey, ApiError> {
+        self.secrets.as_deref().ok_or(ApiError::NoSecretsKey)
     }
 
     pub fn with_node_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> ServiceApi {
@@ -79,39 +120,56 @@ impl ServiceApi {
 
     /// Validates every document of every source first (any problem rejects the whole
     /// apply, untouched), then writes each service.
-    pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<(String, ApplyOutcome)>, ApiError> {
+    /// Validates every document of every source, then applies Configs and Secrets
+    /// first (so the services using them start with them), then services.
+    pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<Applied>, ApiError> {
         let mut documents = Vec::new();
+        let mut configs = Vec::new();
         let mut problems = Vec::new();
         for (name, text) in sources {
-            match load_services(name, text) {
-                Ok(docs) => documents.extend(docs),
+            match load_manifests(name, text) {
+                Ok(manifests) => {
+                    documents.extend(manifests.services);
+                    configs.extend(manifests.configs);
+                }
                 Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
             }
         }
         problems.extend(check_unique_names(&documents).iter().map(ToString::to_string));
+        problems.extend(check_unique_configs(&configs).iter().map(ToString::to_string));
         if !problems.is_empty() {
             return Err(ApiError::Invalid(problems));
         }
-        if documents.is_empty() {
-            return Err(ApiError::BadRequest("no services in the given manifests".into()));
+        if documents.is_empty() && configs.is_empty() {
+            return Err(ApiError::BadRequest("no services, configs or secrets in the given manifests".into()));
+        }
+        if configs.iter().any(|c| c.content.kind == pb::ConfigKind::Secret) {
+            self.secrets_key()?;
         }
         let mut results = Vec::new();
+        for config in configs {
+            let outcome = self.apply_config(&config.content).await?;
+            results.push(Applied { kind: orch_api::manifest::kind_name(config.content.kind), name: config.content.name, outcome });
+        }
         for document in documents {
-            let outcome = self.apply_one(document.service).await?;
-            results.push(outcome);
+            let (name, outcome) = self.apply_one(document.service).await?;
+            results.push(Applied { kind: "service", name, outcome });
         }
         Ok(results)
     }
 
-    async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
+    pub(crate) async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
+        let generations = self.config_generations(wanted.spec.as_ref()).await?;
+        let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &generations)).unwrap_or_default();
         let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else {
                 let vip = self.claim_vip(&wanted.name).await?;
                 let mut service = wanted.clone();
                 service.generation = 1;
                 service.vip = vip.to_string();
-                service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+                service.spec_hash = hash(service.spec.as_ref());
+                service.config_generations = generations.clone().into_iter().collect();
                 if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
                     // Lost the name to another apply (or failed): the address goes back.
                     self.release_vip(vip).await?;
@@ -123,14 +181,17 @@ impl ServiceApi {
                 return Ok((service.name, ApplyOutcome::Created));
             };
             let current: pb::Service = keys::decode(&key, &kv.value)?;
-            if current.spec == wanted.spec && current.labels == wanted.labels {
+            let same_configs = current.config_generations.len() == generations.len()
+                && generations.iter().all(|(object, generation)| current.config_generations.get(object) == Some(generation));
+            if current.spec == wanted.spec && current.labels == wanted.labels && same_configs {
                 return Ok((current.name, ApplyOutcome::Unchanged));
             }
             let mut service = current;
             service.spec = wanted.spec.clone();
             service.labels = wanted.labels.clone();
             service.generation += 1;
-            service.spec_hash = service.spec.as_ref().map(spec_hash).unwrap_or_default();
+            service.spec_hash = hash(service.spec.as_ref());
+            service.config_generations = generations.clone().into_iter().collect();
             self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
             Ok::<_, ApiError>((service.name, ApplyOutcome::Configured))
         };
@@ -166,7 +227,6 @@ impl ServiceApi {
         Ok(keys::decode_all(&listing.items)?)
     }
 
-    /// Removes the service and frees its VIP; its replicas go through reconciliation.
     /// Deletes the service (its replicas follow) and frees its VIP. Its local volumes
     /// stay on their nodes — returned as the claims that keep them — unless
     /// `purge_volumes`: then every node removes them and the claims go.

@@ -31,6 +31,7 @@ pub struct NodesRpc {
     /// Closed (its sender dropped) when the controller stops: every session ends, so that
     /// agents reconnect to whoever serves next.
     stopping: watch::Receiver<()>,
+    secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
 }
 
 impl NodesRpc {
@@ -42,7 +43,12 @@ impl NodesRpc {
         events: EventLog,
         stopping: watch::Receiver<()>,
     ) -> NodesRpc {
-        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping }
+        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping, secrets: None }
+    }
+
+    /// Sends Secrets, opened with this key, to the nodes that use them.
+    pub fn with_secrets(self, secrets: Option<Arc<orch_api::secrets::SecretsKey>>) -> NodesRpc {
+        NodesRpc { secrets, ..self }
     }
 
     pub fn into_server(self) -> pb::nodes_server::NodesServer<NodesRpc> {
@@ -106,6 +112,7 @@ impl Nodes for NodesRpc {
             state: self.state.clone(),
             events: self.events.clone(),
             leases: Arc::clone(&self.leases),
+            secrets: self.secrets.clone(),
         };
         tokio::spawn(session.serve(peer, incoming, outgoing, self.stopping.clone()));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))

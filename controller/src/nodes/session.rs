@@ -12,7 +12,7 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{desired_set, stamp};
+use super::desired::{desired_set, open_secret, stamp};
 use super::registry::{NodeError, NodeRegistry};
 use super::rpc::{check_node_identity, status};
 use super::status::{status_writes, StatusWrite};
@@ -20,6 +20,7 @@ use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
 use crate::store::{Expect, LeaseId, Store, StoreError};
+use orch_api::secrets::SecretsKey;
 
 /// Status writes of one report in flight at once.
 const STATUS_WRITES: usize = 16;
@@ -35,6 +36,8 @@ pub(super) struct Session {
     pub(super) state: watch::Receiver<Arc<ClusterState>>,
     pub(super) events: EventLog,
     pub(super) leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+    /// Opens Secrets for the nodes that use them; none: Secrets are not sent.
+    pub(super) secrets: Option<Arc<SecretsKey>>,
 }
 
 impl Session {
@@ -77,7 +80,7 @@ impl Session {
                         break;
                     }
                 }
-                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone())));
+                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone())));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
             } else if message.node != self.node {
                 let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", self.node, message.node)))).await;
@@ -163,14 +166,15 @@ impl Session {
     }
 
     /// Sends the node's desired set now and whenever it changes, until the agent goes.
-    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing) {
+    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>) {
+        let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
         let mut last: Option<pb::DesiredSet> = None;
         let mut seen_version = None;
         loop {
             let current = state.borrow_and_update().clone();
             if current.synced() && seen_version != Some(current.content_version) {
                 seen_version = Some(current.content_version);
-                let wanted = desired_set(&current, &node);
+                let wanted = desired_set(&current, &node, &open);
                 if last.as_ref() != Some(&wanted) {
                     let generation = u64::try_from(current.revision).unwrap_or(0);
                     let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(stamp(wanted.clone(), generation))) };

@@ -20,6 +20,7 @@ fn service(name: &str, replicas: u32, hash: &str) -> pb::Service {
         vip: "10.96.0.1".into(),
         spec_hash: hash.into(),
         labels: Default::default(),
+        config_generations: Default::default(),
     }
 }
 

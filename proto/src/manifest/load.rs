@@ -6,7 +6,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::model::ServiceManifest;
+use super::configs::{validate_config, ConfigContent};
+use super::model::{ConfigManifest, ServiceManifest};
 use super::validate::validate_service;
 use crate::pb;
 
@@ -46,10 +47,47 @@ pub struct ServiceDocument {
     pub service: pb::Service,
 }
 
-/// Parses and validates every document of one source. Empty documents (only comments,
-/// or a trailing `---`) are skipped. Returns every problem found, not just the first.
+/// One validated Config or Secret and where it came from.
+#[derive(Clone, PartialEq)]
+pub struct ConfigDocument {
+    pub source_name: String,
+    pub document: usize,
+    pub content: ConfigContent,
+}
+
+impl std::fmt::Debug for ConfigDocument {
+    // A Secret's values never reach a debug line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&String> = self.content.data.keys().collect();
+        write!(
+            f,
+            "ConfigDocument({} document {}: {}/{} keys {keys:?})",
+            self.source_name,
+            self.document,
+            super::configs::kind_name(self.content.kind),
+            self.content.name
+        )
+    }
+}
+
+/// Every document of some sources, by kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    pub services: Vec<ServiceDocument>,
+    pub configs: Vec<ConfigDocument>,
+}
+
+/// The services of one source ([`load_manifests`], Configs and Secrets left out).
 pub fn load_services(source_name: &str, text: &str) -> Result<Vec<ServiceDocument>, Vec<ManifestError>> {
+    load_manifests(source_name, text).map(|manifests| manifests.services)
+}
+
+/// Parses and validates every document of one source: Services, Configs and Secrets.
+/// Empty documents (only comments, or a trailing `---`) are skipped. Returns every
+/// problem found, not just the first.
+pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<ManifestError>> {
     let mut services = Vec::new();
+    let mut configs = Vec::new();
     let mut errors = Vec::new();
     let error = |document: usize, path: String, message: String| ManifestError { source_name: source_name.to_owned(), document, path, message };
     for (index, deserializer) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -65,49 +103,73 @@ pub fn load_services(source_name: &str, text: &str) -> Result<Vec<ServiceDocumen
                 break;
             }
         };
-        if let Some(message) = kind_mismatch(&value) {
-            errors.push(error(document, message.0.to_owned(), message.1));
-            continue;
-        }
-        let manifest: ServiceManifest = match serde_path_to_error::deserialize(value) {
-            Ok(manifest) => manifest,
-            Err(e) => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                errors.push(error(document, path, e.into_inner().to_string()));
+        let kind = match document_kind(&value) {
+            Ok(kind) => kind,
+            Err(message) => {
+                errors.push(error(document, message.0.to_owned(), message.1));
                 continue;
             }
         };
-        match validate_service(&manifest) {
-            Ok(service) => services.push(ServiceDocument { source_name: source_name.to_owned(), document, manifest, service }),
-            Err(field_errors) => {
-                errors.extend(field_errors.into_iter().map(|fe| error(document, fe.path, fe.message)));
-            }
+        let problems = if kind == "Service" {
+            schema::<ServiceManifest>(value).and_then(|manifest| match validate_service(&manifest) {
+                Ok(service) => {
+                    services.push(ServiceDocument { source_name: source_name.to_owned(), document, manifest, service });
+                    Ok(())
+                }
+                Err(field_errors) => Err(field_errors.into_iter().map(|fe| (fe.path, fe.message)).collect()),
+            })
+        } else {
+            schema::<ConfigManifest>(value).and_then(|manifest| match validate_config(&manifest) {
+                Ok(content) => {
+                    configs.push(ConfigDocument { source_name: source_name.to_owned(), document, content });
+                    Ok(())
+                }
+                Err(field_errors) => Err(field_errors.into_iter().map(|fe| (fe.path, fe.message)).collect()),
+            })
+        };
+        if let Err(problems) = problems {
+            errors.extend(problems.into_iter().map(|(path, message)| error(document, path, message)));
         }
     }
     if errors.is_empty() {
-        Ok(services)
+        Ok(Manifests { services, configs })
     } else {
         Err(errors)
     }
 }
 
+/// A document read into its kind's model; a schema error as (field path, message).
+fn schema<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, Vec<(String, String)>> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![(path, e.into_inner().to_string())]
+    })
+}
+
+/// The kinds a document may be.
+const KINDS: [&str; 3] = ["Service", "Config", "Secret"];
+
 /// Checks `apiVersion` and `kind` before the schema, so a manifest of another kind is
-/// told so instead of getting a list of unknown fields.
-fn kind_mismatch(value: &serde_yaml::Value) -> Option<(&'static str, String)> {
+/// told so instead of getting a list of unknown fields; returns the kind.
+fn document_kind(value: &serde_yaml::Value) -> Result<&'static str, (&'static str, String)> {
     let serde_yaml::Value::Mapping(map) = value else {
-        return Some(("", format!("expected a mapping with apiVersion, kind, metadata and spec, got {}", describe(value))));
+        return Err(("", format!("expected a mapping with apiVersion, kind, metadata and spec, got {}", describe(value))));
     };
     let get = |key: &str| map.get(serde_yaml::Value::String(key.to_owned()));
-    match get("kind") {
-        None => return Some(("kind", "is required: expected \"Service\"".to_owned())),
-        Some(serde_yaml::Value::String(kind)) if kind == "Service" => {}
-        Some(other) => return Some(("kind", format!("unknown kind {}: expected \"Service\"", describe(other)))),
-    }
+    let expected = "expected \"Service\", \"Config\" or \"Secret\"";
+    let kind = match get("kind") {
+        None => return Err(("kind", format!("is required: {expected}"))),
+        Some(serde_yaml::Value::String(kind)) => match KINDS.iter().find(|k| *k == kind) {
+            Some(kind) => *kind,
+            None => return Err(("kind", format!("unknown kind {kind:?}: {expected}"))),
+        },
+        Some(other) => return Err(("kind", format!("unknown kind {}: {expected}", describe(other)))),
+    };
     match get("apiVersion") {
-        None => Some(("apiVersion", format!("is required: expected {:?}", super::model::API_VERSION))),
-        Some(serde_yaml::Value::String(v)) if v == super::model::API_VERSION => None,
-        Some(other) => Some(("apiVersion", format!("must be {:?}, got {}", super::model::API_VERSION, describe(other)))),
+        None => Err(("apiVersion", format!("is required: expected {:?}", super::model::API_VERSION))),
+        Some(serde_yaml::Value::String(v)) if v == super::model::API_VERSION => Ok(kind),
+        Some(other) => Err(("apiVersion", format!("must be {:?}, got {}", super::model::API_VERSION, describe(other)))),
     }
 }
 
@@ -121,6 +183,24 @@ fn describe(value: &serde_yaml::Value) -> String {
         serde_yaml::Value::Mapping(_) => "a mapping".to_owned(),
         serde_yaml::Value::Tagged(t) => format!("tagged value {}", t.tag),
     }
+}
+
+/// Reports Configs or Secrets defined more than once across the given documents.
+pub fn check_unique_configs(documents: &[ConfigDocument]) -> Vec<ManifestError> {
+    let mut first_seen: BTreeMap<(i32, &str), &ConfigDocument> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for doc in documents {
+        let kind = super::configs::kind_name(doc.content.kind);
+        if let Some(first) = first_seen.insert((doc.content.kind.into(), &doc.content.name), doc) {
+            errors.push(ManifestError {
+                source_name: doc.source_name.clone(),
+                document: doc.document,
+                path: "metadata.name".to_owned(),
+                message: format!("{kind} {:?} is already defined in {} document {}", doc.content.name, first.source_name, first.document),
+            });
+        }
+    }
+    errors
 }
 
 /// Reports services defined more than once across the given documents (an apply of

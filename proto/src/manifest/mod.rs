@@ -2,6 +2,7 @@
 //! validation. `orch validate`, `orch apply` and the controller's Apply all go through
 //! [`load_services`], so a manifest is judged the same everywhere.
 
+mod configs;
 mod load;
 pub mod model;
 pub mod names;
@@ -9,7 +10,8 @@ pub mod quantity;
 mod validate;
 mod volumes;
 
-pub use load::{check_unique_names, load_services, ManifestError, ServiceDocument};
+pub use configs::{check_config_key, config_refs, kind_name, object_name, validate_config, ConfigContent, MAX_CONFIG_BYTES};
+pub use load::{check_unique_configs, check_unique_names, load_manifests, load_services, ConfigDocument, ManifestError, Manifests, ServiceDocument};
 pub use model::{ServiceManifest, API_VERSION};
 pub use validate::{
     probe_defaults, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS, DEFAULT_BACKOFF_RESET_SECONDS,

@@ -80,6 +80,30 @@ pub struct Volume {
     pub host_path: Option<HostPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalVolume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ConfigVolumeSource>,
+}
+
+/// A Config's or a Secret's keys as files.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigVolumeSource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<IntOrString>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyToPath {
+    pub key: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<IntOrString>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -172,11 +196,44 @@ pub struct RestartBackoff {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvSource>,
+}
+
+/// `valueFrom`: one key of a Config or a Secret.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_key: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<KeySelector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+}
+
+/// One YAML document of `kind: Config` or `kind: Secret`: keys to text (`data`) or to
+/// base64 (`binaryData`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigManifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]

@@ -54,6 +54,29 @@ pub const DEFAULT_UPDATE_PERCENT: u32 = 25;
 pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
+    pub(super) fn new() -> Errors {
+        Errors(Vec::new())
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `value` if nothing was wrong, else every problem.
+    pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+
     pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError { path: path.into(), message: message.into() });
     }
@@ -293,7 +316,37 @@ fn validate_env(errors: &mut Errors, env: &[model::EnvVar]) -> Vec<pb::EnvVar> {
         }
         errors.no_nul(&format!("spec.env[{i}].value"), &var.value);
     }
-    env.iter().map(|v| pb::EnvVar { name: v.name.clone(), value: v.value.clone() }).collect()
+    env.iter()
+        .enumerate()
+        .map(|(i, v)| pb::EnvVar {
+            name: v.name.clone(),
+            value: v.value.clone(),
+            value_from: v.value_from.as_ref().and_then(|from| value_from(errors, i, v, from)),
+        })
+        .collect()
+}
+
+/// `spec.env[i].valueFrom`: exactly one of `configKey`, `secretKey`, and no `value`.
+fn value_from(errors: &mut Errors, i: usize, var: &model::EnvVar, from: &model::EnvSource) -> Option<pb::KeyRef> {
+    let base = format!("spec.env[{i}].valueFrom");
+    if !var.value.is_empty() {
+        errors.push(format!("spec.env[{i}]"), "has both value and valueFrom: give one");
+    }
+    let (kind, selector, field) = match (&from.config_key, &from.secret_key) {
+        (Some(selector), None) => (pb::ConfigKind::Config, selector, "configKey"),
+        (None, Some(selector)) => (pb::ConfigKind::Secret, selector, "secretKey"),
+        _ => {
+            errors.push(base, "must have exactly one of configKey, secretKey");
+            return None;
+        }
+    };
+    if let Err(expected) = check_dns_label(&selector.name) {
+        errors.push(format!("{base}.{field}.name"), format!("must be {expected}"));
+    }
+    if let Err(message) = super::configs::check_config_key(&selector.key) {
+        errors.push(format!("{base}.{field}.key"), message);
+    }
+    Some(pb::KeyRef { kind: kind.into(), name: selector.name.clone(), key: selector.key.clone() })
 }
 
 fn cpu(errors: &mut Errors, path: &str, raw: Option<&model::RawQuantity>) -> u64 {
@@ -478,7 +531,7 @@ fn probe_handler(errors: &mut Errors, base: &str, probe: &model::Probe, ports: &
             }
         }
         let port = resolve_port(errors, &format!("{base}.httpGet.port"), &http.port, ports);
-        let http_headers = http.http_headers.iter().map(|h| pb::EnvVar { name: h.name.clone(), value: h.value.clone() }).collect();
+        let http_headers = http.http_headers.iter().map(|h| pb::EnvVar { name: h.name.clone(), value: h.value.clone(), value_from: None }).collect();
         return Some(pb::probe::Handler::HttpGet(pb::HttpGetAction { path, port, http_headers }));
     }
     let tcp = probe.tcp_socket.as_ref()?;

@@ -66,9 +66,12 @@ pub(super) fn validate_volumes(
         if let Some(first) = names.insert(&volume.name, i) {
             errors.push(format!("{base}.name"), format!("duplicate volume {:?}, already declared by spec.volumes[{first}]", volume.name));
         }
-        let given = [volume.empty_dir.is_some(), volume.host_path.is_some(), volume.local.is_some()].iter().filter(|&&set| set).count();
+        let given = [volume.empty_dir.is_some(), volume.host_path.is_some(), volume.local.is_some(), volume.config.is_some(), volume.secret.is_some()]
+            .iter()
+            .filter(|&&set| set)
+            .count();
         if given != 1 {
-            errors.push(base.clone(), format!("must have exactly one of emptyDir, hostPath, local; got {given}"));
+            errors.push(base.clone(), format!("must have exactly one of emptyDir, hostPath, local, config, secret; got {given}"));
         }
         let source = if let Some(empty) = &volume.empty_dir {
             let memory_medium = match empty.medium.as_deref().unwrap_or("") {
@@ -93,6 +96,10 @@ pub(super) fn validate_volumes(
                 pb::HostPathType::Unset
             });
             Some(pb::volume::Source::HostPath(pb::HostPathVolume { path: host.path.clone(), r#type: kind.into() }))
+        } else if let Some(config) = &volume.config {
+            Some(pb::volume::Source::Config(super::configs::validate_config_volume(errors, &format!("{base}.config"), config)))
+        } else if let Some(secret) = &volume.secret {
+            Some(pb::volume::Source::Secret(super::configs::validate_config_volume(errors, &format!("{base}.secret"), secret)))
         } else {
             volume.local.as_ref().map(|_| pb::volume::Source::Local(pb::LocalVolume {}))
         };
