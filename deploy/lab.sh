@@ -83,7 +83,7 @@ start_agent() {
     local k="$1"
     launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
-        --state-dir "$dir/node$k" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
+        --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json" \
         --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}"
 }

@@ -169,6 +169,8 @@ impl Up {
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         assert!(!mounts.contains(&self.dir.path().display().to_string()), "mounts left:\n{mounts}");
+        let run_root = format!("/run/orch/{}", self.bridge);
+        assert!(!std::path::Path::new(&run_root).exists(), "the config and secret tmpfs {run_root} is left:\n{mounts}");
         let tables = text(&Command::new("nft").args(["list", "tables"]).output().expect("nft (deploy/test.sh installs nftables)").stdout);
         assert!(!tables.contains(&format!("orch_{}", self.bridge)), "the egress table is left:\n{tables}");
     }
@@ -190,6 +192,9 @@ impl Drop for Up {
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-lb", self.bridge)]).stderr(Stdio::null()).status();
         let _ = Command::new("nft").args(["delete", "table", "ip", &format!("orch_{}", self.bridge)]).stderr(Stdio::null()).status();
+        let run_root = format!("/run/orch/{}", self.bridge);
+        let _ = Command::new("umount").args(["-l", &run_root]).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir(&run_root);
     }
 }
 

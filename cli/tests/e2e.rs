@@ -264,9 +264,38 @@ fn three_nodes_end_to_end() {
         .collect();
     assert_eq!(after, before, "same replicas, same host PIDs, no restarts");
 
+    // A service with a local volume, one replica per node: when node3 dies, its slot's
+    // replica starts empty elsewhere and an event says where the data stayed.
+    let keeper = lab.dir.path().join("keeper.yaml");
+    std::fs::write(
+        &keeper,
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {name: keeper}\nspec:\n  replicas: 3\n  image: 127.0.0.1:5000/orch/demo-web:1.0\n  \
+         volumes: [{name: data, local: {}}]\n  volumeMounts: [{name: data, mountPath: /data}]\n",
+    )
+    .expect("write");
+    lab.ok(&["apply", "-f", keeper.to_str().expect("path"), "--wait", "--timeout", "120"]);
+    let keepers = |lab: &Lab| -> Vec<serde_json::Value> {
+        let out = lab.orch(&["get", "replicas", "keeper", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let spread: BTreeSet<String> = keepers(&lab).iter().filter_map(|r| r["node"].as_str().map(str::to_owned)).collect();
+    assert_eq!(spread.len(), 3, "one keeper per node: {spread:?}");
+
     // kill-node: its replica runs elsewhere, the service keeps answering.
     let on_three: Vec<String> = lab.replicas().iter().filter(|r| r["node"] == "node3").filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
     assert!(lab.script(&["kill-node", "3"]).status.success());
+    let start = Instant::now();
+    loop {
+        let now = keepers(&lab);
+        let moved = now.len() == 3 && now.iter().all(|r| r["node"] != "node3" && r["phase"] == "Running");
+        let events = lab.ok(&["get", "events"]);
+        if moved && events.lines().any(|l| l.contains("DataLeftBehind") && l.contains("stayed on node node3")) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "node3's keeper slot did not move with a DataLeftBehind event: {now:#?}\n{events}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.ok(&["delete", "service", "keeper", "--purge-volumes"]);
     let moved = lab.wait("node3's replica to run elsewhere", |r| all_running(3)(r) && r.iter().all(|x| x["node"] != "node3"));
     assert!(moved.iter().all(|r| !on_three.contains(&r["name"].as_str().unwrap_or("").to_owned())), "replaced by new replicas");
     let answered = load(&lab, &[1, 2], 60, "after node3 died");

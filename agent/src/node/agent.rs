@@ -285,6 +285,10 @@ impl Agent {
                     handle.finished().await;
                 }
                 let ctx = self.ctx;
+                // Every replica is gone: so are the files of their Configs and Secrets.
+                if let Err(error) = super::volumes::unmount_run_root(&ctx.volumes.run_root) {
+                    tracing::warn!(%error, "removing the config and secret files' tmpfs");
+                }
                 match Arc::try_unwrap(ctx) {
                     Ok(ctx) => {
                         if let Err(error) = ctx.network.teardown().await {

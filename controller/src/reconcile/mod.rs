@@ -241,23 +241,22 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         }
         plan.actions.push(Action::CreateReplica { key: keys::replica(&replica.service, &replica.id), replica });
     }
-    // A bound replica whose claim was never written (the write failed while the binding
-    // landed): its node holds the slot.
+    // A bound replica whose claim was never written, or still names a lost node (the
+    // claim's write failed while the binding landed): its node holds the slot.
     let mut claimed: BTreeSet<String> =
         plan.actions.iter().filter_map(|a| if let Action::PutClaim { key, .. } = a { Some(key.clone()) } else { None }).collect();
     for existing in &surviving {
         let r = &existing.value;
-        if r.node.is_empty() || claim_of(r) != Some(None) {
-            continue;
-        }
+        let expect = match claim_of(r) {
+            _ if r.node.is_empty() => continue,
+            Some(None) => Expect::Absent,
+            Some(Some(claim)) if claim.value.node != r.node && !usable_node(&claim.value.node) => Expect::Revision(claim.mod_revision),
+            _ => continue,
+        };
         let slot = r.slot.unwrap_or_default();
         let key = keys::volume_claim(&r.service, slot);
         if claimed.insert(key.clone()) {
-            plan.actions.push(Action::PutClaim {
-                key,
-                expect: Expect::Absent,
-                claim: pb::VolumeClaim { service: r.service.clone(), slot, node: r.node.clone() },
-            });
+            plan.actions.push(Action::PutClaim { key, expect, claim: pb::VolumeClaim { service: r.service.clone(), slot, node: r.node.clone() } });
         }
     }
 

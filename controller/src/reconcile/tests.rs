@@ -384,3 +384,17 @@ fn a_slot_whose_node_is_not_ready_yet_waits_for_it() {
     assert_eq!(replica.node, "", "not bound away from its data while the node is only NotReady");
     assert_eq!(replica.status.map(|s| s.reason), Some("0/2 nodes: 1 without its slot's local volumes, 1 not ready".to_owned()));
 }
+
+#[test]
+fn a_claim_left_on_a_lost_node_follows_its_bound_replica() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(with_local_volume(service("db", 1, "h1")));
+    world.converge(&[]);
+    let node = world.placement()[0].1.clone();
+    // As if the claim's write had failed after a move: it still names a node that is gone.
+    let claim = world.state.claims.values_mut().next().expect("a claim");
+    claim.value.node = "gone".into();
+    world.converge(&[]);
+    assert_eq!(slots(&world).1, BTreeSet::from([(0, node)]), "the claim follows the replica");
+    assert!(world.plan(&[]).actions.is_empty());
+}
