@@ -126,8 +126,28 @@ async fn volumes_keep_data_where_kubernetes_does() {
         .await;
     assert!(status(&refused[0]).reason.contains("subPath \"escape/etc\""), "{:?}", status(&refused[0]));
 
-    // A hostPath into the agent's own state is refused by the node.
+    // A hostPath whose path a container swapped for a symlink into the agent's state (it
+    // can write the parent through another hostPath): the next start refuses it.
     let state = cluster.state_dir();
+    let shared = cluster.dir.path().join("shared");
+    cluster
+        .apply(&format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: swap}}\nspec:\n  image: {image}\n  command: [sleep, '100000']\n  \
+             restartBackoff: {{initialMillis: 100}}\n  \
+             volumes: [{{name: p, hostPath: {{path: {shared}, type: DirectoryOrCreate}}}}, {{name: c, hostPath: {{path: {shared}/child, type: DirectoryOrCreate}}}}]\n  \
+             volumeMounts: [{{name: p, mountPath: /p}}, {{name: c, mountPath: /c}}]\n",
+            shared = shared.display()
+        ))
+        .await;
+    let swap = cluster.wait_replicas("swap", "the swap replica running", one_running).await;
+    let swap_pid = status(&swap[0]).host_pid;
+    cluster.exec(swap_pid, &["sh", "-c", &format!("rmdir /p/child && ln -s {} /p/child", state.display())]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(swap_pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    let refused_swap = cluster.wait_replicas("swap", "the swapped hostPath refused", |r| r.len() == 1 && status(&r[0]).reason.contains("refused")).await;
+    assert!(status(&refused_swap[0]).reason.contains(&state.display().to_string()), "{:?}", status(&refused_swap[0]));
+    cluster.api.delete_service(pb::DeleteServiceRequest { name: "swap".into(), purge_volumes: false }).await.expect("delete");
+
+    // A hostPath into the agent's own state is refused by the node.
     cluster
         .apply(&format!(
             "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: peek}}\nspec:\n  image: {image}\n  command: [sleep, '100000']\n  \

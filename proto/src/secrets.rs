@@ -67,7 +67,7 @@ impl SecretsKey {
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let text = text.trim();
-        if text.len() != 64 {
+        if text.len() != 64 || !text.is_ascii() {
             return Err(bad(format!("expected 64 hex digits (32 bytes), got {} characters", text.len())));
         }
         let mut bytes = [0u8; 32];
@@ -117,11 +117,18 @@ pub fn ensure_key_file(dir: &Path) -> Result<PathBuf, SecretsError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new().fill(&mut bytes).map_err(|_| SecretsError::Random)?;
     let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temporary = dir.join(format!(".{SECRETS_KEY_FILE}.tmp"));
+    let temporary = dir.join(format!(".{SECRETS_KEY_FILE}.{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary).map_err(|e| bad(e.to_string()))?;
     file.write_all(format!("{text}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(|e| bad(e.to_string()))?;
-    std::fs::rename(&temporary, &path).map_err(|e| bad(e.to_string()))?;
-    Ok(path)
+    // A link fails where the name exists: two starts at once never replace a key that
+    // may have sealed Secrets already.
+    let linked = std::fs::hard_link(&temporary, &path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+        Err(e) => Err(bad(e.to_string())),
+    }
 }
 
 #[cfg(test)]

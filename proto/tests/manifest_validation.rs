@@ -240,6 +240,7 @@ fn invalid_manifests_name_their_field() {
             "overlaps orch's own state (/var/lib/orch)",
         ),
         ("hostPath over orch's PKI", variant("", "  volumes: [{name: d, hostPath: {path: /etc}}]"), "spec.volumes[0].hostPath.path", "(/etc/orch)"),
+        ("hostPath into /proc", variant("", "  volumes: [{name: d, hostPath: {path: /proc/1/root}}]"), "spec.volumes[0].hostPath.path", "inside /proc"),
         ("hostPath type", variant("", "  volumes: [{name: d, hostPath: {path: /srv, type: Socket}}]"), "spec.volumes[0].hostPath.type", "one of Directory"),
         ("mount of no volume", variant("", "  volumeMounts: [{name: nope, mountPath: /data}]"), "spec.volumeMounts[0].name", "no volume named \"nope\""),
         (

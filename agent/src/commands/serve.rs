@@ -143,6 +143,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         controller,
         state_dir: args.node.state_dir.clone(),
         volumes_dir: args.volumes_dir.clone(),
+        reserved_paths: Vec::new(),
         cgroup_parent: args.node.cgroup_parent.clone(),
         bridge: args.node.bridge.clone(),
         capacity: pb::ResourceList { cpu_millis: args.cpu_millis.unwrap_or(machine.cpu_millis), memory_bytes: memory, pids: 0 },

@@ -85,6 +85,10 @@ impl Agent {
         let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };
         let mut reserved = vec![config.state_dir.clone(), config.volumes_dir.clone()];
         reserved.extend(config.tls_dir.clone());
+        reserved.extend(config.reserved_paths.iter().cloned());
+        // As the kernel will see them: a symlinked or relative state directory too.
+        let real: Vec<std::path::PathBuf> = reserved.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+        reserved.extend(real);
         let run_root = super::volumes::run_root_for(&config.bridge);
         super::volumes::mount_run_root(&run_root).map_err(AgentError::Volumes)?;
         reserved.push(run_root.clone());

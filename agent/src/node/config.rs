@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Local volumes: `<volumes_dir>/<service>/<volume>/<slot>`.
     pub volumes_dir: PathBuf,
+    /// More host paths no hostPath may overlap, besides the agent's own directories
+    /// (`orch up`: its whole state directory — the store — and the secrets key).
+    pub reserved_paths: Vec<PathBuf>,
     pub cgroup_parent: String,
     pub bridge: String,
     pub capacity: pb::ResourceList,

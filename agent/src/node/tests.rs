@@ -22,6 +22,7 @@ fn config(dir: &Path) -> AgentConfig {
         controller: "http://127.0.0.1:9".into(),
         state_dir: dir.to_owned(),
         volumes_dir: dir.join("volumes"),
+        reserved_paths: Vec::new(),
         cgroup_parent: "orch-fake".into(),
         bridge: "fake0".into(),
         capacity: pb::ResourceList::default(),

@@ -95,6 +95,12 @@ pub struct VolumePlan {
     pub exclusive: Vec<PathBuf>,
 }
 
+/// Every path a hostPath may not overlap: the agent's own directories and orch's defaults.
+fn forbidden(dirs: &VolumeDirs) -> Vec<PathBuf> {
+    let defaults = orch_api::manifest::RESERVED_HOST_PATHS.iter().chain(orch_api::manifest::KERNEL_HOST_PATHS.iter()).map(PathBuf::from);
+    dirs.reserved.iter().cloned().chain(defaults).collect()
+}
+
 /// Whether `path` overlaps one of orch's own directories; which one.
 fn reserved_overlap(path: &Path, dirs: &VolumeDirs) -> Option<String> {
     let defaults = orch_api::manifest::RESERVED_HOST_PATHS.iter().map(PathBuf::from);
@@ -137,6 +143,7 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, inp
     let mut plan = VolumePlan::default();
     let mut by_name: HashMap<&str, PathBuf> = HashMap::new();
     let mut read_only: Vec<&str> = Vec::new();
+    let mut host_paths: Vec<&str> = Vec::new();
     for volume in &spec.volumes {
         let provision = match &volume.source {
             Some(pb::volume::Source::EmptyDir(empty)) => Provision::EmptyDir {
@@ -149,6 +156,7 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, inp
                 if let Some(reserved) = reserved_overlap(&path, dirs) {
                     return Err(format!("volume {}: hostPath {} overlaps orch's own state ({reserved})", volume.name, host.path));
                 }
+                host_paths.push(&volume.name);
                 Provision::HostPath { path, kind: host.r#type() }
             }
             Some(pb::volume::Source::Local(_)) => {
@@ -176,6 +184,7 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, inp
             // A Config's or Secret's files are the controller's: always read-only.
             read_only: mount.read_only || read_only.contains(&mount.name.as_str()),
             sub_path: Some(mount.sub_path.clone()).filter(|p| !p.is_empty()),
+            forbidden: if host_paths.contains(&mount.name.as_str()) { forbidden(dirs) } else { Vec::new() },
         });
     }
     Ok(plan)
@@ -436,8 +445,14 @@ mod tests {
         assert_eq!(
             plan.mounts,
             [
-                BindMount { source: "/v/db/data/2".into(), target: "/data".into(), read_only: false, sub_path: Some("redis".into()) },
-                BindMount { source: "/srv/x".into(), target: "/x".into(), read_only: true, sub_path: None },
+                BindMount { source: "/v/db/data/2".into(), target: "/data".into(), read_only: false, sub_path: Some("redis".into()), forbidden: vec![] },
+                BindMount {
+                    source: "/srv/x".into(),
+                    target: "/x".into(),
+                    read_only: true,
+                    sub_path: None,
+                    forbidden: ["/s", "/var/lib/orch", "/etc/orch", "/run/orch", "/proc", "/sys", "/dev"].map(PathBuf::from).to_vec(),
+                },
             ]
         );
     }

@@ -134,12 +134,17 @@ pub struct BindMount {
     /// the way refused — so a container cannot point it outside the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+    /// Host paths the source, as the init opened it (symlinks resolved), must neither be
+    /// inside nor contain: a hostPath is checked again at every start, on the opened file,
+    /// so a container that swapped a path component for a symlink gains nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forbidden: Vec<PathBuf>,
 }
 
 impl BindMount {
     /// A writable bind of a whole file or directory.
     pub fn new(source: PathBuf, target: String) -> BindMount {
-        BindMount { source, target, read_only: false, sub_path: None }
+        BindMount { source, target, read_only: false, sub_path: None, forbidden: Vec::new() }
     }
 }
 

@@ -63,10 +63,18 @@ pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
         .map(|bind| {
             let root =
                 step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&bind.source), || format!("open {}", bind.source.display()))?;
-            match bind.sub_path.as_deref().filter(|p| !p.is_empty()) {
-                None => Ok(root),
-                Some(sub_path) => step(open_beneath(root, sub_path), || format!("subPath {sub_path:?} in {}", bind.source.display())),
+            let opened = match bind.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                None => root,
+                Some(sub_path) => step(open_beneath(root, sub_path), || format!("subPath {sub_path:?} in {}", bind.source.display()))?,
+            };
+            if !bind.forbidden.is_empty() {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&opened);
+                let real = step(fs::read_link(format!("/proc/self/fd/{fd}")), || format!("resolve {}", bind.source.display()))?;
+                if let Some(reserved) = bind.forbidden.iter().find(|r| real.starts_with(r) || r.starts_with(&real)) {
+                    return Err(SetupError(format!("{} is {}, which overlaps {}: refused", bind.source.display(), real.display(), reserved.display())));
+                }
             }
+            Ok(opened)
         })
         .collect()
 }

@@ -144,6 +144,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         controller: listen.to_string(),
         state_dir: args.state_dir.join("agent"),
         volumes_dir: args.state_dir.join("volumes"),
+        reserved_paths: vec![args.state_dir.clone(), key_path.clone()],
         cgroup_parent: args.cgroup_parent.clone(),
         bridge: args.bridge.clone(),
         capacity: orch_agent::node::machine_capacity(),

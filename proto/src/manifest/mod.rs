@@ -17,4 +17,4 @@ pub use validate::{
     probe_defaults, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS, DEFAULT_BACKOFF_RESET_SECONDS,
     DEFAULT_GRACE_SECONDS, DEFAULT_UPDATE_PERCENT, MAX_REPLICAS, NODE_PORT_RANGE,
 };
-pub use volumes::{has_local_volumes, paths_overlap, RESERVED_HOST_PATHS};
+pub use volumes::{has_local_volumes, paths_overlap, KERNEL_HOST_PATHS, RESERVED_HOST_PATHS};

@@ -13,6 +13,10 @@ use crate::pb;
 /// hand a container the node's keys or other replicas' data.
 pub const RESERVED_HOST_PATHS: [&str; 3] = ["/var/lib/orch", "/etc/orch", "/run/orch"];
 
+/// The host's kernel filesystems: a hostPath inside them reaches the host's processes
+/// (`/proc/1/root`), devices and kernel settings.
+pub const KERNEL_HOST_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
 /// Container paths a volume may not be mounted on: the kernel filesystems the runtime
 /// sets up itself.
 const RESERVED_MOUNT_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
@@ -90,6 +94,8 @@ pub(super) fn validate_volumes(
                 errors.push(&path, problem);
             } else if let Some(reserved) = RESERVED_HOST_PATHS.iter().find(|r| paths_overlap(Path::new(&host.path), Path::new(r))) {
                 errors.push(&path, format!("{:?} overlaps orch's own state ({reserved}): a container may not see it", host.path));
+            } else if let Some(kernel) = KERNEL_HOST_PATHS.iter().find(|k| Path::new(&host.path).starts_with(k)) {
+                errors.push(&path, format!("{:?} is inside {kernel}: a container may not reach the host's kernel filesystems", host.path));
             }
             let kind = host_path_type(host.kind.as_deref()).unwrap_or_else(|message| {
                 errors.push(format!("{base}.hostPath.type"), message);
