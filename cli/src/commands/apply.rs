@@ -47,6 +47,12 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> a
     }
     let request = pb::ApplyRequest { sources: sources.into_iter().map(|s| pb::ManifestSource { name: s.name, content: s.text }).collect() };
     let results = api.apply(request).await.map_err(explain)?.into_inner().results;
+    Ok(report(results))
+}
+
+/// Prints `KIND/NAME created|configured|unchanged` for each result; returns the
+/// services' names.
+pub fn report(results: Vec<pb::ApplyResult>) -> Vec<String> {
     let mut names = Vec::new();
     for result in results {
         let outcome = match result.outcome() {
@@ -60,7 +66,7 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> a
             names.push(result.service);
         }
     }
-    Ok(names)
+    names
 }
 
 /// Waits until each service has its desired count of ready replicas, all on its current

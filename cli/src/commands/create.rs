@@ -84,13 +84,6 @@ pub async fn create(mut api: ApiClient<Channel>, args: &CreateArgs) -> anyhow::R
     orch_api::manifest::load_manifests("orch create", &text)
         .map_err(|errors| anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "orch create".into(), content: text }] };
-    for result in api.apply(request).await.map_err(explain)?.into_inner().results {
-        let outcome = match result.outcome() {
-            pb::ApplyOutcome::Created => "created",
-            pb::ApplyOutcome::Configured => "configured",
-            pb::ApplyOutcome::Unchanged => "unchanged",
-        };
-        println!("{}/{} {outcome}", result.kind, result.service);
-    }
+    super::apply::report(api.apply(request).await.map_err(explain)?.into_inner().results);
     Ok(())
 }
