@@ -231,6 +231,13 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// The output of `command` run in the container of `pid` as user 1000, which must succeed.
+fn check_in(cluster: &Cluster, pid: u32, command: &str) -> String {
+    let out = cluster.exec_as(pid, Some("1000:1000"), &["sh", "-c", command]);
+    assert!(out.status.success(), "{command}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configs_and_secrets_reach_the_container_and_no_disk() {
     let mut cluster = Cluster::start("cfg").await;
@@ -241,11 +248,7 @@ async fn configs_and_secrets_reach_the_container_and_no_disk() {
 
     // The config as files (0444), the secret as a file (0400, the container's user's) and
     // as the environment.
-    let check = |command: &str| {
-        let out = cluster.exec_as(pid, Some("1000:1000"), &["sh", "-c", command]);
-        assert!(out.status.success(), "{command}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let check = |command: &str| check_in(&cluster, pid, command);
     assert_eq!(check("cat /www/index.html"), "page one");
     assert_eq!(check("stat -c '%a %u' /www/index.html"), "444 1000");
     assert_eq!(check("stat -c '%a %u:%g' /run/secrets/db/pw"), "400 1000:1000");
@@ -298,6 +301,32 @@ async fn configs_and_secrets_reach_the_container_and_no_disk() {
     let events = cluster.events_of("").await;
     assert!(!events.iter().any(|e| e.message.contains(SECRET)), "an event carries the secret");
     assert!(!cluster.agent_log().contains(SECRET), "the agent's log carries the secret");
+
+    // The agent restarts (kill -9): it adopts the running containers before the controller
+    // answers, with the Configs and Secrets it kept on its tmpfs — their files stay in
+    // place in the running containers, and a container killed now restarts with them.
+    let before = cluster.wait_replicas("site", "two ready replicas", |r| r.len() == 2 && r.iter().all(running_ready)).await;
+    cluster.kill_agent();
+    cluster.start_agent();
+    let start = Instant::now();
+    while cluster.agent_log().matches("re-adopting").count() < 2 {
+        assert!(start.elapsed() < LIMIT, "the new agent never adopted its replicas:\n{}", cluster.agent_log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = status(&before[0]).host_pid;
+    assert_eq!(check_in(&cluster, pid, "cat /www/index.html"), "page two", "the running container kept its config files");
+    assert_eq!(check_in(&cluster, pid, "cat /run/secrets/db/pw"), SECRET);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    let healed = cluster
+        .wait_replicas("site", "the killed replica back", |r| r.len() == 2 && r.iter().all(running_ready) && r.iter().any(|x| status(x).restarts == 1))
+        .await;
+    let restarted = healed.iter().find(|x| status(x).restarts == 1).expect("the restarted replica");
+    assert_eq!(restarted.id, before[0].id, "the same replica restarted");
+    let pid = status(restarted).host_pid;
+    assert_eq!(check_in(&cluster, pid, "cat /www/index.html"), "page two");
+    assert_eq!(check_in(&cluster, pid, "cat /dev/shm/pw-seen"), SECRET, "the restart had the secret's value");
+    let failed: Vec<String> = cluster.events_of("").await.into_iter().filter(|e| e.message.contains("not found")).map(|e| e.message).collect();
+    assert!(failed.is_empty(), "the adopted replicas waited for their Configs: {failed:?}");
 
     cluster.api.delete_service(pb::DeleteServiceRequest { name: "site".into(), purge_volumes: false }).await.expect("delete");
     cluster.wait_replicas("site", "the replicas gone", |r| r.is_empty()).await;

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use prost::Message;
+
 use super::backends::{Containers, Images, PodNetwork, ProbeChecks};
 use super::board::{RunningTable, StatusBoard};
 use super::volumes::{VolumeDirs, VolumeLocks};
@@ -28,22 +30,80 @@ pub struct NodeContext {
     pub configs: ConfigCache,
 }
 
-/// The Configs and Secrets the controller sent for this node's replicas.
+/// The Configs and Secrets the controller sent for this node's replicas: in memory, and
+/// in a file on the agent's run tmpfs when it has one, so that a restarted agent can
+/// restart the replicas it adopts before the controller answers (a Secret's values are
+/// never written anywhere but a tmpfs).
 #[derive(Default)]
 pub struct ConfigCache {
     configs: std::sync::Mutex<std::collections::HashMap<(i32, String), orch_api::pb::ConfigData>>,
+    kept_in: Option<PathBuf>,
 }
 
 impl ConfigCache {
+    /// A cache kept in `<run_root>/configs.pb`, starting with what a previous agent kept there.
+    pub fn kept_on(run_root: &std::path::Path) -> ConfigCache {
+        let file = run_root.join("configs.pb");
+        let cache = ConfigCache { kept_in: Some(file.clone()), ..ConfigCache::default() };
+        match std::fs::read(&file) {
+            Ok(bytes) => match orch_api::pb::NodeConfigs::decode(bytes.as_slice()) {
+                Ok(kept) => *cache.lock() = Self::map(&kept.configs),
+                Err(error) => tracing::warn!(file = %file.display(), %error, "the kept Configs and Secrets are unreadable; waiting for the controller's"),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(file = %file.display(), %error, "reading the kept Configs and Secrets"),
+        }
+        cache
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(i32, String), orch_api::pb::ConfigData>> {
+        self.configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn map(configs: &[orch_api::pb::NodeConfig]) -> std::collections::HashMap<(i32, String), orch_api::pb::ConfigData> {
+        configs.iter().map(|c| ((c.kind, c.name.clone()), c.data.clone().unwrap_or_default())).collect()
+    }
+
     /// Replaces the cache with a desired set's.
     pub fn replace(&self, configs: &[orch_api::pb::NodeConfig]) {
-        let fresh = configs.iter().map(|c| ((c.kind, c.name.clone()), c.data.clone().unwrap_or_default())).collect();
-        *self.configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        let fresh = Self::map(configs);
+        let mut current = self.lock();
+        if *current == fresh {
+            return;
+        }
+        *current = fresh;
+        drop(current);
+        if let Some(file) = &self.kept_in {
+            let kept = if configs.is_empty() {
+                std::fs::remove_file(file).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            } else {
+                keep_on_tmpfs(file, &orch_api::pb::NodeConfigs { configs: configs.to_vec() }.encode_to_vec())
+            };
+            if let Err(error) = kept {
+                tracing::warn!(file = %file.display(), %error, "keeping the Configs and Secrets for the next agent");
+            }
+        }
     }
 
     pub fn get(&self, kind: orch_api::pb::ConfigKind, name: &str) -> Option<orch_api::pb::ConfigData> {
-        self.configs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&(kind.into(), name.to_owned())).cloned()
+        self.lock().get(&(kind.into(), name.to_owned())).cloned()
     }
+}
+
+/// Writes `bytes` to `file` (0600, by rename) — only when its directory is a tmpfs.
+fn keep_on_tmpfs(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+    let on_tmpfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        return Err(std::io::Error::other(format!("{} is not a tmpfs: a Secret is never written to disk", dir.display())));
+    }
+    let temporary = file.with_extension("pb.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut handle = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    handle.write_all(bytes)?;
+    std::fs::rename(&temporary, file)
 }
 
 impl NodeContext {
@@ -69,8 +129,11 @@ impl NodeContext {
         }
     }
 
+    /// The context with its volume directories, and its Config cache kept on the run
+    /// tmpfs there.
     pub fn with_volumes(self, volumes: VolumeDirs) -> NodeContext {
-        NodeContext { volumes, ..self }
+        let configs = ConfigCache::kept_on(&volumes.run_root);
+        NodeContext { volumes, configs, ..self }
     }
 }
 

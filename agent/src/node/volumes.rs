@@ -248,23 +248,41 @@ pub fn provision(provision: &Provision, dirs: &VolumeDirs) -> Result<(), String>
     }
 }
 
-/// Writes a Config's or Secret's files (again: the content may have moved on), owned by
-/// the container's user, under a directory it may only read.
+/// Writes a Config's or Secret's files (again after an agent restart: a running
+/// container has the directory bound, so it is kept and each file replaced by rename),
+/// owned by the container's user, under a directory it may only read; removes what the
+/// volume no longer holds.
 fn write_files(dir: &Path, files: &[VolumeFile], (uid, gid): (u32, u32)) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_dir_all(dir);
     make_dir(dir, 0o755)?;
     for file in files {
         let path = dir.join(&file.path);
-        if let Some(parent) = path.parent() {
-            make_dir(parent, 0o755)?;
+        let parent = path.parent().unwrap_or(dir);
+        make_dir(parent, 0o755)?;
+        // '~' is in no key or item path, so the temporary file is no one's file.
+        let temporary = parent.join(format!("~{}.tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        let _ = std::fs::remove_file(&temporary);
+        let mut handle = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(|e| format!("create {}: {e}", temporary.display()))?;
+        handle.write_all(&file.content).map_err(|e| format!("write {}: {e}", temporary.display()))?;
+        std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", temporary.display()))?;
+        handle.set_permissions(std::fs::Permissions::from_mode(file.mode)).map_err(|e| format!("chmod {}: {e}", temporary.display()))?;
+        std::fs::rename(&temporary, &path).map_err(|e| format!("rename {} to {}: {e}", temporary.display(), path.display()))?;
+    }
+    let listed: std::collections::HashSet<&str> = files.iter().filter_map(|f| f.path.split('/').next()).collect();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        if listed.contains(entry.file_name().to_string_lossy().as_ref()) {
+            continue;
         }
-        let mut handle =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        handle.write_all(&file.content).map_err(|e| format!("write {}: {e}", path.display()))?;
-        std::os::unix::fs::fchown(&handle, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
-        handle.set_permissions(std::fs::Permissions::from_mode(file.mode)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     Ok(())
 }
