@@ -145,6 +145,8 @@ pub fn event(e: &pb::Event) -> EventOut {
 pub struct ConfigOut {
     pub name: String,
     pub generation: u64,
+    /// The store revision of its last write (what `describe service` names).
+    pub revision: u64,
     /// Key → size in bytes.
     pub keys: std::collections::BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +164,14 @@ pub fn config(info: &pb::ConfigInfo) -> ConfigOut {
             })
             .collect()
     });
-    ConfigOut { name: info.name.clone(), generation: info.generation, keys: info.sizes.clone().into_iter().collect(), data, used_by: info.used_by.clone() }
+    ConfigOut {
+        name: info.name.clone(),
+        generation: info.generation,
+        revision: info.revision,
+        keys: info.sizes.clone().into_iter().collect(),
+        data,
+        used_by: info.used_by.clone(),
+    }
 }
 
 pub fn render<T: Serialize>(format: Format, items: &[T]) -> anyhow::Result<String> {

@@ -38,8 +38,10 @@ async fn configs_and_secrets_roll_the_services_using_them(api: ServiceApi) {
     let kinds: Vec<(&str, &str, ApplyOutcome)> = applied.iter().map(|a| (a.kind, a.name.as_str(), a.outcome)).collect();
     assert_eq!(kinds, [("config", "site", ApplyOutcome::Created), ("secret", "db", ApplyOutcome::Created), ("service", "app", ApplyOutcome::Created)]);
     let app = api.get("app").await.expect("get");
-    let generations: std::collections::BTreeMap<String, u64> = app.config_generations.clone().into_iter().collect();
-    assert_eq!(generations, [("config/site".to_owned(), 1), ("secret/db".to_owned(), 1)].into_iter().collect());
+    let revisions: Vec<(String, u64)> = app.config_revisions.clone().into_iter().collect::<std::collections::BTreeMap<_, _>>().into_iter().collect();
+    let objects: Vec<&str> = revisions.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(objects, ["config/site", "secret/db"]);
+    assert!(revisions.iter().all(|(_, r)| *r > 0), "the store revisions of both: {revisions:?}");
 
     // The store holds the secret sealed: no clear text in its record or anywhere else.
     let listing = api.store().list("/orch/").await.expect("list");
@@ -62,7 +64,17 @@ async fn configs_and_secrets_roll_the_services_using_them(api: ServiceApi) {
     let rolled = api.get("app").await.expect("get");
     assert_eq!(rolled.generation, app.generation + 1);
     assert_ne!(rolled.spec_hash, app.spec_hash, "a new template: the replicas roll");
-    assert_eq!(rolled.config_generations.get("secret/db"), Some(&2));
+    let secret_revision = api.list_configs(pb::ConfigKind::Secret).await.expect("list")[0].revision;
+    assert!(secret_revision > app.config_revisions["secret/db"], "a new write");
+    assert_eq!(rolled.config_revisions.get("secret/db"), Some(&secret_revision));
+    assert_eq!(rolled.config_revisions.get("config/site"), app.config_revisions.get("config/site"));
+
+    // Deleted and re-created with the same content: the service rolls too (the old
+    // replicas had it at a revision the new record no longer is).
+    api.delete_config(pb::ConfigKind::Config, "site").await.expect("delete");
+    assert_eq!(api.get("app").await.expect("get").spec_hash, rolled.spec_hash, "deleting a Config in use rolls nothing");
+    api.apply(&source(&changed)).await.expect("re-create");
+    assert_ne!(api.get("app").await.expect("get").spec_hash, rolled.spec_hash, "re-created: a new template");
 
     // A service using none keeps its plain spec hash (nothing rolls after an upgrade).
     api.apply(&source(API)).await.expect("apply");

@@ -25,6 +25,9 @@ pub enum EventKind {
     /// A slot's local volume data stayed on a lost node; its new replica starts empty
     /// elsewhere.
     DataLeftBehind,
+    /// A Config or Secret a service uses changed (or appeared, or went): its template
+    /// changes and the service rolls.
+    ConfigChanged,
     // The agents'.
     /// A replica's container started.
     Started,
@@ -48,7 +51,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -59,6 +62,7 @@ impl EventKind {
         EventKind::NodeNotReady,
         EventKind::FullDisruption,
         EventKind::DataLeftBehind,
+        EventKind::ConfigChanged,
         EventKind::Started,
         EventKind::Adopted,
         EventKind::Exited,
@@ -84,6 +88,7 @@ impl EventKind {
             EventKind::NodeNotReady => "NodeNotReady",
             EventKind::FullDisruption => "FullDisruption",
             EventKind::DataLeftBehind => "DataLeftBehind",
+            EventKind::ConfigChanged => "ConfigChanged",
             EventKind::Started => "Started",
             EventKind::Adopted => "Adopted",
             EventKind::Exited => "Exited",

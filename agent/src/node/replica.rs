@@ -73,6 +73,10 @@ impl ReplicaHandle {
 pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn RunningContainer>>) -> ReplicaHandle {
     let (stop, stopping) = watch::channel(false);
     let service = record.service.clone();
+    // The slot's local volumes are taken now, in the order replicas are spawned: an
+    // adopted replica holds them before a replacement arriving with the first desired set
+    // (one still held waits in `provision_volumes`).
+    let held = ctx.volume_locks.try_hold(&volumes::local_dirs(&record, &ctx.volumes)).unwrap_or_default();
     let supervisor = Supervisor {
         ctx,
         record,
@@ -82,7 +86,7 @@ pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn
         adopted,
         container: None,
         probes: None,
-        held: Vec::new(),
+        held,
         size_limited: Vec::new(),
         evicted: false,
     };

@@ -161,7 +161,7 @@ pub fn plan(record: &pb::Replica, spec: &pb::ServiceSpec, empty_dirs: &Path, inp
             }
             Some(pb::volume::Source::Local(_)) => {
                 let slot = record.slot.ok_or_else(|| format!("volume {}: a local volume needs the replica's slot, and this replica has none", volume.name))?;
-                let dir = dirs.local_root.join(&record.service).join(&volume.name).join(slot.to_string());
+                let dir = local_dir(dirs, &record.service, &volume.name, slot);
                 plan.exclusive.push(dir.clone());
                 Provision::Local { dir }
             }
@@ -377,6 +377,18 @@ pub fn purge(local_root: &Path, service: &str) -> Result<bool, String> {
     }
 }
 
+/// Where slot `slot`'s `volume` of `service` lives on this node.
+fn local_dir(dirs: &VolumeDirs, service: &str, volume: &str, slot: u32) -> PathBuf {
+    dirs.local_root.join(service).join(volume).join(slot.to_string())
+}
+
+/// The local volume directories of `record`'s slot (its plan's `exclusive`), known
+/// before anything is resolved: a supervisor holds them from its first moment.
+pub fn local_dirs(record: &pb::Replica, dirs: &VolumeDirs) -> Vec<PathBuf> {
+    let (Some(slot), Some(spec)) = (record.slot, record.spec.as_ref()) else { return Vec::new() };
+    spec.volumes.iter().filter(|v| matches!(v.source, Some(pb::volume::Source::Local(_)))).map(|v| local_dir(dirs, &record.service, &v.name, slot)).collect()
+}
+
 /// Local volume directories held by the replica using them: a slot's replacement on the
 /// same node waits until the replica it replaces is gone.
 #[derive(Default)]
@@ -448,8 +460,9 @@ mod tests {
             volume_mounts: vec![mount("data", "/data", false, "redis"), mount("host", "/x", true, "")],
             ..Default::default()
         };
-        let record = pb::Replica { id: "db-1".into(), service: "db".into(), slot: Some(2), ..Default::default() };
+        let record = pb::Replica { id: "db-1".into(), service: "db".into(), slot: Some(2), spec: Some(spec.clone()), ..Default::default() };
         let plan = plan(&record, &spec, Path::new("/s/empty-dirs/db-1"), &inputs(Some(64 << 20)), &dirs()).expect("valid");
+        assert_eq!(local_dirs(&record, &dirs()), plan.exclusive, "held from the supervisor's start");
         assert_eq!(
             plan.provisions,
             [

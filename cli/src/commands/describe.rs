@@ -117,11 +117,11 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 ));
             }
             text.push_str(&volumes_text(&spec));
-            if !service.config_generations.is_empty() {
+            if !service.config_revisions.is_empty() {
                 let mut used: Vec<String> = service
-                    .config_generations
+                    .config_revisions
                     .iter()
-                    .map(|(object, generation)| if *generation == 0 { format!("{object} (missing)") } else { format!("{object} (generation {generation})") })
+                    .map(|(object, revision)| if *revision == 0 { format!("{object} (missing)") } else { format!("{object} (revision {revision})") })
                     .collect();
                 used.sort();
                 text.push_str(&format!("Configs:     {}\n", used.join(", ")));
@@ -172,9 +172,10 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
             let info = configs.iter().find(|c| c.name == *name).ok_or_else(|| anyhow::anyhow!("{what} {name:?} not found"))?;
             let out = output::config(info);
             let mut text = format!(
-                "Name:        {}\nKind:        {what}\nGeneration:  {}\nUsed by:     {}\nData:\n",
+                "Name:        {}\nKind:        {what}\nGeneration:  {} (revision {})\nUsed by:     {}\nData:\n",
                 out.name,
                 out.generation,
+                out.revision,
                 if out.used_by.is_empty() { "<none>".to_owned() } else { out.used_by.join(", ") }
             );
             for (key, size) in &out.keys {

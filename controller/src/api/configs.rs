@@ -1,6 +1,8 @@
 //! Configs and Secrets in the store: apply (a Secret sealed with the cluster's key
 //! first), list (a Secret's keys and sizes only), delete, and the services a change
-//! rolls — every service whose template uses the changed one gets a new spec hash.
+//! rolls — every service whose template uses the changed one gets a new spec hash over
+//! the store revision of each Config and Secret it uses (a deleted and re-created one
+//! has a new revision too, so it rolls as well).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,7 @@ use orch_api::manifest::{config_refs, object_name, ConfigContent};
 use orch_api::pb;
 use prost::Message;
 
-use super::services::{ApiError, ApplyOutcome, ServiceApi};
+use super::services::{config_revisions_of, with_config_revisions, ApiError, ApplyOutcome, ServiceApi};
 use crate::keys;
 use crate::store::{retry_on_conflict, Expect};
 
@@ -55,37 +57,47 @@ impl ServiceApi {
             Ok::<_, ApiError>(ApplyOutcome::Configured)
         };
         let outcome = retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))?;
-        if outcome != ApplyOutcome::Unchanged {
-            self.reroll(content.kind, &content.name).await?;
-        }
+        self.reroll(content.kind, &content.name).await?;
         Ok(outcome)
     }
 
-    /// Every service whose template uses the Config or Secret gets its spec hash again.
+    /// Every service whose template uses the Config or Secret gets a template over its
+    /// Configs' current revisions (its spec untouched, under compare-and-swap). The
+    /// reconciler does the same for any service it finds behind (a controller that
+    /// stopped between the two writes), so this is for promptness only.
     async fn reroll(&self, kind: pb::ConfigKind, name: &str) -> Result<(), ApiError> {
         for service in self.list().await? {
-            let uses = service.spec.as_ref().is_some_and(|spec| config_refs(spec).contains(&(kind, name.to_owned())));
-            if uses {
-                self.apply_one(pb::Service { generation: 0, vip: String::new(), spec_hash: String::new(), config_generations: Default::default(), ..service })
-                    .await?;
+            if service.spec.as_ref().is_some_and(|spec| config_refs(spec).contains(&(kind, name.to_owned()))) {
+                self.refresh_config_revisions(&service.name).await?;
             }
         }
         Ok(())
     }
 
-    /// The generation of each Config and Secret a template uses (0: not there yet), as
-    /// `config/NAME` → generation.
-    pub(crate) async fn config_generations(&self, spec: Option<&pb::ServiceSpec>) -> Result<BTreeMap<String, u64>, ApiError> {
-        let mut generations = BTreeMap::new();
+    async fn refresh_config_revisions(&self, name: &str) -> Result<(), ApiError> {
+        let key = keys::service(name);
+        let attempt = || async {
+            // Deleted meanwhile: nothing to roll.
+            let Some(kv) = self.store.get(&key).await? else { return Ok(()) };
+            let service: pb::Service = keys::decode(&key, &kv.value)?;
+            let revisions = self.config_revisions(service.spec.as_ref()).await?;
+            if let Some(updated) = with_config_revisions(&service, &revisions) {
+                self.store.put(&key, keys::encode(&updated), Expect::Revision(kv.mod_revision)).await?;
+            }
+            Ok::<_, ApiError>(())
+        };
+        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
+    }
+
+    /// The store revision of each Config and Secret a template uses (0: not there yet),
+    /// as `config/NAME` → revision.
+    pub(crate) async fn config_revisions(&self, spec: Option<&pb::ServiceSpec>) -> Result<BTreeMap<String, u64>, ApiError> {
+        let mut found = BTreeMap::new();
         for (kind, name) in spec.map(config_refs).unwrap_or_default() {
-            let key = keys::config(kind, &name);
-            let generation = match self.store.get(&key).await? {
-                Some(kv) => keys::decode::<pb::StoredConfig>(&key, &kv.value)?.generation,
-                None => 0,
-            };
-            generations.insert(object_name(kind, &name), generation);
+            let revision = self.store.get(&keys::config(kind, &name)).await?.map_or(0, |kv| u64::try_from(kv.mod_revision).unwrap_or(0));
+            found.insert((kind, name), revision);
         }
-        Ok(generations)
+        Ok(spec.map(|spec| config_revisions_of(spec, |kind, name| found.get(&(kind, name.to_owned())).copied().unwrap_or(0))).unwrap_or_default())
     }
 
     /// Configs or Secrets with the services using each; a Secret's values stay out.
@@ -104,6 +116,7 @@ impl ServiceApi {
                 name: stored.name.clone(),
                 kind: kind.into(),
                 generation: stored.generation,
+                revision: u64::try_from(kv.mod_revision).unwrap_or(0),
                 sizes: stored.sizes.clone(),
                 data: if kind == pb::ConfigKind::Config { stored.data.clone() } else { None },
                 used_by,

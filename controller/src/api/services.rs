@@ -73,17 +73,46 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
 /// The spec hash with the generation of every Config and Secret the template uses: a
 /// changed one makes a new template, and the service rolls. A template that uses none
 /// keeps [`spec_hash`] (so nothing rolls after an upgrade).
-pub fn template_hash(spec: &pb::ServiceSpec, config_generations: &std::collections::BTreeMap<String, u64>) -> String {
+pub fn template_hash(spec: &pb::ServiceSpec, config_revisions: &std::collections::BTreeMap<String, u64>) -> String {
     let base = spec_hash(spec);
-    if config_generations.is_empty() {
+    if config_revisions.is_empty() {
         return base;
     }
     let mut hasher = Sha256::new();
     hasher.update(base.as_bytes());
-    for (object, generation) in config_generations {
+    for (object, generation) in config_revisions {
         hasher.update(format!(";{object}={generation}").as_bytes());
     }
     hex::encode(&hasher.finalize()[..5])
+}
+
+/// The store revision of each Config and Secret `spec` uses, as `config/NAME` →
+/// revision (0: missing), given where to look one up.
+pub fn config_revisions_of(spec: &pb::ServiceSpec, revision_of: impl Fn(pb::ConfigKind, &str) -> u64) -> std::collections::BTreeMap<String, u64> {
+    orch_api::manifest::config_refs(spec).into_iter().map(|(kind, name)| (orch_api::manifest::object_name(kind, &name), revision_of(kind, &name))).collect()
+}
+
+/// `service` again with a template over `revisions` (its Configs' and Secrets' store
+/// revisions): a new generation and spec hash, so it rolls. `None` when they are the
+/// ones it was made with.
+///
+/// A Config deleted while in use does not roll it (its replicas keep what they have, as
+/// a Kubernetes pod keeps a deleted ConfigMap's files); re-created, it does.
+pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections::BTreeMap<String, u64>) -> Option<pb::Service> {
+    let revisions: std::collections::BTreeMap<String, u64> = revisions
+        .iter()
+        .map(|(object, &revision)| (object.clone(), if revision == 0 { service.config_revisions.get(object).copied().unwrap_or(0) } else { revision }))
+        .collect();
+    let revisions = &revisions;
+    let same = service.config_revisions.len() == revisions.len() && revisions.iter().all(|(object, r)| service.config_revisions.get(object) == Some(r));
+    if same {
+        return None;
+    }
+    let mut updated = service.clone();
+    updated.generation += 1;
+    updated.spec_hash = updated.spec.as_ref().map(|spec| template_hash(spec, revisions)).unwrap_or_default();
+    updated.config_revisions = revisions.clone().into_iter().collect();
+    Some(updated)
 }
 
 #[derive(Clone)]
@@ -160,8 +189,8 @@ impl ServiceApi {
 
     pub(crate) async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
-        let generations = self.config_generations(wanted.spec.as_ref()).await?;
-        let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &generations)).unwrap_or_default();
+        let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
+        let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &revisions)).unwrap_or_default();
         let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else {
                 let vip = self.claim_vip(&wanted.name).await?;
@@ -169,7 +198,7 @@ impl ServiceApi {
                 service.generation = 1;
                 service.vip = vip.to_string();
                 service.spec_hash = hash(service.spec.as_ref());
-                service.config_generations = generations.clone().into_iter().collect();
+                service.config_revisions = revisions.clone().into_iter().collect();
                 if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
                     // Lost the name to another apply (or failed): the address goes back.
                     self.release_vip(vip).await?;
@@ -181,8 +210,7 @@ impl ServiceApi {
                 return Ok((service.name, ApplyOutcome::Created));
             };
             let current: pb::Service = keys::decode(&key, &kv.value)?;
-            let same_configs = current.config_generations.len() == generations.len()
-                && generations.iter().all(|(object, generation)| current.config_generations.get(object) == Some(generation));
+            let same_configs = with_config_revisions(&current, &revisions).is_none();
             if current.spec == wanted.spec && current.labels == wanted.labels && same_configs {
                 return Ok((current.name, ApplyOutcome::Unchanged));
             }
@@ -191,7 +219,7 @@ impl ServiceApi {
             service.labels = wanted.labels.clone();
             service.generation += 1;
             service.spec_hash = hash(service.spec.as_ref());
-            service.config_generations = generations.clone().into_iter().collect();
+            service.config_revisions = revisions.clone().into_iter().collect();
             self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
             Ok::<_, ApiError>((service.name, ApplyOutcome::Configured))
         };

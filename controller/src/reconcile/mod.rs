@@ -27,6 +27,7 @@ use orch_api::events::EventKind;
 use orch_api::pb;
 
 use self::rollout::resolve_update;
+use crate::api::services::{config_revisions_of, with_config_revisions};
 use crate::keys;
 use crate::scheduler::{self, ClusterView, NodeView, PendingReplica, Resources};
 use crate::state::{ClusterState, Versioned};
@@ -49,6 +50,12 @@ pub enum Action {
         key: String,
         expect: Expect,
         endpoints: pb::ServiceEndpoints,
+    },
+    /// Rewrites a service read at `revision` (a new template over its Configs' revisions).
+    UpdateService {
+        key: String,
+        revision: Revision,
+        service: pb::Service,
     },
     /// Records which node holds a slot's local volumes.
     PutClaim {
@@ -119,6 +126,19 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     let mut new_replicas: Vec<pb::Replica> = Vec::new();
     for (name, service) in &state.services {
         let Some(spec) = service.value.spec.as_ref() else { continue };
+        // A Config or Secret it uses changed since its template was made: a new template
+        // first (the API does this on apply; this catches a controller that stopped
+        // between the two writes). The next pass rolls it.
+        let revisions = config_revisions_of(spec, |kind, name| {
+            state.configs.get(&(kind.into(), name.to_owned())).map_or(0, |c| u64::try_from(c.mod_revision).unwrap_or(0))
+        });
+        if let Some(updated) = with_config_revisions(&service.value, &revisions) {
+            let changed: Vec<&str> =
+                updated.config_revisions.iter().filter(|(object, r)| service.value.config_revisions.get(*object) != Some(r)).map(|(o, _)| o.as_str()).collect();
+            plan.event(EventKind::ConfigChanged, format!("service/{name}"), format!("{} changed: the service rolls to a new template", changed.join(", ")));
+            plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: updated });
+            continue;
+        }
         let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
         let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
         let facts: Vec<rollout::Member> = members

@@ -121,6 +121,7 @@ async fn execute(store: &dyn Store, action: Action) -> Result<Option<Revision>, 
         Action::CreateReplica { key, replica } => store.put(&key, keys::encode(&replica), Expect::Absent).await.map(Some),
         Action::UpdateReplica { key, revision, replica } => store.put(&key, keys::encode(&replica), Expect::Revision(revision)).await.map(Some),
         Action::PutEndpoints { key, expect, endpoints } => store.put(&key, keys::encode(&endpoints), expect).await.map(Some),
+        Action::UpdateService { key, revision, service } => store.put(&key, keys::encode(&service), Expect::Revision(revision)).await.map(Some),
         Action::PutClaim { key, expect, claim } => store.put(&key, keys::encode(&claim), expect).await.map(Some),
         Action::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
     }

@@ -20,7 +20,7 @@ fn service(name: &str, replicas: u32, hash: &str) -> pb::Service {
         vip: "10.96.0.1".into(),
         spec_hash: hash.into(),
         labels: Default::default(),
-        config_generations: Default::default(),
+        config_revisions: Default::default(),
     }
 }
 
@@ -109,6 +109,11 @@ impl World {
                 }
                 Action::PutEndpoints { key, endpoints, .. } => {
                     self.state.endpoints.insert(endpoints.service.clone(), Versioned { key: key.clone(), value: endpoints.clone(), mod_revision: revision });
+                }
+                Action::UpdateService { key, revision: expected, service } => {
+                    let existing = self.state.services.get_mut(&service.name).expect("updated service exists");
+                    assert_eq!(existing.mod_revision, *expected, "CAS on {key}");
+                    *existing = Versioned { key: key.clone(), value: service.clone(), mod_revision: revision };
                 }
                 Action::PutClaim { key, expect, claim } => {
                     let slot = (claim.service.clone(), claim.slot);
@@ -397,4 +402,56 @@ fn a_claim_left_on_a_lost_node_follows_its_bound_replica() {
     world.converge(&[]);
     assert_eq!(slots(&world).1, BTreeSet::from([(0, node)]), "the claim follows the replica");
     assert!(world.plan(&[]).actions.is_empty());
+}
+
+fn put_config(world: &mut World, name: &str) -> u64 {
+    let revision = world.bump();
+    let stored = pb::StoredConfig { name: name.into(), kind: pb::ConfigKind::Config.into(), generation: 1, ..Default::default() };
+    world.state.configs.insert(
+        (pb::ConfigKind::Config.into(), name.into()),
+        Versioned { key: keys::config(pb::ConfigKind::Config, name), value: stored, mod_revision: revision },
+    );
+    u64::try_from(revision).expect("positive")
+}
+
+#[test]
+fn a_service_behind_its_configs_gets_a_new_template_then_rolls() {
+    let mut world = World::new(&["node-a"]);
+    let first = put_config(&mut world, "site");
+    let mut web = service("web", 2, "h1");
+    if let Some(spec) = web.spec.as_mut() {
+        spec.volumes =
+            vec![pb::Volume { name: "www".into(), source: Some(pb::volume::Source::Config(pb::ConfigVolume { name: "site".into(), ..Default::default() })) }];
+    }
+    web.config_revisions = [("config/site".to_owned(), first)].into_iter().collect();
+    world.put_service(web);
+    world.converge(&[]);
+    let before: Vec<String> = world.state.replicas.values().map(|r| r.value.spec_hash.clone()).collect();
+    assert_eq!(before, ["h1", "h1"], "up to date: no new template");
+
+    // The Config changed and the API's update of the service was lost (a controller
+    // stopped between the two writes): the reconciler makes the new template itself.
+    let second = put_config(&mut world, "site");
+    let plan = world.plan(&[]);
+    let updated: Vec<&pb::Service> =
+        plan.actions.iter().filter_map(|a| if let Action::UpdateService { service, .. } = a { Some(service) } else { None }).collect();
+    assert_eq!(updated.len(), 1, "{plan:?}");
+    assert_eq!(updated[0].config_revisions.get("config/site"), Some(&second));
+    assert_eq!(updated[0].generation, 2);
+    assert_ne!(updated[0].spec_hash, "h1");
+    assert!(plan.events.iter().any(|e| e.kind == EventKind::ConfigChanged && e.message.contains("config/site")), "{:?}", plan.events);
+    world.apply(&plan);
+    world.converge(&[]);
+    let hash = world.state.services["web"].value.spec_hash.clone();
+    assert!(world.state.replicas.values().all(|r| r.value.spec_hash == hash), "rolled to the new template");
+
+    // Deleted while in use: nothing rolls (the replicas keep their files); re-created: it rolls.
+    world.state.configs.clear();
+    assert!(world.plan(&[]).actions.iter().all(|a| !matches!(a, Action::UpdateService { .. })), "a deleted Config rolls nothing");
+    let third = put_config(&mut world, "site");
+    let plan = world.plan(&[]);
+    assert!(
+        plan.actions.iter().any(|a| matches!(a, Action::UpdateService { service, .. } if service.config_revisions.get("config/site") == Some(&third))),
+        "re-created: a new template"
+    );
 }
