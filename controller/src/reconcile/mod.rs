@@ -141,6 +141,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         }
         let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
         let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
+        let slots_own_data = orch_api::manifest::has_local_volumes(spec);
         let facts: Vec<rollout::Member> = members
             .iter()
             .map(|m| rollout::Member {
@@ -149,11 +150,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
                 id: m.value.id.clone(),
+                ordinal: if slots_own_data { m.value.slot } else { None },
             })
             .collect();
         // A slot's local volumes belong to one replica at a time: no surge, one by one.
-        let (surge, unavailable) =
-            if orch_api::manifest::has_local_volumes(spec) { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
+        let (surge, unavailable) = if slots_own_data { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
         let decision = rollout::decide(spec.replicas, surge, unavailable, &facts);
         for &index in &decision.delete {
             let member = members[index];

@@ -36,6 +36,10 @@ pub struct Member {
     /// Replicas of the same service on its node (scale-down takes from crowded nodes).
     pub crowd: u32,
     pub id: String,
+    /// Its slot, for a service whose slots own data (local volumes): those go highest
+    /// slot first, as a StatefulSet's ordinals, so the slots in use stay `0..replicas`
+    /// and a duplicate goes. `None` for the others.
+    pub ordinal: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,12 +50,14 @@ pub struct Decision {
     pub delete: Vec<usize>,
 }
 
-/// Deletion preference: unbound first, then not ready, then the most crowded node, then
-/// the newest-looking id (highest) — so repeated runs choose the same victims.
+/// Deletion preference: the highest slot of a service whose slots own data, then
+/// unbound first, then not ready, then the most crowded node, then the newest-looking
+/// id (highest) — so repeated runs choose the same victims.
 fn victims(members: &[Member], mut candidates: Vec<usize>, count: usize) -> Vec<usize> {
     candidates.sort_by(|&a, &b| {
         let (a, b) = (&members[a], &members[b]);
-        (a.bound, a.ready, std::cmp::Reverse(a.crowd), std::cmp::Reverse(&a.id)).cmp(&(b.bound, b.ready, std::cmp::Reverse(b.crowd), std::cmp::Reverse(&b.id)))
+        let key = |m: &Member| (std::cmp::Reverse(m.ordinal), m.bound, m.ready, std::cmp::Reverse(m.crowd), std::cmp::Reverse(m.id.clone()));
+        key(a).cmp(&key(b))
     });
     candidates.truncate(count);
     candidates
@@ -116,7 +122,7 @@ mod tests {
     }
 
     fn member(id: &str, current: bool, ready: bool) -> Member {
-        Member { current, bound: true, ready, crowd: 1, id: id.into() }
+        Member { current, bound: true, ready, crowd: 1, id: id.into(), ordinal: None }
     }
 
     /// (desired, surge, unavailable, members, expected creates, expected deleted ids)
@@ -207,5 +213,31 @@ mod tests {
             }
             assert!(members.iter().all(|m| m.current), "({desired}, {surge}, {unavailable}) did not finish");
         }
+    }
+}
+
+#[cfg(test)]
+mod ordinal_tests {
+    use super::*;
+
+    fn slot(id: &str, current: bool, ready: bool, slot: u32) -> Member {
+        Member { current, bound: true, ready, crowd: 1, id: id.into(), ordinal: Some(slot) }
+    }
+
+    #[test]
+    fn slots_that_own_data_go_highest_first() {
+        // Scale down 3 → 1: slots 2 and 1 go, even the not-ready slot 0 stays.
+        let members = [slot("x", true, false, 0), slot("y", true, true, 1), slot("z", true, true, 2)];
+        let mut delete = decide(1, 0, 1, &members).delete;
+        delete.sort_unstable();
+        assert_eq!(delete, [1, 2]);
+        // A duplicate slot (two replicas of slot 1): one of them goes.
+        let members = [slot("a", true, true, 0), slot("b", true, true, 1), slot("c", true, true, 1)];
+        let delete = decide(2, 0, 1, &members).delete;
+        assert_eq!(delete.len(), 1);
+        assert_eq!(members[delete[0]].ordinal, Some(1));
+        // A rollout (surge 0, unavailable 1) replaces the highest slot first.
+        let members = [slot("a", false, true, 0), slot("b", false, true, 1), slot("c", false, true, 2)];
+        assert_eq!(decide(3, 0, 1, &members), Decision { create: 0, delete: vec![2] });
     }
 }
