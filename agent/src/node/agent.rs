@@ -39,8 +39,46 @@ pub struct Agent {
     ctx: Arc<NodeContext>,
     replicas: BTreeMap<String, ReplicaHandle>,
     terminating: Vec<ReplicaHandle>,
+    /// Purges of deleted services' local volumes under way (or done) on this node.
+    purges: BTreeMap<String, Purge>,
     generation: u64,
     api: Option<tokio::task::JoinHandle<()>>,
+}
+
+struct Purge {
+    task: tokio::task::JoinHandle<()>,
+    /// It ended in an error: the next set starts it again.
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Removes `service`'s local volumes from this node once no replica holds any of them.
+async fn purge_service(ctx: Arc<NodeContext>, service: String, failed: Arc<std::sync::atomic::AtomicBool>) {
+    let root = ctx.volumes.local_root.clone();
+    let listed = tokio::task::spawn_blocking({
+        let (root, service) = (root.clone(), service.clone());
+        move || super::volumes::slot_dirs(&root, &service)
+    })
+    .await;
+    let Ok(dirs) = listed else { return failed.store(true, std::sync::atomic::Ordering::Relaxed) };
+    let held = ctx.volume_locks.hold(&dirs).await;
+    let purged = tokio::task::spawn_blocking({
+        let service = service.clone();
+        move || super::volumes::purge(&root, &service)
+    })
+    .await;
+    drop(held);
+    match purged {
+        Ok(Ok(true)) => ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into()),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%service, %error, "purging local volumes");
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::warn!(%service, %error, "purging local volumes");
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Agent {
@@ -119,7 +157,7 @@ impl Agent {
     /// An agent on a context already built (the real one, or fakes in tests): re-adopts
     /// what a previous agent left in the context's state directory and runtime.
     pub async fn resume(config: AgentConfig, ctx: Arc<NodeContext>) -> Agent {
-        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), generation: 0, api: None };
+        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), purges: BTreeMap::new(), generation: 0, api: None };
         agent.adopt().await;
         agent
     }
@@ -196,39 +234,26 @@ impl Agent {
         self.purge_volumes(&set.purged_services);
     }
 
-    /// Removes the local volumes of services deleted with `--purge-volumes`, once no
-    /// replica of theirs runs here: after the ones stopping now are gone. Every set
-    /// lists the purged services again, so a purge interrupted by a restart is finished
-    /// by the next agent.
+    /// Removes the local volumes of services deleted with `--purge-volumes`: one task per
+    /// service, which takes the locks of every slot directory (so it waits for the
+    /// replicas still stopping, which hold theirs) and removes them under those locks.
+    /// Every set lists the purged services again, so a purge interrupted by a restart
+    /// (or that failed) is done again; a service applied again calls its purge off.
     fn purge_volumes(&mut self, services: &[String]) {
+        self.purges.retain(|service, purge| {
+            let wanted = services.contains(service) && !purge.failed.load(std::sync::atomic::Ordering::Relaxed);
+            if !wanted {
+                purge.task.abort();
+            }
+            wanted
+        });
         for service in services {
-            if self.replicas.values().any(|handle| handle.service == *service) {
+            if self.purges.contains_key(service) || self.replicas.values().any(|handle| handle.service == *service) {
                 continue;
             }
-            let (stopping, others): (Vec<ReplicaHandle>, Vec<ReplicaHandle>) =
-                std::mem::take(&mut self.terminating).into_iter().partition(|h| h.service == *service);
-            self.terminating = others;
-            let root = self.ctx.volumes.local_root.clone();
-            let service = service.clone();
-            let ctx = Arc::clone(&self.ctx);
-            tokio::spawn(async move {
-                for handle in stopping {
-                    handle.finished().await;
-                }
-                let purged = tokio::task::spawn_blocking({
-                    let service = service.clone();
-                    move || super::volumes::purge(&root, &service)
-                })
-                .await;
-                match purged {
-                    Ok(Ok(true)) => {
-                        ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into())
-                    }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(error)) => tracing::warn!(%service, %error, "purging local volumes"),
-                    Err(error) => tracing::warn!(%service, %error, "purging local volumes"),
-                }
-            });
+            let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let task = tokio::spawn(purge_service(Arc::clone(&self.ctx), service.clone(), Arc::clone(&failed)));
+            self.purges.insert(service.clone(), Purge { task, failed });
         }
     }
 

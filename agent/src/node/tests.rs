@@ -298,3 +298,43 @@ async fn readiness_follows_the_probe_and_a_failed_liveness_probe_restarts() {
     assert_eq!(exit.exit_code, Some(143), "stopped with SIGTERM: {exit:?}");
     agent.shut_down(Shutdown::Drain).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_waits_for_the_slot_locks_and_a_new_apply_calls_it_off() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let slot_dir = ctx.volumes.local_root.join("db/data/0");
+    std::fs::create_dir_all(&slot_dir).expect("a slot's data");
+    std::fs::write(slot_dir.join("dump.rdb"), "kept").expect("data");
+    let purged = |generation, services: &[&str]| pb::DesiredSet {
+        generation,
+        purged_services: services.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+
+    // A replica of the slot still stops (it holds the slot's lock): the purge waits, however
+    // many sets list it meanwhile.
+    let still_stopping = ctx.volume_locks.hold(std::slice::from_ref(&slot_dir)).await;
+    agent.converge(purged(1, &["db"])).await;
+    agent.converge(purged(2, &["db"])).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(slot_dir.join("dump.rdb").exists(), "purged under a replica still using it");
+    drop(still_stopping);
+    eventually("the purge is done", || !ctx.volumes.local_root.join("db").exists()).await;
+    assert_eq!(events(&ctx, EventKind::VolumesPurged).len(), 1, "one purge, one event");
+
+    // Purged again, then applied again before the purge could run: the data stays.
+    std::fs::create_dir_all(&slot_dir).expect("a slot's data");
+    std::fs::write(slot_dir.join("dump.rdb"), "new").expect("data");
+    let held = ctx.volume_locks.hold(std::slice::from_ref(&slot_dir)).await;
+    agent.converge(purged(3, &[])).await; // (the first purge's entry goes)
+    agent.converge(purged(4, &["db"])).await;
+    agent.converge(purged(5, &[])).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(slot_dir.join("dump.rdb").exists(), "a purge called off by a new apply removed the new service's data");
+    drop(ctx);
+    agent.shut_down(Shutdown::Drain).await;
+}

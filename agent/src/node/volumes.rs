@@ -377,6 +377,16 @@ pub fn purge(local_root: &Path, service: &str) -> Result<bool, String> {
     }
 }
 
+/// The slot directories of `service`'s local volumes on this node
+/// (`<local_root>/<service>/<volume>/<slot>`, real directories only). Blocking.
+pub fn slot_dirs(local_root: &Path, service: &str) -> Vec<PathBuf> {
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+    };
+    subdirs(&local_root.join(service)).iter().flat_map(|volume| subdirs(volume)).collect()
+}
+
 /// Where slot `slot`'s `volume` of `service` lives on this node.
 fn local_dir(dirs: &VolumeDirs, service: &str, volume: &str, slot: u32) -> PathBuf {
     dirs.local_root.join(service).join(volume).join(slot.to_string())
