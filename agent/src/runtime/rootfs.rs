@@ -65,7 +65,17 @@ pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
                 step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&bind.source), || format!("open {}", bind.source.display()))?;
             let opened = match bind.sub_path.as_deref().filter(|p| !p.is_empty()) {
                 None => root,
-                Some(sub_path) => step(open_beneath(root, sub_path), || format!("subPath {sub_path:?} in {}", bind.source.display()))?,
+                Some(sub_path) => {
+                    // A writable volume gets missing subPath directories with its root's
+                    // mode (an emptyDir's 0777, a local volume's 0755); a read-only one
+                    // (a Config, a Secret, a `readOnly` mount) never: what is missing is an error.
+                    let mode = if bind.read_only {
+                        None
+                    } else {
+                        Some(step(nix::sys::stat::fstat(&root), || format!("stat {}", bind.source.display()))?.st_mode & 0o7777)
+                    };
+                    step(open_beneath(root, sub_path, mode), || format!("subPath {sub_path:?} in {}", bind.source.display()))?
+                }
             };
             if !bind.forbidden.is_empty() {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&opened);
@@ -80,9 +90,9 @@ pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
 }
 
 /// Walks `sub_path` from `root` one component at a time: a missing component is made a
-/// directory (mode 0777, as a volume's root), a symlink or `..` anywhere is refused, so
-/// the result is always inside `root` whatever a container left there.
-fn open_beneath(root: fs::File, sub_path: &str) -> Result<fs::File, String> {
+/// directory of `create_mode` (or is an error when `None`), a symlink or `..` anywhere
+/// is refused, so the result is always inside `root` whatever a container left there.
+fn open_beneath(root: fs::File, sub_path: &str, create_mode: Option<u32>) -> Result<fs::File, String> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
     let mut current = root;
@@ -90,13 +100,15 @@ fn open_beneath(root: fs::File, sub_path: &str) -> Result<fs::File, String> {
         if part == ".." {
             return Err("a .. component".to_owned());
         }
-        // The umask would narrow the mode: the init is single-threaded, so set and restore.
-        let mask = nix::sys::stat::umask(Mode::empty());
-        let made = mkdirat(&current, part, Mode::from_bits_truncate(0o777));
-        nix::sys::stat::umask(mask);
-        match made {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(format!("mkdir {part}: {e}")),
+        if let Some(mode) = create_mode {
+            // The umask would narrow the mode: the init is single-threaded, so set and restore.
+            let mask = nix::sys::stat::umask(Mode::empty());
+            let made = mkdirat(&current, part, Mode::from_bits_truncate(mode));
+            nix::sys::stat::umask(mask);
+            match made {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("mkdir {part}: {e}")),
+            }
         }
         let fd = openat(&current, part, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| format!("open {part}: {e}"))?;
         let next = fs::File::from(fd);
@@ -109,12 +121,72 @@ fn open_beneath(root: fs::File, sub_path: &str) -> Result<fs::File, String> {
     Ok(current)
 }
 
-/// Binds `source` (an `O_PATH` file) on `target`, then remounts it `nosuid,nodev`
-/// (read-only when asked), keeping the flags the source's own mount has — a user
-/// namespace may not clear those.
-fn bind_confined(source: &fs::File, target: &Path, read_only: bool, what: &str) -> Result<(), SetupError> {
-    let via_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(source));
-    step(mount(Some(via_fd.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {what} on {}", target.display()))?;
+/// Opens `path` (absolute in the container) under `root` with the kernel resolving it
+/// as if `root` were `/` (openat2 `RESOLVE_IN_ROOT`: no symlink, absolute or `..`, leads
+/// out — not even one a process sharing a volume swaps in meanwhile), making each
+/// missing directory (0755) in the directory resolved so far, and the final component
+/// as a directory or, for a file source, an empty file.
+fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, String> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let in_root = |relative: &str| {
+        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        openat2(root, relative, how).map(fs::File::from)
+    };
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let mut so_far = String::from(".");
+    for (index, part) in parts.iter().enumerate() {
+        let next = format!("{so_far}/{part}");
+        match in_root(&next) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) => {
+                let parent = in_root(&so_far).map_err(|e| format!("open {so_far}: {e}"))?;
+                let made = if index + 1 < parts.len() || is_dir {
+                    mkdirat(&parent, *part, Mode::from_bits_truncate(0o755))
+                } else {
+                    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+                    openat(&parent, *part, flags, Mode::from_bits_truncate(0o644)).map(drop)
+                };
+                match made {
+                    // EEXIST: made meanwhile, or a dangling symlink (the open below says so).
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(format!("create {next}: {e}")),
+                }
+            }
+            Err(e) => return Err(format!("open {next}: {e}")),
+        }
+        so_far = next;
+    }
+    in_root(&so_far).map_err(|e| format!("open {path}: {e}"))
+}
+
+/// The mount an open file is on (`mnt_id` of `/proc/self/fdinfo/N`).
+fn mount_id(file: &fs::File) -> Result<u64, String> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(|e| format!("read /proc/self/fdinfo/{fd}: {e}"))?;
+    info.lines().find_map(|l| l.strip_prefix("mnt_id:")).and_then(|v| v.trim().parse().ok()).ok_or_else(|| format!("no mnt_id in /proc/self/fdinfo/{fd}"))
+}
+
+/// Binds `source` (an `O_PATH` file) on `target` (absolute in the container, opened
+/// under `root` by [`open_target`]; the mount goes onto that very file, through its
+/// descriptor), then remounts it `nosuid,nodev` (read-only when asked), keeping the
+/// flags the source's own mount has — a user namespace may not clear those. The remount
+/// goes to the target opened again, once checked to be the new mount of `source`.
+fn bind_confined(source: &fs::File, root: &fs::File, target: &str, read_only: bool, what: &str) -> Result<(), SetupError> {
+    let is_dir = step(source.metadata(), || format!("stat {what}"))?.is_dir();
+    let under = step(open_target(root, target, is_dir), || format!("mount target {target}"))?;
+    let via_fd = |file: &fs::File| format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+    step(mount(Some(via_fd(source).as_str()), via_fd(&under).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {what} on {target}"))?;
+    let mounted = step(open_target(root, target, is_dir), || format!("mount target {target}"))?;
+    let identity = |file: &fs::File| nix::sys::stat::fstat(file).map(|s| (s.st_dev, s.st_ino));
+    let same_file = step(identity(&mounted), || format!("stat {target}"))? == step(identity(source), || format!("stat {what}"))?;
+    let new_mount = step(mount_id(&mounted), || format!("mount of {target}"))? != step(mount_id(&under), || format!("mount of {target}"))?;
+    if !same_file || !new_mount {
+        return Err(SetupError(format!("{target} changed while {what} was mounted on it: refused")));
+    }
+    let target_path = via_fd(&mounted);
+    let target = target_path.as_str();
     let existing = step(nix::sys::statvfs::fstatvfs(source), || format!("statfs {what}"))?.flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     use nix::sys::statvfs::FsFlags;
@@ -133,54 +205,15 @@ fn bind_confined(source: &fs::File, target: &Path, read_only: bool, what: &str) 
         flags |= MsFlags::MS_RDONLY;
     }
     step(mount(None::<&str>, target, None::<&str>, flags, None::<&str>), || {
-        format!("remount {what} on {} nosuid,nodev{}", target.display(), if read_only { ",ro" } else { "" })
+        format!("remount {what} on {target} nosuid,nodev{}", if read_only { ",ro" } else { "" })
     })
-}
-
-/// `path` (absolute in the container) as a host path under `root`, its symlinks
-/// followed as the container would see them: an absolute link restarts at `root`, `..`
-/// stops at it (filepath-securejoin's rule). Nothing runs in the container yet, so no
-/// process can swap a component while this walks.
-pub fn resolve_in_root(root: &Path, path: &str) -> Result<std::path::PathBuf, String> {
-    use std::collections::VecDeque;
-    use std::path::PathBuf;
-    let mut resolved = PathBuf::new();
-    let mut pending: VecDeque<std::ffi::OsString> = Path::new(path).iter().map(std::ffi::OsStr::to_os_string).collect();
-    let mut links = 0;
-    while let Some(part) = pending.pop_front() {
-        if part == "/" || part == "." || part.is_empty() {
-            continue;
-        }
-        if part == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let host = root.join(&candidate);
-        match fs::symlink_metadata(&host) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err("too many levels of symbolic links".to_owned());
-                }
-                let link = fs::read_link(&host).map_err(|e| format!("readlink {}: {e}", host.display()))?;
-                if link.is_absolute() {
-                    resolved = PathBuf::new();
-                }
-                for component in link.iter().collect::<Vec<_>>().into_iter().rev() {
-                    pending.push_front(component.to_os_string());
-                }
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(root.join(resolved))
 }
 
 /// Builds the root under `merged` and pivots into it. Runs as the container's PID 1,
 /// single-threaded, inside fresh mount and PID namespaces, with the container's
 /// directory as its working directory; `sources` are [`open_sources`]'s.
 pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
     // Nothing we mount may propagate back to the host.
     step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || "make / private".to_owned())?;
     let merged = &config.merged;
@@ -188,19 +221,11 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
     let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), config.upper.display(), config.work.display());
     mount_at("overlay", merged, Some("overlay"), MsFlags::MS_NODEV, Some(&options))?;
 
+    // The image's own symlinks (and any a volume holds) resolve inside the root, never on the host.
+    let root =
+        step(fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY).open(merged), || format!("open {}", merged.display()))?;
     for (bind, source) in config.mounts.iter().zip(sources) {
-        // The image's own symlinks resolve inside the root, never on the host.
-        let target = step(resolve_in_root(merged, &bind.target), || format!("mount target {}", bind.target))?;
-        if let Some(parent) = target.parent() {
-            mkdir(parent)?;
-        }
-        let is_dir = step(source.metadata(), || format!("stat {}", bind.source.display()))?.is_dir();
-        if is_dir {
-            mkdir(&target)?;
-        } else if fs::symlink_metadata(&target).is_err() {
-            step(fs::File::create(&target), || format!("create {}", target.display()))?;
-        }
-        bind_confined(source, &target, bind.read_only, &bind.source.display().to_string())?;
+        bind_confined(source, &root, &bind.target, bind.read_only, &bind.source.display().to_string())?;
     }
 
     let proc_dir = merged.join("proc");
@@ -283,17 +308,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symlinks_resolve_inside_the_root() {
+    fn targets_resolve_inside_the_root_and_are_made_there() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        fs::create_dir_all(root.join("etc")).expect("etc");
-        std::os::unix::fs::symlink("/etc", root.join("data")).expect("absolute link");
-        std::os::unix::fs::symlink("../../../../etc/x", root.join("up")).expect("escaping link");
-        std::os::unix::fs::symlink("loop", root.join("loop")).expect("loop");
-        assert_eq!(resolve_in_root(root, "/data/conf"), Ok(root.join("etc/conf")));
-        assert_eq!(resolve_in_root(root, "/up"), Ok(root.join("etc/x")));
-        assert_eq!(resolve_in_root(root, "/../../var/x"), Ok(root.join("var/x")));
-        assert_eq!(resolve_in_root(root, "/plain/new"), Ok(root.join("plain/new")));
-        assert!(resolve_in_root(root, "/loop").is_err());
+        let root_path = dir.path().join("root");
+        fs::create_dir_all(root_path.join("etc")).expect("etc");
+        std::os::unix::fs::symlink("/etc", root_path.join("data")).expect("absolute link");
+        std::os::unix::fs::symlink("../../../../etc/x", root_path.join("up")).expect("escaping link");
+        std::os::unix::fs::symlink("loop", root_path.join("loop")).expect("loop");
+        let root = fs::File::open(&root_path).expect("root");
+        let real = |file: fs::File| fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file))).expect("readlink");
+        assert_eq!(real(open_target(&root, "/data/conf", true).expect("made")), root_path.join("etc/conf"));
+        assert!(open_target(&root, "/up", false).is_err(), "a dangling symlink is no target");
+        fs::write(root_path.join("etc/x"), "").expect("etc/x");
+        assert_eq!(real(open_target(&root, "/up", false).expect("opened")), root_path.join("etc/x"), "the link followed inside the root");
+        assert_eq!(real(open_target(&root, "/etc/made", false).expect("made")), root_path.join("etc/made"));
+        assert!(root_path.join("etc/made").is_file(), "a file target for a file source");
+        assert_eq!(real(open_target(&root, "/../../var/x", true).expect("made")), root_path.join("var/x"));
+        assert_eq!(real(open_target(&root, "/plain/new", true).expect("made")), root_path.join("plain/new"));
+        assert!(open_target(&root, "/loop", true).is_err());
+        assert!(!dir.path().join("var").exists() && !Path::new("/etc/conf").exists(), "nothing made outside the root");
+    }
+
+    #[test]
+    fn a_missing_sub_path_is_made_only_in_a_writable_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(dir.path()).expect("open");
+        use std::os::unix::fs::OpenOptionsExt;
+        assert!(open_beneath(open(), "a/b", None).is_err(), "read-only: missing is an error");
+        assert!(!dir.path().join("a").exists());
+        open_beneath(open(), "a/b", Some(0o750)).expect("made");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(dir.path().join("a/b")).expect("made").permissions().mode() & 0o7777, 0o750, "the volume root's mode");
+        std::os::unix::fs::symlink("/etc", dir.path().join("a/link")).expect("link");
+        assert!(open_beneath(open(), "a/link/x", Some(0o750)).is_err(), "a symlink is refused");
     }
 }
