@@ -297,9 +297,16 @@ struct NetworkState {
     services: Vec<ServiceEndpoints>,
     routes: Vec<PeerRoute>,
     torn_down: bool,
+    /// Connections the balancer relays, by backend address.
+    connections: BTreeMap<Ipv4Addr, usize>,
 }
 
 impl FakePodNetwork {
+    /// Says the balancer relays `count` connections to `ip`.
+    pub fn set_connections(&self, ip: Ipv4Addr, count: usize) {
+        lock(&self.state).connections.insert(ip, count);
+    }
+
     /// The replicas holding an address.
     pub fn addresses(&self) -> BTreeMap<String, Ipv4Addr> {
         lock(&self.state).addresses.clone()
@@ -357,6 +364,10 @@ impl PodNetwork for FakePodNetwork {
     async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError> {
         lock(&self.state).routes = routes.to_vec();
         Ok(())
+    }
+
+    async fn active_connections(&self, ip: Ipv4Addr) -> usize {
+        lock(&self.state).connections.get(&ip).copied().unwrap_or(0)
     }
 
     async fn view(&self) -> Result<NetworkView, BackendError> {

@@ -169,6 +169,11 @@ impl Balancer {
         Ok(())
     }
 
+    /// The TCP connections relayed to `ip` now, over every listener.
+    pub async fn active_connections(&self, ip: Ipv4Addr) -> usize {
+        self.state.lock().await.listeners.values().map(|l| l.backends.active_to(ip)).sum()
+    }
+
     pub async fn view(&self) -> BalancerView {
         let state = self.state.lock().await;
         BalancerView {

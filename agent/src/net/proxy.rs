@@ -93,6 +93,11 @@ impl Backends {
         }
     }
 
+    /// The connections relayed to `ip` now (any port).
+    pub fn active_to(&self, ip: std::net::Ipv4Addr) -> usize {
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().filter(|(e, _)| *e.ip() == ip).map(|(_, n)| n).sum()
+    }
+
     pub(super) fn connected(&self, endpoint: SocketAddrV4) {
         *self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(endpoint).or_default() += 1;
     }
@@ -190,6 +195,7 @@ mod tests {
         backends.connected(ep(1));
         backends.connected(ep(2));
         assert_eq!(backends.order()[0], ep(3));
+        assert_eq!(backends.active_to(std::net::Ipv4Addr::LOCALHOST), 3, "what a stopping replica drains");
         backends.disconnected(ep(1));
         backends.disconnected(ep(1));
         backends.connected(ep(3));

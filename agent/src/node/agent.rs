@@ -212,6 +212,29 @@ impl Agent {
         self.ctx.configs.replace(&set.configs);
         let supervised: BTreeSet<String> = self.replicas.keys().cloned().collect();
         let plan = convergence::plan(&set, &supervised);
+        // The balancer first: a replica leaving is out of its table before it is told to
+        // stop, so no new connection reaches a process that is shutting down — even when
+        // this set still lists it among the endpoints (the controller writes the replica's
+        // removal and the endpoints' apart).
+        let leaving: BTreeSet<std::net::Ipv4Addr> = self
+            .ctx
+            .board
+            .snapshot()
+            .into_iter()
+            .filter(|report| plan.stop.contains(&report.id))
+            .filter_map(|report| report.status.and_then(|s| s.ip.parse().ok()))
+            .collect();
+        let mut table: Vec<ServiceEndpoints> = usable(&set.endpoints);
+        for service in &mut table {
+            service.ready.retain(|ip| !leaving.contains(ip));
+        }
+        if let Err(error) = self.ctx.network.apply_services(&table).await {
+            tracing::warn!(%error, "applying the service table");
+        }
+        let routes: Vec<PeerRoute> = usable(&set.routes);
+        if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
+            tracing::warn!(%error, "setting routes to the other nodes");
+        }
         for id in plan.stop {
             if let Some(handle) = self.replicas.remove(&id) {
                 tracing::info!(replica = %id, "no longer wanted: stopping");
@@ -223,14 +246,6 @@ impl Agent {
             self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
         self.terminating.retain(|handle| !handle.is_finished());
-        let table: Vec<ServiceEndpoints> = usable(&set.endpoints);
-        if let Err(error) = self.ctx.network.apply_services(&table).await {
-            tracing::warn!(%error, "applying the service table");
-        }
-        let routes: Vec<PeerRoute> = usable(&set.routes);
-        if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
-            tracing::warn!(%error, "setting routes to the other nodes");
-        }
         self.purge_volumes(&set.purged_services);
     }
 

@@ -85,6 +85,8 @@ pub trait PodNetwork: ContainerNetwork {
     async fn detach(&self, replica: &str) -> Result<(), BackendError>;
     /// Replaces the balancer's table.
     async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError>;
+    /// The connections the balancer relays to `ip` now.
+    async fn active_connections(&self, ip: Ipv4Addr) -> usize;
     /// Replaces the routes to other nodes' pods.
     async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError>;
     async fn view(&self) -> Result<NetworkView, BackendError>;
@@ -175,6 +177,10 @@ impl PodNetwork for NodeNetwork {
 
     async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError> {
         Ok(NodeNetwork::set_peer_routes(self, routes).await?)
+    }
+
+    async fn active_connections(&self, ip: Ipv4Addr) -> usize {
+        self.balancer().active_connections(ip).await
     }
 
     async fn view(&self) -> Result<NetworkView, BackendError> {

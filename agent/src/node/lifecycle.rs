@@ -37,6 +37,9 @@ pub enum Input {
     Woke,
 }
 
+/// The longest a stopping replica waits for its relayed connections to end.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// What the task does, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -52,6 +55,10 @@ pub enum Effect {
     Start,
     /// The container runs: record its PID and address, start the probes.
     Running { ready: bool, adopted: bool },
+    /// Wait (at most `limit`) until the connections this node's balancer relays to the
+    /// replica have ended: it left the balancer's table before it was told to stop, so
+    /// the requests under way finish before the signal (connection draining).
+    Drain { limit: Duration },
     /// Stop the container: `signal`, then SIGKILL after `grace`; report [`Input::Exited`].
     Kill { signal: Signal, grace: Duration },
     /// Keep the crash evidence of the run that ended (exit, OOMKilled, last output).
@@ -256,7 +263,11 @@ impl Lifecycle {
         match self.state {
             State::Running { .. } | State::Restarting => {
                 self.state = State::Terminating;
-                vec![phase(pb::ReplicaPhase::Terminating, false, ""), Effect::Kill { signal: Signal::SIGTERM, grace: self.grace }]
+                vec![
+                    phase(pb::ReplicaPhase::Terminating, false, ""),
+                    Effect::Drain { limit: self.grace.min(DRAIN_LIMIT) },
+                    Effect::Kill { signal: Signal::SIGTERM, grace: self.grace },
+                ]
             }
             State::Terminating | State::Gone => Vec::new(),
             // Not running (or an adopted container not yet taken over, which the task
@@ -459,7 +470,14 @@ mod tests {
         let now = Instant::now();
         let mut lifecycle = running(&record(pb::RestartPolicy::Always, None), now);
         let effects = lifecycle.on(Input::Stop, now);
-        assert_eq!(effects, [phase(pb::ReplicaPhase::Terminating, false, ""), Effect::Kill { signal: Signal::SIGTERM, grace: Duration::from_secs(5) }]);
+        assert_eq!(
+            effects,
+            [
+                phase(pb::ReplicaPhase::Terminating, false, ""),
+                Effect::Drain { limit: Duration::from_secs(5) },
+                Effect::Kill { signal: Signal::SIGTERM, grace: Duration::from_secs(5) }
+            ]
+        );
         assert_eq!(lifecycle.on(Input::Ready(true, String::new()), now), [], "a late probe verdict changes nothing");
         assert_eq!(lifecycle.on(Input::Exited(exit(143)), now), [Effect::RemoveContainer, Effect::CleanUp], "no restart, no evidence");
         assert_eq!(lifecycle.state(), State::Gone);

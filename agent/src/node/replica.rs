@@ -291,6 +291,7 @@ impl Supervisor {
                 });
             }
             Effect::Running { ready, adopted } => self.running(ready, adopted),
+            Effect::Drain { limit } => self.drain(limit).await,
             Effect::Kill { signal, grace } => {
                 let exit = match self.container.as_ref() {
                     Some(container) => container.stop(signal, grace).await,
@@ -317,6 +318,16 @@ impl Supervisor {
             Effect::CleanUp => self.clean_up().await,
         }
         None
+    }
+
+    /// Waits, at most `limit`, until no connection relayed by this node's balancer to
+    /// the replica's address is open.
+    async fn drain(&self, limit: std::time::Duration) {
+        let Some(ip) = self.prepared.as_ref().map(|p| p.ip) else { return };
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.ctx.network.active_connections(ip).await > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Publishes the status (board + record file).

@@ -338,3 +338,34 @@ async fn a_purge_waits_for_the_slot_locks_and_a_new_apply_calls_it_off() {
     drop(ctx);
     agent.shut_down(Shutdown::Drain).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_replica_leaves_the_table_then_drains_its_connections_before_the_signal() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let always = pb::RestartPolicy::Always;
+    agent.converge(set(1, vec![desired("web-a", "web:1", always, None)])).await;
+    eventually("web-a runs", || running(&ctx, "web-a")).await;
+    let ip: Ipv4Addr = status(&ctx, "web-a").ip.parse().expect("an address");
+    fakes.network.set_connections(ip, 2);
+
+    // The set that drops web-a still lists it among the endpoints (the controller writes
+    // the two apart): the node takes it out of the table before it stops it.
+    let mut without = set(2, vec![]);
+    without.endpoints = vec![pb::ServiceEndpoints {
+        service: "web".into(),
+        vip: "10.96.0.10".into(),
+        ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
+        ready_ips: vec![ip.to_string(), "10.0.0.99".into()],
+    }];
+    agent.converge(without).await;
+    assert_eq!(fakes.network.services()[0].ready, [Ipv4Addr::new(10, 0, 0, 99)], "out of the table first");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(fakes.runtime.containers().contains("web-a"), "signalled while connections were still relayed to it");
+    fakes.network.set_connections(ip, 0);
+    eventually("web-a is gone once drained", || !fakes.runtime.containers().contains("web-a")).await;
+    drop(ctx);
+    agent.shut_down(Shutdown::Drain).await;
+}
