@@ -390,6 +390,20 @@ fn configs_and_secrets_are_documents_of_their_own() {
         let errors = bad(doc);
         assert!(errors.iter().any(|e| e.path == path && e.message.contains(message)), "{doc}: expected {path}: {message}, got {errors:#?}");
     }
+    // A Secret's value is never in an error: an unquoted number, bad base64.
+    for (doc, path) in [
+        ("kind: Secret\nmetadata: {name: c}\ndata: {pin: 987654}", "data.pin"),
+        ("kind: Secret\nmetadata: {name: c}\nbinaryData: {pin: '98765#'}", "binaryData.pin"),
+    ] {
+        let errors = bad(doc);
+        assert!(errors.iter().any(|e| e.path == path), "{doc}: expected an error at {path}, got {errors:#?}");
+        assert!(errors.iter().all(|e| !e.to_string().contains("98765") && !e.to_string().contains('#')), "{doc}: the value is shown: {errors:#?}");
+    }
+    let content = orch_api::manifest::load_manifests("s.yaml", "apiVersion: orch/v1\nkind: Secret\nmetadata: {name: c}\ndata: {pw: hunter2}\n")
+        .expect("valid")
+        .configs
+        .remove(0);
+    assert!(!format!("{:?}", content.content).contains("hunter2"), "Debug shows a secret's value");
     let big = format!("kind: Config\nmetadata: {{name: c}}\ndata: {{k: {}}}", "x".repeat(orch_api::manifest::MAX_CONFIG_BYTES + 1));
     assert!(bad(&big).iter().any(|e| e.path == "data" && e.message.contains("1 MiB")));
 }

@@ -14,11 +14,19 @@ use crate::pb;
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// A checked Config or Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigContent {
     pub kind: pb::ConfigKind,
     pub name: String,
     pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for ConfigContent {
+    // A Secret's values never reach a log line: keys and sizes only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self.data.iter().map(|(k, v)| (k.as_str(), v.len())).collect();
+        f.debug_struct("ConfigContent").field("kind", &self.kind).field("name", &self.name).field("sizes", &sizes).finish()
+    }
 }
 
 impl ConfigContent {
@@ -93,7 +101,8 @@ pub fn validate_config(manifest: &ConfigManifest) -> Result<ConfigContent, Vec<F
             Ok(bytes) => {
                 data.insert(key.clone(), bytes);
             }
-            Err(e) => errors.push(format!("binaryData.{key}"), format!("must be base64: {e}")),
+            // (The decoder's words name the offending byte: none of a Secret's is shown.)
+            Err(_) => errors.push(format!("binaryData.{key}"), "must be base64 (standard alphabet, with padding)"),
         }
     }
     let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();

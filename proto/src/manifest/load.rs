@@ -119,13 +119,16 @@ pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<Ma
                 Err(field_errors) => Err(field_errors.into_iter().map(|fe| (fe.path, fe.message)).collect()),
             })
         } else {
-            schema::<ConfigManifest>(value).and_then(|manifest| match validate_config(&manifest) {
-                Ok(content) => {
-                    configs.push(ConfigDocument { source_name: source_name.to_owned(), document, content });
-                    Ok(())
-                }
-                Err(field_errors) => Err(field_errors.into_iter().map(|fe| (fe.path, fe.message)).collect()),
-            })
+            let secret = kind == "Secret";
+            schema::<ConfigManifest>(value)
+                .map_err(|problems| if secret { problems.into_iter().map(|(path, message)| hide_secret_value(path, message)).collect() } else { problems })
+                .and_then(|manifest| match validate_config(&manifest) {
+                    Ok(content) => {
+                        configs.push(ConfigDocument { source_name: source_name.to_owned(), document, content });
+                        Ok(())
+                    }
+                    Err(field_errors) => Err(field_errors.into_iter().map(|fe| (fe.path, fe.message)).collect()),
+                })
         };
         if let Err(problems) = problems {
             errors.extend(problems.into_iter().map(|(path, message)| error(document, path, message)));
@@ -139,6 +142,16 @@ pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<Ma
 }
 
 /// A document read into its kind's model; a schema error as (field path, message).
+/// A Secret's schema error under `data` or `binaryData` without serde's words, which
+/// quote the value (`invalid type: integer `1234``).
+fn hide_secret_value(path: String, message: String) -> (String, String) {
+    if path.starts_with("data.") || path.starts_with("binaryData.") {
+        (path, "must be a string (quote a number or a boolean); the value is not shown".to_owned())
+    } else {
+        (path, message)
+    }
+}
+
 fn schema<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, Vec<(String, String)>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();

@@ -224,7 +224,7 @@ pub struct KeySelector {
 
 /// One YAML document of `kind: Config` or `kind: Secret`: keys to text (`data`) or to
 /// base64 (`binaryData`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConfigManifest {
     pub api_version: String,
@@ -234,6 +234,18 @@ pub struct ConfigManifest {
     pub data: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub binary_data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ConfigManifest {
+    // A Secret's values never reach a log line: its keys only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigManifest")
+            .field("kind", &self.kind)
+            .field("metadata", &self.metadata)
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("binary_data", &self.binary_data.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
