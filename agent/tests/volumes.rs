@@ -78,6 +78,11 @@ async fn volumes_keep_data_where_kubernetes_does() {
     assert!(mounts.lines().any(|l| l.starts_with("tmpfs /fast tmpfs")), "medium Memory is a tmpfs:\n{mounts}");
     assert!(mounts.lines().any(|l| l.split(' ').nth(1) == Some("/ro") && l.split(' ').nth(3).is_some_and(|o| o.starts_with("ro"))), "{mounts}");
     let on_node = cluster.volumes_dir().join("db/data/0");
+    for private in [cluster.volumes_dir(), cluster.state_dir().join("empty-dirs")] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&private).expect("made").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{} lets local users reach the containers' data", private.display());
+    }
     assert_eq!(std::fs::read_to_string(on_node.join("b")).expect("the local volume on the node"), "d\n");
     assert_eq!(std::fs::read_to_string(on_node.join("nested/dir/c")).expect("the subPath inside it"), "n\n");
 

@@ -128,7 +128,7 @@ impl Agent {
         let real: Vec<std::path::PathBuf> = reserved.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
         reserved.extend(real);
         let run_root = super::volumes::run_root_for(&config.bridge);
-        super::volumes::mount_run_root(&run_root).map_err(AgentError::Volumes)?;
+        let mounted_now = super::volumes::mount_run_root(&run_root).map_err(AgentError::Volumes)?;
         reserved.push(run_root.clone());
         let volumes = super::volumes::VolumeDirs { local_root: config.volumes_dir.clone(), reserved, run_root };
         let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()).with_volumes(volumes));
@@ -137,8 +137,19 @@ impl Agent {
                 let server = super::api::NodeApi::new(&ctx, config.address.to_string()).into_server();
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(dir) = &config.tls_dir {
-                    let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name)).map_err(|e| AgentError::NodeApi(e.to_string()))?;
-                    builder = builder.tls_config(tls).map_err(|e| AgentError::NodeApi(e.to_string()))?;
+                    let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name))
+                        .map_err(|e| e.to_string())
+                        .and_then(|tls| builder.tls_config(tls).map_err(|e| e.to_string()));
+                    builder = match tls {
+                        Ok(builder) => builder,
+                        Err(error) => {
+                            // A tmpfs this start made goes with it (one a running agent left stays).
+                            if mounted_now {
+                                let _ = super::volumes::unmount_run_root(&ctx.volumes.run_root);
+                            }
+                            return Err(AgentError::NodeApi(error));
+                        }
+                    };
                 }
                 Some(tokio::spawn(async move {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -101,11 +101,16 @@ async fn watch_usage(ctx: Arc<NodeContext>, object: String, limited: Vec<(String
     loop {
         tokio::time::sleep(EMPTY_DIR_CHECK).await;
         let dirs = limited.clone();
-        let Ok(usages) = tokio::task::spawn_blocking(move || dirs.iter().map(|(_, dir, _)| volumes::disk_usage(dir)).collect::<Vec<u64>>()).await else {
+        let Ok(usages) = tokio::task::spawn_blocking(move || dirs.iter().map(|(_, dir, limit)| volumes::disk_usage(dir, *limit)).collect::<Vec<_>>()).await
+        else {
             return;
         };
-        if let Some(((name, _, limit), used)) = limited.iter().zip(usages).find(|((_, _, limit), used)| used > limit) {
-            let why = format!("{EVICTED} emptyDir {name} uses {used} bytes, over its sizeLimit of {limit}");
+        let over = limited.iter().zip(usages).find_map(|((name, _, limit), used)| match used {
+            Ok(used) if used > *limit => Some(format!("{EVICTED} emptyDir {name} uses {used} bytes, over its sizeLimit of {limit}")),
+            Ok(_) => None,
+            Err(error) => Some(format!("{EVICTED} emptyDir {name} cannot be measured against its sizeLimit of {limit} ({error})")),
+        });
+        if let Some(why) = over {
             ctx.board.event(EventKind::Evicted, object, why.clone());
             let _ = events.send(ProbeEvent::Unhealthy(why)).await;
             return;

@@ -205,11 +205,21 @@ fn make_dir(dir: &Path, mode: u32) -> Result<(), String> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", dir.display()))
 }
 
+/// Makes `dir` exist, 0700 (what orch keeps for containers is for no one else on the node).
+fn make_private(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", dir.display()))
+}
+
 /// Makes one volume exist on the node; idempotent (a tmpfs already mounted, as after an
 /// agent restart, is kept with its contents). Blocking.
 pub fn provision(provision: &Provision, dirs: &VolumeDirs) -> Result<(), String> {
     match provision {
         Provision::EmptyDir { dir, memory, size_bytes } => {
+            // `<state>/empty-dirs`: no local user reaches a replica's 0777 directory.
+            if let Some(root) = dir.parent().and_then(Path::parent) {
+                make_private(root)?;
+            }
             make_dir(dir, 0o777)?;
             if *memory && !is_mount_point(dir) {
                 let size = size_bytes.map_or(String::new(), |s| format!(",size={s}"));
@@ -219,7 +229,11 @@ pub fn provision(provision: &Provision, dirs: &VolumeDirs) -> Result<(), String>
             }
             Ok(())
         }
-        Provision::Local { dir } => make_dir(dir, 0o777),
+        Provision::Local { dir } => {
+            // The volumes directory: no local user reaches a slot's 0777 directory.
+            make_private(&dirs.local_root)?;
+            make_dir(dir, 0o777)
+        }
         Provision::Files { dir, files, owner } => write_files(dir, files, *owner),
         Provision::HostPath { path, kind } => {
             match kind {
@@ -288,15 +302,17 @@ fn write_files(dir: &Path, files: &[VolumeFile], (uid, gid): (u32, u32)) -> Resu
 }
 
 /// Mounts the tmpfs that holds Config and Secret files (0700, `nosuid,nodev`), unless it
-/// is mounted already (a restarted agent keeps its replicas' files).
-pub fn mount_run_root(run_root: &Path) -> Result<(), String> {
+/// is mounted already (a restarted agent keeps its replicas' files); true when it
+/// mounted it now.
+pub fn mount_run_root(run_root: &Path) -> Result<bool, String> {
     std::fs::create_dir_all(run_root).map_err(|e| format!("mkdir {}: {e}", run_root.display()))?;
     if is_mount_point(run_root) {
-        return Ok(());
+        return Ok(false);
     }
     let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
     nix::mount::mount(Some("tmpfs"), run_root, Some("tmpfs"), flags, Some("mode=0700,size=64m"))
-        .map_err(|e| format!("mount tmpfs on {}: {e}", run_root.display()))
+        .map_err(|e| format!("mount tmpfs on {}: {e}", run_root.display()))?;
+    Ok(true)
 }
 
 /// Unmounts and removes the run tmpfs (teardown).
@@ -327,19 +343,37 @@ pub fn size_limited(plan: &VolumePlan, names: &[pb::Volume]) -> Vec<(String, Pat
         .collect()
 }
 
-/// The disk space a directory tree takes (allocated blocks, as du counts), symlinks not
-/// followed. Blocking.
-pub fn disk_usage(dir: &Path) -> u64 {
+/// The disk space a directory tree takes, as du counts it (allocated blocks, symlinks
+/// not followed) but with every entry at least one 4 KiB block (the inode and entry it
+/// costs: a million empty files are not free). Walked without recursion (a container
+/// may nest directories as deep as it likes) and given up once over `stop_above`, so a
+/// check costs at most `stop_above / 4 KiB` entries. A directory that cannot be read (a
+/// tree nested past PATH_MAX, say) is an error: what cannot be measured is not under
+/// the limit. Blocking.
+pub fn disk_usage(dir: &Path, stop_above: u64) -> Result<u64, String> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match std::fs::symlink_metadata(entry.path()) {
-            Ok(meta) if meta.is_dir() => meta.blocks() * 512 + disk_usage(&entry.path()),
-            Ok(meta) => meta.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
+    const MIN_ENTRY: u64 = 4096;
+    let mut used = 0u64;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Removed meanwhile by the container: nothing to count.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("read a directory {} levels down: {e}", dir.components().count())),
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            used = used.saturating_add((meta.blocks() * 512).max(MIN_ENTRY));
+            if used > stop_above {
+                return Ok(used);
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// Empties an emptyDir for the container's next start (after an eviction). Blocking.
@@ -352,11 +386,15 @@ pub fn empty(dir: &Path) -> Result<(), String> {
 /// Blocking.
 pub fn release(empty_dirs: &Path) -> Result<(), String> {
     let Ok(entries) = std::fs::read_dir(empty_dirs) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        if is_mount_point(&dir) {
-            nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("umount {}: {e}", dir.display()))?;
-        }
+    // Every tmpfs is tried; the directories go only once none is mounted any more.
+    let failed: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| is_mount_point(dir))
+        .filter_map(|dir| nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).err().map(|e| format!("umount {}: {e}", dir.display())))
+        .collect();
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
     }
     std::fs::remove_dir_all(empty_dirs).map_err(|e| format!("remove {}: {e}", empty_dirs.display()))
 }
@@ -437,6 +475,27 @@ impl VolumeLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_usage_counts_every_entry_stops_early_and_refuses_what_it_cannot_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("big"), vec![1u8; 64 << 10]).expect("write");
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("empty-{i}")), b"").expect("write");
+        }
+        let used = disk_usage(dir.path(), u64::MAX).expect("measured");
+        assert!(used >= (64 << 10) + 10 * 4096, "{used}");
+        assert!(disk_usage(dir.path(), 8192).expect("measured") <= (64 << 10) + 8192, "given up once over");
+        // Deeper than a path may be: no stack overflow, and an error rather than zero.
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let mut current = std::fs::File::open(dir.path()).expect("open");
+        for _ in 0..2100 {
+            mkdirat(&current, "d", Mode::from_bits_truncate(0o755)).expect("mkdirat");
+            current = std::fs::File::from(openat(&current, "d", OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).expect("openat"));
+        }
+        assert!(disk_usage(dir.path(), u64::MAX).is_err(), "a tree past PATH_MAX is not measured as small");
+    }
 
     fn dirs() -> VolumeDirs {
         VolumeDirs { local_root: "/v".into(), reserved: vec!["/s".into()], run_root: "/r".into() }
