@@ -394,6 +394,8 @@ fn configs_and_secrets_are_documents_of_their_own() {
     for (doc, path) in [
         ("kind: Secret\nmetadata: {name: c}\ndata: {pin: 987654}", "data.pin"),
         ("kind: Secret\nmetadata: {name: c}\nbinaryData: {pin: '98765#'}", "binaryData.pin"),
+        ("kind: Secret\nmetadata: {name: c}\ndata: hunter98765", "data"),
+        ("kind: Secret\nmetadata: {name: c}\nbinaryData: 98765", "binaryData"),
     ] {
         let errors = bad(doc);
         assert!(errors.iter().any(|e| e.path == path), "{doc}: expected an error at {path}, got {errors:#?}");

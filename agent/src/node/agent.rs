@@ -41,6 +41,8 @@ pub struct Agent {
     terminating: Vec<ReplicaHandle>,
     /// Purges of deleted services' local volumes under way (or done) on this node.
     purges: BTreeMap<String, Purge>,
+    /// The addresses of replicas stopping (kept out of the balancer's table until gone).
+    leaving: BTreeMap<String, std::net::Ipv4Addr>,
     generation: u64,
     api: Option<tokio::task::JoinHandle<()>>,
 }
@@ -61,12 +63,17 @@ async fn purge_service(ctx: Arc<NodeContext>, service: String, failed: Arc<std::
     .await;
     let Ok(dirs) = listed else { return failed.store(true, std::sync::atomic::Ordering::Relaxed) };
     let held = ctx.volume_locks.hold(&dirs).await;
+    // The locks go with the removal: a task aborted meanwhile (the service applied
+    // again) cannot hand them to a new replica while the directories are still going.
     let purged = tokio::task::spawn_blocking({
         let service = service.clone();
-        move || super::volumes::purge(&root, &service)
+        move || {
+            let purged = super::volumes::purge(&root, &service);
+            drop(held);
+            purged
+        }
     })
     .await;
-    drop(held);
     match purged {
         Ok(Ok(true)) => ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into()),
         Ok(Ok(false)) => {}
@@ -168,7 +175,16 @@ impl Agent {
     /// An agent on a context already built (the real one, or fakes in tests): re-adopts
     /// what a previous agent left in the context's state directory and runtime.
     pub async fn resume(config: AgentConfig, ctx: Arc<NodeContext>) -> Agent {
-        let mut agent = Agent { config, ctx, replicas: BTreeMap::new(), terminating: Vec::new(), purges: BTreeMap::new(), generation: 0, api: None };
+        let mut agent = Agent {
+            config,
+            ctx,
+            replicas: BTreeMap::new(),
+            terminating: Vec::new(),
+            purges: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            generation: 0,
+            api: None,
+        };
         agent.adopt().await;
         agent
     }
@@ -227,17 +243,17 @@ impl Agent {
         // stop, so no new connection reaches a process that is shutting down — even when
         // this set still lists it among the endpoints (the controller writes the replica's
         // removal and the endpoints' apart).
-        let leaving: BTreeSet<std::net::Ipv4Addr> = self
-            .ctx
-            .board
-            .snapshot()
-            .into_iter()
-            .filter(|report| plan.stop.contains(&report.id))
-            .filter_map(|report| report.status.and_then(|s| s.ip.parse().ok()))
-            .collect();
+        // (Replicas stopping since an earlier set stay out too, until they are gone.)
+        self.terminating.retain(|handle| !handle.is_finished());
+        self.leaving.retain(|id, _| self.terminating.iter().any(|handle| handle.id == *id));
+        for report in self.ctx.board.snapshot() {
+            if let Some(ip) = report.status.as_ref().and_then(|s| s.ip.parse().ok()).filter(|_| plan.stop.contains(&report.id)) {
+                self.leaving.insert(report.id.clone(), ip);
+            }
+        }
         let mut table: Vec<ServiceEndpoints> = usable(&set.endpoints);
         for service in &mut table {
-            service.ready.retain(|ip| !leaving.contains(ip));
+            service.ready.retain(|ip| !self.leaving.values().any(|leaving| leaving == ip));
         }
         if let Err(error) = self.ctx.network.apply_services(&table).await {
             tracing::warn!(%error, "applying the service table");
@@ -253,11 +269,14 @@ impl Agent {
                 self.terminating.push(handle);
             }
         }
+        // After the stops (a purge waits for no supervised replica of its service), before
+        // the starts: a purge this set calls off is aborted before its service's new
+        // replicas are spawned.
+        self.purge_volumes(&set.purged_services);
         for replica in plan.start {
             self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
         self.terminating.retain(|handle| !handle.is_finished());
-        self.purge_volumes(&set.purged_services);
     }
 
     /// Removes the local volumes of services deleted with `--purge-volumes`: one task per

@@ -80,6 +80,8 @@ impl ConfigCache {
                 keep_on_tmpfs(file, &orch_api::pb::NodeConfigs { configs: configs.to_vec() }.encode_to_vec())
             };
             if let Err(error) = kept {
+                // Better none than stale values for the next agent (it waits for the controller's).
+                let _ = std::fs::remove_file(file);
                 tracing::warn!(file = %file.display(), %error, "keeping the Configs and Secrets for the next agent");
             }
         }

@@ -43,6 +43,8 @@ const EVICTED: &str = "Evicted:";
 /// A running supervisor. `stop` asks it to stop the replica and clean up; the task ends
 /// when everything is gone.
 pub struct ReplicaHandle {
+    /// The replica.
+    pub id: String,
     /// The service the replica belongs to.
     pub service: String,
     stop: watch::Sender<bool>,
@@ -72,7 +74,7 @@ impl ReplicaHandle {
 /// from a previous agent, if it still has one.
 pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn RunningContainer>>) -> ReplicaHandle {
     let (stop, stopping) = watch::channel(false);
-    let service = record.service.clone();
+    let (id, service) = (record.id.clone(), record.service.clone());
     // The slot's local volumes are taken now, in the order replicas are spawned: an
     // adopted replica holds them before a replacement arriving with the first desired set
     // (one still held waits in `provision_volumes`).
@@ -91,7 +93,7 @@ pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn
         evicted: false,
     };
     let task = tokio::spawn(supervisor.run());
-    ReplicaHandle { service, stop, task }
+    ReplicaHandle { id, service, stop, task }
 }
 
 /// Measures the size-limited emptyDirs of a running replica; the first one over its

@@ -288,15 +288,23 @@ fn write_files(dir: &Path, files: &[VolumeFile], (uid, gid): (u32, u32)) -> Resu
         handle.set_permissions(std::fs::Permissions::from_mode(file.mode)).map_err(|e| format!("chmod {}: {e}", temporary.display()))?;
         std::fs::rename(&temporary, &path).map_err(|e| format!("rename {} to {}: {e}", temporary.display(), path.display()))?;
     }
-    let listed: std::collections::HashSet<&str> = files.iter().filter_map(|f| f.path.split('/').next()).collect();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
-    for entry in entries.flatten() {
-        if listed.contains(entry.file_name().to_string_lossy().as_ref()) {
-            continue;
+    // What is neither a listed file nor a directory on the way to one goes (a key removed
+    // from the Config, or an item path changed), at any depth.
+    let listed: std::collections::HashSet<PathBuf> = files.iter().map(|f| dir.join(&f.path)).collect();
+    let on_the_way: std::collections::HashSet<PathBuf> = listed.iter().flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf)).collect();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|e| format!("read {}: {e}", current.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && on_the_way.contains(&path) {
+                pending.push(path);
+            } else if is_dir || !listed.contains(&path) {
+                let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
+            }
         }
-        let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        removed.map_err(|e| format!("remove {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -475,6 +483,21 @@ impl VolumeLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_rewritten_in_place_and_what_is_no_longer_listed_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let volume = dir.path().join("v");
+        let file = |path: &str, content: &str| VolumeFile { path: path.into(), content: content.as_bytes().to_vec(), mode: 0o444 };
+        let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        write_files(&volume, &[file("a/x", "1"), file("a/y", "2"), file("top", "3")], me).expect("write");
+        let held = std::fs::File::open(&volume).expect("a running container's bind");
+        write_files(&volume, &[file("a/x", "one")], me).expect("rewrite");
+        assert_eq!(std::fs::read_to_string(volume.join("a/x")).expect("kept"), "one");
+        assert!(!volume.join("a/y").exists() && !volume.join("top").exists(), "a removed key stays");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(held.metadata().expect("stat").ino(), std::fs::metadata(&volume).expect("stat").ino(), "the directory itself was kept");
+    }
 
     #[test]
     fn disk_usage_counts_every_entry_stops_early_and_refuses_what_it_cannot_read() {

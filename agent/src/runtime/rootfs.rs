@@ -67,7 +67,7 @@ pub fn open_sources(config: &InitConfig) -> Result<Vec<fs::File>, SetupError> {
                 None => root,
                 Some(sub_path) => {
                     // A writable volume gets missing subPath directories with its root's
-                    // mode (an emptyDir's 0777, a local volume's 0755); a read-only one
+                    // mode (an emptyDir's or a local volume's 0777); a read-only one
                     // (a Config, a Secret, a `readOnly` mount) never: what is missing is an error.
                     let mode = if bind.read_only {
                         None
@@ -125,23 +125,34 @@ fn open_beneath(root: fs::File, sub_path: &str, create_mode: Option<u32>) -> Res
 /// as if `root` were `/` (openat2 `RESOLVE_IN_ROOT`: no symlink, absolute or `..`, leads
 /// out — not even one a process sharing a volume swaps in meanwhile), making each
 /// missing directory (0755) in the directory resolved so far, and the final component
-/// as a directory or, for a file source, an empty file.
+/// as a directory or, for a file source, an empty file. A dangling symlink on the way
+/// (an image's `/etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`) is made
+/// where it points, inside the root.
 fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, String> {
+    open_target_following(root, path, is_dir, 0)
+}
+
+fn open_target_following(root: &fs::File, path: &str, is_dir: bool, links: u32) -> Result<fs::File, String> {
     use nix::errno::Errno;
-    use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::fcntl::{openat, readlinkat, OFlag};
     use nix::sys::stat::{mkdirat, Mode};
-    let in_root = |relative: &str| {
-        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT);
-        openat2(root, relative, how).map(fs::File::from)
-    };
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     let mut so_far = String::from(".");
     for (index, part) in parts.iter().enumerate() {
         let next = format!("{so_far}/{part}");
-        match in_root(&next) {
+        match open_in_root(root, &next) {
             Ok(_) => {}
             Err(Errno::ENOENT) => {
-                let parent = in_root(&so_far).map_err(|e| format!("open {so_far}: {e}"))?;
+                let parent = open_in_root(root, &so_far).map_err(|e| format!("open {so_far}: {e}"))?;
+                if let Ok(link) = readlinkat(&parent, *part) {
+                    if links >= 40 {
+                        return Err(format!("{path}: too many levels of symbolic links"));
+                    }
+                    let link = link.to_string_lossy().into_owned();
+                    let base = if link.starts_with('/') { "" } else { so_far.as_str() };
+                    let redirected = format!("{base}/{link}/{}", parts[index + 1..].join("/"));
+                    return open_target_following(root, &redirected, is_dir, links + 1);
+                }
                 let made = if index + 1 < parts.len() || is_dir {
                     mkdirat(&parent, *part, Mode::from_bits_truncate(0o755))
                 } else {
@@ -149,7 +160,7 @@ fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, St
                     openat(&parent, *part, flags, Mode::from_bits_truncate(0o644)).map(drop)
                 };
                 match made {
-                    // EEXIST: made meanwhile, or a dangling symlink (the open below says so).
+                    // Made meanwhile: the open below finds it.
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(format!("create {next}: {e}")),
                 }
@@ -158,7 +169,21 @@ fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, St
         }
         so_far = next;
     }
-    in_root(&so_far).map_err(|e| format!("open {path}: {e}"))
+    open_in_root(root, &so_far).map_err(|e| format!("open {path}: {e}"))
+}
+
+/// `openat2(root, relative, O_PATH, RESOLVE_IN_ROOT)`, again when the kernel saw a
+/// rename race (EAGAIN) during the walk.
+fn open_in_root(root: &fs::File, relative: &str) -> nix::Result<fs::File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let mut attempts = 0;
+    loop {
+        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        match openat2(root, relative, how) {
+            Err(nix::errno::Errno::EAGAIN) if attempts < 16 => attempts += 1,
+            opened => return opened.map(fs::File::from),
+        }
+    }
 }
 
 /// The mount an open file is on (`mnt_id` of `/proc/self/fdinfo/N`).
@@ -318,9 +343,10 @@ mod tests {
         let root = fs::File::open(&root_path).expect("root");
         let real = |file: fs::File| fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file))).expect("readlink");
         assert_eq!(real(open_target(&root, "/data/conf", true).expect("made")), root_path.join("etc/conf"));
-        assert!(open_target(&root, "/up", false).is_err(), "a dangling symlink is no target");
-        fs::write(root_path.join("etc/x"), "").expect("etc/x");
-        assert_eq!(real(open_target(&root, "/up", false).expect("opened")), root_path.join("etc/x"), "the link followed inside the root");
+        assert_eq!(real(open_target(&root, "/up", false).expect("made")), root_path.join("etc/x"), "a dangling link made where it points, inside the root");
+        assert!(root_path.join("etc/x").is_file());
+        std::os::unix::fs::symlink("../run/stub/resolv.conf", root_path.join("etc/resolv.conf")).expect("an image's link");
+        assert_eq!(real(open_target(&root, "/etc/resolv.conf", false).expect("made")), root_path.join("run/stub/resolv.conf"));
         assert_eq!(real(open_target(&root, "/etc/made", false).expect("made")), root_path.join("etc/made"));
         assert!(root_path.join("etc/made").is_file(), "a file target for a file source");
         assert_eq!(real(open_target(&root, "/../../var/x", true).expect("made")), root_path.join("var/x"));

@@ -189,9 +189,10 @@ impl ServiceApi {
 
     pub(crate) async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
-        let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
-        let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &revisions)).unwrap_or_default();
         let attempt = || async {
+            // Read again on every attempt: a concurrent roll may have moved them.
+            let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
+            let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &revisions)).unwrap_or_default();
             let Some(kv) = self.store.get(&key).await? else {
                 let vip = self.claim_vip(&wanted.name).await?;
                 let mut service = wanted.clone();

@@ -142,10 +142,22 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
         let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
         let slots_own_data = orch_api::manifest::has_local_volumes(spec);
+        // Two replicas of one slot (which no plan makes, but records of a crash or an
+        // older build may hold): all but one count as outdated, so the rollout replaces
+        // them, one at a time, with replicas of the free slots.
+        let mut slot_keepers: BTreeMap<u32, &str> = BTreeMap::new();
+        if slots_own_data {
+            for m in members.iter().filter(|m| state.is_ready(&m.value)).chain(members.iter()) {
+                if let Some(slot) = m.value.slot {
+                    slot_keepers.entry(slot).or_insert(m.value.id.as_str());
+                }
+            }
+        }
+        let duplicate = |r: &pb::Replica| r.slot.is_some_and(|slot| slot_keepers.get(&slot).is_some_and(|keeper| *keeper != r.id));
         let facts: Vec<rollout::Member> = members
             .iter()
             .map(|m| rollout::Member {
-                current: m.value.spec_hash == service.value.spec_hash,
+                current: m.value.spec_hash == service.value.spec_hash && !duplicate(&m.value),
                 bound: !m.value.node.is_empty(),
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
@@ -158,7 +170,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         let decision = rollout::decide(spec.replicas, surge, unavailable, &facts);
         for &index in &decision.delete {
             let member = members[index];
-            let why = if facts[index].current { "scaled down" } else { "replaced by the new template" };
+            let why = match member.value.slot {
+                Some(slot) if duplicate(&member.value) => format!("a second replica of slot {slot}"),
+                _ if facts[index].current => "scaled down".to_owned(),
+                _ => "replaced by the new template".to_owned(),
+            };
             plan.actions.push(Action::Delete { key: member.key.clone(), revision: member.mod_revision });
             plan.event(EventKind::Killing, format!("replica/{}", member.value.id), format!("{why} (service {name})"));
             deleted.insert(member.key.as_str());

@@ -455,3 +455,26 @@ fn a_service_behind_its_configs_gets_a_new_template_then_rolls() {
         "re-created: a new template"
     );
 }
+
+#[test]
+fn a_second_replica_of_a_slot_that_owns_data_is_replaced_by_one_of_a_free_slot() {
+    let mut world = World::new(&["node-a", "node-b"]);
+    let mut db = service("db", 3, "h1");
+    if let Some(spec) = db.spec.as_mut() {
+        spec.volumes = vec![pb::Volume { name: "data".into(), source: Some(pb::volume::Source::Local(pb::LocalVolume {})) }];
+        spec.ports.clear();
+    }
+    world.put_service(db);
+    world.converge(&[]);
+    // A record of slot 2 turns out to say slot 1 (a crash, an older build).
+    let key = world.state.replicas.iter().find(|(_, r)| r.value.slot == Some(2)).map(|(k, _)| k.clone()).expect("slot 2");
+    if let Some(record) = world.state.replicas.get_mut(&key) {
+        record.value.slot = Some(1);
+    }
+    let plan = world.plan(&[]);
+    assert!(plan.events.iter().any(|e| e.message.starts_with("a second replica of slot 1")), "{:?}", plan.events);
+    world.apply(&plan);
+    world.converge(&[]);
+    let slots: BTreeSet<u32> = world.state.replicas.values().filter_map(|r| r.value.slot).collect();
+    assert_eq!((world.state.replicas.len(), slots), (3, [0, 1, 2].into_iter().collect()), "one replica per slot again");
+}

@@ -145,7 +145,9 @@ pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<Ma
 /// A Secret's schema error under `data` or `binaryData` without serde's words, which
 /// quote the value (`invalid type: integer `1234``).
 fn hide_secret_value(path: String, message: String) -> (String, String) {
-    if path.starts_with("data.") || path.starts_with("binaryData.") {
+    if path == "data" || path == "binaryData" {
+        (path, "must be a mapping of keys to strings; the value is not shown".to_owned())
+    } else if path.starts_with("data.") || path.starts_with("binaryData.") {
         (path, "must be a string (quote a number or a boolean); the value is not shown".to_owned())
     } else {
         (path, message)
