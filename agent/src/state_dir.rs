@@ -7,7 +7,7 @@
 //! images/                   the image store: blobs, unpacked layers, records
 //! replicas/<id>.pb          each replica with its template and status
 //! logs/<id>.log[.1]         each replica's output (and the rotated previous one)
-//! network/<bridge>.json     the node's address allocations
+//! network/<bridge>.json     the node's address allocations (`.lock`: who may change them)
 //! network/files/<id>/       resolv.conf, hosts and hostname bound into a replica
 //! empty-dirs/<id>/<volume>/  each replica's emptyDir volumes (a tmpfs for Memory)
 //! ```
@@ -15,7 +15,27 @@
 //! Local volumes outlive replicas and the state directory: they live in the agent's
 //! `--volumes-dir` (`/var/lib/orch/volumes/<service>/<volume>/<slot>`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes` so that a crash or a full disk at any moment leaves the
+/// old file or the new one, never a part: written to a temporary file beside it,
+/// flushed to disk, renamed over it, and the directory flushed. Every state file the
+/// agent keeps is written this way.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
@@ -73,6 +93,11 @@ impl StateDir {
         self.network().join(format!("{bridge}.json"))
     }
 
+    /// The lock taken to change [`StateDir::addresses`] (the file itself is replaced by rename).
+    pub fn addresses_lock(&self, bridge: &str) -> PathBuf {
+        self.network().join(format!("{bridge}.lock"))
+    }
+
     pub fn files_root(&self) -> PathBuf {
         self.network().join("files")
     }
@@ -101,6 +126,18 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"first, longer content").expect("write");
+        write_atomically(&path, b"second").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).expect("list").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["state.json"], "no temporary file left");
+        assert!(write_atomically(&dir.path().join("missing/dir/x"), b"x").is_err(), "an error, not a silent loss");
+    }
 
     #[test]
     fn the_layout() {

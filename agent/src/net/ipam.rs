@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{Read, Seek, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -139,33 +138,37 @@ impl Ipam {
         self.subnet
     }
 
-    /// Runs `change` on the state under an exclusive lock and saves it.
+    /// Runs `change` on the state under an exclusive lock (on a file of its own: the state
+    /// file is replaced by rename) and saves it atomically. A missing file is an empty
+    /// state; an empty or unreadable one is an error that names the file — never taken
+    /// as "no address in use", which would hand live addresses out again.
     fn update<T>(&self, change: impl FnOnce(&mut IpamState) -> Result<T, NetError>) -> Result<T, NetError> {
         if let Some(parent) = self.path.parent() {
             std::fs::create_dir_all(parent).map_err(NetError::io("cannot create", parent))?;
         }
-        let file = std::fs::OpenOptions::new()
+        let lock_path = self.path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&self.path)
-            .map_err(NetError::io("cannot open", &self.path))?;
-        let mut locked =
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| NetError::Syscall { syscall: "flock", errno })?;
-        let mut text = String::new();
-        locked.read_to_string(&mut text).map_err(NetError::io("cannot read", &self.path))?;
-        let mut state: IpamState = if text.trim().is_empty() {
-            IpamState::default()
-        } else {
-            serde_json::from_str(&text).map_err(|e| NetError::IpamState { path: self.path.clone(), reason: e.to_string() })?
+            .open(&lock_path)
+            .map_err(NetError::io("cannot open", &lock_path))?;
+        let _locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| NetError::Syscall { syscall: "flock", errno })?;
+        let mut state: IpamState = match std::fs::read(&self.path) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+                return Err(NetError::IpamState {
+                    path: self.path.clone(),
+                    reason: "the file is empty (a write was cut short?); restore it, or remove it to forget every allocation".into(),
+                })
+            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NetError::IpamState { path: self.path.clone(), reason: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IpamState::default(),
+            Err(e) => return Err(NetError::io("cannot read", &self.path)(e)),
         };
         let result = change(&mut state)?;
         let json = serde_json::to_vec_pretty(&state).map_err(|e| NetError::IpamState { path: self.path.clone(), reason: e.to_string() })?;
-        locked.set_len(0).map_err(NetError::io("cannot write", &self.path))?;
-        locked.rewind().map_err(NetError::io("cannot write", &self.path))?;
-        locked.write_all(&json).map_err(NetError::io("cannot write", &self.path))?;
-        locked.sync_data().map_err(NetError::io("cannot write", &self.path))?;
+        crate::state_dir::write_atomically(&self.path, &json).map_err(NetError::io("cannot write", &self.path))?;
         Ok(result)
     }
 
@@ -237,5 +240,13 @@ mod tests {
         assert!(c != a && c != b, "nothing handed out twice after a restart");
         assert_eq!(second.release("b").expect("release"), Some(b));
         assert!(!second.allocations().expect("list").contains_key(&b));
+
+        // A corrupt or emptied file is an error naming it, and stays as it was.
+        for broken in ["{\"allocations\": {\"10.1.2", "", "\n"] {
+            std::fs::write(&path, broken).expect("break the file");
+            let error = second.allocate("d").expect_err("a corrupt state is no empty state");
+            assert!(error.to_string().contains("pods.json"), "{error}");
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), broken, "left as it was");
+        }
     }
 }

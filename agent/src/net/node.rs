@@ -250,7 +250,9 @@ impl NodeNetwork {
         link::delete_link(&handle, &names::lb_veth(bridge)?).await?;
         Netns::delete_named(&names::lb_netns(bridge))?;
         link::delete_link(&handle, bridge).await?;
-        let _ = std::fs::remove_file(crate::StateDir::new(state_dir).addresses(bridge));
+        let state = crate::StateDir::new(state_dir);
+        let _ = std::fs::remove_file(state.addresses(bridge));
+        let _ = std::fs::remove_file(state.addresses_lock(bridge));
         egress::remove(bridge, None)
     }
 
@@ -270,8 +272,9 @@ impl NodeNetwork {
         link::delete_link(&self.handle, &self.config.bridge).await?;
         egress::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
         if forget {
-            let path = crate::StateDir::new(&self.config.state_dir).addresses(&self.config.bridge);
-            let _ = std::fs::remove_file(path);
+            let state = crate::StateDir::new(&self.config.state_dir);
+            let _ = std::fs::remove_file(state.addresses(&self.config.bridge));
+            let _ = std::fs::remove_file(state.addresses_lock(&self.config.bridge));
         }
         Ok(())
     }

@@ -38,7 +38,10 @@ impl Registration {
     fn save(&self, state_dir: &std::path::Path) {
         if let Ok(bytes) = serde_json::to_vec(self) {
             let _ = std::fs::create_dir_all(state_dir);
-            let _ = std::fs::write(Registration::path(state_dir), bytes);
+            let path = Registration::path(state_dir);
+            if let Err(error) = crate::state_dir::write_atomically(&path, &bytes) {
+                tracing::warn!(path = %path.display(), %error, "saving the registration");
+            }
         }
     }
 

@@ -341,11 +341,7 @@ impl Supervisor {
     fn publish(&self) {
         self.ctx.board.set(&self.report());
         let path = self.ctx.state.record(&self.record.id);
-        let write = std::fs::create_dir_all(self.ctx.state.records()).and_then(|()| {
-            let temporary = path.with_extension("pb.tmp");
-            std::fs::write(&temporary, self.record.encode_to_vec())?;
-            std::fs::rename(&temporary, &path)
-        });
+        let write = std::fs::create_dir_all(self.ctx.state.records()).and_then(|()| crate::state_dir::write_atomically(&path, &self.record.encode_to_vec()));
         if let Err(error) = write {
             tracing::warn!(path = %path.display(), %error, "writing the replica record");
         }

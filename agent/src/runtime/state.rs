@@ -42,10 +42,8 @@ pub struct ExitRecord {
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::State { path: path.to_owned(), reason: e.to_string() })?;
-    // Write then rename, so a reader never sees half a file.
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(RuntimeError::io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(RuntimeError::io("cannot write", path))
+    // A reader (or the next agent, after a crash) never sees half a file.
+    crate::state_dir::write_atomically(path, &text).map_err(RuntimeError::io("cannot write", path))
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RuntimeError> {
