@@ -269,8 +269,14 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_id() {
     assert_eq!((dir.uid(), dir.gid(), dir.permissions().mode() & 0o777), (200_000, 0, 0o770), "the mapped root's directory, no other user's");
 
     // From the host, the container's processes hold the unprivileged id.
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(sandbox.state_dir().join("containers/userns/state.json")).expect("state file")).expect("json");
+    // The agent writes the state file once the init runs: the command may print first.
+    let state_file = sandbox.state_dir().join("containers/userns/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !state_file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no state file at {}", state_file.display());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).expect("state file")).expect("json");
     let init_pid = state["init_pid"].as_i64().expect("init_pid");
     let children = std::fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children")).expect("children");
     let command_pid: i64 = children.split_whitespace().next().expect("the command").parse().expect("pid");
