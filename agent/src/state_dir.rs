@@ -18,15 +18,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Replaces `path` with `bytes` so that a crash or a full disk at any moment leaves the
-/// old file or the new one, never a part: written to a temporary file beside it,
-/// flushed to disk, renamed over it, and the directory flushed. Every state file the
+/// Replaces `path` with `bytes` (mode 0600) so that a crash or a full disk at any moment
+/// leaves the old file or the new one, never a part: written to a temporary file beside
+/// it, flushed to disk, renamed over it, and the directory flushed. Every state file the
 /// agent keeps is written this way.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&temporary).and_then(|mut file| {
+    let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary).and_then(|mut file| {
         file.write_all(bytes)?;
         file.sync_all()
     });

@@ -126,34 +126,31 @@ pub fn release(state: &mut IpamState, owner: &str) -> Option<Ipv4Addr> {
 #[derive(Debug, Clone)]
 pub struct Ipam {
     path: PathBuf,
+    /// Locked to change `path`, which is replaced by rename (so it cannot carry the lock).
+    lock: PathBuf,
     subnet: Subnet,
 }
 
 impl Ipam {
-    pub fn new(path: &Path, subnet: Subnet) -> Ipam {
-        Ipam { path: path.to_owned(), subnet }
+    pub fn new(path: &Path, lock: &Path, subnet: Subnet) -> Ipam {
+        Ipam { path: path.to_owned(), lock: lock.to_owned(), subnet }
     }
 
     pub fn subnet(&self) -> Subnet {
         self.subnet
     }
 
-    /// Runs `change` on the state under an exclusive lock (on a file of its own: the state
-    /// file is replaced by rename) and saves it atomically. A missing file is an empty
+    /// Runs `change` on the state under an exclusive lock (on `lock`) and saves it
+    /// atomically. A missing file is an empty
     /// state; an empty or unreadable one is an error that names the file — never taken
     /// as "no address in use", which would hand live addresses out again.
     fn update<T>(&self, change: impl FnOnce(&mut IpamState) -> Result<T, NetError>) -> Result<T, NetError> {
         if let Some(parent) = self.path.parent() {
             std::fs::create_dir_all(parent).map_err(NetError::io("cannot create", parent))?;
         }
-        let lock_path = self.path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(NetError::io("cannot open", &lock_path))?;
+        let lock_path = &self.lock;
+        let lock =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(lock_path).map_err(NetError::io("cannot open", lock_path))?;
         let _locked = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| NetError::Syscall { syscall: "flock", errno })?;
         let mut state: IpamState = match std::fs::read(&self.path) {
             Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
@@ -230,11 +227,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ipam/pods.json");
         let subnet = Subnet::parse("10.1.2.0/24").expect("subnet");
-        let first = Ipam::new(&path, subnet);
+        let first = Ipam::new(&path, &path.with_extension("lock"), subnet);
         let a = first.allocate("a").expect("a");
         let b = first.allocate("b").expect("b");
         drop(first);
-        let second = Ipam::new(&path, subnet);
+        let second = Ipam::new(&path, &path.with_extension("lock"), subnet);
         assert_eq!(second.allocate("a").expect("a again"), a, "an owner keeps its address");
         let c = second.allocate("c").expect("c");
         assert!(c != a && c != b, "nothing handed out twice after a restart");

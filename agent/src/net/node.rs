@@ -132,7 +132,8 @@ impl NodeNetwork {
         let node_sockets = config.node_netns.as_ref().map(|_| node);
         let balancer =
             Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy, config.upstream_dns.clone()).await?;
-        let ipam = Ipam::new(&crate::StateDir::new(&config.state_dir).addresses(&config.bridge), subnet);
+        let state = crate::StateDir::new(&config.state_dir);
+        let ipam = Ipam::new(&state.addresses(&config.bridge), &state.addresses_lock(&config.bridge), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }
 

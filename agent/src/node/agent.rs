@@ -74,13 +74,9 @@ async fn purge_service(ctx: Arc<NodeContext>, service: String, failed: Arc<std::
         }
     })
     .await;
-    match purged {
-        Ok(Ok(true)) => ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into()),
-        Ok(Ok(false)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%service, %error, "purging local volumes");
-            failed.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+    match purged.map_err(|e| e.to_string()).and_then(|removed| removed) {
+        Ok(true) => ctx.board.event(EventKind::VolumesPurged, format!("service/{service}"), "its local volumes were removed from this node".into()),
+        Ok(false) => {}
         Err(error) => {
             tracing::warn!(%service, %error, "purging local volumes");
             failed.store(true, std::sync::atomic::Ordering::Relaxed);

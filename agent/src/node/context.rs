@@ -92,20 +92,14 @@ impl ConfigCache {
     }
 }
 
-/// Writes `bytes` to `file` (0600, by rename) — only when its directory is a tmpfs.
+/// Writes `bytes` to `file` (0600, atomically) — only when its directory is a tmpfs.
 fn keep_on_tmpfs(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = file.parent().unwrap_or(std::path::Path::new("/"));
     let on_tmpfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
     if !on_tmpfs {
         return Err(std::io::Error::other(format!("{} is not a tmpfs: a Secret is never written to disk", dir.display())));
     }
-    let temporary = file.with_extension("pb.tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut handle = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
-    handle.write_all(bytes)?;
-    std::fs::rename(&temporary, file)
+    crate::state_dir::write_atomically(file, bytes)
 }
 
 impl NodeContext {

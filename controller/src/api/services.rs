@@ -80,8 +80,8 @@ pub fn template_hash(spec: &pb::ServiceSpec, config_revisions: &std::collections
     }
     let mut hasher = Sha256::new();
     hasher.update(base.as_bytes());
-    for (object, generation) in config_revisions {
-        hasher.update(format!(";{object}={generation}").as_bytes());
+    for (object, revision) in config_revisions {
+        hasher.update(format!(";{object}={revision}").as_bytes());
     }
     hex::encode(&hasher.finalize()[..5])
 }

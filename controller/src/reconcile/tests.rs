@@ -459,10 +459,9 @@ fn a_service_behind_its_configs_gets_a_new_template_then_rolls() {
 #[test]
 fn a_second_replica_of_a_slot_that_owns_data_is_replaced_by_one_of_a_free_slot() {
     let mut world = World::new(&["node-a", "node-b"]);
-    let mut db = service("db", 3, "h1");
+    let mut db = with_local_volume(service("db", 3, "h1"));
     if let Some(spec) = db.spec.as_mut() {
-        spec.volumes = vec![pb::Volume { name: "data".into(), source: Some(pb::volume::Source::Local(pb::LocalVolume {})) }];
-        spec.ports.clear();
+        spec.ports.clear(); // (three replicas on two nodes: no node port)
     }
     world.put_service(db);
     world.converge(&[]);
