@@ -24,7 +24,7 @@ enum Command {
     /// The node network by hand (bridge, balancer, routes).
     Net(commands::net::NetArgs),
     /// The node agent: register with the controller, run the replicas it asks for.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Stop every container of this node's agent and remove its network and records.
     Teardown(commands::serve::TeardownArgs),
 }
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
         return match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(runtime) => runtime.block_on(commands::serve::serve(args)),
+            Ok(runtime) => runtime.block_on(commands::serve::serve(*args)),
             Err(e) => {
                 eprintln!("orch-agent: cannot start the async runtime: {e}");
                 ExitCode::from(125)

@@ -38,6 +38,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Renames `from` (a file or directory already written) to `to` once its own contents
+/// are on disk, then flushes the directory `to` is in: after a crash `to` is whole or
+/// absent.
+pub fn sync_then_rename(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::File::open(from)?.sync_all()?;
+    std::fs::rename(from, to)?;
+    let dir = to.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Flushes the whole filesystem `path` is on (`syncfs`): a tree of many files, such as
+/// an unpacked layer, at once.
+pub fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
     root: PathBuf,

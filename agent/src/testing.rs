@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use crate::cgroups::CgroupStats;
 use crate::images::{ImageDefaults, ImageRecord};
-use crate::net::{BalancerView, NetworkView, PeerRoute, ServiceEndpoints};
+use crate::net::table::ListenKey;
+use crate::net::{BalancerView, ListenerFailure, NetworkView, PeerRoute, ServiceEndpoints};
 use crate::node::backends::{BackendError, Containers, Images, PodNetwork, ProbeChecks, RunningContainer};
 use crate::node::context::{Backends, NodeContext};
 use crate::node::probe::ProbeTarget;
@@ -297,6 +298,8 @@ struct NetworkState {
     services: Vec<ServiceEndpoints>,
     routes: Vec<PeerRoute>,
     torn_down: bool,
+    /// Node ports another process holds: their listeners fail.
+    held_ports: BTreeSet<u16>,
     /// Connections the balancer relays, by backend address.
     connections: BTreeMap<Ipv4Addr, usize>,
 }
@@ -305,6 +308,16 @@ impl FakePodNetwork {
     /// Says the balancer relays `count` connections to `ip`.
     pub fn set_connections(&self, ip: Ipv4Addr, count: usize) {
         lock(&self.state).connections.insert(ip, count);
+    }
+
+    /// Says another process holds node port `port` (or no longer does).
+    pub fn hold_port(&self, port: u16, held: bool) {
+        let mut state = lock(&self.state);
+        if held {
+            state.held_ports.insert(port);
+        } else {
+            state.held_ports.remove(&port);
+        }
     }
 
     /// The replicas holding an address.
@@ -356,9 +369,19 @@ impl PodNetwork for FakePodNetwork {
         Ok(())
     }
 
-    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError> {
-        lock(&self.state).services = table.to_vec();
-        Ok(())
+    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, BackendError> {
+        let mut state = lock(&self.state);
+        state.services = table.to_vec();
+        let wanted = crate::net::table::desired(table);
+        let mut failures = wanted.conflicts;
+        for (key, owner) in &wanted.owners {
+            if let ListenKey::NodePort(port) | ListenKey::UdpNodePort(port) = key {
+                if state.held_ports.contains(port) {
+                    failures.push(ListenerFailure { listener: *key, service: owner.clone(), error: "Address already in use (os error 98)".into() });
+                }
+            }
+        }
+        Ok(failures)
     }
 
     async fn set_peer_routes(&self, routes: &[PeerRoute]) -> Result<(), BackendError> {

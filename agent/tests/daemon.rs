@@ -227,3 +227,124 @@ async fn heartbeats_keep_flowing_during_a_500_mb_pull() {
     cluster.wait_replicas("large", "the replica gone", |r| r.is_empty()).await;
     cluster.wait_node_empty().await;
 }
+
+/// The agent's open files soft limit, from /proc.
+fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("the agent's limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    line.split_whitespace().nth(3).and_then(|soft| soft.parse().ok()).expect("a number")
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
+}
+
+/// A node port held by a host process stops no other service, is a node condition while
+/// it lasts and opens once freed; a flood of idle connections to another node port is
+/// capped per listener and timed out, and the agent still restarts a killed replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_node_port_and_a_flood_of_idle_connections_stop_nothing_else() {
+    let mut cluster = Cluster::start_with("ports", &["--max-connections-per-port", "200", "--idle-timeout", "3"]).await;
+    let agent = cluster.agent_pid().expect("the agent runs");
+    let kernel: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").expect("fs.nr_open").trim().parse().expect("a number");
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("getrlimit");
+    // CAP_SYS_RESOURCE (bit 24) lets it raise the hard limit too; without, it goes up to it.
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    let effective = own.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()).expect("CapEff");
+    let expected = if effective & (1 << 24) != 0 { kernel.min(1 << 20).max(hard) } else { hard };
+    assert_eq!(open_files_limit(agent), expected, "the agent raised its open files limit at start");
+
+    // Node ports of this test's own (other tests use 31000 and up).
+    let held_port = u16::try_from(30000 + (std::process::id() % 400) * 2).expect("a port");
+    let web_port = held_port + 1;
+    let holder = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, held_port)).expect("a host process holds a node port");
+    let image = cluster.image.clone();
+    let service = |name: &str, port: u16| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {image}\n  \
+             command: [sh, -c, \"mkdir -p /www; echo {name} > /www/index.html; exec httpd -f -p 80 -h /www\"]\n  \
+             ports: [{{name: http, containerPort: 80, servicePort: 80, nodePort: {port}}}]\n"
+        )
+    };
+    cluster.apply(&format!("{}---\n{}", service("held", held_port), service("web", web_port))).await;
+    cluster.wait_replicas("web", "web ready", |r| r.len() == 1 && r.iter().all(running_ready)).await;
+    cluster.wait_replicas("held", "held ready", |r| r.len() == 1 && r.iter().all(running_ready)).await;
+    let web_address = SocketAddr::from((Ipv4Addr::LOCALHOST, web_port));
+    let get = |address: SocketAddr| async move { tokio::task::spawn_blocking(move || http_get(address)).await.expect("join") };
+    let start = Instant::now();
+    while get(web_address).await.ok().as_deref() != Some("web") {
+        assert!(start.elapsed() < LIMIT, "the other service's node port never answered; the agent's log:\n{}", cluster.agent_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node_condition = |nodes: &[pb::Node]| nodes.iter().flat_map(|n| n.conditions.clone()).find(|c| c.r#type == "ListenerFailed");
+    let start = Instant::now();
+    let condition = loop {
+        let nodes = cluster.api.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+        if let Some(condition) = node_condition(&nodes) {
+            break condition;
+        }
+        assert!(start.elapsed() < LIMIT, "no ListenerFailed node condition: {nodes:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(condition.message.contains(&format!("node port {held_port}/tcp of service held")), "{condition:?}");
+    let events = cluster.events_of("service/held").await;
+    assert!(events.iter().any(|e| e.kind == "ListenerFailed" && e.message.contains("in use")), "{events:#?}");
+
+    // The host process lets go: the port opens on the agent's next try, the condition ends.
+    drop(holder);
+    let held_address = SocketAddr::from((Ipv4Addr::LOCALHOST, held_port));
+    let start = Instant::now();
+    while get(held_address).await.ok().as_deref() != Some("held") {
+        assert!(start.elapsed() < LIMIT, "the freed node port never opened; the agent's log:\n{}", cluster.agent_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let nodes = cluster.api.list_nodes(pb::ListNodesRequest {}).await.expect("list nodes").into_inner().nodes;
+        if node_condition(&nodes).is_none() {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the ListenerFailed condition stayed: {nodes:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 2,000 idle connections to web's node port: 200 relayed, the rest closed at once.
+    let before = open_descriptors(agent);
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.push(tokio::net::TcpStream::connect(web_address).await.expect("the kernel accepts"));
+    }
+    let during = open_descriptors(agent);
+    assert!(during < before + 200 * 2 + 100, "the agent holds {during} descriptors (from {before}): the cap did not hold");
+    // kill -9 of web's replica: the agent restarts it all the same.
+    let victim = cluster.replicas("web").await.remove(0);
+    let pid = i32::try_from(status(&victim).host_pid).expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    cluster
+        .wait_replicas("web", "the killed replica back during the flood", |r| {
+            r.iter().any(|x| x.id == victim.id && running_ready(x) && status(x).restarts == 1)
+        })
+        .await;
+    // The idle ones are closed after 3 s: the port serves new clients again.
+    let start = Instant::now();
+    while get(web_address).await.ok().as_deref() != Some("web") {
+        assert!(start.elapsed() < LIMIT, "idle connections were never timed out; the agent's log:\n{}", cluster.agent_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut closed = 0;
+    for stream in &mut flood {
+        let mut byte = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        // Closed already, or (relayed later, from the kernel's backlog) once idle for 3 s.
+        if matches!(tokio::time::timeout(Duration::from_secs(15), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2000, "every flood connection was closed by the proxy: over the cap at once, the others once idle");
+    drop(flood);
+    for name in ["web", "held"] {
+        cluster.api.delete_service(pb::DeleteServiceRequest { name: name.into(), purge_volumes: false }).await.expect("delete");
+    }
+    cluster.wait_replicas("", "every replica gone", |r| r.is_empty()).await;
+    cluster.wait_node_empty().await;
+}

@@ -59,6 +59,7 @@ impl NetLab {
             state_dir: self.sandbox.state_dir(),
             node_address: Some(self.subnet.gateway()),
             strategy: Strategy::RoundRobin,
+            limits: orch_agent::net::ConnectionLimits::default(),
             node_netns: None,
         })
         .await
@@ -359,6 +360,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         state_dir: lab.sandbox.state_dir(),
         node_address: Some(nodes.address(x)),
         strategy: Strategy::RoundRobin,
+        limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(orch_agent::net::Netns::named_path(&nodes.netns(x))),
     };
     let a = NodeNetwork::setup(node_network("a", lab.subnet)).await.expect("node a");
@@ -575,6 +577,7 @@ async fn containers_reach_the_outside_through_masquerade() {
         state_dir: lab.sandbox.state_dir(),
         node_address: Some(Outside::NODE_UPLINK),
         strategy: Strategy::RoundRobin,
+        limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(node_netns.clone()),
     })
     .await

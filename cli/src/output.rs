@@ -65,6 +65,26 @@ pub struct NodeOut {
     pub pod_cidr: String,
     pub capacity: ResourcesOut,
     pub allocated: ResourcesOut,
+    /// What the node's agent reports wrong (none: nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ConditionOut>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionOut {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub since_unix_ms: i64,
+}
+
+impl NodeOut {
+    /// As `get nodes` shows it: Ready or NotReady, then each condition's type.
+    pub fn status(&self) -> String {
+        let ready = if self.ready { "Ready" } else { "NotReady" };
+        std::iter::once(ready).chain(self.conditions.iter().map(|c| c.kind.as_str())).collect::<Vec<_>>().join(",")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -131,6 +151,7 @@ pub fn node(n: &pb::Node) -> NodeOut {
         pod_cidr: n.pod_cidr.clone(),
         capacity: ResourcesOut { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
         allocated: ResourcesOut { cpu_millis: allocated.cpu_millis, memory_bytes: allocated.memory_bytes },
+        conditions: n.conditions.iter().map(|c| ConditionOut { kind: c.r#type.clone(), message: c.message.clone(), since_unix_ms: c.since_unix_ms }).collect(),
     }
 }
 

@@ -27,6 +27,11 @@ pub const SECRETS: &str = "/orch/secrets/";
 pub const VOLUME_CLAIMS: &str = "/orch/volumes/claims/";
 /// `volumes/purged/<service>`: a service deleted with its volumes, for the nodes to act on.
 pub const VOLUME_PURGES: &str = "/orch/volumes/purged/";
+/// `conditions/nodes/<node>`: what the node's agent last reported wrong (a
+/// `NodeConditions`); absent while nothing is.
+pub const NODE_CONDITIONS: &str = "/orch/conditions/nodes/";
+/// `ipam/nodeports/<tcp|udp>/<port>`: the service that holds a node port (its name).
+pub const NODE_PORTS: &str = "/orch/ipam/nodeports/";
 /// Held, on a lease, by the controller that runs the reconcilers.
 pub const LEADER: &str = "/orch/leader";
 
@@ -87,6 +92,18 @@ pub fn node_alive(name: &str) -> String {
 
 pub fn node_subnet(index: u8) -> String {
     format!("{NODE_SUBNETS}{index}")
+}
+
+pub fn node_conditions(node: &str) -> String {
+    format!("{NODE_CONDITIONS}{node}")
+}
+
+pub fn node_port(protocol: orch_api::pb::Protocol, port: u32) -> String {
+    let protocol = match protocol {
+        orch_api::pb::Protocol::Tcp => "tcp",
+        orch_api::pb::Protocol::Udp => "udp",
+    };
+    format!("{NODE_PORTS}{protocol}/{port}")
 }
 
 pub fn vip(address: std::net::Ipv4Addr) -> String {

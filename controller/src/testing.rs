@@ -147,7 +147,7 @@ fn report(config: &FakeAgentConfig, seen: &mut Seen, pod_prefix: &str) -> pb::Ag
         .collect();
     pb::AgentMessage {
         node: config.name.clone(),
-        body: Some(pb::agent_message::Body::Status(pb::StatusReport { observed_generation: seen.generation, replicas, events: vec![] })),
+        body: Some(pb::agent_message::Body::Status(pb::StatusReport { observed_generation: seen.generation, replicas, events: vec![], conditions: vec![] })),
     }
 }
 

@@ -204,6 +204,120 @@ async fn delete_keeps_local_volumes_unless_purged(api: ServiceApi) {
     assert!(api.store().get(&purge_key).await.expect("get").is_none());
 }
 
+fn with_node_port(text: &str, name: &str, node_port: u32) -> String {
+    text.replace("{name: web}", &format!("{{name: {name}}}")).replace("containerPort: 80}", &format!("containerPort: 80, nodePort: {node_port}}}"))
+}
+
+async fn node_ports_are_one_service_each(api: ServiceApi) {
+    use orch_controller::keys;
+    api.apply(&source(&with_node_port(WEB, "web", 30080))).await.expect("apply web");
+    let claim = |port: u32| {
+        let store = api.store().clone();
+        async move { store.get(&keys::node_port(pb::Protocol::Tcp, port)).await.expect("get").map(|kv| String::from_utf8_lossy(&kv.value).into_owned()) }
+    };
+    assert_eq!(claim(30080).await.as_deref(), Some("web"), "the port is claimed for its service");
+
+    let before = api.store().list("/orch/").await.expect("list");
+    match api.apply(&source(&with_node_port(WEB, "shop", 30080))).await {
+        Err(ApiError::Invalid(problems)) => assert_eq!(problems, ["service shop: spec.ports[0].nodePort: 30080/tcp is already used by service web"]),
+        other => panic!("expected the port to be refused, got {other:?}"),
+    }
+    assert_eq!(api.store().list("/orch/").await.expect("list").items, before.items, "a refused apply writes nothing (no VIP, no claim)");
+
+    // A service stored by an earlier build holds its port without a claim.
+    let mut legacy: pb::Service = api.get("web").await.expect("get");
+    legacy.name = "legacy".into();
+    legacy.vip = "10.96.0.99".into();
+    legacy.spec.as_mut().expect("spec").ports[0].node_port = 30090;
+    api.store().put(&keys::service("legacy"), keys::encode(&legacy), orch_controller::store::Expect::Absent).await.expect("a legacy record");
+    match api.apply(&source(&with_node_port(WEB, "shop", 30090))).await {
+        Err(ApiError::Invalid(problems)) => assert_eq!(problems, ["service shop: spec.ports[0].nodePort: 30090/tcp is already used by service legacy"]),
+        other => panic!("expected the legacy service's port to be refused, got {other:?}"),
+    }
+
+    // web moves to another port: the old one is given back, and shop may take it.
+    assert_eq!(api.apply(&source(&with_node_port(WEB, "web", 30081))).await.expect("move"), vec![applied("web", ApplyOutcome::Configured)]);
+    assert_eq!(claim(30080).await, None, "the port web no longer declares is free");
+    assert_eq!(claim(30081).await.as_deref(), Some("web"));
+    api.apply(&source(&with_node_port(WEB, "shop", 30080))).await.expect("shop takes the freed port");
+    api.delete("shop", false).await.expect("delete");
+    assert_eq!(claim(30080).await, None, "a deleted service's ports are free");
+
+    // A claim left by an apply that died half way (its service never written) is taken over.
+    api.store().put(&keys::node_port(pb::Protocol::Tcp, 30082), b"ghost".to_vec(), orch_controller::store::Expect::Absent).await.expect("a stale claim");
+    api.apply(&source(&with_node_port(WEB, "shop", 30082))).await.expect("a stale claim does not hold the port");
+    assert_eq!(claim(30082).await.as_deref(), Some("shop"));
+}
+
+/// A store whose first write of a service lands but reports an error, as an etcd
+/// request that timed out after the cluster applied it.
+struct LandsThenFails {
+    inner: std::sync::Arc<dyn orch_controller::store::Store>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl orch_controller::store::Store for LandsThenFails {
+    async fn get(&self, key: &str) -> Result<Option<orch_controller::store::KeyValue>, orch_controller::store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<orch_controller::store::Listing, orch_controller::store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expect: orch_controller::store::Expect,
+        lease: Option<orch_controller::store::LeaseId>,
+    ) -> Result<orch_controller::store::Revision, orch_controller::store::StoreError> {
+        let revision = self.inner.put_with_lease(key, value, expect, lease).await?;
+        if key.starts_with(orch_controller::keys::SERVICES) && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(orch_controller::store::StoreError::EtcdProtocol { endpoints: "test".into(), message: "request timed out".into() });
+        }
+        Ok(revision)
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expect: orch_controller::store::Expect,
+    ) -> Result<Option<orch_controller::store::Revision>, orch_controller::store::StoreError> {
+        self.inner.delete(key, expect).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        from: orch_controller::store::Revision,
+    ) -> Result<orch_controller::store::WatchStream, orch_controller::store::StoreError> {
+        self.inner.watch(prefix, from).await
+    }
+    async fn grant_lease(&self, ttl: std::time::Duration) -> Result<orch_controller::store::LeaseId, orch_controller::store::StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: orch_controller::store::LeaseId) -> Result<(), orch_controller::store::StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: orch_controller::store::LeaseId) -> Result<(), orch_controller::store::StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+}
+
+/// A service write whose outcome is unknown keeps its VIP: the service is there and no
+/// other service gets the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vip_is_never_released_while_its_service_write_may_have_landed() {
+    let store = common::embedded().await;
+    let flaky = std::sync::Arc::new(LandsThenFails { inner: store.store.clone(), failed: std::sync::atomic::AtomicBool::new(false) });
+    let api = ServiceApi::new(flaky, orch_api::cidr::DEFAULT_SERVICE_RANGE);
+    assert_eq!(api.apply(&source(WEB)).await.expect("the re-read finds it written"), vec![applied("web", ApplyOutcome::Created)]);
+    let web = api.get("web").await.expect("web is there");
+    api.apply(&source(API)).await.expect("apply api");
+    let other = api.get("api").await.expect("api is there");
+    assert_ne!(web.vip, other.vip, "the address of a service whose write seemed to fail is not handed out again");
+    let claim = store.store.get(&orch_controller::keys::vip(web.vip.parse().expect("an address"))).await.expect("get");
+    assert_eq!(claim.map(|kv| kv.value), Some(b"web".to_vec()), "still web's");
+}
+
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -233,7 +347,8 @@ on_both_stores!(
     scale_changes_only_the_count,
     delete_frees_the_name_and_the_vip,
     delete_keeps_local_volumes_unless_purged,
-    configs_and_secrets_roll_the_services_using_them
+    configs_and_secrets_roll_the_services_using_them,
+    node_ports_are_one_service_each
 );
 
 /// The same through real gRPC on loopback, as the CLI will call it.

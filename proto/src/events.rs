@@ -48,10 +48,19 @@ pub enum EventKind {
     VolumesPurged,
     /// An on-disk emptyDir outgrew its sizeLimit: the container restarts with it empty.
     Evicted,
+    /// The node dropped its oldest unreported events while the controller was away.
+    EventsDropped,
+    /// A replica record could not be read: set aside, its container kept until the
+    /// controller says whether the replica is still wanted.
+    RecordUnreadable,
+    /// A service's listener (a node port) could not be opened on a node; retried.
+    ListenerFailed,
+    /// A listener that had failed is open.
+    ListenerOpened,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -73,6 +82,10 @@ impl EventKind {
         EventKind::Stopped,
         EventKind::VolumesPurged,
         EventKind::Evicted,
+        EventKind::EventsDropped,
+        EventKind::RecordUnreadable,
+        EventKind::ListenerFailed,
+        EventKind::ListenerOpened,
     ];
 
     /// The name on the wire and on screen.
@@ -99,6 +112,10 @@ impl EventKind {
             EventKind::Stopped => "Stopped",
             EventKind::VolumesPurged => "VolumesPurged",
             EventKind::Evicted => "Evicted",
+            EventKind::EventsDropped => "EventsDropped",
+            EventKind::RecordUnreadable => "RecordUnreadable",
+            EventKind::ListenerFailed => "ListenerFailed",
+            EventKind::ListenerOpened => "ListenerOpened",
         }
     }
 

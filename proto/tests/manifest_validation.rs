@@ -465,6 +465,18 @@ fn the_same_service_twice_is_rejected() {
     assert_eq!(errors[0].to_string(), "b.yaml: document 1: metadata.name: service \"web\" is already defined in a.yaml document 1");
 }
 
+#[test]
+fn a_node_port_two_services_declare_is_rejected_naming_both() {
+    let service = |name: &str, node_port: u32| {
+        format!("apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{image: x, ports: [{{containerPort: 80, nodePort: {node_port}}}]}}\n")
+    };
+    let mut docs = load_services("a.yaml", &service("web", 30080)).expect("valid");
+    docs.extend(load_services("b.yaml", &format!("{}---\n{}", service("other", 30081), service("api", 30080))).expect("valid"));
+    let errors = orch_api::manifest::check_unique_node_ports(&docs);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].to_string(), "b.yaml: document 2: spec.ports[0].nodePort: 30080 is already used by service \"web\" (a.yaml document 1)");
+}
+
 /// Garbage never panics the loader.
 #[test]
 fn arbitrary_input_never_panics() {

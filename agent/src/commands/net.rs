@@ -89,6 +89,7 @@ async fn run_net(args: NetArgs) -> anyhow::Result<()> {
             StrategyArg::RoundRobin => Strategy::RoundRobin,
             StrategyArg::LeastConnections => Strategy::LeastConnections,
         },
+        limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
     })
     .await?;
@@ -99,9 +100,16 @@ async fn run_net(args: NetArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// Listeners the balancer could not open (the others are served), on stderr.
+fn report_failures(failures: &[orch_agent::net::ListenerFailure]) {
+    for failure in failures {
+        eprintln!("orch-agent: cannot open {failure}");
+    }
+}
+
 async fn serve(network: &NodeNetwork, table: &[ServiceEndpoints], routes: &[PeerRoute], services: Option<&std::path::Path>) -> anyhow::Result<()> {
     network.set_peer_routes(routes).await?;
-    network.apply_services(table).await?;
+    report_failures(&network.apply_services(table).await?);
     println!("{}", serde_json::to_string_pretty(&network.view().await?)?);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -113,7 +121,7 @@ async fn serve(network: &NodeNetwork, table: &[ServiceEndpoints], routes: &[Peer
             _ = hangup.recv() => {
                 if let Some(path) = services {
                     match read_services(path) {
-                        Ok(table) => network.apply_services(&table).await?,
+                        Ok(table) => report_failures(&network.apply_services(&table).await?),
                         Err(e) => eprintln!("orch-agent: {e:#}; keeping the current table"),
                     }
                 }

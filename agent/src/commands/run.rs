@@ -276,6 +276,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         state_dir: args.state_dir.clone(),
         node_address: None,
         strategy: Strategy::RoundRobin,
+        limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
     })
     .await

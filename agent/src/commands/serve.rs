@@ -67,6 +67,13 @@ pub struct ServeArgs {
     /// API needs --insecure-api-listen or --api-listen none.
     #[arg(long, env = "ORCH_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Connections each balancer listener (a VIP port, a node port) relays at once;
+    /// one more is closed as soon as it is accepted.
+    #[arg(long, default_value = "4096", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_port: u32,
+    /// A relayed connection with no byte either way for this many seconds is closed.
+    #[arg(long, default_value = "300", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: u64,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
     /// leaving the containers running for the next agent.
     #[arg(long)]
@@ -154,6 +161,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         helper: std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the agent binary: {e}"))?,
         api_listen,
         tls_dir: args.tls_dir.clone(),
+        connection_limits: orch_agent::net::ConnectionLimits {
+            max_connections: usize::try_from(args.max_connections_per_port).unwrap_or(usize::MAX),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+        },
     })
 }
 

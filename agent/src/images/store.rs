@@ -64,12 +64,33 @@ pub struct ImageStore {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Removes what pulls of agents no longer running left in the store's `tmp/` (a blob
+/// half fetched, a layer half unpacked when an agent died): each scratch name carries
+/// the process id of its agent, and a live agent's are left alone.
+fn sweep_scratch(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.split('-').nth(1).and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed what an interrupted pull left"),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove what an interrupted pull left"),
+        }
+    }
+}
+
 impl ImageStore {
     pub fn open(root: &Path, registries: RegistrySettings) -> Result<ImageStore, ImageError> {
         for dir in ["blobs/sha256", "layers/sha256", "refs", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(ImageError::io("cannot create", &path))?;
         }
+        sweep_scratch(&root.join("tmp"));
         Ok(ImageStore { root: root.to_owned(), registries, locks: Mutex::new(HashMap::new()) })
     }
 
@@ -209,10 +230,8 @@ impl ImageStore {
             pulled_unix_ms: crate::runtime::now_unix_ms(),
         };
         let path = self.ref_path(reference);
-        let tmp = self.scratch("ref");
         let json = serde_json::to_vec_pretty(&record).map_err(|e| config_error(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(ImageError::io("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(ImageError::io("cannot write", &path))?;
+        crate::state_dir::write_atomically(&path, &json).map_err(ImageError::io("cannot write", &path))?;
         Ok(record)
     }
 
@@ -221,9 +240,7 @@ impl ImageStore {
         if path.exists() {
             return Ok(());
         }
-        let tmp = self.scratch("blob");
-        std::fs::write(&tmp, bytes).map_err(ImageError::io("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(ImageError::io("cannot write", &path))
+        crate::state_dir::write_atomically(&path, bytes).map_err(ImageError::io("cannot write", &path))
     }
 
     /// The verified blob in the store, fetched if missing; a stored blob that fails
@@ -254,7 +271,7 @@ impl ImageStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &path).map_err(ImageError::io("cannot store", &path))?;
+        crate::state_dir::sync_then_rename(&tmp, &path).map_err(ImageError::io("cannot store", &path))?;
         report.blobs_fetched += 1;
         Ok(path)
     }
@@ -276,7 +293,10 @@ impl ImageStore {
             let tmp = tmp.clone();
             move || -> Result<(), ImageError> {
                 let file = std::fs::File::open(&blob).map_err(ImageError::io("cannot open", &blob))?;
-                unpack_layer(file, &tmp, &name).map(|_| ())
+                unpack_layer(file, &tmp, &name)?;
+                // Every file of the layer on disk before its directory is renamed in:
+                // a crash never leaves a layer that looks whole with empty files.
+                crate::state_dir::sync_filesystem(&tmp).map_err(ImageError::io("cannot flush", &tmp))
             }
         })
         .await
@@ -286,7 +306,7 @@ impl ImageStore {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, &dest).map_err(ImageError::io("cannot store", &dest))?;
+        crate::state_dir::sync_then_rename(&tmp, &dest).map_err(ImageError::io("cannot store", &dest))?;
         report.layers_unpacked += 1;
         Ok(())
     }

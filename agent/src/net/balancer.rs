@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use super::dns;
 use super::link;
 use super::netns::Netns;
-use super::proxy::{self, Backends, Strategy};
+use super::proxy::{self, Backends, ConnectionLimits, Strategy};
 use super::sockets::NsSockets;
-use super::table::{desired, plan_listeners, ListenKey, ServiceEndpoints};
+use super::table::{desired, plan_listeners, ListenKey, ListenerFailure, ServiceEndpoints};
 use super::udp;
 use super::NetError;
 
@@ -40,6 +40,7 @@ pub struct Balancer {
     /// Sockets in the node's namespace, when it is not this thread's.
     node_sockets: Option<Arc<NsSockets>>,
     strategy: Strategy,
+    limits: ConnectionLimits,
     state: tokio::sync::Mutex<BalancerState>,
     names: dns::Names,
     /// The DNS server over UDP and over TCP.
@@ -70,7 +71,7 @@ impl Balancer {
         dns_address: Ipv4Addr,
         node_address: Option<Ipv4Addr>,
         node_netns: Option<Netns>,
-        strategy: Strategy,
+        (strategy, limits): (Strategy, ConnectionLimits),
         upstream_dns: Vec<std::net::SocketAddr>,
     ) -> Result<Balancer, NetError> {
         let handle = netns.netlink()?;
@@ -90,6 +91,7 @@ impl Balancer {
             node_address,
             node_sockets,
             strategy,
+            limits,
             state: tokio::sync::Mutex::new(BalancerState::default()),
             names,
             dns_tasks,
@@ -102,9 +104,12 @@ impl Balancer {
 
     /// Converges VIPs, listeners, endpoints and DNS names to `table`. Listeners that
     /// stay keep running; their endpoint sets are swapped, so established connections
-    /// are untouched.
-    pub async fn apply(&self, table: &[ServiceEndpoints]) -> Result<(), NetError> {
+    /// are untouched. A listener that cannot be opened (its port held by another
+    /// process, or declared by two services) stops nothing else: it is returned, and
+    /// tried again by the next call.
+    pub async fn apply(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
         let want = desired(table);
+        let mut failures = want.conflicts.clone();
         let mut state = self.state.lock().await;
         let lo = link::require_index(&self.handle, "lo").await?;
         for vip in want.vips.difference(&state.vips.clone()) {
@@ -115,43 +120,16 @@ impl Balancer {
         for key in &plan.open {
             let endpoints = want.listeners.get(key).cloned().unwrap_or_default();
             let backends = Arc::new(Backends::new(self.strategy, endpoints));
-            let task = match key {
-                ListenKey::Vip(address) => {
-                    let listener = self
-                        .sockets
-                        .tcp_listener(*address)
-                        .await
-                        .map_err(|source| NetError::Listen { address: format!("{address} in {}", self.netns_name), source })?;
-                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), Some(Arc::clone(&self.sockets))))
+            match self.open(*key, &backends).await {
+                Ok(task) => {
+                    state.listeners.insert(*key, Listener { backends, task });
                 }
-                ListenKey::NodePort(port) => {
-                    let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), *port);
-                    let listener = match &self.node_sockets {
-                        Some(sockets) => sockets.tcp_listener(address).await,
-                        None => tokio::net::TcpListener::bind(address).await,
-                    };
-                    let listener = listener.map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
-                    tokio::spawn(proxy::serve(listener, Arc::clone(&backends), self.node_sockets.clone()))
+                Err(error) => {
+                    let service = want.owners.get(key).cloned().unwrap_or_default();
+                    tracing::warn!(listener = %key, %service, %error, "cannot open a listener; the others are served");
+                    failures.push(ListenerFailure { listener: *key, service, error: error.to_string() });
                 }
-                ListenKey::UdpVip(address) => {
-                    let socket = self
-                        .sockets
-                        .udp_socket(*address)
-                        .await
-                        .map_err(|source| NetError::Listen { address: format!("udp {address} in {}", self.netns_name), source })?;
-                    tokio::spawn(udp::serve(socket, Arc::clone(&backends), Some(Arc::clone(&self.sockets))))
-                }
-                ListenKey::UdpNodePort(port) => {
-                    let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), *port);
-                    let socket = match &self.node_sockets {
-                        Some(sockets) => sockets.udp_socket(address).await,
-                        None => tokio::net::UdpSocket::bind(address).await,
-                    };
-                    let socket = socket.map_err(|source| NetError::Listen { address: format!("udp node port {address}"), source })?;
-                    tokio::spawn(udp::serve(socket, Arc::clone(&backends), self.node_sockets.clone()))
-                }
-            };
-            state.listeners.insert(*key, Listener { backends, task });
+            }
         }
         for key in &plan.close {
             state.listeners.remove(key);
@@ -166,7 +144,48 @@ impl Balancer {
             state.vips.remove(vip);
         }
         *self.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) = want.names;
-        Ok(())
+        Ok(failures)
+    }
+
+    /// Opens one listener and starts serving it.
+    async fn open(&self, key: ListenKey, backends: &Arc<Backends>) -> Result<JoinHandle<()>, NetError> {
+        let limits = self.limits;
+        Ok(match key {
+            ListenKey::Vip(address) => {
+                let listener = self
+                    .sockets
+                    .tcp_listener(address)
+                    .await
+                    .map_err(|source| NetError::Listen { address: format!("{address} in {}", self.netns_name), source })?;
+                tokio::spawn(proxy::serve(listener, Arc::clone(backends), Some(Arc::clone(&self.sockets)), limits))
+            }
+            ListenKey::NodePort(port) => {
+                let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+                let listener = match &self.node_sockets {
+                    Some(sockets) => sockets.tcp_listener(address).await,
+                    None => tokio::net::TcpListener::bind(address).await,
+                };
+                let listener = listener.map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
+                tokio::spawn(proxy::serve(listener, Arc::clone(backends), self.node_sockets.clone(), limits))
+            }
+            ListenKey::UdpVip(address) => {
+                let socket = self
+                    .sockets
+                    .udp_socket(address)
+                    .await
+                    .map_err(|source| NetError::Listen { address: format!("udp {address} in {}", self.netns_name), source })?;
+                tokio::spawn(udp::serve(socket, Arc::clone(backends), Some(Arc::clone(&self.sockets))))
+            }
+            ListenKey::UdpNodePort(port) => {
+                let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
+                let socket = match &self.node_sockets {
+                    Some(sockets) => sockets.udp_socket(address).await,
+                    None => tokio::net::UdpSocket::bind(address).await,
+                };
+                let socket = socket.map_err(|source| NetError::Listen { address: format!("udp node port {address}"), source })?;
+                tokio::spawn(udp::serve(socket, Arc::clone(backends), self.node_sockets.clone()))
+            }
+        })
     }
 
     /// The TCP connections relayed to `ip` now, over every listener.

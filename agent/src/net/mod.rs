@@ -24,5 +24,5 @@ pub use error::NetError;
 pub use ipam::{Ipam, Subnet};
 pub use netns::Netns;
 pub use node::{Attachment, NetworkView, NodeNetwork, NodeNetworkConfig, PeerRoute};
-pub use proxy::Strategy;
-pub use table::{PortMapping, Protocol, ServiceEndpoints};
+pub use proxy::{ConnectionLimits, Strategy};
+pub use table::{ListenerFailure, PortMapping, Protocol, ServiceEndpoints};

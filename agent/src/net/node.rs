@@ -20,8 +20,8 @@ use super::ipam::{Ipam, Subnet};
 use super::link;
 use super::names;
 use super::netns::Netns;
-use super::proxy::Strategy;
-use super::table::{ServiceEndpoints, DNS_DOMAIN};
+use super::proxy::{ConnectionLimits, Strategy};
+use super::table::{ListenerFailure, ServiceEndpoints, DNS_DOMAIN};
 use super::NetError;
 
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct NodeNetworkConfig {
     /// Where node ports are published; all addresses when unset.
     pub node_address: Option<Ipv4Addr>,
     pub strategy: Strategy,
+    /// What the balancer's clients can hold.
+    pub limits: ConnectionLimits,
     /// The node's network namespace; the agent's own when unset. (The lab and the
     /// tests run several nodes' networks from one process.)
     pub node_netns: Option<PathBuf>,
@@ -130,8 +132,16 @@ impl NodeNetwork {
         drop(lb_handle);
 
         let node_sockets = config.node_netns.as_ref().map(|_| node);
-        let balancer =
-            Balancer::start(lb, &lb_name, subnet.lb_address(), config.node_address, node_sockets, config.strategy, config.upstream_dns.clone()).await?;
+        let balancer = Balancer::start(
+            lb,
+            &lb_name,
+            subnet.lb_address(),
+            config.node_address,
+            node_sockets,
+            (config.strategy, config.limits),
+            config.upstream_dns.clone(),
+        )
+        .await?;
         let state = crate::StateDir::new(&config.state_dir);
         let ipam = Ipam::new(&state.addresses(&config.bridge), &state.addresses_lock(&config.bridge), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
@@ -211,7 +221,7 @@ impl NodeNetwork {
     }
 
     /// Converges the balancer to the service table.
-    pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), NetError> {
+    pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
         self.balancer.apply(table).await
     }
 

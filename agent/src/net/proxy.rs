@@ -6,6 +6,10 @@
 //! An endpoint whose connect fails is set aside for [`EJECTION`] (passive health
 //! checking, as Envoy's outlier detection): later connections try it last, so a dead
 //! replica costs one slow connect, not one per connection, until readiness removes it.
+//!
+//! What clients can hold is bounded ([`ConnectionLimits`]): each listener relays at most
+//! so many connections at once (one more is accepted and closed at once, so the kernel's
+//! backlog never fills), and a connection quiet both ways for the idle timeout is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -13,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::sockets::NsSockets;
 
@@ -22,6 +28,23 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long an endpoint that refused a connection is tried last.
 pub const EJECTION: Duration = Duration::from_secs(10);
+
+/// What one listener's clients can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections relayed at once per listener.
+    pub max_connections: usize,
+    /// A connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// As HAProxy's and Envoy's defaults go: a few thousand connections per listener,
+    /// minutes of silence.
+    fn default() -> ConnectionLimits {
+        ConnectionLimits { max_connections: 4096, idle_timeout: Duration::from_secs(300) }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -122,12 +145,80 @@ async fn connect(sockets: Option<&NsSockets>, endpoint: SocketAddrV4) -> std::io
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {endpoint} timed out")))?
 }
 
-async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>) {
+/// When a relayed connection last moved a byte, in milliseconds since it began.
+struct Activity {
+    began: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.began.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A stream that marks its connection active whenever it reads.
+struct Tracked<'a> {
+    stream: &'a mut TcpStream,
+    activity: &'a Activity,
+}
+
+impl AsyncRead for Tracked<'_> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked<'_> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways until either side closes or the connection is quiet for `idle`.
+async fn copy_until_idle(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) {
+    let activity = Activity { began: std::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) };
+    let mut client = Tracked { stream: client, activity: &activity };
+    let mut upstream = Tracked { stream: upstream, activity: &activity };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        let quiet = activity.quiet_for();
+        if quiet >= idle {
+            tracing::debug!(?idle, "closing a connection idle both ways");
+            return;
+        }
+        tokio::select! {
+            _ = &mut copy => return,
+            () = tokio::time::sleep(idle - quiet) => {}
+        }
+    }
+}
+
+async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, idle: Duration) {
     for endpoint in backends.order() {
         match connect(sockets.as_deref(), endpoint).await {
             Ok(mut upstream) => {
                 backends.connected(endpoint);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                copy_until_idle(&mut client, &mut upstream, idle).await;
                 backends.disconnected(endpoint);
                 return;
             }
@@ -141,15 +232,32 @@ async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<A
 }
 
 /// Serves `listener` until the task is aborted. Connections already relayed are their
-/// own tasks and outlive it.
-pub async fn serve(listener: TcpListener, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>) {
+/// own tasks and outlive it; beyond `limits.max_connections` at once, a new one is
+/// closed as soon as it is accepted.
+pub async fn serve(listener: TcpListener, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, limits: ConnectionLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
-            Ok((client, _)) => {
+            Ok((client, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    refused += 1;
+                    // Once, then every thousandth: a flood must not flood the log too.
+                    if refused % 1000 == 1 {
+                        tracing::warn!(%peer, max = limits.max_connections, refused, "connection limit reached: closing new connections");
+                    }
+                    drop(client);
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
-                tokio::spawn(relay(client, Arc::clone(&backends), sockets.clone()));
+                let (backends, sockets) = (Arc::clone(&backends), sockets.clone());
+                tokio::spawn(async move {
+                    relay(client, backends, sockets, limits.idle_timeout).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
+                // Out of descriptors, most often: wait for some to be freed.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -186,6 +294,85 @@ mod tests {
         }
         backends.ejected.lock().expect("lock").insert(ep(2), std::time::Instant::now());
         assert!((0..3).any(|_| backends.order()[0] == ep(2)), "back in rotation once the ejection ends");
+    }
+
+    /// An echo server on loopback; returns its address.
+    async fn echo() -> SocketAddrV4 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the echo server");
+        let std::net::SocketAddr::V4(address) = listener.local_addr().expect("its address") else { panic!("not IPv4") };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = stream.split();
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                });
+            }
+        });
+        address
+    }
+
+    /// A proxy on loopback in front of `backend` with `limits`; returns its address.
+    async fn proxy(backend: SocketAddrV4, limits: ConnectionLimits) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let address = listener.local_addr().expect("its address");
+        tokio::spawn(serve(listener, Arc::new(Backends::new(Strategy::RoundRobin, vec![backend])), None, limits));
+        address
+    }
+
+    async fn round_trip(stream: &mut TcpStream, text: &[u8]) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(text).await?;
+        let mut answer = vec![0; text.len()];
+        stream.read_exact(&mut answer).await?;
+        Ok(answer)
+    }
+
+    /// Whether the proxy closed `stream` (EOF or reset) within a bound far above any limit tested.
+    async fn closed(stream: &mut TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_a_connection_is_closed_and_the_others_are_served() {
+        let address = proxy(echo().await, ConnectionLimits { max_connections: 2, idle_timeout: Duration::from_secs(600) }).await;
+        let mut first = TcpStream::connect(address).await.expect("connect");
+        let mut second = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(round_trip(&mut first, b"one").await.expect("relayed"), b"one");
+        assert_eq!(round_trip(&mut second, b"two").await.expect("relayed"), b"two");
+        let mut third = TcpStream::connect(address).await.expect("accepted by the kernel");
+        assert!(closed(&mut third).await, "a connection over the cap is closed at once");
+        assert_eq!(round_trip(&mut first, b"still").await.expect("relayed"), b"still", "the others are untouched");
+        drop(first);
+        // Its slot is free once the relay notices the close.
+        let mut again = None;
+        for _ in 0..200 {
+            let mut fourth = TcpStream::connect(address).await.expect("connect");
+            if round_trip(&mut fourth, b"four").await.is_ok_and(|answer| answer == b"four") {
+                again = Some(fourth);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(again.is_some(), "a slot freed by a closed connection is used again");
+    }
+
+    #[tokio::test]
+    async fn a_connection_quiet_both_ways_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+        let idle = Duration::from_secs(1);
+        let address = proxy(echo().await, ConnectionLimits { max_connections: 10, idle_timeout: idle }).await;
+        let mut quiet = TcpStream::connect(address).await.expect("connect");
+        assert_eq!(round_trip(&mut quiet, b"hello").await.expect("relayed"), b"hello");
+        let mut busy = TcpStream::connect(address).await.expect("connect");
+        let began = std::time::Instant::now();
+        // Busy for three idle timeouts, a message every tenth of one.
+        while began.elapsed() < idle * 3 {
+            assert_eq!(round_trip(&mut busy, b"ping").await.expect("a busy connection stays open"), b"ping");
+            tokio::time::sleep(idle / 10).await;
+        }
+        assert!(closed(&mut quiet).await, "the quiet connection is closed");
+        assert_eq!(round_trip(&mut busy, b"last").await.expect("still open"), b"last");
     }
 
     #[test]

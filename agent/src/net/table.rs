@@ -46,12 +46,43 @@ pub enum ListenKey {
     UdpNodePort(u16),
 }
 
+impl std::fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenKey::Vip(address) => write!(f, "{address}/tcp"),
+            ListenKey::NodePort(port) => write!(f, "node port {port}/tcp"),
+            ListenKey::UdpVip(address) => write!(f, "{address}/udp"),
+            ListenKey::UdpNodePort(port) => write!(f, "node port {port}/udp"),
+        }
+    }
+}
+
+/// A listener of a service that the balancer could not open (retried on the next
+/// table): the port is held by another process, or another service declared it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerFailure {
+    pub listener: ListenKey,
+    pub service: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for ListenerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of service {}: {}", self.listener, self.service, self.error)
+    }
+}
+
 /// Everything the node's balancer should be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredBalancer {
     pub vips: BTreeSet<Ipv4Addr>,
     /// Each listener and the endpoints it spreads connections over.
     pub listeners: BTreeMap<ListenKey, Vec<SocketAddrV4>>,
+    /// The service each listener is for.
+    pub owners: BTreeMap<ListenKey, String>,
+    /// Listeners two services declared: the first in the table keeps it, the others
+    /// are listed here.
+    pub conflicts: Vec<ListenerFailure>,
     /// DNS: `<service>` and `<service>.orch` → VIP.
     pub names: BTreeMap<String, Ipv4Addr>,
 }
@@ -72,9 +103,16 @@ pub fn desired(table: &[ServiceEndpoints]) -> DesiredBalancer {
                 Protocol::Tcp => (ListenKey::Vip(vip), port.node_port.map(ListenKey::NodePort)),
                 Protocol::Udp => (ListenKey::UdpVip(vip), port.node_port.map(ListenKey::UdpNodePort)),
             };
-            out.listeners.insert(on_vip, endpoints.clone());
-            if let Some(on_node) = on_node {
-                out.listeners.insert(on_node, endpoints);
+            for key in std::iter::once(on_vip).chain(on_node) {
+                match out.owners.get(&key) {
+                    Some(owner) if *owner != service.name => {
+                        out.conflicts.push(ListenerFailure { listener: key, service: service.name.clone(), error: format!("service {owner} has it already") });
+                    }
+                    _ => {
+                        out.owners.insert(key, service.name.clone());
+                        out.listeners.insert(key, endpoints.clone());
+                    }
+                }
             }
         }
     }
@@ -130,6 +168,23 @@ mod tests {
         assert_eq!(d.listeners.len(), 4, "TCP and UDP, each on the VIP and a node port");
         assert_eq!(d.names.get("web.orch"), Some(&ip("10.96.0.10")));
         assert_eq!(d.names.get("web"), Some(&ip("10.96.0.10")));
+    }
+
+    #[test]
+    fn a_node_port_two_services_declare_stays_with_the_first_and_the_second_is_named() {
+        let mut api = web();
+        api.name = "api".into();
+        api.vip = ip("10.96.0.11");
+        api.ports.truncate(1);
+        api.ready = vec![ip("10.88.1.9")];
+        let d = desired(&[web(), api]);
+        let web_endpoints = vec![SocketAddrV4::new(ip("10.88.1.3"), 8080), SocketAddrV4::new(ip("10.88.2.3"), 8080)];
+        assert_eq!(d.listeners.get(&ListenKey::NodePort(30080)), Some(&web_endpoints), "the first service keeps it");
+        assert_eq!(d.owners.get(&ListenKey::NodePort(30080)).map(String::as_str), Some("web"));
+        assert_eq!(d.conflicts.len(), 1, "{:?}", d.conflicts);
+        assert_eq!(d.conflicts[0].to_string(), "node port 30080/tcp of service api: service web has it already");
+        let api_vip = ListenKey::Vip(SocketAddrV4::new(ip("10.96.0.11"), 80));
+        assert_eq!(d.owners.get(&api_vip).map(String::as_str), Some("api"), "its own VIP listener is unaffected");
     }
 
     #[test]

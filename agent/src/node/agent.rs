@@ -18,12 +18,39 @@ use super::context::{Backends, NodeContext};
 use super::convergence;
 use super::convert::usable;
 use super::registration::first_registration;
-use super::replica::{load_records, spawn, ReplicaHandle};
+use super::replica::{load_records, spawn, ReplicaHandle, UnreadableRecord};
 use super::session::Session;
 use crate::images::ImageStore;
 use crate::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, ServiceEndpoints, Strategy, Subnet};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::StateDir;
+
+/// The open files limit the agent asks for (as containerd's unit does with
+/// `LimitNOFILE`), bounded by the kernel's `fs.nr_open`.
+pub const DESCRIPTOR_LIMIT: u64 = 1 << 20;
+
+/// Raises the agent's limit on open files to [`DESCRIPTOR_LIMIT`] (or the most the
+/// kernel allows; the hard limit when it may not be raised): every connection the
+/// balancer relays costs two descriptors, and a node port flooded with idle connections
+/// must not leave the agent unable to open a log file or a pidfd.
+pub fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE).inspect_err(|error| tracing::warn!(%error, "getrlimit(RLIMIT_NOFILE)")) else { return };
+    let kernel = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|text| text.trim().parse::<u64>().ok()).unwrap_or(hard);
+    let wanted = DESCRIPTOR_LIMIT.min(kernel).max(hard);
+    if soft >= wanted {
+        return;
+    }
+    // Raising the hard limit needs CAP_SYS_RESOURCE; without it, the soft one goes up to it.
+    let raised = setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, hard, hard));
+    match raised.and_then(|()| getrlimit(Resource::RLIMIT_NOFILE)) {
+        Ok((now, _)) => tracing::info!(from = soft, to = now, "raised the open files limit"),
+        Err(error) => tracing::warn!(%error, soft, hard, "setrlimit(RLIMIT_NOFILE)"),
+    }
+}
+
+/// The node condition while replica records are set aside.
+const RECORD_UNREADABLE: &str = "RecordUnreadable";
 
 /// How the agent ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +70,14 @@ pub struct Agent {
     purges: BTreeMap<String, Purge>,
     /// The addresses of replicas stopping (kept out of the balancer's table until gone).
     leaving: BTreeMap<String, std::net::Ipv4Addr>,
+    /// Replicas whose records could not be read: their containers are kept until a
+    /// desired set says whether each is wanted (then adopted with the set's template)
+    /// or not (then removed).
+    set_aside: BTreeMap<String, UnreadableRecord>,
     generation: u64,
     api: Option<tokio::task::JoinHandle<()>>,
+    /// Applies the service table again while a listener fails.
+    retry_listeners: tokio::task::JoinHandle<()>,
 }
 
 struct Purge {
@@ -88,6 +121,7 @@ impl Agent {
     /// Registers (or falls back on the saved registration), sets the node network up and
     /// re-adopts the replicas a previous agent left.
     pub async fn start(mut config: AgentConfig) -> Result<Agent, AgentError> {
+        raise_descriptor_limit();
         // Bound first, so that a port 0 becomes the real one the controller is told.
         let api_listener = match config.api_listen {
             Some(address) => {
@@ -120,6 +154,7 @@ impl Agent {
             state_dir: config.state_dir.clone(),
             node_address: Some(config.address),
             strategy: Strategy::RoundRobin,
+            limits: config.connection_limits,
             node_netns: None,
         })
         .await?;
@@ -173,13 +208,15 @@ impl Agent {
     pub async fn resume(config: AgentConfig, ctx: Arc<NodeContext>) -> Agent {
         let mut agent = Agent {
             config,
-            ctx,
             replicas: BTreeMap::new(),
             terminating: Vec::new(),
             purges: BTreeMap::new(),
             leaving: BTreeMap::new(),
+            set_aside: BTreeMap::new(),
             generation: 0,
             api: None,
+            retry_listeners: tokio::spawn(super::service_table::keep_retrying(Arc::clone(&ctx))),
+            ctx,
         };
         agent.adopt().await;
         agent
@@ -190,10 +227,11 @@ impl Agent {
     }
 
     /// Resumes supervising every replica with a record; removes containers without one
-    /// (a start interrupted by the previous agent's death).
+    /// (a start interrupted by the previous agent's death) — except those whose record
+    /// could not be read, which wait for the first desired set.
     async fn adopt(&mut self) {
         let records = load_records(&self.ctx.state.records());
-        for record in records {
+        for record in records.readable {
             let container = match self.ctx.runtime.adopt(&record.id) {
                 Ok(container) => Some(container),
                 Err(error) => {
@@ -211,22 +249,87 @@ impl Agent {
             let id = record.id.clone();
             self.replicas.insert(id, spawn(Arc::clone(&self.ctx), record, container));
         }
+        for unreadable in records.unreadable {
+            self.ctx.board.event(
+                EventKind::RecordUnreadable,
+                self.node_object(),
+                format!(
+                    "the record of replica {} cannot be read ({}): set aside as {}; its container is kept until the controller says whether it is wanted",
+                    unreadable.id,
+                    unreadable.error,
+                    unreadable.path.display()
+                ),
+            );
+            self.set_aside.insert(unreadable.id.clone(), unreadable);
+        }
+        self.report_set_aside();
         for id in self.ctx.runtime.container_ids() {
-            if self.replicas.contains_key(&id) {
+            if self.replicas.contains_key(&id) || self.set_aside.contains_key(&id) {
                 continue;
             }
             tracing::warn!(container = %id, "removing a container no replica owns");
-            match self.ctx.runtime.adopt(&id) {
-                Ok(container) => {
-                    container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
-                    let _ = container.remove().await;
-                }
-                Err(_) => {
-                    let _ = self.ctx.runtime.discard(&id);
-                }
-            }
-            let _ = self.ctx.network.detach(&id).await;
+            self.remove_container(&id).await;
         }
+    }
+
+    fn node_object(&self) -> String {
+        format!("node/{}", self.config.name)
+    }
+
+    /// The RecordUnreadable condition, while any replica waits with its record set aside.
+    fn report_set_aside(&self) {
+        if self.set_aside.is_empty() {
+            self.ctx.board.clear_condition(RECORD_UNREADABLE);
+        } else {
+            let files: Vec<String> = self.set_aside.values().map(|r| r.path.display().to_string()).collect();
+            self.ctx.board.set_condition(RECORD_UNREADABLE, format!("replica records set aside, their containers kept: {}", files.join(", ")));
+        }
+    }
+
+    /// Stops and removes a container no supervisor owns, and its network attachment.
+    async fn remove_container(&self, id: &str) {
+        match self.ctx.runtime.adopt(id) {
+            Ok(container) => {
+                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
+                let _ = container.remove().await;
+            }
+            Err(_) => {
+                let _ = self.ctx.runtime.discard(id);
+            }
+        }
+        let _ = self.ctx.network.detach(id).await;
+    }
+
+    /// Settles the replicas whose records were set aside, by the replicas a desired set
+    /// starts: one among them is adopted with the set's template (its container keeps
+    /// running); any other is removed, as a container without a replica.
+    async fn settle_set_aside(&mut self, start: &mut Vec<pb::Replica>) {
+        if self.set_aside.is_empty() {
+            return;
+        }
+        for (id, unreadable) in std::mem::take(&mut self.set_aside) {
+            if let Some(index) = start.iter().position(|replica| replica.id == id) {
+                let replica = start.remove(index);
+                let container = match self.ctx.runtime.adopt(&id) {
+                    Ok(container) => Some(container),
+                    Err(error) => {
+                        tracing::warn!(replica = %id, %error, "a replica whose record was set aside has no running container");
+                        if self.ctx.runtime.container_ids().contains(&id) {
+                            let _ = self.ctx.runtime.discard(&id);
+                        }
+                        None
+                    }
+                };
+                let message = if container.is_some() { "adopted with the controller's template" } else { "started again from the controller's template" };
+                self.ctx.board.event(EventKind::Adopted, format!("replica/{id}"), format!("its record was set aside: {message}"));
+                self.replicas.insert(id.clone(), spawn(Arc::clone(&self.ctx), replica, container));
+            } else {
+                tracing::warn!(replica = %id, "a replica whose record was set aside is not wanted: removing its container");
+                self.remove_container(&id).await;
+            }
+            let _ = std::fs::remove_file(&unreadable.path);
+        }
+        self.report_set_aside();
     }
 
     /// Converges the node to a desired set.
@@ -251,9 +354,7 @@ impl Agent {
         for service in &mut table {
             service.ready.retain(|ip| !self.leaving.values().any(|leaving| leaving == ip));
         }
-        if let Err(error) = self.ctx.network.apply_services(&table).await {
-            tracing::warn!(%error, "applying the service table");
-        }
+        self.ctx.services.apply(&self.ctx, table).await;
         let routes: Vec<PeerRoute> = usable(&set.routes);
         if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
             tracing::warn!(%error, "setting routes to the other nodes");
@@ -269,7 +370,9 @@ impl Agent {
         // the starts: a purge this set calls off is aborted before its service's new
         // replicas are spawned.
         self.purge_volumes(&set.purged_services);
-        for replica in plan.start {
+        let mut start = plan.start;
+        self.settle_set_aside(&mut start).await;
+        for replica in start {
             self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
         self.terminating.retain(|handle| !handle.is_finished());
@@ -338,6 +441,9 @@ impl Agent {
             api.abort();
             let _ = api.await;
         }
+        // It holds the context, which must go before the node network can.
+        self.retry_listeners.abort();
+        let _ = (&mut self.retry_listeners).await;
         match how {
             Shutdown::Leave => {
                 tracing::info!("stopping; the containers keep running for the next agent");

@@ -18,7 +18,7 @@ use orch_api::pb;
 use super::probe::ProbeTarget;
 use crate::cgroups::CgroupStats;
 use crate::images::{ImageError, ImageRecord, ImageStore};
-use crate::net::{NetError, NetworkView, NodeNetwork, PeerRoute, ServiceEndpoints};
+use crate::net::{ListenerFailure, NetError, NetworkView, NodeNetwork, PeerRoute, ServiceEndpoints};
 use crate::runtime::{Container, ContainerExit, ContainerNetwork, ContainerSpec, Runtime, RuntimeError};
 
 /// Why a backend refused.
@@ -83,8 +83,9 @@ pub trait PodNetwork: ContainerNetwork {
     fn prepare(&self, replica: &str, hostname: &str, dir: &Path) -> Result<(Ipv4Addr, Vec<(PathBuf, String)>), BackendError>;
     /// Unwires the replica and frees its address.
     async fn detach(&self, replica: &str) -> Result<(), BackendError>;
-    /// Replaces the balancer's table.
-    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError>;
+    /// Replaces the balancer's table; returns the listeners it could not open (the
+    /// others are served).
+    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, BackendError>;
     /// The connections the balancer relays to `ip` now.
     async fn active_connections(&self, ip: Ipv4Addr) -> usize;
     /// Replaces the routes to other nodes' pods.
@@ -171,7 +172,7 @@ impl PodNetwork for NodeNetwork {
         Ok(NodeNetwork::detach(self, replica).await?)
     }
 
-    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<(), BackendError> {
+    async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, BackendError> {
         Ok(NodeNetwork::apply_services(self, table).await?)
     }
 

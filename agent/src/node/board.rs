@@ -18,9 +18,21 @@ use crate::runtime::now_unix_ms;
 #[derive(Default)]
 pub struct StatusBoard {
     replicas: Mutex<BTreeMap<String, pb::ReplicaReport>>,
-    events: Mutex<Vec<pb::Event>>,
+    events: Mutex<Events>,
+    conditions: Mutex<BTreeMap<String, pb::NodeCondition>>,
     changed: Notify,
 }
+
+/// The events not yet reported, at most [`EVENT_BACKLOG`]: while the controller is away
+/// the oldest go first, and the next report says how many were dropped.
+#[derive(Default)]
+struct Events {
+    pending: std::collections::VecDeque<pb::Event>,
+    dropped: u64,
+}
+
+/// How many unreported events a node keeps while its controller is away.
+pub const EVENT_BACKLOG: usize = 1000;
 
 impl StatusBoard {
     pub fn set(&self, replica: &pb::ReplicaReport) {
@@ -36,16 +48,62 @@ impl StatusBoard {
     pub fn event(&self, kind: EventKind, object: String, message: String) {
         tracing::info!(kind = kind.as_str(), %object, %message, "event");
         let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message };
-        self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.pending.len() >= EVENT_BACKLOG {
+            events.pending.pop_front();
+            events.dropped += 1;
+        }
+        events.pending.push_back(event);
+        drop(events);
         self.changed.notify_one();
+    }
+
+    /// Holds condition `kind` with `message` (since when it first held); `true` when it
+    /// is new or says something new, for the caller's event.
+    pub fn set_condition(&self, kind: &str, message: String) -> bool {
+        let mut conditions = self.conditions.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = conditions.get(kind).map_or_else(now_unix_ms, |held| held.since_unix_ms);
+        let condition = pb::NodeCondition { r#type: kind.to_owned(), message, since_unix_ms: since };
+        let changed = conditions.get(kind).is_none_or(|held| held.message != condition.message);
+        conditions.insert(kind.to_owned(), condition);
+        drop(conditions);
+        if changed {
+            self.changed.notify_one();
+        }
+        changed
+    }
+
+    /// Condition `kind` is over; `true` when it held.
+    pub fn clear_condition(&self, kind: &str) -> bool {
+        let held = self.conditions.lock().unwrap_or_else(PoisonError::into_inner).remove(kind).is_some();
+        if held {
+            self.changed.notify_one();
+        }
+        held
+    }
+
+    pub fn conditions(&self) -> Vec<pb::NodeCondition> {
+        self.conditions.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
     pub fn snapshot(&self) -> Vec<pb::ReplicaReport> {
         self.replicas.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
     }
 
-    pub fn take_events(&self) -> Vec<pb::Event> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    /// The events since the last call, oldest first; an `EventsDropped` event of `node`
+    /// first when the backlog overflowed meanwhile.
+    pub fn take_events(&self, node: &str) -> Vec<pb::Event> {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let dropped = std::mem::take(&mut events.dropped);
+        let pending = std::mem::take(&mut events.pending);
+        drop(events);
+        let overflow = (dropped > 0).then(|| pb::Event {
+            timestamp_unix_ms: now_unix_ms(),
+            kind: EventKind::EventsDropped.as_str().to_owned(),
+            object: format!("node/{node}"),
+            message: format!("{dropped} older events were dropped while the controller was away (the node keeps the last {EVENT_BACKLOG})"),
+        });
+        overflow.into_iter().chain(pending).collect()
     }
 
     /// Resolves when something changed since the last call.
@@ -82,5 +140,38 @@ impl RunningTable {
 
     pub fn all(&self) -> BTreeMap<String, RunningReplica> {
         self.replicas.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_keeps_the_newest_events_and_says_how_many_went() {
+        let board = StatusBoard::default();
+        for n in 0..EVENT_BACKLOG + 5 {
+            board.event(EventKind::Restarted, "replica/web-a".into(), format!("restart {n}"));
+        }
+        let events = board.take_events("n1");
+        assert_eq!(events.len(), EVENT_BACKLOG + 1, "the backlog and one event saying what was dropped");
+        assert_eq!((events[0].kind.as_str(), events[0].object.as_str()), ("EventsDropped", "node/n1"));
+        assert!(events[0].message.starts_with("5 older events were dropped"), "{}", events[0].message);
+        assert_eq!(events[1].message, "restart 5", "the oldest go first");
+        assert_eq!(events[EVENT_BACKLOG].message, format!("restart {}", EVENT_BACKLOG + 4));
+        assert!(board.take_events("n1").is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_condition_keeps_when_it_began_and_is_reported_until_cleared() {
+        let board = StatusBoard::default();
+        assert!(board.set_condition("ListenerFailed", "node port 30080: in use".into()), "new");
+        let since = board.conditions()[0].since_unix_ms;
+        assert!(!board.set_condition("ListenerFailed", "node port 30080: in use".into()), "the same: nothing new to say");
+        assert!(board.set_condition("ListenerFailed", "node ports 30080, 30081: in use".into()), "a new message");
+        assert_eq!(board.conditions()[0].since_unix_ms, since, "it holds since it first held");
+        assert!(board.clear_condition("ListenerFailed"));
+        assert!(!board.clear_condition("ListenerFailed"), "cleared once");
+        assert!(board.conditions().is_empty());
     }
 }

@@ -76,6 +76,9 @@ pub struct AgentConfig {
     /// Mutual TLS with the certificates in this directory (`ca.pem`, `node-<name>.pem`
     /// and `.key`): towards the controller and for the node API. Plain text when unset.
     pub tls_dir: Option<PathBuf>,
+    /// What clients of the balancer's listeners can hold (`--max-connections-per-port`,
+    /// `--idle-timeout`).
+    pub connection_limits: crate::net::ConnectionLimits,
 }
 
 impl AgentConfig {

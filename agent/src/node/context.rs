@@ -28,6 +28,8 @@ pub struct NodeContext {
     pub volume_locks: VolumeLocks,
     /// The Configs and Secrets of the latest desired set (in memory only).
     pub configs: ConfigCache,
+    /// The balancer's table, applied again while a listener fails.
+    pub services: super::service_table::ServiceTable,
 }
 
 /// The Configs and Secrets the controller sent for this node's replicas: in memory, and
@@ -113,6 +115,7 @@ impl NodeContext {
             volumes,
             volume_locks: VolumeLocks::default(),
             configs: ConfigCache::default(),
+            services: super::service_table::ServiceTable::default(),
             node,
             runtime: backends.containers,
             images: backends.images,

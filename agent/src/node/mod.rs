@@ -7,8 +7,10 @@
 //!   readiness, restart policy and back-off, events), [`replica`] acts (image, start,
 //!   pidfd wait, [`probe`]s, stop, crash evidence, cleanup). The supervisor decides, the
 //!   task acts.
-//! - Shared: the [`board`] (status and events going up, the running table for exec and
-//!   stats), the [`context`], the [`logs`], the node [`api`] the controller calls.
+//! - Shared: the [`board`] (status, events and node conditions going up, the running
+//!   table for exec and stats), the [`context`], the [`logs`], the node [`api`] the
+//!   controller calls, the [`service_table`] (the balancer's table, applied again while
+//!   a listener fails).
 //! - The [`backends`] the node layer runs on (containers, images, pod network, probe
 //!   checks) are small traits: the real ones here, fakes in [`crate::testing`].
 //! - [`convert`] turns the controller's records into what the node runs (limits,
@@ -29,6 +31,7 @@ pub mod logs;
 pub mod probe;
 pub mod registration;
 pub mod replica;
+pub mod service_table;
 pub mod session;
 pub mod teardown;
 pub mod volumes;

@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 use super::config::{AgentConfig, LinkError};
 use crate::StateDir;
 
+/// A saved registration that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct RegistrationFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 /// What registration said, kept so that a restarted agent can set its network up and
 /// adopt its replicas while the controller is away.
 /// Saved as `<state>/node.json`; `orch-agent teardown` reads it too.
@@ -31,8 +39,16 @@ impl Registration {
         StateDir::new(state_dir).registration()
     }
 
-    pub fn load(state_dir: &std::path::Path) -> Option<Registration> {
-        std::fs::read(Registration::path(state_dir)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    /// The saved registration; `None` when there is none, an error naming the file when
+    /// it cannot be read (never taken as "none" silently).
+    pub fn load(state_dir: &std::path::Path) -> Result<Option<Registration>, RegistrationFileError> {
+        let path = Registration::path(state_dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(RegistrationFileError { path, reason: error.to_string() }),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|error| RegistrationFileError { path, reason: error.to_string() })
     }
 
     fn save(&self, state_dir: &std::path::Path) {
@@ -82,7 +98,12 @@ pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::tran
 /// The first registration: from the controller, else (restarting while it is away) from
 /// the last one saved. Retries until one of them is there.
 pub async fn first_registration(config: &AgentConfig) -> Registration {
-    let saved = Registration::load(&config.state_dir);
+    let saved = Registration::load(&config.state_dir).unwrap_or_else(|error| {
+        // Rewritten by the next registration; until the controller answers, the node
+        // network waits (its subnet is not guessed).
+        tracing::error!(%error, "the saved registration cannot be read: waiting for the controller");
+        None
+    });
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = match config.controller_channel().await {

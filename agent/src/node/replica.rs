@@ -120,19 +120,62 @@ async fn watch_usage(ctx: Arc<NodeContext>, object: String, limited: Vec<(String
     }
 }
 
-/// Reads the records a previous agent left.
-pub fn load_records(dir: &Path) -> Vec<pb::Replica> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut records = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "pb") {
+/// The records a previous agent left, and those it could not read.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub readable: Vec<pb::Replica>,
+    pub unreadable: Vec<UnreadableRecord>,
+}
+
+/// A replica record that could not be read, set aside as `<id>.pb.corrupt` (or found so
+/// set aside by an earlier agent). Its replica's container is kept until the controller
+/// says whether the replica is still wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRecord {
+    pub id: String,
+    pub path: std::path::PathBuf,
+    pub error: String,
+}
+
+/// What a record set aside is named.
+pub const SET_ASIDE: &str = "corrupt";
+
+/// Reads the records a previous agent left. One that cannot be read is renamed
+/// `<id>.pb.corrupt` — never skipped silently, never taken as "no replica".
+pub fn load_records(dir: &Path) -> Records {
+    let mut records = Records::default();
+    let Ok(entries) = std::fs::read_dir(dir) else { return records };
+    let mut paths: Vec<std::path::PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        if let Some(id) = name.strip_suffix(&format!(".pb.{SET_ASIDE}")) {
+            // Set aside by an earlier agent, its replica not settled since.
+            if !dir.join(format!("{id}.pb")).exists() {
+                records.unreadable.push(UnreadableRecord { id: id.to_owned(), path, error: "set aside by an earlier agent".into() });
+            }
             continue;
         }
-        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| pb::Replica::decode(bytes.as_slice()).map_err(|e| e.to_string())) {
-            Ok(record) => records.push(record),
-            Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring an unreadable replica record"),
-        }
+        let Some(id) = name.strip_suffix(".pb") else { continue };
+        let decoded = std::fs::read(&path).map_err(|e| e.to_string()).and_then(|bytes| pb::Replica::decode(bytes.as_slice()).map_err(|e| e.to_string()));
+        let error = match decoded {
+            Ok(record) if record.id == id => {
+                records.readable.push(record);
+                continue;
+            }
+            Ok(record) => format!("the record names replica {:?}", record.id),
+            Err(error) => error,
+        };
+        let aside = dir.join(format!("{name}.{SET_ASIDE}"));
+        let path = match std::fs::rename(&path, &aside) {
+            Ok(()) => aside,
+            Err(rename) => {
+                tracing::warn!(path = %path.display(), error = %rename, "cannot set an unreadable replica record aside");
+                path
+            }
+        };
+        tracing::warn!(path = %path.display(), %error, "an unreadable replica record: set aside, its container kept");
+        records.unreadable.push(UnreadableRecord { id: id.to_owned(), path, error });
     }
     records
 }

@@ -31,7 +31,8 @@ fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage 
         body: Some(pb::agent_message::Body::Status(pb::StatusReport {
             observed_generation: generation,
             replicas: board.snapshot(),
-            events: board.take_events(),
+            events: board.take_events(node),
+            conditions: board.conditions(),
         })),
     }
 }

@@ -40,13 +40,24 @@ pub async fn teardown(leftovers: &Leftovers) -> Result<(), Vec<String>> {
             failures.push(format!("container {id}: {e}"));
         }
     }
-    if let Some(registration) = Registration::load(&leftovers.state_dir) {
-        let service_cidr = Subnet::parse(&registration.service_cidr).ok();
-        if service_cidr.is_none() {
-            failures.push(format!("{}: unreadable service range {:?}", state.registration().display(), registration.service_cidr));
+    match Registration::load(&leftovers.state_dir) {
+        Ok(Some(registration)) => {
+            let service_cidr = Subnet::parse(&registration.service_cidr).ok();
+            if service_cidr.is_none() {
+                failures.push(format!("{}: unreadable service range {:?}", state.registration().display(), registration.service_cidr));
+            }
+            if let Err(e) = NodeNetwork::remove_leftovers(&leftovers.bridge, service_cidr, &leftovers.state_dir).await {
+                failures.push(format!("node network: {e}"));
+            }
         }
-        if let Err(e) = NodeNetwork::remove_leftovers(&leftovers.bridge, service_cidr, &leftovers.state_dir).await {
-            failures.push(format!("node network: {e}"));
+        Ok(None) => {}
+        Err(error) => {
+            // The bridge and the balancer go all the same; the service range's route is
+            // the one thing its record was needed for.
+            failures.push(format!("node network: the saved registration cannot be read ({error}): the route to the service range, if any, is left"));
+            if let Err(e) = NodeNetwork::remove_leftovers(&leftovers.bridge, None, &leftovers.state_dir).await {
+                failures.push(format!("node network: {e}"));
+            }
         }
     }
     failures.extend(super::volumes::release_all(&state.empty_dirs_root()).into_iter().map(|e| format!("emptyDir volumes: {e}")));

@@ -33,6 +33,7 @@ fn config(dir: &Path) -> AgentConfig {
         helper: "/nonexistent/orch-agent".into(),
         api_listen: None,
         tls_dir: None,
+        connection_limits: crate::net::ConnectionLimits::default(),
     }
 }
 
@@ -78,7 +79,7 @@ async fn eventually(what: &str, mut holds: impl FnMut() -> bool) {
 }
 
 fn events(ctx: &NodeContext, kind: EventKind) -> Vec<pb::Event> {
-    ctx.board.take_events().into_iter().filter(|e| e.kind == kind.as_str()).collect()
+    ctx.board.take_events("n1").into_iter().filter(|e| e.kind == kind.as_str()).collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -159,6 +160,83 @@ async fn a_new_agent_adopts_the_running_counts_the_dead_and_removes_the_unowned(
     assert_eq!(status(&new, "web-b").exit_code, Some(3), "the exit it had while no agent ran is its last exit");
     assert!(!fakes.runtime.containers().contains("stray"), "a container without a record is removed");
     agent.shut_down(Shutdown::Drain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_is_set_aside_its_container_kept_then_adopted_or_removed_by_the_desired_set() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let always = pb::RestartPolicy::Always;
+    let old = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&old)).await;
+    agent.converge(set(1, vec![desired("web-a", "web:1", always, None), desired("web-b", "web:1", always, None)])).await;
+    eventually("both replicas run", || running(&old, "web-a") && running(&old, "web-b")).await;
+    let pid_a = status(&old, "web-a").host_pid;
+    agent.shut_down(Shutdown::Leave).await;
+
+    // Both records damaged while no agent runs (a torn write of an earlier build, a bad disk).
+    std::fs::write(dir.path().join("replicas/web-a.pb"), b"\xff\xff not a record").expect("damage web-a's record");
+    std::fs::write(dir.path().join("replicas/web-b.pb"), b"").expect("empty web-b's record");
+    let new = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&new)).await;
+    assert!(fakes.runtime.containers().contains("web-a") && fakes.runtime.containers().contains("web-b"), "containers kept, not removed as unowned");
+    assert!(dir.path().join("replicas/web-a.pb.corrupt").exists(), "the record is set aside, not deleted");
+    let conditions = new.board.conditions();
+    assert_eq!(conditions.len(), 1, "{conditions:?}");
+    assert_eq!(conditions[0].r#type, "RecordUnreadable");
+    assert!(conditions[0].message.contains("web-a.pb.corrupt") && conditions[0].message.contains("web-b.pb.corrupt"), "{conditions:?}");
+    let unreadable = events(&new, EventKind::RecordUnreadable);
+    assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+    assert!(unreadable.iter().all(|e| e.object == "node/fake" && e.message.contains("cannot be read")), "{unreadable:?}");
+
+    // The controller still wants web-a only: it is adopted with the set's template; web-b goes.
+    agent.converge(set(2, vec![desired("web-a", "web:1", always, None)])).await;
+    eventually("web-a is taken over", || running(&new, "web-a")).await;
+    assert_eq!(status(&new, "web-a").host_pid, pid_a, "the same process, adopted");
+    assert_eq!(fakes.runtime.starts("web-a").len(), 1, "adoption starts nothing");
+    assert!(!fakes.runtime.containers().contains("web-b"), "a replica no longer wanted is removed");
+    assert!(new.board.conditions().is_empty(), "the condition is over once every set-aside replica is settled");
+    assert!(!dir.path().join("replicas/web-a.pb.corrupt").exists() && !dir.path().join("replicas/web-b.pb.corrupt").exists());
+    assert!(dir.path().join("replicas/web-a.pb").exists(), "web-a has a readable record again");
+    agent.shut_down(Shutdown::Drain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_port_that_cannot_be_bound_is_an_event_and_a_condition_retried_until_it_opens() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    fakes.network.hold_port(30080, true);
+    let service = |name: &str, vip: &str, node_port: u32| pb::ServiceEndpoints {
+        service: name.into(),
+        vip: vip.into(),
+        ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, node_port, ..Default::default() }],
+        ready_ips: vec!["10.0.0.2".into()],
+    };
+    let mut table = set(1, Vec::new());
+    table.endpoints = vec![service("api", "10.96.0.11", 30081), service("web", "10.96.0.10", 30080)];
+    agent.converge(table).await;
+    assert_eq!(fakes.network.services().len(), 2, "every service's endpoints are applied all the same");
+    let failed = events(&ctx, EventKind::ListenerFailed);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].object, "service/web");
+    assert!(failed[0].message.contains("node port 30080/tcp") && failed[0].message.contains("in use"), "{}", failed[0].message);
+    let conditions = ctx.board.conditions();
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0].r#type, "ListenerFailed");
+    assert!(conditions[0].message.contains("of service web"), "{}", conditions[0].message);
+
+    tokio::time::sleep(super::service_table::LISTENER_RETRY * 2).await;
+    assert!(events(&ctx, EventKind::ListenerFailed).is_empty(), "a failure that lasts is said once");
+    fakes.network.hold_port(30080, false);
+    eventually("the retry opens the port", || !ctx.board.conditions().iter().any(|c| c.r#type == "ListenerFailed")).await;
+    let opened = events(&ctx, EventKind::ListenerOpened);
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!((opened[0].object.as_str(), opened[0].message.as_str()), ("service/web", "node port 30080/tcp is open"));
+    drop(ctx);
+    agent.shut_down(Shutdown::Drain).await;
+    assert!(fakes.network.torn_down(), "the retry task let go of the node");
 }
 
 #[tokio::test(start_paused = true)]

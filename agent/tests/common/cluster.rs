@@ -33,10 +33,17 @@ pub struct Cluster {
     pub cgroup_parent: String,
     pub image: String,
     service_cidr: String,
+    /// More flags for `orch-agent serve`.
+    agent_args: Vec<String>,
 }
 
 impl Cluster {
     pub async fn start(test: &str) -> Cluster {
+        Cluster::start_with(test, &[]).await
+    }
+
+    /// A cluster whose agent runs with more flags.
+    pub async fn start_with(test: &str, agent_args: &[&str]) -> Cluster {
         require_root();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -73,6 +80,7 @@ impl Cluster {
             bridge: format!("od{:x}{n}", pid % 0xffff),
             cgroup_parent: format!("orch-test-{pid}-{n}-{test}"),
             service_cidr,
+            agent_args: agent_args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
         cluster.start_agent();
         cluster.wait_node_ready().await;
@@ -98,6 +106,7 @@ impl Cluster {
             .arg(self.volumes_dir())
             .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
             .args(["--upstream-dns", "none"]) // tests never ask the machine's own resolver
+            .args(&self.agent_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -105,6 +114,11 @@ impl Cluster {
             .spawn()
             .expect("spawn orch-agent serve");
         self.agent = Some(child);
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     /// `kill -9` of the agent: no goodbye.

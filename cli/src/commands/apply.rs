@@ -41,6 +41,7 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> a
         }
     }
     problems.extend(orch_api::manifest::check_unique_names(&documents).iter().map(ToString::to_string));
+    problems.extend(orch_api::manifest::check_unique_node_ports(&documents).iter().map(ToString::to_string));
     problems.extend(orch_api::manifest::check_unique_configs(&configs).iter().map(ToString::to_string));
     if !problems.is_empty() {
         anyhow::bail!("invalid manifest, nothing was applied:\n{}", problems.join("\n"));

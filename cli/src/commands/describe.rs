@@ -194,7 +194,7 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 "Name:        {}\nAddress:     {}\nStatus:      {}\nPod CIDR:    {}\nCPU:         {}m of {}m allocated\nMemory:      {} of {} allocated\n",
                 o.name,
                 o.address,
-                if o.ready { "Ready" } else { "NotReady" },
+                o.status(),
                 o.pod_cidr,
                 o.allocated.cpu_millis,
                 o.capacity.cpu_millis,
@@ -204,6 +204,12 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
             let labels = node.info.as_ref().map(|i| i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()).unwrap_or_default();
             if !labels.is_empty() {
                 text.push_str(&format!("Labels:      {}\n", labels.join(", ")));
+            }
+            if !o.conditions.is_empty() {
+                text.push_str("Conditions:\n");
+                for condition in &o.conditions {
+                    text.push_str(&format!("  {:<18} {} (since {} ago)\n", condition.kind, condition.message, age(condition.since_unix_ms)));
+                }
             }
             text.push_str("Replicas:\n");
             for r in replicas.iter().filter(|r| r.node == *name) {

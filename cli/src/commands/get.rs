@@ -117,7 +117,7 @@ async fn render(api: &mut ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
             let rows = out
                 .iter()
                 .map(|n| {
-                    let mut row = vec![n.name.clone(), if n.ready { "Ready".into() } else { "NotReady".into() }, n.address.clone(), n.pod_cidr.clone()];
+                    let mut row = vec![n.name.clone(), n.status(), n.address.clone(), n.pod_cidr.clone()];
                     if args.output == Format::Wide {
                         row.extend([
                             format!("{}m/{}m", n.allocated.cpu_millis, n.capacity.cpu_millis),

@@ -157,6 +157,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         // (registered as it is); only the controller's certificate may call it.
         api_listen: Some(SocketAddr::new(args.address.into(), 0)),
         tls_dir: tls_dir.map(Path::to_path_buf),
+        connection_limits: orch_agent::net::ConnectionLimits::default(),
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);

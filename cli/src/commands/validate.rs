@@ -26,6 +26,7 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     errors.extend(check_unique_names(&documents));
+    errors.extend(orch_api::manifest::check_unique_node_ports(&documents));
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");

@@ -2,6 +2,7 @@
 //! store ([`services`]), which hold the logic and are tested without gRPC.
 
 mod configs;
+mod node_ports;
 mod proxy;
 pub mod rpc;
 pub mod services;

@@ -7,11 +7,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use orch_api::cidr::Ipv4Cidr;
-use orch_api::manifest::{check_unique_configs, check_unique_names, load_manifests, MAX_REPLICAS};
+use orch_api::manifest::{check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, MAX_REPLICAS};
 use orch_api::pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use super::node_ports;
 use super::vip::next_free_vip;
 use crate::keys;
 use crate::store::{retry_on_conflict, Expect, MaybeConflict, Store, StoreError};
@@ -115,6 +116,17 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
     Some(updated)
 }
 
+/// The port a node port claim's key names.
+fn parse_node_port_key(key: &str) -> Option<node_ports::NodePort> {
+    let (protocol, port) = key.strip_prefix(keys::NODE_PORTS)?.split_once('/')?;
+    let protocol = match protocol {
+        "tcp" => pb::Protocol::Tcp,
+        "udp" => pb::Protocol::Udp,
+        _ => return None,
+    };
+    Some((protocol, port.parse().ok()?))
+}
+
 #[derive(Clone)]
 pub struct ServiceApi {
     pub(crate) store: Arc<dyn Store>,
@@ -165,6 +177,7 @@ impl ServiceApi {
             }
         }
         problems.extend(check_unique_names(&documents).iter().map(ToString::to_string));
+        problems.extend(check_unique_node_ports(&documents).iter().map(ToString::to_string));
         problems.extend(check_unique_configs(&configs).iter().map(ToString::to_string));
         if !problems.is_empty() {
             return Err(ApiError::Invalid(problems));
@@ -188,6 +201,36 @@ impl ServiceApi {
     }
 
     pub(crate) async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
+        let ports = node_ports::declared(wanted.spec.as_ref());
+        if !ports.is_empty() {
+            // Services stored by earlier builds hold their ports without claims.
+            let found = node_ports::conflicts(&wanted.name, wanted.spec.as_ref(), &self.list().await?);
+            if !found.is_empty() {
+                return Err(ApiError::Invalid(found));
+            }
+        }
+        let claimed = node_ports::claim(self.store.as_ref(), &wanted.name, &ports).await?;
+        let written = self.write_service(&wanted).await;
+        match &written {
+            Ok((_, ApplyOutcome::Configured)) => {
+                // Ports the previous template declared and this one does not go back.
+                let held = self.store.list(keys::NODE_PORTS).await.map(|listing| listing.items).unwrap_or_default();
+                let dropped: Vec<node_ports::NodePort> = held
+                    .iter()
+                    .filter(|kv| kv.value == wanted.name.as_bytes())
+                    .filter_map(|kv| parse_node_port_key(&kv.key))
+                    .filter(|port| !ports.contains_key(port))
+                    .collect();
+                node_ports::release(self.store.as_ref(), &wanted.name, &dropped).await;
+            }
+            Ok(_) => {}
+            Err(_) => node_ports::release(self.store.as_ref(), &wanted.name, &claimed).await,
+        }
+        written
+    }
+
+    /// Creates or updates the service record (its ports already claimed).
+    async fn write_service(&self, wanted: &pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
         let attempt = || async {
             // Read again on every attempt: a concurrent roll may have moved them.
@@ -201,9 +244,24 @@ impl ServiceApi {
                 service.spec_hash = hash(service.spec.as_ref());
                 service.config_revisions = revisions.clone().into_iter().collect();
                 if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
-                    // Lost the name to another apply (or failed): the address goes back.
-                    self.release_vip(vip).await?;
-                    return Err(ApiError::Store(e));
+                    if e.is_conflict() {
+                        // Lost the name to another apply: nothing was written, the address goes back.
+                        self.release_vip(vip).await?;
+                        return Err(ApiError::Store(e));
+                    }
+                    // The outcome is unknown (a timeout, a lost connection): the write may
+                    // have landed, and releasing the address would hand it out twice.
+                    match self.store.get(&key).await {
+                        Ok(Some(kv)) if keys::decode::<pb::Service>(&key, &kv.value).is_ok_and(|landed| landed.vip == service.vip) => {
+                            tracing::info!(service = %service.name, error = %e, "the service was written although the store said otherwise");
+                        }
+                        _ => {
+                            // Not there (yet?): the address stays claimed under the service's
+                            // name; the next apply of that name takes it again.
+                            tracing::warn!(service = %service.name, %vip, error = %e, "keeping the VIP claimed: the service write's outcome is unknown");
+                            return Err(ApiError::Store(e));
+                        }
+                    }
                 }
                 // A service of this name deleted with its volumes earlier: the nodes stop
                 // purging, the new one's volumes stay.
@@ -227,10 +285,16 @@ impl ServiceApi {
         retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
     }
 
-    /// Claims the next free VIP by creating its key; a concurrent claim moves on.
+    /// Claims the next free VIP by creating its key; a concurrent claim moves on. One
+    /// already claimed under `service`'s name (by an apply whose write's outcome was
+    /// unknown, the service absent since) is taken again.
     async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
         let attempt = || async {
-            let used: BTreeSet<Ipv4Addr> = self.store.list(keys::VIPS).await?.items.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
+            let claims = self.store.list(keys::VIPS).await?.items;
+            if let Some(mine) = claims.iter().filter(|kv| kv.value == service.as_bytes()).find_map(|kv| kv.key[keys::VIPS.len()..].parse::<Ipv4Addr>().ok()) {
+                return Ok(mine);
+            }
+            let used: BTreeSet<Ipv4Addr> = claims.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
             let Some(vip) = next_free_vip(self.service_range.network(), self.service_range.prefix(), &used) else {
                 return Err(ApiError::VipsExhausted(self.service_range.to_string()));
             };
@@ -268,6 +332,8 @@ impl ServiceApi {
             if let Ok(vip) = service.vip.parse() {
                 self.release_vip(vip).await?;
             }
+            let ports: Vec<node_ports::NodePort> = node_ports::declared(service.spec.as_ref()).into_keys().collect();
+            node_ports::release(self.store.as_ref(), name, &ports).await;
             Ok::<_, ApiError>(())
         };
         // A service deleted earlier without its volumes may be purged now.

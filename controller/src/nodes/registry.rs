@@ -2,7 +2,7 @@
 //! re-registrations), and liveness as a lease the node's heartbeats keep alive — the node
 //! is Ready while its lease key exists.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,8 +70,14 @@ impl NodeRegistry {
             };
             let pod_subnet =
                 orch_api::cidr::from_wire(stored_subnet.as_ref(), &pod_cidr).map_err(|e| NodeError::Invalid(format!("pod subnet of {}: {e}", info.name)))?;
-            let node =
-                pb::Node { info: Some(info.clone()), ready: true, pod_cidr: pod_subnet.to_string(), allocated: None, pod_subnet: Some(pod_subnet.into()) };
+            let node = pb::Node {
+                info: Some(info.clone()),
+                ready: true,
+                pod_cidr: pod_subnet.to_string(),
+                allocated: None,
+                conditions: Vec::new(),
+                pod_subnet: Some(pod_subnet.into()),
+            };
             self.store.put(&key, keys::encode(&node), expect).await?;
             let lease = self.store.grant_lease(self.lease_ttl).await?;
             self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
@@ -124,9 +130,14 @@ pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
     let alive: BTreeSet<String> = store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
     let mut nodes: Vec<pb::Node> = keys::decode_all(&store.list(keys::NODES).await?.items)?;
     let replicas: Vec<pb::Replica> = keys::decode_all(&store.list(keys::REPLICAS).await?.items)?;
+    let mut conditions: BTreeMap<String, pb::NodeConditions> = BTreeMap::new();
+    for kv in store.list(keys::NODE_CONDITIONS).await?.items {
+        conditions.insert(kv.key[keys::NODE_CONDITIONS.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
+    }
     for node in &mut nodes {
         let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
         node.ready = alive.contains(&name);
+        node.conditions = conditions.remove(&name).map(|c| c.conditions).unwrap_or_default();
         let mut allocated = pb::ResourceList::default();
         for replica in replicas.iter().filter(|r| r.node == name) {
             if let Some(requests) = replica.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()) {

@@ -131,8 +131,15 @@ impl Session {
     async fn write_statuses(self, mut reports: watch::Receiver<Option<pb::StatusReport>>) {
         let mut state = self.state.clone();
         let mut written: crate::store::Revision = 0;
+        let mut conditions_written: Option<Vec<pb::NodeCondition>> = None;
         while reports.changed().await.is_ok() {
             let Some(report) = reports.borrow_and_update().clone() else { continue };
+            if conditions_written.as_ref() != Some(&report.conditions) {
+                match self.write_conditions(&report.conditions).await {
+                    Ok(()) => conditions_written = Some(report.conditions.clone()),
+                    Err(error) => tracing::warn!(node = %self.node, %error, "recording the node's conditions"),
+                }
+            }
             let caught_up = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.revision >= written))
                 .await
                 .map(|result| result.map(|current| current.clone()));
@@ -162,6 +169,17 @@ impl Session {
                     Err(error) => tracing::warn!(node = %self.node, %error, "recording a status report"),
                 }
             }
+        }
+    }
+
+    /// Records the node's conditions as reported (none: the key goes).
+    async fn write_conditions(&self, conditions: &[pb::NodeCondition]) -> Result<(), StoreError> {
+        let key = keys::node_conditions(&self.node);
+        if conditions.is_empty() {
+            self.store.delete(&key, Expect::Any).await.map(|_| ())
+        } else {
+            let record = pb::NodeConditions { conditions: conditions.to_vec() };
+            self.store.put(&key, keys::encode(&record), Expect::Any).await.map(|_| ())
         }
     }
 

@@ -72,8 +72,12 @@ mod tests {
         state
             .statuses
             .insert(("n1".into(), "web-x".into()), Versioned { key: keys::status("n1", "web-x"), value: running("web-x", "n1", true), mod_revision: 4 });
-        let report =
-            pb::StatusReport { observed_generation: 7, replicas: vec![unchanged, running("web-b", "n1", false), running("web-c", "n1", true)], events: vec![] };
+        let report = pb::StatusReport {
+            observed_generation: 7,
+            replicas: vec![unchanged, running("web-b", "n1", false), running("web-c", "n1", true)],
+            events: vec![],
+            conditions: vec![],
+        };
         let writes = status_writes(&state, "n1", &report);
         assert_eq!(
             writes,

@@ -34,6 +34,7 @@ fn node(name: &str, cpu_millis: u64) -> pb::Node {
             api_port: 0,
         }),
         ready: true,
+        conditions: Vec::new(),
         pod_cidr: "10.88.1.0/24".into(),
         allocated: None,
         pod_subnet: None,

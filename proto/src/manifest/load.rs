@@ -235,3 +235,31 @@ pub fn check_unique_names(documents: &[ServiceDocument]) -> Vec<ManifestError> {
     }
     errors
 }
+
+/// Reports node ports two services declare across the given documents (a node port is
+/// the cluster's, one service each).
+pub fn check_unique_node_ports(documents: &[ServiceDocument]) -> Vec<ManifestError> {
+    let mut first_seen: BTreeMap<(i32, u32), &ServiceDocument> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for doc in documents {
+        let ports = doc.service.spec.as_ref().map(|spec| spec.ports.as_slice()).unwrap_or_default();
+        for (index, port) in ports.iter().enumerate().filter(|(_, port)| port.node_port != 0) {
+            match first_seen.get(&(port.protocol, port.node_port)) {
+                Some(first) if first.service.name != doc.service.name => errors.push(ManifestError {
+                    source_name: doc.source_name.clone(),
+                    document: doc.document,
+                    path: format!("spec.ports[{index}].nodePort"),
+                    message: format!(
+                        "{} is already used by service {:?} ({} document {})",
+                        port.node_port, first.service.name, first.source_name, first.document
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    first_seen.insert((port.protocol, port.node_port), doc);
+                }
+            }
+        }
+    }
+    errors
+}

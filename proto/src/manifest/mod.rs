@@ -11,7 +11,9 @@ mod validate;
 mod volumes;
 
 pub use configs::{check_config_key, config_refs, kind_name, object_name, validate_config, ConfigContent, MAX_CONFIG_BYTES};
-pub use load::{check_unique_configs, check_unique_names, load_manifests, load_services, ConfigDocument, ManifestError, Manifests, ServiceDocument};
+pub use load::{
+    check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, load_services, ConfigDocument, ManifestError, Manifests, ServiceDocument,
+};
 pub use model::{ServiceManifest, API_VERSION};
 pub use validate::{
     probe_defaults, validate_service, FieldError, ProbeDefaults, DEFAULT_BACKOFF_INITIAL_MILLIS, DEFAULT_BACKOFF_MAX_SECONDS, DEFAULT_BACKOFF_RESET_SECONDS,

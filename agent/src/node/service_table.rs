@@ -1,0 +1,95 @@
+//! The balancer's table as the node last received it, applied again while any of its
+//! listeners cannot be opened. A listener that fails (a node port a host process holds)
+//! is an event on its service when it first fails, a `ListenerFailed` node condition
+//! while it lasts, and a `ListenerOpened` event once it is open; the other listeners are
+//! served all along.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orch_api::events::EventKind;
+
+use super::board::StatusBoard;
+use super::context::NodeContext;
+use crate::net::table::ListenKey;
+use crate::net::{ListenerFailure, ServiceEndpoints};
+
+/// How often a table with failed listeners is applied again.
+pub const LISTENER_RETRY: Duration = Duration::from_secs(5);
+
+/// The node condition while some listener cannot be opened.
+pub const LISTENER_FAILED: &str = "ListenerFailed";
+
+#[derive(Default)]
+pub struct ServiceTable {
+    /// Held across an apply: applies are one at a time, the latest table last.
+    state: tokio::sync::Mutex<TableState>,
+}
+
+#[derive(Default)]
+struct TableState {
+    table: Vec<ServiceEndpoints>,
+    failed: BTreeMap<ListenKey, ListenerFailure>,
+}
+
+/// What changed between two sets of failed listeners, as events and the node condition.
+/// Pure, for the table tests.
+pub fn report(board: &StatusBoard, before: &BTreeMap<ListenKey, ListenerFailure>, now: &BTreeMap<ListenKey, ListenerFailure>) {
+    for (key, failure) in now {
+        if before.get(key).is_none_or(|earlier| earlier.error != failure.error || earlier.service != failure.service) {
+            board.event(
+                EventKind::ListenerFailed,
+                format!("service/{}", failure.service),
+                format!("cannot open {}: {}; retried", failure.listener, failure.error),
+            );
+        }
+    }
+    for (key, failure) in before {
+        if !now.contains_key(key) {
+            board.event(EventKind::ListenerOpened, format!("service/{}", failure.service), format!("{} is open", failure.listener));
+        }
+    }
+    if now.is_empty() {
+        board.clear_condition(LISTENER_FAILED);
+    } else {
+        let listed: Vec<String> = now.values().map(ToString::to_string).collect();
+        board.set_condition(LISTENER_FAILED, listed.join("; "));
+    }
+}
+
+impl ServiceTable {
+    /// Applies `table` to the node's balancer and reports what could not be opened.
+    pub async fn apply(&self, ctx: &NodeContext, table: Vec<ServiceEndpoints>) {
+        let mut state = self.state.lock().await;
+        state.table = table;
+        Self::apply_held(&mut state, ctx).await;
+    }
+
+    /// Applies the last table again when a listener of it failed.
+    pub async fn retry(&self, ctx: &NodeContext) {
+        let mut state = self.state.lock().await;
+        if !state.failed.is_empty() {
+            Self::apply_held(&mut state, ctx).await;
+        }
+    }
+
+    async fn apply_held(state: &mut TableState, ctx: &NodeContext) {
+        match ctx.network.apply_services(&state.table).await {
+            Ok(failures) => {
+                let now: BTreeMap<ListenKey, ListenerFailure> = failures.into_iter().map(|failure| (failure.listener, failure)).collect();
+                report(&ctx.board, &state.failed, &now);
+                state.failed = now;
+            }
+            Err(error) => tracing::warn!(%error, "applying the service table"),
+        }
+    }
+}
+
+/// Applies the table again every [`LISTENER_RETRY`] while a listener is failing, until
+/// aborted.
+pub async fn keep_retrying(ctx: std::sync::Arc<NodeContext>) {
+    loop {
+        tokio::time::sleep(LISTENER_RETRY).await;
+        ctx.services.retry(&ctx).await;
+    }
+}

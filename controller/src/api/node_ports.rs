@@ -1,0 +1,153 @@
+//! Node ports are the cluster's, one service each (as Kubernetes allocates them): a
+//! port is claimed in the store (`ipam/nodeports/<tcp|udp>/<port>` → the service's
+//! name) by compare-and-swap before the service that declares it is written, so two
+//! applies — on two controllers, too — never both get it; and a service stored by an
+//! earlier build, without claims, is found by its spec.
+
+use std::collections::BTreeMap;
+
+use orch_api::pb;
+
+use super::services::ApiError;
+use crate::keys;
+use crate::store::{Expect, Store, StoreError};
+
+/// A node port: protocol and number.
+pub type NodePort = (pb::Protocol, u32);
+
+/// The node ports a template declares, each with the index of its `spec.ports` entry.
+pub fn declared(spec: Option<&pb::ServiceSpec>) -> BTreeMap<NodePort, usize> {
+    spec.map(|spec| {
+        spec.ports.iter().enumerate().filter(|(_, port)| port.node_port != 0).map(|(index, port)| ((port.protocol(), port.node_port), index)).collect()
+    })
+    .unwrap_or_default()
+}
+
+fn protocol_name(protocol: pb::Protocol) -> &'static str {
+    match protocol {
+        pb::Protocol::Tcp => "tcp",
+        pb::Protocol::Udp => "udp",
+    }
+}
+
+/// What refuses `wanted` for service `name` when `holder` has the port.
+fn taken(name: &str, index: usize, (protocol, port): NodePort, holder: &str) -> String {
+    format!("service {name}: spec.ports[{index}].nodePort: {port}/{} is already used by service {holder}", protocol_name(protocol))
+}
+
+/// The ports `wanted` (of service `name`) declares that another of `services` declares
+/// too: pure, for services stored before ports were claimed.
+pub fn conflicts(name: &str, wanted: Option<&pb::ServiceSpec>, services: &[pb::Service]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (port, index) in declared(wanted) {
+        if let Some(other) = services.iter().find(|s| s.name != name && declared(s.spec.as_ref()).contains_key(&port)) {
+            found.push(taken(name, index, port, &other.name));
+        }
+    }
+    found
+}
+
+/// Claims for `name` each of `ports` it does not hold yet. A claim whose service is gone
+/// or no longer declares the port (an apply that died half way, a delete) is taken
+/// over. Refused, naming the holder, when another service has one; what this call
+/// claimed is given back then.
+pub async fn claim(store: &dyn Store, name: &str, ports: &BTreeMap<NodePort, usize>) -> Result<Vec<NodePort>, ApiError> {
+    let mut claimed = Vec::new();
+    for (&port, &index) in ports {
+        match claim_one(store, name, port).await {
+            Ok(true) => claimed.push(port),
+            Ok(false) => {}
+            Err(error) => {
+                release(store, name, &claimed).await;
+                return Err(match error {
+                    Claim::HeldBy(holder) => ApiError::Invalid(vec![taken(name, index, port, &holder)]),
+                    Claim::Store(error) => ApiError::Store(error),
+                    Claim::Decode(error) => ApiError::Decode(error),
+                });
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+enum Claim {
+    HeldBy(String),
+    Store(StoreError),
+    Decode(keys::DecodeError),
+}
+
+/// `Ok(true)`: claimed now; `Ok(false)`: `name` held it already.
+async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) -> Result<bool, Claim> {
+    let key = keys::node_port(protocol, port);
+    for _ in 0..crate::store::CAS_ATTEMPTS {
+        let expect = match store.get(&key).await.map_err(Claim::Store)? {
+            None => Expect::Absent,
+            Some(kv) => {
+                let holder = String::from_utf8_lossy(&kv.value).into_owned();
+                if holder == name {
+                    return Ok(false);
+                }
+                let service_key = keys::service(&holder);
+                let still_declares = match store.get(&service_key).await.map_err(Claim::Store)? {
+                    Some(stored) => {
+                        let service: pb::Service = keys::decode(&service_key, &stored.value).map_err(Claim::Decode)?;
+                        declared(service.spec.as_ref()).contains_key(&(protocol, port))
+                    }
+                    None => false,
+                };
+                if still_declares {
+                    return Err(Claim::HeldBy(holder));
+                }
+                Expect::Revision(kv.mod_revision)
+            }
+        };
+        match store.put(&key, name.as_bytes().to_vec(), expect).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(error) => return Err(Claim::Store(error)),
+        }
+    }
+    Err(Claim::Store(StoreError::Conflict { key, expected: Expect::Absent, found: None }))
+}
+
+/// Gives back the claims `name` holds on `ports` (one another service took over stays
+/// its). Best effort: a claim left behind is taken over by the next service that
+/// declares the port.
+pub async fn release(store: &dyn Store, name: &str, ports: &[NodePort]) {
+    for &(protocol, port) in ports {
+        let key = keys::node_port(protocol, port);
+        let Ok(Some(kv)) = store.get(&key).await else { continue };
+        if kv.value == name.as_bytes() {
+            if let Err(error) = store.delete(&key, Expect::Revision(kv.mod_revision)).await {
+                tracing::warn!(%key, %error, "giving a node port back");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, ports: &[(pb::Protocol, u32)]) -> pb::Service {
+        pb::Service {
+            name: name.into(),
+            spec: Some(pb::ServiceSpec {
+                ports: ports.iter().map(|&(protocol, node_port)| pb::ServicePort { node_port, protocol: protocol.into(), ..Default::default() }).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_port_another_service_declares_is_named_with_its_holder() {
+        let stored = [service("api", &[(pb::Protocol::Tcp, 30080)]), service("dns", &[(pb::Protocol::Udp, 30053)])];
+        let web = service("web", &[(pb::Protocol::Tcp, 0), (pb::Protocol::Tcp, 30080), (pb::Protocol::Tcp, 30053), (pb::Protocol::Udp, 30081)]);
+        assert_eq!(conflicts("web", web.spec.as_ref(), &stored), ["service web: spec.ports[1].nodePort: 30080/tcp is already used by service api"]);
+        assert!(conflicts("api", stored[0].spec.as_ref(), &stored).is_empty(), "its own port is no conflict");
+        let udp = service("web", &[(pb::Protocol::Udp, 30053)]);
+        assert_eq!(conflicts("web", udp.spec.as_ref(), &stored), ["service web: spec.ports[0].nodePort: 30053/udp is already used by service dns"]);
+        assert_eq!(declared(web.spec.as_ref()).len(), 3, "port 0 is none");
+    }
+}
