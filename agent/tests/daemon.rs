@@ -269,6 +269,11 @@ async fn a_held_node_port_and_a_flood_of_idle_connections_stop_nothing_else() {
     cluster.apply(&format!("{}---\n{}", service("held", held_port), service("web", web_port))).await;
     cluster.wait_replicas("web", "web ready", |r| r.len() == 1 && r.iter().all(running_ready)).await;
     cluster.wait_replicas("held", "held ready", |r| r.len() == 1 && r.iter().all(running_ready)).await;
+    // The command (the child of the container's init) starts with the usual limit.
+    let init = status(&cluster.replicas("web").await.remove(0)).host_pid;
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).expect("the init's children");
+    let command: u32 = children.split_whitespace().next().and_then(|pid| pid.parse().ok()).expect("the command's pid");
+    assert_eq!(open_files_limit(command), 1024, "a container starts with the usual limit, not the agent's");
     let web_address = SocketAddr::from((Ipv4Addr::LOCALHOST, web_port));
     let get = |address: SocketAddr| async move { tokio::task::spawn_blocking(move || http_get(address)).await.expect("join") };
     let start = Instant::now();

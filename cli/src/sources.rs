@@ -17,8 +17,7 @@ pub fn read_sources(args: &[PathBuf]) -> anyhow::Result<Vec<Source>> {
     let mut sources = Vec::new();
     for arg in args {
         if arg.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("cannot read manifests from standard input (is it UTF-8 text?)")?;
+            let text = read_bounded(std::io::stdin().lock(), "standard input")?;
             sources.push(Source { name: "-".to_owned(), text });
             continue;
         }
@@ -52,7 +51,19 @@ fn manifest_files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<Source> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = read_bounded(file, &path.display().to_string())?;
     Ok(Source { name: path.display().to_string(), text })
+}
+
+/// Reads at most [`MAX_MANIFEST_BYTES`](orch_api::manifest::MAX_MANIFEST_BYTES) (a
+/// larger source is refused without reading it all: `-f /dev/zero` ends).
+fn read_bounded(reader: impl Read, name: &str) -> anyhow::Result<String> {
+    let limit = orch_api::manifest::MAX_MANIFEST_BYTES;
+    let mut bytes = Vec::new();
+    reader.take(u64::try_from(limit).unwrap_or(u64::MAX) + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {name}"))?;
+    if bytes.len() > limit {
+        anyhow::bail!("{name}: more than {} MiB of manifests; the limit is {} MiB", limit >> 20, limit >> 20);
+    }
+    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{name} is not UTF-8 text: {e}"))
 }

@@ -43,7 +43,11 @@ fn invalid_input_exits_1_with_file_document_and_path() {
 fn directories_and_stdin_are_read() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(WEBAPP, dir.path().join("a.yaml")).expect("copy");
-    std::fs::write(dir.path().join("b.yml"), std::fs::read_to_string(WEBAPP).expect("read").replace("name: webapp", "name: api")).expect("write");
+    std::fs::write(
+        dir.path().join("b.yml"),
+        std::fs::read_to_string(WEBAPP).expect("read").replace("name: webapp", "name: api").replace("nodePort: 30080", "nodePort: 30081"),
+    )
+    .expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not a manifest").expect("write");
     let out = orch(&["validate", "-f", dir.path().to_str().expect("utf-8")], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -87,4 +91,28 @@ fn unreadable_and_empty_inputs_fail_with_one_line() {
     let out = orch(&["validate", "-f", "-"], Some("# nothing here\n"));
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no services found in -"), "{}", text(&out.stderr));
+}
+
+/// A 200 KB manifest whose aliases stand for 8 million strings (a "billion laughs").
+fn alias_bomb() -> String {
+    let anchor = format!("a: &big [{}]", vec!["\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\""; 200].join(","));
+    let aliases = format!("b: [{}]", vec!["*big"; 40_000].join(","));
+    format!("apiVersion: orch/v1\nkind: Service\nmetadata:\n  name: bomb\n  labels:\n    {anchor}\n    {aliases}\nspec:\n  image: busybox\n")
+}
+
+#[test]
+fn an_alias_bomb_and_an_endless_file_fail_fast_in_bounded_memory() {
+    let bomb = alias_bomb();
+    assert!((190_000..210_000).contains(&bomb.len()), "{}", bomb.len());
+    let out = orch(&["validate", "-f", "-"], Some(&bomb));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("-: document 1:") && stderr.contains("once its aliases are expanded (an alias bomb?)"), "{stderr}");
+    let out = orch(&["validate", "-f", "/dev/zero"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/dev/zero: more than 4 MiB of manifests"), "{}", text(&out.stderr));
+    // Every orch this test process ran and waited for: none grew past 64 MiB (the bomb
+    // expanded took over 600 MiB before it was bounded).
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    assert!(usage.max_rss() < 64 << 10, "an orch process used {} KiB", usage.max_rss());
 }

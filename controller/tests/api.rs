@@ -158,6 +158,20 @@ async fn invalid_input_changes_nothing(api: ServiceApi) {
     let after = api.store().list("/orch/").await.expect("list");
     assert_eq!(after.items, before.items, "a rejected apply writes nothing, not even the valid document");
     assert!(matches!(api.get("web").await, Err(ApiError::NotFound(_))));
+
+    // A 200 KB alias bomb (8 million strings once expanded) is refused before it is built.
+    let anchor = format!("a: &big [{}]", vec!["\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\""; 200].join(","));
+    let bomb = format!(
+        "{WEB}---\napiVersion: orch/v1\nkind: Service\nmetadata:\n  name: bomb\n  labels:\n    {anchor}\n    b: [{}]\nspec:\n  image: busybox\n",
+        vec!["*big"; 40_000].join(",")
+    );
+    match api.apply(&source(&bomb)).await {
+        Err(ApiError::Invalid(problems)) => {
+            assert!(problems.len() == 1 && problems[0].starts_with("test.yaml: document 2:") && problems[0].contains("alias bomb"), "{problems:?}")
+        }
+        other => panic!("expected the alias bomb to be refused, got {other:?}"),
+    }
+    assert_eq!(api.store().list("/orch/").await.expect("list").items, before.items, "nothing written");
 }
 
 async fn scale_changes_only_the_count(api: ServiceApi) {
@@ -213,7 +227,12 @@ async fn node_ports_are_one_service_each(api: ServiceApi) {
     api.apply(&source(&with_node_port(WEB, "web", 30080))).await.expect("apply web");
     let claim = |port: u32| {
         let store = api.store().clone();
-        async move { store.get(&keys::node_port(pb::Protocol::Tcp, port)).await.expect("get").map(|kv| String::from_utf8_lossy(&kv.value).into_owned()) }
+        async move {
+            store.get(&keys::node_port(pb::Protocol::Tcp, port)).await.expect("get").map(|kv| {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                value.split_once('\n').map_or(value.clone(), |(name, _)| name.to_owned())
+            })
+        }
     };
     assert_eq!(claim(30080).await.as_deref(), Some("web"), "the port is claimed for its service");
 
@@ -243,8 +262,27 @@ async fn node_ports_are_one_service_each(api: ServiceApi) {
     api.delete("shop", false).await.expect("delete");
     assert_eq!(claim(30080).await, None, "a deleted service's ports are free");
 
-    // A claim left by an apply that died half way (its service never written) is taken over.
-    api.store().put(&keys::node_port(pb::Protocol::Tcp, 30082), b"ghost".to_vec(), orch_controller::store::Expect::Absent).await.expect("a stale claim");
+    // A claim of an apply under way (its service not written yet) holds; one left by an
+    // apply that died half way (its service never written) is taken over after a while.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    api.store()
+        .put(&keys::node_port(pb::Protocol::Tcp, 30082), format!("ghost\n{now}").into_bytes(), orch_controller::store::Expect::Absent)
+        .await
+        .expect("a fresh claim");
+    match api.apply(&source(&with_node_port(WEB, "shop", 30082))).await {
+        Err(ApiError::Invalid(problems)) => assert_eq!(problems, ["service shop: spec.ports[0].nodePort: 30082/tcp is already used by service ghost"]),
+        other => panic!("expected a claim under way to hold, got {other:?}"),
+    }
+    let long_ago = now - 60_000;
+    let stale = api.store().get(&keys::node_port(pb::Protocol::Tcp, 30082)).await.expect("get").expect("the claim");
+    api.store()
+        .put(
+            &keys::node_port(pb::Protocol::Tcp, 30082),
+            format!("ghost\n{long_ago}").into_bytes(),
+            orch_controller::store::Expect::Revision(stale.mod_revision),
+        )
+        .await
+        .expect("a stale claim");
     api.apply(&source(&with_node_port(WEB, "shop", 30082))).await.expect("a stale claim does not hold the port");
     assert_eq!(claim(30082).await.as_deref(), Some("shop"));
 }
@@ -316,6 +354,15 @@ async fn a_vip_is_never_released_while_its_service_write_may_have_landed() {
     assert_ne!(web.vip, other.vip, "the address of a service whose write seemed to fail is not handed out again");
     let claim = store.store.get(&orch_controller::keys::vip(web.vip.parse().expect("an address"))).await.expect("get");
     assert_eq!(claim.map(|kv| kv.value), Some(b"web".to_vec()), "still web's");
+
+    // A VIP kept claimed under a name whose service never landed: the next apply of that
+    // name takes it again (nothing leaks), and a delete gives it back.
+    let kept = std::net::Ipv4Addr::new(10, 96, 0, 50);
+    store.store.put(&orch_controller::keys::vip(kept), b"shop".to_vec(), orch_controller::store::Expect::Absent).await.expect("a kept claim");
+    api.apply(&source(&WEB.replace("{name: web}", "{name: shop}"))).await.expect("apply shop");
+    assert_eq!(api.get("shop").await.expect("shop").vip, kept.to_string());
+    api.delete("shop", false).await.expect("delete");
+    assert!(store.store.get(&orch_controller::keys::vip(kept)).await.expect("get").is_none(), "released with its service");
 }
 
 macro_rules! on_both_stores {

@@ -133,7 +133,14 @@ impl ImageStore {
     pub fn list(&self) -> Vec<ImageRecord> {
         let Ok(entries) = std::fs::read_dir(self.root.join("refs")) else { return Vec::new() };
         let mut records: Vec<ImageRecord> =
-            entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()).filter_map(|bytes| serde_json::from_slice(&bytes).ok()).collect();
+            // `*.json` only: a record being replaced has a temporary file beside it.
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "json"))
+                .filter_map(|path| std::fs::read(path).ok())
+                .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                .collect();
         records.sort_by(|a, b| a.reference.cmp(&b.reference));
         records
     }
@@ -240,7 +247,13 @@ impl ImageStore {
         if path.exists() {
             return Ok(());
         }
-        crate::state_dir::write_atomically(&path, bytes).map_err(ImageError::io("cannot write", &path))
+        // Written in tmp/ (where prune never looks), flushed, then renamed in.
+        let tmp = self.scratch("blob");
+        std::fs::write(&tmp, bytes).map_err(ImageError::io("cannot write", &tmp))?;
+        crate::state_dir::sync_then_rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ImageError::io("cannot write", &path)(e)
+        })
     }
 
     /// The verified blob in the store, fetched if missing; a stored blob that fails

@@ -77,7 +77,18 @@ pub struct Agent {
     generation: u64,
     api: Option<tokio::task::JoinHandle<()>>,
     /// Applies the service table again while a listener fails.
-    retry_listeners: tokio::task::JoinHandle<()>,
+    retry_listeners: AbortOnDrop,
+}
+
+/// A task that ends with its owner (an `Agent` dropped without `shut_down`, say when
+/// its start is cancelled): the retry task holds the context, which must go for the
+/// node network to.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Purge {
@@ -215,7 +226,7 @@ impl Agent {
             set_aside: BTreeMap::new(),
             generation: 0,
             api: None,
-            retry_listeners: tokio::spawn(super::service_table::keep_retrying(Arc::clone(&ctx))),
+            retry_listeners: AbortOnDrop(tokio::spawn(super::service_table::keep_retrying(Arc::clone(&ctx)))),
             ctx,
         };
         agent.adopt().await;
@@ -322,12 +333,14 @@ impl Agent {
                 };
                 let message = if container.is_some() { "adopted with the controller's template" } else { "started again from the controller's template" };
                 self.ctx.board.event(EventKind::Adopted, format!("replica/{id}"), format!("its record was set aside: {message}"));
+                // Its `.corrupt` file goes with the replica (a crash before its supervisor
+                // writes a new record must not leave the container unowned).
                 self.replicas.insert(id.clone(), spawn(Arc::clone(&self.ctx), replica, container));
             } else {
                 tracing::warn!(replica = %id, "a replica whose record was set aside is not wanted: removing its container");
                 self.remove_container(&id).await;
+                let _ = std::fs::remove_file(&unreadable.path);
             }
-            let _ = std::fs::remove_file(&unreadable.path);
         }
         self.report_set_aside();
     }
@@ -366,12 +379,12 @@ impl Agent {
                 self.terminating.push(handle);
             }
         }
-        // After the stops (a purge waits for no supervised replica of its service), before
-        // the starts: a purge this set calls off is aborted before its service's new
-        // replicas are spawned.
-        self.purge_volumes(&set.purged_services);
+        // After the stops (a purge waits for no supervised replica of its service) and the
+        // set-aside replicas settled, before the starts: a purge this set calls off is
+        // aborted before its service's new replicas are spawned.
         let mut start = plan.start;
         self.settle_set_aside(&mut start).await;
+        self.purge_volumes(&set.purged_services);
         for replica in start {
             self.replicas.insert(replica.id.clone(), spawn(Arc::clone(&self.ctx), replica, None));
         }
@@ -442,8 +455,8 @@ impl Agent {
             let _ = api.await;
         }
         // It holds the context, which must go before the node network can.
-        self.retry_listeners.abort();
-        let _ = (&mut self.retry_listeners).await;
+        self.retry_listeners.0.abort();
+        let _ = (&mut self.retry_listeners.0).await;
         match how {
             Shutdown::Leave => {
                 tracing::info!("stopping; the containers keep running for the next agent");
@@ -459,6 +472,11 @@ impl Agent {
                 }
                 for handle in std::mem::take(&mut self.terminating) {
                     handle.finished().await;
+                }
+                // Containers whose records were set aside and no desired set settled.
+                for (id, unreadable) in std::mem::take(&mut self.set_aside) {
+                    self.remove_container(&id).await;
+                    let _ = std::fs::remove_file(&unreadable.path);
                 }
                 let ctx = self.ctx;
                 // Every replica is gone: so are the files of their Configs and Secrets.

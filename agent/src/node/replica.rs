@@ -150,8 +150,9 @@ pub fn load_records(dir: &Path) -> Records {
     for path in paths {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
         if let Some(id) = name.strip_suffix(&format!(".pb.{SET_ASIDE}")) {
-            // Set aside by an earlier agent, its replica not settled since.
-            if !dir.join(format!("{id}.pb")).exists() {
+            // Set aside by an earlier agent, its replica not settled since (one set aside
+            // just now, from `<id>.pb` sorted before it, is listed already).
+            if !dir.join(format!("{id}.pb")).exists() && !records.unreadable.iter().any(|r| r.id == id) {
                 records.unreadable.push(UnreadableRecord { id: id.to_owned(), path, error: "set aside by an earlier agent".into() });
             }
             continue;
@@ -604,7 +605,9 @@ impl Supervisor {
         }
         self.held.clear();
         logs::remove(&self.ctx.state, &id);
-        let _ = std::fs::remove_file(self.ctx.state.record(&id));
+        let record = self.ctx.state.record(&id);
+        let _ = std::fs::remove_file(record.with_extension(format!("pb.{SET_ASIDE}")));
+        let _ = std::fs::remove_file(record);
         self.ctx.board.event(EventKind::Stopped, self.object(), "removed from the node".into());
         self.ctx.board.remove(&id);
     }

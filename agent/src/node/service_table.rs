@@ -26,17 +26,22 @@ pub struct ServiceTable {
     state: tokio::sync::Mutex<TableState>,
 }
 
+/// Failed listeners by listener and service (a port two services declare fails for
+/// the second, and may fail to bind for the first too).
+type Failures = BTreeMap<(ListenKey, String), ListenerFailure>;
+
 #[derive(Default)]
 struct TableState {
     table: Vec<ServiceEndpoints>,
-    failed: BTreeMap<ListenKey, ListenerFailure>,
+    failed: Failures,
 }
 
-/// What changed between two sets of failed listeners, as events and the node condition.
-/// Pure, for the table tests.
-pub fn report(board: &StatusBoard, before: &BTreeMap<ListenKey, ListenerFailure>, now: &BTreeMap<ListenKey, ListenerFailure>) {
+/// What changed between two sets of failed listeners, as events and the node condition;
+/// `owners` is who each listener of the current table is for (a failure that is over
+/// because its service went, or no longer declares the port, opened nothing).
+fn report(board: &StatusBoard, before: &Failures, now: &Failures, owners: &BTreeMap<ListenKey, String>) {
     for (key, failure) in now {
-        if before.get(key).is_none_or(|earlier| earlier.error != failure.error || earlier.service != failure.service) {
+        if before.get(key).is_none_or(|earlier| earlier.error != failure.error) {
             board.event(
                 EventKind::ListenerFailed,
                 format!("service/{}", failure.service),
@@ -44,9 +49,9 @@ pub fn report(board: &StatusBoard, before: &BTreeMap<ListenKey, ListenerFailure>
             );
         }
     }
-    for (key, failure) in before {
-        if !now.contains_key(key) {
-            board.event(EventKind::ListenerOpened, format!("service/{}", failure.service), format!("{} is open", failure.listener));
+    for ((listener, service), failure) in before {
+        if !now.contains_key(&(*listener, service.clone())) && owners.get(listener) == Some(service) {
+            board.event(EventKind::ListenerOpened, format!("service/{service}"), format!("{} is open", failure.listener));
         }
     }
     if now.is_empty() {
@@ -76,8 +81,9 @@ impl ServiceTable {
     async fn apply_held(state: &mut TableState, ctx: &NodeContext) {
         match ctx.network.apply_services(&state.table).await {
             Ok(failures) => {
-                let now: BTreeMap<ListenKey, ListenerFailure> = failures.into_iter().map(|failure| (failure.listener, failure)).collect();
-                report(&ctx.board, &state.failed, &now);
+                let now: Failures = failures.into_iter().map(|failure| ((failure.listener, failure.service.clone()), failure)).collect();
+                let owners = crate::net::table::desired(&state.table).owners;
+                report(&ctx.board, &state.failed, &now, &owners);
                 state.failed = now;
             }
             Err(error) => tracing::warn!(%error, "applying the service table"),

@@ -196,9 +196,18 @@ async fn an_unreadable_record_is_set_aside_its_container_kept_then_adopted_or_re
     assert_eq!(fakes.runtime.starts("web-a").len(), 1, "adoption starts nothing");
     assert!(!fakes.runtime.containers().contains("web-b"), "a replica no longer wanted is removed");
     assert!(new.board.conditions().is_empty(), "the condition is over once every set-aside replica is settled");
-    assert!(!dir.path().join("replicas/web-a.pb.corrupt").exists() && !dir.path().join("replicas/web-b.pb.corrupt").exists());
+    assert!(!dir.path().join("replicas/web-b.pb.corrupt").exists(), "the removed replica's file goes");
     assert!(dir.path().join("replicas/web-a.pb").exists(), "web-a has a readable record again");
+    assert!(dir.path().join("replicas/web-a.pb.corrupt").exists(), "kept beside it while the replica lives");
+
+    // A next agent reads the new record and ignores the file set aside.
+    agent.shut_down(Shutdown::Leave).await;
+    let third = fake_node("fake", &fakes, dir.path());
+    let agent = Agent::resume(config(dir.path()), Arc::clone(&third)).await;
+    eventually("web-a is taken over again", || running(&third, "web-a")).await;
+    assert!(third.board.conditions().is_empty(), "nothing unreadable this time");
     agent.shut_down(Shutdown::Drain).await;
+    assert!(!dir.path().join("replicas/web-a.pb.corrupt").exists(), "gone with its replica");
 }
 
 #[tokio::test(start_paused = true)]

@@ -291,6 +291,9 @@ fn command_main(request: &ExecRequest) -> ! {
     let argv: Vec<CString> = request.command.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = request.env.iter().map(|e| to_c(e)).collect();
     let path = to_c(&resolved);
+    if let Err(message) = super::limit_container_descriptors() {
+        die(&message, CODE_RUNTIME);
+    }
     if let Err(message) = super::init::confine(request.seccomp, &request.capabilities) {
         die(&message, CODE_RUNTIME);
     }

@@ -233,6 +233,9 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
         Ok(path) => path,
         Err((message, code)) => fail(&mut sync, &message, code),
     };
+    if let Err(message) = super::limit_container_descriptors() {
+        fail(&mut sync, &message, CODE_RUNTIME);
+    }
     if let Err(message) = drop_privileges(&config.security.capabilities, config.user.as_ref()) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }

@@ -37,3 +37,20 @@ pub const CODE_RUNTIME: i32 = 125;
 pub const CODE_CANNOT_INVOKE: i32 = 126;
 /// Exit code when the command is not found.
 pub const CODE_NOT_FOUND: i32 = 127;
+
+/// The open files limit a container's processes start with, whatever the agent's own
+/// (which it raises for the balancer's connections): systemd's and containerd's
+/// default, 1024 soft and 524288 hard (or the hard limit the agent has, when lower), so
+/// programs that size tables by the limit or close every descriptor up to it behave as
+/// under Docker.
+pub const CONTAINER_DESCRIPTORS: (u64, u64) = (1024, 524_288);
+
+/// Sets [`CONTAINER_DESCRIPTORS`] on the calling process: the last steps of a
+/// container's command and of `__exec`, before exec. Lowering a limit needs no
+/// privilege.
+pub fn limit_container_descriptors() -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
+    let hard = hard.min(CONTAINER_DESCRIPTORS.1);
+    setrlimit(Resource::RLIMIT_NOFILE, CONTAINER_DESCRIPTORS.0.min(hard), hard).map_err(|e| format!("setrlimit(RLIMIT_NOFILE): {e}"))
+}

@@ -1,8 +1,11 @@
 //! Node ports are the cluster's, one service each (as Kubernetes allocates them): a
 //! port is claimed in the store (`ipam/nodeports/<tcp|udp>/<port>` → the service's
-//! name) by compare-and-swap before the service that declares it is written, so two
-//! applies — on two controllers, too — never both get it; and a service stored by an
-//! earlier build, without claims, is found by its spec.
+//! name and when it claimed it) by compare-and-swap before the service that declares it
+//! is written, so two applies — on two controllers, too — never both get it; and a
+//! service stored by an earlier build, without claims, is found by its spec. A claim
+//! whose service does not declare the port (an apply that failed or died half way) is
+//! taken over, but only [`CLAIM_GRACE`] after it was made: an apply still under way
+//! keeps its claim.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,24 @@ use crate::store::{Expect, Store, StoreError};
 
 /// A node port: protocol and number.
 pub type NodePort = (pb::Protocol, u32);
+
+/// How long a claim whose service does not (yet) declare its port is left to the apply
+/// that made it.
+pub const CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A claim's value: the service's name, a newline, when it was claimed (Unix ms).
+fn claim_value(name: &str) -> Vec<u8> {
+    format!("{name}\n{}", crate::events::now_unix_ms()).into_bytes()
+}
+
+/// The service a claim names, and when it was made (unknown: `None`).
+pub fn holder(value: &[u8]) -> (String, Option<i64>) {
+    let text = String::from_utf8_lossy(value);
+    match text.split_once('\n') {
+        Some((name, at)) => (name.to_owned(), at.parse().ok()),
+        None => (text.into_owned(), None),
+    }
+}
 
 /// The node ports a template declares, each with the index of its `spec.ports` entry.
 pub fn declared(spec: Option<&pb::ServiceSpec>) -> BTreeMap<NodePort, usize> {
@@ -47,10 +68,9 @@ pub fn conflicts(name: &str, wanted: Option<&pb::ServiceSpec>, services: &[pb::S
     found
 }
 
-/// Claims for `name` each of `ports` it does not hold yet. A claim whose service is gone
-/// or no longer declares the port (an apply that died half way, a delete) is taken
-/// over. Refused, naming the holder, when another service has one; what this call
-/// claimed is given back then.
+/// Claims for `name` each of `ports` it does not hold yet. A claim whose service does
+/// not declare the port, made over [`CLAIM_GRACE`] ago, is taken over. Refused, naming
+/// the holder, when another service has one; what this call claimed is given back then.
 pub async fn claim(store: &dyn Store, name: &str, ports: &BTreeMap<NodePort, usize>) -> Result<Vec<NodePort>, ApiError> {
     let mut claimed = Vec::new();
     for (&port, &index) in ports {
@@ -83,7 +103,7 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
         let expect = match store.get(&key).await.map_err(Claim::Store)? {
             None => Expect::Absent,
             Some(kv) => {
-                let holder = String::from_utf8_lossy(&kv.value).into_owned();
+                let (holder, claimed_at) = holder(&kv.value);
                 if holder == name {
                     return Ok(false);
                 }
@@ -95,13 +115,14 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
                     }
                     None => false,
                 };
-                if still_declares {
+                let age = crate::events::now_unix_ms().saturating_sub(claimed_at.unwrap_or(0));
+                if still_declares || u128::try_from(age).unwrap_or(0) < CLAIM_GRACE.as_millis() {
                     return Err(Claim::HeldBy(holder));
                 }
                 Expect::Revision(kv.mod_revision)
             }
         };
-        match store.put(&key, name.as_bytes().to_vec(), expect).await {
+        match store.put(&key, claim_value(name), expect).await {
             Ok(_) => return Ok(true),
             Err(StoreError::Conflict { .. }) => continue,
             Err(error) => return Err(Claim::Store(error)),
@@ -117,7 +138,7 @@ pub async fn release(store: &dyn Store, name: &str, ports: &[NodePort]) {
     for &(protocol, port) in ports {
         let key = keys::node_port(protocol, port);
         let Ok(Some(kv)) = store.get(&key).await else { continue };
-        if kv.value == name.as_bytes() {
+        if holder(&kv.value).0 == name {
             if let Err(error) = store.delete(&key, Expect::Revision(kv.mod_revision)).await {
                 tracing::warn!(%key, %error, "giving a node port back");
             }

@@ -116,6 +116,14 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
     Some(updated)
 }
 
+/// A VIP claimed for a service, and the revision of its claim.
+struct VipClaim {
+    vip: Ipv4Addr,
+    revision: crate::store::Revision,
+    /// Claimed by this call (not one held under the service's name already).
+    fresh: bool,
+}
+
 /// The port a node port claim's key names.
 fn parse_node_port_key(key: &str) -> Option<node_ports::NodePort> {
     let (protocol, port) = key.strip_prefix(keys::NODE_PORTS)?.split_once('/')?;
@@ -217,13 +225,16 @@ impl ServiceApi {
                 let held = self.store.list(keys::NODE_PORTS).await.map(|listing| listing.items).unwrap_or_default();
                 let dropped: Vec<node_ports::NodePort> = held
                     .iter()
-                    .filter(|kv| kv.value == wanted.name.as_bytes())
+                    .filter(|kv| node_ports::holder(&kv.value).0 == wanted.name)
                     .filter_map(|kv| parse_node_port_key(&kv.key))
                     .filter(|port| !ports.contains_key(port))
                     .collect();
                 node_ports::release(self.store.as_ref(), &wanted.name, &dropped).await;
             }
             Ok(_) => {}
+            // The write's outcome is unknown (a timeout): the service may hold the ports;
+            // its claims stay (taken over after their grace if it does not).
+            Err(ApiError::Store(error)) if !error.is_conflict() => {}
             Err(_) => node_ports::release(self.store.as_ref(), &wanted.name, &claimed).await,
         }
         written
@@ -237,7 +248,7 @@ impl ServiceApi {
             let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
             let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &revisions)).unwrap_or_default();
             let Some(kv) = self.store.get(&key).await? else {
-                let vip = self.claim_vip(&wanted.name).await?;
+                let VipClaim { vip, revision: claimed_at, fresh } = self.claim_vip(&wanted.name).await?;
                 let mut service = wanted.clone();
                 service.generation = 1;
                 service.vip = vip.to_string();
@@ -245,8 +256,11 @@ impl ServiceApi {
                 service.config_revisions = revisions.clone().into_iter().collect();
                 if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
                     if e.is_conflict() {
-                        // Lost the name to another apply: nothing was written, the address goes back.
-                        self.release_vip(vip).await?;
+                        // Lost the name to another apply: nothing was written, the address goes
+                        // back — if this attempt claimed it, and nobody took it again since.
+                        if fresh {
+                            self.release_vip(vip, claimed_at).await?;
+                        }
                         return Err(ApiError::Store(e));
                     }
                     // The outcome is unknown (a timeout, a lost connection): the write may
@@ -287,26 +301,35 @@ impl ServiceApi {
 
     /// Claims the next free VIP by creating its key; a concurrent claim moves on. One
     /// already claimed under `service`'s name (by an apply whose write's outcome was
-    /// unknown, the service absent since) is taken again.
-    async fn claim_vip(&self, service: &str) -> Result<Ipv4Addr, ApiError> {
+    /// unknown, the service absent since) is taken again — by rewriting its claim, so
+    /// that whoever read the claim before (a delete, a concurrent apply of the name)
+    /// cannot release it any more.
+    async fn claim_vip(&self, service: &str) -> Result<VipClaim, ApiError> {
         let attempt = || async {
             let claims = self.store.list(keys::VIPS).await?.items;
-            if let Some(mine) = claims.iter().filter(|kv| kv.value == service.as_bytes()).find_map(|kv| kv.key[keys::VIPS.len()..].parse::<Ipv4Addr>().ok()) {
-                return Ok(mine);
+            if let Some(mine) = claims.iter().find(|kv| kv.value == service.as_bytes()) {
+                if let Ok(vip) = mine.key[keys::VIPS.len()..].parse::<Ipv4Addr>() {
+                    let revision = self.store.put(&mine.key, service.as_bytes().to_vec(), Expect::Revision(mine.mod_revision)).await?;
+                    return Ok(VipClaim { vip, revision, fresh: false });
+                }
             }
             let used: BTreeSet<Ipv4Addr> = claims.iter().filter_map(|kv| kv.key[keys::VIPS.len()..].parse().ok()).collect();
             let Some(vip) = next_free_vip(self.service_range.network(), self.service_range.prefix(), &used) else {
                 return Err(ApiError::VipsExhausted(self.service_range.to_string()));
             };
-            self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await?;
-            Ok::<_, ApiError>(vip)
+            let revision = self.store.put(&keys::vip(vip), service.as_bytes().to_vec(), Expect::Absent).await?;
+            Ok::<_, ApiError>(VipClaim { vip, revision, fresh: true })
         };
         retry_on_conflict(attempt).await?.ok_or_else(|| ApiError::Contended(keys::VIPS.to_owned()))
     }
 
-    async fn release_vip(&self, vip: Ipv4Addr) -> Result<(), ApiError> {
-        self.store.delete(&keys::vip(vip), Expect::Any).await?;
-        Ok(())
+    /// Gives a VIP back, unless its claim changed since `revision` (taken again by an
+    /// apply of the same name meanwhile).
+    async fn release_vip(&self, vip: Ipv4Addr, revision: crate::store::Revision) -> Result<(), ApiError> {
+        match self.store.delete(&keys::vip(vip), Expect::Revision(revision)).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(error) => Err(ApiError::Store(error)),
+        }
     }
 
     pub async fn get(&self, name: &str) -> Result<pb::Service, ApiError> {
@@ -328,9 +351,15 @@ impl ServiceApi {
         let attempt = || async {
             let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
             let service: pb::Service = keys::decode(&key, &kv.value)?;
+            // The VIP's claim as it is before the service goes: released only if no apply
+            // of the name takes it again in between.
+            let claim = match service.vip.parse::<Ipv4Addr>() {
+                Ok(vip) => self.store.get(&keys::vip(vip)).await?.filter(|kv| kv.value == name.as_bytes()).map(|kv| (vip, kv.mod_revision)),
+                Err(_) => None,
+            };
             self.store.delete(&key, Expect::Revision(kv.mod_revision)).await?;
-            if let Ok(vip) = service.vip.parse() {
-                self.release_vip(vip).await?;
+            if let Some((vip, revision)) = claim {
+                self.release_vip(vip, revision).await?;
             }
             let ports: Vec<node_ports::NodePort> = node_ports::declared(service.spec.as_ref()).into_keys().collect();
             node_ports::release(self.store.as_ref(), name, &ports).await;

@@ -90,6 +90,9 @@ pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<Ma
     let mut configs = Vec::new();
     let mut errors = Vec::new();
     let error = |document: usize, path: String, message: String| ManifestError { source_name: source_name.to_owned(), document, path, message };
+    if let Err((document, message)) = super::bounded::check(text) {
+        return Err(vec![error(document, String::new(), message)]);
+    }
     for (index, deserializer) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
         // A document is read once as a generic value, so that a syntax error is told

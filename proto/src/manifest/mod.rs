@@ -2,6 +2,7 @@
 //! validation. `orch validate`, `orch apply` and the controller's Apply all go through
 //! [`load_services`], so a manifest is judged the same everywhere.
 
+mod bounded;
 mod configs;
 mod load;
 pub mod model;
@@ -10,6 +11,7 @@ pub mod quantity;
 mod validate;
 mod volumes;
 
+pub use bounded::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES, MAX_MANIFEST_BYTES};
 pub use configs::{check_config_key, config_refs, kind_name, object_name, validate_config, ConfigContent, MAX_CONFIG_BYTES};
 pub use load::{
     check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, load_services, ConfigDocument, ManifestError, Manifests, ServiceDocument,
