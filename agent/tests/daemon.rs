@@ -26,8 +26,10 @@ spec:
   ports: [{{name: http, containerPort: 80, servicePort: 80}}]
   probes:
     liveness:
-      exec: {{command: [sh, -c, "test ! -f /tmp/sick"]}}
+      # Failing, it writes 200 KB to stderr: the reason keeps a bounded part of it.
+      exec: {{command: [sh, -c, "test ! -f /tmp/sick || {{ yes sick | head -c 200000 >&2; exit 1; }}"]}}
       periodSeconds: 1
+      timeoutSeconds: 5
       failureThreshold: 1
     readiness:
       exec: {{command: [sh, -c, "test ! -f /tmp/unready"]}}
@@ -67,7 +69,8 @@ async fn replicas_heal_from_kills_and_failing_probes() {
         .wait_replicas("web", "the replica failing liveness to restart", |r| r.iter().any(|x| x.id == sick.id && running_ready(x) && status(x).restarts == 1))
         .await;
     let events = cluster.events_of(&format!("replica/{}", sick.id)).await;
-    assert!(events.iter().any(|e| e.kind == "Unhealthy" && e.message.contains("liveness")), "{events:#?}");
+    let unhealthy = events.iter().find(|e| e.kind == "Unhealthy" && e.message.contains("liveness")).unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(unhealthy.message.contains("sick\nsick") && unhealthy.message.len() <= 2048, "the probe's output, capped: {:?}", unhealthy.message);
 
     // A readiness probe made to fail: out of the endpoints, no request reaches it.
     let unready = cluster.replicas("web").await.into_iter().find(|r| r.id == replicas[2].id).expect("replica");

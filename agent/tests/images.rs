@@ -332,6 +332,36 @@ async fn unsafe_layers_and_archives_are_rejected() {
     assert!(!images.root().join("outside").exists() && !images.root().join("tmp/outside").exists());
 }
 
+/// A gzip bomb (a layer of 256 MiB of zeros, 1.2 MB compressed) and a layer of too many
+/// entries are refused at the first entry over the node's limits; nothing of them stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_over_the_limits_are_refused() {
+    let sandbox = Sandbox::new("img-limits");
+    let limits = orch_agent::images::LayerLimits { max_bytes: 64 << 20, max_entries: 100 };
+    let images = store(&sandbox).with_layer_limits(limits);
+    let zeros: &'static [u8] = Box::leak(vec![0u8; 256 << 20].into_boxed_slice());
+    let bomb = oci::layer(&[Entry::File("zeros", zeros)]);
+    assert!(bomb.len() < 2 << 20, "{} bytes compressed", bomb.len());
+    let layout = sandbox.root.path().join("bomb");
+    oci::write_layout(&layout, "v1", &[bomb], &["true"]);
+    let err = images.pull(&format!("oci:{}:v1", layout.display())).await.expect_err("a gzip bomb");
+    assert!(err.to_string().contains("more than 67108864 bytes unpacked (the node's --max-layer-size)"), "{err}");
+
+    let names: Vec<String> = (0..101).map(|n| format!("f{n}")).collect();
+    let entries: Vec<Entry> = names.iter().map(|name| Entry::File(Box::leak(name.clone().into_boxed_str()), b"x")).collect();
+    let layout = sandbox.root.path().join("many");
+    oci::write_layout(&layout, "v1", &[oci::layer(&entries)], &["true"]);
+    let err = images.pull(&format!("oci:{}:v1", layout.display())).await.expect_err("too many entries");
+    assert!(err.to_string().contains("more than 100 entries (the node's --max-layer-entries)"), "{err}");
+    assert_eq!(std::fs::read_dir(images.root().join("layers/sha256")).expect("layers").count(), 0, "no refused layer kept");
+    assert_eq!(std::fs::read_dir(images.root().join("tmp")).expect("tmp").count(), 0, "scratch left");
+
+    // At the limits exactly, a layer is fine.
+    let layout = sandbox.root.path().join("fits");
+    oci::write_layout(&layout, "v1", &[oci::layer(&entries[..100])], &["true"]);
+    images.pull(&format!("oci:{}:v1", layout.display())).await.expect("100 entries fit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_work_like_layouts() {
     let sandbox = Sandbox::new("img-archive");

@@ -142,3 +142,27 @@ async fn a_failed_start_leaves_nothing() {
     bad_name.id = "Bad_Name".into();
     assert!(runtime.start(&bad_name).await.is_err());
 }
+
+/// A container's command starts with every signal at its default action and the usual
+/// open files limit, whatever the agent's own (Rust ignores SIGPIPE; the agent raises
+/// its limit): `yes | head` ends, as under any runtime.
+#[tokio::test]
+async fn a_command_starts_with_default_signals_and_limits() {
+    let sandbox = Sandbox::new("defaults");
+    let runtime = runtime(&sandbox);
+    let script = "yes | head -c 5 >/dev/null; grep -E '^(SigIgn|SigBlk)' /proc/self/status; ulimit -n; echo done";
+    let container = runtime.start(&spec(&sandbox, "defaults", script)).await.expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(60), container.wait()).await.expect("`yes | head` ended: SIGPIPE is not ignored");
+    assert_eq!(exit.code, 0);
+    let log = std::fs::read_to_string(sandbox.root.path().join("defaults.log")).expect("log");
+    let mask = |name: &str| {
+        let line = log.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {log}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hex mask")
+    };
+    // Signals 1-31 (bits 0-30); 32 and 33 are glibc's own, which it sets up itself.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "no standard signal ignored: {log}");
+    assert_eq!(mask("SigBlk:"), 0, "none blocked: {log}");
+    assert!(log.contains("\n1024\n"), "the open files limit: {log}");
+    container.remove().await.expect("remove");
+    sandbox.assert_clean("defaults");
+}

@@ -147,6 +147,7 @@ fn invalid_manifests_name_their_field() {
         ("negative replicas", variant("", "  replicas: -1"), "spec.replicas", "between 0 and 10000, got -1"),
         ("absurd replicas", variant("", "  replicas: 99999999"), "spec.replicas", "between 0 and 10000"),
         ("name not a DNS label", variant("name: web", "name: Web_App"), "metadata.name", "DNS label"),
+        ("name too long for its replicas", variant("name: web", &format!("name: {}", "w".repeat(58))), "metadata.name", "at most 57 characters, got 58"),
         ("bad memory quantity", variant("", "  resources:\n    limits:\n      memory: 64MB"), "spec.resources.limits.memory", "unknown suffix \"MB\""),
         ("negative cpu", variant("", "  resources:\n    requests:\n      cpu: -1"), "spec.resources.requests.cpu", "negative"),
         (

@@ -74,6 +74,13 @@ pub struct ServeArgs {
     /// A relayed connection with no byte either way for this many seconds is closed.
     #[arg(long, default_value = "300", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout: u64,
+    /// The most one image layer may unpack to (its files' bytes), e.g. 32Gi; a larger
+    /// layer fails its pull.
+    #[arg(long, default_value = "32Gi", value_name = "BYTES")]
+    pub max_layer_size: String,
+    /// The most entries (files, directories, links) one image layer may hold.
+    #[arg(long, default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_layer_entries: u64,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
     /// leaving the containers running for the next agent.
     #[arg(long)]
@@ -164,6 +171,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         connection_limits: orch_agent::net::ConnectionLimits {
             max_connections: usize::try_from(args.max_connections_per_port).unwrap_or(usize::MAX),
             idle_timeout: Duration::from_secs(args.idle_timeout),
+        },
+        layer_limits: orch_agent::images::LayerLimits {
+            max_bytes: orch_api::manifest::quantity::parse_memory_bytes(&args.max_layer_size)
+                .map_err(|e| anyhow::anyhow!("--max-layer-size {:?}: {e}", args.max_layer_size))?,
+            max_entries: usize::try_from(args.max_layer_entries).unwrap_or(usize::MAX),
         },
     })
 }

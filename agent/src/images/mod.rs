@@ -17,5 +17,5 @@ pub use error::ImageError;
 pub use registries::{Credentials, RegistryConfig, RegistryConfigError, RegistrySettings, DEFAULT_REGISTRY_CONFIG};
 pub use source::is_plain_http;
 pub use store::{ImageRecord, ImageStore, PruneReport, PullReport};
-pub use unpack::{unpack_layer, UnpackStats};
+pub use unpack::{unpack_layer, LayerLimits, UnpackStats};
 pub use users::{resolve_user, ImageAccounts};

@@ -16,6 +16,9 @@ use super::ImageError;
 /// The annotation naming a manifest's tag in an OCI layout's index.json.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The largest manifest or index a pull accepts.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
 pub enum Source {
     Layout {
         dir: PathBuf,
@@ -103,6 +106,19 @@ impl Source {
         }
     }
 
+    /// Refuses a manifest or index over [`MAX_MANIFEST_BYTES`] (containerd's limit): one
+    /// that large is no image anyone built, and it would be parsed and kept.
+    fn bounded(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ImageError> {
+        if bytes.len() <= MAX_MANIFEST_BYTES {
+            return Ok(bytes);
+        }
+        let message = format!("a manifest of {} bytes: the limit is {} MiB", bytes.len(), MAX_MANIFEST_BYTES >> 20);
+        Err(match self {
+            Source::Layout { name, .. } => Self::layout_error(name, message),
+            Source::Registry { reference, .. } => ImageError::Registry { registry: reference.registry().to_owned(), message },
+        })
+    }
+
     /// The top-level manifest (or index) the reference names, with its digest.
     pub async fn root_manifest(&self) -> Result<(Vec<u8>, Digest), ImageError> {
         match self {
@@ -127,19 +143,20 @@ impl Source {
                     ));
                 };
                 let digest = Digest::parse(descriptor.digest().as_ref())?;
-                let bytes = self.layout_blob(dir, name, &digest)?;
+                let bytes = self.bounded(self.layout_blob(dir, name, &digest)?)?;
                 digest.verify(&bytes)?;
                 Ok((bytes, digest))
             }
             Source::Registry { client, reference, auth, .. } => {
                 let accepted = [OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
                 let (bytes, _) = client.pull_manifest_raw(reference, auth, &accepted).await.map_err(|e| self.registry_error(e))?;
+                let bytes = self.bounded(bytes.to_vec())?;
                 let digest = Digest::of(&bytes);
                 if let Some(pinned) = reference.digest() {
                     let pinned = Digest::parse(pinned)?;
                     pinned.verify(&bytes)?;
                 }
-                Ok((bytes.to_vec(), digest))
+                Ok((bytes, digest))
             }
         }
     }
@@ -154,6 +171,7 @@ impl Source {
                 client.pull_manifest_raw(&pinned, auth, &accepted).await.map_err(|e| self.registry_error(e))?.0.to_vec()
             }
         };
+        let bytes = self.bounded(bytes)?;
         digest.verify(&bytes)?;
         Ok(bytes)
     }

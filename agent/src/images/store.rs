@@ -21,7 +21,7 @@ use super::defaults::ImageDefaults;
 use super::digest::Digest;
 use super::registries::RegistrySettings;
 use super::source::Source;
-use super::unpack::unpack_layer;
+use super::unpack::{unpack_layer, LayerLimits};
 use super::ImageError;
 use orch_api::image_ref::ImageRef;
 
@@ -62,6 +62,8 @@ pub struct ImageStore {
     /// Credentials and plain-HTTP registries, read for every pull from a registry.
     registries: RegistrySettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What one layer may unpack to.
+    layer_limits: LayerLimits,
 }
 
 /// Removes what pulls of agents no longer running left in the store's `tmp/` (a blob
@@ -91,7 +93,13 @@ impl ImageStore {
             std::fs::create_dir_all(&path).map_err(ImageError::io("cannot create", &path))?;
         }
         sweep_scratch(&root.join("tmp"));
-        Ok(ImageStore { root: root.to_owned(), registries, locks: Mutex::new(HashMap::new()) })
+        Ok(ImageStore { root: root.to_owned(), registries, locks: Mutex::new(HashMap::new()), layer_limits: LayerLimits::default() })
+    }
+
+    /// The store with other limits on what one layer may unpack to.
+    pub fn with_layer_limits(mut self, limits: LayerLimits) -> ImageStore {
+        self.layer_limits = limits;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -163,7 +171,8 @@ impl ImageStore {
                 let unpacked = tokio::task::spawn_blocking({
                     let dir = dir.clone();
                     let name = normalized.clone();
-                    move || unpack_layer(archive, &dir, &name)
+                    let limits = self.layer_limits;
+                    move || unpack_layer(archive, &dir, &name, limits)
                 })
                 .await
                 .map_err(|e| ImageError::Layout { source_name: normalized.clone(), message: format!("unpack task failed: {e}") })?;
@@ -302,11 +311,12 @@ impl ImageStore {
         let tmp = self.scratch("layer");
         std::fs::create_dir_all(&tmp).map_err(ImageError::io("cannot create", &tmp))?;
         let name = digest.to_string();
+        let limits = self.layer_limits;
         let unpacked = tokio::task::spawn_blocking({
             let tmp = tmp.clone();
             move || -> Result<(), ImageError> {
                 let file = std::fs::File::open(&blob).map_err(ImageError::io("cannot open", &blob))?;
-                unpack_layer(file, &tmp, &name)?;
+                unpack_layer(file, &tmp, &name, limits)?;
                 // Every file of the layer on disk before its directory is renamed in:
                 // a crash never leaves a layer that looks whole with empty files.
                 crate::state_dir::sync_filesystem(&tmp).map_err(ImageError::io("cannot flush", &tmp))

@@ -25,6 +25,22 @@ use super::ImageError;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// The most one layer may unpack to: its files' bytes and its entries. A layer is
+/// untrusted, and gzip turns a few megabytes into terabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerLimits {
+    pub max_bytes: u64,
+    pub max_entries: usize,
+}
+
+impl Default for LayerLimits {
+    /// Far above any image people run (the largest CUDA layers are a few GiB, the
+    /// busiest `node_modules` a few hundred thousand files).
+    fn default() -> LayerLimits {
+        LayerLimits { max_bytes: 32 << 30, max_entries: 1_000_000 }
+    }
+}
+
 /// What unpacking a layer did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -33,11 +49,13 @@ pub struct UnpackStats {
     pub opaque_dirs: usize,
     /// Device nodes and FIFOs left out.
     pub skipped: usize,
+    /// The bytes of its files, as their headers declare them.
+    pub bytes: u64,
 }
 
-/// Unpacks the layer read from `reader` into `dest` (an empty directory). `digest`
-/// names the layer in errors.
-pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<UnpackStats, ImageError> {
+/// Unpacks the layer read from `reader` into `dest` (an empty directory), refusing it at
+/// the first entry over `limits`. `digest` names the layer in errors.
+pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str, limits: LayerLimits) -> Result<UnpackStats, ImageError> {
     let mut buffered = BufReader::new(reader);
     let magic = buffered.fill_buf().map_err(ImageError::io("cannot read layer", dest))?;
     let decompressed: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
@@ -61,6 +79,13 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str) -> Result<Unpa
             |reason: &str| ImageError::UnsafeEntry { digest: digest.to_owned(), entry: raw_path.display().to_string(), reason: reason.to_owned() };
         let Some(relative) = normalize(&raw_path).map_err(&unsafe_entry)? else { continue };
         stats.entries += 1;
+        stats.bytes = stats.bytes.saturating_add(entry.header().size().unwrap_or(0));
+        if stats.entries > limits.max_entries {
+            return Err(layer_error(format!("more than {} entries (the node's --max-layer-entries)", limits.max_entries)));
+        }
+        if stats.bytes > limits.max_bytes {
+            return Err(layer_error(format!("more than {} bytes unpacked (the node's --max-layer-size)", limits.max_bytes)));
+        }
         let parent_rel = relative.parent().map(Path::to_owned).unwrap_or_default();
         let name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = ensure_real_dirs(dest, &parent_rel).map_err(|reason| unsafe_entry(&reason))?;

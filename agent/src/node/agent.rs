@@ -155,7 +155,7 @@ impl Agent {
         let runtime =
             Runtime::new(RuntimeConfig { state_dir: config.state_dir.clone(), cgroup_parent: config.cgroup_parent.clone(), init_exe: config.helper.clone() })?;
         let state = StateDir::new(&config.state_dir);
-        let images = ImageStore::open(&state.images(), config.registries.clone())?;
+        let images = ImageStore::open(&state.images(), config.registries.clone())?.with_layer_limits(config.layer_limits);
         let network = NodeNetwork::setup(NodeNetworkConfig {
             bridge: config.bridge.clone(),
             subnet,

@@ -34,9 +34,30 @@ struct Events {
 /// How many unreported events a node keeps while its controller is away.
 pub const EVENT_BACKLOG: usize = 1000;
 
+/// The longest event message, status reason or condition message a node reports (a
+/// probe's output or an error can be any length).
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] at a character boundary, marked when cut.
+pub fn capped(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 impl StatusBoard {
     pub fn set(&self, replica: &pb::ReplicaReport) {
-        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).insert(replica.id.clone(), replica.clone());
+        let mut replica = replica.clone();
+        if let Some(status) = replica.status.as_mut() {
+            status.reason = capped(std::mem::take(&mut status.reason));
+        }
+        self.replicas.lock().unwrap_or_else(PoisonError::into_inner).insert(replica.id.clone(), replica);
         self.changed.notify_one();
     }
 
@@ -46,6 +67,7 @@ impl StatusBoard {
     }
 
     pub fn event(&self, kind: EventKind, object: String, message: String) {
+        let message = capped(message);
         tracing::info!(kind = kind.as_str(), %object, %message, "event");
         let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message };
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,6 +83,7 @@ impl StatusBoard {
     /// Holds condition `kind` with `message` (since when it first held); `true` when it
     /// is new or says something new, for the caller's event.
     pub fn set_condition(&self, kind: &str, message: String) -> bool {
+        let message = capped(message);
         let mut conditions = self.conditions.lock().unwrap_or_else(PoisonError::into_inner);
         let since = conditions.get(kind).map_or_else(now_unix_ms, |held| held.since_unix_ms);
         let condition = pb::NodeCondition { r#type: kind.to_owned(), message, since_unix_ms: since };
@@ -160,6 +183,18 @@ mod tests {
         assert_eq!(events[1].message, "restart 5", "the oldest go first");
         assert_eq!(events[EVENT_BACKLOG].message, format!("restart {}", EVENT_BACKLOG + 4));
         assert!(board.take_events("n1").is_empty(), "taken once");
+    }
+
+    #[test]
+    fn messages_and_reasons_are_capped_at_a_character_boundary() {
+        let board = StatusBoard::default();
+        board.event(EventKind::Unhealthy, "replica/web-a".into(), "é".repeat(5000));
+        let event = board.take_events("n1").remove(0);
+        assert!(event.message.len() <= MAX_MESSAGE_BYTES && event.message.ends_with('…'), "{}", event.message.len());
+        let status = pb::ReplicaStatus { reason: "x".repeat(10_000), ..Default::default() };
+        board.set(&pb::ReplicaReport { id: "web-a".into(), status: Some(status), ..Default::default() });
+        assert!(board.snapshot()[0].status.as_ref().is_some_and(|s| s.reason.len() <= MAX_MESSAGE_BYTES));
+        assert_eq!(capped("short".into()), "short");
     }
 
     #[test]

@@ -122,23 +122,33 @@ async fn check_http(http: &pb::HttpGetAction, target: &ProbeTarget) -> Result<()
     }
 }
 
+/// How much of an exec probe's error output is kept for its failure's reason; the rest
+/// is read and dropped (so the command never blocks writing it).
+pub const PROBE_OUTPUT_BYTES: u64 = 1024;
+
 async fn check_exec(command: &[String], target: &ProbeTarget) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
     let mut request = target.exec.clone();
     request.command = command.to_vec();
-    let output = request
+    let mut child = request
         .helper_command(&target.helper)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|e| format!("exec {command:?}: cannot start the helper: {e}"))?;
-    if output.status.success() {
+    let mut kept = Vec::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = (&mut stderr).take(PROBE_OUTPUT_BYTES).read_to_end(&mut kept).await;
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+    }
+    let status = child.wait().await.map_err(|e| format!("exec {command:?}: waiting for the helper: {e}"))?;
+    if status.success() {
         Ok(())
     } else {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let code = output.status.code().map_or_else(|| "a signal".to_owned(), |c| format!("exit code {c}"));
+        let stderr = String::from_utf8_lossy(&kept);
+        let code = status.code().map_or_else(|| "a signal".to_owned(), |c| format!("exit code {c}"));
         Err(format!("exec {command:?}: {code}{}", if stderr.trim().is_empty() { String::new() } else { format!(" ({})", stderr.trim()) }))
     }
 }

@@ -34,6 +34,7 @@ fn config(dir: &Path) -> AgentConfig {
         api_listen: None,
         tls_dir: None,
         connection_limits: crate::net::ConnectionLimits::default(),
+        layer_limits: crate::images::LayerLimits::default(),
     }
 }
 

@@ -294,6 +294,7 @@ fn command_main(request: &ExecRequest) -> ! {
     if let Err(message) = super::limit_container_descriptors() {
         die(&message, CODE_RUNTIME);
     }
+    super::init::default_signal_actions();
     if let Err(message) = super::init::confine(request.seccomp, &request.capabilities) {
         die(&message, CODE_RUNTIME);
     }

@@ -225,6 +225,7 @@ fn supervise(command: Pid, signals: &SigSet) -> ! {
 /// The command: last preparations, then exec. Errors go to the agent over the socket.
 fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    default_signal_actions();
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     if let Err(e) = std::env::set_current_dir(&config.cwd) {
         fail(&mut sync, &format!("chdir to the working directory {:?}: {e}", config.cwd), CODE_RUNTIME);
@@ -315,6 +316,19 @@ pub(crate) fn drop_privileges(keep: &[String], user: Option<&User>) -> Result<()
 
 /// Installs the seccomp filter of `profile` for a process keeping `capabilities`: the
 /// last step before exec (no_new_privs is already set).
+/// Every signal back to its default action, none blocked. A signal the agent ignores
+/// stays ignored across exec — Rust's runtime ignores SIGPIPE — and a container's
+/// processes must start as under any other runtime (`yes | head` ends when `head` does).
+pub(crate) fn default_signal_actions() {
+    use nix::sys::signal::{signal, SigHandler};
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    for sig in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: SIG_DFL installs no handler code; nothing here runs concurrently (the
+        // process is single-threaded, right before exec).
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}
+
 pub(crate) fn confine(profile: SeccompProfile, capabilities: &[String]) -> Result<(), String> {
     match profile {
         SeccompProfile::Unconfined => Ok(()),

@@ -10,6 +10,10 @@ use crate::image_ref::ImageRef;
 use crate::pb;
 
 /// Largest replica count a manifest may ask for.
+/// The longest service name: its replicas' names (`<service>-<5 hex digits>`) are
+/// their containers' hostnames, and stay 63-character DNS labels.
+pub const MAX_SERVICE_NAME: usize = 57;
+
 pub const MAX_REPLICAS: i64 = 10_000;
 /// Node ports, as Kubernetes' default `--service-node-port-range`.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30_000..=32_767;
@@ -116,6 +120,14 @@ pub fn validate_service(manifest: &ServiceManifest) -> Result<pb::Service, Vec<F
     }
     if let Err(expected) = check_dns_label(&manifest.metadata.name) {
         errors.push("metadata.name", format!("must be {expected}"));
+    } else if manifest.metadata.name.len() > MAX_SERVICE_NAME {
+        errors.push(
+            "metadata.name",
+            format!(
+                "must be at most {MAX_SERVICE_NAME} characters, got {}: a replica is named after its service plus 6 (\"-1a2b3\") and is its container's hostname, a 63-character DNS label",
+                manifest.metadata.name.len()
+            ),
+        );
     }
     check_labels(&mut errors, "metadata.labels", &manifest.metadata.labels);
     let spec = validate_spec(&mut errors, &manifest.spec);
