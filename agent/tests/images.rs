@@ -356,7 +356,35 @@ async fn layers_over_the_limits_are_refused() {
     assert_eq!(std::fs::read_dir(images.root().join("layers/sha256")).expect("layers").count(), 0, "no refused layer kept");
     assert_eq!(std::fs::read_dir(images.root().join("tmp")).expect("tmp").count(), 0, "scratch left");
 
-    // At the limits exactly, a layer is fine.
+    // A PAX record may declare a size the tar header does not: it counts.
+    let hidden = oci::layer(&[Entry::PaxSized("zeros", 0, zeros)]);
+    let layout = sandbox.root.path().join("pax-size");
+    oci::write_layout(&layout, "v1", &[hidden], &["true"]);
+    let err = images.pull(&format!("oci:{}:v1", layout.display())).await.expect_err("a size in a PAX record");
+    assert!(err.to_string().contains("more than 67108864 bytes unpacked (the node's --max-layer-size)"), "{err}");
+
+    // Headers are read into memory whole: one entry's may not be huge.
+    let layout = sandbox.root.path().join("pax-huge");
+    oci::write_layout(&layout, "v1", &[oci::layer(&[Entry::PaxPadded("f", 3 << 20)])], &["true"]);
+    let err = images.pull(&format!("oci:{}:v1", layout.display())).await.expect_err("a 3 MiB PAX record");
+    assert!(err.to_string().contains("more than 1024 KiB of tar headers, long names or PAX records for one entry"), "{err}");
+    assert_eq!(std::fs::read_dir(images.root().join("tmp")).expect("tmp").count(), 0, "scratch left");
+
+    // A blob the manifest declares larger than the limit is not even fetched.
+    let small = store(&sandbox).with_layer_limits(orch_agent::images::LayerLimits { max_bytes: 1500, max_entries: 100 });
+    let layer = oci::uncompressed(&oci::layer(&[Entry::File("f", &[7u8; 600])]));
+    assert!(layer.len() > 1500, "{} bytes", layer.len());
+    let blob = images.root().join("blobs/sha256").join(format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&layer)));
+    let layout = sandbox.root.path().join("big-blob");
+    oci::write_layout(&layout, "v1", &[layer], &["true"]);
+    let err = small.pull(&format!("oci:{}:v1", layout.display())).await.expect_err("a blob over the limit");
+    assert!(err.to_string().contains("over the node's --max-layer-size (1500 bytes)"), "{err}");
+    assert!(!blob.exists(), "the layer was fetched");
+
+    // At the limits exactly, a layer is fine, PAX records included.
+    let layout = sandbox.root.path().join("pax-fine");
+    oci::write_layout(&layout, "v1", &[oci::layer(&[Entry::PaxPadded("f", 4096), Entry::PaxSized("g", 0, b"hello")])], &["true"]);
+    images.pull(&format!("oci:{}:v1", layout.display())).await.expect("small PAX records");
     let layout = sandbox.root.path().join("fits");
     oci::write_layout(&layout, "v1", &[oci::layer(&entries[..100])], &["true"]);
     images.pull(&format!("oci:{}:v1", layout.display())).await.expect("100 entries fit");

@@ -171,6 +171,15 @@ async fn invalid_input_changes_nothing(api: ServiceApi) {
         }
         other => panic!("expected the alias bomb to be refused, got {other:?}"),
     }
+    // Split over many sources of one apply, each small enough alone, it is refused too.
+    let part = format!("a: &big [{}]\nb: [{}]\n", vec!["1"; 1000].join(","), vec!["*big"; 50].join(","));
+    let sources: Vec<(String, String)> = (0..10).map(|i| (format!("part{i}.yaml"), part.clone())).collect();
+    match api.apply(&sources).await {
+        Err(ApiError::Invalid(problems)) => {
+            assert!(problems.len() == 1 && problems[0].starts_with("part4.yaml: document 1:") && problems[0].contains("alias bomb"), "{problems:?}")
+        }
+        other => panic!("expected the split alias bomb to be refused, got {other:?}"),
+    }
     assert_eq!(api.store().list("/orch/").await.expect("list").items, before.items, "nothing written");
 }
 
@@ -285,6 +294,15 @@ async fn node_ports_are_one_service_each(api: ServiceApi) {
         .expect("a stale claim");
     api.apply(&source(&with_node_port(WEB, "shop", 30082))).await.expect("a stale claim does not hold the port");
     assert_eq!(claim(30082).await.as_deref(), Some("shop"));
+
+    // Every apply makes its claims again (a fresh revision): a delete of the name that
+    // read them before gives back only what it read, never a claim made since.
+    let revision = || async { api.store().get(&keys::node_port(pb::Protocol::Tcp, 30082)).await.expect("get").expect("the claim").mod_revision };
+    let first = revision().await;
+    assert_eq!(api.apply(&source(&with_node_port(WEB, "shop", 30082))).await.expect("again"), vec![applied("shop", ApplyOutcome::Unchanged)]);
+    assert!(revision().await > first, "the claim was not made again");
+    api.delete("shop", false).await.expect("delete");
+    assert_eq!(claim(30082).await, None, "a deleted service's ports are free");
 }
 
 /// A store whose first write of a service lands but reports an error, as an etcd

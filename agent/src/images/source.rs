@@ -16,7 +16,7 @@ use super::ImageError;
 /// The annotation naming a manifest's tag in an OCI layout's index.json.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// The largest manifest or index a pull accepts.
+/// The largest manifest, index or image config a pull accepts.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
 pub enum Source {
@@ -178,6 +178,15 @@ impl Source {
 
     fn layout_blob(&self, dir: &Path, name: &str, digest: &Digest) -> Result<Vec<u8>, ImageError> {
         let path = dir.join("blobs/sha256").join(digest.hex());
+        // Its size is known before it is read: one too large is refused unread.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.len() > MAX_MANIFEST_BYTES as u64 {
+                return Err(Self::layout_error(
+                    name,
+                    format!("blob {digest}: a manifest of {} bytes: the limit is {} MiB", meta.len(), MAX_MANIFEST_BYTES >> 20),
+                ));
+            }
+        }
         std::fs::read(&path).map_err(|e| Self::layout_error(name, format!("blob {digest}: cannot read {}: {e}", path.display())))
     }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::defaults::ImageDefaults;
 use super::digest::Digest;
 use super::registries::RegistrySettings;
-use super::source::Source;
+use super::source::{Source, MAX_MANIFEST_BYTES};
 use super::unpack::{unpack_layer, LayerLimits};
 use super::ImageError;
 use orch_api::image_ref::ImageRef;
@@ -227,6 +227,17 @@ impl ImageStore {
             .map_err(|e| config_error(format!("manifest {manifest_digest} is not an image manifest: {e}")))?;
 
         let config_digest = Digest::parse(manifest.config().digest().as_ref())?;
+        // Sizes the manifest declares are checked before anything is fetched (and the
+        // fetched blob must match them).
+        if manifest.config().size() > MAX_MANIFEST_BYTES as u64 {
+            return Err(config_error(format!("config {config_digest} of {} bytes: the limit is {} MiB", manifest.config().size(), MAX_MANIFEST_BYTES >> 20)));
+        }
+        if let Some(layer) = manifest.layers().iter().find(|layer| layer.size() > self.layer_limits.max_bytes) {
+            return Err(ImageError::Layer {
+                digest: layer.digest().to_string(),
+                message: format!("a blob of {} bytes, over the node's --max-layer-size ({} bytes)", layer.size(), self.layer_limits.max_bytes),
+            });
+        }
         let config_path = self.ensure_blob(source, &config_digest, Some(manifest.config().size()), report).await?;
         let config = oci_spec::image::ImageConfiguration::from_file(&config_path)
             .map_err(|e| config_error(format!("config {config_digest} is not an image config: {e}")))?;

@@ -12,10 +12,12 @@
 //! resolved inside the container's root, and unpacking never follows them.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use nix::sys::stat::{mknod, Mode, SFlag};
 use tar::EntryType;
@@ -41,6 +43,35 @@ impl Default for LayerLimits {
     }
 }
 
+/// The most tar headers, long names and PAX records one entry may come with (a
+/// path is at most 4 KiB; PAX records carry a few attributes).
+const HEADER_BYTES_PER_ENTRY: u64 = 1 << 20;
+
+/// A reader that fails once more than `allowed` bytes were read from it: the
+/// unpacker raises `allowed` by each entry's declared size as it goes, so only the
+/// headers between entries are held to [`HEADER_BYTES_PER_ENTRY`].
+struct Metered<R> {
+    inner: R,
+    read: u64,
+    allowed: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.allowed.get().saturating_sub(self.read);
+        if left == 0 {
+            return Err(std::io::Error::other(format!(
+                "more than {} KiB of tar headers, long names or PAX records for one entry",
+                HEADER_BYTES_PER_ENTRY >> 10
+            )));
+        }
+        let len = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// What unpacking a layer did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -49,7 +80,7 @@ pub struct UnpackStats {
     pub opaque_dirs: usize,
     /// Device nodes and FIFOs left out.
     pub skipped: usize,
-    /// The bytes of its files, as their headers declare them.
+    /// The bytes of its files, as their headers (PAX records included) declare them.
     pub bytes: u64,
 }
 
@@ -65,7 +96,11 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str, limits: LayerL
     } else {
         Box::new(buffered)
     };
-    let mut archive = tar::Archive::new(decompressed);
+    // Long names and PAX records are read into memory whole by the tar reader; the
+    // stream is metered so that what comes between two entries' data stays small.
+    let allowed = Rc::new(Cell::new(HEADER_BYTES_PER_ENTRY));
+    let metered = Metered { inner: decompressed, read: 0, allowed: Rc::clone(&allowed) };
+    let mut archive = tar::Archive::new(metered);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_unpack_xattrs(false);
@@ -74,12 +109,15 @@ pub fn unpack_layer(reader: impl Read, dest: &Path, digest: &str, limits: LayerL
     let mut stats = UnpackStats::default();
     for entry in archive.entries().map_err(|e| layer_error(format!("not a tar archive: {e}")))? {
         let mut entry = entry.map_err(|e| layer_error(format!("corrupt tar stream: {e}")))?;
+        // Its data (padded to a block), then at most this much before the next entry.
+        let size = entry.size();
+        allowed.set(allowed.get().saturating_add(size.div_ceil(512).saturating_mul(512)).saturating_add(HEADER_BYTES_PER_ENTRY));
         let raw_path = entry.path().map_err(|e| layer_error(format!("bad entry path: {e}")))?.into_owned();
         let unsafe_entry =
             |reason: &str| ImageError::UnsafeEntry { digest: digest.to_owned(), entry: raw_path.display().to_string(), reason: reason.to_owned() };
         let Some(relative) = normalize(&raw_path).map_err(&unsafe_entry)? else { continue };
         stats.entries += 1;
-        stats.bytes = stats.bytes.saturating_add(entry.header().size().unwrap_or(0));
+        stats.bytes = stats.bytes.saturating_add(size);
         if stats.entries > limits.max_entries {
             return Err(layer_error(format!("more than {} entries (the node's --max-layer-entries)", limits.max_entries)));
         }

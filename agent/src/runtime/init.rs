@@ -225,7 +225,6 @@ fn supervise(command: Pid, signals: &SigSet) -> ! {
 /// The command: last preparations, then exec. Errors go to the agent over the socket.
 fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    default_signal_actions();
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     if let Err(e) = std::env::set_current_dir(&config.cwd) {
         fail(&mut sync, &format!("chdir to the working directory {:?}: {e}", config.cwd), CODE_RUNTIME);
@@ -244,6 +243,8 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     let argv: Vec<CString> = config.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = config.env.iter().map(|e| to_c(e)).collect();
     let path = to_c(&program);
+    // Last, so that a failure reported on the socket above never dies of SIGPIPE.
+    default_signal_actions();
     if let Err(message) = confine(config.security.seccomp, &config.security.capabilities) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
@@ -314,8 +315,6 @@ pub(crate) fn drop_privileges(keep: &[String], user: Option<&User>) -> Result<()
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))
 }
 
-/// Installs the seccomp filter of `profile` for a process keeping `capabilities`: the
-/// last step before exec (no_new_privs is already set).
 /// Every signal back to its default action, none blocked. A signal the agent ignores
 /// stays ignored across exec — Rust's runtime ignores SIGPIPE — and a container's
 /// processes must start as under any other runtime (`yes | head` ends when `head` does).
@@ -329,6 +328,8 @@ pub(crate) fn default_signal_actions() {
     }
 }
 
+/// Installs the seccomp filter of `profile` for a process keeping `capabilities`: the
+/// last step before exec (no_new_privs is already set).
 pub(crate) fn confine(profile: SeccompProfile, capabilities: &[String]) -> Result<(), String> {
     match profile {
         SeccompProfile::Unconfined => Ok(()),

@@ -17,6 +17,32 @@ pub enum Entry {
     Fifo(&'static str),
     /// A regular file whose header path is written byte for byte, unchecked.
     RawPath(&'static str, &'static [u8]),
+    /// A regular file whose header declares `declared` bytes and a PAX `size` record
+    /// the real length (the record wins).
+    PaxSized(&'static str, u64, &'static [u8]),
+    /// An empty file preceded by a PAX record of about this many bytes.
+    PaxPadded(&'static str, usize),
+}
+
+/// One PAX record, `LEN key=value\n`, LEN counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + body.to_string().len();
+    if len.to_string().len() + body != len {
+        len += 1;
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    assert_eq!(record.len(), len);
+    record
+}
+
+fn append_pax(builder: &mut tar::Builder<impl Write>, records: &[u8]) {
+    let mut h = header(tar::EntryType::XHeader, records.len() as u64, 0o644);
+    h.set_path("PaxHeaders/x").expect("pax path");
+    h.set_cksum();
+    builder.append(&h, records).expect("pax header");
 }
 
 fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -78,6 +104,18 @@ pub fn layer(entries: &[Entry]) -> Vec<u8> {
                 h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
                 h.set_cksum();
                 builder.append(&h, *data).expect("raw entry");
+            }
+            Entry::PaxSized(path, declared, data) => {
+                append_pax(&mut builder, &pax_record("size", data.len().to_string().as_bytes()));
+                let mut h = header(tar::EntryType::Regular, *declared, 0o644);
+                h.set_path(path).expect("path");
+                h.set_cksum();
+                builder.append(&h, *data).expect("pax-sized file");
+            }
+            Entry::PaxPadded(path, bytes) => {
+                append_pax(&mut builder, &pax_record("comment", &vec![b'x'; *bytes]));
+                let mut h = header(tar::EntryType::Regular, 0, 0o644);
+                builder.append_data(&mut h, path, std::io::empty()).expect("file");
             }
         }
     }

@@ -28,24 +28,10 @@ pub struct ApplyArgs {
 /// Validates locally (the controller runs the same checks), applies, prints outcomes.
 pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     let sources = read_sources(files)?;
-    let mut problems = Vec::new();
-    let mut documents = Vec::new();
-    let mut configs = Vec::new();
-    for source in &sources {
-        match orch_api::manifest::load_manifests(&source.name, &source.text) {
-            Ok(manifests) => {
-                documents.extend(manifests.services);
-                configs.extend(manifests.configs);
-            }
-            Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
-        }
-    }
-    problems.extend(orch_api::manifest::check_unique_names(&documents).iter().map(ToString::to_string));
-    problems.extend(orch_api::manifest::check_unique_node_ports(&documents).iter().map(ToString::to_string));
-    problems.extend(orch_api::manifest::check_unique_configs(&configs).iter().map(ToString::to_string));
-    if !problems.is_empty() {
-        anyhow::bail!("invalid manifest, nothing was applied:\n{}", problems.join("\n"));
-    }
+    // Checked here first (the controller runs the same checks) for errors without a round trip.
+    orch_api::manifest::load_sources(sources.iter().map(|s| (s.name.as_str(), s.text.as_str()))).map_err(|problems| {
+        anyhow::anyhow!("invalid manifest, nothing was applied:\n{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
     let request = pb::ApplyRequest { sources: sources.into_iter().map(|s| pb::ManifestSource { name: s.name, content: s.text }).collect() };
     let results = api.apply(request).await.map_err(explain)?.into_inner().results;
     Ok(report(results))

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use orch_api::manifest::{check_unique_names, load_services};
+use orch_api::manifest::load_sources;
 
 use crate::sources::read_sources;
 
@@ -17,16 +17,10 @@ pub struct ValidateArgs {
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let sources = read_sources(&args.files)?;
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for source in &sources {
-        match load_services(&source.name, &source.text) {
-            Ok(docs) => documents.extend(docs),
-            Err(errs) => errors.extend(errs),
-        }
-    }
-    errors.extend(check_unique_names(&documents));
-    errors.extend(orch_api::manifest::check_unique_node_ports(&documents));
+    let (documents, errors) = match load_sources(sources.iter().map(|s| (s.name.as_str(), s.text.as_str()))) {
+        Ok(manifests) => (manifests.services, Vec::new()),
+        Err(errors) => (Vec::new(), errors),
+    };
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");

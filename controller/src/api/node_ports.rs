@@ -5,7 +5,10 @@
 //! service stored by an earlier build, without claims, is found by its spec. A claim
 //! whose service does not declare the port (an apply that failed or died half way) is
 //! taken over, but only [`CLAIM_GRACE`] after it was made: an apply still under way
-//! keeps its claim.
+//! keeps its claim. The grace is measured against the claim's wall-clock time: clocks
+//! of controllers more than that apart could take over a claim early (the service's own
+//! write is still a compare-and-swap, so two services never both store the port by
+//! the claims alone, but the conflict check by spec is what catches it then).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,7 @@ use orch_api::pb;
 
 use super::services::ApiError;
 use crate::keys;
-use crate::store::{Expect, Store, StoreError};
+use crate::store::{Expect, Revision, Store, StoreError};
 
 /// A node port: protocol and number.
 pub type NodePort = (pb::Protocol, u32);
@@ -105,7 +108,13 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
             Some(kv) => {
                 let (holder, claimed_at) = holder(&kv.value);
                 if holder == name {
-                    return Ok(false);
+                    // Made again (a new revision, a fresh time): a delete of the name
+                    // that read the claim before this apply will not give it back.
+                    return match store.put(&key, claim_value(name), Expect::Revision(kv.mod_revision)).await {
+                        Ok(_) => Ok(false),
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(error) => Err(Claim::Store(error)),
+                    };
                 }
                 let service_key = keys::service(&holder);
                 let still_declares = match store.get(&service_key).await.map_err(Claim::Store)? {
@@ -131,18 +140,38 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
     Err(Claim::Store(StoreError::Conflict { key, expected: Expect::Absent, found: None }))
 }
 
-/// Gives back the claims `name` holds on `ports` (one another service took over stays
-/// its). Best effort: a claim left behind is taken over by the next service that
-/// declares the port.
-pub async fn release(store: &dyn Store, name: &str, ports: &[NodePort]) {
+/// The claims `name` holds on `ports`: their keys and the revisions they were read at.
+pub async fn held(store: &dyn Store, name: &str, ports: &[NodePort]) -> Result<Vec<(String, Revision)>, StoreError> {
+    let mut claims = Vec::new();
     for &(protocol, port) in ports {
         let key = keys::node_port(protocol, port);
-        let Ok(Some(kv)) = store.get(&key).await else { continue };
-        if holder(&kv.value).0 == name {
-            if let Err(error) = store.delete(&key, Expect::Revision(kv.mod_revision)).await {
-                tracing::warn!(%key, %error, "giving a node port back");
+        if let Some(kv) = store.get(&key).await? {
+            if holder(&kv.value).0 == name {
+                claims.push((key, kv.mod_revision));
             }
         }
+    }
+    Ok(claims)
+}
+
+/// Gives back claims as they were read by [`held`]: one made again since (an apply of
+/// the same name) or taken over stays. Best effort: a claim left behind is taken over
+/// by the next service that declares the port.
+pub async fn release_at(store: &dyn Store, claims: &[(String, Revision)]) {
+    for (key, revision) in claims {
+        match store.delete(key, Expect::Revision(*revision)).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(error) => tracing::warn!(%key, %error, "giving a node port back"),
+        }
+    }
+}
+
+/// Gives back the claims `name` holds on `ports` now (one another service took over
+/// stays its).
+pub async fn release(store: &dyn Store, name: &str, ports: &[NodePort]) {
+    match held(store, name, ports).await {
+        Ok(claims) => release_at(store, &claims).await,
+        Err(error) => tracing::warn!(service = name, %error, "reading node port claims to give them back"),
     }
 }
 

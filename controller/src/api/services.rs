@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use orch_api::cidr::Ipv4Cidr;
-use orch_api::manifest::{check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, MAX_REPLICAS};
+use orch_api::manifest::{load_sources, Manifests, MAX_REPLICAS};
 use orch_api::pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -172,24 +172,8 @@ impl ServiceApi {
     /// Validates every document of every source, then applies Configs and Secrets
     /// first (so the services using them start with them), then services.
     pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<Applied>, ApiError> {
-        let mut documents = Vec::new();
-        let mut configs = Vec::new();
-        let mut problems = Vec::new();
-        for (name, text) in sources {
-            match load_manifests(name, text) {
-                Ok(manifests) => {
-                    documents.extend(manifests.services);
-                    configs.extend(manifests.configs);
-                }
-                Err(errors) => problems.extend(errors.iter().map(ToString::to_string)),
-            }
-        }
-        problems.extend(check_unique_names(&documents).iter().map(ToString::to_string));
-        problems.extend(check_unique_node_ports(&documents).iter().map(ToString::to_string));
-        problems.extend(check_unique_configs(&configs).iter().map(ToString::to_string));
-        if !problems.is_empty() {
-            return Err(ApiError::Invalid(problems));
-        }
+        let Manifests { services: documents, configs } = load_sources(sources.iter().map(|(name, text)| (name.as_str(), text.as_str())))
+            .map_err(|errors| ApiError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
         if documents.is_empty() && configs.is_empty() {
             return Err(ApiError::BadRequest("no services, configs or secrets in the given manifests".into()));
         }
@@ -357,12 +341,14 @@ impl ServiceApi {
                 Ok(vip) => self.store.get(&keys::vip(vip)).await?.filter(|kv| kv.value == name.as_bytes()).map(|kv| (vip, kv.mod_revision)),
                 Err(_) => None,
             };
+            // Node port claims too, for the same reason.
+            let ports: Vec<node_ports::NodePort> = node_ports::declared(service.spec.as_ref()).into_keys().collect();
+            let port_claims = node_ports::held(self.store.as_ref(), name, &ports).await?;
             self.store.delete(&key, Expect::Revision(kv.mod_revision)).await?;
             if let Some((vip, revision)) = claim {
                 self.release_vip(vip, revision).await?;
             }
-            let ports: Vec<node_ports::NodePort> = node_ports::declared(service.spec.as_ref()).into_keys().collect();
-            node_ports::release(self.store.as_ref(), name, &ports).await;
+            node_ports::release_at(self.store.as_ref(), &port_claims).await;
             Ok::<_, ApiError>(())
         };
         // A service deleted earlier without its volumes may be purged now.

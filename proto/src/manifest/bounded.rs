@@ -12,14 +12,15 @@ use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess,
 /// The most a manifest source (a file, standard input, one apply's text) may hold.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
-/// The most nodes (scalars, sequences, mappings) one document may have once its
-/// aliases are expanded.
+/// The most nodes (scalars, sequences, mappings) the documents read together (one
+/// source, or one apply's sources) may have once their aliases are expanded.
 pub const MAX_EXPANDED_NODES: usize = 250_000;
 
-/// The most scalar text one document may have once its aliases are expanded.
+/// The most scalar text the documents read together may have once their aliases are
+/// expanded.
 pub const MAX_EXPANDED_BYTES: usize = 32 << 20;
 
-/// What is left of a document's budget while it is walked.
+/// What is left of the budget while documents are walked.
 struct Budget {
     nodes: Cell<usize>,
     bytes: Cell<usize>,
@@ -110,22 +111,34 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 }
 
-/// Checks every document of `text` against the bounds; the 1-based index of the first
-/// document over them, with the reason. A syntax error is left to the real reading,
-/// which reports it.
+/// Checks every document of `text` against the bounds, one budget for the whole
+/// source (so that many small documents cannot each spend a full one); the 1-based
+/// index of the first document over them, with the reason. A syntax error is left to
+/// the real reading, which reports it.
 pub fn check(text: &str) -> Result<(), (usize, String)> {
-    if text.len() > MAX_MANIFEST_BYTES {
-        return Err((1, format!("{} bytes of manifests; the limit is {} MiB", text.len(), MAX_MANIFEST_BYTES >> 20)));
-    }
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let budget = Budget { nodes: Cell::new(MAX_EXPANDED_NODES), bytes: Cell::new(MAX_EXPANDED_BYTES) };
-        if let Err(error) = Walk(&budget).deserialize(document) {
-            let message = error.to_string();
-            if message.contains("once its aliases are expanded") {
-                return Err((index + 1, message));
+    check_all([("", text)]).map_err(|(_, document, message)| (document, message))
+}
+
+/// [`check`] over several sources read together (one apply's files): their sizes and
+/// expansions share one budget. The name of the source over it, the 1-based index of
+/// its document, and the reason.
+pub fn check_all<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<(), (String, usize, String)> {
+    let budget = Budget { nodes: Cell::new(MAX_EXPANDED_NODES), bytes: Cell::new(MAX_EXPANDED_BYTES) };
+    let mut total = 0usize;
+    for (name, text) in sources {
+        total = total.saturating_add(text.len());
+        if total > MAX_MANIFEST_BYTES {
+            return Err((name.to_owned(), 1, format!("{total} bytes of manifests; the limit is {} MiB", MAX_MANIFEST_BYTES >> 20)));
+        }
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            if let Err(error) = Walk(&budget).deserialize(document) {
+                let message = error.to_string();
+                if message.contains("once its aliases are expanded") {
+                    return Err((name.to_owned(), index + 1, message));
+                }
+                // Anything else (a syntax error) the reading that follows reports.
+                break;
             }
-            // Anything else (a syntax error) the reading that follows reports.
-            return Ok(());
         }
     }
     Ok(())
@@ -156,6 +169,24 @@ mod tests {
         let text = format!("a: &s \"{}\"\nb: [{}]\n", "x".repeat(1 << 20), vec!["*s"; 40].join(","));
         let (_, message) = check(&text).expect_err("refused");
         assert!(message.contains("MiB of text once its aliases are expanded"), "{message}");
+    }
+
+    #[test]
+    fn the_budget_spans_every_document_and_every_source() {
+        // Each document alone is well under the budget; together they are over it.
+        let anchor = format!("a: &big [{}]", vec!["1"; 1000].join(","));
+        let document = format!("{anchor}\nb: [{}]\n", vec!["*big"; 50].join(","));
+        assert_eq!(check(&document), Ok(()));
+        let many = [document.as_str(); 6].join("---\n");
+        let (index, message) = check(&many).expect_err("one budget per source");
+        assert_eq!(index, 5, "{message}");
+        let sources: Vec<(String, String)> = (0..6).map(|i| (format!("f{i}.yaml"), document.clone())).collect();
+        let (name, index, _) = check_all(sources.iter().map(|(n, t)| (n.as_str(), t.as_str()))).expect_err("one budget per apply");
+        assert_eq!((name.as_str(), index), ("f4.yaml", 1));
+        let half = "#".repeat(MAX_MANIFEST_BYTES / 2 + 1);
+        let (name, _, message) = check_all([("a", half.as_str()), ("b", half.as_str())]).expect_err("sizes add up");
+        assert_eq!(name, "b");
+        assert!(message.contains("the limit is 4 MiB"), "{message}");
     }
 
     #[test]

@@ -144,6 +144,35 @@ pub fn load_manifests(source_name: &str, text: &str) -> Result<Manifests, Vec<Ma
     }
 }
 
+/// Parses and validates the sources of one apply together: their sizes and alias
+/// expansions share one budget, each is read by [`load_manifests`], and a service,
+/// Config, Secret or node port defined twice across them is refused. Every problem
+/// found, not just the first.
+pub fn load_sources<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Result<Manifests, Vec<ManifestError>> {
+    if let Err((source_name, document, message)) = super::bounded::check_all(sources.clone()) {
+        return Err(vec![ManifestError { source_name, document, path: String::new(), message }]);
+    }
+    let mut all = Manifests::default();
+    let mut errors = Vec::new();
+    for (name, text) in sources {
+        match load_manifests(name, text) {
+            Ok(manifests) => {
+                all.services.extend(manifests.services);
+                all.configs.extend(manifests.configs);
+            }
+            Err(problems) => errors.extend(problems),
+        }
+    }
+    errors.extend(check_unique_names(&all.services));
+    errors.extend(check_unique_node_ports(&all.services));
+    errors.extend(check_unique_configs(&all.configs));
+    if errors.is_empty() {
+        Ok(all)
+    } else {
+        Err(errors)
+    }
+}
+
 /// A document read into its kind's model; a schema error as (field path, message).
 /// A Secret's schema error under `data` or `binaryData` without serde's words, which
 /// quote the value (`invalid type: integer `1234``).

@@ -14,7 +14,8 @@ mod volumes;
 pub use bounded::{MAX_EXPANDED_BYTES, MAX_EXPANDED_NODES, MAX_MANIFEST_BYTES};
 pub use configs::{check_config_key, config_refs, kind_name, object_name, validate_config, ConfigContent, MAX_CONFIG_BYTES};
 pub use load::{
-    check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, load_services, ConfigDocument, ManifestError, Manifests, ServiceDocument,
+    check_unique_configs, check_unique_names, check_unique_node_ports, load_manifests, load_services, load_sources, ConfigDocument, ManifestError, Manifests,
+    ServiceDocument,
 };
 pub use model::{ServiceManifest, API_VERSION};
 pub use validate::{
