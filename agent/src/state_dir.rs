@@ -6,7 +6,7 @@
 //! containers/<id>/          the runtime's: state.json, exit.json, upper/, work/, merged/
 //! images/                   the image store: blobs, unpacked layers, records
 //! replicas/<id>.pb          each replica with its template and status
-//! logs/<id>.log[.1]         each replica's output (and the rotated previous one)
+//! logs/<id>.log[.N|.previous] each replica's output: CRI records, rotated by size, and the previous run's last file
 //! network/<bridge>.json     the node's address allocations (`.lock`: who may change them)
 //! network/files/<id>/       resolv.conf, hosts and hostname bound into a replica
 //! empty-dirs/<id>/<volume>/  each replica's emptyDir volumes (a tmpfs for Memory)
@@ -100,9 +100,9 @@ impl StateDir {
         self.logs().join(format!("{replica}.log"))
     }
 
-    /// The log of the run before the last rotation.
-    pub fn rotated_log(&self, replica: &str) -> PathBuf {
-        self.logs().join(format!("{replica}.log.1"))
+    /// The last log file of the replica's previous run.
+    pub fn previous_log(&self, replica: &str) -> PathBuf {
+        self.logs().join(format!("{replica}.log.previous"))
     }
 
     pub fn network(&self) -> PathBuf {
@@ -165,7 +165,7 @@ mod tests {
         let dir = StateDir::new("/s");
         assert_eq!(dir.record("web-1"), Path::new("/s/replicas/web-1.pb"));
         assert_eq!(dir.log("web-1"), Path::new("/s/logs/web-1.log"));
-        assert_eq!(dir.rotated_log("web-1"), Path::new("/s/logs/web-1.log.1"));
+        assert_eq!(dir.previous_log("web-1"), Path::new("/s/logs/web-1.log.previous"));
         assert_eq!(dir.addresses("orch0"), Path::new("/s/network/orch0.json"));
         assert_eq!(dir.files("web-1"), Path::new("/s/network/files/web-1"));
         assert_eq!(dir.registration(), Path::new("/s/node.json"));

@@ -40,7 +40,7 @@ fn spec_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &st
         env: process.env,
         cwd: process.cwd,
         limits: Limits::default(),
-        stdio: Stdio::LogFile(sandbox.root.path().join(format!("{id}.log"))),
+        stdio: Stdio::log_file(sandbox.root.path().join(format!("{id}.log"))),
         user_namespace: None,
         user: process.user,
         image: Some(record.manifest_digest),
@@ -60,7 +60,7 @@ async fn run_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id
     let container = runtime(sandbox).start(&spec).await.expect("start");
     let exit = container.wait().await;
     container.remove().await.expect("remove");
-    (exit.code, std::fs::read_to_string(sandbox.root.path().join(format!("{id}.log"))).unwrap_or_default())
+    (exit.code, common::log_text(&sandbox.root.path().join(format!("{id}.log"))))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

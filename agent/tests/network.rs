@@ -82,7 +82,7 @@ impl NetLab {
             env: vec![],
             cwd: None,
             limits: Limits::default(),
-            stdio: Stdio::LogFile(self.sandbox.root.path().join(format!("{id}.log"))),
+            stdio: Stdio::log_file(self.sandbox.root.path().join(format!("{id}.log"))),
             user_namespace: None,
             user: None,
             image: None,
@@ -93,7 +93,7 @@ impl NetLab {
     }
 
     fn log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.sandbox.root.path().join(format!("{id}.log"))).unwrap_or_default()
+        common::log_text(&self.sandbox.root.path().join(format!("{id}.log")))
     }
 
     /// Nothing of this lab is left on the machine.

@@ -26,7 +26,7 @@ fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
         env: vec![],
         cwd: None,
         limits: Limits { memory_bytes: Some(64 << 20), pids: Some(32), ..Limits::default() },
-        stdio: Stdio::LogFile(sandbox.root.path().join(format!("{id}.log"))),
+        stdio: Stdio::log_file(sandbox.root.path().join(format!("{id}.log"))),
         user_namespace: None,
         user: None,
         image: None,
@@ -40,7 +40,7 @@ async fn wait_for_log(sandbox: &Sandbox, id: &str, text: &str) {
     let path = sandbox.root.path().join(format!("{id}.log"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if std::fs::read_to_string(&path).unwrap_or_default().contains(text) {
+        if common::log_text(&path).contains(text) {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "{text:?} never appeared in {}", path.display());
@@ -154,7 +154,7 @@ async fn a_command_starts_with_default_signals_and_limits() {
     let container = runtime.start(&spec(&sandbox, "defaults", script)).await.expect("start");
     let exit = tokio::time::timeout(Duration::from_secs(60), container.wait()).await.expect("`yes | head` ended: SIGPIPE is not ignored");
     assert_eq!(exit.code, 0);
-    let log = std::fs::read_to_string(sandbox.root.path().join("defaults.log")).expect("log");
+    let log = common::log_text(&sandbox.root.path().join("defaults.log"));
     let mask = |name: &str| {
         let line = log.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {log}"));
         u64::from_str_radix(line.trim(), 16).expect("a hex mask")

@@ -281,6 +281,11 @@ fn the_cli_against_orch_up() {
     // logs, exec, top, topology.
     let logs = up.ok(&["logs", &replica, "--tail", "3"]);
     assert!(logs.contains("response:200") && logs.lines().count() <= 3, "{logs}");
+    let previous = up.ok(&["logs", &replica, "--previous"]);
+    assert!(previous.contains("response:200"), "the run before the kill: {previous}");
+    let stamped = up.ok(&["logs", &replica, "--tail", "1", "--timestamps", "--since", "1h"]);
+    assert!(stamped.starts_with("20") && stamped.as_bytes().get(10) == Some(&b'T') && stamped.contains("Z "), "{stamped}");
+    assert_eq!(up.ok(&["logs", &replica, "--limit-bytes", "5"]).len(), 5);
     let service_logs = up.ok(&["logs", "web", "--tail", "2"]);
     assert!(service_logs.lines().all(|l| l.starts_with("[web-")), "{service_logs}");
     assert_eq!(up.ok(&["exec", &replica, "--", "cat", "/etc/hostname"]).trim(), replica);
@@ -408,6 +413,60 @@ fn the_cli_against_orch_up() {
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().skip(1).all(|u| u == "101000")), "on the host: {status}");
     assert_eq!(up.ok(&["delete", "service", "locked"]).trim(), "service/locked deleted");
     up.wait("the locked replica to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().all(|r| r["service"] != "locked")));
+
+    // A chatty replica's log is rotated while it runs, within its policy, and read in
+    // bounded chunks: a 100 MiB log (kept whole by a large policy) streams through.
+    let chatty = up.dir.path().join("chatty.yaml");
+    let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i\"; i=$((i+1)); done; \
+                  yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789 | head -c 104888902; echo done; exec sleep 1000";
+    let chatty_text = format!(
+        "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: chatty}}\nspec:\n  image: 'oci:{}:1.0'\n  command: [sh, -c, '{script}']\n  \
+         logs: {{maxSize: 64Ki, maxFiles: 3}}\n---\napiVersion: orch/v1\nkind: Service\nmetadata: {{name: bulky}}\nspec:\n  image: 'oci:{}:1.0'\n  \
+         command: [sh, -c, '{script}']\n  logs: {{maxSize: 1Gi, maxFiles: 2}}\n",
+        up.dir.path().join("image").display(),
+        up.dir.path().join("image").display()
+    );
+    std::fs::write(&chatty, chatty_text).expect("write");
+    up.ok(&["apply", "-f", chatty.to_str().expect("path"), "--wait", "--timeout", "120"]);
+    let replica_of = |service: &str| {
+        up.json(&["get", "replicas"]).as_array().and_then(|all| all.iter().find(|r| r["service"] == service).cloned()).expect("a replica")["name"]
+            .as_str()
+            .expect("name")
+            .to_owned()
+    };
+    let (chatty_replica, bulky_replica) = (replica_of("chatty"), replica_of("bulky"));
+    for name in [&chatty_replica, &bulky_replica] {
+        up.wait("the chatty replicas to finish writing", |u| u.ok(&["logs", name, "--tail", "1"]) == "done\n");
+    }
+    let logs_dir = state.join("agent/logs");
+    let files: Vec<(String, u64)> = std::fs::read_dir(&logs_dir)
+        .expect("logs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{chatty_replica}.log")))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len())))
+        .collect();
+    assert!(files.len() == 3 && files.iter().all(|(_, size)| *size <= 64 << 10), "rotated within 64Ki x 3: {files:?}");
+    let bulky_size = std::fs::metadata(logs_dir.join(format!("{bulky_replica}.log"))).expect("bulky log").len();
+    assert!(bulky_size > 100 << 20, "{bulky_size}");
+    let tail = up.ok(&["logs", &bulky_replica, "--tail", "2"]);
+    assert_eq!(tail, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789\ndone\n");
+    assert_eq!(up.ok(&["logs", &bulky_replica, "--limit-bytes", "11"]), "line 0\nline");
+    let all = up.command().args(["logs", &bulky_replica, "--since", "1h"]).output().expect("orch logs");
+    assert!(all.status.success() && all.stdout.len() > 100 << 20, "{} bytes: {}", all.stdout.len(), text(&all.stderr));
+    assert!(all.stdout.ends_with(b"done\n"));
+    let bulky = up.json(&["get", "replicas"]).as_array().and_then(|a| a.iter().find(|r| r["name"] == bulky_replica.as_str()).cloned()).expect("bulky");
+    assert_eq!(bulky["restarts"], 0, "{bulky}");
+    up.ok(&["delete", "-f", chatty.to_str().expect("path")]);
+    up.wait("the chatty replicas to go", |u| {
+        u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().all(|r| r["service"] != "chatty" && r["service"] != "bulky"))
+    });
+    let left: Vec<String> = std::fs::read_dir(&logs_dir)
+        .expect("logs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&chatty_replica) || name.starts_with(&bulky_replica))
+        .collect();
+    assert!(left.is_empty(), "logs left: {left:?}");
 
     // scale and rollout status.
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");

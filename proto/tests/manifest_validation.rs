@@ -305,6 +305,13 @@ fn invalid_manifests_name_their_field() {
             "spec.volumeMounts[0].subPath",
             "relative path",
         ),
+        ("log size too small", variant("", "  logs: {maxSize: 1Ki}"), "spec.logs.maxSize", "must be between 16Ki and 1Gi, got 1Ki"),
+        ("log size too large", variant("", "  logs: {maxSize: 2Gi}"), "spec.logs.maxSize", "must be between 16Ki and 1Gi, got 2Gi"),
+        ("zero log size", variant("", "  logs: {maxSize: 0}"), "spec.logs.maxSize", "must be between 16Ki and 1Gi, got 0"),
+        ("bad log size", variant("", "  logs: {maxSize: 10MB}"), "spec.logs.maxSize", "unknown suffix \"MB\""),
+        ("one log file", variant("", "  logs: {maxFiles: 1}"), "spec.logs.maxFiles", "must be between 2 and 16, got 1"),
+        ("too many log files", variant("", "  logs: {maxFiles: 17}"), "spec.logs.maxFiles", "must be between 2 and 16, got 17"),
+        ("unknown log field", variant("", "  logs: {maxAge: 7d}"), "spec.logs.maxAge", "unknown field `maxAge`"),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);
@@ -314,6 +321,37 @@ fn invalid_manifests_name_their_field() {
         );
     }
     assert!(table.len() >= 12);
+}
+
+#[test]
+fn a_log_policy_is_carried_and_an_unset_one_stays_unset() {
+    let logs = |yaml: &str| {
+        let docs = load_services("test.yaml", &variant("", yaml)).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
+        docs[0].service.spec.clone().and_then(|s| s.logs)
+    };
+    assert_eq!(logs("  logs: {maxSize: 64Ki, maxFiles: 4}"), Some(pb::LogPolicy { max_bytes: 65_536, max_files: 4 }));
+    assert_eq!(logs("  logs:\n    maxSize: 16Ki\n    maxFiles: 2"), Some(pb::LogPolicy { max_bytes: 16 << 10, max_files: 2 }), "the lower bounds are allowed");
+    assert_eq!(logs("  logs: {maxSize: 1Gi, maxFiles: 16}"), Some(pb::LogPolicy { max_bytes: 1 << 30, max_files: 16 }), "the upper bounds are allowed");
+    // An unset field is 0 (the node's default), never the default itself.
+    assert_eq!(logs("  logs: {maxFiles: 5}"), Some(pb::LogPolicy { max_bytes: 0, max_files: 5 }));
+    assert_eq!(logs("  logs: {maxSize: 1Mi}"), Some(pb::LogPolicy { max_bytes: 1 << 20, max_files: 0 }));
+    // No `logs`: none in the spec, so specs stored before the field keep their hash.
+    let plain = load_services("test.yaml", VALID).expect("valid");
+    assert_eq!(plain[0].service.spec.clone().and_then(|s| s.logs), None);
+}
+
+#[test]
+fn the_log_policy_defaults_fill_what_is_unset() {
+    use orch_api::manifest::{log_policy, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, LOG_MAX_BYTES_RANGE, LOG_MAX_FILES_RANGE};
+    assert_eq!((DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES), (10 << 20, 3));
+    assert_eq!(log_policy(None), (DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES));
+    assert_eq!(log_policy(Some(&pb::LogPolicy { max_bytes: 0, max_files: 0 })), (10 << 20, 3));
+    assert_eq!(log_policy(Some(&pb::LogPolicy { max_bytes: 65_536, max_files: 0 })), (65_536, 3));
+    assert_eq!(log_policy(Some(&pb::LogPolicy { max_bytes: 0, max_files: 7 })), (10 << 20, 7));
+    assert_eq!(log_policy(Some(&pb::LogPolicy { max_bytes: 1 << 30, max_files: 16 })), (1 << 30, 16));
+    // The defaults are themselves within what a manifest may ask for.
+    assert!((LOG_MAX_BYTES_RANGE.0..=LOG_MAX_BYTES_RANGE.1).contains(&DEFAULT_LOG_MAX_BYTES));
+    assert!((LOG_MAX_FILES_RANGE.0..=LOG_MAX_FILES_RANGE.1).contains(&DEFAULT_LOG_MAX_FILES));
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! ways), usage from the cgroups, and the node's wiring for `orch topology`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::context::NodeContext;
-use super::logs::tail;
+use super::logs::{LogQuery, LogReader};
 
 /// The interceptor that checks who calls the node API.
 pub type PeerCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>;
@@ -63,45 +61,63 @@ impl NodeAgent for NodeApi {
         let request = request.into_inner();
         valid_id(&request.replica)?;
         let ctx = self.context()?;
-        let path: PathBuf = if request.previous { ctx.state.rotated_log(&request.replica) } else { ctx.state.log(&request.replica) };
-        let mut file = std::fs::File::open(&path).map_err(|_| {
-            Status::not_found(format!("replica {} has no {}log on node {}", request.replica, if request.previous { "previous " } else { "" }, ctx.node))
-        })?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;
-        let first = tail(&bytes, request.tail_lines as usize).to_vec();
-        let mut offset = bytes.len() as u64;
-        let (sender, receiver) = mpsc::channel(16);
+        let query = LogQuery {
+            tail_lines: request.tail_lines as usize,
+            since: u64::try_from(request.since_unix_ms).ok().filter(|ms| *ms > 0).map(|ms| ms.saturating_mul(1_000_000)),
+            limit_bytes: Some(request.limit_bytes).filter(|limit| *limit > 0),
+            timestamps: request.timestamps,
+        };
+        let (state, replica, previous) = (ctx.state.clone(), request.replica.clone(), request.previous);
+        let opened = tokio::task::spawn_blocking(move || LogReader::open(&state, &replica, previous, query))
+            .await
+            .map_err(|e| Status::internal(format!("reading the log: {e}")))?
+            .map_err(|e| Status::internal(format!("reading the log of {}: {e}", request.replica)))?;
+        let Some(reader) = opened else {
+            return Err(Status::not_found(format!(
+                "replica {} has no {}log on node {}",
+                request.replica,
+                if request.previous { "previous " } else { "" },
+                ctx.node
+            )));
+        };
+        let (sender, receiver) = mpsc::channel(4);
         let replica = request.replica.clone();
         let record = ctx.state.record(&request.replica);
+        let follow = request.follow && !request.previous;
         drop(ctx);
         tokio::spawn(async move {
-            if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: first })).await.is_err() || !request.follow {
-                return;
-            }
-            // Follow: new bytes as they come, until the replica is gone or the reader.
+            let mut reader = reader;
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if sender.is_closed() || !record.exists() {
+                // Files are read on the blocking pool, a chunk at a time.
+                let step = tokio::task::spawn_blocking(move || {
+                    let chunk = reader.next_chunk();
+                    (reader, chunk)
+                })
+                .await;
+                let chunk;
+                (reader, chunk) = match step {
+                    Ok(step) => step,
+                    Err(_) => return,
+                };
+                match chunk {
+                    Ok(Some(data)) => {
+                        if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data })).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::internal(format!("reading the log of {replica}: {error}")))).await;
+                        return;
+                    }
+                }
+                // At the end: done, or follow until the replica is gone or the reader.
+                if !follow || reader.finished() {
                     return;
                 }
-                let length = std::fs::metadata(&path).map_or(0, |m| m.len());
-                if length < offset {
-                    offset = 0; // rotated
-                }
-                if length == offset {
-                    continue;
-                }
-                let Ok(mut file) = std::fs::File::open(&path) else { continue };
-                if file.seek(SeekFrom::Start(offset)).is_err() {
-                    continue;
-                }
-                let mut fresh = Vec::new();
-                if file.take(1 << 20).read_to_end(&mut fresh).is_err() {
-                    continue;
-                }
-                offset += fresh.len() as u64;
-                if sender.send(Ok(pb::LogChunk { replica: replica.clone(), data: fresh })).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if sender.is_closed() || !record.exists() {
                     return;
                 }
             }

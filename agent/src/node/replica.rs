@@ -31,6 +31,7 @@ use super::probe::{run_probes, ProbeEvent, ProbeTarget};
 use super::volumes::{self, HeldVolumes};
 use crate::images::{resolve_process, ImageAccounts};
 use crate::runtime::exec::ExecRequest;
+use crate::runtime::output::LogSettings;
 use crate::runtime::{container_env, now_unix_ms, BindMount, ContainerExit, ContainerSpec, Stdio};
 
 /// Lines of the previous run's output kept as crash evidence.
@@ -79,19 +80,8 @@ pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn
     // adopted replica holds them before a replacement arriving with the first desired set
     // (one still held waits in `provision_volumes`).
     let held = ctx.volume_locks.try_hold(&volumes::local_dirs(&record, &ctx.volumes)).unwrap_or_default();
-    let supervisor = Supervisor {
-        ctx,
-        record,
-        stopping,
-        prepared: None,
-        log_offset: 0,
-        adopted,
-        container: None,
-        probes: None,
-        held,
-        size_limited: Vec::new(),
-        evicted: false,
-    };
+    let supervisor =
+        Supervisor { ctx, record, stopping, prepared: None, adopted, container: None, probes: None, held, size_limited: Vec::new(), evicted: false };
     let task = tokio::spawn(supervisor.run());
     ReplicaHandle { id, service, stop, task }
 }
@@ -200,8 +190,6 @@ struct Supervisor {
     record: pb::Replica,
     stopping: watch::Receiver<bool>,
     prepared: Option<Prepared>,
-    /// Where the current run's output starts in the log file.
-    log_offset: u64,
     /// The previous agent's container, until it is taken over (or removed).
     adopted: Option<Box<dyn RunningContainer>>,
     /// The container of the current run.
@@ -448,7 +436,10 @@ impl Supervisor {
                 env: process.env,
                 cwd: process.cwd,
                 limits,
-                stdio: Stdio::LogFile(self.ctx.state.log(&id)),
+                stdio: {
+                    let (max_bytes, max_files) = orch_api::manifest::log_policy(spec.logs.as_ref());
+                    Stdio::Log(LogSettings { path: self.ctx.state.log(&id), max_bytes, max_files })
+                },
                 user_namespace: confinement.user_namespace,
                 user: confinement.user,
                 image: Some(image.manifest_digest),
@@ -499,7 +490,7 @@ impl Supervisor {
             emptied.map_err(|e| format!("volumes: {e}"))?.map_err(|e| format!("volumes: {e}"))?;
         }
         let Some(prepared) = &self.prepared else { return Err("not prepared".into()) };
-        self.log_offset = logs::start_run(&self.ctx.state, &self.record.id);
+        logs::start_run(&self.ctx.state, &self.record.id);
         let network: &dyn crate::runtime::ContainerNetwork = self.ctx.network.as_ref();
         self.ctx.runtime.start(&prepared.spec, network).await.map_err(|e| format!("start: {e}"))
     }
@@ -560,7 +551,7 @@ impl Supervisor {
 
     /// Keeps the crash evidence: code or signal, OOMKilled, when, the last lines.
     fn record_exit(&mut self, exit: &ContainerExit, why: Option<&str>) {
-        let output = logs::evidence(&self.ctx.state.log(&self.record.id), self.log_offset, EVIDENCE_LINES);
+        let output = logs::evidence(&self.ctx.state.log(&self.record.id), EVIDENCE_LINES);
         let status = self.status_mut();
         status.exit_code = Some(exit.code);
         status.oom_killed = exit.oom_killed;

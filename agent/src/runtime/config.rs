@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::output::LogSettings;
 use super::seccomp::SeccompProfile;
 use crate::cgroups::Limits;
 
@@ -13,8 +14,15 @@ use crate::cgroups::Limits;
 pub enum Stdio {
     /// The agent's own stdout and stderr (the `orch-agent run` debug command).
     Inherit,
-    /// One file for both streams, appended to (the agent rotates it).
-    LogFile(PathBuf),
+    /// Both streams as records of one log file, written and rotated by the shim.
+    Log(LogSettings),
+}
+
+impl Stdio {
+    /// The log at `path`, rotated at 10 MiB, 3 files.
+    pub fn log_file(path: PathBuf) -> Stdio {
+        Stdio::Log(LogSettings { path, max_bytes: 10 << 20, max_files: 3 })
+    }
 }
 
 /// A container as the agent wants it.
@@ -207,6 +215,10 @@ pub struct InitConfig {
     /// Who the command runs as; root when unset.
     pub user: Option<User>,
     pub mounts: Vec<BindMount>,
+    /// Where the shim writes the command's output; unset: the shim's own stdout and
+    /// stderr are inherited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogSettings>,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

@@ -183,6 +183,10 @@ impl Runtime {
             user_namespace: spec.user_namespace.is_some(),
             user: spec.user.clone(),
             mounts: spec.mounts.clone(),
+            log: match &spec.stdio {
+                Stdio::Log(settings) => Some(settings.clone()),
+                Stdio::Inherit => None,
+            },
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -195,7 +199,9 @@ impl Runtime {
         std::os::unix::process::CommandExt::arg0(&mut command, INIT_NAME);
         match &spec.stdio {
             Stdio::Inherit => {}
-            Stdio::LogFile(path) => {
+            Stdio::Log(settings) => {
+                // The shim's own: what it says before it reads its config lands there too.
+                let path = &settings.path;
                 let log =
                     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(RuntimeError::io("cannot open the log file", path))?;
                 let log_err = log.try_clone().map_err(RuntimeError::io("cannot open the log file", path))?;

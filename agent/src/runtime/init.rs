@@ -11,21 +11,25 @@
 //! forks the **command**, which drops capabilities, sets no_new_privs, installs the
 //! seccomp filter and execs. The init stays as PID 1 with CAP_KILL only: it reaps
 //! zombies and forwards SIGTERM, SIGINT and friends to the command, and exits with its
-//! status.
+//! status. With a log, the shim also copies the command's stdout and stderr (pipes)
+//! into it, rotating it by size ([`super::output`]).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::PollTimeout;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::config::{InitConfig, User};
+use super::output::{Copier, LogSettings, LogWriter};
 use super::seccomp::{self, SeccompProfile};
 use super::state::{now_unix_ms, write_json, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
@@ -67,21 +71,103 @@ pub fn shim_main() -> ! {
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         fail(&mut sync, &format!("unshare(CLONE_NEWPID): {e}"), CODE_RUNTIME);
     }
+    let output = match config.log.clone().map(open_output).transpose() {
+        Ok(output) => output,
+        Err(message) => fail(&mut sync, &message, CODE_RUNTIME),
+    };
     // SAFETY: this process is single-threaded (fresh exec, no threads started), so the
     // child may run arbitrary code after fork.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => init_main(&config, sync),
+        Ok(ForkResult::Child) => {
+            if let Some(output) = output {
+                if let Err(message) = output.into_stdio() {
+                    fail(&mut sync, &message, CODE_RUNTIME);
+                }
+            }
+            init_main(&config, sync)
+        }
         Ok(ForkResult::Parent { child }) => {
             let sent = send(&mut sync, &SyncMessage::InitPid { pid: child.as_raw() });
             drop(sync);
             if sent.is_err() {
                 let _ = kill(child, Signal::SIGKILL);
             }
+            if let Some(output) = output {
+                output.copy_until_exit(child);
+            }
             let record = wait_for(child);
             let _ = write_json(&config.exit_status_path, &record);
             std::process::exit(record.code)
         }
         Err(e) => fail(&mut sync, &format!("fork the container init: {e}"), CODE_RUNTIME),
+    }
+}
+
+/// The command's stdout and stderr pipes and the log they are copied to.
+struct Output {
+    stdout: (OwnedFd, OwnedFd),
+    stderr: (OwnedFd, OwnedFd),
+    writer: LogWriter,
+}
+
+fn open_output(settings: LogSettings) -> Result<Output, String> {
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe2 for the container's output: {e}"));
+    let (stdout, stderr) = (pipe()?, pipe()?);
+    // A larger buffer rides out a slow disk; the command blocks only once it is full.
+    for (read, _) in [&stdout, &stderr] {
+        let _ = nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    }
+    let writer = LogWriter::open(settings.clone()).map_err(|e| format!("cannot open the log {}: {e}", settings.path.display()))?;
+    Ok(Output { stdout, stderr, writer })
+}
+
+impl Output {
+    /// In the init: the pipes' write ends become its stdout and stderr (inherited by
+    /// the command); the read ends and the log are the shim's alone.
+    fn into_stdio(self) -> Result<(), String> {
+        for (write, target) in [(&self.stdout.1, 1), (&self.stderr.1, 2)] {
+            // SAFETY: dup2 between a descriptor we own and a standard one; the copy is
+            // not close-on-exec, so the command inherits it.
+            if unsafe { nix::libc::dup2(write.as_raw_fd(), target) } < 0 {
+                return Err(format!("dup2 of the output pipe onto {target}: {}", Errno::last()));
+            }
+        }
+        Ok(())
+    }
+
+    /// In the shim: copies the pipes into the log until the init exits, then what is
+    /// left (every process of the container is gone with its init, so the pipes end;
+    /// at most 5 s more), so the last output is in the log before the exit is recorded.
+    fn copy_until_exit(self, child: Pid) {
+        let Output { stdout: (stdout, stdout_write), stderr: (stderr, stderr_write), writer } = self;
+        drop((stdout_write, stderr_write));
+        let mut copier = Copier::new(stdout, stderr, writer);
+        // The shim's own messages follow the log to its new file.
+        let follow = |file: &std::fs::File| {
+            for target in [1, 2] {
+                // SAFETY: dup2 onto a standard descriptor of this process from a file
+                // that stays open for the call.
+                unsafe { nix::libc::dup2(file.as_raw_fd(), target) };
+            }
+        };
+        let Ok(exited) = super::pidfd::open_raw(child.as_raw()) else {
+            copier.finish();
+            return;
+        };
+        while copier.is_open() {
+            if copier.step(Some(exited.as_fd()), PollTimeout::NONE, &follow) {
+                break;
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while copier.is_open() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            copier.step(None, PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO), &follow);
+        }
+        copier.finish();
     }
 }
 

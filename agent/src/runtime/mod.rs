@@ -10,6 +10,7 @@ mod error;
 pub mod exec;
 mod idmap;
 pub mod init;
+pub mod output;
 mod pidfd;
 mod procfs;
 mod rootfs;

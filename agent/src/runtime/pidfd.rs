@@ -9,6 +9,19 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+/// `pidfd_open(2)`, the bare descriptor (readable once the process has exited).
+pub fn open_raw(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new file descriptor or -1;
+    // it touches no memory of ours.
+    let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    let raw = i32::try_from(raw).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 pub struct PidFd {
     fd: AsyncFd<OwnedFd>,
 }
@@ -16,15 +29,7 @@ pub struct PidFd {
 impl PidFd {
     /// `pidfd_open(2)`. Must run inside a tokio runtime.
     pub fn open(pid: i32) -> Result<PidFd, Errno> {
-        // SAFETY: pidfd_open takes a PID and flags and returns a new file descriptor or -1;
-        // it touches no memory of ours.
-        let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
-        if raw < 0 {
-            return Err(Errno::last());
-        }
-        let raw = i32::try_from(raw).map_err(|_| Errno::EBADF)?;
-        // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let owned = open_raw(pid)?;
         // SAFETY: `owned` is an open descriptor that the AsyncFd takes ownership of; it
         // stays open and unchanged until the AsyncFd drops it.
         let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) };

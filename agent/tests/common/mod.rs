@@ -143,3 +143,17 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// The output a container's log holds: its records' content, as `orch logs` prints it.
+pub fn log_text(path: &std::path::Path) -> String {
+    let raw = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let record = orch_agent::runtime::output::parse_record(line);
+        out.extend_from_slice(record.content);
+        if !record.partial {
+            out.push(b'\n');
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

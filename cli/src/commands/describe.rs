@@ -117,6 +117,8 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 ));
             }
             text.push_str(&volumes_text(&spec));
+            let (max_bytes, max_files) = orch_api::manifest::log_policy(spec.logs.as_ref());
+            text.push_str(&format!("Logs:        {} x {max_files} files\n", orch_api::manifest::quantity::format_memory_bytes(max_bytes)));
             if !service.config_revisions.is_empty() {
                 let mut used: Vec<String> = service
                     .config_revisions

@@ -67,6 +67,19 @@ pub struct ServiceSpec {
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogPolicy>,
+}
+
+/// How the node keeps the replica's output: rotated by size while it runs, at most
+/// `maxFiles` files of `maxSize` each. Unset fields take the node's defaults.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<RawQuantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<i64>,
 }
 
 /// A named volume: exactly one source (Kubernetes' pod volume shape).

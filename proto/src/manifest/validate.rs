@@ -108,6 +108,19 @@ pub const DEFAULT_BACKOFF_MAX_SECONDS: i64 = 30;
 pub const DEFAULT_BACKOFF_RESET_SECONDS: i64 = 30;
 /// Between SIGTERM and SIGKILL (Kubernetes' default too).
 pub const DEFAULT_GRACE_SECONDS: i64 = 10;
+/// A replica's output when `spec.logs` leaves it unset: files of 10 MiB, 3 of them.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+/// What `spec.logs.maxSize` and `spec.logs.maxFiles` may be, both ends included.
+pub const LOG_MAX_BYTES_RANGE: (u64, u64) = (16 << 10, 1 << 30);
+pub const LOG_MAX_FILES_RANGE: (u32, u32) = (2, 16);
+
+/// The effective `(max_bytes, max_files)` of a replica's output: a spec's log policy
+/// with the defaults in place of an unset policy or its zero fields.
+pub fn log_policy(spec: Option<&pb::LogPolicy>) -> (u64, u32) {
+    let (max_bytes, max_files) = spec.map_or((0, 0), |p| (p.max_bytes, p.max_files));
+    (if max_bytes == 0 { DEFAULT_LOG_MAX_BYTES } else { max_bytes }, if max_files == 0 { DEFAULT_LOG_MAX_FILES } else { max_files })
+}
 
 /// Validates one service manifest and returns the checked service, or every problem.
 pub fn validate_service(manifest: &ServiceManifest) -> Result<pb::Service, Vec<FieldError>> {
@@ -206,7 +219,11 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
         errors.range("spec.terminationGracePeriodSeconds", spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS), 0, 3600);
     let security_context = spec.security_context.as_ref().map(|context| validate_security(errors, context));
     let (volumes, volume_mounts) = super::volumes::validate_volumes(errors, &spec.volumes, &spec.volume_mounts, &mut memory);
+    // Unset stays unset (the node applies the defaults): specs stored before `logs`
+    // existed, and their template hashes, stay the same.
+    let logs = spec.logs.as_ref().map(|logs| validate_logs(errors, logs));
     pb::ServiceSpec {
+        logs,
         volumes,
         volume_mounts,
         security_context,
@@ -397,6 +414,28 @@ fn memory(errors: &mut Errors, path: &str, raw: Option<&model::RawQuantity>) -> 
             0
         }
     }
+}
+
+/// `spec.logs`: each field 0 (the node's default) when unset, else within its range.
+fn validate_logs(errors: &mut Errors, logs: &model::LogPolicy) -> pb::LogPolicy {
+    let (lo, hi) = LOG_MAX_BYTES_RANGE;
+    let max_bytes = match &logs.max_size {
+        None => 0,
+        Some(raw) => match parse_memory_bytes(&raw.0) {
+            Ok(bytes) if (lo..=hi).contains(&bytes) => bytes,
+            Ok(_) => {
+                errors.push("spec.logs.maxSize", format!("must be between {} and {}, got {}", format_memory_bytes(lo), format_memory_bytes(hi), raw.0));
+                0
+            }
+            Err(e) => {
+                errors.push("spec.logs.maxSize", e.to_string());
+                0
+            }
+        },
+    };
+    let (lo, hi) = LOG_MAX_FILES_RANGE;
+    let max_files = logs.max_files.map_or(0, |n| errors.range("spec.logs.maxFiles", n, i64::from(lo), i64::from(hi)));
+    pb::LogPolicy { max_bytes, max_files }
 }
 
 fn validate_resources(errors: &mut Errors, resources: Option<&model::Resources>) -> pb::Resources {
