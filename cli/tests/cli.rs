@@ -456,17 +456,23 @@ fn the_cli_against_orch_up() {
     assert!(all.stdout.ends_with(b"done\n"));
     let bulky = up.json(&["get", "replicas"]).as_array().and_then(|a| a.iter().find(|r| r["name"] == bulky_replica.as_str()).cloned()).expect("bulky");
     assert_eq!(bulky["restarts"], 0, "{bulky}");
+    // A replica whose spec names no pids limit gets the default one.
+    let bulky_pid = bulky["hostPid"].as_i64().expect("hostPid");
+    let cgroup = std::fs::read_to_string(format!("/proc/{bulky_pid}/cgroup")).expect("cgroup");
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 path");
+    assert_eq!(std::fs::read_to_string(format!("/sys/fs/cgroup{path}/pids.max")).expect("pids.max").trim(), "4096");
     up.ok(&["delete", "-f", chatty.to_str().expect("path")]);
     up.wait("the chatty replicas to go", |u| {
         u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().all(|r| r["service"] != "chatty" && r["service"] != "bulky"))
     });
-    let left: Vec<String> = std::fs::read_dir(&logs_dir)
-        .expect("logs")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&chatty_replica) || name.starts_with(&bulky_replica))
-        .collect();
-    assert!(left.is_empty(), "logs left: {left:?}");
+    // The agent removes a deleted replica's logs once its container is gone.
+    up.wait("the chatty replicas' logs to go", |_| {
+        std::fs::read_dir(&logs_dir)
+            .expect("logs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .all(|name| !name.starts_with(&chatty_replica) && !name.starts_with(&bulky_replica))
+    });
 
     // scale and rollout status.
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");

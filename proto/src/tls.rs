@@ -156,8 +156,9 @@ pub const RESERVED_NODE_NAMES: [&str; 4] = ["admin", "controller", "orch-control
 pub const LEAF_VALIDITY_DAYS: u32 = 365;
 const CA_VALIDITY_DAYS: u32 = 3650;
 
-/// The civil date `days` days after 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
+/// The civil date `days` days after 1970-01-01 (Howard Hinnant's algorithm); the agent's
+/// log timestamps use it too.
+pub fn civil_from_days(days: i64) -> (i32, u8, u8) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

@@ -67,8 +67,9 @@ impl NodeAgent for NodeApi {
             limit_bytes: Some(request.limit_bytes).filter(|limit| *limit > 0),
             timestamps: request.timestamps,
         };
+        let follow = request.follow && !request.previous;
         let (state, replica, previous) = (ctx.state.clone(), request.replica.clone(), request.previous);
-        let opened = tokio::task::spawn_blocking(move || LogReader::open(&state, &replica, previous, query))
+        let opened = tokio::task::spawn_blocking(move || LogReader::open(&state, &replica, previous, follow, query))
             .await
             .map_err(|e| Status::internal(format!("reading the log: {e}")))?
             .map_err(|e| Status::internal(format!("reading the log of {}: {e}", request.replica)))?;
@@ -83,7 +84,6 @@ impl NodeAgent for NodeApi {
         let (sender, receiver) = mpsc::channel(4);
         let replica = request.replica.clone();
         let record = ctx.state.record(&request.replica);
-        let follow = request.follow && !request.previous;
         drop(ctx);
         tokio::spawn(async move {
             let mut reader = reader;

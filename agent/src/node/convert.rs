@@ -76,15 +76,21 @@ pub fn env_of(vars: &[pb::EnvVar], configs: &dyn Fn(pb::ConfigKind, &str) -> Opt
         .collect()
 }
 
-pub fn limits_of(resources: &pb::Resources) -> Limits {
-    let limits = resources.limits.unwrap_or_default();
-    let requests = resources.requests.unwrap_or_default();
+/// The most processes a replica may have when its spec names no limit (a fork bomb in
+/// one container stops there, not at the node's `pid_max`).
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
+/// A replica's cgroup limits from its spec's resources (none given: only the pids
+/// limit, [`DEFAULT_PIDS_LIMIT`]).
+pub fn limits_of(resources: Option<&pb::Resources>) -> Limits {
+    let limits = resources.and_then(|r| r.limits).unwrap_or_default();
+    let requests = resources.and_then(|r| r.requests).unwrap_or_default();
     let some = |v: u64| (v > 0).then_some(v);
     Limits {
         memory_bytes: some(limits.memory_bytes),
         cpu_limit_millis: some(limits.cpu_millis),
         cpu_request_millis: some(requests.cpu_millis).or(some(limits.cpu_millis)),
-        pids: some(limits.pids),
+        pids: some(limits.pids).or(Some(DEFAULT_PIDS_LIMIT)),
         ..Limits::default()
     }
 }
@@ -249,9 +255,11 @@ mod tests {
             requests: Some(pb::ResourceList { cpu_millis: 50, memory_bytes: 0, pids: 0 }),
             limits: Some(pb::ResourceList { cpu_millis: 250, memory_bytes: 64 << 20, pids: 64 }),
         };
-        let limits = limits_of(&resources);
+        let limits = limits_of(Some(&resources));
         assert_eq!((limits.memory_bytes, limits.cpu_limit_millis, limits.cpu_request_millis, limits.pids), (Some(64 << 20), Some(250), Some(50), Some(64)));
-        assert_eq!(limits_of(&pb::Resources::default()).memory_bytes, None);
+        let unlimited = limits_of(Some(&pb::Resources::default()));
+        assert_eq!((unlimited.memory_bytes, unlimited.pids), (None, Some(DEFAULT_PIDS_LIMIT)), "a pids limit unless the spec says");
+        assert_eq!(limits_of(None), unlimited);
     }
     #[test]
     fn controller_records_convert_and_bad_ones_are_skipped() {

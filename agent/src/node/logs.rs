@@ -29,10 +29,12 @@ const MAX_PENDING: usize = 256 << 10;
 /// the previous log, and that run's rotated files go.
 pub fn start_run(state: &StateDir, replica: &str) {
     let log = state.log(replica);
+    // A run that wrote nothing leaves no previous log (not the one of the run before).
+    let _ = std::fs::remove_file(state.previous_log(replica));
     if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
         let _ = std::fs::rename(&log, state.previous_log(replica));
     }
-    for n in 1..=MAX_ROTATED {
+    for n in 0..=MAX_ROTATED {
         let _ = std::fs::remove_file(rotated_path(&log, n));
     }
 }
@@ -40,32 +42,42 @@ pub fn start_run(state: &StateDir, replica: &str) {
 /// Removes a replica's logs (current, rotated and previous).
 pub fn remove(state: &StateDir, replica: &str) {
     let log = state.log(replica);
-    for n in 1..=MAX_ROTATED {
+    for n in 0..=MAX_ROTATED {
         let _ = std::fs::remove_file(rotated_path(&log, n));
     }
     let _ = std::fs::remove_file(state.previous_log(replica));
     let _ = std::fs::remove_file(log);
 }
 
-/// The last `lines` lines of the log at `path` (at most 16 KiB read), without the
-/// final newline: a run's crash evidence.
+/// The last `lines` lines of the log at `path` — with the end of the file rotated
+/// before it, in case the run rotated just before it ended — at most 16 KiB of each,
+/// without the final newline: a run's crash evidence.
 pub fn evidence(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = File::open(path) else { return String::new() };
-    let length = file.metadata().map_or(0, |m| m.len());
-    let start = length.saturating_sub(EVIDENCE_BYTES);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::new();
-    let _ = file.take(EVIDENCE_BYTES).read_to_end(&mut bytes);
-    // A cut first line is no line.
-    let whole = if start > 0 { bytes.iter().position(|b| *b == b'\n').map_or(&bytes[..0], |i| &bytes[i + 1..]) } else { &bytes[..] };
     let mut text = Vec::new();
-    for line in whole.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        render(&mut text, line, false);
+    for file in [rotated_path(path, 1), path.to_owned()] {
+        let Ok(mut file) = File::open(file) else { continue };
+        let length = file.metadata().map_or(0, |m| m.len());
+        let start = length.saturating_sub(EVIDENCE_BYTES);
+        if file.seek(SeekFrom::Start(start)).is_err() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let _ = file.take(EVIDENCE_BYTES).read_to_end(&mut bytes);
+        // A cut first line is no line.
+        let whole = if start > 0 { bytes.iter().position(|b| *b == b'\n').map_or(&bytes[..0], |i| &bytes[i + 1..]) } else { &bytes[..] };
+        for line in lines_of(whole) {
+            render(&mut text, line, false);
+        }
     }
     let last = tail(&text, lines);
     String::from_utf8_lossy(last.strip_suffix(b"\n").unwrap_or(last)).into_owned()
+}
+
+/// The lines of `bytes` without their newlines (an empty line is one; the newline
+/// ending the last is no line after it).
+fn lines_of(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    body.split(|b| *b == b'\n').filter(move |_| !bytes.is_empty())
 }
 
 /// Appends the output of one log line (a record, or a line in another format) to `out`.
@@ -118,30 +130,37 @@ pub struct LogReader {
     /// Open files still to read, oldest first; the last is the live `X.log` unless
     /// this reads the previous run.
     files: Vec<File>,
-    /// Where the live log is, to notice a rotation (its inode changes).
+    /// Where the live log is, to notice a rotation (its inode changes); `None` when
+    /// not following (the reader ends at the end of the files opened).
     live: Option<PathBuf>,
     pending: Vec<u8>,
     query: LogQuery,
     sent: u64,
+    /// The live file was read to its end once more after it was rotated away.
+    drained: bool,
 }
 
 impl LogReader {
     /// A reader of `replica`'s log (or of its previous run's), positioned for `query`.
     /// `None` when there is no such log.
-    pub fn open(state: &StateDir, replica: &str, previous: bool, query: LogQuery) -> std::io::Result<Option<LogReader>> {
-        let (paths, live) = if previous {
-            (vec![state.previous_log(replica)], None)
-        } else {
-            let log = state.log(replica);
-            let mut paths: Vec<PathBuf> = (1..=MAX_ROTATED).rev().map(|n| rotated_path(&log, n)).collect();
-            paths.push(log.clone());
-            (paths, Some(log))
-        };
-        // Opened together: a rotation while this reads renames them, the files stay.
-        let mut files: Vec<File> = paths.iter().filter_map(|path| File::open(path).ok()).collect();
+    pub fn open(state: &StateDir, replica: &str, previous: bool, follow: bool, query: LogQuery) -> std::io::Result<Option<LogReader>> {
+        let (paths, live) = if previous { (vec![state.previous_log(replica)], None) } else { (log_paths(&state.log(replica)), Some(state.log(replica))) };
+        // Opened together, newest first: a rotation while this opens them renames them,
+        // and a file met twice under two names is read once.
+        let mut files: Vec<File> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for path in paths.iter().rev() {
+            if let Ok(file) = File::open(path) {
+                if seen.insert(file.metadata()?.ino()) {
+                    files.push(file);
+                }
+            }
+        }
+        files.reverse();
         if files.is_empty() {
             return Ok(None);
         }
+        let live = live.filter(|_| follow);
         let (mut index, mut offset) = (0, 0);
         if query.tail_lines > 0 {
             (index, offset) = tail_start(&mut files, query.tail_lines)?;
@@ -158,7 +177,7 @@ impl LogReader {
         for (n, file) in files.iter_mut().enumerate() {
             file.seek(SeekFrom::Start(if n == 0 { offset } else { 0 }))?;
         }
-        Ok(Some(LogReader { files, live, pending: Vec::new(), query, sent: 0 }))
+        Ok(Some(LogReader { files, live, pending: Vec::new(), query, sent: 0, drained: false }))
     }
 
     /// Whether `--limit-bytes` was reached: nothing more will come.
@@ -176,9 +195,23 @@ impl LogReader {
             let room = (CHUNK_BYTES - out.len()).max(4096);
             let read = file.read(&mut buffer[..room])?;
             if read == 0 {
-                let is_live = self.files.len() == 1 && self.live.is_some();
-                if is_live && !self.rotated()? {
+                let last = self.files.len() == 1;
+                if last && self.live.is_none() {
+                    // The end: a last line without its newline is a line.
+                    if !self.pending.is_empty() {
+                        let line = std::mem::take(&mut self.pending);
+                        self.emit(&mut out, &line);
+                    }
                     break;
+                }
+                if last && !self.rotated()? {
+                    break;
+                }
+                let is_live = last;
+                if is_live && !std::mem::take(&mut self.drained) {
+                    // Rotated away: once more to its end, for what was written just before.
+                    self.drained = true;
+                    continue;
                 }
                 // The end of a finished file: what is left of its last line is a line.
                 if !self.pending.is_empty() {
@@ -197,7 +230,7 @@ impl LogReader {
             let complete = self.pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             let complete = if complete == 0 && self.pending.len() > MAX_PENDING { self.pending.len() } else { complete };
             let lines: Vec<u8> = self.pending.drain(..complete).collect();
-            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            for line in lines_of(&lines) {
                 self.emit(&mut out, line);
                 if self.finished() {
                     break;
@@ -212,11 +245,17 @@ impl LogReader {
     fn after_rotation(&self, done: &File) -> Option<File> {
         let live = self.live.as_ref()?;
         let inode = done.metadata().ok()?.ino();
-        let mut paths: Vec<PathBuf> = (1..=MAX_ROTATED).rev().map(|n| rotated_path(live, n)).collect();
-        paths.push(live.clone());
-        let position = paths.iter().position(|path| std::fs::metadata(path).is_ok_and(|m| m.ino() == inode));
-        let start = position.map_or(0, |i| i + 1);
-        paths[start..].iter().find_map(|path| File::open(path).ok())
+        let paths = log_paths(live);
+        let position = || paths.iter().position(|path| std::fs::metadata(path).is_ok_and(|m| m.ino() == inode));
+        // A rotation between finding it and opening the next shifts both: try again.
+        for _ in 0..8 {
+            let before = position();
+            let next = paths[before.map_or(0, |i| i + 1)..].iter().find_map(|path| File::open(path).ok());
+            if position() == before {
+                return next;
+            }
+        }
+        File::open(live).ok()
     }
 
     /// Whether the live log was rotated away from the file being read.
@@ -240,6 +279,14 @@ impl LogReader {
         }
         self.sent += (out.len() - start) as u64;
     }
+}
+
+/// The files of the log at `log`, oldest first: `.16` … `.1`, `.0` (the current file
+/// for the moment of a rotation), the log itself.
+fn log_paths(log: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = (0..=MAX_ROTATED).rev().map(|n| rotated_path(log, n)).collect();
+    paths.push(log.to_owned());
+    paths
 }
 
 /// Where the last `lines` lines of `files` (oldest first) start: a file's index and an
@@ -325,7 +372,7 @@ mod tests {
     }
 
     fn read_all(state: &StateDir, previous: bool, query: LogQuery) -> String {
-        let mut reader = LogReader::open(state, "r", previous, query).expect("open").expect("a log");
+        let mut reader = LogReader::open(state, "r", previous, false, query).expect("open").expect("a log");
         let mut out = Vec::new();
         while let Some(chunk) = reader.next_chunk().expect("read") {
             assert!(chunk.len() <= CHUNK_BYTES + crate::runtime::output::MAX_RECORD_BYTES, "a chunk of {}", chunk.len());
@@ -373,10 +420,44 @@ mod tests {
         start_run(&state, "r");
         assert!(!state.log("r").exists() && !rotated_path(&state.log("r"), 1).exists());
         assert!(read_all(&state, true, LogQuery { tail_lines: 1, ..LogQuery::default() }) == "line 4999\n");
-        assert!(LogReader::open(&state, "r", false, LogQuery::default()).expect("open").is_none(), "no log yet");
+        assert!(LogReader::open(&state, "r", false, false, LogQuery::default()).expect("open").is_none(), "no log yet");
         assert_eq!(evidence(&state.previous_log("r"), 2), "line 4998\nline 4999");
         remove(&state, "r");
         assert_eq!(std::fs::read_dir(state.logs()).expect("logs").count(), 0);
+    }
+
+    #[test]
+    fn a_follower_racing_the_writer_sees_every_line_once_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        std::fs::create_dir_all(state.logs()).expect("logs");
+        // 15,000 records fit in 16 files of 64 KiB: nothing is dropped, so a line the
+        // follower misses is lost at a rotation.
+        let mut writer = LogWriter::open(LogSettings { path: state.log("r"), max_bytes: 64 << 10, max_files: 16 }).expect("open");
+        let mut reader = LogReader::open(&state, "r", false, true, LogQuery::default()).expect("open").expect("a log");
+        let writing = std::thread::spawn(move || {
+            for n in 0..15_000u64 {
+                writer.write(n, Stream::Stdout, false, format!("line {n}").as_bytes());
+                if n % 500 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !seen.ends_with(b"line 14999\n") {
+            assert!(std::time::Instant::now() < deadline, "stuck after {} bytes", seen.len());
+            match reader.next_chunk().expect("read") {
+                Some(chunk) => seen.extend(chunk),
+                None => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        writing.join().expect("writer");
+        let text = String::from_utf8(seen).expect("utf-8");
+        for (expected, line) in text.lines().enumerate() {
+            assert_eq!(line, format!("line {expected}"), "line {expected} lost or repeated");
+        }
+        assert_eq!(text.lines().count(), 15_000);
     }
 
     #[test]
@@ -386,7 +467,7 @@ mod tests {
         std::fs::create_dir_all(state.logs()).expect("logs");
         std::fs::write(state.log("r"), "an old line\n").expect("write");
         let mut writer = LogWriter::open(LogSettings { path: state.log("r"), max_bytes: 200, max_files: 4 }).expect("open");
-        let mut reader = LogReader::open(&state, "r", false, LogQuery::default()).expect("open").expect("a log");
+        let mut reader = LogReader::open(&state, "r", false, true, LogQuery::default()).expect("open").expect("a log");
         assert_eq!(reader.next_chunk().expect("read"), Some(b"an old line\n".to_vec()));
         assert_eq!(reader.next_chunk().expect("read"), None, "nothing new yet");
         let mut expected = String::new();

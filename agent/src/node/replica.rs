@@ -411,7 +411,7 @@ impl Supervisor {
         let env = env_of(&spec.env, &|kind, name| self.ctx.configs.get(kind, name))?;
         let accounts = ImageAccounts::read(&layers);
         let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
-        let limits = spec.resources.as_ref().map(limits_of).unwrap_or_default();
+        let limits = limits_of(spec.resources.as_ref());
         let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         // Config and Secret files belong to the container's user, as the node sees it.
         let user = confinement.user.clone().unwrap_or(crate::runtime::User::ids(0, 0));

@@ -112,11 +112,9 @@ struct Output {
 
 fn open_output(settings: LogSettings) -> Result<Output, String> {
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe2 for the container's output: {e}"));
+    // Default-sized pipes (64 KiB): larger ones would count against root's pipe quota,
+    // which every container shares.
     let (stdout, stderr) = (pipe()?, pipe()?);
-    // A larger buffer rides out a slow disk; the command blocks only once it is full.
-    for (read, _) in [&stdout, &stderr] {
-        let _ = nix::fcntl::fcntl(read, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-    }
     let writer = LogWriter::open(settings.clone()).map_err(|e| format!("cannot open the log {}: {e}", settings.path.display()))?;
     Ok(Output { stdout, stderr, writer })
 }
@@ -151,7 +149,10 @@ impl Output {
             }
         };
         let Ok(exited) = super::pidfd::open_raw(child.as_raw()) else {
-            copier.finish();
+            // Without a pidfd, until the pipes end: the container's end closes them.
+            while copier.is_open() {
+                copier.step(None, PollTimeout::NONE, &follow);
+            }
             return;
         };
         while copier.is_open() {

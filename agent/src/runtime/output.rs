@@ -6,7 +6,11 @@
 //! than [`MAX_RECORD_BYTES`] or cut by the end of the output). The file is rotated by
 //! size as it is written: `X.log` is renamed `X.log.1` (which becomes `.2`, … up to
 //! `max_files - 1`) and a new `X.log` started, so nothing the command writes is lost
-//! between the two and the disk holds at most `max_files` × `max_bytes` per replica.
+//! between the two and the disk holds about `max_files` × `max_bytes` per replica (a
+//! record is not cut to fit, and the agent keeps the previous run's last file besides).
+//! The current file goes aside as `X.log.0` for the moment of a rotation, until the new
+//! `X.log` exists: a full disk leaves the log as it was, written on past its size, and
+//! the rotation is tried again a second later.
 //! A write that fails (a full disk) drops the record and is told in the next record
 //! that can be written.
 
@@ -88,7 +92,7 @@ pub fn parse_record(line: &[u8]) -> Record<'_> {
 /// `2026-12-01T02:48:37.123456789Z` for `nanos` since the epoch.
 pub fn format_rfc3339(nanos: u64) -> String {
     let seconds = nanos / 1_000_000_000;
-    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let (year, month, day) = orch_api::tls::civil_from_days(i64::try_from(seconds / 86_400).unwrap_or(i64::MAX));
     let of_day = seconds % 86_400;
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", of_day / 3600, of_day / 60 % 60, of_day % 60, nanos % 1_000_000_000)
 }
@@ -109,20 +113,6 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     }
     let days = days_from_civil(year, month, day);
     Some((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000_000 + nanos)
-}
-
-/// Howard Hinnant's `civil_from_days`, for days since 1970-01-01 (never negative here).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Howard Hinnant's `days_from_civil`, for dates from 1970 on.
@@ -149,7 +139,12 @@ pub struct LogWriter {
     /// Records dropped since the last one written, and why.
     dropped: Option<(u64, String)>,
     rotations: u64,
+    /// After a rotation failed (a full disk), the file grows past its size until then.
+    retry_rotation: Option<std::time::Instant>,
 }
+
+/// How long a failed rotation waits before the next try.
+const ROTATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn open_log(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
@@ -159,7 +154,7 @@ impl LogWriter {
     pub fn open(settings: LogSettings) -> std::io::Result<LogWriter> {
         let file = open_log(&settings.path)?;
         let size = file.metadata()?.len();
-        Ok(LogWriter { settings, file, size, dropped: None, rotations: 0 })
+        Ok(LogWriter { settings, file, size, dropped: None, rotations: 0, retry_rotation: None })
     }
 
     /// Appends one record (`content` without its newline), rotating first when it
@@ -186,24 +181,47 @@ impl LogWriter {
         record.extend_from_slice(if partial { b" P " } else { b" F " });
         record.extend_from_slice(content);
         record.push(b'\n');
-        if self.size > 0 && self.size + record.len() as u64 > self.settings.max_bytes {
-            self.rotate()?;
+        let waiting = self.retry_rotation.is_some_and(|at| std::time::Instant::now() < at);
+        if self.size > 0 && self.size + record.len() as u64 > self.settings.max_bytes && !waiting {
+            match self.rotate() {
+                Ok(()) => self.retry_rotation = None,
+                Err(_) => self.retry_rotation = Some(std::time::Instant::now() + ROTATION_RETRY),
+            }
         }
-        self.file.write_all(&record)?;
+        if let Err(error) = self.file.write_all(&record) {
+            // No half record left for the next one to be glued to.
+            let _ = self.file.set_len(self.size);
+            return Err(error);
+        }
         self.size += record.len() as u64;
         Ok(())
     }
 
     /// `X.log.(n-1)` dropped, each `X.log.i` to `.i+1`, `X.log` to `.1`, a new `X.log`.
+    /// When the new file cannot be made (a full disk), the current one is renamed back
+    /// and written on; nothing older is dropped before the new file exists.
     fn rotate(&mut self) -> std::io::Result<()> {
-        let path = &self.settings.path;
+        let path = self.settings.path.clone();
         let last = self.settings.max_files.saturating_sub(1).max(1);
-        let _ = std::fs::remove_file(rotated_path(path, last));
-        for n in (1..last).rev() {
-            let _ = std::fs::rename(rotated_path(path, n), rotated_path(path, n + 1));
+        let aside = rotated_path(&path, 0);
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => {}
+            // Removed by someone: a new file is all it takes.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
         }
-        std::fs::rename(path, rotated_path(path, 1))?;
-        self.file = open_log(path)?;
+        let fresh = match open_log(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                let _ = std::fs::rename(&aside, &path);
+                return Err(error);
+            }
+        };
+        let _ = std::fs::remove_file(rotated_path(&path, last));
+        for n in (0..last).rev() {
+            let _ = std::fs::rename(rotated_path(&path, n), rotated_path(&path, n + 1));
+        }
+        self.file = fresh;
         self.size = 0;
         self.rotations += 1;
         Ok(())

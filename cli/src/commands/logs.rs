@@ -78,7 +78,7 @@ pub async fn logs(mut api: ApiClient<Channel>, args: &LogsArgs) -> anyhow::Resul
         timestamps: args.timestamps,
     };
     let mut stream = api.logs(request).await.map_err(explain)?.into_inner();
-    // Partial lines per replica, so that prefixes land at line starts.
+    // Partial lines per replica of a service.
     let mut pending: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let prefix_lines = |replica: &str, data: &[u8], many: bool| -> Vec<u8> {
         if !many {
@@ -95,20 +95,28 @@ pub async fn logs(mut api: ApiClient<Channel>, args: &LogsArgs) -> anyhow::Resul
     let many = |replica: &str| replica != args.name;
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.message().await.map_err(explain)? {
+        // One replica's output goes straight through; a service's waits for whole lines
+        // (at most 64 KiB of one, then it is cut) so that prefixes land at line starts.
+        if !many(&chunk.replica) {
+            stdout.write_all(&chunk.data)?;
+            stdout.flush()?;
+            continue;
+        }
         let buffer = pending.entry(chunk.replica.clone()).or_default();
         buffer.extend_from_slice(&chunk.data);
         let complete = buffer.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let lines: Vec<u8> = buffer.drain(..complete).collect();
+        let complete = if complete == 0 && buffer.len() > 64 << 10 { buffer.len() } else { complete };
+        let mut lines: Vec<u8> = buffer.drain(..complete).collect();
+        if lines.last().is_some_and(|b| *b != b'\n') {
+            lines.push(b'\n');
+        }
         stdout.write_all(&prefix_lines(&chunk.replica, &lines, many(&chunk.replica)))?;
         stdout.flush()?;
     }
     for (replica, rest) in pending {
         if !rest.is_empty() {
-            stdout.write_all(&prefix_lines(&replica, &rest, many(&replica)))?;
-            // One replica's output is printed as it is (--limit-bytes may end it mid-line).
-            if many(&replica) {
-                stdout.write_all(b"\n")?;
-            }
+            stdout.write_all(&prefix_lines(&replica, &rest, true))?;
+            stdout.write_all(b"\n")?;
         }
     }
     Ok(())

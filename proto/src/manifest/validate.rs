@@ -119,7 +119,11 @@ pub const LOG_MAX_FILES_RANGE: (u32, u32) = (2, 16);
 /// with the defaults in place of an unset policy or its zero fields.
 pub fn log_policy(spec: Option<&pb::LogPolicy>) -> (u64, u32) {
     let (max_bytes, max_files) = spec.map_or((0, 0), |p| (p.max_bytes, p.max_files));
-    (if max_bytes == 0 { DEFAULT_LOG_MAX_BYTES } else { max_bytes }, if max_files == 0 { DEFAULT_LOG_MAX_FILES } else { max_files })
+    // Clamped as well: a record that skipped validation cannot leave files nobody removes.
+    (
+        if max_bytes == 0 { DEFAULT_LOG_MAX_BYTES } else { max_bytes.clamp(LOG_MAX_BYTES_RANGE.0, LOG_MAX_BYTES_RANGE.1) },
+        if max_files == 0 { DEFAULT_LOG_MAX_FILES } else { max_files.clamp(LOG_MAX_FILES_RANGE.0, LOG_MAX_FILES_RANGE.1) },
+    )
 }
 
 /// Validates one service manifest and returns the checked service, or every problem.
