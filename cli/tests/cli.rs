@@ -457,10 +457,12 @@ fn the_cli_against_orch_up() {
     let bulky = up.json(&["get", "replicas"]).as_array().and_then(|a| a.iter().find(|r| r["name"] == bulky_replica.as_str()).cloned()).expect("bulky");
     assert_eq!(bulky["restarts"], 0, "{bulky}");
     // A replica whose spec names no pids limit gets the default one.
-    let bulky_pid = bulky["hostPid"].as_i64().expect("hostPid");
-    let cgroup = std::fs::read_to_string(format!("/proc/{bulky_pid}/cgroup")).expect("cgroup");
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 path");
-    assert_eq!(std::fs::read_to_string(format!("/sys/fs/cgroup{path}/pids.max")).expect("pids.max").trim(), "4096");
+    let pids_max = ["pids", ""]
+        .iter()
+        .map(|hierarchy| Path::new("/sys/fs/cgroup").join(hierarchy).join(&up.cgroup_parent).join(&bulky_replica).join("pids.max"))
+        .find(|path| path.exists())
+        .expect("the replica's pids.max (cgroup v1 or v2)");
+    assert_eq!(std::fs::read_to_string(&pids_max).expect("pids.max").trim(), "4096");
     up.ok(&["delete", "-f", chatty.to_str().expect("path")]);
     up.wait("the chatty replicas to go", |u| {
         u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().all(|r| r["service"] != "chatty" && r["service"] != "bulky"))
