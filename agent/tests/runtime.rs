@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -141,6 +142,14 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
     }
     // The host still forks and runs processes.
     assert!(std::process::Command::new("true").status().expect("host fork").success());
+    // On cgroup v1 the container is in the freezer hierarchy too: its removal freezes
+    // every process before the kill, so none forks past it (v2 has cgroup.kill).
+    if pids_dir.to_string_lossy().contains("/pids/") && Path::new("/sys/fs/cgroup/freezer").exists() {
+        let freezer = sandbox.cgroup_paths("bomb").into_iter().find(|p| p.to_string_lossy().contains("/freezer/")).expect("a freezer cgroup (v1)");
+        assert_eq!(std::fs::read_to_string(freezer.join("freezer.state")).expect("freezer.state").trim(), "THAWED");
+        let members = std::fs::read_to_string(freezer.join("cgroup.procs")).expect("cgroup.procs");
+        assert!(members.lines().count() >= 2, "the bomb's processes are in the freezer cgroup: {members}");
+    }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")), nix::sys::signal::Signal::SIGTERM).expect("signal");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(143), "the command ends by the forwarded SIGTERM");

@@ -69,6 +69,25 @@ pub fn remove_parent_if_empty(path: &Path) {
     let _ = std::fs::remove_dir(path);
 }
 
+/// Freezes a v1 freezer cgroup and waits (bounded) until the kernel says it is frozen.
+pub fn freeze(dir: &Path) -> Result<(), CgroupError> {
+    let state = dir.join("freezer.state");
+    write(&state, "FROZEN")?;
+    let start = Instant::now();
+    loop {
+        let now = read(&state)?;
+        if now.trim() == "FROZEN" {
+            return Ok(());
+        }
+        if start.elapsed() > EMPTY_PATIENCE {
+            return Err(CgroupError::Parse { path: state, content: format!("still {} after {} s", now.trim(), EMPTY_PATIENCE.as_secs()) });
+        }
+        // FREEZING: the kernel retries as processes reach a freezable point.
+        write(&state, "FROZEN")?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Kills every process in `procs_file`, repeatedly until none is left (bounded).
 pub fn kill_all(procs_file: &Path) -> Result<(), CgroupError> {
     let start = Instant::now();

@@ -11,8 +11,9 @@ pub enum CgroupVersion {
     V2,
 }
 
-/// The v1 controllers a container's cgroup spans; `cpuset` is used when mounted.
-pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "devices"];
+/// The v1 controllers a container's cgroup spans; `cpuset` is used when mounted, and
+/// `freezer` (when mounted) stops every process at once before they are killed.
+pub const V1_CONTROLLERS: [&str; 7] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer"];
 /// `devices` is required: without it a container could open any device node.
 const V1_REQUIRED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 const V2_REQUIRED: [&str; 2] = ["memory", "pids"];

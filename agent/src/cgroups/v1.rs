@@ -25,16 +25,16 @@ impl V1Cgroup {
         self.dir(controller).ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
     }
 
-    /// Distinct directories (co-mounted controllers share one). Two count only once
+    /// Distinct directories (co-mounted controllers share one). Three count only once
     /// created: cpuset, joined only by containers pinned to CPUs (each hierarchy joined
-    /// costs a migration at start), and devices, which a container started by an agent
-    /// older than the device allowlist does not have (it is adopted as it is, and gets
-    /// the allowlist at its next start).
+    /// costs a migration at start), and devices and freezer, which a container started
+    /// by an older agent does not have (it is adopted as it is, and gets them at its
+    /// next start).
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .mounts
             .iter()
-            .filter(|(controller, mount)| !matches!(controller.as_str(), "cpuset" | "devices") || mount.join(&self.relative).exists())
+            .filter(|(controller, mount)| !matches!(controller.as_str(), "cpuset" | "devices" | "freezer") || mount.join(&self.relative).exists())
             .map(|(_, mount)| mount.join(&self.relative))
             .collect();
         dirs.sort();
@@ -136,6 +136,19 @@ impl ContainerCgroup for V1Cgroup {
     }
 
     fn destroy(&self) -> Result<(), CgroupError> {
+        // v1 has no cgroup.kill: a process that forks between the listing and the
+        // signal would escape a kill loop. Frozen, none can fork; each gets SIGKILL
+        // (pending while frozen), then the thaw lets them die.
+        if let Some(freezer) = self.dir("freezer").filter(|dir| dir.exists()) {
+            let frozen = fs::freeze(&freezer);
+            for dir in self.dirs() {
+                for pid in fs::pids(&dir.join("cgroup.procs"))? {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            fs::write(&freezer.join("freezer.state"), "THAWED")?;
+            frozen?;
+        }
         for dir in self.dirs() {
             if dir.exists() {
                 fs::kill_all(&dir.join("cgroup.procs"))?;

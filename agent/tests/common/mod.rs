@@ -107,6 +107,11 @@ impl Sandbox {
             let parent = path.parent().expect("parent");
             assert!(!parent.exists(), "cgroup parent {} left behind", parent.display());
         }
+        // Every hierarchy, those a container joins only when it needs them included.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
+            let left = hierarchy.path().join(&self.cgroup_parent).join(container);
+            assert!(!left.exists(), "cgroup {} left behind", left.display());
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let root = self.root.path().display().to_string();
         assert!(!mounts.contains(&root), "a mount under {root} is visible on the host:\n{mounts}");
