@@ -131,6 +131,16 @@ pub fn now_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Appends one record, `TIME STREAM F|P CONTENT\n`, to `out`.
+fn push_record(out: &mut Vec<u8>, time: u64, stream: Stream, partial: bool, content: &[u8]) {
+    out.extend_from_slice(format_rfc3339(time).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.name().as_bytes());
+    out.extend_from_slice(if partial { b" P " } else { b" F " });
+    out.extend_from_slice(content);
+    out.push(b'\n');
+}
+
 /// Writes records to a log file, rotating it by size.
 pub struct LogWriter {
     settings: LogSettings,
@@ -158,29 +168,25 @@ impl LogWriter {
     }
 
     /// Appends one record (`content` without its newline), rotating first when it
-    /// would take the file over its size.
+    /// would take the file over its size. After records were lost, a notice saying how
+    /// many goes first, in the same write: both land or neither.
     pub fn write(&mut self, time: u64, stream: Stream, partial: bool, content: &[u8]) {
-        if let Some((count, reason)) = self.dropped.take() {
+        let mut bytes = Vec::with_capacity(content.len() + 128);
+        if let Some((count, reason)) = &self.dropped {
             let notice = format!("[orch: {count} records of output were lost: {reason}]");
-            if let Err(error) = self.append(time, Stream::Stderr, false, notice.as_bytes()) {
-                self.dropped = Some((count + 1, error.to_string()));
-                return;
-            }
+            push_record(&mut bytes, time, Stream::Stderr, false, notice.as_bytes());
         }
-        if let Err(error) = self.append(time, stream, partial, content) {
-            let count = self.dropped.as_ref().map_or(0, |(count, _)| *count);
-            self.dropped = Some((count + 1, error.to_string()));
+        push_record(&mut bytes, time, stream, partial, content);
+        match self.append(&bytes) {
+            Ok(()) => self.dropped = None,
+            Err(error) => {
+                let count = self.dropped.as_ref().map_or(0, |(count, _)| *count);
+                self.dropped = Some((count + 1, error.to_string()));
+            }
         }
     }
 
-    fn append(&mut self, time: u64, stream: Stream, partial: bool, content: &[u8]) -> std::io::Result<()> {
-        let mut record = Vec::with_capacity(content.len() + 48);
-        record.extend_from_slice(format_rfc3339(time).as_bytes());
-        record.push(b' ');
-        record.extend_from_slice(stream.name().as_bytes());
-        record.extend_from_slice(if partial { b" P " } else { b" F " });
-        record.extend_from_slice(content);
-        record.push(b'\n');
+    fn append(&mut self, record: &[u8]) -> std::io::Result<()> {
         let waiting = self.retry_rotation.is_some_and(|at| std::time::Instant::now() < at);
         if self.size > 0 && self.size + record.len() as u64 > self.settings.max_bytes && !waiting {
             match self.rotate() {
@@ -188,7 +194,7 @@ impl LogWriter {
                 Err(_) => self.retry_rotation = Some(std::time::Instant::now() + ROTATION_RETRY),
             }
         }
-        if let Err(error) = self.file.write_all(&record) {
+        if let Err(error) = self.file.write_all(record) {
             // No half record left for the next one to be glued to.
             let _ = self.file.set_len(self.size);
             return Err(error);
