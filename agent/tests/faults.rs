@@ -127,4 +127,17 @@ fn a_rotation_the_disk_refuses_keeps_the_log_whole() {
     let lines = records(&path);
     assert_eq!(lines, (0..10).map(|n| format!("line {n}")).collect::<Vec<_>>(), "every record in the one file");
     assert!(!rotated_path(&path, 0).exists() && !rotated_path(&path, 1).exists());
+    // Inodes again: a later record rotates the file (tried again after a second).
+    nix::mount::mount(None::<&str>, disk.path(), None::<&str>, nix::mount::MsFlags::MS_REMOUNT, Some("nr_inodes=16")).expect("remount");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 10;
+    while !rotated_path(&path, 1).exists() {
+        assert!(std::time::Instant::now() < deadline, "the log was never rotated once it could be");
+        writer.write(n, Stream::Stdout, false, format!("line {n}").as_bytes());
+        n += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut all = records(&rotated_path(&path, 1));
+    all.extend(records(&path));
+    assert_eq!(all, (0..n).map(|n| format!("line {n}")).collect::<Vec<_>>(), "every record once, in order");
 }

@@ -1,9 +1,10 @@
 //! A churn soak on `orch up`: scale up and down, `kill -9` of replicas, rolling updates,
 //! round after round for `ORCH_SOAK_SECONDS` (60 by default, as the test command runs
 //! it; `deploy/bench/soak.sh MINUTES` for longer). Prints the process's resident
-//! memory and open descriptors before and after (controller and agent share the
-//! process), and fails if they grew: a leak per replica, per restart or per rollout
-//! shows here.
+//! memory (with its trend) and open descriptors before and after (controller and agent
+//! share the process), and fails if descriptors grew by more than 16 or memory by more
+//! than 16 MiB: a descriptor leak per replica, restart or rollout fails at once, a
+//! memory leak once it is large enough — the trend is what a longer run judges.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -64,18 +65,26 @@ fn churn_leaves_memory_and_descriptors_flat() {
     let (rss_before, fds_before) = usage(pid);
     let start = Instant::now();
     let mut rounds = 0;
+    let mut samples = vec![rss_before];
     while start.elapsed() < Duration::from_secs(seconds) {
         rounds += 1;
         round(&up, rounds);
+        samples.push(usage(pid).0);
     }
     let (rss_after, fds_after) = usage(pid);
+    // The trend, for a human to judge whether it levels off: RSS at each quarter.
+    let quarters: Vec<String> = (0..=4).map(|q| samples[(samples.len() - 1) * q / 4].to_string()).collect();
     println!(
-        "soak: {rounds} rounds in {:.0} s (each: scale 1 -> 3, a kill -9 healed, a rolling update of 3, scale 3 -> 1): orch up RSS {rss_before} -> {rss_after} KiB, open fds {fds_before} -> {fds_after}",
-        start.elapsed().as_secs_f64()
+        "soak: {rounds} rounds in {:.0} s (each: scale 1 -> 3, a kill -9 healed, a rolling update of 3, scale 3 -> 1): \
+         orch up RSS {rss_before} -> {rss_after} KiB (quarters: {}), open fds {fds_before} -> {fds_after}",
+        start.elapsed().as_secs_f64(),
+        quarters.join(" ")
     );
     assert!(rounds > 0, "no round finished in {seconds} s");
     assert!(fds_after <= fds_before + 16, "descriptors grew: {fds_before} -> {fds_after}");
-    assert!(rss_after <= rss_before + rss_before / 2 + (16 << 10), "memory grew: {rss_before} -> {rss_after} KiB");
+    // Growth of more than 16 MiB in a run fails it; less is printed, not judged (the
+    // allocator and the store's cache grow for a while before they level off).
+    assert!(rss_after <= rss_before + (16 << 10), "memory grew: {rss_before} -> {rss_after} KiB");
     up.interrupt();
     up.assert_nothing_left();
 }

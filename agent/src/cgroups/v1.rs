@@ -139,22 +139,30 @@ impl ContainerCgroup for V1Cgroup {
         // v1 has no cgroup.kill: a process that forks between the listing and the
         // signal would escape a kill loop. Frozen, none can fork; each gets SIGKILL
         // (pending while frozen), then the thaw lets them die.
+        // A freeze that does not finish (a task in uninterruptible sleep) only weakens
+        // that guarantee: the kill loop and the removal run all the same, and the
+        // cgroup is always thawed.
+        let mut first_error = None;
         if let Some(freezer) = self.dir("freezer").filter(|dir| dir.exists()) {
-            let frozen = fs::freeze(&freezer);
+            if let Err(e) = fs::freeze(&freezer) {
+                first_error.get_or_insert(e);
+            }
             for dir in self.dirs() {
-                for pid in fs::pids(&dir.join("cgroup.procs"))? {
+                for pid in fs::pids(&dir.join("cgroup.procs")).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 }
             }
-            fs::write(&freezer.join("freezer.state"), "THAWED")?;
-            frozen?;
+            if let Err(e) = fs::write(&freezer.join("freezer.state"), "THAWED") {
+                first_error.get_or_insert(e);
+            }
         }
         for dir in self.dirs() {
             if dir.exists() {
-                fs::kill_all(&dir.join("cgroup.procs"))?;
+                if let Err(e) = fs::kill_all(&dir.join("cgroup.procs")) {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        let mut first_error = None;
         for dir in self.dirs() {
             if let Err(e) = fs::remove_dir(&dir) {
                 first_error.get_or_insert(e);

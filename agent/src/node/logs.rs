@@ -28,12 +28,14 @@ const MAX_PENDING: usize = 256 << 10;
 /// Prepares the log for a new run of `replica`: the last file of the run before becomes
 /// the previous log, and that run's rotated files go.
 pub fn start_run(state: &StateDir, replica: &str) {
-    let log = state.log(replica);
+    let log = live_file(&state.log(replica));
     // A run that wrote nothing leaves no previous log (not the one of the run before).
     let _ = std::fs::remove_file(state.previous_log(replica));
     if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
         let _ = std::fs::rename(&log, state.previous_log(replica));
     }
+    let log = state.log(replica);
+    let _ = std::fs::remove_file(&log);
     for n in 0..=MAX_ROTATED {
         let _ = std::fs::remove_file(rotated_path(&log, n));
     }
@@ -54,7 +56,11 @@ pub fn remove(state: &StateDir, replica: &str) {
 /// without the final newline: a run's crash evidence.
 pub fn evidence(path: &Path, lines: usize) -> String {
     let mut text = Vec::new();
-    for file in [rotated_path(path, 1), path.to_owned()] {
+    let live = live_file(path);
+    // The rotated file only when the live one is read from its start: nothing between.
+    let short = std::fs::metadata(&live).map_or(true, |m| m.len() < EVIDENCE_BYTES);
+    let files = if short { vec![rotated_path(path, 1), live] } else { vec![live] };
+    for file in files {
         let Ok(mut file) = File::open(file) else { continue };
         let length = file.metadata().map_or(0, |m| m.len());
         let start = length.saturating_sub(EVIDENCE_BYTES);
@@ -71,6 +77,18 @@ pub fn evidence(path: &Path, lines: usize) -> String {
     }
     let last = tail(&text, lines);
     String::from_utf8_lossy(last.strip_suffix(b"\n").unwrap_or(last)).into_owned()
+}
+
+/// The file a run's last output is in: the log, or — when its shim died in the middle
+/// of a rotation, with the log set aside and no new one written to yet — `.0`.
+fn live_file(log: &Path) -> PathBuf {
+    let aside = rotated_path(log, 0);
+    let empty = |path: &Path| std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    if empty(log) && !empty(&aside) {
+        aside
+    } else {
+        log.to_owned()
+    }
 }
 
 /// The lines of `bytes` without their newlines (an empty line is one; the newline

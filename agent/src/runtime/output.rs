@@ -194,9 +194,11 @@ impl LogWriter {
                 Err(_) => self.retry_rotation = Some(std::time::Instant::now() + ROTATION_RETRY),
             }
         }
+        // The file's real length (the shim's own messages may land in it too).
+        let before = self.file.metadata().map_or(self.size, |m| m.len());
         if let Err(error) = self.file.write_all(record) {
             // No half record left for the next one to be glued to.
-            let _ = self.file.set_len(self.size);
+            let _ = self.file.set_len(before);
             return Err(error);
         }
         self.size += record.len() as u64;
