@@ -34,21 +34,17 @@ pub fn start_run(state: &StateDir, replica: &str) {
     if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
         let _ = std::fs::rename(&log, state.previous_log(replica));
     }
-    let log = state.log(replica);
-    let _ = std::fs::remove_file(&log);
-    for n in 0..=MAX_ROTATED {
-        let _ = std::fs::remove_file(rotated_path(&log, n));
+    for path in log_paths(&state.log(replica)) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
 /// Removes a replica's logs (current, rotated and previous).
 pub fn remove(state: &StateDir, replica: &str) {
-    let log = state.log(replica);
-    for n in 0..=MAX_ROTATED {
-        let _ = std::fs::remove_file(rotated_path(&log, n));
+    for path in log_paths(&state.log(replica)) {
+        let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_file(state.previous_log(replica));
-    let _ = std::fs::remove_file(log);
 }
 
 /// The last `lines` lines of the log at `path` — with the end of the file rotated

@@ -354,14 +354,6 @@ impl Copier {
     }
 }
 
-/// Copies until both pipes end — when the last process holding them exits.
-pub fn copy_output(stdout: OwnedFd, stderr: OwnedFd, writer: LogWriter) {
-    let mut copier = Copier::new(stdout, stderr, writer);
-    while copier.is_open() {
-        copier.step(None, nix::poll::PollTimeout::NONE, &|_| {});
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +409,14 @@ mod tests {
         assert!(!rotated_path(&settings.path, 3).exists(), "at most 3 files");
         assert_eq!(lines(&rotated_path(&settings.path, 2)), ["line 08", "line 09", "line 10", "line 11"]);
         assert_eq!(lines(&settings.path), ["line 16", "line 17", "line 18", "line 19"]);
+    }
+
+    /// Copies until both pipes end — when the last process holding them exits.
+    fn copy_output(stdout: OwnedFd, stderr: OwnedFd, writer: LogWriter) {
+        let mut copier = Copier::new(stdout, stderr, writer);
+        while copier.is_open() {
+            copier.step(None, nix::poll::PollTimeout::NONE, &|_| {});
+        }
     }
 
     #[test]
