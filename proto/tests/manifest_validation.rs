@@ -199,7 +199,10 @@ fn invalid_manifests_name_their_field() {
         ("bad restart policy", variant("", "  restartPolicy: Sometimes"), "spec.restartPolicy", "unknown variant `Sometimes`"),
         ("bad image", variant("image: 127.0.0.1:5000/orch/demo-web:1.0", "image: Not An Image"), "spec.image", "not an image reference"),
         ("missing image", variant("  image: 127.0.0.1:5000/orch/demo-web:1.0\n", ""), "spec", "missing field `image`"),
+        ("missing metadata", variant("metadata:\n  name: web\n", ""), "metadata", "missing field `metadata`"),
         ("bad label", variant("name: web", "name: web\n  labels:\n    app: \"has space\""), "metadata.labels.app", "label value"),
+        ("empty label key", variant("name: web", "name: web\n  labels:\n    \"\": x"), "metadata.labels[\"\"]", "label key"),
+        ("unknown empty field", variant("", "  \"\": 1"), "spec[\"\"]", "unknown field ``"),
         ("duplicate env", variant("", "  env:\n    - {name: A, value: x}\n    - {name: A, value: y}"), "spec.env[1].name", "duplicate variable"),
         ("update cannot progress", variant("", "  update: {maxSurge: 0, maxUnavailable: 0}"), "spec.update", "must not both be 0"),
         ("bad percentage", variant("", "  update: {maxSurge: 150%}"), "spec.update.maxSurge", "between 0 and 100"),
@@ -418,7 +421,7 @@ fn configs_and_secrets_are_documents_of_their_own() {
 
     let bad = |doc: &str| errors_of(&format!("apiVersion: orch/v1\n{doc}"));
     let table = [
-        ("kind: Config\nmetadata: {name: c}\ndata: {'a b': x}", "data.a b", "letters, digits"),
+        ("kind: Config\nmetadata: {name: c}\ndata: {'a b': x}", "data[\"a b\"]", "letters, digits"),
         ("kind: Config\nmetadata: {name: c}\nbinaryData: {k: '%%%'}", "binaryData.k", "must be base64"),
         ("kind: Secret\nmetadata: {name: c}\ndata: {k: x}\nbinaryData: {k: eA==}", "binaryData.k", "also in data"),
         ("kind: Secret\nmetadata: {name: C}\ndata: {k: x}", "metadata.name", "DNS label"),
@@ -464,7 +467,7 @@ fn every_problem_is_reported_not_just_the_first() {
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     assert!(paths.contains(&"spec.replicas"), "{paths:?}");
     assert!(paths.contains(&"spec.ports[0].containerPort"), "{paths:?}");
-    assert!(paths.contains(&"spec.nodeSelector.bad key!"), "{paths:?}");
+    assert!(paths.contains(&"spec.nodeSelector[\"bad key!\"]"), "{paths:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use base64::Engine;
 
 use super::model::{self, ConfigManifest, IntOrString, API_VERSION};
 use super::names::check_dns_label;
-use super::validate::{Errors, FieldError};
+use super::validate::{key_path, Errors, FieldError};
 use crate::pb;
 
 /// The most a Config or a Secret may hold, keys and values together (Kubernetes' limit).
@@ -86,23 +86,23 @@ pub fn validate_config(manifest: &ConfigManifest) -> Result<ConfigContent, Vec<F
     let mut data = BTreeMap::new();
     for (key, value) in &manifest.data {
         if let Err(message) = check_config_key(key) {
-            errors.push(format!("data.{key}"), message);
+            errors.push(key_path("data", key), message);
         }
         data.insert(key.clone(), value.clone().into_bytes());
     }
     for (key, value) in &manifest.binary_data {
         if let Err(message) = check_config_key(key) {
-            errors.push(format!("binaryData.{key}"), message);
+            errors.push(key_path("binaryData", key), message);
         }
         if manifest.data.contains_key(key) {
-            errors.push(format!("binaryData.{key}"), "is also in data: a key is in one of them");
+            errors.push(key_path("binaryData", key), "is also in data: a key is in one of them");
         }
         match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
             Ok(bytes) => {
                 data.insert(key.clone(), bytes);
             }
             // (The decoder's words name the offending byte: none of a Secret's is shown.)
-            Err(_) => errors.push(format!("binaryData.{key}"), "must be base64 (standard alphabet, with padding)"),
+            Err(_) => errors.push(key_path("binaryData", key), "must be base64 (standard alphabet, with padding)"),
         }
     }
     let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::configs::{validate_config, ConfigContent};
 use super::model::{ConfigManifest, ServiceManifest};
-use super::validate::validate_service;
+use super::validate::{key_path, validate_service};
 use crate::pb;
 
 /// A problem in a manifest: where it is and what was expected.
@@ -188,10 +188,32 @@ fn hide_secret_value(path: String, message: String) -> (String, String) {
 
 fn schema<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, Vec<(String, String)>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        vec![(path, e.into_inner().to_string())]
+        let path = field_path(e.path());
+        let message = e.into_inner().to_string();
+        // At the top of the document there is no parent to name: a missing field is
+        // named by itself (`metadata`, not an empty path).
+        let path = if path.is_empty() { missing_field(&message).unwrap_or_default().to_owned() } else { path };
+        vec![(path, message)]
     })
+}
+
+/// `spec.ports[0].containerPort`, keys written as [`key_path`] does.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        out = match segment {
+            Segment::Seq { index } => format!("{out}[{index}]"),
+            Segment::Map { key } | Segment::Enum { variant: key } => key_path(&out, key),
+            Segment::Unknown => key_path(&out, "?"),
+        };
+    }
+    out
+}
+
+/// The field serde's "missing field `NAME`" message names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 /// The kinds a document may be.

@@ -38,6 +38,18 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The path of `key` in the map at `parent`: `parent.key` for a plain name, else
+/// `parent["the key"]` (empty, or with dots, slashes, spaces…), so that every key has
+/// a path of its own (`metadata.labels["app.kubernetes.io/name"]`).
+pub(crate) fn key_path(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    match (plain, parent.is_empty()) {
+        (true, true) => key.to_owned(),
+        (true, false) => format!("{parent}.{key}"),
+        (false, _) => format!("{parent}[{key:?}]"),
+    }
+}
+
 /// Kubernetes' probe defaults, applied to unset fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeDefaults {
@@ -163,10 +175,10 @@ pub fn validate_service(manifest: &ServiceManifest) -> Result<pb::Service, Vec<F
 fn check_labels(errors: &mut Errors, path: &str, labels: &BTreeMap<String, String>) {
     for (key, value) in labels {
         if let Err(expected) = check_label_key(key) {
-            errors.push(format!("{path}.{key}"), format!("key must be {expected}"));
+            errors.push(key_path(path, key), format!("key must be {expected}"));
         }
         if let Err(expected) = check_label_value(value) {
-            errors.push(format!("{path}.{key}"), format!("must be {expected}"));
+            errors.push(key_path(path, key), format!("must be {expected}"));
         }
     }
 }
