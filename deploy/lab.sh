@@ -13,7 +13,13 @@
 #   sudo bash deploy/lab.sh kill-node K   # agent and containers die as with a dead VM
 #   sudo bash deploy/lab.sh partition K   # cut node K's link
 #   sudo bash deploy/lab.sh heal K        # restore it
-#   sudo bash deploy/lab.sh restart-controller [C]   # SIGTERM controller C (1), start it again
+#   sudo bash deploy/lab.sh restart-controller [C] [--kill]   # SIGTERM (SIGKILL) controller C (1), start it again
+#   sudo bash deploy/lab.sh kill-agent K      # kill -9 node K's agent alone (its containers run on)
+#   sudo bash deploy/lab.sh start-agent K     # start it again, on the same state
+#   sudo bash deploy/lab.sh stop-etcd         # stop the store (SIGTERM, as an outage)
+#   sudo bash deploy/lab.sh start-etcd        # start it again on its data and ports
+#   sudo bash deploy/lab.sh slow-link K RATE  # node K downloads at RATE (tc tbf, e.g. 8mbit)
+#   sudo bash deploy/lab.sh fast-link K       # no limit again
 #   sudo bash deploy/lab.sh down          # remove everything the lab made
 #
 # After `up`, `orch` on the host talks to the lab's controller with no flags: the script
@@ -95,16 +101,70 @@ start_controller() {
 }
 
 cmd_restart_controller() {
-    local c="${1:-1}"
+    local c="${1:-1}" signal=TERM
+    case "${2:-}" in
+        "") ;;
+        --kill) signal=KILL ;;
+        *) die "restart-controller C [--kill]: unknown argument ${2}" ;;
+    esac
+    [[ "$c" =~ ^[12]$ ]] || die "controller number must be 1 or 2, got '$c'"
     [ -f "$dir/store" ] || die "no lab named $name is up"
     if alive "controller$c"; then
         local pid; pid="$(pid_of "controller$c")"
-        kill "$pid"
+        kill -s "$signal" "$pid"
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
     start_controller "$c"
     wait_for "controller $c" "orch_cli --server $(controller_address "$c") get nodes >/dev/null 2>&1"
     echo "controller$c restarted (PID $(pid_of "controller$c"))"
+}
+
+cmd_kill_agent() {
+    local k="${1:?usage: lab.sh kill-agent K}"; node_number "$k"
+    alive "agent$k" || die "node$k's agent is not running"
+    local pid; pid="$(pid_of "agent$k")"
+    kill -9 "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "node$k's agent killed (PID $pid)"
+}
+
+cmd_start_agent() {
+    local k="${1:?usage: lab.sh start-agent K}"; node_number "$k"
+    [ -e "/run/netns/$(node_ns "$k")" ] || die "node$k is not in the lab"
+    alive "agent$k" && die "node$k's agent runs already (PID $(pid_of "agent$k"))"
+    start_agent "$k"
+    echo "node$k's agent started (PID $(pid_of "agent$k"))"
+}
+
+cmd_stop_etcd() {
+    alive etcd || die "the lab's etcd is not running"
+    local pid; pid="$(pid_of etcd)"
+    kill "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "etcd (PID $pid) did not stop"
+    echo "etcd stopped"
+}
+
+cmd_start_etcd() {
+    [ -f "$dir/etcd.ports" ] || die "no lab named $name is up"
+    alive etcd && die "the lab's etcd runs already"
+    # shellcheck disable=SC2046 # two ports
+    start_etcd "$dir/etcd" $(cat "$dir/etcd.ports")
+    echo "$ETCD_PID" >"$dir/etcd.pid"
+    echo "etcd started (PID $ETCD_PID)"
+}
+
+cmd_slow_link() {
+    local k="${1:?usage: lab.sh slow-link K RATE}" rate="${2:?usage: lab.sh slow-link K RATE (e.g. 8mbit)}"; node_number "$k"
+    [[ "$rate" =~ ^[0-9]+[kmg]?bit$ ]] || die "RATE must be like 8mbit or 500kbit, got '$rate'"
+    tc qdisc replace dev "$(node_veth "$k")" root tbf rate "$rate" burst 32kbit latency 400ms || die "node$k is not in the lab"
+    echo "node$k downloads at $rate"
+}
+
+cmd_fast_link() {
+    local k="${1:?usage: lab.sh fast-link K}"; node_number "$k"
+    tc qdisc del dev "$(node_veth "$k")" root 2>/dev/null || true
+    echo "node$k downloads at full speed"
 }
 
 cmd_up() {
@@ -151,6 +211,7 @@ cmd_up() {
 
     start_etcd "$dir/etcd"
     echo "$ETCD_PID" >"$dir/etcd.pid"
+    echo "$ETCD_PORTS" >"$dir/etcd.ports"
     echo "$ORCH_TEST_ETCD" >"$dir/etcd.url"
     local store="etcd://${ORCH_TEST_ETCD#http://}"
     echo "$store" >"$dir/store"
@@ -260,6 +321,12 @@ case "${1:-}" in
     kill-node) cmd_kill_node "${2:-}" ;;
     partition) cmd_partition "${2:-}" ;;
     heal) cmd_heal "${2:-}" ;;
-    restart-controller) cmd_restart_controller "${2:-1}" ;;
-    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C]" ;;
+    restart-controller) cmd_restart_controller "${2:-1}" "${3:-}" ;;
+    kill-agent) cmd_kill_agent "${2:-}" ;;
+    start-agent) cmd_start_agent "${2:-}" ;;
+    stop-etcd) cmd_stop_etcd ;;
+    start-etcd) cmd_start_etcd ;;
+    slow-link) cmd_slow_link "${2:-}" "${3:-}" ;;
+    fast-link) cmd_fast_link "${2:-}" ;;
+    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | kill-agent K | start-agent K | stop-etcd | start-etcd | slow-link K RATE | fast-link K" ;;
 esac

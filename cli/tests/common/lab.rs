@@ -1,0 +1,150 @@
+//! A cluster on one machine for tests: `deploy/lab.sh` (each node a network namespace
+//! with its own agent process, a real etcd, a controller, a registry) driven through
+//! the `orch` CLI the way a user drives it, and removed when the test ends, also after
+//! a panic.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{text, LIMIT, ORCH, ROOT};
+
+/// The node port of `manifests/webapp.yaml`.
+pub const NODE_PORT: u16 = 30080;
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub net: u32,
+    pub up: bool,
+}
+
+impl Lab {
+    pub fn up(nodes: u32) -> Lab {
+        assert!(nix::unistd::geteuid().is_root(), "the lab creates namespaces, bridges and cgroups: run the tests as root (`sudo bash deploy/test.sh`)");
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new().prefix("orch-e2e-").tempdir().expect("tempdir");
+        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false };
+        let out = lab.script(&["up", &nodes.to_string()]);
+        lab.up = true;
+        assert!(out.status.success(), "lab.sh up: {}\n{}", text(&out.stderr), lab.logs());
+        lab
+    }
+
+    pub fn script(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(format!("{ROOT}/deploy/lab.sh"))
+            .args(args)
+            .env("ORCH_LAB_NAME", &self.name)
+            .env("ORCH_LAB_NET", self.net.to_string())
+            .env("ORCH_LAB_DIR", self.dir.path().join("lab"))
+            .env("ORCH_CONFIG", self.config())
+            .env("ORCH_BIN", PathBuf::from(ORCH).parent().expect("target dir"))
+            .output()
+            .expect("run deploy/lab.sh")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("orch-config")
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path().join("lab")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let content = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = content.lines().rev().take(15).collect();
+                all.push_str(&format!("--- {}\n{}\n", path.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            }
+        }
+        all
+    }
+
+    /// `orch` with the lab's config file only (no --server): the script wrote it.
+    pub fn orch(&self, args: &[&str]) -> Output {
+        Command::new(ORCH).args(args).env("ORCH_CONFIG", self.config()).env_remove("ORCH_SERVER").stdin(Stdio::null()).output().expect("run orch")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.orch(args);
+        assert!(out.status.success(), "orch {args:?}: {}\n{}", text(&out.stderr), self.logs());
+        text(&out.stdout)
+    }
+
+    pub fn replicas(&self) -> Vec<serde_json::Value> {
+        let out = self.orch(&["get", "replicas", "-o", "json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
+    }
+
+    pub fn wait(&self, what: &str, condition: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let replicas = self.replicas();
+            if condition(&replicas) {
+                return replicas;
+            }
+            assert!(start.elapsed() < LIMIT, "timed out waiting for {what}: {replicas:#?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn node_address(&self, k: u32) -> SocketAddr {
+        SocketAddr::from(([10, 250, u8::try_from(self.net).expect("octet"), u8::try_from(10 + k).expect("octet")], NODE_PORT))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.script(&["down"]);
+        }
+    }
+}
+
+pub fn http_get(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: e2e\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let start = response.find("Hello from ").ok_or_else(|| std::io::Error::other(format!("unexpected answer: {response:?}")))?;
+    Ok(response[start + "Hello from ".len()..].split('<').next().unwrap_or("").to_owned())
+}
+
+/// When a killed container's init (host PID `pid`) is a zombie or gone: the kernel has
+/// then ended every process of its PID namespace, so none holds a socket any more.
+pub fn wait_until_dead(pid: i32) -> Instant {
+    for _ in 0..5000 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()));
+        if matches!(state, None | Some('Z' | 'X')) {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("host PID {pid} still runs 5 s after kill -9");
+}
+
+pub fn all_running(count: usize) -> impl Fn(&[serde_json::Value]) -> bool {
+    move |replicas| replicas.len() == count && replicas.iter().all(|r| r["phase"] == "Running" && r["ready"] == true)
+}
+
+/// Requests spread over `nodes`' node ports, counted by the replica that answered; a
+/// failed request panics with `what`.
+pub fn load(lab: &Lab, nodes: &[u32], requests: usize, what: &str) -> BTreeMap<String, usize> {
+    let mut answered = BTreeMap::new();
+    for i in 0..requests {
+        let address = lab.node_address(nodes[i % nodes.len()]);
+        match http_get(address) {
+            Ok(replica) => *answered.entry(replica).or_default() += 1,
+            Err(error) => panic!("{what}: request {i} to {address} failed: {error}\n{}", lab.logs()),
+        }
+    }
+    answered
+}
