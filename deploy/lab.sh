@@ -62,7 +62,20 @@ pid_of() { [ -f "$dir/$1.pid" ] && cat "$dir/$1.pid" || true; }
 # Alive and still the program the lab started (a PID file may outlive a reboot).
 alive() {
     local pid; pid="$(pid_of "$1")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$dir"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir"
+}
+# stop_pid SIGNAL PID WHAT: sends SIGNAL and waits up to 10 s for the process to end;
+# one that outlives a SIGTERM gets SIGKILL, and one that outlives that is an error.
+stop_pid() {
+    local signal="$1" pid="$2" what="$3" _
+    kill -s "$signal" "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    if [ "$signal" != KILL ]; then
+        echo "$what (PID $pid) outlived SIG$signal for 10 s: SIGKILL" >&2
+        kill -s KILL "$pid" 2>/dev/null || return 0
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    fi
+    die "$what (PID $pid) does not end"
 }
 node_number() { [[ "${1:-}" =~ ^[1-9]$ ]] || die "node number must be 1-9, got '${1:-}'"; }
 
@@ -101,18 +114,17 @@ start_controller() {
 }
 
 cmd_restart_controller() {
-    local c="${1:-1}" signal=TERM
-    case "${2:-}" in
-        "") ;;
-        --kill) signal=KILL ;;
-        *) die "restart-controller C [--kill]: unknown argument ${2}" ;;
-    esac
-    [[ "$c" =~ ^[12]$ ]] || die "controller number must be 1 or 2, got '$c'"
+    local c=1 signal=TERM arg
+    for arg in "$@"; do
+        case "$arg" in
+            --kill) signal=KILL ;;
+            [12]) c="$arg" ;;
+            *) die "restart-controller [C] [--kill]: C is 1 or 2, got '$arg'" ;;
+        esac
+    done
     [ -f "$dir/store" ] || die "no lab named $name is up"
     if alive "controller$c"; then
-        local pid; pid="$(pid_of "controller$c")"
-        kill -s "$signal" "$pid"
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        stop_pid "$signal" "$(pid_of "controller$c")" "controller$c"
     fi
     start_controller "$c"
     wait_for "controller $c" "orch_cli --server $(controller_address "$c") get nodes >/dev/null 2>&1"
@@ -123,8 +135,7 @@ cmd_kill_agent() {
     local k="${1:?usage: lab.sh kill-agent K}"; node_number "$k"
     alive "agent$k" || die "node$k's agent is not running"
     local pid; pid="$(pid_of "agent$k")"
-    kill -9 "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    stop_pid KILL "$pid" "node$k's agent"
     echo "node$k's agent killed (PID $pid)"
 }
 
@@ -138,10 +149,7 @@ cmd_start_agent() {
 
 cmd_stop_etcd() {
     alive etcd || die "the lab's etcd is not running"
-    local pid; pid="$(pid_of etcd)"
-    kill "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && die "etcd (PID $pid) did not stop"
+    stop_pid TERM "$(pid_of etcd)" etcd
     echo "etcd stopped"
 }
 
@@ -156,13 +164,16 @@ cmd_start_etcd() {
 
 cmd_slow_link() {
     local k="${1:?usage: lab.sh slow-link K RATE}" rate="${2:?usage: lab.sh slow-link K RATE (e.g. 8mbit)}"; node_number "$k"
-    [[ "$rate" =~ ^[0-9]+[kmg]?bit$ ]] || die "RATE must be like 8mbit or 500kbit, got '$rate'"
-    tc qdisc replace dev "$(node_veth "$k")" root tbf rate "$rate" burst 32kbit latency 400ms || die "node$k is not in the lab"
+    [[ "$rate" =~ ^[1-9][0-9]*[kmg]?bit$ ]] || die "RATE must be like 8mbit or 500kbit, got '$rate'"
+    [ -e "/sys/class/net/$(node_veth "$k")" ] || die "node$k is not in the lab"
+    tc qdisc replace dev "$(node_veth "$k")" root tbf rate "$rate" burst 32kbit latency 400ms || die "tc could not limit node$k's link (above)"
     echo "node$k downloads at $rate"
 }
 
 cmd_fast_link() {
     local k="${1:?usage: lab.sh fast-link K}"; node_number "$k"
+    [ -e "/sys/class/net/$(node_veth "$k")" ] || die "node$k is not in the lab"
+    # (No limit to remove is fine: the default qdisc is left as it is.)
     tc qdisc del dev "$(node_veth "$k")" root 2>/dev/null || true
     echo "node$k downloads at full speed"
 }
@@ -321,7 +332,7 @@ case "${1:-}" in
     kill-node) cmd_kill_node "${2:-}" ;;
     partition) cmd_partition "${2:-}" ;;
     heal) cmd_heal "${2:-}" ;;
-    restart-controller) cmd_restart_controller "${2:-1}" "${3:-}" ;;
+    restart-controller) shift; cmd_restart_controller "$@" ;;
     kill-agent) cmd_kill_agent "${2:-}" ;;
     start-agent) cmd_start_agent "${2:-}" ;;
     stop-etcd) cmd_stop_etcd ;;

@@ -51,6 +51,11 @@ impl Target {
 struct Entry {
     path: String,
     kind: Kind,
+    /// Mode, owner and time unlike the files around the layer's, so that a chmod,
+    /// chown or utimes through a link out of the layer would show.
+    mode: u32,
+    owner: u64,
+    mtime: u64,
 }
 
 /// Path components, hostile ones included.
@@ -85,7 +90,10 @@ fn entry() -> impl Strategy<Value = Entry> {
         2 => target().prop_map(Kind::HardLink),
         1 => Just(Kind::Fifo),
     ];
-    (path(), kind).prop_map(|(path, kind)| Entry { path, kind })
+    let mode = prop::sample::select(&[0o600, 0o4777, 0o1777, 0o000, 0o711][..]);
+    let owner = prop::sample::select(&[1234u64, 65534][..]);
+    let mtime = prop::sample::select(&[1u64, 1_000_000_000][..]);
+    (path(), kind, mode, owner, mtime).prop_map(|(path, kind, mode, owner, mtime)| Entry { path, kind, mode, owner, mtime })
 }
 
 /// A gzip-compressed (or plain) tar of `entries`, links into `outside` resolved, names
@@ -104,10 +112,10 @@ fn tar_of(entries: &[Entry], outside: &Path, gzip: bool) -> Vec<u8> {
         };
         header.set_entry_type(kind);
         header.set_size(data.len() as u64);
-        header.set_mode(if matches!(entry.kind, Kind::Dir) { 0o755 } else { 0o644 });
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
+        header.set_mode(entry.mode);
+        header.set_uid(entry.owner);
+        header.set_gid(entry.owner);
+        header.set_mtime(entry.mtime);
         let name = entry.path.as_bytes();
         header.as_old_mut().name[..name.len()].copy_from_slice(name);
         if let Some(link) = link {
@@ -128,7 +136,8 @@ fn tar_of(entries: &[Entry], outside: &Path, gzip: bool) -> Vec<u8> {
 }
 
 /// Every path under `root` but `skip` and what it holds, with what it is: type, mode,
-/// size, link count and, for a symlink, its target.
+/// owner, size, modification time, link count, and a file's content or a symlink's
+/// target.
 fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
     let mut seen = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
@@ -140,7 +149,20 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
             }
             let meta = std::fs::symlink_metadata(&path).expect("lstat");
             let link = std::fs::read_link(&path).map(|t| t.display().to_string()).unwrap_or_default();
-            seen.insert(path.clone(), format!("{:o} {} {} {link}", meta.mode(), meta.len(), meta.nlink()));
+            let content = if meta.is_file() { String::from_utf8_lossy(&std::fs::read(&path).expect("read")).into_owned() } else { String::new() };
+            seen.insert(
+                path.clone(),
+                format!(
+                    "{:o} {}:{} {} {}.{} {} {link}{content:?}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid(),
+                    meta.len(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.nlink()
+                ),
+            );
             if meta.is_dir() {
                 stack.push(path);
             }

@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{all_running, http_get, load, wait_until_dead, Lab};
+use common::lab::{all_running, http_get, identities, load, wait_until_dead, Lab};
 use common::{text, LIMIT, ROOT};
 
 /// During a kill: a request is lost when it gets no answer at all. A response whose
@@ -109,19 +109,13 @@ fn three_nodes_end_to_end() {
     assert!(answered >= requests.len() - 2, "at most one request per stream dies with the killed process: {answered} of {}", requests.len());
 
     // A controller restart restarts nothing.
-    let before: BTreeMap<String, (serde_json::Value, serde_json::Value)> =
-        lab.replicas().iter().map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone()))).collect();
-    let restarted = lab.script(&["restart-controller"]);
-    assert!(restarted.status.success(), "{}", text(&restarted.stderr));
+    let before = identities(&lab.replicas(), None);
+    lab.script_ok(&["restart-controller"]);
     // "Nothing restarts" is an absence: watch for the whole window in which the new
     // leader could act on stale liveness — its warm-up, the lab's node lease (2 s) plus
     // grace (1 s) — and check at the end.
     std::thread::sleep(Duration::from_secs(4));
-    let after: BTreeMap<String, (serde_json::Value, serde_json::Value)> = lab
-        .wait("3 ready after the controller restart", all_running(3))
-        .iter()
-        .map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].clone(), r["restarts"].clone())))
-        .collect();
+    let after = identities(&lab.wait("3 ready after the controller restart", all_running(3)), None);
     assert_eq!(after, before, "same replicas, same host PIDs, no restarts");
 
     // A service with a local volume, one replica per node: when node3 dies, its slot's
@@ -143,7 +137,7 @@ fn three_nodes_end_to_end() {
 
     // kill-node: its replica runs elsewhere, the service keeps answering.
     let on_three: Vec<String> = lab.replicas().iter().filter(|r| r["node"] == "node3").filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
-    assert!(lab.script(&["kill-node", "3"]).status.success());
+    lab.script_ok(&["kill-node", "3"]);
     let start = Instant::now();
     loop {
         let now = keepers(&lab);
@@ -162,9 +156,9 @@ fn three_nodes_end_to_end() {
     assert_eq!(answered.len(), 3, "{answered:?}");
 
     // Partition node2, then heal: its replica moves, comes back stale, and is stopped.
-    assert!(lab.script(&["partition", "2"]).status.success());
+    lab.script_ok(&["partition", "2"]);
     lab.wait("node2's replica to move to node1", |r| all_running(3)(r) && r.iter().all(|x| x["node"] == "node1"));
-    assert!(lab.script(&["heal", "2"]).status.success());
+    lab.script_ok(&["heal", "2"]);
     let start = Instant::now();
     loop {
         let nodes = lab.ok(&["get", "nodes"]);

@@ -9,19 +9,22 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::lab::{all_running, load, Lab};
+use common::lab::{all_running, identities, load, Lab};
 use common::{text, LIMIT, ROOT};
 
-/// The service the faults are made around: the demo image, quick restarts.
-fn service(replicas: u32, greeting: &str) -> String {
+/// The service the faults are made around: the demo image, quick restarts; with
+/// `slow_ready`, a replica is ready 2 s after it starts (a rollout of 4 then takes at
+/// least 8 s: time to kill the controller in the middle of it).
+fn service(replicas: u32, greeting: &str, slow_ready: bool) -> String {
+    let probe = if slow_ready { "  probes: {readiness: {httpGet: {path: /, port: 80}, initialDelaySeconds: 2, periodSeconds: 1}}\n" } else { "" };
     format!(
         "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: faults}}\nspec:\n  replicas: {replicas}\n  image: 127.0.0.1:5000/orch/demo-web:1.0\n  \
          env: [{{name: GREETING, value: {greeting}}}]\n  restartBackoff: {{initialMillis: 50, maxSeconds: 1}}\n  \
-         ports: [{{name: http, containerPort: 80, servicePort: 80, nodePort: 30080}}]\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n"
+         ports: [{{name: http, containerPort: 80, servicePort: 80, nodePort: 30080}}]\n  update: {{maxSurge: 1, maxUnavailable: 0}}\n{probe}"
     )
 }
 
@@ -36,13 +39,9 @@ fn apply(lab: &Lab, file: &str, manifest: &str, wait: bool) {
     }
 }
 
-/// Each replica of `service` by name: its host PID and restart count.
-fn identities(replicas: &[serde_json::Value], service: &str) -> BTreeMap<String, (i64, i64)> {
-    replicas
-        .iter()
-        .filter(|r| r["service"] == service)
-        .map(|r| (r["name"].as_str().unwrap_or("").to_owned(), (r["hostPid"].as_i64().unwrap_or(0), r["restarts"].as_i64().unwrap_or(0))))
-        .collect()
+/// The names of the replicas of `service`.
+fn names(replicas: &[serde_json::Value], service: &str) -> BTreeSet<String> {
+    replicas.iter().filter(|r| r["service"] == service).filter_map(|r| r["name"].as_str().map(str::to_owned)).collect()
 }
 
 fn of_service(service: &'static str, count: usize) -> impl Fn(&[serde_json::Value]) -> bool {
@@ -52,9 +51,12 @@ fn of_service(service: &'static str, count: usize) -> impl Fn(&[serde_json::Valu
     }
 }
 
-fn script_ok(lab: &Lab, args: &[&str]) {
-    let out = lab.script(args);
-    assert!(out.status.success(), "lab.sh {args:?}: {}\n{}", text(&out.stderr), lab.logs());
+/// `count` replicas of `service`, all in phase Running (ready or not yet).
+fn started(service: &'static str, count: usize) -> impl Fn(&[serde_json::Value]) -> bool {
+    move |replicas| {
+        let mine: Vec<&serde_json::Value> = replicas.iter().filter(|r| r["service"] == service).collect();
+        mine.len() == count && mine.iter().all(|r| r["phase"] == "Running" && r["hostPid"].as_i64().is_some_and(|p| p > 1))
+    }
 }
 
 /// Regular files under `dir` (any depth) and their sizes.
@@ -80,12 +82,12 @@ fn image_scratch(lab: &Lab, k: u32) -> PathBuf {
 #[test]
 fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hundred_kills() {
     let lab = Lab::up(3);
-    apply(&lab, "faults.yaml", &service(3, "one"), true);
+    apply(&lab, "faults.yaml", &service(3, "one", false), true);
     let steady = lab.wait("3 running replicas", of_service("faults", 3));
 
     // --- etcd stopped for 30 s.
-    let before = identities(&steady, "faults");
-    script_ok(&lab, &["stop-etcd"]);
+    let before = identities(&steady, Some("faults"));
+    lab.script_ok(&["stop-etcd"]);
     let outage = Instant::now();
     let mut served = 0;
     while outage.elapsed() < Duration::from_secs(30) {
@@ -93,9 +95,8 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
         served += load(&lab, &[1, 2, 3], 3, "while etcd is down").values().sum::<usize>();
         std::thread::sleep(Duration::from_millis(500));
     }
-    script_ok(&lab, &["start-etcd"]);
+    lab.script_ok(&["start-etcd"]);
     assert!(served >= 90, "{served} requests answered during the outage");
-    let back = Instant::now();
     let start = Instant::now();
     loop {
         let nodes = lab.orch(&["get", "nodes", "-o", "json"]);
@@ -106,33 +107,37 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
         assert!(start.elapsed() < LIMIT, "the nodes did not come back after the store did: {}\n{}", text(&nodes.stderr), lab.logs());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ready_after = back.elapsed();
     // "No restart" is an absence: watch past the window in which a controller back on
     // the store could act on stale liveness (the lab's lease, 2 s, plus grace, 1 s).
     std::thread::sleep(Duration::from_secs(4));
-    let after = identities(&lab.wait("3 running replicas after the outage", of_service("faults", 3)), "faults");
+    let after = identities(&lab.wait("3 running replicas after the outage", of_service("faults", 3)), Some("faults"));
     assert_eq!(after, before, "the same containers, none restarted, after the store came back\n{}", lab.logs());
-    eprintln!("etcd down 30 s: {served} requests answered through the node ports meanwhile; 3 nodes ready {:?} after etcd was back", ready_after);
-    apply(&lab, "faults.yaml", &service(4, "one"), true);
+    eprintln!("etcd down 30 s: {served} requests answered through the node ports meanwhile, no container restarted");
+    apply(&lab, "faults.yaml", &service(4, "one", false), true);
     let scaled = lab.wait("4 running replicas after the outage", of_service("faults", 4));
 
     // --- the controller killed mid-rollout, restarted on the same address.
-    let old: BTreeSet<String> = identities(&scaled, "faults").into_keys().collect();
-    apply(&lab, "faults.yaml", &service(4, "two"), false);
-    lab.wait("the rollout to begin", |r| identities(r, "faults").keys().any(|name| !old.contains(name)));
-    script_ok(&lab, &["restart-controller", "1", "--kill"]);
+    let old = names(&scaled, "faults");
+    apply(&lab, "faults.yaml", &service(4, "two", true), false);
+    lab.wait("the rollout under way: new replicas and old ones", |r| {
+        let now = names(r, "faults");
+        now.iter().any(|name| !old.contains(name)) && now.iter().any(|name| old.contains(name))
+    });
+    lab.script_ok(&["restart-controller", "1", "--kill"]);
+    let left = names(&lab.replicas(), "faults");
+    assert!(left.iter().any(|name| old.contains(name)), "the rollout had finished before the controller was back: the kill was not mid-rollout {left:?}");
     let restarted = Instant::now();
     lab.ok(&["rollout", "status", "service", "faults", "--timeout", "120"]);
     eprintln!("controller killed mid-rollout: the rollout finished {:?} after it was back", restarted.elapsed());
-    let rolled = lab.wait("4 new replicas and no old one", |r| of_service("faults", 4)(r) && identities(r, "faults").keys().all(|name| !old.contains(name)));
-    for name in identities(&rolled, "faults").keys() {
+    let rolled = lab.wait("4 new replicas and no old one", |r| of_service("faults", 4)(r) && names(r, "faults").iter().all(|name| !old.contains(name)));
+    for name in &names(&rolled, "faults") {
         let greeting = lab.ok(&["exec", name, "--", "sh", "-c", "echo $GREETING"]);
         assert_eq!(greeting.trim(), "two", "{name} runs the new template");
     }
     // No duplicate on any node: the nodes hold exactly the four records.
     let start = Instant::now();
     loop {
-        let records: usize = (1..=3).map(|k| std::fs::read_dir(lab.dir.path().join(format!("lab/node{k}/replicas"))).map_or(0, |d| d.count())).sum();
+        let records = lab.replica_records(3);
         if records == 4 {
             break;
         }
@@ -149,7 +154,7 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
         .expect("run build-demo.sh");
     assert!(built.status.success(), "build-demo.sh: {}", text(&built.stderr));
     for k in 1..=3 {
-        script_ok(&lab, &["slow-link", &k.to_string(), "8mbit"]);
+        lab.script_ok(&["slow-link", &k.to_string(), "8mbit"]);
     }
     apply(
         &lab,
@@ -166,9 +171,9 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
         assert!(start.elapsed() < LIMIT, "no node started pulling the ballast image\n{}", lab.logs());
         std::thread::sleep(Duration::from_millis(50));
     };
-    script_ok(&lab, &["kill-agent", &node.to_string()]);
-    assert!(partial.0.exists(), "the download was cut mid-way: {} is still there", partial.0.display());
-    script_ok(&lab, &["start-agent", &node.to_string()]);
+    lab.script_ok(&["kill-agent", &node.to_string()]);
+    assert!(partial.0.exists(), "the pull had finished before the kill: {} is gone", partial.0.display());
+    lab.script_ok(&["start-agent", &node.to_string()]);
     let restarted = Instant::now();
     lab.ok(&["rollout", "status", "service", "ballast", "--timeout", "180"]);
     eprintln!(
@@ -177,8 +182,14 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
         restarted.elapsed()
     );
     for k in 1..=3 {
-        script_ok(&lab, &["fast-link", &k.to_string()]);
+        lab.script_ok(&["fast-link", &k.to_string()]);
     }
+    // The restarted agent pulled it (the node stayed within its lease: nothing moved).
+    let ballast: Vec<serde_json::Value> = lab.replicas().into_iter().filter(|r| r["service"] == "ballast").collect();
+    assert_eq!(ballast.len(), 1, "{ballast:#?}");
+    assert_eq!(ballast[0]["node"], format!("node{node}"), "the replica stayed on the node whose agent was killed: {ballast:#?}");
+    let blobs = files_under(&lab.dir.path().join(format!("lab/node{node}/images/blobs")));
+    assert!(blobs.iter().any(|(_, size)| *size >= 16 << 20), "the 16 MiB layer is in node{node}'s image store: {blobs:?}");
     let start = Instant::now();
     loop {
         let left: Vec<(PathBuf, u64)> = (1..=3).flat_map(|k| files_under(&image_scratch(&lab, k))).collect();
@@ -191,20 +202,22 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
     lab.ok(&["delete", "service", "ballast"]);
 
     // --- 100 kill -9, a replica at a time, each healed.
-    let mut healed = 0;
     let kills = Instant::now();
     for i in 0..100 {
-        let replicas = lab.wait("4 running replicas", of_service("faults", 4));
-        let victims = identities(&replicas, "faults");
+        let replicas = lab.wait("4 started replicas", started("faults", 4));
+        let victims = identities(&replicas, Some("faults"));
         let (name, (pid, restarts)) = victims.iter().nth(i % victims.len()).map(|(n, v)| (n.clone(), *v)).expect("a replica");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+        // Still the container's process (a PID is not reused that fast, but a kill -9
+        // must never reach anything else): it lives in the lab's cgroup tree.
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(cgroup.contains(&format!("{}-node", lab.name)), "host PID {pid} of {name} is not in the lab's cgroups: {cgroup}");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
         lab.wait(&format!("{name} healed after kill {}", i + 1), |r| {
-            of_service("faults", 4)(r) && identities(r, "faults").get(&name).is_some_and(|(new_pid, count)| *new_pid != pid && *count > restarts)
+            started("faults", 4)(r) && identities(r, Some("faults")).get(&name).is_some_and(|(new_pid, count)| *new_pid != pid && *count > restarts)
         });
-        healed += 1;
     }
-    assert_eq!(healed, 100);
     eprintln!("100 kill -9 healed in {:?} (each seen running again, restart count up, new host PID)", kills.elapsed());
+    lab.wait("4 ready replicas after the kills", of_service("faults", 4));
     let answered = load(&lab, &[1, 2, 3], 30, "after 100 kills");
     assert_eq!(answered.len(), 4, "every replica answers: {answered:?}");
 }

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--tag $tag: not a valid tag"
-[[ "$ballast" =~ ^[0-9]{1,4}$ ]] || die "--ballast $ballast: a number of MiB (0-9999)"
+[[ "$ballast" =~ ^(0|[1-9][0-9]{0,3})$ ]] || die "--ballast $ballast: a number of MiB (0-9999)"
 [ -x /bin/busybox ] || { require_root "deploy/images/build-demo.sh"; install_packages busybox-static; }
 if [ -n "$push" ] && ! command -v skopeo >/dev/null; then
     require_root "deploy/images/build-demo.sh --push"

@@ -161,6 +161,24 @@ fn check_error(error: &ManifestError, documents: usize) -> Result<(), TestCaseEr
     Ok(())
 }
 
+/// A value that can be found again in an error message: a number, a string, or one
+/// inside a list or a mapping; `marker` tells them apart.
+fn secret_value(shape: u8, marker: usize) -> Value {
+    let text = format!("s3cr3t{marker}x");
+    match shape % 5 {
+        0 => Value::Number((987_650 + marker as u64).into()),
+        1 => Value::String(text),
+        2 => Value::Sequence(vec![Value::String(text)]),
+        3 => Value::Mapping([(Value::String(text.clone()), Value::String(text))].into_iter().collect()),
+        _ => Value::Bool(true),
+    }
+}
+
+/// Everything a Secret's values are written as, for a search of the messages.
+fn secret_markers(count: usize) -> Vec<String> {
+    (0..count).flat_map(|m| [format!("s3cr3t{m}x"), (987_650 + m).to_string()]).collect()
+}
+
 fn config() -> ProptestConfig {
     // Failures print the smallest input found; nothing is written to the source tree.
     ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() }
@@ -205,5 +223,36 @@ proptest! {
         "#", "---\n", "...\n", "~", "0x", "9", ".inf", "é",
     ][..]), 0..60)) {
         assert_located(&tokens.concat())?;
+    }
+
+    #[test]
+    fn a_secrets_values_are_never_in_an_error(
+        data in prop::collection::vec((key(), any::<u8>()), 0..5),
+        binary in prop::collection::vec((key(), any::<u8>()), 0..5),
+        whole in prop::option::weighted(0.2, (any::<bool>(), any::<u8>())),
+    ) {
+        let mut marker = 0;
+        let mut section = |entries: Vec<(Value, u8)>| -> Value {
+            Value::Mapping(entries.into_iter().map(|(k, shape)| { marker += 1; (k, secret_value(shape, marker)) }).collect())
+        };
+        let mut doc = Mapping::new();
+        doc.insert("apiVersion".into(), "orch/v1".into());
+        doc.insert("kind".into(), "Secret".into());
+        doc.insert("metadata".into(), Value::Mapping([("name".into(), "s".into())].into_iter().collect()));
+        doc.insert("data".into(), section(data));
+        doc.insert("binaryData".into(), section(binary));
+        if let Some((in_data, shape)) = whole {
+            marker += 1;
+            doc.insert(if in_data { "data" } else { "binaryData" }.into(), secret_value(shape, marker));
+        }
+        let text = serde_yaml::to_string(&Value::Mapping(doc)).expect("yaml");
+        if let Err(errors) = load_manifests("prop.yaml", &text) {
+            for error in &errors {
+                let shown = error.to_string();
+                for secret in secret_markers(marker + 1) {
+                    prop_assert!(!shown.contains(&secret), "a Secret's value in an error: {}", shown);
+                }
+            }
+        }
     }
 }

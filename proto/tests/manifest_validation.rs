@@ -435,6 +435,8 @@ fn configs_and_secrets_are_documents_of_their_own() {
     // A Secret's value is never in an error: an unquoted number, bad base64.
     for (doc, path) in [
         ("kind: Secret\nmetadata: {name: c}\ndata: {pin: 987654}", "data.pin"),
+        ("kind: Secret\nmetadata: {name: c}\ndata: {\"tls.key\": 987654}", "data[\"tls.key\"]"),
+        ("kind: Secret\nmetadata: {name: c}\nbinaryData: {\"\": '98765#'}", "binaryData[\"\"]"),
         ("kind: Secret\nmetadata: {name: c}\nbinaryData: {pin: '98765#'}", "binaryData.pin"),
         ("kind: Secret\nmetadata: {name: c}\ndata: hunter98765", "data"),
         ("kind: Secret\nmetadata: {name: c}\nbinaryData: 98765", "binaryData"),

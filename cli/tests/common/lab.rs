@@ -47,6 +47,17 @@ impl Lab {
             .expect("run deploy/lab.sh")
     }
 
+    /// `lab.sh ARGS`, which must succeed.
+    pub fn script_ok(&self, args: &[&str]) {
+        let out = self.script(args);
+        assert!(out.status.success(), "lab.sh {args:?}: {}\n{}", text(&out.stderr), self.logs());
+    }
+
+    /// How many replica records the nodes' agents hold, over every node.
+    pub fn replica_records(&self, nodes: u32) -> usize {
+        (1..=nodes).map(|k| std::fs::read_dir(self.dir.path().join(format!("lab/node{k}/replicas"))).map_or(0, |d| d.count())).sum()
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("orch-config")
     }
@@ -147,4 +158,20 @@ pub fn load(lab: &Lab, nodes: &[u32], requests: usize, what: &str) -> BTreeMap<S
         }
     }
     answered
+}
+
+/// Each replica (of `service`, or every one) by name: its host PID and restart count.
+/// A replica without a host PID (not started yet) panics: a kill aimed at PID 0 would
+/// hit the test's own process group.
+pub fn identities(replicas: &[serde_json::Value], service: Option<&str>) -> BTreeMap<String, (i32, i64)> {
+    replicas
+        .iter()
+        .filter(|r| service.is_none_or(|s| r["service"] == s))
+        .map(|r| {
+            let name = r["name"].as_str().expect("a replica's name").to_owned();
+            let pid = r["hostPid"].as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1);
+            let pid = pid.unwrap_or_else(|| panic!("replica {name} has no host PID: {r}"));
+            (name, (pid, r["restarts"].as_i64().expect("restarts")))
+        })
+        .collect()
 }

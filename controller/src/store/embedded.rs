@@ -88,6 +88,9 @@ fn fail<'p, E: Display>(path: &'p Path, step: &'static str) -> impl FnOnce(E) ->
     move |e| StoreError::Embedded { path: path.display().to_string(), message: format!("{step}: {e}") }
 }
 
+/// The most memory the store's page cache takes.
+const STORE_CACHE_BYTES: usize = 16 << 20;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves no broken invariant behind (the data
     // they guard is rewritten whole), so a poisoned lock is still usable.
@@ -100,7 +103,10 @@ impl Inner {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(fail(&path, "create the parent directory"))?;
         }
-        let db = Database::create(&path).map_err(fail(&path, "open"))?;
+        // redb caches up to 1 GiB of pages by default, and a store that churns (events,
+        // replicas come and go) touches new pages all the time: the process would grow
+        // towards that. A small cluster's whole state fits in a few MiB.
+        let db = redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(&path).map_err(fail(&path, "open"))?;
         // The store holds the cluster's whole state: root's alone, whatever the umask.
         std::fs::set_permissions(&path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).map_err(fail(&path, "chmod 0600"))?;
         let txn = db.begin_write().map_err(fail(&path, "begin"))?;

@@ -179,7 +179,7 @@ pub fn load_sources<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)> + 
 fn hide_secret_value(path: String, message: String) -> (String, String) {
     if path == "data" || path == "binaryData" {
         (path, "must be a mapping of keys to strings; the value is not shown".to_owned())
-    } else if path.starts_with("data.") || path.starts_with("binaryData.") {
+    } else if ["data.", "data[", "binaryData.", "binaryData["].iter().any(|prefix| path.starts_with(prefix)) {
         (path, "must be a string (quote a number or a boolean); the value is not shown".to_owned())
     } else {
         (path, message)
@@ -205,7 +205,8 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
         out = match segment {
             Segment::Seq { index } => format!("{out}[{index}]"),
             Segment::Map { key } | Segment::Enum { variant: key } => key_path(&out, key),
-            Segment::Unknown => key_path(&out, "?"),
+            // (Brackets no key path has: quoted keys are.)
+            Segment::Unknown => format!("{out}[?]"),
         };
     }
     out
