@@ -44,12 +44,19 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show one service, replica, node, config or secret in detail.
     Describe(commands::describe::DescribeArgs),
-    /// Delete services (by name or by manifest), configs or secrets.
+    /// Delete services (by name or by manifest), configs, secrets or nodes.
     Delete(commands::delete::DeleteArgs),
     /// Change a service's replica count.
     Scale(commands::scale::ScaleArgs),
     /// Follow a rolling update.
     Rollout(commands::rollout::RolloutArgs),
+    /// Mark a node unschedulable: it keeps its replicas and takes no new ones.
+    Cordon(commands::node::NodeArgs),
+    /// Make a cordoned or drained node take replicas again.
+    Uncordon(commands::node::NodeArgs),
+    /// Cordon a node and move its replicas elsewhere (replacements ready first); exits
+    /// when it is empty.
+    Drain(commands::node::DrainArgs),
     /// Print a replica's (or every replica of a service's) output.
     Logs(commands::logs::LogsArgs),
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
@@ -117,6 +124,9 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Delete(args) => commands::delete::delete(api, &args).await?,
             Command::Scale(args) => commands::scale::scale(api, &args).await?,
             Command::Rollout(args) => commands::rollout::rollout(api, &args).await?,
+            Command::Cordon(args) => commands::node::cordon(api, &args).await?,
+            Command::Uncordon(args) => commands::node::uncordon(api, &args).await?,
+            Command::Drain(args) => commands::node::drain(api, &args).await?,
             Command::Logs(args) => commands::logs::logs(api, &args).await?,
             Command::Exec(args) => {
                 let code = commands::exec::exec(api, &args).await?;

@@ -68,6 +68,10 @@ pub struct NodeOut {
     /// What the node's agent reports wrong (none: nothing).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<ConditionOut>,
+    /// Cordoned or draining: takes no new replicas.
+    pub unschedulable: bool,
+    /// Its replicas are being replaced elsewhere.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,10 +84,12 @@ pub struct ConditionOut {
 }
 
 impl NodeOut {
-    /// As `get nodes` shows it: Ready or NotReady, then each condition's type.
+    /// As `get nodes` shows it: Ready or NotReady, SchedulingDisabled when cordoned
+    /// (and Draining while it drains), then each condition's type.
     pub fn status(&self) -> String {
         let ready = if self.ready { "Ready" } else { "NotReady" };
-        std::iter::once(ready).chain(self.conditions.iter().map(|c| c.kind.as_str())).collect::<Vec<_>>().join(",")
+        let scheduling = [self.unschedulable.then_some("SchedulingDisabled"), self.draining.then_some("Draining")];
+        std::iter::once(ready).chain(scheduling.into_iter().flatten()).chain(self.conditions.iter().map(|c| c.kind.as_str())).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -152,6 +158,8 @@ pub fn node(n: &pb::Node) -> NodeOut {
         capacity: ResourcesOut { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
         allocated: ResourcesOut { cpu_millis: allocated.cpu_millis, memory_bytes: allocated.memory_bytes },
         conditions: n.conditions.iter().map(|c| ConditionOut { kind: c.r#type.clone(), message: c.message.clone(), since_unix_ms: c.since_unix_ms }).collect(),
+        unschedulable: n.scheduling.is_some_and(|s| s.unschedulable || s.draining),
+        draining: n.scheduling.is_some_and(|s| s.draining),
     }
 }
 

@@ -296,6 +296,26 @@ fn the_cli_against_orch_up() {
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");
     assert!(up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]).contains("successfully rolled out"));
 
+    // cordon: the one node keeps its replicas, a new one has nowhere to go and says
+    // why; a drain with nowhere to go times out and stops nothing; uncordon lets it run.
+    assert!(up.ok(&["cordon", "cli-node"]).contains("node/cli-node cordoned (Ready,SchedulingDisabled)"));
+    assert_eq!(up.json(&["get", "nodes"])[0]["unschedulable"], true);
+    up.ok(&["scale", "service", "web", "--replicas", "4"]);
+    up.wait("the fourth replica pending on a cordoned node", |u| {
+        u.json(&["get", "replicas"]).as_array().is_some_and(|all| all.iter().any(|r| r["reason"].as_str().is_some_and(|why| why.contains("1 cordoned"))))
+    });
+    let drain = up.orch(&["drain", "cli-node", "--timeout", "1"]);
+    assert_eq!(drain.status.code(), Some(1), "{}", text(&drain.stdout));
+    assert!(text(&drain.stderr).contains("timed out after 1s draining node cli-node: 3 replica(s) still on it"), "{}", text(&drain.stderr));
+    assert!(up.ok(&["get", "nodes"]).contains("Ready,SchedulingDisabled,Draining"));
+    assert_eq!(up.ready_replicas(), 3, "maxUnavailable holds: nothing stopped for replacements that cannot start");
+    assert!(up.ok(&["uncordon", "cli-node"]).contains("node/cli-node uncordoned (Ready)"));
+    up.wait("4 ready replicas after the uncordon", |u| u.ready_replicas() == 4);
+    up.ok(&["scale", "service", "web", "--replicas", "3"]);
+    up.wait("3 ready replicas", |u| u.ready_replicas() == 3 && u.json(&["get", "replicas"]).as_array().is_some_and(|a| a.len() == 3));
+    let unknown_node = up.orch(&["cordon", "nope"]);
+    assert_eq!(text(&unknown_node.stderr).trim(), "error: node \"nope\" is not registered");
+
     // Errors: one clear line, exit 1.
     let unreachable = Command::new(ORCH).args(["--server", "127.0.0.1:1", "get", "services"]).arg("--tls-dir").arg(up.pki()).output().expect("run");
     assert_eq!(unreachable.status.code(), Some(1));

@@ -30,6 +30,9 @@ pub const VOLUME_PURGES: &str = "/orch/volumes/purged/";
 /// `conditions/nodes/<node>`: what the node's agent last reported wrong (a
 /// `NodeConditions`); absent while nothing is.
 pub const NODE_CONDITIONS: &str = "/orch/conditions/nodes/";
+/// `scheduling/nodes/<node>`: a node cordoned or draining (a `NodeScheduling`); absent
+/// while it takes replicas as usual.
+pub const NODE_SCHEDULING: &str = "/orch/scheduling/nodes/";
 /// `ipam/nodeports/<tcp|udp>/<port>`: the service that holds a node port (its name).
 pub const NODE_PORTS: &str = "/orch/ipam/nodeports/";
 /// Held, on a lease, by the controller that runs the reconcilers.
@@ -96,6 +99,10 @@ pub fn node_subnet(index: u8) -> String {
 
 pub fn node_conditions(node: &str) -> String {
     format!("{NODE_CONDITIONS}{node}")
+}
+
+pub fn node_scheduling(node: &str) -> String {
+    format!("{NODE_SCHEDULING}{node}")
 }
 
 pub fn node_port(protocol: orch_api::pb::Protocol, port: u32) -> String {

@@ -43,6 +43,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Versioned<pb::Node>>,
     /// Nodes whose liveness lease is alive.
     pub alive: BTreeSet<String>,
+    /// Node name → how it may be scheduled, for the nodes cordoned or draining.
+    pub scheduling: BTreeMap<String, Versioned<pb::NodeScheduling>>,
     /// Service name → its endpoints record.
     pub endpoints: BTreeMap<String, Versioned<pb::ServiceEndpoints>>,
     /// (service, slot) → the node holding that slot's local volumes.
@@ -75,6 +77,16 @@ impl ClusterState {
     /// Ready: its node is alive and reports it ready.
     pub fn is_ready(&self, replica: &pb::Replica) -> bool {
         self.alive.contains(&replica.node) && self.status_of(replica).is_some_and(|s| s.ready)
+    }
+
+    /// Takes no new replicas: cordoned or draining.
+    pub fn is_unschedulable(&self, node: &str) -> bool {
+        self.scheduling.get(node).is_some_and(|s| s.value.unschedulable || s.value.draining)
+    }
+
+    /// Its replicas are to be replaced elsewhere.
+    pub fn is_draining(&self, node: &str) -> bool {
+        self.scheduling.get(node).is_some_and(|s| s.value.draining)
     }
 
     pub fn replicas_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Versioned<pb::Replica>> + 'a {
@@ -134,6 +146,8 @@ impl ClusterState {
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.insert(name.to_owned());
             true
+        } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
+            decoded(kv).map(|v| self.scheduling.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             decoded(kv).map(|v| self.endpoints.insert(name.to_owned(), v)).is_some()
         } else if key.starts_with(keys::CONFIGS) || key.starts_with(keys::SECRETS) {
@@ -160,6 +174,8 @@ impl ClusterState {
             self.nodes.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.remove(name)
+        } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
+            self.scheduling.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
             self.endpoints.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::CONFIGS) {

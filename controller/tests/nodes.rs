@@ -48,7 +48,38 @@ async fn a_node_without_heartbeats_turns_not_ready_and_back(store: common::TestS
     assert!(matches!(nodes.heartbeat("stranger", renewed).await, Err(NodeError::Unknown(_))));
 }
 
-on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_without_heartbeats_turns_not_ready_and_back);
+async fn cordon_uncordon_and_delete_a_node(store: common::TestStore) {
+    use orch_controller::nodes::{delete_node, set_scheduling};
+    let nodes = registry(&store, Duration::from_secs(2));
+    let (_, _) = nodes.register(info("keep", "192.0.2.40")).await.expect("register keep");
+    let (gone, _) = nodes.register(info("gone", "192.0.2.41")).await.expect("register gone");
+    let store_ref = store.store.as_ref();
+    assert!(matches!(set_scheduling(store_ref, "stranger", true, false).await, Err(NodeError::Unknown(_))));
+    let cordoned = set_scheduling(store_ref, "gone", true, false).await.expect("cordon");
+    assert_eq!(cordoned.scheduling.map(|s| (s.unschedulable, s.draining)), Some((true, false)));
+    let draining = set_scheduling(store_ref, "gone", false, true).await.expect("drain");
+    assert_eq!(draining.scheduling.map(|s| (s.unschedulable, s.draining)), Some((true, true)), "a drain cordons too");
+    let listed = nodes.list().await.expect("list");
+    let keep = listed.iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == "keep")).expect("keep listed");
+    assert_eq!(keep.scheduling, None, "the other node is untouched");
+
+    // Ready: refused unless forced; not registered: an error naming it.
+    assert!(matches!(delete_node(store_ref, "gone", false).await, Err(NodeError::StillReady(_))));
+    assert!(matches!(delete_node(store_ref, "stranger", true).await, Err(NodeError::Unknown(_))));
+    wait_until("the node's lease to expire", Duration::from_secs(30), || async {
+        nodes.list().await.expect("list").iter().any(|n| n.info.as_ref().is_some_and(|i| i.name == "gone") && !n.ready)
+    })
+    .await;
+    assert_eq!(delete_node(store_ref, "gone", false).await.expect("delete a NotReady node"), Vec::<String>::new());
+    let names: Vec<String> = nodes.list().await.expect("list").into_iter().filter_map(|n| n.info.map(|i| i.name)).collect();
+    assert_eq!(names, ["keep"]);
+    assert!(store.store.get("/orch/scheduling/nodes/gone").await.expect("get").is_none(), "its scheduling record went with it");
+    // Its subnet is free: the next node gets it.
+    let (next, _) = nodes.register(info("next", "192.0.2.42")).await.expect("register next");
+    assert_eq!(next.pod_cidr, gone.pod_cidr, "the deleted node's pod subnet is handed out again");
+}
+
+on_both_stores!(subnets_are_distinct_and_kept_across_registrations, a_node_without_heartbeats_turns_not_ready_and_back, cordon_uncordon_and_delete_a_node);
 
 /// An agent over gRPC: registers, then heartbeats on its session keep it Ready past
 /// its lease's TTL; a session from an unregistered node is refused.

@@ -1,4 +1,4 @@
-//! `orch delete -f FILE|DIR|- | service NAME [--purge-volumes]`.
+//! `orch delete -f FILE|DIR|- | service NAME [--purge-volumes] | node NAME [--force]`.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,7 @@ pub struct DeleteArgs {
     /// Delete the services these manifests describe.
     #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "name"])]
     pub files: Vec<PathBuf>,
-    /// `service`, `config` or `secret`
+    /// `service`, `config`, `secret` or `node`
     #[arg(required_unless_present = "files")]
     pub kind: Option<String>,
     #[arg(required_unless_present = "files")]
@@ -24,6 +24,9 @@ pub struct DeleteArgs {
     /// without it they stay, and a service applied again under the name finds them.
     #[arg(long)]
     pub purge_volumes: bool,
+    /// `delete node`: also a node that is Ready (its agent will register it again).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
@@ -39,7 +42,16 @@ pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::R
                 configs.push((pb::ConfigKind::Secret, args.name.clone().unwrap_or_default()));
                 Vec::new()
             }
-            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services, configs and secrets (`orch delete service NAME`)"),
+            Some("node" | "nodes" | "no") => {
+                let node = args.name.clone().unwrap_or_default();
+                let response = api.delete_node(pb::DeleteNodeRequest { node: node.clone(), force: args.force }).await.map_err(explain)?.into_inner();
+                println!("node/{node} deleted: its pod subnet is free");
+                if !response.replicas.is_empty() {
+                    println!("its replicas are replaced elsewhere: {}", response.replicas.join(", "));
+                }
+                return Ok(());
+            }
+            Some(other) => anyhow::bail!("unknown resource {other:?}: orch deletes services, configs, secrets and nodes (`orch delete service NAME`)"),
             None => Vec::new(),
         }
     } else {

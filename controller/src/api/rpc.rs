@@ -38,7 +38,8 @@ fn status(error: ApiError) -> Status {
         ApiError::Contended(_) => Status::aborted(error.to_string()),
         ApiError::Store(_) => Status::unavailable(error.to_string()),
         ApiError::Decode(_) | ApiError::Secrets(_) => Status::internal(error.to_string()),
-        ApiError::ConfigNotFound(_) => Status::not_found(error.to_string()),
+        ApiError::ConfigNotFound(_) | ApiError::NodeNotFound(_) => Status::not_found(error.to_string()),
+        ApiError::Precondition(_) => Status::failed_precondition(error.to_string()),
         ApiError::NoSecretsKey => Status::failed_precondition(error.to_string()),
     }
 }
@@ -109,6 +110,17 @@ impl Api for ApiRpc {
     async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
         let nodes = self.api.list_nodes().await.map_err(status)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn set_node_scheduling(&self, request: Request<pb::SetNodeSchedulingRequest>) -> Result<Response<pb::Node>, Status> {
+        let request = request.into_inner();
+        self.api.set_node_scheduling(&request.node, request.unschedulable, request.drain).await.map(Response::new).map_err(status)
+    }
+
+    async fn delete_node(&self, request: Request<pb::DeleteNodeRequest>) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        let request = request.into_inner();
+        let replicas = self.api.delete_node(&request.node, request.force).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteNodeResponse { replicas }))
     }
 
     type LogsStream = super::proxy::LogStream;

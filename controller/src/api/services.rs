@@ -38,6 +38,23 @@ pub enum ApiError {
     NoSecretsKey,
     #[error("secrets: {0}")]
     Secrets(#[from] orch_api::secrets::SecretsError),
+    #[error("node {0:?} is not registered")]
+    NodeNotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+}
+
+impl From<crate::nodes::NodeError> for ApiError {
+    fn from(error: crate::nodes::NodeError) -> ApiError {
+        use crate::nodes::NodeError;
+        match error {
+            NodeError::Store(e) => ApiError::Store(e),
+            NodeError::Decode(e) => ApiError::Decode(e),
+            NodeError::Unknown(node) => ApiError::NodeNotFound(node),
+            NodeError::StillReady(_) => ApiError::Precondition(error.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
 }
 
 impl MaybeConflict for ApiError {
@@ -417,11 +434,18 @@ impl ServiceApi {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, ApiError> {
-        crate::nodes::list_nodes(self.store.as_ref()).await.map_err(|e| match e {
-            crate::nodes::NodeError::Store(e) => ApiError::Store(e),
-            crate::nodes::NodeError::Decode(e) => ApiError::Decode(e),
-            other => ApiError::BadRequest(other.to_string()),
-        })
+        Ok(crate::nodes::list_nodes(self.store.as_ref()).await?)
+    }
+
+    /// Cordons, drains or uncordons a node (the reconciler's Killing events say which
+    /// replicas a drain replaces).
+    pub async fn set_node_scheduling(&self, node: &str, unschedulable: bool, drain: bool) -> Result<pb::Node, ApiError> {
+        Ok(crate::nodes::set_scheduling(self.store.as_ref(), node, unschedulable, drain).await?)
+    }
+
+    /// Forgets a node; the replicas that were bound to it.
+    pub async fn delete_node(&self, node: &str, force: bool) -> Result<Vec<String>, ApiError> {
+        Ok(crate::nodes::delete_node(self.store.as_ref(), node, force).await?)
     }
 
     pub async fn list_events(&self, object: Option<&str>) -> Result<Vec<pb::Event>, ApiError> {

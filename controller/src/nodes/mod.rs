@@ -11,5 +11,5 @@ mod session;
 mod status;
 
 pub use cidr::{next_free_index, node_subnet};
-pub use registry::{list_nodes, NodeError, NodeRegistry};
+pub use registry::{delete_node, list_nodes, set_scheduling, NodeError, NodeRegistry};
 pub use status::{status_writes, StatusWrite};

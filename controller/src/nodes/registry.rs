@@ -19,6 +19,8 @@ pub enum NodeError {
     Invalid(String),
     #[error("node {0:?} is not registered")]
     Unknown(String),
+    #[error("node {0:?} is Ready: drain it and stop its agent first (or force: its agent registers it again)")]
+    StillReady(String),
     #[error("the cluster pod network has no free /24 left")]
     Exhausted,
     #[error("too much contention on {0}; try again")]
@@ -77,6 +79,7 @@ impl NodeRegistry {
                 allocated: None,
                 conditions: Vec::new(),
                 pod_subnet: Some(pod_subnet.into()),
+                scheduling: None,
             };
             self.store.put(&key, keys::encode(&node), expect).await?;
             let lease = self.store.grant_lease(self.lease_ttl).await?;
@@ -134,10 +137,15 @@ pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
     for kv in store.list(keys::NODE_CONDITIONS).await?.items {
         conditions.insert(kv.key[keys::NODE_CONDITIONS.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
     }
+    let mut scheduling: BTreeMap<String, pb::NodeScheduling> = BTreeMap::new();
+    for kv in store.list(keys::NODE_SCHEDULING).await?.items {
+        scheduling.insert(kv.key[keys::NODE_SCHEDULING.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
+    }
     for node in &mut nodes {
         let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
         node.ready = alive.contains(&name);
         node.conditions = conditions.remove(&name).map(|c| c.conditions).unwrap_or_default();
+        node.scheduling = scheduling.remove(&name);
         let mut allocated = pb::ResourceList::default();
         for replica in replicas.iter().filter(|r| r.node == name) {
             if let Some(requests) = replica.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()) {
@@ -149,4 +157,49 @@ pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
         node.allocated = Some(allocated);
     }
     Ok(nodes)
+}
+
+/// Cordons (`unschedulable`), drains (`drain`: cordoned, and its replicas replaced
+/// elsewhere by the reconciler) or, with both false, uncordons a registered node;
+/// returns it as listed.
+pub async fn set_scheduling(store: &dyn Store, node: &str, unschedulable: bool, drain: bool) -> Result<pb::Node, NodeError> {
+    if store.get(&keys::node(node)).await?.is_none() {
+        return Err(NodeError::Unknown(node.to_owned()));
+    }
+    let key = keys::node_scheduling(node);
+    if unschedulable || drain {
+        let since_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let scheduling = pb::NodeScheduling { unschedulable: true, draining: drain, since_unix_ms };
+        store.put(&key, keys::encode(&scheduling), Expect::Any).await?;
+    } else {
+        store.delete(&key, Expect::Any).await?;
+    }
+    list_nodes(store).await?.into_iter().find(|n| n.info.as_ref().is_some_and(|i| i.name == node)).ok_or_else(|| NodeError::Unknown(node.to_owned()))
+}
+
+/// Forgets a node that is gone for good: its record, liveness, scheduling, conditions,
+/// the status its agent reported and its pod subnet (free for the next node). The
+/// replicas bound to it (returned) are replaced elsewhere by the reconciler, as a lost
+/// node's are. A Ready node is refused unless `force`.
+pub async fn delete_node(store: &dyn Store, node: &str, force: bool) -> Result<Vec<String>, NodeError> {
+    let key = keys::node(node);
+    let Some(record) = store.get(&key).await? else {
+        return Err(NodeError::Unknown(node.to_owned()));
+    };
+    if !force && store.get(&keys::node_alive(node)).await?.is_some() {
+        return Err(NodeError::StillReady(node.to_owned()));
+    }
+    // The record first: once it is gone the node counts as lost, whatever is left.
+    store.delete(&key, Expect::Revision(record.mod_revision)).await?;
+    for other in [keys::node_alive(node), keys::node_scheduling(node), keys::node_conditions(node)] {
+        store.delete(&other, Expect::Any).await?;
+    }
+    for kv in store.list(&keys::status_of_node(node)).await?.items {
+        store.delete(&kv.key, Expect::Revision(kv.mod_revision)).await?;
+    }
+    for kv in store.list(keys::NODE_SUBNETS).await?.items.into_iter().filter(|kv| kv.value == node.as_bytes()) {
+        store.delete(&kv.key, Expect::Revision(kv.mod_revision)).await?;
+    }
+    let replicas: Vec<pb::Replica> = keys::decode_all(&store.list(keys::REPLICAS).await?.items)?;
+    Ok(replicas.into_iter().filter(|r| r.node == node).map(|r| r.id).collect())
 }

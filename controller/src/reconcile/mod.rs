@@ -157,7 +157,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         let facts: Vec<rollout::Member> = members
             .iter()
             .map(|m| rollout::Member {
-                current: m.value.spec_hash == service.value.spec_hash && !duplicate(&m.value),
+                // A replica on a draining node is outdated wherever its template is.
+                current: m.value.spec_hash == service.value.spec_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node),
                 bound: !m.value.node.is_empty(),
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
@@ -173,6 +174,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             let why = match member.value.slot {
                 Some(slot) if duplicate(&member.value) => format!("a second replica of slot {slot}"),
                 _ if facts[index].current => "scaled down".to_owned(),
+                _ if state.is_draining(&member.value.node) => format!("node {} is being drained", member.value.node),
                 _ => "replaced by the new template".to_owned(),
             };
             plan.actions.push(Action::Delete { key: member.key.clone(), revision: member.mod_revision });
@@ -200,7 +202,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     let surviving: Vec<&Versioned<pb::Replica>> = state.replicas.values().filter(|r| !deleted.contains(r.key.as_str())).collect();
     let view = cluster_view(state, lost_nodes, &surviving);
     let unbound: Vec<&Versioned<pb::Replica>> = surviving.iter().copied().filter(|r| r.value.node.is_empty()).collect();
-    let usable_node = |node: &str| state.nodes.contains_key(node) && !lost_nodes.contains(node);
+    // A draining node gives up its slots' data too: the replicas move, the data stays.
+    let usable_node = |node: &str| state.nodes.contains_key(node) && !lost_nodes.contains(node) && !state.is_draining(node);
     // The claim of a replica with local volumes, if it has a slot.
     let claim_of = |r: &pb::Replica| -> Option<Option<&Versioned<pb::VolumeClaim>>> {
         let slot = r.slot.filter(|_| r.spec.as_ref().is_some_and(orch_api::manifest::has_local_volumes))?;
@@ -237,8 +240,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 EventKind::DataLeftBehind,
                 format!("replica/{}", r.id),
                 format!(
-                    "the local volumes of slot {slot} stayed on node {}, which is lost; this replica starts with empty ones on node {node}",
-                    old.value.node
+                    "the local volumes of slot {slot} stayed on node {}, which is {}; this replica starts with empty ones on node {node}",
+                    old.value.node,
+                    if state.is_draining(&old.value.node) { "being drained" } else { "lost" }
                 ),
             );
         }
@@ -348,6 +352,7 @@ pub fn cluster_view(state: &ClusterState, lost_nodes: &BTreeSet<String>, replica
             NodeView {
                 name: name.clone(),
                 ready: state.alive.contains(name) && !lost_nodes.contains(name),
+                unschedulable: state.is_unschedulable(name),
                 labels: info.labels.into_iter().collect(),
                 allocatable: Resources { cpu_millis: capacity.cpu_millis, memory_bytes: capacity.memory_bytes },
                 ..NodeView::default()

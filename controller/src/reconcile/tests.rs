@@ -38,6 +38,7 @@ fn node(name: &str, cpu_millis: u64) -> pb::Node {
         pod_cidr: "10.88.1.0/24".into(),
         allocated: None,
         pod_subnet: None,
+        scheduling: None,
     }
 }
 
@@ -262,6 +263,61 @@ fn a_new_template_rolls_replicas_over_as_they_become_ready() {
         }
         world.report_all_ready();
     }
+}
+
+impl World {
+    fn set_scheduling(&mut self, node: &str, unschedulable: bool, draining: bool) {
+        let revision = self.bump();
+        let value = pb::NodeScheduling { unschedulable, draining, since_unix_ms: 0 };
+        self.state.scheduling.insert(node.into(), Versioned { key: keys::node_scheduling(node), value, mod_revision: revision });
+    }
+}
+
+#[test]
+fn a_cordoned_node_keeps_its_replicas_and_takes_no_new_one() {
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 2, "h1"));
+    world.converge(&[]);
+    let before = world.placement();
+    world.set_scheduling("n1", true, false);
+    world.converge(&[]);
+    assert_eq!(world.placement(), before, "cordoning moves nothing");
+    world.put_service(service("web", 4, "h1"));
+    world.converge(&[]);
+    let on_n1 = world.placement().iter().filter(|(_, n)| n == "n1").count();
+    assert_eq!((world.placement().len(), on_n1), (4, 1), "the new replicas all went to n2");
+}
+
+#[test]
+fn draining_replaces_a_nodes_replicas_elsewhere_within_the_update_bounds() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    let drained: Vec<String> = world.placement().into_iter().filter(|(_, n)| n == "n1").map(|(id, _)| id).collect();
+    assert_eq!(drained.len(), 1);
+    world.set_scheduling("n1", true, true);
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        assert!(passes < 30, "the drain does not finish: {:?}", world.placement());
+        let plan = world.plan(&[]);
+        world.apply(&plan);
+        let all: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
+        assert!(all.len() <= 4, "maxSurge 25% of 3 rounds up to 1: {} replicas", all.len());
+        let ready = all.iter().filter(|r| world.state.is_ready(r)).count();
+        assert!(ready >= 3, "maxUnavailable 25% of 3 rounds down to 0: the replacement is ready before the old one goes ({ready} ready)");
+        if all.len() == 3 && all.iter().all(|r| r.node != "n1") && plan.actions.is_empty() {
+            break;
+        }
+        world.report_all_ready();
+    }
+    let kept: Vec<String> = world.placement().into_iter().map(|(id, _)| id).collect();
+    assert!(drained.iter().all(|id| !kept.contains(id)), "the drained replica is gone");
+    world.set_scheduling("n1", false, false);
+    world.converge(&[]);
+    assert!(world.placement().iter().all(|(_, n)| n != "n1"), "uncordoning moves nothing back");
 }
 
 #[test]

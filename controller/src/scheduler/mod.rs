@@ -2,8 +2,9 @@
 //! replicas to a plan of bindings (Nomad's split: something else commits the plan, by
 //! compare-and-swap). No IO, no async, so it is table-tested and benchmarked in-process.
 //!
-//! Filters: the node holding the replica's local volumes if it has any, node ready, requests fit what is left of allocatable, node selector, node
-//! port conflicts. Scores: fewest replicas of the same service on the node first
+//! Filters: the node holding the replica's local volumes if it has any, node ready, not
+//! cordoned, requests fit what is left of allocatable, node selector, node port
+//! conflicts. Scores: fewest replicas of the same service on the node first
 //! (spread), then least allocated; ties go to the node name, so plans are deterministic.
 
 mod view;
@@ -27,6 +28,7 @@ pub struct Plan {
 enum Rejection {
     LocalDataElsewhere,
     NotReady,
+    Unschedulable,
     SelectorMismatch,
     NodePortConflict,
     InsufficientCpu,
@@ -38,6 +40,7 @@ impl Rejection {
         match self {
             Rejection::LocalDataElsewhere => "without its slot's local volumes",
             Rejection::NotReady => "not ready",
+            Rejection::Unschedulable => "cordoned",
             Rejection::SelectorMismatch => "node selector mismatch",
             Rejection::NodePortConflict => "node port in use",
             Rejection::InsufficientCpu => "insufficient cpu",
@@ -77,6 +80,9 @@ impl<'a> Working<'a> {
         }
         if !node.ready {
             return Err(Rejection::NotReady);
+        }
+        if node.unschedulable {
+            return Err(Rejection::Unschedulable);
         }
         if !selector_ok {
             return Err(Rejection::SelectorMismatch);

@@ -117,3 +117,14 @@ fn a_replica_with_local_data_goes_to_its_node_only() {
     let stuck = schedule(&view, &[pinned("db-2", "c")]);
     assert_eq!(stuck.unschedulable, [("db-2".to_owned(), "0/3 nodes: 2 without its slot's local volumes, 1 not ready".to_owned())]);
 }
+
+#[test]
+fn a_cordoned_node_takes_no_new_replica_and_says_so() {
+    let mut cordoned = node("a", 4000, 8);
+    cordoned.unschedulable = true;
+    let view = ClusterView { nodes: vec![cordoned.clone(), node("b", 4000, 8)] };
+    let plan = schedule(&view, &[replica("web-0", "web", 100, 0), replica("web-1", "web", 100, 0)]);
+    assert_eq!(bound(&plan), [("web-0", "b"), ("web-1", "b")], "spread gives way: only b takes replicas");
+    let plan = schedule(&ClusterView { nodes: vec![cordoned] }, &[replica("web-0", "web", 100, 0)]);
+    assert_eq!(plan.unschedulable, [("web-0".to_owned(), "0/1 nodes: 1 cordoned".to_owned())]);
+}

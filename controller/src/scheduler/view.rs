@@ -13,6 +13,8 @@ pub struct Resources {
 pub struct NodeView {
     pub name: String,
     pub ready: bool,
+    /// Cordoned (or draining): takes no new replica.
+    pub unschedulable: bool,
     pub labels: BTreeMap<String, String>,
     pub allocatable: Resources,
     /// What the replicas already bound to it request.
