@@ -160,6 +160,29 @@ impl World {
     }
 }
 
+impl World {
+    /// Plans, applies and reports every bound replica ready, pass after pass, until the
+    /// 3 replicas of a service with the default bounds all satisfy `done`; at every
+    /// step at most 4 exist (maxSurge 25% of 3 rounds up to 1) and at least 3 are ready
+    /// (maxUnavailable 25% of 3 rounds down to 0: a replacement is ready before the
+    /// replica it replaces goes).
+    fn roll_three_until(&mut self, what: &str, done: impl Fn(&pb::Replica) -> bool) {
+        for _ in 0..30 {
+            let plan = self.plan(&[]);
+            self.apply(&plan);
+            let all: Vec<&pb::Replica> = self.state.replicas.values().map(|r| &r.value).collect();
+            assert!(all.len() <= 4, "{what}: {} replicas, more than maxSurge allows", all.len());
+            let ready = all.iter().filter(|r| self.state.is_ready(r)).count();
+            assert!(ready >= 3, "{what}: {ready} ready, fewer than maxUnavailable allows");
+            if all.len() == 3 && all.iter().all(|r| done(r)) && plan.actions.is_empty() {
+                return;
+            }
+            self.report_all_ready();
+        }
+        panic!("{what} does not finish: {:?}", self.placement());
+    }
+}
+
 #[test]
 fn a_new_service_gets_its_replicas_bound_and_spread() {
     let mut world = World::new(&["n1", "n2", "n3"]);
@@ -248,21 +271,7 @@ fn a_new_template_rolls_replicas_over_as_they_become_ready() {
     world.report_all_ready();
     world.converge(&[]);
     world.put_service(service("web", 3, "h2"));
-    let mut passes = 0;
-    loop {
-        passes += 1;
-        assert!(passes < 30, "the rollout does not finish: {:?}", world.placement());
-        let plan = world.plan(&[]);
-        world.apply(&plan);
-        let all: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
-        assert!(all.len() <= 4, "maxSurge 25% of 3 rounds up to 1: {} replicas", all.len());
-        let ready = all.iter().filter(|r| world.state.is_ready(r)).count();
-        assert!(ready >= 3, "maxUnavailable 25% of 3 rounds down to 0: {ready} ready");
-        if all.len() == 3 && all.iter().all(|r| r.spec_hash == "h2") && plan.actions.is_empty() {
-            break;
-        }
-        world.report_all_ready();
-    }
+    world.roll_three_until("the rollout", |r| r.spec_hash == "h2");
 }
 
 impl World {
@@ -298,21 +307,7 @@ fn draining_replaces_a_nodes_replicas_elsewhere_within_the_update_bounds() {
     let drained: Vec<String> = world.placement().into_iter().filter(|(_, n)| n == "n1").map(|(id, _)| id).collect();
     assert_eq!(drained.len(), 1);
     world.set_scheduling("n1", true, true);
-    let mut passes = 0;
-    loop {
-        passes += 1;
-        assert!(passes < 30, "the drain does not finish: {:?}", world.placement());
-        let plan = world.plan(&[]);
-        world.apply(&plan);
-        let all: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
-        assert!(all.len() <= 4, "maxSurge 25% of 3 rounds up to 1: {} replicas", all.len());
-        let ready = all.iter().filter(|r| world.state.is_ready(r)).count();
-        assert!(ready >= 3, "maxUnavailable 25% of 3 rounds down to 0: the replacement is ready before the old one goes ({ready} ready)");
-        if all.len() == 3 && all.iter().all(|r| r.node != "n1") && plan.actions.is_empty() {
-            break;
-        }
-        world.report_all_ready();
-    }
+    world.roll_three_until("the drain", |r| r.node != "n1");
     let kept: Vec<String> = world.placement().into_iter().map(|(id, _)| id).collect();
     assert!(drained.iter().all(|id| !kept.contains(id)), "the drained replica is gone");
     world.set_scheduling("n1", false, false);
