@@ -89,7 +89,7 @@ fn fail<'p, E: Display>(path: &'p Path, step: &'static str) -> impl FnOnce(E) ->
 }
 
 /// The most memory the store's page cache takes.
-const STORE_CACHE_BYTES: usize = 16 << 20;
+const STORE_CACHE_BYTES: usize = 1 << 20;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves no broken invariant behind (the data
