@@ -127,20 +127,23 @@ impl NodeRegistry {
     }
 }
 
+/// The records under `prefix` (`…/<node>`), decoded, by node name.
+async fn per_node<T: prost::Message + Default>(store: &dyn Store, prefix: &str) -> Result<BTreeMap<String, T>, NodeError> {
+    let mut records = BTreeMap::new();
+    for kv in store.list(prefix).await?.items {
+        records.insert(kv.key[prefix.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
+    }
+    Ok(records)
+}
+
 /// Every registered node, Ready while its lease is alive, with what the replicas bound
 /// to it request.
 pub async fn list_nodes(store: &dyn Store) -> Result<Vec<pb::Node>, NodeError> {
     let alive: BTreeSet<String> = store.list(keys::NODES_ALIVE).await?.items.into_iter().map(|kv| kv.key[keys::NODES_ALIVE.len()..].to_owned()).collect();
     let mut nodes: Vec<pb::Node> = keys::decode_all(&store.list(keys::NODES).await?.items)?;
     let replicas: Vec<pb::Replica> = keys::decode_all(&store.list(keys::REPLICAS).await?.items)?;
-    let mut conditions: BTreeMap<String, pb::NodeConditions> = BTreeMap::new();
-    for kv in store.list(keys::NODE_CONDITIONS).await?.items {
-        conditions.insert(kv.key[keys::NODE_CONDITIONS.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
-    }
-    let mut scheduling: BTreeMap<String, pb::NodeScheduling> = BTreeMap::new();
-    for kv in store.list(keys::NODE_SCHEDULING).await?.items {
-        scheduling.insert(kv.key[keys::NODE_SCHEDULING.len()..].to_owned(), keys::decode(&kv.key, &kv.value)?);
-    }
+    let mut conditions: BTreeMap<String, pb::NodeConditions> = per_node(store, keys::NODE_CONDITIONS).await?;
+    let mut scheduling: BTreeMap<String, pb::NodeScheduling> = per_node(store, keys::NODE_SCHEDULING).await?;
     for node in &mut nodes {
         let name = node.info.as_ref().map(|i| i.name.clone()).unwrap_or_default();
         node.ready = alive.contains(&name);

@@ -179,7 +179,7 @@ pub fn load_sources<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)> + 
 fn hide_secret_value(path: String, message: String) -> (String, String) {
     if path == "data" || path == "binaryData" {
         (path, "must be a mapping of keys to strings; the value is not shown".to_owned())
-    } else if ["data.", "data[", "binaryData.", "binaryData["].iter().any(|prefix| path.starts_with(prefix)) {
+    } else if matches!(path.split(['.', '[']).next(), Some("data" | "binaryData")) {
         (path, "must be a string (quote a number or a boolean); the value is not shown".to_owned())
     } else {
         (path, message)
