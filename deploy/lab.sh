@@ -14,6 +14,8 @@
 #   sudo bash deploy/lab.sh partition K   # cut node K's link
 #   sudo bash deploy/lab.sh heal K        # restore it
 #   sudo bash deploy/lab.sh restart-controller [C] [--kill]   # SIGTERM (SIGKILL) controller C (1), start it again
+#   sudo bash deploy/lab.sh stop-controller [C] [--kill]      # the first half alone: controller C is down
+#   sudo bash deploy/lab.sh start-controller [C]              # the second half: start it, wait until it answers
 #   sudo bash deploy/lab.sh kill-agent K      # kill -9 node K's agent alone (its containers run on)
 #   sudo bash deploy/lab.sh start-agent K     # start it again, on the same state
 #   sudo bash deploy/lab.sh stop-etcd         # stop the store (SIGTERM, as an outage)
@@ -113,21 +115,40 @@ start_controller() {
         --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s
 }
 
-cmd_restart_controller() {
+# stop-controller / restart-controller: [C] [--kill] in any order.
+cmd_stop_controller() {
     local c=1 signal=TERM arg
     for arg in "$@"; do
         case "$arg" in
             --kill) signal=KILL ;;
             [12]) c="$arg" ;;
-            *) die "restart-controller [C] [--kill]: C is 1 or 2, got '$arg'" ;;
+            *) die "stop-controller|restart-controller [C] [--kill]: C is 1 or 2, got '$arg'" ;;
         esac
     done
     [ -f "$dir/store" ] || die "no lab named $name is up"
     if alive "controller$c"; then
         stop_pid "$signal" "$(pid_of "controller$c")" "controller$c"
     fi
+    echo "controller$c stopped (SIG$signal)"
+}
+
+cmd_start_controller() {
+    local c="${1:-1}"
+    case "$c" in [12]) ;; *) die "start-controller [C]: C is 1 or 2, got '$c'" ;; esac
+    [ -f "$dir/store" ] || die "no lab named $name is up"
+    alive "controller$c" && die "controller$c runs already (PID $(pid_of "controller$c"))"
     start_controller "$c"
     wait_for "controller $c" "orch_cli --server $(controller_address "$c") get nodes >/dev/null 2>&1"
+    echo "controller$c started (PID $(pid_of "controller$c"))"
+}
+
+cmd_restart_controller() {
+    local c=1 arg
+    for arg in "$@"; do
+        case "$arg" in [12]) c="$arg" ;; esac
+    done
+    cmd_stop_controller "$@" >/dev/null
+    cmd_start_controller "$c" >/dev/null
     echo "controller$c restarted (PID $(pid_of "controller$c"))"
 }
 
@@ -190,7 +211,9 @@ cmd_up() {
     echo "$n" >"$dir/nodes"
 
     step "lab bridge $bridge at $host_address/24"
-    ip link add "$bridge" type bridge
+    # An address of its own: a bridge without one takes its lowest port's, and changes
+    # it (under every neighbour's ARP cache) as ports come and go.
+    ip link add "$bridge" address "$(printf '02:42:0a:fa:%02x:01' "$net")" type bridge
     ip addr add "$host_address/24" dev "$bridge"
     ip link set "$bridge" up
     for k in $(seq 1 "$n"); do
@@ -333,11 +356,13 @@ case "${1:-}" in
     partition) cmd_partition "${2:-}" ;;
     heal) cmd_heal "${2:-}" ;;
     restart-controller) shift; cmd_restart_controller "$@" ;;
+    stop-controller) shift; cmd_stop_controller "$@" ;;
+    start-controller) cmd_start_controller "${2:-}" ;;
     kill-agent) cmd_kill_agent "${2:-}" ;;
     start-agent) cmd_start_agent "${2:-}" ;;
     stop-etcd) cmd_stop_etcd ;;
     start-etcd) cmd_start_etcd ;;
     slow-link) cmd_slow_link "${2:-}" "${3:-}" ;;
     fast-link) cmd_fast_link "${2:-}" ;;
-    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | kill-agent K | start-agent K | stop-etcd | start-etcd | slow-link K RATE | fast-link K" ;;
+    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | stop-controller [C] [--kill] | start-controller [C] | kill-agent K | start-agent K | stop-etcd | start-etcd | slow-link K RATE | fast-link K" ;;
 esac

@@ -122,6 +122,16 @@ impl Drop for NetLab {
     }
 }
 
+/// The bridge has the address it was given, its gateway's (`02:42` and the IPv4
+/// octets), whatever ports joined or left: a bridge without one follows its lowest
+/// port's, under every neighbour's ARP cache (a response through the VIP then waits
+/// seconds in retransmissions).
+fn assert_bridge_keeps_its_address(lab: &NetLab, when: &str) {
+    let [a, b, c, d] = lab.subnet.gateway().octets();
+    let address = std::fs::read_to_string(format!("/sys/class/net/{}/address", lab.bridge)).expect("the bridge's address");
+    assert_eq!(address.trim(), format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}"), "{when}");
+}
+
 /// The script of a backend: serve its hostname over HTTP on port 80.
 const SERVE_HOSTNAME: &str = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 80 -h /www";
 
@@ -222,6 +232,7 @@ async fn the_balancer_spreads_load_evenly_and_loses_no_request_when_backends_go(
         assert!((80..=120).contains(count), "{backend} got {count} of 300: {counts:?}");
     }
     network.detach("client").await.expect("detach");
+    assert_bridge_keeps_its_address(&lab, "after four containers joined the bridge and one left");
 
     // The node port forwards into the same balancer.
     let node_port = SocketAddrV4::new(lab.subnet.gateway(), lab.node_port);
@@ -268,6 +279,7 @@ async fn the_balancer_spreads_load_evenly_and_loses_no_request_when_backends_go(
     }
     let view = network.view().await.expect("view");
     assert!(view.containers.is_empty(), "addresses released: {:?}", view.containers);
+    assert_bridge_keeps_its_address(&lab, "after every container left");
     network.teardown(true).await.expect("teardown");
     lab.assert_no_network_left();
 }

@@ -301,7 +301,7 @@ async fn configs_and_secrets_reach_the_container_and_no_disk() {
     let old: Vec<String> = replicas.iter().map(|r| r.id.clone()).collect();
     cluster.wait_replicas("site", "the rollout to the new page", |r| r.len() == 2 && r.iter().all(|x| running_ready(x) && !old.contains(&x.id))).await;
     let (answers, failures) = tokio::task::spawn_blocking(move || load.join()).await.expect("join").expect("the load thread");
-    assert!(failures.is_empty(), "requests lost during the rollout: {failures:?} (answers {answers:?})");
+    assert!(failures.is_empty(), "requests lost during the rollout: {failures:?} (answers {answers:?})\nagent log:\n{}", cluster.agent_log());
     assert!(answers.contains_key("page one") && answers.contains_key("page two"), "{answers:?}");
     let events = cluster.events_of("").await;
     assert!(!events.iter().any(|e| e.message.contains(SECRET)), "an event carries the secret");

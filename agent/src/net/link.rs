@@ -32,8 +32,16 @@ pub async fn require_index(handle: &Handle, name: &str) -> Result<u32, NetError>
     index_of(handle, name).await?.ok_or_else(|| NetError::NoSuchLink(name.to_owned()))
 }
 
-/// The bridge `name`, created if missing, and up.
-pub async fn ensure_bridge(handle: &Handle, name: &str) -> Result<u32, NetError> {
+/// The bridge `name`, created if missing, with the MAC address `mac`, and up.
+///
+/// A Linux bridge given no address of its own takes the lowest of its ports' and
+/// changes it whenever a port with a lower one joins or the lowest leaves — with
+/// containers coming and going, every few starts. Whoever cached the old one (the
+/// balancer namespace, every container: the bridge is their gateway) then sends to an
+/// address nobody has until its ARP entry is probed again, seconds later: a response
+/// relayed through a VIP at that moment waited 10 s in retransmissions (seen in the
+/// rollout tests). A bridge whose address was set keeps it, as Docker's and CNI's do.
+pub async fn ensure_bridge(handle: &Handle, name: &str, mac: [u8; 6]) -> Result<u32, NetError> {
     if index_of(handle, name).await?.is_none() {
         match handle.link().add(LinkBridge::new(name).build()).execute().await {
             Ok(()) => {}
@@ -42,6 +50,7 @@ pub async fn ensure_bridge(handle: &Handle, name: &str) -> Result<u32, NetError>
         }
     }
     let index = require_index(handle, name).await?;
+    set_mac(handle, index, name, mac).await?;
     set_up(handle, index, name).await?;
     Ok(index)
 }
@@ -60,9 +69,9 @@ pub async fn set_mac(handle: &Handle, index: u32, name: &str, mac: [u8; 6]) -> R
         .map_err(NetError::netlink(format!("set the MAC address of {name}")))
 }
 
-/// A container interface's MAC address derived from its IPv4 address (Docker's
-/// `02:42:a:b:c:d`): a replica restarted with the same address keeps the same MAC, so
-/// neighbours' ARP caches stay right and traffic resumes at once.
+/// An interface's MAC address derived from its IPv4 address (Docker's `02:42:a:b:c:d`):
+/// a replica restarted with the same address keeps the same MAC, so neighbours' ARP
+/// caches stay right and traffic resumes at once; a bridge keeps its gateway's.
 pub fn mac_for(address: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = address.octets();
     [0x02, 0x42, a, b, c, d]

@@ -108,7 +108,7 @@ impl NodeNetwork {
         let handle = node.netlink()?;
         let subnet = config.subnet;
         let created_bridge = link::index_of(&handle, &config.bridge).await?.is_none();
-        let bridge_index = link::ensure_bridge(&handle, &config.bridge).await?;
+        let bridge_index = link::ensure_bridge(&handle, &config.bridge, link::mac_for(subnet.gateway())).await?;
         link::add_address(&handle, bridge_index, subnet.gateway(), subnet.prefix).await?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         egress::Egress { bridge: config.bridge.clone(), pod_subnet: subnet, cluster: config.cluster_cidr, services: config.service_cidr }

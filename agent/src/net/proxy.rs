@@ -215,15 +215,18 @@ async fn copy_until_idle(client: &mut TcpStream, upstream: &mut TcpStream, idle:
 
 async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, idle: Duration) {
     for endpoint in backends.order() {
+        backends.connected(endpoint);
         match connect(sockets.as_deref(), endpoint).await {
+            // Counted from the connect on: a replica stopping waits for a connection
+            // still being made to it too.
             Ok(mut upstream) => {
-                backends.connected(endpoint);
                 copy_until_idle(&mut client, &mut upstream, idle).await;
                 backends.disconnected(endpoint);
                 return;
             }
             Err(e) => {
                 tracing::debug!(%endpoint, error = %e, "endpoint refused a connection; trying the next");
+                backends.disconnected(endpoint);
                 backends.failed(endpoint);
             }
         }

@@ -364,6 +364,7 @@ impl Agent {
             }
         }
         let mut table: Vec<ServiceEndpoints> = usable(&set.endpoints);
+        self.ctx.services.announce(&table);
         for service in &mut table {
             service.ready.retain(|ip| !self.leaving.values().any(|leaving| leaving == ip));
         }

@@ -37,8 +37,15 @@ pub enum Input {
     Woke,
 }
 
-/// The longest a stopping replica waits for its relayed connections to end.
+/// The longest a stopping replica waits for the balancers to leave it and for its
+/// relayed connections to end.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping replica that was ready waits, once the controller's endpoints
+/// leave it out, for the other nodes' balancers to apply them (they receive them at the
+/// same time; this covers their apply under load). Kubernetes leaves this race to a
+/// `preStop` sleep; orch waits by itself.
+pub const ENDPOINT_PROPAGATION: Duration = Duration::from_secs(1);
 
 /// What the task does, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +62,13 @@ pub enum Effect {
     Start,
     /// The container runs: record its PID and address, start the probes.
     Running { ready: bool, adopted: bool },
-    /// Wait (at most `limit`) until the connections this node's balancer relays to the
-    /// replica have ended: it left the balancer's table before it was told to stop, so
-    /// the requests under way finish before the signal (connection draining).
-    Drain { limit: Duration },
+    /// Wait (at most `limit`) until no balancer routes new connections to the replica
+    /// and the connections this node's balancer relays to it have ended, so the
+    /// requests under way finish before the signal (connection draining). It left this
+    /// node's table before it was told to stop; when it was `listed` (ready, so in the
+    /// controller's endpoints, which every node balances), the wait covers the others:
+    /// until the controller's endpoints leave it out, then [`ENDPOINT_PROPAGATION`].
+    Drain { limit: Duration, listed: bool },
     /// Stop the container: `signal`, then SIGKILL after `grace`; report [`Input::Exited`].
     Kill { signal: Signal, grace: Duration },
     /// Keep the crash evidence of the run that ended (exit, OOMKilled, last output).
@@ -262,10 +272,11 @@ impl Lifecycle {
     fn stop(&mut self) -> Vec<Effect> {
         match self.state {
             State::Running { .. } | State::Restarting => {
+                let listed = matches!(self.state, State::Running { ready: true });
                 self.state = State::Terminating;
                 vec![
                     phase(pb::ReplicaPhase::Terminating, false, ""),
-                    Effect::Drain { limit: self.grace.min(DRAIN_LIMIT) },
+                    Effect::Drain { limit: self.grace.min(DRAIN_LIMIT), listed },
                     Effect::Kill { signal: Signal::SIGTERM, grace: self.grace },
                 ]
             }
@@ -474,11 +485,14 @@ mod tests {
             effects,
             [
                 phase(pb::ReplicaPhase::Terminating, false, ""),
-                Effect::Drain { limit: Duration::from_secs(5) },
+                Effect::Drain { limit: Duration::from_secs(5), listed: true },
                 Effect::Kill { signal: Signal::SIGTERM, grace: Duration::from_secs(5) }
             ]
         );
         assert_eq!(lifecycle.on(Input::Ready(true, String::new()), now), [], "a late probe verdict changes nothing");
+        let not_ready = pb::Probes { readiness: Some(pb::Probe::default()), ..Default::default() };
+        let stopped_unready = running(&record(pb::RestartPolicy::Always, Some(not_ready)), now).on(Input::Stop, now);
+        assert_eq!(stopped_unready[1], Effect::Drain { limit: Duration::from_secs(5), listed: false }, "never ready, so in no balancer: no wait for them");
         assert_eq!(lifecycle.on(Input::Exited(exit(143)), now), [Effect::RemoveContainer, Effect::CleanUp], "no restart, no evidence");
         assert_eq!(lifecycle.state(), State::Gone);
         for state_before in ["preparing", "backing off"] {

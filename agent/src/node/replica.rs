@@ -25,7 +25,7 @@ use super::backends::RunningContainer;
 use super::board::RunningReplica;
 use super::context::NodeContext;
 use super::convert::{confinement_of, env_of, limits_of, pull_policy};
-use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State};
+use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State, ENDPOINT_PROPAGATION};
 use super::logs;
 use super::probe::{run_probes, ProbeEvent, ProbeTarget};
 use super::volumes::{self, HeldVolumes};
@@ -330,7 +330,7 @@ impl Supervisor {
                 });
             }
             Effect::Running { ready, adopted } => self.running(ready, adopted),
-            Effect::Drain { limit } => self.drain(limit).await,
+            Effect::Drain { limit, listed } => self.drain(limit, listed).await,
             Effect::Kill { signal, grace } => {
                 let exit = match self.container.as_ref() {
                     Some(container) => container.stop(signal, grace).await,
@@ -359,13 +359,21 @@ impl Supervisor {
         None
     }
 
-    /// Waits, at most `limit`, until no connection relayed by this node's balancer to
-    /// the replica's address is open.
-    async fn drain(&self, limit: std::time::Duration) {
+    /// Waits, at most `limit`, until no balancer routes new connections to the replica
+    /// (when it was `listed`: see [`Effect::Drain`]) and no connection relayed by this
+    /// node's balancer to its address is open.
+    async fn drain(&self, limit: std::time::Duration, listed: bool) {
         let Some(ip) = self.prepared.as_ref().map(|p| p.ip) else { return };
+        let poll = std::time::Duration::from_millis(20);
         let deadline = tokio::time::Instant::now() + limit;
+        if listed {
+            while self.ctx.services.announces(ip) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(poll).await;
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + ENDPOINT_PROPAGATION)).await;
+        }
         while self.ctx.network.active_connections(ip).await > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(poll).await;
         }
     }
 

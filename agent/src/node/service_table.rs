@@ -4,7 +4,8 @@
 //! while it lasts, and a `ListenerOpened` event once it is open; the other listeners are
 //! served all along.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use orch_api::events::EventKind;
@@ -24,6 +25,10 @@ pub const LISTENER_FAILED: &str = "ListenerFailed";
 pub struct ServiceTable {
     /// Held across an apply: applies are one at a time, the latest table last.
     state: tokio::sync::Mutex<TableState>,
+    /// Every ready address of the endpoints the controller last sent, before this node
+    /// took its leaving replicas out of its own table: where every node's balancer
+    /// routes new connections.
+    announced: std::sync::Mutex<BTreeSet<Ipv4Addr>>,
 }
 
 /// Failed listeners by listener and service (a port two services declare fails for
@@ -63,6 +68,18 @@ fn report(board: &StatusBoard, before: &Failures, now: &Failures, owners: &BTree
 }
 
 impl ServiceTable {
+    /// Records the endpoints as the controller sent them (see [`ServiceTable::announces`]).
+    pub fn announce(&self, endpoints: &[ServiceEndpoints]) {
+        let ready = endpoints.iter().flat_map(|service| service.ready.iter().copied()).collect();
+        *self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ready;
+    }
+
+    /// Whether the controller's latest endpoints list `ip`: the other nodes' balancers
+    /// may route new connections to it.
+    pub fn announces(&self, ip: Ipv4Addr) -> bool {
+        self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&ip)
+    }
+
     /// Applies `table` to the node's balancer and reports what could not be opened.
     pub async fn apply(&self, ctx: &NodeContext, table: Vec<ServiceEndpoints>) {
         let mut state = self.state.lock().await;

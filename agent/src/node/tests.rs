@@ -12,6 +12,7 @@ use orch_api::events::EventKind;
 use orch_api::pb;
 
 use super::context::NodeContext;
+use super::lifecycle::ENDPOINT_PROPAGATION;
 use super::{Agent, AgentConfig, Shutdown};
 use crate::testing::{fake_node, Behaviour, Fakes};
 
@@ -428,7 +429,7 @@ async fn a_purge_waits_for_the_slot_locks_and_a_new_apply_calls_it_off() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stopping_replica_leaves_the_table_then_drains_its_connections_before_the_signal() {
+async fn a_stopping_replica_waits_until_no_balancer_routes_to_it_then_drains_its_connections_before_the_signal() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let fakes = Fakes::default();
     let ctx = fake_node("fake", &fakes, dir.path());
@@ -437,21 +438,36 @@ async fn a_stopping_replica_leaves_the_table_then_drains_its_connections_before_
     agent.converge(set(1, vec![desired("web-a", "web:1", always, None)])).await;
     eventually("web-a runs", || running(&ctx, "web-a")).await;
     let ip: Ipv4Addr = status(&ctx, "web-a").ip.parse().expect("an address");
-    fakes.network.set_connections(ip, 2);
+    let endpoints = |ready: &[&str]| {
+        vec![pb::ServiceEndpoints {
+            service: "web".into(),
+            vip: "10.96.0.10".into(),
+            ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
+            ready_ips: ready.iter().map(|ip| (*ip).to_owned()).collect(),
+        }]
+    };
+    let (mine, other) = (ip.to_string(), "10.0.0.99");
 
     // The set that drops web-a still lists it among the endpoints (the controller writes
-    // the two apart): the node takes it out of the table before it stops it.
+    // the two apart): this node takes it out of its own table before it stops it, and
+    // waits while the other nodes' balancers, which got the same endpoints, route to it.
     let mut without = set(2, vec![]);
-    without.endpoints = vec![pb::ServiceEndpoints {
-        service: "web".into(),
-        vip: "10.96.0.10".into(),
-        ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
-        ready_ips: vec![ip.to_string(), "10.0.0.99".into()],
-    }];
+    without.endpoints = endpoints(&[&mine, other]);
     agent.converge(without).await;
-    assert_eq!(fakes.network.services()[0].ready, [Ipv4Addr::new(10, 0, 0, 99)], "out of the table first");
+    assert_eq!(fakes.network.services()[0].ready, [Ipv4Addr::new(10, 0, 0, 99)], "out of this node's table first");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(fakes.runtime.containers().contains("web-a"), "signalled while connections were still relayed to it");
+    assert!(fakes.runtime.containers().contains("web-a"), "signalled while the other nodes' balancers still route to it");
+
+    // The endpoints leave it out: the other nodes get them now and have a moment to apply
+    // them; then the connection this node relays to it ends.
+    fakes.network.set_connections(ip, 1);
+    let mut left = set(3, vec![]);
+    left.endpoints = endpoints(&[other]);
+    agent.converge(left).await;
+    tokio::time::sleep(ENDPOINT_PROPAGATION / 2).await;
+    assert!(fakes.runtime.containers().contains("web-a"), "signalled before the other nodes could apply the endpoints");
+    tokio::time::sleep(ENDPOINT_PROPAGATION).await;
+    assert!(fakes.runtime.containers().contains("web-a"), "signalled while a connection was still relayed to it");
     fakes.network.set_connections(ip, 0);
     eventually("web-a is gone once drained", || !fakes.runtime.containers().contains("web-a")).await;
     drop(ctx);

@@ -107,7 +107,7 @@ impl Cluster {
             .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
             .args(["--upstream-dns", "none"]) // tests never ask the machine's own resolver
             .args(&self.agent_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("ORCH_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
