@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -295,6 +296,56 @@ fn the_cli_against_orch_up() {
     // scale and rollout status.
     assert_eq!(up.ok(&["scale", "service", "web", "--replicas", "3"]).trim(), "service/web scaled to 3");
     assert!(up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]).contains("successfully rolled out"));
+
+    // Rollouts. The history names what made each template; undo goes back to the one
+    // before (the replicas say so); restart replaces every replica on the same template;
+    // pause records a new template and rolls nothing until resumed.
+    let revisions = |up: &Up| up.json(&["rollout", "history", "service", "web"]).as_array().cloned().unwrap_or_default();
+    let current = |up: &Up| revisions(up).into_iter().find(|r| r["current"] == true).unwrap_or_default();
+    let greetings = |up: &Up| -> BTreeSet<String> {
+        let replicas = up.json(&["get", "replicas", "web"]);
+        replicas
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str())
+            .map(|name| up.ok(&["exec", name, "--", "sh", "-c", "echo $GREETING"]).trim().to_owned())
+            .collect()
+    };
+    let web_replicas = |up: &Up| -> BTreeSet<String> {
+        up.json(&["get", "replicas", "web"]).as_array().into_iter().flatten().filter_map(|r| r["name"].as_str().map(str::to_owned)).collect()
+    };
+    up.wait("the current template recorded", |u| current(u)["change"] == "apply web.yaml: env GREETING");
+    let before_undo = revisions(&up);
+    assert!(before_undo.iter().any(|r| r["change"] == "apply web.yaml" && r["current"] == false), "{before_undo:#?}");
+    assert_eq!(up.ok(&["rollout", "undo", "service", "web"]).lines().next(), Some("service/web rolled back to the revision before"));
+    up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]);
+    assert_eq!(greetings(&up), BTreeSet::from(["one".to_owned()]), "undone: the first template's environment");
+    up.wait("the undo recorded", |u| current(u)["change"].as_str().is_some_and(|c| c.starts_with("undo to revision ") && c.ends_with(": env GREETING")));
+    assert_eq!(revisions(&up).len(), before_undo.len(), "the template that ran before moved to the newest number: {:#?}", revisions(&up));
+    let table = up.ok(&["rollout", "history", "service", "web", "-o", "table"]);
+    assert!(table.starts_with("REVISION") && table.lines().any(|l| l.contains('*') && l.contains("undo to revision")), "{table}");
+
+    let before_restart = web_replicas(&up);
+    assert!(up.ok(&["rollout", "restart", "service", "web"]).starts_with("service/web restarting"));
+    up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]);
+    let restarted = web_replicas(&up);
+    assert!(restarted.is_disjoint(&before_restart), "every replica replaced: {before_restart:?} -> {restarted:?}");
+    assert_eq!(greetings(&up), BTreeSet::from(["one".to_owned()]), "a restart keeps the template");
+    up.wait("the restart recorded", |u| current(u)["change"] == "restart");
+
+    assert_eq!(up.ok(&["rollout", "pause", "service", "web"]).trim(), "service/web paused");
+    let three = up.manifest(3, "three");
+    up.ok(&["apply", "-f", three.to_str().expect("path")]);
+    up.wait("the paused template recorded", |u| revisions(u).last().is_some_and(|r| r["change"] == "apply web.yaml: env GREETING"));
+    let paused = up.orch(&["rollout", "status", "service", "web", "--timeout", "120"]);
+    assert!(!paused.status.success() && text(&paused.stderr).contains("rollout is paused"), "{}", text(&paused.stderr));
+    assert_eq!(web_replicas(&up), restarted, "paused: nothing rolled");
+    assert_eq!(up.ok(&["rollout", "resume", "service", "web"]).trim(), "service/web resumed");
+    up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]);
+    assert_eq!(greetings(&up), BTreeSet::from(["three".to_owned()]), "resumed: the new template rolled out");
+    let missing = up.orch(&["rollout", "undo", "service", "web", "--to-revision", "99"]);
+    assert!(!missing.status.success() && text(&missing.stderr).contains("has no revision 99"), "{}", text(&missing.stderr));
 
     // cordon: the one node keeps its replicas, a new one has nowhere to go and says
     // why; a drain with nowhere to go times out and stops nothing; uncordon lets it run.

@@ -35,6 +35,9 @@ pub const NODE_CONDITIONS: &str = "/orch/conditions/nodes/";
 pub const NODE_SCHEDULING: &str = "/orch/scheduling/nodes/";
 /// `ipam/nodeports/<tcp|udp>/<port>`: the service that holds a node port (its name).
 pub const NODE_PORTS: &str = "/orch/ipam/nodeports/";
+/// `revisions/<service>/<number, 20 digits>`: a template the service ran (a
+/// `ServiceRevision`), kept by the reconciler; the digits keep them in order.
+pub const REVISIONS: &str = "/orch/revisions/";
 /// Held, on a lease, by the controller that runs the reconcilers.
 pub const LEADER: &str = "/orch/leader";
 
@@ -56,6 +59,14 @@ pub fn status_of_node(node: &str) -> String {
 
 pub fn status(node: &str, replica: &str) -> String {
     format!("{STATUS}{node}/{replica}")
+}
+
+pub fn revisions_of(service: &str) -> String {
+    format!("{REVISIONS}{service}/")
+}
+
+pub fn revision(service: &str, number: u64) -> String {
+    format!("{REVISIONS}{service}/{number:020}")
 }
 
 pub fn endpoints(service: &str) -> String {

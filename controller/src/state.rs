@@ -53,6 +53,9 @@ pub struct ClusterState {
     pub configs: BTreeMap<(i32, String), Versioned<pb::StoredConfig>>,
     /// Services deleted with their volumes.
     pub purges: BTreeMap<String, Versioned<pb::PurgedVolumes>>,
+    /// Store key (`/orch/revisions/<service>/<number>`) → a template a service ran; in
+    /// order within each service.
+    pub revisions: BTreeMap<String, Versioned<pb::ServiceRevision>>,
     /// Node name → keys of the replicas bound to it (an index over `replicas`).
     pub by_node: BTreeMap<String, BTreeSet<String>>,
     /// Bumped on every change to the records above (not on changes to keys the picture
@@ -92,6 +95,12 @@ impl ClusterState {
     pub fn replicas_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Versioned<pb::Replica>> + 'a {
         let prefix = keys::replicas_of(service);
         self.replicas.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+    }
+
+    /// The recorded templates of `service`, oldest first.
+    pub fn revisions_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Versioned<pb::ServiceRevision>> + 'a {
+        let prefix = keys::revisions_of(service);
+        self.revisions.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
     }
 
     pub fn replicas_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Versioned<pb::Replica>> + 'a {
@@ -156,6 +165,8 @@ impl ClusterState {
             decoded::<pb::VolumeClaim>(kv).map(|v| self.claims.insert((v.value.service.clone(), v.value.slot), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
             decoded(kv).map(|v| self.purges.insert(name.to_owned(), v)).is_some()
+        } else if key.starts_with(keys::REVISIONS) {
+            decoded(kv).map(|v| self.revisions.insert(key.to_owned(), v)).is_some()
         } else {
             false
         }
@@ -188,6 +199,8 @@ impl ClusterState {
             self.claims.remove(&(service.to_owned(), slot)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
             self.purges.remove(name).is_some()
+        } else if key.starts_with(keys::REVISIONS) {
+            self.revisions.remove(key).is_some()
         } else {
             false
         }
@@ -263,10 +276,12 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.statuses == state.statuses
         && fresh.nodes == state.nodes
         && fresh.alive == state.alive
+        && fresh.scheduling == state.scheduling
         && fresh.endpoints == state.endpoints
         && fresh.claims == state.claims
         && fresh.configs == state.configs
-        && fresh.purges == state.purges;
+        && fresh.purges == state.purges
+        && fresh.revisions == state.revisions;
     same.then_some(listing.revision)
 }
 

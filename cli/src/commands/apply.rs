@@ -71,6 +71,9 @@ pub async fn wait_ready(api: &mut ApiClient<Channel>, services: &[String], timeo
             let current: Vec<&pb::Replica> = replicas.iter().filter(|r| r.spec_hash == service.spec_hash).collect();
             let ready = current.iter().filter(|r| r.status.as_ref().is_some_and(|s| s.ready)).count();
             let old = replicas.len() - current.len();
+            if service.paused && old > 0 {
+                anyhow::bail!("service/{name}'s rollout is paused with {old} replica(s) on an older template: `orch rollout resume service {name}` rolls it");
+            }
             let pending: Vec<String> =
                 replicas.iter().filter_map(|r| r.status.as_ref().filter(|s| !s.reason.is_empty()).map(|s| format!("{}: {}", r.id, s.reason))).collect();
             let mut line = format!("service/{name}: {ready}/{desired} ready");

@@ -38,7 +38,7 @@ fn status(error: ApiError) -> Status {
         ApiError::Contended(_) => Status::aborted(error.to_string()),
         ApiError::Store(_) => Status::unavailable(error.to_string()),
         ApiError::Decode(_) | ApiError::Secrets(_) => Status::internal(error.to_string()),
-        ApiError::ConfigNotFound(_) | ApiError::NodeNotFound(_) => Status::not_found(error.to_string()),
+        ApiError::ConfigNotFound(_) | ApiError::NodeNotFound(_) | ApiError::RevisionNotFound(_) => Status::not_found(error.to_string()),
         ApiError::Precondition(_) => Status::failed_precondition(error.to_string()),
         ApiError::NoSecretsKey => Status::failed_precondition(error.to_string()),
     }
@@ -99,6 +99,25 @@ impl Api for ApiRpc {
     async fn scale_service(&self, request: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::Service>, Status> {
         let request = request.into_inner();
         self.api.scale(&request.name, request.replicas).await.map(Response::new).map_err(status)
+    }
+
+    async fn list_revisions(&self, request: Request<pb::ListRevisionsRequest>) -> Result<Response<pb::ListRevisionsResponse>, Status> {
+        let (revisions, current) = self.api.list_revisions(&request.into_inner().service).await.map_err(status)?;
+        Ok(Response::new(pb::ListRevisionsResponse { revisions, current }))
+    }
+
+    async fn undo_rollout(&self, request: Request<pb::UndoRolloutRequest>) -> Result<Response<pb::Service>, Status> {
+        let request = request.into_inner();
+        self.api.undo(&request.service, request.to_revision).await.map(Response::new).map_err(status)
+    }
+
+    async fn restart_rollout(&self, request: Request<pb::RestartRolloutRequest>) -> Result<Response<pb::Service>, Status> {
+        self.api.restart(&request.into_inner().service).await.map(Response::new).map_err(status)
+    }
+
+    async fn set_rollout_paused(&self, request: Request<pb::SetRolloutPausedRequest>) -> Result<Response<pb::Service>, Status> {
+        let request = request.into_inner();
+        self.api.set_paused(&request.service, request.paused).await.map(Response::new).map_err(status)
     }
 
     async fn list_replicas(&self, request: Request<pb::ListReplicasRequest>) -> Result<Response<pb::ListReplicasResponse>, Status> {

@@ -42,6 +42,8 @@ pub enum ApiError {
     NodeNotFound(String),
     #[error("{0}")]
     Precondition(String),
+    #[error("{0}")]
+    RevisionNotFound(String),
 }
 
 impl From<crate::nodes::NodeError> for ApiError {
@@ -88,18 +90,22 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
     hex::encode(&Sha256::digest(template.encode_to_vec())[..5])
 }
 
-/// The spec hash with the generation of every Config and Secret the template uses: a
-/// changed one makes a new template, and the service rolls. A template that uses none
-/// keeps [`spec_hash`] (so nothing rolls after an upgrade).
-pub fn template_hash(spec: &pb::ServiceSpec, config_revisions: &std::collections::BTreeMap<String, u64>) -> String {
+/// The spec hash with the generation of every Config and Secret the template uses and
+/// the last `orch rollout restart` (0: none): a changed one makes a new template, and
+/// the service rolls. A template that uses none and was never restarted keeps
+/// [`spec_hash`] (so nothing rolls after an upgrade).
+pub fn template_hash(spec: &pb::ServiceSpec, config_revisions: &std::collections::BTreeMap<String, u64>, restarted_unix_ms: i64) -> String {
     let base = spec_hash(spec);
-    if config_revisions.is_empty() {
+    if config_revisions.is_empty() && restarted_unix_ms == 0 {
         return base;
     }
     let mut hasher = Sha256::new();
     hasher.update(base.as_bytes());
     for (object, revision) in config_revisions {
         hasher.update(format!(";{object}={revision}").as_bytes());
+    }
+    if restarted_unix_ms != 0 {
+        hasher.update(format!(";restarted={restarted_unix_ms}").as_bytes());
     }
     hex::encode(&hasher.finalize()[..5])
 }
@@ -126,11 +132,21 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
     if same {
         return None;
     }
+    let changed: Vec<&str> = revisions.iter().filter(|(object, r)| service.config_revisions.get(*object) != Some(r)).map(|(o, _)| o.as_str()).collect();
     let mut updated = service.clone();
     updated.generation += 1;
-    updated.spec_hash = updated.spec.as_ref().map(|spec| template_hash(spec, revisions)).unwrap_or_default();
+    updated.spec_hash = updated.spec.as_ref().map(|spec| template_hash(spec, revisions, service.restarted_unix_ms)).unwrap_or_default();
     updated.config_revisions = revisions.clone().into_iter().collect();
+    updated.change_cause = if changed.is_empty() { "its configs changed".to_owned() } else { format!("{} changed", changed.join(", ")) };
     Some(updated)
+}
+
+/// Who asks for a template, for the revision history: the change it records and, for
+/// an undo, the restart stamp of the revision it goes back to (`None`: an apply keeps
+/// the service's).
+pub(crate) struct TemplateChange {
+    pub cause: String,
+    pub restarted_unix_ms: Option<i64>,
 }
 
 /// A VIP claimed for a service, and the revision of its claim.
@@ -203,13 +219,15 @@ impl ServiceApi {
             results.push(Applied { kind: orch_api::manifest::kind_name(config.content.kind), name: config.content.name, outcome });
         }
         for document in documents {
-            let (name, outcome) = self.apply_one(document.service).await?;
+            let source = std::path::Path::new(&document.source_name).file_name().map_or(document.source_name.clone(), |n| n.to_string_lossy().into_owned());
+            let change = TemplateChange { cause: format!("apply {source}"), restarted_unix_ms: None };
+            let (name, outcome) = self.apply_one(document.service, &change).await?;
             results.push(Applied { kind: "service", name, outcome });
         }
         Ok(results)
     }
 
-    pub(crate) async fn apply_one(&self, wanted: pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
+    pub(crate) async fn apply_one(&self, wanted: pb::Service, change: &TemplateChange) -> Result<(String, ApplyOutcome), ApiError> {
         let ports = node_ports::declared(wanted.spec.as_ref());
         if !ports.is_empty() {
             // Services stored by earlier builds hold their ports without claims.
@@ -219,7 +237,7 @@ impl ServiceApi {
             }
         }
         let claimed = node_ports::claim(self.store.as_ref(), &wanted.name, &ports).await?;
-        let written = self.write_service(&wanted).await;
+        let written = self.write_service(&wanted, change).await;
         match &written {
             Ok((_, ApplyOutcome::Configured)) => {
                 // Ports the previous template declared and this one does not go back.
@@ -242,18 +260,20 @@ impl ServiceApi {
     }
 
     /// Creates or updates the service record (its ports already claimed).
-    async fn write_service(&self, wanted: &pb::Service) -> Result<(String, ApplyOutcome), ApiError> {
+    async fn write_service(&self, wanted: &pb::Service, change: &TemplateChange) -> Result<(String, ApplyOutcome), ApiError> {
         let key = keys::service(&wanted.name);
         let attempt = || async {
             // Read again on every attempt: a concurrent roll may have moved them.
             let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
-            let hash = |spec: Option<&pb::ServiceSpec>| spec.map(|s| template_hash(s, &revisions)).unwrap_or_default();
+            let hash = |spec: Option<&pb::ServiceSpec>, restarted: i64| spec.map(|s| template_hash(s, &revisions, restarted)).unwrap_or_default();
             let Some(kv) = self.store.get(&key).await? else {
                 let VipClaim { vip, revision: claimed_at, fresh } = self.claim_vip(&wanted.name).await?;
                 let mut service = wanted.clone();
                 service.generation = 1;
                 service.vip = vip.to_string();
-                service.spec_hash = hash(service.spec.as_ref());
+                service.restarted_unix_ms = change.restarted_unix_ms.unwrap_or(0);
+                service.spec_hash = hash(service.spec.as_ref(), service.restarted_unix_ms);
+                service.change_cause = change.cause.clone();
                 service.config_revisions = revisions.clone().into_iter().collect();
                 if let Err(e) = self.store.put(&key, keys::encode(&service), Expect::Absent).await {
                     if e.is_conflict() {
@@ -285,14 +305,20 @@ impl ServiceApi {
             };
             let current: pb::Service = keys::decode(&key, &kv.value)?;
             let same_configs = with_config_revisions(&current, &revisions).is_none();
-            if current.spec == wanted.spec && current.labels == wanted.labels && same_configs {
+            let restarted = change.restarted_unix_ms.unwrap_or(current.restarted_unix_ms);
+            if current.spec == wanted.spec && current.labels == wanted.labels && same_configs && restarted == current.restarted_unix_ms {
                 return Ok((current.name, ApplyOutcome::Unchanged));
             }
             let mut service = current;
             service.spec = wanted.spec.clone();
             service.labels = wanted.labels.clone();
             service.generation += 1;
-            service.spec_hash = hash(service.spec.as_ref());
+            service.restarted_unix_ms = restarted;
+            let hash = hash(service.spec.as_ref(), restarted);
+            if hash != service.spec_hash {
+                service.change_cause = change.cause.clone();
+            }
+            service.spec_hash = hash;
             service.config_revisions = revisions.clone().into_iter().collect();
             self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
             Ok::<_, ApiError>((service.name, ApplyOutcome::Configured))
@@ -389,25 +415,96 @@ impl ServiceApi {
         Ok(Vec::new())
     }
 
+    /// The recorded templates of `name`, oldest first, and the number of the current one
+    /// (0 until the reconciler has recorded it).
+    pub async fn list_revisions(&self, name: &str) -> Result<(Vec<pb::ServiceRevision>, u64), ApiError> {
+        let service = self.get(name).await?;
+        let listing = self.store.list(&keys::revisions_of(name)).await?;
+        let revisions: Vec<pb::ServiceRevision> = keys::decode_all(&listing.items)?;
+        let current = revisions.iter().rev().find(|r| r.spec_hash == service.spec_hash).map_or(0, |r| r.revision);
+        Ok((revisions, current))
+    }
+
+    /// Goes back to a recorded template: `to_revision`, or (0) the one before the
+    /// current. The replica count and update strategy stay as they are (Kubernetes'
+    /// `rollout undo` takes the pod template only); Configs and Secrets are not
+    /// versioned, so the template uses their current data. The template becomes the
+    /// newest revision, and the service rolls to it.
+    pub async fn undo(&self, name: &str, to_revision: u64) -> Result<pb::Service, ApiError> {
+        let (revisions, current) = self.list_revisions(name).await?;
+        let numbers = || revisions.iter().map(|r| r.revision.to_string()).collect::<Vec<_>>().join(", ");
+        let target = if to_revision == 0 {
+            revisions.iter().rev().find(|r| r.revision != current && (current == 0 || r.revision < current)).ok_or_else(|| {
+                ApiError::RevisionNotFound(format!("service {name:?} has no revision before the current one to go back to (revisions: {})", numbers()))
+            })?
+        } else {
+            revisions
+                .iter()
+                .find(|r| r.revision == to_revision)
+                .ok_or_else(|| ApiError::RevisionNotFound(format!("service {name:?} has no revision {to_revision} (revisions: {})", numbers())))?
+        };
+        let service = self.get(name).await?;
+        let mut spec = target.spec.clone().unwrap_or_default();
+        if let Some(now) = service.spec.as_ref() {
+            spec.replicas = now.replicas;
+            spec.update = now.update;
+        }
+        let wanted = pb::Service { name: name.to_owned(), labels: service.labels.clone(), spec: Some(spec), ..Default::default() };
+        let change = TemplateChange { cause: format!("undo to revision {}", target.revision), restarted_unix_ms: Some(target.restarted_unix_ms) };
+        self.apply_one(wanted, &change).await?;
+        self.get(name).await
+    }
+
+    /// A rolling restart: the same spec under a new restart stamp, so every replica is
+    /// replaced within the service's maxSurge and maxUnavailable.
+    pub async fn restart(&self, name: &str) -> Result<pb::Service, ApiError> {
+        self.update_service(name, |service| {
+            let config_revisions: std::collections::BTreeMap<String, u64> = service.config_revisions.clone().into_iter().collect();
+            // Later than the last one even if the clock stepped back.
+            service.restarted_unix_ms = crate::events::now_unix_ms().max(service.restarted_unix_ms + 1);
+            service.spec_hash = service.spec.as_ref().map(|spec| template_hash(spec, &config_revisions, service.restarted_unix_ms)).unwrap_or_default();
+            service.change_cause = "restart".to_owned();
+            service.generation += 1;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Pauses (or resumes) the service's rollouts.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<pb::Service, ApiError> {
+        self.update_service(name, |service| Ok(std::mem::replace(&mut service.paused, paused) != paused)).await
+    }
+
+    /// Reads the service, lets `change` edit it (returning whether it did) and writes it
+    /// back with a compare-and-swap, retried on conflict.
+    async fn update_service(&self, name: &str, change: impl Fn(&mut pb::Service) -> Result<bool, ApiError>) -> Result<pb::Service, ApiError> {
+        let key = keys::service(name);
+        let attempt = || async {
+            let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
+            let mut service: pb::Service = keys::decode(&key, &kv.value)?;
+            if change(&mut service)? {
+                self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
+            }
+            Ok::<_, ApiError>(service)
+        };
+        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
+    }
+
     /// Changes only the replica count.
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<pb::Service, ApiError> {
         if i64::from(replicas) > MAX_REPLICAS {
             return Err(ApiError::BadRequest(format!("replicas: must be between 0 and {MAX_REPLICAS}, got {replicas}")));
         }
-        let key = keys::service(name);
-        let attempt = || async {
-            let Some(kv) = self.store.get(&key).await? else { return Err(ApiError::NotFound(name.to_owned())) };
-            let mut service: pb::Service = keys::decode(&key, &kv.value)?;
+        self.update_service(name, |service| {
             let Some(spec) = service.spec.as_mut() else { return Err(ApiError::BadRequest(format!("service {name:?} has no spec"))) };
             if spec.replicas == replicas {
-                return Ok(service);
+                return Ok(false);
             }
             spec.replicas = replicas;
             service.generation += 1;
-            self.store.put(&key, keys::encode(&service), Expect::Revision(kv.mod_revision)).await?;
-            Ok::<_, ApiError>(service)
-        };
-        retry_on_conflict(attempt).await?.ok_or(ApiError::Contended(key.clone()))
+            Ok(true)
+        })
+        .await
     }
 
     /// Replica records with the status their node last reported (a Pending replica

@@ -13,11 +13,15 @@
 //!    slot's claim unless that node is lost (then the data stays behind, an event says
 //!    so, and the claim moves with the new binding);
 //! 4. endpoints — each service's ready replica addresses;
-//! 5. garbage — status records of replicas that are gone or bound elsewhere.
+//! 5. history — each service's current template recorded as its newest revision
+//!    ([`history::plan`]), at most [`history::MAX_REVISIONS`] kept;
+//! 6. garbage — status records of replicas that are gone or bound elsewhere, revisions
+//!    of services that are gone.
 //!
 //! [`runner`] carries the plan out with compare-and-swap writes; a conflict just means
 //! the next pass sees newer state.
 
+pub mod history;
 pub mod rollout;
 pub mod runner;
 
@@ -56,6 +60,11 @@ pub enum Action {
         key: String,
         revision: Revision,
         service: pb::Service,
+    },
+    /// Records a template as a service's newest revision (the writer stamps its time).
+    CreateRevision {
+        key: String,
+        revision: pb::ServiceRevision,
     },
     /// Records which node holds a slot's local volumes.
     PutClaim {
@@ -133,13 +142,15 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             state.configs.get(&(kind.into(), name.to_owned())).map_or(0, |c| u64::try_from(c.mod_revision).unwrap_or(0))
         });
         if let Some(updated) = with_config_revisions(&service.value, &revisions) {
-            let changed: Vec<&str> =
-                updated.config_revisions.iter().filter(|(object, r)| service.value.config_revisions.get(*object) != Some(r)).map(|(o, _)| o.as_str()).collect();
-            plan.event(EventKind::ConfigChanged, format!("service/{name}"), format!("{} changed: the service rolls to a new template", changed.join(", ")));
+            plan.event(EventKind::ConfigChanged, format!("service/{name}"), format!("{}: the service rolls to a new template", updated.change_cause));
             plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: updated });
             continue;
         }
         let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
+        // Paused: the template most of its replicas run stays theirs (new replicas get it
+        // too); the service's own waits for the resume.
+        let (template_hash, template) =
+            if service.value.paused { paused_template(&service.value, spec, &members) } else { (service.value.spec_hash.as_str(), spec) };
         let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
         let slots_own_data = orch_api::manifest::has_local_volumes(spec);
         // Two replicas of one slot (which no plan makes, but records of a crash or an
@@ -158,7 +169,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             .iter()
             .map(|m| rollout::Member {
                 // A replica on a draining node is outdated wherever its template is.
-                current: m.value.spec_hash == service.value.spec_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node),
+                current: m.value.spec_hash == template_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node),
                 bound: !m.value.node.is_empty(),
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
@@ -190,9 +201,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 id,
                 service: name.clone(),
                 node: String::new(),
-                spec_hash: service.value.spec_hash.clone(),
+                spec_hash: template_hash.to_owned(),
                 status: Some(pending_status("")),
-                spec: Some(spec.clone()),
+                spec: Some(pb::ServiceSpec { replicas: spec.replicas, update: spec.update, ..template.clone() }),
                 slot: Some(slot),
             });
         }
@@ -330,7 +341,25 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         }
     }
 
-    // 5. Status records nobody should read any more.
+    // 5. History.
+    for (name, service) in &state.services {
+        let revisions: Vec<&Versioned<pb::ServiceRevision>> = state.revisions_of(name).collect();
+        let values: Vec<&pb::ServiceRevision> = revisions.iter().map(|r| &r.value).collect();
+        let change = history::plan(&service.value, &values);
+        for number in change.delete {
+            if let Some(old) = revisions.iter().find(|r| r.value.revision == number) {
+                plan.actions.push(Action::Delete { key: old.key.clone(), revision: old.mod_revision });
+            }
+        }
+        if let Some(revision) = change.record {
+            plan.actions.push(Action::CreateRevision { key: keys::revision(name, revision.revision), revision });
+        }
+    }
+
+    // 6. Status records nobody should read any more, revisions of services that are gone.
+    for revision in state.revisions.values().filter(|r| !state.services.contains_key(&r.value.service)) {
+        plan.actions.push(Action::Delete { key: revision.key.clone(), revision: revision.mod_revision });
+    }
     let bound_to: BTreeMap<&str, &str> = state.replicas.values().map(|r| (r.value.id.as_str(), r.value.node.as_str())).collect();
     for ((node, id), status) in &state.statuses {
         if bound_to.get(id.as_str()) != Some(&node.as_str()) {
@@ -338,6 +367,22 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         }
     }
     plan
+}
+
+/// The template a paused service's replicas keep: the one most of them run (ties go
+/// to the service's own, then to the lowest hash), or the service's own when it has
+/// none. Returns its hash and spec.
+fn paused_template<'a>(service: &'a pb::Service, spec: &'a pb::ServiceSpec, members: &[&'a Versioned<pb::Replica>]) -> (&'a str, &'a pb::ServiceSpec) {
+    let mut counts: BTreeMap<&str, (usize, &pb::ServiceSpec)> = BTreeMap::new();
+    for m in members {
+        if let Some(template) = m.value.spec.as_ref() {
+            counts.entry(m.value.spec_hash.as_str()).or_insert((0, template)).0 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(hash, (count, _))| (*count, *hash == service.spec_hash, std::cmp::Reverse(*hash)))
+        .map_or((service.spec_hash.as_str(), spec), |(hash, (_, template))| (hash, template))
 }
 
 /// The scheduler's input: ready nodes that are not lost, with what the surviving

@@ -123,6 +123,10 @@ async fn execute(store: &dyn Store, action: Action) -> Result<Option<Revision>, 
         Action::PutEndpoints { key, expect, endpoints } => store.put(&key, keys::encode(&endpoints), expect).await.map(Some),
         Action::UpdateService { key, revision, service } => store.put(&key, keys::encode(&service), Expect::Revision(revision)).await.map(Some),
         Action::PutClaim { key, expect, claim } => store.put(&key, keys::encode(&claim), expect).await.map(Some),
+        Action::CreateRevision { key, mut revision } => {
+            revision.created_unix_ms = crate::events::now_unix_ms();
+            store.put(&key, keys::encode(&revision), Expect::Absent).await.map(Some)
+        }
         Action::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
     }
 }

@@ -19,8 +19,7 @@ fn service(name: &str, replicas: u32, hash: &str) -> pb::Service {
         generation: 1,
         vip: "10.96.0.1".into(),
         spec_hash: hash.into(),
-        labels: Default::default(),
-        config_revisions: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -127,10 +126,15 @@ impl World {
                     }
                     self.state.claims.insert(slot, Versioned { key: key.clone(), value: claim.clone(), mod_revision: revision });
                 }
+                Action::CreateRevision { key, revision: record } => {
+                    assert!(!self.state.revisions.contains_key(key), "{key} created twice");
+                    self.state.revisions.insert(key.clone(), Versioned { key: key.clone(), value: record.clone(), mod_revision: revision });
+                }
                 Action::Delete { key, .. } => {
                     self.state.replicas.remove(key);
                     self.state.endpoints.retain(|_, e| e.key != *key);
                     self.state.statuses.retain(|_, s| s.key != *key);
+                    self.state.revisions.remove(key);
                 }
             }
         }
@@ -272,6 +276,57 @@ fn a_new_template_rolls_replicas_over_as_they_become_ready() {
     world.converge(&[]);
     world.put_service(service("web", 3, "h2"));
     world.roll_three_until("the rollout", |r| r.spec_hash == "h2");
+}
+
+impl World {
+    /// The service's revisions: (number, template hash, change).
+    fn history(&self, service: &str) -> Vec<(u64, String, String)> {
+        self.state.revisions_of(service).map(|r| (r.value.revision, r.value.spec_hash.clone(), r.value.change.clone())).collect()
+    }
+}
+
+#[test]
+fn each_template_becomes_a_revision_and_one_that_ran_before_moves_to_the_newest() {
+    let mut world = World::new(&["n1"]);
+    world.put_service(pb::Service { change_cause: "apply web.yaml".into(), ..service("web", 1, "h1") });
+    world.converge(&[]);
+    assert_eq!(world.history("web"), [(1, "h1".into(), "apply web.yaml".into())]);
+    world.put_service(pb::Service { change_cause: "apply web.yaml".into(), ..service("web", 1, "h2") });
+    world.converge(&[]);
+    world.put_service(pb::Service { change_cause: "undo to revision 1".into(), ..service("web", 1, "h1") });
+    world.converge(&[]);
+    let changes: Vec<(u64, String, String)> = vec![
+        (2, "h2".into(), "apply web.yaml: image registry.example/h1 -> registry.example/h2".into()),
+        (3, "h1".into(), "undo to revision 1: image registry.example/h2 -> registry.example/h1".into()),
+    ];
+    assert_eq!(world.history("web"), changes);
+    // Scaling makes no revision.
+    world.put_service(pb::Service { change_cause: "undo to revision 1".into(), ..service("web", 3, "h1") });
+    world.converge(&[]);
+    assert_eq!(world.history("web").len(), 2);
+    world.state.services.remove("web");
+    world.converge(&[]);
+    assert!(world.state.revisions.is_empty(), "a deleted service's history goes with it");
+}
+
+#[test]
+fn a_paused_service_rolls_nothing_and_scales_with_the_template_its_replicas_run() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.put_service(pb::Service { paused: true, ..service("web", 3, "h2") });
+    world.converge(&[]);
+    world.put_service(pb::Service { paused: true, ..service("web", 4, "h2") });
+    world.converge(&[]);
+    let replicas: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
+    assert_eq!(replicas.len(), 4, "scaling goes on while paused");
+    assert!(replicas.iter().all(|r| r.spec_hash == "h1" && r.spec.as_ref().is_some_and(|s| s.image.ends_with("/h1"))), "paused: nothing rolled {replicas:#?}");
+    assert_eq!(world.history("web").last().map(|r| r.1.clone()), Some("h2".into()), "the new template is recorded all the same");
+    // Resumed: it rolls.
+    world.put_service(service("web", 3, "h2"));
+    world.roll_three_until("the resumed rollout", |r| r.spec_hash == "h2");
 }
 
 impl World {
