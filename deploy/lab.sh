@@ -106,13 +106,13 @@ start_agent() {
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json" \
-        --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}"
+        --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103"
 }
 
 start_controller() {
     local c="$1"
     launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
-        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s
+        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s --metrics-listen "$(controller_address "$c"):7102"
 }
 
 # stop-controller / restart-controller: [C] [--kill] in any order.

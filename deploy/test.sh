@@ -16,9 +16,12 @@ require_rust
 # the one that requires a password), busybox for container root filesystems, nftables
 # (egress), dnsmasq-base (the DNS server of the egress tests' "outside"; not the dnsmasq
 # package, whose service would start on the host), protoc for the build, graphviz to
-# check that `orch topology -o dot` is valid DOT.
+# check that `orch topology -o dot` is valid DOT, prometheus (its promtool checks the
+# metrics' format, and the lab's Prometheus scrapes every controller and agent; its own
+# service is never started).
 TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables dnsmasq-base busybox-static python3 graphviz)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+install_without_services prometheus
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a controller and a local agent in this process (the quick start).
-    Up(commands::up::UpArgs),
+    Up(Box<commands::up::UpArgs>),
     /// Create or update services, configs and secrets from manifests.
     Apply(commands::apply::ApplyArgs),
     /// Create or update a config or a secret from files and literals.
@@ -111,7 +111,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
                 .with_writer(std::io::stderr)
                 .init();
             let pki = tls_dir.clone().unwrap_or_else(|| client::DEFAULT_PKI_DIR.into());
-            commands::up::run(args, &pki).await?;
+            commands::up::run(*args, &pki).await?;
             return Ok(ExitCode::SUCCESS);
         }
         let target = client::target(server.as_deref(), tls_dir.as_deref(), context.as_deref())?;

@@ -102,24 +102,13 @@ pub struct EventOut {
     pub message: String,
 }
 
-pub fn phase_name(phase: pb::ReplicaPhase) -> &'static str {
-    match phase {
-        pb::ReplicaPhase::Pending => "Pending",
-        pb::ReplicaPhase::Starting => "Starting",
-        pb::ReplicaPhase::Running => "Running",
-        pb::ReplicaPhase::Terminating => "Terminating",
-        pb::ReplicaPhase::Failed => "Failed",
-        pb::ReplicaPhase::Succeeded => "Succeeded",
-    }
-}
-
 pub fn replica(r: &pb::Replica) -> ReplicaOut {
     let status = r.status.clone().unwrap_or_default();
     ReplicaOut {
         name: r.id.clone(),
         service: r.service.clone(),
         node: r.node.clone(),
-        phase: phase_name(status.phase()).to_owned(),
+        phase: orch_api::phase_name(status.phase()).to_owned(),
         ready: status.ready,
         restarts: status.restarts,
         ip: status.ip.clone(),

@@ -347,6 +347,48 @@ fn the_cli_against_orch_up() {
     let missing = up.orch(&["rollout", "undo", "service", "web", "--to-revision", "99"]);
     assert!(!missing.status.success() && text(&missing.stderr).contains("has no revision 99"), "{}", text(&missing.stderr));
 
+    // Metrics and health, on the controller's listener and the node's: Prometheus' text
+    // format (promtool agrees) with the cluster as it is; /healthz, /readyz.
+    let through_node_port = http_get(SocketAddr::from(([127, 0, 0, 1], up.node_port))).expect("node port answers");
+    assert!(through_node_port.contains("Hello from web-"));
+    let controller_metrics = scrape(&up.metrics, "/metrics");
+    assert_eq!(controller_metrics.0, 200);
+    promtool_accepts(&controller_metrics.1);
+    for (series, at_least) in [
+        ("orch_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
+        ("orch_service_desired_replicas{service=\"web\"}", 3.0),
+        ("orch_leader", 1.0),
+        ("orch_node_ready{node=\"cli-node\"}", 1.0),
+        ("orch_reconcile_duration_seconds_count", 1.0),
+        ("orch_scheduling_latency_seconds_count", 3.0),
+        ("orch_store_operation_duration_seconds_count{operation=\"put\"}", 1.0),
+        ("orch_node_heartbeats_total{node=\"cli-node\"}", 1.0),
+    ] {
+        let value = sample(&controller_metrics.1, series).unwrap_or_else(|| panic!("{series} missing:\n{}", controller_metrics.1));
+        assert!(value >= at_least, "{series} = {value}, expected at least {at_least}");
+    }
+    let age = sample(&controller_metrics.1, "orch_node_heartbeat_age_seconds{node=\"cli-node\"}").expect("heartbeat age");
+    assert!(age < 5.0, "the node's last heartbeat is {age} s old");
+    let node_metrics = scrape(&up.node_metrics, "/metrics");
+    assert_eq!(node_metrics.0, 200);
+    promtool_accepts(&node_metrics.1);
+    for (series, at_least) in [
+        ("orch_agent_session_up", 1.0),
+        ("orch_node_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
+        ("orch_container_start_duration_seconds_count{result=\"success\"}", 3.0),
+        ("orch_probe_results_total{service=\"web\",probe=\"readiness\",result=\"success\"}", 1.0),
+        ("orch_balancer_connections_total{service=\"web\"}", 1.0),
+        ("orch_balancer_bytes_total{service=\"web\",direction=\"to_client\"}", 100.0),
+    ] {
+        let value = sample(&node_metrics.1, series).unwrap_or_else(|| panic!("{series} missing:\n{}", node_metrics.1));
+        assert!(value >= at_least, "{series} = {value}, expected at least {at_least}");
+    }
+    assert_eq!(scrape(&up.metrics, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(scrape(&up.metrics, "/readyz"), (200, "ready: leading\n".to_owned()));
+    let node_ready = scrape(&up.node_metrics, "/readyz");
+    assert!(node_ready.0 == 200 && node_ready.1.starts_with("ready: session with "), "{node_ready:?}");
+    assert_eq!(scrape(&up.node_metrics, "/nothing").0, 404);
+
     // cordon: the one node keeps its replicas, a new one has nowhere to go and says
     // why; a drain with nowhere to go times out and stops nothing; uncordon lets it run.
     assert!(up.ok(&["cordon", "cli-node"]).contains("node/cli-node cordoned (Ready,SchedulingDisabled)"));
@@ -566,4 +608,35 @@ fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
     up.wait("the replicas to go", |u| u.json(&["get", "replicas"]).as_array().is_some_and(Vec::is_empty));
     up.interrupt();
     up.assert_nothing_left();
+}
+
+/// `GET path` on a metrics listener (plain HTTP): the status code and the body.
+fn scrape(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {response:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status: {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a scrape.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Debian's `promtool check metrics` reads the exposition without a complaint.
+fn promtool_accepts(metrics: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; deploy/test.sh installs it)");
+    promtool.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(checked.status.success(), "promtool check metrics: {}{}\n{metrics}", text(&checked.stdout), text(&checked.stderr));
 }

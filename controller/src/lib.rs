@@ -5,6 +5,7 @@ pub mod api;
 pub mod election;
 pub mod events;
 pub mod keys;
+pub mod metrics;
 pub mod nodes;
 pub mod reconcile;
 pub mod scheduler;

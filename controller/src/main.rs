@@ -31,6 +31,11 @@ struct Args {
     /// every start).
     #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with_all = ["listen", "tls_dir"])]
     insecure_listen: Option<SocketAddr>,
+    /// Where /metrics (Prometheus' text format), /healthz and /readyz answer: plain HTTP
+    /// on a loopback address; any other address serves over TLS to clients with a
+    /// certificate the cluster's CA signed (needs --tls-dir); `none`: nowhere.
+    #[arg(long, env = "ORCH_METRICS_LISTEN", default_value = orch_api::telemetry::CONTROLLER_METRICS, value_name = "ADDR|none")]
+    metrics_listen: String,
     /// The service VIP range.
     #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_range)]
     service_cidr: Ipv4Cidr,
@@ -92,6 +97,15 @@ fn init(args: &Args, controller_names: &[String], nodes: &[String]) -> anyhow::R
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// A task that ends with its holder.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// "10s", "500ms" or a bare number of seconds.
@@ -164,6 +178,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             None
         }
     };
+    let metrics_listen = orch_api::telemetry::parse_listen(&args.metrics_listen)?;
+    let metrics_tls = match (metrics_listen, &args.tls_dir) {
+        (Some(address), Some(dir)) if !address.ip().is_loopback() => Some(orch_api::telemetry::server_tls(dir, "controller", address)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     if tls.is_some() {
         tracing::info!(%listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
@@ -185,6 +204,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         },
         listener,
     );
+    let _metrics = match metrics_listen {
+        Some(address) => {
+            let (bound, task) = orch_api::telemetry::serve(address, metrics_tls, controller.telemetry()).await?;
+            tracing::info!(listen = %bound, tls = !bound.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         served = controller.serve() => served.context("the gRPC server failed")?,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api::cidr::{Ipv4Cidr, DEFAULT_SERVICE_RANGE};
+use orch_api::telemetry::{Endpoints, ReadyCheck};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -14,6 +16,8 @@ use tokio::task::JoinHandle;
 use crate::api::{rpc::ApiRpc, ServiceApi};
 use crate::election::{Candidate, ElectionConfig};
 use crate::events::EventLog;
+use crate::keys;
+use crate::metrics::{ControllerMetrics, MeteredStore};
 use crate::nodes::{rpc::NodesRpc, NodeRegistry};
 use crate::reconcile::runner::{self, ReconcilerConfig};
 use crate::state::StateWatcher;
@@ -78,6 +82,8 @@ impl Default for ControllerConfig {
 /// stops — its leadership lease simply expires.
 pub struct Controller {
     candidate: Option<Candidate>,
+    store: Arc<dyn Store>,
+    metrics: Arc<ControllerMetrics>,
     watcher: StateWatcher,
     reconciler: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -97,6 +103,8 @@ impl Drop for Controller {
 
 impl Controller {
     pub fn start(store: Arc<dyn Store>, config: ControllerConfig, listener: TcpListener) -> Controller {
+        let metrics = Arc::new(ControllerMetrics::default());
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
         let watcher = StateWatcher::spawn(Arc::clone(&store));
         let events = EventLog::new(Arc::clone(&store), config.event_ttl);
         let candidate = Candidate::spawn(Arc::clone(&store), ElectionConfig { identity: config.identity.clone(), ttl: config.leader_lease });
@@ -108,6 +116,7 @@ impl Controller {
             events.clone(),
             ReconcilerConfig { node_grace: config.node_grace, warmup: config.node_lease + config.node_grace, resync: Duration::from_millis(250) },
             settled_sender,
+            Arc::clone(&metrics),
         ));
         let (stopping, sessions_stop) = watch::channel(());
         let mut api = ServiceApi::new(Arc::clone(&store), config.service_range).with_secrets(config.secrets.clone());
@@ -122,7 +131,8 @@ impl Controller {
             events,
             sessions_stop,
         )
-        .with_secrets(config.secrets.clone());
+        .with_secrets(config.secrets.clone())
+        .with_metrics(Arc::clone(&metrics));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let tls = config.tls.clone();
         let server = tokio::spawn(async move {
@@ -138,7 +148,32 @@ impl Controller {
                 })
                 .await
         });
-        Controller { candidate: Some(candidate), watcher, reconciler, server, shutdown: Some(shutdown), stopping: Some(stopping), settled }
+        Controller { candidate: Some(candidate), store, metrics, watcher, reconciler, server, shutdown: Some(shutdown), stopping: Some(stopping), settled }
+    }
+
+    /// What `--metrics-listen` serves: the metrics (gauges from the state at each
+    /// scrape) and readiness — leading, or following with a store that answers.
+    pub fn telemetry(&self) -> Arc<Endpoints> {
+        let mut registry = Registry::default();
+        self.metrics.register(&mut registry);
+        let (metrics, state, leadership) = (Arc::clone(&self.metrics), self.watcher.subscribe(), self.leadership());
+        let refresh = move || {
+            let current = state.borrow().clone();
+            metrics.refresh(&current, *leadership.borrow());
+        };
+        let (store, leadership, synced) = (Arc::clone(&self.store), self.leadership(), self.watcher.subscribe());
+        let ready: ReadyCheck = Arc::new(move || {
+            let (store, leading, synced) = (Arc::clone(&store), *leadership.borrow(), synced.borrow().synced());
+            Box::pin(async move {
+                match tokio::time::timeout(Duration::from_secs(2), store.get(keys::LEADER)).await {
+                    Ok(Ok(_)) if !synced => Err("the store answers, but the cluster state is not loaded yet".into()),
+                    Ok(Ok(_)) => Ok(if leading { "leading".into() } else { "following; the store answers".into() }),
+                    Ok(Err(error)) => Err(format!("the store: {error}")),
+                    Err(_) => Err("the store did not answer within 2 s".into()),
+                }
+            })
+        });
+        Arc::new(Endpoints { registry, refresh: Some(Box::new(refresh)), ready })
     }
 
     pub fn is_leader(&self) -> bool {

@@ -27,6 +27,33 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
 }
 
+# install_without_services PKG...: packages that bring a daemon of their own (Debian's
+# docker-registry on :5000, prometheus on :9090) are installed with service starts
+# denied (a policy-rc.d for the install, unless the machine has one already), and on a
+# systemd machine their units are disabled: orch's scripts and tests run their own
+# instances, on addresses they choose.
+install_without_services() {
+    local missing=() pkg policy=/usr/sbin/policy-rc.d placed=0 status=0
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# orch: no service starts while its test packages install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        placed=1
+    fi
+    (install_packages "${missing[@]}") || status=$?
+    [ "$placed" = 0 ] || rm -f "$policy"
+    [ "$status" = 0 ] || die "installing ${missing[*]} failed"
+    if [ -d /run/systemd/system ]; then
+        step "disabling the own services of ${missing[*]} (orch runs its instances itself)"
+        for pkg in "${missing[@]}"; do
+            systemctl disable --now "$pkg.service" >/dev/null 2>&1 || true
+        done
+    fi
+}
+
 # The build needs a Rust toolchain (rustup, 1.88 or newer); Debian 12's own cargo is too old.
 # Under sudo, root usually has no toolchain of its own: the invoking user's rustup
 # (~SUDO_USER/.cargo/bin) is found and used read-only, with root's own CARGO_HOME for

@@ -4,18 +4,12 @@
 # sets REGISTRY_PID and REGISTRY_ADDRESS. The caller kills $REGISTRY_PID on exit.
 # shellcheck shell=bash
 
-# install_registry PKG...: installs docker-registry (and the other packages given). When
-# this installs docker-registry on a systemd machine, the package's own service — on
-# :5000 of every interface, with a config that wants editing — is stopped and disabled:
-# orch's scripts run their registries themselves, on addresses they choose.
+# install_registry PKG...: installs docker-registry (its own service — on :5000 of every
+# interface, with a config that wants editing — never started: install_without_services)
+# and the other packages given.
 install_registry() {
-    local had=1
-    dpkg-query -W -f='${Status}' docker-registry 2>/dev/null | grep -q "install ok installed" || had=0
-    install_packages docker-registry "$@"
-    if [ "$had" = 0 ] && [ -d /run/systemd/system ]; then
-        step "disabling the docker-registry package's own service (orch runs its registries itself)"
-        systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
-    fi
+    install_without_services docker-registry
+    install_packages "$@"
 }
 
 start_registry() {

@@ -14,12 +14,25 @@ pub mod events;
 pub mod image_ref;
 pub mod manifest;
 pub mod secrets;
+pub mod telemetry;
 pub mod tls;
 
 /// Generated `orch.v1` code (tonic + prost).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     tonic::include_proto!("orch.v1");
+}
+
+/// A replica's phase as users read it (`orch get replicas`, metrics' labels).
+pub fn phase_name(phase: pb::ReplicaPhase) -> &'static str {
+    match phase {
+        pb::ReplicaPhase::Pending => "Pending",
+        pb::ReplicaPhase::Starting => "Starting",
+        pb::ReplicaPhase::Running => "Running",
+        pb::ReplicaPhase::Terminating => "Terminating",
+        pb::ReplicaPhase::Failed => "Failed",
+        pb::ReplicaPhase::Succeeded => "Succeeded",
+    }
 }
 
 /// What a node reports of a replica: its identity and status, without the template.

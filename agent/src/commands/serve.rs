@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// user could then exec into containers (tests only; said on every start).
     #[arg(long, value_name = "127.0.0.1:PORT", conflicts_with = "api_listen")]
     pub insecure_api_listen: Option<std::net::SocketAddr>,
+    /// Where /metrics (Prometheus' text format), /healthz and /readyz answer: plain HTTP
+    /// on a loopback address; any other address serves over TLS to clients with a
+    /// certificate the cluster's CA signed (needs --tls-dir); `none`: nowhere.
+    #[arg(long, env = "ORCH_AGENT_METRICS_LISTEN", default_value = orch_api::telemetry::AGENT_METRICS, value_name = "ADDR|none")]
+    pub metrics_listen: String,
     /// Mutual TLS with the certificates in this directory (ca.pem, node-NAME.pem and
     /// node-NAME.key, from `orch-controller init`) towards the controller and for the
     /// node API. Without it the controller must be on loopback (plain text) and the node
@@ -192,6 +197,11 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
 
 async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
+    let metrics_listen = orch_api::telemetry::parse_listen(&args.metrics_listen)?;
+    let metrics_tls = match (metrics_listen, &args.tls_dir) {
+        (Some(address), Some(dir)) if !address.ip().is_loopback() => Some(orch_api::telemetry::server_tls(dir, &format!("node-{}", config.name), address)?),
+        _ => None,
+    };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tracing::info!(node = %config.name, controller = %config.controller, state = %config.state_dir.display(), "orch-agent starting");
@@ -199,6 +209,14 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         agent = Agent::start(config) => agent?,
         _ = interrupt.recv() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
+    };
+    let metrics = match metrics_listen {
+        Some(address) => {
+            let (bound, task) = orch_api::telemetry::serve(address, metrics_tls, agent.telemetry()).await?;
+            tracing::info!(listen = %bound, tls = !bound.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
+            Some(task)
+        }
+        None => None,
     };
     let how = if args.drain_on_exit { Shutdown::Drain } else { Shutdown::Leave };
     agent
@@ -210,6 +228,9 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
             how
         })
         .await;
+    if let Some(task) = metrics {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use super::link;
 use super::netns::Netns;
 use super::proxy::{self, Backends, ConnectionLimits, Strategy};
 use super::sockets::NsSockets;
+use super::stats::BalancerMetrics;
 use super::table::{desired, plan_listeners, ListenKey, ListenerFailure, ServiceEndpoints};
 use super::udp;
 use super::NetError;
@@ -45,6 +46,7 @@ pub struct Balancer {
     names: dns::Names,
     /// The DNS server over UDP and over TCP.
     dns_tasks: [JoinHandle<()>; 2],
+    metrics: BalancerMetrics,
 }
 
 #[derive(Default)]
@@ -95,6 +97,7 @@ impl Balancer {
             state: tokio::sync::Mutex::new(BalancerState::default()),
             names,
             dns_tasks,
+            metrics: BalancerMetrics::default(),
         })
     }
 
@@ -120,12 +123,12 @@ impl Balancer {
         for key in &plan.open {
             let endpoints = want.listeners.get(key).cloned().unwrap_or_default();
             let backends = Arc::new(Backends::new(self.strategy, endpoints));
-            match self.open(*key, &backends).await {
+            let service = want.owners.get(key).cloned().unwrap_or_default();
+            match self.open(*key, &backends, &service).await {
                 Ok(task) => {
                     state.listeners.insert(*key, Listener { backends, task });
                 }
                 Err(error) => {
-                    let service = want.owners.get(key).cloned().unwrap_or_default();
                     tracing::warn!(listener = %key, %service, %error, "cannot open a listener; the others are served");
                     failures.push(ListenerFailure { listener: *key, service, error: error.to_string() });
                 }
@@ -148,8 +151,9 @@ impl Balancer {
     }
 
     /// Opens one listener and starts serving it.
-    async fn open(&self, key: ListenKey, backends: &Arc<Backends>) -> Result<JoinHandle<()>, NetError> {
+    async fn open(&self, key: ListenKey, backends: &Arc<Backends>, service: &str) -> Result<JoinHandle<()>, NetError> {
         let limits = self.limits;
+        let stats = self.metrics.listener(service);
         Ok(match key {
             ListenKey::Vip(address) => {
                 let listener = self
@@ -157,7 +161,7 @@ impl Balancer {
                     .tcp_listener(address)
                     .await
                     .map_err(|source| NetError::Listen { address: format!("{address} in {}", self.netns_name), source })?;
-                tokio::spawn(proxy::serve(listener, Arc::clone(backends), Some(Arc::clone(&self.sockets)), limits))
+                tokio::spawn(proxy::serve(listener, Arc::clone(backends), Some(Arc::clone(&self.sockets)), limits, stats))
             }
             ListenKey::NodePort(port) => {
                 let address = SocketAddrV4::new(self.node_address.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
@@ -166,7 +170,7 @@ impl Balancer {
                     None => tokio::net::TcpListener::bind(address).await,
                 };
                 let listener = listener.map_err(|source| NetError::Listen { address: format!("node port {address}"), source })?;
-                tokio::spawn(proxy::serve(listener, Arc::clone(backends), self.node_sockets.clone(), limits))
+                tokio::spawn(proxy::serve(listener, Arc::clone(backends), self.node_sockets.clone(), limits, stats))
             }
             ListenKey::UdpVip(address) => {
                 let socket = self
@@ -186,6 +190,11 @@ impl Balancer {
                 tokio::spawn(udp::serve(socket, Arc::clone(backends), self.node_sockets.clone()))
             }
         })
+    }
+
+    /// The balancer's metrics (for the agent's registry).
+    pub fn metrics(&self) -> &BalancerMetrics {
+        &self.metrics
     }
 
     /// The TCP connections relayed to `ip` now, over every listener.

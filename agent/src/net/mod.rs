@@ -15,6 +15,7 @@ pub mod netns;
 mod node;
 mod proxy;
 mod sockets;
+pub mod stats;
 pub mod table;
 mod udp;
 

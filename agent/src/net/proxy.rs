@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::sockets::NsSockets;
+use super::stats::ListenerStats;
 
 /// How long one endpoint gets to accept a connection before the next is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -162,10 +163,11 @@ impl Activity {
     }
 }
 
-/// A stream that marks its connection active whenever it reads.
+/// A stream that marks its connection active whenever it reads, and counts what it read.
 struct Tracked<'a> {
     stream: &'a mut TcpStream,
     activity: &'a Activity,
+    read: &'a prometheus_client::metrics::counter::Counter,
 }
 
 impl AsyncRead for Tracked<'_> {
@@ -174,6 +176,7 @@ impl AsyncRead for Tracked<'_> {
         let polled = std::pin::Pin::new(&mut *self.stream).poll_read(cx, buf);
         if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            self.read.inc_by(u64::try_from(buf.filled().len() - before).unwrap_or(0));
         }
         polled
     }
@@ -193,11 +196,12 @@ impl AsyncWrite for Tracked<'_> {
     }
 }
 
-/// Copies both ways until either side closes or the connection is quiet for `idle`.
-async fn copy_until_idle(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) {
+/// Copies both ways until either side closes or the connection is quiet for `idle`;
+/// the bytes go to `stats` as they are read.
+async fn copy_until_idle(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration, stats: &ListenerStats) {
     let activity = Activity { began: std::time::Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) };
-    let mut client = Tracked { stream: client, activity: &activity };
-    let mut upstream = Tracked { stream: upstream, activity: &activity };
+    let mut client = Tracked { stream: client, activity: &activity, read: &stats.to_backend };
+    let mut upstream = Tracked { stream: upstream, activity: &activity, read: &stats.to_client };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
     loop {
@@ -213,37 +217,43 @@ async fn copy_until_idle(client: &mut TcpStream, upstream: &mut TcpStream, idle:
     }
 }
 
-async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, idle: Duration) {
+async fn relay(mut client: TcpStream, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, idle: Duration, stats: ListenerStats) {
     for endpoint in backends.order() {
         backends.connected(endpoint);
         match connect(sockets.as_deref(), endpoint).await {
             // Counted from the connect on: a replica stopping waits for a connection
             // still being made to it too.
             Ok(mut upstream) => {
-                copy_until_idle(&mut client, &mut upstream, idle).await;
+                stats.active.inc();
+                copy_until_idle(&mut client, &mut upstream, idle, &stats).await;
+                stats.active.dec();
                 backends.disconnected(endpoint);
                 return;
             }
             Err(e) => {
                 tracing::debug!(%endpoint, error = %e, "endpoint refused a connection; trying the next");
+                stats.connect_errors.inc();
                 backends.disconnected(endpoint);
                 backends.failed(endpoint);
             }
         }
     }
+    stats.no_endpoint.inc();
     tracing::debug!("no endpoint reachable; closing the client connection");
 }
 
 /// Serves `listener` until the task is aborted. Connections already relayed are their
 /// own tasks and outlive it; beyond `limits.max_connections` at once, a new one is
 /// closed as soon as it is accepted.
-pub async fn serve(listener: TcpListener, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, limits: ConnectionLimits) {
+pub async fn serve(listener: TcpListener, backends: Arc<Backends>, sockets: Option<Arc<NsSockets>>, limits: ConnectionLimits, stats: ListenerStats) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut refused: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
+                stats.connections.inc();
                 let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    stats.over_limit.inc();
                     refused += 1;
                     // Once, then every thousandth: a flood must not flood the log too.
                     if refused % 1000 == 1 {
@@ -253,9 +263,9 @@ pub async fn serve(listener: TcpListener, backends: Arc<Backends>, sockets: Opti
                     continue;
                 };
                 let _ = client.set_nodelay(true);
-                let (backends, sockets) = (Arc::clone(&backends), sockets.clone());
+                let (backends, sockets, stats) = (Arc::clone(&backends), sockets.clone(), stats.clone());
                 tokio::spawn(async move {
-                    relay(client, backends, sockets, limits.idle_timeout).await;
+                    relay(client, backends, sockets, limits.idle_timeout, stats).await;
                     drop(slot);
                 });
             }
@@ -318,7 +328,7 @@ mod tests {
     async fn proxy(backend: SocketAddrV4, limits: ConnectionLimits) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let address = listener.local_addr().expect("its address");
-        tokio::spawn(serve(listener, Arc::new(Backends::new(Strategy::RoundRobin, vec![backend])), None, limits));
+        tokio::spawn(serve(listener, Arc::new(Backends::new(Strategy::RoundRobin, vec![backend])), None, limits, ListenerStats::default()));
         address
     }
 

@@ -417,6 +417,35 @@ impl Agent {
 
     /// Serves until `shutdown` resolves: sessions with the controller, reconnecting
     /// with back-off whenever one ends.
+    /// What `--metrics-listen` serves: the agent's and the balancer's metrics, and
+    /// readiness — a session with a controller is up. Holds the context weakly (it must
+    /// go before the node network can).
+    pub fn telemetry(&self) -> Arc<orch_api::telemetry::Endpoints> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.ctx.metrics.register(&mut registry);
+        self.ctx.network.register_metrics(&mut registry);
+        let context = Arc::downgrade(&self.ctx);
+        let refresh = move || {
+            if let Some(ctx) = context.upgrade() {
+                ctx.metrics.refresh(&ctx.board);
+            }
+        };
+        let context = Arc::downgrade(&self.ctx);
+        let controller = self.config.controller.clone();
+        let ready: orch_api::telemetry::ReadyCheck = Arc::new(move || {
+            let up = context.upgrade().is_some_and(|ctx| ctx.metrics.session_is_up());
+            let controller = controller.clone();
+            Box::pin(async move {
+                if up {
+                    Ok(format!("session with {controller} up"))
+                } else {
+                    Err(format!("no session with {controller}"))
+                }
+            })
+        });
+        Arc::new(orch_api::telemetry::Endpoints { registry, refresh: Some(Box::new(refresh)), ready })
+    }
+
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = Shutdown>) {
         tokio::pin!(shutdown);
         let mut delay = Duration::from_millis(100);
@@ -443,6 +472,8 @@ impl Agent {
 
     async fn session(&mut self) -> Result<(), LinkError> {
         let mut session = Session::open(&self.config, &self.ctx.board, self.generation).await?;
+        let ctx = Arc::clone(&self.ctx);
+        let _up = ctx.metrics.session_opened();
         loop {
             let set = session.next_desired(&self.ctx.board, self.generation).await?;
             self.converge(set).await;

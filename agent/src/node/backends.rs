@@ -93,6 +93,8 @@ pub trait PodNetwork: ContainerNetwork {
     async fn view(&self) -> Result<NetworkView, BackendError>;
     /// Removes the node network and forgets its addresses (a drained node).
     async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
+    /// Registers the network's metrics (the balancer's) in the agent's registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// One attempt of a probe: `Err(why)` when it fails.
@@ -190,6 +192,10 @@ impl PodNetwork for NodeNetwork {
 
     async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
         Ok(NodeNetwork::teardown(*self, true).await?)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.balancer().metrics().register(registry);
     }
 }
 

@@ -30,6 +30,7 @@ pub struct NodeContext {
     pub configs: ConfigCache,
     /// The balancer's table, applied again while a listener fails.
     pub services: super::service_table::ServiceTable,
+    pub metrics: Arc<super::metrics::AgentMetrics>,
 }
 
 /// The Configs and Secrets the controller sent for this node's replicas: in memory, and
@@ -116,6 +117,7 @@ impl NodeContext {
             volume_locks: VolumeLocks::default(),
             configs: ConfigCache::default(),
             services: super::service_table::ServiceTable::default(),
+            metrics: Arc::default(),
             node,
             runtime: backends.containers,
             images: backends.images,

@@ -28,6 +28,7 @@ pub mod convergence;
 pub mod convert;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod probe;
 pub mod registration;
 pub mod replica;

@@ -164,12 +164,17 @@ pub enum ProbeEvent {
     Unhealthy(String),
 }
 
+/// Where each probe attempt's outcome goes (the agent's metrics): the probe's kind
+/// (`startup`, `liveness`, `readiness`) and whether it succeeded.
+pub type ProbeRecord = Arc<dyn Fn(&'static str, bool) + Send + Sync>;
+
 /// The startup probe first (when there is one), then liveness and readiness side by side.
-/// Each attempt is one `checks.check`.
-pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn ProbeChecks>, events: mpsc::Sender<ProbeEvent>) {
+/// Each attempt is one `checks.check`, recorded.
+pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn ProbeChecks>, events: mpsc::Sender<ProbeEvent>, record: ProbeRecord) {
     let checks = checks.as_ref();
+    let record = record.as_ref();
     if let Some(startup) = &probes.startup {
-        match probe_until_verdict(startup, &target, checks, true).await {
+        match probe_until_verdict(startup, &target, checks, true, &|ok| record("startup", ok)).await {
             Ok(()) => {
                 let _ = events.send(ProbeEvent::Started).await;
             }
@@ -181,7 +186,7 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
     }
     let liveness = async {
         if let Some(liveness) = &probes.liveness {
-            if let Err(why) = probe_until_verdict(liveness, &target, checks, false).await {
+            if let Err(why) = probe_until_verdict(liveness, &target, checks, false, &|ok| record("liveness", ok)).await {
                 let _ = events.send(ProbeEvent::Unhealthy(format!("liveness probe failed: {why}"))).await;
             }
         }
@@ -194,6 +199,7 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
         loop {
             ticks.tick().await;
             let result = checks.check(readiness, &target).await;
+            record("readiness", result.is_ok());
             let why = result.as_ref().err().cloned().unwrap_or_default();
             if let Some(verdict) = tracker.observe(result.is_ok(), readiness.success_threshold, readiness.failure_threshold) {
                 if events.send(ProbeEvent::Ready(verdict, why)).await.is_err() {
@@ -208,13 +214,20 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
 /// Probes every period. A startup probe (`until_success`) returns at its first success;
 /// a liveness probe runs until it fails `failure_threshold` times in a row. `Err` carries
 /// the last failure.
-async fn probe_until_verdict(probe: &pb::Probe, target: &ProbeTarget, checks: &dyn ProbeChecks, until_success: bool) -> Result<(), String> {
+async fn probe_until_verdict(
+    probe: &pb::Probe,
+    target: &ProbeTarget,
+    checks: &dyn ProbeChecks,
+    until_success: bool,
+    record: &(dyn Fn(bool) + Sync),
+) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_seconds))).await;
     let mut tracker = ProbeTracker::default();
     let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(probe.period_seconds.max(1))));
     loop {
         ticks.tick().await;
         let result = checks.check(probe, target).await;
+        record(result.is_ok());
         let success_threshold = if until_success { 1 } else { probe.success_threshold };
         match (tracker.observe(result.is_ok(), success_threshold, probe.failure_threshold), &result) {
             (Some(true), _) if until_success => return Ok(()),

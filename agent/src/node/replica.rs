@@ -27,7 +27,7 @@ use super::context::NodeContext;
 use super::convert::{confinement_of, env_of, limits_of, pull_policy};
 use super::lifecycle::{describe_exit, Effect, Input, Lifecycle, State, ENDPOINT_PROPAGATION};
 use super::logs;
-use super::probe::{run_probes, ProbeEvent, ProbeTarget};
+use super::probe::{run_probes, ProbeEvent, ProbeRecord, ProbeTarget};
 use super::volumes::{self, HeldVolumes};
 use crate::images::{resolve_process, ImageAccounts};
 use crate::runtime::exec::ExecRequest;
@@ -409,7 +409,12 @@ impl Supervisor {
             (pb::ImagePullPolicy::Never, None) => {
                 return Err(format!("ErrImageNeverPull: image {} is not on this node, and imagePullPolicy is Never", spec.image));
             }
-            (pb::ImagePullPolicy::Always, _) | (_, None) => images.pull(&spec.image).await.map_err(|e| format!("ImagePullBackOff: {e}"))?,
+            (pb::ImagePullPolicy::Always, _) | (_, None) => {
+                let began = std::time::Instant::now();
+                let pulled = images.pull(&spec.image).await;
+                self.ctx.metrics.image_pulled(began.elapsed(), pulled.is_ok());
+                pulled.map_err(|e| format!("ImagePullBackOff: {e}"))?
+            }
             (_, Some(image)) => image,
         };
         if self.prepared.as_ref().is_some_and(|p| p.spec.image.as_deref() == Some(image.manifest_digest.as_str())) {
@@ -500,7 +505,10 @@ impl Supervisor {
         let Some(prepared) = &self.prepared else { return Err("not prepared".into()) };
         logs::start_run(&self.ctx.state, &self.record.id);
         let network: &dyn crate::runtime::ContainerNetwork = self.ctx.network.as_ref();
-        self.ctx.runtime.start(&prepared.spec, network).await.map_err(|e| format!("start: {e}"))
+        let began = std::time::Instant::now();
+        let started = self.ctx.runtime.start(&prepared.spec, network).await;
+        self.ctx.metrics.container_started(began.elapsed(), started.is_ok());
+        started.map_err(|e| format!("start: {e}"))
     }
 
     /// The container runs: its PID and address in the status, the Started (or Adopted)
@@ -542,7 +550,9 @@ impl Supervisor {
         let (sender, events) = mpsc::channel(8);
         let usage =
             (!self.size_limited.is_empty()).then(|| tokio::spawn(watch_usage(Arc::clone(&self.ctx), self.object(), self.size_limited.clone(), sender.clone())));
-        let task = tokio::spawn(run_probes(spec.probes.clone().unwrap_or_default(), target, Arc::clone(&self.ctx.probes), sender));
+        let (metrics, service) = (Arc::clone(&self.ctx.metrics), self.record.service.clone());
+        let record: ProbeRecord = Arc::new(move |probe, ok| metrics.probed(&service, probe, ok));
+        let task = tokio::spawn(run_probes(spec.probes.clone().unwrap_or_default(), target, Arc::clone(&self.ctx.probes), sender, record));
         self.probes = Some(Probing { task, usage, events });
     }
 

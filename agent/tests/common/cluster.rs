@@ -106,6 +106,7 @@ impl Cluster {
             .arg(self.volumes_dir())
             .args(["--cgroup-parent", &self.cgroup_parent, "--bridge", &self.bridge, "--heartbeat-ms", "300", "--insecure-api-listen", "127.0.0.1:0"])
             .args(["--upstream-dns", "none"]) // tests never ask the machine's own resolver
+            .args(["--metrics-listen", "127.0.0.1:0"]) // agents of parallel tests share the host's loopback
             .args(&self.agent_args)
             .env("RUST_LOG", std::env::var("ORCH_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

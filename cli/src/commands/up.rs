@@ -65,6 +65,13 @@ pub struct UpArgs {
     /// The cluster pod network (a /16): this node gets its first /24.
     #[arg(long, default_value = "10.88.0.0/16", value_parser = parse_cluster_network)]
     pub cluster_cidr: Ipv4Cidr,
+    /// Where the controller's /metrics, /healthz and /readyz answer (plain HTTP on
+    /// loopback; elsewhere over TLS with the PKI; `none`: nowhere).
+    #[arg(long, default_value = orch_api::telemetry::CONTROLLER_METRICS, value_name = "ADDR|none")]
+    pub metrics_listen: String,
+    /// Where the agent's /metrics, /healthz and /readyz answer.
+    #[arg(long, default_value = orch_api::telemetry::AGENT_METRICS, value_name = "ADDR|none")]
+    pub node_metrics_listen: String,
     /// Give up waiting for the services to be ready after this many seconds (they keep
     /// starting; `orch get replicas` shows why).
     #[arg(long, default_value = "120", value_name = "SECONDS")]
@@ -108,6 +115,17 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {} (mode 0700)", args.state_dir.display()))?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // Checked (and the TLS loaded) before anything starts.
+    let metrics_tls = |flag: &str, identity: &str| -> anyhow::Result<Option<(SocketAddr, Option<Arc<rustls::ServerConfig>>)>> {
+        let Some(address) = orch_api::telemetry::parse_listen(flag)? else { return Ok(None) };
+        let tls = match tls_dir {
+            Some(dir) if !address.ip().is_loopback() => Some(orch_api::telemetry::server_tls(dir, identity, address)?),
+            _ => None,
+        };
+        Ok(Some((address, tls)))
+    };
+    let controller_metrics = metrics_tls(&args.metrics_listen, "controller")?;
+    let node_metrics = metrics_tls(&args.node_metrics_listen, &format!("node-{name}"))?;
 
     let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (is another orch up running?)"))?;
@@ -162,6 +180,13 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);
+    let mut telemetry = Vec::new();
+    for (what, listen, endpoints) in [("controller", controller_metrics, controller.telemetry()), ("node", node_metrics, agent.telemetry())] {
+        let Some((address, tls)) = listen else { continue };
+        let (bound, task) = orch_api::telemetry::serve(address, tls, endpoints).await?;
+        eprintln!("orch: the {what}'s /metrics, /healthz and /readyz on {}://{bound}", if bound.ip().is_loopback() { "http" } else { "https" });
+        telemetry.push(task);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(async move {
         let _ = stopped.await;
@@ -212,6 +237,9 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     let _ = stop.send(());
     let _ = agent_task.await;
     controller.stop().await;
+    for task in telemetry {
+        task.abort();
+    }
     eprintln!("orch: stopped; the store keeps the services for the next `orch up`");
     match failed {
         Some(error) => Err(error),

@@ -28,6 +28,9 @@ pub struct Up {
     pub service_cidr: String,
     pub cluster_cidr: String,
     pub node_port: u16,
+    /// Where the controller's and the node's /metrics answer (plain HTTP, loopback).
+    pub metrics: String,
+    pub node_metrics: String,
 }
 
 impl Up {
@@ -47,9 +50,11 @@ impl Up {
             .output()
             .expect("run build-demo.sh");
         assert!(built.status.success(), "build-demo.sh: {}", text(&built.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").to_string();
         Up {
-            server: format!("127.0.0.1:{port}"),
+            server: free(),
+            metrics: free(),
+            node_metrics: free(),
             bridge: format!("oc{:x}n{n}", pid % 0xfffff),
             cgroup_parent: format!("orch-test-{pid}-cli{n}"),
             service_cidr: format!("10.212.{k}.0/24"),
@@ -95,6 +100,7 @@ impl Up {
             .arg(self.dir.path().join("state"))
             .args(["--listen", &self.server, "--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent, "--name", "cli-node"])
             .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &self.cluster_cidr])
+            .args(["--metrics-listen", &self.metrics, "--node-metrics-listen", &self.node_metrics])
             // Tests never ask the machine's own resolver.
             .args(["--upstream-dns", "none"]);
         for file in files {

@@ -32,6 +32,7 @@ pub struct NodesRpc {
     /// agents reconnect to whoever serves next.
     stopping: watch::Receiver<()>,
     secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
+    metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 impl NodesRpc {
@@ -43,7 +44,12 @@ impl NodesRpc {
         events: EventLog,
         stopping: watch::Receiver<()>,
     ) -> NodesRpc {
-        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping, secrets: None }
+        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping, secrets: None, metrics: Arc::default() }
+    }
+
+    /// Counts the heartbeats the sessions receive into `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::ControllerMetrics>) -> NodesRpc {
+        NodesRpc { metrics, ..self }
     }
 
     /// Sends Secrets, opened with this key, to the nodes that use them.
@@ -113,6 +119,7 @@ impl Nodes for NodesRpc {
             events: self.events.clone(),
             leases: Arc::clone(&self.leases),
             secrets: self.secrets.clone(),
+            metrics: Arc::clone(&self.metrics),
         };
         tokio::spawn(session.serve(peer, incoming, outgoing, self.stopping.clone()));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))

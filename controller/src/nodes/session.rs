@@ -38,6 +38,7 @@ pub(super) struct Session {
     pub(super) leases: Arc<Mutex<HashMap<String, LeaseId>>>,
     /// Opens Secrets for the nodes that use them; none: Secrets are not sent.
     pub(super) secrets: Option<Arc<SecretsKey>>,
+    pub(super) metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 impl Session {
@@ -120,6 +121,7 @@ impl Session {
             }
         };
         let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
+        self.metrics.heartbeat(&self.node);
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
         Ok(())
     }

@@ -140,8 +140,11 @@ pub async fn run(
     events: EventLog,
     config: ReconcilerConfig,
     settled: watch::Sender<Revision>,
+    metrics: Arc<crate::metrics::ControllerMetrics>,
 ) {
     let mut tracker = NodeTracker::new(Instant::now());
+    // Replicas seen without a node, and since when (the scheduling latency's start).
+    let mut unbound_since: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
     let mut min_revision: Revision = 0;
     let mut leading = false;
     // The content version of the last state a pass found nothing to do on: until the
@@ -191,6 +194,12 @@ pub async fn run(
             }
             continue;
         }
+        let pass_began = Instant::now();
+        let unbound: BTreeSet<&str> = current.replicas.values().filter(|r| r.value.node.is_empty()).map(|r| r.value.id.as_str()).collect();
+        unbound_since.retain(|id, _| unbound.contains(id.as_str()));
+        for id in unbound {
+            unbound_since.entry(id.to_owned()).or_insert(pass_began);
+        }
         let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace, config.warmup);
         let mut taken: BTreeSet<String> = current.replicas.values().map(|r| r.value.id.clone()).collect();
         let plan = plan(&current, &lost, &mut |service| {
@@ -212,6 +221,19 @@ pub async fn run(
             continue;
         }
         let count = plan.actions.len();
+        // Bindings: a replica created bound waited for this pass's planning; one bound
+        // now waited since it was first seen unbound.
+        for action in &plan.actions {
+            match action {
+                Action::CreateReplica { replica, .. } if !replica.node.is_empty() => metrics.scheduled(pass_began.elapsed()),
+                Action::UpdateReplica { replica, .. } if !replica.node.is_empty() => {
+                    if let Some(since) = unbound_since.remove(&replica.id) {
+                        metrics.scheduled(since.elapsed());
+                    }
+                }
+                _ => {}
+            }
+        }
         let leader_now = leader.clone();
         let written: Vec<Result<Option<Revision>, StoreError>> = futures::stream::iter(plan.actions)
             .map(|action| {
@@ -248,6 +270,7 @@ pub async fn run(
                 min_revision = min_revision.max(listing.revision);
             }
         }
+        metrics.reconciled(pass_began.elapsed());
         tracing::debug!(count, conflicts, revision = min_revision, "plan carried out");
         if written.iter().all(Result::is_err) {
             // Nothing went through: do not spin on a failing store.
