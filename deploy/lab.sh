@@ -60,6 +60,8 @@ node_ns() { echo "${name}-n$1"; }
 node_veth() { echo "${name}v$1"; }
 node_address() { echo "$prefix.$((10 + $1))"; }
 controller_address() { echo "$host_address:$((7100 + 10 * ($1 - 1)))"; }
+# Its /metrics, over TLS (what the lab's Prometheus scrapes).
+controller_metrics_address() { echo "$host_address:$((7102 + 10 * ($1 - 1)))"; }
 pid_of() { [ -f "$dir/$1.pid" ] && cat "$dir/$1.pid" || true; }
 # Alive and still the program the lab started (a PID file may outlive a reboot).
 alive() {
@@ -112,7 +114,7 @@ start_agent() {
 start_controller() {
     local c="$1"
     launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
-        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s --metrics-listen "$(controller_address "$c"):7102"
+        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s --metrics-listen "$(controller_metrics_address "$c")"
 }
 
 # stop-controller / restart-controller: [C] [--kill] in any order.

@@ -549,7 +549,8 @@ fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
     // The node API, called directly: it takes neither nobody's certificate nor plain text…
     let pid = up.child.as_ref().expect("orch up runs").id();
     let ports = listening_ports(pid);
-    let api_port = ports.iter().copied().find(|p| format!("127.0.0.1:{p}") != server && *p != up.node_port).expect("the node API's port");
+    let others = [server.clone(), up.metrics.clone(), up.node_metrics.clone(), format!("127.0.0.1:{}", up.node_port)];
+    let api_port = ports.iter().copied().find(|p| !others.contains(&format!("127.0.0.1:{p}"))).expect("the node API's port");
     let node_api = format!("127.0.0.1:{api_port}");
     assert_refused("nobody: the node API with its own certificate", &as_nobody(&orch, &["--server", &node_api, "--tls-dir", own, "get", "services"]));
     assert_refused("nobody: the node API in plain text", &as_nobody(&orch, &["--server", &format!("http://{node_api}"), "get", "services"]));

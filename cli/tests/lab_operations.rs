@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,6 +57,10 @@ fn cordon_drain_uncordon_and_delete_nodes() {
     lab.ok(&["apply", "-f", &format!("{ROOT}/manifests/webapp.yaml"), "--wait", "--timeout", "120"]);
     let before = lab.wait("3 ready replicas", all_running(3));
     assert_eq!(node_status(&lab, "node1"), "Ready");
+
+    // A real Prometheus scrapes the controller and every agent over TLS, on their lab
+    // addresses, with a certificate the cluster's CA signed: every target is up.
+    prometheus_sees_every_target(&lab, 3);
 
     // Cordon: node1 keeps its replica and takes no new one.
     let kept = on_node(&before, "node1").iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -120,4 +125,75 @@ fn cordon_drain_uncordon_and_delete_nodes() {
     let nodes = lab.ok(&["get", "nodes"]);
     assert!(!nodes.lines().any(|l| l.starts_with("node3 ")), "{nodes}");
     lab.wait("5 ready replicas on node1 and node2", |r| all_running(5)(r) && r.iter().all(|x| x["node"] == "node1" || x["node"] == "node2"));
+}
+
+/// A Prometheus process (Debian's), killed with the value.
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` (plain HTTP): the body.
+fn get_local(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// Starts Prometheus on loopback with the lab's controller and `nodes` agents as its
+/// targets (https, the CLI's certificate as the client's), and waits until its targets
+/// API says every one is up and a query sums every agent's session.
+fn prometheus_sees_every_target(lab: &Lab, nodes: u32) {
+    let pki = lab.dir.path().join("lab/pki");
+    let net = lab.net;
+    let agents: Vec<String> = (1..=nodes).map(|k| format!("\"10.250.{net}.{}:7103\"", 10 + k)).collect();
+    let tls =
+        format!("{{ca_file: {}, cert_file: {}, key_file: {}}}", pki.join("ca.pem").display(), pki.join("admin.pem").display(), pki.join("admin.key").display());
+    let config = format!(
+        "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n\
+         - {{job_name: orch-controller, scheme: https, tls_config: {tls}, static_configs: [{{targets: [\"10.250.{net}.1:7102\"]}}]}}\n\
+         - {{job_name: orch-agent, scheme: https, tls_config: {tls}, static_configs: [{{targets: [{}]}}]}}\n",
+        agents.join(", ")
+    );
+    let dir = lab.dir.path().join("prometheus");
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+    let child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; deploy/test.sh installs it)");
+    let _prometheus = Prometheus(child);
+    let start = Instant::now();
+    loop {
+        let targets: serde_json::Value = get_local(port, "/api/v1/targets").ok().and_then(|body| serde_json::from_str(&body).ok()).unwrap_or_default();
+        let active = targets["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+        let up = active.iter().filter(|t| t["health"] == "up").count();
+        let sessions: serde_json::Value =
+            get_local(port, "/api/v1/query?query=sum(orch_agent_session_up)").ok().and_then(|body| serde_json::from_str(&body).ok()).unwrap_or_default();
+        let sum = sessions["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+        if active.len() == 1 + nodes as usize && up == active.len() && sum == Some(f64::from(nodes)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "Prometheus did not see every target up: {up} of {} up, sum(orch_agent_session_up) = {sum:?}: {active:#?}\n{}",
+            active.len(),
+            std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
