@@ -40,10 +40,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     if let Command::Serve(args) = cli.command {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-            .with_writer(std::io::stderr)
-            .init();
+        orch_api::logging::init(args.log_format, "info");
         return match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
             Ok(runtime) => runtime.block_on(commands::serve::serve(*args)),
             Err(e) => {

@@ -171,10 +171,21 @@ async fn an_agent_restart_disturbs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_after_a_killed_agent_leaves_nothing() {
-    let mut cluster = Cluster::start("teardown").await;
+    let mut cluster = Cluster::start_with("teardown", &["--log-format", "json"]).await;
     let image = cluster.image.clone();
     cluster.apply(&web_manifest(&image, 2)).await;
     let replicas = cluster.wait_replicas("web", "2 running, ready replicas", |r| r.len() == 2 && r.iter().all(running_ready)).await;
+    // --log-format json: every line one JSON object; a replica's carry its name and service.
+    let log = cluster.agent_log();
+    let lines: Vec<serde_json::Value> =
+        log.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    for replica in &replicas {
+        assert!(
+            lines.iter().any(|l| l["fields"]["kind"] == "Started" && l["span"]["replica"] == replica.id.as_str() && l["span"]["service"] == "web"),
+            "no Started line in {}'s span:\n{log}",
+            replica.id
+        );
+    }
     cluster.kill_agent();
     let out = std::process::Command::new(common::AGENT)
         .arg("teardown")

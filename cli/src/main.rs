@@ -106,10 +106,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         if let Command::Up(args) = command {
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-                .with_writer(std::io::stderr)
-                .init();
+            orch_api::logging::init(args.log_format, "warn");
             let pki = tls_dir.clone().unwrap_or_else(|| client::DEFAULT_PKI_DIR.into());
             commands::up::run(*args, &pki).await?;
             return Ok(ExitCode::SUCCESS);

@@ -389,6 +389,31 @@ fn the_cli_against_orch_up() {
     assert!(node_ready.0 == 200 && node_ready.1.starts_with("ready: session with "), "{node_ready:?}");
     assert_eq!(scrape(&up.node_metrics, "/nothing").0, 404);
 
+    // --log-format json: each log line one JSON object; a replica's lines carry its name
+    // and service — the apply, its creation and binding on the controller, its start on
+    // the node.
+    let lines: Vec<serde_json::Value> = up
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["span"]["name"] == "apply" && l["span"]["service"] == "web" && l["fields"]["message"] == "service applied"),
+        "no apply line"
+    );
+    let bound: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "replica created and bound" && l["span"]["service"] == "web" && l["fields"]["node"] == "cli-node")
+        .filter_map(|l| l["span"]["replica"].as_str().map(str::to_owned))
+        .collect();
+    let started: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l["fields"]["kind"] == "Started" && l["span"]["name"] == "replica" && l["span"]["service"] == "web")
+        .filter_map(|l| l["span"]["replica"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!bound.is_empty() && bound.is_subset(&started), "every replica bound is seen starting, by name: bound {bound:?}, started {started:?}");
+
     // cordon: the one node keeps its replicas, a new one has nowhere to go and says
     // why; a drain with nowhere to go times out and stops nothing; uncordon lets it run.
     assert!(up.ok(&["cordon", "cli-node"]).contains("node/cli-node cordoned (Ready,SchedulingDisabled)"));

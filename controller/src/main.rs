@@ -36,6 +36,10 @@ struct Args {
     /// certificate the cluster's CA signed (needs --tls-dir); `none`: nowhere.
     #[arg(long, env = "ORCH_METRICS_LISTEN", default_value = orch_api::telemetry::CONTROLLER_METRICS, value_name = "ADDR|none")]
     metrics_listen: String,
+    /// Log lines for people (`text`) or one JSON object per line, with the fields of the
+    /// spans around it (a replica's carry `replica` and `service`); RUST_LOG sets the level.
+    #[arg(long, env = "ORCH_LOG_FORMAT", default_value = "text", value_name = "text|json", global = true)]
+    log_format: orch_api::logging::LogFormat,
     /// The service VIP range.
     #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_range)]
     service_cidr: Ipv4Cidr,
@@ -120,11 +124,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    orch_api::logging::init(args.log_format, "info");
     match run(&args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// The most entries (files, directories, links) one image layer may hold.
     #[arg(long, default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_layer_entries: u64,
+    /// Log lines for people (`text`) or one JSON object per line, with the fields of the
+    /// spans around it (a replica's carry `replica` and `service`); RUST_LOG sets the level.
+    #[arg(long, env = "ORCH_LOG_FORMAT", default_value = "text", value_name = "text|json")]
+    pub log_format: orch_api::logging::LogFormat,
     /// On SIGINT/SIGTERM stop every replica and remove the node network, instead of
     /// leaving the containers running for the next agent.
     #[arg(long)]

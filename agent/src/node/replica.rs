@@ -82,7 +82,9 @@ pub fn spawn(ctx: Arc<NodeContext>, record: pb::Replica, adopted: Option<Box<dyn
     let held = ctx.volume_locks.try_hold(&volumes::local_dirs(&record, &ctx.volumes)).unwrap_or_default();
     let supervisor =
         Supervisor { ctx, record, stopping, prepared: None, adopted, container: None, probes: None, held, size_limited: Vec::new(), evicted: false };
-    let task = tokio::spawn(supervisor.run());
+    // Every line the supervisor logs carries the replica and its service.
+    let span = tracing::info_span!("replica", replica = %id, service = %service);
+    let task = tokio::spawn(tracing::Instrument::instrument(supervisor.run(), span));
     ReplicaHandle { id, service, stop, task }
 }
 

@@ -72,6 +72,10 @@ pub struct UpArgs {
     /// Where the agent's /metrics, /healthz and /readyz answer.
     #[arg(long, default_value = orch_api::telemetry::AGENT_METRICS, value_name = "ADDR|none")]
     pub node_metrics_listen: String,
+    /// The controller's and the agent's log lines for people (`text`) or one JSON object
+    /// per line (RUST_LOG sets the level; warn by default).
+    #[arg(long, env = "ORCH_LOG_FORMAT", default_value = "text", value_name = "text|json")]
+    pub log_format: orch_api::logging::LogFormat,
     /// Give up waiting for the services to be ready after this many seconds (they keep
     /// starting; `orch get replicas` shows why).
     #[arg(long, default_value = "120", value_name = "SECONDS")]

@@ -101,6 +101,9 @@ impl Up {
             .args(["--listen", &self.server, "--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent, "--name", "cli-node"])
             .args(["--service-cidr", &self.service_cidr, "--cluster-cidr", &self.cluster_cidr])
             .args(["--metrics-listen", &self.metrics, "--node-metrics-listen", &self.node_metrics])
+            // Machine-readable lines, at info: the tests follow a replica through them.
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
             // Tests never ask the machine's own resolver.
             .args(["--upstream-dns", "none"]);
         for file in files {

@@ -228,6 +228,17 @@ impl ServiceApi {
     }
 
     pub(crate) async fn apply_one(&self, wanted: pb::Service, change: &TemplateChange) -> Result<(String, ApplyOutcome), ApiError> {
+        let span = tracing::info_span!("apply", service = %wanted.name, change = %change.cause);
+        let applied = tracing::Instrument::instrument(self.apply_one_inner(wanted, change), span.clone()).await;
+        let _span = span.entered();
+        match &applied {
+            Ok((_, outcome)) => tracing::info!(?outcome, "service applied"),
+            Err(error) => tracing::info!(%error, "service not applied"),
+        }
+        applied
+    }
+
+    async fn apply_one_inner(&self, wanted: pb::Service, change: &TemplateChange) -> Result<(String, ApplyOutcome), ApiError> {
         let ports = node_ports::declared(wanted.spec.as_ref());
         if !ports.is_empty() {
             // Services stored by earlier builds hold their ports without claims.

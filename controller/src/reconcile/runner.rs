@@ -223,12 +223,23 @@ pub async fn run(
         let count = plan.actions.len();
         // Bindings: a replica created bound waited for this pass's planning; one bound
         // now waited since it was first seen unbound.
+        // Each logged in the replica's span: its lines from apply to running carry it.
         for action in &plan.actions {
             match action {
-                Action::CreateReplica { replica, .. } if !replica.node.is_empty() => metrics.scheduled(pass_began.elapsed()),
+                Action::CreateReplica { replica, .. } => {
+                    let _span = tracing::info_span!("replica", replica = %replica.id, service = %replica.service).entered();
+                    if replica.node.is_empty() {
+                        tracing::info!("replica created; no node for it yet");
+                    } else {
+                        metrics.scheduled(pass_began.elapsed());
+                        tracing::info!(node = %replica.node, "replica created and bound");
+                    }
+                }
                 Action::UpdateReplica { replica, .. } if !replica.node.is_empty() => {
                     if let Some(since) = unbound_since.remove(&replica.id) {
                         metrics.scheduled(since.elapsed());
+                        let _span = tracing::info_span!("replica", replica = %replica.id, service = %replica.service).entered();
+                        tracing::info!(node = %replica.node, waited = ?since.elapsed(), "replica bound");
                     }
                 }
                 _ => {}
