@@ -341,6 +341,8 @@ fn the_cli_against_orch_up() {
     let paused = up.orch(&["rollout", "status", "service", "web", "--timeout", "120"]);
     assert!(!paused.status.success() && text(&paused.stderr).contains("rollout is paused"), "{}", text(&paused.stderr));
     assert_eq!(web_replicas(&up), restarted, "paused: nothing rolled");
+    let refused = up.orch(&["rollout", "restart", "service", "web"]);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("rollouts are paused"), "a restart while paused: {}", text(&refused.stderr));
     assert_eq!(up.ok(&["rollout", "resume", "service", "web"]).trim(), "service/web resumed");
     up.ok(&["rollout", "status", "service", "web", "--timeout", "120"]);
     assert_eq!(greetings(&up), BTreeSet::from(["three".to_owned()]), "resumed: the new template rolled out");

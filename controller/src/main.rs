@@ -185,6 +185,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics_listener = match metrics_listen {
+        Some(address) => Some(orch_api::telemetry::bind(address, metrics_tls).await?),
+        None => None,
+    };
     if tls.is_some() {
         tracing::info!(%listen, store = %args.store, %identity, "serving orch.v1.Api and orch.v1.Nodes over mutual TLS");
     } else {
@@ -205,14 +209,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         },
         listener,
     );
-    let _metrics = match metrics_listen {
-        Some(address) => {
-            let (bound, task) = orch_api::telemetry::serve(address, metrics_tls, controller.telemetry()).await?;
-            tracing::info!(listen = %bound, tls = !bound.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
-            Some(AbortOnDrop(task))
-        }
-        None => None,
-    };
+    let _metrics = metrics_listener.map(|listener| {
+        tracing::info!(listen = %listener.address, tls = !listener.address.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
+        AbortOnDrop(listener.serve(controller.telemetry()))
+    });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         served = controller.serve() => served.context("the gRPC server failed")?,

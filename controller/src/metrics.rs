@@ -3,7 +3,9 @@
 //! scheduling latency, store operation latency and errors, heartbeats received), and
 //! what the cluster holds, computed from the current [`ClusterState`] at each scrape
 //! (replicas by phase and readiness, restarts, node readiness and heartbeat age,
-//! leadership) — so a gauge never outlives the object it describes.
+//! leadership) — so a gauge never outlives the object it describes. (Counters keep the
+//! series of a deleted service or node until the process restarts, as Prometheus
+//! counters do.)
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -129,6 +131,12 @@ impl ControllerMetrics {
     pub fn heartbeat(&self, node: &str) {
         self.heartbeats.get_or_create(&NodeName { node: node.to_owned() }).inc();
         self.last_heartbeat.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(node.to_owned(), Instant::now());
+    }
+
+    /// The node's session with this controller ended: its heartbeat age is another
+    /// controller's to report now (or nobody's, and `orch_node_ready` says so).
+    pub fn session_ended(&self, node: &str) {
+        self.last_heartbeat.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(node);
     }
 
     fn store_operation(&self, operation: &'static str, took: Duration, error: Option<&StoreError>) {

@@ -39,12 +39,18 @@ install_without_services() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\n# orch: no service starts while its test packages install\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
         placed=1
     fi
-    (install_packages "${missing[@]}") || status=$?
-    [ "$placed" = 0 ] || rm -f "$policy"
+    # In a subshell whose exit (a failure, Ctrl-C, SIGTERM) takes the policy away again.
+    (
+        if [ "$placed" = 1 ]; then
+            trap 'rm -f "$policy"' EXIT
+            trap 'exit 130' INT TERM
+            printf '#!/bin/sh\n# orch: no service starts while its test packages install\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+        fi
+        install_packages "${missing[@]}"
+    ) || status=$?
     [ "$status" = 0 ] || die "installing ${missing[*]} failed"
     if [ -d /run/systemd/system ]; then
         step "disabling the own services of ${missing[*]} (orch runs its instances itself)"

@@ -45,8 +45,11 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// The registry in Prometheus' text format, refreshed first.
+    /// The registry in Prometheus' text format, refreshed first. One scrape at a time
+    /// (a refresh clears and rebuilds gauges: two at once would count twice).
     pub fn metrics_text(&self) -> String {
+        static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = SCRAPE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(refresh) = &self.refresh {
             refresh();
         }
@@ -90,48 +93,69 @@ pub fn server_tls(dir: &Path, name: &str, address: SocketAddr) -> Result<Arc<rus
     Ok(Arc::new(config))
 }
 
-/// Binds `address` and serves the endpoints until the task is aborted; returns the
-/// bound address (port 0 picks one) and the task. `tls` is required off loopback.
-pub async fn serve(
-    address: SocketAddr,
+/// A bound metrics listener, not serving yet: daemons bind it before they start, so a
+/// taken port stops them before they change anything.
+pub struct MetricsListener {
+    listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    endpoints: Arc<Endpoints>,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
+    pub address: SocketAddr,
+}
+
+/// Binds `address`; `tls` is required off loopback.
+pub async fn bind(address: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Result<MetricsListener, TelemetryError> {
     if !address.ip().is_loopback() && tls.is_none() {
         return Err(TelemetryError::Tls { address, path: "a PKI directory".into(), message: "none given".into() });
     }
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| TelemetryError::Listen { address, source })?;
     let bound = listener.local_addr().map_err(|source| TelemetryError::Listen { address, source })?;
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            };
-            let (endpoints, acceptor) = (Arc::clone(&endpoints), acceptor.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| answer(Arc::clone(&endpoints), request));
-                let http = hyper::server::conn::http1::Builder::new();
-                let served = match acceptor {
-                    // A handshake that does not finish in time is dropped.
-                    Some(acceptor) => match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, "metrics: TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => return,
-                    },
-                    None => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+    Ok(MetricsListener { listener, tls, address: bound })
+}
+
+/// Binds `address` and serves the endpoints until the task is aborted; returns the
+/// bound address (port 0 picks one) and the task.
+pub async fn serve(
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    endpoints: Arc<Endpoints>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
+    let listener = bind(address, tls).await?;
+    Ok((listener.address, listener.serve(endpoints)))
+}
+
+impl MetricsListener {
+    /// Serves the endpoints until the task is aborted.
+    pub fn serve(self, endpoints: Arc<Endpoints>) -> tokio::task::JoinHandle<()> {
+        let MetricsListener { listener, tls, .. } = self;
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 };
-                if let Err(error) = served {
-                    tracing::debug!(%error, "metrics: connection ended");
-                }
-            });
-        }
-    });
-    Ok((bound, task))
+                let (endpoints, acceptor) = (Arc::clone(&endpoints), acceptor.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| answer(Arc::clone(&endpoints), request));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let served = match acceptor {
+                        // A handshake that does not finish in time is dropped.
+                        Some(acceptor) => match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "metrics: TLS handshake refused");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await,
+                    };
+                    if let Err(error) = served {
+                        tracing::debug!(%error, "metrics: connection ended");
+                    }
+                });
+            }
+        })
+    }
 }
 
 async fn answer(endpoints: Arc<Endpoints>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {

@@ -206,6 +206,11 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         (Some(address), Some(dir)) if !address.ip().is_loopback() => Some(orch_api::telemetry::server_tls(dir, &format!("node-{}", config.name), address)?),
         _ => None,
     };
+    // Bound before the agent starts: a taken port stops it before it changes anything.
+    let metrics_listener = match metrics_listen {
+        Some(address) => Some(orch_api::telemetry::bind(address, metrics_tls).await?),
+        None => None,
+    };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tracing::info!(node = %config.name, controller = %config.controller, state = %config.state_dir.display(), "orch-agent starting");
@@ -214,14 +219,10 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
         _ = interrupt.recv() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
     };
-    let metrics = match metrics_listen {
-        Some(address) => {
-            let (bound, task) = orch_api::telemetry::serve(address, metrics_tls, agent.telemetry()).await?;
-            tracing::info!(listen = %bound, tls = !bound.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
-            Some(task)
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|listener| {
+        tracing::info!(listen = %listener.address, tls = !listener.address.ip().is_loopback(), "serving /metrics, /healthz and /readyz");
+        listener.serve(agent.telemetry())
+    });
     let how = if args.drain_on_exit { Shutdown::Drain } else { Shutdown::Leave };
     agent
         .run(async move {

@@ -41,6 +41,9 @@ pub async fn require_index(handle: &Handle, name: &str) -> Result<u32, NetError>
 /// address nobody has until its ARP entry is probed again, seconds later: a response
 /// relayed through a VIP at that moment waited 10 s in retransmissions (seen in the
 /// rollout tests). A bridge whose address was set keeps it, as Docker's and CNI's do.
+///
+/// The caller turns `arp_notify` on for the bridge first: when an existing bridge (an
+/// upgraded node's) gets its address here, the kernel tells the neighbours at once.
 pub async fn ensure_bridge(handle: &Handle, name: &str, mac: [u8; 6]) -> Result<u32, NetError> {
     if index_of(handle, name).await?.is_none() {
         match handle.link().add(LinkBridge::new(name).build()).execute().await {

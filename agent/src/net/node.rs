@@ -108,7 +108,14 @@ impl NodeNetwork {
         let handle = node.netlink()?;
         let subnet = config.subnet;
         let created_bridge = link::index_of(&handle, &config.bridge).await?.is_none();
+        // A bridge that exists already (an upgraded node's may have no address of its
+        // own yet) announces the address ensure_bridge gives it: gratuitous ARP.
+        let arp_notify = format!("net.ipv4.conf.{}.arp_notify", config.bridge);
+        if !created_bridge {
+            node.sysctl(&arp_notify, "1")?;
+        }
         let bridge_index = link::ensure_bridge(&handle, &config.bridge, link::mac_for(subnet.gateway())).await?;
+        node.sysctl(&arp_notify, "1")?;
         link::add_address(&handle, bridge_index, subnet.gateway(), subnet.prefix).await?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         egress::Egress { bridge: config.bridge.clone(), pod_subnet: subnet, cluster: config.cluster_cidr, services: config.service_cidr }

@@ -415,8 +415,6 @@ impl Agent {
         }
     }
 
-    /// Serves until `shutdown` resolves: sessions with the controller, reconnecting
-    /// with back-off whenever one ends.
     /// What `--metrics-listen` serves: the agent's and the balancer's metrics, and
     /// readiness — a session with a controller is up. Holds the context weakly (it must
     /// go before the node network can).
@@ -446,6 +444,8 @@ impl Agent {
         Arc::new(orch_api::telemetry::Endpoints { registry, refresh: Some(Box::new(refresh)), ready })
     }
 
+    /// Serves until `shutdown` resolves: sessions with the controller, reconnecting
+    /// with back-off whenever one ends.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = Shutdown>) {
         tokio::pin!(shutdown);
         let mut delay = Duration::from_millis(100);

@@ -128,8 +128,13 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         };
         Ok(Some((address, tls)))
     };
-    let controller_metrics = metrics_tls(&args.metrics_listen, "controller")?;
-    let node_metrics = metrics_tls(&args.node_metrics_listen, &format!("node-{name}"))?;
+    let mut listeners = Vec::new();
+    for (what, flag, identity) in [("controller", &args.metrics_listen, "controller".to_owned()), ("node", &args.node_metrics_listen, format!("node-{name}"))] {
+        listeners.push(match metrics_tls(flag, &identity)? {
+            Some((address, tls)) => Some((what, orch_api::telemetry::bind(address, tls).await?)),
+            None => None,
+        });
+    }
 
     let store = EmbeddedStore::open(&args.state_dir.join("controller.redb")).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (is another orch up running?)"))?;
@@ -185,11 +190,11 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);
     let mut telemetry = Vec::new();
-    for (what, listen, endpoints) in [("controller", controller_metrics, controller.telemetry()), ("node", node_metrics, agent.telemetry())] {
-        let Some((address, tls)) = listen else { continue };
-        let (bound, task) = orch_api::telemetry::serve(address, tls, endpoints).await?;
+    for (listener, endpoints) in listeners.into_iter().zip([controller.telemetry(), agent.telemetry()]) {
+        let Some((what, listener)) = listener else { continue };
+        let bound = listener.address;
         eprintln!("orch: the {what}'s /metrics, /healthz and /readyz on {}://{bound}", if bound.ip().is_loopback() { "http" } else { "https" });
-        telemetry.push(task);
+        telemetry.push(listener.serve(endpoints));
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent.run(async move {

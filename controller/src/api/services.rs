@@ -141,6 +141,18 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
     Some(updated)
 }
 
+/// A paused service's template changes roll nothing: an undo or a restart would only
+/// seem to work (as Kubernetes, refused).
+fn refuse_while_paused(service: &pb::Service, what: &str) -> Result<(), ApiError> {
+    if service.paused {
+        return Err(ApiError::Precondition(format!(
+            "service {:?}'s rollouts are paused: `orch rollout resume service {}` first, then {what}",
+            service.name, service.name
+        )));
+    }
+    Ok(())
+}
+
 /// Who asks for a template, for the revision history: the change it records and, for
 /// an undo, the restart stamp of the revision it goes back to (`None`: an apply keeps
 /// the service's).
@@ -455,6 +467,7 @@ impl ServiceApi {
                 .ok_or_else(|| ApiError::RevisionNotFound(format!("service {name:?} has no revision {to_revision} (revisions: {})", numbers())))?
         };
         let service = self.get(name).await?;
+        refuse_while_paused(&service, "undo")?;
         let mut spec = target.spec.clone().unwrap_or_default();
         if let Some(now) = service.spec.as_ref() {
             spec.replicas = now.replicas;
@@ -470,6 +483,7 @@ impl ServiceApi {
     /// replaced within the service's maxSurge and maxUnavailable.
     pub async fn restart(&self, name: &str) -> Result<pb::Service, ApiError> {
         self.update_service(name, |service| {
+            refuse_while_paused(service, "restart")?;
             let config_revisions: std::collections::BTreeMap<String, u64> = service.config_revisions.clone().into_iter().collect();
             // Later than the last one even if the clock stepped back.
             service.restarted_unix_ms = crate::events::now_unix_ms().max(service.restarted_unix_ms + 1);

@@ -107,6 +107,9 @@ impl Session {
         for task in tasks {
             task.abort();
         }
+        if !self.node.is_empty() {
+            self.metrics.session_ended(&self.node);
+        }
     }
 
     /// Renews the node's liveness lease. The lease may have been granted by another

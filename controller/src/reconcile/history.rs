@@ -52,6 +52,14 @@ pub fn plan(service: &pb::Service, revisions: &[&pb::ServiceRevision]) -> Histor
             restarted_unix_ms: service.restarted_unix_ms,
         });
     }
+    // An older entry of the newest template (its delete failed once while the new
+    // number was written): it goes too.
+    if let Some(newest) = newest.filter(|r| r.spec_hash == service.spec_hash) {
+        for older in revisions.iter().filter(|r| r.spec_hash == newest.spec_hash && r.revision != newest.revision) {
+            change.delete.push(older.revision);
+            kept.retain(|&n| n != older.revision);
+        }
+    }
     let excess = kept.len().saturating_sub(MAX_REVISIONS);
     change.delete.extend(kept.into_iter().take(excess));
     change
@@ -174,6 +182,14 @@ mod tests {
         assert_eq!(restarted.change, "restart");
         let config = plan(&service(spec("demo:1.0", "hi"), "ddd", "config/site changed"), &[&one]).record.expect("recorded");
         assert_eq!(config.change, "config/site changed");
+    }
+
+    #[test]
+    fn a_duplicate_of_the_newest_template_goes() {
+        let one = revision(1, spec("demo:1.0", "hi"), "aaa", "apply");
+        let two = revision(2, spec("demo:1.1", "hi"), "bbb", "apply");
+        let three = revision(3, spec("demo:1.0", "hi"), "aaa", "undo to revision 1");
+        assert_eq!(plan(&service(spec("demo:1.0", "hi"), "aaa", ""), &[&one, &two, &three]), HistoryChange { record: None, delete: vec![1] });
     }
 
     #[test]

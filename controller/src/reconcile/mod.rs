@@ -147,10 +147,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             continue;
         }
         let members: Vec<&Versioned<pb::Replica>> = state.replicas_of(name).filter(|r| !deleted.contains(r.key.as_str())).collect();
-        // Paused: the template most of its replicas run stays theirs (new replicas get it
-        // too); the service's own waits for the resume.
-        let (template_hash, template) =
-            if service.value.paused { paused_template(&service.value, spec, &members) } else { (service.value.spec_hash.as_str(), spec) };
+        // Paused: every replica keeps the template it runs (a rollout under way stays as
+        // far as it got), and new ones — a scale-up, a drained node's — get the one most
+        // of them run; the service's own waits for the resume.
+        let paused = service.value.paused;
+        let (template_hash, template) = if paused { paused_template(&service.value, spec, &members) } else { (service.value.spec_hash.as_str(), spec) };
         let crowd = |node: &str| members.iter().filter(|m| !node.is_empty() && m.value.node == node).count() as u32;
         let slots_own_data = orch_api::manifest::has_local_volumes(spec);
         // Two replicas of one slot (which no plan makes, but records of a crash or an
@@ -179,7 +180,22 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             .collect();
         // A slot's local volumes belong to one replica at a time: no surge, one by one.
         let (surge, unavailable) = if slots_own_data { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
-        let decision = rollout::decide(spec.replicas, surge, unavailable, &facts);
+        let decision = if paused {
+            let moving = |i: usize| duplicate(&members[i].value) || state.is_draining(&members[i].value.node);
+            let (moved, staying): (Vec<usize>, Vec<usize>) = (0..facts.len()).partition(|&i| moving(i));
+            let mixed = staying.windows(2).any(|w| members[w[0]].value.spec_hash != members[w[1]].value.spec_hash);
+            let staying_facts: Vec<rollout::Member> = staying.iter().map(|&i| facts[i].clone()).collect();
+            let kept = rollout::decide_paused(spec.replicas, if mixed { surge } else { 0 }, &staying_facts);
+            let mut delete: Vec<usize> = kept.delete.iter().map(|&j| staying[j]).collect();
+            // A drained node's (or a duplicate slot's) replica goes once the replicas that
+            // stay are ready enough, within maxUnavailable, as in a rollout.
+            let ready_staying = staying.iter().filter(|&&i| facts[i].ready).count();
+            let min_ready = (spec.replicas as usize).saturating_sub(unavailable as usize);
+            delete.extend(moved.into_iter().filter(|&i| !facts[i].ready || ready_staying >= min_ready));
+            rollout::Decision { create: kept.create, delete }
+        } else {
+            rollout::decide(spec.replicas, surge, unavailable, &facts)
+        };
         for &index in &decision.delete {
             let member = members[index];
             let why = match member.value.slot {

@@ -93,9 +93,30 @@ pub fn decide(desired: u32, max_surge: u32, max_unavailable: u32, members: &[Mem
     decision
 }
 
+/// A paused service: no replica is replaced for its template, the count goes to
+/// `desired` (new ones, or the usual victims), and a rollout caught mid-way keeps up to
+/// `slack` (its maxSurge) replicas over the count, as Kubernetes' paused Deployments do.
+pub fn decide_paused(desired: u32, slack: u32, members: &[Member]) -> Decision {
+    let (desired, count) = (desired as usize, members.len());
+    let mut decision = Decision { create: u32::try_from(desired.saturating_sub(count)).unwrap_or(u32::MAX), delete: Vec::new() };
+    if count > desired + slack as usize {
+        decision.delete = victims(members, (0..count).collect(), count - desired);
+    }
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paused_decisions() {
+        let members = |n: usize| (0..n).map(|i| member(&format!("r{i}"), i % 2 == 0, true)).collect::<Vec<_>>();
+        assert_eq!(decide_paused(3, 1, &members(4)), Decision::default(), "mid-rollout: the surge replica stays");
+        assert_eq!(decide_paused(3, 0, &members(4)).delete.len(), 1, "no slack: to the count");
+        assert_eq!(decide_paused(2, 1, &members(4)).delete.len(), 2, "a scale-down goes to the count");
+        assert_eq!(decide_paused(5, 1, &members(3)).create, 2, "a scale-up");
+    }
 
     fn percent(value: u32) -> Option<pb::IntOrPercent> {
         Some(pb::IntOrPercent { value, percent: true })

@@ -329,6 +329,34 @@ fn a_paused_service_rolls_nothing_and_scales_with_the_template_its_replicas_run(
     world.roll_three_until("the resumed rollout", |r| r.spec_hash == "h2");
 }
 
+#[test]
+fn a_rollout_paused_midway_stays_where_it_got() {
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    world.put_service(service("web", 3, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    // One pass of the rollout: a surge replica of h2 appears, and becomes ready.
+    world.put_service(service("web", 3, "h2"));
+    let plan = world.plan(&[]);
+    world.apply(&plan);
+    world.report_all_ready();
+    let mix = |world: &World| -> Vec<String> {
+        let mut hashes: Vec<String> = world.state.replicas.values().map(|r| r.value.spec_hash.clone()).collect();
+        hashes.sort();
+        hashes
+    };
+    assert_eq!(mix(&world), ["h1", "h1", "h1", "h2"], "mid-rollout: the surge replica is there");
+    world.put_service(pb::Service { paused: true, ..service("web", 3, "h2") });
+    world.converge(&[]);
+    assert_eq!(mix(&world), ["h1", "h1", "h1", "h2"], "paused: the rollout stays as far as it got (the surge replica within maxSurge)");
+    assert!(world.plan(&[]).actions.is_empty(), "and nothing moves after");
+    // Scaled down while paused: to the count.
+    world.put_service(pb::Service { paused: true, ..service("web", 2, "h2") });
+    world.converge(&[]);
+    assert_eq!(world.state.replicas.len(), 2, "{:?}", mix(&world));
+}
+
 impl World {
     fn set_scheduling(&mut self, node: &str, unschedulable: bool, draining: bool) {
         let revision = self.bump();
