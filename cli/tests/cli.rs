@@ -353,38 +353,32 @@ fn the_cli_against_orch_up() {
     // format (promtool agrees) with the cluster as it is; /healthz, /readyz.
     let through_node_port = http_get(SocketAddr::from(([127, 0, 0, 1], up.node_port))).expect("node port answers");
     assert!(through_node_port.contains("Hello from web-"));
-    let controller_metrics = scrape(&up.metrics, "/metrics");
-    assert_eq!(controller_metrics.0, 200);
-    promtool_accepts(&controller_metrics.1);
-    for (series, at_least) in [
-        ("orch_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
-        ("orch_service_desired_replicas{service=\"web\"}", 3.0),
-        ("orch_leader", 1.0),
-        ("orch_node_ready{node=\"cli-node\"}", 1.0),
-        ("orch_reconcile_duration_seconds_count", 1.0),
-        ("orch_scheduling_latency_seconds_count", 3.0),
-        ("orch_store_operation_duration_seconds_count{operation=\"put\"}", 1.0),
-        ("orch_node_heartbeats_total{node=\"cli-node\"}", 1.0),
-    ] {
-        let value = sample(&controller_metrics.1, series).unwrap_or_else(|| panic!("{series} missing:\n{}", controller_metrics.1));
-        assert!(value >= at_least, "{series} = {value}, expected at least {at_least}");
-    }
-    let age = sample(&controller_metrics.1, "orch_node_heartbeat_age_seconds{node=\"cli-node\"}").expect("heartbeat age");
+    let controller_metrics = assert_series_at_least(
+        &up.metrics,
+        &[
+            ("orch_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
+            ("orch_service_desired_replicas{service=\"web\"}", 3.0),
+            ("orch_leader", 1.0),
+            ("orch_node_ready{node=\"cli-node\"}", 1.0),
+            ("orch_reconcile_duration_seconds_count", 1.0),
+            ("orch_scheduling_latency_seconds_count", 3.0),
+            ("orch_store_operation_duration_seconds_count{operation=\"put\"}", 1.0),
+            ("orch_node_heartbeats_total{node=\"cli-node\"}", 1.0),
+        ],
+    );
+    let age = sample(&controller_metrics, "orch_node_heartbeat_age_seconds{node=\"cli-node\"}").expect("heartbeat age");
     assert!(age < 5.0, "the node's last heartbeat is {age} s old");
-    let node_metrics = scrape(&up.node_metrics, "/metrics");
-    assert_eq!(node_metrics.0, 200);
-    promtool_accepts(&node_metrics.1);
-    for (series, at_least) in [
-        ("orch_agent_session_up", 1.0),
-        ("orch_node_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
-        ("orch_container_start_duration_seconds_count{result=\"success\"}", 3.0),
-        ("orch_probe_results_total{service=\"web\",probe=\"readiness\",result=\"success\"}", 1.0),
-        ("orch_balancer_connections_total{service=\"web\"}", 1.0),
-        ("orch_balancer_bytes_total{service=\"web\",direction=\"to_client\"}", 100.0),
-    ] {
-        let value = sample(&node_metrics.1, series).unwrap_or_else(|| panic!("{series} missing:\n{}", node_metrics.1));
-        assert!(value >= at_least, "{series} = {value}, expected at least {at_least}");
-    }
+    assert_series_at_least(
+        &up.node_metrics,
+        &[
+            ("orch_agent_session_up", 1.0),
+            ("orch_node_replicas{service=\"web\",phase=\"Running\",ready=\"true\"}", 3.0),
+            ("orch_container_start_duration_seconds_count{result=\"success\"}", 3.0),
+            ("orch_probe_results_total{service=\"web\",probe=\"readiness\",result=\"success\"}", 1.0),
+            ("orch_balancer_connections_total{service=\"web\"}", 1.0),
+            ("orch_balancer_bytes_total{service=\"web\",direction=\"to_client\"}", 100.0),
+        ],
+    );
     assert_eq!(scrape(&up.metrics, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(scrape(&up.metrics, "/readyz"), (200, "ready: leading\n".to_owned()));
     let node_ready = scrape(&up.node_metrics, "/readyz");
@@ -638,16 +632,21 @@ fn a_local_user_who_is_not_root_can_neither_read_nor_change_anything() {
     up.assert_nothing_left();
 }
 
-/// `GET path` on a metrics listener (plain HTTP): the status code and the body.
+/// `GET path` on a metrics listener: the status code and the body.
 fn scrape(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not HTTP: {response:?}"));
-    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status: {head:?}"));
-    (status, body.to_owned())
+    common::http_get_status(address, path).unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"))
+}
+
+/// Scrapes `address`: 200, promtool accepts it, and each series is at least its value.
+fn assert_series_at_least(address: &str, series: &[(&str, f64)]) -> String {
+    let (status, metrics) = scrape(address, "/metrics");
+    assert_eq!(status, 200);
+    promtool_accepts(&metrics);
+    for (name, at_least) in series {
+        let value = sample(&metrics, name).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        assert!(value >= *at_least, "{name} = {value}, expected at least {at_least}");
+    }
+    metrics
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in a scrape.

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,16 +136,6 @@ impl Drop for Prometheus {
     }
 }
 
-/// `GET path` on 127.0.0.1:`port` (plain HTTP): the body.
-fn get_local(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
-}
-
 /// Starts Prometheus on loopback with the lab's controller and `nodes` agents as its
 /// targets (https, the CLI's certificate as the client's), and waits until its targets
 /// API says every one is up and a query sums every agent's session.
@@ -177,13 +166,17 @@ fn prometheus_sees_every_target(lab: &Lab, nodes: u32) {
         .spawn()
         .expect("prometheus (Debian's prometheus package; deploy/test.sh installs it)");
     let _prometheus = Prometheus(child);
+    let api = format!("127.0.0.1:{port}");
     let start = Instant::now();
     loop {
-        let targets: serde_json::Value = get_local(port, "/api/v1/targets").ok().and_then(|body| serde_json::from_str(&body).ok()).unwrap_or_default();
+        let targets: serde_json::Value =
+            common::http_get_status(&api, "/api/v1/targets").ok().and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default();
         let active = targets["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
         let up = active.iter().filter(|t| t["health"] == "up").count();
-        let sessions: serde_json::Value =
-            get_local(port, "/api/v1/query?query=sum(orch_agent_session_up)").ok().and_then(|body| serde_json::from_str(&body).ok()).unwrap_or_default();
+        let sessions: serde_json::Value = common::http_get_status(&api, "/api/v1/query?query=sum(orch_agent_session_up)")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
+            .unwrap_or_default();
         let sum = sessions["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
         if active.len() == 1 + nodes as usize && up == active.len() && sum == Some(f64::from(nodes)) {
             return;

@@ -15,6 +15,21 @@ pub const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+/// `GET path` over plain HTTP/1.0 (metrics listeners, Prometheus' API): the status
+/// code and the body.
+pub fn http_get_status(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let not_http = || std::io::Error::other(format!("not HTTP: {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(not_http)?;
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(not_http)?;
+    Ok((status, body.to_owned()))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
