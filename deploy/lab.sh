@@ -20,6 +20,9 @@
 #   sudo bash deploy/lab.sh start-agent K     # start it again, on the same state
 #   sudo bash deploy/lab.sh stop-etcd         # stop the store (SIGTERM, as an outage)
 #   sudo bash deploy/lab.sh start-etcd        # start it again on its data and ports
+#   sudo bash deploy/lab.sh backup FILE       # orch-controller backup of the lab's store (etcd: while it runs)
+#   sudo bash deploy/lab.sh wipe-store        # the store is lost (controllers stopped first): a new etcd or file
+#   sudo bash deploy/lab.sh restore FILE      # orch-controller restore into it (controllers stopped)
 #   sudo bash deploy/lab.sh slow-link K RATE  # node K downloads at RATE (tc tbf, e.g. 8mbit)
 #   sudo bash deploy/lab.sh fast-link K       # no limit again
 #   sudo bash deploy/lab.sh down          # remove everything the lab made
@@ -34,7 +37,9 @@
 # Settings (environment): ORCH_LAB_NAME (prefix of every name, default olab; at most 5
 # characters), ORCH_LAB_NET (the lab subnet's third octet in 10.250.X.0/24, default 0),
 # ORCH_LAB_DIR (state, default /var/lib/orch/lab-$ORCH_LAB_NAME), ORCH_BIN (where the
-# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2),
+# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2), ORCH_LAB_STORE
+# (etcd, the default, or embedded: the controller's own redb file in the lab's directory,
+# with one controller),
 # ORCH_LAB_UPSTREAM_DNS (where the nodes relay outside names; default none: the lab's
 # nodes have no way out, and a lab never asks the machine's resolver).
 set -euo pipefail
@@ -50,6 +55,12 @@ net="${ORCH_LAB_NET:-0}"
 dir="${ORCH_LAB_DIR:-/var/lib/orch/lab-$name}"
 bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
 controllers="${ORCH_LAB_CONTROLLERS:-1}"
+store_kind="${ORCH_LAB_STORE:-etcd}"
+case "$store_kind" in
+    etcd) ;;
+    embedded) [ "$controllers" = 1 ] || die "ORCH_LAB_STORE=embedded: one controller only (a redb file belongs to one process)" ;;
+    *) die "ORCH_LAB_STORE=$store_kind: etcd or embedded" ;;
+esac
 bridge="${name}br"
 prefix="10.250.$net"
 host_address="$prefix.1"
@@ -171,6 +182,7 @@ cmd_start_agent() {
 }
 
 cmd_stop_etcd() {
+    [ -f "$dir/etcd.ports" ] || die "the lab $name has no etcd (ORCH_LAB_STORE=embedded, or not up)"
     alive etcd || die "the lab's etcd is not running"
     stop_pid TERM "$(pid_of etcd)" etcd
     echo "etcd stopped"
@@ -183,6 +195,39 @@ cmd_start_etcd() {
     start_etcd "$dir/etcd" $(cat "$dir/etcd.ports")
     echo "$ETCD_PID" >"$dir/etcd.pid"
     echo "etcd started (PID $ETCD_PID)"
+}
+
+cmd_backup() {
+    local file="${1:?usage: lab.sh backup FILE}"
+    [ -f "$dir/store" ] || die "no lab named $name is up"
+    "$bin/orch-controller" --store "$(cat "$dir/store")" backup "$file"
+}
+
+# The store is lost as with a dead disk: a new, empty etcd on the same ports (a new data
+# directory), or no store file. The controllers must be stopped first.
+cmd_wipe_store() {
+    [ -f "$dir/store" ] || die "no lab named $name is up"
+    local c
+    for c in 1 2; do
+        alive "controller$c" && die "controller$c runs: stop-controller $c first"
+    done
+    if [ -f "$dir/etcd.ports" ]; then
+        alive etcd && stop_pid TERM "$(pid_of etcd)" etcd
+        rm -rf "$dir/etcd/data"
+        # shellcheck disable=SC2046 # two ports
+        start_etcd "$dir/etcd" $(cat "$dir/etcd.ports")
+        echo "$ETCD_PID" >"$dir/etcd.pid"
+        echo "the store is wiped: a new etcd (PID $ETCD_PID) on the same ports"
+    else
+        rm -f "$dir/controller.redb"
+        echo "the store is wiped: $dir/controller.redb removed"
+    fi
+}
+
+cmd_restore() {
+    local file="${1:?usage: lab.sh restore FILE}"
+    [ -f "$dir/store" ] || die "no lab named $name is up"
+    "$bin/orch-controller" --store "$(cat "$dir/store")" restore "$file"
 }
 
 cmd_slow_link() {
@@ -245,11 +290,14 @@ cmd_up() {
     bash "$ORCH_ROOT/deploy/images/build-demo.sh" --out "$dir/demo-web" --push "$registry_address" >/dev/null
     (umask 077; printf '{"mirrors": {"127.0.0.1:5000": {"endpoint": ["http://%s"]}}}\n' "$registry_address" >"$dir/registries.json")
 
-    start_etcd "$dir/etcd"
-    echo "$ETCD_PID" >"$dir/etcd.pid"
-    echo "$ETCD_PORTS" >"$dir/etcd.ports"
-    echo "$ORCH_TEST_ETCD" >"$dir/etcd.url"
-    local store="etcd://${ORCH_TEST_ETCD#http://}"
+    local store="embedded:$dir/controller.redb"
+    if [ "$store_kind" = etcd ]; then
+        start_etcd "$dir/etcd"
+        echo "$ETCD_PID" >"$dir/etcd.pid"
+        echo "$ETCD_PORTS" >"$dir/etcd.ports"
+        echo "$ORCH_TEST_ETCD" >"$dir/etcd.url"
+        store="etcd://${ORCH_TEST_ETCD#http://}"
+    fi
     echo "$store" >"$dir/store"
     for c in $(seq 1 "$controllers"); do
         step "controller $c on $(controller_address "$c") ($store)"
@@ -364,7 +412,10 @@ case "${1:-}" in
     start-agent) cmd_start_agent "${2:-}" ;;
     stop-etcd) cmd_stop_etcd ;;
     start-etcd) cmd_start_etcd ;;
+    backup) cmd_backup "${2:-}" ;;
+    wipe-store) cmd_wipe_store ;;
+    restore) cmd_restore "${2:-}" ;;
     slow-link) cmd_slow_link "${2:-}" "${3:-}" ;;
     fast-link) cmd_fast_link "${2:-}" ;;
-    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | stop-controller [C] [--kill] | start-controller [C] | kill-agent K | start-agent K | stop-etcd | start-etcd | slow-link K RATE | fast-link K" ;;
+    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | stop-controller [C] [--kill] | start-controller [C] | kill-agent K | start-agent K | stop-etcd | start-etcd | backup FILE | wipe-store | restore FILE | slow-link K RATE | fast-link K" ;;
 esac

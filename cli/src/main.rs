@@ -67,6 +67,9 @@ enum Command {
     Topology(commands::topology::TopologyArgs),
     /// Check manifests without applying them: exit 0 when valid, 1 with every problem.
     Validate(commands::validate::ValidateArgs),
+    /// Write every orch key of the store (read at one revision, through the controller)
+    /// to a file; `orch-controller restore` puts it back.
+    Backup(commands::backup::BackupArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
     /// Print the version of this client.
@@ -131,6 +134,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             }
             Command::Top { kind } => commands::top::top(api, kind).await?,
             Command::Topology(args) => commands::topology::topology(api, &args).await?,
+            Command::Backup(args) => commands::backup::backup(api, &args).await?,
             Command::Up(_) | Command::Validate(_) | Command::Version | Command::Completion { .. } => {}
         }
         Ok(ExitCode::SUCCESS)

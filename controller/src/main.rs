@@ -82,6 +82,21 @@ enum Sub {
     /// Re-issue every certificate in --tls-dir (same names, roles and addresses; new keys
     /// and a new lifetime) with the same CA; then hand each machine its new files and
     /// restart its controller or agent.
+    /// Write every orch key of --store, read at one revision with its revision metadata,
+    /// to FILE (mode 0600; Secrets stay sealed). Reads etcd while controllers run; an
+    /// embedded file only while none uses it (else: `orch backup FILE` through the
+    /// controller).
+    Backup {
+        /// The backup file to write (replaced whole, or left as it was).
+        file: std::path::PathBuf,
+    },
+    /// Put a backup into --store, which must be empty (a new file, or a new etcd) and
+    /// used by no controller: every key gets its revisions back, so nothing rolls and
+    /// no replica restarts when the controllers start on it again.
+    Restore {
+        /// A file `orch-controller backup` or `orch backup` wrote.
+        file: std::path::PathBuf,
+    },
     Renew {
         /// How long the new certificates are valid.
         #[arg(long, default_value_t = orch_api::tls::LEAF_VALIDITY_DAYS)]
@@ -100,6 +115,34 @@ fn init(args: &Args, controller_names: &[String], nodes: &[String]) -> anyhow::R
     for path in orch_api::tls::init(&dir, controller_names, &pairs)? {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+async fn backup(args: &Args, file: &std::path::Path) -> anyhow::Result<()> {
+    let config = StoreConfig::parse(&args.store)?;
+    if let StoreConfig::Embedded { path } = &config {
+        // Opening would create it: a backup of nothing is a mistake, not an empty file.
+        anyhow::ensure!(path.exists(), "--store {}: no such file", args.store);
+    }
+    let store = open_store(&config).await?;
+    let snapshot = orch_controller::store::take_snapshot(store.as_ref(), orch_controller::keys::ROOT, &args.store).await?;
+    snapshot.write_file(file)?;
+    println!("{}: {} keys at revision {} from {}", file.display(), snapshot.records.len(), snapshot.revision, args.store);
+    Ok(())
+}
+
+async fn restore(args: &Args, file: &std::path::Path) -> anyhow::Result<()> {
+    let snapshot = orch_controller::store::Snapshot::read_file(file)?;
+    let config = StoreConfig::parse(&args.store)?;
+    let summary = orch_controller::store::restore_store(&config, &snapshot).await?;
+    println!(
+        "{}: restored {} keys into {} (revision {}); {} keys on a lease left out (their owners write them again)",
+        file.display(),
+        summary.restored,
+        args.store,
+        summary.revision,
+        summary.left_out
+    );
     Ok(())
 }
 
@@ -146,6 +189,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Some(Sub::Backup { file }) => return backup(args, file).await,
+        Some(Sub::Restore { file }) => return restore(args, file).await,
         None => {}
     }
     let (listen, tls) = match (&args.tls_dir, args.insecure_listen) {

@@ -1,6 +1,7 @@
 //! One module per `orch` subcommand.
 
 pub mod apply;
+pub mod backup;
 pub mod create;
 pub mod delete;
 pub mod describe;

@@ -20,14 +20,22 @@ pub struct Lab {
     pub name: String,
     pub net: u32,
     pub up: bool,
+    /// `ORCH_LAB_STORE`: etcd or embedded.
+    pub store: &'static str,
 }
 
 impl Lab {
     pub fn up(nodes: u32) -> Lab {
+        Lab::up_with_store(nodes, "etcd")
+    }
+
+    /// A lab whose controller keeps its state in `store` (etcd, or embedded: its own
+    /// redb file). One lab at a time per test process: its names come from the PID.
+    pub fn up_with_store(nodes: u32, store: &'static str) -> Lab {
         assert!(nix::unistd::geteuid().is_root(), "the lab creates namespaces, bridges and cgroups: run the tests as root (`sudo bash deploy/test.sh`)");
         let pid = std::process::id();
         let dir = tempfile::Builder::new().prefix("orch-e2e-").tempdir().expect("tempdir");
-        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false };
+        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false, store };
         let out = lab.script(&["up", &nodes.to_string()]);
         lab.up = true;
         assert!(out.status.success(), "lab.sh up: {}\n{}", text(&out.stderr), lab.logs());
@@ -40,6 +48,7 @@ impl Lab {
             .args(args)
             .env("ORCH_LAB_NAME", &self.name)
             .env("ORCH_LAB_NET", self.net.to_string())
+            .env("ORCH_LAB_STORE", self.store)
             .env("ORCH_LAB_DIR", self.dir.path().join("lab"))
             .env("ORCH_CONFIG", self.config())
             .env("ORCH_BIN", PathBuf::from(ORCH).parent().expect("target dir"))

@@ -167,4 +167,11 @@ impl Api for ApiRpc {
         let events = self.api.list_events(optional(&request.object)).await.map_err(status)?;
         Ok(Response::new(pb::ListEventsResponse { events }))
     }
+
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Result<Response<pb::StoreSnapshot>, Status> {
+        let snapshot = crate::store::take_snapshot(self.api.store().as_ref(), crate::keys::ROOT, "orch backup (through a controller)")
+            .await
+            .map_err(|e| status(ApiError::Store(e)))?;
+        Ok(Response::new(snapshot.to_pb()))
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{EmbeddedStore, EtcdStore, Store, StoreError};
+use super::{EmbeddedStore, EtcdStore, RestoreSummary, Snapshot, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -41,6 +41,15 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
         StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path).await?),
         StoreConfig::Etcd { endpoints } => Arc::new(EtcdStore::connect(endpoints).await?),
     })
+}
+
+/// Puts a backup into the configured store (see [`Snapshot`]), which no controller may
+/// be using: an embedded file is locked while one runs.
+pub async fn restore_store(config: &StoreConfig, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
+    match config {
+        StoreConfig::Embedded { path } => EmbeddedStore::open(path).await?.restore(snapshot).await,
+        StoreConfig::Etcd { endpoints } => EtcdStore::connect(endpoints).await?.restore(snapshot).await,
+    }
 }
 
 #[cfg(test)]

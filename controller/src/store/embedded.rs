@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::broadcast;
 
-use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
+use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
@@ -76,6 +76,15 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { inner })
     }
 
+    /// Puts a backup into this store, which must hold no key and be at a revision below
+    /// every restored key's: each key keeps its revisions, the store's revision becomes the
+    /// backup's, and the change log starts after it (a watch from before is `Compacted`).
+    /// One transaction: all or nothing.
+    pub async fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
+        let snapshot = snapshot.clone();
+        self.blocking(move |inner| inner.restore(&snapshot)).await
+    }
+
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
         let path = inner.path.display().to_string();
@@ -106,7 +115,13 @@ impl Inner {
         // redb caches up to 1 GiB of pages by default, and a store that churns (events,
         // replicas come and go) touches new pages all the time: the process would grow
         // towards that. A small cluster's whole state fits in a few MiB.
-        let db = redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(&path).map_err(fail(&path, "open"))?;
+        let db = redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Embedded {
+                path: path.display().to_string(),
+                message: "open: in use by another process (a running controller or `orch up`?)".into(),
+            },
+            other => fail(&path, "open")(other),
+        })?;
         // The store holds the cluster's whole state: root's alone, whatever the umask.
         std::fs::set_permissions(&path, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600)).map_err(fail(&path, "chmod 0600"))?;
         let txn = db.begin_write().map_err(fail(&path, "begin"))?;
@@ -157,6 +172,37 @@ impl Inner {
             let _ = self.events.send(Arc::new(event));
         }
         Ok(result)
+    }
+
+    fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
+        use redb::ReadableTableMetadata;
+        let _serial = lock(&self.write_lock);
+        let txn = self.db.begin_write().map_err(fail(&self.path, "begin"))?;
+        let current = read_meta(&txn, &self.path, META_REVISION)?.unwrap_or(0);
+        let summary = {
+            let mut kv = txn.open_table(KV).map_err(fail(&self.path, "open table kv"))?;
+            let present = usize::try_from(kv.len().map_err(fail(&self.path, "count keys"))?).unwrap_or(usize::MAX);
+            let plan = snapshot.restore_plan(&format!("embedded:{}", self.path.display()), current, present)?;
+            let mut restored = 0;
+            for (_, group) in &plan {
+                for record in group {
+                    kv.insert(record.key.as_str(), encode_record(record).as_slice()).map_err(fail(&self.path, "write"))?;
+                    restored += 1;
+                }
+            }
+            let revision = snapshot.revision.max(plan.last().map_or(0, |(r, _)| *r)).max(current);
+            let mut meta = txn.open_table(META).map_err(fail(&self.path, "open table meta"))?;
+            meta.insert(META_REVISION, revision).map_err(fail(&self.path, "write revision"))?;
+            meta.insert(META_OLDEST, revision + 1).map_err(fail(&self.path, "write"))?;
+            // Lease ids are never reused: an agent may still hold one from before.
+            let highest_lease = snapshot.records.iter().map(|kv| kv.lease).max().unwrap_or(0);
+            let next_lease = meta.get(META_NEXT_LEASE).map_err(fail(&self.path, "read"))?.map_or(1, |v| v.value()).max(highest_lease + 1);
+            meta.insert(META_NEXT_LEASE, next_lease).map_err(fail(&self.path, "write"))?;
+            txn.open_table(LOG).map_err(fail(&self.path, "open table log"))?.retain(|_, _| false).map_err(fail(&self.path, "clear the log"))?;
+            RestoreSummary { restored, left_out: snapshot.records.len() - restored, revision, filler_writes: 0 }
+        };
+        txn.commit().map_err(fail(&self.path, "commit"))?;
+        Ok(summary)
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {

@@ -22,6 +22,12 @@ pub enum StoreError {
     #[error("etcd at {endpoints}: {message}")]
     EtcdProtocol { endpoints: String, message: String },
 
+    #[error("backup {path}: {message}")]
+    Snapshot { path: String, message: String },
+
+    #[error("cannot restore into {target}: {reason}")]
+    RestoreRefused { target: String, reason: String },
+
     #[error("invalid store address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
 }

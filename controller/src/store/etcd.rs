@@ -6,12 +6,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
-use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
 
 /// How long to wait for an etcd endpoint to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one etcd request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where a restore's filler writes go (under the backup's prefix; deleted at the end).
+const RESTORE_FILLER: &str = "restore-filler";
+/// Filler writes in flight at once.
+const FILLER_CONCURRENCY: usize = 64;
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -31,6 +37,53 @@ impl EtcdStore {
         let store = EtcdStore { client, endpoints: named };
         store.client.clone().status().await.map_err(|e| store.fail(e))?;
         Ok(store)
+    }
+
+    /// Puts a backup into this etcd, which must hold no key under the backup's prefix and
+    /// be at a revision below every restored key's. etcd numbers every write itself, so
+    /// each key (or group of keys written together) is written when etcd's next revision
+    /// is the one it had: filler writes to one scratch key advance the revision across
+    /// the gaps. Nobody else may write meanwhile (an error names the key that missed).
+    pub async fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
+        let mut client = self.client.clone();
+        let existing = client.get(snapshot.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())).await.map_err(|e| self.fail(e))?;
+        let mut revision = header_revision(existing.header());
+        let target = format!("etcd at {}", self.endpoints);
+        let plan = snapshot.restore_plan(&target, revision, usize::try_from(existing.count()).unwrap_or(usize::MAX))?;
+        let filler = format!("{}{RESTORE_FILLER}", snapshot.prefix);
+        let (mut filler_writes, mut restored) = (0u64, 0usize);
+        for (wanted, group) in &plan {
+            let gap = wanted - 1 - revision;
+            if gap > 0 {
+                futures::stream::iter(0..gap)
+                    .map(|_| {
+                        let (mut client, key) = (self.client.clone(), filler.clone());
+                        async move { client.put(key, Vec::new(), None).await }
+                    })
+                    .buffer_unordered(FILLER_CONCURRENCY)
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                filler_writes += gap.unsigned_abs();
+            }
+            let puts: Vec<TxnOp> = group.iter().map(|kv| TxnOp::put(kv.key.as_str(), kv.value.clone(), None)).collect();
+            let response = client.txn(Txn::new().and_then(puts)).await.map_err(|e| self.fail(e))?;
+            revision = header_revision(response.header());
+            if revision != *wanted {
+                return Err(StoreError::RestoreRefused {
+                    target,
+                    reason: format!(
+                        "{:?} landed at revision {revision} instead of {wanted}: something else writes to this etcd; stop it and restore again into an empty etcd",
+                        group[0].key
+                    ),
+                });
+            }
+            restored += group.len();
+        }
+        if filler_writes > 0 {
+            revision = header_revision(client.delete(filler, None).await.map_err(|e| self.fail(e))?.header());
+        }
+        Ok(RestoreSummary { restored, left_out: snapshot.records.len() - restored, revision, filler_writes })
     }
 
     fn fail(&self, error: etcd_client::Error) -> StoreError {

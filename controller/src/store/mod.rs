@@ -14,12 +14,14 @@ mod embedded;
 mod error;
 mod etcd;
 mod prefixed;
+mod snapshot;
 mod types;
 
 pub use cas::{retry_on_conflict, MaybeConflict, CAS_ATTEMPTS};
-pub use config::{open_store, StoreConfig};
+pub use config::{open_store, restore_store, StoreConfig};
 pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
 pub use error::StoreError;
 pub use etcd::EtcdStore;
 pub use prefixed::PrefixedStore;
+pub use snapshot::{take as take_snapshot, RestoreSummary, Snapshot, FILE_MAGIC as SNAPSHOT_FILE_MAGIC};
 pub use types::{Expect, KeyValue, LeaseId, Listing, Revision, Store, WatchEvent, WatchStream};
