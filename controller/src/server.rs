@@ -143,7 +143,7 @@ impl Controller {
             builder
                 .add_service(ApiRpc::new(api).into_server())
                 .add_service(nodes.into_server())
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(orch_api::incoming::nodelay(listener), async {
                     let _ = stopped.await;
                 })
                 .await

@@ -12,6 +12,7 @@
 pub mod cidr;
 pub mod events;
 pub mod image_ref;
+pub mod incoming;
 pub mod logging;
 pub mod manifest;
 pub mod secrets;

@@ -133,6 +133,8 @@ impl MetricsListener {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
+                // A scrape is one response: nothing to gain from Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
                 let (endpoints, acceptor) = (Arc::clone(&endpoints), acceptor.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| answer(Arc::clone(&endpoints), request));

@@ -201,7 +201,7 @@ impl Agent {
                     };
                 }
                 Some(tokio::spawn(async move {
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    let incoming = orch_api::incoming::nodelay(listener);
                     if let Err(error) = builder.add_service(server).serve_with_incoming(incoming).await {
                         tracing::warn!(%error, "the node API stopped");
                     }
