@@ -195,20 +195,38 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
         let Some(readiness) = &probes.readiness else { return };
         tokio::time::sleep(Duration::from_secs(u64::from(readiness.initial_delay_seconds))).await;
         let mut tracker = ProbeTracker::default();
-        let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(readiness.period_seconds.max(1))));
+        let period = Duration::from_secs(u64::from(readiness.period_seconds.max(1)));
+        let mut ready_once = false;
         loop {
-            ticks.tick().await;
+            let attempt = tokio::time::Instant::now();
             let result = checks.check(readiness, &target).await;
             record("readiness", result.is_ok());
             let why = result.as_ref().err().cloned().unwrap_or_default();
             if let Some(verdict) = tracker.observe(result.is_ok(), readiness.success_threshold, readiness.failure_threshold) {
+                ready_once |= verdict;
                 if events.send(ProbeEvent::Ready(verdict, why)).await.is_err() {
                     return;
                 }
             }
+            tokio::time::sleep_until(attempt + readiness_pause(ready_once, period)).await;
         }
     };
     tokio::join!(liveness, readiness);
+}
+
+/// How often readiness is checked until a replica is first ready: a new replica's first
+/// check usually comes before its server listens, and waiting a whole period after it
+/// made every start a period slower than it was.
+pub const FIRST_READINESS_RETRY: Duration = Duration::from_millis(100);
+
+/// The pause from one readiness check's start to the next: [`FIRST_READINESS_RETRY`]
+/// until the replica has been ready once (never longer than the period), the period after.
+pub fn readiness_pause(ready_once: bool, period: Duration) -> Duration {
+    if ready_once {
+        period
+    } else {
+        FIRST_READINESS_RETRY.min(period)
+    }
 }
 
 /// Probes every period. A startup probe (`until_success`) returns at its first success;
@@ -256,6 +274,52 @@ mod tests {
             let seen: Vec<Option<bool>> = results.iter().map(|&ok| tracker.observe(ok, success, failure)).collect();
             assert_eq!(seen, expected, "{results:?} with thresholds {success}/{failure}");
         }
+    }
+
+    #[test]
+    fn readiness_is_checked_quickly_until_first_ready_then_every_period() {
+        let second = Duration::from_secs(1);
+        let table = [(false, second, FIRST_READINESS_RETRY), (true, second, second), (false, Duration::from_millis(50), Duration::from_millis(50))];
+        for (ready_once, period, want) in table {
+            assert_eq!(readiness_pause(ready_once, period), want, "ready once: {ready_once}, period {period:?}");
+        }
+    }
+
+    /// Fails its first `failures` checks, then succeeds; counts the checks.
+    struct WarmingUp {
+        failures: u32,
+        checks: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl ProbeChecks for WarmingUp {
+        async fn check(&self, _: &pb::Probe, _: &ProbeTarget) -> Result<(), String> {
+            let n = self.checks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < self.failures {
+                Err("connection refused".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// On tokio's paused clock: a replica whose server listens after its first two checks
+    /// is ready on the third, 200 ms in — not a 10 s period later — and is then checked
+    /// once per period.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_replica_is_ready_on_the_first_check_that_succeeds() {
+        let checks = Arc::new(WarmingUp { failures: 2, checks: Default::default() });
+        let readiness = pb::Probe { period_seconds: 10, success_threshold: 1, failure_threshold: 3, ..Default::default() };
+        let probes = pb::Probes { readiness: Some(readiness), ..Default::default() };
+        let target = ProbeTarget { ip: None, helper: PathBuf::new(), exec: ExecRequest::default() };
+        let (events, mut received) = mpsc::channel(8);
+        let start = tokio::time::Instant::now();
+        tokio::spawn(run_probes(probes, target, Arc::clone(&checks) as Arc<dyn ProbeChecks>, events, Arc::new(|_, _| {})));
+        assert_eq!(received.recv().await, Some(ProbeEvent::Ready(true, String::new())));
+        assert_eq!(start.elapsed(), 2 * FIRST_READINESS_RETRY);
+        assert_eq!(checks.checks.load(std::sync::atomic::Ordering::SeqCst), 3);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(checks.checks.load(std::sync::atomic::Ordering::SeqCst), 5, "then one check per 10 s period");
     }
 
     #[tokio::test]
