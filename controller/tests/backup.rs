@@ -92,6 +92,11 @@ async fn embedded_backup_restores_every_key_with_its_revisions() {
     // A store that holds keys is refused, and keeps what it had.
     let before = records(&restored, "/orch/").await;
     drop(restored);
+    // The file is free once the store's background tasks (the ended watch's) let go.
+    common::wait_until("the restored store's file to be free", Duration::from_secs(10), || async {
+        EmbeddedStore::open(&dir.path().join("restored.redb")).await.is_ok()
+    })
+    .await;
     let error = restore_store(&target, &snapshot).await.expect_err("a second restore into the same store").to_string();
     assert!(error.contains("already holds 4 keys under /orch/") && error.contains("restored.redb"), "{error}");
     let reopened = EmbeddedStore::open(&dir.path().join("restored.redb")).await.expect("reopen");

@@ -103,6 +103,37 @@ async fn concurrent_increments_lose_nothing(store: Arc<dyn Store>, prefix: &str)
     assert_eq!(String::from_utf8_lossy(&kv.value), (TASKS * EACH).to_string());
 }
 
+/// Many writes at once (the embedded store commits them as a group): each gets its own
+/// outcome — one of the racers for a key wins, every other write its own revision — and a
+/// watch sees each change once, in revision order.
+async fn concurrent_writes_each_get_their_own_outcome(store: Arc<dyn Store>, prefix: &str) {
+    let start = store.put(&format!("{prefix}start"), Vec::new(), Expect::Any).await.expect("put");
+    let mut watch = store.watch(prefix, start + 1).await.expect("watch");
+    let contested = format!("{prefix}contested");
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..40u32 {
+        let store = Arc::clone(&store);
+        let key = if i % 2 == 0 { contested.clone() } else { format!("{prefix}own/{i}") };
+        writes.spawn(async move { (key.clone(), store.put(&key, i.to_le_bytes().to_vec(), Expect::Absent).await) });
+    }
+    let (mut won, mut revisions) = (0, std::collections::BTreeSet::new());
+    while let Some(joined) = writes.join_next().await {
+        let (key, outcome) = joined.expect("task");
+        match outcome {
+            Ok(revision) => {
+                assert!(revisions.insert(revision), "revision {revision} given twice");
+                won += usize::from(key == contested);
+            }
+            Err(StoreError::Conflict { .. }) => assert_eq!(key, contested, "only racers conflict"),
+            Err(error) => panic!("put {key}: {error}"),
+        }
+    }
+    assert_eq!((won, revisions.len()), (1, 21), "one racer and the 20 writes of their own keys");
+    for revision in revisions {
+        assert_eq!(next_event(&mut watch).await.revision(), revision);
+    }
+}
+
 async fn list_is_a_consistent_snapshot(store: Arc<dyn Store>, prefix: &str) {
     let other = format!("{prefix}other/");
     let mine = format!("{prefix}mine/");
@@ -256,6 +287,7 @@ conformance!(
     put_get_and_revisions,
     compare_and_swap_conflicts,
     concurrent_increments_lose_nothing,
+    concurrent_writes_each_get_their_own_outcome,
     list_is_a_consistent_snapshot,
     watch_from_a_revision_misses_and_repeats_nothing,
     watch_reports_deletes,

@@ -6,6 +6,10 @@
 //!   entry in the `log` table, committed in the same transaction;
 //! - writers are serialised by `write_lock`, which also covers the broadcast, so live
 //!   events leave in revision order; a watcher that lags re-reads the log;
+//! - puts and deletes are group-committed: each joins `queue`, and whichever writer
+//!   holds `write_lock` next applies everything queued (up to `GROUP_COMMIT_MAX`) in
+//!   one transaction — one fsync for the lot — each write with its own compare-and-swap
+//!   outcome and its own revision, in queue order;
 //! - the log keeps the last `retention` revisions; older ones are compacted away and a
 //!   watch from before them fails with [`StoreError::Compacted`];
 //! - leases live in memory with their deadline and in the `leases` table with their TTL;
@@ -48,9 +52,30 @@ struct Inner {
     db: Database,
     /// Held across a write transaction's commit and its broadcast.
     write_lock: Mutex<()>,
+    /// Puts and deletes waiting for the next group commit.
+    queue: Mutex<Vec<QueuedWrite>>,
     events: broadcast::Sender<Arc<WatchEvent>>,
     leases: Mutex<HashMap<LeaseId, LeaseDeadline>>,
     retention: i64,
+}
+
+/// Most writes one group commit takes; the rest wait for the next.
+const GROUP_COMMIT_MAX: usize = 1024;
+
+/// A put or a delete, waiting in the queue for a group commit.
+#[derive(Debug)]
+enum WriteOp {
+    Put { key: String, value: Vec<u8>, expect: Expect, lease: Option<LeaseId> },
+    Delete { key: String, expect: Expect },
+}
+
+/// A put's revision; a delete's, or `None` when there was nothing to delete.
+type WriteOutcome = Result<Option<Revision>, StoreError>;
+
+#[derive(Debug)]
+struct QueuedWrite {
+    op: WriteOp,
+    reply: tokio::sync::oneshot::Sender<WriteOutcome>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +108,22 @@ impl EmbeddedStore {
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
         let snapshot = snapshot.clone();
         self.blocking(move |inner| inner.restore(&snapshot)).await
+    }
+
+    /// Queues a write for the next group commit and waits for its outcome.
+    async fn submit(&self, op: WriteOp) -> WriteOutcome {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        lock(&self.inner.queue).push(QueuedWrite { op, reply });
+        // Every write brings a committer; the first to hold the write lock takes what is
+        // queued by then, so writes that arrive during a commit share the next one.
+        self.blocking(|inner| {
+            inner.commit_queued();
+            Ok(())
+        })
+        .await?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Embedded { path: self.inner.path.display().to_string(), message: "a group commit ended without an answer".into() })?
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
@@ -143,13 +184,18 @@ impl Inner {
         let now = Instant::now();
         let leases = ttls.into_iter().map(|(id, ttl)| (id, LeaseDeadline { ttl, expires: now + ttl })).collect();
         let (events, _) = broadcast::channel(1024);
-        Ok(Inner { path, db, write_lock: Mutex::new(()), events, leases: Mutex::new(leases), retention })
+        Ok(Inner { path, db, write_lock: Mutex::new(()), queue: Mutex::new(Vec::new()), events, leases: Mutex::new(leases), retention })
     }
 
     /// Runs `work` in one write transaction; its changes get consecutive revisions, are
     /// logged, committed, then broadcast in order.
     fn write<T>(&self, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let _serial = lock(&self.write_lock);
+        self.write_locked(work)
+    }
+
+    /// [`Inner::write`] for a caller that holds `write_lock` already.
+    fn write_locked<T>(&self, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(fail(&self.path, "begin"))?;
         let revision = read_meta(&txn, &self.path, META_REVISION)?.unwrap_or(0);
         let mut changes = Changes { txn: &txn, path: &self.path, revision, events: Vec::new() };
@@ -172,6 +218,37 @@ impl Inner {
             let _ = self.events.send(Arc::new(event));
         }
         Ok(result)
+    }
+
+    /// Applies every queued write (up to [`GROUP_COMMIT_MAX`]) in one transaction and
+    /// answers each. Nothing queued (another writer took it): nothing to do.
+    fn commit_queued(&self) {
+        let _serial = lock(&self.write_lock);
+        let batch: Vec<QueuedWrite> = {
+            let mut queue = lock(&self.queue);
+            let take = queue.len().min(GROUP_COMMIT_MAX);
+            queue.drain(..take).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().map(|q| (q.op, q.reply)).unzip();
+        let outcomes = self.write_locked(|changes| ops.into_iter().map(|op| changes.apply(op, self)).collect::<Result<Vec<WriteOutcome>, StoreError>>());
+        match outcomes {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // The writer may have gone (its caller was cancelled): fine.
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                // The transaction failed as a whole: nothing of it was written.
+                let message = error.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Embedded { path: self.path.display().to_string(), message: format!("group commit: {message}") }));
+                }
+            }
+        }
     }
 
     fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
@@ -354,6 +431,29 @@ impl Changes<'_> {
         Ok(())
     }
 
+    /// One queued write within a group commit: a failed compare-and-swap or a lease
+    /// that is gone is this write's outcome alone (`Ok(Err)`); a storage error fails the
+    /// whole transaction (`Err`).
+    fn apply(&mut self, op: WriteOp, inner: &Inner) -> Result<WriteOutcome, StoreError> {
+        let outcome = match op {
+            WriteOp::Put { key, value, expect, lease } => {
+                if let Some(lease) = lease.filter(|l| !inner.lease_exists(*l)) {
+                    return Ok(Err(StoreError::LeaseNotFound(lease)));
+                }
+                match self.check(&key, expect) {
+                    Ok(_) => self.put(&key, value, lease.unwrap_or(0)).map(Some),
+                    Err(conflict) => return Ok(Err(conflict)),
+                }
+            }
+            WriteOp::Delete { key, expect } => match self.check(&key, expect) {
+                Ok(Some(_)) => self.delete(&key).map(Some),
+                Ok(None) => Ok(None),
+                Err(conflict) => return Ok(Err(conflict)),
+            },
+        };
+        outcome.map(Ok)
+    }
+
     fn check(&self, key: &str, expect: Expect) -> Result<Option<KeyValue>, StoreError> {
         let current = self.current(key)?;
         let holds = match expect {
@@ -525,25 +625,12 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::LeaseNotFound(lease));
             }
         }
-        let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.write(|changes| {
-                changes.check(&key, expect)?;
-                changes.put(&key, value, lease.unwrap_or(0))
-            })
-        })
-        .await
+        let revision = self.submit(WriteOp::Put { key: key.to_owned(), value, expect, lease }).await?;
+        revision.ok_or_else(|| StoreError::Embedded { path: self.inner.path.display().to_string(), message: format!("put {key}: no revision") })
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.write(|changes| match changes.check(&key, expect)? {
-                Some(_) => changes.delete(&key).map(Some),
-                None => Ok(None),
-            })
-        })
-        .await
+        self.submit(WriteOp::Delete { key: key.to_owned(), expect }).await
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
