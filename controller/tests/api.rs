@@ -394,7 +394,8 @@ async fn a_dry_run_reports_and_writes_nothing(api: ServiceApi) {
     let outcomes = |applied: Vec<Applied>| applied.into_iter().map(|a| (a.kind, a.name, a.outcome)).collect::<Vec<_>>();
     let same = format!("{CONFIGS}---\n{}", with_node_port(WEB, "web", 30080));
     assert!(api.apply_dry_run(&source(&same)).await.expect("dry run").iter().all(|a| a.outcome == ApplyOutcome::Unchanged));
-    let changed = format!("{}---\n{}---\n{API}", CONFIGS.replace(SECRET_VALUE, "another"), with_node_port(WEB, "web", 30080).replace("replicas: 2", "replicas: 3"));
+    let changed =
+        format!("{}---\n{}---\n{API}", CONFIGS.replace(SECRET_VALUE, "another"), with_node_port(WEB, "web", 30080).replace("replicas: 2", "replicas: 3"));
     let expected = [
         ("config", "site".to_owned(), ApplyOutcome::Unchanged),
         ("secret", "db".to_owned(), ApplyOutcome::Configured),

@@ -12,7 +12,7 @@ use orch_api::pb::api_client::ApiClient;
 use tonic::transport::Channel;
 
 use crate::client::explain;
-use crate::sources::read_sources;
+use crate::sources::{read_sources, Source};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
@@ -41,11 +41,22 @@ pub async fn apply_sources(api: &mut ApiClient<Channel>, files: &[PathBuf], dry_
 /// Reads and checks the sources, and sends them to the controller's Apply.
 pub async fn send(api: &mut ApiClient<Channel>, files: &[PathBuf], dry_run: bool) -> anyhow::Result<Vec<pb::ApplyResult>> {
     let sources = read_sources(files)?;
-    // Checked here first (the controller runs the same checks) for errors without a round trip.
+    check(&sources)?;
+    send_sources(api, &sources, dry_run).await
+}
+
+/// The manifests of `sources`, checked here first (the controller runs the same checks)
+/// for errors without a round trip.
+pub fn check(sources: &[Source]) -> anyhow::Result<orch_api::manifest::Manifests> {
     orch_api::manifest::load_sources(sources.iter().map(|s| (s.name.as_str(), s.text.as_str()))).map_err(|problems| {
         anyhow::anyhow!("invalid manifest, nothing was applied:\n{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    })?;
-    let request = pb::ApplyRequest { sources: sources.into_iter().map(|s| pb::ManifestSource { name: s.name, content: s.text }).collect(), dry_run };
+    })
+}
+
+/// Sends sources read and checked to the controller's Apply.
+pub async fn send_sources(api: &mut ApiClient<Channel>, sources: &[Source], dry_run: bool) -> anyhow::Result<Vec<pb::ApplyResult>> {
+    let sources = sources.iter().map(|s| pb::ManifestSource { name: s.name.clone(), content: s.text.clone() }).collect();
+    let request = pb::ApplyRequest { sources, dry_run };
     let response = api.apply(request).await.map_err(explain)?.into_inner();
     if dry_run && !response.dry_run {
         // A controller of an earlier build does not know dry runs: it applied.

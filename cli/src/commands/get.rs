@@ -375,10 +375,7 @@ mod tests {
     fn a_watch_prints_changes_and_deletions() {
         let before = listing(&[item("service/web", "1/1"), item("service/db", "0/1"), item("service/old", "1/1")]);
         let after = listing(&[item("service/web", "1/1"), item("service/db", "1/1"), item("service/new", "0/1")]);
-        assert_eq!(
-            changes(&before, &after),
-            vec![Change::Modified(&after.items[1]), Change::Added(&after.items[2]), Change::Deleted(&before.items[2])]
-        );
+        assert_eq!(changes(&before, &after), vec![Change::Modified(&after.items[1]), Change::Added(&after.items[2]), Change::Deleted(&before.items[2])]);
         assert_eq!(render_changes(&before, &after, GetFormat::Table).expect("table"), "db     1/1\nnew    0/1\nold    1/1   (deleted)\n");
         assert_eq!(render_changes(&before, &after, GetFormat::Name).expect("name"), "service/db\nservice/new\nservice/old (deleted)\n");
         let events: Vec<serde_json::Value> = render_changes(&before, &after, GetFormat::Json)

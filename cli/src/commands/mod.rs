@@ -1,9 +1,11 @@
 //! One module per `orch` subcommand.
 
 pub mod apply;
+pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod exec;
 pub mod get;
 pub mod logs;

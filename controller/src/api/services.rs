@@ -144,7 +144,10 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
 /// Whether writing `wanted` (its spec and labels, over the Configs' `revisions`, with
 /// the restart stamp `restarted`) over `current` changes nothing.
 fn unchanged(current: &pb::Service, wanted: &pb::Service, revisions: &std::collections::BTreeMap<String, u64>, restarted: i64) -> bool {
-    current.spec == wanted.spec && current.labels == wanted.labels && with_config_revisions(current, revisions).is_none() && restarted == current.restarted_unix_ms
+    current.spec == wanted.spec
+        && current.labels == wanted.labels
+        && with_config_revisions(current, revisions).is_none()
+        && restarted == current.restarted_unix_ms
 }
 
 /// A paused service's template changes roll nothing: an undo or a restart would only
