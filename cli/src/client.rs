@@ -128,6 +128,50 @@ fn context_from(path: &Path, text: &str, context: Option<&str>) -> anyhow::Resul
     file.contexts.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{}: context {name:?} is not defined under [contexts]", path.display()))
 }
 
+/// One context as `orch config get-contexts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextRow {
+    pub name: String,
+    pub current: bool,
+    pub servers: Vec<String>,
+}
+
+/// The contexts of a `config.toml` text, by name, the current one marked.
+pub fn list_contexts(path: &Path, text: &str) -> anyhow::Result<Vec<ContextRow>> {
+    let file: ContextsFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let current = file.current_context.as_deref();
+    Ok(file.contexts.into_iter().map(|(name, entry)| ContextRow { current: current == Some(name.as_str()), name, servers: entry.servers }).collect())
+}
+
+/// `text` with its `current-context` set to `name`, everything else as it was (comments,
+/// order, layout): the top-level line is rewritten, or one is put first. Refused when
+/// `name` is not one of its contexts, naming the file and those it has.
+pub fn with_current_context(path: &Path, text: &str, name: &str) -> anyhow::Result<String> {
+    let known: Vec<String> = list_contexts(path, text)?.into_iter().map(|c| c.name).collect();
+    if !known.iter().any(|k| k == name) {
+        let listed = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        anyhow::bail!("{}: no context {name:?} (its contexts: {listed})", path.display());
+    }
+    let line = format!("current-context = {}", toml::Value::String(name.to_owned()));
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // Top-level keys come before the first table header.
+    let top = lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len());
+    let is_current = |l: &str| l.split_once('=').is_some_and(|(key, _)| matches!(key.trim().trim_matches(|c| c == '"' || c == '\''), "current-context"));
+    match lines[..top].iter().position(|l| is_current(l)) {
+        Some(at) => lines[at] = line,
+        None => lines.insert(0, line),
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') || text.is_empty() {
+        out.push('\n');
+    }
+    // What was written must say what was meant (a value over several lines, say).
+    let check: ContextsFile =
+        toml::from_str(&out).map_err(|e| anyhow::anyhow!("{}: cannot rewrite current-context in place: {}", path.display(), e.message()))?;
+    anyhow::ensure!(check.current_context.as_deref() == Some(name), "{}: cannot rewrite current-context in place", path.display());
+    Ok(out)
+}
+
 /// Pure: the target from the flags and the config file (its path and text, if any).
 pub fn resolve(server: Option<&str>, tls_dir: Option<&Path>, context: Option<&str>, config: Option<(&Path, &str)>) -> anyhow::Result<Target> {
     let entry = match config {
@@ -397,6 +441,33 @@ mod tests {
         assert!(ambiguous.to_string().contains("no current-context"), "{ambiguous}");
         let partial = resolve(None, None, None, Some((path, "[contexts.a]\nca = \"/ca\"\n"))).expect_err("ca alone");
         assert!(partial.to_string().contains("give all of ca, cert and key"), "{partial}");
+    }
+
+    #[test]
+    fn contexts_are_listed_and_the_current_one_rewritten_in_place() {
+        let path = Path::new("/c/config.toml");
+        let text = "# my clusters\ncurrent-context = \"local\"  # the default\n\n[contexts.local]\nservers = [\"127.0.0.1:7100\"]\n\n[contexts.lab]\n# three controllers\nservers = [\"10.0.0.1:7100\", \"10.0.0.2:7100\"]\nca = \"/p/ca.pem\"\ncert = \"/p/a.pem\"\nkey = \"/p/a.key\"\n";
+        let rows = list_contexts(path, text).expect("list");
+        assert_eq!(
+            rows,
+            vec![
+                ContextRow { name: "lab".into(), current: false, servers: vec!["10.0.0.1:7100".into(), "10.0.0.2:7100".into()] },
+                ContextRow { name: "local".into(), current: true, servers: vec!["127.0.0.1:7100".into()] },
+            ]
+        );
+        let rewritten = with_current_context(path, text, "lab").expect("use lab");
+        assert_eq!(rewritten, text.replace("current-context = \"local\"  # the default", "current-context = \"lab\""), "only that line changes");
+        assert_eq!(resolve(None, None, None, Some((path, &rewritten))).expect("resolve").servers.len(), 2);
+        // No current-context yet: one is put first.
+        let bare = "[contexts.a]\nservers = [\"a:1\"]\n";
+        assert_eq!(with_current_context(path, bare, "a").expect("use a"), format!("current-context = \"a\"\n{bare}"));
+        // A key of the same name inside a table is not the top-level one.
+        let nested = "[contexts.a]\nservers = []\n[contexts.b]\nservers = []\n";
+        assert!(with_current_context(path, nested, "b").expect("use b").starts_with("current-context = \"b\"\n"));
+        let unknown = with_current_context(path, text, "prod").expect_err("no such context").to_string();
+        assert_eq!(unknown, "/c/config.toml: no context \"prod\" (its contexts: lab, local)");
+        let broken = with_current_context(path, "current-context = \"a\"\n[contexts.a]\nservrs = []\n", "a").expect_err("unknown field").to_string();
+        assert!(broken.starts_with("/c/config.toml: unknown field"), "{broken}");
     }
 
     #[test]

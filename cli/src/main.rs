@@ -38,6 +38,8 @@ enum Command {
     Up(Box<commands::up::UpArgs>),
     /// Create or update services, configs and secrets from manifests.
     Apply(commands::apply::ApplyArgs),
+    /// What `apply -f` would change, field by field: exit 0 none, 1 some, 2 an error.
+    Diff(commands::diff::DiffArgs),
     /// Create or update a config or a secret from files and literals.
     Create(commands::create::CreateArgs),
     /// List services, replicas, nodes, events, configs or secrets.
@@ -70,6 +72,8 @@ enum Command {
     /// Write every orch key of the store (read at one revision, through the controller)
     /// to a file; `orch-controller restore` puts it back.
     Backup(commands::backup::BackupArgs),
+    /// The config file's contexts: get-contexts, use-context NAME, current-context.
+    Config(commands::config::ConfigArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
     /// Print the version of this client.
@@ -84,8 +88,11 @@ fn main() -> ExitCode {
         exec::exec_main();
     }
     let cli = Cli::parse();
+    // `orch diff` exits as kubectl's: 1 means "differences", so an error is 2.
+    let failure = if matches!(cli.command, Command::Diff(_)) { ExitCode::from(2) } else { ExitCode::FAILURE };
     let outcome = match cli.command {
         Command::Validate(args) => commands::validate::run(&args),
+        Command::Config(args) => commands::config::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Version => {
             println!("orch {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -100,7 +107,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            failure
         }
     }
 }
@@ -118,6 +125,10 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
         let api = client::connect(&target).await?;
         match command {
             Command::Apply(args) => commands::apply::apply(api, &args).await?,
+            Command::Diff(args) => {
+                let differs = commands::diff::diff(api, &args).await?;
+                return Ok(if differs { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            }
             Command::Create(args) => commands::create::create(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,
             Command::Describe(args) => commands::describe::run(api, &args).await?,
@@ -135,7 +146,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Top { kind } => commands::top::top(api, kind).await?,
             Command::Topology(args) => commands::topology::topology(api, &args).await?,
             Command::Backup(args) => commands::backup::backup(api, &args).await?,
-            Command::Up(_) | Command::Validate(_) | Command::Version | Command::Completion { .. } => {}
+            Command::Up(_) | Command::Validate(_) | Command::Config(_) | Command::Version | Command::Completion { .. } => {}
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -667,3 +667,181 @@ fn promtool_accepts(metrics: &str) {
     let checked = promtool.wait_with_output().expect("promtool");
     assert!(checked.status.success(), "promtool check metrics: {}{}\n{metrics}", text(&checked.stdout), text(&checked.stderr));
 }
+
+/// kubectl's conventions, on a `orch up` of its own: `apply --dry-run` and `diff` (the
+/// store untouched, diff's exit status), `-l` selectors on get and delete, `-o name`,
+/// `--no-headers`, deletions in `get -w` (a table and JSON), and contexts in the config
+/// file `ORCH_CONFIG` names.
+#[test]
+fn kubectl_conventions_against_orch_up() {
+    let mut up = Up::new();
+    up.start(&[]);
+    up.wait("the node", |u| {
+        let out = u.orch(&["get", "nodes", "-o", "json"]);
+        out.status.success() && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|nodes| nodes[0]["ready"] == true)
+    });
+    let image = format!("oci:{}:1.0", up.dir.path().join("image").display());
+    let service = |name: &str, labels: &str, replicas: u32, greeting: &str| {
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {name}{labels}}}\nspec:\n  replicas: {replicas}\n  image: '{image}'\n  \
+             env: [{{name: GREETING, value: {greeting}}}]\n"
+        )
+    };
+    let write = |file: &str, text: String| {
+        let path = up.dir.path().join(file);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("path").to_owned()
+    };
+    let stack = |web_replicas: u32, greeting: &str| {
+        format!(
+            "{}---\n{}---\n{}",
+            service("web", ", labels: {app: web, tier: front}", web_replicas, greeting),
+            service("cache", ", labels: {app: cache}", 0, "hi"),
+            service("batch", "", 0, "hi")
+        )
+    };
+    let first = write("stack.yaml", stack(1, "one"));
+
+    // --dry-run: the controller's outcome, nothing written.
+    let dry = up.ok(&["apply", "-f", &first, "--dry-run"]);
+    assert_eq!(dry, "service/web created (dry run)\nservice/cache created (dry run)\nservice/batch created (dry run)\n");
+    let nothing = up.orch(&["get", "services"]);
+    assert!(nothing.status.success() && nothing.stdout.is_empty(), "{}", text(&nothing.stdout));
+    assert_eq!(text(&nothing.stderr), "No resources found\n", "as kubectl, on stderr");
+    // diff against nothing: every field added, exit 1.
+    let created = up.orch(&["diff", "-f", &first]);
+    let shown = text(&created.stdout);
+    assert_eq!(created.status.code(), Some(1), "{shown}{}", text(&created.stderr));
+    assert!(shown.starts_with("service/web created\n+metadata.labels.app: web\n+metadata.labels.tier: front\n"), "{shown}");
+    assert!(shown.contains(&format!("+spec.image: {image}\n")) && shown.contains("service/batch created\n"), "{shown}");
+    assert!(up.orch(&["get", "services", "web"]).status.code() == Some(1), "diff applied nothing");
+
+    up.ok(&["apply", "-f", &first, "--wait", "--timeout", "120"]);
+    let same = up.orch(&["diff", "-f", &first]);
+    assert_eq!((same.status.code(), text(&same.stdout)), (Some(0), String::new()), "no differences: {}", text(&same.stderr));
+    let second = write("stack2.yaml", stack(2, "two"));
+    let changed = up.orch(&["diff", "-f", &second]);
+    assert_eq!(changed.status.code(), Some(1));
+    assert_eq!(
+        text(&changed.stdout),
+        "service/web configured\n-spec.env[GREETING].value: one\n+spec.env[GREETING].value: two\n-spec.replicas: 1\n+spec.replicas: 2\n",
+        "only web, field by field"
+    );
+    let dry = up.ok(&["apply", "-f", &second, "--dry-run"]);
+    assert_eq!(dry, "service/web configured (dry run)\nservice/cache unchanged (dry run)\nservice/batch unchanged (dry run)\n");
+    let web = up.json(&["get", "services", "web"]);
+    assert_eq!((web[0]["generation"].as_u64(), web[0]["replicas"].as_u64()), (Some(1), Some(1)), "the dry run wrote nothing: {web}");
+    let missing = up.orch(&["diff", "-f", "/nonexistent.yaml"]);
+    assert_eq!(missing.status.code(), Some(2), "an error is 2, not 1");
+    assert!(text(&missing.stderr).contains("/nonexistent.yaml"), "{}", text(&missing.stderr));
+    let bad = write("bad.yaml", service("bad", "", 1, "x").replace("replicas: 1", "replicas: -1"));
+    let invalid = up.orch(&["diff", "-f", &bad]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(text(&invalid.stderr).contains("spec.replicas: must be between 0 and 10000, got -1"), "{}", text(&invalid.stderr));
+    let invalid = up.orch(&["apply", "-f", &bad, "--dry-run"]);
+    assert!(invalid.status.code() == Some(1) && text(&invalid.stderr).contains("spec.replicas"), "{}", text(&invalid.stderr));
+
+    // Selectors pick the right services (and replicas by their service's labels).
+    let names = |args: &[&str]| -> BTreeSet<String> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "name"]);
+        up.ok(&all).lines().map(str::to_owned).collect()
+    };
+    let set = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>();
+    assert_eq!(names(&["get", "services"]), set(&["service/web", "service/cache", "service/batch"]));
+    for (selector, chosen) in [
+        ("app=web", &["service/web"][..]),
+        ("app==cache", &["service/cache"]),
+        ("app!=web", &["service/cache", "service/batch"]),
+        ("tier", &["service/web"]),
+        ("!app", &["service/batch"]),
+        ("app,!tier", &["service/cache"]),
+        ("app=web,tier=back", &[]),
+    ] {
+        assert_eq!(names(&["get", "services", "-l", selector]), set(chosen), "-l {selector}");
+    }
+    let web_replicas = names(&["get", "replicas", "-l", "app=web"]);
+    assert!(web_replicas.len() == 1 && web_replicas.iter().all(|r| r.starts_with("replica/web-")), "{web_replicas:?}");
+    assert!(names(&["get", "replicas", "-l", "app=cache"]).is_empty());
+    assert_eq!(names(&["get", "nodes"]), set(&["node/cli-node"]));
+    let rows = up.ok(&["get", "services", "--no-headers"]);
+    assert!(rows.lines().count() == 3 && !rows.contains("NAME") && rows.lines().any(|l| l.starts_with("web ")), "{rows}");
+    assert!(up.ok(&["get", "replicas", "--no-headers", "-o", "wide"]).starts_with("web-"));
+    let bad_selector = up.orch(&["get", "services", "-l", "app=we b"]);
+    assert_eq!(bad_selector.status.code(), Some(1));
+    assert!(
+        text(&bad_selector.stderr).starts_with("error: selector \"app=we b\": \"app=we b\": the value must be a label value"),
+        "{}",
+        text(&bad_selector.stderr)
+    );
+    let both = up.orch(&["get", "services", "web", "-l", "app=web"]);
+    assert!(both.status.code() == Some(2) && text(&both.stderr).contains("--selector"), "{}", text(&both.stderr));
+
+    // get -w shows deletions: a table row marked (deleted), a JSON DELETED event.
+    let mut table_watch = up.command().args(["get", "services", "-w"]).stdout(Stdio::piped()).spawn().expect("get -w");
+    let mut json_watch = up.command().args(["get", "services", "-w", "-o", "json"]).stdout(Stdio::piped()).spawn().expect("get -w -o json");
+    let (mut table_out, mut json_out) = (table_watch.stdout.take().expect("stdout"), json_watch.stdout.take().expect("stdout"));
+    let (mut table_text, mut json_text) = (String::new(), String::new());
+    read_until(&mut table_out, &mut table_text, "get -w", |t| t.lines().any(|l| l.starts_with("batch ")));
+    read_until(&mut json_out, &mut json_text, "get -w -o json", |t| t.contains("\n]\n"));
+    assert_eq!(up.ok(&["delete", "service", "-l", "!app"]), "service/batch deleted\n");
+    read_until(&mut table_out, &mut table_text, "get -w", |t| t.lines().any(|l| l.starts_with("batch ") && l.ends_with("(deleted)")));
+    read_until(&mut json_out, &mut json_text, "get -w -o json", |t| t.contains("DELETED"));
+    for child in [&mut table_watch, &mut json_watch] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let event: serde_json::Value = serde_json::from_str(json_text.lines().find(|l| l.contains("DELETED")).expect("the event")).expect("a JSON line");
+    assert_eq!((event["type"].as_str(), event["object"]["name"].as_str()), (Some("DELETED"), Some("batch")), "{event}");
+    assert_eq!(table_text.matches("NAME").count(), 1, "{table_text}");
+
+    // delete -l: what matches, nothing when nothing does, never with a name.
+    let none = up.orch(&["delete", "service", "-l", "app=nothing"]);
+    assert!(none.status.success() && none.stdout.is_empty() && text(&none.stderr) == "No resources found\n", "{}", text(&none.stderr));
+    let both = up.orch(&["delete", "service", "web", "-l", "app=web"]);
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stderr));
+    assert_eq!(names(&["get", "services"]), set(&["service/web", "service/cache"]), "nothing else deleted");
+    assert_eq!(up.ok(&["delete", "service", "-l", "app=cache"]), "service/cache deleted\n");
+
+    // Contexts: one file, the lab's and the local one; use-context switches.
+    let config = up.dir.path().join("config.toml");
+    let pki = up.pki();
+    let credentials =
+        format!("ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n", pki.join("ca.pem").display(), pki.join("admin.pem").display(), pki.join("admin.key").display());
+    let original = format!(
+        "# two clusters\ncurrent-context = \"lab\"\n\n[contexts.lab]\nservers = [\"127.0.0.1:1\"]\n{credentials}\n[contexts.local]\n# orch up\nservers = [\"{}\"]\n{credentials}",
+        up.server
+    );
+    std::fs::write(&config, &original).expect("write");
+    let orch = |args: &[&str]| -> Output {
+        Command::new(ORCH)
+            .args(args)
+            .env("ORCH_CONFIG", &config)
+            .env_remove("ORCH_SERVER")
+            .env_remove("ORCH_TLS_DIR")
+            .env_remove("ORCH_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run orch")
+    };
+    let listed = orch(&["config", "get-contexts"]);
+    assert_eq!(text(&listed.stdout), format!("CURRENT   NAME    SERVERS\n*         lab     127.0.0.1:1\n          local   {}\n", up.server));
+    assert_eq!(text(&orch(&["config", "get-contexts", "-o", "name"]).stdout), "lab\nlocal\n");
+    assert_eq!(text(&orch(&["config", "current-context"]).stdout), "lab\n");
+    let unreachable = orch(&["get", "services"]);
+    assert!(text(&unreachable.stderr).contains("cannot reach the orch controller at 127.0.0.1:1"), "the lab context: {}", text(&unreachable.stderr));
+    let unknown = orch(&["config", "use-context", "prod"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(text(&unknown.stderr), format!("error: {}: no context \"prod\" (its contexts: lab, local)\n", config.display()));
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), original, "a refused switch changes nothing");
+    let switched = orch(&["config", "use-context", "local"]);
+    assert!(switched.status.success(), "{}", text(&switched.stderr));
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), original.replace("current-context = \"lab\"", "current-context = \"local\""), "only that line");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).expect("stat").permissions()) & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(text(&orch(&["config", "current-context"]).stdout), "local\n");
+    assert_eq!(text(&orch(&["get", "services", "-o", "name"]).stdout), "service/web\n", "the local context drives orch up");
+
+    up.interrupt();
+    up.assert_nothing_left();
+}

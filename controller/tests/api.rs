@@ -383,6 +383,37 @@ async fn a_vip_is_never_released_while_its_service_write_may_have_landed() {
     assert!(store.store.get(&orch_controller::keys::vip(kept)).await.expect("get").is_none(), "released with its service");
 }
 
+/// Every key under `/orch/` with its value and revision.
+async fn everything(api: &ServiceApi) -> Vec<(String, Vec<u8>, i64)> {
+    api.store().list("/orch/").await.expect("list").items.into_iter().map(|kv| (kv.key, kv.value, kv.mod_revision)).collect()
+}
+
+async fn a_dry_run_reports_and_writes_nothing(api: ServiceApi) {
+    api.apply(&source(&format!("{CONFIGS}---\n{}", with_node_port(WEB, "web", 30080)))).await.expect("apply");
+    let before = everything(&api).await;
+    let outcomes = |applied: Vec<Applied>| applied.into_iter().map(|a| (a.kind, a.name, a.outcome)).collect::<Vec<_>>();
+    let same = format!("{CONFIGS}---\n{}", with_node_port(WEB, "web", 30080));
+    assert!(api.apply_dry_run(&source(&same)).await.expect("dry run").iter().all(|a| a.outcome == ApplyOutcome::Unchanged));
+    let changed =
+        format!("{}---\n{}---\n{API}", CONFIGS.replace(SECRET_VALUE, "another"), with_node_port(WEB, "web", 30080).replace("replicas: 2", "replicas: 3"));
+    let expected = [
+        ("config", "site".to_owned(), ApplyOutcome::Unchanged),
+        ("secret", "db".to_owned(), ApplyOutcome::Configured),
+        ("service", "app".to_owned(), ApplyOutcome::Unchanged),
+        ("service", "web".to_owned(), ApplyOutcome::Configured),
+        ("service", "api".to_owned(), ApplyOutcome::Created),
+    ];
+    assert_eq!(outcomes(api.apply_dry_run(&source(&changed)).await.expect("dry run")), expected);
+    // What an apply refuses, a dry run refuses: an invalid document, a node port held.
+    let invalid = api.apply_dry_run(&source(&WEB.replace("replicas: 2", "replicas: -1"))).await;
+    assert!(matches!(&invalid, Err(ApiError::Invalid(e)) if e[0].contains("spec.replicas")), "{invalid:?}");
+    let held = api.apply_dry_run(&source(&with_node_port(WEB, "shop", 30080))).await;
+    assert!(matches!(&held, Err(ApiError::Invalid(e)) if e[0].contains("30080/tcp is already used by service web")), "{held:?}");
+    assert_eq!(everything(&api).await, before, "the store is untouched");
+    // And the apply does what the dry run said.
+    assert_eq!(outcomes(api.apply(&source(&changed)).await.expect("apply")), expected);
+}
+
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -413,7 +444,8 @@ on_both_stores!(
     delete_frees_the_name_and_the_vip,
     delete_keeps_local_volumes_unless_purged,
     configs_and_secrets_roll_the_services_using_them,
-    node_ports_are_one_service_each
+    node_ports_are_one_service_each,
+    a_dry_run_reports_and_writes_nothing
 );
 
 /// The same through real gRPC on loopback, as the CLI will call it.
@@ -432,14 +464,26 @@ async fn the_grpc_api_answers_and_maps_errors() {
     );
     let mut client = ApiClient::connect(format!("http://{address}")).await.expect("connect");
     let applied = client
-        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: WEB.into() }] })
+        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: WEB.into() }], dry_run: false })
         .await
         .expect("apply")
         .into_inner();
     assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into(), kind: "service".into() }]);
+    assert!(!applied.dry_run);
+    let changed = WEB.replace("replicas: 2", "replicas: 5");
+    let dry = client
+        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: changed }], dry_run: true })
+        .await
+        .expect("dry run")
+        .into_inner();
+    assert!(dry.dry_run, "the controller says it wrote nothing");
+    assert_eq!(dry.results[0].outcome(), pb::ApplyOutcome::Configured);
+    let stored = client.get_service(pb::GetServiceRequest { name: "web".into() }).await.expect("get").into_inner();
+    assert_eq!((stored.generation, stored.spec.map(|s| s.replicas)), (1, Some(2)), "a dry run changes nothing");
     let bad = client
         .apply(pb::ApplyRequest {
             sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }],
+            dry_run: false,
         })
         .await
         .expect_err("invalid");

@@ -6,6 +6,7 @@
 //! - [`cidr`]: `Ipv4Cidr`, the one CIDR type of every binary.
 //! - [`events`]: the kinds of event the controller and the agents report.
 //! - [`image_ref`]: the image references the agent accepts.
+//! - [`selector`]: label selectors (`orch get|delete -l`).
 //! - [`tls`]: the cluster's certificates (`orch-controller init`) and the mutual-TLS
 //!   configurations the controller, agents and CLI build from them.
 
@@ -16,6 +17,7 @@ pub mod incoming;
 pub mod logging;
 pub mod manifest;
 pub mod secrets;
+pub mod selector;
 pub mod telemetry;
 pub mod tls;
 

@@ -1,4 +1,5 @@
-//! `orch delete -f FILE|DIR|- | service NAME [--purge-volumes] | node NAME [--force]`.
+//! `orch delete -f FILE|DIR|- | service NAME|-l SELECTOR [--purge-volumes] | config|secret NAME |
+//! node NAME [--force]`.
 
 use std::path::PathBuf;
 
@@ -18,8 +19,12 @@ pub struct DeleteArgs {
     /// `service`, `config`, `secret` or `node`
     #[arg(required_unless_present = "files")]
     pub kind: Option<String>,
-    #[arg(required_unless_present = "files")]
+    #[arg(required_unless_present_any = ["files", "selector"])]
     pub name: Option<String>,
+    /// Delete the services whose labels match (`k=v`, `k!=v`, `k`, `!k`, comma-separated)
+    /// instead of one by name; none matching is not an error.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", conflicts_with_all = ["name", "files"])]
+    pub selector: Option<String>,
     /// Also remove the services' local volumes from every node (their data is lost);
     /// without it they stay, and a service applied again under the name finds them.
     #[arg(long)]
@@ -31,7 +36,20 @@ pub struct DeleteArgs {
 
 pub async fn delete(mut api: ApiClient<Channel>, args: &DeleteArgs) -> anyhow::Result<()> {
     let mut configs: Vec<(pb::ConfigKind, String)> = Vec::new();
-    let names = if args.files.is_empty() {
+    let names = if let Some(selector) = &args.selector {
+        let selector = orch_api::selector::Selector::parse(selector)?;
+        match args.kind.as_deref() {
+            Some("service" | "services" | "svc") => {}
+            Some(other) => anyhow::bail!("--selector: orch deletes services by their labels, not {other:?} (`orch delete service -l app=web`)"),
+            None => anyhow::bail!("--selector: name the kind (`orch delete service -l {selector}`)"),
+        }
+        let services = api.list_services(pb::ListServicesRequest {}).await.map_err(explain)?.into_inner().services;
+        let names: Vec<String> = services.into_iter().filter(|s| selector.matches(s.labels.iter())).map(|s| s.name).collect();
+        if names.is_empty() {
+            eprintln!("No resources found");
+        }
+        names
+    } else if args.files.is_empty() {
         match args.kind.as_deref() {
             Some("service" | "services" | "svc") => vec![args.name.clone().unwrap_or_default()],
             Some("config" | "configs" | "cm") => {

@@ -2,9 +2,11 @@
 
 pub mod apply;
 pub mod backup;
+pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod exec;
 pub mod get;
 pub mod logs;

@@ -209,7 +209,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         if args.files.is_empty() {
             return Ok::<(), anyhow::Error>(());
         }
-        let names = apply_sources(&mut api, &args.files).await?;
+        let names = apply_sources(&mut api, &args.files, false).await?;
         if let Err(error) = wait_ready(&mut api, &names, Duration::from_secs(args.timeout)).await {
             eprintln!("orch: {error:#}");
         }

@@ -54,9 +54,9 @@ impl Up {
         // Several instances per test process: names, subnets and ports of their own.
         static INSTANCES: AtomicU32 = AtomicU32::new(0);
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 2, "Up::new: at most two instances per test process (subnets are laid out for two)");
+        assert!(n < 3, "Up::new: at most three instances per test process (subnets are laid out for three)");
         let pid = std::process::id();
-        let k = (pid % 100) * 2 + n + 20;
+        let k = (pid % 70) * 3 + n + 20;
         let dir = tempfile::Builder::new().prefix("orch-cli-").tempdir().expect("tempdir");
         let built = Command::new("bash")
             .arg(format!("{ROOT}/deploy/images/build-demo.sh"))
@@ -73,7 +73,7 @@ impl Up {
             bridge: format!("oc{:x}n{n}", pid % 0xfffff),
             cgroup_parent: format!("orch-test-{pid}-cli{n}"),
             service_cidr: format!("10.212.{k}.0/24"),
-            cluster_cidr: format!("10.{}.0.0/16", 200 + (pid % 10) * 2 + n),
+            cluster_cidr: format!("10.{}.0.0/16", 200 + (pid % 10) * 3 + n),
             node_port: u16::try_from(31000 + k).expect("port"),
             dir,
             child: None,

@@ -39,6 +39,14 @@ impl ServiceApi {
         }
     }
 
+    /// What [`apply_config`](Self::apply_config) would do, writing nothing.
+    pub(crate) async fn config_outcome(&self, content: &ConfigContent) -> Result<ApplyOutcome, ApiError> {
+        let key = keys::config(content.kind, &content.name);
+        let Some(kv) = self.store.get(&key).await? else { return Ok(ApplyOutcome::Created) };
+        let current: pb::StoredConfig = keys::decode(&key, &kv.value)?;
+        Ok(if self.content_of(&key, &current)? == content.to_wire() { ApplyOutcome::Unchanged } else { ApplyOutcome::Configured })
+    }
+
     /// Stores a Config or a Secret; a changed content moves its generation and rolls the
     /// services using it.
     pub(crate) async fn apply_config(&self, content: &ConfigContent) -> Result<ApplyOutcome, ApiError> {

@@ -116,16 +116,7 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
                         Err(error) => Err(Claim::Store(error)),
                     };
                 }
-                let service_key = keys::service(&holder);
-                let still_declares = match store.get(&service_key).await.map_err(Claim::Store)? {
-                    Some(stored) => {
-                        let service: pb::Service = keys::decode(&service_key, &stored.value).map_err(Claim::Decode)?;
-                        declared(service.spec.as_ref()).contains_key(&(protocol, port))
-                    }
-                    None => false,
-                };
-                let age = crate::events::now_unix_ms().saturating_sub(claimed_at.unwrap_or(0));
-                if still_declares || u128::try_from(age).unwrap_or(0) < CLAIM_GRACE.as_millis() {
+                if holder_keeps(store, &holder, claimed_at, (protocol, port)).await? {
                     return Err(Claim::HeldBy(holder));
                 }
                 Expect::Revision(kv.mod_revision)
@@ -138,6 +129,42 @@ async fn claim_one(store: &dyn Store, name: &str, (protocol, port): NodePort) ->
         }
     }
     Err(Claim::Store(StoreError::Conflict { key, expected: Expect::Absent, found: None }))
+}
+
+/// Whether a claim of `holder` (made at `claimed_at`) on `port` stands: its service
+/// declares the port, or the claim is younger than [`CLAIM_GRACE`].
+async fn holder_keeps(store: &dyn Store, holder: &str, claimed_at: Option<i64>, port: NodePort) -> Result<bool, Claim> {
+    let service_key = keys::service(holder);
+    let still_declares = match store.get(&service_key).await.map_err(Claim::Store)? {
+        Some(stored) => {
+            let service: pb::Service = keys::decode(&service_key, &stored.value).map_err(Claim::Decode)?;
+            declared(service.spec.as_ref()).contains_key(&port)
+        }
+        None => false,
+    };
+    let age = crate::events::now_unix_ms().saturating_sub(claimed_at.unwrap_or(0));
+    Ok(still_declares || u128::try_from(age).unwrap_or(0) < CLAIM_GRACE.as_millis())
+}
+
+/// What [`claim`] would refuse for `name` on `ports`, writing nothing (a dry run): the
+/// ports another service's claim holds.
+pub async fn refused(store: &dyn Store, name: &str, ports: &BTreeMap<NodePort, usize>) -> Result<Vec<String>, ApiError> {
+    let mut found = Vec::new();
+    for (&(protocol, port), &index) in ports {
+        let Some(kv) = store.get(&keys::node_port(protocol, port)).await? else { continue };
+        let (holder, claimed_at) = holder(&kv.value);
+        if holder == name {
+            continue;
+        }
+        match holder_keeps(store, &holder, claimed_at, (protocol, port)).await {
+            Ok(true) => found.push(taken(name, index, (protocol, port), &holder)),
+            Ok(false) => {}
+            Err(Claim::Store(error)) => return Err(ApiError::Store(error)),
+            Err(Claim::Decode(error)) => return Err(ApiError::Decode(error)),
+            Err(Claim::HeldBy(holder)) => found.push(taken(name, index, (protocol, port), &holder)),
+        }
+    }
+    Ok(found)
 }
 
 /// The claims `name` holds on `ports`: their keys and the revisions they were read at.

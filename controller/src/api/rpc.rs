@@ -51,9 +51,12 @@ fn optional(text: &str) -> Option<&str> {
 #[tonic::async_trait]
 impl Api for ApiRpc {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let sources: Vec<(String, String)> = request.into_inner().sources.into_iter().map(|s| (s.name, s.content)).collect();
-        let results = self.api.apply(&sources).await.map_err(status)?;
+        let request = request.into_inner();
+        let dry_run = request.dry_run;
+        let sources: Vec<(String, String)> = request.sources.into_iter().map(|s| (s.name, s.content)).collect();
+        let results = if dry_run { self.api.apply_dry_run(&sources).await } else { self.api.apply(&sources).await }.map_err(status)?;
         Ok(Response::new(pb::ApplyResponse {
+            dry_run,
             results: results
                 .into_iter()
                 .map(|Applied { kind, name, outcome }| pb::ApplyResult {

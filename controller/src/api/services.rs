@@ -141,6 +141,15 @@ pub fn with_config_revisions(service: &pb::Service, revisions: &std::collections
     Some(updated)
 }
 
+/// Whether writing `wanted` (its spec and labels, over the Configs' `revisions`, with
+/// the restart stamp `restarted`) over `current` changes nothing.
+fn unchanged(current: &pb::Service, wanted: &pb::Service, revisions: &std::collections::BTreeMap<String, u64>, restarted: i64) -> bool {
+    current.spec == wanted.spec
+        && current.labels == wanted.labels
+        && with_config_revisions(current, revisions).is_none()
+        && restarted == current.restarted_unix_ms
+}
+
 /// A paused service's template changes roll nothing: an undo or a restart would only
 /// seem to work (as Kubernetes, refused).
 fn refuse_while_paused(service: &pb::Service, what: &str) -> Result<(), ApiError> {
@@ -212,19 +221,24 @@ impl ServiceApi {
         &self.store
     }
 
-    /// Validates every document of every source first (any problem rejects the whole
-    /// apply, untouched), then writes each service.
-    /// Validates every document of every source, then applies Configs and Secrets
-    /// first (so the services using them start with them), then services.
-    pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<Applied>, ApiError> {
-        let Manifests { services: documents, configs } = load_sources(sources.iter().map(|(name, text)| (name.as_str(), text.as_str())))
+    /// Every document of every source, validated (any problem rejects the whole apply).
+    fn load(&self, sources: &[(String, String)]) -> Result<Manifests, ApiError> {
+        let manifests = load_sources(sources.iter().map(|(name, text)| (name.as_str(), text.as_str())))
             .map_err(|errors| ApiError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
-        if documents.is_empty() && configs.is_empty() {
+        if manifests.services.is_empty() && manifests.configs.is_empty() {
             return Err(ApiError::BadRequest("no services, configs or secrets in the given manifests".into()));
         }
-        if configs.iter().any(|c| c.content.kind == pb::ConfigKind::Secret) {
+        if manifests.configs.iter().any(|c| c.content.kind == pb::ConfigKind::Secret) {
             self.secrets_key()?;
         }
+        Ok(manifests)
+    }
+
+    /// Validates every document of every source first (any problem rejects the whole
+    /// apply, untouched), then applies Configs and Secrets first (so the services using
+    /// them start with them), then services.
+    pub async fn apply(&self, sources: &[(String, String)]) -> Result<Vec<Applied>, ApiError> {
+        let Manifests { services: documents, configs } = self.load(sources)?;
         let mut results = Vec::new();
         for config in configs {
             let outcome = self.apply_config(&config.content).await?;
@@ -235,6 +249,41 @@ impl ServiceApi {
             let change = TemplateChange { cause: format!("apply {source}"), restarted_unix_ms: None };
             let (name, outcome) = self.apply_one(document.service, &change).await?;
             results.push(Applied { kind: "service", name, outcome });
+        }
+        Ok(results)
+    }
+
+    /// What [`apply`](Self::apply) would report for `sources`, writing nothing: the same
+    /// validation, the node ports other services hold, and each document's outcome as
+    /// the store is now (a service using a changed Config rolls through the Config, and
+    /// is reported unchanged, as an apply reports it).
+    pub async fn apply_dry_run(&self, sources: &[(String, String)]) -> Result<Vec<Applied>, ApiError> {
+        let Manifests { services: documents, configs } = self.load(sources)?;
+        let mut results = Vec::new();
+        for config in configs {
+            let outcome = self.config_outcome(&config.content).await?;
+            results.push(Applied { kind: orch_api::manifest::kind_name(config.content.kind), name: config.content.name, outcome });
+        }
+        let stored = self.list().await?;
+        for document in documents {
+            let wanted = document.service;
+            let mut refused = node_ports::conflicts(&wanted.name, wanted.spec.as_ref(), &stored);
+            refused.extend(node_ports::refused(self.store.as_ref(), &wanted.name, &node_ports::declared(wanted.spec.as_ref())).await?);
+            if !refused.is_empty() {
+                return Err(ApiError::Invalid(refused));
+            }
+            let outcome = match stored.iter().find(|s| s.name == wanted.name) {
+                None => ApplyOutcome::Created,
+                Some(current) => {
+                    let revisions = self.config_revisions(wanted.spec.as_ref()).await?;
+                    if unchanged(current, &wanted, &revisions, current.restarted_unix_ms) {
+                        ApplyOutcome::Unchanged
+                    } else {
+                        ApplyOutcome::Configured
+                    }
+                }
+            };
+            results.push(Applied { kind: "service", name: wanted.name, outcome });
         }
         Ok(results)
     }
@@ -327,9 +376,8 @@ impl ServiceApi {
                 return Ok((service.name, ApplyOutcome::Created));
             };
             let current: pb::Service = keys::decode(&key, &kv.value)?;
-            let same_configs = with_config_revisions(&current, &revisions).is_none();
             let restarted = change.restarted_unix_ms.unwrap_or(current.restarted_unix_ms);
-            if current.spec == wanted.spec && current.labels == wanted.labels && same_configs && restarted == current.restarted_unix_ms {
+            if unchanged(&current, wanted, &revisions, restarted) {
                 return Ok((current.name, ApplyOutcome::Unchanged));
             }
             let mut service = current;

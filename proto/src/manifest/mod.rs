@@ -4,6 +4,7 @@
 
 mod bounded;
 mod configs;
+pub mod fields;
 mod load;
 pub mod model;
 pub mod names;
