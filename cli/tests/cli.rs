@@ -40,6 +40,9 @@ fn the_cli_against_orch_up() {
     let manifest = up.manifest(2, "one");
     up.start(&[&manifest]);
     up.wait("2 ready replicas", |u| u.ready_replicas() == 2);
+    // orch up says where a service answers once the balancer routes to its replicas
+    // (ready means answering): from then on the node port answers.
+    up.wait("orch up to say where web answers", |u| u.log().contains("service/web answers on"));
 
     // What orch up keeps on disk is root's alone.
     let mode = |path: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).expect("metadata").permissions()) & 0o777;
@@ -58,6 +61,17 @@ fn the_cli_against_orch_up() {
     let changed = up.manifest(2, "two");
     let out = up.ok(&["apply", "-f", changed.to_str().expect("path"), "--wait", "--timeout", "120"]);
     assert!(out.starts_with("service/web configured\n") && out.contains("service/web: 2/2 ready"), "{out}");
+    // Ready means answering: the moment --wait returns, the node port round-robins over
+    // both new replicas, and only over them.
+    let answered: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| {
+            let page = http_get(SocketAddr::from(([127, 0, 0, 1], up.node_port))).expect("node port answers");
+            page.split("Hello from ").nth(1).and_then(|rest| rest.split('<').next()).unwrap_or_default().to_owned()
+        })
+        .collect();
+    let current: std::collections::BTreeSet<String> =
+        up.json(&["get", "replicas"]).as_array().expect("replicas").iter().filter_map(|r| r["name"].as_str().map(str::to_owned)).collect();
+    assert_eq!(answered, current, "right after --wait, the node port answers from each new replica and no other");
 
     // get, in every format.
     let services = up.json(&["get", "services"]);
@@ -780,14 +794,20 @@ fn kubectl_conventions_against_orch_up() {
     // get -w shows deletions: a table row marked (deleted), a JSON DELETED event.
     let mut table_watch = up.command().args(["get", "services", "-w"]).stdout(Stdio::piped()).spawn().expect("get -w");
     let mut json_watch = up.command().args(["get", "services", "-w", "-o", "json"]).stdout(Stdio::piped()).spawn().expect("get -w -o json");
+    // One watched by name too: its deletion is a row, not a "not found" error.
+    let mut named_watch = up.command().args(["get", "service", "batch", "-w"]).stdout(Stdio::piped()).spawn().expect("get NAME -w");
     let (mut table_out, mut json_out) = (table_watch.stdout.take().expect("stdout"), json_watch.stdout.take().expect("stdout"));
-    let (mut table_text, mut json_text) = (String::new(), String::new());
+    let mut named_out = named_watch.stdout.take().expect("stdout");
+    let (mut table_text, mut json_text, mut named_text) = (String::new(), String::new(), String::new());
     read_until(&mut table_out, &mut table_text, "get -w", |t| t.lines().any(|l| l.starts_with("batch ")));
     read_until(&mut json_out, &mut json_text, "get -w -o json", |t| t.contains("\n]\n"));
+    read_until(&mut named_out, &mut named_text, "get service batch -w", |t| t.lines().any(|l| l.starts_with("batch ")));
     assert_eq!(up.ok(&["delete", "service", "-l", "!app"]), "service/batch deleted\n");
     read_until(&mut table_out, &mut table_text, "get -w", |t| t.lines().any(|l| l.starts_with("batch ") && l.ends_with("(deleted)")));
     read_until(&mut json_out, &mut json_text, "get -w -o json", |t| t.contains("DELETED"));
-    for child in [&mut table_watch, &mut json_watch] {
+    read_until(&mut named_out, &mut named_text, "get service batch -w", |t| t.lines().any(|l| l.starts_with("batch ") && l.ends_with("(deleted)")));
+    assert!(named_watch.try_wait().expect("wait").is_none(), "the named watch goes on after the deletion");
+    for child in [&mut table_watch, &mut json_watch, &mut named_watch] {
         let _ = child.kill();
         let _ = child.wait();
     }

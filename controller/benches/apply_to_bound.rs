@@ -74,7 +74,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }], dry_run: false };
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }] };
     let start = Instant::now();
     api.apply(request).await.map_err(|e| e.to_string())?;
     let mut bound_at = None;

@@ -79,9 +79,6 @@ enum Sub {
         #[arg(long = "node", value_name = "NAME=IP")]
         nodes: Vec<String>,
     },
-    /// Re-issue every certificate in --tls-dir (same names, roles and addresses; new keys
-    /// and a new lifetime) with the same CA; then hand each machine its new files and
-    /// restart its controller or agent.
     /// Write every orch key of --store, read at one revision with its revision metadata,
     /// to FILE (mode 0600; Secrets stay sealed). Reads etcd while controllers run; an
     /// embedded file only while none uses it (else: `orch backup FILE` through the
@@ -97,6 +94,9 @@ enum Sub {
         /// A file `orch-controller backup` or `orch backup` wrote.
         file: std::path::PathBuf,
     },
+    /// Re-issue every certificate in --tls-dir (same names, roles and addresses; new keys
+    /// and a new lifetime) with the same CA; then hand each machine its new files and
+    /// restart its controller or agent.
     Renew {
         /// How long the new certificates are valid.
         #[arg(long, default_value_t = orch_api::tls::LEAF_VALIDITY_DAYS)]
@@ -208,6 +208,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.node_lease >= Duration::from_secs(2), "--node-lease: must be at least 2s (etcd's minimum lease)");
     let config = StoreConfig::parse(&args.store)?;
     let store = open_store(&config).await?;
+    let marker = orch_controller::store::restore_marker_key(orch_controller::keys::ROOT);
+    anyhow::ensure!(
+        store.get(&marker).await?.is_none(),
+        "--store {}: a restore into it did not finish ({marker} is there): wipe it and run `orch-controller restore` again",
+        args.store
+    );
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "controller".into());
         format!("{host}-{}", std::process::id())

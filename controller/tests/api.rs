@@ -6,6 +6,8 @@ mod common;
 use orch_api::pb;
 use orch_controller::api::services::{spec_hash, ApplyOutcome};
 use orch_controller::api::{ApiError, Applied, ServiceApi};
+use orch_controller::store::Expect;
+use std::time::Duration;
 
 const WEB: &str =
     "apiVersion: orch/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  replicas: 2\n  image: busybox\n  ports: [{name: http, containerPort: 80}]\n";
@@ -391,6 +393,9 @@ async fn everything(api: &ServiceApi) -> Vec<(String, Vec<u8>, i64)> {
 async fn a_dry_run_reports_and_writes_nothing(api: ServiceApi) {
     api.apply(&source(&format!("{CONFIGS}---\n{}", with_node_port(WEB, "web", 30080)))).await.expect("apply");
     let before = everything(&api).await;
+    // Watched from here on: a dry run that wrote a key and put it back would show.
+    let revision_before = api.store().list("/orch/").await.expect("list").revision;
+    let mut changes = api.store().watch("/orch/", revision_before + 1).await.expect("watch");
     let outcomes = |applied: Vec<Applied>| applied.into_iter().map(|a| (a.kind, a.name, a.outcome)).collect::<Vec<_>>();
     let same = format!("{CONFIGS}---\n{}", with_node_port(WEB, "web", 30080));
     assert!(api.apply_dry_run(&source(&same)).await.expect("dry run").iter().all(|a| a.outcome == ApplyOutcome::Unchanged));
@@ -410,6 +415,11 @@ async fn a_dry_run_reports_and_writes_nothing(api: ServiceApi) {
     let held = api.apply_dry_run(&source(&with_node_port(WEB, "shop", 30080))).await;
     assert!(matches!(&held, Err(ApiError::Invalid(e)) if e[0].contains("30080/tcp is already used by service web")), "{held:?}");
     assert_eq!(everything(&api).await, before, "the store is untouched");
+    // Not even written and put back: the first change since is a marker written now.
+    let marker = api.store().put("/orch/marker", Vec::new(), Expect::Any).await.expect("marker");
+    let first = tokio::time::timeout(Duration::from_secs(30), changes.next()).await.expect("an event").expect("open").expect("not an error");
+    assert_eq!((first.key(), first.revision()), ("/orch/marker", marker), "a dry run writes nothing");
+    api.store().delete("/orch/marker", Expect::Any).await.expect("delete the marker");
     // And the apply does what the dry run said.
     assert_eq!(outcomes(api.apply(&source(&changed)).await.expect("apply")), expected);
 }
@@ -464,26 +474,23 @@ async fn the_grpc_api_answers_and_maps_errors() {
     );
     let mut client = ApiClient::connect(format!("http://{address}")).await.expect("connect");
     let applied = client
-        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: WEB.into() }], dry_run: false })
+        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: WEB.into() }] })
         .await
         .expect("apply")
         .into_inner();
     assert_eq!(applied.results, vec![pb::ApplyResult { service: "web".into(), outcome: pb::ApplyOutcome::Created.into(), kind: "service".into() }]);
-    assert!(!applied.dry_run);
     let changed = WEB.replace("replicas: 2", "replicas: 5");
     let dry = client
-        .apply(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: changed }], dry_run: true })
+        .apply_dry_run(pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "web.yaml".into(), content: changed }] })
         .await
         .expect("dry run")
         .into_inner();
-    assert!(dry.dry_run, "the controller says it wrote nothing");
     assert_eq!(dry.results[0].outcome(), pb::ApplyOutcome::Configured);
     let stored = client.get_service(pb::GetServiceRequest { name: "web".into() }).await.expect("get").into_inner();
     assert_eq!((stored.generation, stored.spec.map(|s| s.replicas)), (1, Some(2)), "a dry run changes nothing");
     let bad = client
         .apply(pb::ApplyRequest {
             sources: vec![pb::ManifestSource { name: "bad.yaml".into(), content: WEB.replace("containerPort: 80", "containerPort: 0") }],
-            dry_run: false,
         })
         .await
         .expect_err("invalid");

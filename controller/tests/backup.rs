@@ -188,4 +188,13 @@ async fn etcd_backup_restores_every_key_at_its_revision_into_a_new_etcd() {
     for key in expected {
         source.store.delete(&key, Expect::Any).await.expect("clean up");
     }
+
+    // A restore that stopped half-way leaves its marker: a controller refuses that store.
+    restored.put("/orch/restore-in-progress", Vec::new(), Expect::Absent).await.expect("marker");
+    let out = Command::new(env!("CARGO_BIN_EXE_orch-controller"))
+        .args(["--store", &format!("etcd://{}", etcd.endpoint), "--insecure-listen", "127.0.0.1:0", "--metrics-listen", "none"])
+        .output()
+        .expect("run orch-controller");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("a restore into it did not finish"), "{stderr}");
 }

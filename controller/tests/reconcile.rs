@@ -84,7 +84,7 @@ impl Cluster {
     }
 
     async fn apply(&mut self, text: &str) -> Vec<pb::ApplyResult> {
-        let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "test.yaml".into(), content: text.into() }], dry_run: false };
+        let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "test.yaml".into(), content: text.into() }] };
         self.api.apply(request).await.expect("apply").into_inner().results
     }
 

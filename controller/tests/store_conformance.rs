@@ -132,6 +132,8 @@ async fn concurrent_writes_each_get_their_own_outcome(store: Arc<dyn Store>, pre
     for revision in revisions {
         assert_eq!(next_event(&mut watch).await.revision(), revision);
     }
+    // And nothing else: no write was recorded twice, no refused one at all.
+    expect_marker_next(store.as_ref(), &mut watch, &format!("{prefix}marker")).await;
 }
 
 async fn list_is_a_consistent_snapshot(store: Arc<dyn Store>, prefix: &str) {

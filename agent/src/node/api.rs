@@ -246,6 +246,7 @@ impl NodeAgent for NodeApi {
             })
             .collect();
         let routes = view.routes.iter().map(pb::NodeRoute::from).collect();
+        let listeners = view.balancer.listeners.iter().map(|(key, backends)| super::convert::balancer_listener(key, backends)).collect();
         Ok(Response::new(pb::NodeInspect {
             node: ctx.node.clone(),
             address: self.address.clone(),
@@ -257,6 +258,8 @@ impl NodeAgent for NodeApi {
             vips: view.balancer.vips.iter().map(ToString::to_string).collect(),
             containers,
             routes,
+            listeners,
+            reports_listeners: true,
         }))
     }
 }

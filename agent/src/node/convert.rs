@@ -173,6 +173,18 @@ where
         .collect()
 }
 
+/// One listener of the node's balancer and where it sends connections, for `Inspect`.
+pub fn balancer_listener(key: &crate::net::table::ListenKey, backends: &[std::net::SocketAddrV4]) -> pb::BalancerListener {
+    use crate::net::table::ListenKey;
+    let (vip, port, protocol) = match key {
+        ListenKey::Vip(address) => (address.ip().to_string(), address.port(), "tcp"),
+        ListenKey::UdpVip(address) => (address.ip().to_string(), address.port(), "udp"),
+        ListenKey::NodePort(port) => (String::new(), *port, "tcp"),
+        ListenKey::UdpNodePort(port) => (String::new(), *port, "udp"),
+    };
+    pb::BalancerListener { vip, port: u32::from(port), protocol: protocol.into(), backends: backends.iter().map(ToString::to_string).collect() }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -285,5 +297,23 @@ mod tests {
         assert!(PeerRoute::try_from(&broken).is_err_and(|e| e.to_string().starts_with("route to node n2: pod subnet:")));
         let services: Vec<ServiceEndpoints> = usable(&[service.clone(), pb::ServiceEndpoints { vip: "nope".into(), ..service }]);
         assert_eq!(services.len(), 1, "the broken record is left out, the good one kept");
+    }
+
+    #[test]
+    fn balancer_listeners_name_their_vip_port_and_protocol() {
+        use crate::net::table::ListenKey;
+        let backends = ["10.88.0.2:80".parse().expect("address")];
+        let vip = "10.96.0.10:80".parse().expect("address");
+        let table = [
+            (ListenKey::Vip(vip), ("10.96.0.10", 80, "tcp")),
+            (ListenKey::UdpVip(vip), ("10.96.0.10", 80, "udp")),
+            (ListenKey::NodePort(30080), ("", 30080, "tcp")),
+            (ListenKey::UdpNodePort(30053), ("", 30053, "udp")),
+        ];
+        for (key, (ip, port, protocol)) in table {
+            let listener = balancer_listener(&key, &backends);
+            assert_eq!((listener.vip.as_str(), listener.port, listener.protocol.as_str()), (ip, port, protocol), "{key:?}");
+            assert_eq!(listener.backends, ["10.88.0.2:80"]);
+        }
     }
 }

@@ -147,7 +147,7 @@ impl Cluster {
     }
 
     pub async fn apply(&mut self, text: &str) {
-        let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "test.yaml".into(), content: text.into() }], dry_run: false };
+        let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "test.yaml".into(), content: text.into() }] };
         self.api.apply(request).await.expect("apply");
     }
 

@@ -74,8 +74,14 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Whoever owned it keeps it (`sudo orch config use-context` on a user's file must not
+    // leave it root's and unreadable to them).
+    let owner = std::fs::metadata(&path).map(|m| (std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m))).ok();
     let written = (|| -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)
@@ -133,5 +139,19 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
         assert_eq!(std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1, "no temporary file left");
+    }
+
+    /// Run as root on a user's file (`sudo orch config use-context`), it stays theirs.
+    #[test]
+    fn a_rewrite_keeps_the_owner() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(nix::unistd::geteuid().is_root(), "giving a file away needs root: run the tests as root (`sudo bash deploy/test.sh`)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "old").expect("write");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown to nobody");
+        write_atomically(&path, "new\n").expect("rewrite");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     }
 }

@@ -83,7 +83,7 @@ pub async fn create(mut api: ApiClient<Channel>, args: &CreateArgs) -> anyhow::R
     // Checked here first, as `apply` does; the controller checks again.
     orch_api::manifest::load_manifests("orch create", &text)
         .map_err(|errors| anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
-    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "orch create".into(), content: text }], dry_run: false };
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "orch create".into(), content: text }] };
     super::apply::report(api.apply(request).await.map_err(explain)?.into_inner().results, "");
     Ok(())
 }

@@ -105,7 +105,9 @@ fn no_labels(kind: Kind) -> anyhow::Error {
 }
 
 /// One listing, fetched.
-async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&Selector>) -> anyhow::Result<Listing> {
+/// A named object that is missing is an error on the first fetch; in a watch's later
+/// ones (`must_exist` false) it is an empty listing: its deletion.
+async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&Selector>, must_exist: bool) -> anyhow::Result<Listing> {
     let name = args.name.clone().unwrap_or_default();
     let wide = args.output == GetFormat::Wide;
     let matches = |labels: &std::collections::HashMap<String, String>| selector.is_none_or(|s| s.matches(labels.iter()));
@@ -115,7 +117,7 @@ async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&S
             let mut services = api.list_services(pb::ListServicesRequest {}).await.map_err(explain)?.into_inner().services;
             if !name.is_empty() {
                 services.retain(|s| s.name == name);
-                if services.is_empty() {
+                if services.is_empty() && must_exist {
                     anyhow::bail!("service {name:?} not found");
                 }
             }
@@ -139,7 +141,7 @@ async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&S
         Kind::Replicas => {
             let all = api.list_replicas(pb::ListReplicasRequest { service: String::new() }).await.map_err(explain)?.into_inner().replicas;
             let mut replicas: Vec<&pb::Replica> = all.iter().filter(|r| name.is_empty() || r.id == name || r.service == name).collect();
-            if !name.is_empty() && replicas.is_empty() {
+            if !name.is_empty() && replicas.is_empty() && must_exist {
                 anyhow::bail!("no replica or service named {name:?}");
             }
             if selector.is_some() {
@@ -174,7 +176,7 @@ async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&S
             let mut nodes = api.list_nodes(pb::ListNodesRequest {}).await.map_err(explain)?.into_inner().nodes;
             if !name.is_empty() {
                 nodes.retain(|n| n.info.as_ref().is_some_and(|i| i.name == name));
-                if nodes.is_empty() {
+                if nodes.is_empty() && must_exist {
                     anyhow::bail!("node {name:?} not found");
                 }
             }
@@ -217,7 +219,7 @@ async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&S
             let mut configs = api.list_configs(pb::ListConfigsRequest { kind: kind.into() }).await.map_err(explain)?.into_inner().configs;
             if !name.is_empty() {
                 configs.retain(|c| c.name == name);
-                if configs.is_empty() {
+                if configs.is_empty() && must_exist {
                     anyhow::bail!("{} {name:?} not found", orch_api::manifest::kind_name(kind));
                 }
             }
@@ -325,7 +327,7 @@ pub async fn run(mut api: ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
     if args.output == GetFormat::Name && args.kind == Kind::Events {
         anyhow::bail!("-o name: events have no names (-o table, wide, json or yaml)");
     }
-    let mut last = fetch(&mut api, args, selector.as_ref()).await?;
+    let mut last = fetch(&mut api, args, selector.as_ref(), true).await?;
     let is_table = matches!(args.output, GetFormat::Table | GetFormat::Wide);
     if last.items.is_empty() && is_table && !args.watch {
         // As kubectl: nothing on standard output, a note for the person reading.
@@ -338,7 +340,7 @@ pub async fn run(mut api: ApiClient<Channel>, args: &GetArgs) -> anyhow::Result<
     }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = fetch(&mut api, args, selector.as_ref()).await?;
+        let now = fetch(&mut api, args, selector.as_ref(), false).await?;
         print!("{}", render_changes(&last, &now, args.output)?);
         last = now;
     }

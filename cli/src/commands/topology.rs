@@ -116,6 +116,8 @@ mod tests {
             vips: vec!["10.96.0.10".into()],
             containers: vec![pb::ContainerLink { replica: replica.into(), ip: "10.88.1.3".into(), veth: "vethx".into(), host_pid: 7 }],
             routes: vec![pb::NodeRoute { node: String::new(), pod_cidr: "10.88.2.0/24".into(), via: via.into(), pod_subnet: None }],
+            listeners: vec![],
+            reports_listeners: true,
         };
         let topology = pb::TopologyResponse {
             nodes: vec![node("n1", "192.0.2.1", "web-aaaaa", "192.0.2.2"), node("n2", "192.0.2.2", "web-bbbbb", "192.0.2.1")],

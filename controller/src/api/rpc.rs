@@ -44,6 +44,27 @@ fn status(error: ApiError) -> Status {
     }
 }
 
+fn sources(request: pb::ApplyRequest) -> Vec<(String, String)> {
+    request.sources.into_iter().map(|s| (s.name, s.content)).collect()
+}
+
+fn apply_response(results: Vec<Applied>) -> pb::ApplyResponse {
+    let results = results
+        .into_iter()
+        .map(|Applied { kind, name, outcome }| pb::ApplyResult {
+            service: name,
+            kind: kind.to_owned(),
+            outcome: match outcome {
+                ApplyOutcome::Created => pb::ApplyOutcome::Created,
+                ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
+                ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
+            }
+            .into(),
+        })
+        .collect();
+    pb::ApplyResponse { results }
+}
+
 fn optional(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
@@ -51,26 +72,13 @@ fn optional(text: &str) -> Option<&str> {
 #[tonic::async_trait]
 impl Api for ApiRpc {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let request = request.into_inner();
-        let dry_run = request.dry_run;
-        let sources: Vec<(String, String)> = request.sources.into_iter().map(|s| (s.name, s.content)).collect();
-        let results = if dry_run { self.api.apply_dry_run(&sources).await } else { self.api.apply(&sources).await }.map_err(status)?;
-        Ok(Response::new(pb::ApplyResponse {
-            dry_run,
-            results: results
-                .into_iter()
-                .map(|Applied { kind, name, outcome }| pb::ApplyResult {
-                    service: name,
-                    kind: kind.to_owned(),
-                    outcome: match outcome {
-                        ApplyOutcome::Created => pb::ApplyOutcome::Created,
-                        ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
-                        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
-                    }
-                    .into(),
-                })
-                .collect(),
-        }))
+        let results = self.api.apply(&sources(request.into_inner())).await.map_err(status)?;
+        Ok(Response::new(apply_response(results)))
+    }
+
+    async fn apply_dry_run(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let results = self.api.apply_dry_run(&sources(request.into_inner())).await.map_err(status)?;
+        Ok(Response::new(apply_response(results)))
     }
 
     async fn list_configs(&self, request: Request<pb::ListConfigsRequest>) -> Result<Response<pb::ListConfigsResponse>, Status> {

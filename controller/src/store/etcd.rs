@@ -18,6 +18,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const RESTORE_FILLER: &str = "restore-filler";
 /// Filler writes in flight at once.
 const FILLER_CONCURRENCY: usize = 64;
+/// Filler revisions after which their history is compacted (etcd keeps every revision
+/// until then: millions of fillers would fill its space quota).
+const FILLER_COMPACTION: i64 = 100_000;
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -43,15 +46,26 @@ impl EtcdStore {
     /// be at a revision below every restored key's. etcd numbers every write itself, so
     /// each key (or group of keys written together) is written when etcd's next revision
     /// is the one it had: filler writes to one scratch key advance the revision across
-    /// the gaps. Nobody else may write meanwhile (an error names the key that missed).
+    /// the gaps (their history compacted as it goes). Nobody else may write meanwhile.
+    ///
+    /// Not atomic: the first write also sets `<prefix>restore-in-progress`
+    /// ([`super::snapshot::marker_key`]), the last one removes it with the scratch key,
+    /// and a controller refuses to start on a store that still has it. An error names
+    /// how far it got.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
         let mut client = self.client.clone();
         let existing = client.get(snapshot.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())).await.map_err(|e| self.fail(e))?;
         let mut revision = header_revision(existing.header());
         let target = format!("etcd at {}", self.endpoints);
         let plan = snapshot.restore_plan(&target, revision, usize::try_from(existing.count()).unwrap_or(usize::MAX))?;
+        let total: usize = plan.iter().map(|(_, group)| group.len()).sum();
         let filler = format!("{}{RESTORE_FILLER}", snapshot.prefix);
-        let (mut filler_writes, mut restored) = (0u64, 0usize);
+        let marker = super::snapshot::marker_key(&snapshot.prefix);
+        let (mut filler_writes, mut restored, mut compacted_at) = (0u64, 0usize, revision);
+        let partial = |restored: usize, reason: String| StoreError::RestoreRefused {
+            target: target.clone(),
+            reason: format!("{reason}; {restored} of {total} keys were written: this etcd must be wiped (a new data directory) and the restore run again"),
+        };
         for (wanted, group) in &plan {
             let gap = wanted - 1 - revision;
             if gap > 0 {
@@ -63,26 +77,31 @@ impl EtcdStore {
                     .buffer_unordered(FILLER_CONCURRENCY)
                     .try_for_each(|_| async { Ok(()) })
                     .await
-                    .map_err(|e| self.fail(e))?;
+                    .map_err(|e| partial(restored, format!("a filler write failed: {e}")))?;
                 filler_writes += gap.unsigned_abs();
+                if wanted - 1 - compacted_at >= FILLER_COMPACTION {
+                    // The scratch key's history is all that goes: every restored key keeps
+                    // its latest (only) revision.
+                    client.compact(wanted - 1, None).await.map_err(|e| partial(restored, format!("compacting the fillers' history: {e}")))?;
+                    compacted_at = wanted - 1;
+                }
             }
-            let puts: Vec<TxnOp> = group.iter().map(|kv| TxnOp::put(kv.key.as_str(), kv.value.clone(), None)).collect();
-            let response = client.txn(Txn::new().and_then(puts)).await.map_err(|e| self.fail(e))?;
+            let mut puts: Vec<TxnOp> = group.iter().map(|kv| TxnOp::put(kv.key.as_str(), kv.value.clone(), None)).collect();
+            if restored == 0 {
+                puts.push(TxnOp::put(marker.as_str(), Vec::new(), None));
+            }
+            let response = client.txn(Txn::new().and_then(puts)).await.map_err(|e| partial(restored, format!("writing {:?}: {e}", group[0].key)))?;
             revision = header_revision(response.header());
             if revision != *wanted {
-                return Err(StoreError::RestoreRefused {
-                    target,
-                    reason: format!(
-                        "{:?} landed at revision {revision} instead of {wanted}: something else writes to this etcd; stop it and restore again into an empty etcd",
-                        group[0].key
-                    ),
-                });
+                return Err(partial(
+                    restored,
+                    format!("{:?} landed at revision {revision} instead of {wanted}: something else writes to this etcd; stop it", group[0].key),
+                ));
             }
             restored += group.len();
         }
-        if filler_writes > 0 {
-            revision = header_revision(client.delete(filler, None).await.map_err(|e| self.fail(e))?.header());
-        }
+        let finish = Txn::new().and_then([TxnOp::delete(filler.as_str(), None::<DeleteOptions>), TxnOp::delete(marker.as_str(), None::<DeleteOptions>)]);
+        revision = header_revision(client.txn(finish).await.map_err(|e| partial(restored, format!("removing {marker}: {e}")))?.header());
         Ok(RestoreSummary { restored, left_out: snapshot.records.len() - restored, revision, filler_writes })
     }
 

@@ -23,5 +23,5 @@ pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
 pub use error::StoreError;
 pub use etcd::EtcdStore;
 pub use prefixed::PrefixedStore;
-pub use snapshot::{take as take_snapshot, RestoreSummary, Snapshot, FILE_MAGIC as SNAPSHOT_FILE_MAGIC};
+pub use snapshot::{marker_key as restore_marker_key, take as take_snapshot, RestoreSummary, Snapshot, FILE_MAGIC as SNAPSHOT_FILE_MAGIC};
 pub use types::{Expect, KeyValue, LeaseId, Listing, Revision, Store, WatchEvent, WatchStream};

@@ -19,6 +19,12 @@ use prost::Message;
 
 use super::{KeyValue, Revision, Store, StoreError};
 
+/// The key a restore that is not atomic (etcd's) holds while it runs, under the backup's
+/// prefix: a store that has it is half-restored, and a controller refuses to start on it.
+pub fn marker_key(prefix: &str) -> String {
+    format!("{prefix}restore-in-progress")
+}
+
 /// The first line of a backup file; a `pb::StoreSnapshot` follows.
 pub const FILE_MAGIC: &[u8] = b"ORCHSNAP1\n";
 
