@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Apply → ready, as `apply --wait` means it now: every replica ready on the new template
+# AND every node's balancer sending the VIP to exactly those replicas. On a 3-node lab
+# (deploy/lab.sh: etcd, a controller, three agents), after a first apply that pulls the
+# image: RUNS copies of manifests/webapp.yaml (3 replicas, HTTP readiness probe every 2 s,
+# other names, no node port) applied one by one; prints each time, the median and the
+# aim (≤ 300 ms).
+#
+#   sudo bash deploy/bench/ready.sh [RUNS]
+set -euo pipefail
+source "$(dirname "$0")/../lib/common.sh"
+require_root "deploy/bench/ready.sh"
+runs="${1:-5}"
+bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
+if [ -z "${ORCH_BIN:-}" ]; then
+    require_rust
+    install_packages "${BUILD_PACKAGES[@]}" python3
+    cd "$ORCH_ROOT"
+    step "cargo build --release"
+    cargo build --release >&2
+fi
+
+work="$(mktemp -d /tmp/orch-bench-ready.XXXXXX)"
+export ORCH_LAB_NAME=brdy ORCH_LAB_NET=231 ORCH_LAB_DIR="$work/lab" ORCH_CONFIG="$work/config.toml" ORCH_BIN="$bin"
+cleanup() {
+    bash "$ORCH_ROOT/deploy/lab.sh" down >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+step "a 3-node lab"
+bash "$ORCH_ROOT/deploy/lab.sh" up 3 >&2
+step "the first apply (pulls the image on every node)"
+"$bin/orch" apply -f "$ORCH_ROOT/manifests/webapp.yaml" --wait --timeout 180 >&2
+
+step "$runs applies, one by one, each with --wait"
+times=()
+for i in $(seq 1 "$runs"); do
+    sed "s/name: webapp/name: ready$i/; /nodePort/d" "$ORCH_ROOT/manifests/webapp.yaml" >"$work/ready$i.yaml"
+    start=$(date +%s%N)
+    "$bin/orch" apply -f "$work/ready$i.yaml" --wait --timeout 60 >/dev/null
+    end=$(date +%s%N)
+    times+=("$(( (end - start) / 1000000 ))")
+    echo "ready$i: apply -> 3 replicas ready and routed on every node in ${times[-1]} ms"
+done
+python3 - "${times[@]}" <<'PY'
+import statistics, sys
+times = sorted(int(t) for t in sys.argv[1:])
+print(f"median {statistics.median(times):.0f} ms, max {times[-1]} ms (aim: at most 300 ms)")
+PY
