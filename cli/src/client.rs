@@ -136,10 +136,13 @@ pub struct ContextRow {
     pub servers: Vec<String>,
 }
 
-/// The contexts of a `config.toml` text, by name, the current one marked.
+/// The contexts of a `config.toml` text, by name, the current one marked: the one
+/// `current-context` names, or the only one when it names none (as the CLI resolves it).
 pub fn list_contexts(path: &Path, text: &str) -> anyhow::Result<Vec<ContextRow>> {
     let file: ContextsFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-    let current = file.current_context.as_deref();
+    let only = (file.contexts.len() == 1).then(|| file.contexts.keys().next().cloned()).flatten();
+    let current = file.current_context.clone().or(only);
+    let current = current.as_deref();
     Ok(file.contexts.into_iter().map(|(name, entry)| ContextRow { current: current == Some(name.as_str()), name, servers: entry.servers }).collect())
 }
 
@@ -455,6 +458,11 @@ mod tests {
                 ContextRow { name: "local".into(), current: true, servers: vec!["127.0.0.1:7100".into()] },
             ]
         );
+        // One context and no current-context: that one is current, as `resolve` uses it.
+        let single = list_contexts(path, "[contexts.only]\nservers = [\"h:1\"]\n").expect("list");
+        assert_eq!(single, vec![ContextRow { name: "only".into(), current: true, servers: vec!["h:1".into()] }]);
+        let unnamed = list_contexts(path, "[contexts.a]\n[contexts.b]\n").expect("list");
+        assert!(unnamed.iter().all(|c| !c.current), "two contexts, none named: none is current");
         let rewritten = with_current_context(path, text, "lab").expect("use lab");
         assert_eq!(rewritten, text.replace("current-context = \"local\"  # the default", "current-context = \"lab\""), "only that line changes");
         assert_eq!(resolve(None, None, None, Some((path, &rewritten))).expect("resolve").servers.len(), 2);

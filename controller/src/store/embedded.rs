@@ -191,11 +191,14 @@ impl Inner {
     /// logged, committed, then broadcast in order.
     fn write<T>(&self, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let _serial = lock(&self.write_lock);
-        self.write_locked(work)
+        self.write_locked(true, work)
     }
 
-    /// [`Inner::write`] for a caller that holds `write_lock` already.
-    fn write_locked<T>(&self, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// [`Inner::write`] for a caller that holds `write_lock` already. A transaction that
+    /// made no change (every write of a group commit lost its compare-and-swap) is
+    /// committed only if `commit_unchanged` (a lease's removal is a change without an
+    /// event): otherwise dropped, with no fsync.
+    fn write_locked<T>(&self, commit_unchanged: bool, work: impl FnOnce(&mut Changes<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(fail(&self.path, "begin"))?;
         let revision = read_meta(&txn, &self.path, META_REVISION)?.unwrap_or(0);
         let mut changes = Changes { txn: &txn, path: &self.path, revision, events: Vec::new() };
@@ -211,6 +214,9 @@ impl Inner {
                 log.retain_in(..oldest_kept, |_, _| false).map_err(fail(&self.path, "compact the log"))?;
                 meta.insert(META_OLDEST, oldest_kept).map_err(fail(&self.path, "write"))?;
             }
+        } else if !commit_unchanged {
+            txn.abort().map_err(fail(&self.path, "abort"))?;
+            return Ok(result);
         }
         txn.commit().map_err(fail(&self.path, "commit"))?;
         for event in events {
@@ -233,7 +239,7 @@ impl Inner {
             return;
         }
         let (ops, replies): (Vec<WriteOp>, Vec<_>) = batch.into_iter().map(|q| (q.op, q.reply)).unzip();
-        let outcomes = self.write_locked(|changes| ops.into_iter().map(|op| changes.apply(op, self)).collect::<Result<Vec<WriteOutcome>, StoreError>>());
+        let outcomes = self.write_locked(false, |changes| ops.into_iter().map(|op| changes.apply(op, self)).collect::<Result<Vec<WriteOutcome>, StoreError>>());
         match outcomes {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
