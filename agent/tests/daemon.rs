@@ -84,7 +84,17 @@ async fn replicas_heal_from_kills_and_failing_probes() {
     }
     assert_eq!(cluster.endpoints("web").await.len(), 2);
     let vip: Ipv4Addr = cluster.api.get_service(pb::GetServiceRequest { name: "web".into() }).await.expect("get").into_inner().vip.parse().expect("vip");
-    // Wait until the balancer has the new table (the agent applies it on its next set).
+    // Wait until the node's balancer has the new table (the agent applies it when its
+    // next desired set arrives): the controller's endpoints alone are not the data path.
+    let start = Instant::now();
+    loop {
+        let backends = cluster.balancer_backends(&vip.to_string(), 80).await;
+        if backends.len() == 2 && !backends.iter().any(|b| b.starts_with(&format!("{unready_ip}:"))) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the node's balancer still sends the VIP to the not-ready replica: {backends:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let address = SocketAddr::from((vip, 80));
     let mut answered = BTreeSet::new();
     let start = Instant::now();

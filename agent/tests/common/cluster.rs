@@ -182,6 +182,19 @@ impl Cluster {
         }
     }
 
+    /// Where the node's balancer sends `vip:port` now ("IP:PORT" each), as its `Inspect`
+    /// reports through the controller's Topology; empty while the node cannot be asked.
+    pub async fn balancer_backends(&mut self, vip: &str, port: u32) -> Vec<String> {
+        let Ok(topology) = self.api.topology(pb::TopologyRequest {}).await else { return Vec::new() };
+        let nodes = topology.into_inner().nodes;
+        nodes
+            .iter()
+            .flat_map(|n| n.listeners.iter())
+            .filter(|l| l.vip == vip && l.port == port && l.protocol == "tcp")
+            .flat_map(|l| l.backends.clone())
+            .collect()
+    }
+
     /// Runs a command inside a replica's container, the way exec probes do.
     pub fn exec(&self, host_pid: u32, command: &[&str]) {
         let output = self.exec_output(host_pid, command);
