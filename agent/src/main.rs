@@ -38,6 +38,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == exec::EXEC_SUBCOMMAND) {
         exec::exec_main();
     }
+    // The node's balancer, a process of its own that outlives the agent.
+    if std::env::args_os().nth(1).is_some_and(|a| a == orch_agent::net::balancer_process::BALANCER_SUBCOMMAND) {
+        orch_agent::net::balancer_process::main();
+    }
     let cli = Cli::parse();
     if let Command::Serve(args) = cli.command {
         orch_api::logging::init(args.log_format, "info");

@@ -119,6 +119,11 @@ impl StateDir {
         self.network().join(format!("{bridge}.lock"))
     }
 
+    /// The log of the node network's balancer process.
+    pub fn balancer_log(&self, bridge: &str) -> PathBuf {
+        self.network().join(format!("{bridge}.balancer.log"))
+    }
+
     pub fn files_root(&self) -> PathBuf {
         self.network().join("files")
     }

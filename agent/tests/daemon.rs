@@ -2,7 +2,8 @@
 //! gRPC on loopback) and `orch-agent serve` as a process running real containers on a
 //! bridge of the test's own. Replicas heal from `kill -9` and failing liveness probes,
 //! leave the endpoints while not ready, back off when crash-looping, survive `kill -9`
-//! of the agent, and leave nothing behind when deleted.
+//! of the agent — the VIP answering all along, from the balancer process that outlives
+//! it — and leave nothing behind when deleted.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -152,16 +153,57 @@ async fn replicas_heal_from_kills_and_failing_probes() {
 async fn an_agent_restart_disturbs_nothing() {
     let mut cluster = Cluster::start("restart").await;
     let image = cluster.image.clone();
-    cluster.apply(&web_manifest(&image, 2)).await;
+    // A node port of this test's own (the ports test uses 30000-30799).
+    let node_port = u16::try_from(30800 + std::process::id() % 400).expect("a port");
+    cluster.apply(&web_manifest(&image, 2).replace("servicePort: 80}", &format!("servicePort: 80, nodePort: {node_port}}}"))).await;
     let replicas = cluster.wait_replicas("web", "2 running, ready replicas", |r| r.len() == 2 && r.iter().all(running_ready)).await;
     let (kept, killed) = (replicas[0].clone(), replicas[1].clone());
+    let vip: Ipv4Addr = cluster.api.get_service(pb::GetServiceRequest { name: "web".into() }).await.expect("get").into_inner().vip.parse().expect("vip");
+    let balancer = common::balancer_pids(&cluster.bridge);
+    assert_eq!(balancer.len(), 1, "one balancer process for the node network");
+    assert_ne!(Some(u32::try_from(balancer[0]).expect("pid")), cluster.agent_pid(), "the balancer is a process of its own");
+    // Ready replicas are routed once the node's balancer has the table with them.
+    let start = Instant::now();
+    while cluster.balancer_backends(&vip.to_string(), 80).await.len() != 2 {
+        assert!(start.elapsed() < LIMIT, "the node's balancer never routed the VIP to both replicas");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
+    // Requests through the VIP and the node port in turn, 10 ms apart, from before the
+    // kill -9 of the agent until the next agent has adopted the node: every one is
+    // answered (the balancer process outlives the agent).
+    let flowing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let flowing = std::sync::Arc::clone(&flowing);
+        let targets = [SocketAddr::from((vip, 80)), SocketAddr::from((Ipv4Addr::LOCALHOST, node_port))];
+        std::thread::spawn(move || {
+            let (mut sent, mut failures) = (0, Vec::new());
+            while flowing.load(std::sync::atomic::Ordering::Relaxed) && sent < 6000 {
+                let target = targets[sent % 2];
+                sent += 1;
+                let began = Instant::now();
+                if let Err(error) = http_get(target) {
+                    failures.push((began, Instant::now(), format!("{target}: {error}")));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.kill_agent();
     let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     assert!(alive(status(&kept).host_pid) && alive(status(&killed).host_pid), "containers outlive the agent");
-    // One replica dies while the agent is away.
+    // One replica dies while the agent is away. A request it was serving dies with it
+    // (no balancer can answer those bytes); every other request is answered.
+    let killing = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(status(&killed).host_pid).expect("pid")), nix::sys::signal::Signal::SIGKILL)
         .expect("kill -9");
+    while alive(status(&killed).host_pid) && killing.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dead = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     cluster.start_agent();
     let after = cluster
@@ -169,6 +211,24 @@ async fn an_agent_restart_disturbs_nothing() {
             r.iter().any(|x| x.id == killed.id && running_ready(x) && status(x).restarts == 1) && r.iter().any(|x| x.id == kept.id && running_ready(x))
         })
         .await;
+    flowing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failures) = load.join().expect("load thread");
+    assert!(sent >= 20, "the load ran through the restart: {sent} requests");
+    let (on_the_killed, lost): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(began, ended, _)| *began <= dead && *ended >= killing);
+    // The kill can catch one request being served and one just queued in httpd's backlog.
+    assert!(on_the_killed.len() <= 2, "only requests in flight on the killed replica die with it: {on_the_killed:?}");
+    let at = |t: Instant| t.saturating_duration_since(killing).as_millis();
+    let lost: Vec<String> =
+        lost.into_iter().map(|(began, ended, error)| format!("{error} (from {} ms to {} ms after the kill)", at(began), at(ended))).collect();
+    let balancer_log = common::log_text(&cluster.state_dir().join(format!("network/{}.balancer.log", cluster.bridge)));
+    assert!(
+        lost.is_empty(),
+        "the VIP and node port answered {} of {sent} requests through the agent's kill -9 and restart (the replica died {} ms after its kill): {lost:?}\nthe balancer's log:\n{balancer_log}\nthe agent's log:\n{}",
+        sent - lost.len(),
+        at(dead),
+        cluster.agent_log()
+    );
+    assert_eq!(common::balancer_pids(&cluster.bridge), balancer, "the new agent kept the running balancer");
     let adopted = after.iter().find(|r| r.id == kept.id).map(status).expect("kept replica");
     assert_eq!(adopted.host_pid, status(&kept).host_pid, "adopted, not restarted: same host PID");
     assert_eq!(adopted.restarts, 0, "no restart counted for the adopted replica");
@@ -212,6 +272,7 @@ async fn teardown_after_a_killed_agent_leaves_nothing() {
     let link = std::process::Command::new("ip").args(["link", "show", &cluster.bridge]).output().expect("ip link");
     assert!(!link.status.success(), "the bridge {} is still there", cluster.bridge);
     assert!(!std::path::Path::new(&format!("/run/netns/{}-lb", cluster.bridge)).exists(), "the balancer namespace is still there");
+    assert_eq!(common::balancer_pids(&cluster.bridge), Vec::<i32>::new(), "the balancer process outlived the teardown");
     assert!(!cluster.state_dir().join("node.json").exists() && !cluster.state_dir().join("logs").exists(), "records left");
 }
 
@@ -338,13 +399,15 @@ async fn a_held_node_port_and_a_flood_of_idle_connections_stop_nothing_else() {
     }
 
     // 2,000 idle connections to web's node port: 200 relayed, the rest closed at once.
-    let before = open_descriptors(agent);
+    let balancer = common::balancer_pids(&cluster.bridge).first().map(|pid| u32::try_from(*pid).expect("pid")).expect("the node's balancer process");
+    assert_eq!(open_files_limit(balancer), expected, "the balancer inherits the raised limit");
+    let before = open_descriptors(balancer);
     let mut flood = Vec::new();
     for _ in 0..2000 {
         flood.push(tokio::net::TcpStream::connect(web_address).await.expect("the kernel accepts"));
     }
-    let during = open_descriptors(agent);
-    assert!(during < before + 200 * 2 + 100, "the agent holds {during} descriptors (from {before}): the cap did not hold");
+    let during = open_descriptors(balancer);
+    assert!(during < before + 200 * 2 + 100, "the balancer holds {during} descriptors (from {before}): the cap did not hold");
     // kill -9 of web's replica: the agent restarts it all the same.
     let victim = cluster.replicas("web").await.remove(0);
     let pid = i32::try_from(status(&victim).host_pid).expect("pid");

@@ -61,6 +61,7 @@ impl NetLab {
             strategy: Strategy::RoundRobin,
             limits: orch_agent::net::ConnectionLimits::default(),
             node_netns: None,
+            helper: Some(common::AGENT.into()),
         })
         .await
         .expect("node network setup")
@@ -106,6 +107,7 @@ impl NetLab {
         let routes = std::process::Command::new("ip").args(["route", "show"]).output().expect("ip route");
         let routes = String::from_utf8_lossy(&routes.stdout);
         assert!(!routes.contains(&self.services.to_string()) && !routes.contains(&self.subnet.to_string()), "routes left:\n{routes}");
+        assert_eq!(common::balancer_pids(&self.bridge), Vec::<i32>::new(), "balancer processes left");
     }
 }
 
@@ -115,6 +117,10 @@ impl Drop for NetLab {
         let ip = |args: &[&str]| {
             let _ = std::process::Command::new("ip").args(args).stderr(std::process::Stdio::null()).status();
         };
+        // The two-node test's networks are `<bridge>A` and `<bridge>B`.
+        for bridge in [self.bridge.clone(), format!("{}A", self.bridge), format!("{}B", self.bridge)] {
+            common::kill_balancers(&bridge);
+        }
         ip(&["link", "del", &self.bridge]);
         ip(&["link", "del", &format!("{}l", self.bridge)]);
         ip(&["netns", "del", &format!("{}-lb", self.bridge)]);
@@ -374,6 +380,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         strategy: Strategy::RoundRobin,
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(orch_agent::net::Netns::named_path(&nodes.netns(x))),
+        helper: Some(common::AGENT.into()),
     };
     let a = NodeNetwork::setup(node_network("a", lab.subnet)).await.expect("node a");
     let b = NodeNetwork::setup(node_network("b", pods_b)).await.expect("node b");
@@ -424,6 +431,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
     for x in ["A", "B"] {
         let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
         assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&format!("{}{x}-lb", lab.bridge)), "balancer namespace of node {x} left");
+        assert_eq!(common::balancer_pids(&format!("{}{x}", lab.bridge)), Vec::<i32>::new(), "balancer process of node {x} left");
     }
 }
 
@@ -591,6 +599,7 @@ async fn containers_reach_the_outside_through_masquerade() {
         strategy: Strategy::RoundRobin,
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(node_netns.clone()),
+        helper: Some(common::AGENT.into()),
     })
     .await
     .expect("node network setup");

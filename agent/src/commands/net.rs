@@ -91,6 +91,7 @@ async fn run_net(args: NetArgs) -> anyhow::Result<()> {
         },
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
+        helper: Some(std::env::current_exe().context("cannot find this binary (/proc/self/exe)")?),
     })
     .await?;
     let outcome = serve(&network, &table, &peer_routes, services.as_deref()).await;

@@ -278,6 +278,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         strategy: Strategy::RoundRobin,
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
+        helper: None,
     })
     .await
     .map_err(|e| bad_flag("net", e))

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::dns;
@@ -44,8 +44,8 @@ pub struct Balancer {
     limits: ConnectionLimits,
     state: tokio::sync::Mutex<BalancerState>,
     names: dns::Names,
-    /// The DNS server over UDP and over TCP.
-    dns_tasks: [JoinHandle<()>; 2],
+    /// The DNS server over UDP and over TCP (taken by `stop`).
+    dns_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     metrics: BalancerMetrics,
 }
 
@@ -56,7 +56,7 @@ struct BalancerState {
 }
 
 /// What the balancer holds, for inspect.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BalancerView {
     pub netns: String,
     pub vips: Vec<Ipv4Addr>,
@@ -84,7 +84,8 @@ impl Balancer {
         let udp = sockets.udp_socket(dns_addr).await.map_err(|source| NetError::Listen { address: format!("udp {dns_addr} in {netns_name}"), source })?;
         let tcp = sockets.tcp_listener(dns_addr).await.map_err(|source| NetError::Listen { address: format!("tcp {dns_addr} in {netns_name}"), source })?;
         let upstream = (!upstream_dns.is_empty()).then(|| Arc::new(dns::Upstream { servers: upstream_dns, sockets: Arc::clone(&sockets) }));
-        let dns_tasks = [tokio::spawn(dns::serve(udp, Arc::clone(&names), upstream.clone())), tokio::spawn(dns::serve_tcp(tcp, Arc::clone(&names), upstream))];
+        let dns_tasks =
+            vec![tokio::spawn(dns::serve(udp, Arc::clone(&names), upstream.clone())), tokio::spawn(dns::serve_tcp(tcp, Arc::clone(&names), upstream))];
         Ok(Balancer {
             netns,
             netns_name: netns_name.to_owned(),
@@ -96,7 +97,7 @@ impl Balancer {
             limits,
             state: tokio::sync::Mutex::new(BalancerState::default()),
             names,
-            dns_tasks,
+            dns_tasks: std::sync::Mutex::new(dns_tasks),
             metrics: BalancerMetrics::default(),
         })
     }
@@ -212,16 +213,26 @@ impl Balancer {
         }
     }
 
-    /// Stops every listener and the DNS responder.
+    /// Stops every listener and the DNS responder, and returns once their sockets are
+    /// closed (their ports free for another process); relayed connections go on.
     pub async fn stop(&self) {
-        self.state.lock().await.listeners.clear();
-        self.dns_tasks.iter().for_each(JoinHandle::abort);
+        let listeners = std::mem::take(&mut self.state.lock().await.listeners);
+        let dns = std::mem::take(&mut *self.dns_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let tasks: Vec<JoinHandle<()>> = dns;
+        for (_, mut listener) in listeners {
+            listener.task.abort();
+            let _ = (&mut listener.task).await;
+        }
+        tasks.iter().for_each(JoinHandle::abort);
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for Balancer {
     /// The listeners go with the state; the DNS server is aborted here.
     fn drop(&mut self) {
-        self.dns_tasks.iter().for_each(JoinHandle::abort);
+        self.dns_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().for_each(JoinHandle::abort);
     }
 }

@@ -25,6 +25,8 @@ pub enum NetError {
     Thread(String),
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
+    #[error("the node's balancer process: {0}")]
+    Balancer(String),
     #[error("{command}: {message}")]
     Nft { command: String, message: String },
 }

@@ -5,6 +5,7 @@
 //! live in another namespace are made by a thread that entered it.
 
 mod balancer;
+pub mod balancer_process;
 mod dns;
 pub mod egress;
 mod error;

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::balancer::{Balancer, BalancerView};
+use super::balancer::BalancerView;
+use super::balancer_process::{self, BalancerClient, BalancerSpec};
 use super::egress;
 use super::ipam::{Ipam, Subnet};
 use super::link;
@@ -45,6 +46,9 @@ pub struct NodeNetworkConfig {
     /// The node's network namespace; the agent's own when unset. (The lab and the
     /// tests run several nodes' networks from one process.)
     pub node_netns: Option<PathBuf>,
+    /// The binary the balancer process runs (`orch-agent` or `orch`: both have its hidden
+    /// subcommand); none: no balancer (`orch-agent run`, one container and no services).
+    pub helper: Option<PathBuf>,
 }
 
 /// A container's place on the node network.
@@ -84,7 +88,7 @@ pub struct NodeNetwork {
     ipam: Ipam,
     handle: rtnetlink::Handle,
     bridge_index: u32,
-    balancer: Balancer,
+    balancer: Option<BalancerClient>,
     routes: tokio::sync::Mutex<BTreeSet<PeerRoute>>,
     created_bridge: bool,
 }
@@ -138,18 +142,28 @@ impl NodeNetwork {
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
 
-        let node_sockets = config.node_netns.as_ref().map(|_| node);
-        let balancer = Balancer::start(
-            lb,
-            &lb_name,
-            subnet.lb_address(),
-            config.node_address,
-            node_sockets,
-            (config.strategy, config.limits),
-            config.upstream_dns.clone(),
-        )
-        .await?;
+        drop(node);
+        // The balancer runs in a process of its own, so the node's VIPs, node ports and
+        // DNS answer while the agent is down; one an earlier agent started is kept.
         let state = crate::StateDir::new(&config.state_dir);
+        std::fs::create_dir_all(state.network()).map_err(NetError::io("cannot create", state.network()))?;
+        let spec = BalancerSpec {
+            bridge: config.bridge.clone(),
+            netns_name: lb_name.clone(),
+            dns_address: subnet.lb_address(),
+            node_address: config.node_address,
+            node_netns: config.node_netns.clone(),
+            strategy: config.strategy,
+            max_connections: config.limits.max_connections,
+            idle_timeout_ms: u64::try_from(config.limits.idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            upstream_dns: config.upstream_dns.clone(),
+            socket: balancer_process::socket_path(&config.bridge),
+        };
+        drop(lb);
+        let balancer = match &config.helper {
+            Some(helper) => Some(BalancerClient::attach_or_start(spec, helper, state.balancer_log(&config.bridge)).await?),
+            None => None,
+        };
         let ipam = Ipam::new(&state.addresses(&config.bridge), &state.addresses_lock(&config.bridge), subnet);
         Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }
@@ -163,8 +177,8 @@ impl NodeNetwork {
         &self.config
     }
 
-    pub fn balancer(&self) -> &Balancer {
-        &self.balancer
+    pub fn balancer(&self) -> Option<&BalancerClient> {
+        self.balancer.as_ref()
     }
 
     /// Reserves the container's address (idempotent) and writes the files it gets
@@ -229,7 +243,11 @@ impl NodeNetwork {
 
     /// Converges the balancer to the service table.
     pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
-        self.balancer.apply(table).await
+        match &self.balancer {
+            Some(balancer) => balancer.apply(table).await,
+            None if table.is_empty() => Ok(Vec::new()),
+            None => Err(NetError::Balancer("this node network runs no balancer".into())),
+        }
     }
 
     pub async fn view(&self) -> Result<NetworkView, NetError> {
@@ -251,7 +269,10 @@ impl NodeNetwork {
             service_cidr: self.config.service_cidr.to_string(),
             containers,
             routes: self.routes.lock().await.iter().copied().collect(),
-            balancer: self.balancer.view().await,
+            balancer: match &self.balancer {
+                Some(balancer) => balancer.view().await?,
+                None => BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() },
+            },
         })
     }
 
@@ -261,6 +282,8 @@ impl NodeNetwork {
     /// (`orch-agent teardown`). Whatever is already missing is fine.
     pub async fn remove_leftovers(bridge: &str, service_cidr: Option<Subnet>, state_dir: &std::path::Path) -> Result<(), NetError> {
         names::check(bridge)?;
+        let state = crate::StateDir::new(state_dir);
+        balancer_process::stop_and_wait(&balancer_process::socket_path(bridge), 0).await;
         let handle = Netns::current()?.netlink()?;
         if let Some(cidr) = service_cidr {
             link::delete_route(&handle, cidr.network, cidr.prefix).await?;
@@ -268,9 +291,9 @@ impl NodeNetwork {
         link::delete_link(&handle, &names::lb_veth(bridge)?).await?;
         Netns::delete_named(&names::lb_netns(bridge))?;
         link::delete_link(&handle, bridge).await?;
-        let state = crate::StateDir::new(state_dir);
         let _ = std::fs::remove_file(state.addresses(bridge));
         let _ = std::fs::remove_file(state.addresses_lock(bridge));
+        let _ = std::fs::remove_file(state.balancer_log(bridge));
         egress::remove(bridge, None)
     }
 
@@ -278,14 +301,15 @@ impl NodeNetwork {
     /// its veth, peer routes, the service route, the bridge and the egress table. With `forget`, the IPAM
     /// state goes too.
     pub async fn teardown(self, forget: bool) -> Result<(), NetError> {
-        self.balancer.stop().await;
+        if let Some(balancer) = &self.balancer {
+            balancer.stop().await;
+        }
         let routes: Vec<PeerRoute> = self.routes.lock().await.iter().copied().collect();
         for route in routes {
             link::delete_route(&self.handle, route.subnet_network, route.prefix).await?;
         }
         link::delete_route(&self.handle, self.config.service_cidr.network, self.config.service_cidr.prefix).await?;
         link::delete_link(&self.handle, &names::lb_veth(&self.config.bridge)?).await?;
-        drop(self.balancer);
         Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
         link::delete_link(&self.handle, &self.config.bridge).await?;
         egress::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
@@ -293,6 +317,7 @@ impl NodeNetwork {
             let state = crate::StateDir::new(&self.config.state_dir);
             let _ = std::fs::remove_file(state.addresses(&self.config.bridge));
             let _ = std::fs::remove_file(state.addresses_lock(&self.config.bridge));
+            let _ = std::fs::remove_file(state.balancer_log(&self.config.bridge));
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Strategy {
     #[default]
     RoundRobin,

@@ -28,6 +28,8 @@ struct Failure {
 /// Every listener's counters, by service.
 #[derive(Clone, Debug, Default)]
 pub struct BalancerMetrics {
+    /// Every service a listener was opened for (the families cannot be listed).
+    services: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     connections: Family<Service, Counter>,
     active: Family<Service, Gauge>,
     bytes: Family<Direction, Counter>,
@@ -49,6 +51,7 @@ impl BalancerMetrics {
 
     /// The counters of one service's listeners.
     pub fn listener(&self, service: &str) -> ListenerStats {
+        self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(service.to_owned());
         let service = service.to_owned();
         let direction = |direction| Direction { service: service.clone(), direction };
         let error = |error| Failure { service: service.clone(), error };
@@ -75,4 +78,85 @@ pub struct ListenerStats {
     pub connect_errors: Counter,
     pub no_endpoint: Counter,
     pub over_limit: Counter,
+}
+
+/// One service's counters as a balancer process reports them to the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceCounters {
+    pub service: String,
+    pub connections: u64,
+    pub active: i64,
+    pub to_backend: u64,
+    pub to_client: u64,
+    pub connect_errors: u64,
+    pub no_endpoint: u64,
+    pub over_limit: u64,
+}
+
+impl BalancerMetrics {
+    /// Every service's counters now.
+    pub fn snapshot(&self) -> Vec<ServiceCounters> {
+        let services: Vec<String> = self.services.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
+        services
+            .into_iter()
+            .map(|service| {
+                let stats = self.listener(&service);
+                ServiceCounters {
+                    service,
+                    connections: stats.connections.get(),
+                    active: stats.active.get(),
+                    to_backend: stats.to_backend.get(),
+                    to_client: stats.to_client.get(),
+                    connect_errors: stats.connect_errors.get(),
+                    no_endpoint: stats.no_endpoint.get(),
+                    over_limit: stats.over_limit.get(),
+                }
+            })
+            .collect()
+    }
+
+    /// The TCP connections relayed now, over every service.
+    pub fn active_total(&self) -> i64 {
+        self.snapshot().iter().map(|s| s.active).sum()
+    }
+
+    /// Brings this copy up to another process's counters: `before` is what it reported
+    /// last time, `now` what it reports now. Counters grow by the difference (by the whole
+    /// value when it went down: a new balancer process counts from zero), gauges are set.
+    pub fn mirror(&self, before: &[ServiceCounters], now: &[ServiceCounters]) {
+        let grown = |now: u64, before: u64| if now >= before { now - before } else { now };
+        for counters in now {
+            let last = before.iter().find(|b| b.service == counters.service).cloned().unwrap_or_default();
+            let stats = self.listener(&counters.service);
+            stats.connections.inc_by(grown(counters.connections, last.connections));
+            stats.active.set(counters.active);
+            stats.to_backend.inc_by(grown(counters.to_backend, last.to_backend));
+            stats.to_client.inc_by(grown(counters.to_client, last.to_client));
+            stats.connect_errors.inc_by(grown(counters.connect_errors, last.connect_errors));
+            stats.no_endpoint.inc_by(grown(counters.no_endpoint, last.no_endpoint));
+            stats.over_limit.inc_by(grown(counters.over_limit, last.over_limit));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(connections: u64, active: i64) -> ServiceCounters {
+        ServiceCounters { service: "web".into(), connections, active, to_client: connections * 10, ..ServiceCounters::default() }
+    }
+
+    #[test]
+    fn a_mirror_follows_the_process_counters_and_survives_their_reset() {
+        let copy = BalancerMetrics::default();
+        copy.mirror(&[], &[web(5, 2)]);
+        assert_eq!(copy.snapshot(), vec![web(5, 2)]);
+        copy.mirror(&[web(5, 2)], &[web(8, 0)]);
+        assert_eq!(copy.snapshot(), vec![web(8, 0)]);
+        // A new balancer process counts from zero: the copy keeps growing.
+        copy.mirror(&[web(8, 0)], &[web(3, 1)]);
+        assert_eq!(copy.snapshot(), vec![web(11, 1)]);
+        assert_eq!(copy.active_total(), 1);
+    }
 }

@@ -59,7 +59,7 @@ impl std::fmt::Display for ListenKey {
 
 /// A listener of a service that the balancer could not open (retried on the next
 /// table): the port is held by another process, or another service declared it too.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerFailure {
     pub listener: ListenKey,
     pub service: String,

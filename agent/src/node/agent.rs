@@ -167,6 +167,7 @@ impl Agent {
             strategy: Strategy::RoundRobin,
             limits: config.connection_limits,
             node_netns: None,
+            helper: Some(config.helper.clone()),
         })
         .await?;
         let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };
@@ -426,6 +427,7 @@ impl Agent {
         let refresh = move || {
             if let Some(ctx) = context.upgrade() {
                 ctx.metrics.refresh(&ctx.board);
+                ctx.network.refresh_metrics();
             }
         };
         let context = Arc::downgrade(&self.ctx);

@@ -95,6 +95,9 @@ pub trait PodNetwork: ContainerNetwork {
     async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
     /// Registers the network's metrics (the balancer's) in the agent's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+    /// Brings the registered metrics up to date before a scrape (blocking: scrapes run
+    /// on a blocking thread).
+    fn refresh_metrics(&self) {}
 }
 
 /// One attempt of a probe: `Err(why)` when it fails.
@@ -183,7 +186,10 @@ impl PodNetwork for NodeNetwork {
     }
 
     async fn active_connections(&self, ip: Ipv4Addr) -> usize {
-        self.balancer().active_connections(ip).await
+        match self.balancer() {
+            Some(balancer) => balancer.active_connections(ip).await,
+            None => 0,
+        }
     }
 
     async fn view(&self) -> Result<NetworkView, BackendError> {
@@ -195,7 +201,15 @@ impl PodNetwork for NodeNetwork {
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.balancer().metrics().register(registry);
+        if let Some(balancer) = self.balancer() {
+            balancer.metrics().register(registry);
+        }
+    }
+
+    fn refresh_metrics(&self) {
+        if let Some(balancer) = self.balancer() {
+            balancer.refresh_metrics_blocking();
+        }
     }
 }
 

@@ -273,6 +273,7 @@ impl Drop for Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        super::kill_balancers(&self.bridge);
         let ip = |args: &[&str]| {
             let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
         };

@@ -162,3 +162,25 @@ pub fn log_text(path: &std::path::Path) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The PIDs of the balancer processes (`__balancer`, outliving the agent that started
+/// them) of the node network on `bridge`.
+pub fn balancer_pids(bridge: &str) -> Vec<i32> {
+    let needle = format!("\"bridge\":\"{bridge}\"");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).ok()?).into_owned();
+            (cmdline.contains("__balancer") && cmdline.contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Kills what [`balancer_pids`] finds (after a failed test).
+pub fn kill_balancers(bridge: &str) {
+    for pid in balancer_pids(bridge) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}

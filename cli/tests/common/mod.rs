@@ -185,6 +185,7 @@ impl Up {
         assert!(!links.contains(&self.bridge), "links left:\n{links}");
         let namespaces = text(&Command::new("ip").args(["netns", "list"]).output().expect("ip").stdout);
         assert!(!namespaces.contains(&self.bridge), "namespaces left:\n{namespaces}");
+        assert_eq!(balancer_pids(&self.bridge), Vec::<i32>::new(), "balancer processes left");
         let routes = text(&Command::new("ip").args(["route", "show"]).output().expect("ip").stdout);
         assert!(!routes.contains(&self.service_cidr), "routes left:\n{routes}");
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
@@ -213,11 +214,34 @@ impl Drop for Up {
                 .args(["--bridge", &self.bridge, "--cgroup-parent", &self.cgroup_parent])
                 .status();
         }
+        kill_balancers(&self.bridge);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-lb", self.bridge)]).stderr(Stdio::null()).status();
         let _ = Command::new("nft").args(["delete", "table", "ip", &format!("orch_{}", self.bridge)]).stderr(Stdio::null()).status();
         let run_root = format!("/run/orch/{}", self.bridge);
         let _ = Command::new("umount").args(["-l", &run_root]).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir(&run_root);
+    }
+}
+
+/// The PIDs of the balancer processes (`__balancer`, outliving the agent that started
+/// them) of the node network on `bridge`.
+pub fn balancer_pids(bridge: &str) -> Vec<i32> {
+    let needle = format!("\"bridge\":\"{bridge}\"");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).ok()?).into_owned();
+            (cmdline.contains("__balancer") && cmdline.contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Kills what [`balancer_pids`] finds (after a failed test).
+pub fn kill_balancers(bridge: &str) {
+    for pid in balancer_pids(bridge) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
