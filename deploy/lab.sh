@@ -41,7 +41,10 @@
 # (etcd, the default, or embedded: the controller's own redb file in the lab's directory,
 # with one controller),
 # ORCH_LAB_UPSTREAM_DNS (where the nodes relay outside names; default none: the lab's
-# nodes have no way out, and a lab never asks the machine's resolver).
+# nodes have no way out, and a lab never asks the machine's resolver), ORCH_LAB_LEASES
+# (lab, the default: node lease 2 s, grace 1 s, leader lease 2 s, so lease-driven
+# faults resolve quickly; or default: the controllers' own defaults, as the benchmarks
+# measure them).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/etcd.sh"
@@ -56,6 +59,11 @@ dir="${ORCH_LAB_DIR:-/var/lib/orch/lab-$name}"
 bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
 controllers="${ORCH_LAB_CONTROLLERS:-1}"
 store_kind="${ORCH_LAB_STORE:-etcd}"
+case "${ORCH_LAB_LEASES:-lab}" in
+    lab) lease_flags=(--node-lease 2s --node-grace 1s --leader-lease 2s) ;;
+    default) lease_flags=() ;;
+    *) die "ORCH_LAB_LEASES=$ORCH_LAB_LEASES: lab or default" ;;
+esac
 case "$store_kind" in
     etcd) ;;
     embedded) [ "$controllers" = 1 ] || die "ORCH_LAB_STORE=embedded: one controller only (a redb file belongs to one process)" ;;
@@ -118,14 +126,14 @@ start_agent() {
     launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
-        --api-listen "$(node_address "$k"):7101" --heartbeat-ms 500 --registry-config "$dir/registries.json" \
+        --api-listen "$(node_address "$k"):7101" --registry-config "$dir/registries.json" \
         --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103"
 }
 
 start_controller() {
     local c="$1"
     launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
-        --identity "${name}-controller$c" --node-lease 2s --node-grace 1s --leader-lease 2s --metrics-listen "$(controller_metrics_address "$c")"
+        --identity "${name}-controller$c" "${lease_flags[@]}" --metrics-listen "$(controller_metrics_address "$c")"
 }
 
 # stop-controller / restart-controller: [C] [--kill] in any order.
@@ -354,9 +362,11 @@ kill_node_processes() {
 cmd_kill_node() {
     local k="${1:?usage: lab.sh kill-node K}"; node_number "$k"
     [ -e "/run/netns/$(node_ns "$k")" ] || die "node$k is not in the lab"
-    kill_node_processes "$k"
+    # As a machine dies: the link goes first, so no FIN of its connections reaches the
+    # controller (a closed connection is an agent restarting on a live machine).
     ip link set "$(node_veth "$k")" down
-    echo "node$k killed (agent and containers gone, link down)"
+    kill_node_processes "$k"
+    echo "node$k killed (link down, agent, balancer and containers gone)"
 }
 
 cmd_partition() {

@@ -13,6 +13,14 @@ pub const VIPS: &str = "/orch/ipam/vips/";
 pub const NODE_SUBNETS: &str = "/orch/ipam/nodes/";
 /// One key per live node, attached to the lease its heartbeats keep alive.
 pub const NODES_ALIVE: &str = "/orch/alive/nodes/";
+/// `silent/nodes/<node>`: the controller holding the node's session judged it silent —
+/// its heartbeats stopped while the connection stayed open, as when a machine dies or
+/// its link goes (a closed connection is an agent restarting: its lease decides then).
+/// The node is lost at once, without the grace; the key goes with its next heartbeat.
+pub const NODES_SILENT: &str = "/orch/silent/nodes/";
+/// `sessions/nodes/<node>`: the session (a nonce) that holds the node now; only that
+/// one judges its silence.
+pub const NODE_SESSIONS: &str = "/orch/sessions/nodes/";
 /// `status/<node>/<replica id>`: a replica as its node last reported it (agents write,
 /// through their session; only the node a replica is bound to counts).
 pub const STATUS: &str = "/orch/status/";
@@ -102,6 +110,14 @@ pub fn node(name: &str) -> String {
 
 pub fn node_alive(name: &str) -> String {
     format!("{NODES_ALIVE}{name}")
+}
+
+pub fn node_silent(name: &str) -> String {
+    format!("{NODES_SILENT}{name}")
+}
+
+pub fn node_session(name: &str) -> String {
+    format!("{NODE_SESSIONS}{name}")
 }
 
 pub fn node_subnet(index: u8) -> String {

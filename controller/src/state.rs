@@ -43,6 +43,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Versioned<pb::Node>>,
     /// Nodes whose liveness lease is alive.
     pub alive: BTreeSet<String>,
+    /// Node name → why the controller holding its session judged it silent.
+    pub silent: BTreeMap<String, String>,
     /// Node name → how it may be scheduled, for the nodes cordoned or draining.
     pub scheduling: BTreeMap<String, Versioned<pb::NodeScheduling>>,
     /// Service name → its endpoints record.
@@ -155,6 +157,9 @@ impl ClusterState {
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.insert(name.to_owned());
             true
+        } else if let Some(name) = key.strip_prefix(keys::NODES_SILENT) {
+            self.silent.insert(name.to_owned(), String::from_utf8_lossy(&kv.value).into_owned());
+            true
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             decoded(kv).map(|v| self.scheduling.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
@@ -185,6 +190,8 @@ impl ClusterState {
             self.nodes.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.remove(name)
+        } else if let Some(name) = key.strip_prefix(keys::NODES_SILENT) {
+            self.silent.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             self.scheduling.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
@@ -276,6 +283,7 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.statuses == state.statuses
         && fresh.nodes == state.nodes
         && fresh.alive == state.alive
+        && fresh.silent == state.silent
         && fresh.scheduling == state.scheduling
         && fresh.endpoints == state.endpoints
         && fresh.claims == state.claims

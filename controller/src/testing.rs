@@ -21,6 +21,11 @@ struct Seen {
     endpoints: Vec<pb::ServiceEndpoints>,
     routes: Vec<pb::NodeRoute>,
     sessions: u64,
+    /// Heartbeats sent.
+    beats: u64,
+    /// Heartbeats and reports stop, the connection stays open (a machine that hangs or
+    /// whose link goes); desired sets are not taken in.
+    frozen: bool,
     /// Replica id → last octet of its address, kept while it runs.
     addresses: BTreeMap<String, u32>,
 }
@@ -80,7 +85,19 @@ impl FakeAgent {
         FakeAgent { name, seen, task }
     }
 
-    /// Stops it the way a dead node stops: no goodbye, heartbeats just end.
+    /// Its heartbeats stop while its connection stays open: what the controller sees of
+    /// a machine that died or lost its link.
+    pub fn freeze(&self) {
+        lock(&self.seen).frozen = true;
+    }
+
+    /// Heartbeats (and desired sets) flow again on the same connection: the link is back.
+    pub fn thaw(&self) {
+        lock(&self.seen).frozen = false;
+    }
+
+    /// Stops its process: no goodbye, but its connection closes (as with an agent
+    /// killed on a machine that runs on).
     pub fn kill(self) -> Vec<pb::Replica> {
         self.task.abort();
         lock(&self.seen).running.values().cloned().collect()
@@ -96,6 +113,11 @@ impl FakeAgent {
 
     pub fn desired_sets(&self) -> u64 {
         lock(&self.seen).desired_sets
+    }
+
+    /// Heartbeats sent so far.
+    pub fn beats(&self) -> u64 {
+        lock(&self.seen).beats
     }
 
     pub fn sessions(&self) -> u64 {
@@ -177,9 +199,18 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
     lock(seen).sessions += 1;
     let mut ticker = tokio::time::interval(config.heartbeat);
     loop {
+        // Read before the select: a guard held across it would deadlock the branches.
+        let frozen = lock(seen).frozen;
         tokio::select! {
-            _ = ticker.tick() => upward.send(heartbeat()).await.map_err(|e| e.to_string())?,
-            message = downward.message() => {
+            _ = ticker.tick() => {
+                let beat = !lock(seen).frozen;
+                if beat {
+                    upward.send(heartbeat()).await.map_err(|e| e.to_string())?;
+                    lock(seen).beats += 1;
+                }
+            }
+            // Frozen, what comes down waits in the connection, as in a cut link.
+            message = downward.message(), if !frozen => {
                 let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
                 let Some(pb::controller_message::Body::Desired(desired)) = message.body else { continue };
                 let report = {

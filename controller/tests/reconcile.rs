@@ -46,9 +46,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(store: Arc<dyn Store>) -> Cluster {
+        Cluster::start_with(store, fast_config()).await
+    }
+
+    async fn start_with(store: Arc<dyn Store>, config: ControllerConfig) -> Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let address = listener.local_addr().expect("local address");
-        let controller = Controller::start(Arc::clone(&store), fast_config(), listener);
+        let controller = Controller::start(Arc::clone(&store), config, listener);
         let api = ApiClient::new(Channel::from_shared(format!("http://{address}")).expect("uri").connect_lazy());
         Cluster { store, address, controller: Some(controller), api }
     }
@@ -217,6 +221,54 @@ async fn a_lost_node_is_replaced_and_its_stale_replicas_stopped_when_it_returns(
     assert!(statuses.is_empty(), "no status kept for the stale replica: {statuses:?}");
 }
 
+/// With the default leases (5 s + 5 s grace), a node whose heartbeats stop while its
+/// connection stays open — a dead machine, a cut link — is judged silent by the
+/// controller holding its session and its replica moves at once; when the link returns,
+/// the node is Ready again and drops the replica that moved.
+async fn a_silent_node_is_lost_at_once_and_fenced_when_its_link_returns(store: common::TestStore) {
+    let config = ControllerConfig { leader_lease: Duration::from_secs(2), ..ControllerConfig::default() };
+    assert_eq!((config.node_lease, config.node_grace), (Duration::from_secs(5), Duration::from_secs(5)), "the defaults");
+    let mut cluster = Cluster::start_with(store.store.clone(), config).await;
+    let mut beats = FakeAgentConfig::new("steady", "192.0.2.1");
+    beats.heartbeat = Duration::from_millis(250);
+    let steady = FakeAgent::start(cluster.address, beats.clone());
+    let silent = FakeAgent::start(cluster.address, FakeAgentConfig { name: "silent".into(), address: "192.0.2.2".into(), ..beats });
+    cluster.wait_nodes(2).await;
+    cluster.apply(&manifest("web", 2, "busybox")).await;
+    let before = cluster.wait_running("web", 2, None).await;
+    let on_silent: Vec<String> = before.iter().filter(|r| r.node == "silent").map(|r| r.id.clone()).collect();
+    assert_eq!(on_silent.len(), 1, "one replica per node: {before:?}");
+    wait_until("the node to run its replica", LIMIT, || async { silent.running() == on_silent }).await;
+    // The detector judges once it has learned the node's rhythm (a few beats).
+    let learned = silent.beats() + 8;
+    wait_until("two more seconds of heartbeats", LIMIT, || async { silent.beats() >= learned }).await;
+
+    silent.freeze();
+    let after = cluster.wait_running_where("web", 2, &|r| r.node == "steady").await;
+    assert!(!after.iter().any(|r| on_silent.contains(&r.id)), "the replica was replaced");
+    let events = cluster.events().await;
+    let not_ready = events.iter().rfind(|e| e.kind == "NodeNotReady" && e.object == "node/silent").expect("a NodeNotReady event");
+    assert!(
+        not_ready.message.starts_with("no heartbeat for")
+            && not_ready.message.contains("with its connection open")
+            && not_ready.message.ends_with("its replicas move now"),
+        "judged silent by its session, not by its lease: {}",
+        not_ready.message
+    );
+    assert!(store.store.get("/orch/silent/nodes/silent").await.expect("get").is_some(), "the verdict is recorded");
+
+    // The link is back: heartbeats on the same connection, the node Ready again, the
+    // verdict gone, and the replica that moved stopped there.
+    silent.thaw();
+    cluster.wait_nodes(2).await;
+    wait_until("the returning node to drop its moved replica", LIMIT, || async { silent.running().is_empty() }).await;
+    wait_until("the verdict to go", LIMIT, || async { store.store.get("/orch/silent/nodes/silent").await.expect("get").is_none() }).await;
+    cluster.wait_settled().await;
+    let now = cluster.wait_running("web", 2, None).await;
+    assert_eq!(now.iter().map(|r| &r.id).collect::<BTreeSet<_>>(), after.iter().map(|r| &r.id).collect::<BTreeSet<_>>(), "no duplicates");
+    assert_eq!(steady.running().len(), 2);
+}
+
 async fn a_restarted_controller_converges_without_duplicates(store: common::TestStore) {
     let mut cluster = Cluster::start(store.store.clone()).await;
     let agents = [cluster.agent("node-1", 1), cluster.agent("node-2", 2)];
@@ -260,6 +312,7 @@ async fn an_unschedulable_replica_stays_pending_with_a_reason(store: common::Tes
 on_both_stores!(
     apply_scale_roll_and_delete,
     a_lost_node_is_replaced_and_its_stale_replicas_stopped_when_it_returns,
+    a_silent_node_is_lost_at_once_and_fenced_when_its_link_returns,
     a_restarted_controller_converges_without_duplicates,
     an_unschedulable_replica_stays_pending_with_a_reason,
 );

@@ -49,8 +49,9 @@ pub struct ServeArgs {
     /// outlive replicas, services and `teardown`.
     #[arg(long, env = "ORCH_VOLUMES_DIR", default_value = "/var/lib/orch/volumes")]
     pub volumes_dir: PathBuf,
-    /// Between heartbeats (the controller's node lease must be several of these).
-    #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
+    /// Between heartbeats (the controller judges a node silent after about four missed
+    /// beats on a steady rhythm; its node lease must be several of these).
+    #[arg(long, default_value = "250", value_name = "MILLISECONDS")]
     pub heartbeat_ms: u64,
     /// Where the node API (logs, exec, stats, inspect for the controller) listens, over
     /// mutual TLS (only the controller's certificate may call it); ADDRESS:7101 by

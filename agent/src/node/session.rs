@@ -19,9 +19,18 @@ pub struct Session {
     controller: String,
     upward: mpsc::Sender<pb::AgentMessage>,
     downward: tonic::Streaming<pb::ControllerMessage>,
-    heartbeat: pb::AgentMessage,
-    beats: Interval,
+    /// Sends the heartbeats: a task of its own, so beats go up on time while the agent
+    /// works on a desired set (the controller judges a node silent within about a second).
+    _beats: Beats,
     refresh: Interval,
+}
+
+struct Beats(tokio::task::JoinHandle<()>);
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the node reports: every replica's status and the events since the last report.
@@ -52,13 +61,24 @@ impl Session {
             .map_err(|status| LinkError::Call { controller: config.controller.clone(), call: "session", status })?
             .into_inner();
         tracing::info!(controller = %config.controller, "session open");
+        let beats = Beats(tokio::spawn({
+            let (upward, mut beats) = (upward.clone(), tokio::time::interval(config.heartbeat));
+            async move {
+                beats.tick().await; // the first went with the session
+                loop {
+                    beats.tick().await;
+                    if upward.send(heartbeat.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
         Ok(Session {
             node: config.name.clone(),
             controller: config.controller.clone(),
             upward,
             downward,
-            heartbeat,
-            beats: tokio::time::interval(config.heartbeat),
+            _beats: beats,
             refresh: tokio::time::interval(Duration::from_secs(10)),
         })
     }
@@ -68,7 +88,6 @@ impl Session {
     pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, LinkError> {
         loop {
             tokio::select! {
-                _ = self.beats.tick() => self.upward.send(self.heartbeat.clone()).await.map_err(|_| LinkError::UpwardClosed)?,
                 _ = self.refresh.tick() => self.upward.send(report(&self.node, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?,
                 () = board.changed() => {
                     // Let a burst of changes settle into one report.

@@ -178,7 +178,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         labels: Default::default(),
         registries: orch_agent::images::RegistrySettings::from_flag(args.registry_config.clone()),
         upstream_dns: orch_agent::net::upstream_dns(args.upstream_dns.as_deref()).map_err(|e| anyhow::anyhow!(e))?,
-        heartbeat: Duration::from_secs(1),
+        heartbeat: Duration::from_millis(250),
         helper: std::env::current_exe().context("cannot find the orch binary")?,
         // On the node's address (where the controller dials it), on a free port
         // (registered as it is); only the controller's certificate may call it.

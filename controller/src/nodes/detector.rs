@@ -151,7 +151,13 @@ mod tests {
     fn a_busy_node_with_late_irregular_beats_gets_more_tolerance() {
         let start = Instant::now();
         // Beats every 250 ms, some 600 ms or 900 ms late: what a saturated machine does.
-        let busy: Vec<u64> = (0..60).map(|i| match i % 6 { 0 => 850, 3 => 1150, _ => 250 }).collect();
+        let busy: Vec<u64> = (0..60)
+            .map(|i| match i % 6 {
+                0 => 850,
+                3 => 1150,
+                _ => 250,
+            })
+            .collect();
         let (detector, last) = fed(&busy, start);
         assert!(!detector.silent(last + ms(1150)), "a gap it has seen before is no verdict: phi {:?}", detector.phi(last + ms(1150)));
         assert!(!detector.silent(last + ms(1500)));

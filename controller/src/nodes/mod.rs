@@ -5,6 +5,7 @@
 
 mod cidr;
 pub mod desired;
+pub mod detector;
 mod registry;
 pub mod rpc;
 mod session;

@@ -49,6 +49,11 @@ impl NodeRegistry {
         NodeRegistry { store, cluster_network, lease_ttl }
     }
 
+    /// How long a node's liveness lease lives without a renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
     /// The cluster's pod network: the /16 every node's /24 comes from.
     pub fn cluster_network(&self) -> orch_api::cidr::Ipv4Cidr {
         orch_api::cidr::Ipv4Cidr::cluster_network(self.cluster_network)
@@ -81,9 +86,11 @@ impl NodeRegistry {
                 pod_subnet: Some(pod_subnet.into()),
                 scheduling: None,
             };
-            self.store.put(&key, keys::encode(&node), expect).await?;
+            // Alive first: a new node is never seen registered but NotReady (the
+            // reconciler would record a NodeNotReady for that instant).
             let lease = self.store.grant_lease(self.lease_ttl).await?;
             self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
+            self.store.put(&key, keys::encode(&node), expect).await?;
             Ok::<_, NodeError>((node, lease))
         };
         retry_on_conflict(attempt).await?.ok_or(NodeError::Contended(key.clone()))
@@ -194,7 +201,7 @@ pub async fn delete_node(store: &dyn Store, node: &str, force: bool) -> Result<V
     }
     // The record first: once it is gone the node counts as lost, whatever is left.
     store.delete(&key, Expect::Revision(record.mod_revision)).await?;
-    for other in [keys::node_alive(node), keys::node_scheduling(node), keys::node_conditions(node)] {
+    for other in [keys::node_alive(node), keys::node_scheduling(node), keys::node_conditions(node), keys::node_silent(node), keys::node_session(node)] {
         store.delete(&other, Expect::Any).await?;
     }
     for kv in store.list(&keys::status_of_node(node)).await?.items {

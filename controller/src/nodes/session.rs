@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::desired::{desired_set, open_secret, stamp};
+use super::detector::{Detector, DetectorConfig};
 use super::registry::{NodeError, NodeRegistry};
 use super::rpc::{check_node_identity, status};
 use super::status::{status_writes, StatusWrite};
@@ -24,6 +25,28 @@ use orch_api::secrets::SecretsKey;
 
 /// Status writes of one report in flight at once.
 const STATUS_WRITES: usize = 16;
+
+/// How often a session judges its node's heartbeats.
+const JUDGE_EVERY: Duration = Duration::from_millis(100);
+
+/// A judge that woke this much later than it meant to was paused itself (its machine is
+/// overloaded): the silence it would see is its own, and is not held against the node.
+const JUDGE_PAUSED: Duration = Duration::from_millis(500);
+
+/// What a session knows of its node's heartbeats.
+struct Liveness {
+    detector: Detector,
+    /// When this session last renewed the node's lease in the store.
+    renewed: Option<std::time::Instant>,
+    /// This session judged the node silent (the verdict is in the store).
+    silent: bool,
+}
+
+/// A value no other session has: which session holds a node.
+fn session_nonce() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}-{}", std::process::id(), crate::events::now_unix_ms(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
 
 type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
@@ -53,6 +76,7 @@ impl Session {
     pub(super) async fn serve(mut self, peer: Option<Peer>, mut incoming: Streaming<pb::AgentMessage>, outgoing: Outgoing, mut stopping: watch::Receiver<()>) {
         let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let (reports, latest_report) = watch::channel::<Option<pb::StatusReport>>(None);
+        let liveness = Arc::new(tokio::sync::Mutex::new(Liveness { detector: Detector::new(DetectorConfig::default()), renewed: None, silent: false }));
         loop {
             let message = tokio::select! {
                 message = incoming.message() => match message {
@@ -83,13 +107,19 @@ impl Session {
                 }
                 tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone())));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
+                // This session holds the node now: only it judges the node's silence.
+                let nonce = session_nonce();
+                match self.store.put(&keys::node_session(&self.node), nonce.clone().into_bytes(), Expect::Any).await {
+                    Ok(_) => tasks.push(tokio::spawn(self.clone().judge(Arc::clone(&liveness), nonce))),
+                    Err(error) => tracing::warn!(node = %self.node, %error, "cannot record the session: its silence is left to its lease"),
+                }
             } else if message.node != self.node {
                 let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", self.node, message.node)))).await;
                 break;
             }
             match message.body {
                 Some(pb::agent_message::Body::Heartbeat(_)) => {
-                    if let Err(error) = self.heartbeat().await {
+                    if let Err(error) = self.beat(&liveness).await {
                         let _ = outgoing.send(Err(error)).await;
                         break;
                     }
@@ -112,6 +142,80 @@ impl Session {
         }
     }
 
+    /// One heartbeat: the detector learns it; the store's lease is renewed a few times per
+    /// lease (not at every beat), and at once when the node was judged silent — then
+    /// the verdict goes too, as it does at a session's first beat (the node is back).
+    async fn beat(&self, liveness: &tokio::sync::Mutex<Liveness>) -> Result<(), Status> {
+        let now = std::time::Instant::now();
+        self.metrics.heartbeat(&self.node);
+        let mut liveness = liveness.lock().await;
+        liveness.detector.beat(now);
+        let renew_every = self.registry.lease_ttl() / 4;
+        let returning = liveness.silent || liveness.renewed.is_none();
+        if returning || liveness.renewed.is_some_and(|at| now.duration_since(at) >= renew_every) {
+            self.heartbeat().await?;
+            liveness.renewed = Some(now);
+        }
+        if returning {
+            if let Err(error) = self.store.delete(&keys::node_silent(&self.node), Expect::Any).await {
+                tracing::warn!(node = %self.node, %error, "cannot clear the node's silence verdict");
+            } else if liveness.silent {
+                tracing::info!(node = %self.node, "heartbeats are back");
+            }
+            liveness.silent = false;
+        }
+        Ok(())
+    }
+
+    /// Judges the node's heartbeats every [`JUDGE_EVERY`] until the session ends: when the
+    /// detector finds it silent (its beats stopped while the connection stayed open), the
+    /// node is NotReady at once — its alive key goes and the verdict is recorded, so the
+    /// leader moves its replicas without waiting for the lease and the grace. A session
+    /// that no longer holds the node (a newer one does) stands down.
+    async fn judge(self, liveness: Arc<tokio::sync::Mutex<Liveness>>, nonce: String) {
+        let mut tick = tokio::time::interval(JUDGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let now = std::time::Instant::now();
+            let mut state = liveness.lock().await;
+            if now.duration_since(last) > JUDGE_PAUSED {
+                state.detector.judge_resumed(now);
+            }
+            last = now;
+            if state.silent || !state.detector.silent(now) {
+                continue;
+            }
+            match self.store.get(&keys::node_session(&self.node)).await {
+                Ok(Some(kv)) if kv.value == nonce.as_bytes() => {}
+                Ok(_) => {
+                    tracing::debug!(node = %self.node, "a newer session holds the node: this one no longer judges it");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(node = %self.node, %error, "cannot tell which session holds the node; judged later");
+                    continue;
+                }
+            }
+            let reason = format!(
+                "no heartbeat for {:.1} s (phi {:.1}) with its connection open: its machine or its link is down",
+                state.detector.silence(now).as_secs_f64(),
+                state.detector.phi(now).unwrap_or(0.0)
+            );
+            tracing::warn!(node = %self.node, %reason, "node judged silent: NotReady now");
+            let verdict = self.store.put(&keys::node_silent(&self.node), reason.into_bytes(), Expect::Any).await;
+            let alive = self.store.delete(&keys::node_alive(&self.node), Expect::Any).await;
+            match verdict.and(alive) {
+                Ok(_) => {
+                    state.silent = true;
+                    self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.node);
+                }
+                Err(error) => tracing::warn!(node = %self.node, %error, "cannot record the node's silence; judged again"),
+            }
+        }
+    }
+
     /// Renews the node's liveness lease. The lease may have been granted by another
     /// controller (the agent registered there before a failover): it is found through
     /// the node's alive key, and replaced when it is gone.
@@ -124,7 +228,6 @@ impl Session {
             }
         };
         let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
-        self.metrics.heartbeat(&self.node);
         self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
         Ok(())
     }

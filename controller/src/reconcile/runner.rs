@@ -64,20 +64,25 @@ impl NodeTracker {
                 }
                 continue;
             }
+            // Judged silent by the controller holding its session: lost now. Otherwise
+            // its lease ran out (its agent may be restarting): lost after the grace.
+            let silent = state.silent.get(name);
             let since = *self.not_ready_since.entry(name.clone()).or_insert_with(|| {
-                events.push(EventDraft {
-                    kind: EventKind::NodeNotReady,
-                    object: format!("node/{name}"),
-                    message: format!("no heartbeat within its lease; its replicas move after {grace:?}"),
-                });
+                let message = match silent {
+                    Some(reason) => format!("{reason}; its replicas move now"),
+                    None => format!("no heartbeat within its lease; its replicas move after {grace:?}"),
+                };
+                events.push(EventDraft { kind: EventKind::NodeNotReady, object: format!("node/{name}"), message });
                 now
             });
-            if now.duration_since(since) >= grace {
+            if silent.is_some() || now.duration_since(since) >= grace {
                 lost.insert(name.clone());
             }
         }
         if now.duration_since(self.leading_since) < warmup {
-            lost.clear();
+            // A new leader's picture of leases may be stale (agents are reconnecting);
+            // a silence verdict is not: a session saw the beats stop.
+            lost.retain(|name| state.silent.contains_key(name));
         }
         let everything_down = !state.nodes.is_empty() && self.not_ready_since.len() == state.nodes.len();
         if everything_down && !lost.is_empty() {
@@ -326,6 +331,32 @@ mod tests {
         state.alive.remove("n1");
         let (lost, _) = tracker.observe(&state, start + grace * 2 + Duration::from_secs(1), grace, Duration::ZERO);
         assert!(lost.is_empty(), "the grace starts again from the new NotReady");
+    }
+
+    #[test]
+    fn a_node_judged_silent_is_lost_at_once_and_one_whose_lease_ran_out_after_the_grace() {
+        let mut state = ClusterState { revision: 1, ..ClusterState::default() };
+        node(&mut state, "silent", false);
+        node(&mut state, "restarting", false);
+        node(&mut state, "fine", true);
+        state.silent.insert("silent".into(), "no heartbeat for 1.0 s (phi 8.3) with its connection open".into());
+        let grace = Duration::from_secs(5);
+        let start = Instant::now();
+        let mut tracker = NodeTracker::new(start);
+        let (lost, events) = tracker.observe(&state, start, grace, Duration::ZERO);
+        assert_eq!(lost, BTreeSet::from(["silent".to_owned()]), "only the silent node, at once");
+        let silent = events.iter().find(|e| e.object == "node/silent").expect("its NotReady event");
+        assert!(silent.message.starts_with("no heartbeat for 1.0 s") && silent.message.ends_with("its replicas move now"), "{}", silent.message);
+        let (lost, _) = tracker.observe(&state, start + grace, grace, Duration::ZERO);
+        assert_eq!(lost, BTreeSet::from(["silent".to_owned(), "restarting".to_owned()]), "the other after its grace");
+        // Even while a new leader warms up.
+        let mut warming = NodeTracker::new(start);
+        let (lost, _) = warming.observe(&state, start, grace, Duration::from_secs(10));
+        assert_eq!(lost, BTreeSet::from(["silent".to_owned()]), "a verdict is not stale liveness");
+        // A silence verdict on a node that is alive again means nothing.
+        state.alive.insert("silent".into());
+        let (lost, _) = tracker.observe(&state, start + grace, grace, Duration::ZERO);
+        assert!(!lost.contains("silent"));
     }
 
     #[test]
