@@ -443,6 +443,38 @@ pub async fn stop_and_wait(socket: &Path, pid: i32) {
     }
 }
 
+/// Stops every balancer of the node network on `bridge`: the one answering on its socket,
+/// then any other its command line names (one whose socket is gone), SIGKILL.
+pub async fn stop_all(bridge: &str) {
+    stop_and_wait(&socket_path(bridge), 0).await;
+    for pid in pids(bridge) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while is_balancer(pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The PIDs of the balancer processes of the node network on `bridge`, found by their
+/// command line (`__balancer SPEC`, the spec naming the bridge).
+pub fn pids(bridge: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0).skip(1);
+            if args.next()? != BALANCER_SUBCOMMAND.as_bytes() {
+                return None;
+            }
+            let spec: BalancerSpec = serde_json::from_slice(args.next()?).ok()?;
+            (spec.bridge == bridge && is_balancer(pid)).then_some(pid)
+        })
+        .collect()
+}
+
 /// Whether `pid` is alive and a balancer process (a zombie or a reused PID is not).
 fn is_balancer(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };

@@ -283,7 +283,7 @@ impl NodeNetwork {
     pub async fn remove_leftovers(bridge: &str, service_cidr: Option<Subnet>, state_dir: &std::path::Path) -> Result<(), NetError> {
         names::check(bridge)?;
         let state = crate::StateDir::new(state_dir);
-        balancer_process::stop_and_wait(&balancer_process::socket_path(bridge), 0).await;
+        balancer_process::stop_all(bridge).await;
         let handle = Netns::current()?.netlink()?;
         if let Some(cidr) = service_cidr {
             link::delete_route(&handle, cidr.network, cidr.prefix).await?;

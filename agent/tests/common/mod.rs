@@ -163,19 +163,10 @@ pub fn log_text(path: &std::path::Path) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The PIDs of the balancer processes (`__balancer`, outliving the agent that started
-/// them) of the node network on `bridge`.
+/// The PIDs of the balancer processes (outliving the agent that started them) of the
+/// node network on `bridge`.
 pub fn balancer_pids(bridge: &str) -> Vec<i32> {
-    let needle = format!("\"bridge\":\"{bridge}\"");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).ok()?).into_owned();
-            (cmdline.contains("__balancer") && cmdline.contains(&needle)).then_some(pid)
-        })
-        .collect()
+    orch_agent::net::balancer_process::pids(bridge)
 }
 
 /// Kills what [`balancer_pids`] finds (after a failed test).
