@@ -229,6 +229,19 @@ async fn an_agent_restart_disturbs_nothing() {
         cluster.agent_log()
     );
     assert_eq!(common::balancer_pids(&cluster.bridge), balancer, "the new agent kept the running balancer");
+
+    // The balancer itself killed: the agent notices (it asks every 5 s), starts another
+    // and gives it the table; the VIP answers again.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(balancer[0]), nix::sys::signal::Signal::SIGKILL).expect("kill -9 the balancer");
+    let start = Instant::now();
+    loop {
+        let now = common::balancer_pids(&cluster.bridge);
+        if now.len() == 1 && now != balancer && http_get(SocketAddr::from((vip, 80))).is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "no new balancer answering the VIP after the old one was killed: {now:?}\n{}", cluster.agent_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let adopted = after.iter().find(|r| r.id == kept.id).map(status).expect("kept replica");
     assert_eq!(adopted.host_pid, status(&kept).host_pid, "adopted, not restarted: same host PID");
     assert_eq!(adopted.restarts, 0, "no restart counted for the adopted replica");

@@ -29,6 +29,14 @@ pub struct Versioned<T> {
     pub mod_revision: Revision,
 }
 
+/// A session's judgement that its node is silent (`/orch/silent/nodes/<n>`: the
+/// session's nonce, a newline, the reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub session: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
     /// The store revision this picture is complete up to; 0 before the first listing.
@@ -43,8 +51,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Versioned<pb::Node>>,
     /// Nodes whose liveness lease is alive.
     pub alive: BTreeSet<String>,
-    /// Node name → why the controller holding its session judged it silent.
-    pub silent: BTreeMap<String, String>,
+    /// Node name → the silence verdict a session of it recorded.
+    pub silent: BTreeMap<String, Verdict>,
+    /// Node name → the session (nonce) that holds it now.
+    pub sessions: BTreeMap<String, String>,
     /// Node name → how it may be scheduled, for the nodes cordoned or draining.
     pub scheduling: BTreeMap<String, Versioned<pb::NodeScheduling>>,
     /// Service name → its endpoints record.
@@ -77,6 +87,12 @@ impl ClusterState {
             return None;
         }
         self.statuses.get(&(replica.node.clone(), replica.id.clone())).and_then(|s| s.value.status.as_ref())
+    }
+
+    /// Why the node was judged silent, when the session that judged it still holds it (a
+    /// verdict of a session a newer one replaced is stale).
+    pub fn silence_of(&self, node: &str) -> Option<&str> {
+        self.silent.get(node).filter(|v| self.sessions.get(node) == Some(&v.session)).map(|v| v.reason.as_str())
     }
 
     /// Ready: its node is alive and reports it ready.
@@ -158,7 +174,12 @@ impl ClusterState {
             self.alive.insert(name.to_owned());
             true
         } else if let Some(name) = key.strip_prefix(keys::NODES_SILENT) {
-            self.silent.insert(name.to_owned(), String::from_utf8_lossy(&kv.value).into_owned());
+            let text = String::from_utf8_lossy(&kv.value);
+            let (session, reason) = text.split_once('\n').unwrap_or(("", &text));
+            self.silent.insert(name.to_owned(), Verdict { session: session.to_owned(), reason: reason.to_owned() });
+            true
+        } else if let Some(name) = key.strip_prefix(keys::NODE_SESSIONS) {
+            self.sessions.insert(name.to_owned(), String::from_utf8_lossy(&kv.value).into_owned());
             true
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             decoded(kv).map(|v| self.scheduling.insert(name.to_owned(), v)).is_some()
@@ -192,6 +213,8 @@ impl ClusterState {
             self.alive.remove(name)
         } else if let Some(name) = key.strip_prefix(keys::NODES_SILENT) {
             self.silent.remove(name).is_some()
+        } else if let Some(name) = key.strip_prefix(keys::NODE_SESSIONS) {
+            self.sessions.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             self.scheduling.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
@@ -284,6 +307,7 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.nodes == state.nodes
         && fresh.alive == state.alive
         && fresh.silent == state.silent
+        && fresh.sessions == state.sessions
         && fresh.scheduling == state.scheduling
         && fresh.endpoints == state.endpoints
         && fresh.claims == state.claims

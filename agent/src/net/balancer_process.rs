@@ -82,6 +82,8 @@ impl BalancerSpec {
 enum Request {
     Hello,
     Apply(Vec<ServiceEndpoints>),
+    /// The table last applied (handed to a replacement).
+    Table,
     View,
     Active(Ipv4Addr),
     Metrics,
@@ -96,6 +98,7 @@ enum Request {
 enum Response {
     Hello(Hello),
     Applied(Vec<ListenerFailure>),
+    Table(Vec<ServiceEndpoints>),
     View(BalancerView),
     Active(usize),
     Metrics(Vec<ServiceCounters>),
@@ -124,8 +127,11 @@ pub fn socket_path(bridge: &str) -> PathBuf {
 /// processes are).
 const RUN_DIR: &str = "/run/orch";
 
-fn version() -> String {
-    env!("CARGO_PKG_VERSION").to_owned()
+/// Which build a binary is: the crate's version and the file's size and mtime (a rebuilt
+/// or upgraded binary of the same version is another).
+fn version_of(binary: &Path) -> String {
+    let stamp = std::fs::metadata(binary).map(|m| format!("{}+{}.{}", m.len(), m.mtime(), m.mtime_nsec())).unwrap_or_default();
+    format!("{} {stamp}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The inode of a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`): which
@@ -168,6 +174,8 @@ fn run_process() -> Result<(), NetError> {
 }
 
 async fn serve_process(spec: BalancerSpec) -> Result<(), NetError> {
+    // Files this process makes (its control socket) are root's alone from the start.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let netns_path = Netns::named_path(&spec.netns_name);
     let netns = Netns::open(&netns_path)?;
     let inode = netns_inode(&netns_path)?;
@@ -184,8 +192,14 @@ async fn serve_process(spec: BalancerSpec) -> Result<(), NetError> {
     let control = tokio::net::UnixListener::bind(&spec.socket).map_err(NetError::io("cannot bind the balancer's control socket", &spec.socket))?;
     std::fs::set_permissions(&spec.socket, std::fs::Permissions::from_mode(0o600)).map_err(NetError::io("cannot restrict", &spec.socket))?;
     let socket_inode = std::fs::metadata(&spec.socket).map(|m| m.ino()).map_err(NetError::io("cannot stat", &spec.socket))?;
-    let hello =
-        Hello { protocol: PROTOCOL, version: version(), pid: std::process::id().try_into().unwrap_or(i32::MAX), spec: spec.clone(), netns_inode: inode };
+    let binary = std::env::current_exe().map_err(NetError::io("cannot find this binary", "/proc/self/exe"))?;
+    let hello = Hello {
+        protocol: PROTOCOL,
+        version: version_of(&binary),
+        pid: std::process::id().try_into().unwrap_or(i32::MAX),
+        spec: spec.clone(),
+        netns_inode: inode,
+    };
     // The agent waits for this line; nothing else is ever written to stdout.
     {
         let mut stdout = std::io::stdout().lock();
@@ -194,16 +208,17 @@ async fn serve_process(spec: BalancerSpec) -> Result<(), NetError> {
     tracing::info!(socket = %spec.socket.display(), netns = %spec.netns_name, "balancer serving");
 
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<bool>(1);
+    let served = Arc::new(Served::default());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(NetError::io("cannot handle SIGTERM", ""))?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(NetError::io("cannot handle SIGINT", ""))?;
     let drain = loop {
         tokio::select! {
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (balancer, hello, stop_tx) = (Arc::clone(&balancer), hello.clone(), stop_tx.clone());
+                    let (balancer, hello, stop_tx, served) = (Arc::clone(&balancer), hello.clone(), stop_tx.clone(), Arc::clone(&served));
                     let socket = (spec.socket.clone(), socket_inode);
                     tokio::spawn(async move {
-                        if let Err(error) = answer(stream, &balancer, &hello, &stop_tx, &socket).await {
+                        if let Err(error) = answer(stream, &balancer, &hello, &stop_tx, &socket, &served).await {
                             tracing::warn!(%error, "a control call failed");
                         }
                     });
@@ -235,12 +250,21 @@ fn remove_socket_if_ours(path: &Path, inode: u64) {
     }
 }
 
+/// What the control connections share: the table last applied, and whether the process
+/// was told to stop (then nothing opens a listener again).
+#[derive(Default)]
+struct Served {
+    table: tokio::sync::Mutex<Vec<ServiceEndpoints>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
 async fn answer(
     stream: tokio::net::UnixStream,
     balancer: &Balancer,
     hello: &Hello,
     stop: &tokio::sync::mpsc::Sender<bool>,
     (socket, socket_inode): &(PathBuf, u64),
+    served: &Served,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -248,15 +272,29 @@ async fn answer(
     let response = match serde_json::from_str::<Request>(&line) {
         Err(e) => Response::Error(format!("not a request: {e}")),
         Ok(Request::Hello) => Response::Hello(hello.clone()),
-        Ok(Request::Apply(table)) => match balancer.apply(&table).await {
-            Ok(failures) => Response::Applied(failures),
-            Err(error) => Response::Error(error.to_string()),
-        },
+        Ok(Request::Apply(table)) => {
+            let mut last = served.table.lock().await;
+            if served.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                Response::Error("this balancer is stopping".into())
+            } else {
+                match balancer.apply(&table).await {
+                    Ok(failures) => {
+                        *last = table;
+                        Response::Applied(failures)
+                    }
+                    Err(error) => Response::Error(error.to_string()),
+                }
+            }
+        }
+        Ok(Request::Table) => Response::Table(served.table.lock().await.clone()),
         Ok(Request::View) => Response::View(balancer.view().await),
         Ok(Request::Active(ip)) => Response::Active(balancer.active_connections(ip).await),
         Ok(Request::Metrics) => Response::Metrics(balancer.metrics().snapshot()),
         Ok(Request::Stop { drain }) => {
             // The ports are free once the answer is sent: a new balancer can take them.
+            // (Under the table's lock: no apply in flight opens one again.)
+            let _applies = served.table.lock().await;
+            served.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
             balancer.stop().await;
             remove_socket_if_ours(socket, *socket_inode);
             let _ = stop.try_send(drain);
@@ -292,23 +330,51 @@ impl BalancerClient {
         let client =
             BalancerClient { spec, helper: helper.to_owned(), log, pid: Mutex::new(0), metrics: BalancerMetrics::default(), last_seen: Mutex::new(Vec::new()) };
         let wanted_inode = netns_inode(&Netns::named_path(&client.spec.netns_name))?;
+        let wanted_version = version_of(&client.helper);
         match call(&client.spec.socket, &Request::Hello).await {
             Ok(Response::Hello(hello))
-                if hello.protocol == PROTOCOL && hello.version == version() && hello.spec == client.spec && hello.netns_inode == wanted_inode =>
+                if hello.protocol == PROTOCOL && hello.version == wanted_version && hello.spec == client.spec && hello.netns_inode == wanted_inode =>
             {
                 tracing::info!(pid = hello.pid, "the node's balancer runs already: kept, with the table it serves");
                 client.set_pid(hello.pid);
                 return Ok(client);
             }
             Ok(Response::Hello(hello)) => {
-                tracing::info!(pid = hello.pid, version = %hello.version, "the node's balancer runs another spec or version: replaced (it relays its open connections to their end)");
-                let _ = call(&client.spec.socket, &Request::Stop { drain: true }).await;
+                tracing::info!(pid = hello.pid, version = %hello.version, "the node's balancer runs another build or spec: replaced, with its table (it relays its open connections to their end)");
+                let table = match call(&client.spec.socket, &Request::Table).await {
+                    Ok(Response::Table(table)) => table,
+                    _ => Vec::new(),
+                };
+                if !matches!(call(&client.spec.socket, &Request::Stop { drain: true }).await, Ok(Response::Stopping)) {
+                    client.kill_strays().await;
+                }
+                client.start().await?;
+                if !table.is_empty() {
+                    client.apply(&table).await?;
+                }
+                return Ok(client);
             }
             Ok(other) => return Err(protocol_error(&client.spec.socket, format!("answered {other:?} to hello"))),
-            Err(_) => {} // nobody: start one
+            // Nobody answers: one whose socket is gone or that hangs would hold the ports.
+            Err(_) => client.kill_strays().await,
         }
         client.start().await?;
         Ok(client)
+    }
+
+    /// Kills the balancers of this bridge that do not answer (a hung one, one whose
+    /// socket is gone): they hold the ports a new one needs.
+    async fn kill_strays(&self) {
+        let strays = pids(&self.spec.bridge);
+        if !strays.is_empty() {
+            tracing::warn!(?strays, "balancers of this node network that do not answer: killed");
+        }
+        kill_and_wait(&strays).await;
+    }
+
+    /// Whether the balancer answers its socket.
+    pub async fn answers(&self) -> bool {
+        matches!(call(&self.spec.socket, &Request::Hello).await, Ok(Response::Hello(_)))
     }
 
     fn set_pid(&self, pid: i32) {
@@ -357,6 +423,7 @@ impl BalancerClient {
             Ok(response) => Ok(response),
             Err(error) if matches!(request, Request::Apply(_)) => {
                 tracing::warn!(%error, "the node's balancer does not answer: starting it again");
+                self.kill_strays().await;
                 self.start().await?;
                 call(&self.spec.socket, request).await
             }
@@ -447,10 +514,15 @@ pub async fn stop_and_wait(socket: &Path, pid: i32) {
 /// then any other its command line names (one whose socket is gone), SIGKILL.
 pub async fn stop_all(bridge: &str) {
     stop_and_wait(&socket_path(bridge), 0).await;
-    for pid in pids(bridge) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    kill_and_wait(&pids(bridge)).await;
+}
+
+/// SIGKILL to each of `pids`, and wait (at most 5 s each) until it is gone.
+async fn kill_and_wait(pids: &[i32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while is_balancer(pid) && tokio::time::Instant::now() < deadline {
+        while is_balancer(*pid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -270,7 +270,10 @@ impl NodeNetwork {
             containers,
             routes: self.routes.lock().await.iter().copied().collect(),
             balancer: match &self.balancer {
-                Some(balancer) => balancer.view().await?,
+                Some(balancer) => balancer.view().await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "the balancer does not answer: its part of the view is empty");
+                    BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() }
+                }),
                 None => BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() },
             },
         })

@@ -98,6 +98,10 @@ pub trait PodNetwork: ContainerNetwork {
     /// Brings the registered metrics up to date before a scrape (blocking: scrapes run
     /// on a blocking thread).
     fn refresh_metrics(&self) {}
+    /// Whether the balancer answers (a dead one is started again by the next apply).
+    async fn balancer_answers(&self) -> bool {
+        true
+    }
 }
 
 /// One attempt of a probe: `Err(why)` when it fails.
@@ -209,6 +213,13 @@ impl PodNetwork for NodeNetwork {
     fn refresh_metrics(&self) {
         if let Some(balancer) = self.balancer() {
             balancer.refresh_metrics_blocking();
+        }
+    }
+
+    async fn balancer_answers(&self) -> bool {
+        match self.balancer() {
+            Some(balancer) => balancer.answers().await,
+            None => true,
         }
     }
 }

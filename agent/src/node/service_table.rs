@@ -39,6 +39,8 @@ type Failures = BTreeMap<(ListenKey, String), ListenerFailure>;
 struct TableState {
     table: Vec<ServiceEndpoints>,
     failed: Failures,
+    /// The last apply failed as a whole (the balancer did not answer, say).
+    unapplied: bool,
 }
 
 /// What changed between two sets of failed listeners, as events and the node condition;
@@ -87,10 +89,11 @@ impl ServiceTable {
         Self::apply_held(&mut state, ctx).await;
     }
 
-    /// Applies the last table again when a listener of it failed.
+    /// Applies the last table again when a listener of it failed, the last apply failed,
+    /// or the balancer process does not answer (killed, crashed: the apply starts it again).
     pub async fn retry(&self, ctx: &NodeContext) {
         let mut state = self.state.lock().await;
-        if !state.failed.is_empty() {
+        if !state.failed.is_empty() || state.unapplied || !ctx.network.balancer_answers().await {
             Self::apply_held(&mut state, ctx).await;
         }
     }
@@ -102,14 +105,18 @@ impl ServiceTable {
                 let owners = crate::net::table::desired(&state.table).owners;
                 report(&ctx.board, &state.failed, &now, &owners);
                 state.failed = now;
+                state.unapplied = false;
             }
-            Err(error) => tracing::warn!(%error, "applying the service table"),
+            Err(error) => {
+                tracing::warn!(%error, "applying the service table; tried again");
+                state.unapplied = true;
+            }
         }
     }
 }
 
-/// Applies the table again every [`LISTENER_RETRY`] while a listener is failing, until
-/// aborted.
+/// Every [`LISTENER_RETRY`], applies the table again while a listener is failing, the
+/// last apply failed or the balancer is gone, until aborted.
 pub async fn keep_retrying(ctx: std::sync::Arc<NodeContext>) {
     loop {
         tokio::time::sleep(LISTENER_RETRY).await;

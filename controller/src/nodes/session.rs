@@ -40,6 +40,8 @@ struct Liveness {
     renewed: Option<std::time::Instant>,
     /// This session judged the node silent (the verdict is in the store).
     silent: bool,
+    /// A verdict may be in the store that this session has not deleted yet.
+    verdict_maybe_left: bool,
 }
 
 /// A value no other session has: which session holds a node.
@@ -76,7 +78,12 @@ impl Session {
     pub(super) async fn serve(mut self, peer: Option<Peer>, mut incoming: Streaming<pb::AgentMessage>, outgoing: Outgoing, mut stopping: watch::Receiver<()>) {
         let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let (reports, latest_report) = watch::channel::<Option<pb::StatusReport>>(None);
-        let liveness = Arc::new(tokio::sync::Mutex::new(Liveness { detector: Detector::new(DetectorConfig::default()), renewed: None, silent: false }));
+        let liveness = Arc::new(tokio::sync::Mutex::new(Liveness {
+            detector: Detector::new(DetectorConfig::default()),
+            renewed: None,
+            silent: false,
+            verdict_maybe_left: true,
+        }));
         loop {
             let message = tokio::select! {
                 message = incoming.message() => match message {
@@ -149,20 +156,28 @@ impl Session {
         let now = std::time::Instant::now();
         self.metrics.heartbeat(&self.node);
         let mut liveness = liveness.lock().await;
+        if liveness.silent {
+            // The outage is not a rhythm to learn: the detector starts again.
+            liveness.detector = Detector::new(DetectorConfig::default());
+        }
         liveness.detector.beat(now);
         let renew_every = self.registry.lease_ttl() / 4;
-        let returning = liveness.silent || liveness.renewed.is_none();
-        if returning || liveness.renewed.is_some_and(|at| now.duration_since(at) >= renew_every) {
+        if liveness.silent || liveness.renewed.is_none_or(|at| now.duration_since(at) >= renew_every) {
             self.heartbeat().await?;
             liveness.renewed = Some(now);
         }
-        if returning {
-            if let Err(error) = self.store.delete(&keys::node_silent(&self.node), Expect::Any).await {
-                tracing::warn!(node = %self.node, %error, "cannot clear the node's silence verdict");
-            } else if liveness.silent {
-                tracing::info!(node = %self.node, "heartbeats are back");
+        if liveness.silent || liveness.verdict_maybe_left {
+            match self.store.delete(&keys::node_silent(&self.node), Expect::Any).await {
+                Ok(_) => {
+                    if liveness.silent {
+                        tracing::info!(node = %self.node, "heartbeats are back");
+                    }
+                    liveness.silent = false;
+                    liveness.verdict_maybe_left = false;
+                }
+                // Tried again at the next beat (the verdict also expires with its lease).
+                Err(error) => tracing::warn!(node = %self.node, %error, "cannot clear the node's silence verdict"),
             }
-            liveness.silent = false;
         }
         Ok(())
     }
@@ -204,14 +219,26 @@ impl Session {
                 state.detector.phi(now).unwrap_or(0.0)
             );
             tracing::warn!(node = %self.node, %reason, "node judged silent: NotReady now");
-            let verdict = self.store.put(&keys::node_silent(&self.node), reason.into_bytes(), Expect::Any).await;
-            let alive = self.store.delete(&keys::node_alive(&self.node), Expect::Any).await;
-            match verdict.and(alive) {
+            // The verdict names this session (a newer one makes it stale) and lives on a
+            // lease of its own, so one left behind by a failure goes by itself.
+            let verdict = async {
+                let lease = self.store.grant_lease(self.registry.lease_ttl() * 2).await?;
+                self.store.put_with_lease(&keys::node_silent(&self.node), format!("{nonce}\n{reason}").into_bytes(), Expect::Any, Some(lease)).await
+            };
+            state.verdict_maybe_left = true;
+            if let Err(error) = verdict.await {
+                tracing::warn!(node = %self.node, %error, "cannot record the node's silence; judged again");
+                continue;
+            }
+            match self.store.delete(&keys::node_alive(&self.node), Expect::Any).await {
                 Ok(_) => {
                     state.silent = true;
                     self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.node);
                 }
-                Err(error) => tracing::warn!(node = %self.node, %error, "cannot record the node's silence; judged again"),
+                Err(error) => {
+                    tracing::warn!(node = %self.node, %error, "cannot mark the node NotReady; judged again");
+                    let _ = self.store.delete(&keys::node_silent(&self.node), Expect::Any).await;
+                }
             }
         }
     }

@@ -66,7 +66,7 @@ impl NodeTracker {
             }
             // Judged silent by the controller holding its session: lost now. Otherwise
             // its lease ran out (its agent may be restarting): lost after the grace.
-            let silent = state.silent.get(name);
+            let silent = state.silence_of(name);
             let since = *self.not_ready_since.entry(name.clone()).or_insert_with(|| {
                 let message = match silent {
                     Some(reason) => format!("{reason}; its replicas move now"),
@@ -82,7 +82,7 @@ impl NodeTracker {
         if now.duration_since(self.leading_since) < warmup {
             // A new leader's picture of leases may be stale (agents are reconnecting);
             // a silence verdict is not: a session saw the beats stop.
-            lost.retain(|name| state.silent.contains_key(name));
+            lost.retain(|name| state.silence_of(name).is_some());
         }
         let everything_down = !state.nodes.is_empty() && self.not_ready_since.len() == state.nodes.len();
         if everything_down && !lost.is_empty() {
@@ -339,12 +339,18 @@ mod tests {
         node(&mut state, "silent", false);
         node(&mut state, "restarting", false);
         node(&mut state, "fine", true);
-        state.silent.insert("silent".into(), "no heartbeat for 1.0 s (phi 8.3) with its connection open".into());
+        let verdict =
+            |session: &str| crate::state::Verdict { session: session.into(), reason: "no heartbeat for 1.0 s (phi 8.3) with its connection open".into() };
+        state.silent.insert("silent".into(), verdict("s2"));
+        state.sessions.insert("silent".into(), "s2".into());
+        // A verdict of a session a newer one replaced (s1, now s3) is stale.
+        state.silent.insert("restarting".into(), verdict("s1"));
+        state.sessions.insert("restarting".into(), "s3".into());
         let grace = Duration::from_secs(5);
         let start = Instant::now();
         let mut tracker = NodeTracker::new(start);
         let (lost, events) = tracker.observe(&state, start, grace, Duration::ZERO);
-        assert_eq!(lost, BTreeSet::from(["silent".to_owned()]), "only the silent node, at once");
+        assert_eq!(lost, BTreeSet::from(["silent".to_owned()]), "only the node its current session judged silent, at once");
         let silent = events.iter().find(|e| e.object == "node/silent").expect("its NotReady event");
         assert!(silent.message.starts_with("no heartbeat for 1.0 s") && silent.message.ends_with("its replicas move now"), "{}", silent.message);
         let (lost, _) = tracker.observe(&state, start + grace, grace, Duration::ZERO);
