@@ -32,6 +32,9 @@ pids=()
 node_port=$(( 32000 + $$ % 700 ))
 cleanup() {
     pkill -KILL -f "__balancer.*\"bridge\":\"$bridge\"" 2>/dev/null || true
+    # What net up's teardown would have removed, had it not been killed.
+    rm -f "/run/orch/$bridge.balancer.sock"
+    nft delete table ip "orch_$bridge" 2>/dev/null || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     ip netns del "${p}b" 2>/dev/null || true
