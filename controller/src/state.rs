@@ -179,8 +179,10 @@ impl ClusterState {
             self.silent.insert(name.to_owned(), Verdict { session: session.to_owned(), reason: reason.to_owned() });
             true
         } else if let Some(name) = key.strip_prefix(keys::NODE_SESSIONS) {
+            // Kept, but no content change: a session starting changes no desired set nor
+            // plan (a verdict it makes stale is followed by its alive key at once).
             self.sessions.insert(name.to_owned(), String::from_utf8_lossy(&kv.value).into_owned());
-            true
+            false
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             decoded(kv).map(|v| self.scheduling.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
@@ -214,7 +216,8 @@ impl ClusterState {
         } else if let Some(name) = key.strip_prefix(keys::NODES_SILENT) {
             self.silent.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODE_SESSIONS) {
-            self.sessions.remove(name).is_some()
+            self.sessions.remove(name);
+            false
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             self.scheduling.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {

@@ -218,13 +218,12 @@ impl Balancer {
     pub async fn stop(&self) {
         let listeners = std::mem::take(&mut self.state.lock().await.listeners);
         let dns = std::mem::take(&mut *self.dns_tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let tasks: Vec<JoinHandle<()>> = dns;
         for (_, mut listener) in listeners {
             listener.task.abort();
             let _ = (&mut listener.task).await;
         }
-        tasks.iter().for_each(JoinHandle::abort);
-        for task in tasks {
+        for task in dns {
+            task.abort();
             let _ = task.await;
         }
     }

@@ -9,9 +9,9 @@
 //! that differs is told to stop listening, relays its open connections to their end, and
 //! a new one takes the ports). It drives it over a Unix socket of the node network
 //! (`/run/orch/<bridge>.balancer.sock`, mode 0600: root only; a bridge is one node
-//! network on a machine): one connection per request, one JSON line each way. The process lives until the node network is torn down
-//! (`Stop`); an agent that finds it gone (killed, crashed) starts a new one and gives it
-//! the table again. It is started in a process group of its own, so a terminal's Ctrl-C
+//! network on a machine): one connection per request, one JSON line each way. The
+//! process lives until the node network is torn down (`Stop`); an agent that finds it
+//! gone (killed, crashed) starts a new one and gives it the table again. It is started in a process group of its own, so a terminal's Ctrl-C
 //! meant for `orch up` does not reach it, and writes its log to
 //! `network/<bridge>.balancer.log`.
 
@@ -381,13 +381,8 @@ impl BalancerClient {
         *self.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pid;
     }
 
-    /// The balancer process's PID.
-    pub fn pid(&self) -> i32 {
+    fn pid(&self) -> i32 {
         *self.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub fn netns_name(&self) -> &str {
-        &self.spec.netns_name
     }
 
     async fn start(&self) -> Result<(), NetError> {
@@ -496,17 +491,8 @@ pub async fn stop_and_wait(socket: &Path, pid: i32) {
     };
     let _ = call(socket, &Request::Stop { drain: false }).await;
     let _ = std::fs::remove_file(socket);
-    if pid <= 0 {
-        return;
-    }
-    let target = nix::unistd::Pid::from_raw(pid);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while is_balancer(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if pid > 0 && !gone_within(pid, Duration::from_secs(5)).await {
+        kill_and_wait(&[pid]).await;
     }
 }
 
@@ -521,11 +507,20 @@ pub async fn stop_all(bridge: &str) {
 async fn kill_and_wait(pids: &[i32]) {
     for pid in pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while is_balancer(*pid) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        gone_within(*pid, Duration::from_secs(5)).await;
     }
+}
+
+/// Whether balancer `pid` is gone within `limit` (polled every 10 ms).
+async fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while is_balancer(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// The PIDs of the balancer processes of the node network on `bridge`, found by their

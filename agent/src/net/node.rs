@@ -142,7 +142,6 @@ impl NodeNetwork {
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
 
-        drop(node);
         // The balancer runs in a process of its own, so the node's VIPs, node ports and
         // DNS answer while the agent is down; one an earlier agent started is kept.
         let state = crate::StateDir::new(&config.state_dir);
@@ -159,7 +158,6 @@ impl NodeNetwork {
             upstream_dns: config.upstream_dns.clone(),
             socket: balancer_process::socket_path(&config.bridge),
         };
-        drop(lb);
         let balancer = match &config.helper {
             Some(helper) => Some(BalancerClient::attach_or_start(spec, helper, state.balancer_log(&config.bridge)).await?),
             None => None,
@@ -270,12 +268,12 @@ impl NodeNetwork {
             containers,
             routes: self.routes.lock().await.iter().copied().collect(),
             balancer: match &self.balancer {
-                Some(balancer) => balancer.view().await.unwrap_or_else(|error| {
-                    tracing::warn!(%error, "the balancer does not answer: its part of the view is empty");
-                    BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() }
-                }),
-                None => BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() },
-            },
+                Some(balancer) => {
+                    balancer.view().await.map_err(|error| tracing::warn!(%error, "the balancer does not answer: its part of the view is empty")).ok()
+                }
+                None => None,
+            }
+            .unwrap_or_else(|| BalancerView { netns: names::lb_netns(&self.config.bridge), ..BalancerView::default() }),
         })
     }
 

@@ -40,7 +40,8 @@ struct Liveness {
     renewed: Option<std::time::Instant>,
     /// This session judged the node silent (the verdict is in the store).
     silent: bool,
-    /// A verdict may be in the store that this session has not deleted yet.
+    /// A verdict may be in the store that this session has not deleted yet (always so
+    /// while `silent`).
     verdict_maybe_left: bool,
 }
 
@@ -166,7 +167,7 @@ impl Session {
             self.heartbeat().await?;
             liveness.renewed = Some(now);
         }
-        if liveness.silent || liveness.verdict_maybe_left {
+        if liveness.verdict_maybe_left {
             match self.store.delete(&keys::node_silent(&self.node), Expect::Any).await {
                 Ok(_) => {
                     if liveness.silent {
