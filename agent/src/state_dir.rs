@@ -21,8 +21,21 @@ use std::path::{Path, PathBuf};
 /// Replaces `path` with `bytes` (mode 0600) so that a crash or a full disk at any moment
 /// leaves the old file or the new one, never a part: written to a temporary file beside
 /// it, flushed to disk, renamed over it, and the directory flushed. Every state file the
-/// agent keeps is written this way.
+/// agent keeps across reboots is written this way.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` (mode 0600) for readers on a running machine: written
+/// beside it and renamed over it, so no reader sees a part, but not flushed. For records
+/// of live processes (a container's PIDs, how its shim saw it end), which mean nothing
+/// once the machine restarts: its processes are gone with it, and a record a crash
+/// left empty reads as one to discard. A flush costs more than the rest of the write.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -32,13 +45,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temporary = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
     let written = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary).and_then(|mut file| {
         file.write_all(bytes)?;
-        file.sync_all()
+        if durable {
+            file.sync_all()?;
+        }
+        Ok(())
     });
     if let Err(error) = written.and_then(|()| std::fs::rename(&temporary, path)) {
         let _ = std::fs::remove_file(&temporary);
         return Err(error);
     }
-    std::fs::File::open(dir)?.sync_all()
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Renames `from` (a file or directory already written) to `to` once its own contents

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Sandbox, AGENT};
+use common::{Sandbox, AGENT, INIT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::runtime::{ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
@@ -65,6 +65,48 @@ async fn stats_signal_and_wait() {
     assert!(container.signal(Signal::SIGTERM).is_err(), "a stopped container cannot be signalled");
     container.remove().await.expect("remove");
     sandbox.assert_clean("stats");
+}
+
+/// The binary each shim runs, from its PID.
+fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
+}
+
+#[tokio::test]
+async fn shims_run_the_small_init_beside_the_agent_and_one_of_another_build_hands_over() {
+    let sandbox = Sandbox::new("shim-exe");
+    // `orch-init` lies beside the agent binary, as cargo builds and install.sh installs them.
+    let runtime = runtime(&sandbox);
+    assert_eq!(runtime.shim_exe(), Path::new(INIT));
+    let container = runtime.start(&spec(&sandbox, "small", "echo ready; tr '\\0' ' ' < /proc/1/cmdline; echo; sleep 30")).await.expect("start");
+    wait_for_log(&sandbox, "small", "ready").await;
+    assert_eq!(exe_of(container.state().shim_pid), Path::new(INIT));
+    wait_for_log(&sandbox, "small", "orch-init __init --build").await;
+    let log = common::log_text(&sandbox.root.path().join("small.log"));
+    assert!(!log.contains('/'), "the container's PID 1 shows no host path: {log}");
+    container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
+    container.remove().await.expect("remove");
+    sandbox.assert_clean("small");
+
+    // An `orch-init` of another build than the agent's (here: one that says so) hands the
+    // start over to the agent's binary, unread, and the container starts all the same.
+    let bin = sandbox.root.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::os::unix::fs::symlink(AGENT, bin.join("orch-agent")).expect("symlink the agent");
+    let script = format!("#!/bin/sh\nexec {INIT} \"$1\" --build another-build --fallback orch-agent\n");
+    std::fs::write(bin.join("orch-init"), script).expect("write orch-init");
+    std::fs::set_permissions(bin.join("orch-init"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let runtime =
+        Runtime::new(RuntimeConfig { state_dir: sandbox.state_dir(), cgroup_parent: sandbox.cgroup_parent.clone(), init_exe: bin.join("orch-agent") })
+            .expect("runtime");
+    assert_eq!(runtime.shim_exe(), bin.join("orch-init"));
+    let container = runtime.start(&spec(&sandbox, "handed", "echo ready; sleep 30")).await.expect("start");
+    wait_for_log(&sandbox, "handed", "ready").await;
+    assert_eq!(exe_of(container.state().shim_pid), Path::new(AGENT), "the shim is the agent's binary (beside the real orch-init)");
+    let exit = container.stop(Signal::SIGTERM, Duration::from_secs(5)).await;
+    assert_eq!(exit.code, 143, "{exit:?}");
+    container.remove().await.expect("remove");
+    sandbox.assert_clean("handed");
 }
 
 #[tokio::test]

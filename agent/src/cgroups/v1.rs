@@ -30,6 +30,16 @@ impl V1Cgroup {
     /// costs a migration at start), and devices and freezer, which a container started
     /// by an older agent does not have (it is adopted as it is, and gets them at its
     /// next start).
+    /// Removes the parent cgroup in each hierarchy if nothing else lives in it (also the
+    /// cpuset parent, which a pinned container may have created).
+    fn remove_parents(&self) {
+        if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+            for mount in self.mounts.values() {
+                fs::remove_parent_if_empty(&mount.join(parent));
+            }
+        }
+    }
+
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .mounts
@@ -136,6 +146,17 @@ impl ContainerCgroup for V1Cgroup {
     }
 
     fn destroy(&self) -> Result<(), CgroupError> {
+        // An ended container's cgroups are empty already (its processes ended with its
+        // PID namespace's init): removing them is all. The kernel refuses to remove one
+        // a process is in (EBUSY), and then the kill below runs.
+        let removed = self.dirs().iter().all(|dir| match std::fs::remove_dir(dir) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        });
+        if removed {
+            self.remove_parents();
+            return Ok(());
+        }
         // v1 has no cgroup.kill: a process that forks between the listing and the
         // signal would escape a kill loop. Frozen, none can fork; each gets SIGKILL
         // (pending while frozen), then the thaw lets them die.
@@ -168,12 +189,7 @@ impl ContainerCgroup for V1Cgroup {
                 first_error.get_or_insert(e);
             }
         }
-        if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
-            for mount in self.mounts.values() {
-                // Also the cpuset parent, which a pinned container may have created.
-                fs::remove_parent_if_empty(&mount.join(parent));
-            }
-        }
+        self.remove_parents();
         first_error.map_or(Ok(()), Err)
     }
 

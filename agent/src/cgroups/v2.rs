@@ -102,6 +102,14 @@ impl ContainerCgroup for V2Cgroup {
         if !dir.exists() {
             return Ok(());
         }
+        // An ended container's cgroup is empty already: removing it is all (the kernel
+        // refuses one a process is in, and then the kill below runs).
+        if std::fs::remove_dir(&dir).is_ok() {
+            if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::remove_parent_if_empty(&self.root.join(parent));
+            }
+            return Ok(());
+        }
         let kill = dir.join("cgroup.kill");
         if kill.exists() {
             fs::write(&kill, "1")?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::output::LogSettings;
-use super::seccomp::SeccompProfile;
+use super::seccomp::{PackedProgram, SeccompProfile};
 use crate::cgroups::Limits;
 
 /// Where a container's output goes.
@@ -208,6 +208,10 @@ pub struct InitConfig {
     pub env: Vec<String>,
     pub cwd: String,
     pub security: Security,
+    /// The seccomp filters of `security` (none when unconfined), compiled by the agent:
+    /// the command installs them last before exec.
+    #[serde(default)]
+    pub seccomp_filters: Vec<PackedProgram>,
     /// Where the shim records the container's exit, for an agent that restarts.
     pub exit_status_path: PathBuf,
     /// Create a user namespace (the agent writes its maps and idmaps `layers`).

@@ -14,9 +14,10 @@ use nix::sys::wait::WaitStatus;
 use super::config::{container_env, ContainerSpec, IdRange, InitConfig, Stdio};
 use super::idmap;
 use super::pidfd::PidFd;
+use super::seccomp::{self, PackedProgram, SeccompProfile};
 use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord, MERGED, UPPER, WORK};
 use super::sync::{receive, send, SyncMessage};
-use super::{procfs, RuntimeError, CODE_RUNTIME, INIT_NAME, INIT_SUBCOMMAND};
+use super::{procfs, RuntimeError, BUILD_ID, CODE_RUNTIME, INIT_BINARY, INIT_NAME, INIT_SUBCOMMAND};
 use crate::cgroups::{CgroupLayout, CgroupStats, ContainerCgroup, Limits, DEFAULT_DEVICES};
 
 /// How long the start handshake may take before the start is abandoned.
@@ -28,13 +29,41 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// Cgroups are created as `<cgroup_parent>/<id>` in each hierarchy.
     pub cgroup_parent: String,
-    /// The binary re-executed as the shim: normally the agent itself.
+    /// The binary that runs the shim when no `orch-init` lies beside it (and the one an
+    /// `orch-init` of another build hands over to): normally the agent itself.
     pub init_exe: PathBuf,
 }
 
 pub struct Runtime {
     config: RuntimeConfig,
     cgroups: CgroupLayout,
+    shim: ShimCommand,
+}
+
+/// How the runtime starts a container's shim: `orch-init` when it lies beside the
+/// helper binary (told this build's identity, and the helper's name to hand over to
+/// when it is from another build), else the helper itself.
+#[derive(Debug, Clone)]
+struct ShimCommand {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl ShimCommand {
+    fn for_helper(helper: &Path) -> ShimCommand {
+        let small = helper.with_file_name(INIT_BINARY);
+        if let Some(name) = helper.file_name().filter(|_| small != helper && is_root_only_executable(&small)) {
+            let args = [INIT_SUBCOMMAND.as_ref(), "--build".as_ref(), BUILD_ID.as_ref(), "--fallback".as_ref(), name];
+            return ShimCommand { exe: small, args: args.iter().map(|a| a.to_os_string()).collect() };
+        }
+        ShimCommand { exe: helper.to_owned(), args: vec![INIT_SUBCOMMAND.into()] }
+    }
+}
+
+/// An executable regular file that only root may change, as the agent's own binary must be.
+fn is_root_only_executable(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.uid() == 0 && meta.mode() & 0o022 == 0 && meta.mode() & 0o100 != 0)
 }
 
 /// Wires a starting container to a network. Called once the container's network
@@ -77,7 +106,13 @@ impl Runtime {
         let cgroups = CgroupLayout::detect()?;
         private_dir_all(&config.state_dir)?;
         std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700)).map_err(RuntimeError::io("cannot chmod", &config.state_dir))?;
-        Ok(Runtime { config, cgroups })
+        let shim = ShimCommand::for_helper(&config.init_exe);
+        Ok(Runtime { config, cgroups, shim })
+    }
+
+    /// The binary each container's shim runs: `orch-init`, or the helper binary.
+    pub fn shim_exe(&self) -> &Path {
+        &self.shim.exe
     }
 
     pub fn cgroup_layout(&self) -> &CgroupLayout {
@@ -179,6 +214,8 @@ impl Runtime {
             env: container_env(&spec.env, &hostname),
             cwd: spec.cwd.clone().unwrap_or_else(|| "/".to_owned()),
             security: spec.security.clone(),
+            // Compiled below, while the shim starts.
+            seccomp_filters: Vec::new(),
             exit_status_path: dirs.exit(),
             user_namespace: spec.user_namespace.is_some(),
             user: spec.user.clone(),
@@ -190,10 +227,10 @@ impl Runtime {
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
-        let mut command = std::process::Command::new(&self.config.init_exe);
+        let mut command = std::process::Command::new(&self.shim.exe);
         // The sync socket is the shim's standard input: no pre-exec hook, so std spawns
         // with posix_spawn instead of forking this multi-threaded process.
-        command.arg(INIT_SUBCOMMAND).env_clear().stdin(OwnedFd::from(child_end));
+        command.args(&self.shim.args).env_clear().stdin(OwnedFd::from(child_end));
         // The container's PID 1 (forked from the shim) shows this name in /proc/1/cmdline,
         // not the agent's path on the host.
         std::os::unix::process::CommandExt::arg0(&mut command, INIT_NAME);
@@ -208,7 +245,7 @@ impl Runtime {
                 command.stdout(log).stderr(log_err);
             }
         }
-        let child = command.spawn().map_err(|source| RuntimeError::Spawn { exe: self.config.init_exe.clone(), source })?;
+        let child = command.spawn().map_err(|source| RuntimeError::Spawn { exe: self.shim.exe.clone(), source })?;
         // The command's copy of the socket went to the shim; ours closed with it.
         drop(command);
         let shim_pid = i32::try_from(child.id()).map_err(|_| RuntimeError::Protocol("shim PID out of range".into()))?;
@@ -216,11 +253,14 @@ impl Runtime {
         let shim = PidFd::open(shim_pid).map_err(RuntimeError::sys("pidfd_open"))?;
 
         let user_namespace = spec.user_namespace.map(|range| (range, spec.layers.clone(), dirs.clone()));
-        let handshake = tokio::task::spawn_blocking(move || -> Result<(UnixStream, i32), RuntimeError> {
+        let mut init_config = init_config;
+        // Until the shim names the init: it joins its cgroup while it makes its namespaces.
+        let handshake = tokio::task::spawn_blocking(move || -> Result<(UnixStream, i32, bool), RuntimeError> {
+            init_config.seccomp_filters = compile_filters(&init_config.security)?;
             sync.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(RuntimeError::io("sync socket", ""))?;
             send(&mut sync, &SyncMessage::Config(init_config)).map_err(RuntimeError::io("cannot send the config to the shim", ""))?;
-            let (mut init_pid, mut unshared) = (None, false);
-            while init_pid.is_none() || !unshared {
+            let mut unshared = false;
+            loop {
                 match receive(&mut sync) {
                     Ok(Some(SyncMessage::UsernsCreated)) => {
                         let Some((range, layers, dirs)) = &user_namespace else {
@@ -229,17 +269,14 @@ impl Runtime {
                         map_user_namespace(shim_pid, *range, layers, dirs)?;
                         send(&mut sync, &SyncMessage::IdsMapped).map_err(RuntimeError::io("cannot answer the shim", ""))?;
                     }
-                    Ok(Some(SyncMessage::InitPid { pid })) => init_pid = Some(pid),
+                    Ok(Some(SyncMessage::InitPid { pid })) => return Ok((sync, pid, unshared)),
                     Ok(Some(SyncMessage::Unshared)) => unshared = true,
-                    Ok(Some(SyncMessage::Error { message, code })) => return Err(RuntimeError::Start { message, code }),
-                    Ok(other) => return Err(RuntimeError::Protocol(format!("unexpected {other:?} during start"))),
-                    Err(e) => return Err(RuntimeError::Protocol(format!("reading from the shim: {e}"))),
+                    other => return Err(unexpected(other, "during start")),
                 }
             }
-            Ok((sync, init_pid.unwrap_or_default()))
         });
-        let (mut sync, init_pid) = match join(handshake).await {
-            Ok(pair) => pair,
+        let (mut sync, init_pid, unshared) = match join(handshake).await {
+            Ok(handshake) => handshake,
             Err(e) => {
                 unmount_idmapped_layers(dirs);
                 return Err(abandon(&shim, e).await);
@@ -256,19 +293,31 @@ impl Runtime {
             unmount_idmapped_layers(dirs);
             return Err(abandon(&shim, e.into()).await);
         }
+        // The network needs the init's network namespace made.
+        let mut unshared = unshared;
         if let Some(network) = network {
+            let made = tokio::task::spawn_blocking(move || if unshared { Ok(sync) } else { await_unshared(&mut sync).map(|()| sync) });
+            sync = match join(made).await {
+                Ok(sync) => sync,
+                Err(e) => {
+                    unmount_idmapped_layers(dirs);
+                    return Err(abandon(&shim, e).await);
+                }
+            };
+            unshared = true;
             if let Err(message) = network.attach(&spec.id, init_pid).await {
                 unmount_idmapped_layers(dirs);
                 return Err(abandon(&shim, RuntimeError::Start { message: format!("network: {message}"), code: CODE_RUNTIME }).await);
             }
         }
         let started = tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            if !unshared {
+                await_unshared(&mut sync)?;
+            }
             send(&mut sync, &SyncMessage::Go).map_err(RuntimeError::io("cannot signal the container init", ""))?;
             match receive(&mut sync) {
                 Ok(None) => Ok(()),
-                Ok(Some(SyncMessage::Error { message, code })) => Err(RuntimeError::Start { message, code }),
-                Ok(Some(other)) => Err(RuntimeError::Protocol(format!("unexpected {other:?} after go"))),
-                Err(e) => Err(RuntimeError::Protocol(format!("reading from the container init: {e}"))),
+                other => Err(unexpected(other, "after go")),
             }
         });
         let started = join(started).await;
@@ -335,6 +384,34 @@ impl Runtime {
         let mut ids: Vec<String> = entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
         ids.sort();
         ids
+    }
+}
+
+/// Waits for the container's init to say its namespaces exist.
+fn await_unshared(sync: &mut UnixStream) -> Result<(), RuntimeError> {
+    match receive(sync) {
+        Ok(Some(SyncMessage::Unshared)) => Ok(()),
+        other => Err(unexpected(other, "before the namespaces")),
+    }
+}
+
+/// The error for what the shim or the container's init said (or failed to) at `when`.
+fn unexpected(received: std::io::Result<Option<SyncMessage>>, when: &str) -> RuntimeError {
+    match received {
+        Ok(Some(SyncMessage::Error { message, code })) => RuntimeError::Start { message, code },
+        Ok(other) => RuntimeError::Protocol(format!("unexpected {other:?} {when}")),
+        Err(e) => RuntimeError::Protocol(format!("reading from the container init {when}: {e}")),
+    }
+}
+
+/// The seccomp filters a container's command installs: none when unconfined.
+fn compile_filters(security: &super::Security) -> Result<Vec<PackedProgram>, RuntimeError> {
+    match security.seccomp {
+        SeccompProfile::Unconfined => Ok(Vec::new()),
+        SeccompProfile::RuntimeDefault => {
+            let programs = seccomp::default_filters(&security.capabilities).map_err(|e| RuntimeError::Start { message: e.to_string(), code: CODE_RUNTIME })?;
+            Ok(programs.iter().map(|program| PackedProgram::pack(program)).collect())
+        }
     }
 }
 

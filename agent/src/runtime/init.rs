@@ -1,7 +1,9 @@
-//! The re-exec'd side of a container start: `orch-agent __init`.
+//! The exec'd side of a container start: `orch-init __init`.
 //!
-//! The agent spawns its own binary with the sync socket as its standard input (so the
-//! spawn needs no pre-exec hook and std can use posix_spawn). That fresh,
+//! The agent spawns `orch-init` (a small binary beside its own; else its own binary,
+//! `orch-agent __init`) with the sync socket as its standard input (so the spawn needs
+//! no pre-exec hook and std can use posix_spawn). An `orch-init` from another build
+//! than the agent's hands over to the agent's binary before reading anything. That fresh,
 //! single-threaded process is the **shim**: it reads the config, starts a session,
 //! unshares a PID namespace and forks the container's **init** (PID 1 inside), then
 //! waits for it and records how it ended, so the container outlives an agent restart.
@@ -38,8 +40,10 @@ use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
 /// Signals the container's init passes on to the command.
 const FORWARDED: [Signal; 7] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
 
-/// Entry point of `orch-agent __init`. Never returns. Must run before any thread starts.
+/// Entry point of `orch-init __init` (and `orch-agent __init`). Never returns. Must run
+/// before any thread starts.
 pub fn shim_main() -> ! {
+    hand_over_if_other_build();
     let mut sync = match take_sync_socket() {
         Ok(sync) => sync,
         Err(e) => {
@@ -100,6 +104,41 @@ pub fn shim_main() -> ! {
             std::process::exit(record.code)
         }
         Err(e) => fail(&mut sync, &format!("fork the container init: {e}"), CODE_RUNTIME),
+    }
+}
+
+/// `orch-init __init --build ID --fallback NAME`: an `orch-init` from another build
+/// than the agent's cannot be trusted to read its config the same way, so before it
+/// reads anything it executes the agent's own binary (`NAME`, beside it) in its place,
+/// with the same standard descriptors (the sync socket is standard input). A name, not
+/// a path: the container's PID 1 shows these arguments, and no host path.
+fn hand_over_if_other_build() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let [_, _, build_flag, build, fallback_flag, name] = args.as_slice() else { return };
+    if build_flag != "--build" || fallback_flag != "--fallback" || build == super::BUILD_ID {
+        return;
+    }
+    let helper = std::env::current_exe().map(|exe| exe.with_file_name(name));
+    let error = match &helper {
+        Ok(helper) if Path::new(name).file_name() == Some(name.as_os_str()) => exec_shim(helper),
+        Ok(_) => format!("--fallback {name:?} is not a file name"),
+        Err(e) => format!("cannot find its own binary: {e}"),
+    };
+    eprintln!("orch-init: from another build than the agent's, and cannot hand over to the agent's binary: {error}");
+    std::process::exit(CODE_RUNTIME)
+}
+
+/// Executes `helper __init` as the shim, named as the shim is; returns only the error.
+fn exec_shim(helper: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(path), Ok(name), Ok(subcommand)) =
+        (CString::new(helper.as_os_str().as_bytes()), CString::new(super::INIT_NAME), CString::new(super::INIT_SUBCOMMAND))
+    else {
+        return format!("{} is not a C string", helper.display());
+    };
+    match nix::unistd::execve::<_, CString>(&path, &[name, subcommand], &[]) {
+        Err(error) => format!("exec {}: {error}", helper.display()),
+        Ok(never) => match never {},
     }
 }
 
@@ -226,7 +265,8 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     if send(&mut sync, &SyncMessage::Unshared).is_err() {
         std::process::exit(CODE_RUNTIME);
     }
-    // The agent now moves us into the cgroup (and, later, wires the network).
+    // The agent moves us into the cgroup (as soon as the shim names us) and wires the
+    // network (now that it exists), then says go.
     match receive(&mut sync) {
         Ok(Some(SyncMessage::Go)) => {}
         other => fail(&mut sync, &format!("expected go from the agent, got {other:?}"), CODE_RUNTIME),
@@ -332,7 +372,7 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     let path = to_c(&program);
     // Last, so that a failure reported on the socket above never dies of SIGPIPE.
     default_signal_actions();
-    if let Err(message) = confine(config.security.seccomp, &config.security.capabilities) {
+    if let Err(message) = install_compiled(config.security.seccomp, &config.seccomp_filters) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
     let error = match nix::unistd::execve(&path, &argv, &envp) {
@@ -422,6 +462,19 @@ pub(crate) fn confine(profile: SeccompProfile, capabilities: &[String]) -> Resul
         SeccompProfile::Unconfined => Ok(()),
         SeccompProfile::RuntimeDefault => {
             let programs = seccomp::default_filters(capabilities).map_err(|e| e.to_string())?;
+            seccomp::install(&programs).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Installs the filters the agent compiled for `profile`: the last step before exec.
+/// A confined profile without its filters fails rather than run unconfined.
+fn install_compiled(profile: SeccompProfile, filters: &[seccomp::PackedProgram]) -> Result<(), String> {
+    match profile {
+        SeccompProfile::Unconfined => Ok(()),
+        SeccompProfile::RuntimeDefault if filters.is_empty() => Err("no seccomp filter came with the runtime-default profile".to_owned()),
+        SeccompProfile::RuntimeDefault => {
+            let programs: Vec<_> = filters.iter().map(seccomp::PackedProgram::unpack).collect();
             seccomp::install(&programs).map_err(|e| e.to_string())
         }
     }

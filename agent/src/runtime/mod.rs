@@ -1,8 +1,8 @@
 //! The container runtime: namespaces, overlay rootfs, cgroups, and the supervision
 //! primitives the agent builds on (start, wait, signal, stop, stats, re-adopt, remove).
 //!
-//! The start path re-executes the agent binary (`orch-agent __init`, see [`init`]) as a
-//! fresh single-threaded process; nothing forks inside the multi-threaded agent.
+//! The start path executes a fresh single-threaded process (`orch-init __init`, or the
+//! agent binary itself, see [`init`]); nothing forks inside the multi-threaded agent.
 
 mod config;
 mod container;
@@ -28,6 +28,11 @@ pub use state::{now_unix_ms, ContainerState, ExitRecord};
 
 /// The hidden subcommand that runs [`init::shim_main`].
 pub const INIT_SUBCOMMAND: &str = "__init";
+/// The small binary that runs [`init::shim_main`] alone, looked for beside the agent's.
+pub const INIT_BINARY: &str = "orch-init";
+/// This build of the library (see `build.rs`): `orch-init` runs a start only for the
+/// build it came from.
+pub const BUILD_ID: &str = env!("ORCH_BUILD_ID");
 /// The name the shim and the container's init carry as argv[0]: what a container sees
 /// of its PID 1 (`orch-init __init`), instead of the agent binary's host path.
 pub const INIT_NAME: &str = "orch-init";

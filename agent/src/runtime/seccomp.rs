@@ -10,11 +10,20 @@
 //!
 //! Only the native architecture's system calls are allowed: a 32-bit (i386 or x32)
 //! system call kills the process, as seccompiler's architecture check does.
+//!
+//! seccompiler compares the system call number against each allowed call in turn. The
+//! kernel runs a new filter once per system call number when it is installed (to cache
+//! the calls it always allows), so a 350-call chain costs about a millisecond at every
+//! container start. [`default_filters`] therefore compiles the allowlist in groups of
+//! [`GROUP_SIZE`] consecutive calls, each a complete seccompiler program, and puts a
+//! binary search over the call number in front that jumps to the one group whose range
+//! holds it: the same answers (a unit test runs both for every call), a tenth of the
+//! work per call.
 
 use std::collections::BTreeMap;
 
 use nix::libc::*;
-use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
 use serde::{Deserialize, Serialize};
 
 /// Which filter a container's processes run under.
@@ -406,6 +415,18 @@ fn arch() -> Result<TargetArch, SeccompError> {
 /// that makes `clone3` fail with ENOSYS (the kernel returns the most recently installed
 /// filter's answer among equally strict ones).
 pub fn default_filters(capabilities: &[String]) -> Result<Vec<BpfProgram>, SeccompError> {
+    let arch = arch()?;
+    let mut programs = vec![searched(allowlist(capabilities)?, arch)?];
+    if !capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
+        let clone3 = BTreeMap::from([(SYS_clone3, Vec::new())]);
+        programs.push(compile(SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(ENOSYS as u32), arch))?);
+    }
+    Ok(programs)
+}
+
+/// The allowlist's rules for a process holding `capabilities`: the calls allowed
+/// outright (no rule) and those allowed on a condition of their arguments.
+fn allowlist(capabilities: &[String]) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let always = |rules: &mut BTreeMap<i64, Vec<SeccompRule>>, calls: &[c_long]| {
         for call in calls {
@@ -428,18 +449,112 @@ pub fn default_filters(capabilities: &[String]) -> Result<Vec<BpfProgram>, Secco
     conditional(&mut rules, SYS_personality, personas);
     conditional(&mut rules, SYS_socket, vec![condition(0, SeccompCmpOp::Ne, AF_VSOCK_FAMILY)?]);
     conditional(&mut rules, SYS_clone, vec![condition(0, SeccompCmpOp::MaskedEq(NAMESPACE_FLAGS), 0)?]);
+    Ok(rules)
+}
 
-    let arch = arch()?;
-    let compile = |filter: Result<SeccompFilter, seccompiler::BackendError>| -> Result<BpfProgram, SeccompError> {
-        let filter = filter.map_err(|e| SeccompError(e.to_string()))?;
-        BpfProgram::try_from(filter).map_err(|e| SeccompError(e.to_string()))
-    };
-    let mut programs = vec![compile(SeccompFilter::new(rules, SeccompAction::Errno(EPERM as u32), SeccompAction::Allow, arch))?];
-    if !capabilities.iter().any(|c| c == "CAP_SYS_ADMIN") {
-        let clone3 = BTreeMap::from([(SYS_clone3, Vec::new())]);
-        programs.push(compile(SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(ENOSYS as u32), arch))?);
+/// How many system calls each group of the allowlist compares in turn.
+const GROUP_SIZE: usize = 24;
+/// The kernel's limit on a filter's length (BPF_MAXINSNS).
+const MAX_INSTRUCTIONS: usize = 4096;
+
+fn compile(filter: Result<SeccompFilter, seccompiler::BackendError>) -> Result<BpfProgram, SeccompError> {
+    let filter = filter.map_err(|e| SeccompError(e.to_string()))?;
+    BpfProgram::try_from(filter).map_err(|e| SeccompError(e.to_string()))
+}
+
+/// The allowlist `rules` (allow on a match, EPERM otherwise) as a binary search over
+/// the system call number leading to [`GROUP_SIZE`]-call seccompiler programs.
+///
+/// Layout: `ld nr`, the search (one `jge` per inner node, one `ja` per leaf), then the
+/// groups' programs one after the other. Group `i` holds the calls numbered from its
+/// first up to the next group's first, so every number reaches the one group that could
+/// allow it, and any call the group does not name meets its mismatch action, as in the
+/// single program.
+fn searched(rules: BTreeMap<i64, Vec<SeccompRule>>, arch: TargetArch) -> Result<BpfProgram, SeccompError> {
+    let mut groups: Vec<(u32, BpfProgram)> = Vec::new();
+    let mut rules = rules.into_iter().peekable();
+    while rules.peek().is_some() {
+        let group: BTreeMap<i64, Vec<SeccompRule>> = rules.by_ref().take(GROUP_SIZE).collect();
+        let first = group.keys().next().copied().unwrap_or_default();
+        let first = u32::try_from(first).map_err(|_| SeccompError(format!("system call number {first} out of range")))?;
+        groups.push((first, compile(SeccompFilter::new(group, SeccompAction::Errno(EPERM as u32), SeccompAction::Allow, arch))?));
     }
-    Ok(programs)
+    if groups.len() < 2 {
+        return Ok(groups.pop().map(|(_, program)| program).unwrap_or_default());
+    }
+    let firsts: Vec<u32> = groups.iter().map(|(first, _)| *first).collect();
+    // The search, with each leaf's jump target left as the group's index for now.
+    let mut program = vec![statement(BPF_LD | BPF_W | BPF_ABS, 0)];
+    let search_start = program.len();
+    search(&firsts, 0, &mut program)?;
+    // Each group's program starts where the previous one ended.
+    let mut starts = Vec::with_capacity(groups.len());
+    let mut at = program.len();
+    for (_, group) in &groups {
+        starts.push(at);
+        at += group.len();
+    }
+    if at >= MAX_INSTRUCTIONS {
+        return Err(SeccompError(format!("the allowlist compiles to {at} instructions, more than the kernel's {MAX_INSTRUCTIONS}")));
+    }
+    for (position, instruction) in program.iter_mut().enumerate().skip(search_start) {
+        if instruction.code == BPF_JMP | BPF_JA {
+            // A jump counts from the instruction after it; the groups all lie ahead.
+            let target = starts.get(instruction.k as usize).and_then(|start| start.checked_sub(position + 1));
+            instruction.k = target.and_then(|k| u32::try_from(k).ok()).ok_or_else(|| SeccompError("a search jump out of range".into()))?;
+        }
+    }
+    for (_, group) in groups {
+        program.extend(group);
+    }
+    Ok(program)
+}
+
+/// Appends the search over the groups whose first call numbers are `firsts` (the first
+/// of them being group `base`): a leaf jumps to its group (`ja`, target patched by
+/// the caller), an inner node sends numbers at or above the right half's first number
+/// past the left half's code.
+fn search(firsts: &[u32], base: usize, program: &mut Vec<sock_filter>) -> Result<(), SeccompError> {
+    let out_of_range = || SeccompError("the allowlist's search is too large".into());
+    if firsts.len() <= 1 {
+        program.push(statement(BPF_JMP | BPF_JA, u32::try_from(base).map_err(|_| out_of_range())?));
+        return Ok(());
+    }
+    let middle = firsts.len() / 2;
+    let node = program.len();
+    program.push(sock_filter { code: BPF_JMP | BPF_JGE | BPF_K, jt: 0, jf: 0, k: firsts[middle] });
+    search(&firsts[..middle], base, program)?;
+    // A conditional jump reaches 255 instructions: the left half takes 2 per group.
+    program[node].jt = u8::try_from(program.len() - node - 1).map_err(|_| out_of_range())?;
+    search(&firsts[middle..], base + middle, program)
+}
+
+const BPF_LD: u16 = 0x00;
+const BPF_W: u16 = 0x00;
+const BPF_ABS: u16 = 0x20;
+const BPF_JMP: u16 = 0x05;
+const BPF_JA: u16 = 0x00;
+const BPF_JGE: u16 = 0x30;
+const BPF_K: u16 = 0x00;
+
+fn statement(code: u16, k: u32) -> sock_filter {
+    sock_filter { code, jt: 0, jf: 0, k }
+}
+
+/// A compiled filter as it crosses the sync socket to the shim: one number per
+/// instruction (code, jump if true, jump if false, constant, from the high bits down).
+/// The agent compiles while the shim starts; the command only installs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedProgram(Vec<u64>);
+
+impl PackedProgram {
+    pub fn pack(program: &[sock_filter]) -> PackedProgram {
+        PackedProgram(program.iter().map(|i| u64::from(i.code) << 48 | u64::from(i.jt) << 40 | u64::from(i.jf) << 32 | u64::from(i.k)).collect())
+    }
+
+    pub fn unpack(&self) -> BpfProgram {
+        self.0.iter().map(|i| sock_filter { code: (i >> 48) as u16, jt: (i >> 40) as u8, jf: (i >> 32) as u8, k: *i as u32 }).collect()
+    }
 }
 
 /// Installs `programs` on the calling thread (no_new_privs must be set, or
@@ -467,6 +582,91 @@ mod tests {
         let admin = default_filters(&[defaults(), vec!["CAP_SYS_ADMIN".into()]].concat()).expect("compiles");
         assert_eq!(admin.len(), 1, "with CAP_SYS_ADMIN clone3 is allowed outright");
         assert!(admin[0].len() > programs[0].len(), "CAP_SYS_ADMIN brings back mount, unshare, setns…");
+    }
+
+    /// The classic BPF a seccomp filter may use, run on one system call: the action and
+    /// how many instructions ran.
+    fn run(program: &[sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> (u32, usize) {
+        let word = |offset: u32| -> u32 {
+            match offset {
+                0 => nr,
+                4 => arch,
+                16.. => {
+                    let arg = args[((offset - 16) / 8) as usize];
+                    if offset.is_multiple_of(8) {
+                        arg as u32
+                    } else {
+                        (arg >> 32) as u32
+                    }
+                }
+                _ => panic!("load from offset {offset}"),
+            }
+        };
+        let (mut pc, mut a, mut steps) = (0usize, 0u32, 0usize);
+        loop {
+            let i = &program[pc];
+            pc += 1;
+            steps += 1;
+            match (i.code & 0x07, i.code & 0xf0) {
+                (0x00, 0x20) => a = word(i.k),
+                (0x04, 0x50) => a &= i.k,
+                (0x06, _) => return (i.k, steps),
+                (0x05, op) => {
+                    let taken = match op {
+                        0x00 => {
+                            pc += i.k as usize;
+                            continue;
+                        }
+                        0x10 => a == i.k,
+                        0x20 => a > i.k,
+                        0x30 => a >= i.k,
+                        0x40 => a & i.k != 0,
+                        _ => panic!("jump {:#x}", i.code),
+                    };
+                    pc += usize::from(if taken { i.jt } else { i.jf });
+                }
+                _ => panic!("instruction {:#x}", i.code),
+            }
+        }
+    }
+
+    #[test]
+    fn the_searched_allowlist_answers_as_the_single_chain_in_a_tenth_of_the_steps() {
+        let arch = arch().expect("arch");
+        let audit = |program: &[sock_filter]| program[1].k;
+        for capabilities in [defaults(), [defaults(), vec!["CAP_SYS_ADMIN".into(), "CAP_SYS_PTRACE".into()]].concat(), vec![]] {
+            let rules = allowlist(&capabilities).expect("rules");
+            let chain = compile(SeccompFilter::new(rules.clone(), SeccompAction::Errno(EPERM as u32), SeccompAction::Allow, arch)).expect("chain");
+            let searched = searched(rules, arch).expect("searched");
+            assert!(searched.len() < MAX_INSTRUCTIONS);
+            let native = audit(&chain);
+            let arguments = [
+                [0; 6],
+                [0x10_0000 | 0x11, 0, 0, 0, 0, 0],
+                [AF_VSOCK_FAMILY, 1, 0, 0, 0, 0],
+                [0x8, 0, 0, 0, 0, 0],
+                [0xffff_ffff, 0, 0, 0, 0, 0],
+                [1 << 32 | 2, 0, 0, 0, 0, 0],
+            ];
+            for nr in (0..600).chain([0x4000_0000, 0x4000_0001, u32::MAX]) {
+                for args in arguments {
+                    for arch_value in [native, 0x4000_0003] {
+                        assert_eq!(run(&searched, nr, arch_value, args).0, run(&chain, nr, arch_value, args).0, "nr {nr} args {args:?} arch {arch_value:#x}");
+                    }
+                }
+            }
+            // Installing a filter runs it once per system call number: count those steps.
+            let steps = |program: &[sock_filter]| -> usize { (0..600).map(|nr| run(program, nr, native, [0; 6]).1).sum() };
+            let (chain_steps, searched_steps) = (steps(&chain), steps(&searched));
+            assert!(searched_steps * 8 < chain_steps, "{searched_steps} steps searched against {chain_steps} chained");
+        }
+    }
+
+    #[test]
+    fn a_packed_program_unpacks_to_itself() {
+        for program in default_filters(&defaults()).expect("compiles") {
+            assert_eq!(PackedProgram::pack(&program).unpack(), program);
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub struct ExitRecord {
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::State { path: path.to_owned(), reason: e.to_string() })?;
-    // A reader (or the next agent, after a crash) never sees half a file.
-    crate::state_dir::write_atomically(path, &text).map_err(RuntimeError::io("cannot write", path))
+    // A reader (the next agent too) never sees half a file. Not flushed: both records
+    // describe processes that do not outlive the machine (see `write_replacing`).
+    crate::state_dir::write_replacing(path, &text).map_err(RuntimeError::io("cannot write", path))
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RuntimeError> {

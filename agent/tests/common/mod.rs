@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use orch_agent::cgroups::CgroupLayout;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_orch-agent");
+/// The small binary the runtime starts as each container's shim, beside [`AGENT`].
+pub const INIT: &str = env!("CARGO_BIN_EXE_orch-init");
 
 /// These tests create namespaces, mounts and cgroups: they need root, and say so.
 pub fn require_root() {
