@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::keys;
-use crate::store::{Expect, LeaseId, Store, StoreError};
+use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp, MAX_TXN_OPS};
 
 /// How long one lease is shared by new events: events live between `ttl - SHARE` and
 /// `ttl`, and the store holds one lease per window instead of one per event.
@@ -20,8 +20,8 @@ const SHARE: Duration = Duration::from_secs(60);
 /// Events waiting to be written in the background; beyond this they are dropped (and
 /// counted in the log) rather than slowing the reconcilers down.
 const BACKLOG: usize = 4096;
-/// Background writes in flight at once.
-const WRITERS: usize = 16;
+/// Background writes (each up to `MAX_TXN_OPS` events in one transaction) in flight at once.
+const WRITERS: usize = 4;
 
 #[derive(Clone)]
 pub struct EventLog {
@@ -45,13 +45,27 @@ impl EventLog {
         let writer = EventLog { backlog: tokio::sync::mpsc::channel(1).0, ..log.clone() };
         tokio::spawn(async move {
             use futures::StreamExt;
-            let events = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
-            events
-                .for_each_concurrent(WRITERS, |event| {
+            // One event and whatever else is queued by then: one write for a burst.
+            let batches = futures::stream::poll_fn(move |cx| {
+                queued.poll_recv(cx).map(|first| {
+                    first.map(|first| {
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_TXN_OPS {
+                            match queued.try_recv() {
+                                Ok(event) => batch.push(event),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    })
+                })
+            });
+            batches
+                .for_each_concurrent(WRITERS, |batch| {
                     let writer = writer.clone();
                     async move {
-                        if let Err(error) = writer.record(event).await {
-                            tracing::warn!(%error, "recording an event");
+                        if let Err(error) = writer.record_all(batch).await {
+                            tracing::warn!(%error, "recording events");
                         }
                     }
                 })
@@ -72,19 +86,33 @@ impl EventLog {
         Ok(lease)
     }
 
-    pub async fn record(&self, mut event: pb::Event) -> Result<(), StoreError> {
-        if event.timestamp_unix_ms == 0 {
-            event.timestamp_unix_ms = now_unix_ms();
-        }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let key = format!("{}{:013}-{:08}-{}", keys::EVENTS, event.timestamp_unix_ms, sequence, std::process::id());
+    pub async fn record(&self, event: pb::Event) -> Result<(), StoreError> {
+        self.record_all(vec![event]).await
+    }
+
+    /// Records up to [`MAX_TXN_OPS`] events in one transaction.
+    async fn record_all(&self, events: Vec<pb::Event>) -> Result<(), StoreError> {
+        let records: Vec<(String, Vec<u8>)> = events
+            .into_iter()
+            .map(|mut event| {
+                if event.timestamp_unix_ms == 0 {
+                    event.timestamp_unix_ms = now_unix_ms();
+                }
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+                let key = format!("{}{:013}-{:08}-{}", keys::EVENTS, event.timestamp_unix_ms, sequence, std::process::id());
+                (key, keys::encode(&event))
+            })
+            .collect();
+        let ops = |lease: LeaseId| -> Vec<TxnOp> {
+            records.iter().map(|(key, value)| TxnOp::Put { key: key.clone(), value: value.clone(), expect: Expect::Any, lease: Some(lease) }).collect()
+        };
         let lease = self.lease().await?;
-        match self.store.put_with_lease(&key, keys::encode(&event), Expect::Any, Some(lease)).await {
+        match self.store.txn(ops(lease)).await {
             Err(StoreError::LeaseNotFound(_)) => {
                 // The shared lease ended early (a store restart): take a new one.
                 *self.lease.lock().await = None;
                 let lease = self.lease().await?;
-                self.store.put_with_lease(&key, keys::encode(&event), Expect::Any, Some(lease)).await.map(|_| ())
+                self.store.txn(ops(lease)).await.map(|_| ())
             }
             other => other.map(|_| ()),
         }

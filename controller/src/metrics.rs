@@ -217,6 +217,10 @@ impl Store for MeteredStore {
         self.timed("delete", self.inner.delete(key, expect)).await
     }
 
+    async fn txn(&self, ops: Vec<crate::store::TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.timed("txn", self.inner.txn(ops)).await
+    }
+
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
         self.timed("watch", self.inner.watch(prefix, from_revision)).await
     }

@@ -73,12 +73,70 @@ pub struct ClusterState {
     /// Bumped on every change to the records above (not on changes to keys the picture
     /// ignores, such as events): consumers skip recomputing when it did not move.
     pub content_version: u64,
+    /// Node name → the content version at which the replicas bound to it last changed:
+    /// its own part of its desired set.
+    pub node_versions: BTreeMap<String, u64>,
+    /// The content version at which what every node's desired set shares last changed:
+    /// endpoints, nodes (routes), Configs and Secrets, purged volumes.
+    pub shared_version: u64,
+    /// That shared part, computed once per picture by the first session that needs it.
+    pub shared_desired: Memo<crate::nodes::SharedDesired>,
+    /// What the changes applied since the last picture touched (the publisher's only).
+    pub(crate) touched: Touched,
+}
+
+/// Which parts of the desired sets a batch of changes touched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Touched {
+    nodes: BTreeSet<String>,
+    shared: bool,
+}
+
+/// A value computed at most once per picture, on first use; pictures compare equal
+/// whatever their memos hold.
+#[derive(Clone, Default)]
+pub struct Memo<T>(std::sync::OnceLock<Arc<T>>);
+
+impl<T> Memo<T> {
+    pub fn get_or_init(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        Arc::clone(self.0.get_or_init(|| Arc::new(init())))
+    }
+}
+
+impl<T> PartialEq for Memo<T> {
+    fn eq(&self, _: &Memo<T>) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Memo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Memo(computed)" } else { "Memo(empty)" })
+    }
 }
 
 impl ClusterState {
     /// Whether the first listing has been loaded.
     pub fn synced(&self) -> bool {
         self.revision > 0
+    }
+
+    /// What a node's desired set depends on, as two versions: its own replicas', and the
+    /// shared part's. A session recomputes the set only when this moved.
+    pub fn desired_version(&self, node: &str) -> (u64, u64) {
+        (self.node_versions.get(node).copied().unwrap_or(0), self.shared_version)
+    }
+
+    /// Stamps the changes applied since the last picture with `version`.
+    fn stamp(&mut self, version: u64) {
+        self.content_version = version;
+        let touched = std::mem::take(&mut self.touched);
+        for node in touched.nodes {
+            self.node_versions.insert(node, version);
+        }
+        if touched.shared {
+            self.shared_version = version;
+        }
     }
 
     /// What the node the replica is bound to last reported about it.
@@ -127,6 +185,9 @@ impl ClusterState {
 
     fn unindex(&mut self, key: &str) {
         if let Some(old) = self.replicas.get(key) {
+            if !old.value.node.is_empty() {
+                self.touched.nodes.insert(old.value.node.clone());
+            }
             if let Some(keys) = self.by_node.get_mut(&old.value.node) {
                 keys.remove(key);
                 if keys.is_empty() {
@@ -161,6 +222,7 @@ impl ClusterState {
             let Some(replica) = decoded::<pb::Replica>(kv) else { return false };
             self.unindex(key);
             if !replica.value.node.is_empty() {
+                self.touched.nodes.insert(replica.value.node.clone());
                 self.by_node.entry(replica.value.node.clone()).or_default().insert(key.to_owned());
             }
             self.replicas.insert(key.to_owned(), replica);
@@ -169,6 +231,7 @@ impl ClusterState {
             let Some((node, id)) = rest.split_once('/') else { return false };
             decoded(kv).map(|v| self.statuses.insert((node.to_owned(), id.to_owned()), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES) {
+            self.touched.shared = true;
             decoded(kv).map(|v| self.nodes.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.insert(name.to_owned());
@@ -186,12 +249,15 @@ impl ClusterState {
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             decoded(kv).map(|v| self.scheduling.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
+            self.touched.shared = true;
             decoded(kv).map(|v| self.endpoints.insert(name.to_owned(), v)).is_some()
         } else if key.starts_with(keys::CONFIGS) || key.starts_with(keys::SECRETS) {
+            self.touched.shared = true;
             decoded::<pb::StoredConfig>(kv).map(|v| self.configs.insert((v.value.kind, v.value.name.clone()), v)).is_some()
         } else if key.starts_with(keys::VOLUME_CLAIMS) {
             decoded::<pb::VolumeClaim>(kv).map(|v| self.claims.insert((v.value.service.clone(), v.value.slot), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
+            self.touched.shared = true;
             decoded(kv).map(|v| self.purges.insert(name.to_owned(), v)).is_some()
         } else if key.starts_with(keys::REVISIONS) {
             decoded(kv).map(|v| self.revisions.insert(key.to_owned(), v)).is_some()
@@ -210,6 +276,7 @@ impl ClusterState {
             let Some((node, id)) = rest.split_once('/') else { return false };
             self.statuses.remove(&(node.to_owned(), id.to_owned())).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES) {
+            self.touched.shared = true;
             self.nodes.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.remove(name)
@@ -221,16 +288,20 @@ impl ClusterState {
         } else if let Some(name) = key.strip_prefix(keys::NODE_SCHEDULING) {
             self.scheduling.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::ENDPOINTS) {
+            self.touched.shared = true;
             self.endpoints.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::CONFIGS) {
+            self.touched.shared = true;
             self.configs.remove(&(pb::ConfigKind::Config.into(), name.to_owned())).is_some()
         } else if let Some(name) = key.strip_prefix(keys::SECRETS) {
+            self.touched.shared = true;
             self.configs.remove(&(pb::ConfigKind::Secret.into(), name.to_owned())).is_some()
         } else if let Some(rest) = key.strip_prefix(keys::VOLUME_CLAIMS) {
             let Some((service, slot)) = rest.split_once('/') else { return false };
             let Ok(slot) = slot.parse::<u32>() else { return false };
             self.claims.remove(&(service.to_owned(), slot)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::VOLUME_PURGES) {
+            self.touched.shared = true;
             self.purges.remove(name).is_some()
         } else if key.starts_with(keys::REVISIONS) {
             self.revisions.remove(key).is_some()
@@ -323,10 +394,13 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
 async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>>, version: &mut u64) -> Result<(), String> {
     let listing = store.list(keys::ROOT).await.map_err(|e| e.to_string())?;
     *version += 1;
-    let mut state = ClusterState { revision: listing.revision, content_version: *version, ..ClusterState::default() };
+    let mut state = ClusterState { revision: listing.revision, ..ClusterState::default() };
     for kv in &listing.items {
         state.put(kv);
     }
+    // A new listing: every part of every desired set is new.
+    state.touched.shared = true;
+    state.stamp(*version);
     if sender.send(Arc::new(state.clone())).is_err() {
         return Ok(());
     }
@@ -376,9 +450,49 @@ async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>
         }
         if changed {
             *version += 1;
-            state.content_version = *version;
+            state.stamp(*version);
         }
         sender.send_replace(Arc::new(state.clone()));
         last_publish = tokio::time::Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(state: &mut ClusterState, key: &str, value: Vec<u8>, revision: Revision) {
+        state.apply(&WatchEvent::Put(KeyValue { key: key.into(), value, create_revision: revision, mod_revision: revision, lease: 0 }));
+    }
+
+    #[test]
+    fn a_nodes_desired_version_moves_with_its_own_replicas_and_the_shared_part_only() {
+        let mut state = ClusterState::default();
+        let replica = |node: &str| keys::encode(&pb::Replica { id: "web-1".into(), service: "web".into(), node: node.into(), ..pb::Replica::default() });
+        put(&mut state, &keys::replica("web", "web-1"), replica("n1"), 1);
+        state.stamp(1);
+        assert_eq!((state.desired_version("n1"), state.desired_version("n2")), ((1, 0), (0, 0)));
+        // Moved: both nodes' sets change.
+        put(&mut state, &keys::replica("web", "web-1"), replica("n2"), 2);
+        state.stamp(2);
+        assert_eq!((state.desired_version("n1"), state.desired_version("n2")), ((2, 0), (2, 0)));
+        // Endpoints are in every node's set.
+        put(&mut state, &keys::endpoints("web"), keys::encode(&pb::ServiceEndpoints::default()), 3);
+        state.stamp(3);
+        assert_eq!((state.desired_version("n1"), state.desired_version("n3")), ((2, 3), (0, 3)));
+        // A status report, a service record: in no desired set.
+        put(&mut state, &keys::status("n2", "web-1"), keys::encode(&pb::ReplicaReport::default()), 4);
+        put(&mut state, &keys::service("web"), keys::encode(&pb::Service::default()), 5);
+        state.stamp(4);
+        assert_eq!((state.desired_version("n2"), state.content_version), ((2, 3), 4));
+        // The shared part is computed once per picture, whoever asks.
+        let computed = std::sync::atomic::AtomicUsize::new(0);
+        for _ in 0..3 {
+            state.shared_desired.get_or_init(|| {
+                computed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::nodes::SharedDesired::of(&state)
+            });
+        }
+        assert_eq!(computed.into_inner(), 1);
     }
 }

@@ -342,6 +342,9 @@ impl orch_controller::store::Store for LandsThenFails {
     ) -> Result<Option<orch_controller::store::Revision>, orch_controller::store::StoreError> {
         self.inner.delete(key, expect).await
     }
+    async fn txn(&self, ops: Vec<orch_controller::store::TxnOp>) -> Result<Vec<Option<orch_controller::store::Revision>>, orch_controller::store::StoreError> {
+        self.inner.txn(ops).await
+    }
     async fn watch(
         &self,
         prefix: &str,

@@ -14,7 +14,7 @@ use common::wait_until;
 use orch_api::pb;
 use orch_controller::events::EventLog;
 use orch_controller::server::{Controller, ControllerConfig};
-use orch_controller::store::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchStream};
+use orch_controller::store::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchStream};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -51,6 +51,10 @@ impl Store for Cuttable {
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
         self.gate().await;
         self.inner.delete(key, expect).await
+    }
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.gate().await;
+        self.inner.txn(ops).await
     }
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
         self.gate().await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::unique_prefix;
-use orch_controller::store::{Expect, Store, StoreError, WatchEvent, WatchStream};
+use orch_controller::store::{Expect, Store, StoreError, TxnOp, WatchEvent, WatchStream, MAX_TXN_OPS};
 
 /// Generous bound for anything that waits on the store; never a measure of speed.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -68,6 +68,53 @@ async fn compare_and_swap_conflicts(store: Arc<dyn Store>, prefix: &str) {
         Err(StoreError::Conflict { found: None, .. }) => {}
         other => panic!("an update of a deleted key must conflict, got {other:?}"),
     }
+}
+
+/// A transaction writes all of its operations or none, and says which compare failed.
+async fn a_transaction_is_all_or_nothing(store: Arc<dyn Store>, prefix: &str) {
+    let key = |name: &str| format!("{prefix}txn/{name}");
+    let kept = store.put(&key("kept"), b"v1".to_vec(), Expect::Absent).await.expect("create");
+    let gone = store.put(&key("gone"), b"x".to_vec(), Expect::Absent).await.expect("create");
+    let before = store.list(&key("")).await.expect("list");
+    let ops = vec![
+        TxnOp::put(key("new"), b"n".to_vec(), Expect::Absent),
+        TxnOp::put(key("kept"), b"v2".to_vec(), Expect::Revision(kept)),
+        TxnOp::Delete { key: key("gone"), expect: Expect::Revision(gone) },
+        TxnOp::Delete { key: key("never"), expect: Expect::Any },
+    ];
+    // One stale compare: nothing is written, and the error names it.
+    let mut stale = ops.clone();
+    stale[1] = TxnOp::put(key("kept"), b"v2".to_vec(), Expect::Revision(kept - 1));
+    match store.txn(stale).await {
+        Err(StoreError::Conflict { key: conflicted, found: Some(found), .. }) => {
+            assert_eq!((conflicted, found), (key("kept"), kept));
+        }
+        other => panic!("a stale compare must fail the transaction, got {other:?}"),
+    }
+    let after = store.list(&key("")).await.expect("list");
+    assert_eq!(after.items, before.items, "a failed transaction writes nothing");
+    // All compares hold: every op lands, with its revision.
+    let revisions = store.txn(ops).await.expect("txn");
+    assert_eq!(revisions.len(), 4);
+    assert!(revisions[..3].iter().all(|r| r.is_some_and(|r| r > gone)), "{revisions:?}");
+    assert_eq!(revisions[3], None, "deleting a key that is not there");
+    let listed: Vec<(String, Vec<u8>)> = store.list(&key("")).await.expect("list").items.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    assert_eq!(listed, vec![(key("kept"), b"v2".to_vec()), (key("new"), b"n".to_vec())]);
+    let kv = store.get(&key("kept")).await.expect("get").expect("kept");
+    assert_eq!(Some(kv.mod_revision), revisions[1]);
+    // A put to a lease that is gone fails the whole.
+    let lease = store.grant_lease(Duration::from_secs(5)).await.expect("lease");
+    store.revoke_lease(lease).await.expect("revoke");
+    let leased =
+        vec![TxnOp::put(key("a"), b"a".to_vec(), Expect::Any), TxnOp::Put { key: key("b"), value: b"b".to_vec(), expect: Expect::Any, lease: Some(lease) }];
+    assert!(matches!(store.txn(leased).await, Err(StoreError::LeaseNotFound(_))));
+    assert_eq!(store.get(&key("a")).await.expect("get"), None, "nothing of a failed transaction lands");
+    // Shapes the store refuses, by name.
+    let twice = vec![TxnOp::put(key("a"), b"1".to_vec(), Expect::Any), TxnOp::put(key("a"), b"2".to_vec(), Expect::Any)];
+    assert!(matches!(store.txn(twice).await, Err(StoreError::InvalidTxn(message)) if message.contains("twice")));
+    let many: Vec<TxnOp> = (0..=MAX_TXN_OPS).map(|i| TxnOp::put(key(&format!("m{i}")), vec![], Expect::Any)).collect();
+    assert!(matches!(store.txn(many).await, Err(StoreError::InvalidTxn(_))));
+    assert_eq!(store.txn(Vec::new()).await.expect("empty"), Vec::<Option<i64>>::new());
 }
 
 /// Read-modify-write from several tasks at once: with CAS and retry, no increment is lost.
@@ -288,6 +335,7 @@ macro_rules! conformance {
 conformance!(
     put_get_and_revisions,
     compare_and_swap_conflicts,
+    a_transaction_is_all_or_nothing,
     concurrent_increments_lose_nothing,
     concurrent_writes_each_get_their_own_outcome,
     list_is_a_consistent_snapshot,

@@ -13,10 +13,38 @@ use crate::state::ClusterState;
 /// cannot (no key, or the wrong one: the session says so in its log).
 pub type SecretOpener<'a> = &'a dyn Fn(&str, &pb::StoredConfig) -> Option<pb::ConfigData>;
 
+/// What every node's desired set shares: the services' endpoints, the routes to every
+/// node's pod subnet (each node's own left out), the services whose local volumes are to
+/// be purged. Computed once per picture ([`ClusterState::shared_desired`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedDesired {
+    endpoints: Vec<pb::ServiceEndpoints>,
+    routes: Vec<pb::NodeRoute>,
+    purged_services: Vec<String>,
+}
+
+impl SharedDesired {
+    pub fn of(state: &ClusterState) -> SharedDesired {
+        let endpoints = state.endpoints.values().map(|e| e.value.clone()).collect();
+        let routes = state
+            .nodes
+            .iter()
+            .filter_map(|(name, n)| {
+                let address = n.value.info.as_ref().map(|i| i.address.clone())?;
+                let subnet = orch_api::cidr::from_wire(n.value.pod_subnet.as_ref(), &n.value.pod_cidr).ok()?;
+                Some(pb::NodeRoute { node: name.clone(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
+            })
+            .collect();
+        let purged_services = state.purges.keys().cloned().collect();
+        SharedDesired { endpoints, routes, purged_services }
+    }
+}
+
 /// The node's desired set, generation 0: the session stamps the generation when the set
 /// differs from the last one it sent. Configs and Secrets go only to the nodes whose
 /// replicas use them.
 pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> pb::DesiredSet {
+    let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
     let mut used: BTreeSet<(pb::ConfigKind, String)> = BTreeSet::new();
     for replica in state.replicas_on(node) {
         used.extend(replica.value.spec.as_ref().map(orch_api::manifest::config_refs).unwrap_or_default());
@@ -41,19 +69,8 @@ pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> 
             pb::DesiredReplica { replica: Some(replica), spec }
         })
         .collect();
-    let endpoints = state.endpoints.values().map(|e| e.value.clone()).collect();
-    let routes = state
-        .nodes
-        .iter()
-        .filter(|(name, _)| name.as_str() != node)
-        .filter_map(|(name, n)| {
-            let address = n.value.info.as_ref().map(|i| i.address.clone())?;
-            let subnet = orch_api::cidr::from_wire(n.value.pod_subnet.as_ref(), &n.value.pod_cidr).ok()?;
-            Some(pb::NodeRoute { node: name.clone(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
-        })
-        .collect();
-    let purged_services = state.purges.keys().cloned().collect();
-    pb::DesiredSet { generation: 0, replicas, endpoints, routes, purged_services, configs }
+    let routes = shared.routes.iter().filter(|route| route.node != node).cloned().collect();
+    pb::DesiredSet { generation: 0, replicas, endpoints: shared.endpoints.clone(), routes, purged_services: shared.purged_services.clone(), configs }
 }
 
 /// A stored Secret's content, opened with the cluster's key; `None` (with a warning)

@@ -12,5 +12,6 @@ mod session;
 mod status;
 
 pub use cidr::{next_free_index, node_subnet};
+pub use desired::SharedDesired;
 pub use registry::{delete_node, list_nodes, set_scheduling, NodeError, NodeRegistry};
 pub use status::{status_writes, StatusWrite};

@@ -20,7 +20,7 @@ use super::status::{status_writes, StatusWrite};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, LeaseId, Store, StoreError};
+use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp, MAX_TXN_OPS};
 use orch_api::secrets::SecretsKey;
 
 /// Status writes of one report in flight at once.
@@ -284,18 +284,22 @@ impl Session {
                 Ok(Err(_)) => return,
                 Err(_) => self.state.borrow().clone(),
             };
-            let writes = status_writes(&current, &self.node, &report);
-            let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(writes)
-                .map(|write| {
+            let writes: Vec<TxnOp> = status_writes(&current, &self.node, &report)
+                .into_iter()
+                .map(|write| match write {
+                    StatusWrite::Put { key, replica } => TxnOp::put(key, keys::encode(&replica), Expect::Any),
+                    StatusWrite::Delete { key, revision } => TxnOp::Delete { key, expect: Expect::Revision(revision) },
+                })
+                .collect();
+            // A report's writes in transactions of up to MAX_TXN_OPS (keys are distinct).
+            let batches: Vec<Vec<TxnOp>> = writes.chunks(MAX_TXN_OPS).map(<[TxnOp]>::to_vec).collect();
+            let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(batches)
+                .map(|batch| {
                     let store = Arc::clone(&self.store);
-                    async move {
-                        match write {
-                            StatusWrite::Put { key, replica } => store.put(&key, keys::encode(&replica), Expect::Any).await.map(Some),
-                            StatusWrite::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
-                        }
-                    }
+                    async move { crate::reconcile::runner::write_batch(store.as_ref(), batch).await.unwrap_or_else(|error| vec![Err(error)]) }
                 })
                 .buffer_unordered(STATUS_WRITES)
+                .flat_map(futures::stream::iter)
                 .collect()
                 .await;
             for result in results {
@@ -326,8 +330,10 @@ impl Session {
         let mut seen_version = None;
         loop {
             let current = state.borrow_and_update().clone();
-            if current.synced() && seen_version != Some(current.content_version) {
-                seen_version = Some(current.content_version);
+            // Recomputed only when this node's replicas or the shared part changed.
+            let version = current.desired_version(&node);
+            if current.synced() && seen_version != Some(version) {
+                seen_version = Some(version);
                 let wanted = desired_set(&current, &node, &open);
                 if last.as_ref() != Some(&wanted) {
                     let generation = u64::try_from(current.revision).unwrap_or(0);

@@ -17,10 +17,11 @@ use super::{plan, Action, EventDraft};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, Revision, Store, StoreError};
+use crate::store::{Expect, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS};
 
-/// Writes in flight at once while carrying out a plan.
-const CONCURRENT_WRITES: usize = 256;
+/// Transactions (each of up to [`MAX_TXN_OPS`] writes) in flight at once while carrying
+/// out a plan.
+const CONCURRENT_BATCHES: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
@@ -120,19 +121,59 @@ fn new_replica_id(service: &str, taken: &BTreeSet<String>) -> String {
     }
 }
 
-/// Carries out one action; the revision it wrote, if it did.
-async fn execute(store: &dyn Store, action: Action) -> Result<Option<Revision>, StoreError> {
+/// An action as the store write that carries it out.
+fn write_of(action: Action) -> TxnOp {
     match action {
-        Action::CreateReplica { key, replica } => store.put(&key, keys::encode(&replica), Expect::Absent).await.map(Some),
-        Action::UpdateReplica { key, revision, replica } => store.put(&key, keys::encode(&replica), Expect::Revision(revision)).await.map(Some),
-        Action::PutEndpoints { key, expect, endpoints } => store.put(&key, keys::encode(&endpoints), expect).await.map(Some),
-        Action::UpdateService { key, revision, service } => store.put(&key, keys::encode(&service), Expect::Revision(revision)).await.map(Some),
-        Action::PutClaim { key, expect, claim } => store.put(&key, keys::encode(&claim), expect).await.map(Some),
+        Action::CreateReplica { key, replica } => TxnOp::put(key, keys::encode(&replica), Expect::Absent),
+        Action::UpdateReplica { key, revision, replica } => TxnOp::put(key, keys::encode(&replica), Expect::Revision(revision)),
+        Action::PutEndpoints { key, expect, endpoints } => TxnOp::put(key, keys::encode(&endpoints), expect),
+        Action::UpdateService { key, revision, service } => TxnOp::put(key, keys::encode(&service), Expect::Revision(revision)),
+        Action::PutClaim { key, expect, claim } => TxnOp::put(key, keys::encode(&claim), expect),
         Action::CreateRevision { key, mut revision } => {
             revision.created_unix_ms = crate::events::now_unix_ms();
-            store.put(&key, keys::encode(&revision), Expect::Absent).await.map(Some)
+            TxnOp::put(key, keys::encode(&revision), Expect::Absent)
         }
-        Action::Delete { key, revision } => store.delete(&key, Expect::Revision(revision)).await,
+        Action::Delete { key, revision } => TxnOp::Delete { key, expect: Expect::Revision(revision) },
+    }
+}
+
+/// Splits writes into transactions of at most [`MAX_TXN_OPS`] distinct keys, in order.
+fn batches(writes: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
+    let mut batches: Vec<Vec<TxnOp>> = Vec::new();
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    for write in writes {
+        let full = batches.last().is_none_or(|batch| batch.len() >= MAX_TXN_OPS || keys.contains(write.key()));
+        if full {
+            batches.push(Vec::new());
+            keys.clear();
+        }
+        keys.insert(write.key().to_owned());
+        if let Some(batch) = batches.last_mut() {
+            batch.push(write);
+        }
+    }
+    batches
+}
+
+/// Each write's outcome (its revision, if it wrote one), or the error that failed its
+/// whole batch.
+pub type BatchOutcome = Result<Vec<Result<Option<Revision>, StoreError>>, StoreError>;
+
+/// Carries out a batch of independent writes as one transaction (one round trip, one
+/// commit); when one of them conflicts, the others one by one, so that a single stale
+/// write does not hold back the rest until the next pass. Each write's outcome, or the
+/// error that failed the batch as a whole.
+pub async fn write_batch(store: &dyn Store, batch: Vec<TxnOp>) -> BatchOutcome {
+    if batch.len() == 1 {
+        return Ok(vec![store.txn(batch).await.map(|revisions| revisions.into_iter().next().flatten())]);
+    }
+    match store.txn(batch.clone()).await {
+        Ok(revisions) => Ok(revisions.into_iter().map(Ok).collect()),
+        Err(StoreError::Conflict { .. } | StoreError::LeaseNotFound(_)) => Ok(futures::stream::iter(batch)
+            .then(|write| async move { store.txn(vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) })
+            .collect()
+            .await),
+        Err(error) => Err(error),
     }
 }
 
@@ -251,31 +292,43 @@ pub async fn run(
             }
         }
         let leader_now = leader.clone();
-        let written: Vec<Result<Option<Revision>, StoreError>> = futures::stream::iter(plan.actions)
-            .map(|action| {
+        let written: Vec<BatchOutcome> = futures::stream::iter(batches(plan.actions.into_iter().map(write_of).collect()))
+            .map(|batch| {
                 let store = Arc::clone(&store);
                 let leader_now = leader_now.clone();
                 async move {
                     if !*leader_now.borrow() {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
-                    execute(store.as_ref(), action).await
+                    write_batch(store.as_ref(), batch).await
                 }
             })
-            .buffer_unordered(CONCURRENT_WRITES)
+            .buffer_unordered(CONCURRENT_BATCHES)
             .collect()
             .await;
         idle_at = None;
         let mut conflicts = 0;
         let mut failed = false;
-        for result in &written {
-            match result {
-                Ok(Some(revision)) => min_revision = min_revision.max(*revision),
-                Ok(None) => {}
-                Err(StoreError::Conflict { .. }) => conflicts += 1,
-                Err(error) => {
-                    failed = true;
-                    tracing::warn!(%error, "reconciler write failed");
+        let (mut landed, mut attempted) = (0, 0);
+        for batch in &written {
+            // A batch that failed as a whole counts once.
+            let outcomes: Vec<Result<Option<Revision>, &StoreError>> = match batch {
+                Ok(outcomes) => outcomes.iter().map(|outcome| outcome.as_ref().copied()).collect(),
+                Err(error) => vec![Err(error)],
+            };
+            for outcome in outcomes {
+                attempted += 1;
+                match outcome {
+                    Ok(Some(revision)) => {
+                        landed += 1;
+                        min_revision = min_revision.max(revision);
+                    }
+                    Ok(None) => landed += 1,
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(error) => {
+                        failed = true;
+                        tracing::warn!(%error, "reconciler write failed");
+                    }
                 }
             }
         }
@@ -288,7 +341,7 @@ pub async fn run(
         }
         metrics.reconciled(pass_began.elapsed());
         tracing::debug!(count, conflicts, revision = min_revision, "plan carried out");
-        if written.iter().all(Result::is_err) {
+        if attempted > 0 && landed == 0 {
             // Nothing went through: do not spin on a failing store.
             tokio::time::sleep(config.resync).await;
         }
@@ -385,6 +438,18 @@ mod tests {
         assert_eq!(events.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::NodeNotReady, EventKind::FullDisruption]);
         let (lost, events) = tracker.observe(&state, start + warmup + grace, grace, warmup);
         assert!(lost.is_empty() && events.is_empty(), "still nothing, said once");
+    }
+
+    #[test]
+    fn writes_go_in_transactions_of_distinct_keys_and_bounded_size() {
+        let put = |key: &str| TxnOp::put(key, vec![], Expect::Any);
+        let mut writes: Vec<TxnOp> = (0..MAX_TXN_OPS + 5).map(|i| put(&format!("k{i}"))).collect();
+        writes.insert(3, put("k1"));
+        let sizes: Vec<usize> = batches(writes.clone()).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, MAX_TXN_OPS, 3], "a key seen again starts a new batch; none exceeds the limit");
+        let flat: Vec<TxnOp> = batches(writes.clone()).into_iter().flatten().collect();
+        assert_eq!(flat, writes, "in order, nothing lost");
+        assert!(batches(Vec::new()).is_empty());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::broadcast;
 
-use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
+use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, TxnOp, WatchEvent, WatchStream};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
@@ -62,15 +62,12 @@ struct Inner {
 /// Most writes one group commit takes; the rest wait for the next.
 const GROUP_COMMIT_MAX: usize = 1024;
 
-/// A put or a delete, waiting in the queue for a group commit.
-#[derive(Debug)]
-enum WriteOp {
-    Put { key: String, value: Vec<u8>, expect: Expect, lease: Option<LeaseId> },
-    Delete { key: String, expect: Expect },
-}
+/// A transaction waiting in the queue for a group commit (a put or a delete alone is a
+/// transaction of one).
+type WriteOp = Vec<TxnOp>;
 
-/// A put's revision; a delete's, or `None` when there was nothing to delete.
-type WriteOutcome = Result<Option<Revision>, StoreError>;
+/// Each op's revision: a put's; a delete's, or `None` when there was nothing to delete.
+type WriteOutcome = Result<Vec<Option<Revision>>, StoreError>;
 
 #[derive(Debug)]
 struct QueuedWrite {
@@ -437,27 +434,36 @@ impl Changes<'_> {
         Ok(())
     }
 
-    /// One queued write within a group commit: a failed compare-and-swap or a lease
-    /// that is gone is this write's outcome alone (`Ok(Err)`); a storage error fails the
-    /// whole transaction (`Err`).
-    fn apply(&mut self, op: WriteOp, inner: &Inner) -> Result<WriteOutcome, StoreError> {
-        let outcome = match op {
-            WriteOp::Put { key, value, expect, lease } => {
-                if let Some(lease) = lease.filter(|l| !inner.lease_exists(*l)) {
-                    return Ok(Err(StoreError::LeaseNotFound(lease)));
+    /// One queued transaction within a group commit: every compare is checked before
+    /// anything is written, so a failed compare-and-swap or a lease that is gone leaves it
+    /// unwritten and is its outcome alone (`Ok(Err)`); a storage error fails the whole
+    /// group (`Err`).
+    fn apply(&mut self, ops: WriteOp, inner: &Inner) -> Result<WriteOutcome, StoreError> {
+        let mut exists = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let (key, expect) = match op {
+                TxnOp::Put { key, expect, lease, .. } => {
+                    if let Some(lease) = lease.filter(|l| !inner.lease_exists(*l)) {
+                        return Ok(Err(StoreError::LeaseNotFound(lease)));
+                    }
+                    (key, *expect)
                 }
-                match self.check(&key, expect) {
-                    Ok(_) => self.put(&key, value, lease.unwrap_or(0)).map(Some),
-                    Err(conflict) => return Ok(Err(conflict)),
-                }
-            }
-            WriteOp::Delete { key, expect } => match self.check(&key, expect) {
-                Ok(Some(_)) => self.delete(&key).map(Some),
-                Ok(None) => Ok(None),
+                TxnOp::Delete { key, expect } => (key, *expect),
+            };
+            match self.check(key, expect) {
+                Ok(current) => exists.push(current.is_some()),
                 Err(conflict) => return Ok(Err(conflict)),
-            },
-        };
-        outcome.map(Ok)
+            }
+        }
+        let mut revisions = Vec::with_capacity(ops.len());
+        for (op, exists) in ops.into_iter().zip(exists) {
+            revisions.push(match op {
+                TxnOp::Put { key, value, lease, .. } => Some(self.put(&key, value, lease.unwrap_or(0))?),
+                TxnOp::Delete { key, .. } if exists => Some(self.delete(&key)?),
+                TxnOp::Delete { .. } => None,
+            });
+        }
+        Ok(Ok(revisions))
     }
 
     fn check(&self, key: &str, expect: Expect) -> Result<Option<KeyValue>, StoreError> {
@@ -631,12 +637,24 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::LeaseNotFound(lease));
             }
         }
-        let revision = self.submit(WriteOp::Put { key: key.to_owned(), value, expect, lease }).await?;
-        revision.ok_or_else(|| StoreError::Embedded { path: self.inner.path.display().to_string(), message: format!("put {key}: no revision") })
+        let revisions = self.submit(vec![TxnOp::Put { key: key.to_owned(), value, expect, lease }]).await?;
+        revisions
+            .first()
+            .copied()
+            .flatten()
+            .ok_or_else(|| StoreError::Embedded { path: self.inner.path.display().to_string(), message: format!("put {key}: no revision") })
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
-        self.submit(WriteOp::Delete { key: key.to_owned(), expect }).await
+        Ok(self.submit(vec![TxnOp::Delete { key: key.to_owned(), expect }]).await?.first().copied().flatten())
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        super::error::check_txn(&ops)?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(ops).await
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {

@@ -30,4 +30,19 @@ pub enum StoreError {
 
     #[error("invalid store address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
+
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
+}
+
+/// Checks a transaction's shape: at most `MAX_TXN_OPS` operations on distinct keys.
+pub(super) fn check_txn(ops: &[super::TxnOp]) -> Result<(), StoreError> {
+    if ops.len() > super::MAX_TXN_OPS {
+        return Err(StoreError::InvalidTxn(format!("{} operations, at most {}", ops.len(), super::MAX_TXN_OPS)));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    match ops.iter().find(|op| !keys.insert(op.key())) {
+        Some(op) => Err(StoreError::InvalidTxn(format!("key {} appears twice", op.key()))),
+        None => Ok(()),
+    }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
+use super::types::TxnOp as StoreTxnOp;
+
 use futures::{StreamExt, TryStreamExt};
 
 use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
@@ -193,6 +195,71 @@ impl Store for EtcdStore {
                 Ok(deleted.then(|| header_revision(r.header())))
             }
         }
+    }
+
+    async fn txn(&self, ops: Vec<StoreTxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        super::error::check_txn(&ops)?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let compared: Vec<(String, Expect)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                StoreTxnOp::Put { key, expect, .. } | StoreTxnOp::Delete { key, expect } => (*expect != Expect::Any).then(|| (key.clone(), *expect)),
+            })
+            .collect();
+        let lease = ops.iter().find_map(|op| match op {
+            StoreTxnOp::Put { lease, .. } => *lease,
+            StoreTxnOp::Delete { .. } => None,
+        });
+        let compares: Vec<Compare> = compared.iter().filter_map(|(key, expect)| Self::compare(key, *expect)).collect();
+        let writes: Vec<TxnOp> = ops
+            .iter()
+            .map(|op| match op {
+                StoreTxnOp::Put { key, value, lease, .. } => TxnOp::put(key.as_str(), value.clone(), lease.map(|id| PutOptions::new().with_lease(id))),
+                StoreTxnOp::Delete { key, .. } => TxnOp::delete(key.as_str(), None::<DeleteOptions>),
+            })
+            .collect();
+        let reads: Vec<TxnOp> = compared.iter().map(|(key, _)| TxnOp::get(key.as_str(), None)).collect();
+        let response = match self.client.clone().txn(Txn::new().when(compares).and_then(writes).or_else(reads)).await {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(match lease {
+                    Some(id) if e.to_string().contains("requested lease not found") => StoreError::LeaseNotFound(id),
+                    _ => self.fail(e),
+                })
+            }
+        };
+        if !response.succeeded() {
+            // The first compare that failed, from the reads of every compared key.
+            let found = response.op_responses().into_iter().map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+                _ => None,
+            });
+            for ((key, expect), found) in compared.iter().zip(found) {
+                let holds = match expect {
+                    Expect::Any => true,
+                    Expect::Absent => found.is_none(),
+                    Expect::Revision(r) => found == Some(*r),
+                };
+                if !holds {
+                    return Err(StoreError::Conflict { key: key.clone(), expected: *expect, found });
+                }
+            }
+            // Each compared key read as expected after all: a key changed between the
+            // compare and the read. Name the first.
+            let (key, expected) = compared.first().cloned().unwrap_or((String::new(), Expect::Any));
+            return Err(StoreError::Conflict { key, expected, found: None });
+        }
+        let revision = header_revision(response.header());
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Delete(d) => (d.deleted() > 0).then_some(revision),
+                _ => Some(revision),
+            })
+            .collect())
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream};
+use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchEvent, WatchStream};
 
 pub struct PrefixedStore<S> {
     inner: S,
@@ -45,6 +45,22 @@ impl<S: Store> Store for PrefixedStore<S> {
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
         self.inner.delete(&self.outer(key), expect).await
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, expect, lease } => TxnOp::Put { key: self.outer(&key), value, expect, lease },
+                TxnOp::Delete { key, expect } => TxnOp::Delete { key: self.outer(&key), expect },
+            })
+            .collect();
+        self.inner.txn(ops).await.map_err(|error| match error {
+            StoreError::Conflict { key, expected, found } => {
+                StoreError::Conflict { key: key.strip_prefix(&self.prefix).map(str::to_owned).unwrap_or(key), expected, found }
+            }
+            other => other,
+        })
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {

@@ -101,6 +101,28 @@ impl WatchStream {
     }
 }
 
+/// One write of a [`Store::txn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8>, expect: Expect, lease: Option<LeaseId> },
+    Delete { key: String, expect: Expect },
+}
+
+impl TxnOp {
+    pub fn put(key: impl Into<String>, value: Vec<u8>, expect: Expect) -> TxnOp {
+        TxnOp::Put { key: key.into(), value, expect, lease: None }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The most operations one [`Store::txn`] takes (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
@@ -120,6 +142,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `key` if `expect` holds. Returns the revision of the delete, or `None`
     /// when the key did not exist and `expect` was [`Expect::Any`].
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError>;
+
+    /// Applies every op or none (etcd's `Txn`): if any op's `expect` fails, nothing is
+    /// written and the error is that op's [`StoreError::Conflict`]; a put to a lease that
+    /// is gone fails the whole as [`StoreError::LeaseNotFound`]. Keys must be distinct, at
+    /// most [`MAX_TXN_OPS`]. Returns each op's revision (a delete's `None` when the key did
+    /// not exist and its `expect` was [`Expect::Any`]): on etcd one revision for all, on
+    /// the embedded store consecutive ones, committed together.
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError>;
 
     /// Changes under `prefix` from `from_revision` on (inclusive); 0 means "from now".
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError>;
