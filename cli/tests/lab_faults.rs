@@ -228,6 +228,10 @@ fn the_lab_survives_a_store_outage_a_killed_controller_a_killed_agent_and_a_hund
     }
     eprintln!("100 kill -9 healed in {:?} (each seen running again, restart count up, new host PID)", kills.elapsed());
     lab.wait("4 ready replicas after the kills", of_service("faults", 4));
+    // Ready is what the node reported; answering through every node's balancer is what
+    // `rollout status` waits for (the last replica healed may be ready a moment before
+    // the balancers have it).
+    lab.ok(&["rollout", "status", "service", "faults", "--timeout", "120"]);
     let answered = load(&lab, &[1, 2, 3], 30, "after 100 kills");
     assert_eq!(answered.len(), 4, "every replica answers: {answered:?}");
 }

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orch_api::events::EventKind;
 use orch_api::pb;
+use prost::Message as _;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::keys;
-use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp, MAX_TXN_OPS};
+use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp, MAX_TXN_OPS, TXN_BYTES};
 
 /// How long one lease is shared by new events: events live between `ttl - SHARE` and
 /// `ttl`, and the store holds one lease per window instead of one per event.
@@ -49,10 +50,15 @@ impl EventLog {
             let batches = futures::stream::poll_fn(move |cx| {
                 queued.poll_recv(cx).map(|first| {
                     first.map(|first| {
+                        let mut bytes = first.encoded_len();
                         let mut batch = vec![first];
-                        while batch.len() < MAX_TXN_OPS {
+                        // Events are small: a count bound, and a byte bound for odd ones.
+                        while batch.len() < MAX_TXN_OPS && bytes < TXN_BYTES / 2 {
                             match queued.try_recv() {
-                                Ok(event) => batch.push(event),
+                                Ok(event) => {
+                                    bytes += event.encoded_len();
+                                    batch.push(event);
+                                }
                                 Err(_) => break,
                             }
                         }

@@ -25,11 +25,6 @@ impl V1Cgroup {
         self.dir(controller).ok_or_else(|| CgroupError::NoHierarchy(format!("the v1 {controller} controller is not mounted")))
     }
 
-    /// Distinct directories (co-mounted controllers share one). Three count only once
-    /// created: cpuset, joined only by containers pinned to CPUs (each hierarchy joined
-    /// costs a migration at start), and devices and freezer, which a container started
-    /// by an older agent does not have (it is adopted as it is, and gets them at its
-    /// next start).
     /// Removes the parent cgroup in each hierarchy if nothing else lives in it (also the
     /// cpuset parent, which a pinned container may have created).
     fn remove_parents(&self) {
@@ -40,6 +35,11 @@ impl V1Cgroup {
         }
     }
 
+    /// Distinct directories (co-mounted controllers share one). Three count only once
+    /// created: cpuset, joined only by containers pinned to CPUs (each hierarchy joined
+    /// costs a migration at start), and devices and freezer, which a container started
+    /// by an older agent does not have (it is adopted as it is, and gets them at its
+    /// next start).
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .mounts

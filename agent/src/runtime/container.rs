@@ -282,16 +282,25 @@ impl Runtime {
                 return Err(abandon(&shim, e).await);
             }
         };
+        // The shim names its child as soon as it forks, so the init may already have
+        // failed (and said why on the socket): that reason, rather than ours, is the
+        // start's error. A PID that is no longer the shim's child is not moved anywhere.
         let init = match PidFd::open(init_pid) {
-            Ok(init) => init,
+            Ok(init) if procfs::parent_pid(init_pid) == Some(shim_pid) => init,
+            Ok(_) => {
+                unmount_idmapped_layers(dirs);
+                let gone =
+                    RuntimeError::Start { message: format!("the container init (PID {init_pid}) ended before it joined its cgroup"), code: CODE_RUNTIME };
+                return Err(abandon(&shim, reason_of(sync, gone).await).await);
+            }
             Err(errno) => {
                 unmount_idmapped_layers(dirs);
-                return Err(abandon(&shim, RuntimeError::sys("pidfd_open of the container init")(errno)).await);
+                return Err(abandon(&shim, reason_of(sync, RuntimeError::sys("pidfd_open of the container init")(errno)).await).await);
             }
         };
         if let Err(e) = cgroup.add_process(init_pid) {
             unmount_idmapped_layers(dirs);
-            return Err(abandon(&shim, e.into()).await);
+            return Err(abandon(&shim, reason_of(sync, e.into()).await).await);
         }
         // The network needs the init's network namespace made.
         let mut unshared = unshared;
@@ -385,6 +394,22 @@ impl Runtime {
         ids.sort();
         ids
     }
+}
+
+/// What the shim or the init said went wrong, when it said so within a moment; else
+/// `ours`, the error the agent met.
+async fn reason_of(mut sync: UnixStream, ours: RuntimeError) -> RuntimeError {
+    let said = tokio::task::spawn_blocking(move || {
+        let _ = sync.set_read_timeout(Some(Duration::from_millis(500)));
+        loop {
+            match receive(&mut sync) {
+                Ok(Some(SyncMessage::Error { message, code })) => return Some(RuntimeError::Start { message, code }),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    });
+    said.await.ok().flatten().unwrap_or(ours)
 }
 
 /// Waits for the container's init to say its namespaces exist.

@@ -14,6 +14,12 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// The parent of `pid` (field 4 of /proc/PID/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(4 - 3)?.parse().ok()
+}
+
 /// Whether `pid` is alive and is the process that started at `ticks` (not a zombie).
 pub fn is_same_process(pid: i32, ticks: u64) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
@@ -38,5 +44,6 @@ mod tests {
         let ticks = start_ticks(pid).expect("own start time");
         assert!(is_same_process(pid, ticks));
         assert!(!is_same_process(pid, ticks + 1));
+        assert_eq!(parent_pid(pid), Some(nix::unistd::getppid().as_raw()));
     }
 }

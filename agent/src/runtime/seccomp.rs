@@ -8,8 +8,9 @@
 //! create namespaces and `clone3` answers ENOSYS (its flags cannot be inspected), so C
 //! libraries fall back to `clone`.
 //!
-//! Only the native architecture's system calls are allowed: a 32-bit (i386 or x32)
-//! system call kills the process, as seccompiler's architecture check does.
+//! Only the native architecture's system calls are allowed: an i386 system call kills the
+//! process (seccompiler's architecture check); an x32 one (same architecture, numbers
+//! from 0x40000000) matches no rule and fails with EPERM.
 //!
 //! seccompiler compares the system call number against each allowed call in turn. The
 //! kernel runs a new filter once per system call number when it is installed (to cache

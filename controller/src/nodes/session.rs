@@ -20,7 +20,7 @@ use super::status::{status_writes, StatusWrite};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp, MAX_TXN_OPS};
+use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp};
 use orch_api::secrets::SecretsKey;
 
 /// Status writes of one report in flight at once.
@@ -291,8 +291,7 @@ impl Session {
                     StatusWrite::Delete { key, revision } => TxnOp::Delete { key, expect: Expect::Revision(revision) },
                 })
                 .collect();
-            // A report's writes in transactions of up to MAX_TXN_OPS (keys are distinct).
-            let batches: Vec<Vec<TxnOp>> = writes.chunks(MAX_TXN_OPS).map(<[TxnOp]>::to_vec).collect();
+            let batches = crate::reconcile::runner::batches(writes);
             let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(batches)
                 .map(|batch| {
                     let store = Arc::clone(&self.store);

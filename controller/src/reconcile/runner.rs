@@ -17,7 +17,7 @@ use super::{plan, Action, EventDraft};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS};
+use crate::store::{Expect, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS, TXN_BYTES};
 
 /// Transactions (each of up to [`MAX_TXN_OPS`] writes) in flight at once while carrying
 /// out a plan.
@@ -137,16 +137,20 @@ fn write_of(action: Action) -> TxnOp {
     }
 }
 
-/// Splits writes into transactions of at most [`MAX_TXN_OPS`] distinct keys, in order.
-fn batches(writes: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
+/// Splits writes into transactions of at most [`MAX_TXN_OPS`] distinct keys and about
+/// [`TXN_BYTES`] (a larger write goes alone), in order.
+pub(crate) fn batches(writes: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
     let mut batches: Vec<Vec<TxnOp>> = Vec::new();
     let mut keys: BTreeSet<String> = BTreeSet::new();
+    let mut bytes = 0;
     for write in writes {
-        let full = batches.last().is_none_or(|batch| batch.len() >= MAX_TXN_OPS || keys.contains(write.key()));
+        let full = batches.last().is_none_or(|batch| batch.len() >= MAX_TXN_OPS || keys.contains(write.key()) || bytes + write.size() > TXN_BYTES);
         if full {
             batches.push(Vec::new());
             keys.clear();
+            bytes = 0;
         }
+        bytes += write.size();
         keys.insert(write.key().to_owned());
         if let Some(batch) = batches.last_mut() {
             batch.push(write);
@@ -450,6 +454,11 @@ mod tests {
         let flat: Vec<TxnOp> = batches(writes.clone()).into_iter().flatten().collect();
         assert_eq!(flat, writes, "in order, nothing lost");
         assert!(batches(Vec::new()).is_empty());
+        // Large records: about TXN_BYTES a batch, and one larger still goes, alone.
+        let big = |key: &str, size: usize| TxnOp::put(key, vec![0; size], Expect::Any);
+        let sizes: Vec<usize> =
+            batches(vec![big("a", TXN_BYTES / 2), big("b", TXN_BYTES / 2), big("c", 10), big("d", 2 * TXN_BYTES), big("e", 1)]).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 2, 1, 1]);
     }
 
     #[test]

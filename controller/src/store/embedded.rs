@@ -6,10 +6,11 @@
 //!   entry in the `log` table, committed in the same transaction;
 //! - writers are serialised by `write_lock`, which also covers the broadcast, so live
 //!   events leave in revision order; a watcher that lags re-reads the log;
-//! - puts and deletes are group-committed: each joins `queue`, and whichever writer
-//!   holds `write_lock` next applies everything queued (up to `GROUP_COMMIT_MAX`) in
-//!   one transaction — one fsync for the lot — each write with its own compare-and-swap
-//!   outcome and its own revision, in queue order;
+//! - writes are group-committed: each transaction (a put or a delete is one of one op)
+//!   joins `queue`, and whichever writer holds `write_lock` next applies everything
+//!   queued (up to `GROUP_COMMIT_MAX`) in one redb transaction — one fsync for the lot —
+//!   each with its own outcome (all of its ops or none: every compare is checked before
+//!   anything is written) and its ops each with its own revision, in queue order;
 //! - the log keeps the last `retention` revisions; older ones are compacted away and a
 //!   watch from before them fails with [`StoreError::Compacted`];
 //! - leases live in memory with their deadline and in the `leases` table with their TTL;

@@ -118,10 +118,22 @@ impl TxnOp {
             TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } => key,
         }
     }
+
+    /// The bytes it sends: key and value.
+    pub fn size(&self) -> usize {
+        match self {
+            TxnOp::Put { key, value, .. } => key.len() + value.len(),
+            TxnOp::Delete { key, .. } => key.len(),
+        }
+    }
 }
 
 /// The most operations one [`Store::txn`] takes (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
+
+/// How many bytes of keys and values writers put in one [`Store::txn`]: etcd refuses a
+/// request over 1.5 MiB by default (`--max-request-bytes`).
+pub const TXN_BYTES: usize = 1 << 20;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
