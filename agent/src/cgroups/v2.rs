@@ -102,20 +102,16 @@ impl ContainerCgroup for V2Cgroup {
         if !dir.exists() {
             return Ok(());
         }
-        // An ended container's cgroup is empty already: removing it is all (the kernel
-        // refuses one a process is in, and then the kill below runs).
-        if std::fs::remove_dir(&dir).is_ok() {
-            if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::remove_parent_if_empty(&self.root.join(parent));
+        // An ended container's cgroup is empty already: removing it is all. The kernel
+        // refuses one a process is in, and then its processes are killed first.
+        if std::fs::remove_dir(&dir).is_err() {
+            let kill = dir.join("cgroup.kill");
+            if kill.exists() {
+                fs::write(&kill, "1")?;
             }
-            return Ok(());
+            fs::kill_all(&dir.join("cgroup.procs"))?;
+            fs::remove_dir(&dir)?;
         }
-        let kill = dir.join("cgroup.kill");
-        if kill.exists() {
-            fs::write(&kill, "1")?;
-        }
-        fs::kill_all(&dir.join("cgroup.procs"))?;
-        fs::remove_dir(&dir)?;
         if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::remove_parent_if_empty(&self.root.join(parent));
         }

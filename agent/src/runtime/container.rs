@@ -14,7 +14,7 @@ use nix::sys::wait::WaitStatus;
 use super::config::{container_env, ContainerSpec, IdRange, InitConfig, Stdio};
 use super::idmap;
 use super::pidfd::PidFd;
-use super::seccomp::{self, PackedProgram, SeccompProfile};
+use super::seccomp::{self, PackedProgram};
 use super::state::{now_unix_ms, read_json, write_json, ContainerDirs, ContainerState, ExitRecord, MERGED, UPPER, WORK};
 use super::sync::{receive, send, SyncMessage};
 use super::{procfs, RuntimeError, BUILD_ID, CODE_RUNTIME, INIT_BINARY, INIT_NAME, INIT_SUBCOMMAND};
@@ -302,10 +302,9 @@ impl Runtime {
             unmount_idmapped_layers(dirs);
             return Err(abandon(&shim, reason_of(sync, e.into()).await).await);
         }
-        // The network needs the init's network namespace made.
-        let mut unshared = unshared;
-        if let Some(network) = network {
-            let made = tokio::task::spawn_blocking(move || if unshared { Ok(sync) } else { await_unshared(&mut sync).map(|()| sync) });
+        // The network, and the go, need the init's namespaces made.
+        if !unshared {
+            let made = tokio::task::spawn_blocking(move || await_unshared(&mut sync).map(|()| sync));
             sync = match join(made).await {
                 Ok(sync) => sync,
                 Err(e) => {
@@ -313,16 +312,14 @@ impl Runtime {
                     return Err(abandon(&shim, e).await);
                 }
             };
-            unshared = true;
+        }
+        if let Some(network) = network {
             if let Err(message) = network.attach(&spec.id, init_pid).await {
                 unmount_idmapped_layers(dirs);
                 return Err(abandon(&shim, RuntimeError::Start { message: format!("network: {message}"), code: CODE_RUNTIME }).await);
             }
         }
         let started = tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
-            if !unshared {
-                await_unshared(&mut sync)?;
-            }
             send(&mut sync, &SyncMessage::Go).map_err(RuntimeError::io("cannot signal the container init", ""))?;
             match receive(&mut sync) {
                 Ok(None) => Ok(()),
@@ -431,13 +428,9 @@ fn unexpected(received: std::io::Result<Option<SyncMessage>>, when: &str) -> Run
 
 /// The seccomp filters a container's command installs: none when unconfined.
 fn compile_filters(security: &super::Security) -> Result<Vec<PackedProgram>, RuntimeError> {
-    match security.seccomp {
-        SeccompProfile::Unconfined => Ok(Vec::new()),
-        SeccompProfile::RuntimeDefault => {
-            let programs = seccomp::default_filters(&security.capabilities).map_err(|e| RuntimeError::Start { message: e.to_string(), code: CODE_RUNTIME })?;
-            Ok(programs.iter().map(|program| PackedProgram::pack(program)).collect())
-        }
-    }
+    let programs =
+        seccomp::filters_for(security.seccomp, &security.capabilities).map_err(|e| RuntimeError::Start { message: e.to_string(), code: CODE_RUNTIME })?;
+    Ok(programs.iter().map(|program| PackedProgram::pack(program)).collect())
 }
 
 /// Maps the shim's new user namespace and mounts the idmapped views of the layers.

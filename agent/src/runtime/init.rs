@@ -458,13 +458,8 @@ pub(crate) fn default_signal_actions() {
 /// Installs the seccomp filter of `profile` for a process keeping `capabilities`: the
 /// last step before exec (no_new_privs is already set).
 pub(crate) fn confine(profile: SeccompProfile, capabilities: &[String]) -> Result<(), String> {
-    match profile {
-        SeccompProfile::Unconfined => Ok(()),
-        SeccompProfile::RuntimeDefault => {
-            let programs = seccomp::default_filters(capabilities).map_err(|e| e.to_string())?;
-            seccomp::install(&programs).map_err(|e| e.to_string())
-        }
-    }
+    let programs = seccomp::filters_for(profile, capabilities).map_err(|e| e.to_string())?;
+    seccomp::install(&programs).map_err(|e| e.to_string())
 }
 
 /// Installs the filters the agent compiled for `profile`: the last step before exec.

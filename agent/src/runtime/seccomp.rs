@@ -485,7 +485,7 @@ fn searched(rules: BTreeMap<i64, Vec<SeccompRule>>, arch: TargetArch) -> Result<
     }
     let firsts: Vec<u32> = groups.iter().map(|(first, _)| *first).collect();
     // The search, with each leaf's jump target left as the group's index for now.
-    let mut program = vec![statement(BPF_LD | BPF_W | BPF_ABS, 0)];
+    let mut program = vec![statement(LOAD_WORD, 0)];
     let search_start = program.len();
     search(&firsts, 0, &mut program)?;
     // Each group's program starts where the previous one ended.
@@ -499,7 +499,7 @@ fn searched(rules: BTreeMap<i64, Vec<SeccompRule>>, arch: TargetArch) -> Result<
         return Err(SeccompError(format!("the allowlist compiles to {at} instructions, more than the kernel's {MAX_INSTRUCTIONS}")));
     }
     for (position, instruction) in program.iter_mut().enumerate().skip(search_start) {
-        if instruction.code == BPF_JMP | BPF_JA {
+        if instruction.code == JUMP {
             // A jump counts from the instruction after it; the groups all lie ahead.
             let target = starts.get(instruction.k as usize).and_then(|start| start.checked_sub(position + 1));
             instruction.k = target.and_then(|k| u32::try_from(k).ok()).ok_or_else(|| SeccompError("a search jump out of range".into()))?;
@@ -518,25 +518,22 @@ fn searched(rules: BTreeMap<i64, Vec<SeccompRule>>, arch: TargetArch) -> Result<
 fn search(firsts: &[u32], base: usize, program: &mut Vec<sock_filter>) -> Result<(), SeccompError> {
     let out_of_range = || SeccompError("the allowlist's search is too large".into());
     if firsts.len() <= 1 {
-        program.push(statement(BPF_JMP | BPF_JA, u32::try_from(base).map_err(|_| out_of_range())?));
+        program.push(statement(JUMP, u32::try_from(base).map_err(|_| out_of_range())?));
         return Ok(());
     }
     let middle = firsts.len() / 2;
     let node = program.len();
-    program.push(sock_filter { code: BPF_JMP | BPF_JGE | BPF_K, jt: 0, jf: 0, k: firsts[middle] });
+    program.push(sock_filter { code: JUMP_IF_AT_LEAST, jt: 0, jf: 0, k: firsts[middle] });
     search(&firsts[..middle], base, program)?;
     // A conditional jump reaches 255 instructions: the left half takes 2 per group.
     program[node].jt = u8::try_from(program.len() - node - 1).map_err(|_| out_of_range())?;
     search(&firsts[middle..], base + middle, program)
 }
 
-const BPF_LD: u16 = 0x00;
-const BPF_W: u16 = 0x00;
-const BPF_ABS: u16 = 0x20;
-const BPF_JMP: u16 = 0x05;
-const BPF_JA: u16 = 0x00;
-const BPF_JGE: u16 = 0x30;
-const BPF_K: u16 = 0x00;
+/// The three instructions the search uses (classic BPF opcodes, from libc).
+const LOAD_WORD: u16 = (BPF_LD | BPF_W | BPF_ABS) as u16;
+const JUMP: u16 = (BPF_JMP | BPF_JA) as u16;
+const JUMP_IF_AT_LEAST: u16 = (BPF_JMP | BPF_JGE | BPF_K) as u16;
 
 fn statement(code: u16, k: u32) -> sock_filter {
     sock_filter { code, jt: 0, jf: 0, k }
@@ -555,6 +552,15 @@ impl PackedProgram {
 
     pub fn unpack(&self) -> BpfProgram {
         self.0.iter().map(|i| sock_filter { code: (i >> 48) as u16, jt: (i >> 40) as u8, jf: (i >> 32) as u8, k: *i as u32 }).collect()
+    }
+}
+
+/// The filters a process under `profile` holding `capabilities` installs: none when
+/// unconfined.
+pub fn filters_for(profile: SeccompProfile, capabilities: &[String]) -> Result<Vec<BpfProgram>, SeccompError> {
+    match profile {
+        SeccompProfile::Unconfined => Ok(Vec::new()),
+        SeccompProfile::RuntimeDefault => default_filters(capabilities),
     }
 }
 

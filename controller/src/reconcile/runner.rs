@@ -168,15 +168,13 @@ pub type BatchOutcome = Result<Vec<Result<Option<Revision>, StoreError>>, StoreE
 /// write does not hold back the rest until the next pass. Each write's outcome, or the
 /// error that failed the batch as a whole.
 pub async fn write_batch(store: &dyn Store, batch: Vec<TxnOp>) -> BatchOutcome {
+    let one = |write: TxnOp| async move { store.txn(vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) };
     if batch.len() == 1 {
-        return Ok(vec![store.txn(batch).await.map(|revisions| revisions.into_iter().next().flatten())]);
+        return Ok(futures::stream::iter(batch).then(one).collect().await);
     }
     match store.txn(batch.clone()).await {
         Ok(revisions) => Ok(revisions.into_iter().map(Ok).collect()),
-        Err(StoreError::Conflict { .. } | StoreError::LeaseNotFound(_)) => Ok(futures::stream::iter(batch)
-            .then(|write| async move { store.txn(vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) })
-            .collect()
-            .await),
+        Err(StoreError::Conflict { .. } | StoreError::LeaseNotFound(_)) => Ok(futures::stream::iter(batch).then(one).collect().await),
         Err(error) => Err(error),
     }
 }

@@ -469,12 +469,7 @@ impl Changes<'_> {
 
     fn check(&self, key: &str, expect: Expect) -> Result<Option<KeyValue>, StoreError> {
         let current = self.current(key)?;
-        let holds = match expect {
-            Expect::Any => true,
-            Expect::Absent => current.is_none(),
-            Expect::Revision(r) => current.as_ref().is_some_and(|kv| kv.mod_revision == r),
-        };
-        if holds {
+        if expect.holds(current.as_ref().map(|kv| kv.mod_revision)) {
             Ok(current)
         } else {
             Err(StoreError::Conflict { key: key.to_owned(), expected: expect, found: current.map(|kv| kv.mod_revision) })

@@ -237,17 +237,11 @@ impl Store for EtcdStore {
                 _ => None,
             });
             for ((key, expect), found) in compared.iter().zip(found) {
-                let holds = match expect {
-                    Expect::Any => true,
-                    Expect::Absent => found.is_none(),
-                    Expect::Revision(r) => found == Some(*r),
-                };
-                if !holds {
+                if !expect.holds(found) {
                     return Err(StoreError::Conflict { key: key.clone(), expected: *expect, found });
                 }
             }
-            // Each compared key read as expected after all: a key changed between the
-            // compare and the read. Name the first.
+            // Not reached: the reads run at the compares' revision. Name the first key.
             let (key, expected) = compared.first().cloned().unwrap_or((String::new(), Expect::Any));
             return Err(StoreError::Conflict { key, expected, found: None });
         }

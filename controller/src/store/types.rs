@@ -37,6 +37,17 @@ pub enum Expect {
     Revision(Revision),
 }
 
+impl Expect {
+    /// Whether the condition holds for a key last written at `found` (`None`: absent).
+    pub fn holds(self, found: Option<Revision>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => found.is_none(),
+            Expect::Revision(r) => found == Some(r),
+        }
+    }
+}
+
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
