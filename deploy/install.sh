@@ -67,7 +67,7 @@ case "$role" in
         ;;
     agent)
         [ -n "$controller" ] && [ -n "$name" ] && [ -n "$address" ] || die "agent: --controller HOST:PORT --name NAME --address IP are required"
-        install_packages iproute2 nftables
+        install_packages iproute2 nftables conntrack
         # orch-init: the small binary each container's shim runs (the agent works without it, slower).
         install -m 755 "$bin/orch-agent" "$bin/orch-init" /usr/local/bin/
         copy_pki ca.pem "node-$name.pem" "node-$name.key"

@@ -44,7 +44,8 @@
 # nodes have no way out, and a lab never asks the machine's resolver), ORCH_LAB_LEASES
 # (lab, the default: node lease 2 s, grace 1 s, leader lease 2 s, so lease-driven
 # faults resolve quickly; or default: the controllers' own defaults, as the benchmarks
-# measure them).
+# measure them), ORCH_LAB_DATA_PATH (the agents' --data-path: kernel, the default, or
+# proxy).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/etcd.sh"
@@ -127,7 +128,8 @@ start_agent() {
         --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --registry-config "$dir/registries.json" \
-        --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103"
+        --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103" \
+        --data-path "${ORCH_LAB_DATA_PATH:-kernel}"
 }
 
 start_controller() {
@@ -261,7 +263,7 @@ cmd_up() {
     for binary in orch orch-agent orch-controller; do
         [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release first (or set ORCH_BIN)"
     done
-    install_registry etcd-server util-linux nftables skopeo busybox-static
+    install_registry etcd-server util-linux nftables conntrack skopeo busybox-static
     mkdir -p "$dir"
     echo "$n" >"$dir/nodes"
 

@@ -13,7 +13,7 @@ source "$(dirname "$0")/lib/common.sh"
 source "$(dirname "$0")/lib/registry.sh"
 require_root "deploy/quickstart.sh"
 require_rust
-install_registry "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables curl skopeo
+install_registry "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables conntrack curl skopeo
 
 cd "$ORCH_ROOT"
 step "cargo build --workspace --release"

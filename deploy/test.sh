@@ -14,12 +14,13 @@ require_rust
 # What the tests use for real: etcd for the store suite, registries (docker-registry,
 # through install_registry) and skopeo for the image suite (apache2-utils' htpasswd for
 # the one that requires a password), busybox for container root filesystems, nftables
-# (egress), dnsmasq-base (the DNS server of the egress tests' "outside"; not the dnsmasq
+# and conntrack (egress, the kernel data path),
+# dnsmasq-base (the DNS server of the egress tests' "outside"; not the dnsmasq
 # package, whose service would start on the host), protoc for the build, graphviz to
 # check that `orch topology -o dot` is valid DOT, prometheus (its promtool checks the
 # metrics' format, and the lab's Prometheus scrapes every controller and agent; its own
 # service is never started).
-TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables dnsmasq-base busybox-static python3 graphviz)
+TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus
 

@@ -18,7 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 require_root "deploy/upgrade-check.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables jq git curl
+install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables conntrack jq git curl
 
 old_rev="${1:-HEAD~1}"
 cd "$ORCH_ROOT"

@@ -16,7 +16,7 @@ use common::{Sandbox, AGENT};
 use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::net::egress;
-use orch_agent::net::{NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
+use orch_agent::net::{DataPath, NodeNetwork, NodeNetworkConfig, PeerRoute, PortMapping, Protocol, ServiceEndpoints, Strategy, Subnet};
 use orch_agent::runtime::{BindMount, Container, ContainerSpec, Runtime, RuntimeConfig, Security, Stdio};
 
 /// One test's network corner: bridge name, pod subnet, service range, node port.
@@ -50,6 +50,10 @@ impl NetLab {
     }
 
     async fn network(&self) -> NodeNetwork {
+        self.network_on(DataPath::Proxy).await
+    }
+
+    async fn network_on(&self, data_path: DataPath) -> NodeNetwork {
         NodeNetwork::setup(NodeNetworkConfig {
             bridge: self.bridge.clone(),
             subnet: self.subnet,
@@ -62,6 +66,7 @@ impl NetLab {
             limits: orch_agent::net::ConnectionLimits::default(),
             node_netns: None,
             helper: Some(common::AGENT.into()),
+            data_path,
         })
         .await
         .expect("node network setup")
@@ -120,6 +125,7 @@ impl Drop for NetLab {
         // The two-node test's networks are `<bridge>A` and `<bridge>B`.
         for bridge in [self.bridge.clone(), format!("{}A", self.bridge), format!("{}B", self.bridge)] {
             common::kill_balancers(&bridge);
+            let _ = std::fs::remove_file(orch_agent::net::balancer_process::socket_path(&bridge));
         }
         ip(&["link", "del", &self.bridge]);
         ip(&["link", "del", &format!("{}l", self.bridge)]);
@@ -381,6 +387,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(orch_agent::net::Netns::named_path(&nodes.netns(x))),
         helper: Some(common::AGENT.into()),
+        data_path: DataPath::Proxy,
     };
     let a = NodeNetwork::setup(node_network("a", lab.subnet)).await.expect("node a");
     let b = NodeNetwork::setup(node_network("b", pods_b)).await.expect("node b");
@@ -600,6 +607,7 @@ async fn containers_reach_the_outside_through_masquerade() {
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(node_netns.clone()),
         helper: Some(common::AGENT.into()),
+        data_path: DataPath::Proxy,
     })
     .await
     .expect("node network setup");
@@ -770,5 +778,155 @@ async fn udp_services_balance_through_the_vip_and_a_node_port() {
     network.apply_services(&[]).await.expect("apply");
     network.detach("udp-backend").await.expect("release");
     network.teardown(true).await.expect("teardown");
+    lab.assert_no_network_left();
+}
+
+/// Runs `work` on a thread that entered the network namespace at `path` (this thread
+/// only), and returns what it returned.
+fn in_netns<T: Send + 'static>(path: &std::path::Path, work: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let file = std::fs::File::open(path).expect("the namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace (this thread only)");
+        work()
+    })
+}
+
+/// One timed request: when it began and ended, and what came back (a backend's name).
+type Timed = (Instant, Instant, std::io::Result<String>);
+
+/// The kernel path (`--data-path kernel`): with the balancer process killed, the VIP
+/// still spreads connections evenly and a node port called from outside the node
+/// answers — through nftables DNAT —, the backends seeing the outside client's own
+/// address; a backend that dies while listed loses no request once the table no longer
+/// lists it (its RSTs are dropped and the unanswered connections to it forgotten, so
+/// the clients' retransmitted SYNs go to the others). Teardown leaves no table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_the_client() {
+    let lab = NetLab::new("net-kernel");
+    let outside = Outside::new(&lab.bridge);
+    let node_netns = orch_agent::net::Netns::named_path(&outside.node);
+    let outside_netns = orch_agent::net::Netns::named_path(&outside.outside);
+    let network = NodeNetwork::setup(NodeNetworkConfig {
+        bridge: lab.bridge.clone(),
+        subnet: lab.subnet,
+        service_cidr: lab.services,
+        cluster_cidr: lab.subnet.supernet(16),
+        upstream_dns: Vec::new(),
+        state_dir: lab.sandbox.state_dir(),
+        node_address: Some(Outside::NODE_UPLINK),
+        strategy: Strategy::RoundRobin,
+        limits: orch_agent::net::ConnectionLimits::default(),
+        node_netns: Some(node_netns.clone()),
+        helper: Some(common::AGENT.into()),
+        data_path: DataPath::Kernel,
+    })
+    .await
+    .expect("node network setup");
+    let mut backends = Vec::new();
+    let mut ips = Vec::new();
+    for i in 0..3 {
+        let id = format!("backend-{i}");
+        // httpd -v logs each client's address and port. backend-1's namespace outlives
+        // its server (a shell waits after it), so SYNs reach it and get RSTs.
+        let serve = "httpd -f -v -p 80 -h /www";
+        let script = if i == 1 { format!("{serve}; exec sleep 600") } else { format!("exec {serve}") };
+        let script = format!("mkdir -p /www; hostname > /www/index.html; {script}");
+        backends.push(lab.container(&network, &id, &script).await);
+        let ip = network.view().await.expect("view").containers.iter().find(|c| c.0 == id).expect("attached").1;
+        in_netns(&node_netns, move || wait_for_http(SocketAddrV4::new(ip, 80))).join().expect("backend answers");
+        ips.push(ip);
+    }
+    network.apply_services(&web(&lab, ips.clone())).await.expect("apply");
+    let balancers = common::balancer_pids(&lab.bridge);
+    assert_eq!(balancers.len(), 1, "one balancer process: {balancers:?}");
+    common::kill_balancers(&lab.bridge);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !common::balancer_pids(&lab.bridge).is_empty() {
+        assert!(Instant::now() < deadline, "the balancer process outlived its kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // 300 requests to the VIP from the node: each backend within ±20 % of 100.
+    let vip = SocketAddrV4::new(lab.vip(), 80);
+    let answers = in_netns(&node_netns, move || (0..300).map(|_| http_get(vip)).collect::<Vec<_>>()).join().expect("VIP load");
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.expect("the VIP answers with no balancer process")).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|count| (80..=120).contains(count)), "even spread: {counts:?}");
+
+    // A node port, called from outside the node: answered by every backend, each of
+    // which saw the outside's own address.
+    let node_port = SocketAddrV4::new(Outside::NODE_UPLINK, lab.node_port);
+    let answers = in_netns(&outside_netns, move || (0..30).map(|_| http_get(node_port)).collect::<Vec<_>>()).join().expect("node port load");
+    let answered: std::collections::BTreeSet<String> = answers.into_iter().map(|a| a.expect("the node port answers from outside")).collect();
+    assert_eq!(answered.len(), 3, "{answered:?}");
+    for i in 0..3 {
+        // (The log reaches its file a moment after the answer.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = lab.log(&format!("backend-{i}"));
+        while !log.contains("ffff:198.51.100.254]") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            log = lab.log(&format!("backend-{i}"));
+        }
+        assert!(log.contains("ffff:198.51.100.254]"), "backend-{i} saw the client's own address (198.51.100.254):\n{log}");
+    }
+
+    // Between two requests (so none is in flight), backend-1's server is killed while
+    // listed; 200 ms later (the controller's endpoints, in an agent) the table leaves it
+    // out. The requests meanwhile reach its namespace, which answers RST: none is lost.
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let load = in_netns(&node_netns, move || {
+        (0..150)
+            .map(|i| {
+                if i == 30 {
+                    let _ = paused_tx.send(());
+                    let _ = resume_rx.recv();
+                }
+                let began = Instant::now();
+                let outcome = http_get(vip);
+                std::thread::sleep(Duration::from_millis(10));
+                (began, Instant::now(), outcome)
+            })
+            .collect::<Vec<Timed>>()
+    });
+    tokio::task::spawn_blocking(move || paused_rx.recv()).await.expect("join").expect("paused");
+    let victim = backends.remove(1);
+    let server = victim.host_pid();
+    let children = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children")).expect("backend-1's children");
+    let httpd: i32 = children.trim().parse().expect("one child: httpd");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(httpd), Signal::SIGKILL).expect("kill -9 backend-1's server");
+    common::wait_until_dead(httpd);
+    let dead = Instant::now();
+    resume_tx.send(()).expect("resume");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    network.apply_services(&web(&lab, vec![ips[0], ips[2]])).await.expect("apply without backend-1");
+    let applied = Instant::now();
+    let requests = load.join().expect("load");
+    let lost: Vec<String> = requests
+        .iter()
+        .filter(|(_, _, outcome)| outcome.is_err())
+        .map(|(began, ended, outcome)| {
+            format!("{outcome:?} (from {:?} to {:?} after the death)", began.saturating_duration_since(dead), ended.saturating_duration_since(dead))
+        })
+        .collect();
+    assert!(lost.is_empty(), "requests lost when a listed backend died: {lost:?}");
+    let retried = requests.iter().filter(|(began, ended, _)| *began >= dead && ended.duration_since(*began) >= Duration::from_millis(900)).count();
+    assert!(retried >= 1, "a request met the dead backend and was answered by another after its SYN's retransmission");
+    let after: std::collections::BTreeSet<&String> = requests.iter().filter(|(began, _, _)| *began > applied).filter_map(|(_, _, o)| o.as_ref().ok()).collect();
+    assert!(!after.iter().any(|b| b.as_str() == "backend-1"), "{after:?}");
+    stop(victim).await;
+
+    for backend in backends {
+        stop(backend).await;
+    }
+    for i in 0..3 {
+        network.detach(&format!("backend-{i}")).await.expect("detach");
+    }
+    network.teardown(true).await.expect("teardown");
+    let tables = std::process::Command::new("ip").args(["netns", "exec", &outside.node, "nft", "list", "tables"]).output().expect("nft list tables");
+    assert_eq!(String::from_utf8_lossy(&tables.stdout).trim(), "", "no table left in the node's namespace");
     lab.assert_no_network_left();
 }

@@ -38,6 +38,9 @@ pub enum NetCommand {
         node_address: Option<std::net::Ipv4Addr>,
         #[arg(long, value_enum, default_value = "round-robin")]
         strategy: StrategyArg,
+        /// Where TCP service traffic is balanced: the balancer process or nftables DNAT.
+        #[arg(long, value_enum, default_value = "kernel")]
+        data_path: orch_agent::net::DataPath,
         /// A JSON array of services: name, vip, ports, ready (re-read on SIGHUP).
         #[arg(long)]
         services: Option<PathBuf>,
@@ -68,7 +71,7 @@ fn read_services(path: &std::path::Path) -> anyhow::Result<Vec<ServiceEndpoints>
 }
 
 async fn run_net(args: NetArgs) -> anyhow::Result<()> {
-    let NetCommand::Up { bridge, pod_subnet, service_cidr, node_address, strategy, services, routes, state_dir, keep } = args.command;
+    let NetCommand::Up { bridge, pod_subnet, service_cidr, node_address, strategy, data_path, services, routes, state_dir, keep } = args.command;
     let mut peer_routes = Vec::new();
     for route in &routes {
         let (subnet, via) = route.split_once('=').with_context(|| format!("--route {route:?}: expected SUBNET=VIA"))?;
@@ -92,6 +95,7 @@ async fn run_net(args: NetArgs) -> anyhow::Result<()> {
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
         helper: Some(std::env::current_exe().context("cannot find this binary (/proc/self/exe)")?),
+        data_path,
     })
     .await?;
     let outcome = serve(&network, &table, &peer_routes, services.as_deref()).await;

@@ -279,6 +279,7 @@ async fn node_network(args: &RunArgs) -> Result<NodeNetwork, RuntimeError> {
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: None,
         helper: None,
+        data_path: orch_agent::net::DataPath::Proxy,
     })
     .await
     .map_err(|e| bad_flag("net", e))

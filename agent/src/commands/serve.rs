@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// A relayed connection with no byte either way for this many seconds is closed.
     #[arg(long, default_value = "300", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout: u64,
+    /// Where TCP service traffic (VIPs, node ports from other machines) is balanced:
+    /// `proxy`, the balancer process (connection limits, idle timeout, connect fallback,
+    /// least connections), or `kernel`, nftables DNAT (no userspace hop, the clients'
+    /// own addresses at local backends of node ports; needs Debian's `conntrack`). DNS,
+    /// UDP and node ports called from the node itself stay with the balancer process
+    /// either way.
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub data_path: orch_agent::net::DataPath,
     /// The most one image layer may unpack to (its files' bytes), e.g. 32Gi; a larger
     /// layer fails its pull.
     #[arg(long, default_value = "32Gi", value_name = "BYTES")]
@@ -182,6 +190,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
             max_connections: usize::try_from(args.max_connections_per_port).unwrap_or(usize::MAX),
             idle_timeout: Duration::from_secs(args.idle_timeout),
         },
+        data_path: args.data_path,
         layer_limits: orch_agent::images::LayerLimits {
             max_bytes: orch_api::manifest::quantity::parse_memory_bytes(&args.max_layer_size)
                 .map_err(|e| anyhow::anyhow!("--max-layer-size {:?}: {e}", args.max_layer_size))?,

@@ -6,11 +6,10 @@
 //! (`ip orch_<bridge>`), replaced whole in one transaction (`nft -f -`, the `nft` of
 //! Debian's `nftables`), and deleted with the network. The ruleset is a pure function.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use super::ipam::Subnet;
+use super::netfilter;
 use super::NetError;
 
 /// The egress rules of one node network.
@@ -53,59 +52,18 @@ impl Egress {
     /// Installs (or replaces) the table in the node's network namespace (`netns`, the
     /// agent's own when `None`).
     pub fn apply(&self, netns: Option<&Path>) -> Result<(), NetError> {
-        nft(netns, &["-f", "-"], Some(&self.ruleset()))
+        netfilter::run(netns, "nft", &["-f", "-"], Some(&self.ruleset())).map(drop)
     }
 }
 
 /// Deletes the table of the node network on `bridge`; a missing one is fine.
 pub fn remove(bridge: &str, netns: Option<&Path>) -> Result<(), NetError> {
-    let table = table_name(bridge);
-    match nft(netns, &["delete", "table", "ip", &table], None) {
-        Err(NetError::Nft { message, .. }) if message.contains("No such file or directory") => Ok(()),
-        other => other,
-    }
+    netfilter::delete_table(netns, &table_name(bridge))
 }
 
 /// Whether the table of the node network on `bridge` exists.
 pub fn present(bridge: &str, netns: Option<&Path>) -> Result<bool, NetError> {
-    let table = table_name(bridge);
-    match nft(netns, &["list", "table", "ip", &table], None) {
-        Ok(()) => Ok(true),
-        Err(NetError::Nft { message, .. }) if message.contains("No such file or directory") => Ok(false),
-        Err(other) => Err(other),
-    }
-}
-
-/// Runs `nft ARGS` (in `netns` through nsenter) with `input` on its stdin.
-fn nft(netns: Option<&Path>, args: &[&str], input: Option<&str>) -> Result<(), NetError> {
-    let mut command = match netns {
-        Some(path) => {
-            let mut command = Command::new("nsenter");
-            command.arg(format!("--net={}", path.display())).arg("--").arg("nft");
-            command
-        }
-        None => Command::new("nft"),
-    };
-    let what = format!("nft {}", args.join(" "));
-    let mut child =
-        command.args(args).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(
-            |e| NetError::Nft {
-                command: what.clone(),
-                message: match e.kind() {
-                    std::io::ErrorKind::NotFound => "the nft program is missing: install Debian's nftables package".to_owned(),
-                    _ => e.to_string(),
-                },
-            },
-        )?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(|e| NetError::Nft { command: what.clone(), message: format!("writing the ruleset: {e}") })?;
-    }
-    let output = child.wait_with_output().map_err(|e| NetError::Nft { command: what.clone(), message: e.to_string() })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft { command: what, message: String::from_utf8_lossy(&output.stderr).trim().to_owned() })
-    }
+    netfilter::has_table(netns, &table_name(bridge))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub enum NetError {
     #[error("the node's balancer process: {0}")]
     Balancer(String),
     #[error("{command}: {message}")]
-    Nft { command: String, message: String },
+    Netfilter { command: String, message: String },
 }
 
 impl NetError {

@@ -6,7 +6,9 @@
 //! - the balancer namespace on the bridge at .2, holding every VIP; the node routes the
 //!   service range to it;
 //! - routes to other nodes' pod subnets via their node addresses (host-gw);
-//! - masquerade for pod traffic leaving the cluster (an nftables table of its own).
+//! - masquerade for pod traffic leaving the cluster (an nftables table of its own);
+//! - with `--data-path kernel`, nftables DNAT of TCP VIPs (in the balancer namespace)
+//!   and node ports (in the node's), see `dnat`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -16,6 +18,7 @@ use serde::Serialize;
 
 use super::balancer::BalancerView;
 use super::balancer_process::{self, BalancerClient, BalancerSpec};
+use super::dnat::{self, DataPath, KernelPath};
 use super::egress;
 use super::ipam::{Ipam, Subnet};
 use super::link;
@@ -49,6 +52,9 @@ pub struct NodeNetworkConfig {
     /// The binary the balancer process runs (`orch-agent` or `orch`: both have its hidden
     /// subcommand); none: no balancer (`orch-agent run`, one container and no services).
     pub helper: Option<PathBuf>,
+    /// Where TCP service traffic is balanced: the balancer process, or nftables DNAT
+    /// (only with a balancer: without a `helper` the kernel path is left as it is).
+    pub data_path: DataPath,
 }
 
 /// A container's place on the node network.
@@ -89,6 +95,8 @@ pub struct NodeNetwork {
     handle: rtnetlink::Handle,
     bridge_index: u32,
     balancer: Option<BalancerClient>,
+    /// The kernel path's rules (`--data-path kernel`).
+    kernel: Option<std::sync::Arc<KernelPath>>,
     routes: tokio::sync::Mutex<BTreeSet<PeerRoute>>,
     created_bridge: bool,
 }
@@ -141,6 +149,22 @@ impl NodeNetwork {
         link::replace_route(&lb_handle, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
+        // The kernel path forwards from the balancer namespace; the proxy path keeps no
+        // rule an earlier kernel-path run left. A network without a balancer (`orch-agent
+        // run`) leaves both alone: an agent may be running on the same bridge.
+        let kernel = match (config.data_path, &config.helper) {
+            (_, None) => None,
+            (DataPath::Kernel, Some(_)) => {
+                lb.sysctl("net.ipv4.ip_forward", "1")?;
+                let path = KernelPath::new(&config.bridge, lb.path().to_owned(), config.node_netns.clone(), config.node_address, config.strategy)?;
+                Some(std::sync::Arc::new(path))
+            }
+            (DataPath::Proxy, Some(_)) => {
+                lb.sysctl("net.ipv4.ip_forward", "0")?;
+                dnat::remove_both(&config.bridge, lb.path(), config.node_netns.as_deref())?;
+                None
+            }
+        };
 
         // The balancer runs in a process of its own, so the node's VIPs, node ports and
         // DNS answer while the agent is down; one an earlier agent started is kept.
@@ -163,7 +187,7 @@ impl NodeNetwork {
             None => None,
         };
         let ipam = Ipam::new(&state.addresses(&config.bridge), &state.addresses_lock(&config.bridge), subnet);
-        Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
+        Ok(NodeNetwork { config, ipam, handle, bridge_index, balancer, kernel, routes: tokio::sync::Mutex::new(BTreeSet::new()), created_bridge })
     }
 
     /// Whether this setup created the bridge (rather than repairing an existing one).
@@ -239,13 +263,40 @@ impl NodeNetwork {
         Ok(())
     }
 
-    /// Converges the balancer to the service table.
+    /// Converges the balancer to the service table, and the kernel path's rules when it
+    /// has one (even when the balancer process does not answer: its rules carry the
+    /// traffic then, with the node ports that failed last time left out).
     pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
-        match &self.balancer {
+        let applied = match &self.balancer {
             Some(balancer) => balancer.apply(table).await,
             None if table.is_empty() => Ok(Vec::new()),
             None => Err(NetError::Balancer("this node network runs no balancer".into())),
+        };
+        if let Some(kernel) = &self.kernel {
+            let failed = applied.as_ref().ok().map(|failures| failures.iter().map(|f| f.listener).collect());
+            let (kernel, want) = (std::sync::Arc::clone(kernel), super::table::desired(table));
+            tokio::task::spawn_blocking(move || kernel.apply(&want, failed))
+                .await
+                .map_err(|e| NetError::Thread(format!("applying the kernel path: {e}")))??;
         }
+        applied
+    }
+
+    /// The TCP connections to `ip` this node carries now: relayed by its balancer
+    /// process, and established through its kernel path.
+    pub async fn active_connections(&self, ip: Ipv4Addr) -> usize {
+        let relayed = match &self.balancer {
+            Some(balancer) => balancer.active_connections(ip).await,
+            None => 0,
+        };
+        let established = match &self.kernel {
+            Some(kernel) => {
+                let kernel = std::sync::Arc::clone(kernel);
+                tokio::task::spawn_blocking(move || kernel.established_to(ip)).await.unwrap_or(0)
+            }
+            None => 0,
+        };
+        relayed + established
     }
 
     pub async fn view(&self) -> Result<NetworkView, NetError> {
@@ -292,6 +343,7 @@ impl NodeNetwork {
         link::delete_link(&handle, &names::lb_veth(bridge)?).await?;
         Netns::delete_named(&names::lb_netns(bridge))?;
         link::delete_link(&handle, bridge).await?;
+        dnat::remove(bridge, None)?;
         let _ = std::fs::remove_file(state.addresses(bridge));
         let _ = std::fs::remove_file(state.addresses_lock(bridge));
         let _ = std::fs::remove_file(state.balancer_log(bridge));
@@ -314,6 +366,7 @@ impl NodeNetwork {
         Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
         link::delete_link(&self.handle, &self.config.bridge).await?;
         egress::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
+        dnat::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
         if forget {
             let state = crate::StateDir::new(&self.config.state_dir);
             let _ = std::fs::remove_file(state.addresses(&self.config.bridge));

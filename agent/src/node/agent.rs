@@ -168,6 +168,7 @@ impl Agent {
             limits: config.connection_limits,
             node_netns: None,
             helper: Some(config.helper.clone()),
+            data_path: config.data_path,
         })
         .await?;
         let backends = Backends { containers: Box::new(runtime), images: Box::new(images), network: Box::new(network), probes: Arc::new(RealProbeChecks) };

@@ -190,10 +190,7 @@ impl PodNetwork for NodeNetwork {
     }
 
     async fn active_connections(&self, ip: Ipv4Addr) -> usize {
-        match self.balancer() {
-            Some(balancer) => balancer.active_connections(ip).await,
-            None => 0,
-        }
+        NodeNetwork::active_connections(self, ip).await
     }
 
     async fn view(&self) -> Result<NetworkView, BackendError> {

@@ -79,6 +79,8 @@ pub struct AgentConfig {
     /// What clients of the balancer's listeners can hold (`--max-connections-per-port`,
     /// `--idle-timeout`).
     pub connection_limits: crate::net::ConnectionLimits,
+    /// Where TCP service traffic is balanced (`--data-path`).
+    pub data_path: crate::net::DataPath,
     /// What one image layer may unpack to (`--max-layer-size`, `--max-layer-entries`).
     pub layer_limits: crate::images::LayerLimits,
 }

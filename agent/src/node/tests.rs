@@ -35,6 +35,7 @@ fn config(dir: &Path) -> AgentConfig {
         api_listen: None,
         tls_dir: None,
         connection_limits: crate::net::ConnectionLimits::default(),
+        data_path: crate::net::DataPath::default(),
         layer_limits: crate::images::LayerLimits::default(),
     }
 }

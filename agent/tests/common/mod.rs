@@ -177,3 +177,16 @@ pub fn kill_balancers(bridge: &str) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Waits (at most 5 s) until host PID `pid`, killed, is a zombie or gone: the kernel has
+/// then ended every process of its PID namespace, so none holds a socket any more.
+pub fn wait_until_dead(pid: i32) {
+    for _ in 0..5000 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()));
+        if matches!(state, None | Some('Z' | 'X')) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("host PID {pid} still runs 5 s after kill -9");
+}

@@ -185,6 +185,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         api_listen: Some(SocketAddr::new(args.address.into(), 0)),
         tls_dir: tls_dir.map(Path::to_path_buf),
         connection_limits: orch_agent::net::ConnectionLimits::default(),
+        data_path: orch_agent::net::DataPath::default(),
         layer_limits: orch_agent::images::LayerLimits::default(),
     })
     .await?;
