@@ -794,6 +794,88 @@ fn in_netns<T: Send + 'static>(path: &std::path::Path, work: impl FnOnce() -> T 
 /// One timed request: when it began and ended, and what came back (a backend's name).
 type Timed = (Instant, Instant, std::io::Result<String>);
 
+/// A request after a backend's death: when it began and ended (from the death), what
+/// came back, and whether it began after the table without the backend was applied.
+type AfterDeath = (Duration, Duration, std::io::Result<String>, bool);
+
+/// 150 requests to `vip` from the namespace at `netns`, 10 ms apart; after the 30th (so
+/// none is in flight), `pid` is killed, and once it is dead — and `gone`, a veth of its
+/// namespace, is gone too: no RST can come from it — the requests go on while, 200 ms
+/// later, `table` (without the dead backend) is applied. Each request timed from the
+/// death.
+async fn through_a_death(
+    network: &NodeNetwork,
+    netns: &std::path::Path,
+    vip: SocketAddrV4,
+    (pid, gone): (i32, Option<String>),
+    table: Vec<ServiceEndpoints>,
+) -> Vec<AfterDeath> {
+    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
+    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
+    let load = in_netns(netns, move || {
+        (0..150)
+            .map(|i| {
+                if i == 30 {
+                    let _ = paused_tx.send(());
+                    let _ = resume_rx.recv();
+                }
+                let began = Instant::now();
+                let outcome = http_get(vip);
+                std::thread::sleep(Duration::from_millis(10));
+                (began, Instant::now(), outcome)
+            })
+            .collect::<Vec<Timed>>()
+    });
+    tokio::task::spawn_blocking(move || paused_rx.recv()).await.expect("join").expect("paused");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+    common::wait_until_dead(pid);
+    if let Some(veth) = gone {
+        let netns = netns.to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exists = move || {
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["ip", "link", "show", &veth])
+                .output()
+                .expect("ip link")
+                .status
+                .success()
+        };
+        while exists() {
+            assert!(Instant::now() < deadline, "the dead backend's veth outlived it by 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let dead = Instant::now();
+    resume_tx.send(()).expect("resume");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    network.apply_services(&table).await.expect("apply without the dead backend");
+    let applied = Instant::now();
+    let requests = load.join().expect("load");
+    requests
+        .into_iter()
+        .filter(|(began, _, _)| *began >= dead)
+        .map(|(began, ended, outcome)| (began.duration_since(dead), ended.duration_since(dead), outcome, began > applied))
+        .collect()
+}
+
+/// None of `requests` (from [`through_a_death`]) failed; one met the dead backend and
+/// was answered after its SYN's retransmission (1 s); none after the apply reached it.
+fn assert_no_request_lost(requests: &[AfterDeath], dead: &str) {
+    let lost: Vec<String> = requests
+        .iter()
+        .filter(|r| r.2.is_err())
+        .map(|(began, ended, outcome, _)| format!("{outcome:?} (from {began:?} to {ended:?} after the death)"))
+        .collect();
+    assert!(lost.is_empty(), "requests lost when {dead} died while listed: {lost:?}");
+    assert!(
+        requests.iter().any(|(began, ended, _, _)| *ended - *began >= Duration::from_millis(900)),
+        "a request met {dead} and was answered after its SYN's retransmission"
+    );
+    let reached: Vec<&String> = requests.iter().filter(|r| r.3).filter_map(|r| r.2.as_ref().ok()).filter(|answer| answer.as_str() == dead).collect();
+    assert!(reached.is_empty(), "{dead} answered after the table left it out");
+}
+
 /// The kernel path (`--data-path kernel`): with the balancer process killed, the VIP
 /// still spreads connections evenly and a node port called from outside the node
 /// answers — through nftables DNAT —, the backends seeing the outside client's own
@@ -855,6 +937,9 @@ async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_
     }
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|count| (80..=120).contains(count)), "even spread: {counts:?}");
+    let kernel = network.kernel_path().expect("a kernel path");
+    kernel.refresh_metrics();
+    assert_eq!(kernel.metrics().connections("web"), 300, "the VIP's DNAT rule counted each connection once");
 
     // A node port, called from outside the node: answered by every backend, each of
     // which saw the outside's own address.
@@ -876,48 +961,36 @@ async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_
     // Between two requests (so none is in flight), backend-1's server is killed while
     // listed; 200 ms later (the controller's endpoints, in an agent) the table leaves it
     // out. The requests meanwhile reach its namespace, which answers RST: none is lost.
-    let (paused_tx, paused_rx) = std::sync::mpsc::channel::<()>();
-    let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
-    let load = in_netns(&node_netns, move || {
-        (0..150)
-            .map(|i| {
-                if i == 30 {
-                    let _ = paused_tx.send(());
-                    let _ = resume_rx.recv();
-                }
-                let began = Instant::now();
-                let outcome = http_get(vip);
-                std::thread::sleep(Duration::from_millis(10));
-                (began, Instant::now(), outcome)
-            })
-            .collect::<Vec<Timed>>()
-    });
-    tokio::task::spawn_blocking(move || paused_rx.recv()).await.expect("join").expect("paused");
     let victim = backends.remove(1);
     let server = victim.host_pid();
     let children = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children")).expect("backend-1's children");
     let httpd: i32 = children.trim().parse().expect("one child: httpd");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(httpd), Signal::SIGKILL).expect("kill -9 backend-1's server");
-    common::wait_until_dead(httpd);
-    let dead = Instant::now();
-    resume_tx.send(()).expect("resume");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    network.apply_services(&web(&lab, vec![ips[0], ips[2]])).await.expect("apply without backend-1");
-    let applied = Instant::now();
-    let requests = load.join().expect("load");
-    let lost: Vec<String> = requests
-        .iter()
-        .filter(|(_, _, outcome)| outcome.is_err())
-        .map(|(began, ended, outcome)| {
-            format!("{outcome:?} (from {:?} to {:?} after the death)", began.saturating_duration_since(dead), ended.saturating_duration_since(dead))
-        })
-        .collect();
-    assert!(lost.is_empty(), "requests lost when a listed backend died: {lost:?}");
-    let retried = requests.iter().filter(|(began, ended, _)| *began >= dead && ended.duration_since(*began) >= Duration::from_millis(900)).count();
-    assert!(retried >= 1, "a request met the dead backend and was answered by another after its SYN's retransmission");
-    let after: std::collections::BTreeSet<&String> = requests.iter().filter(|(began, _, _)| *began > applied).filter_map(|(_, _, o)| o.as_ref().ok()).collect();
-    assert!(!after.iter().any(|b| b.as_str() == "backend-1"), "{after:?}");
+    let requests = through_a_death(&network, &node_netns, vip, (httpd, None), web(&lab, vec![ips[0], ips[2]])).await;
+    assert_no_request_lost(&requests, "backend-1");
     stop(victim).await;
+
+    // Then backend-2 dies whole (its namespace with it): the requests meanwhile get no
+    // answer at all; once the table leaves it out, their retransmitted SYNs go to
+    // backend-0 (the unanswered conntrack entries to backend-2 were deleted).
+    let victim = backends.remove(1);
+    let veth = orch_agent::net::names::container_veth(&lab.bridge, "backend-2");
+    let requests = through_a_death(&network, &node_netns, vip, (victim.host_pid(), Some(veth)), web(&lab, vec![ips[0]])).await;
+    assert_no_request_lost(&requests, "backend-2");
+    stop(victim).await;
+    kernel.refresh_metrics();
+    assert!(kernel.metrics().connections("web") >= 630, "300 + 30 + 2 × 150 connections counted, across table changes");
+
+    // An address of the service range that no VIP holds is refused at once (the node
+    // routes the range to the balancer namespace, which forwards only what it DNAT'd).
+    let nowhere = SocketAddrV4::new(lab.services.nth(99), 80);
+    let (outcome, took) = in_netns(&node_netns, move || {
+        let began = Instant::now();
+        (TcpStream::connect_timeout(&nowhere.into(), Duration::from_secs(5)).map(drop), began.elapsed())
+    })
+    .join()
+    .expect("connect");
+    assert!(outcome.as_ref().is_err_and(|e| e.raw_os_error() == Some(nix::libc::EHOSTUNREACH)), "{outcome:?}");
+    assert!(took < Duration::from_secs(1), "refused, not left to time out: {took:?}");
 
     for backend in backends {
         stop(backend).await;

@@ -38,7 +38,7 @@ cleanup() {
     # What net up's teardown would have removed, had it not been killed.
     rm -f "/run/orch/$bridge.balancer.sock"
     nft delete table ip "orch_$bridge" 2>/dev/null || true
-    nft delete table ip "orch_${bridge}_ports" 2>/dev/null || true
+    nft delete table ip "orchnp_$bridge" 2>/dev/null || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     ip netns del "${p}b" 2>/dev/null || true

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 require_root "deploy/bench/heal.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2
+install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables conntrack
 cd "$ORCH_ROOT"
 step "cargo bench -p orch-agent --bench heal"
 ORCH_BENCH_KILLS="${1:-20}" cargo bench -q -p orch-agent --bench heal

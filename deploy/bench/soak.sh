@@ -10,7 +10,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 require_root "deploy/bench/soak.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables
+install_packages "${BUILD_PACKAGES[@]}" busybox-static iproute2 nftables conntrack
 minutes="${1:-10}"
 if ! [[ "$minutes" =~ ^[1-9][0-9]{0,3}$ ]]; then
     echo "deploy/bench/soak.sh: MINUTES must be a whole number from 1 to 9999, got '$minutes'" >&2

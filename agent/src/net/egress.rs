@@ -26,8 +26,12 @@ pub struct Egress {
 /// The nftables table of the node network on `bridge` (nft names allow letters, digits
 /// and `_`).
 pub fn table_name(bridge: &str) -> String {
-    let safe: String = bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("orch_{safe}")
+    format!("orch_{}", nft_safe(bridge))
+}
+
+/// `bridge` as part of an nft name: letters, digits, and `_` for anything else.
+pub fn nft_safe(bridge: &str) -> String {
+    bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 impl Egress {

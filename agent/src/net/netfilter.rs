@@ -19,7 +19,10 @@ pub fn run(netns: Option<&Path>, program: &str, args: &[&str], input: Option<&st
         }
         None => Command::new(program),
     };
-    let what = format!("{program} {}", args.join(" "));
+    let what = match netns {
+        Some(path) => format!("{program} {} (in network namespace {})", args.join(" "), path.display()),
+        None => format!("{program} {}", args.join(" ")),
+    };
     let failed = |message: String| NetError::Netfilter { command: what.clone(), message };
     let mut child =
         command.args(args).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(

@@ -203,6 +203,11 @@ impl NodeNetwork {
         self.balancer.as_ref()
     }
 
+    /// The kernel data path, when this network has one.
+    pub fn kernel_path(&self) -> Option<&KernelPath> {
+        self.kernel.as_deref()
+    }
+
     /// Reserves the container's address (idempotent) and writes the files it gets
     /// bind-mounted: /etc/resolv.conf, /etc/hosts, /etc/hostname. Returns
     /// `(host file, container path)` pairs.
@@ -273,8 +278,14 @@ impl NodeNetwork {
             None => Err(NetError::Balancer("this node network runs no balancer".into())),
         };
         if let Some(kernel) = &self.kernel {
-            let failed = applied.as_ref().ok().map(|failures| failures.iter().map(|f| f.listener).collect());
-            let (kernel, want) = (std::sync::Arc::clone(kernel), super::table::desired(table));
+            let want = super::table::desired(table);
+            // A listener the balancer process could not open for its owner (a second
+            // service declaring a port is a failure of that service, not of the port).
+            let failed = applied
+                .as_ref()
+                .ok()
+                .map(|failures| failures.iter().filter(|f| want.owners.get(&f.listener) == Some(&f.service)).map(|f| f.listener).collect());
+            let kernel = std::sync::Arc::clone(kernel);
             tokio::task::spawn_blocking(move || kernel.apply(&want, failed))
                 .await
                 .map_err(|e| NetError::Thread(format!("applying the kernel path: {e}")))??;
@@ -283,20 +294,23 @@ impl NodeNetwork {
     }
 
     /// The TCP connections to `ip` this node carries now: relayed by its balancer
-    /// process, and established through its kernel path.
+    /// process, and open through its kernel path.
     pub async fn active_connections(&self, ip: Ipv4Addr) -> usize {
         let relayed = match &self.balancer {
             Some(balancer) => balancer.active_connections(ip).await,
             None => 0,
         };
-        let established = match &self.kernel {
+        let open = match &self.kernel {
             Some(kernel) => {
                 let kernel = std::sync::Arc::clone(kernel);
-                tokio::task::spawn_blocking(move || kernel.established_to(ip)).await.unwrap_or(0)
+                tokio::task::spawn_blocking(move || kernel.open_to(ip)).await.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "counting the kernel path's connections to {ip}: taken as none");
+                    0
+                })
             }
             None => 0,
         };
-        relayed + established
+        relayed + open
     }
 
     pub async fn view(&self) -> Result<NetworkView, NetError> {
@@ -343,11 +357,12 @@ impl NodeNetwork {
         link::delete_link(&handle, &names::lb_veth(bridge)?).await?;
         Netns::delete_named(&names::lb_netns(bridge))?;
         link::delete_link(&handle, bridge).await?;
-        dnat::remove(bridge, None)?;
+        let ports = dnat::remove(bridge, None);
         let _ = std::fs::remove_file(state.addresses(bridge));
         let _ = std::fs::remove_file(state.addresses_lock(bridge));
         let _ = std::fs::remove_file(state.balancer_log(bridge));
-        egress::remove(bridge, None)
+        egress::remove(bridge, None)?;
+        ports
     }
 
     /// Removes everything the node network made: listeners, the balancer namespace and
@@ -365,8 +380,10 @@ impl NodeNetwork {
         link::delete_link(&self.handle, &names::lb_veth(&self.config.bridge)?).await?;
         Netns::delete_named(&names::lb_netns(&self.config.bridge))?;
         link::delete_link(&self.handle, &self.config.bridge).await?;
-        egress::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
+        // Both tables go, whichever fails.
+        let egress = egress::remove(&self.config.bridge, self.config.node_netns.as_deref());
         dnat::remove(&self.config.bridge, self.config.node_netns.as_deref())?;
+        egress?;
         if forget {
             let state = crate::StateDir::new(&self.config.state_dir);
             let _ = std::fs::remove_file(state.addresses(&self.config.bridge));

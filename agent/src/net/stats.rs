@@ -139,9 +139,50 @@ impl BalancerMetrics {
     }
 }
 
+/// The kernel data path's counters, by service: the connections it balanced (the
+/// counters of its DNAT rules, which see each connection's first packet).
+#[derive(Clone, Debug, Default)]
+pub struct KernelPathMetrics {
+    connections: Family<Service, Counter>,
+    /// Each service's total when last followed.
+    last: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+}
+
+impl KernelPathMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let orch = registry.sub_registry_with_prefix("orch");
+        orch.register("kernel_path_connections", "TCP connections the node's kernel data path balanced (nftables DNAT), by service", self.connections.clone());
+    }
+
+    /// Brings the counters up to `now`: each service's total since the kernel path started.
+    pub fn follow(&self, now: &std::collections::BTreeMap<String, u64>) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (service, total) in now {
+            let grown = total.saturating_sub(last.get(service).copied().unwrap_or(0));
+            self.connections.get_or_create(&Service { service: service.clone() }).inc_by(grown);
+        }
+        last.extend(now.iter().map(|(service, total)| (service.clone(), *total)));
+    }
+
+    /// One service's counter (tests).
+    pub fn connections(&self, service: &str) -> u64 {
+        self.connections.get_or_create(&Service { service: service.to_owned() }).get()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_path_s_counters_follow_its_totals() {
+        let metrics = KernelPathMetrics::default();
+        metrics.follow(&[("web".to_owned(), 5)].into());
+        metrics.follow(&[("web".to_owned(), 9), ("api".to_owned(), 1)].into());
+        assert_eq!((metrics.connections("web"), metrics.connections("api")), (9, 1));
+        metrics.follow(&[("web".to_owned(), 9)].into());
+        assert_eq!(metrics.connections("web"), 9, "no growth, no change");
+    }
 
     fn web(connections: u64, active: i64) -> ServiceCounters {
         ServiceCounters { service: "web".into(), connections, active, to_client: connections * 10, ..ServiceCounters::default() }

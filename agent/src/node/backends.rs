@@ -205,11 +205,17 @@ impl PodNetwork for NodeNetwork {
         if let Some(balancer) = self.balancer() {
             balancer.metrics().register(registry);
         }
+        if let Some(kernel) = self.kernel_path() {
+            kernel.metrics().register(registry);
+        }
     }
 
     fn refresh_metrics(&self) {
         if let Some(balancer) = self.balancer() {
             balancer.refresh_metrics_blocking();
+        }
+        if let Some(kernel) = self.kernel_path() {
+            kernel.refresh_metrics();
         }
     }
 

@@ -41,6 +41,10 @@ struct TableState {
     failed: Failures,
     /// The last apply failed as a whole (the balancer did not answer, say).
     unapplied: bool,
+    /// A table came (from the controller): before that, nothing is applied, so a new
+    /// agent leaves the kernel path's rules and the balancer's table as the last one left
+    /// them until the controller is reached.
+    received: bool,
 }
 
 /// What changed between two sets of failed listeners, as events and the node condition;
@@ -86,14 +90,16 @@ impl ServiceTable {
     pub async fn apply(&self, ctx: &NodeContext, table: Vec<ServiceEndpoints>) {
         let mut state = self.state.lock().await;
         state.table = table;
+        state.received = true;
         Self::apply_held(&mut state, ctx).await;
     }
 
     /// Applies the last table again when a listener of it failed, the last apply failed,
-    /// or the balancer process does not answer (killed, crashed: the apply starts it again).
+    /// or the balancer process does not answer (killed, crashed: the apply starts it
+    /// again) — once a table came.
     pub async fn retry(&self, ctx: &NodeContext) {
         let mut state = self.state.lock().await;
-        if !state.failed.is_empty() || state.unapplied || !ctx.network.balancer_answers().await {
+        if state.received && (!state.failed.is_empty() || state.unapplied || !ctx.network.balancer_answers().await) {
             Self::apply_held(&mut state, ctx).await;
         }
     }

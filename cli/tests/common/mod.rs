@@ -197,7 +197,8 @@ impl Up {
         let run_root = format!("/run/orch/{}", self.bridge);
         assert!(!std::path::Path::new(&run_root).exists(), "the config and secret tmpfs {run_root} is left:\n{mounts}");
         let tables = text(&Command::new("nft").args(["list", "tables"]).output().expect("nft (deploy/test.sh installs nftables)").stdout);
-        assert!(!tables.contains(&format!("orch_{}", self.bridge)), "the egress or node-port table is left:\n{tables}");
+        assert!(!tables.contains(&format!("orch_{}", self.bridge)), "the egress table is left:\n{tables}");
+        assert!(!tables.contains(&format!("orchnp_{}", self.bridge)), "the node-port table is left:\n{tables}");
     }
 }
 
@@ -217,7 +218,7 @@ impl Drop for Up {
         kill_balancers(&self.bridge);
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("ip").args(["netns", "del", &format!("{}-lb", self.bridge)]).stderr(Stdio::null()).status();
-        for table in [format!("orch_{}", self.bridge), format!("orch_{}_ports", self.bridge)] {
+        for table in [format!("orch_{}", self.bridge), format!("orchnp_{}", self.bridge)] {
             let _ = Command::new("nft").args(["delete", "table", "ip", &table]).stderr(Stdio::null()).status();
         }
         let run_root = format!("/run/orch/{}", self.bridge);
