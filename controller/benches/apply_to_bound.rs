@@ -116,10 +116,17 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         }
         if running.len() == replicas {
             let running_at = start.elapsed();
-            // The API agrees.
-            let (listed_bound, listed_running) = count(&mut api).await.map_err(|e| e.to_string())?;
-            if (listed_bound, listed_running) != (replicas, replicas) {
-                return Err(format!("the watch saw all {replicas} running, the API lists {listed_bound} bound and {listed_running} running"));
+            // The API agrees (its picture of the store may be a moment behind this watch).
+            let agreed_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let (listed_bound, listed_running) = count(&mut api).await.map_err(|e| e.to_string())?;
+                if (listed_bound, listed_running) == (replicas, replicas) {
+                    break;
+                }
+                if tokio::time::Instant::now() > agreed_by {
+                    return Err(format!("the watch saw all {replicas} running; 5 s later the API lists {listed_bound} bound and {listed_running} running"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             let desired_sets = agents.iter().map(FakeAgent::desired_sets).sum();
             controller.stop().await;

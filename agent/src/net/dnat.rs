@@ -173,7 +173,8 @@ pub struct KernelPath {
 
 #[derive(Default)]
 struct Applied {
-    rulesets: Option<(String, String)>,
+    /// The VIP and node-port rulesets in the kernel (none: unknown, both are written).
+    rulesets: Option<[String; 2]>,
     endpoints: BTreeSet<Ipv4Addr>,
     failed: BTreeSet<ListenKey>,
     /// Connections counted by the tables replaced so far, by service.
@@ -226,17 +227,15 @@ impl KernelPath {
     /// one that cannot be read is logged).
     fn counts_now(&self) -> BTreeMap<String, u64> {
         let mut counts = BTreeMap::new();
-        for (netns, table) in [(Some(self.vip_netns.as_path()), VIP_TABLE.to_owned()), (self.node_netns.as_deref(), ports_table(&self.bridge))] {
-            let listing = netfilter::run(netns, "nft", &["-j", "list", "table", "ip", &table], None).and_then(|text| {
-                serde_json::from_str(&text).map_err(|e| NetError::Netfilter { command: format!("nft -j list table ip {table}"), message: e.to_string() })
-            });
-            match listing {
-                Ok(listing) => add_counts(&mut counts, counts_in(&listing)),
-                Err(NetError::Netfilter { message, .. }) if message.contains("No such file or directory") => {}
-                Err(error) => tracing::warn!(%error, "reading the kernel path's counters"),
-            }
+        for (netns, table) in self.sides() {
+            add_counts(&mut counts, counts_of(netns, &table));
         }
         counts
+    }
+
+    /// The balancer namespace with its table, and the node's with its.
+    fn sides(&self) -> [(Option<&Path>, String); 2] {
+        [(Some(self.vip_netns.as_path()), VIP_TABLE.to_owned()), (self.node_netns.as_deref(), ports_table(&self.bridge))]
     }
 
     /// Its metrics (for the agent's registry).
@@ -261,25 +260,54 @@ impl KernelPath {
         if let Some(failed) = failed {
             applied.failed = failed;
         }
-        let rulesets = (vip_ruleset(desired, self.strategy), node_port_ruleset(&self.bridge, desired, self.strategy, self.node_address, &applied.failed));
+        let rulesets = [vip_ruleset(desired, self.strategy), node_port_ruleset(&self.bridge, desired, self.strategy, self.node_address, &applied.failed)];
         let now = endpoints(desired);
-        if applied.rulesets.as_ref() != Some(&rulesets) {
-            // The counters go with the tables replaced: kept first.
-            let counted = self.counts_now();
+        let gone: Vec<Ipv4Addr> = applied.endpoints.difference(&now).copied().collect();
+        let before = applied.rulesets.clone();
+        // Both namespaces at once (an nft transaction takes ~20 ms on a small VM): each
+        // table replaced when its ruleset changed — its counters kept first, as they go
+        // with it —, then the unanswered connections to endpoints that left forgotten.
+        let sides = self.sides();
+        let outcomes: Vec<(Result<(), NetError>, BTreeMap<String, u64>)> = std::thread::scope(|scope| {
+            let work: Vec<_> = sides
+                .iter()
+                .zip(&rulesets)
+                .enumerate()
+                .map(|(i, ((netns, table), ruleset))| {
+                    let changed = before.as_ref().is_none_or(|b| b[i] != *ruleset);
+                    let gone = &gone;
+                    scope.spawn(move || {
+                        let mut counted = BTreeMap::new();
+                        if changed {
+                            counted = counts_of(*netns, table);
+                            if let Err(error) = netfilter::run(*netns, "nft", &["-f", "-"], Some(ruleset)) {
+                                return (Err(error), BTreeMap::new());
+                            }
+                        }
+                        for endpoint in gone {
+                            if let Err(error) = forget_unanswered(*netns, *endpoint) {
+                                tracing::warn!(%endpoint, %error, "forgetting connections not yet answered by an endpoint that left");
+                            }
+                        }
+                        (Ok(()), counted)
+                    })
+                })
+                .collect();
+            work.into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|_| (Err(NetError::Thread("applying the kernel path panicked".into())), BTreeMap::new())))
+                .collect()
+        });
+        let mut result = Ok(());
+        for (outcome, counted) in outcomes {
             add_counts(&mut applied.counted, counted);
-            netfilter::run(Some(&self.vip_netns), "nft", &["-f", "-"], Some(&rulesets.0))?;
-            netfilter::run(self.node_netns.as_deref(), "nft", &["-f", "-"], Some(&rulesets.1))?;
-            applied.rulesets = Some(rulesets);
-        }
-        for gone in applied.endpoints.difference(&now) {
-            for netns in [Some(self.vip_netns.as_path()), self.node_netns.as_deref()] {
-                if let Err(error) = forget_unanswered(netns, *gone) {
-                    tracing::warn!(endpoint = %gone, %error, "forgetting connections not yet answered by an endpoint that left");
-                }
+            if result.is_ok() {
+                result = outcome;
             }
         }
+        // A failed side is tried again with the next apply (its ruleset is not recorded).
+        applied.rulesets = result.is_ok().then_some(rulesets);
         applied.endpoints = now;
-        Ok(())
+        result
     }
 
     /// The open TCP connections the kernel path carries to `ip` now (DNAT'd ones: not a
@@ -315,6 +343,22 @@ pub const COUNT_KEPT: std::time::Duration = std::time::Duration::from_millis(250
 /// yet closed both ways (`tcp 6 431999 ESTABLISHED src=…`: the fourth field).
 pub fn open_connections(listing: &str) -> usize {
     listing.lines().filter(|line| matches!(line.split_whitespace().nth(3), Some("SYN_RECV" | "ESTABLISHED" | "FIN_WAIT" | "CLOSE_WAIT"))).count()
+}
+
+/// What the DNAT rules of `table` in `netns` counted, by service (a missing table counts
+/// nothing; one that cannot be read is logged).
+fn counts_of(netns: Option<&Path>, table: &str) -> BTreeMap<String, u64> {
+    let listing = netfilter::run(netns, "nft", &["-j", "list", "table", "ip", table], None).and_then(|text| {
+        serde_json::from_str(&text).map_err(|e| NetError::Netfilter { command: format!("nft -j list table ip {table}"), message: e.to_string() })
+    });
+    match listing {
+        Ok(listing) => counts_in(&listing),
+        Err(NetError::Netfilter { message, .. }) if message.contains("No such file or directory") => BTreeMap::new(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the kernel path's counters");
+            BTreeMap::new()
+        }
+    }
 }
 
 /// Deletes the conntrack entries towards `ip` that no SYN-ACK answered: the client's

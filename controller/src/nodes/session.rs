@@ -29,6 +29,56 @@ const STATUS_WRITES: usize = 16;
 /// How often a session judges its node's heartbeats.
 const JUDGE_EVERY: Duration = Duration::from_millis(100);
 
+/// Desired sets whose only change is the shared part (endpoints, nodes, Configs and
+/// Secrets) that one session sends at once; after them, one per [`SHARED_ONLY_EVERY`]
+/// (a token bucket): a few readiness changes reach the node at once, a storm of them
+/// (thousands of replicas starting) becomes one set per node per window. A change of the
+/// node's own replicas always goes at once.
+pub const SHARED_ONLY_BURST: f64 = 4.0;
+
+/// See [`SHARED_ONLY_BURST`].
+pub const SHARED_ONLY_EVERY: Duration = Duration::from_millis(50);
+
+/// A session's budget of shared-only desired sets (pure; see [`SHARED_ONLY_BURST`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl SharedBudget {
+    pub fn new(now: std::time::Instant) -> SharedBudget {
+        SharedBudget { tokens: SHARED_ONLY_BURST, at: now }
+    }
+
+    fn tokens_at(&self, now: std::time::Instant) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() / SHARED_ONLY_EVERY.as_secs_f64()).min(SHARED_ONLY_BURST)
+    }
+
+    /// When a set of `version` (`ClusterState::desired_version`) may go, the last one
+    /// sent having been of `sent`: now for the first set or a change of the node's own
+    /// replicas; a shared-only change when a token is there.
+    pub fn send_at(&self, sent: Option<(u64, u64)>, version: (u64, u64), now: std::time::Instant) -> std::time::Instant {
+        match sent {
+            Some(sent) if sent.0 == version.0 => {
+                let tokens = self.tokens_at(now);
+                if tokens >= 1.0 {
+                    now
+                } else {
+                    now + SHARED_ONLY_EVERY.mul_f64(1.0 - tokens)
+                }
+            }
+            _ => now,
+        }
+    }
+
+    /// Records a set sent now: a shared-only one spends a token.
+    pub fn spend(&mut self, shared_only: bool, now: std::time::Instant) {
+        self.tokens = self.tokens_at(now) - if shared_only { 1.0 } else { 0.0 };
+        self.at = now;
+    }
+}
+
 /// A judge that woke this much later than it meant to was paused itself (its machine is
 /// overloaded): the silence it would see is its own, and is not held against the node.
 const JUDGE_PAUSED: Duration = Duration::from_millis(500);
@@ -327,11 +377,22 @@ impl Session {
         let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
         let mut last: Option<pb::DesiredSet> = None;
         let mut seen_version = None;
+        let mut sent: Option<(u64, u64)> = None;
+        let mut budget = SharedBudget::new(std::time::Instant::now());
         loop {
             let current = state.borrow_and_update().clone();
             // Recomputed only when this node's replicas or the shared part changed.
             let version = current.desired_version(&node);
             if current.synced() && seen_version != Some(version) {
+                let at = budget.send_at(sent, version, std::time::Instant::now());
+                if at > std::time::Instant::now() {
+                    // Only the shared part moved, and the budget is spent: wait, then take
+                    // whatever the state is by then.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => continue,
+                        () = outgoing.closed() => return,
+                    }
+                }
                 seen_version = Some(version);
                 let wanted = desired_set(&current, &node, &open);
                 if last.as_ref() != Some(&wanted) {
@@ -341,6 +402,8 @@ impl Session {
                         return;
                     }
                     last = Some(wanted);
+                    budget.spend(sent.is_some_and(|sent| sent.0 == version.0), std::time::Instant::now());
+                    sent = Some(version);
                 }
             }
             tokio::select! {
@@ -348,5 +411,31 @@ impl Session {
                 () = outgoing.closed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn shared_only_sets_go_at_once_in_a_burst_then_one_per_window() {
+        let start = Instant::now();
+        let mut budget = SharedBudget::new(start);
+        assert_eq!(budget.send_at(None, (1, 1), start), start, "the first set goes at once");
+        budget.spend(false, start);
+        for shared in 2..6 {
+            assert_eq!(budget.send_at(Some((1, shared - 1)), (1, shared), start), start, "shared-only set {shared}: within the burst");
+            budget.spend(true, start);
+        }
+        let next = budget.send_at(Some((1, 5)), (1, 6), start);
+        assert!(next > start && next <= start + SHARED_ONLY_EVERY, "the burst is spent: the next one waits for a token ({:?})", next - start);
+        assert_eq!(budget.send_at(Some((1, 5)), (2, 6), start), start, "the node's own replicas changed: at once, budget or not");
+        let later = start + SHARED_ONLY_EVERY * 2;
+        assert_eq!(budget.send_at(Some((1, 5)), (1, 6), later), later, "a quiet window brings a token back");
+        budget.spend(true, later);
+        budget.spend(true, later);
+        assert!(budget.send_at(Some((1, 7)), (1, 8), later) > later, "two windows gave two tokens, no more");
     }
 }
