@@ -84,8 +84,8 @@ pub struct ServeArgs {
     /// `proxy`, the balancer process (connection limits, idle timeout, connect fallback,
     /// least connections), or `kernel`, nftables DNAT (no userspace hop, the clients'
     /// own addresses at local backends of node ports; needs Debian's `conntrack`). DNS,
-    /// UDP and node ports called from the node itself stay with the balancer process
-    /// either way.
+    /// UDP, and node ports called from the node itself or from its pods stay with the
+    /// balancer process either way.
     #[arg(long, value_enum, default_value = "kernel")]
     pub data_path: orch_agent::net::DataPath,
     /// The most one image layer may unpack to (its files' bytes), e.g. 32Gi; a larger

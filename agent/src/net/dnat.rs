@@ -101,7 +101,7 @@ pub fn vip_ruleset(desired: &DesiredBalancer, strategy: Strategy) -> String {
          \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n\
          \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tct status dnat masquerade\n\t}}\n\
          \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tct status dnat {DROP_EARLY_RST}\n\t\tct status dnat accept\n\t\treject with icmp type host-unreachable\n\t}}\n}}\n"
+         \t\tct status dnat {DROP_EARLY_RST}\n\t\tct status dnat accept\n\t\tcounter reject with icmp type host-unreachable\n\t}}\n}}\n"
     )
 }
 
@@ -417,7 +417,7 @@ mod tests {
         assert!(!rules.contains("dport 53"), "UDP stays with the balancer process: {rules}");
         assert!(rules.contains("ct status dnat masquerade"), "{rules}");
         assert!(rules.contains("ct status dnat ct direction reply tcp flags & rst == rst ct status & assured == 0 drop"), "{rules}");
-        assert!(rules.contains("ct status dnat accept\n\t\treject with icmp type host-unreachable\n"), "nothing else is forwarded: {rules}");
+        assert!(rules.contains("ct status dnat accept\n\t\tcounter reject with icmp type host-unreachable\n"), "nothing else is forwarded: {rules}");
         let random = vip_ruleset(&desired(&table(&["10.88.1.3"])), Strategy::LeastConnections);
         assert!(random.contains("counter dnat to numgen random mod 1 map { 0 : 10.88.1.3 } : 8080"), "{random}");
         let none = vip_ruleset(&desired(&table(&[])), Strategy::RoundRobin);
