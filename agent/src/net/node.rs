@@ -268,29 +268,43 @@ impl NodeNetwork {
         Ok(())
     }
 
-    /// Converges the balancer to the service table, and the kernel path's rules when it
-    /// has one (even when the balancer process does not answer: its rules carry the
-    /// traffic then, with the node ports that failed last time left out).
+    /// Converges the kernel path's rules (when it has one) and the balancer process to the
+    /// service table. The kernel first, with the node ports the process could not open
+    /// last time left out: once the process — what `Inspect` reports, and so "ready means
+    /// answering" — has the table, the rules have it too. Then again if the process's
+    /// failures changed (a rewrite only then). The rules are applied even when the process
+    /// does not answer: they carry the traffic then.
     pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
+        let want = super::table::desired(table);
+        let kernel_first = self.apply_kernel(&want, None).await;
         let applied = match &self.balancer {
             Some(balancer) => balancer.apply(table).await,
             None if table.is_empty() => Ok(Vec::new()),
             None => Err(NetError::Balancer("this node network runs no balancer".into())),
         };
-        if let Some(kernel) = &self.kernel {
-            let want = super::table::desired(table);
-            // A listener the balancer process could not open for its owner (a second
-            // service declaring a port is a failure of that service, not of the port).
-            let failed = applied
-                .as_ref()
-                .ok()
-                .map(|failures| failures.iter().filter(|f| want.owners.get(&f.listener) == Some(&f.service)).map(|f| f.listener).collect());
-            let kernel = std::sync::Arc::clone(kernel);
-            tokio::task::spawn_blocking(move || kernel.apply(&want, failed))
-                .await
-                .map_err(|e| NetError::Thread(format!("applying the kernel path: {e}")))??;
-        }
+        // A listener the balancer process could not open for its owner (a second service
+        // declaring a port is a failure of that service, not of the port).
+        let failed =
+            applied.as_ref().ok().map(|failures| failures.iter().filter(|f| want.owners.get(&f.listener) == Some(&f.service)).map(|f| f.listener).collect());
+        let kernel_then = match failed {
+            Some(failed) => self.apply_kernel(&want, Some(failed)).await,
+            None => Ok(()),
+        };
+        kernel_first?;
+        kernel_then?;
         applied
+    }
+
+    /// Applies `want` to the kernel path, when this network has one (`failed`: see
+    /// [`KernelPath::apply`]).
+    async fn apply_kernel(
+        &self,
+        want: &super::table::DesiredBalancer,
+        failed: Option<std::collections::BTreeSet<super::table::ListenKey>>,
+    ) -> Result<(), NetError> {
+        let Some(kernel) = &self.kernel else { return Ok(()) };
+        let (kernel, want) = (std::sync::Arc::clone(kernel), want.clone());
+        tokio::task::spawn_blocking(move || kernel.apply(&want, failed)).await.map_err(|e| NetError::Thread(format!("applying the kernel path: {e}")))?
     }
 
     /// The TCP connections to `ip` this node carries now: relayed by its balancer
