@@ -379,8 +379,19 @@ impl Drop for TwoNodes {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_route_pod_and_vip_traffic_across() {
-    let lab = NetLab::new("net-2node");
+async fn two_nodes_route_pod_and_vip_traffic_across_through_the_balancer_process() {
+    two_nodes_route_pod_and_vip_traffic_across(NetLab::new("net-2node"), DataPath::Proxy).await;
+}
+
+/// On the kernel path, node B DNATs its pod's VIP connection to the server on node A (no
+/// masquerade: A routes the reply back and B un-NATs it) and its node port from outside
+/// towards A (masqueraded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_route_pod_and_vip_traffic_across_on_the_kernel_path() {
+    two_nodes_route_pod_and_vip_traffic_across(NetLab::new("net-2nodek"), DataPath::Kernel).await;
+}
+
+async fn two_nodes_route_pod_and_vip_traffic_across(lab: NetLab, data_path: DataPath) {
     let k = u32::from(lab.subnet.network.octets()[2]);
     let nodes = TwoNodes::new(&lab.bridge, k);
     let pods_b = Subnet::parse(&format!("10.213.{k}.0/24")).expect("subnet");
@@ -397,7 +408,7 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         limits: orch_agent::net::ConnectionLimits::default(),
         node_netns: Some(orch_agent::net::Netns::named_path(&nodes.netns(x))),
         helper: Some(common::AGENT.into()),
-        data_path: DataPath::Proxy,
+        data_path,
     };
     let a = NodeNetwork::setup(node_network("a", lab.subnet)).await.expect("node a");
     let b = NodeNetwork::setup(node_network("b", pods_b)).await.expect("node b");
@@ -436,6 +447,14 @@ async fn two_nodes_route_pod_and_vip_traffic_across() {
         .expect("join")
         .expect("node port");
         assert_eq!(body, "server", "node port of node {x}");
+    }
+    if let Some(kernel) = b.kernel_path() {
+        kernel.refresh_metrics();
+        assert_eq!(
+            kernel.metrics().connections("web"),
+            3,
+            "node B DNAT'd the pod's two VIP connections (by address, by name) and the node port's from outside"
+        );
     }
 
     stop(server).await;
@@ -899,23 +918,16 @@ async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_
         ips.push(ip);
     }
     network.apply_services(&web(&lab, ips.clone())).await.expect("apply");
-    // An address of the service range that no VIP holds: the balancer namespace (the
-    // node routes the whole range there) refuses it (its reject rule counts the SYN),
-    // where forwarding it back to the node would bounce it between the two.
-    let lb = format!("{}-lb", lab.bridge);
-    let refused = move || -> u64 {
-        let out =
-            std::process::Command::new("ip").args(["netns", "exec", &lb, "nft", "-j", "list", "chain", "ip", "orch_lb", "forward"]).output().expect("nft");
-        let listing: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
-        let rules = listing["nftables"].as_array().expect("nftables").iter().filter_map(|item| item.get("rule"));
-        let reject = rules.filter(|rule| rule["expr"].as_array().is_some_and(|e| e.iter().any(|x| x.get("reject").is_some())));
-        reject.flat_map(|rule| rule["expr"].as_array().into_iter().flatten().filter_map(|x| x["counter"]["packets"].as_u64())).sum()
-    };
-    let before = refused();
+    // An address of the service range that no VIP holds goes to the balancer namespace
+    // (the node routes the whole range there), which forwards nothing: no answer.
     let nowhere = SocketAddrV4::new(lab.services.nth(99), 80);
     let outcome = in_netns(&node_netns, move || TcpStream::connect_timeout(&nowhere.into(), Duration::from_millis(500)).map(drop)).join().expect("connect");
     assert!(outcome.is_err(), "nothing answers {nowhere}");
-    assert!(refused() > before, "the balancer namespace refused the SYN to {nowhere}");
+    let lb_forwarding = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{}-lb", lab.bridge), "sysctl", "-n", "net.ipv4.ip_forward"])
+        .output()
+        .expect("sysctl");
+    assert_eq!(String::from_utf8_lossy(&lb_forwarding.stdout).trim(), "0", "the balancer namespace forwards nothing");
     let balancers = common::balancer_pids(&lab.bridge);
     assert_eq!(balancers.len(), 1, "one balancer process: {balancers:?}");
     common::kill_balancers(&lab.bridge);
@@ -937,6 +949,14 @@ async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_
     let kernel = network.kernel_path().expect("a kernel path");
     kernel.refresh_metrics();
     assert_eq!(kernel.metrics().connections("web"), 300, "the VIP's DNAT rule counted each connection once");
+
+    // 30 requests to the VIP from a pod on the same bridge (backend-0's namespace): each
+    // backend answers, itself included — the connections are masqueraded to the bridge's
+    // address, so the replies come back through the node and are un-NAT'd.
+    let pod_netns = std::path::PathBuf::from(format!("/proc/{}/ns/net", backends[0].host_pid()));
+    let answers = in_netns(&pod_netns, move || (0..30).map(|_| http_get(vip)).collect::<Vec<_>>()).join().expect("VIP load from a pod");
+    let answered: std::collections::BTreeSet<String> = answers.into_iter().map(|a| a.expect("the VIP answers a pod on the bridge")).collect();
+    assert_eq!(answered.len(), 3, "{answered:?}");
 
     // A node port, called from outside the node: answered by every backend, each of
     // which saw the outside's own address.
@@ -975,7 +995,7 @@ async fn the_kernel_path_balances_without_the_balancer_process_and_backends_see_
     assert_no_request_lost(&requests, "backend-2");
     stop(victim).await;
     kernel.refresh_metrics();
-    assert!(kernel.metrics().connections("web") >= 630, "300 + 30 + 2 × 150 connections counted, across table changes");
+    assert!(kernel.metrics().connections("web") >= 660, "300 + 30 + 30 + 2 × 150 connections counted, across table changes");
 
     for backend in backends {
         stop(backend).await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Requests/s and latency with wrk against the same fast backend (nginx) four ways in one
 # run: directly, through the service's VIP on orch's kernel path (`--data-path kernel`:
-# nftables DNAT), through orch's balancer process (the node port called from the node
+# nftables DNAT in the node's namespace, here from the node itself), through orch's balancer process (the node port called from the node
 # itself, which the kernel path leaves to it, as `--data-path proxy` serves every
 # connection), and through haproxy in TCP mode in an equivalent namespace on the same
 # bridge. Prints the ratios. Then 400 requests, 5 ms apart, alternating between the VIP

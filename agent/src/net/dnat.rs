@@ -1,28 +1,32 @@
 //! The kernel data path (`--data-path kernel`): TCP service ports balanced by nftables
-//! DNAT, so connections go with no userspace hop and keep going whatever happens to the
-//! agent or the balancer process (rules and conntrack entries live in the kernel).
+//! DNAT in the node's own namespace (table `ip orchnp_<bridge>`), so connections go with
+//! no userspace hop and no extra namespace, and keep going whatever happens to the agent
+//! or the balancer process (rules and conntrack entries live in the kernel).
 //!
-//! - VIPs, in the balancer namespace (table `ip orch_lb`): a packet to VIP:port — the
-//!   node routes the service range there — is DNAT'd to an endpoint `numgen` picks and
-//!   masqueraded to the namespace's address (.2), so the reply comes back the same way.
-//!   Backends see .2, as they see the userspace proxy.
-//! - Node ports, in the node's namespace (table `ip orchnp_<bridge>`): a packet that
-//!   arrives from outside the bridge at the node's address is DNAT'd, and masqueraded
-//!   only when its endpoint is on another node, so a local backend sees the client's own
-//!   address (the Swarm complaint, moby#25526). What the node itself sends (127.0.0.1,
-//!   its own address) and what pods send to a node port go on to the balancer process's
-//!   listeners, as UDP and DNS do.
+//! - VIPs: a packet to VIP:port — from a pod (prerouting) or from the node itself
+//!   (output) — is DNAT'd to an endpoint `numgen` picks, before the route that would take
+//!   it to the balancer namespace applies. A pod's connection to an endpoint on its own
+//!   bridge is masqueraded to the bridge's address (the reply would otherwise go to the
+//!   pod directly, over the bridge, and never be un-NAT'd); towards another node, and
+//!   from the node itself, the backend sees the client's own address.
+//! - Node ports: a packet that arrives from outside the bridge at the node's address is
+//!   DNAT'd, and masqueraded only when its endpoint is on another node, so a local
+//!   backend sees the client's own address (the Swarm complaint, moby#25526). What the
+//!   node itself sends to a node port (127.0.0.1, its own address) and what pods send to
+//!   one go on to the balancer process's listeners, as UDP, DNS and service ports with
+//!   no endpoint do.
 //! - A connection to a replica that is dying: its namespace may answer the SYN with a
-//!   RST. Both tables drop a RST answering a DNAT'd connection not yet established, so
-//!   the client retransmits its SYN instead of failing; when the endpoint leaves the
-//!   table, the not-yet-answered conntrack entries to it are deleted (`conntrack -D`), so
-//!   that retransmission is balanced again over the endpoints that are left.
+//!   RST. The table drops a RST answering one of its DNAT'd connections not yet
+//!   established (forwarded, or to the node itself), so the client retransmits its SYN
+//!   instead of failing; when the endpoint leaves the table, the not-yet-answered
+//!   conntrack entries to it are deleted (`conntrack -D`), so that retransmission is
+//!   balanced again over the endpoints that are left.
 //!
 //! No kernel equivalent exists for `--max-connections-per-port`, `--idle-timeout`, passive
 //! ejection or least connections (it picks at random) on this path; drains count the
 //! established conntrack entries to the replica.
 //!
-//! The rulesets are pure functions of the desired balancer; each apply replaces a table
+//! The ruleset is a pure function of the desired balancer; each apply replaces the table
 //! whole in one transaction (`nft -f -`), which leaves established connections alone.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +35,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use super::egress;
+use super::ipam::Subnet;
 use super::netfilter;
 use super::proxy::Strategy;
 use super::stats::KernelPathMetrics;
@@ -49,12 +54,13 @@ pub enum DataPath {
     Kernel,
 }
 
-/// The table of VIP rules, in the balancer namespace (which is the node network's own).
-pub const VIP_TABLE: &str = "orch_lb";
+/// The table an earlier version kept in the balancer namespace (VIPs were DNAT'd there):
+/// removed when a node network is set up.
+pub const LEGACY_VIP_TABLE: &str = "orch_lb";
 
-/// The table of node-port rules of the node network on `bridge`, in the node's namespace
-/// (`orchnp_`: never the name of another bridge's egress table, `orch_…`).
-pub fn ports_table(bridge: &str) -> String {
+/// The kernel path's table of the node network on `bridge`, in the node's namespace
+/// (`orchnp_`, node path: never the name of another bridge's egress table, `orch_…`).
+pub fn table_name(bridge: &str) -> String {
     format!("orchnp_{}", egress::nft_safe(bridge))
 }
 
@@ -83,67 +89,75 @@ fn dnat(endpoints: &[SocketAddrV4], strategy: Strategy) -> Option<String> {
 /// seeing a refusal.)
 const DROP_EARLY_RST: &str = "ct direction reply tcp flags & rst == rst ct status & assured == 0 drop";
 
-/// The nft script for the balancer namespace: each TCP VIP port with endpoints DNAT'd
-/// over them, masquerade, the early-RST drop; it forwards nothing else (the node routes
-/// the whole service range here: an address no VIP holds would bounce between the two
-/// until its TTL ran out, so it is refused at once). Listeners with no endpoint have no
-/// rule (the balancer process's listener closes such connections).
-pub fn vip_ruleset(desired: &DesiredBalancer, strategy: Strategy) -> String {
-    let mut rules = String::new();
-    for (key, endpoints) in &desired.listeners {
-        if let (ListenKey::Vip(vip), Some(dnat)) = (key, dnat(endpoints, strategy)) {
-            let service = comment_safe(desired.owners.get(key).map_or("", String::as_str));
-            let _ = writeln!(rules, "\t\tip daddr {} tcp dport {} {dnat} comment \"service {service}\"", vip.ip(), vip.port());
-        }
-    }
-    format!(
-        "table ip {VIP_TABLE}\ndelete table ip {VIP_TABLE}\ntable ip {VIP_TABLE} {{\n\
-         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n\
-         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tct status dnat masquerade\n\t}}\n\
-         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tct status dnat {DROP_EARLY_RST}\n\t\tct status dnat accept\n\t\tcounter reject with icmp type host-unreachable\n\t}}\n}}\n"
-    )
-}
-
-/// The nft script for the node's namespace: each TCP node port with endpoints (and not
-/// in `failed`: a port another process holds is left to it) DNAT'd when it comes from
-/// outside the bridge to `node_address` (any local address when unset); masquerade
-/// towards endpoints on other nodes; the early-RST drop.
-pub fn node_port_ruleset(bridge: &str, desired: &DesiredBalancer, strategy: Strategy, node_address: Option<Ipv4Addr>, failed: &BTreeSet<ListenKey>) -> String {
-    let table = ports_table(bridge);
+/// The nft script for the node's namespace. VIPs: each TCP VIP port with endpoints
+/// DNAT'd over them, from pods and from the node; a connection from a pod of `pods` (the
+/// bridge's subnet) to an endpoint on the bridge masqueraded (matched by its original
+/// source: in postrouting the kernel knows no input interface).
+/// Node ports: each TCP node port with endpoints (and not in `failed`: a port another
+/// process holds is left to it) DNAT'd when it comes from outside the bridge to
+/// `node_address` (any local address when unset), masqueraded towards endpoints on
+/// other nodes. The early-RST drop for both. Ports with no endpoint have no rule (the
+/// balancer process's listener closes such connections).
+pub fn ruleset(
+    bridge: &str,
+    pods: Subnet,
+    desired: &DesiredBalancer,
+    strategy: Strategy,
+    node_address: Option<Ipv4Addr>,
+    failed: &BTreeSet<ListenKey>,
+) -> String {
+    let table = table_name(bridge);
     let to_node = match node_address {
         Some(address) => format!("ip daddr {address}"),
         None => "fib daddr type local".to_owned(),
     };
-    let mut rules = String::new();
-    let mut ports = Vec::new();
+    let (mut services, mut node_port_rules) = (String::new(), String::new());
+    let (mut vips, mut ports) = (BTreeSet::new(), Vec::new());
     for (key, endpoints) in &desired.listeners {
-        if let (ListenKey::NodePort(port), Some(dnat)) = (key, dnat(endpoints, strategy)) {
-            if failed.contains(key) {
-                continue;
+        let Some(dnat) = dnat(endpoints, strategy) else { continue };
+        let service = comment_safe(desired.owners.get(key).map_or("", String::as_str));
+        match key {
+            ListenKey::Vip(vip) => {
+                let _ = writeln!(services, "\t\tip daddr {} tcp dport {} {dnat} comment \"service {service}\"", vip.ip(), vip.port());
+                vips.insert(*vip.ip());
             }
-            let service = comment_safe(desired.owners.get(key).map_or("", String::as_str));
-            let _ = writeln!(rules, "\t\tiifname != \"{bridge}\" {to_node} tcp dport {port} {dnat} comment \"service {service}\"");
-            ports.push(port.to_string());
+            ListenKey::NodePort(port) if !failed.contains(key) => {
+                let _ = writeln!(node_port_rules, "\t\tiifname != \"{bridge}\" {to_node} tcp dport {port} {dnat} comment \"service {service}\"");
+                ports.push(port.to_string());
+            }
+            _ => {}
         }
     }
-    // The flows these rules DNAT'd (not another program's DNAT to the same ports).
-    let to_here = node_address.map(|address| format!(" ct original ip daddr {address}")).unwrap_or_default();
-    let (set, flows) = if ports.is_empty() {
-        (String::new(), None)
-    } else {
-        (
-            format!("\tset node_ports {{\n\t\ttype inet_service\n\t\telements = {{ {} }}\n\t}}\n", ports.join(", ")),
-            Some(format!("ct status dnat meta l4proto tcp ct original proto-dst @node_ports{to_here}")),
-        )
-    };
-    let masquerade = flows.as_ref().map(|flows| format!("\t\t{flows} oifname != \"{bridge}\" masquerade\n")).unwrap_or_default();
-    let drop_rst = flows.as_ref().map(|flows| format!("\t\t{flows} {DROP_EARLY_RST}\n")).unwrap_or_default();
+    let mut sets = String::new();
+    let (mut prerouting, mut output, mut postrouting, mut forward, mut input) = (String::new(), String::new(), String::new(), String::new(), String::new());
+    if !vips.is_empty() {
+        let addresses: Vec<String> = vips.iter().map(Ipv4Addr::to_string).collect();
+        let _ = write!(sets, "\tset vips {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n", addresses.join(", "));
+        prerouting.push_str("\t\tip daddr @vips jump services\n");
+        output.push_str("\t\tip daddr @vips jump services\n");
+        // The flows the VIP rules DNAT'd.
+        let flows = "ct status dnat meta l4proto tcp ct original ip daddr @vips";
+        let _ = writeln!(postrouting, "\t\t{flows} ct original ip saddr {pods} oifname \"{bridge}\" masquerade");
+        let _ = writeln!(forward, "\t\t{flows} {DROP_EARLY_RST}");
+        let _ = writeln!(input, "\t\t{flows} {DROP_EARLY_RST}");
+    }
+    prerouting.push_str(&node_port_rules);
+    if !ports.is_empty() {
+        let _ = write!(sets, "\tset node_ports {{\n\t\ttype inet_service\n\t\telements = {{ {} }}\n\t}}\n", ports.join(", "));
+        // The flows the node-port rules DNAT'd (not another program's DNAT to the same ports).
+        let to_here = node_address.map(|address| format!(" ct original ip daddr {address}")).unwrap_or_default();
+        let flows = format!("ct status dnat meta l4proto tcp ct original proto-dst @node_ports{to_here}");
+        let _ = writeln!(postrouting, "\t\t{flows} oifname != \"{bridge}\" masquerade");
+        let _ = writeln!(forward, "\t\t{flows} {DROP_EARLY_RST}");
+    }
     format!(
-        "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n{set}\
-         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n\
-         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{masquerade}\t}}\n\
-         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{drop_rst}\t}}\n}}\n"
+        "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n{sets}\
+         \tchain services {{\n{services}\t}}\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{prerouting}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{output}\t}}\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{postrouting}\t}}\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n{forward}\t}}\n\
+         \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{input}\t}}\n}}\n"
     )
 }
 
@@ -157,11 +171,11 @@ pub fn endpoints(desired: &DesiredBalancer) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// The kernel path of one node network: its two namespaces, what it applied last, and
+/// The kernel path of one node network: the node's namespace, what it applied last, and
 /// its connection counters.
 pub struct KernelPath {
     bridge: String,
-    vip_netns: PathBuf,
+    pods: Subnet,
     node_netns: Option<PathBuf>,
     node_address: Option<Ipv4Addr>,
     strategy: Strategy,
@@ -173,8 +187,8 @@ pub struct KernelPath {
 
 #[derive(Default)]
 struct Applied {
-    /// The VIP and node-port rulesets in the kernel (none: unknown, both are written).
-    rulesets: Option<[String; 2]>,
+    /// The ruleset in the kernel (none: unknown, it is written).
+    ruleset: Option<String>,
     endpoints: BTreeSet<Ipv4Addr>,
     failed: BTreeSet<ListenKey>,
     /// Connections counted by the tables replaced so far, by service.
@@ -203,17 +217,11 @@ pub fn counts_in(listing: &serde_json::Value) -> BTreeMap<String, u64> {
 impl KernelPath {
     /// The kernel path for the node network on `bridge`; fails when `nft` or `conntrack`
     /// cannot run.
-    pub fn new(
-        bridge: &str,
-        vip_netns: PathBuf,
-        node_netns: Option<PathBuf>,
-        node_address: Option<Ipv4Addr>,
-        strategy: Strategy,
-    ) -> Result<KernelPath, NetError> {
+    pub fn new(bridge: &str, pods: Subnet, node_netns: Option<PathBuf>, node_address: Option<Ipv4Addr>, strategy: Strategy) -> Result<KernelPath, NetError> {
         netfilter::run(None, "conntrack", &["--version"], None)?;
         Ok(KernelPath {
             bridge: bridge.to_owned(),
-            vip_netns,
+            pods,
             node_netns,
             node_address,
             strategy,
@@ -223,96 +231,54 @@ impl KernelPath {
         })
     }
 
-    /// What both tables counted now, by service (a table that is missing counts nothing;
-    /// one that cannot be read is logged).
-    fn counts_now(&self) -> BTreeMap<String, u64> {
-        let mut counts = BTreeMap::new();
-        for (netns, table) in self.sides() {
-            add_counts(&mut counts, counts_of(netns, &table));
-        }
-        counts
-    }
-
-    /// The balancer namespace with its table, and the node's with its.
-    fn sides(&self) -> [(Option<&Path>, String); 2] {
-        [(Some(self.vip_netns.as_path()), VIP_TABLE.to_owned()), (self.node_netns.as_deref(), ports_table(&self.bridge))]
-    }
-
     /// Its metrics (for the agent's registry).
     pub fn metrics(&self) -> &KernelPathMetrics {
         &self.metrics
     }
 
-    /// Brings the metrics up to the tables' counters (blocking: runs `nft`).
+    /// Brings the metrics up to the table's counters (blocking: runs `nft`; holds the
+    /// applied state meanwhile, so a replacement cannot count its table twice).
     pub fn refresh_metrics(&self) {
-        let now = self.counts_now();
-        let mut totals = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).counted.clone();
-        add_counts(&mut totals, now);
+        let applied = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut totals = applied.counted.clone();
+        add_counts(&mut totals, counts_of(self.node_netns.as_deref(), &table_name(&self.bridge)));
+        drop(applied);
         self.metrics.follow(&totals);
     }
 
-    /// Replaces both tables (when they changed), then forgets the conntrack entries not
-    /// yet answered towards endpoints that left (a failure there is logged: the rules
-    /// are in). `failed`: the balancer process's listeners that could not open (none:
-    /// it did not answer; those of the last apply).
+    /// Replaces the table (when it changed; its counters kept first, as they go with
+    /// it), then forgets the conntrack entries not yet answered towards endpoints that
+    /// left (a failure there is logged: the rules are in). `failed`: the balancer
+    /// process's listeners that could not open (none: it did not answer; those of the
+    /// last apply).
     pub fn apply(&self, desired: &DesiredBalancer, failed: Option<BTreeSet<ListenKey>>) -> Result<(), NetError> {
         let mut applied = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(failed) = failed {
             applied.failed = failed;
         }
-        let rulesets = [vip_ruleset(desired, self.strategy), node_port_ruleset(&self.bridge, desired, self.strategy, self.node_address, &applied.failed)];
+        let ruleset = ruleset(&self.bridge, self.pods, desired, self.strategy, self.node_address, &applied.failed);
         let now = endpoints(desired);
-        let gone: Vec<Ipv4Addr> = applied.endpoints.difference(&now).copied().collect();
-        let before = applied.rulesets.clone();
-        // Both namespaces at once (an nft transaction takes ~20 ms on a small VM): each
-        // table replaced when its ruleset changed — its counters kept first, as they go
-        // with it —, then the unanswered connections to endpoints that left forgotten.
-        let sides = self.sides();
-        let outcomes: Vec<(Result<(), NetError>, BTreeMap<String, u64>)> = std::thread::scope(|scope| {
-            let work: Vec<_> = sides
-                .iter()
-                .zip(&rulesets)
-                .enumerate()
-                .map(|(i, ((netns, table), ruleset))| {
-                    let changed = before.as_ref().is_none_or(|b| b[i] != *ruleset);
-                    let gone = &gone;
-                    scope.spawn(move || {
-                        let mut counted = BTreeMap::new();
-                        if changed {
-                            counted = counts_of(*netns, table);
-                            if let Err(error) = netfilter::run(*netns, "nft", &["-f", "-"], Some(ruleset)) {
-                                return (Err(error), BTreeMap::new());
-                            }
-                        }
-                        for endpoint in gone {
-                            if let Err(error) = forget_unanswered(*netns, *endpoint) {
-                                tracing::warn!(%endpoint, %error, "forgetting connections not yet answered by an endpoint that left");
-                            }
-                        }
-                        (Ok(()), counted)
-                    })
-                })
-                .collect();
-            work.into_iter()
-                .map(|handle| handle.join().unwrap_or_else(|_| (Err(NetError::Thread("applying the kernel path panicked".into())), BTreeMap::new())))
-                .collect()
-        });
-        let mut result = Ok(());
-        for (outcome, counted) in outcomes {
+        let netns = self.node_netns.as_deref();
+        if applied.ruleset.as_ref() != Some(&ruleset) {
+            let table = table_name(&self.bridge);
+            let counted = counts_of(netns, &table);
+            // A failed apply is tried again with the next (its ruleset is not recorded).
+            applied.ruleset = None;
+            netfilter::run(netns, "nft", &["-f", "-"], Some(&ruleset))?;
             add_counts(&mut applied.counted, counted);
-            if result.is_ok() {
-                result = outcome;
+            applied.ruleset = Some(ruleset);
+        }
+        for endpoint in applied.endpoints.difference(&now) {
+            if let Err(error) = forget_unanswered(netns, *endpoint) {
+                tracing::warn!(%endpoint, %error, "forgetting connections not yet answered by an endpoint that left");
             }
         }
-        // A failed side is tried again with the next apply (its ruleset is not recorded).
-        applied.rulesets = result.is_ok().then_some(rulesets);
         applied.endpoints = now;
-        result
+        Ok(())
     }
 
     /// The open TCP connections the kernel path carries to `ip` now (DNAT'd ones: not a
-    /// pod's own connection to it). A count is kept for [`COUNT_KEPT`]: drains ask often,
-    /// and each count lists conntrack twice.
+    /// pod's own connection to it). A count is kept for [`COUNT_KEPT`]: drains ask often.
     pub fn open_to(&self, ip: Ipv4Addr) -> usize {
         let now = std::time::Instant::now();
         let mut counted = self.counted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -321,16 +287,13 @@ impl KernelPath {
             return *count;
         }
         let address = ip.to_string();
-        let count = [Some(self.vip_netns.as_path()), self.node_netns.as_deref()]
-            .into_iter()
-            .map(|netns| match netfilter::run(netns, "conntrack", &["-L", "-p", "tcp", "--reply-src", &address, "--dst-nat"], None) {
-                Ok(listing) => open_connections(&listing),
-                Err(error) => {
-                    tracing::warn!(%error, "counting the connections to {address}: taken as none");
-                    0
-                }
-            })
-            .sum();
+        let count = match netfilter::run(self.node_netns.as_deref(), "conntrack", &["-L", "-p", "tcp", "--reply-src", &address, "--dst-nat"], None) {
+            Ok(listing) => open_connections(&listing),
+            Err(error) => {
+                tracing::warn!(%error, "counting the connections to {address}: taken as none");
+                0
+            }
+        };
         counted.insert(ip, (now, count));
         count
     }
@@ -371,16 +334,9 @@ fn forget_unanswered(netns: Option<&Path>, ip: Ipv4Addr) -> Result<(), NetError>
     }
 }
 
-/// Removes the node-port table of the node network on `bridge` (the VIP table goes with
-/// the balancer namespace); a missing one is fine.
+/// Removes the kernel path's table of the node network on `bridge`; a missing one is fine.
 pub fn remove(bridge: &str, node_netns: Option<&Path>) -> Result<(), NetError> {
-    netfilter::delete_table(node_netns, &ports_table(bridge))
-}
-
-/// Removes both tables: a node network on the proxy path keeps none a kernel-path run left.
-pub fn remove_both(bridge: &str, vip_netns: &Path, node_netns: Option<&Path>) -> Result<(), NetError> {
-    netfilter::delete_table(Some(vip_netns), VIP_TABLE)?;
-    remove(bridge, node_netns)
+    netfilter::delete_table(node_netns, &table_name(bridge))
 }
 
 #[cfg(test)]
@@ -390,6 +346,10 @@ mod tests {
 
     fn ip(text: &str) -> Ipv4Addr {
         text.parse().expect("ip")
+    }
+
+    fn pods() -> Subnet {
+        Subnet::parse("10.88.1.0/24").expect("subnet")
     }
 
     fn table(ready: &[&str]) -> Vec<ServiceEndpoints> {
@@ -405,54 +365,67 @@ mod tests {
     }
 
     #[test]
-    fn vips_are_dnat_ed_over_their_endpoints_and_masqueraded() {
-        let rules = vip_ruleset(&desired(&table(&["10.88.1.3", "10.88.2.3"])), Strategy::RoundRobin);
-        assert!(rules.starts_with("table ip orch_lb\ndelete table ip orch_lb\ntable ip orch_lb {"), "{rules}");
+    fn vips_are_dnat_ed_from_pods_and_the_node_with_hairpin_masquerade() {
+        let want = desired(&table(&["10.88.1.3", "10.88.2.3"]));
+        let rules = ruleset("orch0", pods(), &want, Strategy::RoundRobin, Some(ip("192.0.2.7")), &BTreeSet::new());
+        assert!(rules.starts_with("table ip orchnp_orch0\ndelete table ip orchnp_orch0\ntable ip orchnp_orch0 {"), "{rules}");
         assert!(
             rules.contains(
-                "ip daddr 10.96.0.10 tcp dport 80 counter dnat to numgen inc mod 2 map { 0 : 10.88.1.3, 1 : 10.88.2.3 } : 8080 comment \"service web\"\n"
+                "\tchain services {\n\t\tip daddr 10.96.0.10 tcp dport 80 counter dnat to numgen inc mod 2 map { 0 : 10.88.1.3, 1 : 10.88.2.3 } : 8080 comment \"service web\"\n"
             ),
             "{rules}"
         );
+        assert!(rules.contains("set vips {\n\t\ttype ipv4_addr\n\t\telements = { 10.96.0.10 }"), "{rules}");
+        assert!(rules.contains("priority dstnat; policy accept;\n\t\tip daddr @vips jump services\n"), "from pods: {rules}");
+        assert!(rules.contains("type nat hook output priority -100; policy accept;\n\t\tip daddr @vips jump services\n"), "from the node: {rules}");
         assert!(!rules.contains("dport 53"), "UDP stays with the balancer process: {rules}");
-        assert!(rules.contains("ct status dnat masquerade"), "{rules}");
-        assert!(rules.contains("ct status dnat ct direction reply tcp flags & rst == rst ct status & assured == 0 drop"), "{rules}");
-        assert!(rules.contains("ct status dnat accept\n\t\tcounter reject with icmp type host-unreachable\n"), "nothing else is forwarded: {rules}");
-        let random = vip_ruleset(&desired(&table(&["10.88.1.3"])), Strategy::LeastConnections);
+        let flows = "ct status dnat meta l4proto tcp ct original ip daddr @vips";
+        assert!(rules.contains(&format!("{flows} ct original ip saddr 10.88.1.0/24 oifname \"orch0\" masquerade")), "pods of the bridge only: {rules}");
+        let drop = format!("{flows} ct direction reply tcp flags & rst == rst ct status & assured == 0 drop");
+        assert!(rules.contains(&format!("type filter hook forward priority filter; policy accept;\n\t\t{drop}\n")), "{rules}");
+        assert!(rules.contains(&format!("type filter hook input priority filter; policy accept;\n\t\t{drop}\n")), "{rules}");
+        let random = ruleset("orch0", pods(), &desired(&table(&["10.88.1.3"])), Strategy::LeastConnections, None, &BTreeSet::new());
         assert!(random.contains("counter dnat to numgen random mod 1 map { 0 : 10.88.1.3 } : 8080"), "{random}");
-        let none = vip_ruleset(&desired(&table(&[])), Strategy::RoundRobin);
-        assert!(!none.contains("dnat to"), "no endpoint, no rule (the process's listener closes): {none}");
+        let none = ruleset("orch0", pods(), &desired(&table(&[])), Strategy::RoundRobin, None, &BTreeSet::new());
+        assert!(
+            !none.contains("dnat to") && !none.contains("@vips") && !none.contains("masquerade"),
+            "no endpoint, no rule (the process's listener closes): {none}"
+        );
+        assert!(none.contains("chain services {\n\t}\n"), "the chains are there, empty: {none}");
     }
 
     #[test]
     fn node_ports_come_from_outside_the_bridge_and_keep_the_client_address_for_local_endpoints() {
         let want = desired(&table(&["10.88.1.3", "10.88.2.3"]));
-        let rules = node_port_ruleset("orch0", &want, Strategy::RoundRobin, Some(ip("192.0.2.7")), &BTreeSet::new());
-        assert!(rules.starts_with("table ip orchnp_orch0\ndelete table ip orchnp_orch0\n"), "{rules}");
+        let rules = ruleset("orch0", pods(), &want, Strategy::RoundRobin, Some(ip("192.0.2.7")), &BTreeSet::new());
         assert!(rules.contains("iifname != \"orch0\" ip daddr 192.0.2.7 tcp dport 30080 counter dnat to numgen inc mod 2 map"), "{rules}");
         assert!(rules.contains("elements = { 30080 }"), "{rules}");
         assert!(
             rules.contains("ct status dnat meta l4proto tcp ct original proto-dst @node_ports ct original ip daddr 192.0.2.7 oifname != \"orch0\" masquerade"),
             "{rules}"
         );
-        assert_eq!(ports_table("orch-0"), "orchnp_orch_0");
+        assert_eq!(table_name("orch-0"), "orchnp_orch_0");
         let mut odd = table(&["10.88.1.3"]);
         odd[0].name = "we\"b".into();
-        assert!(vip_ruleset(&desired(&odd), Strategy::RoundRobin).contains("comment \"service we_b\""), "a quote cannot end the comment");
-        assert!(!rules.contains("30053"), "{rules}");
-        let anywhere = node_port_ruleset("orch0", &want, Strategy::RoundRobin, None, &BTreeSet::new());
-        assert!(anywhere.contains("iifname != \"orch0\" fib daddr type local tcp dport 30080"), "{anywhere}");
-        let held = node_port_ruleset("orch0", &want, Strategy::RoundRobin, None, &BTreeSet::from([ListenKey::NodePort(30080)]));
         assert!(
-            !held.contains("dnat") && !held.contains("set node_ports") && !held.contains("masquerade"),
+            ruleset("orch0", pods(), &desired(&odd), Strategy::RoundRobin, None, &BTreeSet::new()).contains("comment \"service we_b\""),
+            "a quote cannot end the comment"
+        );
+        assert!(!rules.contains("30053"), "{rules}");
+        let anywhere = ruleset("orch0", pods(), &want, Strategy::RoundRobin, None, &BTreeSet::new());
+        assert!(anywhere.contains("iifname != \"orch0\" fib daddr type local tcp dport 30080"), "{anywhere}");
+        let held = ruleset("orch0", pods(), &want, Strategy::RoundRobin, None, &BTreeSet::from([ListenKey::NodePort(30080)]));
+        assert!(
+            !held.contains("dport 30080") && !held.contains("set node_ports") && !held.contains("oifname != \"orch0\" masquerade"),
             "a port another process holds is left to it: {held}"
         );
+        assert!(held.contains("ip daddr 10.96.0.10 tcp dport 80 counter dnat"), "the VIP keeps its rule: {held}");
     }
 
     #[test]
     fn counts_come_from_the_rules_of_each_service() {
         let listing: serde_json::Value = serde_json::from_str(
-            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "orch_lb"}},
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "orchnp_orch0"}},
                 {"rule": {"chain": "prerouting", "comment": "service web", "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"dnat": {}}]}},
                 {"rule": {"chain": "prerouting", "comment": "service web", "expr": [{"counter": {"packets": 2, "bytes": 120}}]}},
                 {"rule": {"chain": "prerouting", "comment": "service api", "expr": [{"counter": {"packets": 1, "bytes": 60}}]}},

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::NetError;
 
@@ -140,6 +140,19 @@ pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns
         .execute()
         .await
         .map_err(NetError::netlink(format!("attach {host} to the bridge")))
+}
+
+/// Lets the bridge send a frame back out of the port `index` it came in on (hairpin
+/// mode, as kubelet's `hairpin-veth`): with `br_netfilter` loaded (Docker loads it), a
+/// pod's connection to a VIP that the node DNATs to the pod itself is bridged back to
+/// its own port, which a bridge otherwise drops.
+pub async fn set_hairpin(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
+    handle
+        .link()
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("set hairpin mode on the bridge port {name}")))
 }
 
 /// Deletes the link `name`; a missing one is fine.

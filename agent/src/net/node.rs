@@ -7,8 +7,8 @@
 //!   service range to it;
 //! - routes to other nodes' pod subnets via their node addresses (host-gw);
 //! - masquerade for pod traffic leaving the cluster (an nftables table of its own);
-//! - with `--data-path kernel`, nftables DNAT of TCP VIPs (in the balancer namespace)
-//!   and node ports (in the node's), see `dnat`.
+//! - with `--data-path kernel`, nftables DNAT of TCP VIPs and node ports in the node's
+//!   namespace, before the route to the balancer namespace applies, see `dnat`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -23,6 +23,7 @@ use super::egress;
 use super::ipam::{Ipam, Subnet};
 use super::link;
 use super::names;
+use super::netfilter;
 use super::netns::Netns;
 use super::proxy::{ConnectionLimits, Strategy};
 use super::table::{ListenerFailure, ServiceEndpoints, DNS_DOMAIN};
@@ -149,20 +150,25 @@ impl NodeNetwork {
         link::replace_route(&lb_handle, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
-        // The kernel path forwards from the balancer namespace; the proxy path keeps no
-        // rule an earlier kernel-path run left. A network without a balancer (`orch-agent
-        // run`) leaves both alone: an agent may be running on the same bridge.
+        // The balancer namespace forwards nothing (an earlier version DNAT'd VIPs there:
+        // its table goes); the proxy path keeps no rule an earlier kernel-path run left. A
+        // network without a balancer (`orch-agent run`) leaves all of it alone: an agent
+        // may be running on the same bridge.
         let kernel = match (config.data_path, &config.helper) {
             (_, None) => None,
-            (DataPath::Kernel, Some(_)) => {
-                lb.sysctl("net.ipv4.ip_forward", "1")?;
-                let path = KernelPath::new(&config.bridge, lb.path().to_owned(), config.node_netns.clone(), config.node_address, config.strategy)?;
-                Some(std::sync::Arc::new(path))
-            }
-            (DataPath::Proxy, Some(_)) => {
+            (data_path, Some(_)) => {
                 lb.sysctl("net.ipv4.ip_forward", "0")?;
-                dnat::remove_both(&config.bridge, lb.path(), config.node_netns.as_deref())?;
-                None
+                netfilter::delete_table(Some(lb.path()), dnat::LEGACY_VIP_TABLE)?;
+                match data_path {
+                    DataPath::Kernel => {
+                        let path = KernelPath::new(&config.bridge, config.subnet, config.node_netns.clone(), config.node_address, config.strategy)?;
+                        Some(std::sync::Arc::new(path))
+                    }
+                    DataPath::Proxy => {
+                        dnat::remove(&config.bridge, config.node_netns.as_deref())?;
+                        None
+                    }
+                }
             }
         };
 
@@ -237,6 +243,7 @@ impl NodeNetwork {
         link::delete_link(&self.handle, &veth).await?;
         let target = Netns::of_pid(pid)?;
         link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
+        link::set_hairpin(&self.handle, link::require_index(&self.handle, &veth).await?, &veth).await?;
         let inner = target.netlink()?;
         let eth0 = link::require_index(&inner, "eth0").await?;
         link::set_mac(&inner, eth0, "eth0", link::mac_for(ip)).await?;
