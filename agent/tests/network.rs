@@ -533,6 +533,102 @@ async fn an_established_connection_survives_an_endpoint_change() {
     lab.assert_no_network_left();
 }
 
+/// A node an earlier build ran DNAT'd VIPs in the balancer namespace (table `orch_lb`,
+/// forwarding on) and attached containers without hairpin mode. This build's setup on
+/// the same bridge keeps that table drained — a connection it carried goes on, it DNATs
+/// nothing new — and puts the container's port in hairpin mode; new connections are
+/// DNAT'd in the node's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_connections_the_balancer_namespace_carried() {
+    let lab = NetLab::new("net-upgrade");
+    let earlier = lab.network().await;
+    let echo = lab.container(&earlier, "echo", "exec nc -ll -p 7000 -e cat").await;
+    let echo_ip = earlier.view().await.expect("view").containers[0].1;
+    let table = vec![ServiceEndpoints {
+        name: "echo".into(),
+        vip: lab.vip(),
+        ports: vec![PortMapping { name: "echo".into(), protocol: Protocol::Tcp, service_port: 7000, target_port: 7000, node_port: None }],
+        ready: vec![echo_ip],
+    }];
+    earlier.apply_services(&table).await.expect("apply");
+    // What the earlier build left: its rules and forwarding in the balancer namespace, no
+    // hairpin mode; its balancer process is gone too (the connection is the kernel's).
+    let lb = format!("{}-lb", lab.bridge);
+    let vip = SocketAddrV4::new(lab.vip(), 7000);
+    let legacy = format!(
+        "table ip orch_lb {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\t\
+         ip daddr {} tcp dport 7000 dnat to {echo_ip}:7000\n\t}}\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\t\
+         ct status dnat masquerade\n\t}}\n}}\n",
+        vip.ip()
+    );
+    let run = |args: &[&str], input: Option<&str>| {
+        let mut child = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        if let Some(input) = input {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        let output = child.wait_with_output().expect("wait");
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["ip", "netns", "exec", &lb, "nft", "-f", "-"], Some(&legacy));
+    run(&["ip", "netns", "exec", &lb, "sysctl", "-qw", "net.ipv4.ip_forward=1"], None);
+    let veth = orch_agent::net::names::container_veth(&lab.bridge, "echo");
+    run(&["ip", "link", "set", &veth, "type", "bridge_slave", "hairpin", "off"], None);
+    common::kill_balancers(&lab.bridge);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !common::balancer_pids(&lab.bridge).is_empty() {
+        assert!(Instant::now() < deadline, "the balancer process outlived its kill -9");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let roundtrip = |stream: &mut TcpStream, line: &str| -> String {
+        stream.write_all(format!("{line}\n").as_bytes()).expect("write");
+        let mut buffer = vec![0u8; line.len() + 1];
+        stream.read_exact(&mut buffer).expect("read the echo");
+        String::from_utf8_lossy(&buffer).trim().to_owned()
+    };
+    let mut stream = tokio::task::spawn_blocking(move || {
+        let stream = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect("the earlier build's DNAT answers");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream
+    })
+    .await
+    .expect("connect");
+    assert_eq!(roundtrip(&mut stream, "before"), "before");
+
+    // This build starts on the same bridge.
+    let upgraded = NodeNetwork::setup(lab.config(DataPath::Kernel)).await.expect("setup after the upgrade");
+    assert_eq!(roundtrip(&mut stream, "after-setup"), "after-setup");
+    let kept = run(&["ip", "netns", "exec", &lb, "nft", "list", "table", "ip", "orch_lb"], None);
+    assert!(!kept.contains("dnat to"), "the earlier build's table DNATs nothing new: {kept}");
+    let port = run(&["ip", "-d", "link", "show", &veth], None);
+    assert!(port.contains("hairpin on"), "the container's port is in hairpin mode: {port}");
+    upgraded.apply_services(&table).await.expect("apply after the upgrade");
+    assert_eq!(roundtrip(&mut stream, "after-apply"), "after-apply");
+    let mut fresh = tokio::task::spawn_blocking(move || {
+        let stream = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect("a new connection");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        stream
+    })
+    .await
+    .expect("connect");
+    assert_eq!(roundtrip(&mut fresh, "new"), "new");
+    let kernel = upgraded.kernel_path().expect("a kernel path");
+    kernel.refresh_metrics();
+    assert_eq!(kernel.metrics().connections("echo"), 1, "the new connection was DNAT'd in the node's namespace");
+
+    drop((stream, fresh));
+    stop(echo).await;
+    upgraded.detach("echo").await.expect("detach");
+    upgraded.teardown(true).await.expect("teardown");
+    drop(earlier);
+    lab.assert_no_network_left();
+}
+
 /// A node namespace whose "uplink" is a veth into an "outside" namespace that has an
 /// address of the documentation ranges (203.0.113.10, a TCP server telling each client
 /// its source address) and no route back to the pod network: only the node's

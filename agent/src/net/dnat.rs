@@ -3,12 +3,14 @@
 //! no userspace hop and no extra namespace, and keep going whatever happens to the agent
 //! or the balancer process (rules and conntrack entries live in the kernel).
 //!
-//! - VIPs: a packet to VIP:port — from a pod (prerouting) or from the node itself
-//!   (output) — is DNAT'd to an endpoint `numgen` picks, before the route that would take
-//!   it to the balancer namespace applies. A pod's connection to an endpoint on its own
-//!   bridge is masqueraded to the bridge's address (the reply would otherwise go to the
-//!   pod directly, over the bridge, and never be un-NAT'd); towards another node, and
-//!   from the node itself, the backend sees the client's own address.
+//! - VIPs: a packet to VIP:port — from a pod on the bridge (prerouting) or from the node
+//!   itself (output) — is DNAT'd to an endpoint `numgen` picks, before the route that
+//!   would take it to the balancer namespace applies. A pod's connection to an endpoint
+//!   on its own bridge is masqueraded to the bridge's address (the reply would otherwise
+//!   go to the pod directly, over the bridge, and never be un-NAT'd); towards another
+//!   node the backend sees the pod's own address. A VIP connection from another host
+//!   goes on to the balancer process (unmasqueraded, its endpoint on another node would
+//!   answer the client directly).
 //! - Node ports: a packet that arrives from outside the bridge at the node's address is
 //!   DNAT'd, and masqueraded only when its endpoint is on another node, so a local
 //!   backend sees the client's own address (the Swarm complaint, moby#25526). What the
@@ -54,9 +56,22 @@ pub enum DataPath {
     Kernel,
 }
 
-/// The table an earlier version kept in the balancer namespace (VIPs were DNAT'd there):
-/// removed when a node network is set up.
+/// The table an earlier version kept in the balancer namespace (VIPs were DNAT'd there,
+/// with forwarding on).
 pub const LEGACY_VIP_TABLE: &str = "orch_lb";
+
+/// What an upgraded node keeps of [`LEGACY_VIP_TABLE`]: no new DNAT, but NAT hooks (a
+/// connection it DNAT'd keeps its translation in conntrack; the kernel applies it only
+/// while a nat chain is registered in the namespace) and forwarding for those
+/// connections alone, so an upgrade cuts none of them.
+pub fn legacy_vip_table_drained() -> String {
+    format!(
+        "table ip {LEGACY_VIP_TABLE}\ndelete table ip {LEGACY_VIP_TABLE}\ntable ip {LEGACY_VIP_TABLE} {{\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}}\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}}\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tct status dnat accept\n\t}}\n}}\n"
+    )
+}
 
 /// The kernel path's table of the node network on `bridge`, in the node's namespace
 /// (`orchnp_`, node path: never the name of another bridge's egress table, `orch_…`).
@@ -133,7 +148,9 @@ pub fn ruleset(
     if !vips.is_empty() {
         let addresses: Vec<String> = vips.iter().map(Ipv4Addr::to_string).collect();
         let _ = write!(sets, "\tset vips {{\n\t\ttype ipv4_addr\n\t\telements = {{ {} }}\n\t}}\n", addresses.join(", "));
-        prerouting.push_str("\t\tip daddr @vips jump services\n");
+        // From pods; a VIP connection from another host (a gateway routing the service
+        // range here) goes on to the balancer process, which relays it from .2.
+        let _ = writeln!(prerouting, "\t\tiifname \"{bridge}\" ip daddr @vips jump services");
         output.push_str("\t\tip daddr @vips jump services\n");
         // The flows the VIP rules DNAT'd.
         let flows = "ct status dnat meta l4proto tcp ct original ip daddr @vips";
@@ -242,7 +259,6 @@ impl KernelPath {
         let applied = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut totals = applied.counted.clone();
         add_counts(&mut totals, counts_of(self.node_netns.as_deref(), &table_name(&self.bridge)));
-        drop(applied);
         self.metrics.follow(&totals);
     }
 
@@ -376,7 +392,7 @@ mod tests {
             "{rules}"
         );
         assert!(rules.contains("set vips {\n\t\ttype ipv4_addr\n\t\telements = { 10.96.0.10 }"), "{rules}");
-        assert!(rules.contains("priority dstnat; policy accept;\n\t\tip daddr @vips jump services\n"), "from pods: {rules}");
+        assert!(rules.contains("priority dstnat; policy accept;\n\t\tiifname \"orch0\" ip daddr @vips jump services\n"), "from pods: {rules}");
         assert!(rules.contains("type nat hook output priority -100; policy accept;\n\t\tip daddr @vips jump services\n"), "from the node: {rules}");
         assert!(!rules.contains("dport 53"), "UDP stays with the balancer process: {rules}");
         let flows = "ct status dnat meta l4proto tcp ct original ip daddr @vips";

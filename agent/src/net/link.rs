@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::NetError;
@@ -153,6 +154,20 @@ pub async fn set_hairpin(handle: &Handle, index: u32, name: &str) -> Result<(), 
         .execute()
         .await
         .map_err(NetError::netlink(format!("set hairpin mode on the bridge port {name}")))
+}
+
+/// The ports of the bridge `bridge_index`: each link it controls, by index and name.
+pub async fn ports_of(handle: &Handle, bridge_index: u32) -> Result<Vec<(u32, String)>, NetError> {
+    let mut links = handle.link().get().execute();
+    let mut ports = Vec::new();
+    while let Some(link) = links.try_next().await.map_err(NetError::netlink("list the links"))? {
+        if !link.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(index) if *index == bridge_index)) {
+            continue;
+        }
+        let name = link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(name) = a { Some(name.clone()) } else { None });
+        ports.push((link.header.index, name.unwrap_or_default()));
+    }
+    Ok(ports)
 }
 
 /// Deletes the link `name`; a missing one is fine.

@@ -20,6 +20,11 @@ pub fn container_veth(bridge: &str, container: &str) -> String {
     format!("v{}", &hex::encode(digest)[..12])
 }
 
+/// Whether `name` is shaped as [`container_veth`] makes them.
+pub fn is_container_veth(name: &str) -> bool {
+    name.len() == 13 && name.starts_with('v') && name[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The host end of the load-balancer namespace's veth.
 pub fn lb_veth(bridge: &str) -> Result<String, NetError> {
     let name = format!("{bridge}l");
@@ -42,6 +47,8 @@ mod tests {
         assert_eq!(veth.len(), 13);
         assert_ne!(veth, container_veth("orch1", "webapp-7f9c2-0"));
         assert_eq!(veth, container_veth("orch0", "webapp-7f9c2-0"));
+        assert!(is_container_veth(&veth));
+        assert!(!is_container_veth("orch0l") && !is_container_veth("vethabcdef123") && !is_container_veth("eth0"));
         assert_eq!(lb_veth("orch0").expect("fits"), "orch0l");
         assert!(lb_veth("fifteen-chars-x").is_err());
         assert!(check("").is_err() && check("sixteen-chars-xx").is_err());

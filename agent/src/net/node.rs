@@ -150,15 +150,27 @@ impl NodeNetwork {
         link::replace_route(&lb_handle, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
         link::replace_route(&handle, config.service_cidr.network, config.service_cidr.prefix, subnet.lb_address()).await?;
         drop(lb_handle);
-        // The balancer namespace forwards nothing (an earlier version DNAT'd VIPs there:
-        // its table goes); the proxy path keeps no rule an earlier kernel-path run left. A
-        // network without a balancer (`orch-agent run`) leaves all of it alone: an agent
-        // may be running on the same bridge.
+        // The balancer namespace forwards nothing — but on a node an earlier version ran,
+        // which DNAT'd VIPs there, the connections it carried keep their NAT and
+        // forwarding (its table, drained); the proxy path keeps no rule an earlier
+        // kernel-path run left. Every container port in hairpin mode (those of containers
+        // an earlier version attached too). A network without a balancer (`orch-agent
+        // run`) leaves all of it alone: an agent may be running on the same bridge.
         let kernel = match (config.data_path, &config.helper) {
             (_, None) => None,
             (data_path, Some(_)) => {
-                lb.sysctl("net.ipv4.ip_forward", "0")?;
-                netfilter::delete_table(Some(lb.path()), dnat::LEGACY_VIP_TABLE)?;
+                if netfilter::has_table(Some(lb.path()), dnat::LEGACY_VIP_TABLE)? {
+                    netfilter::run(Some(lb.path()), "nft", &["-f", "-"], Some(&dnat::legacy_vip_table_drained()))?;
+                } else {
+                    lb.sysctl("net.ipv4.ip_forward", "0")?;
+                }
+                for (index, name) in link::ports_of(&handle, bridge_index).await? {
+                    if names::is_container_veth(&name) {
+                        if let Err(error) = link::set_hairpin(&handle, index, &name).await {
+                            tracing::warn!(%error, "a container port (gone meanwhile?) stays out of hairpin mode");
+                        }
+                    }
+                }
                 match data_path {
                     DataPath::Kernel => {
                         let path = KernelPath::new(&config.bridge, config.subnet, config.node_netns.clone(), config.node_address, config.strategy)?;
