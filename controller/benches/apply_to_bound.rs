@@ -1,7 +1,8 @@
 //! Apply → every replica bound, and → every replica reported Running, through the real
 //! gRPC API with fake agents over real gRPC, on a real etcd (`ORCH_TEST_ETCD`) and on the
 //! embedded store; beside it, the pure scheduler placing the same replicas on the same
-//! nodes, as the peer the end-to-end rate is a ratio of. Prints bindings per second.
+//! nodes, as the peer the end-to-end rate is a ratio of. Prints bindings per second of
+//! the median of `ORCH_BENCH_RUNS` (5) runs per store, and their range.
 //!
 //!   sudo bash deploy/bench/controller.sh [REPLICAS] [NODES]     (starts etcd itself)
 //!   ORCH_TEST_ETCD=http://127.0.0.1:2379 cargo bench -p orch-controller --bench apply_to_bound
@@ -162,15 +163,27 @@ fn pure_scheduler(replicas: usize, nodes: usize) -> Duration {
     start.elapsed()
 }
 
-fn report(name: &str, run: &Run, replicas: usize, pure: Duration) {
+/// The median run of `runs` (by the time to all Running), and the range of that time.
+fn median(mut runs: Vec<Run>) -> (Run, Duration, Duration) {
+    runs.sort_by_key(|run| run.running);
+    let (fastest, slowest) = (runs[0].running, runs[runs.len() - 1].running);
+    let middle = runs.swap_remove(runs.len() / 2);
+    (middle, fastest, slowest)
+}
+
+fn report(name: &str, runs: Vec<Run>, replicas: usize, pure: Duration) {
+    let count = runs.len();
+    let (run, fastest, slowest) = median(runs);
     let rate = |d: Duration| replicas as f64 / d.as_secs_f64();
     println!(
-        "{name:>8}: apply → {replicas} bound in {:.0} ms = {:.0} bindings/s; → all Running in {:.0} ms = {:.0} replicas/s; \
-         ratio to the pure scheduler: {:.4}; {} desired sets sent",
+        "{name:>8}: apply → {replicas} bound in {:.0} ms = {:.0} bindings/s; → all Running in {:.0} ms = {:.0} replicas/s \
+         (median of {count}; {:.0}–{:.0} replicas/s); ratio to the pure scheduler: {:.4}; {} desired sets sent",
         run.bound.as_secs_f64() * 1000.0,
         rate(run.bound),
         run.running.as_secs_f64() * 1000.0,
         rate(run.running),
+        rate(slowest),
+        rate(fastest),
         rate(run.bound) / rate(pure),
         run.desired_sets,
     );
@@ -184,6 +197,8 @@ async fn main() -> std::process::ExitCode {
         .init();
     let replicas = env_number("ORCH_BENCH_REPLICAS", 2000).max(SERVICES) / SERVICES * SERVICES;
     let nodes = env_number("ORCH_BENCH_NODES", 100).max(1);
+    // One run is noisy on a small machine (±50 %): the median of several is printed.
+    let runs = env_number("ORCH_BENCH_RUNS", 5).max(1);
     let pure = pure_scheduler(replicas, nodes);
     println!(
         "pure scheduler: {replicas} replicas over {nodes} nodes in {:.1} ms = {:.0} bindings/s",
@@ -201,34 +216,42 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let prefix = format!("/bench/{}-{}/", std::process::id(), orch_controller::events::now_unix_ms());
-    match run(Arc::new(PrefixedStore::new(etcd, &prefix)), replicas, nodes).await {
-        Ok(result) => report("etcd", &result, replicas, pure),
-        Err(error) => {
-            eprintln!("etcd run failed: {error}");
-            return std::process::ExitCode::FAILURE;
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let prefix = format!("/bench/{}-{}/", std::process::id(), orch_controller::events::now_unix_ms());
+        match run(Arc::new(PrefixedStore::new(etcd.clone(), &prefix)), replicas, nodes).await {
+            Ok(result) => results.push(result),
+            Err(error) => {
+                eprintln!("etcd run failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
         }
     }
-    let dir = match tempfile::tempdir() {
-        Ok(dir) => dir,
-        Err(error) => {
-            eprintln!("temporary directory: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let embedded = match EmbeddedStore::open(&dir.path().join("bench.redb")).await {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln!("embedded store: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match run(Arc::new(embedded), replicas, nodes).await {
-        Ok(result) => report("embedded", &result, replicas, pure),
-        Err(error) => {
-            eprintln!("embedded run failed: {error}");
-            return std::process::ExitCode::FAILURE;
+    report("etcd", results, replicas, pure);
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(error) => {
+                eprintln!("temporary directory: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let embedded = match EmbeddedStore::open(&dir.path().join("bench.redb")).await {
+            Ok(store) => store,
+            Err(error) => {
+                eprintln!("embedded store: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        match run(Arc::new(embedded), replicas, nodes).await {
+            Ok(result) => results.push(result),
+            Err(error) => {
+                eprintln!("embedded run failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
         }
     }
+    report("embedded", results, replicas, pure);
     std::process::ExitCode::SUCCESS
 }
