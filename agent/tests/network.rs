@@ -132,14 +132,19 @@ impl Drop for NetLab {
         let ip = |args: &[&str]| {
             let _ = std::process::Command::new("ip").args(args).stderr(std::process::Stdio::null()).status();
         };
-        // The two-node test's networks are `<bridge>A` and `<bridge>B`.
+        // The two-node test's networks are `<bridge>A` and `<bridge>B` (their bridges and
+        // tables live in node namespaces `TwoNodes` removes; their balancer namespaces are
+        // named, as every network's).
         for bridge in [self.bridge.clone(), format!("{}A", self.bridge), format!("{}B", self.bridge)] {
             common::kill_balancers(&bridge);
             let _ = std::fs::remove_file(orch_agent::net::balancer_process::socket_path(&bridge));
+            ip(&["netns", "del", &format!("{bridge}-lb")]);
+            for table in [egress::table_name(&bridge), orch_agent::net::dnat::table_name(&bridge)] {
+                let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &table]).stderr(std::process::Stdio::null()).status();
+            }
         }
         ip(&["link", "del", &self.bridge]);
         ip(&["link", "del", &format!("{}l", self.bridge)]);
-        ip(&["netns", "del", &format!("{}-lb", self.bridge)]);
         ip(&["route", "del", &self.services.to_string()]);
     }
 }
