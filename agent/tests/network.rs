@@ -596,13 +596,14 @@ async fn an_upgrade_keeps_the_connections_the_balancer_namespace_carried() {
         stream.read_exact(&mut buffer).expect("read the echo");
         String::from_utf8_lossy(&buffer).trim().to_owned()
     };
-    let mut stream = tokio::task::spawn_blocking(move || {
-        let stream = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect("the earlier build's DNAT answers");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream
-    })
-    .await
-    .expect("connect");
+    let connect = |what: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let stream = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect(what);
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            stream
+        })
+    };
+    let mut stream = connect("the earlier build's DNAT answers").await.expect("connect");
     assert_eq!(roundtrip(&mut stream, "before"), "before");
 
     // This build starts on the same bridge.
@@ -614,13 +615,7 @@ async fn an_upgrade_keeps_the_connections_the_balancer_namespace_carried() {
     assert!(port.contains("hairpin on"), "the container's port is in hairpin mode: {port}");
     upgraded.apply_services(&table).await.expect("apply after the upgrade");
     assert_eq!(roundtrip(&mut stream, "after-apply"), "after-apply");
-    let mut fresh = tokio::task::spawn_blocking(move || {
-        let stream = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(5)).expect("a new connection");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream
-    })
-    .await
-    .expect("connect");
+    let mut fresh = connect("a new connection").await.expect("connect");
     assert_eq!(roundtrip(&mut fresh, "new"), "new");
     let kernel = upgraded.kernel_path().expect("a kernel path");
     kernel.refresh_metrics();

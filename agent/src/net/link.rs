@@ -122,8 +122,8 @@ pub async fn delete_route(handle: &Handle, destination: Ipv4Addr, prefix: u8) ->
 }
 
 /// A veth pair: `host` stays here, attached to the bridge `bridge_index` and up;
-/// `peer` moves into the namespace `netns_fd` as `peer_name`.
-pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns_fd: i32, peer_name: &str) -> Result<(), NetError> {
+/// `peer` moves into the namespace `netns_fd` as `peer_name`. Returns `host`'s index.
+pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns_fd: i32, peer_name: &str) -> Result<u32, NetError> {
     // A temporary peer name, unique per host end, avoids clashes before the move.
     let temporary = format!("{host}p");
     handle.link().add(LinkVeth::new(host, &temporary).build()).execute().await.map_err(NetError::netlink(format!("create veth {host}")))?;
@@ -140,7 +140,8 @@ pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns
         .set(LinkUnspec::new_with_index(host_index).controller(bridge_index).up().build())
         .execute()
         .await
-        .map_err(NetError::netlink(format!("attach {host} to the bridge")))
+        .map_err(NetError::netlink(format!("attach {host} to the bridge")))?;
+    Ok(host_index)
 }
 
 /// Lets the bridge send a frame back out of the port `index` it came in on (hairpin

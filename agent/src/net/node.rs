@@ -254,8 +254,8 @@ impl NodeNetwork {
         let veth = names::container_veth(&self.config.bridge, container);
         link::delete_link(&self.handle, &veth).await?;
         let target = Netns::of_pid(pid)?;
-        link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
-        link::set_hairpin(&self.handle, link::require_index(&self.handle, &veth).await?, &veth).await?;
+        let port = link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
+        link::set_hairpin(&self.handle, port, &veth).await?;
         let inner = target.netlink()?;
         let eth0 = link::require_index(&inner, "eth0").await?;
         link::set_mac(&inner, eth0, "eth0", link::mac_for(ip)).await?;
