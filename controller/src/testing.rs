@@ -18,6 +18,8 @@ struct Seen {
     running: BTreeMap<String, pb::Replica>,
     generation: u64,
     desired_sets: u64,
+    /// Desired sets that came as a delta.
+    delta_sets: u64,
     endpoints: Vec<pb::ServiceEndpoints>,
     routes: Vec<pb::NodeRoute>,
     sessions: u64,
@@ -55,6 +57,9 @@ pub struct FakeAgentConfig {
     pub heartbeat: Duration,
     /// Mutual TLS towards the controller (`https`), plain text when unset.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Takes deltas, as agents do; false: an agent of an earlier build, which gets
+    /// every set whole.
+    pub takes_deltas: bool,
 }
 
 impl FakeAgentConfig {
@@ -66,6 +71,7 @@ impl FakeAgentConfig {
             labels: BTreeMap::new(),
             heartbeat: Duration::from_millis(200),
             tls: None,
+            takes_deltas: true,
         }
     }
 }
@@ -113,6 +119,11 @@ impl FakeAgent {
 
     pub fn desired_sets(&self) -> u64 {
         lock(&self.seen).desired_sets
+    }
+
+    /// How many of them came as a delta.
+    pub fn delta_sets(&self) -> u64 {
+        lock(&self.seen).delta_sets
     }
 
     /// Heartbeats sent so far.
@@ -170,6 +181,7 @@ fn report(config: &FakeAgentConfig, seen: &mut Seen, pod_prefix: &str) -> pb::Ag
     pb::AgentMessage {
         node: config.name.clone(),
         body: Some(pb::agent_message::Body::Status(pb::StatusReport { observed_generation: seen.generation, replicas, events: vec![], conditions: vec![] })),
+        ..Default::default()
     }
 }
 
@@ -191,8 +203,11 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
     // "10.88.3.0/24" → "10.88.3."
     let pod_prefix = registered.pod_cidr.rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap_or_default();
     let (upward, outgoing) = mpsc::channel(16);
-    let heartbeat = || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
-    upward.send(heartbeat()).await.map_err(|e| e.to_string())?;
+    let heartbeat =
+        || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
+    // As a real agent: deltas, made whole here.
+    upward.send(pb::AgentMessage { takes_deltas: config.takes_deltas, ..heartbeat() }).await.map_err(|e| e.to_string())?;
+    let mut known_shared = orch_api::deltas::KnownShared::default();
     let first_report = report(config, &mut lock(seen), &pod_prefix);
     upward.send(first_report).await.map_err(|e| e.to_string())?;
     let mut downward = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| e.to_string())?.into_inner();
@@ -212,11 +227,14 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
             // Frozen, what comes down waits in the connection, as in a cut link.
             message = downward.message(), if !frozen => {
                 let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
-                let Some(pb::controller_message::Body::Desired(desired)) = message.body else { continue };
+                let Some(pb::controller_message::Body::Desired(mut desired)) = message.body else { continue };
+                let delta = desired.delta;
+                known_shared.take(&mut desired);
                 let report = {
                     let mut seen = lock(seen);
                     seen.generation = desired.generation;
                     seen.desired_sets += 1;
+                    seen.delta_sets += u64::from(delta);
                     seen.running = desired.replicas.into_iter().filter_map(|d| d.replica).map(|r| (r.id.clone(), r)).collect();
                     seen.endpoints = desired.endpoints;
                     seen.routes = desired.routes;

@@ -100,7 +100,8 @@ async fn heartbeats_over_the_session_keep_a_node_ready() {
 
     let (beats, outgoing) = tokio::sync::mpsc::channel(4);
     let _session = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.expect("session");
-    let heartbeat = |node: &str| pb::AgentMessage { node: node.into(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
+    let heartbeat =
+        |node: &str| pb::AgentMessage { node: node.into(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
     // Six seconds of heartbeats every 500 ms: three times the lease's TTL.
     for _ in 0..12 {
         beats.send(heartbeat("worker-1")).await.expect("send");

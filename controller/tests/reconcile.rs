@@ -136,7 +136,10 @@ fn running_everywhere(agents: &[&FakeAgent]) -> BTreeMap<String, String> {
 
 async fn apply_scale_roll_and_delete(store: common::TestStore) {
     let mut cluster = Cluster::start(store.store.clone()).await;
-    let agents = [cluster.agent("node-1", 1), cluster.agent("node-2", 2), cluster.agent("node-3", 3)];
+    // node-3 is an agent of an earlier build: it gets every desired set whole, the others
+    // get what changed.
+    let earlier_build = FakeAgentConfig { takes_deltas: false, ..FakeAgentConfig::new("node-3", "192.0.2.3") };
+    let agents = [cluster.agent("node-1", 1), cluster.agent("node-2", 2), FakeAgent::start(cluster.address, earlier_build)];
     cluster.wait_nodes(3).await;
     let results = cluster.apply(&manifest("web", 3, "busybox")).await;
     assert_eq!(results[0].outcome(), pb::ApplyOutcome::Created);
@@ -180,6 +183,8 @@ async fn apply_scale_roll_and_delete(store: common::TestStore) {
         running_everywhere(&agent_refs).is_empty() && agents.iter().all(|a| a.endpoints().is_empty())
     })
     .await;
+    assert!(agents[..2].iter().all(|a| a.delta_sets() > 0), "agents that take deltas got deltas");
+    assert_eq!(agents[2].delta_sets(), 0, "the earlier build got every set whole");
     assert!(cluster.replicas("").await.is_empty());
     cluster.wait_settled().await;
     assert!(store.store.list("/orch/status/").await.expect("list").items.is_empty(), "no status records left");

@@ -4,6 +4,7 @@
 //! - [`manifest`]: the YAML manifest model, parsing and validation (shared by the CLI and
 //!   the controller).
 //! - [`cidr`]: `Ipv4Cidr`, the one CIDR type of every binary.
+//! - [`deltas`]: desired sets sent as deltas, made whole again on the receiving end.
 //! - [`events`]: the kinds of event the controller and the agents report.
 //! - [`image_ref`]: the image references the agent accepts.
 //! - [`selector`]: label selectors (`orch get|delete -l`).
@@ -11,6 +12,7 @@
 //!   configurations the controller, agents and CLI build from them.
 
 pub mod cidr;
+pub mod deltas;
 pub mod events;
 pub mod image_ref;
 pub mod incoming;

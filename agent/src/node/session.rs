@@ -23,6 +23,8 @@ pub struct Session {
     /// works on a desired set (the controller judges a node silent within about a second).
     _beats: Beats,
     refresh: Interval,
+    /// Makes the controller's deltas whole sets again.
+    shared: orch_api::deltas::KnownShared,
 }
 
 struct Beats(tokio::task::JoinHandle<()>);
@@ -43,6 +45,7 @@ fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage 
             events: board.take_events(node),
             conditions: board.conditions(),
         })),
+        ..Default::default()
     }
 }
 
@@ -52,8 +55,11 @@ impl Session {
         let mut client = NodesClient::new(config.controller_channel().await?);
         register(config, &mut client).await?;
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
-        let heartbeat = pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })) };
-        upward.send(heartbeat.clone()).await.map_err(|_| LinkError::UpwardClosed)?;
+        let heartbeat =
+            pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
+        // The first message says the agent takes deltas (each set made whole here).
+        let hello = pb::AgentMessage { takes_deltas: true, ..heartbeat.clone() };
+        upward.send(hello).await.map_err(|_| LinkError::UpwardClosed)?;
         upward.send(report(&config.name, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?;
         let downward = client
             .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
@@ -80,11 +86,13 @@ impl Session {
             downward,
             _beats: beats,
             refresh: tokio::time::interval(Duration::from_secs(10)),
+            shared: orch_api::deltas::KnownShared::default(),
         })
     }
 
     /// Keeps the session going (heartbeats, reports of `board` at `generation`) until
-    /// the controller sends the next desired set; an error when the session ends.
+    /// the controller sends the next desired set, returned whole (with every service's
+    /// endpoints); an error when the session ends.
     pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, LinkError> {
         loop {
             tokio::select! {
@@ -96,7 +104,8 @@ impl Session {
                 }
                 message = self.downward.message() => {
                     let message = message.map_err(|status| LinkError::Call { controller: self.controller.clone(), call: "session", status })?.ok_or(LinkError::Ended)?;
-                    if let Some(pb::controller_message::Body::Desired(set)) = message.body {
+                    if let Some(pb::controller_message::Body::Desired(mut set)) = message.body {
+                        self.shared.take(&mut set);
                         return Ok(set);
                     }
                 }

@@ -1,31 +1,31 @@
 //! What one node should run, as a pure function of the cluster state: the replicas bound
-//! to it (each with the template it was created from), every service's endpoints, and
-//! routes to the other nodes' pod subnets, and the services whose local volumes are to
-//! be purged.
+//! to it (each with the template it was created from) and the services whose local
+//! volumes are to be purged; every service's endpoints and the routes to the other
+//! nodes' pod subnets go with it, whole or as what changed since the session's previous
+//! set ([`SentShared`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use orch_api::pb;
 
 use crate::state::ClusterState;
+use crate::store::Revision;
 
 /// Opens a stored Secret (its store key, its record) to its content; `None` when it
 /// cannot (no key, or the wrong one: the session says so in its log).
 pub type SecretOpener<'a> = &'a dyn Fn(&str, &pb::StoredConfig) -> Option<pb::ConfigData>;
 
-/// What every node's desired set shares: the services' endpoints, the routes to every
-/// node's pod subnet (each node's own left out), the services whose local volumes are to
-/// be purged. Computed once per picture ([`ClusterState::shared_desired`]).
+/// What every node's desired set shares but the endpoints: the routes to every node's
+/// pod subnet (each node's own left out), the services whose local volumes are to be
+/// purged. Computed once per picture ([`ClusterState::shared_desired`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SharedDesired {
-    endpoints: Vec<pb::ServiceEndpoints>,
     routes: Vec<pb::NodeRoute>,
     purged_services: Vec<String>,
 }
 
 impl SharedDesired {
     pub fn of(state: &ClusterState) -> SharedDesired {
-        let endpoints = state.endpoints.values().map(|e| e.value.clone()).collect();
         let routes = state
             .nodes
             .iter()
@@ -36,13 +36,105 @@ impl SharedDesired {
             })
             .collect();
         let purged_services = state.purges.keys().cloned().collect();
-        SharedDesired { endpoints, routes, purged_services }
+        SharedDesired { routes, purged_services }
     }
 }
 
-/// The node's desired set, generation 0: the session stamps the generation when the set
-/// differs from the last one it sent. Configs and Secrets go only to the nodes whose
-/// replicas use them.
+/// Every service's endpoints, for a whole set.
+pub fn whole_endpoints(state: &ClusterState) -> Vec<pb::ServiceEndpoints> {
+    state.endpoints.values().map(|e| e.value.clone()).collect()
+}
+
+/// The endpoints changed since a session's previous set.
+#[derive(Debug, Default, PartialEq)]
+pub struct EndpointsDelta {
+    /// The services whose record is new or rewritten, as they are now.
+    pub changed: Vec<pb::ServiceEndpoints>,
+    /// The services whose record is gone.
+    pub removed: Vec<String>,
+}
+
+/// What changed in the shared part since a session's previous set (`None`: nothing).
+#[derive(Debug, Default, PartialEq)]
+pub struct SharedChanges {
+    pub endpoints: Option<EndpointsDelta>,
+    /// The routes to the other nodes, whole.
+    pub routes: Option<Vec<pb::NodeRoute>>,
+}
+
+impl SharedChanges {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_none() && self.routes.is_none()
+    }
+}
+
+/// What a session has sent of the shared part: each service's endpoints record, by
+/// revision, and the routes. Each set used to carry every service's endpoints and every
+/// route to every node — with 2,000 replicas and 100 nodes, encoding and decoding them
+/// was most of a readiness storm's work (`controller.sh`); a session now sends an agent
+/// that takes deltas what changed since its previous set.
+#[derive(Debug, Default)]
+pub struct SentShared {
+    endpoints: HashMap<String, Revision>,
+    routes: Option<Vec<pb::NodeRoute>>,
+}
+
+impl SentShared {
+    /// What changed in `state`'s shared part for `node` since the last call (everything
+    /// at the first), now recorded as sent.
+    pub fn changes(&mut self, state: &ClusterState, node: &str) -> SharedChanges {
+        let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
+        let routes = shared.routes.iter().filter(|route| route.node != node);
+        let routes = match &self.routes {
+            Some(sent) if routes.clone().eq(sent.iter()) => None,
+            _ => {
+                let routes: Vec<pb::NodeRoute> = routes.cloned().collect();
+                self.routes = Some(routes.clone());
+                Some(routes)
+            }
+        };
+        SharedChanges { endpoints: self.endpoints_changes(state), routes }
+    }
+
+    /// The routes as last sent.
+    pub fn routes(&self) -> &[pb::NodeRoute] {
+        self.routes.as_deref().unwrap_or_default()
+    }
+
+    fn endpoints_changes(&mut self, state: &ClusterState) -> Option<EndpointsDelta> {
+        let sent = &self.endpoints;
+        let changed: Vec<(&String, Revision, &pb::ServiceEndpoints)> = state
+            .endpoints
+            .iter()
+            .filter(|(service, e)| sent.get(*service) != Some(&e.mod_revision))
+            .map(|(service, e)| (service, e.mod_revision, &e.value))
+            .collect();
+        // Some sent service is gone only if more were sent and changed than there are.
+        let removed: Vec<String> = if sent.len() + changed.len() > state.endpoints.len() {
+            sent.keys().filter(|service| !state.endpoints.contains_key(*service)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for service in &removed {
+            self.endpoints.remove(service);
+        }
+        let changed = changed
+            .into_iter()
+            .map(|(service, revision, endpoints)| {
+                self.endpoints.insert(service.clone(), revision);
+                endpoints.clone()
+            })
+            .collect();
+        Some(EndpointsDelta { changed, removed })
+    }
+}
+
+/// The node's desired set, generation 0, without endpoints and routes: the session stamps
+/// the generation and adds those (whole or what changed, [`SentShared`]) when it sends it. Configs and Secrets go only to
+/// the nodes whose replicas use them.
 pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> pb::DesiredSet {
     let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
     let mut used: BTreeSet<(pb::ConfigKind, String)> = BTreeSet::new();
@@ -69,8 +161,7 @@ pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> 
             pb::DesiredReplica { replica: Some(replica), spec }
         })
         .collect();
-    let routes = shared.routes.iter().filter(|route| route.node != node).cloned().collect();
-    pb::DesiredSet { generation: 0, replicas, endpoints: shared.endpoints.clone(), routes, purged_services: shared.purged_services.clone(), configs }
+    pb::DesiredSet { generation: 0, replicas, purged_services: shared.purged_services.clone(), configs, ..Default::default() }
 }
 
 /// A stored Secret's content, opened with the cluster's key; `None` (with a warning)
@@ -95,4 +186,74 @@ pub fn open_secret(key: Option<&orch_api::secrets::SecretsKey>, store_key: &str,
 pub fn stamp(mut set: pb::DesiredSet, generation: u64) -> pb::DesiredSet {
     set.generation = generation;
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+    use crate::state::Versioned;
+
+    fn write(state: &mut ClusterState, service: &str, ready: &[&str], revision: Revision) {
+        let value = pb::ServiceEndpoints { service: service.into(), ready_ips: ready.iter().map(|s| (*s).to_owned()).collect(), ..Default::default() };
+        state.endpoints.insert(service.into(), Versioned { key: keys::endpoints(service), value, mod_revision: revision });
+    }
+
+    fn delta(changed: &[(&str, &[&str])], removed: &[&str]) -> Option<EndpointsDelta> {
+        let changed = changed
+            .iter()
+            .map(|(service, ready)| pb::ServiceEndpoints {
+                service: (*service).into(),
+                ready_ips: ready.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+            .collect();
+        Some(EndpointsDelta { changed, removed: removed.iter().map(|s| (*s).to_owned()).collect() })
+    }
+
+    #[test]
+    fn a_session_sends_the_endpoints_that_changed_since_its_previous_set() {
+        let mut state = ClusterState::default();
+        let mut sent = SentShared::default();
+        assert_eq!(sent.endpoints_changes(&state), None, "no services: nothing to send");
+        write(&mut state, "web", &["10.88.0.2"], 2);
+        write(&mut state, "api", &["10.88.0.3"], 3);
+        assert_eq!(sent.endpoints_changes(&state), delta(&[("api", &["10.88.0.3"]), ("web", &["10.88.0.2"])], &[]), "the first: every service");
+        assert_eq!(sent.endpoints_changes(&state), None, "nothing written since");
+        write(&mut state, "web", &["10.88.0.2", "10.88.0.4"], 4);
+        assert_eq!(sent.endpoints_changes(&state), delta(&[("web", &["10.88.0.2", "10.88.0.4"])], &[]), "one rewritten");
+        state.endpoints.remove("api");
+        write(&mut state, "db", &[], 6);
+        assert_eq!(sent.endpoints_changes(&state), delta(&[("db", &[])], &["api"]), "one gone, one new: same count, both seen");
+        state.endpoints.remove("db");
+        assert_eq!(sent.endpoints_changes(&state), delta(&[], &["db"]), "one gone");
+        assert_eq!(sent.endpoints_changes(&state), None);
+    }
+
+    #[test]
+    fn a_session_sends_the_routes_again_only_when_they_change() {
+        let with_nodes = |nodes: &[(&str, &str, u8)]| {
+            let mut state = ClusterState::default();
+            for (name, address, index) in nodes {
+                let subnet: orch_api::cidr::Ipv4Cidr = format!("10.88.{index}.0/24").parse().expect("a subnet");
+                let node = pb::Node {
+                    info: Some(pb::NodeInfo { name: (*name).into(), address: (*address).into(), ..Default::default() }),
+                    pod_subnet: Some(subnet.into()),
+                    ..Default::default()
+                };
+                state.nodes.insert((*name).into(), Versioned { key: keys::node(name), value: node, mod_revision: 1 });
+            }
+            state
+        };
+        let vias = |changes: SharedChanges| changes.routes.map(|routes| routes.into_iter().map(|r| r.via).collect::<Vec<_>>());
+        let mut sent = SentShared::default();
+        let two = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2)]);
+        assert_eq!(vias(sent.changes(&two, "n1")), Some(vec!["192.0.2.2".to_owned()]), "the first: every other node");
+        assert_eq!(vias(sent.changes(&two, "n1")), None, "unchanged");
+        let three = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
+        assert_eq!(vias(sent.changes(&three, "n1")), Some(vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()]), "a node joined");
+        let moved = with_nodes(&[("n1", "192.0.2.9", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
+        assert_eq!(vias(sent.changes(&moved, "n1")), None, "the node's own address is in no route of its own");
+        assert_eq!(sent.routes().len(), 2);
+    }
 }

@@ -12,7 +12,7 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{desired_set, open_secret, stamp};
+use super::desired::{desired_set, open_secret, stamp, whole_endpoints, SentShared};
 use super::detector::{Detector, DetectorConfig};
 use super::registry::{NodeError, NodeRegistry};
 use super::rpc::{check_node_identity, status};
@@ -32,11 +32,11 @@ const JUDGE_EVERY: Duration = Duration::from_millis(100);
 /// Desired sets whose only change is the shared part (endpoints, nodes, Configs and
 /// Secrets) go at most one per [`SHARED_ONLY_EVERY`] per session (a token bucket of
 /// [`SHARED_ONLY_BURST`]): the first at once, what changes within the window after it
-/// goes together at its end. Each set carries every service's endpoints, and
-/// re-encoding them for every node was most of the controller's work in a readiness
-/// storm (`controller.sh`, median of 5 runs: a burst of 4 and one per 50 ms, 5.7–6.1k
-/// replicas Running/s; one per 200 ms after 4, 7.5–10k/s but routing a small apply up to
-/// 200 ms late once consecutive applies spent the burst — `ready.sh`; see the README).
+/// goes together at its end: fewer sets in a readiness storm (`controller.sh`, median of
+/// 5 runs: a burst of 4 and one per 50 ms, 5.7–6.1k replicas Running/s; one per 200 ms
+/// after 4, 7.5–10k/s but routing a small apply up to 200 ms late once consecutive
+/// applies spent the burst — `ready.sh`; measured while every set still carried every
+/// service's endpoints, before deltas).
 /// A change of the node's own replicas always goes at once, with the shared part as it
 /// is then.
 pub const SHARED_ONLY_BURST: f64 = 1.0;
@@ -168,7 +168,8 @@ impl Session {
                         break;
                     }
                 }
-                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone())));
+                let deltas = message.takes_deltas;
+                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone(), deltas)));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
                 // This session holds the node now: only it judges the node's silence.
                 let nonce = session_nonce();
@@ -377,10 +378,14 @@ impl Session {
         }
     }
 
-    /// Sends the node's desired set now and whenever it changes, until the agent goes.
-    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>) {
+    /// Sends the node's desired set now and whenever it changes, until the agent goes:
+    /// the first whole, the next ones with the endpoints and routes that changed since the
+    /// previous one when the agent takes deltas (`deltas`), whole otherwise.
+    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>, deltas: bool) {
         let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
+        // The last set sent, endpoints and routes aside.
         let mut last: Option<pb::DesiredSet> = None;
+        let mut shared = SentShared::default();
         let mut seen_version = None;
         let mut sent: Option<(u64, u64)> = None;
         let mut budget = SharedBudget::new(std::time::Instant::now());
@@ -400,9 +405,25 @@ impl Session {
                 }
                 seen_version = Some(version);
                 let wanted = desired_set(&current, &node, &open);
-                if last.as_ref() != Some(&wanted) {
+                let changes = shared.changes(&current, &node);
+                if last.as_ref() != Some(&wanted) || !changes.is_empty() {
                     let generation = u64::try_from(current.revision).unwrap_or(0);
-                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(stamp(wanted.clone(), generation))) };
+                    let mut set = stamp(wanted.clone(), generation);
+                    if deltas && last.is_some() {
+                        set.delta = true;
+                        if let Some(endpoints) = changes.endpoints {
+                            set.endpoints = endpoints.changed;
+                            set.endpoints_removed = endpoints.removed;
+                        }
+                        if let Some(routes) = changes.routes {
+                            set.routes = routes;
+                            set.routes_changed = true;
+                        }
+                    } else {
+                        set.endpoints = whole_endpoints(&current);
+                        set.routes = shared.routes().to_vec();
+                    }
+                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(set)) };
                     if outgoing.send(Ok(message)).await.is_err() {
                         return;
                     }

@@ -1,0 +1,86 @@
+//! Desired sets as deltas: what a session's receiving end keeps to make every set whole
+//! again (the agent's session, the controller's fake agents).
+
+use std::collections::BTreeMap;
+
+use crate::pb;
+
+/// What a session's sets have said so far of what every node's set shares: each service's
+/// endpoints, the routes to the other nodes (one per session: a new session starts with
+/// a whole set).
+#[derive(Debug, Default, Clone)]
+pub struct KnownShared {
+    endpoints: BTreeMap<String, pb::ServiceEndpoints>,
+    routes: Vec<pb::NodeRoute>,
+}
+
+impl KnownShared {
+    /// Takes in a set as it came down the session and leaves it whole: a whole set
+    /// replaces what was known, a delta is applied to it; either way `set.endpoints` ends
+    /// with every service's endpoints (in service order) and `set.routes` with every
+    /// route, and the delta's marks are cleared.
+    pub fn take(&mut self, set: &mut pb::DesiredSet) {
+        if !set.delta {
+            self.endpoints.clear();
+        }
+        for service in std::mem::take(&mut set.endpoints_removed) {
+            self.endpoints.remove(&service);
+        }
+        for endpoints in std::mem::take(&mut set.endpoints) {
+            self.endpoints.insert(endpoints.service.clone(), endpoints);
+        }
+        set.endpoints = self.endpoints.values().cloned().collect();
+        if !set.delta || set.routes_changed {
+            self.routes = set.routes.clone();
+        } else {
+            set.routes = self.routes.clone();
+        }
+        set.delta = false;
+        set.routes_changed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(service: &str, ready: &[&str]) -> pb::ServiceEndpoints {
+        pb::ServiceEndpoints { service: service.into(), ready_ips: ready.iter().map(|s| (*s).to_owned()).collect(), ..Default::default() }
+    }
+
+    fn route(node: &str) -> pb::NodeRoute {
+        pb::NodeRoute { node: node.into(), ..Default::default() }
+    }
+
+    fn set(delta: bool, endpoints: Vec<pb::ServiceEndpoints>, removed: &[&str], routes: Option<Vec<pb::NodeRoute>>) -> pb::DesiredSet {
+        pb::DesiredSet {
+            delta,
+            endpoints,
+            endpoints_removed: removed.iter().map(|s| (*s).to_owned()).collect(),
+            routes_changed: delta && routes.is_some(),
+            routes: routes.unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deltas_rebuild_the_whole_set_and_a_whole_set_starts_over() {
+        let mut known = KnownShared::default();
+        let (web, api, db) = (endpoints("web", &["a"]), endpoints("api", &["b"]), endpoints("db", &["d"]));
+        let web2 = endpoints("web", &["a", "c"]);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, pb::DesiredSet, Vec<pb::ServiceEndpoints>, Vec<pb::NodeRoute>)> = vec![
+            ("the first set is whole", set(false, vec![web.clone(), api.clone()], &[], Some(vec![route("n2")])), vec![api.clone(), web.clone()], vec![route("n2")]),
+            ("a delta changes one service", set(true, vec![web2.clone()], &[], None), vec![api.clone(), web2.clone()], vec![route("n2")]),
+            ("an empty delta changes nothing", set(true, vec![], &[], None), vec![api.clone(), web2.clone()], vec![route("n2")]),
+            ("a delta adds one, removes one, changes the routes", set(true, vec![db.clone()], &["api"], Some(vec![route("n2"), route("n3")])), vec![db.clone(), web2.clone()], vec![route("n2"), route("n3")]),
+            ("routes changed to none", set(true, vec![], &[], Some(vec![])), vec![db.clone(), web2.clone()], vec![]),
+            ("a whole set forgets what it does not list", set(false, vec![web.clone()], &[], None), vec![web.clone()], vec![]),
+        ];
+        for (case, mut set, endpoints, routes) in cases {
+            known.take(&mut set);
+            assert_eq!((&set.endpoints, &set.routes), (&endpoints, &routes), "{case}");
+            assert!(!set.delta && !set.routes_changed && set.endpoints_removed.is_empty(), "{case}: the set leaves whole");
+        }
+    }
+}
