@@ -20,8 +20,8 @@ struct Seen {
     desired_sets: u64,
     /// Desired sets that came as a delta.
     delta_sets: u64,
-    endpoints: Vec<pb::ServiceEndpoints>,
-    routes: Vec<pb::NodeRoute>,
+    /// The endpoints and routes the sets gave.
+    shared: orch_api::deltas::KnownShared,
     sessions: u64,
     /// Heartbeats sent.
     beats: u64,
@@ -136,11 +136,11 @@ impl FakeAgent {
     }
 
     pub fn endpoints(&self) -> Vec<pb::ServiceEndpoints> {
-        lock(&self.seen).endpoints.clone()
+        lock(&self.seen).shared.endpoints().cloned().collect()
     }
 
     pub fn routes(&self) -> Vec<pb::NodeRoute> {
-        lock(&self.seen).routes.clone()
+        lock(&self.seen).shared.routes().to_vec()
     }
 }
 
@@ -207,7 +207,6 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
         || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
     // As a real agent: deltas, made whole here.
     upward.send(pb::AgentMessage { takes_deltas: config.takes_deltas, ..heartbeat() }).await.map_err(|e| e.to_string())?;
-    let mut known_shared = orch_api::deltas::KnownShared::default();
     let first_report = report(config, &mut lock(seen), &pod_prefix);
     upward.send(first_report).await.map_err(|e| e.to_string())?;
     let mut downward = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| e.to_string())?.into_inner();
@@ -229,15 +228,13 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
                 let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
                 let Some(pb::controller_message::Body::Desired(mut desired)) = message.body else { continue };
                 let delta = desired.delta;
-                known_shared.take(&mut desired);
                 let report = {
                     let mut seen = lock(seen);
                     seen.generation = desired.generation;
                     seen.desired_sets += 1;
                     seen.delta_sets += u64::from(delta);
+                    seen.shared.learn(&mut desired);
                     seen.running = desired.replicas.into_iter().filter_map(|d| d.replica).map(|r| (r.id.clone(), r)).collect();
-                    seen.endpoints = desired.endpoints;
-                    seen.routes = desired.routes;
                     report(config, &mut seen, &pod_prefix)
                 };
                 upward.send(report).await.map_err(|e| e.to_string())?;

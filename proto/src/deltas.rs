@@ -20,6 +20,14 @@ impl KnownShared {
     /// with every service's endpoints (in service order) and `set.routes` with every
     /// route, and the delta's marks are cleared.
     pub fn take(&mut self, set: &mut pb::DesiredSet) {
+        self.learn(set);
+        set.endpoints = self.endpoints.values().cloned().collect();
+        set.routes = self.routes.clone();
+    }
+
+    /// Learns what a set says of the shared part and takes it out of the set (its
+    /// endpoints and routes end empty, the delta's marks cleared).
+    pub fn learn(&mut self, set: &mut pb::DesiredSet) {
         if !set.delta {
             self.endpoints.clear();
         }
@@ -29,14 +37,21 @@ impl KnownShared {
         for endpoints in std::mem::take(&mut set.endpoints) {
             self.endpoints.insert(endpoints.service.clone(), endpoints);
         }
-        set.endpoints = self.endpoints.values().cloned().collect();
         if !set.delta || set.routes_changed {
-            self.routes = set.routes.clone();
-        } else {
-            set.routes = self.routes.clone();
+            self.routes = std::mem::take(&mut set.routes);
         }
+        set.routes.clear();
         set.delta = false;
         set.routes_changed = false;
+    }
+
+    /// Every service's endpoints, in service order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &pb::ServiceEndpoints> {
+        self.endpoints.values()
+    }
+
+    pub fn routes(&self) -> &[pb::NodeRoute] {
+        &self.routes
     }
 }
 
