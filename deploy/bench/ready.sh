@@ -49,7 +49,7 @@ for line in sys.stdin:
     times+=("$(( (end - start) / 1000000 ))")
     ready_at="$(awk '/3\/3 ready/ {print $1; exit}' "$work/progress$i")"
     echo "ready$i: apply -> 3 replicas ready and routed on every node in ${times[-1]} ms" \
-        "(3/3 ready reported at ${ready_at:-?} ms, the CLI asking every 50 ms; routed on every node after that)"
+        "(3/3 ready reported at ${ready_at:-?} ms, the CLI asking every 10 ms in its first 2 s; routed on every node after that)"
 done
 python3 - "${times[@]}" <<'PY'
 import statistics, sys

@@ -249,12 +249,15 @@ impl NodeNetwork {
 
     /// Wires the container whose init is `pid` (its network namespace) to the bridge.
     pub async fn attach(&self, container: &str, pid: i32) -> Result<Attachment, NetError> {
+        let began = std::time::Instant::now();
         let subnet = self.config.subnet;
         let ip = self.ipam.allocate(container)?;
+        let allocated = began.elapsed();
         let veth = names::container_veth(&self.config.bridge, container);
         link::delete_link(&self.handle, &veth).await?;
         let target = Netns::of_pid(pid)?;
         let port = link::add_veth_into(&self.handle, &veth, self.bridge_index, target.raw_fd(), "eth0").await?;
+        let paired = began.elapsed();
         link::set_hairpin(&self.handle, port, &veth).await?;
         let inner = target.netlink()?;
         let eth0 = link::require_index(&inner, "eth0").await?;
@@ -262,6 +265,8 @@ impl NodeNetwork {
         link::add_address(&inner, eth0, ip, subnet.prefix).await?;
         link::set_up(&inner, eth0, "eth0").await?;
         link::replace_route(&inner, Ipv4Addr::UNSPECIFIED, 0, subnet.gateway()).await?;
+        let ms = |at: std::time::Duration| at.as_secs_f64() * 1000.0;
+        tracing::debug!(ipam = ms(allocated), veth = ms(paired), configured = ms(began.elapsed()), "attach: milliseconds until each step was done");
         Ok(Attachment { ip, prefix: subnet.prefix, gateway: subnet.gateway(), veth, nameserver: subnet.lb_address() })
     }
 
@@ -294,13 +299,17 @@ impl NodeNetwork {
     /// failures changed (a rewrite only then). The rules are applied even when the process
     /// does not answer: they carry the traffic then.
     pub async fn apply_services(&self, table: &[ServiceEndpoints]) -> Result<Vec<ListenerFailure>, NetError> {
+        let began = std::time::Instant::now();
         let want = super::table::desired(table);
         let kernel_first = self.apply_kernel(&want, None).await;
+        let kernel_done = began.elapsed();
         let applied = match &self.balancer {
             Some(balancer) => balancer.apply(table).await,
             None if table.is_empty() => Ok(Vec::new()),
             None => Err(NetError::Balancer("this node network runs no balancer".into())),
         };
+        let ms = |at: std::time::Duration| at.as_secs_f64() * 1000.0;
+        tracing::debug!(kernel = ms(kernel_done), balancer = ms(began.elapsed()), "service table: milliseconds until each was applied");
         // A listener the balancer process could not open for its owner (a second service
         // declaring a port is a failure of that service, not of the port).
         let failed =

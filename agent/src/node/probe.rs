@@ -197,10 +197,12 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
         let mut tracker = ProbeTracker::default();
         let period = Duration::from_secs(u64::from(readiness.period_seconds.max(1)));
         let mut ready_once = false;
+        let mut failed = 0u32;
         loop {
             let attempt = tokio::time::Instant::now();
             let result = checks.check(readiness, &target).await;
             record("readiness", result.is_ok());
+            failed = if result.is_ok() { 0 } else { failed.saturating_add(1) };
             let why = result.as_ref().err().cloned().unwrap_or_default();
             if let Some(verdict) = tracker.observe(result.is_ok(), readiness.success_threshold, readiness.failure_threshold) {
                 ready_once |= verdict;
@@ -208,25 +210,32 @@ pub async fn run_probes(probes: pb::Probes, target: ProbeTarget, checks: Arc<dyn
                     return;
                 }
             }
-            tokio::time::sleep_until(attempt + readiness_pause(ready_once, period)).await;
+            tokio::time::sleep_until(attempt + readiness_pause(ready_once, failed, period)).await;
         }
     };
     tokio::join!(liveness, readiness);
 }
 
-/// How often readiness is checked until a replica is first ready: a new replica's first
-/// check usually comes before its server listens, and waiting a whole period after it
-/// made every start a period slower than it was.
+/// How often readiness is checked until a replica is first ready, at most: a new
+/// replica's first check usually comes before its server listens, and waiting a whole
+/// period after it made every start a period slower than it was.
 pub const FIRST_READINESS_RETRY: Duration = Duration::from_millis(100);
 
-/// The pause from one readiness check's start to the next: [`FIRST_READINESS_RETRY`]
-/// until the replica has been ready once (never longer than the period), the period after.
-pub fn readiness_pause(ready_once: bool, period: Duration) -> Duration {
+/// The first pause after a failed check of a replica never ready yet; each next one
+/// doubles, up to [`FIRST_READINESS_RETRY`]. A server that listens a few milliseconds
+/// after its start (the usual case) is found ready that much later, not 100 ms later
+/// (`ready.sh`: the first check raced httpd's listen and lost most of the time).
+pub const FIRST_READINESS_PAUSE: Duration = Duration::from_millis(10);
+
+/// The pause from one readiness check's start to the next, after `failed` checks in a
+/// row: until the replica has been ready once, [`FIRST_READINESS_PAUSE`] doubling up to
+/// [`FIRST_READINESS_RETRY`] (never longer than the period); the period after.
+pub fn readiness_pause(ready_once: bool, failed: u32, period: Duration) -> Duration {
     if ready_once {
-        period
-    } else {
-        FIRST_READINESS_RETRY.min(period)
+        return period;
     }
+    let doubled = FIRST_READINESS_PAUSE.saturating_mul(1u32 << failed.saturating_sub(1).min(16));
+    doubled.min(FIRST_READINESS_RETRY).min(period)
 }
 
 /// Probes every period. A startup probe (`until_success`) returns at its first success;
@@ -278,10 +287,18 @@ mod tests {
 
     #[test]
     fn readiness_is_checked_quickly_until_first_ready_then_every_period() {
-        let second = Duration::from_secs(1);
-        let table = [(false, second, FIRST_READINESS_RETRY), (true, second, second), (false, Duration::from_millis(50), Duration::from_millis(50))];
-        for (ready_once, period, want) in table {
-            assert_eq!(readiness_pause(ready_once, period), want, "ready once: {ready_once}, period {period:?}");
+        let (second, ms) = (Duration::from_secs(1), Duration::from_millis);
+        // (ready once, failed checks in a row, period, pause)
+        #[rustfmt::skip]
+        let table = [
+            (false, 1, second, ms(10)), (false, 2, second, ms(20)), (false, 3, second, ms(40)), (false, 4, second, ms(80)),
+            (false, 5, second, FIRST_READINESS_RETRY), (false, 500, second, FIRST_READINESS_RETRY),
+            (false, 0, second, ms(10)), // a check that succeeded below the success threshold
+            (true, 0, second, second), (true, 3, second, second),
+            (false, 5, ms(50), ms(50)),
+        ];
+        for (ready_once, failed, period, want) in table {
+            assert_eq!(readiness_pause(ready_once, failed, period), want, "ready once: {ready_once}, {failed} failed, period {period:?}");
         }
     }
 
@@ -304,8 +321,8 @@ mod tests {
     }
 
     /// On tokio's paused clock: a replica whose server listens after its first two checks
-    /// is ready on the third, 200 ms in — not a 10 s period later — and is then checked
-    /// once per period.
+    /// is ready on the third, 30 ms in (10 ms, then 20) — not a 10 s period later — and is
+    /// then checked once per period.
     #[tokio::test(start_paused = true)]
     async fn a_new_replica_is_ready_on_the_first_check_that_succeeds() {
         let checks = Arc::new(WarmingUp { failures: 2, checks: Default::default() });
@@ -316,7 +333,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         tokio::spawn(run_probes(probes, target, Arc::clone(&checks) as Arc<dyn ProbeChecks>, events, Arc::new(|_, _| {})));
         assert_eq!(received.recv().await, Some(ProbeEvent::Ready(true, String::new())));
-        assert_eq!(start.elapsed(), 2 * FIRST_READINESS_RETRY);
+        assert_eq!(start.elapsed(), FIRST_READINESS_PAUSE * 3);
         assert_eq!(checks.checks.load(std::sync::atomic::Ordering::SeqCst), 3);
         tokio::time::sleep(Duration::from_secs(25)).await;
         assert_eq!(checks.checks.load(std::sync::atomic::Ordering::SeqCst), 5, "then one check per 10 s period");

@@ -313,8 +313,12 @@ impl Supervisor {
             Effect::Event { kind, message } => self.ctx.board.event(kind, self.object(), message),
             Effect::Prepare => {
                 let stopped = self.stopped();
+                let began = std::time::Instant::now();
                 return Some(tokio::select! {
-                    prepared = self.prepare() => Input::Prepared(prepared),
+                    prepared = self.prepare() => {
+                        tracing::debug!(took_ms = began.elapsed().as_millis(), ok = prepared.is_ok(), "prepared (image, rootfs layers, address, volumes)");
+                        Input::Prepared(prepared)
+                    }
                     () = stopped => Input::Stop,
                 });
             }
@@ -510,6 +514,7 @@ impl Supervisor {
         let began = std::time::Instant::now();
         let started = self.ctx.runtime.start(&prepared.spec, network).await;
         self.ctx.metrics.container_started(began.elapsed(), started.is_ok());
+        tracing::debug!(took_ms = began.elapsed().as_millis(), ok = started.is_ok(), "container start");
         started.map_err(|e| format!("start: {e}"))
     }
 

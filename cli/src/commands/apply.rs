@@ -94,8 +94,23 @@ pub fn report(results: Vec<pb::ApplyResult>, suffix: &str) -> Vec<String> {
     names
 }
 
-/// How often `wait_ready` looks again.
+/// How often `wait_ready` looks again in its first [`WAIT_EAGER_FOR`]: a small apply is
+/// ready and routed within a few hundred milliseconds, and every poll's sleep is time
+/// added to it (two cheap calls to the controller's in-memory picture each).
+const WAIT_POLL_EAGER: Duration = Duration::from_millis(10);
+/// See [`WAIT_POLL_EAGER`].
+const WAIT_EAGER_FOR: Duration = Duration::from_secs(2);
+/// How often `wait_ready` looks again after that (a rollout that takes minutes).
 const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// The pause before `wait_ready`'s next look, `waited` into the wait. Pure.
+fn wait_poll(waited: Duration) -> Duration {
+    if waited < WAIT_EAGER_FOR {
+        WAIT_POLL_EAGER
+    } else {
+        WAIT_POLL
+    }
+}
 
 /// What the nodes' balancers do not route yet: for each node, each of the service's VIP
 /// ports and node ports that leaves out a ready replica (`node1: 10.96.0.10:80 ->
@@ -206,7 +221,7 @@ pub async fn wait_ready(api: &mut ApiClient<Channel>, services: &[String], timeo
         if start.elapsed() > timeout {
             anyhow::bail!("timed out after {}s waiting for {} to be ready", timeout.as_secs(), services.join(", "));
         }
-        tokio::time::sleep(WAIT_POLL).await;
+        tokio::time::sleep(wait_poll(start.elapsed())).await;
     }
 }
 
@@ -221,6 +236,19 @@ pub async fn apply(mut api: ApiClient<Channel>, args: &ApplyArgs) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_looks_often_at_first_then_less() {
+        let table = [
+            (Duration::ZERO, WAIT_POLL_EAGER),
+            (Duration::from_millis(1999), WAIT_POLL_EAGER),
+            (WAIT_EAGER_FOR, WAIT_POLL),
+            (Duration::from_secs(600), WAIT_POLL),
+        ];
+        for (waited, want) in table {
+            assert_eq!(wait_poll(waited), want, "{waited:?} into the wait");
+        }
+    }
 
     fn service(vip: &str) -> pb::Service {
         let port = pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 0, protocol: pb::Protocol::Tcp.into() };
