@@ -154,6 +154,11 @@ async fn apply_scale_roll_and_delete(store: common::TestStore) {
         agents.iter().all(|a| a.endpoints().iter().any(|e| e.service == "web" && e.ready_ips.len() == 3 && e.vip.starts_with("10.96.")))
     })
     .await;
+    wait_until("the agents that take deltas to hold what the whole sets hold", LIMIT, || async {
+        let whole = agents[2].endpoints();
+        agents[..2].iter().all(|a| a.endpoints() == whole)
+    })
+    .await;
     assert!(agents.iter().all(|a| a.routes().len() == 2), "each node gets routes to the two others");
     let nodes = cluster.api.list_nodes(pb::ListNodesRequest {}).await.expect("nodes").into_inner().nodes;
     assert!(nodes.iter().all(|n| n.ready && n.allocated.is_some_and(|a| a.cpu_millis == 100)), "{nodes:?}");

@@ -124,8 +124,8 @@ pub async fn delete_route(handle: &Handle, destination: Ipv4Addr, prefix: u8) ->
 /// A veth pair: `host` stays here, attached to the bridge `bridge_index` and up;
 /// `peer` is made in the namespace `netns_fd` as `peer_name`, in one request. Returns
 /// `host`'s index. (Made in place, not moved there: a device that changes namespace
-/// waits for an RCU grace period, 20–60 ms of every container start on a loaded 2-core
-/// machine against ~3 ms for the whole pair — the attach's debug line shows it.)
+/// waits for an RCU grace period, 20–60 ms of every container start on the 3-node lab
+/// sharing 2 cores against ~3 ms for the whole pair — the attach's debug line shows it.)
 pub async fn add_veth_into(handle: &Handle, host: &str, bridge_index: u32, netns_fd: i32, peer_name: &str) -> Result<u32, NetError> {
     let peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_owned()).setns_by_fd(netns_fd).build();
     let pair = LinkVeth::new(host, peer_name).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).controller(bridge_index).up().build();

@@ -96,7 +96,8 @@ pub fn report(results: Vec<pb::ApplyResult>, suffix: &str) -> Vec<String> {
 
 /// How often `wait_ready` looks again in its first [`WAIT_EAGER_FOR`]: a small apply is
 /// ready and routed within a few hundred milliseconds, and every poll's sleep is time
-/// added to it (two cheap calls to the controller's in-memory picture each).
+/// added to it. Each look is two calls answered from the controller's in-memory picture,
+/// and once the counts are complete a `Topology` call that asks every Ready node.
 const WAIT_POLL_EAGER: Duration = Duration::from_millis(10);
 /// See [`WAIT_POLL_EAGER`].
 const WAIT_EAGER_FOR: Duration = Duration::from_secs(2);

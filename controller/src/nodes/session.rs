@@ -399,8 +399,11 @@ impl Session {
                 if at > std::time::Instant::now() {
                     // Only the shared part moved, and the budget is spent: wait, then take
                     // whatever the state is by then.
+                    // A change meanwhile is looked at again: one of the node's own
+                    // replicas goes at once.
                     tokio::select! {
                         () = tokio::time::sleep_until(at.into()) => continue,
+                        changed = state.changed() => if changed.is_err() { return } else { continue },
                         () = outgoing.closed() => return,
                     }
                 }
