@@ -370,9 +370,7 @@ impl Agent {
         for service in &mut table {
             service.ready.retain(|ip| !self.leaving.values().any(|leaving| leaving == ip));
         }
-        let began = std::time::Instant::now();
         self.ctx.services.apply(&self.ctx, table).await;
-        tracing::debug!(took_ms = began.elapsed().as_millis(), generation = set.generation, "balancer table applied");
         let routes: Vec<PeerRoute> = usable(&set.routes);
         if let Err(error) = self.ctx.network.set_peer_routes(&routes).await {
             tracing::warn!(%error, "setting routes to the other nodes");

@@ -514,7 +514,6 @@ impl Supervisor {
         let began = std::time::Instant::now();
         let started = self.ctx.runtime.start(&prepared.spec, network).await;
         self.ctx.metrics.container_started(began.elapsed(), started.is_ok());
-        tracing::debug!(took_ms = began.elapsed().as_millis(), ok = started.is_ok(), "container start");
         started.map_err(|e| format!("start: {e}"))
     }
 

@@ -133,8 +133,8 @@ impl SentShared {
 }
 
 /// The node's desired set, generation 0, without endpoints and routes: the session stamps
-/// the generation and adds those (whole or what changed, [`SentShared`]) when it sends it. Configs and Secrets go only to
-/// the nodes whose replicas use them.
+/// the generation and adds those (whole or what changed, [`SentShared`]) when it sends
+/// it. Configs and Secrets go only to the nodes whose replicas use them.
 pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> pb::DesiredSet {
     let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
     let mut used: BTreeSet<(pb::ConfigKind, String)> = BTreeSet::new();
