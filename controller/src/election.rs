@@ -7,6 +7,12 @@
 //! was *sent*), which is before the store can expire its lease and let another in — the
 //! client-go `RenewDeadline < LeaseDuration` rule. A leader that dies is replaced within
 //! one TTL plus one retry period.
+//!
+//! Stepping down in time is the leader's own clock's promise; the store keeps it too: a
+//! leader's [`Fence`] (the leader key and the revision that created it) goes with every
+//! reconciler write, which lands only while that key is still the one this leader created
+//! — a leader paused past its lease, or whose writes were queued behind a slow network,
+//! writes nothing once another leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::keys;
-use crate::store::{Expect, LeaseId, Store, StoreError};
+use crate::store::{Expect, Fence, LeaseId, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -40,6 +46,7 @@ impl ElectionConfig {
 /// hands it over at once.
 pub struct Candidate {
     leader: watch::Receiver<bool>,
+    fence: watch::Receiver<Option<Fence>>,
     lease: Arc<std::sync::Mutex<Option<LeaseId>>>,
     store: Arc<dyn Store>,
     task: tokio::task::JoinHandle<()>,
@@ -54,9 +61,11 @@ impl Drop for Candidate {
 impl Candidate {
     pub fn spawn(store: Arc<dyn Store>, config: ElectionConfig) -> Candidate {
         let (sender, leader) = watch::channel(false);
+        let (fence_sender, fence) = watch::channel(None);
         let lease = Arc::new(std::sync::Mutex::new(None));
-        let task = tokio::spawn(campaign(Arc::clone(&store), config, sender, Arc::clone(&lease)));
-        Candidate { leader, lease, store, task }
+        let signals = Leadership { leader: sender, fence: fence_sender };
+        let task = tokio::spawn(campaign(Arc::clone(&store), config, signals, Arc::clone(&lease)));
+        Candidate { leader, fence, lease, store, task }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -65,6 +74,12 @@ impl Candidate {
 
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.leader.clone()
+    }
+
+    /// The fence of the current leadership (`None` while not leading): what the
+    /// reconcilers' writes carry.
+    pub fn fence(&self) -> watch::Receiver<Option<Fence>> {
+        self.fence.clone()
     }
 
     /// Stops campaigning and, if leading, revokes the lease so another takes over now.
@@ -79,24 +94,38 @@ impl Candidate {
     }
 }
 
-async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: watch::Sender<bool>, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
+/// What a candidate tells the rest of the controller: whether it leads, and with which
+/// fence. The fence is set before leading is announced and cleared before it is withdrawn.
+struct Leadership {
+    leader: watch::Sender<bool>,
+    fence: watch::Sender<Option<Fence>>,
+}
+
+impl Leadership {
+    fn lead(&self, fence: Fence) {
+        self.fence.send_replace(Some(fence));
+        self.leader.send_replace(true);
+    }
+
+    fn follow(&self) {
+        self.fence.send_replace(None);
+        self.leader.send_replace(false);
+    }
+}
+
+async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leadership, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
     loop {
         match try_lead(store.as_ref(), &config, &leader, &held).await {
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, "leader election"),
         }
-        leader.send_replace(false);
+        leader.follow();
         tokio::time::sleep(config.retry_period()).await;
     }
 }
 
 /// One attempt: returns when this candidate is not (or no longer) the leader.
-async fn try_lead(
-    store: &dyn Store,
-    config: &ElectionConfig,
-    leader: &watch::Sender<bool>,
-    held: &std::sync::Mutex<Option<LeaseId>>,
-) -> Result<(), StoreError> {
+async fn try_lead(store: &dyn Store, config: &ElectionConfig, leader: &Leadership, held: &std::sync::Mutex<Option<LeaseId>>) -> Result<(), StoreError> {
     // Someone leads (possibly this controller before a restart: its key expires like
     // anyone else's).
     if store.get(keys::LEADER).await?.is_some() {
@@ -104,8 +133,9 @@ async fn try_lead(
     }
     let sent = Instant::now();
     let lease = store.grant_lease(config.ttl).await?;
-    match store.put_with_lease(keys::LEADER, config.identity.as_bytes().to_vec(), Expect::Absent, Some(lease)).await {
-        Ok(_) => {}
+    let fence = match store.put_with_lease(keys::LEADER, config.identity.as_bytes().to_vec(), Expect::Absent, Some(lease)).await {
+        // A create: its revision is the key's create_revision.
+        Ok(created) => Fence { key: keys::LEADER.to_owned(), create_revision: created },
         Err(StoreError::Conflict { .. }) => {
             let _ = store.revoke_lease(lease).await;
             return Ok(());
@@ -114,12 +144,12 @@ async fn try_lead(
             let _ = store.revoke_lease(lease).await;
             return Err(e);
         }
-    }
+    };
     *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease);
     let mut valid_until = sent + config.renew_deadline();
     if Instant::now() < valid_until {
         tracing::info!(identity = %config.identity, "leading: running the reconcilers");
-        leader.send_replace(true);
+        leader.lead(fence.clone());
         loop {
             // Sleep until the next renewal, but never past the deadline.
             tokio::time::sleep_until((Instant::now() + config.retry_period()).min(valid_until)).await;
@@ -128,8 +158,12 @@ async fn try_lead(
                 break;
             }
             let sent = Instant::now();
-            match tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await {
-                Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
+            match tokio::time::timeout_at(valid_until, renew(store, lease, &fence)).await {
+                Ok(Ok(true)) => valid_until = sent + config.renew_deadline(),
+                Ok(Ok(false)) => {
+                    tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
+                    break;
+                }
                 Ok(Err(StoreError::LeaseNotFound(_))) => {
                     tracing::warn!("lost leadership: the lease is gone");
                     break;
@@ -143,8 +177,15 @@ async fn try_lead(
             }
         }
     }
-    leader.send_replace(false);
+    leader.follow();
     held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let _ = store.revoke_lease(lease).await;
     Ok(())
+}
+
+/// Renews the lease and checks that the leader key is still the one this leadership
+/// created (someone may have deleted it by hand): `Ok(false)` when it is not.
+async fn renew(store: &dyn Store, lease: LeaseId, fence: &Fence) -> Result<bool, StoreError> {
+    store.keep_alive(lease).await?;
+    Ok(fence.holds(store.get(&fence.key).await?.as_ref()))
 }

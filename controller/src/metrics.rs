@@ -110,7 +110,11 @@ impl ControllerMetrics {
             self.scheduling_latency.clone(),
         );
         orch.register("store_operation_duration_seconds", "Store operations by kind", self.store_latency.clone());
-        orch.register("store_errors", "Store operations that failed, by kind and error (conflict: a compare-and-swap lost)", self.store_errors.clone());
+        orch.register(
+            "store_errors",
+            "Store operations that failed, by kind and error (conflict: a compare-and-swap lost; fenced: a write of a deposed leader refused)",
+            self.store_errors.clone(),
+        );
         orch.register("node_heartbeats", "Heartbeats this controller received, by node", self.heartbeats.clone());
         orch.register("leader", "1 while this controller leads (runs the reconcilers)", self.leader.clone());
         orch.register("replicas", "Replicas by service, phase (as their node reports it) and readiness", self.replicas.clone());
@@ -142,7 +146,11 @@ impl ControllerMetrics {
     fn store_operation(&self, operation: &'static str, took: Duration, error: Option<&StoreError>) {
         self.store_latency.get_or_create(&Operation { operation }).observe(took.as_secs_f64());
         if let Some(error) = error {
-            let kind = if matches!(error, StoreError::Conflict { .. }) { "conflict" } else { "failed" };
+            let kind = match error {
+                StoreError::Conflict { .. } => "conflict",
+                StoreError::Fenced { .. } => "fenced",
+                _ => "failed",
+            };
             self.store_errors.get_or_create(&OperationError { operation, kind }).inc();
         }
     }
@@ -217,8 +225,8 @@ impl Store for MeteredStore {
         self.timed("delete", self.inner.delete(key, expect)).await
     }
 
-    async fn txn(&self, ops: Vec<crate::store::TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
-        self.timed("txn", self.inner.txn(ops)).await
+    async fn txn_fenced(&self, fence: Option<&crate::store::Fence>, ops: Vec<crate::store::TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.timed("txn", self.inner.txn_fenced(fence, ops)).await
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {

@@ -112,7 +112,7 @@ impl Controller {
         let reconciler = tokio::spawn(runner::run(
             Arc::clone(&store),
             watcher.subscribe(),
-            candidate.subscribe(),
+            candidate.fence(),
             events.clone(),
             ReconcilerConfig { node_grace: config.node_grace, warmup: config.node_lease + config.node_grace, resync: Duration::from_millis(250) },
             settled_sender,

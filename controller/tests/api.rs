@@ -342,8 +342,12 @@ impl orch_controller::store::Store for LandsThenFails {
     ) -> Result<Option<orch_controller::store::Revision>, orch_controller::store::StoreError> {
         self.inner.delete(key, expect).await
     }
-    async fn txn(&self, ops: Vec<orch_controller::store::TxnOp>) -> Result<Vec<Option<orch_controller::store::Revision>>, orch_controller::store::StoreError> {
-        self.inner.txn(ops).await
+    async fn txn_fenced(
+        &self,
+        fence: Option<&orch_controller::store::Fence>,
+        ops: Vec<orch_controller::store::TxnOp>,
+    ) -> Result<Vec<Option<orch_controller::store::Revision>>, orch_controller::store::StoreError> {
+        self.inner.txn_fenced(fence, ops).await
     }
     async fn watch(
         &self,

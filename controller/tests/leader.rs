@@ -1,6 +1,7 @@
 //! Several controllers on one etcd: exactly one leads at a time, including when the
 //! leader is cut off from etcd (it steps down before its lease can expire), and a dead
-//! leader is replaced within a few seconds. Events expire with their TTL.
+//! leader is replaced within a few seconds; a paused leader's queued writes are fenced.
+//! Events expire with their TTL.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -14,7 +15,7 @@ use common::wait_until;
 use orch_api::pb;
 use orch_controller::events::EventLog;
 use orch_controller::server::{Controller, ControllerConfig};
-use orch_controller::store::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchStream};
+use orch_controller::store::{Expect, Fence, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchStream};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -52,9 +53,9 @@ impl Store for Cuttable {
         self.gate().await;
         self.inner.delete(key, expect).await
     }
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
         self.gate().await;
-        self.inner.txn(ops).await
+        self.inner.txn_fenced(fence, ops).await
     }
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
         self.gate().await;
@@ -157,6 +158,125 @@ async fn two_controllers_on_one_etcd_never_both_lead() {
     assert_eq!(timeline.leaders(), ["a", "b", "c", "d"]);
     assert!(takeover < Duration::from_secs(10), "a cut-off leader is replaced within a few seconds, took {takeover:?}");
     d.stop().await;
+}
+
+/// A store that can be paused like a process under SIGSTOP: while paused every call,
+/// new or already made, waits; on resume they all go on, in the order they were made.
+struct Pausable {
+    inner: Arc<dyn Store>,
+    running: tokio::sync::watch::Sender<bool>,
+}
+
+impl Pausable {
+    fn new(inner: Arc<dyn Store>) -> Pausable {
+        Pausable { inner, running: tokio::sync::watch::channel(true).0 }
+    }
+
+    async fn gate(&self) {
+        let mut running = self.running.subscribe();
+        let _ = running.wait_for(|running| *running).await;
+    }
+}
+
+#[async_trait]
+impl Store for Pausable {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.gate().await;
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        self.gate().await;
+        self.inner.list(prefix).await
+    }
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        self.gate().await;
+        self.inner.put_with_lease(key, value, expect, lease).await
+    }
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
+        self.gate().await;
+        self.inner.delete(key, expect).await
+    }
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.gate().await;
+        self.inner.txn_fenced(fence, ops).await
+    }
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+        self.gate().await;
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.gate().await;
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.revoke_lease(lease).await
+    }
+}
+
+/// Leader a is paused (its every store call held, as under SIGSTOP) with writes queued,
+/// past its lease; b takes over and writes; a resumes: none of a's queued writes lands —
+/// whether they were one write or a batch — and a steps down.
+async fn a_paused_leaders_queued_writes_never_land(shared: Arc<dyn Store>) {
+    use orch_controller::election::{Candidate, ElectionConfig};
+    use orch_controller::reconcile::runner::write_batch;
+    let election = |identity: &str| ElectionConfig { identity: identity.into(), ttl: Duration::from_secs(2) };
+    let paused = Arc::new(Pausable::new(Arc::clone(&shared)));
+    let a = Candidate::spawn(paused.clone(), election("a"));
+    wait_until("a to lead", LIMIT, || async { a.is_leader() }).await;
+    let fence_a = a.fence().borrow().clone().expect("a leader has a fence");
+    let b = Candidate::spawn(Arc::clone(&shared), election("b"));
+
+    paused.running.send_replace(false);
+    let put = |key: &str, value: &str| TxnOp::put(key, value.as_bytes().to_vec(), Expect::Any);
+    let queued_one = tokio::spawn({
+        let (store, fence) = (paused.clone(), fence_a.clone());
+        let write = put("/orch/services/fenced-one", "from a");
+        async move { write_batch(store.as_ref(), Some(&fence), vec![write]).await }
+    });
+    let queued_batch = tokio::spawn({
+        let (store, fence) = (paused.clone(), fence_a.clone());
+        let writes = vec![put("/orch/services/fenced-one", "from a"), put("/orch/services/fenced-two", "from a")];
+        async move { write_batch(store.as_ref(), Some(&fence), writes).await }
+    });
+    wait_until("b to take over from the paused a", LIMIT, || async { b.is_leader() }).await;
+    let fence_b = b.fence().borrow().clone().expect("b leads with a fence");
+    assert_ne!(fence_b, fence_a, "a new leadership, a new fence");
+    let outcome = write_batch(shared.as_ref(), Some(&fence_b), vec![put("/orch/services/fenced-one", "from b")]).await.expect("b writes");
+    assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
+
+    paused.running.send_replace(true);
+    for (what, queued) in [("the single write", queued_one), ("the batch", queued_batch)] {
+        match queued.await.expect("the queued write's task") {
+            Err(StoreError::Fenced { key, create_revision }) => {
+                assert_eq!((key.as_str(), create_revision), (fence_a.key.as_str(), fence_a.create_revision));
+            }
+            other => panic!("{what} of the deposed a was not fenced: {other:?}"),
+        }
+    }
+    let one = shared.get("/orch/services/fenced-one").await.expect("get").expect("b's write is there");
+    assert_eq!(one.value, b"from b", "a's queued write did not land over b's");
+    assert!(shared.get("/orch/services/fenced-two").await.expect("get").is_none(), "nothing of a's batch landed");
+    wait_until("a to step down once resumed", LIMIT, || async { !a.is_leader() }).await;
+    assert!(a.fence().borrow().is_none(), "no fence without leadership");
+    assert!(b.is_leader(), "b still leads");
+    b.resign().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leaders_writes_are_fenced_on_etcd() {
+    let store = common::etcd_namespaced("fence").await;
+    a_paused_leaders_queued_writes_never_land(Arc::clone(&store.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leaders_writes_are_fenced_on_the_embedded_store() {
+    let store = common::embedded().await;
+    a_paused_leaders_queued_writes_never_land(Arc::clone(&store.store)).await;
 }
 
 async fn events_are_listed_then_expire(store: common::TestStore) {

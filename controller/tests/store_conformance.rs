@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::unique_prefix;
-use orch_controller::store::{Expect, Store, StoreError, TxnOp, WatchEvent, WatchStream, MAX_TXN_OPS};
+use orch_controller::store::{Expect, Fence, Store, StoreError, TxnOp, WatchEvent, WatchStream, MAX_TXN_OPS};
 
 /// Generous bound for anything that waits on the store; never a measure of speed.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -115,6 +115,30 @@ async fn a_transaction_is_all_or_nothing(store: Arc<dyn Store>, prefix: &str) {
     let many: Vec<TxnOp> = (0..=MAX_TXN_OPS).map(|i| TxnOp::put(key(&format!("m{i}")), vec![], Expect::Any)).collect();
     assert!(matches!(store.txn(many).await, Err(StoreError::InvalidTxn(_))));
     assert_eq!(store.txn(Vec::new()).await.expect("empty"), Vec::<Option<i64>>::new());
+}
+
+/// A fenced transaction lands only while the fence's key is the one created at its
+/// revision: not once it was deleted, nor once another created it again; a fence that
+/// fails outranks a stale compare, and nothing of the transaction is written.
+async fn a_fenced_transaction_lands_only_while_the_fence_holds(store: Arc<dyn Store>, prefix: &str) {
+    let key = |name: &str| format!("{prefix}fenced/{name}");
+    let leader = key("leader");
+    let created = store.put(&leader, b"a".to_vec(), Expect::Absent).await.expect("create the fence key");
+    let fence = Fence { key: leader.clone(), create_revision: created };
+    // An update of the fence key keeps its create revision: still the same leadership.
+    store.put(&leader, b"a, renewed".to_vec(), Expect::Any).await.expect("update the fence key");
+    let revisions = store.txn_fenced(Some(&fence), vec![TxnOp::put(key("x"), b"1".to_vec(), Expect::Absent)]).await.expect("fenced write while it holds");
+    let x = revisions[0].expect("a revision");
+    store.delete(&leader, Expect::Any).await.expect("delete the fence key");
+    let fenced = |result: Result<Vec<Option<i64>>, StoreError>| matches!(result, Err(StoreError::Fenced { key, create_revision }) if key == leader && create_revision == created);
+    let stale = vec![TxnOp::put(key("x"), b"2".to_vec(), Expect::Revision(x - 1)), TxnOp::put(key("y"), b"2".to_vec(), Expect::Any)];
+    assert!(fenced(store.txn_fenced(Some(&fence), stale.clone()).await), "the fence key is gone: refused as fenced, before the stale compare");
+    store.put(&leader, b"b".to_vec(), Expect::Absent).await.expect("another leadership");
+    assert!(fenced(store.txn_fenced(Some(&fence), vec![TxnOp::Delete { key: key("x"), expect: Expect::Any }]).await), "another's fence key");
+    let listed: Vec<(String, Vec<u8>)> = store.list(&key("")).await.expect("list").items.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    assert_eq!(listed, vec![(leader.clone(), b"b".to_vec()), (key("x"), b"1".to_vec())], "nothing fenced was written");
+    // Unfenced, the same stale write is the usual conflict.
+    assert!(matches!(store.txn_fenced(None, stale).await, Err(StoreError::Conflict { .. })));
 }
 
 /// Read-modify-write from several tasks at once: with CAS and retry, no increment is lost.
@@ -336,6 +360,7 @@ conformance!(
     put_get_and_revisions,
     compare_and_swap_conflicts,
     a_transaction_is_all_or_nothing,
+    a_fenced_transaction_lands_only_while_the_fence_holds,
     concurrent_increments_lose_nothing,
     concurrent_writes_each_get_their_own_outcome,
     list_is_a_consistent_snapshot,

@@ -352,7 +352,7 @@ impl Session {
             let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(batches)
                 .map(|batch| {
                     let store = Arc::clone(&self.store);
-                    async move { crate::reconcile::runner::write_batch(store.as_ref(), batch).await.unwrap_or_else(|error| vec![Err(error)]) }
+                    async move { crate::reconcile::runner::write_batch(store.as_ref(), None, batch).await.unwrap_or_else(|error| vec![Err(error)]) }
                 })
                 .buffer_unordered(STATUS_WRITES)
                 .flat_map(futures::stream::iter)

@@ -17,7 +17,7 @@ use super::{plan, Action, EventDraft};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS, TXN_BYTES};
+use crate::store::{Expect, Fence, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS, TXN_BYTES};
 
 /// Transactions (each of up to [`MAX_TXN_OPS`] writes) in flight at once while carrying
 /// out a plan.
@@ -166,13 +166,18 @@ pub type BatchOutcome = Result<Vec<Result<Option<Revision>, StoreError>>, StoreE
 /// Carries out a batch of independent writes as one transaction (one round trip, one
 /// commit); when one of them conflicts, the others one by one, so that a single stale
 /// write does not hold back the rest until the next pass. Each write's outcome, or the
-/// error that failed the batch as a whole.
-pub async fn write_batch(store: &dyn Store, batch: Vec<TxnOp>) -> BatchOutcome {
-    let one = |write: TxnOp| async move { store.txn(vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) };
+/// error that failed the batch as a whole. With a `fence` (a leader's writes), every
+/// transaction carries it: a deposed leader's batch fails as a whole with
+/// [`StoreError::Fenced`].
+pub async fn write_batch(store: &dyn Store, fence: Option<&Fence>, batch: Vec<TxnOp>) -> BatchOutcome {
+    let one = |write: TxnOp| async move { store.txn_fenced(fence, vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) };
     if batch.len() == 1 {
-        return Ok(futures::stream::iter(batch).then(one).collect().await);
+        return match futures::stream::iter(batch).then(one).collect::<Vec<_>>().await.pop() {
+            Some(Err(error @ StoreError::Fenced { .. })) => Err(error),
+            outcome => Ok(outcome.into_iter().collect()),
+        };
     }
-    match store.txn(batch.clone()).await {
+    match store.txn_fenced(fence, batch.clone()).await {
         Ok(revisions) => Ok(revisions.into_iter().map(Ok).collect()),
         Err(StoreError::Conflict { .. } | StoreError::LeaseNotFound(_)) => Ok(futures::stream::iter(batch).then(one).collect().await),
         Err(error) => Err(error),
@@ -180,11 +185,12 @@ pub async fn write_batch(store: &dyn Store, batch: Vec<TxnOp>) -> BatchOutcome {
 }
 
 /// Runs until the state or leadership channel closes. `settled` receives the revision
-/// of each state on which a whole pass found nothing to do.
+/// of each state on which a whole pass found nothing to do. `leader` holds this
+/// controller's fence while it leads (`None` otherwise); every write carries it.
 pub async fn run(
     store: Arc<dyn Store>,
     mut state: watch::Receiver<Arc<ClusterState>>,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<Option<Fence>>,
     events: EventLog,
     config: ReconcilerConfig,
     settled: watch::Sender<Revision>,
@@ -199,7 +205,7 @@ pub async fn run(
     // content moves (or a grace timer runs), planning again would find nothing either.
     let mut idle_at: Option<u64> = None;
     loop {
-        if !*leader.borrow_and_update() {
+        if leader.borrow_and_update().is_none() {
             if leading {
                 tracing::info!("no longer leading: reconcilers paused");
             }
@@ -299,10 +305,11 @@ pub async fn run(
                 let store = Arc::clone(&store);
                 let leader_now = leader_now.clone();
                 async move {
-                    if !*leader_now.borrow() {
+                    // Checked again before each batch (the store checks it too).
+                    let Some(fence) = leader_now.borrow().clone() else {
                         return Ok(Vec::new());
-                    }
-                    write_batch(store.as_ref(), batch).await
+                    };
+                    write_batch(store.as_ref(), Some(&fence), batch).await
                 }
             })
             .buffer_unordered(CONCURRENT_BATCHES)
@@ -327,6 +334,8 @@ pub async fn run(
                     }
                     Ok(None) => landed += 1,
                     Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    // The election hears of it at its next renewal; until then nothing lands.
+                    Err(error @ StoreError::Fenced { .. }) => tracing::info!(%error, "a write of this pass was refused: leadership has moved on"),
                     Err(error) => {
                         failed = true;
                         tracing::warn!(%error, "reconciler write failed");

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::broadcast;
 
-use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, TxnOp, WatchEvent, WatchStream};
+use super::{Expect, Fence, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, TxnOp, WatchEvent, WatchStream};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
@@ -64,8 +64,12 @@ struct Inner {
 const GROUP_COMMIT_MAX: usize = 1024;
 
 /// A transaction waiting in the queue for a group commit (a put or a delete alone is a
-/// transaction of one).
-type WriteOp = Vec<TxnOp>;
+/// transaction of one), with the leader's fence if it carries one.
+#[derive(Debug)]
+struct WriteOp {
+    fence: Option<Fence>,
+    ops: Vec<TxnOp>,
+}
 
 /// Each op's revision: a put's; a delete's, or `None` when there was nothing to delete.
 type WriteOutcome = Result<Vec<Option<Revision>>, StoreError>;
@@ -439,7 +443,14 @@ impl Changes<'_> {
     /// anything is written, so a failed compare-and-swap or a lease that is gone leaves it
     /// unwritten and is its outcome alone (`Ok(Err)`); a storage error fails the whole
     /// group (`Err`).
-    fn apply(&mut self, ops: WriteOp, inner: &Inner) -> Result<WriteOutcome, StoreError> {
+    fn apply(&mut self, WriteOp { fence, ops }: WriteOp, inner: &Inner) -> Result<WriteOutcome, StoreError> {
+        // This file has one writer (the lock on it): the fence is checked under the same
+        // write lock that commits, so no other leader can come between.
+        if let Some(fence) = fence {
+            if !fence.holds(self.current(&fence.key)?.as_ref()) {
+                return Ok(Err(StoreError::Fenced { key: fence.key, create_revision: fence.create_revision }));
+            }
+        }
         let mut exists = Vec::with_capacity(ops.len());
         for op in &ops {
             let (key, expect) = match op {
@@ -633,7 +644,7 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::LeaseNotFound(lease));
             }
         }
-        let revisions = self.submit(vec![TxnOp::Put { key: key.to_owned(), value, expect, lease }]).await?;
+        let revisions = self.submit(WriteOp { fence: None, ops: vec![TxnOp::Put { key: key.to_owned(), value, expect, lease }] }).await?;
         revisions
             .first()
             .copied()
@@ -642,15 +653,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
-        Ok(self.submit(vec![TxnOp::Delete { key: key.to_owned(), expect }]).await?.first().copied().flatten())
+        Ok(self.submit(WriteOp { fence: None, ops: vec![TxnOp::Delete { key: key.to_owned(), expect }] }).await?.first().copied().flatten())
     }
 
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
         super::error::check_txn(&ops)?;
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(ops).await
+        self.submit(WriteOp { fence: fence.cloned(), ops }).await
     }
 
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {

@@ -8,6 +8,9 @@ pub enum StoreError {
     #[error("cannot watch {prefix} from revision {requested}: compacted, the oldest revision kept is {oldest}")]
     Compacted { prefix: String, requested: Revision, oldest: Revision },
 
+    #[error("fenced: {key} is no longer the one created at revision {create_revision} (this controller does not lead any more); nothing was written")]
+    Fenced { key: String, create_revision: Revision },
+
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
 

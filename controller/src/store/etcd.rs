@@ -10,7 +10,7 @@ use super::types::TxnOp as StoreTxnOp;
 
 use futures::{StreamExt, TryStreamExt};
 
-use super::{Expect, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
+use super::{Expect, Fence, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
 
 /// How long to wait for an etcd endpoint to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -197,7 +197,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn txn(&self, ops: Vec<StoreTxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<StoreTxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
         super::error::check_txn(&ops)?;
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -212,7 +212,11 @@ impl Store for EtcdStore {
             StoreTxnOp::Put { lease, .. } => *lease,
             StoreTxnOp::Delete { .. } => None,
         });
-        let compares: Vec<Compare> = compared.iter().filter_map(|(key, expect)| Self::compare(key, *expect)).collect();
+        let mut compares: Vec<Compare> = compared.iter().filter_map(|(key, expect)| Self::compare(key, *expect)).collect();
+        if let Some(fence) = fence {
+            // A missing key's create_revision compares as 0: no leader is no fence either.
+            compares.push(Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.create_revision));
+        }
         let writes: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
@@ -220,7 +224,10 @@ impl Store for EtcdStore {
                 StoreTxnOp::Delete { key, .. } => TxnOp::delete(key.as_str(), None::<DeleteOptions>),
             })
             .collect();
-        let reads: Vec<TxnOp> = compared.iter().map(|(key, _)| TxnOp::get(key.as_str(), None)).collect();
+        let mut reads: Vec<TxnOp> = compared.iter().map(|(key, _)| TxnOp::get(key.as_str(), None)).collect();
+        if let Some(fence) = fence {
+            reads.push(TxnOp::get(fence.key.as_str(), None));
+        }
         let response = match self.client.clone().txn(Txn::new().when(compares).and_then(writes).or_else(reads)).await {
             Ok(response) => response,
             Err(e) => {
@@ -231,11 +238,22 @@ impl Store for EtcdStore {
             }
         };
         if !response.succeeded() {
-            // The first compare that failed, from the reads of every compared key.
-            let found = response.op_responses().into_iter().map(|r| match r {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
-                _ => None,
-            });
+            // The fence first (the last read), then the first compare that failed, from
+            // the reads of every compared key.
+            let read: Vec<Option<(Revision, Revision)>> = response
+                .op_responses()
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| (kv.create_revision(), kv.mod_revision())),
+                    _ => None,
+                })
+                .collect();
+            if let Some(fence) = fence {
+                if read.last().copied().flatten().map(|(created, _)| created) != Some(fence.create_revision) {
+                    return Err(StoreError::Fenced { key: fence.key.clone(), create_revision: fence.create_revision });
+                }
+            }
+            let found = read.into_iter().map(|kv| kv.map(|(_, modified)| modified));
             for ((key, expect), found) in compared.iter().zip(found) {
                 if !expect.holds(found) {
                     return Err(StoreError::Conflict { key: key.clone(), expected: *expect, found });

@@ -24,4 +24,4 @@ pub use error::StoreError;
 pub use etcd::EtcdStore;
 pub use prefixed::PrefixedStore;
 pub use snapshot::{marker_key as restore_marker_key, take as take_snapshot, RestoreSummary, Snapshot, FILE_MAGIC as SNAPSHOT_FILE_MAGIC};
-pub use types::{Expect, KeyValue, LeaseId, Listing, Revision, Store, TxnOp, WatchEvent, WatchStream, MAX_TXN_OPS, TXN_BYTES};
+pub use types::{Expect, Fence, KeyValue, LeaseId, Listing, Revision, Store, TxnOp, WatchEvent, WatchStream, MAX_TXN_OPS, TXN_BYTES};

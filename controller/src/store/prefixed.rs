@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Expect, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchEvent, WatchStream};
+use super::{Expect, Fence, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchEvent, WatchStream};
 
 pub struct PrefixedStore<S> {
     inner: S,
@@ -47,7 +47,8 @@ impl<S: Store> Store for PrefixedStore<S> {
         self.inner.delete(&self.outer(key), expect).await
     }
 
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        let fence = fence.map(|f| Fence { key: self.outer(&f.key), create_revision: f.create_revision });
         let ops = ops
             .into_iter()
             .map(|op| match op {
@@ -55,10 +56,10 @@ impl<S: Store> Store for PrefixedStore<S> {
                 TxnOp::Delete { key, expect } => TxnOp::Delete { key: self.outer(&key), expect },
             })
             .collect();
-        self.inner.txn(ops).await.map_err(|error| match error {
-            StoreError::Conflict { key, expected, found } => {
-                StoreError::Conflict { key: key.strip_prefix(&self.prefix).map(str::to_owned).unwrap_or(key), expected, found }
-            }
+        let inner = |key: String| key.strip_prefix(&self.prefix).map(str::to_owned).unwrap_or(key);
+        self.inner.txn_fenced(fence.as_ref(), ops).await.map_err(|error| match error {
+            StoreError::Conflict { key, expected, found } => StoreError::Conflict { key: inner(key), expected, found },
+            StoreError::Fenced { key, create_revision } => StoreError::Fenced { key: inner(key), create_revision },
             other => other,
         })
     }

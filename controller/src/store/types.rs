@@ -139,6 +139,23 @@ impl TxnOp {
     }
 }
 
+/// A leader's fence: a write carrying it lands only while `key` is still the key created
+/// at `create_revision` — the leadership this controller won. A deposed leader's write
+/// (paused past its lease, or queued behind a slow network) finds another leader's key,
+/// or none, and is refused as a whole ([`StoreError::Fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: Revision,
+}
+
+impl Fence {
+    /// Whether the fence holds for the key as it is now (`None`: absent).
+    pub fn holds(&self, current: Option<&KeyValue>) -> bool {
+        current.is_some_and(|kv| kv.create_revision == self.create_revision)
+    }
+}
+
 /// The most operations one [`Store::txn`] takes (etcd's default `--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 
@@ -172,7 +189,15 @@ pub trait Store: Send + Sync + 'static {
     /// most [`MAX_TXN_OPS`]. Returns each op's revision (a delete's `None` when the key did
     /// not exist and its `expect` was [`Expect::Any`]): on etcd one revision for all, on
     /// the embedded store consecutive ones, committed together.
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError>;
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.txn_fenced(None, ops).await
+    }
+
+    /// [`Store::txn`], which with a `fence` also lands only while the fence holds (checked
+    /// in the same transaction: etcd compares the key's `create_revision`, the embedded
+    /// store checks it under its write lock); otherwise nothing is written and the error
+    /// is [`StoreError::Fenced`]. Every write a reconciler makes as leader carries one.
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError>;
 
     /// Changes under `prefix` from `from_revision` on (inclusive); 0 means "from now".
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError>;
