@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # A cluster on one machine: each "VM" is a network namespace with its own address on a
 # lab bridge (a private subnet this script creates), running its own orch-agent with its
-# own state dir and cgroup subtree; a real etcd on loopback, one controller (two with
-# ORCH_LAB_CONTROLLERS=2) listening on the lab bridge, and a registry (Debian's
+# own state dir and cgroup subtree; a real etcd on loopback (a 3-member cluster over
+# mutual TLS with --etcd 3), one controller (two or three with ORCH_LAB_CONTROLLERS)
+# listening on the lab bridge, every agent given every controller, and a registry (Debian's
 # docker-registry) on the lab bridge at port 5000 holding the demo image. Every agent's
 # registry config (root-only, in the lab's directory) maps 127.0.0.1:5000, the registry
 # manifests/webapp.yaml names, to that one, as a real cluster's nodes would map it to the
 # machine that runs it.
 #
-#   sudo bash deploy/lab.sh up N          # N nodes (1-9)
+#   sudo bash deploy/lab.sh up N [--etcd 3]   # N nodes (1-9); --etcd 3: three etcd members
 #   sudo bash deploy/lab.sh status        # each node's name, address, agent PID, state
 #   sudo bash deploy/lab.sh kill-node K   # agent and containers die as with a dead VM
 #   sudo bash deploy/lab.sh partition K   # cut node K's link
 #   sudo bash deploy/lab.sh heal K        # restore it
 #   sudo bash deploy/lab.sh restart-controller [C] [--kill]   # SIGTERM (SIGKILL) controller C (1), start it again
 #   sudo bash deploy/lab.sh stop-controller [C] [--kill]      # the first half alone: controller C is down
-#   sudo bash deploy/lab.sh start-controller [C]              # the second half: start it, wait until it answers
+#   sudo bash deploy/lab.sh start-controller [C]              # the second half: start it (or a new one, C up to 3), wait until it answers
+#   sudo bash deploy/lab.sh pause-controller C | resume-controller C   # SIGSTOP / SIGCONT controller C
 #   sudo bash deploy/lab.sh kill-agent K      # kill -9 node K's agent alone (its containers run on)
 #   sudo bash deploy/lab.sh start-agent K     # start it again, on the same state
-#   sudo bash deploy/lab.sh stop-etcd         # stop the store (SIGTERM, as an outage)
-#   sudo bash deploy/lab.sh start-etcd        # start it again on its data and ports
+#   sudo bash deploy/lab.sh stop-etcd [M] [--kill]   # stop the store, or member M of --etcd 3 (SIGTERM, or SIGKILL)
+#   sudo bash deploy/lab.sh start-etcd [M]    # start it (member M) again on its data and ports
 #   sudo bash deploy/lab.sh backup FILE       # orch-controller backup of the lab's store (etcd: while it runs)
 #   sudo bash deploy/lab.sh wipe-store        # the store is lost (controllers stopped first): a new etcd or file
 #   sudo bash deploy/lab.sh restore FILE      # orch-controller restore into it (controllers stopped)
@@ -37,7 +39,8 @@
 # Settings (environment): ORCH_LAB_NAME (prefix of every name, default olab; at most 5
 # characters), ORCH_LAB_NET (the lab subnet's third octet in 10.250.X.0/24, default 0),
 # ORCH_LAB_DIR (state, default /var/lib/orch/lab-$ORCH_LAB_NAME), ORCH_BIN (where the
-# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1 or 2), ORCH_LAB_STORE
+# binaries are, default target/release), ORCH_LAB_CONTROLLERS (1-3), ORCH_LAB_ETCD (1 or 3:
+# what --etcd sets), ORCH_LAB_STORE
 # (etcd, the default, or embedded: the controller's own redb file in the lab's directory,
 # with one controller),
 # ORCH_LAB_UPSTREAM_DNS (where the nodes relay outside names; default none: the lab's
@@ -59,6 +62,8 @@ net="${ORCH_LAB_NET:-0}"
 dir="${ORCH_LAB_DIR:-/var/lib/orch/lab-$name}"
 bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
 controllers="${ORCH_LAB_CONTROLLERS:-1}"
+[[ "$controllers" =~ ^[123]$ ]] || die "ORCH_LAB_CONTROLLERS=$controllers: 1, 2 or 3"
+etcd_members="${ORCH_LAB_ETCD:-1}"
 store_kind="${ORCH_LAB_STORE:-etcd}"
 case "${ORCH_LAB_LEASES:-lab}" in
     lab) lease_flags=(--node-lease 2s --node-grace 1s --leader-lease 2s) ;;
@@ -122,19 +127,36 @@ wait_for() {
 # Everyone speaks mutual TLS with certificates from the lab's own CA.
 orch_cli() { "$bin/orch" --tls-dir "$dir/pki" "$@"; }
 
+# Every controller the lab started with, comma-separated (agents learn of later ones).
+all_controllers() {
+    local c list=""
+    for c in $(seq 1 "$(cat "$dir/controllers" 2>/dev/null || echo "$controllers")"); do list+="${list:+,}$(controller_address "$c")"; done
+    echo "$list"
+}
+
 start_agent() {
     local k="$1"
     launch "agent$k" nsenter --net="/run/netns/$(node_ns "$k")" -- "$bin/orch-agent" serve --tls-dir "$dir/pki" \
-        --controller "$(controller_address 1)" --name "node$k" --address "$(node_address "$k")" \
+        --controller "$(all_controllers)" --name "node$k" --address "$(node_address "$k")" \
         --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --registry-config "$dir/registries.json" \
         --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103" \
         --data-path "${ORCH_LAB_DATA_PATH:-kernel}"
 }
 
+# store_args: --store, and the TLS flags of a 3-member etcd (the controllers' own
+# certificate is their client certificate).
+set_store_args() {
+    store_args=(--store "$(cat "$dir/store")")
+    if [ -f "$dir/etcd.members" ]; then
+        store_args+=(--etcd-ca "$dir/pki/ca.pem" --etcd-cert "$dir/pki/controller.pem" --etcd-key "$dir/pki/controller.key")
+    fi
+}
+
 start_controller() {
     local c="$1"
-    launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" --store "$(cat "$dir/store")" --listen "$(controller_address "$c")" \
+    set_store_args
+    launch "controller$c" "$bin/orch-controller" --tls-dir "$dir/pki" "${store_args[@]}" --listen "$(controller_address "$c")" \
         --identity "${name}-controller$c" "${lease_flags[@]}" --metrics-listen "$(controller_metrics_address "$c")"
 }
 
@@ -144,8 +166,8 @@ cmd_stop_controller() {
     for arg in "$@"; do
         case "$arg" in
             --kill) signal=KILL ;;
-            [12]) c="$arg" ;;
-            *) die "stop-controller|restart-controller [C] [--kill]: C is 1 or 2, got '$arg'" ;;
+            [123]) c="$arg" ;;
+            *) die "stop-controller|restart-controller [C] [--kill]: C is 1-3, got '$arg'" ;;
         esac
     done
     [ -f "$dir/store" ] || die "no lab named $name is up"
@@ -157,7 +179,7 @@ cmd_stop_controller() {
 
 cmd_start_controller() {
     local c="${1:-1}"
-    case "$c" in [12]) ;; *) die "start-controller [C]: C is 1 or 2, got '$c'" ;; esac
+    case "$c" in [123]) ;; *) die "start-controller [C]: C is 1-3, got '$c'" ;; esac
     [ -f "$dir/store" ] || die "no lab named $name is up"
     alive "controller$c" && die "controller$c runs already (PID $(pid_of "controller$c"))"
     start_controller "$c"
@@ -168,11 +190,21 @@ cmd_start_controller() {
 cmd_restart_controller() {
     local c=1 arg
     for arg in "$@"; do
-        case "$arg" in [12]) c="$arg" ;; esac
+        case "$arg" in [123]) c="$arg" ;; esac
     done
     cmd_stop_controller "$@" >/dev/null
     cmd_start_controller "$c" >/dev/null
     echo "controller$c restarted (PID $(pid_of "controller$c"))"
+}
+
+# pause-controller C / resume-controller C: SIGSTOP (a controller frozen, its sockets
+# open: a GC pause, a hung VM) and SIGCONT.
+cmd_signal_controller() {
+    local signal="$1" c="${2:-}"
+    case "$c" in [123]) ;; *) die "pause-controller|resume-controller C: C is 1-3, got '$c'" ;; esac
+    alive "controller$c" || die "controller$c is not running"
+    kill -s "$signal" "$(pid_of "controller$c")"
+    echo "controller$c: SIG$signal"
 }
 
 cmd_kill_agent() {
@@ -191,14 +223,38 @@ cmd_start_agent() {
     echo "node$k's agent started (PID $(pid_of "agent$k"))"
 }
 
+# stop-etcd [M] [--kill]: the lab's etcd, or member M of a 3-member cluster.
 cmd_stop_etcd() {
+    local m="" signal=TERM arg
+    for arg in "$@"; do
+        case "$arg" in
+            --kill) signal=KILL ;;
+            [123]) m="$arg" ;;
+            *) die "stop-etcd [M] [--kill]: M is 1-3, got '$arg'" ;;
+        esac
+    done
+    if [ -f "$dir/etcd.members" ]; then
+        [ -n "$m" ] || die "stop-etcd M: the lab runs 3 etcd members; name one (1-3)"
+        alive "etcd$m" || die "etcd member $m is not running"
+        stop_pid "$signal" "$(pid_of "etcd$m")" "etcd$m"
+        echo "etcd member $m stopped (SIG$signal)"
+        return
+    fi
     [ -f "$dir/etcd.ports" ] || die "the lab $name has no etcd (ORCH_LAB_STORE=embedded, or not up)"
     alive etcd || die "the lab's etcd is not running"
-    stop_pid TERM "$(pid_of etcd)" etcd
+    stop_pid "$signal" "$(pid_of etcd)" etcd
     echo "etcd stopped"
 }
 
 cmd_start_etcd() {
+    local m="${1:-}"
+    if [ -f "$dir/etcd.members" ]; then
+        case "$m" in [123]) ;; *) die "start-etcd M: M is 1-3, got '$m'" ;; esac
+        alive "etcd$m" && die "etcd member $m runs already"
+        start_etcd_member "$m"
+        echo "etcd member $m started (PID $(pid_of "etcd$m"))"
+        return
+    fi
     [ -f "$dir/etcd.ports" ] || die "no lab named $name is up"
     alive etcd && die "the lab's etcd runs already"
     # shellcheck disable=SC2046 # two ports
@@ -207,10 +263,40 @@ cmd_start_etcd() {
     echo "etcd started (PID $ETCD_PID)"
 }
 
+# Member M of the lab's 3-member etcd: client and peer ports over mutual TLS with
+# etcd-etcdM.pem from the lab's CA (orch-controller init --etcd-member), its data in
+# $dir/etcdM. The same command starts it the first time and again later.
+start_etcd_member() {
+    local m="$1" ports client peer cluster="" i
+    for i in 1 2 3; do
+        read -r client peer <"$dir/etcd$i.ports"
+        cluster+="${cluster:+,}etcd$i=https://127.0.0.1:$peer"
+    done
+    read -r client peer <"$dir/etcd$m.ports"
+    local cert="$dir/pki/etcd-etcd$m.pem" key="$dir/pki/etcd-etcd$m.key" ca="$dir/pki/ca.pem"
+    mkdir -p "$dir/etcd$m"
+    launch "etcd$m" etcd --name "etcd$m" --data-dir "$dir/etcd$m/data" \
+        --listen-client-urls "https://127.0.0.1:$client" --advertise-client-urls "https://127.0.0.1:$client" \
+        --listen-peer-urls "https://127.0.0.1:$peer" --initial-advertise-peer-urls "https://127.0.0.1:$peer" \
+        --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "orch-lab-$name" \
+        --cert-file "$cert" --key-file "$key" --trusted-ca-file "$ca" --client-cert-auth \
+        --peer-cert-file "$cert" --peer-key-file "$key" --peer-trusted-ca-file "$ca" --peer-client-cert-auth \
+        --log-level warn
+}
+
+# Whether the 3-member cluster answers through member M (a quorum stands behind it).
+etcd_member_healthy() {
+    local m="$1" client peer
+    read -r client peer <"$dir/etcd$m.ports"
+    curl -fsS --cacert "$dir/pki/ca.pem" --cert "$dir/pki/controller.pem" --key "$dir/pki/controller.key" \
+        "https://127.0.0.1:$client/health" 2>/dev/null | grep -q '"health":"true"'
+}
+
 cmd_backup() {
     local file="${1:?usage: lab.sh backup FILE}"
     [ -f "$dir/store" ] || die "no lab named $name is up"
-    "$bin/orch-controller" --store "$(cat "$dir/store")" backup "$file"
+    set_store_args
+    "$bin/orch-controller" "${store_args[@]}" backup "$file"
 }
 
 # The store is lost as with a dead disk: a new, empty etcd on the same ports (a new data
@@ -218,7 +304,8 @@ cmd_backup() {
 cmd_wipe_store() {
     [ -f "$dir/store" ] || die "no lab named $name is up"
     local c
-    for c in 1 2; do
+    [ -f "$dir/etcd.members" ] && die "wipe-store: not for a 3-member etcd (down and up the lab instead)"
+    for c in 1 2 3; do
         alive "controller$c" && die "controller$c runs: stop-controller $c first"
     done
     if [ -f "$dir/etcd.ports" ]; then
@@ -237,7 +324,8 @@ cmd_wipe_store() {
 cmd_restore() {
     local file="${1:?usage: lab.sh restore FILE}"
     [ -f "$dir/store" ] || die "no lab named $name is up"
-    "$bin/orch-controller" --store "$(cat "$dir/store")" restore "$file"
+    set_store_args
+    "$bin/orch-controller" "${store_args[@]}" restore "$file"
 }
 
 cmd_slow_link() {
@@ -257,8 +345,20 @@ cmd_fast_link() {
 }
 
 cmd_up() {
-    local n="${1:?usage: lab.sh up N}"
+    local n="${1:?usage: lab.sh up N [--etcd 1|3]}"
     [[ "$n" =~ ^[1-9]$ ]] || die "up N: N must be 1-9"
+    shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --etcd) etcd_members="${2:-}"; shift 2 || die "--etcd needs 1 or 3" ;;
+            *) die "up N [--etcd 1|3]: unknown argument '$1'" ;;
+        esac
+    done
+    case "$etcd_members" in
+        1) ;;
+        3) [ "$store_kind" = etcd ] || die "--etcd 3 with ORCH_LAB_STORE=$store_kind: the members are an etcd store" ;;
+        *) die "--etcd $etcd_members: 1 or 3 members" ;;
+    esac
     [ -e "/run/netns/$(node_ns 1)" ] && die "a lab named $name is up already (lab.sh down first, or ORCH_LAB_NAME)"
     for binary in orch orch-agent orch-controller; do
         [ -x "$bin/$binary" ] || die "$bin/$binary is missing: cargo build --release first (or set ORCH_BIN)"
@@ -266,6 +366,7 @@ cmd_up() {
     install_registry etcd-server util-linux nftables conntrack skopeo busybox-static
     mkdir -p "$dir"
     echo "$n" >"$dir/nodes"
+    echo "$controllers" >"$dir/controllers"
 
     step "lab bridge $bridge at $host_address/24"
     # An address of its own: a bridge without one takes its lowest port's, and changes
@@ -292,7 +393,11 @@ cmd_up() {
     for k in $(seq 1 "$n"); do node_args+=(--node "node$k=$(node_address "$k")"); done
     local controller_names=()
     for c in $(seq 1 "$controllers"); do controller_names+=(--controller-name "$host_address"); done
-    "$bin/orch-controller" --tls-dir "$dir/pki" init "${controller_names[@]}" "${node_args[@]}" >/dev/null
+    local member_args=()
+    if [ "$etcd_members" = 3 ]; then
+        for m in 1 2 3; do member_args+=(--etcd-member "etcd$m=127.0.0.1"); done
+    fi
+    "$bin/orch-controller" --tls-dir "$dir/pki" init "${controller_names[@]}" "${node_args[@]}" "${member_args[@]}" >/dev/null
 
     step "registry on $registry_address with the demo image"
     start_registry "$dir/registry" "$registry_address"
@@ -301,7 +406,22 @@ cmd_up() {
     (umask 077; printf '{"mirrors": {"127.0.0.1:5000": {"endpoint": ["http://%s"]}}}\n' "$registry_address" >"$dir/registries.json")
 
     local store="embedded:$dir/controller.redb"
-    if [ "$store_kind" = etcd ]; then
+    if [ "$etcd_members" = 3 ]; then
+        local endpoints="" m client peer
+        for m in 1 2 3; do
+            client="$(free_port)"; peer="$(free_port)"
+            while [ "$peer" = "$client" ]; do peer="$(free_port)"; done
+            echo "$client $peer" >"$dir/etcd$m.ports"
+            endpoints+="${endpoints:+,}127.0.0.1:$client"
+        done
+        echo 3 >"$dir/etcd.members"
+        for m in 1 2 3; do
+            step "etcd member $m (mutual TLS)"
+            start_etcd_member "$m"
+        done
+        wait_for "the 3-member etcd" "etcd_member_healthy 1 && etcd_member_healthy 2 && etcd_member_healthy 3"
+        store="etcd://$endpoints"
+    elif [ "$store_kind" = etcd ]; then
         start_etcd "$dir/etcd"
         echo "$ETCD_PID" >"$dir/etcd.pid"
         echo "$ETCD_PORTS" >"$dir/etcd.ports"
@@ -344,9 +464,15 @@ cmd_status() {
         fi
         printf '%-8s %-14s %-9s %s\n' "node$k" "$(node_address "$k")" "${pid:--}" "$state"
     done
-    for c in $(seq 1 "$controllers"); do
+    for c in 1 2 3; do
+        [ -f "$dir/controller$c.pid" ] || continue
         alive "controller$c" && echo "controller$c: $(controller_address "$c") (PID $(pid_of "controller$c"))" || echo "controller$c: dead"
     done
+    if [ -f "$dir/etcd.members" ]; then
+        for m in 1 2 3; do
+            alive "etcd$m" && echo "etcd$m: 127.0.0.1:$(cut -d' ' -f1 "$dir/etcd$m.ports") (PID $(pid_of "etcd$m"))" || echo "etcd$m: dead"
+        done
+    fi
 }
 
 # Every process of node K: its agent, the shims (in the node's network namespace) and
@@ -399,10 +525,14 @@ cmd_down() {
         ip netns del "$(node_ns "$k")" 2>/dev/null || true
         ip link del "$(node_veth "$k")" 2>/dev/null || true
     done
-    for c in 1 2; do
-        alive "controller$c" && { kill "$(pid_of "controller$c")"; sleep 0.2; kill -9 "$(pid_of "controller$c")" 2>/dev/null || true; } || true
+    for c in 1 2 3; do
+        # A paused controller ends only once it may run again.
+        alive "controller$c" && { kill -CONT "$(pid_of "controller$c")"; kill "$(pid_of "controller$c")"; sleep 0.2; kill -9 "$(pid_of "controller$c")" 2>/dev/null || true; } || true
     done
     alive etcd && { kill "$(pid_of etcd)"; sleep 0.5; } || true
+    for m in 1 2 3; do
+        alive "etcd$m" && { kill "$(pid_of "etcd$m")"; sleep 0.2; kill -9 "$(pid_of "etcd$m")" 2>/dev/null || true; } || true
+    done
     alive registry && { kill "$(pid_of registry)"; sleep 0.2; } || true
     ip link del "$bridge" 2>/dev/null || true
     if [ -f "$dir/config" ]; then rm -f "$(cat "$dir/config")"; fi
@@ -411,7 +541,7 @@ cmd_down() {
 }
 
 case "${1:-}" in
-    up) cmd_up "${2:-}" ;;
+    up) shift; cmd_up "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     kill-node) cmd_kill_node "${2:-}" ;;
@@ -422,12 +552,14 @@ case "${1:-}" in
     start-controller) cmd_start_controller "${2:-}" ;;
     kill-agent) cmd_kill_agent "${2:-}" ;;
     start-agent) cmd_start_agent "${2:-}" ;;
-    stop-etcd) cmd_stop_etcd ;;
-    start-etcd) cmd_start_etcd ;;
+    stop-etcd) shift; cmd_stop_etcd "$@" ;;
+    start-etcd) cmd_start_etcd "${2:-}" ;;
+    pause-controller) cmd_signal_controller STOP "${2:-}" ;;
+    resume-controller) cmd_signal_controller CONT "${2:-}" ;;
     backup) cmd_backup "${2:-}" ;;
     wipe-store) cmd_wipe_store ;;
     restore) cmd_restore "${2:-}" ;;
     slow-link) cmd_slow_link "${2:-}" "${3:-}" ;;
     fast-link) cmd_fast_link "${2:-}" ;;
-    *) die "usage: lab.sh up N | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | stop-controller [C] [--kill] | start-controller [C] | kill-agent K | start-agent K | stop-etcd | start-etcd | backup FILE | wipe-store | restore FILE | slow-link K RATE | fast-link K" ;;
+    *) die "usage: lab.sh up N [--etcd 3] | down | status | kill-node K | partition K | heal K | restart-controller [C] [--kill] | stop-controller [C] [--kill] | start-controller [C] | pause-controller C | resume-controller C | kill-agent K | start-agent K | stop-etcd [M] [--kill] | start-etcd [M] | backup FILE | wipe-store | restore FILE | slow-link K RATE | fast-link K" ;;
 esac

@@ -343,25 +343,37 @@ fn speaks_tls(server: &str) -> bool {
 }
 
 /// Connects to the first server that answers and checks that it admits this client
-/// (one small call), so that every command starts from an admitted connection.
+/// (one small call), so that every command starts from an admitted connection. Any
+/// controller serves every call: with several servers, one that does not accept a
+/// connection (TLS included) within a second, or answer the first call within five, is
+/// passed over for the next (a dead machine, a frozen process).
 pub async fn connect(target: &Target) -> anyhow::Result<ApiClient<Channel>> {
+    let patience = if target.servers.len() > 1 { std::time::Duration::from_secs(1) } else { std::time::Duration::from_secs(3) };
     for server in &target.servers {
         let (plain, url) = endpoint(server);
         let mut endpoint = Channel::from_shared(url).map_err(|e| anyhow::anyhow!("--server {server:?}: not an address: {e}"))?;
         if !plain {
             endpoint = endpoint.tls_config(tls_config(&target.credentials)?).map_err(|e| anyhow::anyhow!("TLS for {server}: {e}"))?;
         }
-        let channel = match endpoint.connect_timeout(std::time::Duration::from_secs(3)).connect().await {
-            Ok(channel) => channel,
-            Err(error) => match refusal(server, &error) {
+        let channel = match tokio::time::timeout(patience, endpoint.connect_timeout(patience).connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => match refusal(server, &error) {
                 Some(refused) => return Err(refused),
                 None => continue,
             },
+            Err(_) => continue,
         };
         let mut api = ApiClient::new(channel);
         // No service has the empty name: NotFound or InvalidArgument is the answer of a
         // server that admitted us.
-        let Err(status) = api.get_service(pb::GetServiceRequest { name: String::new() }).await else { return Ok(api) };
+        let probe = api.get_service(pb::GetServiceRequest { name: String::new() });
+        let Err(status) = (match tokio::time::timeout(patience * 5, probe).await {
+            Ok(answer) => answer,
+            Err(_) if target.servers.len() > 1 => continue,
+            Err(_) => Err(tonic::Status::unavailable(format!("no answer within {:?}", patience * 5))),
+        }) else {
+            return Ok(api);
+        };
         match status.code() {
             tonic::Code::NotFound | tonic::Code::InvalidArgument => return Ok(api),
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => return Err(explain(status)),

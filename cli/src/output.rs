@@ -102,6 +102,19 @@ pub struct EventOut {
     pub message: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerOut {
+    pub identity: String,
+    pub address: String,
+    pub leader: bool,
+    pub started_unix_ms: i64,
+}
+
+pub fn controller(c: &pb::ControllerInfo, leader: &str) -> ControllerOut {
+    ControllerOut { identity: c.identity.clone(), address: c.address.clone(), leader: c.identity == leader, started_unix_ms: c.started_unix_ms }
+}
+
 pub fn replica(r: &pb::Replica) -> ReplicaOut {
     let status = r.status.clone().unwrap_or_default();
     ReplicaOut {

@@ -6,7 +6,8 @@
 //! `renew_deadline` (two thirds of the TTL, counted from when the last successful renewal
 //! was *sent*), which is before the store can expire its lease and let another in — the
 //! client-go `RenewDeadline < LeaseDuration` rule. A leader that dies is replaced within
-//! one TTL plus one retry period.
+//! one TTL: followers watch the leader key and campaign the moment it goes (and every
+//! retry period besides, in case a watch missed it).
 //!
 //! Stepping down in time is the leader's own clock's promise; the store keeps it too: a
 //! leader's [`Fence`] (the leader key and the revision that created it) goes with every
@@ -114,13 +115,30 @@ impl Leadership {
 }
 
 async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leadership, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
+    // A watch on the leader key: a follower campaigns the moment the key goes (its
+    // leader resigned, or its lease expired) instead of at its next retry.
+    let mut leader_key: Option<crate::store::WatchStream> = None;
     loop {
         match try_lead(store.as_ref(), &config, &leader, &held).await {
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, "leader election"),
         }
         leader.follow();
-        tokio::time::sleep(config.retry_period()).await;
+        if leader_key.is_none() {
+            leader_key = store.watch(keys::LEADER, 0).await.ok();
+        }
+        let retry = tokio::time::sleep(config.retry_period());
+        match leader_key.as_mut() {
+            Some(changes) => tokio::select! {
+                () = retry => {}
+                change = changes.next() => match change {
+                    // Gone, or someone else's: look again now.
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => leader_key = None,
+                },
+            },
+            None => retry.await,
+        }
     }
 }
 

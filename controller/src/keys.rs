@@ -48,6 +48,13 @@ pub const NODE_PORTS: &str = "/orch/ipam/nodeports/";
 pub const REVISIONS: &str = "/orch/revisions/";
 /// Held, on a lease, by the controller that runs the reconcilers.
 pub const LEADER: &str = "/orch/leader";
+/// `controllers/<identity>`: a running controller (a `ControllerInfo`: where clients
+/// reach it), on a lease of its own while it runs.
+pub const CONTROLLERS: &str = "/orch/controllers/";
+
+pub fn controller(identity: &str) -> String {
+    format!("{CONTROLLERS}{identity}")
+}
 
 pub fn service(name: &str) -> String {
     format!("{SERVICES}{name}")

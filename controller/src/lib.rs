@@ -7,6 +7,7 @@ pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod nodes;
+pub mod presence;
 pub mod reconcile;
 pub mod scheduler;
 pub mod server;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use orch_api::cidr::{parse_cluster_network, parse_service_range, Ipv4Cidr};
 use orch_controller::server::{Controller, ControllerConfig, ControllerTls};
-use orch_controller::store::{open_store, StoreConfig};
+use orch_controller::store::{open_store, EtcdTls, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-controller", version, about = "orch controller: desired state, scheduling, reconciliation")]
@@ -21,11 +21,27 @@ struct Args {
     #[arg(long, env = "ORCH_TLS_DIR", global = true)]
     tls_dir: Option<std::path::PathBuf>,
     /// Where desired state lives: embedded:PATH (a redb file) or etcd://HOST:PORT[,HOST:PORT...]
+    /// (every member of the etcd cluster: requests move off one that fails)
     #[arg(long, env = "ORCH_STORE", default_value = "embedded:/var/lib/orch/controller.redb")]
     store: String,
+    /// Call etcd over TLS, trusting the members' certificates this CA signed (with
+    /// `init --etcd-member`: the cluster's ca.pem)
+    #[arg(long, env = "ORCH_ETCD_CA", value_name = "PATH", global = true)]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// The certificate this controller shows etcd (members with --client-cert-auth), with --etcd-key
+    #[arg(long, env = "ORCH_ETCD_CERT", value_name = "PATH", global = true)]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// The key of --etcd-cert
+    #[arg(long, env = "ORCH_ETCD_KEY", value_name = "PATH", global = true)]
+    etcd_key: Option<std::path::PathBuf>,
     /// Address the gRPC API listens on (mutual TLS).
     #[arg(long, env = "ORCH_LISTEN", default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
+    /// Where agents and the CLI reach this controller: published in the store, so every
+    /// agent learns of it and fails over to it [default: the listen address, unless it is
+    /// 0.0.0.0 — then give it]
+    #[arg(long, env = "ORCH_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Listen on this loopback address in PLAIN TEXT instead, with no certificates:
     /// every local user can then drive the cluster (tests and development only; said on
     /// every start).
@@ -78,6 +94,10 @@ enum Sub {
         /// A node and its address, NAME=IP; repeatable.
         #[arg(long = "node", value_name = "NAME=IP")]
         nodes: Vec<String>,
+        /// An etcd member and its address, NAME=IP; repeatable: etcd-NAME.pem/.key for its
+        /// client and peer ports (role orch:store; no orch service admits it).
+        #[arg(long = "etcd-member", value_name = "NAME=IP")]
+        etcd_members: Vec<String>,
     },
     /// Write every orch key of --store, read at one revision with its revision metadata,
     /// to FILE (mode 0600; Secrets stay sealed). Reads etcd while controllers run; an
@@ -104,22 +124,26 @@ enum Sub {
     },
 }
 
-fn init(args: &Args, controller_names: &[String], nodes: &[String]) -> anyhow::Result<()> {
+fn init(args: &Args, controller_names: &[String], nodes: &[String], etcd_members: &[String]) -> anyhow::Result<()> {
     let dir = args.tls_dir.clone().context("init needs --tls-dir DIR (where the certificates go)")?;
-    let mut pairs = Vec::new();
-    for node in nodes {
-        let (name, address) = node.split_once('=').with_context(|| format!("--node {node:?}: expected NAME=IP"))?;
-        orch_api::manifest::names::check_dns_label(name).map_err(|e| anyhow::anyhow!("--node {node:?}: the name must be {e}"))?;
-        pairs.push((name.to_owned(), address.to_owned()));
-    }
-    for path in orch_api::tls::init(&dir, controller_names, &pairs)? {
+    let pairs = |flag: &str, given: &[String]| -> anyhow::Result<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        for pair in given {
+            let (name, address) = pair.split_once('=').with_context(|| format!("--{flag} {pair:?}: expected NAME=IP"))?;
+            orch_api::manifest::names::check_dns_label(name).map_err(|e| anyhow::anyhow!("--{flag} {pair:?}: the name must be {e}"))?;
+            pairs.push((name.to_owned(), address.to_owned()));
+        }
+        Ok(pairs)
+    };
+    let (nodes, members) = (pairs("node", nodes)?, pairs("etcd-member", etcd_members)?);
+    for path in orch_api::tls::init_with_store(&dir, controller_names, &nodes, &members)? {
         println!("{}", path.display());
     }
     Ok(())
 }
 
 async fn backup(args: &Args, file: &std::path::Path) -> anyhow::Result<()> {
-    let config = StoreConfig::parse(&args.store)?;
+    let config = store_config(args)?;
     if let StoreConfig::Embedded { path } = &config {
         // Opening would create it: a backup of nothing is a mistake, not an empty file.
         anyhow::ensure!(path.exists(), "--store {}: no such file", args.store);
@@ -133,7 +157,7 @@ async fn backup(args: &Args, file: &std::path::Path) -> anyhow::Result<()> {
 
 async fn restore(args: &Args, file: &std::path::Path) -> anyhow::Result<()> {
     let snapshot = orch_controller::store::Snapshot::read_file(file)?;
-    let config = StoreConfig::parse(&args.store)?;
+    let config = store_config(args)?;
     let summary = orch_controller::store::restore_store(&config, &snapshot).await?;
     println!(
         "{}: restored {} keys into {} (revision {}); {} keys on a lease left out (their owners write them again)",
@@ -155,6 +179,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// `--store` with the etcd TLS flags.
+fn store_config(args: &Args) -> anyhow::Result<StoreConfig> {
+    let tls = EtcdTls::from_flags(args.etcd_ca.clone(), args.etcd_cert.clone(), args.etcd_key.clone())?;
+    Ok(StoreConfig::parse(&args.store)?.with_etcd_tls(tls)?)
+}
+
 /// "10s", "500ms" or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration such as 10s or 500ms");
@@ -163,6 +193,26 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let seconds = text.strip_suffix('s').unwrap_or(text);
     seconds.parse::<u64>().map(Duration::from_secs).map_err(|_| bad())
+}
+
+/// The address published for clients: `--advertise` (checked: HOST:PORT), else the
+/// listen address unless it is unspecified.
+fn advertised(flag: Option<&str>, listening: SocketAddr) -> anyhow::Result<Option<String>> {
+    match flag {
+        Some(address) => {
+            let (host, port) = address.rsplit_once(':').with_context(|| format!("--advertise {address:?}: expected HOST:PORT"))?;
+            anyhow::ensure!(
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+                "--advertise {address:?}: expected HOST:PORT with a port from 1 to 65535"
+            );
+            Ok(Some(address.to_owned()))
+        }
+        None if listening.ip().is_unspecified() => {
+            tracing::warn!(%listening, "listening on every address and no --advertise: agents will not learn of this controller (they use only the addresses they were given)");
+            Ok(None)
+        }
+        None => Ok(Some(listening.to_string())),
+    }
 }
 
 #[tokio::main]
@@ -180,7 +230,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     match &args.command {
-        Some(Sub::Init { controller_names, nodes }) => return init(args, controller_names, nodes),
+        Some(Sub::Init { controller_names, nodes, etcd_members }) => return init(args, controller_names, nodes, etcd_members),
         Some(Sub::Renew { days }) => {
             anyhow::ensure!(*days >= 1, "--days: at least 1");
             let dir = args.tls_dir.clone().context("renew needs --tls-dir DIR (the PKI to renew)")?;
@@ -206,7 +256,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let cluster_network = args.cluster_cidr.network();
     anyhow::ensure!(args.leader_lease >= Duration::from_secs(2), "--leader-lease: must be at least 2s (etcd's minimum lease)");
     anyhow::ensure!(args.node_lease >= Duration::from_secs(2), "--node-lease: must be at least 2s (etcd's minimum lease)");
-    let config = StoreConfig::parse(&args.store)?;
+    let config = store_config(args)?;
     let store = open_store(&config).await?;
     let marker = orch_controller::store::restore_marker_key(orch_controller::keys::ROOT);
     anyhow::ensure!(
@@ -236,6 +286,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let advertise = advertised(args.advertise.as_deref(), listener.local_addr().unwrap_or(listen))?;
     let metrics_listener = match metrics_listen {
         Some(address) => Some(orch_api::telemetry::bind(address, metrics_tls).await?),
         None => None,
@@ -255,6 +306,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             leader_lease: args.leader_lease,
             event_ttl: args.event_ttl,
             identity,
+            advertise,
             tls,
             secrets,
         },

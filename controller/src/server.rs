@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_api::cidr::{Ipv4Cidr, DEFAULT_SERVICE_RANGE};
+use orch_api::pb;
 use orch_api::telemetry::{Endpoints, ReadyCheck};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -19,6 +20,7 @@ use crate::events::EventLog;
 use crate::keys;
 use crate::metrics::{ControllerMetrics, MeteredStore};
 use crate::nodes::{rpc::NodesRpc, NodeRegistry};
+use crate::presence::Presence;
 use crate::reconcile::runner::{self, ReconcilerConfig};
 use crate::state::StateWatcher;
 use crate::store::{Revision, Store};
@@ -39,6 +41,9 @@ pub struct ControllerConfig {
     pub event_ttl: Duration,
     /// This controller's name in the leader key.
     pub identity: String,
+    /// Where agents and the CLI reach this controller (HOST:PORT), published under
+    /// `/orch/controllers/<identity>` so agents learn of it; unpublished when unset.
+    pub advertise: Option<String>,
     /// Mutual TLS for the gRPC server and for calls to agents; plain text when unset
     /// (loopback development only).
     pub tls: Option<ControllerTls>,
@@ -71,6 +76,7 @@ impl Default for ControllerConfig {
             leader_lease: Duration::from_secs(3),
             event_ttl: Duration::from_secs(3600),
             identity: format!("controller-{}", std::process::id()),
+            advertise: None,
             tls: None,
             secrets: None,
         }
@@ -82,6 +88,7 @@ impl Default for ControllerConfig {
 /// stops — its leadership lease simply expires.
 pub struct Controller {
     candidate: Option<Candidate>,
+    presence: Option<Presence>,
     store: Arc<dyn Store>,
     metrics: Arc<ControllerMetrics>,
     watcher: StateWatcher,
@@ -108,6 +115,10 @@ impl Controller {
         let watcher = StateWatcher::spawn(Arc::clone(&store));
         let events = EventLog::new(Arc::clone(&store), config.event_ttl);
         let candidate = Candidate::spawn(Arc::clone(&store), ElectionConfig { identity: config.identity.clone(), ttl: config.leader_lease });
+        let presence = config.advertise.clone().map(|address| {
+            let info = pb::ControllerInfo { identity: config.identity.clone(), address, started_unix_ms: crate::events::now_unix_ms() };
+            Presence::spawn(Arc::clone(&store), info)
+        });
         let (settled_sender, settled) = watch::channel(0);
         let reconciler = tokio::spawn(runner::run(
             Arc::clone(&store),
@@ -148,7 +159,18 @@ impl Controller {
                 })
                 .await
         });
-        Controller { candidate: Some(candidate), store, metrics, watcher, reconciler, server, shutdown: Some(shutdown), stopping: Some(stopping), settled }
+        Controller {
+            candidate: Some(candidate),
+            presence,
+            store,
+            metrics,
+            watcher,
+            reconciler,
+            server,
+            shutdown: Some(shutdown),
+            stopping: Some(stopping),
+            settled,
+        }
     }
 
     /// What `--metrics-listen` serves: the metrics (gauges from the state at each
@@ -210,6 +232,9 @@ impl Controller {
             let _ = shutdown.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.server).await;
+        if let Some(presence) = self.presence.take() {
+            presence.withdraw().await;
+        }
         if let Some(candidate) = self.candidate.take() {
             candidate.resign().await;
         }

@@ -68,6 +68,8 @@ pub struct ClusterState {
     /// Store key (`/orch/revisions/<service>/<number>`) → a template a service ran; in
     /// order within each service.
     pub revisions: BTreeMap<String, Versioned<pb::ServiceRevision>>,
+    /// Identity → a running controller (agents learn every one's address).
+    pub controllers: BTreeMap<String, Versioned<pb::ControllerInfo>>,
     /// Node name → keys of the replicas bound to it (an index over `replicas`).
     pub by_node: BTreeMap<String, BTreeSet<String>>,
     /// Bumped on every change to the records above (not on changes to keys the picture
@@ -261,6 +263,9 @@ impl ClusterState {
             decoded(kv).map(|v| self.purges.insert(name.to_owned(), v)).is_some()
         } else if key.starts_with(keys::REVISIONS) {
             decoded(kv).map(|v| self.revisions.insert(key.to_owned(), v)).is_some()
+        } else if let Some(identity) = key.strip_prefix(keys::CONTROLLERS) {
+            self.touched.shared = true;
+            decoded(kv).map(|v| self.controllers.insert(identity.to_owned(), v)).is_some()
         } else {
             false
         }
@@ -305,6 +310,9 @@ impl ClusterState {
             self.purges.remove(name).is_some()
         } else if key.starts_with(keys::REVISIONS) {
             self.revisions.remove(key).is_some()
+        } else if let Some(identity) = key.strip_prefix(keys::CONTROLLERS) {
+            self.touched.shared = true;
+            self.controllers.remove(identity).is_some()
         } else {
             false
         }

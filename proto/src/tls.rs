@@ -133,6 +133,9 @@ pub enum Role {
     Controller,
     /// An agent: registers and holds a session as the node its common name names.
     Node,
+    /// An etcd member (`init --etcd-member`): serves the store to controllers and its
+    /// peers; admitted by no orch service.
+    Store,
 }
 
 impl Role {
@@ -141,11 +144,12 @@ impl Role {
             Role::Admin => "orch:admin",
             Role::Controller => "orch:controller",
             Role::Node => "orch:node",
+            Role::Store => "orch:store",
         }
     }
 
     fn from_unit(unit: &str) -> Option<Role> {
-        [Role::Admin, Role::Controller, Role::Node].into_iter().find(|role| role.unit() == unit)
+        [Role::Admin, Role::Controller, Role::Node, Role::Store].into_iter().find(|role| role.unit() == unit)
     }
 }
 
@@ -208,7 +212,14 @@ fn leaf(dir: &Path, issuer: &Issuer<'_, KeyPair>, file: &str, role: Role, common
 /// dial), each node (`(name, address)`) and the CLI (`admin`), replacing those that
 /// exist. Returns the files written.
 pub fn init(dir: &Path, controller_names: &[String], nodes: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
-    make(dir, controller_names, nodes, true)
+    make(dir, controller_names, nodes, &[], true)
+}
+
+/// As [`init`], and a certificate for each etcd member (`(name, address)`:
+/// `etcd-<name>.pem`/`.key`, role `orch:store`, for its peer and client ports) — an etcd
+/// cluster on the cluster's own CA, which controllers reach with their own certificate.
+pub fn init_with_store(dir: &Path, controller_names: &[String], nodes: &[(String, String)], members: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
+    make(dir, controller_names, nodes, members, true)
 }
 
 /// Re-issues every leaf certificate in `dir` (each `*.pem` but `ca.pem`) with the same
@@ -268,10 +279,10 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
 /// makes the missing ones and those that carry no role or expire within 30 days: what
 /// `orch up` does at every start (the first one makes the PKI; later ones rotate it).
 pub fn ensure(dir: &Path, controller_names: &[String], nodes: &[(String, String)]) -> Result<Vec<PathBuf>, TlsError> {
-    make(dir, controller_names, nodes, false)
+    make(dir, controller_names, nodes, &[], false)
 }
 
-fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], replace: bool) -> Result<Vec<PathBuf>, TlsError> {
+fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], members: &[(String, String)], replace: bool) -> Result<Vec<PathBuf>, TlsError> {
     prepare_dir(dir)?;
     let missing = |file: &str| {
         let (cert, key) = identity_paths(dir, file);
@@ -315,6 +326,12 @@ fn make(dir: &Path, controller_names: &[String], nodes: &[(String, String)], rep
             return Err(TlsError::Generate { what: format!("node-{name}"), message: format!("{address:?} is not an IP address") });
         }
         leaves.push((format!("node-{name}"), Role::Node, name.clone(), vec![name.clone(), address.clone()]));
+    }
+    for (name, address) in members {
+        if address.parse::<IpAddr>().is_err() {
+            return Err(TlsError::Generate { what: format!("etcd-{name}"), message: format!("{address:?} is not an IP address") });
+        }
+        leaves.push((format!("etcd-{name}"), Role::Store, name.clone(), vec![name.clone(), address.clone()]));
     }
     leaves.push(("admin".to_owned(), Role::Admin, ADMIN.to_owned(), vec![ADMIN.to_owned()]));
     for (file, role, common_name, names) in leaves {
@@ -417,7 +434,7 @@ mod tests {
 
     #[test]
     fn roles_round_trip_through_the_unit() {
-        for role in [Role::Admin, Role::Controller, Role::Node] {
+        for role in [Role::Admin, Role::Controller, Role::Node, Role::Store] {
             assert_eq!(Role::from_unit(role.unit()), Some(role));
         }
         assert_eq!(Role::from_unit("admin"), None, "a bare name is not a role");

@@ -17,9 +17,11 @@ use orch_agent::node::{Agent, AgentConfig, Shutdown};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The controller's gRPC address.
-    #[arg(long, env = "ORCH_CONTROLLER", default_value = "127.0.0.1:7100")]
-    pub controller: String,
+    /// Every controller's gRPC address, HOST:PORT, comma-separated: the agent holds its
+    /// session with one and moves to another when it stops answering; it also learns the
+    /// running controllers from them, so one added later needs no restart.
+    #[arg(long, env = "ORCH_CONTROLLER", default_value = "127.0.0.1:7100", value_delimiter = ',', value_name = "HOST:PORT[,HOST:PORT...]")]
+    pub controller: Vec<String>,
     /// This node's name (a DNS label); the hostname by default.
     #[arg(long)]
     pub name: Option<String>,
@@ -143,7 +145,15 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         labels.insert(key.to_owned(), value.to_owned());
     }
     anyhow::ensure!(args.heartbeat_ms >= 100, "--heartbeat-ms: at least 100");
-    let controller = if args.controller.contains("://") { args.controller.clone() } else { format!("http://{}", args.controller) };
+    let controllers: Vec<String> = args.controller.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+    anyhow::ensure!(!controllers.is_empty(), "--controller: give at least one HOST:PORT");
+    for controller in &controllers {
+        let address = orch_agent::node::controllers::address_of(controller);
+        anyhow::ensure!(
+            address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)),
+            "--controller {controller:?}: expected HOST:PORT"
+        );
+    }
     let api_listen = match (args.api_listen.as_deref(), args.insecure_api_listen) {
         (_, Some(address)) => {
             anyhow::ensure!(address.ip().is_loopback(), "--insecure-api-listen {address}: plain text is for loopback only");
@@ -156,14 +166,15 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         (None, None) => Some(std::net::SocketAddr::from((args.address, 7101))),
     };
     if args.tls_dir.is_none() {
-        let host = controller.split_once("://").map_or(controller.as_str(), |(_, rest)| rest);
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
-        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        anyhow::ensure!(
-            loopback,
-            "--controller {}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)",
-            args.controller
-        );
+        for controller in &controllers {
+            let host = orch_agent::node::controllers::address_of(controller);
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                loopback,
+                "--controller {controller}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)"
+            );
+        }
         anyhow::ensure!(
             api_listen.is_none() || args.insecure_api_listen.is_some(),
             "the node API serves mutual TLS only: give --tls-dir (orch-controller init makes the certificates), --api-listen none, or --insecure-api-listen 127.0.0.1:PORT for tests"
@@ -172,7 +183,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     Ok(AgentConfig {
         name,
         address: args.address,
-        controller,
+        controllers: orch_agent::node::controllers::Controllers::new(&controllers),
         state_dir: args.node.state_dir.clone(),
         volumes_dir: args.volumes_dir.clone(),
         reserved_paths: Vec::new(),
@@ -223,7 +234,7 @@ async fn serve_inner(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    tracing::info!(node = %config.name, controller = %config.controller, state = %config.state_dir.display(), "orch-agent starting");
+    tracing::info!(node = %config.name, controllers = %config.controllers.with(|set| set.known().join(",")), state = %config.state_dir.display(), "orch-agent starting");
     let agent = tokio::select! {
         agent = Agent::start(config) => agent?,
         _ = interrupt.recv() => return Ok(()),

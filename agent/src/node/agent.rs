@@ -61,6 +61,14 @@ pub enum Shutdown {
     Drain,
 }
 
+/// How a session with a controller ended.
+enum SessionEnd {
+    /// It was open (the controller went, or the stream failed): reconnect at once.
+    WasOpen(LinkError),
+    /// No controller answered: retry with back-off.
+    NeverOpened(LinkError),
+}
+
 pub struct Agent {
     config: AgentConfig,
     ctx: Arc<NodeContext>,
@@ -432,33 +440,38 @@ impl Agent {
             }
         };
         let context = Arc::downgrade(&self.ctx);
-        let controller = self.config.controller.clone();
+        let controllers = self.config.controllers.clone();
         let ready: orch_api::telemetry::ReadyCheck = Arc::new(move || {
             let up = context.upgrade().is_some_and(|ctx| ctx.metrics.session_is_up());
-            let controller = controller.clone();
+            let (current, known) = controllers.with(|set| (set.current().map(str::to_owned), set.known().join(", ")));
             Box::pin(async move {
-                if up {
-                    Ok(format!("session with {controller} up"))
-                } else {
-                    Err(format!("no session with {controller}"))
+                match current {
+                    Some(controller) if up => Ok(format!("session with {controller} up")),
+                    _ => Err(format!("no session with a controller (known: {known})")),
                 }
             })
         });
         Arc::new(orch_api::telemetry::Endpoints { registry, refresh: Some(Box::new(refresh)), ready })
     }
 
-    /// Serves until `shutdown` resolves: sessions with the controller, reconnecting
-    /// with back-off whenever one ends.
+    /// Serves until `shutdown` resolves: sessions with a controller, reconnecting
+    /// whenever one ends — at once (to another controller first) after a session that
+    /// was open, with back-off while none answers.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = Shutdown>) {
         tokio::pin!(shutdown);
-        let mut delay = Duration::from_millis(100);
+        let first_delay = Duration::from_millis(100);
+        let mut delay = first_delay;
         let how = loop {
             tokio::select! {
                 how = &mut shutdown => break how,
-                result = self.session() => {
-                    match result {
-                        Ok(()) => delay = Duration::from_millis(100),
-                        Err(error) => tracing::warn!(%error, "controller session ended"),
+                ended = self.session() => {
+                    match ended {
+                        SessionEnd::WasOpen(error) => {
+                            tracing::warn!(%error, "controller session ended; reconnecting");
+                            delay = first_delay;
+                            continue;
+                        }
+                        SessionEnd::NeverOpened(error) => tracing::warn!(%error, "no controller session"),
                     }
                 }
             }
@@ -473,13 +486,22 @@ impl Agent {
         self.shut_down(how).await;
     }
 
-    async fn session(&mut self) -> Result<(), LinkError> {
-        let mut session = Session::open(&self.config, &self.ctx.board, self.generation).await?;
+    async fn session(&mut self) -> SessionEnd {
+        let mut session = match Session::open(&self.config, &self.ctx.board, self.generation).await {
+            Ok(session) => session,
+            Err(error) => return SessionEnd::NeverOpened(error),
+        };
         let ctx = Arc::clone(&self.ctx);
         let _up = ctx.metrics.session_opened();
         loop {
-            let set = session.next_desired(&self.ctx.board, self.generation).await?;
-            self.converge(set).await;
+            match session.next_desired(&self.ctx.board, self.generation).await {
+                Ok(set) => self.converge(set).await,
+                Err(error) => {
+                    // Tried last next time: a dead controller's agents go to another first.
+                    self.config.controllers.with(|set| set.failed(session.controller()));
+                    return SessionEnd::WasOpen(error);
+                }
+            }
         }
     }
 

@@ -41,19 +41,25 @@ pub enum LinkError {
     Call { controller: String, call: &'static str, status: tonic::Status },
     #[error("controller {controller}: {what}: {source}")]
     Registration { controller: String, what: &'static str, source: orch_api::cidr::CidrError },
+    #[error("no controller answered: {}", tried.join("; "))]
+    NoController { tried: Vec<String> },
     #[error("the controller ended the session")]
     Ended,
     #[error("the session's upward stream closed")]
     UpwardClosed,
 }
 
+/// How long one controller may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub name: String,
     /// The node's address: other nodes route to its pods through it; node ports listen on it.
     pub address: Ipv4Addr,
-    /// The controller's gRPC address (`http://HOST:PORT`).
-    pub controller: String,
+    /// The controllers' gRPC addresses: the ones given and the ones learned since
+    /// (shared by every clone of this config).
+    pub controllers: super::controllers::Controllers,
     pub state_dir: PathBuf,
     /// Local volumes: `<volumes_dir>/<service>/<volume>/<slot>`.
     pub volumes_dir: PathBuf,
@@ -86,9 +92,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The controller, over TLS when configured.
-    pub async fn controller_channel(&self) -> Result<tonic::transport::Channel, LinkError> {
-        let address = self.controller.split_once("://").map_or(self.controller.as_str(), |(_, rest)| rest);
+    /// The controller at `address` (HOST:PORT), over TLS when configured. HTTP/2 pings
+    /// every second find a controller that stopped answering (its machine gone, no
+    /// reset) within about two.
+    pub async fn controller_channel(&self, address: &str) -> Result<tonic::transport::Channel, LinkError> {
+        let address = super::controllers::address_of(address);
         let controller = || address.to_owned();
         let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
         let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
@@ -98,7 +106,14 @@ impl AgentConfig {
                 orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|source| LinkError::Tls { controller: controller(), source })?;
             endpoint = endpoint.tls_config(tls).map_err(|source| LinkError::Connect { controller: controller(), source })?;
         }
-        endpoint.connect_timeout(Duration::from_secs(3)).connect().await.map_err(|source| LinkError::Connect { controller: controller(), source })
+        endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|source| LinkError::Connect { controller: controller(), source })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod board;
 pub mod capacity;
 pub mod config;
 pub mod context;
+pub mod controllers;
 pub mod convergence;
 pub mod convert;
 pub mod lifecycle;

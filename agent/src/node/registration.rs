@@ -9,6 +9,7 @@ use orch_api::cidr::from_wire;
 use orch_api::pb;
 use orch_api::pb::nodes_client::NodesClient;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use super::config::{AgentConfig, LinkError};
 use crate::StateDir;
@@ -66,14 +67,42 @@ impl Registration {
     }
 }
 
-/// Registers through `client` and saves what the controller said.
-pub async fn register(config: &AgentConfig, client: &mut NodesClient<tonic::transport::Channel>) -> Result<Registration, LinkError> {
-    let controller = || config.controller.clone();
+/// Registers with the first controller that answers, in the order the agent's
+/// [`super::controllers::ControllerSet`] gives (what worked last first, what just failed
+/// last): that controller's address, a client to it, and what it said.
+pub async fn register_any(config: &AgentConfig) -> Result<(String, NodesClient<Channel>, Registration), LinkError> {
+    let mut tried = Vec::new();
+    for address in config.controllers.with(|set| set.candidates()) {
+        let attempt = async {
+            let mut client = NodesClient::new(config.controller_channel(&address).await?);
+            let registration = register(config, &address, &mut client).await?;
+            Ok::<_, LinkError>((client, registration))
+        }
+        .await;
+        match attempt {
+            Ok((client, registration)) => {
+                config.controllers.with(|set| set.worked(&address));
+                return Ok((address, client, registration));
+            }
+            Err(error) => {
+                config.controllers.with(|set| set.failed(&address));
+                tried.push(error.to_string());
+            }
+        }
+    }
+    Err(LinkError::NoController { tried })
+}
+
+/// Registers through `client` (the controller at `address`), saves what the controller
+/// said and learns the running controllers from it.
+async fn register(config: &AgentConfig, address: &str, client: &mut NodesClient<Channel>) -> Result<Registration, LinkError> {
+    let controller = || address.to_owned();
     let response = client
         .register(pb::RegisterRequest { node: Some(config.node_info()) })
         .await
         .map_err(|status| LinkError::Call { controller: controller(), call: "register", status })?
         .into_inner();
+    config.controllers.with(|set| set.learn(&response.controllers));
     let pod_subnet = from_wire(response.pod_subnet.as_ref(), &response.pod_cidr).map_err(|source| LinkError::Registration {
         controller: controller(),
         what: "pod subnet",
@@ -106,12 +135,8 @@ pub async fn first_registration(config: &AgentConfig) -> Registration {
     });
     let mut delay = Duration::from_millis(200);
     loop {
-        let attempt = match config.controller_channel().await {
-            Ok(channel) => register(config, &mut NodesClient::new(channel)).await,
-            Err(error) => Err(error),
-        };
-        match attempt {
-            Ok(registration) => return registration,
+        match register_any(config).await {
+            Ok((_, _, registration)) => return registration,
             Err(error) => {
                 if let Some(saved) = &saved {
                     tracing::warn!(%error, "controller unreachable: using the last registration");

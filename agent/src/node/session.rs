@@ -6,17 +6,19 @@
 use std::time::Duration;
 
 use orch_api::pb;
-use orch_api::pb::nodes_client::NodesClient;
 use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use super::board::StatusBoard;
 use super::config::{AgentConfig, LinkError};
-use super::registration::register;
+use super::registration::register_any;
 
 pub struct Session {
     node: String,
+    /// The controller's address.
     controller: String,
+    /// Learns from each desired set which controllers run.
+    controllers: super::controllers::Controllers,
     upward: mpsc::Sender<pb::AgentMessage>,
     downward: tonic::Streaming<pb::ControllerMessage>,
     /// Sends the heartbeats: a task of its own, so beats go up on time while the agent
@@ -52,8 +54,7 @@ fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage 
 impl Session {
     /// Registers and opens the session, with a heartbeat and a full report first.
     pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, LinkError> {
-        let mut client = NodesClient::new(config.controller_channel().await?);
-        register(config, &mut client).await?;
+        let (controller, mut client, _) = register_any(config).await?;
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
         let heartbeat =
             pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
@@ -64,9 +65,9 @@ impl Session {
         let downward = client
             .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
             .await
-            .map_err(|status| LinkError::Call { controller: config.controller.clone(), call: "session", status })?
+            .map_err(|status| LinkError::Call { controller: controller.clone(), call: "session", status })?
             .into_inner();
-        tracing::info!(controller = %config.controller, "session open");
+        tracing::info!(%controller, "session open");
         let beats = Beats(tokio::spawn({
             let (upward, mut beats) = (upward.clone(), tokio::time::interval(config.heartbeat));
             async move {
@@ -81,13 +82,19 @@ impl Session {
         }));
         Ok(Session {
             node: config.name.clone(),
-            controller: config.controller.clone(),
+            controller,
+            controllers: config.controllers.clone(),
             upward,
             downward,
             _beats: beats,
             refresh: tokio::time::interval(Duration::from_secs(10)),
             shared: orch_api::deltas::KnownShared::default(),
         })
+    }
+
+    /// The address of the controller this session is with.
+    pub fn controller(&self) -> &str {
+        &self.controller
     }
 
     /// Keeps the session going (heartbeats, reports of `board` at `generation`) until
@@ -105,6 +112,7 @@ impl Session {
                 message = self.downward.message() => {
                     let message = message.map_err(|status| LinkError::Call { controller: self.controller.clone(), call: "session", status })?.ok_or(LinkError::Ended)?;
                     if let Some(pb::controller_message::Body::Desired(mut set)) = message.body {
+                        self.controllers.with(|known| known.learn(&set.controllers));
                         self.shared.take(&mut set);
                         return Ok(set);
                     }

@@ -20,7 +20,7 @@ fn config(dir: &Path) -> AgentConfig {
     AgentConfig {
         name: "fake".into(),
         address: Ipv4Addr::LOCALHOST,
-        controller: "http://127.0.0.1:9".into(),
+        controllers: super::controllers::Controllers::new(&["127.0.0.1:9".to_owned()]),
         state_dir: dir.to_owned(),
         volumes_dir: dir.join("volumes"),
         reserved_paths: Vec::new(),

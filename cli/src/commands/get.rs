@@ -31,6 +31,8 @@ pub enum Kind {
     Configs,
     #[value(alias = "secret")]
     Secrets,
+    #[value(alias = "controller", alias = "ctl")]
+    Controllers,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             Kind::Events => "event",
             Kind::Configs => "config",
             Kind::Secrets => "secret",
+            Kind::Controllers => "controller",
         }
     }
 }
@@ -192,6 +195,24 @@ async fn fetch(api: &mut ApiClient<Channel>, args: &GetArgs, selector: Option<&S
                 listing.items.push(Item { name: format!("node/{}", n.name), cells, value: value(&n)? });
             }
             listing.header = if wide { vec!["NAME", "STATUS", "ADDRESS", "POD CIDR", "CPU", "MEMORY"] } else { vec!["NAME", "STATUS", "ADDRESS", "POD CIDR"] };
+        }
+        Kind::Controllers => {
+            if selector.is_some() {
+                return Err(no_labels(args.kind));
+            }
+            let listed = api.list_controllers(pb::ListControllersRequest {}).await.map_err(explain)?.into_inner();
+            for c in listed.controllers.iter().map(|c| output::controller(c, &listed.leader)) {
+                if !name.is_empty() && c.identity != name {
+                    continue;
+                }
+                let role = if c.leader { "leader" } else { "follower" };
+                let cells = vec![c.identity.clone(), c.address.clone(), role.to_owned(), age(c.started_unix_ms)];
+                listing.items.push(Item { name: format!("controller/{}", c.identity), cells, value: value(&c)? });
+            }
+            if listing.items.is_empty() && !name.is_empty() && must_exist {
+                anyhow::bail!("controller {name:?} not found");
+            }
+            listing.header = vec!["NAME", "ADDRESS", "ROLE", "AGE"];
         }
         Kind::Events => {
             if selector.is_some() {

@@ -150,6 +150,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
             service_range: args.service_cidr,
             cluster_network,
             identity: "orch-up".into(),
+            advertise: Some(listen.to_string()),
             tls,
             secrets: Some(secrets),
             ..ControllerConfig::default()
@@ -168,7 +169,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     let agent = Agent::start(AgentConfig {
         name: name.clone(),
         address: args.address,
-        controller: listen.to_string(),
+        controllers: orch_agent::node::controllers::Controllers::new(&[listen.to_string()]),
         state_dir: args.state_dir.join("agent"),
         volumes_dir: args.state_dir.join("volumes"),
         reserved_paths: vec![args.state_dir.clone(), key_path.clone()],

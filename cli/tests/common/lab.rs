@@ -22,6 +22,8 @@ pub struct Lab {
     pub up: bool,
     /// `ORCH_LAB_STORE`: etcd or embedded.
     pub store: &'static str,
+    /// `ORCH_LAB_CONTROLLERS`: how many controllers the lab starts with (and gives agents).
+    pub controllers: u32,
 }
 
 impl Lab {
@@ -32,11 +34,21 @@ impl Lab {
     /// A lab whose controller keeps its state in `store` (etcd, or embedded: its own
     /// redb file). One lab at a time per test process: its names come from the PID.
     pub fn up_with_store(nodes: u32, store: &'static str) -> Lab {
+        Lab::start(nodes, store, 1, 1)
+    }
+
+    /// A lab with `controllers` controllers (every agent given every one) on an etcd of
+    /// `etcd_members` members (3: a cluster over mutual TLS).
+    pub fn up_ha(nodes: u32, controllers: u32, etcd_members: u32) -> Lab {
+        Lab::start(nodes, "etcd", controllers, etcd_members)
+    }
+
+    fn start(nodes: u32, store: &'static str, controllers: u32, etcd_members: u32) -> Lab {
         assert!(nix::unistd::geteuid().is_root(), "the lab creates namespaces, bridges and cgroups: run the tests as root (`sudo bash deploy/test.sh`)");
         let pid = std::process::id();
         let dir = tempfile::Builder::new().prefix("orch-e2e-").tempdir().expect("tempdir");
-        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false, store };
-        let out = lab.script(&["up", &nodes.to_string()]);
+        let mut lab = Lab { dir, name: format!("e{}", pid % 10_000), net: 100 + pid % 100, up: false, store, controllers };
+        let out = lab.script(&["up", &nodes.to_string(), "--etcd", &etcd_members.to_string()]);
         lab.up = true;
         assert!(out.status.success(), "lab.sh up: {}\n{}", text(&out.stderr), lab.logs());
         lab
@@ -49,6 +61,7 @@ impl Lab {
             .env("ORCH_LAB_NAME", &self.name)
             .env("ORCH_LAB_NET", self.net.to_string())
             .env("ORCH_LAB_STORE", self.store)
+            .env("ORCH_LAB_CONTROLLERS", self.controllers.to_string())
             .env("ORCH_LAB_DIR", self.dir.path().join("lab"))
             .env("ORCH_CONFIG", self.config())
             .env("ORCH_BIN", PathBuf::from(ORCH).parent().expect("target dir"))

@@ -185,4 +185,9 @@ impl Api for ApiRpc {
             .map_err(|e| status(ApiError::Store(e)))?;
         Ok(Response::new(snapshot.to_pb()))
     }
+
+    async fn list_controllers(&self, _: Request<pb::ListControllersRequest>) -> Result<Response<pb::ListControllersResponse>, Status> {
+        let listed = crate::presence::list(self.api.store().as_ref()).await.map_err(|e| status(ApiError::Store(e)))?;
+        Ok(Response::new(listed))
+    }
 }

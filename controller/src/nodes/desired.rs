@@ -17,11 +17,13 @@ pub type SecretOpener<'a> = &'a dyn Fn(&str, &pb::StoredConfig) -> Option<pb::Co
 
 /// What every node's desired set shares but the endpoints: the routes to every node's
 /// pod subnet (each node's own left out), the services whose local volumes are to be
-/// purged. Computed once per picture ([`ClusterState::shared_desired`]).
+/// purged, every running controller's address. Computed once per picture
+/// ([`ClusterState::shared_desired`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SharedDesired {
     routes: Vec<pb::NodeRoute>,
     purged_services: Vec<String>,
+    controllers: Vec<String>,
 }
 
 impl SharedDesired {
@@ -36,8 +38,14 @@ impl SharedDesired {
             })
             .collect();
         let purged_services = state.purges.keys().cloned().collect();
-        SharedDesired { routes, purged_services }
+        SharedDesired { routes, purged_services, controllers: controller_addresses(state) }
     }
+}
+
+/// Every running controller's address, sorted, each once.
+pub fn controller_addresses(state: &ClusterState) -> Vec<String> {
+    let addresses: BTreeSet<String> = state.controllers.values().map(|c| c.value.address.clone()).filter(|a| !a.is_empty()).collect();
+    addresses.into_iter().collect()
 }
 
 /// Every service's endpoints, for a whole set.
@@ -161,7 +169,14 @@ pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> 
             pb::DesiredReplica { replica: Some(replica), spec }
         })
         .collect();
-    pb::DesiredSet { generation: 0, replicas, purged_services: shared.purged_services.clone(), configs, ..Default::default() }
+    pb::DesiredSet {
+        generation: 0,
+        replicas,
+        purged_services: shared.purged_services.clone(),
+        configs,
+        controllers: shared.controllers.clone(),
+        ..Default::default()
+    }
 }
 
 /// A stored Secret's content, opened with the cluster's key; `None` (with a warning)

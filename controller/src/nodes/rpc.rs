@@ -102,6 +102,7 @@ impl Nodes for NodesRpc {
             pod_subnet: node.pod_subnet,
             service_range: Some(service_range.into()),
             cluster_network: Some(self.registry.cluster_network().into()),
+            controllers: crate::nodes::desired::controller_addresses(&self.state.borrow()),
         }))
     }
 

@@ -25,6 +25,9 @@ pub enum StoreError {
     #[error("etcd at {endpoints}: {message}")]
     EtcdProtocol { endpoints: String, message: String },
 
+    #[error("etcd TLS: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+    EtcdTls { path: String, message: String },
+
     #[error("backup {path}: {message}")]
     Snapshot { path: String, message: String },
 

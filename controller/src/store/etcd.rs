@@ -1,6 +1,8 @@
 //! The etcd backend: `etcd-client` against a real etcd server. A compare-and-swap is a
 //! `Txn` comparing the key's `mod_revision` (or `version == 0` for "absent").
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,9 +15,13 @@ use futures::{StreamExt, TryStreamExt};
 use super::{Expect, Fence, KeyValue, LeaseId, Listing, RestoreSummary, Revision, Snapshot, Store, StoreError, WatchEvent, WatchStream};
 
 /// How long to wait for an etcd endpoint to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of one etcd request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for some member to answer while every one is unavailable
+/// (an etcd leader election), and how often it asks again meanwhile.
+const ELECTION_PATIENCE: Duration = Duration::from_secs(3);
+const ELECTION_RETRY: Duration = Duration::from_millis(100);
 /// Where a restore's filler writes go (under the backup's prefix; deleted at the end).
 const RESTORE_FILLER: &str = "restore-filler";
 /// Filler writes in flight at once.
@@ -26,21 +32,108 @@ const FILLER_COMPACTION: i64 = 100_000;
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
     endpoints: String,
+}
+
+/// One client per etcd member, and the member requests go to. etcd-client's own
+/// balancing over several endpoints keeps sending requests to a member that died (each
+/// fails with a connect error), so the store picks the member itself: it stays with one
+/// while it answers, and a request that finds it unreachable (or without a leader) goes
+/// to the next at once — losing one member of three goes unnoticed.
+struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+/// Whether an error says the member could not serve the request (down, unreachable, or
+/// cut off from its cluster's leader), so another member may.
+fn member_unavailable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) && {
+                let message = status.message();
+                // etcd's own "unavailable"s that another member can answer; a lease or a
+                // compare that failed is never one of these.
+                status.code() == tonic::Code::Unavailable || message.contains("h2 protocol error") || message.contains("transport")
+            }
+        }
+        _ => false,
+    }
+}
+
+impl Members {
+    /// Runs `request` on the current member, and on the next ones while a member is
+    /// unavailable; the first that answers becomes current. When every member is
+    /// unavailable (etcd electing a new leader after its leader died: a second or two)
+    /// it goes round again every 100 ms for up to [`ELECTION_PATIENCE`], so that a
+    /// caller sees an election only when it lasts (no quorum).
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = tokio::time::Instant::now();
+        let count = self.clients.len();
+        loop {
+            let first = self.current.load(Ordering::Relaxed);
+            let mut last = None;
+            for step in 0..count {
+                let index = (first + step) % count;
+                match request(self.clients[index].clone()).await {
+                    Ok(answer) => {
+                        if step > 0 {
+                            self.current.store(index, Ordering::Relaxed);
+                        }
+                        return Ok(answer);
+                    }
+                    Err(error) if member_unavailable(&error) => last = Some(error),
+                    Err(error) => return Err(error),
+                }
+            }
+            let last = last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint".into()));
+            if started.elapsed() + ELECTION_RETRY > ELECTION_PATIENCE {
+                return Err(last);
+            }
+            tokio::time::sleep(ELECTION_RETRY).await;
+        }
+    }
+
+    /// The current member's client (restores: one writer, nobody else).
+    fn current(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
 }
 
 impl EtcdStore {
     /// Connects and checks that etcd answers, so a wrong address fails here, by name.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// As [`EtcdStore::connect`], over TLS when `tls` is given (https endpoints). Requests
+    /// move off a member that fails to the next ([`Members`]), so a cluster that loses a
+    /// member (its quorum kept) goes on answering.
+    pub async fn connect_with(endpoints: &[String], tls: Option<&super::EtcdTls>) -> Result<EtcdStore, StoreError> {
         let named = endpoints.join(",");
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options)).await.map_err(|error| StoreError::Etcd { endpoints: named.clone(), error })?;
-        let store = EtcdStore { client, endpoints: named };
-        store.client.clone().status().await.map_err(|e| store.fail(e))?;
+        if let Some(tls) = tls {
+            options = options.with_tls(tls_options(tls)?);
+        }
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            // Connections are made on first use: a member that is down now is no error.
+            clients.push(Client::connect([endpoint], Some(options.clone())).await.map_err(|error| StoreError::Etcd { endpoints: named.clone(), error })?);
+        }
+        if clients.is_empty() {
+            return Err(StoreError::InvalidAddress { address: named, reason: "no etcd endpoint".into() });
+        }
+        let store = EtcdStore { members: Arc::new(Members { clients, current: AtomicUsize::new(0) }), endpoints: named };
+        store.members.call(|mut c| async move { c.status().await }).await.map_err(|e| store.fail(e))?;
         Ok(store)
     }
 
@@ -55,7 +148,7 @@ impl EtcdStore {
     /// and a controller refuses to start on a store that still has it. An error names
     /// how far it got.
     pub async fn restore(&self, snapshot: &Snapshot) -> Result<RestoreSummary, StoreError> {
-        let mut client = self.client.clone();
+        let mut client = self.members.current();
         let existing = client.get(snapshot.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only())).await.map_err(|e| self.fail(e))?;
         let mut revision = header_revision(existing.header());
         let target = format!("etcd at {}", self.endpoints);
@@ -73,7 +166,7 @@ impl EtcdStore {
             if gap > 0 {
                 futures::stream::iter(0..gap)
                     .map(|_| {
-                        let (mut client, key) = (self.client.clone(), filler.clone());
+                        let (mut client, key) = (self.members.current(), filler.clone());
                         async move { client.put(key, Vec::new(), None).await }
                     })
                     .buffer_unordered(FILLER_CONCURRENCY)
@@ -143,6 +236,17 @@ impl EtcdStore {
     }
 }
 
+/// The CA (and the client's identity) files as etcd-client's TLS options; an error names
+/// the file that cannot be read.
+fn tls_options(tls: &super::EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| StoreError::EtcdTls { path: path.display().to_string(), message: e.to_string() });
+    let mut options = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
     header.map_or(0, etcd_client::ResponseHeader::revision)
 }
@@ -150,12 +254,12 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.client.clone().get(key, None).await.map_err(|e| self.fail(e))?;
+        let response = self.members.call(|mut c| async move { c.get(key, None).await }).await.map_err(|e| self.fail(e))?;
         response.kvs().first().map(|kv| self.convert(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let response = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(|e| self.fail(e))?;
+        let response = self.members.call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await.map_err(|e| self.fail(e))?;
         let items = response.kvs().iter().map(|kv| self.convert(kv)).collect::<Result<_, _>>()?;
         Ok(Listing { items, revision: header_revision(response.header()) })
     }
@@ -163,10 +267,24 @@ impl Store for EtcdStore {
     async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let options = lease.map(|id| PutOptions::new().with_lease(id));
         let result = match Self::compare(key, expect) {
-            None => self.client.clone().put(key, value, options).await.map(|r| header_revision(r.header())),
+            None => self
+                .members
+                .call(|mut c| {
+                    let (value, options) = (value.clone(), options.clone());
+                    async move { c.put(key, value, options).await }
+                })
+                .await
+                .map(|r| header_revision(r.header())),
             Some(compare) => {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::put(key, value, options)]).or_else([TxnOp::get(key, None)]);
-                match self.client.clone().txn(txn).await {
+                match self
+                    .members
+                    .call(|mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await
+                {
                     Ok(r) if r.succeeded() => Ok(header_revision(r.header())),
                     Ok(r) => return Err(self.conflict(key, expect, r.op_responses())),
                     Err(e) => Err(e),
@@ -182,12 +300,19 @@ impl Store for EtcdStore {
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
         match Self::compare(key, expect) {
             None => {
-                let r = self.client.clone().delete(key, None).await.map_err(|e| self.fail(e))?;
+                let r = self.members.call(|mut c| async move { c.delete(key, None).await }).await.map_err(|e| self.fail(e))?;
                 Ok((r.deleted() > 0).then(|| header_revision(r.header())))
             }
             Some(compare) => {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::delete(key, None::<DeleteOptions>)]).or_else([TxnOp::get(key, None)]);
-                let r = self.client.clone().txn(txn).await.map_err(|e| self.fail(e))?;
+                let r = self
+                    .members
+                    .call(|mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await
+                    .map_err(|e| self.fail(e))?;
                 if !r.succeeded() {
                     return Err(self.conflict(key, expect, r.op_responses()));
                 }
@@ -228,7 +353,15 @@ impl Store for EtcdStore {
         if let Some(fence) = fence {
             reads.push(TxnOp::get(fence.key.as_str(), None));
         }
-        let response = match self.client.clone().txn(Txn::new().when(compares).and_then(writes).or_else(reads)).await {
+        let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
+        let response = match self
+            .members
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+        {
             Ok(response) => response,
             Err(e) => {
                 return Err(match lease {
@@ -279,7 +412,14 @@ impl Store for EtcdStore {
         if from_revision > 0 {
             options = options.with_start_revision(from_revision);
         }
-        let mut etcd_stream = self.client.clone().watch(prefix, Some(options)).await.map_err(|e| self.fail(e))?;
+        let mut etcd_stream = self
+            .members
+            .call(|mut c| {
+                let options = options.clone();
+                async move { c.watch(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
         let (sender, stream) = WatchStream::channel();
         let store = self.clone();
         let prefix = prefix.to_owned();
@@ -323,7 +463,7 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let response = self.client.clone().lease_grant(seconds, None).await.map_err(|e| self.fail(e))?;
+        let response = self.members.call(|mut c| async move { c.lease_grant(seconds, None).await }).await.map_err(|e| self.fail(e))?;
         Ok(response.id())
     }
 
@@ -332,16 +472,23 @@ impl Store for EtcdStore {
             etcd_client::Error::LeaseKeepAliveError(_) => StoreError::LeaseNotFound(lease),
             other => self.fail(other),
         };
-        let (mut keeper, mut responses) = self.client.clone().lease_keep_alive(lease).await.map_err(not_found)?;
-        keeper.keep_alive().await.map_err(not_found)?;
-        match responses.message().await.map_err(not_found)? {
+        let answer = self
+            .members
+            .call(|mut c| async move {
+                let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                responses.message().await
+            })
+            .await
+            .map_err(not_found)?;
+        match answer {
             Some(response) if response.ttl() > 0 => Ok(()),
             _ => Err(StoreError::LeaseNotFound(lease)),
         }
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.client.clone().lease_revoke(lease).await {
+        match self.members.call(|mut c| async move { c.lease_revoke(lease).await }).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("requested lease not found") => Err(StoreError::LeaseNotFound(lease)),
             Err(e) => Err(self.fail(e)),

@@ -18,7 +18,7 @@ mod snapshot;
 mod types;
 
 pub use cas::{retry_on_conflict, MaybeConflict, CAS_ATTEMPTS};
-pub use config::{open_store, restore_store, StoreConfig};
+pub use config::{open_store, restore_store, EtcdTls, StoreConfig};
 pub use embedded::{EmbeddedStore, DEFAULT_LOG_RETENTION};
 pub use error::StoreError;
 pub use etcd::EtcdStore;
