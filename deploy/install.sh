@@ -3,24 +3,27 @@
 # the systemd units (deploy/systemd/), the certificates and a settings file; then
 # enables and starts the service.
 #
-#   sudo bash deploy/install.sh controller --store etcd://10.0.0.1:2379 [--listen 10.0.0.1:7100] --pki DIR
-#   sudo bash deploy/install.sh etcd --name e1 --address 10.0.0.1 [--cluster e1=http://10.0.0.1:2380,...]
-#   sudo bash deploy/install.sh agent --controller 10.0.0.1:7100 --name node1 --address 10.0.0.11 --pki DIR
+#   sudo bash deploy/install.sh etcd --name e1 --address 10.0.0.1 --pki DIR [--cluster e1=https://10.0.0.1:2380,e2=...,e3=...]
+#   sudo bash deploy/install.sh controller --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 --listen 10.0.0.1:7100 --pki DIR
+#   sudo bash deploy/install.sh agent --controller 10.0.0.1:7100,10.0.0.2:7100 --name node1 --address 10.0.0.11 --pki DIR
 #
 # --pki DIR holds what `orch-controller --tls-dir DIR init --controller-name 10.0.0.1
-# --node node1=10.0.0.11 ...` made: a controller needs ca.pem, controller.pem/.key and
-# secrets.key (the same on every controller), an agent ca.pem and node-NAME.pem/.key
-# (copy only those to each machine; never secrets.key to an agent).
+# --controller-name 10.0.0.2 --node node1=10.0.0.11 --etcd-member e1=10.0.0.1 ...` made:
+# an etcd member needs ca.pem and etcd-NAME.pem/.key, a controller ca.pem,
+# controller.pem/.key (also its client certificate towards etcd) and secrets.key (the
+# same on every controller), an agent ca.pem and node-NAME.pem/.key (copy only those to
+# each machine; never secrets.key to an agent).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 require_root "deploy/install.sh"
 
 role="${1:-}"; shift || true
-store="" listen="" controller="" name="" address="" pki="" cluster=""
+store="" listen="" advertise="" controller="" name="" address="" pki="" cluster=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --store) store="${2:?}"; shift 2 ;;
         --listen) listen="${2:?}"; shift 2 ;;
+        --advertise) advertise="${2:?}"; shift 2 ;;
         --controller) controller="${2:?}"; shift 2 ;;
         --name) name="${2:?}"; shift 2 ;;
         --address) address="${2:?}"; shift 2 ;;
@@ -54,19 +57,25 @@ start() {
 
 case "$role" in
     controller)
-        [ -n "$store" ] || die "controller: --store etcd://HOST:PORT[,HOST:PORT...] is required"
+        [ -n "$store" ] || die "controller: --store etcd://HOST:PORT[,HOST:PORT...] is required (every etcd member)"
         listen="${listen:-0.0.0.0:7100}"
+        advertise="${advertise:-$listen}"
+        [[ "$advertise" != 0.0.0.0:* ]] || die "controller: --listen is 0.0.0.0: give --advertise HOST:PORT (where agents and the CLI reach this controller)"
         install -m 755 "$bin/orch-controller" "$bin/orch" /usr/local/bin/
         copy_pki ca.pem controller.pem controller.key
         # The key that seals Secrets: every controller the same, no agent ever.
         if [ -f "$pki/secrets.key" ]; then copy_pki secrets.key; fi
         [ -f "$pki/admin.pem" ] && copy_pki admin.pem admin.key
-        printf 'ORCH_STORE=%s\nORCH_LISTEN=%s\n' "$store" "$listen" >/etc/orch/controller.env
+        printf 'ORCH_STORE=%s\nORCH_LISTEN=%s\nORCH_ADVERTISE=%s\n' "$store" "$listen" "$advertise" >/etc/orch/controller.env
+        if [[ "$store" == etcd://* ]]; then
+            # etcd speaks mutual TLS (install.sh etcd): the controller's own certificate is its client's.
+            printf 'ORCH_ETCD_CA=%s\nORCH_ETCD_CERT=%s\nORCH_ETCD_KEY=%s\n' /etc/orch/pki/ca.pem /etc/orch/pki/controller.pem /etc/orch/pki/controller.key >>/etc/orch/controller.env
+        fi
         install -m 644 "$units/orch-controller.service" /etc/systemd/system/
         start orch-controller.service
         ;;
     agent)
-        [ -n "$controller" ] && [ -n "$name" ] && [ -n "$address" ] || die "agent: --controller HOST:PORT --name NAME --address IP are required"
+        [ -n "$controller" ] && [ -n "$name" ] && [ -n "$address" ] || die "agent: --controller HOST:PORT[,HOST:PORT...] --name NAME --address IP are required"
         install_packages iproute2 nftables conntrack
         # orch-init: the small binary each container's shim runs (the agent works without it, slower).
         install -m 755 "$bin/orch-agent" "$bin/orch-init" /usr/local/bin/
@@ -78,7 +87,8 @@ case "$role" in
     etcd)
         [ -n "$name" ] && [ -n "$address" ] || die "etcd: --name NAME --address IP are required"
         install_packages etcd-server
-        printf 'ETCD_NAME=%s\nETCD_ADDRESS=%s\nETCD_CLUSTER=%s\n' "$name" "$address" "${cluster:-$name=http://$address:2380}" >/etc/orch/etcd.env
+        copy_pki ca.pem "etcd-$name.pem" "etcd-$name.key"
+        printf 'ETCD_NAME=%s\nETCD_ADDRESS=%s\nETCD_CLUSTER=%s\n' "$name" "$address" "${cluster:-$name=https://$address:2380}" >/etc/orch/etcd.env
         install -m 644 "$units/orch-etcd.service" /etc/systemd/system/
         start orch-etcd.service
         ;;

@@ -172,6 +172,8 @@ cmd_stop_controller() {
     done
     [ -f "$dir/store" ] || die "no lab named $name is up"
     if alive "controller$c"; then
+        # A paused controller takes its signal only once it runs again.
+        kill -s CONT "$(pid_of "controller$c")" 2>/dev/null || true
         stop_pid "$signal" "$(pid_of "controller$c")" "controller$c"
     fi
     echo "controller$c stopped (SIG$signal)"

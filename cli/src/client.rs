@@ -349,6 +349,7 @@ fn speaks_tls(server: &str) -> bool {
 /// passed over for the next (a dead machine, a frozen process).
 pub async fn connect(target: &Target) -> anyhow::Result<ApiClient<Channel>> {
     let patience = if target.servers.len() > 1 { std::time::Duration::from_secs(1) } else { std::time::Duration::from_secs(3) };
+    let mut last_failure: Option<String> = None;
     for server in &target.servers {
         let (plain, url) = endpoint(server);
         let mut endpoint = Channel::from_shared(url).map_err(|e| anyhow::anyhow!("--server {server:?}: not an address: {e}"))?;
@@ -377,6 +378,11 @@ pub async fn connect(target: &Target) -> anyhow::Result<ApiClient<Channel>> {
         match status.code() {
             tonic::Code::NotFound | tonic::Code::InvalidArgument => return Ok(api),
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => return Err(explain(status)),
+            // That controller cannot serve now (its store, say): another may.
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Internal if target.servers.len() > 1 => {
+                last_failure = Some(format!("{server}: {}", status.message()));
+                continue;
+            }
             _ => {}
         }
         if let Some(refused) = refusal(server, &status) {
@@ -395,6 +401,9 @@ pub async fn connect(target: &Target) -> anyhow::Result<ApiClient<Channel>> {
             return Err(refused);
         }
         return Err(anyhow::anyhow!("the orch controller at {server} failed: {}", status.message()));
+    }
+    if let Some(failure) = last_failure {
+        anyhow::bail!("no orch controller of {} could serve (the last: {failure})", target.servers.join(", "));
     }
     anyhow::bail!(
         "cannot reach the orch controller at {} (is it running? `orch up` starts one; --server or ORCH_SERVER point elsewhere)",

@@ -58,7 +58,14 @@ async fn count(api: &mut ApiClient<Channel>) -> Result<(usize, usize), tonic::St
 async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run, String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let controller = Controller::start(Arc::clone(&store), ControllerConfig::default(), listener);
+    // Each node takes a /24 of the cluster network: a /16 holds 254, a /14 1,022, a /12 4,094.
+    let prefix = match nodes {
+        0..=254 => 16,
+        255..=1022 => 14,
+        _ => 12,
+    };
+    let cluster_network = orch_api::cidr::parse_cluster_network(&format!("10.64.0.0/{prefix}")).map_err(|e| e.to_string())?;
+    let controller = Controller::start(Arc::clone(&store), ControllerConfig { cluster_network, ..ControllerConfig::default() }, listener);
     let agents: Vec<FakeAgent> = (0..nodes)
         .map(|i| {
             let mut config = FakeAgentConfig::new(&format!("node-{i:03}"), &format!("192.0.2.{}", 1 + i % 250));

@@ -128,13 +128,17 @@ async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leaders
             leader_key = store.watch(keys::LEADER, 0).await.ok();
         }
         let retry = tokio::time::sleep(config.retry_period());
+        tokio::pin!(retry);
         match leader_key.as_mut() {
             Some(changes) => tokio::select! {
-                () = retry => {}
+                () = &mut retry => {}
                 change = changes.next() => match change {
                     // Gone, or someone else's: look again now.
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => leader_key = None,
+                    Some(Err(_)) | None => {
+                        leader_key = None;
+                        tokio::time::sleep(config.retry_period()).await;
+                    }
                 },
             },
             None => retry.await,

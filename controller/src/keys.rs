@@ -127,7 +127,7 @@ pub fn node_session(name: &str) -> String {
     format!("{NODE_SESSIONS}{name}")
 }
 
-pub fn node_subnet(index: u8) -> String {
+pub fn node_subnet(index: u32) -> String {
     format!("{NODE_SUBNETS}{index}")
 }
 

@@ -2,7 +2,6 @@
 //! (while leading) and the gRPC server for `orch.v1.Api` and `orch.v1.Nodes` — the
 //! whole of `orch-controller`, startable in-process (tests, benchmarks, `orch up`).
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +28,8 @@ use crate::store::{Revision, Store};
 pub struct ControllerConfig {
     /// The service VIP range.
     pub service_range: Ipv4Cidr,
-    /// The cluster pod network, a /16: node n gets its n-th /24.
-    pub cluster_network: Ipv4Addr,
+    /// The cluster pod network, /8 to /16: node n gets its n-th /24.
+    pub cluster_network: Ipv4Cidr,
     /// A node whose heartbeats stop for this long is NotReady.
     pub node_lease: Duration,
     /// A NotReady node's replicas move elsewhere after this.
@@ -70,10 +69,10 @@ impl Default for ControllerConfig {
     fn default() -> ControllerConfig {
         ControllerConfig {
             service_range: DEFAULT_SERVICE_RANGE,
-            cluster_network: Ipv4Addr::new(10, 88, 0, 0),
+            cluster_network: orch_api::cidr::DEFAULT_CLUSTER_NETWORK,
             node_lease: Duration::from_secs(5),
             node_grace: Duration::from_secs(5),
-            leader_lease: Duration::from_secs(3),
+            leader_lease: Duration::from_secs(2),
             event_ttl: Duration::from_secs(3600),
             identity: format!("controller-{}", std::process::id()),
             advertise: None,

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::wait_until;
@@ -15,7 +14,7 @@ fn info(name: &str, address: &str) -> pb::NodeInfo {
 }
 
 fn registry(store: &common::TestStore, ttl: Duration) -> NodeRegistry {
-    NodeRegistry::new(store.store.clone(), Ipv4Addr::new(10, 88, 0, 0), ttl)
+    NodeRegistry::new(store.store.clone(), orch_api::cidr::DEFAULT_CLUSTER_NETWORK, ttl)
 }
 
 async fn subnets_are_distinct_and_kept_across_registrations(store: common::TestStore) {

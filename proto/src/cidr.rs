@@ -44,6 +44,21 @@ impl Ipv4Cidr {
         self.network
     }
 
+    /// Whether the two share an address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        let shorter = self.prefix.min(other.prefix);
+        u32::from(self.network) & mask(shorter) == u32::from(other.network) & mask(shorter)
+    }
+
+    /// The cluster network and the service range a cluster is given must not share an
+    /// address: a VIP inside the pod network would be routed as a pod.
+    pub fn check_apart(cluster: &Ipv4Cidr, services: &Ipv4Cidr) -> Result<(), String> {
+        if cluster.overlaps(services) {
+            return Err(format!("--cluster-cidr {cluster} and --service-cidr {services} overlap: give them apart"));
+        }
+        Ok(())
+    }
+
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
@@ -68,9 +83,13 @@ pub fn parse_service_range(text: &str) -> Result<Ipv4Cidr, CidrError> {
     Ipv4Cidr::parse_with_prefix(text, 8, 28)
 }
 
-/// The cluster's pod network (`--cluster-cidr`): a /16, node n getting its n-th /24.
+/// The cluster pod network when none is given: 10.88.0.0/16 (254 nodes).
+pub const DEFAULT_CLUSTER_NETWORK: Ipv4Cidr = Ipv4Cidr { network: Ipv4Addr::new(10, 88, 0, 0), prefix: 16 };
+
+/// The cluster's pod network (`--cluster-cidr`): /8 to /16, node n getting its n-th /24
+/// — a /16 holds 254 nodes, a /14 1,022, a /12 4,094.
 pub fn parse_cluster_network(text: &str) -> Result<Ipv4Cidr, CidrError> {
-    Ipv4Cidr::parse_with_prefix(text, 16, 16)
+    Ipv4Cidr::parse_with_prefix(text, 8, 16)
 }
 
 fn prefix_rule(min: u8, max: u8) -> String {
@@ -157,7 +176,13 @@ mod tests {
             assert!(error.contains(message) && error.contains(bad), "{bad}: {error}");
         }
         assert_eq!(parse_cluster_network("10.88.0.0/16").map(|c| c.prefix()), Ok(16));
-        assert_eq!(parse_cluster_network("10.88.0.0/24").map_err(|e| e.to_string()), Err("\"10.88.0.0/24\": the prefix must be /16".to_owned()));
+        assert_eq!(parse_cluster_network("10.64.0.0/14").map(|c| c.prefix()), Ok(14));
+        let (wide, services) = (parse_cluster_network("10.0.0.0/8").expect("a /8"), DEFAULT_SERVICE_RANGE);
+        assert!(wide.overlaps(&services) && services.overlaps(&wide), "10.96.0.0/16 is inside 10.0.0.0/8");
+        assert!(Ipv4Cidr::check_apart(&wide, &services).is_err());
+        assert!(Ipv4Cidr::check_apart(&DEFAULT_CLUSTER_NETWORK, &services).is_ok(), "the defaults are apart");
+        assert_eq!(parse_cluster_network("10.88.0.0/16"), Ok(DEFAULT_CLUSTER_NETWORK), "the flags' default text");
+        assert_eq!(parse_cluster_network("10.88.0.0/24").map_err(|e| e.to_string()), Err("\"10.88.0.0/24\": the prefix must be between 8 and 16".to_owned()));
         assert!(parse_service_range("10.96.0.0/30").is_err());
         assert_eq!(parse_service_range("10.96.0.0/16"), Ok(DEFAULT_SERVICE_RANGE), "the flags' default text");
         let wire = crate::pb::Ipv4Cidr::from(cidr);

@@ -63,9 +63,11 @@ pub enum Shutdown {
 
 /// How a session with a controller ended.
 enum SessionEnd {
-    /// It was open (the controller went, or the stream failed): reconnect at once.
+    /// It was open and carried a desired set (the controller went, or the stream
+    /// failed): reconnect at once.
     WasOpen(LinkError),
-    /// No controller answered: retry with back-off.
+    /// No controller answered, or a session ended before its first desired set: retry
+    /// with back-off (a controller that accepts and drops sessions is not hammered).
     NeverOpened(LinkError),
 }
 
@@ -493,13 +495,17 @@ impl Agent {
         };
         let ctx = Arc::clone(&self.ctx);
         let _up = ctx.metrics.session_opened();
+        let mut carried = false;
         loop {
             match session.next_desired(&self.ctx.board, self.generation).await {
-                Ok(set) => self.converge(set).await,
+                Ok(set) => {
+                    carried = true;
+                    self.converge(set).await;
+                }
                 Err(error) => {
                     // Tried last next time: a dead controller's agents go to another first.
                     self.config.controllers.with(|set| set.failed(session.controller()));
-                    return SessionEnd::WasOpen(error);
+                    return if carried { SessionEnd::WasOpen(error) } else { SessionEnd::NeverOpened(error) };
                 }
             }
         }

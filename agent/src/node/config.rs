@@ -92,9 +92,10 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The controller at `address` (HOST:PORT), over TLS when configured. HTTP/2 pings
-    /// every second find a controller that stopped answering (its machine gone, no
-    /// reset) within about two.
+    /// The controller at `address` (HOST:PORT), over TLS when configured: connected (TLS
+    /// handshake included — a frozen controller still accepts TCP) within
+    /// [`CONNECT_TIMEOUT`]. HTTP/2 pings every second find one that stops answering later
+    /// (its machine gone, no reset; frozen) within about three.
     pub async fn controller_channel(&self, address: &str) -> Result<tonic::transport::Channel, LinkError> {
         let address = super::controllers::address_of(address);
         let controller = || address.to_owned();
@@ -104,16 +105,18 @@ impl AgentConfig {
         if let Some(dir) = &self.tls_dir {
             let tls =
                 orch_api::tls::client_config(dir, &format!("node-{}", self.name)).map_err(|source| LinkError::Tls { controller: controller(), source })?;
-            endpoint = endpoint.tls_config(tls).map_err(|source| LinkError::Connect { controller: controller(), source })?;
+            endpoint = endpoint.tls_config(tls.timeout(CONNECT_TIMEOUT)).map_err(|source| LinkError::Connect { controller: controller(), source })?;
         }
-        endpoint
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(1))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|source| LinkError::Connect { controller: controller(), source })
+            // Not tighter: on a slow link a ping's answer may queue behind a large set.
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
+        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(connected) => connected.map_err(|source| LinkError::Connect { controller: controller(), source }),
+            Err(_) => Err(LinkError::Endpoint { controller: controller(), reason: format!("no connection within {CONNECT_TIMEOUT:?}") }),
+        }
     }
 }
 

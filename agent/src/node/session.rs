@@ -55,17 +55,22 @@ impl Session {
     /// Registers and opens the session, with a heartbeat and a full report first.
     pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, LinkError> {
         let (controller, mut client, _) = register_any(config).await?;
+        let failed = |error: LinkError| {
+            // Registered, but no session: the next attempt tries another first.
+            config.controllers.with(|set| set.failed(&controller));
+            error
+        };
         let (upward, outgoing) = mpsc::channel::<pb::AgentMessage>(16);
         let heartbeat =
             pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
         // The first message says the agent takes deltas (each set made whole here).
         let hello = pb::AgentMessage { takes_deltas: true, ..heartbeat.clone() };
-        upward.send(hello).await.map_err(|_| LinkError::UpwardClosed)?;
-        upward.send(report(&config.name, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?;
+        upward.send(hello).await.map_err(|_| failed(LinkError::UpwardClosed))?;
+        upward.send(report(&config.name, board, generation)).await.map_err(|_| failed(LinkError::UpwardClosed))?;
         let downward = client
             .session(tokio_stream::wrappers::ReceiverStream::new(outgoing))
             .await
-            .map_err(|status| LinkError::Call { controller: controller.clone(), call: "session", status })?
+            .map_err(|status| failed(LinkError::Call { controller: controller.clone(), call: "session", status }))?
             .into_inner();
         tracing::info!(%controller, "session open");
         let beats = Beats(tokio::spawn({

@@ -59,7 +59,7 @@ impl Cluster {
         let address = listener.local_addr().expect("address");
         let config = ControllerConfig {
             service_range: Ipv4Cidr::new(Ipv4Addr::new(10, 231, 10 + k, 0), 24).expect("the test's service range"),
-            cluster_network: Ipv4Addr::new(10, 220 + k, 0, 0),
+            cluster_network: Ipv4Cidr::new(Ipv4Addr::new(10, 220 + k, 0, 0), 16).expect("the test's cluster network"),
             node_lease: Duration::from_secs(3),
             node_grace: Duration::from_secs(3),
             leader_lease: Duration::from_secs(2),

@@ -84,7 +84,8 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "orch up creates namespaces, cgroups and a bridge: run it as root (sudo)");
-    let cluster_network = args.cluster_cidr.network();
+    let cluster_network = args.cluster_cidr;
+    orch_api::cidr::Ipv4Cidr::check_apart(&cluster_network, &args.service_cidr).map_err(|e| anyhow::anyhow!(e))?;
     let name = args
         .name
         .clone()

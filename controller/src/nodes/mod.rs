@@ -11,7 +11,7 @@ pub mod rpc;
 mod session;
 mod status;
 
-pub use cidr::{next_free_index, node_subnet};
+pub use cidr::{next_free_index, node_subnet, subnet_count};
 pub use desired::SharedDesired;
 pub use registry::{delete_node, list_nodes, set_scheduling, NodeError, NodeRegistry};
 pub use status::{status_writes, StatusWrite};

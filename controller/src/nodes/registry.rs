@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use orch_api::pb;
 
-use super::cidr::{next_free_index, node_subnet};
+use super::cidr::{next_free_index, node_subnet, subnet_count};
 use crate::keys;
 use crate::store::{retry_on_conflict, Expect, LeaseId, MaybeConflict, Store, StoreError};
 
@@ -21,8 +21,10 @@ pub enum NodeError {
     Unknown(String),
     #[error("node {0:?} is Ready: drain it and stop its agent first (or force: its agent registers it again)")]
     StillReady(String),
-    #[error("the cluster pod network has no free /24 left")]
-    Exhausted,
+    #[error(
+        "the cluster pod network {0} has no free /24 left: give the controllers a larger --cluster-cidr (a /16 holds 254 nodes, a /14 1,022, a /12 4,094)"
+    )]
+    Exhausted(orch_api::cidr::Ipv4Cidr),
     #[error("too much contention on {0}; try again")]
     Contended(String),
     #[error("store: {0}")]
@@ -40,12 +42,12 @@ impl MaybeConflict for NodeError {
 #[derive(Clone)]
 pub struct NodeRegistry {
     store: Arc<dyn Store>,
-    cluster_network: Ipv4Addr,
+    cluster_network: orch_api::cidr::Ipv4Cidr,
     lease_ttl: Duration,
 }
 
 impl NodeRegistry {
-    pub fn new(store: Arc<dyn Store>, cluster_network: Ipv4Addr, lease_ttl: Duration) -> NodeRegistry {
+    pub fn new(store: Arc<dyn Store>, cluster_network: orch_api::cidr::Ipv4Cidr, lease_ttl: Duration) -> NodeRegistry {
         NodeRegistry { store, cluster_network, lease_ttl }
     }
 
@@ -56,7 +58,7 @@ impl NodeRegistry {
 
     /// The cluster's pod network: the /16 every node's /24 comes from.
     pub fn cluster_network(&self) -> orch_api::cidr::Ipv4Cidr {
-        orch_api::cidr::Ipv4Cidr::cluster_network(self.cluster_network)
+        self.cluster_network
     }
 
     /// Registers (or re-registers) a node: the same name keeps its pod subnet. Returns
@@ -100,11 +102,11 @@ impl NodeRegistry {
         let attempt = || async {
             let listing = self.store.list(keys::NODE_SUBNETS).await?;
             if let Some(kv) = listing.items.iter().find(|kv| kv.value == node.as_bytes()) {
-                let index: u8 = kv.key[keys::NODE_SUBNETS.len()..].parse().unwrap_or(0);
+                let index: u32 = kv.key[keys::NODE_SUBNETS.len()..].parse().unwrap_or(0);
                 return Ok(node_subnet(self.cluster_network, index));
             }
-            let used: BTreeSet<u8> = listing.items.iter().filter_map(|kv| kv.key[keys::NODE_SUBNETS.len()..].parse().ok()).collect();
-            let index = next_free_index(&used).ok_or(NodeError::Exhausted)?;
+            let used: BTreeSet<u32> = listing.items.iter().filter_map(|kv| kv.key[keys::NODE_SUBNETS.len()..].parse().ok()).collect();
+            let index = next_free_index(&used, subnet_count(self.cluster_network)).ok_or(NodeError::Exhausted(self.cluster_network))?;
             self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await?;
             Ok::<_, NodeError>(node_subnet(self.cluster_network, index))
         };

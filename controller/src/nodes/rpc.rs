@@ -66,7 +66,7 @@ pub(super) fn status(error: NodeError) -> Status {
     match error {
         NodeError::Invalid(_) => Status::invalid_argument(error.to_string()),
         NodeError::Unknown(_) | NodeError::StillReady(_) => Status::failed_precondition(error.to_string()),
-        NodeError::Exhausted => Status::resource_exhausted(error.to_string()),
+        NodeError::Exhausted(_) => Status::resource_exhausted(error.to_string()),
         NodeError::Contended(_) => Status::aborted(error.to_string()),
         NodeError::Store(_) => Status::unavailable(error.to_string()),
         NodeError::Decode(_) => Status::internal(error.to_string()),

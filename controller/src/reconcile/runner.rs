@@ -200,31 +200,34 @@ pub async fn run(
     // Replicas seen without a node, and since when (the scheduling latency's start).
     let mut unbound_since: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
     let mut min_revision: Revision = 0;
-    let mut leading = false;
+    // The leadership the passes run under: a new fence (even straight after another,
+    // the leadership lost and won again between two looks) is a new leadership.
+    let mut leading: Option<Fence> = None;
     // The content version of the last state a pass found nothing to do on: until the
     // content moves (or a grace timer runs), planning again would find nothing either.
     let mut idle_at: Option<u64> = None;
     loop {
-        if leader.borrow_and_update().is_none() {
-            if leading {
+        let Some(fence) = leader.borrow_and_update().clone() else {
+            if leading.take().is_some() {
                 tracing::info!("no longer leading: reconcilers paused");
             }
-            leading = false;
             if leader.changed().await.is_err() {
                 return;
             }
             continue;
-        }
-        if !leading {
+        };
+        if leading.as_ref() != Some(&fence) {
             // A new leader first catches up with everything the previous one wrote.
-            leading = true;
             tracker = NodeTracker::new(Instant::now());
             idle_at = None;
             match store.list(keys::LEADER).await {
-                Ok(listing) => min_revision = listing.revision,
+                Ok(listing) => {
+                    min_revision = listing.revision;
+                    leading = Some(fence.clone());
+                }
                 Err(error) => {
                     tracing::warn!(%error, "reading the store's revision");
-                    leading = false;
+                    leading = None;
                     tokio::time::sleep(config.resync).await;
                     continue;
                 }
@@ -303,12 +306,14 @@ pub async fn run(
         let written: Vec<BatchOutcome> = futures::stream::iter(batches(plan.actions.into_iter().map(write_of).collect()))
             .map(|batch| {
                 let store = Arc::clone(&store);
-                let leader_now = leader_now.clone();
+                let (leader_now, fence) = (leader_now.clone(), fence.clone());
                 async move {
-                    // Checked again before each batch (the store checks it too).
-                    let Some(fence) = leader_now.borrow().clone() else {
+                    // Every batch carries the fence the pass was planned under (the store
+                    // refuses it once another leads); one that changed meanwhile is not
+                    // even tried.
+                    if leader_now.borrow().as_ref() != Some(&fence) {
                         return Ok(Vec::new());
-                    };
+                    }
                     write_batch(store.as_ref(), Some(&fence), batch).await
                 }
             })

@@ -46,17 +46,36 @@ struct Members {
     current: AtomicUsize,
 }
 
-/// Whether an error says the member could not serve the request (down, unreachable, or
-/// cut off from its cluster's leader), so another member may.
-fn member_unavailable(error: &etcd_client::Error) -> bool {
+/// What a request may be sent again for, to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads (and keep-alives, watches): whenever the member could not serve it — down,
+    /// unreachable, cut off from its cluster's leader, too slow.
+    Read,
+    /// Writes: only when the member surely never took it (no connection, no leader to
+    /// propose to). A write whose outcome is unknown (a timeout, a leader change, a
+    /// connection lost after sending) is not sent again: a compare-and-swap would then
+    /// fail against its own first landing and be reported as lost (etcd clientv3's
+    /// rule for mutating requests).
+    Write,
+}
+
+/// Whether `error` lets `request` go to another member.
+fn member_unavailable(error: &etcd_client::Error, retry: Retry) -> bool {
+    let never_sent =
+        |message: &str| ["tcp connect error", "error trying to connect", "Connection refused", "etcdserver: no leader"].iter().any(|m| message.contains(m));
     match error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::IoError(_) => retry == Retry::Read,
         etcd_client::Error::GRpcStatus(status) => {
-            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) && {
-                let message = status.message();
-                // etcd's own "unavailable"s that another member can answer; a lease or a
-                // compare that failed is never one of these.
-                status.code() == tonic::Code::Unavailable || message.contains("h2 protocol error") || message.contains("transport")
+            let message = status.message();
+            match retry {
+                Retry::Write => status.code() == tonic::Code::Unavailable && never_sent(message),
+                Retry::Read => match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => true,
+                    tonic::Code::Unknown => message.contains("h2 protocol error") || message.contains("transport"),
+                    _ => false,
+                },
             }
         }
         _ => false,
@@ -69,7 +88,7 @@ impl Members {
     /// unavailable (etcd electing a new leader after its leader died: a second or two)
     /// it goes round again every 100 ms for up to [`ELECTION_PATIENCE`], so that a
     /// caller sees an election only when it lasts (no quorum).
-    async fn call<T, F, Fut>(&self, request: F) -> Result<T, etcd_client::Error>
+    async fn call<T, F, Fut>(&self, retry: Retry, request: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -88,7 +107,7 @@ impl Members {
                         }
                         return Ok(answer);
                     }
-                    Err(error) if member_unavailable(&error) => last = Some(error),
+                    Err(error) if member_unavailable(&error, retry) => last = Some(error),
                     Err(error) => return Err(error),
                 }
             }
@@ -120,7 +139,10 @@ impl EtcdStore {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // A member cut off from its cluster's leader refuses (and ends watches)
+            // rather than serve stale data: the request moves to another member.
+            .with_require_leader(true);
         if let Some(tls) = tls {
             options = options.with_tls(tls_options(tls)?);
         }
@@ -133,7 +155,7 @@ impl EtcdStore {
             return Err(StoreError::InvalidAddress { address: named, reason: "no etcd endpoint".into() });
         }
         let store = EtcdStore { members: Arc::new(Members { clients, current: AtomicUsize::new(0) }), endpoints: named };
-        store.members.call(|mut c| async move { c.status().await }).await.map_err(|e| store.fail(e))?;
+        store.members.call(Retry::Read, |mut c| async move { c.status().await }).await.map_err(|e| store.fail(e))?;
         Ok(store)
     }
 
@@ -240,7 +262,8 @@ impl EtcdStore {
 /// the file that cannot be read.
 fn tls_options(tls: &super::EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {
     let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| StoreError::EtcdTls { path: path.display().to_string(), message: e.to_string() });
-    let mut options = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    // A member that accepts the connection but never finishes the handshake is given up.
+    let mut options = etcd_client::TlsOptions::new().timeout(CONNECT_TIMEOUT).ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
     if let Some((cert, key)) = &tls.identity {
         options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
     }
@@ -254,12 +277,16 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.members.call(|mut c| async move { c.get(key, None).await }).await.map_err(|e| self.fail(e))?;
+        let response = self.members.call(Retry::Read, |mut c| async move { c.get(key, None).await }).await.map_err(|e| self.fail(e))?;
         response.kvs().first().map(|kv| self.convert(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let response = self.members.call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await.map_err(|e| self.fail(e))?;
+        let response = self
+            .members
+            .call(Retry::Read, |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await
+            .map_err(|e| self.fail(e))?;
         let items = response.kvs().iter().map(|kv| self.convert(kv)).collect::<Result<_, _>>()?;
         Ok(Listing { items, revision: header_revision(response.header()) })
     }
@@ -269,7 +296,7 @@ impl Store for EtcdStore {
         let result = match Self::compare(key, expect) {
             None => self
                 .members
-                .call(|mut c| {
+                .call(Retry::Write, |mut c| {
                     let (value, options) = (value.clone(), options.clone());
                     async move { c.put(key, value, options).await }
                 })
@@ -279,7 +306,7 @@ impl Store for EtcdStore {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::put(key, value, options)]).or_else([TxnOp::get(key, None)]);
                 match self
                     .members
-                    .call(|mut c| {
+                    .call(Retry::Write, |mut c| {
                         let txn = txn.clone();
                         async move { c.txn(txn).await }
                     })
@@ -300,14 +327,14 @@ impl Store for EtcdStore {
     async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
         match Self::compare(key, expect) {
             None => {
-                let r = self.members.call(|mut c| async move { c.delete(key, None).await }).await.map_err(|e| self.fail(e))?;
+                let r = self.members.call(Retry::Write, |mut c| async move { c.delete(key, None).await }).await.map_err(|e| self.fail(e))?;
                 Ok((r.deleted() > 0).then(|| header_revision(r.header())))
             }
             Some(compare) => {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::delete(key, None::<DeleteOptions>)]).or_else([TxnOp::get(key, None)]);
                 let r = self
                     .members
-                    .call(|mut c| {
+                    .call(Retry::Write, |mut c| {
                         let txn = txn.clone();
                         async move { c.txn(txn).await }
                     })
@@ -356,7 +383,7 @@ impl Store for EtcdStore {
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
         let response = match self
             .members
-            .call(|mut c| {
+            .call(Retry::Write, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -414,7 +441,7 @@ impl Store for EtcdStore {
         }
         let mut etcd_stream = self
             .members
-            .call(|mut c| {
+            .call(Retry::Read, |mut c| {
                 let options = options.clone();
                 async move { c.watch(prefix, Some(options)).await }
             })
@@ -463,7 +490,7 @@ impl Store for EtcdStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let response = self.members.call(|mut c| async move { c.lease_grant(seconds, None).await }).await.map_err(|e| self.fail(e))?;
+        let response = self.members.call(Retry::Write, |mut c| async move { c.lease_grant(seconds, None).await }).await.map_err(|e| self.fail(e))?;
         Ok(response.id())
     }
 
@@ -474,7 +501,7 @@ impl Store for EtcdStore {
         };
         let answer = self
             .members
-            .call(|mut c| async move {
+            .call(Retry::Read, |mut c| async move {
                 let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 responses.message().await
@@ -488,7 +515,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.members.call(|mut c| async move { c.lease_revoke(lease).await }).await {
+        match self.members.call(Retry::Read, |mut c| async move { c.lease_revoke(lease).await }).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("requested lease not found") => Err(StoreError::LeaseNotFound(lease)),
             Err(e) => Err(self.fail(e)),
