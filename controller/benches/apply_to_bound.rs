@@ -9,20 +9,97 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use orch_controller::keys;
 use orch_controller::scheduler::{schedule, ClusterView, NodeView, PendingReplica, Resources};
 use orch_controller::server::{Controller, ControllerConfig};
-use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store, WatchEvent};
+use orch_controller::store::{
+    EmbeddedStore, EtcdStore, Expect, Fence, KeyValue, LeaseId, Listing, PrefixedStore, Revision, Store, StoreError, TxnOp, WatchEvent, WatchStream,
+};
 use orch_controller::testing::{FakeAgent, FakeAgentConfig};
 use tonic::transport::Channel;
 
 const SERVICES: usize = 10;
-const LIMIT: Duration = Duration::from_secs(60);
+/// How long one run may take: 60 s, or 10 ms per replica when that is longer.
+fn limit(replicas: usize) -> Duration {
+    Duration::from_secs(60).max(Duration::from_millis(10 * replicas as u64))
+}
+
+/// The controller's store, every request counted (the fake agents talk gRPC only).
+struct Counted {
+    inner: Arc<dyn Store>,
+    requests: AtomicU64,
+}
+
+impl Counted {
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for Counted {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.count();
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        self.count();
+        self.inner.list(prefix).await
+    }
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        self.count();
+        self.inner.put_with_lease(key, value, expect, lease).await
+    }
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
+        self.count();
+        self.inner.delete(key, expect).await
+    }
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.count();
+        self.inner.txn_fenced(fence, ops).await
+    }
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+        self.count();
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.count();
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.count();
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.count();
+        self.inner.revoke_lease(lease).await
+    }
+}
+
+/// This process's CPU time (user + system) from /proc/self/stat, at 100 ticks a second
+/// (Linux's USER_HZ).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // After the command: state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// This process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0);
+    kib / 1024.0
+}
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -46,6 +123,12 @@ struct Run {
     running: Duration,
     /// Desired sets the agents received in all (the sessions' fan-out).
     desired_sets: u64,
+    /// The controller's store requests from the apply until all ran.
+    store_requests: u64,
+    /// CPU seconds of the whole process (controller and fake agents) over that time.
+    cpu: f64,
+    /// Times the controller lost the lead during the run (an overloaded leader must not).
+    leadership_lost: u64,
 }
 
 async fn count(api: &mut ApiClient<Channel>) -> Result<(usize, usize), tonic::Status> {
@@ -56,6 +139,8 @@ async fn count(api: &mut ApiClient<Channel>) -> Result<(usize, usize), tonic::St
 }
 
 async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run, String> {
+    let limit = limit(replicas);
+    let counted = Arc::new(Counted { inner: Arc::clone(&store), requests: AtomicU64::new(0) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     // Each node takes a /24 of the cluster network: a /16 holds 254, a /14 1,022, a /12 4,094.
@@ -65,7 +150,21 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         _ => 12,
     };
     let cluster_network = orch_api::cidr::parse_cluster_network(&format!("10.64.0.0/{prefix}")).map_err(|e| e.to_string())?;
-    let controller = Controller::start(Arc::clone(&store), ControllerConfig { cluster_network, ..ControllerConfig::default() }, listener);
+    let controller = Controller::start(counted.clone(), ControllerConfig { cluster_network, ..ControllerConfig::default() }, listener);
+    let lost = Arc::new(AtomicU64::new(0));
+    let watching = {
+        let (mut leadership, lost) = (controller.leadership(), Arc::clone(&lost));
+        tokio::spawn(async move {
+            let mut was = *leadership.borrow_and_update();
+            while leadership.changed().await.is_ok() {
+                let now = *leadership.borrow_and_update();
+                if was && !now {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+                was = now;
+            }
+        })
+    };
     let agents: Vec<FakeAgent> = (0..nodes)
         .map(|i| {
             let mut config = FakeAgentConfig::new(&format!("node-{i:03}"), &format!("192.0.2.{}", 1 + i % 250));
@@ -80,7 +179,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         if listed.len() == nodes && listed.iter().all(|n| n.ready) && controller.is_leader() {
             break;
         }
-        if start.elapsed() > LIMIT {
+        if start.elapsed() > limit {
             return Err(format!("only {} of {nodes} nodes registered", listed.len()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,12 +189,14 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
     // for 2,000 replicas every few milliseconds would load the store more than the run.
     let mut changes = store.watch(keys::ROOT, 0).await.map_err(|e| e.to_string())?;
     let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }] };
+    let (requests_before, cpu_before) = (counted.requests.load(Ordering::Relaxed), cpu_seconds());
+    lost.store(0, Ordering::Relaxed);
     let start = Instant::now();
     api.apply(request).await.map_err(|e| e.to_string())?;
     let (mut bound, mut running) = (BTreeSet::new(), BTreeSet::new());
     let mut bound_at = None;
     loop {
-        let left = LIMIT.saturating_sub(start.elapsed());
+        let left = limit.saturating_sub(start.elapsed());
         let event = match tokio::time::timeout(left, changes.next()).await {
             Ok(Some(event)) => event.map_err(|e| e.to_string())?,
             Ok(None) => return Err("the store's watch ended".into()),
@@ -103,7 +204,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
                 let on_agents: usize = agents.iter().map(|a| a.running().len()).sum();
                 let sets: u64 = agents.iter().map(FakeAgent::desired_sets).sum();
                 let (bound, running) = count(&mut api).await.map_err(|e| e.to_string())?;
-                return Err(format!("after {LIMIT:?}: {bound} bound, {running} running of {replicas}; the agents run {on_agents} after {sets} desired sets"));
+                return Err(format!("after {limit:?}: {bound} bound, {running} running of {replicas}; the agents run {on_agents} after {sets} desired sets"));
             }
         };
         if let WatchEvent::Put(kv) = &event {
@@ -124,6 +225,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         }
         if running.len() == replicas {
             let running_at = start.elapsed();
+            let (store_requests, cpu) = (counted.requests.load(Ordering::Relaxed) - requests_before, cpu_seconds() - cpu_before);
             // The API agrees (its picture of the store may be a moment behind this watch).
             let agreed_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
@@ -138,8 +240,10 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
             }
             let desired_sets = agents.iter().map(FakeAgent::desired_sets).sum();
             controller.stop().await;
+            watching.abort();
             drop(agents);
-            return Ok(Run { bound: bound_at.unwrap_or(running_at), running: running_at, desired_sets });
+            let leadership_lost = lost.load(Ordering::Relaxed);
+            return Ok(Run { bound: bound_at.unwrap_or(running_at), running: running_at, desired_sets, store_requests, cpu, leadership_lost });
         }
     }
 }
@@ -184,7 +288,9 @@ fn report(name: &str, runs: Vec<Run>, replicas: usize, pure: Duration) {
     let rate = |d: Duration| replicas as f64 / d.as_secs_f64();
     println!(
         "{name:>8}: apply → {replicas} bound in {:.0} ms = {:.0} bindings/s; → all Running in {:.0} ms = {:.0} replicas/s \
-         (median of {count}; {:.0}–{:.0} replicas/s); ratio to the pure scheduler: {:.4}; {} desired sets sent",
+         (median of {count}; {:.0}–{:.0} replicas/s); ratio to the pure scheduler: {:.4}; {} desired sets sent; \
+         {:.1} store requests per replica; {:.1} CPU s (controller and fake agents, one process); leadership lost {} times; \
+         peak RSS of the process so far {:.0} MiB",
         run.bound.as_secs_f64() * 1000.0,
         rate(run.bound),
         run.running.as_secs_f64() * 1000.0,
@@ -193,6 +299,10 @@ fn report(name: &str, runs: Vec<Run>, replicas: usize, pure: Duration) {
         rate(fastest),
         rate(run.bound) / rate(pure),
         run.desired_sets,
+        run.store_requests as f64 / replicas as f64,
+        run.cpu,
+        run.leadership_lost,
+        peak_rss_mib(),
     );
 }
 
