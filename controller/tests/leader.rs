@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,61 +18,6 @@ use orch_controller::store::{Expect, Fence, KeyValue, LeaseId, Listing, Revision
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// The real store, with a switch that makes every new call hang as if the network to
-/// etcd were cut (calls already waiting are not affected).
-struct Cuttable {
-    inner: Arc<dyn Store>,
-    cut: AtomicBool,
-}
-
-impl Cuttable {
-    async fn gate(&self) {
-        if self.cut.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-#[async_trait]
-impl Store for Cuttable {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.gate().await;
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        self.gate().await;
-        self.inner.list(prefix).await
-    }
-    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
-        self.gate().await;
-        self.inner.put_with_lease(key, value, expect, lease).await
-    }
-    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
-        self.gate().await;
-        self.inner.delete(key, expect).await
-    }
-    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
-        self.gate().await;
-        self.inner.txn_fenced(fence, ops).await
-    }
-    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
-        self.gate().await;
-        self.inner.watch(prefix, from_revision).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.gate().await;
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.gate().await;
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.gate().await;
-        self.inner.revoke_lease(lease).await
-    }
-}
 
 /// Every leadership change of every controller, in order.
 #[derive(Default)]
@@ -132,13 +76,14 @@ async fn two_controllers_on_one_etcd_never_both_lead() {
     let prefix = common::unique_prefix("leader");
     let timeline = Arc::new(Timeline::default());
 
-    let cut_a = Arc::new(Cuttable { inner: common::etcd_at(&prefix).await.store, cut: AtomicBool::new(false) });
+    // Cut off: every new call of a's hangs (a pause that never ends).
+    let cut_a = Arc::new(Pausable::new(common::etcd_at(&prefix).await.store));
     let a = start(cut_a.clone(), "a", &timeline).await;
     wait_until("a to lead", LIMIT, || async { a.is_leader() }).await;
     let b = start(common::etcd_at(&prefix).await.store, "b", &timeline).await;
 
     // a is cut off from etcd but keeps running: it must step down before b takes over.
-    cut_a.cut.store(true, Ordering::SeqCst);
+    cut_a.running.send_replace(false);
     let cut_at = Instant::now();
     wait_until("b to take over from the cut-off a", LIMIT, || async { b.is_leader() }).await;
     assert!(!a.is_leader(), "a stepped down");
@@ -160,8 +105,9 @@ async fn two_controllers_on_one_etcd_never_both_lead() {
     d.stop().await;
 }
 
-/// A store that can be paused like a process under SIGSTOP: while paused every call,
-/// new or already made, waits; on resume they all go on, in the order they were made.
+/// The real store, which can be paused like a process under SIGSTOP (or cut off from
+/// etcd, when it is never resumed): while paused every new call waits; on resume they
+/// all go on.
 struct Pausable {
     inner: Arc<dyn Store>,
     running: tokio::sync::watch::Sender<bool>,
