@@ -155,9 +155,9 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
     let watching = {
         let (mut leadership, lost) = (controller.leadership(), Arc::clone(&lost));
         tokio::spawn(async move {
-            let mut was = *leadership.borrow_and_update();
+            let mut was = leadership.borrow_and_update().is_some();
             while leadership.changed().await.is_ok() {
-                let now = *leadership.borrow_and_update();
+                let now = leadership.borrow_and_update().is_some();
                 if was && !now {
                     lost.fetch_add(1, Ordering::Relaxed);
                 }

@@ -42,11 +42,10 @@ impl ElectionConfig {
     }
 }
 
-/// A running candidate; `is_leader` tells whether it leads right now. Dropping it stops
+/// A running candidate; `is_leader` tells whether it leads right now (it holds a fence). Dropping it stops
 /// campaigning without giving leadership up (as a crash would); [`Candidate::resign`]
 /// hands it over at once.
 pub struct Candidate {
-    leader: watch::Receiver<bool>,
     fence: watch::Receiver<Option<Fence>>,
     lease: Arc<std::sync::Mutex<Option<LeaseId>>>,
     store: Arc<dyn Store>,
@@ -61,24 +60,18 @@ impl Drop for Candidate {
 
 impl Candidate {
     pub fn spawn(store: Arc<dyn Store>, config: ElectionConfig) -> Candidate {
-        let (sender, leader) = watch::channel(false);
-        let (fence_sender, fence) = watch::channel(None);
+        let (sender, fence) = watch::channel(None);
         let lease = Arc::new(std::sync::Mutex::new(None));
-        let signals = Leadership { leader: sender, fence: fence_sender };
-        let task = tokio::spawn(campaign(Arc::clone(&store), config, signals, Arc::clone(&lease)));
-        Candidate { leader, fence, lease, store, task }
+        let task = tokio::spawn(campaign(Arc::clone(&store), config, sender, Arc::clone(&lease)));
+        Candidate { fence, lease, store, task }
     }
 
     pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.fence.borrow().is_some()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.leader.clone()
-    }
-
-    /// The fence of the current leadership (`None` while not leading): what the
-    /// reconcilers' writes carry.
+    /// The fence of the current leadership (`None` while not leading): whether it leads,
+    /// and what the reconcilers' writes carry.
     pub fn fence(&self) -> watch::Receiver<Option<Fence>> {
         self.fence.clone()
     }
@@ -95,26 +88,7 @@ impl Candidate {
     }
 }
 
-/// What a candidate tells the rest of the controller: whether it leads, and with which
-/// fence. The fence is set before leading is announced and cleared before it is withdrawn.
-struct Leadership {
-    leader: watch::Sender<bool>,
-    fence: watch::Sender<Option<Fence>>,
-}
-
-impl Leadership {
-    fn lead(&self, fence: Fence) {
-        self.fence.send_replace(Some(fence));
-        self.leader.send_replace(true);
-    }
-
-    fn follow(&self) {
-        self.fence.send_replace(None);
-        self.leader.send_replace(false);
-    }
-}
-
-async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leadership, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
+async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: watch::Sender<Option<Fence>>, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
     // A watch on the leader key: a follower campaigns the moment the key goes (its
     // leader resigned, or its lease expired) instead of at its next retry.
     let mut leader_key: Option<crate::store::WatchStream> = None;
@@ -123,7 +97,7 @@ async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leaders
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, "leader election"),
         }
-        leader.follow();
+        leader.send_replace(None);
         if leader_key.is_none() {
             leader_key = store.watch(keys::LEADER, 0).await.ok();
         }
@@ -147,7 +121,12 @@ async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: Leaders
 }
 
 /// One attempt: returns when this candidate is not (or no longer) the leader.
-async fn try_lead(store: &dyn Store, config: &ElectionConfig, leader: &Leadership, held: &std::sync::Mutex<Option<LeaseId>>) -> Result<(), StoreError> {
+async fn try_lead(
+    store: &dyn Store,
+    config: &ElectionConfig,
+    leader: &watch::Sender<Option<Fence>>,
+    held: &std::sync::Mutex<Option<LeaseId>>,
+) -> Result<(), StoreError> {
     // Someone leads (possibly this controller before a restart: its key expires like
     // anyone else's).
     if store.get(keys::LEADER).await?.is_some() {
@@ -171,7 +150,7 @@ async fn try_lead(store: &dyn Store, config: &ElectionConfig, leader: &Leadershi
     let mut valid_until = sent + config.renew_deadline();
     if Instant::now() < valid_until {
         tracing::info!(identity = %config.identity, "leading: running the reconcilers");
-        leader.lead(fence.clone());
+        leader.send_replace(Some(fence.clone()));
         loop {
             // Sleep until the next renewal, but never past the deadline.
             tokio::time::sleep_until((Instant::now() + config.retry_period()).min(valid_until)).await;
@@ -199,7 +178,7 @@ async fn try_lead(store: &dyn Store, config: &ElectionConfig, leader: &Leadershi
             }
         }
     }
-    leader.follow();
+    leader.send_replace(None);
     held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let _ = store.revoke_lease(lease).await;
     Ok(())

@@ -202,11 +202,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn advertised(flag: Option<&str>, listening: SocketAddr) -> anyhow::Result<Option<String>> {
     match flag {
         Some(address) => {
-            let (host, port) = address.rsplit_once(':').with_context(|| format!("--advertise {address:?}: expected HOST:PORT"))?;
-            anyhow::ensure!(
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-                "--advertise {address:?}: expected HOST:PORT with a port from 1 to 65535"
-            );
+            anyhow::ensure!(orch_api::host_port(address).is_some(), "--advertise {address:?}: expected HOST:PORT with a port from 1 to 65535");
             Ok(Some(address.to_owned()))
         }
         None if listening.ip().is_unspecified() => {

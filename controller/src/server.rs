@@ -22,7 +22,7 @@ use crate::nodes::{rpc::NodesRpc, NodeRegistry};
 use crate::presence::Presence;
 use crate::reconcile::runner::{self, ReconcilerConfig};
 use crate::state::StateWatcher;
-use crate::store::{Revision, Store};
+use crate::store::{Fence, Revision, Store};
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -180,11 +180,11 @@ impl Controller {
         let (metrics, state, leadership) = (Arc::clone(&self.metrics), self.watcher.subscribe(), self.leadership());
         let refresh = move || {
             let current = state.borrow().clone();
-            metrics.refresh(&current, *leadership.borrow());
+            metrics.refresh(&current, leadership.borrow().is_some());
         };
         let (store, leadership, synced) = (Arc::clone(&self.store), self.leadership(), self.watcher.subscribe());
         let ready: ReadyCheck = Arc::new(move || {
-            let (store, leading, synced) = (Arc::clone(&store), *leadership.borrow(), synced.borrow().synced());
+            let (store, leading, synced) = (Arc::clone(&store), leadership.borrow().is_some(), synced.borrow().synced());
             Box::pin(async move {
                 match tokio::time::timeout(Duration::from_secs(2), store.get(keys::LEADER)).await {
                     Ok(Ok(_)) if !synced => Err("the store answers, but the cluster state is not loaded yet".into()),
@@ -201,8 +201,9 @@ impl Controller {
         self.candidate.as_ref().is_some_and(Candidate::is_leader)
     }
 
-    pub fn leadership(&self) -> watch::Receiver<bool> {
-        self.candidate.as_ref().map_or_else(|| watch::channel(false).1, Candidate::subscribe)
+    /// The fence of this controller's leadership, `None` while it does not lead.
+    pub fn leadership(&self) -> watch::Receiver<Option<Fence>> {
+        self.candidate.as_ref().map_or_else(|| watch::channel(None).1, Candidate::fence)
     }
 
     /// The revision of the latest state on which the reconcilers (while leading) found

@@ -32,7 +32,7 @@ impl Timeline {
         let name = name.to_owned();
         tokio::spawn(async move {
             loop {
-                let leading = *leadership.borrow_and_update();
+                let leading = leadership.borrow_and_update().is_some();
                 timeline.changes.lock().expect("timeline").push((Instant::now(), name.clone(), leading));
                 if leadership.changed().await.is_err() {
                     // The controller is gone: it leads no more.

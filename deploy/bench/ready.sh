@@ -11,14 +11,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 require_root "deploy/bench/ready.sh"
 runs="${1:-5}"
-bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
-if [ -z "${ORCH_BIN:-}" ]; then
-    require_rust
-    install_packages "${BUILD_PACKAGES[@]}" python3
-    cd "$ORCH_ROOT"
-    step "cargo build --release"
-    cargo build --release >&2
-fi
+release_binaries python3
 
 work="$(mktemp -d /tmp/orch-bench-ready.XXXXXX)"
 export ORCH_LAB_NAME=brdy ORCH_LAB_NET=231 ORCH_LAB_DIR="$work/lab" ORCH_CONFIG="$work/config.toml" ORCH_BIN="$bin"

@@ -64,6 +64,18 @@ install_without_services() {
 # Under sudo, root usually has no toolchain of its own: the invoking user's rustup
 # (~SUDO_USER/.cargo/bin) is found and used read-only, with root's own CARGO_HOME for
 # downloads, so nothing in that user's home ends up owned by root.
+# release_binaries PACKAGE...: sets `bin` to $ORCH_BIN when given, else builds the
+# workspace's release binaries (installing the build packages and PACKAGE... first) and
+# sets it to target/release.
+release_binaries() {
+    bin="${ORCH_BIN:-$ORCH_ROOT/target/release}"
+    [ -z "${ORCH_BIN:-}" ] || return 0
+    require_rust
+    install_packages "${BUILD_PACKAGES[@]}" "$@"
+    step "cargo build --release"
+    (cd "$ORCH_ROOT" && cargo build --release >&2)
+}
+
 require_rust() {
     if ! command -v cargo >/dev/null && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
         local user_home

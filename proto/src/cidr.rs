@@ -28,11 +28,6 @@ pub enum CidrError {
 
 impl Ipv4Cidr {
     /// The network of `address` under `prefix` (host bits cleared); `prefix` at most 32.
-    /// The cluster pod network around `address`: its /16 (see [`parse_cluster_network`]).
-    pub fn cluster_network(address: Ipv4Addr) -> Ipv4Cidr {
-        Ipv4Cidr { network: Ipv4Addr::from(u32::from(address) & mask(16)), prefix: 16 }
-    }
-
     pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Ipv4Cidr, CidrError> {
         if prefix > 32 {
             return Err(CidrError::Prefix { text: format!("{address}/{prefix}"), rule: prefix_rule(0, 32) });

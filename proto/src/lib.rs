@@ -29,6 +29,15 @@ pub mod pb {
     tonic::include_proto!("orch.v1");
 }
 
+/// `HOST:PORT` split into the host (an IPv6 address's brackets removed) and a port from 1
+/// to 65535; `None` when it is not that.
+pub fn host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    (!host.is_empty()).then_some((host, port))
+}
+
 /// A replica's phase as users read it (`orch get replicas`, metrics' labels).
 pub fn phase_name(phase: pb::ReplicaPhase) -> &'static str {
     match phase {
@@ -57,6 +66,16 @@ impl From<&pb::Replica> for pb::ReplicaReport {
 #[cfg(test)]
 mod tests {
     use prost::Message;
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(super::host_port("10.0.0.1:7100"), Some(("10.0.0.1", 7100)));
+        assert_eq!(super::host_port("[::1]:7100"), Some(("::1", 7100)));
+        assert_eq!(super::host_port("node-1:1"), Some(("node-1", 1)));
+        for bad in ["10.0.0.1", ":7100", "host:0", "host:65536", "host:x", ""] {
+            assert_eq!(super::host_port(bad), None, "{bad}");
+        }
+    }
 
     use super::pb;
 

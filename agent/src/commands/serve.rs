@@ -148,10 +148,12 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
     let controllers: Vec<String> = args.controller.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
     anyhow::ensure!(!controllers.is_empty(), "--controller: give at least one HOST:PORT");
     for controller in &controllers {
-        let address = orch_agent::node::controllers::address_of(controller);
+        let (host, _) = orch_api::host_port(orch_agent::node::controllers::address_of(controller))
+            .ok_or_else(|| anyhow::anyhow!("--controller {controller:?}: expected HOST:PORT"))?;
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
         anyhow::ensure!(
-            address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)),
-            "--controller {controller:?}: expected HOST:PORT"
+            loopback || args.tls_dir.is_some(),
+            "--controller {controller}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)"
         );
     }
     let api_listen = match (args.api_listen.as_deref(), args.insecure_api_listen) {
@@ -166,15 +168,6 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         (None, None) => Some(std::net::SocketAddr::from((args.address, 7101))),
     };
     if args.tls_dir.is_none() {
-        for controller in &controllers {
-            let host = orch_agent::node::controllers::address_of(controller);
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_matches(|c| c == '[' || c == ']');
-            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            anyhow::ensure!(
-                loopback,
-                "--controller {controller}: plain text is for loopback only; give --tls-dir (orch-controller init makes the certificates)"
-            );
-        }
         anyhow::ensure!(
             api_listen.is_none() || args.insecure_api_listen.is_some(),
             "the node API serves mutual TLS only: give --tls-dir (orch-controller init makes the certificates), --api-listen none, or --insecure-api-listen 127.0.0.1:PORT for tests"

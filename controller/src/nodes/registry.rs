@@ -56,7 +56,7 @@ impl NodeRegistry {
         self.lease_ttl
     }
 
-    /// The cluster's pod network: the /16 every node's /24 comes from.
+    /// The cluster's pod network: where every node's /24 comes from.
     pub fn cluster_network(&self) -> orch_api::cidr::Ipv4Cidr {
         self.cluster_network
     }

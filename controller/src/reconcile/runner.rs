@@ -171,10 +171,10 @@ pub type BatchOutcome = Result<Vec<Result<Option<Revision>, StoreError>>, StoreE
 /// [`StoreError::Fenced`].
 pub async fn write_batch(store: &dyn Store, fence: Option<&Fence>, batch: Vec<TxnOp>) -> BatchOutcome {
     let one = |write: TxnOp| async move { store.txn_fenced(fence, vec![write]).await.map(|revisions| revisions.into_iter().next().flatten()) };
-    if batch.len() == 1 {
-        return match futures::stream::iter(batch).then(one).collect::<Vec<_>>().await.pop() {
-            Some(Err(error @ StoreError::Fenced { .. })) => Err(error),
-            outcome => Ok(outcome.into_iter().collect()),
+    if let [write] = batch.as_slice() {
+        return match one(write.clone()).await {
+            Err(error @ StoreError::Fenced { .. }) => Err(error),
+            outcome => Ok(vec![outcome]),
         };
     }
     match store.txn_fenced(fence, batch.clone()).await {

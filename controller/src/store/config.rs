@@ -46,8 +46,7 @@ impl StoreConfig {
         if let Some(list) = address.strip_prefix("etcd://") {
             let mut endpoints = Vec::new();
             for endpoint in list.split(',') {
-                let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| invalid(&format!("endpoint {endpoint:?} must be HOST:PORT")))?;
-                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                if orch_api::host_port(endpoint).is_none() {
                     return Err(invalid(&format!("endpoint {endpoint:?} must be HOST:PORT with a port 1-65535")));
                 }
                 endpoints.push(format!("http://{endpoint}"));

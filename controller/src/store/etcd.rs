@@ -119,6 +119,15 @@ impl Members {
         }
     }
 
+    /// A transaction, as a write (sent again only when surely never taken).
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.call(Retry::Write, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// The current member's client (restores: one writer, nobody else).
     fn current(&self) -> Client {
         self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
@@ -304,14 +313,7 @@ impl Store for EtcdStore {
                 .map(|r| header_revision(r.header())),
             Some(compare) => {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::put(key, value, options)]).or_else([TxnOp::get(key, None)]);
-                match self
-                    .members
-                    .call(Retry::Write, |mut c| {
-                        let txn = txn.clone();
-                        async move { c.txn(txn).await }
-                    })
-                    .await
-                {
+                match self.members.txn(txn).await {
                     Ok(r) if r.succeeded() => Ok(header_revision(r.header())),
                     Ok(r) => return Err(self.conflict(key, expect, r.op_responses())),
                     Err(e) => Err(e),
@@ -332,14 +334,7 @@ impl Store for EtcdStore {
             }
             Some(compare) => {
                 let txn = Txn::new().when([compare]).and_then([TxnOp::delete(key, None::<DeleteOptions>)]).or_else([TxnOp::get(key, None)]);
-                let r = self
-                    .members
-                    .call(Retry::Write, |mut c| {
-                        let txn = txn.clone();
-                        async move { c.txn(txn).await }
-                    })
-                    .await
-                    .map_err(|e| self.fail(e))?;
+                let r = self.members.txn(txn).await.map_err(|e| self.fail(e))?;
                 if !r.succeeded() {
                     return Err(self.conflict(key, expect, r.op_responses()));
                 }
@@ -381,14 +376,7 @@ impl Store for EtcdStore {
             reads.push(TxnOp::get(fence.key.as_str(), None));
         }
         let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-        let response = match self
-            .members
-            .call(Retry::Write, |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-        {
+        let response = match self.members.txn(txn).await {
             Ok(response) => response,
             Err(e) => {
                 return Err(match lease {
