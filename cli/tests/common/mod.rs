@@ -72,7 +72,8 @@ impl Up {
             node_metrics: free(),
             bridge: format!("oc{:x}n{n}", pid % 0xfffff),
             cgroup_parent: format!("orch-test-{pid}-cli{n}"),
-            service_cidr: format!("10.212.{k}.0/24"),
+            // Apart from every cluster network below (10.200-10.231): the controller refuses an overlap.
+            service_cidr: format!("10.241.{k}.0/24"),
             cluster_cidr: format!("10.{}.0.0/16", 200 + (pid % 10) * 3 + n),
             node_port: u16::try_from(31000 + k).expect("port"),
             dir,
