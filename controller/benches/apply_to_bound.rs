@@ -13,75 +13,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use orch_controller::keys;
 use orch_controller::scheduler::{schedule, ClusterView, NodeView, PendingReplica, Resources};
 use orch_controller::server::{Controller, ControllerConfig};
-use orch_controller::store::{
-    EmbeddedStore, EtcdStore, Expect, Fence, KeyValue, LeaseId, Listing, PrefixedStore, Revision, Store, StoreError, TxnOp, WatchEvent, WatchStream,
-};
-use orch_controller::testing::{FakeAgent, FakeAgentConfig};
+use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store, WatchEvent};
+use orch_controller::testing::{CountingStore, FakeAgent, FakeAgentConfig};
 use tonic::transport::Channel;
 
 const SERVICES: usize = 10;
 /// How long one run may take: 60 s, or 10 ms per replica when that is longer.
 fn limit(replicas: usize) -> Duration {
     Duration::from_secs(60).max(Duration::from_millis(10 * replicas as u64))
-}
-
-/// The controller's store, every request counted (the fake agents talk gRPC only).
-struct Counted {
-    inner: Arc<dyn Store>,
-    requests: AtomicU64,
-}
-
-impl Counted {
-    fn count(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl Store for Counted {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.count();
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
-        self.count();
-        self.inner.list(prefix).await
-    }
-    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
-        self.count();
-        self.inner.put_with_lease(key, value, expect, lease).await
-    }
-    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
-        self.count();
-        self.inner.delete(key, expect).await
-    }
-    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
-        self.count();
-        self.inner.txn_fenced(fence, ops).await
-    }
-    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
-        self.count();
-        self.inner.watch(prefix, from_revision).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.count();
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.count();
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.count();
-        self.inner.revoke_lease(lease).await
-    }
 }
 
 /// This process's CPU time (user + system) from /proc/self/stat, at 100 ticks a second
@@ -140,7 +84,7 @@ async fn count(api: &mut ApiClient<Channel>) -> Result<(usize, usize), tonic::St
 
 async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run, String> {
     let limit = limit(replicas);
-    let counted = Arc::new(Counted { inner: Arc::clone(&store), requests: AtomicU64::new(0) });
+    let counted = Arc::new(CountingStore::new(Arc::clone(&store)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     // Each node takes a /24 of the cluster network: a /16 holds 254, a /14 1,022, a /12 4,094.
@@ -189,7 +133,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
     // for 2,000 replicas every few milliseconds would load the store more than the run.
     let mut changes = store.watch(keys::ROOT, 0).await.map_err(|e| e.to_string())?;
     let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }] };
-    let (requests_before, cpu_before) = (counted.requests.load(Ordering::Relaxed), cpu_seconds());
+    let (requests_before, cpu_before) = (counted.requests(), cpu_seconds());
     lost.store(0, Ordering::Relaxed);
     let start = Instant::now();
     api.apply(request).await.map_err(|e| e.to_string())?;
@@ -225,7 +169,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         }
         if running.len() == replicas {
             let running_at = start.elapsed();
-            let (store_requests, cpu) = (counted.requests.load(Ordering::Relaxed) - requests_before, cpu_seconds() - cpu_before);
+            let (store_requests, cpu) = (counted.requests() - requests_before, cpu_seconds() - cpu_before);
             // The API agrees (its picture of the store may be a moment behind this watch).
             let agreed_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {

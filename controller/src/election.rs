@@ -14,6 +14,12 @@
 //! reconciler write, which lands only while that key is still the one this leader created
 //! — a leader paused past its lease, or whose writes were queued behind a slow network,
 //! writes nothing once another leads.
+//!
+//! The campaign runs on a thread of its own with its own single-threaded runtime, and
+//! with a store connection of its own when the store is etcd ([`ElectionStore::Own`]):
+//! however busy the controller's runtime and its store connection are (a thousand agents
+//! registering at once), renewals never wait behind that work. An overloaded leader sheds
+//! load; it does not lose its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +27,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use tokio::sync::oneshot;
+
 use crate::keys;
-use crate::store::{Expect, Fence, LeaseId, Store, StoreError};
+use crate::store::{open_store, Expect, Fence, LeaseId, Store, StoreConfig, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -42,28 +50,60 @@ impl ElectionConfig {
     }
 }
 
-/// A running candidate; `is_leader` tells whether it leads right now (it holds a fence). Dropping it stops
-/// campaigning without giving leadership up (as a crash would); [`Candidate::resign`]
-/// hands it over at once.
-pub struct Candidate {
-    fence: watch::Receiver<Option<Fence>>,
-    lease: Arc<std::sync::Mutex<Option<LeaseId>>>,
-    store: Arc<dyn Store>,
-    task: tokio::task::JoinHandle<()>,
+/// Where the election's requests go.
+#[derive(Clone)]
+pub enum ElectionStore {
+    /// The controller's own store (an embedded file, which only one handle may open; a
+    /// test's wrapper).
+    Shared(Arc<dyn Store>),
+    /// A connection of its own to this store (etcd), opened on the election's thread.
+    Own(StoreConfig),
 }
 
-impl Drop for Candidate {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// How a candidate stops.
+enum Stop {
+    /// Resign: revoke the lease, then say so.
+    Resign(oneshot::Sender<()>),
+}
+
+/// A running candidate; `is_leader` tells whether it leads right now (it holds a fence).
+/// Dropping it stops campaigning without giving leadership up (as a crash would);
+/// [`Candidate::resign`] hands it over at once.
+pub struct Candidate {
+    fence: watch::Receiver<Option<Fence>>,
+    /// Dropped: the campaign stops as a crash would.
+    stop: Option<oneshot::Sender<Stop>>,
 }
 
 impl Candidate {
+    /// Campaigns with the controller's own store (see [`Candidate::spawn_on`]).
     pub fn spawn(store: Arc<dyn Store>, config: ElectionConfig) -> Candidate {
+        Candidate::spawn_on(ElectionStore::Shared(store), config)
+    }
+
+    /// Campaigns on a thread of its own (its own runtime, and for [`ElectionStore::Own`]
+    /// its own store connection). Should the thread not start, on the caller's runtime.
+    pub fn spawn_on(store: ElectionStore, config: ElectionConfig) -> Candidate {
         let (sender, fence) = watch::channel(None);
-        let lease = Arc::new(std::sync::Mutex::new(None));
-        let task = tokio::spawn(campaign(Arc::clone(&store), config, sender, Arc::clone(&lease)));
-        Candidate { fence, lease, store, task }
+        let (stop, stopped) = oneshot::channel();
+        // Taken by the thread; taken back to run here if the thread cannot start.
+        let parts = Arc::new(std::sync::Mutex::new(Some((store, config, sender, stopped))));
+        let take = |parts: &std::sync::Mutex<Option<_>>| parts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let on_thread = Arc::clone(&parts);
+        let started = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+            std::thread::Builder::new().name("orch-election".into()).spawn(move || {
+                if let Some((store, config, sender, stopped)) = take(&on_thread) {
+                    runtime.block_on(elect(store, config, sender, stopped));
+                }
+            })
+        });
+        if let Err(error) = started {
+            tracing::error!(%error, "cannot start the election's own thread: campaigning on the controller's runtime");
+            if let Some((store, config, sender, stopped)) = take(&parts) {
+                tokio::spawn(elect(store, config, sender, stopped));
+            }
+        }
+        Candidate { fence, stop: Some(stop) }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -77,23 +117,55 @@ impl Candidate {
     }
 
     /// Stops campaigning and, if leading, revokes the lease so another takes over now.
-    pub async fn resign(self) {
-        self.task.abort();
-        let lease = self.lease.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(lease) = lease {
-            if let Err(error) = self.store.revoke_lease(lease).await {
-                tracing::debug!(%error, "revoking the leadership lease");
+    pub async fn resign(mut self) {
+        let (done, resigned) = oneshot::channel();
+        if let Some(stop) = self.stop.take() {
+            if stop.send(Stop::Resign(done)).is_ok() {
+                let _ = resigned.await;
             }
         }
     }
 }
 
-async fn campaign(store: Arc<dyn Store>, config: ElectionConfig, leader: watch::Sender<Option<Fence>>, held: Arc<std::sync::Mutex<Option<LeaseId>>>) {
+/// The election's life on its thread: opens its store, campaigns until its candidate
+/// resigns or is dropped, and then no longer leads (on resigning, the lease goes too).
+async fn elect(store: ElectionStore, config: ElectionConfig, leader: watch::Sender<Option<Fence>>, mut stopped: oneshot::Receiver<Stop>) {
+    let store = match store {
+        ElectionStore::Shared(store) => store,
+        ElectionStore::Own(source) => loop {
+            match open_store(&source).await {
+                Ok(store) => break store,
+                Err(error) => tracing::warn!(%error, "the election's own store connection; trying again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(config.retry_period()) => {}
+                _ = &mut stopped => return,
+            }
+        },
+    };
+    let held = std::sync::Mutex::new(None);
+    let stop = tokio::select! {
+        () = campaign(Arc::clone(&store), &config, &leader, &held) => None,
+        stop = &mut stopped => stop.ok(),
+    };
+    leader.send_replace(None);
+    let lease = held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(Stop::Resign(done)) = stop {
+        if let Some(lease) = lease {
+            if let Err(error) = store.revoke_lease(lease).await {
+                tracing::debug!(%error, "revoking the leadership lease");
+            }
+        }
+        let _ = done.send(());
+    }
+}
+
+async fn campaign(store: Arc<dyn Store>, config: &ElectionConfig, leader: &watch::Sender<Option<Fence>>, held: &std::sync::Mutex<Option<LeaseId>>) {
     // A watch on the leader key: a follower campaigns the moment the key goes (its
     // leader resigned, or its lease expired) instead of at its next retry.
     let mut leader_key: Option<crate::store::WatchStream> = None;
     loop {
-        match try_lead(store.as_ref(), &config, &leader, &held).await {
+        match try_lead(store.as_ref(), config, leader, held).await {
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, "leader election"),
         }
@@ -151,20 +223,27 @@ async fn try_lead(
     if Instant::now() < valid_until {
         tracing::info!(identity = %config.identity, "leading: running the reconcilers");
         leader.send_replace(Some(fence.clone()));
+        // Renewals are due a retry period after the previous one was *sent* (a slow one
+        // is followed at once, not a period later), and only the lease's renewal counts
+        // against the deadline; whether the key is still this leadership's is looked at
+        // every other period besides, bounded on its own (the fence refuses the writes
+        // of a leadership whose key went, whatever this look says).
+        let mut next = sent + config.retry_period();
+        let mut looked = Instant::now();
         loop {
-            // Sleep until the next renewal, but never past the deadline.
-            tokio::time::sleep_until((Instant::now() + config.retry_period()).min(valid_until)).await;
+            tokio::time::sleep_until(next.min(valid_until)).await;
             if Instant::now() >= valid_until {
                 tracing::warn!("lost leadership: no renewal within the renew deadline");
                 break;
             }
             let sent = Instant::now();
-            match tokio::time::timeout_at(valid_until, renew(store, lease, &fence)).await {
-                Ok(Ok(true)) => valid_until = sent + config.renew_deadline(),
-                Ok(Ok(false)) => {
-                    tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
-                    break;
-                }
+            next = sent + config.retry_period();
+            let renewed = tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await;
+            if sent.elapsed() > config.retry_period() {
+                tracing::warn!(took_ms = sent.elapsed().as_millis(), "a leadership renewal was slow (the store, or this machine, is overloaded)");
+            }
+            match renewed {
+                Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
                 Ok(Err(StoreError::LeaseNotFound(_))) => {
                     tracing::warn!("lost leadership: the lease is gone");
                     break;
@@ -176,17 +255,19 @@ async fn try_lead(
                     break;
                 }
             }
+            if looked.elapsed() >= config.retry_period() * 2 {
+                looked = Instant::now();
+                if let Ok(Ok(key)) = tokio::time::timeout(config.retry_period(), store.get(&fence.key)).await {
+                    if !fence.holds(key.as_ref()) {
+                        tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
+                        break;
+                    }
+                }
+            }
         }
     }
     leader.send_replace(None);
     held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let _ = store.revoke_lease(lease).await;
     Ok(())
-}
-
-/// Renews the lease and checks that the leader key is still the one this leadership
-/// created (someone may have deleted it by hand): `Ok(false)` when it is not.
-async fn renew(store: &dyn Store, lease: LeaseId, fence: &Fence) -> Result<bool, StoreError> {
-    store.keep_alive(lease).await?;
-    Ok(fence.holds(store.get(&fence.key).await?.as_ref()))
 }

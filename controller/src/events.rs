@@ -31,6 +31,8 @@ pub struct EventLog {
     lease: Arc<Mutex<Option<(LeaseId, Instant)>>>,
     sequence: Arc<AtomicU64>,
     backlog: tokio::sync::mpsc::Sender<pb::Event>,
+    /// Events dropped with the backlog full, so far.
+    dropped: Arc<AtomicU64>,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -42,7 +44,7 @@ impl EventLog {
     /// clone.
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> EventLog {
         let (backlog, mut queued) = tokio::sync::mpsc::channel::<pb::Event>(BACKLOG);
-        let log = EventLog { store, ttl, lease: Arc::default(), sequence: Arc::default(), backlog };
+        let log = EventLog { store, ttl, lease: Arc::default(), sequence: Arc::default(), backlog, dropped: Arc::default() };
         let writer = EventLog { backlog: tokio::sync::mpsc::channel(1).0, ..log.clone() };
         tokio::spawn(async move {
             use futures::StreamExt;
@@ -138,7 +140,11 @@ impl EventLog {
     fn push(&self, event: pb::Event) {
         let kind = event.kind.clone();
         if self.backlog.try_send(event).is_err() {
-            tracing::warn!(kind, "event backlog full (or closed): dropping an event");
+            // Said at the first and every thousandth: a storm's drops would flood the log.
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped == 1 || dropped.is_multiple_of(1000) {
+                tracing::warn!(kind, dropped, "event backlog full (or closed): dropping events");
+            }
         }
     }
 }

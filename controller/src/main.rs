@@ -308,6 +308,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             advertise,
             tls,
             secrets,
+            // etcd: renewals on a connection of their own (an embedded file opens once).
+            election_store: matches!(config, StoreConfig::Etcd { .. }).then(|| config.clone()),
         },
         listener,
     );

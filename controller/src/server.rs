@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{rpc::ApiRpc, ServiceApi};
-use crate::election::{Candidate, ElectionConfig};
+use crate::election::{Candidate, ElectionConfig, ElectionStore};
 use crate::events::EventLog;
 use crate::keys;
 use crate::metrics::{ControllerMetrics, MeteredStore};
@@ -49,6 +49,10 @@ pub struct ControllerConfig {
     /// Seals Secrets in the store and opens them for the nodes; without it Secrets are
     /// refused.
     pub secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
+    /// The store the leader election opens a connection of its own to (etcd), so that
+    /// renewals never queue behind the controller's other requests; unset: it uses the
+    /// controller's store.
+    pub election_store: Option<crate::store::StoreConfig>,
 }
 
 /// The controller's TLS: how it serves, and how it calls the agents' node API.
@@ -78,6 +82,7 @@ impl Default for ControllerConfig {
             advertise: None,
             tls: None,
             secrets: None,
+            election_store: None,
         }
     }
 }
@@ -113,7 +118,8 @@ impl Controller {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
         let watcher = StateWatcher::spawn(Arc::clone(&store));
         let events = EventLog::new(Arc::clone(&store), config.event_ttl);
-        let candidate = Candidate::spawn(Arc::clone(&store), ElectionConfig { identity: config.identity.clone(), ttl: config.leader_lease });
+        let election_store = config.election_store.clone().map_or_else(|| ElectionStore::Shared(Arc::clone(&store)), ElectionStore::Own);
+        let candidate = Candidate::spawn_on(election_store, ElectionConfig { identity: config.identity.clone(), ttl: config.leader_lease });
         let presence = config.advertise.clone().map(|address| {
             let info = pb::ControllerInfo { identity: config.identity.clone(), address, started_unix_ms: crate::events::now_unix_ms() };
             Presence::spawn(Arc::clone(&store), info)
@@ -134,7 +140,7 @@ impl Controller {
             api = api.with_node_tls(tls.nodes.clone());
         }
         let nodes = NodesRpc::new(
-            NodeRegistry::new(Arc::clone(&store), config.cluster_network, config.node_lease),
+            NodeRegistry::new(Arc::clone(&store), config.cluster_network, config.node_lease).with_state(watcher.subscribe()),
             Arc::clone(&store),
             config.service_range,
             watcher.subscribe(),

@@ -1,5 +1,5 @@
 //! The controller's picture of the cluster: every record under `/orch/` (but events and
-//! IPAM), decoded, as of one store revision. One task keeps it current with a list
+//! the VIP and node-port IPAM), decoded, as of one store revision. One task keeps it current with a list
 //! followed by a watch from the listing's revision (re-listing when the watch ends), and
 //! publishes each new picture on a `tokio::sync::watch` channel — so reconcilers and
 //! agent sessions always see a whole, consistent state and skip the intermediate ones
@@ -68,6 +68,8 @@ pub struct ClusterState {
     /// Store key (`/orch/revisions/<service>/<number>`) → a template a service ran; in
     /// order within each service.
     pub revisions: BTreeMap<String, Versioned<pb::ServiceRevision>>,
+    /// Pod subnet index → the node that claimed it (`/orch/ipam/nodes/<index>`).
+    pub subnets: BTreeMap<u32, String>,
     /// Identity → a running controller (agents learn every one's address).
     pub controllers: BTreeMap<String, Versioned<pb::ControllerInfo>>,
     /// Node name → keys of the replicas bound to it (an index over `replicas`).
@@ -81,6 +83,14 @@ pub struct ClusterState {
     /// The content version at which what every node's desired set shares last changed:
     /// endpoints, nodes (routes), Configs and Secrets, purged volumes.
     pub shared_version: u64,
+    /// Node name → the content version at which its record (its route) last changed or
+    /// went; a node deleted keeps its entry, so sessions learn that its route went.
+    pub route_versions: BTreeMap<String, u64>,
+    /// `route_versions` by version: whose route changed after a session's last set.
+    pub route_log: BTreeSet<(u64, String)>,
+    /// The version of the listing the log starts at (a re-list starts it again): a
+    /// session whose last routes are older gets them whole.
+    pub routes_since: u64,
     /// That shared part, computed once per picture by the first session that needs it.
     pub shared_desired: Memo<crate::nodes::SharedDesired>,
     /// What the changes applied since the last picture touched (the publisher's only).
@@ -92,6 +102,8 @@ pub struct ClusterState {
 pub(crate) struct Touched {
     nodes: BTreeSet<String>,
     shared: bool,
+    /// Nodes whose record (route) was written or deleted.
+    routes: BTreeSet<String>,
 }
 
 /// A value computed at most once per picture, on first use; pictures compare equal
@@ -130,7 +142,7 @@ impl ClusterState {
     }
 
     /// Stamps the changes applied since the last picture with `version`.
-    fn stamp(&mut self, version: u64) {
+    pub(crate) fn stamp(&mut self, version: u64) {
         self.content_version = version;
         let touched = std::mem::take(&mut self.touched);
         for node in touched.nodes {
@@ -139,6 +151,18 @@ impl ClusterState {
         if touched.shared {
             self.shared_version = version;
         }
+        for node in touched.routes {
+            if let Some(before) = self.route_versions.insert(node.clone(), version) {
+                self.route_log.remove(&(before, node.clone()));
+            }
+            self.route_log.insert((version, node));
+        }
+    }
+
+    /// The nodes whose route changed or went after content version `since`, in version
+    /// order; `None` when this picture cannot say (it was listed afresh after `since`).
+    pub fn routes_changed_since(&self, since: u64) -> Option<impl Iterator<Item = &str> + '_> {
+        (since >= self.routes_since).then(|| self.route_log.range((since + 1, String::new())..).map(|(_, node)| node.as_str()))
     }
 
     /// What the node the replica is bound to last reported about it.
@@ -200,7 +224,7 @@ impl ClusterState {
     }
 
     /// Applies one change; returns whether it concerned this picture.
-    fn apply(&mut self, event: &WatchEvent) -> bool {
+    pub(crate) fn apply(&mut self, event: &WatchEvent) -> bool {
         match event {
             WatchEvent::Put(kv) => self.put(kv),
             WatchEvent::Delete { key, .. } => self.remove(key),
@@ -234,6 +258,7 @@ impl ClusterState {
             decoded(kv).map(|v| self.statuses.insert((node.to_owned(), id.to_owned()), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES) {
             self.touched.shared = true;
+            self.touched.routes.insert(name.to_owned());
             decoded(kv).map(|v| self.nodes.insert(name.to_owned(), v)).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.insert(name.to_owned());
@@ -266,6 +291,12 @@ impl ClusterState {
         } else if let Some(identity) = key.strip_prefix(keys::CONTROLLERS) {
             self.touched.shared = true;
             decoded(kv).map(|v| self.controllers.insert(identity.to_owned(), v)).is_some()
+        } else if let Some(index) = key.strip_prefix(keys::NODE_SUBNETS) {
+            // Kept for registrations; in no desired set nor plan.
+            if let Ok(index) = index.parse() {
+                self.subnets.insert(index, String::from_utf8_lossy(&kv.value).into_owned());
+            }
+            false
         } else {
             false
         }
@@ -282,6 +313,7 @@ impl ClusterState {
             self.statuses.remove(&(node.to_owned(), id.to_owned())).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES) {
             self.touched.shared = true;
+            self.touched.routes.insert(name.to_owned());
             self.nodes.remove(name).is_some()
         } else if let Some(name) = key.strip_prefix(keys::NODES_ALIVE) {
             self.alive.remove(name)
@@ -313,6 +345,11 @@ impl ClusterState {
         } else if let Some(identity) = key.strip_prefix(keys::CONTROLLERS) {
             self.touched.shared = true;
             self.controllers.remove(identity).is_some()
+        } else if let Some(index) = key.strip_prefix(keys::NODE_SUBNETS) {
+            if let Ok(index) = index.parse::<u32>() {
+                self.subnets.remove(&index);
+            }
+            false
         } else {
             false
         }
@@ -395,7 +432,8 @@ async fn confirm_revision(store: &dyn Store, state: &ClusterState) -> Option<Rev
         && fresh.claims == state.claims
         && fresh.configs == state.configs
         && fresh.purges == state.purges
-        && fresh.revisions == state.revisions;
+        && fresh.revisions == state.revisions
+        && fresh.subnets == state.subnets;
     same.then_some(listing.revision)
 }
 
@@ -409,6 +447,7 @@ async fn follow_once(store: &dyn Store, sender: &watch::Sender<Arc<ClusterState>
     // A new listing: every part of every desired set is new.
     state.touched.shared = true;
     state.stamp(*version);
+    state.routes_since = *version;
     if sender.send(Arc::new(state.clone())).is_err() {
         return Ok(());
     }

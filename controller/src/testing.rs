@@ -5,12 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use orch_api::pb;
 use orch_api::pb::nodes_client::NodesClient;
 use tokio::sync::mpsc;
+
+use crate::store::{Expect, Fence, KeyValue, LeaseId, Listing, Revision, Store, StoreError, TxnOp, WatchStream};
 
 #[derive(Debug, Default)]
 struct Seen {
@@ -22,6 +25,8 @@ struct Seen {
     delta_sets: u64,
     /// The endpoints and routes the sets gave.
     shared: orch_api::deltas::KnownShared,
+    /// Routes the sets carried, in all (whole or changed).
+    routes_received: u64,
     sessions: u64,
     /// Heartbeats sent.
     beats: u64,
@@ -139,6 +144,11 @@ impl FakeAgent {
         lock(&self.seen).shared.endpoints().cloned().collect()
     }
 
+    /// Routes its sets carried, in all: with route deltas, about one per other node.
+    pub fn routes_received(&self) -> u64 {
+        lock(&self.seen).routes_received
+    }
+
     pub fn routes(&self) -> Vec<pb::NodeRoute> {
         lock(&self.seen).shared.routes().to_vec()
     }
@@ -206,7 +216,10 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
     let heartbeat =
         || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
     // As a real agent: deltas, made whole here.
-    upward.send(pb::AgentMessage { takes_deltas: config.takes_deltas, ..heartbeat() }).await.map_err(|e| e.to_string())?;
+    upward
+        .send(pb::AgentMessage { takes_deltas: config.takes_deltas, takes_route_deltas: config.takes_deltas, ..heartbeat() })
+        .await
+        .map_err(|e| e.to_string())?;
     let first_report = report(config, &mut lock(seen), &pod_prefix);
     upward.send(first_report).await.map_err(|e| e.to_string())?;
     let mut downward = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| e.to_string())?.into_inner();
@@ -233,6 +246,7 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
                     seen.generation = desired.generation;
                     seen.desired_sets += 1;
                     seen.delta_sets += u64::from(delta);
+                    seen.routes_received += desired.routes.len() as u64;
                     seen.shared.learn(&mut desired);
                     seen.running = desired.replicas.into_iter().filter_map(|d| d.replica).map(|r| (r.id.clone(), r)).collect();
                     report(config, &mut seen, &pod_prefix)
@@ -240,5 +254,67 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
                 upward.send(report).await.map_err(|e| e.to_string())?;
             }
         }
+    }
+}
+
+/// A store whose every request is counted (what a controller asks of its store per
+/// replica or node, in tests and benchmarks).
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    requests: AtomicU64,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn Store>) -> CountingStore {
+        CountingStore { inner, requests: AtomicU64::new(0) }
+    }
+
+    /// Requests so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for CountingStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.count();
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        self.count();
+        self.inner.list(prefix).await
+    }
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expect: Expect, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        self.count();
+        self.inner.put_with_lease(key, value, expect, lease).await
+    }
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Option<Revision>, StoreError> {
+        self.count();
+        self.inner.delete(key, expect).await
+    }
+    async fn txn_fenced(&self, fence: Option<&Fence>, ops: Vec<TxnOp>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.count();
+        self.inner.txn_fenced(fence, ops).await
+    }
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+        self.count();
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.count();
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.count();
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.count();
+        self.inner.revoke_lease(lease).await
     }
 }

@@ -129,6 +129,9 @@ async fn a_fenced_transaction_lands_only_while_the_fence_holds(store: Arc<dyn St
     store.put(&leader, b"a, renewed".to_vec(), Expect::Any).await.expect("update the fence key");
     let revisions = store.txn_fenced(Some(&fence), vec![TxnOp::put(key("x"), b"1".to_vec(), Expect::Absent)]).await.expect("fenced write while it holds");
     let x = revisions[0].expect("a revision");
+    // The largest transaction, every write a compare-and-swap, fits with the fence's compare.
+    let full: Vec<TxnOp> = (0..MAX_TXN_OPS).map(|i| TxnOp::put(format!("{prefix}full/{i}"), vec![], Expect::Absent)).collect();
+    assert_eq!(store.txn_fenced(Some(&fence), full).await.expect("a full fenced batch of compare-and-swaps").len(), MAX_TXN_OPS);
     store.delete(&leader, Expect::Any).await.expect("delete the fence key");
     let fenced = |result: Result<Vec<Option<i64>>, StoreError>| matches!(result, Err(StoreError::Fenced { key, create_revision }) if key == leader && create_revision == created);
     let stale = vec![TxnOp::put(key("x"), b"2".to_vec(), Expect::Revision(x - 1)), TxnOp::put(key("y"), b"2".to_vec(), Expect::Any)];

@@ -11,6 +11,7 @@ use crate::pb;
 #[derive(Debug, Default, Clone)]
 pub struct KnownShared {
     endpoints: BTreeMap<String, pb::ServiceEndpoints>,
+    /// In node order (as a whole set lists them; kept so by partial changes).
     routes: Vec<pb::NodeRoute>,
 }
 
@@ -37,12 +38,27 @@ impl KnownShared {
         for endpoints in std::mem::take(&mut set.endpoints) {
             self.endpoints.insert(endpoints.service.clone(), endpoints);
         }
-        if !set.delta || set.routes_changed {
+        if set.delta && set.routes_partial {
+            for node in std::mem::take(&mut set.routes_removed) {
+                if let Ok(at) = self.routes.binary_search_by(|r| r.node.cmp(&node)) {
+                    self.routes.remove(at);
+                }
+            }
+            for route in std::mem::take(&mut set.routes) {
+                match self.routes.binary_search_by(|r| r.node.cmp(&route.node)) {
+                    Ok(at) => self.routes[at] = route,
+                    Err(at) => self.routes.insert(at, route),
+                }
+            }
+        } else if !set.delta || set.routes_changed {
             self.routes = std::mem::take(&mut set.routes);
+            self.routes.sort_by(|a, b| a.node.cmp(&b.node));
         }
         set.routes.clear();
         set.delta = false;
         set.routes_changed = false;
+        set.routes_partial = false;
+        set.routes_removed.clear();
     }
 
     /// Every service's endpoints, in service order.
@@ -96,6 +112,34 @@ mod tests {
             known.take(&mut set);
             assert_eq!((&set.endpoints, &set.routes), (&endpoints, &routes), "{case}");
             assert!(!set.delta && !set.routes_changed && set.endpoints_removed.is_empty(), "{case}: the set leaves whole");
+        }
+    }
+
+    #[test]
+    fn partial_route_changes_keep_the_routes_whole_and_in_node_order() {
+        let via = |node: &str, via: &str| pb::NodeRoute { node: node.into(), via: via.into(), ..Default::default() };
+        let partial = |changed: Vec<pb::NodeRoute>, removed: &[&str]| pb::DesiredSet {
+            delta: true,
+            routes_partial: true,
+            routes: changed,
+            routes_removed: removed.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let mut known = KnownShared::default();
+        let mut whole = set(false, vec![], &[], Some(vec![via("n3", "c"), via("n2", "b")]));
+        known.take(&mut whole);
+        assert_eq!(whole.routes, vec![via("n2", "b"), via("n3", "c")], "a whole set, put in node order");
+        #[rustfmt::skip]
+        let cases: Vec<(&str, pb::DesiredSet, Vec<pb::NodeRoute>)> = vec![
+            ("a node joined", partial(vec![via("n4", "d")], &[]), vec![via("n2", "b"), via("n3", "c"), via("n4", "d")]),
+            ("one joined before the others, one moved", partial(vec![via("n1", "a"), via("n3", "c2")], &[]), vec![via("n1", "a"), via("n2", "b"), via("n3", "c2"), via("n4", "d")]),
+            ("two gone, one of them never known", partial(vec![], &["n2", "n9"]), vec![via("n1", "a"), via("n3", "c2"), via("n4", "d")]),
+            ("a delta without route changes keeps them", set(true, vec![], &[], None), vec![via("n1", "a"), via("n3", "c2"), via("n4", "d")]),
+        ];
+        for (case, mut set, routes) in cases {
+            known.take(&mut set);
+            assert_eq!(set.routes, routes, "{case}");
+            assert!(!set.routes_partial && set.routes_removed.is_empty(), "{case}: the set leaves whole");
         }
     }
 }

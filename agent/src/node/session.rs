@@ -64,7 +64,7 @@ impl Session {
         let heartbeat =
             pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
         // The first message says the agent takes deltas (each set made whole here).
-        let hello = pb::AgentMessage { takes_deltas: true, ..heartbeat.clone() };
+        let hello = pb::AgentMessage { takes_deltas: true, takes_route_deltas: true, ..heartbeat.clone() };
         upward.send(hello).await.map_err(|_| failed(LinkError::UpwardClosed))?;
         upward.send(report(&config.name, board, generation)).await.map_err(|_| failed(LinkError::UpwardClosed))?;
         let downward = client

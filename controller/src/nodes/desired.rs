@@ -28,18 +28,23 @@ pub struct SharedDesired {
 
 impl SharedDesired {
     pub fn of(state: &ClusterState) -> SharedDesired {
-        let routes = state
-            .nodes
-            .iter()
-            .filter_map(|(name, n)| {
-                let address = n.value.info.as_ref().map(|i| i.address.clone())?;
-                let subnet = orch_api::cidr::from_wire(n.value.pod_subnet.as_ref(), &n.value.pod_cidr).ok()?;
-                Some(pb::NodeRoute { node: name.clone(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
-            })
-            .collect();
+        let routes = state.nodes.iter().filter_map(|(name, n)| route(name, &n.value)).collect();
         let purged_services = state.purges.keys().cloned().collect();
         SharedDesired { routes, purged_services, controllers: controller_addresses(state) }
     }
+}
+
+/// The route to a node's pod subnet, via its address (none for a record without them).
+fn route(name: &str, node: &pb::Node) -> Option<pb::NodeRoute> {
+    let address = node.info.as_ref().map(|i| i.address.clone())?;
+    let subnet = orch_api::cidr::from_wire(node.pod_subnet.as_ref(), &node.pod_cidr).ok()?;
+    Some(pb::NodeRoute { node: name.to_owned(), pod_cidr: subnet.to_string(), via: address, pod_subnet: Some(subnet.into()) })
+}
+
+/// The routes to every node but `node`, for a whole set.
+pub fn whole_routes(state: &ClusterState, node: &str) -> Vec<pb::NodeRoute> {
+    let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
+    shared.routes.iter().filter(|route| route.node != node).cloned().collect()
 }
 
 /// Every running controller's address, sorted, each once.
@@ -62,12 +67,21 @@ pub struct EndpointsDelta {
     pub removed: Vec<String>,
 }
 
+/// The routes to the other nodes that changed since a session's previous set.
+#[derive(Debug, PartialEq)]
+pub enum RouteChanges {
+    /// All of them (the session's first routes, an agent that takes no route deltas, or a
+    /// picture listed afresh since).
+    Whole(Vec<pb::NodeRoute>),
+    /// Only the routes new or changed, and the nodes whose route went.
+    Partial { changed: Vec<pb::NodeRoute>, removed: Vec<String> },
+}
+
 /// What changed in the shared part since a session's previous set (`None`: nothing).
 #[derive(Debug, Default, PartialEq)]
 pub struct SharedChanges {
     pub endpoints: Option<EndpointsDelta>,
-    /// The routes to the other nodes, whole.
-    pub routes: Option<Vec<pb::NodeRoute>>,
+    pub routes: Option<RouteChanges>,
 }
 
 impl SharedChanges {
@@ -80,33 +94,53 @@ impl SharedChanges {
 /// revision, and the routes. Each set used to carry every service's endpoints and every
 /// route to every node — with 2,000 replicas and 100 nodes, encoding and decoding them
 /// was most of a readiness storm's work (`controller.sh`); a session now sends an agent
-/// that takes deltas what changed since its previous set.
+/// that takes deltas what changed since its previous set — for the routes, through the
+/// picture's log of which node changed at which version, so a node joining 1,000 costs
+/// each session one route, found without comparing the other 999.
 #[derive(Debug, Default)]
 pub struct SentShared {
     endpoints: HashMap<String, Revision>,
+    /// The routes as last sent whole, for an agent that takes no route deltas.
     routes: Option<Vec<pb::NodeRoute>>,
+    /// The content version of the picture the routes were last sent from.
+    routes_at: Option<u64>,
 }
 
 impl SentShared {
     /// What changed in `state`'s shared part for `node` since the last call (everything
-    /// at the first), now recorded as sent.
-    pub fn changes(&mut self, state: &ClusterState, node: &str) -> SharedChanges {
+    /// at the first), now recorded as sent; the routes as a partial change when the
+    /// agent takes them (`partial_routes`).
+    pub fn changes(&mut self, state: &ClusterState, node: &str, partial_routes: bool) -> SharedChanges {
+        let routes = if partial_routes { self.route_changes(state, node) } else { self.whole_route_changes(state, node) };
+        SharedChanges { endpoints: self.endpoints_changes(state), routes }
+    }
+
+    fn whole_route_changes(&mut self, state: &ClusterState, node: &str) -> Option<RouteChanges> {
         let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
         let routes = shared.routes.iter().filter(|route| route.node != node);
-        let routes = match &self.routes {
+        match &self.routes {
             Some(sent) if routes.clone().eq(sent.iter()) => None,
             _ => {
                 let routes: Vec<pb::NodeRoute> = routes.cloned().collect();
                 self.routes = Some(routes.clone());
-                Some(routes)
+                Some(RouteChanges::Whole(routes))
             }
-        };
-        SharedChanges { endpoints: self.endpoints_changes(state), routes }
+        }
     }
 
-    /// The routes as last sent.
-    pub fn routes(&self) -> &[pb::NodeRoute] {
-        self.routes.as_deref().unwrap_or_default()
+    fn route_changes(&mut self, state: &ClusterState, node: &str) -> Option<RouteChanges> {
+        let since = self.routes_at.replace(state.content_version);
+        let Some(nodes) = since.and_then(|since| state.routes_changed_since(since)) else {
+            return Some(RouteChanges::Whole(whole_routes(state, node)));
+        };
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        for name in nodes.filter(|name| *name != node) {
+            match state.nodes.get(name).and_then(|n| route(name, &n.value)) {
+                Some(route) => changed.push(route),
+                None => removed.push(name.to_owned()),
+            }
+        }
+        (!changed.is_empty() || !removed.is_empty()).then_some(RouteChanges::Partial { changed, removed })
     }
 
     fn endpoints_changes(&mut self, state: &ClusterState) -> Option<EndpointsDelta> {
@@ -208,6 +242,7 @@ mod tests {
     use super::*;
     use crate::keys;
     use crate::state::Versioned;
+    use crate::store::{KeyValue, WatchEvent};
 
     fn write(state: &mut ClusterState, service: &str, ready: &[&str], revision: Revision) {
         let value = pb::ServiceEndpoints { service: service.into(), ready_ips: ready.iter().map(|s| (*s).to_owned()).collect(), ..Default::default() };
@@ -260,15 +295,67 @@ mod tests {
             }
             state
         };
-        let vias = |changes: SharedChanges| changes.routes.map(|routes| routes.into_iter().map(|r| r.via).collect::<Vec<_>>());
+        let vias = |changes: SharedChanges| match changes.routes {
+            Some(RouteChanges::Whole(routes)) => Some(routes.into_iter().map(|r| r.via).collect::<Vec<_>>()),
+            Some(partial) => panic!("an agent that takes no route deltas got {partial:?}"),
+            None => None,
+        };
         let mut sent = SentShared::default();
         let two = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2)]);
-        assert_eq!(vias(sent.changes(&two, "n1")), Some(vec!["192.0.2.2".to_owned()]), "the first: every other node");
-        assert_eq!(vias(sent.changes(&two, "n1")), None, "unchanged");
+        assert_eq!(vias(sent.changes(&two, "n1", false)), Some(vec!["192.0.2.2".to_owned()]), "the first: every other node");
+        assert_eq!(vias(sent.changes(&two, "n1", false)), None, "unchanged");
         let three = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
-        assert_eq!(vias(sent.changes(&three, "n1")), Some(vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()]), "a node joined");
+        assert_eq!(vias(sent.changes(&three, "n1", false)), Some(vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()]), "a node joined");
         let moved = with_nodes(&[("n1", "192.0.2.9", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
-        assert_eq!(vias(sent.changes(&moved, "n1")), None, "the node's own address is in no route of its own");
-        assert_eq!(sent.routes().len(), 2);
+        assert_eq!(vias(sent.changes(&moved, "n1", false)), None, "the node's own address is in no route of its own");
+    }
+
+    #[test]
+    fn a_session_sends_only_the_routes_that_changed_to_an_agent_that_takes_route_deltas() {
+        let node = |name: &str, address: &str, index: u8| {
+            let subnet: orch_api::cidr::Ipv4Cidr = format!("10.88.{index}.0/24").parse().expect("a subnet");
+            let node = pb::Node {
+                info: Some(pb::NodeInfo { name: name.into(), address: address.into(), ..Default::default() }),
+                pod_subnet: Some(subnet.into()),
+                ..Default::default()
+            };
+            WatchEvent::Put(KeyValue { key: keys::node(name), value: keys::encode(&node), create_revision: 1, mod_revision: 1, lease: 0 })
+        };
+        let gone = |name: &str| WatchEvent::Delete { key: keys::node(name), revision: 1 };
+        let changes = |sent: &mut SentShared, state: &ClusterState| match sent.changes(state, "n1", true).routes {
+            Some(RouteChanges::Whole(routes)) => format!("whole {:?}", routes.iter().map(|r| r.via.as_str()).collect::<Vec<_>>()),
+            Some(RouteChanges::Partial { changed, removed }) => {
+                format!("changed {:?} removed {removed:?}", changed.iter().map(|r| r.via.as_str()).collect::<Vec<_>>())
+            }
+            None => "none".to_owned(),
+        };
+        let mut state = ClusterState::default();
+        state.apply(&node("n1", "192.0.2.1", 1));
+        state.apply(&node("n2", "192.0.2.2", 2));
+        // As a listing does.
+        state.stamp(1);
+        state.routes_since = 1;
+        let mut sent = SentShared::default();
+        #[rustfmt::skip]
+        let steps: Vec<(&str, Vec<WatchEvent>, &str)> = vec![
+            ("the first: whole", vec![], r#"whole ["192.0.2.2"]"#),
+            ("unchanged", vec![], "none"),
+            ("a node joined: that route alone", vec![node("n3", "192.0.2.3", 3)], r#"changed ["192.0.2.3"] removed []"#),
+            ("the node's own record: no route of its own", vec![node("n1", "192.0.2.9", 1)], "none"),
+            ("one moved, one went", vec![node("n3", "192.0.2.33", 3), gone("n2")], r#"changed ["192.0.2.33"] removed ["n2"]"#),
+        ];
+        for (version, (step, events, want)) in (2..).zip(steps) {
+            for event in &events {
+                state.apply(event);
+            }
+            state.stamp(version);
+            assert_eq!(changes(&mut sent, &state), want, "{step}");
+        }
+        // Listed afresh (a watch ended): the log starts again, the routes go whole (from
+        // a picture of its own, as every published one is).
+        state.stamp(20);
+        state.shared_desired = crate::state::Memo::default();
+        state.routes_since = 20;
+        assert_eq!(changes(&mut sent, &state), r#"whole ["192.0.2.33"]"#, "after a re-list");
     }
 }

@@ -22,7 +22,7 @@ pub struct DetectorConfig {
     pub acceptable_pause: Duration,
     /// Intervals remembered.
     pub window: usize,
-    /// Intervals needed before any verdict (until then the node's lease is the only
+    /// Intervals needed before any verdict (until then the node lease is the only
     /// judge).
     pub min_samples: usize,
 }
@@ -70,6 +70,11 @@ impl Detector {
         if self.last.is_some() {
             self.last = Some(now);
         }
+    }
+
+    /// Whether any beat came.
+    pub fn heard(&self) -> bool {
+        self.last.is_some()
     }
 
     /// How long since the last beat.

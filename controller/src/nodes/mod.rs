@@ -1,11 +1,12 @@
 //! `orch.v1.Nodes`, for agents: registration (pod subnet, cluster config) and the
 //! session stream — downwards the node's desired set with a generation whenever it
-//! changes (replicas, endpoints, routes), upwards heartbeats (the node's liveness lease)
+//! changes (replicas, endpoints, routes), upwards heartbeats (the node's alive key, on its controller's liveness lease)
 //! and status reports (written under `/orch/status/<node>/`).
 
 mod cidr;
 pub mod desired;
 pub mod detector;
+pub mod liveness;
 mod registry;
 pub mod rpc;
 mod session;

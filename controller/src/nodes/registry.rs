@@ -10,8 +10,11 @@ use std::time::Duration;
 use orch_api::pb;
 
 use super::cidr::{next_free_index, node_subnet, subnet_count};
+use super::liveness::LivenessLease;
 use crate::keys;
-use crate::store::{retry_on_conflict, Expect, LeaseId, MaybeConflict, Store, StoreError};
+use crate::state::ClusterState;
+use crate::store::{retry_on_conflict, Expect, LeaseId, MaybeConflict, Store, StoreError, CAS_ATTEMPTS};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -44,11 +47,31 @@ pub struct NodeRegistry {
     store: Arc<dyn Store>,
     cluster_network: orch_api::cidr::Ipv4Cidr,
     lease_ttl: Duration,
+    /// The controller's picture, where the claimed pod subnets are found (none: listed).
+    state: Option<watch::Receiver<Arc<ClusterState>>>,
+    /// The pod subnets this registry claimed lately, by when (see `claim_subnet`).
+    reserved: Arc<std::sync::Mutex<BTreeMap<u32, std::time::Instant>>>,
+    /// The controller's liveness lease, which alive keys are put on (none: a lease per
+    /// node, which [`NodeRegistry::heartbeat`] renews).
+    liveness: Option<Arc<LivenessLease>>,
 }
+
+/// How long a subnet just claimed is kept from others without the picture showing it.
+const RESERVED_FOR: Duration = Duration::from_secs(10);
 
 impl NodeRegistry {
     pub fn new(store: Arc<dyn Store>, cluster_network: orch_api::cidr::Ipv4Cidr, lease_ttl: Duration) -> NodeRegistry {
-        NodeRegistry { store, cluster_network, lease_ttl }
+        NodeRegistry { store, cluster_network, lease_ttl, state: None, reserved: Arc::default(), liveness: None }
+    }
+
+    /// Puts alive keys on the controller's liveness lease.
+    pub fn with_liveness(self, liveness: Arc<LivenessLease>) -> NodeRegistry {
+        NodeRegistry { liveness: Some(liveness), ..self }
+    }
+
+    /// Finds the claimed pod subnets in the controller's picture instead of listing them.
+    pub fn with_state(self, state: watch::Receiver<Arc<ClusterState>>) -> NodeRegistry {
+        NodeRegistry { state: Some(state), ..self }
     }
 
     /// How long a node's liveness lease lives without a renewal.
@@ -90,27 +113,80 @@ impl NodeRegistry {
             };
             // Alive first: a new node is never seen registered but NotReady (the
             // reconciler would record a NodeNotReady for that instant).
-            let lease = self.store.grant_lease(self.lease_ttl).await?;
-            self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
+            let lease = match &self.liveness {
+                Some(liveness) => liveness.lease().await?,
+                None => self.store.grant_lease(self.lease_ttl).await?,
+            };
+            if let Err(error) = self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await {
+                if let (StoreError::LeaseNotFound(_), Some(liveness)) = (&error, &self.liveness) {
+                    liveness.lapsed(lease).await;
+                }
+                return Err(error.into());
+            }
             self.store.put(&key, keys::encode(&node), expect).await?;
             Ok::<_, NodeError>((node, lease))
         };
         retry_on_conflict(attempt).await?.ok_or(NodeError::Contended(key.clone()))
     }
 
+    /// Every claimed pod subnet, index → node, as the store has them now.
+    async fn list_claims(&self) -> Result<BTreeMap<u32, String>, NodeError> {
+        let listing = self.store.list(keys::NODE_SUBNETS).await?;
+        Ok(listing
+            .items
+            .into_iter()
+            .filter_map(|kv| Some((kv.key[keys::NODE_SUBNETS.len()..].parse().ok()?, String::from_utf8_lossy(&kv.value).into_owned())))
+            .collect())
+    }
+
+    /// The node's pod subnet: the one it claimed before (a registration that failed
+    /// half-way), or the lowest free one, claimed now by compare-and-swap.
+    ///
+    /// The claims come from the controller's picture when it has one (else a listing),
+    /// and the subnets this registry claimed that the picture does not show yet (for at
+    /// most [`RESERVED_FOR`]) count as claimed: a thousand nodes registering at once claim a
+    /// thousand subnets in order, one write each, instead of each listing every claim
+    /// and racing the others for the same lowest index.
     async fn claim_subnet(&self, node: &str) -> Result<String, NodeError> {
-        let attempt = || async {
-            let listing = self.store.list(keys::NODE_SUBNETS).await?;
-            if let Some(kv) = listing.items.iter().find(|kv| kv.value == node.as_bytes()) {
-                let index: u32 = kv.key[keys::NODE_SUBNETS.len()..].parse().unwrap_or(0);
-                return Ok(node_subnet(self.cluster_network, index));
+        let count = subnet_count(self.cluster_network);
+        // Found claimed (by another controller) during this registration.
+        let mut taken = BTreeSet::new();
+        for _ in 0..CAS_ATTEMPTS {
+            let picture = self.state.as_ref().map(|state| state.borrow().clone()).filter(|state| state.synced());
+            let listed;
+            let claims = match &picture {
+                Some(picture) => &picture.subnets,
+                None => {
+                    listed = self.list_claims().await?;
+                    &listed
+                }
+            };
+            if let Some((index, _)) = claims.iter().find(|(_, owner)| *owner == node) {
+                return Ok(node_subnet(self.cluster_network, *index));
             }
-            let used: BTreeSet<u32> = listing.items.iter().filter_map(|kv| kv.key[keys::NODE_SUBNETS.len()..].parse().ok()).collect();
-            let index = next_free_index(&used, subnet_count(self.cluster_network)).ok_or(NodeError::Exhausted(self.cluster_network))?;
-            self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await?;
-            Ok::<_, NodeError>(node_subnet(self.cluster_network, index))
-        };
-        retry_on_conflict(attempt).await?.ok_or_else(|| NodeError::Contended(keys::NODE_SUBNETS.to_owned()))
+            let index = {
+                let mut reserved = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = std::time::Instant::now();
+                // Kept until the claims show it (a listing shows every claim already).
+                reserved.retain(|index, at| picture.is_some() && !claims.contains_key(index) && now.duration_since(*at) < RESERVED_FOR);
+                let used: BTreeSet<u32> = claims.keys().chain(reserved.keys()).chain(taken.iter()).copied().collect();
+                let index = next_free_index(&used, count).ok_or(NodeError::Exhausted(self.cluster_network))?;
+                reserved.insert(index, now);
+                index
+            };
+            match self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await {
+                // Still reserved until the picture shows it claimed.
+                Ok(_) => return Ok(node_subnet(self.cluster_network, index)),
+                Err(error) => {
+                    self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&index);
+                    if !error.is_conflict() {
+                        return Err(error.into());
+                    }
+                    taken.insert(index);
+                }
+            }
+        }
+        Err(NodeError::Contended(keys::NODE_SUBNETS.to_owned()))
     }
 
     /// A heartbeat: keeps the node's lease alive. An expired lease (the node was gone

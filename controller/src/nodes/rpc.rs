@@ -1,9 +1,8 @@
 //! The gRPC face of the node registry and of agent sessions (the sessions themselves
 //! live in `session.rs`).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::Stream;
 use orch_api::cidr::Ipv4Cidr;
@@ -14,11 +13,12 @@ use orch_api::tls::{Peer, Role};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::liveness::{LivenessLease, RuntimeLag};
 use super::registry::{NodeError, NodeRegistry};
 use super::session::Session;
 use crate::events::EventLog;
 use crate::state::ClusterState;
-use crate::store::{LeaseId, Store};
+use crate::store::Store;
 
 pub struct NodesRpc {
     registry: NodeRegistry,
@@ -26,14 +26,23 @@ pub struct NodesRpc {
     service_range: Ipv4Cidr,
     state: watch::Receiver<Arc<ClusterState>>,
     events: EventLog,
-    /// Each registered node's liveness lease.
-    leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+    /// The lease this controller puts the alive keys of its sessions' nodes on.
+    liveness: Arc<LivenessLease>,
+    lag: Arc<RuntimeLag>,
     /// Closed (its sender dropped) when the controller stops: every session ends, so that
     /// agents reconnect to whoever serves next.
     stopping: watch::Receiver<()>,
     secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
     metrics: Arc<crate::metrics::ControllerMetrics>,
+    /// Registrations served at once; the others wait their turn a while, then are told to
+    /// come back (load shed, so that a thousand agents starting together neither queue
+    /// without end nor starve the sessions already running).
+    registering: Arc<tokio::sync::Semaphore>,
 }
+
+/// See `NodesRpc::registering`.
+const REGISTRATIONS_AT_ONCE: usize = 32;
+const REGISTRATION_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl NodesRpc {
     pub fn new(
@@ -44,7 +53,20 @@ impl NodesRpc {
         events: EventLog,
         stopping: watch::Receiver<()>,
     ) -> NodesRpc {
-        NodesRpc { registry, store, service_range, state, events, leases: Arc::default(), stopping, secrets: None, metrics: Arc::default() }
+        let liveness = LivenessLease::spawn(Arc::clone(&store), registry.lease_ttl());
+        NodesRpc {
+            registry: registry.with_liveness(Arc::clone(&liveness)),
+            store,
+            service_range,
+            state,
+            events,
+            liveness,
+            lag: RuntimeLag::spawn(),
+            stopping,
+            secrets: None,
+            metrics: Arc::default(),
+            registering: Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE)),
+        }
     }
 
     /// Counts the heartbeats the sessions receive into `metrics`.
@@ -92,8 +114,11 @@ impl Nodes for NodesRpc {
         let info = request.into_inner().node.ok_or_else(|| Status::invalid_argument("node: required"))?;
         check_node_identity(peer.as_ref(), &info.name)?;
         let name = info.name.clone();
-        let (node, lease) = self.registry.register(info).await.map_err(status)?;
-        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), lease);
+        let _turn = match tokio::time::timeout(REGISTRATION_QUEUE_WAIT, self.registering.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(Status::unavailable("the controller is busy registering other nodes; try again shortly")),
+        };
+        let (node, _) = self.registry.register(info).await.map_err(status)?;
         self.events.emit(EventKind::Registered, format!("node/{name}"), format!("pod subnet {}", node.pod_cidr));
         let service_range = self.service_range;
         Ok(Response::new(pb::RegisterResponse {
@@ -111,14 +136,17 @@ impl Nodes for NodesRpc {
     async fn session(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
         let peer = orch_api::tls::peer(&request);
         let incoming = request.into_inner();
-        let (outgoing, receiver) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(16);
+        // Desired sets are level-triggered: one waiting is enough (a slow agent gets the
+        // latest picture next, not a queue of stale ones held in memory).
+        let (outgoing, receiver) = mpsc::channel::<Result<pb::ControllerMessage, Status>>(1);
         let session = Session {
             node: String::new(),
             registry: self.registry.clone(),
             store: Arc::clone(&self.store),
             state: self.state.clone(),
             events: self.events.clone(),
-            leases: Arc::clone(&self.leases),
+            liveness: Arc::clone(&self.liveness),
+            lag: Arc::clone(&self.lag),
             secrets: self.secrets.clone(),
             metrics: Arc::clone(&self.metrics),
         };

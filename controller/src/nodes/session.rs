@@ -1,9 +1,8 @@
-//! One agent's session with the controller: who it is, its heartbeats (the node's
-//! liveness lease), its status reports (written to `/orch/status/<node>/…` off the
+//! One agent's session with the controller: who it is, its heartbeats (the node's alive
+//! key, on the controller's liveness lease), its status reports (written to `/orch/status/<node>/…` off the
 //! receive loop) and its desired set (sent whenever it changes).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,15 +11,16 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{desired_set, open_secret, stamp, whole_endpoints, SentShared};
+use super::desired::{desired_set, open_secret, stamp, whole_endpoints, whole_routes, RouteChanges, SentShared};
 use super::detector::{Detector, DetectorConfig};
+use super::liveness::{LivenessLease, RuntimeLag};
 use super::registry::{NodeError, NodeRegistry};
 use super::rpc::{check_node_identity, status};
 use super::status::{status_writes, StatusWrite};
 use crate::events::EventLog;
 use crate::keys;
 use crate::state::ClusterState;
-use crate::store::{Expect, LeaseId, Store, StoreError, TxnOp};
+use crate::store::{Expect, Revision, Store, StoreError, TxnOp};
 use orch_api::secrets::SecretsKey;
 
 /// Status writes of one report in flight at once.
@@ -42,23 +42,40 @@ const JUDGE_EVERY: Duration = Duration::from_millis(100);
 /// is then.
 pub const SHARED_ONLY_BURST: f64 = 1.0;
 
-/// See [`SHARED_ONLY_BURST`].
+/// See [`SHARED_ONLY_BURST`]: the window on a cluster of up to 100 nodes.
 pub const SHARED_ONLY_EVERY: Duration = Duration::from_millis(20);
+
+/// The window of a session's shared-only sets on a cluster of `nodes`: 20 ms up to 100
+/// nodes, then growing with them (200 ms at 1,000), so that all sessions together send
+/// at most ~5,000 such sets a second. Every session of a 1,000-node cluster sending one
+/// per 20 ms during a readiness storm (each with the changed endpoints of services of
+/// 1,000 replicas) held the controller's runtime long enough that heartbeats queued
+/// past the silence detector (`deploy/bench/controller.sh 10000 1000`).
+pub fn shared_only_every(nodes: usize) -> Duration {
+    SHARED_ONLY_EVERY.max(Duration::from_micros(200) * u32::try_from(nodes).unwrap_or(u32::MAX))
+}
 
 /// A session's budget of shared-only desired sets (pure; see [`SHARED_ONLY_BURST`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SharedBudget {
     tokens: f64,
     at: std::time::Instant,
+    /// The window ([`shared_only_every`]).
+    every: Duration,
 }
 
 impl SharedBudget {
     pub fn new(now: std::time::Instant) -> SharedBudget {
-        SharedBudget { tokens: SHARED_ONLY_BURST, at: now }
+        SharedBudget { tokens: SHARED_ONLY_BURST, at: now, every: SHARED_ONLY_EVERY }
+    }
+
+    /// The cluster now has `nodes`: the window follows.
+    pub fn resize(&mut self, nodes: usize) {
+        self.every = shared_only_every(nodes);
     }
 
     fn tokens_at(&self, now: std::time::Instant) -> f64 {
-        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() / SHARED_ONLY_EVERY.as_secs_f64()).min(SHARED_ONLY_BURST)
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() / self.every.as_secs_f64()).min(SHARED_ONLY_BURST)
     }
 
     /// When a set of `version` (`ClusterState::desired_version`) may go, the last one
@@ -71,7 +88,7 @@ impl SharedBudget {
                 if tokens >= 1.0 {
                     now
                 } else {
-                    now + SHARED_ONLY_EVERY.mul_f64(1.0 - tokens)
+                    now + self.every.mul_f64(1.0 - tokens)
                 }
             }
             _ => now,
@@ -92,8 +109,10 @@ const JUDGE_PAUSED: Duration = Duration::from_millis(500);
 /// What a session knows of its node's heartbeats.
 struct Liveness {
     detector: Detector,
-    /// When this session last renewed the node's lease in the store.
-    renewed: Option<std::time::Instant>,
+    /// The revision of this session's last put of the node's alive key (none yet).
+    alive_written: Option<Revision>,
+    /// When the session began (the silence of a node that never beat counts from it).
+    started: std::time::Instant,
     /// This session judged the node silent (the verdict is in the store).
     silent: bool,
     /// A verdict may be in the store that this session has not deleted yet (always so
@@ -109,6 +128,14 @@ fn session_nonce() -> String {
 
 type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
+/// What an agent said it takes: sets as deltas, and within them the routes as what
+/// changed.
+#[derive(Debug, Clone, Copy)]
+struct Deltas {
+    sets: bool,
+    routes: bool,
+}
+
 /// One agent's session, once it has said who it is.
 #[derive(Clone)]
 pub(super) struct Session {
@@ -117,17 +144,14 @@ pub(super) struct Session {
     pub(super) store: Arc<dyn Store>,
     pub(super) state: watch::Receiver<Arc<ClusterState>>,
     pub(super) events: EventLog,
-    pub(super) leases: Arc<Mutex<HashMap<String, LeaseId>>>,
+    pub(super) liveness: Arc<LivenessLease>,
+    pub(super) lag: Arc<RuntimeLag>,
     /// Opens Secrets for the nodes that use them; none: Secrets are not sent.
     pub(super) secrets: Option<Arc<SecretsKey>>,
     pub(super) metrics: Arc<crate::metrics::ControllerMetrics>,
 }
 
 impl Session {
-    fn known_lease(&self) -> Option<LeaseId> {
-        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&self.node).copied()
-    }
-
     /// Serves one agent's stream until it ends, the agent misbehaves or the controller
     /// stops: the first message names the node (checked against its certificate), then
     /// heartbeats renew its lease and status reports are written (the latest one wins);
@@ -135,9 +159,11 @@ impl Session {
     pub(super) async fn serve(mut self, peer: Option<Peer>, mut incoming: Streaming<pb::AgentMessage>, outgoing: Outgoing, mut stopping: watch::Receiver<()>) {
         let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let (reports, latest_report) = watch::channel::<Option<pb::StatusReport>>(None);
+        let mut nonce = None;
         let liveness = Arc::new(tokio::sync::Mutex::new(Liveness {
             detector: Detector::new(DetectorConfig::default()),
-            renewed: None,
+            alive_written: None,
+            started: std::time::Instant::now(),
             silent: false,
             verdict_maybe_left: true,
         }));
@@ -169,15 +195,18 @@ impl Session {
                         break;
                     }
                 }
-                let deltas = message.takes_deltas;
+                let deltas = Deltas { sets: message.takes_deltas, routes: message.takes_deltas && message.takes_route_deltas };
                 tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone(), deltas)));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
-                // This session holds the node now: only it judges the node's silence.
-                let nonce = session_nonce();
-                match self.store.put(&keys::node_session(&self.node), nonce.clone().into_bytes(), Expect::Any).await {
-                    Ok(_) => tasks.push(tokio::spawn(self.clone().judge(Arc::clone(&liveness), nonce))),
-                    Err(error) => tracing::warn!(node = %self.node, %error, "cannot record the session: its silence is left to its lease"),
+                // This session holds the node now: only it judges the node's silence, and
+                // only it may take the node's alive key away when it ends.
+                let held = session_nonce();
+                if let Err(error) = self.store.put(&keys::node_session(&self.node), held.clone().into_bytes(), Expect::Any).await {
+                    let _ = outgoing.send(Err(status(NodeError::Store(error)))).await;
+                    break;
                 }
+                tasks.push(tokio::spawn(self.clone().judge(Arc::clone(&liveness), held.clone())));
+                nonce = Some(held);
             } else if message.node != self.node {
                 let _ = outgoing.send(Err(Status::invalid_argument(format!("this session is node {:?}'s, not {:?}'s", self.node, message.node)))).await;
                 break;
@@ -202,14 +231,40 @@ impl Session {
         for task in tasks {
             task.abort();
         }
-        if !self.node.is_empty() {
+        if let Some(nonce) = nonce {
             self.metrics.session_ended(&self.node);
+            tokio::spawn(self.goodbye(nonce));
         }
     }
 
-    /// One heartbeat: the detector learns it; the store's lease is renewed a few times per
-    /// lease (not at every beat), and at once when the node was judged silent — then
-    /// the verdict goes too, as it does at a session's first beat (the node is back).
+    /// A node lease after its session ended, the node is NotReady — its alive key goes —
+    /// unless a newer session (here or at another controller) holds it by then.
+    async fn goodbye(self, nonce: String) {
+        tokio::time::sleep(self.liveness.ttl()).await;
+        let session_key = keys::node_session(&self.node);
+        let holder = match self.store.get(&session_key).await {
+            Ok(Some(kv)) if kv.value == nonce.as_bytes() => kv,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(node = %self.node, %error, "cannot tell whether a newer session holds the node: its alive key is left");
+                return;
+            }
+        };
+        let ops = vec![
+            TxnOp::Delete { key: session_key, expect: Expect::Revision(holder.mod_revision) },
+            TxnOp::Delete { key: keys::node_alive(&self.node), expect: Expect::Any },
+        ];
+        match self.store.txn(ops).await {
+            Ok(_) => tracing::info!(node = %self.node, "its session ended a node lease ago and none took its place: NotReady"),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(error) => tracing::warn!(node = %self.node, %error, "taking the alive key of a node whose session ended"),
+        }
+    }
+
+    /// One heartbeat: the detector learns it; the node's alive key is put at the
+    /// session's first beat, and again when the picture shows it gone (judged silent, or
+    /// the controller's liveness lease lapsed) — otherwise a beat costs the store nothing.
+    /// The verdict goes at the first beat and after a silence (the node is back).
     async fn beat(&self, liveness: &tokio::sync::Mutex<Liveness>) -> Result<(), Status> {
         let now = std::time::Instant::now();
         self.metrics.heartbeat(&self.node);
@@ -219,10 +274,13 @@ impl Session {
             liveness.detector = Detector::new(DetectorConfig::default());
         }
         liveness.detector.beat(now);
-        let renew_every = self.registry.lease_ttl() / 4;
-        if liveness.silent || liveness.renewed.is_none_or(|at| now.duration_since(at) >= renew_every) {
-            self.heartbeat().await?;
-            liveness.renewed = Some(now);
+        let gone = liveness.alive_written.is_none_or(|written| {
+            let current = self.state.borrow();
+            // Only a picture that includes this session's own put can say it went.
+            current.revision >= written && !current.alive.contains(&self.node)
+        });
+        if liveness.silent || gone {
+            liveness.alive_written = Some(self.put_alive().await?);
         }
         if liveness.verdict_maybe_left {
             match self.store.delete(&keys::node_silent(&self.node), Expect::Any).await {
@@ -257,7 +315,11 @@ impl Session {
                 state.detector.judge_resumed(now);
             }
             last = now;
-            if state.silent || !state.detector.silent(now) {
+            let silence = if state.detector.heard() { state.detector.silence(now) } else { now.duration_since(state.started) };
+            // Fast when the detector says so and this controller is not too busy to tell;
+            // after a whole node lease, whatever the load.
+            let whole_lease = silence >= self.liveness.ttl();
+            if state.silent || !(whole_lease || (state.detector.silent(now) && !self.lag.lagged(now))) {
                 continue;
             }
             match self.store.get(&keys::node_session(&self.node)).await {
@@ -273,7 +335,7 @@ impl Session {
             }
             let reason = format!(
                 "no heartbeat for {:.1} s (phi {:.1}) with its connection open: its machine or its link is down",
-                state.detector.silence(now).as_secs_f64(),
+                silence.as_secs_f64(),
                 state.detector.phi(now).unwrap_or(0.0)
             );
             tracing::warn!(node = %self.node, %reason, "node judged silent: NotReady now");
@@ -289,10 +351,7 @@ impl Session {
                 continue;
             }
             match self.store.delete(&keys::node_alive(&self.node), Expect::Any).await {
-                Ok(_) => {
-                    state.silent = true;
-                    self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.node);
-                }
+                Ok(_) => state.silent = true,
                 Err(error) => {
                     tracing::warn!(node = %self.node, %error, "cannot mark the node NotReady; judged again");
                     let _ = self.store.delete(&keys::node_silent(&self.node), Expect::Any).await;
@@ -301,20 +360,23 @@ impl Session {
         }
     }
 
-    /// Renews the node's liveness lease. The lease may have been granted by another
-    /// controller (the agent registered there before a failover): it is found through
-    /// the node's alive key, and replaced when it is gone.
-    async fn heartbeat(&self) -> Result<(), Status> {
-        let lease = match self.known_lease() {
-            Some(lease) => lease,
-            None => {
-                let alive = self.store.get(&keys::node_alive(&self.node)).await.map_err(|e| status(NodeError::Store(e)))?;
-                alive.map_or(0, |kv| kv.lease)
+    /// Puts the node's alive key on this controller's liveness lease (a new lease when
+    /// that one lapsed); the revision written. A node deleted meanwhile ends the session.
+    async fn put_alive(&self) -> Result<Revision, Status> {
+        let store_error = |e| status(NodeError::Store(e));
+        if self.store.get(&keys::node(&self.node)).await.map_err(store_error)?.is_none() {
+            return Err(status(NodeError::Unknown(self.node.clone())));
+        }
+        let key = keys::node_alive(&self.node);
+        let lease = self.liveness.lease().await.map_err(store_error)?;
+        match self.store.put_with_lease(&key, Vec::new(), Expect::Any, Some(lease)).await {
+            Err(StoreError::LeaseNotFound(_)) => {
+                self.liveness.lapsed(lease).await;
+                let lease = self.liveness.lease().await.map_err(store_error)?;
+                self.store.put_with_lease(&key, Vec::new(), Expect::Any, Some(lease)).await.map_err(store_error)
             }
-        };
-        let renewed = self.registry.heartbeat(&self.node, lease).await.map_err(status)?;
-        self.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(self.node.clone(), renewed);
-        Ok(())
+            written => written.map_err(store_error),
+        }
     }
 
     /// Writes the latest report of the node, one at a time, off the receive loop (so
@@ -382,7 +444,7 @@ impl Session {
     /// Sends the node's desired set now and whenever it changes, until the agent goes:
     /// the first whole, the next ones with the endpoints and routes that changed since the
     /// previous one when the agent takes deltas (`deltas`), whole otherwise.
-    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>, deltas: bool) {
+    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>, deltas: Deltas) {
         let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
         // The last set sent, endpoints and routes aside.
         let mut last: Option<pb::DesiredSet> = None;
@@ -395,6 +457,7 @@ impl Session {
             // Recomputed only when this node's replicas or the shared part changed.
             let version = current.desired_version(&node);
             if current.synced() && seen_version != Some(version) {
+                budget.resize(current.nodes.len());
                 let at = budget.send_at(sent, version, std::time::Instant::now());
                 if at > std::time::Instant::now() {
                     // Only the shared part moved, and the budget is spent: wait, then take
@@ -409,23 +472,31 @@ impl Session {
                 }
                 seen_version = Some(version);
                 let wanted = desired_set(&current, &node, &open);
-                let changes = shared.changes(&current, &node);
+                let changes = shared.changes(&current, &node, deltas.routes);
                 if last.as_ref() != Some(&wanted) || !changes.is_empty() {
                     let generation = u64::try_from(current.revision).unwrap_or(0);
                     let mut set = stamp(wanted.clone(), generation);
-                    if deltas && last.is_some() {
+                    if deltas.sets && last.is_some() {
                         set.delta = true;
                         if let Some(endpoints) = changes.endpoints {
                             set.endpoints = endpoints.changed;
                             set.endpoints_removed = endpoints.removed;
                         }
-                        if let Some(routes) = changes.routes {
-                            set.routes = routes;
-                            set.routes_changed = true;
+                        match changes.routes {
+                            Some(RouteChanges::Whole(routes)) => {
+                                set.routes = routes;
+                                set.routes_changed = true;
+                            }
+                            Some(RouteChanges::Partial { changed, removed }) => {
+                                set.routes = changed;
+                                set.routes_removed = removed;
+                                set.routes_partial = true;
+                            }
+                            None => {}
                         }
                     } else {
                         set.endpoints = whole_endpoints(&current);
-                        set.routes = shared.routes().to_vec();
+                        set.routes = whole_routes(&current, &node);
                     }
                     let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(set)) };
                     if outgoing.send(Ok(message)).await.is_err() {
@@ -466,5 +537,15 @@ mod tests {
         assert_eq!(budget.send_at(Some((1, 4)), (1, 5), later), later, "a quiet window brings a token back");
         budget.spend(true, later);
         assert!(budget.send_at(Some((1, 5)), (1, 6), later) > later, "three quiet windows gave one token, no more");
+        budget.resize(1000);
+        assert_eq!(budget.send_at(Some((1, 5)), (1, 6), later), later + Duration::from_millis(200), "a 1,000-node cluster: one per 200 ms");
+    }
+
+    #[test]
+    fn the_window_grows_with_the_cluster_past_100_nodes() {
+        let table = [(0, 20), (3, 20), (100, 20), (250, 50), (1000, 200), (5000, 1000)];
+        for (nodes, millis) in table {
+            assert_eq!(shared_only_every(nodes), Duration::from_millis(millis), "{nodes} nodes");
+        }
     }
 }
