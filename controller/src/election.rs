@@ -90,12 +90,16 @@ impl Candidate {
         let parts = Arc::new(std::sync::Mutex::new(Some((store, config, sender, stopped))));
         let take = |parts: &std::sync::Mutex<Option<_>>| parts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let on_thread = Arc::clone(&parts);
-        let started = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
-            std::thread::Builder::new().name("orch-election".into()).spawn(move || {
-                if let Some((store, config, sender, stopped)) = take(&on_thread) {
-                    runtime.block_on(elect(store, config, sender, stopped));
+        let started = std::thread::Builder::new().name("orch-election".into()).spawn(move || {
+            // Built here: a runtime may not be dropped on the caller's (async) thread.
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => {
+                    if let Some((store, config, sender, stopped)) = take(&on_thread) {
+                        runtime.block_on(elect(store, config, sender, stopped));
+                    }
                 }
-            })
+                Err(error) => tracing::error!(%error, "cannot build the election's runtime: this controller will not lead"),
+            }
         });
         if let Err(error) = started {
             tracing::error!(%error, "cannot start the election's own thread: campaigning on the controller's runtime");
@@ -257,7 +261,8 @@ async fn try_lead(
             }
             if looked.elapsed() >= config.retry_period() * 2 {
                 looked = Instant::now();
-                if let Ok(Ok(key)) = tokio::time::timeout(config.retry_period(), store.get(&fence.key)).await {
+                let by = (looked + config.retry_period()).min(valid_until);
+                if let Ok(Ok(key)) = tokio::time::timeout_at(by, store.get(&fence.key)).await {
                     if !fence.holds(key.as_ref()) {
                         tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
                         break;

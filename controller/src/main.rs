@@ -59,7 +59,8 @@ struct Args {
     /// The service VIP range.
     #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_range)]
     service_cidr: Ipv4Cidr,
-    /// The cluster pod network (a /16): node n gets its n-th /24.
+    /// The cluster pod network, /8 to /16: node n gets its n-th /24 (a /16 holds 254
+    /// nodes, a /14 1,022, a /12 4,094).
     #[arg(long, default_value = "10.88.0.0/16", value_parser = parse_cluster_network)]
     cluster_cidr: Ipv4Cidr,
     /// A node whose heartbeats stop for this long is NotReady.

@@ -106,6 +106,9 @@ pub(crate) struct Touched {
     routes: BTreeSet<String>,
 }
 
+/// Deleted nodes whose route removal the route log keeps (see `ClusterState::stamp`).
+const ROUTE_TOMBSTONES: usize = 1024;
+
 /// A value computed at most once per picture, on first use; pictures compare equal
 /// whatever their memos hold.
 #[derive(Clone, Default)]
@@ -157,10 +160,22 @@ impl ClusterState {
             }
             self.route_log.insert((version, node));
         }
+        // The deleted nodes' entries are kept for the sessions that have not sent their
+        // removal yet, up to a bound: the oldest go, and a session older than them gets
+        // the routes whole.
+        let mut deleted = self.route_versions.len().saturating_sub(self.nodes.len());
+        while deleted > ROUTE_TOMBSTONES {
+            let Some((at, node)) = self.route_log.iter().find(|(_, node)| !self.nodes.contains_key(node)).cloned() else { break };
+            self.route_log.remove(&(at, node.clone()));
+            self.route_versions.remove(&node);
+            self.routes_since = self.routes_since.max(at);
+            deleted -= 1;
+        }
     }
 
     /// The nodes whose route changed or went after content version `since`, in version
-    /// order; `None` when this picture cannot say (it was listed afresh after `since`).
+    /// order; `None` when this picture cannot say (it was listed afresh after `since`, or
+    /// let go of a deleted node's entry newer than `since`).
     pub fn routes_changed_since(&self, since: u64) -> Option<impl Iterator<Item = &str> + '_> {
         (since >= self.routes_since).then(|| self.route_log.range((since + 1, String::new())..).map(|(_, node)| node.as_str()))
     }
@@ -510,6 +525,30 @@ mod tests {
 
     fn put(state: &mut ClusterState, key: &str, value: Vec<u8>, revision: Revision) {
         state.apply(&WatchEvent::Put(KeyValue { key: key.into(), value, create_revision: revision, mod_revision: revision, lease: 0 }));
+    }
+
+    #[test]
+    fn the_route_log_keeps_a_bounded_number_of_deleted_nodes() {
+        let mut state = ClusterState::default();
+        let node = |n: usize| keys::node(&format!("n{n}"));
+        let record = keys::encode(&pb::Node::default());
+        let count = ROUTE_TOMBSTONES + 10;
+        for n in 0..=count {
+            put(&mut state, &node(n), record.clone(), 1);
+        }
+        state.stamp(1);
+        state.routes_since = 1;
+        // Deleted one per version: the first ten deletions go from the log.
+        for n in 0..count {
+            state.apply(&WatchEvent::Delete { key: node(n), revision: 2 });
+            state.stamp(2 + n as u64);
+        }
+        assert_eq!(state.route_versions.len() - state.nodes.len(), ROUTE_TOMBSTONES, "at most {ROUTE_TOMBSTONES} deleted nodes kept");
+        assert_eq!(state.routes_since, 11, "the newest deletion let go of");
+        assert!(state.routes_changed_since(5).is_none(), "a session from before it: whole routes");
+        let since_11: Vec<&str> = state.routes_changed_since(11).expect("kept").collect();
+        assert_eq!(since_11.len(), ROUTE_TOMBSTONES, "a later session learns every removal kept");
+        assert!(since_11.iter().all(|n| !state.nodes.contains_key(*n)));
     }
 
     #[test]

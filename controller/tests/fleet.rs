@@ -99,7 +99,9 @@ async fn two_hundred_agents_register_run_two_thousand_replicas_and_survive_losin
     // joining cost each session one route, not all of them again.
     wait_until("every agent to know every other node's route", nodes, || async { agents.iter().all(|a| a.routes().len() == NODES - 1) }).await;
     let most = agents.iter().map(FakeAgent::routes_received).max().unwrap_or(0);
-    assert!(most <= 2 * (NODES as u64 - 1), "routes reach an agent as deltas: one got {most} for {} other nodes", NODES - 1);
+    // (A session that ends and starts again gets them whole once more: three times is the
+    // bound; sets with every route each time gave an agent thousands.)
+    assert!(most <= 3 * (NODES as u64 - 1), "routes reach an agent as deltas: one got {most} for {} other nodes", NODES - 1);
 
     // 2,000 replicas, every one Running, for a small constant number of store requests each.
     let before = counted.requests();

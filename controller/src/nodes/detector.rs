@@ -72,11 +72,6 @@ impl Detector {
         }
     }
 
-    /// Whether any beat came.
-    pub fn heard(&self) -> bool {
-        self.last.is_some()
-    }
-
     /// How long since the last beat.
     pub fn silence(&self, now: Instant) -> Duration {
         self.last.map_or(Duration::ZERO, |last| now.saturating_duration_since(last))

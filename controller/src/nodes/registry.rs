@@ -1,6 +1,7 @@
 //! Nodes in the store: registration (a pod subnet per node, claimed by CAS, kept across
-//! re-registrations), and liveness as a lease the node's heartbeats keep alive — the node
-//! is Ready while its lease key exists.
+//! re-registrations), and liveness — the node is Ready while its alive key exists: put
+//! on a lease of its own at registration, moved to its session's controller's liveness
+//! lease at the session's first beat (`liveness.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use orch_api::pb;
 
 use super::cidr::{next_free_index, node_subnet, subnet_count};
-use super::liveness::LivenessLease;
 use crate::keys;
 use crate::state::ClusterState;
 use crate::store::{retry_on_conflict, Expect, LeaseId, MaybeConflict, Store, StoreError, CAS_ATTEMPTS};
@@ -49,11 +49,17 @@ pub struct NodeRegistry {
     lease_ttl: Duration,
     /// The controller's picture, where the claimed pod subnets are found (none: listed).
     state: Option<watch::Receiver<Arc<ClusterState>>>,
-    /// The pod subnets this registry claimed lately, by when (see `claim_subnet`).
-    reserved: Arc<std::sync::Mutex<BTreeMap<u32, std::time::Instant>>>,
-    /// The controller's liveness lease, which alive keys are put on (none: a lease per
-    /// node, which [`NodeRegistry::heartbeat`] renews).
-    liveness: Option<Arc<LivenessLease>>,
+    /// The pod subnets this registry claimed lately (see `claim_subnet`).
+    reserved: Arc<std::sync::Mutex<BTreeMap<u32, Reservation>>>,
+}
+
+/// A pod subnet this registry is claiming, or claimed before the picture shows it.
+#[derive(Debug, Clone)]
+struct Reservation {
+    node: String,
+    at: std::time::Instant,
+    /// Its claim was written.
+    landed: bool,
 }
 
 /// How long a subnet just claimed is kept from others without the picture showing it.
@@ -61,12 +67,7 @@ const RESERVED_FOR: Duration = Duration::from_secs(10);
 
 impl NodeRegistry {
     pub fn new(store: Arc<dyn Store>, cluster_network: orch_api::cidr::Ipv4Cidr, lease_ttl: Duration) -> NodeRegistry {
-        NodeRegistry { store, cluster_network, lease_ttl, state: None, reserved: Arc::default(), liveness: None }
-    }
-
-    /// Puts alive keys on the controller's liveness lease.
-    pub fn with_liveness(self, liveness: Arc<LivenessLease>) -> NodeRegistry {
-        NodeRegistry { liveness: Some(liveness), ..self }
+        NodeRegistry { store, cluster_network, lease_ttl, state: None, reserved: Arc::default() }
     }
 
     /// Finds the claimed pod subnets in the controller's picture instead of listing them.
@@ -113,16 +114,11 @@ impl NodeRegistry {
             };
             // Alive first: a new node is never seen registered but NotReady (the
             // reconciler would record a NodeNotReady for that instant).
-            let lease = match &self.liveness {
-                Some(liveness) => liveness.lease().await?,
-                None => self.store.grant_lease(self.lease_ttl).await?,
-            };
-            if let Err(error) = self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await {
-                if let (StoreError::LeaseNotFound(_), Some(liveness)) = (&error, &self.liveness) {
-                    liveness.lapsed(lease).await;
-                }
-                return Err(error.into());
-            }
+            // On a lease of its own: a node that registers and never holds a session is
+            // NotReady a node lease later (a session moves the key to its controller's
+            // liveness lease at its first beat).
+            let lease = self.store.grant_lease(self.lease_ttl).await?;
+            self.store.put_with_lease(&keys::node_alive(&info.name), Vec::new(), Expect::Any, Some(lease)).await?;
             self.store.put(&key, keys::encode(&node), expect).await?;
             Ok::<_, NodeError>((node, lease))
         };
@@ -168,15 +164,27 @@ impl NodeRegistry {
                 let mut reserved = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let now = std::time::Instant::now();
                 // Kept until the claims show it (a listing shows every claim already).
-                reserved.retain(|index, at| picture.is_some() && !claims.contains_key(index) && now.duration_since(*at) < RESERVED_FOR);
+                reserved.retain(|index, r| picture.is_some() && !claims.contains_key(index) && now.duration_since(r.at) < RESERVED_FOR);
+                // This node's own claim, written but not in the picture yet (a retried
+                // registration); one still being written: the other registration wins.
+                match reserved.iter().find(|(_, r)| r.node == node) {
+                    Some((index, r)) if r.landed => return Ok(node_subnet(self.cluster_network, *index)),
+                    Some(_) => return Err(NodeError::Contended(format!("{}{node}", keys::NODE_SUBNETS))),
+                    None => {}
+                }
                 let used: BTreeSet<u32> = claims.keys().chain(reserved.keys()).chain(taken.iter()).copied().collect();
                 let index = next_free_index(&used, count).ok_or(NodeError::Exhausted(self.cluster_network))?;
-                reserved.insert(index, now);
+                reserved.insert(index, Reservation { node: node.to_owned(), at: now, landed: false });
                 index
             };
             match self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await {
                 // Still reserved until the picture shows it claimed.
-                Ok(_) => return Ok(node_subnet(self.cluster_network, index)),
+                Ok(_) => {
+                    if let Some(r) = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(&index) {
+                        r.landed = true;
+                    }
+                    return Ok(node_subnet(self.cluster_network, index));
+                }
                 Err(error) => {
                     self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&index);
                     if !error.is_conflict() {

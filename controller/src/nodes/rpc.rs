@@ -55,7 +55,7 @@ impl NodesRpc {
     ) -> NodesRpc {
         let liveness = LivenessLease::spawn(Arc::clone(&store), registry.lease_ttl());
         NodesRpc {
-            registry: registry.with_liveness(Arc::clone(&liveness)),
+            registry,
             store,
             service_range,
             state,

@@ -111,8 +111,9 @@ struct Liveness {
     detector: Detector,
     /// The revision of this session's last put of the node's alive key (none yet).
     alive_written: Option<Revision>,
-    /// When the session began (the silence of a node that never beat counts from it).
-    started: std::time::Instant,
+    /// The last beat (at first, when the session began): a silence of a whole node lease
+    /// is counted from it, whatever the judge forgave of its own pauses.
+    last_beat: std::time::Instant,
     /// This session judged the node silent (the verdict is in the store).
     silent: bool,
     /// A verdict may be in the store that this session has not deleted yet (always so
@@ -163,7 +164,7 @@ impl Session {
         let liveness = Arc::new(tokio::sync::Mutex::new(Liveness {
             detector: Detector::new(DetectorConfig::default()),
             alive_written: None,
-            started: std::time::Instant::now(),
+            last_beat: std::time::Instant::now(),
             silent: false,
             verdict_maybe_left: true,
         }));
@@ -239,25 +240,37 @@ impl Session {
 
     /// A node lease after its session ended, the node is NotReady — its alive key goes —
     /// unless a newer session (here or at another controller) holds it by then.
+    /// Tried again (every second, then up to every 5 s) until done: the alive key is on
+    /// a lease this controller keeps renewing, so giving up would leave the node Ready.
     async fn goodbye(self, nonce: String) {
         tokio::time::sleep(self.liveness.ttl()).await;
         let session_key = keys::node_session(&self.node);
-        let holder = match self.store.get(&session_key).await {
-            Ok(Some(kv)) if kv.value == nonce.as_bytes() => kv,
-            Ok(_) => return,
-            Err(error) => {
-                tracing::warn!(node = %self.node, %error, "cannot tell whether a newer session holds the node: its alive key is left");
-                return;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let holder = match self.store.get(&session_key).await {
+                Ok(Some(kv)) if kv.value == nonce.as_bytes() => Some(kv),
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(node = %self.node, %error, "cannot tell whether a newer session holds the node; trying again");
+                    None
+                }
+            };
+            if let Some(holder) = holder {
+                let ops = vec![
+                    TxnOp::Delete { key: session_key.clone(), expect: Expect::Revision(holder.mod_revision) },
+                    TxnOp::Delete { key: keys::node_alive(&self.node), expect: Expect::Any },
+                ];
+                match self.store.txn(ops).await {
+                    Ok(_) => {
+                        tracing::info!(node = %self.node, "its session ended a node lease ago and none took its place: NotReady");
+                        return;
+                    }
+                    Err(StoreError::Conflict { .. }) => return,
+                    Err(error) => tracing::warn!(node = %self.node, %error, "taking the alive key of a node whose session ended; trying again"),
+                }
             }
-        };
-        let ops = vec![
-            TxnOp::Delete { key: session_key, expect: Expect::Revision(holder.mod_revision) },
-            TxnOp::Delete { key: keys::node_alive(&self.node), expect: Expect::Any },
-        ];
-        match self.store.txn(ops).await {
-            Ok(_) => tracing::info!(node = %self.node, "its session ended a node lease ago and none took its place: NotReady"),
-            Err(StoreError::Conflict { .. }) => {}
-            Err(error) => tracing::warn!(node = %self.node, %error, "taking the alive key of a node whose session ended"),
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -274,6 +287,7 @@ impl Session {
             liveness.detector = Detector::new(DetectorConfig::default());
         }
         liveness.detector.beat(now);
+        liveness.last_beat = now;
         let gone = liveness.alive_written.is_none_or(|written| {
             let current = self.state.borrow();
             // Only a picture that includes this session's own put can say it went.
@@ -315,9 +329,10 @@ impl Session {
                 state.detector.judge_resumed(now);
             }
             last = now;
-            let silence = if state.detector.heard() { state.detector.silence(now) } else { now.duration_since(state.started) };
+            let silence = now.duration_since(state.last_beat);
             // Fast when the detector says so and this controller is not too busy to tell;
-            // after a whole node lease, whatever the load.
+            // after a whole node lease, whatever the load (as the node's own lease expired
+            // when each node had one).
             let whole_lease = silence >= self.liveness.ttl();
             if state.silent || !(whole_lease || (state.detector.silent(now) && !self.lag.lagged(now))) {
                 continue;
