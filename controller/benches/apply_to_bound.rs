@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use orch_controller::keys;
-use orch_controller::scheduler::{schedule, ClusterView, NodeView, PendingReplica, Resources};
 use orch_controller::server::{Controller, ControllerConfig};
 use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store, WatchEvent};
 use orch_controller::testing::{CountingStore, FakeAgent, FakeAgentConfig};
@@ -192,32 +191,6 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
     }
 }
 
-/// The peer: the pure scheduler alone on the same replicas and nodes.
-fn pure_scheduler(replicas: usize, nodes: usize) -> Duration {
-    let view = ClusterView {
-        nodes: (0..nodes)
-            .map(|i| NodeView {
-                name: format!("node-{i:03}"),
-                ready: true,
-                allocatable: Resources { cpu_millis: 64_000, memory_bytes: 256 << 30 },
-                ..NodeView::default()
-            })
-            .collect(),
-    };
-    let pending: Vec<PendingReplica> = (0..replicas)
-        .map(|r| PendingReplica {
-            id: format!("svc-{}-{r}", r % SERVICES),
-            service: format!("svc-{}", r % SERVICES),
-            requests: Resources { cpu_millis: 100, memory_bytes: 64 << 20 },
-            ..PendingReplica::default()
-        })
-        .collect();
-    let start = Instant::now();
-    let plan = schedule(&view, &pending);
-    assert_eq!(plan.bindings.len(), replicas);
-    start.elapsed()
-}
-
 /// The median run of `runs` (by the time to all Running), and the range of that time.
 fn median(mut runs: Vec<Run>) -> (Run, Duration, Duration) {
     runs.sort_by_key(|run| run.running);
@@ -260,7 +233,7 @@ async fn main() -> std::process::ExitCode {
     let nodes = env_number("ORCH_BENCH_NODES", 100).max(1);
     // One run is noisy on a small machine (±50 %): the median of several is printed.
     let runs = env_number("ORCH_BENCH_RUNS", 5).max(1);
-    let pure = pure_scheduler(replicas, nodes);
+    let pure = orch_controller::testing::time_pure_scheduler(replicas, nodes, SERVICES);
     println!(
         "pure scheduler: {replicas} replicas over {nodes} nodes in {:.1} ms = {:.0} bindings/s",
         pure.as_secs_f64() * 1000.0,

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
-use orch_controller::scheduler::{schedule, ClusterView, NodeView, PendingReplica, Resources};
 use orch_controller::testing::{FakeAgent, FakeAgentConfig};
 use tonic::transport::Channel;
 
@@ -349,32 +348,6 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
     Ok(Run { register, apply, heal, moved, lost_replicas, peak_rss_mib, leadership_lost, warnings: warnings(&log) })
 }
 
-/// The peer: the pure scheduler alone on the same replicas and nodes.
-fn pure_scheduler(replicas: usize, nodes: usize) -> Duration {
-    let view = ClusterView {
-        nodes: (0..nodes)
-            .map(|i| NodeView {
-                name: format!("node-{i:04}"),
-                ready: true,
-                allocatable: Resources { cpu_millis: 64_000, memory_bytes: 256 << 30 },
-                ..NodeView::default()
-            })
-            .collect(),
-    };
-    let pending: Vec<PendingReplica> = (0..replicas)
-        .map(|r| PendingReplica {
-            id: format!("svc-{}-{r}", r % SERVICES),
-            service: format!("svc-{}", r % SERVICES),
-            requests: Resources { cpu_millis: 100, memory_bytes: 64 << 20 },
-            ..PendingReplica::default()
-        })
-        .collect();
-    let start = Instant::now();
-    let plan = schedule(&view, &pending);
-    assert_eq!(plan.bindings.len(), replicas);
-    start.elapsed()
-}
-
 fn report(name: &str, run: &Run, nodes: usize, replicas: usize, lost: usize, pure: Duration) {
     let per_replica = |phase: &Phase| phase.store_requests as f64 / replicas as f64;
     println!(
@@ -415,7 +388,7 @@ async fn main() -> std::process::ExitCode {
     let replicas = env_number("ORCH_BENCH_REPLICAS", 10_000).max(SERVICES) / SERVICES * SERVICES;
     let lost = env_number("ORCH_BENCH_LOST", nodes / 10).clamp(1, nodes - 1);
     let stores = std::env::var("ORCH_BENCH_STORES").unwrap_or_else(|_| "etcd,embedded".into());
-    let pure = pure_scheduler(replicas, nodes);
+    let pure = orch_controller::testing::time_pure_scheduler(replicas, nodes, SERVICES);
     println!(
         "pure scheduler: {replicas} replicas over {nodes} nodes in {:.1} ms = {:.0} bindings/s; agents heartbeat every {} ms",
         pure.as_secs_f64() * 1000.0,

@@ -230,8 +230,8 @@ async fn try_lead(
         // Renewals are due a retry period after the previous one was *sent* (a slow one
         // is followed at once, not a period later), and only the lease's renewal counts
         // against the deadline; whether the key is still this leadership's is looked at
-        // every other period besides, bounded on its own (the fence refuses the writes
-        // of a leadership whose key went, whatever this look says).
+        // every other period besides, in what is left of the period (the fence refuses
+        // the writes of a leadership whose key went, whatever this look says).
         let mut next = sent + config.retry_period();
         let mut looked = Instant::now();
         loop {
@@ -259,10 +259,11 @@ async fn try_lead(
                     break;
                 }
             }
-            if looked.elapsed() >= config.retry_period() * 2 {
+            // In what is left of the period only: a slow look must not hold up the next
+            // renewal (one did, and a leader with a store that answered lost its lease).
+            if looked.elapsed() >= config.retry_period() * 2 && Instant::now() < next {
                 looked = Instant::now();
-                let by = (looked + config.retry_period()).min(valid_until);
-                if let Ok(Ok(key)) = tokio::time::timeout_at(by, store.get(&fence.key)).await {
+                if let Ok(Ok(key)) = tokio::time::timeout_at(next, store.get(&fence.key)).await {
                     if !fence.holds(key.as_ref()) {
                         tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
                         break;

@@ -21,11 +21,14 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 /// elsewhere (see `confirm_revision`).
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
-/// A record and the revision a compare-and-swap on it must name.
+/// A record and the revision a compare-and-swap on it must name. The value is shared:
+/// each published picture is a copy of the maps, not of every record (a deep copy of
+/// 10,000 replicas every 20 ms, and the older pictures slow consumers still held, were
+/// ~140 MB of a 1,000-node controller's heap).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
     pub key: String,
-    pub value: T,
+    pub value: Arc<T>,
     pub mod_revision: Revision,
 }
 
@@ -249,7 +252,7 @@ impl ClusterState {
     fn put(&mut self, kv: &KeyValue) -> bool {
         fn decoded<T: prost::Message + Default>(kv: &KeyValue) -> Option<Versioned<T>> {
             match keys::decode::<T>(&kv.key, &kv.value) {
-                Ok(value) => Some(Versioned { key: kv.key.clone(), value, mod_revision: kv.mod_revision }),
+                Ok(value) => Some(Versioned { key: kv.key.clone(), value: Arc::new(value), mod_revision: kv.mod_revision }),
                 Err(error) => {
                     tracing::warn!(%error, "ignoring a corrupt record");
                     None

@@ -55,7 +55,7 @@ pub fn controller_addresses(state: &ClusterState) -> Vec<String> {
 
 /// Every service's endpoints, for a whole set.
 pub fn whole_endpoints(state: &ClusterState) -> Vec<pb::ServiceEndpoints> {
-    state.endpoints.values().map(|e| e.value.clone()).collect()
+    state.endpoints.values().map(|e| pb::ServiceEndpoints::clone(&e.value)).collect()
 }
 
 /// The endpoints changed since a session's previous set.
@@ -149,7 +149,7 @@ impl SentShared {
             .endpoints
             .iter()
             .filter(|(service, e)| sent.get(*service) != Some(&e.mod_revision))
-            .map(|(service, e)| (service, e.mod_revision, &e.value))
+            .map(|(service, e)| (service, e.mod_revision, &*e.value))
             .collect();
         // Some sent service is gone only if more were sent and changed than there are.
         let removed: Vec<String> = if sent.len() + changed.len() > state.endpoints.len() {
@@ -197,7 +197,7 @@ pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> 
     let replicas = state
         .replicas_on(node)
         .map(|r| {
-            let mut replica = r.value.clone();
+            let mut replica = pb::Replica::clone(&r.value);
             let spec = replica.spec.take();
             replica.status = None;
             pb::DesiredReplica { replica: Some(replica), spec }
@@ -246,7 +246,7 @@ mod tests {
 
     fn write(state: &mut ClusterState, service: &str, ready: &[&str], revision: Revision) {
         let value = pb::ServiceEndpoints { service: service.into(), ready_ips: ready.iter().map(|s| (*s).to_owned()).collect(), ..Default::default() };
-        state.endpoints.insert(service.into(), Versioned { key: keys::endpoints(service), value, mod_revision: revision });
+        state.endpoints.insert(service.into(), Versioned { key: keys::endpoints(service), value: std::sync::Arc::new(value), mod_revision: revision });
     }
 
     fn delta(changed: &[(&str, &[&str])], removed: &[&str]) -> Option<EndpointsDelta> {
@@ -291,7 +291,7 @@ mod tests {
                     pod_subnet: Some(subnet.into()),
                     ..Default::default()
                 };
-                state.nodes.insert((*name).into(), Versioned { key: keys::node(name), value: node, mod_revision: 1 });
+                state.nodes.insert((*name).into(), Versioned { key: keys::node(name), value: std::sync::Arc::new(node), mod_revision: 1 });
             }
             state
         };

@@ -29,7 +29,7 @@ pub fn status_writes(state: &ClusterState, node: &str, report: &pb::StatusReport
         }
         reported.insert(replica.id.clone());
         let stored = pb::ReplicaReport { node: node.to_owned(), ..replica.clone() };
-        let current = state.statuses.get(&(node.to_owned(), replica.id.clone())).map(|s| &s.value);
+        let current = state.statuses.get(&(node.to_owned(), replica.id.clone())).map(|s| &*s.value);
         if current != Some(&stored) {
             writes.push(StatusWrite::Put { key: keys::status(node, &replica.id), replica: stored });
         }
@@ -65,13 +65,17 @@ mod tests {
         let mut state = ClusterState { revision: 10, ..ClusterState::default() };
         for (id, node) in [("web-a", "n1"), ("web-b", "n1"), ("web-c", "n2")] {
             let key = keys::replica("web", id);
-            state.replicas.insert(key.clone(), Versioned { key, value: replica(id, node), mod_revision: 2 });
+            state.replicas.insert(key.clone(), Versioned { key, value: std::sync::Arc::new(replica(id, node)), mod_revision: 2 });
         }
         let unchanged = running("web-a", "n1", true);
-        state.statuses.insert(("n1".into(), "web-a".into()), Versioned { key: keys::status("n1", "web-a"), value: unchanged.clone(), mod_revision: 3 });
-        state
-            .statuses
-            .insert(("n1".into(), "web-x".into()), Versioned { key: keys::status("n1", "web-x"), value: running("web-x", "n1", true), mod_revision: 4 });
+        state.statuses.insert(
+            ("n1".into(), "web-a".into()),
+            Versioned { key: keys::status("n1", "web-a"), value: std::sync::Arc::new(unchanged.clone()), mod_revision: 3 },
+        );
+        state.statuses.insert(
+            ("n1".into(), "web-x".into()),
+            Versioned { key: keys::status("n1", "web-x"), value: std::sync::Arc::new(running("web-x", "n1", true)), mod_revision: 4 },
+        );
         let report = pb::StatusReport {
             observed_generation: 7,
             replicas: vec![unchanged, running("web-b", "n1", false), running("web-c", "n1", true)],

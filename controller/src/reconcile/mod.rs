@@ -238,7 +238,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     };
     let pending: Vec<PendingReplica> = unbound
         .iter()
-        .map(|r| &r.value)
+        .map(|r| &*r.value)
         .chain(new_replicas.iter())
         .map(|r| PendingReplica {
             id: r.id.clone(),
@@ -280,7 +280,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         });
     };
     for existing in &unbound {
-        let r = &existing.value;
+        let r: &pb::Replica = &existing.value;
         let mut replica = r.clone();
         if let Some(node) = bindings.get(r.id.as_str()) {
             replica.node = (*node).to_owned();
@@ -346,7 +346,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             ready_ips,
         };
         let existing = state.endpoints.get(name);
-        if existing.map(|e| &e.value) != Some(&wanted) {
+        if existing.map(|e| &*e.value) != Some(&wanted) {
             let expect = existing.map_or(Expect::Absent, |e| Expect::Revision(e.mod_revision));
             plan.actions.push(Action::PutEndpoints { key: keys::endpoints(name), expect, endpoints: wanted });
         }
@@ -360,7 +360,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     // 5. History.
     for (name, service) in &state.services {
         let revisions: Vec<&Versioned<pb::ServiceRevision>> = state.revisions_of(name).collect();
-        let values: Vec<&pb::ServiceRevision> = revisions.iter().map(|r| &r.value).collect();
+        let values: Vec<&pb::ServiceRevision> = revisions.iter().map(|r| &*r.value).collect();
         let change = history::plan(&service.value, &values);
         for number in change.delete {
             if let Some(old) = revisions.iter().find(|r| r.value.revision == number) {

@@ -372,7 +372,7 @@ mod tests {
     use crate::state::Versioned;
 
     fn node(state: &mut ClusterState, name: &str, alive: bool) {
-        state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: pb::Node::default(), mod_revision: 1 });
+        state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: std::sync::Arc::new(pb::Node::default()), mod_revision: 1 });
         if alive {
             state.alive.insert(name.into());
         }

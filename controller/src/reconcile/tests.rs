@@ -63,25 +63,28 @@ impl World {
 
     fn put_node(&mut self, name: &str, cpu_millis: u64) {
         let revision = self.bump();
-        self.state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: node(name, cpu_millis), mod_revision: revision });
+        self.state.nodes.insert(name.into(), Versioned { key: keys::node(name), value: std::sync::Arc::new(node(name, cpu_millis)), mod_revision: revision });
         self.state.alive.insert(name.into());
     }
 
     fn put_service(&mut self, service: pb::Service) {
         let revision = self.bump();
-        self.state.services.insert(service.name.clone(), Versioned { key: keys::service(&service.name), value: service, mod_revision: revision });
+        self.state
+            .services
+            .insert(service.name.clone(), Versioned { key: keys::service(&service.name), value: std::sync::Arc::new(service), mod_revision: revision });
     }
 
     /// The node reports the replica running and ready (or not).
     fn report(&mut self, id: &str, ready: bool) {
-        let replica = self.state.replicas.values().find(|r| r.value.id == id).expect("replica exists").value.clone();
+        let replica = self.state.replicas.values().find(|r| r.value.id == id).expect("replica exists").value.as_ref().clone();
         let revision = self.bump();
         let ip = format!("10.88.1.{}", 10 + self.state.statuses.len());
         let status = pb::ReplicaStatus { phase: pb::ReplicaPhase::Running.into(), ready, ip, ..Default::default() };
         let reported = pb::ReplicaReport { status: Some(status), ..pb::ReplicaReport::from(&replica) };
-        self.state
-            .statuses
-            .insert((replica.node.clone(), id.to_owned()), Versioned { key: keys::status(&replica.node, id), value: reported, mod_revision: revision });
+        self.state.statuses.insert(
+            (replica.node.clone(), id.to_owned()),
+            Versioned { key: keys::status(&replica.node, id), value: std::sync::Arc::new(reported), mod_revision: revision },
+        );
     }
 
     fn plan(&mut self, lost: &[&str]) -> Plan {
@@ -101,20 +104,25 @@ impl World {
             match action {
                 Action::CreateReplica { key, replica } => {
                     assert!(!self.state.replicas.contains_key(key), "{key} created twice");
-                    self.state.replicas.insert(key.clone(), Versioned { key: key.clone(), value: replica.clone(), mod_revision: revision });
+                    self.state
+                        .replicas
+                        .insert(key.clone(), Versioned { key: key.clone(), value: std::sync::Arc::new(replica.clone()), mod_revision: revision });
                 }
                 Action::UpdateReplica { key, revision: expected, replica } => {
                     let existing = self.state.replicas.get_mut(key).expect("updated replica exists");
                     assert_eq!(existing.mod_revision, *expected, "CAS on {key}");
-                    *existing = Versioned { key: key.clone(), value: replica.clone(), mod_revision: revision };
+                    *existing = Versioned { key: key.clone(), value: std::sync::Arc::new(replica.clone()), mod_revision: revision };
                 }
                 Action::PutEndpoints { key, endpoints, .. } => {
-                    self.state.endpoints.insert(endpoints.service.clone(), Versioned { key: key.clone(), value: endpoints.clone(), mod_revision: revision });
+                    self.state.endpoints.insert(
+                        endpoints.service.clone(),
+                        Versioned { key: key.clone(), value: std::sync::Arc::new(endpoints.clone()), mod_revision: revision },
+                    );
                 }
                 Action::UpdateService { key, revision: expected, service } => {
                     let existing = self.state.services.get_mut(&service.name).expect("updated service exists");
                     assert_eq!(existing.mod_revision, *expected, "CAS on {key}");
-                    *existing = Versioned { key: key.clone(), value: service.clone(), mod_revision: revision };
+                    *existing = Versioned { key: key.clone(), value: std::sync::Arc::new(service.clone()), mod_revision: revision };
                 }
                 Action::PutClaim { key, expect, claim } => {
                     let slot = (claim.service.clone(), claim.slot);
@@ -124,11 +132,13 @@ impl World {
                         Expect::Revision(r) => assert_eq!(existing, Some(*r), "CAS on {key}"),
                         Expect::Any => {}
                     }
-                    self.state.claims.insert(slot, Versioned { key: key.clone(), value: claim.clone(), mod_revision: revision });
+                    self.state.claims.insert(slot, Versioned { key: key.clone(), value: std::sync::Arc::new(claim.clone()), mod_revision: revision });
                 }
                 Action::CreateRevision { key, revision: record } => {
                     assert!(!self.state.revisions.contains_key(key), "{key} created twice");
-                    self.state.revisions.insert(key.clone(), Versioned { key: key.clone(), value: record.clone(), mod_revision: revision });
+                    self.state
+                        .revisions
+                        .insert(key.clone(), Versioned { key: key.clone(), value: std::sync::Arc::new(record.clone()), mod_revision: revision });
                 }
                 Action::Delete { key, .. } => {
                     self.state.replicas.remove(key);
@@ -174,7 +184,7 @@ impl World {
         for _ in 0..30 {
             let plan = self.plan(&[]);
             self.apply(&plan);
-            let all: Vec<&pb::Replica> = self.state.replicas.values().map(|r| &r.value).collect();
+            let all: Vec<&pb::Replica> = self.state.replicas.values().map(|r| &*r.value).collect();
             assert!(all.len() <= 4, "{what}: {} replicas, more than maxSurge allows", all.len());
             let ready = all.iter().filter(|r| self.state.is_ready(r)).count();
             assert!(ready >= 3, "{what}: {ready} ready, fewer than maxUnavailable allows");
@@ -258,7 +268,7 @@ fn an_unschedulable_replica_stays_pending_with_its_reason_written_once() {
     world.put_node("small", 50);
     world.put_service(service("web", 1, "h1"));
     world.converge(&[]);
-    let replica = world.state.replicas.values().next().expect("a replica").value.clone();
+    let replica = world.state.replicas.values().next().expect("a replica").value.as_ref().clone();
     assert_eq!(replica.node, "");
     assert_eq!(replica.status.map(|s| s.reason), Some("0/1 nodes: 1 insufficient cpu".to_owned()));
     assert!(world.plan(&[]).events.is_empty(), "the same reason is not reported again");
@@ -320,7 +330,7 @@ fn a_paused_service_rolls_nothing_and_scales_with_the_template_its_replicas_run(
     world.converge(&[]);
     world.put_service(pb::Service { paused: true, ..service("web", 4, "h2") });
     world.converge(&[]);
-    let replicas: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &r.value).collect();
+    let replicas: Vec<&pb::Replica> = world.state.replicas.values().map(|r| &*r.value).collect();
     assert_eq!(replicas.len(), 4, "scaling goes on while paused");
     assert!(replicas.iter().all(|r| r.spec_hash == "h1" && r.spec.as_ref().is_some_and(|s| s.image.ends_with("/h1"))), "paused: nothing rolled {replicas:#?}");
     assert_eq!(world.history("web").last().map(|r| r.1.clone()), Some("h2".into()), "the new template is recorded all the same");
@@ -361,7 +371,7 @@ impl World {
     fn set_scheduling(&mut self, node: &str, unschedulable: bool, draining: bool) {
         let revision = self.bump();
         let value = pb::NodeScheduling { unschedulable, draining, since_unix_ms: 0 };
-        self.state.scheduling.insert(node.into(), Versioned { key: keys::node_scheduling(node), value, mod_revision: revision });
+        self.state.scheduling.insert(node.into(), Versioned { key: keys::node_scheduling(node), value: std::sync::Arc::new(value), mod_revision: revision });
     }
 }
 
@@ -520,7 +530,7 @@ fn a_slot_whose_node_is_not_ready_yet_waits_for_it() {
     world.state.alive.remove(&node);
     world.put_service(with_local_volume(service("db", 1, "h1")));
     world.converge(&[]);
-    let replica = world.state.replicas.values().next().expect("a replica").value.clone();
+    let replica = world.state.replicas.values().next().expect("a replica").value.as_ref().clone();
     assert_eq!(replica.node, "", "not bound away from its data while the node is only NotReady");
     assert_eq!(replica.status.map(|s| s.reason), Some("0/2 nodes: 1 without its slot's local volumes, 1 not ready".to_owned()));
 }
@@ -533,7 +543,7 @@ fn a_claim_left_on_a_lost_node_follows_its_bound_replica() {
     let node = world.placement()[0].1.clone();
     // As if the claim's write had failed after a move: it still names a node that is gone.
     let claim = world.state.claims.values_mut().next().expect("a claim");
-    claim.value.node = "gone".into();
+    std::sync::Arc::make_mut(&mut claim.value).node = "gone".into();
     world.converge(&[]);
     assert_eq!(slots(&world).1, BTreeSet::from([(0, node)]), "the claim follows the replica");
     assert!(world.plan(&[]).actions.is_empty());
@@ -544,7 +554,7 @@ fn put_config(world: &mut World, name: &str) -> u64 {
     let stored = pb::StoredConfig { name: name.into(), kind: pb::ConfigKind::Config.into(), generation: 1, ..Default::default() };
     world.state.configs.insert(
         (pb::ConfigKind::Config.into(), name.into()),
-        Versioned { key: keys::config(pb::ConfigKind::Config, name), value: stored, mod_revision: revision },
+        Versioned { key: keys::config(pb::ConfigKind::Config, name), value: std::sync::Arc::new(stored), mod_revision: revision },
     );
     u64::try_from(revision).expect("positive")
 }
@@ -603,7 +613,7 @@ fn a_second_replica_of_a_slot_that_owns_data_is_replaced_by_one_of_a_free_slot()
     // A record of slot 2 turns out to say slot 1 (a crash, an older build).
     let key = world.state.replicas.iter().find(|(_, r)| r.value.slot == Some(2)).map(|(k, _)| k.clone()).expect("slot 2");
     if let Some(record) = world.state.replicas.get_mut(&key) {
-        record.value.slot = Some(1);
+        std::sync::Arc::make_mut(&mut record.value).slot = Some(1);
     }
     let plan = world.plan(&[]);
     assert!(plan.events.iter().any(|e| e.message.starts_with("a second replica of slot 1")), "{:?}", plan.events);
