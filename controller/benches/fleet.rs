@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ fn free_port() -> Result<u16, String> {
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-/// A child process killed (and reaped) when dropped.
+/// A child process, in a process group of its own, killed with its group (a wrapper's
+/// child too) and reaped when dropped.
 struct Process {
     child: Child,
     name: &'static str,
@@ -50,6 +52,8 @@ struct Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -113,6 +117,7 @@ fn start_etcd(dir: &Path) -> Result<(Process, String), String> {
         .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{peer}"), "--quota-backend-bytes", "4294967296"])
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("starting etcd (Debian's etcd-server; deploy/bench/controller.sh installs it): {e}"))?;
     Ok((Process { child, name: "etcd" }, endpoint))
@@ -147,6 +152,7 @@ fn start_controller(store: &str, nodes: usize, dir: &Path) -> Result<ControllerP
         None => Command::new(env!("CARGO_BIN_EXE_orch-controller")),
     };
     let child = command
+        .process_group(0)
         .args(["--insecure-listen", &api.to_string(), "--metrics-listen", &metrics.to_string(), "--store", store])
         .args(["--cluster-cidr", &format!("10.64.0.0/{prefix}"), "--identity", "bench"])
         .env("RUST_LOG", "warn")
