@@ -18,47 +18,13 @@ use orch_api::pb::api_client::ApiClient;
 use orch_controller::keys;
 use orch_controller::server::{Controller, ControllerConfig};
 use orch_controller::store::{EmbeddedStore, EtcdStore, PrefixedStore, Store, WatchEvent};
-use orch_controller::testing::{CountingStore, FakeAgent, FakeAgentConfig};
+use orch_controller::testing::{env_number, process_usage, services_manifest, CountingStore, FakeAgent, FakeAgentConfig};
 use tonic::transport::Channel;
 
 const SERVICES: usize = 10;
 /// How long one run may take: 60 s, or 10 ms per replica when that is longer.
 fn limit(replicas: usize) -> Duration {
     Duration::from_secs(60).max(Duration::from_millis(10 * replicas as u64))
-}
-
-/// This process's CPU time (user + system) from /proc/self/stat, at 100 ticks a second
-/// (Linux's USER_HZ).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // After the command: state is field 0, utime 11, stime 12.
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-/// This process's peak resident set (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn manifest(replicas: usize) -> String {
-    let per_service = replicas / SERVICES;
-    (0..SERVICES)
-        .map(|s| {
-            format!(
-                "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: svc-{s}}}\nspec:\n  replicas: {per_service}\n  image: busybox\n  \
-                 resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}\n"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
 }
 
 struct Run {
@@ -131,8 +97,8 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
     // Counted from a watch of the store, as `orch get -w` would see it: polling the API
     // for 2,000 replicas every few milliseconds would load the store more than the run.
     let mut changes = store.watch(keys::ROOT, 0).await.map_err(|e| e.to_string())?;
-    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: manifest(replicas) }] };
-    let (requests_before, cpu_before) = (counted.requests(), cpu_seconds());
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "bench.yaml".into(), content: services_manifest("svc", SERVICES, replicas) }] };
+    let (requests_before, cpu_before) = (counted.requests(), process_usage("self").0);
     lost.store(0, Ordering::Relaxed);
     let start = Instant::now();
     api.apply(request).await.map_err(|e| e.to_string())?;
@@ -168,7 +134,7 @@ async fn run(store: Arc<dyn Store>, replicas: usize, nodes: usize) -> Result<Run
         }
         if running.len() == replicas {
             let running_at = start.elapsed();
-            let (store_requests, cpu) = (counted.requests() - requests_before, cpu_seconds() - cpu_before);
+            let (store_requests, cpu) = (counted.requests() - requests_before, process_usage("self").0 - cpu_before);
             // The API agrees (its picture of the store may be a moment behind this watch).
             let agreed_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
@@ -219,7 +185,7 @@ fn report(name: &str, runs: Vec<Run>, replicas: usize, pure: Duration) {
         run.store_requests as f64 / replicas as f64,
         run.cpu,
         run.leadership_lost,
-        peak_rss_mib(),
+        process_usage("self").1,
     );
 }
 

@@ -27,15 +27,11 @@ use std::time::{Duration, Instant};
 
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
-use orch_controller::testing::{FakeAgent, FakeAgentConfig};
+use orch_controller::testing::{env_number, process_usage, services_manifest, FakeAgent, FakeAgentConfig};
 use tonic::transport::Channel;
 
 const SERVICES: usize = 10;
 const HEARTBEAT: Duration = Duration::from_millis(250);
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// A loopback port nobody listens on now.
 fn free_port() -> Result<u16, String> {
@@ -71,17 +67,6 @@ impl Process {
             Err(e) => Err(format!("{}: {e}", self.name)),
         }
     }
-}
-
-/// The process's CPU seconds (user + system, at Linux's 100 ticks a second) and peak RSS
-/// in MiB, from /proc.
-fn usage(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0);
-    ((ticks(11) + ticks(12)) as f64 / 100.0, kib / 1024.0)
 }
 
 /// `GET path` on a loopback HTTP server, the body.
@@ -164,19 +149,6 @@ fn start_controller(store: &str, nodes: usize, dir: &Path) -> Result<ControllerP
     Ok(ControllerProcess { process: Process { child, name: "orch-controller" }, api, metrics, log })
 }
 
-fn manifest(replicas: usize) -> String {
-    let per_service = replicas / SERVICES;
-    (0..SERVICES)
-        .map(|s| {
-            format!(
-                "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: svc-{s}}}\nspec:\n  replicas: {per_service}\n  image: busybox\n  \
-                 resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}\n"
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
 /// Replica id → (node, Running), as the API lists them.
 async fn placements(api: &mut ApiClient<Channel>) -> Result<BTreeMap<String, (String, bool)>, String> {
     let listed = api.list_replicas(pb::ListReplicasRequest { service: String::new() }).await.map_err(|e| e.to_string())?.into_inner().replicas;
@@ -207,12 +179,18 @@ struct Measure {
 impl Measure {
     fn start(controller: &ControllerProcess) -> Result<Measure, String> {
         let pid = controller.process.pid();
-        Ok(Measure { pid, metrics: controller.metrics, start: Instant::now(), cpu: usage(pid).0, requests: store_requests(controller.metrics)? })
+        Ok(Measure {
+            pid,
+            metrics: controller.metrics,
+            start: Instant::now(),
+            cpu: process_usage(&pid.to_string()).0,
+            requests: store_requests(controller.metrics)?,
+        })
     }
 
     fn end(self) -> Result<Phase, String> {
         let took = self.start.elapsed();
-        Ok(Phase { took, cpu: usage(self.pid).0 - self.cpu, store_requests: store_requests(self.metrics)? - self.requests })
+        Ok(Phase { took, cpu: process_usage(&self.pid.to_string()).0 - self.cpu, store_requests: store_requests(self.metrics)? - self.requests })
     }
 }
 
@@ -293,7 +271,7 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
     let register = measure.end()?;
 
     let measure = Measure::start(&controller)?;
-    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "fleet.yaml".into(), content: manifest(replicas) }] };
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "fleet.yaml".into(), content: services_manifest("svc", SERVICES, replicas) }] };
     api.apply(request).await.map_err(|e| e.to_string())?;
     let all_running = |wanted: usize| {
         let agents = &agents;
@@ -346,7 +324,7 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
         return Err(format!("a replica on a surviving node moved or restarted ({moved} moved, {lost_replicas} were on the lost nodes)"));
     }
 
-    let (_, peak_rss_mib) = usage(controller.process.pid());
+    let (_, peak_rss_mib) = process_usage(&controller.process.pid().to_string());
     let log = std::fs::read_to_string(&controller.log).unwrap_or_default();
     let leadership_lost = log.matches("lost leadership").count();
     drop(agents);

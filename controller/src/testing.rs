@@ -348,3 +348,36 @@ pub fn time_pure_scheduler(replicas: usize, nodes: usize, services: usize) -> Du
     assert_eq!(plan.bindings.len(), replicas, "the pure scheduler placed every replica");
     took
 }
+
+/// The benchmarks' and fleet test's manifest: `services` services named `PREFIX-<n>`,
+/// `replicas` replicas in all, each requesting 100m CPU and 64 MiB (as
+/// [`time_pure_scheduler`] places them).
+pub fn services_manifest(prefix: &str, services: usize, replicas: usize) -> String {
+    let per_service = replicas / services.max(1);
+    (0..services)
+        .map(|s| {
+            format!(
+                "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: {prefix}-{s}}}\nspec:\n  replicas: {per_service}\n  image: busybox\n  \
+                 resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// A benchmark's numeric setting from the environment, or `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A process's CPU seconds (user + system, at Linux's 100 ticks a second) and peak
+/// resident set (VmHWM) in MiB, from `/proc/<process>/` (`"self"` or a PID).
+pub fn process_usage(process: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    // After the command: state is field 0, utime 11, stime 12.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0);
+    ((ticks(11) + ticks(12)) as f64 / 100.0, kib / 1024.0)
+}

@@ -17,24 +17,11 @@ use common::wait_until;
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
 use orch_controller::server::{Controller, ControllerConfig};
-use orch_controller::testing::{CountingStore, FakeAgent, FakeAgentConfig};
+use orch_controller::testing::{services_manifest, CountingStore, FakeAgent, FakeAgentConfig};
 
 const NODES: usize = 200;
 const REPLICAS: usize = 2000;
 const LOST: usize = 20;
-
-fn manifest() -> String {
-    (0..10)
-        .map(|s| {
-            format!(
-                "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: fleet-{s}}}\nspec:\n  replicas: {}\n  image: busybox\n  \
-                 resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}\n",
-                REPLICAS / 10
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
 
 /// Replica id → (node, Running).
 async fn placements(api: &mut ApiClient<tonic::transport::Channel>) -> BTreeMap<String, (String, bool)> {
@@ -105,7 +92,7 @@ async fn two_hundred_agents_register_run_two_thousand_replicas_and_survive_losin
 
     // 2,000 replicas, every one Running, for a small constant number of store requests each.
     let before = counted.requests();
-    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "fleet.yaml".into(), content: manifest() }] };
+    let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "fleet.yaml".into(), content: services_manifest("fleet", 10, REPLICAS) }] };
     api.apply(request).await.expect("apply");
     wait_until("every replica to run", Duration::from_secs(120), || {
         let mut api = api.clone();
