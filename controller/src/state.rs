@@ -96,6 +96,9 @@ pub struct ClusterState {
     pub routes_since: u64,
     /// That shared part, computed once per picture by the first session that needs it.
     pub shared_desired: Memo<crate::nodes::SharedDesired>,
+    /// (service, the endpoints revision a session last sent, the revision now) → what
+    /// changed in its ready addresses, computed once for every session that needs it.
+    pub ready_changes: MemoMap<(String, Revision, Revision), pb::ServiceEndpoints>,
     /// What the changes applied since the last picture touched (the publisher's only).
     pub(crate) touched: Touched,
 }
@@ -132,6 +135,47 @@ impl<T> PartialEq for Memo<T> {
 impl<T> std::fmt::Debug for Memo<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() { "Memo(computed)" } else { "Memo(empty)" })
+    }
+}
+
+/// Values computed at most once per picture each, on first use, by key; a copy of a
+/// picture starts with none (each picture computes its own), and pictures compare equal
+/// whatever their memos hold.
+pub struct MemoMap<K, V>(std::sync::Mutex<std::collections::HashMap<K, Arc<V>>>);
+
+impl<K: std::hash::Hash + Eq, V> MemoMap<K, V> {
+    pub fn get_or_init(&self, key: K, init: impl FnOnce() -> V) -> Arc<V> {
+        let mut values = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(values.entry(key).or_insert_with(|| Arc::new(init())))
+    }
+
+    /// How many values were computed.
+    pub fn computed(&self) -> usize {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+impl<K, V> Default for MemoMap<K, V> {
+    fn default() -> Self {
+        MemoMap(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+}
+
+impl<K, V> Clone for MemoMap<K, V> {
+    fn clone(&self) -> Self {
+        MemoMap::default()
+    }
+}
+
+impl<K, V> PartialEq for MemoMap<K, V> {
+    fn eq(&self, _: &MemoMap<K, V>) -> bool {
+        true
+    }
+}
+
+impl<K, V> std::fmt::Debug for MemoMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoMap")
     }
 }
 

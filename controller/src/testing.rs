@@ -217,7 +217,13 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
         || pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
     // As a real agent: deltas, made whole here.
     upward
-        .send(pb::AgentMessage { takes_deltas: config.takes_deltas, takes_route_deltas: config.takes_deltas, ..heartbeat() })
+        .send(pb::AgentMessage {
+            takes_deltas: config.takes_deltas,
+            takes_route_deltas: config.takes_deltas,
+            takes_endpoint_deltas: config.takes_deltas,
+            takes_parts: config.takes_deltas,
+            ..heartbeat()
+        })
         .await
         .map_err(|e| e.to_string())?;
     let first_report = report(config, &mut lock(seen), &pod_prefix);
@@ -240,6 +246,12 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
             message = downward.message(), if !frozen => {
                 let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
                 let Some(pb::controller_message::Body::Desired(mut desired)) = message.body else { continue };
+                if desired.continued {
+                    let mut seen = lock(seen);
+                    seen.routes_received += desired.routes.len() as u64;
+                    seen.shared.learn(&mut desired);
+                    continue;
+                }
                 let delta = desired.delta;
                 let report = {
                     let mut seen = lock(seen);

@@ -1,7 +1,7 @@
 //! Desired sets as deltas: what a session's receiving end keeps to make every set whole
 //! again (the agent's session, the controller's fake agents).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::pb;
 
@@ -36,7 +36,12 @@ impl KnownShared {
             self.endpoints.remove(&service);
         }
         for endpoints in std::mem::take(&mut set.endpoints) {
-            self.endpoints.insert(endpoints.service.clone(), endpoints);
+            if endpoints.ready_ips_partial {
+                let known = self.endpoints.entry(endpoints.service.clone()).or_default();
+                apply_ready_changes(known, endpoints);
+            } else {
+                self.endpoints.insert(endpoints.service.clone(), endpoints);
+            }
         }
         if set.delta && set.routes_partial {
             for node in std::mem::take(&mut set.routes_removed) {
@@ -69,6 +74,19 @@ impl KnownShared {
     pub fn routes(&self) -> &[pb::NodeRoute] {
         &self.routes
     }
+}
+
+/// Makes `known` what a partial endpoints record says: its ready addresses with the
+/// removed ones taken out and the added ones put in (sorted, each once), the rest as
+/// the record has it.
+fn apply_ready_changes(known: &mut pb::ServiceEndpoints, changes: pb::ServiceEndpoints) {
+    let removed: HashSet<&str> = changes.ready_ips_removed.iter().map(String::as_str).collect();
+    let mut ready = std::mem::take(&mut known.ready_ips);
+    ready.retain(|ip| !removed.contains(ip.as_str()));
+    ready.extend(changes.ready_ips_added);
+    ready.sort();
+    ready.dedup();
+    *known = pb::ServiceEndpoints { service: changes.service, vip: changes.vip, ports: changes.ports, ready_ips: ready, ..Default::default() };
 }
 
 #[cfg(test)]
@@ -112,6 +130,39 @@ mod tests {
             known.take(&mut set);
             assert_eq!((&set.endpoints, &set.routes), (&endpoints, &routes), "{case}");
             assert!(!set.delta && !set.routes_changed && set.endpoints_removed.is_empty(), "{case}: the set leaves whole");
+        }
+    }
+
+    #[test]
+    fn partial_endpoint_changes_keep_each_services_ready_addresses_whole() {
+        let partial = |service: &str, vip: &str, added: &[&str], removed: &[&str]| pb::ServiceEndpoints {
+            service: service.into(),
+            vip: vip.into(),
+            ready_ips_partial: true,
+            ready_ips_added: added.iter().map(|s| (*s).to_owned()).collect(),
+            ready_ips_removed: removed.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let whole = |service: &str, vip: &str, ready: &[&str]| pb::ServiceEndpoints { vip: vip.into(), ..endpoints(service, ready) };
+        let mut known = KnownShared::default();
+        let mut first = set(false, vec![whole("web", "10.96.0.1", &["a", "c"]), whole("api", "10.96.0.2", &["b"])], &[], None);
+        known.take(&mut first);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, pb::DesiredSet, Vec<pb::ServiceEndpoints>)> = vec![
+            ("one added, in address order", set(true, vec![partial("web", "10.96.0.1", &["b"], &[])], &[], None),
+                vec![whole("api", "10.96.0.2", &["b"]), whole("web", "10.96.0.1", &["a", "b", "c"])]),
+            ("one gone, one added, the VIP as the record has it", set(true, vec![partial("web", "10.96.0.9", &["d"], &["a"])], &[], None),
+                vec![whole("api", "10.96.0.2", &["b"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
+            ("an address removed that was never known, one added twice", set(true, vec![partial("api", "10.96.0.2", &["e", "b"], &["z"])], &[], None),
+                vec![whole("api", "10.96.0.2", &["b", "e"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
+            ("a partial record of a service never known starts from none", set(true, vec![partial("db", "10.96.0.3", &["f"], &["g"])], &["api"], None),
+                vec![whole("db", "10.96.0.3", &["f"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
+            ("a whole record replaces a partial history", set(true, vec![whole("web", "10.96.0.1", &["x"])], &[], None),
+                vec![whole("db", "10.96.0.3", &["f"]), whole("web", "10.96.0.1", &["x"])]),
+        ];
+        for (case, mut set, endpoints) in cases {
+            known.take(&mut set);
+            assert_eq!(set.endpoints, endpoints, "{case}");
         }
     }
 

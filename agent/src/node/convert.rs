@@ -280,6 +280,7 @@ mod tests {
             vip: "10.96.0.7".into(),
             ports: vec![pb::ServicePort { name: "http".into(), container_port: 8080, service_port: 80, node_port: 30080, protocol: 0 }],
             ready_ips: vec!["10.88.1.5".into(), "junk".into()],
+            ..Default::default()
         };
         let converted = ServiceEndpoints::try_from(&service).expect("converts");
         assert_eq!(converted.vip, Ipv4Addr::new(10, 96, 0, 7));

@@ -64,7 +64,7 @@ impl Session {
         let heartbeat =
             pb::AgentMessage { node: config.name.clone(), body: Some(pb::agent_message::Body::Heartbeat(pb::Heartbeat { unix_ms: 0 })), ..Default::default() };
         // The first message says the agent takes deltas (each set made whole here).
-        let hello = pb::AgentMessage { takes_deltas: true, takes_route_deltas: true, ..heartbeat.clone() };
+        let hello = pb::AgentMessage { takes_deltas: true, takes_route_deltas: true, takes_endpoint_deltas: true, takes_parts: true, ..heartbeat.clone() };
         upward.send(hello).await.map_err(|_| failed(LinkError::UpwardClosed))?;
         upward.send(report(&config.name, board, generation)).await.map_err(|_| failed(LinkError::UpwardClosed))?;
         let downward = client
@@ -117,6 +117,11 @@ impl Session {
                 message = self.downward.message() => {
                     let message = message.map_err(|status| LinkError::Call { controller: self.controller.clone(), call: "session", status })?.ok_or(LinkError::Ended)?;
                     if let Some(pb::controller_message::Body::Desired(mut set)) = message.body {
+                        if set.continued {
+                            // A part of a set: acted on with the last one.
+                            self.shared.learn(&mut set);
+                            continue;
+                        }
                         self.controllers.with(|known| known.learn(&set.controllers));
                         self.shared.take(&mut set);
                         return Ok(set);

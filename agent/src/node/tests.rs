@@ -99,6 +99,7 @@ async fn convergence_starts_what_is_missing_stops_what_is_unwanted_and_replaces_
         vip: "10.96.0.10".into(),
         ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
         ready_ips: vec!["10.0.0.2".into()],
+        ..Default::default()
     }];
     first.routes = vec![pb::NodeRoute { node: "other".into(), pod_cidr: "10.0.1.0/24".into(), via: "192.0.2.7".into(), pod_subnet: None }];
     agent.converge(first.clone()).await;
@@ -225,6 +226,7 @@ async fn a_node_port_that_cannot_be_bound_is_an_event_and_a_condition_retried_un
         vip: vip.into(),
         ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, node_port, ..Default::default() }],
         ready_ips: vec!["10.0.0.2".into()],
+        ..Default::default()
     };
     let mut table = set(1, Vec::new());
     table.endpoints = vec![service("api", "10.96.0.11", 30081), service("web", "10.96.0.10", 30080)];
@@ -445,6 +447,7 @@ async fn a_stopping_replica_waits_until_no_balancer_routes_to_it_then_drains_its
             vip: "10.96.0.10".into(),
             ports: vec![pb::ServicePort { service_port: 80, container_port: 8080, ..Default::default() }],
             ready_ips: ready.iter().map(|ip| (*ip).to_owned()).collect(),
+            ..Default::default()
         }]
     };
     let (mine, other) = (ip.to_string(), "10.0.0.99");

@@ -4,11 +4,12 @@
 //! nodes' pod subnets go with it, whole or as what changed since the session's previous
 //! set ([`SentShared`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use orch_api::pb;
 
-use crate::state::ClusterState;
+use crate::state::{ClusterState, Versioned};
 use crate::store::Revision;
 
 /// Opens a stored Secret (its store key, its record) to its content; `None` when it
@@ -77,6 +78,121 @@ pub enum RouteChanges {
     Partial { changed: Vec<pb::NodeRoute>, removed: Vec<String> },
 }
 
+/// What an agent said it takes (in its session's first message): sets as deltas, and
+/// within them the routes and each service's ready addresses as what changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deltas {
+    pub sets: bool,
+    pub routes: bool,
+    pub endpoints: bool,
+    /// A large set may go in parts ([`cut_into_parts`]).
+    pub parts: bool,
+}
+
+impl Deltas {
+    pub fn said_in(message: &pb::AgentMessage) -> Deltas {
+        let sets = message.takes_deltas;
+        let (routes, endpoints) = (sets && message.takes_route_deltas, sets && message.takes_endpoint_deltas);
+        Deltas { sets, routes, endpoints, parts: routes && endpoints && message.takes_parts }
+    }
+}
+
+/// About the most a part of a set cut into parts carries, encoded.
+pub const PART_BYTES: usize = 16 * 1024;
+
+/// A set as parts of about `max_bytes` each, for an agent that takes parts
+/// (`DesiredSet.continued`): taken in one after the other, they say what the set says. The
+/// first part is whole or a delta as the set is and carries its removals; the parts after
+/// it are deltas whose routes and ready addresses are partial; the last carries the
+/// replicas, Configs, purged services and controllers. One part when the set is no larger.
+/// (Each session's send buffer grows to its largest message and keeps that size.)
+pub fn cut_into_parts(mut set: pb::DesiredSet, max_bytes: usize) -> Vec<pb::DesiredSet> {
+    use prost::Message;
+    if set.encoded_len() <= max_bytes {
+        return vec![set];
+    }
+    let generation = set.generation;
+    let later = || pb::DesiredSet { generation, delta: true, routes_partial: true, continued: true, ..Default::default() };
+    let mut part = pb::DesiredSet {
+        generation,
+        delta: set.delta,
+        routes_changed: set.routes_changed,
+        routes_partial: set.routes_partial,
+        routes_removed: std::mem::take(&mut set.routes_removed),
+        endpoints_removed: std::mem::take(&mut set.endpoints_removed),
+        continued: true,
+        ..Default::default()
+    };
+    let mut parts = Vec::new();
+    let mut size = part.encoded_len();
+    // Each item with its field's tag and length (at most 3 bytes for a part's sizes).
+    let mut make_room = |part: &mut pb::DesiredSet, size: &mut usize, needed: usize| {
+        if *size + needed > max_bytes && *size > 0 {
+            parts.push(std::mem::replace(part, later()));
+            *size = 0;
+        }
+        *size += needed;
+    };
+    for route in std::mem::take(&mut set.routes) {
+        make_room(&mut part, &mut size, route.encoded_len() + 3);
+        part.routes.push(route);
+    }
+    for endpoints in std::mem::take(&mut set.endpoints) {
+        for piece in endpoint_pieces(endpoints, max_bytes / 2) {
+            make_room(&mut part, &mut size, piece.encoded_len() + 3);
+            part.endpoints.push(piece);
+        }
+    }
+    let rest = pb::DesiredSet { generation, ..set };
+    make_room(&mut part, &mut size, rest.encoded_len());
+    part.replicas = rest.replicas;
+    part.configs = rest.configs;
+    part.purged_services = rest.purged_services;
+    part.controllers = rest.controllers;
+    part.continued = false;
+    parts.push(part);
+    parts
+}
+
+/// A service's endpoints record as pieces of about `max_bytes` of addresses each: a whole
+/// record as its first addresses whole, then the others added; a partial one as its
+/// removals, then its additions.
+fn endpoint_pieces(endpoints: pb::ServiceEndpoints, max_bytes: usize) -> Vec<pb::ServiceEndpoints> {
+    // An IPv4 address in text is at most 15 bytes, 17 with its tag and length.
+    let per_piece = (max_bytes / 17).max(1);
+    let size: usize = [&endpoints.ready_ips, &endpoints.ready_ips_added, &endpoints.ready_ips_removed].iter().map(|ips| ips.len()).sum();
+    if size <= per_piece {
+        return vec![endpoints];
+    }
+    let partial = |added: &[String], removed: &[String]| pb::ServiceEndpoints {
+        service: endpoints.service.clone(),
+        vip: endpoints.vip.clone(),
+        ports: endpoints.ports.clone(),
+        ready_ips_partial: true,
+        ready_ips_added: added.to_vec(),
+        ready_ips_removed: removed.to_vec(),
+        ..Default::default()
+    };
+    let mut pieces = Vec::new();
+    let added = if endpoints.ready_ips_partial {
+        pieces.extend(endpoints.ready_ips_removed.chunks(per_piece).map(|removed| partial(&[], removed)));
+        &endpoints.ready_ips_added[..]
+    } else {
+        let (first, others) = endpoints.ready_ips.split_at(per_piece.min(endpoints.ready_ips.len()));
+        let whole = pb::ServiceEndpoints {
+            service: endpoints.service.clone(),
+            vip: endpoints.vip.clone(),
+            ports: endpoints.ports.clone(),
+            ready_ips: first.to_vec(),
+            ..Default::default()
+        };
+        pieces.push(whole);
+        others
+    };
+    pieces.extend(added.chunks(per_piece).map(|added| partial(added, &[])));
+    pieces
+}
+
 /// What changed in the shared part since a session's previous set (`None`: nothing).
 #[derive(Debug, Default, PartialEq)]
 pub struct SharedChanges {
@@ -99,7 +215,8 @@ impl SharedChanges {
 /// each session one route, found without comparing the other 999.
 #[derive(Debug, Default)]
 pub struct SentShared {
-    endpoints: HashMap<String, Revision>,
+    /// Service → its endpoints record as last sent (shared with the picture it came from).
+    endpoints: HashMap<String, (Revision, Arc<pb::ServiceEndpoints>)>,
     /// The routes as last sent whole, for an agent that takes no route deltas.
     routes: Option<Vec<pb::NodeRoute>>,
     /// The content version of the picture the routes were last sent from.
@@ -108,11 +225,11 @@ pub struct SentShared {
 
 impl SentShared {
     /// What changed in `state`'s shared part for `node` since the last call (everything
-    /// at the first), now recorded as sent; the routes as a partial change when the
-    /// agent takes them (`partial_routes`).
-    pub fn changes(&mut self, state: &ClusterState, node: &str, partial_routes: bool) -> SharedChanges {
-        let routes = if partial_routes { self.route_changes(state, node) } else { self.whole_route_changes(state, node) };
-        SharedChanges { endpoints: self.endpoints_changes(state), routes }
+    /// at the first), now recorded as sent; the routes and the ready addresses as partial
+    /// changes when the agent takes them (`deltas`).
+    pub fn changes(&mut self, state: &ClusterState, node: &str, deltas: Deltas) -> SharedChanges {
+        let routes = if deltas.routes { self.route_changes(state, node) } else { self.whole_route_changes(state, node) };
+        SharedChanges { endpoints: self.endpoints_changes(state, deltas.endpoints), routes }
     }
 
     fn whole_route_changes(&mut self, state: &ClusterState, node: &str) -> Option<RouteChanges> {
@@ -143,14 +260,10 @@ impl SentShared {
         (!changed.is_empty() || !removed.is_empty()).then_some(RouteChanges::Partial { changed, removed })
     }
 
-    fn endpoints_changes(&mut self, state: &ClusterState) -> Option<EndpointsDelta> {
+    fn endpoints_changes(&mut self, state: &ClusterState, partial: bool) -> Option<EndpointsDelta> {
         let sent = &self.endpoints;
-        let changed: Vec<(&String, Revision, &pb::ServiceEndpoints)> = state
-            .endpoints
-            .iter()
-            .filter(|(service, e)| sent.get(*service) != Some(&e.mod_revision))
-            .map(|(service, e)| (service, e.mod_revision, &*e.value))
-            .collect();
+        let changed: Vec<(&String, &Versioned<pb::ServiceEndpoints>)> =
+            state.endpoints.iter().filter(|(service, e)| sent.get(*service).map(|(revision, _)| *revision) != Some(e.mod_revision)).collect();
         // Some sent service is gone only if more were sent and changed than there are.
         let removed: Vec<String> = if sent.len() + changed.len() > state.endpoints.len() {
             sent.keys().filter(|service| !state.endpoints.contains_key(*service)).cloned().collect()
@@ -165,19 +278,97 @@ impl SentShared {
         }
         let changed = changed
             .into_iter()
-            .map(|(service, revision, endpoints)| {
-                self.endpoints.insert(service.clone(), revision);
-                endpoints.clone()
+            .map(|(service, now)| {
+                let before = self.endpoints.insert(service.clone(), (now.mod_revision, Arc::clone(&now.value)));
+                match before {
+                    Some((revision, before)) if partial => {
+                        let changes = state.ready_changes.get_or_init((service.clone(), revision, now.mod_revision), || ready_changes(&before, &now.value));
+                        pb::ServiceEndpoints::clone(&changes)
+                    }
+                    _ => pb::ServiceEndpoints::clone(&now.value),
+                }
             })
             .collect();
         Some(EndpointsDelta { changed, removed })
     }
 }
 
-/// The node's desired set, generation 0, without endpoints and routes: the session stamps
-/// the generation and adds those (whole or what changed, [`SentShared`]) when it sends
-/// it. Configs and Secrets go only to the nodes whose replicas use them.
-pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> pb::DesiredSet {
+/// A service's endpoints as what changed from `before` to `now` (`ready_ips_partial`:
+/// the addresses added and removed), or whole when that says no less.
+pub fn ready_changes(before: &pb::ServiceEndpoints, now: &pb::ServiceEndpoints) -> pb::ServiceEndpoints {
+    let was: HashSet<&str> = before.ready_ips.iter().map(String::as_str).collect();
+    let is: HashSet<&str> = now.ready_ips.iter().map(String::as_str).collect();
+    let added: Vec<String> = now.ready_ips.iter().filter(|ip| !was.contains(ip.as_str())).cloned().collect();
+    let removed: Vec<String> = before.ready_ips.iter().filter(|ip| !is.contains(ip.as_str())).cloned().collect();
+    if added.len() + removed.len() >= now.ready_ips.len() {
+        return now.clone();
+    }
+    pb::ServiceEndpoints {
+        service: now.service.clone(),
+        vip: now.vip.clone(),
+        ports: now.ports.clone(),
+        ready_ips: Vec::new(),
+        ready_ips_partial: true,
+        ready_ips_added: added,
+        ready_ips_removed: removed,
+    }
+}
+
+/// What a node's set says but the endpoints and routes, with its replicas as the picture's
+/// records (shared: a session keeps the last one it sent to compare with the next, and a
+/// thousand sessions' deep copies were ~50 MiB of a readiness storm's heap).
+#[derive(Debug, Clone)]
+pub struct NodeDesired {
+    replicas: Vec<Arc<pb::Replica>>,
+    configs: Vec<pb::NodeConfig>,
+    purged_services: Vec<String>,
+    controllers: Vec<String>,
+}
+
+impl PartialEq for NodeDesired {
+    /// Equal when the sets would be: a replica's status is in no set.
+    fn eq(&self, other: &NodeDesired) -> bool {
+        self.replicas.len() == other.replicas.len()
+            && self.replicas.iter().zip(&other.replicas).all(|(a, b)| Arc::ptr_eq(a, b) || same_but_status(a, b))
+            && (&self.configs, &self.purged_services, &self.controllers) == (&other.configs, &other.purged_services, &other.controllers)
+    }
+}
+
+/// Two replica records alike but for their status (every field named: a new one must be
+/// placed on one side or the other).
+fn same_but_status(a: &pb::Replica, b: &pb::Replica) -> bool {
+    let pb::Replica { id, service, node, spec_hash, status: _, spec, slot } = a;
+    (id, service, node, spec_hash, spec, slot) == (&b.id, &b.service, &b.node, &b.spec_hash, &b.spec, &b.slot)
+}
+
+impl NodeDesired {
+    /// The set, generation 0, without endpoints and routes: the session stamps the
+    /// generation and adds those (whole or what changed, [`SentShared`]) when it sends it.
+    pub fn to_set(&self) -> pb::DesiredSet {
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let mut replica = pb::Replica::clone(r);
+                let spec = replica.spec.take();
+                replica.status = None;
+                pb::DesiredReplica { replica: Some(replica), spec }
+            })
+            .collect();
+        pb::DesiredSet {
+            generation: 0,
+            replicas,
+            purged_services: self.purged_services.clone(),
+            configs: self.configs.clone(),
+            controllers: self.controllers.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the node's desired set says but the endpoints and routes. Configs and Secrets go
+/// only to the nodes whose replicas use them.
+pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> NodeDesired {
     let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
     let mut used: BTreeSet<(pb::ConfigKind, String)> = BTreeSet::new();
     for replica in state.replicas_on(node) {
@@ -194,22 +385,11 @@ pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> 
             Some(pb::NodeConfig { kind: kind.into(), name, generation: stored.value.generation, data: Some(data) })
         })
         .collect();
-    let replicas = state
-        .replicas_on(node)
-        .map(|r| {
-            let mut replica = pb::Replica::clone(&r.value);
-            let spec = replica.spec.take();
-            replica.status = None;
-            pb::DesiredReplica { replica: Some(replica), spec }
-        })
-        .collect();
-    pb::DesiredSet {
-        generation: 0,
-        replicas,
-        purged_services: shared.purged_services.clone(),
+    NodeDesired {
+        replicas: state.replicas_on(node).map(|r| Arc::clone(&r.value)).collect(),
         configs,
+        purged_services: shared.purged_services.clone(),
         controllers: shared.controllers.clone(),
-        ..Default::default()
     }
 }
 
@@ -241,7 +421,6 @@ pub fn stamp(mut set: pb::DesiredSet, generation: u64) -> pb::DesiredSet {
 mod tests {
     use super::*;
     use crate::keys;
-    use crate::state::Versioned;
     use crate::store::{KeyValue, WatchEvent};
 
     fn write(state: &mut ClusterState, service: &str, ready: &[&str], revision: Revision) {
@@ -265,19 +444,50 @@ mod tests {
     fn a_session_sends_the_endpoints_that_changed_since_its_previous_set() {
         let mut state = ClusterState::default();
         let mut sent = SentShared::default();
-        assert_eq!(sent.endpoints_changes(&state), None, "no services: nothing to send");
+        assert_eq!(sent.endpoints_changes(&state, false), None, "no services: nothing to send");
         write(&mut state, "web", &["10.88.0.2"], 2);
         write(&mut state, "api", &["10.88.0.3"], 3);
-        assert_eq!(sent.endpoints_changes(&state), delta(&[("api", &["10.88.0.3"]), ("web", &["10.88.0.2"])], &[]), "the first: every service");
-        assert_eq!(sent.endpoints_changes(&state), None, "nothing written since");
+        assert_eq!(sent.endpoints_changes(&state, false), delta(&[("api", &["10.88.0.3"]), ("web", &["10.88.0.2"])], &[]), "the first: every service");
+        assert_eq!(sent.endpoints_changes(&state, false), None, "nothing written since");
         write(&mut state, "web", &["10.88.0.2", "10.88.0.4"], 4);
-        assert_eq!(sent.endpoints_changes(&state), delta(&[("web", &["10.88.0.2", "10.88.0.4"])], &[]), "one rewritten");
+        assert_eq!(sent.endpoints_changes(&state, false), delta(&[("web", &["10.88.0.2", "10.88.0.4"])], &[]), "one rewritten");
         state.endpoints.remove("api");
         write(&mut state, "db", &[], 6);
-        assert_eq!(sent.endpoints_changes(&state), delta(&[("db", &[])], &["api"]), "one gone, one new: same count, both seen");
+        assert_eq!(sent.endpoints_changes(&state, false), delta(&[("db", &[])], &["api"]), "one gone, one new: same count, both seen");
         state.endpoints.remove("db");
-        assert_eq!(sent.endpoints_changes(&state), delta(&[], &["db"]), "one gone");
-        assert_eq!(sent.endpoints_changes(&state), None);
+        assert_eq!(sent.endpoints_changes(&state, false), delta(&[], &["db"]), "one gone");
+        assert_eq!(sent.endpoints_changes(&state, false), None);
+    }
+
+    #[test]
+    fn an_agent_that_takes_endpoint_deltas_gets_the_addresses_that_changed() {
+        let mut state = ClusterState::default();
+        let mut sent = SentShared::default();
+        let many: Vec<String> = (1..=20).map(|i| format!("10.88.0.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        write(&mut state, "web", &many, 2);
+        assert_eq!(sent.endpoints_changes(&state, true), delta(&[("web", &many)], &[]), "the first: whole");
+        let mut next = many.clone();
+        next.retain(|ip| *ip != "10.88.0.5");
+        next.push("10.88.0.99");
+        write(&mut state, "web", &next, 3);
+        let partial = pb::ServiceEndpoints {
+            service: "web".into(),
+            ready_ips_partial: true,
+            ready_ips_added: vec!["10.88.0.99".into()],
+            ready_ips_removed: vec!["10.88.0.5".into()],
+            ..Default::default()
+        };
+        assert_eq!(sent.endpoints_changes(&state, true), Some(EndpointsDelta { changed: vec![partial.clone()], removed: vec![] }), "one in, one out");
+        // A second session from the same record: the change is computed once per picture.
+        let mut other = SentShared::default();
+        write(&mut state, "web", &many, 2);
+        other.endpoints_changes(&state, true);
+        write(&mut state, "web", &next, 3);
+        assert_eq!(other.endpoints_changes(&state, true), Some(EndpointsDelta { changed: vec![partial], removed: vec![] }));
+        assert_eq!(state.ready_changes.computed(), 1, "one change, computed once");
+        write(&mut state, "web", &["10.88.0.1"], 4);
+        assert_eq!(sent.endpoints_changes(&state, true), delta(&[("web", &["10.88.0.1"])], &[]), "19 gone, 1 left: whole says less");
     }
 
     #[test]
@@ -302,12 +512,12 @@ mod tests {
         };
         let mut sent = SentShared::default();
         let two = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2)]);
-        assert_eq!(vias(sent.changes(&two, "n1", false)), Some(vec!["192.0.2.2".to_owned()]), "the first: every other node");
-        assert_eq!(vias(sent.changes(&two, "n1", false)), None, "unchanged");
+        assert_eq!(vias(sent.changes(&two, "n1", Deltas::default())), Some(vec!["192.0.2.2".to_owned()]), "the first: every other node");
+        assert_eq!(vias(sent.changes(&two, "n1", Deltas::default())), None, "unchanged");
         let three = with_nodes(&[("n1", "192.0.2.1", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
-        assert_eq!(vias(sent.changes(&three, "n1", false)), Some(vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()]), "a node joined");
+        assert_eq!(vias(sent.changes(&three, "n1", Deltas::default())), Some(vec!["192.0.2.2".to_owned(), "192.0.2.3".to_owned()]), "a node joined");
         let moved = with_nodes(&[("n1", "192.0.2.9", 1), ("n2", "192.0.2.2", 2), ("n3", "192.0.2.3", 3)]);
-        assert_eq!(vias(sent.changes(&moved, "n1", false)), None, "the node's own address is in no route of its own");
+        assert_eq!(vias(sent.changes(&moved, "n1", Deltas::default())), None, "the node's own address is in no route of its own");
     }
 
     #[test]
@@ -322,13 +532,14 @@ mod tests {
             WatchEvent::Put(KeyValue { key: keys::node(name), value: keys::encode(&node), create_revision: 1, mod_revision: 1, lease: 0 })
         };
         let gone = |name: &str| WatchEvent::Delete { key: keys::node(name), revision: 1 };
-        let changes = |sent: &mut SentShared, state: &ClusterState| match sent.changes(state, "n1", true).routes {
-            Some(RouteChanges::Whole(routes)) => format!("whole {:?}", routes.iter().map(|r| r.via.as_str()).collect::<Vec<_>>()),
-            Some(RouteChanges::Partial { changed, removed }) => {
-                format!("changed {:?} removed {removed:?}", changed.iter().map(|r| r.via.as_str()).collect::<Vec<_>>())
-            }
-            None => "none".to_owned(),
-        };
+        let changes =
+            |sent: &mut SentShared, state: &ClusterState| match sent.changes(state, "n1", Deltas { sets: true, routes: true, ..Deltas::default() }).routes {
+                Some(RouteChanges::Whole(routes)) => format!("whole {:?}", routes.iter().map(|r| r.via.as_str()).collect::<Vec<_>>()),
+                Some(RouteChanges::Partial { changed, removed }) => {
+                    format!("changed {:?} removed {removed:?}", changed.iter().map(|r| r.via.as_str()).collect::<Vec<_>>())
+                }
+                None => "none".to_owned(),
+            };
         let mut state = ClusterState::default();
         state.apply(&node("n1", "192.0.2.1", 1));
         state.apply(&node("n2", "192.0.2.2", 2));
@@ -357,5 +568,83 @@ mod tests {
         state.shared_desired = crate::state::Memo::default();
         state.routes_since = 20;
         assert_eq!(changes(&mut sent, &state), r#"whole ["192.0.2.33"]"#, "after a re-list");
+    }
+
+    #[test]
+    fn a_large_set_cut_into_parts_says_what_the_set_says() {
+        use orch_api::deltas::KnownShared;
+        use prost::Message;
+        // Sorted, as the controller writes them.
+        let ips = |service: u32, n: u32| {
+            let mut ips: Vec<String> = (0..n).map(|i| format!("10.{service}.{}.{}", i / 250, i % 250 + 1)).collect();
+            ips.sort();
+            ips
+        };
+        let whole_endpoints = |service: u32, n: u32| pb::ServiceEndpoints {
+            service: format!("svc-{service}"),
+            vip: format!("10.96.0.{service}"),
+            ready_ips: ips(service, n),
+            ..Default::default()
+        };
+        let routes = |from: u32, to: u32| {
+            (from..to)
+                .map(|i| pb::NodeRoute {
+                    node: format!("node-{i:04}"),
+                    pod_cidr: format!("10.64.{i}.0/24"),
+                    via: format!("192.0.2.{}", i % 250),
+                    pod_subnet: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let replicas: Vec<pb::DesiredReplica> =
+            (0..10).map(|i| pb::DesiredReplica { replica: Some(pb::Replica { id: format!("r{i}"), ..Default::default() }), spec: None }).collect();
+        let base = pb::DesiredSet {
+            generation: 7,
+            replicas,
+            endpoints: vec![whole_endpoints(1, 1500), whole_endpoints(2, 3), whole_endpoints(3, 700)],
+            routes: routes(0, 999),
+            purged_services: vec!["old".into()],
+            controllers: vec!["127.0.0.1:7443".into()],
+            ..Default::default()
+        };
+        let partial = pb::ServiceEndpoints {
+            service: "svc-1".into(),
+            vip: "10.96.0.1".into(),
+            ready_ips_partial: true,
+            ready_ips_added: ips(9, 900),
+            ready_ips_removed: ips(1, 1500)[..1200].to_vec(),
+            ..Default::default()
+        };
+        #[rustfmt::skip]
+        let sets: Vec<(&str, pb::DesiredSet)> = vec![
+            ("whole", base.clone()),
+            ("a delta with whole routes, a service gone", pb::DesiredSet { delta: true, routes_changed: true, routes: routes(0, 500), endpoints: vec![whole_endpoints(3, 800)], endpoints_removed: vec!["svc-2".into()], ..base.clone() }),
+            ("a delta with partial routes and ready addresses", pb::DesiredSet { delta: true, routes_partial: true, routes: routes(999, 1400), routes_removed: vec!["node-0001".into()], endpoints: vec![partial], ..base.clone() }),
+            ("a delta with no route change", pb::DesiredSet { delta: true, routes: vec![], endpoints: vec![whole_endpoints(2, 2000)], ..base.clone() }),
+            ("small: one part", pb::DesiredSet { delta: true, routes: vec![], endpoints: vec![], ..base.clone() }),
+        ];
+        let (mut whole, mut cut) = (KnownShared::default(), KnownShared::default());
+        for (case, set) in sets {
+            let mut expected = set.clone();
+            whole.take(&mut expected);
+            let parts = cut_into_parts(set.clone(), PART_BYTES);
+            assert_eq!(parts.len() == 1, set.encoded_len() <= PART_BYTES, "{case}: cut only when larger than a part");
+            let (last, before) = parts.split_last().expect("at least one part");
+            assert!(before.iter().all(|p| p.continued && p.replicas.is_empty() && p.controllers.is_empty()), "{case}: only the last part acts");
+            assert!(!last.continued && last.replicas.len() == 10 && last.controllers == set.controllers, "{case}: the last part carries the replicas");
+            for part in &parts {
+                assert!(part.encoded_len() <= PART_BYTES + 64, "{case}: a part of {} bytes", part.encoded_len());
+                assert_eq!(part.generation, 7, "{case}");
+            }
+            let mut made = pb::DesiredSet::default();
+            for mut part in parts {
+                cut.take(&mut part);
+                made = part;
+            }
+            // (Not assert_eq: the sets are thousands of lines.)
+            assert!(made.endpoints == expected.endpoints, "{case}: the parts say what the set says of the endpoints");
+            assert!(made.routes == expected.routes, "{case}: the parts say what the set says of the routes");
+            assert!((made.replicas, made.purged_services) == (expected.replicas, expected.purged_services), "{case}");
+        }
     }
 }

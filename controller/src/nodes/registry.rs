@@ -177,6 +177,7 @@ impl NodeRegistry {
                 reserved.insert(index, Reservation { node: node.to_owned(), at: now, landed: false });
                 index
             };
+            drop(picture);
             match self.store.put(&keys::node_subnet(index), node.as_bytes().to_vec(), Expect::Absent).await {
                 // Still reserved until the picture shows it claimed.
                 Ok(_) => {

@@ -11,7 +11,9 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{desired_set, open_secret, stamp, whole_endpoints, whole_routes, RouteChanges, SentShared};
+use super::desired::{
+    cut_into_parts, desired_set, open_secret, stamp, whole_endpoints, whole_routes, Deltas, NodeDesired, RouteChanges, SentShared, PART_BYTES,
+};
 use super::detector::{Detector, DetectorConfig};
 use super::liveness::{LivenessLease, RuntimeLag};
 use super::registry::{NodeError, NodeRegistry};
@@ -129,14 +131,6 @@ fn session_nonce() -> String {
 
 type Outgoing = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
-/// What an agent said it takes: sets as deltas, and within them the routes as what
-/// changed.
-#[derive(Debug, Clone, Copy)]
-struct Deltas {
-    sets: bool,
-    routes: bool,
-}
-
 /// One agent's session, once it has said who it is.
 #[derive(Clone)]
 pub(super) struct Session {
@@ -196,7 +190,7 @@ impl Session {
                         break;
                     }
                 }
-                let deltas = Deltas { sets: message.takes_deltas, routes: message.takes_deltas && message.takes_route_deltas };
+                let deltas = Deltas::said_in(&message);
                 tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone(), deltas)));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
                 // This session holds the node now: only it judges the node's silence, and
@@ -425,6 +419,9 @@ impl Session {
                     StatusWrite::Delete { key, revision } => TxnOp::Delete { key, expect: Expect::Revision(revision) },
                 })
                 .collect();
+            // Not held through the writes: a thousand sessions writing under load each
+            // held the picture they compared with, and those were hundreds of MiB.
+            drop(current);
             let batches = crate::reconcile::runner::batches(writes);
             let results: Vec<Result<Option<crate::store::Revision>, StoreError>> = futures::stream::iter(batches)
                 .map(|batch| {
@@ -462,19 +459,23 @@ impl Session {
     async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>, deltas: Deltas) {
         let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
         // The last set sent, endpoints and routes aside.
-        let mut last: Option<pb::DesiredSet> = None;
+        let mut last: Option<NodeDesired> = None;
         let mut shared = SentShared::default();
         let mut seen_version = None;
         let mut sent: Option<(u64, u64)> = None;
         let mut budget = SharedBudget::new(std::time::Instant::now());
         loop {
+            // A picture is let go before every wait: a thousand sessions each holding the
+            // one it last looked at kept tens of pictures alive through a readiness storm.
             let current = state.borrow_and_update().clone();
             // Recomputed only when this node's replicas or the shared part changed.
             let version = current.desired_version(&node);
+            let mut to_send = None;
             if current.synced() && seen_version != Some(version) {
                 budget.resize(current.nodes.len());
                 let at = budget.send_at(sent, version, std::time::Instant::now());
                 if at > std::time::Instant::now() {
+                    drop(current);
                     // Only the shared part moved, and the budget is spent: wait, then take
                     // whatever the state is by then.
                     // A change meanwhile is looked at again: one of the node's own
@@ -487,10 +488,10 @@ impl Session {
                 }
                 seen_version = Some(version);
                 let wanted = desired_set(&current, &node, &open);
-                let changes = shared.changes(&current, &node, deltas.routes);
+                let changes = shared.changes(&current, &node, deltas);
                 if last.as_ref() != Some(&wanted) || !changes.is_empty() {
                     let generation = u64::try_from(current.revision).unwrap_or(0);
-                    let mut set = stamp(wanted.clone(), generation);
+                    let mut set = stamp(wanted.to_set(), generation);
                     if deltas.sets && last.is_some() {
                         set.delta = true;
                         if let Some(endpoints) = changes.endpoints {
@@ -513,14 +514,21 @@ impl Session {
                         set.endpoints = whole_endpoints(&current);
                         set.routes = whole_routes(&current, &node);
                     }
-                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(set)) };
+                    to_send = Some((set, wanted));
+                }
+            }
+            drop(current);
+            if let Some((set, wanted)) = to_send {
+                let parts = if deltas.parts { cut_into_parts(set, PART_BYTES) } else { vec![set] };
+                for part in parts {
+                    let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(part)) };
                     if outgoing.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    last = Some(wanted);
-                    budget.spend(sent.is_some_and(|sent| sent.0 == version.0), std::time::Instant::now());
-                    sent = Some(version);
                 }
+                last = Some(wanted);
+                budget.spend(sent.is_some_and(|sent| sent.0 == version.0), std::time::Instant::now());
+                sent = Some(version);
             }
             tokio::select! {
                 changed = state.changed() => if changed.is_err() { return },

@@ -344,6 +344,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             vip: service.value.vip.clone(),
             ports: service.value.spec.as_ref().map(|s| s.ports.clone()).unwrap_or_default(),
             ready_ips,
+            ..Default::default()
         };
         let existing = state.endpoints.get(name);
         if existing.map(|e| &*e.value) != Some(&wanted) {
