@@ -18,8 +18,9 @@
 //! The campaign runs on a thread of its own with its own single-threaded runtime, and
 //! with a store connection of its own when the store is etcd ([`ElectionStore::Own`]):
 //! however busy the controller's runtime and its store connection are (a thousand agents
-//! registering at once), renewals never wait behind that work. An overloaded leader sheds
-//! load; it does not lose its lease.
+//! registering at once), renewals never wait behind that work, nor behind a slow renewal
+//! (they go every period, several in flight). An overloaded leader sheds load; it does
+//! not lose its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +28,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use crate::keys;
 use crate::store::{open_store, Expect, Fence, LeaseId, Store, StoreConfig, StoreError};
+
+/// The most leadership renewals waiting for an answer at once.
+const RENEWALS_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
@@ -227,46 +232,57 @@ async fn try_lead(
     if Instant::now() < valid_until {
         tracing::info!(identity = %config.identity, "leading: running the reconcilers");
         leader.send_replace(Some(fence.clone()));
-        // Renewals are due a retry period after the previous one was *sent* (a slow one
-        // is followed at once, not a period later), and only the lease's renewal counts
-        // against the deadline; whether the key is still this leadership's is looked at
-        // every other period besides, in what is left of the period (the fence refuses
-        // the writes of a leadership whose key went, whatever this look says).
+        // A renewal goes every retry period whether or not the previous ones answered
+        // (at most RENEWALS_IN_FLIGHT at once), and each that lands extends the
+        // leadership to its own send time plus the deadline: one slow answer does not
+        // hold up the next renewal (a renewal of 841 ms, etcd busy applying a
+        // 10,000-replica apply, cost a leader its lease while the next one would have
+        // landed in time). Only renewals count against the deadline; whether the key is
+        // still this leadership's is looked at every other period besides, beside them
+        // (the fence refuses the writes of a leadership whose key went, whatever this
+        // look says).
         let mut next = sent + config.retry_period();
+        let mut renewals = futures::stream::FuturesUnordered::new();
+        let mut look = None;
         let mut looked = Instant::now();
         loop {
-            tokio::time::sleep_until(next.min(valid_until)).await;
-            if Instant::now() >= valid_until {
-                tracing::warn!("lost leadership: no renewal within the renew deadline");
-                break;
-            }
-            let sent = Instant::now();
-            next = sent + config.retry_period();
-            let renewed = tokio::time::timeout_at(valid_until, store.keep_alive(lease)).await;
-            if sent.elapsed() > config.retry_period() {
-                tracing::warn!(took_ms = sent.elapsed().as_millis(), "a leadership renewal was slow (the store, or this machine, is overloaded)");
-            }
-            match renewed {
-                Ok(Ok(())) => valid_until = sent + config.renew_deadline(),
-                Ok(Err(StoreError::LeaseNotFound(_))) => {
-                    tracing::warn!("lost leadership: the lease is gone");
-                    break;
-                }
-                // A transient error: try again until the deadline.
-                Ok(Err(error)) => tracing::warn!(%error, "renewing the leadership lease"),
-                Err(_) => {
+            tokio::select! {
+                () = tokio::time::sleep_until(valid_until) => {
                     tracing::warn!("lost leadership: no renewal within the renew deadline");
                     break;
                 }
-            }
-            // In what is left of the period only: a slow look must not hold up the next
-            // renewal (one did, and a leader with a store that answered lost its lease).
-            if looked.elapsed() >= config.retry_period() * 2 && Instant::now() < next {
-                looked = Instant::now();
-                if let Ok(Ok(key)) = tokio::time::timeout_at(next, store.get(&fence.key)).await {
-                    if !fence.holds(key.as_ref()) {
-                        tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
-                        break;
+                () = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    next = now + config.retry_period();
+                    if renewals.len() < RENEWALS_IN_FLIGHT {
+                        renewals.push(async move { (now, store.keep_alive(lease).await) });
+                    }
+                    if look.is_none() && now.duration_since(looked) >= config.retry_period() * 2 {
+                        looked = now;
+                        look = Some(Box::pin(store.get(&fence.key)));
+                    }
+                }
+                Some((sent, renewed)) = renewals.next(), if !renewals.is_empty() => {
+                    if sent.elapsed() > config.retry_period() {
+                        tracing::warn!(took_ms = sent.elapsed().as_millis(), "a leadership renewal was slow (the store, or this machine, is overloaded)");
+                    }
+                    match renewed {
+                        Ok(()) => valid_until = valid_until.max(sent + config.renew_deadline()),
+                        Err(StoreError::LeaseNotFound(_)) => {
+                            tracing::warn!("lost leadership: the lease is gone");
+                            break;
+                        }
+                        // A transient error: the next renewals may land before the deadline.
+                        Err(error) => tracing::warn!(%error, "renewing the leadership lease"),
+                    }
+                }
+                Some(key) = futures::future::OptionFuture::from(look.as_mut()), if look.is_some() => {
+                    look = None;
+                    if let Ok(key) = key {
+                        if !fence.holds(key.as_ref()) {
+                            tracing::warn!("lost leadership: the leader key is no longer the one this controller created");
+                            break;
+                        }
                     }
                 }
             }

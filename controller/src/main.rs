@@ -311,6 +311,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             secrets,
             // etcd: renewals on a connection of their own (an embedded file opens once).
             election_store: matches!(config, StoreConfig::Etcd { .. }).then(|| config.clone()),
+            ..ControllerConfig::default()
         },
         listener,
     );

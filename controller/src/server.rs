@@ -53,6 +53,10 @@ pub struct ControllerConfig {
     /// renewals never queue behind the controller's other requests; unset: it uses the
     /// controller's store.
     pub election_store: Option<crate::store::StoreConfig>,
+    /// About the most a part of a desired set carries of routes and endpoints, for agents
+    /// that take sets in parts (`crate::nodes::desired::PART_BYTES`; tests make it small
+    /// to cut every set).
+    pub desired_part_bytes: usize,
 }
 
 /// The controller's TLS: how it serves, and how it calls the agents' node API.
@@ -83,6 +87,7 @@ impl Default for ControllerConfig {
             tls: None,
             secrets: None,
             election_store: None,
+            desired_part_bytes: crate::nodes::desired::PART_BYTES,
         }
     }
 }
@@ -148,7 +153,8 @@ impl Controller {
             sessions_stop,
         )
         .with_secrets(config.secrets.clone())
-        .with_metrics(Arc::clone(&metrics));
+        .with_metrics(Arc::clone(&metrics))
+        .with_part_bytes(config.desired_part_bytes);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let tls = config.tls.clone();
         let server = tokio::spawn(async move {

@@ -116,7 +116,8 @@ pub(crate) struct Touched {
 const ROUTE_TOMBSTONES: usize = 1024;
 
 /// A value computed at most once per picture, on first use; pictures compare equal
-/// whatever their memos hold.
+/// whatever their memos hold. A copy keeps the value (unlike [`MemoMap`]'s): only
+/// published pictures compute it, never the publisher's working state they are copied from.
 #[derive(Clone, Default)]
 pub struct Memo<T>(std::sync::OnceLock<Arc<T>>);
 
@@ -144,9 +145,15 @@ impl<T> std::fmt::Debug for Memo<T> {
 pub struct MemoMap<K, V>(std::sync::Mutex<std::collections::HashMap<K, Arc<V>>>);
 
 impl<K: std::hash::Hash + Eq, V> MemoMap<K, V> {
+    /// The value for `key`, computed by `init` unless there is one (outside the lock: the
+    /// others' look-ups never wait for a computation; two at once keep the first).
     pub fn get_or_init(&self, key: K, init: impl FnOnce() -> V) -> Arc<V> {
-        let mut values = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(values.entry(key).or_insert_with(|| Arc::new(init())))
+        let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(value) = lock().get(&key) {
+            return Arc::clone(value);
+        }
+        let value = Arc::new(init());
+        Arc::clone(lock().entry(key).or_insert(value))
     }
 
     /// How many values were computed.

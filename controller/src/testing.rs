@@ -27,6 +27,8 @@ struct Seen {
     shared: orch_api::deltas::KnownShared,
     /// Routes the sets carried, in all (whole or changed).
     routes_received: u64,
+    /// Parts of sets that came in parts, but the last of each.
+    parts: u64,
     sessions: u64,
     /// Heartbeats sent.
     beats: u64,
@@ -145,6 +147,11 @@ impl FakeAgent {
     }
 
     /// Routes its sets carried, in all: with route deltas, about one per other node.
+    /// How many parts of sets cut into parts came (the last of each aside).
+    pub fn parts_received(&self) -> u64 {
+        lock(&self.seen).parts
+    }
+
     pub fn routes_received(&self) -> u64 {
         lock(&self.seen).routes_received
     }
@@ -231,6 +238,9 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
     let mut downward = client.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.map_err(|e| e.to_string())?.into_inner();
     lock(seen).sessions += 1;
     let mut ticker = tokio::time::interval(config.heartbeat);
+    // A set coming in parts, as a real agent takes it: learnt aside, seen whole once the
+    // last part is in (with whether its first part was a delta).
+    let mut parts: Option<(bool, orch_api::deltas::KnownShared)> = None;
     loop {
         // Read before the select: a guard held across it would deadlock the branches.
         let frozen = lock(seen).frozen;
@@ -246,20 +256,29 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
             message = downward.message(), if !frozen => {
                 let message = message.map_err(|e| e.to_string())?.ok_or("the controller ended the session")?;
                 let Some(pb::controller_message::Body::Desired(mut desired)) = message.body else { continue };
-                if desired.continued {
-                    let mut seen = lock(seen);
-                    seen.routes_received += desired.routes.len() as u64;
-                    seen.shared.learn(&mut desired);
-                    continue;
-                }
-                let delta = desired.delta;
+                lock(seen).routes_received += desired.routes.len() as u64;
+                // (delta, what the set says of the shared part once learnt; None: not yet)
+                let (delta, learnt) = if desired.continued || parts.is_some() {
+                    let (first_delta, mut shared) = parts.take().unwrap_or_else(|| (desired.delta, lock(seen).shared.clone()));
+                    shared.learn(&mut desired).map_err(|e| e.to_string())?;
+                    if desired.continued {
+                        parts = Some((first_delta, shared));
+                        lock(seen).parts += 1;
+                        continue;
+                    }
+                    (first_delta, Some(shared))
+                } else {
+                    (desired.delta, None)
+                };
                 let report = {
                     let mut seen = lock(seen);
                     seen.generation = desired.generation;
                     seen.desired_sets += 1;
                     seen.delta_sets += u64::from(delta);
-                    seen.routes_received += desired.routes.len() as u64;
-                    seen.shared.learn(&mut desired);
+                    match learnt {
+                        Some(shared) => seen.shared = shared,
+                        None => seen.shared.learn(&mut desired).map_err(|e| e.to_string())?,
+                    }
                     seen.running = desired.replicas.into_iter().filter_map(|d| d.replica).map(|r| (r.id.clone(), r)).collect();
                     report(config, &mut seen, &pod_prefix)
                 };

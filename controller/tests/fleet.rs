@@ -4,6 +4,8 @@
 //! of its own, 2,000 replicas run, 20 nodes are lost at once and only their replicas
 //! move; the leader never loses its lease, routes reach each agent about once per other
 //! node (deltas), and the store is asked a small constant number of times per replica.
+//! Sets are cut into parts of 2 KiB (16 KiB in a real controller), and every agent ends
+//! knowing every service's ready addresses as the store has them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -45,6 +47,7 @@ async fn two_hundred_agents_register_run_two_thousand_replicas_and_survive_losin
         cluster_network: orch_api::cidr::parse_cluster_network("10.64.0.0/16").expect("a /16"),
         node_lease: Duration::from_secs(2),
         node_grace: Duration::from_secs(2),
+        desired_part_bytes: 2048,
         ..ControllerConfig::default()
     };
     let controller = Controller::start(counted.clone(), config, listener);
@@ -104,6 +107,15 @@ async fn two_hundred_agents_register_run_two_thousand_replicas_and_survive_losin
     .await;
     let per_replica = (counted.requests() - before) as f64 / REPLICAS as f64;
     assert!(per_replica < 5.0, "{per_replica:.1} store requests per replica (heartbeats must not cost the store)");
+    // Ready addresses went to the agents as changes, in sets cut into parts: what each
+    // agent made of them is what the store holds.
+    wait_until("every agent to know every service's ready addresses as stored", nodes, || async {
+        let listed = store.store.list(orch_controller::keys::ENDPOINTS).await.expect("list endpoints").items;
+        let stored: Vec<pb::ServiceEndpoints> = orch_controller::keys::decode_all(&listed).expect("decode endpoints");
+        stored.iter().map(|e| e.ready_ips.len()).sum::<usize>() == REPLICAS && agents.iter().all(|a| a.endpoints() == stored)
+    })
+    .await;
+    assert!(agents.iter().map(FakeAgent::parts_received).sum::<u64>() > 0, "sets went in parts");
 
     // 20 nodes lost at once: their replicas, and only theirs, run elsewhere.
     let placed = placements(&mut api).await;

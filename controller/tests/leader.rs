@@ -107,15 +107,25 @@ async fn two_controllers_on_one_etcd_never_both_lead() {
 
 /// The real store, which can be paused like a process under SIGSTOP (or cut off from
 /// etcd, when it is never resumed): while paused every new call waits; on resume they
-/// all go on.
+/// all go on. With `slow_renewals`, every other lease renewal takes a second (a store
+/// busy applying a storm of writes); `renewals_landed` counts the renewals answered.
 struct Pausable {
     inner: Arc<dyn Store>,
     running: tokio::sync::watch::Sender<bool>,
+    slow_renewals: std::sync::atomic::AtomicBool,
+    renewals: std::sync::atomic::AtomicUsize,
+    renewals_landed: std::sync::atomic::AtomicUsize,
 }
 
 impl Pausable {
     fn new(inner: Arc<dyn Store>) -> Pausable {
-        Pausable { inner, running: tokio::sync::watch::channel(true).0 }
+        Pausable {
+            inner,
+            running: tokio::sync::watch::channel(true).0,
+            slow_renewals: Default::default(),
+            renewals: Default::default(),
+            renewals_landed: Default::default(),
+        }
     }
 
     async fn gate(&self) {
@@ -155,13 +165,50 @@ impl Store for Pausable {
         self.inner.grant_lease(ttl).await
     }
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
         self.gate().await;
-        self.inner.keep_alive(lease).await
+        if self.slow_renewals.load(SeqCst) && self.renewals.fetch_add(1, SeqCst) % 2 == 1 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let renewed = self.inner.keep_alive(lease).await;
+        self.renewals_landed.fetch_add(1, SeqCst);
+        renewed
     }
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.gate().await;
         self.inner.revoke_lease(lease).await
     }
+}
+
+/// A leader whose every other renewal takes a second keeps its lease (2 s, so a renewal
+/// must land within 1.33 s of the last one that did): renewals go every period whatever
+/// the earlier ones are doing. Sent one after the other, the first slow one cost the lead.
+async fn a_leader_whose_renewals_are_slow_keeps_its_lease(shared: Arc<dyn Store>) {
+    use orch_controller::election::{Candidate, ElectionConfig};
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(Pausable::new(shared));
+    store.slow_renewals.store(true, SeqCst);
+    let a = Candidate::spawn(store.clone(), ElectionConfig { identity: "slow".into(), ttl: Duration::from_secs(2) });
+    wait_until("a to lead", LIMIT, || async { a.is_leader() }).await;
+    let mut leadership = a.fence();
+    let fence = leadership.borrow_and_update().clone().expect("a leader has a fence");
+    let landed = store.renewals_landed.load(SeqCst);
+    wait_until("ten renewals, half of them slow, to be answered", LIMIT, || async { store.renewals_landed.load(SeqCst) >= landed + 10 }).await;
+    assert!(!leadership.has_changed().unwrap_or(true), "the leadership never changed: {:?}", leadership.borrow().clone());
+    assert_eq!(a.fence().borrow().clone(), Some(fence), "still the same leadership");
+    a.resign().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_are_slow_keeps_its_lease_on_etcd() {
+    let store = common::etcd_namespaced("slowrenew").await;
+    a_leader_whose_renewals_are_slow_keeps_its_lease(Arc::clone(&store.store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_are_slow_keeps_its_lease_on_the_embedded_store() {
+    let store = common::embedded().await;
+    a_leader_whose_renewals_are_slow_keeps_its_lease(Arc::clone(&store.store)).await;
 }
 
 /// Leader a is paused (its every store call held, as under SIGSTOP) with writes queued,

@@ -5,6 +5,14 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::pb;
 
+/// A set that does not follow from what the session's earlier sets said: the session is
+/// out of step, and a new one (whose first set is whole) puts it right.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("a change to the ready addresses of service {0:?}, whose endpoints no earlier set gave")]
+    UnknownService(String),
+}
+
 /// What a session's sets have said so far of what every node's set shares: each service's
 /// endpoints, the routes to the other nodes (one per session: a new session starts with
 /// a whole set).
@@ -20,15 +28,18 @@ impl KnownShared {
     /// replaces what was known, a delta is applied to it; either way `set.endpoints` ends
     /// with every service's endpoints (in service order) and `set.routes` with every
     /// route, and the delta's marks are cleared.
-    pub fn take(&mut self, set: &mut pb::DesiredSet) {
-        self.learn(set);
+    pub fn take(&mut self, set: &mut pb::DesiredSet) -> Result<(), DeltaError> {
+        self.learn(set)?;
         set.endpoints = self.endpoints.values().cloned().collect();
         set.routes = self.routes.clone();
+        Ok(())
     }
 
     /// Learns what a set says of the shared part and takes it out of the set (its
-    /// endpoints and routes end empty, the delta's marks cleared).
-    pub fn learn(&mut self, set: &mut pb::DesiredSet) {
+    /// endpoints and routes end empty, the delta's marks cleared). A change to the ready
+    /// addresses of a service no earlier set gave is an error (the rest is learnt).
+    pub fn learn(&mut self, set: &mut pb::DesiredSet) -> Result<(), DeltaError> {
+        let mut unknown = None;
         if !set.delta {
             self.endpoints.clear();
         }
@@ -37,8 +48,10 @@ impl KnownShared {
         }
         for endpoints in std::mem::take(&mut set.endpoints) {
             if endpoints.ready_ips_partial {
-                let known = self.endpoints.entry(endpoints.service.clone()).or_default();
-                apply_ready_changes(known, endpoints);
+                match self.endpoints.get_mut(&endpoints.service) {
+                    Some(known) => apply_ready_changes(known, endpoints),
+                    None => unknown = Some(endpoints.service),
+                }
             } else {
                 self.endpoints.insert(endpoints.service.clone(), endpoints);
             }
@@ -64,6 +77,7 @@ impl KnownShared {
         set.routes_changed = false;
         set.routes_partial = false;
         set.routes_removed.clear();
+        unknown.map_or(Ok(()), |service| Err(DeltaError::UnknownService(service)))
     }
 
     /// Every service's endpoints, in service order.
@@ -127,7 +141,7 @@ mod tests {
             ("a whole set forgets what it does not list", set(false, vec![web.clone()], &[], None), vec![web.clone()], vec![]),
         ];
         for (case, mut set, endpoints, routes) in cases {
-            known.take(&mut set);
+            known.take(&mut set).expect(case);
             assert_eq!((&set.endpoints, &set.routes), (&endpoints, &routes), "{case}");
             assert!(!set.delta && !set.routes_changed && set.endpoints_removed.is_empty(), "{case}: the set leaves whole");
         }
@@ -146,7 +160,7 @@ mod tests {
         let whole = |service: &str, vip: &str, ready: &[&str]| pb::ServiceEndpoints { vip: vip.into(), ..endpoints(service, ready) };
         let mut known = KnownShared::default();
         let mut first = set(false, vec![whole("web", "10.96.0.1", &["a", "c"]), whole("api", "10.96.0.2", &["b"])], &[], None);
-        known.take(&mut first);
+        known.take(&mut first).expect("a whole set");
         #[rustfmt::skip]
         let cases: Vec<(&str, pb::DesiredSet, Vec<pb::ServiceEndpoints>)> = vec![
             ("one added, in address order", set(true, vec![partial("web", "10.96.0.1", &["b"], &[])], &[], None),
@@ -155,15 +169,16 @@ mod tests {
                 vec![whole("api", "10.96.0.2", &["b"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
             ("an address removed that was never known, one added twice", set(true, vec![partial("api", "10.96.0.2", &["e", "b"], &["z"])], &[], None),
                 vec![whole("api", "10.96.0.2", &["b", "e"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
-            ("a partial record of a service never known starts from none", set(true, vec![partial("db", "10.96.0.3", &["f"], &["g"])], &["api"], None),
-                vec![whole("db", "10.96.0.3", &["f"]), whole("web", "10.96.0.9", &["b", "c", "d"])]),
-            ("a whole record replaces a partial history", set(true, vec![whole("web", "10.96.0.1", &["x"])], &[], None),
-                vec![whole("db", "10.96.0.3", &["f"]), whole("web", "10.96.0.1", &["x"])]),
+            ("a whole record replaces a partial history", set(true, vec![whole("web", "10.96.0.1", &["x"])], &["api"], None),
+                vec![whole("web", "10.96.0.1", &["x"])]),
         ];
         for (case, mut set, endpoints) in cases {
-            known.take(&mut set);
+            known.take(&mut set).expect(case);
             assert_eq!(set.endpoints, endpoints, "{case}");
         }
+        let mut out_of_step = set(true, vec![partial("db", "10.96.0.3", &["f"], &[])], &[], None);
+        assert_eq!(known.take(&mut out_of_step), Err(DeltaError::UnknownService("db".into())), "a change to a service never given");
+        assert_eq!(known.endpoints().map(|e| e.service.as_str()).collect::<Vec<_>>(), ["web"], "and nothing made up for it");
     }
 
     #[test]
@@ -178,7 +193,7 @@ mod tests {
         };
         let mut known = KnownShared::default();
         let mut whole = set(false, vec![], &[], Some(vec![via("n3", "c"), via("n2", "b")]));
-        known.take(&mut whole);
+        known.take(&mut whole).expect("a whole set");
         assert_eq!(whole.routes, vec![via("n2", "b"), via("n3", "c")], "a whole set, put in node order");
         #[rustfmt::skip]
         let cases: Vec<(&str, pb::DesiredSet, Vec<pb::NodeRoute>)> = vec![
@@ -188,7 +203,7 @@ mod tests {
             ("a delta without route changes keeps them", set(true, vec![], &[], None), vec![via("n1", "a"), via("n3", "c2"), via("n4", "d")]),
         ];
         for (case, mut set, routes) in cases {
-            known.take(&mut set);
+            known.take(&mut set).expect(case);
             assert_eq!(set.routes, routes, "{case}");
             assert!(!set.routes_partial && set.routes_removed.is_empty(), "{case}: the set leaves whole");
         }

@@ -47,6 +47,10 @@ pub enum LinkError {
     Ended,
     #[error("the session's upward stream closed")]
     UpwardClosed,
+    /// A set that does not follow from the session's earlier ones: a new session starts
+    /// whole.
+    #[error("controller {controller}: the session is out of step: {error}")]
+    OutOfStep { controller: String, error: orch_api::deltas::DeltaError },
 }
 
 /// How long one controller may take to accept a connection before the next is tried.

@@ -119,11 +119,11 @@ impl Session {
                     if let Some(pb::controller_message::Body::Desired(mut set)) = message.body {
                         if set.continued {
                             // A part of a set: acted on with the last one.
-                            self.shared.learn(&mut set);
+                            self.shared.learn(&mut set).map_err(|error| LinkError::OutOfStep { controller: self.controller.clone(), error })?;
                             continue;
                         }
                         self.controllers.with(|known| known.learn(&set.controllers));
-                        self.shared.take(&mut set);
+                        self.shared.take(&mut set).map_err(|error| LinkError::OutOfStep { controller: self.controller.clone(), error })?;
                         return Ok(set);
                     }
                 }

@@ -626,7 +626,7 @@ mod tests {
         let (mut whole, mut cut) = (KnownShared::default(), KnownShared::default());
         for (case, set) in sets {
             let mut expected = set.clone();
-            whole.take(&mut expected);
+            whole.take(&mut expected).expect(case);
             let parts = cut_into_parts(set.clone(), PART_BYTES);
             assert_eq!(parts.len() == 1, set.encoded_len() <= PART_BYTES, "{case}: cut only when larger than a part");
             let (last, before) = parts.split_last().expect("at least one part");
@@ -638,7 +638,7 @@ mod tests {
             }
             let mut made = pb::DesiredSet::default();
             for mut part in parts {
-                cut.take(&mut part);
+                cut.take(&mut part).expect(case);
                 made = part;
             }
             // (Not assert_eq: the sets are thousands of lines.)

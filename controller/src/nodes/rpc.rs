@@ -38,6 +38,8 @@ pub struct NodesRpc {
     /// come back (load shed, so that a thousand agents starting together neither queue
     /// without end nor starve the sessions already running).
     registering: Arc<tokio::sync::Semaphore>,
+    /// See `ControllerConfig::desired_part_bytes`.
+    part_bytes: usize,
 }
 
 /// See `NodesRpc::registering`.
@@ -66,7 +68,13 @@ impl NodesRpc {
             secrets: None,
             metrics: Arc::default(),
             registering: Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE)),
+            part_bytes: super::desired::PART_BYTES,
         }
+    }
+
+    /// Cuts desired sets into parts of about `part_bytes` (for agents that take parts).
+    pub fn with_part_bytes(self, part_bytes: usize) -> NodesRpc {
+        NodesRpc { part_bytes, ..self }
     }
 
     /// Counts the heartbeats the sessions receive into `metrics`.
@@ -149,6 +157,7 @@ impl Nodes for NodesRpc {
             lag: Arc::clone(&self.lag),
             secrets: self.secrets.clone(),
             metrics: Arc::clone(&self.metrics),
+            part_bytes: self.part_bytes,
         };
         tokio::spawn(session.serve(peer, incoming, outgoing, self.stopping.clone()));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))

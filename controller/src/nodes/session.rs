@@ -11,9 +11,7 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{
-    cut_into_parts, desired_set, open_secret, stamp, whole_endpoints, whole_routes, Deltas, NodeDesired, RouteChanges, SentShared, PART_BYTES,
-};
+use super::desired::{cut_into_parts, desired_set, open_secret, stamp, whole_endpoints, whole_routes, Deltas, NodeDesired, RouteChanges, SentShared};
 use super::detector::{Detector, DetectorConfig};
 use super::liveness::{LivenessLease, RuntimeLag};
 use super::registry::{NodeError, NodeRegistry};
@@ -144,6 +142,7 @@ pub(super) struct Session {
     /// Opens Secrets for the nodes that use them; none: Secrets are not sent.
     pub(super) secrets: Option<Arc<SecretsKey>>,
     pub(super) metrics: Arc<crate::metrics::ControllerMetrics>,
+    pub(super) part_bytes: usize,
 }
 
 impl Session {
@@ -191,7 +190,14 @@ impl Session {
                     }
                 }
                 let deltas = Deltas::said_in(&message);
-                tasks.push(tokio::spawn(Session::send_desired(self.state.clone(), self.node.clone(), outgoing.clone(), self.secrets.clone(), deltas)));
+                tasks.push(tokio::spawn(Session::send_desired(
+                    self.state.clone(),
+                    self.node.clone(),
+                    outgoing.clone(),
+                    self.secrets.clone(),
+                    deltas,
+                    self.part_bytes,
+                )));
                 tasks.push(tokio::spawn(self.clone().write_statuses(latest_report.clone())));
                 // This session holds the node now: only it judges the node's silence, and
                 // only it may take the node's alive key away when it ends.
@@ -456,7 +462,14 @@ impl Session {
     /// Sends the node's desired set now and whenever it changes, until the agent goes:
     /// the first whole, the next ones with the endpoints and routes that changed since the
     /// previous one when the agent takes deltas (`deltas`), whole otherwise.
-    async fn send_desired(mut state: watch::Receiver<Arc<ClusterState>>, node: String, outgoing: Outgoing, secrets: Option<Arc<SecretsKey>>, deltas: Deltas) {
+    async fn send_desired(
+        mut state: watch::Receiver<Arc<ClusterState>>,
+        node: String,
+        outgoing: Outgoing,
+        secrets: Option<Arc<SecretsKey>>,
+        deltas: Deltas,
+        part_bytes: usize,
+    ) {
         let open = |key: &str, stored: &pb::StoredConfig| open_secret(secrets.as_deref(), key, stored);
         // The last set sent, endpoints and routes aside.
         let mut last: Option<NodeDesired> = None;
@@ -519,7 +532,7 @@ impl Session {
             }
             drop(current);
             if let Some((set, wanted)) = to_send {
-                let parts = if deltas.parts { cut_into_parts(set, PART_BYTES) } else { vec![set] };
+                let parts = if deltas.parts { cut_into_parts(set, part_bytes) } else { vec![set] };
                 for part in parts {
                     let message = pb::ControllerMessage { body: Some(pb::controller_message::Body::Desired(part)) };
                     if outgoing.send(Ok(message)).await.is_err() {
