@@ -166,6 +166,15 @@ struct Phase {
     took: Duration,
     cpu: f64,
     store_requests: u64,
+    /// The fake agents' own longest time between two heartbeats in the phase: over a
+    /// second, the bench's process (sharing the cores) was late, and the controller may
+    /// rightly judge a node silent.
+    agents_late: Duration,
+}
+
+/// The longest heartbeat gap of any of `agents` since the last look.
+fn agents_late(agents: &[FakeAgent]) -> Duration {
+    agents.iter().map(FakeAgent::take_longest_beat_gap).max().unwrap_or_default()
 }
 
 struct Measure {
@@ -188,9 +197,14 @@ impl Measure {
         })
     }
 
-    fn end(self) -> Result<Phase, String> {
+    fn end(self, agents: &[FakeAgent]) -> Result<Phase, String> {
         let took = self.start.elapsed();
-        Ok(Phase { took, cpu: process_usage(&self.pid.to_string()).0 - self.cpu, store_requests: store_requests(self.metrics)? - self.requests })
+        Ok(Phase {
+            took,
+            cpu: process_usage(&self.pid.to_string()).0 - self.cpu,
+            store_requests: store_requests(self.metrics)? - self.requests,
+            agents_late: agents_late(agents),
+        })
     }
 }
 
@@ -268,7 +282,7 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
         }
     })
     .await?;
-    let register = measure.end()?;
+    let register = measure.end(&agents)?;
 
     let measure = Measure::start(&controller)?;
     let request = pb::ApplyRequest { sources: vec![pb::ManifestSource { name: "fleet.yaml".into(), content: services_manifest("svc", SERVICES, replicas) }] };
@@ -292,7 +306,7 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
         }
     };
     wait("every replica to run", limit, &mut controller, all_running(replicas)).await?;
-    let apply = measure.end()?;
+    let apply = measure.end(&agents)?;
 
     // The storm: the first LOST agents killed at once (their connections close, their
     // heartbeats stop).
@@ -314,14 +328,17 @@ async fn run(store: &str, nodes: usize, replicas: usize, lost: usize, dir: &Path
         }
     })
     .await?;
-    let heal = measure.end()?;
+    let heal = measure.end(&agents)?;
     let after = placements(&mut api).await?;
     // Kept: the same replica on the same node. Everything else was moved or replaced.
     let kept = before.iter().filter(|(id, (node, _))| after.get(*id).is_some_and(|(now, _)| now == node)).count();
     let moved = replicas - kept;
     let untouched = before.iter().filter(|(_, (node, _))| !killed.contains(node)).all(|(id, (node, _))| after.get(id).is_some_and(|(now, _)| now == node));
     if !untouched {
-        return Err(format!("a replica on a surviving node moved or restarted ({moved} moved, {lost_replicas} were on the lost nodes)"));
+        return Err(format!(
+            "a replica on a surviving node moved or restarted ({moved} moved, {lost_replicas} were on the lost nodes; the agents' longest heartbeat gap {:.1} s)",
+            heal.agents_late.as_secs_f64()
+        ));
     }
 
     let (_, peak_rss_mib) = process_usage(&controller.process.pid().to_string());
@@ -357,6 +374,12 @@ fn report(name: &str, run: &Run, nodes: usize, replicas: usize, lost: usize, pur
         run.heal.store_requests as f64 / run.moved.max(1) as f64
     );
     println!("{name:>8}: controller peak RSS {:.0} MiB; leadership lost {} times", run.peak_rss_mib, run.leadership_lost);
+    println!(
+        "{name:>8}: the fake agents' own longest heartbeat gap (250 ms wanted): registration {:.1} s, apply {:.1} s, loss {:.1} s",
+        run.register.agents_late.as_secs_f64(),
+        run.apply.agents_late.as_secs_f64(),
+        run.heal.agents_late.as_secs_f64()
+    );
     for (count, message) in run.warnings.iter().take(8) {
         println!("{name:>8}: the controller warned {count}× {message}");
     }

@@ -29,6 +29,10 @@ struct Seen {
     routes_received: u64,
     /// Parts of sets that came in parts, but the last of each.
     parts: u64,
+    /// When the last heartbeat went, and the longest time between two so far (a fake
+    /// agent's process too busy to beat on time is not the controller's doing).
+    last_beat: Option<std::time::Instant>,
+    longest_beat_gap: Duration,
     sessions: u64,
     /// Heartbeats sent.
     beats: u64,
@@ -136,6 +140,12 @@ impl FakeAgent {
     /// Heartbeats sent so far.
     pub fn beats(&self) -> u64 {
         lock(&self.seen).beats
+    }
+
+    /// The longest time between two of this agent's heartbeats since the last call (its
+    /// own lateness: it runs in a test's or benchmark's process), starting the count again.
+    pub fn take_longest_beat_gap(&self) -> Duration {
+        std::mem::take(&mut lock(&self.seen).longest_beat_gap)
     }
 
     pub fn sessions(&self) -> u64 {
@@ -249,7 +259,11 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
                 let beat = !lock(seen).frozen;
                 if beat {
                     upward.send(heartbeat()).await.map_err(|e| e.to_string())?;
-                    lock(seen).beats += 1;
+                    let (mut seen, now) = (lock(seen), std::time::Instant::now());
+                    seen.beats += 1;
+                    if let Some(last) = seen.last_beat.replace(now) {
+                        seen.longest_beat_gap = seen.longest_beat_gap.max(now.duration_since(last));
+                    }
                 }
             }
             // Frozen, what comes down waits in the connection, as in a cut link.
