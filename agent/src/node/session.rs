@@ -117,13 +117,14 @@ impl Session {
                 message = self.downward.message() => {
                     let message = message.map_err(|status| LinkError::Call { controller: self.controller.clone(), call: "session", status })?.ok_or(LinkError::Ended)?;
                     if let Some(pb::controller_message::Body::Desired(mut set)) = message.body {
-                        if set.continued {
-                            // A part of a set: acted on with the last one.
-                            self.shared.learn(&mut set).map_err(|error| LinkError::OutOfStep { controller: self.controller.clone(), error })?;
+                        // A part of a set (`continued`) is taken in and acted on with the last.
+                        let part = set.continued;
+                        let taken = if part { self.shared.learn(&mut set) } else { self.shared.take(&mut set) };
+                        taken.map_err(|error| LinkError::OutOfStep { controller: self.controller.clone(), error })?;
+                        if part {
                             continue;
                         }
                         self.controllers.with(|known| known.learn(&set.controllers));
-                        self.shared.take(&mut set).map_err(|error| LinkError::OutOfStep { controller: self.controller.clone(), error })?;
                         return Ok(set);
                     }
                 }

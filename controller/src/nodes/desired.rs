@@ -165,13 +165,10 @@ fn endpoint_pieces(endpoints: pb::ServiceEndpoints, max_bytes: usize) -> Vec<pb:
         return vec![endpoints];
     }
     let partial = |added: &[String], removed: &[String]| pb::ServiceEndpoints {
-        service: endpoints.service.clone(),
-        vip: endpoints.vip.clone(),
-        ports: endpoints.ports.clone(),
         ready_ips_partial: true,
         ready_ips_added: added.to_vec(),
         ready_ips_removed: removed.to_vec(),
-        ..Default::default()
+        ..without_addresses(&endpoints)
     };
     let mut pieces = Vec::new();
     let added = if endpoints.ready_ips_partial {
@@ -179,18 +176,16 @@ fn endpoint_pieces(endpoints: pb::ServiceEndpoints, max_bytes: usize) -> Vec<pb:
         &endpoints.ready_ips_added[..]
     } else {
         let (first, others) = endpoints.ready_ips.split_at(per_piece.min(endpoints.ready_ips.len()));
-        let whole = pb::ServiceEndpoints {
-            service: endpoints.service.clone(),
-            vip: endpoints.vip.clone(),
-            ports: endpoints.ports.clone(),
-            ready_ips: first.to_vec(),
-            ..Default::default()
-        };
-        pieces.push(whole);
+        pieces.push(pb::ServiceEndpoints { ready_ips: first.to_vec(), ..without_addresses(&endpoints) });
         others
     };
     pieces.extend(added.chunks(per_piece).map(|added| partial(added, &[])));
     pieces
+}
+
+/// A service's endpoints record without any address: its service, VIP and ports.
+fn without_addresses(endpoints: &pb::ServiceEndpoints) -> pb::ServiceEndpoints {
+    pb::ServiceEndpoints { service: endpoints.service.clone(), vip: endpoints.vip.clone(), ports: endpoints.ports.clone(), ..Default::default() }
 }
 
 /// What changed in the shared part since a session's previous set (`None`: nothing).
@@ -303,15 +298,7 @@ pub fn ready_changes(before: &pb::ServiceEndpoints, now: &pb::ServiceEndpoints) 
     if added.len() + removed.len() >= now.ready_ips.len() {
         return now.clone();
     }
-    pb::ServiceEndpoints {
-        service: now.service.clone(),
-        vip: now.vip.clone(),
-        ports: now.ports.clone(),
-        ready_ips: Vec::new(),
-        ready_ips_partial: true,
-        ready_ips_added: added,
-        ready_ips_removed: removed,
-    }
+    pb::ServiceEndpoints { ready_ips_partial: true, ready_ips_added: added, ready_ips_removed: removed, ..without_addresses(now) }
 }
 
 /// What a node's set says but the endpoints and routes, with its replicas as the picture's
@@ -368,7 +355,7 @@ impl NodeDesired {
 
 /// What the node's desired set says but the endpoints and routes. Configs and Secrets go
 /// only to the nodes whose replicas use them.
-pub fn desired_set(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> NodeDesired {
+pub fn node_desired(state: &ClusterState, node: &str, open: SecretOpener<'_>) -> NodeDesired {
     let shared = state.shared_desired.get_or_init(|| SharedDesired::of(state));
     let mut used: BTreeSet<(pb::ConfigKind, String)> = BTreeSet::new();
     for replica in state.replicas_on(node) {

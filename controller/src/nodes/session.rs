@@ -11,7 +11,7 @@ use orch_api::tls::Peer;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::desired::{cut_into_parts, desired_set, open_secret, stamp, whole_endpoints, whole_routes, Deltas, NodeDesired, RouteChanges, SentShared};
+use super::desired::{cut_into_parts, node_desired, open_secret, stamp, whole_endpoints, whole_routes, Deltas, NodeDesired, RouteChanges, SentShared};
 use super::detector::{Detector, DetectorConfig};
 use super::liveness::{LivenessLease, RuntimeLag};
 use super::registry::{NodeError, NodeRegistry};
@@ -500,7 +500,7 @@ impl Session {
                     }
                 }
                 seen_version = Some(version);
-                let wanted = desired_set(&current, &node, &open);
+                let wanted = node_desired(&current, &node, &open);
                 let changes = shared.changes(&current, &node, deltas);
                 if last.as_ref() != Some(&wanted) || !changes.is_empty() {
                     let generation = u64::try_from(current.revision).unwrap_or(0);
