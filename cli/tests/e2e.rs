@@ -55,6 +55,19 @@ fn timed_requests(stream: &str, address: impl Fn(usize) -> SocketAddr) -> Vec<Ti
         .collect()
 }
 
+/// Runs `orch ARGS` until its output satisfies `done`; returns that output.
+fn wait_for_output(lab: &Lab, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = lab.ok(args);
+        if done(&out) {
+            return out;
+        }
+        assert!(start.elapsed() < LIMIT, "`orch {}` never showed what was awaited:\n{out}\n{}", args.join(" "), lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn three_nodes_end_to_end() {
     let lab = Lab::up(3);
@@ -71,6 +84,16 @@ fn three_nodes_end_to_end() {
     // 300 requests over every node's node port: every replica answers.
     let answered = load(&lab, &[1, 2, 3], 300, "steady state");
     assert_eq!(answered.len(), 3, "every replica answers: {answered:?}");
+
+    // A target no restart can meet (1 ms), so the kill below is a warning. Targets are
+    // not the template: applying them restarts nothing.
+    let strict = lab.dir.path().join("webapp-strict.yaml");
+    let text_of = std::fs::read_to_string(&manifest).expect("read the manifest");
+    assert!(text_of.contains("restartWithinMillis: 3000"), "the manifest sets a restart target");
+    std::fs::write(&strict, text_of.replace("restartWithinMillis: 3000", "restartWithinMillis: 1")).expect("write");
+    let before_targets = identities(&lab.replicas(), None);
+    lab.ok(&["apply", "-f", strict.to_str().expect("path")]);
+    assert_eq!(identities(&lab.replicas(), None), before_targets, "a new target restarts nothing");
 
     // kill -9 a replica while requests flow through the node ports and, from inside
     // node1 (a thread that entered its network namespace), through the VIP: replaced,
@@ -107,6 +130,14 @@ fn three_nodes_end_to_end() {
     assert!(lost.is_empty(), "requests lost while a replica was replaced: {lost:?}\n{}", lab.logs());
     let answered = requests.iter().filter(|r| r.outcome.is_ok()).count();
     assert!(answered >= requests.len() - 2, "at most one request per stream dies with the killed process: {answered} of {}", requests.len());
+    // The restart is an incident: measured by the node, judged against the target by
+    // the controller, a warning event, and a row of `describe service`.
+    let described = wait_for_output(&lab, &["describe", "service", "webapp"], |text| {
+        text.lines().any(|l| l.contains("restart") && l.contains(&name) && l.contains("1 ms") && l.ends_with("MISSED"))
+    });
+    assert!(described.contains("Recovery:    restart within 1 ms, reschedule within 30 s"), "{described}");
+    let events = lab.ok(&["get", "events"]);
+    assert!(events.lines().any(|l| l.contains("RecoveryTargetMissed") && l.contains(&format!("replica/{name}"))), "{events}");
 
     // A controller restart restarts nothing.
     let before = identities(&lab.replicas(), None);
@@ -152,6 +183,10 @@ fn three_nodes_end_to_end() {
     lab.ok(&["delete", "service", "keeper", "--purge-volumes"]);
     let moved = lab.wait("node3's replica to run elsewhere", |r| all_running(3)(r) && r.iter().all(|x| x["node"] != "node3"));
     assert!(moved.iter().all(|r| !on_three.contains(&r["name"].as_str().unwrap_or("").to_owned())), "replaced by new replicas");
+    // The leader measured the loss, from node3 NotReady to 3 replicas ready again.
+    wait_for_output(&lab, &["describe", "service", "webapp"], |text| {
+        text.lines().any(|l| l.contains("reschedule") && l.contains("node3") && l.contains("30.0 s") && l.contains("node node3 lost"))
+    });
     let answered = load(&lab, &[1, 2], 60, "after node3 died");
     assert_eq!(answered.len(), 3, "{answered:?}");
 

@@ -128,11 +128,11 @@ impl EventLog {
 
     /// Records in the background, never holding the caller up; failures are logged.
     pub fn emit(&self, kind: EventKind, object: String, message: String) {
-        self.push(pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message });
+        self.push(pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message, incident: None });
     }
 
-    /// Records an event an agent reported, under the kind it named (stamped now, as
-    /// the controller's own).
+    /// Records a whole event — one an agent reported, under the kind it named, or an
+    /// incident — stamped now, as the controller's own.
     pub fn emit_reported(&self, event: pb::Event) {
         self.push(pb::Event { timestamp_unix_ms: now_unix_ms(), ..event });
     }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod election;
 pub mod events;
+pub mod incidents;
 pub mod keys;
 pub mod metrics;
 pub mod nodes;

@@ -54,6 +54,17 @@ struct NodeName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IncidentLabels {
+    service: String,
+    kind: String,
+}
+
+/// Recoveries from 10 ms to about 5.5 min.
+fn recovery() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceName {
     service: String,
 }
@@ -78,6 +89,8 @@ pub struct ControllerMetrics {
     restarts: Family<ReplicaName, Gauge>,
     node_ready: Family<NodeName, Gauge>,
     heartbeat_age: Family<NodeName, SecondsGauge>,
+    recovery: Family<IncidentLabels, Histogram, fn() -> Histogram>,
+    recovery_missed: Family<IncidentLabels, Counter>,
 }
 
 impl Default for ControllerMetrics {
@@ -95,6 +108,8 @@ impl Default for ControllerMetrics {
             restarts: Family::default(),
             node_ready: Family::default(),
             heartbeat_age: Family::default(),
+            recovery: Family::new_with_constructor(recovery),
+            recovery_missed: Family::default(),
         }
     }
 }
@@ -122,6 +137,12 @@ impl ControllerMetrics {
         orch.register("replica_restarts", "Restarts of each replica's container, as its node reports them", self.restarts.clone());
         orch.register("node_ready", "1 while the node's liveness lease is alive", self.node_ready.clone());
         orch.register("node_heartbeat_age_seconds", "Since the last heartbeat this controller received from the node", self.heartbeat_age.clone());
+        orch.register(
+            "recovery_seconds",
+            "From a fault to its service serving again, by service and kind (restart: reported by the node's agent through this controller; reschedule: measured by the leader)",
+            self.recovery.clone(),
+        );
+        orch.register("recovery_target_missed", "Incidents that took longer than the service's spec.recovery target", self.recovery_missed.clone());
     }
 
     pub fn reconciled(&self, took: Duration) {
@@ -130,6 +151,15 @@ impl ControllerMetrics {
 
     pub fn scheduled(&self, waited: Duration) {
         self.scheduling_latency.observe(waited.as_secs_f64());
+    }
+
+    /// A fault recovered from (a `Recovered` or `RecoveryTargetMissed` event's incident).
+    pub fn recovered(&self, incident: &pb::Incident) {
+        let labels = IncidentLabels { service: incident.service.clone(), kind: incident.kind.clone() };
+        self.recovery.get_or_create(&labels).observe(Duration::from_millis(incident.recovered_ms).as_secs_f64());
+        if crate::incidents::missed(incident) {
+            self.recovery_missed.get_or_create(&labels).inc();
+        }
     }
 
     pub fn heartbeat(&self, node: &str) {

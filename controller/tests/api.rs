@@ -143,6 +143,11 @@ async fn apply_reapply_configure_and_vips(api: ServiceApi) {
     assert_eq!(configured.generation, 2);
     assert_eq!(configured.vip, web.vip, "the VIP stays");
     assert_ne!(configured.spec_hash, web.spec_hash, "a template change changes the hash");
+    let targets = changed.replace("  replicas: 2\n", "  replicas: 2\n  recovery: {restartWithinMillis: 500}\n");
+    assert_eq!(api.apply(&source(&targets)).await.expect("apply"), vec![applied("web", ApplyOutcome::Configured)]);
+    let targeted = api.get("web").await.expect("get");
+    assert_eq!(targeted.spec.as_ref().and_then(|s| s.recovery.as_ref()).map(|r| r.restart_within_millis), Some(500));
+    assert_eq!(targeted.spec_hash, configured.spec_hash, "recovery targets are not the template: nothing rolls");
     let names: Vec<String> = api.list().await.expect("list").into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["api", "web"]);
 }

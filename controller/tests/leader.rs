@@ -274,7 +274,8 @@ async fn a_paused_leaders_writes_are_fenced_on_the_embedded_store() {
 
 async fn events_are_listed_then_expire(store: common::TestStore) {
     let log = EventLog::new(store.store.clone(), Duration::from_secs(2));
-    let event = pb::Event { timestamp_unix_ms: 0, kind: "Started".into(), object: "replica/web-12345".into(), message: "container started".into() };
+    let event =
+        pb::Event { timestamp_unix_ms: 0, kind: "Started".into(), object: "replica/web-12345".into(), message: "container started".into(), incident: None };
     log.record(event.clone()).await.expect("record an event");
     let listed: Vec<pb::Event> =
         orch_controller::keys::decode_all(&store.store.list(orch_controller::keys::EVENTS).await.expect("list").items).expect("decode");

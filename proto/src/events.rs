@@ -57,10 +57,16 @@ pub enum EventKind {
     ListenerFailed,
     /// A listener that had failed is open.
     ListenerOpened,
+    // Either's: a replica restarted on its node (the agent's) or a lost node's replicas
+    // replaced (the leader's) serve again; the event carries the `Incident`.
+    /// Serving again within the service's recovery target (or it has none).
+    Recovered,
+    /// Serving again, later than the service's recovery target: a warning.
+    RecoveryTargetMissed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -86,6 +92,8 @@ impl EventKind {
         EventKind::RecordUnreadable,
         EventKind::ListenerFailed,
         EventKind::ListenerOpened,
+        EventKind::Recovered,
+        EventKind::RecoveryTargetMissed,
     ];
 
     /// The name on the wire and on screen.
@@ -116,6 +124,8 @@ impl EventKind {
             EventKind::RecordUnreadable => "RecordUnreadable",
             EventKind::ListenerFailed => "ListenerFailed",
             EventKind::ListenerOpened => "ListenerOpened",
+            EventKind::Recovered => "Recovered",
+            EventKind::RecoveryTargetMissed => "RecoveryTargetMissed",
         }
     }
 

@@ -315,6 +315,20 @@ fn invalid_manifests_name_their_field() {
         ("one log file", variant("", "  logs: {maxFiles: 1}"), "spec.logs.maxFiles", "must be between 2 and 16, got 1"),
         ("too many log files", variant("", "  logs: {maxFiles: 17}"), "spec.logs.maxFiles", "must be between 2 and 16, got 17"),
         ("unknown log field", variant("", "  logs: {maxAge: 7d}"), "spec.logs.maxAge", "unknown field `maxAge`"),
+        ("empty recovery", variant("", "  recovery: {}"), "spec.recovery", "name restartWithinMillis, rescheduleWithinSeconds or both"),
+        (
+            "zero restart target",
+            variant("", "  recovery: {restartWithinMillis: 0}"),
+            "spec.recovery.restartWithinMillis",
+            "must be between 1 and 3600000, got 0",
+        ),
+        (
+            "reschedule target over a day",
+            variant("", "  recovery: {rescheduleWithinSeconds: 86401}"),
+            "spec.recovery.rescheduleWithinSeconds",
+            "must be between 1 and 86400, got 86401",
+        ),
+        ("unknown recovery field", variant("", "  recovery: {restartWithin: 5s}"), "spec.recovery.restartWithin", "unknown field `restartWithin`"),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);
@@ -341,6 +355,21 @@ fn a_log_policy_is_carried_and_an_unset_one_stays_unset() {
     // No `logs`: none in the spec, so specs stored before the field keep their hash.
     let plain = load_services("test.yaml", VALID).expect("valid");
     assert_eq!(plain[0].service.spec.clone().and_then(|s| s.logs), None);
+}
+
+#[test]
+fn recovery_targets_are_carried_and_unset_stays_unset() {
+    let recovery = |yaml: &str| {
+        let docs = load_services("test.yaml", &variant("", yaml)).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
+        docs[0].service.spec.clone().and_then(|s| s.recovery)
+    };
+    assert_eq!(
+        recovery("  recovery: {restartWithinMillis: 500, rescheduleWithinSeconds: 30}"),
+        Some(pb::RecoveryTargets { restart_within_millis: 500, reschedule_within_seconds: 30 })
+    );
+    assert_eq!(recovery("  recovery:\n    rescheduleWithinSeconds: 1"), Some(pb::RecoveryTargets { restart_within_millis: 0, reschedule_within_seconds: 1 }));
+    let plain = load_services("test.yaml", VALID).expect("valid");
+    assert_eq!(plain[0].service.spec.clone().and_then(|s| s.recovery), None);
 }
 
 #[test]

@@ -67,9 +67,18 @@ impl StatusBoard {
     }
 
     pub fn event(&self, kind: EventKind, object: String, message: String) {
-        let message = capped(message);
-        tracing::info!(kind = kind.as_str(), %object, %message, "event");
-        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message };
+        self.push_event(pb::Event { timestamp_unix_ms: now_unix_ms(), kind: kind.as_str().to_owned(), object, message, incident: None });
+    }
+
+    /// A `Recovered` event about `object`, carrying `incident`.
+    pub fn incident(&self, object: String, message: String, incident: pb::Incident) {
+        let event = pb::Event { timestamp_unix_ms: now_unix_ms(), kind: EventKind::Recovered.as_str().to_owned(), object, message, incident: Some(incident) };
+        self.push_event(event);
+    }
+
+    fn push_event(&self, mut event: pb::Event) {
+        event.message = capped(std::mem::take(&mut event.message));
+        tracing::info!(kind = event.kind, object = event.object, message = event.message, "event");
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         if events.pending.len() >= EVENT_BACKLOG {
             events.pending.pop_front();
@@ -125,6 +134,7 @@ impl StatusBoard {
             kind: EventKind::EventsDropped.as_str().to_owned(),
             object: format!("node/{node}"),
             message: format!("{dropped} older events were dropped while the controller was away (the node keeps the last {EVENT_BACKLOG})"),
+            incident: None,
         });
         overflow.into_iter().chain(pending).collect()
     }

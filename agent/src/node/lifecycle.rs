@@ -56,6 +56,10 @@ pub enum Effect {
     Publish,
     /// Report an event about this replica.
     Event { kind: EventKind, message: String },
+    /// Ready again `took` after `fault` (an exit or a failed liveness probe, then
+    /// restarts): report the incident (a `Recovered` event; the controller judges it
+    /// against the service's target).
+    Recovered { fault: String, took: Duration },
     /// Resolve the image and reserve the address, then report [`Input::Prepared`].
     Prepare,
     /// Start the container (or take over the adopted one), then report [`Input::Started`].
@@ -124,6 +128,9 @@ pub struct Lifecycle {
     run_started: Option<Instant>,
     /// The probe-failure reason of a restart under way.
     restart_reason: Option<String>,
+    /// The fault that began the outage under way (the first of a crash loop) and when:
+    /// the incident reported once the replica is ready again.
+    outage: Option<(Instant, String)>,
     grace: Duration,
 }
 
@@ -147,6 +154,7 @@ impl Lifecycle {
             failed_starts: 0,
             run_started: None,
             restart_reason: None,
+            outage: None,
             grace: Duration::from_secs(u64::from(spec.termination_grace_seconds)),
         };
         let finished = matches!(status.phase(), pb::ReplicaPhase::Succeeded | pb::ReplicaPhase::Failed);
@@ -188,12 +196,16 @@ impl Lifecycle {
                 // keeps the readiness it had until a probe says otherwise.
                 let ready = if adopted { self.adopted_ready } else { !self.has_readiness && !self.has_startup };
                 self.state = State::Running { ready };
-                vec![Effect::Running { ready, adopted }]
+                let mut effects = vec![Effect::Running { ready, adopted }];
+                effects.extend(self.recovered(ready, now));
+                effects
             }
             (State::Running { .. }, Input::ProbeStarted) => {
                 let ready = !self.has_readiness;
                 self.state = State::Running { ready };
-                vec![phase(pb::ReplicaPhase::Running, ready, "")]
+                let mut effects = vec![phase(pb::ReplicaPhase::Running, ready, "")];
+                effects.extend(self.recovered(ready, now));
+                effects
             }
             (State::Running { ready }, Input::Ready(now_ready, why)) => {
                 if now_ready == ready {
@@ -205,11 +217,13 @@ impl Lifecycle {
                     effects.push(Effect::Event { kind: EventKind::Unhealthy, message: format!("readiness probe failed: {why}") });
                 }
                 effects.push(phase(pb::ReplicaPhase::Running, now_ready, if now_ready { "" } else { "readiness probe failing" }));
+                effects.extend(self.recovered(now_ready, now));
                 effects
             }
             (State::Running { .. }, Input::Unhealthy(why)) => {
                 self.state = State::Restarting;
                 self.restart_reason = Some(why.clone());
+                self.outage.get_or_insert_with(|| (now, why.clone()));
                 vec![
                     Effect::Event { kind: EventKind::Unhealthy, message: format!("{why}; restarting the container") },
                     phase(pb::ReplicaPhase::Running, false, &why),
@@ -258,6 +272,7 @@ impl Lifecycle {
         self.exits_in_a_row = self.exits_in_a_row.saturating_add(1);
         self.restarts = self.restarts.saturating_add(1);
         let cause = why.unwrap_or_else(|| describe_exit(&exit));
+        self.outage.get_or_insert_with(|| (now, cause.clone()));
         let reason = if delay.is_zero() { String::new() } else { format!("CrashLoopBackOff: restarting in {} ms", delay.as_millis()) };
         self.state = State::BackingOff;
         effects.extend([
@@ -269,7 +284,17 @@ impl Lifecycle {
         effects
     }
 
+    /// The incident of the outage under way, now that the replica is `ready` again.
+    fn recovered(&mut self, ready: bool, now: Instant) -> Option<Effect> {
+        if !ready {
+            return None;
+        }
+        let (since, fault) = self.outage.take()?;
+        Some(Effect::Recovered { fault, took: now.saturating_duration_since(since) })
+    }
+
     fn stop(&mut self) -> Vec<Effect> {
+        self.outage = None;
         match self.state {
             State::Running { .. } | State::Restarting => {
                 let listed = matches!(self.state, State::Running { ready: true });
@@ -432,6 +457,54 @@ mod tests {
         assert!(effects
             .iter()
             .any(|e| matches!(e, Effect::Event { kind: EventKind::Restarted, message } if message.starts_with("startup probe failed: timeout; restart 1"))));
+    }
+
+    fn recovered(effects: &[Effect]) -> Vec<(String, u128)> {
+        effects.iter().filter_map(|e| if let Effect::Recovered { fault, took } = e { Some((fault.clone(), took.as_millis())) } else { None }).collect()
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_ready_again_from_its_first_fault() {
+        let t0 = Instant::now();
+        let at = |millis: u64| t0 + Duration::from_millis(millis);
+        let readiness = pb::Probes { readiness: Some(pb::Probe::default()), ..Default::default() };
+        let mut lifecycle = running(&record(pb::RestartPolicy::Always, Some(readiness)), t0);
+        assert!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(5))).is_empty(), "a first start is no recovery");
+        // A crash loop: two exits, a failed start, then up and ready.
+        let killed = ContainerExit { code: 137, signal: Some(9), oom_killed: false, finished_unix_ms: 0 };
+        lifecycle.on(Input::Exited(killed), at(100));
+        lifecycle.on(Input::Woke, at(100));
+        lifecycle.on(Input::Prepared(Ok(())), at(100));
+        lifecycle.on(Input::Started(Ok(())), at(110));
+        lifecycle.on(Input::Exited(exit(1)), at(120));
+        lifecycle.on(Input::Woke, at(220));
+        lifecycle.on(Input::Prepared(Err("no such image".into())), at(220));
+        lifecycle.on(Input::Woke, at(320));
+        lifecycle.on(Input::Prepared(Ok(())), at(320));
+        assert!(recovered(&lifecycle.on(Input::Started(Ok(())), at(330))).is_empty(), "running but not ready yet");
+        assert_eq!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(400))), [("killed by SIGKILL (exit code 137)".to_owned(), 300)]);
+        // A readiness flip alone is no restart; a failed liveness probe is.
+        lifecycle.on(Input::Ready(false, "refused".into()), at(500));
+        assert!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(600))).is_empty());
+        lifecycle.on(Input::Unhealthy("liveness probe failed: HTTP 500".into()), at(700));
+        lifecycle.on(Input::Exited(exit(143)), at(750));
+        lifecycle.on(Input::Woke, at(750));
+        lifecycle.on(Input::Prepared(Ok(())), at(750));
+        lifecycle.on(Input::Started(Ok(())), at(760));
+        assert_eq!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(790))), [("liveness probe failed: HTTP 500".to_owned(), 90)]);
+        // Without a readiness probe, ready (and recovered) as soon as it runs.
+        let mut plain = running(&record(pb::RestartPolicy::Always, None), t0);
+        plain.on(Input::Exited(exit(2)), at(10));
+        plain.on(Input::Woke, at(10));
+        plain.on(Input::Prepared(Ok(())), at(10));
+        assert_eq!(recovered(&plain.on(Input::Started(Ok(())), at(25))), [("exited with code 2".to_owned(), 15)]);
+        // A stop ends an outage unreported; a finished replica has none.
+        plain.on(Input::Exited(exit(2)), at(30));
+        plain.on(Input::Stop, at(31));
+        assert!(plain.outage.is_none());
+        let mut never = running(&record(pb::RestartPolicy::Never, None), t0);
+        never.on(Input::Exited(exit(1)), at(5));
+        assert!(never.outage.is_none());
     }
 
     #[test]

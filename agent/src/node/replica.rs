@@ -311,6 +311,21 @@ impl Supervisor {
             }
             Effect::Publish => self.publish(),
             Effect::Event { kind, message } => self.ctx.board.event(kind, self.object(), message),
+            Effect::Recovered { fault, took } => {
+                let recovered_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                let message = format!("ready again {recovered_ms} ms after: {fault}");
+                // The node is the session's to fill in, the target the controller's.
+                let incident = pb::Incident {
+                    service: self.record.service.clone(),
+                    kind: "restart".into(),
+                    fault,
+                    fault_unix_ms: now_unix_ms().saturating_sub(i64::try_from(recovered_ms).unwrap_or(i64::MAX)),
+                    recovered_ms,
+                    replica: self.record.id.clone(),
+                    ..Default::default()
+                };
+                self.ctx.board.incident(self.object(), message, incident);
+            }
             Effect::Prepare => {
                 let stopped = self.stopped();
                 let began = std::time::Instant::now();

@@ -42,6 +42,51 @@ fn events_for(events: &[pb::Event], objects: &[String]) -> String {
     out
 }
 
+/// A duration in ms as people read it: `312 ms`, `41.2 s`.
+fn millis_text(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// The service's recovery targets and its last 10 incidents (from the events that carry
+/// them): target and actual, the missed ones marked.
+fn recovery_text(name: &str, spec: &pb::ServiceSpec, events: &[pb::Event]) -> String {
+    let targets = spec.recovery.unwrap_or_default();
+    let mut said = Vec::new();
+    if targets.restart_within_millis > 0 {
+        said.push(format!("restart within {} ms", targets.restart_within_millis));
+    }
+    if targets.reschedule_within_seconds > 0 {
+        said.push(format!("reschedule within {} s", targets.reschedule_within_seconds));
+    }
+    let mut text = format!("Recovery:    {}\n", if said.is_empty() { "<no targets>".to_owned() } else { said.join(", ") });
+    let mut incidents: Vec<(&pb::Event, &pb::Incident)> =
+        events.iter().filter_map(|e| e.incident.as_ref().filter(|i| i.service == name).map(|i| (e, i))).collect();
+    incidents.sort_by_key(|(e, _)| e.timestamp_unix_ms);
+    if incidents.is_empty() {
+        return text + "Incidents:   <none>\n";
+    }
+    text.push_str(&format!("Incidents (last 10):\n  {:>5}  {:<10} {:<14} {:>9} {:>9}  {}\n", "AGE", "KIND", "WHERE", "TARGET", "ACTUAL", "FAULT"));
+    for (event, incident) in incidents.iter().rev().take(10).rev() {
+        let place = if incident.replica.is_empty() { incident.node.clone() } else { incident.replica.clone() };
+        let target = if incident.target_ms == 0 { "-".to_owned() } else { millis_text(incident.target_ms) };
+        let missed = if incident.target_ms > 0 && incident.recovered_ms > incident.target_ms { "  MISSED" } else { "" };
+        text.push_str(&format!(
+            "  {:>5}  {:<10} {:<14} {:>9} {:>9}  {}{missed}\n",
+            age(event.timestamp_unix_ms),
+            incident.kind,
+            place,
+            target,
+            millis_text(incident.recovered_ms),
+            incident.fault
+        ));
+    }
+    text
+}
+
 fn last_crash(status: &pb::ReplicaStatus) -> String {
     let Some(code) = status.exit_code else { return "Last exit: <none>\n".into() };
     let mut out = format!(
@@ -137,6 +182,7 @@ pub async fn run(mut api: ApiClient<Channel>, args: &DescribeArgs) -> anyhow::Re
                 let slot = r.slot.map_or(String::new(), |n| format!(" slot={n}"));
                 text.push_str(&format!("  {:<22} {:<11} ready={:<5} restarts={:<3} node={} ip={}{slot}\n", o.name, o.phase, o.ready, o.restarts, o.node, o.ip));
             }
+            text.push_str(&recovery_text(name, &spec, &events));
             let mut objects = vec![format!("service/{name}")];
             objects.extend(mine.iter().map(|r| format!("replica/{}", r.id)));
             text + &events_for(&events, &objects)

@@ -87,6 +87,7 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
     let mut template = spec.clone();
     template.replicas = 0;
     template.update = None;
+    template.recovery = None;
     hex::encode(&Sha256::digest(template.encode_to_vec())[..5])
 }
 

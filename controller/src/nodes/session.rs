@@ -220,6 +220,17 @@ impl Session {
                     }
                 }
                 Some(pb::agent_message::Body::Status(mut report)) => {
+                    if report.events.iter().any(|e| e.incident.is_some()) {
+                        let state = self.state.borrow().clone();
+                        for event in &mut report.events {
+                            if event.incident.is_some() {
+                                *event = crate::incidents::judged(std::mem::take(event), &state, &self.node);
+                                if let Some(incident) = &event.incident {
+                                    self.metrics.recovered(incident);
+                                }
+                            }
+                        }
+                    }
                     for event in std::mem::take(&mut report.events) {
                         self.events.emit_reported(event);
                     }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{plan, Action, EventDraft};
 use crate::events::EventLog;
+use crate::incidents::{LostNode, Outages};
 use crate::keys;
 use crate::state::ClusterState;
 use crate::store::{Expect, Fence, Revision, Store, StoreError, TxnOp, MAX_TXN_OPS, TXN_BYTES};
@@ -105,6 +106,17 @@ impl NodeTracker {
     /// Whether some node is NotReady and still within its grace (a timer is running).
     pub fn pending(&self) -> bool {
         !self.not_ready_since.is_empty()
+    }
+
+    /// The nodes in `lost`, with when each was first seen NotReady and why.
+    pub fn described(&self, state: &ClusterState, lost: &BTreeSet<String>, now: Instant) -> BTreeMap<String, LostNode> {
+        lost.iter()
+            .map(|name| {
+                let since = self.not_ready_since.get(name).copied().unwrap_or(now);
+                let why = state.silence_of(name).map_or_else(|| "no heartbeat within its lease".to_owned(), str::to_owned);
+                (name.clone(), LostNode { since, why })
+            })
+            .collect()
     }
 }
 
@@ -197,6 +209,7 @@ pub async fn run(
     metrics: Arc<crate::metrics::ControllerMetrics>,
 ) {
     let mut tracker = NodeTracker::new(Instant::now());
+    let mut outages = Outages::default();
     // Replicas seen without a node, and since when (the scheduling latency's start).
     let mut unbound_since: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
     let mut min_revision: Revision = 0;
@@ -219,6 +232,7 @@ pub async fn run(
         if leading.as_ref() != Some(&fence) {
             // A new leader first catches up with everything the previous one wrote.
             tracker = NodeTracker::new(Instant::now());
+            outages = Outages::default();
             idle_at = None;
             match store.list(keys::LEADER).await {
                 Ok(listing) => {
@@ -266,6 +280,13 @@ pub async fn run(
         });
         for event in node_events.into_iter().chain(plan.events) {
             events.emit(event.kind, event.object, event.message);
+        }
+        let lost = tracker.described(&current, &lost, Instant::now());
+        for incident in outages.observe(&current, &lost, Instant::now(), crate::events::now_unix_ms()) {
+            if let Some(measured) = &incident.incident {
+                metrics.recovered(measured);
+            }
+            events.emit_reported(incident);
         }
         if plan.actions.is_empty() {
             idle_at = Some(current.content_version);

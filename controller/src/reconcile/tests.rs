@@ -148,6 +148,13 @@ impl World {
                 }
             }
         }
+        // The node index, as the state watcher keeps it.
+        self.state.by_node.clear();
+        for (key, replica) in &self.state.replicas {
+            if !replica.value.node.is_empty() {
+                self.state.by_node.entry(replica.value.node.clone()).or_default().insert(key.clone());
+            }
+        }
     }
 
     /// Plans and applies until nothing is left to do; returns the passes it took.
@@ -621,4 +628,70 @@ fn a_second_replica_of_a_slot_that_owns_data_is_replaced_by_one_of_a_free_slot()
     world.converge(&[]);
     let slots: BTreeSet<u32> = world.state.replicas.values().filter_map(|r| r.value.slot).collect();
     assert_eq!((world.state.replicas.len(), slots), (3, [0, 1, 2].into_iter().collect()), "one replica per slot again");
+}
+
+#[test]
+fn a_lost_nodes_services_recover_when_as_many_replicas_are_ready_as_before() {
+    use crate::incidents::{LostNode, Outages};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1", "n2", "n3"]);
+    let mut web = service("web", 3, "h1");
+    web.spec.as_mut().expect("spec").recovery = Some(pb::RecoveryTargets { restart_within_millis: 0, reschedule_within_seconds: 30 });
+    world.put_service(web);
+    world.put_service(service("idle", 1, "h2"));
+    world.converge(&[]);
+    let web_ids: Vec<String> = world.state.replicas_of("web").map(|r| r.value.id.clone()).collect();
+    for id in &web_ids {
+        world.report(id, true);
+    }
+    assert!(world.state.replicas_on("n3").any(|r| r.value.service == "web"), "spread: web has a replica on n3");
+    let t0 = Instant::now();
+    let at = |seconds: u64| t0 + Duration::from_secs(seconds);
+    let (unix0, mut outages) = (1_000_000, Outages::default());
+    world.state.alive.remove("n3");
+    let lost = std::collections::BTreeMap::from([("n3".to_owned(), LostNode { since: t0, why: "no heartbeat within its lease".into() })]);
+    assert!(outages.observe(&world.state, &lost, at(10), unix0 + 10_000).is_empty());
+    assert!(!outages.is_empty(), "web served from n3: an outage is open");
+    world.converge(&["n3"]);
+    assert!(outages.observe(&world.state, &lost, at(12), unix0 + 12_000).is_empty(), "the replacement is not ready yet");
+    assert!(outages.observe(&world.state, &lost, at(13), unix0 + 13_000).is_empty(), "opened once per service and node");
+    let replacement = world.state.replicas_of("web").map(|r| r.value.id.clone()).find(|id| !web_ids.contains(id)).expect("a replacement");
+    world.report(&replacement, true);
+    let events = outages.observe(&world.state, &lost, at(40), unix0 + 40_000);
+    assert_eq!(events.len(), 1, "web only (idle was never ready on n3): {events:?}");
+    let event = &events[0];
+    assert_eq!((event.kind.as_str(), event.object.as_str()), ("RecoveryTargetMissed", "service/web"));
+    let incident = event.incident.as_ref().expect("incident");
+    assert_eq!((incident.kind.as_str(), incident.recovered_ms, incident.target_ms, incident.fault_unix_ms), ("reschedule", 40_000, 30_000, unix0));
+    assert_eq!(incident.fault, "node n3 lost: no heartbeat within its lease");
+    assert!(event.message.contains("missed by 10000 ms"), "{}", event.message);
+    assert!(outages.is_empty(), "closed");
+}
+
+#[test]
+fn a_restart_is_judged_against_the_services_target_as_it_is_now() {
+    let mut world = World::new(&["n1"]);
+    let mut web = service("web", 1, "h1");
+    web.spec.as_mut().expect("spec").recovery = Some(pb::RecoveryTargets { restart_within_millis: 500, reschedule_within_seconds: 0 });
+    world.put_service(web);
+    let reported = |recovered_ms: u64, service: &str| pb::Event {
+        kind: "Recovered".into(),
+        object: "replica/web-1".into(),
+        message: format!("ready again {recovered_ms} ms after: killed by SIGKILL (exit code 137)"),
+        incident: Some(pb::Incident { service: service.into(), kind: "restart".into(), recovered_ms, ..Default::default() }),
+        ..Default::default()
+    };
+    let fast = crate::incidents::judged(reported(120, "web"), &world.state, "n1");
+    assert_eq!(fast.kind, "Recovered");
+    assert_eq!(fast.message, "ready again 120 ms after: killed by SIGKILL (exit code 137) (target 500 ms)");
+    assert_eq!(fast.incident.as_ref().map(|i| (i.target_ms, i.node.as_str())), Some((500, "n1")));
+    let slow = crate::incidents::judged(reported(900, "web"), &world.state, "n1");
+    assert_eq!(slow.kind, "RecoveryTargetMissed");
+    assert!(slow.message.ends_with("(target 500 ms: missed by 400 ms)"), "{}", slow.message);
+    let untargeted = crate::incidents::judged(reported(900, "gone"), &world.state, "n1");
+    assert_eq!((untargeted.kind.as_str(), untargeted.incident.as_ref().map(|i| i.target_ms)), ("Recovered", Some(0)));
+    let plain = pb::Event { kind: "Started".into(), ..Default::default() };
+    assert_eq!(crate::incidents::judged(plain.clone(), &world.state, "n1"), plain, "other events pass as they came");
 }

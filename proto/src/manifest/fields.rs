@@ -166,6 +166,14 @@ fn spec_fields(out: &mut Fields, spec: &pb::ServiceSpec) {
         put("spec.restartBackoff.resetAfterSeconds".into(), backoff.reset_after_seconds.to_string());
     }
     put("spec.terminationGracePeriodSeconds".into(), spec.termination_grace_seconds.to_string());
+    if let Some(recovery) = &spec.recovery {
+        if recovery.restart_within_millis > 0 {
+            put("spec.recovery.restartWithinMillis".into(), recovery.restart_within_millis.to_string());
+        }
+        if recovery.reschedule_within_seconds > 0 {
+            put("spec.recovery.rescheduleWithinSeconds".into(), recovery.reschedule_within_seconds.to_string());
+        }
+    }
     if let Some(security) = &spec.security_context {
         let at = "spec.securityContext";
         if let Some(user) = security.run_as_user {

@@ -69,6 +69,19 @@ pub struct ServiceSpec {
     pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<LogPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryTargets>,
+}
+
+/// How soon the service should serve again after a fault: targets, not limits (a missed
+/// one is a warning event).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RecoveryTargets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_within_millis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule_within_seconds: Option<i64>,
 }
 
 /// How the node keeps the replica's output: rotated by size while it runs, at most

@@ -238,8 +238,10 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     // Unset stays unset (the node applies the defaults): specs stored before `logs`
     // existed, and their template hashes, stay the same.
     let logs = spec.logs.as_ref().map(|logs| validate_logs(errors, logs));
+    let recovery = spec.recovery.as_ref().map(|recovery| validate_recovery(errors, recovery));
     pb::ServiceSpec {
         logs,
+        recovery,
         volumes,
         volume_mounts,
         security_context,
@@ -433,6 +435,20 @@ fn memory(errors: &mut Errors, path: &str, raw: Option<&model::RawQuantity>) -> 
 }
 
 /// `spec.logs`: each field 0 (the node's default) when unset, else within its range.
+/// `spec.recovery`: each target given is between 1 ms and an hour (a restart), 1 s and a
+/// day (a reschedule); at least one is given.
+fn validate_recovery(errors: &mut Errors, recovery: &model::RecoveryTargets) -> pb::RecoveryTargets {
+    if recovery.restart_within_millis.is_none() && recovery.reschedule_within_seconds.is_none() {
+        errors.push("spec.recovery", "name restartWithinMillis, rescheduleWithinSeconds or both");
+    }
+    pb::RecoveryTargets {
+        restart_within_millis: recovery.restart_within_millis.map_or(0, |millis| errors.range("spec.recovery.restartWithinMillis", millis, 1, 3_600_000)),
+        reschedule_within_seconds: recovery
+            .reschedule_within_seconds
+            .map_or(0, |seconds| errors.range("spec.recovery.rescheduleWithinSeconds", seconds, 1, 86_400)),
+    }
+}
+
 fn validate_logs(errors: &mut Errors, logs: &model::LogPolicy) -> pb::LogPolicy {
     let (lo, hi) = LOG_MAX_BYTES_RANGE;
     let max_bytes = match &logs.max_size {
