@@ -46,6 +46,9 @@ enum Command {
     Get(commands::get::GetArgs),
     /// Show one service, replica, node, config or secret in detail.
     Describe(commands::describe::DescribeArgs),
+    /// Everything that happened to a replica or a service, in order and in plain words:
+    /// where it was scheduled and why, exits, probe flips, moves and their causes.
+    Why(commands::why::WhyArgs),
     /// Delete services (by name or by manifest), configs, secrets or nodes.
     Delete(commands::delete::DeleteArgs),
     /// Change a service's replica count.
@@ -136,6 +139,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Create(args) => commands::create::create(api, &args).await?,
             Command::Get(args) => commands::get::run(api, &args).await?,
             Command::Describe(args) => commands::describe::run(api, &args).await?,
+            Command::Why(args) => commands::why::why(api, &args).await?,
             Command::Delete(args) => commands::delete::delete(api, &args).await?,
             Command::Scale(args) => commands::scale::scale(api, &args).await?,
             Command::Rollout(args) => commands::rollout::rollout(api, &args).await?,

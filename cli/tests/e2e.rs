@@ -138,6 +138,14 @@ fn three_nodes_end_to_end() {
     assert!(described.contains("Recovery:    restart within 1 ms, reschedule within 30 s"), "{described}");
     let events = lab.ok(&["get", "events"]);
     assert!(events.lines().any(|l| l.contains("RecoveryTargetMissed") && l.contains(&format!("replica/{name}"))), "{events}");
+    // `orch why` tells the replica's story: where the scheduler put it and why, the kill
+    // and the restart, and the black box of that exit.
+    let story = lab.ok(&["why", &name]);
+    let node = victim["node"].as_str().expect("node");
+    assert!(story.lines().any(|l| l.contains("scheduled") && l.contains(&format!("assigned to node {node}: ")) && l.contains("replicas of webapp")), "{story}");
+    assert!(story.lines().any(|l| l.contains("restarted") && l.contains("killed by SIGKILL (exit code 137)")), "{story}");
+    assert!(story.lines().any(|l| l.contains("recovered late")), "{story}");
+    assert!(story.contains(&format!("last exit of {name}: code 137 (signal 9)")), "{story}");
 
     // A controller restart restarts nothing.
     let before = identities(&lab.replicas(), None);
@@ -183,6 +191,15 @@ fn three_nodes_end_to_end() {
     lab.ok(&["delete", "service", "keeper", "--purge-volumes"]);
     let moved = lab.wait("node3's replica to run elsewhere", |r| all_running(3)(r) && r.iter().all(|x| x["node"] != "node3"));
     assert!(moved.iter().all(|r| !on_three.contains(&r["name"].as_str().unwrap_or("").to_owned())), "replaced by new replicas");
+    // A replica gone with its node: `orch why` still tells where it was and why it moved.
+    let gone = on_three.iter().find(|n| n.starts_with("webapp-")).expect("a webapp replica was on node3");
+    let story = lab.ok(&["why", gone]);
+    assert!(story.starts_with(&format!("replica {gone}: gone")), "{story}");
+    assert!(story.lines().any(|l| l.contains("moved") && l.contains("node node3 is lost")), "{story}");
+    assert!(story.lines().any(|l| l.contains("node not ready") && l.contains("node node3: ")), "{story}");
+    let service_story = lab.ok(&["why", "webapp"]);
+    assert!(service_story.lines().any(|l| l.contains("rollout") && l.contains("revision 1: apply")), "{service_story}");
+    assert!(service_story.lines().any(|l| l.contains(gone.as_str()) && l.contains("moved")), "{service_story}");
     // The leader measured the loss, from node3 NotReady to 3 replicas ready again.
     wait_for_output(&lab, &["describe", "service", "webapp"], |text| {
         text.lines().any(|l| l.contains("reschedule") && l.contains("node3") && l.contains("30.0 s") && l.contains("node node3 lost"))

@@ -40,6 +40,9 @@ pub enum EventKind {
     Restarted,
     /// A probe failed.
     Unhealthy,
+    /// A replica's readiness probe passes again after it failed (the first ready of a
+    /// run is no event: a large apply would make one per replica).
+    Ready,
     /// A replica could not be prepared or started; it is retried.
     Failed,
     /// A replica was removed from its node.
@@ -66,7 +69,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 27] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -84,6 +87,7 @@ impl EventKind {
         EventKind::OOMKilled,
         EventKind::Restarted,
         EventKind::Unhealthy,
+        EventKind::Ready,
         EventKind::Failed,
         EventKind::Stopped,
         EventKind::VolumesPurged,
@@ -116,6 +120,7 @@ impl EventKind {
             EventKind::OOMKilled => "OOMKilled",
             EventKind::Restarted => "Restarted",
             EventKind::Unhealthy => "Unhealthy",
+            EventKind::Ready => "Ready",
             EventKind::Failed => "Failed",
             EventKind::Stopped => "Stopped",
             EventKind::VolumesPurged => "VolumesPurged",

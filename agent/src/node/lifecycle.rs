@@ -128,6 +128,8 @@ pub struct Lifecycle {
     run_started: Option<Instant>,
     /// The probe-failure reason of a restart under way.
     restart_reason: Option<String>,
+    /// The readiness probe failed in this run: its passing again is an event.
+    readiness_failed: bool,
     /// The fault that began the outage under way (the first of a crash loop) and when:
     /// the incident reported once the replica is ready again.
     outage: Option<(Instant, String)>,
@@ -154,6 +156,7 @@ impl Lifecycle {
             failed_starts: 0,
             run_started: None,
             restart_reason: None,
+            readiness_failed: false,
             outage: None,
             grace: Duration::from_secs(u64::from(spec.termination_grace_seconds)),
         };
@@ -191,6 +194,7 @@ impl Lifecycle {
             (State::Starting, Input::Started(Ok(()))) => {
                 self.failed_starts = 0;
                 self.run_started = Some(now);
+                self.readiness_failed = false;
                 let adopted = std::mem::take(&mut self.adopted);
                 // Ready at once when nothing has to say so first; an adopted container
                 // keeps the readiness it had until a probe says otherwise.
@@ -214,7 +218,10 @@ impl Lifecycle {
                 self.state = State::Running { ready: now_ready };
                 let mut effects = Vec::new();
                 if !now_ready {
+                    self.readiness_failed = true;
                     effects.push(Effect::Event { kind: EventKind::Unhealthy, message: format!("readiness probe failed: {why}") });
+                } else if std::mem::take(&mut self.readiness_failed) {
+                    effects.push(Effect::Event { kind: EventKind::Ready, message: "readiness probe passing again".into() });
                 }
                 effects.push(phase(pb::ReplicaPhase::Running, now_ready, if now_ready { "" } else { "readiness probe failing" }));
                 effects.extend(self.recovered(now_ready, now));
@@ -483,9 +490,12 @@ mod tests {
         lifecycle.on(Input::Prepared(Ok(())), at(320));
         assert!(recovered(&lifecycle.on(Input::Started(Ok(())), at(330))).is_empty(), "running but not ready yet");
         assert_eq!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(400))), [("killed by SIGKILL (exit code 137)".to_owned(), 300)]);
-        // A readiness flip alone is no restart; a failed liveness probe is.
+        // A readiness flip alone is no restart (but an event each way); a failed
+        // liveness probe is.
         lifecycle.on(Input::Ready(false, "refused".into()), at(500));
-        assert!(recovered(&lifecycle.on(Input::Ready(true, String::new()), at(600))).is_empty());
+        let back = lifecycle.on(Input::Ready(true, String::new()), at(600));
+        assert!(recovered(&back).is_empty());
+        assert!(back.contains(&Effect::Event { kind: EventKind::Ready, message: "readiness probe passing again".into() }), "{back:?}");
         lifecycle.on(Input::Unhealthy("liveness probe failed: HTTP 500".into()), at(700));
         lifecycle.on(Input::Exited(exit(143)), at(750));
         lifecycle.on(Input::Woke, at(750));

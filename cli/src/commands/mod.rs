@@ -17,3 +17,4 @@ pub mod top;
 pub mod topology;
 pub mod up;
 pub mod validate;
+pub mod why;

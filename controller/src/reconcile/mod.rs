@@ -252,7 +252,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         })
         .collect();
     let placement = scheduler::schedule(&view, &pending);
-    let bindings: BTreeMap<&str, &str> = placement.bindings.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect();
+    let bindings: BTreeMap<&str, (&str, &scheduler::Choice)> = placement.bindings.iter().map(|b| (b.replica.as_str(), (b.node.as_str(), &b.why))).collect();
     let reasons: BTreeMap<&str, &str> = placement.unschedulable.iter().map(|(r, why)| (r.as_str(), why.as_str())).collect();
     // A replica with local volumes bound to a node that holds no claim for its slot: the
     // node holds it from now on (the data of a lost node stays behind).
@@ -282,11 +282,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
     for existing in &unbound {
         let r: &pb::Replica = &existing.value;
         let mut replica = r.clone();
-        if let Some(node) = bindings.get(r.id.as_str()) {
+        if let Some((node, why)) = bindings.get(r.id.as_str()) {
             replica.node = (*node).to_owned();
             replica.status = Some(pending_status(""));
             claim_binding(&mut plan, r, node);
-            plan.event(EventKind::Scheduled, format!("replica/{}", r.id), format!("assigned to node {node}"));
+            plan.event(EventKind::Scheduled, format!("replica/{}", r.id), why.describe(node, &r.service));
         } else if let Some(reason) = reasons.get(r.id.as_str()) {
             if r.status.as_ref().is_some_and(|s| s.reason == *reason) {
                 continue;
@@ -299,10 +299,10 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         plan.actions.push(Action::UpdateReplica { key: existing.key.clone(), revision: existing.mod_revision, replica });
     }
     for mut replica in new_replicas {
-        if let Some(node) = bindings.get(replica.id.as_str()) {
+        if let Some((node, why)) = bindings.get(replica.id.as_str()) {
             claim_binding(&mut plan, &replica, node);
             replica.node = (*node).to_owned();
-            plan.event(EventKind::Scheduled, format!("replica/{}", replica.id), format!("assigned to node {node}"));
+            plan.event(EventKind::Scheduled, format!("replica/{}", replica.id), why.describe(node, &replica.service));
         } else if let Some(reason) = reasons.get(replica.id.as_str()) {
             replica.status = Some(pending_status(reason));
             plan.event(EventKind::FailedScheduling, format!("replica/{}", replica.id), (*reason).to_owned());

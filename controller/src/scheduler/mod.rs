@@ -16,11 +16,63 @@ use std::collections::BTreeMap;
 /// What the scheduler decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// `(replica id, node name)`.
-    pub bindings: Vec<(String, String)>,
+    pub bindings: Vec<Binding>,
     /// `(replica id, why it fits nowhere)`, e.g. "0/3 nodes: 2 insufficient memory, 1 node
     /// selector mismatch".
     pub unschedulable: Vec<(String, String)>,
+}
+
+/// A replica placed on a node, and why there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub replica: String,
+    pub node: String,
+    pub why: Choice,
+}
+
+/// Why the scheduler chose a node: its scores, the runner-up's, and the nodes filtered
+/// out — the reasons `orch why` shows (kept as numbers: words only when an event is made).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// Replicas of the service already on the chosen node (spread: fewest first).
+    pub spread: u32,
+    /// Its allocation after the placement, in parts per million (least first).
+    pub load_ppm: u64,
+    /// The next best node that fit: name, spread and load.
+    pub runner_up: Option<(String, u32, u64)>,
+    /// Nodes that fit, of all.
+    pub fit: usize,
+    pub nodes: usize,
+    /// The filters that kept the others out, with how many each.
+    pub filtered: Vec<(&'static str, usize)>,
+}
+
+impl Choice {
+    /// In words, for the `Scheduled` event of a replica of `service` bound to `node`.
+    pub fn describe(&self, node: &str, service: &str) -> String {
+        let percent = |ppm: u64| format!("{}%", ppm.div_ceil(10_000));
+        let mut text = format!("assigned to node {node}: ");
+        text.push_str(&match &self.runner_up {
+            None => format!("the only node that fits ({} replicas of {service} there, {} allocated after)", self.spread, percent(self.load_ppm)),
+            Some((other, spread, _)) if *spread > self.spread => {
+                format!("fewest replicas of {service} ({} there, {spread} on {other}, the next best); {} allocated after", self.spread, percent(self.load_ppm))
+            }
+            Some((other, _, load)) if *load > self.load_ppm => format!(
+                "as many replicas of {service} as {other} ({}), least allocated: {} after, against {}",
+                self.spread,
+                percent(self.load_ppm),
+                percent(*load)
+            ),
+            Some((other, _, _)) => {
+                format!("tied with {other} ({} replicas of {service}, {} allocated after): the first by name", self.spread, percent(self.load_ppm))
+            }
+        });
+        if self.fit < self.nodes {
+            let filtered: Vec<String> = self.filtered.iter().map(|(why, count)| format!("{count} {why}")).collect();
+            text.push_str(&format!("; {} of {} nodes fit ({})", self.fit, self.nodes, filtered.join(", ")));
+        }
+        text
+    }
 }
 
 /// Why a node was filtered out.
@@ -121,30 +173,44 @@ pub fn schedule(view: &ClusterView, pending: &[PendingReplica]) -> Plan {
         let selector_ok =
             selector_cache.entry(&replica.node_selector).or_insert_with(|| view.nodes.iter().map(|n| n.matches(&replica.node_selector)).collect()).clone();
         let mut best: Option<(u32, u64, usize)> = None;
+        let mut second: Option<(u32, u64, usize)> = None;
+        let mut fit = 0;
         let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
         let spread = working.spread_of(&replica.service).clone();
         for index in 0..view.nodes.len() {
             match working.check(index, replica, selector_ok[index]) {
                 Err(why) => *rejections.entry(why).or_default() += 1,
                 Ok(()) => {
+                    fit += 1;
                     let score = (spread[index], working.load_after(index, replica.requests), index);
-                    let better = match best {
+                    let beats = |than: Option<(u32, u64, usize)>| match than {
                         None => true,
                         Some((s, l, i)) => (score.0, score.1, &view.nodes[score.2].name) < (s, l, &view.nodes[i].name),
                     };
-                    if better {
+                    if beats(best) {
+                        second = best;
                         best = Some(score);
+                    } else if beats(second) {
+                        second = Some(score);
                     }
                 }
             }
         }
         match best {
-            Some((_, _, index)) => {
+            Some((spread, load_ppm, index)) => {
                 working.allocated[index].cpu_millis += replica.requests.cpu_millis;
                 working.allocated[index].memory_bytes += replica.requests.memory_bytes;
                 working.ports[index].extend(&replica.node_ports);
                 working.spread_of(&replica.service)[index] += 1;
-                plan.bindings.push((replica.id.clone(), view.nodes[index].name.clone()));
+                let why = Choice {
+                    spread,
+                    load_ppm,
+                    runner_up: second.map(|(s, l, i)| (view.nodes[i].name.clone(), s, l)),
+                    fit,
+                    nodes: view.nodes.len(),
+                    filtered: rejections.iter().map(|(why, count)| (why.describe(), *count)).collect(),
+                };
+                plan.bindings.push(Binding { replica: replica.id.clone(), node: view.nodes[index].name.clone(), why });
             }
             None => {
                 let reasons: Vec<String> = rejections.iter().map(|(why, count)| format!("{count} {}", why.describe())).collect();

@@ -20,7 +20,7 @@ fn replica(id: &str, service: &str, cpu: u64, memory_gi: u64) -> PendingReplica 
 }
 
 fn bound(plan: &Plan) -> Vec<(&str, &str)> {
-    plan.bindings.iter().map(|(r, n)| (r.as_str(), n.as_str())).collect()
+    plan.bindings.iter().map(|b| (b.replica.as_str(), b.node.as_str())).collect()
 }
 
 #[test]
@@ -127,4 +127,31 @@ fn a_cordoned_node_takes_no_new_replica_and_says_so() {
     assert_eq!(bound(&plan), [("web-0", "b"), ("web-1", "b")], "spread gives way: only b takes replicas");
     let plan = schedule(&ClusterView { nodes: vec![cordoned] }, &[replica("web-0", "web", 100, 0)]);
     assert_eq!(plan.unschedulable, [("web-0".to_owned(), "0/1 nodes: 1 cordoned".to_owned())]);
+}
+
+#[test]
+fn each_binding_says_why_its_node_won() {
+    let mut a = node("a", 4000, 8);
+    a.replicas_by_service.insert("web".into(), 1);
+    let mut busy = node("b", 4000, 8);
+    busy.allocated = Resources { cpu_millis: 2000, memory_bytes: GI };
+    let mut cordoned = node("c", 4000, 8);
+    cordoned.unschedulable = true;
+    let view = ClusterView { nodes: vec![a, busy, cordoned, node("d", 4000, 8)] };
+    let plan = schedule(&view, &[replica("web-1", "web", 400, 0), replica("web-2", "web", 400, 0), replica("web-3", "web", 400, 0)]);
+    let said: Vec<String> = plan.bindings.iter().map(|b| b.why.describe(&b.node, "web")).collect();
+    assert_eq!(
+        said,
+        [
+            "assigned to node d: as many replicas of web as b (0), least allocated: 10% after, against 60%; 3 of 4 nodes fit (1 cordoned)",
+            "assigned to node b: fewest replicas of web (0 there, 1 on a, the next best); 60% allocated after; 3 of 4 nodes fit (1 cordoned)",
+            "assigned to node a: as many replicas of web as d (1), least allocated: 10% after, against 20%; 3 of 4 nodes fit (1 cordoned)",
+        ]
+    );
+    let alone = ClusterView { nodes: vec![node("solo", 1000, 1)] };
+    let plan = schedule(&alone, &[replica("api-1", "api", 500, 0)]);
+    assert_eq!(plan.bindings[0].why.describe("solo", "api"), "assigned to node solo: the only node that fits (0 replicas of api there, 50% allocated after)");
+    let twins = ClusterView { nodes: vec![node("y", 1000, 1), node("x", 1000, 1)] };
+    let plan = schedule(&twins, &[replica("api-1", "api", 500, 0)]);
+    assert_eq!(plan.bindings[0].why.describe("x", "api"), "assigned to node x: tied with y (0 replicas of api, 50% allocated after): the first by name");
 }
