@@ -66,7 +66,7 @@ controllers="${ORCH_LAB_CONTROLLERS:-1}"
 etcd_members="${ORCH_LAB_ETCD:-1}"
 store_kind="${ORCH_LAB_STORE:-etcd}"
 case "${ORCH_LAB_LEASES:-lab}" in
-    lab) lease_flags=(--node-lease 2s --node-grace 1s --leader-lease 2s) ;;
+    lab) lease_flags=(--node-lease 2s --node-grace 1s --leader-lease 2s --rebalance-cooldown 3s) ;;
     default) lease_flags=() ;;
     *) die "ORCH_LAB_LEASES=$ORCH_LAB_LEASES: lab or default" ;;
 esac

@@ -62,6 +62,9 @@ enum Command {
     /// Cordon a node and move its replicas elsewhere (replacements ready first); exits
     /// when it is empty.
     Drain(commands::node::DrainArgs),
+    /// Move replicas back towards the spread the scheduler would choose today (one at a
+    /// time, each replacement ready first); waits until balanced.
+    Rebalance(commands::rebalance::RebalanceArgs),
     /// Print a replica's (or every replica of a service's) output.
     Logs(commands::logs::LogsArgs),
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
@@ -146,6 +149,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Cordon(args) => commands::node::cordon(api, &args).await?,
             Command::Uncordon(args) => commands::node::uncordon(api, &args).await?,
             Command::Drain(args) => commands::node::drain(api, &args).await?,
+            Command::Rebalance(args) => commands::rebalance::rebalance(api, &args).await?,
             Command::Logs(args) => commands::logs::logs(api, &args).await?,
             Command::Exec(args) => {
                 let code = commands::exec::exec(api, &args).await?;

@@ -26,6 +26,9 @@ pub struct ReplicaOut {
     pub ip: String,
     pub host_pid: u32,
     pub reason: String,
+    /// The node the leader is moving it to (rebalancing); absent otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub moving_to: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -127,6 +130,7 @@ pub fn replica(r: &pb::Replica) -> ReplicaOut {
         ip: status.ip.clone(),
         host_pid: status.host_pid,
         reason: status.reason,
+        moving_to: r.moving.as_ref().map(|m| m.to_node.clone()).unwrap_or_default(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! own agent process, a real etcd, a controller), as root, through the `orch` CLI the
 //! way a user drives it: apply → spread and ready; 300 requests over the node ports are
 //! answered by every replica; `kill -9` of a replica loses no request; a killed node's
-//! replicas run elsewhere; a partitioned node that heals leaves no duplicates; a
-//! controller restart restarts nothing; delete leaves nothing on any node.
+//! replicas run elsewhere; a partitioned node that heals leaves no duplicates and gets a
+//! replica back by rebalancing, with no request lost; a controller restart restarts
+//! nothing; recovery targets, incidents and `orch why`; delete leaves nothing on any node.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -228,6 +229,38 @@ fn three_nodes_end_to_end() {
     }
     let healed = lab.wait("3 replicas, no duplicates", all_running(3));
     assert_eq!(healed.len(), 3);
+
+    // Rebalance after the heal: node1 runs all three; node2, Ready again for the lab's
+    // cool-down (3 s), gets one back — its replacement ready before the replica on node1
+    // stops — while requests flow through both nodes' ports: none is lost.
+    let before_move: Vec<(String, i64)> = healed.iter().map(|r| (r["name"].as_str().unwrap_or("").to_owned(), r["hostPid"].as_i64().unwrap_or(0))).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let addresses: Vec<SocketAddr> = (1..=2).map(|k| lab.node_address(k)).collect();
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            for i in 0..6000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                results.push(http_get(addresses[i % 2]).map(|_| ()).map_err(|e| format!("request {i}: {e}")));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            results
+        })
+    };
+    let rebalanced = lab.wait("a replica moved back to node2", |r| all_running(3)(r) && r.iter().filter(|x| x["node"] == "node2").count() == 1);
+    let (moved, pid) = before_move.iter().find(|(name, _)| !rebalanced.iter().any(|r| r["name"] == name.as_str())).cloned().expect("one replica was replaced");
+    wait_until_dead(i32::try_from(pid).expect("pid"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = flow.join().expect("load thread");
+    let lost: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(lost.is_empty(), "requests lost while {moved} moved to node2 ({} sent): {lost:?}\n{}", results.len(), lab.logs());
+    let story = lab.ok(&["why", &moved]);
+    assert!(story.lines().any(|l| l.contains("rebalancing") && l.contains("moving to node node2")), "{story}");
+    assert!(story.lines().any(|l| l.contains("stopping") && l.contains("to rebalance")), "{story}");
+    let healed = rebalanced;
 
     // The controller reaches the agents' node API over mutual TLS (only its certificate
     // is admitted there): logs, exec, top, topology.

@@ -39,6 +39,7 @@ fn pending() -> Vec<PendingReplica> {
                 node_selector: if s % 10 == 0 { BTreeMap::from([("zone".to_owned(), "z1".to_owned())]) } else { BTreeMap::new() },
                 node_ports: Vec::new(),
                 pinned_node: None,
+                moving: false,
             })
         })
         .collect()

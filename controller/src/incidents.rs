@@ -99,15 +99,12 @@ impl Outages {
             }
             for (service, ready_there) in services {
                 let key = (service.to_owned(), node.clone());
-                if self.open.contains_key(&key) {
+                if ready_there == 0 || self.open.contains_key(&key) {
+                    // No ready replica there: the loss cost the service nothing.
                     continue;
                 }
                 let desired = state.services.get(service).and_then(|s| s.value.spec.as_ref()).map_or(0, |s| s.replicas as usize);
                 let want_ready = desired.min(ready_elsewhere(state, service, lost) + ready_there);
-                if want_ready == 0 {
-                    // It was not serving from there: nothing to recover.
-                    continue;
-                }
                 let ago = now.saturating_duration_since(seen.since);
                 let since_unix_ms = now_unix_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX));
                 self.open.insert(key, Outage { since: seen.since, since_unix_ms, fault: format!("node {node} lost: {}", seen.why), want_ready });
@@ -116,7 +113,9 @@ impl Outages {
         let mut events = Vec::new();
         self.open.retain(|(service, node), outage| {
             let Some(record) = state.services.get(service) else { return false };
-            if ready_elsewhere(state, service, lost) < outage.want_ready {
+            // Scaled down meanwhile: serving again is the new count.
+            let desired = record.value.spec.as_ref().map_or(0, |s| s.replicas as usize);
+            if ready_elsewhere(state, service, lost) < outage.want_ready.min(desired) {
                 return true;
             }
             let recovered_ms = u64::try_from(now.saturating_duration_since(outage.since).as_millis()).unwrap_or(u64::MAX);

@@ -77,6 +77,10 @@ struct Args {
     /// How long events are kept.
     #[arg(long, default_value = "3600s", value_parser = parse_duration)]
     event_ttl: Duration,
+    /// How long a node must have been Ready (returned or joined) before the leader moves
+    /// replicas onto it to rebalance their services: a flapping node takes none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    rebalance_cooldown: Duration,
     /// This controller's name in leader election (default: hostname and PID).
     #[arg(long)]
     identity: Option<String>,
@@ -305,6 +309,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             node_grace: args.node_grace,
             leader_lease: args.leader_lease,
             event_ttl: args.event_ttl,
+            rebalance_cooldown: args.rebalance_cooldown,
             identity,
             advertise,
             tls,

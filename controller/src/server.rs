@@ -20,6 +20,7 @@ use crate::keys;
 use crate::metrics::{ControllerMetrics, MeteredStore};
 use crate::nodes::{rpc::NodesRpc, NodeRegistry};
 use crate::presence::Presence;
+use crate::reconcile::rebalance::RebalanceSettings;
 use crate::reconcile::runner::{self, ReconcilerConfig};
 use crate::state::StateWatcher;
 use crate::store::{Fence, Revision, Store};
@@ -57,6 +58,9 @@ pub struct ControllerConfig {
     /// that take sets in parts (`crate::nodes::desired::PART_BYTES`; tests make it small
     /// to cut every set).
     pub desired_part_bytes: usize,
+    /// How long a node must have been Ready before the leader moves replicas onto it to
+    /// rebalance a service.
+    pub rebalance_cooldown: Duration,
 }
 
 /// The controller's TLS: how it serves, and how it calls the agents' node API.
@@ -88,6 +92,7 @@ impl Default for ControllerConfig {
             secrets: None,
             election_store: None,
             desired_part_bytes: crate::nodes::desired::PART_BYTES,
+            rebalance_cooldown: RebalanceSettings::default().cool_down,
         }
     }
 }
@@ -135,7 +140,12 @@ impl Controller {
             watcher.subscribe(),
             candidate.fence(),
             events.clone(),
-            ReconcilerConfig { node_grace: config.node_grace, warmup: config.node_lease + config.node_grace, resync: Duration::from_millis(250) },
+            ReconcilerConfig {
+                node_grace: config.node_grace,
+                warmup: config.node_lease + config.node_grace,
+                resync: Duration::from_millis(250),
+                rebalance: RebalanceSettings { cool_down: config.rebalance_cooldown, ..RebalanceSettings::default() },
+            },
             settled_sender,
             Arc::clone(&metrics),
         ));

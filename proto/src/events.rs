@@ -60,6 +60,9 @@ pub enum EventKind {
     ListenerFailed,
     /// A listener that had failed is open.
     ListenerOpened,
+    /// The leader moves a replica to rebalance its service (or gives a move up, or finds
+    /// a service `orch rebalance` asked for balanced).
+    Rebalancing,
     // Either's: a replica restarted on its node (the agent's) or a lost node's replicas
     // replaced (the leader's) serve again; the event carries the `Incident`.
     /// Serving again within the service's recovery target (or it has none).
@@ -69,7 +72,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 29] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -96,6 +99,7 @@ impl EventKind {
         EventKind::RecordUnreadable,
         EventKind::ListenerFailed,
         EventKind::ListenerOpened,
+        EventKind::Rebalancing,
         EventKind::Recovered,
         EventKind::RecoveryTargetMissed,
     ];
@@ -129,6 +133,7 @@ impl EventKind {
             EventKind::RecordUnreadable => "RecordUnreadable",
             EventKind::ListenerFailed => "ListenerFailed",
             EventKind::ListenerOpened => "ListenerOpened",
+            EventKind::Rebalancing => "Rebalancing",
             EventKind::Recovered => "Recovered",
             EventKind::RecoveryTargetMissed => "RecoveryTargetMissed",
         }

@@ -90,13 +90,14 @@ mod tests {
             status: Some(status),
             spec: Some(pb::ServiceSpec { image: "web:1".into(), ..Default::default() }),
             slot: Some(1),
+            moving: Some(pb::ReplicaMove { reason: "rebalance".into(), to_node: "n2".into(), since_unix_ms: 1 }),
         };
         let report = pb::ReplicaReport::from(&replica);
         // An earlier build stored and sent statuses as Replicas (template blanked).
         let stored_before = pb::Replica { spec: None, ..replica.clone() }.encode_to_vec();
         assert_eq!(pb::ReplicaReport::decode(stored_before.as_slice()), Ok(report.clone()));
         // And an earlier controller reads a report as a Replica.
-        assert_eq!(pb::Replica::decode(report.encode_to_vec().as_slice()), Ok(pb::Replica { spec: None, slot: None, ..replica.clone() }));
+        assert_eq!(pb::Replica::decode(report.encode_to_vec().as_slice()), Ok(pb::Replica { spec: None, slot: None, moving: None, ..replica.clone() }));
         // A full replica (its template included) still reads as its report.
         assert_eq!(pb::ReplicaReport::decode(replica.encode_to_vec().as_slice()), Ok(report));
     }

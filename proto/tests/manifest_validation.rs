@@ -373,6 +373,16 @@ fn recovery_targets_are_carried_and_unset_stays_unset() {
 }
 
 #[test]
+fn rebalance_is_a_boolean_and_unset_stays_unset() {
+    let rebalance = |yaml: &str| load_services("test.yaml", &variant("", yaml)).map(|docs| docs[0].service.spec.clone().and_then(|s| s.rebalance));
+    assert_eq!(rebalance("  rebalance: false").expect("valid"), Some(false));
+    assert_eq!(rebalance("  rebalance: true").expect("valid"), Some(true));
+    assert_eq!(load_services("test.yaml", VALID).expect("valid")[0].service.spec.clone().and_then(|s| s.rebalance), None);
+    let errors = errors_of(&variant("", "  rebalance: sometimes"));
+    assert!(errors.iter().any(|e| e.path == "spec.rebalance"), "{errors:#?}");
+}
+
+#[test]
 fn the_log_policy_defaults_fill_what_is_unset() {
     use orch_api::manifest::{log_policy, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES, LOG_MAX_BYTES_RANGE, LOG_MAX_FILES_RANGE};
     assert_eq!((DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_FILES), (10 << 20, 3));

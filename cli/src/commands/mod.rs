@@ -11,6 +11,7 @@ pub mod exec;
 pub mod get;
 pub mod logs;
 pub mod node;
+pub mod rebalance;
 pub mod rollout;
 pub mod scale;
 pub mod top;

@@ -71,6 +71,7 @@ fn what_of(kind: &str) -> String {
         EventKind::RecordUnreadable => "record unreadable",
         EventKind::ListenerFailed => "listener failed",
         EventKind::ListenerOpened => "listener opened",
+        EventKind::Rebalancing => "rebalancing",
         EventKind::Recovered => "recovered",
         EventKind::RecoveryTargetMissed => "recovered late",
     }

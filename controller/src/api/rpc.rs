@@ -131,6 +131,11 @@ impl Api for ApiRpc {
         self.api.set_paused(&request.service, request.paused).await.map(Response::new).map_err(status)
     }
 
+    async fn rebalance(&self, request: Request<pb::RebalanceRequest>) -> Result<Response<pb::RebalanceResponse>, Status> {
+        let services = self.api.request_rebalance(&request.into_inner().service).await.map_err(status)?;
+        Ok(Response::new(pb::RebalanceResponse { services }))
+    }
+
     async fn list_replicas(&self, request: Request<pb::ListReplicasRequest>) -> Result<Response<pb::ListReplicasResponse>, Status> {
         let request = request.into_inner();
         let replicas = self.api.list_replicas(optional(&request.service)).await.map_err(status)?;

@@ -88,6 +88,7 @@ pub fn spec_hash(spec: &pb::ServiceSpec) -> String {
     template.replicas = 0;
     template.update = None;
     template.recovery = None;
+    template.rebalance = None;
     hex::encode(&Sha256::digest(template.encode_to_vec())[..5])
 }
 
@@ -547,6 +548,21 @@ impl ServiceApi {
     /// Pauses (or resumes) the service's rollouts.
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<pb::Service, ApiError> {
         self.update_service(name, |service| Ok(std::mem::replace(&mut service.paused, paused) != paused)).await
+    }
+
+    /// `orch rebalance [SERVICE]`: asks the leader to rebalance the service (every service
+    /// when `name` is empty) now; returns the services asked for.
+    pub async fn request_rebalance(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let names: Vec<String> = if name.is_empty() { self.list().await?.into_iter().map(|s| s.name).collect() } else { vec![name.to_owned()] };
+        let now = crate::events::now_unix_ms();
+        for name in &names {
+            self.update_service(name, |service| {
+                service.rebalance_requested_unix_ms = now;
+                Ok(true)
+            })
+            .await?;
+        }
+        Ok(names)
     }
 
     /// Reads the service, lets `change` edit it (returning whether it did) and writes it

@@ -324,7 +324,8 @@ impl PartialEq for NodeDesired {
 /// Two replica records alike but for their status (every field named: a new one must be
 /// placed on one side or the other).
 fn same_but_status(a: &pb::Replica, b: &pb::Replica) -> bool {
-    let pb::Replica { id, service, node, spec_hash, status: _, spec, slot } = a;
+    // A move mark is the leader's business: the node runs the replica the same.
+    let pb::Replica { id, service, node, spec_hash, status: _, spec, slot, moving: _ } = a;
     (id, service, node, spec_hash, spec, slot) == (&b.id, &b.service, &b.node, &b.spec_hash, &b.spec, &b.slot)
 }
 
@@ -339,6 +340,7 @@ impl NodeDesired {
                 let mut replica = pb::Replica::clone(r);
                 let spec = replica.spec.take();
                 replica.status = None;
+                replica.moving = None;
                 pb::DesiredReplica { replica: Some(replica), spec }
             })
             .collect();

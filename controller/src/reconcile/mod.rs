@@ -18,10 +18,15 @@
 //! 6. garbage — status records of replicas that are gone or bound elsewhere, revisions
 //!    of services that are gone.
 //!
+//! When it finds nothing to do, [`rebalance::plan`] may move one replica (a replica
+//! marked `moving` counts as outdated in step 2, its replacement is pinned to the move's
+//! node in step 3).
+//!
 //! [`runner`] carries the plan out with compare-and-swap writes; a conflict just means
 //! the next pass sees newer state.
 
 pub mod history;
+pub mod rebalance;
 pub mod rollout;
 pub mod runner;
 
@@ -133,6 +138,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
 
     // 2. Counts and rollouts, per service.
     let mut new_replicas: Vec<pb::Replica> = Vec::new();
+    // A replica created to replace one being moved goes to the move's node.
+    let mut move_pins: BTreeMap<String, String> = BTreeMap::new();
     for (name, service) in &state.services {
         let Some(spec) = service.value.spec.as_ref() else { continue };
         // A Config or Secret it uses changed since its template was made: a new template
@@ -169,8 +176,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         let facts: Vec<rollout::Member> = members
             .iter()
             .map(|m| rollout::Member {
-                // A replica on a draining node is outdated wherever its template is.
-                current: m.value.spec_hash == template_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node),
+                // A replica on a draining node, or being moved, is outdated wherever its
+                // template is.
+                current: m.value.spec_hash == template_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node) && m.value.moving.is_none(),
                 bound: !m.value.node.is_empty(),
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
@@ -180,6 +188,13 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             .collect();
         // A slot's local volumes belong to one replica at a time: no surge, one by one.
         let (surge, unavailable) = if slots_own_data { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
+        // Only moves to make: the replacement is ready before the replica stops, whatever
+        // the bounds say.
+        let only_moves = members.iter().zip(&facts).all(|(m, f)| f.current || m.value.moving.is_some()) && facts.iter().any(|f| !f.current);
+        let (surge, unavailable) = if only_moves && !slots_own_data { (surge.max(1), 0) } else { (surge, unavailable) };
+        // Its replacement goes where the move said (only while moves are all there is to
+        // do: a rollout or scale-up under way places its replicas as usual).
+        let move_to = members.iter().find_map(|m| m.value.moving.as_ref()).map(|m| m.to_node.clone()).filter(|node| only_moves && !node.is_empty() && !paused);
         let decision = if paused {
             let moving = |i: usize| duplicate(&members[i].value) || state.is_draining(&members[i].value.node);
             let (moved, staying): (Vec<usize>, Vec<usize>) = (0..facts.len()).partition(|&i| moving(i));
@@ -201,6 +216,10 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             let why = match member.value.slot {
                 Some(slot) if duplicate(&member.value) => format!("a second replica of slot {slot}"),
                 _ if facts[index].current => "scaled down".to_owned(),
+                _ if member.value.moving.is_some() => {
+                    let moving = member.value.moving.clone().unwrap_or_default();
+                    format!("moved to node {} to rebalance ({})", moving.to_node, moving.reason)
+                }
                 _ if state.is_draining(&member.value.node) => format!("node {} is being drained", member.value.node),
                 _ => "replaced by the new template".to_owned(),
             };
@@ -209,8 +228,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             deleted.insert(member.key.as_str());
         }
         let mut taken: BTreeSet<u32> = members.iter().enumerate().filter(|(i, _)| !decision.delete.contains(i)).filter_map(|(_, m)| m.value.slot).collect();
-        for _ in 0..decision.create {
+        for created in 0..decision.create {
             let id = new_id(name);
+            if let Some(node) = move_to.as_ref().filter(|_| created == 0) {
+                move_pins.insert(id.clone(), node.clone());
+            }
             let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or_default();
             taken.insert(slot);
             new_replicas.push(pb::Replica {
@@ -221,6 +243,7 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
                 status: Some(pending_status("")),
                 spec: Some(pb::ServiceSpec { replicas: spec.replicas, update: spec.update, ..template.clone() }),
                 slot: Some(slot),
+                moving: None,
             });
         }
     }
@@ -248,7 +271,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             // Node ports are served by every node's balancer (kube-proxy style), not bound
             // by the replica, so they never keep two replicas off one node.
             node_ports: Vec::new(),
-            pinned_node: claim_of(r).flatten().map(|c| c.value.node.clone()).filter(|node| usable_node(node)),
+            pinned_node: claim_of(r).flatten().map(|c| c.value.node.clone()).or_else(|| move_pins.get(&r.id).cloned()).filter(|node| usable_node(node)),
+            moving: move_pins.contains_key(&r.id),
         })
         .collect();
     let placement = scheduler::schedule(&view, &pending);

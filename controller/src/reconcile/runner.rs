@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::rebalance::{self, RebalanceSettings, Rebalancer};
 use super::{plan, Action, EventDraft};
 use crate::events::EventLog;
 use crate::incidents::{LostNode, Outages};
@@ -32,6 +33,7 @@ pub struct ReconcilerConfig {
     pub warmup: Duration,
     /// How often to plan even when nothing changed (node grace timers).
     pub resync: Duration,
+    pub rebalance: RebalanceSettings,
 }
 
 /// When each node was first seen NotReady: the node lifecycle's only memory, rebuilt
@@ -45,13 +47,16 @@ pub struct ReconcilerConfig {
 #[derive(Debug)]
 pub struct NodeTracker {
     not_ready_since: BTreeMap<String, Instant>,
+    /// When each Ready node was first seen Ready (a new leader sees them all now): the
+    /// rebalancer's cool-down.
+    ready_since: BTreeMap<String, Instant>,
     leading_since: Instant,
     disrupted: bool,
 }
 
 impl NodeTracker {
     pub fn new(leading_since: Instant) -> NodeTracker {
-        NodeTracker { not_ready_since: BTreeMap::new(), leading_since, disrupted: false }
+        NodeTracker { not_ready_since: BTreeMap::new(), ready_since: BTreeMap::new(), leading_since, disrupted: false }
     }
 
     /// The nodes lost at `now`, and the NotReady / Ready transitions seen.
@@ -59,8 +64,10 @@ impl NodeTracker {
         let mut events = Vec::new();
         let mut lost = BTreeSet::new();
         self.not_ready_since.retain(|name, _| state.nodes.contains_key(name));
+        self.ready_since.retain(|name, _| state.alive.contains(name) && state.nodes.contains_key(name));
         for name in state.nodes.keys() {
             if state.alive.contains(name) {
+                self.ready_since.entry(name.clone()).or_insert(now);
                 if self.not_ready_since.remove(name).is_some() {
                     events.push(EventDraft { kind: EventKind::NodeReady, object: format!("node/{name}"), message: "heartbeats are back".into() });
                 }
@@ -106,6 +113,17 @@ impl NodeTracker {
     /// Whether some node is NotReady and still within its grace (a timer is running).
     pub fn pending(&self) -> bool {
         !self.not_ready_since.is_empty()
+    }
+
+    /// When each Ready node became Ready, as this tracker saw it.
+    pub fn ready_since(&self) -> &BTreeMap<String, Instant> {
+        &self.ready_since
+    }
+
+    /// Whether some Ready node is still within `cool_down` of becoming Ready (the
+    /// rebalancer waits on a timer).
+    pub fn cooling(&self, now: Instant, cool_down: Duration) -> bool {
+        self.ready_since.values().any(|since| now.saturating_duration_since(*since) < cool_down)
     }
 
     /// The nodes in `lost`, with when each was first seen NotReady and why.
@@ -210,6 +228,7 @@ pub async fn run(
 ) {
     let mut tracker = NodeTracker::new(Instant::now());
     let mut outages = Outages::default();
+    let mut rebalancer = Rebalancer::default();
     // Replicas seen without a node, and since when (the scheduling latency's start).
     let mut unbound_since: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();
     let mut min_revision: Revision = 0;
@@ -233,6 +252,7 @@ pub async fn run(
             // A new leader first catches up with everything the previous one wrote.
             tracker = NodeTracker::new(Instant::now());
             outages = Outages::default();
+            rebalancer = Rebalancer::default();
             idle_at = None;
             match store.list(keys::LEADER).await {
                 Ok(listing) => {
@@ -257,7 +277,10 @@ pub async fn run(
                 continue;
             }
         };
-        if idle_at == Some(current.content_version) && !tracker.pending() {
+        // A cool-down ends without any change to the state: plan on until a pass after it.
+        let cool_down_ends = config.rebalance.cool_down + config.resync * 2;
+        let timers = tracker.pending() || tracker.cooling(Instant::now(), cool_down_ends) || rebalance::moving(&current);
+        if idle_at == Some(current.content_version) && !timers {
             settled.send_replace(current.revision);
             tokio::select! {
                 _ = state.changed() => {}
@@ -273,11 +296,17 @@ pub async fn run(
         }
         let (lost, node_events) = tracker.observe(&current, Instant::now(), config.node_grace, config.warmup);
         let mut taken: BTreeSet<String> = current.replicas.values().map(|r| r.value.id.clone()).collect();
-        let plan = plan(&current, &lost, &mut |service| {
+        let mut plan = plan(&current, &lost, &mut |service| {
             let id = new_replica_id(service, &taken);
             taken.insert(id.clone());
             id
         });
+        if plan.actions.is_empty() {
+            // Nothing else to do: a replica may move to rebalance its service.
+            let moves = rebalancer.plan(&current, tracker.ready_since(), Instant::now(), crate::events::now_unix_ms(), &config.rebalance);
+            plan.actions = moves.actions;
+            plan.events.extend(moves.events);
+        }
         for event in node_events.into_iter().chain(plan.events) {
             events.emit(event.kind, event.object, event.message);
         }

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use orch_api::events::EventKind;
 use orch_api::pb;
@@ -654,9 +654,9 @@ fn a_lost_nodes_services_recover_when_as_many_replicas_are_ready_as_before() {
     let lost = std::collections::BTreeMap::from([("n3".to_owned(), LostNode { since: t0, why: "no heartbeat within its lease".into() })]);
     assert!(outages.observe(&world.state, &lost, at(10), unix0 + 10_000).is_empty());
     assert!(!outages.is_empty(), "web served from n3: an outage is open");
+    assert!(outages.observe(&world.state, &lost, at(11), unix0 + 11_000).is_empty(), "opened once per service and node");
     world.converge(&["n3"]);
     assert!(outages.observe(&world.state, &lost, at(12), unix0 + 12_000).is_empty(), "the replacement is not ready yet");
-    assert!(outages.observe(&world.state, &lost, at(13), unix0 + 13_000).is_empty(), "opened once per service and node");
     let replacement = world.state.replicas_of("web").map(|r| r.value.id.clone()).find(|id| !web_ids.contains(id)).expect("a replacement");
     world.report(&replacement, true);
     let events = outages.observe(&world.state, &lost, at(40), unix0 + 40_000);
@@ -694,4 +694,134 @@ fn a_restart_is_judged_against_the_services_target_as_it_is_now() {
     assert_eq!((untargeted.kind.as_str(), untargeted.incident.as_ref().map(|i| i.target_ms)), ("Recovered", Some(0)));
     let plain = pb::Event { kind: "Started".into(), ..Default::default() };
     assert_eq!(crate::incidents::judged(plain.clone(), &world.state, "n1"), plain, "other events pass as they came");
+}
+
+/// Replicas of `service` per node.
+fn spread_of(world: &World, service: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in world.state.replicas_of(service) {
+        *counts.entry(r.value.node.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_joining_node_gets_replicas_back_one_move_at_a_time_replacement_first() {
+    use super::rebalance::{self, RebalanceSettings};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 4, "h1"));
+    world.put_service(with_local_volume(service("db", 4, "h2")));
+    let mut opted_out = service("static", 4, "h3");
+    opted_out.spec.as_mut().expect("spec").rebalance = Some(false);
+    world.put_service(opted_out);
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.put_node("n3", 4000);
+    let settings = RebalanceSettings { cool_down: Duration::from_secs(30), move_timeout: Duration::from_secs(300), retry_after: Duration::from_secs(600) };
+    let mut rebalancer = rebalance::Rebalancer::default();
+    let t0 = Instant::now();
+    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0 + Duration::from_secs(100))]);
+    let at = |seconds: u64| t0 + Duration::from_secs(seconds);
+    assert_eq!(rebalancer.plan(&world.state, &ready_since, at(110), 0, &settings), Plan::default(), "n3 is within its cool-down");
+
+    let moves = rebalancer.plan(&world.state, &ready_since, at(130), 130_000, &settings);
+    let [Action::UpdateReplica { replica: marked, .. }] = moves.actions.as_slice() else { panic!("one move: {moves:?}") };
+    assert_eq!((marked.service.as_str(), marked.node.as_str()), ("web", "n1"), "web only: db's slots own data, static opted out");
+    let moving = marked.moving.clone().expect("marked");
+    assert_eq!((moving.to_node.as_str(), moving.since_unix_ms), ("n3", 130_000));
+    assert_eq!(moving.reason, "node n1 runs 2 replicas of web, node n3 0");
+    assert_eq!(moves.events[0].kind, EventKind::Rebalancing);
+    world.apply(&moves);
+
+    // The replacement starts on n3; the marked replica stays until it is ready.
+    world.converge(&[]);
+    assert_eq!(spread_of(&world, "web"), BTreeMap::from([("n1".to_owned(), 2), ("n2".to_owned(), 2), ("n3".to_owned(), 1)]));
+    assert!(rebalancer.plan(&world.state, &ready_since, at(131), 131_000, &settings).actions.is_empty(), "one move at a time");
+    let ready_web = world.state.replicas_of("web").filter(|r| world.state.is_ready(&r.value)).count();
+    assert_eq!(ready_web, 4, "as many ready as before");
+    world.report_all_ready();
+    let plan = world.plan(&[]);
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.kind == EventKind::Killing && e.object == format!("replica/{}", marked.id) && e.message.contains("moved to node n3 to rebalance")),
+        "{:?}",
+        plan.events
+    );
+    world.apply(&plan);
+    world.converge(&[]);
+    assert_eq!(spread_of(&world, "web"), BTreeMap::from([("n1".to_owned(), 1), ("n2".to_owned(), 2), ("n3".to_owned(), 1)]));
+    assert!(rebalancer.plan(&world.state, &ready_since, at(140), 140_000, &settings).actions.is_empty(), "balanced: within one of each other");
+    assert_eq!(spread_of(&world, "db"), BTreeMap::from([("n1".to_owned(), 2), ("n2".to_owned(), 2)]), "local data never moves");
+
+    // `orch rebalance static` moves the opted-out service too, then the request clears.
+    let mut asked = world.state.services["static"].value.as_ref().clone();
+    asked.rebalance_requested_unix_ms = 140_000;
+    world.put_service(asked);
+    let moves = rebalancer.plan(&world.state, &ready_since, at(141), 141_000, &settings);
+    assert!(matches!(moves.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.service == "static"), "{moves:?}");
+    world.apply(&moves);
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    let cleared = rebalancer.plan(&world.state, &ready_since, at(150), 150_000, &settings);
+    assert!(
+        matches!(cleared.actions.as_slice(), [Action::UpdateService { service, .. }] if service.name == "static" && service.rebalance_requested_unix_ms == 0),
+        "{cleared:?}"
+    );
+}
+
+#[test]
+fn a_move_whose_replacement_never_gets_ready_is_given_up() {
+    use super::rebalance::{self, RebalanceSettings};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 4, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.put_node("n3", 4000);
+    let settings = RebalanceSettings { cool_down: Duration::ZERO, move_timeout: Duration::from_secs(60), retry_after: Duration::from_secs(600) };
+    let mut rebalancer = rebalance::Rebalancer::default();
+    let t0 = Instant::now();
+    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
+    world.apply(&rebalancer.plan(&world.state, &ready_since, t0, 0, &settings));
+    world.converge(&[]);
+    assert!(rebalancer.plan(&world.state, &ready_since, t0, 60_000, &settings).actions.is_empty(), "not yet");
+    let given_up = rebalancer.plan(&world.state, &ready_since, t0, 60_001, &settings);
+    assert!(matches!(given_up.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.moving.is_none()), "{given_up:?}");
+    assert!(given_up.events[0].message.contains("given up"), "{:?}", given_up.events);
+    world.apply(&given_up);
+    world.converge(&[]);
+    assert_eq!(world.state.replicas_of("web").count(), 4, "the replacement that never got ready goes; the replica stays");
+    assert!(world.state.replicas_of("web").all(|r| r.value.node != "n3"));
+    assert!(rebalancer.plan(&world.state, &ready_since, t0 + Duration::from_secs(599), 70_000, &settings).actions.is_empty(), "not n3 again so soon");
+    let again = rebalancer.plan(&world.state, &ready_since, t0 + Duration::from_secs(601), 80_000, &settings);
+    assert!(
+        matches!(again.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.moving.as_ref().is_some_and(|m| m.to_node == "n3")),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn asking_to_rebalance_a_service_that_cannot_move_answers_at_once() {
+    use super::rebalance::{RebalanceSettings, Rebalancer};
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1"]);
+    let mut db = with_local_volume(service("db", 2, "h1"));
+    db.rebalance_requested_unix_ms = 5;
+    world.put_service(db);
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    let plan = Rebalancer::default().plan(&world.state, &BTreeMap::new(), Instant::now(), 10, &RebalanceSettings::default());
+    assert!(matches!(plan.actions.as_slice(), [Action::UpdateService { service, .. }] if service.rebalance_requested_unix_ms == 0), "{plan:?}");
+    assert_eq!(plan.events[0].message, "not rebalanced: its slots' local volumes stay on their nodes");
 }

@@ -79,6 +79,7 @@ impl Choice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Rejection {
     LocalDataElsewhere,
+    NotMoveTarget,
     NotReady,
     Unschedulable,
     SelectorMismatch,
@@ -91,6 +92,7 @@ impl Rejection {
     fn describe(self) -> &'static str {
         match self {
             Rejection::LocalDataElsewhere => "without its slot's local volumes",
+            Rejection::NotMoveTarget => "not the node it moves to",
             Rejection::NotReady => "not ready",
             Rejection::Unschedulable => "cordoned",
             Rejection::SelectorMismatch => "node selector mismatch",
@@ -128,7 +130,7 @@ impl<'a> Working<'a> {
     fn check(&self, index: usize, replica: &PendingReplica, selector_ok: bool) -> Result<(), Rejection> {
         let node = &self.nodes[index];
         if replica.pinned_node.as_ref().is_some_and(|pinned| *pinned != node.name) {
-            return Err(Rejection::LocalDataElsewhere);
+            return Err(if replica.moving { Rejection::NotMoveTarget } else { Rejection::LocalDataElsewhere });
         }
         if !node.ready {
             return Err(Rejection::NotReady);

@@ -43,6 +43,9 @@ pub struct PendingReplica {
     pub requests: Resources,
     pub node_selector: BTreeMap<String, String>,
     pub node_ports: Vec<u16>,
-    /// The only node it may go to: the one holding its slot's local volumes.
+    /// The only node it may go to: the one holding its slot's local volumes, or the
+    /// one a rebalancing move takes it to.
     pub pinned_node: Option<String>,
+    /// `pinned_node` is a move's (the rejection says so).
+    pub moving: bool,
 }

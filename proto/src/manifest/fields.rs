@@ -166,6 +166,9 @@ fn spec_fields(out: &mut Fields, spec: &pb::ServiceSpec) {
         put("spec.restartBackoff.resetAfterSeconds".into(), backoff.reset_after_seconds.to_string());
     }
     put("spec.terminationGracePeriodSeconds".into(), spec.termination_grace_seconds.to_string());
+    if let Some(rebalance) = spec.rebalance {
+        put("spec.rebalance".into(), rebalance.to_string());
+    }
     if let Some(recovery) = &spec.recovery {
         if recovery.restart_within_millis > 0 {
             put("spec.recovery.restartWithinMillis".into(), recovery.restart_within_millis.to_string());

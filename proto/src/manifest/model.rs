@@ -71,6 +71,8 @@ pub struct ServiceSpec {
     pub logs: Option<LogPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryTargets>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<bool>,
 }
 
 /// How soon the service should serve again after a fault: targets, not limits (a missed

@@ -242,6 +242,7 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     pb::ServiceSpec {
         logs,
         recovery,
+        rebalance: spec.rebalance,
         volumes,
         volume_mounts,
         security_context,
