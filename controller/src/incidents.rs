@@ -129,7 +129,7 @@ impl Outages {
                 replica: String::new(),
                 node: node.clone(),
             };
-            let said = format!("{} ready replicas again {recovered_ms} ms after: {}", outage.want_ready, outage.fault);
+            let said = format!("{} ready replicas again {recovered_ms} ms after: {}", outage.want_ready.min(desired), outage.fault);
             let (kind, message) = verdict(&incident, &said);
             events.push(pb::Event {
                 timestamp_unix_ms: now_unix_ms,

@@ -138,8 +138,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
 
     // 2. Counts and rollouts, per service.
     let mut new_replicas: Vec<pb::Replica> = Vec::new();
-    // A replica created to replace one being moved goes to the move's node.
-    let mut move_pins: BTreeMap<String, String> = BTreeMap::new();
+    // A replica created to replace one being moved goes to the move's node, by service.
+    let mut move_targets: BTreeMap<String, String> = BTreeMap::new();
     for (name, service) in &state.services {
         let Some(spec) = service.value.spec.as_ref() else { continue };
         // A Config or Secret it uses changed since its template was made: a new template
@@ -173,12 +173,40 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             }
         }
         let duplicate = |r: &pb::Replica| r.slot.is_some_and(|slot| slot_keepers.get(&slot).is_some_and(|keeper| *keeper != r.id));
+        // A move whose node can no longer take the replacement (gone, not Ready,
+        // cordoned, draining), or of a service paused since, is called off: the replica
+        // stays where it is.
+        let mut called_off = false;
+        for m in &members {
+            let Some(moving) = m.value.moving.as_ref() else { continue };
+            let to = moving.to_node.as_str();
+            let why = if paused {
+                Some("its rollouts are paused".to_owned())
+            } else if !state.nodes.contains_key(to) || !state.alive.contains(to) || lost_nodes.contains(to) || state.is_unschedulable(to) {
+                Some(format!("node {to} can no longer take its replacement"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let mut replica = m.value.as_ref().clone();
+                replica.moving = None;
+                plan.event(EventKind::Rebalancing, format!("replica/{}", replica.id), format!("the move to node {to} is called off: {why}; the replica stays"));
+                plan.actions.push(Action::UpdateReplica { key: m.key.clone(), revision: m.mod_revision, replica });
+                called_off = true;
+            }
+        }
+        if called_off {
+            // The rest of this service next pass, on records without the mark (one write
+            // per key a pass).
+            continue;
+        }
+        let is_moving = |r: &pb::Replica| r.moving.is_some();
         let facts: Vec<rollout::Member> = members
             .iter()
             .map(|m| rollout::Member {
                 // A replica on a draining node, or being moved, is outdated wherever its
                 // template is.
-                current: m.value.spec_hash == template_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node) && m.value.moving.is_none(),
+                current: m.value.spec_hash == template_hash && !duplicate(&m.value) && !state.is_draining(&m.value.node) && !is_moving(&m.value),
                 bound: !m.value.node.is_empty(),
                 ready: state.is_ready(&m.value),
                 crowd: crowd(&m.value.node),
@@ -190,11 +218,15 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
         let (surge, unavailable) = if slots_own_data { (0, 1) } else { resolve_update(&spec.update.unwrap_or_default(), spec.replicas) };
         // Only moves to make: the replacement is ready before the replica stops, whatever
         // the bounds say.
-        let only_moves = members.iter().zip(&facts).all(|(m, f)| f.current || m.value.moving.is_some()) && facts.iter().any(|f| !f.current);
+        let only_moves = members.iter().zip(&facts).all(|(m, f)| f.current || is_moving(&m.value)) && facts.iter().any(|f| !f.current);
         let (surge, unavailable) = if only_moves && !slots_own_data { (surge.max(1), 0) } else { (surge, unavailable) };
         // Its replacement goes where the move said (only while moves are all there is to
         // do: a rollout or scale-up under way places its replicas as usual).
-        let move_to = members.iter().find_map(|m| m.value.moving.as_ref()).map(|m| m.to_node.clone()).filter(|node| only_moves && !node.is_empty() && !paused);
+        if let Some(node) = members.iter().filter(|m| is_moving(&m.value)).find_map(|m| m.value.moving.as_ref()).map(|m| m.to_node.clone()) {
+            if only_moves && !node.is_empty() {
+                move_targets.insert(name.clone(), node);
+            }
+        }
         let decision = if paused {
             let moving = |i: usize| duplicate(&members[i].value) || state.is_draining(&members[i].value.node);
             let (moved, staying): (Vec<usize>, Vec<usize>) = (0..facts.len()).partition(|&i| moving(i));
@@ -216,11 +248,11 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             let why = match member.value.slot {
                 Some(slot) if duplicate(&member.value) => format!("a second replica of slot {slot}"),
                 _ if facts[index].current => "scaled down".to_owned(),
-                _ if member.value.moving.is_some() => {
+                _ if state.is_draining(&member.value.node) => format!("node {} is being drained", member.value.node),
+                _ if is_moving(&member.value) && member.value.spec_hash == template_hash => {
                     let moving = member.value.moving.clone().unwrap_or_default();
                     format!("moved to node {} to rebalance ({})", moving.to_node, moving.reason)
                 }
-                _ if state.is_draining(&member.value.node) => format!("node {} is being drained", member.value.node),
                 _ => "replaced by the new template".to_owned(),
             };
             plan.actions.push(Action::Delete { key: member.key.clone(), revision: member.mod_revision });
@@ -228,11 +260,8 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             deleted.insert(member.key.as_str());
         }
         let mut taken: BTreeSet<u32> = members.iter().enumerate().filter(|(i, _)| !decision.delete.contains(i)).filter_map(|(_, m)| m.value.slot).collect();
-        for created in 0..decision.create {
+        for _ in 0..decision.create {
             let id = new_id(name);
-            if let Some(node) = move_to.as_ref().filter(|_| created == 0) {
-                move_pins.insert(id.clone(), node.clone());
-            }
             let slot = (0..).find(|slot| !taken.contains(slot)).unwrap_or_default();
             taken.insert(slot);
             new_replicas.push(pb::Replica {
@@ -271,8 +300,9 @@ pub fn plan(state: &ClusterState, lost_nodes: &BTreeSet<String>, new_id: &mut dy
             // Node ports are served by every node's balancer (kube-proxy style), not bound
             // by the replica, so they never keep two replicas off one node.
             node_ports: Vec::new(),
-            pinned_node: claim_of(r).flatten().map(|c| c.value.node.clone()).or_else(|| move_pins.get(&r.id).cloned()).filter(|node| usable_node(node)),
-            moving: move_pins.contains_key(&r.id),
+            // Unbound, of a service with a move under way: the move's replacement.
+            pinned_node: claim_of(r).flatten().map(|c| c.value.node.clone()).or_else(|| move_targets.get(&r.service).cloned()).filter(|node| usable_node(node)),
+            moving: move_targets.contains_key(&r.service),
         })
         .collect();
     let placement = scheduler::schedule(&view, &pending);

@@ -52,6 +52,9 @@ impl Default for RebalanceSettings {
 #[derive(Debug, Default)]
 pub struct Rebalancer {
     given_up: BTreeMap<(String, String), Instant>,
+    /// When this leader first saw each move under way (its timeout counts from there,
+    /// on this leader's clock: another leader's wall clock may be ahead).
+    seen: BTreeMap<String, Instant>,
 }
 
 /// Whether any replica is being moved (the runner plans again while one is, for its
@@ -74,9 +77,14 @@ impl Rebalancer {
         let mut plan = Plan::default();
         self.given_up.retain(|_, at| now.saturating_duration_since(*at) < settings.retry_after);
         let under_way: Vec<&Versioned<pb::Replica>> = state.replicas.values().filter(|r| r.value.moving.is_some()).collect();
+        self.seen.retain(|id, _| under_way.iter().any(|r| r.value.id == *id));
         if !under_way.is_empty() {
-            let timeout_ms = i64::try_from(settings.move_timeout.as_millis()).unwrap_or(i64::MAX);
-            for stuck in under_way.into_iter().filter(|r| r.value.moving.as_ref().is_some_and(|m| now_unix_ms.saturating_sub(m.since_unix_ms) > timeout_ms)) {
+            let seen = &mut self.seen;
+            let stuck: Vec<&Versioned<pb::Replica>> = under_way
+                .into_iter()
+                .filter(|r| now.saturating_duration_since(*seen.entry(r.value.id.clone()).or_insert(now)) > settings.move_timeout)
+                .collect();
+            for stuck in stuck {
                 let mut replica = stuck.value.as_ref().clone();
                 let to = replica.moving.take().map(|m| m.to_node).unwrap_or_default();
                 plan.event(
@@ -122,7 +130,17 @@ impl Rebalancer {
                     let r = &m.value;
                     !r.node.is_empty() && r.spec_hash == service.value.spec_hash && state.is_ready(r) && !state.is_draining(&r.node)
                 });
+            let timeout_ms = i64::try_from(settings.move_timeout.as_millis()).unwrap_or(i64::MAX);
             if !settled {
+                if requested && now_unix_ms.saturating_sub(service.value.rebalance_requested_unix_ms) > timeout_ms {
+                    // Asked, but never settled (a replica crash-looping or unplaceable):
+                    // answered, so that the request does not linger.
+                    let mut cleared = service.value.as_ref().clone();
+                    cleared.rebalance_requested_unix_ms = 0;
+                    let message = format!("not rebalanced: not settled (its count ready on its template) within {:?} of the request", settings.move_timeout);
+                    plan.event(EventKind::Rebalancing, format!("service/{name}"), message);
+                    plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
+                }
                 continue;
             }
             let given_up = &self.given_up;
@@ -145,7 +163,12 @@ impl Rebalancer {
                 None if requested => {
                     let mut cleared = service.value.as_ref().clone();
                     cleared.rebalance_requested_unix_ms = 0;
-                    plan.event(EventKind::Rebalancing, format!("service/{name}"), "balanced: no replica to move".into());
+                    let message = if self.given_up.keys().any(|(service, _)| service == name) {
+                        "no replica to move: a move of it was given up lately and is not tried again yet"
+                    } else {
+                        "balanced: no replica to move"
+                    };
+                    plan.event(EventKind::Rebalancing, format!("service/{name}"), message.into());
                     plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
                 }
                 None => {}

@@ -791,18 +791,22 @@ fn a_move_whose_replacement_never_gets_ready_is_given_up() {
     let mut rebalancer = rebalance::Rebalancer::default();
     let t0 = Instant::now();
     let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
+    let at = |seconds: u64| t0 + Duration::from_secs(seconds);
     world.apply(&rebalancer.plan(&world.state, &ready_since, t0, 0, &settings));
     world.converge(&[]);
-    assert!(rebalancer.plan(&world.state, &ready_since, t0, 60_000, &settings).actions.is_empty(), "not yet");
-    let given_up = rebalancer.plan(&world.state, &ready_since, t0, 60_001, &settings);
+    // The timeout counts on this leader's clock from when it first saw the move: a
+    // mark stamped far in the past by another leader's clock changes nothing.
+    assert!(rebalancer.plan(&world.state, &ready_since, at(1), 999_999_999, &settings).actions.is_empty(), "just seen");
+    assert!(rebalancer.plan(&world.state, &ready_since, at(61), 0, &settings).actions.is_empty(), "not yet");
+    let given_up = rebalancer.plan(&world.state, &ready_since, at(62), 0, &settings);
     assert!(matches!(given_up.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.moving.is_none()), "{given_up:?}");
     assert!(given_up.events[0].message.contains("given up"), "{:?}", given_up.events);
     world.apply(&given_up);
     world.converge(&[]);
     assert_eq!(world.state.replicas_of("web").count(), 4, "the replacement that never got ready goes; the replica stays");
     assert!(world.state.replicas_of("web").all(|r| r.value.node != "n3"));
-    assert!(rebalancer.plan(&world.state, &ready_since, t0 + Duration::from_secs(599), 70_000, &settings).actions.is_empty(), "not n3 again so soon");
-    let again = rebalancer.plan(&world.state, &ready_since, t0 + Duration::from_secs(601), 80_000, &settings);
+    assert!(rebalancer.plan(&world.state, &ready_since, at(62 + 599), 0, &settings).actions.is_empty(), "not n3 again so soon");
+    let again = rebalancer.plan(&world.state, &ready_since, at(62 + 601), 0, &settings);
     assert!(
         matches!(again.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.moving.as_ref().is_some_and(|m| m.to_node == "n3")),
         "{again:?}"
@@ -824,4 +828,62 @@ fn asking_to_rebalance_a_service_that_cannot_move_answers_at_once() {
     let plan = Rebalancer::default().plan(&world.state, &BTreeMap::new(), Instant::now(), 10, &RebalanceSettings::default());
     assert!(matches!(plan.actions.as_slice(), [Action::UpdateService { service, .. }] if service.rebalance_requested_unix_ms == 0), "{plan:?}");
     assert_eq!(plan.events[0].message, "not rebalanced: its slots' local volumes stay on their nodes");
+}
+
+#[test]
+fn a_move_whose_node_can_no_longer_take_it_is_called_off() {
+    use super::rebalance::{RebalanceSettings, Rebalancer};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1", "n2"]);
+    world.put_service(service("web", 4, "h1"));
+    world.converge(&[]);
+    world.report_all_ready();
+    world.converge(&[]);
+    world.put_node("n3", 4000);
+    let t0 = Instant::now();
+    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
+    let settings = RebalanceSettings { cool_down: Duration::ZERO, ..RebalanceSettings::default() };
+    world.apply(&Rebalancer::default().plan(&world.state, &ready_since, t0, 0, &settings));
+    let before = world.placement();
+    // n3 goes NotReady before the replacement is even placed.
+    world.state.alive.remove("n3");
+    let plan = world.plan(&[]);
+    assert!(
+        matches!(plan.actions.as_slice(), [Action::UpdateReplica { replica, .. }] if replica.moving.is_none()),
+        "the mark goes, nothing else this pass: {plan:?}"
+    );
+    assert!(plan.events[0].message.contains("called off: node n3 can no longer take its replacement"), "{:?}", plan.events);
+    world.apply(&plan);
+    world.converge(&[]);
+    assert_eq!(world.placement(), before, "nothing moved, nothing restarted");
+
+    // Paused meanwhile: called off too.
+    world.state.alive.insert("n3".into());
+    world.apply(&Rebalancer::default().plan(&world.state, &ready_since, t0, 0, &settings));
+    let mut paused = world.state.services["web"].value.as_ref().clone();
+    paused.paused = true;
+    world.put_service(paused);
+    let plan = world.plan(&[]);
+    assert!(plan.events.iter().any(|e| e.message.contains("called off: its rollouts are paused")), "{:?}", plan.events);
+}
+
+#[test]
+fn a_request_for_a_service_that_never_settles_is_answered_after_the_move_timeout() {
+    use super::rebalance::{RebalanceSettings, Rebalancer};
+    use tokio::time::Instant;
+
+    let mut world = World::new(&["n1"]);
+    let mut web = service("web", 2, "h1");
+    web.rebalance_requested_unix_ms = 1_000;
+    world.put_service(web);
+    world.converge(&[]);
+    // Never ready: not settled.
+    let settings = RebalanceSettings::default();
+    let mut rebalancer = Rebalancer::default();
+    assert!(rebalancer.plan(&world.state, &BTreeMap::new(), Instant::now(), 1_000 + 300_000, &settings).actions.is_empty(), "within the timeout");
+    let answered = rebalancer.plan(&world.state, &BTreeMap::new(), Instant::now(), 1_000 + 300_001, &settings);
+    assert!(matches!(answered.actions.as_slice(), [Action::UpdateService { service, .. }] if service.rebalance_requested_unix_ms == 0), "{answered:?}");
+    assert!(answered.events[0].message.starts_with("not rebalanced: not settled"), "{:?}", answered.events);
 }
