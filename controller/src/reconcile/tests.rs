@@ -775,22 +775,28 @@ fn a_joining_node_gets_replicas_back_one_move_at_a_time_replacement_first() {
     );
 }
 
-#[test]
-fn a_move_whose_replacement_never_gets_ready_is_given_up() {
-    use super::rebalance::{self, RebalanceSettings};
-    use std::time::Duration;
-    use tokio::time::Instant;
-
+/// web's 4 replicas ready on n1 and n2, then n3 joins; every node Ready since the
+/// returned instant.
+fn web_and_a_new_node() -> (World, tokio::time::Instant, BTreeMap<String, tokio::time::Instant>) {
     let mut world = World::new(&["n1", "n2"]);
     world.put_service(service("web", 4, "h1"));
     world.converge(&[]);
     world.report_all_ready();
     world.converge(&[]);
     world.put_node("n3", 4000);
+    let t0 = tokio::time::Instant::now();
+    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
+    (world, t0, ready_since)
+}
+
+#[test]
+fn a_move_whose_replacement_never_gets_ready_is_given_up() {
+    use super::rebalance::{self, RebalanceSettings};
+    use std::time::Duration;
+
+    let (mut world, t0, ready_since) = web_and_a_new_node();
     let settings = RebalanceSettings { cool_down: Duration::ZERO, move_timeout: Duration::from_secs(60), retry_after: Duration::from_secs(600) };
     let mut rebalancer = rebalance::Rebalancer::default();
-    let t0 = Instant::now();
-    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
     let at = |seconds: u64| t0 + Duration::from_secs(seconds);
     world.apply(&rebalancer.plan(&world.state, &ready_since, t0, 0, &settings));
     world.converge(&[]);
@@ -834,16 +840,8 @@ fn asking_to_rebalance_a_service_that_cannot_move_answers_at_once() {
 fn a_move_whose_node_can_no_longer_take_it_is_called_off() {
     use super::rebalance::{RebalanceSettings, Rebalancer};
     use std::time::Duration;
-    use tokio::time::Instant;
 
-    let mut world = World::new(&["n1", "n2"]);
-    world.put_service(service("web", 4, "h1"));
-    world.converge(&[]);
-    world.report_all_ready();
-    world.converge(&[]);
-    world.put_node("n3", 4000);
-    let t0 = Instant::now();
-    let ready_since = BTreeMap::from([("n1".to_owned(), t0), ("n2".to_owned(), t0), ("n3".to_owned(), t0)]);
+    let (mut world, t0, ready_since) = web_and_a_new_node();
     let settings = RebalanceSettings { cool_down: Duration::ZERO, ..RebalanceSettings::default() };
     world.apply(&Rebalancer::default().plan(&world.state, &ready_since, t0, 0, &settings));
     let before = world.placement();
