@@ -171,6 +171,14 @@ pub fn schedule(view: &ClusterView, pending: &[PendingReplica]) -> Plan {
     let mut plan = Plan::default();
     // Selector results per distinct selector: every replica of a service shares one.
     let mut selector_cache: BTreeMap<&BTreeMap<String, String>, Vec<bool>> = BTreeMap::new();
+    // Each node's place in name order, once: ties (for the best and the runner-up) are
+    // broken by comparing numbers, not names.
+    let mut by_name: Vec<usize> = (0..view.nodes.len()).collect();
+    by_name.sort_by(|&a, &b| view.nodes[a].name.cmp(&view.nodes[b].name));
+    let mut rank = vec![0usize; view.nodes.len()];
+    for (place, &index) in by_name.iter().enumerate() {
+        rank[index] = place;
+    }
     for replica in pending {
         let selector_ok =
             selector_cache.entry(&replica.node_selector).or_insert_with(|| view.nodes.iter().map(|n| n.matches(&replica.node_selector)).collect()).clone();
@@ -187,7 +195,7 @@ pub fn schedule(view: &ClusterView, pending: &[PendingReplica]) -> Plan {
                     let score = (spread[index], working.load_after(index, replica.requests), index);
                     let beats = |than: Option<(u32, u64, usize)>| match than {
                         None => true,
-                        Some((s, l, i)) => (score.0, score.1, &view.nodes[score.2].name) < (s, l, &view.nodes[i].name),
+                        Some((s, l, i)) => (score.0, score.1, rank[score.2]) < (s, l, rank[i]),
                     };
                     if beats(best) {
                         second = best;
