@@ -114,10 +114,7 @@ impl Rebalancer {
             };
             if let Some(why) = immovable {
                 if requested {
-                    let mut cleared = service.value.as_ref().clone();
-                    cleared.rebalance_requested_unix_ms = 0;
-                    plan.event(EventKind::Rebalancing, format!("service/{name}"), format!("not rebalanced: {why}"));
-                    plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
+                    answer(&mut plan, service, format!("not rebalanced: {why}"));
                 }
                 continue;
             }
@@ -135,11 +132,8 @@ impl Rebalancer {
                 if requested && now_unix_ms.saturating_sub(service.value.rebalance_requested_unix_ms) > timeout_ms {
                     // Asked, but never settled (a replica crash-looping or unplaceable):
                     // answered, so that the request does not linger.
-                    let mut cleared = service.value.as_ref().clone();
-                    cleared.rebalance_requested_unix_ms = 0;
                     let message = format!("not rebalanced: not settled (its count ready on its template) within {:?} of the request", settings.move_timeout);
-                    plan.event(EventKind::Rebalancing, format!("service/{name}"), message);
-                    plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
+                    answer(&mut plan, service, message);
                 }
                 continue;
             }
@@ -161,21 +155,26 @@ impl Rebalancer {
                     return plan;
                 }
                 None if requested => {
-                    let mut cleared = service.value.as_ref().clone();
-                    cleared.rebalance_requested_unix_ms = 0;
                     let message = if self.given_up.keys().any(|(service, _)| service == name) {
                         "no replica to move: a move of it was given up lately and is not tried again yet"
                     } else {
                         "balanced: no replica to move"
                     };
-                    plan.event(EventKind::Rebalancing, format!("service/{name}"), message.into());
-                    plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
+                    answer(&mut plan, service, message.into());
                 }
                 None => {}
             }
         }
         plan
     }
+}
+
+/// Answers an `orch rebalance` request for `service`: clears it, saying `message`.
+fn answer(plan: &mut Plan, service: &Versioned<pb::Service>, message: String) {
+    let mut cleared = service.value.as_ref().clone();
+    cleared.rebalance_requested_unix_ms = 0;
+    plan.event(EventKind::Rebalancing, format!("service/{}", cleared.name), message);
+    plan.actions.push(Action::UpdateService { key: service.key.clone(), revision: service.mod_revision, service: cleared });
 }
 
 /// The replica of `service` to move, where, and why — when its most crowded node has
