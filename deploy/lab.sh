@@ -141,7 +141,7 @@ start_agent() {
         --state-dir "$dir/node$k" --volumes-dir "$dir/node$k-volumes" --bridge "${name}b$k" --cgroup-parent "${name}-node$k" \
         --api-listen "$(node_address "$k"):7101" --registry-config "$dir/registries.json" \
         --upstream-dns "${ORCH_LAB_UPSTREAM_DNS:-none}" --metrics-listen "$(node_address "$k"):7103" \
-        --data-path "${ORCH_LAB_DATA_PATH:-kernel}"
+        --data-path "${ORCH_LAB_DATA_PATH:-kernel}" --allow-chaos
 }
 
 # store_args: --store, and the TLS flags of a 3-member etcd (the controllers' own

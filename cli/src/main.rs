@@ -65,6 +65,12 @@ enum Command {
     /// Move replicas back towards the spread the scheduler would choose today (one at a
     /// time, each replacement ready first); waits until balanced.
     Rebalance(commands::rebalance::RebalanceArgs),
+    /// Inject faults for a while on a seeded plan: replicas killed at a rate, a node taken
+    /// down, a node partitioned (outages only on agents started with --allow-chaos).
+    Chaos(commands::chaos::ChaosArgs),
+    /// Send steady requests through services' VIPs and node ports for a while; report
+    /// sent, answered, cut and lost per service, and the incidents (exit 1 if any lost).
+    Verify(commands::verify::VerifyArgs),
     /// Print a replica's (or every replica of a service's) output.
     Logs(commands::logs::LogsArgs),
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
@@ -150,6 +156,8 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
             Command::Uncordon(args) => commands::node::uncordon(api, &args).await?,
             Command::Drain(args) => commands::node::drain(api, &args).await?,
             Command::Rebalance(args) => commands::rebalance::rebalance(api, &args).await?,
+            Command::Chaos(args) => commands::chaos::chaos(api, &args).await?,
+            Command::Verify(args) => commands::verify::verify(api, &args).await?,
             Command::Logs(args) => commands::logs::logs(api, &args).await?,
             Command::Exec(args) => {
                 let code = commands::exec::exec(api, &args).await?;

@@ -4,7 +4,9 @@
 //! answered by every replica; `kill -9` of a replica loses no request; a killed node's
 //! replicas run elsewhere; a partitioned node that heals leaves no duplicates and gets a
 //! replica back by rebalancing, with no request lost; a controller restart restarts
-//! nothing; recovery targets, incidents and `orch why`; delete leaves nothing on any node.
+//! nothing; recovery targets, incidents and `orch why`; `orch chaos` kills while `orch
+//! verify` loses nothing, and node outages that end by themselves; delete leaves nothing
+//! on any node.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -260,7 +262,72 @@ fn three_nodes_end_to_end() {
     let story = lab.ok(&["why", &moved]);
     assert!(story.lines().any(|l| l.contains("rebalancing") && l.contains("moving to node node2")), "{story}");
     assert!(story.lines().any(|l| l.contains("stopping") && l.contains("to rebalance")), "{story}");
-    let healed = rebalanced;
+    drop(rebalanced);
+
+    // Chaos with proof: `orch verify` sends requests through webapp's VIP (from its helper
+    // replica) and node ports while `orch chaos` kills replicas, each only while another
+    // is ready: nothing is lost; the kills are incidents with their recovery times.
+    let verifying = {
+        let config = lab.config();
+        std::thread::spawn(move || {
+            Command::new(common::ORCH)
+                .args(["verify", "webapp", "--duration", "8", "--rate", "10", "-o", "json"])
+                .env("ORCH_CONFIG", config)
+                .env_remove("ORCH_SERVER")
+                .output()
+                .expect("run orch verify")
+        })
+    };
+    lab.wait("orch verify's helper running", |r| {
+        r.iter().any(|x| x["service"].as_str().is_some_and(|s| s.starts_with("orch-verify-")) && x["phase"] == "Running")
+    });
+    let chaos = lab.ok(&["chaos", "--kill-replicas", "20/min", "--duration", "6", "--seed", "7", "--service", "webapp"]);
+    assert!(chaos.contains("orch chaos: 2 faults injected, 0 skipped"), "{chaos}");
+    let verified = verifying.join().expect("verify thread");
+    let report: serde_json::Value =
+        serde_json::from_slice(&verified.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&verified.stdout), text(&verified.stderr)));
+    assert!(verified.status.success(), "{report:#}\n{}\n{}", text(&verified.stderr), lab.logs());
+    let webapp = &report["services"][0];
+    assert_eq!(webapp["lost"], 0, "{report:#}");
+    for path in ["vip", "nodePort"] {
+        assert!(webapp["paths"][path]["sent"].as_u64().unwrap_or(0) >= 30, "{path}: {report:#}");
+    }
+    assert!(webapp["cut"].as_u64().unwrap_or(9) <= 4, "at most one request per path dies with each killed process: {report:#}");
+    let incidents = webapp["incidents"].as_array().expect("incidents");
+    let injected: Vec<&serde_json::Value> = incidents.iter().filter(|i| i["kind"] == "restart" && i["injected"] == true).collect();
+    assert_eq!(injected.len(), 2, "both kills are incidents: {report:#}");
+    assert!(injected.iter().all(|i| i["recoveredMs"].as_u64().unwrap_or(0) > 0 && i["fault"].as_str().unwrap_or("").contains("SIGKILL")), "{report:#}");
+    lab.wait("no helper left, webapp whole", |r| all_running(3)(r) && r.iter().all(|x| x["service"] == "webapp"));
+
+    // Node outages through the agents (the lab starts them with --allow-chaos): each
+    // node taken is found lost by the controller and comes back by itself.
+    let outages = lab.ok(&["chaos", "--kill-node", "--partition", "--duration", "12", "--outage", "5", "--seed", "3"]);
+    assert!(outages.contains("orch chaos: 2 faults injected, 0 skipped"), "{outages}");
+    assert!(outages.lines().any(|l| l.contains("down for 5 s") && l.contains("killed with SIGKILL")), "{outages}");
+    assert!(outages.lines().any(|l| l.contains("partitioned for 5 s")), "{outages}");
+    let events: Vec<serde_json::Value> = serde_json::from_str(&lab.ok(&["get", "events", "-o", "json"])).expect("events json");
+    let taken: Vec<(String, i64)> = events
+        .iter()
+        .filter(|e| e["kind"] == "Chaos" && e["object"].as_str().is_some_and(|o| o.starts_with("node/")))
+        .map(|e| (e["object"].as_str().unwrap_or("").to_owned(), e["timeUnixMs"].as_i64().unwrap_or(0)))
+        .collect();
+    assert_eq!(taken.len(), 2, "{events:#?}");
+    for (node, at) in &taken {
+        assert!(
+            events.iter().any(|e| e["kind"] == "NodeNotReady" && e["object"] == node.as_str() && e["timeUnixMs"].as_i64().unwrap_or(0) >= *at),
+            "{node} was never found lost after {at}: {events:#?}"
+        );
+    }
+    let start = Instant::now();
+    loop {
+        let nodes = lab.ok(&["get", "nodes"]);
+        if ["node1 ", "node2 "].iter().all(|n| nodes.lines().any(|l| l.starts_with(n) && l.contains(" Ready "))) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "nodes not back after their outages: {nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let healed = lab.wait("webapp whole after the outages", all_running(3));
 
     // The controller reaches the agents' node API over mutual TLS (only its certificate
     // is admitted there): logs, exec, top, topology.

@@ -150,7 +150,7 @@ impl Controller {
             Arc::clone(&metrics),
         ));
         let (stopping, sessions_stop) = watch::channel(());
-        let mut api = ServiceApi::new(Arc::clone(&store), config.service_range).with_secrets(config.secrets.clone());
+        let mut api = ServiceApi::new(Arc::clone(&store), config.service_range).with_secrets(config.secrets.clone()).with_events(events.clone());
         if let Some(tls) = &config.tls {
             api = api.with_node_tls(tls.nodes.clone());
         }

@@ -225,6 +225,7 @@ async fn session(controller: SocketAddr, config: &FakeAgentConfig, seen: &Mutex<
         capacity: Some(config.capacity),
         labels: config.labels.clone().into_iter().collect(),
         api_port: 0,
+        allows_chaos: false,
     };
     let registered = client.register(pb::RegisterRequest { node: Some(info) }).await.map_err(|e| e.to_string())?.into_inner();
     // "10.88.3.0/24" → "10.88.3."

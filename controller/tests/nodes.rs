@@ -10,7 +10,7 @@ use orch_api::pb;
 use orch_controller::nodes::{NodeError, NodeRegistry};
 
 fn info(name: &str, address: &str) -> pb::NodeInfo {
-    pb::NodeInfo { name: name.into(), address: address.into(), capacity: None, labels: Default::default(), api_port: 0 }
+    pb::NodeInfo { name: name.into(), address: address.into(), capacity: None, labels: Default::default(), api_port: 0, allows_chaos: false }
 }
 
 fn registry(store: &common::TestStore, ttl: Duration) -> NodeRegistry {

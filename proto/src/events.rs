@@ -69,10 +69,12 @@ pub enum EventKind {
     Recovered,
     /// Serving again, later than the service's recovery target: a warning.
     RecoveryTargetMissed,
+    /// A fault `orch chaos` injected (the controller's, when the agent has done it).
+    Chaos,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 29] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::Scheduled,
         EventKind::FailedScheduling,
         EventKind::Killing,
@@ -102,6 +104,7 @@ impl EventKind {
         EventKind::Rebalancing,
         EventKind::Recovered,
         EventKind::RecoveryTargetMissed,
+        EventKind::Chaos,
     ];
 
     /// The name on the wire and on screen.
@@ -136,6 +139,7 @@ impl EventKind {
             EventKind::Rebalancing => "Rebalancing",
             EventKind::Recovered => "Recovered",
             EventKind::RecoveryTargetMissed => "RecoveryTargetMissed",
+            EventKind::Chaos => "Chaos",
         }
     }
 

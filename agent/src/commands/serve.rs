@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// leaving the containers running for the next agent.
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// Let `orch chaos` take this node down (its replicas killed, none restarted, its
+    /// link to the controllers silent) or partition it, for at most 300 s each time; the
+    /// agent ends every outage by itself. Off by default: a remote kill is a door.
+    #[arg(long)]
+    pub allow_chaos: bool,
 }
 
 /// Where one agent keeps its things on the node: `serve` and `teardown` share them.
@@ -200,6 +205,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
                 .map_err(|e| anyhow::anyhow!("--max-layer-size {:?}: {e}", args.max_layer_size))?,
             max_entries: usize::try_from(args.max_layer_entries).unwrap_or(usize::MAX),
         },
+        allow_chaos: args.allow_chaos,
     })
 }
 

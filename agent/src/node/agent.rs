@@ -195,7 +195,7 @@ impl Agent {
         let ctx = Arc::new(NodeContext::new(config.name.clone(), backends, state, config.helper.clone()).with_volumes(volumes));
         let api = match api_listener {
             Some(listener) => {
-                let server = super::api::NodeApi::new(&ctx, config.address.to_string()).into_server();
+                let server = super::api::NodeApi::new(&ctx, config.address.to_string()).allowing_outages(config.allow_chaos).into_server();
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(dir) = &config.tls_dir {
                     let tls = orch_api::tls::server_config(dir, &format!("node-{}", config.name))
@@ -489,7 +489,9 @@ impl Agent {
     }
 
     async fn session(&mut self) -> SessionEnd {
-        let mut session = match Session::open(&self.config, &self.ctx.board, self.generation).await {
+        // No link while an outage (`orch chaos`) lasts.
+        self.ctx.outage.over().await;
+        let mut session = match Session::open(&self.config, &self.ctx.board, self.generation, &self.ctx.outage).await {
             Ok(session) => session,
             Err(error) => return SessionEnd::NeverOpened(error),
         };
@@ -503,8 +505,11 @@ impl Agent {
                     self.converge(set).await;
                 }
                 Err(error) => {
-                    // Tried last next time: a dead controller's agents go to another first.
-                    self.config.controllers.with(|set| set.failed(session.controller()));
+                    // Tried last next time: a dead controller's agents go to another first
+                    // (a link an outage silenced says nothing of the controller).
+                    if !matches!(error, LinkError::Silenced) {
+                        self.config.controllers.with(|set| set.failed(session.controller()));
+                    }
                     return if carried { SessionEnd::WasOpen(error) } else { SessionEnd::NeverOpened(error) };
                 }
             }

@@ -25,11 +25,17 @@ pub type PeerCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status
 pub struct NodeApi {
     ctx: std::sync::Weak<NodeContext>,
     address: String,
+    /// `--allow-chaos`: `orch chaos` may take the node down or partition it.
+    allows_outages: bool,
 }
 
 impl NodeApi {
     pub fn new(ctx: &Arc<NodeContext>, address: String) -> NodeApi {
-        NodeApi { ctx: Arc::downgrade(ctx), address }
+        NodeApi { ctx: Arc::downgrade(ctx), address, allows_outages: false }
+    }
+
+    pub fn allowing_outages(self, allows_outages: bool) -> NodeApi {
+        NodeApi { allows_outages, ..self }
     }
 
     fn context(&self) -> Result<Arc<NodeContext>, Status> {
@@ -56,6 +62,24 @@ fn valid_id(id: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl NodeAgent for NodeApi {
     type LogsStream = Chunks;
+
+    async fn chaos(&self, request: Request<pb::ChaosRequest>) -> Result<Response<pb::ChaosResponse>, Status> {
+        use super::chaos::ChaosError;
+        let request = request.into_inner();
+        if let Some(pb::chaos_request::Fault::KillReplica(replica)) = &request.fault {
+            valid_id(replica)?;
+        }
+        let ctx = self.context()?;
+        let message = super::chaos::carry_out(&ctx, self.allows_outages, &request).map_err(|error| match error {
+            ChaosError::NotAllowed { .. } | ChaosError::AlreadyOut { .. } => Status::failed_precondition(error.to_string()),
+            ChaosError::NotRunning { .. } => Status::not_found(error.to_string()),
+            ChaosError::Length { .. } | ChaosError::NoKind | ChaosError::NoFault => Status::invalid_argument(error.to_string()),
+            ChaosError::Kill { .. } => Status::internal(error.to_string()),
+        })?;
+        tracing::warn!(%message, "orch chaos");
+        let at_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(Response::new(pb::ChaosResponse { node: ctx.node.clone(), message, at_unix_ms }))
+    }
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Chunks>, Status> {
         let request = request.into_inner();

@@ -47,6 +47,9 @@ pub enum LinkError {
     Ended,
     #[error("the session's upward stream closed")]
     UpwardClosed,
+    /// `orch chaos` cut the link for an outage (now over): a new session starts whole.
+    #[error("the link to the controllers was silent for an outage (orch chaos)")]
+    Silenced,
     /// A set that does not follow from the session's earlier ones: a new session starts
     /// whole.
     #[error("controller {controller}: the session is out of step: {error}")]
@@ -93,6 +96,8 @@ pub struct AgentConfig {
     pub data_path: crate::net::DataPath,
     /// What one image layer may unpack to (`--max-layer-size`, `--max-layer-entries`).
     pub layer_limits: crate::images::LayerLimits,
+    /// `orch chaos` may take the node down or partition it (`--allow-chaos`).
+    pub allow_chaos: bool,
 }
 
 impl AgentConfig {
@@ -132,6 +137,7 @@ impl AgentConfig {
             capacity: Some(self.capacity),
             labels: self.labels.clone().into_iter().collect(),
             api_port: self.api_listen.map_or(0, |a| u32::from(a.port())),
+            allows_chaos: self.allow_chaos,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct NodeContext {
     /// The balancer's table, applied again while a listener fails.
     pub services: super::service_table::ServiceTable,
     pub metrics: Arc<super::metrics::AgentMetrics>,
+    /// The outage `orch chaos` started on this node, if one is under way.
+    pub outage: super::chaos::Outage,
 }
 
 /// The Configs and Secrets the controller sent for this node's replicas: in memory, and
@@ -118,6 +120,7 @@ impl NodeContext {
             configs: ConfigCache::default(),
             services: super::service_table::ServiceTable::default(),
             metrics: Arc::default(),
+            outage: super::chaos::Outage::default(),
             node,
             runtime: backends.containers,
             images: backends.images,

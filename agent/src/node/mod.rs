@@ -22,6 +22,7 @@ pub mod backends;
 pub mod backoff;
 pub mod board;
 pub mod capacity;
+pub mod chaos;
 pub mod config;
 pub mod context;
 pub mod controllers;

@@ -329,8 +329,14 @@ impl Supervisor {
             Effect::Prepare => {
                 let stopped = self.stopped();
                 let began = std::time::Instant::now();
+                let ctx = Arc::clone(&self.ctx);
+                let prepare = async {
+                    // While the node is down (`orch chaos`), nothing starts.
+                    ctx.outage.starts_allowed().await;
+                    self.prepare().await
+                };
                 return Some(tokio::select! {
-                    prepared = self.prepare() => {
+                    prepared = prepare => {
                         tracing::debug!(took_ms = began.elapsed().as_millis(), ok = prepared.is_ok(), "prepared (image, rootfs layers, address, volumes)");
                         Input::Prepared(prepared)
                     }

@@ -27,6 +27,8 @@ pub struct Session {
     refresh: Interval,
     /// Makes the controller's deltas whole sets again.
     shared: orch_api::deltas::KnownShared,
+    /// An outage (`orch chaos`) silences the session, then ends it.
+    outage: super::chaos::Outage,
 }
 
 struct Beats(tokio::task::JoinHandle<()>);
@@ -53,7 +55,7 @@ fn report(node: &str, board: &StatusBoard, generation: u64) -> pb::AgentMessage 
 
 impl Session {
     /// Registers and opens the session, with a heartbeat and a full report first.
-    pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64) -> Result<Session, LinkError> {
+    pub async fn open(config: &AgentConfig, board: &StatusBoard, generation: u64, outage: &super::chaos::Outage) -> Result<Session, LinkError> {
         let (controller, mut client, _) = register_any(config).await?;
         let failed = |error: LinkError| {
             // Registered, but no session: the next attempt tries another first.
@@ -74,11 +76,14 @@ impl Session {
             .into_inner();
         tracing::info!(%controller, "session open");
         let beats = Beats(tokio::spawn({
-            let (upward, mut beats) = (upward.clone(), tokio::time::interval(config.heartbeat));
+            let (upward, mut beats, outage) = (upward.clone(), tokio::time::interval(config.heartbeat), outage.clone());
             async move {
                 beats.tick().await; // the first went with the session
                 loop {
                     beats.tick().await;
+                    if outage.silent() {
+                        continue;
+                    }
                     if upward.send(heartbeat.clone()).await.is_err() {
                         return;
                     }
@@ -94,6 +99,7 @@ impl Session {
             _beats: beats,
             refresh: tokio::time::interval(Duration::from_secs(10)),
             shared: orch_api::deltas::KnownShared::default(),
+            outage: outage.clone(),
         })
     }
 
@@ -108,6 +114,11 @@ impl Session {
     pub async fn next_desired(&mut self, board: &StatusBoard, generation: u64) -> Result<pb::DesiredSet, LinkError> {
         loop {
             tokio::select! {
+                // Silent (no report, nothing read) until the outage ends, then a new session.
+                () = self.outage.begun() => {
+                    self.outage.over().await;
+                    return Err(LinkError::Silenced);
+                }
                 _ = self.refresh.tick() => self.upward.send(report(&self.node, board, generation)).await.map_err(|_| LinkError::UpwardClosed)?,
                 () = board.changed() => {
                     // Let a burst of changes settle into one report.

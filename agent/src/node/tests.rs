@@ -37,6 +37,7 @@ fn config(dir: &Path) -> AgentConfig {
         connection_limits: crate::net::ConnectionLimits::default(),
         data_path: crate::net::DataPath::default(),
         layer_limits: crate::images::LayerLimits::default(),
+        allow_chaos: false,
     }
 }
 
@@ -474,6 +475,43 @@ async fn a_stopping_replica_waits_until_no_balancer_routes_to_it_then_drains_its
     assert!(fakes.runtime.containers().contains("web-a"), "signalled while a connection was still relayed to it");
     fakes.network.set_connections(ip, 0);
     eventually("web-a is gone once drained", || !fakes.runtime.containers().contains("web-a")).await;
+    drop(ctx);
+    agent.shut_down(Shutdown::Drain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_node_is_down_nothing_restarts_and_outages_need_allow_chaos() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    agent.converge(set(1, vec![desired("web-a", "web:1", pb::RestartPolicy::Always, None)])).await;
+    eventually("web-a runs", || running(&ctx, "web-a")).await;
+
+    // An agent without --allow-chaos takes no outage (and kills nothing).
+    let outage = |kind: pb::OutageKind| pb::ChaosRequest {
+        fault: Some(pb::chaos_request::Fault::Outage(pb::NodeOutage { kind: kind.into(), seconds: 5 })),
+        node: "fake".into(),
+    };
+    let refused = super::chaos::carry_out(&ctx, false, &outage(pb::OutageKind::NodeDown));
+    assert!(matches!(refused, Err(super::chaos::ChaosError::NotAllowed { .. })), "{refused:?}");
+    assert_eq!(ctx.outage.current(), None);
+    let too_long = pb::ChaosRequest {
+        fault: Some(pb::chaos_request::Fault::Outage(pb::NodeOutage { kind: pb::OutageKind::Partition.into(), seconds: 301 })),
+        node: "fake".into(),
+    };
+    assert!(matches!(super::chaos::carry_out(&ctx, true, &too_long), Err(super::chaos::ChaosError::Length { seconds: 301 })));
+
+    // Node down (the kills themselves are real signals, left to the root tests): a
+    // container that ends meanwhile is not started again until the outage is over.
+    ctx.outage.begin("fake", super::chaos::OutageKind::NodeDown, Duration::from_secs(5)).expect("outage");
+    let began = tokio::time::Instant::now();
+    fakes.runtime.kill("web-a", 137);
+    eventually("web-a is down", || !running(&ctx, "web-a")).await;
+    eventually("web-a runs again", || running(&ctx, "web-a")).await;
+    assert!(began.elapsed() >= Duration::from_secs(5), "restarted only after the outage: {:?}", began.elapsed());
+    assert_eq!(fakes.runtime.starts("web-a").len(), 2);
+
     drop(ctx);
     agent.shut_down(Shutdown::Drain).await;
 }

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod chaos;
 pub mod config;
 pub mod create;
 pub mod delete;
@@ -18,4 +19,5 @@ pub mod top;
 pub mod topology;
 pub mod up;
 pub mod validate;
+pub mod verify;
 pub mod why;

@@ -189,6 +189,7 @@ pub async fn run(args: UpArgs, pki: &Path) -> anyhow::Result<()> {
         connection_limits: orch_agent::net::ConnectionLimits::default(),
         data_path: orch_agent::net::DataPath::default(),
         layer_limits: orch_agent::images::LayerLimits::default(),
+        allow_chaos: false,
     })
     .await?;
     eprintln!("orch: node {name} up (bridge {}, node ports on {})", args.bridge, args.address);

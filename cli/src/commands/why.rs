@@ -74,6 +74,7 @@ fn what_of(kind: &str) -> String {
         EventKind::Rebalancing => "rebalancing",
         EventKind::Recovered => "recovered",
         EventKind::RecoveryTargetMissed => "recovered late",
+        EventKind::Chaos => "fault injected",
     }
     .to_owned()
 }

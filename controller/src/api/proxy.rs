@@ -85,6 +85,45 @@ impl ServiceApi {
         Ok(Box::pin(client.exec(forwarded).await?.into_inner()))
     }
 
+    /// `orch chaos`: one fault, carried out by the agent of the node it concerns, then
+    /// recorded as a Chaos event (the node's own events reach the store only when its
+    /// link is back).
+    pub async fn chaos(&self, request: pb::ChaosRequest) -> Result<pb::ChaosResponse, Status> {
+        let nodes = self.nodes().await?;
+        let (node, object) = match &request.fault {
+            Some(pb::chaos_request::Fault::KillReplica(id)) => {
+                let all = self.list_replicas(None).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                let replica = all.iter().find(|r| r.id == *id).ok_or_else(|| Status::not_found(format!("replica {id:?} not found")))?;
+                if replica.node.is_empty() {
+                    return Err(Status::failed_precondition(format!("replica {id} is not on a node yet")));
+                }
+                (replica.node.clone(), format!("replica/{id}"))
+            }
+            Some(pb::chaos_request::Fault::Outage(_)) => {
+                if request.node.is_empty() {
+                    return Err(Status::invalid_argument("an outage needs a node"));
+                }
+                (request.node.clone(), format!("node/{}", request.node))
+            }
+            None => return Err(Status::invalid_argument("no fault given")),
+        };
+        let mut client = self.node_client(&nodes, &node).await?;
+        let done = client.chaos(request).await?.into_inner();
+        if let Some(events) = &self.events {
+            let event = pb::Event {
+                timestamp_unix_ms: done.at_unix_ms,
+                kind: orch_api::events::EventKind::Chaos.as_str().into(),
+                object,
+                message: format!("orch chaos: {}", done.message),
+                incident: None,
+            };
+            if let Err(error) = events.record(event).await {
+                tracing::warn!(%error, "recording a Chaos event");
+            }
+        }
+        Ok(done)
+    }
+
     pub async fn top(&self) -> Result<pb::TopResponse, Status> {
         let nodes = self.nodes().await?;
         let mut replicas = Vec::new();

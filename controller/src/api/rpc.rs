@@ -170,6 +170,10 @@ impl Api for ApiRpc {
         self.api.exec(request.into_inner()).await.map(Response::new)
     }
 
+    async fn chaos(&self, request: Request<pb::ChaosRequest>) -> Result<Response<pb::ChaosResponse>, Status> {
+        self.api.chaos(request.into_inner()).await.map(Response::new)
+    }
+
     async fn top(&self, _: Request<pb::TopRequest>) -> Result<Response<pb::TopResponse>, Status> {
         self.api.top().await.map(Response::new)
     }

@@ -199,11 +199,13 @@ pub struct ServiceApi {
     secrets: Option<Arc<orch_api::secrets::SecretsKey>>,
     /// How to call the agents' node API (mutual TLS), plain text when unset.
     pub(crate) node_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where the faults `orch chaos` injects are recorded.
+    pub(crate) events: Option<crate::events::EventLog>,
 }
 
 impl ServiceApi {
     pub fn new(store: Arc<dyn Store>, service_range: Ipv4Cidr) -> ServiceApi {
-        ServiceApi { store, service_range, node_tls: None, secrets: None }
+        ServiceApi { store, service_range, node_tls: None, secrets: None, events: None }
     }
 
     pub fn with_secrets(self, secrets: Option<Arc<orch_api::secrets::SecretsKey>>) -> ServiceApi {
@@ -212,6 +214,10 @@ impl ServiceApi {
 
     pub(crate) fn secrets_key(&self) -> Result<&orch_api::secrets::SecretsKey, ApiError> {
         self.secrets.as_deref().ok_or(ApiError::NoSecretsKey)
+    }
+
+    pub fn with_events(self, events: crate::events::EventLog) -> ServiceApi {
+        ServiceApi { events: Some(events), ..self }
     }
 
     pub fn with_node_tls(mut self, tls: tonic::transport::ClientTlsConfig) -> ServiceApi {

@@ -31,6 +31,7 @@ fn node(name: &str, cpu_millis: u64) -> pb::Node {
             capacity: Some(pb::ResourceList { cpu_millis, memory_bytes: 8 << 30, pids: 0 }),
             labels: Default::default(),
             api_port: 0,
+            allows_chaos: false,
         }),
         ready: true,
         conditions: Vec::new(),
