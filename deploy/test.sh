@@ -20,8 +20,9 @@ require_rust
 # check that `orch topology -o dot` is valid DOT, prometheus (its promtool checks the
 # metrics' format, and the lab's Prometheus scrapes every controller and agent; its own
 # service is never started), systemd for `systemd-analyze verify` of deploy/systemd's
-# units (no running systemd needed; on a machine without one nothing starts).
-TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz)
+# units (no running systemd needed; on a machine without one nothing starts),
+# mmdebstrap for the Debian system container image (deploy/images/build-system.sh).
+TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus systemd
 

@@ -46,6 +46,7 @@ fn spec_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &st
         image: Some(record.manifest_digest),
         mounts: vec![],
         security: Security::default(),
+        system: None,
     }
 }
 

@@ -104,6 +104,7 @@ impl NetLab {
             image: None,
             mounts: mounts.into_iter().map(|(source, target)| BindMount::new(source, target)).collect(),
             security: Security::default(),
+            system: None,
         };
         self.runtime.start_with_network(&spec, Some(network)).await.expect("start with network")
     }

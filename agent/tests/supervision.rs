@@ -32,6 +32,7 @@ fn spec(sandbox: &Sandbox, id: &str, script: &str) -> ContainerSpec {
         image: None,
         mounts: vec![],
         security: Security::default(),
+        system: None,
     }
 }
 

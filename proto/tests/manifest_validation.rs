@@ -72,6 +72,16 @@ fn the_example_stack_manifest_is_valid() {
 }
 
 #[test]
+fn the_example_system_manifest_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/system.yaml");
+    let text = std::fs::read_to_string(path).expect("manifests/system.yaml is in the repository");
+    let docs = load_services("system.yaml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    let spec = docs[0].service.spec.clone().expect("spec");
+    assert_eq!((spec.mode(), spec.root_volume.as_str(), spec.image.as_str()), (pb::ServiceMode::System, "root", "127.0.0.1:5000/orch/debian-system:12"));
+    assert!(orch_api::manifest::has_local_volumes(&spec), "its root is a local volume: each slot stays on its node");
+}
+
+#[test]
 fn defaults_are_kubernetes_defaults() {
     let docs = load_services("test.yaml", &variant("", "  probes:\n    liveness:\n      tcpSocket:\n        port: http")).expect("valid");
     let spec = docs[0].service.spec.clone().expect("spec");
@@ -329,6 +339,39 @@ fn invalid_manifests_name_their_field() {
             "must be between 1 and 86400, got 86401",
         ),
         ("unknown recovery field", variant("", "  recovery: {restartWithin: 5s}"), "spec.recovery.restartWithin", "unknown field `restartWithin`"),
+        ("unknown mode", variant("", "  mode: vm"), "spec.mode", "unknown variant `vm`"),
+        ("system without a root", variant("", "  mode: system"), "spec.rootVolume", "name one of spec.volumes, a `local` one"),
+        ("root volume not declared", variant("", "  mode: system\n  rootVolume: root"), "spec.rootVolume", "no volume named \"root\""),
+        (
+            "root volume not local",
+            variant("", "  mode: system\n  rootVolume: root\n  volumes: [{name: root, emptyDir: {}}]"),
+            "spec.rootVolume",
+            "must be a `local` volume",
+        ),
+        (
+            "root volume mounted",
+            variant("", "  mode: system\n  rootVolume: root\n  volumes: [{name: root, local: {}}]\n  volumeMounts: [{name: root, mountPath: /data}]"),
+            "spec.volumeMounts[0]",
+            "it is mounted nowhere else",
+        ),
+        (
+            "system in a user namespace",
+            variant("", "  mode: system\n  rootVolume: root\n  volumes: [{name: root, local: {}}]\n  securityContext: {userNamespace: true}"),
+            "spec.securityContext.userNamespace",
+            "without a user namespace",
+        ),
+        (
+            "system read-only",
+            variant("", "  mode: system\n  rootVolume: root\n  volumes: [{name: root, local: {}}]\n  securityContext: {readOnlyRootFilesystem: true}"),
+            "spec.securityContext.readOnlyRootFilesystem",
+            "root is writable",
+        ),
+        (
+            "root volume of an application",
+            variant("", "  rootVolume: root\n  volumes: [{name: root, local: {}}]"),
+            "spec.rootVolume",
+            "only a system container",
+        ),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);
@@ -370,6 +413,16 @@ fn recovery_targets_are_carried_and_unset_stays_unset() {
     assert_eq!(recovery("  recovery:\n    rescheduleWithinSeconds: 1"), Some(pb::RecoveryTargets { restart_within_millis: 0, reschedule_within_seconds: 1 }));
     let plain = load_services("test.yaml", VALID).expect("valid");
     assert_eq!(plain[0].service.spec.clone().and_then(|s| s.recovery), None);
+}
+
+#[test]
+fn a_system_container_names_its_root_and_an_application_stays_as_it_was() {
+    let spec = |yaml: &str| load_services("test.yaml", &variant("", yaml)).map(|docs| docs[0].service.spec.clone().unwrap_or_default());
+    let system = spec("  mode: system\n  rootVolume: root\n  volumes: [{name: root, local: {}}]").expect("valid");
+    assert_eq!((system.mode(), system.root_volume.as_str()), (pb::ServiceMode::System, "root"));
+    let plain = load_services("test.yaml", VALID).expect("valid")[0].service.spec.clone().unwrap_or_default();
+    assert_eq!((plain.mode(), plain.root_volume.as_str()), (pb::ServiceMode::Application, ""), "the default: nothing new in the spec, no hash changes");
+    assert_eq!(spec("  mode: application").expect("valid").mode(), pb::ServiceMode::Application);
 }
 
 #[test]

@@ -226,6 +226,7 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         image: process.image,
         mounts,
         security,
+        system: None,
     };
     let exit = run_to_end(&args, &runtime, &spec, network.as_ref()).await;
     if let Some(network) = network {

@@ -541,6 +541,11 @@ impl Agent {
                 for handle in std::mem::take(&mut self.terminating) {
                     handle.finished().await;
                 }
+                // Purges under way finish (no replica holds their volumes now): each
+                // holds the context, which must go before the node network can.
+                for (_, purge) in std::mem::take(&mut self.purges) {
+                    let _ = purge.task.await;
+                }
                 // Containers whose records were set aside and no desired set settled.
                 for (id, unreadable) in std::mem::take(&mut self.set_aside) {
                     self.remove_container(&id).await;

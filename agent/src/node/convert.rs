@@ -47,6 +47,31 @@ pub fn confinement_of(context: Option<&pb::SecurityContext>, image_user: Option<
     })
 }
 
+/// A system container's command: the manifest's, else the image's own init
+/// (`/sbin/init`, whatever the image's entrypoint); and `container=orch` in its
+/// environment unless the manifest sets `container` (as LXC and systemd-nspawn set it:
+/// init scripts skip what a container cannot do).
+pub fn system_init(command: &[String], env: &mut Vec<String>) -> Vec<String> {
+    if !env.iter().any(|e| e.starts_with("container=")) {
+        env.insert(0, "container=orch".to_owned());
+    }
+    if command.is_empty() {
+        vec!["/sbin/init".to_owned()]
+    } else {
+        command.to_vec()
+    }
+}
+
+/// A system container's init may end itself (`halt`, `reboot`): CAP_SYS_BOOT, which
+/// brings back `reboot(2)` in the seccomp filter. In the container's own PID namespace
+/// that call ends the namespace's init, never the host.
+pub fn system_confinement(security: &mut crate::runtime::Security) {
+    if !security.capabilities.iter().any(|c| c == "CAP_SYS_BOOT") {
+        security.capabilities.push("CAP_SYS_BOOT".to_owned());
+        security.capabilities.sort();
+    }
+}
+
 /// The service's image pull policy; an unset one (the manifest names none, or a record
 /// from before the field) gets the default for its reference (Kubernetes': `Always` for no tag or `:latest`, else
 /// `IfNotPresent`).
@@ -259,6 +284,27 @@ mod tests {
         assert!(env_of(&[var("X", "", from(pb::ConfigKind::Secret, "nope", "k"))], &configs).is_err_and(|e| e == "env X: secret/nope not found"));
         let binary = env_of(&[var("B", "", from(pb::ConfigKind::Secret, "db", "bin"))], &configs);
         assert!(binary.is_err_and(|e| e.contains("not text without NUL") && !e.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_system_container_runs_its_init_knows_it_is_contained_and_may_halt() {
+        let mut env = vec!["A=1".to_owned()];
+        assert_eq!(system_init(&[], &mut env), ["/sbin/init"]);
+        assert_eq!(env, ["container=orch", "A=1"]);
+        let mut own = vec!["container=lxc".to_owned()];
+        assert_eq!(system_init(&["/lib/systemd/systemd".to_owned()], &mut own), ["/lib/systemd/systemd"], "the manifest's command wins");
+        assert_eq!(own, ["container=lxc"], "the manifest's `container` wins");
+        let mut security = crate::runtime::Security::default();
+        system_confinement(&mut security);
+        system_confinement(&mut security);
+        assert_eq!(security.capabilities.iter().filter(|c| *c == "CAP_SYS_BOOT").count(), 1);
+        assert!(security.capabilities.windows(2).all(|w| w[0] <= w[1]), "sorted");
+        let application = pb::ServiceSpec::default();
+        let system = pb::ServiceSpec { mode: pb::ServiceMode::System.into(), ..Default::default() };
+        assert_eq!(
+            (super::super::lifecycle::stop_signal(&application), super::super::lifecycle::stop_signal(&system)),
+            (nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGPWR)
+        );
     }
 
     #[test]

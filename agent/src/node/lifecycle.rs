@@ -134,6 +134,17 @@ pub struct Lifecycle {
     /// the incident reported once the replica is ready again.
     outage: Option<(Instant, String)>,
     grace: Duration,
+    /// What stops the container: SIGTERM, or SIGPWR for a system container's init
+    /// (sysvinit's power-failure action, as LXC sends it).
+    stop_signal: Signal,
+}
+
+/// The signal that asks a replica's container to stop.
+pub fn stop_signal(spec: &pb::ServiceSpec) -> Signal {
+    match spec.mode() {
+        pb::ServiceMode::Application => Signal::SIGTERM,
+        pb::ServiceMode::System => Signal::SIGPWR,
+    }
 }
 
 impl Lifecycle {
@@ -159,6 +170,7 @@ impl Lifecycle {
             readiness_failed: false,
             outage: None,
             grace: Duration::from_secs(u64::from(spec.termination_grace_seconds)),
+            stop_signal: stop_signal(&spec),
         };
         let finished = matches!(status.phase(), pb::ReplicaPhase::Succeeded | pb::ReplicaPhase::Failed);
         let effects = if finished && !adopted {
@@ -234,7 +246,7 @@ impl Lifecycle {
                 vec![
                     Effect::Event { kind: EventKind::Unhealthy, message: format!("{why}; restarting the container") },
                     phase(pb::ReplicaPhase::Running, false, &why),
-                    Effect::Kill { signal: Signal::SIGTERM, grace: self.grace },
+                    Effect::Kill { signal: self.stop_signal, grace: self.grace },
                 ]
             }
             (State::Running { .. } | State::Restarting, Input::Exited(exit)) => {
@@ -309,7 +321,7 @@ impl Lifecycle {
                 vec![
                     phase(pb::ReplicaPhase::Terminating, false, ""),
                     Effect::Drain { limit: self.grace.min(DRAIN_LIMIT), listed },
-                    Effect::Kill { signal: Signal::SIGTERM, grace: self.grace },
+                    Effect::Kill { signal: self.stop_signal, grace: self.grace },
                 ]
             }
             State::Terminating | State::Gone => Vec::new(),

@@ -14,7 +14,6 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use nix::sys::signal::Signal;
 use orch_api::events::EventKind;
 use orch_api::pb;
 use prost::Message;
@@ -448,11 +447,19 @@ impl Supervisor {
             return Ok(());
         }
         let layers = images.layers(&image).map_err(|e| format!("image {}: {e}", spec.image))?;
-        let env = env_of(&spec.env, &|kind, name| self.ctx.configs.get(kind, name))?;
+        let mut env = env_of(&spec.env, &|kind, name| self.ctx.configs.get(kind, name))?;
+        let system = self.system_root(&spec)?;
+        let command = match &system {
+            Some(_) => super::convert::system_init(&spec.command, &mut env),
+            None => spec.command.clone(),
+        };
         let accounts = ImageAccounts::read(&layers);
-        let process = resolve_process(&image.defaults, &spec.command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
+        let process = resolve_process(&image.defaults, &command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
         let limits = limits_of(spec.resources.as_ref());
-        let confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
+        let mut confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
+        if system.is_some() {
+            super::convert::system_confinement(&mut confinement.security);
+        }
         // Config and Secret files belong to the container's user, as the node sees it.
         let user = confinement.user.clone().unwrap_or(crate::runtime::User::ids(0, 0));
         let shift = confinement.user_namespace.map_or(0, |range| range.host_id);
@@ -485,10 +492,20 @@ impl Supervisor {
                 image: Some(image.manifest_digest),
                 mounts,
                 security: confinement.security,
+                system,
             },
             ip,
         });
         Ok(())
+    }
+
+    /// A system container's root: its root volume's slot directory on this node.
+    fn system_root(&self, spec: &pb::ServiceSpec) -> Result<Option<crate::runtime::SystemRoot>, String> {
+        if spec.mode() != pb::ServiceMode::System {
+            return Ok(None);
+        }
+        let slot = self.record.slot.ok_or("a system container keeps its root in its slot's local volume, and this replica has no slot")?;
+        Ok(Some(crate::runtime::SystemRoot { dir: volumes::local_dir(&self.ctx.volumes, &self.record.service, &spec.root_volume, slot) }))
     }
 
     /// Makes the replica's volumes exist (once: emptyDirs and a tmpfs keep their
@@ -621,8 +638,9 @@ impl Supervisor {
         self.end_run();
         if let Some(container) = self.adopted.take().or_else(|| self.container.take()) {
             // Stopped before the container could be supervised (or removed).
-            let grace = std::time::Duration::from_secs(u64::from(self.spec().termination_grace_seconds));
-            container.stop(Signal::SIGTERM, grace).await;
+            let spec = self.spec();
+            let grace = std::time::Duration::from_secs(u64::from(spec.termination_grace_seconds));
+            container.stop(super::lifecycle::stop_signal(&spec), grace).await;
             if let Err(error) = container.remove().await {
                 tracing::warn!(replica = %self.record.id, %error, "removing the container");
             }

@@ -434,7 +434,7 @@ pub fn slot_dirs(local_root: &Path, service: &str) -> Vec<PathBuf> {
 }
 
 /// Where slot `slot`'s `volume` of `service` lives on this node.
-fn local_dir(dirs: &VolumeDirs, service: &str, volume: &str, slot: u32) -> PathBuf {
+pub fn local_dir(dirs: &VolumeDirs, service: &str, volume: &str, slot: u32) -> PathBuf {
     dirs.local_root.join(service).join(volume).join(slot.to_string())
 }
 

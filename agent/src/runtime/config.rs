@@ -51,6 +51,17 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     /// What its processes may do: capabilities, seccomp filter, read-only root.
     pub security: Security,
+    /// A system container: its command is PID 1 itself, its writable root is kept.
+    pub system: Option<SystemRoot>,
+}
+
+/// A system container's writable root, kept across its runs: `<dir>/upper` is the
+/// overlay's upper layer (`<dir>/work` its work directory), in a local volume's slot
+/// directory. Its command (the image's init) runs as PID 1 and reaps; `/run` and
+/// `/run/lock` are tmpfs, `/dev/console` is `/dev/null`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemRoot {
+    pub dir: PathBuf,
 }
 
 /// Who a container's command runs as: numeric ids, resolved from the image's names
@@ -223,6 +234,10 @@ pub struct InitConfig {
     /// stderr are inherited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogSettings>,
+    /// A system container ([`SystemRoot`]): the command is exec'd as PID 1, and `upper`
+    /// and `work` are absolute paths in its root volume.
+    #[serde(default)]
+    pub system: bool,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

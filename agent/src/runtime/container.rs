@@ -173,6 +173,20 @@ impl Runtime {
         for dir in [dirs.upper(), dirs.work(), dirs.merged()] {
             std::fs::create_dir(&dir).map_err(RuntimeError::io("cannot create", &dir))?;
         }
+        // A system container's upper layer is its root volume's, kept across runs: the
+        // mode of its top becomes the container's `/`.
+        let (upper, work) = match &spec.system {
+            None => (PathBuf::from(UPPER), PathBuf::from(WORK)),
+            Some(system) => {
+                let (upper, work) = (system.dir.join(UPPER), system.dir.join(WORK));
+                for (dir, mode) in [(&upper, 0o755), (&work, 0o700)] {
+                    if !dir.is_dir() {
+                        std::fs::DirBuilder::new().mode(mode).create(dir).map_err(RuntimeError::io("cannot create", dir))?;
+                    }
+                }
+                (upper, work)
+            }
+        };
         // With a user namespace the container reads its layers through idmapped mounts
         // (root-owned files stay root's inside) and writes an upper layer owned by its
         // mapped root: the per-container chown the runtime needs.
@@ -208,8 +222,8 @@ impl Runtime {
             hostname: hostname.clone(),
             dir: dirs.root.clone(),
             layers,
-            upper: PathBuf::from(UPPER),
-            work: PathBuf::from(WORK),
+            upper,
+            work,
             merged: PathBuf::from(MERGED),
             args: spec.args.clone(),
             env: container_env(&spec.env, &hostname),
@@ -225,6 +239,7 @@ impl Runtime {
                 Stdio::Log(settings) => Some(settings.clone()),
                 Stdio::Inherit => None,
             },
+            system: spec.system.is_some(),
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -493,6 +508,16 @@ fn check_spec(spec: &ContainerSpec) -> Result<(), RuntimeError> {
         }
         if !bind.source.exists() {
             return Err(RuntimeError::Io { what: "mount source", path: bind.source.clone(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+        }
+    }
+    if let Some(system) = &spec.system {
+        // Overlay options are comma-separated; a system container's root is written as
+        // the host sees it.
+        if !system.dir.is_absolute() || system.dir.display().to_string().contains([':', ',']) || spec.user_namespace.is_some() {
+            return Err(RuntimeError::Start {
+                message: format!("system root {}: an absolute path without ':' or ',', and no user namespace", system.dir.display()),
+                code: CODE_RUNTIME,
+            });
         }
     }
     if let Some(range) = spec.user_namespace {

@@ -315,6 +315,10 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None) {
         fail(&mut sync, &format!("sigprocmask: {e}"), CODE_RUNTIME);
     }
+    if config.system {
+        // A system container: its command (the image's init) is PID 1, and reaps.
+        command_main(config, sync);
+    }
     // SAFETY: the init is single-threaded (it is a fork of the single-threaded shim).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => command_main(config, sync),

@@ -19,7 +19,7 @@ mod state;
 mod sync;
 
 pub use config::{
-    capability_set, container_env, BindMount, ContainerSpec, IdRange, Security, Stdio, User, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH,
+    capability_set, container_env, BindMount, ContainerSpec, IdRange, Security, Stdio, SystemRoot, User, DEFAULT_CAPABILITIES, DEFAULT_ID_RANGE, DEFAULT_PATH,
 };
 pub use container::{Container, ContainerExit, ContainerNetwork, Runtime, RuntimeConfig};
 pub use error::RuntimeError;

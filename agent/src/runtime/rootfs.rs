@@ -277,6 +277,9 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
     for path in READ_ONLY {
         read_only(Path::new(path))?;
     }
+    if config.system {
+        system_mounts()?;
+    }
     if config.security.read_only_root {
         // The root mount only: /dev, /dev/shm, /proc and the bind mounts keep their flags.
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
@@ -310,6 +313,20 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
         step(std::os::unix::fs::symlink(target, &path), || format!("symlink {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What an init expects of a system container, inside its root (after the pivot: an
+/// image's symlinks resolve within it): `/run` and `/run/lock` as tmpfs (its scripts
+/// cannot mount them), and a `/dev/console` to open (`/dev/null`).
+fn system_mounts() -> Result<(), SetupError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mkdir(Path::new("/run"))?;
+    mount_at("tmpfs", Path::new("/run"), Some("tmpfs"), flags, Some("mode=755,size=65536k"))?;
+    mkdir(Path::new("/run/lock"))?;
+    mount_at("tmpfs", Path::new("/run/lock"), Some("tmpfs"), flags | MsFlags::MS_NOEXEC, Some("mode=1777,size=5120k"))?;
+    let console = Path::new("/dev/console");
+    step(fs::File::create(console), || "create /dev/console".to_owned())?;
+    mount_at("/dev/null", console, None, MsFlags::MS_BIND, None)
 }
 
 fn mask(path: &Path) -> Result<(), SetupError> {

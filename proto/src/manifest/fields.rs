@@ -149,6 +149,10 @@ fn spec_fields(out: &mut Fields, spec: &pb::ServiceSpec) {
         pb::RestartPolicy::Never => "Never",
     };
     put("spec.restartPolicy".into(), policy.into());
+    if spec.mode() == pb::ServiceMode::System {
+        put("spec.mode".into(), "system".into());
+        put("spec.rootVolume".into(), spec.root_volume.clone());
+    }
     for (key, value) in &spec.node_selector {
         put(format!("spec.nodeSelector.{key}"), value.clone());
     }

@@ -73,6 +73,20 @@ pub struct ServiceSpec {
     pub recovery: Option<RecoveryTargets>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<bool>,
+    /// `application` (the default) or `system`: the image's own init as PID 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ServiceMode>,
+    /// A system container's root: the `local` volume that keeps it across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    #[default]
+    Application,
+    System,
 }
 
 /// How soon the service should serve again after a fault: targets, not limits (a missed

@@ -239,7 +239,10 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     // existed, and their template hashes, stay the same.
     let logs = spec.logs.as_ref().map(|logs| validate_logs(errors, logs));
     let recovery = spec.recovery.as_ref().map(|recovery| validate_recovery(errors, recovery));
+    let (mode, root_volume) = validate_mode(errors, spec);
     pb::ServiceSpec {
+        mode: mode.into(),
+        root_volume,
         logs,
         recovery,
         rebalance: spec.rebalance,
@@ -310,6 +313,48 @@ pub const CAPABILITIES: [&str; 41] = [
 
 /// Largest uid or gid a securityContext may name (below the kernel's invalid id).
 pub const MAX_ID: i64 = 4_294_967_294;
+
+/// `spec.mode` and `spec.rootVolume`: a system container keeps its root in a `local`
+/// volume of its own (mounted nowhere else), runs in the node's user namespace (its
+/// root is written as the host sees it) and needs a writable root.
+fn validate_mode(errors: &mut Errors, spec: &model::ServiceSpec) -> (pb::ServiceMode, String) {
+    let root_volume = spec.root_volume.clone().unwrap_or_default();
+    match spec.mode.unwrap_or_default() {
+        model::ServiceMode::Application => {
+            if spec.root_volume.is_some() {
+                errors.push("spec.rootVolume", "only a system container (spec.mode: system) keeps its root in a volume");
+            }
+            (pb::ServiceMode::Application, String::new())
+        }
+        model::ServiceMode::System => {
+            if root_volume.is_empty() {
+                errors.push("spec.rootVolume", "a system container keeps its root in a volume: name one of spec.volumes, a `local` one");
+            } else {
+                match spec.volumes.iter().find(|v| v.name == root_volume) {
+                    None => errors.push("spec.rootVolume", format!("no volume named {root_volume:?} in spec.volumes")),
+                    Some(volume) if volume.local.is_none() => {
+                        errors.push("spec.rootVolume", format!("volume {root_volume:?} must be a `local` volume (kept on its node across restarts)"))
+                    }
+                    Some(_) => {}
+                }
+                if let Some(i) = spec.volume_mounts.iter().position(|m| m.name == root_volume) {
+                    errors.push(
+                        format!("spec.volumeMounts[{i}]"),
+                        format!("volume {root_volume:?} is the container's root (spec.rootVolume): it is mounted nowhere else"),
+                    );
+                }
+            }
+            let context = spec.security_context.clone().unwrap_or_default();
+            if context.user_namespace == Some(true) {
+                errors.push("spec.securityContext.userNamespace", "a system container runs without a user namespace (not supported yet)");
+            }
+            if context.read_only_root_filesystem == Some(true) {
+                errors.push("spec.securityContext.readOnlyRootFilesystem", "a system container's root is writable (it is kept in spec.rootVolume)");
+            }
+            (pb::ServiceMode::System, root_volume)
+        }
+    }
+}
 
 fn validate_security(errors: &mut Errors, context: &model::SecurityContext) -> pb::SecurityContext {
     let mut id = |path: &str, value: Option<i64>| {

@@ -1,0 +1,108 @@
+//! A system container on `orch up`, as root: the Debian image deploy/images/build-system.sh
+//! makes (sysvinit) boots its own init as PID 1 to runlevel 2 and runs its services
+//! (cron; orch-web, busybox httpd answering on the node port); what is written to its
+//! root survives a kill -9 of the init and the restart, /run starts empty each boot; a
+//! delete halts it through runlevel 0 (SIGPWR), which its root volume remembers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http_get_status, text, Up, LIMIT, ROOT};
+
+const IMAGE_DIR: &str = "/var/lib/orch/images/debian-system";
+
+/// The replica of `debian` (null until `orch up` answers and has one).
+fn replica(up: &Up) -> serde_json::Value {
+    let out = up.orch(&["get", "replicas", "debian", "-o", "json"]);
+    let replicas: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    replicas.as_array().and_then(|r| r.first().cloned()).unwrap_or_default()
+}
+
+/// Runs `orch exec REPLICA -- ARGS` until its output satisfies `done`.
+fn exec_until(up: &Up, name: &str, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let mut all = vec!["exec", name, "--"];
+        all.extend(args);
+        let out = up.orch(&all);
+        let said = text(&out.stdout);
+        if out.status.success() && done(&said) {
+            return said;
+        }
+        assert!(start.elapsed() < LIMIT, "`{}` never gave what was awaited: {said} {}\n{}", args.join(" "), text(&out.stderr), up.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_debian_system_container_boots_its_init_keeps_its_root_and_halts() {
+    let mut up = Up::new();
+    let built = Command::new("bash").arg(format!("{ROOT}/deploy/images/build-system.sh")).arg("--out").arg(IMAGE_DIR).output().expect("run build-system.sh");
+    assert!(built.status.success(), "build-system.sh: {}{}", text(&built.stdout), text(&built.stderr));
+    let manifest = up.dir.path().join("system.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: orch/v1\nkind: Service\nmetadata: {{name: debian}}\nspec:\n  mode: system\n  image: oci:{IMAGE_DIR}:12\n  rootVolume: root\n  \
+             volumes: [{{name: root, local: {{}}}}]\n  ports: [{{name: http, containerPort: 80, servicePort: 80, nodePort: {}}}]\n  \
+             terminationGracePeriodSeconds: 30\n",
+            up.node_port
+        ),
+    )
+    .expect("write manifest");
+    up.start(&[&manifest]);
+    up.wait("the system container running", |u| replica(u)["phase"] == "Running");
+    let name = replica(&up)["name"].as_str().expect("name").to_owned();
+
+    // Its own init is PID 1, with its hostname, and reaches runlevel 2 with its services.
+    let levels = exec_until(&up, &name, &["runlevel"], |said| said.trim().ends_with(" 2"));
+    assert!(levels.trim() == "N 2" || levels.trim().starts_with("S "), "{levels}");
+    let init = exec_until(&up, &name, &["cat", "/proc/1/cmdline"], |said| !said.is_empty());
+    assert!(init.starts_with("/sbin/init") || init.starts_with("init"), "PID 1 is the image's init: {init:?}");
+    assert_eq!(up.ok(&["exec", &name, "--", "hostname"]).trim(), name);
+    assert!(up.ok(&["exec", &name, "--", "cat", "/proc/1/environ"]).split('\0').any(|v| v == "container=orch"), "the init knows it is in a container");
+    exec_until(&up, &name, &["pidof", "cron"], |said| !said.trim().is_empty());
+    let mounts = up.ok(&["exec", &name, "--", "cat", "/proc/mounts"]);
+    assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run ")), "{mounts}");
+    let start = Instant::now();
+    let page = loop {
+        match http_get_status(&format!("127.0.0.1:{}", up.node_port), "/") {
+            Ok((200, body)) => break body,
+            other => assert!(start.elapsed() < LIMIT, "orch-web never answered on the node port: {other:?}\n{}", up.log()),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(page.contains(&format!("{name}: a Debian system container, booted by /usr/sbin/init")), "{page}");
+
+    // Files in its root survive a restart; /run does not.
+    up.ok(&["exec", &name, "--", "sh", "-c", "echo kept >/root/marker; echo gone >/run/marker"]);
+    let pid = replica(&up)["hostPid"].as_i64().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")), nix::sys::signal::Signal::SIGKILL).expect("kill -9 its init");
+    up.wait("the system container restarted", |u| {
+        let r = replica(u);
+        r["phase"] == "Running" && r["restarts"] == 1 && r["hostPid"].as_i64() != Some(pid)
+    });
+    assert_eq!(replica(&up)["name"], name.as_str(), "the same replica, restarted in place");
+    exec_until(&up, &name, &["runlevel"], |said| said.trim().ends_with(" 2"));
+    assert_eq!(up.ok(&["exec", &name, "--", "cat", "/root/marker"]).trim(), "kept");
+    let run = up.orch(&["exec", &name, "--", "cat", "/run/marker"]);
+    assert!(!run.status.success(), "/run is a fresh tmpfs each boot: {}", text(&run.stdout));
+
+    // A delete sends SIGPWR: the init halts through runlevel 0, stopping its services,
+    // and the root volume (kept, as local volumes are) remembers it.
+    up.ok(&["delete", "service", "debian"]);
+    let stopped = up.dir.path().join("state/volumes/debian/root/0/upper/var/log/orch-web.stopped");
+    up.wait("orch-web stopped by runlevel 0", |_| std::fs::read_to_string(&stopped).is_ok_and(|said| said.trim() == "orch-web stopped in runlevel 0"));
+    let state = up.dir.path().join("state/agent");
+    up.wait("the system container gone from the node", |_| std::fs::read_dir(state.join("containers")).map(|d| d.count()).unwrap_or(0) == 0);
+    // Its root goes with the volumes of the service when they are purged.
+    up.ok(&["delete", "service", "debian", "--purge-volumes"]);
+    let volumes = up.dir.path().join("state/volumes/debian");
+    up.wait("the system container's root purged", |_| !volumes.exists());
+
+    up.interrupt();
+    up.assert_nothing_left();
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds orch/debian-system: a Debian 12 root whose /sbin/init is sysvinit, for system
+# containers (`spec.mode: system`, manifests/system.yaml), as an OCI image layout (and
+# pushes it to a registry with --push).
+#
+#   sudo bash deploy/images/build-system.sh [--out DIR] [--push HOST:PORT] [--tag TAG]
+#
+# What it holds: Debian's minbase with sysvinit-core, cron, procps and busybox; an init
+# script `orch-web` (runlevels 2-5) serving a page from busybox httpd on port 80; an
+# inittab with no gettys (a container has no terminals to watch) and
+# `pf::powerwait:/sbin/init 0`: SIGPWR, what orch sends to stop a system container,
+# halts it through runlevel 0 (its services stopped in order). Built with mmdebstrap from
+# Debian's archive; an image already built from this same script is kept (DIR.recipe).
+set -euo pipefail
+source "$(dirname "$0")/../lib/common.sh"
+source "$(dirname "$0")/../lib/oci.sh"
+
+out=/var/lib/orch/images/debian-system
+push=""
+tag=12
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out="${2:?--out needs a directory}"; shift 2 ;;
+        --push) push="${2:?--push needs HOST:PORT}"; shift 2 ;;
+        --tag) tag="${2:?--tag needs a tag}"; shift 2 ;;
+        *) die "unknown argument $1 (expected --out DIR, --push HOST:PORT or --tag TAG)" ;;
+    esac
+done
+[[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--tag $tag: not a valid tag"
+require_root "deploy/images/build-system.sh"
+
+recipe="$(sha256sum "$0" | cut -d' ' -f1) $tag"
+if [ -f "$out/index.json" ] && [ "$(cat "$out.recipe" 2>/dev/null)" = "$recipe" ]; then
+    echo "orch/debian-system:$tag is up to date in oci:$out:$tag"
+else
+    command -v mmdebstrap >/dev/null || install_packages mmdebstrap
+    work="$(mktemp -d /tmp/orch-system-image.XXXXXX)"
+    trap 'rm -rf "$work"' EXIT
+    cat >"$work/orch-web" <<'EOF'
+#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          orch-web
+# Required-Start:    $remote_fs
+# Required-Stop:     $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: a page from busybox httpd on port 80
+### END INIT INFO
+pidfile=/run/orch-web.pid
+case "$1" in
+    start)
+        mkdir -p /var/www
+        echo "<h1>$(hostname): a Debian system container, booted by $(readlink -f /sbin/init)</h1>" >/var/www/index.html
+        start-stop-daemon --start --quiet --background --make-pidfile --pidfile "$pidfile" --exec /bin/busybox -- httpd -f -p 80 -h /var/www
+        ;;
+    stop)
+        start-stop-daemon --stop --quiet --pidfile "$pidfile" --remove-pidfile --retry 5
+        # What the root volume keeps of a clean stop (runlevel 0 ran this).
+        echo "orch-web stopped in runlevel $(runlevel | cut -d' ' -f2)" >/var/log/orch-web.stopped
+        ;;
+    restart) "$0" stop; "$0" start ;;
+    status) start-stop-daemon --status --pidfile "$pidfile" ;;
+    *) echo "usage: $0 start|stop|restart|status" >&2; exit 3 ;;
+esac
+EOF
+    cat >"$work/inittab" <<'EOF'
+# orch/debian-system: sysvinit in a container (no gettys: a container has no terminals)
+id:2:initdefault:
+si::sysinit:/etc/init.d/rcS
+l0:0:wait:/etc/init.d/rc 0
+l1:1:wait:/etc/init.d/rc 1
+l2:2:wait:/etc/init.d/rc 2
+l3:3:wait:/etc/init.d/rc 3
+l4:4:wait:/etc/init.d/rc 4
+l5:5:wait:/etc/init.d/rc 5
+l6:6:wait:/etc/init.d/rc 6
+# SIGPWR (orch's stop signal for a system container): halt through runlevel 0.
+pf::powerwait:/sbin/init 0
+ca::ctrlaltdel:/sbin/init 6
+EOF
+    step "mmdebstrap: Debian 12 minbase with sysvinit-core, cron, procps, busybox"
+    mmdebstrap --quiet --variant=minbase --include=sysvinit-core,cron,procps,busybox \
+        --customize-hook="install -m 0755 '$work/orch-web' \"\$1/etc/init.d/orch-web\"" \
+        --customize-hook="install -m 0644 '$work/inittab' \"\$1/etc/inittab\"" \
+        --customize-hook='chroot "$1" update-rc.d orch-web defaults' \
+        --customize-hook='rm -f "$1/etc/hostname"; : >"$1/etc/machine-id"' \
+        bookworm "$work/rootfs"
+    config='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/sbin/init"],"StopSignal":"SIGPWR","ExposedPorts":{"80/tcp":{}},"Labels":{"org.opencontainers.image.title":"orch/debian-system"}}'
+    manifest_digest="$(oci_layout "$work/rootfs" "$out" "$tag" "$config" orch/debian-system)"
+    echo "$recipe" >"$out.recipe"
+    echo "built orch/debian-system:$tag as oci:$out:$tag (manifest $manifest_digest)"
+fi
+
+if [ -n "$push" ]; then
+    command -v skopeo >/dev/null || install_packages skopeo
+    skopeo copy --quiet --dest-tls-verify=false "oci:$out:$tag" "docker://$push/orch/debian-system:$tag"
+    echo "pushed $push/orch/debian-system:$tag"
+fi
