@@ -2,7 +2,8 @@
 //! makes (sysvinit) boots its own init as PID 1 to runlevel 2 and runs its services
 //! (cron; orch-web, busybox httpd answering on the node port); what is written to its
 //! root survives a kill -9 of the init and the restart, /run starts empty each boot; a
-//! delete halts it through runlevel 0 (SIGPWR), which its root volume remembers.
+//! delete halts it through runlevel 0 (SIGPWR), which its root volume remembers; its
+//! console's output (the boot) is in `orch logs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
@@ -65,6 +66,16 @@ fn a_debian_system_container_boots_its_init_keeps_its_root_and_halts() {
     assert_eq!(up.ok(&["exec", &name, "--", "hostname"]).trim(), name);
     assert!(up.ok(&["exec", &name, "--", "cat", "/proc/1/environ"]).split('\0').any(|v| v == "container=orch"), "the init knows it is in a container");
     exec_until(&up, &name, &["pidof", "cron"], |said| !said.trim().is_empty());
+    // Its console is a pty whose output goes to the log: the rc scripts' messages.
+    let start = Instant::now();
+    loop {
+        let logs = up.ok(&["logs", &name]);
+        if logs.contains("INIT: Entering runlevel: 2") && logs.lines().any(|l| l.contains("cron")) {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the boot never showed in `orch logs`:\n{logs}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let mounts = up.ok(&["exec", &name, "--", "cat", "/proc/mounts"]);
     assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run ")), "{mounts}");
     let start = Instant::now();

@@ -79,6 +79,12 @@ pub fn shim_main() -> ! {
         Ok(output) => output,
         Err(message) => fail(&mut sync, &message, CODE_RUNTIME),
     };
+    // A system container's console, copied into its log with its output: the init
+    // makes it in the container's own devpts and hands its ends over on this socket.
+    let console = match (config.system && output.is_some()).then(UnixStream::pair).transpose() {
+        Ok(console) => console,
+        Err(e) => fail(&mut sync, &format!("socketpair for the console: {e}"), CODE_RUNTIME),
+    };
     // SAFETY: this process is single-threaded (fresh exec, no threads started), so the
     // child may run arbitrary code after fork.
     match unsafe { fork() } {
@@ -88,7 +94,7 @@ pub fn shim_main() -> ! {
                     fail(&mut sync, &message, CODE_RUNTIME);
                 }
             }
-            init_main(&config, sync)
+            init_main(&config, sync, console.map(|(_, init_end)| init_end))
         }
         Ok(ForkResult::Parent { child }) => {
             let sent = send(&mut sync, &SyncMessage::InitPid { pid: child.as_raw() });
@@ -97,7 +103,10 @@ pub fn shim_main() -> ! {
                 let _ = kill(child, Signal::SIGKILL);
             }
             if let Some(output) = output {
-                output.copy_until_exit(child);
+                // Before any copying: the init sends the console once its root is built
+                // (or closes the socket, failing).
+                let console = console.and_then(|(shim_end, _)| receive_console(&shim_end));
+                output.copy_until_exit(child, console);
             }
             let record = wait_for(child);
             let _ = write_json(&config.exit_status_path, &record);
@@ -142,6 +151,47 @@ fn exec_shim(helper: &Path) -> String {
     }
 }
 
+/// A system container's console, as the shim holds it: a pty's master (read into the
+/// log) and a slave (held so that the master never hangs up while no process in the
+/// container has the console open).
+pub(crate) struct Console {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// Unlocks the pty whose master is `master` (opened from a devpts' `ptmx`); its number.
+pub(crate) fn unlock_pty(master: &std::fs::File) -> Result<u32, String> {
+    let unlock: nix::libc::c_int = 0;
+    let mut number: nix::libc::c_uint = 0;
+    // SAFETY: TIOCSPTLCK reads one int and TIOCGPTN writes one unsigned int, both ours
+    // and alive for the calls, on a descriptor `master` holds open.
+    let (unlocked, numbered) = unsafe {
+        (nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSPTLCK, &unlock), nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCGPTN, &mut number))
+    };
+    if unlocked < 0 || numbered < 0 {
+        return Err(format!("unlock the console's pty: {}", Errno::last()));
+    }
+    Ok(number)
+}
+
+/// The console's two ends, sent by the init (none when it failed first).
+fn receive_console(socket: &UnixStream) -> Option<Console> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let message = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for control in message.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: SCM_RIGHTS installed these descriptors in this process for us alone.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let mut fds = fds.into_iter();
+    Some(Console { master: fds.next()?, slave: fds.next()? })
+}
+
 /// The command's stdout and stderr pipes and the log they are copied to.
 struct Output {
     stdout: (OwnedFd, OwnedFd),
@@ -175,10 +225,15 @@ impl Output {
     /// In the shim: copies the pipes into the log until the init exits, then what is
     /// left (every process of the container is gone with its init, so the pipes end;
     /// at most 5 s more), so the last output is in the log before the exit is recorded.
-    fn copy_until_exit(self, child: Pid) {
+    fn copy_until_exit(self, child: Pid, console: Option<Console>) {
         let Output { stdout: (stdout, stdout_write), stderr: (stderr, stderr_write), writer } = self;
         drop((stdout_write, stderr_write));
         let mut copier = Copier::new(stdout, stderr, writer);
+        // The shim holds the console's slave until the end: its master never hangs up.
+        let _slave = console.map(|console| {
+            copier.add_console(console.master);
+            console.slave
+        });
         // The shim's own messages follow the log to its new file.
         let follow = |file: &std::fs::File| {
             for target in [1, 2] {
@@ -194,7 +249,7 @@ impl Output {
             }
             return;
         };
-        while copier.is_open() {
+        while copier.is_open() || copier.has_console() {
             if copier.step(Some(exited.as_fd()), PollTimeout::NONE, &follow) {
                 break;
             }
@@ -206,6 +261,10 @@ impl Output {
                 break;
             }
             copier.step(None, PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO), &follow);
+        }
+        // What the console still holds.
+        if copier.has_console() {
+            copier.step(None, PollTimeout::ZERO, &follow);
         }
         copier.finish();
     }
@@ -255,7 +314,7 @@ fn wait_for(child: Pid) -> ExitRecord {
 }
 
 /// The container's PID 1.
-fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
+fn init_main(config: &InitConfig, mut sync: UnixStream, console: Option<UnixStream>) -> ! {
     // If the shim dies, so does the container: nobody would be left to report it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let namespaces = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWNET;
@@ -294,10 +353,11 @@ fn init_main(config: &InitConfig, mut sync: UnixStream) -> ! {
             fail(&mut sync, &e, CODE_RUNTIME);
         }
     }
-    if let Err(rootfs::SetupError(message)) = rootfs::setup(config, &sources) {
+    if let Err(rootfs::SetupError(message)) = rootfs::setup(config, &sources, console.as_ref()) {
         fail(&mut sync, &message, CODE_RUNTIME);
     }
     drop(sources);
+    drop(console);
     if let Err(e) = nix::unistd::sethostname(&config.hostname) {
         fail(&mut sync, &format!("sethostname({:?}): {e}", config.hostname), CODE_RUNTIME);
     }

@@ -286,21 +286,38 @@ impl Pending {
 /// a poll at a time on the caller's thread (the shim has unshared a PID namespace and
 /// may start no thread).
 pub struct Copier {
-    streams: [Pending; 2],
+    /// stdout, stderr, and a system container's console (a pty's master) when it has one.
+    streams: Vec<Pending>,
     writer: LogWriter,
     buffer: Vec<u8>,
 }
 
 impl Copier {
     pub fn new(stdout: OwnedFd, stderr: OwnedFd, writer: LogWriter) -> Copier {
-        let streams =
-            [Pending { stream: Stream::Stdout, fd: Some(stdout), line: Vec::new() }, Pending { stream: Stream::Stderr, fd: Some(stderr), line: Vec::new() }];
+        let streams = vec![
+            Pending { stream: Stream::Stdout, fd: Some(stdout), line: Vec::new() },
+            Pending { stream: Stream::Stderr, fd: Some(stderr), line: Vec::new() },
+        ];
         Copier { streams, writer, buffer: vec![0u8; READ_BYTES] }
     }
 
-    /// Whether a pipe is still open (a process may still write).
+    /// Also copies what is written to a console, read from its pty's `master`, as
+    /// stdout (the caller keeps a slave open, so the master never reports a hang-up
+    /// while no process has the console open).
+    pub fn add_console(&mut self, master: OwnedFd) {
+        self.streams.push(Pending { stream: Stream::Stdout, fd: Some(master), line: Vec::new() });
+    }
+
+    /// Whether a pipe is still open (a process may still write); a console does not
+    /// count (it never ends by itself).
     pub fn is_open(&self) -> bool {
-        self.streams.iter().any(|s| s.fd.is_some())
+        self.streams.iter().take(2).any(|s| s.fd.is_some())
+    }
+
+    /// Whether a console is still copied (a system container's init closes its stdout
+    /// and stderr and writes to its console from then on).
+    pub fn has_console(&self) -> bool {
+        self.streams.get(2).is_some_and(|s| s.fd.is_some())
     }
 
     /// Waits (at most `timeout`) for output or for `also` to turn readable, and copies

@@ -237,7 +237,7 @@ fn bind_confined(source: &fs::File, root: &fs::File, target: &str, read_only: bo
 /// Builds the root under `merged` and pivots into it. Runs as the container's PID 1,
 /// single-threaded, inside fresh mount and PID namespaces, with the container's
 /// directory as its working directory; `sources` are [`open_sources`]'s.
-pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError> {
+pub fn setup(config: &InitConfig, sources: &[fs::File], console: Option<&std::os::unix::net::UnixStream>) -> Result<(), SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
     // Nothing we mount may propagate back to the host.
     step(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || "make / private".to_owned())?;
@@ -258,6 +258,9 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
     mount_at("proc", &proc_dir, Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV, None)?;
 
     setup_dev(&merged.join("dev"))?;
+    if let Some(socket) = console {
+        make_console(&merged.join("dev"), socket)?;
+    }
 
     let sys_dir = merged.join("sys");
     mkdir(&sys_dir)?;
@@ -286,6 +289,35 @@ pub fn setup(config: &InitConfig, sources: &[fs::File]) -> Result<(), SetupError
         step(mount(None::<&str>, "/", None::<&str>, flags, None::<&str>), || "remount / read-only".to_owned())?;
     }
     Ok(())
+}
+
+/// A system container's console: a pty of the container's own devpts (as runc makes
+/// one), its slave bound on `dev/console`, no output processing (lines reach the log as
+/// written); both ends go to the shim over `socket`.
+fn make_console(dev: &Path, socket: &std::os::unix::net::UnixStream) -> Result<(), SetupError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &Path| fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC).open(path);
+    let ptmx = dev.join("pts/ptmx");
+    let master = step(open(&ptmx), || format!("open {}", ptmx.display()))?;
+    let number = super::init::unlock_pty(&master).map_err(SetupError)?;
+    let pts = dev.join(format!("pts/{number}"));
+    let slave = step(open(&pts), || format!("open {}", pts.display()))?;
+    let mut termios = step(nix::sys::termios::tcgetattr(slave.as_fd()), || "tcgetattr of the console".to_owned())?;
+    termios.output_flags.remove(nix::sys::termios::OutputFlags::OPOST);
+    step(nix::sys::termios::tcsetattr(slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &termios), || "tcsetattr of the console".to_owned())?;
+    let console = dev.join("console");
+    step(fs::File::create(&console), || format!("create {}", console.display()))?;
+    mount_at(&pts.display().to_string(), &console, None, MsFlags::MS_BIND, None)?;
+    let fds = [master.as_raw_fd(), slave.as_raw_fd()];
+    let sent = nix::sys::socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[std::io::IoSlice::new(b"c")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    );
+    step(sent, || "hand the console to the shim".to_owned()).map(|_| ())
 }
 
 fn setup_dev(dev: &Path) -> Result<(), SetupError> {
@@ -325,6 +357,10 @@ fn system_mounts() -> Result<(), SetupError> {
     mkdir(Path::new("/run/lock"))?;
     mount_at("tmpfs", Path::new("/run/lock"), Some("tmpfs"), flags | MsFlags::MS_NOEXEC, Some("mode=1777,size=5120k"))?;
     let console = Path::new("/dev/console");
+    if console.exists() {
+        return Ok(());
+    }
+    // No console (output not logged): one that opens and discards.
     step(fs::File::create(console), || "create /dev/console".to_owned())?;
     mount_at("/dev/null", console, None, MsFlags::MS_BIND, None)
 }
