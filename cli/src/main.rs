@@ -75,6 +75,9 @@ enum Command {
     Logs(commands::logs::LogsArgs),
     /// Run a command in a replica: `orch exec REPLICA -- CMD…` (-i passes stdin).
     Exec(commands::exec::ExecArgs),
+    /// Attach to a system container's console (what its init and services print; what
+    /// you type goes to it); Ctrl-] detaches.
+    Console(commands::exec::ConsoleArgs),
     /// CPU and memory in use, per node or per replica.
     Top { kind: commands::top::TopKind },
     /// Draw the live cluster: nodes, bridges, veths, addresses, balancers, links.
@@ -163,6 +166,7 @@ fn run_async(server: &Option<String>, tls_dir: &Option<std::path::PathBuf>, cont
                 let code = commands::exec::exec(api, &args).await?;
                 return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
             }
+            Command::Console(args) => commands::exec::console(api, &args).await?,
             Command::Top { kind } => commands::top::top(api, kind).await?,
             Command::Topology(args) => commands::topology::topology(api, &args).await?,
             Command::Backup(args) => commands::backup::backup(api, &args).await?,

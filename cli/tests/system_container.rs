@@ -3,12 +3,13 @@
 //! (cron; orch-web, busybox httpd answering on the node port); what is written to its
 //! root survives a kill -9 of the init and the restart, /run starts empty each boot; a
 //! delete halts it through runlevel 0 (SIGPWR), which its root volume remembers; its
-//! console's output (the boot) is in `orch logs`.
+//! console's output (the boot) is in `orch logs`, and `orch console` types into it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
 
 mod common;
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{http_get_status, text, Up, LIMIT, ROOT};
@@ -76,6 +77,36 @@ fn a_debian_system_container_boots_its_init_keeps_its_root_and_halts() {
         assert!(start.elapsed() < LIMIT, "the boot never showed in `orch logs`:\n{logs}");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // `orch console`: what is typed reaches the console (its terminal echoes it back,
+    // and the echo is in the log too); Ctrl-] detaches.
+    let mut console = up.command().args(["console", &name]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("orch console");
+    let mut typing = console.stdin.take().expect("stdin");
+    let mut output = console.stdout.take().expect("stdout");
+    let echoed = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut output, &mut buffer) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&seen).contains("typed-into-the-console") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    // Typed again until echoed: what comes before the client is attached goes nowhere.
+    let start = Instant::now();
+    while !echoed.is_finished() {
+        assert!(start.elapsed() < LIMIT, "the console never echoed what was typed\n{}", up.log());
+        typing.write_all(b"typed-into-the-console\n").expect("type");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(echoed.join().expect("reader").contains("typed-into-the-console"));
+    typing.write_all(&[0x1d]).expect("Ctrl-]");
+    let detached = console.wait_with_output().expect("orch console ends");
+    assert!(detached.status.success() && text(&detached.stderr).contains("detached from"), "{}", text(&detached.stderr));
     let mounts = up.ok(&["exec", &name, "--", "cat", "/proc/mounts"]);
     assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run ")), "{mounts}");
     let start = Instant::now();

@@ -35,7 +35,7 @@ if [ -f "$out/index.json" ] && [ "$(cat "$out.recipe" 2>/dev/null)" = "$recipe" 
 else
     command -v mmdebstrap >/dev/null || install_packages mmdebstrap
     work="$(mktemp -d /tmp/orch-system-image.XXXXXX)"
-    trap 'rm -rf "$work"' EXIT
+    trap 'rm -rf --one-file-system "$work"' EXIT
     cat >"$work/orch-web" <<'EOF'
 #!/bin/sh
 ### BEGIN INIT INFO

@@ -59,6 +59,54 @@ fn valid_id(id: &str) -> Result<(), Status> {
     orch_api::manifest::names::check_dns_label(id).map_err(|_| Status::invalid_argument(format!("{id:?} is not a replica name")))
 }
 
+impl NodeApi {
+    /// `orch console`: relays between the client and the console socket the replica's
+    /// shim serves (system containers only).
+    async fn console(&self, replica: &str, mut input: Streaming<pb::ExecInput>) -> Result<Response<ExecStream>, Status> {
+        let ctx = self.context()?;
+        if ctx.running.get(replica).is_none() {
+            return Err(Status::failed_precondition(format!("replica {replica} is not running on node {}", ctx.node)));
+        }
+        let socket = ctx.state.containers().join(replica).join(crate::runtime::init::CONSOLE_SOCKET);
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|_| Status::failed_precondition(format!("replica {replica} has no console (only a system container, spec.mode: system, has one)")))?;
+        let (mut from_console, mut to_console) = stream.into_split();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = input.message().await {
+                let closed = match message.body {
+                    Some(pb::exec_input::Body::Stdin(bytes)) => to_console.write_all(&bytes).await.is_err(),
+                    Some(pb::exec_input::Body::StdinClosed(_)) => true,
+                    _ => false,
+                };
+                if closed {
+                    return;
+                }
+            }
+        });
+        let (sender, receiver) = mpsc::channel::<Result<pb::ExecOutput, Status>>(16);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 16 << 10];
+            loop {
+                let read = tokio::select! {
+                    read = from_console.read(&mut buffer) => read,
+                    () = sender.closed() => return,
+                };
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sender.send(Ok(pb::ExecOutput { body: Some(pb::exec_output::Body::Stdout(buffer[..n].to_vec())) })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = sender.send(Ok(pb::ExecOutput { body: Some(pb::exec_output::Body::ExitCode(0)) })).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
 #[tonic::async_trait]
 impl NodeAgent for NodeApi {
     type LogsStream = Chunks;
@@ -156,6 +204,9 @@ impl NodeAgent for NodeApi {
         let first = input.message().await?.ok_or_else(|| Status::invalid_argument("exec: no start message"))?;
         let Some(pb::exec_input::Body::Start(start)) = first.body else { return Err(Status::invalid_argument("exec: the first message must be start")) };
         valid_id(&start.replica)?;
+        if start.console {
+            return self.console(&start.replica, input).await;
+        }
         if start.command.first().is_none_or(String::is_empty) {
             return Err(Status::invalid_argument("exec: a command is needed"));
         }

@@ -64,8 +64,17 @@ pub fn system_init(command: &[String], env: &mut Vec<String>) -> Vec<String> {
 
 /// A system container's init may end itself (`halt`, `reboot`): CAP_SYS_BOOT, which
 /// brings back `reboot(2)` in the seccomp filter. In the container's own PID namespace
-/// that call ends the namespace's init, never the host.
-pub fn system_confinement(security: &mut crate::runtime::Security) {
+/// that call ends the namespace's init, never the host. Not when the manifest drops it,
+/// and never unconfined: without the filter, CAP_SYS_BOOT would also allow
+/// `kexec_load`, which is the host's.
+pub fn system_confinement(security: &mut crate::runtime::Security, dropped: &[String]) {
+    let drops_it = dropped.iter().any(|c| {
+        let upper = c.to_ascii_uppercase();
+        matches!(upper.strip_prefix("CAP_").unwrap_or(&upper), "SYS_BOOT" | "ALL")
+    });
+    if drops_it || security.seccomp == crate::runtime::SeccompProfile::Unconfined {
+        return;
+    }
     if !security.capabilities.iter().any(|c| c == "CAP_SYS_BOOT") {
         security.capabilities.push("CAP_SYS_BOOT".to_owned());
         security.capabilities.sort();
@@ -295,10 +304,18 @@ mod tests {
         assert_eq!(system_init(&["/lib/systemd/systemd".to_owned()], &mut own), ["/lib/systemd/systemd"], "the manifest's command wins");
         assert_eq!(own, ["container=lxc"], "the manifest's `container` wins");
         let mut security = crate::runtime::Security::default();
-        system_confinement(&mut security);
-        system_confinement(&mut security);
+        system_confinement(&mut security, &[]);
+        system_confinement(&mut security, &[]);
         assert_eq!(security.capabilities.iter().filter(|c| *c == "CAP_SYS_BOOT").count(), 1);
         assert!(security.capabilities.windows(2).all(|w| w[0] <= w[1]), "sorted");
+        for dropped in [vec!["sys_boot".to_owned()], vec!["ALL".to_owned()]] {
+            let mut kept = crate::runtime::Security::default();
+            system_confinement(&mut kept, &dropped);
+            assert!(!kept.capabilities.iter().any(|c| c == "CAP_SYS_BOOT"), "a drop wins: {dropped:?}");
+        }
+        let mut unconfined = crate::runtime::Security { seccomp: crate::runtime::SeccompProfile::Unconfined, ..Default::default() };
+        system_confinement(&mut unconfined, &[]);
+        assert!(!unconfined.capabilities.iter().any(|c| c == "CAP_SYS_BOOT"), "never without the filter (kexec_load)");
         let application = pb::ServiceSpec::default();
         let system = pb::ServiceSpec { mode: pb::ServiceMode::System.into(), ..Default::default() };
         assert_eq!(

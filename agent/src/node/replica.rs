@@ -355,7 +355,16 @@ impl Supervisor {
                     Err(reason) => Input::Started(Err(reason)),
                 });
             }
-            Effect::Running { ready, adopted } => self.running(ready, adopted),
+            Effect::Running { ready, adopted } => {
+                self.running(ready, adopted);
+                // Started while `orch chaos` took the node down (its start was under way
+                // when the outage began): killed as the others were.
+                if self.ctx.outage.current() == Some(super::chaos::OutageKind::NodeDown) {
+                    if let Some(container) = self.container.as_ref() {
+                        let _ = container.stop(nix::sys::signal::Signal::SIGKILL, std::time::Duration::ZERO).await;
+                    }
+                }
+            }
             Effect::Drain { limit, listed } => self.drain(limit, listed).await,
             Effect::Kill { signal, grace } => {
                 let exit = match self.container.as_ref() {
@@ -458,7 +467,8 @@ impl Supervisor {
         let limits = limits_of(spec.resources.as_ref());
         let mut confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         if system.is_some() {
-            super::convert::system_confinement(&mut confinement.security);
+            let dropped = spec.security_context.as_ref().map(|c| c.capabilities_drop.clone()).unwrap_or_default();
+            super::convert::system_confinement(&mut confinement.security, &dropped);
         }
         // Config and Secret files belong to the container's user, as the node sees it.
         let user = confinement.user.clone().unwrap_or(crate::runtime::User::ids(0, 0));

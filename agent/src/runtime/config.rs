@@ -58,7 +58,7 @@ pub struct ContainerSpec {
 /// A system container's writable root, kept across its runs: `<dir>/upper` is the
 /// overlay's upper layer (`<dir>/work` its work directory), in a local volume's slot
 /// directory. Its command (the image's init) runs as PID 1 and reaps; `/run` and
-/// `/run/lock` are tmpfs, `/dev/console` is `/dev/null`.
+/// `/run/lock` are tmpfs, `/dev/console` a pty whose output the shim logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemRoot {
     pub dir: PathBuf,

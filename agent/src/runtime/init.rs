@@ -105,8 +105,13 @@ pub fn shim_main() -> ! {
             if let Some(output) = output {
                 // Before any copying: the init sends the console once its root is built
                 // (or closes the socket, failing).
-                let console = console.and_then(|(shim_end, _)| receive_console(&shim_end));
-                output.copy_until_exit(child, console);
+                // Its own copy of the init's end goes first: an init that dies before
+                // sending leaves the socket at its end, and the shim does not wait forever.
+                let console = console.and_then(|(shim_end, init_end)| {
+                    drop(init_end);
+                    receive_console(&shim_end)
+                });
+                output.copy_until_exit(child, console, &config.dir.join(CONSOLE_SOCKET));
             }
             let record = wait_for(child);
             let _ = write_json(&config.exit_status_path, &record);
@@ -150,6 +155,10 @@ fn exec_shim(helper: &Path) -> String {
         Ok(never) => match never {},
     }
 }
+
+/// Where a system container's shim takes `orch console`'s connection, in the container's
+/// directory.
+pub const CONSOLE_SOCKET: &str = "console.sock";
 
 /// A system container's console, as the shim holds it: a pty's master (read into the
 /// log) and a slave (held so that the master never hangs up while no process in the
@@ -225,12 +234,12 @@ impl Output {
     /// In the shim: copies the pipes into the log until the init exits, then what is
     /// left (every process of the container is gone with its init, so the pipes end;
     /// at most 5 s more), so the last output is in the log before the exit is recorded.
-    fn copy_until_exit(self, child: Pid, console: Option<Console>) {
+    fn copy_until_exit(self, child: Pid, console: Option<Console>, socket: &Path) {
         let Output { stdout: (stdout, stdout_write), stderr: (stderr, stderr_write), writer } = self;
         drop((stdout_write, stderr_write));
         let mut copier = Copier::new(stdout, stderr, writer);
         // The shim holds the console's slave until the end: its master never hangs up.
-        let _slave = console.map(|console| {
+        let slave = console.map(|console| {
             copier.add_console(console.master);
             console.slave
         });
@@ -249,10 +258,30 @@ impl Output {
             }
             return;
         };
+        // `orch console` connects here (the agent, root, through the container's 0700
+        // directory): one client at a time.
+        let listener = slave.as_ref().and_then(|_| {
+            let _ = std::fs::remove_file(socket);
+            let listener = std::os::unix::net::UnixListener::bind(socket).ok()?;
+            listener.set_nonblocking(true).ok()?;
+            Some(listener)
+        });
         while copier.is_open() || copier.has_console() {
-            if copier.step(Some(exited.as_fd()), PollTimeout::NONE, &follow) {
+            let mut extra = vec![exited.as_fd()];
+            extra.extend(listener.as_ref().map(AsFd::as_fd));
+            let ready = copier.step_with(&extra, PollTimeout::NONE, &follow);
+            if ready.first().copied().unwrap_or(true) {
                 break;
             }
+            if ready.get(1).copied().unwrap_or(false) {
+                if let Some(Ok((client, _))) = listener.as_ref().map(std::os::unix::net::UnixListener::accept) {
+                    copier.attach_console(client);
+                }
+            }
+        }
+        drop(listener);
+        if slave.is_some() {
+            let _ = std::fs::remove_file(socket);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while copier.is_open() {

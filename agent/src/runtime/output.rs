@@ -246,6 +246,8 @@ struct Pending {
     stream: Stream,
     fd: Option<OwnedFd>,
     line: Vec<u8>,
+    /// A terminal's lines end in CR LF: the CR is no part of the line.
+    terminal: bool,
 }
 
 impl Pending {
@@ -253,6 +255,9 @@ impl Pending {
     fn take(&mut self, writer: &mut LogWriter, time: u64, mut data: &[u8]) {
         while let Some(end) = data.iter().position(|b| *b == b'\n') {
             self.line.extend_from_slice(&data[..end]);
+            if self.terminal && self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
             self.cut(writer, time);
             // A line longer than a record ends with its last piece, a full record.
             writer.write(time, self.stream, false, &self.line);
@@ -290,22 +295,49 @@ pub struct Copier {
     streams: Vec<Pending>,
     writer: LogWriter,
     buffer: Vec<u8>,
+    /// Who is attached to the console (`orch console`).
+    console_client: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Copier {
     pub fn new(stdout: OwnedFd, stderr: OwnedFd, writer: LogWriter) -> Copier {
         let streams = vec![
-            Pending { stream: Stream::Stdout, fd: Some(stdout), line: Vec::new() },
-            Pending { stream: Stream::Stderr, fd: Some(stderr), line: Vec::new() },
+            Pending { stream: Stream::Stdout, fd: Some(stdout), line: Vec::new(), terminal: false },
+            Pending { stream: Stream::Stderr, fd: Some(stderr), line: Vec::new(), terminal: false },
         ];
-        Copier { streams, writer, buffer: vec![0u8; READ_BYTES] }
+        Copier { streams, writer, buffer: vec![0u8; READ_BYTES], console_client: None }
     }
 
     /// Also copies what is written to a console, read from its pty's `master`, as
     /// stdout (the caller keeps a slave open, so the master never reports a hang-up
     /// while no process has the console open).
     pub fn add_console(&mut self, master: OwnedFd) {
-        self.streams.push(Pending { stream: Stream::Stdout, fd: Some(master), line: Vec::new() });
+        self.streams.push(Pending { stream: Stream::Stdout, fd: Some(master), line: Vec::new(), terminal: true });
+    }
+
+    /// `orch console`'s connection (one at a time: a new one replaces the last): it gets
+    /// what the console prints from now on, besides the log.
+    pub fn attach_console(&mut self, client: std::os::unix::net::UnixStream) {
+        let _ = client.set_nonblocking(true);
+        self.console_client = Some(client);
+    }
+
+    /// Reads what the console's client typed and writes it to the console; the client
+    /// goes when it hangs up.
+    pub fn console_input(&mut self) {
+        use std::io::Read;
+        let Some(client) = self.console_client.as_mut() else { return };
+        let mut typed = [0u8; 4096];
+        match client.read(&mut typed) {
+            Ok(0) => self.console_client = None,
+            Ok(n) => {
+                if let Some(master) = self.streams.get(2).and_then(|s| s.fd.as_ref()) {
+                    let _ = nix::unistd::write(master, &typed[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => self.console_client = None,
+        }
     }
 
     /// Whether a pipe is still open (a process may still write); a console does not
@@ -324,26 +356,42 @@ impl Copier {
     /// what came; whether `also` is readable. `on_rotate` gets the new file after a
     /// rotation.
     pub fn step(&mut self, also: Option<BorrowedFd>, timeout: nix::poll::PollTimeout, on_rotate: &impl Fn(&File)) -> bool {
+        let extra: Vec<BorrowedFd> = also.into_iter().collect();
+        self.step_with(&extra, timeout, on_rotate).first().copied().unwrap_or(false)
+    }
+
+    /// [`Copier::step`] watching several more descriptors: which of `extra` are readable
+    /// (all of them when nothing can be waited on).
+    pub fn step_with(&mut self, extra: &[BorrowedFd], timeout: nix::poll::PollTimeout, on_rotate: &impl Fn(&File)) -> Vec<bool> {
         use nix::poll::{poll, PollFd, PollFlags};
         let open: Vec<usize> = (0..self.streams.len()).filter(|i| self.streams[*i].fd.is_some()).collect();
-        let (ready, also_ready) = {
+        let (ready, extra_ready) = {
             let mut fds: Vec<PollFd> = open.iter().filter_map(|i| self.streams[*i].fd.as_ref()).map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
-            if let Some(fd) = also {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            for fd in extra {
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+            }
+            if let Some(client) = &self.console_client {
+                fds.push(PollFd::new(client.as_fd(), PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => return false,
+                Err(nix::errno::Errno::EINTR) => return vec![false; extra.len()],
                 // Nothing can be waited on: the pipes are given up.
                 Err(_) => {
                     self.finish();
-                    return also.is_some();
+                    return vec![true; extra.len()];
                 }
             }
             let is_ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let ready: Vec<usize> = open.iter().zip(&fds).filter(|(_, fd)| is_ready(fd)).map(|(i, _)| *i).collect();
-            (ready, also.is_some() && fds.last().is_some_and(is_ready))
+            let typed = self.console_client.is_some() && fds.last().is_some_and(is_ready);
+            let extra_ready: Vec<bool> = fds[open.len()..open.len() + extra.len()].iter().map(is_ready).collect();
+            (ready, (extra_ready, typed))
         };
+        let (extra_ready, typed) = extra_ready;
+        if typed {
+            self.console_input();
+        }
         for index in ready {
             let Some(fd) = self.streams[index].fd.as_ref() else { continue };
             let read = nix::unistd::read(fd, &mut self.buffer);
@@ -351,7 +399,19 @@ impl Copier {
             let time = now_nanos();
             match read {
                 Ok(0) => self.streams[index].finish(&mut self.writer, time),
-                Ok(n) => self.streams[index].take(&mut self.writer, time, &self.buffer[..n]),
+                Ok(n) => {
+                    if index == 2 {
+                        // A client that cannot keep up loses output (the log has it all).
+                        if let Some(client) = self.console_client.as_mut() {
+                            if let Err(e) = client.write_all(&self.buffer[..n]) {
+                                if e.kind() != std::io::ErrorKind::WouldBlock {
+                                    self.console_client = None;
+                                }
+                            }
+                        }
+                    }
+                    self.streams[index].take(&mut self.writer, time, &self.buffer[..n])
+                }
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
                 Err(_) => self.streams[index].finish(&mut self.writer, time),
             }
@@ -359,7 +419,7 @@ impl Copier {
                 on_rotate(self.writer.file());
             }
         }
-        also_ready
+        extra_ready
     }
 
     /// Writes what is left of unfinished lines and closes the pipes.

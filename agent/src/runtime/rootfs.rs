@@ -292,10 +292,9 @@ pub fn setup(config: &InitConfig, sources: &[fs::File], console: Option<&std::os
 }
 
 /// A system container's console: a pty of the container's own devpts (as runc makes
-/// one), its slave bound on `dev/console`, no output processing (lines reach the log as
-/// written); both ends go to the shim over `socket`.
+/// one), its slave bound on `dev/console`; both ends go to the shim over `socket`.
 fn make_console(dev: &Path, socket: &std::os::unix::net::UnixStream) -> Result<(), SetupError> {
-    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let open = |path: &Path| fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC).open(path);
     let ptmx = dev.join("pts/ptmx");
@@ -303,9 +302,6 @@ fn make_console(dev: &Path, socket: &std::os::unix::net::UnixStream) -> Result<(
     let number = super::init::unlock_pty(&master).map_err(SetupError)?;
     let pts = dev.join(format!("pts/{number}"));
     let slave = step(open(&pts), || format!("open {}", pts.display()))?;
-    let mut termios = step(nix::sys::termios::tcgetattr(slave.as_fd()), || "tcgetattr of the console".to_owned())?;
-    termios.output_flags.remove(nix::sys::termios::OutputFlags::OPOST);
-    step(nix::sys::termios::tcsetattr(slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &termios), || "tcsetattr of the console".to_owned())?;
     let console = dev.join("console");
     step(fs::File::create(&console), || format!("create {}", console.display()))?;
     mount_at(&pts.display().to_string(), &console, None, MsFlags::MS_BIND, None)?;

@@ -25,16 +25,38 @@ pub struct ExecArgs {
 }
 
 /// Runs the command in the replica; returns its exit code.
-pub async fn exec(mut api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Result<i32> {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ExecInput>(16);
-    sender
-        .send(pb::ExecInput {
-            body: Some(pb::exec_input::Body::Start(pb::ExecStart { replica: args.replica.clone(), command: args.command.clone(), tty: args.tty })),
-        })
-        .await?;
+pub async fn exec(api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Result<i32> {
+    let start = pb::ExecStart { replica: args.replica.clone(), command: args.command.clone(), tty: args.tty, console: false };
     // With a terminal on both ends, ours goes raw (keys pass through, the remote echoes).
-    let _raw = if args.tty && args.stdin { RawTerminal::enter() } else { None };
-    if args.stdin {
+    attach(api, start, args.stdin, args.tty && args.stdin, None).await
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// A replica of a system container (spec.mode: system).
+    pub replica: String,
+}
+
+/// The key that detaches from a console (as telnet's and virsh's): Ctrl-].
+const DETACH: u8 = 0x1d;
+
+/// `orch console REPLICA`: attached to a system container's console until Ctrl-].
+pub async fn console(api: ApiClient<Channel>, args: &ConsoleArgs) -> anyhow::Result<()> {
+    eprintln!("attached to the console of {} (Ctrl-] detaches)", args.replica);
+    let start = pb::ExecStart { replica: args.replica.clone(), command: Vec::new(), tty: true, console: true };
+    attach(api, start, true, true, Some(DETACH)).await?;
+    eprintln!("\r\ndetached from {}", args.replica);
+    Ok(())
+}
+
+/// Starts `start` on the replica's node and relays until it ends (its exit code), or
+/// until `detach` is typed.
+async fn attach(mut api: ApiClient<Channel>, start: pb::ExecStart, stdin: bool, raw: bool, detach: Option<u8>) -> anyhow::Result<i32> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ExecInput>(16);
+    sender.send(pb::ExecInput { body: Some(pb::exec_input::Body::Start(start)) }).await?;
+    let _raw = if raw { RawTerminal::enter() } else { None };
+    let (detached, mut detaching) = tokio::sync::oneshot::channel::<()>();
+    if stdin {
         let sender = sender.clone();
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
@@ -42,6 +64,10 @@ pub async fn exec(mut api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Resul
             loop {
                 match stdin.read(&mut buffer).await {
                     Ok(0) | Err(_) => break,
+                    Ok(n) if detach.is_some_and(|key| buffer[..n].contains(&key)) => {
+                        let _ = detached.send(());
+                        return;
+                    }
                     Ok(n) => {
                         if sender.send(pb::ExecInput { body: Some(pb::exec_input::Body::Stdin(buffer[..n].to_vec())) }).await.is_err() {
                             return;
@@ -57,7 +83,12 @@ pub async fn exec(mut api: ApiClient<Channel>, args: &ExecArgs) -> anyhow::Resul
     let mut output = api.exec(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.map_err(explain)?.into_inner();
     drop(sender);
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
-    while let Some(message) = output.message().await.map_err(explain)? {
+    loop {
+        let message = tokio::select! {
+            message = output.message() => message.map_err(explain)?,
+            Ok(()) = &mut detaching => return Ok(0),
+        };
+        let Some(message) = message else { break };
         match message.body {
             Some(pb::exec_output::Body::Stdout(data)) => {
                 stdout.write_all(&data)?;

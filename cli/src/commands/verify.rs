@@ -7,10 +7,12 @@
 //! (`Recovered` events: fault, when, how long until serving again).
 //!
 //! A request that fails while the process serving it dies is `cut`, not `lost`: it was
-//! in flight on that process, and no L4 balancer can take its bytes back. It is a request
-//! whose time overlaps the moment a replica of its service ended in a restart incident
-//! (from [`CUT_BEFORE`] before the node saw the end to [`CUT_AFTER`] after). Every other
-//! failure is `lost`; the command exits non-zero when any request was lost.
+//! in flight on that process, and no L4 balancer can take its bytes back. It is a failed
+//! request that began before a replica of its service ended in a restart incident (the
+//! node saw the end then) and ended at most [`CUT_BEFORE`] before it; each such end cuts
+//! at most one request per path (a path sends one request at a time). Every other
+//! failure is `lost`; the command exits non-zero when any request was lost. The times
+//! come from the nodes' clocks and this machine's: they are assumed in step (NTP).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,8 +31,6 @@ use crate::client::explain;
 /// A request that ended this long before a replica's end was seen may have been on it
 /// (the kill, the process's death and the node noticing take a moment).
 pub const CUT_BEFORE: Duration = Duration::from_millis(250);
-/// … or began this long after.
-pub const CUT_AFTER: Duration = Duration::from_millis(50);
 /// One request's limit (connect and answer), on both paths.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -122,13 +122,16 @@ fn incident_of(event: &pb::Event) -> Option<&pb::Incident> {
     (event.kind == EventKind::Recovered || event.kind == EventKind::RecoveryTargetMissed).then_some(event.incident.as_ref()).flatten()
 }
 
-/// The request overlaps a moment a replica of its service ended.
-pub fn cut(request: &Sent, incidents: &[&pb::Incident]) -> bool {
-    let (before, after) = (CUT_BEFORE.as_millis() as i64, CUT_AFTER.as_millis() as i64);
-    incidents
-        .iter()
-        .filter(|i| i.kind == "restart" && i.service == request.service)
-        .any(|i| request.began_ms <= i.fault_unix_ms + after && request.ended_ms >= i.fault_unix_ms - before)
+/// The restart incidents (indexes into `incidents`) whose end `request` may have been
+/// in flight on: it began before the end was seen and ended at most [`CUT_BEFORE`] before.
+pub fn cut_by(request: &Sent, incidents: &[&pb::Incident]) -> Vec<usize> {
+    let before = CUT_BEFORE.as_millis() as i64;
+    (0..incidents.len())
+        .filter(|&k| {
+            let i = incidents[k];
+            i.kind == "restart" && i.service == request.service && request.began_ms <= i.fault_unix_ms && request.ended_ms >= i.fault_unix_ms - before
+        })
+        .collect()
 }
 
 /// Each service's report, from the requests sent and the events of the run (incidents
@@ -142,13 +145,16 @@ pub fn tally(services: &[String], requests: &[Sent], events: &[pb::Event], from_
         .map(|service| {
             let mut counts = Counts::default();
             let mut paths: BTreeMap<String, Counts> = BTreeMap::new();
+            // Each end cuts at most one request of each path.
+            let mut used: std::collections::BTreeSet<(usize, Path)> = std::collections::BTreeSet::new();
             for request in requests.iter().filter(|r| r.service == *service) {
+                let was_cut = !request.answered && cut_by(request, &incidents).into_iter().any(|k| used.insert((k, request.path)));
                 let path = paths.entry(request.path.as_str().to_owned()).or_default();
                 for c in [&mut counts, path] {
                     c.sent += 1;
                     if request.answered {
                         c.answered += 1;
-                    } else if cut(request, &incidents) {
+                    } else if was_cut {
                         c.cut += 1;
                     } else {
                         c.lost += 1;
@@ -337,8 +343,10 @@ async fn helper_output(api: &mut ApiClient<Channel>, name: &str, limit: Duration
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {
             Ok(Ok(Some(chunk))) => {
+                // Only the new part (and the line it may finish) is looked at.
+                let from = text.rfind('\n').map_or(0, |n| n + 1);
                 text.push_str(&String::from_utf8_lossy(&chunk.data));
-                if text.lines().any(|l| l.ends_with(" orch-verify done")) {
+                if text[from..].lines().any(|l| l.ends_with(" orch-verify done")) {
                     return Ok(text);
                 }
             }
@@ -401,7 +409,8 @@ async fn run(
     }
     let lost: u64 = reports.iter().map(|r| r.counts.lost).sum();
     let sent: u64 = reports.iter().map(|r| r.counts.sent).sum();
-    anyhow::ensure!(sent > 0, "no request was sent");
+    let silent: Vec<&str> = reports.iter().filter(|r| r.counts.sent == 0).map(|r| r.service.as_str()).collect();
+    anyhow::ensure!(silent.is_empty(), "no request was sent to {} (it has neither a VIP nor a node port)", silent.join(", "));
     anyhow::ensure!(lost == 0, "{lost} of {sent} requests lost");
     Ok(())
 }
@@ -481,22 +490,24 @@ mod tests {
         let requests = vec![
             sent("web", Path::Vip, 9_000, 9_010, true),
             sent("web", Path::Vip, 9_990, 10_001, false),       // on the dying process: cut
+            sent("web", Path::Vip, 9_995, 10_002, false),       // a second one on the same path: lost
             sent("web", Path::NodePort, 9_700, 9_800, false),   // ended 200 ms before the end was seen: cut
+            sent("web", Path::NodePort, 10_010, 10_020, false), // began after the end: lost
             sent("web", Path::NodePort, 11_000, 11_002, false), // a second later: lost
             sent("web", Path::Vip, 19_990, 20_001, false),      // another service's incident: lost
         ];
         let reports = tally(&["web".into()], &requests, &events, 0, 30_000);
         assert_eq!(reports.len(), 1);
         let web = &reports[0];
-        assert_eq!(web.counts, Counts { sent: 5, answered: 1, cut: 2, lost: 2 });
-        assert_eq!(web.paths["vip"], Counts { sent: 3, answered: 1, cut: 1, lost: 1 });
-        assert_eq!(web.paths["nodePort"], Counts { sent: 2, answered: 0, cut: 1, lost: 1 });
+        assert_eq!(web.counts, Counts { sent: 7, answered: 1, cut: 2, lost: 4 });
+        assert_eq!(web.paths["vip"], Counts { sent: 4, answered: 1, cut: 1, lost: 2 });
+        assert_eq!(web.paths["nodePort"], Counts { sent: 3, answered: 0, cut: 1, lost: 2 });
         assert_eq!(web.incidents.len(), 1, "only web's incidents");
         let incident = &web.incidents[0];
         assert_eq!((incident.kind.as_str(), incident.recovered_ms, incident.injected), ("restart", 900, true));
         assert_eq!(incident.fault, "replica web-1: killed by SIGKILL (exit code 137)");
         let text = render(&reports);
-        assert!(text.contains("web                  vip            3         1     1     1"), "{text}");
+        assert!(text.contains("web                  vip            4         1     1     2"), "{text}");
         assert!(
             text.contains("restart    replica web-1: killed by SIGKILL (exit code 137) [orch chaos]: serving again after 900 ms (target 3000 ms)"),
             "{text}"
