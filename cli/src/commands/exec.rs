@@ -83,10 +83,19 @@ async fn attach(mut api: ApiClient<Channel>, start: pb::ExecStart, stdin: bool, 
     let mut output = api.exec(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.map_err(explain)?.into_inner();
     drop(sender);
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    // Polled until it resolves once (a resolved receiver must not be polled again):
+    // detached, or the input ended without the key.
+    let mut may_detach = stdin && detach.is_some();
     loop {
         let message = tokio::select! {
             message = output.message() => message.map_err(explain)?,
-            Ok(()) = &mut detaching => return Ok(0),
+            detached = &mut detaching, if may_detach => {
+                if detached.is_ok() {
+                    return Ok(0);
+                }
+                may_detach = false;
+                continue;
+            }
         };
         let Some(message) = message else { break };
         match message.body {
