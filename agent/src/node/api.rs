@@ -125,8 +125,7 @@ impl NodeAgent for NodeApi {
             ChaosError::Kill { .. } => Status::internal(error.to_string()),
         })?;
         tracing::warn!(%message, "orch chaos");
-        let at_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        Ok(Response::new(pb::ChaosResponse { node: ctx.node.clone(), message, at_unix_ms }))
+        Ok(Response::new(pb::ChaosResponse { node: ctx.node.clone(), message, at_unix_ms: crate::runtime::now_unix_ms() }))
     }
 
     async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Chunks>, Status> {

@@ -356,8 +356,7 @@ impl Copier {
     /// what came; whether `also` is readable. `on_rotate` gets the new file after a
     /// rotation.
     pub fn step(&mut self, also: Option<BorrowedFd>, timeout: nix::poll::PollTimeout, on_rotate: &impl Fn(&File)) -> bool {
-        let extra: Vec<BorrowedFd> = also.into_iter().collect();
-        self.step_with(&extra, timeout, on_rotate).first().copied().unwrap_or(false)
+        self.step_with(also.as_slice(), timeout, on_rotate).first().copied().unwrap_or(false)
     }
 
     /// [`Copier::step`] watching several more descriptors: which of `extra` are readable

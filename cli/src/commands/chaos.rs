@@ -171,8 +171,7 @@ pub fn pick_node(nodes: &[pb::Node], replicas: &[pb::Replica], rng: &mut impl ra
 }
 
 fn clock_now() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-    super::why::clock(ms)
+    super::why::clock(orch_agent::runtime::now_unix_ms())
 }
 
 pub async fn chaos(mut api: ApiClient<Channel>, args: &ChaosArgs) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ pub async fn rebalance(mut api: ApiClient<Channel>, args: &RebalanceArgs) -> any
         println!("no services");
         return Ok(());
     }
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0)) - 1000;
+    let since = orch_agent::runtime::now_unix_ms() - 1000;
     let start = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
     let mut said: BTreeSet<(i64, String, String)> = BTreeSet::new();

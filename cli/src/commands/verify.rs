@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use orch_agent::runtime::now_unix_ms;
 use orch_api::events::EventKind;
 use orch_api::pb;
 use orch_api::pb::api_client::ApiClient;
@@ -247,10 +248,6 @@ pub fn helper_requests(text: &str) -> (Vec<Sent>, bool) {
     (requests, done)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 /// One HTTP request from here: answered when a status line below 500 comes back in time.
 async fn http_get(address: String) -> bool {
     let exchange = async {
@@ -290,9 +287,9 @@ async fn node_port_traffic(mut api: ApiClient<Channel>, targets: Vec<(String, u3
         let node = &addresses[turn % addresses.len()];
         turn += 1;
         for (service, port) in &targets {
-            let began_ms = now_ms();
+            let began_ms = now_unix_ms();
             let answered = http_get(format!("{node}:{port}")).await;
-            sent.push(Sent { service: service.clone(), path: Path::NodePort, began_ms, ended_ms: now_ms(), answered });
+            sent.push(Sent { service: service.clone(), path: Path::NodePort, began_ms, ended_ms: now_unix_ms(), answered });
         }
     }
     sent
@@ -388,7 +385,7 @@ async fn run(
     node_ports: Vec<(String, u32)>,
 ) -> anyhow::Result<()> {
     let replica = helper_running(api, helper).await?;
-    let from_ms = now_ms();
+    let from_ms = now_unix_ms();
     let duration = Duration::from_secs(args.duration);
     let until = Instant::now() + duration;
     let ports = tokio::spawn(node_port_traffic(api.clone(), node_ports, args.rate, until));
@@ -399,7 +396,7 @@ async fn run(
         eprintln!("warning: the helper {} on node {} stopped before the end: its VIP results cover the time until then", replica.id, replica.node);
     }
     requests.extend(through_vip);
-    let to_ms = now_ms();
+    let to_ms = now_unix_ms();
     settled(api, &args.services).await?;
     let events = api.list_events(pb::ListEventsRequest { object: String::new() }).await.map_err(explain)?.into_inner().events;
     let reports = tally(&args.services, &requests, &events, from_ms, to_ms);
