@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::Signal;
 use orch_api::pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,6 +45,8 @@ pub enum Behaviour {
 struct FakeProcess {
     id: String,
     pid: i32,
+    /// What its spec asked to stop it with: a stop ends it with 128 + this.
+    stop_signal: i32,
     exit: watch::Sender<Option<ContainerExit>>,
 }
 
@@ -86,7 +87,7 @@ impl FakeRuntime {
     /// A container a previous agent left running, to be adopted.
     pub fn leave_running(&self, id: &str) -> i32 {
         let mut state = lock(&self.state);
-        let process = new_process(&mut state, id);
+        let process = new_process(&mut state, id, orch_api::signal::SIGTERM);
         let pid = process.pid;
         state.containers.insert(id.to_owned(), process);
         pid
@@ -123,9 +124,9 @@ impl FakeRuntime {
     }
 }
 
-fn new_process(state: &mut RuntimeState, id: &str) -> Arc<FakeProcess> {
+fn new_process(state: &mut RuntimeState, id: &str, stop_signal: i32) -> Arc<FakeProcess> {
     state.next_pid += 1;
-    Arc::new(FakeProcess { id: id.to_owned(), pid: 1000 + state.next_pid, exit: watch::channel(None).0 })
+    Arc::new(FakeProcess { id: id.to_owned(), pid: 1000 + state.next_pid, stop_signal, exit: watch::channel(None).0 })
 }
 
 #[async_trait]
@@ -143,7 +144,7 @@ impl Containers for FakeRuntime {
             if state.containers.contains_key(&spec.id) {
                 return Err(BackendError::Scripted(format!("a container named {:?} already exists", spec.id)));
             }
-            let process = new_process(&mut state, &spec.id);
+            let process = new_process(&mut state, &spec.id, spec.stop_signal);
             state.containers.insert(spec.id.clone(), Arc::clone(&process));
             if let Behaviour::Exit { after, code } = behaviour {
                 let process = Arc::clone(&process);
@@ -203,8 +204,14 @@ impl RunningContainer for FakeContainer {
         ended.unwrap_or(ContainerExit { code: 137, signal: Some(9), oom_killed: false, finished_unix_ms: 0 })
     }
 
-    async fn stop(&self, signal: Signal, _grace: Duration) -> ContainerExit {
-        self.process.end(128 + signal as i32, Some(signal as i32));
+    async fn stop(&self, _grace: Duration) -> ContainerExit {
+        let signal = self.process.stop_signal;
+        self.process.end(128 + signal, Some(signal));
+        self.wait().await
+    }
+
+    async fn kill(&self) -> ContainerExit {
+        self.process.end(137, Some(9));
         self.wait().await
     }
 

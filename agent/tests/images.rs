@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::oci::{self, Entry};
 use common::{Sandbox, AGENT};
-use nix::sys::signal::Signal;
 use orch_agent::cgroups::Limits;
 use orch_agent::images::{resolve_process, ImageAccounts, ImageError, ImageStore, RegistrySettings};
 use orch_agent::runtime::exec::ExecRequest;
@@ -47,6 +46,7 @@ fn spec_in_image(sandbox: &Sandbox, store: &ImageStore, reference: &str, id: &st
         mounts: vec![],
         security: Security::default(),
         system: None,
+        stop_signal: orch_api::signal::SIGTERM,
     }
 }
 
@@ -284,7 +284,7 @@ async fn a_named_image_user_runs_as_the_image_says() {
         ..ExecRequest::default()
     };
     let output = exec.helper_command(std::path::Path::new(AGENT)).output().await.expect("run the exec helper");
-    container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
+    container.kill().await;
     container.remove().await.expect("remove");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "1234 2345 2345 3456 4567", "exec: {}", String::from_utf8_lossy(&output.stderr));
 
@@ -430,7 +430,7 @@ async fn prune_keeps_the_images_containers_use() {
         assert!(dir.exists(), "a layer of the running container was removed");
     }
 
-    let exit = container.stop(Signal::SIGTERM, Duration::from_secs(10)).await;
+    let exit = container.stop(Duration::from_secs(10)).await;
     assert_eq!(exit.code, 143);
     container.remove().await.expect("remove");
     let report = images.prune(&runtime.images_in_use()).expect("prune");

@@ -105,6 +105,7 @@ impl NetLab {
             mounts: mounts.into_iter().map(|(source, target)| BindMount::new(source, target)).collect(),
             security: Security::default(),
             system: None,
+            stop_signal: orch_api::signal::SIGTERM,
         };
         self.runtime.start_with_network(&spec, Some(network)).await.expect("start with network")
     }
@@ -193,7 +194,7 @@ fn web(lab: &NetLab, ready: Vec<Ipv4Addr>) -> Vec<ServiceEndpoints> {
 }
 
 async fn stop(container: Container) {
-    container.stop(Signal::SIGKILL, Duration::from_secs(5)).await;
+    container.kill().await;
     container.remove().await.expect("remove");
 }
 

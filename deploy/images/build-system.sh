@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds orch/debian-system: a Debian 12 root whose /sbin/init is sysvinit, for system
 # containers (`spec.mode: system`, manifests/system.yaml), as an OCI image layout (and
-# pushes it to a registry with --push).
+# pushes it to a registry with --push). `--init systemd` builds orch/debian-systemd
+# instead: the same services, under systemd (best-effort: see the README).
 #
-#   sudo bash deploy/images/build-system.sh [--out DIR] [--push HOST:PORT] [--tag TAG]
+#   sudo bash deploy/images/build-system.sh [--init sysvinit|systemd] [--out DIR] [--push HOST:PORT] [--tag TAG]
 #
 # What it holds: Debian's minbase with sysvinit-core, cron, procps and busybox; an init
 # script `orch-web` (runlevels 2-5) serving a page from busybox httpd on port 80; an
@@ -15,23 +16,32 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/oci.sh"
 
-out=/var/lib/orch/images/debian-system
+init=sysvinit
+out=""
 push=""
 tag=12
 while [ $# -gt 0 ]; do
     case "$1" in
+        --init) init="${2:?--init needs sysvinit or systemd}"; shift 2 ;;
         --out) out="${2:?--out needs a directory}"; shift 2 ;;
         --push) push="${2:?--push needs HOST:PORT}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a tag}"; shift 2 ;;
-        *) die "unknown argument $1 (expected --out DIR, --push HOST:PORT or --tag TAG)" ;;
+        *) die "unknown argument $1 (expected --init sysvinit|systemd, --out DIR, --push HOST:PORT or --tag TAG)" ;;
     esac
 done
+case "$init" in
+    sysvinit) name=debian-system; packages=sysvinit-core; stop_signal=SIGPWR ;;
+    # systemd halts on SIGRTMIN+3 (what orch sends it unless the manifest says otherwise).
+    systemd) name=debian-systemd; packages=systemd-sysv; stop_signal=SIGRTMIN+3 ;;
+    *) die "--init $init: expected sysvinit or systemd" ;;
+esac
+out="${out:-/var/lib/orch/images/$name}"
 [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--tag $tag: not a valid tag"
 require_root "deploy/images/build-system.sh"
 
-recipe="$(sha256sum "$0" | cut -d' ' -f1) $tag"
+recipe="$(sha256sum "$0" | cut -d' ' -f1) $init $tag"
 if [ -f "$out/index.json" ] && [ "$(cat "$out.recipe" 2>/dev/null)" = "$recipe" ]; then
-    echo "orch/debian-system:$tag is up to date in oci:$out:$tag"
+    echo "orch/$name:$tag is up to date in oci:$out:$tag"
 else
     command -v mmdebstrap >/dev/null || install_packages mmdebstrap
     work="$(mktemp -d /tmp/orch-system-image.XXXXXX)"
@@ -78,21 +88,24 @@ l6:6:wait:/etc/init.d/rc 6
 pf::powerwait:/sbin/init 0
 ca::ctrlaltdel:/sbin/init 6
 EOF
-    step "mmdebstrap: Debian 12 minbase with sysvinit-core, cron, procps, busybox"
-    mmdebstrap --quiet --variant=minbase --include=sysvinit-core,cron,procps,busybox \
-        --customize-hook="install -m 0755 '$work/orch-web' \"\$1/etc/init.d/orch-web\"" \
-        --customize-hook="install -m 0644 '$work/inittab' \"\$1/etc/inittab\"" \
+    # systemd runs the same init script (its sysv generator); the inittab is sysvinit's.
+    hooks=(--customize-hook="install -m 0755 '$work/orch-web' \"\$1/etc/init.d/orch-web\"")
+    if [ "$init" = sysvinit ]; then
+        hooks+=(--customize-hook="install -m 0644 '$work/inittab' \"\$1/etc/inittab\"")
+    fi
+    step "mmdebstrap: Debian 12 minbase with $packages, cron, procps, busybox"
+    mmdebstrap --quiet --variant=minbase --include="$packages,cron,procps,busybox" "${hooks[@]}" \
         --customize-hook='chroot "$1" update-rc.d orch-web defaults' \
         --customize-hook='rm -f "$1/etc/hostname"; : >"$1/etc/machine-id"' \
         bookworm "$work/rootfs"
-    config='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/sbin/init"],"StopSignal":"SIGPWR","ExposedPorts":{"80/tcp":{}},"Labels":{"org.opencontainers.image.title":"orch/debian-system"}}'
-    manifest_digest="$(oci_layout "$work/rootfs" "$out" "$tag" "$config" orch/debian-system)"
+    config='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/sbin/init"],"StopSignal":"'"$stop_signal"'","ExposedPorts":{"80/tcp":{}},"Labels":{"org.opencontainers.image.title":"orch/'"$name"'"}}'
+    manifest_digest="$(oci_layout "$work/rootfs" "$out" "$tag" "$config" "orch/$name")"
     echo "$recipe" >"$out.recipe"
-    echo "built orch/debian-system:$tag as oci:$out:$tag (manifest $manifest_digest)"
+    echo "built orch/$name:$tag as oci:$out:$tag (manifest $manifest_digest)"
 fi
 
 if [ -n "$push" ]; then
     command -v skopeo >/dev/null || install_packages skopeo
-    skopeo copy --quiet --dest-tls-verify=false "oci:$out:$tag" "docker://$push/orch/debian-system:$tag"
-    echo "pushed $push/orch/debian-system:$tag"
+    skopeo copy --quiet --dest-tls-verify=false "oci:$out:$tag" "docker://$push/orch/$name:$tag"
+    echo "pushed $push/orch/$name:$tag"
 fi

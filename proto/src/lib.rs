@@ -8,6 +8,7 @@
 //! - [`events`]: the kinds of event the controller and the agents report.
 //! - [`image_ref`]: the image references the agent accepts.
 //! - [`selector`]: label selectors (`orch get|delete -l`).
+//! - [`signal`]: signal names and numbers (`spec.stopSignal`, an image's `StopSignal`).
 //! - [`tls`]: the cluster's certificates (`orch-controller init`) and the mutual-TLS
 //!   configurations the controller, agents and CLI build from them.
 
@@ -20,6 +21,7 @@ pub mod logging;
 pub mod manifest;
 pub mod secrets;
 pub mod selector;
+pub mod signal;
 pub mod telemetry;
 pub mod tls;
 

@@ -372,6 +372,8 @@ fn invalid_manifests_name_their_field() {
             "spec.rootVolume",
             "only a system container",
         ),
+        ("unknown stop signal", variant("", "  stopSignal: SIGFOO"), "spec.stopSignal", "\"SIGFOO\" is not a signal"),
+        ("stop signal of glibc's own", variant("", "  stopSignal: \"32\""), "spec.stopSignal", "is not a signal"),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);
@@ -423,6 +425,15 @@ fn a_system_container_names_its_root_and_an_application_stays_as_it_was() {
     let plain = load_services("test.yaml", VALID).expect("valid")[0].service.spec.clone().unwrap_or_default();
     assert_eq!((plain.mode(), plain.root_volume.as_str()), (pb::ServiceMode::Application, ""), "the default: nothing new in the spec, no hash changes");
     assert_eq!(spec("  mode: application").expect("valid").mode(), pb::ServiceMode::Application);
+}
+
+#[test]
+fn a_stop_signal_is_stored_by_its_canonical_name_and_unset_stays_unset() {
+    let stop = |yaml: &str| load_services("test.yaml", &variant("", yaml)).map(|docs| docs[0].service.spec.clone().unwrap_or_default().stop_signal);
+    assert_eq!(stop("  stopSignal: quit").expect("valid"), "SIGQUIT");
+    assert_eq!(stop("  stopSignal: RTMIN+3").expect("valid"), "SIGRTMIN+3");
+    assert_eq!(stop("  stopSignal: \"3\"").expect("valid"), "SIGQUIT");
+    assert_eq!(load_services("test.yaml", VALID).expect("valid")[0].service.spec.clone().unwrap_or_default().stop_signal, "", "no hash changes");
 }
 
 #[test]

@@ -64,6 +64,29 @@ pub fn remove_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Removes a cgroup and the cgroups below it, deepest first (each as [`remove_dir`]).
+pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    for child in child_dirs(path) {
+        remove_tree(&child)?;
+    }
+    remove_dir(path)
+}
+
+/// Removes the cgroups below `path` that are empty, deepest first, without waiting:
+/// the quick path of a removal (one still busy stays for [`remove_tree`]).
+pub fn remove_children_now(path: &Path) {
+    for child in child_dirs(path) {
+        remove_children_now(&child);
+        let _ = std::fs::remove_dir(&child);
+    }
+}
+
+/// The cgroups directly below `path` (its subdirectories).
+fn child_dirs(path: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(path) else { return Vec::new() };
+    entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+}
+
 /// Removes the parent cgroup if nothing else lives in it.
 pub fn remove_parent_if_empty(path: &Path) {
     let _ = std::fs::remove_dir(path);

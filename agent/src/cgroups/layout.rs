@@ -15,6 +15,9 @@ pub enum CgroupVersion {
 /// `freezer` (when mounted) stops every process at once before they are killed.
 pub const V1_CONTROLLERS: [&str; 7] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer"];
 /// `devices` is required: without it a container could open any device node.
+/// systemd's own v1 hierarchy (no controller), kept among the mounts: only a system
+/// container gets a cgroup there ([`Limits::systemd_hierarchy`](super::Limits)).
+pub const SYSTEMD_HIERARCHY: &str = "name=systemd";
 const V1_REQUIRED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 const V2_REQUIRED: [&str; 2] = ["memory", "pids"];
 
@@ -40,17 +43,12 @@ impl CgroupLayout {
     pub fn from_mountinfo(mountinfo: &str, controllers_of: impl Fn(&Path) -> Option<String>) -> Result<CgroupLayout, CgroupError> {
         let mut v1 = BTreeMap::new();
         let mut v2_roots = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((before, after)) = line.split_once(" - ") else { continue };
-            let Some(mount_point) = before.split(' ').nth(4) else { continue };
-            let mut after = after.split(' ');
-            let (Some(fstype), Some(_source), Some(options)) = (after.next(), after.next(), after.next()) else { continue };
-            let mount_point = PathBuf::from(unescape(mount_point));
+        for (mount_point, fstype, options) in mounts(mountinfo) {
             match fstype {
                 "cgroup2" => v2_roots.push(mount_point),
                 "cgroup" => {
                     for option in options.split(',') {
-                        if V1_CONTROLLERS.contains(&option) {
+                        if V1_CONTROLLERS.contains(&option) || option == SYSTEMD_HIERARCHY {
                             v1.entry(option.to_owned()).or_insert_with(|| mount_point.clone());
                         }
                     }
@@ -87,6 +85,18 @@ impl CgroupLayout {
             CgroupLayout::V2 { root } => Box::new(V2Cgroup::new(root.clone(), relative)),
         })
     }
+}
+
+/// Each mount of `mountinfo` (`/proc/self/mountinfo`): its mount point, filesystem type
+/// and superblock options.
+pub(super) fn mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split(' ').nth(4)?;
+        let mut after = after.split(' ');
+        let (fstype, _source, options) = (after.next()?, after.next()?, after.next()?);
+        Some((PathBuf::from(unescape(mount_point)), fstype, options))
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
@@ -145,7 +155,8 @@ mod tests {
         assert_eq!(mounts["memory"], PathBuf::from("/sys/fs/cgroup/memory"));
         assert_eq!(mounts["cpuset"], PathBuf::from("/sys/fs/cgroup/cpuset"));
         assert_eq!(mounts["devices"], PathBuf::from("/sys/fs/cgroup/devices"));
-        assert_eq!(mounts.len(), 6);
+        assert_eq!(mounts[SYSTEMD_HIERARCHY], PathBuf::from("/sys/fs/cgroup/systemd"), "for system containers");
+        assert_eq!(mounts.len(), 7);
     }
 
     #[test]

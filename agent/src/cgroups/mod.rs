@@ -6,12 +6,14 @@ mod devices;
 mod error;
 mod fs;
 mod layout;
+mod namespaced;
 mod v1;
 mod v2;
 
 pub use devices::{DeviceKind, DeviceRule, DEFAULT_DEVICES};
 pub use error::CgroupError;
 pub use layout::{CgroupLayout, CgroupVersion};
+pub use namespaced::{namespaced_mounts, CgroupMount};
 pub use v1::V1Cgroup;
 pub use v2::V2Cgroup;
 
@@ -32,6 +34,10 @@ pub struct Limits {
     /// The only devices the container may create, read or write; `None` leaves every
     /// device usable (the runtime always sets [`DEFAULT_DEVICES`]).
     pub devices: Option<Vec<DeviceRule>>,
+    /// A cgroup of its own in v1's `name=systemd` hierarchy too, when the host has one:
+    /// a system container's systemd manages it (others are not moved there, which
+    /// costs a migration at start).
+    pub systemd_hierarchy: bool,
 }
 
 /// Usage counters read from the cgroup.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::layout::SYSTEMD_HIERARCHY;
 use super::{cpu_quota_micros, cpu_shares, fs, CgroupError, CgroupStats, ContainerCgroup, Limits, CPU_PERIOD_MICROS};
 
 #[derive(Debug, Clone)]
@@ -35,16 +36,18 @@ impl V1Cgroup {
         }
     }
 
-    /// Distinct directories (co-mounted controllers share one). Three count only once
+    /// Distinct directories (co-mounted controllers share one). Four count only once
     /// created: cpuset, joined only by containers pinned to CPUs (each hierarchy joined
-    /// costs a migration at start), and devices and freezer, which a container started
-    /// by an older agent does not have (it is adopted as it is, and gets them at its
-    /// next start).
+    /// costs a migration at start), `name=systemd`, only by system containers, and
+    /// devices and freezer, which a container started by an older agent does not have
+    /// (it is adopted as it is, and gets them at its next start).
     fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self
             .mounts
             .iter()
-            .filter(|(controller, mount)| !matches!(controller.as_str(), "cpuset" | "devices" | "freezer") || mount.join(&self.relative).exists())
+            .filter(|(controller, mount)| {
+                !matches!(controller.as_str(), "cpuset" | "devices" | "freezer" | SYSTEMD_HIERARCHY) || mount.join(&self.relative).exists()
+            })
             .map(|(_, mount)| mount.join(&self.relative))
             .collect();
         dirs.sort();
@@ -74,7 +77,7 @@ impl V1Cgroup {
 impl ContainerCgroup for V1Cgroup {
     fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
         for (controller, mount) in &self.mounts {
-            if controller != "cpuset" {
+            if controller != "cpuset" && (controller != SYSTEMD_HIERARCHY || limits.systemd_hierarchy) {
                 fs::mkdir_all(&mount.join(&self.relative))?;
             }
         }
@@ -149,9 +152,12 @@ impl ContainerCgroup for V1Cgroup {
         // An ended container's cgroups are empty already (its processes ended with its
         // PID namespace's init): removing them is all. The kernel refuses to remove one
         // a process is in (EBUSY), and then the kill below runs.
-        let removed = self.dirs().iter().all(|dir| match std::fs::remove_dir(dir) {
-            Ok(()) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        let removed = self.dirs().iter().all(|dir| {
+            fs::remove_children_now(dir);
+            match std::fs::remove_dir(dir) {
+                Ok(()) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            }
         });
         if removed {
             self.remove_parents();
@@ -185,7 +191,7 @@ impl ContainerCgroup for V1Cgroup {
             }
         }
         for dir in self.dirs() {
-            if let Err(e) = fs::remove_dir(&dir) {
+            if let Err(e) = fs::remove_tree(&dir) {
                 first_error.get_or_insert(e);
             }
         }

@@ -104,13 +104,16 @@ impl ContainerCgroup for V2Cgroup {
         }
         // An ended container's cgroup is empty already: removing it is all. The kernel
         // refuses one a process is in, and then its processes are killed first.
+        // A system container's init makes cgroups below its own: removed first.
+        fs::remove_children_now(&dir);
         if std::fs::remove_dir(&dir).is_err() {
+            // cgroup.kill ends the whole subtree.
             let kill = dir.join("cgroup.kill");
             if kill.exists() {
                 fs::write(&kill, "1")?;
             }
             fs::kill_all(&dir.join("cgroup.procs"))?;
-            fs::remove_dir(&dir)?;
+            fs::remove_tree(&dir)?;
         }
         if let Some(parent) = self.relative.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::remove_parent_if_empty(&self.root.join(parent));
@@ -151,6 +154,7 @@ mod tests {
             pids: Some(64),
             cpuset: Some("0-1".into()),
             devices: None,
+            systemd_hierarchy: false,
         };
         cgroup.create(&limits).expect("create");
         let dir = root.path().join("orch/web-1");

@@ -144,7 +144,15 @@ fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
             return Err(bad_flag("cpuset", format!("{cpus:?} is not a CPU list such as 0-1,3")));
         }
     }
-    Ok(Limits { memory_bytes, cpu_limit_millis, cpu_request_millis: cpu_limit_millis, pids: args.pids, cpuset: args.cpuset.clone(), devices: None })
+    Ok(Limits {
+        memory_bytes,
+        cpu_limit_millis,
+        cpu_request_millis: cpu_limit_millis,
+        pids: args.pids,
+        cpuset: args.cpuset.clone(),
+        devices: None,
+        systemd_hierarchy: false,
+    })
 }
 
 fn id_range(text: &str) -> Result<IdRange, RuntimeError> {
@@ -227,6 +235,7 @@ async fn run_container(args: RunArgs) -> Result<i32, RuntimeError> {
         mounts,
         security,
         system: None,
+        stop_signal: Signal::SIGTERM as i32,
     };
     let exit = run_to_end(&args, &runtime, &spec, network.as_ref()).await;
     if let Some(network) = network {
@@ -250,9 +259,9 @@ async fn run_to_end(args: &RunArgs, runtime: &Runtime, spec: &ContainerSpec, net
     let grace = Duration::from_secs(args.stop_timeout);
     let exit = tokio::select! {
         exit = container.wait() => exit,
-        _ = interrupt.recv() => container.stop(Signal::SIGINT, grace).await,
-        _ = terminate.recv() => container.stop(Signal::SIGTERM, grace).await,
-        _ = hangup.recv() => container.stop(Signal::SIGHUP, grace).await,
+        _ = interrupt.recv() => container.stop_with(Signal::SIGINT as i32, grace).await,
+        _ = terminate.recv() => container.stop_with(Signal::SIGTERM as i32, grace).await,
+        _ = hangup.recv() => container.stop_with(Signal::SIGHUP as i32, grace).await,
     };
     if exit.oom_killed {
         eprintln!("orch-agent: container {} was OOMKilled (memory limit reached)", container.id());

@@ -1,5 +1,6 @@
-//! What an image says about how to run it (Entrypoint, Cmd, Env, WorkingDir, User), and
-//! how a manifest's command, args and env override it. Pure: table-tested.
+//! What an image says about how to run it (Entrypoint, Cmd, Env, WorkingDir, User,
+//! StopSignal), and how a manifest's command, args and env override it. Pure:
+//! table-tested.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,10 @@ pub struct ImageDefaults {
     pub env: Vec<String>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// The image's `StopSignal` (`SIGQUIT` for nginx), as written; records from before
+    /// the field have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 impl ImageDefaults {
@@ -25,6 +30,7 @@ impl ImageDefaults {
             env: c.env().clone().unwrap_or_default(),
             working_dir: c.working_dir().clone().filter(|w| !w.is_empty()),
             user: c.user().clone().filter(|u| !u.is_empty()),
+            stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod defaults;
 mod digest;
 mod error;
+mod layered;
 mod registries;
 mod source;
 mod store;
@@ -14,6 +15,7 @@ mod users;
 pub use defaults::{resolve_process, ImageDefaults, ResolvedProcess};
 pub use digest::Digest;
 pub use error::ImageError;
+pub use layered::resolve as resolve_in_layers;
 pub use registries::{Credentials, RegistryConfig, RegistryConfigError, RegistrySettings, DEFAULT_REGISTRY_CONFIG};
 pub use source::is_plain_http;
 pub use store::{ImageRecord, ImageStore, PruneReport, PullReport};

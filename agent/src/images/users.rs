@@ -17,7 +17,10 @@ pub struct ImageAccounts {
 impl ImageAccounts {
     /// Reads the files from `layers`, top layer first (as the image store lists them).
     pub fn read(layers: &[PathBuf]) -> ImageAccounts {
-        ImageAccounts { passwd: layered_file(layers, "etc/passwd").unwrap_or_default(), group: layered_file(layers, "etc/group").unwrap_or_default() }
+        ImageAccounts {
+            passwd: super::layered::layered_file(layers, "etc/passwd").unwrap_or_default(),
+            group: super::layered::layered_file(layers, "etc/group").unwrap_or_default(),
+        }
     }
 
     /// The passwd entries as (name, uid, gid); lines that do not parse are no users.
@@ -42,25 +45,6 @@ impl ImageAccounts {
             }
         })
     }
-}
-
-/// The file at `relative` as the container would see it through `layers` (top first):
-/// the topmost layer that has it, unless a whiteout (a 0:0 character device) above
-/// hides it. Only regular files are read.
-fn layered_file(layers: &[PathBuf], relative: &str) -> Option<String> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for layer in layers {
-        let path = layer.join(relative);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if meta.file_type().is_char_device() && meta.rdev() == 0 {
-            return None;
-        }
-        if meta.is_file() {
-            return std::fs::read_to_string(&path).ok();
-        }
-        return None;
-    }
-    None
 }
 
 /// An image's `USER` (`user`, `uid`, `user:group`, `uid:gid`, …) as numeric ids, the

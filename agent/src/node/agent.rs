@@ -313,7 +313,7 @@ impl Agent {
     async fn remove_container(&self, id: &str) {
         match self.ctx.runtime.adopt(id) {
             Ok(container) => {
-                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(1)).await;
+                container.kill().await;
                 let _ = container.remove().await;
             }
             Err(_) => {

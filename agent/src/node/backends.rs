@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::Signal;
 use orch_api::pb;
 
 use super::probe::ProbeTarget;
@@ -59,8 +58,10 @@ pub trait RunningContainer: Send + Sync {
     fn cgroup_paths(&self) -> Vec<PathBuf>;
     /// Resolves when it ends (at once if it has).
     async fn wait(&self) -> ContainerExit;
-    /// `signal`, then SIGKILL after `grace`.
-    async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit;
+    /// Its stop signal (as its spec said), then SIGKILL after `grace`.
+    async fn stop(&self, grace: Duration) -> ContainerExit;
+    /// SIGKILL.
+    async fn kill(&self) -> ContainerExit;
     /// Removes everything of an ended container.
     async fn remove(self: Box<Self>) -> Result<(), BackendError>;
 }
@@ -147,8 +148,12 @@ impl RunningContainer for Container {
         Container::wait(self).await
     }
 
-    async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit {
-        Container::stop(self, signal, grace).await
+    async fn stop(&self, grace: Duration) -> ContainerExit {
+        Container::stop(self, grace).await
+    }
+
+    async fn kill(&self) -> ContainerExit {
+        Container::kill(self).await
     }
 
     async fn remove(self: Box<Self>) -> Result<(), BackendError> {

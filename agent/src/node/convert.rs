@@ -81,6 +81,27 @@ pub fn system_confinement(security: &mut crate::runtime::Security, dropped: &[St
     }
 }
 
+/// The signal that asks a replica's container to stop: the manifest's `stopSignal`, else
+/// the image's `StopSignal` (Docker's order), else SIGTERM — and for a system container's
+/// init SIGRTMIN+3 when it is systemd (`init`: where its command leads inside the image;
+/// systemd's halt request, as Podman sends it) or SIGPWR (sysvinit's power-failure
+/// action, as LXC sends it).
+pub fn stop_signal(spec: &pb::ServiceSpec, image_signal: Option<&str>, init: Option<&std::path::Path>) -> Result<i32, String> {
+    use orch_api::signal;
+    if !spec.stop_signal.is_empty() {
+        return signal::parse(&spec.stop_signal).map_err(|e| format!("spec.stopSignal: {e}"));
+    }
+    if let Some(written) = image_signal {
+        return signal::parse(written).map_err(|e| format!("the image's StopSignal: {e}"));
+    }
+    let systemd = init.and_then(std::path::Path::file_name).is_some_and(|name| name == "systemd");
+    Ok(match spec.mode() {
+        pb::ServiceMode::Application => signal::SIGTERM,
+        pb::ServiceMode::System if systemd => signal::SIGRTMIN_3,
+        pb::ServiceMode::System => signal::SIGPWR,
+    })
+}
+
 /// The service's image pull policy; an unset one (the manifest names none, or a record
 /// from before the field) gets the default for its reference (Kubernetes': `Always` for no tag or `:latest`, else
 /// `IfNotPresent`).
@@ -316,12 +337,36 @@ mod tests {
         let mut unconfined = crate::runtime::Security { seccomp: crate::runtime::SeccompProfile::Unconfined, ..Default::default() };
         system_confinement(&mut unconfined, &[]);
         assert!(!unconfined.capabilities.iter().any(|c| c == "CAP_SYS_BOOT"), "never without the filter (kexec_load)");
+    }
+
+    #[test]
+    fn the_stop_signal_is_the_manifests_else_the_images_else_the_modes() {
+        use std::path::Path;
         let application = pb::ServiceSpec::default();
         let system = pb::ServiceSpec { mode: pb::ServiceMode::System.into(), ..Default::default() };
-        assert_eq!(
-            (super::super::lifecycle::stop_signal(&application), super::super::lifecycle::stop_signal(&system)),
-            (nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGPWR)
-        );
+        let systemd = Some(Path::new("/usr/lib/systemd/systemd"));
+        let sysvinit = Some(Path::new("/usr/sbin/init"));
+        let quit = pb::ServiceSpec { stop_signal: "SIGQUIT".into(), ..system.clone() };
+        // The spec, the image's StopSignal, where its init leads: the signal or an error.
+        type Case<'a> = (&'a pb::ServiceSpec, Option<&'a str>, Option<&'a Path>, Result<i32, &'a str>);
+        let table: [Case; 9] = [
+            (&application, None, None, Ok(15)),
+            (&application, Some("SIGQUIT"), None, Ok(3)),
+            (&application, None, systemd, Ok(15)),
+            (&system, None, sysvinit, Ok(30)),
+            (&system, None, None, Ok(30)),
+            (&system, None, systemd, Ok(37)),
+            (&system, Some("SIGTERM"), systemd, Ok(15)),
+            (&quit, Some("SIGTERM"), systemd, Ok(3)),
+            (&application, Some("SIGNOPE"), None, Err("the image's StopSignal: \"SIGNOPE\" is not a signal")),
+        ];
+        for (spec, image, init, expected) in table {
+            let got = stop_signal(spec, image, init);
+            match expected {
+                Ok(number) => assert_eq!(got, Ok(number), "{:?} {image:?} {init:?}", spec.stop_signal),
+                Err(message) => assert!(got.as_ref().is_err_and(|e| e.contains(message)), "{got:?}"),
+            }
+        }
     }
 
     #[test]

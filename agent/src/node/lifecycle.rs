@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use orch_api::events::EventKind;
 use orch_api::pb;
 use tokio::time::Instant;
@@ -73,8 +72,9 @@ pub enum Effect {
     /// controller's endpoints, which every node balances), the wait covers the others:
     /// until the controller's endpoints leave it out, then [`ENDPOINT_PROPAGATION`].
     Drain { limit: Duration, listed: bool },
-    /// Stop the container: `signal`, then SIGKILL after `grace`; report [`Input::Exited`].
-    Kill { signal: Signal, grace: Duration },
+    /// Stop the container: its stop signal (`spec.stopSignal`, the image's, or its
+    /// mode's), then SIGKILL after `grace`; report [`Input::Exited`].
+    Kill { grace: Duration },
     /// Keep the crash evidence of the run that ended (exit, OOMKilled, last output).
     RecordExit { exit: ContainerExit, why: Option<String> },
     /// The restart count the status now shows.
@@ -134,17 +134,6 @@ pub struct Lifecycle {
     /// the incident reported once the replica is ready again.
     outage: Option<(Instant, String)>,
     grace: Duration,
-    /// What stops the container: SIGTERM, or SIGPWR for a system container's init
-    /// (sysvinit's power-failure action, as LXC sends it).
-    stop_signal: Signal,
-}
-
-/// The signal that asks a replica's container to stop.
-pub fn stop_signal(spec: &pb::ServiceSpec) -> Signal {
-    match spec.mode() {
-        pb::ServiceMode::Application => Signal::SIGTERM,
-        pb::ServiceMode::System => Signal::SIGPWR,
-    }
 }
 
 impl Lifecycle {
@@ -170,7 +159,6 @@ impl Lifecycle {
             readiness_failed: false,
             outage: None,
             grace: Duration::from_secs(u64::from(spec.termination_grace_seconds)),
-            stop_signal: stop_signal(&spec),
         };
         let finished = matches!(status.phase(), pb::ReplicaPhase::Succeeded | pb::ReplicaPhase::Failed);
         let effects = if finished && !adopted {
@@ -246,7 +234,7 @@ impl Lifecycle {
                 vec![
                     Effect::Event { kind: EventKind::Unhealthy, message: format!("{why}; restarting the container") },
                     phase(pb::ReplicaPhase::Running, false, &why),
-                    Effect::Kill { signal: self.stop_signal, grace: self.grace },
+                    Effect::Kill { grace: self.grace },
                 ]
             }
             (State::Running { .. } | State::Restarting, Input::Exited(exit)) => {
@@ -321,7 +309,7 @@ impl Lifecycle {
                 vec![
                     phase(pb::ReplicaPhase::Terminating, false, ""),
                     Effect::Drain { limit: self.grace.min(DRAIN_LIMIT), listed },
-                    Effect::Kill { signal: self.stop_signal, grace: self.grace },
+                    Effect::Kill { grace: self.grace },
                 ]
             }
             State::Terminating | State::Gone => Vec::new(),
@@ -345,8 +333,7 @@ pub fn describe_exit(exit: &ContainerExit) -> String {
     match (exit.signal, exit.oom_killed) {
         (_, true) => format!("OOMKilled (exit code {})", exit.code),
         (Some(signal), _) => {
-            let name = Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_owned());
-            format!("killed by {name} (exit code {})", exit.code)
+            format!("killed by {} (exit code {})", orch_api::signal::name(signal), exit.code)
         }
         (None, _) => format!("exited with code {}", exit.code),
     }
@@ -465,7 +452,7 @@ mod tests {
         let now = Instant::now();
         let mut lifecycle = running(&record(pb::RestartPolicy::Never, None), now);
         let effects = lifecycle.on(Input::Unhealthy("liveness probe failed: HTTP 500".into()), now);
-        assert_eq!(effects.last(), Some(&Effect::Kill { signal: Signal::SIGTERM, grace: Duration::from_secs(5) }));
+        assert_eq!(effects.last(), Some(&Effect::Kill { grace: Duration::from_secs(5) }));
         let effects = lifecycle.on(Input::Exited(exit(143)), now);
         assert_eq!(effects[0], Effect::RecordExit { exit: exit(143), why: Some("liveness probe failed: HTTP 500".into()) });
         assert_eq!(lifecycle.state(), State::Finished, "Never never restarts");
@@ -581,7 +568,7 @@ mod tests {
             [
                 phase(pb::ReplicaPhase::Terminating, false, ""),
                 Effect::Drain { limit: Duration::from_secs(5), listed: true },
-                Effect::Kill { signal: Signal::SIGTERM, grace: Duration::from_secs(5) }
+                Effect::Kill { grace: Duration::from_secs(5) }
             ]
         );
         assert_eq!(lifecycle.on(Input::Ready(true, String::new()), now), [], "a late probe verdict changes nothing");

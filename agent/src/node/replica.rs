@@ -361,14 +361,14 @@ impl Supervisor {
                 // when the outage began): killed as the others were.
                 if self.ctx.outage.current() == Some(super::chaos::OutageKind::NodeDown) {
                     if let Some(container) = self.container.as_ref() {
-                        let _ = container.stop(nix::sys::signal::Signal::SIGKILL, std::time::Duration::ZERO).await;
+                        let _ = container.kill().await;
                     }
                 }
             }
             Effect::Drain { limit, listed } => self.drain(limit, listed).await,
-            Effect::Kill { signal, grace } => {
+            Effect::Kill { grace } => {
                 let exit = match self.container.as_ref() {
-                    Some(container) => container.stop(signal, grace).await,
+                    Some(container) => container.stop(grace).await,
                     None => ContainerExit { code: crate::runtime::CODE_RUNTIME, signal: None, oom_killed: false, finished_unix_ms: now_unix_ms() },
                 };
                 self.end_run();
@@ -464,6 +464,10 @@ impl Supervisor {
         };
         let accounts = ImageAccounts::read(&layers);
         let process = resolve_process(&image.defaults, &command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
+        // Which init a system container runs (systemd stops on its own signal).
+        let init = process.args.first().filter(|program| system.is_some() && program.starts_with('/'));
+        let init = init.and_then(|program| crate::images::resolve_in_layers(&layers, program));
+        let stop_signal = super::convert::stop_signal(&spec, image.defaults.stop_signal.as_deref(), init.as_deref())?;
         let limits = limits_of(spec.resources.as_ref());
         let mut confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
         if system.is_some() {
@@ -503,6 +507,7 @@ impl Supervisor {
                 mounts,
                 security: confinement.security,
                 system,
+                stop_signal,
             },
             ip,
         });
@@ -650,7 +655,7 @@ impl Supervisor {
             // Stopped before the container could be supervised (or removed).
             let spec = self.spec();
             let grace = std::time::Duration::from_secs(u64::from(spec.termination_grace_seconds));
-            container.stop(super::lifecycle::stop_signal(&spec), grace).await;
+            container.stop(grace).await;
             if let Err(error) = container.remove().await {
                 tracing::warn!(replica = %self.record.id, %error, "removing the container");
             }

@@ -3,7 +3,6 @@
 //! records, logs, generated files and emptyDir volumes (local volumes stay). Nothing is set up in order to be torn down.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::registration::Registration;
 use crate::net::{NodeNetwork, Subnet};
@@ -30,7 +29,7 @@ pub async fn teardown(leftovers: &Leftovers) -> Result<(), Vec<String>> {
     for id in runtime.container_ids() {
         let removed = match runtime.adopt(&id) {
             Ok(container) => {
-                container.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2)).await;
+                container.kill().await;
                 container.remove().await
             }
             // Never finished starting: its cgroup and directory are all there is.

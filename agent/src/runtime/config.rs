@@ -53,6 +53,9 @@ pub struct ContainerSpec {
     pub security: Security,
     /// A system container: its command is PID 1 itself, its writable root is kept.
     pub system: Option<SystemRoot>,
+    /// The signal that asks it to stop (a number: real-time signals too); SIGKILL
+    /// follows after the grace period.
+    pub stop_signal: i32,
 }
 
 /// A system container's writable root, kept across its runs: `<dir>/upper` is the
@@ -238,6 +241,9 @@ pub struct InitConfig {
     /// and `work` are absolute paths in its root volume.
     #[serde(default)]
     pub system: bool,
+    /// A system container's `/sys/fs/cgroup`, mounted inside its cgroup namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_mounts: Vec<crate::cgroups::CgroupMount>,
 }
 
 /// The environment a container starts with: defaults, then the spec's (which win).

@@ -214,8 +214,16 @@ impl Runtime {
             }
         };
         // Every container gets the device allowlist, whatever its caller asked for.
-        let limits = Limits { devices: Some(DEFAULT_DEVICES.to_vec()), ..spec.limits.clone() };
+        // A system container's init (systemd) manages a cgroup of its own.
+        let limits = Limits { devices: Some(DEFAULT_DEVICES.to_vec()), systemd_hierarchy: spec.system.is_some(), ..spec.limits.clone() };
         cgroup.create(&limits)?;
+        let cgroup_mounts = match &spec.system {
+            None => Vec::new(),
+            Some(_) => {
+                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(RuntimeError::io("cannot read", "/proc/self/mountinfo"))?;
+                crate::cgroups::namespaced_mounts(&mountinfo, &cgroup.paths())
+            }
+        };
         let hostname = spec.hostname.clone().unwrap_or_else(|| spec.id.clone());
         let init_config = InitConfig {
             id: spec.id.clone(),
@@ -240,6 +248,7 @@ impl Runtime {
                 Stdio::Inherit => None,
             },
             system: spec.system.is_some(),
+            cgroup_mounts,
         };
 
         let (mut sync, child_end) = UnixStream::pair().map_err(RuntimeError::io("cannot create a socket pair", ""))?;
@@ -363,6 +372,7 @@ impl Runtime {
             cgroup: cgroup_name.to_owned(),
             created_unix_ms: now_unix_ms(),
             image: spec.image.clone(),
+            stop_signal: spec.stop_signal,
         };
         if let Err(e) = write_json(&dirs.state(), &state) {
             return Err(abandon(&shim, e).await);
@@ -556,7 +566,7 @@ async fn join<T>(task: tokio::task::JoinHandle<Result<T, RuntimeError>>) -> Resu
 /// A start that failed part-way: make sure the shim (and with it the container init)
 /// is gone and reaped, then hand back the error.
 async fn abandon(shim: &PidFd, error: RuntimeError) -> RuntimeError {
-    let _ = shim.signal(Signal::SIGKILL);
+    let _ = shim.signal(Signal::SIGKILL as i32);
     shim.exited().await;
     let _ = shim.try_reap();
     error
@@ -620,8 +630,9 @@ impl Container {
         self.exit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sends `signal` to the container's init, which forwards it to the command.
-    pub fn signal(&self, signal: Signal) -> Result<(), RuntimeError> {
+    /// Sends `signal` (a number: real-time signals too) to the container's init, which
+    /// forwards it to the command (or is the command, in a system container).
+    pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
         let init = self.init.as_ref().ok_or_else(|| RuntimeError::NotRunning(self.id.clone()))?;
         match init.signal(signal) {
             Ok(()) => Ok(()),
@@ -630,12 +641,23 @@ impl Container {
         }
     }
 
-    /// SIGTERM (or `signal`), then SIGKILL if it is still running after `grace`.
-    pub async fn stop(&self, signal: Signal, grace: Duration) -> ContainerExit {
+    /// Its stop signal (the spec's, recorded in its state), then SIGKILL if it is still
+    /// running after `grace`.
+    pub async fn stop(&self, grace: Duration) -> ContainerExit {
+        self.stop_with(self.state.stop_signal, grace).await
+    }
+
+    /// `signal`, then SIGKILL if it is still running after `grace`.
+    pub async fn stop_with(&self, signal: i32, grace: Duration) -> ContainerExit {
         if self.signal(signal).is_ok() && tokio::time::timeout(grace, self.wait()).await.is_ok() {
             return self.wait().await;
         }
-        let _ = self.signal(Signal::SIGKILL);
+        self.kill().await
+    }
+
+    /// SIGKILL, and its end.
+    pub async fn kill(&self) -> ContainerExit {
+        let _ = self.signal(Signal::SIGKILL as i32);
         self.wait().await
     }
 

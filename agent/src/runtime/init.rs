@@ -12,7 +12,7 @@
 //! its cgroup, unshares mount and cgroup namespaces, builds the root filesystem, and
 //! forks the **command**, which drops capabilities, sets no_new_privs, installs the
 //! seccomp filter and execs. The init stays as PID 1 with CAP_KILL only: it reaps
-//! zombies and forwards SIGTERM, SIGINT and friends to the command, and exits with its
+//! zombies and forwards the signals sent to it (SIGTERM, its stop signal) to the command, and exits with its
 //! status. With a log, the shim also copies the command's stdout and stderr (pipes)
 //! into it, rotating it by size ([`super::output`]).
 #![allow(unsafe_code)]
@@ -37,8 +37,45 @@ use super::state::{now_unix_ms, write_json, ExitRecord};
 use super::sync::{receive, send, SyncMessage};
 use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
 
-/// Signals the container's init passes on to the command.
-const FORWARDED: [Signal; 7] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH];
+/// What the container's init does not pass on to the command: SIGCHLD (its own),
+/// SIGKILL and SIGSTOP (never caught), and what the kernel raises for a faulting
+/// instruction or a terminal (tini's list). glibc's own 32 and 33 are no signals to send.
+const NOT_FORWARDED: [i32; 12] = [
+    nix::libc::SIGCHLD,
+    nix::libc::SIGKILL,
+    nix::libc::SIGSTOP,
+    nix::libc::SIGSEGV,
+    nix::libc::SIGBUS,
+    nix::libc::SIGILL,
+    nix::libc::SIGFPE,
+    nix::libc::SIGABRT,
+    nix::libc::SIGTRAP,
+    nix::libc::SIGSYS,
+    nix::libc::SIGTTIN,
+    nix::libc::SIGTTOU,
+];
+
+/// The signals the init passes on to the command: any a process may be sent to ask it
+/// something — whatever its stop signal is (SIGTERM, nginx's SIGQUIT, SIGPWR,
+/// systemd's SIGRTMIN+3) — as numbers, since nix's `Signal` has no real-time ones.
+fn forwarded() -> impl Iterator<Item = i32> {
+    (1..=31).filter(|s| !NOT_FORWARDED.contains(s)).chain(orch_api::signal::SIGRTMIN..=orch_api::signal::SIGRTMAX)
+}
+
+/// SIGCHLD and every [`forwarded`] signal, for the init to block and wait on.
+fn supervised_signals() -> nix::libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is plain data, which sigemptyset initialises; sigaddset
+    // gets valid signal numbers (1–31 but 32 and 33, and SIGRTMIN–SIGRTMAX).
+    unsafe {
+        let mut set: nix::libc::sigset_t = std::mem::zeroed();
+        nix::libc::sigemptyset(&mut set);
+        nix::libc::sigaddset(&mut set, nix::libc::SIGCHLD);
+        for signal in forwarded() {
+            nix::libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
 
 /// Entry point of `orch-init __init` (and `orch-agent __init`). Never returns. Must run
 /// before any thread starts.
@@ -396,13 +433,10 @@ fn init_main(config: &InitConfig, mut sync: UnixStream, console: Option<UnixStre
     // The init must survive the OOM killer; the command gets the default back.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
 
-    let mut blocked = SigSet::empty();
-    blocked.add(Signal::SIGCHLD);
-    for signal in FORWARDED {
-        blocked.add(signal);
-    }
-    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None) {
-        fail(&mut sync, &format!("sigprocmask: {e}"), CODE_RUNTIME);
+    let blocked = supervised_signals();
+    // SAFETY: `blocked` is an initialised set; the old mask is not asked for.
+    if unsafe { nix::libc::sigprocmask(nix::libc::SIG_BLOCK, &blocked, std::ptr::null_mut()) } != 0 {
+        fail(&mut sync, &format!("sigprocmask: {}", Errno::last()), CODE_RUNTIME);
     }
     if config.system {
         // A system container: its command (the image's init) is PID 1, and reaps.
@@ -424,11 +458,17 @@ fn init_main(config: &InitConfig, mut sync: UnixStream, console: Option<UnixStre
 
 /// PID 1's loop: forward signals to the command, reap every zombie, and exit with the
 /// command's status when it ends (the kernel then kills whatever is left).
-fn supervise(command: Pid, signals: &SigSet) -> ! {
+fn supervise(command: Pid, signals: &nix::libc::sigset_t) -> ! {
     loop {
-        let Ok(signal) = signals.wait() else { continue };
-        if signal != Signal::SIGCHLD {
-            let _ = kill(command, signal);
+        let mut signal = 0;
+        // SAFETY: `signals` is an initialised set (blocked in this thread); `signal` is
+        // where sigwait writes the number.
+        if unsafe { nix::libc::sigwait(signals, &mut signal) } != 0 {
+            continue;
+        }
+        if signal != nix::libc::SIGCHLD {
+            // SAFETY: kill(2) with the command's PID and a signal number; nothing else.
+            let _ = unsafe { nix::libc::kill(command.as_raw(), signal) };
             continue;
         }
         loop {

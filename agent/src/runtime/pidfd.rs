@@ -56,12 +56,12 @@ impl PidFd {
     }
 
     /// `pidfd_send_signal(2)`: signals exactly this process, even if its PID was reused.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), Errno> {
+    /// A number rather than nix's `Signal`: real-time signals (systemd's SIGRTMIN+3) too.
+    pub fn signal(&self, signal: i32) -> Result<(), Errno> {
         // SAFETY: the arguments are a descriptor we own, a signal number, a null siginfo
         // (allowed: the kernel fills it in) and zero flags.
-        let rc = unsafe {
-            nix::libc::syscall(nix::libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), signal as i32, std::ptr::null::<nix::libc::siginfo_t>(), 0)
-        };
+        let rc =
+            unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_send_signal, self.fd.get_ref().as_raw_fd(), signal, std::ptr::null::<nix::libc::siginfo_t>(), 0) };
         if rc < 0 {
             Err(Errno::last())
         } else {

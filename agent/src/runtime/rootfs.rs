@@ -281,7 +281,7 @@ pub fn setup(config: &InitConfig, sources: &[fs::File], console: Option<&std::os
         read_only(Path::new(path))?;
     }
     if config.system {
-        system_mounts()?;
+        system_mounts(&config.cgroup_mounts)?;
     }
     if config.security.read_only_root {
         // The root mount only: /dev, /dev/shm, /proc and the bind mounts keep their flags.
@@ -345,8 +345,10 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
 
 /// What an init expects of a system container, inside its root (after the pivot: an
 /// image's symlinks resolve within it): `/run` and `/run/lock` as tmpfs (its scripts
-/// cannot mount them), and a `/dev/console` to open (`/dev/null`).
-fn system_mounts() -> Result<(), SetupError> {
+/// cannot mount them), its cgroups at `/sys/fs/cgroup`, and a `/dev/console` to open
+/// (`/dev/null`).
+fn system_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
+    cgroup_mounts(cgroups)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mkdir(Path::new("/run"))?;
     mount_at("tmpfs", Path::new("/run"), Some("tmpfs"), flags, Some("mode=755,size=65536k"))?;
@@ -359,6 +361,33 @@ fn system_mounts() -> Result<(), SetupError> {
     // No console (output not logged): one that opens and discards.
     step(fs::File::create(console), || "create /dev/console".to_owned())?;
     mount_at("/dev/null", console, None, MsFlags::MS_BIND, None)
+}
+
+/// Mounts `cgroups` ([`crate::cgroups::namespaced_mounts`]) at `/sys/fs/cgroup`: inside
+/// the container's cgroup namespace, so each shows its own cgroup as the root. v1
+/// hierarchies go on a tmpfs, made read-only once they are in place.
+fn cgroup_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
+    let base = Path::new("/sys/fs/cgroup");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let read_only = |ro: bool| if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    match cgroups {
+        [] => return Ok(()),
+        [unified] if unified.dir.is_empty() => return mount_at("cgroup2", base, Some("cgroup2"), flags | read_only(unified.read_only), None),
+        _ => {}
+    }
+    mount_at("tmpfs", base, Some("tmpfs"), flags, Some("mode=755,size=64k"))?;
+    for cgroup in cgroups.iter().filter(|c| !c.dir.is_empty() && !c.dir.contains('/')) {
+        let target = base.join(&cgroup.dir);
+        mkdir(&target)?;
+        mount_at("cgroup", &target, Some(&cgroup.fstype), flags | read_only(cgroup.read_only), Some(&cgroup.options))?;
+        for link in cgroup.links.iter().filter(|l| **l != cgroup.dir && !l.contains('/')) {
+            let path = base.join(link);
+            step(std::os::unix::fs::symlink(&cgroup.dir, &path), || format!("symlink {}", path.display()))?;
+        }
+    }
+    step(mount(None::<&str>, base, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags, None::<&str>), || {
+        "remount /sys/fs/cgroup read-only".to_owned()
+    })
 }
 
 fn mask(path: &Path) -> Result<(), SetupError> {

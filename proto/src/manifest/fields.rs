@@ -153,6 +153,9 @@ fn spec_fields(out: &mut Fields, spec: &pb::ServiceSpec) {
         put("spec.mode".into(), "system".into());
         put("spec.rootVolume".into(), spec.root_volume.clone());
     }
+    if !spec.stop_signal.is_empty() {
+        put("spec.stopSignal".into(), spec.stop_signal.clone());
+    }
     for (key, value) in &spec.node_selector {
         put(format!("spec.nodeSelector.{key}"), value.clone());
     }

@@ -79,6 +79,9 @@ pub struct ServiceSpec {
     /// A system container's root: the `local` volume that keeps it across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume: Option<String>,
+    /// The signal that asks the container to stop (`SIGQUIT`, `SIGRTMIN+3`, `3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

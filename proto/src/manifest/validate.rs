@@ -240,7 +240,16 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     let logs = spec.logs.as_ref().map(|logs| validate_logs(errors, logs));
     let recovery = spec.recovery.as_ref().map(|recovery| validate_recovery(errors, recovery));
     let (mode, root_volume) = validate_mode(errors, spec);
+    let stop_signal = match spec.stop_signal.as_deref().map(crate::signal::parse) {
+        None => String::new(),
+        Some(Ok(number)) => crate::signal::name(number),
+        Some(Err(reason)) => {
+            errors.push("spec.stopSignal", reason);
+            String::new()
+        }
+    };
     pb::ServiceSpec {
+        stop_signal,
         mode: mode.into(),
         root_volume,
         logs,
