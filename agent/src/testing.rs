@@ -45,8 +45,9 @@ pub enum Behaviour {
 struct FakeProcess {
     id: String,
     pid: i32,
-    /// What its spec asked to stop it with: a stop ends it with 128 + this.
-    stop_signal: i32,
+    /// What its spec asked to stop it with: a stop ends it with 128 + this (none: one
+    /// left running by a previous agent, which records none).
+    stop_signal: Option<i32>,
     exit: watch::Sender<Option<ContainerExit>>,
 }
 
@@ -87,7 +88,7 @@ impl FakeRuntime {
     /// A container a previous agent left running, to be adopted.
     pub fn leave_running(&self, id: &str) -> i32 {
         let mut state = lock(&self.state);
-        let process = new_process(&mut state, id, orch_api::signal::SIGTERM);
+        let process = new_process(&mut state, id, None);
         let pid = process.pid;
         state.containers.insert(id.to_owned(), process);
         pid
@@ -124,7 +125,7 @@ impl FakeRuntime {
     }
 }
 
-fn new_process(state: &mut RuntimeState, id: &str, stop_signal: i32) -> Arc<FakeProcess> {
+fn new_process(state: &mut RuntimeState, id: &str, stop_signal: Option<i32>) -> Arc<FakeProcess> {
     state.next_pid += 1;
     Arc::new(FakeProcess { id: id.to_owned(), pid: 1000 + state.next_pid, stop_signal, exit: watch::channel(None).0 })
 }
@@ -144,7 +145,7 @@ impl Containers for FakeRuntime {
             if state.containers.contains_key(&spec.id) {
                 return Err(BackendError::Scripted(format!("a container named {:?} already exists", spec.id)));
             }
-            let process = new_process(&mut state, &spec.id, spec.stop_signal);
+            let process = new_process(&mut state, &spec.id, Some(spec.stop_signal));
             state.containers.insert(spec.id.clone(), Arc::clone(&process));
             if let Behaviour::Exit { after, code } = behaviour {
                 let process = Arc::clone(&process);
@@ -204,8 +205,8 @@ impl RunningContainer for FakeContainer {
         ended.unwrap_or(ContainerExit { code: 137, signal: Some(9), oom_killed: false, finished_unix_ms: 0 })
     }
 
-    async fn stop(&self, _grace: Duration) -> ContainerExit {
-        let signal = self.process.stop_signal;
+    async fn stop(&self, _grace: Duration, unrecorded: i32) -> ContainerExit {
+        let signal = self.process.stop_signal.unwrap_or(unrecorded);
         self.process.end(128 + signal, Some(signal));
         self.wait().await
     }
@@ -234,6 +235,8 @@ pub struct FakeImages {
 struct ImagesState {
     local: BTreeMap<String, ImageRecord>,
     unpullable: BTreeSet<String>,
+    /// The `StopSignal` a reference's image names.
+    stop_signals: BTreeMap<String, String>,
     /// How often each reference's tag moved in the registry.
     moves: BTreeMap<String, u32>,
     pulls: usize,
@@ -248,6 +251,11 @@ impl FakeImages {
     /// (`REFERENCE@vN`); what the node holds stays as it is.
     pub fn move_tag(&self, reference: &str) {
         *lock(&self.state).moves.entry(reference.to_owned()).or_default() += 1;
+    }
+
+    /// The image `reference` names `signal` as its StopSignal (from its next pull on).
+    pub fn set_stop_signal(&self, reference: &str, signal: &str) {
+        lock(&self.state).stop_signals.insert(reference.to_owned(), signal.to_owned());
     }
 
     /// How many pulls reached the registry.
@@ -280,6 +288,7 @@ impl Images for FakeImages {
             return Err(BackendError::Scripted(format!("{reference}: manifest unknown")));
         }
         let mut image = record(reference);
+        image.defaults.stop_signal = state.stop_signals.get(reference).cloned();
         if let Some(moves) = state.moves.get(reference) {
             image.manifest_digest = format!("{reference}@v{moves}");
         }

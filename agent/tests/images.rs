@@ -430,7 +430,7 @@ async fn prune_keeps_the_images_containers_use() {
         assert!(dir.exists(), "a layer of the running container was removed");
     }
 
-    let exit = container.stop(Duration::from_secs(10)).await;
+    let exit = container.stop(Duration::from_secs(10), orch_api::signal::SIGTERM).await;
     assert_eq!(exit.code, 143);
     container.remove().await.expect("remove");
     let report = images.prune(&runtime.images_in_use()).expect("prune");

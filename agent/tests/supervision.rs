@@ -61,7 +61,7 @@ async fn stats_signal_and_wait() {
     assert!(stats.memory_bytes > 0, "{stats:?}");
     container.signal(Signal::SIGUSR1 as i32).expect("signal");
     wait_for_log(&sandbox, "stats", "got-usr1").await;
-    let exit = container.stop(Duration::from_secs(10)).await;
+    let exit = container.stop(Duration::from_secs(10), orch_api::signal::SIGTERM).await;
     assert_eq!(exit.code, 143);
     assert!(!exit.oom_killed);
     assert!(container.signal(Signal::SIGTERM as i32).is_err(), "a stopped container cannot be signalled");
@@ -78,11 +78,26 @@ async fn a_real_time_stop_signal_reaches_the_command_through_the_init() {
     let script = format!("trap 'echo got-{rtmin_3}; exit 7' {rtmin_3}; echo ready; while true; do sleep 0.05; done");
     let container = runtime.start(&ContainerSpec { stop_signal: rtmin_3, ..spec(&sandbox, "rtstop", &script) }).await.expect("start");
     wait_for_log(&sandbox, "rtstop", "ready").await;
-    let exit = container.stop(Duration::from_secs(30)).await;
+    let exit = container.stop(Duration::from_secs(30), orch_api::signal::SIGTERM).await;
     assert_eq!((exit.code, exit.signal), (7, None), "the command's trap ran (not SIGKILL after the grace period)");
     wait_for_log(&sandbox, "rtstop", &format!("got-{rtmin_3}")).await;
     container.remove().await.expect("remove");
     sandbox.assert_clean("rtstop");
+}
+
+#[tokio::test]
+async fn a_command_killed_by_a_real_time_signal_ends_the_container_with_128_plus_it() {
+    // No handler: SIGRTMIN+3's default action ends the command, and the init reports it
+    // (nix's wait status cannot hold a real-time signal; the init must not lose the end).
+    let sandbox = Sandbox::new("rtkill");
+    let runtime = runtime(&sandbox);
+    let rtmin_3 = orch_api::signal::SIGRTMIN_3;
+    let container = runtime.start(&ContainerSpec { stop_signal: rtmin_3, ..spec(&sandbox, "rtkill", "echo ready; exec sleep 1000") }).await.expect("start");
+    wait_for_log(&sandbox, "rtkill", "ready").await;
+    let exit = container.stop(Duration::from_secs(60), orch_api::signal::SIGTERM).await;
+    assert_eq!(exit.code, 128 + rtmin_3, "ended by its stop signal, not SIGKILL after the grace period: {exit:?}");
+    container.remove().await.expect("remove");
+    sandbox.assert_clean("rtkill");
 }
 
 /// The binary each shim runs, from its PID.
@@ -121,7 +136,7 @@ async fn shims_run_the_small_init_beside_the_agent_and_one_of_another_build_hand
     let container = runtime.start(&spec(&sandbox, "handed", "echo ready; sleep 30")).await.expect("start");
     wait_for_log(&sandbox, "handed", "ready").await;
     assert_eq!(exe_of(container.state().shim_pid), Path::new(AGENT), "the shim is the agent's binary (beside the real orch-init)");
-    let exit = container.stop(Duration::from_secs(5)).await;
+    let exit = container.stop(Duration::from_secs(5), orch_api::signal::SIGTERM).await;
     assert_eq!(exit.code, 143, "{exit:?}");
     container.remove().await.expect("remove");
     sandbox.assert_clean("handed");
@@ -133,7 +148,7 @@ async fn stop_escalates_to_sigkill_after_the_grace_period() {
     let runtime = runtime(&sandbox);
     let container = runtime.start(&spec(&sandbox, "grace", "trap '' TERM; echo ready; while true; do sleep 0.05; done")).await.expect("start");
     wait_for_log(&sandbox, "grace", "ready").await;
-    let exit = container.stop(Duration::from_millis(300)).await;
+    let exit = container.stop(Duration::from_millis(300), orch_api::signal::SIGTERM).await;
     assert_eq!((exit.code, exit.signal), (137, Some(9)), "SIGTERM ignored, so SIGKILL: {exit:?}");
     container.remove().await.expect("remove");
     sandbox.assert_clean("grace");
@@ -155,7 +170,7 @@ async fn a_new_runtime_adopts_a_live_container_with_the_same_pid() {
     let adopted = second.adopt("adopted").expect("adopt");
     assert_eq!(adopted.host_pid(), host_pid, "the same process, not a restart");
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(host_pid), None).is_ok(), "still running");
-    let exit = adopted.stop(Duration::from_secs(10)).await;
+    let exit = adopted.stop(Duration::from_secs(10), orch_api::signal::SIGTERM).await;
     assert_eq!(exit.code, 143, "the exit comes from the shim's record: {exit:?}");
     adopted.remove().await.expect("remove");
     sandbox.assert_clean("adopted");
@@ -178,7 +193,7 @@ async fn a_recycled_pid_is_never_mistaken_for_the_container() {
     assert!(impostor.signal(Signal::SIGKILL as i32).is_err(), "must not signal a process it cannot prove is the container");
     std::fs::write(&state_path, original).expect("restore");
     drop(impostor);
-    let exit = container.stop(Duration::from_secs(10)).await;
+    let exit = container.stop(Duration::from_secs(10), orch_api::signal::SIGTERM).await;
     assert_eq!(exit.code, 143);
     container.remove().await.expect("remove");
     sandbox.assert_clean("recycled");

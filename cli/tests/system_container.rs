@@ -203,8 +203,8 @@ fn a_debian_systemd_container_boots_to_running_and_halts_on_sigrtmin_3() {
     let own = up.ok(&["exec", &name, "--", "cat", "/proc/1/cgroup"]);
     assert!(own.lines().any(|l| l.ends_with(":/init.scope")), "systemd moved itself into init.scope of its own hierarchy: {own}");
     exec_until(&up, &name, &["pidof", "cron"], |said| !said.trim().is_empty());
-    // The stop signal comes from the image (StopSignal SIGRTMIN+3; orch's default for a
-    // systemd init too): systemd halts, stopping orch-web through its init script.
+    // The image names no StopSignal: orch follows /sbin/init to systemd and sends
+    // SIGRTMIN+3, and systemd halts, stopping orch-web through its init script.
     let logs = up.orch(&["logs", &name]);
     assert!(text(&logs.stdout).contains("Reached target multi-user.target"), "the boot is in the console's log: {}", text(&logs.stdout));
     up.ok(&["delete", "service", "debian"]);

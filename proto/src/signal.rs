@@ -13,6 +13,10 @@ pub const SIGKILL: i32 = 9;
 pub const SIGPWR: i32 = 30;
 /// systemd's "halt" request (what `machinectl poweroff` and Podman send its PID 1).
 pub const SIGRTMIN_3: i32 = SIGRTMIN + 3;
+/// What the kernel raises for a faulting instruction: SIGSEGV, SIGBUS, SIGILL, SIGFPE.
+/// orch's init does not pass them on, so they stop nothing.
+pub const FAULTS: [i32; 4] = [11, 7, 4, 8];
+pub const SIGCHLD: i32 = 17;
 
 /// The standard signals by name, without `SIG` (aliases after the canonical name).
 const STANDARD: [(&str, i32); 34] = [
@@ -80,7 +84,8 @@ fn offset(rest: &str) -> Option<i32> {
         return Some(0);
     }
     let (sign, digits) = rest.split_at(1);
-    let n: i32 = digits.parse().ok().filter(|_| !digits.starts_with(['+', '-']))?;
+    // At most two digits: no offset is larger, and the sum cannot overflow.
+    let n: i32 = digits.parse().ok().filter(|_| !digits.starts_with(['+', '-']) && digits.len() <= 2)?;
     match sign {
         "+" => Some(n),
         "-" => Some(-n),
@@ -122,7 +127,23 @@ mod tests {
         ] {
             assert_eq!(parse(text), Ok(number), "{text}");
         }
-        for bad in ["", "SIGFOO", "0", "32", "33", "65", "-1", "SIGRTMIN+31", "SIGRTMAX+1", "SIGRTMIN3", "SIGRTMIN+", "SIGRTMIN++3", "RTMIN-1"] {
+        for bad in [
+            "",
+            "SIGFOO",
+            "0",
+            "32",
+            "33",
+            "65",
+            "-1",
+            "SIGRTMIN+31",
+            "SIGRTMAX+1",
+            "SIGRTMIN3",
+            "SIGRTMIN+",
+            "SIGRTMIN++3",
+            "RTMIN-1",
+            "SIGRTMIN+2147483614",
+            "RTMAX-2147483647",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
         assert!(parse("SIGFOO").is_err_and(|e| e.contains("\"SIGFOO\" is not a signal")));

@@ -374,6 +374,7 @@ fn invalid_manifests_name_their_field() {
         ),
         ("unknown stop signal", variant("", "  stopSignal: SIGFOO"), "spec.stopSignal", "\"SIGFOO\" is not a signal"),
         ("stop signal of glibc's own", variant("", "  stopSignal: \"32\""), "spec.stopSignal", "is not a signal"),
+        ("stop signal that stops nothing", variant("", "  stopSignal: SIGSEGV"), "spec.stopSignal", "SIGSEGV cannot stop a container"),
     ];
     for (what, text, path, message) in &table {
         let errors = errors_of(text);

@@ -44,11 +44,13 @@ pub fn pids(procs_file: &Path) -> Result<Vec<i32>, CgroupError> {
 /// How long [`remove_dir`] waits for exiting processes to leave the cgroup.
 const EMPTY_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Removes a cgroup directory; a missing one is fine. Exiting processes can keep it
-/// busy for a moment, so `EBUSY` is retried until it empties (bounded).
-pub fn remove_dir(path: &Path) -> Result<(), CgroupError> {
+/// Removes a cgroup and the cgroups below it, deepest first; a missing one is fine.
+/// Exiting processes can keep it busy for a moment, so `EBUSY` is retried until it
+/// empties (bounded).
+pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
     let start = Instant::now();
     loop {
+        remove_children_now(path);
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -64,27 +66,64 @@ pub fn remove_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
-/// Removes a cgroup and the cgroups below it, deepest first (each as [`remove_dir`]).
-pub fn remove_tree(path: &Path) -> Result<(), CgroupError> {
-    for child in child_dirs(path) {
-        remove_tree(&child)?;
-    }
-    remove_dir(path)
-}
+/// How deep [`remove_children_now`] and [`kill_below`] go (one descriptor per level).
+const MAX_NESTING: usize = 512;
 
 /// Removes the cgroups below `path` that are empty, deepest first, without waiting:
-/// the quick path of a removal (one still busy stays for [`remove_tree`]).
+/// the quick path of a removal (one still busy stays for [`remove_tree`]). Each is
+/// reached by name from its parent's descriptor: however deep a container nested
+/// them, no path grows past PATH_MAX.
 pub fn remove_children_now(path: &Path) {
-    for child in child_dirs(path) {
-        remove_children_now(&child);
-        let _ = std::fs::remove_dir(&child);
+    walk_below(path, &mut |parent, name| {
+        let _ = nix::unistd::unlinkat(parent, name, nix::unistd::UnlinkatFlags::RemoveDir);
+    });
+}
+
+/// SIGKILLs the processes of every cgroup below `path` (v2 without `cgroup.kill`).
+pub fn kill_below(path: &Path) {
+    use std::io::Read;
+    walk_below(path, &mut |parent, name| {
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+        let Ok(dir) = nix::fcntl::openat(parent, name, flags, nix::sys::stat::Mode::empty()) else { return };
+        let Ok(procs) = nix::fcntl::openat(&dir, "cgroup.procs", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        else {
+            return;
+        };
+        let mut text = String::new();
+        if std::fs::File::from(procs).read_to_string(&mut text).is_ok() {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    });
+}
+
+/// Calls `visit(parent, name)` for every directory below `path`, deepest first.
+fn walk_below(path: &Path, visit: &mut dyn FnMut(&nix::dir::Dir, &std::ffi::CStr)) {
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+    if let Ok(mut dir) = nix::dir::Dir::open(path, flags, nix::sys::stat::Mode::empty()) {
+        walk_dir(&mut dir, visit, 0);
     }
 }
 
-/// The cgroups directly below `path` (its subdirectories).
-fn child_dirs(path: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(path) else { return Vec::new() };
-    entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect()
+fn walk_dir(dir: &mut nix::dir::Dir, visit: &mut dyn FnMut(&nix::dir::Dir, &std::ffi::CStr), depth: usize) {
+    if depth >= MAX_NESTING {
+        return;
+    }
+    let names: Vec<std::ffi::CString> = dir
+        .iter()
+        .flatten()
+        .filter(|e| e.file_type() == Some(nix::dir::Type::Directory))
+        .map(|e| e.file_name().to_owned())
+        .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
+        .collect();
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+    for name in names {
+        if let Ok(mut child) = nix::dir::Dir::openat(&*dir, name.as_c_str(), flags, nix::sys::stat::Mode::empty()) {
+            walk_dir(&mut child, visit, depth + 1);
+        }
+        visit(dir, name.as_c_str());
+    }
 }
 
 /// Removes the parent cgroup if nothing else lives in it.

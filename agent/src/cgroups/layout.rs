@@ -16,7 +16,7 @@ pub enum CgroupVersion {
 pub const V1_CONTROLLERS: [&str; 7] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "devices", "freezer"];
 /// `devices` is required: without it a container could open any device node.
 /// systemd's own v1 hierarchy (no controller), kept among the mounts: only a system
-/// container gets a cgroup there ([`Limits::systemd_hierarchy`](super::Limits)).
+/// container gets a cgroup there ([`Limits::nested_cgroups`](super::Limits)).
 pub const SYSTEMD_HIERARCHY: &str = "name=systemd";
 const V1_REQUIRED: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "devices"];
 const V2_REQUIRED: [&str; 2] = ["memory", "pids"];

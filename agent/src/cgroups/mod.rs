@@ -34,10 +34,11 @@ pub struct Limits {
     /// The only devices the container may create, read or write; `None` leaves every
     /// device usable (the runtime always sets [`DEFAULT_DEVICES`]).
     pub devices: Option<Vec<DeviceRule>>,
-    /// A cgroup of its own in v1's `name=systemd` hierarchy too, when the host has one:
-    /// a system container's systemd manages it (others are not moved there, which
-    /// costs a migration at start).
-    pub systemd_hierarchy: bool,
+    /// Its init manages cgroups below its own (a system container's systemd): on v1 it
+    /// gets a cgroup of its own in the `name=systemd` hierarchy too, when the host has one
+    /// (others are not moved there, which costs a migration at start); on v2 its subtree
+    /// is bounded by `cgroup.max.depth` and `cgroup.max.descendants`.
+    pub nested_cgroups: bool,
 }
 
 /// Usage counters read from the cgroup.

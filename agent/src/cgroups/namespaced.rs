@@ -57,7 +57,9 @@ pub fn namespaced_mounts(mountinfo: &str, own: &[PathBuf]) -> Vec<CgroupMount> {
                     dir: dir.to_owned(),
                     fstype: "cgroup".into(),
                     options: controllers.join(","),
-                    read_only: !controllers.contains(&"name=systemd"),
+                    // Writable only when it holds no controller: co-mounted with one, its
+                    // limits would be the container's to raise.
+                    read_only: controllers != ["name=systemd"],
                     links,
                 });
             }
@@ -101,6 +103,9 @@ mod tests {
         );
         assert!(mounts.iter().all(|m| m.fstype == "cgroup"));
         assert_eq!(namespaced_mounts(HYBRID, &[]), vec![], "no cgroup of its own, nothing to see");
+        let co_mounted = "37 35 0:32 / /sys/fs/cgroup/cpu,systemd rw,relatime shared:11 - cgroup cgroup rw,cpu,name=systemd\n";
+        let mounts = namespaced_mounts(co_mounted, &[PathBuf::from("/sys/fs/cgroup/cpu,systemd/orch/web-0")]);
+        assert!(mounts[0].read_only, "systemd's hierarchy with a controller in it stays read-only: {mounts:?}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl V1Cgroup {
 impl ContainerCgroup for V1Cgroup {
     fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
         for (controller, mount) in &self.mounts {
-            if controller != "cpuset" && (controller != SYSTEMD_HIERARCHY || limits.systemd_hierarchy) {
+            if controller != "cpuset" && (controller != SYSTEMD_HIERARCHY || limits.nested_cgroups) {
                 fs::mkdir_all(&mount.join(&self.relative))?;
             }
         }

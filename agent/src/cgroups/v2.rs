@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use super::{cpu_quota_micros, cpu_shares, cpu_weight, fs, CgroupError, CgroupStats, ContainerCgroup, Limits, CPU_PERIOD_MICROS};
 
+/// How deep and how many cgroups a system container's init may make below its own.
+pub const NESTED_DEPTH: u32 = 16;
+pub const NESTED_DESCENDANTS: u32 = 1024;
+
 /// Controllers enabled for the container's subtree (those the kernel offers).
 const WANTED: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
 
@@ -51,6 +55,11 @@ impl ContainerCgroup for V2Cgroup {
         self.enable_controllers()?;
         let dir = self.dir();
         fs::mkdir_all(&dir)?;
+        if limits.nested_cgroups {
+            // Its init makes cgroups below its own (with nsdelegate it cannot raise these).
+            fs::write(&dir.join("cgroup.max.depth"), &NESTED_DEPTH.to_string())?;
+            fs::write(&dir.join("cgroup.max.descendants"), &NESTED_DESCENDANTS.to_string())?;
+        }
         if let Some(bytes) = limits.memory_bytes {
             fs::write(&dir.join("memory.max"), &bytes.to_string())?;
             // No swap: a memory limit is a limit, and an OOM kill is reported as such.
@@ -107,10 +116,13 @@ impl ContainerCgroup for V2Cgroup {
         // A system container's init makes cgroups below its own: removed first.
         fs::remove_children_now(&dir);
         if std::fs::remove_dir(&dir).is_err() {
-            // cgroup.kill ends the whole subtree.
+            // cgroup.kill ends the whole subtree; without it (before Linux 5.14) each
+            // cgroup of it is emptied.
             let kill = dir.join("cgroup.kill");
             if kill.exists() {
                 fs::write(&kill, "1")?;
+            } else {
+                fs::kill_below(&dir);
             }
             fs::kill_all(&dir.join("cgroup.procs"))?;
             fs::remove_tree(&dir)?;
@@ -154,7 +166,7 @@ mod tests {
             pids: Some(64),
             cpuset: Some("0-1".into()),
             devices: None,
-            systemd_hierarchy: false,
+            nested_cgroups: false,
         };
         cgroup.create(&limits).expect("create");
         let dir = root.path().join("orch/web-1");

@@ -151,7 +151,7 @@ fn limits(args: &RunArgs) -> Result<Limits, RuntimeError> {
         pids: args.pids,
         cpuset: args.cpuset.clone(),
         devices: None,
-        systemd_hierarchy: false,
+        nested_cgroups: false,
     })
 }
 

@@ -9,11 +9,26 @@ const MAX_LINKS: usize = 40;
 
 /// The entry at `relative` in the topmost layer that has it: its path on the node and
 /// its own metadata (a link is not followed). `None` when no layer has it or a
-/// whiteout hides it.
+/// whiteout hides it. Each layer is walked a component at a time without following
+/// anything: a link or a file on the way in a layer hides what the layers below have
+/// under that name (the link itself is the caller's to resolve), and no host path is
+/// ever reached through one.
 fn entry(layers: &[PathBuf], relative: &Path) -> Option<(PathBuf, std::fs::Metadata)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for layer in layers {
-        let path = layer.join(relative);
+    let parts: Vec<_> = relative.components().collect();
+    let (last, parents) = parts.split_last()?;
+    'layers: for layer in layers {
+        let mut path = layer.clone();
+        for part in parents {
+            path.push(part);
+            match std::fs::symlink_metadata(&path) {
+                Err(_) => continue 'layers,
+                Ok(meta) if meta.file_type().is_dir() => {}
+                // A whiteout, a file or a link: nothing below this name in this layer or under it.
+                Ok(_) => return None,
+            }
+        }
+        path.push(last);
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
         if meta.file_type().is_char_device() && meta.rdev() == 0 {
             return None;
@@ -92,6 +107,19 @@ mod tests {
         link("../../../etc/a", &bottom.join("etc/b"));
         link("/usr/lib/systemd/systemd", &bottom.join("etc/escape"));
         std::fs::write(top.join("usr/sbin/init"), "sysvinit").expect("init");
+        // A layer whose `opt` leads onto the node: never followed by the lookup.
+        let host = root.path().join("host");
+        std::fs::create_dir_all(host.join("secret")).expect("host dir");
+        std::fs::write(host.join("secret/file"), "the node's").expect("host file");
+        let escaping = root.path().join("escaping");
+        std::fs::create_dir_all(&escaping).expect("layer");
+        link(&host.display().to_string(), &escaping.join("opt"));
+        assert_eq!(layered_file(std::slice::from_ref(&escaping), "opt/secret/file"), None, "a link on the way is not followed onto the node");
+        assert_eq!(
+            resolve(std::slice::from_ref(&escaping), "/opt/secret/file"),
+            None,
+            "an absolute link resolves inside the image, where there is no such file"
+        );
 
         let image = [bottom.clone()];
         assert_eq!(resolve(&image, "/sbin/init"), Some(PathBuf::from("/usr/lib/systemd/systemd")));

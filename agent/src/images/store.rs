@@ -135,7 +135,20 @@ impl ImageStore {
         let normalized = ImageRef::parse(reference)?.to_string();
         let path = self.ref_path(&normalized);
         let text = std::fs::read(&path).map_err(|_| ImageError::NotFound(normalized.clone()))?;
-        serde_json::from_slice(&text).map_err(|e| ImageError::Config { reference: normalized, message: format!("corrupt record {}: {e}", path.display()) })
+        let mut record: ImageRecord = serde_json::from_slice(&text)
+            .map_err(|e| ImageError::Config { reference: normalized, message: format!("corrupt record {}: {e}", path.display()) })?;
+        if record.defaults.stop_signal.is_none() {
+            // A record from before the field: the config blob, kept, still says.
+            record.defaults.stop_signal = self.config_stop_signal(&record.config_digest);
+        }
+        Ok(record)
+    }
+
+    /// The `StopSignal` of the image config stored as blob `digest`, if it names one.
+    fn config_stop_signal(&self, digest: &str) -> Option<String> {
+        let digest = Digest::parse(digest).ok()?;
+        let config = oci_spec::image::ImageConfiguration::from_file(self.blob_path(&digest)).ok()?;
+        ImageDefaults::from_config(&config).stop_signal
     }
 
     pub fn list(&self) -> Vec<ImageRecord> {

@@ -58,8 +58,9 @@ pub trait RunningContainer: Send + Sync {
     fn cgroup_paths(&self) -> Vec<PathBuf>;
     /// Resolves when it ends (at once if it has).
     async fn wait(&self) -> ContainerExit;
-    /// Its stop signal (as its spec said), then SIGKILL after `grace`.
-    async fn stop(&self, grace: Duration) -> ContainerExit;
+    /// Its stop signal (as its spec said; `unrecorded` when a container an older agent
+    /// started has none on record), then SIGKILL after `grace`.
+    async fn stop(&self, grace: Duration, unrecorded: i32) -> ContainerExit;
     /// SIGKILL.
     async fn kill(&self) -> ContainerExit;
     /// Removes everything of an ended container.
@@ -148,8 +149,8 @@ impl RunningContainer for Container {
         Container::wait(self).await
     }
 
-    async fn stop(&self, grace: Duration) -> ContainerExit {
-        Container::stop(self, grace).await
+    async fn stop(&self, grace: Duration, unrecorded: i32) -> ContainerExit {
+        Container::stop(self, grace, unrecorded).await
     }
 
     async fn kill(&self) -> ContainerExit {

@@ -368,7 +368,7 @@ impl Supervisor {
             Effect::Drain { limit, listed } => self.drain(limit, listed).await,
             Effect::Kill { grace } => {
                 let exit = match self.container.as_ref() {
-                    Some(container) => container.stop(grace).await,
+                    Some(container) => container.stop(grace, self.stop_signal()).await,
                     None => ContainerExit { code: crate::runtime::CODE_RUNTIME, signal: None, oom_killed: false, finished_unix_ms: now_unix_ms() },
                 };
                 self.end_run();
@@ -466,7 +466,9 @@ impl Supervisor {
         let process = resolve_process(&image.defaults, &command, &spec.args, &env, &accounts).map_err(|e| format!("image {}: {e}", spec.image))?;
         // Which init a system container runs (systemd stops on its own signal).
         let init = process.args.first().filter(|program| system.is_some() && program.starts_with('/'));
-        let init = init.and_then(|program| crate::images::resolve_in_layers(&layers, program));
+        // Its kept root's upper layer first: an init installed inside the container counts.
+        let searched: Vec<std::path::PathBuf> = system.iter().map(|root| root.dir.join("upper")).chain(layers.iter().cloned()).collect();
+        let init = init.and_then(|program| crate::images::resolve_in_layers(&searched, program));
         let stop_signal = super::convert::stop_signal(&spec, image.defaults.stop_signal.as_deref(), init.as_deref())?;
         let limits = limits_of(spec.resources.as_ref());
         let mut confinement = confinement_of(spec.security_context.as_ref(), process.user).map_err(|e| format!("securityContext: {e}"))?;
@@ -512,6 +514,15 @@ impl Supervisor {
             ip,
         });
         Ok(())
+    }
+
+    /// The stop signal for a container whose state records none (an older agent started
+    /// it): the prepared spec's, else what the service's spec and mode say.
+    fn stop_signal(&self) -> i32 {
+        match &self.prepared {
+            Some(prepared) => prepared.spec.stop_signal,
+            None => super::convert::stop_signal(&self.spec(), None, None).unwrap_or(orch_api::signal::SIGTERM),
+        }
     }
 
     /// A system container's root: its root volume's slot directory on this node.
@@ -655,7 +666,7 @@ impl Supervisor {
             // Stopped before the container could be supervised (or removed).
             let spec = self.spec();
             let grace = std::time::Duration::from_secs(u64::from(spec.termination_grace_seconds));
-            container.stop(grace).await;
+            container.stop(grace, self.stop_signal()).await;
             if let Err(error) = container.remove().await {
                 tracing::warn!(replica = %self.record.id, %error, "removing the container");
             }

@@ -393,6 +393,39 @@ async fn readiness_follows_the_probe_and_a_failed_liveness_probe_restarts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restart_stops_the_container_with_the_manifests_stop_signal_else_the_images() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let fakes = Fakes::default();
+    let ctx = fake_node("fake", &fakes, dir.path());
+    let mut agent = Agent::resume(config(dir.path()), Arc::clone(&ctx)).await;
+    let probe = pb::Probe {
+        handler: Some(pb::probe::Handler::TcpSocket(pb::TcpSocketAction { port: 8080 })),
+        period_seconds: 1,
+        timeout_seconds: 1,
+        success_threshold: 1,
+        failure_threshold: 1,
+        initial_delay_seconds: 0,
+    };
+    let live = pb::Probes { liveness: Some(probe), ..Default::default() };
+    let mut quit = desired("quit-a", "web:1", pb::RestartPolicy::Always, Some(live.clone()));
+    if let Some(spec) = quit.spec.as_mut() {
+        spec.stop_signal = "SIGQUIT".into();
+    }
+    fakes.images.set_stop_signal("int:1", "SIGINT");
+    agent.converge(set(1, vec![quit, desired("int-a", "int:1", pb::RestartPolicy::Always, Some(live))])).await;
+    for (id, code) in [("quit-a", 128 + 3), ("int-a", 128 + 2)] {
+        eventually("it runs", || running(&ctx, id)).await;
+        let ip: Ipv4Addr = status(&ctx, id).ip.parse().expect("an address");
+        fakes.probes.set_healthy(ip, false);
+        eventually("restarted by its liveness probe", || fakes.runtime.starts(id).len() == 2).await;
+        fakes.probes.set_healthy(ip, true);
+        eventually("it runs again", || running(&ctx, id)).await;
+        assert_eq!(status(&ctx, id).exit_code, Some(code), "{id}: the manifest's signal, else the image's: {:?}", status(&ctx, id));
+    }
+    agent.shut_down(Shutdown::Drain).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_purge_waits_for_the_slot_locks_and_a_new_apply_calls_it_off() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let fakes = Fakes::default();

@@ -215,7 +215,7 @@ impl Runtime {
         };
         // Every container gets the device allowlist, whatever its caller asked for.
         // A system container's init (systemd) manages a cgroup of its own.
-        let limits = Limits { devices: Some(DEFAULT_DEVICES.to_vec()), systemd_hierarchy: spec.system.is_some(), ..spec.limits.clone() };
+        let limits = Limits { devices: Some(DEFAULT_DEVICES.to_vec()), nested_cgroups: spec.system.is_some(), ..spec.limits.clone() };
         cgroup.create(&limits)?;
         let cgroup_mounts = match &spec.system {
             None => Vec::new(),
@@ -372,7 +372,7 @@ impl Runtime {
             cgroup: cgroup_name.to_owned(),
             created_unix_ms: now_unix_ms(),
             image: spec.image.clone(),
-            stop_signal: spec.stop_signal,
+            stop_signal: Some(spec.stop_signal),
         };
         if let Err(e) = write_json(&dirs.state(), &state) {
             return Err(abandon(&shim, e).await);
@@ -641,10 +641,10 @@ impl Container {
         }
     }
 
-    /// Its stop signal (the spec's, recorded in its state), then SIGKILL if it is still
-    /// running after `grace`.
-    pub async fn stop(&self, grace: Duration) -> ContainerExit {
-        self.stop_with(self.state.stop_signal, grace).await
+    /// Its stop signal (the spec's, recorded in its state; `unrecorded` for a container
+    /// an older agent started), then SIGKILL if it is still running after `grace`.
+    pub async fn stop(&self, grace: Duration, unrecorded: i32) -> ContainerExit {
+        self.stop_with(self.state.stop_signal.unwrap_or(unrecorded), grace).await
     }
 
     /// `signal`, then SIGKILL if it is still running after `grace`.

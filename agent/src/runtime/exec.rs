@@ -13,7 +13,6 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
 use nix::sched::{setns, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
 use super::config::User;
@@ -121,6 +120,35 @@ impl ExecRequest {
     }
 }
 
+/// Joins the container's cgroup `dir`. When the kernel refuses (`EBUSY`: a system
+/// container's systemd enabled controllers for its own subtree on a unified host, and
+/// no process may then live at its top), joins the cgroup of the container's PID 1
+/// `target` instead, as runc does.
+fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), String> {
+    let procs = dir.join("cgroup.procs");
+    let own_pid = std::process::id().to_string();
+    match std::fs::write(&procs, &own_pid) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(nix::libc::EBUSY) => return Err(format!("join cgroup {}: {e}", procs.display())),
+        Err(_) => {}
+    }
+    let theirs = std::fs::read_to_string(format!("/proc/{target}/cgroup")).map_err(|e| format!("read /proc/{target}/cgroup: {e}"))?;
+    let path = theirs
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+        .ok_or_else(|| format!("join cgroup {}: busy, and PID {target} has no unified cgroup", procs.display()))?;
+    let path = std::path::Path::new(path);
+    // Where `dir` (the container's cgroup) is in that path, and what lies below it.
+    let below = path.ancestors().find_map(|ancestor| {
+        let relative = ancestor.strip_prefix("/").ok().filter(|r| !r.as_os_str().is_empty())?;
+        dir.ends_with(relative).then(|| path.strip_prefix(ancestor).ok()).flatten()
+    });
+    let below = below.ok_or_else(|| format!("join cgroup {}: busy, and PID {target}'s cgroup {} is not below it", procs.display(), path.display()))?;
+    let inner = dir.join(below).join("cgroup.procs");
+    std::fs::write(&inner, &own_pid).map_err(|e| format!("join cgroup {}: {e}", inner.display()))
+}
+
 fn die(message: &str, code: i32) -> ! {
     eprintln!("orch-agent exec: {message}");
     std::process::exit(code)
@@ -134,9 +162,8 @@ pub fn exec_main() -> ! {
     request.env = std::env::vars_os().map(|(key, value)| format!("{}={}", key.to_string_lossy(), value.to_string_lossy())).collect();
     let pid = request.pid;
     for cgroup in &request.cgroups {
-        let procs = std::path::Path::new(cgroup).join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-            die(&format!("join cgroup {}: {e}", procs.display()), CODE_RUNTIME);
+        if let Err(message) = join_cgroup(std::path::Path::new(cgroup), pid) {
+            die(&message, CODE_RUNTIME);
         }
     }
     // Everything is opened before the first setns: /proc changes meaning afterwards.
@@ -258,9 +285,9 @@ fn relay_terminal(master: &std::os::fd::OwnedFd) {
 
 fn wait_and_exit(child: nix::unistd::Pid) -> ! {
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
-            Ok(WaitStatus::Signaled(_, signal, _)) => std::process::exit(128 + signal as i32),
+        match super::init::wait_raw(child.as_raw(), false) {
+            Ok(Some((_, super::init::Ended::Code(code)))) => std::process::exit(code),
+            Ok(Some((_, super::init::Ended::Signal(signal)))) => std::process::exit(128 + signal),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
         }

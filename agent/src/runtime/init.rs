@@ -27,7 +27,6 @@ use nix::fcntl::OFlag;
 use nix::poll::PollTimeout;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::config::{InitConfig, User};
@@ -38,21 +37,16 @@ use super::sync::{receive, send, SyncMessage};
 use super::{rootfs, CODE_CANNOT_INVOKE, CODE_NOT_FOUND, CODE_RUNTIME};
 
 /// What the container's init does not pass on to the command: SIGCHLD (its own),
-/// SIGKILL and SIGSTOP (never caught), and what the kernel raises for a faulting
-/// instruction or a terminal (tini's list). glibc's own 32 and 33 are no signals to send.
-const NOT_FORWARDED: [i32; 12] = [
+/// SIGKILL and SIGSTOP (never caught), and the signals the kernel raises for a faulting
+/// instruction ([`orch_api::signal::FAULTS`]). glibc's own 32 and 33 are no signals to send.
+const NOT_FORWARDED: [i32; 7] = [
     nix::libc::SIGCHLD,
     nix::libc::SIGKILL,
     nix::libc::SIGSTOP,
-    nix::libc::SIGSEGV,
-    nix::libc::SIGBUS,
-    nix::libc::SIGILL,
-    nix::libc::SIGFPE,
-    nix::libc::SIGABRT,
-    nix::libc::SIGTRAP,
-    nix::libc::SIGSYS,
-    nix::libc::SIGTTIN,
-    nix::libc::SIGTTOU,
+    orch_api::signal::FAULTS[0],
+    orch_api::signal::FAULTS[1],
+    orch_api::signal::FAULTS[2],
+    orch_api::signal::FAULTS[3],
 ];
 
 /// The signals the init passes on to the command: any a process may be sent to ask it
@@ -363,15 +357,49 @@ fn fail(sync: &mut UnixStream, message: &str, code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// How a child ended, from waitpid's own status word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Code(i32),
+    /// Killed by this signal (a real-time one too).
+    Signal(i32),
+    /// Stopped or continued (not asked for; waited past).
+    Other,
+}
+
+/// waitpid(2) without nix's `WaitStatus`, which cannot hold a real-time signal: its
+/// conversion fails after the child was already reaped (a command killed by
+/// SIGRTMIN+3 would be lost). `Ok(None)`: nothing ended yet (with `nohang`).
+pub(crate) fn wait_raw(pid: i32, nohang: bool) -> Result<Option<(i32, Ended)>, Errno> {
+    let mut status: nix::libc::c_int = 0;
+    let flags = if nohang { nix::libc::WNOHANG } else { 0 };
+    // SAFETY: waitpid writes the status word into our local `status` and nothing else.
+    let reaped = unsafe { nix::libc::waitpid(pid, &mut status, flags) };
+    if reaped < 0 {
+        return Err(Errno::last());
+    }
+    if reaped == 0 {
+        return Ok(None);
+    }
+    let ended = if nix::libc::WIFEXITED(status) {
+        Ended::Code(nix::libc::WEXITSTATUS(status))
+    } else if nix::libc::WIFSIGNALED(status) {
+        Ended::Signal(nix::libc::WTERMSIG(status))
+    } else {
+        Ended::Other
+    };
+    Ok(Some((reaped, ended)))
+}
+
 /// Waits for `child` and turns its end into an exit record (128 + N for signal N).
 fn wait_for(child: Pid) -> ExitRecord {
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => {
+        match wait_raw(child.as_raw(), false) {
+            Ok(Some((_, Ended::Code(code)))) => {
                 return ExitRecord { code, signal: None, finished_unix_ms: now_unix_ms() };
             }
-            Ok(WaitStatus::Signaled(_, signal, _)) => {
-                return ExitRecord { code: 128 + signal as i32, signal: Some(signal as i32), finished_unix_ms: now_unix_ms() };
+            Ok(Some((_, Ended::Signal(signal)))) => {
+                return ExitRecord { code: 128 + signal, signal: Some(signal), finished_unix_ms: now_unix_ms() };
             }
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => return ExitRecord { code: CODE_RUNTIME, signal: None, finished_unix_ms: now_unix_ms() },
@@ -472,11 +500,11 @@ fn supervise(command: Pid, signals: &nix::libc::sigset_t) -> ! {
             continue;
         }
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == command => std::process::exit(code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => std::process::exit(128 + signal as i32),
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
+            match wait_raw(-1, true) {
+                Ok(Some((pid, Ended::Code(code)))) if pid == command.as_raw() => std::process::exit(code),
+                Ok(Some((pid, Ended::Signal(signal)))) if pid == command.as_raw() => std::process::exit(128 + signal),
+                Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
             }
         }
     }
@@ -609,7 +637,7 @@ fn install_compiled(profile: SeccompProfile, filters: &[seccomp::PackedProgram])
 }
 
 /// `ip link set lo up` in the container's fresh network namespace.
-fn loopback_up() -> Result<(), Errno> {
+pub(crate) fn loopback_up() -> Result<(), Errno> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value for it.

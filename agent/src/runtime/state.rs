@@ -29,14 +29,10 @@ pub struct ContainerState {
     /// The image's manifest digest, when started from an image.
     #[serde(default)]
     pub image: Option<String>,
-    /// What asks it to stop ([`ContainerSpec::stop_signal`](super::ContainerSpec)); a
-    /// container started before the field stops with SIGTERM.
-    #[serde(default = "default_stop_signal")]
-    pub stop_signal: i32,
-}
-
-fn default_stop_signal() -> i32 {
-    orch_api::signal::SIGTERM
+    /// What asks it to stop ([`ContainerSpec::stop_signal`](super::ContainerSpec)); none
+    /// for a container an older agent started (its supervisor knows from the spec).
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
 }
 
 /// How a container ended, as the shim saw its init end.

@@ -242,6 +242,16 @@ fn validate_spec(errors: &mut Errors, spec: &model::ServiceSpec) -> pb::ServiceS
     let (mode, root_volume) = validate_mode(errors, spec);
     let stop_signal = match spec.stop_signal.as_deref().map(crate::signal::parse) {
         None => String::new(),
+        Some(Ok(number)) if number == crate::signal::SIGCHLD || crate::signal::FAULTS.contains(&number) => {
+            errors.push(
+                "spec.stopSignal",
+                format!(
+                    "{} cannot stop a container (the kernel raises it for faults and child processes; orch's init does not pass it on)",
+                    crate::signal::name(number)
+                ),
+            );
+            String::new()
+        }
         Some(Ok(number)) => crate::signal::name(number),
         Some(Err(reason)) => {
             errors.push("spec.stopSignal", reason);
