@@ -77,8 +77,9 @@ case "$role" in
     agent)
         [ -n "$controller" ] && [ -n "$name" ] && [ -n "$address" ] || die "agent: --controller HOST:PORT[,HOST:PORT...] --name NAME --address IP are required"
         install_packages iproute2 nftables conntrack
-        # orch-init: the small binary each container's shim runs (the agent works without it, slower).
-        install -m 755 "$bin/orch-agent" "$bin/orch-init" /usr/local/bin/
+        # orch-init: the small binary each container's shim runs (the agent works without it, slower);
+        # orch-runc: the same runtime behind runc's command line (Docker, containerd).
+        install -m 755 "$bin/orch-agent" "$bin/orch-init" "$bin/orch-runc" /usr/local/bin/
         copy_pki ca.pem "node-$name.pem" "node-$name.key"
         printf 'ORCH_CONTROLLER=%s\nORCH_NODE_NAME=%s\nORCH_NODE_ADDRESS=%s\n' "$controller" "$name" "$address" >/etc/orch/agent.env
         install -m 644 "$units/orch-agent.service" /etc/systemd/system/

@@ -39,15 +39,15 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// A failed setup step: what was being done and the error, for the agent to report.
 pub struct SetupError(pub String);
 
-fn step<T, E: std::fmt::Display>(result: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, SetupError> {
+pub(crate) fn step<T, E: std::fmt::Display>(result: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, SetupError> {
     result.map_err(|e| SetupError(format!("{}: {e}", what())))
 }
 
-fn mount_at(source: &str, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), SetupError> {
+pub(crate) fn mount_at(source: &str, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), SetupError> {
     step(mount(Some(source), target, fstype, flags, data), || format!("mount {} on {} ({})", fstype.unwrap_or("bind"), target.display(), data.unwrap_or("")))
 }
 
-fn mkdir(path: &Path) -> Result<(), SetupError> {
+pub(crate) fn mkdir(path: &Path) -> Result<(), SetupError> {
     step(fs::create_dir_all(path), || format!("mkdir {}", path.display()))
 }
 
@@ -128,7 +128,7 @@ fn open_beneath(root: fs::File, sub_path: &str, create_mode: Option<u32>) -> Res
 /// as a directory or, for a file source, an empty file. A dangling symlink on the way
 /// (an image's `/etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`) is made
 /// where it points, inside the root.
-fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, String> {
+pub(crate) fn open_target(root: &fs::File, path: &str, is_dir: bool) -> Result<fs::File, String> {
     open_target_following(root, path, is_dir, 0)
 }
 
@@ -348,7 +348,7 @@ fn setup_dev(dev: &Path) -> Result<(), SetupError> {
 /// cannot mount them), its cgroups at `/sys/fs/cgroup`, and a `/dev/console` to open
 /// (`/dev/null`).
 fn system_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
-    cgroup_mounts(cgroups)?;
+    cgroup_mounts(Path::new("/sys/fs/cgroup"), cgroups)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mkdir(Path::new("/run"))?;
     mount_at("tmpfs", Path::new("/run"), Some("tmpfs"), flags, Some("mode=755,size=65536k"))?;
@@ -363,19 +363,48 @@ fn system_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupErr
     mount_at("/dev/null", console, None, MsFlags::MS_BIND, None)
 }
 
-/// Mounts `cgroups` ([`crate::cgroups::namespaced_mounts`]) at `/sys/fs/cgroup`: inside
-/// the container's cgroup namespace, so each shows its own cgroup as the root. v1
+/// Mounts `cgroups` ([`crate::cgroups::namespaced_mounts`]) at `base` (`/sys/fs/cgroup`):
+/// inside the container's cgroup namespace, so each shows its own cgroup as the root. v1
 /// hierarchies go on a tmpfs, made read-only once they are in place.
-fn cgroup_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
-    let base = Path::new("/sys/fs/cgroup");
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let read_only = |ro: bool| if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-    match cgroups {
-        [] => return Ok(()),
-        [unified] if unified.dir.is_empty() => return mount_at("cgroup2", base, Some("cgroup2"), flags | read_only(unified.read_only), None),
-        _ => {}
+pub(crate) fn cgroup_mounts(base: &Path, cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
+    if cgroup_base(base, cgroups)? {
+        cgroup_hierarchies(base, cgroups)?;
     }
-    mount_at("tmpfs", base, Some("tmpfs"), flags, Some("mode=755,size=64k"))?;
+    Ok(())
+}
+
+const CGROUP_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+
+fn read_only_if(ro: bool) -> MsFlags {
+    if ro {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    }
+}
+
+/// The mount at `base`: the unified hierarchy alone (`false`: done), or the tmpfs the v1
+/// hierarchies go on (`true`: [`cgroup_hierarchies`] next, on `base` as it now is — a
+/// caller that named `base` through a descriptor opens it again first).
+pub(crate) fn cgroup_base(base: &Path, cgroups: &[crate::cgroups::CgroupMount]) -> Result<bool, SetupError> {
+    match cgroups {
+        [] => Ok(false),
+        [unified] if unified.dir.is_empty() => {
+            mount_at("cgroup2", base, Some("cgroup2"), CGROUP_FLAGS | read_only_if(unified.read_only), None)?;
+            Ok(false)
+        }
+        _ => {
+            mount_at("tmpfs", base, Some("tmpfs"), CGROUP_FLAGS, Some("mode=755,size=64k"))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Each v1 hierarchy below `base` (its tmpfs), with links for co-mounted ones, then the
+/// tmpfs read-only.
+pub(crate) fn cgroup_hierarchies(base: &Path, cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
+    let flags = CGROUP_FLAGS;
+    let read_only = read_only_if;
     for cgroup in cgroups.iter().filter(|c| !c.dir.is_empty() && !c.dir.contains('/')) {
         let target = base.join(&cgroup.dir);
         mkdir(&target)?;
@@ -390,7 +419,7 @@ fn cgroup_mounts(cgroups: &[crate::cgroups::CgroupMount]) -> Result<(), SetupErr
     })
 }
 
-fn mask(path: &Path) -> Result<(), SetupError> {
+pub(crate) fn mask(path: &Path) -> Result<(), SetupError> {
     match fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(meta) if meta.is_dir() => mount_at("tmpfs", path, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0")),
@@ -398,7 +427,7 @@ fn mask(path: &Path) -> Result<(), SetupError> {
     }
 }
 
-fn read_only(path: &Path) -> Result<(), SetupError> {
+pub(crate) fn read_only(path: &Path) -> Result<(), SetupError> {
     if fs::symlink_metadata(path).is_err() {
         return Ok(());
     }

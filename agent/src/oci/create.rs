@@ -1,0 +1,594 @@
+//! `orch-runc create`: the container's processes, as runc makes them.
+//!
+//! `orch-runc create` (single-threaded: no async runtime) makes the cgroup, the state
+//! directory and the exec FIFO, then forks **stage 1**, which joins the cgroup, enters
+//! or makes the namespaces (the user namespace first, mapped by the parent) and forks
+//! the **container process** — PID 1 of a new PID namespace — before it exits. That
+//! process builds the root (the bundle's root bound on itself, the config's mounts in
+//! order on targets opened inside it, devices, the console), pivots into it, masks and
+//! write-protects what the config says, tells `create` it is ready and blocks opening
+//! the exec FIFO for writing. `create` writes the PID file and the state and exits: the
+//! container process is left to the caller's subreaper (containerd's shim), as runc's
+//! is. `start` opens the FIFO for reading; the process then takes its credentials,
+//! limits and capabilities, and execs the program.
+#![allow(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::plan::{MountPlan, Plan};
+use super::state::{self, Record, EXEC_FIFO};
+use super::OciError;
+use crate::cgroups::{CgroupLayout, ContainerCgroup};
+use crate::runtime::rootfs::{self, step, SetupError};
+use crate::runtime::{now_unix_ms, procfs, User};
+
+/// What `create` was asked.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    /// chroot instead of pivot_root (a root on a ramfs cannot be pivoted from).
+    pub no_pivot: bool,
+}
+
+/// Exit codes of a container process that could not exec its program (as the agent's).
+const CODE_RUNTIME: i32 = crate::runtime::CODE_RUNTIME;
+
+pub fn create(options: &CreateOptions) -> Result<(), OciError> {
+    let dir = state::dir(&options.root, &options.id)?;
+    let bundle = std::path::absolute(&options.bundle).map_err(OciError::io("cannot resolve", &options.bundle))?;
+    let config_path = bundle.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&config_path).map_err(|e| OciError::Failed(format!("{}: {e}", config_path.display())))?;
+    let plan = super::plan::plan(&spec, &bundle, &options.id)?;
+    if plan.process.terminal && options.console_socket.is_none() {
+        return Err(OciError::Failed("config.json: process.terminal is true: --console-socket is required".into()));
+    }
+    if !plan.process.terminal && options.console_socket.is_some() {
+        return Err(OciError::Failed("--console-socket given, but config.json's process.terminal is false".into()));
+    }
+    if !plan.root.is_dir() {
+        return Err(OciError::Failed(format!("config.json: root.path: {} is not a directory", plan.root.display())));
+    }
+    make_private_dir(&options.root)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(OciError::Exists(options.id.clone())),
+        Err(e) => return Err(OciError::Io { what: "cannot create", path: dir, source: e }),
+    }
+    let layout = CgroupLayout::detect()?;
+    let cgroup = layout.container(&plan.cgroup)?;
+    let made = make(options, &plan, &dir, &bundle, cgroup.as_ref(), &spec);
+    if made.is_err() {
+        let _ = cgroup.destroy();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    made
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+fn make_private_dir(path: &Path) -> Result<(), OciError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(OciError::io("cannot create", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(OciError::io("cannot chmod", path))
+}
+
+/// Everything after the directory exists; on an error the caller removes it and the cgroup.
+fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup: &dyn ContainerCgroup, spec: &oci_spec::runtime::Spec) -> Result<(), OciError> {
+    let fifo = dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| OciError::Failed(format!("mkfifo {}: {e}", fifo.display())))?;
+    cgroup.create(&plan.limits)?;
+    let fifo_path = open_path(&fifo)?;
+    let console = match &options.console_socket {
+        Some(path) => Some(UnixStream::connect(path).map_err(OciError::io("cannot connect to the console socket", path))?),
+        None => None,
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(OciError::io("cannot read", "/proc/self/mountinfo"))?;
+    let cgroup_mounts = crate::cgroups::namespaced_mounts(&mountinfo, &cgroup.paths());
+    let (parent_end, child_end) = UnixStream::pair().map_err(OciError::io("cannot create a socket pair", ""))?;
+    let setup = Setup { plan, cgroup, fifo: fifo_path, console, no_pivot: options.no_pivot, cgroup_mounts };
+    // SAFETY: orch-runc is single-threaded (no async runtime, no thread started), so the
+    // child may run any code after fork.
+    let stage1 = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(parent_end);
+            let code = stage1_main(&setup, child_end);
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(OciError::Failed(format!("fork: {e}"))),
+    };
+    drop(child_end);
+    drop(setup);
+    let outcome = follow(plan, stage1, &parent_end);
+    // Stage 1 exits once it has named the container process (or failed).
+    let _ = nix::sys::wait::waitpid(stage1, None);
+    let pid = outcome?;
+    let record = Record {
+        id: options.id.clone(),
+        pid,
+        pid_start_ticks: procfs::start_ticks(pid).unwrap_or_default(),
+        bundle: bundle.to_owned(),
+        rootfs: plan.root.clone(),
+        created_unix_ms: now_unix_ms(),
+        cgroup: plan.cgroup.clone(),
+        annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+    };
+    let written = state::save(&options.root, &record).and_then(|()| match &options.pid_file {
+        Some(path) => std::fs::write(path, pid.to_string()).map_err(OciError::io("cannot write the pid file", path)),
+        None => Ok(()),
+    });
+    if let Err(error) = written {
+        let _ = signal_process(pid, nix::libc::SIGKILL);
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// An `O_PATH` descriptor of `path`: the container process reopens the FIFO through it
+/// once the host's paths are out of its sight.
+fn open_path(path: &Path) -> Result<OwnedFd, OciError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH | nix::libc::O_CLOEXEC).open(path).map_err(OciError::io("cannot open", path))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// What the forked processes need.
+struct Setup<'a> {
+    plan: &'a Plan,
+    cgroup: &'a dyn ContainerCgroup,
+    fifo: OwnedFd,
+    console: Option<UnixStream>,
+    no_pivot: bool,
+    cgroup_mounts: Vec<crate::cgroups::CgroupMount>,
+}
+
+/// The parent's side of the exchange: maps a new user namespace when asked, learns the
+/// container process's PID, and waits for it to be ready (or for the error that ended it).
+fn follow(plan: &Plan, stage1: Pid, socket: &UnixStream) -> Result<i32, OciError> {
+    let mut reader = BufReader::new(socket);
+    let mut writer = socket;
+    let mut pid = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(OciError::io("cannot read from the container process", ""))?;
+        let message = line.trim_end();
+        if read == 0 {
+            if let Some(pid) = pid {
+                let _ = signal_process(pid, nix::libc::SIGKILL);
+            }
+            return Err(OciError::Failed("the container process ended before it was ready (no error reported)".into()));
+        }
+        if message == "userns" {
+            write_id_maps(stage1.as_raw(), plan)?;
+            writer.write_all(b"mapped\n").map_err(OciError::io("cannot write to the container process", ""))?;
+        } else if let Some(number) = message.strip_prefix("pid ") {
+            pid = Some(number.parse::<i32>().map_err(|_| OciError::Failed(format!("stage 1 named no PID: {message:?}")))?);
+        } else if message == "ready" {
+            return pid.ok_or_else(|| OciError::Failed("ready before its PID was known".into()));
+        } else if let Some(error) = message.strip_prefix("error ") {
+            if let Some(pid) = pid {
+                let _ = signal_process(pid, nix::libc::SIGKILL);
+            }
+            return Err(OciError::Failed(error.to_owned()));
+        } else {
+            return Err(OciError::Failed(format!("unexpected message from the container process: {message:?}")));
+        }
+    }
+}
+
+/// `/proc/PID/{uid,gid}_map` of stage 1's new user namespace (setgroups denied first
+/// only when the maps could not be written otherwise: as root, they can).
+fn write_id_maps(pid: i32, plan: &Plan) -> Result<(), OciError> {
+    let text = |maps: &[(u32, u32, u32)]| maps.iter().map(|(inside, outside, size)| format!("{inside} {outside} {size}\n")).collect::<String>();
+    for (file, maps) in [("uid_map", &plan.uid_mappings), ("gid_map", &plan.gid_mappings)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, text(maps)).map_err(OciError::io("cannot write", &path))?;
+    }
+    Ok(())
+}
+
+/// Sends `signal` (a number) to `pid`.
+pub(crate) fn signal_process(pid: i32, signal: i32) -> Result<(), Errno> {
+    // SAFETY: kill(2) with a PID and a signal number; it touches no memory of ours.
+    if unsafe { nix::libc::kill(pid, signal) } < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes one line to the parent.
+fn tell(socket: &mut UnixStream, message: &str) -> bool {
+    socket.write_all(format!("{}\n", message.replace('\n', " ")).as_bytes()).is_ok()
+}
+
+/// Stage 1: namespaces, then the container process. Returns its exit code.
+fn stage1_main(setup: &Setup, mut socket: UnixStream) -> i32 {
+    match stage1(setup, &mut socket) {
+        Ok(()) => 0,
+        Err(message) => {
+            tell(&mut socket, &format!("error {message}"));
+            CODE_RUNTIME
+        }
+    }
+}
+
+fn stage1(setup: &Setup, socket: &mut UnixStream) -> Result<(), String> {
+    let plan = setup.plan;
+    setup.cgroup.add_process(std::process::id().try_into().unwrap_or(0)).map_err(|e| format!("join the cgroup: {e}"))?;
+    for namespace in &plan.namespaces {
+        let flag = CloneFlags::from_bits_truncate(namespace.flag);
+        match &namespace.path {
+            Some(path) => {
+                let file = std::fs::File::open(path).map_err(|e| format!("open the {} namespace {}: {e}", namespace.kind, path.display()))?;
+                setns(&file, flag).map_err(|e| format!("setns to the {} namespace {}: {e}", namespace.kind, path.display()))?;
+            }
+            None if namespace.kind == "user" => {
+                unshare(flag).map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
+                if !tell(socket, "userns") {
+                    return Err("the parent went away".into());
+                }
+                let mut reader = BufReader::new(&*socket);
+                let mut line = String::new();
+                reader.read_line(&mut line).map_err(|e| format!("waiting for the id maps: {e}"))?;
+                if line.trim_end() != "mapped" {
+                    return Err(format!("expected the id maps, got {line:?}"));
+                }
+                crate::runtime::init::switch_user(&User::ids(0, 0))?;
+            }
+            None => unshare(flag).map_err(|e| format!("unshare({} namespace): {e}", namespace.kind))?,
+        }
+    }
+    // SAFETY: still single-threaded (a fork of single-threaded orch-runc).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = container_main(setup, socket.try_clone().map_err(|e| e.to_string())?);
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            if tell(socket, &format!("pid {child}")) {
+                Ok(())
+            } else {
+                Err("the parent went away".into())
+            }
+        }
+        Err(e) => Err(format!("fork the container process: {e}")),
+    }
+}
+
+/// The container process: the root, then the wait for `start`, then the program.
+fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
+    let plan = setup.plan;
+    if let Err(message) = prepare(setup) {
+        tell(&mut socket, &format!("error {message}"));
+        return CODE_RUNTIME;
+    }
+    if !tell(&mut socket, "ready") {
+        return CODE_RUNTIME;
+    }
+    drop(socket);
+    // Blocks until `orch-runc start` opens the FIFO for reading.
+    let reopened = format!("/proc/self/fd/{}", setup.fifo.as_raw_fd());
+    match std::fs::OpenOptions::new().write(true).open(&reopened) {
+        Ok(mut fifo) => {
+            if fifo.write_all(b"0").is_err() {
+                return CODE_RUNTIME;
+            }
+        }
+        Err(e) => {
+            eprintln!("orch-runc: open the exec FIFO: {e}");
+            return CODE_RUNTIME;
+        }
+    }
+    let (message, code) = exec_process(plan);
+    eprintln!("orch-runc: {message}");
+    code
+}
+
+/// Everything before the wait: session, hostname, root, console.
+fn prepare(setup: &Setup) -> Result<(), String> {
+    let plan = setup.plan;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if let Some(hostname) = &plan.hostname {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname({hostname}): {e}"))?;
+    }
+    if plan.namespaces.iter().any(|n| n.kind == "network" && n.path.is_none()) {
+        crate::runtime::init::loopback_up().map_err(|e| format!("bring up the loopback interface: {e}"))?;
+    }
+    build_root(setup).map_err(|SetupError(message)| message)?;
+    Ok(())
+}
+
+fn build_root(setup: &Setup) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let plan = setup.plan;
+    let propagation = MsFlags::from_bits_truncate(plan.root_propagation);
+    step(mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>), || "set the propagation of /".to_owned())?;
+    let root = &plan.root;
+    // A mount of its own, so that pivot_root can leave the old root behind.
+    step(mount(Some(root), root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || format!("bind {} on itself", root.display()))?;
+    let root_dir = step(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY).open(root), || {
+        format!("open {}", root.display())
+    })?;
+    for mount_plan in &plan.mounts {
+        mount_one(&root_dir, mount_plan, &setup.cgroup_mounts)
+            .map_err(|SetupError(message)| SetupError(format!("mount {}: {message}", mount_plan.destination)))?;
+    }
+    make_devices(root, plan)?;
+    if let Some(socket) = &setup.console {
+        make_console(root, socket)?;
+    }
+    if setup.no_pivot {
+        step(std::env::set_current_dir(root), || format!("chdir {}", root.display()))?;
+        step(mount(Some(root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>), || "move the root onto /".to_owned())?;
+        step(nix::unistd::chroot("."), || "chroot".to_owned())?;
+    } else {
+        step(std::env::set_current_dir(root), || format!("chdir {}", root.display()))?;
+        step(nix::unistd::pivot_root(".", "."), || format!("pivot_root into {}", root.display()))?;
+        step(nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH), || "detach the old root".to_owned())?;
+    }
+    step(std::env::set_current_dir("/"), || "chdir /".to_owned())?;
+    for path in &plan.masked_paths {
+        rootfs::mask(Path::new(path))?;
+    }
+    for path in &plan.readonly_paths {
+        rootfs::read_only(Path::new(path))?;
+    }
+    if plan.root_readonly {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        step(mount(None::<&str>, "/", None::<&str>, flags, None::<&str>), || "remount / read-only".to_owned())?;
+    }
+    for (key, value) in &plan.sysctl {
+        if key.contains("..") || key.contains('/') {
+            return Err(SetupError(format!("sysctl {key}: not a sysctl name")));
+        }
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        step(std::fs::write(&path, value), || format!("sysctl {key}={value}"))?;
+    }
+    Ok(())
+}
+
+/// One of the config's mounts, onto its destination opened inside the root (no link
+/// leads out of it).
+fn mount_one(root: &std::fs::File, plan: &MountPlan, cgroup_mounts: &[crate::cgroups::CgroupMount]) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let via_fd = |file: &std::fs::File| format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = MsFlags::from_bits_truncate(plan.flags);
+    let target = if plan.is_bind() {
+        let source =
+            step(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH).open(&plan.source), || format!("open the source {}", plan.source))?;
+        let is_dir = step(source.metadata(), || format!("stat {}", plan.source))?.is_dir();
+        let target = step(rootfs::open_target(root, &plan.destination, is_dir), || "open the target".to_owned())?;
+        let bind = MsFlags::MS_BIND | (flags & MsFlags::MS_REC);
+        step(mount(Some(via_fd(&source).as_str()), via_fd(&target).as_str(), None::<&str>, bind, None::<&str>), || format!("bind {}", plan.source))?;
+        let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        let target = step(rootfs::open_target(root, &plan.destination, is_dir), || "open the target".to_owned())?;
+        if !rest.is_empty() {
+            let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rest;
+            step(mount(None::<&str>, via_fd(&target).as_str(), None::<&str>, remount, None::<&str>), || format!("remount with {rest:?}"))?;
+        }
+        target
+    } else if plan.fstype == "cgroup" || plan.fstype == "cgroup2" {
+        // The container's own cgroups, in its cgroup namespace (read-only when asked).
+        let target = step(rootfs::open_target(root, &plan.destination, true), || "open the target".to_owned())?;
+        let read_only = flags.contains(MsFlags::MS_RDONLY);
+        let mounts: Vec<crate::cgroups::CgroupMount> =
+            cgroup_mounts.iter().cloned().map(|m| crate::cgroups::CgroupMount { read_only: m.read_only || read_only, ..m }).collect();
+        if rootfs::cgroup_base(Path::new(&via_fd(&target)), &mounts)? {
+            // The tmpfs is on top of what the descriptor names: open it again.
+            let tmpfs = step(rootfs::open_target(root, &plan.destination, true), || "open the target".to_owned())?;
+            rootfs::cgroup_hierarchies(Path::new(&via_fd(&tmpfs)), &mounts)?;
+        }
+        step(rootfs::open_target(root, &plan.destination, true), || "open the target".to_owned())?
+    } else {
+        let target = step(rootfs::open_target(root, &plan.destination, true), || "open the target".to_owned())?;
+        let data = (!plan.data.is_empty()).then_some(plan.data.as_str());
+        step(mount(Some(plan.source.as_str()), via_fd(&target).as_str(), Some(plan.fstype.as_str()), flags, data), || {
+            format!("{} ({})", plan.fstype, plan.data)
+        })?;
+        step(rootfs::open_target(root, &plan.destination, true), || "open the target".to_owned())?
+    };
+    if plan.propagation != 0 {
+        let propagation = MsFlags::from_bits_truncate(plan.propagation);
+        step(mount(None::<&str>, via_fd(&target).as_str(), None::<&str>, propagation, None::<&str>), || format!("propagation {propagation:?}"))?;
+    }
+    Ok(())
+}
+
+/// The devices every container has (the OCI specification's list) and the config's,
+/// in the root's `/dev` (a tmpfs the config mounted); `/dev/fd` and friends as links.
+fn make_devices(root: &Path, plan: &Plan) -> Result<(), SetupError> {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let dev = root.join("dev");
+    let in_user_namespace = plan.namespaces.iter().any(|n| n.kind == "user");
+    let defaults = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+    let mut nodes: Vec<(PathBuf, SFlag, u32, u32, u32, u32, u32)> =
+        defaults.iter().map(|(name, major, minor)| (dev.join(name), SFlag::S_IFCHR, *major, *minor, 0o666, 0, 0)).collect();
+    for device in &plan.devices {
+        let kind = match device.kind {
+            crate::cgroups::DeviceKind::Char => SFlag::S_IFCHR,
+            crate::cgroups::DeviceKind::Block => SFlag::S_IFBLK,
+        };
+        nodes.push((root.join(device.path.trim_start_matches('/')), kind, device.major, device.minor, device.mode, device.uid, device.gid));
+    }
+    for (path, kind, major, minor, mode, uid, gid) in nodes {
+        if std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            rootfs::mkdir(parent)?;
+        }
+        if in_user_namespace {
+            // A user namespace may not make device nodes: the host's are bound instead.
+            let host = Path::new("/dev").join(path.strip_prefix(&dev).unwrap_or(&path));
+            step(std::fs::File::create(&path), || format!("create {}", path.display()))?;
+            step(mount(Some(&host), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {} on {}", host.display(), path.display()))?;
+        } else {
+            step(mknod(&path, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(u64::from(major), u64::from(minor))), || {
+                format!("mknod {}", path.display())
+            })?;
+            // mknod's mode is narrowed by the umask: set it as asked.
+            step(
+                nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, &path, Mode::from_bits_truncate(mode & 0o7777), nix::sys::stat::FchmodatFlags::FollowSymlink),
+                || format!("chmod {}", path.display()),
+            )?;
+            step(nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid))), || {
+                format!("chown {}", path.display())
+            })?;
+        }
+    }
+    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        let path = dev.join(link);
+        if std::fs::symlink_metadata(&path).is_err() {
+            step(std::os::unix::fs::symlink(target, &path), || format!("symlink {}", path.display()))?;
+        }
+    }
+    let ptmx = dev.join("ptmx");
+    if dev.join("pts/ptmx").exists() && std::fs::symlink_metadata(&ptmx).is_err() {
+        step(std::os::unix::fs::symlink("pts/ptmx", &ptmx), || format!("symlink {}", ptmx.display()))?;
+    }
+    Ok(())
+}
+
+/// The console: a pty of the container's devpts, its master sent to `--console-socket`,
+/// its slave on `/dev/console` and as the process's standard streams and terminal.
+fn make_console(root: &Path, socket: &UnixStream) -> Result<(), SetupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |path: &Path| std::fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC).open(path);
+    let ptmx = root.join("dev/pts/ptmx");
+    let master = step(open(&ptmx), || format!("open {} (mount a devpts on /dev/pts for a terminal)", ptmx.display()))?;
+    let number = crate::runtime::init::unlock_pty(&master).map_err(SetupError)?;
+    let pts = root.join(format!("dev/pts/{number}"));
+    let slave = step(open(&pts), || format!("open {}", pts.display()))?;
+    let console = root.join("dev/console");
+    if std::fs::symlink_metadata(&console).is_err() {
+        step(std::fs::File::create(&console), || format!("create {}", console.display()))?;
+    }
+    step(mount(Some(&pts), &console, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {} on /dev/console", pts.display()))?;
+    let fds = [master.as_raw_fd()];
+    let sent = nix::sys::socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    );
+    step(sent, || "send the console to --console-socket".to_owned())?;
+    for stream in 0..3 {
+        // SAFETY: dup2 between the slave we hold open and a standard descriptor number.
+        if unsafe { nix::libc::dup2(slave.as_raw_fd(), stream) } < 0 {
+            return Err(SetupError(format!("dup2 the console on {stream}: {}", Errno::last())));
+        }
+    }
+    // SAFETY: TIOCSCTTY with argument 0 on a descriptor we hold; this process leads a
+    // new session (setsid above) and has no controlling terminal yet.
+    if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } < 0 {
+        return Err(SetupError(format!("make the console the controlling terminal: {}", Errno::last())));
+    }
+    Ok(())
+}
+
+/// After `start`: limits, credentials, capabilities, then exec. Returns only on an
+/// error: its message and exit code.
+fn exec_process(plan: &Plan) -> (String, i32) {
+    use std::ffi::CString;
+    let process = &plan.process;
+    for (resource, soft, hard) in &process.rlimits {
+        let limit = nix::libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
+        // SAFETY: setrlimit reads the rlimit we pass, which outlives the call.
+        #[allow(clippy::useless_conversion)]
+        if unsafe { nix::libc::setrlimit((*resource).try_into().unwrap_or_default(), &limit) } < 0 {
+            return (format!("setrlimit({resource}, {soft}, {hard}): {}", Errno::last()), CODE_RUNTIME);
+        }
+    }
+    if let Some(adjust) = process.oom_score_adj {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adjust.to_string()) {
+            return (format!("oom_score_adj {adjust}: {e}"), CODE_RUNTIME);
+        }
+    }
+    if let Some(umask) = process.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+    if let Err(message) = credentials(process) {
+        return (message, CODE_RUNTIME);
+    }
+    if process.no_new_privileges {
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            return (format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"), CODE_RUNTIME);
+        }
+    }
+    if let Err(e) = std::env::set_current_dir(&process.cwd) {
+        return (format!("chdir to process.cwd {}: {e}", process.cwd), CODE_RUNTIME);
+    }
+    let program = match find_program(&process.args[0], &process.env) {
+        Ok(program) => program,
+        Err(message) => return (message, crate::runtime::CODE_NOT_FOUND),
+    };
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = process.args.iter().map(|a| to_c(a)).collect();
+    let envp: Vec<CString> = process.env.iter().map(|e| to_c(e)).collect();
+    crate::runtime::init::default_signal_actions();
+    let error = match nix::unistd::execve(&to_c(&program), &argv, &envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    let code = if error == Errno::ENOENT { crate::runtime::CODE_NOT_FOUND } else { crate::runtime::CODE_CANNOT_INVOKE };
+    (format!("exec {program}: {error}"), code)
+}
+
+/// The process's ids and capabilities: the bounding set is cut first (while
+/// CAP_SETPCAP is effective), the ids change (keepcaps holds the permitted set across a
+/// change to a non-root uid, as runc does), then the effective, permitted and
+/// inheritable sets become the config's effective set, and the ambient set is raised.
+fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let set_of = |names: &[String]| -> CapsHashSet { names.iter().filter_map(|name| name.parse::<Capability>().ok()).collect() };
+    let bounding = set_of(&process.bounding);
+    for cap in caps::all() {
+        if !bounding.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+        }
+    }
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("prctl(PR_SET_KEEPCAPS): {e}"))?;
+    let user = User { uid: process.uid, gid: process.gid, groups: process.additional_gids.clone() };
+    crate::runtime::init::switch_user(&user)?;
+    let _ = nix::sys::prctl::set_keepcaps(false);
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear the ambient capabilities: {e}"))?;
+    let kept: CapsHashSet = set_of(&process.effective).intersection(&bounding).copied().collect();
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &kept).map_err(|e| format!("set the {set:?} capabilities: {e}"))?;
+    }
+    for cap in set_of(&process.ambient).intersection(&kept) {
+        caps::raise(None, CapSet::Ambient, *cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The program: a path as given, or the first executable match in the process's PATH.
+fn find_program(program: &str, env: &[String]) -> Result<String, String> {
+    if program.contains('/') {
+        return Ok(program.to_owned());
+    }
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(crate::runtime::DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    Err(format!("exec {program}: executable file not found in $PATH ({path})"))
+}

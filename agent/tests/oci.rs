@@ -1,0 +1,189 @@
+//! `orch-runc` on its own, as root, driven through its command line as containerd's
+//! runc shim drives runc: a bundle of busybox and runc's default `config.json`
+//! (oci-spec's default spec); `create` leaves the process waiting, `start` runs it,
+//! `state`, `ps`, `kill` and `delete` work on it, and its exit reaches the subreaper it
+//! was left to (this test process, as containerd's shim). A config it cannot honour is
+//! refused by its field, leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks: a failure is the point
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, stdout, Sandbox};
+
+const RUNC: &str = env!("CARGO_BIN_EXE_orch-runc");
+
+/// A bundle in the sandbox: runc's default config running `script` in busybox, its
+/// root writable, its cgroup below the sandbox's parent, changed by `change`.
+fn bundle(sandbox: &Sandbox, id: &str, script: &str, change: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = sandbox.root.path().join(format!("bundle-{id}"));
+    std::fs::create_dir_all(&dir).expect("bundle dir");
+    let mut config = serde_json::to_value(oci_spec::runtime::Spec::default()).expect("the default spec");
+    config["root"] = serde_json::json!({"path": sandbox.rootfs(), "readonly": false});
+    config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["hostname"] = serde_json::json!(id);
+    config["linux"]["cgroupsPath"] = serde_json::json!(format!("/{}/{id}", sandbox.cgroup_parent));
+    change(&mut config);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).expect("json")).expect("config.json");
+    dir
+}
+
+fn state_root(sandbox: &Sandbox) -> PathBuf {
+    sandbox.root.path().join("runc-state")
+}
+
+fn runc(sandbox: &Sandbox, args: &[&str]) -> Output {
+    Command::new(RUNC).arg("--root").arg(state_root(sandbox)).args(args).output().expect("run orch-runc")
+}
+
+fn state(sandbox: &Sandbox, id: &str) -> serde_json::Value {
+    let out = runc(sandbox, &["state", id]);
+    assert!(out.status.success(), "state {id}: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("state JSON")
+}
+
+/// `create` with the container's output going to `output` (what containerd's pipes are).
+fn create(sandbox: &Sandbox, id: &str, bundle: &Path, output: &Path) -> Output {
+    let log = std::fs::File::create(output).expect("output file");
+    let pid_file = sandbox.root.path().join(format!("{id}.pid"));
+    Command::new(RUNC)
+        .arg("--root")
+        .arg(state_root(sandbox))
+        .args(["create", "--bundle"])
+        .arg(bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .output()
+        .expect("run orch-runc create")
+}
+
+fn wait_for_text(path: &Path, text: &str) {
+    let began = Instant::now();
+    while !std::fs::read_to_string(path).unwrap_or_default().contains(text) {
+        assert!(began.elapsed() < Duration::from_secs(20), "{text:?} never appeared in {}: {:?}", path.display(), std::fs::read_to_string(path));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps `pid`, left to this process (a subreaper, as containerd's shim is): its exit code.
+fn reap(pid: i32) -> i32 {
+    match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("waitpid the container process") {
+        nix::sys::wait::WaitStatus::Exited(_, code) => code,
+        nix::sys::wait::WaitStatus::Signaled(_, signal, _) => 128 + signal as i32,
+        other => panic!("unexpected wait status {other:?}"),
+    }
+}
+
+/// Forces the removal of the containers it names when the test ends, passed or not.
+struct Cleanup<'a>(&'a Sandbox, &'static [&'static str]);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for id in self.1 {
+            let _ = runc(self.0, &["delete", "--force", id]);
+        }
+    }
+}
+
+fn assert_gone(sandbox: &Sandbox, id: &str) {
+    assert!(!state_root(sandbox).join(id).exists(), "the state of {id} is left");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
+        let left = hierarchy.path().join(&sandbox.cgroup_parent).join(id);
+        assert!(!left.exists(), "cgroup {} left behind", left.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&sandbox.root.path().display().to_string()), "a mount of the bundle is visible on the host");
+}
+
+#[test]
+fn create_waits_start_runs_kill_stops_delete_removes() {
+    let sandbox = Sandbox::new("oci-life");
+    let _cleanup = Cleanup(&sandbox, &["life"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let script = "echo started as $(hostname) pid $$; trap 'echo stopping; exit 3' TERM; while true; do sleep 0.05; done";
+    let dir = bundle(&sandbox, "life", script, |_| {});
+    let output = sandbox.root.path().join("life.out");
+    let created = create(&sandbox, "life", &dir, &output);
+    assert!(created.status.success(), "create: {}", std::fs::read_to_string(&output).unwrap_or_default());
+
+    let pid: i32 = std::fs::read_to_string(sandbox.root.path().join("life.pid")).expect("pid file").trim().parse().expect("a PID");
+    let created = state(&sandbox, "life");
+    assert_eq!((created["status"].as_str(), created["pid"].as_i64()), (Some("created"), Some(i64::from(pid))), "{created}");
+    assert_eq!(created["bundle"].as_str(), Some(dir.to_str().expect("utf-8")));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!std::fs::read_to_string(&output).unwrap_or_default().contains("started"), "the program waits for start");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    assert!(status.lines().any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")), "PID 1 of its own PID namespace:\n{status}");
+
+    let started = runc(&sandbox, &["start", "life"]);
+    assert!(started.status.success(), "start: {}", stderr(&started));
+    wait_for_text(&output, "started as life pid 1");
+    assert_eq!(state(&sandbox, "life")["status"].as_str(), Some("running"));
+    let again = runc(&sandbox, &["start", "life"]);
+    assert!(!again.status.success() && stderr(&again).contains("is running"), "a second start is refused: {}", stderr(&again));
+    let ps = runc(&sandbox, &["ps", "--format", "json", "life"]);
+    let pids: Vec<i32> = serde_json::from_str(&stdout(&ps)).expect("ps JSON");
+    assert!(pids.contains(&pid) && pids.len() >= 2, "the shell and its sleep: {pids:?}");
+    let refused = runc(&sandbox, &["delete", "life"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("not stopped"), "{}", stderr(&refused));
+
+    let killed = runc(&sandbox, &["kill", "life", "TERM"]);
+    assert!(killed.status.success(), "kill: {}", stderr(&killed));
+    assert_eq!(reap(pid), 3, "its own exit code reaches the subreaper");
+    wait_for_text(&output, "stopping");
+    let stopped = state(&sandbox, "life");
+    assert_eq!((stopped["status"].as_str(), stopped["pid"].as_i64()), (Some("stopped"), Some(0)));
+    let deleted = runc(&sandbox, &["delete", "life"]);
+    assert!(deleted.status.success(), "delete: {}", stderr(&deleted));
+    assert_gone(&sandbox, "life");
+    let missing = runc(&sandbox, &["delete", "life"]);
+    assert!(!missing.status.success() && stderr(&missing).contains("does not exist"), "{}", stderr(&missing));
+    assert!(runc(&sandbox, &["delete", "--force", "life"]).status.success(), "forcing the removal of what is gone succeeds (runc's rule)");
+}
+
+#[test]
+fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_its_field() {
+    let sandbox = Sandbox::new("oci-edge");
+    let _cleanup = Cleanup(&sandbox, &["edge", "sec"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let dir = bundle(&sandbox, "edge", "echo never", |_| {});
+    let output = sandbox.root.path().join("edge.out");
+    assert!(create(&sandbox, "edge", &dir, &output).status.success(), "create: {:?}", std::fs::read_to_string(&output));
+    let pid = state(&sandbox, "edge")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    let twice = create(&sandbox, "edge", &dir, &sandbox.root.path().join("edge-twice.out"));
+    assert!(!twice.status.success(), "an id is taken once");
+    let forced = runc(&sandbox, &["delete", "--force", "edge"]);
+    assert!(forced.status.success(), "delete --force: {}", stderr(&forced));
+    assert_eq!(reap(pid), 128 + 9, "killed, never started");
+    assert!(!std::fs::read_to_string(&output).unwrap_or_default().contains("never"), "its program never ran");
+    assert_gone(&sandbox, "edge");
+
+    let seccomp = bundle(&sandbox, "sec", "true", |config| config["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+    let refused = create(&sandbox, "sec", &seccomp, &sandbox.root.path().join("sec.out"));
+    let said = std::fs::read_to_string(sandbox.root.path().join("sec.out")).unwrap_or_default();
+    assert!(!refused.status.success() && said.contains("config.json: linux.seccomp"), "{said}");
+    assert_gone(&sandbox, "sec");
+    let bad_id = runc(&sandbox, &["state", "../etc"]);
+    assert!(!bad_id.status.success() && stderr(&bad_id).contains("is not a container id"), "{}", stderr(&bad_id));
+    let log = sandbox.root.path().join("runc.log");
+    let logged = Command::new(RUNC)
+        .arg("--root")
+        .arg(state_root(&sandbox))
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "start", "nothing"])
+        .output()
+        .expect("run");
+    assert!(!logged.status.success());
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).expect("the log").trim()).expect("a JSON line");
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().is_some_and(|m| m.contains("\"nothing\" does not exist")), "{line}");
+}
