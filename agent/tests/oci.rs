@@ -166,10 +166,11 @@ fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_
     assert!(!std::fs::read_to_string(&output).unwrap_or_default().contains("never"), "its program never ran");
     assert_gone(&sandbox, "edge");
 
-    let seccomp = bundle(&sandbox, "sec", "true", |config| config["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+    let notify = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]});
+    let seccomp = bundle(&sandbox, "sec", "true", |config| config["linux"]["seccomp"] = notify);
     let refused = create(&sandbox, "sec", &seccomp, &sandbox.root.path().join("sec.out"));
     let said = std::fs::read_to_string(sandbox.root.path().join("sec.out")).unwrap_or_default();
-    assert!(!refused.status.success() && said.contains("config.json: linux.seccomp"), "{said}");
+    assert!(!refused.status.success() && said.contains("config.json: linux.seccomp: linux.seccomp.syscalls[0].action: SCMP_ACT_NOTIFY"), "{said}");
     assert_gone(&sandbox, "sec");
     let bad_id = runc(&sandbox, &["state", "../etc"]);
     assert!(!bad_id.status.success() && stderr(&bad_id).contains("is not a container id"), "{}", stderr(&bad_id));
@@ -186,4 +187,117 @@ fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_
     let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&log).expect("the log").trim()).expect("a JSON line");
     assert_eq!(line["level"], "error");
     assert!(line["msg"].as_str().is_some_and(|m| m.contains("\"nothing\" does not exist")), "{line}");
+}
+
+#[test]
+fn the_configs_seccomp_profile_confines_the_program() {
+    let sandbox = Sandbox::new("oci-seccomp");
+    let _cleanup = Cleanup(&sandbox, &["sec-deny", "sec-allow"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let script = "mkdir /tmp/made; echo mkdir said $?; exec sleep 1000";
+    // Allowed by default, mkdir refused with EACCES (13) by a rule; and a default-deny
+    // allowlist (Docker's shape) that lets the shell, mkdir and sleep run.
+    let deny =
+        serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]});
+    let allow_names: Vec<&str> = vec![
+        "read",
+        "write",
+        "open",
+        "openat",
+        "close",
+        "stat",
+        "fstat",
+        "lstat",
+        "newfstatat",
+        "statx",
+        "mmap",
+        "mprotect",
+        "munmap",
+        "brk",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "ioctl",
+        "access",
+        "faccessat",
+        "faccessat2",
+        "execve",
+        "exit",
+        "exit_group",
+        "wait4",
+        "clone",
+        "fork",
+        "vfork",
+        "getpid",
+        "getppid",
+        "getuid",
+        "geteuid",
+        "getgid",
+        "getegid",
+        "setuid",
+        "setgid",
+        "setgroups",
+        "setresuid",
+        "setresgid",
+        "capget",
+        "capset",
+        "prctl",
+        "arch_prctl",
+        "set_tid_address",
+        "nanosleep",
+        "clock_nanosleep",
+        "fcntl",
+        "dup",
+        "dup2",
+        "dup3",
+        "chdir",
+        "getcwd",
+        "mkdir",
+        "mkdirat",
+        "uname",
+        "getdents64",
+        "readlink",
+        "readlinkat",
+        "pipe",
+        "pipe2",
+        "sigaltstack",
+        "getrandom",
+        "set_robust_list",
+        "rseq",
+        "prlimit64",
+        "setrlimit",
+        "getrlimit",
+        "umask",
+        "futex",
+        "sched_getaffinity",
+        "lseek",
+        "pread64",
+        "getpgrp",
+        "setpgid",
+        "getpgid",
+        "kill",
+        "poll",
+        "ppoll",
+        "select",
+        "pselect6",
+    ];
+    let allowlist = serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": allow_names, "action": "SCMP_ACT_ALLOW"}]});
+    for (id, profile, said) in [("sec-deny", deny, "mkdir said 1"), ("sec-allow", allowlist, "mkdir said 0")] {
+        let dir = bundle(&sandbox, id, script, |config| {
+            config["linux"]["seccomp"] = profile;
+            config["process"]["noNewPrivileges"] = serde_json::json!(false);
+        });
+        let output = sandbox.root.path().join(format!("{id}.out"));
+        let created = create(&sandbox, id, &dir, &output);
+        assert!(created.status.success(), "create {id}: {:?}", std::fs::read_to_string(&output));
+        let pid = state(&sandbox, id)["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+        assert!(runc(&sandbox, &["start", id]).status.success(), "start {id}");
+        wait_for_text(&output, said);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+        assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{id}: in filter mode:\n{status}");
+        assert!(runc(&sandbox, &["kill", id, "KILL"]).status.success());
+        assert_eq!(reap(pid), 128 + 9);
+        assert!(runc(&sandbox, &["delete", id]).status.success(), "delete {id}");
+        assert_gone(&sandbox, id);
+    }
 }

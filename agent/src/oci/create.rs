@@ -523,6 +523,14 @@ fn exec_process(plan: &Plan) -> (String, i32) {
     if let Some(umask) = process.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
+    // Without no_new_privs the filter needs CAP_SYS_ADMIN: it goes before the
+    // capabilities (the profile must allow what follows, as Docker's does); with it,
+    // last before exec.
+    if !process.no_new_privileges {
+        if let Err(message) = install_seccomp(plan) {
+            return (message, CODE_RUNTIME);
+        }
+    }
     if let Err(message) = credentials(process) {
         return (message, CODE_RUNTIME);
     }
@@ -542,12 +550,24 @@ fn exec_process(plan: &Plan) -> (String, i32) {
     let argv: Vec<CString> = process.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = process.env.iter().map(|e| to_c(e)).collect();
     crate::runtime::init::default_signal_actions();
+    if process.no_new_privileges {
+        if let Err(message) = install_seccomp(plan) {
+            return (message, CODE_RUNTIME);
+        }
+    }
     let error = match nix::unistd::execve(&to_c(&program), &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
     let code = if error == Errno::ENOENT { crate::runtime::CODE_NOT_FOUND } else { crate::runtime::CODE_CANNOT_INVOKE };
     (format!("exec {program}: {error}"), code)
+}
+
+fn install_seccomp(plan: &Plan) -> Result<(), String> {
+    match &plan.seccomp {
+        Some(programs) => crate::runtime::seccomp::install(programs).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// The process's ids and capabilities: the bounding set is cut first (while

@@ -8,6 +8,7 @@
 //!   its path (pure, table-tested).
 //! - [`state`]: `<root>/<id>/state.json`, the status a container is in, the spec's
 //!   state JSON.
+//! - [`seccomp`]: `linux.seccomp` as stacked BPF programs.
 //! - [`create`]: the container's processes (fork, namespaces, root, the exec FIFO that
 //!   holds it until `start`).
 //! - [`commands`]: each subcommand.
@@ -15,6 +16,7 @@
 pub mod commands;
 pub mod create;
 pub mod plan;
+pub mod seccomp;
 pub mod state;
 
 use std::path::PathBuf;

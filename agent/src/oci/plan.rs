@@ -23,7 +23,7 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
 }
 
 /// What the container is made of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The root filesystem: absolute, or the bundle's `root.path` below the bundle.
     pub root: PathBuf,
@@ -45,6 +45,9 @@ pub struct Plan {
     pub sysctl: BTreeMap<String, String>,
     /// `linux.rootfsPropagation` as mount flags (`rprivate` unless told).
     pub root_propagation: u64,
+    /// `linux.seccomp` compiled ([`super::seccomp::programs`]), installed last before
+    /// exec with no_new_privs, else before the capabilities go (it needs CAP_SYS_ADMIN).
+    pub seccomp: Option<Vec<seccompiler::BpfProgram>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,9 +209,10 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
             relative
         }
     };
-    if linux.seccomp().is_some() {
-        return Err(refuse("linux.seccomp", "not supported yet by orch-runc (run with seccomp unconfined, or orch's own runtime)"));
-    }
+    let seccomp = match linux.seccomp() {
+        None => None,
+        Some(profile) => Some(super::seccomp::programs(profile).map_err(|reason| refuse("linux.seccomp", reason))?),
+    };
     if spec.hooks().is_some() {
         return Err(refuse("hooks", "not supported yet by orch-runc"));
     }
@@ -235,6 +239,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
         limits,
         sysctl: linux.sysctl().clone().unwrap_or_default().into_iter().collect(),
         root_propagation,
+        seccomp,
     })
 }
 

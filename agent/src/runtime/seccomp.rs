@@ -407,7 +407,7 @@ fn condition(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, Sec
     SeccompRule::new(vec![condition]).map_err(|e| SeccompError(e.to_string()))
 }
 
-fn arch() -> Result<TargetArch, SeccompError> {
+pub(crate) fn arch() -> Result<TargetArch, SeccompError> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SeccompError(format!("{}: {e}", std::env::consts::ARCH)))
 }
 
@@ -458,7 +458,7 @@ const GROUP_SIZE: usize = 24;
 /// The kernel's limit on a filter's length (BPF_MAXINSNS).
 const MAX_INSTRUCTIONS: usize = 4096;
 
-fn compile(filter: Result<SeccompFilter, seccompiler::BackendError>) -> Result<BpfProgram, SeccompError> {
+pub(crate) fn compile(filter: Result<SeccompFilter, seccompiler::BackendError>) -> Result<BpfProgram, SeccompError> {
     let filter = filter.map_err(|e| SeccompError(e.to_string()))?;
     BpfProgram::try_from(filter).map_err(|e| SeccompError(e.to_string()))
 }
@@ -472,13 +472,19 @@ fn compile(filter: Result<SeccompFilter, seccompiler::BackendError>) -> Result<B
 /// allow it, and any call the group does not name meets its mismatch action, as in the
 /// single program.
 fn searched(rules: BTreeMap<i64, Vec<SeccompRule>>, arch: TargetArch) -> Result<BpfProgram, SeccompError> {
+    searched_with(rules, SeccompAction::Errno(EPERM as u32), arch)
+}
+
+/// [`searched`] with `mismatch` for the calls `rules` do not allow (an OCI profile's
+/// default action).
+pub(crate) fn searched_with(rules: BTreeMap<i64, Vec<SeccompRule>>, mismatch: SeccompAction, arch: TargetArch) -> Result<BpfProgram, SeccompError> {
     let mut groups: Vec<(u32, BpfProgram)> = Vec::new();
     let mut rules = rules.into_iter().peekable();
     while rules.peek().is_some() {
         let group: BTreeMap<i64, Vec<SeccompRule>> = rules.by_ref().take(GROUP_SIZE).collect();
         let first = group.keys().next().copied().unwrap_or_default();
         let first = u32::try_from(first).map_err(|_| SeccompError(format!("system call number {first} out of range")))?;
-        groups.push((first, compile(SeccompFilter::new(group, SeccompAction::Errno(EPERM as u32), SeccompAction::Allow, arch))?));
+        groups.push((first, compile(SeccompFilter::new(group, mismatch.clone(), SeccompAction::Allow, arch))?));
     }
     if groups.len() < 2 {
         return Ok(groups.pop().map(|(_, program)| program).unwrap_or_default());
