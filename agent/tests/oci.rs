@@ -95,6 +95,9 @@ impl Drop for Cleanup<'_> {
 
 fn assert_gone(sandbox: &Sandbox, id: &str) {
     assert!(!state_root(sandbox).join(id).exists(), "the state of {id} is left");
+    for path in sandbox.cgroup_paths(id) {
+        assert!(!path.exists(), "cgroup {} left behind", path.display());
+    }
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
         let left = hierarchy.path().join(&sandbox.cgroup_parent).join(id);
         assert!(!left.exists(), "cgroup {} left behind", left.display());
@@ -160,8 +163,8 @@ fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_
     let pid = state(&sandbox, "edge")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
     let twice = create(&sandbox, "edge", &dir, &sandbox.root.path().join("edge-twice.out"));
     assert!(!twice.status.success(), "an id is taken once");
-    let forced = runc(&sandbox, &["delete", "--force", "edge"]);
-    assert!(forced.status.success(), "delete --force: {}", stderr(&forced));
+    let deleted = runc(&sandbox, &["delete", "edge"]);
+    assert!(deleted.status.success(), "a created container is deleted without --force (runc's rule): {}", stderr(&deleted));
     assert_eq!(reap(pid), 128 + 9, "killed, never started");
     assert!(!std::fs::read_to_string(&output).unwrap_or_default().contains("never"), "its program never ran");
     assert_gone(&sandbox, "edge");
@@ -300,4 +303,46 @@ fn the_configs_seccomp_profile_confines_the_program() {
         assert!(runc(&sandbox, &["delete", id]).status.success(), "delete {id}");
         assert_gone(&sandbox, id);
     }
+}
+
+#[test]
+fn hooks_run_at_their_points_with_the_state_on_stdin() {
+    let sandbox = Sandbox::new("oci-hooks");
+    let _cleanup = Cleanup(&sandbox, &["hooked"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let out = sandbox.root.path().join("hooks");
+    std::fs::create_dir_all(&out).expect("hooks dir");
+    // A hook in the runtime's namespaces writes its stdin where the test reads it; the
+    // startContainer hook runs inside the container (its /tmp is the bundle root's).
+    let host_hook = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())]});
+    let dir = bundle(&sandbox, "hooked", "echo ran; exec sleep 1000", |config| {
+        config["hooks"] = serde_json::json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "createContainer": [host_hook("createContainer")],
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/startContainer.json"]}],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+        });
+    });
+    let output = sandbox.root.path().join("hooked.out");
+    assert!(create(&sandbox, "hooked", &dir, &output).status.success(), "create: {:?}", std::fs::read_to_string(&output));
+    let pid = state(&sandbox, "hooked")["pid"].as_i64().expect("pid");
+    let read = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).expect("state JSON")
+    };
+    for stage in ["prestart", "createRuntime", "createContainer"] {
+        let seen = read(out.join(format!("{stage}.json")));
+        assert_eq!((seen["id"].as_str(), seen["pid"].as_i64(), seen["status"].as_str()), (Some("hooked"), Some(pid), Some("creating")), "{stage}: {seen}");
+    }
+    assert!(!out.join("poststart.json").exists() && !sandbox.rootfs().join("tmp/startContainer.json").exists(), "not before start");
+    assert!(runc(&sandbox, &["start", "hooked"]).status.success(), "start");
+    wait_for_text(&output, "ran");
+    assert_eq!(read(sandbox.rootfs().join("tmp/startContainer.json"))["status"].as_str(), Some("created"), "inside the container, before its program");
+    assert_eq!(read(out.join("poststart.json"))["status"].as_str(), Some("running"));
+    assert!(runc(&sandbox, &["kill", "hooked", "KILL"]).status.success());
+    assert_eq!(reap(i32::try_from(pid).expect("pid")), 128 + 9);
+    assert!(runc(&sandbox, &["delete", "hooked"]).status.success());
+    assert_eq!(read(out.join("poststop.json"))["status"].as_str(), Some("stopped"));
+    assert_gone(&sandbox, "hooked");
 }

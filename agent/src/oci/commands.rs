@@ -45,7 +45,14 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::fs::remove_file(&path).map_err(OciError::io("cannot remove", &path))
+    std::fs::remove_file(&path).map_err(OciError::io("cannot remove", &path))?;
+    let state = state::hook_state(id, record.pid, &record.bundle, &record.annotations, "running");
+    if let Err(error) = super::hooks::run(&record.poststart, "poststart", &state) {
+        // As runc: a failed poststart hook stops the container it started.
+        let _ = super::create::signal_process(record.pid, nix::libc::SIGKILL);
+        return Err(OciError::Failed(error));
+    }
+    Ok(())
 }
 
 /// The state as the specification defines it, as JSON.
@@ -78,19 +85,31 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<(), OciErr
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     let record = match state::load(root, id) {
         Ok(record) => record,
-        // runc's rule: forcing the removal of what is gone succeeds.
-        Err(OciError::NotFound(_)) if force => return Ok(()),
+        // runc's rule: what is gone is removed (a create that failed half-way leaves a
+        // directory without a state), and forcing that succeeds.
+        Err(OciError::NotFound(_)) => {
+            let _ = std::fs::remove_dir_all(state::dir(root, id)?);
+            return if force { Ok(()) } else { Err(OciError::NotFound(id.to_owned())) };
+        }
         Err(error) => return Err(error),
     };
     let status = state::status(root, &record);
-    if status != Status::Stopped && !force {
+    // A created container is deleted as it is (its program never ran), as runc does:
+    // containerd's shim deletes one that way.
+    if status == Status::Running && !force {
         return Err(OciError::Status {
             id: id.to_owned(),
             status: status.as_str(),
             what: "cannot delete a container that is not stopped (--force kills it)".into(),
         });
     }
-    remove(root, &record)
+    let removed = remove(root, &record);
+    // poststop hooks are reported, never a reason to keep the container.
+    let state = state::hook_state(id, 0, &record.bundle, &record.annotations, "stopped");
+    if let Err(error) = super::hooks::run(&record.poststop, "poststop", &state) {
+        eprintln!("orch-runc: {error}");
+    }
+    removed
 }
 
 /// Kills what is left in the container's cgroup, removes it and the records.

@@ -60,14 +60,17 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
     if !plan.root.is_dir() {
         return Err(OciError::Failed(format!("config.json: root.path: {} is not a directory", plan.root.display())));
     }
+    let layout = CgroupLayout::detect()?;
+    let cgroup = layout.container(&plan.cgroup)?;
+    if cgroup.processes().is_ok_and(|p| !p.is_empty()) {
+        return Err(OciError::Failed(format!("config.json: linux.cgroupsPath: cgroup {} has processes in it already", plan.cgroup)));
+    }
     make_private_dir(&options.root)?;
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(OciError::Exists(options.id.clone())),
         Err(e) => return Err(OciError::Io { what: "cannot create", path: dir, source: e }),
     }
-    let layout = CgroupLayout::detect()?;
-    let cgroup = layout.container(&plan.cgroup)?;
     let made = make(options, &plan, &dir, &bundle, cgroup.as_ref(), &spec);
     if made.is_err() {
         let _ = cgroup.destroy();
@@ -78,10 +81,13 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// `--root`, made root's alone when it does not exist (an existing one keeps its mode:
+/// `--root /tmp/x` must not change `/tmp`).
 fn make_private_dir(path: &Path) -> Result<(), OciError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(OciError::io("cannot create", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(OciError::io("cannot chmod", path))
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(OciError::io("cannot create", path))
 }
 
 /// Everything after the directory exists; on an error the caller removes it and the cgroup.
@@ -111,7 +117,22 @@ fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup:
     };
     drop(child_end);
     drop(setup);
-    let outcome = follow(plan, stage1, &parent_end);
+    let annotations: std::collections::BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
+    let runtime_hooks = [("prestart", super::hooks::of(&plan.hooks, "prestart")), ("createRuntime", super::hooks::of(&plan.hooks, "createRuntime"))];
+    let hook_state = |pid: i32| state::hook_state(&options.id, pid, bundle, &annotations, "creating");
+    let run_runtime_hooks = |pid: i32| -> Result<serde_json::Value, String> {
+        let state = hook_state(pid);
+        for (stage, hooks) in &runtime_hooks {
+            super::hooks::run(hooks, stage, &state)?;
+        }
+        Ok(state)
+    };
+    let outcome = follow(plan, stage1, &parent_end, &run_runtime_hooks);
+    if outcome.is_err() {
+        // Stage 1 may still wait on us (the id maps): it goes, and the socket with it.
+        let _ = parent_end.shutdown(std::net::Shutdown::Both);
+        let _ = signal_process(stage1.as_raw(), nix::libc::SIGKILL);
+    }
     // Stage 1 exits once it has named the container process (or failed).
     let _ = nix::sys::wait::waitpid(stage1, None);
     let pid = outcome?;
@@ -123,7 +144,9 @@ fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup:
         rootfs: plan.root.clone(),
         created_unix_ms: now_unix_ms(),
         cgroup: plan.cgroup.clone(),
-        annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+        annotations,
+        poststart: super::hooks::of(&plan.hooks, "poststart"),
+        poststop: super::hooks::of(&plan.hooks, "poststop"),
     };
     let written = state::save(&options.root, &record).and_then(|()| match &options.pid_file {
         Some(path) => std::fs::write(path, pid.to_string()).map_err(OciError::io("cannot write the pid file", path)),
@@ -157,7 +180,7 @@ struct Setup<'a> {
 
 /// The parent's side of the exchange: maps a new user namespace when asked, learns the
 /// container process's PID, and waits for it to be ready (or for the error that ended it).
-fn follow(plan: &Plan, stage1: Pid, socket: &UnixStream) -> Result<i32, OciError> {
+fn follow(plan: &Plan, stage1: Pid, socket: &UnixStream, runtime_hooks: &dyn Fn(i32) -> Result<serde_json::Value, String>) -> Result<i32, OciError> {
     let mut reader = BufReader::new(socket);
     let mut writer = socket;
     let mut pid = None;
@@ -177,6 +200,17 @@ fn follow(plan: &Plan, stage1: Pid, socket: &UnixStream) -> Result<i32, OciError
             writer.write_all(b"mapped\n").map_err(OciError::io("cannot write to the container process", ""))?;
         } else if let Some(number) = message.strip_prefix("pid ") {
             pid = Some(number.parse::<i32>().map_err(|_| OciError::Failed(format!("stage 1 named no PID: {message:?}")))?);
+        } else if message == "hooks" {
+            // The container's namespaces exist, its root is not pivoted yet: the
+            // runtime's hooks run now, and the container process gets the state for its own.
+            let pid = pid.ok_or_else(|| OciError::Failed("hooks before its PID was known".into()))?;
+            match runtime_hooks(pid) {
+                Ok(state) => writer.write_all(format!("state {state}\n").as_bytes()).map_err(OciError::io("cannot write to the container process", ""))?,
+                Err(error) => {
+                    let _ = signal_process(pid, nix::libc::SIGKILL);
+                    return Err(OciError::Failed(error));
+                }
+            }
         } else if message == "ready" {
             return pid.ok_or_else(|| OciError::Failed("ready before its PID was known".into()));
         } else if let Some(error) = message.strip_prefix("error ") {
@@ -230,12 +264,18 @@ fn stage1_main(setup: &Setup, mut socket: UnixStream) -> i32 {
 fn stage1(setup: &Setup, socket: &mut UnixStream) -> Result<(), String> {
     let plan = setup.plan;
     setup.cgroup.add_process(std::process::id().try_into().unwrap_or(0)).map_err(|e| format!("join the cgroup: {e}"))?;
-    for namespace in &plan.namespaces {
+    // Namespaces to join first (a pod's), then the new ones: once in a new user
+    // namespace, the host's could no longer be joined.
+    let (joined, made): (Vec<_>, Vec<_>) = plan.namespaces.iter().partition(|n| n.path.is_some());
+    for namespace in joined.into_iter().chain(made) {
         let flag = CloneFlags::from_bits_truncate(namespace.flag);
         match &namespace.path {
             Some(path) => {
                 let file = std::fs::File::open(path).map_err(|e| format!("open the {} namespace {}: {e}", namespace.kind, path.display()))?;
                 setns(&file, flag).map_err(|e| format!("setns to the {} namespace {}: {e}", namespace.kind, path.display()))?;
+                if namespace.kind == "user" {
+                    crate::runtime::init::switch_user(&User::ids(0, 0))?;
+                }
             }
             None if namespace.kind == "user" => {
                 unshare(flag).map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
@@ -253,14 +293,23 @@ fn stage1(setup: &Setup, socket: &mut UnixStream) -> Result<(), String> {
             None => unshare(flag).map_err(|e| format!("unshare({} namespace): {e}", namespace.kind))?,
         }
     }
+    // The container process speaks to the parent only once its PID is known there.
+    let (named_read, named_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: still single-threaded (a fork of single-threaded orch-runc).
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            drop(named_write);
+            let mut byte = [0u8; 1];
+            if std::io::Read::read(&mut std::fs::File::from(named_read), &mut byte).unwrap_or(0) != 1 {
+                std::process::exit(CODE_RUNTIME);
+            }
             let code = container_main(setup, socket.try_clone().map_err(|e| e.to_string())?);
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
+            drop(named_read);
             if tell(socket, &format!("pid {child}")) {
+                let _ = std::io::Write::write_all(&mut std::fs::File::from(named_write), b"1");
                 Ok(())
             } else {
                 Err("the parent went away".into())
@@ -273,10 +322,13 @@ fn stage1(setup: &Setup, socket: &mut UnixStream) -> Result<(), String> {
 /// The container process: the root, then the wait for `start`, then the program.
 fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
     let plan = setup.plan;
-    if let Err(message) = prepare(setup) {
-        tell(&mut socket, &format!("error {message}"));
-        return CODE_RUNTIME;
-    }
+    let state = match prepare(setup, &mut socket) {
+        Ok(state) => state,
+        Err(message) => {
+            tell(&mut socket, &format!("error {message}"));
+            return CODE_RUNTIME;
+        }
+    };
     if !tell(&mut socket, "ready") {
         return CODE_RUNTIME;
     }
@@ -294,13 +346,21 @@ fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
             return CODE_RUNTIME;
         }
     }
+    if let Some(mut state) = state {
+        state["status"] = serde_json::json!("created");
+        if let Err(message) = super::hooks::run(&super::hooks::of(&plan.hooks, "startContainer"), "startContainer", &state) {
+            eprintln!("orch-runc: {message}");
+            return CODE_RUNTIME;
+        }
+    }
     let (message, code) = exec_process(plan);
     eprintln!("orch-runc: {message}");
     code
 }
 
-/// Everything before the wait: session, hostname, root, console.
-fn prepare(setup: &Setup) -> Result<(), String> {
+/// Everything before the wait: session, hostname, root, console, the hooks before the
+/// pivot. The state the hooks read, when the config has hooks.
+fn prepare(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_json::Value>, String> {
     let plan = setup.plan;
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if let Some(hostname) = &plan.hostname {
@@ -309,11 +369,10 @@ fn prepare(setup: &Setup) -> Result<(), String> {
     if plan.namespaces.iter().any(|n| n.kind == "network" && n.path.is_none()) {
         crate::runtime::init::loopback_up().map_err(|e| format!("bring up the loopback interface: {e}"))?;
     }
-    build_root(setup).map_err(|SetupError(message)| message)?;
-    Ok(())
+    build_root(setup, socket).map_err(|SetupError(message)| message)
 }
 
-fn build_root(setup: &Setup) -> Result<(), SetupError> {
+fn build_root(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_json::Value>, SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
     let plan = setup.plan;
     let propagation = MsFlags::from_bits_truncate(plan.root_propagation);
@@ -328,10 +387,11 @@ fn build_root(setup: &Setup) -> Result<(), SetupError> {
         mount_one(&root_dir, mount_plan, &setup.cgroup_mounts)
             .map_err(|SetupError(message)| SetupError(format!("mount {}: {message}", mount_plan.destination)))?;
     }
-    make_devices(root, plan)?;
+    make_devices(&root_dir, plan)?;
     if let Some(socket) = &setup.console {
-        make_console(root, socket)?;
+        make_console(&root_dir, socket)?;
     }
+    let state = if plan.hooks == oci_spec::runtime::Hooks::default() { None } else { Some(runtime_hooks(plan, socket)?) };
     if setup.no_pivot {
         step(std::env::set_current_dir(root), || format!("chdir {}", root.display()))?;
         step(mount(Some(root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>), || "move the root onto /".to_owned())?;
@@ -339,9 +399,16 @@ fn build_root(setup: &Setup) -> Result<(), SetupError> {
     } else {
         step(std::env::set_current_dir(root), || format!("chdir {}", root.display()))?;
         step(nix::unistd::pivot_root(".", "."), || format!("pivot_root into {}", root.display()))?;
+        // The old root's unmount must not reach the host's mounts (runc's step).
+        step(mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>), || "make the old root a slave".to_owned())?;
         step(nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH), || "detach the old root".to_owned())?;
     }
     step(std::env::set_current_dir("/"), || "chdir /".to_owned())?;
+    // Before /proc/sys turns read-only below.
+    for (key, value) in &plan.sysctl {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        step(std::fs::write(&path, value), || format!("sysctl {key}={value}"))?;
+    }
     for path in &plan.masked_paths {
         rootfs::mask(Path::new(path))?;
     }
@@ -352,14 +419,23 @@ fn build_root(setup: &Setup) -> Result<(), SetupError> {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         step(mount(None::<&str>, "/", None::<&str>, flags, None::<&str>), || "remount / read-only".to_owned())?;
     }
-    for (key, value) in &plan.sysctl {
-        if key.contains("..") || key.contains('/') {
-            return Err(SetupError(format!("sysctl {key}: not a sysctl name")));
-        }
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        step(std::fs::write(&path, value), || format!("sysctl {key}={value}"))?;
+    Ok(state)
+}
+
+/// Asks the parent to run the runtime's hooks (the container's namespaces exist), then
+/// runs `createContainer` here, in them, before the pivot. The state the hooks read.
+fn runtime_hooks(plan: &Plan, socket: &mut UnixStream) -> Result<serde_json::Value, SetupError> {
+    if !tell(socket, "hooks") {
+        return Err(SetupError("the parent went away".into()));
     }
-    Ok(())
+    let mut line = String::new();
+    BufReader::new(&*socket).read_line(&mut line).map_err(|e| SetupError(format!("waiting for the runtime's hooks: {e}")))?;
+    let state: serde_json::Value = match line.trim_end().strip_prefix("state ") {
+        Some(json) => serde_json::from_str(json).map_err(|e| SetupError(format!("the state from the parent: {e}")))?,
+        None => return Err(SetupError(format!("expected the state after the runtime's hooks, got {line:?}"))),
+    };
+    super::hooks::run(&super::hooks::of(&plan.hooks, "createContainer"), "createContainer", &state).map_err(SetupError)?;
+    Ok(state)
 }
 
 /// One of the config's mounts, onto its destination opened inside the root (no link
@@ -411,74 +487,73 @@ fn mount_one(root: &std::fs::File, plan: &MountPlan, cgroup_mounts: &[crate::cgr
 
 /// The devices every container has (the OCI specification's list) and the config's,
 /// in the root's `/dev` (a tmpfs the config mounted); `/dev/fd` and friends as links.
-fn make_devices(root: &Path, plan: &Plan) -> Result<(), SetupError> {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    let dev = root.join("dev");
+/// Every node and link is made relative to a directory opened inside the root (an
+/// image's `dev -> /etc` never leads onto the host).
+fn make_devices(root: &std::fs::File, plan: &Plan) -> Result<(), SetupError> {
+    use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
     let in_user_namespace = plan.namespaces.iter().any(|n| n.kind == "user");
     let defaults = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
-    let mut nodes: Vec<(PathBuf, SFlag, u32, u32, u32, u32, u32)> =
-        defaults.iter().map(|(name, major, minor)| (dev.join(name), SFlag::S_IFCHR, *major, *minor, 0o666, 0, 0)).collect();
+    let mut nodes: Vec<(String, SFlag, u32, u32, u32, u32, u32)> =
+        defaults.iter().map(|(name, major, minor)| (format!("/dev/{name}"), SFlag::S_IFCHR, *major, *minor, 0o666, 0, 0)).collect();
     for device in &plan.devices {
         let kind = match device.kind {
             crate::cgroups::DeviceKind::Char => SFlag::S_IFCHR,
             crate::cgroups::DeviceKind::Block => SFlag::S_IFBLK,
         };
-        nodes.push((root.join(device.path.trim_start_matches('/')), kind, device.major, device.minor, device.mode, device.uid, device.gid));
+        nodes.push((device.path.clone(), kind, device.major, device.minor, device.mode, device.uid, device.gid));
     }
     for (path, kind, major, minor, mode, uid, gid) in nodes {
-        if std::fs::symlink_metadata(&path).is_ok() {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("/dev", path.as_str()));
+        let dir = step(rootfs::open_target(root, parent, true), || format!("open {parent}"))?;
+        if nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
             continue;
-        }
-        if let Some(parent) = path.parent() {
-            rootfs::mkdir(parent)?;
         }
         if in_user_namespace {
             // A user namespace may not make device nodes: the host's are bound instead.
-            let host = Path::new("/dev").join(path.strip_prefix(&dev).unwrap_or(&path));
-            step(std::fs::File::create(&path), || format!("create {}", path.display()))?;
-            step(mount(Some(&host), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {} on {}", host.display(), path.display()))?;
-        } else {
-            step(mknod(&path, kind, Mode::from_bits_truncate(mode & 0o7777), makedev(u64::from(major), u64::from(minor))), || {
-                format!("mknod {}", path.display())
-            })?;
-            // mknod's mode is narrowed by the umask: set it as asked.
-            step(
-                nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, &path, Mode::from_bits_truncate(mode & 0o7777), nix::sys::stat::FchmodatFlags::FollowSymlink),
-                || format!("chmod {}", path.display()),
-            )?;
-            step(nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid))), || {
-                format!("chown {}", path.display())
-            })?;
+            let target = step(rootfs::open_target(root, &path, false), || format!("create {path}"))?;
+            let via_fd = format!("/proc/self/fd/{}", target.as_raw_fd());
+            step(mount(Some(path.as_str()), via_fd.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind the host's {path}"))?;
+            continue;
         }
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        step(mknodat(&dir, name, kind, mode, makedev(u64::from(major), u64::from(minor))), || format!("mknod {path}"))?;
+        // mknod's mode is narrowed by the umask; the node was just made here (no link).
+        step(nix::sys::stat::fchmodat(&dir, name, mode, nix::sys::stat::FchmodatFlags::FollowSymlink), || format!("chmod {path}"))?;
+        let owner = (Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+        step(nix::unistd::fchownat(&dir, name, owner.0, owner.1, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW), || format!("chown {path}"))?;
     }
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        let path = dev.join(link);
-        if std::fs::symlink_metadata(&path).is_err() {
-            step(std::os::unix::fs::symlink(target, &path), || format!("symlink {}", path.display()))?;
+    let dev = step(rootfs::open_target(root, "/dev", true), || "open /dev".to_owned())?;
+    let mut links = vec![("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")];
+    if nix::sys::stat::fstatat(&dev, "pts/ptmx", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+        links.push(("ptmx", "pts/ptmx"));
+    }
+    for (link, target) in links {
+        if nix::sys::stat::fstatat(&dev, link, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_err() {
+            step(nix::unistd::symlinkat(target, &dev, link), || format!("symlink /dev/{link}"))?;
         }
-    }
-    let ptmx = dev.join("ptmx");
-    if dev.join("pts/ptmx").exists() && std::fs::symlink_metadata(&ptmx).is_err() {
-        step(std::os::unix::fs::symlink("pts/ptmx", &ptmx), || format!("symlink {}", ptmx.display()))?;
     }
     Ok(())
 }
 
 /// The console: a pty of the container's devpts, its master sent to `--console-socket`,
 /// its slave on `/dev/console` and as the process's standard streams and terminal.
-fn make_console(root: &Path, socket: &UnixStream) -> Result<(), SetupError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |path: &Path| std::fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC).open(path);
-    let ptmx = root.join("dev/pts/ptmx");
-    let master = step(open(&ptmx), || format!("open {} (mount a devpts on /dev/pts for a terminal)", ptmx.display()))?;
+/// Opened inside the root, as the devices are.
+fn make_console(root: &std::fs::File, socket: &UnixStream) -> Result<(), SetupError> {
+    let reopen = |path: &str, is_dir: bool| -> Result<std::fs::File, SetupError> {
+        let found = step(rootfs::open_target(root, path, is_dir), || format!("open {path}"))?;
+        let via_fd = format!("/proc/self/fd/{}", found.as_raw_fd());
+        use std::os::unix::fs::OpenOptionsExt;
+        step(std::fs::OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC).open(&via_fd), || {
+            format!("open {path} (mount a devpts on /dev/pts for a terminal)")
+        })
+    };
+    let master = reopen("/dev/pts/ptmx", false)?;
     let number = crate::runtime::init::unlock_pty(&master).map_err(SetupError)?;
-    let pts = root.join(format!("dev/pts/{number}"));
-    let slave = step(open(&pts), || format!("open {}", pts.display()))?;
-    let console = root.join("dev/console");
-    if std::fs::symlink_metadata(&console).is_err() {
-        step(std::fs::File::create(&console), || format!("create {}", console.display()))?;
-    }
-    step(mount(Some(&pts), &console, None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {} on /dev/console", pts.display()))?;
+    let pts = format!("/dev/pts/{number}");
+    let slave = reopen(&pts, false)?;
+    let console = step(rootfs::open_target(root, "/dev/console", false), || "create /dev/console".to_owned())?;
+    let (from, to) = (format!("/proc/self/fd/{}", slave.as_raw_fd()), format!("/proc/self/fd/{}", console.as_raw_fd()));
+    step(mount(Some(from.as_str()), to.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {pts} on /dev/console"))?;
     let fds = [master.as_raw_fd()];
     let sent = nix::sys::socket::sendmsg::<()>(
         socket.as_raw_fd(),
@@ -520,9 +595,8 @@ fn exec_process(plan: &Plan) -> (String, i32) {
             return (format!("oom_score_adj {adjust}: {e}"), CODE_RUNTIME);
         }
     }
-    if let Some(umask) = process.umask {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-    }
+    // runc's default when the config names none.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(process.umask.unwrap_or(0o022)));
     // Without no_new_privs the filter needs CAP_SYS_ADMIN: it goes before the
     // capabilities (the profile must allow what follows, as Docker's does); with it,
     // last before exec.
@@ -588,12 +662,15 @@ fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
     crate::runtime::init::switch_user(&user)?;
     let _ = nix::sys::prctl::set_keepcaps(false);
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear the ambient capabilities: {e}"))?;
-    let kept: CapsHashSet = set_of(&process.effective).intersection(&bounding).copied().collect();
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::set(None, set, &kept).map_err(|e| format!("set the {set:?} capabilities: {e}"))?;
+    // Each set exactly as the config gives it (an empty inheritable set stays empty:
+    // CVE-2022-24769), none beyond the bounding set. Effective first: the permitted
+    // set may only shrink to what stays a superset of it.
+    for (set, names) in [(CapSet::Effective, &process.effective), (CapSet::Permitted, &process.permitted), (CapSet::Inheritable, &process.inheritable)] {
+        let wanted: CapsHashSet = set_of(names).intersection(&bounding).copied().collect();
+        caps::set(None, set, &wanted).map_err(|e| format!("set the {set:?} capabilities: {e}"))?;
     }
-    for cap in set_of(&process.ambient).intersection(&kept) {
-        caps::raise(None, CapSet::Ambient, *cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
+    for cap in set_of(&process.ambient) {
+        caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
     }
     Ok(())
 }

@@ -9,12 +9,14 @@
 //! - [`state`]: `<root>/<id>/state.json`, the status a container is in, the spec's
 //!   state JSON.
 //! - [`seccomp`]: `linux.seccomp` as stacked BPF programs.
+//! - [`hooks`]: the config's hooks, run with the state on standard input.
 //! - [`create`]: the container's processes (fork, namespaces, root, the exec FIFO that
 //!   holds it until `start`).
 //! - [`commands`]: each subcommand.
 
 pub mod commands;
 pub mod create;
+pub mod hooks;
 pub mod plan;
 pub mod seccomp;
 pub mod state;

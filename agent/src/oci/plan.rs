@@ -43,11 +43,12 @@ pub struct Plan {
     pub cgroup: String,
     pub limits: Limits,
     pub sysctl: BTreeMap<String, String>,
-    /// `linux.rootfsPropagation` as mount flags (`rprivate` unless told).
+    /// `linux.rootfsPropagation` as mount flags (`rslave` unless told, as runc).
     pub root_propagation: u64,
     /// `linux.seccomp` compiled ([`super::seccomp::programs`]), installed last before
     /// exec with no_new_privs, else before the capabilities go (it needs CAP_SYS_ADMIN).
     pub seccomp: Option<Vec<seccompiler::BpfProgram>>,
+    pub hooks: oci_spec::runtime::Hooks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub struct ProcessPlan {
     /// The bounding set; the effective, permitted and inheritable sets below are subsets.
     pub bounding: Vec<String>,
     pub effective: Vec<String>,
+    pub permitted: Vec<String>,
+    pub inheritable: Vec<String>,
     pub ambient: Vec<String>,
     pub no_new_privileges: bool,
     /// `(resource, soft, hard)`.
@@ -213,20 +216,44 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
         None => None,
         Some(profile) => Some(super::seccomp::programs(profile).map_err(|reason| refuse("linux.seccomp", reason))?),
     };
-    if spec.hooks().is_some() {
-        return Err(refuse("hooks", "not supported yet by orch-runc"));
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    for stage in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
+        for (i, hook) in super::hooks::of(&hooks, stage).iter().enumerate() {
+            if !hook.path().is_absolute() {
+                return Err(refuse(format!("hooks.{stage}[{i}].path"), format!("{} is not absolute", hook.path().display())));
+            }
+        }
     }
     let root_propagation = match linux.rootfs_propagation() {
-        None => nix::libc::MS_PRIVATE | nix::libc::MS_REC,
+        None => nix::libc::MS_SLAVE | nix::libc::MS_REC,
         Some(text) => match propagation_of(text) {
             Some(flags) => flags,
             None => return Err(refuse("linux.rootfsPropagation", format!("{text:?} is not a propagation (private, rslave, shared…)"))),
         },
     };
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    let has_new = |kind: &str| namespaces.iter().any(|n| n.kind == kind);
+    if hostname.is_some() && !has_new("uts") {
+        return Err(refuse("hostname", "a hostname needs a UTS namespace of the container's own (linux.namespaces)"));
+    }
+    let sysctl: BTreeMap<String, String> = linux.sysctl().clone().unwrap_or_default().into_iter().collect();
+    for key in sysctl.keys() {
+        if key.is_empty() || key.contains("..") || key.contains('/') {
+            return Err(refuse(format!("linux.sysctl.{key}"), "not a sysctl name"));
+        }
+        // runc's rule: only what the container's own namespaces hold.
+        let ipc_keys =
+            ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+        let ipc = key.starts_with("fs.mqueue.") || ipc_keys.contains(&key.as_str());
+        let uts = matches!(key.as_str(), "kernel.hostname" | "kernel.domainname");
+        if !((key.starts_with("net.") && has_new("network")) || (ipc && has_new("ipc")) || (uts && has_new("uts"))) {
+            return Err(refuse(format!("linux.sysctl.{key}"), "not a sysctl of a namespace the container has of its own (the host's would change)"));
+        }
+    }
     Ok(Plan {
         root: root_path,
         root_readonly: root.readonly().unwrap_or(false),
-        hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+        hostname,
         process,
         namespaces,
         uid_mappings,
@@ -237,9 +264,10 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
         devices,
         cgroup,
         limits,
-        sysctl: linux.sysctl().clone().unwrap_or_default().into_iter().collect(),
+        sysctl,
         root_propagation,
         seccomp,
+        hooks,
     })
 }
 
@@ -276,6 +304,8 @@ fn process_plan(spec: &Spec) -> Result<ProcessPlan, PlanError> {
         umask: user.umask(),
         bounding: names(capabilities.bounding().as_ref()),
         effective: names(capabilities.effective().as_ref()),
+        permitted: names(capabilities.permitted().as_ref()),
+        inheritable: names(capabilities.inheritable().as_ref()),
         ambient: names(capabilities.ambient().as_ref()),
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
         rlimits,
@@ -336,11 +366,11 @@ fn limits_of(linux: &oci_spec::runtime::Linux, devices: &[DevicePlan]) -> Result
     };
     // A quota over a period, in millicores (orch's unit); shares as a request.
     let cpu_limit_millis = match (cpu.quota(), cpu.period()) {
-        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some(quota.unsigned_abs() * 1000 / period),
-        (Some(quota), None) if quota > 0 => Some(quota.unsigned_abs() * 1000 / crate::cgroups::CPU_PERIOD_MICROS),
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => quota.unsigned_abs().checked_mul(1000).map(|q| q / period),
+        (Some(quota), None) if quota > 0 => quota.unsigned_abs().checked_mul(1000).map(|q| q / crate::cgroups::CPU_PERIOD_MICROS),
         _ => None,
     };
-    let cpu_request_millis = cpu.shares().filter(|s| *s > 0).map(|shares| shares * 1000 / 1024);
+    let cpu_request_millis = cpu.shares().filter(|s| *s > 0).and_then(|shares| shares.checked_mul(1000)).map(|m| m / 1024);
     let pids = match resources.pids().as_ref().map(|p| p.limit()) {
         Some(limit) if limit > 0 => Some(limit.unsigned_abs()),
         _ => None,
@@ -484,7 +514,7 @@ mod tests {
         assert_eq!(plan.process.rlimits, vec![(i32::try_from(nix::libc::RLIMIT_NOFILE).unwrap_or(7), 1024, 1024)]);
         assert!(plan.process.no_new_privileges);
         assert!(plan.masked_paths.contains(&"/proc/kcore".to_owned()));
-        assert_eq!(plan.root_propagation, nix::libc::MS_PRIVATE | nix::libc::MS_REC);
+        assert_eq!(plan.root_propagation, nix::libc::MS_SLAVE | nix::libc::MS_REC, "runc's default");
         assert_eq!(plan.limits.devices.as_ref().map(Vec::len), Some(DEFAULT_DEVICES.len()), "runc spec's deny-all adds nothing");
     }
 

@@ -33,6 +33,11 @@ pub struct Record {
     pub cgroup: String,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// The config's `poststart` and `poststop` hooks, run by `start` and `delete`.
+    #[serde(default)]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
+    #[serde(default)]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +110,12 @@ pub fn status(root: &Path, record: &Record) -> Status {
     }
 }
 
+/// The state a hook reads: the specification's fields, with `status` as given
+/// (`creating` before the container exists for its caller).
+pub fn hook_state(id: &str, pid: i32, bundle: &Path, annotations: &BTreeMap<String, String>, status: &str) -> serde_json::Value {
+    serde_json::json!({"ociVersion": super::OCI_VERSION, "id": id, "status": status, "pid": pid, "bundle": bundle, "annotations": annotations})
+}
+
 /// The state the OCI specification defines (`orch-runc state`), with runc's extra
 /// fields containerd reads (`rootfs`, `created`, `owner`).
 pub fn oci_state(record: &Record, status: Status) -> serde_json::Value {
@@ -144,6 +155,8 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             cgroup: "orch-runc/c1".into(),
             annotations: BTreeMap::new(),
+            poststart: Vec::new(),
+            poststop: Vec::new(),
         };
         assert!(matches!(load(root.path(), "c1"), Err(OciError::NotFound(_))));
         std::fs::create_dir(root.path().join("c1")).expect("dir");
