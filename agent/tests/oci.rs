@@ -155,7 +155,7 @@ fn create_waits_start_runs_kill_stops_delete_removes() {
 #[test]
 fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_its_field() {
     let sandbox = Sandbox::new("oci-edge");
-    let _cleanup = Cleanup(&sandbox, &["edge", "sec"]);
+    let _cleanup = Cleanup(&sandbox, &["edge", "sec", "missing", "user"]);
     nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
     let dir = bundle(&sandbox, "edge", "echo never", |_| {});
     let output = sandbox.root.path().join("edge.out");
@@ -175,6 +175,23 @@ fn a_created_container_is_force_deleted_and_an_unsupported_config_is_refused_by_
     let said = std::fs::read_to_string(sandbox.root.path().join("sec.out")).unwrap_or_default();
     assert!(!refused.status.success() && said.contains("config.json: linux.seccomp: linux.seccomp.syscalls[0].action: SCMP_ACT_NOTIFY"), "{said}");
     assert_gone(&sandbox, "sec");
+    // A program that is not there fails create (runc's order), leaving nothing.
+    let missing = bundle(&sandbox, "missing", "true", |config| config["process"]["args"] = serde_json::json!(["no-such-program"]));
+    let failed = create(&sandbox, "missing", &missing, &sandbox.root.path().join("missing.out"));
+    let said = std::fs::read_to_string(sandbox.root.path().join("missing.out")).unwrap_or_default();
+    assert!(!failed.status.success() && said.contains("no-such-program: executable file not found"), "{said}");
+    assert_gone(&sandbox, "missing");
+    // A user of the config's: the credentials are taken before the wait, and the FIFO
+    // still lets it through.
+    let user = bundle(&sandbox, "user", "echo uid $(id -u) gid $(id -g)", |config| config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000}));
+    let user_out = sandbox.root.path().join("user.out");
+    assert!(create(&sandbox, "user", &user, &user_out).status.success(), "create: {:?}", std::fs::read_to_string(&user_out));
+    let user_pid = state(&sandbox, "user")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    assert!(runc(&sandbox, &["start", "user"]).status.success(), "start as uid 1000");
+    assert_eq!(reap(user_pid), 0);
+    wait_for_text(&user_out, "uid 1000 gid 1000");
+    assert!(runc(&sandbox, &["delete", "user"]).status.success());
+    assert_gone(&sandbox, "user");
     let bad_id = runc(&sandbox, &["state", "../etc"]);
     assert!(!bad_id.status.success() && stderr(&bad_id).contains("is not a container id"), "{}", stderr(&bad_id));
     let log = sandbox.root.path().join("runc.log");
@@ -283,6 +300,10 @@ fn the_configs_seccomp_profile_confines_the_program() {
         "ppoll",
         "select",
         "pselect6",
+        "sendto",
+        "sendmsg",
+        "recvfrom",
+        "recvmsg",
     ];
     let allowlist = serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": allow_names, "action": "SCMP_ACT_ALLOW"}]});
     for (id, profile, said) in [("sec-deny", deny, "mkdir said 1"), ("sec-allow", allowlist, "mkdir said 0")] {

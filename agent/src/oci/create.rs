@@ -93,7 +93,13 @@ fn make_private_dir(path: &Path) -> Result<(), OciError> {
 /// Everything after the directory exists; on an error the caller removes it and the cgroup.
 fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup: &dyn ContainerCgroup, spec: &oci_spec::runtime::Spec) -> Result<(), OciError> {
     let fifo = dir.join(EXEC_FIFO);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| OciError::Failed(format!("mkfifo {}: {e}", fifo.display())))?;
+    // Writable by the container's user, whoever it is (runc's 0622): only root reaches
+    // the directory.
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622)).map_err(|e| OciError::Failed(format!("mkfifo {}: {e}", fifo.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o622)).map_err(OciError::io("cannot chmod", &fifo))?;
+    }
     cgroup.create(&plan.limits)?;
     let fifo_path = open_path(&fifo)?;
     let console = match &options.console_socket {
@@ -329,6 +335,17 @@ fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
             return CODE_RUNTIME;
         }
     };
+    // Limits, credentials and the program are settled before the wait, as runc does: a
+    // missing program or a bad user fails `create`, not the container after `start`.
+    let program = match finalize(plan) {
+        Ok(program) => program,
+        Err((message, _)) => {
+            if !tell(&mut socket, &format!("error {message}")) {
+                eprintln!("orch-runc: {message}");
+            }
+            return CODE_RUNTIME;
+        }
+    };
     if !tell(&mut socket, "ready") {
         return CODE_RUNTIME;
     }
@@ -353,7 +370,7 @@ fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
             return CODE_RUNTIME;
         }
     }
-    let (message, code) = exec_process(plan);
+    let (message, code) = exec_program(plan, &program);
     eprintln!("orch-runc: {message}");
     code
 }
@@ -363,6 +380,9 @@ fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
 fn prepare(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_json::Value>, String> {
     let plan = setup.plan;
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // Until its exec this process is orch-runc, holding the host's binary open: no
+    // other process (a shared PID namespace's) may read its memory or /proc/PID/exe.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     if let Some(hostname) = &plan.hostname {
         nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname({hostname}): {e}"))?;
     }
@@ -577,22 +597,21 @@ fn make_console(root: &std::fs::File, socket: &UnixStream) -> Result<(), SetupEr
     Ok(())
 }
 
-/// After `start`: limits, credentials, capabilities, then exec. Returns only on an
-/// error: its message and exit code.
-fn exec_process(plan: &Plan) -> (String, i32) {
-    use std::ffi::CString;
+/// Before the wait: limits, the seccomp filter without no_new_privs, credentials and
+/// capabilities, no_new_privs when asked, the working directory, and the program's path.
+fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
     let process = &plan.process;
     for (resource, soft, hard) in &process.rlimits {
         let limit = nix::libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
         // SAFETY: setrlimit reads the rlimit we pass, which outlives the call.
         #[allow(clippy::useless_conversion)]
         if unsafe { nix::libc::setrlimit((*resource).try_into().unwrap_or_default(), &limit) } < 0 {
-            return (format!("setrlimit({resource}, {soft}, {hard}): {}", Errno::last()), CODE_RUNTIME);
+            return Err((format!("setrlimit({resource}, {soft}, {hard}): {}", Errno::last()), CODE_RUNTIME));
         }
     }
     if let Some(adjust) = process.oom_score_adj {
         if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adjust.to_string()) {
-            return (format!("oom_score_adj {adjust}: {e}"), CODE_RUNTIME);
+            return Err((format!("oom_score_adj {adjust}: {e}"), CODE_RUNTIME));
         }
     }
     // runc's default when the config names none.
@@ -601,25 +620,28 @@ fn exec_process(plan: &Plan) -> (String, i32) {
     // capabilities (the profile must allow what follows, as Docker's does); with it,
     // last before exec.
     if !process.no_new_privileges {
-        if let Err(message) = install_seccomp(plan) {
-            return (message, CODE_RUNTIME);
-        }
+        install_seccomp(plan).map_err(|message| (message, CODE_RUNTIME))?;
     }
-    if let Err(message) = credentials(process) {
-        return (message, CODE_RUNTIME);
-    }
+    credentials(process).map_err(|message| (message, CODE_RUNTIME))?;
     if process.no_new_privileges {
-        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-            return (format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"), CODE_RUNTIME);
-        }
+        nix::sys::prctl::set_no_new_privs().map_err(|e| (format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"), CODE_RUNTIME))?;
     }
-    if let Err(e) = std::env::set_current_dir(&process.cwd) {
-        return (format!("chdir to process.cwd {}: {e}", process.cwd), CODE_RUNTIME);
+    std::env::set_current_dir(&process.cwd).map_err(|e| (format!("chdir to process.cwd {}: {e}", process.cwd), CODE_RUNTIME))?;
+    find_program(&process.args[0], &process.env).map_err(|message| (message, crate::runtime::CODE_NOT_FOUND))
+}
+
+/// After `start`: the signals back to their defaults, the seccomp filter under
+/// no_new_privs, descriptors the caller left open closed, then exec. Returns only on
+/// an error: its message and exit code.
+fn exec_program(plan: &Plan, program: &str) -> (String, i32) {
+    use std::ffi::CString;
+    let process = &plan.process;
+    // Nothing but the standard streams reaches the program (runc's CloseExecFrom(3)).
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only marks descriptors; it reads
+    // and writes no memory.
+    unsafe {
+        nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC);
     }
-    let program = match find_program(&process.args[0], &process.env) {
-        Ok(program) => program,
-        Err(message) => return (message, crate::runtime::CODE_NOT_FOUND),
-    };
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = process.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = process.env.iter().map(|e| to_c(e)).collect();
@@ -629,7 +651,7 @@ fn exec_process(plan: &Plan) -> (String, i32) {
             return (message, CODE_RUNTIME);
         }
     }
-    let error = match nix::unistd::execve(&to_c(&program), &argv, &envp) {
+    let error = match nix::unistd::execve(&to_c(program), &argv, &envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
