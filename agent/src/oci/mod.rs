@@ -4,8 +4,8 @@
 //! pure [`plan`] onto the same kernel code the agent uses: its cgroups, the confined
 //! mount targets, `/proc` masking, capabilities and the start path's conventions.
 //!
-//! - [`plan`]: `config.json` → [`plan::Plan`], every field it cannot honour refused by
-//!   its path (pure, table-tested).
+//! - [`plan`]: `config.json` → [`plan::Plan`], what it knows it cannot honour refused
+//!   by its path (pure, table-tested).
 //! - [`state`]: `<root>/<id>/state.json`, the status a container is in, the spec's
 //!   state JSON.
 //! - [`seccomp`]: `linux.seccomp` as stacked BPF programs.

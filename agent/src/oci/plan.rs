@@ -1,7 +1,8 @@
 //! A bundle's `config.json` (read with `oci-spec`) as what `orch-runc create` does: the
 //! root, the mounts with their flags, the namespaces, the process and its credentials,
-//! the cgroup and its limits. Pure: every field a runtime cannot honour is refused here,
-//! by its path in the config, before anything is made.
+//! the cgroup and its limits. Pure: the fields it knows it cannot honour are refused
+//! here, by their path in the config, before anything is made (apparmor and selinux
+//! labels, swap, block I/O and a few other resources are still ignored).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
