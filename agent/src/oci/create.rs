@@ -15,6 +15,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -79,8 +80,6 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
     made
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
 /// `--root`, made root's alone when it does not exist (an existing one keeps its mode:
 /// `--root /tmp/x` must not change `/tmp`).
 fn make_private_dir(path: &Path) -> Result<(), OciError> {
@@ -124,13 +123,10 @@ fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup:
     drop(child_end);
     drop(setup);
     let annotations: std::collections::BTreeMap<String, String> = spec.annotations().clone().unwrap_or_default().into_iter().collect();
-    let runtime_hooks = [("prestart", super::hooks::of(&plan.hooks, "prestart")), ("createRuntime", super::hooks::of(&plan.hooks, "createRuntime"))];
-    let hook_state = |pid: i32| state::hook_state(&options.id, pid, bundle, &annotations, "creating");
     let run_runtime_hooks = |pid: i32| -> Result<serde_json::Value, String> {
-        let state = hook_state(pid);
-        for (stage, hooks) in &runtime_hooks {
-            super::hooks::run(hooks, stage, &state)?;
-        }
+        let state = state::hook_state(&options.id, pid, bundle, &annotations, "creating");
+        super::hooks::run(&plan.hooks.prestart, "prestart", &state)?;
+        super::hooks::run(&plan.hooks.create_runtime, "createRuntime", &state)?;
         Ok(state)
     };
     let outcome = follow(plan, stage1, &parent_end, &run_runtime_hooks);
@@ -151,8 +147,8 @@ fn make(options: &CreateOptions, plan: &Plan, dir: &Path, bundle: &Path, cgroup:
         created_unix_ms: now_unix_ms(),
         cgroup: plan.cgroup.clone(),
         annotations,
-        poststart: super::hooks::of(&plan.hooks, "poststart"),
-        poststop: super::hooks::of(&plan.hooks, "poststop"),
+        poststart: plan.hooks.poststart.clone(),
+        poststop: plan.hooks.poststop.clone(),
     };
     let written = state::save(&options.root, &record).and_then(|()| match &options.pid_file {
         Some(path) => std::fs::write(path, pid.to_string()).map_err(OciError::io("cannot write the pid file", path)),
@@ -365,7 +361,7 @@ fn container_main(setup: &Setup, mut socket: UnixStream) -> i32 {
     }
     if let Some(mut state) = state {
         state["status"] = serde_json::json!("created");
-        if let Err(message) = super::hooks::run(&super::hooks::of(&plan.hooks, "startContainer"), "startContainer", &state) {
+        if let Err(message) = super::hooks::run(&plan.hooks.start_container, "startContainer", &state) {
             eprintln!("orch-runc: {message}");
             return CODE_RUNTIME;
         }
@@ -411,7 +407,7 @@ fn build_root(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_jso
     if let Some(socket) = &setup.console {
         make_console(&root_dir, socket)?;
     }
-    let state = if plan.hooks == oci_spec::runtime::Hooks::default() { None } else { Some(runtime_hooks(plan, socket)?) };
+    let state = if plan.hooks.is_empty() { None } else { Some(runtime_hooks(plan, socket)?) };
     if setup.no_pivot {
         step(std::env::set_current_dir(root), || format!("chdir {}", root.display()))?;
         step(mount(Some(root), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>), || "move the root onto /".to_owned())?;
@@ -454,7 +450,7 @@ fn runtime_hooks(plan: &Plan, socket: &mut UnixStream) -> Result<serde_json::Val
         Some(json) => serde_json::from_str(json).map_err(|e| SetupError(format!("the state from the parent: {e}")))?,
         None => return Err(SetupError(format!("expected the state after the runtime's hooks, got {line:?}"))),
     };
-    super::hooks::run(&super::hooks::of(&plan.hooks, "createContainer"), "createContainer", &state).map_err(SetupError)?;
+    super::hooks::run(&plan.hooks.create_container, "createContainer", &state).map_err(SetupError)?;
     Ok(state)
 }
 
@@ -627,7 +623,7 @@ fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
         nix::sys::prctl::set_no_new_privs().map_err(|e| (format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"), CODE_RUNTIME))?;
     }
     std::env::set_current_dir(&process.cwd).map_err(|e| (format!("chdir to process.cwd {}: {e}", process.cwd), CODE_RUNTIME))?;
-    find_program(&process.args[0], &process.env).map_err(|message| (message, crate::runtime::CODE_NOT_FOUND))
+    crate::runtime::init::find_program(&process.args[0], &process.env)
 }
 
 /// After `start`: the signals back to their defaults, the seccomp filter under
@@ -695,19 +691,4 @@ fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
         caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
     }
     Ok(())
-}
-
-/// The program: a path as given, or the first executable match in the process's PATH.
-fn find_program(program: &str, env: &[String]) -> Result<String, String> {
-    if program.contains('/') {
-        return Ok(program.to_owned());
-    }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(crate::runtime::DEFAULT_PATH);
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let candidate = Path::new(dir).join(program);
-        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
-            return Ok(candidate.display().to_string());
-        }
-    }
-    Err(format!("exec {program}: executable file not found in $PATH ({path})"))
 }

@@ -66,16 +66,43 @@ fn run_one(hook: &Hook, state: &serde_json::Value) -> Result<(), String> {
     Err(format!("{status}: {}", said.trim()))
 }
 
-/// The hooks of `stage` in `hooks`, empty when none.
-pub fn of(hooks: &oci_spec::runtime::Hooks, stage: &str) -> Vec<Hook> {
-    let list = match stage {
-        "prestart" => hooks.prestart(),
-        "createRuntime" => hooks.create_runtime(),
-        "createContainer" => hooks.create_container(),
-        "startContainer" => hooks.start_container(),
-        "poststart" => hooks.poststart(),
-        "poststop" => hooks.poststop(),
-        _ => &None,
-    };
-    list.clone().unwrap_or_default()
+/// The config's hooks by stage (an unset list is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageHooks {
+    pub prestart: Vec<Hook>,
+    pub create_runtime: Vec<Hook>,
+    pub create_container: Vec<Hook>,
+    pub start_container: Vec<Hook>,
+    pub poststart: Vec<Hook>,
+    pub poststop: Vec<Hook>,
+}
+
+impl StageHooks {
+    pub fn of(hooks: &oci_spec::runtime::Hooks) -> StageHooks {
+        let list = |stage: &Option<Vec<Hook>>| stage.clone().unwrap_or_default();
+        StageHooks {
+            prestart: list(hooks.prestart()),
+            create_runtime: list(hooks.create_runtime()),
+            create_container: list(hooks.create_container()),
+            start_container: list(hooks.start_container()),
+            poststart: list(hooks.poststart()),
+            poststop: list(hooks.poststop()),
+        }
+    }
+
+    /// Each stage by its name in the config.
+    pub fn stages(&self) -> [(&'static str, &[Hook]); 6] {
+        [
+            ("prestart", &self.prestart),
+            ("createRuntime", &self.create_runtime),
+            ("createContainer", &self.create_container),
+            ("startContainer", &self.start_container),
+            ("poststart", &self.poststart),
+            ("poststop", &self.poststop),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages().iter().all(|(_, hooks)| hooks.is_empty())
+    }
 }

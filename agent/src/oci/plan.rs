@@ -49,7 +49,7 @@ pub struct Plan {
     /// `linux.seccomp` compiled ([`super::seccomp::programs`]), installed last before
     /// exec with no_new_privs, else before the capabilities go (it needs CAP_SYS_ADMIN).
     pub seccomp: Option<Vec<seccompiler::BpfProgram>>,
-    pub hooks: oci_spec::runtime::Hooks,
+    pub hooks: super::hooks::StageHooks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,9 +217,9 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
         None => None,
         Some(profile) => Some(super::seccomp::programs(profile).map_err(|reason| refuse("linux.seccomp", reason))?),
     };
-    let hooks = spec.hooks().clone().unwrap_or_default();
-    for stage in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
-        for (i, hook) in super::hooks::of(&hooks, stage).iter().enumerate() {
+    let hooks = super::hooks::StageHooks::of(&spec.hooks().clone().unwrap_or_default());
+    for (stage, list) in hooks.stages() {
+        for (i, hook) in list.iter().enumerate() {
             if !hook.path().is_absolute() {
                 return Err(refuse(format!("hooks.{stage}[{i}].path"), format!("{} is not absolute", hook.path().display())));
             }

@@ -120,17 +120,12 @@ pub fn hook_state(id: &str, pid: i32, bundle: &Path, annotations: &BTreeMap<Stri
 /// fields containerd reads (`rootfs`, `created`, `owner`).
 pub fn oci_state(record: &Record, status: Status) -> serde_json::Value {
     let created = crate::runtime::output::format_rfc3339(u64::try_from(record.created_unix_ms).unwrap_or(0).saturating_mul(1_000_000));
-    serde_json::json!({
-        "ociVersion": super::OCI_VERSION,
-        "id": record.id,
-        "pid": if status == Status::Stopped { 0 } else { record.pid },
-        "status": status.as_str(),
-        "bundle": record.bundle,
-        "rootfs": record.rootfs,
-        "created": created,
-        "owner": "",
-        "annotations": record.annotations,
-    })
+    let pid = if status == Status::Stopped { 0 } else { record.pid };
+    let mut state = hook_state(&record.id, pid, &record.bundle, &record.annotations, status.as_str());
+    state["rootfs"] = serde_json::json!(record.rootfs);
+    state["created"] = serde_json::json!(created);
+    state["owner"] = serde_json::json!("");
+    state
 }
 
 #[cfg(test)]

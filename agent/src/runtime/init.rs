@@ -517,7 +517,7 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     if let Err(e) = std::env::set_current_dir(&config.cwd) {
         fail(&mut sync, &format!("chdir to the working directory {:?}: {e}", config.cwd), CODE_RUNTIME);
     }
-    let program = match resolve_program(config) {
+    let program = match find_program(config.args.first().map(String::as_str).unwrap_or_default(), &config.env) {
         Ok(path) => path,
         Err((message, code)) => fail(&mut sync, &message, code),
     };
@@ -544,10 +544,9 @@ fn command_main(config: &InitConfig, mut sync: UnixStream) -> ! {
     fail(&mut sync, &format!("exec {program}: {error}"), code)
 }
 
-/// Finds the program: a path as given, or the first executable match in the
-/// container's PATH.
-fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
-    let program = config.args.first().map(String::as_str).unwrap_or_default();
+/// Finds `program`: a path as given, or the first match in the PATH of `env` (the
+/// container's environment); an error with its exit code (127 not found, 126 not a file).
+pub(crate) fn find_program(program: &str, env: &[String]) -> Result<String, (String, i32)> {
     if program.contains('/') {
         return match std::fs::metadata(program) {
             Ok(meta) if meta.is_file() => Ok(program.to_owned()),
@@ -555,7 +554,7 @@ fn resolve_program(config: &InitConfig) -> Result<String, (String, i32)> {
             Err(e) => Err((format!("exec {program}: {e}"), CODE_NOT_FOUND)),
         };
     }
-    let path = config.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(super::config::DEFAULT_PATH);
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(super::config::DEFAULT_PATH);
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(program);
         if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
