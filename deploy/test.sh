@@ -21,10 +21,14 @@ require_rust
 # metrics' format, and the lab's Prometheus scrapes every controller and agent; its own
 # service is never started), systemd for `systemd-analyze verify` of deploy/systemd's
 # units (no running systemd needed; on a machine without one nothing starts),
-# mmdebstrap for the Debian system container image (deploy/images/build-system.sh).
+# mmdebstrap for the Debian system container image (deploy/images/build-system.sh),
+# docker.io (and its containerd) for orch-runc under a real Docker: their services are
+# kept from starting (and disabled on a systemd machine); agent/tests/docker.rs starts a
+# dockerd of its own on a socket, roots and cgroup parent in a temporary directory.
 TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus systemd
+install_without_services docker.io containerd
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""

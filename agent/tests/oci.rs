@@ -367,3 +367,134 @@ fn hooks_run_at_their_points_with_the_state_on_stdin() {
     assert_eq!(read(out.join("poststop.json"))["status"].as_str(), Some("stopped"));
     assert_gone(&sandbox, "hooked");
 }
+
+/// Receives the pty master `orch-runc` sends to a console socket: its descriptor number
+/// in this process (closed by the caller with `nix::unistd::close`).
+fn receive_console(listener: &std::os::unix::net::UnixListener) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    let (stream, _) = listener.accept().expect("the runtime connects to the console socket");
+    let mut name = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let message = nix::sys::socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), nix::sys::socket::MsgFlags::empty()).expect("recvmsg");
+    for control in message.cmsgs().expect("control messages") {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = control {
+            return fds[0];
+        }
+    }
+    panic!("no descriptor on the console socket");
+}
+
+#[test]
+fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
+    use std::io::Read;
+    let sandbox = Sandbox::new("oci-exec");
+    let _cleanup = Cleanup(&sandbox, &["ex"]);
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let deny_mkdir =
+        serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]});
+    let dir = bundle(&sandbox, "ex", "echo up; while true; do sleep 0.05; done", |config| config["linux"]["seccomp"] = deny_mkdir);
+    let output = sandbox.root.path().join("ex.out");
+    let created = create(&sandbox, "ex", &dir, &output);
+    assert!(created.status.success(), "create: {}", std::fs::read_to_string(&output).unwrap_or_default());
+    let pid: i32 = std::fs::read_to_string(sandbox.root.path().join("ex.pid")).expect("pid file").trim().parse().expect("a PID");
+    assert!(runc(&sandbox, &["start", "ex"]).status.success());
+    wait_for_text(&output, "up");
+
+    // Without --detach: its output, its exit status, the container's namespaces and root.
+    let script = "hostname; echo pid $$; for n in ipc uts net pid mnt cgroup; do readlink /proc/self/ns/$n; done; ls /; mkdir /made || echo denied; exit 7";
+    let ran = runc(&sandbox, &["exec", "--env", "GREETING=hi", "ex", "sh", "-c", script]);
+    assert_eq!(ran.status.code(), Some(7), "exec's status is the program's: {}", stderr(&ran));
+    let said = stdout(&ran);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "ex", "the container's hostname: {said}");
+    let exec_pid: i32 = lines[1].strip_prefix("pid ").expect("its pid").parse().expect("a number");
+    assert!(exec_pid > 1, "a process of the container's PID namespace: {said}");
+    for (i, kind) in ["ipc", "uts", "net", "pid", "mnt", "cgroup"].iter().enumerate() {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("the container's namespace");
+        assert_eq!(lines[2 + i], theirs.display().to_string(), "the container's {kind} namespace");
+    }
+    assert!(said.contains("bin") && !said.contains("runc-state"), "the container's root: {said}");
+    assert!(said.contains("denied"), "the config's seccomp profile applies to exec'd processes too: {said}");
+
+    // --detach with a process.json: the PID file names it, it is in the container's
+    // cgroup, as the config's user, and left to the caller (a subreaper).
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; sleep 30"],
+        "env": ["PATH=/bin:/usr/bin"], "cwd": "/tmp", "user": {"uid": 1000, "gid": 1000}, "noNewPrivileges": true,
+        "capabilities": {"bounding": ["CAP_KILL"], "effective": [], "permitted": []}
+    });
+    let process_file = sandbox.root.path().join("process.json");
+    std::fs::write(&process_file, process.to_string()).expect("process.json");
+    let exec_pid_file = sandbox.root.path().join("exec.pid");
+    // Its streams are files, as containerd's FIFOs: a pipe would stay open in the program.
+    let exec_log = sandbox.root.path().join("exec.out");
+    let log = std::fs::File::create(&exec_log).expect("exec output file");
+    let detached = Command::new(RUNC)
+        .arg("--root")
+        .arg(state_root(&sandbox))
+        .args(["exec", "--process", process_file.to_str().unwrap(), "--detach", "--pid-file", exec_pid_file.to_str().unwrap(), "ex"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone"))
+        .stderr(log)
+        .status()
+        .expect("exec --detach");
+    assert!(detached.success(), "exec --detach: {}", std::fs::read_to_string(&exec_log).unwrap_or_default());
+    let detached_pid: i32 = std::fs::read_to_string(&exec_pid_file).expect("the exec's pid file").trim().parse().expect("a PID");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(detached_pid), None).is_ok(), "exec --detach returned while its program runs");
+    let ps: Vec<i32> = serde_json::from_str(&stdout(&runc(&sandbox, &["ps", "--format", "json", "ex"]))).expect("ps JSON");
+    assert!(ps.contains(&detached_pid), "the exec'd process is in the container's cgroup: {ps:?} vs {detached_pid}");
+    wait_for_text(&exec_log, "NoNewPrivs");
+    let user = std::fs::read_to_string(&exec_log).expect("its report");
+    assert!(user.starts_with("1000\n") && user.contains("CapEff:\t0000000000000000") && user.contains("NoNewPrivs:\t1"), "{user}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(detached_pid), nix::sys::signal::Signal::SIGKILL).expect("kill the exec'd process");
+    assert_eq!(reap(detached_pid), 128 + 9, "the detached process was left to this subreaper");
+
+    // A terminal: the pty master goes to the console socket, the program's streams are its slave.
+    let socket_path = sandbox.root.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("console socket");
+    let tty_pid_file = sandbox.root.path().join("tty.pid");
+    let mut tty_exec = Command::new(RUNC)
+        .arg("--root")
+        .arg(state_root(&sandbox))
+        .args(["exec", "--tty", "--detach", "--console-socket", socket_path.to_str().unwrap(), "--pid-file", tty_pid_file.to_str().unwrap()])
+        .args(["ex", "sh", "-c", "tty > /tmp/exec-tty"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec --tty");
+    let master = receive_console(&listener);
+    let finished = tty_exec.wait().expect("exec --tty ends");
+    let mut errors = String::new();
+    let _ = tty_exec.stderr.take().expect("stderr").read_to_string(&mut errors);
+    assert!(finished.success(), "exec --tty --detach: {errors}");
+    let master_path = std::fs::read_link(format!("/proc/self/fd/{master}")).expect("the received descriptor");
+    assert_eq!(master_path, Path::new("/dev/pts/ptmx"), "a pty master of the container's devpts");
+    let tty_file = sandbox.rootfs().join("tmp/exec-tty");
+    let began = Instant::now();
+    while !std::fs::read_to_string(&tty_file).unwrap_or_default().ends_with('\n') {
+        assert!(began.elapsed() < Duration::from_secs(20), "the terminal's program never wrote {}", tty_file.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tty = std::fs::read_to_string(&tty_file).expect("its terminal");
+    assert!(tty.starts_with("/dev/pts/"), "the program's standard streams are the pty's slave: {tty:?}");
+    nix::unistd::close(master).expect("close the master");
+    // Left to this subreaper: reaped here, or the container's PID 1 could not finish dying.
+    let tty_pid: i32 = std::fs::read_to_string(&tty_pid_file).expect("the tty exec's pid file").trim().parse().expect("a PID");
+    assert_eq!(reap(tty_pid), 0);
+
+    // Refusals: a missing program fails exec itself, a terminal needs a console socket.
+    let missing = runc(&sandbox, &["exec", "--pid-file", exec_pid_file.with_extension("missing").to_str().unwrap(), "ex", "/no/such/program"]);
+    assert!(!missing.status.success() && stderr(&missing).contains("/no/such/program"), "{}", stderr(&missing));
+    assert!(!exec_pid_file.with_extension("missing").exists(), "no PID file for a process that never ran");
+    let no_console = runc(&sandbox, &["exec", "--tty", "ex", "sh"]);
+    assert!(!no_console.status.success() && stderr(&no_console).contains("--console-socket"), "{}", stderr(&no_console));
+
+    assert!(runc(&sandbox, &["kill", "ex", "KILL"]).status.success());
+    assert_eq!(reap(pid), 128 + 9);
+    let stopped = runc(&sandbox, &["exec", "ex", "true"]);
+    assert!(!stopped.status.success() && stderr(&stopped).contains("stopped"), "{}", stderr(&stopped));
+    assert!(runc(&sandbox, &["delete", "ex"]).status.success());
+    assert_gone(&sandbox, "ex");
+}

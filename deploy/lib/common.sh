@@ -54,8 +54,10 @@ install_without_services() {
     [ "$status" = 0 ] || die "installing ${missing[*]} failed"
     if [ -d /run/systemd/system ]; then
         step "disabling the own services of ${missing[*]} (orch runs its instances itself)"
-        for pkg in "${missing[@]}"; do
-            systemctl disable --now "$pkg.service" >/dev/null 2>&1 || true
+        local unit
+        # Every unit the packages ship (docker.io: docker.service and docker.socket).
+        for unit in $(dpkg -L "${missing[@]}" 2>/dev/null | sed -n 's#^/lib/systemd/system/\([^/]*\.\(service\|socket\)\)$#\1#p'); do
+            systemctl disable --now "$unit" >/dev/null 2>&1 || true
         done
     fi
 }

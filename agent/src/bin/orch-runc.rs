@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use orch_agent::oci::{commands, create, state, OciError};
+use orch_agent::oci::{commands, create, exec, state, OciError};
 
 #[derive(Debug, Parser)]
 #[command(name = "orch-runc", about = "orch's container runtime with runc's command line (OCI runtime specification)", disable_version_flag = true)]
@@ -71,6 +71,50 @@ enum Command {
     },
     /// Run a created container's program.
     Start { id: String },
+    /// Run another process in a created or running container.
+    Exec {
+        /// The process (the specification's `process` object); else COMMAND with the
+        /// container's own process's settings.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Exit once the program runs (the caller's subreaper inherits it).
+        #[arg(short, long)]
+        detach: bool,
+        /// Where to write the process's PID.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// A unix socket that receives the terminal's pty master.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Give the process a terminal (without --process).
+        #[arg(short, long)]
+        tty: bool,
+        /// The working directory (without --process).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// An environment variable KEY=VALUE (without --process; repeatable).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// UID[:GID] (without --process).
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Supplementary group ids (without --process; repeatable).
+        #[arg(short = 'g', long = "additional-gids")]
+        additional_gids: Vec<u32>,
+        /// A capability added to the process's sets (without --process; repeatable).
+        #[arg(short, long = "cap")]
+        cap: Vec<String>,
+        /// Set no_new_privs (without --process).
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
+        /// Extra descriptors to pass: not supported (only 0).
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        id: String,
+        /// The program and its arguments (without --process).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// The container's state (the OCI specification's JSON).
     State { id: String },
     /// Send a signal (default SIGTERM) to the container's process.
@@ -108,26 +152,63 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // A command line clap refuses is reported where the caller reads errors too
+            // (containerd shows the log's last line, not stderr).
+            if error.use_stderr() {
+                let args: Vec<String> = std::env::args().collect();
+                let (log, format) = log_flags(&args);
+                let message = error.render().to_string();
+                let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ");
+                write_log(log.as_deref(), format, first);
+            }
+            error.exit()
+        }
+    };
     if cli.version {
         println!("orch-runc version {}\ncommit: {}\nspec: {}", env!("CARGO_PKG_VERSION"), orch_agent::runtime::BUILD_ID, orch_agent::oci::OCI_VERSION);
         return ExitCode::SUCCESS;
     }
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
         Err(error) => {
-            report(&cli, &error.to_string());
+            eprintln!("orch-runc: {error}");
+            write_log(cli.log.as_deref(), cli.log_format, &error.to_string());
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: &Cli) -> Result<(), OciError> {
+/// `--log` and `--log-format` found by hand in a command line clap refused.
+fn log_flags(args: &[String]) -> (Option<PathBuf>, LogFormat) {
+    let mut log = None;
+    let mut format = LogFormat::Text;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_owned())),
+            None => (word.as_str(), None),
+        };
+        let value = || inline.clone().or_else(|| words.clone().next().cloned());
+        match flag {
+            "--log" => log = value().map(PathBuf::from),
+            "--log-format" if value().as_deref() == Some("json") => format = LogFormat::Json,
+            _ => {}
+        }
+    }
+    (log, format)
+}
+
+/// The program's exit status to exit with (`exec` without `--detach`), else 0.
+fn run(cli: &Cli) -> Result<i32, OciError> {
     let Some(command) = &cli.command else {
-        return Err(OciError::Failed("a command is required (create, start, state, kill, delete, ps, list, features; --help)".into()));
+        return Err(OciError::Failed("a command is required (create, start, exec, state, kill, delete, ps, list, features; --help)".into()));
     };
     if matches!(command, Command::Features) {
-        return print_json(&commands::features());
+        return print_json(&commands::features()).map(|()| 0);
     }
     if cli.systemd_cgroup {
         return Err(OciError::Failed(
@@ -139,6 +220,39 @@ fn run(cli: &Cli) -> Result<(), OciError> {
         return Err(OciError::Failed("orch-runc runs containers as root only".into()));
     }
     let root = &cli.root;
+    if let Command::Exec { process, detach, pid_file, console_socket, tty, cwd, env, user, additional_gids, cap, no_new_privs, preserve_fds, id, command } =
+        command
+    {
+        if *preserve_fds > 0 {
+            return Err(OciError::Failed("--preserve-fds: passing extra descriptors is not supported yet".into()));
+        }
+        let process = match process {
+            Some(path) => {
+                if !command.is_empty() || *tty || cwd.is_some() || !env.is_empty() || user.is_some() || !cap.is_empty() {
+                    return Err(OciError::Failed("exec: --process FILE says everything: give no COMMAND, --tty, --cwd, --env, --user or --cap with it".into()));
+                }
+                exec::ProcessSource::File(path.clone())
+            }
+            None => exec::ProcessSource::Overrides(exec::Overrides {
+                args: command.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                tty: *tty,
+                user: user.as_deref().map(parse_user).transpose()?,
+                additional_gids: additional_gids.clone(),
+                capabilities: cap.iter().map(|c| if c.starts_with("CAP_") { c.clone() } else { format!("CAP_{}", c.to_uppercase()) }).collect(),
+                no_new_privileges: *no_new_privs,
+            }),
+        };
+        return exec::exec(&exec::ExecOptions {
+            root: root.clone(),
+            id: id.clone(),
+            process,
+            detach: *detach,
+            pid_file: pid_file.clone(),
+            console_socket: console_socket.clone(),
+        });
+    }
     match command {
         Command::Create { bundle, pid_file, console_socket, no_pivot, no_new_keyring: _, preserve_fds, id } => {
             if *preserve_fds > 0 {
@@ -192,6 +306,17 @@ fn run(cli: &Cli) -> Result<(), OciError> {
             }
         }
         Command::Features => print_json(&commands::features()),
+        Command::Exec { .. } => Ok(()),
+    }
+    .map(|()| 0)
+}
+
+/// `--user UID[:GID]`.
+fn parse_user(value: &str) -> Result<(u32, Option<u32>), OciError> {
+    let bad = || OciError::Failed(format!("--user {value:?}: expected UID[:GID] (numbers)"));
+    match value.split_once(':') {
+        Some((uid, gid)) => Ok((uid.parse().map_err(|_| bad())?, Some(gid.parse().map_err(|_| bad())?))),
+        None => Ok((value.parse().map_err(|_| bad())?, None)),
     }
 }
 
@@ -201,11 +326,10 @@ fn print_json(value: &serde_json::Value) -> Result<(), OciError> {
     Ok(())
 }
 
-/// The error on stderr and, with `--log`, in the log (containerd shows that line).
-fn report(cli: &Cli, message: &str) {
-    eprintln!("orch-runc: {message}");
-    let Some(path) = &cli.log else { return };
-    let line = match cli.log_format {
+/// With `--log`, the error in the log (containerd shows that line).
+fn write_log(log: Option<&std::path::Path>, format: LogFormat, message: &str) {
+    let Some(path) = log else { return };
+    let line = match format {
         LogFormat::Json => {
             let time = orch_agent::runtime::output::format_rfc3339(u64::try_from(orch_agent::runtime::now_unix_ms()).unwrap_or(0).saturating_mul(1_000_000));
             format!("{}\n", serde_json::json!({"level": "error", "msg": message, "time": time}))

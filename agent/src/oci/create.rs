@@ -555,6 +555,16 @@ fn make_devices(root: &std::fs::File, plan: &Plan) -> Result<(), SetupError> {
 /// its slave on `/dev/console` and as the process's standard streams and terminal.
 /// Opened inside the root, as the devices are.
 fn make_console(root: &std::fs::File, socket: &UnixStream) -> Result<(), SetupError> {
+    let (master, slave, pts) = open_console(root)?;
+    let console = step(rootfs::open_target(root, "/dev/console", false), || "create /dev/console".to_owned())?;
+    let (from, to) = (format!("/proc/self/fd/{}", slave.as_raw_fd()), format!("/proc/self/fd/{}", console.as_raw_fd()));
+    step(mount(Some(from.as_str()), to.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {pts} on /dev/console"))?;
+    attach_console(&master, &slave, socket)
+}
+
+/// A new pty of the devpts on `root`'s `/dev/pts`: its master, its slave and the
+/// slave's path.
+pub(super) fn open_console(root: &std::fs::File) -> Result<(std::fs::File, std::fs::File, String), SetupError> {
     let reopen = |path: &str, is_dir: bool| -> Result<std::fs::File, SetupError> {
         let found = step(rootfs::open_target(root, path, is_dir), || format!("open {path}"))?;
         let via_fd = format!("/proc/self/fd/{}", found.as_raw_fd());
@@ -567,9 +577,12 @@ fn make_console(root: &std::fs::File, socket: &UnixStream) -> Result<(), SetupEr
     let number = crate::runtime::init::unlock_pty(&master).map_err(SetupError)?;
     let pts = format!("/dev/pts/{number}");
     let slave = reopen(&pts, false)?;
-    let console = step(rootfs::open_target(root, "/dev/console", false), || "create /dev/console".to_owned())?;
-    let (from, to) = (format!("/proc/self/fd/{}", slave.as_raw_fd()), format!("/proc/self/fd/{}", console.as_raw_fd()));
-    step(mount(Some(from.as_str()), to.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>), || format!("bind {pts} on /dev/console"))?;
+    Ok((master, slave, pts))
+}
+
+/// Sends the pty's master to `--console-socket` and makes its slave this process's
+/// standard streams and controlling terminal (the process leads its own session).
+pub(super) fn attach_console(master: &std::fs::File, slave: &std::fs::File, socket: &UnixStream) -> Result<(), SetupError> {
     let fds = [master.as_raw_fd()];
     let sent = nix::sys::socket::sendmsg::<()>(
         socket.as_raw_fd(),
@@ -595,7 +608,7 @@ fn make_console(root: &std::fs::File, socket: &UnixStream) -> Result<(), SetupEr
 
 /// Before the wait: limits, the seccomp filter without no_new_privs, credentials and
 /// capabilities, no_new_privs when asked, the working directory, and the program's path.
-fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
+pub(super) fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
     let process = &plan.process;
     for (resource, soft, hard) in &process.rlimits {
         let limit = nix::libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
@@ -629,7 +642,7 @@ fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
 /// After `start`: the signals back to their defaults, the seccomp filter under
 /// no_new_privs, descriptors the caller left open closed, then exec. Returns only on
 /// an error: its message and exit code.
-fn exec_program(plan: &Plan, program: &str) -> (String, i32) {
+pub(super) fn exec_program(plan: &Plan, program: &str) -> (String, i32) {
     use std::ffi::CString;
     let process = &plan.process;
     // Nothing but the standard streams reaches the program (runc's CloseExecFrom(3)).

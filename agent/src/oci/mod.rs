@@ -1,6 +1,6 @@
 //! `orch-runc`: orch's runtime behind the OCI runtime command line that containerd's
 //! runc shim, Docker and Podman drive (`create`, `start`, `state`, `kill`, `delete`,
-//! `ps`, `features`). A bundle's `config.json` is read with `oci-spec` and mapped by the
+//! `exec`, `ps`, `features`). A bundle's `config.json` is read with `oci-spec` and mapped by the
 //! pure [`plan`] onto the same kernel code the agent uses: its cgroups, the confined
 //! mount targets, `/proc` masking, capabilities and the start path's conventions.
 //!
@@ -12,10 +12,13 @@
 //! - [`hooks`]: the config's hooks, run with the state on standard input.
 //! - [`create`]: the container's processes (fork, namespaces, root, the exec FIFO that
 //!   holds it until `start`).
-//! - [`commands`]: each subcommand.
+//! - [`exec`]: another process in a container (its namespaces, cgroups and root
+//!   joined; the same limits, seccomp and credentials steps as `create`).
+//! - [`commands`]: each other subcommand.
 
 pub mod commands;
 pub mod create;
+pub mod exec;
 pub mod hooks;
 pub mod plan;
 pub mod seccomp;

@@ -274,13 +274,19 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
 
 fn process_plan(spec: &Spec) -> Result<ProcessPlan, PlanError> {
     let process = spec.process().as_ref().ok_or_else(|| refuse("process", "missing (the container's process is required)"))?;
+    process_plan_of(process, "process")
+}
+
+/// The process `process` describes: the config's, or one `orch-runc exec` runs
+/// (`field` names where it came from in errors: `process`, `process.json`).
+pub fn process_plan_of(process: &oci_spec::runtime::Process, field: &str) -> Result<ProcessPlan, PlanError> {
     let args = process.args().clone().unwrap_or_default();
     if args.first().is_none_or(String::is_empty) {
-        return Err(refuse("process.args", "empty (the program to run is required)"));
+        return Err(refuse(format!("{field}.args"), "empty (the program to run is required)"));
     }
     let cwd = process.cwd().display().to_string();
     if !cwd.starts_with('/') {
-        return Err(refuse("process.cwd", format!("{cwd:?} is not absolute")));
+        return Err(refuse(format!("{field}.cwd"), format!("{cwd:?} is not absolute")));
     }
     let names = |set: Option<&oci_spec::runtime::Capabilities>| -> Vec<String> {
         let mut names: Vec<String> = set.into_iter().flatten().map(|c| format!("CAP_{c}")).collect();
@@ -291,7 +297,7 @@ fn process_plan(spec: &Spec) -> Result<ProcessPlan, PlanError> {
     let mut rlimits = Vec::new();
     for (i, limit) in process.rlimits().clone().unwrap_or_default().iter().enumerate() {
         let resource =
-            rlimit_resource(&limit.typ().to_string()).ok_or_else(|| refuse(format!("process.rlimits[{i}].type"), format!("{} is unknown", limit.typ())))?;
+            rlimit_resource(&limit.typ().to_string()).ok_or_else(|| refuse(format!("{field}.rlimits[{i}].type"), format!("{} is unknown", limit.typ())))?;
         rlimits.push((resource, limit.soft(), limit.hard()));
     }
     let user = process.user();

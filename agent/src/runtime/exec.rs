@@ -124,7 +124,7 @@ impl ExecRequest {
 /// container's systemd enabled controllers for its own subtree on a unified host, and
 /// no process may then live at its top), joins the cgroup of the container's PID 1
 /// `target` instead, as runc does.
-fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), String> {
+pub(crate) fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), String> {
     let procs = dir.join("cgroup.procs");
     let own_pid = std::process::id().to_string();
     match std::fs::write(&procs, &own_pid) {
@@ -149,6 +149,34 @@ fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), String> {
     std::fs::write(&inner, &own_pid).map_err(|e| format!("join cgroup {}: {e}", inner.display()))
 }
 
+/// Enters the namespaces and the root of the container whose PID 1 is `pid` (host
+/// PID): its user namespace first when it has one of its own, the mount namespace last,
+/// then the directory its PID 1 pivoted into. The PID namespace applies to children.
+pub(crate) fn enter_container(pid: i32) -> Result<(), String> {
+    // Everything is opened before the first setns: /proc changes meaning afterwards.
+    let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| format!("open /proc/{pid}/{what}: {e}"));
+    let own_user = std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()).unwrap_or(0);
+    let their_user = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino()).unwrap_or(0);
+    let user = if own_user != their_user { Some(open("ns/user")?) } else { None };
+    let namespaces = [
+        (open("ns/ipc")?, CloneFlags::CLONE_NEWIPC),
+        (open("ns/uts")?, CloneFlags::CLONE_NEWUTS),
+        (open("ns/net")?, CloneFlags::CLONE_NEWNET),
+        (open("ns/pid")?, CloneFlags::CLONE_NEWPID),
+        (open("ns/cgroup")?, CloneFlags::CLONE_NEWCGROUP),
+        (open("ns/mnt")?, CloneFlags::CLONE_NEWNS),
+    ];
+    let root = open("root")?;
+    if let Some(user) = &user {
+        setns(user, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("setns(user) of {pid}: {e}"))?;
+    }
+    for (fd, kind) in &namespaces {
+        setns(fd, *kind).map_err(|e| format!("setns({kind:?}) of {pid}: {e}"))?;
+    }
+    // The container's root is where its init pivoted to, not the namespace's first mount.
+    nix::unistd::fchdir(&root).and_then(|()| nix::unistd::chroot(".")).map_err(|e| format!("enter the root of {pid}: {e}"))
+}
+
 fn die(message: &str, code: i32) -> ! {
     eprintln!("orch-agent exec: {message}");
     std::process::exit(code)
@@ -166,33 +194,8 @@ pub fn exec_main() -> ! {
             die(&message, CODE_RUNTIME);
         }
     }
-    // Everything is opened before the first setns: /proc changes meaning afterwards.
-    let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).unwrap_or_else(|e| die(&format!("open /proc/{pid}/{what}: {e}"), CODE_RUNTIME));
-    let own_user = std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()).unwrap_or(0);
-    let their_user = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino()).unwrap_or(0);
-    let user = (own_user != their_user).then(|| open("ns/user"));
-    let namespaces = [
-        (open("ns/ipc"), CloneFlags::CLONE_NEWIPC),
-        (open("ns/uts"), CloneFlags::CLONE_NEWUTS),
-        (open("ns/net"), CloneFlags::CLONE_NEWNET),
-        (open("ns/pid"), CloneFlags::CLONE_NEWPID),
-        (open("ns/cgroup"), CloneFlags::CLONE_NEWCGROUP),
-        (open("ns/mnt"), CloneFlags::CLONE_NEWNS),
-    ];
-    let root = open("root");
-    if let Some(user) = &user {
-        if let Err(e) = setns(user, CloneFlags::CLONE_NEWUSER) {
-            die(&format!("setns(user) of {pid}: {e}"), CODE_RUNTIME);
-        }
-    }
-    for (fd, kind) in &namespaces {
-        if let Err(e) = setns(fd, *kind) {
-            die(&format!("setns({kind:?}) of {pid}: {e}"), CODE_RUNTIME);
-        }
-    }
-    // The container's root is where its init pivoted to, not the namespace's first mount.
-    if let Err(e) = nix::unistd::fchdir(&root).and_then(|()| nix::unistd::chroot(".")) {
-        die(&format!("enter the root of {pid}: {e}"), CODE_RUNTIME);
+    if let Err(message) = enter_container(pid) {
+        die(&message, CODE_RUNTIME);
     }
     let pty = if request.tty { Some(nix::pty::openpty(None, None).unwrap_or_else(|e| die(&format!("openpty: {e}"), CODE_RUNTIME))) } else { None };
     // SAFETY: this process is single-threaded (dispatched before any thread starts), so
