@@ -28,7 +28,12 @@ require_rust
 TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus systemd
-install_without_services docker.io containerd
+if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
+    # Docker's own packages (docker-ce) conflict with Debian's: the test uses what is there.
+    step "dockerd is installed ($(command -v dockerd)): the orch-runc Docker test uses it"
+else
+    install_without_services docker.io containerd
+fi
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""

@@ -87,8 +87,10 @@ impl Dockerd {
         format!("unix://{}", self.dir.path().join("docker.sock").display())
     }
 
+    /// `docker`, bounded: a client that hangs fails the test instead.
     fn command(&self) -> Command {
-        let mut command = Command::new("docker");
+        let mut command = Command::new("timeout");
+        command.args(["120", "docker"]);
         command.env("DOCKER_HOST", self.host()).env("DOCKER_CONFIG", self.dir.path().join("client")).stdin(Stdio::null());
         command
     }
@@ -106,7 +108,7 @@ impl Dockerd {
 
     /// `docker ARGS` given a terminal (util-linux's `script`) with `input` typed into it.
     fn with_terminal(&self, args: &str, input: &str) -> Output {
-        let command = format!("DOCKER_HOST={} DOCKER_CONFIG={} docker {args}", self.host(), self.dir.path().join("client").display());
+        let command = format!("DOCKER_HOST={} DOCKER_CONFIG={} timeout 120 docker {args}", self.host(), self.dir.path().join("client").display());
         let mut child = Command::new("script")
             .args(["-qec", &command, "/dev/null"])
             .stdin(Stdio::piped())
@@ -193,11 +195,15 @@ fn docker_runs_execs_stops_kills_and_removes_containers_through_orch_runc() {
 
     // A one-shot command: its output and exit code, under Docker's seccomp profile and
     // default capabilities.
-    let once =
-        dockerd.docker(&[&run[..], &["--rm", IMAGE, "sh", "-c", "echo hello from orch-runc; grep -E '^(Seccomp|CapEff):' /proc/self/status; exit 3"]].concat());
+    let once = dockerd.docker(
+        &[&run[..], &["--rm", IMAGE, "sh", "-c", "echo hello from orch-runc; grep -E '^(Seccomp|CapEff|NoNewPrivs):' /proc/self/status; exit 3"]].concat(),
+    );
     assert_eq!(once.status.code(), Some(3), "docker run's status is the program's: {}", stderr(&once));
     let said = stdout(&once);
-    assert!(said.contains("hello from orch-runc") && said.contains("Seccomp:\t2") && said.contains("CapEff:\t00000000a80425fb"), "{said}");
+    assert!(
+        said.contains("hello from orch-runc") && said.contains("Seccomp:\t2") && said.contains("CapEff:\t00000000a80425fb") && said.contains("NoNewPrivs:\t0"),
+        "Docker's profile and capabilities, no_new_privs unset as Docker leaves it: {said}"
+    );
 
     // A detached container, run by orch-runc (its record, under the shim's root).
     let script = "trap 'echo got usr1' USR1; trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done";
@@ -211,10 +217,14 @@ fn docker_runs_execs_stops_kills_and_removes_containers_through_orch_runc() {
     assert_eq!((state["status"].as_str(), state["pid"].to_string()), (Some("running"), pid.clone()), "{state}");
 
     // docker exec: the exit status, the container's PID namespace and hostname, and `-it`.
-    let exec = dockerd.docker(&["exec", "svc", "sh", "-c", "echo pid $$; hostname; cat /proc/1/cmdline; exit 5"]);
+    let script = "hostname; for n in pid mnt net uts ipc; do [ $(readlink /proc/self/ns/$n) = $(readlink /proc/1/ns/$n) ] && echo same $n; done; exit 5";
+    let exec = dockerd.docker(&["exec", "svc", "sh", "-c", script]);
     assert_eq!(exec.status.code(), Some(5), "docker exec's status is the program's: {}", stderr(&exec));
     let said = stdout(&exec);
-    assert!(!said.contains("pid 1\n") && said.contains(&id[..12]) && said.contains("trap"), "{said}");
+    assert!(said.starts_with(&id[..12]), "the container's hostname: {said}");
+    for kind in ["pid", "mnt", "net", "uts", "ipc"] {
+        assert!(said.contains(&format!("same {kind}\n")), "docker exec runs in the container's {kind} namespace: {said}");
+    }
     let interactive = dockerd.with_terminal("exec -it svc sh", "tty; echo $((6*7))\nexit 6\n");
     let typed = stdout(&interactive);
     assert_eq!(interactive.status.code(), Some(6), "docker exec -it: {typed}{}", stderr(&interactive));

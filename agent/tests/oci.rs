@@ -125,6 +125,11 @@ fn create_waits_start_runs_kill_stops_delete_removes() {
     assert!(!std::fs::read_to_string(&output).unwrap_or_default().contains("started"), "the program waits for start");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
     assert!(status.lines().any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")), "PID 1 of its own PID namespace:\n{status}");
+    // Until its exec the container's process is orch-runc, run from a read-only mount of
+    // itself: no process of the container can write the host's binary through
+    // /proc/PID/exe (CVE-2019-5736).
+    let exe = nix::sys::statvfs::statvfs(format!("/proc/{pid}/exe").as_str()).expect("statvfs its binary");
+    assert!(exe.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY), "the waiting process's binary is on a read-only mount (EROFS once it exits)");
 
     let started = runc(&sandbox, &["start", "life"]);
     assert!(started.status.success(), "start: {}", stderr(&started));
@@ -319,6 +324,7 @@ fn the_configs_seccomp_profile_confines_the_program() {
         wait_for_text(&output, said);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
         assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{id}: in filter mode:\n{status}");
+        assert!(status.lines().any(|l| l == "NoNewPrivs:\t0"), "{id}: no_new_privs stays unset when the config leaves it so:\n{status}");
         assert!(runc(&sandbox, &["kill", id, "KILL"]).status.success());
         assert_eq!(reap(pid), 128 + 9);
         assert!(runc(&sandbox, &["delete", id]).status.success(), "delete {id}");
@@ -372,7 +378,18 @@ fn hooks_run_at_their_points_with_the_state_on_stdin() {
 /// in this process (closed by the caller with `nix::unistd::close`).
 fn receive_console(listener: &std::os::unix::net::UnixListener) -> std::os::fd::RawFd {
     use std::os::fd::AsRawFd;
-    let (stream, _) = listener.accept().expect("the runtime connects to the console socket");
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let began = Instant::now();
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(began.elapsed() < Duration::from_secs(20), "orch-runc never connected to the console socket");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept on the console socket: {e}"),
+        }
+    };
     let mut name = [0u8; 64];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
@@ -393,6 +410,7 @@ fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
     nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
     let deny_mkdir =
         serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]});
+    std::fs::write(sandbox.rootfs().join("container-root-marker"), "").expect("a marker in the container's root");
     let dir = bundle(&sandbox, "ex", "echo up; while true; do sleep 0.05; done", |config| config["linux"]["seccomp"] = deny_mkdir);
     let output = sandbox.root.path().join("ex.out");
     let created = create(&sandbox, "ex", &dir, &output);
@@ -414,13 +432,13 @@ fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).expect("the container's namespace");
         assert_eq!(lines[2 + i], theirs.display().to_string(), "the container's {kind} namespace");
     }
-    assert!(said.contains("bin") && !said.contains("runc-state"), "the container's root: {said}");
+    assert!(said.contains("container-root-marker"), "the container's root: {said}");
     assert!(said.contains("denied"), "the config's seccomp profile applies to exec'd processes too: {said}");
 
     // --detach with a process.json: the PID file names it, it is in the container's
     // cgroup, as the config's user, and left to the caller (a subreaper).
     let process = serde_json::json!({
-        "args": ["sh", "-c", "id -u; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; sleep 30"],
+        "args": ["sh", "-c", "id -u; grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; sleep 30"],
         "env": ["PATH=/bin:/usr/bin"], "cwd": "/tmp", "user": {"uid": 1000, "gid": 1000}, "noNewPrivileges": true,
         "capabilities": {"bounding": ["CAP_KILL"], "effective": [], "permitted": []}
     });
@@ -446,7 +464,7 @@ fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
     assert!(ps.contains(&detached_pid), "the exec'd process is in the container's cgroup: {ps:?} vs {detached_pid}");
     wait_for_text(&exec_log, "NoNewPrivs");
     let user = std::fs::read_to_string(&exec_log).expect("its report");
-    assert!(user.starts_with("1000\n") && user.contains("CapEff:\t0000000000000000") && user.contains("NoNewPrivs:\t1"), "{user}");
+    assert!(user.starts_with("1000\n") && user.contains("CapBnd:\t0000000000000020") && user.contains("NoNewPrivs:\t1"), "{user}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(detached_pid), nix::sys::signal::Signal::SIGKILL).expect("kill the exec'd process");
     assert_eq!(reap(detached_pid), 128 + 9, "the detached process was left to this subreaper");
 
@@ -469,8 +487,13 @@ fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
     let mut errors = String::new();
     let _ = tty_exec.stderr.take().expect("stderr").read_to_string(&mut errors);
     assert!(finished.success(), "exec --tty --detach: {errors}");
-    let master_path = std::fs::read_link(format!("/proc/self/fd/{master}")).expect("the received descriptor");
-    assert_eq!(master_path, Path::new("/dev/pts/ptmx"), "a pty master of the container's devpts");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let master_device = std::fs::metadata(format!("/proc/self/fd/{master}")).expect("the received descriptor").dev();
+        let containers = std::fs::metadata(format!("/proc/{pid}/root/dev/pts/ptmx")).expect("the container's ptmx").dev();
+        let hosts = std::fs::metadata("/dev/pts/ptmx").expect("the host's ptmx").dev();
+        assert!(master_device == containers && master_device != hosts, "a pty master of the container's devpts");
+    }
     let tty_file = sandbox.rootfs().join("tmp/exec-tty");
     let began = Instant::now();
     while !std::fs::read_to_string(&tty_file).unwrap_or_default().ends_with('\n') {
@@ -497,4 +520,47 @@ fn exec_runs_in_the_containers_namespaces_cgroup_root_and_seccomp_profile() {
     assert!(!stopped.status.success() && stderr(&stopped).contains("stopped"), "{}", stderr(&stopped));
     assert!(runc(&sandbox, &["delete", "ex"]).status.success());
     assert_gone(&sandbox, "ex");
+}
+
+#[test]
+fn exec_joins_a_container_with_its_own_user_namespace_that_shares_the_hosts_network() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("oci-exec-userns");
+    let _cleanup = Cleanup(&sandbox, &["exus"]);
+    // The container's root (uid 100000 on the host) reaches its root filesystem and
+    // finds the mount points there: it could not make them in a directory of the host's root.
+    std::fs::set_permissions(sandbox.root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod the sandbox");
+    for dir in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(sandbox.rootfs().join(dir)).expect("a mount point");
+    }
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let dir = bundle(&sandbox, "exus", "echo up; while true; do sleep 0.05; done", |config| {
+        let namespaces = config["linux"]["namespaces"].as_array_mut().expect("namespaces");
+        namespaces.retain(|n| n["type"] != "network");
+        namespaces.push(serde_json::json!({"type": "user"}));
+        config["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        config["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        // sysfs belongs to the network namespace's owner: the host's is bound instead.
+        for mount in config["mounts"].as_array_mut().expect("mounts") {
+            if mount["destination"] == "/sys" {
+                *mount = serde_json::json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+            }
+        }
+    });
+    let output = sandbox.root.path().join("exus.out");
+    let created = create(&sandbox, "exus", &dir, &output);
+    assert!(created.status.success(), "create: {}", std::fs::read_to_string(&output).unwrap_or_default());
+    let pid: i32 = std::fs::read_to_string(sandbox.root.path().join("exus.pid")).expect("pid file").trim().parse().expect("a PID");
+    assert!(runc(&sandbox, &["start", "exus"]).status.success());
+    wait_for_text(&output, "up");
+    let ran = runc(&sandbox, &["exec", "exus", "sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/user; readlink /proc/self/ns/net"]);
+    assert!(ran.status.success(), "exec into a user namespace container: {}", stderr(&ran));
+    let said = stdout(&ran);
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user")).expect("its user namespace").display().to_string();
+    let host_net = std::fs::read_link("/proc/self/ns/net").expect("the host's network namespace").display().to_string();
+    assert!(said.contains("100000") && said.contains(&theirs) && said.contains(&host_net), "its user namespace, the host's network: {said}");
+    assert!(runc(&sandbox, &["kill", "exus", "KILL"]).status.success());
+    assert_eq!(reap(pid), 128 + 9);
+    assert!(runc(&sandbox, &["delete", "exus"]).status.success());
+    assert_gone(&sandbox, "exus");
 }

@@ -54,9 +54,11 @@ install_without_services() {
     [ "$status" = 0 ] || die "installing ${missing[*]} failed"
     if [ -d /run/systemd/system ]; then
         step "disabling the own services of ${missing[*]} (orch runs its instances itself)"
-        local unit
-        # Every unit the packages ship (docker.io: docker.service and docker.socket).
-        for unit in $(dpkg -L "${missing[@]}" 2>/dev/null | sed -n 's#^/lib/systemd/system/\([^/]*\.\(service\|socket\)\)$#\1#p'); do
+        local unit units
+        # Every unit the packages ship (docker.io: docker.socket and docker.service),
+        # sockets first: an active socket would start its service again.
+        units="$(dpkg -L "${missing[@]}" 2>/dev/null | sed -n 's#^\(/usr\)\{0,1\}/lib/systemd/system/\([^/]*\.\(service\|socket\)\)$#\2#p')"
+        for unit in $(grep '\.socket$' <<<"$units") $(grep '\.service$' <<<"$units"); do
             systemctl disable --now "$unit" >/dev/null 2>&1 || true
         done
     fi

@@ -220,6 +220,10 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
         return Err(OciError::Failed("orch-runc runs containers as root only".into()));
     }
     let root = &cli.root;
+    if matches!(command, Command::Create { .. } | Command::Exec { .. }) {
+        // Before anything is made: a container's process must not lead to this binary.
+        orch_agent::oci::sealed::reexec_sealed()?;
+    }
     if let Command::Exec { process, detach, pid_file, console_socket, tty, cwd, env, user, additional_gids, cap, no_new_privs, preserve_fds, id, command } =
         command
     {
@@ -228,8 +232,19 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
         }
         let process = match process {
             Some(path) => {
-                if !command.is_empty() || *tty || cwd.is_some() || !env.is_empty() || user.is_some() || !cap.is_empty() {
-                    return Err(OciError::Failed("exec: --process FILE says everything: give no COMMAND, --tty, --cwd, --env, --user or --cap with it".into()));
+                if !command.is_empty()
+                    || *tty
+                    || cwd.is_some()
+                    || !env.is_empty()
+                    || user.is_some()
+                    || !cap.is_empty()
+                    || *no_new_privs
+                    || !additional_gids.is_empty()
+                {
+                    return Err(OciError::Failed(
+                        "exec: --process FILE says everything: give no COMMAND, --tty, --cwd, --env, --user, --additional-gids, --cap or --no-new-privs with it"
+                            .into(),
+                    ));
                 }
                 exec::ProcessSource::File(path.clone())
             }
@@ -240,7 +255,7 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
                 tty: *tty,
                 user: user.as_deref().map(parse_user).transpose()?,
                 additional_gids: additional_gids.clone(),
-                capabilities: cap.iter().map(|c| if c.starts_with("CAP_") { c.clone() } else { format!("CAP_{}", c.to_uppercase()) }).collect(),
+                capabilities: cap.iter().map(|c| capability_name(c)).collect::<Result<_, _>>()?,
                 no_new_privileges: *no_new_privs,
             }),
         };
@@ -309,6 +324,17 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
         Command::Exec { .. } => Ok(()),
     }
     .map(|()| 0)
+}
+
+/// `--cap net_admin`, `--cap CAP_NET_ADMIN`: the capability's name, or an error for one
+/// the kernel does not know.
+fn capability_name(given: &str) -> Result<String, OciError> {
+    let upper = given.to_uppercase();
+    let name = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    match name.parse::<caps::Capability>() {
+        Ok(_) => Ok(name),
+        Err(_) => Err(OciError::Failed(format!("--cap {given:?}: not a capability (CAP_NET_ADMIN, net_admin…)"))),
+    }
 }
 
 /// `--user UID[:GID]`.

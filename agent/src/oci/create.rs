@@ -16,6 +16,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -610,6 +611,10 @@ pub(super) fn attach_console(master: &std::fs::File, slave: &std::fs::File, sock
 /// capabilities, no_new_privs when asked, the working directory, and the program's path.
 pub(super) fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
     let process = &plan.process;
+    // Nothing but the standard streams reaches the program (runc's CloseExecFrom(3)):
+    // marked before a seccomp filter could refuse the call; std opens what follows
+    // close-on-exec.
+    close_on_exec_from(3).map_err(|message| (message, CODE_RUNTIME))?;
     for (resource, soft, hard) in &process.rlimits {
         let limit = nix::libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
         // SAFETY: setrlimit reads the rlimit we pass, which outlives the call.
@@ -640,17 +645,10 @@ pub(super) fn finalize(plan: &Plan) -> Result<String, (String, i32)> {
 }
 
 /// After `start`: the signals back to their defaults, the seccomp filter under
-/// no_new_privs, descriptors the caller left open closed, then exec. Returns only on
-/// an error: its message and exit code.
+/// no_new_privs, then exec. Returns only on an error: its message and exit code.
 pub(super) fn exec_program(plan: &Plan, program: &str) -> (String, i32) {
     use std::ffi::CString;
     let process = &plan.process;
-    // Nothing but the standard streams reaches the program (runc's CloseExecFrom(3)).
-    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only marks descriptors; it reads
-    // and writes no memory.
-    unsafe {
-        nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC);
-    }
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = process.args.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = process.env.iter().map(|e| to_c(e)).collect();
@@ -668,11 +666,69 @@ pub(super) fn exec_program(plan: &Plan, program: &str) -> (String, i32) {
     (format!("exec {program}: {error}"), code)
 }
 
-fn install_seccomp(plan: &Plan) -> Result<(), String> {
-    match &plan.seccomp {
-        Some(programs) => crate::runtime::seccomp::install(programs).map_err(|e| e.to_string()),
-        None => Ok(()),
+/// Marks every descriptor from `first` close-on-exec: close_range(2), else (a kernel
+/// before 5.11) each one `/proc/self/fd` lists.
+fn close_on_exec_from(first: i32) -> Result<(), String> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only marks descriptors; it reads
+    // and writes no memory.
+    let marked = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first as u32, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC) };
+    if marked == 0 {
+        return Ok(());
     }
+    let listed = std::fs::read_dir("/proc/self/fd").map_err(|e| format!("close_range: {}; listing /proc/self/fd: {e}", Errno::last()))?;
+    let fds: Vec<i32> = listed.flatten().filter_map(|entry| entry.file_name().to_str()?.parse().ok()).filter(|fd| *fd >= first).collect();
+    for fd in fds {
+        // SAFETY: fcntl(F_SETFD) on a descriptor number only changes its flags; one that
+        // closed meanwhile (the directory's own) answers EBADF.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) } < 0 && Errno::last() != Errno::EBADF {
+            return Err(format!("mark descriptor {fd} close-on-exec: {}", Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// The standard streams the caller gave (containerd's FIFOs, the console's pty) become
+/// the process's user's, as runc's fixStdioPermissions: a program that reopens
+/// `/dev/stdout` or its terminal as that user can. `/dev/null` is left alone, the group
+/// too; a stream that cannot change owner (EPERM, EINVAL, EROFS) stays as it is.
+fn give_standard_streams(uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let null = std::fs::metadata("/dev/null").map(|m| m.rdev()).ok();
+    for fd in 0..3 {
+        let Ok(metadata) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else { continue };
+        if metadata.uid() == uid || (null.is_some() && Some(metadata.rdev()) == null && metadata.file_type().is_char_device()) {
+            continue;
+        }
+        // SAFETY: fchown on a standard descriptor number; it reads and writes no memory.
+        if unsafe { nix::libc::fchown(fd, uid, u32::MAX) } < 0 {
+            let error = Errno::last();
+            if !matches!(error, Errno::EPERM | Errno::EINVAL | Errno::EROFS | Errno::EBADF) {
+                return Err(format!("give standard stream {fd} to uid {uid}: {error}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config's filters. With no_new_privs, seccompiler's `apply_filter` (which sets
+/// it); without, seccomp(2) itself, which a process holding CAP_SYS_ADMIN may call that
+/// way (runc's path): a setuid program in the container still gains its privileges.
+fn install_seccomp(plan: &Plan) -> Result<(), String> {
+    let Some(programs) = &plan.seccomp else { return Ok(()) };
+    if plan.process.no_new_privileges {
+        return crate::runtime::seccomp::install(programs).map_err(|e| e.to_string());
+    }
+    for program in programs {
+        let len = u16::try_from(program.len()).map_err(|_| format!("a seccomp filter of {} instructions is too long", program.len()))?;
+        let fprog = nix::libc::sock_fprog { len, filter: program.as_ptr().cast::<nix::libc::sock_filter>().cast_mut() };
+        // SAFETY: the kernel copies the `len` instructions `fprog` points at (`program`,
+        // alive for the call) and writes nothing; seccompiler's `sock_filter` is
+        // repr(C) with libc's fields (u16, u8, u8, u32), so the cast keeps the layout.
+        if unsafe { nix::libc::syscall(nix::libc::SYS_seccomp, nix::libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) } < 0 {
+            return Err(format!("seccomp(SECCOMP_SET_MODE_FILTER) without no_new_privs: {}", Errno::last()));
+        }
+    }
+    Ok(())
 }
 
 /// The process's ids and capabilities: the bounding set is cut first (while
@@ -688,6 +744,7 @@ fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
         }
     }
+    give_standard_streams(process.uid)?;
     nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("prctl(PR_SET_KEEPCAPS): {e}"))?;
     let user = User { uid: process.uid, gid: process.gid, groups: process.additional_gids.clone() };
     crate::runtime::init::switch_user(&user)?;

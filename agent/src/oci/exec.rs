@@ -1,22 +1,25 @@
 //! `orch-runc exec`: another process in a created or running container, as containerd's
 //! shim runs `docker exec` (`exec --process process.json --detach --pid-file F`).
 //!
-//! orch-runc (single-threaded) joins the container's PID namespace for its children
-//! and forks once: the child joins the container's cgroups, its other namespaces and
-//! its root (the agent's `enter_container`), then takes the process's console, limits,
-//! seccomp filter (the container's config's, as runc applies it to every process),
-//! credentials and capabilities and execs — the same steps `create` takes
-//! ([`super::create::finalize`]). A close-on-exec socket tells the parent whether the
-//! exec happened: an error before it fails `exec`. With `--detach` orch-runc exits once
-//! the program runs and the caller's subreaper inherits it; without, it waits and exits
-//! with the program's status (128+N for signal N).
+//! As runc, in two forks. The **joiner** (a child of single-threaded orch-runc, still in
+//! the host's PID namespace, so no process of the container sees it) joins the
+//! container's cgroups, its namespaces — its user namespace first, the PID namespace for
+//! its children — and its root (the agent's `enter_container`), then forks the
+//! **process**, which lands in the container's PID namespace with nothing of the host's
+//! in sight, names it to orch-runc and exits. The process leads a session of its own,
+//! takes its console, limits, the config's seccomp filter (runc applies it to every
+//! process of the container), credentials and capabilities and execs — the same steps
+//! as the container's own process ([`super::create::finalize`]). A close-on-exec socket
+//! tells orch-runc whether the exec happened: an error before it fails `exec` (no PID
+//! file). With `--detach` orch-runc exits once the program runs and the caller's
+//! subreaper inherits it; without, orch-runc is the subreaper, waits and exits with the
+//! program's status (128+N for signal N).
 #![allow(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use nix::sched::{setns, CloneFlags};
 use nix::unistd::{fork, ForkResult};
 
 use super::plan::{Plan, ProcessPlan};
@@ -44,6 +47,7 @@ pub struct Overrides {
     pub tty: bool,
     /// `UID[:GID]`.
     pub user: Option<(u32, Option<u32>)>,
+    /// Added to the container's.
     pub additional_gids: Vec<u32>,
     /// Added to the bounding, effective and permitted sets (`CAP_NET_ADMIN`).
     pub capabilities: Vec<String>,
@@ -80,8 +84,10 @@ pub fn overridden(base: &ProcessPlan, overrides: &Overrides) -> ProcessPlan {
         process.uid = uid;
         process.gid = gid.unwrap_or(process.gid);
     }
-    if !overrides.additional_gids.is_empty() {
-        process.additional_gids = overrides.additional_gids.clone();
+    for gid in &overrides.additional_gids {
+        if !process.additional_gids.contains(gid) {
+            process.additional_gids.push(*gid);
+        }
     }
     for capability in &overrides.capabilities {
         // Not the inheritable set: runc 1.2 stopped that (CVE-2022-24769's lesson).
@@ -94,6 +100,25 @@ pub fn overridden(base: &ProcessPlan, overrides: &Overrides) -> ProcessPlan {
     }
     process.no_new_privileges |= overrides.no_new_privileges;
     process
+}
+
+/// What `process.json` leaves out comes from the container's own process, as runc
+/// does: its capabilities, no_new_privs and rlimits.
+pub fn with_container_defaults(mut given: ProcessPlan, process: &oci_spec::runtime::Process, container: &ProcessPlan) -> ProcessPlan {
+    if process.capabilities().is_none() {
+        given.bounding = container.bounding.clone();
+        given.effective = container.effective.clone();
+        given.permitted = container.permitted.clone();
+        given.inheritable = container.inheritable.clone();
+        given.ambient = container.ambient.clone();
+    }
+    if process.no_new_privileges().is_none() {
+        given.no_new_privileges = container.no_new_privileges;
+    }
+    if process.rlimits().as_ref().is_none_or(Vec::is_empty) {
+        given.rlimits = container.rlimits.clone();
+    }
+    given
 }
 
 /// Runs the process in the container. Returns the program's exit status when it waited
@@ -112,8 +137,9 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
             let text = std::fs::read_to_string(path).map_err(OciError::io("cannot read", path))?;
             let process: oci_spec::runtime::Process =
                 serde_json::from_str(&text).map_err(|e| OciError::Failed(format!("--process {}: {e}", path.display())))?;
-            super::plan::process_plan_of(&process, "process")
-                .map_err(|e| OciError::Failed(format!("--process {}: {}: {}", path.display(), e.field, e.reason)))?
+            let given = super::plan::process_plan_of(&process, "process")
+                .map_err(|e| OciError::Failed(format!("--process {}: {}: {}", path.display(), e.field, e.reason)))?;
+            with_container_defaults(given, &process, &plan.process)
         }
         ProcessSource::Overrides(overrides) => {
             if overrides.args.first().is_none_or(String::is_empty) {
@@ -133,23 +159,24 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
         None => None,
     };
     let cgroups = CgroupLayout::detect()?.container(&record.cgroup)?.paths();
-    let pid_namespace =
-        std::fs::File::open(format!("/proc/{}/ns/pid", record.pid)).map_err(OciError::io("cannot open", format!("/proc/{}/ns/pid", record.pid)))?;
-    // Still the same process (its PID not reused since the status was read).
-    if state::status(&options.root, &record) == Status::Stopped {
-        return Err(OciError::Status { id: options.id.clone(), status: "stopped", what: "cannot exec in a stopped container".into() });
+    if !options.detach {
+        // The process is orch-runc's grandchild: it comes back here when its parent exits.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| OciError::Failed(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
     }
-    // Only this process's children enter it: orch-runc itself stays where it is.
-    setns(&pid_namespace, CloneFlags::CLONE_NEWPID).map_err(|e| OciError::Failed(format!("setns to the PID namespace of {}: {e}", record.pid)))?;
-    let (mut parent_end, child_end) = UnixStream::pair().map_err(OciError::io("cannot create a socket pair", ""))?;
+    let (parent_end, child_end) = UnixStream::pair().map_err(OciError::io("cannot create a socket pair", ""))?;
     // SAFETY: orch-runc is single-threaded (no async runtime, no thread started), so the
     // child may run any code after fork.
-    let child = match unsafe { fork() } {
+    let joiner = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(parent_end);
-            let (message, code) = enter_and_exec(&plan, record.pid, &cgroups, console.as_ref());
             let mut child_end = child_end;
-            let _ = child_end.write_all(format!("error {}", message.replace('\n', " ")).as_bytes());
+            let code = match join_and_fork(&plan, record.pid, &cgroups, console.as_ref(), &mut child_end) {
+                Ok(()) => 0,
+                Err((message, code)) => {
+                    let _ = child_end.write_all(format!("error {}\n", message.replace('\n', " ")).as_bytes());
+                    code
+                }
+            };
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -157,16 +184,26 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
     };
     drop(child_end);
     drop(console);
-    // EOF without a word: the socket closed on exec, the program runs.
+    // "pid N" from the joiner, then EOF once the socket closed on exec (the program
+    // runs), or an error from either of them.
     let mut report = String::new();
-    let _ = parent_end.read_to_string(&mut report);
-    if let Some(message) = report.strip_prefix("error ") {
-        let _ = nix::sys::wait::waitpid(child, None);
-        return Err(OciError::Failed(format!("exec in {}: {message}", options.id)));
+    let _ = (&parent_end).read_to_string(&mut report);
+    let _ = nix::sys::wait::waitpid(joiner, None);
+    let mut pid = None;
+    for line in report.lines() {
+        if let Some(number) = line.strip_prefix("pid ") {
+            pid = number.parse::<i32>().ok();
+        } else if let Some(message) = line.strip_prefix("error ") {
+            if let (Some(pid), false) = (pid, options.detach) {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            }
+            return Err(OciError::Failed(format!("exec in {}: {message}", options.id)));
+        }
     }
+    let pid = pid.ok_or_else(|| OciError::Failed(format!("exec in {}: the process ended before it was named", options.id)))?;
     if let Some(path) = &options.pid_file {
-        if let Err(e) = std::fs::write(path, child.as_raw().to_string()) {
-            let _ = super::create::signal_process(child.as_raw(), nix::libc::SIGKILL);
+        if let Err(e) = std::fs::write(path, pid.to_string()) {
+            let _ = super::create::signal_process(pid, nix::libc::SIGKILL);
             return Err(OciError::Io { what: "cannot write the pid file", path: path.clone(), source: e });
         }
     }
@@ -174,29 +211,55 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
         return Ok(0);
     }
     loop {
-        match crate::runtime::init::wait_raw(child.as_raw(), false) {
+        match crate::runtime::init::wait_raw(pid, false) {
             Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => return Ok(code),
             Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => return Ok(128 + signal),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(OciError::Failed(format!("waitpid {child}: {e}"))),
+            Err(e) => return Err(OciError::Failed(format!("waitpid {pid}: {e}"))),
         }
     }
 }
 
-/// The child: cgroups, namespaces, root, console, then [`super::create::finalize`] and
-/// the exec. Returns only on an error: its message and exit code.
-fn enter_and_exec(plan: &Plan, pid: i32, cgroups: &[PathBuf], console: Option<&UnixStream>) -> (String, i32) {
-    // It holds host descriptors until its exec: no process of the container may read it.
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        return (format!("prctl(PR_SET_DUMPABLE): {e}"), CODE_RUNTIME);
-    }
+/// The joiner (still in the host's PID namespace, so invisible from the container):
+/// the container's cgroups, namespaces and root, then the fork of the process, which
+/// lands in the container's PID namespace with nothing of the host's in sight. It names
+/// the process to the parent before the process may go on.
+fn join_and_fork(plan: &Plan, pid: i32, cgroups: &[PathBuf], console: Option<&UnixStream>, socket: &mut UnixStream) -> Result<(), (String, i32)> {
+    let failed = |message: String| (message, CODE_RUNTIME);
+    // It holds host descriptors: no process may read its memory.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| failed(format!("prctl(PR_SET_DUMPABLE): {e}")))?;
     for dir in cgroups {
-        if let Err(message) = crate::runtime::exec::join_cgroup(dir, pid) {
-            return (message, CODE_RUNTIME);
-        }
+        crate::runtime::exec::join_cgroup(dir, pid).map_err(failed)?;
     }
-    if let Err(message) = crate::runtime::exec::enter_container(pid) {
-        return (message, CODE_RUNTIME);
+    crate::runtime::exec::enter_container(pid).map_err(failed)?;
+    let (named_read, named_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))?;
+    // SAFETY: a fork of single-threaded orch-runc, still single-threaded.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(named_write);
+            let mut byte = [0u8; 1];
+            if std::fs::File::from(named_read).read(&mut byte).unwrap_or(0) != 1 {
+                std::process::exit(CODE_RUNTIME);
+            }
+            let (message, code) = start_program(plan, console);
+            let _ = socket.write_all(format!("error {}\n", message.replace('\n', " ")).as_bytes());
+            std::process::exit(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(named_read);
+            socket.write_all(format!("pid {child}\n").as_bytes()).map_err(|e| failed(format!("name the process: {e}")))?;
+            std::fs::File::from(named_write).write_all(b"1").map_err(|e| failed(format!("let the process go on: {e}")))
+        }
+        Err(e) => Err(failed(format!("fork the process: {e}"))),
+    }
+}
+
+/// The process, in the container: its own session, the console, then
+/// [`super::create::finalize`] and the exec. Returns only on an error: its message and
+/// exit code.
+fn start_program(plan: &Plan, console: Option<&UnixStream>) -> (String, i32) {
+    if let Err(e) = nix::unistd::setsid() {
+        return (format!("setsid: {e}"), CODE_RUNTIME);
     }
     if let Some(socket) = console {
         if let Err(SetupError(message)) = take_console(socket) {
@@ -214,7 +277,10 @@ fn enter_and_exec(plan: &Plan, pid: i32, cgroups: &[PathBuf], console: Option<&U
 /// console socket.
 fn take_console(socket: &UnixStream) -> Result<(), SetupError> {
     use std::os::unix::fs::OpenOptionsExt;
-    nix::unistd::setsid().map_err(|e| SetupError(format!("setsid: {e}")))?;
+    // Opened as it is: a container without a devpts has no terminal to give.
+    if std::fs::symlink_metadata("/dev/pts/ptmx").is_err() {
+        return Err(SetupError("the container has no /dev/pts/ptmx (a devpts on /dev/pts) for a terminal".into()));
+    }
     let root = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
@@ -268,13 +334,26 @@ mod tests {
             },
         );
         assert_eq!(changed.env, vec!["PATH=/bin", "HOME=/tmp", "LANG=C"]);
-        assert_eq!((changed.uid, changed.gid, changed.additional_gids.clone()), (1000, 0, vec![5]));
+        assert_eq!((changed.uid, changed.gid, changed.additional_gids.clone()), (1000, 0, vec![5]), "groups are added to");
         assert_eq!(changed.cwd, "/tmp");
         assert!(changed.terminal && changed.no_new_privileges);
         assert_eq!(changed.effective, vec!["CAP_CHOWN", "CAP_NET_ADMIN"]);
         assert_eq!(changed.bounding, vec!["CAP_CHOWN", "CAP_NET_ADMIN"]);
         assert!(changed.inheritable.is_empty());
         assert!(changed.ambient.is_empty());
+        let mut container = base();
+        container.no_new_privileges = true;
+        container.rlimits = vec![(7, 1024, 1024)];
+        let bare: oci_spec::runtime::Process = serde_json::from_value(serde_json::json!({"args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0}})).unwrap();
+        let given = crate::oci::plan::process_plan_of(&bare, "process").unwrap();
+        let filled = with_container_defaults(given.clone(), &bare, &container);
+        assert_eq!((filled.effective.clone(), filled.no_new_privileges, filled.rlimits.clone()), (vec!["CAP_CHOWN".to_owned()], true, vec![(7, 1024, 1024)]));
+        let explicit: oci_spec::runtime::Process = serde_json::from_value(serde_json::json!({
+            "args": ["id"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "noNewPrivileges": false, "capabilities": {"effective": []}
+        }))
+        .unwrap();
+        let kept = with_container_defaults(crate::oci::plan::process_plan_of(&explicit, "process").unwrap(), &explicit, &container);
+        assert!(kept.effective.is_empty() && !kept.no_new_privileges, "what process.json says stays: {kept:?}");
         let with_group = overridden(&base(), &Overrides { args: vec!["id".into()], user: Some((7, Some(8))), ..Overrides::default() });
         assert_eq!((with_group.uid, with_group.gid), (7, 8));
     }

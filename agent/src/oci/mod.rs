@@ -8,6 +8,8 @@
 //!   by its path (pure, table-tested).
 //! - [`state`]: `<root>/<id>/state.json`, the status a container is in, the spec's
 //!   state JSON.
+//! - [`sealed`]: `create` and `exec` re-execute orch-runc from a read-only mount of
+//!   itself first (a container cannot overwrite the host's binary: CVE-2019-5736).
 //! - [`seccomp`]: `linux.seccomp` as stacked BPF programs.
 //! - [`hooks`]: the config's hooks, run with the state on standard input.
 //! - [`create`]: the container's processes (fork, namespaces, root, the exec FIFO that
@@ -21,6 +23,7 @@ pub mod create;
 pub mod exec;
 pub mod hooks;
 pub mod plan;
+pub mod sealed;
 pub mod seccomp;
 pub mod state;
 

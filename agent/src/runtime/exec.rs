@@ -155,17 +155,31 @@ pub(crate) fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), Stri
 pub(crate) fn enter_container(pid: i32) -> Result<(), String> {
     // Everything is opened before the first setns: /proc changes meaning afterwards.
     let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| format!("open /proc/{pid}/{what}: {e}"));
-    let own_user = std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()).unwrap_or(0);
-    let their_user = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino()).unwrap_or(0);
-    let user = if own_user != their_user { Some(open("ns/user")?) } else { None };
-    let namespaces = [
-        (open("ns/ipc")?, CloneFlags::CLONE_NEWIPC),
-        (open("ns/uts")?, CloneFlags::CLONE_NEWUTS),
-        (open("ns/net")?, CloneFlags::CLONE_NEWNET),
-        (open("ns/pid")?, CloneFlags::CLONE_NEWPID),
-        (open("ns/cgroup")?, CloneFlags::CLONE_NEWCGROUP),
-        (open("ns/mnt")?, CloneFlags::CLONE_NEWNS),
-    ];
+    // Only the namespaces it does not share with this process: once in its user
+    // namespace, one still the host's could not be joined again (EPERM).
+    let identity = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = |kind: &str| -> Result<Option<File>, String> {
+        let shared = identity(format!("/proc/self/ns/{kind}")).is_some_and(|own| Some(own) == identity(format!("/proc/{pid}/ns/{kind}")));
+        if shared {
+            Ok(None)
+        } else {
+            open(&format!("ns/{kind}")).map(Some)
+        }
+    };
+    let user = theirs("user")?;
+    let mut namespaces = Vec::new();
+    for (kind, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        if let Some(file) = theirs(kind)? {
+            namespaces.push((file, flag));
+        }
+    }
     let root = open("root")?;
     if let Some(user) = &user {
         setns(user, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("setns(user) of {pid}: {e}"))?;
