@@ -177,8 +177,13 @@ impl Drop for Dockerd {
             let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
         }
         let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent));
-        for dir in &self.made {
-            let _ = std::fs::remove_dir(dir);
+        // containerd's shims remove their sockets a moment after the daemon is gone.
+        let began = Instant::now();
+        while self.made.iter().any(|dir| Path::new(dir).exists()) && began.elapsed() < Duration::from_secs(5) {
+            for dir in &self.made {
+                let _ = std::fs::remove_dir(dir);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -564,3 +564,14 @@ fn exec_joins_a_container_with_its_own_user_namespace_that_shares_the_hosts_netw
     assert!(runc(&sandbox, &["delete", "exus"]).status.success());
     assert_gone(&sandbox, "exus");
 }
+
+#[test]
+fn run_creates_starts_waits_for_and_deletes_the_container() {
+    let sandbox = Sandbox::new("oci-run");
+    let _cleanup = Cleanup(&sandbox, &["once"]);
+    let dir = bundle(&sandbox, "once", "echo ran as $(hostname); exit 4", |_| {});
+    let ran = runc(&sandbox, &["run", "--bundle", dir.to_str().unwrap(), "once"]);
+    assert_eq!(ran.status.code(), Some(4), "run exits with the program's status: {}", stderr(&ran));
+    assert!(stdout(&ran).contains("ran as once"), "{}", stdout(&ran));
+    assert_gone(&sandbox, "once");
+}

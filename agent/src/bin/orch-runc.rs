@@ -71,6 +71,19 @@ enum Command {
     },
     /// Run a created container's program.
     Start { id: String },
+    /// Create, start, wait for the program and delete (`runc run`); exits with its status.
+    Run {
+        /// The bundle directory (config.json and the root).
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Where to write the container process's PID.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// chroot instead of pivot_root.
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        id: String,
+    },
     /// Run another process in a created or running container.
     Exec {
         /// The process (the specification's `process` object); else COMMAND with the
@@ -205,7 +218,7 @@ fn log_flags(args: &[String]) -> (Option<PathBuf>, LogFormat) {
 /// The program's exit status to exit with (`exec` without `--detach`), else 0.
 fn run(cli: &Cli) -> Result<i32, OciError> {
     let Some(command) = &cli.command else {
-        return Err(OciError::Failed("a command is required (create, start, exec, state, kill, delete, ps, list, features; --help)".into()));
+        return Err(OciError::Failed("a command is required (create, start, run, exec, state, kill, delete, ps, list, features; --help)".into()));
     };
     if matches!(command, Command::Features) {
         return print_json(&commands::features()).map(|()| 0);
@@ -220,7 +233,7 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
         return Err(OciError::Failed("orch-runc runs containers as root only".into()));
     }
     let root = &cli.root;
-    if matches!(command, Command::Create { .. } | Command::Exec { .. }) {
+    if matches!(command, Command::Create { .. } | Command::Exec { .. } | Command::Run { .. }) {
         // Before anything is made: a container's process must not lead to this binary.
         orch_agent::oci::sealed::reexec_sealed()?;
     }
@@ -266,6 +279,16 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
             detach: *detach,
             pid_file: pid_file.clone(),
             console_socket: console_socket.clone(),
+        });
+    }
+    if let Command::Run { bundle, pid_file, no_pivot, id } = command {
+        return commands::run(&create::CreateOptions {
+            root: root.clone(),
+            id: id.clone(),
+            bundle: bundle.clone(),
+            pid_file: pid_file.clone(),
+            console_socket: None,
+            no_pivot: *no_pivot,
         });
     }
     match command {
@@ -321,7 +344,7 @@ fn run(cli: &Cli) -> Result<i32, OciError> {
             }
         }
         Command::Features => print_json(&commands::features()),
-        Command::Exec { .. } => Ok(()),
+        Command::Exec { .. } | Command::Run { .. } => Ok(()),
     }
     .map(|()| 0)
 }

@@ -55,6 +55,30 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
     Ok(())
 }
 
+/// `create`, `start`, wait for the program and `delete`, as `runc run`: orch-runc is
+/// the container process's subreaper (it is created as a grandchild). The program's
+/// exit status (128+N for signal N).
+pub fn run(options: &super::create::CreateOptions) -> Result<i32, OciError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| OciError::Failed(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
+    super::create::create(options)?;
+    let record = state::load(&options.root, &options.id)?;
+    if let Err(error) = start(&options.root, &options.id) {
+        let _ = delete(&options.root, &options.id, true);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(record.pid), None);
+        return Err(error);
+    }
+    let status = loop {
+        match crate::runtime::init::wait_raw(record.pid, false) {
+            Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => break code,
+            Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => break 128 + signal,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(OciError::Failed(format!("waitpid {}: {e}", record.pid))),
+        }
+    };
+    delete(&options.root, &options.id, true)?;
+    Ok(status)
+}
+
 /// The state as the specification defines it, as JSON.
 pub fn state_json(root: &Path, id: &str) -> Result<String, OciError> {
     let record = state::load(root, id)?;

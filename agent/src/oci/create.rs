@@ -51,7 +51,7 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
     let dir = state::dir(&options.root, &options.id)?;
     let bundle = std::path::absolute(&options.bundle).map_err(OciError::io("cannot resolve", &options.bundle))?;
     let config_path = bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config_path).map_err(|e| OciError::Failed(format!("{}: {e}", config_path.display())))?;
+    let spec = load_config(&config_path)?;
     let plan = super::plan::plan(&spec, &bundle, &options.id)?;
     if plan.process.terminal && options.console_socket.is_none() {
         return Err(OciError::Failed("config.json: process.terminal is true: --console-socket is required".into()));
@@ -79,6 +79,13 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     made
+}
+
+/// A bundle's `config.json`, parse errors with their line and column (oci-spec's own
+/// loader says only "serde failed").
+pub(super) fn load_config(path: &Path) -> Result<oci_spec::runtime::Spec, OciError> {
+    let text = std::fs::read_to_string(path).map_err(OciError::io("cannot read", path))?;
+    serde_json::from_str(&text).map_err(|e| OciError::Failed(format!("{}: {e}", path.display())))
 }
 
 /// `--root`, made root's alone when it does not exist (an existing one keeps its mode:
@@ -395,6 +402,11 @@ fn build_root(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_jso
     let propagation = MsFlags::from_bits_truncate(plan.root_propagation);
     step(mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>), || "set the propagation of /".to_owned())?;
     let root = &plan.root;
+    // pivot_root refuses a root whose parent mount is shared (`rshared`): that mount
+    // becomes private in this namespace (runc's rootfsParentMountPrivate).
+    if let Some(parent) = shared_parent_mount(&step(std::fs::read_to_string("/proc/self/mountinfo"), || "read mountinfo".to_owned())?, root) {
+        step(mount(None::<&str>, parent.as_str(), None::<&str>, MsFlags::MS_PRIVATE, None::<&str>), || format!("make {parent} private"))?;
+    }
     // A mount of its own, so that pivot_root can leave the old root behind.
     step(mount(Some(root), root, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || format!("bind {} on itself", root.display()))?;
     let root_dir = step(std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY).open(root), || {
@@ -421,6 +433,8 @@ fn build_root(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_jso
         step(nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH), || "detach the old root".to_owned())?;
     }
     step(std::env::set_current_dir("/"), || "chdir /".to_owned())?;
+    // The propagation the config asked for, on the new root too (runc's last step).
+    step(mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>), || "set the propagation of the new /".to_owned())?;
     // Before /proc/sys turns read-only below.
     for (key, value) in &plan.sysctl {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -437,6 +451,20 @@ fn build_root(setup: &Setup, socket: &mut UnixStream) -> Result<Option<serde_jso
         step(mount(None::<&str>, "/", None::<&str>, flags, None::<&str>), || "remount / read-only".to_owned())?;
     }
     Ok(state)
+}
+
+/// The mount point of the mount `path` lies on, when that mount is shared.
+fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = *fields.get(4)?;
+            let optional = fields.iter().skip(6).take_while(|f| **f != "-").any(|f| f.starts_with("shared:"));
+            path.starts_with(point).then(|| (point.to_owned(), optional))
+        })
+        .max_by_key(|(point, _)| point.len())
+        .and_then(|(point, shared)| shared.then_some(point))
 }
 
 /// Asks the parent to run the runtime's hooks (the container's namespaces exist), then
@@ -514,8 +542,9 @@ fn make_devices(root: &std::fs::File, plan: &Plan) -> Result<(), SetupError> {
         defaults.iter().map(|(name, major, minor)| (format!("/dev/{name}"), SFlag::S_IFCHR, *major, *minor, 0o666, 0, 0)).collect();
     for device in &plan.devices {
         let kind = match device.kind {
-            crate::cgroups::DeviceKind::Char => SFlag::S_IFCHR,
-            crate::cgroups::DeviceKind::Block => SFlag::S_IFBLK,
+            super::plan::NodeKind::Device(crate::cgroups::DeviceKind::Char) => SFlag::S_IFCHR,
+            super::plan::NodeKind::Device(crate::cgroups::DeviceKind::Block) => SFlag::S_IFBLK,
+            super::plan::NodeKind::Fifo => SFlag::S_IFIFO,
         };
         nodes.push((device.path.clone(), kind, device.major, device.minor, device.mode, device.uid, device.gid));
     }
@@ -525,7 +554,7 @@ fn make_devices(root: &std::fs::File, plan: &Plan) -> Result<(), SetupError> {
         if nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
             continue;
         }
-        if in_user_namespace {
+        if in_user_namespace && kind != SFlag::S_IFIFO {
             // A user namespace may not make device nodes: the host's are bound instead.
             let target = step(rootfs::open_target(root, &path, false), || format!("create {path}"))?;
             let via_fd = format!("/proc/self/fd/{}", target.as_raw_fd());
@@ -757,7 +786,11 @@ fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
         let wanted: CapsHashSet = set_of(names).intersection(&bounding).copied().collect();
         caps::set(None, set, &wanted).map_err(|e| format!("set the {set:?} capabilities: {e}"))?;
     }
-    for cap in set_of(&process.ambient) {
+    // The kernel raises an ambient capability only when it is permitted and inheritable;
+    // runc's own `runc spec` lists ambient ones without an inheritable set, and runc
+    // goes on without them: so do we, for exactly those.
+    let (permitted, inheritable) = (set_of(&process.permitted), set_of(&process.inheritable));
+    for cap in set_of(&process.ambient).into_iter().filter(|cap| permitted.contains(cap) && inheritable.contains(cap)) {
         caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
     }
     Ok(())

@@ -130,7 +130,7 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
         return Err(OciError::Status { id: options.id.clone(), status: status.as_str(), what: "cannot exec in a stopped container".into() });
     }
     let config_path = record.bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config_path).map_err(|e| OciError::Failed(format!("{}: {e}", config_path.display())))?;
+    let spec = super::create::load_config(&config_path)?;
     let mut plan = super::plan::plan(&spec, &record.bundle, &options.id)?;
     plan.process = match &options.process {
         ProcessSource::File(path) => {

@@ -108,12 +108,20 @@ impl MountPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevicePlan {
     pub path: String,
-    pub kind: DeviceKind,
+    pub kind: NodeKind,
     pub major: u32,
     pub minor: u32,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// What a device node is: a character or block device (allowed in the device cgroup
+/// too), or a FIFO (`p`: a node, no device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Device(DeviceKind),
+    Fifo,
 }
 
 /// The namespaces orch-runc knows, in the order they are entered: the user namespace
@@ -178,9 +186,10 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, PlanError> {
     for (i, device) in linux.devices().clone().unwrap_or_default().iter().enumerate() {
         let field = format!("linux.devices[{i}]");
         let kind = match device.typ() {
-            LinuxDeviceType::C | LinuxDeviceType::U => DeviceKind::Char,
-            LinuxDeviceType::B => DeviceKind::Block,
-            other => return Err(refuse(format!("{field}.type"), format!("{other:?} devices cannot be made (char or block only)"))),
+            LinuxDeviceType::C | LinuxDeviceType::U => NodeKind::Device(DeviceKind::Char),
+            LinuxDeviceType::B => NodeKind::Device(DeviceKind::Block),
+            LinuxDeviceType::P => NodeKind::Fifo,
+            other => return Err(refuse(format!("{field}.type"), format!("{other:?} devices cannot be made (c, u, b or p)"))),
         };
         let path = device.path().display().to_string();
         if !path.starts_with("/dev/") || path.split('/').any(|p| p == "..") {
@@ -351,7 +360,10 @@ fn rlimit_resource(name: &str) -> Option<i32> {
 fn limits_of(linux: &oci_spec::runtime::Linux, devices: &[DevicePlan]) -> Result<Limits, PlanError> {
     let resources = linux.resources().clone().unwrap_or_default();
     let mut rules: Vec<DeviceRule> = DEFAULT_DEVICES.to_vec();
-    rules.extend(devices.iter().map(|d| DeviceRule { kind: d.kind, major: d.major, minor: Some(d.minor) }));
+    rules.extend(devices.iter().filter_map(|d| match d.kind {
+        NodeKind::Device(kind) => Some(DeviceRule { kind, major: d.major, minor: Some(d.minor) }),
+        NodeKind::Fifo => None,
+    }));
     for rule in resources.devices().clone().unwrap_or_default() {
         // Wildcards (Docker's `c *:* m`) are left out: orch allows named devices only.
         let kind = match rule.typ() {
