@@ -24,7 +24,8 @@ require_rust
 # mmdebstrap for the Debian system container image (deploy/images/build-system.sh),
 # docker.io (and its containerd) for orch-runc under a real Docker: their services are
 # kept from starting (and disabled on a systemd machine); agent/tests/docker.rs starts a
-# dockerd of its own on a socket, roots and cgroup parent in a temporary directory.
+# dockerd of its own on a socket, roots and cgroup parent in a temporary directory;
+# podman likewise (agent/tests/podman.rs: its storage, run root and tmpdir in one).
 TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus systemd
@@ -34,6 +35,7 @@ if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
 else
     install_without_services docker.io containerd
 fi
+install_without_services podman
 
 workdir="$(mktemp -d /tmp/orch-test.XXXXXX)"
 etcd_pid=""
