@@ -17,7 +17,9 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 require_root "deploy/bench/oci-validation.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" golang-go git make runc
+install_packages "${BUILD_PACKAGES[@]}" golang-go git make
+# docker-ce's containerd.io provides runc itself: installing Debian's would remove it.
+command -v runc >/dev/null 2>&1 || install_packages runc
 
 commit=0105384f68e16803891d0a17d9067b1def6a2778
 url="${ORCH_RUNTIME_TOOLS_URL:-https://github.com/opencontainers/runtime-tools.git}"
@@ -41,6 +43,21 @@ if [ ! -x "$tools/src/runtimetest" ] || [ ! -x "$tools/src/validation/default/de
 fi
 
 out="$(mktemp -d /tmp/orch-oci-validation.XXXXXX)"
+# A program stopped by its timeout leaves its container: forced away at the end (the
+# suite's ids are UUIDs in each runtime's default root).
+runc_before="$(runc list -q 2>/dev/null || true)"
+orch_before="$("$orch_runc" list -q 2>/dev/null || true)"
+cleanup() {
+    local id
+    for id in $(runc list -q 2>/dev/null || true); do
+        grep -qx "$id" <<<"$runc_before" || runc delete -f "$id" >/dev/null 2>&1 || true
+    done
+    for id in $("$orch_runc" list -q 2>/dev/null || true); do
+        grep -qx "$id" <<<"$orch_before" || "$orch_runc" delete -f "$id" >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 cd "$tools/src"
 if [ $# -gt 0 ]; then
     tests=()

@@ -17,7 +17,9 @@ source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/rootfs.sh"
 require_root "deploy/bench/runtime-start.sh"
 require_rust
-install_packages "${BUILD_PACKAGES[@]}" runc busybox-static hyperfine python3 strace
+install_packages "${BUILD_PACKAGES[@]}" busybox-static hyperfine python3 strace
+# docker-ce's containerd.io provides runc itself: installing Debian's would remove it.
+command -v runc >/dev/null 2>&1 || install_packages runc
 if ! command -v dockerd >/dev/null 2>&1; then
     install_without_services docker.io containerd
 fi
@@ -43,6 +45,10 @@ cleanup() {
         for _ in $(seq 1 300); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$dockerd_pid" 2>/dev/null || true
     fi
+    # Its containerd outlives a dockerd that had to be killed.
+    if [ -s "$work/docker/exec/containerd/containerd.pid" ]; then
+        kill "$(cat "$work/docker/exec/containerd/containerd.pid")" 2>/dev/null || true
+    fi
     { grep -o " $work[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     for hierarchy in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do rmdir "$hierarchy/orch-bench-docker" 2>/dev/null || true; done
     # containerd's shims remove their sockets a moment after the daemon is gone.
@@ -55,7 +61,8 @@ cleanup() {
     done
     rm -rf "$work" || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 make_busybox_rootfs "$work/rootfs"
 mkdir -p "$work/bundle" "$work/state" "$work/runc-state" "$work/orch-runc-state"

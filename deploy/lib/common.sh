@@ -57,7 +57,7 @@ install_without_services() {
         local unit units
         # Every unit the packages ship (docker.io: docker.socket and docker.service),
         # sockets first: an active socket would start its service again.
-        units="$(dpkg -L "${missing[@]}" 2>/dev/null | sed -n 's#^\(/usr\)\{0,1\}/lib/systemd/system/\([^/]*\.\(service\|socket\)\)$#\2#p')"
+        units="$({ dpkg -L "${missing[@]}" 2>/dev/null || true; } | sed -n 's#^\(/usr\)\{0,1\}/lib/systemd/system/\([^/]*\.\(service\|socket\)\)$#\2#p')"
         for unit in $(grep '\.socket$' <<<"$units") $(grep '\.service$' <<<"$units"); do
             systemctl disable --now "$unit" >/dev/null 2>&1 || true
         done

@@ -69,14 +69,15 @@ pub fn run(options: &super::create::CreateOptions) -> Result<i32, OciError> {
     }
     let status = loop {
         match crate::runtime::init::wait_raw(record.pid, false) {
-            Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => break code,
-            Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => break 128 + signal,
+            Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => break Ok(code),
+            Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => break Ok(128 + signal),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(OciError::Failed(format!("waitpid {}: {e}", record.pid))),
+            Err(e) => break Err(OciError::Failed(format!("waitpid {}: {e}", record.pid))),
         }
     };
+    // Deleted whatever the wait gave (it kills what is left of the container).
     delete(&options.root, &options.id, true)?;
-    Ok(status)
+    status
 }
 
 /// The state as the specification defines it, as JSON.

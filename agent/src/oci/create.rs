@@ -16,7 +16,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +51,10 @@ pub fn create(options: &CreateOptions) -> Result<(), OciError> {
     let bundle = std::path::absolute(&options.bundle).map_err(OciError::io("cannot resolve", &options.bundle))?;
     let config_path = bundle.join("config.json");
     let spec = load_config(&config_path)?;
-    let plan = super::plan::plan(&spec, &bundle, &options.id)?;
+    let mut plan = super::plan::plan(&spec, &bundle, &options.id)?;
+    // The root as the kernel resolves it (a link in its path would otherwise be matched
+    // against the wrong mount, and pivot into what the link names at that moment).
+    plan.root = std::fs::canonicalize(&plan.root).map_err(OciError::io("config.json: root.path: cannot resolve", &plan.root))?;
     if plan.process.terminal && options.console_socket.is_none() {
         return Err(OciError::Failed("config.json: process.terminal is true: --console-socket is required".into()));
     }
@@ -459,9 +461,10 @@ fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<String> {
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            let point = *fields.get(4)?;
+            // Mountinfo escapes space, tab, newline and backslash as octal.
+            let point = fields.get(4)?.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
             let optional = fields.iter().skip(6).take_while(|f| **f != "-").any(|f| f.starts_with("shared:"));
-            path.starts_with(point).then(|| (point.to_owned(), optional))
+            path.starts_with(&point).then_some((point, optional))
         })
         .max_by_key(|(point, _)| point.len())
         .and_then(|(point, shared)| shared.then_some(point))
@@ -718,14 +721,22 @@ fn close_on_exec_from(first: i32) -> Result<(), String> {
 
 /// The standard streams the caller gave (containerd's FIFOs, the console's pty) become
 /// the process's user's, as runc's fixStdioPermissions: a program that reopens
-/// `/dev/stdout` or its terminal as that user can. `/dev/null` is left alone, the group
-/// too; a stream that cannot change owner (EPERM, EINVAL, EROFS) stays as it is.
+/// `/dev/stdout` or its terminal as that user can. A `/dev/null` (character device 1:3,
+/// told by the descriptor itself, never by a path the container controls) is left
+/// alone, the group too; a stream that cannot change owner (EPERM, EINVAL, EROFS) stays
+/// as it is.
 fn give_standard_streams(uid: u32) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let null = std::fs::metadata("/dev/null").map(|m| m.rdev()).ok();
+    let null = nix::sys::stat::makedev(1, 3);
     for fd in 0..3 {
-        let Ok(metadata) = std::fs::metadata(format!("/proc/self/fd/{fd}")) else { continue };
-        if metadata.uid() == uid || (null.is_some() && Some(metadata.rdev()) == null && metadata.file_type().is_char_device()) {
+        // SAFETY: an all-zero `stat` is a valid value of the plain C struct, which
+        // fstat fills for a descriptor number; nothing else is read or written.
+        let mut stat: nix::libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into `stat`, which we own for the call.
+        if unsafe { nix::libc::fstat(fd, &mut stat) } < 0 {
+            continue;
+        }
+        let is_char = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFCHR;
+        if stat.st_uid == uid || (is_char && stat.st_rdev == null) {
             continue;
         }
         // SAFETY: fchown on a standard descriptor number; it reads and writes no memory.
@@ -794,4 +805,25 @@ fn credentials(process: &super::plan::ProcessPlan) -> Result<(), String> {
         caps::raise(None, CapSet::Ambient, cap).map_err(|e| format!("raise {cap} in the ambient set: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_a_root_lies_on_is_found_and_told_shared() {
+        let mountinfo = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:26 / /tmp rw shared:5 - tmpfs tmpfs rw
+31 22 0:27 / /var/lib rw - tmpfs tmpfs rw
+32 30 0:28 / /tmp/with\\040space rw master:3 - tmpfs tmpfs rw
+33 22 0:29 / /tmpfoo rw shared:9 - tmpfs tmpfs rw
+";
+        assert_eq!(shared_parent_mount(mountinfo, Path::new("/tmp/bundle/rootfs")), Some("/tmp".to_owned()));
+        assert_eq!(shared_parent_mount(mountinfo, Path::new("/var/lib/x")), None, "a private mount stays as it is");
+        assert_eq!(shared_parent_mount(mountinfo, Path::new("/tmp/with space/rootfs")), None, "an escaped mount point, a slave");
+        assert_eq!(shared_parent_mount(mountinfo, Path::new("/srv/rootfs")), Some("/".to_owned()));
+        assert_eq!(shared_parent_mount(mountinfo, Path::new("/tmpfoo/r")), Some("/tmpfoo".to_owned()), "components, not characters");
+    }
 }

@@ -170,7 +170,7 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
         Ok(ForkResult::Child) => {
             drop(parent_end);
             let mut child_end = child_end;
-            let code = match join_and_fork(&plan, record.pid, &cgroups, console.as_ref(), &mut child_end) {
+            let code = match join_and_fork(&plan, (record.pid, record.pid_start_ticks), &cgroups, console.as_ref(), &mut child_end) {
                 Ok(()) => 0,
                 Err((message, code)) => {
                     let _ = child_end.write_all(format!("error {}\n", message.replace('\n', " ")).as_bytes());
@@ -224,14 +224,20 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
 /// the container's cgroups, namespaces and root, then the fork of the process, which
 /// lands in the container's PID namespace with nothing of the host's in sight. It names
 /// the process to the parent before the process may go on.
-fn join_and_fork(plan: &Plan, pid: i32, cgroups: &[PathBuf], console: Option<&UnixStream>, socket: &mut UnixStream) -> Result<(), (String, i32)> {
+fn join_and_fork(
+    plan: &Plan,
+    (pid, start_ticks): (i32, u64),
+    cgroups: &[PathBuf],
+    console: Option<&UnixStream>,
+    socket: &mut UnixStream,
+) -> Result<(), (String, i32)> {
     let failed = |message: String| (message, CODE_RUNTIME);
     // It holds host descriptors: no process may read its memory.
     nix::sys::prctl::set_dumpable(false).map_err(|e| failed(format!("prctl(PR_SET_DUMPABLE): {e}")))?;
     for dir in cgroups {
         crate::runtime::exec::join_cgroup(dir, pid).map_err(failed)?;
     }
-    crate::runtime::exec::enter_container(pid).map_err(failed)?;
+    crate::runtime::exec::enter_container(pid, Some(start_ticks)).map_err(failed)?;
     let (named_read, named_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))?;
     // SAFETY: a fork of single-threaded orch-runc, still single-threaded.
     match unsafe { fork() } {
@@ -239,6 +245,7 @@ fn join_and_fork(plan: &Plan, pid: i32, cgroups: &[PathBuf], console: Option<&Un
             drop(named_write);
             let mut byte = [0u8; 1];
             if std::fs::File::from(named_read).read(&mut byte).unwrap_or(0) != 1 {
+                let _ = socket.write_all(b"error the joiner went away before the process could go on\n");
                 std::process::exit(CODE_RUNTIME);
             }
             let (message, code) = start_program(plan, console);

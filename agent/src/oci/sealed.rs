@@ -21,6 +21,10 @@ use nix::errno::Errno;
 use super::OciError;
 
 const SELF: &str = "/proc/self/exe";
+/// Set across the re-exec: a binary that still is not sealed then is an error, not
+/// another re-exec.
+const MARKER: &str = "_ORCH_RUNC_SEALED";
+const SEALS: i32 = nix::libc::F_SEAL_SEAL | nix::libc::F_SEAL_SHRINK | nix::libc::F_SEAL_GROW | nix::libc::F_SEAL_WRITE;
 
 /// Whether this process runs from a binary no one can write through `/proc/PID/exe`.
 pub fn is_sealed() -> bool {
@@ -32,7 +36,7 @@ pub fn is_sealed() -> bool {
             // SAFETY: F_GET_SEALS on a descriptor we hold; it reads and writes no memory
             // (-1 with EINVAL for a file that is no memfd).
             let seals = unsafe { nix::libc::fcntl(file.as_raw_fd(), nix::libc::F_GET_SEALS) };
-            seals >= 0 && seals & nix::libc::F_SEAL_WRITE != 0
+            seals >= 0 && seals & SEALS == SEALS
         }
         Err(_) => false,
     }
@@ -43,13 +47,19 @@ pub fn is_sealed() -> bool {
 /// error. Call before anything is made: the process starts over.
 pub fn reexec_sealed() -> Result<(), OciError> {
     if is_sealed() {
+        std::env::remove_var(MARKER);
         return Ok(());
     }
+    if std::env::var_os(MARKER).is_some() {
+        return Err(OciError::Failed(format!("orch-runc re-executed itself and still runs from a writable binary ({SELF})")));
+    }
+    // Any refusal of the mount calls (ENOSYS before 5.12, EPERM under a seccomp
+    // filter, EINVAL for a binary on no mount of this namespace): the memfd copy.
     let binary = match read_only_mount() {
         Ok(fd) => fd,
-        Err(Errno::ENOSYS) => sealed_copy()?,
-        Err(e) => return Err(OciError::Failed(format!("open_tree/mount_setattr of {SELF} (a read-only mount of orch-runc to run from): {e}"))),
+        Err(_) => sealed_copy()?,
     };
+    std::env::set_var(MARKER, "1");
     let to_c = |s: std::ffi::OsString| CString::new(s.into_encoded_bytes()).map_err(|_| OciError::Failed("an argument or variable with a NUL byte".into()));
     let args = std::env::args_os().map(to_c).collect::<Result<Vec<_>, _>>()?;
     let env = std::env::vars_os()
@@ -111,9 +121,8 @@ fn sealed_copy() -> Result<OwnedFd, OciError> {
     let mut copy = std::fs::File::from(memfd);
     let mut source = std::fs::File::open(SELF).map_err(OciError::io("cannot open", SELF))?;
     std::io::copy(&mut source, &mut copy).map_err(OciError::io("cannot copy", SELF))?;
-    let seals = nix::libc::F_SEAL_SEAL | nix::libc::F_SEAL_SHRINK | nix::libc::F_SEAL_GROW | nix::libc::F_SEAL_WRITE;
     // SAFETY: F_ADD_SEALS on the memfd we hold; it reads and writes no memory.
-    if unsafe { nix::libc::fcntl(copy.as_raw_fd(), nix::libc::F_ADD_SEALS, seals) } < 0 {
+    if unsafe { nix::libc::fcntl(copy.as_raw_fd(), nix::libc::F_ADD_SEALS, SEALS) } < 0 {
         return Err(OciError::Failed(format!("seal the copy of orch-runc: {}", Errno::last())));
     }
     Ok(OwnedFd::from(copy))

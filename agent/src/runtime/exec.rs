@@ -152,14 +152,26 @@ pub(crate) fn join_cgroup(dir: &std::path::Path, target: i32) -> Result<(), Stri
 /// Enters the namespaces and the root of the container whose PID 1 is `pid` (host
 /// PID): its user namespace first when it has one of its own, the mount namespace last,
 /// then the directory its PID 1 pivoted into. The PID namespace applies to children.
-pub(crate) fn enter_container(pid: i32) -> Result<(), String> {
+/// With `start_ticks`, the process must still be the one that started then: everything
+/// is opened through one descriptor of its `/proc` directory, which never leads to a
+/// later process given the same PID.
+pub(crate) fn enter_container(pid: i32, start_ticks: Option<u64>) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let directory = File::open(format!("/proc/{pid}")).map_err(|e| format!("open /proc/{pid}: {e}"))?;
+    let below = |what: &str| format!("/proc/self/fd/{}/{what}", directory.as_raw_fd());
+    if let Some(expected) = start_ticks {
+        let stat = std::fs::read_to_string(below("stat")).map_err(|e| format!("read /proc/{pid}/stat: {e}"))?;
+        if super::procfs::parse_start_ticks(&stat) != Some(expected) {
+            return Err(format!("process {pid} is not the container's any more (it ended and its PID was reused)"));
+        }
+    }
     // Everything is opened before the first setns: /proc changes meaning afterwards.
-    let open = |what: &str| File::open(format!("/proc/{pid}/{what}")).map_err(|e| format!("open /proc/{pid}/{what}: {e}"));
+    let open = |what: &str| File::open(below(what)).map_err(|e| format!("open /proc/{pid}/{what}: {e}"));
     // Only the namespaces it does not share with this process: once in its user
     // namespace, one still the host's could not be joined again (EPERM).
     let identity = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
     let theirs = |kind: &str| -> Result<Option<File>, String> {
-        let shared = identity(format!("/proc/self/ns/{kind}")).is_some_and(|own| Some(own) == identity(format!("/proc/{pid}/ns/{kind}")));
+        let shared = identity(format!("/proc/self/ns/{kind}")).is_some_and(|own| Some(own) == identity(below(&format!("ns/{kind}"))));
         if shared {
             Ok(None)
         } else {
@@ -208,7 +220,7 @@ pub fn exec_main() -> ! {
             die(&message, CODE_RUNTIME);
         }
     }
-    if let Err(message) = enter_container(pid) {
+    if let Err(message) = enter_container(pid, None) {
         die(&message, CODE_RUNTIME);
     }
     let pty = if request.tty { Some(nix::pty::openpty(None, None).unwrap_or_else(|e| die(&format!("openpty: {e}"), CODE_RUNTIME))) } else { None };

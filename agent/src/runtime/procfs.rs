@@ -7,7 +7,7 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
     parse_start_ticks(&stat)
 }
 
-fn parse_start_ticks(stat: &str) -> Option<u64> {
+pub(crate) fn parse_start_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: skip past the last ')'.
     let after_comm = &stat[stat.rfind(')')? + 1..];
     // Fields from 3 (state) on; starttime is field 22.
