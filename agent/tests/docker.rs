@@ -35,10 +35,7 @@ struct Dockerd {
 impl Dockerd {
     fn start() -> Dockerd {
         common::require_root();
-        for program in ["dockerd", "docker", "script"] {
-            let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().expect("sh");
-            assert!(found.status.success(), "{program} is missing: install docker.io (deploy/test.sh does, its services kept from starting)");
-        }
+        common::require_programs(&["dockerd", "docker", "script"], "install docker.io (deploy/test.sh does, its services kept from starting)");
         let dir = tempfile::Builder::new().prefix("orch-dk-").tempdir().expect("tempdir");
         let cgroup_parent = format!("orch-test-{}-docker", std::process::id());
         let made = SHARED_DIRS.iter().copied().filter(|d| !Path::new(d).exists()).collect();
@@ -109,15 +106,7 @@ impl Dockerd {
     /// `docker ARGS` given a terminal (util-linux's `script`) with `input` typed into it.
     fn with_terminal(&self, args: &str, input: &str) -> Output {
         let command = format!("DOCKER_HOST={} DOCKER_CONFIG={} timeout 120 docker {args}", self.host(), self.dir.path().join("client").display());
-        let mut child = Command::new("script")
-            .args(["-qec", &command, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("script");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes()).expect("type into the terminal");
-        child.wait_with_output().expect("script ends")
+        common::with_terminal(&command, input)
     }
 
     fn wait_for_log(&self, container: &str, text: &str) {
@@ -138,16 +127,7 @@ impl Dockerd {
 
     /// The cgroup directories of this daemon's containers, in every hierarchy.
     fn cgroups_left(&self) -> Vec<PathBuf> {
-        std::fs::read_dir("/sys/fs/cgroup")
-            .expect("cgroupfs")
-            .flatten()
-            .map(|h| h.path().join(&self.cgroup_parent))
-            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent)))
-            .filter(|p| p.exists())
-            .flat_map(|p| {
-                std::fs::read_dir(&p).map(|entries| entries.flatten().map(|e| e.path()).filter(|e| e.is_dir()).collect::<Vec<_>>()).unwrap_or_default()
-            })
-            .collect()
+        common::cgroups_below(&self.cgroup_parent, &[])
     }
 }
 
@@ -166,17 +146,8 @@ impl Drop for Dockerd {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         // What dockerd left mounted below its roots goes before the directory does.
-        let root = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&root)).collect();
-        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in left {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
-        }
-        let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent));
+        common::unmount_below(self.dir.path());
+        common::remove_cgroup_parent(&self.cgroup_parent, &[]);
         // containerd's shims remove their sockets a moment after the daemon is gone.
         let began = Instant::now();
         while self.made.iter().any(|dir| Path::new(dir).exists()) && began.elapsed() < Duration::from_secs(5) {
@@ -191,11 +162,9 @@ impl Drop for Dockerd {
 #[test]
 fn docker_runs_execs_stops_kills_and_removes_containers_through_orch_runc() {
     let dockerd = Dockerd::start();
-    let rootfs = dockerd.dir.path().join("rootfs");
-    common::busybox_rootfs(&rootfs);
-    let mut tar = Command::new("tar").arg("-C").arg(&rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().expect("tar");
-    let imported = dockerd.command().args(["import", "-", IMAGE]).stdin(tar.stdout.take().expect("tar's output")).output().expect("docker import");
-    assert!(tar.wait().expect("tar ends").success() && imported.status.success(), "docker import: {}", stderr(&imported));
+    let mut import = dockerd.command();
+    import.args(["import", "-", IMAGE]);
+    common::import_busybox(&dockerd.dir.path().join("rootfs"), import);
     let run = ["run", "--runtime", "orch", "--network", "none"];
 
     // A one-shot command: its output and exit code, under Docker's seccomp profile and

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use common::{stderr, stdout};
@@ -24,10 +23,7 @@ struct Podman {
 impl Podman {
     fn new() -> Podman {
         common::require_root();
-        for program in ["podman", "conmon", "script"] {
-            let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().expect("sh");
-            assert!(found.status.success(), "{program} is missing: install podman (deploy/test.sh does)");
-        }
+        common::require_programs(&["podman", "conmon", "script"], "install podman (deploy/test.sh does)");
         let dir = tempfile::Builder::new().prefix("orch-pm-").tempdir().expect("tempdir");
         Podman { dir, cgroup_parent: format!("orch-test-{}-podman", std::process::id()) }
     }
@@ -76,35 +72,18 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-af", "-t", "0"]);
         let _ = self.podman(&["system", "reset", "-f"]);
-        let root = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&root)).collect();
-        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in left {
-            let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::unmount_below(self.dir.path());
         // podman keeps conmon in a cgroup of its own below the parent.
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent).join("conmon"));
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
-        }
-        let _ = std::fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent));
+        common::remove_cgroup_parent(&self.cgroup_parent, &["conmon"]);
     }
 }
 
 #[test]
 fn podman_runs_execs_stops_and_removes_containers_through_orch_runc() {
     let podman = Podman::new();
-    let rootfs = podman.dir.path().join("rootfs");
-    common::busybox_rootfs(&rootfs);
-    let mut tar = Command::new("tar").arg("-C").arg(&rootfs).args(["-c", "."]).stdout(Stdio::piped()).spawn().expect("tar");
-    let imported = Command::new("podman")
-        .args(podman.global_args())
-        .args(["import", "-", IMAGE])
-        .stdin(tar.stdout.take().expect("tar's output"))
-        .output()
-        .expect("podman import");
-    assert!(tar.wait().expect("tar ends").success() && imported.status.success(), "podman import: {}", stderr(&imported));
+    let mut import = Command::new("podman");
+    import.args(podman.global_args()).args(["import", "-", IMAGE]);
+    common::import_busybox(&podman.dir.path().join("rootfs"), import);
     let run_args = podman.run_args();
     let run: Vec<&str> = std::iter::once("run").chain(run_args.iter().map(String::as_str)).collect();
 
@@ -128,25 +107,12 @@ fn podman_runs_execs_stops_and_removes_containers_through_orch_runc() {
     podman.ok(&["rm", "svc"]);
 
     let command = format!("timeout 120 podman {} {} --rm -it {IMAGE} sh", podman.global_args().join(" "), run.join(" "));
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"tty; echo $((6*7))\nexit 4\n").expect("type");
-    let interactive = child.wait_with_output().expect("script ends");
+    let interactive = common::with_terminal(&command, "tty; echo $((6*7))\nexit 4\n");
     assert_eq!(interactive.status.code(), Some(4), "podman run -it: {}{}", stdout(&interactive), stderr(&interactive));
     assert!(stdout(&interactive).contains("/dev/pts/") && stdout(&interactive).contains("42"), "{}", stdout(&interactive));
 
     assert_eq!(podman.ok(&["ps", "-aq"]), "");
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten() {
-        let parent = hierarchy.path().join(&podman.cgroup_parent);
-        // What orch-runc made; conmon's own cgroup is podman's.
-        let children: Vec<_> = std::fs::read_dir(&parent)
-            .map(|e| e.flatten().filter(|e| e.path().is_dir() && e.file_name() != "conmon").map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(children.is_empty(), "cgroups left by podman rm: {children:?}");
-    }
+    // What orch-runc made; conmon's own cgroup is podman's.
+    let left = common::cgroups_below(&podman.cgroup_parent, &["conmon"]);
+    assert!(left.is_empty(), "cgroups left by podman rm: {left:?}");
 }

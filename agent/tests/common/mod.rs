@@ -190,3 +190,70 @@ pub fn wait_until_dead(pid: i32) {
     }
     panic!("host PID {pid} still runs 5 s after kill -9");
 }
+
+/// Fails clearly when a program a test drives is not installed (`hint` says how).
+pub fn require_programs(programs: &[&str], hint: &str) {
+    for program in programs {
+        let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().expect("sh");
+        assert!(found.status.success(), "{program} is missing: {hint}");
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first (what a daemon a test
+/// started left behind), so that the directory can go.
+pub fn unmount_below(dir: &Path) {
+    let root = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut left: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&root)).collect();
+    left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in left {
+        let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the cgroup `parent` from every hierarchy, its `inner` directories first;
+/// what is not empty stays.
+pub fn remove_cgroup_parent(parent: &str, inner: &[&str]) {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|h| h.path());
+    for dir in hierarchies.chain(std::iter::once(PathBuf::from("/sys/fs/cgroup"))).map(|h| h.join(parent)) {
+        for name in inner {
+            let _ = std::fs::remove_dir(dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// The cgroups below `parent` in every hierarchy but those named in `foreign`.
+pub fn cgroups_below(parent: &str, foreign: &[&str]) -> Vec<PathBuf> {
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").expect("cgroupfs").flatten().map(|h| h.path());
+    hierarchies
+        .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")))
+        .map(|h| h.join(parent))
+        .flat_map(|p| std::fs::read_dir(&p).map(|entries| entries.flatten().collect::<Vec<_>>()).unwrap_or_default())
+        .filter(|e| e.path().is_dir() && !foreign.iter().any(|f| e.file_name() == *f))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Runs the shell command line `command` with a terminal (util-linux's `script`), and
+/// `input` typed into it.
+pub fn with_terminal(command: &str, input: &str) -> Output {
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), input.as_bytes()).expect("type into the terminal");
+    child.wait_with_output().expect("script ends")
+}
+
+/// A busybox root (as [`busybox_rootfs`]) imported as `image` by `import` (`docker
+/// import - IMAGE`, `podman import - IMAGE`), which reads the tar on its stdin.
+pub fn import_busybox(dir: &Path, mut import: Command) {
+    busybox_rootfs(dir);
+    let mut tar = Command::new("tar").arg("-C").arg(dir).args(["-c", "."]).stdout(Stdio::piped()).spawn().expect("tar");
+    let imported = import.stdin(tar.stdout.take().expect("tar's output")).output().expect("import");
+    assert!(tar.wait().expect("tar ends").success() && imported.status.success(), "import: {}", stderr(&imported));
+}
