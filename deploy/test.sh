@@ -22,11 +22,13 @@ require_rust
 # service is never started), systemd for `systemd-analyze verify` of deploy/systemd's
 # units (no running systemd needed; on a machine without one nothing starts),
 # mmdebstrap for the Debian system container image (deploy/images/build-system.sh),
+# procps for `sysctl` (the network tests set forwarding in namespaces they make; a
+# minimal Debian root has no procps: deploy/fresh-check.sh --tests found it),
 # docker.io (and its containerd) for orch-runc under a real Docker: their services are
 # kept from starting (and disabled on a systemd machine); agent/tests/docker.rs starts a
 # dockerd of its own on a socket, roots and cgroup parent in a temporary directory;
 # podman likewise (agent/tests/podman.rs: its storage, run root and tmpdir in one).
-TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap)
+TEST_PACKAGES=(etcd-server etcd-client apache2-utils skopeo curl iproute2 nftables conntrack dnsmasq-base busybox-static python3 graphviz mmdebstrap procps)
 install_registry "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 install_without_services prometheus systemd
 if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then

@@ -201,7 +201,13 @@ fn docker_runs_execs_stops_kills_and_removes_containers_through_orch_runc() {
     }
     let interactive = dockerd.with_terminal("exec -it svc sh", "tty; echo $((6*7))\nexit 6\n");
     let typed = stdout(&interactive);
-    assert_eq!(interactive.status.code(), Some(6), "docker exec -it: {typed}{}", stderr(&interactive));
+    assert_eq!(
+        interactive.status.code(),
+        Some(6),
+        "docker exec -it: {typed}{}\ndockerd's log ends:\n{}",
+        stderr(&interactive),
+        dockerd.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     assert!(typed.contains("/dev/pts/") && typed.contains("42"), "{typed}");
     let top = dockerd.ok(&["top", "svc"]);
     assert!(top.contains("sleep") && top.contains(&pid), "docker top lists the container's processes (orch-runc ps): {top}");
