@@ -105,7 +105,7 @@ impl Dockerd {
 
     /// `docker ARGS` given a terminal (util-linux's `script`) with `input` typed into it.
     fn with_terminal(&self, args: &str, input: &str) -> Output {
-        let command = format!("DOCKER_HOST={} DOCKER_CONFIG={} timeout 120 docker {args}", self.host(), self.dir.path().join("client").display());
+        let command = format!("DOCKER_HOST={} DOCKER_CONFIG={} timeout --foreground 120 docker {args}", self.host(), self.dir.path().join("client").display());
         common::with_terminal(&command, input)
     }
 

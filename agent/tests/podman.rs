@@ -106,7 +106,7 @@ fn podman_runs_execs_stops_and_removes_containers_through_orch_runc() {
     assert_eq!(podman.ok(&["inspect", "-f", "{{.State.ExitCode}}", "svc"]), "0");
     podman.ok(&["rm", "svc"]);
 
-    let command = format!("timeout 120 podman {} {} --rm -it {IMAGE} sh", podman.global_args().join(" "), run.join(" "));
+    let command = format!("timeout --foreground 120 podman {} {} --rm -it {IMAGE} sh", podman.global_args().join(" "), run.join(" "));
     let interactive = common::with_terminal(&command, "tty; echo $((6*7))\nexit 4\n");
     assert_eq!(interactive.status.code(), Some(4), "podman run -it: {}{}", stdout(&interactive), stderr(&interactive));
     assert!(stdout(&interactive).contains("/dev/pts/") && stdout(&interactive).contains("42"), "{}", stdout(&interactive));

@@ -236,7 +236,9 @@ pub fn cgroups_below(parent: &str, foreign: &[&str]) -> Vec<PathBuf> {
 }
 
 /// Runs the shell command line `command` with a terminal (util-linux's `script`), and
-/// `input` typed into it.
+/// `input` typed into it. A `timeout` in `command` needs `--foreground`: otherwise the
+/// program runs in a background process group of that terminal and stops at its first
+/// read (SIGTTIN).
 pub fn with_terminal(command: &str, input: &str) -> Output {
     let mut child = Command::new("script")
         .args(["-qec", command, "/dev/null"])
