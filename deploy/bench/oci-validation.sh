@@ -47,8 +47,16 @@ out="$(mktemp -d /tmp/orch-oci-validation.XXXXXX)"
 # suite's ids are UUIDs in each runtime's default root).
 runc_before="$(runc list -q 2>/dev/null || true)"
 orch_before="$("$orch_runc" list -q 2>/dev/null || true)"
+ocitests_before="$(ls -d /tmp/ocitest* 2>/dev/null || true)"
 cleanup() {
-    local id
+    local id dir
+    # runc mounts a container without a mount namespace of its own (linux_ns_itype)
+    # into the caller's: the bundles' mounts go, deepest first, then the bundles.
+    { grep -o ' /tmp/ocitest[^ ]*' /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    for dir in /tmp/ocitest*; do
+        [ -e "$dir" ] || continue
+        grep -qx "$dir" <<<"$ocitests_before" || rm -rf "$dir"
+    done
     for id in $(runc list -q 2>/dev/null || true); do
         grep -qx "$id" <<<"$runc_before" || runc delete -f "$id" >/dev/null 2>&1 || true
     done
