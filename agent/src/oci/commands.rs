@@ -67,14 +67,7 @@ pub fn run(options: &super::create::CreateOptions) -> Result<i32, OciError> {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(record.pid), None);
         return Err(error);
     }
-    let status = loop {
-        match crate::runtime::init::wait_raw(record.pid, false) {
-            Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => break Ok(code),
-            Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => break Ok(128 + signal),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => break Err(OciError::Failed(format!("waitpid {}: {e}", record.pid))),
-        }
-    };
+    let status = crate::runtime::init::wait_exit_status(record.pid).map_err(|e| OciError::Failed(format!("waitpid {}: {e}", record.pid)));
     // Deleted whatever the wait gave (it kills what is left of the container).
     delete(&options.root, &options.id, true)?;
     status

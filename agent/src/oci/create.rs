@@ -258,7 +258,7 @@ pub(crate) fn signal_process(pid: i32, signal: i32) -> Result<(), Errno> {
 }
 
 /// Writes one line to the parent.
-fn tell(socket: &mut UnixStream, message: &str) -> bool {
+pub(super) fn tell(socket: &mut UnixStream, message: &str) -> bool {
     socket.write_all(format!("{}\n", message.replace('\n', " ")).as_bytes()).is_ok()
 }
 
@@ -305,29 +305,40 @@ fn stage1(setup: &Setup, socket: &mut UnixStream) -> Result<(), String> {
             None => unshare(flag).map_err(|e| format!("unshare({} namespace): {e}", namespace.kind))?,
         }
     }
-    // The container process speaks to the parent only once its PID is known there.
+    fork_named(socket, "the container process", |socket| container_main(setup, socket))
+}
+
+/// Forks a child that runs `body` (its exit code) only once its PID reached the parent
+/// of this process as `pid N` on `socket`: whatever the child says there afterwards
+/// comes after its name. Shared with `exec`'s joiner.
+pub(super) fn fork_named(socket: &mut UnixStream, what: &str, body: impl FnOnce(UnixStream) -> i32) -> Result<(), String> {
     let (named_read, named_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: still single-threaded (a fork of single-threaded orch-runc).
+    // SAFETY: a fork of single-threaded orch-runc, still single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             drop(named_write);
             let mut byte = [0u8; 1];
             if std::io::Read::read(&mut std::fs::File::from(named_read), &mut byte).unwrap_or(0) != 1 {
+                tell(socket, &format!("error {what} was never named to the runtime"));
                 std::process::exit(CODE_RUNTIME);
             }
-            let code = container_main(setup, socket.try_clone().map_err(|e| e.to_string())?);
+            let code = match socket.try_clone() {
+                Ok(own) => body(own),
+                Err(e) => {
+                    tell(socket, &format!("error {what}: {e}"));
+                    CODE_RUNTIME
+                }
+            };
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(named_read);
-            if tell(socket, &format!("pid {child}")) {
-                let _ = std::io::Write::write_all(&mut std::fs::File::from(named_write), b"1");
-                Ok(())
-            } else {
-                Err("the parent went away".into())
+            if !tell(socket, &format!("pid {child}")) {
+                return Err("the parent went away".into());
             }
+            std::io::Write::write_all(&mut std::fs::File::from(named_write), b"1").map_err(|e| format!("let {what} go on: {e}"))
         }
-        Err(e) => Err(format!("fork the container process: {e}")),
+        Err(e) => Err(format!("fork {what}: {e}")),
     }
 }
 

@@ -16,7 +16,7 @@
 //! program's status (128+N for signal N).
 #![allow(unsafe_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -173,7 +173,7 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
             let code = match join_and_fork(&plan, (record.pid, record.pid_start_ticks), &cgroups, console.as_ref(), &mut child_end) {
                 Ok(()) => 0,
                 Err((message, code)) => {
-                    let _ = child_end.write_all(format!("error {}\n", message.replace('\n', " ")).as_bytes());
+                    super::create::tell(&mut child_end, &format!("error {message}"));
                     code
                 }
             };
@@ -210,14 +210,7 @@ pub fn exec(options: &ExecOptions) -> Result<i32, OciError> {
     if options.detach {
         return Ok(0);
     }
-    loop {
-        match crate::runtime::init::wait_raw(pid, false) {
-            Ok(Some((_, crate::runtime::init::Ended::Code(code)))) => return Ok(code),
-            Ok(Some((_, crate::runtime::init::Ended::Signal(signal)))) => return Ok(128 + signal),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(OciError::Failed(format!("waitpid {pid}: {e}"))),
-        }
-    }
+    crate::runtime::init::wait_exit_status(pid).map_err(|e| OciError::Failed(format!("waitpid {pid}: {e}")))
 }
 
 /// The joiner (still in the host's PID namespace, so invisible from the container):
@@ -238,27 +231,12 @@ fn join_and_fork(
         crate::runtime::exec::join_cgroup(dir, pid).map_err(failed)?;
     }
     crate::runtime::exec::enter_container(pid, Some(start_ticks)).map_err(failed)?;
-    let (named_read, named_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(format!("pipe: {e}")))?;
-    // SAFETY: a fork of single-threaded orch-runc, still single-threaded.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            drop(named_write);
-            let mut byte = [0u8; 1];
-            if std::fs::File::from(named_read).read(&mut byte).unwrap_or(0) != 1 {
-                let _ = socket.write_all(b"error the joiner went away before the process could go on\n");
-                std::process::exit(CODE_RUNTIME);
-            }
-            let (message, code) = start_program(plan, console);
-            let _ = socket.write_all(format!("error {}\n", message.replace('\n', " ")).as_bytes());
-            std::process::exit(code)
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(named_read);
-            socket.write_all(format!("pid {child}\n").as_bytes()).map_err(|e| failed(format!("name the process: {e}")))?;
-            std::fs::File::from(named_write).write_all(b"1").map_err(|e| failed(format!("let the process go on: {e}")))
-        }
-        Err(e) => Err(failed(format!("fork the process: {e}"))),
-    }
+    super::create::fork_named(socket, "the process", |mut socket| {
+        let (message, code) = start_program(plan, console);
+        super::create::tell(&mut socket, &format!("error {message}"));
+        code
+    })
+    .map_err(failed)
 }
 
 /// The process, in the container: its own session, the console, then

@@ -313,13 +313,9 @@ fn relay_terminal(master: &std::os::fd::OwnedFd) {
 }
 
 fn wait_and_exit(child: nix::unistd::Pid) -> ! {
-    loop {
-        match super::init::wait_raw(child.as_raw(), false) {
-            Ok(Some((_, super::init::Ended::Code(code)))) => std::process::exit(code),
-            Ok(Some((_, super::init::Ended::Signal(signal)))) => std::process::exit(128 + signal),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
-        }
+    match super::init::wait_exit_status(child.as_raw()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => die(&format!("waitpid: {e}"), CODE_RUNTIME),
     }
 }
 

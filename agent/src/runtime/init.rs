@@ -391,6 +391,19 @@ pub(crate) fn wait_raw(pid: i32, nohang: bool) -> Result<Option<(i32, Ended)>, E
     Ok(Some((reaped, ended)))
 }
 
+/// Waits for `pid` to end: its exit code, or 128 + N when signal N killed it (stops,
+/// continues and EINTR waited past).
+pub(crate) fn wait_exit_status(pid: i32) -> Result<i32, Errno> {
+    loop {
+        match wait_raw(pid, false) {
+            Ok(Some((_, Ended::Code(code)))) => return Ok(code),
+            Ok(Some((_, Ended::Signal(signal)))) => return Ok(128 + signal),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Waits for `child` and turns its end into an exit record (128 + N for signal N).
 fn wait_for(child: Pid) -> ExitRecord {
     loop {
